@@ -1,0 +1,194 @@
+/**
+ * The protocol-neutral command model: what a client asked for and what it is told, whichever
+ * protocol it spoke. The text codec (and later the binary one) turns bytes into `Command`s;
+ * the router turns a `Command` into a `Reply`; the codec turns the `Reply` back into bytes.
+ *
+ * Keys are latin1 strings: one character per wire byte, so any byte a key may hold survives the
+ * round trip, and a key can index a Map without a copy per lookup.
+ *
+ * Expiry is normalised once, by the codec, to an absolute deadline in Unix milliseconds
+ * (see `deadlineFromExptime`): 0 means "never expires", any other value at or before now
+ * means "already expired". Every upstream receives the same deadline.
+ */
+
+export type StoreMode = 'set' | 'add' | 'replace' | 'append' | 'prepend' | 'cas';
+export type ArithOp = 'incr' | 'decr';
+
+export interface GetCommand {
+  readonly kind: 'get';
+  readonly keys: string[];
+  /** gets / gats: the client wants the cas unique. */
+  readonly withCas: boolean;
+  /** gat / gats: the new deadline; undefined for a plain get. */
+  readonly touch: number | undefined;
+}
+
+export interface StoreCommand {
+  readonly kind: 'store';
+  readonly mode: StoreMode;
+  readonly key: string;
+  readonly flags: number;
+  readonly deadline: number;
+  readonly value: Buffer;
+  /** Only for mode 'cas' (and binary writes carrying a cas in the header). */
+  readonly cas: bigint | undefined;
+  readonly noreply: boolean;
+}
+
+/** A value over the item limit: refused, and the old value is deleted everywhere (T5). */
+export interface TooLargeCommand {
+  readonly kind: 'too_large';
+  readonly key: string;
+  readonly noreply: boolean;
+}
+
+export interface DeleteCommand {
+  readonly kind: 'delete';
+  readonly key: string;
+  readonly noreply: boolean;
+}
+
+export interface TouchCommand {
+  readonly kind: 'touch';
+  readonly key: string;
+  readonly deadline: number;
+  readonly noreply: boolean;
+}
+
+export interface ArithCommand {
+  readonly kind: 'arith';
+  readonly op: ArithOp;
+  readonly key: string;
+  readonly delta: bigint;
+  /** Binary protocol: create the key with this value on a miss (undefined: never create). */
+  readonly initial: bigint | undefined;
+  /** Deadline of the item created from `initial`. */
+  readonly deadline: number;
+  readonly noreply: boolean;
+}
+
+export interface FlushCommand {
+  readonly kind: 'flush';
+  /** Seconds to wait before flushing (memcached's optional argument). */
+  readonly delay: number;
+  readonly noreply: boolean;
+}
+
+export interface StatsCommand {
+  readonly kind: 'stats';
+  /** '' for the general section, or a sub-command such as 'upstreams'. */
+  readonly group: string;
+}
+
+export interface SimpleCommand {
+  readonly kind: 'version' | 'quit' | 'noop';
+}
+
+export interface VerbosityCommand {
+  readonly kind: 'verbosity';
+  readonly noreply: boolean;
+}
+
+export type Command =
+  | GetCommand
+  | StoreCommand
+  | TooLargeCommand
+  | DeleteCommand
+  | TouchCommand
+  | ArithCommand
+  | FlushCommand
+  | StatsCommand
+  | SimpleCommand
+  | VerbosityCommand;
+
+/** One item as read from an upstream. */
+export interface Hit {
+  readonly value: Buffer;
+  readonly flags: number;
+  readonly cas: bigint;
+  /** Absolute deadline in Unix ms, 0 = never. Drivers report what the store knows. */
+  readonly deadline: number;
+}
+
+export type Status =
+  | 'STORED'
+  | 'NOT_STORED'
+  | 'EXISTS'
+  | 'NOT_FOUND'
+  | 'DELETED'
+  | 'TOUCHED'
+  | 'OK';
+
+export type Reply =
+  /** Aligned with the request's keys; undefined is a miss. */
+  | { readonly kind: 'values'; readonly hits: ReadonlyArray<Hit | undefined> }
+  | { readonly kind: 'status'; readonly status: Status; readonly cas?: bigint }
+  | { readonly kind: 'number'; readonly value: bigint; readonly cas?: bigint }
+  | { readonly kind: 'version'; readonly version: string }
+  | { readonly kind: 'stats'; readonly lines: ReadonlyArray<readonly [string, string | number | bigint]> }
+  /** `ERROR`, `CLIENT_ERROR <msg>`, `SERVER_ERROR <msg>`. */
+  | { readonly kind: 'error'; readonly type: ErrorType; readonly message: string }
+  /** Nothing to send (noreply, quit). */
+  | { readonly kind: 'none' };
+
+export type ErrorType = 'ERROR' | 'CLIENT_ERROR' | 'SERVER_ERROR';
+
+export const MAX_KEY_LENGTH = 250; // protocol.txt: "the key must not include control characters or whitespace" and be at most 250 characters
+
+/** protocol.txt: exptimes above 30 days are absolute Unix times. */
+export const RELATIVE_EXPTIME_LIMIT = 60 * 60 * 24 * 30;
+
+/** Any deadline in the past means "already expired"; 1 is the canonical one. */
+export const EXPIRED = 1;
+
+/**
+ * Turns a memcached exptime (seconds) into an absolute deadline in Unix ms.
+ * 0: never; negative: already expired; up to 30 days: relative; above: absolute Unix time,
+ * and an absolute time in the past is already expired (T8, T9: `2678400` is in 1970).
+ */
+export function deadlineFromExptime(exptime: number, nowMs: number): number {
+  if (exptime === 0) return 0;
+  if (exptime < 0) return EXPIRED;
+  if (exptime <= RELATIVE_EXPTIME_LIMIT) return nowMs + exptime * 1000;
+  const abs = exptime * 1000;
+  return abs <= nowMs ? EXPIRED : abs;
+}
+
+export function isExpired(deadline: number, nowMs: number): boolean {
+  return deadline !== 0 && deadline <= nowMs;
+}
+
+/** The memcached exptime to send to a store for a deadline: relative when it fits, else absolute. */
+export function exptimeFromDeadline(deadline: number, nowMs: number): number {
+  if (deadline === 0) return 0;
+  if (deadline <= nowMs) return -1;
+  const seconds = Math.ceil((deadline - nowMs) / 1000);
+  return seconds <= RELATIVE_EXPTIME_LIMIT ? seconds : Math.ceil(deadline / 1000);
+}
+
+export const U64_MASK = (1n << 64n) - 1n;
+
+/** memcached arithmetic: incr wraps at 2^64, decr floors at 0 (T14, hazard 7). */
+export function applyArith(op: ArithOp, current: bigint, delta: bigint): bigint {
+  return op === 'incr' ? (current + delta) & U64_MASK : current > delta ? current - delta : 0n;
+}
+
+/** Strict unsigned decimal: digits only, at most `max` (T7: never parseInt). */
+export function parseUnsigned(text: string, max: bigint): bigint | undefined {
+  if (text.length === 0 || text.length > 20) return undefined;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 48 || c > 57) return undefined;
+  }
+  const n = BigInt(text);
+  return n <= max ? n : undefined;
+}
+
+/** A numeric value as memcached reads one for incr/decr: decimal digits, at most 20, fits in u64. */
+export function parseCounter(value: Buffer): bigint | undefined {
+  if (value.length === 0 || value.length > 20) return undefined;
+  // memcached accepts trailing spaces left by a decr that shortened the number.
+  let end = value.length;
+  while (end > 0 && value[end - 1] === 0x20) end--;
+  return parseUnsigned(value.toString('latin1', 0, end), U64_MASK);
+}

@@ -1,0 +1,154 @@
+/**
+ * Configuration: the defaults, the TOML file and the flags merged into one validated `Config`
+ * (flags override the file, the file overrides the defaults). Every key is named as its flag
+ * (`max-item-size` is `--max-item-size`). Nothing here reads files or argv: cli.ts does, and
+ * hands the raw values in. A bad value throws `ConfigError` naming it and the expected form.
+ */
+
+import { ConfigError } from './errors';
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export interface UpstreamConfig {
+  readonly url: string;
+  /** Driver options from a TOML `[[upstream]]` table (everything but `url`), as strings. */
+  readonly options: ReadonlyMap<string, string>;
+}
+
+export interface Config {
+  readonly listen: { readonly host: string; readonly port: number };
+  readonly upstreams: readonly UpstreamConfig[];
+  readonly writeWait: 'all' | 'copies';
+  readonly minCopies: number;
+  /** Default upstream timeout in ms; undefined lets each driver use its own default. */
+  readonly timeout: number | undefined;
+  readonly maxItemSize: number;
+  readonly maxConnections: number;
+  readonly allowFlush: boolean;
+  readonly logLevel: LogLevel;
+  readonly maxLineLength: number;
+  readonly maxKeysPerGet: number;
+  readonly maxPipeline: number;
+  readonly maxOutputBytes: number;
+}
+
+/** The upstreams used when none is configured. */
+export const EMBEDDED_DEFAULT: readonly string[] = ['memory://'];
+
+/** Every scalar key, its default and its expected form; the table README and --help follow. */
+export const SCALAR_KEYS = {
+  listen: { def: '127.0.0.1:11211', form: 'host:port' },
+  'write-wait': { def: 'all', form: 'all or copies' },
+  'min-copies': { def: 1, form: 'an integer from 1 to 64' },
+  timeout: { def: undefined, form: 'milliseconds, 1 to 600000 (default: each driver\'s own, 250 for memcached)' },
+  'max-item-size': { def: 1024 * 1024, form: 'bytes, 1024 to 1073741824' },
+  'max-connections': { def: 4096, form: 'an integer from 1 to 1000000' },
+  'allow-flush': { def: false, form: 'true or false' },
+  'log-level': { def: 'info', form: LOG_LEVELS.join(', ') },
+  'max-line-length': { def: 2048, form: 'bytes, 256 to 1048576' },
+  'max-keys-per-get': { def: 256, form: 'an integer from 1 to 100000' },
+  'max-pipeline': { def: 1024, form: 'an integer from 1 to 1000000' },
+  'max-output-bytes': { def: 4 * 1024 * 1024, form: 'bytes, 1024 to 1073741824' },
+} as const;
+
+export type ScalarKey = keyof typeof SCALAR_KEYS;
+export type RawValue = string | number | boolean | bigint;
+
+/** Raw input: scalar keys as they came (TOML types or flag strings), and upstream entries. */
+export interface RawConfig {
+  scalars: Partial<Record<ScalarKey, RawValue>>;
+  upstreams: UpstreamConfig[];
+}
+
+function bad(key: string, value: unknown, form: string): ConfigError {
+  return new ConfigError(`invalid ${key} "${String(value)}": expected ${form}`);
+}
+
+function int(key: ScalarKey, v: RawValue, min: number, max: number): number {
+  const s = String(v);
+  if (!/^[0-9]+$/.test(s) || Number(s) < min || Number(s) > max) throw bad(key, v, SCALAR_KEYS[key].form);
+  return Number(s);
+}
+
+export function parseListen(v: string, key = 'listen'): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):([0-9]{1,5})$/.exec(v);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw bad(key, v, SCALAR_KEYS.listen.form + ' (for example 127.0.0.1:11211)');
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+/** Merges `file` under `flags` and validates the result. */
+export function buildConfig(file: RawConfig, flags: RawConfig): Config {
+  const s: Partial<Record<ScalarKey, RawValue>> = { ...file.scalars, ...flags.scalars };
+  const get = <K extends ScalarKey>(k: K): RawValue | undefined => s[k] ?? SCALAR_KEYS[k].def;
+
+  const writeWait = String(get('write-wait'));
+  if (writeWait !== 'all' && writeWait !== 'copies') throw bad('write-wait', writeWait, SCALAR_KEYS['write-wait'].form);
+  const logLevel = String(get('log-level')) as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) throw bad('log-level', logLevel, SCALAR_KEYS['log-level'].form);
+  const allowFlushRaw = get('allow-flush');
+  if (allowFlushRaw !== true && allowFlushRaw !== false && allowFlushRaw !== 'true' && allowFlushRaw !== 'false') {
+    throw bad('allow-flush', allowFlushRaw, SCALAR_KEYS['allow-flush'].form);
+  }
+  const timeoutRaw = get('timeout');
+  const upstreams = flags.upstreams.length > 0 ? flags.upstreams : file.upstreams;
+  const minCopies = int('min-copies', get('min-copies') as RawValue, 1, 64);
+  const n = upstreams.length === 0 ? EMBEDDED_DEFAULT.length : upstreams.length;
+  if (minCopies > n) {
+    throw new ConfigError(`invalid min-copies "${minCopies}": expected at most the number of upstreams (${n})`);
+  }
+
+  return {
+    listen: parseListen(String(get('listen'))),
+    upstreams,
+    writeWait,
+    minCopies,
+    timeout: timeoutRaw === undefined ? undefined : int('timeout', timeoutRaw, 1, 600000),
+    maxItemSize: int('max-item-size', get('max-item-size') as RawValue, 1024, 1024 ** 3),
+    maxConnections: int('max-connections', get('max-connections') as RawValue, 1, 1_000_000),
+    allowFlush: allowFlushRaw === true || allowFlushRaw === 'true',
+    logLevel,
+    maxLineLength: int('max-line-length', get('max-line-length') as RawValue, 256, 1024 * 1024),
+    maxKeysPerGet: int('max-keys-per-get', get('max-keys-per-get') as RawValue, 1, 100_000),
+    maxPipeline: int('max-pipeline', get('max-pipeline') as RawValue, 1, 1_000_000),
+    maxOutputBytes: int('max-output-bytes', get('max-output-bytes') as RawValue, 1024, 1024 ** 3),
+  };
+}
+
+/** Turns a parsed TOML document into raw config; unknown keys are errors (a typo must not pass). */
+export function rawFromToml(doc: Record<string, unknown>, file: string): RawConfig {
+  const scalars: Partial<Record<ScalarKey, RawValue>> = {};
+  const upstreams: UpstreamConfig[] = [];
+  for (const [key, value] of Object.entries(doc)) {
+    if (key === 'upstream') {
+      if (!Array.isArray(value)) throw new ConfigError(`${file}: "upstream" must be an array of tables ([[upstream]])`);
+      value.forEach((t: unknown, i) => upstreams.push(upstreamFromToml(t, `${file}: upstream #${i + 1}`)));
+      continue;
+    }
+    if (!(key in SCALAR_KEYS)) {
+      throw new ConfigError(`${file}: unknown key "${key}": expected one of ${Object.keys(SCALAR_KEYS).join(', ')}, upstream`);
+    }
+    if (!isScalar(value)) throw bad(`${file}: ${key}`, JSON.stringify(value), SCALAR_KEYS[key as ScalarKey].form);
+    scalars[key as ScalarKey] = value;
+  }
+  return { scalars, upstreams };
+}
+
+function isScalar(v: unknown): v is RawValue {
+  return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint';
+}
+
+function upstreamFromToml(t: unknown, where: string): UpstreamConfig {
+  if (typeof t !== 'object' || t === null || Array.isArray(t)) throw new ConfigError(`${where}: expected a table with url = "..."`);
+  const entries = Object.entries(t as Record<string, unknown>);
+  const url = (t as Record<string, unknown>).url;
+  if (typeof url !== 'string') throw new ConfigError(`${where}: missing url = "scheme://host:port"`);
+  const options = new Map<string, string>();
+  for (const [k, v] of entries) {
+    if (k === 'url') continue;
+    if (!isScalar(v)) throw new ConfigError(`${where}: option ${k} must be a string, number or boolean`);
+    options.set(k, String(v));
+  }
+  return { url, options };
+}

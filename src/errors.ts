@@ -1,0 +1,48 @@
+/**
+ * The one error catalogue. Every error mcmux raises has a stable `code`; messages name the
+ * setting an operator can change. On the request path these are values (a rejected upstream
+ * promise is turned into a reply), never exceptions thrown through the router.
+ */
+
+export const ErrorCodes = {
+  /** An upstream did not answer within its timeout; its connection was discarded. */
+  UPSTREAM_TIMEOUT: 'MCMUX_UPSTREAM_TIMEOUT',
+  /** The connection to an upstream failed or closed with requests outstanding. */
+  UPSTREAM_IO: 'MCMUX_UPSTREAM_IO',
+  /** An upstream answered something that is not the protocol. */
+  UPSTREAM_PROTOCOL: 'MCMUX_UPSTREAM_PROTOCOL',
+  /** An upstream answered with an error of its own (SERVER_ERROR, out of memory, ...). */
+  UPSTREAM_REFUSED: 'MCMUX_UPSTREAM_REFUSED',
+  /** The upstream's request queue is full (`max-queue`). */
+  UPSTREAM_BUSY: 'MCMUX_UPSTREAM_BUSY',
+  /** The upstream is closed (shutdown or reload). */
+  UPSTREAM_CLOSED: 'MCMUX_UPSTREAM_CLOSED',
+  /** A configuration value or flag is invalid; exit status 2. */
+  CONFIG: 'MCMUX_CONFIG',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export class McmuxError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.code = code;
+    this.name = 'McmuxError';
+  }
+}
+
+export class ConfigError extends McmuxError {
+  constructor(message: string) {
+    super(ErrorCodes.CONFIG, message);
+    this.name = 'ConfigError';
+  }
+}
+
+export function upstreamError(code: ErrorCode, message: string): McmuxError {
+  return new McmuxError(code, message);
+}
+
+export function isTimeout(err: unknown): boolean {
+  return err instanceof McmuxError && err.code === ErrorCodes.UPSTREAM_TIMEOUT;
+}

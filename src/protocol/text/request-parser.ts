@@ -1,0 +1,323 @@
+/**
+ * The server side of memcached's text protocol: bytes in, `Command`s out. No sockets.
+ *
+ *   push(bytes) ─► [line state] ── line found ──► parseLine ─► Command
+ *                        │                           │
+ *                        │                           └─ storage command ─► [data state] ─► StoreCommand
+ *                        │                                               └─ [swallow state] (bad args, too large)
+ *                        └─ no '\n' within max-line-length ─► fatal error (close)
+ *
+ * `next()` returns one result at a time: a Command, a `ParseError` (a reply to send, and whether
+ * the connection must then be closed), or undefined when more bytes are needed. Values are
+ * slices of the accumulated input, not copies.
+ */
+
+import {
+  type Command,
+  type StoreMode,
+  MAX_KEY_LENGTH,
+  U64_MASK,
+  deadlineFromExptime,
+  parseUnsigned,
+} from '../../command/command';
+
+export interface TextLimits {
+  /** Longest command line accepted, without its line ending (default 2048). */
+  readonly maxLineLength: number;
+  /** Largest value accepted (default 1 MiB). */
+  readonly maxItemSize: number;
+  /** Most keys in one get/gets/gat/gats. */
+  readonly maxKeysPerGet: number;
+}
+
+export interface ParseError {
+  readonly kind: 'parse_error';
+  readonly type: 'ERROR' | 'CLIENT_ERROR' | 'SERVER_ERROR';
+  readonly message: string;
+  /** The stream cannot be resynchronised (or is hostile): reply, then close. */
+  readonly close: boolean;
+}
+
+export type ParseResult = Command | ParseError;
+
+const BAD_FORMAT = 'bad command line format';
+const NL = 0x0a;
+const CR = 0x0d;
+const SPACE = 0x20;
+const INT32_MAX = 2 ** 31 - 1;
+
+const STORE_MODES: Readonly<Record<string, StoreMode>> = {
+  set: 'set',
+  add: 'add',
+  replace: 'replace',
+  append: 'append',
+  prepend: 'prepend',
+  cas: 'cas',
+};
+
+/** Commands memcached has but mcmux never forwards (T24): answered ERROR. */
+const HTTP_METHODS = new Set(['GET', 'POST', 'PUT', 'HEAD', 'DELETE', 'OPTIONS', 'CONNECT', 'PATCH', 'TRACE']);
+
+interface PendingStore {
+  mode: StoreMode;
+  key: string;
+  flags: number;
+  deadline: number;
+  cas: bigint | undefined;
+  noreply: boolean;
+  /** Bytes of the data block including its "\r\n". */
+  need: number;
+}
+
+function err(type: ParseError['type'], message: string, close = false): ParseError {
+  return { kind: 'parse_error', type, message, close };
+}
+
+/** protocol.txt: keys are up to 250 bytes with no control characters or whitespace (T1, T3). */
+export function isValidKey(key: string): boolean {
+  if (key.length === 0 || key.length > MAX_KEY_LENGTH) return false;
+  for (let i = 0; i < key.length; i++) {
+    const c = key.charCodeAt(i);
+    if (c <= SPACE || c === 0x7f) return false;
+  }
+  return true;
+}
+
+/** Signed 32-bit exptime, digits only (T7). */
+function parseExptime(text: string): number | undefined {
+  const neg = text.charCodeAt(0) === 0x2d;
+  const n = parseUnsigned(neg ? text.slice(1) : text, BigInt(INT32_MAX) + (neg ? 1n : 0n));
+  if (n === undefined) return undefined;
+  return neg ? -Number(n) : Number(n);
+}
+
+export class TextRequestParser {
+  private buf: Buffer = Buffer.alloc(0);
+  private pos = 0;
+  private pending: PendingStore | undefined;
+  /** Bytes still to discard (a refused data block), and what to answer once they are gone. */
+  private swallowLeft = 0;
+  private afterSwallow: ParseResult | undefined;
+  private dead = false;
+
+  constructor(
+    private readonly limits: TextLimits,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Bytes buffered but not yet consumed (bounded by the limits). */
+  get buffered(): number {
+    return this.buf.length - this.pos;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.dead) return;
+    if (this.swallowLeft > 0) {
+      // A refused block is discarded as it arrives: it is never held in memory.
+      const n = Math.min(this.swallowLeft, chunk.length);
+      this.swallowLeft -= n;
+      chunk = chunk.subarray(n);
+      if (chunk.length === 0) return;
+    }
+    if (this.pos >= this.buf.length) {
+      this.buf = chunk;
+    } else {
+      this.buf = Buffer.concat([this.buf.subarray(this.pos), chunk]);
+    }
+    this.pos = 0;
+  }
+
+  next(): ParseResult | undefined {
+    if (this.dead) return undefined;
+    if (this.swallowLeft > 0) return undefined;
+    if (this.afterSwallow) {
+      const r = this.afterSwallow;
+      this.afterSwallow = undefined;
+      return r;
+    }
+    if (this.pending) return this.readData(this.pending);
+    const nl = this.buf.indexOf(NL, this.pos);
+    if (nl < 0) {
+      if (this.buf.length - this.pos > this.limits.maxLineLength) return this.fatal(err('CLIENT_ERROR', 'line too long'));
+      return undefined;
+    }
+    let end = nl;
+    if (end > this.pos && this.buf[end - 1] === CR) end--;
+    const start = this.pos;
+    this.pos = nl + 1;
+    if (end - start > this.limits.maxLineLength) return this.fatal(err('CLIENT_ERROR', 'line too long'));
+    return this.parseLine(this.buf.toString('latin1', start, end));
+  }
+
+  private fatal(e: ParseError): ParseError {
+    this.dead = true;
+    return e.close ? e : { ...e, close: true };
+  }
+
+  /** Discards `n` bytes of input (a data block that will not be stored), then yields `then`. */
+  private swallow(n: number, then: ParseResult): ParseResult | undefined {
+    const have = this.buf.length - this.pos;
+    if (have >= n) {
+      this.pos += n;
+      return then;
+    }
+    this.pos = this.buf.length;
+    this.swallowLeft = n - have;
+    this.afterSwallow = then;
+    return undefined;
+  }
+
+  private readData(p: PendingStore): ParseResult | undefined {
+    if (this.buf.length - this.pos < p.need) return undefined;
+    const start = this.pos;
+    const valueEnd = start + p.need - 2;
+    this.pos += p.need;
+    this.pending = undefined;
+    if (this.buf[valueEnd] !== CR || this.buf[valueEnd + 1] !== NL) {
+      // T4: the block is longer (or other) than declared; what follows cannot be trusted as commands.
+      return this.fatal(err('CLIENT_ERROR', 'bad data chunk'));
+    }
+    return {
+      kind: 'store',
+      mode: p.mode,
+      key: p.key,
+      flags: p.flags,
+      deadline: p.deadline,
+      value: this.buf.subarray(start, valueEnd),
+      cas: p.cas,
+      noreply: p.noreply,
+    };
+  }
+
+  private parseLine(line: string): ParseResult | undefined {
+    const t = line.split(' ').filter((s) => s.length > 0);
+    const name = t[0];
+    if (name === undefined) return err('ERROR', '');
+    const mode = STORE_MODES[name];
+    if (mode) return this.parseStorage(mode, t);
+    switch (name) {
+      case 'get':
+      case 'gets':
+        return this.parseGet(t, 1, name === 'gets', undefined);
+      case 'gat':
+      case 'gats': {
+        if (t.length < 3) return err('ERROR', '');
+        const exptime = parseExptime(t[1] ?? '');
+        if (exptime === undefined) return err('CLIENT_ERROR', 'invalid exptime argument');
+        return this.parseGet(t, 2, name === 'gats', deadlineFromExptime(exptime, this.now()));
+      }
+      case 'delete':
+        return this.parseDelete(t);
+      case 'incr':
+      case 'decr':
+        return this.parseArith(name, t);
+      case 'touch':
+        return this.parseTouch(t);
+      case 'flush_all':
+        return this.parseFlush(t);
+      case 'version':
+        return { kind: 'version' };
+      case 'quit':
+        return { kind: 'quit' };
+      case 'verbosity':
+        if (t.length < 2 || t.length > 3) return err('ERROR', '');
+        return { kind: 'verbosity', noreply: t[t.length - 1] === 'noreply' };
+      case 'stats':
+        return { kind: 'stats', group: t.slice(1).join(' ') };
+      default:
+        // A cross-protocol request (an HTTP request sent to the memcached port) is hostile: close (T20).
+        if (HTTP_METHODS.has(name) || /HTTP\/\d/.test(line)) return this.fatal(err('ERROR', ''));
+        return err('ERROR', '');
+    }
+  }
+
+  private parseStorage(mode: StoreMode, t: string[]): ParseResult | undefined {
+    const want = mode === 'cas' ? 6 : 5;
+    const noreply = t.length === want + 1 && t[want] === 'noreply';
+    if (t.length !== want && !noreply) return err('ERROR', '');
+    // <bytes> first: without it the data block cannot be found, and the stream is lost (T2, T7).
+    const bytes = parseUnsigned(t[4] ?? '', BigInt(INT32_MAX));
+    if (bytes === undefined) return this.fatal(err('CLIENT_ERROR', BAD_FORMAT));
+    const need = Number(bytes) + 2;
+    const key = t[1] ?? '';
+    const flags = parseUnsigned(t[2] ?? '', 0xffffffffn);
+    const exptime = parseExptime(t[3] ?? '');
+    const cas = mode === 'cas' ? parseUnsigned(t[5] ?? '', U64_MASK) : undefined;
+    if (!isValidKey(key) || flags === undefined || exptime === undefined || (mode === 'cas' && cas === undefined)) {
+      // The block is swallowed, never executed as commands (T2).
+      return this.swallow(need, err('CLIENT_ERROR', BAD_FORMAT));
+    }
+    if (Number(bytes) > this.limits.maxItemSize) {
+      // T5: refuse, swallow, and delete the old value everywhere (the router does that).
+      return this.swallow(need, { kind: 'too_large', key, noreply });
+    }
+    this.pending = {
+      mode,
+      key,
+      flags: Number(flags),
+      deadline: deadlineFromExptime(exptime, this.now()),
+      cas,
+      noreply,
+      need,
+    };
+    return this.readData(this.pending);
+  }
+
+  private parseGet(t: string[], first: number, withCas: boolean, touch: number | undefined): ParseResult {
+    if (t.length <= first) return err('ERROR', '');
+    const keys = t.slice(first);
+    if (keys.length > this.limits.maxKeysPerGet) {
+      return err('CLIENT_ERROR', `too many keys in one get (max-keys-per-get is ${this.limits.maxKeysPerGet})`);
+    }
+    // T1: one bad key fails the whole get.
+    for (const k of keys) if (!isValidKey(k)) return err('CLIENT_ERROR', BAD_FORMAT);
+    return { kind: 'get', keys, withCas, touch };
+  }
+
+  private parseDelete(t: string[]): ParseResult {
+    const key = t[1] ?? '';
+    let rest = t.slice(2);
+    const noreply = rest[rest.length - 1] === 'noreply';
+    if (noreply) rest = rest.slice(0, -1);
+    // protocol.txt: a time argument is no longer supported; memcached still accepts a literal 0 (T21).
+    if (t.length < 2 || rest.length > 1 || (rest.length === 1 && rest[0] !== '0')) {
+      return err('CLIENT_ERROR', 'bad command line format.  Usage: delete <key> [noreply]');
+    }
+    if (!isValidKey(key)) return err('CLIENT_ERROR', BAD_FORMAT);
+    return { kind: 'delete', key, noreply };
+  }
+
+  private parseArith(op: 'incr' | 'decr', t: string[]): ParseResult {
+    const noreply = t.length === 4 && t[3] === 'noreply';
+    if (t.length !== 3 && !noreply) return err('ERROR', '');
+    const key = t[1] ?? '';
+    if (!isValidKey(key)) return err('CLIENT_ERROR', BAD_FORMAT);
+    const delta = parseUnsigned(t[2] ?? '', U64_MASK);
+    if (delta === undefined) return err('CLIENT_ERROR', 'invalid numeric delta argument');
+    return { kind: 'arith', op, key, delta, initial: undefined, deadline: 0, noreply };
+  }
+
+  private parseTouch(t: string[]): ParseResult {
+    const noreply = t.length === 4 && t[3] === 'noreply';
+    if (t.length !== 3 && !noreply) return err('ERROR', '');
+    const key = t[1] ?? '';
+    if (!isValidKey(key)) return err('CLIENT_ERROR', BAD_FORMAT);
+    const exptime = parseExptime(t[2] ?? '');
+    if (exptime === undefined) return err('CLIENT_ERROR', 'invalid exptime argument');
+    return { kind: 'touch', key, deadline: deadlineFromExptime(exptime, this.now()), noreply };
+  }
+
+  private parseFlush(t: string[]): ParseResult {
+    let rest = t.slice(1);
+    const noreply = rest[rest.length - 1] === 'noreply';
+    if (noreply) rest = rest.slice(0, -1);
+    if (rest.length > 1) return err('ERROR', '');
+    let delay = 0;
+    if (rest.length === 1) {
+      const d = parseExptime(rest[0] ?? '');
+      if (d === undefined || d < 0) return err('CLIENT_ERROR', BAD_FORMAT);
+      delay = d;
+    }
+    return { kind: 'flush', delay, noreply };
+  }
+}

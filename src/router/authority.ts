@@ -1,0 +1,89 @@
+/**
+ * Conditional commands (add, replace, cas, append, prepend, incr, decr) are decided by one
+ * authority: the first upstream, in priority order, that answers. Its answer is the client's
+ * answer. On success the resulting item is written to every other upstream with `set`, so that
+ * all hold the same value — for incr/decr the resulting number, never the delta (hazard 7) —
+ * and the client hears success under the same min-copies / write-wait rule as any write.
+ * This single decision point is what makes `add lock.<sid>` and `incr <sid>.lock` safe.
+ */
+
+import type { ArithCommand, Reply, StoreCommand } from '../command/command';
+import type { Upstream } from '../upstream/upstream';
+import { type RouterContext, errorMessage, serverError } from './context';
+import { replicateSet } from './replicate-write';
+
+/**
+ * Runs `op` on the first upstream that answers. An upstream that fails is skipped: the outcome
+ * on it is unknown (a timed-out incr may have been applied), which is safe only because the
+ * authority's result is then written over it with `set` (or it is deleted) below.
+ */
+async function decide<R>(
+  ctx: RouterContext,
+  op: (u: Upstream) => Promise<R>,
+): Promise<{ value: R; index: number } | { error: unknown }> {
+  let lastError: unknown = new Error('no upstream configured');
+  for (let i = 0; i < ctx.upstreams.length; i++) {
+    try {
+      return { value: await op(ctx.upstreams[i] as Upstream), index: i };
+    } catch (error) {
+      lastError = error;
+    }
+  }
+  return { error: lastError };
+}
+
+function others(ctx: RouterContext, index: number): Upstream[] {
+  return ctx.upstreams.filter((_, i) => i !== index);
+}
+
+export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand): Promise<Reply> {
+  const req = { mode: cmd.mode, key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, cas: cmd.cas };
+  const r = await decide(ctx, (u) => u.store(req));
+  if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
+  if (r.value.status !== 'STORED') return { kind: 'status', status: r.value.status };
+  const ok: Reply = { kind: 'status', status: 'STORED', ...(r.value.cas !== undefined ? { cas: r.value.cas } : {}) };
+  if (cmd.mode === 'append' || cmd.mode === 'prepend') return copyFromAuthority(ctx, cmd.key, r.index, ok);
+  // add, replace and cas stored exactly the client's item: the others get the same.
+  return replicateSet(ctx, { ...req, mode: 'set', cas: undefined }, others(ctx, r.index), 1, ok);
+}
+
+export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand): Promise<Reply> {
+  const r = await decide(ctx, (u) => u.arith(cmd.op, cmd.key, cmd.delta));
+  if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
+  const res = r.value;
+  if (res.status === 'OK') return copyFromAuthority(ctx, cmd.key, r.index, { kind: 'number', value: res.value });
+  if (res.status === 'NON_NUMERIC') {
+    return { kind: 'error', type: 'CLIENT_ERROR', message: 'cannot increment or decrement non-numeric value' };
+  }
+  if (cmd.initial === undefined) return { kind: 'status', status: 'NOT_FOUND' };
+  // Binary protocol: a miss creates the key with `initial`, decided by the same authority.
+  const value = Buffer.from(cmd.initial.toString(), 'latin1');
+  const created = await conditionalStore(ctx, {
+    kind: 'store', mode: 'add', key: cmd.key, flags: 0, deadline: cmd.deadline, value, cas: undefined, noreply: cmd.noreply,
+  });
+  if (created.kind === 'status' && created.status === 'STORED') return { kind: 'number', value: cmd.initial };
+  // Someone created it between our miss and our add: count on what is there now.
+  if (created.kind === 'status' && created.status === 'NOT_STORED') return conditionalArith(ctx, { ...cmd, initial: undefined });
+  return created;
+}
+
+/**
+ * After append/prepend/incr/decr the authority holds a value we did not send: read it back
+ * (value, flags and remaining lifetime) and set it on the others; if it is gone, delete it there.
+ */
+async function copyFromAuthority(ctx: RouterContext, key: string, index: number, ok: Reply): Promise<Reply> {
+  const targets = others(ctx, index);
+  if (targets.length === 0) return ok;
+  const authority = ctx.upstreams[index] as Upstream;
+  let hit;
+  try {
+    [hit] = await authority.get([key]);
+  } catch (error) {
+    return serverError(`applied on ${authority.name} but could not read it back to replicate: ${errorMessage(error)}`);
+  }
+  if (!hit) {
+    for (const u of targets) u.delete(key).catch((error: unknown) => ctx.onBackgroundError('replicate delete', u, error));
+    return ok;
+  }
+  return replicateSet(ctx, { mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }, targets, 1, ok);
+}

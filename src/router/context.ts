@@ -1,0 +1,38 @@
+/**
+ * What every routing policy sees: the upstreams in priority order and the write policy.
+ * The router owns one and swaps it whole on reload, so a policy never sees half a change.
+ */
+
+import type { Reply } from '../command/command';
+import type { Upstream } from '../upstream/upstream';
+
+export type WriteWait = 'all' | 'copies';
+
+export interface RouterContext {
+  /** In read-priority order. */
+  readonly upstreams: readonly Upstream[];
+  /** A write succeeds for the client when at least this many upstreams stored it. */
+  readonly minCopies: number;
+  /** 'all': answer after every upstream answered or timed out; 'copies': after min-copies. */
+  readonly writeWait: WriteWait;
+  /** Called for background failures (read repair, replication after the answer). */
+  readonly onBackgroundError: (what: string, upstream: Upstream, error: unknown) => void;
+  readonly counters: RouterCounters;
+}
+
+/** Counters that policies bump; `stats` and (later) the metrics read them. */
+export interface RouterCounters {
+  getHits: number;
+  getMisses: number;
+  readRepairs: number;
+  readRepairFailures: number;
+  replicationFailures: number;
+}
+
+export function serverError(message: string): Reply {
+  return { kind: 'error', type: 'SERVER_ERROR', message };
+}
+
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,89 @@
+/**
+ * Failover reads with read repair: asks the upstreams in priority order, each only for the keys
+ * still missing; a miss or an error falls through to the next. A key found lower down is written
+ * back, in the background, into the higher-priority upstreams that answered a miss for it, with
+ * its remaining lifetime, and with `add` so that it never overwrites a newer value.
+ * gat/gats touch on every upstream: the one that answers (in the same operation), the ones below
+ * it (in the background), and the ones above it get the item repaired with the new deadline.
+ */
+
+import { type GetCommand, type Hit, type Reply, isExpired } from '../command/command';
+import type { Upstream } from '../upstream/upstream';
+import type { RouterContext } from './context';
+import { errorMessage, serverError } from './context';
+
+export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
+  const { upstreams } = ctx;
+  // Each distinct key is asked for once, however often the request repeats it (T16).
+  const unique = [...new Set(cmd.keys)];
+  const found = new Map<string, { hit: Hit; from: number }>();
+  /** For each key, the upstreams that answered a miss: the read-repair targets. */
+  const missedAt = new Map<string, number[]>();
+  let missing = unique;
+  let answered = 0;
+  let lastError: unknown;
+
+  for (let i = 0; i < upstreams.length && missing.length > 0; i++) {
+    const u = upstreams[i] as Upstream;
+    let hits: Array<Hit | undefined>;
+    try {
+      hits = await u.get(missing, cmd.touch);
+    } catch (error) {
+      lastError = error;
+      continue;
+    }
+    answered++;
+    const still: string[] = [];
+    missing.forEach((key, j) => {
+      const hit = hits[j];
+      if (hit) {
+        found.set(key, { hit, from: i });
+      } else {
+        still.push(key);
+        const list = missedAt.get(key);
+        if (list) list.push(i);
+        else missedAt.set(key, [i]);
+      }
+    });
+    missing = still;
+  }
+
+  if (answered === 0 && upstreams.length > 0) {
+    return serverError(`no upstream answered: ${errorMessage(lastError)}`);
+  }
+
+  for (const [key, { hit, from }] of found) {
+    const above = missedAt.get(key);
+    if (above) repair(ctx, key, hit, above);
+    if (cmd.touch !== undefined) touchBelow(ctx, key, cmd.touch, from);
+  }
+
+  const hits = cmd.keys.map((k) => found.get(k)?.hit);
+  for (const h of hits) {
+    if (h) ctx.counters.getHits++;
+    else ctx.counters.getMisses++;
+  }
+  return { kind: 'values', hits };
+}
+
+function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[]): void {
+  if (isExpired(hit.deadline, Date.now())) return;
+  for (const i of targets) {
+    const u = ctx.upstreams[i] as Upstream;
+    ctx.counters.readRepairs++;
+    u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }).catch((error: unknown) => {
+      ctx.counters.readRepairFailures++;
+      ctx.onBackgroundError('read repair', u, error);
+    });
+  }
+}
+
+function touchBelow(ctx: RouterContext, key: string, deadline: number, from: number): void {
+  for (let i = from + 1; i < ctx.upstreams.length; i++) {
+    const u = ctx.upstreams[i] as Upstream;
+    u.touch(key, deadline).catch((error: unknown) => {
+      ctx.counters.replicationFailures++;
+      ctx.onBackgroundError('touch', u, error);
+    });
+  }
+}

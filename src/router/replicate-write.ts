@@ -1,0 +1,98 @@
+/**
+ * Replicated writes: sends the same write to every upstream in parallel; the client hears
+ * success when at least min-copies upstreams succeeded (write-wait copies: as soon as they have;
+ * write-wait all: once every upstream answered or timed out). A write that failed somewhere is
+ * never reported as a miss.
+ */
+
+import type { Reply, Status } from '../command/command';
+import type { StoreRequest, Upstream } from '../upstream/upstream';
+import { type RouterContext, serverError } from './context';
+import { type Outcome, count, failures, fanOut, firstError } from './fan-out';
+
+const STORED: Reply = { kind: 'status', status: 'STORED' };
+
+/**
+ * Stores `req` (a plain set) on `targets`. `copiesSoFar` counts copies already made (the
+ * authority of a conditional command), so the min-copies rule covers the whole write.
+ */
+export function replicateSet(
+  ctx: RouterContext,
+  req: StoreRequest,
+  targets: readonly Upstream[] = ctx.upstreams,
+  copiesSoFar = 0,
+  okReply: Reply = STORED,
+): Promise<Reply> {
+  const total = targets.length + copiesSoFar;
+  const min = Math.min(ctx.minCopies, total);
+  return fanOut(
+    targets,
+    (u) => u.store(req),
+    (outcomes, settled) => {
+      const ok = copiesSoFar + count(outcomes, (r) => r.status === 'STORED');
+      if (ok >= min && (settled || ctx.writeWait === 'copies')) {
+        if (okReply !== STORED) return okReply;
+        // The cas a client may use next is the authority's, the first upstream's.
+        const first = outcomes[0];
+        return first?.ok && copiesSoFar === 0 && first.value.cas !== undefined
+          ? { kind: 'status', status: 'STORED', cas: first.value.cas }
+          : STORED;
+      }
+      if (!settled) return undefined;
+      return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
+    },
+    (u, o) => reportLate(ctx, 'replicate', u, o, (r) => r.status === 'STORED'),
+  );
+}
+
+/**
+ * delete and touch: `hit` ('DELETED' / 'TOUCHED') when some upstream had the key and enough
+ * answered; NOT_FOUND only when every upstream answered that it had none; otherwise an error.
+ */
+export function replicateKeyed(
+  ctx: RouterContext,
+  what: 'delete' | 'touch',
+  op: (u: Upstream) => Promise<Status>,
+  hit: 'DELETED' | 'TOUCHED',
+): Promise<Reply> {
+  const n = ctx.upstreams.length;
+  const min = Math.min(ctx.minCopies, n);
+  return fanOut(
+    ctx.upstreams,
+    op,
+    (outcomes, settled) => {
+      const hits = count(outcomes, (r) => r === hit);
+      const answered = count(outcomes, () => true);
+      if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies')) return { kind: 'status', status: hit };
+      if (!settled) return undefined;
+      if (failures(outcomes) === 0) return { kind: 'status', status: 'NOT_FOUND' };
+      return serverError(`${what} failed on ${n - answered} of ${n} upstreams: ${firstError(outcomes)}`);
+    },
+    (u, o) => reportLate(ctx, what, u, o, () => true),
+  );
+}
+
+/** flush_all: every upstream must flush, or the client hears an error. */
+export function replicateFlush(ctx: RouterContext): Promise<Reply> {
+  return fanOut(
+    ctx.upstreams,
+    (u) => u.flush(),
+    (outcomes, settled) => {
+      if (!settled) return undefined;
+      const failed = failures(outcomes);
+      return failed === 0
+        ? { kind: 'status', status: 'OK' }
+        : serverError(`flush failed on ${failed} of ${outcomes.length} upstreams: ${firstError(outcomes)}`);
+    },
+  );
+}
+
+function reportLate<R>(ctx: RouterContext, what: string, u: Upstream, o: Outcome<R>, good: (r: R) => boolean): void {
+  if (!o.ok) {
+    ctx.counters.replicationFailures++;
+    ctx.onBackgroundError(what, u, o.error);
+  } else if (!good(o.value)) {
+    ctx.counters.replicationFailures++;
+    ctx.onBackgroundError(what, u, new Error(`answered ${String((o.value as { status?: string }).status ?? o.value)}`));
+  }
+}

@@ -1,0 +1,139 @@
+/**
+ * The multiplexer: one protocol-neutral command in, one reply out.
+ *
+ *   Command ─► reads (get/gets/gat/gats) ───────► failover-read.ts   (priority order, read repair)
+ *          ├─► set / delete / touch / flush ─────► replicate-write.ts (every upstream, min-copies)
+ *          ├─► add/replace/cas/append/prepend,
+ *          │   incr/decr ────────────────────────► authority.ts       (first answering upstream decides)
+ *          └─► version / stats / verbosity ──────► answered here, never forwarded (T24)
+ *
+ * Failures come back as error replies; nothing thrown here reaches a client connection.
+ */
+
+import type { Command, Reply } from '../command/command';
+import type { Upstream } from '../upstream/upstream';
+import { conditionalArith, conditionalStore } from './authority';
+import { type RouterContext, type RouterCounters, type WriteWait, serverError } from './context';
+import { failoverRead } from './failover-read';
+import { replicateFlush, replicateKeyed, replicateSet } from './replicate-write';
+import { type StatsSource, statsLines, upstreamStatsLines } from './stats';
+
+export interface RouterOptions {
+  readonly upstreams: readonly Upstream[];
+  readonly minCopies: number;
+  readonly writeWait: WriteWait;
+  readonly allowFlush: boolean;
+}
+
+/** What `version` answers: memcached-compatible (clients parse major.minor.patch), then ours. */
+export const MEMCACHED_COMPAT_VERSION = '1.6.21';
+
+export class Router {
+  private ctx: RouterContext;
+  private allowFlush: boolean;
+  readonly counters: RouterCounters = {
+    getHits: 0,
+    getMisses: 0,
+    readRepairs: 0,
+    readRepairFailures: 0,
+    replicationFailures: 0,
+  };
+  readonly commands = new Map<string, number>();
+
+  constructor(
+    options: RouterOptions,
+    private readonly source: StatsSource,
+    private readonly onBackgroundError: RouterContext['onBackgroundError'],
+  ) {
+    this.ctx = this.makeContext(options);
+    this.allowFlush = options.allowFlush;
+  }
+
+  get upstreams(): readonly Upstream[] {
+    return this.ctx.upstreams;
+  }
+
+  /** Swaps the routing configuration at once (reload); requests in flight keep the old one. */
+  reconfigure(options: RouterOptions): void {
+    this.ctx = this.makeContext(options);
+    this.allowFlush = options.allowFlush;
+  }
+
+  private makeContext(o: RouterOptions): RouterContext {
+    return {
+      upstreams: o.upstreams,
+      minCopies: o.minCopies,
+      writeWait: o.writeWait,
+      counters: this.counters,
+      onBackgroundError: this.onBackgroundError,
+    };
+  }
+
+  private count(name: string): void {
+    this.commands.set(name, (this.commands.get(name) ?? 0) + 1);
+  }
+
+  execute(cmd: Command): Promise<Reply> | Reply {
+    const ctx = this.ctx;
+    switch (cmd.kind) {
+      case 'get':
+        this.count(cmd.touch === undefined ? 'get' : 'touch');
+        return failoverRead(ctx, cmd);
+      case 'store':
+        this.count(cmd.mode === 'cas' ? 'cas' : 'set');
+        if (cmd.mode === 'set') {
+          return replicateSet(ctx, { mode: 'set', key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline });
+        }
+        return conditionalStore(ctx, cmd);
+      case 'too_large':
+        this.count('set');
+        return this.tooLarge(ctx, cmd.key);
+      case 'delete':
+        this.count('delete');
+        return replicateKeyed(ctx, 'delete', (u) => u.delete(cmd.key), 'DELETED');
+      case 'touch':
+        this.count('touch');
+        return replicateKeyed(ctx, 'touch', (u) => u.touch(cmd.key, cmd.deadline), 'TOUCHED');
+      case 'arith':
+        this.count(cmd.op);
+        return conditionalArith(ctx, cmd);
+      case 'flush':
+        this.count('flush');
+        return this.flush(ctx, cmd.delay);
+      case 'version':
+        return { kind: 'version', version: MEMCACHED_COMPAT_VERSION };
+      case 'verbosity':
+        return { kind: 'status', status: 'OK' };
+      case 'stats':
+        if (cmd.group === '') return { kind: 'stats', lines: statsLines(this, this.source) };
+        if (cmd.group === 'upstreams') return { kind: 'stats', lines: upstreamStatsLines(ctx.upstreams) };
+        return { kind: 'error', type: 'ERROR', message: '' };
+      case 'quit':
+      case 'noop':
+        return { kind: 'none' };
+      default: {
+        const never: never = cmd;
+        throw new Error(`unhandled command ${String(never)}`);
+      }
+    }
+  }
+
+  /** T5: a value over the item limit is refused, and the old value is deleted everywhere. */
+  private async tooLarge(ctx: RouterContext, key: string): Promise<Reply> {
+    await replicateKeyed(ctx, 'delete', (u) => u.delete(key), 'DELETED');
+    return serverError('object too large for cache');
+  }
+
+  private async flush(ctx: RouterContext, delay: number): Promise<Reply> {
+    if (!this.allowFlush) {
+      // T23: flush_all would wipe every session in the durable stores too.
+      return serverError('flush_all is disabled: start mcmux with --allow-flush (config: allow-flush = true) to enable it');
+    }
+    if (delay > 0) {
+      setTimeout(() => void replicateFlush(this.ctx), delay * 1000).unref();
+      return { kind: 'status', status: 'OK' };
+    }
+    return replicateFlush(ctx);
+  }
+}
+

@@ -1,0 +1,201 @@
+/**
+ * One client connection: framing, ordering, limits.
+ *
+ *   socket 'data' ─► parser.push ─► next() ─► Slot{cmd} queued ─► dispatch (read/write barrier)
+ *                                                                    │
+ *                                                       router.execute(cmd) ─► slot.reply
+ *                                                                    │
+ *   socket.write ◄─ flush(): replies of the completed slots at the head, in request order, one cork
+ *
+ * Ordering. Replies leave in request order whatever order the upstreams answer in. Execution
+ * keeps the semantics of one memcached connection: consecutive reads run in parallel, but a
+ * write waits for everything before it and everything after a write waits for it, so
+ * `set k noreply` followed by `get k` reads the new value (T17) and two pipelined sets of one
+ * key are applied in order on every upstream.
+ *
+ * Limits. At most `maxPipeline` commands are queued per client; beyond that, and while the
+ * socket holds more than `maxOutputBytes` unsent, the connection stops reading (backpressure:
+ * a client that does not read its replies cannot make mcmux buffer without bound).
+ */
+
+import type { Socket } from 'node:net';
+import type { Command, GetCommand, Reply } from '../command/command';
+import type { ParseResult, TextLimits } from '../protocol/text/request-parser';
+import { TextRequestParser } from '../protocol/text/request-parser';
+import { errorLine, writeTextReply } from '../protocol/text/reply-writer';
+import type { Router } from '../router/router';
+
+export interface ConnectionLimits extends TextLimits {
+  /** Commands parsed but not yet answered, per client. */
+  readonly maxPipeline: number;
+  /** Unsent reply bytes per client before mcmux stops reading from it. */
+  readonly maxOutputBytes: number;
+}
+
+interface Slot {
+  cmd: Command | undefined;
+  reply: Reply | undefined;
+  /** Send nothing for this slot (noreply). */
+  silent: boolean;
+  /** Close the connection once this slot's reply is written. */
+  closeAfter: boolean;
+  write: boolean;
+  started: boolean;
+}
+
+const READS: ReadonlySet<Command['kind']> = new Set(['get', 'version', 'stats', 'noop', 'verbosity']);
+
+export class ClientConnection {
+  private readonly parser: TextRequestParser;
+  private readonly queue: Slot[] = [];
+  /** Index of the first slot not yet dispatched. */
+  private nextToStart = 0;
+  private readsInFlight = 0;
+  private writeInFlight = false;
+  private paused = false;
+  private closing = false;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly router: Router,
+    private readonly limits: ConnectionLimits,
+    private readonly onClose: () => void,
+  ) {
+    this.parser = new TextRequestParser(limits);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.maybeResume());
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      this.closing = true;
+      this.onClose();
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closing) return;
+    this.parser.push(chunk);
+    this.drainParser();
+  }
+
+  private drainParser(): void {
+    while (!this.closing && this.queue.length < this.limits.maxPipeline) {
+      const r = this.parser.next();
+      if (r === undefined) break;
+      this.enqueue(r);
+    }
+    this.dispatch();
+    this.maybePause();
+  }
+
+  private enqueue(r: ParseResult): void {
+    if (r.kind === 'parse_error') {
+      const reply: Reply = { kind: 'error', type: r.type, message: r.message };
+      this.queue.push({ cmd: undefined, reply, silent: false, closeAfter: r.close, write: false, started: true });
+      if (r.close) this.closing = true; // parse nothing more; close once the replies before it are out
+      return;
+    }
+    const silent = ('noreply' in r && r.noreply) || r.kind === 'quit';
+    this.queue.push({ cmd: r, reply: undefined, silent, closeAfter: r.kind === 'quit', write: !READS.has(r.kind), started: false });
+    if (r.kind === 'quit') this.closing = true;
+  }
+
+  /** Starts the queued commands the read/write barrier allows. */
+  private dispatch(): void {
+    while (this.nextToStart < this.queue.length) {
+      const slot = this.queue[this.nextToStart] as Slot;
+      if (slot.started) {
+        this.nextToStart++;
+        continue;
+      }
+      if (slot.write ? this.readsInFlight > 0 || this.writeInFlight : this.writeInFlight) break;
+      this.nextToStart++;
+      slot.started = true;
+      if (slot.write) this.writeInFlight = true;
+      else this.readsInFlight++;
+      this.run(slot);
+    }
+    this.flush();
+  }
+
+  private run(slot: Slot): void {
+    let result: Promise<Reply> | Reply;
+    try {
+      result = this.router.execute(slot.cmd as Command);
+    } catch (error) {
+      result = { kind: 'error', type: 'SERVER_ERROR', message: error instanceof Error ? error.message : String(error) };
+    }
+    if (result instanceof Promise) {
+      result.then(
+        (reply) => this.complete(slot, reply),
+        (error: unknown) => this.complete(slot, { kind: 'error', type: 'SERVER_ERROR', message: String(error) }),
+      );
+    } else {
+      this.complete(slot, result);
+    }
+  }
+
+  private complete(slot: Slot, reply: Reply): void {
+    slot.reply = reply;
+    if (slot.write) this.writeInFlight = false;
+    else this.readsInFlight--;
+    if (this.socket.destroyed) return;
+    this.dispatch();
+  }
+
+  /** Writes the replies of the completed slots at the head of the queue, in order, in one batch. */
+  private flush(): void {
+    if (this.queue.length === 0 || this.queue[0]?.reply === undefined) return;
+    const out: Buffer[] = [];
+    let close = false;
+    let n = 0;
+    for (const slot of this.queue) {
+      if (slot.reply === undefined) break;
+      n++;
+      if (!slot.silent) {
+        // A noreply command's errors are still sent when they come from parsing, as memcached does.
+        writeTextReply(slot.reply, slot.cmd?.kind === 'get' ? (slot.cmd as GetCommand) : undefined, out);
+      }
+      if (slot.closeAfter) {
+        close = true;
+        break;
+      }
+    }
+    this.queue.splice(0, n);
+    this.nextToStart -= n;
+    if (out.length > 0 && !this.socket.destroyed) {
+      this.socket.cork();
+      for (const b of out) this.socket.write(b);
+      this.socket.uncork();
+    }
+    if (close) {
+      this.socket.end();
+      return;
+    }
+    this.maybeResume();
+  }
+
+  private maybePause(): void {
+    if (this.paused || this.closing) return;
+    if (this.queue.length >= this.limits.maxPipeline || this.socket.writableLength > this.limits.maxOutputBytes) {
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  private maybeResume(): void {
+    if (!this.paused || this.closing) return;
+    if (this.queue.length < this.limits.maxPipeline && this.socket.writableLength <= this.limits.maxOutputBytes) {
+      this.paused = false;
+      this.socket.resume();
+      // Commands already buffered in the parser are not waiting for a 'data' event.
+      this.drainParser();
+    }
+  }
+
+  /** Refuses a connection over the limit (T22). */
+  static refuse(socket: Socket): void {
+    socket.on('error', () => socket.destroy());
+    socket.end(errorLine('ERROR', 'Too many open connections'));
+  }
+}

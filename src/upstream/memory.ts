@@ -1,0 +1,180 @@
+/**
+ * `memory://` — an in-process store: bounded in bytes, least-recently-used eviction, expiry.
+ * It is the embedded default and the store the router tests run against. Every operation is
+ * synchronous and atomic (one event-loop turn), so conditional commands need no locking.
+ *
+ * URL: memory://[name]?max-bytes=67108864
+ */
+
+import { type ArithOp, type Hit, applyArith, isExpired, parseCounter } from '../command/command';
+import type { UpstreamContext } from './registry';
+import { intOption, rejectUnknownOptions } from './registry';
+import {
+  type ArithResult,
+  type StoreRequest,
+  type StoreResult,
+  type Upstream,
+  type UpstreamStats,
+  maskUrl,
+  newUpstreamStats,
+} from './upstream';
+
+interface Entry {
+  value: Buffer;
+  flags: number;
+  cas: bigint;
+  deadline: number;
+}
+
+/** Rough per-item bookkeeping cost beyond key and value, so the bound tracks real memory. */
+const ITEM_OVERHEAD = 96;
+
+export const MEMORY_DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
+
+export class MemoryUpstream implements Upstream {
+  readonly scheme = 'memory';
+  readonly timeoutMs = 0;
+  readonly stats: UpstreamStats = newUpstreamStats();
+  /** Map iteration order is insertion order: the first entry is the least recently used. */
+  private readonly items = new Map<string, Entry>();
+  private bytes = 0;
+  private nextCas = 1n;
+  evictions = 0;
+
+  constructor(
+    readonly name: string,
+    readonly maxBytes: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  get itemCount(): number {
+    return this.items.size;
+  }
+
+  get usedBytes(): number {
+    return this.bytes;
+  }
+
+  async get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
+    this.stats.requests++;
+    const out: Array<Hit | undefined> = [];
+    for (const key of keys) {
+      const e = this.live(key);
+      if (e && touch !== undefined) {
+        e.deadline = touch;
+        if (isExpired(touch, this.now())) this.remove(key, e);
+      }
+      out.push(e ? { value: e.value, flags: e.flags, cas: e.cas, deadline: e.deadline } : undefined);
+    }
+    return out;
+  }
+
+  async store(req: StoreRequest): Promise<StoreResult> {
+    this.stats.requests++;
+    const e = this.live(req.key);
+    switch (req.mode) {
+      case 'add':
+        if (e) return { status: 'NOT_STORED' };
+        break;
+      case 'replace':
+        if (!e) return { status: 'NOT_STORED' };
+        break;
+      case 'cas':
+        if (!e) return { status: 'NOT_FOUND' };
+        if (e.cas !== req.cas) return { status: 'EXISTS' };
+        break;
+      case 'append':
+      case 'prepend': {
+        if (!e) return { status: 'NOT_STORED' };
+        // protocol.txt: append/prepend ignore the flags and exptime given.
+        const value = req.mode === 'append' ? Buffer.concat([e.value, req.value]) : Buffer.concat([req.value, e.value]);
+        return { status: 'STORED', cas: this.put(req.key, value, e.flags, e.deadline) };
+      }
+      case 'set':
+        break;
+    }
+    if (isExpired(req.deadline, this.now())) {
+      // Stored and at once expired: the key is left absent, as memcached does with a past exptime.
+      if (e) this.remove(req.key, e);
+      return { status: 'STORED', cas: this.nextCas++ };
+    }
+    return { status: 'STORED', cas: this.put(req.key, Buffer.from(req.value), req.flags, req.deadline) };
+  }
+
+  async delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
+    this.stats.requests++;
+    const e = this.live(key);
+    if (!e) return 'NOT_FOUND';
+    this.remove(key, e);
+    return 'DELETED';
+  }
+
+  async touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+    this.stats.requests++;
+    const e = this.live(key);
+    if (!e) return 'NOT_FOUND';
+    e.deadline = deadline;
+    if (isExpired(deadline, this.now())) this.remove(key, e);
+    return 'TOUCHED';
+  }
+
+  async arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
+    this.stats.requests++;
+    const e = this.live(key);
+    if (!e) return { status: 'NOT_FOUND' };
+    const current = parseCounter(e.value);
+    if (current === undefined) return { status: 'NON_NUMERIC' };
+    const value = applyArith(op, current, delta);
+    this.put(key, Buffer.from(value.toString(), 'latin1'), e.flags, e.deadline);
+    return { status: 'OK', value };
+  }
+
+  async flush(): Promise<void> {
+    this.stats.requests++;
+    this.items.clear();
+    this.bytes = 0;
+  }
+
+  async probe(): Promise<void> {}
+
+  async close(): Promise<void> {}
+
+  /** The live entry for key (refreshed as most recently used), or undefined; drops it if expired. */
+  private live(key: string): Entry | undefined {
+    const e = this.items.get(key);
+    if (!e) return undefined;
+    if (isExpired(e.deadline, this.now())) {
+      this.remove(key, e);
+      return undefined;
+    }
+    this.items.delete(key);
+    this.items.set(key, e);
+    return e;
+  }
+
+  private put(key: string, value: Buffer, flags: number, deadline: number): bigint {
+    const old = this.items.get(key);
+    if (old) this.remove(key, old);
+    const cas = this.nextCas++;
+    this.items.set(key, { value, flags, cas, deadline });
+    this.bytes += key.length + value.length + ITEM_OVERHEAD;
+    for (const [k, victim] of this.items) {
+      if (this.bytes <= this.maxBytes || k === key) break;
+      this.remove(k, victim);
+      this.evictions++;
+    }
+    return cas;
+  }
+
+  private remove(key: string, e: Entry): void {
+    this.items.delete(key);
+    this.bytes -= key.length + e.value.length + ITEM_OVERHEAD;
+  }
+}
+
+export function createMemoryUpstream(url: URL, options: Map<string, string>, ctx: UpstreamContext): MemoryUpstream {
+  const where = `upstream ${maskUrl(url.href)}`;
+  const maxBytes = intOption(options, 'max-bytes', MEMORY_DEFAULT_MAX_BYTES, ctx.maxItemSize + 1024, 2 ** 48, where);
+  rejectUnknownOptions(options, where, ['max-bytes']);
+  return new MemoryUpstream(maskUrl(url.href), maxBytes);
+}

@@ -1,0 +1,79 @@
+/**
+ * The URL-scheme table: the one place a driver registers itself. A driver entry parses its own
+ * options (from the URL query string or the TOML `[[upstream]]` table, both arriving as strings)
+ * and throws `ConfigError` naming the bad value and the expected form.
+ */
+
+import { ConfigError } from '../errors';
+import { createMemcachedUpstream } from './memcached';
+import { createMemoryUpstream } from './memory';
+import type { Upstream } from './upstream';
+
+export interface UpstreamContext {
+  /** `--timeout`: the default request timeout for upstreams that set none, in ms. */
+  readonly defaultTimeoutMs: number | undefined;
+  /** `--max-item-size`: stores may size their limits from it. */
+  readonly maxItemSize: number;
+}
+
+export type UpstreamFactory = (url: URL, options: Map<string, string>, ctx: UpstreamContext) => Upstream;
+
+const schemes = new Map<string, UpstreamFactory>([
+  ['memory', createMemoryUpstream],
+  ['memcached', createMemcachedUpstream],
+]);
+
+export function knownSchemes(): string[] {
+  return [...schemes.keys()];
+}
+
+/**
+ * Builds an upstream from its URL and extra options (TOML keys); query-string options and
+ * extra options are merged, extra options winning.
+ */
+export function createUpstream(
+  rawUrl: string,
+  extra: ReadonlyMap<string, string>,
+  ctx: UpstreamContext,
+): Upstream {
+  let url: URL;
+  try {
+    url = new URL(rawUrl);
+  } catch {
+    throw new ConfigError(`upstream "${rawUrl}" is not a URL: expected scheme://host:port (schemes: ${knownSchemes().join(', ')})`);
+  }
+  const scheme = url.protocol.replace(/:$/, '');
+  const factory = schemes.get(scheme);
+  if (!factory) {
+    throw new ConfigError(`upstream "${rawUrl}" has unknown scheme "${scheme}": expected one of ${knownSchemes().join(', ')}`);
+  }
+  const options = new Map<string, string>();
+  for (const [k, v] of url.searchParams) options.set(k, v);
+  for (const [k, v] of extra) options.set(k, v);
+  return factory(url, options, ctx);
+}
+
+/** Option helpers shared by drivers. */
+export function intOption(
+  options: Map<string, string>,
+  name: string,
+  def: number,
+  min: number,
+  max: number,
+  where: string,
+): number {
+  const raw = options.get(name);
+  options.delete(name);
+  if (raw === undefined) return def;
+  if (!/^[0-9]+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+    throw new ConfigError(`${where}: option ${name}="${raw}" is invalid: expected an integer from ${min} to ${max}`);
+  }
+  return Number(raw);
+}
+
+/** Throws for options a driver did not consume (a typo must not pass silently). */
+export function rejectUnknownOptions(options: Map<string, string>, where: string, known: string[]): void {
+  for (const name of options.keys()) {
+    throw new ConfigError(`${where}: unknown option "${name}": expected one of ${known.join(', ')}`);
+  }
+}

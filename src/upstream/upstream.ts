@@ -1,0 +1,78 @@
+/**
+ * The one interface every upstream driver implements (memory, memcached; later redis, mysql,
+ * sqlite). The router knows nothing else about a store.
+ *
+ *   router ──► Upstream.get / store / delete / touch / arith / flush / probe
+ *                 │
+ *                 └─ driver: its own connections, its own wire format, its own timeout
+ *
+ * Contract, for every method:
+ * - The promise settles within the driver's `timeoutMs` (plus scheduling noise). A driver whose
+ *   store did not answer in time rejects with MCMUX_UPSTREAM_TIMEOUT and discards the connection
+ *   the request went out on, so that a late reply can never be paired with a later request.
+ * - Failures reject with a `McmuxError` from `src/errors.ts`; protocol outcomes (a miss,
+ *   NOT_STORED, EXISTS, NOT_FOUND, a non-numeric incr) resolve as values.
+ * - Keys arrive validated (at most 250 bytes, no control characters or spaces) as latin1 strings.
+ * - Deadlines are absolute Unix ms, 0 = never; a deadline in the past means "already expired":
+ *   a store of such an item must leave the key absent.
+ * - Values are Buffers that may be slices of a client's read buffer: copy one if you keep it
+ *   beyond the call (the memory driver does; a socket write does not need to).
+ */
+
+import type { ArithOp, Hit, StoreMode } from '../command/command';
+
+export type StoreResult = { status: 'STORED' | 'NOT_STORED' | 'EXISTS' | 'NOT_FOUND'; cas?: bigint };
+export type ArithResult = { status: 'OK'; value: bigint } | { status: 'NOT_FOUND' | 'NON_NUMERIC' };
+
+export interface StoreRequest {
+  readonly mode: StoreMode;
+  readonly key: string;
+  readonly value: Buffer;
+  readonly flags: number;
+  readonly deadline: number;
+  /** For mode 'cas': the unique the client read from this upstream. */
+  readonly cas?: bigint | undefined;
+}
+
+/** What `stats upstreams` shows for one upstream. */
+export interface UpstreamStats {
+  requests: number;
+  errors: number;
+  timeouts: number;
+  /** Sum and count of request latencies in microseconds, for the mean. */
+  latencyUsSum: number;
+  latencyCount: number;
+}
+
+export interface Upstream {
+  /** Its URL with any password masked: safe to log and to show in `stats`. */
+  readonly name: string;
+  /** The URL scheme without the colon ('memory', 'memcached', ...). */
+  readonly scheme: string;
+  readonly timeoutMs: number;
+  readonly stats: UpstreamStats;
+
+  /**
+   * Reads several keys in one round trip; the result is aligned with `keys` (undefined = miss).
+   * With `touch` set (gat), each hit's deadline is replaced by it in the same operation.
+   */
+  get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>>;
+  store(req: StoreRequest): Promise<StoreResult>;
+  delete(key: string): Promise<'DELETED' | 'NOT_FOUND'>;
+  touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'>;
+  /** memcached semantics: unsigned 64-bit, incr wraps, decr floors at 0; expiry kept. */
+  arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult>;
+  flush(): Promise<void>;
+  /** A cheap request that proves the store answers (memcached `version`). */
+  probe(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function newUpstreamStats(): UpstreamStats {
+  return { requests: 0, errors: 0, timeouts: 0, latencyUsSum: 0, latencyCount: 0 };
+}
+
+/** Replaces the password of a URL with `***` (never log a secret). */
+export function maskUrl(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/?#@]*:)[^@/?#]*@/i, '$1***@');
+}
