@@ -1,0 +1,87 @@
+/**
+ * A fault-injecting upstream for router tests: a real memory store behind a switch that can
+ * make every request fail, time out, or wait at a gate the test opens. It injects faults a
+ * real server cannot produce on demand; the real-server tests live in test/integration.
+ */
+
+import type { ArithOp } from '../../src/command/command';
+import { ErrorCodes, McmuxError } from '../../src/errors';
+import { MemoryUpstream } from '../../src/upstream/memory';
+import type { StoreRequest, Upstream } from '../../src/upstream/upstream';
+
+export type FaultMode = 'ok' | 'fail' | 'timeout' | 'gate';
+
+export class FakeUpstream implements Upstream {
+  readonly scheme = 'fake';
+  readonly timeoutMs = 50;
+  readonly inner: MemoryUpstream;
+  mode: FaultMode = 'ok';
+  /** Every call, as `op key...`, for asserting what the router asked. */
+  readonly calls: string[] = [];
+  private gate: Promise<void> = Promise.resolve();
+  private openGate: () => void = () => {};
+
+  constructor(readonly name: string) {
+    this.inner = new MemoryUpstream(name, 64 * 1024 * 1024);
+  }
+
+  get stats() {
+    return this.inner.stats;
+  }
+
+  /** Requests made while closed wait until `open()`. */
+  close_gate(): void {
+    this.mode = 'gate';
+    this.gate = new Promise((resolve) => (this.openGate = resolve));
+  }
+
+  open(): void {
+    this.mode = 'ok';
+    this.openGate();
+  }
+
+  private async fault(call: string): Promise<void> {
+    this.calls.push(call);
+    switch (this.mode) {
+      case 'fail':
+        throw new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: injected failure`);
+      case 'timeout':
+        await new Promise((r) => setTimeout(r, this.timeoutMs));
+        throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout`);
+      case 'gate':
+        await this.gate;
+        return;
+      case 'ok':
+        return;
+    }
+  }
+
+  async get(keys: readonly string[], touch?: number) {
+    await this.fault(`get ${keys.join(' ')}`);
+    return this.inner.get(keys, touch);
+  }
+  async store(req: StoreRequest) {
+    await this.fault(`${req.mode} ${req.key}`);
+    return this.inner.store(req);
+  }
+  async delete(key: string) {
+    await this.fault(`delete ${key}`);
+    return this.inner.delete(key);
+  }
+  async touch(key: string, deadline: number) {
+    await this.fault(`touch ${key}`);
+    return this.inner.touch(key, deadline);
+  }
+  async arith(op: ArithOp, key: string, delta: bigint) {
+    await this.fault(`${op} ${key}`);
+    return this.inner.arith(op, key, delta);
+  }
+  async flush() {
+    await this.fault('flush');
+    return this.inner.flush();
+  }
+  async probe() {
+    await this.fault('probe');
+  }
+  async close() {}
+}

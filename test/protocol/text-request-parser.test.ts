@@ -1,0 +1,153 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { EXPIRED } from '../../src/command/command';
+import { type ParseResult, TextRequestParser } from '../../src/protocol/text/request-parser';
+
+const NOW = 1_700_000_000_000;
+const LIMITS = { maxLineLength: 2048, maxItemSize: 1024 * 1024, maxKeysPerGet: 8 };
+
+/** A compact, comparable rendering of one parse result. */
+function show(r: ParseResult): string {
+  switch (r.kind) {
+    case 'parse_error':
+      return `${r.type}${r.message ? ' ' + r.message : ''}${r.close ? ' [close]' : ''}`;
+    case 'get':
+      return `${r.withCas ? 'gets' : 'get'}${r.touch !== undefined ? `@${r.touch - NOW}` : ''} ${r.keys.join(',')}`;
+    case 'store':
+      return `${r.mode} ${r.key} f=${r.flags} d=${r.deadline === 0 ? 0 : r.deadline === EXPIRED ? 'expired' : r.deadline - NOW} v=${JSON.stringify(r.value.toString('latin1'))}${r.cas !== undefined ? ` cas=${r.cas}` : ''}${r.noreply ? ' noreply' : ''}`;
+    case 'too_large':
+      return `too_large ${r.key}${r.noreply ? ' noreply' : ''}`;
+    case 'delete':
+      return `delete ${r.key}${r.noreply ? ' noreply' : ''}`;
+    case 'touch':
+      return `touch ${r.key} d=${r.deadline === EXPIRED ? 'expired' : r.deadline - NOW}${r.noreply ? ' noreply' : ''}`;
+    case 'arith':
+      return `${r.op} ${r.key} ${r.delta}${r.noreply ? ' noreply' : ''}`;
+    case 'flush':
+      return `flush ${r.delay}${r.noreply ? ' noreply' : ''}`;
+    case 'stats':
+      return `stats ${r.group}`.trim();
+    case 'verbosity':
+      return `verbosity${r.noreply ? ' noreply' : ''}`;
+    default:
+      return r.kind;
+  }
+}
+
+function run(chunks: Buffer[], limits = LIMITS): string[] {
+  const p = new TextRequestParser(limits, () => NOW);
+  const out: string[] = [];
+  for (const c of chunks) {
+    p.push(c);
+    for (let r = p.next(); r !== undefined; r = p.next()) out.push(show(r));
+  }
+  return out;
+}
+
+/** Feeds `input` whole, byte by byte, and split in two at every offset: all must agree. */
+function check(input: string | Buffer, expected: string[], limits = LIMITS): void {
+  const buf = typeof input === 'string' ? Buffer.from(input, 'latin1') : input;
+  assert.deepEqual(run([buf], limits), expected, 'whole');
+  const bytes: Buffer[] = [];
+  for (let i = 0; i < buf.length; i++) bytes.push(buf.subarray(i, i + 1));
+  assert.deepEqual(run(bytes, limits), expected, 'byte by byte');
+  for (let i = 1; i < buf.length; i++) {
+    assert.deepEqual(run([buf.subarray(0, i), buf.subarray(i)], limits), expected, `split at ${i}`);
+  }
+}
+
+const BAD = 'CLIENT_ERROR bad command line format';
+const k250 = 'k'.repeat(250);
+const k251 = 'k'.repeat(251);
+
+const CASES: Array<[string, string | Buffer, string[]]> = [
+  ['T1 key of 250 bytes', `set ${k250} 0 0 1\r\nx\r\n`, [`set ${k250} f=0 d=0 v="x"`]],
+  ['T1 key of 251 bytes, data swallowed', `set ${k251} 0 0 1\r\nx\r\nversion\r\n`, [BAD, 'version']],
+  ['T1 251-byte key inside a multi-get fails the whole get', `get a ${k251} b\r\n`, [BAD]],
+  ['T2 bad flags: block swallowed, never run as commands', 'set k x 0 8\r\ndelete a\r\nget k\r\n', [BAD, 'get k']],
+  ['T2 unparseable <bytes> closes', 'set k 0 0 abc\r\nget k\r\n', [`${BAD} [close]`]],
+  ['T3 control byte in key', 'get a\x01b\r\n', [BAD]],
+  ['T3 DEL byte in key', 'delete a\x7fb\r\n', [BAD]],
+  ['T3 lone CR inside a key', 'get a\rb\r\n', [BAD]],
+  ['T4 block longer than declared closes', 'set k 0 0 3\r\nabcd\r\nget k\r\n', ['CLIENT_ERROR bad data chunk [close]']],
+  ['T5 too large: swallowed, old value to delete', `set big 0 0 ${1024 * 1024 + 1}\r\n`, []],
+  ['T7 bytes -1', 'set k 0 0 -1\r\n', [`${BAD} [close]`]],
+  ['T7 bytes 4294967295', 'set k 0 0 4294967295\r\n', [`${BAD} [close]`]],
+  ['T7 bytes 12abc', 'set k 0 0 12abc\r\n', [`${BAD} [close]`]],
+  ['T7 exptime beyond int32', 'set k 0 2147483648 1\r\nx\r\n', [BAD]],
+  ['T8 exptime 0, negative, 30 days, absolute past', 'set a 0 0 1\r\na\r\nset b 0 -1 1\r\nb\r\nset c 0 2592000 1\r\nc\r\nset d 0 2592001 1\r\nd\r\n', [
+    'set a f=0 d=0 v="a"', 'set b f=0 d=expired v="b"', `set c f=0 d=${2592000 * 1000} v="c"`, 'set d f=0 d=expired v="d"',
+  ]],
+  ['T8 absolute future', `set a 0 ${NOW / 1000 + 3600} 1\r\na\r\n`, [`set a f=0 d=${3600 * 1000} v="a"`]],
+  ['T9 the 2678400 probe is a 1970 time', 'add k 0 2678400 0\r\n\r\n', ['add k f=0 d=expired v=""']],
+  ['T10 touch -1, gat -1', 'touch k -1\r\ngat -1 k\r\n', ['touch k d=expired', `get@${EXPIRED - NOW} k`]],
+  ['T11 flags bounds', 'set a 4294967295 0 1\r\nx\r\nset b 4294967296 0 1\r\nx\r\nset c -1 0 1\r\nx\r\n', ['set a f=4294967295 d=0 v="x"', BAD, BAD]],
+  ['T13 bad delta', 'incr k abc\r\nincr k -1\r\ndecr k 18446744073709551616\r\nincr k 18446744073709551615\r\n', [
+    'CLIENT_ERROR invalid numeric delta argument', 'CLIENT_ERROR invalid numeric delta argument',
+    'CLIENT_ERROR invalid numeric delta argument', 'incr k 18446744073709551615',
+  ]],
+  ['T15 cas unique', 'cas k 1 0 2 42\r\nhi\r\ncas k 1 0 2 x\r\nhi\r\n', ['cas k f=1 d=0 v="hi" cas=42', BAD]],
+  ['T16 duplicates kept in order', 'get a nokey b a\r\n', ['get a,nokey,b,a']],
+  ['T17 noreply', 'set k 0 0 1 noreply\r\nx\r\nget k\r\n', ['set k f=0 d=0 v="x" noreply', 'get k']],
+  ['T18 pipelined', 'get a\r\ngets b c\r\nversion\r\nincr n 5 noreply\r\n', ['get a', 'gets b,c', 'version', 'incr n 5 noreply']],
+  ['T19 bare LF line endings', 'set k 0 0 2\nhi\r\nget k\ndelete k\n', ['set k f=0 d=0 v="hi"', 'get k', 'delete k']],
+  ['T20 unknown command', 'frobnicate\r\nget a\r\n', ['ERROR', 'get a']],
+  ['T20 HTTP request closes', 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', ['ERROR [close]']],
+  ['T21 delete with time argument', 'delete k 0\r\ndelete k 10\r\ndelete k 0 noreply\r\n', [
+    'delete k', 'CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]', 'delete k noreply',
+  ]],
+  ['T24 admin commands are not forwarded', 'lru_crawler metadump all\r\nslabs reassign 1 2\r\nshutdown\r\nstats upstreams\r\n', ['ERROR', 'ERROR', 'ERROR', 'stats upstreams']],
+  ['binary-safe value with CR LF NUL', Buffer.from('set b 0 0 5\r\n\r\n\0\r\n\r\n', 'latin1'), ['set b f=0 d=0 v="\\r\\n\\u0000\\r\\n"']],
+  ['empty line', '\r\n', ['ERROR']],
+  ['wrong arity', 'set k 0 0\r\nincr k\r\ntouch k\r\nget\r\n', ['ERROR', 'ERROR', 'ERROR', 'ERROR']],
+  ['keys per get limit', 'get a b c d e f g h i\r\n', ['CLIENT_ERROR too many keys in one get (max-keys-per-get is 8)']],
+  ['flush_all forms', 'flush_all\r\nflush_all 10\r\nflush_all noreply\r\nflush_all x\r\n', ['flush 0', 'flush 10', 'flush 0 noreply', BAD]],
+  ['every command kind', 'append k 0 0 1\r\na\r\nprepend k 0 0 1\r\np\r\nreplace k 3 0 1\r\nr\r\ngats 10 a b\r\nverbosity 1\r\nstats\r\nquit\r\n', [
+    'append k f=0 d=0 v="a"', 'prepend k f=0 d=0 v="p"', 'replace k f=3 d=0 v="r"', 'gets@10000 a,b', 'verbosity', 'stats', 'quit',
+  ]],
+];
+
+describe('text request parser', () => {
+  for (const [name, input, expected] of CASES) {
+    it(name, () => check(input, expected));
+  }
+
+  it('T5 yields too_large after the oversized block is swallowed, then goes on', () => {
+    const size = 2048;
+    const limits = { ...LIMITS, maxItemSize: 1024 };
+    const input = Buffer.concat([Buffer.from(`set big 0 0 ${size}\r\n`), Buffer.alloc(size, 0x61), Buffer.from('\r\nget big\r\n')]);
+    check(input, ['too_large big', 'get big'], limits);
+  });
+
+  it('T5 never buffers the refused block', () => {
+    const p = new TextRequestParser({ ...LIMITS, maxItemSize: 1024 }, () => NOW);
+    p.push(Buffer.from('set big 0 0 10000000\r\n'));
+    assert.equal(p.next(), undefined);
+    for (let i = 0; i < 100; i++) p.push(Buffer.alloc(65536, 0x61));
+    assert.ok(p.buffered <= 65536, `buffered ${p.buffered}`);
+  });
+
+  it('T6 a line over the limit without a newline closes', () => {
+    const p = new TextRequestParser(LIMITS, () => NOW);
+    p.push(Buffer.from('get ' + 'a'.repeat(2100)));
+    const r = p.next();
+    assert.ok(r && r.kind === 'parse_error' && r.close);
+    assert.equal(p.next(), undefined, 'nothing is parsed after a fatal error');
+  });
+
+  it('T6 a line at the limit is accepted', () => {
+    const line = 'get ' + 'a'.repeat(200) + (' ' + 'b'.repeat(240)).repeat(7);
+    assert.ok(line.length <= 2048);
+    assert.equal(run([Buffer.from(line + '\r\n')]).length, 1);
+    assert.match(run([Buffer.from(line + '\r\n')])[0] ?? '', /^get /);
+  });
+
+  it('values are slices of the input, not copies', () => {
+    const p = new TextRequestParser(LIMITS, () => NOW);
+    const input = Buffer.from('set k 0 0 5\r\nhello\r\n');
+    p.push(input);
+    const r = p.next();
+    assert.ok(r && r.kind === 'store');
+    assert.equal(r.value.buffer, input.buffer);
+  });
+});

@@ -1,0 +1,295 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { inspect } from 'node:util';
+import { type Command, type Reply, EXPIRED } from '../../src/command/command';
+import type { WriteWait } from '../../src/router/context';
+import { Router } from '../../src/router/router';
+import type { StatsSource } from '../../src/router/stats';
+import { FakeUpstream } from '../helpers/fake-upstream';
+
+const source: StatsSource = {
+  startedAt: Date.now(),
+  version: 'test',
+  currConnections: () => 0,
+  totalConnections: () => 0,
+  rejectedConnections: () => 0,
+};
+
+function setup(n = 2, opts: { minCopies?: number; writeWait?: WriteWait; allowFlush?: boolean } = {}) {
+  const ups = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`));
+  const router = new Router(
+    { upstreams: ups, minCopies: opts.minCopies ?? 1, writeWait: opts.writeWait ?? 'all', allowFlush: opts.allowFlush ?? false },
+    source,
+    () => {},
+  );
+  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+  return { ups, router, exec };
+}
+
+const set = (key: string, value: string, deadline = 0, flags = 0): Command => ({
+  kind: 'store', mode: 'set', key, value: Buffer.from(value), flags, deadline, cas: undefined, noreply: false,
+});
+const store = (mode: 'add' | 'replace' | 'append' | 'prepend' | 'cas', key: string, value: string, cas?: bigint): Command => ({
+  kind: 'store', mode, key, value: Buffer.from(value), flags: 7, deadline: 0, cas, noreply: false,
+});
+const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
+const gets = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: true, touch: undefined });
+const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
+const arith = (op: 'incr' | 'decr', key: string, delta: bigint): Command => ({
+  kind: 'arith', op, key, delta, initial: undefined, deadline: 0, noreply: false,
+});
+
+function values(r: Reply): Array<string | undefined> {
+  assert.equal(r.kind, 'values', inspect(r));
+  return (r as Extract<Reply, { kind: 'values' }>).hits.map((h) => h?.value.toString());
+}
+
+async function direct(u: FakeUpstream, key: string): Promise<string | undefined> {
+  const [h] = await u.inner.get([key]);
+  return h?.value.toString();
+}
+
+/** Waits for background work (read repair, replication) by polling a condition, bounded. */
+async function eventually(cond: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (await cond()) return;
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+describe('router: replicated writes', () => {
+  it('set goes to every upstream', async () => {
+    const { ups, exec } = setup(3);
+    assert.deepEqual(await exec(set('k', 'v')), { kind: 'status', status: 'STORED', cas: 1n });
+    for (const u of ups) assert.equal(await direct(u, 'k'), 'v');
+  });
+
+  it('min-copies: success only when enough upstreams stored it', async () => {
+    const a = setup(2, { minCopies: 2 });
+    a.ups[1]!.mode = 'fail';
+    const r = await a.exec(set('k', 'v'));
+    assert.equal(r.kind, 'error');
+    assert.match((r as { message: string }).message, /stored on 1 of 2 upstreams, min-copies is 2/);
+    const b = setup(2, { minCopies: 1 });
+    b.ups[0]!.mode = 'fail';
+    assert.equal((await b.exec(set('k', 'v'))).kind, 'status');
+    assert.equal(await direct(b.ups[1]!, 'k'), 'v');
+  });
+
+  it('every upstream failing is a SERVER_ERROR, not a crash', async () => {
+    const { ups, exec } = setup(2);
+    for (const u of ups) u.mode = 'fail';
+    for (const c of [set('k', 'v'), get('k'), del('k'), store('add', 'k', 'v'), arith('incr', 'k', 1n)]) {
+      const r = await exec(c);
+      assert.equal(r.kind, 'error', inspect(c));
+      assert.equal((r as { type: string }).type, 'SERVER_ERROR');
+    }
+  });
+
+  it('write-wait copies answers once min-copies stored, the rest finishes later', async () => {
+    const { ups, exec } = setup(2, { writeWait: 'copies' });
+    ups[1]!.close_gate();
+    assert.equal((await exec(set('k', 'v'))).kind, 'status');
+    assert.equal(await direct(ups[1]!, 'k'), undefined, 'the slow upstream has not stored it yet');
+    ups[1]!.open();
+    await eventually(async () => (await direct(ups[1]!, 'k')) === 'v', 'background write lands');
+  });
+
+  it('write-wait all waits for the slow upstream', async () => {
+    const { ups, exec } = setup(2, { writeWait: 'all' });
+    ups[1]!.close_gate();
+    let answered = false;
+    const p = exec(set('k', 'v')).then((r) => {
+      answered = true;
+      return r;
+    });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(answered, false);
+    ups[1]!.open();
+    assert.equal((await p).kind, 'status');
+  });
+
+  it('delete: DELETED when any had it, NOT_FOUND only when all answered none, else an error', async () => {
+    const { ups, exec } = setup(2);
+    await ups[1]!.inner.store({ mode: 'set', key: 'k', value: Buffer.from('v'), flags: 0, deadline: 0 });
+    assert.deepEqual(await exec(del('k')), { kind: 'status', status: 'DELETED' });
+    assert.deepEqual(await exec(del('k')), { kind: 'status', status: 'NOT_FOUND' });
+    ups[0]!.mode = 'fail';
+    const r = await exec(del('k'));
+    assert.equal(r.kind, 'error', 'a delete that failed somewhere is never NOT_FOUND');
+  });
+
+  it('T5: too_large deletes the old value on every upstream', async () => {
+    const { ups, exec } = setup(2);
+    await exec(set('k', 'old'));
+    const r = await exec({ kind: 'too_large', key: 'k', noreply: false });
+    assert.deepEqual(r, { kind: 'error', type: 'SERVER_ERROR', message: 'object too large for cache' });
+    for (const u of ups) assert.equal(await direct(u, 'k'), undefined);
+  });
+
+  it('T9: an item stored already expired is a miss on every upstream', async () => {
+    const { ups, exec } = setup(2);
+    await exec(set('k', 'old'));
+    assert.equal((await exec({ ...(store('add', 'p', '') as object), deadline: EXPIRED } as Command)).kind, 'status');
+    await exec(set('k', 'new', EXPIRED));
+    assert.deepEqual(values(await exec(get('k', 'p'))), [undefined, undefined]);
+    for (const u of ups) assert.equal(await direct(u, 'k'), undefined);
+  });
+
+  it('touch reaches every upstream; flush is refused unless allowed', async () => {
+    const { ups, exec } = setup(2);
+    await exec(set('k', 'v'));
+    const deadline = Date.now() + 100_000;
+    assert.deepEqual(await exec({ kind: 'touch', key: 'k', deadline, noreply: false }), { kind: 'status', status: 'TOUCHED' });
+    for (const u of ups) assert.equal((await u.inner.get(['k']))[0]?.deadline, deadline);
+    const r = await exec({ kind: 'flush', delay: 0, noreply: false });
+    assert.equal(r.kind, 'error');
+    assert.match((r as { message: string }).message, /--allow-flush/);
+    assert.equal(await direct(ups[0]!, 'k'), 'v');
+    const allowed = setup(2, { allowFlush: true });
+    await allowed.exec(set('k', 'v'));
+    assert.deepEqual(await allowed.exec({ kind: 'flush', delay: 0, noreply: false }), { kind: 'status', status: 'OK' });
+    for (const u of allowed.ups) assert.equal(await direct(u, 'k'), undefined);
+  });
+});
+
+describe('router: failover reads and read repair', () => {
+  it('reads from the first upstream that has the key, in request order with duplicates (T16)', async () => {
+    const { ups, exec } = setup(2);
+    await ups[0]!.inner.store({ mode: 'set', key: 'a', value: Buffer.from('A'), flags: 0, deadline: 0 });
+    await ups[1]!.inner.store({ mode: 'set', key: 'b', value: Buffer.from('B'), flags: 0, deadline: 0 });
+    assert.deepEqual(values(await exec(get('a', 'nokey', 'b', 'a'))), ['A', undefined, 'B', 'A']);
+    assert.deepEqual(ups[1]!.calls, ['get nokey b'], 'the second upstream is asked only for what is missing, once per key');
+  });
+
+  it('read repair copies a lower hit into the upstreams that missed, with its remaining lifetime', async () => {
+    const { ups, exec } = setup(3);
+    const deadline = Date.now() + 50_000;
+    await ups[2]!.inner.store({ mode: 'set', key: 'k', value: Buffer.from('v'), flags: 9, deadline });
+    assert.deepEqual(values(await exec(get('k'))), ['v']);
+    for (const u of [ups[0]!, ups[1]!]) {
+      await eventually(async () => (await direct(u, 'k')) === 'v', 'repaired');
+      const [h] = await u.inner.get(['k']);
+      assert.equal(h?.deadline, deadline);
+      assert.equal(h?.flags, 9);
+    }
+  });
+
+  it('read repair never overwrites a newer value (add, not set)', async () => {
+    const { ups, exec } = setup(2);
+    await ups[1]!.inner.store({ mode: 'set', key: 'k', value: Buffer.from('old'), flags: 0, deadline: 0 });
+    ups[0]!.close_gate();
+    const read = exec(get('k'));
+    ups[0]!.open();
+    assert.deepEqual(values(await read), ['old']);
+    await exec(set('k', 'new'));
+    await eventually(async () => ups[0]!.calls.includes('add k'), 'repair attempted');
+    assert.equal(await direct(ups[0]!, 'k'), 'new');
+  });
+
+  it('an error falls through to the next upstream; all failing is SERVER_ERROR', async () => {
+    const { ups, exec } = setup(2);
+    await exec(set('k', 'v'));
+    ups[0]!.mode = 'timeout';
+    assert.deepEqual(values(await exec(get('k'))), ['v']);
+    ups[1]!.mode = 'fail';
+    const r = await exec(get('k'));
+    assert.equal(r.kind, 'error');
+  });
+
+  it('gat touches the upstreams below the one that answered and repairs the ones above', async () => {
+    const { ups, exec } = setup(3);
+    await ups[1]!.inner.store({ mode: 'set', key: 'k', value: Buffer.from('v'), flags: 0, deadline: 0 });
+    await ups[2]!.inner.store({ mode: 'set', key: 'k', value: Buffer.from('v'), flags: 0, deadline: 0 });
+    const deadline = Date.now() + 60_000;
+    assert.deepEqual(values(await exec({ kind: 'get', keys: ['k'], withCas: false, touch: deadline })), ['v']);
+    for (const u of ups) {
+      await eventually(async () => (await u.inner.get(['k']))[0]?.deadline === deadline, `deadline on ${u.name}`);
+    }
+  });
+});
+
+describe('router: one authority for conditional commands', () => {
+  it('add is decided by the first upstream and replicated to the others', async () => {
+    const { ups, exec } = setup(2);
+    assert.equal((await exec(store('add', 'lock', '1'))).kind, 'status');
+    assert.equal(await direct(ups[1]!, 'lock'), '1');
+    assert.deepEqual(await exec(store('add', 'lock', '2')), { kind: 'status', status: 'NOT_STORED' });
+    assert.equal(await direct(ups[1]!, 'lock'), '1');
+  });
+
+  it('when the first upstream fails, the next one decides', async () => {
+    const { ups, exec } = setup(2);
+    ups[0]!.mode = 'fail';
+    assert.equal(((await exec(store('add', 'lock', '1'))) as { status: string }).status, 'STORED');
+    assert.deepEqual(await exec(store('add', 'lock', '2')), { kind: 'status', status: 'NOT_STORED' });
+  });
+
+  it('incr replicates the resulting number, never the delta (hazard 7)', async () => {
+    const { ups, exec } = setup(2);
+    await ups[0]!.inner.store({ mode: 'set', key: 'n', value: Buffer.from('10'), flags: 3, deadline: 0 });
+    await ups[1]!.inner.store({ mode: 'set', key: 'n', value: Buffer.from('500'), flags: 3, deadline: 0 });
+    assert.deepEqual(await exec(arith('incr', 'n', 5n)), { kind: 'number', value: 15n });
+    assert.equal(await direct(ups[1]!, 'n'), '15');
+    assert.equal((await ups[1]!.inner.get(['n']))[0]?.flags, 3);
+  });
+
+  it('T12/T14: non-numeric, wrap at 2^64, floor at 0, missing', async () => {
+    const { exec } = setup(2);
+    await exec(set('s', 'hi'));
+    assert.deepEqual(await exec(arith('incr', 's', 1n)), {
+      kind: 'error', type: 'CLIENT_ERROR', message: 'cannot increment or decrement non-numeric value',
+    });
+    await exec(set('n', '18446744073709551615'));
+    assert.deepEqual(await exec(arith('incr', 'n', 1n)), { kind: 'number', value: 0n });
+    assert.deepEqual(await exec(arith('decr', 'n', 5n)), { kind: 'number', value: 0n });
+    assert.deepEqual(await exec(arith('incr', 'missing', 1n)), { kind: 'status', status: 'NOT_FOUND' });
+  });
+
+  it('binary-style incr with an initial value creates the key once', async () => {
+    const { ups, exec } = setup(2);
+    const c: Command = { kind: 'arith', op: 'incr', key: 'c', delta: 1n, initial: 10n, deadline: 0, noreply: false };
+    assert.deepEqual(await exec(c), { kind: 'number', value: 10n });
+    assert.deepEqual(await exec(c), { kind: 'number', value: 11n });
+    assert.equal(await direct(ups[1]!, 'c'), '11');
+  });
+
+  it('T15: cas with the authority unique stores once, then EXISTS; missing is NOT_FOUND', async () => {
+    const { ups, exec } = setup(2);
+    await exec(set('k', 'v'));
+    const r = await exec(gets('k'));
+    const cas = (r as Extract<Reply, { kind: 'values' }>).hits[0]?.cas;
+    assert.ok(cas !== undefined);
+    assert.equal(((await exec(store('cas', 'k', 'w', cas))) as { status: string }).status, 'STORED');
+    assert.equal(await direct(ups[1]!, 'k'), 'w');
+    assert.deepEqual(await exec(store('cas', 'k', 'x', cas)), { kind: 'status', status: 'EXISTS' });
+    assert.deepEqual(await exec(store('cas', 'nokey', 'x', 1n)), { kind: 'status', status: 'NOT_FOUND' });
+  });
+
+  it('append and prepend replicate the whole resulting value', async () => {
+    const { ups, exec } = setup(2);
+    await exec(set('k', 'mid'));
+    await ups[1]!.inner.store({ mode: 'set', key: 'k', value: Buffer.from('stale'), flags: 0, deadline: 0 });
+    await exec(store('append', 'k', '>'));
+    await exec(store('prepend', 'k', '<'));
+    assert.equal(await direct(ups[1]!, 'k'), '<mid>');
+    assert.deepEqual(await exec(store('append', 'none', 'x')), { kind: 'status', status: 'NOT_STORED' });
+  });
+});
+
+describe('router: own answers', () => {
+  it('version, verbosity and stats are answered by mcmux, unknown stats groups are ERROR', async () => {
+    const { exec } = setup(2);
+    assert.deepEqual(await exec({ kind: 'version' }), { kind: 'version', version: '1.6.21' });
+    assert.deepEqual(await exec({ kind: 'verbosity', noreply: false }), { kind: 'status', status: 'OK' });
+    await exec(get('x'));
+    const s = await exec({ kind: 'stats', group: '' });
+    assert.equal(s.kind, 'stats');
+    const lines = new Map((s as Extract<Reply, { kind: 'stats' }>).lines.map(([k, v]) => [k, String(v)]));
+    assert.equal(lines.get('cmd_get'), '1');
+    assert.equal(lines.get('get_misses'), '1');
+    assert.equal(lines.get('upstream.1.name'), 'fake://1');
+    assert.equal((await exec({ kind: 'stats', group: 'slabs' })).kind, 'error');
+  });
+});
