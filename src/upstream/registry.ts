@@ -7,6 +7,9 @@
 import { ConfigError } from '../errors';
 import { createMemcachedUpstream } from './memcached';
 import { createMemoryUpstream } from './memory';
+import { createMysqlUpstream } from './mysql';
+import { createRedisUpstream } from './redis';
+import { createSqliteUpstream } from './sqlite';
 import type { Upstream } from './upstream';
 
 export interface UpstreamContext {
@@ -16,11 +19,26 @@ export interface UpstreamContext {
   readonly maxItemSize: number;
 }
 
-export type UpstreamFactory = (url: URL, options: Map<string, string>, ctx: UpstreamContext) => Upstream;
+export interface HostPort {
+  readonly host: string;
+  /** undefined when the URL gave none: the driver applies its default port. */
+  readonly port: number | undefined;
+}
+
+/**
+ * `url` is the upstream URL with only its first host (so WHATWG URL can parse it); `hosts`
+ * lists every host of a multi-host URL (`redis+cluster://h1:p1,h2:p2`, a memcached pool).
+ */
+export type UpstreamFactory = (url: URL, options: Map<string, string>, ctx: UpstreamContext, hosts: HostPort[]) => Upstream;
 
 const schemes = new Map<string, UpstreamFactory>([
   ['memory', createMemoryUpstream],
   ['memcached', createMemcachedUpstream],
+  ['redis', createRedisUpstream],
+  ['rediss', createRedisUpstream],
+  ['redis+cluster', createRedisUpstream],
+  ['mysql', createMysqlUpstream],
+  ['sqlite', createSqliteUpstream],
 ]);
 
 export function knownSchemes(): string[] {
@@ -37,8 +55,9 @@ export function createUpstream(
   ctx: UpstreamContext,
 ): Upstream {
   let url: URL;
+  let hosts: HostPort[];
   try {
-    url = new URL(rawUrl);
+    ({ url, hosts } = parseUpstreamUrl(rawUrl));
   } catch {
     throw new ConfigError(`upstream "${rawUrl}" is not a URL: expected scheme://host:port (schemes: ${knownSchemes().join(', ')})`);
   }
@@ -50,7 +69,22 @@ export function createUpstream(
   const options = new Map<string, string>();
   for (const [k, v] of url.searchParams) options.set(k, v);
   for (const [k, v] of extra) options.set(k, v);
-  return factory(url, options, ctx);
+  return factory(url, options, ctx, hosts);
+}
+
+/** Splits a possibly multi-host URL into a URL of its first host and the list of all hosts. */
+function parseUpstreamUrl(raw: string): { url: URL; hosts: HostPort[] } {
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)((?:[^@/?#]*@)?)([^/?#]*)(.*)$/i.exec(raw);
+  if (!m) throw new Error('not a URL');
+  const [, scheme, auth, hostList, rest] = m as unknown as [string, string, string, string, string];
+  const hosts: HostPort[] = [];
+  for (const part of hostList.split(',')) {
+    const u = new URL(`${scheme}${part}`);
+    if (part !== '' && u.hostname === '') throw new Error('bad host');
+    hosts.push({ host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port === '' ? undefined : Number(u.port) });
+  }
+  const url = new URL(`${scheme}${auth}${hostList.split(',')[0] ?? ''}${rest}`);
+  return { url, hosts };
 }
 
 /** Option helpers shared by drivers. */

@@ -1,0 +1,222 @@
+/**
+ * One driver conformance suite, run against every driver backed by a real server: the same
+ * cases, the same expectations. A driver is conformant when it behaves like memcached here.
+ */
+
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { EXPIRED } from '../../src/command/command';
+import type { Upstream } from '../../src/upstream/upstream';
+import { memcachedTarget } from './targets/memcached';
+import { memoryTarget } from './targets/memory';
+import { mysqlTarget } from './targets/mysql';
+import { redisTarget } from './targets/redis';
+import { sqliteTarget } from './targets/sqlite';
+import type { ConformanceTarget, TargetInstance } from './targets/target';
+
+const MAX_ITEM = 1024 * 1024;
+const TARGETS: ConformanceTarget[] = [memoryTarget, memcachedTarget, redisTarget, mysqlTarget, sqliteTarget];
+
+const b = (s: string): Buffer => Buffer.from(s, 'latin1');
+const DAY = 24 * 3600 * 1000;
+
+for (const target of TARGETS) {
+  describe(`conformance: ${target.name}`, () => {
+    let inst: TargetInstance | undefined;
+    let u: Upstream;
+    let n = 0;
+    /** A key no other case uses (the store is shared by the cases of one target). */
+    const key = (name: string): string => `${target.name}:${name}:${n++}`;
+    const set = (k: string, v: string | Buffer, flags = 0, deadline = 0) =>
+      u.store({ mode: 'set', key: k, value: typeof v === 'string' ? b(v) : v, flags, deadline });
+    const value = async (k: string): Promise<string | undefined> => (await u.get([k]))[0]?.value.toString('latin1');
+
+    before(async (t) => {
+      // `before` has no skip: the cases below skip themselves when `inst` is undefined.
+      inst = await target.start(t as never, MAX_ITEM).catch((error: unknown) => {
+        if (process.env.MCMUX_REQUIRE_SERVERS === '1') throw error;
+        return undefined;
+      });
+      if (inst) u = inst.upstream;
+    });
+    after(async () => {
+      await inst?.stop();
+    });
+
+    const test = (name: string, fn: () => Promise<void>): void => {
+      it(name, async (t) => {
+        if (!inst) {
+          if (process.env.MCMUX_REQUIRE_SERVERS === '1') assert.fail(`${target.name} target did not start`);
+          t.skip(`${target.name} server not available`);
+          return;
+        }
+        await fn();
+      });
+    };
+
+    test('set then get; miss is undefined; multi-get aligned with duplicates', async () => {
+      const a = key('a');
+      const c = key('c');
+      assert.equal((await set(a, 'A')).status, 'STORED');
+      await set(c, 'C');
+      const hits = await u.get([a, key('none'), c, a]);
+      assert.deepEqual(hits.map((h) => h?.value.toString()), ['A', undefined, 'C', 'A']);
+    });
+
+    test('flags round trip 0, 65535, 4294967295', async () => {
+      for (const flags of [0, 65535, 4294967295]) {
+        const k = key('flags');
+        await set(k, 'x', flags);
+        assert.equal((await u.get([k]))[0]?.flags, flags);
+      }
+    });
+
+    test('binary-safe values: CR, LF, NUL, high bytes, empty', async () => {
+      for (const v of [b('a\r\nb'), Buffer.from([0, 13, 10, 0, 255, 128]), b('\r\n'), Buffer.alloc(0)]) {
+        const k = key('bin');
+        await set(k, v);
+        assert.deepEqual((await u.get([k]))[0]?.value, v);
+      }
+    });
+
+    test('a value of the item limit stores and reads back whole', async () => {
+      const k = key('big');
+      const v = Buffer.alloc(MAX_ITEM, 0x61);
+      v[0] = 0x62;
+      v[MAX_ITEM - 1] = 0x63;
+      assert.equal((await set(k, v)).status, 'STORED');
+      assert.ok((await u.get([k]))[0]?.value.equals(v));
+    });
+
+    test('expiry: 0 never, past absent, relative and absolute deadlines kept', async () => {
+      const now = Date.now();
+      const never = key('never');
+      const past = key('past');
+      const rel = key('rel');
+      const abs = key('abs');
+      await set(never, 'v', 0, 0);
+      await set(past, 'v', 0, EXPIRED);
+      await set(rel, 'v', 0, now + 30 * DAY);
+      await set(abs, 'v', 0, now + 40 * DAY);
+      const [h0, h1, h2, h3] = await u.get([never, past, rel, abs]);
+      assert.equal(h0?.deadline, 0);
+      assert.equal(h1, undefined, 'an item stored already expired is absent');
+      assert.ok(h2 && Math.abs(h2.deadline - (now + 30 * DAY)) < 3000, `30 days relative: ${h2?.deadline}`);
+      assert.ok(h3 && Math.abs(h3.deadline - (now + 40 * DAY)) < 3000, `absolute: ${h3?.deadline}`);
+    });
+
+    test('a set with a past deadline removes the old value (T9, hazard 5)', async () => {
+      const k = key('old');
+      await set(k, 'old');
+      await u.store({ mode: 'add', key: key('probe'), value: b(''), flags: 0, deadline: EXPIRED });
+      await set(k, 'new', 0, EXPIRED);
+      assert.equal(await value(k), undefined);
+    });
+
+    test('an item whose deadline passes is gone', async () => {
+      const k = key('short');
+      await set(k, 'v', 0, Date.now() + 1000);
+      assert.equal(await value(k), 'v');
+      for (let i = 0; i < 40 && (await value(k)) !== undefined; i++) await new Promise((r) => setTimeout(r, 100));
+      assert.equal(await value(k), undefined);
+    });
+
+    test('add, replace', async () => {
+      const k = key('ar');
+      assert.equal((await u.store({ mode: 'replace', key: k, value: b('r'), flags: 0, deadline: 0 })).status, 'NOT_STORED');
+      assert.equal((await u.store({ mode: 'add', key: k, value: b('a'), flags: 0, deadline: 0 })).status, 'STORED');
+      assert.equal((await u.store({ mode: 'add', key: k, value: b('b'), flags: 0, deadline: 0 })).status, 'NOT_STORED');
+      assert.equal((await u.store({ mode: 'replace', key: k, value: b('r'), flags: 0, deadline: 0 })).status, 'STORED');
+      assert.equal(await value(k), 'r');
+    });
+
+    test('append and prepend keep flags and deadline; missing is NOT_STORED', async () => {
+      const k = key('ap');
+      const deadline = Date.now() + DAY;
+      await set(k, 'mid', 77, deadline);
+      assert.equal((await u.store({ mode: 'append', key: k, value: b('>'), flags: 1, deadline: 0 })).status, 'STORED');
+      assert.equal((await u.store({ mode: 'prepend', key: k, value: b('<'), flags: 1, deadline: 0 })).status, 'STORED');
+      const [h] = await u.get([k]);
+      assert.equal(h?.value.toString(), '<mid>');
+      assert.equal(h?.flags, 77);
+      assert.ok(h && Math.abs(h.deadline - deadline) < 3000);
+      assert.equal((await u.store({ mode: 'append', key: key('none'), value: b('x'), flags: 0, deadline: 0 })).status, 'NOT_STORED');
+    });
+
+    test('cas: the unique from get stores once, then EXISTS; missing NOT_FOUND', async () => {
+      const k = key('cas');
+      await set(k, 'v');
+      const cas = (await u.get([k]))[0]?.cas;
+      assert.ok(cas !== undefined && cas > 0n);
+      assert.equal((await u.store({ mode: 'cas', key: k, value: b('w'), flags: 0, deadline: 0, cas })).status, 'STORED');
+      assert.equal((await u.store({ mode: 'cas', key: k, value: b('x'), flags: 0, deadline: 0, cas })).status, 'EXISTS');
+      assert.equal(await value(k), 'w');
+      assert.equal((await u.store({ mode: 'cas', key: key('none'), value: b('x'), flags: 0, deadline: 0, cas: 1n })).status, 'NOT_FOUND');
+    });
+
+    test('incr/decr: wrap at 2^64, floor at 0, non-numeric, missing', async () => {
+      const k = key('n');
+      await set(k, '18446744073709551615', 5);
+      assert.deepEqual(await u.arith('incr', k, 1n), { status: 'OK', value: 0n });
+      assert.deepEqual(await u.arith('incr', k, 10n), { status: 'OK', value: 10n });
+      assert.deepEqual(await u.arith('decr', k, 3n), { status: 'OK', value: 7n });
+      assert.deepEqual(await u.arith('decr', k, 100n), { status: 'OK', value: 0n });
+      assert.equal((await u.get([k]))[0]?.flags, 5);
+      assert.deepEqual(await u.arith('incr', k, 18446744073709551615n), { status: 'OK', value: 18446744073709551615n });
+      const s = key('s');
+      await set(s, 'hi');
+      assert.deepEqual(await u.arith('incr', s, 1n), { status: 'NON_NUMERIC' });
+      assert.deepEqual(await u.arith('incr', key('none'), 1n), { status: 'NOT_FOUND' });
+    });
+
+    test('delete, touch, gat', async () => {
+      const k = key('d');
+      await set(k, 'v');
+      const deadline = Date.now() + 2 * DAY;
+      assert.equal(await u.touch(k, deadline), 'TOUCHED');
+      assert.ok(Math.abs(((await u.get([k]))[0]?.deadline ?? 0) - deadline) < 3000);
+      const later = Date.now() + 3 * DAY;
+      const [g] = await u.get([k], later);
+      assert.equal(g?.value.toString(), 'v');
+      assert.ok(Math.abs(((await u.get([k]))[0]?.deadline ?? 0) - later) < 3000, 'gat set the new deadline');
+      assert.equal(await u.touch(key('none'), deadline), 'NOT_FOUND');
+      assert.equal(await u.delete(k), 'DELETED');
+      assert.equal(await u.delete(k), 'NOT_FOUND');
+      assert.equal(await value(k), undefined);
+      const t = key('t');
+      await set(t, 'v');
+      assert.equal(await u.touch(t, EXPIRED), 'TOUCHED');
+      assert.equal(await value(t), undefined, 'touch -1 expires it');
+    });
+
+    test('two clients racing add on one key: exactly one wins', async () => {
+      const second = inst!.second();
+      for (let round = 0; round < 20; round++) {
+        const k = key('race');
+        const rs = await Promise.all([u, second, u, second].map((c, i) =>
+          c.store({ mode: 'add', key: k, value: b(`c${i}`), flags: 0, deadline: 0 })));
+        assert.equal(rs.filter((r) => r.status === 'STORED').length, 1, `round ${round}: ${rs.map((r) => r.status)}`);
+      }
+    });
+
+    test('two clients racing cas with one unique: exactly one wins', async () => {
+      const second = inst!.second();
+      for (let round = 0; round < 20; round++) {
+        const k = key('casrace');
+        await set(k, 'v');
+        const cas = (await u.get([k]))[0]?.cas;
+        const rs = await Promise.all([u, second, u, second].map((c, i) =>
+          c.store({ mode: 'cas', key: k, value: b(`c${i}`), flags: 0, deadline: 0, cas })));
+        assert.equal(rs.filter((r) => r.status === 'STORED').length, 1, `round ${round}: ${rs.map((r) => r.status)}`);
+      }
+    });
+
+    test('probe answers; flush empties the store', async () => {
+      await u.probe();
+      const k = key('f');
+      await set(k, 'v');
+      await u.flush();
+      assert.equal(await value(k), undefined);
+    });
+  });
+}
