@@ -1,11 +1,12 @@
 /**
  * One client connection: framing, ordering, limits.
  *
- *   socket 'data' ─► parser.push ─► next() ─► Slot{cmd} queued ─► dispatch (read/write barrier)
+ *   first byte 0x80 ? binary codec : text codec   (as memcached decides, per connection)
+ *   socket 'data' ─► codec.push ─► next() ─► Slot{request} queued ─► dispatch (read/write barrier)
  *                                                                    │
  *                                                       router.execute(cmd) ─► slot.reply
  *                                                                    │
- *   socket.write ◄─ flush(): replies of the completed slots at the head, in request order, one cork
+ *   socket.write ◄─ flush(): codec.encode of the completed slots at the head, in order, one cork
  *
  * Ordering. Replies leave in request order whatever order the upstreams answer in. Execution
  * keeps the semantics of one memcached connection: consecutive reads run in parallel, but a
@@ -19,10 +20,11 @@
  */
 
 import type { Socket } from 'node:net';
-import type { Command, GetCommand, Reply } from '../command/command';
-import type { ParseResult, TextLimits } from '../protocol/text/request-parser';
-import { TextRequestParser } from '../protocol/text/request-parser';
-import { errorLine, writeTextReply } from '../protocol/text/reply-writer';
+import type { Command, Reply } from '../command/command';
+import type { Decoded, Request, ServerCodec } from '../protocol/codec';
+import { errorLine } from '../protocol/text/reply-writer';
+import { TextCodec } from '../protocol/text/text-codec';
+import type { TextLimits } from '../protocol/text/request-parser';
 import type { Router } from '../router/router';
 
 export interface ConnectionLimits extends TextLimits {
@@ -32,11 +34,16 @@ export interface ConnectionLimits extends TextLimits {
   readonly maxOutputBytes: number;
 }
 
+/** Chooses the codec from a connection's first byte; the binary codec registers itself here. */
+export type CodecFactory = (firstByte: number, limits: ConnectionLimits) => ServerCodec;
+
+export const defaultCodecFactory: CodecFactory = (_first, limits) => new TextCodec(limits);
+
 interface Slot {
-  cmd: Command | undefined;
+  request: Request | undefined;
   reply: Reply | undefined;
-  /** Send nothing for this slot (noreply). */
-  silent: boolean;
+  /** Already-encoded bytes (a request that could not be decoded). */
+  bytes: Buffer | undefined;
   /** Close the connection once this slot's reply is written. */
   closeAfter: boolean;
   write: boolean;
@@ -46,7 +53,7 @@ interface Slot {
 const READS: ReadonlySet<Command['kind']> = new Set(['get', 'version', 'stats', 'noop', 'verbosity']);
 
 export class ClientConnection {
-  private readonly parser: TextRequestParser;
+  private codec: ServerCodec | undefined;
   private readonly queue: Slot[] = [];
   /** Index of the first slot not yet dispatched. */
   private nextToStart = 0;
@@ -60,8 +67,8 @@ export class ClientConnection {
     private readonly router: Router,
     private readonly limits: ConnectionLimits,
     private readonly onClose: () => void,
+    private readonly codecFor: CodecFactory = defaultCodecFactory,
   ) {
-    this.parser = new TextRequestParser(limits);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.maybeResume());
@@ -73,14 +80,15 @@ export class ClientConnection {
   }
 
   private onData(chunk: Buffer): void {
-    if (this.closing) return;
-    this.parser.push(chunk);
+    if (this.closing || chunk.length === 0) return;
+    if (!this.codec) this.codec = this.codecFor(chunk[0] as number, this.limits);
+    this.codec.push(chunk);
     this.drainParser();
   }
 
   private drainParser(): void {
-    while (!this.closing && this.queue.length < this.limits.maxPipeline) {
-      const r = this.parser.next();
+    while (this.codec && !this.closing && this.queue.length < this.limits.maxPipeline) {
+      const r = this.codec.next();
       if (r === undefined) break;
       this.enqueue(r);
     }
@@ -88,16 +96,16 @@ export class ClientConnection {
     this.maybePause();
   }
 
-  private enqueue(r: ParseResult): void {
-    if (r.kind === 'parse_error') {
-      const reply: Reply = { kind: 'error', type: r.type, message: r.message };
-      this.queue.push({ cmd: undefined, reply, silent: false, closeAfter: r.close, write: false, started: true });
-      if (r.close) this.closing = true; // parse nothing more; close once the replies before it are out
+  private enqueue(d: Decoded): void {
+    if (d.kind === 'error') {
+      const reply: Reply = { kind: 'none' };
+      this.queue.push({ request: undefined, reply, bytes: d.bytes, closeAfter: d.close, write: false, started: true });
+      if (d.close) this.closing = true; // decode nothing more; close once the replies before it are out
       return;
     }
-    const silent = ('noreply' in r && r.noreply) || r.kind === 'quit';
-    this.queue.push({ cmd: r, reply: undefined, silent, closeAfter: r.kind === 'quit', write: !READS.has(r.kind), started: false });
-    if (r.kind === 'quit') this.closing = true;
+    const kind = d.request.command.kind;
+    this.queue.push({ request: d.request, reply: undefined, bytes: undefined, closeAfter: kind === 'quit', write: !READS.has(kind), started: false });
+    if (kind === 'quit') this.closing = true;
   }
 
   /** Starts the queued commands the read/write barrier allows. */
@@ -121,7 +129,7 @@ export class ClientConnection {
   private run(slot: Slot): void {
     let result: Promise<Reply> | Reply;
     try {
-      result = this.router.execute(slot.cmd as Command);
+      result = this.router.execute((slot.request as Request).command);
     } catch (error) {
       result = { kind: 'error', type: 'SERVER_ERROR', message: error instanceof Error ? error.message : String(error) };
     }
@@ -152,10 +160,8 @@ export class ClientConnection {
     for (const slot of this.queue) {
       if (slot.reply === undefined) break;
       n++;
-      if (!slot.silent) {
-        // A noreply command's errors are still sent when they come from parsing, as memcached does.
-        writeTextReply(slot.reply, slot.cmd?.kind === 'get' ? (slot.cmd as GetCommand) : undefined, out);
-      }
+      if (slot.bytes) out.push(slot.bytes);
+      else if (slot.request && this.codec) this.codec.encode(slot.reply, slot.request, out);
       if (slot.closeAfter) {
         close = true;
         break;

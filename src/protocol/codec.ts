@@ -1,0 +1,29 @@
+/**
+ * What a client connection needs from a wire protocol: bytes in, commands out; replies in,
+ * bytes out. The text and binary codecs both implement it, so the connection, the router and
+ * the upstreams never know which protocol a client spoke. No sockets here.
+ */
+
+import type { Command, Reply } from '../command/command';
+
+/** A decoded request: the protocol-neutral command and what the codec needs to answer it. */
+export interface Request {
+  readonly command: Command;
+  /** Codec-private (binary: opcode, opaque, quiet); undefined for text. */
+  readonly tag: unknown;
+}
+
+export type Decoded =
+  | { readonly kind: 'request'; readonly request: Request }
+  /** A request that cannot be run: its reply, already encoded, and whether to close after it. */
+  | { readonly kind: 'error'; readonly bytes: Buffer; readonly close: boolean };
+
+export interface ServerCodec {
+  push(chunk: Buffer): void;
+  /** The next decoded request or error, or undefined when more bytes are needed. */
+  next(): Decoded | undefined;
+  /** Appends the reply to `request` to `out`; appends nothing when the client asked for none. */
+  encode(reply: Reply, request: Request, out: Buffer[]): void;
+  /** Bytes held, not yet decoded. */
+  readonly buffered: number;
+}
