@@ -1,79 +1,170 @@
 /**
- * Wires a validated `Config` into a running proxy: upstreams from the scheme table, the router,
- * the listener. Used by the CLI and, in-process, by the tests.
+ * Wires a validated `Config` into a running proxy: upstreams from the scheme table, each behind
+ * health tracking, the router, the listeners. Used by the CLI and, in-process, by the tests.
+ * `reload` applies a new config without dropping clients: unchanged upstreams keep their
+ * connections, new ones are added, removed ones are closed once their requests had time to end.
  */
 
 import type { Logger } from 'pino';
-import { type Config, EMBEDDED_DEFAULT } from './config';
+import { type Config, EMBEDDED_DEFAULT, type ListenSpec, type UpstreamConfig, formatListen } from './config';
+import { HealthyUpstream } from './router/health';
 import { Router } from './router/router';
+import type { ConnectionLimits } from './server/connection';
 import { Listener } from './server/listener';
 import { createUpstream } from './upstream/registry';
 import type { Upstream } from './upstream/upstream';
 
 export const MCMUX_VERSION: string = (require('../../package.json') as { version: string }).version;
 
-export interface RunningApp {
-  readonly address: { host: string; port: number };
-  readonly router: Router;
-  readonly listener: Listener;
-  /** Stops accepting, waits up to `graceMs` for clients to leave, then closes everything. */
-  close(graceMs?: number): Promise<void>;
-}
-
-export function buildUpstreams(config: Config): Upstream[] {
-  const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize };
-  const specs = config.upstreams.length > 0
+/** The upstream specs a config stands for (the embedded default when it names none). */
+export function upstreamSpecs(config: Config): readonly UpstreamConfig[] {
+  return config.upstreams.length > 0
     ? config.upstreams
     : EMBEDDED_DEFAULT.map((url) => ({ url, options: new Map<string, string>() }));
-  return specs.map((s) => createUpstream(s.url, s.options, ctx));
 }
 
-export async function startApp(config: Config, log: Logger): Promise<RunningApp> {
-  const upstreams = buildUpstreams(config);
-  if (config.upstreams.length === 0) {
-    log.warn({ upstreams: EMBEDDED_DEFAULT }, 'no upstream configured: running on the embedded default');
-  }
-  let router: Router | undefined;
-  const listener = new Listener(
-    () => router as Router,
-    {
-      maxLineLength: config.maxLineLength,
-      maxItemSize: config.maxItemSize,
-      maxKeysPerGet: config.maxKeysPerGet,
-      maxPipeline: config.maxPipeline,
-      maxOutputBytes: config.maxOutputBytes,
-    },
-    config.maxConnections,
-    MCMUX_VERSION,
-  );
-  router = new Router(
-    { upstreams, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush },
-    listener,
-    (what, u, error) => log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, `${what} failed`),
-  );
-  let address;
-  try {
-    address = await listener.listen(config.listen);
-  } catch (error) {
-    await Promise.all(upstreams.map((u) => u.close()));
-    throw error;
-  }
-  log.info(
-    { listen: `${address.host}:${address.port}`, upstreams: upstreams.map((u) => u.name), writeWait: config.writeWait, minCopies: config.minCopies },
-    'mcmux listening',
-  );
-  const r = router;
+/** Builds the raw drivers of a config (no health tracking): for validation and `mcmux check`. */
+export function buildUpstreams(config: Config): Upstream[] {
+  const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize };
+  return upstreamSpecs(config).map((s) => createUpstream(s.url, s.options, ctx));
+}
+
+/** Two specs with the same identity are the same store reached the same way: reuse it on reload. */
+function identity(spec: UpstreamConfig, config: Config): string {
+  const opts = [...spec.options].sort(([a], [b]) => a.localeCompare(b));
+  return JSON.stringify([spec.url, opts, config.timeout ?? null, config.maxItemSize]);
+}
+
+function limitsOf(config: Config): ConnectionLimits {
   return {
-    address,
-    router: r,
-    listener,
-    async close(graceMs = 0) {
-      const closed = listener.close(false);
-      if (graceMs > 0) {
-        await Promise.race([closed, new Promise((res) => setTimeout(res, graceMs).unref())]);
-      }
-      await listener.close(true);
-      await Promise.all(r.upstreams.map((u) => u.close()));
-    },
+    maxLineLength: config.maxLineLength,
+    maxItemSize: config.maxItemSize,
+    maxKeysPerGet: config.maxKeysPerGet,
+    maxPipeline: config.maxPipeline,
+    maxOutputBytes: config.maxOutputBytes,
   };
+}
+
+export class App {
+  readonly router: Router;
+  readonly listener: Listener;
+  /** What the listeners are bound to (real ports for port 0). */
+  bound: ListenSpec[] = [];
+  private members = new Map<string, HealthyUpstream>();
+  private config: Config;
+
+  constructor(
+    config: Config,
+    private readonly log: Logger,
+  ) {
+    this.config = config;
+    const upstreams = this.resolveUpstreams(config);
+    // The limits object is shared with every connection and updated in place on reload.
+    this.listener = new Listener(() => this.router, { ...limitsOf(config) }, config.maxConnections, MCMUX_VERSION);
+    this.router = new Router(
+      { upstreams, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush },
+      this.listener,
+      (what, u, error) => log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, `${what} failed`),
+    );
+  }
+
+  /** The first TCP address listened on (tests connect there). */
+  get address(): { host: string; port: number } {
+    const tcp = this.bound.find((l) => l.kind === 'tcp');
+    return tcp && tcp.kind === 'tcp' ? { host: tcp.host, port: tcp.port } : { host: '', port: 0 };
+  }
+
+  get upstreams(): readonly HealthyUpstream[] {
+    return this.router.upstreams as readonly HealthyUpstream[];
+  }
+
+  /** Health-wrapped upstreams for `config`, reusing the current ones that did not change. */
+  private resolveUpstreams(config: Config): HealthyUpstream[] {
+    const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize };
+    const next = new Map<string, HealthyUpstream>();
+    const list = upstreamSpecs(config).map((spec) => {
+      const id = identity(spec, config);
+      let m = this.members.get(id) ?? next.get(id);
+      if (m) {
+        m.options = config.health;
+      } else {
+        m = new HealthyUpstream(createUpstream(spec.url, spec.options, ctx), config.health, (u, from, to, reason) =>
+          this.log[to === 'healthy' ? 'info' : 'warn']({ upstream: u.name, from, to, reason }, `upstream ${to}`),
+        );
+      }
+      next.set(id, m);
+      return m;
+    });
+    this.members = next;
+    return list;
+  }
+
+  async start(): Promise<void> {
+    if (this.config.upstreams.length === 0) {
+      this.log.warn({ upstreams: EMBEDDED_DEFAULT }, 'no upstream configured: running on the embedded default');
+    }
+    try {
+      for (const spec of this.config.listen) this.bound.push(await this.listener.listen(spec, this.config.listenMode));
+    } catch (error) {
+      await this.close(0);
+      throw error;
+    }
+    this.log.info(
+      {
+        listen: this.bound.map(formatListen),
+        upstreams: this.upstreams.map((u) => u.name),
+        writeWait: this.config.writeWait,
+        minCopies: this.config.minCopies,
+        version: MCMUX_VERSION,
+      },
+      'mcmux listening',
+    );
+  }
+
+  /** Applies a new config (SIGHUP). Listen addresses are not changed by a reload. */
+  reload(config: Config): void {
+    const before = new Set(this.members.values());
+    const upstreams = this.resolveUpstreams(config);
+    const kept = new Set(upstreams);
+    const removed = [...before].filter((u) => !kept.has(u));
+    this.router.reconfigure({ upstreams, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush });
+    Object.assign(this.listener.limits, limitsOf(config));
+    this.listener.maxConnections = config.maxConnections;
+    this.log.level = config.logLevel;
+    if (JSON.stringify(config.listen) !== JSON.stringify(this.config.listen)) {
+      this.log.warn({ listen: config.listen.map(formatListen) }, 'listen addresses change only on restart; kept the current ones');
+    }
+    this.config = config;
+    // Requests in flight on a removed upstream still hold it: close it once they have timed out.
+    const grace = Math.max(1000, ...removed.map((u) => u.timeoutMs * 2));
+    setTimeout(() => void Promise.all(removed.map((u) => u.close())), grace).unref();
+    this.log.info(
+      {
+        upstreams: upstreams.map((u) => u.name),
+        added: upstreams.filter((u) => !before.has(u)).map((u) => u.name),
+        removed: removed.map((u) => u.name),
+        writeWait: config.writeWait,
+        minCopies: config.minCopies,
+      },
+      'configuration reloaded',
+    );
+  }
+
+  /**
+   * Stops accepting, lets clients finish the requests they sent (up to `graceMs`), then closes
+   * every connection and upstream.
+   */
+  async close(graceMs = 0): Promise<void> {
+    const closed = this.listener.close(false);
+    this.listener.drain();
+    if (graceMs > 0) await Promise.race([closed, new Promise((res) => setTimeout(res, graceMs).unref())]);
+    await this.listener.close(true);
+    await Promise.all([...this.members.values()].map((u) => u.close()));
+  }
+}
+
+export async function startApp(config: Config, log: Logger): Promise<App> {
+  const app = new App(config, log);
+  await app.start();
+  return app;
 }

@@ -7,42 +7,16 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
-import { MCMUX_VERSION, buildUpstreams, startApp } from './app';
+import { type App, MCMUX_VERSION, buildUpstreams, startApp } from './app';
 import { type Config, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, rawFromToml } from './config';
 import { ConfigError } from './errors';
 import { knownSchemes } from './upstream/registry';
 import { maskUrl } from './upstream/upstream';
 
-/** Flag name (commander's camelCase attribute) for each scalar config key. */
-const FLAG_OF: Record<ScalarKey, string> = {
-  listen: 'listen',
-  'write-wait': 'writeWait',
-  'min-copies': 'minCopies',
-  timeout: 'timeout',
-  'max-item-size': 'maxItemSize',
-  'max-connections': 'maxConnections',
-  'allow-flush': 'allowFlush',
-  'log-level': 'logLevel',
-  'max-line-length': 'maxLineLength',
-  'max-keys-per-get': 'maxKeysPerGet',
-  'max-pipeline': 'maxPipeline',
-  'max-output-bytes': 'maxOutputBytes',
-};
-
-const HELP: Record<ScalarKey, string> = {
-  listen: 'address to listen on (host:port)',
-  'write-wait': 'answer writes after every upstream (all) or after min-copies (copies)',
-  'min-copies': 'upstreams that must store a write for the client to hear success',
-  timeout: 'default upstream request timeout in ms (drivers default to their own, 250 for memcached)',
-  'max-item-size': 'largest value accepted, in bytes',
-  'max-connections': 'most client connections at once',
-  'allow-flush': 'let clients run flush_all (it wipes every upstream, durable ones too)',
-  'log-level': 'fatal, error, warn, info, debug, trace or silent',
-  'max-line-length': 'longest command line, in bytes',
-  'max-keys-per-get': 'most keys in one get',
-  'max-pipeline': 'most commands queued per client before mcmux stops reading it',
-  'max-output-bytes': 'unsent reply bytes per client before mcmux stops reading it',
-};
+/** commander's attribute name for a flag: `max-item-size` -> `maxItemSize`. */
+function attr(key: string): string {
+  return key.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+}
 
 function program(): Command {
   const p = new Command('mcmux')
@@ -57,10 +31,12 @@ function program(): Command {
     .configureOutput({ writeErr: (s) => process.stderr.write(s) })
     .allowExcessArguments(false);
   for (const key of Object.keys(SCALAR_KEYS) as ScalarKey[]) {
-    const { def, form } = SCALAR_KEYS[key];
+    const { def, form, help } = SCALAR_KEYS[key];
     const shown = def === undefined ? '' : ` (default: ${def})`;
     const flag = key === 'allow-flush' ? `--${key}` : `--${key} <value>`;
-    p.addOption(new Option(flag, `${HELP[key]}${key === 'allow-flush' ? '' : `; ${form}`}${shown}`));
+    const o = new Option(flag, `${help}${key === 'allow-flush' ? '' : `; ${form}`}${shown}`);
+    if (key === 'listen') o.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
+    p.addOption(o);
   }
   return p;
 }
@@ -88,11 +64,15 @@ export function loadConfig(argv: string[]): { config: Config; configFile: string
   p.parse(argv, { from: 'user' });
   const opts = p.opts<Record<string, unknown>>();
   const configFile = opts.config as string | undefined;
-  const file: RawConfig = configFile ? readConfigFile(configFile) : { scalars: {}, upstreams: [] };
-  const flags: RawConfig = { scalars: {}, upstreams: ((opts.upstream as string[] | undefined) ?? []).map((url) => ({ url, options: new Map() })) };
+  const file: RawConfig = configFile ? readConfigFile(configFile) : { scalars: {}, listen: [], upstreams: [] };
+  const flags: RawConfig = {
+    scalars: {},
+    listen: (opts.listen as string[] | undefined) ?? [],
+    upstreams: ((opts.upstream as string[] | undefined) ?? []).map((url) => ({ url, options: new Map() })),
+  };
   for (const key of Object.keys(SCALAR_KEYS) as ScalarKey[]) {
-    const v = opts[FLAG_OF[key]];
-    if (v !== undefined) flags.scalars[key] = v as string | boolean;
+    const v = opts[attr(key)];
+    if (v !== undefined && key !== 'listen') flags.scalars[key] = v as string | boolean;
   }
   const config = buildConfig(file, flags);
   // Build (and drop) the upstreams once so a bad URL or option fails here, with exit status 2.
@@ -100,31 +80,78 @@ export function loadConfig(argv: string[]): { config: Config; configFile: string
   return { config, configFile };
 }
 
-export async function main(argv: string[]): Promise<void> {
+/** Exits 2 with one line for a bad flag or config value; rethrows anything else. */
+function exitOnConfigError(error: unknown): never {
+  if (error instanceof CommanderError) {
+    if (error.exitCode === 0) process.exit(0); // --help, --version
+    process.exit(2); // commander has printed its one line already
+  }
+  if (error instanceof ConfigError) {
+    process.stderr.write(`mcmux: ${maskUrl(error.message)}\n`);
+    process.exit(2);
+  }
+  throw error;
+}
+
+/** `mcmux check`: validates the config and probes each upstream, one line each. */
+async function check(argv: string[]): Promise<number> {
   let config: Config;
   try {
     ({ config } = loadConfig(argv));
   } catch (error) {
-    if (error instanceof CommanderError) {
-      if (error.exitCode === 0) process.exit(0); // --help, --version
-      // commander has printed its one line already.
-      process.exit(2);
+    exitOnConfigError(error);
+  }
+  const upstreams = buildUpstreams(config);
+  let bad = 0;
+  for (const u of upstreams) {
+    const limit = Math.max(1000, u.timeoutMs * 4);
+    const timer = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${limit} ms`)), limit).unref());
+    try {
+      await Promise.race([u.probe(), timer]);
+      process.stdout.write(`ok     ${u.name}\n`);
+    } catch (error) {
+      bad++;
+      process.stdout.write(`FAILED ${u.name}: ${maskUrl(error instanceof Error ? error.message : String(error))}\n`);
     }
-    if (error instanceof ConfigError) {
-      process.stderr.write(`mcmux: ${maskUrl(error.message)}\n`);
-      process.exit(2);
-    }
-    throw error;
+  }
+  await Promise.all(upstreams.map((u) => u.close().catch(() => undefined)));
+  process.stdout.write(bad === 0 ? `config ok, ${upstreams.length} upstreams answer\n` : `${bad} of ${upstreams.length} upstreams unusable\n`);
+  return bad === 0 ? 0 : 1;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'check') {
+    process.exit(await check(argv.slice(1)));
+  }
+  let config: Config;
+  let configFile: string | undefined;
+  try {
+    ({ config, configFile } = loadConfig(argv));
+  } catch (error) {
+    exitOnConfigError(error);
   }
   const log = pino({ level: config.logLevel, base: { pid: process.pid }, name: 'mcmux' });
-  let app;
+  let app: App;
   try {
     app = await startApp(config, log);
   } catch (error) {
-    log.fatal({ err: error instanceof Error ? error.message : String(error) }, 'cannot start');
-    process.stderr.write(`mcmux: cannot listen on ${config.listen.host}:${config.listen.port}: ${error instanceof Error ? error.message : String(error)}\n`);
+    const why = error instanceof Error ? error.message : String(error);
+    log.fatal({ err: why }, 'cannot start');
+    process.stderr.write(`mcmux: cannot start: ${why}\n`);
     process.exit(1);
   }
+  process.on('SIGHUP', () => {
+    if (!configFile) {
+      log.warn('SIGHUP: no --config file to reload; nothing changed');
+      return;
+    }
+    try {
+      app.reload(loadConfig(argv).config);
+    } catch (error) {
+      const why = error instanceof CommanderError || error instanceof ConfigError ? error.message : String(error);
+      log.error({ err: maskUrl(why) }, 'reload rejected; the running configuration stays');
+    }
+  });
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) {
@@ -132,9 +159,12 @@ export async function main(argv: string[]): Promise<void> {
       process.exit(1);
     }
     stopping = true;
-    log.info({ signal }, 'shutting down');
-    app.close(5000).then(
-      () => process.exit(0),
+    log.info({ signal, graceMs: config.shutdownTimeout }, 'shutting down');
+    app.close(config.shutdownTimeout).then(
+      () => {
+        log.info('stopped');
+        process.exit(0);
+      },
       () => process.exit(1),
     );
   };

@@ -16,8 +16,19 @@ export interface UpstreamConfig {
   readonly options: ReadonlyMap<string, string>;
 }
 
+export type ListenSpec =
+  | { readonly kind: 'tcp'; readonly host: string; readonly port: number }
+  | { readonly kind: 'unix'; readonly path: string };
+
+export function formatListen(l: ListenSpec): string {
+  return l.kind === 'unix' ? `unix:${l.path}` : l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`;
+}
+
 export interface Config {
-  readonly listen: { readonly host: string; readonly port: number };
+  /** One or more addresses: TCP host:port, or a unix socket path. */
+  readonly listen: readonly ListenSpec[];
+  /** File mode of unix sockets mcmux creates. */
+  readonly listenMode: number;
   readonly upstreams: readonly UpstreamConfig[];
   readonly writeWait: 'all' | 'copies';
   readonly minCopies: number;
@@ -31,25 +42,48 @@ export interface Config {
   readonly maxKeysPerGet: number;
   readonly maxPipeline: number;
   readonly maxOutputBytes: number;
+  readonly shutdownTimeout: number;
+  readonly health: { readonly downAfter: number; readonly probeMinMs: number; readonly probeMaxMs: number };
 }
 
 /** The upstreams used when none is configured. */
 export const EMBEDDED_DEFAULT: readonly string[] = ['memory://'];
 
-/** Every scalar key, its default and its expected form; the table README and --help follow. */
+/** Every scalar key: its default, its expected form and its help line (README and --help follow). */
 export const SCALAR_KEYS = {
-  listen: { def: '127.0.0.1:11211', form: 'host:port' },
-  'write-wait': { def: 'all', form: 'all or copies' },
-  'min-copies': { def: 1, form: 'an integer from 1 to 64' },
-  timeout: { def: undefined, form: 'milliseconds, 1 to 600000 (default: each driver\'s own, 250 for memcached)' },
-  'max-item-size': { def: 1024 * 1024, form: 'bytes, 1024 to 1073741824' },
-  'max-connections': { def: 4096, form: 'an integer from 1 to 1000000' },
-  'allow-flush': { def: false, form: 'true or false' },
-  'log-level': { def: 'info', form: LOG_LEVELS.join(', ') },
-  'max-line-length': { def: 2048, form: 'bytes, 256 to 1048576' },
-  'max-keys-per-get': { def: 256, form: 'an integer from 1 to 100000' },
-  'max-pipeline': { def: 1024, form: 'an integer from 1 to 1000000' },
-  'max-output-bytes': { def: 4 * 1024 * 1024, form: 'bytes, 1024 to 1073741824' },
+  listen: {
+    def: '127.0.0.1:11211',
+    form: 'host:port or unix:/path/to.sock',
+    help: 'address to listen on; repeat it (or give a TOML array) to listen on several',
+  },
+  'listen-mode': { def: '0666', form: 'an octal file mode such as 0660', help: 'file mode of unix sockets' },
+  'write-wait': { def: 'all', form: 'all or copies', help: 'answer writes after every upstream (all) or after min-copies (copies)' },
+  'min-copies': { def: 1, form: 'an integer from 1 to 64', help: 'upstreams that must store a write for the client to hear success' },
+  timeout: {
+    def: undefined,
+    form: 'milliseconds, 1 to 600000',
+    help: "default upstream request timeout (when unset, each driver's own: memcached 250)",
+  },
+  'max-item-size': { def: 1024 * 1024, form: 'bytes, 1024 to 1073741824', help: 'largest value accepted' },
+  'max-connections': { def: 4096, form: 'an integer from 1 to 1000000', help: 'most client connections at once' },
+  'allow-flush': { def: false, form: 'true or false', help: 'let clients run flush_all (it wipes every upstream, durable ones too)' },
+  'log-level': { def: 'info', form: LOG_LEVELS.join(', '), help: 'log level' },
+  'max-line-length': { def: 2048, form: 'bytes, 256 to 1048576', help: 'longest command line' },
+  'max-keys-per-get': { def: 256, form: 'an integer from 1 to 100000', help: 'most keys in one get' },
+  'max-pipeline': { def: 1024, form: 'an integer from 1 to 1000000', help: 'most commands queued per client before mcmux stops reading it' },
+  'max-output-bytes': {
+    def: 4 * 1024 * 1024,
+    form: 'bytes, 1024 to 1073741824',
+    help: 'unsent reply bytes per client before mcmux stops reading it',
+  },
+  'shutdown-timeout': {
+    def: 5000,
+    form: 'milliseconds, 0 to 600000',
+    help: 'on SIGTERM, how long clients may finish their requests before mcmux closes them',
+  },
+  'down-after': { def: 3, form: 'an integer from 1 to 1000', help: 'consecutive failures or timeouts that mark an upstream down' },
+  'probe-interval': { def: 200, form: 'milliseconds, 10 to 600000', help: 'first probe of a down upstream, doubling after each failed probe' },
+  'probe-interval-max': { def: 5000, form: 'milliseconds, 10 to 3600000', help: 'longest wait between probes of a down upstream' },
 } as const;
 
 export type ScalarKey = keyof typeof SCALAR_KEYS;
@@ -57,7 +91,9 @@ export type RawValue = string | number | boolean | bigint;
 
 /** Raw input: scalar keys as they came (TOML types or flag strings), and upstream entries. */
 export interface RawConfig {
-  scalars: Partial<Record<ScalarKey, RawValue>>;
+  scalars: Partial<Record<Exclude<ScalarKey, 'listen'>, RawValue>>;
+  /** `listen` may repeat; empty when not given. */
+  listen: string[];
   upstreams: UpstreamConfig[];
 }
 
@@ -71,17 +107,25 @@ function int(key: ScalarKey, v: RawValue, min: number, max: number): number {
   return Number(s);
 }
 
-export function parseListen(v: string, key = 'listen'): { host: string; port: number } {
+export function parseListen(v: string, key = 'listen'): ListenSpec {
+  if (v.startsWith('unix:')) {
+    const path = v.slice(5);
+    if (!path.startsWith('/') || path.length > 100) throw bad(key, v, 'unix:/absolute/path.sock (at most 100 bytes)');
+    return { kind: 'unix', path };
+  }
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):([0-9]{1,5})$/.exec(v);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw bad(key, v, SCALAR_KEYS.listen.form + ' (for example 127.0.0.1:11211)');
-  return { host: (m[1] ?? m[2]) as string, port };
+  return { kind: 'tcp', host: (m[1] ?? m[2]) as string, port };
 }
 
 /** Merges `file` under `flags` and validates the result. */
 export function buildConfig(file: RawConfig, flags: RawConfig): Config {
   const s: Partial<Record<ScalarKey, RawValue>> = { ...file.scalars, ...flags.scalars };
   const get = <K extends ScalarKey>(k: K): RawValue | undefined => s[k] ?? SCALAR_KEYS[k].def;
+  const listen = flags.listen.length > 0 ? flags.listen : file.listen.length > 0 ? file.listen : [SCALAR_KEYS.listen.def];
+  const modeRaw = String(get('listen-mode'));
+  if (!/^0?[0-7]{3}$/.test(modeRaw)) throw bad('listen-mode', modeRaw, SCALAR_KEYS['listen-mode'].form);
 
   const writeWait = String(get('write-wait'));
   if (writeWait !== 'all' && writeWait !== 'copies') throw bad('write-wait', writeWait, SCALAR_KEYS['write-wait'].form);
@@ -100,7 +144,8 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
   }
 
   return {
-    listen: parseListen(String(get('listen'))),
+    listen: listen.map((l) => parseListen(l)),
+    listenMode: parseInt(modeRaw, 8),
     upstreams,
     writeWait,
     minCopies,
@@ -113,14 +158,29 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     maxKeysPerGet: int('max-keys-per-get', get('max-keys-per-get') as RawValue, 1, 100_000),
     maxPipeline: int('max-pipeline', get('max-pipeline') as RawValue, 1, 1_000_000),
     maxOutputBytes: int('max-output-bytes', get('max-output-bytes') as RawValue, 1024, 1024 ** 3),
+    shutdownTimeout: int('shutdown-timeout', get('shutdown-timeout') as RawValue, 0, 600_000),
+    health: {
+      downAfter: int('down-after', get('down-after') as RawValue, 1, 1000),
+      probeMinMs: int('probe-interval', get('probe-interval') as RawValue, 10, 600_000),
+      probeMaxMs: int('probe-interval-max', get('probe-interval-max') as RawValue, 10, 3_600_000),
+    },
   };
 }
 
 /** Turns a parsed TOML document into raw config; unknown keys are errors (a typo must not pass). */
 export function rawFromToml(doc: Record<string, unknown>, file: string): RawConfig {
-  const scalars: Partial<Record<ScalarKey, RawValue>> = {};
+  const scalars: RawConfig['scalars'] = {};
   const upstreams: UpstreamConfig[] = [];
+  const listen: string[] = [];
   for (const [key, value] of Object.entries(doc)) {
+    if (key === 'listen') {
+      const list = Array.isArray(value) ? value : [value];
+      for (const l of list) {
+        if (typeof l !== 'string') throw bad(`${file}: listen`, JSON.stringify(l), SCALAR_KEYS.listen.form);
+        listen.push(l);
+      }
+      continue;
+    }
     if (key === 'upstream') {
       if (!Array.isArray(value)) throw new ConfigError(`${file}: "upstream" must be an array of tables ([[upstream]])`);
       value.forEach((t: unknown, i) => upstreams.push(upstreamFromToml(t, `${file}: upstream #${i + 1}`)));
@@ -130,9 +190,9 @@ export function rawFromToml(doc: Record<string, unknown>, file: string): RawConf
       throw new ConfigError(`${file}: unknown key "${key}": expected one of ${Object.keys(SCALAR_KEYS).join(', ')}, upstream`);
     }
     if (!isScalar(value)) throw bad(`${file}: ${key}`, JSON.stringify(value), SCALAR_KEYS[key as ScalarKey].form);
-    scalars[key as ScalarKey] = value;
+    scalars[key as Exclude<ScalarKey, 'listen'>] = value;
   }
-  return { scalars, upstreams };
+  return { scalars, listen, upstreams };
 }
 
 function isScalar(v: unknown): v is RawValue {

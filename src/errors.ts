@@ -15,6 +15,8 @@ export const ErrorCodes = {
   UPSTREAM_REFUSED: 'MCMUX_UPSTREAM_REFUSED',
   /** The upstream's request queue is full (`max-queue`). */
   UPSTREAM_BUSY: 'MCMUX_UPSTREAM_BUSY',
+  /** The upstream is marked down by health tracking; it is skipped until a probe succeeds. */
+  UPSTREAM_DOWN: 'MCMUX_UPSTREAM_DOWN',
   /** The upstream is closed (shutdown or reload). */
   UPSTREAM_CLOSED: 'MCMUX_UPSTREAM_CLOSED',
   /** A configuration value or flag is invalid; exit status 2. */

@@ -4,6 +4,7 @@
  */
 
 import type { Upstream } from '../upstream/upstream';
+import { HealthyUpstream } from './health';
 import type { Router } from './router';
 
 /** What the server side knows: connections and process facts. */
@@ -57,6 +58,8 @@ export function upstreamStatsLines(upstreams: readonly Upstream[]): Line[] {
     lines.push(
       [`${p}name`, u.name],
       [`${p}scheme`, u.scheme],
+      [`${p}state`, u instanceof HealthyUpstream ? u.state : 'healthy'],
+      [`${p}state_changes`, u instanceof HealthyUpstream ? Object.values(u.transitions).reduce((a, b) => a + b, 0) : 0],
       [`${p}requests`, s.requests],
       [`${p}errors`, s.errors],
       [`${p}timeouts`, s.timeouts],

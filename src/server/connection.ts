@@ -72,6 +72,11 @@ export class ClientConnection {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.maybeResume());
+    // Shutdown: read no more commands; end once the replies already owed are written.
+    socket.on('mcmux:drain', () => {
+      this.closing = true;
+      if (this.queue.length === 0) socket.end();
+    });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.closing = true;
@@ -174,7 +179,7 @@ export class ClientConnection {
       for (const b of out) this.socket.write(b);
       this.socket.uncork();
     }
-    if (close) {
+    if (close || (this.closing && this.queue.length === 0)) {
       this.socket.end();
       return;
     }

@@ -4,19 +4,17 @@
  * default); there is no UDP listener (CVE-2018-1000115).
  */
 
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { type Server, type Socket, createServer } from 'node:net';
+import type { ListenSpec } from '../config';
 import type { Router } from '../router/router';
 import type { StatsSource } from '../router/stats';
 import { ClientConnection, type ConnectionLimits } from './connection';
 
-export interface ListenAddress {
-  readonly host: string;
-  readonly port: number;
-}
 
 export class Listener implements StatsSource {
   readonly startedAt = Date.now();
-  private server: Server | undefined;
+  private readonly servers: Server[] = [];
   private readonly sockets = new Set<Socket>();
   private total = 0;
   private rejected = 0;
@@ -45,16 +43,25 @@ export class Listener implements StatsSource {
     return this.rejected;
   }
 
-  listen(addr: ListenAddress): Promise<ListenAddress> {
+  /** Listens on one more address; resolves with what was bound (the real port for port 0). */
+  listen(spec: ListenSpec, unixMode: number): Promise<ListenSpec> {
     const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
-    this.server = server;
+    this.servers.push(server);
+    if (spec.kind === 'unix') removeStaleSocket(spec.path);
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen(addr.port, addr.host, () => {
+      const done = (): void => {
         server.off('error', reject);
+        if (spec.kind === 'unix') {
+          chmodSync(spec.path, unixMode);
+          resolve(spec);
+          return;
+        }
         const a = server.address();
-        resolve(a && typeof a === 'object' ? { host: a.address, port: a.port } : addr);
-      });
+        resolve(a && typeof a === 'object' ? { kind: 'tcp', host: a.address, port: a.port } : spec);
+      };
+      if (spec.kind === 'unix') server.listen(spec.path, done);
+      else server.listen(spec.port, spec.host, done);
     });
   }
 
@@ -69,11 +76,25 @@ export class Listener implements StatsSource {
     new ClientConnection(socket, this.routerRef(), this.limits, () => this.sockets.delete(socket));
   }
 
-  /** Stops accepting; with `force`, also drops the clients. Resolves when the server is closed. */
+  /** Stops accepting; resolves when every client has gone (`force`: drops them now). */
   close(force: boolean): Promise<void> {
-    const server = this.server;
     if (force) for (const s of this.sockets) s.destroy();
-    if (!server) return Promise.resolve();
-    return new Promise((resolve) => server.close(() => resolve()));
+    return Promise.all(
+      this.servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve()))),
+    ).then(() => undefined);
+  }
+
+  /** Ends idle clients now and the others as soon as their last reply is written (shutdown). */
+  drain(): void {
+    for (const s of this.sockets) s.emit('mcmux:drain');
+  }
+}
+
+/** A socket file left by a previous run would make listen fail with EADDRINUSE. */
+function removeStaleSocket(path: string): void {
+  try {
+    if (lstatSync(path).isSocket()) unlinkSync(path);
+  } catch {
+    // absent: nothing to remove
   }
 }

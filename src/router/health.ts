@@ -1,0 +1,165 @@
+/**
+ * Health: wraps an upstream with an explicit state, so that a dead store is skipped at once
+ * instead of costing every request a timeout (twemproxy's `server_failure()`, ioredis' status).
+ *
+ *   healthy ──failure──► suspect ──N consecutive failures──► down ──timer──► probing
+ *      ▲                    │ success                          ▲              │ probe ok
+ *      └────────────────────┴──────────────────────────────────┴─ probe fails ┘──► healthy
+ *
+ * Every change goes through `setState`, which counts it and tells the listener (logs, metrics,
+ * the repair journal's replay). While down or probing, requests fail at once with
+ * MCMUX_UPSTREAM_DOWN; the policies treat that like any failure (fall through, journal the miss).
+ */
+
+import type { ArithOp } from '../command/command';
+import { ErrorCodes, McmuxError } from '../errors';
+import type { StoreRequest, Upstream } from '../upstream/upstream';
+
+export type HealthState = 'healthy' | 'suspect' | 'down' | 'probing';
+
+export interface HealthOptions {
+  /** Consecutive failures (errors or timeouts) that make an upstream down. */
+  readonly downAfter: number;
+  /** First probe delay after going down, ms; doubles up to `probeMaxMs`. */
+  readonly probeMinMs: number;
+  readonly probeMaxMs: number;
+}
+
+export const DEFAULT_HEALTH: HealthOptions = { downAfter: 3, probeMinMs: 200, probeMaxMs: 5000 };
+
+export type StateListener = (u: HealthyUpstream, from: HealthState, to: HealthState, reason: string) => void;
+
+/** Failures that say something about the store, not about mcmux's own queue or shutdown. */
+function countsAsFailure(error: unknown): boolean {
+  return !(error instanceof McmuxError && (error.code === ErrorCodes.UPSTREAM_BUSY || error.code === ErrorCodes.UPSTREAM_CLOSED));
+}
+
+export class HealthyUpstream implements Upstream {
+  private current: HealthState = 'healthy';
+  private failures = 0;
+  private probeDelay: number;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  /** State changes so far, by target state (for stats and metrics). */
+  readonly transitions: Record<HealthState, number> = { healthy: 0, suspect: 0, down: 0, probing: 0 };
+
+  constructor(
+    readonly inner: Upstream,
+    public options: HealthOptions,
+    private readonly onChange: StateListener,
+  ) {
+    this.probeDelay = options.probeMinMs;
+  }
+
+  get name(): string {
+    return this.inner.name;
+  }
+  get scheme(): string {
+    return this.inner.scheme;
+  }
+  get timeoutMs(): number {
+    return this.inner.timeoutMs;
+  }
+  get stats() {
+    return this.inner.stats;
+  }
+  get state(): HealthState {
+    return this.current;
+  }
+  /** True when requests go to the store (healthy or suspect). */
+  get usable(): boolean {
+    return this.current === 'healthy' || this.current === 'suspect';
+  }
+
+  private setState(to: HealthState, reason: string): void {
+    const from = this.current;
+    if (from === to) return;
+    this.current = to;
+    this.transitions[to]++;
+    this.onChange(this, from, to, reason);
+  }
+
+  private guard<R>(run: () => Promise<R>): Promise<R> {
+    if (!this.usable) {
+      return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_DOWN, `${this.name} is ${this.current}`));
+    }
+    return run().then(
+      (r) => {
+        this.failures = 0;
+        if (this.current === 'suspect') this.setState('healthy', 'request succeeded');
+        return r;
+      },
+      (error: unknown) => {
+        if (countsAsFailure(error)) this.fail(error);
+        throw error;
+      },
+    );
+  }
+
+  private fail(error: unknown): void {
+    if (!this.usable) return;
+    this.failures++;
+    const why = error instanceof Error ? error.message : String(error);
+    if (this.failures >= this.options.downAfter) {
+      this.setState('down', `${this.failures} consecutive failures, last: ${why}`);
+      this.scheduleProbe();
+    } else {
+      this.setState('suspect', why);
+    }
+  }
+
+  private scheduleProbe(): void {
+    if (this.closed || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.probeNow();
+    }, this.probeDelay);
+    this.timer.unref();
+    this.probeDelay = Math.min(this.probeDelay * 2, this.options.probeMaxMs);
+  }
+
+  private async probeNow(): Promise<void> {
+    if (this.closed || this.current !== 'down') return;
+    this.setState('probing', 'probe sent');
+    try {
+      await this.inner.probe();
+    } catch (error) {
+      if (this.closed) return;
+      this.setState('down', `probe failed: ${error instanceof Error ? error.message : String(error)}`);
+      this.scheduleProbe();
+      return;
+    }
+    if (this.closed) return;
+    this.failures = 0;
+    this.probeDelay = this.options.probeMinMs;
+    this.setState('healthy', 'probe succeeded');
+  }
+
+  get(keys: readonly string[], touch?: number) {
+    return this.guard(() => this.inner.get(keys, touch));
+  }
+  store(req: StoreRequest) {
+    return this.guard(() => this.inner.store(req));
+  }
+  delete(key: string) {
+    return this.guard(() => this.inner.delete(key));
+  }
+  touch(key: string, deadline: number) {
+    return this.guard(() => this.inner.touch(key, deadline));
+  }
+  arith(op: ArithOp, key: string, delta: bigint) {
+    return this.guard(() => this.inner.arith(op, key, delta));
+  }
+  flush() {
+    return this.guard(() => this.inner.flush());
+  }
+  probe() {
+    return this.inner.probe();
+  }
+  close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    return this.inner.close();
+  }
+}
