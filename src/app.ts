@@ -7,6 +7,7 @@
 
 import type { Logger } from 'pino';
 import { type Config, EMBEDDED_DEFAULT, type ListenSpec, type UpstreamConfig, formatListen } from './config';
+import { Metrics } from './metrics';
 import { HealthyUpstream } from './router/health';
 import { Router } from './router/router';
 import type { ConnectionLimits } from './server/connection';
@@ -50,6 +51,10 @@ export class App {
   readonly listener: Listener;
   /** What the listeners are bound to (real ports for port 0). */
   bound: ListenSpec[] = [];
+  /** Where metrics are served, when enabled. */
+  metricsAddress: { host: string; port: number } | undefined;
+  listening = false;
+  private metrics: Metrics | undefined;
   private members = new Map<string, HealthyUpstream>();
   private config: Config;
 
@@ -88,9 +93,11 @@ export class App {
       if (m) {
         m.options = config.health;
       } else {
-        m = new HealthyUpstream(createUpstream(spec.url, spec.options, ctx), config.health, (u, from, to, reason) =>
-          this.log[to === 'healthy' ? 'info' : 'warn']({ upstream: u.name, from, to, reason }, `upstream ${to}`),
-        );
+        m = new HealthyUpstream(createUpstream(spec.url, spec.options, ctx), config.health, (u, from, to, reason) => {
+          // Each probe of a down upstream goes down -> probing -> down: keep those at debug.
+          const routine = to === 'probing' || (from === 'probing' && to === 'down');
+          this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: u.name, from, to, reason }, `upstream ${to}`);
+        });
       }
       next.set(id, m);
       return m;
@@ -105,6 +112,11 @@ export class App {
     }
     try {
       for (const spec of this.config.listen) this.bound.push(await this.listener.listen(spec, this.config.listenMode));
+      if (this.config.metrics) {
+        this.metrics = new Metrics(this);
+        this.metricsAddress = await this.metrics.listen(this.config.metrics.host, this.config.metrics.port);
+      }
+      this.listening = true;
     } catch (error) {
       await this.close(0);
       throw error;
@@ -116,6 +128,7 @@ export class App {
         writeWait: this.config.writeWait,
         minCopies: this.config.minCopies,
         version: MCMUX_VERSION,
+        metrics: this.metricsAddress ? `${this.metricsAddress.host}:${this.metricsAddress.port}` : undefined,
       },
       'mcmux listening',
     );
@@ -135,6 +148,7 @@ export class App {
       this.log.warn({ listen: config.listen.map(formatListen) }, 'listen addresses change only on restart; kept the current ones');
     }
     this.config = config;
+    this.metrics?.attach();
     // Requests in flight on a removed upstream still hold it: close it once they have timed out.
     const grace = Math.max(1000, ...removed.map((u) => u.timeoutMs * 2));
     setTimeout(() => void Promise.all(removed.map((u) => u.close())), grace).unref();
@@ -155,10 +169,12 @@ export class App {
    * every connection and upstream.
    */
   async close(graceMs = 0): Promise<void> {
+    this.listening = false;
     const closed = this.listener.close(false);
     this.listener.drain();
     if (graceMs > 0) await Promise.race([closed, new Promise((res) => setTimeout(res, graceMs).unref())]);
     await this.listener.close(true);
+    await this.metrics?.close();
     await Promise.all([...this.members.values()].map((u) => u.close()));
   }
 }

@@ -43,6 +43,8 @@ export interface Config {
   readonly maxPipeline: number;
   readonly maxOutputBytes: number;
   readonly shutdownTimeout: number;
+  /** Where to serve /metrics and /healthz; undefined = off. */
+  readonly metrics: { readonly host: string; readonly port: number } | undefined;
   readonly health: { readonly downAfter: number; readonly probeMinMs: number; readonly probeMaxMs: number };
 }
 
@@ -75,6 +77,11 @@ export const SCALAR_KEYS = {
     def: 4 * 1024 * 1024,
     form: 'bytes, 1024 to 1073741824',
     help: 'unsent reply bytes per client before mcmux stops reading it',
+  },
+  metrics: {
+    def: '',
+    form: 'host:port, or empty for none',
+    help: 'serve Prometheus metrics at /metrics and a health check at /healthz on this address',
   },
   'shutdown-timeout': {
     def: 5000,
@@ -119,6 +126,13 @@ export function parseListen(v: string, key = 'listen'): ListenSpec {
   return { kind: 'tcp', host: (m[1] ?? m[2]) as string, port };
 }
 
+function metricsAddress(v: string): { host: string; port: number } | undefined {
+  if (v === '') return undefined;
+  const l = parseListen(v, 'metrics');
+  if (l.kind !== 'tcp') throw bad('metrics', v, SCALAR_KEYS.metrics.form);
+  return { host: l.host, port: l.port };
+}
+
 /** Merges `file` under `flags` and validates the result. */
 export function buildConfig(file: RawConfig, flags: RawConfig): Config {
   const s: Partial<Record<ScalarKey, RawValue>> = { ...file.scalars, ...flags.scalars };
@@ -158,6 +172,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     maxKeysPerGet: int('max-keys-per-get', get('max-keys-per-get') as RawValue, 1, 100_000),
     maxPipeline: int('max-pipeline', get('max-pipeline') as RawValue, 1, 1_000_000),
     maxOutputBytes: int('max-output-bytes', get('max-output-bytes') as RawValue, 1024, 1024 ** 3),
+    metrics: metricsAddress(String(get('metrics'))),
     shutdownTimeout: int('shutdown-timeout', get('shutdown-timeout') as RawValue, 0, 600_000),
     health: {
       downAfter: int('down-after', get('down-after') as RawValue, 1, 1000),

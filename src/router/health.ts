@@ -12,7 +12,7 @@
  */
 
 import type { ArithOp } from '../command/command';
-import { ErrorCodes, McmuxError } from '../errors';
+import { ErrorCodes, McmuxError, isTimeout } from '../errors';
 import type { StoreRequest, Upstream } from '../upstream/upstream';
 
 export type HealthState = 'healthy' | 'suspect' | 'down' | 'probing';
@@ -29,6 +29,11 @@ export const DEFAULT_HEALTH: HealthOptions = { downAfter: 3, probeMinMs: 200, pr
 
 export type StateListener = (u: HealthyUpstream, from: HealthState, to: HealthState, reason: string) => void;
 
+/** Told of every request's outcome and latency (metrics hook in here; nothing else). */
+export type RequestObserver = (u: HealthyUpstream, seconds: number, outcome: 'ok' | 'error' | 'timeout' | 'skipped') => void;
+
+const noObserver: RequestObserver = () => {};
+
 /** Failures that say something about the store, not about mcmux's own queue or shutdown. */
 function countsAsFailure(error: unknown): boolean {
   return !(error instanceof McmuxError && (error.code === ErrorCodes.UPSTREAM_BUSY || error.code === ErrorCodes.UPSTREAM_CLOSED));
@@ -42,6 +47,7 @@ export class HealthyUpstream implements Upstream {
   private closed = false;
   /** State changes so far, by target state (for stats and metrics). */
   readonly transitions: Record<HealthState, number> = { healthy: 0, suspect: 0, down: 0, probing: 0 };
+  observer: RequestObserver = noObserver;
 
   constructor(
     readonly inner: Upstream,
@@ -81,15 +87,19 @@ export class HealthyUpstream implements Upstream {
 
   private guard<R>(run: () => Promise<R>): Promise<R> {
     if (!this.usable) {
+      this.observer(this, 0, 'skipped');
       return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_DOWN, `${this.name} is ${this.current}`));
     }
+    const t0 = performance.now();
     return run().then(
       (r) => {
+        this.observer(this, (performance.now() - t0) / 1000, 'ok');
         this.failures = 0;
         if (this.current === 'suspect') this.setState('healthy', 'request succeeded');
         return r;
       },
       (error: unknown) => {
+        this.observer(this, (performance.now() - t0) / 1000, isTimeout(error) ? 'timeout' : 'error');
         if (countsAsFailure(error)) this.fail(error);
         throw error;
       },

@@ -25,6 +25,22 @@ export interface RouterOptions {
   readonly allowFlush: boolean;
 }
 
+/** The memcached name of a command, for metrics. */
+export function commandName(cmd: Command): string {
+  switch (cmd.kind) {
+    case 'get':
+      return cmd.touch === undefined ? (cmd.withCas ? 'gets' : 'get') : cmd.withCas ? 'gats' : 'gat';
+    case 'store':
+      return cmd.mode;
+    case 'too_large':
+      return 'set';
+    case 'arith':
+      return cmd.op;
+    default:
+      return cmd.kind;
+  }
+}
+
 /** What `version` answers: memcached-compatible (clients parse major.minor.patch), then ours. */
 export const MEMCACHED_COMPAT_VERSION = '1.6.21';
 
@@ -39,6 +55,8 @@ export class Router {
     replicationFailures: 0,
   };
   readonly commands = new Map<string, number>();
+  /** Answers given, keyed `<command> <result>` (for example `add not_stored`), for metrics. */
+  readonly results = new Map<string, number>();
 
   constructor(
     options: RouterOptions,
@@ -67,6 +85,14 @@ export class Router {
       counters: this.counters,
       onBackgroundError: this.onBackgroundError,
     };
+  }
+
+  /** Counts the reply a client got for `cmd` (called by the connection once per request). */
+  record(cmd: Command, reply: Reply): void {
+    const name = commandName(cmd);
+    const result = reply.kind === 'status' ? reply.status.toLowerCase() : reply.kind === 'error' ? reply.type.toLowerCase() : 'ok';
+    const key = `${name} ${result}`;
+    this.results.set(key, (this.results.get(key) ?? 0) + 1);
   }
 
   private count(name: string): void {

@@ -150,6 +150,7 @@ export class ClientConnection {
 
   private complete(slot: Slot, reply: Reply): void {
     slot.reply = reply;
+    this.router.record((slot.request as Request).command, reply);
     if (slot.write) this.writeInFlight = false;
     else this.readsInFlight--;
     if (this.socket.destroyed) return;

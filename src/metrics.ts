@@ -1,0 +1,135 @@
+/**
+ * Prometheus metrics and /healthz over HTTP (`--metrics 127.0.0.1:9150`). Counters that mcmux
+ * already keeps (router counters, connections, upstream states) are read at scrape time; only
+ * the per-upstream latency histogram and request outcomes are observed as they happen, through
+ * the health wrapper's observer hook.
+ */
+
+import { type Server, createServer } from 'node:http';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { App } from './app';
+import type { HealthState, HealthyUpstream } from './router/health';
+
+const STATES: readonly HealthState[] = ['healthy', 'suspect', 'down', 'probing'];
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly upstreamRequests: Counter<'upstream' | 'outcome'>;
+  private readonly upstreamLatency: Histogram<'upstream'>;
+  private server: Server | undefined;
+
+  constructor(private readonly app: App) {
+    const r = this.registry;
+    collectDefaultMetrics({ register: r, prefix: 'mcmux_process_' });
+    this.upstreamRequests = new Counter({
+      name: 'mcmux_upstream_requests_total',
+      help: 'Requests sent to each upstream, by outcome (ok, error, timeout, skipped while down)',
+      labelNames: ['upstream', 'outcome'],
+      registers: [r],
+    });
+    this.upstreamLatency = new Histogram({
+      name: 'mcmux_upstream_request_seconds',
+      help: 'Latency of upstream requests',
+      labelNames: ['upstream'],
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers: [r],
+    });
+    const router = (): App['router'] => this.app.router;
+    new Gauge({
+      name: 'mcmux_requests_total',
+      help: 'Client commands by command and result (a counter, read at scrape time)',
+      labelNames: ['command', 'result'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const [key, n] of router().results) {
+          const [command, result] = key.split(' ') as [string, string];
+          this.set({ command, result }, n);
+        }
+      },
+    });
+    const counter = (name: string, help: string, read: () => number): void => {
+      new Gauge({ name, help, registers: [r], collect() { this.set(read()); } });
+    };
+    counter('mcmux_connections', 'Client connections open now', () => this.app.listener.currConnections());
+    counter('mcmux_connections_total', 'Client connections accepted', () => this.app.listener.totalConnections());
+    counter('mcmux_connections_rejected_total', 'Client connections refused over max-connections', () => this.app.listener.rejectedConnections());
+    counter('mcmux_get_hits_total', 'Keys found by reads', () => router().counters.getHits);
+    counter('mcmux_get_misses_total', 'Keys not found by reads', () => router().counters.getMisses);
+    counter('mcmux_read_repairs_total', 'Values copied back into higher upstreams that missed them', () => router().counters.readRepairs);
+    counter('mcmux_read_repair_failures_total', 'Read repairs that failed', () => router().counters.readRepairFailures);
+    counter('mcmux_replication_failures_total', 'Writes that failed on some upstream', () => router().counters.replicationFailures);
+    const ups = (): readonly HealthyUpstream[] => this.app.upstreams;
+    new Gauge({
+      name: 'mcmux_upstream_state',
+      help: 'Upstream health: 1 for its current state',
+      labelNames: ['upstream', 'state'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const u of ups()) for (const s of STATES) this.set({ upstream: u.name, state: s }, u.state === s ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'mcmux_upstream_state_changes_total',
+      help: 'Upstream health state changes, by the state entered',
+      labelNames: ['upstream', 'state'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const u of ups()) for (const s of STATES) this.set({ upstream: u.name, state: s }, u.transitions[s]);
+      },
+    });
+  }
+
+  /** Hooks the observer into every current upstream (call again after a reload). */
+  attach(): void {
+    for (const u of this.app.upstreams) {
+      u.observer = (up, seconds, outcome) => {
+        this.upstreamRequests.inc({ upstream: up.name, outcome });
+        if (outcome !== 'skipped') this.upstreamLatency.observe({ upstream: up.name }, seconds);
+      };
+    }
+  }
+
+  listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    const server = createServer((req, res) => {
+      if (req.url === '/metrics') {
+        this.attach();
+        this.registry.metrics().then(
+          (text) => {
+            res.writeHead(200, { 'content-type': this.registry.contentType });
+            res.end(text);
+          },
+          (error: unknown) => {
+            res.writeHead(500);
+            res.end(String(error));
+          },
+        );
+        return;
+      }
+      if (req.url === '/healthz') {
+        const ok = this.app.listening && this.app.upstreams.some((u) => u.usable);
+        res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
+        res.end(ok ? 'ok\n' : 'no usable upstream\n');
+        return;
+      }
+      res.writeHead(404);
+      res.end();
+    });
+    this.server = server;
+    this.attach();
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        const a = server.address();
+        resolve(a && typeof a === 'object' ? { host: a.address, port: a.port } : { host, port });
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    const s = this.server;
+    return s ? new Promise((resolve) => s.close(() => resolve())) : Promise.resolve();
+  }
+}
