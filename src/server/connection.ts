@@ -50,6 +50,12 @@ interface Slot {
   started: boolean;
 }
 
+/**
+ * Reads started at once per client. With the output check in dispatch() this bounds what one
+ * client can make mcmux hold: max-output-bytes plus the replies of this many reads.
+ */
+export const MAX_READS_IN_FLIGHT = 16;
+
 const READS: ReadonlySet<Command['kind']> = new Set(['get', 'version', 'stats', 'noop', 'verbosity']);
 
 export class ClientConnection {
@@ -71,7 +77,10 @@ export class ClientConnection {
   ) {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.maybeResume());
+    socket.on('drain', () => {
+      this.dispatch();
+      this.maybeResume();
+    });
     // Shutdown: read no more commands; end once the replies already owed are written.
     socket.on('mcmux:drain', () => {
       this.closing = true;
@@ -121,7 +130,9 @@ export class ClientConnection {
         this.nextToStart++;
         continue;
       }
-      if (slot.write ? this.readsInFlight > 0 || this.writeInFlight : this.writeInFlight) break;
+      if (slot.write ? this.readsInFlight > 0 || this.writeInFlight : this.writeInFlight || this.readsInFlight >= MAX_READS_IN_FLIGHT) break;
+      // Backpressure: start nothing more while the client has not read what it was sent.
+      if (this.socket.writableLength > this.limits.maxOutputBytes) break;
       this.nextToStart++;
       slot.started = true;
       if (slot.write) this.writeInFlight = true;
@@ -154,6 +165,8 @@ export class ClientConnection {
     if (slot.write) this.writeInFlight = false;
     else this.readsInFlight--;
     if (this.socket.destroyed) return;
+    // Write first, so the output check in dispatch() sees this reply.
+    this.flush();
     this.dispatch();
   }
 
@@ -184,6 +197,7 @@ export class ClientConnection {
       this.socket.end();
       return;
     }
+    this.maybePause();
     this.maybeResume();
   }
 
@@ -203,6 +217,16 @@ export class ClientConnection {
       // Commands already buffered in the parser are not waiting for a 'data' event.
       this.drainParser();
     }
+  }
+
+  /** What the limits are holding back right now (for tests and `stats`). */
+  info(): { queued: number; unsentBytes: number; paused: boolean; bufferedInput: number } {
+    return {
+      queued: this.queue.length,
+      unsentBytes: this.socket.writableLength,
+      paused: this.paused,
+      bufferedInput: this.codec?.buffered ?? 0,
+    };
   }
 
   /** Refuses a connection over the limit (T22). */

@@ -15,7 +15,7 @@ import { ClientConnection, type ConnectionLimits } from './connection';
 export class Listener implements StatsSource {
   readonly startedAt = Date.now();
   private readonly servers: Server[] = [];
-  private readonly sockets = new Set<Socket>();
+  private readonly sockets = new Map<Socket, ClientConnection>();
   private total = 0;
   private rejected = 0;
   limits: ConnectionLimits;
@@ -72,13 +72,16 @@ export class Listener implements StatsSource {
       return;
     }
     this.total++;
-    this.sockets.add(socket);
-    new ClientConnection(socket, this.routerRef(), this.limits, () => this.sockets.delete(socket));
+    this.sockets.set(socket, new ClientConnection(socket, this.routerRef(), this.limits, () => this.sockets.delete(socket)));
+  }
+
+  connections(): ClientConnection[] {
+    return [...this.sockets.values()];
   }
 
   /** Stops accepting; resolves when every client has gone (`force`: drops them now). */
   close(force: boolean): Promise<void> {
-    if (force) for (const s of this.sockets) s.destroy();
+    if (force) for (const s of this.sockets.keys()) s.destroy();
     return Promise.all(
       this.servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve()))),
     ).then(() => undefined);
@@ -86,7 +89,7 @@ export class Listener implements StatsSource {
 
   /** Ends idle clients now and the others as soon as their last reply is written (shutdown). */
   drain(): void {
-    for (const s of this.sockets) s.emit('mcmux:drain');
+    for (const s of this.sockets.keys()) s.emit('mcmux:drain');
   }
 }
 

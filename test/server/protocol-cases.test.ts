@@ -1,0 +1,202 @@
+/**
+ * The connection-level rows of PROTOCOL-CASES.md, end to end over a socket, against mcmux
+ * in-process on two memory upstreams (the real-server versions live in test/integration).
+ */
+
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import pino from 'pino';
+import { type App, startApp } from '../../src/app';
+import { type RawConfig, buildConfig } from '../../src/config';
+import type { MemoryUpstream } from '../../src/upstream/memory';
+import { MAX_READS_IN_FLIGHT } from '../../src/server/connection';
+import { connectWire } from '../helpers/wire';
+
+const apps: App[] = [];
+after(async () => {
+  await Promise.all(apps.map((a) => a.close()));
+});
+
+async function mcmux(scalars: RawConfig['scalars'] = {}, upstreams = ['memory://a', 'memory://b']): Promise<App> {
+  const config = buildConfig(
+    { scalars: {}, listen: [], upstreams: [] },
+    { scalars, listen: ['127.0.0.1:0'], upstreams: upstreams.map((url) => ({ url, options: new Map() })) },
+  );
+  const app = await startApp(config, pino({ level: 'silent' }));
+  apps.push(app);
+  return app;
+}
+
+const memory = (app: App, i: number): MemoryUpstream => app.upstreams[i]?.inner as MemoryUpstream;
+
+describe('protocol cases over a socket', () => {
+  it('T5: a value over the item limit is refused, swallowed, and the old value deleted everywhere', async () => {
+    const app = await mcmux({ 'max-item-size': 1024 });
+    const w = await connectWire(app.address.port);
+    assert.equal(await w.ask('set k 0 0 3\r\nold\r\n'), 'STORED\r\n');
+    const big = 'x'.repeat(5000);
+    assert.equal(await w.ask(`set k 0 0 ${big.length}\r\n${big}\r\n`), 'SERVER_ERROR object too large for cache\r\n');
+    assert.equal(await w.ask('get k\r\n', 'END\r\n'), 'END\r\n');
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['k']))[0], undefined);
+    w.close();
+  });
+
+  it('T4: a block longer than declared is a bad data chunk, nothing stored, connection closed', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    w.send('set k 0 0 3\r\nabcd\r\nget k\r\n');
+    assert.equal(await w.read('\r\n'), 'CLIENT_ERROR bad data chunk\r\n');
+    await w.closed;
+    assert.equal((await memory(app, 0).get(['k']))[0], undefined);
+  });
+
+  it('T6: a line over max-line-length without a newline closes the connection', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    w.send('get ' + 'a'.repeat(3000));
+    await w.closed;
+  });
+
+  it('T17: set noreply then get, pipelined, reads the new value', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    assert.equal(await w.ask('set k 0 0 1 noreply\r\nx\r\nget k\r\n', 'END\r\n'), 'VALUE k 0 1\r\nx\r\nEND\r\n');
+    w.close();
+  });
+
+  it('T18: many commands in one packet, and one command in 1-byte packets, all answered in order', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    let batch = '';
+    let expected = '';
+    for (let i = 0; i < 200; i++) {
+      batch += `set k${i} 0 0 ${String(i).length}\r\n${i}\r\nget k${i}\r\n`;
+      expected += `STORED\r\nVALUE k${i} 0 ${String(i).length}\r\n${i}\r\nEND\r\n`;
+    }
+    w.send(batch);
+    assert.equal(await w.read((t) => t.length >= expected.length), expected);
+    const cmd = 'set split 0 0 5\r\nhello\r\nget split\r\n';
+    for (const ch of cmd) {
+      w.socket.write(ch);
+      await new Promise((r) => setImmediate(r));
+    }
+    assert.equal(await w.read('END\r\n'), 'STORED\r\nVALUE split 0 5\r\nhello\r\nEND\r\n');
+    w.close();
+  });
+
+  it('pipelined writes of one key are applied in order on every upstream', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    let batch = '';
+    for (let i = 0; i < 50; i++) batch += `set k 0 0 ${String(i).length} noreply\r\n${i}\r\n`;
+    assert.equal(await w.ask(batch + 'get k\r\n', 'END\r\n'), 'VALUE k 0 2\r\n49\r\nEND\r\n');
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['k']))[0]?.value.toString(), '49');
+    w.close();
+  });
+
+  it('T20: unknown command is ERROR and the connection stays; an HTTP request closes it', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    assert.equal(await w.ask('frobnicate\r\n'), 'ERROR\r\n');
+    assert.equal(await w.ask('version\r\n'), 'VERSION 1.6.21\r\n');
+    w.send('GET / HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await w.closed;
+  });
+
+  it('T22: the connection over max-connections gets ERROR Too many open connections and is closed', async () => {
+    const app = await mcmux({ 'max-connections': '2' });
+    const a = await connectWire(app.address.port);
+    const b = await connectWire(app.address.port);
+    assert.equal(await a.ask('version\r\n'), 'VERSION 1.6.21\r\n');
+    assert.equal(await b.ask('version\r\n'), 'VERSION 1.6.21\r\n');
+    const c = await connectWire(app.address.port);
+    assert.equal(await c.read('\r\n'), 'ERROR Too many open connections\r\n');
+    await c.closed;
+    a.close();
+    await a.closed;
+    for (let i = 0; i < 100 && app.listener.currConnections() > 1; i++) await new Promise((r) => setTimeout(r, 10));
+    const d = await connectWire(app.address.port);
+    assert.equal(await d.ask('version\r\n'), 'VERSION 1.6.21\r\n', 'a freed slot is usable again');
+    b.close();
+    d.close();
+  });
+
+  it('T23/T24: flush_all refused by default, admin commands never forwarded, stats answered by mcmux', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    assert.match(await w.ask('flush_all\r\n'), /^SERVER_ERROR flush_all is disabled: start mcmux with --allow-flush/);
+    for (const c of ['lru_crawler metadump all', 'slabs automove 1', 'watch', 'shutdown', 'debug', 'lru mode flat', 'stats items']) {
+      assert.equal(await w.ask(c + '\r\n'), 'ERROR\r\n', c);
+    }
+    const stats = await w.ask('stats\r\n', 'END\r\n');
+    assert.match(stats, /STAT curr_connections 1\r\n/);
+    assert.match(stats, /STAT upstream\.1\.name memory:\/\/b\r\n/);
+    assert.match(await w.ask('stats upstreams\r\n', 'END\r\n'), /STAT upstream\.0\.state healthy\r\n/);
+    w.close();
+  });
+
+  it('quit closes after the replies before it', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    w.send('set k 0 0 1\r\nx\r\nquit\r\nget k\r\n');
+    await w.closed;
+    assert.equal(w.received, 'STORED\r\n');
+  });
+
+  it('max-pipeline: a deep pipeline is answered whole and in order without unbounded queueing', async () => {
+    const app = await mcmux({ 'max-pipeline': '4' });
+    const w = await connectWire(app.address.port);
+    await w.ask('set k 0 0 1\r\nv\r\n');
+    let expected = '';
+    let batch = '';
+    for (let i = 0; i < 500; i++) {
+      batch += 'get k\r\nversion\r\n';
+      expected += 'VALUE k 0 1\r\nv\r\nEND\r\nVERSION 1.6.21\r\n';
+    }
+    w.send(batch);
+    assert.equal(await w.read((t) => t.length >= expected.length), expected);
+    w.close();
+  });
+
+  it('max-output-bytes: a client that does not read its replies is paused, and loses nothing once it reads', async () => {
+    const app = await mcmux({ 'max-output-bytes': '65536' });
+    const w = await connectWire(app.address.port);
+    const value = 'v'.repeat(100_000);
+    await w.ask(`set big 0 0 ${value.length}\r\n${value}\r\n`);
+    w.socket.pause();
+    const n = 400; // 40 MB of replies if nothing held back
+    w.send('get big\r\n'.repeat(n));
+    let info = app.listener.connections()[0]?.info();
+    for (let i = 0; i < 500 && !info?.paused; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      info = app.listener.connections()[0]?.info();
+    }
+    assert.ok(info?.paused, 'the connection stopped reading');
+    // The bound: max-output-bytes plus the replies of the reads already started.
+    assert.ok((info?.unsentBytes ?? 0) <= 65536 + MAX_READS_IN_FLIGHT * (value.length + 64), `unsent ${info?.unsentBytes}`);
+    assert.ok((info?.unsentBytes ?? 0) < (n / 2) * value.length, 'far less than everything asked for');
+    assert.ok((info?.queued ?? 0) <= 1024);
+    w.socket.resume();
+    const reply = `VALUE big 0 ${value.length}\r\n${value}\r\nEND\r\n`;
+    const all = await w.read((t) => t.length >= reply.length * n, 20000);
+    assert.equal(all.length, reply.length * n);
+    assert.ok(all.startsWith(reply) && all.endsWith(reply));
+    w.close();
+  });
+
+  it('listens on a unix socket beside TCP', async () => {
+    const path = `/tmp/mcmux-test-${process.pid}.sock`;
+    const config = buildConfig(
+      { scalars: {}, listen: [], upstreams: [] },
+      { scalars: {}, listen: ['127.0.0.1:0', `unix:${path}`], upstreams: [] },
+    );
+    const app = await startApp(config, pino({ level: 'silent' }));
+    apps.push(app);
+    const w = await connectWire(path);
+    assert.equal(await w.ask('set u 0 0 1\r\nx\r\n'), 'STORED\r\n');
+    const t = await connectWire(app.address.port);
+    assert.equal(await t.ask('get u\r\n', 'END\r\n'), 'VALUE u 0 1\r\nx\r\nEND\r\n');
+    w.close();
+    t.close();
+  });
+});
