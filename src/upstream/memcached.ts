@@ -1,0 +1,436 @@
+/**
+ * `memcached://host:port` — a memcached (>= 1.6) over its meta protocol, through a small pool of
+ * persistent, pipelined connections.
+ *
+ *   get/store/... ──acquire()──► a ready Connection (round robin) ──► Pending record into its FIFO
+ *        │                                                      └──► encode ──► cork ... uncork
+ *        │                                                           (next tick: one writev)
+ *   socket data ──► MetaReplyParser ──► reply ──► head record of the FIFO ──► resolve / reject
+ *   one timer per connection ──► head overdue? ──► TIMEOUT to it, IO to the rest, socket destroyed
+ *   socket error/close ──► IO to all pending ──► reconnect after 50 ms, doubling to 2 s
+ *
+ * URL: memcached://host[:11211]?timeout=250&connections=2&max-queue=4096
+ */
+
+import { type Socket, connect } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { type ArithOp, type Hit, exptimeFromDeadline, parseCounter } from '../command/command';
+import { ConfigError, ErrorCodes, McmuxError } from '../errors';
+import { type MetaReply, MetaReplyParser, encodeFlushAll, encodeMa } from '../protocol/text/meta-client';
+import { encodeMd, encodeMg, encodeMs, encodeVersion } from '../protocol/text/meta-client';
+import { type UpstreamContext, intOption, rejectUnknownOptions } from './registry';
+import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats } from './upstream';
+import { maskUrl, newUpstreamStats } from './upstream';
+
+const DEFAULT_PORT = 11211;
+const BACKOFF_MIN_MS = 50;
+const BACKOFF_MAX_MS = 2000;
+
+const Op = { GET: 0, STORE: 1, DELETE: 2, TOUCH: 3, ARITH: 4, FLUSH: 5, PROBE: 6 } as const;
+type Op = (typeof Op)[keyof typeof Op];
+
+/** meta `ms` mode flag per store mode; cas is a set guarded by C<cas>. */
+const MODE_FLAG = { set: 'S', add: 'E', replace: 'R', append: 'A', prepend: 'P', cas: 'S' } as const;
+
+/** One request on the wire, waiting for `expected` replies (one per key for a multi-get). */
+interface Pending {
+  readonly op: Op;
+  readonly expected: number;
+  received: number;
+  readonly hits: Array<Hit | undefined> | undefined; // GET: results aligned with keys
+  readonly touch: number | undefined; // GET: the gat deadline, reported as each hit's deadline
+  failure: McmuxError | undefined; // GET: first error reply, reported once all replies are in
+  readonly started: number; // performance.now() when queued
+  readonly timeoutAt: number;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (err: McmuxError) => void;
+}
+
+/** An array-backed ring: push at the tail, shift from the head, no per-item allocation. */
+class Fifo<T> {
+  private items: Array<T | undefined> = new Array<T | undefined>(16);
+  private head = 0;
+  length = 0;
+
+  push(item: T): void {
+    if (this.length === this.items.length) {
+      const grown = new Array<T | undefined>(this.items.length * 2);
+      for (let i = 0; i < this.length; i++) grown[i] = this.items[(this.head + i) & (this.items.length - 1)];
+      this.items = grown;
+      this.head = 0;
+    }
+    this.items[(this.head + this.length) & (this.items.length - 1)] = item;
+    this.length++;
+  }
+
+  peek(): T | undefined {
+    return this.length === 0 ? undefined : this.items[this.head];
+  }
+
+  shift(): T | undefined {
+    if (this.length === 0) return undefined;
+    const item = this.items[this.head];
+    this.items[this.head] = undefined;
+    this.head = (this.head + 1) & (this.items.length - 1);
+    this.length--;
+    return item;
+  }
+}
+
+type ConnStatus = 'connecting' | 'ready' | 'down' | 'closed';
+
+class Connection {
+  status: ConnStatus = 'down';
+  /** No attempt has failed yet: requests may wait for this first connect instead of failing fast. */
+  fresh = true;
+  readonly pending = new Fifo<Pending>();
+  private socket: Socket | undefined;
+  private parser = new MetaReplyParser();
+  private timer: NodeJS.Timeout | undefined; // fires at (or before) the head record's timeoutAt
+  private connectTimer: NodeJS.Timeout | undefined;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private backoffMs = BACKOFF_MIN_MS;
+  private corked = false;
+
+  constructor(private readonly up: MemcachedUpstream) {}
+
+  connect(): void {
+    this.reconnectTimer = undefined;
+    const socket = connect({ host: this.up.host, port: this.up.port });
+    socket.setNoDelay(true);
+    socket.on('connect', this.onConnect).on('data', this.onData).on('error', this.onError).on('close', this.onClose);
+    this.socket = socket;
+    this.parser = new MetaReplyParser();
+    this.status = 'connecting';
+    this.connectTimer = setTimeout(this.onConnectTimeout, this.up.timeoutMs);
+  }
+
+  enqueue<T>(op: Op, expected: number, touch?: number): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const now = performance.now();
+      this.pending.push({
+        op,
+        expected,
+        received: 0,
+        hits: op === Op.GET ? new Array<Hit | undefined>(expected) : undefined,
+        touch,
+        failure: undefined,
+        started: now,
+        timeoutAt: now + this.up.timeoutMs,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+      });
+      if (!this.timer) this.timer = setTimeout(this.checkTimeout, this.up.timeoutMs);
+    });
+  }
+
+  /** Writes are corked and flushed on the next tick: a batch of requests leaves in one writev. */
+  write(buf: Buffer): void {
+    const socket = this.socket as Socket;
+    if (!this.corked) {
+      this.corked = true;
+      socket.cork();
+      process.nextTick(this.uncork);
+    }
+    socket.write(buf);
+  }
+
+  /** Discards the socket and everything pending on it, then reconnects after a backoff. */
+  fail(err: McmuxError): void {
+    if (this.status === 'closed') return;
+    this.teardown(err);
+    this.status = 'down';
+    this.fresh = false;
+    this.reconnectTimer = setTimeout(() => this.connect(), this.backoffMs).unref();
+    this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
+  }
+
+  close(err: McmuxError): Promise<void> {
+    const socket = this.socket;
+    const closed = socket && !socket.closed ? new Promise<void>((r) => socket.once('close', () => r())) : undefined;
+    this.teardown(err);
+    this.status = 'closed';
+    clearTimeout(this.reconnectTimer);
+    return closed ?? Promise.resolve();
+  }
+
+  private teardown(err: McmuxError): void {
+    const socket = this.socket;
+    this.socket = undefined;
+    if (socket) {
+      // A socket once discarded must never deliver a reply: a late one would be paired with a
+      // request it does not belong to.
+      socket.removeListener('connect', this.onConnect).removeListener('data', this.onData);
+      socket.removeListener('error', this.onError).removeListener('close', this.onClose);
+      socket.on('error', ignore);
+      socket.destroy();
+    }
+    clearTimeout(this.timer);
+    clearTimeout(this.connectTimer);
+    this.timer = this.connectTimer = undefined;
+    this.corked = false;
+    for (let rec = this.pending.shift(); rec; rec = this.pending.shift()) this.up.settleError(rec, err);
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket?.uncork();
+  };
+
+  private readonly onConnect = (): void => {
+    clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
+    this.status = 'ready';
+  };
+
+  private readonly onConnectTimeout = (): void => {
+    this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, `connect timed out after ${this.up.timeoutMs} ms (option timeout)`));
+  };
+
+  private readonly onError = (err: Error): void => {
+    this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, err.message));
+  };
+
+  private readonly onClose = (): void => {
+    this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection closed by the server'));
+  };
+
+  private readonly checkTimeout = (): void => {
+    this.timer = undefined;
+    const head = this.pending.peek();
+    if (!head) return;
+    const now = performance.now();
+    if (now < head.timeoutAt) {
+      // Records are queued in timeout order, so the head's deadline is the next one due.
+      this.timer = setTimeout(this.checkTimeout, Math.ceil(head.timeoutAt - now));
+      return;
+    }
+    this.pending.shift();
+    this.up.stats.timeouts++;
+    this.up.settleError(head, this.up.error(ErrorCodes.UPSTREAM_TIMEOUT, `no reply within ${this.up.timeoutMs} ms (option timeout)`));
+    this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection discarded after a request on it timed out'));
+  };
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.parser.push(chunk);
+    for (let reply = this.parser.next(); reply; reply = this.parser.next()) {
+      const rec = this.pending.peek();
+      if (!rec) {
+        this.fail(this.up.error(ErrorCodes.UPSTREAM_PROTOCOL, `reply "${reply.kind}" with no request outstanding`));
+        return;
+      }
+      const outcome = decode(rec, reply);
+      if (outcome instanceof McmuxError && outcome.code === ErrorCodes.UPSTREAM_PROTOCOL) {
+        // The stream no longer lines up with our requests: nothing after this can be trusted.
+        this.pending.shift();
+        this.up.settleError(rec, this.up.error(outcome.code, outcome.message));
+        this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection discarded after a protocol error'));
+        return;
+      }
+      this.backoffMs = BACKOFF_MIN_MS; // a reply proves the server alive, not just its listen queue
+      if (rec.hits) {
+        if (outcome instanceof McmuxError) rec.failure ??= outcome;
+        else rec.hits[rec.received] = outcome as Hit | undefined;
+      }
+      if (++rec.received < rec.expected) continue;
+      this.pending.shift();
+      this.up.settle(rec, rec.failure ?? (rec.hits ? rec.hits : outcome));
+    }
+  };
+}
+
+function ignore(): void {}
+
+/** What one reply means for the request at the head; a McmuxError for an error reply. */
+function decode(rec: Pending, r: MetaReply): unknown {
+  if (r.kind === 'SERVER_ERROR') return new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `SERVER_ERROR ${r.message}`);
+  switch (rec.op) {
+    case Op.GET:
+      if (r.kind === 'EN') return undefined;
+      if (r.kind === 'VA') {
+        // t is the remaining lifetime in whole seconds, -1 for none; a gat reports what it set.
+        const deadline = rec.touch ?? (r.ttl === undefined || r.ttl === -1 ? 0 : Date.now() + r.ttl * 1000);
+        const hit: Hit = { value: r.value, flags: r.flags ?? 0, cas: r.cas ?? 0n, deadline };
+        return hit;
+      }
+      break;
+    case Op.STORE:
+      if (r.kind === 'HD') return r.cas === undefined ? { status: 'STORED' } : { status: 'STORED', cas: r.cas };
+      if (r.kind === 'NS') return { status: 'NOT_STORED' };
+      if (r.kind === 'EX') return { status: 'EXISTS' };
+      if (r.kind === 'NF') return { status: 'NOT_FOUND' };
+      break;
+    case Op.DELETE:
+      return r.kind === 'HD' ? 'DELETED' : r.kind === 'NF' ? 'NOT_FOUND' : unexpected(r);
+    case Op.TOUCH:
+      return r.kind === 'HD' ? 'TOUCHED' : r.kind === 'EN' ? 'NOT_FOUND' : unexpected(r);
+    case Op.ARITH:
+      if (r.kind === 'NF') return { status: 'NOT_FOUND' };
+      if (r.kind === 'CLIENT_ERROR' && r.message.includes('non-numeric')) return { status: 'NON_NUMERIC' };
+      if (r.kind === 'VA') {
+        const value = parseCounter(r.value);
+        if (value !== undefined) return { status: 'OK', value };
+        return new McmuxError(ErrorCodes.UPSTREAM_PROTOCOL, 'ma returned a value that is not a number');
+      }
+      break;
+    case Op.FLUSH:
+      return r.kind === 'OK' ? undefined : unexpected(r);
+    case Op.PROBE:
+      return r.kind === 'VERSION' ? undefined : unexpected(r);
+  }
+  return unexpected(r);
+}
+
+function unexpected(r: MetaReply): McmuxError {
+  // memcached swallows the data of a refused ms, so CLIENT_ERROR keeps the stream in step;
+  // ERROR (an unknown command: memcached < 1.6?) or a mismatched reply does not.
+  if (r.kind === 'CLIENT_ERROR') return new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `CLIENT_ERROR ${r.message}`);
+  const detail = r.kind === 'protocol_error' ? r.message : `unexpected reply ${r.kind}`;
+  return new McmuxError(ErrorCodes.UPSTREAM_PROTOCOL, `${detail} (is it memcached >= 1.6?)`);
+}
+
+export class MemcachedUpstream implements Upstream {
+  readonly scheme = 'memcached';
+  readonly stats: UpstreamStats = newUpstreamStats();
+  private readonly conns: Connection[];
+  private rr = 0;
+  private closed = false;
+
+  constructor(
+    readonly name: string,
+    readonly host: string,
+    readonly port: number,
+    readonly timeoutMs: number,
+    connections: number,
+    readonly maxQueue: number,
+  ) {
+    this.conns = Array.from({ length: connections }, () => new Connection(this));
+    for (const c of this.conns) c.connect();
+  }
+
+  async get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
+    const conn = this.acquire();
+    if (keys.length === 0) return [];
+    const flags = touch === undefined ? 'v f c t' : `v f c t T${exptimeFromDeadline(touch, Date.now())}`;
+    const p = conn.enqueue<Array<Hit | undefined>>(Op.GET, keys.length, touch);
+    for (const key of keys) conn.write(encodeMg(key, flags));
+    return p;
+  }
+
+  async store(req: StoreRequest): Promise<StoreResult> {
+    const conn = this.acquire();
+    let flags = `M${MODE_FLAG[req.mode]} c`;
+    // append/prepend keep the existing item's flags and ttl: send neither.
+    if (req.mode !== 'append' && req.mode !== 'prepend') {
+      // A past deadline becomes T-1, which memcached stores as already expired: the key is absent.
+      flags = `F${req.flags} T${exptimeFromDeadline(req.deadline, Date.now())} ${flags}`;
+    }
+    if (req.mode === 'cas') flags += ` C${req.cas ?? 0n}`; // C0 never matches: EXISTS or NOT_FOUND
+    const p = conn.enqueue<StoreResult>(Op.STORE, 1);
+    const [header, value, crlf] = encodeMs(req.key, req.value, flags);
+    conn.write(header);
+    conn.write(value);
+    conn.write(crlf);
+    return p;
+  }
+
+  async delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
+    return this.send(Op.DELETE, encodeMd(key));
+  }
+
+  /** memcached 1.6.18 has no `mt`: a `mg` with T and no v touches without fetching (HD / EN). */
+  async touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+    return this.send(Op.TOUCH, encodeMg(key, `T${exptimeFromDeadline(deadline, Date.now())}`));
+  }
+
+  async arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
+    return this.send(Op.ARITH, encodeMa(key, `M${op === 'incr' ? 'I' : 'D'} D${delta} v`));
+  }
+
+  async flush(): Promise<void> {
+    return this.send(Op.FLUSH, encodeFlushAll());
+  }
+
+  async probe(): Promise<void> {
+    return this.send(Op.PROBE, encodeVersion());
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(this.conns.map((c) => c.close(this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed'))));
+  }
+
+  /** A request of one line and one reply. */
+  private send<T>(op: Op, request: Buffer): Promise<T> {
+    const conn = this.acquire();
+    const p = conn.enqueue<T>(op, 1);
+    conn.write(request);
+    return p;
+  }
+
+  /** A connection to send on, or throws (the request fails at once: never wait for a reconnect). */
+  private acquire(): Connection {
+    this.stats.requests++;
+    if (this.closed) throw this.refuse(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
+    const n = this.conns.length;
+    let conn: Connection | undefined;
+    for (let i = 0; i < n && !conn; i++) {
+      const c = this.conns[(this.rr + i) % n] as Connection;
+      if (c.status === 'ready') {
+        conn = c;
+        this.rr = (this.rr + i + 1) % n;
+      }
+    }
+    // Right after start-up the first connects are still under way: let those carry requests,
+    // bounded by the request timeout, rather than failing everything sent in the first tick.
+    conn ??= this.conns.find((c) => c.status === 'connecting' && c.fresh);
+    if (!conn) throw this.refuse(ErrorCodes.UPSTREAM_IO, 'no connection is up (reconnecting)');
+    if (conn.pending.length >= this.maxQueue) {
+      throw this.refuse(ErrorCodes.UPSTREAM_BUSY, `${this.maxQueue} requests already queued on a connection (option max-queue)`);
+    }
+    return conn;
+  }
+
+  error(code: McmuxError['code'], message: string): McmuxError {
+    return new McmuxError(code, `upstream ${this.name}: ${message}`);
+  }
+
+  private refuse(code: McmuxError['code'], message: string): McmuxError {
+    this.stats.errors++;
+    return this.error(code, message);
+  }
+
+  /** `outcome` is the value to resolve with, or a McmuxError (an error reply from the server). */
+  settle(rec: Pending, outcome: unknown): void {
+    this.stats.latencyUsSum += Math.round((performance.now() - rec.started) * 1000);
+    this.stats.latencyCount++;
+    if (outcome instanceof McmuxError) this.settleError(rec, this.error(outcome.code, outcome.message));
+    else rec.resolve(outcome);
+  }
+
+  settleError(rec: Pending, err: McmuxError): void {
+    this.stats.errors++;
+    rec.reject(err);
+  }
+}
+
+/**
+ * Options (URL query or TOML keys):
+ * - `timeout`: ms a request (and a connect) may take; default `--timeout`, else 250.
+ * - `connections`: persistent connections in the pool; default 2.
+ * - `max-queue`: requests waiting or in flight per connection before new ones are refused
+ *   with MCMUX_UPSTREAM_BUSY; default 4096.
+ */
+export function createMemcachedUpstream(url: URL, options: Map<string, string>, ctx: UpstreamContext): Upstream {
+  const name = maskUrl(url.href);
+  const where = `upstream ${name}`;
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (host === '') throw new ConfigError(`${where}: no host: expected memcached://host:port`);
+  const port = url.port === '' ? DEFAULT_PORT : Number(url.port);
+  const timeoutMs = intOption(options, 'timeout', ctx.defaultTimeoutMs ?? 250, 1, 600_000, where);
+  const connections = intOption(options, 'connections', 2, 1, 64, where);
+  const maxQueue = intOption(options, 'max-queue', 4096, 1, 1_000_000, where);
+  rejectUnknownOptions(options, where, ['timeout', 'connections', 'max-queue']);
+  return new MemcachedUpstream(name, host, port, timeoutMs, connections, maxQueue);
+}

@@ -1,0 +1,339 @@
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { test } from 'node:test';
+import { EXPIRED, type Hit } from '../../src/command/command';
+import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
+import { createMemcachedUpstream } from '../../src/upstream/memcached';
+import type { Upstream } from '../../src/upstream/upstream';
+import { freePort, requireBinary, startMemcached } from '../helpers/servers';
+
+const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
+const b = (s: string): Buffer => Buffer.from(s, 'latin1');
+
+function open(url: string, options: Record<string, string> = {}): Upstream {
+  return createMemcachedUpstream(new URL(url), new Map(Object.entries(options)), ctx);
+}
+
+async function set(up: Upstream, key: string, value: string | Buffer, flags = 0, deadline = 0): Promise<bigint> {
+  const r = await up.store({ mode: 'set', key, value: typeof value === 'string' ? b(value) : value, flags, deadline });
+  assert.equal(r.status, 'STORED');
+  assert.equal(typeof r.cas, 'bigint');
+  return r.cas as bigint;
+}
+
+async function getOne(up: Upstream, key: string): Promise<Hit | undefined> {
+  const [hit] = await up.get([key]);
+  return hit;
+}
+
+function codeOf(err: unknown): string {
+  return err instanceof McmuxError ? err.code : String(err);
+}
+
+/** Retries `fn` until it resolves; a bounded poll for state with no event to wait on. */
+async function eventually<T>(fn: () => Promise<T>, onError: (err: unknown) => void = () => {}): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await fn();
+    } catch (err) {
+      onError(err);
+      if (i >= 400) throw err;
+      await sleep(25);
+    }
+  }
+}
+
+test('memcached upstream against a real memcached', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const mc = await startMemcached();
+  const up = open(mc.url);
+  t.after(async () => {
+    await up.close();
+    await mc.stop();
+  });
+
+  await t.test('name, scheme, options', () => {
+    assert.equal(up.name, mc.url);
+    assert.equal(up.scheme, 'memcached');
+    assert.equal(up.timeoutMs, 2000);
+    assert.throws(() => open(mc.url, { tiemout: '5' }), ConfigError);
+    assert.throws(() => open(mc.url, { timeout: '0' }), ConfigError);
+    assert.throws(() => open(mc.url, { connections: '65' }), ConfigError);
+    assert.throws(() => open(mc.url, { 'max-queue': 'x' }), ConfigError);
+    assert.equal(createMemcachedUpstream(new URL(mc.url), new Map(), { defaultTimeoutMs: undefined, maxItemSize: 1 }).timeoutMs, 250);
+  });
+
+  await t.test('probe', async () => {
+    await up.probe();
+  });
+
+  await t.test('get: hit, miss, and a multi-get aligned with its keys, duplicates included', async () => {
+    await set(up, 'g:a', 'A');
+    await set(up, 'g:b', 'BB');
+    assert.equal(await getOne(up, 'g:none'), undefined);
+    const hits = await up.get(['g:a', 'g:none', 'g:b', 'g:a', 'g:none2']);
+    assert.deepEqual(
+      hits.map((h) => h?.value.toString()),
+      ['A', undefined, 'BB', 'A', undefined],
+    );
+    assert.deepEqual(await up.get([]), []);
+  });
+
+  await t.test('flags 0, 65535 and 4294967295 round-trip', async () => {
+    for (const flags of [0, 65535, 4294967295]) {
+      await set(up, 'f:k', 'v', flags);
+      assert.equal((await getOne(up, 'f:k'))?.flags, flags);
+    }
+  });
+
+  await t.test('binary values, empty values, latin1 keys, large values', async () => {
+    const bin = Buffer.from([0x0d, 0x0a, 0x00, 0xff, 0x0d, 0x0a, 0x45, 0x4e, 0x44, 0x0d, 0x0a]);
+    await set(up, 'bin', bin);
+    assert.deepEqual((await getOne(up, 'bin'))?.value, bin);
+    await set(up, 'empty', b(''));
+    assert.deepEqual((await getOne(up, 'empty'))?.value, b(''));
+    await set(up, 'caf\xe9\xff', 'latin1');
+    assert.equal((await getOne(up, 'caf\xe9\xff'))?.value.toString(), 'latin1');
+    const big = Buffer.alloc(500_000, 'z');
+    big.write('\r\n', 1234);
+    await set(up, 'big', big);
+    assert.ok((await getOne(up, 'big'))?.value.equals(big));
+  });
+
+  await t.test('a value over the item limit is refused, and the connection stays in step', async () => {
+    await set(up, 'huge', 'small');
+    await assert.rejects(up.store({ mode: 'set', key: 'huge', value: Buffer.alloc(2 * 1024 * 1024), flags: 0, deadline: 0 }), (err) => codeOf(err) === ErrorCodes.UPSTREAM_REFUSED);
+    const hits = await Promise.all([getOne(up, 'huge'), getOne(up, 'bin'), getOne(up, 'huge')]);
+    assert.equal(hits[1]?.value[3], 0xff);
+    assert.ok(hits[0] === undefined || hits[0].value.toString() === 'small');
+  });
+
+  await t.test('store modes: set, add, replace, append, prepend', async () => {
+    await up.delete('m:k');
+    const store = (mode: 'set' | 'add' | 'replace' | 'append' | 'prepend', value: string, flags = 0, deadline = 0) =>
+      up.store({ mode, key: 'm:k', value: b(value), flags, deadline });
+    assert.equal((await store('replace', 'x')).status, 'NOT_STORED');
+    assert.equal((await store('append', 'x')).status, 'NOT_STORED');
+    assert.equal((await store('prepend', 'x')).status, 'NOT_STORED');
+    assert.equal((await store('add', 'mid', 7, Date.now() + 100_000)).status, 'STORED');
+    assert.equal((await store('add', 'again')).status, 'NOT_STORED');
+    assert.equal((await store('append', '>', 9, 0)).status, 'STORED');
+    assert.equal((await store('prepend', '<', 9, 0)).status, 'STORED');
+    const hit = await getOne(up, 'm:k');
+    assert.equal(hit?.value.toString(), '<mid>');
+    assert.equal(hit?.flags, 7, 'append/prepend keep the flags');
+    assert.ok(hit && hit.deadline > Date.now() + 90_000, 'append/prepend keep the ttl');
+    assert.equal((await store('replace', 'new', 3)).status, 'STORED');
+    assert.deepEqual([(await getOne(up, 'm:k'))?.value.toString(), (await getOne(up, 'm:k'))?.flags], ['new', 3]);
+  });
+
+  await t.test('cas: success, EXISTS, NOT_FOUND', async () => {
+    await set(up, 'c:k', 'one');
+    const cas = (await getOne(up, 'c:k'))?.cas as bigint;
+    const ok = await up.store({ mode: 'cas', key: 'c:k', value: b('two'), flags: 0, deadline: 0, cas });
+    assert.equal(ok.status, 'STORED');
+    assert.notEqual(ok.cas, cas);
+    assert.equal((await getOne(up, 'c:k'))?.cas, ok.cas, 'the cas of a store is the cas a get reports');
+    const stale = await up.store({ mode: 'cas', key: 'c:k', value: b('three'), flags: 0, deadline: 0, cas });
+    assert.equal(stale.status, 'EXISTS');
+    const missing = await up.store({ mode: 'cas', key: 'c:none', value: b('x'), flags: 0, deadline: 0, cas });
+    assert.equal(missing.status, 'NOT_FOUND');
+    assert.equal((await getOne(up, 'c:k'))?.value.toString(), 'two');
+  });
+
+  await t.test('a deadline in the past leaves the key absent', async () => {
+    for (const deadline of [EXPIRED, Date.now() - 5000]) {
+      await set(up, 'x:k', 'live');
+      await set(up, 'x:k', 'dead', 0, deadline);
+      assert.equal(await getOne(up, 'x:k'), undefined);
+    }
+  });
+
+  await t.test('get reports the remaining lifetime as a deadline', async () => {
+    const deadline = Date.now() + 100_000;
+    await set(up, 't:k', 'v', 0, deadline);
+    const hit = await getOne(up, 't:k');
+    assert.ok(hit && Math.abs(hit.deadline - deadline) <= 2000, `${hit?.deadline} vs ${deadline}`);
+    await set(up, 't:never', 'v', 0, 0);
+    assert.equal((await getOne(up, 't:never'))?.deadline, 0);
+  });
+
+  await t.test('gat replaces the deadline of each hit', async () => {
+    await set(up, 'gat:a', 'a', 0, 0);
+    await set(up, 'gat:b', 'b', 0, Date.now() + 10_000);
+    const touch = Date.now() + 500_000;
+    const hits = await up.get(['gat:a', 'gat:none', 'gat:b'], touch);
+    assert.deepEqual(
+      hits.map((h) => h?.deadline),
+      [touch, undefined, touch],
+    );
+    for (const key of ['gat:a', 'gat:b']) {
+      const hit = await getOne(up, key);
+      assert.ok(hit && Math.abs(hit.deadline - touch) <= 2000, key);
+    }
+    const never = await up.get(['gat:a'], 0);
+    assert.equal(never[0]?.deadline, 0);
+    assert.equal((await getOne(up, 'gat:a'))?.deadline, 0);
+    await up.get(['gat:a'], EXPIRED);
+    assert.equal(await getOne(up, 'gat:a'), undefined, 'a gat to a past deadline expires the key');
+  });
+
+  await t.test('delete', async () => {
+    await set(up, 'd:k', 'v');
+    assert.equal(await up.delete('d:k'), 'DELETED');
+    assert.equal(await up.delete('d:k'), 'NOT_FOUND');
+    assert.equal(await getOne(up, 'd:k'), undefined);
+  });
+
+  await t.test('touch', async () => {
+    await set(up, 'to:k', 'v', 5, 0);
+    const deadline = Date.now() + 300_000;
+    assert.equal(await up.touch('to:k', deadline), 'TOUCHED');
+    const hit = await getOne(up, 'to:k');
+    assert.ok(hit && Math.abs(hit.deadline - deadline) <= 2000);
+    assert.equal(hit.value.toString(), 'v');
+    assert.equal(await up.touch('to:none', deadline), 'NOT_FOUND');
+    assert.equal(await up.touch('to:k', EXPIRED), 'TOUCHED');
+    assert.equal(await getOne(up, 'to:k'), undefined);
+  });
+
+  await t.test('incr and decr', async () => {
+    const deadline = Date.now() + 200_000;
+    await set(up, 'n:k', '5', 0, deadline);
+    assert.deepEqual(await up.arith('incr', 'n:k', 3n), { status: 'OK', value: 8n });
+    assert.deepEqual(await up.arith('decr', 'n:k', 100n), { status: 'OK', value: 0n }, 'decr floors at 0');
+    const hit = await getOne(up, 'n:k');
+    assert.ok(hit && Math.abs(hit.deadline - deadline) <= 2000, 'expiry kept');
+    await set(up, 'n:k', '18446744073709551615');
+    assert.deepEqual(await up.arith('incr', 'n:k', 1n), { status: 'OK', value: 0n }, 'incr wraps at 2^64');
+    await set(up, 'n:k', '5');
+    assert.deepEqual(await up.arith('incr', 'n:k', 18446744073709551615n), { status: 'OK', value: 4n });
+    await set(up, 'n:k', '10');
+    assert.deepEqual(await up.arith('decr', 'n:k', 1n), { status: 'OK', value: 9n });
+    assert.deepEqual(await up.arith('incr', 'n:k', 1n), { status: 'OK', value: 10n }, 'after a shortening decr');
+    await set(up, 'n:text', 'abc');
+    assert.deepEqual(await up.arith('incr', 'n:text', 1n), { status: 'NON_NUMERIC' });
+    assert.deepEqual(await up.arith('decr', 'n:none', 1n), { status: 'NOT_FOUND' });
+  });
+
+  await t.test('many concurrent requests over two connections are paired correctly', async () => {
+    const keys = Array.from({ length: 2000 }, (_, i) => `p:${i}`);
+    const value = (k: string) => b(`value of ${k} `.repeat(1 + (k.length % 7)));
+    await Promise.all(keys.map((k, i) => up.store({ mode: 'set', key: k, value: value(k), flags: i, deadline: 0 })));
+    const singles = await Promise.all(keys.map((k) => getOne(up, k)));
+    singles.forEach((hit, i) => {
+      assert.deepEqual(hit?.value, value(keys[i] as string));
+      assert.equal(hit?.flags, i);
+    });
+    const [multi, deleted] = await Promise.all([up.get(keys), Promise.all(keys.slice(0, 100).map((k) => up.delete(k)))]);
+    assert.equal(multi.length, keys.length);
+    multi.forEach((hit, i) => assert.ok(hit === undefined ? i < 100 : hit.value.equals(value(keys[i] as string))));
+    assert.ok(deleted.every((d) => d === 'DELETED'));
+  });
+
+  await t.test('flush empties the store', async () => {
+    await set(up, 'fl:k', 'v');
+    await up.flush();
+    assert.equal(await getOne(up, 'fl:k'), undefined);
+  });
+
+  await t.test('stats count requests and latencies', () => {
+    assert.ok(up.stats.requests > 4000);
+    assert.ok(up.stats.latencyCount > 4000);
+    assert.ok(up.stats.latencyUsSum > 0);
+    assert.equal(up.stats.timeouts, 0);
+    assert.equal(up.stats.errors, 1, 'the refused oversized value');
+  });
+
+  await t.test('max-queue refuses requests beyond the bound with BUSY', async () => {
+    const small = open(mc.url, { connections: '1', 'max-queue': '2' });
+    try {
+      const results = await Promise.allSettled([small.probe(), small.probe(), small.probe()]);
+      assert.deepEqual(
+        results.map((r) => (r.status === 'fulfilled' ? 'ok' : codeOf(r.reason))),
+        ['ok', 'ok', ErrorCodes.UPSTREAM_BUSY],
+      );
+    } finally {
+      await small.close();
+    }
+  });
+
+  await t.test('close rejects pending and later requests with CLOSED', async () => {
+    const other = open(mc.url);
+    const pending = assert.rejects(other.get(['g:a']), (err) => codeOf(err) === ErrorCodes.UPSTREAM_CLOSED);
+    await other.close();
+    await pending;
+    await assert.rejects(other.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_CLOSED);
+  });
+});
+
+test('an unreachable memcached fails with IO errors', async () => {
+  const up = open(`memcached://127.0.0.1:${await freePort()}`);
+  try {
+    await assert.rejects(up.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO);
+    await assert.rejects(up.get(['k']), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO);
+  } finally {
+    await up.close();
+  }
+});
+
+test('a timeout discards the connection: a late reply is never paired with a later request', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const mc = await startMemcached();
+  const up = open(mc.url, { timeout: '100' });
+  t.after(async () => {
+    mc.resume();
+    await up.close();
+    await mc.stop();
+  });
+  const keys = Array.from({ length: 20 }, (_, i) => `k${i + 1}`);
+  await Promise.all(keys.map((k) => set(up, k, `value of ${k}`)));
+
+  await mc.pause();
+  const results = await Promise.allSettled(keys.map((k) => getOne(up, k)));
+  const codes = results.map((r) => (r.status === 'rejected' ? codeOf(r.reason) : 'fulfilled'));
+  assert.ok(codes.every((c) => c === ErrorCodes.UPSTREAM_TIMEOUT || c === ErrorCodes.UPSTREAM_IO), codes.join());
+  assert.ok(codes.includes(ErrorCodes.UPSTREAM_TIMEOUT));
+  assert.ok(up.stats.timeouts >= 1);
+  mc.resume();
+
+  const hit = await eventually(
+    () => getOne(up, 'k1'),
+    (err) => assert.ok([ErrorCodes.UPSTREAM_IO, ErrorCodes.UPSTREAM_TIMEOUT].includes(codeOf(err) as 'MCMUX_UPSTREAM_IO')),
+  );
+  assert.equal(hit?.value.toString(), 'value of k1');
+  for (let round = 0; round < 5; round++) {
+    const hits = await Promise.all(keys.map((k) => getOne(up, k)));
+    hits.forEach((h, i) => assert.equal(h?.value.toString(), `value of ${keys[i]}`));
+  }
+});
+
+test('a killed memcached gives fast IO errors, and is used again after a restart', { timeout: 30_000 }, async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const mc = await startMemcached();
+  // A long timeout: a request that waited for the dead server instead of failing fast would
+  // outlive the subtest's timeout below.
+  const up = open(mc.url, { timeout: '60000' });
+  t.after(async () => {
+    await up.close();
+    await mc.stop();
+  });
+  await set(up, 'k', 'before');
+
+  mc.kill('SIGKILL');
+  await mc.stop();
+  await t.test('requests fail with IO while it is down', { timeout: 10_000 }, async () => {
+    for (let i = 0; i < 20; i++) {
+      await assert.rejects(getOne(up, 'k'), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO);
+    }
+  });
+
+  await mc.restart();
+  const hit = await eventually(
+    () => getOne(up, 'k'),
+    (err) => assert.equal(codeOf(err), ErrorCodes.UPSTREAM_IO),
+  );
+  assert.equal(hit, undefined, 'the restarted memcached is empty');
+  await set(up, 'k', 'after');
+  assert.equal((await getOne(up, 'k'))?.value.toString(), 'after');
+});
