@@ -9,6 +9,8 @@ import type { Logger } from 'pino';
 import { type Config, EMBEDDED_DEFAULT, type ListenSpec, type UpstreamConfig, formatListen } from './config';
 import { Metrics } from './metrics';
 import { HealthyUpstream } from './router/health';
+import { RepairJournal } from './router/journal';
+import { Repairer } from './router/repair';
 import { Router } from './router/router';
 import type { ConnectionLimits } from './server/connection';
 import { Listener } from './server/listener';
@@ -55,6 +57,8 @@ export class App {
   metricsAddress: { host: string; port: number } | undefined;
   listening = false;
   private metrics: Metrics | undefined;
+  readonly journal: RepairJournal;
+  readonly repairer: Repairer;
   private members = new Map<string, HealthyUpstream>();
   private config: Config;
 
@@ -63,14 +67,18 @@ export class App {
     private readonly log: Logger,
   ) {
     this.config = config;
+    this.journal = new RepairJournal({ maxKeys: config.journal.maxKeys, fsync: config.journal.fsync, dir: config.stateDir || undefined });
     const upstreams = this.resolveUpstreams(config);
+    // A proxy restarted during an outage picks up the repair work it had journaled.
+    this.journal.load(upstreams);
     // The limits object is shared with every connection and updated in place on reload.
     this.listener = new Listener(() => this.router, { ...limitsOf(config) }, config.maxConnections, MCMUX_VERSION);
     this.router = new Router(
-      { upstreams, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush },
+      { upstreams, journal: this.journal, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush },
       this.listener,
       (what, u, error) => log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, `${what} failed`),
     );
+    this.repairer = new Repairer(() => this.router.context, config.repair, log);
   }
 
   /** The first TCP address listened on (tests connect there). */
@@ -84,7 +92,7 @@ export class App {
   }
 
   /** Health-wrapped upstreams for `config`, reusing the current ones that did not change. */
-  private resolveUpstreams(config: Config): HealthyUpstream[] {
+  private resolveUpstreams(config: Config, reloading = false): HealthyUpstream[] {
     const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize };
     const next = new Map<string, HealthyUpstream>();
     const list = upstreamSpecs(config).map((spec) => {
@@ -93,11 +101,15 @@ export class App {
       if (m) {
         m.options = config.health;
       } else {
-        m = new HealthyUpstream(createUpstream(spec.url, spec.options, ctx), config.health, (u, from, to, reason) => {
+        const inner = createUpstream(spec.url, spec.options, ctx);
+        m = new HealthyUpstream(inner, config.health, (u, from, to, reason) => {
           // Each probe of a down upstream goes down -> probing -> down: keep those at debug.
           const routine = to === 'probing' || (from === 'probing' && to === 'down');
           this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: u.name, from, to, reason }, `upstream ${to}`);
         });
+        // An in-process store starts empty: locks taken before this start live only elsewhere.
+        // So does one added by a reload, as far as mcmux knows.
+        if (inner.scheme === 'memory' || reloading) m.coldUntil = Date.now() + config.lockFence;
       }
       next.set(id, m);
       return m;
@@ -117,6 +129,7 @@ export class App {
         this.metricsAddress = await this.metrics.listen(this.config.metrics.host, this.config.metrics.port);
       }
       this.listening = true;
+      this.repairer.start();
     } catch (error) {
       await this.close(0);
       throw error;
@@ -137,10 +150,11 @@ export class App {
   /** Applies a new config (SIGHUP). Listen addresses are not changed by a reload. */
   reload(config: Config): void {
     const before = new Set(this.members.values());
-    const upstreams = this.resolveUpstreams(config);
+    const upstreams = this.resolveUpstreams(config, true);
     const kept = new Set(upstreams);
     const removed = [...before].filter((u) => !kept.has(u));
-    this.router.reconfigure({ upstreams, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush });
+    this.router.reconfigure({ upstreams, journal: this.journal, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush });
+    this.repairer.options = config.repair;
     Object.assign(this.listener.limits, limitsOf(config));
     this.listener.maxConnections = config.maxConnections;
     this.log.level = config.logLevel;
@@ -174,6 +188,8 @@ export class App {
     this.listener.drain();
     if (graceMs > 0) await Promise.race([closed, new Promise((res) => setTimeout(res, graceMs).unref())]);
     await this.listener.close(true);
+    this.repairer.stop();
+    this.journal.close();
     await this.metrics?.close();
     await Promise.all([...this.members.values()].map((u) => u.close()));
   }

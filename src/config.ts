@@ -43,6 +43,10 @@ export interface Config {
   readonly maxPipeline: number;
   readonly maxOutputBytes: number;
   readonly shutdownTimeout: number;
+  readonly stateDir: string;
+  readonly journal: { readonly maxKeys: number; readonly fsync: 'always' | 'everysec' | 'no' };
+  readonly repair: { readonly rate: number; readonly flushCaches: boolean };
+  readonly lockFence: number;
   /** Where to serve /metrics and /healthz; undefined = off. */
   readonly metrics: { readonly host: string; readonly port: number } | undefined;
   readonly health: { readonly downAfter: number; readonly probeMinMs: number; readonly probeMaxMs: number };
@@ -88,6 +92,28 @@ export const SCALAR_KEYS = {
     form: 'milliseconds, 0 to 600000',
     help: 'on SIGTERM, how long clients may finish their requests before mcmux closes them',
   },
+  'state-dir': {
+    def: process.env.STATE_DIRECTORY ?? './data',
+    form: 'a directory path',
+    help: "where the repair journal is kept (systemd's StateDirectory when set, else ./data)",
+  },
+  'journal-max-keys': {
+    def: 100_000,
+    form: 'an integer from 1 to 100000000',
+    help: 'dirty keys kept per upstream; beyond, the upstream serves no reads until known clean',
+  },
+  'journal-fsync': { def: 'everysec', form: 'always, everysec or no', help: 'when the repair journal file is fsynced' },
+  'repair-rate': { def: 1000, form: 'an integer from 1 to 1000000', help: 'keys per second replayed into an upstream that is back' },
+  'repair-flush-caches': {
+    def: true,
+    form: 'true or false',
+    help: 'flush a cache upstream (memcached, memory) whose journal overflowed when it comes back',
+  },
+  'lock-fence': {
+    def: 60_000,
+    form: 'milliseconds, 0 to 86400000',
+    help: 'how long an upstream that came back empty may not decide add/cas/incr (locks held elsewhere stay held)',
+  },
   'down-after': { def: 3, form: 'an integer from 1 to 1000', help: 'consecutive failures or timeouts that mark an upstream down' },
   'probe-interval': { def: 200, form: 'milliseconds, 10 to 600000', help: 'first probe of a down upstream, doubling after each failed probe' },
   'probe-interval-max': { def: 5000, form: 'milliseconds, 10 to 3600000', help: 'longest wait between probes of a down upstream' },
@@ -126,6 +152,17 @@ export function parseListen(v: string, key = 'listen'): ListenSpec {
   return { kind: 'tcp', host: (m[1] ?? m[2]) as string, port };
 }
 
+function bool(key: ScalarKey, v: RawValue | undefined): boolean {
+  if (v === true || v === 'true') return true;
+  if (v === false || v === 'false') return false;
+  throw bad(key, v, 'true or false');
+}
+
+function fsyncPolicy(v: RawValue | undefined): 'always' | 'everysec' | 'no' {
+  if (v === 'always' || v === 'everysec' || v === 'no') return v;
+  throw bad('journal-fsync', v, SCALAR_KEYS['journal-fsync'].form);
+}
+
 function metricsAddress(v: string): { host: string; port: number } | undefined {
   if (v === '') return undefined;
   const l = parseListen(v, 'metrics');
@@ -145,10 +182,6 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
   if (writeWait !== 'all' && writeWait !== 'copies') throw bad('write-wait', writeWait, SCALAR_KEYS['write-wait'].form);
   const logLevel = String(get('log-level')) as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) throw bad('log-level', logLevel, SCALAR_KEYS['log-level'].form);
-  const allowFlushRaw = get('allow-flush');
-  if (allowFlushRaw !== true && allowFlushRaw !== false && allowFlushRaw !== 'true' && allowFlushRaw !== 'false') {
-    throw bad('allow-flush', allowFlushRaw, SCALAR_KEYS['allow-flush'].form);
-  }
   const timeoutRaw = get('timeout');
   const upstreams = flags.upstreams.length > 0 ? flags.upstreams : file.upstreams;
   const minCopies = int('min-copies', get('min-copies') as RawValue, 1, 64);
@@ -166,13 +199,17 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     timeout: timeoutRaw === undefined ? undefined : int('timeout', timeoutRaw, 1, 600000),
     maxItemSize: int('max-item-size', get('max-item-size') as RawValue, 1024, 1024 ** 3),
     maxConnections: int('max-connections', get('max-connections') as RawValue, 1, 1_000_000),
-    allowFlush: allowFlushRaw === true || allowFlushRaw === 'true',
+    allowFlush: bool('allow-flush', get('allow-flush')),
     logLevel,
     maxLineLength: int('max-line-length', get('max-line-length') as RawValue, 256, 1024 * 1024),
     maxKeysPerGet: int('max-keys-per-get', get('max-keys-per-get') as RawValue, 1, 100_000),
     maxPipeline: int('max-pipeline', get('max-pipeline') as RawValue, 1, 1_000_000),
     maxOutputBytes: int('max-output-bytes', get('max-output-bytes') as RawValue, 1024, 1024 ** 3),
     metrics: metricsAddress(String(get('metrics'))),
+    stateDir: String(get('state-dir')),
+    journal: { maxKeys: int('journal-max-keys', get('journal-max-keys') as RawValue, 1, 100_000_000), fsync: fsyncPolicy(get('journal-fsync')) },
+    repair: { rate: int('repair-rate', get('repair-rate') as RawValue, 1, 1_000_000), flushCaches: bool('repair-flush-caches', get('repair-flush-caches')) },
+    lockFence: int('lock-fence', get('lock-fence') as RawValue, 0, 86_400_000),
     shutdownTimeout: int('shutdown-timeout', get('shutdown-timeout') as RawValue, 0, 600_000),
     health: {
       downAfter: int('down-after', get('down-after') as RawValue, 1, 1000),

@@ -10,26 +10,49 @@
 import type { ArithCommand, Reply, StoreCommand } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
+import type { HealthyUpstream } from './health';
 import { replicateSet } from './replicate-write';
 
 /**
- * Runs `op` on the first upstream that answers. An upstream that fails is skipped: the outcome
- * on it is unknown (a timed-out incr may have been applied), which is safe only because the
- * authority's result is then written over it with `set` (or it is deleted) below.
+ * Runs `op` on the authority for `key`: the first upstream that is usable, clean for the key
+ * (not in the repair journal) and not fenced (known to have come back empty). An upstream that
+ * fails is journaled and skipped: the outcome on it is unknown (a timed-out incr may have been
+ * applied), which is safe only because the authority's result is then written over it with
+ * `set` (or it is deleted) below, or by the repair.
  */
 async function decide<R>(
   ctx: RouterContext,
+  key: string,
   op: (u: Upstream) => Promise<R>,
 ): Promise<{ value: R; index: number } | { error: unknown }> {
   let lastError: unknown = new Error('no upstream configured');
-  for (let i = 0; i < ctx.upstreams.length; i++) {
+  for (const i of candidates(ctx, key)) {
+    const u = ctx.upstreams[i] as Upstream;
     try {
-      return { value: await op(ctx.upstreams[i] as Upstream), index: i };
+      return { value: await op(u), index: i };
     } catch (error) {
+      ctx.journal.mark(u, key, 'write');
       lastError = error;
     }
   }
   return { error: lastError };
+}
+
+/**
+ * Upstream indexes in the order they may decide for `key`: clean and warm ones first, then (when
+ * none is) the fenced ones, then the dirty ones — the first usable upstream is then the truth,
+ * as the repair also takes it.
+ */
+function candidates(ctx: RouterContext, key: string): number[] {
+  const good: number[] = [];
+  const fenced: number[] = [];
+  const dirty: number[] = [];
+  ctx.upstreams.forEach((u, i) => {
+    if (ctx.journal.isDirty(u, key)) dirty.push(i);
+    else if ((u as HealthyUpstream).fenced) fenced.push(i);
+    else good.push(i);
+  });
+  return good.concat(fenced, dirty);
 }
 
 function others(ctx: RouterContext, index: number): Upstream[] {
@@ -38,7 +61,7 @@ function others(ctx: RouterContext, index: number): Upstream[] {
 
 export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand): Promise<Reply> {
   const req = { mode: cmd.mode, key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, cas: cmd.cas };
-  const r = await decide(ctx, (u) => u.store(req));
+  const r = await decide(ctx, cmd.key, (u) => u.store(req));
   if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
   if (r.value.status !== 'STORED') return { kind: 'status', status: r.value.status };
   const ok: Reply = { kind: 'status', status: 'STORED', ...(r.value.cas !== undefined ? { cas: r.value.cas } : {}) };
@@ -48,7 +71,7 @@ export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand): P
 }
 
 export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand): Promise<Reply> {
-  const r = await decide(ctx, (u) => u.arith(cmd.op, cmd.key, cmd.delta));
+  const r = await decide(ctx, cmd.key, (u) => u.arith(cmd.op, cmd.key, cmd.delta));
   if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
   const res = r.value;
   if (res.status === 'OK') return copyFromAuthority(ctx, cmd.key, r.index, { kind: 'number', value: res.value });
@@ -79,10 +102,20 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
   try {
     [hit] = await authority.get([key]);
   } catch (error) {
+    // The others now lag the authority: journal them, so nothing reads the old value there.
+    for (const u of targets) ctx.journal.mark(u, key, 'write');
     return serverError(`applied on ${authority.name} but could not read it back to replicate: ${errorMessage(error)}`);
   }
   if (!hit) {
-    for (const u of targets) u.delete(key).catch((error: unknown) => ctx.onBackgroundError('replicate delete', u, error));
+    for (const u of targets) {
+      u.delete(key).then(
+        () => ctx.journal.written(u, key),
+        (error: unknown) => {
+          ctx.journal.mark(u, key, 'delete');
+          ctx.onBackgroundError('replicate delete', u, error);
+        },
+      );
+    }
     return ok;
   }
   return replicateSet(ctx, { mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }, targets, 1, ok);

@@ -5,6 +5,7 @@
 
 import type { Reply } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
+import type { RepairJournal } from './journal';
 
 export type WriteWait = 'all' | 'copies';
 
@@ -18,6 +19,8 @@ export interface RouterContext {
   /** Called for background failures (read repair, replication after the answer). */
   readonly onBackgroundError: (what: string, upstream: Upstream, error: unknown) => void;
   readonly counters: RouterCounters;
+  /** Keys each upstream missed a write of: never read from it until repaired. */
+  readonly journal: RepairJournal;
 }
 
 /** Counters that policies bump; `stats` and (later) the metrics read them. */

@@ -23,32 +23,44 @@ export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise
   let answered = 0;
   let lastError: unknown;
 
-  for (let i = 0; i < upstreams.length && missing.length > 0; i++) {
-    const u = upstreams[i] as Upstream;
-    let hits: Array<Hit | undefined>;
-    try {
-      hits = await u.get(missing, cmd.touch);
-    } catch (error) {
-      lastError = error;
-      continue;
-    }
-    answered++;
-    const still: string[] = [];
-    missing.forEach((key, j) => {
-      const hit = hits[j];
-      if (hit) {
-        found.set(key, { hit, from: i });
-      } else {
-        still.push(key);
-        const list = missedAt.get(key);
-        if (list) list.push(i);
-        else missedAt.set(key, [i]);
+  // Two passes: the first skips the upstreams a key is dirty on; a key dirty on every upstream
+  // (every copy of its last write failed) is then read from the first that answers, the one the
+  // repair takes as the truth.
+  for (const skipDirty of [true, false]) {
+    const asked = new Set<string>();
+    for (let i = 0; i < upstreams.length && missing.length > 0; i++) {
+      const u = upstreams[i] as Upstream;
+      // A key this upstream missed a write of is not asked of it: it may be stale or deleted there.
+      const ask = skipDirty ? missing.filter((k) => !ctx.journal.isDirty(u, k)) : missing;
+      if (ask.length === 0) continue;
+      for (const k of ask) asked.add(k);
+      let hits: Array<Hit | undefined>;
+      try {
+        hits = await u.get(ask, cmd.touch);
+      } catch (error) {
+        lastError = error;
+        continue;
       }
-    });
-    missing = still;
+      answered++;
+      const still = skipDirty ? missing.filter((k) => ctx.journal.isDirty(u, k)) : [];
+      ask.forEach((key, j) => {
+        const hit = hits[j];
+        if (hit) {
+          found.set(key, { hit, from: i });
+        } else {
+          still.push(key);
+          const list = missedAt.get(key);
+          if (list) list.push(i);
+          else missedAt.set(key, [i]);
+        }
+      });
+      missing = still;
+    }
+    missing = missing.filter((k) => !asked.has(k));
+    if (missing.length === 0) break;
   }
 
-  if (answered === 0 && upstreams.length > 0) {
+  if (answered === 0 && lastError !== undefined) {
     return serverError(`no upstream answered: ${errorMessage(lastError)}`);
   }
 
@@ -82,6 +94,7 @@ function touchBelow(ctx: RouterContext, key: string, deadline: number, from: num
   for (let i = from + 1; i < ctx.upstreams.length; i++) {
     const u = ctx.upstreams[i] as Upstream;
     u.touch(key, deadline).catch((error: unknown) => {
+      ctx.journal.mark(u, key, 'write');
       ctx.counters.replicationFailures++;
       ctx.onBackgroundError('touch', u, error);
     });

@@ -48,6 +48,12 @@ export class HealthyUpstream implements Upstream {
   /** State changes so far, by target state (for stats and metrics). */
   readonly transitions: Record<HealthState, number> = { healthy: 0, suspect: 0, down: 0, probing: 0 };
   observer: RequestObserver = noObserver;
+  /**
+   * Until this time (ms) the upstream is known to have come back empty (a fresh memory store, a
+   * restarted memcached): it must not decide conditional commands, or a lock held elsewhere
+   * would be granted again (hazard 2). Reads and writes use it as usual.
+   */
+  coldUntil = 0;
 
   constructor(
     readonly inner: Upstream,
@@ -72,6 +78,10 @@ export class HealthyUpstream implements Upstream {
   get state(): HealthState {
     return this.current;
   }
+  get fenced(): boolean {
+    return Date.now() < this.coldUntil;
+  }
+
   /** True when requests go to the store (healthy or suspect). */
   get usable(): boolean {
     return this.current === 'healthy' || this.current === 'suspect';

@@ -41,17 +41,24 @@ export function replicateSet(
       if (!settled) return undefined;
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
-    (u, o) => reportLate(ctx, 'replicate', u, o, (r) => r.status === 'STORED'),
+    (u, o) => {
+      if (o.ok && o.value.status === 'STORED') ctx.journal.written(u, req.key);
+      else ctx.journal.mark(u, req.key, 'write');
+      reportLate(ctx, 'replicate', u, o, (r) => r.status === 'STORED');
+    },
   );
 }
 
 /**
- * delete and touch: `hit` ('DELETED' / 'TOUCHED') when some upstream had the key and enough
- * answered; NOT_FOUND only when every upstream answered that it had none; otherwise an error.
+ * delete and touch: `hit` ('DELETED' / 'TOUCHED') when some upstream had the key, NOT_FOUND when
+ * none had it. An upstream that failed has the key journaled (it is read from nowhere until
+ * repaired), so its miss does not turn the answer into an error, as long as min-copies answered;
+ * a delete that failed somewhere is never reported as NOT_FOUND unless the miss is journaled.
  */
 export function replicateKeyed(
   ctx: RouterContext,
   what: 'delete' | 'touch',
+  key: string,
   op: (u: Upstream) => Promise<Status>,
   hit: 'DELETED' | 'TOUCHED',
 ): Promise<Reply> {
@@ -65,10 +72,16 @@ export function replicateKeyed(
       const answered = count(outcomes, () => true);
       if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies')) return { kind: 'status', status: hit };
       if (!settled) return undefined;
-      if (failures(outcomes) === 0) return { kind: 'status', status: 'NOT_FOUND' };
-      return serverError(`${what} failed on ${n - answered} of ${n} upstreams: ${firstError(outcomes)}`);
+      if (answered < min) {
+        return serverError(`${what} reached ${answered} of ${n} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
+      }
+      return { kind: 'status', status: 'NOT_FOUND' };
     },
-    (u, o) => reportLate(ctx, what, u, o, () => true),
+    (u, o) => {
+      if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write');
+      else if (what === 'delete') ctx.journal.written(u, key);
+      reportLate(ctx, what, u, o, () => true);
+    },
   );
 }
 
@@ -80,6 +93,10 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
     (outcomes, settled) => {
       if (!settled) return undefined;
       const failed = failures(outcomes);
+      // A flushed upstream holds nothing stale: its journal entries are moot.
+      outcomes.forEach((o, i) => {
+        if (o?.ok) ctx.journal.trust(ctx.upstreams[i] as Upstream);
+      });
       return failed === 0
         ? { kind: 'status', status: 'OK' }
         : serverError(`flush failed on ${failed} of ${outcomes.length} upstreams: ${firstError(outcomes)}`);

@@ -15,11 +15,13 @@ import type { Upstream } from '../upstream/upstream';
 import { conditionalArith, conditionalStore } from './authority';
 import { type RouterContext, type RouterCounters, type WriteWait, serverError } from './context';
 import { failoverRead } from './failover-read';
+import type { RepairJournal } from './journal';
 import { replicateFlush, replicateKeyed, replicateSet } from './replicate-write';
 import { type StatsSource, statsLines, upstreamStatsLines } from './stats';
 
 export interface RouterOptions {
   readonly upstreams: readonly Upstream[];
+  readonly journal: RepairJournal;
   readonly minCopies: number;
   readonly writeWait: WriteWait;
   readonly allowFlush: boolean;
@@ -71,6 +73,11 @@ export class Router {
     return this.ctx.upstreams;
   }
 
+  /** The routing context in force (the repairer works on the same one). */
+  get context(): RouterContext {
+    return this.ctx;
+  }
+
   /** Swaps the routing configuration at once (reload); requests in flight keep the old one. */
   reconfigure(options: RouterOptions): void {
     this.ctx = this.makeContext(options);
@@ -83,6 +90,7 @@ export class Router {
       minCopies: o.minCopies,
       writeWait: o.writeWait,
       counters: this.counters,
+      journal: o.journal,
       onBackgroundError: this.onBackgroundError,
     };
   }
@@ -104,9 +112,11 @@ export class Router {
     switch (cmd.kind) {
       case 'get':
         this.count(cmd.touch === undefined ? 'get' : 'touch');
+        if (cmd.touch !== undefined) ctx.journal.noteDeadline(cmd.touch);
         return failoverRead(ctx, cmd);
       case 'store':
         this.count(cmd.mode === 'cas' ? 'cas' : 'set');
+        ctx.journal.noteDeadline(cmd.deadline);
         if (cmd.mode === 'set') {
           return replicateSet(ctx, { mode: 'set', key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline });
         }
@@ -116,12 +126,14 @@ export class Router {
         return this.tooLarge(ctx, cmd.key);
       case 'delete':
         this.count('delete');
-        return replicateKeyed(ctx, 'delete', (u) => u.delete(cmd.key), 'DELETED');
+        return replicateKeyed(ctx, 'delete', cmd.key, (u) => u.delete(cmd.key), 'DELETED');
       case 'touch':
         this.count('touch');
-        return replicateKeyed(ctx, 'touch', (u) => u.touch(cmd.key, cmd.deadline), 'TOUCHED');
+        ctx.journal.noteDeadline(cmd.deadline);
+        return replicateKeyed(ctx, 'touch', cmd.key, (u) => u.touch(cmd.key, cmd.deadline), 'TOUCHED');
       case 'arith':
         this.count(cmd.op);
+        if (cmd.initial !== undefined) ctx.journal.noteDeadline(cmd.deadline);
         return conditionalArith(ctx, cmd);
       case 'flush':
         this.count('flush');
@@ -132,7 +144,7 @@ export class Router {
         return { kind: 'status', status: 'OK' };
       case 'stats':
         if (cmd.group === '') return { kind: 'stats', lines: statsLines(this, this.source) };
-        if (cmd.group === 'upstreams') return { kind: 'stats', lines: upstreamStatsLines(ctx.upstreams) };
+        if (cmd.group === 'upstreams') return { kind: 'stats', lines: upstreamStatsLines(ctx.upstreams, ctx.journal) };
         return { kind: 'error', type: 'ERROR', message: '' };
       case 'quit':
       case 'noop':
@@ -146,7 +158,7 @@ export class Router {
 
   /** T5: a value over the item limit is refused, and the old value is deleted everywhere. */
   private async tooLarge(ctx: RouterContext, key: string): Promise<Reply> {
-    await replicateKeyed(ctx, 'delete', (u) => u.delete(key), 'DELETED');
+    await replicateKeyed(ctx, 'delete', key, (u) => u.delete(key), 'DELETED');
     return serverError('object too large for cache');
   }
 

@@ -5,6 +5,7 @@
 
 import type { Upstream } from '../upstream/upstream';
 import { HealthyUpstream } from './health';
+import type { RepairJournal } from './journal';
 import type { Router } from './router';
 
 /** What the server side knows: connections and process facts. */
@@ -45,12 +46,13 @@ export function statsLines(router: Router, src: StatsSource): Line[] {
     ['read_repair_failures', c.readRepairFailures],
     ['replication_failures', c.replicationFailures],
     ['upstreams', router.upstreams.length],
+    ['journal_keys', router.context.journal.totalKeys],
   ];
-  return lines.concat(upstreamStatsLines(router.upstreams));
+  return lines.concat(upstreamStatsLines(router.upstreams, router.context.journal));
 }
 
 /** `stats upstreams`: one block per upstream, prefixed `upstream.<index>.`. */
-export function upstreamStatsLines(upstreams: readonly Upstream[]): Line[] {
+export function upstreamStatsLines(upstreams: readonly Upstream[], journal: RepairJournal): Line[] {
   const lines: Line[] = [];
   upstreams.forEach((u, i) => {
     const p = `upstream.${i}.`;
@@ -63,6 +65,9 @@ export function upstreamStatsLines(upstreams: readonly Upstream[]): Line[] {
       [`${p}requests`, s.requests],
       [`${p}errors`, s.errors],
       [`${p}timeouts`, s.timeouts],
+      [`${p}dirty_keys`, journal.size(u)],
+      [`${p}overflowed`, journal.overflowed(u) ? 1 : 0],
+      [`${p}fenced`, u instanceof HealthyUpstream && u.fenced ? 1 : 0],
       [`${p}latency_mean_us`, s.latencyCount ? Math.round(s.latencyUsSum / s.latencyCount) : 0],
     );
   });

@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { inspect } from 'node:util';
 import { type Command, type Reply, EXPIRED } from '../../src/command/command';
 import type { WriteWait } from '../../src/router/context';
+import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
 import type { StatsSource } from '../../src/router/stats';
 import { FakeUpstream } from '../helpers/fake-upstream';
@@ -17,13 +18,14 @@ const source: StatsSource = {
 
 function setup(n = 2, opts: { minCopies?: number; writeWait?: WriteWait; allowFlush?: boolean } = {}) {
   const ups = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`));
+  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
   const router = new Router(
-    { upstreams: ups, minCopies: opts.minCopies ?? 1, writeWait: opts.writeWait ?? 'all', allowFlush: opts.allowFlush ?? false },
+    { upstreams: ups, journal, minCopies: opts.minCopies ?? 1, writeWait: opts.writeWait ?? 'all', allowFlush: opts.allowFlush ?? false },
     source,
     () => {},
   );
   const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  return { ups, router, exec };
+  return { ups, router, exec, journal };
 }
 
 const set = (key: string, value: string, deadline = 0, flags = 0): Command => ({
@@ -116,8 +118,14 @@ describe('router: replicated writes', () => {
     assert.deepEqual(await exec(del('k')), { kind: 'status', status: 'DELETED' });
     assert.deepEqual(await exec(del('k')), { kind: 'status', status: 'NOT_FOUND' });
     ups[0]!.mode = 'fail';
-    const r = await exec(del('k'));
-    assert.equal(r.kind, 'error', 'a delete that failed somewhere is never NOT_FOUND');
+    await ups[0]!.inner.store({ mode: 'set', key: 'k', value: Buffer.from('v'), flags: 0, deadline: 0 });
+    assert.deepEqual(await exec(del('k')), { kind: 'status', status: 'NOT_FOUND' }, 'the miss is journaled');
+    ups[0]!.mode = 'ok';
+    assert.deepEqual(values(await exec(get('k'))), [undefined], 'the journaled upstream is not read: no resurrection');
+    const strict = setup(2, { minCopies: 2 });
+    strict.ups[0]!.mode = 'fail';
+    const r = await strict.exec(del('k'));
+    assert.equal(r.kind, 'error', 'fewer than min-copies answered: an error, never NOT_FOUND');
   });
 
   it('T5: too_large deletes the old value on every upstream', async () => {

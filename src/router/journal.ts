@@ -1,0 +1,243 @@
+/**
+ * The repair journal (hinted handoff): for each upstream, the keys whose last write, delete or
+ * touch it missed (down, error, timeout). While a key is dirty for an upstream, reads and
+ * conditional commands never use that upstream for that key: no stale read, no resurrected
+ * delete (session hazards 1 and 3). repair.ts replays the entries once the upstream is back.
+ *
+ * Bounded: at most `maxKeys` entries per upstream. On overflow the upstream stops being trusted
+ * as a whole ("overflowed"): mcmux keeps writing to it but reads nothing from it until it is
+ * known clean — flushed (a cache), or every item mcmux wrote before it came back has expired
+ * (mcmux persists the longest deadline it ever wrote), or an operator trusts it again.
+ *
+ * Persistent: every change is appended to `<state-dir>/journal.log` (one line, keys in hex) and
+ * the file is read back at start, so a proxy restart during an outage keeps its repair work.
+ * fsync policy: `always` (fsync after each append), `everysec` (default: at most one second of
+ * entries lost on power failure, none on a crash of mcmux alone), `no` (left to the OS).
+ */
+
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Upstream } from '../upstream/upstream';
+
+export type DirtyOp = 'write' | 'delete';
+
+export interface JournalOptions {
+  readonly maxKeys: number;
+  /** Directory of journal.log; undefined keeps the journal in memory only (tests). */
+  readonly dir: string | undefined;
+  readonly fsync: 'always' | 'everysec' | 'no';
+}
+
+interface PerUpstream {
+  readonly keys: Map<string, DirtyOp>;
+  /** Set on overflow: the upstream is not trusted for reads until cleared. */
+  overflow: { since: number; trustAfter: number | undefined } | undefined;
+}
+
+const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
+const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
+
+export class RepairJournal {
+  private readonly byName = new Map<string, PerUpstream>();
+  /** Longest deadline mcmux has written (ms); `neverExpires` once an item without one was. */
+  maxDeadline = 0;
+  neverExpires = false;
+  private persistedMax = 0;
+  private fd: number | undefined;
+  private lines = 0;
+  private syncTimer: NodeJS.Timeout | undefined;
+  private dirtySinceSync = false;
+  /** Keys a repair is copying right now; a client write to one of them makes the repair redo it. */
+  readonly repairing = new Map<string, boolean>();
+
+  constructor(private readonly options: JournalOptions) {}
+
+  private of(u: Upstream): PerUpstream {
+    let p = this.byName.get(u.name);
+    if (!p) {
+      p = { keys: new Map(), overflow: undefined };
+      this.byName.set(u.name, p);
+    }
+    return p;
+  }
+
+  /** True when `u` must not be read (or decide) for `key`. Hot path: two map lookups at most. */
+  isDirty(u: Upstream, key: string): boolean {
+    const p = this.byName.get(u.name);
+    return p !== undefined && (p.overflow !== undefined || p.keys.has(key));
+  }
+
+  overflowed(u: Upstream): PerUpstream['overflow'] {
+    return this.byName.get(u.name)?.overflow;
+  }
+
+  size(u: Upstream): number {
+    return this.byName.get(u.name)?.keys.size ?? 0;
+  }
+
+  /** Total entries, for stats and metrics. */
+  get totalKeys(): number {
+    let n = 0;
+    for (const p of this.byName.values()) n += p.keys.size;
+    return n;
+  }
+
+  entries(u: Upstream): IterableIterator<[string, DirtyOp]> {
+    return this.of(u).keys.entries();
+  }
+
+  /** Records that `u` missed a write (or delete) of `key`. */
+  mark(u: Upstream, key: string, op: DirtyOp): void {
+    const p = this.of(u);
+    if (p.overflow) {
+      // Missed writes while waiting to be trusted again restart the wait.
+      p.overflow.trustAfter = undefined;
+      return;
+    }
+    if (!p.keys.has(key) && p.keys.size >= this.options.maxKeys) {
+      p.keys.clear();
+      p.overflow = { since: Date.now(), trustAfter: undefined };
+      this.append(`O ${hex(u.name)} ${p.overflow.since}`);
+      return;
+    }
+    p.keys.set(key, op);
+    this.append(`M ${hex(u.name)} ${op === 'delete' ? 'd' : 'w'} ${hex(key)}`);
+  }
+
+  /**
+   * `u` now holds the current state of `key` (a client's set or delete reached it, or a repair
+   * did). A repair in flight for the key is told to redo it, since its copy may be older.
+   */
+  written(u: Upstream, key: string): void {
+    const p = this.byName.get(u.name);
+    if (!p || !p.keys.has(key)) return;
+    const rk = `${u.name} ${key}`;
+    if (this.repairing.has(rk)) {
+      this.repairing.set(rk, true);
+      return;
+    }
+    this.clear(u, key);
+  }
+
+  clear(u: Upstream, key: string): void {
+    const p = this.byName.get(u.name);
+    if (p?.keys.delete(key)) this.append(`C ${hex(u.name)} ${hex(key)}`);
+  }
+
+  /** `u` is known clean (flushed, or an operator said so): forget everything about it. */
+  trust(u: Upstream): void {
+    const p = this.byName.get(u.name);
+    if (!p) return;
+    p.keys.clear();
+    p.overflow = undefined;
+    this.append(`T ${hex(u.name)}`);
+  }
+
+  /** Every write passes its deadline here, so an overflowed upstream knows how long to wait. */
+  noteDeadline(deadline: number): void {
+    if (deadline === 0) {
+      if (!this.neverExpires) {
+        this.neverExpires = true;
+        this.append('N');
+      }
+      return;
+    }
+    if (deadline > this.maxDeadline) {
+      this.maxDeadline = deadline;
+      // Persist in steps of a minute: a restart may wait up to a minute longer, never shorter.
+      if (deadline > this.persistedMax) {
+        this.persistedMax = deadline + 60_000;
+        this.append(`X ${this.persistedMax}`);
+      }
+    }
+  }
+
+  /** Loads journal.log (if any) and rewrites it compacted. Call once at start. */
+  load(upstreams: readonly Upstream[]): void {
+    const dir = this.options.dir;
+    if (!dir) return;
+    const file = join(dir, 'journal.log');
+    let text: string;
+    try {
+      text = readFileSync(file, 'latin1');
+    } catch {
+      return; // no journal yet: the file is made on the first entry
+    }
+    const known = new Set(upstreams.map((u) => u.name));
+    for (const line of text.split('\n')) {
+      const f = line.split(' ');
+      const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
+      if (f[0] === 'X') this.persistedMax = this.maxDeadline = Math.max(this.maxDeadline, Number(f[1]) || 0);
+      else if (f[0] === 'N') this.neverExpires = true;
+      if (!known.has(name)) continue; // an upstream removed from the config: nothing to repair
+      const p = this.of({ name } as Upstream);
+      if (f[0] === 'M' && f[3] !== undefined && !p.overflow) p.keys.set(unhex(f[3]), f[2] === 'd' ? 'delete' : 'write');
+      else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
+      else if (f[0] === 'O') {
+        p.keys.clear();
+        p.overflow = { since: Number(f[2]) || Date.now(), trustAfter: undefined };
+      } else if (f[0] === 'T') {
+        p.keys.clear();
+        p.overflow = undefined;
+      }
+    }
+    this.rewrite();
+  }
+
+  /** Writes the live state as a fresh file and continues appending to it. */
+  private rewrite(): void {
+    const dir = this.options.dir;
+    if (!dir) return;
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const file = join(dir, 'journal.log');
+    const tmp = `${file}.tmp`;
+    const out: string[] = [];
+    if (this.persistedMax) out.push(`X ${this.persistedMax}`);
+    if (this.neverExpires) out.push('N');
+    for (const [name, p] of this.byName) {
+      if (p.overflow) out.push(`O ${hex(name)} ${p.overflow.since}`);
+      for (const [key, op] of p.keys) out.push(`M ${hex(name)} ${op === 'delete' ? 'd' : 'w'} ${hex(key)}`);
+    }
+    const fd = openSync(tmp, 'w', 0o600);
+    writeSync(fd, out.length ? out.join('\n') + '\n' : '');
+    fsyncSync(fd);
+    closeSync(fd);
+    renameSync(tmp, file);
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = openSync(file, 'a', 0o600);
+    this.lines = out.length;
+  }
+
+  private append(line: string): void {
+    if (!this.options.dir) return;
+    if (this.fd === undefined) this.rewrite();
+    writeSync(this.fd as number, line + '\n');
+    this.lines++;
+    if (this.options.fsync === 'always') fsyncSync(this.fd as number);
+    else if (this.options.fsync === 'everysec') this.scheduleSync();
+    // Clears pile up behind marks: compact when the file is mostly history.
+    if (this.lines > 10_000 && this.lines > 4 * (this.totalKeys + 1)) this.rewrite();
+  }
+
+  private scheduleSync(): void {
+    this.dirtySinceSync = true;
+    if (this.syncTimer) return;
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = undefined;
+      if (this.dirtySinceSync && this.fd !== undefined) fsyncSync(this.fd);
+      this.dirtySinceSync = false;
+    }, 1000);
+    this.syncTimer.unref();
+  }
+
+  /** Persists and closes (shutdown). */
+  close(): void {
+    if (this.syncTimer) clearTimeout(this.syncTimer);
+    this.syncTimer = undefined;
+    if (this.fd !== undefined) {
+      fsyncSync(this.fd);
+      closeSync(this.fd);
+      this.fd = undefined;
+    }
+  }
+}

@@ -1,0 +1,172 @@
+/**
+ * Replays the repair journal: for every usable upstream with dirty keys, copies each key's current
+ * state from an upstream that is clean for it (or deletes it), at a bounded rate, and only then
+ * clears the entry. An overflowed upstream is trusted again once it is known clean: a cache is
+ * flushed; any other store waits until every item mcmux wrote before it came back has expired.
+ */
+
+import type { Logger } from 'pino';
+import type { Upstream } from '../upstream/upstream';
+import type { RouterContext } from './context';
+import type { HealthyUpstream } from './health';
+
+/** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
+const CACHE_SCHEMES = new Set(['memcached', 'memory']);
+
+export interface RepairOptions {
+  /** Keys replayed per second, per upstream. */
+  readonly rate: number;
+  /** Flush an overflowed cache upstream when it comes back, rather than wait for expiry. */
+  readonly flushCaches: boolean;
+}
+
+const TICK_MS = 100;
+
+export class Repairer {
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  private readonly progress = new Map<string, { total: number; done: number; since: number; lastLog: number }>();
+  repaired = 0;
+  repairFailures = 0;
+
+  constructor(
+    private readonly ctx: () => RouterContext,
+    public options: RepairOptions,
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => void this.tick(), TICK_MS);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** One round: each usable upstream with work gets up to rate/10 keys. Exposed for tests. */
+  async tick(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      const ctx = this.ctx();
+      await Promise.all(ctx.upstreams.map((u) => this.repairOne(ctx, u)));
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async repairOne(ctx: RouterContext, u: Upstream): Promise<void> {
+    if (!(u as HealthyUpstream).usable) return;
+    const { journal } = ctx;
+    const overflow = journal.overflowed(u);
+    if (overflow) {
+      await this.retrust(ctx, u, overflow);
+      return;
+    }
+    const total = journal.size(u);
+    if (total === 0) {
+      this.progress.delete(u.name);
+      return;
+    }
+    const batch: Array<[string, 'write' | 'delete']> = [];
+    const budget = Math.max(1, Math.floor((this.options.rate * TICK_MS) / 1000));
+    for (const e of journal.entries(u)) {
+      batch.push(e);
+      if (batch.length >= budget) break;
+    }
+    let done = 0;
+    await Promise.all(
+      batch.map(async ([key, op]) => {
+        if (await this.repairKey(ctx, u, key, op)) done++;
+      }),
+    );
+    this.report(u, total, done);
+  }
+
+  /** Copies the current state of `key` into `u`; true when the entry could be cleared. */
+  private async repairKey(ctx: RouterContext, u: Upstream, key: string, op: 'write' | 'delete'): Promise<boolean> {
+    const { journal } = ctx;
+    const rk = `${u.name} ${key}`;
+    journal.repairing.set(rk, false);
+    try {
+      if (op === 'delete') {
+        await u.delete(key);
+      } else {
+        const source = ctx.upstreams.find((s) => s !== u && (s as HealthyUpstream).usable && !journal.isDirty(s, key));
+        if (!source) {
+          // Dirty everywhere (every copy of the write failed): the first usable upstream is taken
+          // as the truth, as the authority would be, and the others copy from it.
+          const first = ctx.upstreams.find((s) => (s as HealthyUpstream).usable);
+          if (first !== u) return false;
+          journal.clear(u, key);
+          return true;
+        }
+        const [hit] = await source.get([key]);
+        if (hit) await u.store({ mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline });
+        else await u.delete(key);
+      }
+      if (journal.repairing.get(rk)) return false; // a client wrote it meanwhile: copy again
+      journal.clear(u, key);
+      this.repaired++;
+      return true;
+    } catch (error) {
+      this.repairFailures++;
+      this.log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, 'repair of a key failed');
+      return false;
+    } finally {
+      journal.repairing.delete(rk);
+    }
+  }
+
+  private async retrust(ctx: RouterContext, u: Upstream, overflow: { since: number; trustAfter: number | undefined }): Promise<void> {
+    if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches) {
+      try {
+        await u.flush();
+      } catch {
+        return;
+      }
+      ctx.journal.trust(u);
+      this.log.warn({ upstream: u.name }, 'repair journal had overflowed: flushed the cache upstream; reads use it again');
+      return;
+    }
+    if (overflow.trustAfter === undefined) {
+      // It is back: whatever it holds was written before now, with a deadline mcmux knows.
+      overflow.trustAfter = ctx.journal.neverExpires ? Infinity : Math.max(ctx.journal.maxDeadline, Date.now());
+      this.log.warn(
+        { upstream: u.name, trustAfter: Number.isFinite(overflow.trustAfter) ? new Date(overflow.trustAfter).toISOString() : 'never (items without expiry): run mcmux repair' },
+        'repair journal had overflowed: the upstream takes writes but serves no reads until what it may hold stale has expired',
+      );
+    }
+    if (Date.now() > overflow.trustAfter) {
+      ctx.journal.trust(u);
+      this.log.info({ upstream: u.name }, 'every item written before the outage has expired: reads use the upstream again');
+    }
+  }
+
+  private report(u: Upstream, remaining: number, done: number): void {
+    const now = Date.now();
+    let p = this.progress.get(u.name);
+    if (!p) {
+      p = { total: remaining, done: 0, since: now, lastLog: now };
+      this.progress.set(u.name, p);
+    }
+    p.done += done;
+    if (now - p.lastLog >= 5000) {
+      p.lastLog = now;
+      const rate = Math.round((p.done * 1000) / Math.max(1, now - p.since));
+      this.log.info({ upstream: u.name, done: p.done, total: p.total, remaining: remaining - done, keysPerSecond: rate }, 'repair in progress');
+    }
+    if (remaining - done <= 0) {
+      this.log.info({ upstream: u.name, repaired: p.done, seconds: (now - p.since) / 1000 }, 'repair finished');
+      this.progress.delete(u.name);
+    }
+  }
+
+  /** Keys repaired so far and to go, per upstream (stats and metrics). */
+  status(): Array<{ upstream: string; done: number; total: number }> {
+    return [...this.progress].map(([upstream, p]) => ({ upstream, done: p.done, total: p.total }));
+  }
+}
