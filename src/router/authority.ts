@@ -10,7 +10,7 @@
 import type { ArithCommand, Reply, StoreCommand } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
-import type { HealthyUpstream } from './health';
+import { isFenced } from './health';
 import { replicateSet } from './replicate-write';
 
 /**
@@ -49,7 +49,7 @@ function candidates(ctx: RouterContext, key: string): number[] {
   const dirty: number[] = [];
   ctx.upstreams.forEach((u, i) => {
     if (ctx.journal.isDirty(u, key)) dirty.push(i);
-    else if ((u as HealthyUpstream).fenced) fenced.push(i);
+    else if (isFenced(u)) fenced.push(i);
     else good.push(i);
   });
   return good.concat(fenced, dirty);

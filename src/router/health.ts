@@ -183,3 +183,13 @@ export class HealthyUpstream implements Upstream {
     return this.inner.close();
   }
 }
+
+/** Whether requests go to `u` now; an upstream without health tracking always takes them. */
+export function isUsable(u: Upstream): boolean {
+  return !(u instanceof HealthyUpstream) || u.usable;
+}
+
+/** Whether `u` is fenced from deciding conditional commands (came back empty). */
+export function isFenced(u: Upstream): boolean {
+  return u instanceof HealthyUpstream && u.fenced;
+}

@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import type { HealthyUpstream } from './health';
+import { isUsable } from './health';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
 const CACHE_SCHEMES = new Set(['memcached', 'memory']);
@@ -59,7 +59,7 @@ export class Repairer {
   }
 
   private async repairOne(ctx: RouterContext, u: Upstream): Promise<void> {
-    if (!(u as HealthyUpstream).usable) return;
+    if (!isUsable(u)) return;
     const { journal } = ctx;
     const overflow = journal.overflowed(u);
     if (overflow) {
@@ -95,11 +95,11 @@ export class Repairer {
       if (op === 'delete') {
         await u.delete(key);
       } else {
-        const source = ctx.upstreams.find((s) => s !== u && (s as HealthyUpstream).usable && !journal.isDirty(s, key));
+        const source = ctx.upstreams.find((s) => s !== u && isUsable(s) && !journal.isDirty(s, key));
         if (!source) {
           // Dirty everywhere (every copy of the write failed): the first usable upstream is taken
           // as the truth, as the authority would be, and the others copy from it.
-          const first = ctx.upstreams.find((s) => (s as HealthyUpstream).usable);
+          const first = ctx.upstreams.find(isUsable);
           if (first !== u) return false;
           journal.clear(u, key);
           return true;

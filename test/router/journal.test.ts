@@ -1,0 +1,204 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import pino from 'pino';
+import type { Command, Reply } from '../../src/command/command';
+import { HealthyUpstream } from '../../src/router/health';
+import { RepairJournal } from '../../src/router/journal';
+import { Repairer } from '../../src/router/repair';
+import { Router } from '../../src/router/router';
+import { MemoryUpstream } from '../../src/upstream/memory';
+import type { Upstream } from '../../src/upstream/upstream';
+import { FakeUpstream } from '../helpers/fake-upstream';
+
+const silent = pino({ level: 'silent' });
+const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+
+function setup(opts: { maxKeys?: number; ups?: Upstream[] } = {}) {
+  const ups = opts.ups ?? [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
+  const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
+  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true }, silent);
+  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+  return { ups, journal, router, repairer, exec };
+}
+
+const set = (key: string, value: string, deadline = 0): Command => ({
+  kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, noreply: false,
+});
+const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
+const value = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `<${r.kind}>`);
+const held = async (u: Upstream, key: string): Promise<string | undefined> =>
+  ((u as FakeUpstream).inner ?? u).get([key]).then(([h]) => h?.value.toString());
+
+describe('repair journal', () => {
+  it('a delete one upstream missed never comes back (hazard 1), and the repair deletes it there', async () => {
+    const { ups, journal, repairer, exec } = setup();
+    const [a] = ups as FakeUpstream[];
+    await exec(set('sess', 'cart'));
+    a!.mode = 'fail';
+    assert.deepEqual(await exec({ kind: 'delete', key: 'sess', noreply: false }), { kind: 'status', status: 'DELETED' });
+    assert.ok(journal.isDirty(a!, 'sess'));
+    a!.mode = 'ok';
+    assert.equal(await held(a!, 'sess'), 'cart', 'the old value is still on the upstream that missed the delete');
+    assert.equal(value(await exec(get('sess'))), undefined, 'but it is never served');
+    await repairer.tick();
+    assert.equal(await held(a!, 'sess'), undefined);
+    assert.equal(journal.isDirty(a!, 'sess'), false);
+  });
+
+  it('a write one upstream missed is not read from it until repaired (hazard 3)', async () => {
+    const { ups, journal, repairer, exec } = setup();
+    const [a] = ups as FakeUpstream[];
+    await exec(set('k', 'v1'));
+    a!.mode = 'timeout';
+    await exec(set('k', 'v2'));
+    a!.mode = 'ok';
+    assert.equal(await held(a!, 'k'), 'v1');
+    assert.equal(value(await exec(get('k'))), 'v2');
+    await repairer.tick();
+    assert.equal(await held(a!, 'k'), 'v2');
+    assert.equal(journal.size(a!), 0);
+    assert.equal(repairer.repaired, 1);
+  });
+
+  it('a client write during a repair makes the repair copy again', async () => {
+    const { ups, journal, repairer, exec } = setup();
+    const [a, b] = ups as FakeUpstream[];
+    a!.mode = 'fail';
+    await exec(set('k', 'old'));
+    a!.mode = 'ok';
+    b!.close_gate(); // the repair's read of the source waits here
+    const repair = repairer.tick();
+    await new Promise((r) => setImmediate(r));
+    b!.open();
+    await exec(set('k', 'new'));
+    await repair;
+    await repairer.tick();
+    assert.equal(await held(a!, 'k'), 'new');
+    assert.equal(journal.size(a!), 0);
+  });
+
+  it('conditional commands are decided by an upstream that is clean for the key', async () => {
+    const { ups, journal, exec } = setup();
+    const [a, b] = ups as FakeUpstream[];
+    await a!.inner.store({ mode: 'set', key: 'lock.s', value: Buffer.from('stale'), flags: 0, deadline: 0 });
+    journal.mark(a!, 'lock.s', 'delete'); // a missed the unlock
+    const r = await exec({ kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from('me'), flags: 0, deadline: 0, cas: undefined, noreply: false });
+    assert.equal((r as { status?: string }).status, 'STORED', 'the stale lock on a does not block');
+    assert.equal(await held(b!, 'lock.s'), 'me');
+    assert.equal(await held(a!, 'lock.s'), 'me', 'and the result is replicated over it');
+    assert.equal(journal.isDirty(a!, 'lock.s'), false);
+  });
+
+  it('an upstream that came back empty (fenced) does not grant a lock held elsewhere (hazard 2)', async () => {
+    const a = new HealthyUpstream(new FakeUpstream('fake://0'), { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {});
+    const b = new FakeUpstream('fake://1');
+    const { exec } = setup({ ups: [a, b] });
+    await b.inner.store({ mode: 'set', key: 'lock.s', value: Buffer.from('holder'), flags: 0, deadline: 0 });
+    a.coldUntil = Date.now() + 60_000;
+    const add = { kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from('me'), flags: 0, deadline: 0, cas: undefined, noreply: false } as const;
+    assert.deepEqual(await exec(add), { kind: 'status', status: 'NOT_STORED' });
+    a.coldUntil = 0;
+    await (a.inner as FakeUpstream).inner.flush();
+    assert.equal(((await exec(add)) as { status?: string }).status, 'STORED', 'unfenced, the empty upstream decides (the fence is what prevented it)');
+    await a.close();
+  });
+
+  it('overflow: the upstream is not read at all until every item written before it came back has expired', async () => {
+    const { ups, journal, repairer, exec } = setup({ maxKeys: 2 });
+    const [a] = ups as FakeUpstream[];
+    const soon = Date.now() + 300;
+    a!.mode = 'fail';
+    for (const k of ['k1', 'k2', 'k3']) await exec(set(k, 'v', soon));
+    assert.ok(journal.overflowed(a!));
+    assert.equal(journal.size(a!), 0, 'the per-key entries are dropped: memory stays bounded');
+    a!.mode = 'ok';
+    await a!.inner.store({ mode: 'set', key: 'other', value: Buffer.from('stale'), flags: 0, deadline: 0 });
+    await exec(set('other', 'fresh', soon));
+    await repairer.tick();
+    assert.ok(journal.overflowed(a!), 'still untrusted before the deadline');
+    assert.equal(value(await exec(get('other'))), 'fresh');
+    for (let i = 0; i < 100 && journal.overflowed(a!); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      await repairer.tick();
+    }
+    assert.equal(journal.overflowed(a!), undefined, 'trusted again once everything expired');
+  });
+
+  it('overflow on a cache upstream: flushed when it comes back, then trusted', async () => {
+    const a = new MemoryUpstream('memory://a', 1 << 20);
+    const b = new MemoryUpstream('memory://b', 1 << 20);
+    const { journal, repairer } = setup({ ups: [a, b], maxKeys: 1 });
+    await a.store({ mode: 'set', key: 'x', value: Buffer.from('stale'), flags: 0, deadline: 0 });
+    journal.mark(a, 'k1', 'write');
+    journal.mark(a, 'k2', 'write');
+    assert.ok(journal.overflowed(a));
+    await repairer.tick();
+    assert.equal(journal.overflowed(a), undefined);
+    assert.equal((await a.get(['x']))[0], undefined, 'flushed');
+  });
+
+  it('survives a restart: entries are appended to journal.log and loaded back', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const u = { name: 'memcached://127.0.0.1:1' } as Upstream;
+      const v = { name: 'memcached://127.0.0.1:2' } as Upstream;
+      const j1 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j1.mark(u, 'a b\r\n', 'delete');
+      j1.mark(u, 'k2', 'write');
+      j1.mark(v, 'k3', 'write');
+      j1.clear(u, 'k2');
+      j1.noteDeadline(Date.now() + 1000);
+      j1.close();
+      assert.ok(readFileSync(join(dir, 'journal.log'), 'latin1').length > 0);
+      const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j2.load([u]);
+      assert.deepEqual([...j2.entries(u)], [['a b\r\n', 'delete']]);
+      assert.equal(j2.size(v), 0, 'entries of an upstream no longer configured are dropped');
+      assert.ok(j2.maxDeadline > Date.now());
+      j2.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('health', () => {
+  it('down after N consecutive failures: skipped at once, probed, back when the probe succeeds', async () => {
+    const changes: string[] = [];
+    const fake = new FakeUpstream('fake://0');
+    const u = new HealthyUpstream(fake, { downAfter: 2, probeMinMs: 10, probeMaxMs: 20 }, (_u, from, to) => changes.push(`${from}->${to}`));
+    fake.mode = 'fail';
+    await assert.rejects(u.get(['k']));
+    assert.equal(u.state, 'suspect');
+    await assert.rejects(u.get(['k']));
+    assert.equal(u.state, 'down');
+    const calls = fake.calls.length;
+    await assert.rejects(u.get(['k']), /is (down|probing)/);
+    assert.equal(fake.calls.length, calls, 'a down upstream is not asked');
+    fake.mode = 'ok';
+    for (let i = 0; i < 200 && u.state !== 'healthy'; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(u.state, 'healthy');
+    assert.deepEqual(await u.get(['k']), [undefined]);
+    assert.deepEqual(changes.slice(0, 3), ['healthy->suspect', 'suspect->down', 'down->probing']);
+    assert.equal(changes[changes.length - 1], 'probing->healthy');
+    await u.close();
+  });
+
+  it('a success resets the failure count', async () => {
+    const fake = new FakeUpstream('fake://0');
+    const u = new HealthyUpstream(fake, { downAfter: 2, probeMinMs: 10, probeMaxMs: 20 }, () => {});
+    fake.mode = 'fail';
+    await assert.rejects(u.get(['k']));
+    fake.mode = 'ok';
+    await u.get(['k']);
+    assert.equal(u.state, 'healthy');
+    fake.mode = 'fail';
+    await assert.rejects(u.get(['k']));
+    assert.equal(u.state, 'suspect');
+    await u.close();
+  });
+});
