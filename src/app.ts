@@ -8,6 +8,7 @@
 import type { Logger } from 'pino';
 import { type Config, EMBEDDED_DEFAULT, type ListenSpec, type UpstreamConfig, formatListen } from './config';
 import { Metrics } from './metrics';
+import { ColdDetector } from './router/cold-detector';
 import { HealthyUpstream } from './router/health';
 import { RepairJournal } from './router/journal';
 import { Repairer } from './router/repair';
@@ -59,6 +60,7 @@ export class App {
   private metrics: Metrics | undefined;
   readonly journal: RepairJournal;
   readonly repairer: Repairer;
+  readonly coldDetector: ColdDetector;
   private members = new Map<string, HealthyUpstream>();
   private config: Config;
 
@@ -67,6 +69,7 @@ export class App {
     private readonly log: Logger,
   ) {
     this.config = config;
+    this.coldDetector = new ColdDetector(() => this.upstreams, config.lockFence, log);
     this.journal = new RepairJournal({ maxKeys: config.journal.maxKeys, fsync: config.journal.fsync, dir: config.stateDir || undefined });
     const upstreams = this.resolveUpstreams(config);
     // A proxy restarted during an outage picks up the repair work it had journaled.
@@ -106,6 +109,7 @@ export class App {
           // Each probe of a down upstream goes down -> probing -> down: keep those at debug.
           const routine = to === 'probing' || (from === 'probing' && to === 'down');
           this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: u.name, from, to, reason }, `upstream ${to}`);
+          if (to === 'healthy') void this.coldDetector.check(u);
         });
         // An in-process store starts empty: locks taken before this start live only elsewhere.
         // So does one added by a reload, as far as mcmux knows.
@@ -130,6 +134,7 @@ export class App {
       }
       this.listening = true;
       this.repairer.start();
+      this.coldDetector.start();
     } catch (error) {
       await this.close(0);
       throw error;
@@ -155,6 +160,7 @@ export class App {
     const removed = [...before].filter((u) => !kept.has(u));
     this.router.reconfigure({ upstreams, journal: this.journal, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush });
     this.repairer.options = config.repair;
+    this.coldDetector.fenceMs = config.lockFence;
     Object.assign(this.listener.limits, limitsOf(config));
     this.listener.maxConnections = config.maxConnections;
     this.log.level = config.logLevel;
@@ -189,6 +195,7 @@ export class App {
     if (graceMs > 0) await Promise.race([closed, new Promise((res) => setTimeout(res, graceMs).unref())]);
     await this.listener.close(true);
     this.repairer.stop();
+    this.coldDetector.stop();
     this.journal.close();
     await this.metrics?.close();
     await Promise.all([...this.members.values()].map((u) => u.close()));

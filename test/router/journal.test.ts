@@ -202,3 +202,22 @@ describe('health', () => {
     await u.close();
   });
 });
+
+describe('cold detector', () => {
+  it('fences an upstream whose marker disappeared (restarted or flushed), not one seen for the first time', async () => {
+    const { ColdDetector } = await import('../../src/router/cold-detector');
+    const mem = new MemoryUpstream('memory://a', 1 << 20);
+    const u = new HealthyUpstream(mem, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {});
+    const d = new ColdDetector(() => [u], 30_000, silent);
+    await d.check(u);
+    assert.equal(u.fenced, false, 'first sight: nothing known, nothing fenced');
+    assert.ok((await mem.get([d.key]))[0], 'the marker is written');
+    await d.check(u);
+    assert.equal(u.fenced, false);
+    await mem.flush(); // the store came back empty
+    await d.check(u);
+    assert.equal(u.fenced, true);
+    assert.ok(u.coldUntil > Date.now() + 20_000);
+    await u.close();
+  });
+});

@@ -1,0 +1,64 @@
+/**
+ * Notices an upstream that came back empty — a memcached or a Redis without persistence that
+ * restarted, a store someone flushed — by a marker key mcmux keeps in every upstream. When the
+ * marker is gone, the upstream is fenced for `lock-fence` ms: it must not decide `add`/`incr`,
+ * or a session lock held in the other upstreams would be granted a second time (hazard 2).
+ * Reads need no fence: a miss there falls through and is repaired.
+ */
+
+import { hostname } from 'node:os';
+import type { Logger } from 'pino';
+import { type HealthyUpstream, isUsable } from './health';
+
+const CHECK_MS = 2000;
+const REFRESH_MS = 3600_000;
+const MARKER_TTL_MS = 24 * 3600_000;
+
+export class ColdDetector {
+  /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
+  readonly key = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
+  private readonly lastSet = new Map<HealthyUpstream, number>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly upstreams: () => readonly HealthyUpstream[],
+    public fenceMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => void this.checkAll(), CHECK_MS);
+    this.timer.unref();
+    void this.checkAll();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  checkAll(): Promise<void> {
+    return Promise.all(this.upstreams().map((u) => this.check(u))).then(() => undefined);
+  }
+
+  /** Looks for the marker in `u`; fences `u` when a marker mcmux wrote has disappeared. */
+  async check(u: HealthyUpstream): Promise<void> {
+    if (!isUsable(u)) return;
+    try {
+      const [hit] = await u.inner.get([this.key]);
+      const now = Date.now();
+      const wrote = this.lastSet.get(u);
+      if (!hit && wrote !== undefined) {
+        u.coldUntil = now + this.fenceMs;
+        this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
+      }
+      if (!hit || wrote === undefined || now - wrote > REFRESH_MS) {
+        await u.inner.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS });
+        this.lastSet.set(u, now);
+      }
+    } catch {
+      // health tracking sees the failures of real requests; the marker is best effort
+    }
+  }
+}
