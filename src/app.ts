@@ -76,13 +76,16 @@ export class App {
     this.journal.load(upstreams);
     // The limits object is shared with every connection and updated in place on reload.
     this.listener = new Listener(() => this.router, { ...limitsOf(config) }, config.maxConnections, MCMUX_VERSION);
+    this.listener.onBug = (error) => log.error({ err: error instanceof Error ? error.stack : String(error) }, 'bug on a client connection: closed it');
     this.router = new Router(
-      { upstreams, journal: this.journal, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush },
+      { upstreams, journal: this.journal, onFlushed: this.onFlushed, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush },
       this.listener,
       (what, u, error) => log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, `${what} failed`),
     );
     this.repairer = new Repairer(() => this.router.context, config.repair, log);
   }
+
+  private readonly onFlushed = (u: Upstream): void => this.coldDetector.forget(u as HealthyUpstream);
 
   /** The first TCP address listened on (tests connect there). */
   get address(): { host: string; port: number } {
@@ -158,7 +161,7 @@ export class App {
     const upstreams = this.resolveUpstreams(config, true);
     const kept = new Set(upstreams);
     const removed = [...before].filter((u) => !kept.has(u));
-    this.router.reconfigure({ upstreams, journal: this.journal, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush });
+    this.router.reconfigure({ upstreams, journal: this.journal, onFlushed: this.onFlushed, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush });
     this.repairer.options = config.repair;
     this.coldDetector.fenceMs = config.lockFence;
     Object.assign(this.listener.limits, limitsOf(config));

@@ -119,9 +119,38 @@ async function check(argv: string[]): Promise<number> {
   return bad === 0 ? 0 : 1;
 }
 
+/**
+ * `mcmux repair --metrics HOST:PORT [--trust N]`: shows the running proxy's repair journal, or
+ * declares upstream N clean (after the operator flushed it) through the admin endpoint.
+ */
+async function repair(argv: string[]): Promise<number> {
+  const p = new Command('mcmux repair')
+    .requiredOption('--metrics <host:port>', 'the metrics address of the running mcmux')
+    .option('--trust <upstream>', 'index or name of an upstream to declare clean')
+    .exitOverride();
+  let opts: { metrics: string; trust?: string };
+  try {
+    opts = p.parse(argv, { from: 'user' }).opts();
+  } catch (error) {
+    exitOnConfigError(error);
+  }
+  const base = `http://${opts.metrics}`;
+  const res = await fetch(opts.trust === undefined ? `${base}/admin/journal` : `${base}/admin/trust?upstream=${encodeURIComponent(opts.trust)}`, {
+    method: opts.trust === undefined ? 'GET' : 'POST',
+  }).catch((error: unknown) => {
+    process.stderr.write(`mcmux repair: cannot reach ${base}: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exit(1);
+  });
+  process.stdout.write(await res.text());
+  return res.ok ? 0 : 1;
+}
+
 export async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'check') {
     process.exit(await check(argv.slice(1)));
+  }
+  if (argv[0] === 'repair') {
+    process.exit(await repair(argv.slice(1)));
   }
   let config: Config;
   let configFile: string | undefined;

@@ -108,6 +108,10 @@ export class Metrics {
         );
         return;
       }
+      if (req.url?.startsWith('/admin/')) {
+        this.admin(req.method ?? 'GET', new URL(req.url, 'http://localhost'), res);
+        return;
+      }
       if (req.url === '/healthz') {
         const ok = this.app.listening && this.app.upstreams.some((u) => u.usable);
         res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
@@ -126,6 +130,36 @@ export class Metrics {
         resolve(a && typeof a === 'object' ? { host: a.address, port: a.port } : { host, port });
       });
     });
+  }
+
+  /**
+   * Operator actions (loopback only, like the metrics): `GET /admin/journal` shows the repair
+   * journal per upstream; `POST /admin/trust?upstream=N` declares upstream N clean (after the
+   * operator flushed it), clearing its journal and an overflow that only expiry could end.
+   */
+  private admin(method: string, url: URL, res: import('node:http').ServerResponse): void {
+    const json = (code: number, body: unknown): void => {
+      res.writeHead(code, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body) + '\n');
+    };
+    const describe = (): unknown =>
+      this.app.upstreams.map((u, i) => ({
+        index: i,
+        upstream: u.name,
+        state: u.state,
+        dirtyKeys: this.app.journal.size(u),
+        overflowed: this.app.journal.overflowed(u) !== undefined,
+        fenced: u.fenced,
+      }));
+    if (url.pathname === '/admin/journal' && method === 'GET') return json(200, describe());
+    if (url.pathname === '/admin/trust' && method === 'POST') {
+      const which = url.searchParams.get('upstream') ?? '';
+      const u = this.app.upstreams.find((x, i) => String(i) === which || x.name === which);
+      if (!u) return json(404, { error: `no upstream "${which}": give its index or its name (GET /admin/journal lists them)` });
+      this.app.journal.trust(u);
+      return json(200, describe());
+    }
+    json(404, { error: 'GET /admin/journal, POST /admin/trust?upstream=N' });
   }
 
   close(): Promise<void> {

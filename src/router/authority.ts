@@ -74,7 +74,10 @@ export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand): P
   const r = await decide(ctx, cmd.key, (u) => u.arith(cmd.op, cmd.key, cmd.delta));
   if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
   const res = r.value;
-  if (res.status === 'OK') return copyFromAuthority(ctx, cmd.key, r.index, { kind: 'number', value: res.value });
+  if (res.status === 'OK') {
+    const reply: Reply = res.cas === undefined ? { kind: 'number', value: res.value } : { kind: 'number', value: res.value, cas: res.cas };
+    return copyFromAuthority(ctx, cmd.key, r.index, reply);
+  }
   if (res.status === 'NON_NUMERIC') {
     return { kind: 'error', type: 'CLIENT_ERROR', message: 'cannot increment or decrement non-numeric value' };
   }
@@ -84,7 +87,9 @@ export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand): P
   const created = await conditionalStore(ctx, {
     kind: 'store', mode: 'add', key: cmd.key, flags: 0, deadline: cmd.deadline, value, cas: undefined, noreply: cmd.noreply,
   });
-  if (created.kind === 'status' && created.status === 'STORED') return { kind: 'number', value: cmd.initial };
+  if (created.kind === 'status' && created.status === 'STORED') {
+    return created.cas === undefined ? { kind: 'number', value: cmd.initial } : { kind: 'number', value: cmd.initial, cas: created.cas };
+  }
   // Someone created it between our miss and our add: count on what is there now.
   if (created.kind === 'status' && created.status === 'NOT_STORED') return conditionalArith(ctx, { ...cmd, initial: undefined });
   return created;

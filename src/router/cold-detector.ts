@@ -42,6 +42,11 @@ export class ColdDetector {
     return Promise.all(this.upstreams().map((u) => this.check(u))).then(() => undefined);
   }
 
+  /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
+  forget(u: HealthyUpstream): void {
+    this.lastSet.delete(u);
+  }
+
   /** Looks for the marker in `u`; fences `u` when a marker mcmux wrote has disappeared. */
   async check(u: HealthyUpstream): Promise<void> {
     if (!isUsable(u)) return;

@@ -21,6 +21,8 @@ export interface RouterContext {
   readonly counters: RouterCounters;
   /** Keys each upstream missed a write of: never read from it until repaired. */
   readonly journal: RepairJournal;
+  /** A client's flush_all emptied `u` on purpose: it is empty, not "came back empty". */
+  readonly onFlushed: (u: Upstream) => void;
 }
 
 /** Counters that policies bump; `stats` and (later) the metrics read them. */

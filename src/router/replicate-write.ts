@@ -95,7 +95,9 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
       const failed = failures(outcomes);
       // A flushed upstream holds nothing stale: its journal entries are moot.
       outcomes.forEach((o, i) => {
-        if (o?.ok) ctx.journal.trust(ctx.upstreams[i] as Upstream);
+        if (!o?.ok) return;
+        ctx.journal.trust(ctx.upstreams[i] as Upstream);
+        ctx.onFlushed(ctx.upstreams[i] as Upstream);
       });
       return failed === 0
         ? { kind: 'status', status: 'OK' }

@@ -10,7 +10,7 @@
  * Failures come back as error replies; nothing thrown here reaches a client connection.
  */
 
-import type { Command, Reply } from '../command/command';
+import { type Command, type Reply, deadlineFromExptime } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import { conditionalArith, conditionalStore } from './authority';
 import { type RouterContext, type RouterCounters, type WriteWait, serverError } from './context';
@@ -22,9 +22,17 @@ import { type StatsSource, statsLines, upstreamStatsLines } from './stats';
 export interface RouterOptions {
   readonly upstreams: readonly Upstream[];
   readonly journal: RepairJournal;
+  readonly onFlushed?: (u: Upstream) => void;
   readonly minCopies: number;
   readonly writeWait: WriteWait;
   readonly allowFlush: boolean;
+}
+
+/** Runs `fn` at `at` (Unix ms), in steps: setTimeout cannot wait longer than 2^31-1 ms. */
+function flushAt(at: number, fn: () => void): void {
+  const wait = at - Date.now();
+  if (wait <= 0) return fn();
+  setTimeout(() => flushAt(at, fn), Math.min(wait, 2 ** 31 - 1)).unref();
 }
 
 /** The memcached name of a command, for metrics. */
@@ -91,6 +99,7 @@ export class Router {
       writeWait: o.writeWait,
       counters: this.counters,
       journal: o.journal,
+      onFlushed: o.onFlushed ?? (() => {}),
       onBackgroundError: this.onBackgroundError,
     };
   }
@@ -168,7 +177,9 @@ export class Router {
       return serverError('flush_all is disabled: start mcmux with --allow-flush (config: allow-flush = true) to enable it');
     }
     if (delay > 0) {
-      setTimeout(() => void replicateFlush(this.ctx), delay * 1000).unref();
+      // memcached reads the delay like an exptime: up to 30 days relative, else a Unix time.
+      const at = deadlineFromExptime(delay, Date.now());
+      flushAt(at, () => void replicateFlush(this.ctx));
       return { kind: 'status', status: 'OK' };
     }
     return replicateFlush(ctx);

@@ -74,13 +74,16 @@ export class ClientConnection {
     private readonly limits: ConnectionLimits,
     private readonly onClose: () => void,
     private readonly codecFor: CodecFactory = defaultCodecFactory,
+    private readonly onBug: (error: unknown) => void = () => {},
   ) {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => {
-      this.dispatch();
-      this.maybeResume();
-    });
+    socket.on('drain', () =>
+      this.safely(() => {
+        this.dispatch();
+        this.maybeResume();
+      }),
+    );
     // Shutdown: read no more commands; end once the replies already owed are written.
     socket.on('mcmux:drain', () => {
       this.closing = true;
@@ -95,9 +98,15 @@ export class ClientConnection {
 
   private onData(chunk: Buffer): void {
     if (this.closing || chunk.length === 0) return;
-    if (!this.codec) this.codec = this.codecFor(chunk[0] as number, this.limits);
-    this.codec.push(chunk);
-    this.drainParser();
+    try {
+      if (!this.codec) this.codec = this.codecFor(chunk[0] as number, this.limits);
+      this.codec.push(chunk);
+      this.drainParser();
+    } catch (error) {
+      // A bug must cost this client its connection, never the proxy every client's.
+      this.onBug(error);
+      this.socket.destroy();
+    }
   }
 
   private drainParser(): void {
@@ -151,11 +160,21 @@ export class ClientConnection {
     }
     if (result instanceof Promise) {
       result.then(
-        (reply) => this.complete(slot, reply),
-        (error: unknown) => this.complete(slot, { kind: 'error', type: 'SERVER_ERROR', message: String(error) }),
+        (reply) => this.safely(() => this.complete(slot, reply)),
+        (error: unknown) => this.safely(() => this.complete(slot, { kind: 'error', type: 'SERVER_ERROR', message: String(error) })),
       );
     } else {
       this.complete(slot, result);
+    }
+  }
+
+  /** Runs `fn`; a bug in it closes this connection instead of crashing the process. */
+  private safely(fn: () => void): void {
+    try {
+      fn();
+    } catch (error) {
+      this.onBug(error);
+      this.socket.destroy();
     }
   }
 
@@ -187,7 +206,8 @@ export class ClientConnection {
       }
     }
     this.queue.splice(0, n);
-    this.nextToStart -= n;
+    // dispatch() may be on the stack (a reply that was ready at once): never index below 0.
+    this.nextToStart = Math.max(0, this.nextToStart - n);
     if (out.length > 0 && !this.socket.destroyed) {
       this.socket.cork();
       for (const b of out) this.socket.write(b);

@@ -7,6 +7,7 @@
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { type Server, type Socket, createServer } from 'node:net';
 import type { ListenSpec } from '../config';
+import { binaryCodecFactory } from '../protocol/binary/binary-codec';
 import type { Router } from '../router/router';
 import type { StatsSource } from '../router/stats';
 import { ClientConnection, type ConnectionLimits } from './connection';
@@ -20,6 +21,8 @@ export class Listener implements StatsSource {
   private rejected = 0;
   limits: ConnectionLimits;
   maxConnections: number;
+  /** Told of a bug caught on a client connection (logged by the app). */
+  onBug: (error: unknown) => void = () => {};
 
   constructor(
     private readonly routerRef: () => Router,
@@ -72,7 +75,8 @@ export class Listener implements StatsSource {
       return;
     }
     this.total++;
-    this.sockets.set(socket, new ClientConnection(socket, this.routerRef(), this.limits, () => this.sockets.delete(socket)));
+    const conn = new ClientConnection(socket, this.routerRef(), this.limits, () => this.sockets.delete(socket), binaryCodecFactory, this.onBug);
+    this.sockets.set(socket, conn);
   }
 
   connections(): ClientConnection[] {

@@ -269,7 +269,7 @@ function decode(rec: Pending, r: MetaReply): unknown {
       if (r.kind === 'CLIENT_ERROR' && r.message.includes('non-numeric')) return { status: 'NON_NUMERIC' };
       if (r.kind === 'VA') {
         const value = parseCounter(r.value);
-        if (value !== undefined) return { status: 'OK', value };
+        if (value !== undefined) return r.cas === undefined ? { status: 'OK', value } : { status: 'OK', value, cas: r.cas };
         return new McmuxError(ErrorCodes.UPSTREAM_PROTOCOL, 'ma returned a value that is not a number');
       }
       break;
@@ -344,7 +344,7 @@ export class MemcachedUpstream implements Upstream {
   }
 
   async arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
-    return this.send(Op.ARITH, encodeMa(key, `M${op === 'incr' ? 'I' : 'D'} D${delta} v`));
+    return this.send(Op.ARITH, encodeMa(key, `M${op === 'incr' ? 'I' : 'D'} D${delta} v c`));
   }
 
   async flush(): Promise<void> {

@@ -125,8 +125,8 @@ export class MemoryUpstream implements Upstream {
     const current = parseCounter(e.value);
     if (current === undefined) return { status: 'NON_NUMERIC' };
     const value = applyArith(op, current, delta);
-    this.put(key, Buffer.from(value.toString(), 'latin1'), e.flags, e.deadline);
-    return { status: 'OK', value };
+    const cas = this.put(key, Buffer.from(value.toString(), 'latin1'), e.flags, e.deadline);
+    return { status: 'OK', value, cas };
   }
 
   async flush(): Promise<void> {

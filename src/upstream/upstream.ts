@@ -22,7 +22,7 @@
 import type { ArithOp, Hit, StoreMode } from '../command/command';
 
 export type StoreResult = { status: 'STORED' | 'NOT_STORED' | 'EXISTS' | 'NOT_FOUND'; cas?: bigint };
-export type ArithResult = { status: 'OK'; value: bigint } | { status: 'NOT_FOUND' | 'NON_NUMERIC' };
+export type ArithResult = { status: 'OK'; value: bigint; cas?: bigint } | { status: 'NOT_FOUND' | 'NON_NUMERIC' };
 
 export interface StoreRequest {
   readonly mode: StoreMode;

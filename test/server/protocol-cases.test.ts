@@ -103,6 +103,17 @@ describe('protocol cases over a socket', () => {
     await w.closed;
   });
 
+  it('a reply ready at once followed by a fatal error in one packet closes the connection, not the proxy', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    w.send('version\r\nGET / HTTP/1.1\r\n\r\n');
+    await w.closed;
+    assert.equal(w.received, 'VERSION 1.6.21\r\nERROR\r\n');
+    const again = await connectWire(app.address.port);
+    assert.equal(await again.ask('version\r\n'), 'VERSION 1.6.21\r\n', 'the proxy is still serving');
+    again.close();
+  });
+
   it('T22: the connection over max-connections gets ERROR Too many open connections and is closed', async () => {
     const app = await mcmux({ 'max-connections': '2' });
     const a = await connectWire(app.address.port);
