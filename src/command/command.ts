@@ -69,7 +69,7 @@ export interface ArithCommand {
 
 export interface FlushCommand {
   readonly kind: 'flush';
-  /** Seconds to wait before flushing (memcached's optional argument). */
+  /** memcached's optional delay, in exptime form: up to 30 days relative seconds, else a Unix time. */
   readonly delay: number;
   readonly noreply: boolean;
 }

@@ -204,10 +204,10 @@ const DECODE: Array<[string, Buffer, string[]]> = [
     'incr n 5 init=10 d=0 [0x05]', 'incr n 1 init=none d=0 [0x05]', 'decr n 18446744073709551615 init=18446744073709551615 d=60000 noreply [0x16 q]',
   ]],
   ['QUIT / QUITQ (B11)', cat(frame({ op: OP.QUIT }), frame({ op: OP.QUITQ })), ['quit [0x07]', 'quit [0x17 q]']],
-  ['FLUSH: no delay, a delay, an absolute time, quiet', cat(
+  ['FLUSH: no delay, a delay, an absolute time (passed as an exptime: the router converts), quiet', cat(
     frame({ op: OP.FLUSH }), frame({ op: OP.FLUSH, extras: u32(0) }), frame({ op: OP.FLUSH, extras: u32(10) }),
     frame({ op: OP.FLUSHQ, extras: u32(NOW / 1000 + 50) }), frame({ op: OP.FLUSH, extras: u32(NOW / 1000 - 50) }),
-  ), ['flush 0 [0x08]', 'flush 0 [0x08]', 'flush 10 [0x08]', 'flush 50 noreply [0x18 q]', 'flush 0 [0x08]']],
+  ), ['flush 0 [0x08]', 'flush 0 [0x08]', 'flush 10 [0x08]', `flush ${NOW / 1000 + 50} noreply [0x18 q]`, `flush ${NOW / 1000 - 50} [0x08]`]],
   ['FLUSH with a negative delay is refused, the connection kept', cat(frame({ op: OP.FLUSH, extras: u32(-1) }), NOOP), [
     EINVAL(OP.FLUSH, 'invalid flush delay'), 'noop [0x0a]',
   ]],

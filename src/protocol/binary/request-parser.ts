@@ -222,7 +222,7 @@ export class BinaryRequestParser {
     }
     let delay = 0;
     if (s.base === OPCODE.FLUSH && h.extrasLength === 4) {
-      const d = flushDelay(buf.readInt32BE(extrasAt), this.now());
+      const d = flushDelay(buf.readInt32BE(extrasAt));
       if (d === undefined) return this.refuse(h, 0, 'invalid flush delay');
       delay = d;
     }
@@ -364,12 +364,7 @@ export class BinaryRequestParser {
   }
 }
 
-/**
- * FLUSH's optional delay, as memcached reads an exptime: up to 30 days relative, above that an
- * absolute Unix time (a past one: now). Negative (over 2^31 unsigned) is refused, as in text.
- */
-function flushDelay(exptime: number, nowMs: number): number | undefined {
-  if (exptime < 0) return undefined;
-  if (exptime <= RELATIVE_EXPTIME_LIMIT) return exptime;
-  return Math.max(0, exptime - Math.floor(nowMs / 1000));
+/** FLUSH's optional delay, in exptime form (the router reads it as one); negative is refused, as in text. */
+function flushDelay(exptime: number): number | undefined {
+  return exptime < 0 ? undefined : exptime;
 }
