@@ -6,7 +6,7 @@
  */
 
 import type { Logger } from 'pino';
-import { type Config, EMBEDDED_DEFAULT, type ListenSpec, type UpstreamConfig, formatListen } from './config';
+import { type Config, type ListenSpec, type UpstreamConfig, embeddedDefault, formatListen } from './config';
 import { Metrics } from './metrics';
 import { ColdDetector } from './router/cold-detector';
 import { HealthyUpstream } from './router/health';
@@ -24,7 +24,7 @@ export const MCMUX_VERSION: string = (require('../../package.json') as { version
 export function upstreamSpecs(config: Config): readonly UpstreamConfig[] {
   return config.upstreams.length > 0
     ? config.upstreams
-    : EMBEDDED_DEFAULT.map((url) => ({ url, options: new Map<string, string>() }));
+    : embeddedDefault(config.stateDir).map((url) => ({ url, options: new Map<string, string>() }));
 }
 
 /** Builds the raw drivers of a config (no health tracking): for validation and `mcmux check`. */
@@ -127,7 +127,7 @@ export class App {
 
   async start(): Promise<void> {
     if (this.config.upstreams.length === 0) {
-      this.log.warn({ upstreams: EMBEDDED_DEFAULT }, 'no upstream configured: running on the embedded default');
+      this.log.warn({ upstreams: embeddedDefault(this.config.stateDir) }, 'no upstream configured: running on the embedded default');
     }
     try {
       for (const spec of this.config.listen) this.bound.push(await this.listener.listen(spec, this.config.listenMode));

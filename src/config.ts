@@ -5,6 +5,7 @@
  * hands the raw values in. A bad value throws `ConfigError` naming it and the expected form.
  */
 
+import { resolve as resolvePath } from 'node:path';
 import { ConfigError } from './errors';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -52,8 +53,14 @@ export interface Config {
   readonly health: { readonly downAfter: number; readonly probeMinMs: number; readonly probeMaxMs: number };
 }
 
-/** The upstreams used when none is configured. */
-export const EMBEDDED_DEFAULT: readonly string[] = ['memory://'];
+/**
+ * The upstreams used when none is configured: a fast in-process cache in front of a durable
+ * SQLite file in the state directory, so one machine already has redundancy (restart mcmux and
+ * the data is served from SQLite and repaired into memory).
+ */
+export function embeddedDefault(stateDir: string): string[] {
+  return ['memory://', `sqlite://${resolvePath(stateDir, 'mcmux.db')}`];
+}
 
 /** Every scalar key: its default, its expected form and its help line (README and --help follow). */
 export const SCALAR_KEYS = {
@@ -185,7 +192,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
   const timeoutRaw = get('timeout');
   const upstreams = flags.upstreams.length > 0 ? flags.upstreams : file.upstreams;
   const minCopies = int('min-copies', get('min-copies') as RawValue, 1, 64);
-  const n = upstreams.length === 0 ? EMBEDDED_DEFAULT.length : upstreams.length;
+  const n = upstreams.length === 0 ? 2 : upstreams.length; // the embedded default has two
   if (minCopies > n) {
     throw new ConfigError(`invalid min-copies "${minCopies}": expected at most the number of upstreams (${n})`);
   }
