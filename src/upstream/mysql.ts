@@ -1,7 +1,670 @@
-import { ConfigError } from '../errors';
-import type { UpstreamContext } from './registry';
-import type { Upstream } from './upstream';
+/**
+ * `mysql://user:password@host:port/database` — items as rows of one InnoDB table on MySQL 8 or
+ * MariaDB 10.11, through a mysql2 connection pool. Durable: what a restart of the server keeps,
+ * this store keeps.
+ *
+ *   get/store/... ──run()──┬─► pool.getConnection ─► session set-up (once per connection)
+ *                          │       ─► CREATE TABLE IF NOT EXISTS (until it once succeeds)
+ *                          │       ─► one statement, or a short transaction ─► release
+ *                          └─► timer (option timeout) fires first: TIMEOUT, and the connection the
+ *                              request was on is destroyed, so a late result is never read
+ *   purge timer (unref'd) ──► DELETE ... WHERE exp <= now LIMIT purge-batch, while batches come back full
+ *
+ * Schema (created on first use; concurrent creators are harmless):
+ *
+ *   CREATE TABLE IF NOT EXISTS `mcmux_items` (
+ *     `key`   VARBINARY(250)  NOT NULL,   -- the key's bytes (latin1 string <-> Buffer)
+ *     `value` LONGBLOB        NOT NULL,   -- up to --max-item-size bytes
+ *     `flags` INT UNSIGNED    NOT NULL,
+ *     `cas`   BIGINT UNSIGNED NOT NULL,   -- UUID_SHORT() of the last write (see below)
+ *     `exp`   BIGINT          NOT NULL,   -- absolute deadline, Unix ms; 0 = never
+ *     PRIMARY KEY (`key`),
+ *     KEY `mcmux_exp` (`exp`)             -- for the purge
+ *   ) ENGINE=InnoDB
+ *
+ * The server's max_allowed_packet must exceed --max-item-size (plus 16 KiB for the rest of a
+ * statement); every new connection checks it and refuses to work with a message naming it.
+ *
+ * Atomicity: each conditional command is one statement whose WHERE clause (or ON DUPLICATE KEY
+ * condition) is the memcached condition, judged by its affected-row count (the pool turns
+ * CLIENT_FOUND_ROWS off, so an ODKU that keeps a live row reports 0). incr/decr and gat are
+ * short transactions that lock the rows with SELECT ... FOR UPDATE. Expired rows are never
+ * read (every statement says `exp = 0 OR exp > now`, now being this process's clock, which
+ * also made the deadlines) and are deleted by the purge, never resurrected.
+ *
+ * CAS uniques come from the server: `cas = LAST_INSERT_ID(UUID_SHORT())`, read back from the OK
+ * packet's insert id, so a write costs no extra round trip. UUID_SHORT() is unique per server
+ * ((server_id << 56) + (start-up second << 24) + a global counter): every mcmux process sharing
+ * the table draws from the same counter, and a key deleted and added again never gets back a
+ * unique a client may still hold (a per-item `cas + 1` would). Limits: servers sharing one
+ * server_id (a promoted replica with the same id), a server clock set back across a restart, or
+ * more than 2^24 uniques a second on average since start-up could repeat one. touch/gat keep
+ * the cas, as memcached does.
+ *
+ * Timeouts: mysql2 has no deadline covering the wait for a pooled connection, the handshake and
+ * a transaction's several statements, so each request races one timer against all of them.
+ * The default is 1000 ms (`--timeout` when given): a database round trip, and a transaction's
+ * four, are slower than a cache's. A write that timed out may still be applied by the server.
+ *
+ * Statements are prepared on the server (mysql2 execute: values travel as raw bytes, not hex),
+ * about 45 per connection at most; the server's max_prepared_stmt_count is shared by all clients.
+ *
+ * URL: mysql://user:password@host[:3306]/database?table=mcmux_items&timeout=1000&connections=4
+ *      &purge-interval=60000&purge-batch=1000
+ */
 
-export function createMysqlUpstream(url: URL, _options: Map<string, string>, _ctx: UpstreamContext): Upstream {
-  throw new ConfigError(`upstream scheme ${url.protocol} is not implemented yet`);
+import { performance } from 'node:perf_hooks';
+import { type Pool, type PoolConnection, type ResultSetHeader, type RowDataPacket, createPool } from 'mysql2/promise';
+import { type ArithOp, type Hit, applyArith, isExpired, parseCounter } from '../command/command';
+import { ConfigError, ErrorCodes, McmuxError } from '../errors';
+import type { UpstreamContext } from './registry';
+import { intOption, rejectUnknownOptions } from './registry';
+import {
+  type ArithResult,
+  type StoreRequest,
+  type StoreResult,
+  type Upstream,
+  type UpstreamStats,
+  maskUrl,
+  newUpstreamStats,
+} from './upstream';
+
+const DEFAULT_PORT = 3306;
+const DEFAULT_TABLE = 'mcmux_items';
+const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+/** Room in a packet for everything but the value (key, other parameters, statement). */
+const PACKET_OVERHEAD = 16 * 1024;
+/** Keys per IN list; lists are padded to a power of four so few statements get prepared. */
+const MAX_IN = 4096;
+/** A deadlock rolls back the whole statement or transaction: re-running it is safe. */
+const DEADLOCK_RETRIES = 5;
+
+const ER_NO_SUCH_TABLE = 1146;
+const ER_LOCK_DEADLOCK = 1213;
+/** Server errors that mean the connection is gone: shutdown, killed, idle-disconnected (MySQL 8). */
+const CONNECTION_ERRNOS = new Set([1053, 1927, 4031]);
+
+/** What a statement parameter may be: bytes, integers below 2^53, decimal strings (uniques). */
+type Param = Buffer | number | string;
+
+/** What mysql2 attaches to its errors (server errors carry sqlState). */
+interface DriverError {
+  readonly code?: unknown;
+  readonly errno?: unknown;
+  readonly sqlState?: unknown;
+  readonly sqlMessage?: unknown;
+  readonly message?: unknown;
+  readonly fatal?: unknown;
+}
+
+/** The core (callback) connection under a promise wrapper: its socket, for a hard discard. */
+interface CoreConnection {
+  readonly stream?: { destroy(): void };
+  on(event: 'error' | 'end', listener: () => void): unknown;
+}
+
+interface ItemRow extends RowDataPacket {
+  key: Buffer;
+  value: Buffer;
+  flags: number;
+  cas: string;
+  exp: string;
+}
+
+/** One request in flight: settled once, by its result, its timer or close(). */
+interface Job {
+  conn: PoolConnection | undefined;
+  settled: boolean;
+  /** Settles the request with an error and discards its connection. */
+  abort(err: McmuxError): void;
+}
+
+export interface MysqlOptions {
+  readonly name: string;
+  readonly host: string;
+  readonly port: number;
+  readonly user: string;
+  readonly password: string;
+  readonly database: string;
+  readonly table: string;
+  readonly timeoutMs: number;
+  readonly connections: number;
+  readonly purgeIntervalMs: number;
+  readonly purgeBatch: number;
+  readonly maxItemSize: number;
+}
+
+/**
+ * Statement texts for one table. Only the validated table name and the purge batch (an integer
+ * option) are written into SQL; keys, values and everything else are placeholders.
+ */
+function statements(table: string, purgeBatch: number) {
+  const t = `\`${table}\``;
+  const live = '(`exp` = 0 OR `exp` > ?)';
+  const expired = '`exp` <> 0 AND `exp` <= ?';
+  const newCas = 'LAST_INSERT_ID(UUID_SHORT())';
+  return {
+    create:
+      `CREATE TABLE IF NOT EXISTS ${t} (\`key\` VARBINARY(250) NOT NULL, \`value\` LONGBLOB NOT NULL, ` +
+      '`flags` INT UNSIGNED NOT NULL, `cas` BIGINT UNSIGNED NOT NULL, `exp` BIGINT NOT NULL, ' +
+      'PRIMARY KEY (`key`), KEY `mcmux_exp` (`exp`)) ENGINE=InnoDB',
+    select: (n: number, lock: boolean) =>
+      `SELECT \`key\`, \`value\`, \`flags\`, \`cas\`, \`exp\` FROM ${t} WHERE \`key\` IN (${marks(n)}) AND ${live}${lock ? ' FOR UPDATE' : ''}`,
+    touchMany: (n: number) => `UPDATE ${t} SET \`exp\` = ? WHERE \`key\` IN (${marks(n)})`,
+    deleteMany: (n: number) => `DELETE FROM ${t} WHERE \`key\` IN (${marks(n)})`,
+    set:
+      `INSERT INTO ${t} (\`key\`, \`value\`, \`flags\`, \`cas\`, \`exp\`) VALUES (?, ?, ?, ${newCas}, ?) ` +
+      'ON DUPLICATE KEY UPDATE `value` = VALUES(`value`), `flags` = VALUES(`flags`), `cas` = VALUES(`cas`), `exp` = VALUES(`exp`)',
+    // Only an expired row is overwritten; `exp` is assigned last because MySQL evaluates the
+    // assignments left to right and later ones see earlier results.
+    add:
+      `INSERT INTO ${t} (\`key\`, \`value\`, \`flags\`, \`cas\`, \`exp\`) VALUES (?, ?, ?, ${newCas}, ?) ON DUPLICATE KEY UPDATE ` +
+      `\`value\` = IF(${expired}, VALUES(\`value\`), \`value\`), \`flags\` = IF(${expired}, VALUES(\`flags\`), \`flags\`), ` +
+      `\`cas\` = IF(${expired}, VALUES(\`cas\`), \`cas\`), \`exp\` = IF(${expired}, VALUES(\`exp\`), \`exp\`)`,
+    replace: `UPDATE ${t} SET \`value\` = ?, \`flags\` = ?, \`cas\` = ${newCas}, \`exp\` = ? WHERE \`key\` = ? AND ${live}`,
+    cas: `UPDATE ${t} SET \`value\` = ?, \`flags\` = ?, \`cas\` = ${newCas}, \`exp\` = ? WHERE \`key\` = ? AND ${live} AND \`cas\` = CAST(? AS UNSIGNED)`,
+    append: `UPDATE ${t} SET \`value\` = CONCAT(\`value\`, ?), \`cas\` = ${newCas} WHERE \`key\` = ? AND ${live} AND LENGTH(\`value\`) + ? <= ?`,
+    prepend: `UPDATE ${t} SET \`value\` = CONCAT(?, \`value\`), \`cas\` = ${newCas} WHERE \`key\` = ? AND ${live} AND LENGTH(\`value\`) + ? <= ?`,
+    exists: `SELECT 1 AS one FROM ${t} WHERE \`key\` = ? AND ${live}`,
+    remove: `DELETE FROM ${t} WHERE \`key\` = ?`,
+    removeLive: `DELETE FROM ${t} WHERE \`key\` = ? AND ${live}`,
+    removeLiveCas: `DELETE FROM ${t} WHERE \`key\` = ? AND ${live} AND \`cas\` = CAST(? AS UNSIGNED)`,
+    touch: `UPDATE ${t} SET \`exp\` = ? WHERE \`key\` = ? AND ${live}`,
+    hasDeadline: `SELECT 1 AS one FROM ${t} WHERE \`key\` = ? AND ${live} AND \`exp\` = ?`,
+    lockValue: `SELECT \`value\` FROM ${t} WHERE \`key\` = ? AND ${live} FOR UPDATE`,
+    setCounter: `UPDATE ${t} SET \`value\` = ?, \`cas\` = ${newCas} WHERE \`key\` = ?`,
+    flush: `DELETE FROM ${t}`,
+    // exp is never negative, so `exp > 0` is `exp <> 0` as one index range. A literal LIMIT:
+    // servers differ on the parameter types they accept there.
+    purge: `DELETE FROM ${t} WHERE \`exp\` > 0 AND \`exp\` <= ? LIMIT ${purgeBatch}`,
+  };
+}
+
+function marks(n: number): string {
+  return n === 1 ? '?' : `?${', ?'.repeat(n - 1)}`;
+}
+
+/**
+ * The IN-list size for n keys: the next power of four, so each connection prepares at most 7
+ * shapes of each multi-key statement (the server's max_prepared_stmt_count is shared by all).
+ */
+function bucket(n: number): number {
+  let size = 1;
+  while (size < n) size *= 4;
+  return size;
+}
+
+/** Key Buffers padded to `bucket(keys.length)` by repeating the last (IN ignores repeats). */
+function inParams(keys: readonly Buffer[]): Buffer[] {
+  const out = keys.slice();
+  const last = keys[keys.length - 1] as Buffer;
+  for (let i = keys.length, n = bucket(keys.length); i < n; i++) out.push(last);
+  return out;
+}
+
+function kb(key: string): Buffer {
+  return Buffer.from(key, 'latin1');
+}
+
+/** The unique `LAST_INSERT_ID(UUID_SHORT())` left in the OK packet (mysql2 reads it signed). */
+function casOf(r: ResultSetHeader): bigint {
+  return BigInt.asUintN(64, BigInt(r.insertId));
+}
+
+function toHit(row: ItemRow, deadline?: number): Hit {
+  return { value: row.value, flags: Number(row.flags), cas: BigInt(row.cas), deadline: deadline ?? Number(row.exp) };
+}
+
+function ignore(): void {}
+
+/** An error the server sent on a connection that stays usable (not a lost or killed one). */
+function isServerError(err: unknown): boolean {
+  const e = err as DriverError;
+  return e.sqlState !== undefined && e.fatal !== true && !CONNECTION_ERRNOS.has(Number(e.errno));
+}
+
+export class MysqlUpstream implements Upstream {
+  readonly scheme = 'mysql';
+  readonly name: string;
+  readonly timeoutMs: number;
+  readonly stats: UpstreamStats = newUpstreamStats();
+  private readonly pool: Pool;
+  private readonly sql: ReturnType<typeof statements>;
+  private readonly jobs = new Set<Job>();
+  /** Core connections that passed the session set-up (max_allowed_packet checked). */
+  private readonly prepared = new WeakSet<object>();
+  private readonly cores = new Set<CoreConnection>();
+  private tableReady = false;
+  private closed = false;
+  private purging = false;
+  private readonly purgeTimer: NodeJS.Timeout;
+
+  constructor(private readonly o: MysqlOptions) {
+    this.name = o.name;
+    this.timeoutMs = o.timeoutMs;
+    this.sql = statements(o.table, o.purgeBatch);
+    this.pool = createPool({
+      host: o.host,
+      port: o.port,
+      user: o.user,
+      password: o.password,
+      database: o.database,
+      connectionLimit: o.connections,
+      maxIdle: o.connections,
+      waitForConnections: true,
+      queueLimit: 0,
+      // A down or paused server must not hold a request longer than the request would wait.
+      connectTimeout: o.timeoutMs,
+      // Affected rows, not matched rows: an ODKU that keeps a live row must report 0 (add).
+      flags: ['-FOUND_ROWS'],
+      supportBigNumbers: true,
+      bigNumberStrings: true,
+    });
+    this.pool.pool.on('connection', (core) => {
+      const c = core as unknown as CoreConnection;
+      const forget = (): void => {
+        this.cores.delete(c);
+      };
+      // An 'error' on an idle pooled connection must never become an uncaught exception.
+      c.on('error', forget);
+      c.on('end', forget);
+      this.cores.add(c);
+    });
+    this.purgeTimer = setInterval(this.purgeTick, o.purgeIntervalMs).unref();
+  }
+
+  async get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
+    if (keys.length === 0) {
+      this.stats.requests++;
+      return [];
+    }
+    const unique = [...new Set(keys)].map(kb);
+    const found = new Map<string, Hit>();
+    await this.run(async (c) => {
+      found.clear(); // a deadlock retry starts over
+      if (touch === undefined) {
+        for (let i = 0; i < unique.length; i += MAX_IN) {
+          for (const row of await this.select(c, unique.slice(i, i + MAX_IN), false)) found.set(row.key.toString('latin1'), toHit(row));
+        }
+        return;
+      }
+      // gat: lock the live rows, give them the new deadline (or delete them: a deadline in the
+      // past expires them), report the hits with that deadline.
+      await this.tx(c, async () => {
+        for (let i = 0; i < unique.length; i += MAX_IN) {
+          const rows = await this.select(c, unique.slice(i, i + MAX_IN), true);
+          if (rows.length === 0) continue;
+          const hitKeys = inParams(rows.map((r) => r.key));
+          if (isExpired(touch, Date.now())) await this.exec(c, this.sql.deleteMany(hitKeys.length), hitKeys);
+          else await this.exec(c, this.sql.touchMany(hitKeys.length), [touch, ...hitKeys]);
+          for (const row of rows) found.set(row.key.toString('latin1'), toHit(row, touch));
+        }
+      });
+    });
+    return keys.map((k) => found.get(k));
+  }
+
+  store(req: StoreRequest): Promise<StoreResult> {
+    const key = kb(req.key);
+    return this.run(async (c) => {
+      const now = Date.now();
+      switch (req.mode) {
+        case 'append':
+        case 'prepend': {
+          // protocol.txt: append/prepend ignore the flags and exptime given. The length guard
+          // keeps CONCAT under max_allowed_packet, where it would return NULL.
+          const sql = req.mode === 'append' ? this.sql.append : this.sql.prepend;
+          const r = await this.exec(c, sql, [req.value, key, now, req.value.length, this.o.maxItemSize]);
+          if (r.affectedRows === 1) return { status: 'STORED', cas: casOf(r) };
+          if (!(await this.exists(c, key, now))) return { status: 'NOT_STORED' };
+          throw this.error(ErrorCodes.UPSTREAM_REFUSED, `${req.mode} would make the item larger than max-item-size (${this.o.maxItemSize} bytes)`);
+        }
+        case 'set':
+        case 'add':
+        case 'replace':
+        case 'cas':
+          return isExpired(req.deadline, now) ? this.storeExpired(c, req, key, now) : this.storeLive(c, req, key, now);
+      }
+    });
+  }
+
+  /** A write whose item is at once expired: the key must end up absent (T9, hazard 5). */
+  private async storeExpired(c: PoolConnection, req: StoreRequest, key: Buffer, now: number): Promise<StoreResult> {
+    switch (req.mode) {
+      case 'add':
+        return { status: (await this.exists(c, key, now)) ? 'NOT_STORED' : 'STORED' };
+      case 'replace':
+        return { status: (await this.exec(c, this.sql.removeLive, [key, now])).affectedRows === 1 ? 'STORED' : 'NOT_STORED' };
+      case 'cas': {
+        const r = await this.exec(c, this.sql.removeLiveCas, [key, now, String(req.cas ?? 0n)]);
+        if (r.affectedRows === 1) return { status: 'STORED' };
+        return { status: (await this.exists(c, key, now)) ? 'EXISTS' : 'NOT_FOUND' };
+      }
+      default:
+        await this.exec(c, this.sql.remove, [key]);
+        return { status: 'STORED' };
+    }
+  }
+
+  private async storeLive(c: PoolConnection, req: StoreRequest, key: Buffer, now: number): Promise<StoreResult> {
+    const { value, flags, deadline } = req;
+    switch (req.mode) {
+      case 'add': {
+        // 1: inserted, 2: an expired row overwritten, 0: a live row kept.
+        const r = await this.exec(c, this.sql.add, [key, value, flags, deadline, now, now, now, now]);
+        return r.affectedRows > 0 ? { status: 'STORED', cas: casOf(r) } : { status: 'NOT_STORED' };
+      }
+      case 'replace': {
+        const r = await this.exec(c, this.sql.replace, [value, flags, deadline, key, now]);
+        return r.affectedRows === 1 ? { status: 'STORED', cas: casOf(r) } : { status: 'NOT_STORED' };
+      }
+      case 'cas': {
+        // No unique given: 0 never matches (uniques are never 0), so EXISTS or NOT_FOUND.
+        const r = await this.exec(c, this.sql.cas, [value, flags, deadline, key, now, String(req.cas ?? 0n)]);
+        if (r.affectedRows === 1) return { status: 'STORED', cas: casOf(r) };
+        return { status: (await this.exists(c, key, now)) ? 'EXISTS' : 'NOT_FOUND' };
+      }
+      default: {
+        const r = await this.exec(c, this.sql.set, [key, value, flags, deadline]);
+        return { status: 'STORED', cas: casOf(r) };
+      }
+    }
+  }
+
+  delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
+    return this.run(async (c) => ((await this.exec(c, this.sql.removeLive, [kb(key), Date.now()])).affectedRows === 1 ? 'DELETED' : 'NOT_FOUND'));
+  }
+
+  touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+    const k = kb(key);
+    return this.run(async (c) => {
+      const now = Date.now();
+      if (isExpired(deadline, now)) return (await this.exec(c, this.sql.removeLive, [k, now])).affectedRows === 1 ? 'TOUCHED' : 'NOT_FOUND';
+      if ((await this.exec(c, this.sql.touch, [deadline, k, now])).affectedRows === 1) return 'TOUCHED';
+      // 0 affected rows is also a live row that already had this deadline (nothing changed).
+      const same = await this.query(c, this.sql.hasDeadline, [k, now, deadline]);
+      return same.length > 0 ? 'TOUCHED' : 'NOT_FOUND';
+    });
+  }
+
+  /** In JS BigInt inside a transaction: SQL has no unsigned 64-bit wrap, MySQL 8 no REGEXP on BLOBs. */
+  arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
+    const k = kb(key);
+    return this.run((c) =>
+      this.tx(c, async (): Promise<ArithResult> => {
+        const [row] = await this.query(c, this.sql.lockValue, [k, Date.now()]);
+        if (!row) return { status: 'NOT_FOUND' };
+        const current = parseCounter(row.value as Buffer);
+        if (current === undefined) return { status: 'NON_NUMERIC' };
+        const value = applyArith(op, current, delta);
+        await this.exec(c, this.sql.setCounter, [Buffer.from(value.toString(), 'latin1'), k]);
+        return { status: 'OK', value };
+      }),
+    );
+  }
+
+  flush(): Promise<void> {
+    return this.run(async (c) => {
+      await this.exec(c, this.sql.flush, []);
+    });
+  }
+
+  probe(): Promise<void> {
+    return this.run(async (c) => {
+      await c.query('SELECT 1');
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.purgeTimer);
+    const err = this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
+    for (const job of this.jobs) job.abort(err);
+    // pool.end() says QUIT on every connection and waits for the answers: a paused server
+    // would never give them. Bound it, then cut whatever is left.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.pool.end().catch(ignore), new Promise<void>((r) => (timer = setTimeout(r, this.timeoutMs)))]);
+    clearTimeout(timer);
+    for (const core of this.cores) core.stream?.destroy();
+    this.cores.clear();
+  }
+
+  /**
+   * Runs `fn` on a pooled connection within the timeout. The result of a request whose timer
+   * fired is dropped, and its connection destroyed: its statement may still complete on the
+   * server, but nothing read from that connection is ever used again.
+   */
+  private run<T>(fn: (c: PoolConnection) => Promise<T>, background = false): Promise<T> {
+    if (!background) this.stats.requests++;
+    if (this.closed) return Promise.reject(this.count(this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed'), background));
+    const started = performance.now();
+    return new Promise<T>((resolve, reject) => {
+      const settle = (err: McmuxError | undefined, value?: T): void => {
+        if (job.settled) return;
+        job.settled = true;
+        clearTimeout(timer);
+        this.jobs.delete(job);
+        if (!background && (err === undefined || err.code === ErrorCodes.UPSTREAM_REFUSED)) {
+          this.stats.latencyUsSum += Math.round((performance.now() - started) * 1000);
+          this.stats.latencyCount++;
+        }
+        if (err) reject(this.count(err, background));
+        else resolve(value as T);
+      };
+      const job: Job = {
+        conn: undefined,
+        settled: false,
+        abort: (err) => {
+          settle(err);
+          if (job.conn) this.discard(job.conn);
+        },
+      };
+      const timer = setTimeout(() => {
+        if (!background) this.stats.timeouts++;
+        job.abort(this.error(ErrorCodes.UPSTREAM_TIMEOUT, `no answer within ${this.timeoutMs} ms (option timeout)`));
+      }, this.timeoutMs);
+      this.jobs.add(job);
+      this.execute(job, fn).then(
+        (value) => settle(undefined, value),
+        (err: unknown) => settle(this.translate(err)),
+      );
+    });
+  }
+
+  private async execute<T>(job: Job, fn: (c: PoolConnection) => Promise<T>): Promise<T> {
+    const conn = await this.pool.getConnection();
+    if (job.settled) {
+      // Timed out (or closed) while waiting for it: nothing was sent on it, it is clean.
+      if (this.closed) this.discard(conn);
+      else conn.release();
+      return undefined as T; // ignored: the job is settled
+    }
+    job.conn = conn;
+    try {
+      await this.prepare(conn);
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const value = await fn(conn);
+          if (!job.settled) {
+            job.conn = undefined; // back in the pool: close() must not discard it under another request
+            conn.release();
+          }
+          return value;
+        } catch (err) {
+          const errno = (err as DriverError).errno;
+          if (job.settled || attempt >= DEADLOCK_RETRIES) throw err;
+          if (errno === ER_LOCK_DEADLOCK) continue;
+          if (errno === ER_NO_SUCH_TABLE && attempt === 0) {
+            // Dropped behind our back (a test, an operator): create it again, once.
+            this.tableReady = false;
+            await this.prepare(conn);
+            continue;
+          }
+          throw err;
+        }
+      }
+    } catch (err) {
+      // A server error or one of our refusals leaves the session usable (tx() rolled back);
+      // anything else (a lost connection, a broken stream) does not.
+      if (!job.settled) {
+        job.conn = undefined;
+        if (isServerError(err) || err instanceof McmuxError) conn.release();
+        else this.discard(conn);
+      }
+      throw err;
+    }
+  }
+
+  /** Once per connection: strict mode, and a packet limit the largest item fits in. */
+  private async prepare(c: PoolConnection): Promise<void> {
+    const core = c.connection as object;
+    if (!this.prepared.has(core)) {
+      // Strict: a value that does not fit is an error, never silently truncated.
+      await c.query("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'");
+      const [rows] = await c.query<RowDataPacket[]>('SELECT @@session.max_allowed_packet AS m');
+      const packet = Number(rows[0]?.m);
+      const needed = this.o.maxItemSize + PACKET_OVERHEAD;
+      if (!(packet >= needed)) {
+        throw this.error(
+          ErrorCodes.UPSTREAM_REFUSED,
+          `the server's max_allowed_packet is ${packet} bytes: it must be at least ${needed} (max-item-size ${this.o.maxItemSize} + ${PACKET_OVERHEAD}); raise max_allowed_packet on the server`,
+        );
+      }
+      this.prepared.add(core);
+    }
+    if (!this.tableReady) {
+      await c.query(this.sql.create);
+      this.tableReady = true;
+    }
+  }
+
+  /** BEGIN, body, COMMIT; ROLLBACK on a failure so the connection goes back to the pool clean. */
+  private async tx<T>(c: PoolConnection, body: () => Promise<T>): Promise<T> {
+    await c.beginTransaction();
+    try {
+      const value = await body();
+      await c.commit();
+      return value;
+    } catch (err) {
+      await c.rollback().catch(ignore);
+      throw err;
+    }
+  }
+
+  private async exec(c: PoolConnection, sql: string, params: Param[]): Promise<ResultSetHeader> {
+    const [r] = await c.execute<ResultSetHeader>(sql, params);
+    return r;
+  }
+
+  private async query(c: PoolConnection, sql: string, params: Param[]): Promise<RowDataPacket[]> {
+    const [rows] = await c.execute<RowDataPacket[]>(sql, params);
+    return rows;
+  }
+
+  private async select(c: PoolConnection, keys: Buffer[], lock: boolean): Promise<ItemRow[]> {
+    const params = inParams(keys);
+    const [rows] = await c.execute<ItemRow[]>(this.sql.select(params.length, lock), [...params, Date.now()]);
+    return rows;
+  }
+
+  private async exists(c: PoolConnection, key: Buffer, now: number): Promise<boolean> {
+    return (await this.query(c, this.sql.exists, [key, now])).length > 0;
+  }
+
+  /** Batches (each a request with its own timeout) while they come back full, for half a tick at most. */
+  private readonly purgeTick = (): void => {
+    if (this.purging || this.closed || !this.tableReady) return;
+    this.purging = true;
+    const until = Date.now() + this.o.purgeIntervalMs / 2;
+    const purge = async (): Promise<void> => {
+      for (;;) {
+        const r = await this.run((c) => this.exec(c, this.sql.purge, [Date.now()]), true);
+        if (r.affectedRows < this.o.purgeBatch || this.closed || Date.now() >= until) return;
+      }
+    };
+    // A failed purge is retried at the next tick; requests report the server's state.
+    purge()
+      .catch(ignore)
+      .finally(() => {
+        this.purging = false;
+      });
+  };
+
+  /** Drops a connection from the pool and cuts its socket (end() alone waits for the server). */
+  private discard(conn: PoolConnection): void {
+    const core = conn.connection as unknown as CoreConnection;
+    conn.destroy();
+    core.stream?.destroy();
+    this.cores.delete(core);
+  }
+
+  private translate(err: unknown): McmuxError {
+    if (err instanceof McmuxError) return err;
+    if (this.closed) return this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
+    const e = (err ?? {}) as DriverError;
+    const code = typeof e.code === 'string' ? `${e.code}: ` : '';
+    if (isServerError(err)) {
+      // An error the server sent (access denied, unknown database, ...): it answered.
+      return this.error(ErrorCodes.UPSTREAM_REFUSED, `${code}${String(e.sqlMessage ?? e.message)}`);
+    }
+    return this.error(ErrorCodes.UPSTREAM_IO, `${code}${String(e.message ?? err)}`);
+  }
+
+  private count(err: McmuxError, background: boolean): McmuxError {
+    if (!background) this.stats.errors++;
+    return err;
+  }
+
+  /** Every message names the upstream by its masked URL; the password is scrubbed regardless. */
+  private error(code: McmuxError['code'], message: string): McmuxError {
+    const p = this.o.password;
+    const safe = p.length >= 3 ? message.split(p).join('***') : message;
+    return new McmuxError(code, `upstream ${this.name}: ${safe}`);
+  }
+}
+
+export function createMysqlUpstream(url: URL, options: Map<string, string>, ctx: UpstreamContext): Upstream {
+  const name = maskUrl(url.href);
+  const where = `upstream ${name}`;
+  const form = 'expected mysql://user:password@host:port/database';
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (host === '') throw new ConfigError(`${where}: no host: ${form}`);
+  let user: string;
+  let password: string;
+  let database: string;
+  try {
+    user = decodeURIComponent(url.username);
+    password = decodeURIComponent(url.password);
+    database = decodeURIComponent(url.pathname.replace(/^\//, ''));
+  } catch {
+    throw new ConfigError(`${where}: bad percent-encoding in the user, password or database: ${form}`);
+  }
+  if (database === '' || database.includes('/')) throw new ConfigError(`${where}: no database: ${form}`);
+  const table = options.get('table') ?? DEFAULT_TABLE;
+  options.delete('table');
+  if (!TABLE_NAME.test(table)) {
+    // The table name is the one thing written into SQL text: it must be a plain identifier.
+    throw new ConfigError(`${where}: option table="${table}" is invalid: expected letters, digits and _ (not first a digit), at most 64`);
+  }
+  const timeoutMs = intOption(options, 'timeout', ctx.defaultTimeoutMs ?? 1000, 1, 600_000, where);
+  const connections = intOption(options, 'connections', 4, 1, 256, where);
+  const purgeIntervalMs = intOption(options, 'purge-interval', 60_000, 10, 86_400_000, where);
+  const purgeBatch = intOption(options, 'purge-batch', 1000, 1, 1_000_000, where);
+  rejectUnknownOptions(options, where, ['table', 'timeout', 'connections', 'purge-interval', 'purge-batch']);
+  const port = url.port === '' ? DEFAULT_PORT : Number(url.port);
+  return new MysqlUpstream({
+    name,
+    host,
+    port,
+    user,
+    password,
+    database,
+    table,
+    timeoutMs,
+    connections,
+    purgeIntervalMs,
+    purgeBatch,
+    maxItemSize: ctx.maxItemSize,
+  });
 }

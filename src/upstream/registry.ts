@@ -10,7 +10,7 @@ import { createMemoryUpstream } from './memory';
 import { createMysqlUpstream } from './mysql';
 import { createRedisUpstream } from './redis';
 import { createSqliteUpstream } from './sqlite';
-import type { Upstream } from './upstream';
+import { type Upstream, maskUrl } from './upstream';
 
 export interface UpstreamContext {
   /** `--timeout`: the default request timeout for upstreams that set none, in ms. */
@@ -59,12 +59,12 @@ export function createUpstream(
   try {
     ({ url, hosts } = parseUpstreamUrl(rawUrl));
   } catch {
-    throw new ConfigError(`upstream "${rawUrl}" is not a URL: expected scheme://host:port (schemes: ${knownSchemes().join(', ')})`);
+    throw new ConfigError(`upstream "${maskUrl(rawUrl)}" is not a URL: expected scheme://host:port (schemes: ${knownSchemes().join(', ')})`);
   }
   const scheme = url.protocol.replace(/:$/, '');
   const factory = schemes.get(scheme);
   if (!factory) {
-    throw new ConfigError(`upstream "${rawUrl}" has unknown scheme "${scheme}": expected one of ${knownSchemes().join(', ')}`);
+    throw new ConfigError(`upstream "${maskUrl(rawUrl)}" has unknown scheme "${scheme}": expected one of ${knownSchemes().join(', ')}`);
   }
   const options = new Map<string, string>();
   for (const [k, v] of url.searchParams) options.set(k, v);
