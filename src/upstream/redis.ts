@@ -1,7 +1,663 @@
-import { ConfigError } from '../errors';
-import type { UpstreamContext } from './registry';
-import type { Upstream } from './upstream';
+/**
+ * `redis://`, `rediss://`, `redis+cluster://` — Redis (>= 7.0: PEXPIRETIME) through ioredis.
+ *
+ * Data model: one Redis string per item, named `prefix + key` (the key's latin1 bytes):
+ *
+ *   bytes 0..3    flags, u32 big-endian
+ *   bytes 4..11   cas unique, u64 big-endian
+ *   bytes 12..    the value
+ *
+ * The item's deadline is the key's own expiry: SET ... PXAT deadline, PEXPIREAT, PERSIST for 0,
+ * DEL for a deadline at or before now (never `EX 0`, which Redis refuses). A get reads it back
+ * with PEXPIRETIME in the same script (-1, no expiry, is deadline 0). Cas uniques come from one
+ * counter per prefix, `mcmux cas:<prefix>` (per slot in a cluster, `{tag}mcmux cas:<prefix>`, so
+ * that an item and its counter share a slot): a client key holds no space, so no client can
+ * name it. A counter that is missing (new, or flushed) restarts at the server clock in µs, above
+ * every unique it issued before, so a unique read before a flush never matches after it.
+ *
+ * Atomicity: each command is ONE Lua script call (or one plain UNLINK): Redis runs a script with
+ * nothing interleaved, so add/cas/incr/append decide and write in one step, whatever number of
+ * mcmux processes share the store. WATCH/MULTI would need a connection of its own per request
+ * (WATCH state is per connection; ours is shared and pipelined) and retries under contention: on
+ * loopback a WATCH incr took ~3x the script's time alone, and with 8 clients on one key reached
+ * ~1/15 of its rate, retrying about once per success. Keys and values only ever travel as script
+ * arguments, never inside Lua source (CVE-2022-26635 class). A multi-get is one script call (in
+ * a cluster: one per slot, sent together).
+ *
+ * u64 arithmetic in Lua: Lua numbers are doubles (exact to 2^53), so incr/decr work on the
+ * decimal text split into two base-10^10 halves, each well inside 2^53.
+ *
+ *   get/store/... ──► run(): closed? down? (fail fast) ──► script call on the shared connection
+ *   ioredis: one socket, FIFO pairing, commandTimeout ─► "Command timed out" ─► TIMEOUT, and the
+ *            connection is discarded (a paused server must not collect a queue of requests)
+ *   close ──► everything in flight fails (maxRetriesPerRequest 0: never resent: incr is not
+ *            idempotent) ──► reconnect after 50 ms doubling to 2 s; meanwhile requests fail at
+ *            once with IO (enableOfflineQueue off: a request never waits for a reconnect)
+ *
+ * URLs: redis://[user:password@]host[:6379][/db]?prefix=&timeout=250&name=mcmux
+ *       rediss://...  (TLS; &tls-insecure=1 skips certificate verification)
+ *       redis+cluster://[user:password@]host1:port1,host2:port2?...  (db 0 only)
+ */
 
-export function createRedisUpstream(url: URL, _options: Map<string, string>, _ctx: UpstreamContext): Upstream {
-  throw new ConfigError(`upstream scheme ${url.protocol} is not implemented yet`);
+import type { Socket as NetStream } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import type { ArithOp, Hit } from '../command/command';
+import { ConfigError, ErrorCodes, McmuxError } from '../errors';
+import type { HostPort, UpstreamContext } from './registry';
+import { intOption, rejectUnknownOptions } from './registry';
+import {
+  type ArithResult,
+  type StoreRequest,
+  type StoreResult,
+  type Upstream,
+  type UpstreamStats,
+  maskUrl,
+  newUpstreamStats,
+} from './upstream';
+
+const DEFAULT_PORT = 6379;
+const BACKOFF_MIN_MS = 50;
+const BACKOFF_MAX_MS = 2000;
+const HEADER = 12; // flags u32 + cas u64
+const FLUSH_BATCH = 500; // keys per SCAN step and per UNLINK of a prefixed flush
+const SLOTS = 16384;
+
+/** Shared by the scripts: the next cas unique, its 8 bytes, and applying a deadline argument. */
+const LUA_LIB = `
+local function next_cas(ck)
+  local c = redis.call('INCR', ck)
+  if c == 1 then
+    local t = redis.call('TIME')
+    c = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('SET', ck, string.format('%.0f', c))
+  end
+  return c
+end
+local function pack_cas(c)
+  return struct.pack('>I4I4', math.floor(c / 4294967296), c % 4294967296)
+end
+local function expire(k, d)
+  if d == '0' then redis.call('PERSIST', k)
+  elseif d == '-1' then redis.call('UNLINK', k)
+  else redis.call('PEXPIREAT', k, d) end
+end
+`;
+
+/** KEYS: items. ARGV[1]: '' (get) or a deadline argument (gat). Reply: blob|false, expiry ms. */
+const LUA_GET = `${LUA_LIB}
+local touch = ARGV[1]
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local v = redis.pcall('GET', k)
+  local d = 0
+  if type(v) ~= 'string' then
+    v = false
+  elseif touch == '' then
+    d = redis.call('PEXPIRETIME', k)
+  else
+    expire(k, touch)
+  end
+  out[2 * i - 1] = v
+  out[2 * i] = d
+end
+return out
+`;
+
+/**
+ * KEYS: item, cas counter. ARGV: mode letter, value, flags (4 bytes), deadline argument,
+ * expected cas (8 bytes). Reply: the new cas, or -1 NOT_STORED, -2 EXISTS, -3 NOT_FOUND.
+ */
+const LUA_STORE = `${LUA_LIB}
+local k, mode = KEYS[1], ARGV[1]
+if mode ~= 's' then
+  local head = redis.call('GETRANGE', k, 0, 11)
+  if mode == 'a' then
+    if head ~= '' then return -1 end
+  elseif head == '' then
+    if mode == 'c' then return -3 end
+    return -1
+  elseif mode == 'c' and string.sub(head, 5, 12) ~= ARGV[5] then
+    return -2
+  end
+end
+local cas = next_cas(KEYS[2])
+local c8 = pack_cas(cas)
+if mode == 'A' then
+  redis.call('SETRANGE', k, 4, c8)
+  redis.call('APPEND', k, ARGV[2])
+elseif mode == 'P' then
+  local old = redis.call('GET', k)
+  redis.call('SET', k, string.sub(old, 1, 4) .. c8 .. ARGV[2] .. string.sub(old, 13), 'KEEPTTL')
+elseif ARGV[4] == '-1' then
+  redis.call('UNLINK', k)
+elseif ARGV[4] == '0' then
+  redis.call('SET', k, ARGV[3] .. c8 .. ARGV[2])
+else
+  redis.call('SET', k, ARGV[3] .. c8 .. ARGV[2], 'PXAT', ARGV[4])
+end
+return cas
+`;
+
+/** KEYS: item. ARGV: deadline argument. Reply: 1 touched, 0 missing. The cas is kept. */
+const LUA_TOUCH = `${LUA_LIB}
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+expire(KEYS[1], ARGV[1])
+return 1
+`;
+
+/**
+ * KEYS: item, cas counter. ARGV: 'i' or 'd', delta (decimal, <= 2^64-1). Reply: the new value
+ * as decimal text, or -1 NOT_FOUND, -2 NON_NUMERIC. Numbers are (hi, lo) with lo < 10^10, so
+ * that every intermediate stays an exact double; flags and expiry are kept (KEEPTTL).
+ */
+const LUA_ARITH = `${LUA_LIB}
+local E = 10000000000
+local MAXHI, MAXLO = 1844674407, 3709551615
+local function split(s)
+  return tonumber(string.sub(s, 1, -11)) or 0, tonumber(string.sub(s, -10))
+end
+local function above(h1, l1, h2, l2)
+  return h1 > h2 or (h1 == h2 and l1 > l2)
+end
+local v = redis.call('GET', KEYS[1])
+if not v then return -1 end
+local text = string.sub(v, 13)
+if #text == 0 or #text > 20 then return -2 end
+local digits = string.match(text, '^([0-9]+) *$')
+if not digits then return -2 end
+local h, l = split(digits)
+if above(h, l, MAXHI, MAXLO) then return -2 end
+local dh, dl = split(ARGV[2])
+if ARGV[1] == 'i' then
+  l = l + dl
+  h = h + dh
+  if l >= E then l = l - E; h = h + 1 end
+  if above(h, l, MAXHI, MAXLO) then
+    h = h - MAXHI
+    l = l - (MAXLO + 1)
+    if l < 0 then l = l + E; h = h - 1 end
+  end
+elseif above(h, l, dh, dl) then
+  h = h - dh
+  l = l - dl
+  if l < 0 then l = l + E; h = h - 1 end
+else
+  h, l = 0, 0
+end
+local n
+if h > 0 then n = string.format('%.0f%010.0f', h, l) else n = string.format('%.0f', l) end
+redis.call('SET', KEYS[1], string.sub(v, 1, 4) .. pack_cas(next_cas(KEYS[2])) .. n, 'KEEPTTL')
+return n
+`;
+
+type Reply = Buffer | number | null;
+
+/** The scripts as ioredis defines them on the client (`defineCommand`). */
+interface Scripts {
+  mcmuxGetBuffer(numKeys: number, ...args: Array<Buffer | string>): Promise<Reply[]>;
+  mcmuxStore(item: Buffer, counter: Buffer, mode: string, value: Buffer, flags: Buffer, deadline: string, cas: Buffer): Promise<number>;
+  mcmuxTouch(item: Buffer, deadline: string): Promise<number>;
+  mcmuxArithBuffer(item: Buffer, counter: Buffer, op: string, delta: string): Promise<Buffer | number>;
+}
+
+const MODE_LETTER = { set: 's', add: 'a', replace: 'r', cas: 'c', append: 'A', prepend: 'P' } as const;
+const NO_CAS = Buffer.alloc(8); // never a real unique (they start at 1): a cas without one fails safe
+const STORE_STATUS = { [-1]: 'NOT_STORED', [-2]: 'EXISTS', [-3]: 'NOT_FOUND' } as const;
+
+/** The deadline as the scripts take it: '0' never, '-1' already expired, else absolute ms. */
+function deadlineArg(deadline: number, now: number): string {
+  if (deadline === 0) return '0';
+  return deadline <= now ? '-1' : String(Math.ceil(deadline));
+}
+
+export interface RedisSettings {
+  readonly name: string;
+  readonly scheme: string;
+  readonly timeoutMs: number;
+  readonly prefix: Buffer;
+  /** Strings that must never appear in an error message (the password, raw and URL-encoded). */
+  readonly secrets: string[];
+}
+
+export class RedisUpstream implements Upstream {
+  readonly name: string;
+  readonly scheme: string;
+  readonly timeoutMs: number;
+  readonly stats: UpstreamStats = newUpstreamStats();
+  private readonly scripts: Scripts;
+  private readonly prefix: Buffer;
+  private readonly secrets: string[];
+  private readonly counterKeys = new Map<number, Buffer>(); // cluster: cas counter per slot
+  private readonly counterKey: Buffer; // standalone: the one cas counter
+  /** Until the first connection is ready or fails, requests wait for it (bounded). */
+  private starting = true;
+  private readonly firstReady: Promise<void>;
+  private closed = false;
+  private lastError = 'not connected yet';
+
+  constructor(
+    settings: RedisSettings,
+    private readonly client: Redis | Cluster,
+  ) {
+    ({ name: this.name, scheme: this.scheme, timeoutMs: this.timeoutMs, prefix: this.prefix, secrets: this.secrets } = settings);
+    this.counterKey = Buffer.concat([Buffer.from('mcmux cas:', 'latin1'), this.prefix]);
+    client.defineCommand('mcmuxGet', { lua: LUA_GET });
+    client.defineCommand('mcmuxStore', { lua: LUA_STORE, numberOfKeys: 2 });
+    client.defineCommand('mcmuxTouch', { lua: LUA_TOUCH, numberOfKeys: 1 });
+    client.defineCommand('mcmuxArith', { lua: LUA_ARITH, numberOfKeys: 2 });
+    this.scripts = client as unknown as Scripts;
+    this.firstReady = new Promise<void>((resolve, reject) => {
+      client.once('ready', () => {
+        this.starting = false;
+        resolve();
+      });
+      // What a later close reports when no 'error' event says more.
+      client.on('ready', () => {
+        this.lastError = 'connection closed by the server';
+      });
+      client.once('close', () => {
+        this.starting = false;
+        reject(this.error(ErrorCodes.UPSTREAM_IO, `cannot connect: ${this.lastError}`));
+      });
+    });
+    this.firstReady.catch(ignore);
+    // Without a listener ioredis would print every connection error; keep the last one for the
+    // message of the IO errors that follow (it names no password: see scrub()).
+    const onError = (err: Error): void => {
+      // A set-up command (AUTH, SELECT, INFO) that timed out: the server accepts but does not answer.
+      const m = err.message === 'Command timed out' ? `no answer to the connection set-up within ${this.timeoutMs} ms` : err.message;
+      this.lastError = this.scrub(m);
+    };
+    client.on('error', onError);
+    client.on('node error', onError);
+  }
+
+  get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
+    return this.run(() => this.doGet(keys, touch));
+  }
+
+  store(req: StoreRequest): Promise<StoreResult> {
+    return this.run(async () => {
+      const item = this.itemKey(req.key);
+      const flags = Buffer.allocUnsafe(4);
+      flags.writeUInt32BE(req.flags >>> 0);
+      let cas = NO_CAS;
+      if (req.mode === 'cas' && req.cas !== undefined && req.cas >= 0n && req.cas <= 0xffffffffffffffffn) {
+        cas = Buffer.allocUnsafe(8);
+        cas.writeBigUInt64BE(req.cas);
+      }
+      const deadline = deadlineArg(req.deadline, Date.now());
+      const r = await this.scripts.mcmuxStore(item, this.counterFor(item), MODE_LETTER[req.mode], req.value, flags, deadline, cas);
+      if (r >= 0) return { status: 'STORED', cas: BigInt(r) };
+      const status = STORE_STATUS[r as -1 | -2 | -3];
+      if (status === undefined) throw this.error(ErrorCodes.UPSTREAM_PROTOCOL, `store script answered ${r}`);
+      return { status };
+    });
+  }
+
+  delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
+    return this.run(async () => ((await this.client.unlink(this.itemKey(key))) > 0 ? 'DELETED' : 'NOT_FOUND'));
+  }
+
+  touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+    return this.run(async () => {
+      const r = await this.scripts.mcmuxTouch(this.itemKey(key), deadlineArg(deadline, Date.now()));
+      return r === 1 ? 'TOUCHED' : 'NOT_FOUND';
+    });
+  }
+
+  arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
+    return this.run(async () => {
+      const item = this.itemKey(key);
+      const r = await this.scripts.mcmuxArithBuffer(item, this.counterFor(item), op === 'incr' ? 'i' : 'd', delta.toString());
+      if (r === -1) return { status: 'NOT_FOUND' };
+      if (r === -2) return { status: 'NON_NUMERIC' };
+      if (!Buffer.isBuffer(r)) throw this.error(ErrorCodes.UPSTREAM_PROTOCOL, `arith script answered ${String(r)}`);
+      return { status: 'OK', value: BigInt(r.toString('latin1')) };
+    });
+  }
+
+  /** FLUSHDB ASYNC; with a prefix, only the keys a client could have stored under it, in batches. */
+  flush(): Promise<void> {
+    return this.run(async () => {
+      const nodes = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+      await Promise.all(nodes.map((node) => (this.prefix.length === 0 ? node.flushdb('ASYNC').then(ignore) : this.flushPrefix(node))));
+    }, true);
+  }
+
+  probe(): Promise<void> {
+    return this.run(async () => {
+      await this.client.ping();
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const client = this.client;
+    if (client.status === 'ready') {
+      // QUIT is answered after every request already sent, so those still get their replies.
+      await this.within(client.quit().then(ignore, ignore));
+    }
+    // Between two attempts there is no socket, and so no 'end' to wait for.
+    const live = client.status === 'connecting' || client.status === 'connect' || client.status === 'ready';
+    const ended = live ? new Promise<void>((resolve) => client.once('end', () => resolve())) : undefined;
+    client.disconnect();
+    if (ended) await this.within(ended);
+  }
+
+  /** `p`, or nothing once the timeout has passed (close must not hang on a dead server). */
+  private async within(p: Promise<void>): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, this.timeoutMs)));
+    await Promise.race([p, late]);
+    clearTimeout(timer);
+  }
+
+  private async doGet(keys: readonly string[], touch: number | undefined): Promise<Array<Hit | undefined>> {
+    const out = new Array<Hit | undefined>(keys.length).fill(undefined);
+    if (keys.length === 0) return out;
+    const touchArg = touch === undefined ? '' : deadlineArg(touch, Date.now());
+    const items = keys.map((k) => this.itemKey(k));
+    if (!(this.client instanceof Cluster)) {
+      decodeHits(await this.scripts.mcmuxGetBuffer(items.length, ...items, touchArg), touch, out, undefined);
+      return out;
+    }
+    // A script's keys must share a slot: one call per slot, all sent at once.
+    const bySlot = new Map<number, number[]>();
+    items.forEach((item, i) => {
+      const slot = keySlot(item);
+      const group = bySlot.get(slot);
+      if (group) group.push(i);
+      else bySlot.set(slot, [i]);
+    });
+    await Promise.all(
+      [...bySlot.values()].map(async (idx) => {
+        const reply = await this.scripts.mcmuxGetBuffer(idx.length, ...idx.map((i) => items[i] as Buffer), touchArg);
+        decodeHits(reply, touch, out, idx);
+      }),
+    );
+    return out;
+  }
+
+  private async flushPrefix(node: Redis): Promise<void> {
+    // The prefix came from UTF-8 text: escaping the text escapes the bytes.
+    const pattern = `${this.prefix.toString('utf8').replace(/[*?[\]\\^]/g, '\\$&')}*`;
+    let cursor = '0';
+    do {
+      const [next, found] = await node.scanBuffer(cursor, 'MATCH', pattern, 'COUNT', FLUSH_BATCH);
+      cursor = next.toString('latin1');
+      // Only names a client could have made: the rest after the prefix holds no space or control
+      // byte. That spares the cas counters (whose unique must outlive a flush) and foreign keys.
+      const mine = found.filter((k) => isClientKey(k, this.prefix.length));
+      if (mine.length === 0) continue;
+      // In a cluster UNLINK's keys must share a slot: one call per key, all sent at once.
+      if (this.client instanceof Cluster) await Promise.all(mine.map((k) => node.unlink(k)));
+      else await node.unlink(...mine);
+    } while (cursor !== '0');
+  }
+
+  /**
+   * Every request goes through here: fail fast when closed or disconnected, map failures to
+   * McmuxError, count. `long` (flush): not bounded by the request timeout as a whole, only each
+   * of its commands is.
+   */
+  private async run<T>(op: () => Promise<T>, long = false): Promise<T> {
+    this.stats.requests++;
+    const started = performance.now();
+    try {
+      let guard = this.client instanceof Cluster && !long; // a cluster may retry a command internally
+      if (this.closed) throw this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
+      if (this.client.status !== 'ready') {
+        if (!this.starting) throw this.error(ErrorCodes.UPSTREAM_IO, `not connected (reconnecting): ${this.lastError}`);
+        await this.bounded(this.firstReady, started);
+        guard = !long;
+      }
+      const result = await (guard ? this.bounded(op(), started) : op());
+      this.stats.latencyUsSum += Math.round((performance.now() - started) * 1000);
+      this.stats.latencyCount++;
+      return result;
+    } catch (err) {
+      throw this.failure(err, started);
+    }
+  }
+
+  /**
+   * Rejects once `timeoutMs` has passed since `started`, with the message of ioredis's own
+   * commandTimeout, so that failure() maps both alike.
+   */
+  private bounded<T>(p: Promise<T>, started: number): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const left = Math.max(1, this.timeoutMs - (performance.now() - started));
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('Command timed out')), left);
+    });
+    return Promise.race([p, late]).finally(() => clearTimeout(timer));
+  }
+
+  /** The McmuxError for what a request failed with; counts it. */
+  private failure(err: unknown, started: number): McmuxError {
+    this.stats.errors++;
+    if (err instanceof McmuxError) return err;
+    const message = this.scrub(err instanceof Error ? err.message : String(err));
+    if (this.closed) return this.error(ErrorCodes.UPSTREAM_CLOSED, `upstream closed (${message})`);
+    if (message === 'Command timed out') {
+      this.stats.timeouts++;
+      // A reply that comes late is still paired with its own command (ioredis keeps it queued),
+      // but a server that stopped answering would collect every request sent meanwhile: drop the
+      // connection, so that they fail at once until it answers again.
+      // destroy(), not disconnect(): that ends the socket politely and waits up to 2 s for a
+      // server that is not reading. Destroyed once: the other timeouts of the batch see it.
+      const stream = this.client instanceof Redis && this.client.status === 'ready' ? (this.client.stream as NetStream | undefined) : undefined;
+      if (stream && !stream.destroyed) {
+        this.lastError = 'connection discarded after a request on it timed out';
+        stream.destroy();
+      }
+      return this.error(ErrorCodes.UPSTREAM_TIMEOUT, `no reply within ${this.timeoutMs} ms (option timeout)`);
+    }
+    if (err instanceof Error && err.name === 'ReplyError') {
+      // The server answered (an error of its own: OOM, NOPERM, an unknown command on Redis < 7).
+      this.stats.latencyUsSum += Math.round((performance.now() - started) * 1000);
+      this.stats.latencyCount++;
+      return this.error(ErrorCodes.UPSTREAM_REFUSED, message);
+    }
+    const name = err instanceof Error ? err.name : '';
+    // ioredis words these for its own options; say what happened instead.
+    if (name === 'MaxRetriesPerRequestError' || name === 'AbortError') {
+      return this.error(ErrorCodes.UPSTREAM_IO, `connection lost with the request in flight (it may have been applied): ${this.lastError}`);
+    }
+    if (message.startsWith("Stream isn't writeable")) {
+      return this.error(ErrorCodes.UPSTREAM_IO, `not connected (reconnecting): ${this.lastError}`);
+    }
+    return this.error(ErrorCodes.UPSTREAM_IO, this.lastError === message ? message : `${message} (last error: ${this.lastError})`);
+  }
+
+  private error(code: McmuxError['code'], message: string): McmuxError {
+    return new McmuxError(code, `upstream ${this.name}: ${message}`);
+  }
+
+  /** Removes any password from a message that came from ioredis or the server. */
+  private scrub(message: string): string {
+    let m = message;
+    for (const s of this.secrets) m = m.split(s).join('***');
+    return m;
+  }
+
+  private itemKey(key: string): Buffer {
+    const buf = Buffer.allocUnsafe(this.prefix.length + key.length);
+    this.prefix.copy(buf, 0);
+    buf.write(key, this.prefix.length, 'latin1');
+    return buf;
+  }
+
+  /** The cas counter for an item: the one counter, or in a cluster the counter of its slot. */
+  private counterFor(item: Buffer): Buffer {
+    if (!(this.client instanceof Cluster)) return this.counterKey;
+    const slot = keySlot(item);
+    let key = this.counterKeys.get(slot);
+    if (!key) {
+      key = Buffer.concat([Buffer.from(`{${slotTag(slot)}}`, 'latin1'), this.counterKey]);
+      this.counterKeys.set(slot, key);
+    }
+    return key;
+  }
+}
+
+function ignore(): void {}
+
+/** Fills `out` (at `idx[i]`, or at i) from a get script's reply pairs. */
+function decodeHits(reply: Reply[], touch: number | undefined, out: Array<Hit | undefined>, idx: number[] | undefined): void {
+  const n = idx ? idx.length : out.length;
+  for (let i = 0; i < n; i++) {
+    const blob = reply[2 * i];
+    const expiry = reply[2 * i + 1];
+    // A string shorter than the header was not written by mcmux: it is no item.
+    if (!Buffer.isBuffer(blob) || blob.length < HEADER) continue;
+    const deadline = touch ?? (typeof expiry === 'number' && expiry > 0 ? expiry : 0);
+    out[idx ? (idx[i] as number) : i] = { value: blob.subarray(HEADER), flags: blob.readUInt32BE(0), cas: blob.readBigUInt64BE(4), deadline };
+  }
+}
+
+/** After the prefix, a client key: no space or control byte (the codecs refuse those). */
+function isClientKey(key: Buffer, prefixLength: number): boolean {
+  if (key.length <= prefixLength) return false;
+  for (let i = prefixLength; i < key.length; i++) {
+    const c = key[i] as number;
+    if (c <= 0x20 || c === 0x7f) return false;
+  }
+  return true;
+}
+
+// --- Redis Cluster key slots: CRC16/XMODEM of the key, or of its {hash tag}, mod 16384 ---
+
+const CRC16 = (() => {
+  const t = new Uint16Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i << 8;
+    for (let j = 0; j < 8; j++) c = c & 0x8000 ? ((c << 1) ^ 0x1021) & 0xffff : (c << 1) & 0xffff;
+    t[i] = c;
+  }
+  return t;
+})();
+
+function crc16(buf: Buffer, start: number, end: number): number {
+  let crc = 0;
+  for (let i = start; i < end; i++) crc = ((crc << 8) & 0xffff) ^ (CRC16[((crc >> 8) ^ (buf[i] as number)) & 0xff] as number);
+  return crc;
+}
+
+export function keySlot(key: Buffer): number {
+  const open = key.indexOf(0x7b); // {
+  if (open >= 0) {
+    const close = key.indexOf(0x7d, open + 1); // }
+    if (close > open + 1) return crc16(key, open + 1, close) % SLOTS;
+  }
+  return crc16(key, 0, key.length) % SLOTS;
+}
+
+let slotTags: string[] | undefined;
+
+/** A short alphanumeric tag whose slot is `slot` (a table built on first use, in a few ms). */
+function slotTag(slot: number): string {
+  if (!slotTags) {
+    const tags = new Array<string>(SLOTS);
+    const alphabet = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ';
+    let missing = SLOTS;
+    for (let n = 0; missing > 0; n++) {
+      let tag = '';
+      for (let m = n; tag === '' || m > 0; m = Math.floor(m / alphabet.length)) tag += alphabet[m % alphabet.length];
+      const s = keySlot(Buffer.from(tag, 'latin1'));
+      if (tags[s] === undefined) {
+        tags[s] = tag;
+        missing--;
+      }
+    }
+    slotTags = tags;
+  }
+  return slotTags[slot] as string;
+}
+
+// --- configuration ---
+
+export function createRedisUpstream(url: URL, options: Map<string, string>, ctx: UpstreamContext, hosts: HostPort[] = []): Upstream {
+  const scheme = url.protocol.replace(/:$/, '');
+  const cluster = scheme === 'redis+cluster';
+  const name = maskUrl(cluster ? clusterHref(url, hosts) : url.href);
+  const where = `upstream ${name}`;
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (host === '') throw new ConfigError(`${where}: no host: expected ${scheme}://host:port`);
+  if (!cluster && hosts.length > 1) throw new ConfigError(`${where}: several hosts: expected one, or redis+cluster://host1:port1,host2:port2`);
+  const timeoutMs = intOption(options, 'timeout', ctx.defaultTimeoutMs ?? 250, 1, 600_000, where);
+  const prefix = Buffer.from(options.get('prefix') ?? '', 'utf8');
+  options.delete('prefix');
+  if (prefix.length > 200) throw new ConfigError(`${where}: option prefix is ${prefix.length} bytes: expected at most 200`);
+  const connectionName = options.get('name') ?? 'mcmux';
+  options.delete('name');
+  if (!/^[\x21-\x7e]{1,64}$/.test(connectionName)) {
+    throw new ConfigError(`${where}: option name="${connectionName}" is invalid: expected 1 to 64 printable characters, no spaces (CLIENT SETNAME)`);
+  }
+  const known = ['prefix', 'timeout', 'name'];
+  let tls: RedisOptions['tls'];
+  if (scheme === 'rediss') {
+    known.push('tls-insecure');
+    const insecure = intOption(options, 'tls-insecure', 0, 0, 1, where) === 1;
+    tls = insecure ? { rejectUnauthorized: false } : {};
+  }
+  rejectUnknownOptions(options, where, known);
+
+  const dbText = url.pathname.replace(/^\//, '');
+  if (dbText !== '' && !/^[0-9]{1,9}$/.test(dbText)) {
+    throw new ConfigError(`${where}: database "${dbText}" is invalid: expected ${scheme}://host:port/DB with DB a number`);
+  }
+  const db = dbText === '' ? 0 : Number(dbText);
+  if (cluster && db !== 0) throw new ConfigError(`${where}: a Redis Cluster has only database 0: remove "/${dbText}"`);
+  let username: string | undefined;
+  let password: string | undefined;
+  try {
+    username = decodeURIComponent(url.username) || undefined;
+    password = decodeURIComponent(url.password) || undefined;
+  } catch {
+    throw new ConfigError(`${where}: the user or password is not valid percent-encoding`);
+  }
+  const secrets = password ? [...new Set([password, url.password, encodeURIComponent(password)])] : [];
+
+  const common: RedisOptions = {
+    username,
+    password,
+    connectionName,
+    commandTimeout: timeoutMs,
+    connectTimeout: timeoutMs,
+    // A request never waits for a (re)connect, and is never sent twice: a resent incr or
+    // append would apply twice, and a resent set could land after a later delete.
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    protocol: 2,
+    disableClientInfo: true,
+    tls,
+  };
+  const retryStrategy = (times: number): number => Math.min(BACKOFF_MIN_MS * 2 ** Math.min(times - 1, 10), BACKOFF_MAX_MS);
+  const settings = { name, scheme, timeoutMs, prefix, secrets };
+  if (cluster) {
+    const nodes = (hosts.length > 0 ? hosts : [{ host, port: undefined }]).map((h) => ({ host: h.host, port: h.port ?? DEFAULT_PORT }));
+    const client = new Cluster(nodes, {
+      enableOfflineQueue: false,
+      clusterRetryStrategy: retryStrategy,
+      slotsRefreshTimeout: timeoutMs,
+      retryDelayOnFailover: Math.min(100, timeoutMs),
+      redisOptions: common,
+    });
+    return new RedisUpstream(settings, client);
+  }
+  const port = url.port === '' ? DEFAULT_PORT : Number(url.port);
+  const client = new Redis({ ...common, host, port, db, enableOfflineQueue: false, retryStrategy });
+  return new RedisUpstream(settings, client);
+}
+
+/** The URL of a cluster with all its hosts (`url` holds only the first). */
+function clusterHref(url: URL, hosts: HostPort[]): string {
+  const auth = url.username || url.password ? `${url.username}${url.password ? `:${url.password}` : ''}@` : '';
+  const list = hosts.map((h) => (h.host.includes(':') ? `[${h.host}]` : h.host) + (h.port === undefined ? '' : `:${h.port}`)).join(',');
+  return `${url.protocol}//${auth}${list || url.host}${url.pathname}${url.search}`;
 }

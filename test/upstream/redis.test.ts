@@ -1,0 +1,582 @@
+/**
+ * The redis driver beyond the conformance suite: URL and options, the data model as Redis sees
+ * it, prefixes and databases, u64 counters, passwords kept out of names and errors, a killed,
+ * restarted and paused server, and a small local Redis Cluster. Private servers only.
+ */
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { test } from 'node:test';
+import { inspect } from 'node:util';
+import { Redis } from 'ioredis';
+import { EXPIRED, type Hit, U64_MASK, applyArith } from '../../src/command/command';
+import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
+import { keySlot } from '../../src/upstream/redis';
+import { createUpstream } from '../../src/upstream/registry';
+import type { Upstream } from '../../src/upstream/upstream';
+import { freePort, haveBinary, requireBinary } from '../helpers/servers';
+import { type RedisProcess, makeDir, removeDir, spawnRedis, startRedis, stopProcess } from './targets/redis';
+
+const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
+const b = (s: string): Buffer => Buffer.from(s, 'latin1');
+const DAY = 24 * 3600 * 1000;
+
+function open(url: string, options: Record<string, string> = {}): Upstream {
+  return createUpstream(url, new Map(Object.entries(options)), ctx);
+}
+
+async function set(up: Upstream, key: string, value: string | Buffer, flags = 0, deadline = 0): Promise<bigint> {
+  const r = await up.store({ mode: 'set', key, value: typeof value === 'string' ? b(value) : value, flags, deadline });
+  assert.equal(r.status, 'STORED');
+  assert.equal(typeof r.cas, 'bigint');
+  return r.cas as bigint;
+}
+
+async function getOne(up: Upstream, key: string): Promise<Hit | undefined> {
+  const [hit] = await up.get([key]);
+  return hit;
+}
+
+const text = async (up: Upstream, key: string): Promise<string | undefined> => (await getOne(up, key))?.value.toString('latin1');
+
+function codeOf(err: unknown): string {
+  return err instanceof McmuxError ? err.code : String(err);
+}
+
+/** Retries `fn` until it resolves; a bounded poll for state with no event to wait on. */
+async function eventually<T>(fn: () => Promise<T>, onError: (err: unknown) => void = () => {}): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await fn();
+    } catch (err) {
+      onError(err);
+      if (i >= 400) throw err;
+      await sleep(25);
+    }
+  }
+}
+
+/** A plain ioredis client, to look at what the driver wrote. */
+function raw(server: RedisProcess, db = 0): Redis {
+  return new Redis({ host: '127.0.0.1', port: server.port, db, maxRetriesPerRequest: 0, protocol: 2 });
+}
+
+test('URL and options', async () => {
+  const where = 'redis://127.0.0.1:1';
+  assert.throws(() => open(where, { tiemout: '5' }), ConfigError);
+  assert.throws(() => open(where, { timeout: '0' }), ConfigError);
+  assert.throws(() => open(`${where}/x`), ConfigError);
+  assert.throws(() => open(`${where}/1/2`), ConfigError);
+  assert.throws(() => open(where, { 'tls-insecure': '1' }), /unknown option "tls-insecure"/);
+  assert.throws(() => open(`rediss://127.0.0.1:1`, { 'tls-insecure': '2' }), ConfigError);
+  assert.throws(() => open(where, { name: 'two words' }), ConfigError);
+  assert.throws(() => open(where, { prefix: 'p'.repeat(201) }), ConfigError);
+  assert.throws(() => open('redis+cluster://127.0.0.1:1,127.0.0.1:2/1'), /only database 0/);
+  assert.throws(() => open('redis://:%zz@127.0.0.1:1'), ConfigError);
+  assert.throws(() => open('redis://127.0.0.1:1,127.0.0.1:2'), /redis\+cluster:\/\//);
+  const ups = [
+    open(where),
+    open(`rediss://127.0.0.1:1/3`, { 'tls-insecure': '1', timeout: '77', name: 'sessions' }),
+    createUpstream(where, new Map(), { defaultTimeoutMs: undefined, maxItemSize: 1 }),
+    open('redis+cluster://u:pw@127.0.0.1:1,127.0.0.1:2?prefix=s:'),
+  ];
+  try {
+    assert.deepEqual(
+      ups.map((u) => [u.scheme, u.timeoutMs, u.name]),
+      [
+        ['redis', 2000, 'redis://127.0.0.1:1'],
+        ['rediss', 77, 'rediss://127.0.0.1:1/3'],
+        ['redis', 250, 'redis://127.0.0.1:1'],
+        ['redis+cluster', 2000, 'redis+cluster://u:***@127.0.0.1:1,127.0.0.1:2?prefix=s:'],
+      ],
+    );
+  } finally {
+    await Promise.all(ups.map((u) => u.close()));
+  }
+});
+
+test('cluster key slots match Redis (CLUSTER KEYSLOT examples)', () => {
+  assert.equal(keySlot(b('somekey')), 11058);
+  assert.equal(keySlot(b('foo{hash_tag}')), 2515);
+  assert.equal(keySlot(b('bar{hash_tag}')), 2515);
+  assert.equal(keySlot(b('foo')), 12182);
+  assert.notEqual(keySlot(b('{}foo')), keySlot(b('foo')), 'an empty tag hashes the whole key');
+});
+
+test('redis upstream against a private redis-server', async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  const server = await startRedis();
+  const up = open(server.url);
+  const r = raw(server);
+  t.after(async () => {
+    await up.close();
+    r.disconnect();
+    await server.stop();
+  });
+
+  await t.test('probe', async () => {
+    await up.probe();
+  });
+
+  await t.test('data model: flags, cas and value in one string, the deadline as the key expiry', async () => {
+    const deadline = Date.now() + 5 * DAY;
+    const cas = await set(up, 'dm:k', b('va\r\nl'), 0xfedcba98, deadline);
+    const blob = await r.getBuffer('dm:k');
+    assert.ok(blob);
+    assert.equal(blob.readUInt32BE(0), 0xfedcba98);
+    assert.equal(blob.readBigUInt64BE(4), cas);
+    assert.equal(blob.subarray(12).toString('latin1'), 'va\r\nl');
+    assert.equal(await r.call('PEXPIRETIME', 'dm:k'), deadline, 'PXAT: the exact deadline, not a rounded ttl');
+    const hit = await getOne(up, 'dm:k');
+    assert.deepEqual(hit, { value: b('va\r\nl'), flags: 0xfedcba98, cas, deadline });
+    await set(up, 'dm:k', 'v', 0, 0);
+    assert.equal(await r.pttl('dm:k'), -1, 'deadline 0: no expiry');
+    assert.equal((await getOne(up, 'dm:k'))?.deadline, 0);
+    await set(up, 'dm:k', 'v', 0, Date.now() - 1);
+    assert.equal(await r.exists('dm:k'), 0, 'a past deadline deletes the key');
+  });
+
+  await t.test('the connection carries its name (option name, CLIENT SETNAME)', async () => {
+    const named = open(server.url, { name: 'sessions-a' });
+    try {
+      await named.probe();
+      const list = String(await r.client('LIST'));
+      assert.match(list, / name=sessions-a /);
+      assert.match(list, / name=mcmux /);
+    } finally {
+      await named.close();
+    }
+  });
+
+  await t.test('latin1 keys are bytes; a key is an argument, never Lua source', async () => {
+    await set(up, 'caf\xe9\xff', 'latin1');
+    assert.equal(await r.exists(Buffer.from([0x63, 0x61, 0x66, 0xe9, 0xff])), 1);
+    assert.equal(await text(up, 'caf\xe9\xff'), 'latin1');
+    const nasty = `x']]..redis.call('FLUSHDB')..[['`;
+    await set(up, nasty, 'still here');
+    await up.store({ mode: 'add', key: nasty, value: b('x'), flags: 0, deadline: 0 });
+    assert.equal(await text(up, nasty), 'still here');
+    assert.equal(await text(up, 'caf\xe9\xff'), 'latin1');
+  });
+
+  await t.test('store modes and cas uniques', async () => {
+    await up.delete('m:k');
+    const store = (mode: 'set' | 'add' | 'replace' | 'append' | 'prepend', value: string, flags = 0, deadline = 0) =>
+      up.store({ mode, key: 'm:k', value: b(value), flags, deadline });
+    assert.equal((await store('prepend', 'x')).status, 'NOT_STORED');
+    const added = await store('add', 'mid', 7, Date.now() + DAY);
+    const appended = await store('append', '>');
+    assert.ok(appended.cas !== undefined && added.cas !== undefined && appended.cas > added.cas, 'append changes the cas');
+    const prepended = await store('prepend', '<');
+    const hit = await getOne(up, 'm:k');
+    assert.equal(hit?.value.toString(), '<mid>');
+    assert.equal(hit?.cas, prepended.cas, 'the cas a store returns is the cas a get reports');
+    assert.equal(hit?.flags, 7);
+    assert.equal(await r.call('PEXPIRETIME', 'm:k'), hit?.deadline, 'append/prepend keep the expiry');
+    assert.equal((await up.store({ mode: 'cas', key: 'm:k', value: b('x'), flags: 0, deadline: 0 })).status, 'EXISTS', 'a cas without a unique fails safe');
+    assert.equal((await up.store({ mode: 'cas', key: 'm:k', value: b('x'), flags: 0, deadline: EXPIRED, cas: hit?.cas })).status, 'STORED');
+    assert.equal(await getOne(up, 'm:k'), undefined, 'a cas to a past deadline leaves it absent');
+    const big = Buffer.alloc(ctx.maxItemSize, 0x7a);
+    await set(up, 'm:big', big);
+    await up.store({ mode: 'append', key: 'm:big', value: b('\r\nEND'), flags: 0, deadline: 0 });
+    await up.store({ mode: 'prepend', key: 'm:big', value: Buffer.from([0, 255]), flags: 0, deadline: 0 });
+    assert.ok((await getOne(up, 'm:big'))?.value.equals(Buffer.concat([Buffer.from([0, 255]), big, b('\r\nEND')])));
+  });
+
+  await t.test('incr/decr: u64 in Lua, exactly as BigInt does it', async () => {
+    const cases: Array<[string, 'incr' | 'decr', bigint, bigint | 'NON_NUMERIC']> = [
+      ['9007199254740993', 'incr', 1n, 9007199254740994n], // above 2^53: a double would round
+      ['18446744073709551615', 'incr', 1n, 0n],
+      ['18446744073709551615', 'incr', 18446744073709551615n, 18446744073709551614n],
+      ['18446744073709551614', 'decr', 18446744073709551615n, 0n],
+      ['10000000000', 'decr', 1n, 9999999999n], // borrow across the halves
+      ['9999999999', 'incr', 1n, 10000000000n], // carry across the halves
+      ['00000000000000000005', 'incr', 1n, 6n],
+      ['5   ', 'incr', 1n, 6n], // trailing spaces, as memcached leaves them
+      ['0', 'decr', 1n, 0n],
+      ['18446744073709551616', 'incr', 1n, 'NON_NUMERIC'],
+      ['99999999999999999999', 'incr', 1n, 'NON_NUMERIC'],
+      ['000000000000000000001', 'incr', 1n, 'NON_NUMERIC'], // 21 bytes
+      [' 5', 'incr', 1n, 'NON_NUMERIC'],
+      ['-1', 'decr', 1n, 'NON_NUMERIC'],
+      ['1e3', 'incr', 1n, 'NON_NUMERIC'],
+      ['', 'incr', 1n, 'NON_NUMERIC'],
+    ];
+    for (const [start, op, delta, want] of cases) {
+      await set(up, 'n:k', start);
+      const got = await up.arith(op, 'n:k', delta);
+      assert.deepEqual(got, want === 'NON_NUMERIC' ? { status: want } : { status: 'OK', value: want }, `${start} ${op} ${delta}`);
+    }
+    // Random values around the places where doubles and halves go wrong.
+    const edges = [0n, 1n, (1n << 53n) - 1n, 1n << 53n, 9999999999n, 10000000000n, 1n << 63n, U64_MASK - 1n, U64_MASK];
+    const rand = (): bigint => {
+      const r64 = (BigInt(Math.floor(Math.random() * 2 ** 32)) << 32n) | BigInt(Math.floor(Math.random() * 2 ** 32));
+      const pick = Math.random();
+      if (pick < 0.3) return edges[Math.floor(Math.random() * edges.length)] as bigint;
+      if (pick < 0.6) return r64 >> BigInt(Math.floor(Math.random() * 64));
+      return r64;
+    };
+    const deadline = Date.now() + DAY;
+    for (let i = 0; i < 300; i++) {
+      const start = rand();
+      const delta = rand();
+      const op = i % 2 === 0 ? 'incr' : 'decr';
+      await set(up, 'n:r', start.toString(), 9, deadline);
+      assert.deepEqual(await up.arith(op, 'n:r', delta), { status: 'OK', value: applyArith(op, start, delta) }, `${start} ${op} ${delta}`);
+    }
+    const hit = await getOne(up, 'n:r');
+    assert.equal(hit?.flags, 9);
+    assert.ok(hit && Math.abs(hit.deadline - deadline) <= 1, 'expiry kept');
+    assert.deepEqual(await up.arith('incr', 'n:none', 1n), { status: 'NOT_FOUND' });
+  });
+
+  await t.test('gat: sets the deadline, 0 persists, a past one returns the value once', async () => {
+    await set(up, 'gat:a', 'a', 0, Date.now() + 10_000);
+    const touch = Date.now() + 500_000;
+    const hits = await up.get(['gat:a', 'gat:none', 'gat:a'], touch);
+    assert.deepEqual(hits.map((h) => h?.deadline), [touch, undefined, touch]);
+    assert.equal(await r.call('PEXPIRETIME', 'gat:a'), touch);
+    await up.get(['gat:a'], 0);
+    assert.equal(await r.pttl('gat:a'), -1);
+    assert.equal((await up.get(['gat:a'], EXPIRED))[0]?.value.toString(), 'a');
+    assert.equal(await getOne(up, 'gat:a'), undefined);
+    assert.equal(await up.touch('gat:a', 0), 'NOT_FOUND');
+  });
+
+  await t.test('a foreign key of another type or shape reads as a miss', async () => {
+    await r.hset('foreign:h', 'f', 'v');
+    await r.set('foreign:s', 'short');
+    assert.deepEqual(await up.get(['foreign:h', 'foreign:s']), [undefined, undefined]);
+  });
+
+  await t.test('databases: /1 and /0 do not see each other', async () => {
+    const db1 = open(`${server.url}/1`);
+    try {
+      await set(db1, 'db:k', 'one');
+      await set(up, 'db:k', 'zero');
+      assert.equal(await text(db1, 'db:k'), 'one');
+      assert.equal(await text(up, 'db:k'), 'zero');
+      await db1.flush();
+      assert.equal(await text(db1, 'db:k'), undefined);
+      assert.equal(await text(up, 'db:k'), 'zero', 'flush of /1 leaves /0');
+    } finally {
+      await db1.close();
+    }
+  });
+
+  await t.test('prefixes: isolated, and a prefixed flush deletes only its own keys', async () => {
+    const a = open(server.url, { prefix: 'a:' });
+    const bb = open(server.url, { prefix: 'b:' });
+    const glob = open(server.url, { prefix: 'g*[' });
+    try {
+      await set(a, 'k', 'from a');
+      assert.equal(await getOne(bb, 'k'), undefined);
+      await set(bb, 'k', 'from b');
+      assert.equal(await text(a, 'k'), 'from a');
+      assert.equal(await text(up, 'a:k'), 'from a', 'the prefix is prepended as is');
+      const casBefore = (await getOne(bb, 'k'))?.cas as bigint;
+      await r.set('b:foreign key', 'not a client key');
+      await set(up, 'gX', 'matches g* unescaped');
+      await set(glob, 'k', 'g');
+      await Promise.all(Array.from({ length: 1200 }, (_, i) => set(bb, `many:${i}`, 'x')));
+      await bb.flush();
+      await glob.flush();
+      assert.equal(await getOne(bb, 'k'), undefined);
+      assert.equal(await getOne(bb, 'many:1199'), undefined);
+      assert.equal(await r.exists('b:foreign key'), 1, 'a name no client can make is left alone');
+      assert.equal(await text(a, 'k'), 'from a');
+      assert.equal(await text(up, 'gX'), 'matches g* unescaped', 'glob characters of a prefix are escaped');
+      assert.equal(await getOne(glob, 'k'), undefined);
+      const casAfter = await set(bb, 'k', 'again');
+      assert.ok(casAfter > casBefore, 'the cas counter outlives a prefixed flush');
+    } finally {
+      await Promise.all([a.close(), bb.close(), glob.close()]);
+    }
+  });
+
+  await t.test('a unique read before FLUSHDB never matches after it', async () => {
+    const before = await set(up, 'fl:k', 'v');
+    await up.flush();
+    assert.equal(await r.dbsize(), 0);
+    const after = await set(up, 'fl:k', 'w');
+    assert.ok(after > before, `${after} > ${before}`);
+    assert.equal((await up.store({ mode: 'cas', key: 'fl:k', value: b('x'), flags: 0, deadline: 0, cas: before })).status, 'EXISTS');
+  });
+
+  await t.test('many concurrent requests are paired correctly; one multi-get of 2000 keys', async () => {
+    const keys = Array.from({ length: 2000 }, (_, i) => `p:${i}`);
+    const value = (k: string) => b(`value of ${k} `.repeat(1 + (k.length % 7)));
+    await Promise.all(keys.map((k, i) => up.store({ mode: 'set', key: k, value: value(k), flags: i, deadline: 0 })));
+    const singles = await Promise.all(keys.map((k) => getOne(up, k)));
+    singles.forEach((hit, i) => {
+      assert.deepEqual(hit?.value, value(keys[i] as string));
+      assert.equal(hit?.flags, i);
+    });
+    const [multi] = await Promise.all([up.get(keys), Promise.all(keys.slice(0, 100).map((k) => up.delete(k)))]);
+    assert.equal(multi.length, keys.length);
+    multi.forEach((hit, i) => assert.ok(hit === undefined ? i < 100 : hit.value.equals(value(keys[i] as string))));
+    assert.deepEqual(await up.get([]), []);
+  });
+
+  await t.test('stats count requests and latencies', () => {
+    assert.ok(up.stats.requests > 4000);
+    assert.ok(up.stats.latencyCount > 4000);
+    assert.ok(up.stats.latencyUsSum > 0);
+    assert.equal(up.stats.timeouts, 0);
+    assert.equal(up.stats.errors, 0);
+  });
+
+  await t.test('close lets a request in flight finish, then rejects with CLOSED', async () => {
+    const other = open(server.url);
+    await other.probe();
+    const inFlight = other.get(['p:500']);
+    await other.close();
+    assert.equal((await inFlight)[0]?.flags, 500);
+    await assert.rejects(other.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_CLOSED);
+  });
+});
+
+test('passwords: masked in the name, absent from every error', async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  const server = await startRedis(['--requirepass', 'server-pw']);
+  const good = open(`redis://:server-pw@127.0.0.1:${server.port}`);
+  const user = open(`redis://default:server-pw@127.0.0.1:${server.port}/2`);
+  const bad = open(`redis://default:secret@127.0.0.1:${server.port}`);
+  t.after(async () => {
+    await Promise.all([good.close(), user.close(), bad.close()]);
+    await server.stop();
+  });
+  assert.equal(good.name, `redis://:***@127.0.0.1:${server.port}`);
+  assert.equal(user.name, `redis://default:***@127.0.0.1:${server.port}/2`);
+  assert.equal(bad.name, `redis://default:***@127.0.0.1:${server.port}`);
+  await set(good, 'k', 'v');
+  assert.equal(await text(good, 'k'), 'v');
+  await set(user, 'k', 'db2');
+  assert.equal(await text(user, 'k'), 'db2');
+
+  for (let i = 0; i < 3; i++) {
+    const err = await bad.get(['k']).then(() => assert.fail('a bad password must fail'), (e: unknown) => e);
+    assert.ok(err instanceof McmuxError, String(err));
+    assert.equal(err.code, ErrorCodes.UPSTREAM_IO);
+    assert.match(err.message, /WRONGPASS|NOAUTH|not connected/);
+    assert.doesNotMatch(inspect(err), /secret/);
+    assert.doesNotMatch(JSON.stringify({ ...err, message: err.message }), /secret/);
+  }
+});
+
+test('an unreachable redis fails at once with IO', async () => {
+  const up = open(`redis://127.0.0.1:${await freePort()}`, { timeout: '60000' });
+  try {
+    await assert.rejects(up.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO);
+    await assert.rejects(up.get(['k']), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO);
+  } finally {
+    await up.close();
+  }
+});
+
+test('an unreachable redis cluster fails within the timeout', { timeout: 10_000 }, async () => {
+  const up = open(`redis+cluster://127.0.0.1:${await freePort()}`, { timeout: '300' });
+  try {
+    for (let i = 0; i < 3; i++) {
+      await assert.rejects(up.get(['a', 'b']), (err) => [ErrorCodes.UPSTREAM_IO, ErrorCodes.UPSTREAM_TIMEOUT].includes(codeOf(err) as 'MCMUX_UPSTREAM_IO'));
+    }
+  } finally {
+    await up.close();
+  }
+});
+
+test('a killed redis gives fast IO errors, and is used again after a restart', { timeout: 30_000 }, async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  const server = await startRedis();
+  // A long timeout: a request that waited for the dead server instead of failing fast would
+  // outlive the subtest's timeout below.
+  const up = open(server.url, { timeout: '60000' });
+  t.after(async () => {
+    await up.close();
+    await server.stop();
+  });
+  await set(up, 'k', 'before');
+  server.kill('SIGKILL');
+  await t.test('requests fail with IO while it is down', { timeout: 10_000 }, async () => {
+    const codes = new Set<string>();
+    for (let i = 0; i < 20; i++) {
+      await assert.rejects(getOne(up, 'k'), (err) => {
+        codes.add(codeOf(err));
+        return err instanceof McmuxError;
+      });
+    }
+    assert.deepEqual([...codes], [ErrorCodes.UPSTREAM_IO]);
+  });
+  await server.restart();
+  const hit = await eventually(
+    () => getOne(up, 'k'),
+    (err) => assert.equal(codeOf(err), ErrorCodes.UPSTREAM_IO),
+  );
+  assert.equal(hit, undefined, 'the restarted redis is empty');
+  await set(up, 'k', 'after');
+  assert.equal(await text(up, 'k'), 'after');
+});
+
+test('a paused redis times out within bounds; after SIGCONT every reply goes to its own request', { timeout: 30_000 }, async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  const server = await startRedis();
+  const up = open(server.url, { timeout: '200' });
+  t.after(async () => {
+    server.resume();
+    await up.close();
+    await server.stop();
+  });
+  const keys = Array.from({ length: 20 }, (_, i) => `k${i + 1}`);
+  await Promise.all(keys.map((k) => set(up, k, `value of ${k}`)));
+
+  server.pause();
+  await t.test('every request settles with TIMEOUT or IO', { timeout: 5000 }, async () => {
+    const results = await Promise.allSettled(keys.map((k) => getOne(up, k)));
+    const codes = results.map((r) => (r.status === 'rejected' ? codeOf(r.reason) : 'fulfilled'));
+    assert.ok(codes.every((c) => c === ErrorCodes.UPSTREAM_TIMEOUT || c === ErrorCodes.UPSTREAM_IO), codes.join());
+    assert.ok(codes.includes(ErrorCodes.UPSTREAM_TIMEOUT));
+    assert.ok(up.stats.timeouts >= 1);
+    // While it stays paused the connection was dropped: the next requests fail at once (IO) or
+    // after one timeout (TIMEOUT), never hang.
+    for (let i = 0; i < 5; i++) {
+      await assert.rejects(getOne(up, 'k1'), (err) => [ErrorCodes.UPSTREAM_IO, ErrorCodes.UPSTREAM_TIMEOUT].includes(codeOf(err) as 'MCMUX_UPSTREAM_IO'));
+    }
+  });
+  server.resume();
+
+  const hit = await eventually(
+    () => getOne(up, 'k1'),
+    (err) => assert.ok([ErrorCodes.UPSTREAM_IO, ErrorCodes.UPSTREAM_TIMEOUT].includes(codeOf(err) as 'MCMUX_UPSTREAM_IO')),
+  );
+  assert.equal(hit?.value.toString(), 'value of k1');
+  for (let round = 0; round < 5; round++) {
+    const hits = await Promise.all(keys.map((k) => getOne(up, k)));
+    hits.forEach((h, i) => assert.equal(h?.value.toString(), `value of ${keys[i]}`));
+  }
+});
+
+/** Three masters with `--cluster-enabled yes`, joined by `redis-cli --cluster create`. */
+async function startCluster(): Promise<{ ports: number[]; stop: () => Promise<void> }> {
+  const procs: Array<Awaited<ReturnType<typeof spawnRedis>>> = [];
+  const dirs: string[] = [];
+  const ports: number[] = [];
+  const stop = async (): Promise<void> => {
+    await Promise.all(procs.map((p) => stopProcess(p)));
+    for (const d of dirs) removeDir(d);
+  };
+  try {
+    for (let i = 0; i < 3; i++) {
+      const dir = makeDir('cluster-');
+      dirs.push(dir);
+      const port = await freePort();
+      const bus = await freePort();
+      const args = ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '5000'];
+      procs.push(await spawnRedis(port, dir, args));
+      ports.push(port);
+    }
+    const cli = spawn('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    cli.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    cli.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const killer = setTimeout(() => cli.kill('SIGKILL'), 20_000);
+    const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
+    clearTimeout(killer);
+    if (code !== 0 || !out.includes('All 16384 slots covered')) throw new Error(`redis-cli --cluster create failed (${code}): ${out.slice(-500)}`);
+    return { ports, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+test('redis+cluster: three masters, keys across slots, multi-get, conditional commands', { timeout: 60_000 }, async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  if (!haveBinary('redis-cli')) {
+    t.skip('redis-cli not installed (apt-get install redis-tools)');
+    return;
+  }
+  const cluster = await startCluster();
+  const url = `redis+cluster://127.0.0.1:${cluster.ports[0]},127.0.0.1:${cluster.ports[1]}`;
+  const up = open(url, { prefix: 's:' });
+  const other = open(url);
+  t.after(async () => {
+    await Promise.all([up.close(), other.close()]);
+    await cluster.stop();
+  });
+  assert.equal(up.name, url);
+  await eventually(() => up.probe());
+  await eventually(() => other.probe());
+
+  const keys = Array.from({ length: 300 }, (_, i) => `c:${i}`);
+  await Promise.all(keys.map((k, i) => set(up, k, `v${i}`, i)));
+  const hits = await up.get([...keys, 'c:none', 'c:7']);
+  assert.deepEqual(
+    hits.map((h) => h?.value.toString()),
+    [...keys.map((_, i) => `v${i}`), undefined, 'v7'],
+  );
+  assert.deepEqual(hits.slice(0, 3).map((h) => h?.flags), [0, 1, 2]);
+  assert.equal(await text(other, 's:c:5'), 'v5', 'the prefix is prepended as is');
+
+  assert.equal((await up.store({ mode: 'add', key: 'c:1', value: b('x'), flags: 0, deadline: 0 })).status, 'NOT_STORED');
+  const cas = hits[1]?.cas;
+  assert.equal((await up.store({ mode: 'cas', key: 'c:1', value: b('y'), flags: 0, deadline: 0, cas })).status, 'STORED');
+  assert.equal((await up.store({ mode: 'cas', key: 'c:1', value: b('z'), flags: 0, deadline: 0, cas })).status, 'EXISTS');
+  await set(up, 'c:n', '18446744073709551615');
+  assert.deepEqual(await up.arith('incr', 'c:n', 2n), { status: 'OK', value: 1n });
+  await up.store({ mode: 'append', key: 'c:2', value: b('!'), flags: 0, deadline: 0 });
+  assert.equal(await text(up, 'c:2'), 'v2!');
+  const deadline = Date.now() + DAY;
+  assert.equal(await up.touch('c:3', deadline), 'TOUCHED');
+  assert.ok(Math.abs(((await getOne(up, 'c:3'))?.deadline ?? 0) - deadline) <= 1);
+  const gat = await up.get(['c:3', 'c:4'], EXPIRED);
+  assert.deepEqual(gat.map((h) => h?.value.toString()), ['v3', 'v4']);
+  assert.deepEqual(await up.get(['c:3', 'c:4']), [undefined, undefined]);
+
+  await set(other, 'elsewhere', 'kept');
+  await up.flush();
+  assert.deepEqual((await up.get(keys)).filter(Boolean), []);
+  assert.equal(await text(other, 'elsewhere'), 'kept', 'a prefixed flush on every master keeps other keys');
+  await other.flush();
+  assert.equal(await getOne(other, 'elsewhere'), undefined);
+});
+
+test('rediss: TLS, certificate checked unless tls-insecure=1', { timeout: 30_000 }, async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  if (!haveBinary('openssl')) {
+    t.skip('openssl not installed');
+    return;
+  }
+  const dir = makeDir('tls-');
+  const made = spawn('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=mcmux-test'], { stdio: 'ignore' });
+  const code = await new Promise<number | null>((resolve) => made.once('exit', resolve));
+  if (code !== 0) {
+    removeDir(dir);
+    t.skip('openssl could not make a certificate');
+    return;
+  }
+  const tlsPort = await freePort();
+  let server: RedisProcess;
+  try {
+    server = await startRedis(['--tls-port', String(tlsPort), '--tls-cert-file', join(dir, 'cert.pem'), '--tls-key-file', join(dir, 'key.pem'), '--tls-auth-clients', 'no']);
+  } catch (err) {
+    removeDir(dir);
+    if (/tls/i.test(String(err))) {
+      t.skip(`this redis-server has no TLS: ${String(err).slice(0, 200)}`);
+      return;
+    }
+    throw err;
+  }
+  const insecure = open(`rediss://127.0.0.1:${tlsPort}`, { 'tls-insecure': '1' });
+  const strict = open(`rediss://127.0.0.1:${tlsPort}`);
+  t.after(async () => {
+    await Promise.all([insecure.close(), strict.close()]);
+    await server.stop();
+    removeDir(dir);
+  });
+  await eventually(() => insecure.probe());
+  await set(insecure, 'tls:k', 'over tls');
+  assert.equal(await text(insecure, 'tls:k'), 'over tls');
+  await assert.rejects(strict.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO && /certificate/i.test((err as Error).message));
+});
