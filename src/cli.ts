@@ -24,7 +24,7 @@ function program(): Command {
     .version(MCMUX_VERSION, '-V, --version')
     .option('--config <file>', 'TOML configuration file (flags override it)')
     .addOption(
-      new Option('--upstream <url>', `upstream store, repeatable, in read-priority order (schemes: ${knownSchemes().join(', ')}; default: the embedded memory://)`)
+      new Option('--upstream <url>', `upstream store, repeatable, in read-priority order (schemes: ${knownSchemes().join(', ')}; default: the embedded memory:// in front of sqlite://<state-dir>/mcmux.db)`)
         .argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]),
     )
     .exitOverride()

@@ -72,7 +72,7 @@ export function newUpstreamStats(): UpstreamStats {
   return { requests: 0, errors: 0, timeouts: 0, latencyUsSum: 0, latencyCount: 0 };
 }
 
-/** Replaces the password of a URL with `***` (never log a secret). */
-export function maskUrl(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/?#@]*:)[^@/?#]*@/i, '$1***@');
+/** Replaces the password of every URL in `text` with `***` (never log a secret). */
+export function maskUrl(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s"]*:)[^@/?#\s"]*@/gi, '$1***@');
 }

@@ -1,0 +1,344 @@
+/**
+ * bin/mcmux as an operator meets it: --help, bad flags and values (exit 2, one line naming the
+ * value), secrets kept out of every line it prints, a TOML file under flags, the embedded
+ * default, signals, and the connection limit (T22).
+ */
+
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { END, answersVersion, eventually, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
+import { freePort } from '../helpers/servers';
+
+let dir = '';
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'mcmux-cli-'));
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+async function configFile(name: string, text: string): Promise<string> {
+  const file = join(dir, name);
+  await writeFile(file, text);
+  return file;
+}
+
+/** Runs mcmux expecting a configuration error: exit 2, nothing on stdout, one line on stderr. */
+async function failsWithOneLine(args: string[]): Promise<string> {
+  const r = await runMcmux(args, { timeoutMs: 5000 });
+  assert.equal(r.timedOut, false, `mcmux ${args.join(' ')} did not exit (it should refuse the value); stdout ${r.stdout}`);
+  assert.equal(r.code, 2, `exit status of mcmux ${args.join(' ')}; stderr ${JSON.stringify(r.stderr)}`);
+  assert.equal(r.stdout, '', `nothing on stdout for mcmux ${args.join(' ')}`);
+  assert.match(r.stderr, /^[^\n]+\n$/, `exactly one line on stderr for mcmux ${args.join(' ')}`);
+  return r.stderr;
+}
+
+/** Collapses commander's wrapping so a help entry can be matched whole. */
+const oneLine = (s: string): string => s.replace(/\s+/g, ' ');
+
+/** The text of one flag's entry in (collapsed) --help output: up to the next flag. */
+function helpEntry(help: string, flag: string): string {
+  const at = help.indexOf(` ${flag} `);
+  const next = help.indexOf(' --', at + flag.length + 1);
+  return help.slice(at, next < 0 ? undefined : next);
+}
+
+/** Every line mcmux wrote to stdout, parsed (pino writes one JSON object a line). */
+function jsonLines(stdout: string): Array<Record<string, unknown>> {
+  return stdout
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => {
+      try {
+        return JSON.parse(l) as Record<string, unknown>;
+      } catch {
+        assert.fail(`a log line on stdout that is not JSON: ${l}`);
+      }
+    });
+}
+
+describe('mcmux --help', () => {
+  it('exits 0 and lists every flag with its default', async () => {
+    const r = await runMcmux(['--help']);
+    assert.equal(r.code, 0, r.stderr);
+    const help = oneLine(r.stdout);
+    const defaults: Record<string, string | undefined> = {
+      '--listen': '127.0.0.1:11211',
+      '--upstream': 'memory://',
+      '--config': undefined,
+      '--write-wait': 'all',
+      '--min-copies': '1',
+      '--timeout': undefined, // each driver's own: checked below
+      '--max-item-size': '1048576',
+      '--max-connections': '4096',
+      '--allow-flush': 'false',
+      '--log-level': 'info',
+      '--max-line-length': '2048',
+      '--max-keys-per-get': '256',
+      '--max-pipeline': '1024',
+      '--max-output-bytes': '4194304',
+    };
+    for (const [flag, def] of Object.entries(defaults)) {
+      const at = help.indexOf(` ${flag} `);
+      assert.ok(at >= 0, `--help lists ${flag}`);
+      if (def === undefined) continue;
+      const entry = helpEntry(help, flag);
+      assert.ok(entry.includes(`default: ${def}`) || entry.includes(`default: the embedded ${def}`), `--help shows the default of ${flag}: ${entry}`);
+    }
+    assert.match(help, / --timeout [^-]*250/, '--help says what the timeout is when unset (memcached: 250 ms)');
+  });
+});
+
+describe('mcmux refuses bad flags and values: exit 2, one line naming the value', () => {
+  it('an unknown flag', async () => {
+    assert.match(await failsWithOneLine(['--bogus-flag']), /--bogus-flag/);
+  });
+
+  it('--listen foo', async () => {
+    const line = await failsWithOneLine(['--listen', 'foo']);
+    assert.match(line, /listen/);
+    assert.match(line, /"foo"/);
+  });
+
+  const base = ['--listen', '127.0.0.1:0'];
+  const cases: Array<[string[], RegExp[]]> = [
+    [['--write-wait', 'maybe'], [/write-wait/, /"maybe"/]],
+    [['--min-copies', '0'], [/min-copies/, /"0"/]],
+    [['--upstream', 'ftp://x'], [/ftp:\/\/x/, /ftp/]],
+    [['--upstream', 'memcached://h:1?bogus=1'], [/memcached:\/\/h:1/, /bogus/]],
+    [['--max-item-size', '12abc'], [/max-item-size/, /"12abc"/]],
+  ];
+  for (const [args, patterns] of cases) {
+    it(args.join(' '), async () => {
+      const line = await failsWithOneLine([...base, ...args]);
+      for (const p of patterns) assert.match(line, p);
+    });
+  }
+
+  it('a config file with an unknown key', async () => {
+    const file = await configFile('unknown-key.toml', 'max-item-size = 2048\nfrobnicate = true\n');
+    const line = await failsWithOneLine([...base, '--config', file]);
+    assert.match(line, /frobnicate/);
+    assert.ok(line.includes(file), `names the file: ${line}`);
+  });
+
+  it('a config file that is not TOML', async () => {
+    const file = await configFile('not-toml.toml', '[upstream\nthis is not = = toml\n');
+    const line = await failsWithOneLine([...base, '--config', file]);
+    assert.ok(line.includes(file), `names the file: ${line}`);
+    assert.match(line, /TOML/i);
+  });
+
+  it('a missing config file', async () => {
+    const file = join(dir, 'does-not-exist.toml');
+    const line = await failsWithOneLine([...base, '--config', file]);
+    assert.ok(line.includes(file), `names the file: ${line}`);
+  });
+
+  it('a bad value inside the config file', async () => {
+    const file = await configFile('bad-value.toml', 'write-wait = "sometimes"\n');
+    const line = await failsWithOneLine([...base, '--config', file]);
+    assert.match(line, /write-wait/);
+    assert.match(line, /sometimes/);
+  });
+});
+
+describe('a password in an upstream URL is never printed', () => {
+  const base = ['--listen', '127.0.0.1:0'];
+  const refused: string[] = [
+    'memcached://user:secret@127.0.0.1:1?bogus=1', // unknown option
+    'memcached://user:secret@127.0.0.1:1?timeout=0', // bad option value
+    'ftp://user:secret@127.0.0.1:1', // unknown scheme
+    'memcached://user:secret@127.0.0.1:99999', // not a URL (port out of range)
+  ];
+  for (const url of refused) {
+    it(`refused: ${url}`, async () => {
+      const line = await failsWithOneLine([...base, '--upstream', url]);
+      assert.ok(!line.includes('secret'), `the password is printed: ${line}`);
+      assert.ok(line.includes('user'), `the URL is still recognisable: ${line}`);
+    });
+  }
+
+  it('refused from a config file', async () => {
+    const file = await configFile('secret.toml', '[[upstream]]\nurl = "memcached://user:secret@127.0.0.1:1"\nbogus = 1\n');
+    const line = await failsWithOneLine([...base, '--config', file]);
+    assert.match(line, /bogus/);
+    assert.ok(!line.includes('secret'), `the password is printed: ${line}`);
+  });
+
+  it('a reload (SIGHUP) rejecting a config with a password in it logs no password', async () => {
+    const port = await freePort();
+    const file = await configFile('reload-secret.toml', `listen = "127.0.0.1:${port}"\n[[upstream]]\nurl = "memory://"\n`);
+    const mux = await startMcmux(['--config', file], { port });
+    try {
+      await writeFile(file, `listen = "127.0.0.1:${port}"\n[[upstream]]\nurl = "ftp://user:secret@127.0.0.1:1"\n`);
+      mux.proc.kill('SIGHUP');
+      await eventually('the rejected reload is logged', async () => /reload rejected/.test(mux.logs().stdout));
+      assert.equal(await answersVersion(port), true, 'still serving on the old configuration');
+    } finally {
+      await mux.stop();
+    }
+    const { stdout, stderr } = mux.logs();
+    assert.ok(!stdout.includes('secret'), `a log line shows the password: ${stdout.split('\n').find((l) => l.includes('secret'))}`);
+    assert.ok(!stderr.includes('secret'), `stderr shows the password: ${stderr}`);
+  });
+
+  it('running: log lines (debug, with the upstream failing) and stats', async () => {
+    const dead = await freePort(); // nothing listens there: every request to it fails and is logged
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', `memcached://user:secret@127.0.0.1:${dead}`, '--log-level', 'debug']);
+    try {
+      const c = await rawClient(mux.port);
+      assert.equal(await c.ask('set k 0 0 1\r\nx\r\n'), 'STORED\r\n');
+      assert.equal(await c.ask('get k nokey\r\n', END), 'VALUE k 0 1\r\nx\r\nEND\r\n');
+      const stats = await c.ask('stats upstreams\r\n', END);
+      assert.ok(stats.includes('user:***@'), `stats names the upstream, masked: ${stats}`);
+      assert.ok(!stats.includes('secret'), `stats shows the password: ${stats}`);
+      c.close();
+      // Wait for the failure of the dead upstream to be logged, so the check below means something.
+      await eventually('a log line about the failing upstream', async () => mux.logs().stdout.includes(`127.0.0.1:${dead}`) && mux.logs().stdout.split('\n').length > 3);
+    } finally {
+      await mux.stop();
+    }
+    const { stdout, stderr } = mux.logs();
+    assert.ok(!stdout.includes('secret'), `a log line shows the password: ${stdout.split('\n').find((l) => l.includes('secret'))}`);
+    assert.ok(!stderr.includes('secret'), `stderr shows the password: ${stderr}`);
+  });
+});
+
+describe('a config file', () => {
+  it('with [[upstream]] tables and scalar keys works, and flags override it', async () => {
+    const [filePort, flagPort] = [await freePort(), await freePort()];
+    const file = await configFile(
+      'good.toml',
+      [
+        `listen = "127.0.0.1:${filePort}"`,
+        'max-item-size = 2048',
+        'allow-flush = true',
+        'log-level = "warn"',
+        '',
+        '[[upstream]]',
+        'url = "memory://first"',
+        'max-bytes = 1048576',
+        '',
+        '[[upstream]]',
+        'url = "memory://second"',
+        '',
+      ].join('\n'),
+    );
+    const value = 'v'.repeat(3000);
+
+    const fromFile = await startMcmux(['--config', file], { port: filePort });
+    try {
+      const c = await rawClient(fromFile.port);
+      const stats = await c.ask('stats upstreams\r\n', END);
+      assert.match(stats, /STAT upstream\.0\.name memory:\/\/first\r\n/);
+      assert.match(stats, /STAT upstream\.1\.name memory:\/\/second\r\n/);
+      assert.doesNotMatch(stats, /upstream\.2\./);
+      assert.equal(await c.ask(`set big 0 0 ${value.length}\r\n${value}\r\n`), 'SERVER_ERROR object too large for cache\r\n', 'max-item-size from the file');
+      assert.equal(await c.ask('flush_all\r\n'), 'OK\r\n', 'allow-flush from the file');
+      c.close();
+    } finally {
+      await fromFile.stop();
+    }
+    assert.equal(jsonLines(fromFile.logs().stdout).filter((l) => l.msg === 'mcmux listening').length, 0, 'log-level warn from the file');
+
+    const overridden = await startMcmux(
+      ['--config', file, '--listen', `127.0.0.1:${flagPort}`, '--max-item-size', '4096', '--log-level', 'info', '--upstream', 'memory://flag'],
+      { port: flagPort },
+    );
+    try {
+      assert.equal(await answersVersion(filePort), false, 'the --listen flag replaces the file\'s address');
+      const c = await rawClient(overridden.port);
+      const stats = await c.ask('stats upstreams\r\n', END);
+      assert.match(stats, /STAT upstream\.0\.name memory:\/\/flag\r\n/);
+      assert.doesNotMatch(stats, /first|second|upstream\.1\./, '--upstream replaces the file\'s upstreams');
+      assert.equal(await c.ask(`set big 0 0 ${value.length}\r\n${value}\r\n`), 'STORED\r\n', '--max-item-size overrides the file');
+      assert.equal(await c.ask('flush_all\r\n'), 'OK\r\n', 'allow-flush still from the file');
+      c.close();
+    } finally {
+      await overridden.stop();
+    }
+    const listening = jsonLines(overridden.logs().stdout).find((l) => l.msg === 'mcmux listening');
+    assert.ok(listening, '--log-level info overrides the file');
+  });
+});
+
+describe('running', () => {
+  it('with no upstream, logs the embedded default (a JSON line on stdout), and --help names it', async () => {
+    const stateDir = join(dir, 'state-default');
+    await mkdir(stateDir);
+    const mux = await startMcmux([], { env: { STATE_DIRECTORY: stateDir } });
+    try {
+      const c = await rawClient(mux.port);
+      assert.equal(await c.ask('set k 0 0 1\r\nx\r\n'), 'STORED\r\n');
+      assert.equal(await c.ask('get k\r\n', END), 'VALUE k 0 1\r\nx\r\nEND\r\n');
+      c.close();
+      await eventually('the embedded-default warning', async () => jsonLines(mux.logs().stdout).some((l) => /embedded default/.test(String(l.msg))));
+    } finally {
+      await mux.stop();
+    }
+    const line = jsonLines(mux.logs().stdout).find((l) => /embedded default/.test(String(l.msg)));
+    assert.equal(line?.level, 40, 'logged as a warning');
+    const upstreams = line?.upstreams;
+    assert.ok(Array.isArray(upstreams) && upstreams.length > 0, `the line lists the upstreams: ${JSON.stringify(line)}`);
+    assert.ok(upstreams.includes('memory://'), `the embedded default starts with memory://: ${JSON.stringify(upstreams)}`);
+    for (const u of upstreams as string[]) {
+      const url = new URL(u);
+      // A durable embedded store lives in the state directory (systemd's StateDirectory).
+      if (url.pathname.length > 1) assert.ok(decodeURIComponent(url.pathname).startsWith(stateDir), `${u} is outside STATE_DIRECTORY ${stateDir}`);
+    }
+    // What --help says the default is must be what runs.
+    const help = oneLine((await runMcmux(['--help'])).stdout);
+    const entry = helpEntry(help, '--upstream');
+    const shown = entry.slice(entry.indexOf('default:'));
+    for (const u of upstreams as string[]) {
+      const scheme = new URL(u).protocol;
+      assert.ok(shown.includes(`${scheme}//`), `--help gives the --upstream default as "${shown}", but mcmux runs on ${JSON.stringify(upstreams)}`);
+    }
+  });
+
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    it(`${signal} exits 0, also with a client connected`, async () => {
+      const mux = await startMcmux(['--upstream', 'memory://']);
+      const c = await rawClient(mux.port);
+      assert.match(await c.ask('version\r\n'), /^VERSION \d+\.\d+\.\d+/);
+      const exit = await mux.stop(signal);
+      assert.deepEqual(exit, { code: 0, signal: null }, `exit after ${signal}; stderr ${mux.logs().stderr}`);
+      await c.closed; // the idle client is let go, not left hanging
+      assert.ok(jsonLines(mux.logs().stdout).some((l) => l.msg === 'shutting down' && l.signal === signal), 'the shutdown is logged');
+    });
+  }
+
+  it('T22: --max-connections 2: the third client gets ERROR Too many open connections and is closed', async () => {
+    const mux = await startMcmux(['--upstream', 'memory://', '--max-connections', '2']);
+    try {
+      const a = await rawClient(mux.port);
+      const b = await rawClient(mux.port);
+      // Both are accepted and served (and so counted) before the third arrives.
+      assert.match(await a.ask('version\r\n'), /^VERSION /);
+      assert.match(await b.ask('version\r\n'), /^VERSION /);
+      const third = await rawClient(mux.port);
+      assert.equal(await third.readUntil('\r\n'), 'ERROR Too many open connections\r\n');
+      await third.closed;
+      // The two first are untouched.
+      assert.equal(await a.ask('set k 0 0 1\r\nx\r\n'), 'STORED\r\n');
+      assert.equal(await b.ask('get k\r\n', END), 'VALUE k 0 1\r\nx\r\nEND\r\n');
+      // One leaves: a new client is served again.
+      a.close();
+      await eventually('a slot frees up once a client has left', async () => {
+        const d = await rawClient(mux.port);
+        try {
+          return /^VERSION /.test(await d.ask('version\r\n'));
+        } catch {
+          return false;
+        } finally {
+          d.close();
+        }
+      });
+      b.close();
+    } finally {
+      await mux.stop();
+    }
+  });
+});

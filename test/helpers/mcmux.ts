@@ -1,0 +1,342 @@
+/**
+ * mcmux as a real process for integration and CLI tests, and a raw socket to talk to it (or to
+ * any memcached-protocol server) byte for byte.
+ *
+ *   startMcmux(args)  spawn `node bin/mcmux --listen 127.0.0.1:<free port> ...args`, wait until it
+ *                     answers `version` (bounded), kill it when the test process exits
+ *   runMcmux(args)    spawn it, wait for it to exit (bounded): status, signal, stdout, stderr
+ *   rawClient(port)   send(bytes) / readUntil(pattern | predicate, timeoutMs) / closed
+ *   peekItem(port, key)  one item read straight from a memcached (meta get), bypassing mcmux
+ */
+
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { type Socket, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { type MemcachedProcess, freePort } from './servers';
+
+/** bin/mcmux, from dist/test/helpers/ (compiled) and from test/helpers/ (ts-node) alike. */
+export const MCMUX_BIN = resolve(__dirname, __dirname.includes('/dist/') ? '../../../bin/mcmux' : '../../bin/mcmux');
+
+const READY_TIMEOUT_MS = 5000;
+// Above the default shutdown-timeout (5 s): a clean stop is never cut short by our SIGKILL.
+const STOP_GRACE_MS = 8000;
+
+const running = new Set<ChildProcess>();
+const stateDirs = new Set<string>();
+process.on('exit', () => {
+  for (const proc of running) proc.kill('SIGKILL');
+  for (const dir of stateDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+export interface ExitStatus {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+export interface McmuxProcess {
+  readonly port: number;
+  readonly proc: ChildProcess;
+  /** Resolves when the process has exited (whoever stopped it). */
+  readonly exited: Promise<ExitStatus>;
+  /** Sends `signal` (SIGTERM by default), SIGKILL after a grace period; resolves with the exit. */
+  stop(signal?: NodeJS.Signals): Promise<ExitStatus>;
+  /** What it wrote so far. */
+  logs(): { stdout: string; stderr: string };
+}
+
+export interface SpawnOptions {
+  /**
+   * Extra environment variables. Unless it sets STATE_DIRECTORY, each mcmux gets a private
+   * temporary one (its journal must not land in the repository nor be shared), which is also
+   * its working directory.
+   */
+  readonly env?: Record<string, string>;
+  /** Working directory (default: the private state directory). */
+  readonly cwd?: string;
+}
+
+export interface StartOptions extends SpawnOptions {
+  /**
+   * The port `args` (or the config file they name) already make mcmux listen on: no --listen
+   * is added, and readiness is awaited there.
+   */
+  readonly port?: number;
+}
+
+function spawnMcmux(args: string[], opts: SpawnOptions): { proc: ChildProcess; out: { stdout: string; stderr: string }; exited: Promise<ExitStatus> } {
+  let stateDir: string | undefined;
+  if (opts.env?.STATE_DIRECTORY === undefined) {
+    stateDir = mkdtempSync(join(tmpdir(), 'mcmux-state-'));
+    stateDirs.add(stateDir);
+  }
+  const proc = spawn(process.execPath, [MCMUX_BIN, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...(stateDir ? { STATE_DIRECTORY: stateDir } : {}), ...opts.env },
+    cwd: opts.cwd ?? stateDir,
+  });
+  running.add(proc);
+  const out = { stdout: '', stderr: '' };
+  proc.stdout?.setEncoding('utf8').on('data', (d: string) => {
+    out.stdout += d;
+  });
+  proc.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    out.stderr += d;
+  });
+  const exited = new Promise<ExitStatus>((res) => {
+    proc.on('error', (err) => {
+      out.stderr += `spawn failed: ${err.message}\n`;
+    });
+    // 'close' (not 'exit'): the pipes are drained, so logs() is complete once this resolves.
+    proc.on('close', (code, signal) => {
+      running.delete(proc);
+      if (stateDir) {
+        rmSync(stateDir, { recursive: true, force: true });
+        stateDirs.delete(stateDir);
+      }
+      res({ code, signal });
+    });
+  });
+  return { proc, out, exited };
+}
+
+/**
+ * Starts mcmux on a free port of 127.0.0.1 with `args` (anything but --listen) and resolves once
+ * it answers `version`; rejects with its stderr if it exits or does not answer within 5 s.
+ * With `opts.port`, `args` choose the address themselves and mcmux is awaited on that port.
+ */
+export async function startMcmux(args: string[], opts: StartOptions = {}): Promise<McmuxProcess> {
+  if (opts.port !== undefined) return startOn(opts.port, args, opts);
+  // freePort() can race with another process taking the port: try a few.
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    try {
+      return await startOn(port, ['--listen', `127.0.0.1:${port}`, ...args], opts);
+    } catch (err) {
+      if (attempt >= 3 || !/EADDRINUSE|in use/i.test(String(err))) throw err;
+    }
+  }
+}
+
+async function startOn(port: number, args: string[], opts: SpawnOptions): Promise<McmuxProcess> {
+  const { proc, out, exited } = spawnMcmux(args, opts);
+  let exit: ExitStatus | undefined;
+  void exited.then((e) => {
+    exit = e;
+  });
+  const handle: McmuxProcess = {
+    port,
+    proc,
+    exited,
+    stop: (signal = 'SIGTERM') => {
+      if (exit) return Promise.resolve(exit);
+      const killer = setTimeout(() => proc.kill('SIGKILL'), STOP_GRACE_MS);
+      proc.kill(signal);
+      return exited.finally(() => clearTimeout(killer));
+    },
+    logs: () => ({ stdout: out.stdout, stderr: out.stderr }),
+  };
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline && exit === undefined) {
+    if (await answersVersion(port)) return handle;
+    if (exit === undefined) await new Promise((r) => setTimeout(r, 25));
+  }
+  const why = exit ? `exited with ${exit.signal ?? exit.code}` : 'no answer to version within 5 s';
+  await handle.stop('SIGKILL');
+  throw new Error(`mcmux ${args.join(' ')} on port ${port} did not start (${why}); stderr: ${out.stderr.trim()}; stdout: ${out.stdout.trim().slice(-2000)}`);
+}
+
+/**
+ * Runs bin/mcmux to completion (for flags that make it exit: --help, bad values). A process
+ * still running after `timeoutMs` is killed and reported with signal SIGKILL.
+ */
+export async function runMcmux(
+  args: string[],
+  opts: SpawnOptions & { timeoutMs?: number } = {},
+): Promise<ExitStatus & { stdout: string; stderr: string; timedOut: boolean }> {
+  const { proc, out, exited } = spawnMcmux(args, opts);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    proc.kill('SIGKILL');
+  }, opts.timeoutMs ?? 10_000);
+  const status = await exited;
+  clearTimeout(timer);
+  return { ...status, stdout: out.stdout, stderr: out.stderr, timedOut };
+}
+
+/** Connects, sends `version`, and waits (bounded) for `VERSION ...`. */
+export function answersVersion(port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((res) => {
+    let got = '';
+    const sock = connect({ host: '127.0.0.1', port });
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      sock.destroy();
+      res(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    sock.on('connect', () => sock.write('version\r\n'));
+    sock.on('data', (d) => {
+      got += d.toString('latin1');
+      if (got.includes('\r\n')) done(got.startsWith('VERSION '));
+    });
+    sock.on('error', () => done(false));
+    sock.on('close', () => done(false));
+  });
+}
+
+export type Until = RegExp | string | ((text: string) => boolean);
+
+export interface RawClient {
+  readonly socket: Socket;
+  send(bytes: string | Buffer): void;
+  /**
+   * Resolves with the text received (latin1) once it matches `until`, and consumes it; rejects
+   * when the connection closes first or after `timeoutMs`, quoting what did arrive.
+   */
+  readUntil(until: Until, timeoutMs?: number): Promise<string>;
+  /** `send(line)` then `readUntil(until)`; by default until the first complete line. */
+  ask(line: string | Buffer, until?: Until, timeoutMs?: number): Promise<string>;
+  /** Text received and not yet consumed. */
+  readonly pending: string;
+  /** Resolves when the server (or we) closed the connection. */
+  readonly closed: Promise<void>;
+  close(): void;
+}
+
+/** A complete memcached reply to a retrieval command: `END\r\n` at the end of the text. */
+export const END = /(?:^|\r\n)END\r\n$/;
+/** Any single complete line. */
+export const LINE = /\r\n/;
+
+/** Opens a raw TCP connection to 127.0.0.1:`port`. */
+export function rawClient(port: number, timeoutMs = 5000): Promise<RawClient> {
+  return new Promise((res, rej) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    let buf = '';
+    let isClosed = false;
+    let wake: (() => void) | undefined;
+    const closed = new Promise<void>((r) => {
+      socket.on('close', () => {
+        isClosed = true;
+        wake?.();
+        r();
+      });
+    });
+    socket.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      wake?.();
+    });
+    const connectTimer = setTimeout(() => {
+      socket.destroy();
+      rej(new Error(`connect to 127.0.0.1:${port} timed out`));
+    }, timeoutMs);
+    socket.once('error', (err) => {
+      clearTimeout(connectTimer);
+      rej(err);
+    });
+    const matches = (until: Until): boolean =>
+      typeof until === 'function' ? until(buf) : typeof until === 'string' ? buf.includes(until) : until.test(buf);
+    const client: RawClient = {
+      socket,
+      send(bytes) {
+        socket.write(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : bytes);
+      },
+      readUntil(until, ms = 5000) {
+        if (wake) return Promise.reject(new Error('readUntil: one read at a time'));
+        return new Promise((ok, fail) => {
+          const finish = (err?: Error): void => {
+            clearTimeout(timer);
+            wake = undefined;
+            if (err) {
+              fail(err);
+              return;
+            }
+            const text = buf;
+            buf = '';
+            ok(text);
+          };
+          const timer = setTimeout(
+            () => finish(new Error(`no reply matching ${String(until)} within ${ms} ms; received ${JSON.stringify(buf)}`)),
+            ms,
+          );
+          const check = (): void => {
+            if (matches(until)) finish();
+            else if (isClosed) finish(new Error(`connection closed before ${String(until)}; received ${JSON.stringify(buf)}`));
+          };
+          wake = check;
+          check();
+        });
+      },
+      ask(line, until = LINE, ms) {
+        client.send(line);
+        return client.readUntil(until, ms);
+      },
+      get pending() {
+        return buf;
+      },
+      closed,
+      close: () => socket.destroy(),
+    };
+    socket.once('connect', () => {
+      clearTimeout(connectTimer);
+      socket.on('error', () => {}); // a reset after connecting shows up as `closed`
+      res(client);
+    });
+  });
+}
+
+export interface PeekedItem {
+  value: string;
+  flags: number;
+  /** Remaining lifetime in seconds, -1 for none. */
+  ttl: number;
+}
+
+/** A complete reply to one `mg` (or an error line). */
+function mgComplete(text: string): boolean {
+  if (/^(EN|(CLIENT_|SERVER_)?ERROR[^\r\n]*)\r\n/.test(text)) return true;
+  const m = /^VA (\d+)[^\r\n]*\r\n/.exec(text);
+  return m !== null && text.length >= m[0].length + Number(m[1]) + 2;
+}
+
+/** Reads `key` straight from a memcached (>= 1.6, meta get: value, flags, remaining ttl). */
+export async function peekItem(port: number, key: string, timeoutMs = 5000): Promise<PeekedItem | undefined> {
+  const c = await rawClient(port, timeoutMs);
+  try {
+    const text = await c.ask(`mg ${key} v f t\r\n`, mgComplete, timeoutMs);
+    if (text === 'EN\r\n') return undefined;
+    const m = /^VA (\d+)((?: [a-zA-Z]\S*)*)\r\n/.exec(text);
+    assert.ok(m, `unexpected mg reply from memcached :${port}: ${JSON.stringify(text)}`);
+    const item: PeekedItem = { value: text.slice(m[0].length, m[0].length + Number(m[1])), flags: -1, ttl: NaN };
+    for (const tok of (m[2] ?? '').trim().split(' ')) {
+      if (tok.startsWith('f')) item.flags = Number(tok.slice(1));
+      if (tok.startsWith('t')) item.ttl = Number(tok.slice(1));
+    }
+    return item;
+  } finally {
+    c.close();
+  }
+}
+
+/** Polls `cond` (bounded) for state that has no event to wait on, such as a background repair. */
+export async function eventually(what: string, cond: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** SIGKILL, and resolves once the process is gone (so its port refuses connections). */
+export async function killAndWait(mc: MemcachedProcess): Promise<void> {
+  const proc = mc.proc;
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = once(proc, 'exit');
+  mc.kill('SIGKILL');
+  await exited;
+}
