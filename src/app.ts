@@ -83,6 +83,7 @@ export class App {
       (what, u, error) => log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, `${what} failed`),
     );
     this.repairer = new Repairer(() => this.router.context, config.repair, log);
+    this.router.repairStats = () => ({ repaired: this.repairer.repaired, failures: this.repairer.repairFailures });
   }
 
   private readonly onFlushed = (u: Upstream): void => this.coldDetector.forget(u as HealthyUpstream);

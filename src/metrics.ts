@@ -59,7 +59,41 @@ export class Metrics {
     counter('mcmux_read_repairs_total', 'Values copied back into higher upstreams that missed them', () => router().counters.readRepairs);
     counter('mcmux_read_repair_failures_total', 'Read repairs that failed', () => router().counters.readRepairFailures);
     counter('mcmux_replication_failures_total', 'Writes that failed on some upstream', () => router().counters.replicationFailures);
+    counter('mcmux_repaired_keys_total', 'Dirty keys copied into an upstream that was back', () => this.app.repairer.repaired);
+    counter('mcmux_repair_failures_total', 'Key repairs that failed (retried later)', () => this.app.repairer.repairFailures);
     const ups = (): readonly HealthyUpstream[] => this.app.upstreams;
+    const journal = (): App['journal'] => this.app.journal;
+    new Gauge({
+      name: 'mcmux_journal_keys',
+      help: 'Keys each upstream missed a write of (not read from it until repaired)',
+      labelNames: ['upstream'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const u of ups()) this.set({ upstream: u.name }, journal().size(u));
+      },
+    });
+    new Gauge({
+      name: 'mcmux_journal_overflowed',
+      help: '1 when the upstream journal overflowed: no reads from it until it is known clean',
+      labelNames: ['upstream'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const u of ups()) this.set({ upstream: u.name }, journal().overflowed(u) ? 1 : 0);
+      },
+    });
+    const repairer = (): App['repairer'] => this.app.repairer;
+    new Gauge({
+      name: 'mcmux_repair_remaining',
+      help: 'Keys left to replay in the repair under way, per upstream',
+      labelNames: ['upstream'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const p of repairer().status()) this.set({ upstream: p.upstream }, Math.max(0, p.total - p.done));
+      },
+    });
     new Gauge({
       name: 'mcmux_upstream_state',
       help: 'Upstream health: 1 for its current state',

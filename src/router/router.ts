@@ -81,6 +81,9 @@ export class Router {
     return this.ctx.upstreams;
   }
 
+  /** Set by the app: what the repairer has done (for `stats`). */
+  repairStats: () => { repaired: number; failures: number } = () => ({ repaired: 0, failures: 0 });
+
   /** The routing context in force (the repairer works on the same one). */
   get context(): RouterContext {
     return this.ctx;

@@ -47,6 +47,8 @@ export function statsLines(router: Router, src: StatsSource): Line[] {
     ['replication_failures', c.replicationFailures],
     ['upstreams', router.upstreams.length],
     ['journal_keys', router.context.journal.totalKeys],
+    ['repaired_keys', router.repairStats().repaired],
+    ['repair_failures', router.repairStats().failures],
   ];
   return lines.concat(upstreamStatsLines(router.upstreams, router.context.journal));
 }
