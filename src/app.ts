@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { type Config, type ListenSpec, type UpstreamConfig, embeddedDefault, formatListen } from './config';
 import { Metrics } from './metrics';
 import { ColdDetector } from './router/cold-detector';
-import { HealthyUpstream } from './router/health';
+import { HealthyUpstream, type StateListener, membersOf } from './router/health';
 import { RepairJournal } from './router/journal';
 import { Repairer } from './router/repair';
 import { Router } from './router/router';
@@ -107,6 +107,7 @@ export class App {
       let m = this.members.get(id) ?? next.get(id);
       if (m) {
         m.options = config.health;
+        for (const member of membersOf(m)) member.options = config.health;
       } else {
         const inner = createUpstream(spec.url, spec.options, ctx);
         m = new HealthyUpstream(inner, config.health, (u, from, to, reason) => {
@@ -115,6 +116,14 @@ export class App {
           this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: u.name, from, to, reason }, `upstream ${to}`);
           if (to === 'healthy') void this.coldDetector.check(u);
         });
+        for (const member of membersOf(inner)) member.options = config.health;
+        const pool = inner as { onMemberChange?: StateListener };
+        if ('onMemberChange' in pool) {
+          pool.onMemberChange = (u, from, to, reason) => {
+            const routine = to === 'probing' || (from === 'probing' && to === 'down');
+            this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: m?.name, server: u.name, from, to, reason }, `pool server ${to}`);
+          };
+        }
         // An in-process store starts empty: locks taken before this start live only elsewhere.
         // So does one added by a reload, as far as mcmux knows.
         if (inner.scheme === 'memory' || reloading) m.coldUntil = Date.now() + config.lockFence;

@@ -8,7 +8,7 @@
 import { type Server, createServer } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { App } from './app';
-import type { HealthState, HealthyUpstream } from './router/health';
+import { type HealthState, type HealthyUpstream, membersOf } from './router/health';
 
 const STATES: readonly HealthState[] = ['healthy', 'suspect', 'down', 'probing'];
 
@@ -101,7 +101,9 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const u of ups()) for (const s of STATES) this.set({ upstream: u.name, state: s }, u.state === s ? 1 : 0);
+        for (const u of ups()) {
+          for (const x of [u, ...membersOf(u)]) for (const s of STATES) this.set({ upstream: x.name, state: s }, x.state === s ? 1 : 0);
+        }
       },
     });
     new Gauge({
@@ -118,11 +120,14 @@ export class Metrics {
 
   /** Hooks the observer into every current upstream (call again after a reload). */
   attach(): void {
+    const observe: HealthyUpstream['observer'] = (up, seconds, outcome) => {
+      this.upstreamRequests.inc({ upstream: up.name, outcome });
+      if (outcome !== 'skipped') this.upstreamLatency.observe({ upstream: up.name }, seconds);
+    };
     for (const u of this.app.upstreams) {
-      u.observer = (up, seconds, outcome) => {
-        this.upstreamRequests.inc({ upstream: up.name, outcome });
-        if (outcome !== 'skipped') this.upstreamLatency.observe({ upstream: up.name }, seconds);
-      };
+      u.observer = observe;
+      // The servers of a pool show under their own names.
+      for (const m of membersOf(u)) m.observer = observe;
     }
   }
 

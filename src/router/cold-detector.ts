@@ -8,7 +8,8 @@
 
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
-import { type HealthyUpstream, isUsable } from './health';
+import type { Upstream } from '../upstream/upstream';
+import { type HealthyUpstream, isUsable, membersOf } from './health';
 
 const CHECK_MS = 2000;
 const REFRESH_MS = 3600_000;
@@ -17,7 +18,7 @@ const MARKER_TTL_MS = 24 * 3600_000;
 export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
   readonly key = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
-  private readonly lastSet = new Map<HealthyUpstream, number>();
+  private readonly lastSet = new Map<Upstream, number>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -44,26 +45,41 @@ export class ColdDetector {
 
   /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
   forget(u: HealthyUpstream): void {
-    this.lastSet.delete(u);
+    this.lastSet.delete(u.inner);
+    for (const m of membersOf(u)) this.lastSet.delete(m.inner);
   }
 
-  /** Looks for the marker in `u`; fences `u` when a marker mcmux wrote has disappeared. */
+  /**
+   * Looks for the marker in `u` — in each server of a pool, since one of them can restart alone —
+   * and fences `u` when a marker mcmux wrote has disappeared.
+   */
   async check(u: HealthyUpstream): Promise<void> {
     if (!isUsable(u)) return;
+    const stores = membersOf(u);
+    const targets: Upstream[] = stores.length > 0 ? stores.filter(isUsable).map((m) => m.inner) : [u.inner];
+    const cold = await Promise.all(targets.map((t) => this.checkStore(t)));
+    if (cold.some(Boolean)) {
+      u.coldUntil = Date.now() + this.fenceMs;
+      this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
+    }
+  }
+
+  /** True when `store` lost the marker mcmux had written there. */
+  private async checkStore(store: Upstream): Promise<boolean> {
     try {
-      const [hit] = await u.inner.get([this.key]);
+      // A pool places keys by hash: a marker per server needs a key that lands on that server,
+      // so each server is asked directly, through its own driver.
+      const [hit] = await store.get([this.key]);
       const now = Date.now();
-      const wrote = this.lastSet.get(u);
-      if (!hit && wrote !== undefined) {
-        u.coldUntil = now + this.fenceMs;
-        this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
-      }
+      const wrote = this.lastSet.get(store);
       if (!hit || wrote === undefined || now - wrote > REFRESH_MS) {
-        await u.inner.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS });
-        this.lastSet.set(u, now);
+        await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS });
+        this.lastSet.set(store, now);
       }
+      return !hit && wrote !== undefined;
     } catch {
       // health tracking sees the failures of real requests; the marker is best effort
+      return false;
     }
   }
 }

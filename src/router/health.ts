@@ -36,7 +36,19 @@ const noObserver: RequestObserver = () => {};
 
 /** Failures that say something about the store, not about mcmux's own queue or shutdown. */
 function countsAsFailure(error: unknown): boolean {
-  return !(error instanceof McmuxError && (error.code === ErrorCodes.UPSTREAM_BUSY || error.code === ErrorCodes.UPSTREAM_CLOSED));
+  // UPSTREAM_DOWN from inside means a pool refusing the keys of one down server of its own:
+  // that server's health says so; the pool as a whole is fine.
+  return !(
+    error instanceof McmuxError &&
+    (error.code === ErrorCodes.UPSTREAM_BUSY || error.code === ErrorCodes.UPSTREAM_CLOSED || error.code === ErrorCodes.UPSTREAM_DOWN)
+  );
+}
+
+/** The servers inside an upstream that has several (a memcached pool), else none. */
+export function membersOf(u: Upstream): readonly HealthyUpstream[] {
+  const inner = u instanceof HealthyUpstream ? u.inner : u;
+  const m = (inner as { members?: () => readonly HealthyUpstream[] }).members;
+  return typeof m === 'function' ? m.call(inner) : [];
 }
 
 export class HealthyUpstream implements Upstream {

@@ -4,7 +4,7 @@
  */
 
 import type { Upstream } from '../upstream/upstream';
-import { HealthyUpstream } from './health';
+import { HealthyUpstream, membersOf } from './health';
 import type { RepairJournal } from './journal';
 import type { Router } from './router';
 
@@ -72,6 +72,17 @@ export function upstreamStatsLines(upstreams: readonly Upstream[], journal: Repa
       [`${p}fenced`, u instanceof HealthyUpstream && u.fenced ? 1 : 0],
       [`${p}latency_mean_us`, s.latencyCount ? Math.round(s.latencyUsSum / s.latencyCount) : 0],
     );
+    membersOf(u).forEach((m, j) => {
+      const q = `${p}server.${j}.`;
+      lines.push(
+        [`${q}name`, m.name],
+        [`${q}state`, m.state],
+        [`${q}requests`, m.stats.requests],
+        [`${q}errors`, m.stats.errors],
+        [`${q}timeouts`, m.stats.timeouts],
+        [`${q}latency_mean_us`, m.stats.latencyCount ? Math.round(m.stats.latencyUsSum / m.stats.latencyCount) : 0],
+      );
+    });
   });
   return lines;
 }

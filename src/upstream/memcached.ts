@@ -18,7 +18,8 @@ import { type ArithOp, type Hit, exptimeFromDeadline, parseCounter } from '../co
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import { type MetaReply, MetaReplyParser, encodeFlushAll, encodeMa } from '../protocol/text/meta-client';
 import { encodeMd, encodeMg, encodeMs, encodeVersion } from '../protocol/text/meta-client';
-import { type UpstreamContext, intOption, rejectUnknownOptions } from './registry';
+import { createMemcachedPool } from './memcached-pool';
+import { type HostPort, type UpstreamContext, intOption, rejectUnknownOptions } from './registry';
 import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats } from './upstream';
 import { maskUrl, newUpstreamStats } from './upstream';
 
@@ -421,8 +422,10 @@ export class MemcachedUpstream implements Upstream {
  * - `connections`: persistent connections in the pool; default 2.
  * - `max-queue`: requests waiting or in flight per connection before new ones are refused
  *   with MCMUX_UPSTREAM_BUSY; default 4096.
+ * Several hosts (`memcached://h1:p1,h2:p2`) make one sharded upstream: see memcached-pool.ts.
  */
-export function createMemcachedUpstream(url: URL, options: Map<string, string>, ctx: UpstreamContext): Upstream {
+export function createMemcachedUpstream(url: URL, options: Map<string, string>, ctx: UpstreamContext, hosts: HostPort[] = []): Upstream {
+  if (hosts.length > 1) return createMemcachedPool(url, options, ctx, hosts, createMemcachedUpstream);
   const name = maskUrl(url.href);
   const where = `upstream ${name}`;
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');

@@ -79,9 +79,13 @@ function parseUpstreamUrl(raw: string): { url: URL; hosts: HostPort[] } {
   const [, scheme, auth, hostList, rest] = m as unknown as [string, string, string, string, string];
   const hosts: HostPort[] = [];
   for (const part of hostList.split(',')) {
-    const u = new URL(`${scheme}${part}`);
+    const u = new URL(`${scheme}${part}`); // validates the host and port
     if (part !== '' && u.hostname === '') throw new Error('bad host');
-    hosts.push({ host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port === '' ? undefined : Number(u.port) });
+    // The host as written, not as URL normalises it (lower case): libmemcached hashes the
+    // spelling of the server list, and a pool must place keys where PHP put them.
+    const m = /^(\[[^\]]*\]|[^:]*)(?::(\d*))?$/.exec(part);
+    const host = (m?.[1] ?? u.hostname).replace(/^\[|\]$/g, '');
+    hosts.push({ host, port: u.port === '' ? undefined : Number(u.port) });
   }
   const url = new URL(`${scheme}${auth}${hostList.split(',')[0] ?? ''}${rest}`);
   return { url, hosts };

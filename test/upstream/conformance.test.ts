@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { EXPIRED } from '../../src/command/command';
 import type { Upstream } from '../../src/upstream/upstream';
 import { memcachedTarget } from './targets/memcached';
+import { memcachedPoolTarget } from './targets/memcached-pool';
 import { memoryTarget } from './targets/memory';
 import { mysqlTarget } from './targets/mysql';
 import { redisTarget } from './targets/redis';
@@ -15,7 +16,7 @@ import { sqliteTarget } from './targets/sqlite';
 import type { ConformanceTarget, TargetInstance } from './targets/target';
 
 const MAX_ITEM = 1024 * 1024;
-const TARGETS: ConformanceTarget[] = [memoryTarget, memcachedTarget, redisTarget, mysqlTarget, sqliteTarget];
+const TARGETS: ConformanceTarget[] = [memoryTarget, memcachedTarget, memcachedPoolTarget, redisTarget, mysqlTarget, sqliteTarget];
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const DAY = 24 * 3600 * 1000;

@@ -1,0 +1,325 @@
+/**
+ * `memcached://h1:11211,h2:11211,h3:11211` — ONE upstream whose keys are sharded over several
+ * memcached servers exactly as php-memcached / libmemcached shard them (see ketama.ts), so that
+ * a farm moving its clients to mcmux keeps every session they wrote.
+ *
+ *   get([k1,k2,k3]) ──strip namespace──► placer ──► server 0: [k1,k3]  ─┐ in parallel,
+ *                                                 └► server 2: [k2]     ─┴► reassembled in
+ *   store/delete/touch/arith(k) ──► placer ──► that server only            request order
+ *
+ * Each server is a MemcachedUpstream wrapped in its own HealthyUpstream: a dead server is
+ * skipped at once (MCMUX_UPSTREAM_DOWN for its keys' writes, misses for its keys' reads) and
+ * probed back. The pool as a whole fails only when none of its servers is up.
+ *
+ * The servers are hashed by their names as written in the URL ("host:port", or "host" on port
+ * 11211), so list them exactly as the clients do, in the same order (modula depends on it).
+ *
+ * Options (URL query or TOML keys):
+ * - `distribution`: `ketama` (default; libmemcached MEMCACHED_BEHAVIOR_KETAMA, what
+ *   php-memcached's session handler sets for memcached.sess_consistent_hash=On) |
+ *   `ketama-weighted` = `libketama` (MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED: PHP's
+ *   sess_consistent_hash_type=ketama_weighted and the class's OPT_LIBKETAMA_COMPATIBLE, MD5) |
+ *   `modula` (sess_consistent_hash=Off).
+ * - `namespace`: a key prefix that the clients' library adds as a libmemcached NAMESPACE: it is
+ *   sent on the wire but left out of the hash. php-memcached sessions: `memc.sess.key.` (the
+ *   default memcached.sess_prefix; its lock key `memc.sess.key.lock.<sid>` is placed by
+ *   `lock.<sid>`). Keys not starting with it are hashed whole. Default: none.
+ * - `weights`: one integer >= 1 per server in URL order, `3,1,1`; only with ketama-weighted /
+ *   libketama (libmemcached's ketama and modula ignore weights: refused rather than ignored).
+ *   php-memcached's `h1:11211:3` in session.save_path becomes `weights=3,...`.
+ * - `eject`: `false` (default): a down server's keys stay on it: reads of them are misses here
+ *   (the next upstream serves them) and writes fail (the repair journal records them); the
+ *   ring never moves. `true`: like twemproxy's auto_eject_hosts / libmemcached's
+ *   REMOVE_FAILED_SERVERS, the ring is rebuilt over the servers that are up, so a down
+ *   server's keys move to the next point. Hazard: when it comes back with its old data, the
+ *   keys written elsewhere meanwhile read stale there. (With modula, eject follows twemproxy:
+ *   hash modulo the servers up; libmemcached's modula never ejects.)
+ * - `timeout`, `connections`, `max-queue`: passed to each server (see memcached.ts).
+ */
+
+import type { ArithOp, Hit } from '../command/command';
+import { ConfigError, ErrorCodes, McmuxError } from '../errors';
+import { DEFAULT_HEALTH, type HealthState, type HealthOptions, HealthyUpstream, type StateListener } from '../router/health';
+import { DISTRIBUTIONS, type Distribution, type RingServer, placer } from './ketama';
+import { type HostPort, type UpstreamContext, rejectUnknownOptions } from './registry';
+import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats, maskUrl, newUpstreamStats } from './upstream';
+
+const DEFAULT_PORT = 11211;
+const MAX_SERVERS = 1024;
+const SERVER_OPTIONS = ['timeout', 'connections', 'max-queue'];
+const POOL_OPTIONS = ['distribution', 'namespace', 'weights', 'eject'];
+
+export interface PoolSettings {
+  readonly distribution: Distribution;
+  readonly namespace: string;
+  readonly eject: boolean;
+}
+
+/** One server of the pool as given to the constructor. */
+export interface PoolServer extends RingServer {
+  readonly upstream: Upstream;
+}
+
+export class MemcachedPool implements Upstream {
+  readonly scheme = 'memcached';
+  readonly timeoutMs: number;
+  /** Told of every state change of a server (logs); the pool's own bookkeeping runs first. */
+  onMemberChange: StateListener | undefined;
+  private readonly nodes: HealthyUpstream[];
+  private readonly ring: RingServer[];
+  private place: (key: string) => number;
+  private live: boolean[];
+  private closed = false;
+
+  constructor(
+    readonly name: string,
+    servers: readonly PoolServer[],
+    readonly settings: PoolSettings,
+    health: HealthOptions = DEFAULT_HEALTH,
+  ) {
+    this.ring = servers.map(({ host, port, weight }) => ({ host, port, weight }));
+    this.nodes = servers.map((s) => new HealthyUpstream(s.upstream, health, this.onChange));
+    this.timeoutMs = Math.max(...servers.map((s) => s.upstream.timeoutMs));
+    this.live = this.nodes.map(() => true);
+    this.place = placer(this.ring, settings.distribution);
+  }
+
+  /** The servers in URL order, each with its health state, transitions and stats. */
+  members(): readonly HealthyUpstream[] {
+    return this.nodes;
+  }
+
+  /** The server `key` goes to now (the full key, namespace included), or undefined if none is up. */
+  serverFor(key: string): HealthyUpstream | undefined {
+    return this.nodes[this.place(this.hashKey(key))];
+  }
+
+  /** The sum over the servers (each member has its own). */
+  get stats(): UpstreamStats {
+    const sum = newUpstreamStats();
+    for (const n of this.nodes) {
+      const s = n.stats;
+      sum.requests += s.requests;
+      sum.errors += s.errors;
+      sum.timeouts += s.timeouts;
+      sum.latencyUsSum += s.latencyUsSum;
+      sum.latencyCount += s.latencyCount;
+    }
+    return sum;
+  }
+
+  /**
+   * A server that fails (down, timeout, refused) turns only ITS keys into misses; the others
+   * are answered. That is what the router needs: it asks the next upstream for exactly the keys
+   * still missing, so those keys are served by a lower copy while this pool keeps serving the
+   * rest (rejecting the whole get would send every key down the list). A miss is safe here:
+   * the router stores no negative answer, keys whose writes failed on this pool are journaled
+   * and never asked of it, and the read repair that follows is an `add`, which fails on a down
+   * server and never overwrites a value. It also keeps one dead server from counting as a
+   * failure of the whole pool. The get rejects only when no server of the pool is up.
+   */
+  async get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
+    this.checkUsable();
+    const n = keys.length;
+    if (n === 0) return [];
+    if (n === 1) return this.getFrom(this.placed(keys[0] as string), keys, touch);
+    // Group by server; positions remember where each key (duplicates too) goes back.
+    const groups = new Map<HealthyUpstream, { keys: string[]; at: number[] }>();
+    for (let i = 0; i < n; i++) {
+      const key = keys[i] as string;
+      const node = this.placed(key);
+      const g = groups.get(node);
+      if (g) {
+        g.keys.push(key);
+        g.at.push(i);
+      } else {
+        groups.set(node, { keys: [key], at: [i] });
+      }
+    }
+    const out = new Array<Hit | undefined>(n);
+    await Promise.all(
+      [...groups].map(([node, g]) =>
+        this.getFrom(node, g.keys, touch).then((hits) => {
+          for (let j = 0; j < g.at.length; j++) out[g.at[j] as number] = hits[j];
+        }),
+      ),
+    );
+    return out;
+  }
+
+  /** Never rejects: a failed server's keys are misses (see get). */
+  private getFrom(node: HealthyUpstream, keys: readonly string[], touch: number | undefined): Promise<Array<Hit | undefined>> {
+    return node.get(keys, touch).catch(() => new Array<Hit | undefined>(keys.length));
+  }
+
+  // Writes go to the key's server only and are never retried elsewhere: an incr or append
+  // sent twice would apply twice, and a set placed off its server would be read by nobody.
+  // A down server's write rejects (MCMUX_UPSTREAM_DOWN): the router journals the key for this
+  // pool, and the repair replays it when the server is back.
+  async store(req: StoreRequest): Promise<StoreResult> {
+    return this.node(req.key).store(req);
+  }
+
+  async delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
+    return this.node(key).delete(key);
+  }
+
+  async touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+    return this.node(key).touch(key, deadline);
+  }
+
+  async arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
+    return this.node(key).arith(op, key, delta);
+  }
+
+  /** Flushes every server; fails if any failed (after all have answered). */
+  async flush(): Promise<void> {
+    this.checkUsable();
+    const results = await Promise.allSettled(this.nodes.map((n) => n.flush()));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  /**
+   * Succeeds when any server that is up answers `version`. A server marked down is left to its
+   * own probes: if an answer from it made the pool healthy before its own state did, every
+   * request would still find no server up and the pool would flap down and up again.
+   */
+  async probe(): Promise<void> {
+    this.checkUsable();
+    try {
+      await Promise.any(this.nodes.filter((n) => n.usable).map((n) => n.probe()));
+    } catch (error) {
+      const first = error instanceof AggregateError ? (error.errors[0] as unknown) : error;
+      throw first instanceof McmuxError ? first : new McmuxError(ErrorCodes.UPSTREAM_IO, `upstream ${this.name}: ${String(first)}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(this.nodes.map((n) => n.close()));
+  }
+
+  private hashKey(key: string): string {
+    const ns = this.settings.namespace;
+    return ns !== '' && key.startsWith(ns) ? key.slice(ns.length) : key;
+  }
+
+  /**
+   * The key's server, or throws when the pool is closed or no server is up. With eject=false
+   * the server may be down: its health guard then rejects at once.
+   */
+  private node(key: string): HealthyUpstream {
+    this.checkUsable();
+    return this.placed(key);
+  }
+
+  /** After checkUsable: some server is up, so (eject or not) the placer finds one. */
+  private placed(key: string): HealthyUpstream {
+    return this.nodes[this.place(this.hashKey(key))] as HealthyUpstream;
+  }
+
+  /**
+   * Throws when the pool is closed or none of its servers is up. The latter is MCMUX_UPSTREAM_IO,
+   * not _DOWN: it is the pool's own failure, which its health wrapper must count, whereas a
+   * _DOWN from one server only says that server's keys cannot be served now.
+   */
+  private checkUsable(): void {
+    if (this.closed) throw new McmuxError(ErrorCodes.UPSTREAM_CLOSED, `upstream ${this.name}: closed`);
+    if (!this.nodes.some((n) => n.usable)) {
+      throw new McmuxError(ErrorCodes.UPSTREAM_IO, `upstream ${this.name}: none of its ${this.nodes.length} servers is up (each is probed on its own)`);
+    }
+  }
+
+  private readonly onChange = (u: HealthyUpstream, from: HealthState, to: HealthState, reason: string): void => {
+    if (this.settings.eject) {
+      const live = this.nodes.map((n) => n.usable);
+      if (live.some((v, i) => v !== this.live[i])) {
+        this.live = live;
+        // libmemcached's auto-eject rebuilds the continuum over the live servers only.
+        this.place = placer(this.ring, this.settings.distribution, live);
+      }
+    }
+    this.onMemberChange?.(u, from, to, reason);
+  };
+}
+
+/** Builds one server from its own URL and the per-server options (memcached.ts's factory). */
+export type ServerFactory = (url: URL, options: Map<string, string>, ctx: UpstreamContext) => Upstream;
+
+/** The factory for a multi-host memcached URL; `hosts` lists every host (`url` the first). */
+export function createMemcachedPool(
+  url: URL,
+  options: Map<string, string>,
+  ctx: UpstreamContext,
+  hosts: readonly HostPort[],
+  makeServer: ServerFactory,
+): MemcachedPool {
+  const name = maskUrl(poolHref(url, hosts));
+  const where = `upstream ${name}`;
+  const take = (key: string): string | undefined => {
+    const v = options.get(key);
+    options.delete(key);
+    return v;
+  };
+  const distribution = (take('distribution') ?? 'ketama') as Distribution;
+  if (!DISTRIBUTIONS.includes(distribution)) {
+    throw new ConfigError(`${where}: option distribution="${distribution}" is invalid: expected one of ${DISTRIBUTIONS.join(', ')}`);
+  }
+  const namespace = take('namespace') ?? '';
+  if (namespace.length > 200 || /[\x00-\x20\x7f]/.test(namespace)) {
+    throw new ConfigError(`${where}: option namespace="${namespace}" is invalid: expected a key prefix of at most 200 characters, no spaces or control characters (php-memcached sessions: memc.sess.key.)`);
+  }
+  const ejectText = take('eject') ?? 'false';
+  if (ejectText !== 'true' && ejectText !== 'false') {
+    throw new ConfigError(`${where}: option eject="${ejectText}" is invalid: expected true or false`);
+  }
+  if (hosts.length > MAX_SERVERS) throw new ConfigError(`${where}: ${hosts.length} servers: at most ${MAX_SERVERS}`);
+  const weights = parseWeights(take('weights'), hosts.length, distribution, where);
+  rejectUnknownOptions(
+    new Map([...options].filter(([k]) => !SERVER_OPTIONS.includes(k))),
+    where,
+    [...POOL_OPTIONS, ...SERVER_OPTIONS],
+  );
+
+  const seen = new Set<string>();
+  const specs = hosts.map((h, i) => {
+    const port = h.port ?? DEFAULT_PORT;
+    const id = `${h.host}:${port}`;
+    if (seen.has(id)) throw new ConfigError(`${where}: server ${id} is listed twice: list each server once`);
+    seen.add(id);
+    return { host: h.host, port, weight: weights[i] ?? 1 };
+  });
+  const servers: PoolServer[] = [];
+  try {
+    for (const s of specs) {
+      const host = s.host.includes(':') ? `[${s.host}]` : s.host;
+      servers.push({ ...s, upstream: makeServer(new URL(`memcached://${host}:${s.port}`), new Map(options), ctx) });
+    }
+  } catch (error) {
+    for (const s of servers) void s.upstream.close();
+    throw error;
+  }
+  return new MemcachedPool(name, servers, { distribution, namespace, eject: ejectText === 'true' });
+}
+
+function parseWeights(text: string | undefined, count: number, d: Distribution, where: string): number[] {
+  if (text === undefined) return [];
+  if (d !== 'ketama-weighted' && d !== 'libketama') {
+    throw new ConfigError(
+      `${where}: option weights has no effect with distribution=${d} (libmemcached ignores server weights there, as php-memcached's session handler does): remove it, or set distribution=ketama-weighted`,
+    );
+  }
+  const parts = text.split(',');
+  if (parts.length !== count || parts.some((p) => !/^[0-9]{1,6}$/.test(p.trim()) || Number(p) < 1)) {
+    throw new ConfigError(`${where}: option weights="${text}" is invalid: expected ${count} integers from 1 to 999999, one per server in URL order, like 3,1,1`);
+  }
+  return parts.map(Number);
+}
+
+/** The URL with all its hosts (`url` holds only the first). */
+function poolHref(url: URL, hosts: readonly HostPort[]): string {
+  const list = hosts.map((h) => (h.host.includes(':') ? `[${h.host}]` : h.host) + (h.port === undefined ? '' : `:${h.port}`)).join(',');
+  return `${url.protocol}//${list || url.host}${url.pathname}${url.search}`;
+}
