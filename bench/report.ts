@@ -1,0 +1,175 @@
+/**
+ * The comparison's outputs: a text table for the terminal, the same rows as JSON, and a bar chart
+ * of ops/s per target as hand-written SVG.
+ */
+
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export interface Row {
+  target: string;
+  pipeline: number;
+  /** `ok`, or why there are no figures: the program is absent, or it failed. */
+  status: 'ok' | 'unavailable' | 'failed';
+  note: string;
+  opsPerSec: number | null;
+  p50Us: number | null;
+  p99Us: number | null;
+  idleP50Us: number | null;
+  idleP99Us: number | null;
+  /** CPU µs per op over the measured window: the process clients talk to, the memcached
+   * processes behind it (0 for direct), and this load generator. */
+  cpuUsPerOpTarget: number | null;
+  cpuUsPerOpBackends: number | null;
+  cpuUsPerOpLoadgen: number | null;
+  errors: number | null;
+  connErrors: number | null;
+  misses: number | null;
+  /** ops/s over the same-pipeline row of memcached direct, and of twemproxy. */
+  ratioToDirect: number | null;
+  ratioToTwemproxy: number | null;
+}
+
+export interface Report {
+  date: string;
+  machine: Record<string, string | number>;
+  settings: Record<string, string | number | boolean | number[]>;
+  command: string;
+  rows: Row[];
+}
+
+export function emptyRow(target: string, pipeline: number, status: Row['status'], note: string): Row {
+  return {
+    target, pipeline, status, note,
+    opsPerSec: null, p50Us: null, p99Us: null, idleP50Us: null, idleP99Us: null,
+    cpuUsPerOpTarget: null, cpuUsPerOpBackends: null, cpuUsPerOpLoadgen: null,
+    errors: null, connErrors: null, misses: null, ratioToDirect: null, ratioToTwemproxy: null,
+  };
+}
+
+/** Fills in the ratio columns: each row against the row of the same pipeline depth. */
+export function addRatios(rows: Row[]): void {
+  const base = (target: string, pipeline: number) =>
+    rows.find((r) => r.target === target && r.pipeline === pipeline && r.opsPerSec !== null)?.opsPerSec ?? null;
+  for (const r of rows) {
+    if (r.opsPerSec === null) continue;
+    const d = base('direct', r.pipeline);
+    const t = base('twemproxy', r.pipeline);
+    r.ratioToDirect = d ? r.opsPerSec / d : null;
+    r.ratioToTwemproxy = t ? r.opsPerSec / t : null;
+  }
+}
+
+const COLUMNS: [string, (r: Row) => string][] = [
+  ['target', (r) => r.target],
+  ['pipe', (r) => String(r.pipeline)],
+  ['ops/s', (r) => int(r.opsPerSec)],
+  ['p50 µs', (r) => int(r.p50Us)],
+  ['p99 µs', (r) => int(r.p99Us)],
+  ['idle p50 µs', (r) => int(r.idleP50Us)],
+  ['CPU µs/op target', (r) => fixed(r.cpuUsPerOpTarget, 2)],
+  ['CPU µs/op loadgen', (r) => fixed(r.cpuUsPerOpLoadgen, 2)],
+  ['× direct', (r) => fixed(r.ratioToDirect, 2)],
+  ['× twemproxy', (r) => fixed(r.ratioToTwemproxy, 2)],
+  ['errors', (r) => (r.errors === null ? '' : String(r.errors + (r.connErrors ?? 0)))],
+];
+
+/** The table as aligned text (first column left, figures right); notes after it. */
+export function formatTable(rows: Row[]): string {
+  const cells = rows.map((r) => COLUMNS.map(([, f], i) => (r.status === 'ok' || i < 2 ? f(r) : '')));
+  const widths = COLUMNS.map(([h], i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
+  const line = (c: string[]) => c.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ');
+  const out = [line(COLUMNS.map(([h]) => h)), widths.map((w) => '-'.repeat(w)).join('  ')];
+  rows.forEach((r, i) => out.push(r.status === 'ok' ? line(cells[i]!) : `${line(cells[i]!.slice(0, 2))}  ${r.note}`));
+  const notes = rows.filter((r) => r.status === 'ok' && r.note).map((r) => `${r.target} pipe ${r.pipeline}: ${r.note}`);
+  return [...out, ...notes].join('\n');
+}
+
+/** The table as GitHub Markdown, for docs/benchmarks.md. */
+export function formatMarkdown(rows: Row[]): string {
+  const head = `| ${COLUMNS.map(([h]) => h).join(' | ')} |`;
+  const rule = `|${COLUMNS.map((_, i) => (i < 2 ? ' --- ' : ' ---: ')).join('|')}|`;
+  const body = rows.map((r) => {
+    const c = COLUMNS.map(([, f], i) => (r.status === 'ok' || i < 2 ? f(r) : i === 2 ? r.note : ''));
+    return `| ${c.join(' | ')} |`;
+  });
+  return [head, rule, ...body].join('\n');
+}
+
+export function writeReport(report: Report, jsonPath: string, svgPath: string): void {
+  mkdirSync(dirname(jsonPath), { recursive: true });
+  mkdirSync(dirname(svgPath), { recursive: true });
+  writeFileSync(jsonPath, JSON.stringify(report, null, 2) + '\n');
+  writeFileSync(svgPath, barChart(report.rows, report.settings));
+}
+
+const COLORS = ['#4e79a7', '#f28e2b', '#59a14f', '#e15759'];
+
+/** Grouped bars: one group per target, one bar per pipeline depth, height = ops/s. */
+export function barChart(rows: Row[], settings: Report['settings']): string {
+  const targets = [...new Set(rows.map((r) => r.target))];
+  const depths = [...new Set(rows.map((r) => r.pipeline))];
+  const max = niceCeil(Math.max(1, ...rows.map((r) => r.opsPerSec ?? 0)));
+  const W = 720, H = 360, left = 70, right = 20, top = 50, bottom = 60;
+  const plotW = W - left - right, plotH = H - top - bottom;
+  const groupW = plotW / Math.max(1, targets.length);
+  const barW = Math.min(60, (groupW * 0.8) / Math.max(1, depths.length));
+  const y = (v: number) => top + plotH - (v / max) * plotH;
+  const s: string[] = [];
+  s.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
+  s.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
+  const sub = `${settings['connections']} connections, get:set ${settings['ratio']}, ${settings['valueSize']} B values, ${settings['durationS']} s`;
+  s.push(`<text x="${W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="bold">ops/s by target (higher is better)</text>`);
+  s.push(`<text x="${W / 2}" y="38" text-anchor="middle" fill="#555">${esc(sub)}</text>`);
+  for (let i = 0; i <= 4; i++) {
+    const v = (max * i) / 4;
+    s.push(`<line x1="${left}" x2="${W - right}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`);
+    s.push(`<text x="${left - 6}" y="${y(v) + 4}" text-anchor="end">${esc(kilo(v))}</text>`);
+  }
+  targets.forEach((t, ti) => {
+    const gx = left + ti * groupW + (groupW - barW * depths.length) / 2;
+    depths.forEach((d, di) => {
+      const r = rows.find((x) => x.target === t && x.pipeline === d);
+      const x = gx + di * barW;
+      if (r?.opsPerSec == null) {
+        s.push(`<text x="${x + barW / 2}" y="${top + plotH - 6}" text-anchor="middle" fill="#999">n/a</text>`);
+        return;
+      }
+      const h = top + plotH - y(r.opsPerSec);
+      s.push(`<rect x="${x + 2}" y="${y(r.opsPerSec)}" width="${barW - 4}" height="${h}" fill="${COLORS[di % COLORS.length]}"/>`);
+      s.push(`<text x="${x + barW / 2}" y="${y(r.opsPerSec) - 4}" text-anchor="middle">${esc(kilo(r.opsPerSec))}</text>`);
+    });
+    s.push(`<text x="${left + ti * groupW + groupW / 2}" y="${top + plotH + 20}" text-anchor="middle">${esc(t)}</text>`);
+  });
+  s.push(`<line x1="${left}" x2="${W - right}" y1="${top + plotH}" y2="${top + plotH}" stroke="#333"/>`);
+  depths.forEach((d, di) => {
+    const x = left + di * 130;
+    s.push(`<rect x="${x}" y="${H - 22}" width="12" height="12" fill="${COLORS[di % COLORS.length]}"/>`);
+    s.push(`<text x="${x + 18}" y="${H - 12}">pipeline ${d}</text>`);
+  });
+  s.push('</svg>', '');
+  // Two decimals are plenty for a pixel; full doubles only make the file noisy to diff.
+  return s.join('\n').replace(/(\d+\.\d{2})\d+/g, '$1');
+}
+
+function niceCeil(v: number): number {
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+function kilo(v: number): string {
+  return v >= 1000 ? `${(v / 1000).toFixed(v >= 100_000 ? 0 : 1)}k` : String(Math.round(v));
+}
+
+function int(v: number | null): string {
+  return v === null ? '' : String(Math.round(v));
+}
+
+function fixed(v: number | null, digits: number): string {
+  return v === null || !Number.isFinite(v) ? '' : v.toFixed(digits);
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
