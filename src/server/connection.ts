@@ -9,10 +9,14 @@
  *   socket.write ◄─ flush(): codec.encode of the completed slots at the head, in order, one cork
  *
  * Ordering. Replies leave in request order whatever order the upstreams answer in. Execution
- * keeps the semantics of one memcached connection: consecutive reads run in parallel, but a
- * write waits for everything before it and everything after a write waits for it, so
- * `set k noreply` followed by `get k` reads the new value (T17) and two pipelined sets of one
- * key are applied in order on every upstream.
+ * keeps what one memcached connection guarantees, without serialising everything:
+ *  - writes are applied one at a time, in order (two pipelined sets of one key land in order on
+ *    every upstream; `set sess` then `delete lock.sess` never unlock before the write);
+ *  - a read waits for the write in flight only if it touches the same key, so `set k noreply`
+ *    then `get k` reads the new value (T17) while reads of other keys go on in parallel;
+ *  - a write waits for the reads in flight of its key (a `get k` before a `set k` must not see it);
+ *  - commands start in request order: one that must wait holds back those after it;
+ *  - flush_all waits for everything and holds back everything.
  *
  * Limits. At most `maxPipeline` commands are queued per client; beyond that, and while the
  * socket holds more than `maxOutputBytes` unsent, the connection stops reading (backpressure:
@@ -47,7 +51,27 @@ interface Slot {
   /** Close the connection once this slot's reply is written. */
   closeAfter: boolean;
   write: boolean;
+  /** The keys it reads or writes; undefined: every key (flush_all) or none (version, stats). */
+  keys: readonly string[] | undefined;
   started: boolean;
+}
+
+/** The keys a command touches, for the ordering rules; 'all' for flush_all. */
+function keysOf(cmd: Command): readonly string[] | 'all' | undefined {
+  switch (cmd.kind) {
+    case 'get':
+      return cmd.keys;
+    case 'store':
+    case 'too_large':
+    case 'delete':
+    case 'touch':
+    case 'arith':
+      return [cmd.key];
+    case 'flush':
+      return 'all';
+    default:
+      return undefined;
+  }
 }
 
 /**
@@ -55,6 +79,9 @@ interface Slot {
  * client can make mcmux hold: max-output-bytes plus the replies of this many reads.
  */
 export const MAX_READS_IN_FLIGHT = 16;
+
+/** Marks flush_all: it orders against every key. */
+const ALL: readonly string[] = [];
 
 const READS: ReadonlySet<Command['kind']> = new Set(['get', 'version', 'stats', 'noop', 'verbosity']);
 
@@ -64,7 +91,10 @@ export class ClientConnection {
   /** Index of the first slot not yet dispatched. */
   private nextToStart = 0;
   private readsInFlight = 0;
-  private writeInFlight = false;
+  /** Keys of the reads in flight, with how many reads hold each. */
+  private readonly readKeys = new Map<string, number>();
+  /** The write in flight: its keys, 'all' for flush_all; undefined when none. */
+  private writeKeys: readonly string[] | 'all' | undefined;
   private paused = false;
   private closing = false;
 
@@ -122,12 +152,21 @@ export class ClientConnection {
   private enqueue(d: Decoded): void {
     if (d.kind === 'error') {
       const reply: Reply = { kind: 'none' };
-      this.queue.push({ request: undefined, reply, bytes: d.bytes, closeAfter: d.close, write: false, started: true });
+      this.queue.push({ request: undefined, reply, bytes: d.bytes, closeAfter: d.close, write: false, keys: undefined, started: true });
       if (d.close) this.closing = true; // decode nothing more; close once the replies before it are out
       return;
     }
     const kind = d.request.command.kind;
-    this.queue.push({ request: d.request, reply: undefined, bytes: undefined, closeAfter: kind === 'quit', write: !READS.has(kind), started: false });
+    const keys = keysOf(d.request.command);
+    this.queue.push({
+      request: d.request,
+      reply: undefined,
+      bytes: undefined,
+      closeAfter: kind === 'quit',
+      write: !READS.has(kind),
+      keys: keys === 'all' ? ALL : keys,
+      started: false,
+    });
     if (kind === 'quit') this.closing = true;
   }
 
@@ -139,16 +178,36 @@ export class ClientConnection {
         this.nextToStart++;
         continue;
       }
-      if (slot.write ? this.readsInFlight > 0 || this.writeInFlight : this.writeInFlight || this.readsInFlight >= MAX_READS_IN_FLIGHT) break;
+      if (!this.mayStart(slot)) break;
       // Backpressure: start nothing more while the client has not read what it was sent.
       if (this.socket.writableLength > this.limits.maxOutputBytes) break;
       this.nextToStart++;
       slot.started = true;
-      if (slot.write) this.writeInFlight = true;
-      else this.readsInFlight++;
+      if (slot.write) {
+        this.writeKeys = slot.keys === ALL ? 'all' : (slot.keys ?? []);
+      } else {
+        this.readsInFlight++;
+        for (const k of slot.keys ?? []) this.readKeys.set(k, (this.readKeys.get(k) ?? 0) + 1);
+      }
       this.run(slot);
     }
     this.flush();
+  }
+
+  /** The ordering rules (see the top of this file). */
+  private mayStart(slot: Slot): boolean {
+    const w = this.writeKeys;
+    if (slot.write) {
+      if (w !== undefined) return false;
+      if (slot.keys === ALL) return this.readsInFlight === 0;
+      for (const k of slot.keys ?? []) if (this.readKeys.has(k)) return false;
+      return true;
+    }
+    if (this.readsInFlight >= MAX_READS_IN_FLIGHT) return false;
+    if (w === undefined) return true;
+    if (w === 'all') return false;
+    for (const k of slot.keys ?? []) if (w.includes(k)) return false;
+    return true;
   }
 
   private run(slot: Slot): void {
@@ -181,8 +240,16 @@ export class ClientConnection {
   private complete(slot: Slot, reply: Reply): void {
     slot.reply = reply;
     this.router.record((slot.request as Request).command, reply);
-    if (slot.write) this.writeInFlight = false;
-    else this.readsInFlight--;
+    if (slot.write) {
+      this.writeKeys = undefined;
+    } else {
+      this.readsInFlight--;
+      for (const k of slot.keys ?? []) {
+        const n = (this.readKeys.get(k) ?? 1) - 1;
+        if (n === 0) this.readKeys.delete(k);
+        else this.readKeys.set(k, n);
+      }
+    }
     if (this.socket.destroyed) return;
     // Write first, so the output check in dispatch() sees this reply.
     this.flush();

@@ -125,13 +125,17 @@ class Connection {
     });
   }
 
-  /** Writes are corked and flushed on the next tick: a batch of requests leaves in one writev. */
+  /**
+   * Writes are corked and flushed after the event loop's poll phase (setImmediate), not on the
+   * next tick: the requests of every client read in one loop iteration leave in one writev,
+   * and memcached reads them in one syscall (what makes twemproxy cheap for the server).
+   */
   write(buf: Buffer): void {
     const socket = this.socket as Socket;
     if (!this.corked) {
       this.corked = true;
       socket.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork);
     }
     socket.write(buf);
   }

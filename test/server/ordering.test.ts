@@ -1,0 +1,96 @@
+/**
+ * What one client connection guarantees about the order its pipelined commands take effect in,
+ * checked by holding an upstream at a gate and looking at what reached it.
+ */
+
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { RepairJournal } from '../../src/router/journal';
+import { Router } from '../../src/router/router';
+import { Listener } from '../../src/server/listener';
+import { FakeUpstream } from '../helpers/fake-upstream';
+import { connectWire } from '../helpers/wire';
+
+const listeners: Listener[] = [];
+after(async () => {
+  await Promise.all(listeners.map((l) => l.close(true)));
+});
+
+async function setup() {
+  const up = new FakeUpstream('fake://0');
+  await up.inner.store({ mode: 'set', key: 'k', value: Buffer.from('old'), flags: 0, deadline: 0 });
+  let router: Router | undefined;
+  const limits = { maxLineLength: 2048, maxItemSize: 1 << 20, maxKeysPerGet: 16, maxPipeline: 64, maxOutputBytes: 1 << 20 };
+  const listener = new Listener(() => router as Router, limits, 10, 'test');
+  router = new Router(
+    { upstreams: [up], journal: new RepairJournal({ maxKeys: 100, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: true },
+    listener,
+    () => {},
+  );
+  listeners.push(listener);
+  const bound = await listener.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 }, 0o666);
+  const w = await connectWire(bound.kind === 'tcp' ? bound.port : 0);
+  return { up, w };
+}
+
+/** Lets the event loop turn a few times, so anything not held back reaches the upstream. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+}
+
+describe('ordering on one connection', () => {
+  it('a set after a get of the same key waits for the get: the get reads the old value', async () => {
+    const { up, w } = await setup();
+    up.close_gate();
+    w.send('get k\r\nset k 0 0 3\r\nnew\r\n');
+    await settle();
+    assert.deepEqual(up.calls, ['get k'], 'the set is held back');
+    up.open();
+    assert.equal(await w.read('STORED\r\n'), 'VALUE k 0 3\r\nold\r\nEND\r\nSTORED\r\n');
+    w.close();
+  });
+
+  it('a get after a set of the same key waits for the set (T17)', async () => {
+    const { up, w } = await setup();
+    up.close_gate();
+    w.send('set k 0 0 3 noreply\r\nnew\r\nget k\r\n');
+    await settle();
+    assert.deepEqual(up.calls, ['set k']);
+    up.open();
+    assert.equal(await w.read('END\r\n'), 'VALUE k 0 3\r\nnew\r\nEND\r\n');
+    w.close();
+  });
+
+  it('a get of another key does not wait for a write in flight', async () => {
+    const { up, w } = await setup();
+    up.close_gate();
+    w.send('set a 0 0 1\r\nx\r\nget b\r\n');
+    await settle();
+    assert.deepEqual(up.calls, ['set a', 'get b'], 'the get went out while the set was held');
+    up.open();
+    assert.equal(await w.read('END\r\n'), 'STORED\r\nEND\r\n', 'replies still in request order');
+    w.close();
+  });
+
+  it('writes are applied one at a time, in order, whatever their keys', async () => {
+    const { up, w } = await setup();
+    up.close_gate();
+    w.send('set sess 0 0 1\r\nx\r\ndelete lock.sess\r\n');
+    await settle();
+    assert.deepEqual(up.calls, ['set sess'], 'the unlock waits for the session write');
+    up.open();
+    assert.equal(await w.read((t) => t.includes('NOT_FOUND') || t.includes('DELETED')), 'STORED\r\nNOT_FOUND\r\n');
+    w.close();
+  });
+
+  it('flush_all waits for everything before it and holds back everything after it', async () => {
+    const { up, w } = await setup();
+    up.close_gate();
+    w.send('get k\r\nflush_all\r\nget k\r\n');
+    await settle();
+    assert.deepEqual(up.calls, ['get k']);
+    up.open();
+    assert.equal(await w.read((t) => t.split('END').length === 3), 'VALUE k 0 3\r\nold\r\nEND\r\nOK\r\nEND\r\n');
+    w.close();
+  });
+});
