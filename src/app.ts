@@ -15,7 +15,7 @@ import { Repairer } from './router/repair';
 import { Router } from './router/router';
 import type { ConnectionLimits } from './server/connection';
 import { Listener } from './server/listener';
-import { createUpstream } from './upstream/registry';
+import { createUpstream, storeIdentity } from './upstream/registry';
 import type { Upstream } from './upstream/upstream';
 
 export const MCMUX_VERSION: string = (require('../../package.json') as { version: string }).version;
@@ -115,7 +115,7 @@ export class App {
           const routine = to === 'probing' || (from === 'probing' && to === 'down');
           this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: u.name, from, to, reason }, `upstream ${to}`);
           if (to === 'healthy') void this.coldDetector.check(u);
-        });
+        }, storeIdentity(spec.url, spec.options));
         for (const member of membersOf(inner)) member.options = config.health;
         const pool = inner as { onMemberChange?: StateListener };
         if ('onMemberChange' in pool) {

@@ -35,7 +35,7 @@ export class Metrics {
       registers: [r],
     });
     const router = (): App['router'] => this.app.router;
-    new Gauge({
+    new Counter({
       name: 'mcmux_requests_total',
       help: 'Client commands by command and result (a counter, read at scrape time)',
       labelNames: ['command', 'result'],
@@ -44,12 +44,17 @@ export class Metrics {
         this.reset();
         for (const [key, n] of router().results) {
           const [command, result] = key.split(' ') as [string, string];
-          this.set({ command, result }, n);
+          this.inc({ command, result }, n);
         }
       },
     });
+    /** A value mcmux counts itself, exposed as a counter (or a gauge when it can go down). */
     const counter = (name: string, help: string, read: () => number): void => {
-      new Gauge({ name, help, registers: [r], collect() { this.set(read()); } });
+      if (name.endsWith('_total')) {
+        new Counter({ name, help, registers: [r], collect() { this.reset(); this.inc(read()); } });
+      } else {
+        new Gauge({ name, help, registers: [r], collect() { this.set(read()); } });
+      }
     };
     counter('mcmux_connections', 'Client connections open now', () => this.app.listener.currConnections());
     counter('mcmux_connections_total', 'Client connections accepted', () => this.app.listener.totalConnections());
@@ -106,14 +111,14 @@ export class Metrics {
         }
       },
     });
-    new Gauge({
+    new Counter({
       name: 'mcmux_upstream_state_changes_total',
       help: 'Upstream health state changes, by the state entered',
       labelNames: ['upstream', 'state'],
       registers: [r],
       collect() {
         this.reset();
-        for (const u of ups()) for (const s of STATES) this.set({ upstream: u.name, state: s }, u.transitions[s]);
+        for (const u of ups()) for (const s of STATES) this.inc({ upstream: u.name, state: s }, u.transitions[s]);
       },
     });
   }
@@ -148,6 +153,12 @@ export class Metrics {
         return;
       }
       if (req.url?.startsWith('/admin/')) {
+        // Trusting an upstream clears its journal: never from another host, whatever the bind.
+        if (!isLoopback(req.socket.remoteAddress)) {
+          res.writeHead(403, { 'content-type': 'text/plain' });
+          res.end('admin endpoints answer loopback clients only\n');
+          return;
+        }
         this.admin(req.method ?? 'GET', new URL(req.url, 'http://localhost'), res);
         return;
       }
@@ -205,4 +216,8 @@ export class Metrics {
     const s = this.server;
     return s ? new Promise((resolve) => s.close(() => resolve())) : Promise.resolve();
   }
+}
+
+function isLoopback(address: string | undefined): boolean {
+  return address !== undefined && (address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.'));
 }

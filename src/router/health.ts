@@ -13,7 +13,7 @@
 
 import type { ArithOp } from '../command/command';
 import { ErrorCodes, McmuxError, isTimeout } from '../errors';
-import type { StoreRequest, Upstream } from '../upstream/upstream';
+import { type StoreRequest, type Upstream, type UpstreamStats, newUpstreamStats } from '../upstream/upstream';
 
 export type HealthState = 'healthy' | 'suspect' | 'down' | 'probing';
 
@@ -71,6 +71,8 @@ export class HealthyUpstream implements Upstream {
     readonly inner: Upstream,
     public options: HealthOptions,
     private readonly onChange: StateListener,
+    /** Which store this is, whatever the tuning options (the repair journal's key). */
+    readonly storeId: string = inner.name,
   ) {
     this.probeDelay = options.probeMinMs;
   }
@@ -84,9 +86,11 @@ export class HealthyUpstream implements Upstream {
   get timeoutMs(): number {
     return this.inner.timeoutMs;
   }
-  get stats() {
-    return this.inner.stats;
-  }
+  /**
+   * Client-driven requests only (the cold detector's marker checks go to `inner` directly), so
+   * `stats` and the metrics count the same thing.
+   */
+  readonly stats: UpstreamStats = newUpstreamStats();
   get state(): HealthState {
     return this.current;
   }
@@ -113,15 +117,22 @@ export class HealthyUpstream implements Upstream {
       return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_DOWN, `${this.name} is ${this.current}`));
     }
     const t0 = performance.now();
+    this.stats.requests++;
     return run().then(
       (r) => {
-        this.observer(this, (performance.now() - t0) / 1000, 'ok');
+        const seconds = (performance.now() - t0) / 1000;
+        this.stats.latencyUsSum += seconds * 1e6;
+        this.stats.latencyCount++;
+        this.observer(this, seconds, 'ok');
         this.failures = 0;
         if (this.current === 'suspect') this.setState('healthy', 'request succeeded');
         return r;
       },
       (error: unknown) => {
-        this.observer(this, (performance.now() - t0) / 1000, isTimeout(error) ? 'timeout' : 'error');
+        const timedOut = isTimeout(error);
+        this.stats.errors++;
+        if (timedOut) this.stats.timeouts++;
+        this.observer(this, (performance.now() - t0) / 1000, timedOut ? 'timeout' : 'error');
         if (countsAsFailure(error)) this.fail(error);
         throw error;
       },

@@ -34,6 +34,15 @@ interface PerUpstream {
   overflow: { since: number; trustAfter: number | undefined } | undefined;
 }
 
+/**
+ * The journal follows the store, not the way it is reached: an upstream's `storeId` (its URL
+ * without tuning options such as timeout, set by the app) when it has one, else its name. A
+ * reload that only changes a timeout must keep the store's dirty keys.
+ */
+export function idOf(u: Upstream): string {
+  return (u as { storeId?: string }).storeId ?? u.name;
+}
+
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
 
@@ -53,26 +62,26 @@ export class RepairJournal {
   constructor(private readonly options: JournalOptions) {}
 
   private of(u: Upstream): PerUpstream {
-    let p = this.byName.get(u.name);
+    let p = this.byName.get(idOf(u));
     if (!p) {
       p = { keys: new Map(), overflow: undefined };
-      this.byName.set(u.name, p);
+      this.byName.set(idOf(u), p);
     }
     return p;
   }
 
   /** True when `u` must not be read (or decide) for `key`. Hot path: two map lookups at most. */
   isDirty(u: Upstream, key: string): boolean {
-    const p = this.byName.get(u.name);
+    const p = this.byName.get(idOf(u));
     return p !== undefined && (p.overflow !== undefined || p.keys.has(key));
   }
 
   overflowed(u: Upstream): PerUpstream['overflow'] {
-    return this.byName.get(u.name)?.overflow;
+    return this.byName.get(idOf(u))?.overflow;
   }
 
   size(u: Upstream): number {
-    return this.byName.get(u.name)?.keys.size ?? 0;
+    return this.byName.get(idOf(u))?.keys.size ?? 0;
   }
 
   /** Total entries, for stats and metrics. */
@@ -97,11 +106,11 @@ export class RepairJournal {
     if (!p.keys.has(key) && p.keys.size >= this.options.maxKeys) {
       p.keys.clear();
       p.overflow = { since: Date.now(), trustAfter: undefined };
-      this.append(`O ${hex(u.name)} ${p.overflow.since}`);
+      this.append(`O ${hex(idOf(u))} ${p.overflow.since}`);
       return;
     }
     p.keys.set(key, op);
-    this.append(`M ${hex(u.name)} ${op === 'delete' ? 'd' : 'w'} ${hex(key)}`);
+    this.append(`M ${hex(idOf(u))} ${op === 'delete' ? 'd' : 'w'} ${hex(key)}`);
   }
 
   /**
@@ -109,9 +118,9 @@ export class RepairJournal {
    * did). A repair in flight for the key is told to redo it, since its copy may be older.
    */
   written(u: Upstream, key: string): void {
-    const p = this.byName.get(u.name);
+    const p = this.byName.get(idOf(u));
     if (!p || !p.keys.has(key)) return;
-    const rk = `${u.name} ${key}`;
+    const rk = `${idOf(u)} ${key}`;
     if (this.repairing.has(rk)) {
       this.repairing.set(rk, true);
       return;
@@ -120,17 +129,17 @@ export class RepairJournal {
   }
 
   clear(u: Upstream, key: string): void {
-    const p = this.byName.get(u.name);
-    if (p?.keys.delete(key)) this.append(`C ${hex(u.name)} ${hex(key)}`);
+    const p = this.byName.get(idOf(u));
+    if (p?.keys.delete(key)) this.append(`C ${hex(idOf(u))} ${hex(key)}`);
   }
 
   /** `u` is known clean (flushed, or an operator said so): forget everything about it. */
   trust(u: Upstream): void {
-    const p = this.byName.get(u.name);
+    const p = this.byName.get(idOf(u));
     if (!p) return;
     p.keys.clear();
     p.overflow = undefined;
-    this.append(`T ${hex(u.name)}`);
+    this.append(`T ${hex(idOf(u))}`);
   }
 
   /** Every write passes its deadline here, so an overflowed upstream knows how long to wait. */
@@ -163,14 +172,14 @@ export class RepairJournal {
     } catch {
       return; // no journal yet: the file is made on the first entry
     }
-    const known = new Set(upstreams.map((u) => u.name));
+    const known = new Set(upstreams.map(idOf));
     for (const line of text.split('\n')) {
       const f = line.split(' ');
       const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
       if (f[0] === 'X') this.persistedMax = this.maxDeadline = Math.max(this.maxDeadline, Number(f[1]) || 0);
       else if (f[0] === 'N') this.neverExpires = true;
       if (!known.has(name)) continue; // an upstream removed from the config: nothing to repair
-      const p = this.of({ name } as Upstream);
+      const p = this.of({ name, storeId: name } as Upstream & { storeId: string });
       if (f[0] === 'M' && f[3] !== undefined && !p.overflow) p.keys.set(unhex(f[3]), f[2] === 'd' ? 'delete' : 'write');
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { isUsable } from './health';
+import { idOf } from './journal';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
 const CACHE_SCHEMES = new Set(['memcached', 'memory']);
@@ -89,7 +90,7 @@ export class Repairer {
   /** Copies the current state of `key` into `u`; true when the entry could be cleared. */
   private async repairKey(ctx: RouterContext, u: Upstream, key: string, op: 'write' | 'delete'): Promise<boolean> {
     const { journal } = ctx;
-    const rk = `${u.name} ${key}`;
+    const rk = `${idOf(u)} ${key}`;
     journal.repairing.set(rk, false);
     try {
       if (op === 'delete') {

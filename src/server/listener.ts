@@ -5,7 +5,7 @@
  */
 
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
-import { type Server, type Socket, createServer } from 'node:net';
+import { type Server, type Socket, connect, createServer } from 'node:net';
 import type { ListenSpec } from '../config';
 import { binaryCodecFactory } from '../protocol/binary/binary-codec';
 import type { Router } from '../router/router';
@@ -47,10 +47,10 @@ export class Listener implements StatsSource {
   }
 
   /** Listens on one more address; resolves with what was bound (the real port for port 0). */
-  listen(spec: ListenSpec, unixMode: number): Promise<ListenSpec> {
+  async listen(spec: ListenSpec, unixMode: number): Promise<ListenSpec> {
+    if (spec.kind === 'unix') await removeStaleSocket(spec.path);
     const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
     this.servers.push(server);
-    if (spec.kind === 'unix') removeStaleSocket(spec.path);
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       const done = (): void => {
@@ -97,11 +97,28 @@ export class Listener implements StatsSource {
   }
 }
 
-/** A socket file left by a previous run would make listen fail with EADDRINUSE. */
-function removeStaleSocket(path: string): void {
+/**
+ * A socket file left by a previous run would make listen fail with EADDRINUSE; one that a live
+ * process still listens on must stay (taking it over would cut that process off silently).
+ */
+async function removeStaleSocket(path: string): Promise<void> {
   try {
-    if (lstatSync(path).isSocket()) unlinkSync(path);
+    if (!lstatSync(path).isSocket()) return; // not a socket: let listen() report it
   } catch {
-    // absent: nothing to remove
+    return; // absent: nothing to remove
   }
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) {
+    const error = new Error(`listen EADDRINUSE: ${path} is in use by another process`) as NodeJS.ErrnoException;
+    error.code = 'EADDRINUSE';
+    throw error;
+  }
+  unlinkSync(path);
 }

@@ -115,3 +115,22 @@ export function rejectUnknownOptions(options: Map<string, string>, where: string
     throw new ConfigError(`${where}: unknown option "${name}": expected one of ${known.join(', ')}`);
   }
 }
+
+/**
+ * Options that change how a store is reached, not which store it is (or where its keys live):
+ * left out of `storeIdentity`, so the repair journal of a store survives changing them.
+ */
+const TUNING_OPTIONS = new Set([
+  'timeout', 'connections', 'max-queue', 'purge-interval', 'purge-batch', 'synchronous', 'name', 'tls-insecure', 'max-bytes', 'eject',
+]);
+
+/** Which store an upstream spec points at: its masked URL without tuning options. */
+export function storeIdentity(rawUrl: string, extra: ReadonlyMap<string, string>): string {
+  const q = rawUrl.indexOf('?');
+  const base = maskUrl(q < 0 ? rawUrl : rawUrl.slice(0, q));
+  const options = new Map<string, string>();
+  if (q >= 0) for (const [k, v] of new URLSearchParams(rawUrl.slice(q + 1))) options.set(k, v);
+  for (const [k, v] of extra) options.set(k, v);
+  const kept = [...options].filter(([k]) => !TUNING_OPTIONS.has(k)).sort(([a], [b]) => a.localeCompare(b));
+  return kept.length === 0 ? base : `${base}?${new URLSearchParams(kept).toString()}`;
+}
