@@ -17,6 +17,7 @@ import { type Socket, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { type MemcachedProcess, freePort } from './servers';
+import { type Until, type Wire, connectWire } from './wire';
 
 /** bin/mcmux, from dist/test/helpers/ (compiled) and from test/helpers/ (ts-node) alike. */
 export const MCMUX_BIN = resolve(__dirname, __dirname.includes('/dist/') ? '../../../bin/mcmux' : '../../bin/mcmux');
@@ -189,105 +190,19 @@ export function answersVersion(port: number, timeoutMs = 500): Promise<boolean> 
   });
 }
 
-export type Until = RegExp | string | ((text: string) => boolean);
+export type { Until };
 
-export interface RawClient {
-  readonly socket: Socket;
-  send(bytes: string | Buffer): void;
-  /**
-   * Resolves with the text received (latin1) once it matches `until`, and consumes it; rejects
-   * when the connection closes first or after `timeoutMs`, quoting what did arrive.
-   */
-  readUntil(until: Until, timeoutMs?: number): Promise<string>;
-  /** `send(line)` then `readUntil(until)`; by default until the first complete line. */
-  ask(line: string | Buffer, until?: Until, timeoutMs?: number): Promise<string>;
-  /** Text received and not yet consumed. */
-  readonly pending: string;
-  /** Resolves when the server (or we) closed the connection. */
-  readonly closed: Promise<void>;
-  close(): void;
-}
+/** A raw connection (see wire.ts): send / readUntil / ask / pending / closed. */
+export type RawClient = Wire;
 
 /** A complete memcached reply to a retrieval command: `END\r\n` at the end of the text. */
 export const END = /(?:^|\r\n)END\r\n$/;
 /** Any single complete line. */
 export const LINE = /\r\n/;
 
-/** Opens a raw TCP connection to 127.0.0.1:`port`. */
-export function rawClient(port: number, timeoutMs = 5000): Promise<RawClient> {
-  return new Promise((res, rej) => {
-    const socket = connect({ host: '127.0.0.1', port });
-    let buf = '';
-    let isClosed = false;
-    let wake: (() => void) | undefined;
-    const closed = new Promise<void>((r) => {
-      socket.on('close', () => {
-        isClosed = true;
-        wake?.();
-        r();
-      });
-    });
-    socket.on('data', (d: Buffer) => {
-      buf += d.toString('latin1');
-      wake?.();
-    });
-    const connectTimer = setTimeout(() => {
-      socket.destroy();
-      rej(new Error(`connect to 127.0.0.1:${port} timed out`));
-    }, timeoutMs);
-    socket.once('error', (err) => {
-      clearTimeout(connectTimer);
-      rej(err);
-    });
-    const matches = (until: Until): boolean =>
-      typeof until === 'function' ? until(buf) : typeof until === 'string' ? buf.includes(until) : until.test(buf);
-    const client: RawClient = {
-      socket,
-      send(bytes) {
-        socket.write(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : bytes);
-      },
-      readUntil(until, ms = 5000) {
-        if (wake) return Promise.reject(new Error('readUntil: one read at a time'));
-        return new Promise((ok, fail) => {
-          const finish = (err?: Error): void => {
-            clearTimeout(timer);
-            wake = undefined;
-            if (err) {
-              fail(err);
-              return;
-            }
-            const text = buf;
-            buf = '';
-            ok(text);
-          };
-          const timer = setTimeout(
-            () => finish(new Error(`no reply matching ${String(until)} within ${ms} ms; received ${JSON.stringify(buf)}`)),
-            ms,
-          );
-          const check = (): void => {
-            if (matches(until)) finish();
-            else if (isClosed) finish(new Error(`connection closed before ${String(until)}; received ${JSON.stringify(buf)}`));
-          };
-          wake = check;
-          check();
-        });
-      },
-      ask(line, until = LINE, ms) {
-        client.send(line);
-        return client.readUntil(until, ms);
-      },
-      get pending() {
-        return buf;
-      },
-      closed,
-      close: () => socket.destroy(),
-    };
-    socket.once('connect', () => {
-      clearTimeout(connectTimer);
-      socket.on('error', () => {}); // a reset after connecting shows up as `closed`
-      res(client);
-    });
-  });
+/** Opens a raw TCP connection to 127.0.0.1:`port` (the second argument is accepted and ignored: older callers passed a connect timeout). */
+export function rawClient(port: number, _unused?: number): Promise<RawClient> {
+  return connectWire(port);
 }
 
 export interface PeekedItem {

@@ -5,15 +5,21 @@
 
 import { type Socket, connect } from 'node:net';
 
+export type Until = RegExp | string | ((text: string) => boolean);
+
 export interface Wire {
   readonly socket: Socket;
   send(data: string | Buffer): void;
   /** Resolves with everything received so far once `until` holds; rejects after `timeoutMs`. */
-  read(until: RegExp | string | ((text: string) => boolean), timeoutMs?: number): Promise<string>;
+  read(until: Until, timeoutMs?: number): Promise<string>;
+  /** The same as `read`. */
+  readUntil(until: Until, timeoutMs?: number): Promise<string>;
   /** Sends `data` and reads until the reply ends with `until` (default: a complete reply line). */
-  ask(data: string | Buffer, until?: RegExp | string): Promise<string>;
+  ask(data: string | Buffer, until?: Until, timeoutMs?: number): Promise<string>;
   /** Everything received, consumed by read/ask. */
   readonly received: string;
+  /** The same as `received`. */
+  readonly pending: string;
   readonly closed: Promise<void>;
   close(): void;
 }
@@ -39,7 +45,7 @@ export function connectWire(target: number | string, host = '127.0.0.1'): Promis
       wake();
     });
     socket.on('error', () => {});
-    const matches = (until: RegExp | string | ((text: string) => boolean)): boolean =>
+    const matches = (until: Until): boolean =>
       typeof until === 'function' ? until(buf) : typeof until === 'string' ? buf.includes(until) : until.test(buf);
     const wire: Wire = {
       socket,
@@ -63,11 +69,15 @@ export function connectWire(target: number | string, host = '127.0.0.1'): Promis
           check();
         });
       },
-      ask(data, until = /\r\n$/) {
+      readUntil: (until, timeoutMs) => wire.read(until, timeoutMs),
+      ask(data, until = /\r\n$/, timeoutMs) {
         wire.send(data);
-        return wire.read(until);
+        return wire.read(until, timeoutMs);
       },
       get received() {
+        return buf;
+      },
+      get pending() {
         return buf;
       },
       closed,
