@@ -192,3 +192,41 @@ export function parseCounter(value: Buffer): bigint | undefined {
   while (end > 0 && value[end - 1] === 0x20) end--;
   return parseUnsigned(value.toString('latin1', 0, end), U64_MASK);
 }
+
+/** What a storage command does to the item it finds, by memcached's rules (no I/O). */
+export type StoreDecision =
+  | { readonly kind: 'refuse'; readonly status: 'NOT_STORED' | 'NOT_FOUND' | 'EXISTS' }
+  /** Write this item; `whole` is false for append/prepend, which keep the item's flags and expiry. */
+  | { readonly kind: 'write'; readonly value: Buffer; readonly flags: number; readonly deadline: number; readonly whole: boolean };
+
+/**
+ * Decides a set/add/replace/cas/append/prepend against the live item (undefined when absent),
+ * for stores that read, decide and write in one atomic step (memory, SQLite).
+ */
+export function decideStore(
+  req: { readonly mode: StoreMode; readonly value: Buffer; readonly flags: number; readonly deadline: number; readonly cas?: bigint | undefined },
+  current: { readonly value: Buffer; readonly flags: number; readonly cas: bigint; readonly deadline: number } | undefined,
+): StoreDecision {
+  switch (req.mode) {
+    case 'add':
+      if (current) return { kind: 'refuse', status: 'NOT_STORED' };
+      break;
+    case 'replace':
+      if (!current) return { kind: 'refuse', status: 'NOT_STORED' };
+      break;
+    case 'cas':
+      if (!current) return { kind: 'refuse', status: 'NOT_FOUND' };
+      if (current.cas !== req.cas) return { kind: 'refuse', status: 'EXISTS' };
+      break;
+    case 'append':
+    case 'prepend': {
+      if (!current) return { kind: 'refuse', status: 'NOT_STORED' };
+      // protocol.txt: append/prepend ignore the flags and exptime given.
+      const parts = req.mode === 'append' ? [current.value, req.value] : [req.value, current.value];
+      return { kind: 'write', value: Buffer.concat(parts), flags: current.flags, deadline: current.deadline, whole: false };
+    }
+    case 'set':
+      break;
+  }
+  return { kind: 'write', value: req.value, flags: req.flags, deadline: req.deadline, whole: true };
+}

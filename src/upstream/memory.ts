@@ -6,7 +6,7 @@
  * URL: memory://[name]?max-bytes=67108864
  */
 
-import { type ArithOp, type Hit, applyArith, isExpired, parseCounter } from '../command/command';
+import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounter } from '../command/command';
 import type { UpstreamContext } from './registry';
 import { intOption, rejectUnknownOptions } from './registry';
 import {
@@ -72,33 +72,15 @@ export class MemoryUpstream implements Upstream {
   async store(req: StoreRequest): Promise<StoreResult> {
     this.stats.requests++;
     const e = this.live(req.key);
-    switch (req.mode) {
-      case 'add':
-        if (e) return { status: 'NOT_STORED' };
-        break;
-      case 'replace':
-        if (!e) return { status: 'NOT_STORED' };
-        break;
-      case 'cas':
-        if (!e) return { status: 'NOT_FOUND' };
-        if (e.cas !== req.cas) return { status: 'EXISTS' };
-        break;
-      case 'append':
-      case 'prepend': {
-        if (!e) return { status: 'NOT_STORED' };
-        // protocol.txt: append/prepend ignore the flags and exptime given.
-        const value = req.mode === 'append' ? Buffer.concat([e.value, req.value]) : Buffer.concat([req.value, e.value]);
-        return { status: 'STORED', cas: this.put(req.key, value, e.flags, e.deadline) };
-      }
-      case 'set':
-        break;
-    }
-    if (isExpired(req.deadline, this.now())) {
+    const d = decideStore(req, e);
+    if (d.kind === 'refuse') return { status: d.status };
+    if (isExpired(d.deadline, this.now())) {
       // Stored and at once expired: the key is left absent, as memcached does with a past exptime.
       if (e) this.remove(req.key, e);
       return { status: 'STORED', cas: this.nextCas++ };
     }
-    return { status: 'STORED', cas: this.put(req.key, Buffer.from(req.value), req.flags, req.deadline) };
+    // A whole new value may be a slice of a client's read buffer: keep a copy of its own.
+    return { status: 'STORED', cas: this.put(req.key, d.whole ? Buffer.from(d.value) : d.value, d.flags, d.deadline) };
   }
 
   async delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {

@@ -57,7 +57,7 @@ import { mkdirSync, closeSync, openSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
-import { type ArithOp, type Hit, applyArith, isExpired, parseCounter } from '../command/command';
+import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounter } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import type { UpstreamContext } from './registry';
 import { intOption, rejectUnknownOptions } from './registry';
@@ -357,33 +357,14 @@ export class SqliteUpstream implements Upstream {
   private write(req: StoreRequest, now: number): StoreResult {
     const k = keyBlob(req.key);
     const row = live(this.s.select.get(k) as Row | undefined, now);
-    switch (req.mode) {
-      case 'add':
-        if (row) return { status: 'NOT_STORED' };
-        break;
-      case 'replace':
-        if (!row) return { status: 'NOT_STORED' };
-        break;
-      case 'cas':
-        if (!row) return { status: 'NOT_FOUND' };
-        if (row.cas !== req.cas) return { status: 'EXISTS' };
-        break;
-      case 'append':
-      case 'prepend': {
-        if (!row) return { status: 'NOT_STORED' };
-        // protocol.txt: append/prepend ignore the flags and exptime given.
-        const value = req.mode === 'append' ? Buffer.concat([row.value, req.value]) : Buffer.concat([req.value, row.value]);
-        const cas = this.nextCas++;
-        this.s.setValue.run(value, cas, k);
-        return { status: 'STORED', cas };
-      }
-      case 'set':
-        break;
-    }
+    const current = row && { value: row.value, flags: Number(row.flags), cas: row.cas, deadline: Number(row.exp) };
+    const d = decideStore(req, current);
+    if (d.kind === 'refuse') return { status: d.status };
     const cas = this.nextCas++;
+    if (!d.whole) this.s.setValue.run(d.value, cas, k);
     // Stored and at once expired: the key is left absent, as memcached does with a past exptime.
-    if (isExpired(req.deadline, now)) this.s.remove.get(k);
-    else this.s.upsert.run(k, req.value, req.flags, cas, req.deadline);
+    else if (isExpired(d.deadline, now)) this.s.remove.get(k);
+    else this.s.upsert.run(k, d.value, d.flags, cas, d.deadline);
     return { status: 'STORED', cas };
   }
 
