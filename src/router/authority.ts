@@ -10,7 +10,7 @@
 import type { ArithCommand, Reply, StoreCommand } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
-import { isFenced } from './health';
+import { authorityOrder as candidates } from './authority-order';
 import { replicateSet } from './replicate-write';
 
 /**
@@ -36,23 +36,6 @@ async function decide<R>(
     }
   }
   return { error: lastError };
-}
-
-/**
- * Upstream indexes in the order they may decide for `key`: clean and warm ones first, then (when
- * none is) the fenced ones, then the dirty ones — the first usable upstream is then the truth,
- * as the repair also takes it.
- */
-function candidates(ctx: RouterContext, key: string): number[] {
-  const good: number[] = [];
-  const fenced: number[] = [];
-  const dirty: number[] = [];
-  ctx.upstreams.forEach((u, i) => {
-    if (ctx.journal.isDirty(u, key)) dirty.push(i);
-    else if (isFenced(u)) fenced.push(i);
-    else good.push(i);
-  });
-  return good.concat(fenced, dirty);
 }
 
 function others(ctx: RouterContext, index: number): Upstream[] {
@@ -107,6 +90,14 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
   try {
     [hit] = await authority.get([key]);
   } catch (error) {
+    // The authority applied it and then failed (killed mid-way, say). An incr/decr result is
+    // known (the number), and neither changes flags or expiry: take those from a copy and write
+    // the number over the others. Answering an error here would make a client (pecl-memcache's
+    // session lock) think the lock failed while it is held, and run without it.
+    if (ok.kind === 'number') {
+      const done = await replicateNumber(ctx, key, ok, targets);
+      if (done) return done;
+    }
     // The others now lag the authority: journal them, so nothing reads the old value there.
     for (const u of targets) ctx.journal.mark(u, key, 'write');
     return serverError(`applied on ${authority.name} but could not read it back to replicate: ${errorMessage(error)}`);
@@ -124,4 +115,26 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     return ok;
   }
   return replicateSet(ctx, { mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }, targets, 1, ok);
+}
+
+/** Writes an incr/decr result over `targets`, with flags and expiry from one of their copies. */
+async function replicateNumber(
+  ctx: RouterContext,
+  key: string,
+  ok: Extract<Reply, { kind: 'number' }>,
+  targets: readonly Upstream[],
+): Promise<Reply | undefined> {
+  for (const source of targets) {
+    let copy;
+    try {
+      [copy] = await source.get([key]);
+    } catch {
+      continue;
+    }
+    if (!copy) return undefined;
+    const value = Buffer.from(ok.value.toString(), 'latin1');
+    const reply = await replicateSet(ctx, { mode: 'set', key, value, flags: copy.flags, deadline: copy.deadline }, targets, 1, ok);
+    return reply.kind === 'error' ? undefined : reply;
+  }
+  return undefined;
 }

@@ -3,13 +3,15 @@
  * still missing; a miss or an error falls through to the next. A key found lower down is written
  * back, in the background, into the higher-priority upstreams that answered a miss for it, with
  * its remaining lifetime, and with `add` so that it never overwrites a newer value.
- * gat/gats touch on every upstream: the one that answers (in the same operation), the ones below
- * it (in the background), and the ones above it get the item repaired with the new deadline.
+ * gat/gats touch on every upstream: the one that answers (in the same operation), the ones that
+ * missed get the item repaired with the new deadline, the others are touched in the background.
+ * gets/gats read fenced upstreams last, so the cas unique handed out is the authority's.
  */
 
 import { type GetCommand, type Hit, type Reply, isExpired } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
+import { isFenced } from './health';
 import { errorMessage, serverError } from './context';
 
 export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
@@ -23,12 +25,16 @@ export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise
   let answered = 0;
   let lastError: unknown;
 
+  // gets/gats hand out a cas unique: read first from the upstreams that may check it (not fenced).
+  const order = upstreams.map((_, i) => i);
+  if (cmd.withCas) order.sort((a, b) => Number(isFenced(upstreams[a] as Upstream)) - Number(isFenced(upstreams[b] as Upstream)));
   // Two passes: the first skips the upstreams a key is dirty on; a key dirty on every upstream
   // (every copy of its last write failed) is then read from the first that answers, the one the
   // repair takes as the truth.
   for (const skipDirty of [true, false]) {
     const asked = new Set<string>();
-    for (let i = 0; i < upstreams.length && missing.length > 0; i++) {
+    for (const i of order) {
+      if (missing.length === 0) break;
       const u = upstreams[i] as Upstream;
       // A key this upstream missed a write of is not asked of it: it may be stale or deleted there.
       const ask = skipDirty ? missing.filter((k) => !ctx.journal.isDirty(u, k)) : missing;
@@ -67,7 +73,7 @@ export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise
   for (const [key, { hit, from }] of found) {
     const above = missedAt.get(key);
     if (above) repair(ctx, key, hit, above);
-    if (cmd.touch !== undefined) touchBelow(ctx, key, cmd.touch, from);
+    if (cmd.touch !== undefined) touchOthers(ctx, key, cmd.touch, from, above);
   }
 
   const hits = cmd.keys.map((k) => found.get(k)?.hit);
@@ -90,13 +96,14 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[]): v
   }
 }
 
-function touchBelow(ctx: RouterContext, key: string, deadline: number, from: number): void {
-  for (let i = from + 1; i < ctx.upstreams.length; i++) {
-    const u = ctx.upstreams[i] as Upstream;
+/** gat: the upstreams neither answering nor repaired (they missed) get the touch in the background. */
+function touchOthers(ctx: RouterContext, key: string, deadline: number, from: number, missed: number[] | undefined): void {
+  ctx.upstreams.forEach((u, i) => {
+    if (i === from || missed?.includes(i)) return;
     u.touch(key, deadline).catch((error: unknown) => {
       ctx.journal.mark(u, key, 'write');
       ctx.counters.replicationFailures++;
       ctx.onBackgroundError('touch', u, error);
     });
-  }
+  });
 }

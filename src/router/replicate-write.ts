@@ -7,6 +7,7 @@
 
 import type { Reply, Status } from '../command/command';
 import type { StoreRequest, Upstream } from '../upstream/upstream';
+import { authorityOrder } from './authority-order';
 import { type RouterContext, serverError } from './context';
 import { type Outcome, count, failures, fanOut, firstError } from './fan-out';
 
@@ -32,11 +33,13 @@ export function replicateSet(
       const ok = copiesSoFar + count(outcomes, (r) => r.status === 'STORED');
       if (ok >= min && (settled || ctx.writeWait === 'copies')) {
         if (okReply !== STORED) return okReply;
-        // The cas a client may use next is the authority's, the first upstream's.
-        const first = outcomes[0];
-        return first?.ok && copiesSoFar === 0 && first.value.cas !== undefined
-          ? { kind: 'status', status: 'STORED', cas: first.value.cas }
-          : STORED;
+        // The cas a client may use next is the one the authority for this key will check.
+        if (copiesSoFar > 0) return STORED;
+        for (const i of authorityOrder(ctx, req.key)) {
+          const o = outcomes[i];
+          if (o?.ok && o.value.status === 'STORED' && o.value.cas !== undefined) return { kind: 'status', status: 'STORED', cas: o.value.cas };
+        }
+        return STORED;
       }
       if (!settled) return undefined;
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);

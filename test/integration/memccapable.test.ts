@@ -108,14 +108,11 @@ test('memccapable against mcmux on two memcached (--allow-flush)', async (t) => 
   assert.equal(mux.proc.exitCode, null, `mcmux is still running; stderr: ${mux.logs().stderr}`);
 
   // The first upstream restarts empty: mcmux fences it (lock-fence, 60 s), so add/cas/incr are
-  // decided by the second, while `set` replies and `gets` still carry the FIRST one's cas
-  // unique. Every cas made with such a unique then fails with EXISTS for the whole fence,
-  // although both upstreams are up: memccapable's `binary set`, `binary setq` and `ascii cas`
-  // fail. Reported as a bug in src/router (replicate-write.ts, failover-read.ts); a todo until
-  // the cas a client is given comes from the upstream that will decide its cas.
+  // decided by the second; `set` replies and `gets` must then carry the second one's cas unique,
+  // or every cas fails with EXISTS for the whole fence (memccapable's `binary set`, `binary
+  // setq` and `ascii cas` caught that).
   await t.test(
     `after the first upstream restarted empty (fenced): ${2 * TESTS_PER_PROTOCOL} of ${2 * TESTS_PER_PROTOCOL}`,
-    { todo: 'bug: during the lock fence the cas handed out is not the authority\'s' },
     async () => {
       // memccapable's flushes make mcmux forget its marker (README: `mcmux.sentinel.<host>`);
       // once it has written it again, losing it means "came back empty".

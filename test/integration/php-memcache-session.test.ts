@@ -25,9 +25,10 @@
  * - the lock serialises concurrent requests: W workers x R requests end at exactly W*R, the
  *   printed counts being 1..W*R each once (the control, against memcached direct, too);
  * - one upstream (either) killed midway: no update lost (the requests that succeeded printed
- *   1..k, and k is what is stored), and every request started after the kill succeeds. That
- *   the requests in flight at the kill succeed too is a todo when the FIRST upstream (the
- *   authority) is killed: see INCR_READBACK_BUG;
+ *   1..k, and k is what is stored), and every request succeeds, also those in flight at the
+ *   kill: an incr applied on an authority that dies before mcmux reads the result back is
+ *   still answered with its number (authority.ts), or pecl-memcache would run that request
+ *   unlocked with an empty session;
  * - at the end the lock is released (`0`) on every live upstream and through mcmux.
  */
 
@@ -177,16 +178,6 @@ function assertSerialised(runs: readonly PhpRun[], what: string): void {
   assert.equal(assertNoLostUpdate(runs, what), TOTAL);
 }
 
-/**
- * Bug in src/router/authority.ts (copyFromAuthority): when the authority dies between applying
- * `incr <sid>.lock` and mcmux reading the result back, the client gets SERVER_ERROR although
- * the incr was applied and its result is known. pecl-memcache then treats the server as failed:
- * it runs that request WITHOUT the lock and with an EMPTY session, and its write fails. Nothing
- * stored is lost (asserted below), but that request sees an empty session.
- */
-const INCR_READBACK_BUG =
-  'bug: an incr applied on an authority that dies before the read-back answers SERVER_ERROR; pecl-memcache then runs that request unlocked with an empty session';
-
 function summary(runs: readonly PhpRun[]): string {
   const ms = runs.map((r) => r.ms).sort((a, b) => a - b);
   const p = (q: number): number => Math.round(ms[Math.min(ms.length - 1, Math.floor(q * ms.length))] ?? NaN);
@@ -273,7 +264,7 @@ test('PHP sessions (pecl-memcache: ascii, incr/add <sid>.lock), concurrent', asy
     await holds(survivor, sid, stored, 'the surviving');
     assert.equal(await getThrough(mux.port, sid), sessionValue(stored), 'mcmux serves the final count');
     assert.equal(await getThrough(mux.port, `${sid}.lock`), '0', 'mcmux serves the lock released');
-    await t.test('every request succeeds, also those in flight at the kill', victim === 0 ? { todo: INCR_READBACK_BUG } : {}, () => {
+    await t.test('every request succeeds, also those in flight at the kill', () => {
       assertAllSucceeded(runs, what);
       assert.equal(stored, TOTAL);
     });
