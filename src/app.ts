@@ -78,7 +78,7 @@ export class App {
     this.listener = new Listener(() => this.router, { ...limitsOf(config) }, config.maxConnections, MCMUX_VERSION);
     this.listener.onBug = (error) => log.error({ err: error instanceof Error ? error.stack : String(error) }, 'bug on a client connection: closed it');
     this.router = new Router(
-      { upstreams, journal: this.journal, onFlushed: this.onFlushed, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush },
+      { upstreams, journal: this.journal, onFlushed: this.onFlushed, hedgeMs: config.hedgeMs, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush },
       this.listener,
       (what, u, error) => log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, `${what} failed`),
     );
@@ -171,7 +171,7 @@ export class App {
     const upstreams = this.resolveUpstreams(config, true);
     const kept = new Set(upstreams);
     const removed = [...before].filter((u) => !kept.has(u));
-    this.router.reconfigure({ upstreams, journal: this.journal, onFlushed: this.onFlushed, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush });
+    this.router.reconfigure({ upstreams, journal: this.journal, onFlushed: this.onFlushed, hedgeMs: config.hedgeMs, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush });
     this.repairer.options = config.repair;
     this.coldDetector.fenceMs = config.lockFence;
     Object.assign(this.listener.limits, limitsOf(config));

@@ -48,6 +48,7 @@ export interface Config {
   readonly journal: { readonly maxKeys: number; readonly fsync: 'always' | 'everysec' | 'no' };
   readonly repair: { readonly rate: number; readonly flushCaches: boolean };
   readonly lockFence: number;
+  readonly hedgeMs: number;
   /** Where to serve /metrics and /healthz; undefined = off. */
   readonly metrics: { readonly host: string; readonly port: number } | undefined;
   readonly health: { readonly downAfter: number; readonly probeMinMs: number; readonly probeMaxMs: number };
@@ -120,6 +121,11 @@ export const SCALAR_KEYS = {
     def: 60_000,
     form: 'milliseconds, 0 to 86400000',
     help: 'how long an upstream that came back empty may not decide add/cas/incr (locks held elsewhere stay held)',
+  },
+  'hedge-ms': {
+    def: 0,
+    form: 'milliseconds, 0 to 60000 (0: off)',
+    help: 'when the first upstream has not answered a read in this many ms, ask the next one too',
   },
   'down-after': { def: 3, form: 'an integer from 1 to 1000', help: 'consecutive failures or timeouts that mark an upstream down' },
   'probe-interval': { def: 200, form: 'milliseconds, 10 to 600000', help: 'first probe of a down upstream, doubling after each failed probe' },
@@ -216,6 +222,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     stateDir: String(get('state-dir')),
     journal: { maxKeys: int('journal-max-keys', get('journal-max-keys') as RawValue, 1, 100_000_000), fsync: fsyncPolicy(get('journal-fsync')) },
     repair: { rate: int('repair-rate', get('repair-rate') as RawValue, 1, 1_000_000), flushCaches: bool('repair-flush-caches', get('repair-flush-caches')) },
+    hedgeMs: int('hedge-ms', get('hedge-ms') as RawValue, 0, 60_000),
     lockFence: int('lock-fence', get('lock-fence') as RawValue, 0, 86_400_000),
     shutdownTimeout: int('shutdown-timeout', get('shutdown-timeout') as RawValue, 0, 600_000),
     health: {

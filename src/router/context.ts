@@ -23,6 +23,8 @@ export interface RouterContext {
   readonly journal: RepairJournal;
   /** A client's flush_all emptied `u` on purpose: it is empty, not "came back empty". */
   readonly onFlushed: (u: Upstream) => void;
+  /** Ask the next upstream too when the first has not answered a read in this many ms (0: off). */
+  readonly hedgeMs: number;
 }
 
 /** Counters that policies bump; `stats` and (later) the metrics read them. */
@@ -32,6 +34,9 @@ export interface RouterCounters {
   readRepairs: number;
   readRepairFailures: number;
   replicationFailures: number;
+  /** Hedged reads sent, and keys their answer won. */
+  hedges: number;
+  hedgeWins: number;
 }
 
 export function serverError(message: string): Reply {

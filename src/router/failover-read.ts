@@ -14,6 +14,46 @@ import type { RouterContext } from './context';
 import { isFenced } from './health';
 import { errorMessage, serverError } from './context';
 
+type Answer = { ok: true; hits: Map<string, Hit | undefined> } | { ok: false; error: unknown };
+
+/**
+ * Hedged read (`hedge-ms`): when the first upstream has not answered within hedge-ms, the next
+ * one is asked too, for every key still missing. If it answers first, its hits are taken at once
+ * (the first hit to arrive wins); the first upstream's answer is still awaited for the other keys.
+ * Its request is kept in `prefetched`, so the next hop of the read does not ask again.
+ */
+async function hedge(
+  ctx: RouterContext,
+  first: Promise<Answer>,
+  next: Upstream,
+  nextIndex: number,
+  missing: readonly string[],
+  ask: (u: Upstream, keys: string[]) => Promise<Answer>,
+  prefetched: Map<number, Promise<Answer>>,
+  found: Map<string, { hit: Hit; from: number }>,
+): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = await Promise.race([
+    first.then(() => false),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), ctx.hedgeMs))),
+  ]);
+  clearTimeout(timer);
+  if (!late) return;
+  const keys = missing.filter((k) => !ctx.journal.isDirty(next, k));
+  if (keys.length === 0) return;
+  ctx.counters.hedges++;
+  const second = ask(next, keys);
+  prefetched.set(nextIndex, second);
+  const winner = await Promise.race([first.then(() => undefined), second]);
+  if (!winner?.ok) return;
+  for (const [k, hit] of winner.hits) {
+    if (hit && !found.has(k)) {
+      found.set(k, { hit, from: nextIndex });
+      ctx.counters.hedgeWins++;
+    }
+  }
+}
+
 export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
   const { upstreams } = ctx;
   // Each distinct key is asked for once, however often the request repeats it (T16).
@@ -28,38 +68,58 @@ export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise
   // gets/gats hand out a cas unique: read first from the upstreams that may check it (not fenced).
   const order = upstreams.map((_, i) => i);
   if (cmd.withCas) order.sort((a, b) => Number(isFenced(upstreams[a] as Upstream)) - Number(isFenced(upstreams[b] as Upstream)));
+  const ask = (u: Upstream, keys: string[]): Promise<Answer> =>
+    u.get(keys, cmd.touch).then(
+      (hits) => ({ ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) }),
+      (error: unknown) => ({ ok: false, error }),
+    );
+  /** A hedged request already sent to an upstream, by index. */
+  const prefetched = new Map<number, Promise<Answer>>();
+  let hedged = ctx.hedgeMs <= 0;
+
   // Two passes: the first skips the upstreams a key is dirty on; a key dirty on every upstream
   // (every copy of its last write failed) is then read from the first that answers, the one the
   // repair takes as the truth.
   for (const skipDirty of [true, false]) {
     const asked = new Set<string>();
-    for (const i of order) {
-      if (missing.length === 0) break;
+    for (let pos = 0; pos < order.length && missing.length > 0; pos++) {
+      const i = order[pos] as number;
       const u = upstreams[i] as Upstream;
       // A key this upstream missed a write of is not asked of it: it may be stale or deleted there.
-      const ask = skipDirty ? missing.filter((k) => !ctx.journal.isDirty(u, k)) : missing;
-      if (ask.length === 0) continue;
-      for (const k of ask) asked.add(k);
-      let hits: Array<Hit | undefined>;
-      try {
-        hits = await u.get(ask, cmd.touch);
-      } catch (error) {
-        lastError = error;
+      const keys = skipDirty ? missing.filter((k) => !ctx.journal.isDirty(u, k)) : missing;
+      if (keys.length === 0) continue;
+      for (const k of keys) asked.add(k);
+      const pending = prefetched.get(i) ?? ask(u, keys);
+      prefetched.delete(i);
+      const next = order[pos + 1];
+      if (!hedged && next !== undefined) {
+        hedged = true;
+        await hedge(ctx, pending, upstreams[next] as Upstream, next, missing, ask, prefetched, found);
+        if (keys.every((k) => found.has(k))) {
+          // The hedge found everything this upstream was asked for: its answer is not awaited.
+          missing = missing.filter((k) => !found.has(k));
+          continue;
+        }
+      }
+      const answer = await pending;
+      if (!answer.ok) {
+        lastError = answer.error;
         continue;
       }
       answered++;
       const still = skipDirty ? missing.filter((k) => ctx.journal.isDirty(u, k)) : [];
-      ask.forEach((key, j) => {
-        const hit = hits[j];
-        if (hit) {
+      for (const key of keys) {
+        const hit = answer.hits.get(key);
+        const early = found.get(key);
+        if (hit && !early) {
           found.set(key, { hit, from: i });
-        } else {
-          still.push(key);
+        } else if (!hit) {
+          if (!early) still.push(key);
           const list = missedAt.get(key);
           if (list) list.push(i);
           else missedAt.set(key, [i]);
         }
-      });
+      }
       missing = still;
     }
     missing = missing.filter((k) => !asked.has(k));

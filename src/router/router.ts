@@ -23,6 +23,7 @@ export interface RouterOptions {
   readonly upstreams: readonly Upstream[];
   readonly journal: RepairJournal;
   readonly onFlushed?: (u: Upstream) => void;
+  readonly hedgeMs?: number;
   readonly minCopies: number;
   readonly writeWait: WriteWait;
   readonly allowFlush: boolean;
@@ -63,6 +64,8 @@ export class Router {
     readRepairs: 0,
     readRepairFailures: 0,
     replicationFailures: 0,
+    hedges: 0,
+    hedgeWins: 0,
   };
   readonly commands = new Map<string, number>();
   /** Answers given, keyed `<command> <result>` (for example `add not_stored`), for metrics. */
@@ -103,6 +106,7 @@ export class Router {
       counters: this.counters,
       journal: o.journal,
       onFlushed: o.onFlushed ?? (() => {}),
+      hedgeMs: o.hedgeMs ?? 0,
       onBackgroundError: this.onBackgroundError,
     };
   }

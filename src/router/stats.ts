@@ -45,6 +45,8 @@ export function statsLines(router: Router, src: StatsSource): Line[] {
     ['read_repairs', c.readRepairs],
     ['read_repair_failures', c.readRepairFailures],
     ['replication_failures', c.replicationFailures],
+    ['hedged_reads', c.hedges],
+    ['hedge_wins', c.hedgeWins],
     ['upstreams', router.upstreams.length],
     ['journal_keys', router.context.journal.totalKeys],
     ['repaired_keys', router.repairStats().repaired],

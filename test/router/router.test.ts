@@ -16,11 +16,11 @@ const source: StatsSource = {
   rejectedConnections: () => 0,
 };
 
-function setup(n = 2, opts: { minCopies?: number; writeWait?: WriteWait; allowFlush?: boolean } = {}) {
+function setup(n = 2, opts: { minCopies?: number; writeWait?: WriteWait; allowFlush?: boolean; hedgeMs?: number } = {}) {
   const ups = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`));
   const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
   const router = new Router(
-    { upstreams: ups, journal, minCopies: opts.minCopies ?? 1, writeWait: opts.writeWait ?? 'all', allowFlush: opts.allowFlush ?? false },
+    { upstreams: ups, journal, hedgeMs: opts.hedgeMs ?? 0, minCopies: opts.minCopies ?? 1, writeWait: opts.writeWait ?? 'all', allowFlush: opts.allowFlush ?? false },
     source,
     () => {},
   );
@@ -301,5 +301,45 @@ describe('router: own answers', () => {
     assert.equal(lines.get('get_misses'), '1');
     assert.equal(lines.get('upstream.1.name'), 'fake://1');
     assert.equal((await exec({ kind: 'stats', group: 'slabs' })).kind, 'error');
+  });
+});
+
+describe('router: hedged reads', () => {
+  it('with hedge-ms, a slow first upstream does not hold the read: the next one answers', async () => {
+    const { ups, exec, router } = setup(2, { hedgeMs: 10 });
+    await exec(set('k', 'v'));
+    ups[0]!.close_gate();
+    assert.deepEqual(values(await exec(get('k'))), ['v'], 'answered while the first upstream is still held');
+    assert.equal(router.counters.hedges, 1);
+    assert.equal(router.counters.hedgeWins, 1);
+    ups[0]!.open();
+  });
+
+  it('keys the hedge missed still wait for the first upstream', async () => {
+    const { ups, exec } = setup(2, { hedgeMs: 10 });
+    await ups[0]!.inner.store({ mode: 'set', key: 'only0', value: Buffer.from('A'), flags: 0, deadline: 0 });
+    await ups[1]!.inner.store({ mode: 'set', key: 'only1', value: Buffer.from('B'), flags: 0, deadline: 0 });
+    ups[0]!.close_gate();
+    const read = exec(get('only0', 'only1'));
+    await new Promise((r) => setTimeout(r, 30));
+    ups[0]!.open();
+    assert.deepEqual(values(await read), ['A', 'B']);
+    assert.equal(ups[1]!.calls.filter((c) => c.startsWith('get')).length, 1, 'the second upstream is asked once');
+  });
+
+  it('without hedge-ms the read waits for the first upstream', async () => {
+    const { ups, exec, router } = setup(2);
+    await exec(set('k', 'v'));
+    ups[0]!.close_gate();
+    let done = false;
+    const read = exec(get('k')).then((r) => {
+      done = true;
+      return r;
+    });
+    await new Promise((r) => setTimeout(r, 30));
+    assert.equal(done, false);
+    ups[0]!.open();
+    assert.deepEqual(values(await read), ['v']);
+    assert.equal(router.counters.hedges, 0);
   });
 });
