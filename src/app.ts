@@ -117,6 +117,9 @@ export class App {
           if (to === 'healthy') void this.coldDetector.check(u);
         }, storeIdentity(spec.url, spec.options));
         for (const member of membersOf(inner)) member.options = config.health;
+        const reconnected = (): void => this.coldDetector.reconnected(m as HealthyUpstream);
+        inner.onReconnect = reconnected;
+        for (const member of membersOf(inner)) member.inner.onReconnect = reconnected;
         const pool = inner as { onMemberChange?: StateListener };
         if ('onMemberChange' in pool) {
           pool.onMemberChange = (u, from, to, reason) => {
@@ -209,9 +212,10 @@ export class App {
     await this.listener.close(true);
     this.repairer.stop();
     this.coldDetector.stop();
-    this.journal.close();
     await this.metrics?.close();
     await Promise.all([...this.members.values()].map((u) => u.close()));
+    // Last: requests failing while the upstreams close may still journal a miss.
+    this.journal.close();
   }
 }
 

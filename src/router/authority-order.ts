@@ -1,8 +1,7 @@
 /**
  * Who decides for a key: the order in which upstreams may act as the authority for conditional
- * commands — clean (not in the repair journal) and warm (not fenced) first, then fenced, then
- * dirty ones (when every upstream is dirty, the first usable one is the truth, as the repair
- * takes it). Reads that hand out a cas unique and writes that answer with one use the same
+ * commands — clean (not in the repair journal) and warm (not fenced) first, then fenced; dirty
+ * ones only when every upstream is dirty for the key, the freshest first (as the repair takes it). Reads that hand out a cas unique and writes that answer with one use the same
  * order, so the unique a client gets belongs to the upstream that will check it.
  */
 
@@ -13,11 +12,14 @@ import { isFenced } from './health';
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
   const fenced: number[] = [];
-  const dirty: number[] = [];
   ctx.upstreams.forEach((u: Upstream, i) => {
-    if (ctx.journal.isDirty(u, key)) dirty.push(i);
-    else if (isFenced(u)) fenced.push(i);
+    if (ctx.journal.isDirty(u, key)) return;
+    if (isFenced(u)) fenced.push(i);
     else good.push(i);
   });
-  return good.concat(fenced, dirty);
+  if (good.length + fenced.length > 0) return good.concat(fenced);
+  // Dirty everywhere: the freshest copy decides. A dirty upstream never decides while a clean
+  // one exists, even a down one: it may hold a lock that was released, or lack one that is held.
+  const freshest = ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key) ?? [];
+  return freshest.map((u) => ctx.upstreams.indexOf(u));
 }

@@ -12,6 +12,8 @@ import type { Upstream } from '../upstream/upstream';
 import { type HealthyUpstream, isUsable, membersOf } from './health';
 
 const CHECK_MS = 2000;
+
+type Verdict = 'cold' | 'warm' | 'unknown';
 const REFRESH_MS = 3600_000;
 const MARKER_TTL_MS = 24 * 3600_000;
 
@@ -43,6 +45,19 @@ export class ColdDetector {
     return Promise.all(this.upstreams().map((u) => this.check(u))).then(() => undefined);
   }
 
+  /**
+   * `u` (or a server of it) reconnected after losing a connection: it may have restarted empty
+   * without a single request failing. Fence it at once, then look for the marker: if it is still
+   * there, lift the fence. Conditional commands are decided elsewhere meanwhile.
+   */
+  reconnected(u: HealthyUpstream): void {
+    const wasFenced = u.fenced;
+    u.coldUntil = Math.max(u.coldUntil, Date.now() + this.fenceMs);
+    void this.check(u).then((verdict) => {
+      if (verdict === 'warm' && !wasFenced) u.coldUntil = 0;
+    });
+  }
+
   /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
   forget(u: HealthyUpstream): void {
     this.lastSet.delete(u.inner);
@@ -53,19 +68,21 @@ export class ColdDetector {
    * Looks for the marker in `u` — in each server of a pool, since one of them can restart alone —
    * and fences `u` when a marker mcmux wrote has disappeared.
    */
-  async check(u: HealthyUpstream): Promise<void> {
-    if (!isUsable(u)) return;
+  async check(u: HealthyUpstream): Promise<Verdict> {
+    if (!isUsable(u)) return 'unknown';
     const stores = membersOf(u);
     const targets: Upstream[] = stores.length > 0 ? stores.filter(isUsable).map((m) => m.inner) : [u.inner];
     const cold = await Promise.all(targets.map((t) => this.checkStore(t)));
-    if (cold.some(Boolean)) {
+    if (cold.includes('cold')) {
       u.coldUntil = Date.now() + this.fenceMs;
       this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
+      return 'cold';
     }
+    return cold.includes('unknown') ? 'unknown' : 'warm';
   }
 
-  /** True when `store` lost the marker mcmux had written there. */
-  private async checkStore(store: Upstream): Promise<boolean> {
+  /** Whether `store` lost the marker mcmux had written there ('unknown' when it did not answer). */
+  private async checkStore(store: Upstream): Promise<Verdict> {
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
       // so each server is asked directly, through its own driver.
@@ -76,10 +93,10 @@ export class ColdDetector {
         await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS });
         this.lastSet.set(store, now);
       }
-      return !hit && wrote !== undefined;
+      return !hit && wrote !== undefined ? 'cold' : 'warm';
     } catch {
       // health tracking sees the failures of real requests; the marker is best effort
-      return false;
+      return 'unknown';
     }
   }
 }

@@ -6,15 +6,132 @@
  * gat/gats touch on every upstream: the one that answers (in the same operation), the ones that
  * missed get the item repaired with the new deadline, the others are touched in the background.
  * gets/gats read fenced upstreams last, so the cas unique handed out is the authority's.
+ *
+ * An upstream is never asked for a key it is dirty for (the repair journal). A key dirty on
+ * every upstream is read from the freshest copy. A key no eligible upstream answered for makes
+ * the whole read a SERVER_ERROR: a miss there could log a user out or hide a live session.
  */
 
 import { type GetCommand, type Hit, type Reply, isExpired } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { isFenced } from './health';
 import { errorMessage, serverError } from './context';
+import { isFenced, isUsable } from './health';
 
 type Answer = { ok: true; hits: Map<string, Hit | undefined> } | { ok: false; error: unknown };
+
+interface ReadState {
+  readonly found: Map<string, { hit: Hit; from: number }>;
+  /** For each key, the upstreams that answered a miss: the read-repair targets. */
+  readonly missedAt: Map<string, number[]>;
+  /** Keys some eligible upstream answered for (hit or miss). */
+  readonly answered: Set<string>;
+  lastError: unknown;
+}
+
+export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
+  // Writes that start while this read is in flight must keep it from read-repairing their keys.
+  const seq = ctx.journal.readStarted();
+  try {
+    return await read(ctx, cmd, seq);
+  } finally {
+    ctx.journal.readFinished();
+  }
+}
+
+async function read(ctx: RouterContext, cmd: GetCommand, seq: number): Promise<Reply> {
+  const { upstreams } = ctx;
+  // Each distinct key is asked for once, however often the request repeats it (T16).
+  const unique = [...new Set(cmd.keys)];
+  const st: ReadState = { found: new Map(), missedAt: new Map(), answered: new Set(), lastError: undefined };
+  const ask = (u: Upstream, keys: string[]): Promise<Answer> =>
+    u.get(keys, cmd.touch).then(
+      (hits) => ({ ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) }),
+      (error: unknown) => ({ ok: false, error }),
+    );
+
+  // gets/gats hand out a cas unique: read first from the upstreams that may check it (not fenced).
+  const order = upstreams.map((_, i) => i);
+  if (cmd.withCas) order.sort((a, b) => Number(isFenced(upstreams[a] as Upstream)) - Number(isFenced(upstreams[b] as Upstream)));
+  /** A hedged request already sent to an upstream, by index. */
+  const prefetched = new Map<number, Promise<Answer>>();
+  let hedged = ctx.hedgeMs <= 0;
+  let missing = unique;
+  const asked = new Set<string>();
+  for (let pos = 0; pos < order.length && missing.length > 0; pos++) {
+    const i = order[pos] as number;
+    const u = upstreams[i] as Upstream;
+    // A key this upstream missed a write of is not asked of it: it may be stale or deleted there.
+    // Decided before the request goes out: the journal may change while it is in flight.
+    const skipped = missing.filter((k) => ctx.journal.isDirty(u, k));
+    const keys = skipped.length === 0 ? missing : missing.filter((k) => !skipped.includes(k));
+    if (keys.length === 0) continue;
+    for (const k of keys) asked.add(k);
+    const pending = prefetched.get(i) ?? ask(u, keys);
+    prefetched.delete(i);
+    const next = order[pos + 1];
+    if (!hedged && next !== undefined) {
+      hedged = true;
+      await hedge(ctx, pending, upstreams[next] as Upstream, next, missing, ask, prefetched, st);
+      if (keys.every((k) => st.found.has(k))) {
+        // The hedge found everything this upstream was asked for: its answer is not awaited.
+        missing = missing.filter((k) => !st.found.has(k));
+        continue;
+      }
+    }
+    const still = skipped; // absorb() adds the keys this upstream did not have (or failed on)
+    absorb(st, await pending, keys, i, still);
+    missing = still;
+  }
+
+  // Keys dirty on every upstream were never asked: read them from the freshest copy.
+  for (const key of missing.filter((k) => !asked.has(k))) {
+    for (const u of ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key) ?? []) {
+      const i = upstreams.indexOf(u);
+      absorb(st, await ask(u, [key]), [key], i, []);
+      if (st.answered.has(key)) break;
+    }
+  }
+
+  const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
+  if (unanswered !== undefined) {
+    return serverError(`no upstream answered for a key: ${errorMessage(st.lastError ?? new Error('every copy is being repaired'))}`);
+  }
+
+  for (const [key, { hit, from }] of st.found) {
+    const above = st.missedAt.get(key);
+    if (above) repair(ctx, key, hit, above, seq);
+    if (cmd.touch !== undefined) touchOthers(ctx, key, cmd.touch, from, above);
+  }
+
+  const hits = cmd.keys.map((k) => st.found.get(k)?.hit);
+  for (const h of hits) {
+    if (h) ctx.counters.getHits++;
+    else ctx.counters.getMisses++;
+  }
+  return { kind: 'values', hits };
+}
+
+/** Takes one upstream's answer for `keys` into the read: hits found, misses noted, errors kept. */
+function absorb(st: ReadState, answer: Answer, keys: readonly string[], i: number, still: string[]): void {
+  if (!answer.ok) {
+    st.lastError = answer.error;
+    for (const k of keys) if (!st.found.has(k) && !still.includes(k)) still.push(k);
+    return;
+  }
+  for (const key of keys) {
+    st.answered.add(key);
+    const hit = answer.hits.get(key);
+    if (hit) {
+      if (!st.found.has(key)) st.found.set(key, { hit, from: i });
+      continue;
+    }
+    if (!st.found.has(key) && !still.includes(key)) still.push(key);
+    const list = st.missedAt.get(key);
+    if (list) list.push(i);
+    else st.missedAt.set(key, [i]);
+  }
+}
 
 /**
  * Hedged read (`hedge-ms`): when the first upstream has not answered within hedge-ms, the next
@@ -30,7 +147,7 @@ async function hedge(
   missing: readonly string[],
   ask: (u: Upstream, keys: string[]) => Promise<Answer>,
   prefetched: Map<number, Promise<Answer>>,
-  found: Map<string, { hit: Hit; from: number }>,
+  st: ReadState,
 ): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const late = await Promise.race([
@@ -47,112 +164,36 @@ async function hedge(
   const winner = await Promise.race([first.then(() => undefined), second]);
   if (!winner?.ok) return;
   for (const [k, hit] of winner.hits) {
-    if (hit && !found.has(k)) {
-      found.set(k, { hit, from: nextIndex });
+    if (hit && !st.found.has(k)) {
+      st.found.set(k, { hit, from: nextIndex });
+      st.answered.add(k);
       ctx.counters.hedgeWins++;
     }
   }
 }
 
-export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
-  const { upstreams } = ctx;
-  // Each distinct key is asked for once, however often the request repeats it (T16).
-  const unique = [...new Set(cmd.keys)];
-  const found = new Map<string, { hit: Hit; from: number }>();
-  /** For each key, the upstreams that answered a miss: the read-repair targets. */
-  const missedAt = new Map<string, number[]>();
-  let missing = unique;
-  let answered = 0;
-  let lastError: unknown;
-
-  // gets/gats hand out a cas unique: read first from the upstreams that may check it (not fenced).
-  const order = upstreams.map((_, i) => i);
-  if (cmd.withCas) order.sort((a, b) => Number(isFenced(upstreams[a] as Upstream)) - Number(isFenced(upstreams[b] as Upstream)));
-  const ask = (u: Upstream, keys: string[]): Promise<Answer> =>
-    u.get(keys, cmd.touch).then(
-      (hits) => ({ ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) }),
-      (error: unknown) => ({ ok: false, error }),
-    );
-  /** A hedged request already sent to an upstream, by index. */
-  const prefetched = new Map<number, Promise<Answer>>();
-  let hedged = ctx.hedgeMs <= 0;
-
-  // Two passes: the first skips the upstreams a key is dirty on; a key dirty on every upstream
-  // (every copy of its last write failed) is then read from the first that answers, the one the
-  // repair takes as the truth.
-  for (const skipDirty of [true, false]) {
-    const asked = new Set<string>();
-    for (let pos = 0; pos < order.length && missing.length > 0; pos++) {
-      const i = order[pos] as number;
-      const u = upstreams[i] as Upstream;
-      // A key this upstream missed a write of is not asked of it: it may be stale or deleted there.
-      const keys = skipDirty ? missing.filter((k) => !ctx.journal.isDirty(u, k)) : missing;
-      if (keys.length === 0) continue;
-      for (const k of keys) asked.add(k);
-      const pending = prefetched.get(i) ?? ask(u, keys);
-      prefetched.delete(i);
-      const next = order[pos + 1];
-      if (!hedged && next !== undefined) {
-        hedged = true;
-        await hedge(ctx, pending, upstreams[next] as Upstream, next, missing, ask, prefetched, found);
-        if (keys.every((k) => found.has(k))) {
-          // The hedge found everything this upstream was asked for: its answer is not awaited.
-          missing = missing.filter((k) => !found.has(k));
-          continue;
-        }
-      }
-      const answer = await pending;
-      if (!answer.ok) {
-        lastError = answer.error;
-        continue;
-      }
-      answered++;
-      const still = skipDirty ? missing.filter((k) => ctx.journal.isDirty(u, k)) : [];
-      for (const key of keys) {
-        const hit = answer.hits.get(key);
-        const early = found.get(key);
-        if (hit && !early) {
-          found.set(key, { hit, from: i });
-        } else if (!hit) {
-          if (!early) still.push(key);
-          const list = missedAt.get(key);
-          if (list) list.push(i);
-          else missedAt.set(key, [i]);
-        }
-      }
-      missing = still;
-    }
-    missing = missing.filter((k) => !asked.has(k));
-    if (missing.length === 0) break;
-  }
-
-  if (answered === 0 && lastError !== undefined) {
-    return serverError(`no upstream answered: ${errorMessage(lastError)}`);
-  }
-
-  for (const [key, { hit, from }] of found) {
-    const above = missedAt.get(key);
-    if (above) repair(ctx, key, hit, above);
-    if (cmd.touch !== undefined) touchOthers(ctx, key, cmd.touch, from, above);
-  }
-
-  const hits = cmd.keys.map((k) => found.get(k)?.hit);
-  for (const h of hits) {
-    if (h) ctx.counters.getHits++;
-    else ctx.counters.getMisses++;
-  }
-  return { kind: 'values', hits };
-}
-
-function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[]): void {
-  if (isExpired(hit.deadline, Date.now())) return;
+/**
+ * Read repair. Skipped when a write of the key started after the read began (the value found may
+ * be gone: a delete that raced the read must not be undone); and when one starts while the `add`
+ * is in flight, the target is journaled, since the `add` may land after that write.
+ */
+function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number): void {
+  if (isExpired(hit.deadline, Date.now()) || ctx.journal.writtenSince(key, seq)) return;
   for (const i of targets) {
     const u = ctx.upstreams[i] as Upstream;
     ctx.counters.readRepairs++;
-    u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }).catch((error: unknown) => {
-      ctx.counters.readRepairFailures++;
-      ctx.onBackgroundError('read repair', u, error);
-    });
+    ctx.journal.readStarted(); // keeps the writes of this key remembered until the add is done
+    u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline })
+      .then(
+        () => {
+          if (ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
+        },
+        (error: unknown) => {
+          ctx.counters.readRepairFailures++;
+          ctx.onBackgroundError('read repair', u, error);
+        },
+      )
+      .finally(() => ctx.journal.readFinished());
   }
 }
 

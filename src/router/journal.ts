@@ -28,8 +28,15 @@ export interface JournalOptions {
   readonly fsync: 'always' | 'everysec' | 'no';
 }
 
+export interface DirtyEntry {
+  readonly op: DirtyOp;
+  /** When the upstream first missed a write of the key (ms): of two dirty copies, the one that
+   * became dirty later is the fresher. */
+  readonly since: number;
+}
+
 interface PerUpstream {
-  readonly keys: Map<string, DirtyOp>;
+  readonly keys: Map<string, DirtyEntry>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: { since: number; trustAfter: number | undefined } | undefined;
 }
@@ -42,6 +49,9 @@ interface PerUpstream {
 export function idOf(u: Upstream): string {
   return (u as { storeId?: string }).storeId ?? u.name;
 }
+
+/** Keys remembered as written during reads (bounded: the oldest is forgotten first). */
+const RECENT_WRITES_MAX = 100_000;
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
@@ -56,8 +66,13 @@ export class RepairJournal {
   private lines = 0;
   private syncTimer: NodeJS.Timeout | undefined;
   private dirtySinceSync = false;
-  /** Keys a repair is copying right now; a client write to one of them makes the repair redo it. */
+  private closed = false;
+  /** Keys a repair is copying right now (`<store> <key>`); a client write marks them to redo. */
   readonly repairing = new Map<string, boolean>();
+  private writeSeq = 0;
+  private readsInFlight = 0;
+  /** Keys written while reads were in flight, with the sequence of their last write start. */
+  private readonly recentWrites = new Map<string, number>();
 
   constructor(private readonly options: JournalOptions) {}
 
@@ -91,8 +106,55 @@ export class RepairJournal {
     return n;
   }
 
-  entries(u: Upstream): IterableIterator<[string, DirtyOp]> {
+  entries(u: Upstream): IterableIterator<[string, DirtyEntry]> {
     return this.of(u).keys.entries();
+  }
+
+  entry(u: Upstream, key: string): DirtyEntry | undefined {
+    return this.byName.get(idOf(u))?.keys.get(key);
+  }
+
+  /**
+   * Every client write calls this as it starts (before any upstream sees it). A repair copying
+   * the key right now must copy again (its source may be older than this write), and a read
+   * that began before it must not read-repair the key (the value it found may be gone).
+   */
+  writeStarted(key: string): void {
+    const seq = ++this.writeSeq;
+    if (this.readsInFlight > 0) {
+      this.recentWrites.set(key, seq);
+      if (this.recentWrites.size > RECENT_WRITES_MAX) this.recentWrites.delete(this.recentWrites.keys().next().value as string);
+    }
+    if (this.repairing.size === 0) return;
+    for (const rk of this.repairing.keys()) if (rk.slice(rk.lastIndexOf(" ") + 1) === key) this.repairing.set(rk, true);
+  }
+
+  /**
+   * When `key` is dirty on every one of `all`: the upstream to take as the truth — the one that
+   * started missing writes last, so the freshest copy — as a one-element list when it is usable
+   * now, empty when it is not (nothing older may stand in for it). Undefined when some upstream
+   * is clean for the key: then only a clean one may be the truth, even a down one.
+   */
+  freshest(all: readonly Upstream[], usable: readonly Upstream[], key: string): Upstream[] | undefined {
+    if (!all.every((u) => this.isDirty(u, key))) return undefined;
+    const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest
+    const top = [...all].sort((a, b) => since(b) - since(a))[0];
+    return top !== undefined && usable.includes(top) ? [top] : [];
+  }
+
+  /** A read begins: returns the write sequence it must compare against (see `writtenSince`). */
+  readStarted(): number {
+    this.readsInFlight++;
+    return this.writeSeq;
+  }
+
+  readFinished(): void {
+    if (--this.readsInFlight === 0) this.recentWrites.clear();
+  }
+
+  /** True when a write of `key` started after the read that got `seq` began. */
+  writtenSince(key: string, seq: number): boolean {
+    return (this.recentWrites.get(key) ?? 0) > seq;
   }
 
   /** Records that `u` missed a write (or delete) of `key`. */
@@ -109,8 +171,10 @@ export class RepairJournal {
       this.append(`O ${hex(idOf(u))} ${p.overflow.since}`);
       return;
     }
-    p.keys.set(key, op);
-    this.append(`M ${hex(idOf(u))} ${op === 'delete' ? 'd' : 'w'} ${hex(key)}`);
+    // The first miss is what dates the copy; later misses of the same key do not refresh it.
+    if (!p.keys.has(key)) p.keys.set(key, { op, since: Date.now() });
+    else if (op !== p.keys.get(key)?.op) p.keys.set(key, { op, since: (p.keys.get(key) as DirtyEntry).since });
+    this.append(`M ${hex(idOf(u))} ${op === 'delete' ? 'd' : 'w'} ${hex(key)} ${(p.keys.get(key) as DirtyEntry).since}`);
   }
 
   /**
@@ -180,7 +244,11 @@ export class RepairJournal {
       else if (f[0] === 'N') this.neverExpires = true;
       if (!known.has(name)) continue; // an upstream removed from the config: nothing to repair
       const p = this.of({ name, storeId: name } as Upstream & { storeId: string });
-      if (f[0] === 'M' && f[3] !== undefined && !p.overflow) p.keys.set(unhex(f[3]), f[2] === 'd' ? 'delete' : 'write');
+      if (f[0] === 'M' && f[3] !== undefined && !p.overflow) {
+        const key = unhex(f[3]);
+        const since = p.keys.get(key)?.since ?? (Number(f[4]) || 0);
+        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since });
+      }
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
         p.keys.clear();
@@ -205,7 +273,7 @@ export class RepairJournal {
     if (this.neverExpires) out.push('N');
     for (const [name, p] of this.byName) {
       if (p.overflow) out.push(`O ${hex(name)} ${p.overflow.since}`);
-      for (const [key, op] of p.keys) out.push(`M ${hex(name)} ${op === 'delete' ? 'd' : 'w'} ${hex(key)}`);
+      for (const [key, e] of p.keys) out.push(`M ${hex(name)} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`);
     }
     const fd = openSync(tmp, 'w', 0o600);
     writeSync(fd, out.length ? out.join('\n') + '\n' : '');
@@ -218,7 +286,7 @@ export class RepairJournal {
   }
 
   private append(line: string): void {
-    if (!this.options.dir) return;
+    if (!this.options.dir || this.closed) return;
     if (this.fd === undefined) this.rewrite();
     writeSync(this.fd as number, line + '\n');
     this.lines++;
@@ -241,6 +309,7 @@ export class RepairJournal {
 
   /** Persists and closes (shutdown). */
   close(): void {
+    this.closed = true;
     if (this.syncTimer) clearTimeout(this.syncTimer);
     this.syncTimer = undefined;
     if (this.fd !== undefined) {

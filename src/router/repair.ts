@@ -74,8 +74,8 @@ export class Repairer {
     }
     const batch: Array<[string, 'write' | 'delete']> = [];
     const budget = Math.max(1, Math.floor((this.options.rate * TICK_MS) / 1000));
-    for (const e of journal.entries(u)) {
-      batch.push(e);
+    for (const [key, e] of journal.entries(u)) {
+      batch.push([key, e.op]);
       if (batch.length >= budget) break;
     }
     let done = 0;
@@ -98,10 +98,11 @@ export class Repairer {
       } else {
         const source = ctx.upstreams.find((s) => s !== u && isUsable(s) && !journal.isDirty(s, key));
         if (!source) {
-          // Dirty everywhere (every copy of the write failed): the first usable upstream is taken
-          // as the truth, as the authority would be, and the others copy from it.
-          const first = ctx.upstreams.find(isUsable);
-          if (first !== u) return false;
+          // Dirty everywhere (every copy of a write failed): the freshest usable copy is taken as
+          // the truth, as reads and the authority take it, and the others copy from it. When a
+          // clean upstream exists but is down, wait for it: it alone has the right value.
+          const truth = journal.freshest(ctx.upstreams, ctx.upstreams.filter(isUsable), key)?.[0];
+          if (truth !== u) return false;
           journal.clear(u, key);
           return true;
         }

@@ -67,16 +67,24 @@ export function replicateKeyed(
 ): Promise<Reply> {
   const n = ctx.upstreams.length;
   const min = Math.min(ctx.minCopies, n);
+  // An upstream dirty for the key may hold a copy that was deleted: its "I had it" says nothing.
+  const dirty = ctx.upstreams.map((u) => ctx.journal.isDirty(u, key));
+  const allDirty = dirty.every(Boolean);
   return fanOut(
     ctx.upstreams,
     op,
     (outcomes, settled) => {
-      const hits = count(outcomes, (r) => r === hit);
+      // A touch's answer is only as good as the copy that gave it; a delete removed whatever it found.
+      const trusted = (i: number): boolean => what === 'delete' || allDirty || !dirty[i];
+      const hits = outcomes.filter((o, i) => o?.ok && o.value === hit && trusted(i)).length;
       const answered = count(outcomes, () => true);
       if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies')) return { kind: 'status', status: hit };
       if (!settled) return undefined;
       if (answered < min) {
         return serverError(`${what} reached ${answered} of ${n} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
+      }
+      if (!outcomes.some((o, i) => o?.ok && trusted(i))) {
+        return serverError(`${what}: no upstream with a current copy of the key answered: ${firstError(outcomes)}`);
       }
       return { kind: 'status', status: 'NOT_FOUND' };
     },

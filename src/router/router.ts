@@ -125,6 +125,8 @@ export class Router {
 
   execute(cmd: Command): Promise<Reply> | Reply {
     const ctx = this.ctx;
+    // Before any upstream sees a write: repairs and read repairs of its key in flight must know.
+    if ('key' in cmd) ctx.journal.writeStarted(cmd.key);
     switch (cmd.kind) {
       case 'get':
         this.count(cmd.touch === undefined ? 'get' : 'touch');

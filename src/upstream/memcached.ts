@@ -92,6 +92,7 @@ class Connection {
   private reconnectTimer: NodeJS.Timeout | undefined;
   private backoffMs = BACKOFF_MIN_MS;
   private corked = false;
+  private connectedBefore = false;
 
   constructor(private readonly up: MemcachedUpstream) {}
 
@@ -186,6 +187,9 @@ class Connection {
     clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
     this.status = 'ready';
+    // A connection made again after one was lost: the server may have restarted empty.
+    if (this.connectedBefore) this.up.onReconnect?.();
+    this.connectedBefore = true;
   };
 
   private readonly onConnectTimeout = (): void => {
@@ -297,6 +301,7 @@ function unexpected(r: MetaReply): McmuxError {
 export class MemcachedUpstream implements Upstream {
   readonly scheme = 'memcached';
   readonly stats: UpstreamStats = newUpstreamStats();
+  onReconnect: (() => void) | undefined;
   private readonly conns: Connection[];
   private rr = 0;
   private closed = false;

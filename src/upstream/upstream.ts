@@ -66,6 +66,11 @@ export interface Upstream {
   /** A cheap request that proves the store answers (memcached `version`). */
   probe(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Optional: a driver that can tell it reconnected after losing its connection calls this (the
+   * store may have restarted empty; mcmux then fences it until its marker key is checked).
+   */
+  onReconnect?: (() => void) | undefined;
 }
 
 export function newUpstreamStats(): UpstreamStats {

@@ -156,7 +156,8 @@ describe('repair journal', () => {
       assert.ok(readFileSync(join(dir, 'journal.log'), 'latin1').length > 0);
       const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
       j2.load([u]);
-      assert.deepEqual([...j2.entries(u)], [['a b\r\n', 'delete']]);
+      assert.deepEqual([...j2.entries(u)].map(([k, e]) => [k, e.op]), [['a b\r\n', 'delete']]);
+      assert.ok((j2.entry(u, 'a b\r\n')?.since ?? 0) > Date.now() - 60_000, 'when it first missed a write survives too');
       assert.equal(j2.size(v), 0, 'entries of an upstream no longer configured are dropped');
       assert.ok(j2.maxDeadline > Date.now());
       j2.close();
