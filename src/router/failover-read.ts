@@ -31,12 +31,7 @@ interface ReadState {
 
 export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
-  const seq = ctx.journal.readStarted();
-  try {
-    return await read(ctx, cmd, seq);
-  } finally {
-    ctx.journal.readFinished();
-  }
+  return read(ctx, cmd, ctx.journal.readStarted());
 }
 
 async function read(ctx: RouterContext, cmd: GetCommand, seq: number): Promise<Reply> {
@@ -182,18 +177,15 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
   for (const i of targets) {
     const u = ctx.upstreams[i] as Upstream;
     ctx.counters.readRepairs++;
-    ctx.journal.readStarted(); // keeps the writes of this key remembered until the add is done
-    u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline })
-      .then(
-        () => {
-          if (ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
-        },
-        (error: unknown) => {
-          ctx.counters.readRepairFailures++;
-          ctx.onBackgroundError('read repair', u, error);
-        },
-      )
-      .finally(() => ctx.journal.readFinished());
+    u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }).then(
+      () => {
+        if (ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
+      },
+      (error: unknown) => {
+        ctx.counters.readRepairFailures++;
+        ctx.onBackgroundError('read repair', u, error);
+      },
+    );
   }
 }
 

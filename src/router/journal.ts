@@ -50,8 +50,14 @@ export function idOf(u: Upstream): string {
   return (u as { storeId?: string }).storeId ?? u.name;
 }
 
-/** Keys remembered as written during reads (bounded: the oldest is forgotten first). */
+/** Keys remembered as recently written (bounded: the oldest is forgotten first). */
 const RECENT_WRITES_MAX = 100_000;
+/**
+ * How long after a write of a key starts read repair leaves the key alone: longer than a write
+ * stays in flight on a healthy upstream. Read repair is best effort; a hot key is repaired by a
+ * later read.
+ */
+const QUIET_MS = 2000;
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
@@ -70,9 +76,8 @@ export class RepairJournal {
   /** Keys a repair is copying right now (`<store> <key>`); a client write marks them to redo. */
   readonly repairing = new Map<string, boolean>();
   private writeSeq = 0;
-  private readsInFlight = 0;
-  /** Keys written while reads were in flight, with the sequence of their last write start. */
-  private readonly recentWrites = new Map<string, number>();
+  /** Keys written in the last QUIET_MS, with the sequence and time of their last write start. */
+  private readonly recentWrites = new Map<string, { seq: number; t: number }>();
 
   constructor(private readonly options: JournalOptions) {}
 
@@ -121,12 +126,31 @@ export class RepairJournal {
    */
   writeStarted(key: string): void {
     const seq = ++this.writeSeq;
-    if (this.readsInFlight > 0) {
-      this.recentWrites.set(key, seq);
-      if (this.recentWrites.size > RECENT_WRITES_MAX) this.recentWrites.delete(this.recentWrites.keys().next().value as string);
+    const now = Date.now();
+    // Re-inserted so the Map's order stays oldest first; what has aged out is dropped from the front.
+    this.recentWrites.delete(key);
+    this.recentWrites.set(key, { seq, t: now });
+    for (const [k, w] of this.recentWrites) {
+      if (this.recentWrites.size <= RECENT_WRITES_MAX && now - w.t < QUIET_MS) break;
+      this.recentWrites.delete(k);
     }
     if (this.repairing.size === 0) return;
-    for (const rk of this.repairing.keys()) if (rk.slice(rk.lastIndexOf(" ") + 1) === key) this.repairing.set(rk, true);
+    for (const rk of this.repairing.keys()) if (rk.slice(rk.lastIndexOf(' ') + 1) === key) this.repairing.set(rk, true);
+  }
+
+  /** A read begins: returns the write sequence it must compare against (see `writtenSince`). */
+  readStarted(): number {
+    return this.writeSeq;
+  }
+
+  /**
+   * True when a write of `key` started after the read that got `seq` began, or shortly before
+   * (QUIET_MS): such a write may still be in flight on some upstream, and a value the read found
+   * elsewhere may already be gone (a delete racing the read must not be undone by read repair).
+   */
+  writtenSince(key: string, seq: number): boolean {
+    const w = this.recentWrites.get(key);
+    return w !== undefined && (w.seq > seq || Date.now() - w.t < QUIET_MS);
   }
 
   /**
@@ -140,21 +164,6 @@ export class RepairJournal {
     const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest
     const top = [...all].sort((a, b) => since(b) - since(a))[0];
     return top !== undefined && usable.includes(top) ? [top] : [];
-  }
-
-  /** A read begins: returns the write sequence it must compare against (see `writtenSince`). */
-  readStarted(): number {
-    this.readsInFlight++;
-    return this.writeSeq;
-  }
-
-  readFinished(): void {
-    if (--this.readsInFlight === 0) this.recentWrites.clear();
-  }
-
-  /** True when a write of `key` started after the read that got `seq` began. */
-  writtenSince(key: string, seq: number): boolean {
-    return (this.recentWrites.get(key) ?? 0) > seq;
   }
 
   /** Records that `u` missed a write (or delete) of `key`. */

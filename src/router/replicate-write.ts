@@ -69,13 +69,14 @@ export function replicateKeyed(
   const min = Math.min(ctx.minCopies, n);
   // An upstream dirty for the key may hold a copy that was deleted: its "I had it" says nothing.
   const dirty = ctx.upstreams.map((u) => ctx.journal.isDirty(u, key));
-  const allDirty = dirty.every(Boolean);
+  // Dirty everywhere: only the freshest copy speaks for the key.
+  const freshest = dirty.every(Boolean) ? ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0] : undefined;
   return fanOut(
     ctx.upstreams,
     op,
     (outcomes, settled) => {
       // A touch's answer is only as good as the copy that gave it; a delete removed whatever it found.
-      const trusted = (i: number): boolean => what === 'delete' || allDirty || !dirty[i];
+      const trusted = (i: number): boolean => what === 'delete' || (freshest ? ctx.upstreams[i] === freshest : !dirty[i]);
       const hits = outcomes.filter((o, i) => o?.ok && o.value === hit && trusted(i)).length;
       const answered = count(outcomes, () => true);
       if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies')) return { kind: 'status', status: hit };
