@@ -117,12 +117,14 @@ export class App {
           if (to === 'healthy') void this.coldDetector.check(u);
         }, storeIdentity(spec.url, spec.options));
         for (const member of membersOf(inner)) member.options = config.health;
-        const reconnected = (): void => this.coldDetector.reconnected(m as HealthyUpstream);
-        inner.onReconnect = reconnected;
-        for (const member of membersOf(inner)) member.inner.onReconnect = reconnected;
+        inner.onReconnect = (): void => this.coldDetector.reconnected(m as HealthyUpstream);
+        for (const member of membersOf(inner)) {
+          member.inner.onReconnect = (): void => this.coldDetector.serverReconnected(m as HealthyUpstream, member);
+        }
         const pool = inner as { onMemberChange?: StateListener };
         if ('onMemberChange' in pool) {
           pool.onMemberChange = (u, from, to, reason) => {
+            if (to === 'healthy') this.coldDetector.serverReconnected(m as HealthyUpstream, u);
             const routine = to === 'probing' || (from === 'probing' && to === 'down');
             this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: m?.name, server: u.name, from, to, reason }, `pool server ${to}`);
           };

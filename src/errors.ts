@@ -17,6 +17,8 @@ export const ErrorCodes = {
   UPSTREAM_BUSY: 'MCMUX_UPSTREAM_BUSY',
   /** The upstream is marked down by health tracking; it is skipped until a probe succeeds. */
   UPSTREAM_DOWN: 'MCMUX_UPSTREAM_DOWN',
+  /** One server of a pool failed while others are up: that server's keys only (not the pool's health). */
+  UPSTREAM_PARTIAL: 'MCMUX_UPSTREAM_PARTIAL',
   /** The upstream is closed (shutdown or reload). */
   UPSTREAM_CLOSED: 'MCMUX_UPSTREAM_CLOSED',
   /** A configuration value or flag is invalid; exit status 2. */

@@ -58,6 +58,23 @@ export class ColdDetector {
     });
   }
 
+  /**
+   * One server of the pool `u` reconnected (or came back healthy): fence the pool, then ask that
+   * server itself — even before its health says it is usable — and lift the fence only on its
+   * own answer that the marker is still there.
+   */
+  serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
+    const wasFenced = u.fenced;
+    u.coldUntil = Math.max(u.coldUntil, Date.now() + this.fenceMs);
+    void this.checkStore(server.inner).then((verdict) => {
+      if (verdict === 'cold') {
+        this.log.warn({ upstream: u.name, server: server.name, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
+      } else if (verdict === 'warm' && !wasFenced) {
+        u.coldUntil = 0;
+      }
+    });
+  }
+
   /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
   forget(u: HealthyUpstream): void {
     this.lastSet.delete(u.inner);

@@ -36,11 +36,14 @@ const noObserver: RequestObserver = () => {};
 
 /** Failures that say something about the store, not about mcmux's own queue or shutdown. */
 function countsAsFailure(error: unknown): boolean {
-  // UPSTREAM_DOWN from inside means a pool refusing the keys of one down server of its own:
-  // that server's health says so; the pool as a whole is fine.
+  // UPSTREAM_DOWN / _PARTIAL from inside mean a pool refusing or failing the keys of one server
+  // of its own: that server's health counts it; the pool as a whole is fine.
   return !(
     error instanceof McmuxError &&
-    (error.code === ErrorCodes.UPSTREAM_BUSY || error.code === ErrorCodes.UPSTREAM_CLOSED || error.code === ErrorCodes.UPSTREAM_DOWN)
+    (error.code === ErrorCodes.UPSTREAM_BUSY ||
+      error.code === ErrorCodes.UPSTREAM_CLOSED ||
+      error.code === ErrorCodes.UPSTREAM_DOWN ||
+      error.code === ErrorCodes.UPSTREAM_PARTIAL)
   );
 }
 

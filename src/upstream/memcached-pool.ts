@@ -157,19 +157,36 @@ export class MemcachedPool implements Upstream {
   // A down server's write rejects (MCMUX_UPSTREAM_DOWN): the router journals the key for this
   // pool, and the repair replays it when the server is back.
   async store(req: StoreRequest): Promise<StoreResult> {
-    return this.node(req.key).store(req);
+    const n = this.node(req.key);
+    return this.one(n, n.store(req));
   }
 
   async delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
-    return this.node(key).delete(key);
+    const n = this.node(key);
+    return this.one(n, n.delete(key));
   }
 
   async touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
-    return this.node(key).touch(key, deadline);
+    const n = this.node(key);
+    return this.one(n, n.touch(key, deadline));
   }
 
   async arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
-    return this.node(key).arith(op, key, delta);
+    const n = this.node(key);
+    return this.one(n, n.arith(op, key, delta));
+  }
+
+  /**
+   * A failure of one server while another is up fails that key, not the pool: it is re-raised
+   * as MCMUX_UPSTREAM_PARTIAL, which the pool's own health does not count (the server's does).
+   */
+  private one<R>(node: HealthyUpstream, request: Promise<R>): Promise<R> {
+    return request.catch((error: unknown) => {
+      if (error instanceof McmuxError && error.code !== ErrorCodes.UPSTREAM_CLOSED && this.nodes.some((n) => n !== node && n.usable)) {
+        throw new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message);
+      }
+      throw error;
+    });
   }
 
   /** Flushes every server; fails if any failed (after all have answered). */
