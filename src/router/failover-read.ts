@@ -31,7 +31,12 @@ interface ReadState {
 
 export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
-  return read(ctx, cmd, ctx.journal.readStarted());
+  const seq = ctx.journal.readStarted();
+  try {
+    return await read(ctx, cmd, seq);
+  } finally {
+    ctx.journal.readFinished();
+  }
 }
 
 async function read(ctx: RouterContext, cmd: GetCommand, seq: number): Promise<Reply> {
@@ -168,24 +173,27 @@ async function hedge(
 }
 
 /**
- * Read repair. Skipped when a write of the key started after the read began (the value found may
- * be gone: a delete that raced the read must not be undone); and when one starts while the `add`
- * is in flight, the target is journaled, since the `add` may land after that write.
+ * Read repair. Skipped when a write of the key is in flight or started after the read began (the
+ * value found may be gone: a delete that raced the read must not be undone); and when one starts
+ * while the `add` is in flight, the target is journaled, since the `add` may land after it.
  */
 function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number): void {
   if (isExpired(hit.deadline, Date.now()) || ctx.journal.writtenSince(key, seq)) return;
   for (const i of targets) {
     const u = ctx.upstreams[i] as Upstream;
     ctx.counters.readRepairs++;
-    u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }).then(
-      () => {
-        if (ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
-      },
-      (error: unknown) => {
-        ctx.counters.readRepairFailures++;
-        ctx.onBackgroundError('read repair', u, error);
-      },
-    );
+    ctx.journal.readStarted(); // keeps the writes of this key remembered until the add is done
+    u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline })
+      .then(
+        () => {
+          if (ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
+        },
+        (error: unknown) => {
+          ctx.counters.readRepairFailures++;
+          ctx.onBackgroundError('read repair', u, error);
+        },
+      )
+      .finally(() => ctx.journal.readFinished());
   }
 }
 

@@ -19,6 +19,7 @@ export function fanOut<R, T>(
   op: (u: Upstream) => Promise<R>,
   decide: (outcomes: ReadonlyArray<Outcome<R> | undefined>, settled: boolean) => T | undefined,
   onOutcome?: (u: Upstream, o: Outcome<R>) => void,
+  onAllSettled?: () => void,
 ): Promise<T> {
   return new Promise<T>((resolve) => {
     const outcomes: Array<Outcome<R> | undefined> = new Array(upstreams.length).fill(undefined);
@@ -28,6 +29,7 @@ export function fanOut<R, T>(
       outcomes[i] = o;
       left--;
       if (onOutcome) onOutcome(upstreams[i] as Upstream, o);
+      if (left === 0 && onAllSettled) onAllSettled();
       if (done) return;
       const r = decide(outcomes, left === 0);
       if (r !== undefined) {
@@ -36,6 +38,7 @@ export function fanOut<R, T>(
       }
     };
     if (left === 0) {
+      if (onAllSettled) onAllSettled();
       resolve(decide(outcomes, true) as T);
       return;
     }

@@ -50,14 +50,9 @@ export function idOf(u: Upstream): string {
   return (u as { storeId?: string }).storeId ?? u.name;
 }
 
-/** Keys remembered as recently written (bounded: the oldest is forgotten first). */
-const RECENT_WRITES_MAX = 100_000;
-/**
- * How long after a write of a key starts read repair leaves the key alone: longer than a write
- * stays in flight on a healthy upstream. Read repair is best effort; a hot key is repaired by a
- * later read.
- */
-const QUIET_MS = 2000;
+
+/** Finished writes remembered for reads still in flight (bounded: the oldest go first). */
+const WRITES_MAX = 100_000;
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
@@ -76,8 +71,12 @@ export class RepairJournal {
   /** Keys a repair is copying right now (`<store> <key>`); a client write marks them to redo. */
   readonly repairing = new Map<string, boolean>();
   private writeSeq = 0;
-  /** Keys written in the last QUIET_MS, with the sequence and time of their last write start. */
-  private readonly recentWrites = new Map<string, { seq: number; t: number }>();
+  /**
+   * Keys written while reads were in flight: the sequence of the last write started and how many
+   * are still going. Forgotten once no write of the key and no read is in flight: it stays small.
+   */
+  private readonly writes = new Map<string, { seq: number; inFlight: number }>();
+  private readsInFlight = 0;
 
   constructor(private readonly options: JournalOptions) {}
 
@@ -126,31 +125,48 @@ export class RepairJournal {
    */
   writeStarted(key: string): void {
     const seq = ++this.writeSeq;
-    const now = Date.now();
-    // Re-inserted so the Map's order stays oldest first; what has aged out is dropped from the front.
-    this.recentWrites.delete(key);
-    this.recentWrites.set(key, { seq, t: now });
-    for (const [k, w] of this.recentWrites) {
-      if (this.recentWrites.size <= RECENT_WRITES_MAX && now - w.t < QUIET_MS) break;
-      this.recentWrites.delete(k);
+    const w = this.writes.get(key);
+    // Re-inserted at the end: the Map's order is the order writes last started in.
+    this.writes.delete(key);
+    this.writes.set(key, { seq, inFlight: (w?.inFlight ?? 0) + 1 });
+    if (this.writes.size > WRITES_MAX) {
+      for (const [k, x] of this.writes) {
+        if (this.writes.size <= WRITES_MAX) break;
+        if (x.inFlight === 0) this.writes.delete(k);
+      }
     }
     if (this.repairing.size === 0) return;
     for (const rk of this.repairing.keys()) if (rk.slice(rk.lastIndexOf(' ') + 1) === key) this.repairing.set(rk, true);
   }
 
-  /** A read begins: returns the write sequence it must compare against (see `writtenSince`). */
+  /** Every upstream request of a write that `writeStarted` announced has settled. */
+  writeFinished(key: string): void {
+    const w = this.writes.get(key);
+    if (!w) return;
+    w.inFlight--;
+    if (w.inFlight <= 0 && this.readsInFlight === 0) this.writes.delete(key);
+  }
+
+  /** A read (or a read repair) begins: returns the write sequence to compare against. */
   readStarted(): number {
+    this.readsInFlight++;
     return this.writeSeq;
   }
 
+  readFinished(): void {
+    if (--this.readsInFlight > 0) return;
+    // No read is left that could ask about a write that has finished: forget those.
+    for (const [k, w] of this.writes) if (w.inFlight <= 0) this.writes.delete(k);
+  }
+
   /**
-   * True when a write of `key` started after the read that got `seq` began, or shortly before
-   * (QUIET_MS): such a write may still be in flight on some upstream, and a value the read found
-   * elsewhere may already be gone (a delete racing the read must not be undone by read repair).
+   * True when a write of `key` is in flight on some upstream, or started after the read that got
+   * `seq` began: a value the read found elsewhere may already be gone (a delete racing the read
+   * must not be undone by read repair).
    */
   writtenSince(key: string, seq: number): boolean {
-    const w = this.recentWrites.get(key);
-    return w !== undefined && (w.seq > seq || Date.now() - w.t < QUIET_MS);
+    const w = this.writes.get(key);
+    return w !== undefined && (w.inFlight > 0 || w.seq > seq);
   }
 
   /**

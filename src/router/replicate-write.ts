@@ -26,6 +26,8 @@ export function replicateSet(
 ): Promise<Reply> {
   const total = targets.length + copiesSoFar;
   const min = Math.min(ctx.minCopies, total);
+  // In flight until every copy has landed (write-wait copies answers before that).
+  ctx.journal.writeStarted(req.key);
   return fanOut(
     targets,
     (u) => u.store(req),
@@ -49,6 +51,7 @@ export function replicateSet(
       else ctx.journal.mark(u, req.key, 'write');
       reportLate(ctx, 'replicate', u, o, (r) => r.status === 'STORED');
     },
+    () => ctx.journal.writeFinished(req.key),
   );
 }
 
@@ -71,6 +74,7 @@ export function replicateKeyed(
   const dirty = ctx.upstreams.map((u) => ctx.journal.isDirty(u, key));
   // Dirty everywhere: only the freshest copy speaks for the key.
   const freshest = dirty.every(Boolean) ? ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0] : undefined;
+  ctx.journal.writeStarted(key);
   return fanOut(
     ctx.upstreams,
     op,
@@ -94,6 +98,7 @@ export function replicateKeyed(
       else if (what === 'delete') ctx.journal.written(u, key);
       reportLate(ctx, what, u, o, () => true);
     },
+    () => ctx.journal.writeFinished(key),
   );
 }
 

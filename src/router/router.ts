@@ -125,8 +125,21 @@ export class Router {
 
   execute(cmd: Command): Promise<Reply> | Reply {
     const ctx = this.ctx;
-    // Before any upstream sees a write: repairs and read repairs of its key in flight must know.
-    if ('key' in cmd) ctx.journal.writeStarted(cmd.key);
+    // Before any upstream sees a write: repairs and read repairs of its key in flight must know,
+    // until the command is answered (its copies still landing are tracked by replicate-write).
+    if ('key' in cmd) {
+      const key = cmd.key;
+      ctx.journal.writeStarted(key);
+      const done = (): void => ctx.journal.writeFinished(key);
+      const r = this.run(ctx, cmd);
+      if (r instanceof Promise) return r.finally(done);
+      done();
+      return r;
+    }
+    return this.run(ctx, cmd);
+  }
+
+  private run(ctx: RouterContext, cmd: Command): Promise<Reply> | Reply {
     switch (cmd.kind) {
       case 'get':
         this.count(cmd.touch === undefined ? 'get' : 'touch');
