@@ -192,14 +192,15 @@ async function waitStopped(proc: ChildProcess): Promise<void> {
   for (let i = 0; i < 500 && !stopped(); i++) await new Promise((r) => setTimeout(r, 10));
 }
 
-function stopProcess(proc: ChildProcess): Promise<void> {
+/** SIGTERM (after SIGCONT, should it be paused), SIGKILL after a grace; resolves once it exited. */
+export function stopProcess(proc: ChildProcess, graceMs = STOP_GRACE_MS): Promise<void> {
   if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     // These timers also keep the loop alive until the (unref'd) child's exit is seen.
     let killer = setTimeout(() => {
       proc.kill('SIGKILL');
-      killer = setTimeout(resolve, STOP_GRACE_MS);
-    }, STOP_GRACE_MS);
+      killer = setTimeout(resolve, graceMs);
+    }, graceMs);
     proc.once('exit', () => {
       clearTimeout(killer);
       resolve();

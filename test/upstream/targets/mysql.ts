@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { createConnection } from 'mysql2/promise';
 import { createMysqlUpstream } from '../../../src/upstream/mysql';
 import type { Upstream } from '../../../src/upstream/upstream';
-import { freePort, requireBinary } from '../../helpers/servers';
+import { freePort, requireBinary, stopProcess } from '../../helpers/servers';
 import { CTX, type ConformanceTarget } from './target';
 
 const INSTALL_TIMEOUT_MS = 30_000;
@@ -120,9 +120,9 @@ function handle(dir: string, port: number, first: ChildProcess, installMs: numbe
     get startupMs() {
       return startup;
     },
-    stop: () => stopProcess(proc),
+    stop: () => stopProcess(proc, STOP_GRACE_MS),
     restart: async () => {
-      await stopProcess(proc);
+      await stopProcess(proc, STOP_GRACE_MS);
       const started = Date.now();
       proc = await spawnMariadb(args);
       startup = Date.now() - started;
@@ -134,7 +134,7 @@ function handle(dir: string, port: number, first: ChildProcess, installMs: numbe
       proc.kill('SIGCONT');
     },
     destroy: async () => {
-      await stopProcess(proc);
+      await stopProcess(proc, STOP_GRACE_MS);
       await rm(dir, { recursive: true, force: true });
     },
   };
@@ -160,7 +160,7 @@ function spawnMariadb(args: string[]): Promise<ChildProcess> {
       if (done) return;
       done = true;
       clearTimeout(timer);
-      void stopProcess(proc).then(() => reject(new Error(`mariadbd did not start (${why}): ${log.trim().slice(-2000)}`)));
+      void stopProcess(proc, STOP_GRACE_MS).then(() => reject(new Error(`mariadbd did not start (${why}): ${log.trim().slice(-2000)}`)));
     };
     const timer = setTimeout(() => fail(`not ready within ${READY_TIMEOUT_MS} ms`), READY_TIMEOUT_MS);
     proc.stderr?.setEncoding('utf8').on('data', (d: string) => {
@@ -182,22 +182,6 @@ function spawnMariadb(args: string[]): Promise<ChildProcess> {
   });
 }
 
-function stopProcess(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    // These timers also keep the loop alive until the (unref'd) child's exit is seen.
-    let killer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      killer = setTimeout(resolve, STOP_GRACE_MS);
-    }, STOP_GRACE_MS);
-    proc.once('exit', () => {
-      clearTimeout(killer);
-      resolve();
-    });
-    proc.kill('SIGCONT'); // a paused process would not act on SIGTERM
-    proc.kill('SIGTERM');
-  });
-}
 
 /** A table name no other run uses. */
 export function freshTable(): string {

@@ -11,11 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRedisUpstream } from '../../../src/upstream/redis';
 import type { Upstream } from '../../../src/upstream/upstream';
-import { freePort, requireBinary } from '../../helpers/servers';
+import { freePort, requireBinary, stopProcess } from '../../helpers/servers';
 import { CTX, type ConformanceTarget } from './target';
 
 const READY_TIMEOUT_MS = 5000;
-const STOP_GRACE_MS = 2000;
 
 const running = new Set<ChildProcess>();
 const dirs = new Set<string>();
@@ -160,22 +159,7 @@ export function answersPing(port: number): Promise<boolean> {
   });
 }
 
-export function stopProcess(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    // These timers also keep the loop alive until the (unref'd) child's exit is seen.
-    let killer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      killer = setTimeout(resolve, STOP_GRACE_MS);
-    }, STOP_GRACE_MS);
-    proc.once('exit', () => {
-      clearTimeout(killer);
-      resolve();
-    });
-    proc.kill('SIGCONT'); // a paused process would not act on SIGTERM
-    proc.kill('SIGTERM');
-  });
-}
+export { stopProcess };
 
 export const redisTarget: ConformanceTarget = {
   name: 'redis',
