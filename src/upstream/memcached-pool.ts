@@ -182,7 +182,8 @@ export class MemcachedPool implements Upstream {
    */
   private one<R>(node: HealthyUpstream, request: Promise<R>): Promise<R> {
     return request.catch((error: unknown) => {
-      if (error instanceof McmuxError && error.code !== ErrorCodes.UPSTREAM_CLOSED && this.nodes.some((n) => n !== node && n.usable)) {
+      const passOn = error instanceof McmuxError && (error.code === ErrorCodes.UPSTREAM_CLOSED || error.code === ErrorCodes.UPSTREAM_DOWN);
+      if (error instanceof McmuxError && !passOn && this.nodes.some((n) => n !== node && n.usable)) {
         throw new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message);
       }
       throw error;
