@@ -33,13 +33,42 @@ export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
   const seq = ctx.journal.readStarted();
   try {
-    return await read(ctx, cmd, seq);
+    const first = await firstHit(ctx, cmd);
+    return first?.kind === 'values' ? first : await read(ctx, cmd, seq, first);
   } finally {
     ctx.journal.readFinished();
   }
 }
 
-async function read(ctx: RouterContext, cmd: GetCommand, seq: number): Promise<Reply> {
+/**
+ * The common case, without the bookkeeping of a full read: one key (get or gets), and the first
+ * upstream in order, clean for it, has it. Nothing to repair above it, no hedge, no touch.
+ * Anything else (a miss, an error) is left to the full read, which asks again.
+ */
+async function firstHit(ctx: RouterContext, cmd: GetCommand): Promise<Reply | FirstAnswer | undefined> {
+  if (cmd.keys.length !== 1 || cmd.touch !== undefined || ctx.hedgeMs > 0) return undefined;
+  const key = cmd.keys[0] as string;
+  const u = ctx.upstreams[0];
+  if (!u || ctx.journal.isDirty(u, key) || (cmd.withCas && isFenced(u))) return undefined;
+  let hit: Hit | undefined;
+  try {
+    [hit] = await u.get(cmd.keys);
+  } catch (error) {
+    // Handed to the full read, so that a slow upstream is not waited for twice.
+    return { kind: 'first', answer: { ok: false, error } };
+  }
+  if (!hit) return { kind: 'first', answer: { ok: true, hits: new Map([[key, undefined]]) } };
+  ctx.counters.getHits++;
+  return { kind: 'values', hits: [hit] };
+}
+
+/** What upstream 0 already answered for a one-key read that the fast path could not finish. */
+interface FirstAnswer {
+  readonly kind: 'first';
+  readonly answer: Answer;
+}
+
+async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Reply | FirstAnswer): Promise<Reply> {
   const { upstreams } = ctx;
   // Each distinct key is asked for once, however often the request repeats it (T16).
   const unique = [...new Set(cmd.keys)];
@@ -55,6 +84,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number): Promise<R
   if (cmd.withCas) order.sort((a, b) => Number(isFenced(upstreams[a] as Upstream)) - Number(isFenced(upstreams[b] as Upstream)));
   /** A hedged request already sent to an upstream, by index. */
   const prefetched = new Map<number, Promise<Answer>>();
+  if (first?.kind === 'first') prefetched.set(0, Promise.resolve(first.answer));
   let hedged = ctx.hedgeMs <= 0;
   let missing = unique;
   const asked = new Set<string>();
