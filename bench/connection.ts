@@ -17,8 +17,11 @@ import { Reply, ReplyReader, type ReplySink } from './reply-reader';
 import type { Workload } from './workload';
 
 export interface PartResult {
-  counts: Uint32Array;
-  ops: number;
+  /** Latency histograms (Histogram.counts) of gets and of sets. */
+  getCounts: Uint32Array;
+  setCounts: Uint32Array;
+  getOps: number;
+  setOps: number;
   errors: number;
   connErrors: number;
   misses: number;
@@ -30,11 +33,13 @@ export const DRAIN_TIMEOUT_MS = 3000;
 /** Where a Group takes its next request from: an op (key * 2 + isSet), or -1 for none now. */
 export type Source = () => number;
 
-/** Connections sharing one request source, one histogram and one set of counters. */
+/** Connections sharing one request source, one histogram per command kind and one set of counters. */
 export class Group {
-  readonly hist = new Histogram();
+  readonly getHist = new Histogram();
+  readonly setHist = new Histogram();
   readonly conns: Conn[] = [];
-  ops = 0;
+  getOps = 0;
+  setOps = 0;
   errors = 0;
   connErrors = 0;
   misses = 0;
@@ -45,10 +50,19 @@ export class Group {
 
   constructor(readonly work: Workload, readonly next: Source) {}
 
-  done(latencyUs: number, ok: boolean, miss: boolean): void {
+  get ops(): number {
+    return this.getOps + this.setOps;
+  }
+
+  done(latencyUs: number, set: boolean, ok: boolean, miss: boolean): void {
     if (!this.measuring) return;
-    this.hist.record(latencyUs);
-    this.ops++;
+    if (set) {
+      this.setHist.record(latencyUs);
+      this.setOps++;
+    } else {
+      this.getHist.record(latencyUs);
+      this.getOps++;
+    }
     if (!ok) this.errors++;
     if (miss) this.misses++;
   }
@@ -82,8 +96,18 @@ export class Group {
   }
 
   result(): PartResult {
-    const { ops, errors, connErrors, misses } = this;
-    return { counts: this.hist.counts, ops, errors, connErrors, misses };
+    const { getOps, setOps, errors, connErrors, misses } = this;
+    return { getCounts: this.getHist.counts, setCounts: this.setHist.counts, getOps, setOps, errors, connErrors, misses };
+  }
+
+  /** What was counted since the last take (or the start), as copies; then starts counting afresh. */
+  take(): PartResult {
+    const r = this.result();
+    const copy = { ...r, getCounts: r.getCounts.slice(), setCounts: r.setCounts.slice() };
+    this.getHist.reset();
+    this.setHist.reset();
+    this.getOps = this.setOps = this.errors = this.connErrors = this.misses = 0;
+    return copy;
   }
 }
 
@@ -135,7 +159,7 @@ class Conn implements ReplySink {
     this.inflight--;
     this.group.inflight--;
     const ok = set ? kind === Reply.stored : kind === Reply.end;
-    this.group.done((this.now - this.starts[i]!) * 1000, ok, !set && ok && !hadValue);
+    this.group.done((this.now - this.starts[i]!) * 1000, set, ok, !set && ok && !hadValue);
   }
 
   private fill(): void {

@@ -6,6 +6,10 @@
  *                 └─ Group of Conns (connection.ts): C connections × P requests in flight
  *   main thread: warm-up ─► snapshot CPU (/proc/<pid>/stat, process.cpuUsage) ─► measure
  *                ─► stop ─► snapshot CPU ─► merge histograms and counters of every part
+ *   (soak.ts instead takes a sample of every part's counters at each interval: startLoad, sample)
+ *
+ * Gets and sets are counted in histograms of their own, so a row can show reads and writes apart
+ * (a proxy whose writes wait for a slow store answers gets at memcached speed but sets slower).
  *
  * Threads, measured on the 2-core bench machine against memcached -t 1 (50 connections, 5 s runs,
  * median of 3, ops/s): pipeline 1: main thread 96k, 1 worker 99k, 2 workers 81k;
@@ -44,18 +48,32 @@ export interface LoadOptions {
   pids: number[];
 }
 
-export interface LoadResult {
+/** One command kind's share of a run: its own rate and latencies. */
+export interface KindResult {
+  ops: number;
+  opsPerSec: number;
+  p50Us: number;
+  p99Us: number;
+}
+
+/** Figures of a stretch of load: the whole run, or one soak interval. */
+export interface LoadFigures {
   seconds: number;
   ops: number;
   opsPerSec: number;
   p50Us: number;
   p99Us: number;
+  get: KindResult;
+  set: KindResult;
   /** Replies other than VALUE..END to a get or STORED to a set. */
   errors: number;
   /** Connections lost or refused, and reply streams that could not be parsed. */
   connErrors: number;
   /** Gets answered with END alone: after a preload, a sign of eviction or a proxy dropping data. */
   misses: number;
+}
+
+export interface LoadResult extends LoadFigures {
   /** CPU seconds over the window: this process (all threads), and each of `pids` (NaN if unreadable). */
   loadgenCpu: number;
   pidCpu: number[];
@@ -98,12 +116,14 @@ export async function measureIdle(host: string, port: number, count: number, key
   const settled = await g.settle(30_000);
   await g.stop();
   if (!settled) throw new Error(`idle round trips: ${count} gets not answered in 30 s`);
-  return { p50Us: g.hist.quantile(0.5), p99Us: g.hist.quantile(0.99), errors: g.errors + g.connErrors };
+  return { p50Us: g.getHist.quantile(0.5), p99Us: g.getHist.quantile(0.99), errors: g.errors + g.connErrors };
 }
 
 interface Part {
   go(): void;
   measure(): void;
+  /** Counters since the last sample (or since measure()), reset for the next one. */
+  sample(): Promise<PartResult>;
   stop(): Promise<PartResult>;
   kill(): void;
 }
@@ -114,6 +134,7 @@ async function localPart(o: LoadOptions, connections: number): Promise<Part> {
   return {
     go: () => g.conns.forEach((c) => c.start()),
     measure: () => (g.measuring = true),
+    sample: () => Promise.resolve(g.take()),
     stop: async () => {
       await g.stop();
       return g.result();
@@ -132,6 +153,7 @@ function workerPart(o: LoadOptions, connections: number): Promise<Part> {
   const init: WorkerInit = { role: 'mcmux-bench-loadgen', options: o, connections };
   const w = new Worker(__filename, { workerData: init });
   let onResult: ((r: PartResult) => void) | null = null;
+  let onSample: ((r: PartResult) => void) | null = null;
   return new Promise((resolve, reject) => {
     w.on('error', reject);
     w.on('message', (m: { type: string; error?: string; result?: PartResult }) => {
@@ -139,6 +161,10 @@ function workerPart(o: LoadOptions, connections: number): Promise<Part> {
         resolve({
           go: () => w.postMessage('go'),
           measure: () => w.postMessage('measure'),
+          sample: () => {
+            w.postMessage('sample');
+            return new Promise((res) => (onSample = res));
+          },
           stop: () => {
             w.postMessage('stop');
             return new Promise((res) => (onResult = res));
@@ -146,6 +172,7 @@ function workerPart(o: LoadOptions, connections: number): Promise<Part> {
           kill: () => void w.terminate(),
         });
       } else if (m.type === 'failed') reject(new Error(m.error));
+      else if (m.type === 'sample' && m.result && onSample) onSample(m.result);
       else if (m.type === 'result' && m.result && onResult) {
         onResult(m.result);
         void w.terminate();
@@ -161,6 +188,7 @@ function runWorker(init: WorkerInit): void {
       port.on('message', (m: string) => {
         if (m === 'go') part.go();
         else if (m === 'measure') part.measure();
+        else if (m === 'sample') void part.sample().then((result) => port.postMessage({ type: 'sample', result }));
         else if (m === 'stop') void part.stop().then((result) => port.postMessage({ type: 'result', result }));
       });
       port.postMessage({ type: 'ready' });
@@ -169,49 +197,84 @@ function runWorker(init: WorkerInit): void {
   );
 }
 
-/** Connects, warms up, measures for `durationMs`, drains, and reports. Bounded in time. */
-export async function runLoad(o: LoadOptions): Promise<LoadResult> {
+/** A load running on every part: start measuring, take interval samples, stop. */
+export interface Running {
+  measure(): void;
+  /** Each part's counters since the last sample (or measure()); they restart from zero. */
+  sample(): Promise<PartResult[]>;
+  /** Stops issuing, drains (bounded), closes: each part's counters since the last sample. */
+  stop(): Promise<PartResult[]>;
+  /** Closes every connection at once (after an error). */
+  kill(): void;
+}
+
+/** Opens the connections (over `threads` workers, or on this thread) and starts the load. */
+export async function startLoad(o: LoadOptions): Promise<Running> {
   const shares = o.threads > 0 ? split(o.connections, o.threads) : [o.connections];
   const parts: Part[] = [];
-  try {
-    const made = await Promise.allSettled(shares.map((n) => (o.threads > 0 ? workerPart(o, n) : localPart(o, n))));
-    for (const m of made) if (m.status === 'fulfilled') parts.push(m.value);
-    const failed = made.find((m): m is PromiseRejectedResult => m.status === 'rejected');
-    if (failed) throw failed.reason;
+  const made = await Promise.allSettled(shares.map((n) => (o.threads > 0 ? workerPart(o, n) : localPart(o, n))));
+  for (const m of made) if (m.status === 'fulfilled') parts.push(m.value);
+  const kill = () => parts.forEach((p) => p.kill());
+  const failed = made.find((m): m is PromiseRejectedResult => m.status === 'rejected');
+  if (failed) {
+    kill();
+    throw failed.reason;
+  }
+  for (const p of parts) p.go();
+  return {
+    measure: () => parts.forEach((p) => p.measure()),
+    sample: () => withTimeout(Promise.all(parts.map((p) => p.sample())), 5000, 'sample'),
+    stop: () => withTimeout(Promise.all(parts.map((p) => p.stop())), DRAIN_TIMEOUT_MS + 2000, 'drain'),
+    kill,
+  };
+}
 
-    for (const p of parts) p.go();
+/** Merges the parts' counters over a stretch of `seconds` into rates and quantiles. */
+export function figures(results: PartResult[], seconds: number): LoadFigures {
+  const all = new Histogram();
+  const gets = new Histogram();
+  const sets = new Histogram();
+  const sum = { getOps: 0, setOps: 0, errors: 0, connErrors: 0, misses: 0 };
+  for (const r of results) {
+    gets.add(r.getCounts);
+    sets.add(r.setCounts);
+    sum.getOps += r.getOps;
+    sum.setOps += r.setOps;
+    sum.errors += r.errors;
+    sum.connErrors += r.connErrors;
+    sum.misses += r.misses;
+  }
+  all.add(gets.counts);
+  all.add(sets.counts);
+  const kind = (h: Histogram, ops: number): KindResult => ({
+    ops, opsPerSec: ops / seconds, p50Us: h.quantile(0.5), p99Us: h.quantile(0.99),
+  });
+  const ops = sum.getOps + sum.setOps;
+  return {
+    seconds, ops, opsPerSec: ops / seconds, p50Us: all.quantile(0.5), p99Us: all.quantile(0.99),
+    get: kind(gets, sum.getOps), set: kind(sets, sum.setOps),
+    errors: sum.errors, connErrors: sum.connErrors, misses: sum.misses,
+  };
+}
+
+/** Connects, warms up, measures for `durationMs`, drains, and reports. Bounded in time. */
+export async function runLoad(o: LoadOptions): Promise<LoadResult> {
+  const load = await startLoad(o);
+  try {
     await sleep(o.warmupMs);
     const pid0 = o.pids.map(processCpuSeconds);
     const self0 = selfCpuSeconds();
     const t0 = performance.now();
-    for (const p of parts) p.measure();
+    load.measure();
     await sleep(o.durationMs);
-    const stopped = parts.map((p) => p.stop());
+    const stopped = load.stop();
     const seconds = (performance.now() - t0) / 1000;
     const self1 = selfCpuSeconds();
     const pid1 = o.pids.map(processCpuSeconds);
-    const results = await withTimeout(Promise.all(stopped), DRAIN_TIMEOUT_MS + 2000, 'drain');
-
-    const hist = new Histogram();
-    const sum = { ops: 0, errors: 0, connErrors: 0, misses: 0 };
-    for (const r of results) {
-      hist.add(r.counts);
-      sum.ops += r.ops;
-      sum.errors += r.errors;
-      sum.connErrors += r.connErrors;
-      sum.misses += r.misses;
-    }
-    return {
-      seconds,
-      ...sum,
-      opsPerSec: sum.ops / seconds,
-      p50Us: hist.quantile(0.5),
-      p99Us: hist.quantile(0.99),
-      loadgenCpu: self1 - self0,
-      pidCpu: pid1.map((c, i) => c - pid0[i]!),
-    };
+    const results = await stopped;
+    return { ...figures(results, seconds), loadgenCpu: self1 - self0, pidCpu: pid1.map((c, i) => c - pid0[i]!) };
   } finally {
-    for (const p of parts) p.kill();
+    load.kill();
   }
 }
 

@@ -28,6 +28,24 @@ export interface Row {
   /** ops/s over the same-pipeline row of memcached direct, and of twemproxy. */
   ratioToDirect: number | null;
   ratioToTwemproxy: number | null;
+  /** Gets and sets of the same run apart: rate and latencies of each kind. */
+  getOpsPerSec: number | null;
+  getP50Us: number | null;
+  getP99Us: number | null;
+  setOpsPerSec: number | null;
+  setP50Us: number | null;
+  setP99Us: number | null;
+  /** get ops/s over the same-pipeline row of mcmux1 (one memcached upstream). */
+  getRatioToMcmux1: number | null;
+  /** mcmux rows: writes some upstream missed, failed upstream requests (over the run, warm-up and
+   * the wait for quiet included), and keys still to repair at the end; null for other targets. */
+  replicationFailures: number | null;
+  upstreamErrors: number | null;
+  journalKeys: number | null;
+  /** Seconds the target and its stores kept working after the load stopped. */
+  busyAfterS: number | null;
+  /** Seconds mcmux's repair took to replay `journalKeys` (null: nothing to repair). */
+  repairS: number | null;
 }
 
 export interface Report {
@@ -36,6 +54,23 @@ export interface Report {
   settings: Record<string, string | number | boolean | number[]>;
   command: string;
   rows: Row[];
+  /** mcmux's resident memory holding many idle client connections, when measured. */
+  idle?: IdleMemory;
+}
+
+export interface IdleMemory {
+  target: string;
+  connections: number;
+  /** curr_connections that mcmux reported once they were all open (ours plus the stats one). */
+  currConnections: number;
+  /** VmRSS of the mcmux process, MiB: before opening, with all open, after closing them. */
+  rssBeforeMiB: number;
+  rssOpenMiB: number;
+  rssAfterMiB: number;
+  /** (rssOpen - rssBefore) / connections, KiB. */
+  kibPerConnection: number;
+  /** The goal for the RSS with all of them open, in MB of 10^6 bytes (the stricter reading of "MB"). */
+  limitMB: number;
 }
 
 export function emptyRow(target: string, pipeline: number, status: Row['status'], note: string): Row {
@@ -44,6 +79,8 @@ export function emptyRow(target: string, pipeline: number, status: Row['status']
     opsPerSec: null, p50Us: null, p99Us: null, idleP50Us: null, idleP99Us: null,
     cpuUsPerOpTarget: null, cpuUsPerOpBackends: null, cpuUsPerOpLoadgen: null,
     errors: null, connErrors: null, misses: null, ratioToDirect: null, ratioToTwemproxy: null,
+    getOpsPerSec: null, getP50Us: null, getP99Us: null, setOpsPerSec: null, setP50Us: null, setP99Us: null,
+    getRatioToMcmux1: null, replicationFailures: null, upstreamErrors: null, journalKeys: null, busyAfterS: null, repairS: null,
   };
 }
 
@@ -57,10 +94,12 @@ export function addRatios(rows: Row[]): void {
     const t = base('twemproxy', r.pipeline);
     r.ratioToDirect = d ? r.opsPerSec / d : null;
     r.ratioToTwemproxy = t ? r.opsPerSec / t : null;
+    const m = rows.find((x) => x.target === 'mcmux1' && x.pipeline === r.pipeline)?.getOpsPerSec ?? null;
+    r.getRatioToMcmux1 = m && r.getOpsPerSec !== null ? r.getOpsPerSec / m : null;
   }
 }
 
-const COLUMNS: [string, (r: Row) => string][] = [
+const COLUMNS: Column[] = [
   ['target', (r) => r.target],
   ['pipe', (r) => String(r.pipeline)],
   ['ops/s', (r) => int(r.opsPerSec)],
@@ -74,26 +113,65 @@ const COLUMNS: [string, (r: Row) => string][] = [
   ['errors', (r) => (r.errors === null ? '' : String(r.errors + (r.connErrors ?? 0)))],
 ];
 
-/** The table as aligned text (first column left, figures right); notes after it. */
+/** The same runs, gets and sets apart. */
+const KIND_COLUMNS: Column[] = [
+  ['target', (r) => r.target],
+  ['pipe', (r) => String(r.pipeline)],
+  ['get ops/s', (r) => int(r.getOpsPerSec)],
+  ['get p50 µs', (r) => int(r.getP50Us)],
+  ['get p99 µs', (r) => int(r.getP99Us)],
+  ['set ops/s', (r) => int(r.setOpsPerSec)],
+  ['set p50 µs', (r) => int(r.setP50Us)],
+  ['set p99 µs', (r) => int(r.setP99Us)],
+  ['get × mcmux1', (r) => fixed(r.getRatioToMcmux1, 2)],
+  ['writes missed', (r) => int(r.replicationFailures)],
+  ['upstream errors', (r) => int(r.upstreamErrors)],
+  ['left to repair', (r) => int(r.journalKeys)],
+  ['busy after s', (r) => fixed(r.busyAfterS, 1)],
+];
+
+type Column = [string, (r: Row) => string];
+
+/** Both tables as aligned text (first column left, figures right); notes after them. */
 export function formatTable(rows: Row[]): string {
-  const cells = rows.map((r) => COLUMNS.map(([, f], i) => (r.status === 'ok' || i < 2 ? f(r) : '')));
-  const widths = COLUMNS.map(([h], i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
-  const line = (c: string[]) => c.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ');
-  const out = [line(COLUMNS.map(([h]) => h)), widths.map((w) => '-'.repeat(w)).join('  ')];
-  rows.forEach((r, i) => out.push(r.status === 'ok' ? line(cells[i]!) : `${line(cells[i]!.slice(0, 2))}  ${r.note}`));
   const notes = rows.filter((r) => r.status === 'ok' && r.note).map((r) => `${r.target} pipe ${r.pipeline}: ${r.note}`);
-  return [...out, ...notes].join('\n');
+  return [textTable(COLUMNS, rows, true), '', textTable(KIND_COLUMNS, rows, false), ...notes].join('\n');
 }
 
-/** The table as GitHub Markdown, for docs/benchmarks.md. */
+function textTable(columns: Column[], rows: Row[], withWhy: boolean): string {
+  const cells = rows.map((r) => columns.map(([, f], i) => (r.status === 'ok' || i < 2 ? f(r) : '')));
+  const widths = columns.map(([h], i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
+  const line = (c: string[]) => c.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ');
+  const out = [line(columns.map(([h]) => h)), widths.map((w) => '-'.repeat(w)).join('  ')];
+  rows.forEach((r, i) => {
+    if (r.status === 'ok') out.push(line(cells[i]!));
+    else out.push(`${line(cells[i]!.slice(0, 2))}  ${withWhy ? r.note : r.status}`);
+  });
+  return out.join('\n');
+}
+
+/** Both tables as GitHub Markdown, for docs/benchmarks.md. */
 export function formatMarkdown(rows: Row[]): string {
-  const head = `| ${COLUMNS.map(([h]) => h).join(' | ')} |`;
-  const rule = `|${COLUMNS.map((_, i) => (i < 2 ? ' --- ' : ' ---: ')).join('|')}|`;
+  return `${markdownTable(COLUMNS, rows)}\n\n${markdownTable(KIND_COLUMNS, rows)}`;
+}
+
+function markdownTable(columns: Column[], rows: Row[]): string {
+  const head = `| ${columns.map(([h]) => h).join(' | ')} |`;
+  const rule = `|${columns.map((_, i) => (i < 2 ? ' --- ' : ' ---: ')).join('|')}|`;
   const body = rows.map((r) => {
-    const c = COLUMNS.map(([, f], i) => (r.status === 'ok' || i < 2 ? f(r) : i === 2 ? r.note : ''));
+    const c = columns.map(([, f], i) => (r.status === 'ok' || i < 2 ? f(r) : i === 2 ? r.note : ''));
     return `| ${c.join(' | ')} |`;
   });
   return [head, rule, ...body].join('\n');
+}
+
+/** One line about mcmux's memory with idle connections open. */
+export function formatIdle(m: IdleMemory): string {
+  const bytes = m.rssOpenMiB * 1024 * 1024;
+  const verdict = bytes <= m.limitMB * 1e6 ? `under the ${m.limitMB} MB goal` : `OVER the ${m.limitMB} MB goal`;
+  return `${m.target} with ${m.connections} idle connections (curr_connections ${m.currConnections}): ` +
+    `RSS ${m.rssOpenMiB.toFixed(1)} MiB (${m.rssBeforeMiB.toFixed(1)} MiB before, ${m.kibPerConnection.toFixed(1)} KiB a connection; ` +
+    `${m.rssAfterMiB.toFixed(1)} MiB after closing them): ${verdict}`;
 }
 
 export function writeReport(report: Report, jsonPath: string, svgPath: string): void {
@@ -110,7 +188,7 @@ export function barChart(rows: Row[], settings: Report['settings']): string {
   const targets = [...new Set(rows.map((r) => r.target))];
   const depths = [...new Set(rows.map((r) => r.pipeline))];
   const max = niceCeil(Math.max(1, ...rows.map((r) => r.opsPerSec ?? 0)));
-  const W = 720, H = 360, left = 70, right = 20, top = 50, bottom = 60;
+  const W = Math.max(720, 90 + targets.length * 110), H = 360, left = 70, right = 20, top = 50, bottom = 60;
   const plotW = W - left - right, plotH = H - top - bottom;
   const groupW = plotW / Math.max(1, targets.length);
   const barW = Math.min(60, (groupW * 0.8) / Math.max(1, depths.length));

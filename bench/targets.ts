@@ -1,23 +1,35 @@
 /**
- * The processes a bench run starts: memcached, twemproxy, mcmux. All listen on 127.0.0.1, on
- * ports found free just before; every child is registered in one `Children` so that the runner
- * can kill them all on exit, error or signal.
+ * The targets of a bench run: memcached direct, twemproxy, and mcmux over one, two or three
+ * upstreams. Everything listens on 127.0.0.1, on ports found free just before; every child is
+ * registered in one `Children` (processes.ts) so that the runner can kill them all on exit,
+ * error or signal.
  *
- *   startTarget(kind) ──► memcached × 0..2 (the backends) ──► proxy (twemproxy / mcmux), or none
+ *   startTarget(kind) ──► its stores: memcached × 1..2, or memcached + redis + mariadb (stores.ts)
+ *                     ──► proxy (twemproxy / mcmux), or none for direct
  *                     ──► waitReady: `version\r\n` answered with `VERSION ...`
  */
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, existsSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
-import { delimiter, join } from 'node:path';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { type Children, HOST, type Proc, Unavailable, freePort, which } from './processes';
+import { type Store, startMariadb, startRedis } from './stores';
 
-export const TARGETS = ['direct', 'twemproxy', 'mcmux1', 'mcmux2'] as const;
+
+export const TARGETS = ['direct', 'twemproxy', 'mcmux1', 'mcmux2', 'mcmux3', 'mcmux3-copies'] as const;
 export type TargetKind = (typeof TARGETS)[number];
 
-const HOST = '127.0.0.1';
+/** What each mcmux target runs over, in read-priority order, and its extra flags. */
+const MCMUX: Partial<Record<TargetKind, { memcached: number; durable: boolean; flags: string[] }>> = {
+  mcmux1: { memcached: 1, durable: false, flags: [] },
+  mcmux2: { memcached: 2, durable: false, flags: [] },
+  // memcached first, so that reads are served by it; every write also goes to Redis and MariaDB.
+  mcmux3: { memcached: 1, durable: true, flags: [] },
+  // The same, answering a write once one upstream (memcached, the fastest) has stored it.
+  'mcmux3-copies': { memcached: 1, durable: true, flags: ['--write-wait', 'copies'] },
+};
+
 const READY_TIMEOUT_MS = { memcached: 5000, proxy: 15000 } as const;
-const STOP_GRACE_MS = 2000;
 
 export interface Target {
   kind: TargetKind;
@@ -25,99 +37,10 @@ export interface Target {
   port: number;
   /** The process the clients talk to (memcached itself for `direct`). */
   pid: number;
-  /** memcached processes behind a proxy; empty for `direct`. */
+  /** The stores behind a proxy (memcached, redis, mariadb); empty for `direct`. */
   backendPids: number[];
   /** Processes to stop when this target is done with. */
   procs: Proc[];
-}
-
-/** A target whose program is not installed: its row says so instead of failing. */
-export class Unavailable extends Error {}
-
-export interface Proc {
-  name: string;
-  child: ChildProcess;
-  /** The last lines it wrote to stderr/stdout, for the report when it fails. */
-  output: string[];
-  exited: boolean;
-}
-
-/** Every child process started, so that all of them can be killed whatever happens. */
-export class Children {
-  private readonly all = new Set<Proc>();
-
-  spawn(name: string, cmd: string, args: string[]): Proc {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const proc: Proc = { name, child, output: [], exited: false };
-    const keep = (d: Buffer) => {
-      proc.output.push(...d.toString('utf8').split('\n').filter((l) => l.trim() !== ''));
-      proc.output.splice(0, Math.max(0, proc.output.length - 20));
-    };
-    child.stdout?.on('data', keep);
-    child.stderr?.on('data', keep);
-    child.on('error', (err) => {
-      proc.output.push(err.message);
-      // A child that could not be spawned at all (ENOENT) never emits 'exit'.
-      if (child.pid === undefined) {
-        proc.exited = true;
-        this.all.delete(proc);
-      }
-    });
-    child.on('exit', () => {
-      proc.exited = true;
-      this.all.delete(proc);
-    });
-    this.all.add(proc);
-    return proc;
-  }
-
-  /** SIGTERM, then SIGKILL if it has not gone after a grace period. */
-  async stop(proc: Proc): Promise<void> {
-    if (proc.exited || proc.child.pid === undefined) return;
-    const gone = new Promise<void>((resolve) => proc.child.once('exit', () => resolve()));
-    proc.child.kill('SIGTERM');
-    const timer = setTimeout(() => proc.child.kill('SIGKILL'), STOP_GRACE_MS);
-    await gone;
-    clearTimeout(timer);
-  }
-
-  /** Synchronous last resort, safe in an 'exit' handler: SIGKILL everything still running. */
-  killAll(): void {
-    for (const p of this.all) if (!p.exited) p.child.kill('SIGKILL');
-  }
-
-  /** SIGKILL everything, then wait (at most `ms`) until each has exited and been reaped. */
-  async killAllAndWait(ms: number): Promise<void> {
-    const left = [...this.all].filter((p) => !p.exited);
-    const gone = left.map((p) => new Promise<void>((resolve) => p.child.once('exit', () => resolve())));
-    this.killAll();
-    await Promise.race([Promise.all(gone), new Promise((r) => setTimeout(r, ms))]);
-  }
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, HOST, () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-/** Path of an executable on PATH, or null. */
-export function which(cmd: string): string | null {
-  for (const dir of (process.env['PATH'] ?? '').split(delimiter)) {
-    const p = join(dir, cmd);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // not here
-    }
-  }
-  return null;
 }
 
 /** One `version` round trip; resolves true if answered `VERSION ...`. */
@@ -177,18 +100,18 @@ function twemproxyConfig(listen: number, backend: number): string {
 
 /**
  * Starts a target and what it needs behind it; stops what it started if it fails.
- * Throws `Unavailable` when the program is absent, another Error when it fails to start.
+ * Throws `Unavailable` when a program is absent, another Error when it fails to start.
  */
 export async function startTarget(kind: TargetKind, children: Children, repo: string, tmp: string): Promise<Target> {
   if (kind === 'twemproxy' && !which('nutcracker')) throw new Unavailable('not installed (nutcracker not on PATH)');
   const mcmux = join(repo, 'bin', 'mcmux');
-  if (kind.startsWith('mcmux') && !existsSync(mcmux)) throw new Error(`failed to start: ${mcmux} not found`);
+  const plan = MCMUX[kind];
+  if (plan && !existsSync(mcmux)) throw new Error(`failed to start: ${mcmux} not found`);
 
   const procs: Proc[] = [];
   try {
-    const backends = kind === 'mcmux2' ? 2 : 1;
     const mcs: { proc: Proc; port: number }[] = [];
-    for (let i = 0; i < backends; i++) {
+    for (let i = 0; i < (plan?.memcached ?? 1); i++) {
       const mc = await startMemcached(children);
       procs.push(mc.proc);
       mcs.push(mc);
@@ -196,6 +119,14 @@ export async function startTarget(kind: TargetKind, children: Children, repo: st
     const first = mcs[0]!;
     if (kind === 'direct') {
       return { kind, host: HOST, port: first.port, pid: first.proc.child.pid!, backendPids: [], procs };
+    }
+    const durable: Store[] = [];
+    if (plan?.durable) {
+      for (const start of [startRedis, startMariadb]) {
+        const store = await start(children, tmp);
+        procs.push(store.proc);
+        durable.push(store);
+      }
     }
 
     const port = await freePort();
@@ -208,9 +139,13 @@ export async function startTarget(kind: TargetKind, children: Children, repo: st
       args.push('-p', join(tmp, `nutcracker-${port}.pid`), '-v', '4');
       proc = children.spawn('nutcracker', 'nutcracker', args);
     } else {
-      const args = [mcmux, '--listen', `${HOST}:${port}`];
+      // A state dir of its own: mcmux keeps its repair journal there, and targets run side by side.
+      const state = join(tmp, `mcmux-${port}`);
+      mkdirSync(state);
+      const args = [mcmux, '--listen', `${HOST}:${port}`, '--state-dir', state];
       for (const mc of mcs) args.push('--upstream', `memcached://${HOST}:${mc.port}`);
-      args.push('--log-level', 'warn');
+      for (const store of durable) args.push('--upstream', store.url);
+      args.push(...(plan?.flags ?? []), '--log-level', 'warn');
       proc = children.spawn(kind, process.execPath, args);
     }
     procs.push(proc);
@@ -219,7 +154,7 @@ export async function startTarget(kind: TargetKind, children: Children, repo: st
     } catch (err) {
       throw new Error(`failed to start: ${(err as Error).message}`);
     }
-    const backendPids = mcs.map((m) => m.proc.child.pid!);
+    const backendPids = [...mcs, ...durable].map((b) => b.proc.child.pid!);
     return { kind, host: HOST, port, pid: proc.child.pid!, backendPids, procs };
   } catch (err) {
     await Promise.all(procs.map((p) => children.stop(p)));

@@ -1,0 +1,233 @@
+/**
+ * The comparison: every target at every pipeline depth, in rounds, then mcmux1's RSS holding idle
+ * clients; rows with medians, ratios, gets and sets apart, and for mcmux whether every write
+ * reached every upstream.
+ *
+ *   start each target (targets.ts) ─► preload
+ *   round × target × depth: stats ─► idle round trips ─► loaded run ─► wait until quiet ─► stats
+ *   mcmux1: idle connections ─► stop all ─► JSON, SVG, tables
+ */
+
+import { loadavg } from 'node:os';
+import { processCpuSeconds } from './cpu';
+import { measureIdleConnectionsBounded } from './idle-connections';
+import { measureIdle, preload, runLoad, sleep, withTimeout, type LoadResult } from './loadgen';
+import { replication as replicationOf, stats, type Replication } from './mcmux-stats';
+import { Unavailable, type Children } from './processes';
+import { addRatios, emptyRow, formatIdle, formatTable, writeReport, type IdleMemory, type Report, type Row } from './report';
+import { IDLE_RSS_LIMIT_MB, REPO, command, log, machine, type Settings } from './settings';
+import { startTarget, stopTarget, type Target, type TargetKind } from './targets';
+
+type Idle = Awaited<ReturnType<typeof measureIdle>>;
+interface Run {
+  load: LoadResult;
+  idle: Idle;
+  /** mcmux targets only: did every write reach every upstream. */
+  replication: Replication | null;
+  /** Seconds the target and its stores stayed busy after the load stopped. */
+  busyAfterS: number;
+  /** When writes missed a store: how long mcmux took to repair them, and what it had not. */
+  repair: { seconds: number; left: number } | null;
+}
+
+/** One measurement: idle round trips, the loaded run, then until the target is quiet again. */
+async function measureOnce(s: Settings, t: Target, pipeline: number): Promise<Run> {
+  const isMcmux = t.kind.startsWith('mcmux');
+  const before = isMcmux ? await stats(t.host, t.port) : null;
+  const idle = await measureIdle(t.host, t.port, s.idleGets, s.keys, s.valueSize);
+  const load = await runLoad({
+    host: t.host, port: t.port, connections: s.connections, pipeline,
+    gets: s.gets, sets: s.sets, valueSize: s.valueSize, keys: s.keys,
+    durationMs: s.durationS * 1000, warmupMs: s.warmupS * 1000, threads: s.threads,
+    pids: [t.pid, ...t.backendPids],
+  });
+  // A proxy that answered writes early (write-wait copies) still owes them to its slower stores:
+  // wait for that, so that it neither spills into the next target's run nor hides its failures.
+  const busyAfterS = await quiet([t.pid, ...t.backendPids]);
+  const replication = before ? replicationOf(before, await stats(t.host, t.port)) : null;
+  // Writes that missed a store are replayed into it by mcmux's repair, at --repair-rate keys a
+  // second: that work too belongs to this run, not to the next target's.
+  const repair = replication && replication.journalKeys > 0 ? await repaired(t) : null;
+  return { load, idle, replication, busyAfterS, repair };
+}
+
+/** Waits (at most REPAIR_MAX_MS) until mcmux's repair journal is empty. */
+async function repaired(t: Target): Promise<{ seconds: number; left: number }> {
+  const t0 = Date.now();
+  let left = Infinity;
+  while (left > 0 && Date.now() - t0 < REPAIR_MAX_MS) {
+    await sleep(QUIET_STEP_MS);
+    left = Number((await stats(t.host, t.port)).get('journal_keys') ?? 0);
+  }
+  return { seconds: (Date.now() - t0) / 1000, left };
+}
+
+/** Waits (at most QUIET_MAX_MS) until `pids` together use under 0.15 of a core; the seconds waited. */
+async function quiet(pids: number[]): Promise<number> {
+  const t0 = Date.now();
+  let cpu0 = pids.map(processCpuSeconds).reduce((a, b) => a + b, 0);
+  while (Date.now() - t0 < QUIET_MAX_MS) {
+    await sleep(QUIET_STEP_MS);
+    const cpu1 = pids.map(processCpuSeconds).reduce((a, b) => a + b, 0);
+    if (!Number.isFinite(cpu1) || cpu1 - cpu0 < 0.15 * (QUIET_STEP_MS / 1000)) break;
+    cpu0 = cpu1;
+  }
+  return (Date.now() - t0) / 1000;
+}
+
+const QUIET_STEP_MS = 500;
+const QUIET_MAX_MS = 30_000;
+const REPAIR_MAX_MS = 120_000;
+
+function toRow(kind: TargetKind, pipeline: number, { load, idle, replication, busyAfterS, repair }: Run, note: string): Row {
+  const perOp = (cpu: number) => (load.ops > 0 && Number.isFinite(cpu) ? (cpu / load.ops) * 1e6 : null);
+  const notes = note ? [note] : [];
+  if (load.misses > 0) notes.push(`${load.misses} gets missed`);
+  if (idle.errors > 0) notes.push(`${idle.errors} errors in idle round trips`);
+  if (replication && replication.replicationFailures > 0) {
+    notes.push(`${replication.replicationFailures} writes missed an upstream (${replication.upstreamErrors} upstream errors, ` +
+      `${replication.stateChanges} health changes, ${replication.journalKeys} keys left to repair)`);
+  }
+  if (busyAfterS > 1) notes.push(`target and stores busy for ${busyAfterS.toFixed(1)} s after the load stopped`);
+  if (repair) {
+    notes.push(repair.left > 0 ? `${repair.left} keys still to repair ${repair.seconds.toFixed(0)} s later` : `repaired in ${repair.seconds.toFixed(0)} s`);
+  }
+  return {
+    ...emptyRow(kind, pipeline, 'ok', notes.join('; ')),
+    opsPerSec: load.opsPerSec, p50Us: load.p50Us, p99Us: load.p99Us,
+    idleP50Us: idle.p50Us, idleP99Us: idle.p99Us,
+    cpuUsPerOpTarget: perOp(load.pidCpu[0] ?? NaN),
+    cpuUsPerOpBackends: perOp(load.pidCpu.slice(1).reduce((a, b) => a + b, 0)),
+    cpuUsPerOpLoadgen: perOp(load.loadgenCpu),
+    errors: load.errors, connErrors: load.connErrors, misses: load.misses,
+    getOpsPerSec: load.get.opsPerSec, getP50Us: load.get.p50Us, getP99Us: load.get.p99Us,
+    setOpsPerSec: load.set.opsPerSec, setP50Us: load.set.p50Us, setP99Us: load.set.p99Us,
+    replicationFailures: replication?.replicationFailures ?? null,
+    upstreamErrors: replication?.upstreamErrors ?? null,
+    journalKeys: replication?.journalKeys ?? null,
+    busyAfterS,
+    repairS: repair ? repair.seconds : null,
+  };
+}
+
+interface Live {
+  target: Target;
+  note: string; // carried into its rows, e.g. preload trouble
+}
+
+/** Starts and preloads one target; null (and its rows, failed or unavailable) if it cannot run. */
+async function startOne(s: Settings, kind: TargetKind, children: Children, tmp: string, rows: Row[]): Promise<Live | null> {
+  let target: Target;
+  try {
+    target = await startTarget(kind, children, REPO, tmp);
+  } catch (err) {
+    const msg = (err as Error).message;
+    log(`${kind}: ${msg}`);
+    for (const p of s.pipelines) rows.push(emptyRow(kind, p, err instanceof Unavailable ? 'unavailable' : 'failed', msg));
+    return null;
+  }
+  try {
+    log(`${kind}: listening on ${target.host}:${target.port} (pid ${target.pid}); preloading ${s.keys} keys`);
+    const before = kind.startsWith('mcmux') ? await stats(target.host, target.port) : null;
+    const unstored = await preload(target.host, target.port, s.keys, s.valueSize);
+    const notes = unstored > 0 ? [`${unstored} preload sets not STORED`] : [];
+    const missed = before ? replicationOf(before, await stats(target.host, target.port)) : null;
+    if (missed && missed.journalKeys > 0) {
+      // Measuring while mcmux repairs the preload would charge that work to the first rounds.
+      const repair = await repaired(target);
+      notes.push(`preload: ${missed.replicationFailures} writes missed an upstream, ` +
+        (repair.left > 0 ? `${repair.left} keys still to repair ${repair.seconds.toFixed(0)} s later` : `repaired in ${repair.seconds.toFixed(0)} s`));
+    }
+    for (const n of notes) log(`${kind}: ${n}`);
+    return { target, note: notes.join('; ') };
+  } catch (err) {
+    const msg = `failed: ${(err as Error).message}`;
+    log(`${kind}: ${msg}`);
+    for (const p of s.pipelines) rows.push(emptyRow(kind, p, 'failed', msg));
+    await stopTarget(target, children);
+    return null;
+  }
+}
+
+/**
+ * Measures every live target at every depth, in rounds: each round visits each (target, depth)
+ * once, so that load from outside (the bench machine is shared) falls on all targets alike
+ * rather than on whichever happened to be running. A row keeps the median of its rounds by ops/s.
+ */
+async function measureAll(s: Settings, live: Live[], rows: Row[]): Promise<void> {
+  const runs = new Map<string, Run[]>();
+  const failures = new Map<string, string>();
+  for (let round = 1; round <= s.repeat; round++) {
+    for (const { target } of live) {
+      for (const p of s.pipelines) {
+        const key = `${target.kind}/${p}`;
+        if (failures.has(key)) continue;
+        const tag = `${target.kind} pipeline ${p}${s.repeat > 1 ? ` round ${round}/${s.repeat}` : ''}`;
+        try {
+          const run = await measureOnce(s, target, p);
+          runs.set(key, [...(runs.get(key) ?? []), run]);
+          const { load } = run;
+          log(`${tag}: ${Math.round(load.opsPerSec)} ops/s, p50 ${load.p50Us} µs, p99 ${load.p99Us} µs, errors ${load.errors + load.connErrors}` +
+            ` (get ${Math.round(load.get.opsPerSec)}/s p99 ${load.get.p99Us} µs; set ${Math.round(load.set.opsPerSec)}/s p99 ${load.set.p99Us} µs)`);
+        } catch (err) {
+          log(`${tag}: ${(err as Error).message}`);
+          failures.set(key, `failed: ${(err as Error).message}`);
+        }
+      }
+    }
+  }
+  for (const { target, note } of live) {
+    for (const p of s.pipelines) {
+      const key = `${target.kind}/${p}`;
+      const got = (runs.get(key) ?? []).sort((a, b) => a.load.opsPerSec - b.load.opsPerSec);
+      const median = got[Math.floor(got.length / 2)];
+      if (median) rows.push(toRow(target.kind, p, median, note));
+      else rows.push(emptyRow(target.kind, p, 'failed', failures.get(key) ?? 'failed: no run'));
+    }
+  }
+}
+
+/** The comparison mode: see the top of this file. Writes the JSON and SVG, prints the tables. */
+export async function comparison(s: Settings, children: Children, tmp: string): Promise<void> {
+  const loadAtStart = Number(loadavg()[0]!.toFixed(2));
+  const rows: Row[] = [];
+  const live: Live[] = [];
+  let idle: IdleMemory | undefined;
+  try {
+    for (const kind of s.targets) {
+      const l = await withTimeout(startOne(s, kind, children, tmp, rows), 60_000 + s.keys + REPAIR_MAX_MS, `starting ${kind}`);
+      if (l) live.push(l);
+    }
+    await measureAll(s, live, rows);
+    const m1 = live.find((l) => l.target.kind === 'mcmux1');
+    if (m1 && s.idleConnections > 0) {
+      // After the loaded runs: the RSS of a process that has served load, as a sidecar would have.
+      idle = await measureIdleConnectionsBounded(m1.target, s.idleConnections, IDLE_RSS_LIMIT_MB).catch((err: Error) => {
+        log(`idle connections: ${err.message}`);
+        return undefined;
+      });
+    }
+  } finally {
+    await Promise.all(live.map((l) => stopTarget(l.target, children)));
+  }
+  rows.sort((a, b) => s.targets.indexOf(a.target as TargetKind) - s.targets.indexOf(b.target as TargetKind) || a.pipeline - b.pipeline);
+  addRatios(rows);
+
+  const report: Report = {
+    date: new Date().toISOString(),
+    machine: { ...machine(), loadavgAtStart: loadAtStart },
+    settings: {
+      durationS: s.durationS, warmupS: s.warmupS, connections: s.connections, pipelines: s.pipelines,
+      valueSize: s.valueSize, ratio: `${s.gets}:${s.sets}`, keys: s.keys, threads: s.threads,
+      repeat: s.repeat, idleGets: s.idleGets, idleConnections: s.idleConnections, quick: s.quick,
+    },
+    command: command(),
+    rows,
+    ...(idle ? { idle } : {}),
+  };
+  const svg = s.json.endsWith('.json') ? s.json.slice(0, -5) + '.svg' : s.json + '.svg';
+  writeReport(report, s.json, svg);
+  console.log(formatTable(rows));
+  if (idle) console.log(`\n${formatIdle(idle)}`);
+  log(`wrote ${s.json} and ${svg}`);
+}
