@@ -3,7 +3,7 @@
  * nothing, wait until mcmux counts them all (its `stats` curr_connections), read the process's
  * VmRSS, close them, read it again.
  *
- *   VmRSS before ─► connect N in batches (so the listen backlog never overflows), one
+ *   5 s with no traffic (V8 shrinks its heap after load) ─► VmRSS before ─► connect N in batches (so the listen backlog never overflows), one
  *     `get bench:<i>` each, answered ─► poll `stats` until curr_connections >= N + 1 (itself)
  *     ─► settle 1 s ─► VmRSS ─► close all ─► poll until they are gone ─► settle 1 s ─► VmRSS after
  *
@@ -11,8 +11,10 @@
  * (reader, codec, reply queue); a socket that never sent a byte may not have, and a pool of
  * persistent client connections is made of clients that have spoken.
  *
- * RSS is what the kernel has given the process, so it includes V8's heap grown by earlier load
- * and never handed back; run on a process that has served load, it is what a sidecar costs.
+ * RSS is what the kernel has given the process, so it includes V8's heap grown by earlier load;
+ * run on a process that has served load, it is what a sidecar costs. V8 collects on its own
+ * schedule, so the per-connection figure (a difference of two readings) is rough: a collection
+ * between the readings can even make it negative.
  */
 
 import { readFileSync } from 'node:fs';
@@ -25,6 +27,7 @@ const BATCH = 100;
 const CONNECT_TIMEOUT_MS = 5000;
 const ACCEPT_TIMEOUT_MS = 30_000;
 const SETTLE_MS = 1000;
+const QUIET_BEFORE_MS = 5000;
 
 /** VmRSS of `pid` in MiB, or NaN if unreadable (gone, or not Linux). */
 export function rssMiB(pid: number): number {
@@ -88,6 +91,7 @@ export async function measureIdleConnections(
   limitMB: number,
 ): Promise<IdleMemory> {
   const { host, port, pid } = target;
+  await sleep(QUIET_BEFORE_MS);
   const rssBefore = rssMiB(pid);
   const sockets: Socket[] = [];
   try {
