@@ -146,7 +146,9 @@ export async function startTarget(kind: TargetKind, children: Children, repo: st
       for (const mc of mcs) args.push('--upstream', `memcached://${HOST}:${mc.port}`);
       for (const store of durable) args.push('--upstream', store.url);
       args.push(...(plan?.flags ?? []), '--log-level', 'warn');
-      proc = children.spawn(kind, process.execPath, args);
+      // MCMUX_BENCH_NODE_ARGS: node flags for mcmux only, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+      const nodeArgs = (process.env.MCMUX_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+      proc = children.spawn(kind, process.execPath, [...nodeArgs, ...args]);
     }
     procs.push(proc);
     try {

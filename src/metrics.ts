@@ -42,9 +42,8 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const [key, n] of router().results) {
-          const [command, result] = key.split(' ') as [string, string];
-          this.inc({ command, result }, n);
+        for (const [command, byResult] of router().results) {
+          for (const [result, n] of byResult) this.inc({ command, result }, n);
         }
       },
     });

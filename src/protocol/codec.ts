@@ -5,6 +5,7 @@
  */
 
 import type { Command, Reply } from '../command/command';
+import type { OutBuffer } from './out-buffer';
 
 /** A decoded request: the protocol-neutral command and what the codec needs to answer it. */
 export interface Request {
@@ -23,7 +24,7 @@ export interface ServerCodec {
   /** The next decoded request or error, or undefined when more bytes are needed. */
   next(): Decoded | undefined;
   /** Appends the reply to `request` to `out`; appends nothing when the client asked for none. */
-  encode(reply: Reply, request: Request, out: Buffer[]): void;
+  encode(reply: Reply, request: Request, out: OutBuffer): void;
   /** Bytes held, not yet decoded. */
   readonly buffered: number;
 }

@@ -29,38 +29,46 @@ interface ReadState {
   lastError: unknown;
 }
 
-export async function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
+export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
   const seq = ctx.journal.readStarted();
-  try {
-    const first = await firstHit(ctx, cmd);
-    return first?.kind === 'values' ? first : await read(ctx, cmd, seq, first);
-  } finally {
+  const done = (reply: Reply): Reply => {
     ctx.journal.readFinished();
-  }
+    return reply;
+  };
+  const fast = firstHit(ctx, cmd);
+  const full = fast ? fast.then((first) => (first.kind === 'values' ? first : read(ctx, cmd, seq, first))) : read(ctx, cmd, seq);
+  return full.then(done, (error: unknown) => {
+    ctx.journal.readFinished();
+    throw error;
+  });
 }
 
 /**
  * The common case, without the bookkeeping of a full read: one key (get or gets), and the first
  * upstream in order, clean for it, has it. Nothing to repair above it, no hedge, no touch.
  * Anything else (a miss, an error) is left to the full read, which asks again.
+ * Plain promise chains, no async function: this runs once per get, and each async layer costs
+ * the hot path a promise and a microtask.
  */
-async function firstHit(ctx: RouterContext, cmd: GetCommand): Promise<Reply | FirstAnswer | undefined> {
+function firstHit(ctx: RouterContext, cmd: GetCommand): Promise<Values | FirstAnswer> | undefined {
   if (cmd.keys.length !== 1 || cmd.touch !== undefined || ctx.hedgeMs > 0) return undefined;
   const key = cmd.keys[0] as string;
   const u = ctx.upstreams[0];
   if (!u || ctx.journal.isDirty(u, key) || (cmd.withCas && isFenced(u))) return undefined;
-  let hit: Hit | undefined;
-  try {
-    [hit] = await u.get(cmd.keys);
-  } catch (error) {
+  return u.get(cmd.keys).then(
+    (hits): Values | FirstAnswer => {
+      const hit = hits[0];
+      if (!hit) return { kind: 'first', answer: { ok: true, hits: new Map([[key, undefined]]) } };
+      ctx.counters.getHits++;
+      return { kind: 'values', hits: [hit] };
+    },
     // Handed to the full read, so that a slow upstream is not waited for twice.
-    return { kind: 'first', answer: { ok: false, error } };
-  }
-  if (!hit) return { kind: 'first', answer: { ok: true, hits: new Map([[key, undefined]]) } };
-  ctx.counters.getHits++;
-  return { kind: 'values', hits: [hit] };
+    (error: unknown): FirstAnswer => ({ kind: 'first', answer: { ok: false, error } }),
+  );
 }
+
+type Values = Extract<Reply, { kind: 'values' }>;
 
 /** What upstream 0 already answered for a one-key read that the fast path could not finish. */
 interface FirstAnswer {
@@ -68,7 +76,7 @@ interface FirstAnswer {
   readonly answer: Answer;
 }
 
-async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Reply | FirstAnswer): Promise<Reply> {
+async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: FirstAnswer): Promise<Reply> {
   const { upstreams } = ctx;
   // Each distinct key is asked for once, however often the request repeats it (T16).
   const unique = [...new Set(cmd.keys)];

@@ -36,6 +36,14 @@ function flushAt(at: number, fn: () => void): void {
   setTimeout(() => flushAt(at, fn), Math.min(wait, 2 ** 31 - 1)).unref();
 }
 
+const lowered = new Map<string, string>();
+/** `s` in lower case, computed once per distinct (few, constant) status name. */
+function lower(s: string): string {
+  let l = lowered.get(s);
+  if (l === undefined) lowered.set(s, (l = s.toLowerCase()));
+  return l;
+}
+
 /** The memcached name of a command, for metrics. */
 export function commandName(cmd: Command): string {
   switch (cmd.kind) {
@@ -68,8 +76,8 @@ export class Router {
     hedgeWins: 0,
   };
   readonly commands = new Map<string, number>();
-  /** Answers given, keyed `<command> <result>` (for example `add not_stored`), for metrics. */
-  readonly results = new Map<string, number>();
+  /** Answers given, by command then result (for example `add` then `not_stored`), for metrics. */
+  readonly results = new Map<string, Map<string, number>>();
 
   constructor(
     options: RouterOptions,
@@ -114,9 +122,11 @@ export class Router {
   /** Counts the reply a client got for `cmd` (called by the connection once per request). */
   record(cmd: Command, reply: Reply): void {
     const name = commandName(cmd);
-    const result = reply.kind === 'status' ? reply.status.toLowerCase() : reply.kind === 'error' ? reply.type.toLowerCase() : 'ok';
-    const key = `${name} ${result}`;
-    this.results.set(key, (this.results.get(key) ?? 0) + 1);
+    const result = reply.kind === 'status' ? lower(reply.status) : reply.kind === 'error' ? lower(reply.type) : 'ok';
+    // Two lookups with constant strings: no key string is built per request.
+    let byResult = this.results.get(name);
+    if (!byResult) this.results.set(name, (byResult = new Map()));
+    byResult.set(result, (byResult.get(result) ?? 0) + 1);
   }
 
   private count(name: string): void {

@@ -3,8 +3,8 @@
  * persistent, pipelined connections.
  *
  *   get/store/... ──acquire()──► a ready Connection (round robin) ──► Pending record into its FIFO
- *        │                                                      └──► encode ──► cork ... uncork
- *        │                                                           (next tick: one writev)
+ *        │                                                      └──► encode into its OutBuffer
+ *        │                                                           (setImmediate: one write)
  *   socket data ──► MetaReplyParser ──► reply ──► head record of the FIFO ──► resolve / reject
  *   one timer per connection ──► head overdue? ──► TIMEOUT to it, IO to the rest, socket destroyed
  *   socket error/close ──► IO to all pending ──► reconnect after 50 ms, doubling to 2 s
@@ -18,6 +18,7 @@ import { type ArithOp, type Hit, exptimeFromDeadline, parseCounter } from '../co
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import { type MetaReply, MetaReplyParser, encodeFlushAll, encodeMa } from '../protocol/text/meta-client';
 import { encodeMd, encodeMg, encodeMs, encodeVersion } from '../protocol/text/meta-client';
+import { OutBuffer } from '../protocol/out-buffer';
 import { createMemcachedPool } from './memcached-pool';
 import { type HostPort, type UpstreamContext, intOption, rejectUnknownOptions } from './registry';
 import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats } from './upstream';
@@ -91,7 +92,8 @@ class Connection {
   private connectTimer: NodeJS.Timeout | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private backoffMs = BACKOFF_MIN_MS;
-  private corked = false;
+  private readonly outBuffer = new OutBuffer();
+  private flushScheduled = false;
   private connectedBefore = false;
 
   constructor(private readonly up: MemcachedUpstream) {}
@@ -127,18 +129,17 @@ class Connection {
   }
 
   /**
-   * Writes are corked and flushed after the event loop's poll phase (setImmediate), not on the
-   * next tick: the requests of every client read in one loop iteration leave in one writev,
-   * and memcached reads them in one syscall (what makes twemproxy cheap for the server).
+   * Where requests are encoded. They are written after the event loop's poll phase
+   * (setImmediate), not on the next tick: the requests of every client read in one loop
+   * iteration leave in one write, and memcached reads them in one syscall (what makes twemproxy
+   * cheap for the server).
    */
-  write(buf: Buffer): void {
-    const socket = this.socket as Socket;
-    if (!this.corked) {
-      this.corked = true;
-      socket.cork();
-      setImmediate(this.uncork);
+  get out(): OutBuffer {
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushOut);
     }
-    socket.write(buf);
+    return this.outBuffer;
   }
 
   /** Discards the socket and everything pending on it, then reconnects after a backoff. */
@@ -174,13 +175,22 @@ class Connection {
     clearTimeout(this.timer);
     clearTimeout(this.connectTimer);
     this.timer = this.connectTimer = undefined;
-    this.corked = false;
+    this.outBuffer.discard();
     for (let rec = this.pending.shift(); rec; rec = this.pending.shift()) this.up.settleError(rec, err);
   }
 
-  private readonly uncork = (): void => {
-    this.corked = false;
-    this.socket?.uncork();
+  private readonly flushOut = (): void => {
+    this.flushScheduled = false;
+    const chunks = this.outBuffer.take();
+    const socket = this.socket;
+    if (!socket) return;
+    if (chunks.length === 1) {
+      socket.write(chunks[0] as Buffer);
+    } else if (chunks.length > 1) {
+      socket.cork();
+      for (const c of chunks) socket.write(c);
+      socket.uncork();
+    }
   };
 
   private readonly onConnect = (): void => {
@@ -318,17 +328,22 @@ export class MemcachedUpstream implements Upstream {
     for (const c of this.conns) c.connect();
   }
 
-  async get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
+  // Not async functions: each async layer costs a promise and a microtask per request. A refusal
+  // from acquire() is still a rejected promise, never a throw.
+  get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
     const conn = this.acquire();
-    if (keys.length === 0) return [];
+    if (conn instanceof McmuxError) return Promise.reject(conn);
+    if (keys.length === 0) return Promise.resolve([]);
     const flags = touch === undefined ? 'v f c t' : `v f c t T${exptimeFromDeadline(touch, Date.now())}`;
     const p = conn.enqueue<Array<Hit | undefined>>(Op.GET, keys.length, touch);
-    for (const key of keys) conn.write(encodeMg(key, flags));
+    const out = conn.out;
+    for (const key of keys) encodeMg(out, key, flags);
     return p;
   }
 
-  async store(req: StoreRequest): Promise<StoreResult> {
+  store(req: StoreRequest): Promise<StoreResult> {
     const conn = this.acquire();
+    if (conn instanceof McmuxError) return Promise.reject(conn);
     let flags = `M${MODE_FLAG[req.mode]} c`;
     // append/prepend keep the existing item's flags and ttl: send neither.
     if (req.mode !== 'append' && req.mode !== 'prepend') {
@@ -337,32 +352,29 @@ export class MemcachedUpstream implements Upstream {
     }
     if (req.mode === 'cas') flags += ` C${req.cas ?? 0n}`; // C0 never matches: EXISTS or NOT_FOUND
     const p = conn.enqueue<StoreResult>(Op.STORE, 1);
-    const [header, value, crlf] = encodeMs(req.key, req.value, flags);
-    conn.write(header);
-    conn.write(value);
-    conn.write(crlf);
+    encodeMs(conn.out, req.key, req.value, flags);
     return p;
   }
 
-  async delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
-    return this.send(Op.DELETE, encodeMd(key));
+  delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
+    return this.send(Op.DELETE, (out) => encodeMd(out, key));
   }
 
   /** memcached 1.6.18 has no `mt`: a `mg` with T and no v touches without fetching (HD / EN). */
-  async touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
-    return this.send(Op.TOUCH, encodeMg(key, `T${exptimeFromDeadline(deadline, Date.now())}`));
+  touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+    return this.send(Op.TOUCH, (out) => encodeMg(out, key, `T${exptimeFromDeadline(deadline, Date.now())}`));
   }
 
-  async arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
-    return this.send(Op.ARITH, encodeMa(key, `M${op === 'incr' ? 'I' : 'D'} D${delta} v c`));
+  arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
+    return this.send(Op.ARITH, (out) => encodeMa(out, key, `M${op === 'incr' ? 'I' : 'D'} D${delta} v c`));
   }
 
-  async flush(): Promise<void> {
-    return this.send(Op.FLUSH, encodeFlushAll());
+  flush(): Promise<void> {
+    return this.send(Op.FLUSH, encodeFlushAll);
   }
 
-  async probe(): Promise<void> {
-    return this.send(Op.PROBE, encodeVersion());
+  probe(): Promise<void> {
+    return this.send(Op.PROBE, encodeVersion);
   }
 
   async close(): Promise<void> {
@@ -372,17 +384,18 @@ export class MemcachedUpstream implements Upstream {
   }
 
   /** A request of one line and one reply. */
-  private send<T>(op: Op, request: Buffer): Promise<T> {
+  private send<T>(op: Op, encode: (out: OutBuffer) => void): Promise<T> {
     const conn = this.acquire();
+    if (conn instanceof McmuxError) return Promise.reject(conn);
     const p = conn.enqueue<T>(op, 1);
-    conn.write(request);
+    encode(conn.out);
     return p;
   }
 
-  /** A connection to send on, or throws (the request fails at once: never wait for a reconnect). */
-  private acquire(): Connection {
+  /** A connection to send on, or the error to fail the request with at once (never wait for a reconnect). */
+  private acquire(): Connection | McmuxError {
     this.stats.requests++;
-    if (this.closed) throw this.refuse(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
+    if (this.closed) return this.refuse(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
     const n = this.conns.length;
     let conn: Connection | undefined;
     for (let i = 0; i < n && !conn; i++) {
@@ -395,9 +408,9 @@ export class MemcachedUpstream implements Upstream {
     // Right after start-up the first connects are still under way: let those carry requests,
     // bounded by the request timeout, rather than failing everything sent in the first tick.
     conn ??= this.conns.find((c) => c.status === 'connecting' && c.fresh);
-    if (!conn) throw this.refuse(ErrorCodes.UPSTREAM_IO, 'no connection is up (reconnecting)');
+    if (!conn) return this.refuse(ErrorCodes.UPSTREAM_IO, 'no connection is up (reconnecting)');
     if (conn.pending.length >= this.maxQueue) {
-      throw this.refuse(ErrorCodes.UPSTREAM_BUSY, `${this.maxQueue} requests already queued on a connection (option max-queue)`);
+      return this.refuse(ErrorCodes.UPSTREAM_BUSY, `${this.maxQueue} requests already queued on a connection (option max-queue)`);
     }
     return conn;
   }

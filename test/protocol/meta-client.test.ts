@@ -12,6 +12,7 @@ import {
   encodeMs,
   encodeVersion,
 } from '../../src/protocol/text/meta-client';
+import { COPY_MAX, OutBuffer } from '../../src/protocol/out-buffer';
 
 const none = { flags: undefined, cas: undefined, ttl: undefined };
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
@@ -177,18 +178,25 @@ test('a reply line over the bound without a newline is a protocol error', () => 
 });
 
 test('requests encode keys as latin1 and flags as given', () => {
-  assert.deepEqual(encodeMg('k\xe9', 'v f c t T30'), b('mg k\xe9 v f c t T30\r\n'));
-  assert.deepEqual(encodeMg('k', ''), b('mg k\r\n'));
-  assert.equal(encodeMg('\xff', 'v')[3], 0xff);
+  const bytes = (write: (out: OutBuffer) => void): Buffer => {
+    const out = new OutBuffer();
+    write(out);
+    return Buffer.concat(out.take());
+  };
+  assert.deepEqual(bytes((o) => encodeMg(o, 'k\xe9', 'v f c t T30')), b('mg k\xe9 v f c t T30\r\n'));
+  assert.deepEqual(bytes((o) => encodeMg(o, 'k', '')), b('mg k\r\n'));
+  assert.equal(bytes((o) => encodeMg(o, '\xff', 'v'))[3], 0xff);
   const value = b('a\r\nb');
-  const ms = encodeMs('key', value, 'F1 T0 MS c');
-  assert.deepEqual(Buffer.concat(ms), b('ms key 4 F1 T0 MS c\r\na\r\nb\r\n'));
-  assert.equal(ms[1], value, 'the value is not copied');
-  assert.deepEqual(Buffer.concat(encodeMs('key', b(''), '')), b('ms key 0\r\n\r\n'));
-  assert.deepEqual(encodeMd('key'), b('md key\r\n'));
-  assert.deepEqual(encodeMd('key', 'q'), b('md key q\r\n'));
-  assert.deepEqual(encodeMa('n', 'MI D18446744073709551615 v'), b('ma n MI D18446744073709551615 v\r\n'));
-  assert.deepEqual(encodeMn(), b('mn\r\n'));
-  assert.deepEqual(encodeVersion(), b('version\r\n'));
-  assert.deepEqual(encodeFlushAll(), b('flush_all\r\n'));
+  assert.deepEqual(bytes((o) => encodeMs(o, 'key', value, 'F1 T0 MS c')), b('ms key 4 F1 T0 MS c\r\na\r\nb\r\n'));
+  const large = Buffer.alloc(COPY_MAX + 1, 0x61);
+  const out = new OutBuffer();
+  encodeMs(out, 'key', large, '');
+  assert.ok(out.take().includes(large), 'a large value is not copied');
+  assert.deepEqual(bytes((o) => encodeMs(o, 'key', b(''), '')), b('ms key 0\r\n\r\n'));
+  assert.deepEqual(bytes((o) => encodeMd(o, 'key')), b('md key\r\n'));
+  assert.deepEqual(bytes((o) => encodeMd(o, 'key', 'q')), b('md key q\r\n'));
+  assert.deepEqual(bytes((o) => encodeMa(o, 'n', 'MI D18446744073709551615 v')), b('ma n MI D18446744073709551615 v\r\n'));
+  assert.deepEqual(bytes(encodeMn), b('mn\r\n'));
+  assert.deepEqual(bytes(encodeVersion), b('version\r\n'));
+  assert.deepEqual(bytes(encodeFlushAll), b('flush_all\r\n'));
 });

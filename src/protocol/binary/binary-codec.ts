@@ -4,6 +4,7 @@
  * first byte as memcached does (0x80: binary; anything else: text).
  */
 
+import type { OutBuffer } from '../out-buffer';
 import type { Reply } from '../../command/command';
 import type { CodecFactory } from '../../server/connection';
 import type { Decoded, Request, ServerCodec } from '../codec';
@@ -38,7 +39,7 @@ export class BinaryCodec implements ServerCodec {
     return { kind: 'error', bytes, close: r.close };
   }
 
-  encode(reply: Reply, request: Request, out: Buffer[]): void {
+  encode(reply: Reply, request: Request, out: OutBuffer): void {
     writeBinaryReply(reply, request.command, request.tag as BinaryTag, out);
   }
 }

@@ -16,6 +16,7 @@
  */
 
 import type { Command, Hit, Reply } from '../../command/command';
+import type { OutBuffer } from '../out-buffer';
 import { type BinaryStatus, HEADER_LENGTH, OPCODE, STATUS, STATUS_MESSAGE, writeResponseHeader } from './header';
 import type { BinaryTag } from './request-parser';
 
@@ -40,7 +41,7 @@ export function errorPacket(opcode: number, opaque: number, status: BinaryStatus
   return Buffer.concat(simple(tag, status, body));
 }
 
-function error(tag: BinaryTag, status: BinaryStatus, message: string, out: Buffer[]): void {
+function error(tag: BinaryTag, status: BinaryStatus, message: string, out: OutBuffer): void {
   out.push(...simple(tag, status, Buffer.from(message || STATUS_MESSAGE[status] || '', 'latin1')));
 }
 
@@ -49,7 +50,7 @@ function withKey(tag: BinaryTag): boolean {
 }
 
 /** A get hit: 4-byte flags extras, the key for GETK/GATK, the value, the item's cas. */
-function writeHit(hit: Hit, key: string, tag: BinaryTag, out: Buffer[]): void {
+function writeHit(hit: Hit, key: string, tag: BinaryTag, out: OutBuffer): void {
   const keyLength = withKey(tag) ? Buffer.byteLength(key, 'latin1') : 0;
   const h = header(tag, STATUS.SUCCESS, 4, keyLength, 4 + keyLength + hit.value.length, hit.cas, 4 + keyLength);
   h.writeUInt32BE(hit.flags >>> 0, HEADER_LENGTH);
@@ -58,7 +59,7 @@ function writeHit(hit: Hit, key: string, tag: BinaryTag, out: Buffer[]): void {
   if (hit.value.length > 0) out.push(hit.value);
 }
 
-function writeMiss(key: string, tag: BinaryTag, out: Buffer[]): void {
+function writeMiss(key: string, tag: BinaryTag, out: OutBuffer): void {
   if (tag.quiet) return;
   if (withKey(tag)) {
     // proto_bin.c: a GETK/GATK miss carries the key, and no message, so the client can tell which.
@@ -71,7 +72,7 @@ function writeMiss(key: string, tag: BinaryTag, out: Buffer[]): void {
   error(tag, STATUS.KEY_NOT_FOUND, '', out);
 }
 
-function writeStatus(reply: Extract<Reply, { kind: 'status' }>, tag: BinaryTag, out: Buffer[]): void {
+function writeStatus(reply: Extract<Reply, { kind: 'status' }>, tag: BinaryTag, out: OutBuffer): void {
   switch (reply.status) {
     case 'STORED':
       if (!tag.quiet) out.push(...simple(tag, STATUS.SUCCESS, EMPTY, reply.cas ?? 0n));
@@ -101,7 +102,7 @@ function writeStatus(reply: Extract<Reply, { kind: 'status' }>, tag: BinaryTag, 
   }
 }
 
-function writeError(reply: Extract<Reply, { kind: 'error' }>, cmd: Command, tag: BinaryTag, out: Buffer[]): void {
+function writeError(reply: Extract<Reply, { kind: 'error' }>, cmd: Command, tag: BinaryTag, out: OutBuffer): void {
   if (cmd.kind === 'too_large') {
     error(tag, STATUS.VALUE_TOO_LARGE, reply.message, out);
     return;
@@ -122,7 +123,7 @@ function writeError(reply: Extract<Reply, { kind: 'error' }>, cmd: Command, tag:
 }
 
 /** STAT: one packet per line (key = name, value = value), then an empty terminator. */
-function writeStats(lines: ReadonlyArray<readonly [string, string | number | bigint]>, tag: BinaryTag, out: Buffer[]): void {
+function writeStats(lines: ReadonlyArray<readonly [string, string | number | bigint]>, tag: BinaryTag, out: OutBuffer): void {
   for (const [name, value] of lines) {
     const k = Buffer.from(name, 'latin1');
     const v = Buffer.from(String(value), 'latin1');
@@ -135,7 +136,7 @@ function writeStats(lines: ReadonlyArray<readonly [string, string | number | big
 }
 
 /** Appends the response packets for `reply` to `out` (nothing, for a quiet success). */
-export function writeBinaryReply(reply: Reply, cmd: Command, tag: BinaryTag, out: Buffer[]): void {
+export function writeBinaryReply(reply: Reply, cmd: Command, tag: BinaryTag, out: OutBuffer): void {
   switch (reply.kind) {
     case 'values': {
       const key = cmd.kind === 'get' ? (cmd.keys[0] ?? '') : '';

@@ -2,13 +2,15 @@
  * The client side of memcached's meta protocol (memcached >= 1.6), without sockets: request
  * encoders, and a parser that turns the bytes a server sends back into replies.
  *
- *   driver ──encodeMg/encodeMs/...──► Buffers ──► socket
+ *   driver ──encodeMg/encodeMs/...──► OutBuffer ──take()──► socket
  *   socket ──push(chunk)──► MetaReplyParser ──next()──► MetaReply | undefined (need more bytes)
  *
  * Replies carry no request id: the caller pairs them with its requests first-in, first-out.
  * A malformed reply is returned as a `protocol_error` value and the parser stays failed: the
  * byte stream can no longer be trusted to line up with the requests, so the connection must go.
  */
+
+import type { OutBuffer } from '../out-buffer';
 
 /** A reply line longer than this without a newline is not memcached talking. */
 export const MAX_REPLY_LINE = 8192;
@@ -44,41 +46,39 @@ export type MetaReply =
   /** Not the protocol; the stream is lost from here on. */
   | { readonly kind: 'protocol_error'; readonly message: string };
 
-// Requests. `flags` is the meta flag list as sent, e.g. 'v f c t T30'. Keys are latin1 strings
-// (one character per wire byte) and arrive validated: no spaces or control characters.
+// Requests, appended to an OutBuffer (the connection's: one write per event-loop pass carries
+// every request queued in it). `flags` is the meta flag list as sent, e.g. 'v f c t T30'. Keys are
+// latin1 strings (one character per wire byte) and arrive validated: no spaces or control characters.
 
-export function encodeMg(key: string, flags: string): Buffer {
-  return Buffer.from(flags === '' ? `mg ${key}\r\n` : `mg ${key} ${flags}\r\n`, 'latin1');
+export function encodeMg(out: OutBuffer, key: string, flags: string): void {
+  out.latin1(flags === '' ? `mg ${key}\r\n` : `mg ${key} ${flags}\r\n`);
 }
 
-/** The header, the value itself (not copied: the socket write takes it as is) and CRLF. */
-export function encodeMs(key: string, value: Buffer, flags: string): [Buffer, Buffer, Buffer] {
-  const header = Buffer.from(`ms ${key} ${value.length}${flags === '' ? '' : ' ' + flags}\r\n`, 'latin1');
-  return [header, value, CRLF];
+/** The header, the value (copied beside it when small, else referenced) and CRLF. */
+export function encodeMs(out: OutBuffer, key: string, value: Buffer, flags: string): void {
+  out.latin1(`ms ${key} ${value.length}${flags === '' ? '' : ' ' + flags}\r\n`);
+  out.append(value);
+  out.append(CRLF);
 }
 
-export function encodeMd(key: string, flags = ''): Buffer {
-  return Buffer.from(flags === '' ? `md ${key}\r\n` : `md ${key} ${flags}\r\n`, 'latin1');
+export function encodeMd(out: OutBuffer, key: string, flags = ''): void {
+  out.latin1(flags === '' ? `md ${key}\r\n` : `md ${key} ${flags}\r\n`);
 }
 
-export function encodeMa(key: string, flags: string): Buffer {
-  return Buffer.from(`ma ${key} ${flags}\r\n`, 'latin1');
+export function encodeMa(out: OutBuffer, key: string, flags: string): void {
+  out.latin1(`ma ${key} ${flags}\r\n`);
 }
 
-const MN = Buffer.from('mn\r\n', 'latin1');
-const VERSION = Buffer.from('version\r\n', 'latin1');
-const FLUSH_ALL = Buffer.from('flush_all\r\n', 'latin1');
-
-export function encodeMn(): Buffer {
-  return MN;
+export function encodeMn(out: OutBuffer): void {
+  out.latin1('mn\r\n');
 }
 
-export function encodeVersion(): Buffer {
-  return VERSION;
+export function encodeVersion(out: OutBuffer): void {
+  out.latin1('version\r\n');
 }
 
-export function encodeFlushAll(): Buffer {
-  return FLUSH_ALL;
+export function encodeFlushAll(out: OutBuffer): void {
+  out.latin1('flush_all\r\n');
 }
 
 /**

@@ -1,10 +1,11 @@
 /**
- * Replies to text-protocol clients: a `Reply` in, Buffers out (to be written under one cork).
- * Fixed replies are prebuilt; values are written as header + the value Buffer itself + CRLF,
- * never copied into a new buffer.
+ * Replies to text-protocol clients: a `Reply` in, bytes out into an OutBuffer (which copies small
+ * values beside their header, so a hit leaves as one contiguous chunk, and keeps large ones by
+ * reference). Fixed replies are prebuilt.
  */
 
 import type { GetCommand, Reply, Status } from '../../command/command';
+import type { OutBuffer } from '../out-buffer';
 
 const CRLF = Buffer.from('\r\n');
 const END = Buffer.from('END\r\n');
@@ -26,7 +27,7 @@ export function errorLine(type: string, message: string): Buffer {
 }
 
 /** Appends the wire form of `reply` to `out`. `cmd` is the get it answers, for the keys. */
-export function writeTextReply(reply: Reply, cmd: GetCommand | undefined, out: Buffer[]): void {
+export function writeTextReply(reply: Reply, cmd: GetCommand | undefined, out: OutBuffer): void {
   switch (reply.kind) {
     case 'values': {
       const keys = cmd?.keys ?? [];
@@ -37,28 +38,30 @@ export function writeTextReply(reply: Reply, cmd: GetCommand | undefined, out: B
         const head = withCas
           ? `VALUE ${keys[i]} ${hit.flags} ${hit.value.length} ${hit.cas}\r\n`
           : `VALUE ${keys[i]} ${hit.flags} ${hit.value.length}\r\n`;
-        out.push(Buffer.from(head, 'latin1'), hit.value, CRLF);
+        out.latin1(head);
+        out.append(hit.value);
+        out.append(CRLF);
       }
-      out.push(END);
+      out.append(END);
       return;
     }
     case 'status':
-      out.push(STATUS[reply.status]);
+      out.append(STATUS[reply.status]);
       return;
     case 'number':
-      out.push(Buffer.from(`${reply.value}\r\n`, 'latin1'));
+      out.latin1(`${reply.value}\r\n`);
       return;
     case 'version':
-      out.push(Buffer.from(`VERSION ${reply.version}\r\n`, 'latin1'));
+      out.latin1(`VERSION ${reply.version}\r\n`);
       return;
     case 'stats': {
       let s = '';
       for (const [name, value] of reply.lines) s += `STAT ${name} ${value}\r\n`;
-      out.push(Buffer.from(s + 'END\r\n', 'latin1'));
+      out.latin1(s + 'END\r\n');
       return;
     }
     case 'error':
-      out.push(errorLine(reply.type, reply.message));
+      out.append(errorLine(reply.type, reply.message));
       return;
     case 'none':
       return;

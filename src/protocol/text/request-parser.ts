@@ -146,7 +146,23 @@ export class TextRequestParser {
     const start = this.pos;
     this.pos = nl + 1;
     if (end - start > this.limits.maxLineLength) return this.fatal(err('CLIENT_ERROR', 'line too long'));
-    return this.parseLine(this.buf.toString('latin1', start, end));
+    return this.getOneKey(start, end) ?? this.parseLine(this.buf.toString('latin1', start, end));
+  }
+
+  /**
+   * The commonest line, `get <key>` with one valid key, read without splitting the line into
+   * words; anything else (more keys, extra spaces, a bad key) is left to parseLine.
+   */
+  private getOneKey(start: number, end: number): ParseResult | undefined {
+    const b = this.buf;
+    if (end - start < 5 || b[start] !== 0x67 || b[start + 1] !== 0x65 || b[start + 2] !== 0x74 || b[start + 3] !== SPACE) {
+      return undefined;
+    }
+    const sp = b.indexOf(SPACE, start + 4);
+    if (sp >= 0 && sp < end) return undefined;
+    const key = b.toString('latin1', start + 4, end);
+    if (!isValidKey(key) || this.limits.maxKeysPerGet < 1) return undefined;
+    return { kind: 'get', keys: [key], withCas: false, touch: undefined };
   }
 
   private fatal(e: ParseError): ParseError {

@@ -1,5 +1,6 @@
 /** The text protocol as a `ServerCodec`: the request parser and the reply writer together. */
 
+import type { OutBuffer } from '../out-buffer';
 import type { Reply } from '../../command/command';
 import type { Decoded, Request, ServerCodec } from '../codec';
 import { errorLine, writeTextReply } from './reply-writer';
@@ -27,7 +28,7 @@ export class TextCodec implements ServerCodec {
     return { kind: 'request', request: { command: r, tag: undefined } };
   }
 
-  encode(reply: Reply, request: Request, out: Buffer[]): void {
+  encode(reply: Reply, request: Request, out: OutBuffer): void {
     const cmd = request.command;
     // noreply: the client reads nothing for this command, errors included (it is not listening).
     if (cmd.kind === 'quit' || ('noreply' in cmd && cmd.noreply)) return;
