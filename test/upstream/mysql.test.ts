@@ -277,7 +277,9 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
 
   await t.test('a multi-get of more keys than one IN list is aligned with its keys', async () => {
     const keys = Array.from({ length: 5000 }, (_, i) => `m:${i}`);
-    await Promise.all(keys.filter((_, i) => i % 3 === 0).map((k) => set(up, k, `v${k}`)));
+    const stored = keys.filter((_, i) => i % 3 === 0);
+    // In batches under the default max-queue (1024 requests waiting).
+    for (let i = 0; i < stored.length; i += 500) await Promise.all(stored.slice(i, i + 500).map((k) => set(up, k, `v${k}`)));
     const hits = await up.get(keys);
     hits.forEach((h, i) => assert.equal(h?.value.toString(), i % 3 === 0 ? `vm:${i}` : undefined));
   });
@@ -352,6 +354,18 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     await closing.close();
     await pending;
     await assert.rejects(closing.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_CLOSED);
+  });
+
+  await t.test('max-queue refuses requests beyond the bound with BUSY, and takes new ones once they settle', async () => {
+    const small = other({ 'max-queue': '2', connections: '1' });
+    await small.probe();
+    const results = await Promise.allSettled([small.get(['q:a']), small.get(['q:b']), small.get(['q:c'])]);
+    assert.deepEqual(
+      results.map((r) => (r.status === 'fulfilled' ? 'ok' : codeOf(r.reason))),
+      ['ok', 'ok', ErrorCodes.UPSTREAM_BUSY],
+    );
+    assert.deepEqual(await small.get(['q:a']), [undefined]);
+    assert.throws(() => open(db.url, { 'max-queue': '0' }), ConfigError);
   });
 });
 

@@ -336,6 +336,22 @@ test('redis upstream against a private redis-server', async (t) => {
     assert.equal((await inFlight)[0]?.flags, 500);
     await assert.rejects(other.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_CLOSED);
   });
+
+  await t.test('max-queue refuses requests beyond the bound with BUSY, and takes new ones once they settle', async () => {
+    const small = open(server.url, { 'max-queue': '2' });
+    try {
+      await small.probe();
+      const results = await Promise.allSettled([small.get(['q:a']), small.get(['q:b']), small.get(['q:c'])]);
+      assert.deepEqual(
+        results.map((r) => (r.status === 'fulfilled' ? 'ok' : codeOf(r.reason))),
+        ['ok', 'ok', ErrorCodes.UPSTREAM_BUSY],
+      );
+      assert.deepEqual(await small.get(['q:a']), [undefined]);
+      assert.throws(() => open(server.url, { 'max-queue': '0' }), ConfigError);
+    } finally {
+      await small.close();
+    }
+  });
 });
 
 test('passwords: masked in the name, absent from every error', async (t) => {
