@@ -104,7 +104,8 @@ function twemproxyConfig(listen: number, backend: number): string {
  */
 export async function startTarget(kind: TargetKind, children: Children, repo: string, tmp: string): Promise<Target> {
   if (kind === 'twemproxy' && !which('nutcracker')) throw new Unavailable('not installed (nutcracker not on PATH)');
-  const mcmux = join(repo, 'bin', 'mcmux');
+  // MCMUX_BENCH_BIN: another mcmux to measure (a build of an older commit, for an A/B run).
+  const mcmux = process.env.MCMUX_BENCH_BIN ?? join(repo, 'bin', 'mcmux');
   const plan = MCMUX[kind];
   if (plan && !existsSync(mcmux)) throw new Error(`failed to start: ${mcmux} not found`);
 

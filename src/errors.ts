@@ -30,7 +30,12 @@ export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 export class McmuxError extends Error {
   readonly code: ErrorCode;
   constructor(code: ErrorCode, message: string) {
+    // Upstream errors are values on the request path, thousands a second when a store is busy
+    // or down: capturing a stack for each cost 2 % of the CPU under load, and no one reads it.
+    const limit = Error.stackTraceLimit;
+    if (code !== ErrorCodes.CONFIG) Error.stackTraceLimit = 0;
     super(message);
+    Error.stackTraceLimit = limit;
     this.code = code;
     this.name = 'McmuxError';
   }
