@@ -56,7 +56,8 @@ function firstHit(ctx: RouterContext, cmd: GetCommand): Promise<Values | FirstAn
   const key = cmd.keys[0] as string;
   const u = ctx.upstreams[0];
   if (!u || ctx.journal.isDirty(u, key) || (cmd.withCas && isFenced(u))) return undefined;
-  return u.get(cmd.keys).then(
+  // A plain get's hit goes to the client as it is: no cas or deadline needed (gets needs the cas).
+  return u.get(cmd.keys, undefined, !cmd.withCas).then(
     (hits): Values | FirstAnswer => {
       const hit = hits[0];
       if (!hit) return { kind: 'first', answer: { ok: true, hits: new Map([[key, undefined]]) } };

@@ -181,8 +181,8 @@ export class HealthyUpstream implements Upstream {
     this.setState('healthy', 'probe succeeded');
   }
 
-  get(keys: readonly string[], touch?: number) {
-    return this.guard(() => this.inner.get(keys, touch));
+  get(keys: readonly string[], touch?: number, valueOnly?: boolean) {
+    return this.guard(() => this.inner.get(keys, touch, valueOnly));
   }
   store(req: StoreRequest) {
     return this.guard(() => this.inner.store(req));

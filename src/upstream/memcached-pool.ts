@@ -118,11 +118,11 @@ export class MemcachedPool implements Upstream {
    * server and never overwrites a value. It also keeps one dead server from counting as a
    * failure of the whole pool. The get rejects only when no server of the pool is up.
    */
-  async get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
+  async get(keys: readonly string[], touch?: number, valueOnly?: boolean): Promise<Array<Hit | undefined>> {
     this.checkUsable();
     const n = keys.length;
     if (n === 0) return [];
-    if (n === 1) return this.getFrom(this.placed(keys[0] as string), keys, touch);
+    if (n === 1) return this.getFrom(this.placed(keys[0] as string), keys, touch, valueOnly);
     // Group by server; positions remember where each key (duplicates too) goes back.
     const groups = new Map<HealthyUpstream, { keys: string[]; at: number[] }>();
     for (let i = 0; i < n; i++) {
@@ -139,7 +139,7 @@ export class MemcachedPool implements Upstream {
     const out = new Array<Hit | undefined>(n);
     await Promise.all(
       [...groups].map(([node, g]) =>
-        this.getFrom(node, g.keys, touch).then((hits) => {
+        this.getFrom(node, g.keys, touch, valueOnly).then((hits) => {
           for (let j = 0; j < g.at.length; j++) out[g.at[j] as number] = hits[j];
         }),
       ),
@@ -148,8 +148,8 @@ export class MemcachedPool implements Upstream {
   }
 
   /** Never rejects: a failed server's keys are misses (see get). */
-  private getFrom(node: HealthyUpstream, keys: readonly string[], touch: number | undefined): Promise<Array<Hit | undefined>> {
-    return node.get(keys, touch).catch(() => new Array<Hit | undefined>(keys.length));
+  private getFrom(node: HealthyUpstream, keys: readonly string[], touch: number | undefined, valueOnly?: boolean): Promise<Array<Hit | undefined>> {
+    return node.get(keys, touch, valueOnly).catch(() => new Array<Hit | undefined>(keys.length));
   }
 
   // Writes go to the key's server only and are never retried elsewhere: an incr or append

@@ -55,8 +55,10 @@ export interface Upstream {
   /**
    * Reads several keys in one round trip; the result is aligned with `keys` (undefined = miss).
    * With `touch` set (gat), each hit's deadline is replaced by it in the same operation.
+   * `valueOnly`: the caller uses only value and flags (a plain get answered as it is), so a
+   * driver may skip fetching the cas unique and the deadline and report them as 0.
    */
-  get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>>;
+  get(keys: readonly string[], touch?: number, valueOnly?: boolean): Promise<Array<Hit | undefined>>;
   store(req: StoreRequest): Promise<StoreResult>;
   delete(key: string): Promise<'DELETED' | 'NOT_FOUND'>;
   touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'>;

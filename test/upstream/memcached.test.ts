@@ -82,6 +82,15 @@ test('memcached upstream against a real memcached', async (t) => {
     assert.deepEqual(await up.get([]), []);
   });
 
+  await t.test('get valueOnly: value and flags only (no cas, no deadline fetched)', async () => {
+    await up.store({ mode: 'set', key: 'vo:k', value: Buffer.from('V'), flags: 7, deadline: Date.now() + 60_000 });
+    const [full] = await up.get(['vo:k']);
+    assert.ok(full && full.cas > 0n && full.deadline > 0, 'a full get has both');
+    const [hit] = await up.get(['vo:k'], undefined, true);
+    assert.deepEqual(hit, { value: Buffer.from('V'), flags: 7, cas: 0n, deadline: 0 });
+    assert.deepEqual(await up.get(['vo:none'], undefined, true), [undefined]);
+  });
+
   await t.test('flags 0, 65535 and 4294967295 round-trip', async () => {
     for (const flags of [0, 65535, 4294967295]) {
       await set(up, 'f:k', 'v', flags);
