@@ -33,13 +33,13 @@ export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
   const seq = ctx.journal.readStarted();
   const done = (reply: Reply): Reply => {
-    ctx.journal.readFinished();
+    ctx.journal.readFinished(seq);
     return reply;
   };
   const fast = firstHit(ctx, cmd);
   const full = fast ? fast.then((first) => (first.kind === 'values' ? first : read(ctx, cmd, seq, first))) : read(ctx, cmd, seq);
   return full.then(done, (error: unknown) => {
-    ctx.journal.readFinished();
+    ctx.journal.readFinished(seq);
     throw error;
   });
 }
@@ -221,7 +221,7 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
   for (const i of targets) {
     const u = ctx.upstreams[i] as Upstream;
     ctx.counters.readRepairs++;
-    ctx.journal.readStarted(); // keeps the writes of this key remembered until the add is done
+    ctx.journal.readStarted(seq); // keeps the writes since the read remembered until the add is done
     u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline })
       .then(
         () => {
@@ -232,7 +232,7 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
           ctx.onBackgroundError('read repair', u, error);
         },
       )
-      .finally(() => ctx.journal.readFinished());
+      .finally(() => ctx.journal.readFinished(seq));
   }
 }
 

@@ -51,8 +51,13 @@ export function idOf(u: Upstream): string {
 }
 
 
-/** Finished writes remembered for reads still in flight (bounded: the oldest go first). */
+/**
+ * Finished writes remembered for reads still in flight (bounded: beyond it the oldest are
+ * forgotten, and reads older than them are told "maybe written", which only skips a read repair).
+ */
 const WRITES_MAX = 100_000;
+/** Entries pruneWrites looks at per call. */
+const PRUNE_STEPS = 4;
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
@@ -72,11 +77,19 @@ export class RepairJournal {
   readonly repairing = new Map<string, boolean>();
   private writeSeq = 0;
   /**
-   * Keys written while reads were in flight: the sequence of the last write started and how many
-   * are still going. Forgotten once no write of the key and no read is in flight: it stays small.
+   * Keys recently written: the sequence of the last write started and how many are still going,
+   * in the order they last started (so in increasing seq). An entry is forgotten once no write of
+   * its key is in flight and no read in flight began before it, a few entries per call (pruneWrites):
+   * under a steady load, when some read is always in flight, the map holds the writes of about
+   * one read's lifetime, never the whole key space, and no call walks it all.
    */
   private readonly writes = new Map<string, { seq: number; inFlight: number }>();
-  private readsInFlight = 0;
+  /** The write sequence each read in flight began at, with how many reads hold it (in increasing seq). */
+  private readonly readSeqs = new Map<number, number>();
+  /** A read pinned a sequence older than the newest one held: the oldest must be found by a scan. */
+  private readSeqsUnordered = false;
+  /** Writes up to this sequence may have been forgotten while a read older than them was in flight. */
+  private forgottenUpTo = 0;
 
   constructor(private readonly options: JournalOptions) {}
 
@@ -130,9 +143,12 @@ export class RepairJournal {
     this.writes.delete(key);
     this.writes.set(key, { seq, inFlight: (w?.inFlight ?? 0) + 1 });
     if (this.writes.size > WRITES_MAX) {
+      // A read stuck for long: forget the oldest finished write, and remember that we did.
       for (const [k, x] of this.writes) {
-        if (this.writes.size <= WRITES_MAX) break;
-        if (x.inFlight === 0) this.writes.delete(k);
+        if (x.inFlight > 0) continue;
+        this.writes.delete(k);
+        this.forgottenUpTo = Math.max(this.forgottenUpTo, x.seq);
+        break;
       }
     }
     if (this.repairing.size === 0) return;
@@ -144,19 +160,61 @@ export class RepairJournal {
     const w = this.writes.get(key);
     if (!w) return;
     w.inFlight--;
-    if (w.inFlight <= 0 && this.readsInFlight === 0) this.writes.delete(key);
+    this.pruneWrites();
   }
 
-  /** A read (or a read repair) begins: returns the write sequence to compare against. */
-  readStarted(): number {
-    this.readsInFlight++;
-    return this.writeSeq;
+  /**
+   * A read begins: returns the write sequence to compare against (writtenSince), to hand back to
+   * readFinished. A read repair passes the sequence of the read it repairs for, to keep the
+   * writes since then remembered until its `add` is done.
+   */
+  readStarted(seq = this.writeSeq): number {
+    const n = this.readSeqs.get(seq);
+    if (n === undefined && this.readSeqs.size > 0 && seq < this.newestReadSeq) this.readSeqsUnordered = true;
+    this.readSeqs.set(seq, (n ?? 0) + 1);
+    if (n === undefined) this.newestReadSeq = Math.max(this.newestReadSeq, seq);
+    return seq;
   }
 
-  readFinished(): void {
-    if (--this.readsInFlight > 0) return;
-    // No read is left that could ask about a write that has finished: forget those.
-    for (const [k, w] of this.writes) if (w.inFlight <= 0) this.writes.delete(k);
+  readFinished(seq: number): void {
+    const n = this.readSeqs.get(seq);
+    if (n === undefined) return;
+    if (n > 1) {
+      this.readSeqs.set(seq, n - 1);
+      return;
+    }
+    this.readSeqs.delete(seq);
+    if (this.readSeqs.size === 0) this.readSeqsUnordered = false;
+    this.pruneWrites();
+  }
+
+  private newestReadSeq = 0;
+
+  /** Writes remembered for reads in flight (for tests and stats). */
+  get writesRemembered(): number {
+    return this.writes.size;
+  }
+
+  /** The write sequence the oldest read in flight began at; Infinity when none is in flight. */
+  private oldestReadSeq(): number {
+    if (this.readSeqs.size === 0) return Infinity;
+    if (this.readSeqsUnordered) return Math.min(...this.readSeqs.keys());
+    for (const seq of this.readSeqs.keys()) return seq;
+    return Infinity;
+  }
+
+  /**
+   * Forgets up to PRUNE_STEPS of the oldest writes that no read in flight can ask about (finished,
+   * and started no later than the oldest read began). Called on every write and read finished,
+   * so the map shrinks as fast as it grows, at a bounded cost per call.
+   */
+  private pruneWrites(): void {
+    const oldest = this.oldestReadSeq();
+    let steps = 0;
+    for (const [k, w] of this.writes) {
+      if (w.seq > oldest || ++steps > PRUNE_STEPS) return;
+      if (w.inFlight <= 0) this.writes.delete(k);
+    }
   }
 
   /**
@@ -165,6 +223,7 @@ export class RepairJournal {
    * must not be undone by read repair).
    */
   writtenSince(key: string, seq: number): boolean {
+    if (seq < this.forgottenUpTo) return true; // a write of the key may have been forgotten
     const w = this.writes.get(key);
     return w !== undefined && (w.inFlight > 0 || w.seq > seq);
   }

@@ -222,3 +222,65 @@ describe('cold detector', () => {
     await u.close();
   });
 });
+
+describe('writes remembered for reads in flight', () => {
+  const journal = (): RepairJournal => new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+
+  it('a write that starts after a read began is seen by it until the read is over', () => {
+    const j = journal();
+    const seq = j.readStarted();
+    j.writeStarted('k');
+    assert.equal(j.writtenSince('k', seq), true, 'in flight');
+    j.writeFinished('k');
+    assert.equal(j.writtenSince('k', seq), true, 'finished, but after the read began');
+    assert.equal(j.writtenSince('other', seq), false);
+    j.readFinished(seq);
+    assert.equal(j.writesRemembered, 0, 'no read left to ask: forgotten');
+  });
+
+  it('a read repair pinning the same sequence keeps the writes remembered after the read', () => {
+    const j = journal();
+    const seq = j.readStarted();
+    j.readStarted(seq); // the read repair's add, sent before the read answers
+    j.writeStarted('k');
+    j.writeFinished('k');
+    j.readFinished(seq); // the read answers
+    assert.equal(j.writtenSince('k', seq), true, 'the add still in flight must learn of the write');
+    j.readFinished(seq);
+    assert.equal(j.writesRemembered, 0);
+  });
+
+  it('under a steady load, with some read always in flight, holds only the writes since the oldest read', () => {
+    const j = journal();
+    const reads: number[] = [j.readStarted()];
+    let most = 0;
+    for (let i = 0; i < 50_000; i++) {
+      const key = `k${i % 20_000}`;
+      j.writeStarted(key);
+      j.writeFinished(key);
+      if (i % 100 === 99) {
+        // Reads overlap: a new one starts before the oldest ends, so one is always in flight.
+        reads.push(j.readStarted());
+        j.readFinished(reads.shift() as number);
+      }
+      most = Math.max(most, j.writesRemembered);
+    }
+    // About one read's lifetime of writes (100), plus what pruning a few per call leaves behind;
+    // before, nothing was forgotten until no read at all was in flight: here, all 20,000 keys.
+    assert.ok(most <= 400, `at most ${most} writes remembered`);
+  });
+
+  it('beyond its bound it forgets the oldest, and reads older than them are told "maybe written"', () => {
+    const j = journal();
+    const old = j.readStarted(); // a read that never ends
+    for (let i = 0; i < 100_001; i++) {
+      j.writeStarted(`w${i}`);
+      j.writeFinished(`w${i}`);
+    }
+    assert.ok(j.writesRemembered <= 100_000);
+    assert.equal(j.writtenSince('w0', old), true, 'forgotten, so maybe written');
+    assert.equal(j.writtenSince('never-written', old), true, 'a read this old cannot know');
+    const fresh = j.readStarted();
+    assert.equal(j.writtenSince('never-written', fresh), false, 'a read that began after is told the truth');
+  });
+});
