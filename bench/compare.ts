@@ -4,7 +4,7 @@
  * reached every upstream.
  *
  *   start each target (targets.ts) ─► preload
- *   round × target × depth: stats ─► idle round trips ─► loaded run ─► wait until quiet ─► stats
+ *   round × target × depth: all quiet ─► stats ─► idle round trips ─► loaded run ─► wait until quiet ─► stats
  *   mcmux1: idle connections ─► stop all ─► JSON, SVG, tables
  */
 
@@ -157,6 +157,9 @@ async function startOne(s: Settings, kind: TargetKind, children: Children, tmp: 
 async function measureAll(s: Settings, live: Live[], rows: Row[]): Promise<void> {
   const runs = new Map<string, Run[]>();
   const failures = new Map<string, string>();
+  // Every process the bench started, all targets': a store of another target still flushing
+  // (MariaDB after a preload of 100k rows) must not eat the CPU of the run being measured.
+  const everyPid = live.flatMap(({ target }) => [target.pid, ...target.backendPids]);
   for (let round = 1; round <= s.repeat; round++) {
     for (const { target } of live) {
       for (const p of s.pipelines) {
@@ -164,6 +167,8 @@ async function measureAll(s: Settings, live: Live[], rows: Row[]): Promise<void>
         if (failures.has(key)) continue;
         const tag = `${target.kind} pipeline ${p}${s.repeat > 1 ? ` round ${round}/${s.repeat}` : ''}`;
         try {
+          const waited = await quiet(everyPid);
+          if (waited > 5) log(`${tag}: waited ${waited.toFixed(0)} s for every process the bench started to be quiet`);
           const run = await measureOnce(s, target, p);
           runs.set(key, [...(runs.get(key) ?? []), run]);
           const { load } = run;

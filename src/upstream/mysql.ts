@@ -661,7 +661,7 @@ export function createMysqlUpstream(url: URL, options: Map<string, string>, ctx:
   const connections = intOption(options, 'connections', 4, 1, 256, where);
   const purgeIntervalMs = intOption(options, 'purge-interval', 60_000, 10, 86_400_000, where);
   const purgeBatch = intOption(options, 'purge-batch', 1000, 1, 1_000_000, where);
-  const maxQueue = intOption(options, 'max-queue', 1024, 1, 1_000_000, where);
+  const maxQueue = intOption(options, 'max-queue', 256, 1, 1_000_000, where);
   rejectUnknownOptions(options, where, ['table', 'timeout', 'connections', 'purge-interval', 'purge-batch', 'max-queue']);
   const port = url.port === '' ? DEFAULT_PORT : Number(url.port);
   return new MysqlUpstream({

@@ -17,6 +17,7 @@ import { keySlot } from '../../src/upstream/redis';
 import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
 import { freePort, haveBinary, requireBinary } from '../helpers/servers';
+import { assertMaxQueueOfTwo } from '../helpers/upstream-limits';
 import { type RedisProcess, makeDir, removeDir, spawnRedis, startRedis, stopProcess } from './targets/redis';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
@@ -340,13 +341,7 @@ test('redis upstream against a private redis-server', async (t) => {
   await t.test('max-queue refuses requests beyond the bound with BUSY, and takes new ones once they settle', async () => {
     const small = open(server.url, { 'max-queue': '2' });
     try {
-      await small.probe();
-      const results = await Promise.allSettled([small.get(['q:a']), small.get(['q:b']), small.get(['q:c'])]);
-      assert.deepEqual(
-        results.map((r) => (r.status === 'fulfilled' ? 'ok' : codeOf(r.reason))),
-        ['ok', 'ok', ErrorCodes.UPSTREAM_BUSY],
-      );
-      assert.deepEqual(await small.get(['q:a']), [undefined]);
+      await assertMaxQueueOfTwo(small);
       assert.throws(() => open(server.url, { 'max-queue': '0' }), ConfigError);
     } finally {
       await small.close();
