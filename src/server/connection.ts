@@ -294,18 +294,24 @@ export class ClientConnection {
     const out = SHARED_OUT;
     let close = false;
     let n = 0;
-    for (const slot of this.queue) {
-      if (slot.reply === undefined) break;
-      n++;
-      if (slot.bytes) out.append(slot.bytes);
-      else if (slot.request && this.codec) {
-        this.codec.encode(slot.reply, slot.request, out);
-        this.unflushed--;
+    try {
+      for (const slot of this.queue) {
+        if (slot.reply === undefined) break;
+        n++;
+        if (slot.bytes) out.append(slot.bytes);
+        else if (slot.request && this.codec) {
+          this.codec.encode(slot.reply, slot.request, out);
+          this.unflushed--;
+        }
+        if (slot.closeAfter) {
+          close = true;
+          break;
+        }
       }
-      if (slot.closeAfter) {
-        close = true;
-        break;
-      }
+    } catch (error) {
+      // The slab is shared: half a reply left in it would go out to the next client flushed.
+      out.discard();
+      throw error;
     }
     this.queue.splice(0, n);
     // dispatch() may be on the stack (a reply that was ready at once): never index below 0.
