@@ -238,13 +238,14 @@ export class BinaryRequestParser {
     const x = this.head + HEADER_LENGTH;
     const noreply = s.quiet;
     switch (s.base) {
-      // withCas is text's get/gets distinction (and the metrics' name): a binary hit always carries its cas.
+      // A binary hit always carries its cas in the response header: withCas, so that the router
+      // fetches it (a plain text get may skip it) and reads the authority's copy first.
       case OPCODE.GET:
       case OPCODE.GETK:
-        return { kind: 'get', keys: [key], withCas: false, touch: undefined };
+        return { kind: 'get', keys: [key], withCas: true, touch: undefined };
       case OPCODE.GAT:
       case OPCODE.GATK:
-        return { kind: 'get', keys: [key], withCas: false, touch: this.deadline(buf.readInt32BE(x)) };
+        return { kind: 'get', keys: [key], withCas: true, touch: this.deadline(buf.readInt32BE(x)) };
       case OPCODE.TOUCH:
         return { kind: 'touch', key, deadline: this.deadline(buf.readInt32BE(x)), noreply: false };
       case OPCODE.DELETE:
