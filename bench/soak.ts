@@ -17,7 +17,7 @@ import { dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { processCpuSeconds } from './cpu';
 import { rssMiB } from './idle-connections';
-import { figures, preload, sleep, startLoad } from './loadgen';
+import { type LoadOptions, figures, preload, sleep, startLoad } from './loadgen';
 import type { Children } from './processes';
 import { startTarget, stopTarget } from './targets';
 
@@ -25,16 +25,10 @@ export const SOAK_INTERVAL_S = 10;
 /** Growth of mean RSS, last third over first third, above which the verdict says "grows". */
 const GROWTH_LIMIT = 0.1;
 
-export interface SoakOptions {
+/** The load's shape as for a comparison run, and how long to keep it up. */
+export type SoakOptions = Pick<LoadOptions, 'connections' | 'pipeline' | 'gets' | 'sets' | 'valueSize' | 'keys' | 'threads'> & {
   seconds: number;
-  connections: number;
-  pipeline: number;
-  gets: number;
-  sets: number;
-  valueSize: number;
-  keys: number;
-  threads: number;
-}
+};
 
 export interface SoakSample {
   /** Seconds since the load started, at the end of the interval. */

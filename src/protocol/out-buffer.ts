@@ -13,6 +13,8 @@
  * long as each fills and takes within one synchronous run (the client connections share one).
  */
 
+import type { Socket } from 'node:net';
+
 /** Values larger than this are referenced, not copied. */
 export const COPY_MAX = 16 * 1024;
 /** Size of a fresh slab (a bigger one when a single piece needs more). */
@@ -88,6 +90,20 @@ export class OutBuffer {
     if (this.end === this.start) return;
     this.parts.push(this.slab.subarray(this.start, this.end));
     this.start = this.end;
+  }
+}
+
+/**
+ * Hands `chunks` (from take()) to `socket`: one write for one chunk, else one writev under a
+ * cork. Both the client connections and the upstream connections write this way.
+ */
+export function writeChunks(socket: Socket, chunks: readonly Buffer[]): void {
+  if (chunks.length === 1) {
+    socket.write(chunks[0] as Buffer);
+  } else if (chunks.length > 1) {
+    socket.cork();
+    for (const c of chunks) socket.write(c);
+    socket.uncork();
   }
 }
 

@@ -26,7 +26,7 @@
 import type { Socket } from 'node:net';
 import type { Command, Reply } from '../command/command';
 import type { Decoded, Request, ServerCodec } from '../protocol/codec';
-import { OutBuffer } from '../protocol/out-buffer';
+import { OutBuffer, writeChunks } from '../protocol/out-buffer';
 import { errorLine } from '../protocol/text/reply-writer';
 import { TextCodec } from '../protocol/text/text-codec';
 import type { TextLimits } from '../protocol/text/request-parser';
@@ -317,13 +317,7 @@ export class ClientConnection {
     // dispatch() may be on the stack (a reply that was ready at once): never index below 0.
     this.nextToStart = Math.max(0, this.nextToStart - n);
     const chunks = out.take();
-    if (chunks.length === 1 && !this.socket.destroyed) {
-      this.socket.write(chunks[0] as Buffer);
-    } else if (chunks.length > 1 && !this.socket.destroyed) {
-      this.socket.cork();
-      for (const b of chunks) this.socket.write(b);
-      this.socket.uncork();
-    }
+    if (!this.socket.destroyed) writeChunks(this.socket, chunks);
     if (close || (this.closing && this.queue.length === 0)) {
       this.socket.end();
       return;

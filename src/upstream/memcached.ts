@@ -18,7 +18,7 @@ import { type ArithOp, type Hit, exptimeFromDeadline, parseCounter } from '../co
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import { type MetaReply, MetaReplyParser, encodeFlushAll, encodeMa } from '../protocol/text/meta-client';
 import { encodeMd, encodeMg, encodeMs, encodeVersion } from '../protocol/text/meta-client';
-import { OutBuffer } from '../protocol/out-buffer';
+import { OutBuffer, writeChunks } from '../protocol/out-buffer';
 import { createMemcachedPool } from './memcached-pool';
 import { type HostPort, type UpstreamContext, intOption, rejectUnknownOptions } from './registry';
 import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats } from './upstream';
@@ -182,15 +182,7 @@ class Connection {
   private readonly flushOut = (): void => {
     this.flushScheduled = false;
     const chunks = this.outBuffer.take();
-    const socket = this.socket;
-    if (!socket) return;
-    if (chunks.length === 1) {
-      socket.write(chunks[0] as Buffer);
-    } else if (chunks.length > 1) {
-      socket.cork();
-      for (const c of chunks) socket.write(c);
-      socket.uncork();
-    }
+    if (this.socket) writeChunks(this.socket, chunks);
   };
 
   private readonly onConnect = (): void => {
