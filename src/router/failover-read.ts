@@ -32,52 +32,53 @@ interface ReadState {
 export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
   const seq = ctx.journal.readStarted();
-  const done = (reply: Reply): Reply => {
-    ctx.journal.readFinished(seq);
-    return reply;
-  };
-  const fast = firstHit(ctx, cmd);
-  const full = fast ? fast.then((first) => (first.kind === 'values' ? first : read(ctx, cmd, seq, first))) : read(ctx, cmd, seq);
-  return full.then(done, (error: unknown) => {
-    ctx.journal.readFinished(seq);
-    throw error;
-  });
+  const finish = (full: Promise<Reply>): Promise<Reply> =>
+    full.then(
+      (reply) => {
+        ctx.journal.readFinished(seq);
+        return reply;
+      },
+      (error: unknown) => {
+        ctx.journal.readFinished(seq);
+        throw error;
+      },
+    );
+  return firstHit(ctx, cmd, seq, finish) ?? finish(read(ctx, cmd, seq));
 }
 
 /**
  * The common case, without the bookkeeping of a full read: one key (get or gets), and the first
  * upstream in order, clean for it, has it. Nothing to repair above it, no hedge, no touch.
- * Anything else (a miss, an error) is left to the full read, which asks again.
- * Plain promise chains, no async function: this runs once per get, and each async layer costs
- * the hot path a promise and a microtask.
+ * Anything else (a miss, an error) is handed to the full read, with what upstream 0 answered.
+ * One promise layer on top of the upstream's, no async function: this runs once per get, and
+ * each layer costs the hot path a promise and a microtask.
  */
-function firstHit(ctx: RouterContext, cmd: GetCommand): Promise<Values | FirstAnswer> | undefined {
+function firstHit(
+  ctx: RouterContext,
+  cmd: GetCommand,
+  seq: number,
+  finish: (full: Promise<Reply>) => Promise<Reply>,
+): Promise<Reply> | undefined {
   if (cmd.keys.length !== 1 || cmd.touch !== undefined || ctx.hedgeMs > 0) return undefined;
   const key = cmd.keys[0] as string;
   const u = ctx.upstreams[0];
   if (!u || ctx.journal.isDirty(u, key) || (cmd.withCas && isFenced(u))) return undefined;
   // A plain get's hit goes to the client as it is: no cas or deadline needed (gets needs the cas).
   return u.get(cmd.keys, undefined, !cmd.withCas).then(
-    (hits): Values | FirstAnswer => {
+    (hits): Reply | Promise<Reply> => {
       const hit = hits[0];
-      if (!hit) return { kind: 'first', answer: { ok: true, hits: new Map([[key, undefined]]) } };
+      if (!hit) return finish(read(ctx, cmd, seq, { ok: true, hits: new Map([[key, undefined]]) }));
       ctx.counters.getHits++;
+      ctx.journal.readFinished(seq);
       return { kind: 'values', hits: [hit] };
     },
     // Handed to the full read, so that a slow upstream is not waited for twice.
-    (error: unknown): FirstAnswer => ({ kind: 'first', answer: { ok: false, error } }),
+    (error: unknown) => finish(read(ctx, cmd, seq, { ok: false, error })),
   );
 }
 
-type Values = Extract<Reply, { kind: 'values' }>;
-
-/** What upstream 0 already answered for a one-key read that the fast path could not finish. */
-interface FirstAnswer {
-  readonly kind: 'first';
-  readonly answer: Answer;
-}
-
-async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: FirstAnswer): Promise<Reply> {
+/** `first`: what upstream 0 already answered for a one-key read the fast path could not finish. */
+async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer): Promise<Reply> {
   const { upstreams } = ctx;
   // Each distinct key is asked for once, however often the request repeats it (T16).
   const unique = [...new Set(cmd.keys)];
@@ -93,7 +94,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Fi
   if (cmd.withCas) order.sort((a, b) => Number(isFenced(upstreams[a] as Upstream)) - Number(isFenced(upstreams[b] as Upstream)));
   /** A hedged request already sent to an upstream, by index. */
   const prefetched = new Map<number, Promise<Answer>>();
-  if (first?.kind === 'first') prefetched.set(0, Promise.resolve(first.answer));
+  if (first) prefetched.set(0, Promise.resolve(first));
   let hedged = ctx.hedgeMs <= 0;
   let missing = unique;
   const asked = new Set<string>();

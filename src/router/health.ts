@@ -11,6 +11,7 @@
  * MCMUX_UPSTREAM_DOWN; the policies treat that like any failure (fall through, journal the miss).
  */
 
+import { now as clockNow } from '../clock';
 import type { ArithOp } from '../command/command';
 import { ErrorCodes, McmuxError, isTimeout } from '../errors';
 import { type StoreRequest, type Upstream, type UpstreamStats, newUpstreamStats } from '../upstream/upstream';
@@ -119,11 +120,11 @@ export class HealthyUpstream implements Upstream {
       this.observer(this, 0, 'skipped');
       return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_DOWN, `${this.name} is ${this.current}`));
     }
-    const t0 = performance.now();
+    const t0 = clockNow();
     this.stats.requests++;
     return run().then(
       (r) => {
-        const seconds = (performance.now() - t0) / 1000;
+        const seconds = (clockNow() - t0) / 1000;
         this.stats.latencyUsSum += seconds * 1e6;
         this.stats.latencyCount++;
         this.observer(this, seconds, 'ok');
@@ -135,7 +136,7 @@ export class HealthyUpstream implements Upstream {
         const timedOut = isTimeout(error);
         this.stats.errors++;
         if (timedOut) this.stats.timeouts++;
-        this.observer(this, (performance.now() - t0) / 1000, timedOut ? 'timeout' : 'error');
+        this.observer(this, (clockNow() - t0) / 1000, timedOut ? 'timeout' : 'error');
         if (countsAsFailure(error)) this.fail(error);
         throw error;
       },

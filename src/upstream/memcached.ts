@@ -13,7 +13,7 @@
  */
 
 import { type Socket, connect } from 'node:net';
-import { performance } from 'node:perf_hooks';
+import { now as clockNow } from '../clock';
 import { type ArithOp, type Hit, exptimeFromDeadline, parseCounter } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import { type MetaReply, MetaReplyParser, encodeFlushAll, encodeMa } from '../protocol/text/meta-client';
@@ -42,7 +42,7 @@ interface Pending {
   readonly hits: Array<Hit | undefined> | undefined; // GET: results aligned with keys
   readonly touch: number | undefined; // GET: the gat deadline, reported as each hit's deadline
   failure: McmuxError | undefined; // GET: first error reply, reported once all replies are in
-  readonly started: number; // performance.now() when queued
+  readonly started: number; // clock.now() when queued
   readonly timeoutAt: number;
   readonly resolve: (value: unknown) => void;
   readonly reject: (err: McmuxError) => void;
@@ -111,7 +111,7 @@ class Connection {
 
   enqueue<T>(op: Op, expected: number, touch?: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const now = performance.now();
+      const now = clockNow();
       this.pending.push({
         op,
         expected,
@@ -210,7 +210,7 @@ class Connection {
     this.timer = undefined;
     const head = this.pending.peek();
     if (!head) return;
-    const now = performance.now();
+    const now = clockNow();
     if (now < head.timeoutAt) {
       // Records are queued in timeout order, so the head's deadline is the next one due.
       this.timer = setTimeout(this.checkTimeout, Math.ceil(head.timeoutAt - now));
@@ -419,7 +419,7 @@ export class MemcachedUpstream implements Upstream {
 
   /** `outcome` is the value to resolve with, or a McmuxError (an error reply from the server). */
   settle(rec: Pending, outcome: unknown): void {
-    this.stats.latencyUsSum += Math.round((performance.now() - rec.started) * 1000);
+    this.stats.latencyUsSum += Math.round((clockNow() - rec.started) * 1000);
     this.stats.latencyCount++;
     if (outcome instanceof McmuxError) this.settleError(rec, this.error(outcome.code, outcome.message));
     else rec.resolve(outcome);

@@ -200,3 +200,33 @@ test('requests encode keys as latin1 and flags as given', () => {
   assert.deepEqual(bytes(encodeVersion), b('version\r\n'));
   assert.deepEqual(bytes(encodeFlushAll), b('flush_all\r\n'));
 });
+
+test('a batch of replies in large reads: a reply spanning a boundary copies only itself', () => {
+  // What a pipelined batch looks like: many replies, 64 KiB reads, one reply across each boundary.
+  const values = Array.from({ length: 300 }, (_, i) => Buffer.alloc(1000, 97 + (i % 26)));
+  const wire = Buffer.concat(values.map((v, i) => b(`VA ${v.length} f${i}\r\n${v.toString('latin1')}\r\n`)));
+  const reads: Buffer[] = [];
+  for (let at = 0; at < wire.length; at += 65536) reads.push(wire.subarray(at, at + 65536));
+  for (const drainEach of [true, false]) {
+    const parser = new MetaReplyParser();
+    const replies: MetaReply[] = [];
+    const drain = (): void => {
+      for (let r = parser.next(); r; r = parser.next()) replies.push(r);
+    };
+    for (const chunk of reads) {
+      parser.push(chunk);
+      if (drainEach) drain();
+    }
+    drain();
+    assert.equal(replies.length, values.length, `drained after each read: ${drainEach}`);
+    replies.forEach((r, i) => {
+      assert.ok(r.kind === 'VA');
+      assert.deepEqual(r.value, values[i]);
+      assert.equal(r.flags, i);
+    });
+    // Outside the replies that span a boundary, values are slices of the reads themselves.
+    const copied = replies.filter((r) => r.kind === 'VA' && !reads.some((c) => c.buffer === r.value.buffer));
+    assert.ok(copied.length <= reads.length - 1, `${copied.length} values copied for ${reads.length} reads`);
+    assert.equal(parser.buffered, 0);
+  }
+});

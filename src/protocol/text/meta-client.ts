@@ -93,6 +93,8 @@ export class MetaReplyParser {
   private chunkBytes = 0;
   private need = 0; // bytes from off needed before the next parse attempt can succeed
   private failed: MetaReply | undefined;
+  /** The reply at off waits for the end of its line (not for a declared number of bytes). */
+  private lineOpen = false;
 
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
@@ -131,19 +133,60 @@ export class MetaReplyParser {
     }
   }
 
+  /**
+   * Joins the unparsed rest of buf with just what the reply in progress needs of the chunks after
+   * it (its declared size, or enough to find the end of its line), not the whole of them: a
+   * pipelined batch arrives as 64 KiB reads with a reply spanning each boundary, and copying the
+   * next read whole at every boundary copied every byte of it once more.
+   */
   private merge(): void {
     const rest = this.buf.length - this.off;
-    this.buf =
-      rest === 0 && this.chunks.length === 1
-        ? (this.chunks[0] as Buffer)
-        : Buffer.concat([this.buf.subarray(this.off), ...this.chunks], rest + this.chunkBytes);
+    const first = this.chunks[0] as Buffer;
+    if (rest === 0) {
+      this.buf = first;
+      this.off = 0;
+      this.chunks.shift();
+      this.chunkBytes -= first.length;
+      return;
+    }
+    // Exactly the reply's bytes: any more would start the next reply in the copy, and it would
+    // span the copy's end in turn (every reply after the first boundary copied).
+    let take = this.need - rest;
+    if (this.lineOpen) {
+      // The end of the line is not in buf yet: up to the first LF in the chunks (or all of them).
+      take = 0;
+      for (const c of this.chunks) {
+        const lf = c.indexOf(LF);
+        if (lf >= 0) {
+          take += lf + 1;
+          break;
+        }
+        take += c.length;
+      }
+    }
+    take = Math.min(this.chunkBytes, take);
+    const parts: Buffer[] = [this.buf.subarray(this.off)];
+    let left = take;
+    while (left > 0) {
+      const c = this.chunks[0] as Buffer;
+      if (c.length <= left) {
+        parts.push(c);
+        this.chunks.shift();
+        left -= c.length;
+      } else {
+        parts.push(c.subarray(0, left));
+        this.chunks[0] = c.subarray(left);
+        left = 0;
+      }
+    }
+    this.chunkBytes -= take;
+    this.buf = Buffer.concat(parts, rest + take);
     this.off = 0;
-    this.chunks = [];
-    this.chunkBytes = 0;
   }
 
   /** One reply from buf at off, or undefined with `need` set to the bytes it waits for. */
   private parseOne(): MetaReply | undefined {
+    this.lineOpen = false;
     const buf = this.buf;
     const start = this.off;
     const avail = buf.length - start;
@@ -151,6 +194,7 @@ export class MetaReplyParser {
     if (lf < 0 || lf - start > MAX_REPLY_LINE) {
       if (avail > MAX_REPLY_LINE) return protocolError(`reply line longer than ${MAX_REPLY_LINE} bytes`);
       this.need = avail + 1;
+      this.lineOpen = true;
       return undefined;
     }
     if (lf === start || buf[lf - 1] !== CR) return protocolError('reply line not terminated by \\r\\n');
