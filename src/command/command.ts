@@ -175,13 +175,31 @@ export function applyArith(op: ArithOp, current: bigint, delta: bigint): bigint 
 
 /** Strict unsigned decimal: digits only, at most `max` (T7: never parseInt). */
 export function parseUnsigned(text: string, max: bigint): bigint | undefined {
+  if (smallUnsigned(text) === undefined) return undefined;
+  const n = BigInt(text);
+  return n <= max ? n : undefined;
+}
+
+/**
+ * parseUnsigned for limits a double holds exactly (lengths, flags, exptimes): the same rules,
+ * no BigInt (three of them per set line were most of its parse). Over 2^53 the value is
+ * approximate but far above any such limit, so the answer is the same.
+ */
+export function parseUnsignedNumber(text: string, max: number): number | undefined {
+  const n = smallUnsigned(text);
+  return n !== undefined && n <= max ? n : undefined;
+}
+
+/** Digits only, 1 to 20 of them (a u64 has 20): their value as a double, else undefined. */
+function smallUnsigned(text: string): number | undefined {
   if (text.length === 0 || text.length > 20) return undefined;
+  let n = 0;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (c < 48 || c > 57) return undefined;
+    n = n * 10 + (c - 48);
   }
-  const n = BigInt(text);
-  return n <= max ? n : undefined;
+  return n;
 }
 
 /** A numeric value as memcached reads one for incr/decr: decimal digits, at most 20, fits in u64. */

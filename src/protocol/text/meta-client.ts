@@ -86,6 +86,33 @@ export function encodeFlushAll(out: OutBuffer): void {
  * them, and a value waiting for its body is not re-copied on every chunk: `need` remembers how
  * many bytes the current reply needs before parsing is worth trying again.
  */
+/**
+ * The two-letter reply codes by their bytes, without a string per reply (a pipelined batch is
+ * hundreds of replies per read); any other pair as its two characters.
+ */
+function twoLetterCode(a: number, b: number): string {
+  switch ((a << 8) | b) {
+    case 0x5641:
+      return 'VA';
+    case 0x4844:
+      return 'HD';
+    case 0x454e:
+      return 'EN';
+    case 0x4e53:
+      return 'NS';
+    case 0x4558:
+      return 'EX';
+    case 0x4e46:
+      return 'NF';
+    case 0x4d4e:
+      return 'MN';
+    case 0x4f4b:
+      return 'OK';
+    default:
+      return String.fromCharCode(a, b);
+  }
+}
+
 export class MetaReplyParser {
   private buf: Buffer = EMPTY;
   private off = 0; // start of the first unconsumed byte in buf
@@ -202,7 +229,7 @@ export class MetaReplyParser {
     const lineEnd = lf + 1;
     let sp = buf.indexOf(SP, start);
     if (sp < 0 || sp > end) sp = end;
-    const code = buf.toString('latin1', start, sp);
+    const code = sp - start === 2 ? twoLetterCode(buf[start] as number, buf[start + 1] as number) : buf.toString('latin1', start, sp);
     switch (code) {
       case 'HD':
       case 'NS':

@@ -19,6 +19,7 @@ import {
   U64_MASK,
   deadlineFromExptime,
   parseUnsigned,
+  parseUnsignedNumber,
 } from '../../command/command';
 
 export interface TextLimits {
@@ -86,9 +87,9 @@ export function isValidKey(key: string): boolean {
 /** Signed 32-bit exptime, digits only (T7). */
 function parseExptime(text: string): number | undefined {
   const neg = text.charCodeAt(0) === 0x2d;
-  const n = parseUnsigned(neg ? text.slice(1) : text, BigInt(INT32_MAX) + (neg ? 1n : 0n));
+  const n = parseUnsignedNumber(neg ? text.slice(1) : text, INT32_MAX + (neg ? 1 : 0));
   if (n === undefined) return undefined;
-  return neg ? -Number(n) : Number(n);
+  return neg ? -n : n;
 }
 
 export class TextRequestParser {
@@ -252,25 +253,25 @@ export class TextRequestParser {
     const noreply = t.length === want + 1 && t[want] === 'noreply';
     if (t.length !== want && !noreply) return err('ERROR', '');
     // <bytes> first: without it the data block cannot be found, and the stream is lost (T2, T7).
-    const bytes = parseUnsigned(t[4] ?? '', BigInt(INT32_MAX));
+    const bytes = parseUnsignedNumber(t[4] ?? '', INT32_MAX);
     if (bytes === undefined) return this.fatal(err('CLIENT_ERROR', BAD_FORMAT));
-    const need = Number(bytes) + 2;
+    const need = bytes + 2;
     const key = t[1] ?? '';
-    const flags = parseUnsigned(t[2] ?? '', 0xffffffffn);
+    const flags = parseUnsignedNumber(t[2] ?? '', 0xffffffff);
     const exptime = parseExptime(t[3] ?? '');
     const cas = mode === 'cas' ? parseUnsigned(t[5] ?? '', U64_MASK) : undefined;
     if (!isValidKey(key) || flags === undefined || exptime === undefined || (mode === 'cas' && cas === undefined)) {
       // The block is swallowed, never executed as commands (T2).
       return this.swallow(need, err('CLIENT_ERROR', BAD_FORMAT));
     }
-    if (Number(bytes) > this.limits.maxItemSize) {
+    if (bytes > this.limits.maxItemSize) {
       // T5: refuse, swallow, and delete the old value everywhere (the router does that).
       return this.swallow(need, { kind: 'too_large', key, noreply });
     }
     this.pending = {
       mode,
       key,
-      flags: Number(flags),
+      flags,
       deadline: deadlineFromExptime(exptime, this.now()),
       cas,
       noreply,
