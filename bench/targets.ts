@@ -12,6 +12,7 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { NODE_FLAGS } from '../src/node-flags';
 import { type Children, HOST, type Proc, Unavailable, freePort, which } from './processes';
 import { type Store, startMariadb, startRedis } from './stores';
 
@@ -149,7 +150,8 @@ export async function startTarget(kind: TargetKind, children: Children, repo: st
       args.push(...(plan?.flags ?? []), '--log-level', 'warn');
       // MCMUX_BENCH_NODE_ARGS: node flags for mcmux only, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
       const nodeArgs = (process.env.MCMUX_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
-      proc = children.spawn(kind, process.execPath, [...nodeArgs, ...args]);
+      // As deployed: with the node flags the unit and bin/mcmux pass (src/node-flags.ts).
+      proc = children.spawn(kind, process.execPath, [...NODE_FLAGS, ...nodeArgs, ...args]);
     }
     procs.push(proc);
     try {

@@ -10,6 +10,7 @@ import { parse as parseToml } from 'smol-toml';
 import { type App, MCMUX_VERSION, buildUpstreams, startApp } from './app';
 import { type Config, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, rawFromToml } from './config';
 import { ConfigError } from './errors';
+import { missingNodeFlags } from './node-flags';
 import { knownSchemes } from './upstream/registry';
 import { maskUrl } from './upstream/upstream';
 
@@ -160,6 +161,13 @@ export async function main(argv: string[]): Promise<void> {
     exitOnConfigError(error);
   }
   const log = pino({ level: config.logLevel, base: { pid: process.pid }, name: 'mcmux' });
+  const missing = missingNodeFlags();
+  if (missing.length > 0) {
+    log.warn(
+      { missing },
+      `node started without ${missing.join(' ')}: after an idle period expect about twice the CPU per request (see src/node-flags.ts)`,
+    );
+  }
   let app: App;
   try {
     app = await startApp(config, log);

@@ -9,6 +9,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { test } from 'node:test';
+import { NODE_FLAGS } from '../../src/node-flags';
 import { END, MCMUX_BIN, eventually, rawClient, startMcmux } from '../helpers/mcmux';
 import { freePort, requireBinary } from '../helpers/servers';
 
@@ -51,7 +52,7 @@ test('systemd/mcmux.service has the directives it promises', async () => {
   assert.ok(service, '[Service] section');
   const expected: Record<string, string> = {
     Type: 'simple',
-    ExecStart: `/usr/bin/env node ${INSTALLED_BIN} --config /etc/mcmux/config.toml`,
+    ExecStart: `/usr/bin/env node ${NODE_FLAGS.join(' ')} ${INSTALLED_BIN} --config /etc/mcmux/config.toml`,
     ExecReload: '/bin/kill -HUP $MAINPID',
     Restart: 'always',
     DynamicUser: 'yes',

@@ -16,6 +16,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { type Socket, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { NODE_FLAGS } from '../../src/node-flags';
 import { type MemcachedProcess, freePort } from './servers';
 import { type Until, type Wire, connectWire } from './wire';
 
@@ -58,6 +59,8 @@ export interface SpawnOptions {
   readonly env?: Record<string, string>;
   /** Working directory (default: the private state directory). */
   readonly cwd?: string;
+  /** Node flags before bin/mcmux (default: NODE_FLAGS, as the launchers pass them). */
+  readonly nodeFlags?: readonly string[];
 }
 
 export interface StartOptions extends SpawnOptions {
@@ -74,7 +77,7 @@ function spawnMcmux(args: string[], opts: SpawnOptions): { proc: ChildProcess; o
     stateDir = mkdtempSync(join(tmpdir(), 'mcmux-state-'));
     stateDirs.add(stateDir);
   }
-  const proc = spawn(process.execPath, [MCMUX_BIN, ...args], {
+  const proc = spawn(process.execPath, [...(opts.nodeFlags ?? NODE_FLAGS), MCMUX_BIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...(stateDir ? { STATE_DIRECTORY: stateDir } : {}), ...opts.env },
     cwd: opts.cwd ?? stateDir,
