@@ -32,18 +32,21 @@ interface ReadState {
 export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
   const seq = ctx.journal.readStarted();
-  const finish = (full: Promise<Reply>): Promise<Reply> =>
-    full.then(
-      (reply) => {
-        ctx.journal.readFinished(seq);
-        return reply;
-      },
-      (error: unknown) => {
-        ctx.journal.readFinished(seq);
-        throw error;
-      },
-    );
-  return firstHit(ctx, cmd, seq, finish) ?? finish(read(ctx, cmd, seq));
+  return firstHit(ctx, cmd, seq) ?? finish(ctx, seq, read(ctx, cmd, seq));
+}
+
+/** Tells the journal the read `seq` is over once `full` settles. */
+function finish(ctx: RouterContext, seq: number, full: Promise<Reply>): Promise<Reply> {
+  return full.then(
+    (reply) => {
+      ctx.journal.readFinished(seq);
+      return reply;
+    },
+    (error: unknown) => {
+      ctx.journal.readFinished(seq);
+      throw error;
+    },
+  );
 }
 
 /**
@@ -53,12 +56,7 @@ export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply
  * One promise layer on top of the upstream's, no async function: this runs once per get, and
  * each layer costs the hot path a promise and a microtask.
  */
-function firstHit(
-  ctx: RouterContext,
-  cmd: GetCommand,
-  seq: number,
-  finish: (full: Promise<Reply>) => Promise<Reply>,
-): Promise<Reply> | undefined {
+function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number): Promise<Reply> | undefined {
   if (cmd.keys.length !== 1 || cmd.touch !== undefined || ctx.hedgeMs > 0) return undefined;
   const key = cmd.keys[0] as string;
   const u = ctx.upstreams[0];
@@ -67,13 +65,13 @@ function firstHit(
   return u.get(cmd.keys, undefined, !cmd.withCas).then(
     (hits): Reply | Promise<Reply> => {
       const hit = hits[0];
-      if (!hit) return finish(read(ctx, cmd, seq, { ok: true, hits: new Map([[key, undefined]]) }));
+      if (!hit) return finish(ctx, seq, read(ctx, cmd, seq, { ok: true, hits: new Map([[key, undefined]]) }));
       ctx.counters.getHits++;
       ctx.journal.readFinished(seq);
       return { kind: 'values', hits: [hit] };
     },
     // Handed to the full read, so that a slow upstream is not waited for twice.
-    (error: unknown) => finish(read(ctx, cmd, seq, { ok: false, error })),
+    (error: unknown) => finish(ctx, seq, read(ctx, cmd, seq, { ok: false, error })),
   );
 }
 

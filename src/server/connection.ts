@@ -143,9 +143,7 @@ export class ClientConnection {
       this.codec.push(chunk);
       this.drainParser();
     } catch (error) {
-      // A bug must cost this client its connection, never the proxy every client's.
-      this.onBug(error);
-      this.socket.destroy();
+      this.closeOnBug(error);
     }
   }
 
@@ -265,8 +263,7 @@ export class ClientConnection {
     try {
       fn();
     } catch (error) {
-      this.onBug(error);
-      this.socket.destroy();
+      this.closeOnBug(error);
     }
   }
 
@@ -275,9 +272,14 @@ export class ClientConnection {
     try {
       this.complete(slot, reply);
     } catch (error) {
-      this.onBug(error);
-      this.socket.destroy();
+      this.closeOnBug(error);
     }
+  }
+
+  /** A bug must cost this client its connection, never the proxy every client's. */
+  private closeOnBug(error: unknown): void {
+    this.onBug(error);
+    this.socket.destroy();
   }
 
   private complete(slot: Slot, reply: Reply): void {

@@ -82,11 +82,6 @@ export function encodeFlushAll(out: OutBuffer): void {
 }
 
 /**
- * Accumulates bytes and yields whole replies. Chunks are only concatenated when a reply spans
- * them, and a value waiting for its body is not re-copied on every chunk: `need` remembers how
- * many bytes the current reply needs before parsing is worth trying again.
- */
-/**
  * The two-letter reply codes by their bytes, without a string per reply (a pipelined batch is
  * hundreds of replies per read); any other pair as its two characters.
  */
@@ -113,6 +108,11 @@ function twoLetterCode(a: number, b: number): string {
   }
 }
 
+/**
+ * Accumulates bytes and yields whole replies. Chunks are only concatenated when a reply spans
+ * them, and a value waiting for its body is not re-copied on every chunk: `need` remembers how
+ * many bytes the current reply needs before parsing is worth trying again.
+ */
 export class MetaReplyParser {
   private buf: Buffer = EMPTY;
   private off = 0; // start of the first unconsumed byte in buf
