@@ -103,12 +103,22 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     return serverError(`applied on ${authority.name} but could not read it back to replicate: ${errorMessage(error)}`);
   }
   if (!hit) {
+    // In flight until every delete has settled, like any write (the key's order waits on it).
+    ctx.journal.writeStarted(key);
+    let left = targets.length;
+    const settled = (): void => {
+      if (--left === 0) ctx.journal.writeFinished(key);
+    };
     for (const u of targets) {
       u.delete(key).then(
-        () => ctx.journal.written(u, key),
+        () => {
+          ctx.journal.written(u, key);
+          settled();
+        },
         (error: unknown) => {
           ctx.journal.mark(u, key, 'delete');
           ctx.onBackgroundError('replicate delete', u, error);
+          settled();
         },
       );
     }

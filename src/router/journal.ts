@@ -161,6 +161,15 @@ export class RepairJournal {
     if (!w) return;
     w.inFlight--;
     this.pruneWrites();
+    if (w.inFlight === 0 && this.onWritesSettled !== undefined) this.onWritesSettled(key);
+  }
+
+  /** Told when the last write of a key in flight has settled (KeyOrder). */
+  onWritesSettled: ((key: string) => void) | undefined;
+
+  /** Writes of `key` started and not yet settled on every upstream. */
+  writesInFlight(key: string): number {
+    return this.writes.get(key)?.inFlight ?? 0;
   }
 
   /**

@@ -16,6 +16,7 @@ import { conditionalArith, conditionalStore } from './authority';
 import { type RouterContext, type RouterCounters, type WriteWait, serverError } from './context';
 import { failoverRead } from './failover-read';
 import type { RepairJournal } from './journal';
+import { KeyOrder } from './key-order';
 import { replicateFlush, replicateKeyed, replicateSet } from './replicate-write';
 import { type StatsSource, statsLines, upstreamStatsLines } from './stats';
 
@@ -66,6 +67,8 @@ export const MEMCACHED_COMPAT_VERSION = '1.6.21';
 export class Router {
   private ctx: RouterContext;
   private allowFlush: boolean;
+  /** Orders each key's writes around its conditional commands; lives as long as the journal. */
+  private order: KeyOrder;
   readonly counters: RouterCounters = {
     getHits: 0,
     getMisses: 0,
@@ -86,6 +89,12 @@ export class Router {
   ) {
     this.ctx = this.makeContext(options);
     this.allowFlush = options.allowFlush;
+    this.order = new KeyOrder(options.journal);
+  }
+
+  /** Keys with a conditional command running or waiting (key-order.ts). */
+  get orderedKeys(): number {
+    return this.order.busyKeys;
   }
 
   get upstreams(): readonly Upstream[] {
@@ -102,6 +111,7 @@ export class Router {
 
   /** Swaps the routing configuration at once (reload); requests in flight keep the old one. */
   reconfigure(options: RouterOptions): void {
+    if (options.journal !== this.ctx.journal) this.order = new KeyOrder(options.journal);
     this.ctx = this.makeContext(options);
     this.allowFlush = options.allowFlush;
   }
@@ -135,18 +145,31 @@ export class Router {
 
   execute(cmd: Command): Promise<Reply> | Reply {
     const ctx = this.ctx;
-    // Before any upstream sees a write: repairs and read repairs of its key in flight must know,
-    // until the command is answered (its copies still landing are tracked by replicate-write).
-    if ('key' in cmd) {
-      const key = cmd.key;
-      ctx.journal.writeStarted(key);
-      const done = (): void => ctx.journal.writeFinished(key);
-      const r = this.run(ctx, cmd);
-      if (r instanceof Promise) return r.finally(done);
+    if (!('key' in cmd)) return this.run(ctx, cmd);
+    // A conditional command of a key runs alone among that key's writes (key-order.ts).
+    const conditional = (cmd.kind === 'store' && cmd.mode !== 'set') || cmd.kind === 'arith';
+    const start = (): Promise<Reply> | Reply => this.runWrite(ctx, cmd);
+    return conditional ? this.order.conditional(cmd.key, start as () => Promise<Reply>) : this.order.plain(cmd.key, start);
+  }
+
+  /**
+   * Before any upstream sees a write: repairs and read repairs of its key in flight must know,
+   * until the command is answered (its copies still landing are tracked by replicate-write).
+   */
+  private runWrite(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> | Reply {
+    const key = cmd.key;
+    ctx.journal.writeStarted(key);
+    const done = (): void => ctx.journal.writeFinished(key);
+    let r: Promise<Reply> | Reply;
+    try {
+      r = this.run(ctx, cmd);
+    } catch (error) {
       done();
-      return r;
+      throw error;
     }
-    return this.run(ctx, cmd);
+    if (r instanceof Promise) return r.finally(done);
+    done();
+    return r;
   }
 
   private run(ctx: RouterContext, cmd: Command): Promise<Reply> | Reply {

@@ -18,8 +18,9 @@ export class FakeUpstream implements Upstream {
   mode: FaultMode = 'ok';
   /** Every call, as `op key...`, for asserting what the router asked. */
   readonly calls: string[] = [];
-  private gate: Promise<void> = Promise.resolve();
-  private openGate: () => void = () => {};
+  /** Settles with true when the requests waiting at it are to fail (`kill`). */
+  private gate: Promise<boolean> = Promise.resolve(false);
+  private openGate: (failed: boolean) => void = () => {};
 
   constructor(readonly name: string) {
     this.inner = new MemoryUpstream(name, 64 * 1024 * 1024);
@@ -37,7 +38,13 @@ export class FakeUpstream implements Upstream {
 
   open(): void {
     this.mode = 'ok';
-    this.openGate();
+    this.openGate(false);
+  }
+
+  /** Dies: the requests waiting at the gate fail, and so does every request from now on. */
+  kill(): void {
+    this.mode = 'fail';
+    this.openGate(true);
   }
 
   private async fault(call: string): Promise<void> {
@@ -49,7 +56,7 @@ export class FakeUpstream implements Upstream {
         await new Promise((r) => setTimeout(r, this.timeoutMs));
         throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout`);
       case 'gate':
-        await this.gate;
+        if (await this.gate) throw new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: injected failure`);
         return;
       case 'ok':
         return;

@@ -288,6 +288,87 @@ describe('router: one authority for conditional commands', () => {
   });
 });
 
+describe("router: a key's conditional commands run alone among its writes", () => {
+  const seed = async (ups: readonly FakeUpstream[], key: string, value: string): Promise<void> => {
+    for (const u of ups) await u.inner.store({ mode: 'set', key, value: Buffer.from(value), flags: 768, deadline: 0 });
+  };
+  const callsOf = (u: FakeUpstream, call: string): number => u.calls.filter((c) => c === call).length;
+
+  it('the authority dies after applying an incr, before its copy lands: a concurrent incr waits for it and counts on', async () => {
+    const { ups, exec, router } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await seed(ups, 'L', '0');
+    // The first upstream applies the incr (0 -> 1: "lock acquired"), then hangs while mcmux
+    // reads the result back to copy it.
+    const applyArith = first.arith.bind(first);
+    first.arith = async (op, key, delta) => {
+      const r = await applyArith(op, key, delta);
+      first.close_gate();
+      return r;
+    };
+    const holder = exec(arith('incr', 'L', 1n));
+    await eventually(async () => first.calls.includes('get L'), 'the read-back is waiting');
+    const contender = exec(arith('incr', 'L', 1n));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(callsOf(first, 'incr L'), 1, 'the second incr waits for the first to settle everywhere');
+    first.kill();
+    const [a, b] = [num(await holder), num(await contender)];
+    // The holder's number is the one the dead authority gave; the second upstream counts on from
+    // it. Before the fix both heard 1: two PHP requests held one session lock.
+    assert.deepEqual([a, b], [1n, 2n]);
+    assert.equal(await direct(second, 'L'), '2');
+    assert.equal(router.orderedKeys, 0, 'nothing left waiting');
+  });
+
+  it('a conditional command starts once a plain write of its key has landed everywhere', async () => {
+    const { ups, exec, router } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await seed(ups, 'L', '1');
+    second.close_gate();
+    const release = exec(set('L', '0')); // landed on the first, not yet on the second
+    const acquire = exec(arith('incr', 'L', 1n));
+    await eventually(async () => (await direct(first, 'L')) === '0', 'the release landed on the first upstream');
+    await new Promise((r) => setImmediate(r));
+    assert.equal(callsOf(first, 'incr L'), 0, 'the incr waits: the second upstream may still say "held"');
+    assert.equal(router.orderedKeys, 1);
+    second.open();
+    assert.equal((await release).kind, 'status');
+    assert.equal(num(await acquire), 1n);
+    assert.equal(await direct(second, 'L'), '1');
+    assert.equal(router.orderedKeys, 0);
+  });
+
+  it('a plain write waits for the copies of a conditional command before it', async () => {
+    const { ups, exec, router } = setup(3, { writeWait: 'copies' });
+    const [first, , third] = ups as [FakeUpstream, FakeUpstream, FakeUpstream];
+    await seed(ups, 'L', '0');
+    third.close_gate();
+    // write-wait copies: the incr is answered once a copy landed; the third copy is in flight.
+    assert.equal(num(await exec(arith('incr', 'L', 1n))), 1n);
+    const release = exec(set('L', '0'));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(callsOf(first, 'set L'), 0, 'the set waits for the copy (it could land on the third upstream before it)');
+    third.open();
+    assert.equal((await release).kind, 'status');
+    await eventually(async () => (await direct(third, 'L')) === '0' && router.orderedKeys === 0, 'both settled, in order');
+    assert.equal(await direct(first, 'L'), '0');
+  });
+
+  it('plain writes of a key overlap, and other keys never wait', async () => {
+    const { ups, exec, router } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await seed(ups, 'L', '0');
+    second.close_gate();
+    const writes = [exec(set('k', 'a')), exec(set('k', 'b')), exec(arith('incr', 'L', 1n)), exec(set('other', 'x'))];
+    await eventually(async () => first.calls.includes('set other'), 'the other key was written');
+    assert.equal(callsOf(first, 'set k'), 2, 'both sets of k went out at once');
+    assert.equal(callsOf(first, 'incr L'), 1, 'the incr of L did not wait for writes of k');
+    second.open();
+    for (const r of await Promise.all(writes)) assert.notEqual(r.kind, 'error');
+    assert.equal(router.orderedKeys, 0);
+  });
+});
+
 describe('router: own answers', () => {
   it('version, verbosity and stats are answered by mcmux, unknown stats groups are ERROR', async () => {
     const { exec } = setup(2);

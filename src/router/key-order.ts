@@ -1,0 +1,126 @@
+/**
+ * One key's writes, in the order mcmux received them, around its conditional commands.
+ *
+ * A conditional command (add, cas, incr, ...) is decided by the authority and then COPIED to the
+ * others. Two things go wrong if it overlaps another write of the same key:
+ *
+ * - the copies land out of order: the upstream connections are several and memcached serves
+ *   them on different threads, so `set lock 0` (a release) sent to the second upstream before
+ *   the next holder's copy `set lock 1` may land after it. The second upstream then says "free"
+ *   while the first says "held";
+ * - the authority dies mid-command: an incr applied on it whose result is still being copied
+ *   (or read back) leaves the next upstream one step behind, and a concurrent incr decided there
+ *   meanwhile takes a lock that is already held.
+ *
+ * Either way, once the first upstream is gone two PHP requests hold one session lock and one of
+ * them overwrites the other's update. So a conditional command of a key runs alone: it starts
+ * once every earlier write of the key has settled on every upstream (its copies landed, or
+ * failed and journaled), and later writes of the key wait until its own copies have settled.
+ * Plain writes (set, delete, touch) of a key still overlap each other, as they do in memcached.
+ *
+ * "Settled" is the repair journal's count of writes in flight per key (`writeStarted` /
+ * `writeFinished`), which already brackets every upstream request of a client write, copies
+ * included: the journal tells this gate when a key's count drops to zero.
+ *
+ * This orders the writes that pass through ONE mcmux process. Several mcmux processes in front
+ * of the same upstreams (one per web server) are not ordered with each other; a session is
+ * normally served by one web server at a time (sticky), and across processes the authority
+ * still decides every conditional command.
+ *
+ * Cost on the hot path: a plain write checks one Map size while no conditional command is in
+ * flight anywhere.
+ */
+
+import type { RepairJournal } from './journal';
+
+type Run = () => void;
+
+interface Lane {
+  /** A conditional command holds the key: everything else waits. */
+  held: boolean;
+  /** Waiting, in arrival order. */
+  readonly queue: Array<{ readonly exclusive: boolean; readonly run: Run }>;
+  /** A pump is queued (a microtask): arrivals queue behind it. */
+  pumping: boolean;
+}
+
+export class KeyOrder {
+  /** Keys with a conditional command running or waiting. */
+  private readonly lanes = new Map<string, Lane>();
+
+  constructor(private readonly journal: RepairJournal) {
+    journal.onWritesSettled = (key) => this.settled(key);
+  }
+
+  /** Keys with a conditional command running or waiting (for tests and stats). */
+  get busyKeys(): number {
+    return this.lanes.size;
+  }
+
+  /**
+   * A plain write of `key`: runs `start` now (its result returned) unless a conditional command
+   * of the key runs or waits; then later, and the returned promise settles with it.
+   */
+  plain<T>(key: string, start: () => T): T | Promise<Awaited<T>> {
+    if (this.lanes.size === 0) return start();
+    const lane = this.lanes.get(key);
+    if (lane === undefined || (!lane.held && !lane.pumping && lane.queue.length === 0)) return start();
+    return this.wait(lane, false, start);
+  }
+
+  /** A conditional command of `key`: runs `start` once no other write of the key is in flight. */
+  conditional<T>(key: string, start: () => Promise<T>): Promise<T> {
+    let lane = this.lanes.get(key);
+    if (lane === undefined) {
+      lane = { held: false, queue: [], pumping: false };
+      this.lanes.set(key, lane);
+      if (this.journal.writesInFlight(key) === 0) {
+        lane.held = true;
+        return start();
+      }
+    }
+    return this.wait(lane, true, start);
+  }
+
+  private wait<T>(lane: Lane, exclusive: boolean, start: () => T): Promise<Awaited<T>> {
+    return new Promise<Awaited<T>>((resolve, reject) => {
+      lane.queue.push({
+        exclusive,
+        run: () => {
+          try {
+            Promise.resolve(start()).then(resolve, reject);
+          } catch (error) {
+            reject(error);
+          }
+        },
+      });
+    });
+  }
+
+  /** Every write of `key` in flight has settled (called by the journal). */
+  private settled(key: string): void {
+    const lane = this.lanes.get(key);
+    if (lane === undefined || lane.pumping) return;
+    lane.held = false;
+    // Not from inside the journal's bookkeeping: the next command starts its own writes.
+    lane.pumping = true;
+    queueMicrotask(() => this.pump(key, lane));
+  }
+
+  /** Starts what may start now: the plain writes at the head of the queue, or one conditional. */
+  private pump(key: string, lane: Lane): void {
+    lane.pumping = false;
+    while (!lane.held) {
+      const next = lane.queue[0];
+      if (next === undefined) break;
+      if (next.exclusive) {
+        // It starts once the plain writes just started (or any other write) have settled too.
+        if (this.journal.writesInFlight(key) > 0) return;
+        lane.held = true;
+      }
+      lane.queue.shift();
+      next.run();
+    }
+    if (!lane.held && lane.queue.length === 0) this.lanes.delete(key);
+  }
+}
