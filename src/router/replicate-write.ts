@@ -6,7 +6,7 @@
  */
 
 import type { Reply, Status } from '../command/command';
-import type { StoreRequest, Upstream } from '../upstream/upstream';
+import type { StoreRequest, StoreResult, Upstream } from '../upstream/upstream';
 import { authorityOrder } from './authority-order';
 import { type RouterContext, serverError } from './context';
 import { type Outcome, count, failures, fanOut, firstError } from './fan-out';
@@ -28,7 +28,7 @@ export function replicateSet(
   const min = Math.min(ctx.minCopies, total);
   // In flight until every copy has landed (write-wait copies answers before that).
   ctx.journal.writeStarted(req.key);
-  return fanOut(
+  const copies = fanOut<StoreResult, Reply>(
     targets,
     (u) => u.store(req),
     (outcomes, settled) => {
@@ -53,6 +53,10 @@ export function replicateSet(
     },
     () => ctx.journal.writeFinished(req.key),
   );
+  // The authority of a conditional command already made min-copies: with write-wait copies the
+  // client need not wait for any of the others.
+  if (copiesSoFar >= min && ctx.writeWait === 'copies') return Promise.resolve(okReply);
+  return copies;
 }
 
 /**

@@ -354,6 +354,18 @@ describe("router: a key's conditional commands run alone among its writes", () =
     assert.equal(await direct(first, 'L'), '0');
   });
 
+  it('write-wait copies: a conditional command is answered once the authority has it (min-copies 1)', async () => {
+    const { ups, exec, router } = setup(2, { writeWait: 'copies' });
+    const [, second] = ups as [FakeUpstream, FakeUpstream];
+    await seed(ups, 'L', '0');
+    second.close_gate();
+    assert.equal(num(await exec(arith('incr', 'L', 1n))), 1n, 'answered while the copy waits');
+    assert.equal((await exec(store('add', 'new', 'v'))).kind, 'status');
+    assert.equal(await direct(second, 'L'), '0');
+    second.open();
+    await eventually(async () => (await direct(second, 'L')) === '1' && (await direct(second, 'new')) === 'v' && router.orderedKeys === 0, 'the copies landed');
+  });
+
   it('plain writes of a key overlap, and other keys never wait', async () => {
     const { ups, exec, router } = setup(2);
     const [first, second] = ups as [FakeUpstream, FakeUpstream];
