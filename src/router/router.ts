@@ -148,6 +148,7 @@ export class Router {
     if (!('key' in cmd)) return this.run(ctx, cmd);
     // A conditional command of a key runs alone among that key's writes (key-order.ts).
     const conditional = (cmd.kind === 'store' && cmd.mode !== 'set') || cmd.kind === 'arith';
+    if (!conditional && this.order.busyKeys === 0) return this.runWrite(ctx, cmd); // no closure on the hot path
     const start = (): Promise<Reply> | Reply => this.runWrite(ctx, cmd);
     return conditional ? this.order.conditional(cmd.key, start as () => Promise<Reply>) : this.order.plain(cmd.key, start);
   }
