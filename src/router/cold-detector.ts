@@ -3,7 +3,8 @@
  * restarted, a store someone flushed — by a marker key mcmux keeps in every upstream. When the
  * marker is gone, the upstream is fenced for `lock-fence` ms: it must not decide `add`/`incr`,
  * or a session lock held in the other upstreams would be granted a second time (hazard 2).
- * Reads need no fence: a miss there falls through and is repaired.
+ * Reads need no fence: a miss there falls through and is repaired. The cas uniques it handed out
+ * before are void from then on (HealthyUpstream.restartedEmpty): its counter started again.
  */
 
 import { hostname } from 'node:os';
@@ -68,6 +69,7 @@ export class ColdDetector {
     u.coldUntil = Math.max(u.coldUntil, Date.now() + this.fenceMs);
     void this.checkStore(server.inner).then((verdict) => {
       if (verdict === 'cold') {
+        u.restartedEmpty();
         this.log.warn({ upstream: u.name, server: server.name, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
       } else if (verdict === 'warm' && !wasFenced) {
         u.coldUntil = 0;
@@ -92,6 +94,7 @@ export class ColdDetector {
     const cold = await Promise.all(targets.map((t) => this.checkStore(t)));
     if (cold.includes('cold')) {
       u.coldUntil = Date.now() + this.fenceMs;
+      u.restartedEmpty();
       this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
       return 'cold';
     }

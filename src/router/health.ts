@@ -11,10 +11,11 @@
  * MCMUX_UPSTREAM_DOWN; the policies treat that like any failure (fall through, journal the miss).
  */
 
+import { createHash, randomBytes } from 'node:crypto';
 import { now as clockNow } from '../clock';
-import type { ArithOp } from '../command/command';
+import type { ArithOp, Hit } from '../command/command';
 import { ErrorCodes, McmuxError, isTimeout } from '../errors';
-import { type StoreRequest, type Upstream, type UpstreamStats, newUpstreamStats } from '../upstream/upstream';
+import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats, newUpstreamStats } from '../upstream/upstream';
 
 export type HealthState = 'healthy' | 'suspect' | 'down' | 'probing';
 
@@ -55,6 +56,37 @@ export function membersOf(u: Upstream): readonly HealthyUpstream[] {
   return typeof m === 'function' ? m.call(inner) : [];
 }
 
+/**
+ * Hazard 6, CAS across stores: every store numbers its uniques on its own (memcached from 1, a
+ * counter in Redis and SQLite, UUID_SHORT in MySQL), so a unique one store handed out can be a
+ * valid unique in another: two memcached that missed a different number of writes are a step
+ * apart, and after a failover `cas k ... U` would overwrite a newer value in the next store.
+ * So each store's uniques are sealed: XORed with a 63-bit mask derived from the store's identity
+ * (and how often it came back empty) on the way to the client, and unsealed on the way back to
+ * the store that decides. A unique sealed by another store (or by this one before it restarted)
+ * unseals to a number that differs from anything the decider holds in bits up to 62, and the cas
+ * fails safe: EXISTS or NOT_FOUND. The top bit is left alone: clients (PHP ints, Java longs) keep
+ * uniques in signed 64 bits. The mask is the same in every mcmux process in front of the same
+ * store, so a gets through one and a cas through another still work.
+ */
+export function casMask(storeId: string, epoch: string): bigint {
+  const digest = createHash('sha256').update(`${storeId}\0${epoch}`).digest();
+  const mask = digest.readBigUInt64BE(0) & 0x7fffffffffffffffn;
+  return mask === 0n ? 1n : mask;
+}
+
+function sealHits(hits: Array<Hit | undefined>, mask: bigint): Array<Hit | undefined> {
+  return hits.map((h) => (h === undefined ? h : { value: h.value, flags: h.flags, cas: h.cas ^ mask, deadline: h.deadline }));
+}
+
+function sealStored(r: StoreResult, mask: bigint): StoreResult {
+  return r.cas === undefined ? r : { status: r.status, cas: r.cas ^ mask };
+}
+
+function sealArith(r: ArithResult, mask: bigint): ArithResult {
+  return r.status === 'OK' && r.cas !== undefined ? { status: 'OK', value: r.value, cas: r.cas ^ mask } : r;
+}
+
 export class HealthyUpstream implements Upstream {
   private current: HealthState = 'healthy';
   private failures = 0;
@@ -70,6 +102,10 @@ export class HealthyUpstream implements Upstream {
    * would be granted again (hazard 2). Reads and writes use it as usual.
    */
   coldUntil = 0;
+  /** See casMask. An in-process store is born empty with each mcmux process: its own epoch. */
+  private casEpoch = 0;
+  private readonly casBase: string;
+  private casSeal: bigint;
 
   constructor(
     readonly inner: Upstream,
@@ -79,6 +115,13 @@ export class HealthyUpstream implements Upstream {
     readonly storeId: string = inner.name,
   ) {
     this.probeDelay = options.probeMinMs;
+    this.casBase = inner.scheme === 'memory' ? randomBytes(8).toString('hex') : '';
+    this.casSeal = casMask(storeId, this.casBase);
+  }
+
+  /** The store came back empty (cold detector): the uniques it handed out before mean nothing. */
+  restartedEmpty(): void {
+    this.casSeal = casMask(this.storeId, `${this.casBase}/${++this.casEpoch}`);
   }
 
   get name(): string {
@@ -115,7 +158,7 @@ export class HealthyUpstream implements Upstream {
     this.onChange(this, from, to, reason);
   }
 
-  private guard<R>(run: () => Promise<R>): Promise<R> {
+  private guard<R>(run: () => Promise<R>, seal?: (r: R, mask: bigint) => R): Promise<R> {
     if (!this.usable) {
       this.observer(this, 0, 'skipped');
       return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_DOWN, `${this.name} is ${this.current}`));
@@ -130,7 +173,7 @@ export class HealthyUpstream implements Upstream {
         this.observer(this, seconds, 'ok');
         this.failures = 0;
         if (this.current === 'suspect') this.setState('healthy', 'request succeeded');
-        return r;
+        return seal === undefined ? r : seal(r, this.casSeal);
       },
       (error: unknown) => {
         const timedOut = isTimeout(error);
@@ -183,10 +226,12 @@ export class HealthyUpstream implements Upstream {
   }
 
   get(keys: readonly string[], touch?: number, valueOnly?: boolean) {
-    return this.guard(() => this.inner.get(keys, touch, valueOnly));
+    // A value-only read hands out no unique (it may not even have fetched one).
+    return this.guard(() => this.inner.get(keys, touch, valueOnly), valueOnly ? undefined : sealHits);
   }
   store(req: StoreRequest) {
-    return this.guard(() => this.inner.store(req));
+    const sent = req.mode === 'cas' && req.cas !== undefined ? { ...req, cas: req.cas ^ this.casSeal } : req;
+    return this.guard(() => this.inner.store(sent), sealStored);
   }
   delete(key: string) {
     return this.guard(() => this.inner.delete(key));
@@ -195,7 +240,7 @@ export class HealthyUpstream implements Upstream {
     return this.guard(() => this.inner.touch(key, deadline));
   }
   arith(op: ArithOp, key: string, delta: bigint) {
-    return this.guard(() => this.inner.arith(op, key, delta));
+    return this.guard(() => this.inner.arith(op, key, delta), sealArith);
   }
   flush() {
     return this.guard(() => this.inner.flush());

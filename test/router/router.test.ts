@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { inspect } from 'node:util';
 import { type Command, type Reply, EXPIRED } from '../../src/command/command';
 import type { WriteWait } from '../../src/router/context';
+import { DEFAULT_HEALTH, HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
 import type { StatsSource } from '../../src/router/stats';
@@ -378,6 +379,85 @@ describe("router: a key's conditional commands run alone among its writes", () =
     second.open();
     for (const r of await Promise.all(writes)) assert.notEqual(r.kind, 'error');
     assert.equal(router.orderedKeys, 0);
+  });
+});
+
+describe('router: cas uniques are sealed per store (hazard 6)', () => {
+  /** Fakes behind the health wrapper, as the app runs them: the wrapper seals the uniques. */
+  function sealedSetup() {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
+    const ups = fakes.map((f, i) => new HealthyUpstream(f, DEFAULT_HEALTH, () => {}, `store-${i}`));
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, hedgeMs: 0, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    return { fakes, ups, exec };
+  }
+  const uniqueOf = (r: Reply): bigint => {
+    const cas = (r as Extract<Reply, { kind: 'values' }>).hits[0]?.cas;
+    assert.ok(cas !== undefined, inspect(r));
+    return cas;
+  };
+
+  it('gets then cas through the same store: STORED, then EXISTS', async () => {
+    const { fakes, exec } = sealedSetup();
+    await exec(set('k', 'v'));
+    const cas = uniqueOf(await exec(gets('k')));
+    const [raw] = await fakes[0]!.inner.get(['k']);
+    assert.notEqual(cas, raw?.cas, 'the client sees a sealed unique, not the store\'s own number');
+    assert.ok(cas < 2n ** 63n, 'it fits a signed 64-bit integer');
+    assert.equal(((await exec(store('cas', 'k', 'w', cas))) as { status: string }).status, 'STORED');
+    assert.equal(await direct(fakes[1]!, 'k'), 'w');
+    assert.deepEqual(await exec(store('cas', 'k', 'x', cas)), { kind: 'status', status: 'EXISTS' });
+  });
+
+  it('a unique from the first store never matches in the second after a failover, even when the numbers coincide', async () => {
+    const { fakes, exec } = sealedSetup();
+    const [first, second] = fakes as [FakeUpstream, FakeUpstream];
+    // The second store misses one write: its counter runs one behind the first's from now on.
+    second.mode = 'fail';
+    await exec(set('other', 'x'));
+    second.mode = 'ok';
+    await exec(set('k', 'A0'));
+    const cas = uniqueOf(await exec(gets('k'))); // from the first store
+    // The first store dies; another client writes k, which the second store numbers with the
+    // very number the first gave the unique above.
+    first.mode = 'fail';
+    await exec(set('k', 'B'));
+    const [onFirst] = await first.inner.get(['k']);
+    const [onSecond] = await second.inner.get(['k']);
+    assert.equal(onSecond?.cas, onFirst?.cas, 'the raw numbers coincide: without sealing the cas would succeed');
+    // The stale cas is decided by the second store: it must fail safe, and B's value stays.
+    assert.deepEqual(await exec(store('cas', 'k', 'A1', cas)), { kind: 'status', status: 'EXISTS' });
+    assert.equal(await direct(second, 'k'), 'B');
+  });
+
+  it('a store that came back empty voids the uniques it handed out before', async () => {
+    const { fakes, ups, exec } = sealedSetup();
+    await exec(set('k', 'v'));
+    const cas = uniqueOf(await exec(gets('k')));
+    // Restarted empty with its counter from the start, and given the same item number again.
+    for (const f of fakes) {
+      const [h] = await f.inner.get(['k']);
+      await f.inner.flush();
+      (f.inner as unknown as { nextCas: bigint }).nextCas = h!.cas;
+      await f.inner.store({ mode: 'set', key: 'k', value: Buffer.from('new'), flags: 0, deadline: 0 });
+    }
+    for (const u of ups) u.restartedEmpty();
+    assert.deepEqual(await exec(store('cas', 'k', 'stale', cas)), { kind: 'status', status: 'EXISTS' });
+    assert.equal(await direct(fakes[0]!, 'k'), 'new');
+  });
+
+  it('binary-style answers carry sealed uniques a later cas accepts: set, add, incr', async () => {
+    const { exec } = sealedSetup();
+    const stored = (await exec(set('k', 'v'))) as { cas?: bigint };
+    assert.ok(stored.cas !== undefined);
+    assert.equal(((await exec(store('cas', 'k', 'w', stored.cas))) as { status: string }).status, 'STORED');
+    const added = (await exec(store('add', 'a', '1'))) as { cas?: bigint };
+    assert.equal(((await exec(store('cas', 'a', '2', added.cas))) as { status: string }).status, 'STORED');
+    await exec(set('n', '1'));
+    const incr = (await exec(arith('incr', 'n', 1n))) as { value: bigint; cas?: bigint };
+    assert.equal(incr.value, 2n);
+    if (incr.cas !== undefined) assert.equal(((await exec(store('cas', 'n', '9', incr.cas))) as { status: string }).status, 'STORED');
   });
 });
 
