@@ -41,6 +41,11 @@
  * more than 2^24 uniques a second on average since start-up could repeat one. touch/gat keep
  * the cas, as memcached does.
  *
+ * Plain sets are batched (queueSet): the sets of one event-loop pass become multi-row upserts in
+ * one transaction, one commit for all of them; a batch starts when a pooled connection is free,
+ * so batches grow with the load. Each set keeps its own unique, its own timeout and its place
+ * in `max-queue`; a key stays out of a second batch while one holding it runs.
+ *
  * Timeouts: mysql2 has no deadline covering the wait for a pooled connection, the handshake and
  * a transaction's several statements, so each request races one timer against all of them.
  * The default is 1000 ms (`--timeout` when given): a database round trip, and a transaction's
@@ -76,6 +81,10 @@ const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 const PACKET_OVERHEAD = 16 * 1024;
 /** Keys per IN list; lists are padded to a power of four so few statements get prepared. */
 const MAX_IN = 4096;
+/** Plain sets in one batch (one transaction): at most this many rows... */
+const BATCH_MAX_ROWS = 256;
+/** ...sent as statements of these row counts (few shapes get prepared), the largest first. */
+const BATCH_SHAPES = [64, 16, 4, 1];
 /** A deadlock rolls back the whole statement or transaction: re-running it is safe. */
 const DEADLOCK_RETRIES = 5;
 
@@ -109,6 +118,19 @@ interface ItemRow extends RowDataPacket {
   flags: number;
   cas: string;
   exp: string;
+}
+
+/** A plain set waiting for a batch, or in one. */
+interface QueuedSet {
+  readonly key: string;
+  readonly keyBytes: Buffer;
+  readonly value: Buffer;
+  readonly flags: number;
+  readonly deadline: number;
+  /** performance.now() when it was queued: its timeout runs from here. */
+  readonly queuedAt: number;
+  resolve(r: StoreResult): void;
+  reject(e: McmuxError): void;
 }
 
 /** One request in flight: settled once, by its result, its timer or close(). */
@@ -157,6 +179,11 @@ function statements(table: string, purgeBatch: number) {
     set:
       `INSERT INTO ${t} (\`key\`, \`value\`, \`flags\`, \`cas\`, \`exp\`) VALUES (?, ?, ?, ${newCas}, ?) ` +
       'ON DUPLICATE KEY UPDATE `value` = VALUES(`value`), `flags` = VALUES(`flags`), `cas` = VALUES(`cas`), `exp` = VALUES(`exp`)',
+    /** n plain sets in one statement (a batch); each row draws its own unique. */
+    setMany: (n: number) =>
+      `INSERT INTO ${t} (\`key\`, \`value\`, \`flags\`, \`cas\`, \`exp\`) VALUES ${Array.from({ length: n }, () => '(?, ?, ?, UUID_SHORT(), ?)').join(', ')} ` +
+      'ON DUPLICATE KEY UPDATE `value` = VALUES(`value`), `flags` = VALUES(`flags`), `cas` = VALUES(`cas`), `exp` = VALUES(`exp`)',
+    casMany: (n: number) => `SELECT \`key\`, \`cas\` FROM ${t} WHERE \`key\` IN (${marks(n)})`,
     // Only an expired row is overwritten; `exp` is assigned last because MySQL evaluates the
     // assignments left to right and later ones see earlier results.
     add:
@@ -240,6 +267,14 @@ export class MysqlUpstream implements Upstream {
   private closed = false;
   private purging = false;
   private readonly purgeTimer: NodeJS.Timeout;
+  /** Plain sets waiting for the next batch (see queueSet). */
+  private setQueue: QueuedSet[] = [];
+  private setsInBatches = 0;
+  /** Keys with a set in a running batch, and how many. */
+  private readonly keysInBatches = new Map<string, number>();
+  private batchesRunning = 0;
+  private setFlushScheduled = false;
+  private setTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly o: MysqlOptions) {
     this.name = o.name;
@@ -310,6 +345,7 @@ export class MysqlUpstream implements Upstream {
   }
 
   store(req: StoreRequest): Promise<StoreResult> {
+    if (req.mode === 'set' && !isExpired(req.deadline, Date.now())) return this.queueSet(req);
     const key = kb(req.key);
     return this.run(async (c) => {
       const now = Date.now();
@@ -424,7 +460,9 @@ export class MysqlUpstream implements Upstream {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.purgeTimer);
+    clearTimeout(this.setTimer);
     const err = this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
+    for (const q of this.setQueue.splice(0)) q.reject(this.count(err, false));
     for (const job of this.jobs) job.abort(err);
     // pool.end() says QUIT on every connection and waits for the answers: a paused server
     // would never give them. Bound it, then cut whatever is left.
@@ -436,13 +474,168 @@ export class MysqlUpstream implements Upstream {
   }
 
   /**
+   * Plain sets are batched: those that arrive in one event-loop pass are written together, as
+   * multi-row upserts in one transaction, so the server commits (and fsyncs) once for all of
+   * them instead of once each. A batch starts when a pooled connection is free: while all are
+   * busy, sets gather for the next one, so batches grow with the load (a database that keeps up
+   * sees batches of one or two). Each set still counts as one request against `max-queue` and
+   * `timeout` (from when it was queued), and answers with its own unique.
+   */
+  private queueSet(req: StoreRequest): Promise<StoreResult> {
+    this.stats.requests++;
+    if (this.closed) return Promise.reject(this.count(this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed'), false));
+    if (this.load() >= this.o.maxQueue) {
+      return Promise.reject(this.count(this.error(ErrorCodes.UPSTREAM_BUSY, `${this.o.maxQueue} requests already waiting or running (option max-queue)`), false));
+    }
+    return new Promise<StoreResult>((resolve, reject) => {
+      const { key, value, flags, deadline } = req;
+      this.setQueue.push({ key, keyBytes: kb(key), value, flags, deadline, queuedAt: performance.now(), resolve, reject });
+      this.scheduleSets();
+    });
+  }
+
+  /** Requests waiting or running: the jobs, counting each set of a batch (or waiting for one). */
+  private load(): number {
+    return this.jobs.size - this.batchesRunning + this.setsInBatches + this.setQueue.length;
+  }
+
+  private scheduleSets(): void {
+    if (!this.setFlushScheduled) {
+      this.setFlushScheduled = true;
+      setImmediate(this.flushSets);
+    }
+    if (this.setTimer === undefined) this.setTimer = setTimeout(this.expireSets, this.timeoutMs).unref();
+  }
+
+  /**
+   * Starts batches while connections are free. Up to BATCH_MAX_ROWS rows, their keys and values
+   * within one item's room in a packet. A key in a batch still running stays queued (with every
+   * later set of it): two batches commit in either order, and the later set must win here as it
+   * does in every other store.
+   */
+  private readonly flushSets = (): void => {
+    this.setFlushScheduled = false;
+    while (this.setQueue.length > 0 && this.batchesRunning < this.o.connections && !this.closed) {
+      const batch: QueuedSet[] = [];
+      const rest: QueuedSet[] = [];
+      const held = new Set<string>(); // keys with an earlier set left queued in this pass
+      let bytes = 0;
+      let full = false;
+      for (const q of this.setQueue) {
+        const size = q.keyBytes.length + q.value.length;
+        full ||= batch.length === BATCH_MAX_ROWS || (batch.length > 0 && bytes + size > this.o.maxItemSize);
+        if (full || this.keysInBatches.has(q.key) || held.has(q.key)) {
+          held.add(q.key);
+          rest.push(q);
+          continue;
+        }
+        batch.push(q);
+        bytes += size;
+      }
+      if (batch.length === 0) return; // everything waits for a running batch
+      this.setQueue = rest;
+      this.runBatch(batch);
+    }
+  };
+
+  private runBatch(batch: QueuedSet[]): void {
+    this.batchesRunning++;
+    this.setsInBatches += batch.length;
+    for (const q of batch) this.keysInBatches.set(q.key, (this.keysInBatches.get(q.key) ?? 0) + 1);
+    const left = this.timeoutMs - (performance.now() - (batch[0] as QueuedSet).queuedAt);
+    this.run((c) => this.writeSets(c, batch), true, Math.max(1, Math.ceil(left)))
+      .then(
+        (uniques) => {
+          const now = performance.now();
+          for (const q of batch) {
+            this.stats.latencyUsSum += Math.round((now - q.queuedAt) * 1000);
+            this.stats.latencyCount++;
+            const cas = uniques.get(q);
+            q.resolve(cas === undefined ? { status: 'STORED' } : { status: 'STORED', cas });
+          }
+        },
+        (err: McmuxError) => {
+          if (err.code === ErrorCodes.UPSTREAM_TIMEOUT) this.stats.timeouts += batch.length;
+          for (const q of batch) q.reject(this.count(err, false));
+        },
+      )
+      .finally(() => {
+        this.batchesRunning--;
+        this.setsInBatches -= batch.length;
+        for (const q of batch) {
+          const n = (this.keysInBatches.get(q.key) as number) - 1;
+          if (n === 0) this.keysInBatches.delete(q.key);
+          else this.keysInBatches.set(q.key, n);
+        }
+        if (this.setQueue.length > 0) this.scheduleSets();
+      });
+  }
+
+  /**
+   * One transaction: the rows in key order (one lock order for every batch, so two batches do
+   * not deadlock), then their uniques read back. A key set twice in the batch is written in
+   * rounds (its first set, then its second, ...), so that each set gets the unique it made, as
+   * one set after the other would.
+   */
+  private writeSets(c: PoolConnection, batch: readonly QueuedSet[]): Promise<Map<QueuedSet, bigint>> {
+    const rounds: QueuedSet[][] = [];
+    const seen = new Map<string, number>();
+    for (const q of batch) {
+      const r = seen.get(q.key) ?? 0;
+      seen.set(q.key, r + 1);
+      (rounds[r] ??= []).push(q);
+    }
+    for (const round of rounds) round.sort((a, b) => Buffer.compare(a.keyBytes, b.keyBytes));
+    return this.tx(c, async () => {
+      const uniques = new Map<QueuedSet, bigint>();
+      for (const rows of rounds) {
+        for (let i = 0; i < rows.length; ) {
+          const n = BATCH_SHAPES.find((size) => size <= rows.length - i) as number;
+          const params: Param[] = [];
+          for (let j = i; j < i + n; j++) {
+            const q = rows[j] as QueuedSet;
+            params.push(q.keyBytes, q.value, q.flags, q.deadline);
+          }
+          await this.exec(c, this.sql.setMany(n), params);
+          i += n;
+        }
+        const byKey = new Map(rows.map((q) => [q.key, q]));
+        for (let i = 0; i < rows.length; i += MAX_IN) {
+          const params = inParams(rows.slice(i, i + MAX_IN).map((q) => q.keyBytes));
+          const [found] = await c.execute<RowDataPacket[]>(this.sql.casMany(params.length), params);
+          for (const row of found) {
+            const q = byKey.get((row.key as Buffer).toString('latin1'));
+            if (q) uniques.set(q, BigInt(row.cas as string));
+          }
+        }
+      }
+      return uniques;
+    });
+  }
+
+  /** Fails the sets that waited their whole timeout without a batch (every connection busy). */
+  private readonly expireSets = (): void => {
+    this.setTimer = undefined;
+    const now = performance.now();
+    let n = 0;
+    while (n < this.setQueue.length && now - (this.setQueue[n] as QueuedSet).queuedAt >= this.timeoutMs) n++;
+    if (n > 0) {
+      this.stats.timeouts += n;
+      const err = this.error(ErrorCodes.UPSTREAM_TIMEOUT, `no answer within ${this.timeoutMs} ms (option timeout): every connection busy`);
+      for (const q of this.setQueue.splice(0, n)) q.reject(this.count(err, false));
+    }
+    const head = this.setQueue[0];
+    if (head) this.setTimer = setTimeout(this.expireSets, Math.max(1, this.timeoutMs - (now - head.queuedAt))).unref();
+  };
+
+  /**
    * Runs `fn` on a pooled connection within the timeout. The result of a request whose timer
    * fired is dropped, and its connection destroyed: its statement may still complete on the
    * server, but nothing read from that connection is ever used again.
    */
-  private run<T>(fn: (c: PoolConnection) => Promise<T>, background = false): Promise<T> {
+  private run<T>(fn: (c: PoolConnection) => Promise<T>, background = false, timeoutMs = this.timeoutMs): Promise<T> {
     if (!background) this.stats.requests++;
-    if (!background && this.jobs.size >= this.o.maxQueue) {
+    if (!background && this.load() >= this.o.maxQueue) {
       // A database slower than the load: refuse at once (the router journals a write for repair)
       // rather than queue until every request waits out its timeout.
       return Promise.reject(this.count(this.error(ErrorCodes.UPSTREAM_BUSY, `${this.o.maxQueue} requests already waiting or running (option max-queue)`), background));
@@ -473,7 +666,7 @@ export class MysqlUpstream implements Upstream {
       const timer = setTimeout(() => {
         if (!background) this.stats.timeouts++;
         job.abort(this.error(ErrorCodes.UPSTREAM_TIMEOUT, `no answer within ${this.timeoutMs} ms (option timeout)`));
-      }, this.timeoutMs);
+      }, timeoutMs);
       this.jobs.add(job);
       this.execute(job, fn).then(
         (value) => settle(undefined, value),
@@ -661,7 +854,7 @@ export function createMysqlUpstream(url: URL, options: Map<string, string>, ctx:
   const connections = intOption(options, 'connections', 4, 1, 256, where);
   const purgeIntervalMs = intOption(options, 'purge-interval', 60_000, 10, 86_400_000, where);
   const purgeBatch = intOption(options, 'purge-batch', 1000, 1, 1_000_000, where);
-  const maxQueue = intOption(options, 'max-queue', 256, 1, 1_000_000, where);
+  const maxQueue = intOption(options, 'max-queue', 4096, 1, 1_000_000, where);
   rejectUnknownOptions(options, where, ['table', 'timeout', 'connections', 'purge-interval', 'purge-batch', 'max-queue']);
   const port = url.port === '' ? DEFAULT_PORT : Number(url.port);
   return new MysqlUpstream({

@@ -279,14 +279,14 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
   await t.test('a multi-get of more keys than one IN list is aligned with its keys', async () => {
     const keys = Array.from({ length: 5000 }, (_, i) => `m:${i}`);
     const stored = keys.filter((_, i) => i % 3 === 0);
-    // In batches under the default max-queue (256 requests waiting or running).
+    // In slices of 200 requests at once.
     for (let i = 0; i < stored.length; i += 200) await Promise.all(stored.slice(i, i + 200).map((k) => set(up, k, `v${k}`)));
     const hits = await up.get(keys);
     hits.forEach((h, i) => assert.equal(h?.value.toString(), i % 3 === 0 ? `vm:${i}` : undefined));
   });
 
   await t.test('many concurrent requests over a small pool are paired correctly', async () => {
-    const pool = other({ connections: '2', 'max-queue': '1000' }); // 300 at once, over the default 256
+    const pool = other({ connections: '2', 'max-queue': '1000' }); // 300 at once
     const keys = Array.from({ length: 300 }, (_, i) => `c:${i}`);
     const value = (k: string) => b(`value of ${k} `.repeat(1 + (k.length % 7)));
     await Promise.all(keys.map((k, i) => pool.store({ mode: 'set', key: k, value: value(k), flags: i, deadline: 0 })));
@@ -306,6 +306,45 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     assert.equal(pool.stats.errors, 0);
     assert.ok(pool.stats.requests >= 700);
     assert.ok(pool.stats.latencyCount >= 700 && pool.stats.latencyUsSum > 0);
+  });
+
+  await t.test('plain sets arriving together are written as one batch: few statements, each set its own unique, in order', async () => {
+    const status = async (name: string): Promise<number> => Number((await rows(raw, `SHOW GLOBAL STATUS LIKE '${name}'`))[0]?.Value);
+    const pool = other({ connections: '2', 'max-queue': '1000' });
+    await pool.probe();
+    const before = await status('Com_insert');
+    // 300 sets in one event-loop pass, 10 of them to one key: 'dup' = d0, d1, ... d9 in order.
+    const writes = Array.from({ length: 300 }, (_, i) =>
+      i % 30 === 0
+        ? pool.store({ mode: 'set', key: 'dup', value: b(`d${i / 30}`), flags: i, deadline: 0 })
+        : pool.store({ mode: 'set', key: `batch:${i}`, value: b(`v${i}`), flags: i, deadline: 0 }),
+    );
+    const results = await Promise.all(writes);
+    const statements = (await status('Com_insert')) - before;
+    t.diagnostic(`300 sets in ${statements} INSERT statements`);
+    assert.ok(statements <= 30, `${statements} INSERT statements for 300 sets: not batched`);
+    const uniques = results.map((r) => {
+      assert.equal(r.status, 'STORED');
+      assert.equal(typeof r.cas, 'bigint');
+      return r.cas as bigint;
+    });
+    assert.equal(new Set(uniques).size, 300, 'every set has its own unique, also the ten of one key');
+    const dup = await getOne(up, 'dup');
+    assert.equal(dup?.value.toString(), 'd9', 'the last set of the key wins');
+    assert.equal(dup?.flags, 270);
+    assert.equal(dup?.cas, uniques[270], 'and its unique is the one the last set answered');
+    const hits = await up.get(Array.from({ length: 300 }, (_, i) => `batch:${i}`));
+    hits.forEach((h, i) => {
+      if (i % 30 !== 0) assert.deepEqual([h?.value.toString(), h?.flags, h?.cas], [`v${i}`, i, uniques[i]]);
+    });
+  });
+
+  await t.test('max-queue counts each set of a batch: the third of three at once with max-queue 2 is BUSY', async () => {
+    const small = other({ 'max-queue': '2', connections: '1' });
+    await small.probe();
+    const results = await Promise.allSettled(['q1', 'q2', 'q3'].map((k) => small.store({ mode: 'set', key: k, value: b(k), flags: 0, deadline: 0 })));
+    assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value.status : codeOf(r.reason))), ['STORED', 'STORED', ErrorCodes.UPSTREAM_BUSY]);
+    assert.equal((await small.store({ mode: 'set', key: 'q3', value: b('q3'), flags: 0, deadline: 0 })).status, 'STORED');
   });
 
   await t.test('concurrent incr and append from two clients lose no update', async () => {
@@ -419,6 +458,9 @@ test('a paused server times out in bounded time; resumed, every answer is its ow
   await set(up, 'n', '10');
   const frozen = open(db.url, { timeout: '300' });
   await frozen.probe();
+  const single = open(db.url, { timeout: '300', connections: '1' });
+  t.after(() => single.close());
+  await single.probe();
 
   db.pause();
   await t.test('every request settles with TIMEOUT (or IO) while it is frozen', { timeout: 10_000 }, async () => {
@@ -438,6 +480,12 @@ test('a paused server times out in bounded time; resumed, every answer is its ow
     await assert.rejects(pending, (err) => codeOf(err) === ErrorCodes.UPSTREAM_CLOSED);
     // Requests arriving while the pool is still full of frozen connections time out too.
     await assert.rejects(getOne(up, 'k2'), (err) => [ErrorCodes.UPSTREAM_TIMEOUT, ErrorCodes.UPSTREAM_IO].includes(codeOf(err) as 'MCMUX_UPSTREAM_IO'));
+    // A set waiting for a batch while the only connection carries a frozen one times out in turn.
+    const stuck = set(single, 'k3', 'in the frozen batch');
+    await new Promise((r) => setImmediate(r));
+    const waiting = set(single, 'k4', 'waiting for a connection');
+    const settled = await Promise.allSettled([stuck, waiting]);
+    assert.deepEqual(settled.map((r) => (r.status === 'rejected' ? codeOf(r.reason) : 'fulfilled')), [ErrorCodes.UPSTREAM_TIMEOUT, ErrorCodes.UPSTREAM_TIMEOUT]);
   });
   assert.ok(up.stats.timeouts >= 1);
   db.resume();
