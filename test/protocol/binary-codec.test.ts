@@ -370,6 +370,70 @@ describe('binary codec: decoding', () => {
   });
 });
 
+// ─── S2: the extras length of every opcode ───────────────────────────────────────────────────
+
+/**
+ * Request extras lengths as memcached documents them, written down from the documents, not from
+ * the parser: doc/protocol-binary.xml and the wiki's BinaryProtocolRevamped ("MUST NOT have
+ * extras" = 0; set/add/replace: 4-byte flags + 4-byte expiration = 8; incr/decr: 8 + 8 + 4 = 20;
+ * Flush "MAY have extras", a 4-byte expiration = 0 or 4; Verbosity, Touch, GAT, GATQ: 4), and
+ * protocol_binary.h for GATK/GATKQ (`typedef protocol_binary_request_gat ..._gatk`: 4).
+ * Key: 'key' MUST have one, 'none' MUST NOT (Stat MAY: sent without). Value: MUST have one.
+ */
+const SPEC_EXTRAS: ReadonlyArray<readonly [name: string, op: number, extras: readonly number[], key: 'key' | 'none', value: boolean]> = [
+  ['Get', 0x00, [0], 'key', false], ['GetQ', 0x09, [0], 'key', false], ['GetK', 0x0c, [0], 'key', false], ['GetKQ', 0x0d, [0], 'key', false],
+  ['Set', 0x01, [8], 'key', true], ['SetQ', 0x11, [8], 'key', true], ['Add', 0x02, [8], 'key', true], ['AddQ', 0x12, [8], 'key', true],
+  ['Replace', 0x03, [8], 'key', true], ['ReplaceQ', 0x13, [8], 'key', true],
+  ['Delete', 0x04, [0], 'key', false], ['DeleteQ', 0x14, [0], 'key', false],
+  ['Increment', 0x05, [20], 'key', false], ['IncrementQ', 0x15, [20], 'key', false],
+  ['Decrement', 0x06, [20], 'key', false], ['DecrementQ', 0x16, [20], 'key', false],
+  ['Quit', 0x07, [0], 'none', false], ['QuitQ', 0x17, [0], 'none', false],
+  ['Flush', 0x08, [0, 4], 'none', false], ['FlushQ', 0x18, [0, 4], 'none', false],
+  ['No-op', 0x0a, [0], 'none', false], ['Version', 0x0b, [0], 'none', false],
+  ['Append', 0x0e, [0], 'key', true], ['AppendQ', 0x19, [0], 'key', true], ['Prepend', 0x0f, [0], 'key', true], ['PrependQ', 0x1a, [0], 'key', true],
+  ['Stat', 0x10, [0], 'none', false], ['Verbosity', 0x1b, [4], 'none', false],
+  ['Touch', 0x1c, [4], 'key', false], ['GAT', 0x1d, [4], 'key', false], ['GATQ', 0x1e, [4], 'key', false],
+  ['GATK', 0x23, [4], 'key', false], ['GATKQ', 0x24, [4], 'key', false],
+];
+const EXTRAS_TRIED = [0, 3, 4, 8, 20];
+
+/** The opcodes the parser takes as commands: those not answered 0x81 unknown command. */
+function acceptedOpcodes(): number[] {
+  const out: number[] = [];
+  for (let op = 0; op <= 0xff; op++) {
+    const [first] = run([frame({ op })]);
+    if (!/^0x[0-9a-f]{2} s=0x81 /.test(first ?? '')) out.push(op);
+  }
+  return out;
+}
+
+describe('binary codec: S2 extras length per opcode, against the spec', () => {
+  it('S2 the opcodes the parser accepts are exactly the documented ones memcached implements (no SASL)', () => {
+    assert.deepEqual(acceptedOpcodes().map(hex), SPEC_EXTRAS.map(([, op]) => op).sort((a, b) => a - b).map(hex));
+  });
+
+  for (const op of acceptedOpcodes()) {
+    const spec = SPEC_EXTRAS.find(([, o]) => o === op);
+    const name = spec ? `${spec[0]} (${hex(op)})` : hex(op);
+    it(`S2 ${name}: only extras of ${spec ? spec[2].join(' or ') : '?'} bytes decode; ${EXTRAS_TRIED.join(', ')} tried, any other is 0x04 and close`, () => {
+      assert.ok(spec, `opcode ${hex(op)} is accepted but the spec documents no request shape for it`);
+      const [, , documented, key, value] = spec;
+      const want: Record<number, string> = {};
+      const got: Record<number, string> = {};
+      for (const n of EXTRAS_TRIED) {
+        const input = cat(frame({ op, key: key === 'key' ? 'k' : undefined, extras: Buffer.alloc(n), value: value ? 'v' : undefined }), NOOP);
+        const out = run([input]);
+        want[n] = documented.includes(n) ? 'decoded, then the NOOP' : '0x04, close';
+        const decoded = out.length === 2 && new RegExp(`\\[${hex(op)}( q)?\\]$`).test(out[0] ?? '') && out[1] === 'noop [0x0a]';
+        const refused = out.length === 1 && new RegExp(`^${hex(op)} s=0x04 .*\\[close\\]$`).test(out[0] ?? '');
+        got[n] = decoded ? 'decoded, then the NOOP' : refused ? '0x04, close' : JSON.stringify(out);
+        check(input, out); // and the same however the frame is split (B12)
+      }
+      assert.deepEqual(got, want);
+    });
+  }
+});
+
 // ─── encoding ────────────────────────────────────────────────────────────────────────────────
 
 /** Decodes the one request in `f` and encodes `reply` to it. */

@@ -44,6 +44,27 @@ function run(chunks: Buffer[], limits = LIMITS): string[] {
   return out;
 }
 
+/** Every result of `input` pushed in one piece (values are slices of it). */
+function runRaw(input: Buffer, limits = LIMITS): ParseResult[] {
+  const p = new TextRequestParser(limits, () => NOW);
+  p.push(input);
+  const out: ParseResult[] = [];
+  for (let r = p.next(); r !== undefined; r = p.next()) out.push(r);
+  return out;
+}
+
+/** mulberry32: a small seeded PRNG, so that a fuzz failure replays exactly (never Math.random). */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 /** Feeds `input` whole, byte by byte, and split in two at every offset: all must agree. */
 function check(input: string | Buffer, expected: string[], limits = LIMITS): void {
   const buf = typeof input === 'string' ? Buffer.from(input, 'latin1') : input;
@@ -75,6 +96,12 @@ const CASES: Array<[string, string | Buffer, string[]]> = [
   ['T7 bytes 4294967295', 'set k 0 0 4294967295\r\n', [`${BAD} [close]`]],
   ['T7 bytes 12abc', 'set k 0 0 12abc\r\n', [`${BAD} [close]`]],
   ['T7 exptime beyond int32', 'set k 0 2147483648 1\r\nx\r\n', [BAD]],
+  ['T7 exptime -2147483649 (below int32): bad format, the block swallowed', 'set k 0 -2147483649 1\r\nx\r\nversion\r\n', [BAD, 'version']],
+  ['T7 exptime -2147483648 (int32 min) is accepted', 'set k 0 -2147483648 1\r\nx\r\n', ['set k f=0 d=expired v="x"']],
+  ['T7 out-of-range exptime on touch and gat', 'touch k 2147483648\r\ntouch k -2147483649\r\ngat 2147483648 k\r\ngats -2147483649 k\r\ntouch k 12abc noreply\r\ngat 1x k\r\nversion\r\n', [
+    ...Array<string>(6).fill('CLIENT_ERROR invalid exptime argument'), 'version',
+  ]],
+  ['T7 int32 bounds on touch and gat are accepted', 'touch k -2147483648\r\ngat 2147483647 k\r\n', ['touch k d=expired', `get@${2147483647000 - NOW} k`]],
   ['T8 exptime 0, negative, 30 days, absolute past', 'set a 0 0 1\r\na\r\nset b 0 -1 1\r\nb\r\nset c 0 2592000 1\r\nc\r\nset d 0 2592001 1\r\nd\r\n', [
     'set a f=0 d=0 v="a"', 'set b f=0 d=expired v="b"', `set c f=0 d=${2592000 * 1000} v="c"`, 'set d f=0 d=expired v="d"',
   ]],
@@ -97,6 +124,13 @@ const CASES: Array<[string, string | Buffer, string[]]> = [
     'delete k', 'CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]', 'delete k noreply',
   ]],
   ['T24 admin commands are not forwarded', 'lru_crawler metadump all\r\nslabs reassign 1 2\r\nshutdown\r\nstats upstreams\r\n', ['ERROR', 'ERROR', 'ERROR', 'stats upstreams']],
+  ['S5 a lone CR where the block must end: bad data chunk, close', 'set k 0 0 1\r\nx\rget k\r\n', ['CLIENT_ERROR bad data chunk [close]']],
+  ['S5 a lone CR does not end a line: the rest is part of it', 'get k\rget j\r\nversion\r\n', [BAD, 'version']],
+  ['S5 a lone CR at the end of the input waits for more', 'get k\r', []],
+  ['S5 get k CR then LF in a later packet', 'get k\r\nget j\r\n', ['get k', 'get j']],
+  ['S5 CR CR LF: a line holding one CR', '\r\r\nversion\r\n', ['ERROR', 'version']],
+  ['S5 get k CR CR LF: the key holds a CR', 'get k\r\r\nversion\r\n', [BAD, 'version']],
+  ['S5 CR in <bytes>: unparseable, close', 'set k 0 0 1\r\r\nx\r\nversion\r\n', [`${BAD} [close]`]],
   ['binary-safe value with CR LF NUL', Buffer.from('set b 0 0 5\r\n\r\n\0\r\n\r\n', 'latin1'), ['set b f=0 d=0 v="\\r\\n\\u0000\\r\\n"']],
   ['empty line', '\r\n', ['ERROR']],
   ['wrong arity', 'set k 0 0\r\nincr k\r\ntouch k\r\nget\r\n', ['ERROR', 'ERROR', 'ERROR', 'ERROR']],
@@ -140,6 +174,76 @@ describe('text request parser', () => {
     assert.ok(line.length <= 2048);
     assert.equal(run([Buffer.from(line + '\r\n')]).length, 1);
     assert.match(run([Buffer.from(line + '\r\n')])[0] ?? '', /^get /);
+  });
+
+  it('S5 fuzz: LF, CRLF and lone CR inserted anywhere: no throw, the same results however split, every value as long as declared', () => {
+    const rand = mulberry32(0x5eed5);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)] as T;
+    const ENDINGS = ['\n', '\r\n', '\r'];
+    const value = (): string => Array.from({ length: Math.floor(rand() * 12) }, () => pick(['a', 'b', ' ', '\r', '\n', '\0', 'é'])).join('');
+    const command = (): string => {
+      const key = pick(['a', 'k', 'key1', 'x'.repeat(20)]);
+      const noreply = rand() < 0.2 ? ' noreply' : '';
+      switch (Math.floor(rand() * 9)) {
+        case 0:
+        case 1:
+        case 2: {
+          const v = value();
+          const head = pick(['set', 'add', 'replace', 'append', 'prepend']);
+          return `${head} ${key} ${pick(['0', '7', '4294967295'])} ${pick(['0', '-1', '60', '2592001'])} ${v.length}${noreply}\r\n${v}\r\n`;
+        }
+        case 3: {
+          const v = value();
+          return `cas ${key} 0 0 ${v.length} ${Math.floor(rand() * 1000)}${noreply}\r\n${v}\r\n`;
+        }
+        case 4:
+          return `${pick(['get', 'gets'])} ${key}${rand() < 0.5 ? ' b c' : ''}\r\n`;
+        case 5:
+          return `${pick(['gat', 'gats'])} ${pick(['0', '-1', '100'])} ${key}\r\n`;
+        case 6:
+          return rand() < 0.3 ? `touch ${key} ${pick(['0', '-1', '10'])}${noreply}\r\n` : `${pick(['delete', 'incr', 'decr'])} ${key}${rand() < 0.5 ? ' 5' : ''}${noreply}\r\n`;
+        case 7:
+          return pick(['version\r\n', 'verbosity 1\r\n', 'stats\r\n', 'bogus\r\n']);
+        default:
+          return `set ${key} 0 0 ${Math.floor(rand() * 4)}\r\n${value()}\r\n`; // often a wrong length
+      }
+    };
+    let stores = 0;
+    let closes = 0;
+    for (let round = 0; round < 500; round++) {
+      let text = Array.from({ length: 1 + Math.floor(rand() * 5) }, command).join('');
+      for (let n = 1 + Math.floor(rand() * 4); n > 0; n--) {
+        const at = Math.floor(rand() * (text.length + 1));
+        text = text.slice(0, at) + pick(ENDINGS) + text.slice(at);
+      }
+      const input = Buffer.from(text, 'latin1');
+      const label = `round ${round}: ${JSON.stringify(text)}`;
+      const whole = runRaw(input);
+      const shown = whole.map(show);
+      const closeAt = shown.findIndex((x) => x.endsWith('[close]'));
+      assert.ok(closeAt < 0 || closeAt === shown.length - 1, `nothing after a close: ${label}`);
+      if (closeAt >= 0) closes++;
+      for (const r of whole) {
+        if (r.kind !== 'store') continue;
+        stores++;
+        // The declared <bytes>, read from the command line that ends just before the block.
+        assert.equal(r.value.buffer, input.buffer, label);
+        const at = r.value.byteOffset - input.byteOffset;
+        assert.equal(input[at - 1], 0x0a, `the block follows a line: ${label}`);
+        const line = input.toString('latin1', input.lastIndexOf(0x0a, at - 2) + 1, at - 1).replace(/\r$/, '');
+        const declared = line.split(' ').filter((w) => w.length > 0)[4] ?? '';
+        assert.match(declared, /^\d+$/, `${JSON.stringify(line)}: ${label}`);
+        assert.equal(r.value.length, Number(declared), `${JSON.stringify(line)}: ${label}`);
+        assert.equal(input.toString('latin1', at + r.value.length, at + r.value.length + 2), '\r\n', `the block ends in CRLF: ${label}`);
+      }
+      assert.deepEqual(run([input]), shown, label);
+      assert.deepEqual(run(Array.from(input, (_, i) => input.subarray(i, i + 1))), shown, `byte by byte: ${label}`);
+      for (let i = 1; i < input.length; i++) {
+        assert.deepEqual(run([input.subarray(0, i), input.subarray(i)]), shown, `split at ${i}: ${label}`);
+      }
+    }
+    // The generator is worth something only if it reaches both outcomes often.
+    assert.ok(stores >= 150 && closes >= 50, `${stores} stores and ${closes} closed streams checked`);
   });
 
   it('values are slices of the input, not copies', () => {

@@ -29,6 +29,72 @@ async function mcmux(scalars: RawConfig['scalars'] = {}, upstreams = ['memory://
 
 const memory = (app: App, i: number): MemoryUpstream => app.upstreams[i]?.inner as MemoryUpstream;
 
+const STORE_OPS = ['get', 'store', 'delete', 'touch', 'arith', 'flush'] as const;
+
+/**
+ * From now on, every call mcmux makes to the memory stores behind `app`, as `<upstream> <op>
+ * <key...>`, leaving out the cold detector's own marker key (it reads that every few seconds).
+ */
+function recordCalls(app: App): string[] {
+  const calls: string[] = [];
+  app.upstreams.forEach((_, i) => {
+    const m = memory(app, i) as unknown as Record<(typeof STORE_OPS)[number], (...args: unknown[]) => Promise<unknown>>;
+    for (const op of STORE_OPS) {
+      const original = m[op].bind(m);
+      m[op] = (...args: unknown[]) => {
+        const a = args[0];
+        const keys = op === 'arith' ? [args[1]] : Array.isArray(a) ? a : typeof a === 'string' ? [a] : a ? [(a as { key: string }).key] : [];
+        if (!keys.includes(app.coldDetector.key)) calls.push([i, op, ...keys].join(' '));
+        return original(...args);
+      };
+    }
+  });
+  return calls;
+}
+
+// Binary frames, as in test/protocol/binary-codec.test.ts.
+function frame(f: { op: number; key?: string; extras?: Buffer; value?: string }): Buffer {
+  const key = Buffer.from(f.key ?? '', 'latin1');
+  const extras = f.extras ?? Buffer.alloc(0);
+  const value = Buffer.from(f.value ?? '', 'latin1');
+  const h = Buffer.alloc(24);
+  h.writeUInt8(0x80, 0);
+  h.writeUInt8(f.op, 1);
+  h.writeUInt16BE(key.length, 2);
+  h.writeUInt8(extras.length, 4);
+  h.writeUInt32BE(extras.length + key.length + value.length, 8);
+  h.writeUInt32BE(0xdeadbeef, 12);
+  return Buffer.concat([h, extras, key, value]);
+}
+
+/** Binary responses as `<opcode> s=<status>`, the cas marked `cas` when non-zero; checks magic, opaque, lengths. */
+function responses(text: string): string[] {
+  const bytes = Buffer.from(text, 'latin1');
+  const out: string[] = [];
+  for (let at = 0; at < bytes.length; ) {
+    assert.ok(bytes.length - at >= 24, `a whole header at ${at}`);
+    assert.equal(bytes[at], 0x81, 'response magic');
+    assert.equal(bytes.readUInt32BE(at + 12), 0xdeadbeef, 'opaque echoed');
+    const bodyLength = bytes.readUInt32BE(at + 8);
+    assert.ok(bytes.length - at - 24 >= bodyLength, 'a whole body');
+    const hex = (n: number): string => `0x${n.toString(16).padStart(2, '0')}`;
+    out.push(`${hex(bytes.readUInt8(at + 1))} s=${hex(bytes.readUInt16BE(at + 6))}${bytes.readBigUInt64BE(at + 16) !== 0n ? ' cas' : ''}`);
+    at += 24 + bodyLength;
+  }
+  return out;
+}
+
+/** How many whole binary responses `text` holds (never throws: safe as a read condition). */
+function wholeResponses(text: string): number {
+  const bytes = Buffer.from(text, 'latin1');
+  let n = 0;
+  for (let at = 0; bytes.length - at >= 24 && bytes.length - at - 24 >= bytes.readUInt32BE(at + 8); at += 24 + bytes.readUInt32BE(at + 8)) n++;
+  return n;
+}
+
+const SET_K = frame({ op: 0x01, key: 'k', extras: Buffer.alloc(8), value: 'x' });
+const GET_K = frame({ op: 0x00, key: 'k' });
+
 describe('protocol cases over a socket', () => {
   it('T5: a value over the item limit is refused, swallowed, and the old value deleted everywhere', async () => {
     const app = await mcmux({ 'max-item-size': 1024 });
@@ -41,13 +107,36 @@ describe('protocol cases over a socket', () => {
     w.close();
   });
 
+  it('T10: touch k -1 answers TOUCHED and the key is gone on every upstream', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    assert.equal(await w.ask('set k 0 0 1\r\nx\r\n'), 'STORED\r\n');
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['k']))[0]?.value.toString(), 'x', `upstream ${i} holds k first`);
+    assert.equal(await w.ask('touch k -1\r\n'), 'TOUCHED\r\n');
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['k']))[0], undefined, `upstream ${i} still holds k`);
+    assert.equal(await w.ask('get k\r\n', 'END\r\n'), 'END\r\n');
+    w.close();
+  });
+
+  it('T10: gat -1 k returns the value once, then the key is a miss and gone on every upstream', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    assert.equal(await w.ask('set k 0 0 1\r\nx\r\n'), 'STORED\r\n');
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['k']))[0]?.value.toString(), 'x', `upstream ${i} holds k first`);
+    assert.equal(await w.ask('gat -1 k\r\n', 'END\r\n'), 'VALUE k 0 1\r\nx\r\nEND\r\n');
+    assert.equal(await w.ask('get k\r\n', 'END\r\n'), 'END\r\n');
+    assert.equal(await w.ask('gat -1 k\r\n', 'END\r\n'), 'END\r\n', 'a second gat misses too');
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['k']))[0], undefined, `upstream ${i} still holds k`);
+    w.close();
+  });
+
   it('T4: a block longer than declared is a bad data chunk, nothing stored, connection closed', async () => {
     const app = await mcmux();
     const w = await connectWire(app.address.port);
     w.send('set k 0 0 3\r\nabcd\r\nget k\r\n');
     assert.equal(await w.read('\r\n'), 'CLIENT_ERROR bad data chunk\r\n');
     await w.closed;
-    assert.equal((await memory(app, 0).get(['k']))[0], undefined);
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['k']))[0], undefined, `upstream ${i} holds nothing`);
   });
 
   it('T6: a line over max-line-length without a newline closes the connection', async () => {
@@ -103,6 +192,22 @@ describe('protocol cases over a socket', () => {
     await w.closed;
   });
 
+  it('T21: delete k 0 answers DELETED, delete k 0 noreply is silent, both delete everywhere', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    assert.equal(await w.ask('set k 0 0 1\r\nx\r\n'), 'STORED\r\n');
+    assert.equal(await w.ask('delete k 0\r\n'), 'DELETED\r\n');
+    assert.equal(await w.ask('delete k 0\r\n'), 'NOT_FOUND\r\n');
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['k']))[0], undefined, `upstream ${i} still holds k`);
+    assert.equal(await w.ask('set j 0 0 1\r\ny\r\n'), 'STORED\r\n');
+    // The version after it proves the noreply delete was answered with nothing at all.
+    assert.equal(await w.ask('delete j 0 noreply\r\nversion\r\n'), 'VERSION 1.6.21\r\n');
+    assert.equal(await w.ask('get j\r\n', 'END\r\n'), 'END\r\n');
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['j']))[0], undefined, `upstream ${i} still holds j`);
+    assert.equal(await w.ask('delete k 10\r\n'), 'CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n');
+    w.close();
+  });
+
   it('a reply ready at once followed by a fatal error in one packet closes the connection, not the proxy', async () => {
     const app = await mcmux();
     const w = await connectWire(app.address.port);
@@ -146,12 +251,59 @@ describe('protocol cases over a socket', () => {
     w.close();
   });
 
+  it('T24: admin commands, text and binary, never reach an upstream', async () => {
+    const app = await mcmux();
+    const calls = recordCalls(app);
+    const w = await connectWire(app.address.port);
+    const admin = [
+      'lru_crawler metadump all', 'lru_crawler crawl all', 'slabs automove 1', 'slabs reassign 1 2', 'watch', 'shutdown', 'shutdown graceful',
+      'debug', 'lru mode flat', 'lru tune 10 25 0.1 2', 'stats items', 'stats slabs', 'stats sizes', 'stats cachedump 1 1',
+      'stats detail dump', 'stats conns', 'stats settings', 'stats reset',
+    ];
+    for (const c of admin) assert.equal(await w.ask(c + '\r\n'), 'ERROR\r\n', c);
+    assert.match(await w.ask('stats\r\n', 'END\r\n'), /STAT curr_connections 1\r\n/);
+    assert.match(await w.ask('stats upstreams\r\n', 'END\r\n'), /STAT upstream\.0\.state healthy\r\n/);
+    assert.match(await w.ask('flush_all\r\n'), /^SERVER_ERROR flush_all is disabled/);
+    assert.equal(await w.ask('verbosity 1\r\n'), 'OK\r\n');
+    w.close();
+    const b = await connectWire(app.address.port);
+    // STAT items, STAT slabs, VERBOSITY, then NOOP to know every answer is in.
+    b.send(Buffer.concat([frame({ op: 0x10, key: 'items' }), frame({ op: 0x10, key: 'slabs' }), frame({ op: 0x1b, extras: Buffer.alloc(4) }), frame({ op: 0x0a })]));
+    assert.deepEqual(responses(await b.read((t) => wholeResponses(t) >= 4)), [
+      '0x10 s=0x01', '0x10 s=0x01', '0x1b s=0x00', '0x0a s=0x00',
+    ]);
+    b.close();
+    assert.deepEqual(calls, [], 'no admin command reached a store');
+    // The recorder does see traffic: a get through the same proxy shows up.
+    const c = await connectWire(app.address.port);
+    assert.equal(await c.ask('get probe\r\n', 'END\r\n'), 'END\r\n');
+    assert.ok(calls.some((x) => / get probe$/.test(x)), `a get recorded: ${JSON.stringify(calls)}`);
+    c.close();
+  });
+
   it('quit closes after the replies before it', async () => {
     const app = await mcmux();
     const w = await connectWire(app.address.port);
     w.send('set k 0 0 1\r\nx\r\nquit\r\nget k\r\n');
     await w.closed;
     assert.equal(w.received, 'STORED\r\n');
+  });
+
+  it('B11: binary SET, QUIT, GET in one write: the SET answer, the QUIT answer, then close; the GET unanswered', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    w.send(Buffer.concat([SET_K, frame({ op: 0x07 }), GET_K]));
+    await w.closed;
+    assert.deepEqual(responses(w.received), ['0x01 s=0x00 cas', '0x07 s=0x00']);
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['k']))[0]?.value.toString(), 'x', `the SET before QUIT ran on upstream ${i}`);
+  });
+
+  it('B11: binary SET, QUITQ, GET in one write: only the SET answer, then close', async () => {
+    const app = await mcmux();
+    const w = await connectWire(app.address.port);
+    w.send(Buffer.concat([SET_K, frame({ op: 0x17 }), GET_K]));
+    await w.closed;
+    assert.deepEqual(responses(w.received), ['0x01 s=0x00 cas']);
   });
 
   it('max-pipeline: a deep pipeline is answered whole and in order without unbounded queueing', async () => {
