@@ -1,8 +1,9 @@
 /**
  * Who decides for a key: the order in which upstreams may act as the authority for conditional
- * commands — clean (not in the repair journal) and warm (not fenced) first, then fenced; dirty
- * ones only when every upstream is dirty for the key, the freshest first (as the repair takes it). Reads that hand out a cas unique and writes that answer with one use the same
- * order, so the unique a client gets belongs to the upstream that will check it.
+ * commands — clean (not in the repair journal) and warm (not fenced); fenced ones only when every
+ * upstream is fenced; dirty ones only when every upstream is dirty for the key, the freshest
+ * first (as the repair takes it). Reads that hand out a cas unique and writes that answer with
+ * one use the same order, so the unique a client gets belongs to the upstream that will check it.
  */
 
 import type { Upstream } from '../upstream/upstream';
@@ -12,12 +13,19 @@ import { isFenced } from './health';
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
   const fenced: number[] = [];
+  let warm = false;
   ctx.upstreams.forEach((u: Upstream, i) => {
+    const f = isFenced(u);
+    if (!f) warm = true;
     if (ctx.journal.isDirty(u, key)) return;
-    if (isFenced(u)) fenced.push(i);
+    if (f) fenced.push(i);
     else good.push(i);
   });
-  if (good.length + fenced.length > 0) return good.concat(fenced);
+  if (good.length > 0) return good;
+  // A fenced upstream came back empty: it decides only when every upstream did. While a warm
+  // one exists, even a failing or dirty one, it may hold a lock the fenced one forgot (hazard 2):
+  // nobody decides until the fence ends (lock-fence) or the warm one is usable and clean again.
+  if (fenced.length > 0) return warm ? [] : fenced;
   // Dirty everywhere: the freshest copy decides. A dirty upstream never decides while a clean
   // one exists, even a down one: it may hold a lock that was released, or lack one that is held.
   const freshest = ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key) ?? [];

@@ -22,6 +22,8 @@ export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
   readonly key = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
   private readonly lastSet = new Map<Upstream, number>();
+  /** Until when each upstream is fenced because its marker was found missing (not a precaution). */
+  private readonly coldUntil = new WeakMap<HealthyUpstream, number>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -52,11 +54,17 @@ export class ColdDetector {
    * there, lift the fence. Conditional commands are decided elsewhere meanwhile.
    */
   reconnected(u: HealthyUpstream): void {
-    const wasFenced = u.fenced;
     u.coldUntil = Math.max(u.coldUntil, Date.now() + this.fenceMs);
-    void this.check(u).then((verdict) => {
-      if (verdict === 'warm' && !wasFenced) u.coldUntil = 0;
-    });
+    void this.check(u); // a warm answer lifts this fence
+  }
+
+  /**
+   * A fence set as a precaution (a reconnect) is lifted on a warm answer; one set because the
+   * marker was found missing stays for its whole time. A precautionary fence whose check could
+   * not answer (the upstream was down again) is lifted by the next reconnect's warm answer.
+   */
+  private liftIfWarm(u: HealthyUpstream, verdict: Verdict): void {
+    if (verdict === 'warm' && !((this.coldUntil.get(u) ?? 0) > Date.now())) u.coldUntil = 0;
   }
 
   /**
@@ -65,16 +73,23 @@ export class ColdDetector {
    * own answer that the marker is still there.
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
-    const wasFenced = u.fenced;
     u.coldUntil = Math.max(u.coldUntil, Date.now() + this.fenceMs);
     void this.checkStore(server.inner).then((verdict) => {
       if (verdict === 'cold') {
-        u.restartedEmpty();
+        this.fenceCold(u);
         this.log.warn({ upstream: u.name, server: server.name, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
-      } else if (verdict === 'warm' && !wasFenced) {
-        u.coldUntil = 0;
+      } else {
+        this.liftIfWarm(u, verdict);
       }
     });
+  }
+
+  /** The marker was gone: fenced for the whole lock-fence, and its old cas uniques void. */
+  private fenceCold(u: HealthyUpstream): void {
+    const until = Date.now() + this.fenceMs;
+    u.coldUntil = Math.max(u.coldUntil, until);
+    this.coldUntil.set(u, until);
+    u.restartedEmpty();
   }
 
   /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
@@ -93,12 +108,13 @@ export class ColdDetector {
     const targets: Upstream[] = stores.length > 0 ? stores.filter(isUsable).map((m) => m.inner) : [u.inner];
     const cold = await Promise.all(targets.map((t) => this.checkStore(t)));
     if (cold.includes('cold')) {
-      u.coldUntil = Date.now() + this.fenceMs;
-      u.restartedEmpty();
+      this.fenceCold(u);
       this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
       return 'cold';
     }
-    return cold.includes('unknown') ? 'unknown' : 'warm';
+    if (cold.includes('unknown')) return 'unknown';
+    this.liftIfWarm(u, 'warm');
+    return 'warm';
   }
 
   /** Whether `store` lost the marker mcmux had written there ('unknown' when it did not answer). */

@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { isUsable } from './health';
+import { isFenced, isUsable } from './health';
 import { idOf } from './journal';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
@@ -90,13 +90,20 @@ export class Repairer {
   /** Copies the current state of `key` into `u`; true when the entry could be cleared. */
   private async repairKey(ctx: RouterContext, u: Upstream, key: string, op: 'write' | 'delete'): Promise<boolean> {
     const { journal } = ctx;
+    // A client write of the key still landing: the sources may not have it yet (a redo flag only
+    // catches writes that start during the copy). Next tick.
+    if (journal.writesInFlight(key) > 0) return false;
     const rk = `${idOf(u)} ${key}`;
     journal.repairing.set(rk, false);
     try {
       if (op === 'delete') {
         await u.delete(key);
       } else {
-        const source = ctx.upstreams.find((s) => s !== u && isUsable(s) && !journal.isDirty(s, key));
+        const clean = ctx.upstreams.filter((s) => s !== u && isUsable(s) && !journal.isDirty(s, key));
+        // A fenced upstream came back empty: its miss says nothing about what was written before.
+        // Copying "absent" from it would delete a lock or a session the dirty one still holds.
+        const source = clean.find((s) => !isFenced(s));
+        if (clean.length > 0 && !source) return false; // wait for the fence to end
         if (!source) {
           // Dirty everywhere (every copy of a write failed): the freshest usable copy is taken as
           // the truth, as reads and the authority take it, and the others copy from it. When a

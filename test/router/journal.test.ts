@@ -107,6 +107,49 @@ describe('repair journal', () => {
     await a.close();
   });
 
+  it('a fenced upstream never decides in place of a warm one that fails or is dirty (hazard 2)', async () => {
+    const a = new HealthyUpstream(new FakeUpstream('fake://0'), { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {});
+    const b = new FakeUpstream('fake://1');
+    const { journal, repairer, exec } = setup({ ups: [a, b] });
+    const add = (who: string): Command => ({ kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, noreply: false });
+    assert.equal(((await exec(add('A'))) as { status?: string }).status, 'STORED');
+    // a restarts empty and is fenced; b, which holds A's lock, has a blip.
+    await (a.inner as FakeUpstream).inner.flush();
+    a.coldUntil = Date.now() + 60_000;
+    b.mode = 'fail';
+    assert.equal((await exec(add('B'))).kind, 'error', 'no upstream may decide: refused, not granted');
+    assert.equal(await held(a, 'lock.s'), undefined, 'the fenced upstream did not take the lock');
+    b.mode = 'ok';
+    // b answers again but is journaled for the key (the failed add may have applied there).
+    assert.ok(journal.isDirty(b, 'lock.s'));
+    assert.equal((await exec(add('C'))).kind, 'error', 'still nobody to decide while the fence lasts');
+    // Nor may the repair copy "no lock" from the empty, fenced upstream over b's held lock.
+    await repairer.tick();
+    assert.equal(await held(b, 'lock.s'), 'A', 'the held lock survives the repair');
+    assert.ok(journal.isDirty(b, 'lock.s'), 'the repair waits for the fence to end');
+    await a.close();
+  });
+
+  it('the repair leaves a key alone while a client write of it is still landing', async () => {
+    const { ups, journal, repairer, exec } = setup();
+    const [a, b] = ups as FakeUpstream[];
+    await exec(set('k', 'v1'));
+    // set k v2: a misses it at once (journaled); its copy to b is still on the way.
+    a!.mode = 'fail';
+    b!.close_gate();
+    const write = exec(set('k', 'v2'));
+    await new Promise((r) => setImmediate(r));
+    a!.mode = 'ok';
+    assert.ok(journal.isDirty(a!, 'k'));
+    await repairer.tick(); // b still holds v1: copying now would clear a's entry with v1
+    assert.ok(journal.isDirty(a!, 'k'), 'not repaired while the write is in flight');
+    b!.open();
+    await write;
+    await repairer.tick();
+    assert.equal(await held(a!, 'k'), 'v2');
+    assert.equal(journal.isDirty(a!, 'k'), false);
+  });
+
   it('overflow: the upstream is not read at all until every item written before it came back has expired', async () => {
     const { ups, journal, repairer, exec } = setup({ maxKeys: 2 });
     const [a] = ups as FakeUpstream[];
@@ -219,6 +262,36 @@ describe('cold detector', () => {
     await d.check(u);
     assert.equal(u.fenced, true);
     assert.ok(u.coldUntil > Date.now() + 20_000);
+    await d.check(u); // the marker is back (written by the check above): the fence still holds
+    assert.equal(u.fenced, true, 'a fence for a missing marker lasts its whole time');
+    await u.close();
+  });
+
+  it('a fence set as a precaution (a reconnect) is lifted by the next check that finds the marker', async () => {
+    const { ColdDetector } = await import('../../src/router/cold-detector');
+    const fake = new FakeUpstream('fake://a');
+    let healthy = (): void => {};
+    const u = new HealthyUpstream(fake, { downAfter: 1, probeMinMs: 10, probeMaxMs: 10 }, (_u, _from, to) => {
+      if (to === 'healthy') healthy();
+    });
+    const d = new ColdDetector(() => [u], 30_000, silent);
+    await d.check(u); // the marker is written
+    // Reconnected while still unreachable: fenced at once, and the check cannot answer.
+    fake.mode = 'fail';
+    await assert.rejects(u.get(['x'])); // down (down-after 1): the check sees it unusable
+    d.reconnected(u);
+    assert.equal(u.fenced, true);
+    await d.check(u);
+    assert.equal(u.fenced, true, 'no answer: the fence stays');
+    // Reachable again (without a new reconnect): the periodic check finds the marker.
+    const back = new Promise<void>((r) => (healthy = r));
+    fake.mode = 'ok';
+    // Its probe succeeds (the health timer is unref'd: a bounded timer keeps the test alive).
+    let bound: NodeJS.Timeout | undefined;
+    await Promise.race([back, new Promise((_, reject) => (bound = setTimeout(() => reject(new Error('no probe within 5 s')), 5000)))]);
+    clearTimeout(bound);
+    await d.check(u);
+    assert.equal(u.fenced, false, 'the marker is there: it did not restart, the fence is lifted');
     await u.close();
   });
 });
