@@ -213,7 +213,8 @@ async function hedge(
 /**
  * Read repair. Skipped when a write of the key is in flight or started after the read began (the
  * value found may be gone: a delete that raced the read must not be undone); and when one starts
- * while the `add` is in flight, the target is journaled, since the `add` may land after it.
+ * while the `add` is in flight, or the `add` fails (it may still be applied), the target is
+ * journaled, since the `add` may land after it.
  */
 function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number): void {
   if (isExpired(hit.deadline, Date.now()) || ctx.journal.writtenSince(key, seq)) return;
@@ -227,6 +228,9 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
           if (ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
         },
         (error: unknown) => {
+          // A timed-out add may still be applied, after a delete that raced it: the target is
+          // journaled, and the repair copies the key's current state into it (hazard 1).
+          ctx.journal.mark(u, key, 'write');
           ctx.counters.readRepairFailures++;
           ctx.onBackgroundError('read repair', u, error);
         },

@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { inspect } from 'node:util';
 import { type Command, type Reply, EXPIRED } from '../../src/command/command';
 import type { WriteWait } from '../../src/router/context';
+import { ErrorCodes, McmuxError } from '../../src/errors';
 import { DEFAULT_HEALTH, HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
@@ -197,6 +198,29 @@ describe('router: failover reads and read repair', () => {
     await exec(set('k', 'new'));
     await eventually(async () => ups[0]!.calls.includes('add k'), 'repair attempted');
     assert.equal(await direct(ups[0]!, 'k'), 'new');
+  });
+
+  it('a read-repair add that fails but was applied anyway never brings back a deleted session (hazard 1)', async () => {
+    const { ups, exec, journal } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await second.inner.store({ mode: 'set', key: 'sess', value: Buffer.from('cart'), flags: 0, deadline: 0 });
+    // The first upstream lost the session; the read repair's add into it is applied by the
+    // server only after a delete, and its reply never comes (a timeout).
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const store = first.store.bind(first);
+    first.store = async (req) => {
+      if (req.mode !== 'add') return store(req);
+      await held;
+      await first.inner.store(req);
+      throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, 'injected: applied, reply lost');
+    };
+    assert.deepEqual(values(await exec(get('sess'))), ['cart']);
+    assert.deepEqual(await exec(del('sess')), { kind: 'status', status: 'DELETED' });
+    release();
+    await eventually(async () => journal.isDirty(first, 'sess'), 'the failed add journals its target');
+    assert.equal(await direct(first, 'sess'), 'cart', 'the server did apply it');
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not served');
   });
 
   it('an error falls through to the next upstream; all failing is SERVER_ERROR', async () => {
