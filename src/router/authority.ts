@@ -11,6 +11,7 @@ import type { ArithCommand, Reply, StoreCommand } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
 import { authorityOrder as candidates } from './authority-order';
+import { isFenced } from './health';
 import { replicateSet } from './replicate-write';
 
 /**
@@ -34,6 +35,11 @@ async function decide<R>(
       ctx.journal.mark(u, key, 'write');
       lastError = error;
     }
+  }
+  const fenced = ctx.upstreams.filter((u) => isFenced(u) && !ctx.journal.isDirty(u, key));
+  if (fenced.length > 0) {
+    const names = fenced.map((u) => u.name).join(', ');
+    return { error: new Error(`${errorMessage(lastError)}; ${names} came back empty and may not decide until its lock-fence ends`) };
   }
   return { error: lastError };
 }

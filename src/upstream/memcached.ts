@@ -2,7 +2,7 @@
  * `memcached://host:port` — a memcached (>= 1.6) over its meta protocol, through a small pool of
  * persistent, pipelined connections.
  *
- *   get/store/... ──acquire()──► a ready Connection (round robin) ──► Pending record into its FIFO
+ *   get/store/... ──acquire()──► a ready Connection (the key's own) ──► Pending record into its FIFO
  *        │                                                      └──► encode into its OutBuffer
  *        │                                                           (setImmediate: one write)
  *   socket data ──► MetaReplyParser ──► reply ──► head record of the FIFO ──► resolve / reject
@@ -252,6 +252,13 @@ class Connection {
 
 function ignore(): void {}
 
+/** FNV-1a over the key's code units: which connection a key's requests go on. */
+function keyHash(key: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
 /** What one reply means for the request at the head; a McmuxError for an error reply. */
 function decode(rec: Pending, r: MetaReply): unknown {
   if (r.kind === 'SERVER_ERROR') return new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `SERVER_ERROR ${r.message}`);
@@ -305,7 +312,6 @@ export class MemcachedUpstream implements Upstream {
   readonly stats: UpstreamStats = newUpstreamStats();
   onReconnect: (() => void) | undefined;
   private readonly conns: Connection[];
-  private rr = 0;
   private closed = false;
 
   constructor(
@@ -323,7 +329,7 @@ export class MemcachedUpstream implements Upstream {
   // Not async functions: each async layer costs a promise and a microtask per request. A refusal
   // from acquire() is still a rejected promise, never a throw.
   get(keys: readonly string[], touch?: number, valueOnly = false): Promise<Array<Hit | undefined>> {
-    const conn = this.acquire();
+    const conn = this.acquire(keys[0] ?? '');
     if (conn instanceof McmuxError) return Promise.reject(conn);
     if (keys.length === 0) return Promise.resolve([]);
     // Without c and t memcached formats less and we parse less (no BigInt, no clock).
@@ -335,7 +341,7 @@ export class MemcachedUpstream implements Upstream {
   }
 
   store(req: StoreRequest): Promise<StoreResult> {
-    const conn = this.acquire();
+    const conn = this.acquire(req.key);
     if (conn instanceof McmuxError) return Promise.reject(conn);
     let flags = `M${MODE_FLAG[req.mode]} c`;
     // append/prepend keep the existing item's flags and ttl: send neither.
@@ -350,24 +356,24 @@ export class MemcachedUpstream implements Upstream {
   }
 
   delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
-    return this.send(Op.DELETE, (out) => encodeMd(out, key));
+    return this.send(Op.DELETE, key, (out) => encodeMd(out, key));
   }
 
   /** memcached 1.6.18 has no `mt`: a `mg` with T and no v touches without fetching (HD / EN). */
   touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
-    return this.send(Op.TOUCH, (out) => encodeMg(out, key, `T${exptimeFromDeadline(deadline, Date.now())}`));
+    return this.send(Op.TOUCH, key, (out) => encodeMg(out, key, `T${exptimeFromDeadline(deadline, Date.now())}`));
   }
 
   arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
-    return this.send(Op.ARITH, (out) => encodeMa(out, key, `M${op === 'incr' ? 'I' : 'D'} D${delta} v c`));
+    return this.send(Op.ARITH, key, (out) => encodeMa(out, key, `M${op === 'incr' ? 'I' : 'D'} D${delta} v c`));
   }
 
   flush(): Promise<void> {
-    return this.send(Op.FLUSH, encodeFlushAll);
+    return this.send(Op.FLUSH, '', encodeFlushAll);
   }
 
   probe(): Promise<void> {
-    return this.send(Op.PROBE, encodeVersion);
+    return this.send(Op.PROBE, '', encodeVersion);
   }
 
   async close(): Promise<void> {
@@ -377,8 +383,8 @@ export class MemcachedUpstream implements Upstream {
   }
 
   /** A request of one line and one reply. */
-  private send<T>(op: Op, encode: (out: OutBuffer) => void): Promise<T> {
-    const conn = this.acquire();
+  private send<T>(op: Op, key: string, encode: (out: OutBuffer) => void): Promise<T> {
+    const conn = this.acquire(key);
     if (conn instanceof McmuxError) return Promise.reject(conn);
     const p = conn.enqueue<T>(op, 1);
     encode(conn.out);
@@ -386,17 +392,19 @@ export class MemcachedUpstream implements Upstream {
   }
 
   /** A connection to send on, or the error to fail the request with at once (never wait for a reconnect). */
-  private acquire(): Connection | McmuxError {
+  private acquire(key: string): Connection | McmuxError {
     this.stats.requests++;
     if (this.closed) return this.refuse(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
     const n = this.conns.length;
     let conn: Connection | undefined;
+    // One connection per key (while it is up): memcached serves its connections on several
+    // threads, so two writes of a key sent on two connections could land in either order, and
+    // two upstreams would end up holding different values of one session. A read repair's add
+    // and a delete racing it are ordered the same way.
+    const first = n === 1 ? 0 : keyHash(key) % n;
     for (let i = 0; i < n && !conn; i++) {
-      const c = this.conns[(this.rr + i) % n] as Connection;
-      if (c.status === 'ready') {
-        conn = c;
-        this.rr = (this.rr + i + 1) % n;
-      }
+      const c = this.conns[(first + i) % n] as Connection;
+      if (c.status === 'ready') conn = c;
     }
     // Right after start-up the first connects are still under way: let those carry requests,
     // bounded by the request timeout, rather than failing everything sent in the first tick.
