@@ -110,7 +110,7 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
   }
   if (!hit) {
     // In flight until every delete has settled, like any write (the key's order waits on it).
-    ctx.journal.writeStarted(key);
+    const seq = ctx.journal.writeStarted(key);
     let left = targets.length;
     const settled = (): void => {
       if (--left === 0) ctx.journal.writeFinished(key);
@@ -118,11 +118,11 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     for (const u of targets) {
       u.delete(key).then(
         () => {
-          ctx.journal.written(u, key);
+          ctx.journal.written(u, key, seq);
           settled();
         },
         (error: unknown) => {
-          ctx.journal.mark(u, key, 'delete');
+          ctx.journal.mark(u, key, 'delete', seq);
           ctx.onBackgroundError('replicate delete', u, error);
           settled();
         },

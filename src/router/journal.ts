@@ -33,6 +33,12 @@ export interface DirtyEntry {
   /** When the upstream first missed a write of the key (ms): of two dirty copies, the one that
    * became dirty later is the fresher. */
   readonly since: number;
+  /**
+   * The write sequence (writeStarted) of the latest write it missed, when it was recorded; 0 for
+   * an entry loaded from disk. Only a write started no earlier than that clears the entry: a
+   * copy of an older write that lands late says nothing about the newer one it missed.
+   */
+  readonly seq: number;
 }
 
 interface PerUpstream {
@@ -135,8 +141,9 @@ export class RepairJournal {
    * Every client write calls this as it starts (before any upstream sees it). A repair copying
    * the key right now must copy again (its source may be older than this write), and a read
    * that began before it must not read-repair the key (the value it found may be gone).
+   * Returns the write's sequence, for `mark` and `written` of its outcomes.
    */
-  writeStarted(key: string): void {
+  writeStarted(key: string): number {
     const seq = ++this.writeSeq;
     const w = this.writes.get(key);
     // Re-inserted at the end: the Map's order is the order writes last started in.
@@ -151,8 +158,10 @@ export class RepairJournal {
         break;
       }
     }
-    if (this.repairing.size === 0) return;
-    for (const rk of this.repairing.keys()) if (rk.slice(rk.lastIndexOf(' ') + 1) === key) this.repairing.set(rk, true);
+    if (this.repairing.size !== 0) {
+      for (const rk of this.repairing.keys()) if (rk.slice(rk.lastIndexOf(' ') + 1) === key) this.repairing.set(rk, true);
+    }
+    return seq;
   }
 
   /** Every upstream request of a write that `writeStarted` announced has settled. */
@@ -251,7 +260,7 @@ export class RepairJournal {
   }
 
   /** Records that `u` missed a write (or delete) of `key`. */
-  mark(u: Upstream, key: string, op: DirtyOp): void {
+  mark(u: Upstream, key: string, op: DirtyOp, seq: number = this.writeSeq): void {
     const p = this.of(u);
     if (p.overflow) {
       // Missed writes while waiting to be trusted again restart the wait.
@@ -265,18 +274,22 @@ export class RepairJournal {
       return;
     }
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
-    if (!p.keys.has(key)) p.keys.set(key, { op, since: Date.now() });
-    else if (op !== p.keys.get(key)?.op) p.keys.set(key, { op, since: (p.keys.get(key) as DirtyEntry).since });
+    const e = p.keys.get(key);
+    if (!e) p.keys.set(key, { op, since: Date.now(), seq });
+    else if (op !== e.op || seq > e.seq) p.keys.set(key, { op, since: e.since, seq: Math.max(e.seq, seq) });
     this.append(`M ${hex(idOf(u))} ${op === 'delete' ? 'd' : 'w'} ${hex(key)} ${(p.keys.get(key) as DirtyEntry).since}`);
   }
 
   /**
    * `u` now holds the current state of `key` (a client's set or delete reached it, or a repair
    * did). A repair in flight for the key is told to redo it, since its copy may be older.
+   * `seq`: the sequence of the client write that reached it (see DirtyEntry.seq).
    */
-  written(u: Upstream, key: string): void {
+  written(u: Upstream, key: string, seq?: number): void {
     const p = this.byName.get(idOf(u));
-    if (!p || !p.keys.has(key)) return;
+    const e = p?.keys.get(key);
+    if (!p || !e) return;
+    if (seq !== undefined && seq < e.seq) return; // an older write: the newer miss stands
     const rk = `${idOf(u)} ${key}`;
     if (this.repairing.has(rk)) {
       this.repairing.set(rk, true);
@@ -340,7 +353,7 @@ export class RepairJournal {
       if (f[0] === 'M' && f[3] !== undefined && !p.overflow) {
         const key = unhex(f[3]);
         const since = p.keys.get(key)?.since ?? (Number(f[4]) || 0);
-        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since });
+        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0 });
       }
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {

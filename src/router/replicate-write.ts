@@ -27,7 +27,7 @@ export function replicateSet(
   const total = targets.length + copiesSoFar;
   const min = Math.min(ctx.minCopies, total);
   // In flight until every copy has landed (write-wait copies answers before that).
-  ctx.journal.writeStarted(req.key);
+  const seq = ctx.journal.writeStarted(req.key);
   const copies = fanOut<StoreResult, Reply>(
     targets,
     (u) => u.store(req),
@@ -47,8 +47,8 @@ export function replicateSet(
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
     (u, o) => {
-      if (o.ok && o.value.status === 'STORED') ctx.journal.written(u, req.key);
-      else ctx.journal.mark(u, req.key, 'write');
+      if (o.ok && o.value.status === 'STORED') ctx.journal.written(u, req.key, seq);
+      else ctx.journal.mark(u, req.key, 'write', seq);
       reportLate(ctx, 'replicate', u, o, (r) => r.status === 'STORED');
     },
     () => ctx.journal.writeFinished(req.key),
@@ -78,7 +78,7 @@ export function replicateKeyed(
   const dirty = ctx.upstreams.map((u) => ctx.journal.isDirty(u, key));
   // Dirty everywhere: only the freshest copy speaks for the key.
   const freshest = dirty.every(Boolean) ? ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0] : undefined;
-  ctx.journal.writeStarted(key);
+  const seq = ctx.journal.writeStarted(key);
   return fanOut(
     ctx.upstreams,
     op,
@@ -98,8 +98,8 @@ export function replicateKeyed(
       return { kind: 'status', status: 'NOT_FOUND' };
     },
     (u, o) => {
-      if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write');
-      else if (what === 'delete') ctx.journal.written(u, key);
+      if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq);
+      else if (what === 'delete') ctx.journal.written(u, key, seq);
       reportLate(ctx, what, u, o, () => true);
     },
     () => ctx.journal.writeFinished(key),

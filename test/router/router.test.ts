@@ -223,6 +223,28 @@ describe('router: failover reads and read repair', () => {
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not served');
   });
 
+  it('write-wait copies: the copy of a set landing after a delete that missed the same upstream does not clear it (hazard 1)', async () => {
+    const { ups, exec, journal } = setup(2, { writeWait: 'copies' });
+    const [, second] = ups as [FakeUpstream, FakeUpstream];
+    // The second upstream's copy of the set is slow; the delete after it fails there.
+    let release!: () => void;
+    const slow = new Promise<void>((r) => (release = r));
+    second.store = async (req) => {
+      await slow;
+      return second.inner.store(req);
+    };
+    assert.equal((await exec(set('sess', 'cart'))).kind, 'status', 'answered once the first has it');
+    second.delete = async () => {
+      throw new McmuxError(ErrorCodes.UPSTREAM_IO, 'injected');
+    };
+    assert.deepEqual(await exec(del('sess')), { kind: 'status', status: 'DELETED' });
+    assert.ok(journal.isDirty(second, 'sess'));
+    release();
+    await eventually(async () => (await direct(second, 'sess')) === 'cart', 'the late copy landed');
+    assert.ok(journal.isDirty(second, 'sess'), 'the older set does not clear the newer delete it missed');
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not served');
+  });
+
   it('an error falls through to the next upstream; all failing is SERVER_ERROR', async () => {
     const { ups, exec } = setup(2);
     await exec(set('k', 'v'));
