@@ -1,16 +1,20 @@
 /**
  * bin/mcmux as an operator meets it: --help, bad flags and values (exit 2, one line naming the
  * value), secrets kept out of every line it prints, a TOML file under flags, the embedded
- * default, signals, and the connection limit (T22).
+ * default, signals, the connection limit (T22), and S3: 127.0.0.1 by default and no UDP
+ * listener (CVE-2018-1000115).
  */
 
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createSocket } from 'node:dgram';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { loadConfig } from '../../src/cli';
 import { END, answersVersion, eventually, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
-import { freePort } from '../helpers/servers';
+import { freePort, haveBinary, requireBinary, startMemcached } from '../helpers/servers';
 
 let dir = '';
 before(async () => {
@@ -340,5 +344,123 @@ describe('running', () => {
     } finally {
       await mux.stop();
     }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// S3: no UDP listener, 127.0.0.1 by default (CVE-2018-1000115: memcached's UDP port amplified
+// reflection attacks).
+
+/** How long a UDP request may go unanswered before "no reply" is concluded (an absence check). */
+const NO_REPLY_MS = 300;
+/** Bound on a reply that must come. */
+const UDP_REPLY_MS = 5000;
+
+/** A memcached UDP request: the 8-byte frame header (request id, sequence 0, 1 datagram, reserved 0), then the command. */
+function udpFrame(requestId: number, command: string): Buffer {
+  const h = Buffer.alloc(8);
+  h.writeUInt16BE(requestId, 0);
+  h.writeUInt16BE(0, 2);
+  h.writeUInt16BE(1, 4);
+  h.writeUInt16BE(0, 6);
+  return Buffer.concat([h, Buffer.from(command, 'latin1')]);
+}
+
+/** Sends `frame` to 127.0.0.1:`port` over UDP: the first datagram back, or undefined if none came within `waitMs`. */
+async function udpAsk(port: number, frame: Buffer, waitMs: number): Promise<Buffer | undefined> {
+  const sock = createSocket('udp4');
+  try {
+    await new Promise<void>((resolve, reject) => {
+      sock.once('error', reject);
+      sock.bind(0, '127.0.0.1', () => resolve());
+    });
+    return await new Promise<Buffer | undefined>((resolve, reject) => {
+      const timer = setTimeout(() => resolve(undefined), waitMs);
+      sock.once('message', (msg) => {
+        clearTimeout(timer);
+        resolve(msg);
+      });
+      sock.send(frame, port, '127.0.0.1', (err) => {
+        if (err) {
+          clearTimeout(timer);
+          reject(err);
+        }
+      });
+    });
+  } finally {
+    sock.close();
+  }
+}
+
+/** A UDP port free on 127.0.0.1 right now. */
+function freeUdpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const sock = createSocket('udp4');
+    sock.once('error', reject);
+    sock.bind(0, '127.0.0.1', () => {
+      const { port } = sock.address();
+      sock.close(() => resolve(port));
+    });
+  });
+}
+
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { timeout: UDP_REPLY_MS }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${cmd} ${args.join(' ')} failed (${err.message}): ${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+describe('S3: 127.0.0.1 by default, no UDP listener', () => {
+  it('with no --listen, the loaded config listens on 127.0.0.1:11211 only (no flags, and a config file without listen)', async () => {
+    const expected = [{ kind: 'tcp', host: '127.0.0.1', port: 11211 }];
+    // No flags at all but a state directory of our own (the embedded default creates its SQLite file there).
+    const stateDir = join(dir, 'state-s3');
+    await mkdir(stateDir);
+    assert.deepEqual(loadConfig(['--state-dir', stateDir]).config.listen, expected, 'no flags');
+    assert.deepEqual(loadConfig(['--upstream', 'memory://']).config.listen, expected, 'an upstream flag, no --listen');
+    const file = await configFile('no-listen.toml', 'max-item-size = 2048\n\n[[upstream]]\nurl = "memory://"\n');
+    const fromFile = loadConfig(['--config', file]).config;
+    assert.equal(fromFile.maxItemSize, 2048, 'the file was read');
+    assert.deepEqual(fromFile.listen, expected, 'a config file without listen');
+    // The loader does honour an address when one is given: the default above is not a constant.
+    assert.deepEqual(loadConfig(['--upstream', 'memory://', '--listen', '127.0.0.2:1234']).config.listen, [{ kind: 'tcp', host: '127.0.0.2', port: 1234 }]);
+  });
+
+  it('the UDP frame used below is answered by memcached -U (so silence from mcmux means no UDP listener)', async (t) => {
+    if (!requireBinary(t, 'memcached', 'memcached')) return;
+    const udpPort = await freeUdpPort();
+    const mc = await startMemcached(['-U', String(udpPort)]);
+    t.after(() => mc.stop());
+    const reply = await udpAsk(udpPort, udpFrame(0x4d43, 'get k\r\n'), UDP_REPLY_MS);
+    assert.ok(reply, `memcached -U ${udpPort} answers the frame within ${UDP_REPLY_MS} ms`);
+    assert.equal(reply.readUInt16BE(0), 0x4d43, 'the request id is echoed');
+    assert.equal(reply.subarray(8).toString('latin1'), 'END\r\n', 'a miss');
+  });
+
+  it('a running mcmux has no UDP socket: a memcached UDP frame to its port gets no reply, and ss -uapn lists no UDP socket of its pid', async (t) => {
+    const mux = await startMcmux(['--upstream', 'memory://']);
+    t.after(() => mux.stop());
+    const c = await rawClient(mux.port);
+    t.after(() => c.close());
+    // A key that exists: a UDP listener would answer with its value.
+    assert.equal(await c.ask('set k 0 0 1\r\nx\r\n'), 'STORED\r\n');
+    const reply = await udpAsk(mux.port, udpFrame(0x4d43, 'get k\r\n'), NO_REPLY_MS);
+    assert.equal(reply, undefined, `a UDP reply came from 127.0.0.1:${mux.port}: ${reply?.toString('latin1')}`);
+    assert.match(await c.ask('version\r\n'), /^VERSION /, 'mcmux is running (on TCP) all along');
+
+    if (!haveBinary('ss')) {
+      t.diagnostic('ss not installed (apt-get install iproute2): its socket table was not read');
+      return;
+    }
+    const pid = mux.proc.pid;
+    assert.ok(pid !== undefined);
+    const owned = (table: string): string[] => table.split('\n').filter((l) => l.includes(`pid=${pid},`));
+    // ss sees this process's sockets (its TCP listener), so an empty UDP list means something.
+    const tcp = owned(await run('ss', ['-tlpn']));
+    assert.ok(tcp.some((l) => l.includes(`:${mux.port} `)), `ss -tlpn shows mcmux (pid ${pid}) listening on ${mux.port}: ${JSON.stringify(tcp)}`);
+    assert.deepEqual(owned(await run('ss', ['-uapn'])), [], `UDP sockets of mcmux (pid ${pid})`);
   });
 });

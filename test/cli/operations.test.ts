@@ -12,11 +12,13 @@
  *   (e) `mcmux check --config FILE`: one line per upstream, non-zero when one is unusable;
  *   (f) unix sockets with --listen-mode, both protocols, next to a TCP listener;
  *   (g) `mcmux repair`: the journal, dirty keys while an upstream is dead, `--trust N`;
- *   (h) JSON logs: one line per state change, passwords masked, nothing per request.
+ *   (h) JSON logs: one line per state change, passwords masked, nothing per request; S7: at
+ *       debug, odd and invalid keys leave every line JSON, with no raw control or 8-bit byte.
  */
 
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { type Server, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -671,4 +673,139 @@ describe('(h) JSON logs', () => {
     assert.ok(!stderr.includes('secret'), `stderr shows the password: ${stderr}`);
     assert.equal(stderr, '', 'nothing on stderr');
   });
+
+  it('S7: at debug, keys with bytes >= 0x80, " and \\, and invalid keys (too long, control bytes), text and binary: every stdout line is JSON with no raw control character or byte >= 0x80', async (t) => {
+    if (!requireBinary(t, 'memcached', 'memcached')) return;
+    const [mc] = (await memcacheds(t, 1)) as [MemcachedProcess];
+    const dead = await freePort(); // nothing listens there: requests to it fail, logged at debug
+    const mux = await startMcmux(['--upstream', mc.url, '--upstream', `memcached://127.0.0.1:${dead}`, '--log-level', 'debug']);
+    t.after(() => mux.stop());
+    const c = await client(t, mux.port);
+    await sendOddKeys(c, mux.port);
+    // A debug line (the dead upstream's failures) is written: the level is in force.
+    await eventually('a debug line is logged', async () => jsonLines(mux.logs().stdout).some((l) => l.level === 20));
+    assert.deepEqual(await mux.stop(), { code: 0, signal: null });
+    assertCleanLog(mux);
+  });
+
+  it('S7: an upstream error that echoes a key (SERVER_ERROR with the request line) is logged escaped too', { todo: 'an upstream SERVER_ERROR/CLIENT_ERROR text is logged raw (src/protocol/text/meta-client.ts keeps it as latin1, unlike an unknown reply, which goes through printable()); a key byte >= 0x80 echoed in it reaches stdout as raw UTF-8 in the err and reason fields' }, async (t) => {
+    const lines: string[] = [];
+    const echo = await echoingMemcached(t, lines);
+    // --down-after 1000: the failing upstream is never marked down, so every request reaches it.
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', `memcached://127.0.0.1:${echo.port}`, '--log-level', 'debug', '--down-after', '1000']);
+    t.after(() => mux.stop());
+    const c = await client(t, mux.port);
+    await sendOddKeys(c, mux.port);
+    // The odd keys reached the upstream, and its errors (carrying them) reached the log.
+    for (const key of ODD_KEYS) assert.ok(lines.some((l) => l.startsWith(`ms ${key} `)), `the upstream got ms ${JSON.stringify(key)}: ${JSON.stringify(lines)}`);
+    await eventually('an error carrying the key with bytes >= 0x80 is logged', async () =>
+      jsonLines(mux.logs().stdout).some((l) => l.level === 20 && String(l.err).includes('SERVER_ERROR echo ms') && String(l.err).includes(ODD_KEYS[0] as string)),
+    );
+    assert.deepEqual(await mux.stop(), { code: 0, signal: null });
+    assertCleanLog(mux);
+  });
 });
+
+/** Valid keys a client may send: bytes >= 0x80, JSON's `"` and `\`, and a try at forging a log line. */
+const ODD_KEYS = ['s7.\xe9\xff\x80\xa0', 's7.q"uote\\back\\\\', 's7.x","level":60,"msg":"forged'];
+/** Keys mcmux refuses (T1, T3): too long (and 8-bit), and with control bytes (NUL, ESC, DEL, ...). */
+const BAD_KEYS = ['\xe9'.repeat(251), 's7.\x00nul', 's7.\x1b[31mred', 's7.del\x7f', 's7.\x01\x08\x0b\x0c'];
+
+/** Stores, reads and deletes each odd key, then sends each bad key, in both protocols. */
+async function sendOddKeys(c: RawClient, port: number): Promise<void> {
+  for (const key of ODD_KEYS) {
+    assert.equal(await c.ask(`set ${key} 0 0 1\r\nx\r\n`, undefined, REPLY_MS), 'STORED\r\n', `set ${JSON.stringify(key)}`);
+    assert.equal(await c.ask(`get ${key}\r\n`, END, REPLY_MS), `VALUE ${key} 0 1\r\nx\r\nEND\r\n`, `get ${JSON.stringify(key)}`);
+    assert.equal(await c.ask(`delete ${key}\r\n`, undefined, REPLY_MS), 'DELETED\r\n', `delete ${JSON.stringify(key)}`);
+  }
+  for (const key of BAD_KEYS) {
+    // The data block is swallowed: the get after it gets its own answer.
+    assert.equal(await c.ask(`set ${key} 0 0 1\r\nx\r\n`, undefined, REPLY_MS), 'CLIENT_ERROR bad command line format\r\n', `set ${JSON.stringify(key)}`);
+    assert.equal(await c.ask(`get ${key}\r\n`, undefined, REPLY_MS), 'CLIENT_ERROR bad command line format\r\n', `get ${JSON.stringify(key)}`);
+  }
+  const extras = Buffer.alloc(8); // flags 0, exptime 0
+  for (const key of ODD_KEYS) {
+    const w = await connectWire(port);
+    try {
+      w.send(binFrame(0x01, key, extras, 'b'));
+      assert.equal(binParse(await w.read(binComplete, REPLY_MS)).status, 0, `binary SET ${JSON.stringify(key)}`);
+    } finally {
+      w.close();
+    }
+  }
+  for (const key of [...BAD_KEYS, 's7.cr\r\nlf']) {
+    const w = await connectWire(port);
+    try {
+      w.send(binFrame(0x01, key, extras, 'b'));
+      assert.equal(binParse(await w.read(binComplete, REPLY_MS)).status, 0x04, `binary SET ${JSON.stringify(key)}: invalid arguments`);
+    } finally {
+      w.close();
+    }
+  }
+}
+
+/** Every stdout line is JSON and plain printable ASCII (escapes are fine), none forged; stderr is empty. */
+function assertCleanLog(mux: McmuxProcess): void {
+  const { stdout, stderr } = mux.logs();
+  assert.equal(stderr, '', 'nothing on stderr');
+  assert.ok(stdout.endsWith('\n'), 'stdout ends with a whole line');
+  const lines = stdout.slice(0, -1).split('\n');
+  for (const line of lines) {
+    // stdout was decoded as UTF-8: a raw byte >= 0x80 shows as a character >= U+0080.
+    assert.doesNotMatch(line, /[^\x20-\x7e]/, `a raw control character or byte >= 0x80 in a log line: ${JSON.stringify(line)}`);
+    let parsed: Record<string, unknown> | undefined;
+    assert.doesNotThrow(() => {
+      parsed = JSON.parse(line) as Record<string, unknown>;
+    }, `a log line that is not JSON: ${line}`);
+    assert.notEqual(parsed?.msg, 'forged', `a key forged a log line: ${line}`);
+  }
+  assert.ok(lines.some((l) => l.includes('"msg":"stopped"')), 'the log is complete (the last line is there)');
+}
+
+/**
+ * A memcached upstream that answers `version` and refuses everything else with
+ * `SERVER_ERROR echo <the request line>`: the key comes back in an upstream error. Every request
+ * line is pushed to `lines`.
+ */
+async function echoingMemcached(t: TestContext, lines: string[]): Promise<{ port: number }> {
+  const server: Server = createServer((socket) => {
+    let buf = Buffer.alloc(0);
+    let skip = 0; // data block bytes still to come
+    socket.on('error', () => {});
+    socket.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        if (skip > 0) {
+          const n = Math.min(skip, buf.length);
+          buf = buf.subarray(n);
+          skip -= n;
+          if (skip > 0) return;
+        }
+        const nl = buf.indexOf('\n');
+        if (nl < 0) return;
+        const line = buf.toString('latin1', 0, nl).replace(/\r$/, '');
+        buf = buf.subarray(nl + 1);
+        lines.push(line);
+        const ms = /^ms [^ ]+ (\d+)/.exec(line); // keys may hold 0xa0, which \S would not match
+        if (ms) skip = Number(ms[1]) + 2;
+        socket.write(Buffer.from(line === 'version' ? 'VERSION 1.6.21\r\n' : `SERVER_ERROR echo ${line}\r\n`, 'latin1'));
+      }
+    });
+  });
+  const sockets = new Set<Socket>();
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const addr = server.address();
+  assert.ok(addr && typeof addr === 'object');
+  return { port: addr.port };
+}

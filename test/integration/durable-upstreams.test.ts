@@ -9,7 +9,10 @@
  * - PHP's session handler (php-memcached, text and binary protocol) keeps counting across a
  *   killed and restarted memcached, and across Redis dying as well;
  * - the embedded default (`mcmux` with no upstream: memory in front of SQLite): what was stored
- *   before a SIGTERM is served after the next start, and repaired into memory by the first read.
+ *   before a SIGTERM is served after the next start, and repaired into memory by the first read;
+ * - hazard 8 (T5 on every upstream): a set over --max-item-size, text or binary, is refused with
+ *   `SERVER_ERROR object too large for cache` (binary: status 0x0003), and the old session is
+ *   gone from memcached, Redis, MySQL and SQLite, each read directly.
  */
 
 import assert from 'node:assert/strict';
@@ -19,8 +22,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
+import Database from 'better-sqlite3';
 import { Redis } from 'ioredis';
-import { createConnection } from 'mysql2/promise';
+import { type Connection, createConnection } from 'mysql2/promise';
 import { END, type McmuxProcess, type RawClient, eventually, killAndWait, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
 import { type MariadbProcess, startMariadb } from '../upstream/targets/mysql';
@@ -33,6 +38,8 @@ const REPLY_MS = 5000;
 /** One php run: start-up, a lock, a read, a write; bounded far above what it needs. */
 const PHP_TIMEOUT_MS = 20_000;
 const EXPTIME = 100;
+/** --max-item-size for hazard 8 (the smallest mcmux accepts); the memcached behind takes 1 MiB. */
+const MAX_ITEM_SIZE = 1024;
 
 interface Item {
   readonly key: string;
@@ -210,6 +217,102 @@ test('a cache in front of durable stores: memcached, redis, mysql', async (t) =>
     assert.equal(mux.proc.exitCode, null, `mcmux is still running; stderr: ${mux.logs().stderr}`);
   });
 
+  await t.test('hazard 8 (T5): a set over --max-item-size, text or binary, is refused and the old session is gone from memcached, redis, mysql and sqlite', async (t) => {
+    const [mc, redis] = await Promise.all([startMemcached(), startRedis()]);
+    t.after(() => Promise.all([mc.stop(), redis.stop()]));
+    const dir = await mkdtemp(join(tmpdir(), 'mcmux-too-large-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const sqliteFile = join(dir, 'store.db');
+    const table = 'dur_too_large';
+    const mux = await startMcmux([
+      '--upstream', mc.url,
+      '--upstream', redis.url,
+      '--upstream', mysqlUrl(table),
+      // file:///tmp/x/store.db -> sqlite:///tmp/x/store.db
+      '--upstream', pathToFileURL(sqliteFile).href.replace(/^file:/, 'sqlite:'),
+      '--max-item-size', String(MAX_ITEM_SIZE),
+      '--timeout', String(UPSTREAM_TIMEOUT_MS),
+      '--log-level', 'warn',
+    ]);
+    t.after(async () => {
+      const exit = await mux.stop();
+      assert.deepEqual(exit, { code: 0, signal: null }, `mcmux exits 0 on SIGTERM; stderr: ${mux.logs().stderr}`);
+    });
+    const c = await rawClient(mux.port);
+    t.after(() => c.close());
+
+    // Each store is read directly, not through mcmux. These clients are closed in the finally
+    // below, before the servers stop (t.after hooks run first to last).
+    const r = new Redis({ host: '127.0.0.1', port: redis.port, lazyConnect: true, maxRetriesPerRequest: 0 });
+    await r.connect();
+    const db = await connectMysql(maria.url);
+    const lite = new Database(sqliteFile, { readonly: true, fileMustExist: true });
+    const liteGet = lite.prepare('SELECT value FROM mcmux_items WHERE key = ?');
+    /** What each store holds under `key` (undefined: nothing). */
+    const held = async (key: string): Promise<Held> => {
+      const k = Buffer.from(key, 'latin1');
+      // A Redis item is 4 bytes of flags, 8 of cas unique, then the value (src/upstream/redis.ts).
+      const inRedis = await r.getBuffer(key);
+      const [rows] = await db.query({ sql: `SELECT value FROM \`${table}\` WHERE \`key\` = ?`, values: [k], timeout: REPLY_MS });
+      const inSqlite = liteGet.get(k) as { value: Buffer } | undefined;
+      return {
+        memcached: (await peekItem(mc.port, key))?.value,
+        redis: inRedis?.subarray(12).toString('latin1'),
+        mysql: (rows as Array<{ value: Buffer }>)[0]?.value.toString('latin1'),
+        sqlite: inSqlite?.value.toString('latin1'),
+      };
+    };
+    const everywhere = (v: string): Held => ({ memcached: v, redis: v, mysql: v, sqlite: v });
+    const nowhere: Held = { memcached: undefined, redis: undefined, mysql: undefined, sqlite: undefined };
+
+    const big = 'B'.repeat(MAX_ITEM_SIZE + 1);
+
+    try {
+      await t.test('text protocol', async () => {
+        const key = `sess.t5.text.${randomBytes(4).toString('hex')}`;
+        const old = `old session ${randomBytes(6).toString('hex')}`;
+        assert.equal(await c.ask(`set ${key} 0 0 ${old.length}\r\n${old}\r\n`, undefined, REPLY_MS), 'STORED\r\n');
+        assert.deepEqual(await held(key), everywhere(old), 'every store holds the old session before the oversized set');
+
+        assert.equal(await c.ask(`set ${key} 0 0 ${big.length}\r\n${big}\r\n`, undefined, REPLY_MS), 'SERVER_ERROR object too large for cache\r\n');
+        assert.deepEqual(await held(key), nowhere, 'the old session is gone from every store once the refusal is answered');
+        // The block was swallowed: the next command gets its own answer, and it is a miss.
+        assert.equal(await c.ask(`get ${key}\r\n`, END, REPLY_MS), 'END\r\n');
+        // A value of exactly the limit is stored everywhere (the refusal was the size, not the key).
+        const limit = 'L'.repeat(MAX_ITEM_SIZE);
+        assert.equal(await c.ask(`set ${key} 0 0 ${limit.length}\r\n${limit}\r\n`, undefined, REPLY_MS), 'STORED\r\n');
+        assert.deepEqual(await held(key), everywhere(limit));
+      });
+
+      await t.test('binary protocol', async (t) => {
+        const key = `sess.t5.binary.${randomBytes(4).toString('hex')}`;
+        const old = `old session ${randomBytes(6).toString('hex')}`;
+        const bin = await rawClient(mux.port);
+        t.after(() => bin.close());
+        const set = await binAsk(bin, binFrame(BIN_SET, key, storeExtras(0, 0), old, 0x51));
+        assert.deepEqual([set.opcode, set.status, set.opaque], [BIN_SET, BIN_SUCCESS, 0x51], 'SET of the old session succeeds');
+        assert.deepEqual(await held(key), everywhere(old), 'every store holds the old session before the oversized SET');
+
+        const refused = await binAsk(bin, binFrame(BIN_SET, key, storeExtras(0, 0), big, 0x52));
+        assert.deepEqual(
+          [refused.opcode, refused.status, refused.opaque, refused.value],
+          [BIN_SET, BIN_TOO_LARGE, 0x52, 'object too large for cache'],
+          'the oversized SET is answered with 0x0003 (value too large)',
+        );
+        assert.deepEqual(await held(key), nowhere, 'the old session is gone from every store once the refusal is answered');
+        // The connection is still in step: a GET gets its own answer, a miss.
+        const get = await binAsk(bin, binFrame(BIN_GET, key, Buffer.alloc(0), '', 0x53));
+        assert.deepEqual([get.opcode, get.status, get.opaque], [BIN_GET, BIN_KEY_NOT_FOUND, 0x53]);
+        assert.equal(await c.ask(`get ${key}\r\n`, END, REPLY_MS), 'END\r\n', 'and a miss through the text protocol too');
+      });
+    } finally {
+      r.disconnect();
+      db.destroy();
+      lite.close();
+    }
+    assert.equal(mux.proc.exitCode, null, `mcmux is still running; stderr: ${mux.logs().stderr}`);
+  });
+
   await t.test('PHP sessions through memcached, redis, mysql survive the cache restarting', async (t) => {
     if (!requireBinary(t, 'php', 'php-cli php-memcached')) return;
     if (!(await requirePhpMemcached(t))) return;
@@ -286,6 +389,68 @@ test('the embedded default (memory in front of sqlite) keeps data across a resta
   assert.equal(stat(s2, 'read_repair_failures'), 0);
   assert.equal(stat(s2, 'read_repairs'), list.length, 'nothing repaired twice');
 });
+
+// ---------------------------------------------------------------------------------------------
+// Direct readers and binary frames (hazard 8)
+
+/** One key as each store behind mcmux holds it. */
+interface Held {
+  readonly memcached: string | undefined;
+  readonly redis: string | undefined;
+  readonly mysql: string | undefined;
+  readonly sqlite: string | undefined;
+}
+
+async function connectMysql(url: string): Promise<Connection> {
+  const u = new URL(url);
+  return createConnection({
+    host: u.hostname,
+    port: Number(u.port),
+    user: decodeURIComponent(u.username),
+    password: decodeURIComponent(u.password),
+    database: u.pathname.slice(1),
+    connectTimeout: REPLY_MS,
+  });
+}
+
+const BIN_GET = 0x00;
+const BIN_SET = 0x01;
+const BIN_SUCCESS = 0x0000;
+const BIN_KEY_NOT_FOUND = 0x0001;
+const BIN_TOO_LARGE = 0x0003;
+
+/** A binary request (protocol_binary.h): 24-byte header, then extras, key, value. */
+function binFrame(opcode: number, key: string, extras: Buffer, value: string, opaque: number): Buffer {
+  const k = Buffer.from(key, 'latin1');
+  const v = Buffer.from(value, 'latin1');
+  const h = Buffer.alloc(24);
+  h[0] = 0x80;
+  h[1] = opcode;
+  h.writeUInt16BE(k.length, 2);
+  h[4] = extras.length;
+  h.writeUInt32BE(extras.length + k.length + v.length, 8);
+  h.writeUInt32BE(opaque, 12);
+  return Buffer.concat([h, extras, k, v]);
+}
+
+/** SET extras: flags, exptime. */
+function storeExtras(flags: number, exptime: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeUInt32BE(flags >>> 0, 0);
+  b.writeUInt32BE(exptime >>> 0, 4);
+  return b;
+}
+
+/** Sends one binary request and reads exactly one response (nothing after it). */
+async function binAsk(c: RawClient, request: Buffer): Promise<{ opcode: number; status: number; opaque: number; value: string }> {
+  const complete = (t: string): boolean => t.length >= 24 && t.length >= 24 + Buffer.from(t.slice(0, 24), 'latin1').readUInt32BE(8);
+  const b = Buffer.from(await c.ask(request, complete, REPLY_MS), 'latin1');
+  assert.equal(b[0], 0x81, `a binary response: ${b.toString('hex')}`);
+  const body = b.readUInt32BE(8);
+  assert.equal(b.length, 24 + body, `one response, nothing after it: ${b.toString('hex')}`);
+  const skip = 24 + (b[4] as number) + b.readUInt16BE(2);
+  return { opcode: b[1] as number, status: b.readUInt16BE(6), opaque: b.readUInt32BE(12), value: b.toString('latin1', skip, 24 + body) };
+}
 
 // ---------------------------------------------------------------------------------------------
 // PHP
