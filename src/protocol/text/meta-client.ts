@@ -255,7 +255,8 @@ export class MetaReplyParser {
       case 'CLIENT_ERROR':
       case 'SERVER_ERROR':
         this.off = lineEnd;
-        return { kind: code, message: buf.toString('latin1', Math.min(sp + 1, end), end) };
+        // The server's text goes into logs and client replies: printable ASCII only (it may echo a key).
+        return { kind: code, message: printable(buf, Math.min(sp + 1, end), end, 256) };
       default:
         return protocolError(`unknown reply "${printable(buf, start, end)}"`);
     }
@@ -357,6 +358,6 @@ function protocolError(message: string): MetaReply {
   return { kind: 'protocol_error', message };
 }
 
-function printable(buf: Buffer, s: number, e: number): string {
-  return buf.toString('latin1', s, Math.min(e, s + 64)).replace(/[^\x20-\x7e]/g, '?');
+function printable(buf: Buffer, s: number, e: number, max = 64): string {
+  return buf.toString('latin1', s, Math.min(e, s + max)).replace(/[^\x20-\x7e]/g, '?');
 }
