@@ -131,7 +131,7 @@ export class App {
         }
         // An in-process store starts empty: locks taken before this start live only elsewhere.
         // So does one added by a reload, as far as mcmux knows.
-        if (inner.scheme === 'memory' || reloading) m.coldUntil = Date.now() + config.lockFence;
+        if (inner.scheme === 'memory' || reloading) m.fence(Date.now() + config.lockFence);
       }
       next.set(id, m);
       return m;

@@ -8,24 +8,30 @@
 
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { isFenced } from './health';
+import { isFenced, knowsKey } from './health';
 
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
-  const fenced: number[] = [];
+  let known: number[] | undefined;
+  let fenced: number[] | undefined;
   let warm = false;
   ctx.upstreams.forEach((u: Upstream, i) => {
     const f = isFenced(u);
     if (!f) warm = true;
     if (ctx.journal.isDirty(u, key)) return;
-    if (f) fenced.push(i);
-    else good.push(i);
+    if (!f) good.push(i);
+    // A fenced upstream that a client's set or delete of the key reached since it came back
+    // holds the key's current state: it may decide, after the warm ones.
+    else if (knowsKey(u, key)) (known ??= []).push(i);
+    else (fenced ??= []).push(i);
   });
+  if (known !== undefined) return good.concat(known);
   if (good.length > 0) return good;
-  // A fenced upstream came back empty: it decides only when every upstream did. While a warm
-  // one exists, even a failing or dirty one, it may hold a lock the fenced one forgot (hazard 2):
-  // nobody decides until the fence ends (lock-fence) or the warm one is usable and clean again.
-  if (fenced.length > 0) return warm ? [] : fenced;
+  // A fenced upstream came back empty: for a key it has not been written since, it decides only
+  // when every upstream came back empty. While a warm one exists, even a failing or dirty one, it
+  // may hold a lock the fenced one forgot (hazard 2): nobody decides until the fence ends
+  // (lock-fence) or the warm one is usable and clean again.
+  if (fenced !== undefined) return warm ? [] : fenced;
   // Dirty everywhere: the freshest copy decides. A dirty upstream never decides while a clean
   // one exists, even a down one: it may hold a lock that was released, or lack one that is held.
   const freshest = ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key) ?? [];

@@ -11,7 +11,7 @@ import type { ArithCommand, Reply, StoreCommand } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
 import { authorityOrder as candidates } from './authority-order';
-import { isFenced } from './health';
+import { isFenced, noteWritten } from './health';
 import { replicateSet } from './replicate-write';
 
 /**
@@ -119,6 +119,7 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
       u.delete(key).then(
         () => {
           ctx.journal.written(u, key, seq);
+          noteWritten(u, key);
           settled();
         },
         (error: unknown) => {

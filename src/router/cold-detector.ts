@@ -54,7 +54,7 @@ export class ColdDetector {
    * there, lift the fence. Conditional commands are decided elsewhere meanwhile.
    */
   reconnected(u: HealthyUpstream): void {
-    u.coldUntil = Math.max(u.coldUntil, Date.now() + this.fenceMs);
+    u.fence(Date.now() + this.fenceMs);
     void this.check(u); // a warm answer lifts this fence
   }
 
@@ -64,7 +64,7 @@ export class ColdDetector {
    * not answer (the upstream was down again) is lifted by the next reconnect's warm answer.
    */
   private liftIfWarm(u: HealthyUpstream, verdict: Verdict): void {
-    if (verdict === 'warm' && !((this.coldUntil.get(u) ?? 0) > Date.now())) u.coldUntil = 0;
+    if (verdict === 'warm' && u.coldUntil !== 0 && !((this.coldUntil.get(u) ?? 0) > Date.now())) u.unfence();
   }
 
   /**
@@ -73,7 +73,7 @@ export class ColdDetector {
    * own answer that the marker is still there.
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
-    u.coldUntil = Math.max(u.coldUntil, Date.now() + this.fenceMs);
+    u.fence(Date.now() + this.fenceMs);
     void this.checkStore(server.inner).then((verdict) => {
       if (verdict === 'cold') {
         this.fenceCold(u);
@@ -87,7 +87,7 @@ export class ColdDetector {
   /** The marker was gone: fenced for the whole lock-fence, and its old cas uniques void. */
   private fenceCold(u: HealthyUpstream): void {
     const until = Date.now() + this.fenceMs;
-    u.coldUntil = Math.max(u.coldUntil, until);
+    u.fence(until);
     this.coldUntil.set(u, until);
     u.restartedEmpty();
   }

@@ -16,6 +16,7 @@ import { type GetCommand, type Hit, type Reply, isExpired } from '../command/com
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
+import { isTimeout } from '../errors';
 import { isFenced, isUsable } from './health';
 
 type Answer = { ok: true; hits: Map<string, Hit | undefined> } | { ok: false; error: unknown };
@@ -228,9 +229,10 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
           if (ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
         },
         (error: unknown) => {
-          // A timed-out add may still be applied, after a delete that raced it: the target is
-          // journaled, and the repair copies the key's current state into it (hazard 1).
-          ctx.journal.mark(u, key, 'write');
+          // A timed-out add may still be applied, even after a delete that comes later: the
+          // target is journaled, and the repair copies the key's current state into it (hazard 1).
+          // An add refused before it was sent (down, no connection) changed nothing.
+          if (isTimeout(error) || ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
           ctx.counters.readRepairFailures++;
           ctx.onBackgroundError('read repair', u, error);
         },

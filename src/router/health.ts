@@ -87,6 +87,9 @@ function sealArith(r: ArithResult, mask: bigint): ArithResult {
   return r.status === 'OK' && r.cas !== undefined ? { status: 'OK', value: r.value, cas: r.cas ^ mask } : r;
 }
 
+/** Keys a fenced upstream remembers as written since its fence began (about 100 bytes each). */
+export const FENCE_KEYS_MAX = 100_000;
+
 export class HealthyUpstream implements Upstream {
   private current: HealthState = 'healthy';
   private failures = 0;
@@ -102,6 +105,12 @@ export class HealthyUpstream implements Upstream {
    * would be granted again (hazard 2). Reads and writes use it as usual.
    */
   coldUntil = 0;
+  /**
+   * Keys a client write (a set or a delete, a copy included) reached while fenced: for these it
+   * holds the current state again, and may decide (authority-order.ts). Bounded: beyond
+   * FENCE_KEYS_MAX it stops learning, and decides only for the keys it already knows.
+   */
+  private readonly fenceKeys = new Set<string>();
   /** See casMask. An in-process store is born empty with each mcmux process: its own epoch. */
   private casEpoch = 0;
   private readonly casBase: string;
@@ -119,8 +128,35 @@ export class HealthyUpstream implements Upstream {
     this.casSeal = casMask(storeId, this.casBase);
   }
 
+  /** Fenced until `until` (ms), at least; what it learnt in an earlier fence is forgotten. */
+  fence(until: number): void {
+    if (!this.fenced) this.forgetFenceKeys();
+    this.coldUntil = Math.max(this.coldUntil, until);
+  }
+
+  unfence(): void {
+    this.coldUntil = 0;
+    this.forgetFenceKeys();
+  }
+
+  private forgetFenceKeys(): void {
+    this.fenceKeys.clear();
+  }
+
+  /** A client's set or delete of `key` reached it: while fenced, it holds that key's state. */
+  written(key: string): void {
+    if (this.coldUntil === 0 || !this.fenced || this.fenceKeys.size >= FENCE_KEYS_MAX) return;
+    this.fenceKeys.add(key);
+  }
+
+  /** Whether it may decide for `key`: not fenced, or written since the fence began. */
+  knows(key: string): boolean {
+    return !this.fenced || this.fenceKeys.has(key);
+  }
+
   /** The store came back empty (cold detector): the uniques it handed out before mean nothing. */
   restartedEmpty(): void {
+    this.forgetFenceKeys();
     this.casSeal = casMask(this.storeId, `${this.casBase}/${++this.casEpoch}`);
   }
 
@@ -264,4 +300,14 @@ export function isUsable(u: Upstream): boolean {
 /** Whether `u` is fenced from deciding conditional commands (came back empty). */
 export function isFenced(u: Upstream): boolean {
   return u instanceof HealthyUpstream && u.fenced;
+}
+
+/** Whether `u`, fenced or not, holds the current state of `key` as far as mcmux knows. */
+export function knowsKey(u: Upstream, key: string): boolean {
+  return !(u instanceof HealthyUpstream) || u.knows(key);
+}
+
+/** Tells a fenced upstream that a client's set or delete of `key` reached it. */
+export function noteWritten(u: Upstream, key: string): void {
+  if (u instanceof HealthyUpstream && u.coldUntil !== 0) u.written(key);
 }

@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { isFenced, isUsable } from './health';
+import { isFenced, isUsable, knowsKey, noteWritten } from './health';
 import { idOf } from './journal';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
@@ -102,7 +102,7 @@ export class Repairer {
         const clean = ctx.upstreams.filter((s) => s !== u && isUsable(s) && !journal.isDirty(s, key));
         // A fenced upstream came back empty: its miss says nothing about what was written before.
         // Copying "absent" from it would delete a lock or a session the dirty one still holds.
-        const source = clean.find((s) => !isFenced(s));
+        const source = clean.find((s) => !isFenced(s)) ?? clean.find((s) => knowsKey(s, key));
         if (clean.length > 0 && !source) return false; // wait for the fence to end
         if (!source) {
           // Dirty everywhere (every copy of a write failed): the freshest usable copy is taken as
@@ -119,6 +119,7 @@ export class Repairer {
       }
       if (journal.repairing.get(rk)) return false; // a client wrote it meanwhile: copy again
       journal.clear(u, key);
+      noteWritten(u, key);
       this.repaired++;
       return true;
     } catch (error) {

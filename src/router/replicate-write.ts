@@ -10,6 +10,7 @@ import type { StoreRequest, StoreResult, Upstream } from '../upstream/upstream';
 import { authorityOrder } from './authority-order';
 import { type RouterContext, serverError } from './context';
 import { type Outcome, count, failures, fanOut, firstError } from './fan-out';
+import { noteWritten } from './health';
 
 const STORED: Reply = { kind: 'status', status: 'STORED' };
 
@@ -47,8 +48,12 @@ export function replicateSet(
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
     (u, o) => {
-      if (o.ok && o.value.status === 'STORED') ctx.journal.written(u, req.key, seq);
-      else ctx.journal.mark(u, req.key, 'write', seq);
+      if (o.ok && o.value.status === 'STORED') {
+        ctx.journal.written(u, req.key, seq);
+        noteWritten(u, req.key);
+      } else {
+        ctx.journal.mark(u, req.key, 'write', seq);
+      }
       reportLate(ctx, 'replicate', u, o, (r) => r.status === 'STORED');
     },
     () => ctx.journal.writeFinished(req.key),
@@ -99,7 +104,10 @@ export function replicateKeyed(
     },
     (u, o) => {
       if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq);
-      else if (what === 'delete') ctx.journal.written(u, key, seq);
+      else if (what === 'delete') {
+        ctx.journal.written(u, key, seq);
+        noteWritten(u, key);
+      }
       reportLate(ctx, what, u, o, () => true);
     },
     () => ctx.journal.writeFinished(key),

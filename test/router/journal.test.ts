@@ -130,6 +130,25 @@ describe('repair journal', () => {
     await a.close();
   });
 
+  it('a fenced upstream decides for the keys written to it since it came back, and only those', async () => {
+    const a = new HealthyUpstream(new FakeUpstream('fake://0'), { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {});
+    const b = new FakeUpstream('fake://1');
+    const { exec } = setup({ ups: [a, b] });
+    const add = (key: string, who: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, noreply: false });
+    const status = async (c: Command): Promise<string> => {
+      const r = await exec(c);
+      return r.kind === 'status' ? r.status : r.kind;
+    };
+    a.fence(Date.now() + 60_000); // came back empty
+    assert.equal(await status(add('lock.s', 'A')), 'STORED', 'decided by the warm upstream, copied into the fenced one');
+    b.mode = 'fail';
+    assert.equal(await status(add('lock.s', 'B')), 'NOT_STORED', 'the fenced one holds the lock taken since: it decides, correctly');
+    assert.equal(await status({ kind: 'delete', key: 'lock.s', noreply: false }), 'DELETED');
+    assert.equal(await status(add('lock.s', 'C')), 'STORED', 'released since: it grants it');
+    assert.equal(await status(add('lock.t', 'D')), 'error', 'a key not written since it came back: nobody may decide');
+    await a.close();
+  });
+
   it('the repair leaves a key alone while a client write of it is still landing', async () => {
     const { ups, journal, repairer, exec } = setup();
     const [a, b] = ups as FakeUpstream[];
