@@ -14,7 +14,8 @@ import { type HealthyUpstream, isUsable, membersOf } from './health';
 
 const CHECK_MS = 2000;
 
-type Verdict = 'cold' | 'warm' | 'unknown';
+/** cold: our marker is gone; warm: it is there; first: none was written yet (no evidence either way). */
+type Verdict = 'cold' | 'warm' | 'first' | 'unknown';
 const REFRESH_MS = 3600_000;
 const MARKER_TTL_MS = 24 * 3600_000;
 
@@ -59,8 +60,9 @@ export class ColdDetector {
   }
 
   /**
-   * A fence set as a precaution (a reconnect) is lifted on a warm answer; one set because the
-   * marker was found missing stays for its whole time. A precautionary fence whose check could
+   * A fence set as a precaution (a reconnect) is lifted on a warm answer (the marker mcmux wrote
+   * is still there), not on a first sight (after a flush_all: nothing to compare); one set
+   * because the marker was found missing stays for its whole time. A precautionary fence whose check could
    * not answer (the upstream was down again) is lifted by the next reconnect's warm answer.
    */
   private liftIfWarm(u: HealthyUpstream, verdict: Verdict): void {
@@ -113,6 +115,7 @@ export class ColdDetector {
       return 'cold';
     }
     if (cold.includes('unknown')) return 'unknown';
+    if (cold.includes('first')) return 'first';
     this.liftIfWarm(u, 'warm');
     return 'warm';
   }
@@ -129,7 +132,8 @@ export class ColdDetector {
         await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS });
         this.lastSet.set(store, now);
       }
-      return !hit && wrote !== undefined ? 'cold' : 'warm';
+      if (hit) return 'warm';
+      return wrote === undefined ? 'first' : 'cold';
     } catch {
       // health tracking sees the failures of real requests; the marker is best effort
       return 'unknown';

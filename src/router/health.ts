@@ -61,30 +61,53 @@ export function membersOf(u: Upstream): readonly HealthyUpstream[] {
  * counter in Redis and SQLite, UUID_SHORT in MySQL), so a unique one store handed out can be a
  * valid unique in another: two memcached that missed a different number of writes are a step
  * apart, and after a failover `cas k ... U` would overwrite a newer value in the next store.
- * So each store's uniques are sealed: XORed with a 63-bit mask derived from the store's identity
- * (and how often it came back empty) on the way to the client, and unsealed on the way back to
- * the store that decides. A unique sealed by another store (or by this one before it restarted)
- * unseals to a number that differs from anything the decider holds in bits up to 62, and the cas
- * fails safe: EXISTS or NOT_FOUND. The top bit is left alone: clients (PHP ints, Java longs) keep
- * uniques in signed 64 bits. The mask is the same in every mcmux process in front of the same
- * store, so a gets through one and a cas through another still work.
+ * So each store's uniques are sealed on the way to the client by a bijection of the low 63 bits
+ * keyed by the store's identity (and how often it came back empty), x -> ((x ^ k) * m) mod 2^63
+ * with m odd, and unsealed on the way back to the store that decides. A unique sealed by another
+ * store (or by this one before it restarted) unseals to a scrambled number, and the cas fails
+ * safe: EXISTS or NOT_FOUND. A multiplication, not a plain XOR: a client that takes "unique - 1"
+ * as a wrong unique (memccapable does) must not land on the item's next unique, which XOR's
+ * low bits would. The top bit is left alone: clients (PHP ints, Java longs) keep uniques in
+ * signed 64 bits. The seal is the same in every mcmux process in front of the same store, so a
+ * gets through one and a cas through another still work.
  */
-export function casMask(storeId: string, epoch: string): bigint {
-  const digest = createHash('sha256').update(`${storeId}\0${epoch}`).digest();
-  const mask = digest.readBigUInt64BE(0) & 0x7fffffffffffffffn;
-  return mask === 0n ? 1n : mask;
+export class CasSeal {
+  private readonly k: bigint;
+  private readonly m: bigint;
+  private readonly inverse: bigint;
+
+  constructor(storeId: string, epoch: string) {
+    const digest = createHash('sha256').update(`${storeId}\0${epoch}`).digest();
+    this.k = digest.readBigUInt64BE(0) & LOW63;
+    this.m = (digest.readBigUInt64BE(8) & LOW63) | 1n;
+    // m's inverse mod 2^63 by Newton's iteration (each step doubles the correct low bits).
+    let inv = this.m;
+    for (let i = 0; i < 6; i++) inv = (inv * (2n - this.m * inv)) & LOW63;
+    this.inverse = inv;
+  }
+
+  seal(x: bigint): bigint {
+    return (x & TOP_BIT) | ((((x & LOW63) ^ this.k) * this.m) & LOW63);
+  }
+
+  unseal(y: bigint): bigint {
+    return (y & TOP_BIT) | ((((y & LOW63) * this.inverse) & LOW63) ^ this.k);
+  }
 }
 
-function sealHits(hits: Array<Hit | undefined>, mask: bigint): Array<Hit | undefined> {
-  return hits.map((h) => (h === undefined ? h : { value: h.value, flags: h.flags, cas: h.cas ^ mask, deadline: h.deadline }));
+const LOW63 = 0x7fffffffffffffffn;
+const TOP_BIT = 0x8000000000000000n;
+
+function sealHits(hits: Array<Hit | undefined>, seal: CasSeal): Array<Hit | undefined> {
+  return hits.map((h) => (h === undefined ? h : { value: h.value, flags: h.flags, cas: seal.seal(h.cas), deadline: h.deadline }));
 }
 
-function sealStored(r: StoreResult, mask: bigint): StoreResult {
-  return r.cas === undefined ? r : { status: r.status, cas: r.cas ^ mask };
+function sealStored(r: StoreResult, seal: CasSeal): StoreResult {
+  return r.cas === undefined ? r : { status: r.status, cas: seal.seal(r.cas) };
 }
 
-function sealArith(r: ArithResult, mask: bigint): ArithResult {
-  return r.status === 'OK' && r.cas !== undefined ? { status: 'OK', value: r.value, cas: r.cas ^ mask } : r;
+function sealArith(r: ArithResult, seal: CasSeal): ArithResult {
+  return r.status === 'OK' && r.cas !== undefined ? { status: 'OK', value: r.value, cas: seal.seal(r.cas) } : r;
 }
 
 /** Keys a fenced upstream remembers as written since its fence began (about 100 bytes each). */
@@ -111,10 +134,10 @@ export class HealthyUpstream implements Upstream {
    * FENCE_KEYS_MAX it stops learning, and decides only for the keys it already knows.
    */
   private readonly fenceKeys = new Set<string>();
-  /** See casMask. An in-process store is born empty with each mcmux process: its own epoch. */
+  /** See CasSeal. An in-process store is born empty with each mcmux process: its own epoch. */
   private casEpoch = 0;
   private readonly casBase: string;
-  private casSeal: bigint;
+  private casSeal: CasSeal;
 
   constructor(
     readonly inner: Upstream,
@@ -125,7 +148,7 @@ export class HealthyUpstream implements Upstream {
   ) {
     this.probeDelay = options.probeMinMs;
     this.casBase = inner.scheme === 'memory' ? randomBytes(8).toString('hex') : '';
-    this.casSeal = casMask(storeId, this.casBase);
+    this.casSeal = new CasSeal(storeId, this.casBase);
   }
 
   /** Fenced until `until` (ms), at least; what it learnt in an earlier fence is forgotten. */
@@ -157,7 +180,7 @@ export class HealthyUpstream implements Upstream {
   /** The store came back empty (cold detector): the uniques it handed out before mean nothing. */
   restartedEmpty(): void {
     this.forgetFenceKeys();
-    this.casSeal = casMask(this.storeId, `${this.casBase}/${++this.casEpoch}`);
+    this.casSeal = new CasSeal(this.storeId, `${this.casBase}/${++this.casEpoch}`);
   }
 
   get name(): string {
@@ -194,7 +217,7 @@ export class HealthyUpstream implements Upstream {
     this.onChange(this, from, to, reason);
   }
 
-  private guard<R>(run: () => Promise<R>, seal?: (r: R, mask: bigint) => R): Promise<R> {
+  private guard<R>(run: () => Promise<R>, seal?: (r: R, s: CasSeal) => R): Promise<R> {
     if (!this.usable) {
       this.observer(this, 0, 'skipped');
       return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_DOWN, `${this.name} is ${this.current}`));
@@ -266,7 +289,7 @@ export class HealthyUpstream implements Upstream {
     return this.guard(() => this.inner.get(keys, touch, valueOnly), valueOnly ? undefined : sealHits);
   }
   store(req: StoreRequest) {
-    const sent = req.mode === 'cas' && req.cas !== undefined ? { ...req, cas: req.cas ^ this.casSeal } : req;
+    const sent = req.mode === 'cas' && req.cas !== undefined ? { ...req, cas: this.casSeal.unseal(req.cas) } : req;
     return this.guard(() => this.inner.store(sent), sealStored);
   }
   delete(key: string) {

@@ -4,7 +4,7 @@ import { inspect } from 'node:util';
 import { type Command, type Reply, EXPIRED } from '../../src/command/command';
 import type { WriteWait } from '../../src/router/context';
 import { ErrorCodes, McmuxError } from '../../src/errors';
-import { DEFAULT_HEALTH, HealthyUpstream } from '../../src/router/health';
+import { CasSeal, DEFAULT_HEALTH, HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
 import type { StatsSource } from '../../src/router/stats';
@@ -443,6 +443,20 @@ describe('router: cas uniques are sealed per store (hazard 6)', () => {
     assert.ok(cas !== undefined, inspect(r));
     return cas;
   };
+
+  it('the seal: a bijection of the low 63 bits, top bit kept, per store; a neighbour of a sealed unique is far from the item\'s', () => {
+    const a = new CasSeal('memcached://127.0.0.1:11211', '');
+    const b = new CasSeal('memcached://127.0.0.1:11212', '');
+    for (const x of [0n, 1n, 2n, 41n, 12_345_678n, 2n ** 62n + 5n, 2n ** 63n + 7n, 2n ** 64n - 1n]) {
+      const y = a.seal(x);
+      assert.equal(a.unseal(y), x);
+      assert.equal(y >= 2n ** 63n, x >= 2n ** 63n, 'the top bit is left as it is');
+      const far = (v: bigint): boolean => v - x > 1_000_000n || x - v > 1_000_000n;
+      assert.ok(far(b.unseal(y)), 'another store cannot read it');
+      // memccapable takes "unique - 1" as a wrong unique: it must not become the next unique.
+      assert.ok(far(a.unseal(y - 1n)) && far(a.unseal(y + 1n)), `neighbours of the seal of ${x}`);
+    }
+  });
 
   it('gets then cas through the same store: STORED, then EXISTS', async () => {
     const { fakes, exec } = sealedSetup();
