@@ -106,7 +106,8 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     const keys = skipped.length === 0 ? missing : missing.filter((k) => !skipped.includes(k));
     if (keys.length === 0) continue;
     for (const k of keys) asked.add(k);
-    const pending = prefetched.get(i) ?? ask(u, keys);
+    const pre = prefetched.get(i);
+    const pending = pre ?? ask(u, keys);
     prefetched.delete(i);
     const next = order[pos + 1];
     if (!hedged && next !== undefined) {
@@ -119,7 +120,13 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
       }
     }
     const still = skipped; // absorb() adds the keys this upstream did not have (or failed on)
-    absorb(st, await pending, keys, i, still);
+    const answer = await pending;
+    // A hedged request asked only for the keys clean there at the time: one cleaned since (a
+    // write landed) was never asked, and its absence from the answer is not a miss.
+    const got = pre !== undefined && answer.ok ? answer.hits : undefined;
+    const unasked = got ? keys.filter((k) => !got.has(k)) : [];
+    if (unasked.length > 0) absorb(st, await ask(u, unasked), unasked, i, still);
+    absorb(st, answer, got && unasked.length > 0 ? keys.filter((k) => got.has(k)) : keys, i, still);
     missing = still;
   }
 

@@ -538,6 +538,35 @@ describe('router: own answers', () => {
 });
 
 describe('router: hedged reads', () => {
+
+  it('a key the hedge left out (dirty there then) but cleaned since is asked, not taken as a miss', async () => {
+    const { ups, exec, journal } = setup(2, { hedgeMs: 5 });
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await exec(set('a', 'A'));
+    second.mode = 'fail';
+    await exec(set('k', 'v1')); // the second missed it: dirty for k
+    second.mode = 'ok';
+    assert.ok(journal.isDirty(second, 'k'));
+    // The first is slow to read: after hedge-ms the second is asked, for a only.
+    let fail!: () => void;
+    const slow = new Promise<void>((r) => (fail = r));
+    const getFirst = first.get.bind(first);
+    first.get = async (keys, touch) => {
+      if (keys.includes('k')) {
+        await slow;
+        throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, 'injected');
+      }
+      return getFirst(keys, touch);
+    };
+    const read = exec(get('a', 'k'));
+    await eventually(async () => second.calls.includes('get a'), 'the hedge asked the second for a');
+    // A write of k lands on both: the second is clean for k again. Then the first fails.
+    first.get = getFirst;
+    assert.equal((await exec(set('k', 'v2'))).kind, 'status');
+    assert.equal(journal.isDirty(second, 'k'), false);
+    fail();
+    assert.deepEqual(values(await read), ['A', 'v2'], 'k is asked of the second, not reported missing');
+  });
   it('with hedge-ms, a slow first upstream does not hold the read: the next one answers', async () => {
     const { ups, exec, router } = setup(2, { hedgeMs: 10 });
     await exec(set('k', 'v'));
