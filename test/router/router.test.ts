@@ -558,8 +558,16 @@ describe('router: hedged reads', () => {
       }
       return getFirst(keys, touch);
     };
+    // The hedge's request to the second (for a only) is the event to wait for.
+    let hedged!: () => void;
+    const hedgeSent = new Promise<void>((r) => (hedged = r));
+    const getSecond = second.get.bind(second);
+    second.get = (keys, touch) => {
+      if (keys.join() === 'a') hedged();
+      return getSecond(keys, touch);
+    };
     const read = exec(get('a', 'k'));
-    await eventually(async () => second.calls.includes('get a'), 'the hedge asked the second for a');
+    await hedgeSent;
     // A write of k lands on both: the second is clean for k again. Then the first fails.
     first.get = getFirst;
     assert.equal((await exec(set('k', 'v2'))).kind, 'status');
