@@ -43,6 +43,8 @@ export interface DirtyEntry {
 
 interface PerUpstream {
   readonly keys: Map<string, DirtyEntry>;
+  /** Keys with an acknowledged write still on its way here (write-wait copies), by sequence. */
+  pending?: Map<string, number>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: { since: number; trustAfter: number | undefined } | undefined;
 }
@@ -111,7 +113,26 @@ export class RepairJournal {
   /** True when `u` must not be read (or decide) for `key`. Hot path: two map lookups at most. */
   isDirty(u: Upstream, key: string): boolean {
     const p = this.byName.get(idOf(u));
-    return p !== undefined && (p.overflow !== undefined || p.keys.has(key));
+    return p !== undefined && (p.overflow !== undefined || p.keys.has(key) || (p.pending !== undefined && p.pending.has(key)));
+  }
+
+  /**
+   * write-wait copies answered a write (sequence `seq`) before `u` did: until it does, `u` is
+   * dirty for the key in memory (not in the file: a write a second would cost a syscall each),
+   * so no read takes the value the write replaced from it. Its answer settles it (`settled`).
+   */
+  markPending(u: Upstream, key: string, seq: number): void {
+    const p = this.of(u);
+    p.pending ??= new Map();
+    if ((p.pending.get(key) ?? 0) < seq) p.pending.set(key, seq);
+  }
+
+  /** `u` answered the write `seq` of `key` (either way): its pending mark, if that write's, goes. */
+  settled(u: Upstream, key: string, seq: number): void {
+    const pending = this.byName.get(idOf(u))?.pending;
+    if (pending === undefined || pending.size === 0) return;
+    const s = pending.get(key);
+    if (s !== undefined && s <= seq) pending.delete(key);
   }
 
   overflowed(u: Upstream): PerUpstream['overflow'] {
@@ -308,6 +329,7 @@ export class RepairJournal {
     const p = this.byName.get(idOf(u));
     if (!p) return;
     p.keys.clear();
+    p.pending?.clear();
     p.overflow = undefined;
     this.append(`T ${hex(idOf(u))}`);
   }

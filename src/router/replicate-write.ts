@@ -35,6 +35,7 @@ export function replicateSet(
     (outcomes, settled) => {
       const ok = copiesSoFar + count(outcomes, (r) => r.status === 'STORED');
       if (ok >= min && (settled || ctx.writeWait === 'copies')) {
+        if (!settled) markPending(ctx, targets, outcomes, req.key, seq);
         if (okReply !== STORED) return okReply;
         // The cas a client may use next is the one the authority for this key will check.
         if (copiesSoFar > 0) return STORED;
@@ -48,6 +49,7 @@ export function replicateSet(
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
     (u, o) => {
+      ctx.journal.settled(u, req.key, seq);
       if (o.ok && o.value.status === 'STORED') {
         ctx.journal.written(u, req.key, seq);
         noteWritten(u, req.key);
@@ -60,7 +62,10 @@ export function replicateSet(
   );
   // The authority of a conditional command already made min-copies: with write-wait copies the
   // client need not wait for any of the others.
-  if (copiesSoFar >= min && ctx.writeWait === 'copies') return Promise.resolve(okReply);
+  if (copiesSoFar >= min && ctx.writeWait === 'copies') {
+    markPending(ctx, targets, [], req.key, seq);
+    return Promise.resolve(okReply);
+  }
   return copies;
 }
 
@@ -92,7 +97,10 @@ export function replicateKeyed(
       const trusted = (i: number): boolean => what === 'delete' || (freshest ? ctx.upstreams[i] === freshest : !dirty[i]);
       const hits = outcomes.filter((o, i) => o?.ok && o.value === hit && trusted(i)).length;
       const answered = count(outcomes, () => true);
-      if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies')) return { kind: 'status', status: hit };
+      if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies')) {
+        if (!settled) markPending(ctx, ctx.upstreams, outcomes, key, seq);
+        return { kind: 'status', status: hit };
+      }
       if (!settled) return undefined;
       if (answered < min) {
         return serverError(`${what} reached ${answered} of ${n} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
@@ -103,6 +111,7 @@ export function replicateKeyed(
       return { kind: 'status', status: 'NOT_FOUND' };
     },
     (u, o) => {
+      ctx.journal.settled(u, key, seq);
       if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq);
       else if (what === 'delete') {
         ctx.journal.written(u, key, seq);
@@ -133,6 +142,16 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
         : serverError(`flush failed on ${failed} of ${outcomes.length} upstreams: ${firstError(outcomes)}`);
     },
   );
+}
+
+/**
+ * write-wait copies answers before every upstream did: those still to answer are dirty for the
+ * key (in memory) until they do, so a read after the answer never takes the old value from one.
+ */
+function markPending<R>(ctx: RouterContext, targets: readonly Upstream[], outcomes: ReadonlyArray<Outcome<R> | undefined>, key: string, seq: number): void {
+  targets.forEach((u, i) => {
+    if (outcomes[i] === undefined) ctx.journal.markPending(u, key, seq);
+  });
 }
 
 function reportLate<R>(ctx: RouterContext, what: string, u: Upstream, o: Outcome<R>, good: (r: R) => boolean): void {

@@ -245,6 +245,39 @@ describe('router: failover reads and read repair', () => {
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not served');
   });
 
+  it('write-wait copies: after the answer, a read never takes the old value from an upstream still to answer', async () => {
+    const { ups, exec, journal } = setup(2, { writeWait: 'copies' });
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    // A delete the second has not applied yet: the first (which answered) misses the key, and
+    // the read must not fall through to the second's old copy.
+    await exec(set('sess', 'cart'));
+    let releaseDelete!: () => void;
+    const slowDelete = new Promise<void>((r) => (releaseDelete = r));
+    second.delete = async (key) => {
+      await slowDelete;
+      return second.inner.delete(key);
+    };
+    assert.deepEqual(await exec(del('sess')), { kind: 'status', status: 'DELETED' });
+    assert.equal(await direct(second, 'sess'), 'cart', 'still there, on its way out');
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not read back');
+    releaseDelete();
+    await eventually(async () => !journal.isDirty(second, 'sess'), 'its answer clears the mark');
+    // A set the first has not applied yet: the read goes to the second, which has it.
+    await exec(set('s2', 'v1'));
+    let releaseSet!: () => void;
+    const slowSet = new Promise<void>((r) => (releaseSet = r));
+    const storeFirst = first.store.bind(first);
+    first.store = async (req) => {
+      await slowSet;
+      return storeFirst(req);
+    };
+    assert.equal((await exec(set('s2', 'v2'))).kind, 'status');
+    assert.deepEqual(values(await exec(get('s2'))), ['v2'], 'set then get reads the new value');
+    releaseSet();
+    await eventually(async () => (await direct(first, 's2')) === 'v2' && !journal.isDirty(first, 's2'), 'landed, and clean again');
+    assert.equal(journal.size(first) + journal.size(second), 0, 'nothing was written to the journal for it');
+  });
+
   it('an error falls through to the next upstream; all failing is SERVER_ERROR', async () => {
     const { ups, exec } = setup(2);
     await exec(set('k', 'v'));
