@@ -62,8 +62,9 @@ export class ColdDetector {
   /**
    * A fence set as a precaution (a reconnect) is lifted on a warm answer (the marker mcmux wrote
    * is still there), not on a first sight (after a flush_all: nothing to compare); one set
-   * because the marker was found missing stays for its whole time. A precautionary fence whose check could
-   * not answer (the upstream was down again) is lifted by the next reconnect's warm answer.
+   * because the marker was found missing stays for its whole time. A precautionary fence whose
+   * own check could not answer (the upstream was down again) is lifted by a later warm check:
+   * the periodic one, or the one made when its health turns healthy.
    */
   private liftIfWarm(u: HealthyUpstream, verdict: Verdict): void {
     if (verdict === 'warm' && u.coldUntil !== 0 && !((this.coldUntil.get(u) ?? 0) > Date.now())) u.unfence();
