@@ -115,20 +115,26 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     const settled = (): void => {
       if (--left === 0) ctx.journal.writeFinished(key);
     };
-    for (const u of targets) {
+    const deletes = targets.map((u) =>
       u.delete(key).then(
         () => {
+          ctx.journal.settled(u, key, seq);
           ctx.journal.written(u, key, seq);
           noteWritten(u, key);
           settled();
         },
         (error: unknown) => {
+          ctx.journal.settled(u, key, seq);
           ctx.journal.mark(u, key, 'delete', seq);
           ctx.onBackgroundError('replicate delete', u, error);
           settled();
         },
-      );
-    }
+      ),
+    );
+    // As for any write: write-wait all answers once every copy is gone (or journaled); copies
+    // answers now, and the others are not read for the key until their delete lands.
+    if (ctx.writeWait === 'all') await Promise.all(deletes);
+    else for (const u of targets) ctx.journal.markPending(u, key, seq);
     return ok;
   }
   return replicateSet(ctx, { mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }, targets, 1, ok);

@@ -250,12 +250,21 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
 
 /** gat: the upstreams neither answering nor repaired (they missed) get the touch in the background. */
 function touchOthers(ctx: RouterContext, key: string, deadline: number, from: number, missed: number[] | undefined): void {
-  ctx.upstreams.forEach((u, i) => {
-    if (i === from || missed?.includes(i)) return;
-    u.touch(key, deadline).catch((error: unknown) => {
-      ctx.journal.mark(u, key, 'write');
-      ctx.counters.replicationFailures++;
-      ctx.onBackgroundError('touch', u, error);
-    });
-  });
+  const targets = ctx.upstreams.filter((_, i) => i !== from && !missed?.includes(i));
+  if (targets.length === 0) return;
+  // A write like any other while it lands: reads in flight must not repair over it, and the
+  // key's next conditional command waits for it (key-order.ts).
+  const seq = ctx.journal.writeStarted(key);
+  let left = targets.length;
+  for (const u of targets) {
+    u.touch(key, deadline)
+      .catch((error: unknown) => {
+        ctx.journal.mark(u, key, 'write', seq);
+        ctx.counters.replicationFailures++;
+        ctx.onBackgroundError('touch', u, error);
+      })
+      .finally(() => {
+        if (--left === 0) ctx.journal.writeFinished(key);
+      });
+  }
 }

@@ -446,6 +446,50 @@ describe("router: a key's conditional commands run alone among its writes", () =
     await eventually(async () => (await direct(second, 'L')) === '1' && (await direct(second, 'new')) === 'v' && router.orderedKeys === 0, 'the copies landed');
   });
 
+  it('a gat\'s background touches are writes of the key: a conditional command after it waits for them', async () => {
+    const { ups, exec, router } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await seed(ups, 'n', '1');
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    second.touch = async (key, deadline) => {
+      await held;
+      return second.inner.touch(key, deadline);
+    };
+    assert.deepEqual(values(await exec({ kind: 'get', keys: ['n'], withCas: false, touch: Date.now() + 60_000 })), ['1']);
+    const incr = exec(arith('incr', 'n', 1n));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(callsOf(first, 'incr n'), 0, 'the incr waits for the touch still landing');
+    release();
+    assert.equal(num(await incr), 2n);
+    assert.equal(router.orderedKeys, 0);
+  });
+
+  it('write-wait all: an incr whose item is gone from the authority answers once the others deleted it too', async () => {
+    const { ups, exec } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await seed(ups, 'n', '5');
+    // The authority counts, then has nothing to read back (expired in between, say).
+    const getFirst = first.get.bind(first);
+    first.get = async (keys, touch) => (keys.includes('n') ? keys.map(() => undefined) : getFirst(keys, touch));
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    second.delete = async (key) => {
+      await held;
+      return second.inner.delete(key);
+    };
+    let answered = false;
+    const incr = exec(arith('incr', 'n', 1n)).then((r) => {
+      answered = true;
+      return r;
+    });
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(answered, false, 'not before the second upstream\'s copy is gone');
+    release();
+    assert.equal(num(await incr), 6n);
+    assert.equal(await direct(second, 'n'), undefined);
+  });
+
   it('plain writes of a key overlap, and other keys never wait', async () => {
     const { ups, exec, router } = setup(2);
     const [first, second] = ups as [FakeUpstream, FakeUpstream];
