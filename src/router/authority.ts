@@ -11,8 +11,8 @@ import type { ArithCommand, Reply, StoreCommand } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
 import { authorityOrder as candidates } from './authority-order';
-import { isFenced, noteWritten } from './health';
-import { replicateSet } from './replicate-write';
+import { isFenced } from './health';
+import { replicateSet, sendKeyed } from './replicate-write';
 
 /**
  * Runs `op` on the authority for `key`: the first upstream that is usable, clean for the key
@@ -109,31 +109,10 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     return serverError(`applied on ${authority.name} but could not read it back to replicate: ${errorMessage(error)}`);
   }
   if (!hit) {
-    // In flight until every delete has settled, like any write (the key's order waits on it).
-    const seq = ctx.journal.writeStarted(key);
-    let left = targets.length;
-    const settled = (): void => {
-      if (--left === 0) ctx.journal.writeFinished(key);
-    };
-    const deletes = targets.map((u) =>
-      u.delete(key).then(
-        () => {
-          ctx.journal.settled(u, key, seq);
-          ctx.journal.written(u, key, seq);
-          noteWritten(u, key);
-          settled();
-        },
-        (error: unknown) => {
-          ctx.journal.settled(u, key, seq);
-          ctx.journal.mark(u, key, 'delete', seq);
-          ctx.onBackgroundError('replicate delete', u, error);
-          settled();
-        },
-      ),
-    );
+    const { seq, settled } = sendKeyed(ctx, 'delete', key, targets, (u) => u.delete(key));
     // As for any write: write-wait all answers once every copy is gone (or journaled); copies
     // answers now, and the others are not read for the key until their delete lands.
-    if (ctx.writeWait === 'all') await Promise.all(deletes);
+    if (ctx.writeWait === 'all') await settled;
     else for (const u of targets) ctx.journal.markPending(u, key, seq);
     return ok;
   }

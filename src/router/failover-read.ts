@@ -18,6 +18,7 @@ import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
 import { isTimeout } from '../errors';
 import { isFenced, isUsable } from './health';
+import { sendKeyed } from './replicate-write';
 
 type Answer = { ok: true; hits: Map<string, Hit | undefined> } | { ok: false; error: unknown };
 
@@ -251,20 +252,7 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
 /** gat: the upstreams neither answering nor repaired (they missed) get the touch in the background. */
 function touchOthers(ctx: RouterContext, key: string, deadline: number, from: number, missed: number[] | undefined): void {
   const targets = ctx.upstreams.filter((_, i) => i !== from && !missed?.includes(i));
-  if (targets.length === 0) return;
   // A write like any other while it lands: reads in flight must not repair over it, and the
   // key's next conditional command waits for it (key-order.ts).
-  const seq = ctx.journal.writeStarted(key);
-  let left = targets.length;
-  for (const u of targets) {
-    u.touch(key, deadline)
-      .catch((error: unknown) => {
-        ctx.journal.mark(u, key, 'write', seq);
-        ctx.counters.replicationFailures++;
-        ctx.onBackgroundError('touch', u, error);
-      })
-      .finally(() => {
-        if (--left === 0) ctx.journal.writeFinished(key);
-      });
-  }
+  if (targets.length > 0) sendKeyed(ctx, 'touch', key, targets, (u) => u.touch(key, deadline));
 }

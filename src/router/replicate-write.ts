@@ -110,17 +110,40 @@ export function replicateKeyed(
       }
       return { kind: 'status', status: 'NOT_FOUND' };
     },
-    (u, o) => {
-      ctx.journal.settled(u, key, seq);
-      if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq);
-      else if (what === 'delete') {
-        ctx.journal.written(u, key, seq);
-        noteWritten(u, key);
-      }
-      reportLate(ctx, what, u, o, () => true);
-    },
+    keyedOutcome(ctx, what, key, seq),
     () => ctx.journal.writeFinished(key),
   );
+}
+
+/**
+ * A delete or touch of `key` that no client waits on for its answer (the copies of a
+ * conditional command whose item is gone, a gat's touches of the others), tracked like any
+ * write: in flight for the journal until every target answered, misses journaled. Returns the
+ * write's sequence and a promise that settles when every target has answered.
+ */
+export function sendKeyed(
+  ctx: RouterContext,
+  what: 'delete' | 'touch',
+  key: string,
+  targets: readonly Upstream[],
+  op: (u: Upstream) => Promise<Status>,
+): { seq: number; settled: Promise<unknown> } {
+  const seq = ctx.journal.writeStarted(key);
+  const settled = fanOut(targets, op, (_, all) => (all ? true : undefined), keyedOutcome(ctx, what, key, seq), () => ctx.journal.writeFinished(key));
+  return { seq, settled };
+}
+
+/** What each upstream's answer to a delete or touch (write `seq`) means for the journal. */
+function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string, seq: number): (u: Upstream, o: Outcome<Status>) => void {
+  return (u, o) => {
+    ctx.journal.settled(u, key, seq);
+    if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq);
+    else if (what === 'delete') {
+      ctx.journal.written(u, key, seq);
+      noteWritten(u, key);
+    }
+    reportLate(ctx, what, u, o, () => true);
+  };
 }
 
 /** flush_all: every upstream must flush, or the client hears an error. */
