@@ -32,6 +32,7 @@
  */
 
 import { type Socket, connect } from 'node:net';
+import { mulberry32 } from './random';
 
 export type OpKind = 'get' | 'set' | 'delete' | 'touch' | 'lock-add' | 'lock-get' | 'lock-delete';
 /** ok: a protocol answer; error: an error reply; closed: the connection went first; timeout: ours. */
@@ -119,17 +120,6 @@ export interface ManualClient {
   close(): void;
 }
 
-/** mulberry32: a small seeded generator, so that a failing run can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SHORT = 200;
 /** How long a manual client keeps trying to connect (mcmux restarting). */
@@ -460,7 +450,7 @@ class WorkloadImpl implements Workload {
 
   start(): void {
     const seed = this.opts.seed ?? 1;
-    for (const c of this.clients) this.loops.push(this.loop(c, rng(seed * 1000 + c.id)));
+    for (const c of this.clients) this.loops.push(this.loop(c, mulberry32(seed * 1000 + c.id)));
     void Promise.all(this.loops).then(() => {
       this.ended = true;
       this.wake();

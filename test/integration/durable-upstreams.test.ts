@@ -25,10 +25,10 @@ import { type TestContext, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { Redis } from 'ioredis';
-import { type Connection, createConnection } from 'mysql2/promise';
 import { END, type McmuxProcess, type RawClient, eventually, killAndWait, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
-import { type MariadbProcess, startMariadb } from '../upstream/targets/mysql';
+import { frame, storeExtras } from '../helpers/binary-frame';
+import { type MariadbProcess, connectMysqlUrl, startMariadb } from '../upstream/targets/mysql';
 import { type RedisProcess, startRedis } from '../upstream/targets/redis';
 
 /** Upstream timeout given to mcmux (MySQL's own default; memcached and Redis answer far faster). */
@@ -110,6 +110,18 @@ async function repairedInto(mc: MemcachedProcess, list: readonly Item[], what: s
   }
 }
 
+/** mcmux on `args` (with the upstream timeout, quiet logs), checked to exit 0 on SIGTERM, and a raw client. */
+async function muxAndClient(t: TestContext, args: string[]): Promise<{ mux: McmuxProcess; c: RawClient }> {
+  const mux = await startMcmux([...args, '--timeout', String(UPSTREAM_TIMEOUT_MS), '--log-level', 'warn']);
+  t.after(async () => {
+    const exit = await mux.stop();
+    assert.deepEqual(exit, { code: 0, signal: null }, `mcmux exits 0 on SIGTERM; stderr: ${mux.logs().stderr}`);
+  });
+  const c = await rawClient(mux.port);
+  t.after(() => c.close());
+  return { mux, c };
+}
+
 test('a cache in front of durable stores: memcached, redis, mysql', async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
@@ -123,19 +135,7 @@ test('a cache in front of durable stores: memcached, redis, mysql', async (t) =>
     const [mc, redis] = await Promise.all([startMemcached(), startRedis()]);
     t.after(() => Promise.all([mc.stop(), redis.stop()]));
     const table = 'dur_items';
-    const mux = await startMcmux([
-      '--upstream', mc.url,
-      '--upstream', redis.url,
-      '--upstream', mysqlUrl(table),
-      '--timeout', String(UPSTREAM_TIMEOUT_MS),
-      '--log-level', 'warn',
-    ]);
-    t.after(async () => {
-      const exit = await mux.stop();
-      assert.deepEqual(exit, { code: 0, signal: null }, `mcmux exits 0 on SIGTERM; stderr: ${mux.logs().stderr}`);
-    });
-    const c = await rawClient(mux.port);
-    t.after(() => c.close());
+    const { mux, c } = await muxAndClient(t, ['--upstream', mc.url, '--upstream', redis.url, '--upstream', mysqlUrl(table)]);
     const list = items('dur');
 
     const writtenAt = Date.now();
@@ -160,15 +160,7 @@ test('a cache in front of durable stores: memcached, redis, mysql', async (t) =>
     } finally {
       r.disconnect();
     }
-    const u = new URL(maria.url);
-    const db = await createConnection({
-      host: u.hostname,
-      port: Number(u.port),
-      user: decodeURIComponent(u.username),
-      password: decodeURIComponent(u.password),
-      database: u.pathname.slice(1),
-      connectTimeout: REPLY_MS,
-    });
+    const db = await connectMysqlUrl(maria.url, REPLY_MS);
     try {
       const [rows] = await db.query({ sql: `SELECT \`key\` AS k, flags, exp FROM \`${table}\` WHERE \`key\` LIKE 'dur.%'`, timeout: REPLY_MS });
       const byKey = new Map((rows as Array<{ k: Buffer; flags: number; exp: number | string }>).map((row) => [row.k.toString('latin1'), row]));
@@ -224,28 +216,20 @@ test('a cache in front of durable stores: memcached, redis, mysql', async (t) =>
     t.after(() => rm(dir, { recursive: true, force: true }));
     const sqliteFile = join(dir, 'store.db');
     const table = 'dur_too_large';
-    const mux = await startMcmux([
+    const { mux, c } = await muxAndClient(t, [
       '--upstream', mc.url,
       '--upstream', redis.url,
       '--upstream', mysqlUrl(table),
       // file:///tmp/x/store.db -> sqlite:///tmp/x/store.db
       '--upstream', pathToFileURL(sqliteFile).href.replace(/^file:/, 'sqlite:'),
       '--max-item-size', String(MAX_ITEM_SIZE),
-      '--timeout', String(UPSTREAM_TIMEOUT_MS),
-      '--log-level', 'warn',
     ]);
-    t.after(async () => {
-      const exit = await mux.stop();
-      assert.deepEqual(exit, { code: 0, signal: null }, `mcmux exits 0 on SIGTERM; stderr: ${mux.logs().stderr}`);
-    });
-    const c = await rawClient(mux.port);
-    t.after(() => c.close());
 
     // Each store is read directly, not through mcmux. These clients are closed in the finally
     // below, before the servers stop (t.after hooks run first to last).
     const r = new Redis({ host: '127.0.0.1', port: redis.port, lazyConnect: true, maxRetriesPerRequest: 0 });
     await r.connect();
-    const db = await connectMysql(maria.url);
+    const db = await connectMysqlUrl(maria.url, REPLY_MS);
     const lite = new Database(sqliteFile, { readonly: true, fileMustExist: true });
     const liteGet = lite.prepare('SELECT value FROM mcmux_items WHERE key = ?');
     /** What each store holds under `key` (undefined: nothing). */
@@ -289,11 +273,11 @@ test('a cache in front of durable stores: memcached, redis, mysql', async (t) =>
         const old = `old session ${randomBytes(6).toString('hex')}`;
         const bin = await rawClient(mux.port);
         t.after(() => bin.close());
-        const set = await binAsk(bin, binFrame(BIN_SET, key, storeExtras(0, 0), old, 0x51));
+        const set = await binAsk(bin, frame({ opcode: BIN_SET, key, extras: storeExtras(0, 0), value: old, opaque: 0x51 }));
         assert.deepEqual([set.opcode, set.status, set.opaque], [BIN_SET, BIN_SUCCESS, 0x51], 'SET of the old session succeeds');
         assert.deepEqual(await held(key), everywhere(old), 'every store holds the old session before the oversized SET');
 
-        const refused = await binAsk(bin, binFrame(BIN_SET, key, storeExtras(0, 0), big, 0x52));
+        const refused = await binAsk(bin, frame({ opcode: BIN_SET, key, extras: storeExtras(0, 0), value: big, opaque: 0x52 }));
         assert.deepEqual(
           [refused.opcode, refused.status, refused.opaque, refused.value],
           [BIN_SET, BIN_TOO_LARGE, 0x52, 'object too large for cache'],
@@ -301,7 +285,7 @@ test('a cache in front of durable stores: memcached, redis, mysql', async (t) =>
         );
         assert.deepEqual(await held(key), nowhere, 'the old session is gone from every store once the refusal is answered');
         // The connection is still in step: a GET gets its own answer, a miss.
-        const get = await binAsk(bin, binFrame(BIN_GET, key, Buffer.alloc(0), '', 0x53));
+        const get = await binAsk(bin, frame({ opcode: BIN_GET, key, opaque: 0x53 }));
         assert.deepEqual([get.opcode, get.status, get.opaque], [BIN_GET, BIN_KEY_NOT_FOUND, 0x53]);
         assert.equal(await c.ask(`get ${key}\r\n`, END, REPLY_MS), 'END\r\n', 'and a miss through the text protocol too');
       });
@@ -401,45 +385,11 @@ interface Held {
   readonly sqlite: string | undefined;
 }
 
-async function connectMysql(url: string): Promise<Connection> {
-  const u = new URL(url);
-  return createConnection({
-    host: u.hostname,
-    port: Number(u.port),
-    user: decodeURIComponent(u.username),
-    password: decodeURIComponent(u.password),
-    database: u.pathname.slice(1),
-    connectTimeout: REPLY_MS,
-  });
-}
-
 const BIN_GET = 0x00;
 const BIN_SET = 0x01;
 const BIN_SUCCESS = 0x0000;
 const BIN_KEY_NOT_FOUND = 0x0001;
 const BIN_TOO_LARGE = 0x0003;
-
-/** A binary request (protocol_binary.h): 24-byte header, then extras, key, value. */
-function binFrame(opcode: number, key: string, extras: Buffer, value: string, opaque: number): Buffer {
-  const k = Buffer.from(key, 'latin1');
-  const v = Buffer.from(value, 'latin1');
-  const h = Buffer.alloc(24);
-  h[0] = 0x80;
-  h[1] = opcode;
-  h.writeUInt16BE(k.length, 2);
-  h[4] = extras.length;
-  h.writeUInt32BE(extras.length + k.length + v.length, 8);
-  h.writeUInt32BE(opaque, 12);
-  return Buffer.concat([h, extras, k, v]);
-}
-
-/** SET extras: flags, exptime. */
-function storeExtras(flags: number, exptime: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeUInt32BE(flags >>> 0, 0);
-  b.writeUInt32BE(exptime >>> 0, 4);
-  return b;
-}
 
 /** Sends one binary request and reads exactly one response (nothing after it). */
 async function binAsk(c: RawClient, request: Buffer): Promise<{ opcode: number; status: number; opaque: number; value: string }> {

@@ -35,10 +35,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
-import { type Connection, createConnection } from 'mysql2/promise';
+import type { Connection } from 'mysql2/promise';
 import { END, type McmuxProcess, type RawClient, eventually, killAndWait, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
-import { type MariadbProcess, startMariadb } from '../upstream/targets/mysql';
+import { type MariadbProcess, connectMysqlUrl, startMariadb } from '../upstream/targets/mysql';
 
 const ACTIVE = 150;
 const DORMANT = 30;
@@ -169,17 +169,6 @@ async function peekAll(port: number, keys: readonly string[]): Promise<Array<str
   return out;
 }
 
-async function openDb(url: string): Promise<Connection> {
-  const u = new URL(url);
-  return createConnection({
-    host: u.hostname,
-    port: Number(u.port),
-    user: decodeURIComponent(u.username),
-    password: decodeURIComponent(u.password),
-    database: u.pathname.slice(1),
-    connectTimeout: REPLY_MS,
-  });
-}
 
 /** The rows of TABLE whose key starts with `prefix`, key -> value. */
 async function rowsLike(db: Connection, prefix: string): Promise<Map<string, string>> {
@@ -271,7 +260,7 @@ test('a PHP farm sharding sessions over three memcached moves to mcmux (pool + M
   const viaMux = `127.0.0.1:${mux.port}`;
   const c = await rawClient(mux.port);
   undo.push(() => c.close());
-  const db = await openDb(maria.url);
+  const db = await connectMysqlUrl(maria.url, REPLY_MS);
   undo.push(() => db.destroy());
 
   const s0 = await upstreamStats(c);

@@ -18,6 +18,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type McmuxProcess, type PeekedItem, type RawClient, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
+import { frame, storeExtras } from '../helpers/binary-frame';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
 
 const MAX_ITEM_SIZE = 1024;
@@ -95,38 +96,6 @@ const OP = {
 } as const;
 const ST = { SUCCESS: 0x00, KEY_NOT_FOUND: 0x01, KEY_EXISTS: 0x02, INVALID_ARGUMENTS: 0x04, INTERNAL_ERROR: 0x84, UNKNOWN_COMMAND: 0x81 } as const;
 
-interface FrameSpec {
-  readonly opcode: number;
-  readonly key?: string;
-  readonly extras?: Buffer;
-  readonly value?: string | Buffer;
-  readonly opaque?: number;
-  readonly cas?: bigint;
-  readonly magic?: number;
-}
-
-function frame(f: FrameSpec): Buffer {
-  const key = Buffer.from(f.key ?? '', 'latin1');
-  const extras = f.extras ?? Buffer.alloc(0);
-  const value = typeof f.value === 'string' ? Buffer.from(f.value, 'latin1') : (f.value ?? Buffer.alloc(0));
-  const h = Buffer.alloc(24);
-  h.writeUInt8(f.magic ?? 0x80, 0);
-  h.writeUInt8(f.opcode, 1);
-  h.writeUInt16BE(key.length, 2);
-  h.writeUInt8(extras.length, 4);
-  h.writeUInt32BE(extras.length + key.length + value.length, 8);
-  h.writeUInt32BE(f.opaque ?? 0, 12);
-  h.writeBigUInt64BE(f.cas ?? 0n, 16);
-  return Buffer.concat([h, extras, key, value]);
-}
-
-/** SET/ADD/REPLACE extras: flags, exptime. */
-function storeExtras(flags: number, exptime: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeUInt32BE(flags >>> 0, 0);
-  b.writeUInt32BE(exptime >>> 0, 4);
-  return b;
-}
 
 /** INCREMENT/DECREMENT extras: delta, initial, exptime (0xffffffff: do not create). */
 function arithExtras(delta: bigint, initial: bigint, exptime: number): Buffer {

@@ -7,6 +7,7 @@ import { OPCODE as OP } from '../../src/protocol/binary/header';
 import { BinaryRequestParser } from '../../src/protocol/binary/request-parser';
 import { TextCodec } from '../../src/protocol/text/text-codec';
 import { COPY_MAX, OutBuffer } from '../../src/protocol/out-buffer';
+import { frame as binaryFrame } from '../helpers/binary-frame';
 
 const NOW = 1_700_000_000_000;
 const LIMITS = { maxLineLength: 2048, maxItemSize: 1024, maxKeysPerGet: 8 };
@@ -30,18 +31,7 @@ interface FrameSpec {
 
 /** One request frame; with a length override, only the bytes given are appended. */
 function frame(f: FrameSpec): Buffer {
-  const key = Buffer.from(f.key ?? '', 'latin1');
-  const extras = f.extras ?? Buffer.alloc(0);
-  const value = typeof f.value === 'string' ? Buffer.from(f.value, 'latin1') : (f.value ?? Buffer.alloc(0));
-  const h = Buffer.alloc(24);
-  h.writeUInt8(f.magic ?? 0x80, 0);
-  h.writeUInt8(f.op, 1);
-  h.writeUInt16BE(f.keyLength ?? key.length, 2);
-  h.writeUInt8(f.extrasLength ?? extras.length, 4);
-  h.writeUInt32BE(f.bodyLength ?? extras.length + key.length + value.length, 8);
-  h.writeUInt32BE(f.opaque ?? OPAQUE, 12);
-  h.writeBigUInt64BE(f.cas ?? 0n, 16);
-  return Buffer.concat([h, extras, key, value]);
+  return binaryFrame({ ...f, opcode: f.op, opaque: f.opaque ?? OPAQUE });
 }
 
 function u32(...values: number[]): Buffer {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { EXPIRED } from '../../src/command/command';
 import { type ParseResult, TextRequestParser } from '../../src/protocol/text/request-parser';
+import { mulberry32 } from '../helpers/random';
 
 const NOW = 1_700_000_000_000;
 const LIMITS = { maxLineLength: 2048, maxItemSize: 1024 * 1024, maxKeysPerGet: 8 };
@@ -53,17 +54,6 @@ function runRaw(input: Buffer, limits = LIMITS): ParseResult[] {
   return out;
 }
 
-/** mulberry32: a small seeded PRNG, so that a fuzz failure replays exactly (never Math.random). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Feeds `input` whole, byte by byte, and split in two at every offset: all must agree. */
 function check(input: string | Buffer, expected: string[], limits = LIMITS): void {

@@ -10,6 +10,7 @@ import { type App, startApp } from '../../src/app';
 import { type RawConfig, buildConfig } from '../../src/config';
 import type { MemoryUpstream } from '../../src/upstream/memory';
 import { MAX_READS_IN_FLIGHT } from '../../src/server/connection';
+import { frame as binaryFrame } from '../helpers/binary-frame';
 import { connectWire } from '../helpers/wire';
 
 const apps: App[] = [];
@@ -52,19 +53,8 @@ function recordCalls(app: App): string[] {
   return calls;
 }
 
-// Binary frames, as in test/protocol/binary-codec.test.ts.
 function frame(f: { op: number; key?: string; extras?: Buffer; value?: string }): Buffer {
-  const key = Buffer.from(f.key ?? '', 'latin1');
-  const extras = f.extras ?? Buffer.alloc(0);
-  const value = Buffer.from(f.value ?? '', 'latin1');
-  const h = Buffer.alloc(24);
-  h.writeUInt8(0x80, 0);
-  h.writeUInt8(f.op, 1);
-  h.writeUInt16BE(key.length, 2);
-  h.writeUInt8(extras.length, 4);
-  h.writeUInt32BE(extras.length + key.length + value.length, 8);
-  h.writeUInt32BE(0xdeadbeef, 12);
-  return Buffer.concat([h, extras, key, value]);
+  return binaryFrame({ ...f, opcode: f.op, opaque: 0xdeadbeef });
 }
 
 /** Binary responses as `<opcode> s=<status>`, the cas marked `cas` when non-zero; checks magic, opaque, lengths. */

@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createConnection } from 'mysql2/promise';
+import { type Connection, createConnection } from 'mysql2/promise';
 import { createMysqlUpstream } from '../../../src/upstream/mysql';
 import type { Upstream } from '../../../src/upstream/upstream';
 import { freePort, requireBinary, stopProcess } from '../../helpers/servers';
@@ -239,3 +239,16 @@ export const mysqlTarget: ConformanceTarget = {
     };
   },
 };
+
+/** A plain mysql2 connection to the database of a mysql:// URL, to look behind mcmux's back. */
+export function connectMysqlUrl(url: string, connectTimeout = 5000): Promise<Connection> {
+  const u = new URL(url);
+  return createConnection({
+    host: u.hostname,
+    port: Number(u.port),
+    user: decodeURIComponent(u.username),
+    password: decodeURIComponent(u.password),
+    database: u.pathname.slice(1),
+    connectTimeout,
+  });
+}
