@@ -7,7 +7,10 @@
  * Bounded: at most `maxKeys` entries per upstream. On overflow the upstream stops being trusted
  * as a whole ("overflowed"): mcmux keeps writing to it but reads nothing from it until it is
  * known clean — flushed (a cache), or every item mcmux wrote before it came back has expired
- * (mcmux persists the longest deadline it ever wrote), or an operator trusts it again.
+ * (mcmux persists the longest deadline it ever wrote), or an operator trusts it again. Except
+ * the keys a client's set or delete reached since the overflow (up to `maxKeys` of them, until
+ * it misses a write of the key again): it holds their current state, so it is read for them,
+ * repairs others from them, and is not flushed while it holds one that nobody else does.
  *
  * Persistent: every change is appended to `<state-dir>/journal.log` (one line, keys in hex) and
  * the file is read back at start, so a proxy restart during an outage keeps its repair work.
@@ -46,7 +49,22 @@ interface PerUpstream {
   /** Keys with an acknowledged write still on its way here (write-wait copies), by sequence. */
   pending?: Map<string, number>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
-  overflow: { since: number; trustAfter: number | undefined } | undefined;
+  overflow: Overflow | undefined;
+}
+
+export interface Overflow {
+  readonly since: number;
+  /**
+   * The write sequence when it overflowed: only writes started later can tell what it holds (an
+   * older one may land after a newer one it missed, whose entry the overflow dropped).
+   */
+  readonly afterSeq: number;
+  trustAfter: number | undefined;
+  /**
+   * Keys a client write reached (or missed) since the overflow, with that write's sequence
+   * (0: loaded from disk). `holds`: it has the key's current state. A key not here is dirty.
+   */
+  readonly known: Map<string, { seq: number; holds: boolean }>;
 }
 
 /**
@@ -113,7 +131,9 @@ export class RepairJournal {
   /** True when `u` must not be read (or decide) for `key`. Hot path: two map lookups at most. */
   isDirty(u: Upstream, key: string): boolean {
     const p = this.byName.get(idOf(u));
-    return p !== undefined && (p.overflow !== undefined || p.keys.has(key) || (p.pending !== undefined && p.pending.has(key)));
+    if (p === undefined) return false;
+    if (p.overflow !== undefined && p.overflow.known.get(key)?.holds !== true) return true;
+    return p.keys.has(key) || (p.pending !== undefined && p.pending.has(key));
   }
 
   /**
@@ -135,7 +155,7 @@ export class RepairJournal {
     if (s !== undefined && s <= seq) pending.delete(key);
   }
 
-  overflowed(u: Upstream): PerUpstream['overflow'] {
+  overflowed(u: Upstream): Overflow | undefined {
     return this.byName.get(idOf(u))?.overflow;
   }
 
@@ -147,6 +167,13 @@ export class RepairJournal {
   get totalKeys(): number {
     let n = 0;
     for (const p of this.byName.values()) n += p.keys.size;
+    return n;
+  }
+
+  /** Keys overflowed upstreams are known to hold (they are written to journal.log as well). */
+  private knownKeys(): number {
+    let n = 0;
+    for (const p of this.byName.values()) n += p.overflow?.known.size ?? 0;
     return n;
   }
 
@@ -286,11 +313,12 @@ export class RepairJournal {
     if (p.overflow) {
       // Missed writes while waiting to be trusted again restart the wait.
       p.overflow.trustAfter = undefined;
+      this.learn(u, p.overflow, key, seq, false);
       return;
     }
     if (!p.keys.has(key) && p.keys.size >= this.options.maxKeys) {
       p.keys.clear();
-      p.overflow = { since: Date.now(), trustAfter: undefined };
+      p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: undefined, known: new Map() };
       this.append(`O ${hex(idOf(u))} ${p.overflow.since}`);
       return;
     }
@@ -308,6 +336,10 @@ export class RepairJournal {
    */
   written(u: Upstream, key: string, seq?: number): void {
     const p = this.byName.get(idOf(u));
+    if (p?.overflow !== undefined) {
+      this.learn(u, p.overflow, key, seq ?? Number.MAX_SAFE_INTEGER, true);
+      return;
+    }
     const e = p?.keys.get(key);
     if (!p || !e) return;
     if (seq !== undefined && seq < e.seq) return; // an older write: the newer miss stands
@@ -317,6 +349,44 @@ export class RepairJournal {
       return;
     }
     this.clear(u, key);
+  }
+
+  /**
+   * While overflowed: the write `seq` of `key` reached `u` (`holds`) or missed it. An older write
+   * than the one last recorded says nothing (a miss is recorded too, so that a late copy of an
+   * older write cannot pass for the current state); beyond maxKeys keys, nothing more is learnt
+   * (a key not learnt stays dirty). Persisted: `K` (holds) and `U` (no longer) lines.
+   */
+  private learn(u: Upstream, o: Overflow, key: string, seq: number, holds: boolean): void {
+    if (holds && seq <= o.afterSeq) return;
+    const k = o.known.get(key);
+    if (k !== undefined ? seq < k.seq : o.known.size >= this.options.maxKeys) return;
+    o.known.set(key, { seq, holds });
+    if (holds !== (k?.holds ?? false)) this.append(`${holds ? 'K' : 'U'} ${hex(idOf(u))} ${hex(key)}`);
+  }
+
+  /**
+   * A key the overflowed `u` holds and every other upstream is dirty for: `u` has the only
+   * current copy, and flushing it would lose an acknowledged write.
+   */
+  holdsAlone(u: Upstream, all: readonly Upstream[]): string | undefined {
+    const known = this.byName.get(idOf(u))?.overflow?.known;
+    if (!known) return undefined;
+    const others = all.filter((o) => idOf(o) !== idOf(u));
+    for (const [key, k] of known) if (k.holds && others.every((o) => this.isDirty(o, key))) return key;
+    return undefined;
+  }
+
+  /** The sequence the next write to start will have. */
+  nextWriteSeq(): number {
+    return this.writeSeq + 1;
+  }
+
+  /** Keys with a write in flight or started after the sequence `seq` (see readStarted). */
+  writtenKeysSince(seq: number): string[] {
+    const keys: string[] = [];
+    for (const [key, w] of this.writes) if (w.inFlight > 0 || w.seq > seq) keys.push(key);
+    return keys;
   }
 
   clear(u: Upstream, key: string): void {
@@ -380,7 +450,10 @@ export class RepairJournal {
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
         p.keys.clear();
-        p.overflow = { since: Number(f[2]) || Date.now(), trustAfter: undefined };
+        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: 0, trustAfter: undefined, known: new Map() };
+      } else if ((f[0] === 'K' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
+        if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
+        else p.overflow.known.delete(unhex(f[2]));
       } else if (f[0] === 'T') {
         p.keys.clear();
         p.overflow = undefined;
@@ -400,7 +473,10 @@ export class RepairJournal {
     if (this.persistedMax) out.push(`X ${this.persistedMax}`);
     if (this.neverExpires) out.push('N');
     for (const [name, p] of this.byName) {
-      if (p.overflow) out.push(`O ${hex(name)} ${p.overflow.since}`);
+      if (p.overflow) {
+        out.push(`O ${hex(name)} ${p.overflow.since}`);
+        for (const [key, k] of p.overflow.known) if (k.holds) out.push(`K ${hex(name)} ${hex(key)}`);
+      }
       for (const [key, e] of p.keys) out.push(`M ${hex(name)} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`);
     }
     const fd = openSync(tmp, 'w', 0o600);
@@ -421,7 +497,7 @@ export class RepairJournal {
     if (this.options.fsync === 'always') fsyncSync(this.fd as number);
     else if (this.options.fsync === 'everysec') this.scheduleSync();
     // Clears pile up behind marks: compact when the file is mostly history.
-    if (this.lines > 10_000 && this.lines > 4 * (this.totalKeys + 1)) this.rewrite();
+    if (this.lines > 10_000 && this.lines > 4 * (this.totalKeys + this.knownKeys() + 1)) this.rewrite();
   }
 
   private scheduleSync(): void {

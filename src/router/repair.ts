@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { isFenced, isUsable, knowsKey, noteWritten } from './health';
-import { idOf } from './journal';
+import { type Overflow, idOf } from './journal';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
 const CACHE_SCHEMES = new Set(['memcached', 'memory']);
@@ -131,14 +131,33 @@ export class Repairer {
     }
   }
 
-  private async retrust(ctx: RouterContext, u: Upstream, overflow: { since: number; trustAfter: number | undefined }): Promise<void> {
+  private async retrust(ctx: RouterContext, u: Upstream, overflow: Overflow): Promise<void> {
+    const { journal } = ctx;
     if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches) {
-      try {
-        await u.flush();
-      } catch {
+      // A session written here since the overflow that every other upstream missed: the flush
+      // would lose it. The other upstreams' repair copies it from here first.
+      const alone = journal.holdsAlone(u, ctx.upstreams);
+      if (alone !== undefined) {
+        this.log.debug({ upstream: u.name }, 'overflowed cache not flushed yet: it holds the only current copy of a key');
         return;
       }
-      ctx.journal.trust(u);
+      // A write that lands before the flush is wiped by it: every key written while it runs is
+      // journaled for this upstream afterwards (the read sequence keeps them remembered).
+      const seq = journal.readStarted();
+      const during = new Set(journal.writtenKeysSince(seq));
+      try {
+        await u.flush();
+        for (const key of journal.writtenKeysSince(seq)) during.add(key);
+      } catch {
+        return;
+      } finally {
+        journal.readFinished(seq);
+      }
+      journal.trust(u);
+      // Only a write started from now on proves the key is here again: the answer to one that
+      // started before may come after the flush's and still have landed before it.
+      const next = journal.nextWriteSeq();
+      for (const key of during) journal.mark(u, key, 'write', next);
       this.log.warn({ upstream: u.name }, 'repair journal had overflowed: flushed the cache upstream; reads use it again');
       return;
     }

@@ -12,7 +12,8 @@ import type { StoreRequest, Upstream } from '../../src/upstream/upstream';
 export type FaultMode = 'ok' | 'fail' | 'timeout' | 'gate';
 
 export class FakeUpstream implements Upstream {
-  readonly scheme = 'fake';
+  /** 'memory' makes the router treat it as a cache (flushed to be trusted after an overflow). */
+  readonly scheme: string;
   readonly timeoutMs = 50;
   readonly inner: MemoryUpstream;
   mode: FaultMode = 'ok';
@@ -22,7 +23,11 @@ export class FakeUpstream implements Upstream {
   private gate: Promise<boolean> = Promise.resolve(false);
   private openGate: (failed: boolean) => void = () => {};
 
-  constructor(readonly name: string) {
+  constructor(
+    readonly name: string,
+    scheme = 'fake',
+  ) {
+    this.scheme = scheme;
     this.inner = new MemoryUpstream(name, 64 * 1024 * 1024);
   }
 

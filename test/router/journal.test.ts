@@ -203,6 +203,118 @@ describe('repair journal', () => {
     assert.equal((await a.get(['x']))[0], undefined, 'flushed');
   });
 
+  // An upstream overflows while down (a), comes back, and then b misses a write that a took: a
+  // holds the only current copy of that key. Before, a counted as dirty for every key since time
+  // 0, so b's stale copy looked the fresher and was served and repaired into the truth.
+  function overflowThenMiss(opts: { cache: boolean }) {
+    const a = new FakeUpstream('fake://0', opts.cache ? 'memory' : 'fake');
+    const b = new FakeUpstream('fake://1');
+    const t = setup({ ups: [a, b], maxKeys: 2 });
+    return { ...t, a, b };
+  }
+
+  it('overflow: a key written to the overflowed upstream since is read from it, and repaired from it', async () => {
+    const { a, b, journal, repairer, exec } = overflowThenMiss({ cache: false });
+    await exec(set('sess', 'v1'));
+    a.mode = 'fail';
+    for (const k of ['k1', 'k2', 'k3']) await exec(set(k, 'v'));
+    assert.ok(journal.overflowed(a));
+    a.mode = 'ok';
+    b.mode = 'fail';
+    const stored = await exec(set('sess', 'v2'));
+    assert.equal(stored.kind === 'status' && stored.status, 'STORED');
+    b.mode = 'ok';
+    assert.equal(journal.isDirty(a, 'sess'), false, 'a took the last write of sess: it holds its current state');
+    assert.equal(journal.isDirty(a, 'k1'), true, 'a key a missed while down is still not read from it');
+    assert.equal(value(await exec(get('sess'))), 'v2');
+    await repairer.tick();
+    assert.equal(await held(b, 'sess'), 'v2', 'b is repaired from a, not taken as the truth');
+    assert.equal(journal.isDirty(b, 'sess'), false);
+    // A write a misses again makes it dirty for the key again.
+    a.mode = 'fail';
+    await exec(set('sess', 'v3'));
+    a.mode = 'ok';
+    assert.equal(journal.isDirty(a, 'sess'), true);
+    assert.equal(value(await exec(get('sess'))), 'v3');
+  });
+
+  it('overflow on a cache: not flushed while it holds the only current copy of a key', async () => {
+    const { a, b, journal, repairer, exec } = overflowThenMiss({ cache: true });
+    a.mode = 'fail';
+    for (const k of ['k1', 'k2', 'k3']) await exec(set(k, 'v'));
+    a.mode = 'ok';
+    b.mode = 'fail';
+    await exec(set('cart', 'three items'));
+    await repairer.tick(); // b still failing: its copy of cart cannot be repaired
+    assert.ok(journal.overflowed(a), 'not flushed: the flush would lose the acknowledged write');
+    assert.equal(await held(a, 'cart'), 'three items');
+    assert.equal(value(await exec(get('cart'))), 'three items');
+    b.mode = 'ok';
+    await repairer.tick(); // b gets cart from a
+    assert.equal(await held(b, 'cart'), 'three items');
+    await repairer.tick(); // now the flush loses nothing
+    assert.equal(journal.overflowed(a), undefined, 'flushed and trusted');
+    assert.equal(await held(a, 'k1'), undefined, 'flushed');
+    assert.equal(value(await exec(get('cart'))), 'three items');
+  });
+
+  it('overflow on a cache: a write in flight during the flush is journaled for it, not trusted', async () => {
+    const { a, journal, repairer, exec } = overflowThenMiss({ cache: true });
+    a.mode = 'fail';
+    for (const k of ['k1', 'k2', 'k3']) await exec(set(k, 'v'));
+    a.close_gate();
+    const tick = repairer.tick(); // the flush waits at a's gate
+    const write = exec(set('w', 'x')); // on a, it waits behind the flush; b takes it
+    for (let i = 0; i < 100 && !a.calls.includes('set w'); i++) await new Promise(setImmediate);
+    assert.deepEqual(a.calls.slice(-2), ['flush', 'set w']);
+    a.open();
+    await Promise.all([tick, write]);
+    assert.equal(journal.overflowed(a), undefined);
+    assert.equal(journal.isDirty(a, 'w'), true, 'the flush may have landed after the write on a');
+    await repairer.tick();
+    assert.equal(journal.isDirty(a, 'w'), false);
+    assert.equal(await held(a, 'w'), 'x');
+  });
+
+  it('overflow: the keys the overflowed upstream holds survive a restart', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const u = { name: 'memcached://127.0.0.1:1' } as Upstream;
+      const j1 = new RepairJournal({ maxKeys: 1, dir, fsync: 'always' });
+      j1.mark(u, 'k1', 'write');
+      j1.mark(u, 'k2', 'write');
+      assert.ok(j1.overflowed(u));
+      j1.written(u, 'held', 5);
+      j1.written(u, 'lost', 6);
+      j1.mark(u, 'lost', 'write', 7);
+      assert.deepEqual([j1.isDirty(u, 'held'), j1.isDirty(u, 'lost'), j1.isDirty(u, 'k1')], [false, true, true]);
+      j1.close();
+      const j2 = new RepairJournal({ maxKeys: 1, dir, fsync: 'always' });
+      j2.load([u]);
+      assert.ok(j2.overflowed(u));
+      assert.deepEqual([j2.isDirty(u, 'held'), j2.isDirty(u, 'lost'), j2.isDirty(u, 'k1')], [false, true, true]);
+      j2.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('overflow: the keys it holds are bounded by journal-max-keys, and a late copy of an older write does not count', () => {
+    const u = { name: 'memcached://127.0.0.1:1' } as Upstream;
+    const j = new RepairJournal({ maxKeys: 2, dir: undefined, fsync: 'no' });
+    for (const k of ['k1', 'k2', 'k3']) j.mark(u, k, 'write');
+    assert.ok(j.overflowed(u));
+    j.written(u, 'a', 10);
+    j.written(u, 'b', 11);
+    j.written(u, 'c', 12);
+    assert.deepEqual([j.isDirty(u, 'a'), j.isDirty(u, 'b'), j.isDirty(u, 'c')], [false, false, true], 'the third is not learnt');
+    j.mark(u, 'a', 'write', 20);
+    j.written(u, 'a', 15); // a copy of a write older than the one it missed
+    assert.equal(j.isDirty(u, 'a'), true);
+    j.written(u, 'a', 21);
+    assert.equal(j.isDirty(u, 'a'), false);
+  });
+
   it('survives a restart: entries are appended to journal.log and loaded back', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     try {
