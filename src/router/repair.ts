@@ -133,14 +133,10 @@ export class Repairer {
 
   private async retrust(ctx: RouterContext, u: Upstream, overflow: Overflow): Promise<void> {
     const { journal } = ctx;
-    if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches) {
-      // A session written here since the overflow that every other upstream missed: the flush
-      // would lose it. The other upstreams' repair copies it from here first.
-      const alone = journal.holdsAlone(u, ctx.upstreams);
-      if (alone !== undefined) {
-        this.log.debug({ upstream: u.name }, 'overflowed cache not flushed yet: it holds the only current copy of a key');
-        return;
-      }
+    // A session written here since the overflow that every other upstream missed: a flush would
+    // lose it. The other upstreams' repair copies it from here first; meanwhile (and for good
+    // when there is no other upstream) it may be trusted by expiry, as any other store.
+    if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches && journal.holdsAlone(u, ctx.upstreams) === undefined) {
       // A write that lands before the flush is wiped by it: every key written while it runs is
       // journaled for this upstream afterwards (the read sequence keeps them remembered).
       const seq = journal.readStarted();

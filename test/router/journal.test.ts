@@ -258,6 +258,19 @@ describe('repair journal', () => {
     assert.equal(value(await exec(get('cart'))), 'three items');
   });
 
+  it('overflow on the only upstream, a cache: what it took since is never flushed away', async () => {
+    const a = new FakeUpstream('fake://0', 'memory');
+    const { journal, repairer, exec } = setup({ ups: [a], maxKeys: 1 });
+    a.mode = 'fail';
+    for (const k of ['k1', 'k2']) await exec(set(k, 'v'));
+    assert.ok(journal.overflowed(a));
+    a.mode = 'ok';
+    await exec(set('cart', 'one item'));
+    await repairer.tick();
+    assert.equal(await held(a, 'cart'), 'one item');
+    assert.ok(!a.calls.includes('flush'));
+  });
+
   it('overflow on a cache: a write in flight during the flush is journaled for it, not trusted', async () => {
     const { a, journal, repairer, exec } = overflowThenMiss({ cache: true });
     a.mode = 'fail';
