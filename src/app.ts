@@ -176,6 +176,9 @@ export class App {
     const upstreams = this.resolveUpstreams(config, true);
     const kept = new Set(upstreams);
     const removed = [...before].filter((u) => !kept.has(u));
+    // A store new to the chain may have left it earlier and missed every write since: none of
+    // what it holds is trusted until it is known clean, as after a journal overflow.
+    this.journal.setChain(upstreams);
     this.router.reconfigure({ upstreams, journal: this.journal, onFlushed: this.onFlushed, hedgeMs: config.hedgeMs, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush });
     this.repairer.options = config.repair;
     this.coldDetector.fenceMs = config.lockFence;

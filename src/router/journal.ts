@@ -317,9 +317,7 @@ export class RepairJournal {
       return;
     }
     if (!p.keys.has(key) && p.keys.size >= this.options.maxKeys) {
-      p.keys.clear();
-      p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: undefined, known: new Map() };
-      this.append(`O ${hex(idOf(u))} ${p.overflow.since}`);
+      this.distrust(u);
       return;
     }
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
@@ -349,6 +347,17 @@ export class RepairJournal {
       return;
     }
     this.clear(u, key);
+  }
+
+  /**
+   * Stops trusting `u` as a whole, as on overflow: its journal overflowed, or it was added by a
+   * reload (it may be a store that left the chain earlier and missed every write since).
+   */
+  distrust(u: Upstream): void {
+    const p = this.of(u);
+    p.keys.clear();
+    p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: undefined, known: new Map() };
+    this.append(`O ${hex(idOf(u))} ${p.overflow.since}`);
   }
 
   /**
@@ -423,18 +432,44 @@ export class RepairJournal {
     }
   }
 
+  /**
+   * The stores in the chain now (start, reload). One that was not in it before may have left it
+   * earlier and missed every write since: it is distrusted. Persisted as `S` lines, so that this
+   * holds across a restart too; a journal file written before S lines existed trusts them all.
+   */
+  setChain(upstreams: readonly Upstream[]): void {
+    const next = new Set(upstreams.map(idOf));
+    if (next.size === this.chain.size && [...next].every((id) => this.chain.has(id))) return;
+    for (const u of upstreams) if (!this.chain.has(idOf(u))) this.distrust(u);
+    this.chain = next;
+    if (this.fd !== undefined) this.rewrite();
+  }
+
+  /** Stores in the chain (setChain); empty before the first call: every store is new then. */
+  private chain = new Set<string>();
+
   /** Loads journal.log (if any) and rewrites it compacted. Call once at start. */
   load(upstreams: readonly Upstream[]): void {
     const dir = this.options.dir;
-    if (!dir) return;
-    const file = join(dir, 'journal.log');
-    let text: string;
+    const configured = new Set(upstreams.map(idOf));
+    let text: string | undefined;
     try {
-      text = readFileSync(file, 'latin1');
+      if (dir) text = readFileSync(join(dir, 'journal.log'), 'latin1');
     } catch {
-      return; // no journal yet: the file is made on the first entry
+      // no journal yet: a first start, nothing to distrust
     }
-    const known = new Set(upstreams.map(idOf));
+    // Without a record of the chain (a first start, or a file from before S lines), every
+    // configured store is taken as having been in it.
+    const chain = new Set<string>();
+    for (const line of text?.split('\n') ?? []) if (line.startsWith('S ')) chain.add(unhex(line.slice(2)));
+    this.chain = chain.size > 0 ? chain : configured;
+    this.parse(text ?? '', configured);
+    this.setChain(upstreams);
+    // Written even with nothing to repair: the next start must know this chain.
+    if (dir) this.rewrite();
+  }
+
+  private parse(text: string, known: ReadonlySet<string>): void {
     for (const line of text.split('\n')) {
       const f = line.split(' ');
       const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
@@ -459,7 +494,6 @@ export class RepairJournal {
         p.overflow = undefined;
       }
     }
-    this.rewrite();
   }
 
   /** Writes the live state as a fresh file and continues appending to it. */
@@ -472,6 +506,7 @@ export class RepairJournal {
     const out: string[] = [];
     if (this.persistedMax) out.push(`X ${this.persistedMax}`);
     if (this.neverExpires) out.push('N');
+    for (const id of this.chain) out.push(`S ${hex(id)}`);
     for (const [name, p] of this.byName) {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);

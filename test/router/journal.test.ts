@@ -289,6 +289,29 @@ describe('repair journal', () => {
     assert.equal(await held(a, 'w'), 'x');
   });
 
+  it('a store new to the chain (reload, or a restart with another config) is distrusted; a first start trusts all', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const u = { name: 'memcached://127.0.0.1:1' } as Upstream;
+      const v = { name: 'memcached://127.0.0.1:2' } as Upstream;
+      const j1 = new RepairJournal({ maxKeys: 10, dir, fsync: 'always' });
+      j1.load([u, v]);
+      assert.deepEqual([j1.overflowed(u), j1.overflowed(v)], [undefined, undefined], 'a first start: nothing to distrust');
+      j1.setChain([u]); // v leaves the chain (a reload) ...
+      j1.setChain([u, v]); // ... and comes back: it missed whatever was written meanwhile
+      assert.deepEqual([j1.overflowed(u) !== undefined, j1.overflowed(v) !== undefined], [false, true]);
+      j1.trust(v);
+      j1.setChain([u]); // v leaves again, and mcmux stops
+      j1.close();
+      const j2 = new RepairJournal({ maxKeys: 10, dir, fsync: 'always' });
+      j2.load([u, v]); // restarted with v back in the config
+      assert.deepEqual([j2.overflowed(u) !== undefined, j2.overflowed(v) !== undefined], [false, true]);
+      j2.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('overflow: the keys the overflowed upstream holds survive a restart', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     try {
