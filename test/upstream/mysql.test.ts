@@ -339,6 +339,30 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     });
   });
 
+  await t.test('a lone set is one autocommit statement; a batch of three is one INSERT', async () => {
+    const status = async (names: string[]): Promise<number[]> => {
+      const found = await rows(raw, `SHOW GLOBAL STATUS WHERE Variable_name IN (${names.map((n) => `'${n}'`).join(', ')})`);
+      return names.map((n) => Number(found.find((r) => r.Variable_name === n)?.Value));
+    };
+    const names = ['Com_insert', 'Com_begin', 'Com_select'];
+    const pool = other({ connections: '1' });
+    await pool.probe();
+    const before = await status(names);
+    const lone: bigint[] = [];
+    for (let i = 0; i < 5; i++) {
+      const r = await pool.store({ mode: 'set', key: `lone:${i}`, value: b(`l${i}`), flags: i, deadline: 0 });
+      assert.equal(r.status, 'STORED');
+      lone.push(r.cas as bigint);
+    }
+    const afterLone = await status(names);
+    assert.deepEqual(afterLone.map((n, i) => n - (before[i] as number)), [5, 0, 0], 'five INSERTs, no transaction, no read-back');
+    for (let i = 0; i < 5; i++) assert.equal((await getOne(up, `lone:${i}`))?.cas, lone[i], 'the unique answered is the stored one');
+    const three = await Promise.all(['t1', 't2', 't3'].map((k) => pool.store({ mode: 'set', key: k, value: b(k), flags: 0, deadline: 0 })));
+    const [inserts] = await status(names);
+    assert.equal((inserts as number) - (afterLone[0] as number), 1, 'three sets of one pass: one INSERT of three rows');
+    assert.equal(new Set(three.map((r) => r.cas)).size, 3);
+  });
+
   await t.test('max-queue counts each set of a batch: the third of three at once with max-queue 2 is BUSY', async () => {
     const small = other({ 'max-queue': '2', connections: '1' });
     await small.probe();
