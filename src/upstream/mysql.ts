@@ -572,8 +572,8 @@ export class MysqlUpstream implements Upstream {
   }
 
   /**
-   * One transaction (a lone set: one statement): the rows in key order (one lock order for every batch, so two batches do
-   * not deadlock), then their uniques read back. A key set twice in the batch is written in
+   * One transaction (a lone set: one statement): the rows in key order (one lock order for
+   * every batch, so two batches do not deadlock), then their uniques read back. A key set twice in the batch is written in
    * rounds (its first set, then its second, ...), so that each set gets the unique it made, as
    * one set after the other would.
    */
