@@ -61,10 +61,18 @@ export interface Overflow {
   readonly afterSeq: number;
   trustAfter: number | undefined;
   /**
-   * Keys a client write reached (or missed) since the overflow, with that write's sequence
-   * (0: loaded from disk). `holds`: it has the key's current state. A key not here is dirty.
+   * Keys a client write reached since the overflow, with that write's sequence (0: loaded from
+   * disk). `holds`: it has the key's current state; false once it missed a write of the key
+   * again. A key not here is dirty.
    */
   readonly known: Map<string, { seq: number; holds: boolean }>;
+  /**
+   * More keys were written than `known` may hold: what it holds that no other upstream does is
+   * no longer known, so it must not be flushed (it waits for expiry instead).
+   */
+  full: boolean;
+  /** The key holdsAlone() last found, checked first next time (it usually still is). */
+  lastAlone?: string;
 }
 
 /**
@@ -356,34 +364,69 @@ export class RepairJournal {
   distrust(u: Upstream): void {
     const p = this.of(u);
     p.keys.clear();
-    p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: undefined, known: new Map() };
+    p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: undefined, known: new Map(), full: false };
     this.append(`O ${hex(idOf(u))} ${p.overflow.since}`);
   }
 
   /**
-   * While overflowed: the write `seq` of `key` reached `u` (`holds`) or missed it. An older write
-   * than the one last recorded says nothing (a miss is recorded too, so that a late copy of an
-   * older write cannot pass for the current state); beyond maxKeys keys, nothing more is learnt
-   * (a key not learnt stays dirty). Persisted: `K` (holds) and `U` (no longer) lines.
+   * While overflowed: the write `seq` of `key` reached `u` (`holds`) or missed it. It holds the
+   * key only after the newest write of it started (an older one landing late proves nothing) and
+   * started after the overflow; any miss, even of an older write (a timed-out one may still land
+   * later), undoes that. Beyond maxKeys keys nothing more is learnt and the upstream is `full`.
+   * Persisted: `K` (holds), `U` (no longer), `F` (full) lines.
    */
   private learn(u: Upstream, o: Overflow, key: string, seq: number, holds: boolean): void {
-    if (holds && seq <= o.afterSeq) return;
     const k = o.known.get(key);
-    if (k !== undefined ? seq < k.seq : o.known.size >= this.options.maxKeys) return;
-    o.known.set(key, { seq, holds });
-    if (holds !== (k?.holds ?? false)) this.append(`${holds ? 'K' : 'U'} ${hex(idOf(u))} ${hex(key)}`);
+    if (!holds) {
+      if (k === undefined || !k.holds) return; // not known to hold it: dirty already
+      o.known.set(key, { seq: Math.max(seq, k.seq), holds: false });
+      this.append(`U ${hex(idOf(u))} ${hex(key)}`);
+      return;
+    }
+    if (seq <= o.afterSeq || (k !== undefined && seq < k.seq)) return;
+    if (seq < (this.writes.get(key)?.seq ?? seq)) return; // a newer write of the key is under way
+    if (k === undefined && o.known.size >= this.options.maxKeys) {
+      if (!o.full) this.append(`F ${hex(idOf(u))}`);
+      o.full = true;
+      return;
+    }
+    o.known.set(key, { seq, holds: true });
+    if (k?.holds !== true) this.append(`K ${hex(idOf(u))} ${hex(key)}`);
   }
 
   /**
-   * A key the overflowed `u` holds and every other upstream is dirty for: `u` has the only
-   * current copy, and flushing it would lose an acknowledged write.
+   * Whether flushing the overflowed cache `u` could lose an acknowledged write: it holds a key
+   * every other upstream is dirty for (its only current copy), or it took more keys than it could
+   * remember. Checks the key found last time first, so a wait for one key costs one lookup a tick.
    */
-  holdsAlone(u: Upstream, all: readonly Upstream[]): string | undefined {
-    const known = this.byName.get(idOf(u))?.overflow?.known;
-    if (!known) return undefined;
-    const others = all.filter((o) => idOf(o) !== idOf(u));
-    for (const [key, k] of known) if (k.holds && others.every((o) => this.isDirty(o, key))) return key;
-    return undefined;
+  holdsAlone(u: Upstream, all: readonly Upstream[]): boolean {
+    const o = this.byName.get(idOf(u))?.overflow;
+    if (!o) return false;
+    if (o.full) return true;
+    const others = all.filter((x) => idOf(x) !== idOf(u));
+    const alone = (key: string): boolean => o.known.get(key)?.holds === true && others.every((x) => this.isDirty(x, key));
+    if (o.lastAlone !== undefined && alone(o.lastAlone)) return true;
+    o.lastAlone = undefined;
+    for (const key of o.known.keys()) {
+      if (alone(key)) {
+        o.lastAlone = key;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /**
+   * Keys another overflowed upstream holds (its current state, maybe the only copy): a cache
+   * just flushed lacks them and must be repaired with them before that one may be flushed too.
+   */
+  heldByOthers(u: Upstream, all: readonly Upstream[]): string[] {
+    const keys: string[] = [];
+    for (const x of all) {
+      const o = idOf(x) === idOf(u) ? undefined : this.byName.get(idOf(x))?.overflow;
+      if (o) for (const [key, k] of o.known) if (k.holds) keys.push(key);
+    }
+    return keys;
   }
 
   /** The sequence the next write to start will have. */
@@ -485,10 +528,12 @@ export class RepairJournal {
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
         p.keys.clear();
-        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: 0, trustAfter: undefined, known: new Map() };
+        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: 0, trustAfter: undefined, known: new Map(), full: false };
       } else if ((f[0] === 'K' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
         else p.overflow.known.delete(unhex(f[2]));
+      } else if (f[0] === 'F' && p.overflow) {
+        p.overflow.full = true;
       } else if (f[0] === 'T') {
         p.keys.clear();
         p.overflow = undefined;
@@ -510,6 +555,7 @@ export class RepairJournal {
     for (const [name, p] of this.byName) {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);
+        if (p.overflow.full) out.push(`F ${hex(name)}`);
         for (const [key, k] of p.overflow.known) if (k.holds) out.push(`K ${hex(name)} ${hex(key)}`);
       }
       for (const [key, e] of p.keys) out.push(`M ${hex(name)} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`);

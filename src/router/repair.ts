@@ -26,6 +26,8 @@ const TICK_MS = 100;
 export class Repairer {
   private timer: NodeJS.Timeout | undefined;
   private running = false;
+  /** An overflowed cache is being flushed (see retrust). */
+  private flushing = false;
   private readonly progress = new Map<string, { total: number; done: number; since: number; lastLog: number }>();
   repaired = 0;
   repairFailures = 0;
@@ -135,8 +137,10 @@ export class Repairer {
     const { journal } = ctx;
     // A session written here since the overflow that every other upstream missed: a flush would
     // lose it. The other upstreams' repair copies it from here first; meanwhile (and for good
-    // when there is no other upstream) it may be trusted by expiry, as any other store.
-    if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches && journal.holdsAlone(u, ctx.upstreams) === undefined) {
+    // when there is no other upstream) it may be trusted by expiry, as any other store. One
+    // cache is flushed at a time: two that hold the same key must not both drop it at once.
+    if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches && !this.flushing && !journal.holdsAlone(u, ctx.upstreams)) {
+      this.flushing = true;
       // A write that lands before the flush is wiped by it: every key written while it runs is
       // journaled for this upstream afterwards (the read sequence keeps them remembered).
       const seq = journal.readStarted();
@@ -148,12 +152,15 @@ export class Repairer {
         return;
       } finally {
         journal.readFinished(seq);
+        this.flushing = false;
       }
       journal.trust(u);
       // Only a write started from now on proves the key is here again: the answer to one that
-      // started before may come after the flush's and still have landed before it.
+      // started before may come after the flush's and still have landed before it. And what
+      // another overflowed upstream holds is copied here before that one may be flushed.
       const next = journal.nextWriteSeq();
       for (const key of during) journal.mark(u, key, 'write', next);
+      for (const key of journal.heldByOthers(u, ctx.upstreams)) journal.mark(u, key, 'write', next);
       this.log.warn({ upstream: u.name }, 'repair journal had overflowed: flushed the cache upstream; reads use it again');
       return;
     }
