@@ -17,7 +17,8 @@ import { type Socket, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NODE_FLAGS } from '../../src/node-flags';
-import { type MemcachedProcess, freePort } from './servers';
+import type { TestContext } from 'node:test';
+import { type MemcachedProcess, freePort, startMemcached } from './servers';
 import { type Until, type Wire, connectWire } from './wire';
 
 /** bin/mcmux, from dist/test/helpers/ (compiled) and from test/helpers/ (ts-node) alike. */
@@ -151,6 +152,18 @@ async function startOn(port: number, args: string[], opts: SpawnOptions): Promis
   const why = exit ? `exited with ${exit.signal ?? exit.code}` : 'no answer to version within 5 s';
   await handle.stop('SIGKILL');
   throw new Error(`mcmux ${args.join(' ')} on port ${port} did not start (${why}); stderr: ${out.stderr.trim()}; stdout: ${out.stdout.trim().slice(-2000)}`);
+}
+
+/**
+ * Two private memcached and an mcmux over them, in that order (`--log-level warn`, then `args`),
+ * every process stopped after the test.
+ */
+export async function mcmuxOverTwoMemcached(t: TestContext, args: string[] = []): Promise<{ mc1: MemcachedProcess; mc2: MemcachedProcess; mux: McmuxProcess }> {
+  const [mc1, mc2] = await Promise.all([startMemcached(), startMemcached()]);
+  t.after(() => Promise.all([mc1.stop(), mc2.stop()]));
+  const mux = await startMcmux(['--upstream', mc1.url, '--upstream', mc2.url, '--log-level', 'warn', ...args]);
+  t.after(() => mux.stop());
+  return { mc1, mc2, mux };
 }
 
 /**

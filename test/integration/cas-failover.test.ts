@@ -7,8 +7,8 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { END, peekItem, rawClient, killAndWait, startMcmux } from '../helpers/mcmux';
-import { requireBinary, startMemcached } from '../helpers/servers';
+import { END, killAndWait, mcmuxOverTwoMemcached, peekItem, rawClient } from '../helpers/mcmux';
+import { requireBinary } from '../helpers/servers';
 
 /** The unique a `gets` reply carries. */
 function uniqueOf(reply: string): string {
@@ -19,11 +19,7 @@ function uniqueOf(reply: string): string {
 
 test('a cas unique from the first memcached does not match in the second after a failover', async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const mc1 = await startMemcached();
-  const mc2 = await startMemcached();
-  t.after(() => Promise.all([mc1.stop(), mc2.stop()]));
-  const mux = await startMcmux(['--upstream', mc1.url, '--upstream', mc2.url, '--timeout', '1000', '--log-level', 'warn']);
-  t.after(() => mux.stop());
+  const { mc1, mc2, mux } = await mcmuxOverTwoMemcached(t, ['--timeout', '1000']);
 
   // One write straight into the first memcached: its counter runs one ahead from now on.
   const direct1 = await rawClient(mc1.port);

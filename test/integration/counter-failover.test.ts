@@ -17,8 +17,8 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { END, type RawClient, killAndWait, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
-import { requireBinary, startMemcached } from '../helpers/servers';
+import { END, type RawClient, killAndWait, mcmuxOverTwoMemcached, peekItem, rawClient } from '../helpers/mcmux';
+import { requireBinary } from '../helpers/servers';
 
 const CLIENTS = 16;
 /** Increments each client keeps in flight (pipelined on its connection). */
@@ -44,11 +44,7 @@ async function hammer(clients: readonly RawClient[], until: (done: number) => bo
 
 test('one counter, concurrent incr through mcmux, the first memcached killed midway', async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const mc1 = await startMemcached();
-  const mc2 = await startMemcached();
-  t.after(() => Promise.all([mc1.stop(), mc2.stop()]));
-  const mux = await startMcmux(['--upstream', mc1.url, '--upstream', mc2.url, '--timeout', '1000', '--log-level', 'warn']);
-  t.after(() => mux.stop());
+  const { mc1, mc2, mux } = await mcmuxOverTwoMemcached(t, ['--timeout', '1000']);
   const clients = await Promise.all(Array.from({ length: CLIENTS }, () => rawClient(mux.port)));
   t.after(() => clients.forEach((c) => c.close()));
   assert.equal(await clients[0]!.ask('set ctr 0 0 1\r\n0\r\n'), 'STORED\r\n');

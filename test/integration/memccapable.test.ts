@@ -12,8 +12,8 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { hostname } from 'node:os';
 import { test } from 'node:test';
-import { END, type McmuxProcess, eventually, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
-import { requireBinary, startMemcached } from '../helpers/servers';
+import { END, type McmuxProcess, eventually, mcmuxOverTwoMemcached, peekItem, rawClient } from '../helpers/mcmux';
+import { requireBinary } from '../helpers/servers';
 
 const TESTS_PER_PROTOCOL = 27;
 /** One memccapable run takes well under a second against memcached; bounded far above. */
@@ -82,11 +82,7 @@ function assertAllPass(run: Run, protocols: ReadonlyArray<Result['protocol']>, m
 test('memccapable against mcmux on two memcached (--allow-flush)', async (t) => {
   if (!requireBinary(t, 'memccapable', 'libmemcached-tools')) return;
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const mc1 = await startMemcached();
-  const mc2 = await startMemcached();
-  t.after(() => Promise.all([mc1.stop(), mc2.stop()]));
-  const mux = await startMcmux(['--upstream', mc1.url, '--upstream', mc2.url, '--allow-flush', '--log-level', 'warn']);
-  t.after(() => mux.stop());
+  const { mc1, mux } = await mcmuxOverTwoMemcached(t, ['--allow-flush']);
 
   const passed: string[] = [];
   await t.test(`binary (-b): ${TESTS_PER_PROTOCOL} of ${TESTS_PER_PROTOCOL}`, async () => {

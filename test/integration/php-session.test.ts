@@ -19,7 +19,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
-import { type McmuxProcess, eventually, killAndWait, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
+import { eventually, killAndWait, mcmuxOverTwoMemcached, peekItem, rawClient } from '../helpers/mcmux';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
 
 const RUNS = 30;
@@ -98,11 +98,7 @@ test('PHP sessions (php-memcached, text protocol)', async (t) => {
   });
 
   await t.test('through mcmux: the count survives losing either upstream', async (t) => {
-    const mc1 = await startMemcached();
-    const mc2 = await startMemcached();
-    t.after(() => Promise.all([mc1.stop(), mc2.stop()]));
-    const mux: McmuxProcess = await startMcmux(['--upstream', mc1.url, '--upstream', mc2.url, '--timeout', '1000', '--log-level', 'warn']);
-    t.after(() => mux.stop());
+    const { mc1, mc2, mux } = await mcmuxOverTwoMemcached(t, ['--timeout', '1000']);
     const sid = newSid();
     const key = PREFIX + sid;
     const lock = `${PREFIX}lock.${sid}`;
