@@ -115,9 +115,11 @@ export class ClientConnection {
     private readonly onClose: () => void,
     private readonly codecFor: CodecFactory = defaultCodecFactory,
     private readonly onBug: (error: unknown) => void = () => {},
+    /** Input comes through onRead() (the shared read buffer), not 'data' events. */
+    readonly sharedReads = false,
   ) {
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (!sharedReads) socket.on('data', (chunk: Buffer) => this.onData(chunk, false));
     socket.on('drain', () =>
       this.safely(() => {
         this.dispatch();
@@ -136,12 +138,29 @@ export class ClientConnection {
     });
   }
 
-  private onData(chunk: Buffer): void {
+  /** Input read into the shared buffer (shared-read.ts): valid only until this returns. */
+  onRead(chunk: Buffer): void {
+    this.onData(chunk, true);
+  }
+
+  private onData(chunk: Buffer, borrowed: boolean): void {
     if (this.closing || chunk.length === 0) return;
     try {
       if (!this.codec) this.codec = this.codecFor(chunk[0] as number, this.limits);
-      this.codec.push(chunk);
-      this.drainParser();
+      const codec = this.codec;
+      if (borrowed && !codec.detach) {
+        codec.push(Buffer.from(chunk)); // a codec that cannot copy what it keeps gets its own copy
+        borrowed = false;
+      } else {
+        codec.push(chunk, borrowed);
+      }
+      try {
+        this.drainParser();
+      } finally {
+        // What is left unparsed (a partial command, or input held back by max-pipeline) must
+        // not stay a view of the shared buffer, which the next read overwrites.
+        if (borrowed) codec.detach?.();
+      }
     } catch (error) {
       this.closeOnBug(error);
     }
@@ -369,6 +388,7 @@ export class ClientConnection {
   /** Refuses a connection over the limit (T22). */
   static refuse(socket: Socket): void {
     socket.on('error', () => socket.destroy());
+    socket.resume(); // accepted paused: read (and drop) what it sends, so its close is seen
     socket.end(errorLine('ERROR', 'Too many open connections'));
   }
 }

@@ -11,6 +11,7 @@ import { binaryCodecFactory } from '../protocol/binary/binary-codec';
 import type { Router } from '../router/router';
 import type { StatsSource } from '../router/stats';
 import { ClientConnection, type ConnectionLimits } from './connection';
+import { adoptSharedReads } from './shared-read';
 
 
 export class Listener implements StatsSource {
@@ -19,6 +20,7 @@ export class Listener implements StatsSource {
   private readonly sockets = new Map<Socket, ClientConnection>();
   private total = 0;
   private rejected = 0;
+  private readonly goneWaiters: Array<() => void> = [];
   limits: ConnectionLimits;
   maxConnections: number;
   /** Told of a bug caught on a client connection (logged by the app). */
@@ -49,7 +51,8 @@ export class Listener implements StatsSource {
   /** Listens on one more address; resolves with what was bound (the real port for port 0). */
   async listen(spec: ListenSpec, unixMode: number): Promise<ListenSpec> {
     if (spec.kind === 'unix') await removeStaleSocket(spec.path);
-    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // Paused until accept() has moved the socket onto the shared read buffer (nothing read yet).
+    const server = createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     this.servers.push(server);
     return new Promise((resolve, reject) => {
       server.once('error', reject);
@@ -68,15 +71,29 @@ export class Listener implements StatsSource {
     });
   }
 
-  private accept(socket: Socket): void {
+  private accept(raw: Socket): void {
     if (this.sockets.size >= this.maxConnections) {
       this.rejected++;
-      ClientConnection.refuse(socket);
+      ClientConnection.refuse(raw);
       return;
     }
     this.total++;
-    const conn = new ClientConnection(socket, this.routerRef(), this.limits, () => this.sockets.delete(socket), binaryCodecFactory, this.onBug);
+    let conn: ClientConnection | undefined;
+    const shared = adoptSharedReads(raw, (chunk) => conn?.onRead(chunk));
+    const socket = shared ?? raw;
+    const onClose = (): void => {
+      this.sockets.delete(socket);
+      if (this.sockets.size === 0) for (const resolve of this.goneWaiters.splice(0)) resolve();
+    };
+    conn = new ClientConnection(socket, this.routerRef(), this.limits, onClose, binaryCodecFactory, this.onBug, shared !== undefined);
     this.sockets.set(socket, conn);
+    if (!shared) raw.resume();
+  }
+
+  /** Resolves once no client is connected. */
+  private allGone(): Promise<void> {
+    if (this.sockets.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.goneWaiters.push(resolve));
   }
 
   connections(): ClientConnection[] {
@@ -86,9 +103,11 @@ export class Listener implements StatsSource {
   /** Stops accepting; resolves when every client has gone (`force`: drops them now). */
   close(force: boolean): Promise<void> {
     if (force) for (const s of this.sockets.keys()) s.destroy();
-    return Promise.all(
-      this.servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve()))),
-    ).then(() => undefined);
+    // The servers do not count the clients moved onto the shared read buffer: wait for those too.
+    return Promise.all([
+      ...this.servers.map((server) => new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve()))),
+      this.allGone(),
+    ]).then(() => undefined);
   }
 
   /** Ends idle clients now and the others as soon as their last reply is written (shutdown). */

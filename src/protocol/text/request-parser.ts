@@ -9,7 +9,9 @@
  *
  * `next()` returns one result at a time: a Command, a `ParseError` (a reply to send, and whether
  * the connection must then be closed), or undefined when more bytes are needed. Values are
- * slices of the accumulated input, not copies.
+ * slices of the accumulated input, not copies, unless that input is borrowed (a view of the
+ * connections' shared read buffer, server/shared-read.ts): then values are copied, and detach()
+ * copies the unparsed rest before the buffer is read into again.
  */
 
 import {
@@ -92,9 +94,13 @@ function parseExptime(text: string): number | undefined {
   return neg ? -n : n;
 }
 
+const EMPTY = Buffer.alloc(0);
+
 export class TextRequestParser {
-  private buf: Buffer = Buffer.alloc(0);
+  private buf: Buffer = EMPTY;
   private pos = 0;
+  /** buf is a view of a buffer its owner reuses: what outlives next() must be copied. */
+  private borrowed = false;
   private pending: PendingStore | undefined;
   /** Bytes still to discard (a refused data block), and what to answer once they are gone. */
   private swallowLeft = 0;
@@ -111,7 +117,15 @@ export class TextRequestParser {
     return this.buf.length - this.pos;
   }
 
-  push(chunk: Buffer): void {
+  /** Copies the unconsumed bytes out of a borrowed buffer (before its owner reuses it). */
+  detach(): void {
+    if (!this.borrowed) return;
+    this.borrowed = false;
+    this.buf = this.pos >= this.buf.length ? EMPTY : Buffer.from(this.buf.subarray(this.pos));
+    this.pos = 0;
+  }
+
+  push(chunk: Buffer, borrowed = false): void {
     if (this.dead) return;
     if (this.swallowLeft > 0) {
       // A refused block is discarded as it arrives: it is never held in memory.
@@ -122,8 +136,10 @@ export class TextRequestParser {
     }
     if (this.pos >= this.buf.length) {
       this.buf = chunk;
+      this.borrowed = borrowed;
     } else {
       this.buf = Buffer.concat([this.buf.subarray(this.pos), chunk]);
+      this.borrowed = false;
     }
     this.pos = 0;
   }
@@ -200,7 +216,7 @@ export class TextRequestParser {
       key: p.key,
       flags: p.flags,
       deadline: p.deadline,
-      value: this.buf.subarray(start, valueEnd),
+      value: this.borrowed ? Buffer.from(this.buf.subarray(start, valueEnd)) : this.buf.subarray(start, valueEnd),
       cas: p.cas,
       noreply: p.noreply,
     };
