@@ -6,6 +6,9 @@
 
 import type { ArithOp } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
+import { RepairJournal } from '../../src/router/journal';
+import { Router } from '../../src/router/router';
+import { Listener } from '../../src/server/listener';
 import { MemoryUpstream } from '../../src/upstream/memory';
 import type { StoreRequest, Upstream } from '../../src/upstream/upstream';
 
@@ -96,4 +99,26 @@ export class FakeUpstream implements Upstream {
     await this.fault('probe');
   }
   async close() {}
+}
+
+/**
+ * An in-process mcmux front end (Listener + Router) over `up`, on a free port: for tests that
+ * hold the upstream at a gate and look at what reached it. Close it with `listener.close(true)`.
+ */
+export async function listenOverFake(up: FakeUpstream, maxPipeline = 64): Promise<{ listener: Listener; port: number }> {
+  let router: Router | undefined;
+  const limits = { maxLineLength: 2048, maxItemSize: 1 << 20, maxKeysPerGet: 16, maxPipeline, maxOutputBytes: 1 << 20 };
+  const listener = new Listener(() => router as Router, limits, 10, 'test');
+  router = new Router(
+    { upstreams: [up], journal: new RepairJournal({ maxKeys: 100, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: true },
+    listener,
+    () => {},
+  );
+  const bound = await listener.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 }, 0o666);
+  return { listener, port: bound.kind === 'tcp' ? bound.port : 0 };
+}
+
+/** Lets the event loop turn a few times, so anything not held back reaches the upstream. */
+export async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
 }

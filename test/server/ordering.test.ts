@@ -5,10 +5,8 @@
 
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { RepairJournal } from '../../src/router/journal';
-import { Router } from '../../src/router/router';
-import { Listener } from '../../src/server/listener';
-import { FakeUpstream } from '../helpers/fake-upstream';
+import type { Listener } from '../../src/server/listener';
+import { FakeUpstream, listenOverFake, settle } from '../helpers/fake-upstream';
 import { connectWire } from '../helpers/wire';
 
 const listeners: Listener[] = [];
@@ -19,23 +17,10 @@ after(async () => {
 async function setup() {
   const up = new FakeUpstream('fake://0');
   await up.inner.store({ mode: 'set', key: 'k', value: Buffer.from('old'), flags: 0, deadline: 0 });
-  let router: Router | undefined;
-  const limits = { maxLineLength: 2048, maxItemSize: 1 << 20, maxKeysPerGet: 16, maxPipeline: 64, maxOutputBytes: 1 << 20 };
-  const listener = new Listener(() => router as Router, limits, 10, 'test');
-  router = new Router(
-    { upstreams: [up], journal: new RepairJournal({ maxKeys: 100, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: true },
-    listener,
-    () => {},
-  );
+  const { listener, port } = await listenOverFake(up);
   listeners.push(listener);
-  const bound = await listener.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 }, 0o666);
-  const w = await connectWire(bound.kind === 'tcp' ? bound.port : 0);
+  const w = await connectWire(port);
   return { up, w };
-}
-
-/** Lets the event loop turn a few times, so anything not held back reaches the upstream. */
-async function settle(): Promise<void> {
-  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
 }
 
 describe('ordering on one connection', () => {

@@ -349,6 +349,8 @@ describe('protocol cases over a socket', () => {
     assert.equal(await w.ask('set u 0 0 1\r\nx\r\n'), 'STORED\r\n');
     const t = await connectWire(app.address.port);
     assert.equal(await t.ask('get u\r\n', 'END\r\n'), 'VALUE u 0 1\r\nx\r\nEND\r\n');
+    // Both kinds of socket read into the shared buffer (server/shared-read.ts).
+    assert.deepEqual(app.listener.connections().map((c) => c.sharedReads), [true, true]);
     w.close();
     t.close();
   });

@@ -8,10 +8,8 @@
 
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { RepairJournal } from '../../src/router/journal';
-import { Router } from '../../src/router/router';
-import { Listener } from '../../src/server/listener';
-import { FakeUpstream } from '../helpers/fake-upstream';
+import type { Listener } from '../../src/server/listener';
+import { FakeUpstream, listenOverFake, settle } from '../helpers/fake-upstream';
 import { connectWire, type Wire } from '../helpers/wire';
 
 const listeners: Listener[] = [];
@@ -21,17 +19,8 @@ after(async () => {
 
 async function setup(maxPipeline = 64) {
   const up = new FakeUpstream('fake://0');
-  let router: Router | undefined;
-  const limits = { maxLineLength: 2048, maxItemSize: 1 << 20, maxKeysPerGet: 16, maxPipeline, maxOutputBytes: 1 << 20 };
-  const listener = new Listener(() => router as Router, limits, 10, 'test');
-  router = new Router(
-    { upstreams: [up], journal: new RepairJournal({ maxKeys: 100, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: true },
-    listener,
-    () => {},
-  );
+  const { listener, port } = await listenOverFake(up, maxPipeline);
   listeners.push(listener);
-  const bound = await listener.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 }, 0o666);
-  const port = bound.kind === 'tcp' ? bound.port : 0;
   return { up, listener, connect: () => connectWire(port) };
 }
 
@@ -39,11 +28,6 @@ async function setup(maxPipeline = 64) {
 async function overwrite(other: Wire, n = 8): Promise<void> {
   const replies = await other.ask('version\r\n'.repeat(n), (t) => t.split('VERSION').length > n);
   assert.equal(replies.split('VERSION').length, n + 1);
-}
-
-/** Lets the event loop turn a few times, so anything not held back reaches the upstream. */
-async function settle(): Promise<void> {
-  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
 }
 
 async function stored(up: FakeUpstream, key: string): Promise<string | undefined> {
