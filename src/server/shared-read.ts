@@ -8,8 +8,8 @@
  * Node offers this (`onread`) only to sockets it connects, not to the ones a server accepts, so
  * the accepted socket's handle is moved into a new Socket made with `onread`. A chunk handed to
  * the callback is a view of the shared buffer, valid until the callback returns: the codecs copy
- * what they keep (ServerCodec.push, `borrowed`). Measured against a fresh Buffer per read: about
- * 5 % less CPU per request unpipelined, 2-3 % pipelined (docs/benchmarks.md).
+ * what they keep (ServerCodec.push, `borrowed`). Measured against a fresh Buffer per read, in
+ * paired rounds: 8 % less CPU per request unpipelined, 2-3 % pipelined (docs/benchmarks.md).
  *
  * Moving the handle uses the socket's `_handle` and the `handle` option of the Socket
  * constructor, which Node uses itself but does not document. Where they are not as expected,
