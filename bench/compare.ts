@@ -15,7 +15,7 @@ import { measureIdle, preload, runLoad, sleep, withTimeout, type LoadResult } fr
 import { replication as replicationOf, stats, type Replication } from './mcmux-stats';
 import { Unavailable, type Children } from './processes';
 import { addRatios, emptyRow, formatIdle, formatTable, writeReport, type IdleMemory, type Report, type Row } from './report';
-import { IDLE_RSS_LIMIT_MB, REPO, command, log, machine, type Settings } from './settings';
+import { IDLE_RSS_LIMIT_MB, REPO, command, idleDriver, idleDriverNote, log, machine, type Settings } from './settings';
 import { startTarget, stopTarget, type Target, type TargetKind } from './targets';
 
 type Idle = Awaited<ReturnType<typeof measureIdle>>;
@@ -95,7 +95,7 @@ function toRow(kind: TargetKind, pipeline: number, { load, idle, replication, bu
   return {
     ...emptyRow(kind, pipeline, 'ok', notes.join('; ')),
     opsPerSec: load.opsPerSec, p50Us: load.p50Us, p99Us: load.p99Us,
-    idleP50Us: idle.p50Us, idleP99Us: idle.p99Us,
+    idleP50Us: idle.p50Us, idleP99Us: idle.p99Us, idleSetP50Us: idle.setP50Us, idleSetP99Us: idle.setP99Us,
     cpuUsPerOpTarget: perOp(load.pidCpu[0] ?? NaN),
     cpuUsPerOpBackends: perOp(load.pidCpu.slice(1).reduce((a, b) => a + b, 0)),
     cpuUsPerOpLoadgen: perOp(load.loadgenCpu),
@@ -233,6 +233,8 @@ export async function comparison(s: Settings, children: Children, tmp: string): 
   const svg = s.json.endsWith('.json') ? s.json.slice(0, -5) + '.svg' : s.json + '.svg';
   writeReport(report, s.json, svg);
   console.log(formatTable(rows));
+  const halts = idleDriverNote(idleDriver());
+  if (halts) console.log(`\n${halts}`);
   if (idle) console.log(`\n${formatIdle(idle)}`);
   log(`wrote ${s.json} and ${svg}`);
 }

@@ -106,17 +106,31 @@ export async function preload(host: string, port: number, keys: number, valueSiz
   return g.errors + (keys - g.ops);
 }
 
-/** Round trip with nothing else in flight: one connection, one get at a time. */
+/**
+ * Round trips with nothing else in flight: one connection, one request at a time; `count` gets,
+ * then a quarter as many sets. The sets show what a write waits for: through mcmux, every store
+ * (`write-wait all`) or the first copies (`write-wait copies`).
+ */
 export async function measureIdle(host: string, port: number, count: number, keys: number, valueSize: number) {
+  const gets = await idleRoundTrips(host, port, count, keys, valueSize, 0);
+  const sets = await idleRoundTrips(host, port, Math.ceil(count / 4), keys, valueSize, 1);
+  return {
+    p50Us: gets.getHist.quantile(0.5), p99Us: gets.getHist.quantile(0.99),
+    setP50Us: sets.setHist.quantile(0.5), setP99Us: sets.setHist.quantile(0.99),
+    errors: gets.errors + gets.connErrors + sets.errors + sets.connErrors,
+  };
+}
+
+async function idleRoundTrips(host: string, port: number, count: number, keys: number, valueSize: number, set: 0 | 1): Promise<Group> {
   let left = count;
-  const g = new Group(Workload.get(keys, valueSize), () => (left-- > 0 ? ((Math.random() * keys) | 0) * 2 : -1));
+  const g = new Group(Workload.get(keys, valueSize), () => (left-- > 0 ? ((Math.random() * keys) | 0) * 2 + set : -1));
   await openGroup(host, port, 1, 1, g);
   g.measuring = true;
   g.conns[0]!.start();
   const settled = await g.settle(30_000);
   await g.stop();
-  if (!settled) throw new Error(`idle round trips: ${count} gets not answered in 30 s`);
-  return { p50Us: g.getHist.quantile(0.5), p99Us: g.getHist.quantile(0.99), errors: g.errors + g.connErrors };
+  if (!settled) throw new Error(`idle round trips: ${count} ${set ? 'sets' : 'gets'} not answered in 30 s`);
+  return g;
 }
 
 interface Part {

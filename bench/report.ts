@@ -17,6 +17,9 @@ export interface Row {
   p99Us: number | null;
   idleP50Us: number | null;
   idleP99Us: number | null;
+  /** The same with one set at a time: what a write waits for. */
+  idleSetP50Us: number | null;
+  idleSetP99Us: number | null;
   /** CPU µs per op over the measured window: the process clients talk to, the memcached
    * processes behind it (0 for direct), and this load generator. */
   cpuUsPerOpTarget: number | null;
@@ -76,7 +79,7 @@ export interface IdleMemory {
 export function emptyRow(target: string, pipeline: number, status: Row['status'], note: string): Row {
   return {
     target, pipeline, status, note,
-    opsPerSec: null, p50Us: null, p99Us: null, idleP50Us: null, idleP99Us: null,
+    opsPerSec: null, p50Us: null, p99Us: null, idleP50Us: null, idleP99Us: null, idleSetP50Us: null, idleSetP99Us: null,
     cpuUsPerOpTarget: null, cpuUsPerOpBackends: null, cpuUsPerOpLoadgen: null,
     errors: null, connErrors: null, misses: null, ratioToDirect: null, ratioToTwemproxy: null,
     getOpsPerSec: null, getP50Us: null, getP99Us: null, setOpsPerSec: null, setP50Us: null, setP99Us: null,
@@ -123,6 +126,7 @@ const KIND_COLUMNS: Column[] = [
   ['set ops/s', (r) => int(r.setOpsPerSec)],
   ['set p50 µs', (r) => int(r.setP50Us)],
   ['set p99 µs', (r) => int(r.setP99Us)],
+  ['idle set p50 µs', (r) => int(r.idleSetP50Us)],
   ['get × mcmux1', (r) => fixed(r.getRatioToMcmux1, 2)],
   ['writes missed', (r) => int(r.replicationFailures)],
   ['upstream errors', (r) => int(r.upstreamErrors)],

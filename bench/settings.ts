@@ -3,6 +3,7 @@
  */
 
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { SOAK_INTERVAL_S } from './soak';
@@ -122,9 +123,37 @@ export function machine(): Record<string, string | number> {
     twemproxy: first('nutcracker', ['-V']),
     redis: first('redis-server', ['--version']),
     mariadb: first('mariadbd', ['--version']),
+    ...idleDriver(),
     // Other work on the machine skews every figure: the 1-minute load average says how much.
     loadavgAtEnd: Number(loadavg()[0]!.toFixed(2)),
   };
+}
+
+/**
+ * How the machine's idle CPUs wait, which decides the idle round trip more than any proxy does:
+ * on a VM whose cpuidle driver is `haltpoll` with `guest_halt_poll_ns` 0, an idle vCPU halts at
+ * once and every hop of a round trip pays for waking one (docs/benchmarks.md, "The idle round trip").
+ */
+export function idleDriver(): { cpuidleDriver: string; guestHaltPollNs: number | string } {
+  const read = (path: string) => {
+    try {
+      return readFileSync(path, 'utf8').trim();
+    } catch {
+      return 'n/a';
+    }
+  };
+  const ns = read('/sys/module/haltpoll/parameters/guest_halt_poll_ns');
+  return {
+    cpuidleDriver: read('/sys/devices/system/cpu/cpuidle/current_driver'),
+    guestHaltPollNs: /^\d+$/.test(ns) ? Number(ns) : ns,
+  };
+}
+
+/** A line for under the table when idle vCPUs halt at once; '' otherwise. */
+export function idleDriverNote(d: ReturnType<typeof idleDriver>): string {
+  if (d.cpuidleDriver !== 'haltpoll' || d.guestHaltPollNs !== 0) return '';
+  return 'note: this VM halts an idle vCPU at once (cpuidle haltpoll, guest_halt_poll_ns 0, the kernel default is 200000): ' +
+    'each hop of an idle round trip wakes one, and a proxy has two hops more than direct';
 }
 
 /** The command line, as it would be typed to rerun this. */
