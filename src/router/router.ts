@@ -147,15 +147,20 @@ export class Router {
     const ctx = this.ctx;
     if (!('key' in cmd)) return this.run(ctx, cmd);
     // A conditional command of a key runs alone among that key's writes (key-order.ts).
-    const conditional = (cmd.kind === 'store' && cmd.mode !== 'set') || cmd.kind === 'arith';
-    if (!conditional && this.order.busyKeys === 0) return this.runWrite(ctx, cmd); // no closure on the hot path
-    const start = (): Promise<Reply> | Reply => this.runWrite(ctx, cmd);
-    return conditional ? this.order.conditional(cmd.key, start as () => Promise<Reply>) : this.order.plain(cmd.key, start);
+    if ((cmd.kind === 'store' && cmd.mode !== 'set') || cmd.kind === 'arith') {
+      return this.order.conditional(cmd.key, () => this.runWrite(ctx, cmd) as Promise<Reply>); // async all the way down
+    }
+    // set, delete, touch and a too-large set: replicate-write.ts tells the journal of the write
+    // itself, before any upstream sees it and until every copy has landed.
+    if (this.order.busyKeys === 0) return this.run(ctx, cmd); // no closure on the hot path
+    return this.order.plain(cmd.key, () => this.run(ctx, cmd));
   }
 
   /**
-   * Before any upstream sees a write: repairs and read repairs of its key in flight must know,
-   * until the command is answered (its copies still landing are tracked by replicate-write).
+   * A conditional command, before any upstream sees it: repairs and read repairs of its key in
+   * flight must know, until the command is answered. Its copies to the other upstreams are
+   * tracked by replicate-write (they may land after the answer); the authority's own request is
+   * covered only by this.
    */
   private runWrite(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> | Reply {
     const key = cmd.key;
