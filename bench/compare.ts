@@ -15,7 +15,7 @@ import { measureIdle, preload, runLoad, sleep, withTimeout, type LoadResult } fr
 import { replication as replicationOf, stats, type Replication } from './mcmux-stats';
 import { Unavailable, type Children } from './processes';
 import { addRatios, emptyRow, formatIdle, formatTable, writeReport, type IdleMemory, type Report, type Row } from './report';
-import { IDLE_RSS_LIMIT_MB, REPO, command, idleDriver, idleDriverNote, log, machine, type Settings } from './settings';
+import { IDLE_RSS_LIMIT_MB, REPO, command, idleDriverNote, log, machine, type Settings } from './settings';
 import { startTarget, stopTarget, type Target, type TargetKind } from './targets';
 
 type Idle = Awaited<ReturnType<typeof measureIdle>>;
@@ -233,7 +233,7 @@ export async function comparison(s: Settings, children: Children, tmp: string): 
   const svg = s.json.endsWith('.json') ? s.json.slice(0, -5) + '.svg' : s.json + '.svg';
   writeReport(report, s.json, svg);
   console.log(formatTable(rows));
-  const halts = idleDriverNote(idleDriver());
+  const halts = idleDriverNote(report.machine);
   if (halts) console.log(`\n${halts}`);
   if (idle) console.log(`\n${formatIdle(idle)}`);
   log(`wrote ${s.json} and ${svg}`);

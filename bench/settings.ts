@@ -149,8 +149,8 @@ export function idleDriver(): { cpuidleDriver: string; guestHaltPollNs: number |
   };
 }
 
-/** A line for under the table when idle vCPUs halt at once; '' otherwise. */
-export function idleDriverNote(d: ReturnType<typeof idleDriver>): string {
+/** A line for under the table when idle vCPUs halt at once (from machine()); '' otherwise. */
+export function idleDriverNote(d: Record<string, string | number>): string {
   if (d.cpuidleDriver !== 'haltpoll' || d.guestHaltPollNs !== 0) return '';
   return 'note: this VM halts an idle vCPU at once (cpuidle haltpoll, guest_halt_poll_ns 0, the kernel default is 200000): ' +
     'each hop of an idle round trip wakes one, and a proxy has two hops more than direct';

@@ -148,7 +148,7 @@ export class Router {
     if (!('key' in cmd)) return this.run(ctx, cmd);
     // A conditional command of a key runs alone among that key's writes (key-order.ts).
     if ((cmd.kind === 'store' && cmd.mode !== 'set') || cmd.kind === 'arith') {
-      return this.order.conditional(cmd.key, () => this.runWrite(ctx, cmd) as Promise<Reply>); // async all the way down
+      return this.order.conditional(cmd.key, () => this.runConditional(ctx, cmd));
     }
     // set, delete, touch and a too-large set: replicate-write.ts tells the journal of the write
     // itself, before any upstream sees it and until every copy has landed.
@@ -162,21 +162,19 @@ export class Router {
    * tracked by replicate-write (they may land after the answer); the authority's own request is
    * covered only by this.
    */
-  private runWrite(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> | Reply {
+  private runConditional(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> {
     const key = cmd.key;
     ctx.journal.writeStarted(key);
-    const done = (): void => ctx.journal.writeFinished(key);
     let r: Promise<Reply> | Reply;
     try {
       r = this.run(ctx, cmd);
     } catch (error) {
-      done();
+      ctx.journal.writeFinished(key);
       throw error;
     }
-    if (r instanceof Promise) return r.finally(done);
-    done();
-    return r;
+    return Promise.resolve(r).finally(() => ctx.journal.writeFinished(key));
   }
+
 
   private run(ctx: RouterContext, cmd: Command): Promise<Reply> | Reply {
     switch (cmd.kind) {
