@@ -32,6 +32,11 @@ export interface StoreCommand {
   readonly value: Buffer;
   /** Only for mode 'cas' (and binary writes carrying a cas in the header). */
   readonly cas: bigint | undefined;
+  /**
+   * The client is told the unique the write made: a binary response carries it, a text
+   * `STORED` does not. Without it no store need read a unique back (upstream.ts, withCas).
+   */
+  readonly withCas: boolean;
   readonly noreply: boolean;
 }
 

@@ -56,7 +56,7 @@ export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand): P
   const ok: Reply = { kind: 'status', status: 'STORED', ...(r.value.cas !== undefined ? { cas: r.value.cas } : {}) };
   if (cmd.mode === 'append' || cmd.mode === 'prepend') return copyFromAuthority(ctx, cmd.key, r.index, ok);
   // add, replace and cas stored exactly the client's item: the others get the same.
-  return replicateSet(ctx, { ...req, mode: 'set', cas: undefined }, others(ctx, r.index), 1, ok);
+  return replicateSet(ctx, { ...req, mode: 'set', cas: undefined, withCas: false }, others(ctx, r.index), 1, ok);
 }
 
 export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand): Promise<Reply> {
@@ -74,7 +74,7 @@ export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand): P
   // Binary protocol: a miss creates the key with `initial`, decided by the same authority.
   const value = Buffer.from(cmd.initial.toString(), 'latin1');
   const created = await conditionalStore(ctx, {
-    kind: 'store', mode: 'add', key: cmd.key, flags: 0, deadline: cmd.deadline, value, cas: undefined, noreply: cmd.noreply,
+    kind: 'store', mode: 'add', key: cmd.key, flags: 0, deadline: cmd.deadline, value, cas: undefined, withCas: true, noreply: cmd.noreply,
   });
   if (created.kind === 'status' && created.status === 'STORED') {
     return created.cas === undefined ? { kind: 'number', value: cmd.initial } : { kind: 'number', value: cmd.initial, cas: created.cas };

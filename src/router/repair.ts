@@ -116,7 +116,7 @@ export class Repairer {
           return true;
         }
         const [hit] = await source.get([key]);
-        if (hit) await u.store({ mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline });
+        if (hit) await u.store({ mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline, withCas: false });
         else await u.delete(key);
       }
       if (journal.repairing.get(rk)) return false; // a client wrote it meanwhile: copy again

@@ -38,7 +38,7 @@ export function replicateSet(
         if (!settled) markPending(ctx, targets, outcomes, req.key, seq);
         if (okReply !== STORED) return okReply;
         // The cas a client may use next is the one the authority for this key will check.
-        if (copiesSoFar > 0) return STORED;
+        if (copiesSoFar > 0 || req.withCas === false) return STORED;
         for (const i of authorityOrder(ctx, req.key)) {
           const o = outcomes[i];
           if (o?.ok && o.value.status === 'STORED' && o.value.cas !== undefined) return { kind: 'status', status: 'STORED', cas: o.value.cas };

@@ -186,7 +186,7 @@ export class Router {
         this.count(cmd.mode === 'cas' ? 'cas' : 'set');
         ctx.journal.noteDeadline(cmd.deadline);
         if (cmd.mode === 'set') {
-          return replicateSet(ctx, { mode: 'set', key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline });
+          return replicateSet(ctx, { mode: 'set', key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, withCas: cmd.withCas });
         }
         return conditionalStore(ctx, cmd);
       case 'too_large':

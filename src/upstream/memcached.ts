@@ -343,7 +343,8 @@ export class MemcachedUpstream implements Upstream {
   store(req: StoreRequest): Promise<StoreResult> {
     const conn = this.acquire(req.key);
     if (conn instanceof McmuxError) return Promise.reject(conn);
-    let flags = `M${MODE_FLAG[req.mode]} c`;
+    // c: return the new unique, unless the caller said it has no use for it (no BigInt to parse).
+    let flags = req.withCas === false ? `M${MODE_FLAG[req.mode]}` : `M${MODE_FLAG[req.mode]} c`;
     // append/prepend keep the existing item's flags and ttl: send neither.
     if (req.mode !== 'append' && req.mode !== 'prepend') {
       // A past deadline becomes T-1, which memcached stores as already expired: the key is absent.

@@ -41,10 +41,11 @@
  * more than 2^24 uniques a second on average since start-up could repeat one. touch/gat keep
  * the cas, as memcached does.
  *
- * Plain sets are batched (queueSet): the sets of one event-loop pass become multi-row upserts in
- * one transaction, one commit for all of them; a batch starts when a pooled connection is free,
- * so batches grow with the load. Each set keeps its own unique, its own timeout and its place
- * in `max-queue`; a key stays out of a second batch while one holding it runs.
+ * Plain sets are batched (queueSet): the sets of one event-loop pass become multi-row upserts,
+ * one commit for all of them (one autocommit statement when they fit one and no caller wants a
+ * unique back, else one transaction); a batch starts when a pooled connection is free, so
+ * batches grow with the load. Each set makes its own unique and keeps its own timeout and its
+ * place in `max-queue`; a key stays out of a second batch while one holding it runs.
  *
  * Timeouts: mysql2 has no deadline covering the wait for a pooled connection, the handshake and
  * a transaction's several statements, so each request races one timer against all of them.
@@ -127,6 +128,8 @@ interface QueuedSet {
   readonly value: Buffer;
   readonly flags: number;
   readonly deadline: number;
+  /** The caller uses the unique (StoreRequest.withCas): it is read back after the batch. */
+  readonly withCas: boolean;
   /** performance.now() when it was queued: its timeout runs from here. */
   readonly queuedAt: number;
   resolve(r: StoreResult): void;
@@ -489,7 +492,8 @@ export class MysqlUpstream implements Upstream {
     }
     return new Promise<StoreResult>((resolve, reject) => {
       const { key, value, flags, deadline } = req;
-      this.setQueue.push({ key, keyBytes: kb(key), value, flags, deadline, queuedAt: performance.now(), resolve, reject });
+      const withCas = req.withCas !== false;
+      this.setQueue.push({ key, keyBytes: kb(key), value, flags, deadline, withCas, queuedAt: performance.now(), resolve, reject });
       this.scheduleSets();
     });
   }
@@ -572,15 +576,18 @@ export class MysqlUpstream implements Upstream {
   }
 
   /**
-   * One transaction (a lone set: one statement): the rows in key order (one lock order for
-   * every batch, so two batches do not deadlock), then their uniques read back. A key set twice in the batch is written in
-   * rounds (its first set, then its second, ...), so that each set gets the unique it made, as
-   * one set after the other would.
+   * Writes a batch. Rows go in key order (one lock order for every batch, so two batches do not
+   * deadlock). A key set twice in the batch is written in rounds (its first set, then its
+   * second, ...), so that each set gets the unique it made, as one set after the other would.
+   *
+   * - A lone set: one autocommit statement whose OK packet carries the unique.
+   * - Rows that fit one statement, none of whose uniques is wanted (StoreRequest.withCas; a text
+   *   client never sees one): that one autocommit statement, atomic and one commit by itself.
+   * - Otherwise one transaction (one commit for all its statements), which reads back the
+   *   uniques that are wanted before it commits, while its row locks keep them its own.
    */
   private async writeSets(c: PoolConnection, batch: readonly QueuedSet[]): Promise<Map<QueuedSet, bigint>> {
     if (batch.length === 1) {
-      // A batch of one (a database that keeps up sees mostly these): one autocommit statement
-      // whose OK packet carries the unique, instead of BEGIN, INSERT, SELECT and COMMIT.
       const q = batch[0] as QueuedSet;
       const r = await this.exec(c, this.sql.set, [q.keyBytes, q.value, q.flags, q.deadline]);
       return new Map([[q, casOf(r)]]);
@@ -593,22 +600,18 @@ export class MysqlUpstream implements Upstream {
       (rounds[r] ??= []).push(q);
     }
     for (const round of rounds) round.sort((a, b) => Buffer.compare(a.keyBytes, b.keyBytes));
+    if (rounds.length === 1 && BATCH_SHAPES.includes(batch.length) && !batch.some((q) => q.withCas)) {
+      await this.insertRows(c, rounds[0] as QueuedSet[]);
+      return new Map();
+    }
     return this.tx(c, async () => {
       const uniques = new Map<QueuedSet, bigint>();
       for (const rows of rounds) {
-        for (let i = 0; i < rows.length; ) {
-          const n = BATCH_SHAPES.find((size) => size <= rows.length - i) as number;
-          const params: Param[] = [];
-          for (let j = i; j < i + n; j++) {
-            const q = rows[j] as QueuedSet;
-            params.push(q.keyBytes, q.value, q.flags, q.deadline);
-          }
-          await this.exec(c, this.sql.setMany(n), params);
-          i += n;
-        }
-        const byKey = new Map(rows.map((q) => [q.key, q]));
-        for (let i = 0; i < rows.length; i += MAX_IN) {
-          const params = inParams(rows.slice(i, i + MAX_IN).map((q) => q.keyBytes));
+        await this.insertRows(c, rows);
+        const wanted = rows.filter((q) => q.withCas);
+        const byKey = new Map(wanted.map((q) => [q.key, q]));
+        for (let i = 0; i < wanted.length; i += MAX_IN) {
+          const params = inParams(wanted.slice(i, i + MAX_IN).map((q) => q.keyBytes));
           const [found] = await c.execute<RowDataPacket[]>(this.sql.casMany(params.length), params);
           for (const row of found) {
             const q = byKey.get((row.key as Buffer).toString('latin1'));
@@ -618,6 +621,20 @@ export class MysqlUpstream implements Upstream {
       }
       return uniques;
     });
+  }
+
+  /** `rows` (distinct keys) as multi-row upserts of the prepared shapes, the largest first. */
+  private async insertRows(c: PoolConnection, rows: readonly QueuedSet[]): Promise<void> {
+    for (let i = 0; i < rows.length; ) {
+      const n = BATCH_SHAPES.find((size) => size <= rows.length - i) as number;
+      const params: Param[] = [];
+      for (let j = i; j < i + n; j++) {
+        const q = rows[j] as QueuedSet;
+        params.push(q.keyBytes, q.value, q.flags, q.deadline);
+      }
+      await this.exec(c, this.sql.setMany(n), params);
+      i += n;
+    }
   }
 
   /** Fails the sets that waited their whole timeout without a batch (every connection busy). */

@@ -32,6 +32,12 @@ export interface StoreRequest {
   readonly deadline: number;
   /** For mode 'cas': the unique the client read from this upstream. */
   readonly cas?: bigint | undefined;
+  /**
+   * false: the caller will not use the unique this write makes (a text client's set, a copy, a
+   * repair), so a driver may answer without one rather than spend work or a round trip reading
+   * it back. The write still makes a new unique. Default: wanted.
+   */
+  readonly withCas?: boolean | undefined;
 }
 
 /** What `stats upstreams` shows for one upstream. */

@@ -22,6 +22,8 @@ export class FakeUpstream implements Upstream {
   mode: FaultMode = 'ok';
   /** Every call, as `op key...`, for asserting what the router asked. */
   readonly calls: string[] = [];
+  /** Every store request, as the router made it. */
+  readonly storeRequests: StoreRequest[] = [];
   /** Settles with true when the requests waiting at it are to fail (`kill`). */
   private gate: Promise<boolean> = Promise.resolve(false);
   private openGate: (failed: boolean) => void = () => {};
@@ -76,6 +78,7 @@ export class FakeUpstream implements Upstream {
     return this.inner.get(keys, touch);
   }
   async store(req: StoreRequest) {
+    this.storeRequests.push(req);
     await this.fault(`${req.mode} ${req.key}`);
     return this.inner.store(req);
   }

@@ -26,7 +26,7 @@ function setup(opts: { maxKeys?: number; ups?: Upstream[] } = {}) {
 }
 
 const set = (key: string, value: string, deadline = 0): Command => ({
-  kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, noreply: false,
+  kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: true, noreply: false,
 });
 const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
 const value = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `<${r.kind}>`);
@@ -86,7 +86,7 @@ describe('repair journal', () => {
     const [a, b] = ups as FakeUpstream[];
     await a!.inner.store({ mode: 'set', key: 'lock.s', value: Buffer.from('stale'), flags: 0, deadline: 0 });
     journal.mark(a!, 'lock.s', 'delete'); // a missed the unlock
-    const r = await exec({ kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from('me'), flags: 0, deadline: 0, cas: undefined, noreply: false });
+    const r = await exec({ kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from('me'), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
     assert.equal((r as { status?: string }).status, 'STORED', 'the stale lock on a does not block');
     assert.equal(await held(b!, 'lock.s'), 'me');
     assert.equal(await held(a!, 'lock.s'), 'me', 'and the result is replicated over it');
@@ -99,7 +99,7 @@ describe('repair journal', () => {
     const { exec } = setup({ ups: [a, b] });
     await b.inner.store({ mode: 'set', key: 'lock.s', value: Buffer.from('holder'), flags: 0, deadline: 0 });
     a.coldUntil = Date.now() + 60_000;
-    const add = { kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from('me'), flags: 0, deadline: 0, cas: undefined, noreply: false } as const;
+    const add = { kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from('me'), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false } as const;
     assert.deepEqual(await exec(add), { kind: 'status', status: 'NOT_STORED' });
     a.coldUntil = 0;
     await (a.inner as FakeUpstream).inner.flush();
@@ -111,7 +111,7 @@ describe('repair journal', () => {
     const a = new HealthyUpstream(new FakeUpstream('fake://0'), { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {});
     const b = new FakeUpstream('fake://1');
     const { journal, repairer, exec } = setup({ ups: [a, b] });
-    const add = (who: string): Command => ({ kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, noreply: false });
+    const add = (who: string): Command => ({ kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
     assert.equal(((await exec(add('A'))) as { status?: string }).status, 'STORED');
     // a restarts empty and is fenced; b, which holds A's lock, has a blip.
     await (a.inner as FakeUpstream).inner.flush();
@@ -134,7 +134,7 @@ describe('repair journal', () => {
     const a = new HealthyUpstream(new FakeUpstream('fake://0'), { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {});
     const b = new FakeUpstream('fake://1');
     const { exec } = setup({ ups: [a, b] });
-    const add = (key: string, who: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, noreply: false });
+    const add = (key: string, who: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
     const status = async (c: Command): Promise<string> => {
       const r = await exec(c);
       return r.kind === 'status' ? r.status : r.kind;

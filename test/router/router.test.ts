@@ -31,10 +31,10 @@ function setup(n = 2, opts: { minCopies?: number; writeWait?: WriteWait; allowFl
 }
 
 const set = (key: string, value: string, deadline = 0, flags = 0): Command => ({
-  kind: 'store', mode: 'set', key, value: Buffer.from(value), flags, deadline, cas: undefined, noreply: false,
+  kind: 'store', mode: 'set', key, value: Buffer.from(value), flags, deadline, cas: undefined, withCas: true, noreply: false,
 });
 const store = (mode: 'add' | 'replace' | 'append' | 'prepend' | 'cas', key: string, value: string, cas?: bigint): Command => ({
-  kind: 'store', mode, key, value: Buffer.from(value), flags: 7, deadline: 0, cas, noreply: false,
+  kind: 'store', mode, key, value: Buffer.from(value), flags: 7, deadline: 0, cas, withCas: true, noreply: false,
 });
 const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
 const gets = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: true, touch: undefined });
@@ -69,6 +69,20 @@ describe('router: replicated writes', () => {
     const { ups, exec } = setup(3);
     assert.deepEqual(await exec(set('k', 'v')), { kind: 'status', status: 'STORED', cas: 1n });
     for (const u of ups) assert.equal(await direct(u, 'k'), 'v');
+  });
+
+  it('a set tells the upstreams whether the client is told its unique (binary) or not (text)', async () => {
+    const { ups, exec } = setup(2);
+    const asked = () => ups.map((u) => u.storeRequests.at(-1)?.withCas);
+    const textSet: Command = { kind: 'store', mode: 'set', key: 'k', value: Buffer.from('v'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false };
+    assert.deepEqual(await exec(textSet), { kind: 'status', status: 'STORED' });
+    assert.deepEqual(asked(), [false, false]);
+    assert.deepEqual(await exec(set('k', 'w')), { kind: 'status', status: 'STORED', cas: 2n });
+    assert.deepEqual(asked(), [true, true]);
+    // A conditional command: the authority's unique is the answer, its copies are never read.
+    const added = await exec(store('add', 'a', 'x'));
+    assert.equal(added.kind === 'status' && added.status, 'STORED');
+    assert.deepEqual(asked(), [undefined, false]);
   });
 
   it('min-copies: success only when enough upstreams stored it', async () => {

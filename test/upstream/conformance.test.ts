@@ -160,6 +160,25 @@ for (const target of TARGETS) {
       assert.equal((await u.store({ mode: 'cas', key: key('none'), value: b('x'), flags: 0, deadline: 0, cas: 1n })).status, 'NOT_FOUND');
     });
 
+    test('sets whose unique the caller does not want still make new ones (withCas false)', async () => {
+      const keys = [key('nocas'), key('nocas'), key('nocas')];
+      await Promise.all(keys.map((k) => set(k, 'old')));
+      const before = (await u.get(keys)).map((h) => h?.cas);
+      // In one pass, as a batch would gather them.
+      const results = await Promise.all(keys.map((k) => u.store({ mode: 'set', key: k, value: b('new'), flags: 3, deadline: 0, withCas: false })));
+      assert.deepEqual(results.map((r) => r.status), ['STORED', 'STORED', 'STORED']);
+      const after = await u.get(keys);
+      assert.deepEqual(after.map((h) => [h?.value.toString(), h?.flags]), [['new', 3], ['new', 3], ['new', 3]]);
+      const uniques = after.map((h) => h?.cas as bigint);
+      assert.equal(new Set(uniques).size, 3, 'each set its own unique');
+      uniques.forEach((c, i) => assert.notEqual(c, before[i], 'a new unique, not the old one'));
+      // What a store did report is the unique a get reports.
+      results.forEach((r, i) => r.cas === undefined || assert.equal(r.cas, uniques[i]));
+      const k = keys[0] as string;
+      assert.equal((await u.store({ mode: 'cas', key: k, value: b('x'), flags: 0, deadline: 0, cas: before[0] as bigint })).status, 'EXISTS');
+      assert.equal((await u.store({ mode: 'cas', key: k, value: b('y'), flags: 0, deadline: 0, cas: uniques[0] as bigint })).status, 'STORED');
+    });
+
     test('incr/decr: wrap at 2^64, floor at 0, non-numeric, missing', async () => {
       const k = key('n');
       await set(k, '18446744073709551615', 5);

@@ -363,6 +363,41 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     assert.equal(new Set(three.map((r) => r.cas)).size, 3);
   });
 
+  await t.test('a batch whose uniques nobody wants is one autocommit INSERT; only wanted uniques are read back', async () => {
+    const names = ['Com_insert', 'Com_begin', 'Com_select', 'Com_commit'];
+    const status = async (): Promise<number[]> => {
+      const found = await rows(raw, `SHOW GLOBAL STATUS WHERE Variable_name IN (${names.map((n) => `'${n}'`).join(', ')})`);
+      return names.map((n) => Number(found.find((r) => r.Variable_name === n)?.Value));
+    };
+    const pool = other({ connections: '1' });
+    await pool.probe();
+    // Each call's sets are made in one pass: one batch.
+    const pass = (keys: string[], wanted: (k: string) => boolean) =>
+      Promise.all(keys.map((k) => pool.store({ mode: 'set', key: k, value: b(k), flags: 1, deadline: 0, withCas: wanted(k) })));
+    const delta = async (run: () => Promise<unknown>): Promise<number[]> => {
+      const before = await status();
+      await run();
+      return (await status()).map((n, i) => n - (before[i] as number));
+    };
+
+    let plain: Awaited<ReturnType<typeof pass>> = [];
+    const fits = await delta(async () => (plain = await pass(['n1', 'n2', 'n3', 'n4'], () => false)));
+    assert.deepEqual(fits, [1, 0, 0, 0], 'four rows, one shape, no unique wanted: one INSERT, no BEGIN, SELECT or COMMIT');
+    assert.ok(plain.every((r) => r.status === 'STORED' && r.cas === undefined));
+    const hits = await up.get(['n1', 'n2', 'n3', 'n4']);
+    assert.equal(new Set(hits.map((h) => h?.cas)).size, 4, 'each row made its own unique');
+    assert.deepEqual(hits.map((h) => h?.value.toString()), ['n1', 'n2', 'n3', 'n4']);
+
+    const split = await delta(() => pass(['s1', 's2', 's3', 's4', 's5'], () => false));
+    assert.deepEqual(split, [2, 1, 0, 1], 'five rows are two statements: one transaction, still no read-back');
+
+    let mixed: Awaited<ReturnType<typeof pass>> = [];
+    const some = await delta(async () => (mixed = await pass(['m1', 'm2', 'm3'], (k) => k === 'm2')));
+    assert.deepEqual(some, [1, 1, 1, 1], 'one unique wanted: the transaction reads it back');
+    assert.deepEqual(mixed.map((r) => r.cas !== undefined), [false, true, false]);
+    assert.equal(mixed[1]?.cas, (await getOne(up, 'm2'))?.cas, 'the unique answered is the stored one');
+  });
+
   await t.test('max-queue counts each set of a batch: the third of three at once with max-queue 2 is BUSY', async () => {
     const small = other({ 'max-queue': '2', connections: '1' });
     await small.probe();

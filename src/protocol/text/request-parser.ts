@@ -218,6 +218,7 @@ export class TextRequestParser {
       deadline: p.deadline,
       value: this.borrowed ? Buffer.from(this.buf.subarray(start, valueEnd)) : this.buf.subarray(start, valueEnd),
       cas: p.cas,
+      withCas: false, // a text STORED carries no unique
       noreply: p.noreply,
     };
   }
