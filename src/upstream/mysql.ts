@@ -53,7 +53,7 @@
  * four, are slower than a cache's. A write that timed out may still be applied by the server.
  *
  * Statements are prepared on the server (mysql2 execute: values travel as raw bytes, not hex),
- * about 47 per connection at most; the server's max_prepared_stmt_count is shared by all clients.
+ * about 51 per connection at most; the server's max_prepared_stmt_count is shared by all clients.
  *
  * URL: mysql://user:password@host[:3306]/database?table=mcmux_items&timeout=1000&connections=4
  *      &purge-interval=60000&purge-batch=1000
@@ -85,7 +85,7 @@ const MAX_IN = 4096;
 /** Plain sets in one batch (one transaction): at most this many rows... */
 const BATCH_MAX_ROWS = 256;
 /** ...sent as statements of these row counts (few shapes get prepared), the largest first. */
-const BATCH_SHAPES = [64, 16, 4, 3, 2, 1];
+const BATCH_SHAPES = [256, 128, 64, 32, 16, 8, 4, 3, 2, 1];
 /** A deadlock rolls back the whole statement or transaction: re-running it is safe. */
 const DEADLOCK_RETRIES = 5;
 
@@ -232,6 +232,28 @@ function inParams(keys: readonly Buffer[]): Buffer[] {
   const last = keys[keys.length - 1] as Buffer;
   for (let i = keys.length, n = bucket(keys.length); i < n; i++) out.push(last);
   return out;
+}
+
+/**
+ * `rows` (distinct keys) grown to the next statement shape by repeating the smallest row, or
+ * undefined when that would not fit in `room` bytes. A repeated row sets its key again to the
+ * same item in the same statement: the key ends as it would with one row, with a fresh unique
+ * (nobody reads those back here). At most twice the rows, in one round trip instead of a
+ * transaction of several statements.
+ */
+function padToShape(rows: readonly QueuedSet[], room: number): QueuedSet[] | undefined {
+  let shape: number | undefined; // the smallest shape that holds them (BATCH_SHAPES descends)
+  for (const size of BATCH_SHAPES) if (size >= rows.length) shape = size;
+  if (shape === undefined) return undefined;
+  let bytes = 0;
+  let smallest = rows[0] as QueuedSet;
+  for (const q of rows) {
+    bytes += q.keyBytes.length + q.value.length;
+    if (q.value.length < smallest.value.length) smallest = q;
+  }
+  const extra = shape - rows.length;
+  if (extra > 0 && bytes + extra * (smallest.keyBytes.length + smallest.value.length) > room) return undefined;
+  return extra === 0 ? [...rows] : [...rows, ...new Array<QueuedSet>(extra).fill(smallest)];
 }
 
 function kb(key: string): Buffer {
@@ -581,8 +603,9 @@ export class MysqlUpstream implements Upstream {
    * second, ...), so that each set gets the unique it made, as one set after the other would.
    *
    * - A lone set: one autocommit statement whose OK packet carries the unique.
-   * - Rows that fit one statement, none of whose uniques is wanted (StoreRequest.withCas; a text
-   *   client never sees one): that one autocommit statement, atomic and one commit by itself.
+   * - Distinct keys, none of whose uniques is wanted (StoreRequest.withCas; a text client never
+   *   sees one): one autocommit statement, atomic and one commit by itself, padded to a prepared
+   *   shape by repeating its smallest row (padToShape).
    * - Otherwise one transaction (one commit for all its statements), which reads back the
    *   uniques that are wanted before it commits, while its row locks keep them its own.
    */
@@ -600,8 +623,9 @@ export class MysqlUpstream implements Upstream {
       (rounds[r] ??= []).push(q);
     }
     for (const round of rounds) round.sort((a, b) => Buffer.compare(a.keyBytes, b.keyBytes));
-    if (rounds.length === 1 && BATCH_SHAPES.includes(batch.length) && !batch.some((q) => q.withCas)) {
-      await this.insertRows(c, rounds[0] as QueuedSet[]);
+    const single = rounds.length === 1 && !batch.some((q) => q.withCas) ? padToShape(batch, this.o.maxItemSize) : undefined;
+    if (single) {
+      await this.insertRows(c, single);
       return new Map();
     }
     return this.tx(c, async () => {
@@ -623,7 +647,7 @@ export class MysqlUpstream implements Upstream {
     });
   }
 
-  /** `rows` (distinct keys) as multi-row upserts of the prepared shapes, the largest first. */
+  /** `rows` as multi-row upserts of the prepared shapes, the largest first. */
   private async insertRows(c: PoolConnection, rows: readonly QueuedSet[]): Promise<void> {
     for (let i = 0; i < rows.length; ) {
       const n = BATCH_SHAPES.find((size) => size <= rows.length - i) as number;

@@ -363,7 +363,7 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     assert.equal(new Set(three.map((r) => r.cas)).size, 3);
   });
 
-  await t.test('a batch whose uniques nobody wants is one autocommit INSERT; only wanted uniques are read back', async () => {
+  await t.test('a batch whose uniques nobody wants is one autocommit INSERT, padded to a shape; only wanted uniques are read back', async () => {
     const names = ['Com_insert', 'Com_begin', 'Com_select', 'Com_commit'];
     const status = async (): Promise<number[]> => {
       const found = await rows(raw, `SHOW GLOBAL STATUS WHERE Variable_name IN (${names.map((n) => `'${n}'`).join(', ')})`);
@@ -372,8 +372,8 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     const pool = other({ connections: '1' });
     await pool.probe();
     // Each call's sets are made in one pass: one batch.
-    const pass = (keys: string[], wanted: (k: string) => boolean) =>
-      Promise.all(keys.map((k) => pool.store({ mode: 'set', key: k, value: b(k), flags: 1, deadline: 0, withCas: wanted(k) })));
+    const pass = (keys: string[], wanted: (k: string) => boolean, on = pool, value = (k: string) => b(k)) =>
+      Promise.all(keys.map((k) => on.store({ mode: 'set', key: k, value: value(k), flags: 1, deadline: 0, withCas: wanted(k) })));
     const delta = async (run: () => Promise<unknown>): Promise<number[]> => {
       const before = await status();
       await run();
@@ -388,13 +388,28 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     assert.equal(new Set(hits.map((h) => h?.cas)).size, 4, 'each row made its own unique');
     assert.deepEqual(hits.map((h) => h?.value.toString()), ['n1', 'n2', 'n3', 'n4']);
 
-    const split = await delta(() => pass(['s1', 's2', 's3', 's4', 's5'], () => false));
-    assert.deepEqual(split, [2, 1, 0, 1], 'five rows are two statements: one transaction, still no read-back');
+    // Five rows: the 8-row shape, the smallest row (p4) repeated three times.
+    const five = ['p1', 'p2', 'p3', 'p4', 'p5'];
+    const long = (k: string) => b(k === 'p4' ? k : `${k} `.repeat(20));
+    const padded = await delta(() => pass(five, () => false, pool, long));
+    assert.deepEqual(padded, [1, 0, 0, 0], 'five rows: one INSERT padded to eight, no transaction');
+    const stored = await up.get(five);
+    assert.deepEqual(stored.map((h) => h?.value.toString()), five.map((k) => long(k).toString()), 'each key holds its own set, once');
+    assert.equal(new Set(stored.map((h) => h?.cas)).size, 5);
+
+    // Where the repeated rows would not fit the packet room (max-item-size), the rows go as
+    // statements of the shapes, in one transaction.
+    const tight = other({ connections: '1' }, { defaultTimeoutMs: 2000, maxItemSize: 1000 });
+    await tight.probe();
+    const r = ['r1', 'r2', 'r3', 'r4', 'r5'];
+    const roomless = await delta(() => pass(r, () => false, tight, (k) => b(k.repeat(95))));
+    assert.deepEqual(roomless, [2, 1, 0, 1], 'five rows of 192 bytes, room for 1000, not for eight: 4 + 1 rows in one transaction');
+    assert.deepEqual((await up.get(r)).map((h) => h?.value.toString()), r.map((k) => k.repeat(95)));
 
     let mixed: Awaited<ReturnType<typeof pass>> = [];
-    const some = await delta(async () => (mixed = await pass(['m1', 'm2', 'm3'], (k) => k === 'm2')));
+    const some = await delta(async () => (mixed = await pass(['m1', 'm2', 'm3', 'm4'], (k) => k === 'm2')));
     assert.deepEqual(some, [1, 1, 1, 1], 'one unique wanted: the transaction reads it back');
-    assert.deepEqual(mixed.map((r) => r.cas !== undefined), [false, true, false]);
+    assert.deepEqual(mixed.map((r) => r.cas !== undefined), [false, true, false, false]);
     assert.equal(mixed[1]?.cas, (await getOne(up, 'm2'))?.cas, 'the unique answered is the stored one');
   });
 
