@@ -623,7 +623,7 @@ export class MysqlUpstream implements Upstream {
       (rounds[r] ??= []).push(q);
     }
     for (const round of rounds) round.sort((a, b) => Buffer.compare(a.keyBytes, b.keyBytes));
-    const single = rounds.length === 1 && !batch.some((q) => q.withCas) ? padToShape(batch, this.o.maxItemSize) : undefined;
+    const single = rounds.length === 1 && !batch.some((q) => q.withCas) ? padToShape(rounds[0] as QueuedSet[], this.o.maxItemSize) : undefined;
     if (single) {
       await this.insertRows(c, single);
       return new Map();

@@ -397,6 +397,13 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     assert.deepEqual(stored.map((h) => h?.value.toString()), five.map((k) => long(k).toString()), 'each key holds its own set, once');
     assert.equal(new Set(stored.map((h) => h?.cas)).size, 5);
 
+    // Rows go in key order whatever order the sets came in (one lock order for every batch, so
+    // two batches cannot deadlock): UUID_SHORT() rises row by row, so the uniques rise with the keys.
+    const descending = ['o4', 'o3', 'o2', 'o1'];
+    await pass(descending, () => false);
+    const uniques = (await up.get(['o1', 'o2', 'o3', 'o4'])).map((h) => h?.cas as bigint);
+    assert.deepEqual([...uniques].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)), uniques, 'written in key order');
+
     // Where the repeated rows would not fit the packet room (max-item-size), the rows go as
     // statements of the shapes, in one transaction.
     const tight = other({ connections: '1' }, { defaultTimeoutMs: 2000, maxItemSize: 1000 });
