@@ -56,7 +56,7 @@ export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand): P
   const ok: Reply = { kind: 'status', status: 'STORED', ...(r.value.cas !== undefined ? { cas: r.value.cas } : {}) };
   if (cmd.mode === 'append' || cmd.mode === 'prepend') return copyFromAuthority(ctx, cmd.key, r.index, ok);
   // add, replace and cas stored exactly the client's item: the others get the same.
-  return replicateSet(ctx, { ...req, mode: 'set', cas: undefined, withCas: false }, others(ctx, r.index), 1, ok);
+  return replicateSet(ctx, { ...req, mode: 'set', cas: undefined }, others(ctx, r.index), 1, ok);
 }
 
 export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand): Promise<Reply> {

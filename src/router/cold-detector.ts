@@ -130,7 +130,7 @@ export class ColdDetector {
       const now = Date.now();
       const wrote = this.lastSet.get(store);
       if (!hit || wrote === undefined || now - wrote > REFRESH_MS) {
-        await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS });
+        await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS, withCas: false });
         this.lastSet.set(store, now);
       }
       if (hit) return 'warm';

@@ -231,7 +231,7 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
     const u = ctx.upstreams[i] as Upstream;
     ctx.counters.readRepairs++;
     ctx.journal.readStarted(seq); // keeps the writes since the read remembered until the add is done
-    u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline })
+    u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline, withCas: false })
       .then(
         () => {
           if (ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');

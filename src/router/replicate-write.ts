@@ -16,7 +16,9 @@ const STORED: Reply = { kind: 'status', status: 'STORED' };
 
 /**
  * Stores `req` (a plain set) on `targets`. `copiesSoFar` counts copies already made (the
- * authority of a conditional command), so the min-copies rule covers the whole write.
+ * authority of a conditional command), so the min-copies rule covers the whole write. The
+ * answer carries a copy's unique only for a client's own set that asked for one (`withCas`):
+ * otherwise the upstreams are told that nobody reads theirs.
  */
 export function replicateSet(
   ctx: RouterContext,
@@ -29,16 +31,17 @@ export function replicateSet(
   const min = Math.min(ctx.minCopies, total);
   // In flight until every copy has landed (write-wait copies answers before that).
   const seq = ctx.journal.writeStarted(req.key);
+  const withCas = copiesSoFar === 0 && okReply === STORED && req.withCas !== false;
+  const sent = withCas || req.withCas === false ? req : { ...req, withCas: false };
   const copies = fanOut<StoreResult, Reply>(
     targets,
-    (u) => u.store(req),
+    (u) => u.store(sent),
     (outcomes, settled) => {
       const ok = copiesSoFar + count(outcomes, (r) => r.status === 'STORED');
       if (ok >= min && (settled || ctx.writeWait === 'copies')) {
         if (!settled) markPending(ctx, targets, outcomes, req.key, seq);
-        if (okReply !== STORED) return okReply;
+        if (!withCas) return okReply;
         // The cas a client may use next is the one the authority for this key will check.
-        if (copiesSoFar > 0 || req.withCas === false) return STORED;
         for (const i of authorityOrder(ctx, req.key)) {
           const o = outcomes[i];
           if (o?.ok && o.value.status === 'STORED' && o.value.cas !== undefined) return { kind: 'status', status: 'STORED', cas: o.value.cas };

@@ -82,7 +82,7 @@ const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 const PACKET_OVERHEAD = 16 * 1024;
 /** Keys per IN list; lists are padded to a power of four so few statements get prepared. */
 const MAX_IN = 4096;
-/** Plain sets in one batch (one transaction): at most this many rows... */
+/** Plain sets in one batch (one statement or one transaction): at most this many rows... */
 const BATCH_MAX_ROWS = 256;
 /** ...sent as statements of these row counts (few shapes get prepared), the largest first. */
 const BATCH_SHAPES = [256, 128, 64, 32, 16, 8, 4, 3, 2, 1];
@@ -247,12 +247,14 @@ function padToShape(rows: readonly QueuedSet[], room: number): QueuedSet[] | und
   if (shape === undefined) return undefined;
   let bytes = 0;
   let smallest = rows[0] as QueuedSet;
+  let smallestSize = Infinity;
   for (const q of rows) {
-    bytes += q.keyBytes.length + q.value.length;
-    if (q.value.length < smallest.value.length) smallest = q;
+    const size = q.keyBytes.length + q.value.length;
+    bytes += size;
+    if (size < smallestSize) [smallest, smallestSize] = [q, size];
   }
   const extra = shape - rows.length;
-  if (extra > 0 && bytes + extra * (smallest.keyBytes.length + smallest.value.length) > room) return undefined;
+  if (extra > 0 && bytes + extra * smallestSize > room) return undefined;
   return extra === 0 ? [...rows] : [...rows, ...new Array<QueuedSet>(extra).fill(smallest)];
 }
 
@@ -500,11 +502,11 @@ export class MysqlUpstream implements Upstream {
 
   /**
    * Plain sets are batched: those that arrive in one event-loop pass are written together, as
-   * multi-row upserts in one transaction, so the server commits (and fsyncs) once for all of
-   * them instead of once each. A batch starts when a pooled connection is free: while all are
+   * multi-row upserts in one statement or one transaction (writeSets), so the server commits
+   * (and fsyncs) once for all of them instead of once each. A batch starts when a pooled connection is free: while all are
    * busy, sets gather for the next one, so batches grow with the load (a database that keeps up
    * sees batches of one or two). Each set still counts as one request against `max-queue` and
-   * `timeout` (from when it was queued), and answers with its own unique.
+   * `timeout` (from when it was queued), and answers with its own unique when it asked for one.
    */
   private queueSet(req: StoreRequest): Promise<StoreResult> {
     this.stats.requests++;

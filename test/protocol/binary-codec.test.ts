@@ -352,6 +352,23 @@ describe('binary codec: decoding', () => {
     assert.equal(r.command.value.buffer, input.buffer);
   });
 
+  it('a store says whether its response carries the unique: a quiet one sends no success response', () => {
+    const p = new BinaryRequestParser(LIMITS, () => NOW);
+    const frames = [
+      frame({ op: OP.SET, key: 'a', extras: setExtras(0, 0), value: 'v' }),
+      frame({ op: OP.SETQ, key: 'b', extras: setExtras(0, 0), value: 'v' }),
+      frame({ op: OP.APPEND, key: 'c', value: 'v' }),
+      frame({ op: OP.APPENDQ, key: 'd', value: 'v' }),
+    ];
+    p.push(Buffer.concat(frames));
+    const seen: Array<[string, boolean]> = [];
+    for (let r = p.next(); r !== undefined; r = p.next()) {
+      assert.ok(r.kind === 'request' && r.command.kind === 'store');
+      seen.push([r.command.key, r.command.withCas]);
+    }
+    assert.deepEqual(seen, [['a', true], ['b', false], ['c', true], ['d', false]]);
+  });
+
   it('the codec factory picks binary on 0x80 and text otherwise', () => {
     const limits = { ...LIMITS, maxPipeline: 16, maxOutputBytes: 1 << 20 };
     assert.ok(binaryCodecFactory(0x80, limits) instanceof BinaryCodec);

@@ -244,4 +244,15 @@ describe('text request parser', () => {
     assert.ok(r && r.kind === 'store');
     assert.equal(r.value.buffer, input.buffer);
   });
+
+  it('a store is told no unique: a text STORED carries none', () => {
+    const p = new TextRequestParser(LIMITS, () => NOW);
+    p.push(Buffer.from('set k 0 0 1\r\na\r\ncas k 0 0 1 5\r\nb\r\n'));
+    const modes: Array<[string, boolean]> = [];
+    for (let r = p.next(); r !== undefined; r = p.next()) {
+      assert.ok(r.kind === 'store');
+      modes.push([r.mode, r.withCas]);
+    }
+    assert.deepEqual(modes, [['set', false], ['cas', false]]);
+  });
 });

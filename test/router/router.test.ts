@@ -79,10 +79,17 @@ describe('router: replicated writes', () => {
     assert.deepEqual(asked(), [false, false]);
     assert.deepEqual(await exec(set('k', 'w')), { kind: 'status', status: 'STORED', cas: 2n });
     assert.deepEqual(asked(), [true, true]);
-    // A conditional command: the authority's unique is the answer, its copies are never read.
+    // Conditional commands: the authority's unique is the answer, its copies' are never read.
     const added = await exec(store('add', 'a', 'x'));
     assert.equal(added.kind === 'status' && added.status, 'STORED');
     assert.deepEqual(asked(), [undefined, false]);
+    const appended = await exec(store('append', 'a', 'y'));
+    assert.equal(appended.kind === 'status' && appended.status, 'STORED');
+    assert.deepEqual(asked(), [undefined, false], 'append: the authority, then the value read back and copied');
+    await exec(set('n', '5'));
+    const incr = await exec(arith('incr', 'n', 2n));
+    assert.equal(incr.kind === 'number' && incr.value, 7n);
+    assert.deepEqual(asked(), [true, false], 'incr: the number written over the other copy');
   });
 
   it('min-copies: success only when enough upstreams stored it', async () => {

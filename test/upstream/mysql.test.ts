@@ -413,6 +413,13 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     assert.deepEqual(roomless, [2, 1, 0, 1], 'five rows of 192 bytes, room for 1000, not for eight: 4 + 1 rows in one transaction');
     assert.deepEqual((await up.get(r)).map((h) => h?.value.toString()), r.map((k) => k.repeat(95)));
 
+    // A key set twice in one pass: two rounds in one transaction, still no read-back; the later set wins.
+    const twice = await delta(() =>
+      Promise.all(['first', 'second'].map((v) => pool.store({ mode: 'set', key: 'twice', value: b(v), flags: 0, deadline: 0, withCas: false }))),
+    );
+    assert.deepEqual(twice, [2, 1, 0, 1]);
+    assert.equal((await getOne(up, 'twice'))?.value.toString(), 'second');
+
     let mixed: Awaited<ReturnType<typeof pass>> = [];
     const some = await delta(async () => (mixed = await pass(['m1', 'm2', 'm3', 'm4'], (k) => k === 'm2')));
     assert.deepEqual(some, [1, 1, 1, 1], 'one unique wanted: the transaction reads it back');

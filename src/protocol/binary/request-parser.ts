@@ -290,7 +290,7 @@ export class BinaryRequestParser {
     const value = buf.subarray(valueAt, this.head + HEADER_LENGTH + h.bodyLength);
     if (mode === 'append' || mode === 'prepend') {
       // protocol.txt: append/prepend keep the item's flags and exptime.
-      return { kind: 'store', mode, key, flags: 0, deadline: 0, value, cas: undefined, withCas: true, noreply: s.quiet };
+      return { kind: 'store', mode, key, flags: 0, deadline: 0, value, cas: undefined, withCas: !s.quiet, noreply: s.quiet };
     }
     // proto_bin.c: a non-zero CAS turns SET, ADD and REPLACE into a compare-and-swap (B3).
     const cas = h.cas !== 0n ? h.cas : undefined;
@@ -302,7 +302,7 @@ export class BinaryRequestParser {
       deadline: this.deadline(buf.readInt32BE(x + 4)),
       value,
       cas,
-      withCas: true, // every binary response carries the item's unique
+      withCas: !s.quiet, // a binary success response carries the item's unique; a quiet one is not sent
       noreply: s.quiet,
     };
   }
