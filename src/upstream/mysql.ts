@@ -241,7 +241,7 @@ function inParams(keys: readonly Buffer[]): Buffer[] {
  * (nobody reads those back here). At most twice the rows, in one round trip instead of a
  * transaction of several statements.
  */
-function padToShape(rows: readonly QueuedSet[], room: number): QueuedSet[] | undefined {
+function padToShape(rows: readonly QueuedSet[], room: number): readonly QueuedSet[] | undefined {
   let shape: number | undefined; // the smallest shape that holds them (BATCH_SHAPES descends)
   for (const size of BATCH_SHAPES) if (size >= rows.length) shape = size;
   if (shape === undefined) return undefined;
@@ -255,7 +255,7 @@ function padToShape(rows: readonly QueuedSet[], room: number): QueuedSet[] | und
   }
   const extra = shape - rows.length;
   if (extra > 0 && bytes + extra * smallestSize > room) return undefined;
-  return extra === 0 ? [...rows] : [...rows, ...new Array<QueuedSet>(extra).fill(smallest)];
+  return extra === 0 ? rows : [...rows, ...new Array<QueuedSet>(extra).fill(smallest)];
 }
 
 function kb(key: string): Buffer {
