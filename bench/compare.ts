@@ -14,12 +14,13 @@ import { measureIdleConnectionsBounded } from './idle-connections';
 import { measureIdle, preload, runLoad, sleep, withTimeout, type LoadResult } from './loadgen';
 import { replication as replicationOf, stats, type Replication } from './mcmux-stats';
 import { Unavailable, type Children } from './processes';
-import { addRatios, emptyRow, formatIdle, formatTable, writeReport, type IdleMemory, type Report, type Row } from './report';
+import { addRatios, emptyRow, formatIdle, formatRounds, formatTable, writeReport, type IdleMemory, type Report, type Row } from './report';
 import { IDLE_RSS_LIMIT_MB, REPO, command, idleDriverNote, log, machine, type Settings } from './settings';
 import { startTarget, stopTarget, type Target, type TargetKind } from './targets';
 
 type Idle = Awaited<ReturnType<typeof measureIdle>>;
 interface Run {
+  round: number;
   load: LoadResult;
   idle: Idle;
   /** mcmux targets only: did every write reach every upstream. */
@@ -31,7 +32,7 @@ interface Run {
 }
 
 /** One measurement: idle round trips, the loaded run, then until the target is quiet again. */
-async function measureOnce(s: Settings, t: Target, pipeline: number): Promise<Run> {
+async function measureOnce(s: Settings, t: Target, pipeline: number, round: number): Promise<Run> {
   const isMcmux = t.kind.startsWith('mcmux');
   const before = isMcmux ? await stats(t.host, t.port) : null;
   const idle = await measureIdle(t.host, t.port, s.idleGets, s.keys, s.valueSize);
@@ -48,7 +49,7 @@ async function measureOnce(s: Settings, t: Target, pipeline: number): Promise<Ru
   // Writes that missed a store are replayed into it by mcmux's repair, at --repair-rate keys a
   // second: that work too belongs to this run, not to the next target's.
   const repair = replication && replication.journalKeys > 0 ? await repaired(t) : null;
-  return { load, idle, replication, busyAfterS, repair };
+  return { round, load, idle, replication, busyAfterS, repair };
 }
 
 /** Waits (at most REPAIR_MAX_MS) until mcmux's repair journal is empty. */
@@ -79,7 +80,9 @@ const QUIET_STEP_MS = 500;
 const QUIET_MAX_MS = 30_000;
 const REPAIR_MAX_MS = 120_000;
 
-function toRow(kind: TargetKind, pipeline: number, { load, idle, replication, busyAfterS, repair }: Run, note: string): Row {
+/** The row of a (target, depth): the figures of its median run (`median`), and every run's round by round. */
+function toRow(kind: TargetKind, pipeline: number, median: Run, all: Run[], note: string): Row {
+  const { load, idle, replication, busyAfterS, repair } = median;
   const perOp = (cpu: number) => (load.ops > 0 && Number.isFinite(cpu) ? (cpu / load.ops) * 1e6 : null);
   const notes = note ? [note] : [];
   if (load.misses > 0) notes.push(`${load.misses} gets missed`);
@@ -107,6 +110,9 @@ function toRow(kind: TargetKind, pipeline: number, { load, idle, replication, bu
     journalKeys: replication?.journalKeys ?? null,
     busyAfterS,
     repairS: repair ? repair.seconds : null,
+    rounds: [...all].sort((a, b) => a.round - b.round).map((r) => ({
+      round: r.round, opsPerSec: r.load.opsPerSec, getOpsPerSec: r.load.get.opsPerSec, idleP50Us: r.idle.p50Us, idleSetP50Us: r.idle.setP50Us,
+    })),
   };
 }
 
@@ -169,7 +175,7 @@ async function measureAll(s: Settings, live: Live[], rows: Row[]): Promise<void>
         try {
           const waited = await quiet(everyPid);
           if (waited > 5) log(`${tag}: waited ${waited.toFixed(0)} s for every process the bench started to be quiet`);
-          const run = await measureOnce(s, target, p);
+          const run = await measureOnce(s, target, p, round);
           runs.set(key, [...(runs.get(key) ?? []), run]);
           const { load } = run;
           log(`${tag}: ${Math.round(load.opsPerSec)} ops/s, p50 ${load.p50Us} µs, p99 ${load.p99Us} µs, errors ${load.errors + load.connErrors}` +
@@ -184,9 +190,9 @@ async function measureAll(s: Settings, live: Live[], rows: Row[]): Promise<void>
   for (const { target, note } of live) {
     for (const p of s.pipelines) {
       const key = `${target.kind}/${p}`;
-      const got = (runs.get(key) ?? []).sort((a, b) => a.load.opsPerSec - b.load.opsPerSec);
+      const got = [...(runs.get(key) ?? [])].sort((a, b) => a.load.opsPerSec - b.load.opsPerSec);
       const median = got[Math.floor(got.length / 2)];
-      if (median) rows.push(toRow(target.kind, p, median, note));
+      if (median) rows.push(toRow(target.kind, p, median, got, note));
       else rows.push(emptyRow(target.kind, p, 'failed', failures.get(key) ?? 'failed: no run'));
     }
   }
@@ -233,6 +239,8 @@ export async function comparison(s: Settings, children: Children, tmp: string): 
   const svg = s.json.endsWith('.json') ? s.json.slice(0, -5) + '.svg' : s.json + '.svg';
   writeReport(report, s.json, svg);
   console.log(formatTable(rows));
+  const byRound = formatRounds(rows);
+  if (byRound) console.log(`\n${byRound}`);
   const halts = idleDriverNote(report.machine);
   if (halts) console.log(`\n${halts}`);
   if (idle) console.log(`\n${formatIdle(idle)}`);

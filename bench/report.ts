@@ -49,6 +49,23 @@ export interface Row {
   busyAfterS: number | null;
   /** Seconds mcmux's repair took to replay `journalKeys` (null: nothing to repair). */
   repairS: number | null;
+  /**
+   * Every round's figures, in run order (the row's own figures are its median round's). Round i
+   * of every row ran within a minute or two of the others, so a ratio within one round is the
+   * fairest comparison this shared machine allows: the per-round ratios are in the same order.
+   */
+  rounds: RoundFigures[];
+  roundRatioToDirect: Array<number | null>;
+  roundRatioToTwemproxy: Array<number | null>;
+  roundGetRatioToMcmux1: Array<number | null>;
+}
+
+export interface RoundFigures {
+  round: number;
+  opsPerSec: number;
+  getOpsPerSec: number;
+  idleP50Us: number;
+  idleSetP50Us: number;
 }
 
 export interface Report {
@@ -84,21 +101,33 @@ export function emptyRow(target: string, pipeline: number, status: Row['status']
     errors: null, connErrors: null, misses: null, ratioToDirect: null, ratioToTwemproxy: null,
     getOpsPerSec: null, getP50Us: null, getP99Us: null, setOpsPerSec: null, setP50Us: null, setP99Us: null,
     getRatioToMcmux1: null, replicationFailures: null, upstreamErrors: null, journalKeys: null, busyAfterS: null, repairS: null,
+    rounds: [], roundRatioToDirect: [], roundRatioToTwemproxy: [], roundGetRatioToMcmux1: [],
   };
 }
 
-/** Fills in the ratio columns: each row against the row of the same pipeline depth. */
+/**
+ * Fills in the ratio columns: each row against the row of the same pipeline depth, and each of
+ * its rounds against the same round of that row.
+ */
 export function addRatios(rows: Row[]): void {
-  const base = (target: string, pipeline: number) =>
-    rows.find((r) => r.target === target && r.pipeline === pipeline && r.opsPerSec !== null)?.opsPerSec ?? null;
+  const find = (target: string, pipeline: number) => rows.find((r) => r.target === target && r.pipeline === pipeline && r.opsPerSec !== null);
+  const ratio = (a: number | null, b: number | null | undefined) => (a !== null && b ? a / b : null);
+  const perRound = (r: Row, base: Row | undefined, pick: (f: RoundFigures) => number) =>
+    r.rounds.map((f) => {
+      const b = base?.rounds.find((x) => x.round === f.round);
+      return b ? ratio(pick(f), pick(b)) : null;
+    });
   for (const r of rows) {
     if (r.opsPerSec === null) continue;
-    const d = base('direct', r.pipeline);
-    const t = base('twemproxy', r.pipeline);
-    r.ratioToDirect = d ? r.opsPerSec / d : null;
-    r.ratioToTwemproxy = t ? r.opsPerSec / t : null;
-    const m = rows.find((x) => x.target === 'mcmux1' && x.pipeline === r.pipeline)?.getOpsPerSec ?? null;
-    r.getRatioToMcmux1 = m && r.getOpsPerSec !== null ? r.getOpsPerSec / m : null;
+    const d = find('direct', r.pipeline);
+    const t = find('twemproxy', r.pipeline);
+    const m = find('mcmux1', r.pipeline);
+    r.ratioToDirect = ratio(r.opsPerSec, d?.opsPerSec);
+    r.ratioToTwemproxy = ratio(r.opsPerSec, t?.opsPerSec);
+    r.getRatioToMcmux1 = ratio(r.getOpsPerSec, m?.getOpsPerSec);
+    r.roundRatioToDirect = perRound(r, d, (f) => f.opsPerSec);
+    r.roundRatioToTwemproxy = perRound(r, t, (f) => f.opsPerSec);
+    r.roundGetRatioToMcmux1 = perRound(r, m, (f) => f.getOpsPerSec);
   }
 }
 
@@ -152,6 +181,28 @@ function textTable(columns: Column[], rows: Row[], withWhy: boolean): string {
     else out.push(`${line(cells[i]!.slice(0, 2))}  ${withWhy ? r.note : r.status}`);
   });
   return out.join('\n');
+}
+
+/** The same rows round by round (run order), when there was more than one round. */
+const ROUND_COLUMNS: Column[] = [
+  ['target', (r) => r.target],
+  ['pipe', (r) => String(r.pipeline)],
+  ['ops/s by round (k)', (r) => r.rounds.map((f) => (f.opsPerSec / 1000).toFixed(1)).join(' ')],
+  ['× twemproxy', (r) => list(r.roundRatioToTwemproxy)],
+  ['× direct', (r) => list(r.roundRatioToDirect)],
+  ['get × mcmux1', (r) => list(r.roundGetRatioToMcmux1)],
+  ['idle p50 µs', (r) => r.rounds.map((f) => int(f.idleP50Us)).join(' ')],
+  ['idle set p50 µs', (r) => r.rounds.map((f) => int(f.idleSetP50Us)).join(' ')],
+];
+
+export function formatRounds(rows: Row[]): string | undefined {
+  const many = rows.filter((r) => r.status === 'ok' && r.rounds.length > 1);
+  if (many.length === 0) return undefined;
+  return `round by round, in run order (each row's figures above are its median round's):\n${textTable(ROUND_COLUMNS, many, false)}`;
+}
+
+function list(xs: Array<number | null>): string {
+  return xs.every((x) => x === null) ? '' : xs.map((x) => fixed(x, 2) || '-').join(' ');
 }
 
 /** Both tables as GitHub Markdown, for docs/benchmarks.md. */

@@ -1,0 +1,53 @@
+/** The bench's per-round figures: ratios are taken within a round, never across rounds. */
+
+import assert from 'node:assert/strict';
+import { it } from 'node:test';
+import { type RoundFigures, type Row, addRatios, emptyRow, formatRounds } from '../../bench/report';
+
+/** A row from its rounds: [round, thousands of ops/s, thousands of gets/s]. */
+function row(target: string, rounds: Array<[number, number, number]>): Row {
+  const figures: RoundFigures[] = rounds.map(([round, kops, kgets]) => ({ round, opsPerSec: kops * 1000, getOpsPerSec: kgets * 1000, idleP50Us: 100 + round, idleSetP50Us: 200 + round }));
+  // As the comparison makes it: the row's own figures are its median round's.
+  const median = [...figures].sort((a, b) => a.opsPerSec - b.opsPerSec)[Math.floor(figures.length / 2)]!;
+  return { ...emptyRow(target, 1, 'ok', ''), opsPerSec: median.opsPerSec, getOpsPerSec: median.getOpsPerSec, rounds: figures };
+}
+
+it('each round is compared with the same round of twemproxy, direct and mcmux1', () => {
+  const rows = [
+    row('direct', [[1, 100, 90], [2, 80, 72], [3, 120, 108]]),
+    row('twemproxy', [[1, 50, 45], [2, 40, 36], [3, 60, 54]]),
+    row('mcmux1', [[1, 60, 54], [2, 40, 36], [3, 30, 27]]),
+    // A row that lost its second round (the target failed): its rounds stay matched by number.
+    row('mcmux3', [[1, 30, 27], [3, 15, 13.5]]),
+  ];
+  addRatios(rows);
+  const m1 = rows[2]!;
+  assert.deepEqual(m1.roundRatioToTwemproxy, [1.2, 1, 0.5]);
+  assert.deepEqual(m1.roundRatioToDirect, [0.6, 0.5, 0.25]);
+  assert.deepEqual(m1.roundGetRatioToMcmux1, [1, 1, 1]);
+  // The median row's ratio (40 / 50) is not any round's: what the per-round figures are for.
+  assert.equal(m1.ratioToTwemproxy, 0.8);
+  assert.equal(m1.opsPerSec, 40_000);
+  const m3 = rows[3]!;
+  assert.deepEqual(m3.roundRatioToTwemproxy, [0.6, 0.25]);
+  assert.deepEqual(m3.roundGetRatioToMcmux1, [0.5, 0.5]);
+
+  const text = formatRounds(rows)!;
+  const line = text.split('\n').find((l) => l.startsWith('mcmux1 '))!;
+  assert.match(line, /60\.0 40\.0 30\.0/); // ops/s in thousands, in run order
+  assert.match(line, /1\.20 1\.00 0\.50/);
+  assert.match(line, /101 102 103/);
+  assert.match(line, /201 202 203/);
+});
+
+it('no round-by-round table for a single round, nor a twemproxy ratio without twemproxy', () => {
+  const one = [row('direct', [[1, 100, 90]]), row('mcmux1', [[1, 60, 54]])];
+  addRatios(one);
+  assert.equal(formatRounds(one), undefined);
+  assert.deepEqual(one[1]!.roundRatioToTwemproxy, [null]);
+  const two = [row('direct', [[1, 100, 90], [2, 100, 90]]), row('mcmux1', [[1, 60, 54], [2, 50, 45]])];
+  addRatios(two);
+  const line = formatRounds(two)!.split('\n').find((l) => l.startsWith('mcmux1 '))!;
+  assert.match(line, /0\.60 0\.50/);
+  assert.doesNotMatch(line, /- -/);
+});
