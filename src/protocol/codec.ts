@@ -23,11 +23,11 @@ export interface ServerCodec {
   /**
    * Appends input. `borrowed`: `chunk` is a view of a buffer its owner reuses once this call and
    * the next() calls after it return; the codec copies whatever it keeps (values, and through
-   * detach() the unparsed rest). A codec without detach() is never given a borrowed chunk.
+   * detach() the unparsed rest).
    */
   push(chunk: Buffer, borrowed?: boolean): void;
   /** Copies the unparsed input out of a borrowed chunk (called once the caller stops parsing). */
-  detach?(): void;
+  detach(): void;
   /** The next decoded request or error, or undefined when more bytes are needed. */
   next(): Decoded | undefined;
   /** Appends the reply to `request` to `out`; appends nothing when the client asked for none. */

@@ -148,18 +148,13 @@ export class ClientConnection {
     try {
       if (!this.codec) this.codec = this.codecFor(chunk[0] as number, this.limits);
       const codec = this.codec;
-      if (borrowed && !codec.detach) {
-        codec.push(Buffer.from(chunk)); // a codec that cannot copy what it keeps gets its own copy
-        borrowed = false;
-      } else {
-        codec.push(chunk, borrowed);
-      }
+      codec.push(chunk, borrowed);
       try {
         this.drainParser();
       } finally {
         // What is left unparsed (a partial command, or input held back by max-pipeline) must
         // not stay a view of the shared buffer, which the next read overwrites.
-        if (borrowed) codec.detach?.();
+        if (borrowed) codec.detach();
       }
     } catch (error) {
       this.closeOnBug(error);

@@ -591,3 +591,59 @@ describe('binary codec: encoding', () => {
     assert.ok(out.take().includes(value));
   });
 });
+
+describe('binary codec: borrowed input (the connections\' shared read buffer)', () => {
+  /**
+   * Every chunk goes through one scratch buffer, as client reads do: pushed as borrowed, parsed,
+   * detached, then overwritten. What was decoded is shown only at the end, so a value or an
+   * unparsed rest left pointing into the scratch buffer shows up as the bytes written over it.
+   */
+  function runBorrowed(chunks: Buffer[]): string[] {
+    const c = codec();
+    const scratch = Buffer.alloc(64 * 1024);
+    const decoded: Decoded[] = [];
+    for (const chunk of chunks) {
+      chunk.copy(scratch);
+      c.push(scratch.subarray(0, chunk.length), true);
+      for (let d = c.next(); d !== undefined; d = c.next()) decoded.push(d);
+      c.detach();
+      scratch.fill(0xee);
+    }
+    return decoded.map(show);
+  }
+
+  const input = cat(
+    frame({ op: OP.SET, key: 'sess:a', extras: setExtras(7, 0), value: 'cart=3;user=alice' }),
+    frame({ op: OP.GET, key: 'sess:a' }),
+    frame({ op: OP.APPEND, key: 'sess:a', value: ';x=1' }),
+    frame({ op: OP.SETQ, key: 'sess:b', extras: setExtras(0, 60), value: 'v'.repeat(300) }),
+    NOOP,
+  );
+
+  it('values and the unparsed rest keep their bytes, however the input is split', () => {
+    const expected = run([input]);
+    assert.equal(expected.length, 5);
+    assert.deepEqual(runBorrowed([input]), expected, 'whole');
+    const bytes: Buffer[] = [];
+    for (let i = 0; i < input.length; i++) bytes.push(input.subarray(i, i + 1));
+    assert.deepEqual(runBorrowed(bytes), expected, 'byte by byte');
+    for (let i = 1; i < input.length; i++) {
+      assert.deepEqual(runBorrowed([input.subarray(0, i), input.subarray(i)]), expected, `split at ${i}`);
+    }
+  });
+
+  it('an owned chunk before a borrowed one: a frame spanning both is parsed from a copy', () => {
+    const c = codec();
+    const at = 30; // inside the first frame's value
+    c.push(Buffer.from(input.subarray(0, at)));
+    assert.equal(c.next(), undefined);
+    const scratch = Buffer.from(input.subarray(at));
+    c.push(scratch, true);
+    const first = c.next();
+    c.detach();
+    scratch.fill(0xee);
+    const rest: Decoded[] = [];
+    for (let d = c.next(); d !== undefined; d = c.next()) rest.push(d);
+    assert.deepEqual([first!, ...rest].map(show), run([input]));
+  });
+});

@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import type { Listener } from '../../src/server/listener';
 import { FakeUpstream, listenOverFake, settle } from '../helpers/fake-upstream';
+import { frame, storeExtras } from '../helpers/binary-frame';
 import { connectWire, type Wire } from '../helpers/wire';
 
 const listeners: Listener[] = [];
@@ -73,6 +74,32 @@ describe('the shared read buffer', () => {
     a.send('t sess\r\n');
     assert.equal(await a.read('END\r\n'), 'STORED\r\nVALUE sess 0 10\r\nhelloworld\r\nEND\r\n');
     assert.equal(await stored(up, 'sess'), 'helloworld');
+    a.close();
+    other.close();
+  });
+
+  it('a binary client: its value and the frame it sent half of keep their bytes too', async () => {
+    const { up, listener, connect } = await setup();
+    const [a, other] = await Promise.all([connect(), connect()]);
+    const set = frame({ opcode: 0x01, key: 'sess', extras: storeExtras(0, 0), value: 'cart=3;user=alice', opaque: 7 });
+    const next = frame({ opcode: 0x01, key: 'sess2', extras: storeExtras(0, 0), value: 'cart=4;user=bob', opaque: 8 });
+    up.close_gate();
+    a.send(Buffer.concat([set, next.subarray(0, 30)])); // the second frame cut inside its key
+    await settle();
+    assert.deepEqual(up.calls, ['set sess'], 'the first set waits at the gate; the second is half a frame');
+    assert.ok(listener.connections().every((c) => c.sharedReads), 'binary clients read into the shared buffer too');
+    await overwrite(other);
+    a.send(next.subarray(30));
+    await settle();
+    await overwrite(other);
+    up.open();
+    // Two binary SET responses: magic 0x81, opcode 0x01, status 0, the opaques 7 and 8.
+    const replies = Buffer.from(await a.read((t) => t.length >= 48), 'latin1');
+    assert.equal(replies.length, 48);
+    assert.deepEqual([replies[0], replies[1], replies.readUInt16BE(6), replies.readUInt32BE(12)], [0x81, 0x01, 0, 7]);
+    assert.deepEqual([replies[24], replies[25], replies.readUInt16BE(30), replies.readUInt32BE(36)], [0x81, 0x01, 0, 8]);
+    assert.equal(await stored(up, 'sess'), 'cart=3;user=alice');
+    assert.equal(await stored(up, 'sess2'), 'cart=4;user=bob');
     a.close();
     other.close();
   });

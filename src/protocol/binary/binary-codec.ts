@@ -27,8 +27,12 @@ export class BinaryCodec implements ServerCodec {
     return this.parser.buffered;
   }
 
-  push(chunk: Buffer): void {
-    this.parser.push(chunk);
+  push(chunk: Buffer, borrowed?: boolean): void {
+    this.parser.push(chunk, borrowed);
+  }
+
+  detach(): void {
+    this.parser.detach();
   }
 
   next(): Decoded | undefined {

@@ -17,7 +17,8 @@
  * it buffer (CVE-2016-8704/8705/8706, CVE-2011-4971). Extras lengths are exact per opcode
  * (CVE-2020-10931). A refused body is discarded as it arrives, never held; one over 1 GiB
  * (memcached's ITEM_SIZE_MAX_UPPER_LIMIT) is not worth reading: the connection is closed.
- * Values are slices of the accumulated input, not copies.
+ * Values are slices of the accumulated input, not copies, unless that input is borrowed (a view
+ * of the connections' shared read buffer): then values are copied, and detach() copies the rest.
  *
  * Exptime. memcached reads the binary exptime as uint32, so 0xffffffff (a client's -1) means the
  * year 2106. mcmux reads it as a signed int32, as the text protocol does: -1 means "already
@@ -140,6 +141,11 @@ export class BinaryRequestParser {
   private chunks: Buffer[] = [];
   private head = 0;
   private total = 0;
+  /**
+   * The chunk among `chunks` that is a view of a buffer its owner reuses (the connections' shared
+   * read buffer), if any: a value sliced from it is copied, and detach() copies what is left of it.
+   */
+  private borrowed: Buffer | undefined;
   /** Bytes of a refused body still to discard as they arrive (never held in memory). */
   private skipLeft = 0;
   /** A too_large request with a body not worth skipping was handed out: the next result closes. */
@@ -156,7 +162,8 @@ export class BinaryRequestParser {
     return this.total;
   }
 
-  push(chunk: Buffer): void {
+  /** `borrowed`: `chunk` is reused by its owner once parsing stops; detach() must be called then. */
+  push(chunk: Buffer, borrowed = false): void {
     if (this.dead) return;
     if (this.skipLeft > 0) {
       const n = Math.min(this.skipLeft, chunk.length);
@@ -164,8 +171,25 @@ export class BinaryRequestParser {
       chunk = chunk.subarray(n);
     }
     if (chunk.length === 0) return;
+    this.detach(); // one borrowed chunk at a time (the caller detaches after each read anyway)
     this.chunks.push(chunk);
     this.total += chunk.length;
+    if (borrowed) this.borrowed = chunk;
+  }
+
+  /** Copies the unconsumed bytes of the borrowed chunk, if one is still held. */
+  detach(): void {
+    const b = this.borrowed;
+    if (b === undefined) return;
+    this.borrowed = undefined;
+    const i = this.chunks.indexOf(b);
+    if (i < 0) return; // consumed, or merged into an owned buffer by ensure()
+    if (i === 0) {
+      this.chunks[0] = Buffer.from(b.subarray(this.head));
+      this.head = 0;
+    } else {
+      this.chunks[i] = Buffer.from(b);
+    }
   }
 
   next(): BinaryParseResult | undefined {
@@ -287,7 +311,9 @@ export class BinaryRequestParser {
     const buf = this.first();
     const x = this.head + HEADER_LENGTH;
     const valueAt = x + h.extrasLength + h.keyLength;
-    const value = buf.subarray(valueAt, this.head + HEADER_LENGTH + h.bodyLength);
+    const view = buf.subarray(valueAt, this.head + HEADER_LENGTH + h.bodyLength);
+    // A value outlives this read (it waits for the upstreams): never a view of a borrowed buffer.
+    const value = buf === this.borrowed ? Buffer.from(view) : view;
     if (mode === 'append' || mode === 'prepend') {
       // protocol.txt: append/prepend keep the item's flags and exptime.
       return { kind: 'store', mode, key, flags: 0, deadline: 0, value, cas: undefined, withCas: !s.quiet, noreply: s.quiet };
