@@ -18,9 +18,10 @@
  * entries lost on power failure, none on a crash of mcmux alone), `no` (left to the OS).
  */
 
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Upstream } from '../upstream/upstream';
+import { makeDirs } from '../make-dirs';
 
 export type DirtyOp = 'write' | 'delete';
 
@@ -545,7 +546,7 @@ export class RepairJournal {
   private rewrite(): void {
     const dir = this.options.dir;
     if (!dir) return;
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    makeDirs(dir, 0o700);
     const file = join(dir, 'journal.log');
     const tmp = `${file}.tmp`;
     const out: string[] = [];

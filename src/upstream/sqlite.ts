@@ -53,12 +53,13 @@
  * Keys are bound as latin1 BLOBs (the wire bytes), values as BLOBs; SQL is never built from data.
  */
 
-import { mkdirSync, closeSync, openSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounter } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
+import { makeDirs } from '../make-dirs';
 import type { UpstreamContext } from './registry';
 import { intOption, rejectUnknownOptions } from './registry';
 import {
@@ -147,7 +148,7 @@ type Statements = ReturnType<typeof prepareStatements>;
 function openDatabase(o: SqliteOptions, where: string): { db: Database.Database; s: Statements } {
   let db: Database.Database | undefined;
   try {
-    mkdirSync(dirname(o.path), { recursive: true, mode: 0o700 });
+    makeDirs(dirname(o.path), 0o700);
     closeSync(openSync(o.path, 'a', 0o600));
     // At start-up only, SQLite's blocking busy handler is acceptable: nothing else runs yet.
     db = new Database(o.path, { timeout: o.timeoutMs });

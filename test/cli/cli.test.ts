@@ -95,6 +95,21 @@ describe('mcmux --help', () => {
 });
 
 describe('mcmux refuses bad flags and values: exit 2, one line naming the value', () => {
+  // Node 20's recursive mkdirSync never returns for a path under /proc: mcmux hung at start.
+  it('a SQLite file whose directory cannot be made (under /proc)', async () => {
+    const line = await failsWithOneLine(['--upstream', 'sqlite:///proc/mcmux-none/items.sqlite', '--state-dir', join(dir, 'proc-sqlite')]);
+    assert.match(line, /\/proc\/mcmux-none/);
+    assert.match(line, /ENOENT/);
+  });
+
+  it('a state directory that cannot be made (under /proc) stops the start at once, naming it', async () => {
+    // Not a malformed value but a failed start, as a port in use is: exit 1, the reason on stderr.
+    const r = await runMcmux(['--state-dir', '/proc/mcmux-none/state', '--upstream', 'memory://', '--listen', '127.0.0.1:0'], { timeoutMs: 5000 });
+    assert.equal(r.timedOut, false, `mcmux did not exit; stderr ${r.stderr}`);
+    assert.equal(r.code, 1, `stderr ${r.stderr}`);
+    assert.match(r.stderr, /cannot start: ENOENT[^\n]*'\/proc\/mcmux-none'/);
+  });
+
   it('an unknown flag', async () => {
     assert.match(await failsWithOneLine(['--bogus-flag']), /--bogus-flag/);
   });
