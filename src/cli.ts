@@ -3,7 +3,7 @@
  * A bad flag, URL or config value exits with status 2 and one line naming it.
  */
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
@@ -42,11 +42,19 @@ function program(): Command {
   return p;
 }
 
+/** A config file is a few KiB; anything near this is a mistake (and is never read whole). */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
 function readConfigFile(file: string): RawConfig {
   let text: string;
   try {
+    // Looked at before it is opened: a FIFO would block the open, /dev/zero would never end.
+    const st = statSync(file);
+    if (!st.isFile()) throw new ConfigError(`config file "${file}" is not a regular file: expected a TOML file`);
+    if (st.size > MAX_CONFIG_BYTES) throw new ConfigError(`config file "${file}" is ${st.size} bytes: expected a TOML file of at most ${MAX_CONFIG_BYTES} bytes`);
     text = readFileSync(file, 'utf8');
   } catch (error) {
+    if (error instanceof ConfigError) throw error;
     throw new ConfigError(`cannot read config file "${file}": ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
   }
   let doc: Record<string, unknown>;

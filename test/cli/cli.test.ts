@@ -6,7 +6,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -153,6 +153,20 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
     const file = join(dir, 'does-not-exist.toml');
     const line = await failsWithOneLine([...base, '--config', file]);
     assert.ok(line.includes(file), `names the file: ${line}`);
+  });
+
+  it('a config file that is not a regular file, or too big to be one', async () => {
+    // Before: a FIFO blocked mcmux in open(), /dev/zero read until memory ran out.
+    const fifo = join(dir, 'config.fifo');
+    execFileSync('mkfifo', [fifo]);
+    for (const file of [fifo, '/dev/zero', dir]) {
+      const line = await failsWithOneLine([...base, '--config', file]);
+      assert.ok(line.includes(file), `names the file: ${line}`);
+      assert.match(line, /not a regular file: expected a TOML file/);
+    }
+    const big = await configFile('big.toml', `# ${'x'.repeat(1024 * 1024)}\n`);
+    const line = await failsWithOneLine([...base, '--config', big]);
+    assert.match(line, /is 1048579 bytes: expected a TOML file of at most 1048576 bytes/);
   });
 
   it('a bad value inside the config file', async () => {
