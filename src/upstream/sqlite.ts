@@ -53,7 +53,7 @@
  * Keys are bound as latin1 BLOBs (the wire bytes), values as BLOBs; SQL is never built from data.
  */
 
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
@@ -149,6 +149,9 @@ function openDatabase(o: SqliteOptions, where: string): { db: Database.Database;
   let db: Database.Database | undefined;
   try {
     makeDirs(dirname(o.path), 0o700);
+    // Looked at before it is opened: a FIFO would block the open (and the start) for ever.
+    const existing = statSync(o.path, { throwIfNoEntry: false });
+    if (existing && !existing.isFile()) throw new Error('not a regular file');
     closeSync(openSync(o.path, 'a', 0o600));
     // At start-up only, SQLite's blocking busy handler is acceptable: nothing else runs yet.
     db = new Database(o.path, { timeout: o.timeoutMs });
