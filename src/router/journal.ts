@@ -18,7 +18,7 @@
  * entries lost on power failure, none on a crash of mcmux alone), `no` (left to the OS).
  */
 
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Upstream } from '../upstream/upstream';
 import { makeDirs } from '../make-dirs';
@@ -497,10 +497,15 @@ export class RepairJournal {
     const dir = this.options.dir;
     const configured = new Set(upstreams.map(idOf));
     let text: string | undefined;
-    try {
-      if (dir) text = readFileSync(join(dir, 'journal.log'), 'latin1');
-    } catch {
-      // no journal yet: a first start, nothing to distrust
+    const file = dir ? join(dir, 'journal.log') : undefined;
+    // No journal yet is a first start, with nothing to distrust. One that is there but cannot be
+    // read is not: taking it as empty would serve the keys it holds from upstreams that missed
+    // them (stale sessions, destroyed ones back). So that stops the start, as a FIFO there would
+    // have blocked it.
+    const found = file ? statSync(file, { throwIfNoEntry: false }) : undefined;
+    if (file && found) {
+      if (!found.isFile()) throw new Error(`${file} is not a regular file: the repair journal must be one`);
+      text = readFileSync(file, 'latin1');
     }
     // Without a record of the chain (a first start, or a file from before S lines), every
     // configured store is taken as having been in it.

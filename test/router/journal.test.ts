@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -338,6 +339,21 @@ describe('repair journal', () => {
     assert.ok(journal.overflowed(a), 'what it holds alone is no longer known: no flush');
     assert.ok(!a.calls.includes('flush'));
     assert.equal(await held(a, 's3'), 'v');
+  });
+
+  it('a journal.log that is there but cannot be read stops the start (it is never taken as empty)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const u = { name: 'memcached://127.0.0.1:1' } as Upstream;
+      const file = join(dir, 'journal.log');
+      mkdirSync(file); // a directory where the file should be
+      assert.throws(() => new RepairJournal({ maxKeys: 10, dir, fsync: 'no' }).load([u]), /journal\.log is not a regular file/);
+      rmSync(file, { recursive: true });
+      execFileSync('mkfifo', [file]); // reading it would block the start for ever
+      assert.throws(() => new RepairJournal({ maxKeys: 10, dir, fsync: 'no' }).load([u]), /journal\.log is not a regular file/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('overflow: the keys the overflowed upstream holds survive a restart', async () => {
