@@ -8,6 +8,7 @@ import { BinaryRequestParser } from '../../src/protocol/binary/request-parser';
 import { TextCodec } from '../../src/protocol/text/text-codec';
 import { COPY_MAX, OutBuffer } from '../../src/protocol/out-buffer';
 import { frame as binaryFrame } from '../helpers/binary-frame';
+import { mulberry32 } from '../helpers/random';
 
 const NOW = 1_700_000_000_000;
 const LIMITS = { maxLineLength: 2048, maxItemSize: 1024, maxKeysPerGet: 8 };
@@ -629,6 +630,42 @@ describe('binary codec: borrowed input (the connections\' shared read buffer)', 
     assert.deepEqual(runBorrowed(bytes), expected, 'byte by byte');
     for (let i = 1; i < input.length; i++) {
       assert.deepEqual(runBorrowed([input.subarray(0, i), input.subarray(i)]), expected, `split at ${i}`);
+    }
+  });
+
+  it('seeded fuzz: random frames (refused and skipped ones too) in random reads decode as from owned input', () => {
+    const rand = mulberry32(0xb1a5);
+    const int = (n: number): number => Math.floor(rand() * n);
+    const value = (): Buffer => Buffer.from(Array.from({ length: int(3) === 0 ? 1000 + int(100) : int(40) }, () => int(256)));
+    const one = (): Buffer => {
+      const key = `k${int(5)}`;
+      switch (int(8)) {
+        case 0:
+        case 1:
+          return frame({ op: OP.SET, key, extras: setExtras(int(9), int(2) ? 0 : 60), value: value() }); // some over the 1024-byte limit
+        case 2:
+          return frame({ op: OP.APPENDQ, key, value: value() });
+        case 3:
+          return frame({ op: OP.GETK, key });
+        case 4:
+          return frame({ op: 0x55, key, value: value() }); // unknown: answered, body skipped
+        case 5:
+          return frame({ op: OP.SET, key: '', extras: setExtras(0, 0), value: value() }); // no key: refused, body skipped
+        case 6:
+          return frame({ op: OP.DELETE, key });
+        default:
+          return NOOP;
+      }
+    };
+    for (let round = 0; round < 150; round++) {
+      const input = Buffer.concat(Array.from({ length: 1 + int(12) }, one));
+      const chunks: Buffer[] = [];
+      for (let at = 0; at < input.length; ) {
+        const n = 1 + int(int(4) === 0 ? 2000 : 60);
+        chunks.push(input.subarray(at, at + n));
+        at += n;
+      }
+      assert.deepEqual(runBorrowed(chunks), run([input]), `round ${round}`);
     }
   });
 
