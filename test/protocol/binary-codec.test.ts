@@ -639,7 +639,7 @@ describe('binary codec: borrowed input (the connections\' shared read buffer)', 
     const value = (): Buffer => Buffer.from(Array.from({ length: int(3) === 0 ? 1000 + int(100) : int(40) }, () => int(256)));
     const one = (): Buffer => {
       const key = `k${int(5)}`;
-      switch (int(8)) {
+      switch (int(9)) {
         case 0:
         case 1:
           return frame({ op: OP.SET, key, extras: setExtras(int(9), int(2) ? 0 : 60), value: value() }); // some over the 1024-byte limit
@@ -650,13 +650,16 @@ describe('binary codec: borrowed input (the connections\' shared read buffer)', 
         case 4:
           return frame({ op: 0x55, key, value: value() }); // unknown: answered, body skipped
         case 5:
-          return frame({ op: OP.SET, key: '', extras: setExtras(0, 0), value: value() }); // no key: refused, body skipped
+          return frame({ op: OP.SET, key: 'bad key', extras: setExtras(0, 0), value: value() }); // refused, body skipped
+        case 7:
+          return frame({ op: OP.DELETE, key, cas: 1n + BigInt(int(9)) }); // a delete with a cas: refused
         case 6:
           return frame({ op: OP.DELETE, key });
         default:
           return NOOP;
       }
     };
+    const kinds = new Set<string>();
     for (let round = 0; round < 150; round++) {
       const input = Buffer.concat(Array.from({ length: 1 + int(12) }, one));
       const chunks: Buffer[] = [];
@@ -665,8 +668,13 @@ describe('binary codec: borrowed input (the connections\' shared read buffer)', 
         chunks.push(input.subarray(at, at + n));
         at += n;
       }
-      assert.deepEqual(runBorrowed(chunks), run([input]), `round ${round}`);
+      const owned = run([input]);
+      assert.deepEqual(runBorrowed(chunks), owned, `round ${round}`);
+      for (const line of owned) kinds.add(line.includes('s=0x04') ? (line.includes('[close]') ? 'closed' : 'refused') : line.split(' ')[0]!);
     }
+    // The rounds went through the paths that matter: refused frames (body skipped), too large ones, values.
+    for (const k of ['refused', 'set', 'append']) assert.ok(kinds.has(k), `some round decoded a ${k}: ${[...kinds].join(' ')}`);
+    assert.ok([...kinds].some((k) => k.startsWith('too_large') || k === 'refused'), [...kinds].join(' '));
   });
 
   it('an owned chunk before a borrowed one: a frame spanning both is parsed from a copy', () => {

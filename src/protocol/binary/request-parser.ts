@@ -182,13 +182,14 @@ export class BinaryRequestParser {
     const b = this.borrowed;
     if (b === undefined) return;
     this.borrowed = undefined;
-    const i = this.chunks.indexOf(b);
-    if (i < 0) return; // consumed, or merged into an owned buffer by ensure()
-    if (i === 0) {
+    // It is the last chunk (push() detaches the one before), unless consumed or joined meanwhile.
+    const last = this.chunks.length - 1;
+    if (last < 0 || this.chunks[last] !== b) return;
+    if (last === 0) {
       this.chunks[0] = Buffer.from(b.subarray(this.head));
       this.head = 0;
     } else {
-      this.chunks[i] = Buffer.from(b);
+      this.chunks[last] = Buffer.from(b);
     }
   }
 
@@ -365,14 +366,37 @@ export class BinaryRequestParser {
     return this.chunks[0] as Buffer;
   }
 
-  /** Makes the first `n` unconsumed bytes contiguous in chunks[0]; false when fewer are buffered. */
+  /**
+   * Makes the first `n` unconsumed bytes contiguous in chunks[0]; false when fewer are buffered.
+   * Only those `n` bytes are joined: what follows them stays a view of the chunk it arrived in,
+   * so a read of many pipelined frames is not copied whole because its first frame began in the
+   * read before (and a borrowed read's rest is still copied by detach() alone).
+   */
   private ensure(n: number): boolean {
     if (this.total < n) return false;
     const first = this.first();
-    if (first.length - this.head < n) {
-      this.chunks = [Buffer.concat([first.subarray(this.head), ...this.chunks.slice(1)])];
-      this.head = 0;
+    if (first.length - this.head >= n) return true;
+    const joined = Buffer.allocUnsafe(n);
+    let filled = first.copy(joined, 0, this.head);
+    let used = 1; // chunks taken whole into `joined`, the first included
+    for (;;) {
+      const c = this.chunks[used] as Buffer;
+      const take = Math.min(c.length, n - filled);
+      c.copy(joined, filled, 0, take);
+      filled += take;
+      if (take < c.length) {
+        const rest = c.subarray(take);
+        if (c === this.borrowed) this.borrowed = rest;
+        this.chunks.splice(0, used + 1, joined, rest);
+        break;
+      }
+      used++;
+      if (filled === n) {
+        this.chunks.splice(0, used, joined);
+        break;
+      }
     }
+    this.head = 0;
     return true;
   }
 
