@@ -3,13 +3,13 @@
  * A bad flag, URL or config value exits with status 2 and one line naming it.
  */
 
-import { readFileSync, statSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
 import { type App, MCMUX_VERSION, buildUpstreams, startApp } from './app';
 import { type Config, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, rawFromToml } from './config';
 import { ConfigError } from './errors';
+import { FileKindError, readRegularFile } from './files';
 import { missingNodeFlags } from './node-flags';
 import { knownSchemes } from './upstream/registry';
 import { maskUrl } from './upstream/upstream';
@@ -48,13 +48,10 @@ const MAX_CONFIG_BYTES = 1024 * 1024;
 function readConfigFile(file: string): RawConfig {
   let text: string;
   try {
-    // Looked at before it is opened: a FIFO would block the open, /dev/zero would never end.
-    const st = statSync(file);
-    if (!st.isFile()) throw new ConfigError(`config file "${file}" is not a regular file: expected a TOML file`);
-    if (st.size > MAX_CONFIG_BYTES) throw new ConfigError(`config file "${file}" is ${st.size} bytes: expected a TOML file of at most ${MAX_CONFIG_BYTES} bytes`);
-    text = readFileSync(file, 'utf8');
+    // Not readFileSync: a FIFO there would block mcmux, /dev/zero would never end.
+    text = readRegularFile(file, MAX_CONFIG_BYTES).toString('utf8');
   } catch (error) {
-    if (error instanceof ConfigError) throw error;
+    if (error instanceof FileKindError) throw new ConfigError(`config file "${file}" is ${error.message}: expected a TOML file of at most 1 MiB`);
     throw new ConfigError(`cannot read config file "${file}": ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
   }
   let doc: Record<string, unknown>;

@@ -18,10 +18,13 @@
  * entries lost on power failure, none on a crash of mcmux alone), `no` (left to the OS).
  */
 
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Upstream } from '../upstream/upstream';
-import { makeDirs } from '../make-dirs';
+import { FileKindError, makeDirs, readRegularFile } from '../files';
+
+/** The longest string V8 makes (2^29 - 24 one-byte characters): a longer journal cannot be read. */
+const MAX_STRING_BYTES = 0x1fffffe8;
 
 export type DirtyOp = 'write' | 'delete';
 
@@ -502,10 +505,12 @@ export class RepairJournal {
     // read is not: taking it as empty would serve the keys it holds from upstreams that missed
     // them (stale sessions, destroyed ones back). So that stops the start, as a FIFO there would
     // have blocked it.
-    const found = file ? statSync(file, { throwIfNoEntry: false }) : undefined;
-    if (file && found) {
-      if (!found.isFile()) throw new Error(`${file} is not a regular file: the repair journal must be one`);
-      text = readFileSync(file, 'latin1');
+    try {
+      if (file) text = readRegularFile(file, MAX_STRING_BYTES).toString('latin1');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+        throw new Error(`${file} is ${error instanceof FileKindError ? error.message : `unreadable (${String(error)})`}: the repair journal must be a readable file`);
+      }
     }
     // Without a record of the chain (a first start, or a file from before S lines), every
     // configured store is taken as having been in it.

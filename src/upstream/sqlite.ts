@@ -53,13 +53,12 @@
  * Keys are bound as latin1 BLOBs (the wire bytes), values as BLOBs; SQL is never built from data.
  */
 
-import { closeSync, openSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounter } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
-import { makeDirs } from '../make-dirs';
+import { makeDirs, touchRegularFile } from '../files';
 import type { UpstreamContext } from './registry';
 import { intOption, rejectUnknownOptions } from './registry';
 import {
@@ -149,10 +148,8 @@ function openDatabase(o: SqliteOptions, where: string): { db: Database.Database;
   let db: Database.Database | undefined;
   try {
     makeDirs(dirname(o.path), 0o700);
-    // Looked at before it is opened: a FIFO would block the open (and the start) for ever.
-    const existing = statSync(o.path, { throwIfNoEntry: false });
-    if (existing && !existing.isFile()) throw new Error('not a regular file');
-    closeSync(openSync(o.path, 'a', 0o600));
+    // Not a plain open: a FIFO there would block it (and the start) for ever.
+    touchRegularFile(o.path, 0o600);
     // At start-up only, SQLite's blocking busy handler is acceptable: nothing else runs yet.
     db = new Database(o.path, { timeout: o.timeoutMs });
     const mode = db.pragma('journal_mode = WAL', { simple: true });

@@ -102,6 +102,19 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
     assert.match(line, /ENOENT/);
   });
 
+  it('a FIFO where the SQLite file or the repair journal should be stops the start at once', async () => {
+    // Opened the plain way, either would wait for a writer or reader for ever.
+    const fifoDir = join(dir, 'fifos');
+    await mkdir(fifoDir);
+    execFileSync('mkfifo', [join(fifoDir, 'items.sqlite'), join(fifoDir, 'journal.log')]);
+    const line = await failsWithOneLine(['--upstream', `sqlite://${join(fifoDir, 'items.sqlite')}`, '--state-dir', join(dir, 'fifo-state')]);
+    assert.match(line, /cannot open [^ ]*items\.sqlite: not a regular file/);
+    const r = await runMcmux(['--state-dir', fifoDir, '--upstream', 'memory://', '--listen', '127.0.0.1:0'], { timeoutMs: 5000 });
+    assert.equal(r.timedOut, false, `mcmux did not exit; stderr ${r.stderr}`);
+    assert.equal(r.code, 1, `stderr ${r.stderr}`);
+    assert.match(r.stderr, /cannot start: [^\n]*journal\.log is not a regular file/);
+  });
+
   it('a state directory that cannot be made (under /proc) stops the start at once, naming it', async () => {
     // Not a malformed value but a failed start, as a port in use is: exit 1, the reason on stderr.
     const r = await runMcmux(['--state-dir', '/proc/mcmux-none/state', '--upstream', 'memory://', '--listen', '127.0.0.1:0'], { timeoutMs: 5000 });
@@ -162,11 +175,11 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
     for (const file of [fifo, '/dev/zero', dir]) {
       const line = await failsWithOneLine([...base, '--config', file]);
       assert.ok(line.includes(file), `names the file: ${line}`);
-      assert.match(line, /not a regular file: expected a TOML file/);
+      assert.match(line, /is not a regular file: expected a TOML file/);
     }
     const big = await configFile('big.toml', `# ${'x'.repeat(1024 * 1024)}\n`);
     const line = await failsWithOneLine([...base, '--config', big]);
-    assert.match(line, /is 1048579 bytes: expected a TOML file of at most 1048576 bytes/);
+    assert.match(line, /is more than 1048576 bytes: expected a TOML file of at most 1 MiB/);
   });
 
   it('a bad value inside the config file', async () => {
