@@ -183,26 +183,32 @@ function textTable(columns: Column[], rows: Row[], withWhy: boolean): string {
   return out.join('\n');
 }
 
-/** The same rows round by round (run order), when there was more than one round. */
-const ROUND_COLUMNS: Column[] = [
-  ['target', (r) => r.target],
-  ['pipe', (r) => String(r.pipeline)],
-  ['ops/s by round (k)', (r) => r.rounds.map((f) => (f.opsPerSec / 1000).toFixed(1)).join(' ')],
-  ['× twemproxy', (r) => list(r.roundRatioToTwemproxy)],
-  ['× direct', (r) => list(r.roundRatioToDirect)],
-  ['get × mcmux1', (r) => list(r.roundGetRatioToMcmux1)],
-  ['idle p50 µs', (r) => r.rounds.map((f) => int(f.idleP50Us)).join(' ')],
-  ['idle set p50 µs', (r) => r.rounds.map((f) => int(f.idleSetP50Us)).join(' ')],
-];
-
+/**
+ * The same rows round by round (run order), when there was more than one round. A round a row
+ * lacks (its target failed then) shows as `-`, so that every column lines up by round.
+ */
 export function formatRounds(rows: Row[]): string | undefined {
   const many = rows.filter((r) => r.status === 'ok' && r.rounds.length > 1);
   if (many.length === 0) return undefined;
-  return `round by round, in run order (each row's figures above are its median round's):\n${textTable(ROUND_COLUMNS, many, false)}`;
-}
-
-function list(xs: Array<number | null>): string {
-  return xs.every((x) => x === null) ? '' : xs.map((x) => fixed(x, 2) || '-').join(' ');
+  const last = Math.max(...many.flatMap((r) => r.rounds.map((f) => f.round)));
+  const numbers = Array.from({ length: last }, (_, i) => i + 1);
+  const byRound = (r: Row, cell: (i: number) => string): string =>
+    numbers.map((n) => {
+      const i = r.rounds.findIndex((f) => f.round === n);
+      return i < 0 ? '-' : cell(i);
+    }).join(' ');
+  const ratios = (r: Row, xs: Array<number | null>): string => (xs.every((x) => x === null) ? '' : byRound(r, (i) => fixed(xs[i] ?? null, 2) || '-'));
+  const columns: Column[] = [
+    ['target', (r) => r.target],
+    ['pipe', (r) => String(r.pipeline)],
+    ['ops/s by round (k)', (r) => byRound(r, (i) => (r.rounds[i]!.opsPerSec / 1000).toFixed(1))],
+    ['× twemproxy', (r) => ratios(r, r.roundRatioToTwemproxy)],
+    ['× direct', (r) => ratios(r, r.roundRatioToDirect)],
+    ['get × mcmux1', (r) => ratios(r, r.roundGetRatioToMcmux1)],
+    ['idle p50 µs', (r) => byRound(r, (i) => int(r.rounds[i]!.idleP50Us))],
+    ['idle set p50 µs', (r) => byRound(r, (i) => int(r.rounds[i]!.idleSetP50Us))],
+  ];
+  return `round by round, in run order (each row's figures above are its median round's):\n${textTable(columns, many, false)}`;
 }
 
 /** Both tables as GitHub Markdown, for docs/benchmarks.md. */
