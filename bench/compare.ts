@@ -35,7 +35,7 @@ interface Run {
 async function measureOnce(s: Settings, t: Target, pipeline: number, round: number): Promise<Run> {
   const isMcmux = t.kind.startsWith('mcmux');
   const before = isMcmux ? await stats(t.host, t.port) : null;
-  const idle = await measureIdle(t.host, t.port, s.idleGets, s.keys, s.valueSize);
+  const idle = await measureIdle(t.host, t.port, s.idleGets, s.keys, s.valueSize, s.idlePauseMs);
   const load = await runLoad({
     host: t.host, port: t.port, connections: s.connections, pipeline,
     gets: s.gets, sets: s.sets, valueSize: s.valueSize, keys: s.keys,
@@ -99,6 +99,7 @@ function toRow(kind: TargetKind, pipeline: number, median: Run, all: Run[], note
     ...emptyRow(kind, pipeline, 'ok', notes.join('; ')),
     opsPerSec: load.opsPerSec, p50Us: load.p50Us, p99Us: load.p99Us,
     idleP50Us: idle.p50Us, idleP99Us: idle.p99Us, idleSetP50Us: idle.setP50Us, idleSetP99Us: idle.setP99Us,
+    pacedP50Us: idle.pacedP50Us, pacedP99Us: idle.pacedP99Us,
     cpuUsPerOpTarget: perOp(load.pidCpu[0] ?? NaN),
     cpuUsPerOpBackends: perOp(load.pidCpu.slice(1).reduce((a, b) => a + b, 0)),
     cpuUsPerOpLoadgen: perOp(load.loadgenCpu),
@@ -111,7 +112,7 @@ function toRow(kind: TargetKind, pipeline: number, median: Run, all: Run[], note
     busyAfterS,
     repairS: repair ? repair.seconds : null,
     rounds: [...all].sort((a, b) => a.round - b.round).map((r) => ({
-      round: r.round, opsPerSec: r.load.opsPerSec, getOpsPerSec: r.load.get.opsPerSec, idleP50Us: r.idle.p50Us, idleSetP50Us: r.idle.setP50Us,
+      round: r.round, opsPerSec: r.load.opsPerSec, getOpsPerSec: r.load.get.opsPerSec, idleP50Us: r.idle.p50Us, idleSetP50Us: r.idle.setP50Us, pacedP50Us: r.idle.pacedP50Us,
     })),
   };
 }

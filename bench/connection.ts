@@ -46,6 +46,11 @@ export class Group {
   measuring = false;
   issuing = true;
   inflight = 0;
+  /**
+   * Milliseconds a connection with nothing in flight waits after a reply before its next request:
+   * paced round trips, as a sidecar sees them between one page's requests and the next. 0: at once.
+   */
+  pauseMs = 0;
   private onSettled: (() => void) | null = null;
 
   constructor(readonly work: Workload, readonly next: Source) {}
@@ -142,10 +147,21 @@ class Conn implements ReplySink {
     this.now = performance.now();
     this.reader.feed(chunk);
     if (this.reader.broken) return this.fail();
+    if (this.group.pauseMs > 0 && this.inflight === 0 && this.group.issuing) {
+      // Not settled yet: the source may still have requests for after the pause.
+      setTimeout(this.resume, this.group.pauseMs);
+      return;
+    }
     this.fill();
     this.flush();
     if (this.inflight === 0) this.group.checkSettled();
   }
+
+  private readonly resume = (): void => {
+    if (this.dead) return;
+    this.start();
+    if (this.inflight === 0) this.group.checkSettled();
+  };
 
   reply(kind: Reply, hadValue: boolean): void {
     if (this.inflight === 0) {

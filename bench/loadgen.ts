@@ -109,27 +109,34 @@ export async function preload(host: string, port: number, keys: number, valueSiz
 /**
  * Round trips with nothing else in flight: one connection, one request at a time; `count` gets,
  * then a quarter as many sets. The sets show what a write waits for: through mcmux, every store
- * (`write-wait all`) or the first copies (`write-wait copies`).
+ * (`write-wait all`) or the first copies (`write-wait copies`). Then, unless `pauseMs` is 0, a
+ * quarter as many gets with a pause of `pauseMs` before each: after a pause every process on the
+ * path has gone to sleep and its caches have cooled, which back-to-back round trips never show.
  */
-export async function measureIdle(host: string, port: number, count: number, keys: number, valueSize: number) {
+export async function measureIdle(host: string, port: number, count: number, keys: number, valueSize: number, pauseMs = 0) {
   const gets = await idleRoundTrips(host, port, count, keys, valueSize, 0);
   const sets = await idleRoundTrips(host, port, Math.ceil(count / 4), keys, valueSize, 1);
+  const paced = pauseMs > 0 ? await idleRoundTrips(host, port, Math.ceil(count / 4), keys, valueSize, 0, pauseMs) : undefined;
   return {
     p50Us: gets.getHist.quantile(0.5), p99Us: gets.getHist.quantile(0.99),
     setP50Us: sets.setHist.quantile(0.5), setP99Us: sets.setHist.quantile(0.99),
-    errors: gets.errors + gets.connErrors + sets.errors + sets.connErrors,
+    pacedP50Us: paced ? paced.getHist.quantile(0.5) : null, pacedP99Us: paced ? paced.getHist.quantile(0.99) : null,
+    errors: [gets, sets, paced].reduce((n, g) => n + (g ? g.errors + g.connErrors : 0), 0),
   };
 }
 
-async function idleRoundTrips(host: string, port: number, count: number, keys: number, valueSize: number, set: 0 | 1): Promise<Group> {
+/** `count` round trips, one at a time, gets or sets; `pauseMs` before each but the first. */
+export async function idleRoundTrips(host: string, port: number, count: number, keys: number, valueSize: number, set: 0 | 1, pauseMs = 0): Promise<Group> {
   let left = count;
   const g = new Group(Workload.get(keys, valueSize), () => (left-- > 0 ? ((Math.random() * keys) | 0) * 2 + set : -1));
+  g.pauseMs = pauseMs;
   await openGroup(host, port, 1, 1, g);
   g.measuring = true;
   g.conns[0]!.start();
-  const settled = await g.settle(30_000);
+  const limitMs = 30_000 + count * pauseMs;
+  const settled = await g.settle(limitMs);
   await g.stop();
-  if (!settled) throw new Error(`idle round trips: ${count} ${set ? 'sets' : 'gets'} not answered in 30 s`);
+  if (!settled) throw new Error(`idle round trips: ${count} ${set ? 'sets' : 'gets'} not answered in ${limitMs / 1000} s`);
   return g;
 }
 

@@ -20,6 +20,9 @@ export interface Row {
   /** The same with one set at a time: what a write waits for. */
   idleSetP50Us: number | null;
   idleSetP99Us: number | null;
+  /** Idle gets again, each after a pause (--idle-pause): null when skipped. */
+  pacedP50Us: number | null;
+  pacedP99Us: number | null;
   /** CPU µs per op over the measured window: the process clients talk to, the memcached
    * processes behind it (0 for direct), and this load generator. */
   cpuUsPerOpTarget: number | null;
@@ -66,6 +69,7 @@ export interface RoundFigures {
   getOpsPerSec: number;
   idleP50Us: number;
   idleSetP50Us: number;
+  pacedP50Us: number | null;
 }
 
 export interface Report {
@@ -96,7 +100,7 @@ export interface IdleMemory {
 export function emptyRow(target: string, pipeline: number, status: Row['status'], note: string): Row {
   return {
     target, pipeline, status, note,
-    opsPerSec: null, p50Us: null, p99Us: null, idleP50Us: null, idleP99Us: null, idleSetP50Us: null, idleSetP99Us: null,
+    opsPerSec: null, p50Us: null, p99Us: null, idleP50Us: null, idleP99Us: null, idleSetP50Us: null, idleSetP99Us: null, pacedP50Us: null, pacedP99Us: null,
     cpuUsPerOpTarget: null, cpuUsPerOpBackends: null, cpuUsPerOpLoadgen: null,
     errors: null, connErrors: null, misses: null, ratioToDirect: null, ratioToTwemproxy: null,
     getOpsPerSec: null, getP50Us: null, getP99Us: null, setOpsPerSec: null, setP50Us: null, setP99Us: null,
@@ -138,6 +142,7 @@ const COLUMNS: Column[] = [
   ['p50 µs', (r) => int(r.p50Us)],
   ['p99 µs', (r) => int(r.p99Us)],
   ['idle p50 µs', (r) => int(r.idleP50Us)],
+  ['paced p50 µs', (r) => int(r.pacedP50Us)],
   ['CPU µs/op target', (r) => fixed(r.cpuUsPerOpTarget, 2)],
   ['CPU µs/op loadgen', (r) => fixed(r.cpuUsPerOpLoadgen, 2)],
   ['× direct', (r) => fixed(r.ratioToDirect, 2)],
@@ -207,6 +212,7 @@ export function formatRounds(rows: Row[]): string | undefined {
     ['get × mcmux1', (r) => ratios(r, r.roundGetRatioToMcmux1)],
     ['idle p50 µs', (r) => byRound(r, (i) => int(r.rounds[i]!.idleP50Us))],
     ['idle set p50 µs', (r) => byRound(r, (i) => int(r.rounds[i]!.idleSetP50Us))],
+    ['paced p50 µs', (r) => byRound(r, (i) => int(r.rounds[i]!.pacedP50Us) || '-')],
   ];
   return `round by round, in run order (each row's figures above are its median round's):\n${textTable(columns, many, false)}`;
 }

@@ -24,6 +24,8 @@ export interface Settings {
   threads: number;
   repeat: number;
   idleGets: number;
+  /** Milliseconds before each of the paced idle gets; 0 = skip them. */
+  idlePauseMs: number;
   /** Idle client connections to hold open on mcmux1 for the RSS figure; 0 = skip. */
   idleConnections: number;
   /** Run only the idle-connections measure. */
@@ -48,6 +50,7 @@ export const USAGE = `usage: node dist/bench/run.js [options]
   --targets LIST      any of ${TARGETS.join(',')} (default all)
   --threads N         load generator worker threads, 0 = main thread (default 0)
   --repeat N          rounds over all targets; each row keeps its median by ops/s (default 1)
+  --idle-pause MS     pause before each paced idle get (default 2; 0: skip the paced gets)
   --idle-connections N  after the comparison, RSS of mcmux1 holding N idle clients (default 1000; 0: skip)
   --idle              only that: start mcmux1, preload, measure the RSS with N idle clients
   --soak S            only a soak: load on mcmux1 for S seconds (pipeline 16 unless --pipeline),
@@ -70,7 +73,7 @@ export function parseArgs(argv: string[]): Settings {
     } else if (a.startsWith('--') && i + 1 < argv.length) given.set(a.slice(2), argv[++i]!);
     else throw new Error(`unknown or incomplete option '${a}'\n${USAGE}`);
   }
-  const known = ['duration', 'warmup', 'connections', 'pipeline', 'value-size', 'ratio', 'keys', 'targets', 'threads', 'repeat', 'json', 'idle-connections', 'soak'];
+  const known = ['duration', 'warmup', 'connections', 'pipeline', 'value-size', 'ratio', 'keys', 'targets', 'threads', 'repeat', 'json', 'idle-connections', 'idle-pause', 'soak'];
   for (const k of given.keys()) if (!known.includes(k)) throw new Error(`unknown option '--${k}'\n${USAGE}`);
   const num = (k: string, dflt: number, min: number) => {
     const v = given.has(k) ? Number(given.get(k)) : dflt;
@@ -98,6 +101,7 @@ export function parseArgs(argv: string[]): Settings {
     threads: Math.floor(num('threads', 0, 0)),
     repeat: Math.floor(num('repeat', 1, 1)),
     idleGets: 2000,
+    idlePauseMs: num('idle-pause', 2, 0),
     idleConnections: Math.floor(num('idle-connections', 1000, 0)),
     idleOnly,
     soakS: given.has('soak') ? num('soak', 0, 1) : 0,

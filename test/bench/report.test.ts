@@ -6,7 +6,7 @@ import { type RoundFigures, type Row, addRatios, emptyRow, formatRounds } from '
 
 /** A row from its rounds: [round, thousands of ops/s, thousands of gets/s]. */
 function row(target: string, rounds: Array<[number, number, number]>): Row {
-  const figures: RoundFigures[] = rounds.map(([round, kops, kgets]) => ({ round, opsPerSec: kops * 1000, getOpsPerSec: kgets * 1000, idleP50Us: 100 + round, idleSetP50Us: 200 + round }));
+  const figures: RoundFigures[] = rounds.map(([round, kops, kgets]) => ({ round, opsPerSec: kops * 1000, getOpsPerSec: kgets * 1000, idleP50Us: 100 + round, idleSetP50Us: 200 + round, pacedP50Us: 300 + round }));
   // As the comparison makes it: the row's own figures are its median round's.
   const median = [...figures].sort((a, b) => a.opsPerSec - b.opsPerSec)[Math.floor(figures.length / 2)]!;
   return { ...emptyRow(target, 1, 'ok', ''), opsPerSec: median.opsPerSec, getOpsPerSec: median.getOpsPerSec, rounds: figures };
@@ -42,6 +42,7 @@ it('each round is compared with the same round of twemproxy, direct and mcmux1',
   assert.match(line, /1\.20 1\.00 0\.50/);
   assert.match(line, /101 102 103/);
   assert.match(line, /201 202 203/);
+  assert.match(line, /301 302 303/);
 });
 
 it('no round-by-round table for a single round, nor a twemproxy ratio without twemproxy', () => {
