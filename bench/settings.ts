@@ -153,11 +153,20 @@ export function idleDriver(): { cpuidleDriver: string; guestHaltPollNs: number |
   };
 }
 
-/** A line for under the table when idle vCPUs halt at once (from machine()); '' otherwise. */
+/**
+ * A line for under the table when idle vCPUs halt at once (from machine()); '' otherwise. They do
+ * with the `haltpoll` driver told not to poll, and with no cpuidle driver at all (`none`: the
+ * kernel's default idle loop halts without polling; seen on machines of this kind too).
+ */
 export function idleDriverNote(d: Record<string, string | number>): string {
-  if (d.cpuidleDriver !== 'haltpoll' || d.guestHaltPollNs !== 0) return '';
-  return 'note: this VM halts an idle vCPU at once (cpuidle haltpoll, guest_halt_poll_ns 0, the kernel default is 200000): ' +
-    'each hop of an idle round trip wakes one, and a proxy has two hops more than direct';
+  const how =
+    d.cpuidleDriver === 'haltpoll' && d.guestHaltPollNs === 0
+      ? 'cpuidle haltpoll, guest_halt_poll_ns 0, the kernel default is 200000'
+      : d.cpuidleDriver === 'none'
+        ? 'no cpuidle driver: the default idle loop halts without polling'
+        : '';
+  if (how === '') return '';
+  return `note: this VM halts an idle vCPU at once (${how}): each hop of an idle round trip wakes one, and a proxy has two hops more than direct`;
 }
 
 /** The command line, as it would be typed to rerun this. */
