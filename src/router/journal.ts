@@ -20,8 +20,8 @@
 
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Upstream } from '../upstream/upstream';
 import { FileKindError, makeDirs, readRegularFile } from '../files';
+import type { Upstream } from '../upstream/upstream';
 
 /** The longest string V8 makes (2^29 - 24 one-byte characters): a longer journal cannot be read. */
 const MAX_STRING_BYTES = 0x1fffffe8;

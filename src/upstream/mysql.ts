@@ -505,8 +505,9 @@ export class MysqlUpstream implements Upstream {
    * multi-row upserts in one statement or one transaction (writeSets), so the server commits
    * (and fsyncs) once for all of them instead of once each. A batch starts when a pooled
    * connection is free: while all are busy, sets gather for the next one, so batches grow with
-   * the load (a database that keeps up sees batches of one or two). Each set still counts as one request against `max-queue` and
-   * `timeout` (from when it was queued), and answers with its own unique when it asked for one.
+   * the load (a database that keeps up sees batches of one or two). Each set still counts as one
+   * request against `max-queue` and `timeout` (from when it was queued), and answers with its
+   * own unique when it asked for one.
    */
   private queueSet(req: StoreRequest): Promise<StoreResult> {
     this.stats.requests++;
