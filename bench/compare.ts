@@ -5,7 +5,7 @@
  *
  *   start each target (targets.ts) ─► preload
  *   round × target × depth: all quiet ─► stats ─► idle round trips ─► loaded run ─► wait until quiet ─► stats
- *   mcmux1: idle connections ─► stop all ─► JSON, SVG, tables
+ *   mcmux1: idle connections ─► stop all ─► JSON, SVG, Markdown, tables
  */
 
 import { loadavg } from 'node:os';
@@ -237,13 +237,12 @@ export async function comparison(s: Settings, children: Children, tmp: string): 
     rows,
     ...(idle ? { idle } : {}),
   };
-  const svg = s.json.endsWith('.json') ? s.json.slice(0, -5) + '.svg' : s.json + '.svg';
-  writeReport(report, s.json, svg);
+  const halts = idleDriverNote(report.machine);
+  const { svg, md } = writeReport(report, s.json, halts ? [halts] : []);
   console.log(formatTable(rows));
   const byRound = formatRounds(rows);
   if (byRound) console.log(`\n${byRound}`);
-  const halts = idleDriverNote(report.machine);
   if (halts) console.log(`\n${halts}`);
   if (idle) console.log(`\n${formatIdle(idle)}`);
-  log(`wrote ${s.json} and ${svg}`);
+  log(`wrote ${s.json}, ${svg} and ${md}`);
 }

@@ -1,6 +1,7 @@
 /**
- * The comparison's outputs: a text table for the terminal, the same rows as JSON, and a bar chart
- * of ops/s per target as hand-written SVG.
+ * The comparison's outputs: a text table for the terminal, the same rows as JSON, the tables again
+ * as Markdown (what docs/benchmarks.md shows), and a bar chart of ops/s per target as hand-written
+ * SVG.
  */
 
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -23,8 +24,9 @@ export interface Row {
   /** Idle gets again, each after a pause (--idle-pause): null when skipped. */
   pacedP50Us: number | null;
   pacedP99Us: number | null;
-  /** CPU µs per op over the measured window: the process clients talk to, the memcached
-   * processes behind it (0 for direct), and this load generator. */
+  /** CPU µs per op over the measured window: the process clients talk to, the stores behind it
+   * (its memcached processes, and Redis and MariaDB for mcmux3; 0 for direct), and this load
+   * generator. */
   cpuUsPerOpTarget: number | null;
   cpuUsPerOpBackends: number | null;
   cpuUsPerOpLoadgen: number | null;
@@ -144,6 +146,7 @@ const COLUMNS: Column[] = [
   ['idle p50 µs', (r) => int(r.idleP50Us)],
   ['paced p50 µs', (r) => int(r.pacedP50Us)],
   ['CPU µs/op target', (r) => fixed(r.cpuUsPerOpTarget, 2)],
+  ['CPU µs/op stores', (r) => fixed(r.cpuUsPerOpBackends, 2)],
   ['CPU µs/op loadgen', (r) => fixed(r.cpuUsPerOpLoadgen, 2)],
   ['× direct', (r) => fixed(r.ratioToDirect, 2)],
   ['× twemproxy', (r) => fixed(r.ratioToTwemproxy, 2)],
@@ -193,6 +196,13 @@ function textTable(columns: Column[], rows: Row[], withWhy: boolean): string {
  * lacks (its target failed then) shows as `-`, so that every column lines up by round.
  */
 export function formatRounds(rows: Row[]): string | undefined {
+  const r = roundTable(rows);
+  return r && `${ROUNDS_TITLE}:\n${textTable(r.columns, r.rows, false)}`;
+}
+
+const ROUNDS_TITLE = "round by round, in run order (each row's figures above are its median round's)";
+
+function roundTable(rows: Row[]): { columns: Column[]; rows: Row[] } | undefined {
   const many = rows.filter((r) => r.status === 'ok' && r.rounds.length > 1);
   if (many.length === 0) return undefined;
   const last = Math.max(...many.flatMap((r) => r.rounds.map((f) => f.round)));
@@ -214,12 +224,31 @@ export function formatRounds(rows: Row[]): string | undefined {
     ['idle set p50 µs', (r) => byRound(r, (i) => int(r.rounds[i]!.idleSetP50Us))],
     ['paced p50 µs', (r) => byRound(r, (i) => int(r.rounds[i]!.pacedP50Us) || '-')],
   ];
-  return `round by round, in run order (each row's figures above are its median round's):\n${textTable(columns, many, false)}`;
+  return { columns, rows: many };
 }
 
-/** Both tables as GitHub Markdown, for docs/benchmarks.md. */
-export function formatMarkdown(rows: Row[]): string {
-  return `${markdownTable(COLUMNS, rows)}\n\n${markdownTable(KIND_COLUMNS, rows)}`;
+/**
+ * The run as Markdown, for docs/benchmarks.md: when, what machine and which command, then the
+ * tables the terminal shows (per round too) and the notes under them.
+ */
+export function formatMarkdown(report: Report, notes: readonly string[] = []): string {
+  const m = report.machine;
+  const machine = Object.entries(m).map(([k, v]) => `${k} ${v}`).join(', ');
+  const out = [
+    `Run ${report.date}: \`${report.command}\``,
+    '',
+    `Machine: ${machine}`,
+    '',
+    markdownTable(COLUMNS, report.rows),
+    '',
+    markdownTable(KIND_COLUMNS, report.rows),
+  ];
+  const r = roundTable(report.rows);
+  if (r) out.push('', `${ROUNDS_TITLE[0]!.toUpperCase()}${ROUNDS_TITLE.slice(1)}:`, '', markdownTable(r.columns, r.rows));
+  const rowNotes = report.rows.filter((x) => x.status === 'ok' && x.note).map((x) => `${x.target} pipe ${x.pipeline}: ${x.note}`);
+  const all = [...rowNotes, ...notes, ...(report.idle ? [formatIdle(report.idle)] : [])];
+  if (all.length > 0) out.push('', ...all.map((n) => `- ${n}`));
+  return out.join('\n') + '\n';
 }
 
 function markdownTable(columns: Column[], rows: Row[]): string {
@@ -241,11 +270,15 @@ export function formatIdle(m: IdleMemory): string {
     `${m.rssAfterMiB.toFixed(1)} MiB after closing them): ${verdict}`;
 }
 
-export function writeReport(report: Report, jsonPath: string, svgPath: string): void {
+/** The JSON at `jsonPath`; the SVG and the Markdown beside it (`x.json` → `x.svg`, `x.md`). */
+export function writeReport(report: Report, jsonPath: string, notes: readonly string[] = []): { svg: string; md: string } {
+  const base = jsonPath.endsWith('.json') ? jsonPath.slice(0, -5) : jsonPath;
+  const paths = { svg: `${base}.svg`, md: `${base}.md` };
   mkdirSync(dirname(jsonPath), { recursive: true });
-  mkdirSync(dirname(svgPath), { recursive: true });
   writeFileSync(jsonPath, JSON.stringify(report, null, 2) + '\n');
-  writeFileSync(svgPath, barChart(report.rows, report.settings));
+  writeFileSync(paths.svg, barChart(report.rows, report.settings));
+  writeFileSync(paths.md, formatMarkdown(report, notes));
+  return paths;
 }
 
 const COLORS = ['#4e79a7', '#f28e2b', '#59a14f', '#e15759'];

@@ -56,7 +56,7 @@ export const USAGE = `usage: node dist/bench/run.js [options]
   --soak S            only a soak: load on mcmux1 for S seconds (pipeline 16 unless --pipeline),
                       RSS, ops/s and p99 every ${SOAK_INTERVAL_S} s; writes soak.json beside --json
   --quick             short runs, for a smoke test
-  --json PATH         where to write the JSON (default bench/results/latest.json); SVG beside it;
+  --json PATH         where to write the JSON (default bench/results/latest.json); SVG and .md beside it;
                       --idle writes idle.json there, --soak soak.json`;
 
 export function parseArgs(argv: string[]): Settings {
