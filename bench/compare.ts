@@ -14,9 +14,9 @@ import { measureIdleConnectionsBounded } from './idle-connections';
 import { measureIdle, preload, runLoad, sleep, withTimeout, type LoadResult } from './loadgen';
 import { replication as replicationOf, stats, type Replication } from './mcmux-stats';
 import { Unavailable, type Children } from './processes';
-import { addRatios, emptyRow, formatIdle, formatRounds, formatTable, writeReport, type IdleMemory, type Report, type Row } from './report';
+import { BASELINE, addRatios, emptyRow, formatBaseline, formatIdle, formatRounds, formatTable, writeReport, type IdleMemory, type Report, type Row } from './report';
 import { IDLE_RSS_LIMIT_MB, REPO, command, idleDriverNote, log, machine, type Settings } from './settings';
-import { startTarget, stopTarget, type Target, type TargetKind } from './targets';
+import { isMcmux, startTarget, stopTarget, type Target, type TargetKind } from './targets';
 
 type Idle = Awaited<ReturnType<typeof measureIdle>>;
 interface Run {
@@ -33,8 +33,7 @@ interface Run {
 
 /** One measurement: idle round trips, the loaded run, then until the target is quiet again. */
 async function measureOnce(s: Settings, t: Target, pipeline: number, round: number): Promise<Run> {
-  const isMcmux = t.kind.startsWith('mcmux');
-  const before = isMcmux ? await stats(t.host, t.port) : null;
+  const before = isMcmux(t.kind) ? await stats(t.host, t.port) : null;
   const idle = await measureIdle(t.host, t.port, s.idleGets, s.keys, s.valueSize, s.idlePauseMs);
   const load = await runLoad({
     host: t.host, port: t.port, connections: s.connections, pipeline,
@@ -81,9 +80,9 @@ const QUIET_MAX_MS = 30_000;
 const REPAIR_MAX_MS = 120_000;
 
 /** The row of a (target, depth): the figures of its median run (`median`), and every run's round by round. */
-function toRow(kind: TargetKind, pipeline: number, median: Run, all: Run[], note: string): Row {
+function toRow(name: string, pipeline: number, median: Run, all: Run[], note: string): Row {
   const { load, idle, replication, busyAfterS, repair } = median;
-  const perOp = (cpu: number) => (load.ops > 0 && Number.isFinite(cpu) ? (cpu / load.ops) * 1e6 : null);
+  const perOp = (cpu: number, l: LoadResult = load) => (l.ops > 0 && Number.isFinite(cpu) ? (cpu / l.ops) * 1e6 : null);
   const notes = note ? [note] : [];
   if (load.misses > 0) notes.push(`${load.misses} gets missed`);
   if (idle.errors > 0) notes.push(`${idle.errors} errors in idle round trips`);
@@ -96,7 +95,7 @@ function toRow(kind: TargetKind, pipeline: number, median: Run, all: Run[], note
     notes.push(repair.left > 0 ? `${repair.left} keys still to repair ${repair.seconds.toFixed(0)} s later` : `repaired in ${repair.seconds.toFixed(0)} s`);
   }
   return {
-    ...emptyRow(kind, pipeline, 'ok', notes.join('; ')),
+    ...emptyRow(name, pipeline, 'ok', notes.join('; ')),
     opsPerSec: load.opsPerSec, p50Us: load.p50Us, p99Us: load.p99Us,
     idleP50Us: idle.p50Us, idleP99Us: idle.p99Us, idleSetP50Us: idle.setP50Us, idleSetP99Us: idle.setP99Us,
     pacedP50Us: idle.pacedP50Us, pacedP99Us: idle.pacedP99Us,
@@ -113,8 +112,22 @@ function toRow(kind: TargetKind, pipeline: number, median: Run, all: Run[], note
     repairS: repair ? repair.seconds : null,
     rounds: [...all].sort((a, b) => a.round - b.round).map((r) => ({
       round: r.round, opsPerSec: r.load.opsPerSec, getOpsPerSec: r.load.get.opsPerSec, idleP50Us: r.idle.p50Us, idleSetP50Us: r.idle.setP50Us, pacedP50Us: r.idle.pacedP50Us,
+      cpuUsPerOpTarget: perOp(r.load.pidCpu[0] ?? NaN, r.load),
     })),
   };
+}
+
+/**
+ * `live` with each --baseline twin moved before its target: every other round runs the pair in
+ * this order, so that going first or second in a pair (the machine's drift from one run to the
+ * next) favours neither build.
+ */
+export function twinsSwapped<T extends { target: { name: string } }>(live: readonly T[]): T[] {
+  const out = [...live];
+  for (let i = 1; i < out.length; i++) {
+    if (out[i]!.target.name === `${out[i - 1]!.target.name}${BASELINE}`) [out[i - 1], out[i]] = [out[i]!, out[i - 1]!];
+  }
+  return out;
 }
 
 interface Live {
@@ -122,20 +135,24 @@ interface Live {
   note: string; // carried into its rows, e.g. preload trouble
 }
 
-/** Starts and preloads one target; null (and its rows, failed or unavailable) if it cannot run. */
-async function startOne(s: Settings, kind: TargetKind, children: Children, tmp: string, rows: Row[]): Promise<Live | null> {
+/**
+ * Starts and preloads one target (from `baselineBin`: its --baseline twin); null (and its rows,
+ * failed or unavailable) if it cannot run.
+ */
+async function startOne(s: Settings, kind: TargetKind, children: Children, tmp: string, rows: Row[], baselineBin?: string): Promise<Live | null> {
   let target: Target;
+  const name = baselineBin === undefined ? kind : `${kind}${BASELINE}`;
   try {
-    target = await startTarget(kind, children, REPO, tmp);
+    target = await startTarget(kind, children, REPO, tmp, baselineBin);
   } catch (err) {
     const msg = (err as Error).message;
-    log(`${kind}: ${msg}`);
-    for (const p of s.pipelines) rows.push(emptyRow(kind, p, err instanceof Unavailable ? 'unavailable' : 'failed', msg));
+    log(`${name}: ${msg}`);
+    for (const p of s.pipelines) rows.push(emptyRow(name, p, err instanceof Unavailable ? 'unavailable' : 'failed', msg));
     return null;
   }
   try {
-    log(`${kind}: listening on ${target.host}:${target.port} (pid ${target.pid}); preloading ${s.keys} keys`);
-    const before = kind.startsWith('mcmux') ? await stats(target.host, target.port) : null;
+    log(`${name}: listening on ${target.host}:${target.port} (pid ${target.pid}); preloading ${s.keys} keys`);
+    const before = isMcmux(kind) ? await stats(target.host, target.port) : null;
     const unstored = await preload(target.host, target.port, s.keys, s.valueSize);
     const notes = unstored > 0 ? [`${unstored} preload sets not STORED`] : [];
     const missed = before ? replicationOf(before, await stats(target.host, target.port)) : null;
@@ -145,12 +162,12 @@ async function startOne(s: Settings, kind: TargetKind, children: Children, tmp: 
       notes.push(`preload: ${missed.replicationFailures} writes missed an upstream, ` +
         (repair.left > 0 ? `${repair.left} keys still to repair ${repair.seconds.toFixed(0)} s later` : `repaired in ${repair.seconds.toFixed(0)} s`));
     }
-    for (const n of notes) log(`${kind}: ${n}`);
+    for (const n of notes) log(`${name}: ${n}`);
     return { target, note: notes.join('; ') };
   } catch (err) {
     const msg = `failed: ${(err as Error).message}`;
-    log(`${kind}: ${msg}`);
-    for (const p of s.pipelines) rows.push(emptyRow(kind, p, 'failed', msg));
+    log(`${name}: ${msg}`);
+    for (const p of s.pipelines) rows.push(emptyRow(name, p, 'failed', msg));
     await stopTarget(target, children);
     return null;
   }
@@ -168,11 +185,11 @@ async function measureAll(s: Settings, live: Live[], rows: Row[]): Promise<void>
   // (MariaDB after a preload of 100k rows) must not eat the CPU of the run being measured.
   const everyPid = live.flatMap(({ target }) => [target.pid, ...target.backendPids]);
   for (let round = 1; round <= s.repeat; round++) {
-    for (const { target } of live) {
+    for (const { target } of round % 2 === 0 ? twinsSwapped(live) : live) {
       for (const p of s.pipelines) {
-        const key = `${target.kind}/${p}`;
+        const key = `${target.name}/${p}`;
         if (failures.has(key)) continue;
-        const tag = `${target.kind} pipeline ${p}${s.repeat > 1 ? ` round ${round}/${s.repeat}` : ''}`;
+        const tag = `${target.name} pipeline ${p}${s.repeat > 1 ? ` round ${round}/${s.repeat}` : ''}`;
         try {
           const waited = await quiet(everyPid);
           if (waited > 5) log(`${tag}: waited ${waited.toFixed(0)} s for every process the bench started to be quiet`);
@@ -190,11 +207,11 @@ async function measureAll(s: Settings, live: Live[], rows: Row[]): Promise<void>
   }
   for (const { target, note } of live) {
     for (const p of s.pipelines) {
-      const key = `${target.kind}/${p}`;
+      const key = `${target.name}/${p}`;
       const got = [...(runs.get(key) ?? [])].sort((a, b) => a.load.opsPerSec - b.load.opsPerSec);
       const median = got[Math.floor(got.length / 2)];
-      if (median) rows.push(toRow(target.kind, p, median, got, note));
-      else rows.push(emptyRow(target.kind, p, 'failed', failures.get(key) ?? 'failed: no run'));
+      if (median) rows.push(toRow(target.name, p, median, got, note));
+      else rows.push(emptyRow(target.name, p, 'failed', failures.get(key) ?? 'failed: no run'));
     }
   }
 }
@@ -207,11 +224,14 @@ export async function comparison(s: Settings, children: Children, tmp: string): 
   let idle: IdleMemory | undefined;
   try {
     for (const kind of s.targets) {
-      const l = await withTimeout(startOne(s, kind, children, tmp, rows), 60_000 + s.keys + REPAIR_MAX_MS, `starting ${kind}`);
-      if (l) live.push(l);
+      // A --baseline twin right after its target: the two run back to back in every round.
+      for (const bin of s.baseline !== undefined && isMcmux(kind) ? [undefined, s.baseline] : [undefined]) {
+        const l = await withTimeout(startOne(s, kind, children, tmp, rows, bin), 60_000 + s.keys + REPAIR_MAX_MS, `starting ${kind}`);
+        if (l) live.push(l);
+      }
     }
     await measureAll(s, live, rows);
-    const m1 = live.find((l) => l.target.kind === 'mcmux1');
+    const m1 = live.find((l) => l.target.name === 'mcmux1');
     if (m1 && s.idleConnections > 0) {
       // After the loaded runs: the RSS of a process that has served load, as a sidecar would have.
       idle = await measureIdleConnectionsBounded(m1.target, s.idleConnections, IDLE_RSS_LIMIT_MB).catch((err: Error) => {
@@ -222,7 +242,9 @@ export async function comparison(s: Settings, children: Children, tmp: string): 
   } finally {
     await Promise.all(live.map((l) => stopTarget(l.target, children)));
   }
-  rows.sort((a, b) => s.targets.indexOf(a.target as TargetKind) - s.targets.indexOf(b.target as TargetKind) || a.pipeline - b.pipeline);
+  // Targets in the order asked, each --baseline twin after its own.
+  const order = (name: string) => 2 * s.targets.indexOf(name.replace(BASELINE, '') as TargetKind) + (name.endsWith(BASELINE) ? 1 : 0);
+  rows.sort((a, b) => order(a.target) - order(b.target) || a.pipeline - b.pipeline);
   addRatios(rows);
 
   const report: Report = {
@@ -242,6 +264,8 @@ export async function comparison(s: Settings, children: Children, tmp: string): 
   console.log(formatTable(rows));
   const byRound = formatRounds(rows);
   if (byRound) console.log(`\n${byRound}`);
+  const ab = formatBaseline(rows);
+  if (ab.length > 0) console.log(`\n${ab.join('\n')}`);
   if (halts) console.log(`\n${halts}`);
   if (idle) console.log(`\n${formatIdle(idle)}`);
   log(`wrote ${s.json}, ${svg} and ${md}`);

@@ -7,6 +7,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 
+/** The suffix of a --baseline twin's row name: `mcmux1@base` is mcmux1 run from the other build. */
+export const BASELINE = '@base';
+
 export interface Row {
   target: string;
   pipeline: number;
@@ -63,6 +66,12 @@ export interface Row {
   roundRatioToDirect: Array<number | null>;
   roundRatioToTwemproxy: Array<number | null>;
   roundGetRatioToMcmux1: Array<number | null>;
+  /**
+   * With --baseline: this row's ops/s and CPU µs/op (the target's process) over its twin's,
+   * `<target>@base` of the same depth, round by round; empty without a twin.
+   */
+  roundRatioToBaseline: Array<number | null>;
+  roundCpuRatioToBaseline: Array<number | null>;
 }
 
 export interface RoundFigures {
@@ -72,6 +81,7 @@ export interface RoundFigures {
   idleP50Us: number;
   idleSetP50Us: number;
   pacedP50Us: number | null;
+  cpuUsPerOpTarget: number | null;
 }
 
 export interface Report {
@@ -108,6 +118,7 @@ export function emptyRow(target: string, pipeline: number, status: Row['status']
     getOpsPerSec: null, getP50Us: null, getP99Us: null, setOpsPerSec: null, setP50Us: null, setP99Us: null,
     getRatioToMcmux1: null, replicationFailures: null, upstreamErrors: null, journalKeys: null, busyAfterS: null, repairS: null,
     rounds: [], roundRatioToDirect: [], roundRatioToTwemproxy: [], roundGetRatioToMcmux1: [],
+    roundRatioToBaseline: [], roundCpuRatioToBaseline: [],
   };
 }
 
@@ -118,7 +129,7 @@ export function emptyRow(target: string, pipeline: number, status: Row['status']
 export function addRatios(rows: Row[]): void {
   const find = (target: string, pipeline: number) => rows.find((r) => r.target === target && r.pipeline === pipeline && r.opsPerSec !== null);
   const ratio = (a: number | null, b: number | null | undefined) => (a !== null && b ? a / b : null);
-  const perRound = (r: Row, base: Row | undefined, pick: (f: RoundFigures) => number) =>
+  const perRound = (r: Row, base: Row | undefined, pick: (f: RoundFigures) => number | null) =>
     r.rounds.map((f) => {
       const b = base?.rounds.find((x) => x.round === f.round);
       return b ? ratio(pick(f), pick(b)) : null;
@@ -134,7 +145,35 @@ export function addRatios(rows: Row[]): void {
     r.roundRatioToDirect = perRound(r, d, (f) => f.opsPerSec);
     r.roundRatioToTwemproxy = perRound(r, t, (f) => f.opsPerSec);
     r.roundGetRatioToMcmux1 = perRound(r, m, (f) => f.getOpsPerSec);
+    const base = find(`${r.target}${BASELINE}`, r.pipeline);
+    if (base) {
+      r.roundRatioToBaseline = perRound(r, base, (f) => f.opsPerSec);
+      r.roundCpuRatioToBaseline = perRound(r, base, (f) => f.cpuUsPerOpTarget);
+    }
   }
+}
+
+/**
+ * One line per row that has a --baseline twin: the medians of its per-round ratios (a paired
+ * comparison: each round's two runs were back to back) and their range.
+ */
+export function formatBaseline(rows: Row[]): string[] {
+  const out: string[] = [];
+  for (const r of rows) {
+    const ops = r.roundRatioToBaseline.filter((x): x is number => x !== null);
+    if (ops.length === 0) continue;
+    const cpu = r.roundCpuRatioToBaseline.filter((x): x is number => x !== null);
+    const range = (xs: number[]) => `${fixed(Math.min(...xs), 2)}–${fixed(Math.max(...xs), 2)}`;
+    const cpuPart = cpu.length > 0 ? `, CPU µs/op ×${fixed(median(cpu), 2)} (${range(cpu)})` : '';
+    out.push(`${r.target} pipe ${r.pipeline} against ${r.target}${BASELINE}, median of ${ops.length} rounds: ops/s ×${fixed(median(ops), 2)} (${range(ops)})${cpuPart}`);
+  }
+  return out;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 const COLUMNS: Column[] = [
@@ -200,7 +239,7 @@ export function formatRounds(rows: Row[]): string | undefined {
   return r && `${ROUNDS_TITLE}:\n${textTable(r.columns, r.rows, false)}`;
 }
 
-const ROUNDS_TITLE = "round by round, in run order (each row's figures above are its median round's)";
+const ROUNDS_TITLE = "Round by round, in run order (each row's figures above are its median round's)";
 
 function roundTable(rows: Row[]): { columns: Column[]; rows: Row[] } | undefined {
   const many = rows.filter((r) => r.status === 'ok' && r.rounds.length > 1);
@@ -224,6 +263,9 @@ function roundTable(rows: Row[]): { columns: Column[]; rows: Row[] } | undefined
     ['idle set p50 µs', (r) => byRound(r, (i) => int(r.rounds[i]!.idleSetP50Us))],
     ['paced p50 µs', (r) => byRound(r, (i) => int(r.rounds[i]!.pacedP50Us) || '-')],
   ];
+  if (many.some((r) => r.roundRatioToBaseline.length > 0)) {
+    columns.push(['× base', (r) => ratios(r, r.roundRatioToBaseline)], ['CPU × base', (r) => ratios(r, r.roundCpuRatioToBaseline)]);
+  }
   return { columns, rows: many };
 }
 
@@ -244,9 +286,9 @@ export function formatMarkdown(report: Report, notes: readonly string[] = []): s
     markdownTable(KIND_COLUMNS, report.rows),
   ];
   const r = roundTable(report.rows);
-  if (r) out.push('', `${ROUNDS_TITLE[0]!.toUpperCase()}${ROUNDS_TITLE.slice(1)}:`, '', markdownTable(r.columns, r.rows));
+  if (r) out.push('', `${ROUNDS_TITLE}:`, '', markdownTable(r.columns, r.rows));
   const rowNotes = report.rows.filter((x) => x.status === 'ok' && x.note).map((x) => `${x.target} pipe ${x.pipeline}: ${x.note}`);
-  const all = [...rowNotes, ...notes, ...(report.idle ? [formatIdle(report.idle)] : [])];
+  const all = [...formatBaseline(report.rows), ...rowNotes, ...notes, ...(report.idle ? [formatIdle(report.idle)] : [])];
   if (all.length > 0) out.push('', ...all.map((n) => `- ${n}`));
   return out.join('\n') + '\n';
 }

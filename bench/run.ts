@@ -18,7 +18,7 @@ import { Children } from './processes';
 import { formatIdle } from './report';
 import { IDLE_RSS_LIMIT_MB, REPO, command, log, machine, parseArgs, type Settings } from './settings';
 import { soak, writeSoak } from './soak';
-import { startTarget, stopTarget } from './targets';
+import { isMcmux, startTarget, stopTarget } from './targets';
 
 /** An upper bound on the whole run: past it, something hangs, and the watchdog ends the run. */
 function budgetMs(s: Settings): number {
@@ -27,7 +27,8 @@ function budgetMs(s: Settings): number {
   if (s.soakS > 0) return start + s.soakS * 1000 + 30_000;
   if (s.idleOnly) return start + idle;
   const perRun = (s.warmupS + s.durationS) * 1000 + 60_000 /* idle, connect, drain, wait for quiet */ + 120_000 /* repair */;
-  return (start + perRun * s.repeat * s.pipelines.length) * s.targets.length + idle + 10_000;
+  const targets = s.targets.length + (s.baseline === undefined ? 0 : s.targets.filter(isMcmux).length);
+  return (start + perRun * s.repeat * s.pipelines.length) * targets + idle + 10_000;
 }
 
 /** Where a mode writes its JSON: `name` in the directory of --json. */

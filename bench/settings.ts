@@ -3,7 +3,7 @@
  */
 
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { SOAK_INTERVAL_S } from './soak';
@@ -34,6 +34,8 @@ export interface Settings {
   soakS: number;
   quick: boolean;
   json: string;
+  /** Another build's bin/mcmux: each mcmux target also runs from it (`<kind>@base`), in the same rounds. */
+  baseline: string | undefined;
 }
 
 /** The goal for mcmux's RSS with 1000 idle connections. */
@@ -55,6 +57,8 @@ export const USAGE = `usage: node dist/bench/run.js [options]
   --idle              only that: start mcmux1, preload, measure the RSS with N idle clients
   --soak S            only a soak: load on mcmux1 for S seconds (pipeline 16 unless --pipeline),
                       RSS, ops/s and p99 every ${SOAK_INTERVAL_S} s; writes soak.json beside --json
+  --baseline BIN      an A/B run: every mcmux target also runs from BIN (another build's bin/mcmux)
+                      as <target>@base, next to it in every round; prints the ratios round by round
   --quick             short runs, for a smoke test
   --json PATH         where to write the JSON (default bench/results/latest.json); SVG and .md beside it;
                       --idle writes idle.json there, --soak soak.json`;
@@ -73,7 +77,7 @@ export function parseArgs(argv: string[]): Settings {
     } else if (a.startsWith('--') && i + 1 < argv.length) given.set(a.slice(2), argv[++i]!);
     else throw new Error(`unknown or incomplete option '${a}'\n${USAGE}`);
   }
-  const known = ['duration', 'warmup', 'connections', 'pipeline', 'value-size', 'ratio', 'keys', 'targets', 'threads', 'repeat', 'json', 'idle-connections', 'idle-pause', 'soak'];
+  const known = ['duration', 'warmup', 'connections', 'pipeline', 'value-size', 'ratio', 'keys', 'targets', 'threads', 'repeat', 'json', 'idle-connections', 'idle-pause', 'soak', 'baseline'];
   for (const k of given.keys()) if (!known.includes(k)) throw new Error(`unknown option '--${k}'\n${USAGE}`);
   const num = (k: string, dflt: number, min: number) => {
     const v = given.has(k) ? Number(given.get(k)) : dflt;
@@ -88,6 +92,9 @@ export function parseArgs(argv: string[]): Settings {
   if (idleOnly && given.has('soak')) throw new Error(`--idle and --soak are two separate runs: give one\n${USAGE}`);
   const targets = (given.get('targets') ?? TARGETS.join(',')).split(',').filter((t) => t !== '');
   for (const t of targets) if (!(TARGETS as readonly string[]).includes(t)) throw new Error(`--targets: unknown '${t}' (known: ${TARGETS.join(',')})`);
+  const baseline = given.has('baseline') ? resolve(given.get('baseline')!) : undefined;
+  if (baseline !== undefined && !isFile(baseline)) throw new Error(`--baseline must be the path of another build's bin/mcmux; '${baseline}' is not a file`);
+  if (baseline !== undefined && (idleOnly || given.has('soak'))) throw new Error(`--baseline is for the comparison, not --idle or --soak\n${USAGE}`);
   return {
     durationS: num('duration', quick ? 2 : 10, 0.1),
     warmupS: num('warmup', quick ? 0.5 : 2, 0),
@@ -107,7 +114,16 @@ export function parseArgs(argv: string[]): Settings {
     soakS: given.has('soak') ? num('soak', 0, 1) : 0,
     quick,
     json: resolve(given.get('json') ?? join(REPO, 'bench', 'results', 'latest.json')),
+    baseline,
   };
+}
+
+function isFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
 }
 
 /** What the figures were taken on: cores, CPU, kernel, and the versions of every program. */

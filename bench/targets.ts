@@ -14,6 +14,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { NODE_FLAGS } from '../src/node-flags';
 import { type Children, HOST, type Proc, Unavailable, freePort, which } from './processes';
+import { BASELINE } from './report';
 import { type Store, startMariadb, startRedis } from './stores';
 
 
@@ -34,6 +35,8 @@ const READY_TIMEOUT_MS = { memcached: 5000, proxy: 15000 } as const;
 
 export interface Target {
   kind: TargetKind;
+  /** What its rows are called: the kind, or `<kind>@base` for the --baseline build's twin. */
+  name: string;
   host: string;
   port: number;
   /** The process the clients talk to (memcached itself for `direct`). */
@@ -99,14 +102,20 @@ function twemproxyConfig(listen: number, backend: number): string {
   ].join('\n');
 }
 
+export function isMcmux(kind: TargetKind): boolean {
+  return MCMUX[kind] !== undefined;
+}
+
 /**
  * Starts a target and what it needs behind it; stops what it started if it fails.
  * Throws `Unavailable` when a program is absent, another Error when it fails to start.
+ * `baselineBin`: start the mcmux at that path instead, as the twin `<kind>@base`.
  */
-export async function startTarget(kind: TargetKind, children: Children, repo: string, tmp: string): Promise<Target> {
+export async function startTarget(kind: TargetKind, children: Children, repo: string, tmp: string, baselineBin?: string): Promise<Target> {
   if (kind === 'twemproxy' && !which('nutcracker')) throw new Unavailable('not installed (nutcracker not on PATH)');
   // MCMUX_BENCH_BIN: another mcmux to measure (a build of an older commit, for an A/B run).
-  const mcmux = process.env.MCMUX_BENCH_BIN ?? join(repo, 'bin', 'mcmux');
+  const mcmux = baselineBin ?? process.env.MCMUX_BENCH_BIN ?? join(repo, 'bin', 'mcmux');
+  const name = baselineBin === undefined ? kind : `${kind}${BASELINE}`;
   const plan = MCMUX[kind];
   if (plan && !existsSync(mcmux)) throw new Error(`failed to start: ${mcmux} not found`);
 
@@ -120,7 +129,7 @@ export async function startTarget(kind: TargetKind, children: Children, repo: st
     }
     const first = mcs[0]!;
     if (kind === 'direct') {
-      return { kind, host: HOST, port: first.port, pid: first.proc.child.pid!, backendPids: [], procs };
+      return { kind, name, host: HOST, port: first.port, pid: first.proc.child.pid!, backendPids: [], procs };
     }
     const durable: Store[] = [];
     if (plan?.durable) {
@@ -151,7 +160,7 @@ export async function startTarget(kind: TargetKind, children: Children, repo: st
       // MCMUX_BENCH_NODE_ARGS: node flags for mcmux only, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
       const nodeArgs = (process.env.MCMUX_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
       // As deployed: with the node flags the unit and bin/mcmux pass (src/node-flags.ts).
-      proc = children.spawn(kind, process.execPath, [...NODE_FLAGS, ...nodeArgs, ...args]);
+      proc = children.spawn(name, process.execPath, [...NODE_FLAGS, ...nodeArgs, ...args]);
     }
     procs.push(proc);
     try {
@@ -160,7 +169,7 @@ export async function startTarget(kind: TargetKind, children: Children, repo: st
       throw new Error(`failed to start: ${(err as Error).message}`);
     }
     const backendPids = [...mcs, ...durable].map((b) => b.proc.child.pid!);
-    return { kind, host: HOST, port, pid: proc.child.pid!, backendPids, procs };
+    return { kind, name, host: HOST, port, pid: proc.child.pid!, backendPids, procs };
   } catch (err) {
     await Promise.all(procs.map((p) => children.stop(p)));
     throw err;

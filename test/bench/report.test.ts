@@ -5,11 +5,11 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { it } from 'node:test';
-import { type Report, type RoundFigures, type Row, addRatios, emptyRow, formatMarkdown, formatRounds, writeReport } from '../../bench/report';
+import { type Report, type RoundFigures, type Row, addRatios, emptyRow, formatBaseline, formatMarkdown, formatRounds, writeReport } from '../../bench/report';
 
 /** A row from its rounds: [round, thousands of ops/s, thousands of gets/s]. */
 function row(target: string, rounds: Array<[number, number, number]>): Row {
-  const figures: RoundFigures[] = rounds.map(([round, kops, kgets]) => ({ round, opsPerSec: kops * 1000, getOpsPerSec: kgets * 1000, idleP50Us: 100 + round, idleSetP50Us: 200 + round, pacedP50Us: 300 + round }));
+  const figures: RoundFigures[] = rounds.map(([round, kops, kgets]) => ({ round, opsPerSec: kops * 1000, getOpsPerSec: kgets * 1000, idleP50Us: 100 + round, idleSetP50Us: 200 + round, pacedP50Us: 300 + round, cpuUsPerOpTarget: 10 + round }));
   // As the comparison makes it: the row's own figures are its median round's.
   const median = [...figures].sort((a, b) => a.opsPerSec - b.opsPerSec)[Math.floor(figures.length / 2)]!;
   return { ...emptyRow(target, 1, 'ok', ''), opsPerSec: median.opsPerSec, getOpsPerSec: median.getOpsPerSec, rounds: figures };
@@ -36,6 +36,9 @@ it('each round is compared with the same round of twemproxy, direct and mcmux1',
   assert.deepEqual(m3.roundGetRatioToMcmux1, [0.5, 0.5]);
 
   const text = formatRounds(rows)!;
+  // No --baseline: no columns for it, and no summary.
+  assert.doesNotMatch(text, /× base/);
+  assert.deepEqual(formatBaseline(rows), []);
   // mcmux3 lost round 2: its columns still line up by round.
   const m3line = text.split('\n').find((l) => l.startsWith('mcmux3 '))!;
   assert.match(m3line, /30\.0 - 15\.0/);
@@ -115,4 +118,23 @@ it('writeReport puts the SVG and the Markdown beside the JSON', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+it('with --baseline, each round is compared with the same round of the other build', () => {
+  const base = row('mcmux1@base', [[1, 50, 45], [2, 40, 36], [3, 60, 54]]);
+  // The other build spent twice the CPU a request in every round.
+  base.rounds = base.rounds.map((f) => ({ ...f, cpuUsPerOpTarget: 2 * f.cpuUsPerOpTarget! }));
+  const rows = [row('mcmux1', [[1, 60, 54], [2, 40, 36], [3, 30, 27]]), base];
+  addRatios(rows);
+  assert.deepEqual(rows[0]!.roundRatioToBaseline, [1.2, 1, 0.5]);
+  assert.deepEqual(rows[0]!.roundCpuRatioToBaseline, [0.5, 0.5, 0.5]);
+  // The twin has no twin of its own.
+  assert.deepEqual(rows[1]!.roundRatioToBaseline, []);
+  // The summary takes the median of the per-round ratios (1.00), not the ratio of the medians (40 / 50).
+  assert.deepEqual(formatBaseline(rows), ['mcmux1 pipe 1 against mcmux1@base, median of 3 rounds: ops/s ×1.00 (0.50–1.20), CPU µs/op ×0.50 (0.50–0.50)']);
+  const text = formatRounds(rows)!;
+  assert.match(text.split('\n')[1]!, /× base +CPU × base$/);
+  const line = text.split('\n').find((l) => l.startsWith('mcmux1 '))!;
+  assert.match(line, /1\.20 1\.00 0\.50 +0\.50 0\.50 0\.50$/);
+  assert.ok(formatMarkdown(report(rows)).includes('- mcmux1 pipe 1 against mcmux1@base, median of 3 rounds'));
 });
