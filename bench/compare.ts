@@ -16,7 +16,7 @@ import { replication as replicationOf, stats, type Replication } from './mcmux-s
 import { Unavailable, type Children } from './processes';
 import { BASELINE, addRatios, emptyRow, formatBaseline, formatIdle, formatRounds, formatTable, writeReport, type IdleMemory, type Report, type Row } from './report';
 import { IDLE_RSS_LIMIT_MB, REPO, command, idleDriverNote, log, machine, type Settings } from './settings';
-import { isMcmux, startTarget, stopTarget, type Target, type TargetKind } from './targets';
+import { isMcmux, startTarget, stopTarget, targetName, type Target, type TargetKind } from './targets';
 
 type Idle = Awaited<ReturnType<typeof measureIdle>>;
 interface Run {
@@ -141,7 +141,7 @@ interface Live {
  */
 async function startOne(s: Settings, kind: TargetKind, children: Children, tmp: string, rows: Row[], baselineBin?: string): Promise<Live | null> {
   let target: Target;
-  const name = baselineBin === undefined ? kind : `${kind}${BASELINE}`;
+  const name = targetName(kind, baselineBin);
   try {
     target = await startTarget(kind, children, REPO, tmp, baselineBin);
   } catch (err) {
@@ -224,7 +224,7 @@ export async function comparison(s: Settings, children: Children, tmp: string): 
   let idle: IdleMemory | undefined;
   try {
     for (const kind of s.targets) {
-      // A --baseline twin right after its target: the two run back to back in every round.
+      // A --baseline twin next to its target: the two run back to back in every round (twinsSwapped).
       for (const bin of s.baseline !== undefined && isMcmux(kind) ? [undefined, s.baseline] : [undefined]) {
         const l = await withTimeout(startOne(s, kind, children, tmp, rows, bin), 60_000 + s.keys + REPAIR_MAX_MS, `starting ${kind}`);
         if (l) live.push(l);

@@ -106,6 +106,11 @@ export function isMcmux(kind: TargetKind): boolean {
   return MCMUX[kind] !== undefined;
 }
 
+/** A target's row name: its kind, or `<kind>@base` when it runs from the --baseline build. */
+export function targetName(kind: TargetKind, baselineBin: string | undefined): string {
+  return baselineBin === undefined ? kind : `${kind}${BASELINE}`;
+}
+
 /**
  * Starts a target and what it needs behind it; stops what it started if it fails.
  * Throws `Unavailable` when a program is absent, another Error when it fails to start.
@@ -115,7 +120,7 @@ export async function startTarget(kind: TargetKind, children: Children, repo: st
   if (kind === 'twemproxy' && !which('nutcracker')) throw new Unavailable('not installed (nutcracker not on PATH)');
   // MCMUX_BENCH_BIN: another mcmux to measure (a build of an older commit, for an A/B run).
   const mcmux = baselineBin ?? process.env.MCMUX_BENCH_BIN ?? join(repo, 'bin', 'mcmux');
-  const name = baselineBin === undefined ? kind : `${kind}${BASELINE}`;
+  const name = targetName(kind, baselineBin);
   const plan = MCMUX[kind];
   if (plan && !existsSync(mcmux)) throw new Error(`failed to start: ${mcmux} not found`);
 
