@@ -111,7 +111,7 @@ export class RepairJournal {
   private syncTimer: NodeJS.Timeout | undefined;
   private dirtySinceSync = false;
   private closed = false;
-  /** Keys a repair is copying right now (`<store> <key>`); a client write marks them to redo. */
+  /** Keys a repair is copying right now (`<store> <key>`); true once a client write of the key started. */
   readonly repairing = new Map<string, boolean>();
   private writeSeq = 0;
   /**
@@ -341,8 +341,13 @@ export class RepairJournal {
 
   /**
    * `u` now holds the current state of `key` (a client's set or delete reached it, or a repair
-   * did). A repair in flight for the key is told to redo it, since its copy may be older.
-   * `seq`: the sequence of the client write that reached it (see DirtyEntry.seq).
+   * did). `seq`: the sequence of the client write that reached it (see DirtyEntry.seq).
+   *
+   * A repair of the key running on `u` is told that a client wrote it (so that it neither clears
+   * the entry nor counts a repair), and the entry goes now: the repair's own request was sent
+   * before this write started (repair.ts checks for one right before sending), every driver
+   * applies a key's requests in the order sent, so this write landed after it. Keeping the entry
+   * would have the next repair replay its old op over this write (a delete: the write is lost).
    */
   written(u: Upstream, key: string, seq?: number): void {
     const p = this.byName.get(idOf(u));
@@ -354,10 +359,7 @@ export class RepairJournal {
     if (!p || !e) return;
     if (seq !== undefined && seq < e.seq) return; // an older write: the newer miss stands
     const rk = `${idOf(u)} ${key}`;
-    if (this.repairing.has(rk)) {
-      this.repairing.set(rk, true);
-      return;
-    }
+    if (this.repairing.has(rk)) this.repairing.set(rk, true);
     this.clear(u, key);
   }
 

@@ -116,10 +116,14 @@ export class Repairer {
           return true;
         }
         const [hit] = await source.get([key]);
+        // A client write started while the source was read: what was read may be older than it,
+        // and a copy sent now would land after the write. Leave it to the write (journal.written).
+        if (journal.repairing.get(rk)) return false;
         if (hit) await u.store({ mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline, withCas: false });
         else await u.delete(key);
       }
-      if (journal.repairing.get(rk)) return false; // a client wrote it meanwhile: copy again
+      // A client wrote it meanwhile: its outcome settled the entry (cleared, or marked again).
+      if (journal.repairing.get(rk)) return false;
       journal.clear(u, key);
       noteWritten(u, key);
       this.repaired++;

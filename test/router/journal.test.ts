@@ -81,6 +81,68 @@ describe('repair journal', () => {
     assert.equal(journal.size(a!), 0);
   });
 
+  it('a client set that lands behind a repair\'s delete is kept, and read, even when another upstream missed it (hazard 1 the other way)', async () => {
+    const { ups, journal, repairer, exec } = setup();
+    const [a, b] = ups as FakeUpstream[];
+    await exec(set('sess', 'old'));
+    a!.mode = 'fail';
+    await exec({ kind: 'delete', key: 'sess', noreply: false }); // a misses the delete
+    assert.equal(journal.entry(a!, 'sess')?.op, 'delete');
+    // a is back. The repair's delete is applied at once, its answer is late (a slow link), and
+    // meanwhile a client's set reaches a (behind the delete) and misses b.
+    a!.mode = 'ok';
+    let answer!: () => void;
+    const answered = new Promise<void>((r) => (answer = r));
+    const applyDelete = a!.delete.bind(a!);
+    a!.delete = async (key: string) => {
+      const r = await applyDelete(key);
+      await answered;
+      return r;
+    };
+    const repair = repairer.tick();
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(a!.calls, ['set sess', 'delete sess', 'delete sess'], 'the client\'s delete (missed), then the repair\'s');
+    assert.equal(await held(a!, 'sess'), undefined);
+    b!.mode = 'fail';
+    assert.equal((await exec(set('sess', 'new')) as { status?: string }).status, 'STORED');
+    answer();
+    await repair;
+    b!.mode = 'ok';
+    assert.equal(await held(a!, 'sess'), 'new');
+    assert.equal(journal.isDirty(a!, 'sess'), false, 'a holds the newest write');
+    assert.equal(value(await exec(get('sess'))), 'new', 'an acknowledged set is read back');
+    await repairer.tick();
+    await repairer.tick();
+    assert.equal(await held(a!, 'sess'), 'new', 'no repair replays the old delete over it');
+    assert.equal(await held(b!, 'sess'), 'new', 'b is repaired from a');
+    assert.equal(value(await exec(get('sess'))), 'new');
+  });
+
+  it('a repair that read its source before a client write sends nothing after it (the write stands)', async () => {
+    const { ups, journal, repairer, exec } = setup();
+    const [a, b] = ups as FakeUpstream[];
+    a!.mode = 'fail';
+    await exec(set('k', 'old')); // a misses it
+    a!.mode = 'ok';
+    // The repair reads 'old' from b at once; the answer comes back late.
+    let answer!: () => void;
+    const answered = new Promise<void>((r) => (answer = r));
+    const read = b!.get.bind(b!);
+    b!.get = async (keys: readonly string[], touch?: number) => {
+      const r = await read(keys, touch);
+      await answered;
+      return r;
+    };
+    const repair = repairer.tick();
+    await new Promise((r) => setImmediate(r));
+    assert.equal((await exec(set('k', 'new')) as { status?: string }).status, 'STORED');
+    answer();
+    await repair;
+    assert.equal(await held(a!, 'k'), 'new', 'the copy of the older value was not sent after the write');
+    assert.equal(journal.isDirty(a!, 'k'), false);
+    assert.equal(value(await exec(get('k'))), 'new');
+  });
+
   it('conditional commands are decided by an upstream that is clean for the key', async () => {
     const { ups, journal, exec } = setup();
     const [a, b] = ups as FakeUpstream[];
