@@ -132,6 +132,8 @@ interface QueuedSet {
   readonly withCas: boolean;
   /** performance.now() when it was queued: its timeout runs from here. */
   readonly queuedAt: number;
+  /** Its place among the writes of its key (see `lanes`). */
+  readonly ticket: number;
   resolve(r: StoreResult): void;
   reject(e: McmuxError): void;
 }
@@ -297,9 +299,18 @@ export class MysqlUpstream implements Upstream {
   /** Plain sets waiting for the next batch (see queueSet). */
   private setQueue: QueuedSet[] = [];
   private setsInBatches = 0;
-  /** Keys with a set in a running batch, and how many. */
-  private readonly keysInBatches = new Map<string, number>();
   private batchesRunning = 0;
+  /**
+   * Each key's writes not yet settled, by ticket, in the order they were sent. A write starts
+   * only once it is the first of its key (a plain set joins a batch only then; the others run
+   * only then): two pooled connections commit in either order, and the router counts on every
+   * store applying a key's writes in the order it sent them (a delete must not land before the
+   * set sent ahead of it, or the set comes back after the delete).
+   */
+  private readonly lanes = new Map<string, number[]>();
+  /** Writes other than plain sets waiting for their turn, by ticket. */
+  private readonly waiting = new Map<number, { start(): void; fail(e: McmuxError): void }>();
+  private nextTicket = 0;
   private setFlushScheduled = false;
   private setTimer: NodeJS.Timeout | undefined;
 
@@ -374,7 +385,7 @@ export class MysqlUpstream implements Upstream {
   store(req: StoreRequest): Promise<StoreResult> {
     if (req.mode === 'set' && !isExpired(req.deadline, Date.now())) return this.queueSet(req);
     const key = kb(req.key);
-    return this.run(async (c) => {
+    return this.inOrder(req.key, (timeoutMs) => this.run(async (c) => {
       const now = Date.now();
       switch (req.mode) {
         case 'append':
@@ -393,7 +404,7 @@ export class MysqlUpstream implements Upstream {
         case 'cas':
           return isExpired(req.deadline, now) ? this.storeExpired(c, req, key, now) : this.storeLive(c, req, key, now);
       }
-    });
+    }, false, timeoutMs));
   }
 
   /** A write whose item is at once expired: the key must end up absent (T9, hazard 5). */
@@ -440,34 +451,41 @@ export class MysqlUpstream implements Upstream {
   }
 
   delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
-    return this.run(async (c) => ((await this.exec(c, this.sql.removeLive, [kb(key), Date.now()])).affectedRows === 1 ? 'DELETED' : 'NOT_FOUND'));
+    return this.inOrder(key, (timeoutMs) =>
+      this.run(async (c) => ((await this.exec(c, this.sql.removeLive, [kb(key), Date.now()])).affectedRows === 1 ? 'DELETED' : 'NOT_FOUND'), false, timeoutMs),
+    );
   }
 
   touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
     const k = kb(key);
-    return this.run(async (c) => {
+    return this.inOrder(key, (timeoutMs) => this.run(async (c) => {
       const now = Date.now();
       if (isExpired(deadline, now)) return (await this.exec(c, this.sql.removeLive, [k, now])).affectedRows === 1 ? 'TOUCHED' : 'NOT_FOUND';
       if ((await this.exec(c, this.sql.touch, [deadline, k, now])).affectedRows === 1) return 'TOUCHED';
       // 0 affected rows is also a live row that already had this deadline (nothing changed).
       const same = await this.query(c, this.sql.hasDeadline, [k, now, deadline]);
       return same.length > 0 ? 'TOUCHED' : 'NOT_FOUND';
-    });
+    }, false, timeoutMs));
   }
 
   /** In JS BigInt inside a transaction: SQL has no unsigned 64-bit wrap, MySQL 8 no REGEXP on BLOBs. */
   arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
     const k = kb(key);
-    return this.run((c) =>
-      this.tx(c, async (): Promise<ArithResult> => {
-        const [row] = await this.query(c, this.sql.lockValue, [k, Date.now()]);
-        if (!row) return { status: 'NOT_FOUND' };
-        const current = parseCounter(row.value as Buffer);
-        if (current === undefined) return { status: 'NON_NUMERIC' };
-        const value = applyArith(op, current, delta);
-        await this.exec(c, this.sql.setCounter, [Buffer.from(value.toString(), 'latin1'), k]);
-        return { status: 'OK', value };
-      }),
+    return this.inOrder(key, (timeoutMs) =>
+      this.run(
+        (c) =>
+          this.tx(c, async (): Promise<ArithResult> => {
+            const [row] = await this.query(c, this.sql.lockValue, [k, Date.now()]);
+            if (!row) return { status: 'NOT_FOUND' };
+            const current = parseCounter(row.value as Buffer);
+            if (current === undefined) return { status: 'NON_NUMERIC' };
+            const value = applyArith(op, current, delta);
+            await this.exec(c, this.sql.setCounter, [Buffer.from(value.toString(), 'latin1'), k]);
+            return { status: 'OK', value };
+          }),
+        false,
+        timeoutMs,
+      ),
     );
   }
 
@@ -490,6 +508,9 @@ export class MysqlUpstream implements Upstream {
     clearTimeout(this.setTimer);
     const err = this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
     for (const q of this.setQueue.splice(0)) q.reject(this.count(err, false));
+    for (const w of [...this.waiting.values()]) w.fail(err);
+    this.waiting.clear();
+    this.lanes.clear();
     for (const job of this.jobs) job.abort(err);
     // pool.end() says QUIT on every connection and waits for the answers: a paused server
     // would never give them. Bound it, then cut whatever is left.
@@ -518,14 +539,15 @@ export class MysqlUpstream implements Upstream {
     return new Promise<StoreResult>((resolve, reject) => {
       const { key, value, flags, deadline } = req;
       const withCas = req.withCas !== false;
-      this.setQueue.push({ key, keyBytes: kb(key), value, flags, deadline, withCas, queuedAt: performance.now(), resolve, reject });
+      const ticket = this.enter(key);
+      this.setQueue.push({ key, keyBytes: kb(key), value, flags, deadline, withCas, queuedAt: performance.now(), ticket, resolve, reject });
       this.scheduleSets();
     });
   }
 
   /** Requests waiting or running: the jobs, counting each set of a batch (or waiting for one). */
   private load(): number {
-    return this.jobs.size - this.batchesRunning + this.setsInBatches + this.setQueue.length;
+    return this.jobs.size - this.batchesRunning + this.setsInBatches + this.setQueue.length + this.waiting.size;
   }
 
   private scheduleSets(): void {
@@ -538,26 +560,29 @@ export class MysqlUpstream implements Upstream {
 
   /**
    * Starts batches while connections are free. Up to BATCH_MAX_ROWS rows, their keys and values
-   * within one item's room in a packet. A key in a batch still running stays queued (with every
-   * later set of it): two batches commit in either order, and the later set must win here as it
-   * does in every other store.
+   * within one item's room in a packet. A set whose key has an earlier write still to settle (a
+   * set in a running batch or queued before it, a delete...) stays queued: two batches commit in
+   * either order, and the later write must win here as it does in every other store (`lanes`).
    */
   private readonly flushSets = (): void => {
     this.setFlushScheduled = false;
     while (this.setQueue.length > 0 && this.batchesRunning < this.o.connections && !this.closed) {
       const batch: QueuedSet[] = [];
       const rest: QueuedSet[] = [];
-      const held = new Set<string>(); // keys with an earlier set left queued in this pass
+      const taken = new Map<string, number>(); // sets of each key in this batch (the first of its lane)
       let bytes = 0;
       let full = false;
       for (const q of this.setQueue) {
         const size = q.keyBytes.length + q.value.length;
         full ||= batch.length === BATCH_MAX_ROWS || (batch.length > 0 && bytes + size > this.o.maxItemSize);
-        if (full || this.keysInBatches.has(q.key) || held.has(q.key)) {
-          held.add(q.key);
+        // Its turn: every earlier write of the key is a set of this batch (writeSets applies a
+        // key's sets of one batch in order), none running or queued elsewhere, no other write.
+        const before = taken.get(q.key) ?? 0;
+        if (full || this.lanes.get(q.key)?.[before] !== q.ticket) {
           rest.push(q);
           continue;
         }
+        taken.set(q.key, before + 1);
         batch.push(q);
         bytes += size;
       }
@@ -570,7 +595,6 @@ export class MysqlUpstream implements Upstream {
   private runBatch(batch: QueuedSet[]): void {
     this.batchesRunning++;
     this.setsInBatches += batch.length;
-    for (const q of batch) this.keysInBatches.set(q.key, (this.keysInBatches.get(q.key) ?? 0) + 1);
     const left = this.timeoutMs - (performance.now() - (batch[0] as QueuedSet).queuedAt);
     this.run((c) => this.writeSets(c, batch), true, Math.max(1, Math.ceil(left)))
       .then(
@@ -591,11 +615,7 @@ export class MysqlUpstream implements Upstream {
       .finally(() => {
         this.batchesRunning--;
         this.setsInBatches -= batch.length;
-        for (const q of batch) {
-          const n = (this.keysInBatches.get(q.key) as number) - 1;
-          if (n === 0) this.keysInBatches.delete(q.key);
-          else this.keysInBatches.set(q.key, n);
-        }
+        for (const q of batch) this.leave(q.key, q.ticket);
         if (this.setQueue.length > 0) this.scheduleSets();
       });
   }
@@ -673,11 +693,82 @@ export class MysqlUpstream implements Upstream {
     if (n > 0) {
       this.stats.timeouts += n;
       const err = this.error(ErrorCodes.UPSTREAM_TIMEOUT, `no answer within ${this.timeoutMs} ms (option timeout): every connection busy`);
-      for (const q of this.setQueue.splice(0, n)) q.reject(this.count(err, false));
+      for (const q of this.setQueue.splice(0, n)) {
+        this.leave(q.key, q.ticket);
+        q.reject(this.count(err, false));
+      }
     }
     const head = this.setQueue[0];
     if (head) this.setTimer = setTimeout(this.expireSets, Math.max(1, this.timeoutMs - (now - head.queuedAt))).unref();
   };
+
+  /** A write of `key` is sent: its ticket, last in the key's lane. */
+  private enter(key: string): number {
+    const ticket = ++this.nextTicket;
+    const lane = this.lanes.get(key);
+    if (lane) lane.push(ticket);
+    else this.lanes.set(key, [ticket]);
+    return ticket;
+  }
+
+  /** The write `ticket` of `key` settled (or never ran): the next one of the key may start. */
+  private leave(key: string, ticket: number): void {
+    const lane = this.lanes.get(key);
+    if (!lane) return;
+    const i = lane.indexOf(ticket);
+    if (i < 0) return;
+    lane.splice(i, 1);
+    if (lane.length === 0) {
+      this.lanes.delete(key);
+      return;
+    }
+    if (i !== 0) return;
+    const next = this.waiting.get(lane[0] as number);
+    if (next) next.start();
+    else this.scheduleSets(); // a plain set is next
+  }
+
+  /**
+   * Runs the write `op` of `key` once every write of the key sent before it has settled, within
+   * one timeout in all (`op` gets what is left of it). A write that waits its whole timeout for
+   * its turn fails as a timeout and never runs.
+   */
+  private inOrder<T>(key: string, op: (timeoutMs: number) => Promise<T>): Promise<T> {
+    const ticket = this.enter(key);
+    const go = (timeoutMs: number): Promise<T> => {
+      const p = op(timeoutMs);
+      const done = (): void => this.leave(key, ticket);
+      p.then(done, done);
+      return p;
+    };
+    if (this.lanes.get(key)?.[0] === ticket) return go(this.timeoutMs);
+    if (this.closed || this.load() >= this.o.maxQueue) {
+      this.leave(key, ticket);
+      return op(this.timeoutMs); // run() refuses it, and counts it, as it refuses any other
+    }
+    const queuedAt = performance.now();
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(ticket);
+        this.leave(key, ticket);
+        this.stats.requests++;
+        this.stats.timeouts++;
+        reject(this.count(this.error(ErrorCodes.UPSTREAM_TIMEOUT, `no answer within ${this.timeoutMs} ms (option timeout): waiting behind an earlier write of the key`), false));
+      }, this.timeoutMs);
+      timer.unref();
+      this.waiting.set(ticket, {
+        start: () => {
+          clearTimeout(timer);
+          this.waiting.delete(ticket);
+          go(Math.max(1, Math.ceil(this.timeoutMs - (performance.now() - queuedAt)))).then(resolve, reject);
+        },
+        fail: (e) => {
+          clearTimeout(timer);
+          reject(this.count(e, false));
+        },
+      });
+    });
+  }
 
   /**
    * Runs `fn` on a pooled connection within the timeout. The result of a request whose timer

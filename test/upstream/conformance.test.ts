@@ -214,6 +214,33 @@ for (const target of TARGETS) {
       assert.equal(await value(t), undefined, 'touch -1 expires it');
     });
 
+    test("a key's writes land in the order they were sent, whatever each costs the store (hazard 1)", async () => {
+      // The router sends a key's writes one after another without waiting (write-wait copies
+      // answers before a slow store has), and counts on each store applying them in that order.
+      const k = key('order');
+      // set, then delete, in one pass: a delete that overtook the set would leave the set's value.
+      const [stored, deleted] = await Promise.all([set(k, 'v1'), u.delete(k)]);
+      assert.equal(stored.status, 'STORED');
+      assert.equal(deleted, 'DELETED');
+      assert.equal(await value(k), undefined);
+      // delete, then set: the set stands.
+      await set(k, 'v0');
+      const [gone, again] = await Promise.all([u.delete(k), set(k, 'v2')]);
+      assert.deepEqual([gone, again.status], ['DELETED', 'STORED']);
+      assert.equal(await value(k), 'v2');
+      // set, set, incr, append, touch: each sees the one before.
+      const results = await Promise.all([
+        set(k, '10'),
+        set(k, '20'),
+        arith('incr', k, 1n),
+        u.store({ mode: 'append', key: k, value: b('5'), flags: 0, deadline: 0 }),
+        u.touch(k, Date.now() + DAY),
+      ]);
+      assert.deepEqual(results.slice(2).map((r) => (typeof r === 'string' ? r : r.status)), ['OK', 'STORED', 'TOUCHED']);
+      assert.deepEqual(results[2], { status: 'OK', value: 21n });
+      assert.equal(await value(k), '215');
+    });
+
     test('two clients racing add on one key: exactly one wins', async () => {
       const second = inst!.second();
       for (let round = 0; round < 20; round++) {

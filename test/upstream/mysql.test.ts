@@ -574,6 +574,12 @@ test('a paused server times out in bounded time; resumed, every answer is its ow
     const waiting = set(single, 'k4', 'waiting for a connection');
     const settled = await Promise.allSettled([stuck, waiting]);
     assert.deepEqual(settled.map((r) => (r.status === 'rejected' ? codeOf(r.reason) : 'fulfilled')), [ErrorCodes.UPSTREAM_TIMEOUT, ErrorCodes.UPSTREAM_TIMEOUT]);
+    // A delete and an incr of a key whose set is frozen wait their turn behind it (a key's writes
+    // land in order), and time out with it rather than wait for ever.
+    const frozenSet = set(single, 'k5', 'in the frozen batch');
+    await new Promise((r) => setImmediate(r));
+    const behind = await Promise.allSettled([frozenSet, single.delete('k5'), single.arith('incr', 'k5', 1n)]);
+    assert.deepEqual(behind.map((r) => (r.status === 'rejected' ? codeOf(r.reason) : 'fulfilled')), [ErrorCodes.UPSTREAM_TIMEOUT, ErrorCodes.UPSTREAM_TIMEOUT, ErrorCodes.UPSTREAM_TIMEOUT]);
   });
   assert.ok(up.stats.timeouts >= 1);
   db.resume();
