@@ -71,6 +71,8 @@ export class App {
     this.config = config;
     this.coldDetector = new ColdDetector(() => this.upstreams, config.lockFence, log);
     this.journal = new RepairJournal({ maxKeys: config.journal.maxKeys, fsync: config.journal.fsync, dir: config.stateDir || undefined });
+    this.journal.onWriteError = (error) =>
+      log.error({ err: error.message }, 'cannot write the repair journal (journal.log): its entries are kept in memory and written again once the disk takes them; a restart before then loses them');
     const upstreams = this.resolveUpstreams(config);
     // A proxy restarted during an outage picks up the repair work it had journaled.
     this.journal.load(upstreams);

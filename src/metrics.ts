@@ -65,6 +65,7 @@ export class Metrics {
     counter('mcmux_replication_failures_total', 'Writes that failed on some upstream', () => router().counters.replicationFailures);
     counter('mcmux_repaired_keys_total', 'Dirty keys copied into an upstream that was back', () => this.app.repairer.repaired);
     counter('mcmux_repair_failures_total', 'Key repairs that failed (retried later)', () => this.app.repairer.repairFailures);
+    counter('mcmux_journal_write_errors_total', 'Writes to journal.log that failed (the entries stay in memory)', () => this.app.journal.writeErrors);
     const ups = (): readonly HealthyUpstream[] => this.app.upstreams;
     const journal = (): App['journal'] => this.app.journal;
     new Gauge({

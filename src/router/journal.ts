@@ -16,6 +16,12 @@
  * the file is read back at start, so a proxy restart during an outage keeps its repair work.
  * fsync policy: `always` (fsync after each append), `everysec` (default: at most one second of
  * entries lost on power failure, none on a crash of mcmux alone), `no` (left to the OS).
+ *
+ * A write to the file that fails (disk full, I/O error) never fails the client's request nor
+ * stops mcmux, in the middle of the outage the journal is for: the entry stands in memory, where
+ * reads and the repair use it; the error is counted and reported (`onWriteError`), and the file,
+ * which may end in half a line, is written afresh from memory at the next change at least a
+ * second later (rewrite), so what the disk missed is on it again once it takes writes.
  */
 
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
@@ -128,6 +134,13 @@ export class RepairJournal {
   private readSeqsUnordered = false;
   /** Writes up to this sequence may have been forgotten while a read older than them was in flight. */
   private forgottenUpTo = 0;
+  /** Writes to journal.log that failed (stats `journal_write_errors`). */
+  writeErrors = 0;
+  /** Told of the first failed write to journal.log after one that succeeded (app.ts logs it). */
+  onWriteError: ((error: Error) => void) | undefined;
+  /** The file failed: not before this time (ms) is it written afresh (a full disk is not retried per change). */
+  private retryAt = 0;
+  private failing = false;
 
   constructor(private readonly options: JournalOptions) {}
 
@@ -392,8 +405,9 @@ export class RepairJournal {
     if (seq <= o.afterSeq || (k !== undefined && seq < k.seq)) return;
     if (seq < (this.writes.get(key)?.seq ?? seq)) return; // a newer write of the key is under way
     if (k === undefined && o.known.size >= this.options.maxKeys) {
-      if (!o.full) this.append(`F ${hex(idOf(u))}`);
-      o.full = true;
+      const first = !o.full;
+      o.full = true; // before the append: a rewrite it makes writes the state as it is now
+      if (first) this.append(`F ${hex(idOf(u))}`);
       return;
     }
     o.known.set(key, { seq, holds: true });
@@ -585,13 +599,39 @@ export class RepairJournal {
 
   private append(line: string): void {
     if (!this.options.dir || this.closed) return;
-    if (this.fd === undefined) this.rewrite();
-    writeSync(this.fd as number, line + '\n');
-    this.lines++;
-    if (this.options.fsync === 'always') fsyncSync(this.fd as number);
-    else if (this.options.fsync === 'everysec') this.scheduleSync();
-    // Clears pile up behind marks: compact when the file is mostly history.
-    if (this.lines > 10_000 && this.lines > 4 * (this.totalKeys + this.knownKeys() + 1)) this.rewrite();
+    try {
+      if (this.fd === undefined) {
+        // After a failure, once a second at most (the state in memory has what is skipped).
+        if (this.failing && Date.now() < this.retryAt) return;
+        this.rewrite();
+      }
+      writeSync(this.fd as number, line + '\n');
+      this.lines++;
+      if (this.options.fsync === 'always') fsyncSync(this.fd as number);
+      else if (this.options.fsync === 'everysec') this.scheduleSync();
+      // Clears pile up behind marks: compact when the file is mostly history.
+      if (this.lines > 10_000 && this.lines > 4 * (this.totalKeys + this.knownKeys() + 1)) this.rewrite();
+      this.failing = false;
+    } catch (error) {
+      this.writeFailed(error);
+    }
+  }
+
+  private writeFailed(error: unknown): void {
+    this.writeErrors++;
+    this.retryAt = Date.now() + 1000;
+    // Half a line may be on it: the next write starts a fresh file from memory.
+    if (this.fd !== undefined) {
+      try {
+        closeSync(this.fd);
+      } catch {
+        // closed, or the disk is gone: either way it is not written again
+      }
+      this.fd = undefined;
+    }
+    if (this.failing) return;
+    this.failing = true;
+    this.onWriteError?.(error instanceof Error ? error : new Error(String(error)));
   }
 
   private scheduleSync(): void {
@@ -599,7 +639,11 @@ export class RepairJournal {
     if (this.syncTimer) return;
     this.syncTimer = setTimeout(() => {
       this.syncTimer = undefined;
-      if (this.dirtySinceSync && this.fd !== undefined) fsyncSync(this.fd);
+      try {
+        if (this.dirtySinceSync && this.fd !== undefined) fsyncSync(this.fd);
+      } catch (error) {
+        this.writeFailed(error);
+      }
       this.dirtySinceSync = false;
     }, 1000);
     this.syncTimer.unref();
@@ -611,8 +655,12 @@ export class RepairJournal {
     if (this.syncTimer) clearTimeout(this.syncTimer);
     this.syncTimer = undefined;
     if (this.fd !== undefined) {
-      fsyncSync(this.fd);
-      closeSync(this.fd);
+      try {
+        fsyncSync(this.fd);
+        closeSync(this.fd);
+      } catch (error) {
+        this.writeFailed(error);
+      }
       this.fd = undefined;
     }
   }

@@ -49,6 +49,7 @@ export function statsLines(router: Router, src: StatsSource): Line[] {
     ['hedge_wins', c.hedgeWins],
     ['upstreams', router.upstreams.length],
     ['journal_keys', router.context.journal.totalKeys],
+    ['journal_write_errors', router.context.journal.writeErrors],
     ['repaired_keys', router.repairStats().repaired],
     ['repair_failures', router.repairStats().failures],
   ];

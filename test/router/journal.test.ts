@@ -458,6 +458,55 @@ describe('repair journal', () => {
     assert.equal(j.isDirty(u, 'a'), true);
   });
 
+  it('a disk that refuses journal.log fails no request: the entries stay in memory and reach the file once it takes writes', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    // The module object journal.ts calls into: ENOSPC on demand, for journal.log's descriptor only.
+    const fs: typeof import('node:fs') = require('node:fs');
+    const realWrite = fs.writeSync;
+    const realNow = Date.now;
+    try {
+      const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
+      const journal = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      journal.load(ups);
+      const errors: Error[] = [];
+      journal.onWriteError = (e) => errors.push(e);
+      const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+      const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+      const status = async (c: Command): Promise<string | undefined> => ((await exec(c)) as { status?: string }).status;
+      const [a] = ups;
+      a!.mode = 'fail';
+      assert.equal(await status(set('k1', 'v1')), 'STORED'); // journaled: journal.log is open
+      const fd = (journal as unknown as { fd: number }).fd;
+      let full = true;
+      fs.writeSync = ((f: number, ...rest: unknown[]) => {
+        if (full && f === fd) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        return (realWrite as (...args: unknown[]) => number)(f, ...rest);
+      }) as typeof fs.writeSync;
+      assert.equal(await status(set('k2', 'v2')), 'STORED', 'the client is answered');
+      assert.ok(journal.isDirty(a!, 'k2'), 'and the miss is kept, in memory');
+      assert.equal(value(await exec(get('k2'))), 'v2');
+      assert.equal(journal.writeErrors, 1);
+      assert.deepEqual(errors.map((e) => e.message), ['ENOSPC: no space left on device, write']);
+      // Within the second: not tried again (a full disk is not retried per change), not reported again.
+      assert.equal(await status(set('k3', 'v3')), 'STORED');
+      assert.equal(journal.writeErrors, 1);
+      // The disk takes writes again; a change a second later writes the whole file afresh.
+      full = false;
+      Date.now = () => realNow() + 1500;
+      assert.equal(await status(set('k4', 'v4')), 'STORED');
+      journal.close();
+      const back = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      back.load(ups);
+      assert.deepEqual([...back.entries(a!)].map(([k]) => k).sort(), ['k1', 'k2', 'k3', 'k4']);
+      assert.equal(errors.length, 1);
+      back.close();
+    } finally {
+      fs.writeSync = realWrite;
+      Date.now = realNow;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('survives a restart: entries are appended to journal.log and loaded back', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     try {
