@@ -52,6 +52,11 @@ export interface DirtyEntry {
    * copy of an older write that lands late says nothing about the newer one it missed.
    */
   readonly seq: number;
+  /**
+   * The write sequence of the first write it missed (0 for an entry loaded from disk): of two
+   * first misses in the same millisecond, the later one's is the higher.
+   */
+  readonly firstSeq: number;
 }
 
 interface PerUpstream {
@@ -328,7 +333,8 @@ export class RepairJournal {
   freshest(all: readonly Upstream[], usable: readonly Upstream[], key: string): Upstream[] | undefined {
     if (!all.every((u) => this.isDirty(u, key))) return undefined;
     const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest
-    const top = [...all].sort((a, b) => since(b) - since(a))[0];
+    const first = (u: Upstream): number => this.entry(u, key)?.firstSeq ?? 0;
+    const top = [...all].sort((a, b) => since(b) - since(a) || first(b) - first(a))[0];
     return top !== undefined && usable.includes(top) ? [top] : [];
   }
 
@@ -347,8 +353,8 @@ export class RepairJournal {
     }
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
     const e = p.keys.get(key);
-    if (!e) p.keys.set(key, { op, since: Date.now(), seq });
-    else if (op !== e.op || seq > e.seq) p.keys.set(key, { op, since: e.since, seq: Math.max(e.seq, seq) });
+    if (!e) p.keys.set(key, { op, since: Date.now(), seq, firstSeq: seq });
+    else if (op !== e.op || seq > e.seq) p.keys.set(key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq });
     this.append(`M ${hex(idOf(u))} ${op === 'delete' ? 'd' : 'w'} ${hex(key)} ${(p.keys.get(key) as DirtyEntry).since}`);
   }
 
@@ -550,7 +556,7 @@ export class RepairJournal {
       if (f[0] === 'M' && f[3] !== undefined && !p.overflow) {
         const key = unhex(f[3]);
         const since = p.keys.get(key)?.since ?? (Number(f[4]) || 0);
-        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0 });
+        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0 });
       }
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {

@@ -507,6 +507,25 @@ describe('repair journal', () => {
     }
   });
 
+  it('dirty everywhere: the upstream that started missing writes last is the truth, also within one millisecond', () => {
+    const u = { name: 'fake://0' } as Upstream;
+    const v = { name: 'fake://1' } as Upstream;
+    const realNow = Date.now;
+    Date.now = () => 1_800_000_000_000; // every first miss in the same millisecond
+    try {
+      for (const [firstToMiss, truth] of [[u, v], [v, u]] as const) {
+        const j = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
+        j.mark(firstToMiss, 'k', 'write', j.writeStarted('k'));
+        j.mark(truth, 'k', 'write', j.writeStarted('k'));
+        j.mark(firstToMiss, 'k', 'write', j.writeStarted('k')); // a later miss does not re-date the first
+        assert.deepEqual(j.freshest([u, v], [u, v], 'k'), [truth]);
+        assert.deepEqual(j.freshest([u, v], [firstToMiss], 'k'), [], 'an older copy never stands in for it');
+      }
+    } finally {
+      Date.now = realNow;
+    }
+  });
+
   it('survives a restart: entries are appended to journal.log and loaded back', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     try {
