@@ -659,7 +659,10 @@ export function createRedisUpstream(url: URL, options: Map<string, string>, ctx:
       enableOfflineQueue: false,
       clusterRetryStrategy: retryStrategy,
       slotsRefreshTimeout: timeoutMs,
-      retryDelayOnFailover: Math.min(100, timeoutMs),
+      // 0: a command whose node connection closed is failed, not sent again after a delay (ioredis
+      // retries those when this is above 0, whatever maxRetriesPerRequest says: an incr applied
+      // twice, a set landing after a later delete). MOVED/ASK/TRYAGAIN never ran: still followed.
+      retryDelayOnFailover: 0,
       redisOptions: common,
     });
     return new RedisUpstream(settings, client);

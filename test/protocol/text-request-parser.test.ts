@@ -77,6 +77,10 @@ const CASES: Array<[string, string | Buffer, string[]]> = [
   ['T1 251-byte key inside a multi-get fails the whole get', `get a ${k251} b\r\n`, [BAD]],
   ['T2 bad flags: block swallowed, never run as commands', 'set k x 0 8\r\ndelete a\r\nget k\r\n', [BAD, 'get k']],
   ['T2 unparseable <bytes> closes', 'set k 0 0 abc\r\nget k\r\n', [`${BAD} [close]`]],
+  // A key with a space in it (a client that does not check keys): the block must never run.
+  ['T2 a storage line with a token too many closes', 'set my key 0 0 14\r\ndelete victim\r\nversion\r\n', [`${BAD} [close]`]],
+  ['T2 a storage line with a token too few closes', 'set k 0 5\r\nflush_all\r\n', [`${BAD} [close]`]],
+  ['T2 cas without its unique closes', 'cas k 0 0 5\r\nquit!\r\n', [`${BAD} [close]`]],
   ['T3 control byte in key', 'get a\x01b\r\n', [BAD]],
   ['T3 DEL byte in key', 'delete a\x7fb\r\n', [BAD]],
   ['T3 lone CR inside a key', 'get a\rb\r\n', [BAD]],
@@ -123,7 +127,7 @@ const CASES: Array<[string, string | Buffer, string[]]> = [
   ['S5 CR in <bytes>: unparseable, close', 'set k 0 0 1\r\r\nx\r\nversion\r\n', [`${BAD} [close]`]],
   ['binary-safe value with CR LF NUL', Buffer.from('set b 0 0 5\r\n\r\n\0\r\n\r\n', 'latin1'), ['set b f=0 d=0 v="\\r\\n\\u0000\\r\\n"']],
   ['empty line', '\r\n', ['ERROR']],
-  ['wrong arity', 'set k 0 0\r\nincr k\r\ntouch k\r\nget\r\n', ['ERROR', 'ERROR', 'ERROR', 'ERROR']],
+  ['wrong arity', 'incr k\r\ntouch k\r\nget\r\nset k 0 0\r\nget k\r\n', ['ERROR', 'ERROR', 'ERROR', `${BAD} [close]`]],
   ['keys per get limit', 'get a b c d e f g h i\r\n', ['CLIENT_ERROR too many keys in one get (max-keys-per-get is 8)']],
   ['flush_all forms', 'flush_all\r\nflush_all 10\r\nflush_all noreply\r\nflush_all x\r\n', ['flush 0', 'flush 10', 'flush 0 noreply', BAD]],
   ['every command kind', 'append k 0 0 1\r\na\r\nprepend k 0 0 1\r\np\r\nreplace k 3 0 1\r\nr\r\ngats 10 a b\r\nverbosity 1\r\nstats\r\nquit\r\n', [

@@ -268,7 +268,10 @@ export class TextRequestParser {
   private parseStorage(mode: StoreMode, t: string[]): ParseResult | undefined {
     const want = mode === 'cas' ? 6 : 5;
     const noreply = t.length === want + 1 && t[want] === 'noreply';
-    if (t.length !== want && !noreply) return err('ERROR', '');
+    // Too few or too many tokens: which one is <bytes> is unknown, so is where the data block
+    // ends, and what follows the line may be that block (a key with a space in it). Answering
+    // ERROR and reading on would run the value as commands: close instead (T2).
+    if (t.length !== want && !noreply) return this.fatal(err('CLIENT_ERROR', BAD_FORMAT));
     // <bytes> first: without it the data block cannot be found, and the stream is lost (T2, T7).
     const bytes = parseUnsignedNumber(t[4] ?? '', INT32_MAX);
     if (bytes === undefined) return this.fatal(err('CLIENT_ERROR', BAD_FORMAT));
