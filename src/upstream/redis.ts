@@ -39,6 +39,7 @@
  *       redis+cluster://[user:password@]host1:port1,host2:port2?...  (db 0 only)
  */
 
+import { createHash } from 'node:crypto';
 import type { Socket as NetStream } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
@@ -194,13 +195,28 @@ return n
 
 type Reply = Buffer | number | null;
 
-/** The scripts as ioredis defines them on the client (`defineCommand`). */
+/**
+ * The scripts, run by their SHA1 only (EVALSHA). Not ioredis's `defineCommand`: on NOSCRIPT (the
+ * server's script cache flushed by SCRIPT FLUSH, or its scripts evicted, as Redis 8 does past 500
+ * of them) it sends the script again as EVAL, after every command sent behind it has run, so a
+ * set could land after the delete that followed it. Here the scripts are loaded (SCRIPT LOAD) as
+ * each connection becomes ready, before any request on it, and a NOSCRIPT fails its request (it
+ * did not run: the router journals the miss) and loads them again.
+ */
+/** ioredis has a Buffer-replying variant of every command; its types leave this one out. */
+interface EvalshaBuffer {
+  evalshaBuffer(sha: string, numKeys: number, ...args: Array<Buffer | string>): Promise<unknown>;
+}
+
 interface Scripts {
   mcmuxGetBuffer(numKeys: number, ...args: Array<Buffer | string>): Promise<Reply[]>;
   mcmuxStore(item: Buffer, counter: Buffer, mode: string, value: Buffer, flags: Buffer, deadline: string, cas: Buffer): Promise<number>;
   mcmuxTouch(item: Buffer, deadline: string): Promise<number>;
   mcmuxArithBuffer(item: Buffer, counter: Buffer, op: string, delta: string): Promise<Buffer | number>;
 }
+
+const SCRIPTS = { get: LUA_GET, store: LUA_STORE, touch: LUA_TOUCH, arith: LUA_ARITH } as const;
+const SHA = Object.fromEntries(Object.entries(SCRIPTS).map(([k, lua]) => [k, createHash('sha1').update(lua).digest('hex')])) as Record<keyof typeof SCRIPTS, string>;
 
 const MODE_LETTER = { set: 's', add: 'a', replace: 'r', cas: 'c', append: 'A', prepend: 'P' } as const;
 const NO_CAS = Buffer.alloc(8); // never a real unique (they start at 1): a cas without one fails safe
@@ -248,11 +264,17 @@ export class RedisUpstream implements Upstream {
     ({ name: this.name, scheme: this.scheme, timeoutMs: this.timeoutMs, prefix: this.prefix, secrets: this.secrets } = settings);
     this.maxQueue = settings.maxQueue;
     this.counterKey = Buffer.concat([Buffer.from('mcmux cas:', 'latin1'), this.prefix]);
-    client.defineCommand('mcmuxGet', { lua: LUA_GET });
-    client.defineCommand('mcmuxStore', { lua: LUA_STORE, numberOfKeys: 2 });
-    client.defineCommand('mcmuxTouch', { lua: LUA_TOUCH, numberOfKeys: 1 });
-    client.defineCommand('mcmuxArith', { lua: LUA_ARITH, numberOfKeys: 2 });
-    this.scripts = client as unknown as Scripts;
+    const call = <T>(sha: string, buffers: boolean, numKeys: number, args: Array<Buffer | string>): Promise<T> =>
+      this.evalsha(sha, buffers, numKeys, args) as Promise<T>;
+    this.scripts = {
+      mcmuxGetBuffer: (numKeys, ...args) => call(SHA.get, true, numKeys, args),
+      mcmuxStore: (...args) => call(SHA.store, false, 2, args),
+      mcmuxTouch: (...args) => call(SHA.touch, false, 1, args),
+      mcmuxArithBuffer: (...args) => call(SHA.arith, true, 2, args),
+    };
+    // First, before anything a waiting request sends on the new connection.
+    client.on('ready', () => void this.loadScripts());
+    if (client instanceof Cluster) client.on('+node', (node: Redis) => void this.loadScripts([node]));
     this.firstReady = new Promise<void>((resolve, reject) => {
       client.once('ready', () => {
         this.starting = false;
@@ -281,6 +303,36 @@ export class RedisUpstream implements Upstream {
 
   get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
     return this.run(() => this.doGet(keys, touch));
+  }
+
+  private loading: Promise<void> | undefined;
+
+  /** SCRIPT LOAD of every script, on `nodes` (default: the client, or every cluster master). */
+  private loadScripts(nodes?: Redis[]): Promise<void> {
+    if (nodes === undefined && this.loading) return this.loading;
+    const targets = nodes ?? (this.client instanceof Cluster ? this.client.nodes('master') : [this.client]);
+    const loaded = Promise.all(targets.flatMap((n) => Object.values(SCRIPTS).map((lua) => n.script('LOAD', lua)))).then(
+      () => {},
+      (err: unknown) => {
+        this.lastError = this.scrub(`cannot load the scripts: ${err instanceof Error ? err.message : String(err)}`);
+      },
+    );
+    if (nodes !== undefined) return loaded;
+    this.loading = loaded.finally(() => (this.loading = undefined));
+    return this.loading;
+  }
+
+  private async evalsha(sha: string, buffers: boolean, numKeys: number, args: Array<Buffer | string>): Promise<unknown> {
+    try {
+      const c = this.client as (Redis | Cluster) & EvalshaBuffer;
+      return await (buffers ? c.evalshaBuffer(sha, numKeys, ...args) : c.evalsha(sha, numKeys, ...args));
+    } catch (err) {
+      if (err instanceof Error && err.message.startsWith('NOSCRIPT')) {
+        void this.loadScripts();
+        throw this.error(ErrorCodes.UPSTREAM_IO, 'the server has lost the scripts (SCRIPT FLUSH, or evicted): not run; loading them again');
+      }
+      throw err;
+    }
   }
 
   store(req: StoreRequest): Promise<StoreResult> {

@@ -329,6 +329,22 @@ test('redis upstream against a private redis-server', async (t) => {
     assert.equal(up.stats.errors, 0);
   });
 
+  await t.test('scripts flushed from the server (SCRIPT FLUSH): a write fails, never runs after the ones behind it, and the scripts come back', async () => {
+    await set(up, 'ns:k', 'old');
+    assert.equal(await r.script('FLUSH'), 'OK'); // an operator, or another app on this Redis
+    // A set and the delete sent behind it, in one pass, as the router sends a key's writes.
+    const [stored, deleted] = await Promise.allSettled([up.store({ mode: 'set', key: 'ns:k', value: b('new'), flags: 0, deadline: 0 }), up.delete('ns:k')]);
+    // (ioredis's own script commands resent it as EVAL behind the delete, and answered STORED.)
+    assert.equal(stored.status, 'rejected', 'the set did not run: it fails (the router journals it)');
+    assert.equal(codeOf((stored as PromiseRejectedResult).reason), ErrorCodes.UPSTREAM_IO);
+    assert.deepEqual(deleted, { status: 'fulfilled', value: 'DELETED' });
+    assert.equal(await getOne(up, 'ns:k'), undefined, 'the deleted key stays deleted');
+    assert.equal(await r.exists('ns:k'), 0);
+    // Loaded again: the next writes run.
+    assert.equal(await set(up, 'ns:k', 'after').then(() => 'ok'), 'ok');
+    assert.equal((await getOne(up, 'ns:k'))?.value.toString(), 'after');
+  });
+
   await t.test('close lets a request in flight finish, then rejects with CLOSED', async () => {
     const other = open(server.url);
     await other.probe();
