@@ -383,7 +383,9 @@ export class ClientConnection {
   /** Refuses a connection over the limit (T22). */
   static refuse(socket: Socket): void {
     socket.on('error', () => socket.destroy());
-    socket.resume(); // accepted paused: read (and drop) what it sends, so its close is seen
-    socket.end(errorLine('ERROR', 'Too many open connections'));
+    socket.resume(); // accepted paused: read (and drop) what it sends until it is gone
+    // Closed once the line is out, as memcached does: waiting for the client to close its side
+    // would let clients that never do hold a descriptor each beyond max-connections.
+    socket.end(errorLine('ERROR', 'Too many open connections'), () => socket.destroy());
   }
 }

@@ -4,6 +4,7 @@
  */
 
 import assert from 'node:assert/strict';
+import { connect as netConnect } from 'node:net';
 import { after, describe, it } from 'node:test';
 import pino from 'pino';
 import { type App, startApp } from '../../src/app';
@@ -225,6 +226,34 @@ describe('protocol cases over a socket', () => {
     assert.equal(await d.ask('version\r\n'), 'VERSION 1.6.21\r\n', 'a freed slot is usable again');
     b.close();
     d.close();
+  });
+
+  it('T22: a refused client that never closes its side does not keep the connection open', async () => {
+    const app = await mcmux({ 'max-connections': '1' });
+    const a = await connectWire(app.address.port);
+    assert.equal(await a.ask('version\r\n'), 'VERSION 1.6.21\r\n');
+    const c = netConnect({ port: app.address.port, host: '127.0.0.1', allowHalfOpen: true });
+    let got = '';
+    c.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    const gone = new Promise<void>((resolve) => {
+      c.on('error', () => resolve()); // reset: mcmux closed its socket
+      c.on('close', () => resolve());
+    });
+    await new Promise<void>((resolve) => c.once('end', () => resolve()));
+    assert.equal(got, 'ERROR Too many open connections\r\n');
+    // mcmux has closed, not only half-closed: what the client sends now is reset.
+    let closed = false;
+    void gone.then(() => (closed = true));
+    try {
+      for (let i = 0; i < 200 && !closed; i++) {
+        c.write('version\r\n');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.ok(closed, 'the refused connection was left open');
+    } finally {
+      c.destroy();
+      a.close();
+    }
   });
 
   it('T23/T24: flush_all refused by default, admin commands never forwarded, stats answered by mcmux', async () => {
