@@ -333,6 +333,25 @@ describe('binary codec: decoding', () => {
     assert.equal(p.next(), undefined);
   });
 
+  it('a body trickled a byte a read, from a reused buffer, is held in few buffers and arrives whole', () => {
+    const p = new BinaryRequestParser({ ...LIMITS, maxItemSize: 1 << 20 }, () => NOW);
+    const value = Buffer.alloc(64 * 1024, 'abcdefgh');
+    const input = frame({ op: OP.SET, key: 'k', extras: setExtras(0, 0), value });
+    const shared = Buffer.alloc(1); // as the connections' shared read buffer: overwritten each read
+    for (let i = 0; i < input.length; i++) {
+      shared[0] = input[i] as number;
+      p.push(shared, true);
+      p.detach();
+      if (i < input.length - 1) assert.equal(p.next(), undefined);
+    }
+    const chunks = (p as unknown as { chunks: Buffer[] }).chunks.length;
+    assert.ok(chunks <= 6, `${chunks} buffers for ${input.length} one-byte reads`);
+    const r = p.next();
+    assert.ok(r && r.kind === 'request' && r.command.kind === 'store');
+    assert.deepEqual((r.command as { value: Buffer }).value, value);
+    assert.equal(p.buffered, 0);
+  });
+
   it('waits for the whole body before yielding a store', () => {
     const c = codec();
     const f = frame({ op: OP.SET, key: 'k', extras: setExtras(0, 0), value: 'hello' });
