@@ -27,6 +27,8 @@ export class OutBuffer {
   private start = 0; // first byte not yet handed out
   private end = 0; // first free byte
   private parts: Buffer[] = [];
+  /** parts[i] is a view of a slab (not a large value kept by reference). */
+  private inSlab: boolean[] = [];
   private bytes = 0;
 
   /** Bytes gathered and not yet taken. */
@@ -55,6 +57,7 @@ export class OutBuffer {
     if (n > COPY_MAX) {
       this.cut();
       this.parts.push(b);
+      this.inSlab.push(false);
       return;
     }
     this.reserve(n);
@@ -62,11 +65,26 @@ export class OutBuffer {
     this.end += n;
   }
 
-  /** Everything gathered since the last take(), in order; the buffer is then empty. */
-  take(): Buffer[] {
+  /**
+   * Everything gathered since the last take(), in order; the buffer is then empty. `own`: the
+   * parts that are views of the slab are copied, for a socket that will hold them a while (one
+   * not reading its replies): a view would keep the whole slab, shared with every other
+   * connection's replies, alive for as long as it waits (thousands of times its own size).
+   */
+  take(own = false): Buffer[] {
     this.cut();
     const parts = this.parts;
+    if (own) {
+      for (let i = 0; i < parts.length; i++) {
+        if (!this.inSlab[i]) continue;
+        const view = parts[i] as Buffer;
+        const copy = Buffer.allocUnsafeSlow(view.length); // not from Node's shared pool either
+        view.copy(copy);
+        parts[i] = copy;
+      }
+    }
     this.parts = [];
+    this.inSlab = [];
     this.bytes = 0;
     return parts;
   }
@@ -75,6 +93,7 @@ export class OutBuffer {
   discard(): void {
     this.start = this.end;
     this.parts = [];
+    this.inSlab = [];
     this.bytes = 0;
   }
 
@@ -89,6 +108,7 @@ export class OutBuffer {
   private cut(): void {
     if (this.end === this.start) return;
     this.parts.push(this.slab.subarray(this.start, this.end));
+    this.inSlab.push(true);
     this.start = this.end;
   }
 }

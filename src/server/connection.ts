@@ -342,7 +342,8 @@ export class ClientConnection {
     this.queue.splice(0, n);
     // dispatch() may be on the stack (a reply that was ready at once): never index below 0.
     this.nextToStart = Math.max(0, this.nextToStart - n);
-    const chunks = out.take();
+    // Replies behind unsent ones wait in the socket: their own copy, not a view of the shared slab.
+    const chunks = out.take(this.socket.writableLength > 0);
     if (!this.socket.destroyed) writeChunks(this.socket, chunks);
     if (close || (this.closing && this.queue.length === 0)) {
       this.socket.end();

@@ -34,6 +34,26 @@ describe('OutBuffer', () => {
     assert.equal(Buffer.concat(chunks).toString('latin1'), `head\r\n${'a'.repeat(COPY_MAX + 1)}\r\nEND\r\n`);
   });
 
+  it('take(own): the slab\'s bytes as copies of their own (a slow socket keeps no shared slab alive), large values still by reference', () => {
+    const out = new OutBuffer();
+    out.latin1('before\r\n'); // another connection's reply, taken as a view
+    const [other] = out.take();
+    const big = Buffer.alloc(COPY_MAX + 1, 0x62);
+    out.latin1('VALUE k 0 1\r\n');
+    out.append(big);
+    out.latin1('\r\nEND\r\n');
+    const owned = out.take(true);
+    assert.equal(owned.length, 3);
+    assert.notEqual(owned[0]?.buffer, other?.buffer, 'not a view of the slab');
+    assert.equal(owned[0]?.buffer.byteLength, owned[0]?.length, 'a buffer of its own size');
+    assert.equal(owned[1], big);
+    assert.notEqual(owned[2]?.buffer, other?.buffer);
+    assert.equal(Buffer.concat(owned).toString('latin1'), `VALUE k 0 1\r\n${'b'.repeat(COPY_MAX + 1)}\r\nEND\r\n`);
+    // The default stays a view: the fast path copies nothing.
+    out.latin1('after');
+    assert.equal(out.take()[0]?.buffer, other?.buffer);
+  });
+
   it('never writes again into bytes it handed out (one OutBuffer serves many sockets)', () => {
     const out = new OutBuffer();
     out.latin1('first');
