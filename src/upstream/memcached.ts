@@ -397,20 +397,18 @@ export class MemcachedUpstream implements Upstream {
     this.stats.requests++;
     if (this.closed) return this.refuse(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
     const n = this.conns.length;
-    let conn: Connection | undefined;
-    // One connection per key (while it is up): memcached serves its connections on several
-    // threads, so two writes of a key sent on two connections could land in either order, and
-    // two upstreams would end up holding different values of one session. A read repair's add
-    // and a delete racing it are ordered the same way.
-    const first = n === 1 ? 0 : keyHash(key) % n;
-    for (let i = 0; i < n && !conn; i++) {
-      const c = this.conns[(first + i) % n] as Connection;
-      if (c.status === 'ready') conn = c;
+    // One connection per key, and only that one: memcached serves its connections on several
+    // threads, so two writes of a key sent on two connections could land in either order (a set
+    // sent on another while the key's own reconnects, then a delete on its own once it is back),
+    // and two upstreams would end up holding different values of one session. A read repair's
+    // add and a delete racing it are ordered the same way. While it is down the key's requests
+    // fail at once (the router journals a write), as with a single connection.
+    const conn = this.conns[n === 1 ? 0 : keyHash(key) % n] as Connection;
+    // Right after start-up its first connect is still under way: it carries the requests (they
+    // wait in its socket, in order), bounded by the request timeout.
+    if (conn.status !== 'ready' && !(conn.status === 'connecting' && conn.fresh)) {
+      return this.refuse(ErrorCodes.UPSTREAM_IO, 'the connection for this key is not up (reconnecting)');
     }
-    // Right after start-up the first connects are still under way: let those carry requests,
-    // bounded by the request timeout, rather than failing everything sent in the first tick.
-    conn ??= this.conns.find((c) => c.status === 'connecting' && c.fresh);
-    if (!conn) return this.refuse(ErrorCodes.UPSTREAM_IO, 'no connection is up (reconnecting)');
     if (conn.pending.length >= this.maxQueue) {
       return this.refuse(ErrorCodes.UPSTREAM_BUSY, `${this.maxQueue} requests already queued on a connection (option max-queue)`);
     }

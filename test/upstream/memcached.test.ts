@@ -243,6 +243,25 @@ test('memcached upstream against a real memcached', async (t) => {
     assert.ok(deleted.every((d) => d === 'DELETED'));
   });
 
+  await t.test('a key is only ever sent on its own connection: while that one is down, its requests fail at once', async () => {
+    const two = open(mc.url, { connections: '2' });
+    try {
+      await two.probe();
+      await Promise.all(Array.from({ length: 32 }, (_, i) => two.get([`home:${i}`]))); // both connections up
+      const conns = (two as unknown as { conns: Array<{ status: string }> }).conns;
+      assert.deepEqual(conns.map((c) => c.status), ['ready', 'ready']);
+      conns[0]!.status = 'down'; // as while it reconnects
+      const results = await Promise.allSettled(Array.from({ length: 32 }, (_, i) => set(two, `home:${i}`, 'v')));
+      conns[0]!.status = 'ready';
+      const failed = results.filter((r) => r.status === 'rejected');
+      // Sent on the other connection instead, a set could land after a later delete sent on its own.
+      assert.ok(failed.length > 0 && failed.length < 32, `${failed.length} of 32 failed: keys spread over both, and none moved`);
+      for (const r of failed) assert.equal(codeOf((r as PromiseRejectedResult).reason), ErrorCodes.UPSTREAM_IO);
+    } finally {
+      await two.close();
+    }
+  });
+
   await t.test('flush empties the store', async () => {
     await set(up, 'fl:k', 'v');
     await up.flush();
