@@ -126,11 +126,14 @@ export class ClientConnection {
         this.maybeResume();
       }),
     );
-    // Shutdown: read no more commands; end once the replies already owed are written.
-    socket.on('mcmux:drain', () => {
+    // Shutdown, or the client shut down its side (it sends nothing more): read no more commands;
+    // end once the replies already owed are written (flush), as memcached answers what it read.
+    const finish = (): void => {
       this.closing = true;
       if (this.queue.length === 0) socket.end();
-    });
+    };
+    socket.on('mcmux:drain', finish);
+    socket.on('end', finish);
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.closing = true;

@@ -52,7 +52,9 @@ export class Listener implements StatsSource {
   async listen(spec: ListenSpec, unixMode: number): Promise<ListenSpec> {
     if (spec.kind === 'unix') await removeStaleSocket(spec.path);
     // Paused until accept() has moved the socket onto the shared read buffer (nothing read yet).
-    const server = createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
+    // allowHalfOpen: a client that sends its commands and then shuts down its side (`nc -N`)
+    // still gets every reply it is owed before mcmux closes (connection.ts, 'end').
+    const server = createServer({ noDelay: true, pauseOnConnect: true, allowHalfOpen: true }, (socket) => this.accept(socket));
     this.servers.push(server);
     return new Promise((resolve, reject) => {
       server.once('error', reject);

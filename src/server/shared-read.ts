@@ -43,7 +43,7 @@ export function adoptSharedReads(raw: Socket, onRead: (chunk: Buffer) => void): 
   };
   let socket: Socket;
   try {
-    socket = new Socket({ handle, readable: true, writable: true, onread } as ConstructorParameters<typeof Socket>[0]);
+    socket = new Socket({ handle, readable: true, writable: true, allowHalfOpen: raw.allowHalfOpen, onread } as ConstructorParameters<typeof Socket>[0]);
   } catch {
     return undefined;
   }

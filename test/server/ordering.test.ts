@@ -4,6 +4,7 @@
  */
 
 import assert from 'node:assert/strict';
+import { connect as netConnect } from 'node:net';
 import { after, describe, it } from 'node:test';
 import type { Listener } from '../../src/server/listener';
 import { FakeUpstream, listenOverFake, settle } from '../helpers/fake-upstream';
@@ -24,6 +25,24 @@ async function setup() {
 }
 
 describe('ordering on one connection', () => {
+  it('a client that shuts down its side after its commands still gets every reply, then the connection closes', async () => {
+    const up = new FakeUpstream('fake://0');
+    const { listener, port } = await listenOverFake(up);
+    listeners.push(listener);
+    up.close_gate(); // the upstream answers after the client's FIN
+    const c = netConnect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    let got = '';
+    c.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    const closed = new Promise<void>((resolve) => c.on('end', () => resolve()));
+    await new Promise<void>((resolve) => c.once('connect', () => resolve()));
+    c.end('set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\nget a b\r\n'); // as `printf ... | nc -N`
+    await settle();
+    up.open();
+    await closed;
+    c.destroy();
+    assert.equal(got, 'STORED\r\nSTORED\r\nVALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nEND\r\n');
+  });
+
   it('a set after a get of the same key waits for the get: the get reads the old value', async () => {
     const { up, w } = await setup();
     up.close_gate();
