@@ -195,6 +195,11 @@ return n
 
 type Reply = Buffer | number | null;
 
+/** ioredis has a Buffer-replying variant of every command; its types leave this one out. */
+interface EvalshaBuffer {
+  evalshaBuffer(sha: string, numKeys: number, ...args: Array<Buffer | string>): Promise<unknown>;
+}
+
 /**
  * The scripts, run by their SHA1 only (EVALSHA). Not ioredis's `defineCommand`: on NOSCRIPT (the
  * server's script cache flushed by SCRIPT FLUSH, or its scripts evicted, as Redis 8 does past 500
@@ -203,11 +208,6 @@ type Reply = Buffer | number | null;
  * each connection becomes ready, before any request on it, and a NOSCRIPT fails its request (it
  * did not run: the router journals the miss) and loads them again.
  */
-/** ioredis has a Buffer-replying variant of every command; its types leave this one out. */
-interface EvalshaBuffer {
-  evalshaBuffer(sha: string, numKeys: number, ...args: Array<Buffer | string>): Promise<unknown>;
-}
-
 interface Scripts {
   mcmuxGetBuffer(numKeys: number, ...args: Array<Buffer | string>): Promise<Reply[]>;
   mcmuxStore(item: Buffer, counter: Buffer, mode: string, value: Buffer, flags: Buffer, deadline: string, cas: Buffer): Promise<number>;
@@ -216,7 +216,8 @@ interface Scripts {
 }
 
 const SCRIPTS = { get: LUA_GET, store: LUA_STORE, touch: LUA_TOUCH, arith: LUA_ARITH } as const;
-const SHA = Object.fromEntries(Object.entries(SCRIPTS).map(([k, lua]) => [k, createHash('sha1').update(lua).digest('hex')])) as Record<keyof typeof SCRIPTS, string>;
+const sha1 = (lua: string): string => createHash('sha1').update(lua).digest('hex');
+const SHA = { get: sha1(LUA_GET), store: sha1(LUA_STORE), touch: sha1(LUA_TOUCH), arith: sha1(LUA_ARITH) } as const;
 
 const MODE_LETTER = { set: 's', add: 'a', replace: 'r', cas: 'c', append: 'A', prepend: 'P' } as const;
 const NO_CAS = Buffer.alloc(8); // never a real unique (they start at 1): a cas without one fails safe
