@@ -163,6 +163,14 @@ describe('text request parser', () => {
     assert.equal(p.next(), undefined, 'nothing is parsed after a fatal error');
   });
 
+  it('T6 a line of exactly the limit is accepted however it is split, also between its CR and LF', () => {
+    const line = `get ${k250} ${'b'.repeat(240)}`.padEnd(2048, ' ');
+    assert.equal(line.length, 2048);
+    const expected = run([Buffer.from(line + '\r\n')]);
+    assert.match(expected[0] ?? '', /^get /);
+    check(line + '\r\n', expected);
+  });
+
   it('T6 a line at the limit is accepted', () => {
     const line = 'get ' + 'a'.repeat(200) + (' ' + 'b'.repeat(240)).repeat(7);
     assert.ok(line.length <= 2048);

@@ -155,7 +155,8 @@ export class TextRequestParser {
     if (this.pending) return this.readData(this.pending);
     const nl = this.buf.indexOf(NL, this.pos);
     if (nl < 0) {
-      if (this.buf.length - this.pos > this.limits.maxLineLength) return this.fatal(err('CLIENT_ERROR', 'line too long'));
+      // +1: a line of the limit and its CR, the LF still to come in the next read.
+      if (this.buf.length - this.pos > this.limits.maxLineLength + 1) return this.fatal(err('CLIENT_ERROR', 'line too long'));
       return undefined;
     }
     let end = nl;
