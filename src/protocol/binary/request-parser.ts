@@ -151,11 +151,11 @@ export class BinaryRequestParser {
    */
   private borrowed: Buffer | undefined;
   /**
-   * Small reads are copied one after another into `tail`; `tailChunk` is its used part while it
-   * is the last of `chunks`. A body trickled a byte a read then costs its bytes, not a Buffer
-   * object per read (about 60 times the bytes). Only ever appended to: views handed out stay valid.
+   * Small reads are copied one after another into a buffer of TAIL_SIZE of their own; this is its
+   * used part while it is the last of `chunks`. A body trickled a byte a read then costs its
+   * bytes, not a Buffer object per read (about 60 times the bytes). Only ever appended to: views
+   * handed out stay valid.
    */
-  private tail: Buffer | undefined;
   private tailChunk: Buffer | undefined;
   /** Bytes of a refused body still to discard as they arrive (never held in memory). */
   private skipLeft = 0;
@@ -197,19 +197,17 @@ export class BinaryRequestParser {
   private gather(chunk: Buffer): void {
     const last = this.chunks.length - 1;
     const t = this.tailChunk;
-    if (this.tail !== undefined && t !== undefined && last >= 0 && this.chunks[last] === t) {
-      const start = t.byteOffset - this.tail.byteOffset;
-      const end = start + t.length;
-      if (end + chunk.length <= this.tail.length) {
-        chunk.copy(this.tail, end);
-        this.tailChunk = this.tail.subarray(start, end + chunk.length);
-        this.chunks[last] = this.tailChunk;
-        return;
-      }
+    // The tail's own ArrayBuffer (allocUnsafeSlow: not shared) has room after the used part.
+    if (t !== undefined && last >= 0 && this.chunks[last] === t && t.byteOffset + t.length + chunk.length <= t.buffer.byteLength) {
+      const grown = Buffer.from(t.buffer, t.byteOffset, t.length + chunk.length);
+      chunk.copy(grown, t.length);
+      this.tailChunk = grown;
+      this.chunks[last] = grown;
+      return;
     }
-    this.tail = Buffer.allocUnsafeSlow(TAIL_SIZE);
-    chunk.copy(this.tail, 0);
-    this.tailChunk = this.tail.subarray(0, chunk.length);
+    const fresh = Buffer.allocUnsafeSlow(TAIL_SIZE);
+    chunk.copy(fresh, 0);
+    this.tailChunk = fresh.subarray(0, chunk.length);
     this.chunks.push(this.tailChunk);
   }
 
