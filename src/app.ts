@@ -46,6 +46,7 @@ function limitsOf(config: Config): ConnectionLimits {
     maxKeysPerGet: config.maxKeysPerGet,
     maxPipeline: config.maxPipeline,
     maxOutputBytes: config.maxOutputBytes,
+    maxInputBytes: config.maxInputBytes,
   };
 }
 

@@ -43,6 +43,7 @@ export interface Config {
   readonly maxKeysPerGet: number;
   readonly maxPipeline: number;
   readonly maxOutputBytes: number;
+  readonly maxInputBytes: number;
   readonly shutdownTimeout: number;
   readonly stateDir: string;
   readonly journal: { readonly maxKeys: number; readonly fsync: 'always' | 'everysec' | 'no' };
@@ -88,7 +89,12 @@ export const SCALAR_KEYS = {
   'max-output-bytes': {
     def: 4 * 1024 * 1024,
     form: 'bytes, 1024 to 1073741824',
-    help: 'unsent reply bytes per client before mcmux stops reading it',
+    help: 'reply bytes held per client (unsent, or waiting for an earlier reply) before mcmux stops reading it',
+  },
+  'max-input-bytes': {
+    def: 4 * 1024 * 1024,
+    form: 'bytes, 1024 to 1073741824',
+    help: 'value bytes of queued, unanswered commands per client before mcmux stops reading it',
   },
   metrics: {
     def: '',
@@ -218,6 +224,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     maxKeysPerGet: int('max-keys-per-get', get('max-keys-per-get') as RawValue, 1, 100_000),
     maxPipeline: int('max-pipeline', get('max-pipeline') as RawValue, 1, 1_000_000),
     maxOutputBytes: int('max-output-bytes', get('max-output-bytes') as RawValue, 1024, 1024 ** 3),
+    maxInputBytes: int('max-input-bytes', get('max-input-bytes') as RawValue, 1024, 1024 ** 3),
     metrics: metricsAddress(String(get('metrics'))),
     stateDir: String(get('state-dir')),
     journal: { maxKeys: int('journal-max-keys', get('journal-max-keys') as RawValue, 1, 100_000_000), fsync: fsyncPolicy(get('journal-fsync')) },

@@ -18,9 +18,14 @@
  *  - commands start in request order: one that must wait holds back those after it;
  *  - flush_all waits for everything and holds back everything.
  *
- * Limits. At most `maxPipeline` commands are queued per client; beyond that, and while the
- * socket holds more than `maxOutputBytes` unsent, the connection stops reading (backpressure:
- * a client that does not read its replies cannot make mcmux buffer without bound).
+ * Limits. At most `maxPipeline` commands are queued per client, holding at most `maxInputBytes`
+ * of values (the command that crosses it is taken; nothing after it until those are answered);
+ * beyond either, and while the socket holds more than `maxOutputBytes` unsent, the connection
+ * stops reading and starts no more commands (backpressure: a client that does not read its
+ * replies, or that pipelines large values to a slow upstream, cannot make mcmux buffer without
+ * bound). Reads started and not yet written out are bounded by count (MAX_READS_IN_FLIGHT) and
+ * by keys (`maxKeysPerGet` among them, one get always allowed): the replies fetched or waiting
+ * for an earlier reply are at most one get's worth of values.
  */
 
 import type { Socket } from 'node:net';
@@ -37,6 +42,8 @@ export interface ConnectionLimits extends TextLimits {
   readonly maxPipeline: number;
   /** Unsent reply bytes per client before mcmux stops reading from it. */
   readonly maxOutputBytes: number;
+  /** Value bytes of queued, unanswered commands per client before mcmux stops reading it. */
+  readonly maxInputBytes: number;
 }
 
 /** Chooses the codec from a connection's first byte; the binary codec registers itself here. */
@@ -55,6 +62,8 @@ interface Slot {
   /** The keys it reads or writes; undefined: every key (flush_all) or none (version, stats). */
   keys: readonly string[] | undefined;
   started: boolean;
+  /** Value bytes the request holds until it is answered (stores). */
+  inBytes: number;
 }
 
 /** The keys a command touches, for the ordering rules; 'all' for flush_all. */
@@ -76,8 +85,9 @@ function keysOf(cmd: Command): readonly string[] | 'all' | undefined {
 }
 
 /**
- * Reads started at once per client. With the output check in dispatch() this bounds what one
- * client can make mcmux hold: max-output-bytes plus the replies of this many reads.
+ * Reads started and not yet written out, per client (and at most max-keys-per-get keys among
+ * them). With the output check in dispatch() this bounds the replies one client can make mcmux
+ * hold: max-output-bytes plus one get's worth of values.
  */
 export const MAX_READS_IN_FLIGHT = 16;
 
@@ -107,6 +117,10 @@ export class ClientConnection {
   private flushScheduled = false;
   /** Replies computed but not yet handed to the socket. */
   private unflushed = 0;
+  /** Value bytes of the queued commands not yet answered (Slot.inBytes). */
+  private inputBytes = 0;
+  /** Keys of the reads started and not yet flushed. */
+  private readKeysHeld = 0;
 
   constructor(
     private readonly socket: Socket,
@@ -165,7 +179,7 @@ export class ClientConnection {
   }
 
   private drainParser(): void {
-    while (this.codec && !this.closing && this.queue.length < this.limits.maxPipeline) {
+    while (this.codec && !this.closing && this.queue.length < this.limits.maxPipeline && this.inputBytes < this.limits.maxInputBytes) {
       const r = this.codec.next();
       if (r === undefined) break;
       this.enqueue(r);
@@ -177,12 +191,15 @@ export class ClientConnection {
   private enqueue(d: Decoded): void {
     if (d.kind === 'error') {
       const reply: Reply = { kind: 'none' };
-      this.queue.push({ request: undefined, reply, bytes: d.bytes, closeAfter: d.close, write: false, keys: undefined, started: true });
+      this.queue.push({ request: undefined, reply, bytes: d.bytes, closeAfter: d.close, write: false, keys: undefined, started: true, inBytes: 0 });
       if (d.close) this.closing = true; // decode nothing more; close once the replies before it are out
       return;
     }
-    const kind = d.request.command.kind;
-    const keys = keysOf(d.request.command);
+    const command = d.request.command;
+    const kind = command.kind;
+    const keys = keysOf(command);
+    const inBytes = kind === 'store' ? command.value.length : 0;
+    this.inputBytes += inBytes;
     this.queue.push({
       request: d.request,
       reply: undefined,
@@ -191,6 +208,7 @@ export class ClientConnection {
       write: !READS.has(kind),
       keys: keys === 'all' ? ALL : keys,
       started: false,
+      inBytes,
     });
     if (kind === 'quit') this.closing = true;
   }
@@ -212,6 +230,7 @@ export class ClientConnection {
         this.writeKeys = slot.keys === ALL ? 'all' : (slot.keys ?? []);
       } else {
         this.readsInFlight++;
+        this.readKeysHeld += slot.keys?.length ?? 0;
         for (const k of slot.keys ?? []) this.readKeys.set(k, (this.readKeys.get(k) ?? 0) + 1);
       }
       this.run(slot);
@@ -252,6 +271,9 @@ export class ClientConnection {
     }
     // Replies computed but not yet written count too: together they are what this client holds.
     if (this.readsInFlight + this.unflushed >= MAX_READS_IN_FLIGHT) return false;
+    // One get's worth of keys among the reads held, so one get's worth of values fetched.
+    const n = slot.keys?.length ?? 0;
+    if (this.readKeysHeld > 0 && this.readKeysHeld + n > this.limits.maxKeysPerGet) return false;
     if (w === undefined) return true;
     if (w === 'all') return false;
     for (const k of slot.keys ?? []) if (w.includes(k)) return false;
@@ -302,6 +324,7 @@ export class ClientConnection {
   private complete(slot: Slot, reply: Reply): void {
     slot.reply = reply;
     this.unflushed++;
+    this.inputBytes -= slot.inBytes;
     this.router.record((slot.request as Request).command, reply);
     if (slot.write) {
       this.writeKeys = undefined;
@@ -331,6 +354,7 @@ export class ClientConnection {
         else if (slot.request && this.codec) {
           this.codec.encode(slot.reply, slot.request, out);
           this.unflushed--;
+          if (!slot.write) this.readKeysHeld -= slot.keys?.length ?? 0;
         }
         if (slot.closeAfter) {
           close = true;
@@ -356,9 +380,18 @@ export class ClientConnection {
     this.maybeResume();
   }
 
+  /** Whether this client must wait for its replies before mcmux reads more of its commands. */
+  private full(): boolean {
+    return (
+      this.queue.length >= this.limits.maxPipeline ||
+      this.inputBytes >= this.limits.maxInputBytes ||
+      this.socket.writableLength > this.limits.maxOutputBytes
+    );
+  }
+
   private maybePause(): void {
     if (this.paused || this.closing) return;
-    if (this.queue.length >= this.limits.maxPipeline || this.socket.writableLength > this.limits.maxOutputBytes) {
+    if (this.full()) {
       this.paused = true;
       this.socket.pause();
     }
@@ -366,7 +399,7 @@ export class ClientConnection {
 
   private maybeResume(): void {
     if (!this.paused || this.closing) return;
-    if (this.queue.length < this.limits.maxPipeline && this.socket.writableLength <= this.limits.maxOutputBytes) {
+    if (!this.full()) {
       this.paused = false;
       this.socket.resume();
       // Commands already buffered in the parser are not waiting for a 'data' event.
@@ -375,10 +408,11 @@ export class ClientConnection {
   }
 
   /** What the limits are holding back right now (for tests and `stats`). */
-  info(): { queued: number; unsentBytes: number; paused: boolean; bufferedInput: number } {
+  info(): { queued: number; unsentBytes: number; queuedValueBytes: number; paused: boolean; bufferedInput: number } {
     return {
       queued: this.queue.length,
       unsentBytes: this.socket.writableLength,
+      queuedValueBytes: this.inputBytes,
       paused: this.paused,
       bufferedInput: this.codec?.buffered ?? 0,
     };

@@ -8,6 +8,7 @@ import type { ArithOp } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
 import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
+import type { ConnectionLimits } from '../../src/server/connection';
 import { Listener } from '../../src/server/listener';
 import { MemoryUpstream } from '../../src/upstream/memory';
 import type { StoreRequest, Upstream } from '../../src/upstream/upstream';
@@ -20,6 +21,8 @@ export class FakeUpstream implements Upstream {
   readonly timeoutMs = 50;
   readonly inner: MemoryUpstream;
   mode: FaultMode = 'ok';
+  /** With mode 'gate': only the calls it matches wait at the gate (undefined: every call). */
+  gateOnly: ((call: string) => boolean) | undefined;
   /** Every call, as `op key...`, for asserting what the router asked. */
   readonly calls: string[] = [];
   /** Every store request, as the router made it. */
@@ -66,6 +69,7 @@ export class FakeUpstream implements Upstream {
         await new Promise((r) => setTimeout(r, this.timeoutMs));
         throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout`);
       case 'gate':
+        if (this.gateOnly && !this.gateOnly(call)) return;
         if (await this.gate) throw new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: injected failure`);
         return;
       case 'ok':
@@ -108,9 +112,17 @@ export class FakeUpstream implements Upstream {
  * An in-process mcmux front end (Listener + Router) over `up`, on a free port: for tests that
  * hold the upstream at a gate and look at what reached it. Close it with `listener.close(true)`.
  */
-export async function listenOverFake(up: FakeUpstream, maxPipeline = 64): Promise<{ listener: Listener; port: number }> {
+export async function listenOverFake(up: FakeUpstream, overrides: Partial<ConnectionLimits> = {}): Promise<{ listener: Listener; port: number }> {
   let router: Router | undefined;
-  const limits = { maxLineLength: 2048, maxItemSize: 1 << 20, maxKeysPerGet: 16, maxPipeline, maxOutputBytes: 1 << 20 };
+  const limits: ConnectionLimits = {
+    maxLineLength: 2048,
+    maxItemSize: 1 << 20,
+    maxKeysPerGet: 16,
+    maxPipeline: 64,
+    maxOutputBytes: 1 << 20,
+    maxInputBytes: 1 << 20,
+    ...overrides,
+  };
   const listener = new Listener(() => router as Router, limits, 10, 'test');
   router = new Router(
     { upstreams: [up], journal: new RepairJournal({ maxKeys: 100, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: true },

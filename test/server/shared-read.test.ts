@@ -20,7 +20,7 @@ after(async () => {
 
 async function setup(maxPipeline = 64) {
   const up = new FakeUpstream('fake://0');
-  const { listener, port } = await listenOverFake(up, maxPipeline);
+  const { listener, port } = await listenOverFake(up, { maxPipeline });
   listeners.push(listener);
   return { up, listener, connect: () => connectWire(port) };
 }
