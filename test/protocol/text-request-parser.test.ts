@@ -267,4 +267,52 @@ describe('text request parser', () => {
     }
     assert.deepEqual(modes, [['set', false], ['cas', false]]);
   });
+
+  it('a value trickled in small reads is copied a bounded number of times, not once per read', () => {
+    const value = Buffer.alloc(256 * 1024, 0x61);
+    const input = Buffer.concat([Buffer.from(`set k 0 0 ${value.length}\r\n`), value, Buffer.from('\r\n')]);
+    const p = new TextRequestParser(LIMITS, () => NOW);
+    // Count what the parser allocates (Buffer.concat allocates through allocUnsafe too).
+    const original = Buffer.allocUnsafe;
+    let allocated = 0;
+    Buffer.allocUnsafe = (size: number) => {
+      allocated += size;
+      return original(size);
+    };
+    const results: ParseResult[] = [];
+    try {
+      for (let i = 0; i < input.length; i += 100) {
+        p.push(input.subarray(i, i + 100));
+        for (let r = p.next(); r !== undefined; r = p.next()) results.push(r);
+      }
+    } finally {
+      Buffer.allocUnsafe = original;
+    }
+    assert.equal(results.length, 1);
+    assert.ok(results[0]?.kind === 'store' && results[0].value.equals(value));
+    // A copy of everything so far per read would be about 330 MB here.
+    assert.ok(allocated <= 4 * input.length, `allocated ${allocated} bytes for a ${input.length}-byte command`);
+  });
+
+  it('values handed out stay intact while later reads are gathered behind them', () => {
+    const rnd = mulberry32(7);
+    const lines: string[] = [];
+    const expected: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      const v = String.fromCharCode(97 + (i % 26)).repeat(1 + Math.floor(rnd() * 3000));
+      lines.push(`set k${i} 0 0 ${v.length}\r\n${v}\r\n`);
+      expected.push(`set k${i} f=0 d=0 v=${JSON.stringify(v)}`);
+    }
+    const input = Buffer.from(lines.join(''), 'latin1');
+    const p = new TextRequestParser(LIMITS, () => NOW);
+    const results: ParseResult[] = [];
+    for (let i = 0; i < input.length; ) {
+      const n = 1 + Math.floor(rnd() * 5000);
+      p.push(input.subarray(i, i + n));
+      i += n;
+      for (let r = p.next(); r !== undefined; r = p.next()) results.push(r);
+    }
+    // Rendered only now: a value overwritten by a later read would show here.
+    assert.deepEqual(results.map(show), expected);
+  });
 });
