@@ -14,8 +14,12 @@
  *                 the wrong request is exactly what the tests look for, so the proxy must never
  *                 be the one to cause it). The client discards it after its timeout.
  *   slice(n)      replies (server → client) leave in n-byte packets, one per event-loop turn
+ *   hold          requests are forwarded; replies wait in the proxy, in order, until the mode
+ *                 changes (a command the server has run, its answer not yet back)
  *   refuse        new connections are closed at once; the open ones are closed too
  *   reset()       an action, not a mode: every open connection is destroyed with a TCP RST
+ *   cut()         an action: every open connection is closed (FIN), both sides, and what was
+ *                 still queued in the proxy is lost (a server or load balancer closing it)
  *
  * Bounded: at most `maxConnections` connections at once (more are closed at accept), and a
  * direction with more than MAX_QUEUED_BYTES waiting stops reading its source until it drains.
@@ -32,6 +36,7 @@ export type FaultMode =
   | { readonly kind: 'latency'; readonly ms: number }
   | { readonly kind: 'blackhole' }
   | { readonly kind: 'slice'; readonly bytes: number }
+  | { readonly kind: 'hold' }
   | { readonly kind: 'refuse' };
 
 export interface FaultProxyStats {
@@ -56,9 +61,12 @@ export interface FaultProxy {
   latency(ms: number): void;
   blackhole(): void;
   slice(bytes: number): void;
+  hold(): void;
   refuse(): void;
   /** Destroys every open connection with a TCP RST, both sides; new ones follow the mode. */
   reset(): void;
+  /** Closes every open connection (FIN), both sides; what the proxy still held is lost. */
+  cut(): void;
   /** Stops listening and destroys every connection. */
   close(): Promise<void>;
 }
@@ -174,6 +182,7 @@ class Pipe {
   pump(): void {
     if (this.timer || this.immediate) return;
     if (this.replies ? this.dst.destroyed : !this.link.connected) return;
+    if (this.replies && this.proxy.mode.kind === 'hold') return;
     while (this.queue.length > 0) {
       if (this.link.poisoned || this.proxy.mode.kind === 'blackhole') {
         // Data that was still on its way when the hole opened is lost with the rest.
@@ -284,6 +293,10 @@ class Proxy implements FaultProxy {
     this.setMode({ kind: 'slice', bytes });
   }
 
+  hold(): void {
+    this.setMode({ kind: 'hold' });
+  }
+
   refuse(): void {
     this.setMode({ kind: 'refuse' });
     for (const l of [...this.links]) l.destroy();
@@ -294,6 +307,10 @@ class Proxy implements FaultProxy {
       this.stats.resets++;
       l.reset();
     }
+  }
+
+  cut(): void {
+    for (const l of [...this.links]) l.destroy();
   }
 
   close(): Promise<void> {

@@ -16,6 +16,7 @@ import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
 import { keySlot } from '../../src/upstream/redis';
 import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
+import { startFaultProxy } from '../helpers/fault-proxy';
 import { freePort, haveBinary, requireBinary } from '../helpers/servers';
 import { assertMaxQueueOfTwo } from '../helpers/upstream-limits';
 import { type RedisProcess, makeDir, removeDir, spawnRedis, startRedis, stopProcess } from './targets/redis';
@@ -606,4 +607,58 @@ test('rediss: TLS, certificate checked unless tls-insecure=1', { timeout: 30_000
   await set(insecure, 'tls:k', 'over tls');
   assert.equal(await text(insecure, 'tls:k'), 'over tls');
   await assert.rejects(strict.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO && /certificate/i.test((err as Error).message));
+});
+
+test('redis+cluster: a command whose node connection closes before its answer fails, and is never sent again', { timeout: 60_000 }, async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  // Two masters, half the slots each. A announces the fault proxy's port, so the driver reaches A
+  // only through the proxy, which lets a command through and closes the connection before its
+  // answer; B keeps the cluster client ready (ioredis re-sends only while it is).
+  const [portA, portB, busA, busB] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  const proxy = await startFaultProxy(portA);
+  const dirs = [makeDir('cluster-cut-'), makeDir('cluster-cut-')];
+  const node = (port: number, bus: number, dir: string, announce: string[]) =>
+    spawnRedis(port, dir, ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', ...announce]);
+  const procs = await Promise.all([
+    node(portA, busA, dirs[0] as string, ['--cluster-announce-ip', '127.0.0.1', '--cluster-announce-port', String(proxy.port)]),
+    node(portB, busB, dirs[1] as string, []),
+  ]);
+  const [adminA, adminB] = [portA, portB].map((port) => new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 0, protocol: 2 })) as [Redis, Redis];
+  const up = open(`redis+cluster://127.0.0.1:${portB}`, { timeout: '5000' });
+  const directA = open(`redis://127.0.0.1:${portA}`); // a plain client reads the slots A holds
+  t.after(async () => {
+    adminA.disconnect();
+    adminB.disconnect();
+    await Promise.all([up.close(), directA.close()]);
+    await proxy.close();
+    await Promise.all(procs.map((p) => stopProcess(p)));
+    for (const d of dirs) removeDir(d);
+  });
+  await adminA.call('CLUSTER', 'ADDSLOTSRANGE', '0', '8191');
+  await adminB.call('CLUSTER', 'ADDSLOTSRANGE', '8192', '16383');
+  await adminB.call('CLUSTER', 'MEET', '127.0.0.1', String(portA), String(busA));
+  for (const admin of [adminA, adminB]) {
+    await eventually(async () => {
+      const info = String(await admin.call('CLUSTER', 'INFO'));
+      if (!info.includes('cluster_state:ok') || !info.includes('cluster_known_nodes:2')) throw new Error(info);
+    });
+  }
+  await eventually(() => up.probe());
+  const key = Array.from({ length: 100 }, (_, i) => `n${i}`).find((k) => keySlot(b(k)) < 8192) as string;
+  await set(up, key, '5');
+  assert.equal(await text(directA, key), '5', 'the key lives on A');
+
+  proxy.hold();
+  const outcome = up.arith('incr', key, 1n).then(
+    (r) => `answered ${JSON.stringify(r, (_k, v) => (typeof v === 'bigint' ? String(v) : v))}`,
+    (err: unknown) => `failed ${codeOf(err)}`,
+  );
+  // A has run it (its answer is held in the proxy) when the connection closes.
+  await eventually(async () => assert.equal(await text(directA, key), '6'));
+  proxy.cut();
+  proxy.pass();
+  // Settled means ioredis is done with the command: sent again, it would be answered 7.
+  assert.equal(await outcome, `failed ${ErrorCodes.UPSTREAM_IO}`);
+  assert.equal(await text(directA, key), '6', 'the incr ran once');
+  await eventually(async () => assert.equal(await text(up, key), '6'));
 });
