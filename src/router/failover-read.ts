@@ -240,7 +240,7 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
           // A timed-out add may still be applied, even after a delete that comes later: the
           // target is journaled, and the repair copies the key's current state into it (hazard 1).
           // An add refused before it was sent (down, no connection) changed nothing.
-          if (isTimeout(error) || ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
+          if (isTimeout(error) || ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write', undefined, isTimeout(error));
           ctx.counters.readRepairFailures++;
           ctx.onBackgroundError('read repair', u, error);
         },

@@ -129,6 +129,12 @@ export class HealthyUpstream implements Upstream {
    */
   coldUntil = 0;
   /**
+   * When it last came back (a probe succeeded after it was down), in ms; 0 if never. A server
+   * that was paused applies what waited in its old connections as it resumes: the repair of a
+   * key whose request timed out waits a while after this too (repair.ts, LATE_SETTLE_MS).
+   */
+  backAt = 0;
+  /**
    * Keys a client write (a set or a delete, a copy included) reached while fenced: for these it
    * holds the current state again, and may decide (authority-order.ts). Bounded: beyond
    * FENCE_KEYS_MAX it stops learning, and decides only for the keys it already knows.
@@ -281,6 +287,7 @@ export class HealthyUpstream implements Upstream {
     if (this.closed) return;
     this.failures = 0;
     this.probeDelay = this.options.probeMinMs;
+    this.backAt = Date.now();
     this.setState('healthy', 'probe succeeded');
   }
 
@@ -318,6 +325,11 @@ export class HealthyUpstream implements Upstream {
 /** Whether requests go to `u` now; an upstream without health tracking always takes them. */
 export function isUsable(u: Upstream): boolean {
   return !(u instanceof HealthyUpstream) || u.usable;
+}
+
+/** When `u` last came back after being down (ms); 0 if never, or without health tracking. */
+export function cameBackAt(u: Upstream): number {
+  return u instanceof HealthyUpstream ? u.backAt : 0;
 }
 
 /** Whether `u` is fenced from deciding conditional commands (came back empty). */

@@ -57,6 +57,15 @@ export interface DirtyEntry {
    * first misses in the same millisecond, the later one's is the higher.
    */
   readonly firstSeq: number;
+  /**
+   * When a request of the key to the upstream last timed out (ms); 0 when none has since the
+   * entry began (and for an entry loaded from disk). A timed-out request may still be applied,
+   * later than newer writes that reached the upstream on another connection (a paused server
+   * that resumes): so a client write does not clear such an entry, it only turns it into a
+   * copy of the key's current state, which the repair makes once the upstream has been quiet
+   * for a while (repair.ts, LATE_SETTLE_MS).
+   */
+  readonly late: number;
 }
 
 interface PerUpstream {
@@ -211,6 +220,15 @@ export class RepairJournal {
     return this.of(u).keys.entries();
   }
 
+  /** Moves the entry of `key` to the end of `entries(u)` (the repair's order); nothing else changes. */
+  requeue(u: Upstream, key: string): void {
+    const keys = this.byName.get(idOf(u))?.keys;
+    const e = keys?.get(key);
+    if (keys === undefined || e === undefined) return;
+    keys.delete(key);
+    keys.set(key, e);
+  }
+
   entry(u: Upstream, key: string): DirtyEntry | undefined {
     return this.byName.get(idOf(u))?.keys.get(key);
   }
@@ -338,8 +356,11 @@ export class RepairJournal {
     return top !== undefined && usable.includes(top) ? [top] : [];
   }
 
-  /** Records that `u` missed a write (or delete) of `key`. */
-  mark(u: Upstream, key: string, op: DirtyOp, seq: number = this.writeSeq): void {
+  /**
+   * Records that `u` missed a write (or delete) of `key`; `late`: the request timed out, and may
+   * still be applied (see DirtyEntry.late).
+   */
+  mark(u: Upstream, key: string, op: DirtyOp, seq: number = this.writeSeq, late = false): void {
     const p = this.of(u);
     if (p.overflow) {
       // Missed writes while waiting to be trusted again restart the wait.
@@ -353,8 +374,9 @@ export class RepairJournal {
     }
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
     const e = p.keys.get(key);
-    if (!e) p.keys.set(key, { op, since: Date.now(), seq, firstSeq: seq });
-    else if (op !== e.op || seq > e.seq) p.keys.set(key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq });
+    const now = Date.now();
+    if (!e) p.keys.set(key, { op, since: now, seq, firstSeq: seq, late: late ? now : 0 });
+    else if (op !== e.op || seq > e.seq || late) p.keys.set(key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq, late: late ? now : e.late });
     this.append(`M ${hex(idOf(u))} ${op === 'delete' ? 'd' : 'w'} ${hex(key)} ${(p.keys.get(key) as DirtyEntry).since}`);
   }
 
@@ -379,6 +401,11 @@ export class RepairJournal {
     if (seq !== undefined && seq < e.seq) return; // an older write: the newer miss stands
     const rk = `${idOf(u)} ${key}`;
     if (this.repairing.has(rk)) this.repairing.set(rk, true);
+    if (e.late !== 0) {
+      // A timed-out request may yet land over this write: the repair copies the key again later.
+      if (e.op !== 'write') this.mark(u, key, 'write', e.seq);
+      return;
+    }
     this.clear(u, key);
   }
 
@@ -556,7 +583,7 @@ export class RepairJournal {
       if (f[0] === 'M' && f[3] !== undefined && !p.overflow) {
         const key = unhex(f[3]);
         const since = p.keys.get(key)?.since ?? (Number(f[4]) || 0);
-        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0 });
+        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0, late: 0 });
       }
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {

@@ -8,8 +8,9 @@
 import type { Logger } from 'pino';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { isFenced, isUsable, knowsKey, noteWritten } from './health';
-import { type Overflow, idOf } from './journal';
+import { isTimeout } from '../errors';
+import { cameBackAt, isFenced, isUsable, knowsKey, noteWritten } from './health';
+import { type DirtyEntry, type Overflow, idOf } from './journal';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
 const CACHE_SCHEMES = new Set(['memcached', 'memory']);
@@ -19,9 +20,22 @@ export interface RepairOptions {
   readonly rate: number;
   /** Flush an overflowed cache upstream when it comes back, rather than wait for expiry. */
   readonly flushCaches: boolean;
+  /** See LATE_SETTLE_MS (tests shorten it). */
+  readonly lateSettleMs?: number;
 }
 
 const TICK_MS = 100;
+
+/**
+ * A key whose request to an upstream timed out is copied there again only this long (ms) after
+ * the timeout, and after the upstream last came back: the timed-out request may still be applied
+ * (it waits in a socket of a paused or overloaded server), and a copy made before it lands would
+ * be undone by it. A server that resumes works through its old connections within this.
+ */
+export const LATE_SETTLE_MS = 1000;
+
+/** Entries looked at per tick beyond the budget, skipping those still settling. */
+const SCAN_FACTOR = 4;
 
 export class Repairer {
   private timer: NodeJS.Timeout | undefined;
@@ -76,10 +90,15 @@ export class Repairer {
     }
     const batch: Array<[string, 'write' | 'delete']> = [];
     const budget = Math.max(1, Math.floor((this.options.rate * TICK_MS) / 1000));
+    const now = Date.now();
+    const settling: string[] = [];
     for (const [key, e] of journal.entries(u)) {
-      batch.push([key, e.op]);
-      if (batch.length >= budget) break;
+      if (this.settling(u, e, now)) settling.push(key);
+      else batch.push([key, e.op]);
+      if (batch.length >= budget || settling.length >= budget * SCAN_FACTOR) break;
     }
+    // To the back of the line, so the next tick looks at others first.
+    for (const key of settling) journal.requeue(u, key);
     let done = 0;
     await Promise.all(
       batch.map(async ([key, op]) => {
@@ -87,6 +106,11 @@ export class Repairer {
       }),
     );
     this.report(u, total, done);
+  }
+
+  /** Whether a request of the entry's key timed out too recently for a copy to be sure to land last. */
+  private settling(u: Upstream, e: DirtyEntry, now: number): boolean {
+    return e.late !== 0 && now < Math.max(e.late, cameBackAt(u)) + (this.options.lateSettleMs ?? LATE_SETTLE_MS);
   }
 
   /** Copies the current state of `key` into `u`; true when the entry could be cleared. */
@@ -129,6 +153,8 @@ export class Repairer {
       this.repaired++;
       return true;
     } catch (error) {
+      // The copy may still be applied, after a client write that clears the entry meanwhile.
+      if (isTimeout(error)) journal.mark(u, key, op, 0, true);
       this.repairFailures++;
       this.log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, 'repair of a key failed');
       return false;

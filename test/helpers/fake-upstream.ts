@@ -13,7 +13,7 @@ import { Listener } from '../../src/server/listener';
 import { MemoryUpstream } from '../../src/upstream/memory';
 import type { StoreRequest, Upstream } from '../../src/upstream/upstream';
 
-export type FaultMode = 'ok' | 'fail' | 'timeout' | 'gate';
+export type FaultMode = 'ok' | 'fail' | 'timeout' | 'gate' | 'late';
 
 export class FakeUpstream implements Upstream {
   /** 'memory' makes the router treat it as a cache (flushed to be trusted after an overflow). */
@@ -21,7 +21,7 @@ export class FakeUpstream implements Upstream {
   readonly timeoutMs = 50;
   readonly inner: MemoryUpstream;
   mode: FaultMode = 'ok';
-  /** With mode 'gate': only the calls it matches wait at the gate (undefined: every call). */
+  /** With mode 'gate' or 'late': only the calls it matches are held (undefined: every call). */
   gateOnly: ((call: string) => boolean) | undefined;
   /** Every call, as `op key...`, for asserting what the router asked. */
   readonly calls: string[] = [];
@@ -49,6 +49,15 @@ export class FakeUpstream implements Upstream {
     this.gate = new Promise((resolve) => (this.openGate = resolve));
   }
 
+  /**
+   * Requests made from now on time out for the caller, and are applied when `open()` is called:
+   * a paused server that resumes works through what waited in its sockets.
+   */
+  delay_late(): void {
+    this.close_gate();
+    this.mode = 'late';
+  }
+
   open(): void {
     this.mode = 'ok';
     this.openGate(false);
@@ -58,6 +67,18 @@ export class FakeUpstream implements Upstream {
   kill(): void {
     this.mode = 'fail';
     this.openGate(true);
+  }
+
+  /** The request `call` under the current mode; `apply` performs it on the store. */
+  private async run<R>(call: string, apply: () => Promise<R>): Promise<R> {
+    if (this.mode === 'late' && (this.gateOnly === undefined || this.gateOnly(call))) {
+      this.calls.push(call);
+      void this.gate.then((failed) => (failed ? undefined : apply())).catch(() => {});
+      await new Promise((r) => setTimeout(r, this.timeoutMs));
+      throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout (applied when the gate opens)`);
+    }
+    await this.fault(call);
+    return apply();
   }
 
   private async fault(call: string): Promise<void> {
@@ -72,35 +93,30 @@ export class FakeUpstream implements Upstream {
         if (this.gateOnly && !this.gateOnly(call)) return;
         if (await this.gate) throw new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: injected failure`);
         return;
+      case 'late': // a call it does not hold
       case 'ok':
         return;
     }
   }
 
-  async get(keys: readonly string[], touch?: number) {
-    await this.fault(`get ${keys.join(' ')}`);
-    return this.inner.get(keys, touch);
+  get(keys: readonly string[], touch?: number) {
+    return this.run(`get ${keys.join(' ')}`, () => this.inner.get(keys, touch));
   }
-  async store(req: StoreRequest) {
+  store(req: StoreRequest) {
     this.storeRequests.push(req);
-    await this.fault(`${req.mode} ${req.key}`);
-    return this.inner.store(req);
+    return this.run(`${req.mode} ${req.key}`, () => this.inner.store(req));
   }
-  async delete(key: string) {
-    await this.fault(`delete ${key}`);
-    return this.inner.delete(key);
+  delete(key: string) {
+    return this.run(`delete ${key}`, () => this.inner.delete(key));
   }
-  async touch(key: string, deadline: number) {
-    await this.fault(`touch ${key}`);
-    return this.inner.touch(key, deadline);
+  touch(key: string, deadline: number) {
+    return this.run(`touch ${key}`, () => this.inner.touch(key, deadline));
   }
-  async arith(op: ArithOp, key: string, delta: bigint) {
-    await this.fault(`${op} ${key}`);
-    return this.inner.arith(op, key, delta);
+  arith(op: ArithOp, key: string, delta: bigint) {
+    return this.run(`${op} ${key}`, () => this.inner.arith(op, key, delta));
   }
-  async flush() {
-    await this.fault('flush');
-    return this.inner.flush();
+  flush() {
+    return this.run('flush', () => this.inner.flush());
   }
   async probe() {
     await this.fault('probe');

@@ -16,11 +16,15 @@ import { FakeUpstream } from '../helpers/fake-upstream';
 const silent = pino({ level: 'silent' });
 const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
 
-function setup(opts: { maxKeys?: number; ups?: Upstream[] } = {}) {
+/**
+ * lateSettleMs defaults to 0 here: the fake's timeouts are never applied, unless a test holds
+ * them with delay_late(), and those tests set it.
+ */
+function setup(opts: { maxKeys?: number; ups?: Upstream[]; lateSettleMs?: number } = {}) {
   const ups = opts.ups ?? [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
   const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
   const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
-  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true }, silent);
+  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: opts.lateSettleMs ?? 0 }, silent);
   const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
   return { ups, journal, router, repairer, exec };
 }
@@ -29,6 +33,17 @@ const set = (key: string, value: string, deadline = 0): Command => ({
   kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: true, noreply: false,
 });
 const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
+const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
+const DELETED: Reply = { kind: 'status', status: 'DELETED' };
+
+/** Waits for background work by polling a condition, bounded (no event to wait on). */
+async function eventually(cond: () => Promise<boolean> | boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  assert.fail(`never happened: ${what}`);
+}
 const value = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `<${r.kind}>`);
 const held = async (u: Upstream, key: string): Promise<string | undefined> =>
   ((u as FakeUpstream).inner ?? u).get([key]).then(([h]) => h?.value.toString());
@@ -549,6 +564,122 @@ describe('repair journal', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('timed-out requests that are applied late (a paused server that resumes)', () => {
+  it('a set that timed out and lands after a later delete does not bring the session back', async () => {
+    const { ups, journal, repairer, exec } = setup({ lateSettleMs: 60_000 });
+    const [a, b] = ups as FakeUpstream[];
+    await exec(set('sess', 'v0'));
+    a!.gateOnly = (call) => call === 'set sess';
+    a!.delay_late();
+    assert.equal((await exec(set('sess', 'cart')) as { status?: string }).status, 'STORED', 'b stored it; a timed out');
+    assert.ok(journal.entry(a!, 'sess')?.late, 'a timeout: the entry is late');
+    assert.deepEqual(await exec(del('sess')), DELETED, 'the session is destroyed, on a too');
+    a!.open(); // a resumes, and applies the set that waited in its old connection
+    await eventually(async () => (await held(a!, 'sess')) === 'cart', 'the late set landed on a');
+    assert.equal(value(await exec(get('sess'))), undefined, 'the destroyed session stays destroyed');
+    assert.ok(journal.isDirty(a!, 'sess'), 'the delete did not clear the late entry');
+    await repairer.tick();
+    assert.equal(await held(a!, 'sess'), 'cart', 'no copy before the timed-out request may have landed');
+    repairer.options = { ...repairer.options, lateSettleMs: 0 };
+    await repairer.tick();
+    assert.equal(await held(a!, 'sess'), undefined, 'the repair copied the current state: absent');
+    assert.equal(journal.isDirty(a!, 'sess'), false);
+    assert.equal(await held(b!, 'sess'), undefined);
+    assert.equal(value(await exec(get('sess'))), undefined);
+  });
+
+  it('a read repair add that timed out and lands after a delete does not bring the session back', async () => {
+    const { ups, journal, repairer, exec } = setup({ lateSettleMs: 60_000 });
+    const [a, b] = ups as FakeUpstream[];
+    await b!.inner.store({ mode: 'set', key: 'sess', value: Buffer.from('cart'), flags: 0, deadline: 0 });
+    a!.gateOnly = (call) => call === 'add sess';
+    a!.delay_late();
+    assert.equal(value(await exec(get('sess'))), 'cart', 'a missed, b had it: read repair adds it to a');
+    await eventually(() => journal.entry(a!, 'sess')?.late !== undefined && journal.entry(a!, 'sess')?.late !== 0, 'the add timed out');
+    assert.deepEqual(await exec(del('sess')), DELETED);
+    a!.open();
+    await eventually(async () => (await held(a!, 'sess')) === 'cart', 'the late add landed on a');
+    assert.equal(value(await exec(get('sess'))), undefined, 'the destroyed session stays destroyed');
+    repairer.options = { ...repairer.options, lateSettleMs: 0 };
+    await repairer.tick();
+    assert.equal(await held(a!, 'sess'), undefined);
+    assert.equal(journal.isDirty(a!, 'sess'), false);
+  });
+
+  it("a repair's copy that timed out and lands after a client delete is copied over again", async () => {
+    const { ups, journal, repairer, exec } = setup({ lateSettleMs: 60_000 });
+    const [a] = ups as FakeUpstream[];
+    a!.mode = 'fail';
+    await exec(set('sess', 'cart')); // a missed it (refused: nothing late)
+    assert.equal(journal.entry(a!, 'sess')?.late, 0);
+    a!.gateOnly = (call) => call === 'set sess';
+    a!.delay_late();
+    await repairer.tick(); // copies 'cart' to a: times out
+    assert.ok(journal.entry(a!, 'sess')?.late, "the repair's timeout makes the entry late");
+    assert.deepEqual(await exec(del('sess')), DELETED);
+    a!.open();
+    await eventually(async () => (await held(a!, 'sess')) === 'cart', "the repair's copy landed late");
+    assert.equal(value(await exec(get('sess'))), undefined);
+    repairer.options = { ...repairer.options, lateSettleMs: 0 };
+    await repairer.tick();
+    assert.equal(await held(a!, 'sess'), undefined);
+    assert.equal(journal.isDirty(a!, 'sess'), false);
+  });
+
+  it('the copy also waits a while after the upstream came back from down (it works through its old sockets then)', async (t) => {
+    const fake = new FakeUpstream('fake://0');
+    const a = new HealthyUpstream(fake, { downAfter: 1, probeMinMs: 5, probeMaxMs: 5 }, () => {});
+    const b = new FakeUpstream('fake://1');
+    const { journal, repairer, exec } = setup({ ups: [a, b], lateSettleMs: 1000 });
+    t.after(() => a.close());
+    const t0 = Date.now();
+    t.mock.timers.enable({ apis: ['Date'], now: t0 });
+    fake.gateOnly = (call) => call === 'set sess';
+    fake.delay_late();
+    await exec(set('sess', 'cart')); // times out on a: late entry, a goes down
+    assert.equal(journal.entry(a, 'sess')?.late, t0);
+    assert.equal(a.state === 'down' || a.state === 'probing', true);
+    fake.mode = 'fail'; // stays down: the probes fail
+    t.mock.timers.setTime(t0 + 5000); // long after the timeout
+    fake.open(); // resumes: the probe succeeds, and the old set lands
+    await eventually(() => a.state === 'healthy', 'a is back');
+    assert.equal(a.backAt, t0 + 5000);
+    await repairer.tick();
+    assert.equal(journal.isDirty(a, 'sess'), true, 'not copied right after it came back');
+    t.mock.timers.setTime(t0 + 6001);
+    await repairer.tick();
+    assert.equal(journal.isDirty(a, 'sess'), false, 'copied once it has been back a while');
+    assert.equal(await held(a, 'sess'), 'cart');
+  });
+
+  it('a write refused outright (never sent) is cleared by the next write, as before', async () => {
+    const { ups, journal, exec } = setup({ lateSettleMs: 60_000 });
+    const [a] = ups as FakeUpstream[];
+    a!.mode = 'fail';
+    await exec(set('sess', 'cart'));
+    a!.mode = 'ok';
+    await exec(set('sess', 'cart2'));
+    assert.equal(journal.isDirty(a!, 'sess'), false);
+    assert.equal(value(await exec(get('sess'))), 'cart2');
+  });
+
+  it('settling entries do not hold back the repair of the others', async () => {
+    const { ups, journal, repairer, exec } = setup({ lateSettleMs: 60_000 });
+    const [a] = ups as FakeUpstream[];
+    a!.gateOnly = (call) => call.startsWith('set late');
+    a!.delay_late();
+    await Promise.all(Array.from({ length: 50 }, (_, i) => exec(set(`late${i}`, 'x'))));
+    a!.mode = 'fail';
+    await exec(set('plain', 'y'));
+    a!.open();
+    assert.equal(journal.size(a!), 51);
+    repairer.options = { ...repairer.options, rate: 20 }; // 2 keys a tick, 8 looked at
+    for (let i = 0; i < 20 && journal.isDirty(a!, 'plain'); i++) await repairer.tick();
+    assert.equal(journal.isDirty(a!, 'plain'), false, 'the plain entry was repaired while the late ones settle');
+    assert.equal(journal.size(a!), 50);
   });
 });
 
