@@ -29,7 +29,13 @@ export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
 export class McmuxError extends Error {
   readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string) {
+  /**
+   * The request had been sent when it failed this way (its connection discarded by mcmux after
+   * an earlier request on it timed out, or after a protocol error): the server may still apply
+   * it, later than requests sent after it on another connection. A timeout is always so.
+   */
+  readonly late: boolean;
+  constructor(code: ErrorCode, message: string, late = false) {
     // Upstream errors are values on the request path, thousands a second when a store is busy
     // or down: capturing a stack for each cost 2 % of the CPU under load, and no one reads it.
     const limit = Error.stackTraceLimit;
@@ -37,6 +43,7 @@ export class McmuxError extends Error {
     super(message);
     Error.stackTraceLimit = limit;
     this.code = code;
+    this.late = late || code === ErrorCodes.UPSTREAM_TIMEOUT;
     this.name = 'McmuxError';
   }
 }
@@ -54,4 +61,9 @@ export function upstreamError(code: ErrorCode, message: string): McmuxError {
 
 export function isTimeout(err: unknown): boolean {
   return err instanceof McmuxError && err.code === ErrorCodes.UPSTREAM_TIMEOUT;
+}
+
+/** Whether a failed request may still be applied by the server, after later ones (McmuxError.late). */
+export function mayLandLate(err: unknown): boolean {
+  return err instanceof McmuxError && err.late;
 }

@@ -8,7 +8,7 @@
  */
 
 import type { ArithCommand, Reply, StoreCommand } from '../command/command';
-import { isTimeout } from '../errors';
+import { mayLandLate } from '../errors';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
 import { authorityOrder as candidates } from './authority-order';
@@ -33,7 +33,7 @@ async function decide<R>(
     try {
       return { value: await op(u), index: i };
     } catch (error) {
-      ctx.journal.mark(u, key, 'write', undefined, isTimeout(error));
+      ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
       lastError = error;
     }
   }

@@ -16,7 +16,7 @@ import { type GetCommand, type Hit, type Reply, isExpired } from '../command/com
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
-import { isTimeout } from '../errors';
+import { mayLandLate } from '../errors';
 import { isFenced, isUsable } from './health';
 import { sendKeyed } from './replicate-write';
 
@@ -240,7 +240,7 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
           // A timed-out add may still be applied, even after a delete that comes later: the
           // target is journaled, and the repair copies the key's current state into it (hazard 1).
           // An add refused before it was sent (down, no connection) changed nothing.
-          if (isTimeout(error) || ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write', undefined, isTimeout(error));
+          if (mayLandLate(error) || ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
           ctx.counters.readRepairFailures++;
           ctx.onBackgroundError('read repair', u, error);
         },

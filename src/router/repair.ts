@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { isTimeout } from '../errors';
+import { mayLandLate } from '../errors';
 import { cameBackAt, isFenced, isUsable, knowsKey, noteWritten } from './health';
 import { type DirtyEntry, type Overflow, idOf } from './journal';
 
@@ -154,7 +154,7 @@ export class Repairer {
       return true;
     } catch (error) {
       // The copy may still be applied, after a client write that clears the entry meanwhile.
-      if (isTimeout(error)) journal.mark(u, key, op, 0, true);
+      if (mayLandLate(error)) journal.mark(u, key, op, 0, true);
       this.repairFailures++;
       this.log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, 'repair of a key failed');
       return false;

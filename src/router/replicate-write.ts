@@ -6,7 +6,7 @@
  */
 
 import type { Reply, Status } from '../command/command';
-import { isTimeout } from '../errors';
+import { mayLandLate } from '../errors';
 import type { StoreRequest, StoreResult, Upstream } from '../upstream/upstream';
 import { authorityOrder } from './authority-order';
 import { type RouterContext, serverError } from './context';
@@ -58,7 +58,7 @@ export function replicateSet(
         ctx.journal.written(u, req.key, seq);
         noteWritten(u, req.key);
       } else {
-        ctx.journal.mark(u, req.key, 'write', seq, !o.ok && isTimeout(o.error));
+        ctx.journal.mark(u, req.key, 'write', seq, !o.ok && mayLandLate(o.error));
       }
       reportLate(ctx, 'replicate', u, o, (r) => r.status === 'STORED');
     },
@@ -141,7 +141,7 @@ export function sendKeyed(
 function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string, seq: number): (u: Upstream, o: Outcome<Status>) => void {
   return (u, o) => {
     ctx.journal.settled(u, key, seq);
-    if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, isTimeout(o.error));
+    if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
     else if (what === 'delete') {
       ctx.journal.written(u, key, seq);
       noteWritten(u, key);

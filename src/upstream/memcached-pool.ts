@@ -8,8 +8,8 @@
  *   store/delete/touch/arith(k) ──► placer ──► that server only            request order
  *
  * Each server is a MemcachedUpstream wrapped in its own HealthyUpstream: a dead server is
- * skipped at once (MCMUX_UPSTREAM_DOWN for its keys' writes, misses for its keys' reads) and
- * probed back. The pool as a whole fails only when none of its servers is up.
+ * skipped at once (MCMUX_UPSTREAM_DOWN for its keys' reads and writes) and probed back. The pool
+ * as a whole fails only when none of its servers is up.
  *
  * The servers are hashed by their names as written in the URL ("host:port", or "host" on port
  * 11211), so list them exactly as the clients do, in the same order (modula depends on it).
@@ -27,9 +27,9 @@
  * - `weights`: one integer >= 1 per server in URL order, `3,1,1`; only with ketama-weighted /
  *   libketama (libmemcached's ketama and modula ignore weights: refused rather than ignored).
  *   php-memcached's `h1:11211:3` in session.save_path becomes `weights=3,...`.
- * - `eject`: `false` (default): a down server's keys stay on it: reads of them are misses here
- *   (the next upstream serves them) and writes fail (the repair journal records them); the
- *   ring never moves. `true`: like twemproxy's auto_eject_hosts / libmemcached's
+ * - `eject`: `false` (default): a down server's keys stay on it: reads and writes of them fail
+ *   here (the next upstream serves them; the repair journal records the writes); the ring
+ *   never moves. `true`: like twemproxy's auto_eject_hosts / libmemcached's
  *   REMOVE_FAILED_SERVERS, the ring is rebuilt over the servers that are up, so a down
  *   server's keys move to the next point. Hazard: when it comes back with its old data, the
  *   keys written elsewhere meanwhile read stale there. (With modula, eject follows twemproxy:
@@ -109,14 +109,11 @@ export class MemcachedPool implements Upstream {
   }
 
   /**
-   * A server that fails (down, timeout, refused) turns only ITS keys into misses; the others
-   * are answered. That is what the router needs: it asks the next upstream for exactly the keys
-   * still missing, so those keys are served by a lower copy while this pool keeps serving the
-   * rest (rejecting the whole get would send every key down the list). A miss is safe here:
-   * the router stores no negative answer, keys whose writes failed on this pool are journaled
-   * and never asked of it, and the read repair that follows is an `add`, which fails on a down
-   * server and never overwrites a value. It also keeps one dead server from counting as a
-   * failure of the whole pool. The get rejects only when no server of the pool is up.
+   * A server that fails (down, timeout, refused) fails the get, as MCMUX_UPSTREAM_PARTIAL while
+   * another server is up (which the pool's own health does not count). Its keys must not read
+   * as misses: a miss from the last upstream is a logged-out user where the client should have
+   * heard SERVER_ERROR, and a repair taking this pool as its source would copy "absent" over a
+   * session another upstream holds. The router asks the next upstream for the keys instead.
    */
   async get(keys: readonly string[], touch?: number, valueOnly?: boolean): Promise<Array<Hit | undefined>> {
     this.checkUsable();
@@ -147,9 +144,8 @@ export class MemcachedPool implements Upstream {
     return out;
   }
 
-  /** Never rejects: a failed server's keys are misses (see get). */
   private getFrom(node: HealthyUpstream, keys: readonly string[], touch: number | undefined, valueOnly?: boolean): Promise<Array<Hit | undefined>> {
-    return node.get(keys, touch, valueOnly).catch(() => new Array<Hit | undefined>(keys.length));
+    return this.one(node, node.get(keys, touch, valueOnly));
   }
 
   // Writes go to the key's server only and are never retried elsewhere: an incr or append
@@ -177,14 +173,15 @@ export class MemcachedPool implements Upstream {
   }
 
   /**
-   * A failure of one server while another is up fails that key, not the pool: it is re-raised
-   * as MCMUX_UPSTREAM_PARTIAL, which the pool's own health does not count (the server's does).
+   * A failure of one server while another is up fails that request, not the pool: it is
+   * re-raised as MCMUX_UPSTREAM_PARTIAL, which the pool's own health does not count (the
+   * server's does).
    */
   private one<R>(node: HealthyUpstream, request: Promise<R>): Promise<R> {
     return request.catch((error: unknown) => {
       const passOn = error instanceof McmuxError && (error.code === ErrorCodes.UPSTREAM_CLOSED || error.code === ErrorCodes.UPSTREAM_DOWN);
       if (error instanceof McmuxError && !passOn && this.nodes.some((n) => n !== node && n.usable)) {
-        throw new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message);
+        throw new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message, error.late);
       }
       throw error;
     });

@@ -219,7 +219,9 @@ class Connection {
     this.pending.shift();
     this.up.stats.timeouts++;
     this.up.settleError(head, this.up.error(ErrorCodes.UPSTREAM_TIMEOUT, `no reply within ${this.up.timeoutMs} ms (option timeout)`));
-    this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection discarded after a request on it timed out'));
+    // The requests behind it were sent: the server may still apply them (late), after requests
+    // sent later on the new connection.
+    this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection discarded after a request on it timed out', true));
   };
 
   private readonly onData = (chunk: Buffer): void => {
@@ -235,7 +237,7 @@ class Connection {
         // The stream no longer lines up with our requests: nothing after this can be trusted.
         this.pending.shift();
         this.up.settleError(rec, this.up.error(outcome.code, outcome.message));
-        this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection discarded after a protocol error'));
+        this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection discarded after a protocol error', true));
         return;
       }
       this.backoffMs = BACKOFF_MIN_MS; // a reply proves the server alive, not just its listen queue
@@ -415,8 +417,8 @@ export class MemcachedUpstream implements Upstream {
     return conn;
   }
 
-  error(code: McmuxError['code'], message: string): McmuxError {
-    return new McmuxError(code, `upstream ${this.name}: ${message}`);
+  error(code: McmuxError['code'], message: string, late = false): McmuxError {
+    return new McmuxError(code, `upstream ${this.name}: ${message}`, late);
   }
 
   private refuse(code: McmuxError['code'], message: string): McmuxError {

@@ -240,6 +240,9 @@ export interface RedisSettings {
   readonly secrets: string[];
 }
 
+/** lastError after a timeout made us drop the connection (the requests on it may still land). */
+const DISCARDED = 'connection discarded after a request on it timed out';
+
 export class RedisUpstream implements Upstream {
   readonly name: string;
   readonly scheme: string;
@@ -518,7 +521,7 @@ export class RedisUpstream implements Upstream {
       // server that is not reading. Destroyed once: the other timeouts of the batch see it.
       const stream = this.client instanceof Redis && this.client.status === 'ready' ? (this.client.stream as NetStream | undefined) : undefined;
       if (stream && !stream.destroyed) {
-        this.lastError = 'connection discarded after a request on it timed out';
+        this.lastError = DISCARDED;
         stream.destroy();
       }
       return this.error(ErrorCodes.UPSTREAM_TIMEOUT, `no reply within ${this.timeoutMs} ms (option timeout)`);
@@ -532,7 +535,8 @@ export class RedisUpstream implements Upstream {
     const name = err instanceof Error ? err.name : '';
     // ioredis words these for its own options; say what happened instead.
     if (name === 'MaxRetriesPerRequestError' || name === 'AbortError') {
-      return this.error(ErrorCodes.UPSTREAM_IO, `connection lost with the request in flight (it may have been applied): ${this.lastError}`);
+      // Discarded by us, the server is alive and may still apply it, after later requests.
+      return this.error(ErrorCodes.UPSTREAM_IO, `connection lost with the request in flight (it may have been applied): ${this.lastError}`, this.lastError === DISCARDED);
     }
     if (message.startsWith("Stream isn't writeable")) {
       return this.error(ErrorCodes.UPSTREAM_IO, `not connected (reconnecting): ${this.lastError}`);
@@ -540,8 +544,8 @@ export class RedisUpstream implements Upstream {
     return this.error(ErrorCodes.UPSTREAM_IO, this.lastError === message ? message : `${message} (last error: ${this.lastError})`);
   }
 
-  private error(code: McmuxError['code'], message: string): McmuxError {
-    return new McmuxError(code, `upstream ${this.name}: ${message}`);
+  private error(code: McmuxError['code'], message: string, late = false): McmuxError {
+    return new McmuxError(code, `upstream ${this.name}: ${message}`, late);
   }
 
   /** Removes any password from a message that came from ioredis or the server. */

@@ -339,6 +339,31 @@ test('a timeout discards the connection: a late reply is never paired with a lat
   }
 });
 
+test('requests sent behind one that timed out fail as late: the paused server applies them when it resumes', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const mc = await startMemcached();
+  const up = open(mc.url, { timeout: '100' });
+  t.after(async () => {
+    mc.resume();
+    await up.close();
+    await mc.stop();
+  });
+  await set(up, 'probe', 'x');
+  await mc.pause();
+  const keys = ['s1', 's2', 's3', 's4'];
+  const results = await Promise.allSettled(keys.map((k) => set(up, k, `late ${k}`)));
+  const errors = results.map((r) => (r.status === 'rejected' ? (r.reason as McmuxError) : undefined));
+  assert.equal(errors[0]?.code, ErrorCodes.UPSTREAM_TIMEOUT);
+  for (const e of errors.slice(1)) assert.equal(e?.code, ErrorCodes.UPSTREAM_IO, 'discarded with the connection');
+  assert.deepEqual(errors.map((e) => e?.late), [true, true, true, true], 'every one of them may still be applied');
+  mc.resume();
+  // They were in the server's socket: it applies them, after mcmux gave up on them.
+  for (const k of keys) {
+    const hit = await eventually(() => getOne(up, k).then((h) => (h ? h : Promise.reject(new Error('not yet')))));
+    assert.equal(hit.value.toString(), `late ${k}`);
+  }
+});
+
 test('a killed memcached gives fast IO errors, and is used again after a restart', { timeout: 30_000 }, async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   const mc = await startMemcached();
@@ -355,7 +380,8 @@ test('a killed memcached gives fast IO errors, and is used again after a restart
   await mc.stop();
   await t.test('requests fail with IO while it is down', { timeout: 10_000 }, async () => {
     for (let i = 0; i < 20; i++) {
-      await assert.rejects(getOne(up, 'k'), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO);
+      // Nothing was sent to a dead server: nothing of it can land later.
+      await assert.rejects(getOne(up, 'k'), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO && !(err as McmuxError).late);
     }
   });
 
