@@ -27,6 +27,13 @@ import { maskUrl, newUpstreamStats } from './upstream';
 const DEFAULT_PORT = 11211;
 const BACKOFF_MIN_MS = 50;
 const BACKOFF_MAX_MS = 2000;
+/**
+ * A connection that has answered and stayed up this long (ms) resets the backoff. Not the first
+ * reply alone: a server that answers one request and then closes every connection (or a proxy in
+ * front of a dead one) would be reconnected 20 times a second, each reconnect fencing the
+ * upstream and making the cold detector read its marker.
+ */
+const STABLE_MS = 1000;
 
 const Op = { GET: 0, STORE: 1, DELETE: 2, TOUCH: 3, ARITH: 4, FLUSH: 5, PROBE: 6 } as const;
 type Op = (typeof Op)[keyof typeof Op];
@@ -87,16 +94,20 @@ class Connection {
   fresh = true;
   readonly pending = new Fifo<Pending>();
   private socket: Socket | undefined;
-  private parser = new MetaReplyParser();
+  private parser: MetaReplyParser;
   private timer: NodeJS.Timeout | undefined; // fires at (or before) the head record's timeoutAt
   private connectTimer: NodeJS.Timeout | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private backoffMs = BACKOFF_MIN_MS;
+  /** When the current connection was made (clock ms). */
+  private connectedAt = 0;
   private readonly outBuffer = new OutBuffer();
   private flushScheduled = false;
   private connectedBefore = false;
 
-  constructor(private readonly up: MemcachedUpstream) {}
+  constructor(private readonly up: MemcachedUpstream) {
+    this.parser = new MetaReplyParser(up.maxItemSize);
+  }
 
   connect(): void {
     this.reconnectTimer = undefined;
@@ -104,7 +115,7 @@ class Connection {
     socket.setNoDelay(true);
     socket.on('connect', this.onConnect).on('data', this.onData).on('error', this.onError).on('close', this.onClose);
     this.socket = socket;
-    this.parser = new MetaReplyParser();
+    this.parser = new MetaReplyParser(this.up.maxItemSize);
     this.status = 'connecting';
     this.connectTimer = setTimeout(this.onConnectTimeout, this.up.timeoutMs);
   }
@@ -189,6 +200,7 @@ class Connection {
     clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
     this.status = 'ready';
+    this.connectedAt = clockNow();
     // A connection made again after one was lost: the server may have restarted empty.
     if (this.connectedBefore) this.up.onReconnect?.();
     this.connectedBefore = true;
@@ -225,6 +237,11 @@ class Connection {
   };
 
   private readonly onData = (chunk: Buffer): void => {
+    if (this.pending.length === 0) {
+      // Nothing was asked: buffering it until it parses would let a broken server fill memory.
+      this.fail(this.up.error(ErrorCodes.UPSTREAM_PROTOCOL, `${chunk.length} bytes with no request outstanding`));
+      return;
+    }
     this.parser.push(chunk);
     for (let reply = this.parser.next(); reply; reply = this.parser.next()) {
       const rec = this.pending.peek();
@@ -240,7 +257,8 @@ class Connection {
         this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection discarded after a protocol error', true));
         return;
       }
-      this.backoffMs = BACKOFF_MIN_MS; // a reply proves the server alive, not just its listen queue
+      // A reply proves the server alive, not just its listen queue; staying up proves it well.
+      if (this.backoffMs !== BACKOFF_MIN_MS && clockNow() - this.connectedAt >= STABLE_MS) this.backoffMs = BACKOFF_MIN_MS;
       if (rec.hits) {
         if (outcome instanceof McmuxError) rec.failure ??= outcome;
         else rec.hits[rec.received] = outcome as Hit | undefined;
@@ -323,6 +341,8 @@ export class MemcachedUpstream implements Upstream {
     readonly timeoutMs: number,
     connections: number,
     readonly maxQueue: number,
+    /** The largest value a reply may carry (max-item-size); a larger one is a protocol error. */
+    readonly maxItemSize = Number.POSITIVE_INFINITY,
   ) {
     this.conns = Array.from({ length: connections }, () => new Connection(this));
     for (const c of this.conns) c.connect();
@@ -464,5 +484,5 @@ export function createMemcachedUpstream(url: URL, options: Map<string, string>, 
   const connections = intOption(options, 'connections', 1, 1, 64, where);
   const maxQueue = intOption(options, 'max-queue', 4096, 1, 1_000_000, where);
   rejectUnknownOptions(options, where, ['timeout', 'connections', 'max-queue']);
-  return new MemcachedUpstream(name, host, port, timeoutMs, connections, maxQueue);
+  return new MemcachedUpstream(name, host, port, timeoutMs, connections, maxQueue, ctx.maxItemSize);
 }

@@ -114,6 +114,20 @@ test('a partial reply is kept until the rest arrives', () => {
   assert.equal(parser.next(), undefined);
 });
 
+test('a VA declaring more than the largest value is a protocol error before its bytes are buffered', () => {
+  const parser = new MetaReplyParser(1000);
+  parser.push(b('VA 1000 f1\r\n'));
+  assert.equal(parser.next(), undefined, 'at the limit: waits for the value');
+  const over = new MetaReplyParser(1000);
+  over.push(b('VA 1001 f1\r\nabc'));
+  const r = over.next();
+  assert.equal(r?.kind, 'protocol_error');
+  assert.match((r as { message: string }).message, /VA of 1001 bytes, over max-item-size \(1000\)/);
+  const huge = new MetaReplyParser(1000);
+  huge.push(b('VA 999999999999999 \r\n'));
+  assert.equal(huge.next()?.kind, 'protocol_error');
+});
+
 test('a value is a slice of the received bytes, not a copy', () => {
   const wire = b('VA 3\r\nabc\r\n');
   const parser = new MetaReplyParser();

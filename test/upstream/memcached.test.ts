@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { test } from 'node:test';
+import { type AddressInfo, type Socket, createServer } from 'node:net';
+import { type TestContext, test } from 'node:test';
 import { EXPIRED, type Hit } from '../../src/command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
 import { createMemcachedUpstream } from '../../src/upstream/memcached';
@@ -362,6 +363,95 @@ test('requests sent behind one that timed out fail as late: the paused server ap
     const hit = await eventually(() => getOne(up, k).then((h) => (h ? h : Promise.reject(new Error('not yet')))));
     assert.equal(hit.value.toString(), `late ${k}`);
   }
+});
+
+/** A TCP server on a free port that runs `onConnection` for each client; closed by the test. */
+async function fakeServer(t: TestContext, onConnection: (socket: Socket) => void): Promise<{ port: number; closed: Promise<number> }> {
+  let closedBytes!: (n: number) => void;
+  const closed = new Promise<number>((r) => (closedBytes = r));
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => {});
+    let written = 0;
+    const write = socket.write.bind(socket);
+    socket.write = ((chunk: Buffer) => {
+      written += chunk.length;
+      return write(chunk);
+    }) as typeof socket.write;
+    socket.on('close', () => closedBytes(written));
+    onConnection(socket);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  return { port: (server.address() as AddressInfo).port, closed };
+}
+
+/** A server streaming without end, bounded for the test: it gives up (ends) after STREAM_BYTES. */
+const STREAM_BYTES = 16 * 1024 * 1024;
+
+/** Writes `bytes` over and over until the socket closes, or STREAM_BYTES have gone. */
+function stream(socket: Socket, bytes: Buffer): void {
+  let left = STREAM_BYTES;
+  const pump = (): void => {
+    while (!socket.destroyed && left > 0) {
+      left -= bytes.length;
+      if (!socket.write(bytes)) break;
+    }
+    if (socket.destroyed) return;
+    if (left <= 0) socket.end();
+    else socket.once('drain', pump);
+  };
+  pump();
+}
+
+test('a server sending a huge value nobody asked for is dropped, not buffered', async (t) => {
+  const junk = Buffer.alloc(64 * 1024, 0x61);
+  const fake = await fakeServer(t, (socket) => {
+    socket.write(b('VA 999999999999999\r\n'));
+    stream(socket, junk);
+  });
+  const up = open(`memcached://127.0.0.1:${fake.port}`, { timeout: '5000' });
+  t.after(() => up.close());
+  const sent = await fake.closed;
+  assert.ok(sent < STREAM_BYTES, `mcmux closed the connection after ${sent} bytes`);
+});
+
+test('a VA over max-item-size in answer to a get fails it at once, without reading the value', async (t) => {
+  const junk = Buffer.alloc(64 * 1024, 0x61);
+  const fake = await fakeServer(t, (socket) => {
+    socket.once('data', () => {
+      socket.write(b(`VA ${ctx.maxItemSize * 1000} f0\r\n`));
+      stream(socket, junk);
+    });
+  });
+  const up = open(`memcached://127.0.0.1:${fake.port}`, { timeout: '60000' });
+  t.after(() => up.close());
+  await assert.rejects(getOne(up, 'k'), (err) => codeOf(err) === ErrorCodes.UPSTREAM_PROTOCOL && /over max-item-size/.test((err as Error).message));
+  const sent = await fake.closed;
+  assert.ok(sent < STREAM_BYTES, `mcmux closed the connection after ${sent} bytes`);
+});
+
+test('a server that answers and then drops every connection is reconnected ever more slowly (no reconnect storm)', async (t) => {
+  const accepted: number[] = [];
+  let nextAccept: () => void = () => {};
+  const fake = await fakeServer(t, (socket) => {
+    accepted.push(performance.now());
+    nextAccept();
+    socket.once('data', () => socket.end(b('VERSION 1.6.21\r\n'))); // answers, then closes
+  });
+  const up = open(`memcached://127.0.0.1:${fake.port}`, { timeout: '5000' });
+  t.after(() => up.close());
+  for (let i = 0; i < 6; i++) {
+    if (accepted.length <= i) await new Promise<void>((r) => (nextAccept = r));
+    await eventually(() => up.probe()); // a reply on each new connection (once the client side is up)
+  }
+  const gaps = accepted.slice(1).map((at, i) => at - (accepted[i] as number));
+  // The backoff doubles (50, 100, 200, 400, 800 ms) instead of going back to 50 ms at each reply.
+  assert.ok((gaps[4] as number) > 3 * (gaps[1] as number), `gaps between reconnects: ${gaps.map((g) => Math.round(g)).join(', ')} ms`);
 });
 
 test('a killed memcached gives fast IO errors, and is used again after a restart', { timeout: 30_000 }, async (t) => {

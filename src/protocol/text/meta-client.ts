@@ -123,6 +123,13 @@ export class MetaReplyParser {
   /** The reply at off waits for the end of its line (not for a declared number of bytes). */
   private lineOpen = false;
 
+  /**
+   * `maxValue`: the largest value accepted (mcmux's max-item-size): a VA declaring more is a
+   * protocol error at once, before its bytes are buffered (a broken or hostile server could
+   * otherwise make mcmux hold up to 10^15 bytes).
+   */
+  constructor(private readonly maxValue = Number.POSITIVE_INFINITY) {}
+
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
     if (this.off === this.buf.length && this.chunks.length === 0) {
@@ -270,6 +277,7 @@ export class MetaReplyParser {
     if (sizeEnd < 0 || sizeEnd > end) sizeEnd = end;
     const size = parseDigits(buf, sp + 1, sizeEnd);
     if (size === undefined) return protocolError(`VA with a bad size "${printable(buf, sp + 1, sizeEnd)}"`);
+    if (size > this.maxValue) return protocolError(`VA of ${size} bytes, over max-item-size (${this.maxValue})`);
     const f = parseFlags(buf, sizeEnd, end);
     if (typeof f === 'string') return protocolError(f);
     const total = lineEnd + size + 2 - this.off;
