@@ -40,9 +40,13 @@ export interface StoreCommand {
   readonly noreply: boolean;
 }
 
-/** A value over the item limit: refused, and the old value is deleted everywhere (T5). */
+/**
+ * A value over the item limit: refused; for a set, the old value is deleted everywhere (T5), as
+ * memcached does for a set only (an oversized `add` of a lock must not free a lock held).
+ */
 export interface TooLargeCommand {
   readonly kind: 'too_large';
+  readonly mode: StoreMode;
   readonly key: string;
   readonly noreply: boolean;
 }

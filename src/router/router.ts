@@ -10,7 +10,7 @@
  * Failures come back as error replies; nothing thrown here reaches a client connection.
  */
 
-import { type Command, type Reply, deadlineFromExptime } from '../command/command';
+import { type Command, type Reply, type StoreMode, deadlineFromExptime } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import { conditionalArith, conditionalStore } from './authority';
 import { type RouterContext, type RouterCounters, type WriteWait, serverError } from './context';
@@ -191,7 +191,7 @@ export class Router {
         return conditionalStore(ctx, cmd);
       case 'too_large':
         this.count('set');
-        return this.tooLarge(ctx, cmd.key);
+        return this.tooLarge(ctx, cmd.mode, cmd.key);
       case 'delete':
         this.count('delete');
         return replicateKeyed(ctx, 'delete', cmd.key, (u) => u.delete(cmd.key), 'DELETED');
@@ -225,8 +225,13 @@ export class Router {
   }
 
   /** T5: a value over the item limit is refused, and the old value is deleted everywhere. */
-  private async tooLarge(ctx: RouterContext, key: string): Promise<Reply> {
-    await replicateKeyed(ctx, 'delete', key, (u) => u.delete(key), 'DELETED');
+  /**
+   * T5: a set too large deletes the old value, so that a client never reads back the value it
+   * meant to replace; memcached does so for a set only, and so does mcmux: an oversized `add`,
+   * `cas` or `append` changes nothing (an `add` of someone else's lock must not free it).
+   */
+  private async tooLarge(ctx: RouterContext, mode: StoreMode, key: string): Promise<Reply> {
+    if (mode === 'set') await replicateKeyed(ctx, 'delete', key, (u) => u.delete(key), 'DELETED');
     return serverError('object too large for cache');
   }
 

@@ -93,7 +93,7 @@ function showCommand(c: Command): string {
     case 'store':
       return `${c.mode} ${c.key} f=${c.flags} d=${ms(c.deadline)} v=${JSON.stringify(c.value.toString('latin1'))}${c.cas !== undefined ? ` cas=${c.cas}` : ''}${c.noreply ? ' noreply' : ''}`;
     case 'too_large':
-      return `too_large ${c.key}${c.noreply ? ' noreply' : ''}`;
+      return `too_large${c.mode === 'set' ? '' : ` ${c.mode}`} ${c.key}${c.noreply ? ' noreply' : ''}`;
     case 'delete':
       return `delete ${c.key}${c.noreply ? ' noreply' : ''}`;
     case 'touch':
@@ -263,7 +263,7 @@ const DECODE: Array<[string, Buffer, string[]]> = [
   ['T5 SETQ value one byte over the limit: too_large, the body skipped (never run), the connection kept', cat(
     frame({ op: OP.SETQ, key: 'big', extras: setExtras(0, 0), value: cat(frame({ op: OP.FLUSH }), Buffer.alloc(1025, 0x61)) }), NOOP,
   ), ['too_large big [0x11 q]', 'noop [0x0a]']],
-  ['T5 APPEND one byte over the limit', cat(frame({ op: OP.APPEND, key: 'big', value: 'v'.repeat(1025) }), NOOP), ['too_large big [0x0e]', 'noop [0x0a]']],
+  ['T5 APPEND one byte over the limit', cat(frame({ op: OP.APPEND, key: 'big', value: 'v'.repeat(1025) }), NOOP), ['too_large append big [0x0e]', 'noop [0x0a]']],
   ['B7 a bad key with a body over 1 GiB closes rather than skip it', frame({ op: OP.SET, key: 'a b', extras: setExtras(0, 0), bodyLength: 11 + 2 ** 30 + 1 }), [
     EINVAL_CLOSE(OP.SET, 'invalid key'),
   ]],

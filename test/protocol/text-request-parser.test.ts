@@ -17,7 +17,7 @@ function show(r: ParseResult): string {
     case 'store':
       return `${r.mode} ${r.key} f=${r.flags} d=${r.deadline === 0 ? 0 : r.deadline === EXPIRED ? 'expired' : r.deadline - NOW} v=${JSON.stringify(r.value.toString('latin1'))}${r.cas !== undefined ? ` cas=${r.cas}` : ''}${r.noreply ? ' noreply' : ''}`;
     case 'too_large':
-      return `too_large ${r.key}${r.noreply ? ' noreply' : ''}`;
+      return `too_large${r.mode === 'set' ? '' : ` ${r.mode}`} ${r.key}${r.noreply ? ' noreply' : ''}`;
     case 'delete':
       return `delete ${r.key}${r.noreply ? ' noreply' : ''}`;
     case 'touch':

@@ -156,9 +156,19 @@ describe('router: replicated writes', () => {
   it('T5: too_large deletes the old value on every upstream', async () => {
     const { ups, exec } = setup(2);
     await exec(set('k', 'old'));
-    const r = await exec({ kind: 'too_large', key: 'k', noreply: false });
+    const r = await exec({ kind: 'too_large', mode: 'set', key: 'k', noreply: false });
     assert.deepEqual(r, { kind: 'error', type: 'SERVER_ERROR', message: 'object too large for cache' });
     for (const u of ups) assert.equal(await direct(u, 'k'), undefined);
+  });
+
+  it('T5: an add, cas, append or replace too large changes nothing (an oversized add must not free a lock held)', async () => {
+    const { ups, exec } = setup(2);
+    await exec(set('lock.sess', 'held'));
+    for (const mode of ['add', 'cas', 'append', 'prepend', 'replace'] as const) {
+      const r = await exec({ kind: 'too_large', mode, key: 'lock.sess', noreply: false });
+      assert.deepEqual(r, { kind: 'error', type: 'SERVER_ERROR', message: 'object too large for cache' }, mode);
+      for (const u of ups) assert.equal(await direct(u, 'lock.sess'), 'held', `${mode}: the lock is still held`);
+    }
   });
 
   it('T9: an item stored already expired is a miss on every upstream', async () => {

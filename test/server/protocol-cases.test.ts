@@ -98,6 +98,19 @@ describe('protocol cases over a socket', () => {
     w.close();
   });
 
+  it('T5: an add (or append) over the item limit is refused and changes nothing: a lock held stays held', async () => {
+    const app = await mcmux({ 'max-item-size': 1024 });
+    const w = await connectWire(app.address.port);
+    assert.equal(await w.ask('set lock.s 0 0 4\r\nheld\r\n'), 'STORED\r\n');
+    const big = 'x'.repeat(5000);
+    for (const verb of ['add', 'append']) {
+      assert.equal(await w.ask(`${verb} lock.s 0 0 ${big.length}\r\n${big}\r\n`), 'SERVER_ERROR object too large for cache\r\n', verb);
+    }
+    assert.equal(await w.ask('get lock.s\r\n', 'END\r\n'), 'VALUE lock.s 0 4\r\nheld\r\nEND\r\n');
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['lock.s']))[0]?.value.toString(), 'held');
+    w.close();
+  });
+
   it('T10: touch k -1 answers TOUCHED and the key is gone on every upstream', async () => {
     const app = await mcmux();
     const w = await connectWire(app.address.port);

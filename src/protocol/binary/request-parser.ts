@@ -271,13 +271,13 @@ export class BinaryRequestParser {
     }
     const mode = STORE_MODES.get(s.base);
     if (mode && valueLength > this.limits.maxItemSize) {
-      // T5, hazard 8: refuse whatever the size, and the router deletes the old value everywhere.
+      // T5, hazard 8: refuse whatever the size; for a SET the router deletes the old value everywhere.
       // The body is skipped, not awaited, and the connection kept, as memcached does (E2BIG):
       // clients such as memjs lose the next request if the server closes here.
       this.consume(HEADER_LENGTH + h.extrasLength + h.keyLength);
       if (valueLength > MAX_SKIP) this.closeNext = true;
       else this.skip(valueLength);
-      return this.request({ kind: 'too_large', key, noreply: false }, h, s);
+      return this.request({ kind: 'too_large', mode, key, noreply: false }, h, s);
     }
     let delay = 0;
     if (s.base === OPCODE.FLUSH && h.extrasLength === 4) {

@@ -321,8 +321,8 @@ export class TextRequestParser {
       return this.swallow(need, err('CLIENT_ERROR', BAD_FORMAT));
     }
     if (bytes > this.limits.maxItemSize) {
-      // T5: refuse, swallow, and delete the old value everywhere (the router does that).
-      return this.swallow(need, { kind: 'too_large', key, noreply });
+      // T5: refuse, swallow, and for a set delete the old value everywhere (the router does that).
+      return this.swallow(need, { kind: 'too_large', mode, key, noreply });
     }
     this.pending = {
       mode,
