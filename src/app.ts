@@ -132,9 +132,11 @@ export class App {
             this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: m?.name, server: u.name, from, to, reason }, `pool server ${to}`);
           };
         }
-        // An in-process store starts empty: locks taken before this start live only elsewhere.
-        // So does one added by a reload, as far as mcmux knows.
-        if (inner.scheme === 'memory' || reloading) m.fence(Date.now() + config.lockFence);
+        // An in-process store starts empty: locks taken before this start live only elsewhere,
+        // for the whole fence. One added by a reload may be too, as far as mcmux knows (a check
+        // that finds a marker of ours there lifts that fence).
+        if (inner.scheme === 'memory') this.coldDetector.knownEmpty(m);
+        else if (reloading) m.fence(Date.now() + config.lockFence);
       }
       next.set(id, m);
       return m;
@@ -209,14 +211,21 @@ export class App {
   }
 
   /**
-   * Stops accepting, lets clients finish the requests they sent (up to `graceMs`), then closes
-   * every connection and upstream.
+   * Stops accepting, lets clients finish the requests they sent and the copies of their writes
+   * land (up to `graceMs` in all), then closes every connection and upstream.
    */
   async close(graceMs = 0): Promise<void> {
     this.listening = false;
     const closed = this.listener.close(false);
     this.listener.drain();
-    if (graceMs > 0) await Promise.race([closed, new Promise((res) => setTimeout(res, graceMs).unref())]);
+    if (graceMs > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const grace = new Promise((res) => (timer = setTimeout(res, graceMs).unref()));
+      await Promise.race([closed, grace]);
+      // write-wait copies: writes answered before every upstream had them are still landing.
+      await Promise.race([this.journal.writesSettled(), grace]);
+      clearTimeout(timer);
+    }
     await this.listener.close(true);
     this.repairer.stop();
     this.coldDetector.stop();

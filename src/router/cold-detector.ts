@@ -95,6 +95,17 @@ export class ColdDetector {
     u.restartedEmpty();
   }
 
+  /**
+   * `u` is empty for certain (an in-process store as mcmux starts): fenced for the whole
+   * lock-fence, as when its marker is found missing. Its own marker, written after the start and
+   * found by the next check, says nothing about what it held before.
+   */
+  knownEmpty(u: HealthyUpstream): void {
+    const until = Date.now() + this.fenceMs;
+    u.fence(until);
+    this.coldUntil.set(u, until);
+  }
+
   /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
   forget(u: HealthyUpstream): void {
     this.lastSet.delete(u.inner);

@@ -241,6 +241,7 @@ export class RepairJournal {
    */
   writeStarted(key: string): number {
     const seq = ++this.writeSeq;
+    this.writesGoing++;
     const w = this.writes.get(key);
     // Re-inserted at the end: the Map's order is the order writes last started in.
     this.writes.delete(key);
@@ -265,8 +266,22 @@ export class RepairJournal {
     const w = this.writes.get(key);
     if (!w) return;
     w.inFlight--;
+    if (--this.writesGoing === 0 && this.idleWaiters.length > 0) for (const resolve of this.idleWaiters.splice(0)) resolve();
     this.pruneWrites();
     if (w.inFlight === 0 && this.onWritesSettled !== undefined) this.onWritesSettled(key);
+  }
+
+  /** Client writes started and not yet settled on every upstream, all keys together. */
+  private writesGoing = 0;
+  private idleWaiters: Array<() => void> = [];
+
+  /**
+   * Resolves once no client write is in flight on any upstream. Shutdown waits for it: with
+   * write-wait copies the client was answered before every copy landed, and an upstream closed
+   * under a copy would journal it as missed though the server applied it.
+   */
+  writesSettled(): Promise<void> {
+    return this.writesGoing === 0 ? Promise.resolve() : new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
   /** Told when the last write of a key in flight has settled (KeyOrder). */

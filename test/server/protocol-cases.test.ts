@@ -9,6 +9,7 @@ import { after, describe, it } from 'node:test';
 import pino from 'pino';
 import { type App, startApp } from '../../src/app';
 import { type RawConfig, buildConfig } from '../../src/config';
+import type { HealthyUpstream } from '../../src/router/health';
 import type { MemoryUpstream } from '../../src/upstream/memory';
 import { MAX_READS_IN_FLIGHT } from '../../src/server/connection';
 import { frame as binaryFrame } from '../helpers/binary-frame';
@@ -109,6 +110,17 @@ describe('protocol cases over a socket', () => {
     assert.equal(await w.ask('get lock.s\r\n', 'END\r\n'), 'VALUE lock.s 0 4\r\nheld\r\nEND\r\n');
     for (const i of [0, 1]) assert.equal((await memory(app, i).get(['lock.s']))[0]?.value.toString(), 'held');
     w.close();
+  });
+
+  it('an in-process memory:// store is fenced for the whole lock-fence after a start, whatever its marker says', async () => {
+    const app = await mcmux();
+    const u = app.upstreams[0] as HealthyUpstream;
+    assert.ok(u.fenced, 'fenced at start');
+    // The first check writes the marker, the second finds it: "warm", which lifts a precautionary
+    // fence; not this one (the store was empty before this start, marker or not).
+    await app.coldDetector.check(u);
+    assert.equal(await app.coldDetector.check(u), 'warm');
+    assert.ok(u.fenced, 'still fenced');
   });
 
   it('T10: touch k -1 answers TOUCHED and the key is gone on every upstream', async () => {
