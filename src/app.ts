@@ -50,6 +50,15 @@ function limitsOf(config: Config): ConnectionLimits {
   };
 }
 
+/** Config fields a reload cannot change, with the keys that set them (a reload warns). */
+const RESTART_ONLY = [
+  ['listen', 'listen'],
+  ['listenMode', 'listen-mode'],
+  ['metrics', 'metrics'],
+  ['stateDir', 'state-dir'],
+  ['journal', 'journal-max-keys/journal-fsync'],
+] as const;
+
 export class App {
   readonly router: Router;
   readonly listener: Listener;
@@ -64,6 +73,11 @@ export class App {
   readonly coldDetector: ColdDetector;
   private members = new Map<string, HealthyUpstream>();
   private config: Config;
+
+  /** The ms clients get to finish on SIGTERM, as last configured (a reload changes it). */
+  get shutdownTimeout(): number {
+    return this.config.shutdownTimeout;
+  }
 
   constructor(
     config: Config,
@@ -190,10 +204,17 @@ export class App {
     Object.assign(this.listener.limits, limitsOf(config));
     this.listener.maxConnections = config.maxConnections;
     this.log.level = config.logLevel;
-    if (JSON.stringify(config.listen) !== JSON.stringify(this.config.listen)) {
-      this.log.warn({ listen: config.listen.map(formatListen) }, 'listen addresses change only on restart; kept the current ones');
-    }
-    this.config = config;
+    // What only a restart changes: the sockets mcmux listens on and the journal's file.
+    const fixed = {
+      listen: this.config.listen,
+      listenMode: this.config.listenMode,
+      metrics: this.config.metrics,
+      stateDir: this.config.stateDir,
+      journal: this.config.journal,
+    } as const;
+    const ignored = RESTART_ONLY.filter(([field]) => JSON.stringify(config[field]) !== JSON.stringify(fixed[field])).map(([, key]) => key);
+    if (ignored.length > 0) this.log.warn({ keys: ignored }, `${ignored.join(', ')} change only on restart; kept the current values`);
+    this.config = { ...config, ...fixed };
     this.metrics?.attach();
     // Requests in flight on a removed upstream still hold it: close it once they have timed out.
     const grace = Math.max(1000, ...removed.map((u) => u.timeoutMs * 2));

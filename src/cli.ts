@@ -28,14 +28,17 @@ function program(): Command {
       new Option('--upstream <url>', `upstream store, repeatable, in read-priority order (schemes: ${knownSchemes().join(', ')}; default: the embedded memory:// in front of sqlite://<state-dir>/mcmux.db)`)
         .argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]),
     )
+    .argument('[unexpected...]') // named in our own one-line error (loadConfig)
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
-    .allowExcessArguments(false);
+    // One line per error: no "(Did you mean ...?)" on a line of its own.
+    .showSuggestionAfterError(false)
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   for (const key of Object.keys(SCALAR_KEYS) as ScalarKey[]) {
     const { def, form, help } = SCALAR_KEYS[key];
     const shown = def === undefined ? '' : ` (default: ${def})`;
-    const flag = key === 'allow-flush' ? `--${key}` : `--${key} <value>`;
-    const o = new Option(flag, `${help}${key === 'allow-flush' ? '' : `; ${form}`}${shown}`);
+    // --allow-flush alone means true; --allow-flush false overrides a file's true.
+    const flag = key === 'allow-flush' ? `--${key} [value]` : `--${key} <value>`;
+    const o = new Option(flag, `${help}; ${form}${shown}`);
     if (key === 'listen') o.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
     p.addOption(o);
   }
@@ -68,6 +71,8 @@ function readConfigFile(file: string): RawConfig {
 export function loadConfig(argv: string[]): { config: Config; configFile: string | undefined } {
   const p = program();
   p.parse(argv, { from: 'user' });
+  const extra = p.args[0];
+  if (extra !== undefined) throw new ConfigError(`unexpected argument "${maskUrl(extra)}": expected options only (mcmux --help), or the command check or repair first`);
   const opts = p.opts<Record<string, unknown>>();
   const configFile = opts.config as string | undefined;
   const file: RawConfig = configFile ? readConfigFile(configFile) : { scalars: {}, listen: [], upstreams: [] };
@@ -151,7 +156,12 @@ async function repair(argv: string[]): Promise<number> {
   return res.ok ? 0 : 1;
 }
 
-export async function main(argv: string[]): Promise<void> {
+export interface MainOptions {
+  /** Hands over from bin/mcmux's first-thing SIGHUP handler: whether one came meanwhile. */
+  readonly sighupBeforeStart?: () => boolean;
+}
+
+export async function main(argv: string[], opts: MainOptions = {}): Promise<void> {
   if (argv[0] === 'check') {
     process.exit(await check(argv.slice(1)));
   }
@@ -173,7 +183,27 @@ export async function main(argv: string[]): Promise<void> {
       `node started without ${missing.join(' ')}: after an idle period expect about twice the CPU per request (see src/node-flags.ts)`,
     );
   }
-  let app: App;
+  let app: App | undefined;
+  let reloadAfterStart = false;
+  const reload = (running: App): void => {
+    if (!configFile) {
+      log.warn('SIGHUP: no --config file to reload; nothing changed');
+      return;
+    }
+    try {
+      running.reload(loadConfig(argv).config);
+    } catch (error) {
+      const why = error instanceof CommanderError || error instanceof ConfigError ? error.message : String(error);
+      log.error({ err: maskUrl(why) }, 'reload rejected; the running configuration stays');
+    }
+  };
+  // Before the start: a SIGHUP without a handler kills the process (systemctl start, then reload
+  // at once). One that comes while starting is applied once started.
+  process.on('SIGHUP', () => {
+    if (app) reload(app);
+    else reloadAfterStart = true;
+  });
+  if (opts.sighupBeforeStart?.()) reloadAfterStart = true;
   try {
     app = await startApp(config, log);
   } catch (error) {
@@ -182,18 +212,8 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`mcmux: cannot start: ${why}\n`);
     process.exit(1);
   }
-  process.on('SIGHUP', () => {
-    if (!configFile) {
-      log.warn('SIGHUP: no --config file to reload; nothing changed');
-      return;
-    }
-    try {
-      app.reload(loadConfig(argv).config);
-    } catch (error) {
-      const why = error instanceof CommanderError || error instanceof ConfigError ? error.message : String(error);
-      log.error({ err: maskUrl(why) }, 'reload rejected; the running configuration stays');
-    }
-  });
+  const running = app;
+  if (reloadAfterStart) reload(running);
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) {
@@ -201,8 +221,9 @@ export async function main(argv: string[]): Promise<void> {
       process.exit(1);
     }
     stopping = true;
-    log.info({ signal, graceMs: config.shutdownTimeout }, 'shutting down');
-    app.close(config.shutdownTimeout).then(
+    const graceMs = running.shutdownTimeout; // as last reloaded
+    log.info({ signal, graceMs }, 'shutting down');
+    running.close(graceMs).then(
       () => {
         log.info('stopped');
         process.exit(0);

@@ -177,6 +177,20 @@ function bool(key: ScalarKey, v: RawValue | undefined): boolean {
   throw bad(key, v, 'true or false');
 }
 
+/**
+ * A file mode: a string of octal digits ("0660", from a flag or a TOML string), or a TOML octal
+ * integer (0o660), which arrives as the number itself: read as such, not its decimal digits.
+ */
+function fileMode(v: RawValue | undefined): number {
+  if (typeof v === 'number' || typeof v === 'bigint') {
+    const n = Number(v);
+    if (Number.isInteger(n) && n >= 0 && n <= 0o777) return n;
+  } else if (typeof v === 'string' && /^0?[0-7]{3}$/.test(v)) {
+    return parseInt(v, 8);
+  }
+  throw bad('listen-mode', typeof v === 'number' || typeof v === 'bigint' ? `0o${Number(v).toString(8)}` : v, SCALAR_KEYS['listen-mode'].form);
+}
+
 function fsyncPolicy(v: RawValue | undefined): 'always' | 'everysec' | 'no' {
   if (v === 'always' || v === 'everysec' || v === 'no') return v;
   throw bad('journal-fsync', v, SCALAR_KEYS['journal-fsync'].form);
@@ -194,8 +208,10 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
   const s: Partial<Record<ScalarKey, RawValue>> = { ...file.scalars, ...flags.scalars };
   const get = <K extends ScalarKey>(k: K): RawValue | undefined => s[k] ?? SCALAR_KEYS[k].def;
   const listen = flags.listen.length > 0 ? flags.listen : file.listen.length > 0 ? file.listen : [SCALAR_KEYS.listen.def];
-  const modeRaw = String(get('listen-mode'));
-  if (!/^0?[0-7]{3}$/.test(modeRaw)) throw bad('listen-mode', modeRaw, SCALAR_KEYS['listen-mode'].form);
+  const listenMode = fileMode(get('listen-mode'));
+  const stateDir = String(get('state-dir'));
+  // Empty would keep the repair journal in memory only: a restart would forget every dirty key.
+  if (stateDir.trim() === '') throw bad('state-dir', stateDir, SCALAR_KEYS['state-dir'].form);
 
   const writeWait = String(get('write-wait'));
   if (writeWait !== 'all' && writeWait !== 'copies') throw bad('write-wait', writeWait, SCALAR_KEYS['write-wait'].form);
@@ -211,7 +227,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
 
   return {
     listen: listen.map((l) => parseListen(l)),
-    listenMode: parseInt(modeRaw, 8),
+    listenMode,
     upstreams,
     writeWait,
     minCopies,
@@ -226,7 +242,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     maxOutputBytes: int('max-output-bytes', get('max-output-bytes') as RawValue, 1024, 1024 ** 3),
     maxInputBytes: int('max-input-bytes', get('max-input-bytes') as RawValue, 1024, 1024 ** 3),
     metrics: metricsAddress(String(get('metrics'))),
-    stateDir: String(get('state-dir')),
+    stateDir,
     journal: { maxKeys: int('journal-max-keys', get('journal-max-keys') as RawValue, 1, 100_000_000), fsync: fsyncPolicy(get('journal-fsync')) },
     repair: { rate: int('repair-rate', get('repair-rate') as RawValue, 1, 1_000_000), flushCaches: bool('repair-flush-caches', get('repair-flush-caches')) },
     hedgeMs: int('hedge-ms', get('hedge-ms') as RawValue, 0, 60_000),

@@ -87,5 +87,7 @@ export function newUpstreamStats(): UpstreamStats {
 
 /** Replaces the password of every URL in `text` with `***` (never log a secret). */
 export function maskUrl(text: string): string {
-  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s"]*:)[^@/?#\s"]*@/gi, '$1***@');
+  // Up to the LAST @ of the word: a password written unencoded may hold @ / ? # itself (which
+  // also makes the URL unparseable, so this runs on the raw text of the error that says so).
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s"]*:)[^\s"]*@/gi, '$1***@');
 }

@@ -127,6 +127,19 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
     assert.match(await failsWithOneLine(['--bogus-flag']), /--bogus-flag/);
   });
 
+  it('a misspelt flag: one line, no suggestion on a second one', async () => {
+    assert.match(await failsWithOneLine(['--lissten', '1']), /--lissten/);
+  });
+
+  it('an argument that is not an option names it', async () => {
+    const line = await failsWithOneLine(['--listen', '127.0.0.1:0', 'foo']);
+    assert.match(line, /unexpected argument "foo"/);
+  });
+
+  it('an empty state-dir (the journal would live in memory only)', async () => {
+    assert.match(await failsWithOneLine(['--listen', '127.0.0.1:0', '--state-dir', '']), /state-dir/);
+  });
+
   it('--listen foo', async () => {
     const line = await failsWithOneLine(['--listen', 'foo']);
     assert.match(line, /listen/);
@@ -140,6 +153,8 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
     [['--upstream', 'ftp://x'], [/ftp:\/\/x/, /ftp/]],
     [['--upstream', 'memcached://h:1?bogus=1'], [/memcached:\/\/h:1/, /bogus/]],
     [['--max-item-size', '12abc'], [/max-item-size/, /"12abc"/]],
+    [['--allow-flush', 'maybe'], [/allow-flush/, /"maybe"/]],
+    [['--max-input-bytes', '12'], [/max-input-bytes/, /"12"/]],
   ];
   for (const [args, patterns] of cases) {
     it(args.join(' '), async () => {
@@ -190,6 +205,26 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
   });
 });
 
+describe('values as the TOML file and the flags give them (loaded in-process)', () => {
+  it('listen-mode: a TOML octal integer is that mode (0o644 is not read as "420"), a string is octal digits', async () => {
+    const octal = await configFile('mode-octal.toml', 'listen-mode = 0o644\n');
+    assert.equal(loadConfig(['--upstream', 'memory://', '--config', octal]).config.listenMode, 0o644);
+    const text = await configFile('mode-text.toml', 'listen-mode = "0660"\n');
+    assert.equal(loadConfig(['--upstream', 'memory://', '--config', text]).config.listenMode, 0o660);
+    assert.equal(loadConfig(['--upstream', 'memory://', '--listen-mode', '0600']).config.listenMode, 0o600);
+    const wide = await configFile('mode-wide.toml', 'listen-mode = 0o1777\n');
+    assert.throws(() => loadConfig(['--upstream', 'memory://', '--config', wide]), /listen-mode.*"0o1777".*octal file mode/);
+  });
+
+  it('allow-flush: the flag alone turns it on, and --allow-flush false overrides a file that turns it on', async () => {
+    const on = await configFile('flush-on.toml', 'allow-flush = true\n');
+    assert.equal(loadConfig(['--upstream', 'memory://', '--config', on]).config.allowFlush, true);
+    assert.equal(loadConfig(['--upstream', 'memory://', '--config', on, '--allow-flush', 'false']).config.allowFlush, false);
+    assert.equal(loadConfig(['--upstream', 'memory://', '--allow-flush']).config.allowFlush, true);
+    assert.equal(loadConfig(['--upstream', 'memory://']).config.allowFlush, false);
+  });
+});
+
 describe('a password in an upstream URL is never printed', () => {
   const base = ['--listen', '127.0.0.1:0'];
   const refused: string[] = [
@@ -197,11 +232,16 @@ describe('a password in an upstream URL is never printed', () => {
     'memcached://user:secret@127.0.0.1:1?timeout=0', // bad option value
     'ftp://user:secret@127.0.0.1:1', // unknown scheme
     'memcached://user:secret@127.0.0.1:99999', // not a URL (port out of range)
+    'redis://user:sec#ret@127.0.0.1:6379', // written unencoded: # @ / ? in the password
+    'mysql://user:sec/ret@127.0.0.1:3306/test',
+    'redis://user:sec?ret@127.0.0.1:6379',
+    'ftp://user:sec@ret@127.0.0.1:1',
   ];
   for (const url of refused) {
     it(`refused: ${url}`, async () => {
       const line = await failsWithOneLine([...base, '--upstream', url]);
-      assert.ok(!line.includes('secret'), `the password is printed: ${line}`);
+      const password = url.slice(url.indexOf('user:') + 5, url.lastIndexOf('@'));
+      assert.ok(!line.includes(password) && !line.includes('ret@'), `the password is printed: ${line}`);
       assert.ok(line.includes('user'), `the URL is still recognisable: ${line}`);
     });
   }
