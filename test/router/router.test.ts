@@ -254,6 +254,47 @@ describe('router: failover reads and read repair', () => {
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not served');
   });
 
+  it('a read-repair add answered after a delete of the key reached that upstream journals it: the add may have landed last (hazard 1)', async () => {
+    const { ups, exec, journal } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await second.inner.store({ mode: 'set', key: 'sess', value: Buffer.from('cart'), flags: 0, deadline: 0 });
+    first.gateOnly = (call) => call === 'add sess'; // the repair's add waits; the delete does not
+    first.close_gate();
+    assert.deepEqual(values(await exec(get('sess'))), ['cart']);
+    await eventually(async () => first.calls.includes('add sess'), 'the read repair sent its add');
+    assert.deepEqual(await exec(del('sess')), { kind: 'status', status: 'DELETED' });
+    first.open(); // now the add is applied (the key is absent there: it succeeds), and answered
+    await eventually(async () => (await direct(first, 'sess')) === 'cart', 'the add landed after the delete');
+    await eventually(async () => journal.isDirty(first, 'sess'), 'the add that raced a write journals its target');
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not served');
+  });
+
+  it('no read repair when a write of the key started while the read was in flight (the value found may be gone)', async () => {
+    const { ups, exec } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await second.inner.store({ mode: 'set', key: 'sess', value: Buffer.from('cart'), flags: 0, deadline: 0 });
+    // The second upstream reads the value, then answers only once a delete has started.
+    let answer!: () => void;
+    const answered = new Promise<void>((r) => (answer = r));
+    const get0 = second.get.bind(second);
+    let found = false;
+    second.get = async (keys, touch) => {
+      const hits = await get0(keys, touch);
+      found = true;
+      await answered;
+      return hits;
+    };
+    const read = exec(get('sess'));
+    await eventually(async () => found, 'the first upstream missed, the second found it');
+    const deleted = exec(del('sess'));
+    answer();
+    assert.deepEqual(values(await read), ['cart'], 'the read answers what it found');
+    assert.deepEqual(await deleted, { kind: 'status', status: 'DELETED' });
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+    assert.ok(!first.calls.includes('add sess'), `no add sent: ${first.calls.join(', ')}`);
+    assert.deepEqual(values(await exec(get('sess'))), [undefined]);
+  });
+
   it('write-wait copies: the copy of a set landing after a delete that missed the same upstream does not clear it (hazard 1)', async () => {
     const { ups, exec, journal } = setup(2, { writeWait: 'copies' });
     const [, second] = ups as [FakeUpstream, FakeUpstream];
@@ -338,6 +379,21 @@ describe('router: one authority for conditional commands', () => {
     assert.equal(await direct(ups[1]!, 'lock'), '1');
     assert.deepEqual(await exec(store('add', 'lock', '2')), { kind: 'status', status: 'NOT_STORED' });
     assert.equal(await direct(ups[1]!, 'lock'), '1');
+  });
+
+  it('an authority that timed out (it may yet apply the add) is journaled for the key, even when nothing is replicated to it', async () => {
+    const { ups, exec, journal } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    // The lock is held, but only the second still has it.
+    await second.inner.store({ mode: 'set', key: 'lock', value: Buffer.from('1'), flags: 0, deadline: 0 });
+    first.gateOnly = (call) => call === 'add lock';
+    first.delay_late();
+    assert.deepEqual(await exec(store('add', 'lock', '2')), { kind: 'status', status: 'NOT_STORED' }, 'the second decides: held');
+    assert.ok(journal.isDirty(first, 'lock'), 'the first is journaled for the key');
+    first.open(); // the first applies the add after all: it holds lock=2
+    await eventually(async () => (await direct(first, 'lock')) === '2', 'the late add landed');
+    assert.deepEqual(values(await exec(get('lock'))), ['1'], 'the lock holder stays the one the client was told');
+    assert.deepEqual(await exec(store('add', 'lock', '3')), { kind: 'status', status: 'NOT_STORED' });
   });
 
   it('when the first upstream fails, the next one decides', async () => {
@@ -698,8 +754,15 @@ describe('router: hedged reads', () => {
     await ups[0]!.inner.store({ mode: 'set', key: 'only0', value: Buffer.from('A'), flags: 0, deadline: 0 });
     await ups[1]!.inner.store({ mode: 'set', key: 'only1', value: Buffer.from('B'), flags: 0, deadline: 0 });
     ups[0]!.close_gate();
+    let hedged!: () => void;
+    const secondAsked = new Promise<void>((r) => (hedged = r));
+    const get1 = ups[1]!.get.bind(ups[1]!);
+    ups[1]!.get = (keys, touch) => {
+      hedged();
+      return get1(keys, touch);
+    };
     const read = exec(get('only0', 'only1'));
-    await new Promise((r) => setTimeout(r, 30));
+    await secondAsked; // the hedge fired while the first is held
     ups[0]!.open();
     assert.deepEqual(values(await read), ['A', 'B']);
     assert.equal(ups[1]!.calls.filter((c) => c.startsWith('get')).length, 1, 'the second upstream is asked once');
@@ -714,8 +777,9 @@ describe('router: hedged reads', () => {
       done = true;
       return r;
     });
-    await new Promise((r) => setTimeout(r, 30));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
     assert.equal(done, false);
+    assert.ok(!ups[1]!.calls.some((c) => c.startsWith('get')), 'the second upstream is not asked');
     ups[0]!.open();
     assert.deepEqual(values(await read), ['v']);
     assert.equal(router.counters.hedges, 0);

@@ -37,10 +37,14 @@ for (const target of TARGETS) {
       return r.status === 'OK' ? { status: r.status, value: r.value } : r;
     };
 
-    before(async (t) => {
-      // `before` has no skip: the cases below skip themselves when `inst` is undefined.
-      inst = await target.start(t as never, MAX_ITEM).catch((error: unknown) => {
+    /** Why the target did not start (requireBinary's message names the package to install). */
+    let why = `${target.name} server not available`;
+    before(async () => {
+      // `before` has no skip: the cases below skip themselves, with this reason, when `inst` is undefined.
+      const noted = { skip: (message?: string) => void (why = message ?? why) };
+      inst = await target.start(noted as never, MAX_ITEM).catch((error: unknown) => {
         if (process.env.MCMUX_REQUIRE_SERVERS === '1') throw error;
+        why = `${target.name} did not start: ${error instanceof Error ? error.message : String(error)}`;
         return undefined;
       });
       if (inst) u = inst.upstream;
@@ -53,7 +57,7 @@ for (const target of TARGETS) {
       it(name, async (t) => {
         if (!inst) {
           if (process.env.MCMUX_REQUIRE_SERVERS === '1') assert.fail(`${target.name} target did not start`);
-          t.skip(`${target.name} server not available`);
+          t.skip(why);
           return;
         }
         await fn();
@@ -115,6 +119,7 @@ for (const target of TARGETS) {
       const k = key('old');
       await set(k, 'old');
       await u.store({ mode: 'add', key: key('probe'), value: b(''), flags: 0, deadline: EXPIRED });
+      assert.equal(await value(key('probe')), undefined, 'an add already expired leaves the key absent');
       await set(k, 'new', 0, EXPIRED);
       assert.equal(await value(k), undefined);
     });

@@ -319,14 +319,20 @@ test('a write lock held by another connection is waited for on a timer, not in S
   await u.probe();
   const other = f.raw();
   let ticks = 0;
-  const ticker = setInterval(() => ticks++, 5);
+  let threeTicks!: () => void;
+  const turned = new Promise<void>((r) => (threeTicks = r));
+  const ticker = setInterval(() => {
+    if (++ticks === 3) threeTicks();
+  }, 5);
   t.after(() => clearInterval(ticker));
 
   other.exec('BEGIN IMMEDIATE');
-  const pending = set(u, 'k', 'v');
+  let settled = false;
+  const pending = set(u, 'k', 'v').finally(() => (settled = true));
   const read = u.get(['k']);
-  await sleep(60);
-  assert.ok(ticks >= 3, `the event loop kept turning while the lock was held (${ticks} ticks)`);
+  // A lock waited for inside SQLite (busy_timeout) would block the loop: no tick until it ends.
+  await turned;
+  assert.equal(settled, false, 'the event loop turned three times while the write waited for the lock');
   other.exec('COMMIT');
   assert.equal((await pending).status, 'STORED');
   assert.equal((await read)[0]?.value.toString(), 'v');
