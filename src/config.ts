@@ -167,7 +167,8 @@ export function parseListen(v: string, key = 'listen'): ListenSpec {
   }
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):([0-9]{1,5})$/.exec(v);
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw bad(key, v, SCALAR_KEYS.listen.form + ' (for example 127.0.0.1:11211)');
+  const form = key === 'metrics' ? 'host:port (for example 127.0.0.1:9150)' : `${SCALAR_KEYS.listen.form} (for example 127.0.0.1:11211)`;
+  if (!m || port > 65535) throw bad(key, v, form);
   return { kind: 'tcp', host: (m[1] ?? m[2]) as string, port };
 }
 
@@ -248,12 +249,16 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     hedgeMs: int('hedge-ms', get('hedge-ms') as RawValue, 0, 60_000),
     lockFence: int('lock-fence', get('lock-fence') as RawValue, 0, 86_400_000),
     shutdownTimeout: int('shutdown-timeout', get('shutdown-timeout') as RawValue, 0, 600_000),
-    health: {
-      downAfter: int('down-after', get('down-after') as RawValue, 1, 1000),
-      probeMinMs: int('probe-interval', get('probe-interval') as RawValue, 10, 600_000),
-      probeMaxMs: int('probe-interval-max', get('probe-interval-max') as RawValue, 10, 3_600_000),
-    },
+    health: healthOf(get),
   };
+}
+
+function healthOf(get: (k: ScalarKey) => RawValue | undefined): Config['health'] {
+  const probeMinMs = int('probe-interval', get('probe-interval') as RawValue, 10, 600_000);
+  const probeMaxMs = int('probe-interval-max', get('probe-interval-max') as RawValue, 10, 3_600_000);
+  // The first wait doubles up to the longest: a longest below the first is a mistake.
+  if (probeMaxMs < probeMinMs) throw bad('probe-interval-max', get('probe-interval-max') as RawValue, `milliseconds, at least probe-interval (${probeMinMs})`);
+  return { downAfter: int('down-after', get('down-after') as RawValue, 1, 1000), probeMinMs, probeMaxMs };
 }
 
 /** Turns a parsed TOML document into raw config; unknown keys are errors (a typo must not pass). */

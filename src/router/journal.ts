@@ -87,9 +87,11 @@ export interface Overflow {
   /**
    * Keys a client write reached since the overflow, with that write's sequence (0: loaded from
    * disk). `holds`: it has the key's current state; false once it missed a write of the key
-   * again. A key not here is dirty.
+   * again. `late`: a request of the key timed out since (it may still land, over any write that
+   * reaches the upstream after it): it never holds the key again until trusted. A key not here
+   * is dirty.
    */
-  readonly known: Map<string, { seq: number; holds: boolean }>;
+  readonly known: Map<string, { seq: number; holds: boolean; late?: true }>;
   /**
    * More keys were written than `known` may hold: what it holds that no other upstream does is
    * no longer known, so it must not be flushed (it waits for expiry instead).
@@ -380,7 +382,7 @@ export class RepairJournal {
     if (p.overflow) {
       // Missed writes while waiting to be trusted again restart the wait.
       p.overflow.trustAfter = undefined;
-      this.learn(u, p.overflow, key, seq, false);
+      this.learn(u, p.overflow, key, seq, false, late);
       return;
     }
     if (!p.keys.has(key) && p.keys.size >= this.options.maxKeys) {
@@ -442,14 +444,22 @@ export class RepairJournal {
    * later), undoes that. Beyond maxKeys keys nothing more is learnt and the upstream is `full`.
    * Persisted: `K` (holds), `U` (no longer), `F` (full) lines.
    */
-  private learn(u: Upstream, o: Overflow, key: string, seq: number, holds: boolean): void {
+  private learn(u: Upstream, o: Overflow, key: string, seq: number, holds: boolean, late = false): void {
     const k = o.known.get(key);
     if (!holds) {
+      if (late && k?.late === undefined) {
+        // Remembered even when not known to hold it, so that no later write makes it hold it.
+        // Beyond maxKeys nothing new is learnt (full) and it stays dirty anyway.
+        if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: true });
+        if (k?.holds) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
+        return;
+      }
       if (k === undefined || !k.holds) return; // not known to hold it: dirty already
       o.known.set(key, { seq: Math.max(seq, k.seq), holds: false });
       this.append(`U ${hex(idOf(u))} ${hex(key)}`);
       return;
     }
+    if (k?.late) return; // a timed-out request may land over this write
     if (seq <= o.afterSeq || (k !== undefined && seq < k.seq)) return;
     if (seq < (this.writes.get(key)?.seq ?? seq)) return; // a newer write of the key is under way
     if (k === undefined && o.known.size >= this.options.maxKeys) {

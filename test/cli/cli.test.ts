@@ -155,6 +155,8 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
     [['--max-item-size', '12abc'], [/max-item-size/, /"12abc"/]],
     [['--allow-flush', 'maybe'], [/allow-flush/, /"maybe"/]],
     [['--max-input-bytes', '12'], [/max-input-bytes/, /"12"/]],
+    [['--probe-interval', '1000', '--probe-interval-max', '500'], [/probe-interval-max/, /"500"/, /at least probe-interval \(1000\)/]],
+    [['--metrics', '9150'], [/metrics/, /"9150"/, /host:port/]],
   ];
   for (const [args, patterns] of cases) {
     it(args.join(' '), async () => {

@@ -315,6 +315,23 @@ describe('repair journal', () => {
     assert.equal(value(await exec(get('sess'))), 'v3');
   });
 
+  it('overflow: a set that timed out there and lands after a later delete is never read from it', async () => {
+    const { a, journal, exec } = overflowThenMiss({ cache: false });
+    a.mode = 'fail';
+    for (const k of ['k1', 'k2', 'k3']) await exec(set(k, 'v'));
+    assert.ok(journal.overflowed(a));
+    a.gateOnly = (call) => call === 'set sess';
+    a.delay_late();
+    await exec(set('sess', 'cart')); // times out on a, which may yet apply it
+    assert.deepEqual(await exec(del('sess')), DELETED, 'reaches a (and b)');
+    assert.equal(journal.isDirty(a, 'sess'), true, 'the delete reached a, but the timed-out set may land after it');
+    a.open();
+    await eventually(async () => (await held(a, 'sess')) === 'cart', 'the late set landed on a');
+    assert.equal(value(await exec(get('sess'))), undefined, 'the destroyed session stays destroyed');
+    await exec(set('sess', 'again'));
+    assert.equal(journal.isDirty(a, 'sess'), true, 'no later write makes a trusted for it before a is');
+  });
+
   it('overflow on a cache: not flushed while it holds the only current copy of a key', async () => {
     const { a, b, journal, repairer, exec } = overflowThenMiss({ cache: true });
     a.mode = 'fail';
