@@ -7,6 +7,7 @@
 
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
+import type { ConnectionLimits } from '../../src/server/connection';
 import type { Listener } from '../../src/server/listener';
 import { FakeUpstream, listenOverFake, settle } from '../helpers/fake-upstream';
 import { connectWire } from '../helpers/wire';
@@ -16,13 +17,18 @@ after(async () => {
   await Promise.all(listeners.map((l) => l.close(true)));
 });
 
+/** mcmux's front end over a fake upstream with these limits, and a client connected to it. */
+async function setup(limits: Partial<ConnectionLimits>) {
+  const up = new FakeUpstream('fake://0');
+  const { listener, port } = await listenOverFake(up, limits);
+  listeners.push(listener);
+  return { up, listener, w: await connectWire(port) };
+}
+
 describe('per-client byte bounds', () => {
   it('max-input-bytes: pipelined values behind a slow upstream stop mcmux reading, and all land in order', async () => {
-    const up = new FakeUpstream('fake://0');
     const limit = 32 * 1024;
-    const { listener, port } = await listenOverFake(up, { maxInputBytes: limit, maxPipeline: 1024 });
-    listeners.push(listener);
-    const w = await connectWire(port);
+    const { up, listener, w } = await setup({ maxInputBytes: limit, maxPipeline: 1024 });
     up.close_gate();
     const n = 100;
     const size = 10_000;
@@ -52,20 +58,14 @@ describe('per-client byte bounds', () => {
   });
 
   it('one value larger than max-input-bytes is still taken (the bound holds back the commands after it)', async () => {
-    const up = new FakeUpstream('fake://0');
-    const { listener, port } = await listenOverFake(up, { maxInputBytes: 1024 });
-    listeners.push(listener);
-    const w = await connectWire(port);
+    const { w } = await setup({ maxInputBytes: 1024 });
     const value = 'x'.repeat(5000);
     assert.equal(await w.ask(`set big 0 0 5000\r\n${value}\r\nset big2 0 0 5000\r\n${value}\r\nget big\r\n`, 'END\r\n'), `STORED\r\nSTORED\r\nVALUE big 0 5000\r\n${value}\r\nEND\r\n`);
     w.close();
   });
 
   it('reads behind a slow write fetch at most max-keys-per-get keys, then the rest in order', async () => {
-    const up = new FakeUpstream('fake://0');
-    const { listener, port } = await listenOverFake(up, { maxKeysPerGet: 4, maxPipeline: 1024 });
-    listeners.push(listener);
-    const w = await connectWire(port);
+    const { up, w } = await setup({ maxKeysPerGet: 4, maxPipeline: 1024 });
     const value = 'v'.repeat(50_000);
     assert.equal(await w.ask(`set big 0 0 ${value.length}\r\n${value}\r\n`), 'STORED\r\n');
     up.gateOnly = (call) => call === 'set slow';
@@ -84,10 +84,7 @@ describe('per-client byte bounds', () => {
   });
 
   it('a get of more keys than are free waits for the reads before it, then runs whole', async () => {
-    const up = new FakeUpstream('fake://0');
-    const { listener, port } = await listenOverFake(up, { maxKeysPerGet: 4 });
-    listeners.push(listener);
-    const w = await connectWire(port);
+    const { up, w } = await setup({ maxKeysPerGet: 4 });
     assert.equal(await w.ask('set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\n', 'STORED\r\nSTORED\r\n'), 'STORED\r\nSTORED\r\n');
     up.gateOnly = (call) => call === 'get a';
     up.close_gate();

@@ -9,7 +9,7 @@ import type { ArithResult, Upstream } from '../../src/upstream/upstream';
 
 /** The number of an OK arith result (its cas is checked on its own), or the result itself. */
 const okValue = (r: ArithResult): unknown => (r.status === 'OK' ? r.value : r);
-import { freePort, requireBinary, startMemcached } from '../helpers/servers';
+import { type MemcachedProcess, freePort, requireBinary, startMemcached } from '../helpers/servers';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
@@ -309,8 +309,9 @@ test('an unreachable memcached fails with IO errors', async () => {
   }
 });
 
-test('a timeout discards the connection: a late reply is never paired with a later request', async (t) => {
-  if (!requireBinary(t, 'memcached', 'memcached')) return;
+/** A private memcached (resumed and stopped after the test) and the driver on it, timeout 100 ms. */
+async function pausable(t: TestContext): Promise<{ mc: MemcachedProcess; up: Upstream } | undefined> {
+  if (!requireBinary(t, 'memcached', 'memcached')) return undefined;
   const mc = await startMemcached();
   const up = open(mc.url, { timeout: '100' });
   t.after(async () => {
@@ -318,6 +319,13 @@ test('a timeout discards the connection: a late reply is never paired with a lat
     await up.close();
     await mc.stop();
   });
+  return { mc, up };
+}
+
+test('a timeout discards the connection: a late reply is never paired with a later request', async (t) => {
+  const started = await pausable(t);
+  if (!started) return;
+  const { mc, up } = started;
   const keys = Array.from({ length: 20 }, (_, i) => `k${i + 1}`);
   await Promise.all(keys.map((k) => set(up, k, `value of ${k}`)));
 
@@ -341,14 +349,9 @@ test('a timeout discards the connection: a late reply is never paired with a lat
 });
 
 test('requests sent behind one that timed out fail as late: the paused server applies them when it resumes', async (t) => {
-  if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const mc = await startMemcached();
-  const up = open(mc.url, { timeout: '100' });
-  t.after(async () => {
-    mc.resume();
-    await up.close();
-    await mc.stop();
-  });
+  const started = await pausable(t);
+  if (!started) return;
+  const { mc, up } = started;
   await set(up, 'probe', 'x');
   await mc.pause();
   const keys = ['s1', 's2', 's3', 's4'];
