@@ -192,7 +192,8 @@ export class App {
   /** Applies a new config (SIGHUP). Listen addresses are not changed by a reload. */
   reload(config: Config): void {
     const before = new Set(this.members.values());
-    const upstreams = this.resolveUpstreams(config, true);
+    // The embedded default lives in the state directory, which a reload does not move.
+    const upstreams = this.resolveUpstreams({ ...config, stateDir: this.config.stateDir }, true);
     const kept = new Set(upstreams);
     const removed = [...before].filter((u) => !kept.has(u));
     // A store new to the chain may have left it earlier and missed every write since: none of

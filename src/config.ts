@@ -179,17 +179,13 @@ function bool(key: ScalarKey, v: RawValue | undefined): boolean {
 }
 
 /**
- * A file mode: a string of octal digits ("0660", from a flag or a TOML string), or a TOML octal
- * integer (0o660), which arrives as the number itself: read as such, not its decimal digits.
+ * A file mode: a string of octal digits ("0660", from a flag or a TOML string). A TOML integer
+ * is refused: 0o644 and 420 arrive as the same number, and 440 may mean either base.
  */
 function fileMode(v: RawValue | undefined): number {
-  if (typeof v === 'number' || typeof v === 'bigint') {
-    const n = Number(v);
-    if (Number.isInteger(n) && n >= 0 && n <= 0o777) return n;
-  } else if (typeof v === 'string' && /^0?[0-7]{3}$/.test(v)) {
-    return parseInt(v, 8);
-  }
-  throw bad('listen-mode', typeof v === 'number' || typeof v === 'bigint' ? `0o${Number(v).toString(8)}` : v, SCALAR_KEYS['listen-mode'].form);
+  if (typeof v === 'string' && /^0?[0-7]{3}$/.test(v)) return parseInt(v, 8);
+  if (typeof v === 'number' || typeof v === 'bigint') throw bad('listen-mode', v, 'a quoted octal file mode such as "0660" (a TOML integer is ambiguous)');
+  throw bad('listen-mode', v, SCALAR_KEYS['listen-mode'].form);
 }
 
 function fsyncPolicy(v: RawValue | undefined): 'always' | 'everysec' | 'no' {

@@ -327,9 +327,15 @@ export function isUsable(u: Upstream): boolean {
   return !(u instanceof HealthyUpstream) || u.usable;
 }
 
-/** When `u` last came back after being down (ms); 0 if never, or without health tracking. */
+/**
+ * When `u` last came back after being down (ms), or one server of it (a pool's servers come back
+ * on their own, the pool never going down); 0 if never, or without health tracking.
+ */
 export function cameBackAt(u: Upstream): number {
-  return u instanceof HealthyUpstream ? u.backAt : 0;
+  if (!(u instanceof HealthyUpstream)) return 0;
+  let at = u.backAt;
+  for (const m of membersOf(u)) at = Math.max(at, m.backAt);
+  return at;
 }
 
 /** Whether `u` is fenced from deciding conditional commands (came back empty). */

@@ -87,11 +87,11 @@ export interface Overflow {
   /**
    * Keys a client write reached since the overflow, with that write's sequence (0: loaded from
    * disk). `holds`: it has the key's current state; false once it missed a write of the key
-   * again. `late`: a request of the key timed out since (it may still land, over any write that
-   * reaches the upstream after it): it never holds the key again until trusted. A key not here
-   * is dirty.
+   * again. `late`: when a request of the key timed out here since (it may still land, over any
+   * write that reaches the upstream after it): it never holds the key again, and a trust keeps
+   * the key dirty (see trust()). A key not here is dirty.
    */
-  readonly known: Map<string, { seq: number; holds: boolean; late?: true }>;
+  readonly known: Map<string, { seq: number; holds: boolean; late?: number }>;
   /**
    * More keys were written than `known` may hold: what it holds that no other upstream does is
    * no longer known, so it must not be flushed (it waits for expiry instead).
@@ -121,6 +121,14 @@ const PRUNE_STEPS = 4;
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
+
+/** Keys whose request timed out on the upstream and may still land there, with when (ms). */
+function lateKeys(p: PerUpstream): Array<[string, number]> {
+  const out: Array<[string, number]> = [];
+  for (const [key, e] of p.keys) if (e.late !== 0) out.push([key, e.late]);
+  if (p.overflow) for (const [key, k] of p.overflow.known) if (k.late !== undefined) out.push([key, k.late]);
+  return out;
+}
 
 export class RepairJournal {
   private readonly byName = new Map<string, PerUpstream>();
@@ -432,8 +440,11 @@ export class RepairJournal {
    */
   distrust(u: Upstream): void {
     const p = this.of(u);
+    const late = lateKeys(p);
     p.keys.clear();
     p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: undefined, known: new Map(), full: false };
+    // What may still land here is remembered (up to maxKeys): no later write makes it held.
+    for (const [key, at] of late) if (p.overflow.known.size < this.options.maxKeys) p.overflow.known.set(key, { seq: this.writeSeq, holds: false, late: at });
     this.append(`O ${hex(idOf(u))} ${p.overflow.since}`);
   }
 
@@ -450,7 +461,7 @@ export class RepairJournal {
       if (late && k?.late === undefined) {
         // Remembered even when not known to hold it, so that no later write makes it hold it.
         // Beyond maxKeys nothing new is learnt (full) and it stays dirty anyway.
-        if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: true });
+        if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: Date.now() });
         if (k?.holds) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
         return;
       }
@@ -528,10 +539,18 @@ export class RepairJournal {
   trust(u: Upstream): void {
     const p = this.byName.get(idOf(u));
     if (!p) return;
+    // A request that timed out before the flush may land after it: those keys stay dirty, to be
+    // copied again once settled (repair.ts), as any late entry.
+    const late = lateKeys(p);
     p.keys.clear();
     p.pending?.clear();
     p.overflow = undefined;
     this.append(`T ${hex(idOf(u))}`);
+    const now = Date.now();
+    for (const [key, at] of late) {
+      p.keys.set(key, { op: 'write', since: now, seq: this.writeSeq, firstSeq: this.writeSeq, late: at });
+      this.append(`M ${hex(idOf(u))} w ${hex(key)} ${now}`);
+    }
   }
 
   /** Every write passes its deadline here, so an overflowed upstream knows how long to wait. */

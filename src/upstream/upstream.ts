@@ -89,5 +89,6 @@ export function newUpstreamStats(): UpstreamStats {
 export function maskUrl(text: string): string {
   // Up to the LAST @ of the word: a password written unencoded may hold @ / ? # itself (which
   // also makes the URL unparseable, so this runs on the raw text of the error that says so).
-  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s"]*:)[^\s"]*@/gi, '$1***@');
+  // The user part may hold an @ too (Azure's user@server).
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#\s"]*:)[^\s"]*@/gi, '$1***@');
 }

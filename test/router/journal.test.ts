@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
-import { HealthyUpstream } from '../../src/router/health';
+import { HealthyUpstream, cameBackAt } from '../../src/router/health';
+import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
@@ -670,6 +671,45 @@ describe('timed-out requests that are applied late (a paused server that resumes
     await repairer.tick();
     assert.equal(journal.isDirty(a, 'sess'), false, 'copied once it has been back a while');
     assert.equal(await held(a, 'sess'), 'cart');
+  });
+
+  it('a flush that trusts an upstream again keeps the keys whose requests may still land there (overflowed cache, and flush_all)', async () => {
+    for (const how of ['overflow', 'flush_all'] as const) {
+      const a = new FakeUpstream('fake://0', 'memory');
+      const b = new FakeUpstream('fake://1');
+      const { journal, repairer, exec } = setup({ ups: [a, b], maxKeys: 2, lateSettleMs: 60_000 });
+      a.gateOnly = (call) => call === 'set sess';
+      a.delay_late();
+      await exec(set('sess', 'cart')); // times out on a: late
+      assert.deepEqual(await exec(del('sess')), DELETED);
+      if (how === 'overflow') {
+        a.mode = 'fail';
+        for (const k of ['k1', 'k2', 'k3']) await exec(set(k, 'v'));
+        a.mode = 'late'; // still holding the set, for the keys it filters; the rest pass
+        assert.ok(journal.overflowed(a));
+        await repairer.tick(); // a cache that overflowed is flushed, then trusted
+        assert.equal(journal.overflowed(a), undefined, `${how}: trusted again`);
+      } else {
+        journal.trust(a); // what a successful flush_all does
+      }
+      assert.ok(journal.isDirty(a, 'sess'), `${how}: the key whose set may still land stays dirty`);
+      a.open(); // the old set lands after the flush
+      await eventually(async () => (await held(a, 'sess')) === 'cart', `${how}: the late set landed`);
+      assert.equal(value(await exec(get('sess'))), undefined, `${how}: the destroyed session stays destroyed`);
+      repairer.options = { ...repairer.options, lateSettleMs: 0 };
+      await repairer.tick();
+      assert.equal(await held(a, 'sess'), undefined, `${how}: copied again once settled`);
+      assert.equal(journal.isDirty(a, 'sess'), false);
+    }
+  });
+
+  it('the came-back wait looks at the servers of a pool too (a server comes back; the pool never went down)', () => {
+    const servers = [new FakeUpstream('fake://s0'), new FakeUpstream('fake://s1')].map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream }));
+    const pool = new MemcachedPool('memcached://s0,s1', servers, { distribution: 'ketama', namespace: '', eject: false });
+    const wrapper = new HealthyUpstream(pool, { downAfter: 3, probeMinMs: 10, probeMaxMs: 20 }, () => {});
+    assert.equal(cameBackAt(wrapper), 0);
+    (pool.members()[1] as HealthyUpstream).backAt = 5000;
+    assert.equal(cameBackAt(wrapper), 5000);
   });
 
   it('a write refused outright (never sent) is cleared by the next write, as before', async () => {

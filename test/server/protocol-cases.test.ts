@@ -4,7 +4,10 @@
  */
 
 import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import pino from 'pino';
 import { type App, startApp } from '../../src/app';
@@ -110,6 +113,17 @@ describe('protocol cases over a socket', () => {
     assert.equal(await w.ask('get lock.s\r\n', 'END\r\n'), 'VALUE lock.s 0 4\r\nheld\r\nEND\r\n');
     for (const i of [0, 1]) assert.equal((await memory(app, i).get(['lock.s']))[0]?.value.toString(), 'held');
     w.close();
+  });
+
+  it('a reload that changes state-dir keeps the embedded store where it is (the directory changes only on restart)', async () => {
+    const dirA = mkdtempSync(join(tmpdir(), 'mcmux-sd-a-'));
+    const dirB = mkdtempSync(join(tmpdir(), 'mcmux-sd-b-'));
+    const app = await mcmux({ 'state-dir': dirA }, []);
+    const before = app.upstreams.map((u) => u.name);
+    assert.ok(before.some((n) => n.includes(dirA)), before.join(' '));
+    app.reload(buildConfig({ scalars: {}, listen: [], upstreams: [] }, { scalars: { 'state-dir': dirB }, listen: ['127.0.0.1:0'], upstreams: [] }));
+    assert.deepEqual(app.upstreams.map((u) => u.name), before);
+    assert.ok(!existsSync(join(dirB, 'mcmux.db')), 'no store made in the new directory');
   });
 
   it('an in-process memory:// store is fenced for the whole lock-fence after a start, whatever its marker says', async () => {
