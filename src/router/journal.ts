@@ -377,7 +377,10 @@ export class RepairJournal {
     if (!all.every((u) => this.isDirty(u, key))) return undefined;
     const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest
     const first = (u: Upstream): number => this.entry(u, key)?.firstSeq ?? 0;
-    const top = [...all].sort((a, b) => since(b) - since(a) || first(b) - first(a))[0];
+    // By write sequence when both have one (exact, whatever order the answers came in), else by
+    // time (entries loaded from disk have no sequence).
+    const bySeq = (a: Upstream, b: Upstream): number => (first(a) > 0 && first(b) > 0 ? first(b) - first(a) : 0);
+    const top = [...all].sort((a, b) => bySeq(a, b) || since(b) - since(a) || first(b) - first(a))[0];
     return top !== undefined && usable.includes(top) ? [top] : [];
   }
 
@@ -387,6 +390,10 @@ export class RepairJournal {
    */
   mark(u: Upstream, key: string, op: DirtyOp, seq: number = this.writeSeq, late = false): void {
     const p = this.of(u);
+    // A late request may be older than a write that has reached the upstream since (a delete
+    // answered after the set behind it): what to copy there is the key's current state, never a
+    // replay of this op.
+    if (late) op = 'write';
     if (p.overflow) {
       // Missed writes while waiting to be trusted again restart the wait.
       p.overflow.trustAfter = undefined;
@@ -428,7 +435,11 @@ export class RepairJournal {
     if (this.repairing.has(rk)) this.repairing.set(rk, true);
     if (e.late !== 0) {
       // A timed-out request may yet land over this write: the repair copies the key again later.
-      if (e.op !== 'write') this.mark(u, key, 'write', e.seq);
+      // Meanwhile it holds this write: dated now, and ranked above a copy that missed this very
+      // write (firstSeq just above its sequence), for freshest() when every copy is dirty.
+      const held = seq ?? this.writeSeq;
+      p.keys.set(key, { op: 'write', since: Date.now(), seq: e.seq, firstSeq: held + 0.5, late: e.late });
+      this.append(`M ${hex(idOf(u))} w ${hex(key)} ${Date.now()}`);
       return;
     }
     this.clear(u, key);

@@ -153,8 +153,10 @@ export class Repairer {
       this.repaired++;
       return true;
     } catch (error) {
-      // The copy may still be applied, after a client write that clears the entry meanwhile.
-      if (mayLandLate(error)) journal.mark(u, key, op, 0, true);
+      // The copy may still be applied, after a client write that clears the entry meanwhile: the
+      // key is copied again once settled. As 'write' (copy the current state), not `op`: a client
+      // set may have reached the upstream since, and replaying an old delete would drop it.
+      if (mayLandLate(error)) journal.mark(u, key, 'write', 0, true);
       this.repairFailures++;
       this.log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, 'repair of a key failed');
       return false;

@@ -97,8 +97,10 @@ export function replicateKeyed(
     ctx.upstreams,
     op,
     (outcomes, settled) => {
+      // Whether upstream i holds the key's current state (clean for it, or the freshest copy).
+      const current = (i: number): boolean => (freshest ? ctx.upstreams[i] === freshest : !dirty[i]);
       // A touch's answer is only as good as the copy that gave it; a delete removed whatever it found.
-      const trusted = (i: number): boolean => what === 'delete' || (freshest ? ctx.upstreams[i] === freshest : !dirty[i]);
+      const trusted = (i: number): boolean => what === 'delete' || current(i);
       const hits = outcomes.filter((o, i) => o?.ok && o.value === hit && trusted(i)).length;
       const answered = count(outcomes, () => true);
       if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies')) {
@@ -109,7 +111,9 @@ export function replicateKeyed(
       if (answered < min) {
         return serverError(`${what} reached ${answered} of ${n} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
       }
-      if (!outcomes.some((o, i) => o?.ok && trusted(i))) {
+      // NOT_FOUND only from a copy that knows: a dirty upstream's "none" is no answer about the
+      // key (it may have missed the set that the one that failed holds).
+      if (!outcomes.some((o, i) => o?.ok && current(i))) {
         return serverError(`${what}: no upstream with a current copy of the key answered: ${firstError(outcomes)}`);
       }
       return { kind: 'status', status: 'NOT_FOUND' };

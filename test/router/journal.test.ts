@@ -712,6 +712,109 @@ describe('timed-out requests that are applied late (a paused server that resumes
     assert.equal(cameBackAt(wrapper), 5000);
   });
 
+  it('a copy with a late entry that a later write reached is fresher than one that missed that write (set, delete, lock)', async (t) => {
+    for (const last of ['set', 'delete'] as const) {
+      const { ups, exec } = setup({ lateSettleMs: 60_000 });
+      const [a, b] = ups as FakeUpstream[];
+      await exec(set('c', 'v1'));
+      b!.mode = 'timeout';
+      await exec(set('c', 'v2')); // b: late entry
+      b!.mode = 'ok';
+      a!.mode = 'fail';
+      const r = last === 'set' ? await exec(set('c', 'v3')) : await exec(del('c')); // reaches b only
+      assert.ok(r.kind === 'status', `${last} acknowledged`);
+      a!.mode = 'ok';
+      // Both are dirty for c now: b holds the newest write, a missed it.
+      assert.equal(value(await exec(get('c'))), last === 'set' ? 'v3' : undefined, `after the ${last}, never a's v2`);
+    }
+    {
+      // The same when the copy that missed the write says so a millisecond later than the other
+      // took it: the order of the answers must not decide which is fresher.
+      const { ups, exec, journal } = setup({ lateSettleMs: 60_000 });
+      const [a, b] = ups as FakeUpstream[];
+      await exec(set('c', 'v1'));
+      b!.mode = 'timeout';
+      await exec(set('c', 'v2'));
+      b!.mode = 'ok';
+      t.mock.timers.enable({ apis: ['Date'], now: Date.now() });
+      a!.close_gate();
+      const written = exec(set('c', 'v3'));
+      // b took the set: its late entry now ranks just above that write's sequence (x.5).
+      await eventually(() => a!.calls.at(-1) === 'set c' && (journal.entry(b!, 'c')?.firstSeq ?? 0) % 1 !== 0, 'b took the set');
+      t.mock.timers.tick(5);
+      a!.kill(); // a fails 5 ms after b stored
+      assert.ok((await written).kind === 'status');
+      a!.mode = 'ok';
+      assert.equal(value(await exec(get('c'))), 'v3', 'b holds the newest write');
+      t.mock.timers.reset();
+    }
+    const { ups, exec } = setup({ lateSettleMs: 60_000 });
+    const [a, b] = ups as FakeUpstream[];
+    b!.mode = 'timeout';
+    await exec(del('lock'));
+    b!.mode = 'ok';
+    a!.mode = 'fail';
+    assert.equal((await exec(set('lock', 'held')) as { status?: string }).status, 'STORED', 'the lock is taken (b only)');
+    a!.mode = 'ok';
+    const add: Command = { kind: 'store', mode: 'add', key: 'lock', value: Buffer.from('mine'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false };
+    const r = await exec(add);
+    assert.ok(r.kind === 'error' || (r.kind === 'status' && r.status === 'NOT_STORED'), `a held lock is never granted again: ${JSON.stringify(r)}`);
+  });
+
+  it("a repair's delete that timed out is copied again as the current state, not replayed over a set that came after it", async () => {
+    const { ups, journal, repairer, exec } = setup({ lateSettleMs: 60_000 });
+    const [a, b] = ups as FakeUpstream[];
+    a!.mode = 'fail';
+    await exec(set('sess', 'v1'));
+    await exec(del('sess')); // a journaled 'delete'
+    a!.gateOnly = (call) => call === 'delete sess';
+    a!.delay_late();
+    const repair = repairer.tick(); // its delete waits in a's socket
+    await eventually(() => a!.calls.filter((c) => c === 'delete sess').length === 2, 'the repair sent its delete');
+    a!.open(); // a resumes: the repair's delete is applied now; its answer is lost (a timeout)
+    assert.equal((await exec(set('sess', 'v2')) as { status?: string }).status, 'STORED', 'on both');
+    await repair;
+    assert.equal(journal.entry(a!, 'sess')?.op, 'write', 'journaled as a copy of the current state');
+    repairer.options = { ...repairer.options, lateSettleMs: 0 };
+    await repairer.tick();
+    assert.equal(await held(a!, 'sess'), 'v2', 'the acknowledged set is on a');
+    b!.mode = 'fail';
+    assert.equal(value(await exec(get('sess'))), 'v2');
+  });
+
+  it('a delete that times out after the set behind it reached that upstream is journaled as a copy, not replayed over the set', async () => {
+    const a = new FakeUpstream('fake://0');
+    const b = new FakeUpstream('fake://1');
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: [a, b], journal, minCopies: 1, writeWait: 'copies', allowFlush: false }, source, () => {});
+    const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    await exec(set('sess', 'v1'));
+    a.gateOnly = (call) => call === 'delete sess';
+    a.delay_late();
+    assert.deepEqual(await exec(del('sess')), DELETED, 'answered by b (write-wait copies)');
+    assert.equal((await exec(set('sess', 'v2')) as { status?: string }).status, 'STORED');
+    await eventually(() => (journal.entry(a, 'sess')?.late ?? 0) !== 0, 'the delete timed out on a');
+    assert.equal(journal.entry(a, 'sess')?.op, 'write');
+    a.open(); // the old delete lands on a, after the set
+    await eventually(async () => (await held(a, 'sess')) === undefined, 'the late delete landed');
+    await repairer.tick();
+    assert.equal(await held(a, 'sess'), 'v2', 'the current state copied back');
+    b.mode = 'fail';
+    assert.equal(value(await exec(get('sess'))), 'v2');
+  });
+
+  it('a delete whose only current copy timed out is SERVER_ERROR, not NOT_FOUND from an upstream that missed the set', async () => {
+    const { ups, exec } = setup({ lateSettleMs: 60_000 });
+    const [a, b] = ups as FakeUpstream[];
+    b!.mode = 'fail';
+    await exec(set('k', 'v')); // a only
+    b!.mode = 'ok';
+    a!.mode = 'timeout';
+    const r = await exec(del('k'));
+    assert.equal(r.kind, 'error', `not NOT_FOUND: ${JSON.stringify(r)}`);
+  });
+
   it('a write refused outright (never sent) is cleared by the next write, as before', async () => {
     const { ups, journal, exec } = setup({ lateSettleMs: 60_000 });
     const [a] = ups as FakeUpstream[];
