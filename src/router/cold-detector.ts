@@ -89,9 +89,7 @@ export class ColdDetector {
 
   /** The marker was gone: fenced for the whole lock-fence, and its old cas uniques void. */
   private fenceCold(u: HealthyUpstream): void {
-    const until = Date.now() + this.fenceMs;
-    u.fence(until);
-    this.coldUntil.set(u, until);
+    this.knownEmpty(u);
     u.restartedEmpty();
   }
 
