@@ -58,6 +58,7 @@ const RESTART_ONLY = [
   ['stateDir', 'state-dir'],
   ['journal', 'journal-max-keys/journal-fsync'],
 ] as const;
+type RestartOnlyField = (typeof RESTART_ONLY)[number][0];
 
 export class App {
   readonly router: Router;
@@ -206,13 +207,7 @@ export class App {
     this.listener.maxConnections = config.maxConnections;
     this.log.level = config.logLevel;
     // What only a restart changes: the sockets mcmux listens on and the journal's file.
-    const fixed = {
-      listen: this.config.listen,
-      listenMode: this.config.listenMode,
-      metrics: this.config.metrics,
-      stateDir: this.config.stateDir,
-      journal: this.config.journal,
-    } as const;
+    const fixed = Object.fromEntries(RESTART_ONLY.map(([field]) => [field, this.config[field]])) as Pick<Config, RestartOnlyField>;
     const ignored = RESTART_ONLY.filter(([field]) => JSON.stringify(config[field]) !== JSON.stringify(fixed[field])).map(([, key]) => key);
     if (ignored.length > 0) this.log.warn({ keys: ignored }, `${ignored.join(', ')} change only on restart; kept the current values`);
     this.config = { ...config, ...fixed };

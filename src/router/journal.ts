@@ -407,9 +407,15 @@ export class RepairJournal {
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
     const e = p.keys.get(key);
     const now = Date.now();
-    if (!e) p.keys.set(key, { op, since: now, seq, firstSeq: seq, late: late ? now : 0 });
-    else if (op !== e.op || seq > e.seq || late) p.keys.set(key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq, late: late ? now : e.late });
-    this.append(`M ${hex(idOf(u))} ${op === 'delete' ? 'd' : 'w'} ${hex(key)} ${(p.keys.get(key) as DirtyEntry).since}`);
+    if (!e) this.put(u, p, key, { op, since: now, seq, firstSeq: seq, late: late ? now : 0 });
+    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq, late: late ? now : e.late });
+    else this.put(u, p, key, e); // unchanged, but on file again (as before)
+  }
+
+  /** Sets `u`'s entry for `key`, and appends it to journal.log. */
+  private put(u: Upstream, p: PerUpstream, key: string, e: DirtyEntry): void {
+    p.keys.set(key, e);
+    this.append(`M ${hex(idOf(u))} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`);
   }
 
   /**
@@ -438,8 +444,7 @@ export class RepairJournal {
       // Meanwhile it holds this write: dated now, and ranked above a copy that missed this very
       // write (firstSeq just above its sequence), for freshest() when every copy is dirty.
       const held = seq ?? this.writeSeq;
-      p.keys.set(key, { op: 'write', since: Date.now(), seq: e.seq, firstSeq: held + 0.5, late: e.late });
-      this.append(`M ${hex(idOf(u))} w ${hex(key)} ${Date.now()}`);
+      this.put(u, p, key, { op: 'write', since: Date.now(), seq: e.seq, firstSeq: held + 0.5, late: e.late });
       return;
     }
     this.clear(u, key);
@@ -558,10 +563,7 @@ export class RepairJournal {
     p.overflow = undefined;
     this.append(`T ${hex(idOf(u))}`);
     const now = Date.now();
-    for (const [key, at] of late) {
-      p.keys.set(key, { op: 'write', since: now, seq: this.writeSeq, firstSeq: this.writeSeq, late: at });
-      this.append(`M ${hex(idOf(u))} w ${hex(key)} ${now}`);
-    }
+    for (const [key, at] of late) this.put(u, p, key, { op: 'write', since: now, seq: this.writeSeq, firstSeq: this.writeSeq, late: at });
   }
 
   /** Every write passes its deadline here, so an overflowed upstream knows how long to wait. */
