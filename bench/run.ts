@@ -3,7 +3,7 @@
  * memcached + Redis + MariaDB, answering writes after all or after one copy), each with and
  * without pipelining, measured by our own load generator (bench/loadgen.ts); see compare.ts.
  * Two other modes: `--idle` (mcmux's RSS holding idle clients alone, idle-connections.ts) and
- * `--soak S` (soak.ts). `--help` lists the options (settings.ts).
+ * `--soak S` (soak.ts), and `--drivers` (each upstream driver's CPU a request, drivers.ts). `--help` lists the options (settings.ts).
  *
  * Every child is killed on exit, on error and on SIGINT/SIGTERM; a watchdog bounds the whole run.
  */
@@ -12,6 +12,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { comparison } from './compare';
+import { formatDrivers, measureDrivers, writeDrivers } from './drivers';
 import { measureIdleConnectionsBounded } from './idle-connections';
 import { preload, withTimeout } from './loadgen';
 import { Children } from './processes';
@@ -25,6 +26,7 @@ function budgetMs(s: Settings): number {
   const start = 60_000 /* start, stop */ + 10_000 + s.keys /* preload */ + 120_000 /* repair after it */;
   const idle = 70_000 + s.idleConnections * 50;
   if (s.soakS > 0) return start + s.soakS * 1000 + 30_000;
+  if (s.drivers !== undefined) return start + s.drivers.length * (90_000 + s.driverRequests * 5);
   if (s.idleOnly) return start + idle;
   const perRun = (s.warmupS + s.durationS) * 1000 + 60_000 /* idle, connect, drain, wait for quiet */ + 120_000 /* repair */;
   const targets = s.targets.length + (s.baseline === undefined ? 0 : s.targets.filter(isMcmux).length);
@@ -65,6 +67,21 @@ async function soakOnly(s: Settings, children: Children, tmp: string): Promise<v
   log(`wrote ${path}`);
 }
 
+/** `--drivers`: see drivers.ts. */
+async function driversOnly(s: Settings, drivers: NonNullable<Settings['drivers']>, children: Children, tmp: string): Promise<void> {
+  const total = s.gets + s.sets;
+  const rows = await measureDrivers({
+    drivers, requests: s.driverRequests, valueSize: s.valueSize,
+    // One loop pass of the comparison's load: a request from each client, in the mix's shares.
+    setsPerPass: Math.max(1, Math.round((s.connections * s.sets) / total)),
+    getsPerPass: Math.max(1, Math.round((s.connections * s.gets) / total)),
+  }, children, tmp, log);
+  const path = beside(s, 'drivers.json');
+  writeDrivers(path, { date: new Date().toISOString(), machine: machine(), command: command() }, rows);
+  console.log(formatDrivers(rows));
+  log(`wrote ${path}`);
+}
+
 async function main(): Promise<void> {
   const s = parseArgs(process.argv.slice(2));
   const children = new Children();
@@ -88,6 +105,7 @@ async function main(): Promise<void> {
 
   if (s.soakS > 0) await soakOnly(s, children, tmp);
   else if (s.idleOnly) await idleOnly(s, children, tmp);
+  else if (s.drivers !== undefined) await driversOnly(s, s.drivers, children, tmp);
   else await comparison(s, children, tmp);
   clearTimeout(watchdog);
 }

@@ -9,6 +9,10 @@ import { join, resolve } from 'node:path';
 import { SOAK_INTERVAL_S } from './soak';
 import { TARGETS, type TargetKind } from './targets';
 
+/** The upstream drivers `--drivers` measures (drivers.ts), in the order it runs them. */
+export const DRIVERS = ['memory', 'memcached', 'redis', 'mysql', 'sqlite'] as const;
+export type DriverKind = (typeof DRIVERS)[number];
+
 export const REPO = resolve(__dirname, '..', '..'); // dist/bench/run.js -> repo root
 
 export interface Settings {
@@ -32,6 +36,10 @@ export interface Settings {
   idleOnly: boolean;
   /** Seconds of soak; 0 = no soak (the comparison runs instead). */
   soakS: number;
+  /** Run only the per-driver cost measure (drivers.ts), for these drivers. */
+  drivers: DriverKind[] | undefined;
+  /** Sets (and gets) per driver in that measure. */
+  driverRequests: number;
   quick: boolean;
   json: string;
   /** Another build's bin/mcmux: each mcmux target also runs from it (`<kind>@base`), in the same rounds. */
@@ -57,11 +65,14 @@ export const USAGE = `usage: node dist/bench/run.js [options]
   --idle              only that: start mcmux1, preload, measure the RSS with N idle clients
   --soak S            only a soak: load on mcmux1 for S seconds (pipeline 16 unless --pipeline),
                       RSS, ops/s and p99 every ${SOAK_INTERVAL_S} s; writes soak.json beside --json
+  --drivers [LIST]    only this: each upstream driver alone in this process against its own server,
+                      sets then gets, a 10:1 pass's worth at a time; CPU µs per request here and
+                      in the server (LIST: any of ${DRIVERS.join(',')}; default all); drivers.json
   --baseline BIN      an A/B run: every mcmux target also runs from BIN (another build's bin/mcmux)
                       as <target>@base, next to it in every round; prints the ratios round by round
   --quick             short runs, for a smoke test
   --json PATH         where to write the JSON (default bench/results/latest.json); SVG and .md beside it;
-                      --idle writes idle.json there, --soak soak.json`;
+                      --idle writes idle.json there, --soak soak.json, --drivers drivers.json`;
 
 export function parseArgs(argv: string[]): Settings {
   const given = new Map<string, string>();
@@ -71,13 +82,14 @@ export function parseArgs(argv: string[]): Settings {
     const a = argv[i]!;
     if (a === '--quick') quick = true;
     else if (a === '--idle') idleOnly = true;
+    else if (a === '--drivers') given.set('drivers', i + 1 < argv.length && !argv[i + 1]!.startsWith('--') ? argv[++i]! : DRIVERS.join(','));
     else if (a === '--help' || a === '-h') {
       console.log(USAGE);
       process.exit(0);
     } else if (a.startsWith('--') && i + 1 < argv.length) given.set(a.slice(2), argv[++i]!);
     else throw new Error(`unknown or incomplete option '${a}'\n${USAGE}`);
   }
-  const known = ['duration', 'warmup', 'connections', 'pipeline', 'value-size', 'ratio', 'keys', 'targets', 'threads', 'repeat', 'json', 'idle-connections', 'idle-pause', 'soak', 'baseline'];
+  const known = ['duration', 'warmup', 'connections', 'pipeline', 'value-size', 'ratio', 'keys', 'targets', 'threads', 'repeat', 'json', 'idle-connections', 'idle-pause', 'soak', 'baseline', 'drivers'];
   for (const k of given.keys()) if (!known.includes(k)) throw new Error(`unknown option '--${k}'\n${USAGE}`);
   const num = (k: string, dflt: number, min: number) => {
     const v = given.has(k) ? Number(given.get(k)) : dflt;
@@ -89,12 +101,15 @@ export function parseArgs(argv: string[]): Settings {
   if (ratio.length !== 2 || !Number.isInteger(gets) || !Number.isInteger(sets) || gets < 0 || sets < 0 || gets + sets === 0) {
     throw new Error(`--ratio must be GET:SET in whole numbers, like 10:1; got '${given.get('ratio')}'`);
   }
-  if (idleOnly && given.has('soak')) throw new Error(`--idle and --soak are two separate runs: give one\n${USAGE}`);
+  const modes = [idleOnly && '--idle', given.has('soak') && '--soak', given.has('drivers') && '--drivers'].filter((m) => m !== false);
+  if (modes.length > 1) throw new Error(`${modes.join(' and ')} are separate runs: give one\n${USAGE}`);
+  const drivers = given.get('drivers')?.split(',').filter((d) => d !== '');
+  for (const d of drivers ?? []) if (!(DRIVERS as readonly string[]).includes(d)) throw new Error(`--drivers: unknown '${d}' (known: ${DRIVERS.join(',')})`);
   const targets = (given.get('targets') ?? TARGETS.join(',')).split(',').filter((t) => t !== '');
   for (const t of targets) if (!(TARGETS as readonly string[]).includes(t)) throw new Error(`--targets: unknown '${t}' (known: ${TARGETS.join(',')})`);
   const baseline = given.has('baseline') ? resolve(given.get('baseline')!) : undefined;
   if (baseline !== undefined && !isFile(baseline)) throw new Error(`--baseline must be the path of another build's bin/mcmux; '${baseline}' is not a file`);
-  if (baseline !== undefined && (idleOnly || given.has('soak'))) throw new Error(`--baseline is for the comparison, not --idle or --soak\n${USAGE}`);
+  if (baseline !== undefined && modes.length > 0) throw new Error(`--baseline is for the comparison, not ${modes[0]}\n${USAGE}`);
   return {
     durationS: num('duration', quick ? 2 : 10, 0.1),
     warmupS: num('warmup', quick ? 0.5 : 2, 0),
@@ -112,6 +127,8 @@ export function parseArgs(argv: string[]): Settings {
     idleConnections: Math.floor(num('idle-connections', 1000, 0)),
     idleOnly,
     soakS: given.has('soak') ? num('soak', 0, 1) : 0,
+    drivers: drivers as DriverKind[] | undefined,
+    driverRequests: quick ? 2000 : 20_000,
     quick,
     json: resolve(given.get('json') ?? join(REPO, 'bench', 'results', 'latest.json')),
     baseline,

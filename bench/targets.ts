@@ -78,7 +78,7 @@ export async function waitReady(proc: Proc, port: number, timeoutMs: number): Pr
   throw new Error(`${proc.name} did not answer 'version' on ${HOST}:${port} within ${timeoutMs} ms`);
 }
 
-async function startMemcached(children: Children): Promise<{ proc: Proc; port: number }> {
+export async function startMemcached(children: Children): Promise<{ proc: Proc; port: number }> {
   const port = await freePort();
   const args = ['-l', HOST, '-p', String(port), '-U', '0', '-m', '1024', '-t', '1'];
   // memcached refuses to run as root unless told which user to become.

@@ -23,9 +23,23 @@ it('--baseline takes another build\'s bin/mcmux, only for the comparison', () =>
     assert.equal(parseArgs([]).baseline, undefined);
     assert.throws(() => parseArgs(['--baseline', join(dir, 'absent')]), /--baseline must be the path of another build's bin\/mcmux; '.*absent' is not a file/);
     assert.throws(() => parseArgs(['--baseline', dir]), /is not a file/);
-    assert.throws(() => parseArgs(['--baseline', bin, '--soak', '60']), /not --idle or --soak/);
-    assert.throws(() => parseArgs(['--baseline', bin, '--idle']), /not --idle or --soak/);
+    assert.throws(() => parseArgs(['--baseline', bin, '--soak', '60']), /--baseline is for the comparison, not --soak/);
+    assert.throws(() => parseArgs(['--baseline', bin, '--idle']), /--baseline is for the comparison, not --idle/);
+    assert.throws(() => parseArgs(['--baseline', bin, '--drivers']), /--baseline is for the comparison, not --drivers/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+it('--drivers runs the per-driver measure alone: every driver, or the ones listed', () => {
+  assert.equal(parseArgs([]).drivers, undefined);
+  assert.deepEqual(parseArgs(['--drivers']).drivers, ['memory', 'memcached', 'redis', 'mysql', 'sqlite']);
+  assert.deepEqual(parseArgs(['--drivers', '--quick']).drivers, ['memory', 'memcached', 'redis', 'mysql', 'sqlite']);
+  assert.deepEqual(parseArgs(['--drivers', 'redis,mysql']).drivers, ['redis', 'mysql']);
+  assert.equal(parseArgs(['--drivers', '--quick']).driverRequests, 2000);
+  assert.equal(parseArgs(['--drivers']).driverRequests, 20000);
+  assert.throws(() => parseArgs(['--drivers', 'redis,postgres']), /--drivers: unknown 'postgres' \(known: memory,memcached,redis,mysql,sqlite\)/);
+  assert.throws(() => parseArgs(['--drivers', '--idle']), /--idle and --drivers are separate runs: give one/);
+  assert.throws(() => parseArgs(['--drivers', '--soak', '60']), /--soak and --drivers are separate runs: give one/);
+  assert.throws(() => parseArgs(['--idle', '--soak', '60']), /--idle and --soak are separate runs: give one/);
 });
