@@ -65,6 +65,7 @@ import { type ArithOp, type Hit, applyArith, isExpired, parseCounter } from '../
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import type { UpstreamContext } from './registry';
 import { intOption, rejectUnknownOptions } from './registry';
+import { ReadBatcher } from './read-batch';
 import {
   type ArithResult,
   type StoreRequest,
@@ -351,11 +352,21 @@ export class MysqlUpstream implements Upstream {
     this.purgeTimer = setInterval(this.purgeTick, o.purgeIntervalMs).unref();
   }
 
-  async get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
+  get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
     if (keys.length === 0) {
       this.stats.requests++;
-      return [];
+      return Promise.resolve([]);
     }
+    // Refused at once by run() when closed or full, as before; a gat locks rows: one statement each.
+    if (touch !== undefined || this.closed || this.load() >= this.o.maxQueue) return this.read(keys, touch, 1);
+    return this.reads.read(keys);
+  }
+
+  /** Reads of one pass, gathered (read-batch.ts): one SELECT ... IN for all their keys. */
+  private readonly reads = new ReadBatcher((keys, callers) => this.read(keys, undefined, callers), MAX_IN);
+
+  /** One read of `keys` on one connection, on behalf of `callers` get requests. */
+  private async read(keys: readonly string[], touch: number | undefined, callers: number): Promise<Array<Hit | undefined>> {
     const unique = [...new Set(keys)].map(kb);
     const found = new Map<string, Hit>();
     await this.run(async (c) => {
@@ -378,7 +389,7 @@ export class MysqlUpstream implements Upstream {
           for (const row of rows) found.set(row.key.toString('latin1'), toHit(row, touch));
         }
       });
-    });
+    }, false, this.timeoutMs, callers);
     return keys.map((k) => found.get(k));
   }
 
@@ -547,7 +558,7 @@ export class MysqlUpstream implements Upstream {
 
   /** Requests waiting or running: the jobs, counting each set of a batch (or waiting for one). */
   private load(): number {
-    return this.jobs.size - this.batchesRunning + this.setsInBatches + this.setQueue.length + this.waiting.size;
+    return this.jobs.size - this.batchesRunning + this.setsInBatches + this.setQueue.length + this.waiting.size + this.reads.waiting;
   }
 
   private scheduleSets(): void {
@@ -775,14 +786,14 @@ export class MysqlUpstream implements Upstream {
    * fired is dropped, and its connection destroyed: its statement may still complete on the
    * server, but nothing read from that connection is ever used again.
    */
-  private run<T>(fn: (c: PoolConnection) => Promise<T>, background = false, timeoutMs = this.timeoutMs): Promise<T> {
-    if (!background) this.stats.requests++;
+  private run<T>(fn: (c: PoolConnection) => Promise<T>, background = false, timeoutMs = this.timeoutMs, callers = 1): Promise<T> {
+    if (!background) this.stats.requests += callers;
     if (!background && this.load() >= this.o.maxQueue) {
       // A database slower than the load: refuse at once (the router journals a write for repair)
       // rather than queue until every request waits out its timeout.
-      return Promise.reject(this.count(this.error(ErrorCodes.UPSTREAM_BUSY, `${this.o.maxQueue} requests already waiting or running (option max-queue)`), background));
+      return Promise.reject(this.count(this.error(ErrorCodes.UPSTREAM_BUSY, `${this.o.maxQueue} requests already waiting or running (option max-queue)`), background, callers));
     }
-    if (this.closed) return Promise.reject(this.count(this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed'), background));
+    if (this.closed) return Promise.reject(this.count(this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed'), background, callers));
     const started = performance.now();
     return new Promise<T>((resolve, reject) => {
       const settle = (err: McmuxError | undefined, value?: T): void => {
@@ -791,10 +802,10 @@ export class MysqlUpstream implements Upstream {
         clearTimeout(timer);
         this.jobs.delete(job);
         if (!background && (err === undefined || err.code === ErrorCodes.UPSTREAM_REFUSED)) {
-          this.stats.latencyUsSum += Math.round((performance.now() - started) * 1000);
-          this.stats.latencyCount++;
+          this.stats.latencyUsSum += callers * Math.round((performance.now() - started) * 1000);
+          this.stats.latencyCount += callers;
         }
-        if (err) reject(this.count(err, background));
+        if (err) reject(this.count(err, background, callers));
         else resolve(value as T);
       };
       const job: Job = {
@@ -806,7 +817,7 @@ export class MysqlUpstream implements Upstream {
         },
       };
       const timer = setTimeout(() => {
-        if (!background) this.stats.timeouts++;
+        if (!background) this.stats.timeouts += callers;
         job.abort(this.error(ErrorCodes.UPSTREAM_TIMEOUT, `no answer within ${this.timeoutMs} ms (option timeout)`));
       }, timeoutMs);
       this.jobs.add(job);
@@ -956,8 +967,9 @@ export class MysqlUpstream implements Upstream {
     return this.error(ErrorCodes.UPSTREAM_IO, `${code}${String(e.message ?? err)}`);
   }
 
-  private count(err: McmuxError, background: boolean): McmuxError {
-    if (!background) this.stats.errors++;
+  /** Counts the failure of `callers` requests (a gathered read stands for several). */
+  private count(err: McmuxError, background: boolean, callers = 1): McmuxError {
+    if (!background) this.stats.errors += callers;
     return err;
   }
 

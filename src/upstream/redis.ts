@@ -47,6 +47,7 @@ import type { ArithOp, Hit } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import type { HostPort, UpstreamContext } from './registry';
 import { intOption, rejectUnknownOptions } from './registry';
+import { ReadBatcher } from './read-batch';
 import {
   type ArithResult,
   type StoreRequest,
@@ -63,6 +64,8 @@ const BACKOFF_MAX_MS = 2000;
 const HEADER = 12; // flags u32 + cas u64
 const FLUSH_BATCH = 500; // keys per SCAN step and per UNLINK of a prefixed flush
 const SLOTS = 16384;
+/** Keys of one gathered read (read-batch.ts): one script runs them all, and Redis runs nothing else meanwhile. */
+const READ_BATCH_KEYS = 256;
 
 /** Shared by the scripts: the next cas unique, its 8 bytes, and applying a deadline argument. */
 const LUA_LIB = `
@@ -306,8 +309,18 @@ export class RedisUpstream implements Upstream {
   }
 
   get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
-    return this.run(() => this.doGet(keys, touch));
+    // run() refuses at once when closed or full, as before; a gat's deadline is its own.
+    if (touch !== undefined || keys.length === 0 || this.closed || this.inFlight + this.reads.waiting >= this.maxQueue) {
+      return this.run(() => this.doGet(keys, touch));
+    }
+    return this.reads.read(keys);
   }
+
+  /**
+   * Reads of one pass, gathered (read-batch.ts): one script call for all their keys. They were
+   * admitted (max-queue, closed) as they were queued: a close() since then lets them go out first.
+   */
+  private readonly reads = new ReadBatcher((keys, callers) => this.run(() => this.doGet(keys, undefined), false, callers, true), READ_BATCH_KEYS);
 
   private loading: Promise<void> | undefined;
 
@@ -399,7 +412,9 @@ export class RedisUpstream implements Upstream {
     this.closed = true;
     const client = this.client;
     if (client.status === 'ready') {
-      // Auto-pipelined requests leave at the end of the tick; QUIT is never pipelined: let them go first.
+      // Reads gathered before the close go out first (read-batch.ts), then their commands too:
+      // auto-pipelined requests leave at the end of the tick; QUIT is never pipelined: let them go first.
+      await this.reads.sent();
       await new Promise<void>((resolve) => setImmediate(resolve));
       // QUIT is answered after every request already sent, so those still get their replies.
       await this.within(client.quit().then(ignore, ignore));
@@ -467,29 +482,30 @@ export class RedisUpstream implements Upstream {
    * McmuxError, count. `long` (flush): not bounded by the request timeout as a whole, only each
    * of its commands is.
    */
-  private async run<T>(op: () => Promise<T>, long = false): Promise<T> {
-    this.stats.requests++;
+  private async run<T>(op: () => Promise<T>, long = false, callers = 1, admitted = false): Promise<T> {
+    this.stats.requests += callers;
     const started = performance.now();
-    if (this.inFlight >= this.maxQueue) {
-      throw this.failure(this.error(ErrorCodes.UPSTREAM_BUSY, `${this.maxQueue} requests already in flight (option max-queue)`), started);
+    // Reads waiting to be gathered count as in flight: they were admitted.
+    if (!admitted && this.inFlight + this.reads.waiting >= this.maxQueue) {
+      throw this.failure(this.error(ErrorCodes.UPSTREAM_BUSY, `${this.maxQueue} requests already in flight (option max-queue)`), started, callers);
     }
-    this.inFlight++;
+    this.inFlight += callers;
     try {
       let guard = this.client instanceof Cluster && !long; // a cluster may retry a command internally
-      if (this.closed) throw this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
+      if (this.closed && !admitted) throw this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
       if (this.client.status !== 'ready') {
         if (!this.starting) throw this.error(ErrorCodes.UPSTREAM_IO, `not connected (reconnecting): ${this.lastError}`);
         await this.bounded(this.firstReady, started);
         guard = !long;
       }
       const result = await (guard ? this.bounded(op(), started) : op());
-      this.stats.latencyUsSum += Math.round((performance.now() - started) * 1000);
-      this.stats.latencyCount++;
+      this.stats.latencyUsSum += callers * Math.round((performance.now() - started) * 1000);
+      this.stats.latencyCount += callers;
       return result;
     } catch (err) {
-      throw this.failure(err, started);
+      throw this.failure(err, started, callers);
     } finally {
-      this.inFlight--;
+      this.inFlight -= callers;
     }
   }
 
@@ -507,13 +523,13 @@ export class RedisUpstream implements Upstream {
   }
 
   /** The McmuxError for what a request failed with; counts it. */
-  private failure(err: unknown, started: number): McmuxError {
-    this.stats.errors++;
+  private failure(err: unknown, started: number, callers = 1): McmuxError {
+    this.stats.errors += callers;
     if (err instanceof McmuxError) return err;
     const message = this.scrub(err instanceof Error ? err.message : String(err));
     if (this.closed) return this.error(ErrorCodes.UPSTREAM_CLOSED, `upstream closed (${message})`);
     if (message === 'Command timed out') {
-      this.stats.timeouts++;
+      this.stats.timeouts += callers;
       // A reply that comes late is still paired with its own command (ioredis keeps it queued),
       // but a server that stopped answering would collect every request sent meanwhile: drop the
       // connection, so that they fail at once until it answers again.

@@ -308,6 +308,25 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     assert.ok(pool.stats.latencyCount >= 700 && pool.stats.latencyUsSum > 0);
   });
 
+  await t.test('gets arriving together are one SELECT: each its own keys, counted as requests each', async () => {
+    const status = async (name: string): Promise<number> => Number((await rows(raw, `SHOW GLOBAL STATUS LIKE '${name}'`))[0]?.Value);
+    const pool = other({ connections: '4', 'max-queue': '1000' });
+    await pool.probe();
+    await Promise.all(Array.from({ length: 50 }, (_, i) => pool.store({ mode: 'set', key: `read:${i}`, value: b(`r${i}`), flags: i, deadline: 0 })));
+    const requests = pool.stats.requests;
+    const before = await status('Com_stmt_execute');
+    // 50 one-key gets and a two-key one in one event-loop pass, as 50 clients' gets arrive.
+    const gets = [...Array.from({ length: 50 }, (_, i) => pool.get([`read:${i}`])), pool.get(['read:7', 'read:none'])];
+    const got = await Promise.all(gets);
+    const statements = (await status('Com_stmt_execute')) - before;
+    t.diagnostic(`51 gets in ${statements} statements`);
+    assert.ok(statements <= 2, `${statements} statements for 51 gets: not gathered`);
+    got.slice(0, 50).forEach((hits, i) => assert.deepEqual([hits.length, hits[0]?.value.toString(), hits[0]?.flags], [1, `r${i}`, i]));
+    assert.deepEqual(got[50]?.map((h) => h?.flags), [7, undefined]);
+    assert.equal(pool.stats.requests - requests, 51, 'each get counts as a request');
+    assert.equal(pool.stats.latencyCount, pool.stats.requests, 'and its latency');
+  });
+
   await t.test('plain sets arriving together are written as one batch: few statements, each set its own unique, in order', async () => {
     const status = async (name: string): Promise<number> => Number((await rows(raw, `SHOW GLOBAL STATUS LIKE '${name}'`))[0]?.Value);
     const pool = other({ connections: '2', 'max-queue': '1000' });

@@ -322,6 +322,26 @@ test('redis upstream against a private redis-server', async (t) => {
     assert.deepEqual(await up.get([]), []);
   });
 
+  await t.test('gets arriving together are one script call: each its own keys, counted as requests each', async () => {
+    const admin = raw(server);
+    try {
+      const calls = async (): Promise<number> => Number(/cmdstat_evalsha:calls=(\d+)/.exec(String(await admin.info('commandstats')))?.[1] ?? 0);
+      const requests = up.stats.requests;
+      const before = await calls();
+      // 50 one-key gets and a two-key one in one event-loop pass, as 50 clients' gets arrive (p:0-99
+      // were deleted above).
+      const gets = [...Array.from({ length: 50 }, (_, i) => up.get([`p:${100 + i}`])), up.get(['p:107', 'p:none'])];
+      const got = await Promise.all(gets);
+      const scripts = (await calls()) - before;
+      assert.ok(scripts <= 2, `${scripts} script calls for 51 gets: not gathered`);
+      got.slice(0, 50).forEach((hits, i) => assert.deepEqual([hits.length, hits[0]?.flags], [1, 100 + i]));
+      assert.deepEqual(got[50]?.map((h) => h?.flags), [107, undefined]);
+      assert.equal(up.stats.requests - requests, 51, 'each get counts as a request');
+    } finally {
+      admin.disconnect();
+    }
+  });
+
   await t.test('stats count requests and latencies', () => {
     assert.ok(up.stats.requests > 4000);
     assert.ok(up.stats.latencyCount > 4000);
