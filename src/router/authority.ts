@@ -45,26 +45,40 @@ async function decide<R>(
   return { error: lastError };
 }
 
+/**
+ * The authority applied the command: it holds the key's current state now, as after any write
+ * that reached it (`seq`: the command's write sequence). When every upstream was dirty for the
+ * key (its last write failed everywhere) it was chosen as the freshest copy, and left standing,
+ * its entry would have the repair replay the old miss over the result: a missed delete deleting
+ * the lock just granted.
+ */
+function settleAuthority(ctx: RouterContext, key: string, index: number, seq: number | undefined): void {
+  ctx.journal.written(ctx.upstreams[index] as Upstream, key, seq);
+}
+
 function others(ctx: RouterContext, index: number): Upstream[] {
   return ctx.upstreams.filter((_, i) => i !== index);
 }
 
-export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand): Promise<Reply> {
+/** `seq`: the command's write sequence (journal.writeStarted), when the router took one. */
+export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand, seq?: number): Promise<Reply> {
   const req = { mode: cmd.mode, key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, cas: cmd.cas };
   const r = await decide(ctx, cmd.key, (u) => u.store(req));
   if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
   if (r.value.status !== 'STORED') return { kind: 'status', status: r.value.status };
+  settleAuthority(ctx, cmd.key, r.index, seq);
   const ok: Reply = { kind: 'status', status: 'STORED', ...(r.value.cas !== undefined ? { cas: r.value.cas } : {}) };
   if (cmd.mode === 'append' || cmd.mode === 'prepend') return copyFromAuthority(ctx, cmd.key, r.index, ok);
   // add, replace and cas stored exactly the client's item: the others get the same.
   return replicateSet(ctx, { ...req, mode: 'set', cas: undefined }, others(ctx, r.index), 1, ok);
 }
 
-export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand): Promise<Reply> {
+export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand, seq?: number): Promise<Reply> {
   const r = await decide(ctx, cmd.key, (u) => u.arith(cmd.op, cmd.key, cmd.delta));
   if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
   const res = r.value;
   if (res.status === 'OK') {
+    settleAuthority(ctx, cmd.key, r.index, seq);
     const reply: Reply = res.cas === undefined ? { kind: 'number', value: res.value } : { kind: 'number', value: res.value, cas: res.cas };
     return copyFromAuthority(ctx, cmd.key, r.index, reply);
   }
@@ -76,12 +90,12 @@ export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand): P
   const value = Buffer.from(cmd.initial.toString(), 'latin1');
   const created = await conditionalStore(ctx, {
     kind: 'store', mode: 'add', key: cmd.key, flags: 0, deadline: cmd.deadline, value, cas: undefined, withCas: true, noreply: cmd.noreply,
-  });
+  }, seq);
   if (created.kind === 'status' && created.status === 'STORED') {
     return created.cas === undefined ? { kind: 'number', value: cmd.initial } : { kind: 'number', value: cmd.initial, cas: created.cas };
   }
   // Someone created it between our miss and our add: count on what is there now.
-  if (created.kind === 'status' && created.status === 'NOT_STORED') return conditionalArith(ctx, { ...cmd, initial: undefined });
+  if (created.kind === 'status' && created.status === 'NOT_STORED') return conditionalArith(ctx, { ...cmd, initial: undefined }, seq);
   return created;
 }
 

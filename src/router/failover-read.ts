@@ -34,7 +34,21 @@ interface ReadState {
 export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
   const seq = ctx.journal.readStarted();
-  return firstHit(ctx, cmd, seq) ?? finish(ctx, seq, read(ctx, cmd, seq));
+  // So must the writes already in flight as it begins, though they may have settled when it ends.
+  const busy = writesInFlight(ctx, cmd.keys);
+  return firstHit(ctx, cmd, seq, busy) ?? finish(ctx, seq, read(ctx, cmd, seq, undefined, busy));
+}
+
+/**
+ * Keys of `keys` with a write in flight, undefined when none (the usual case). A value the read
+ * finds lower down may be one that such a write is removing (a delete applied above, refused or
+ * not yet applied below): written back above, it would undo the write for good, and by the time
+ * the read ends the write may have settled, so writtenSince() no longer tells.
+ */
+function writesInFlight(ctx: RouterContext, keys: readonly string[]): ReadonlySet<string> | undefined {
+  let busy: Set<string> | undefined;
+  for (const k of keys) if (ctx.journal.writesInFlight(k) > 0) (busy ??= new Set()).add(k);
+  return busy;
 }
 
 /** Tells the journal the read `seq` is over once `full` settles. */
@@ -58,7 +72,7 @@ function finish(ctx: RouterContext, seq: number, full: Promise<Reply>): Promise<
  * One promise layer on top of the upstream's, no async function: this runs once per get, and
  * each layer costs the hot path a promise and a microtask.
  */
-function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number): Promise<Reply> | undefined {
+function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number, busy: ReadonlySet<string> | undefined): Promise<Reply> | undefined {
   if (cmd.keys.length !== 1 || cmd.touch !== undefined || ctx.hedgeMs > 0) return undefined;
   const key = cmd.keys[0] as string;
   const u = ctx.upstreams[0];
@@ -67,18 +81,21 @@ function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number): Promise<Rep
   return u.get(cmd.keys, undefined, !cmd.withCas).then(
     (hits): Reply | Promise<Reply> => {
       const hit = hits[0];
-      if (!hit) return finish(ctx, seq, read(ctx, cmd, seq, { ok: true, hits: new Map([[key, undefined]]) }));
+      if (!hit) return finish(ctx, seq, read(ctx, cmd, seq, { ok: true, hits: new Map([[key, undefined]]) }, busy));
       ctx.counters.getHits++;
       ctx.journal.readFinished(seq);
       return { kind: 'values', hits: [hit] };
     },
     // Handed to the full read, so that a slow upstream is not waited for twice.
-    (error: unknown) => finish(ctx, seq, read(ctx, cmd, seq, { ok: false, error })),
+    (error: unknown) => finish(ctx, seq, read(ctx, cmd, seq, { ok: false, error }, busy)),
   );
 }
 
-/** `first`: what upstream 0 already answered for a one-key read the fast path could not finish. */
-async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer): Promise<Reply> {
+/**
+ * `first`: what upstream 0 already answered for a one-key read the fast path could not finish.
+ * `busy`: keys with a write in flight when the read began (never read-repaired).
+ */
+async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer, busy?: ReadonlySet<string>): Promise<Reply> {
   const { upstreams } = ctx;
   // Each distinct key is asked for once, however often the request repeats it (T16).
   const unique = [...new Set(cmd.keys)];
@@ -147,7 +164,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
 
   for (const [key, { hit, from }] of st.found) {
     const above = st.missedAt.get(key);
-    if (above) repair(ctx, key, hit, above, seq);
+    if (above && !busy?.has(key)) repair(ctx, key, hit, above, seq);
     if (cmd.touch !== undefined) touchOthers(ctx, key, cmd.touch, from, above);
   }
 

@@ -139,7 +139,15 @@ export class Repairer {
           journal.clear(u, key);
           return true;
         }
-        const [hit] = await source.get([key]);
+        let hit;
+        try {
+          [hit] = await source.get([key]);
+        } catch {
+          // Nothing was sent to `u`: its entry stands as it is (the catch below would mark it late,
+          // and with the first sequence of all, though a client write may have reached it since).
+          this.repairFailures++;
+          return false;
+        }
         // A client write started while the source was read: what was read may be older than it,
         // and a copy sent now would land after the write. Leave it to the write (journal.written).
         if (journal.repairing.get(rk)) return false;

@@ -164,10 +164,10 @@ export class Router {
    */
   private runConditional(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> {
     const key = cmd.key;
-    ctx.journal.writeStarted(key);
+    const seq = ctx.journal.writeStarted(key);
     let r: Promise<Reply> | Reply;
     try {
-      r = this.run(ctx, cmd);
+      r = this.run(ctx, cmd, seq);
     } catch (error) {
       ctx.journal.writeFinished(key);
       throw error;
@@ -176,7 +176,8 @@ export class Router {
   }
 
 
-  private run(ctx: RouterContext, cmd: Command): Promise<Reply> | Reply {
+  /** `seq`: a conditional command's write sequence (runConditional). */
+  private run(ctx: RouterContext, cmd: Command, seq?: number): Promise<Reply> | Reply {
     switch (cmd.kind) {
       case 'get':
         this.count(cmd.touch === undefined ? 'get' : 'touch');
@@ -188,7 +189,7 @@ export class Router {
         if (cmd.mode === 'set') {
           return replicateSet(ctx, { mode: 'set', key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, withCas: cmd.withCas });
         }
-        return conditionalStore(ctx, cmd);
+        return conditionalStore(ctx, cmd, seq);
       case 'too_large':
         this.count('set');
         return this.tooLarge(ctx, cmd.mode, cmd.key);
@@ -202,7 +203,7 @@ export class Router {
       case 'arith':
         this.count(cmd.op);
         if (cmd.initial !== undefined) ctx.journal.noteDeadline(cmd.deadline);
-        return conditionalArith(ctx, cmd);
+        return conditionalArith(ctx, cmd, seq);
       case 'flush':
         this.count('flush');
         return this.flush(ctx, cmd.delay);

@@ -1,0 +1,1001 @@
+/**
+ * Model-based fuzz of the router: seeded, bounded, deterministic (virtual time, no sockets, no
+ * Math.random). For each seed:
+ *
+ *   Router + RepairJournal + Repairer + ColdDetector, over 2-3 HealthyUpstream(SchedUpstream)
+ *   several client operations in flight at once (set, get / multi-get / gets, delete, touch,
+ *   add, incr, decr) over a small key space, and faults injected on the upstreams
+ *   ─► every reply is recorded, and judged afterwards against a reference model (judge()).
+ *
+ * SchedUpstream is a FakeUpstream (its MemoryUpstream is the store) whose every request waits on
+ * its connection (a lane) until the scheduler applies it and, later, answers it, as with the
+ * memcached driver: requests on one connection are applied and answered in the order sent, those
+ * on different connections interleave in any order, and a request may be applied well before its
+ * answer arrives. A seed uses one connection per upstream (memcached's default) or one per key
+ * (connections > 1: a multi-get goes on the connection of its first key, as the driver sends it).
+ * A timeout discards the connection: the request gets TIMEOUT, the others on it IO (late), as the
+ * driver does. Time is node:test's mock timers: request timeouts (50 ms),
+ * health probes, hedges, the repairer's and the cold detector's intervals and Date.now all run on
+ * the virtual clock, which moves only when the scheduler ticks it.
+ *
+ * THE FAULT MODEL (what the README's consistency model promises to survive):
+ *  - fail: an upstream refuses connections for a while (crashed, partitioned): its requests in
+ *    flight fail (MCMUX_UPSTREAM_IO, not late: those already applied stay applied, the others are
+ *    never applied), new ones are refused; health marks it down; it comes back and reconnects.
+ *  - pause: an upstream stops answering (a paused or overloaded server): requests time out after
+ *    50 ms (the lane's connection is discarded, as the driver does), health marks it down, probes
+ *    time out; when it resumes it reconnects. A request that timed out before it was applied is a
+ *    straggler: it may be applied LATER (a late landing), or never.
+ *  - glitches: one connection closed by the server (its requests fail, not late); one request
+ *    refused (a SERVER_ERROR of the store, nothing applied).
+ *  - restart empty: an upstream crashes, loses everything (its MemoryUpstream is flushed), and
+ *    comes back (the driver's reconnect calls ColdDetector.reconnected, as app.ts wires it).
+ *  - eviction: a cache drops one session key (memory pressure); mcmux cannot tell, the upstream
+ *    answers a miss and read repair puts the key back.
+ *  - an upstream in neither state is slow at random but answers within its timeout.
+ *
+ * EXCLUDED, because mcmux honestly cannot be right there (it keeps no values, only which copy
+ * missed what):
+ *  - a straggler lands only while some OTHER upstream holds the key's current state as mcmux
+ *    knows it (clean for the key in the journal, not emptied by a restart since, no write of the key
+ *    in flight or straggling there), and no later than LATE_SETTLE_MS - 1 after it timed out (the
+ *    README: "a server that resumes works through its old connections within this"). Otherwise it
+ *    is dropped. This excludes an old write landing late on every copy at once, or on the only
+ *    copy mcmux trusts (then the old value is all there is: a stale read no journal can prevent).
+ *  - a restart empty happens only while every other upstream is up, healthy, straggler-free and
+ *    clean for every key, and no other upstream gets any fault until every key has been written to
+ *    the restarted one again and every operation that began before that has ended. mcmux does not know what a restarted store lost (the journal says it
+ *    is clean): a miss from it is taken as the truth when the others fail, and a key only it held
+ *    is gone. ("at least one upstream holding current data at all times") The same for an
+ *    eviction, key by key, and only while no operation of the key is in flight (see evict()).
+ *  - an evicted lock or counter: whichever upstream decides an add or incr then answers from what
+ *    it lacks (as plain memcached would; the lock-fence covers only a whole store coming back
+ *    empty). With evictions on (7 seeds in 10), add, incr and decr go to lock and counter keys, and
+ *    only session keys are evicted.
+ *  - a write that failed on every upstream (SERVER_ERROR) is not excluded but modelled as "maybe":
+ *    it may or may not have taken effect, at any point of its interval.
+ *  - not exercised: journal overflow (journal-max-keys), flush_all, expiry (every deadline is 0),
+ *    the lock-fence ending (it is longer than a run), several mcmux, mcmux restarts, cas,
+ *    append/prepend/replace. The README lists the first ones as not guaranteed.
+ *
+ * THE MODEL (judge()): each key is a register; a write (set, delete, add STORED, incr/decr result)
+ * takes effect at one point between its start and its reply; one that failed may never take
+ * effect. A read (or the precondition of add, incr, touch, delete NOT_FOUND) may see the state of
+ * a write W that started before the read ended, unless some write acknowledged before the read
+ * began started after W was answered (W was certainly overwritten). Violations named:
+ *  - value of another key: a hit whose value does not belong to the key asked
+ *  - resurrection: a value deleted by a delete acknowledged before the read began
+ *  - stale read: a value overwritten by a write acknowledged before the read began
+ *  - lost write: a miss (NOT_FOUND, add STORED) where an acknowledged set is current
+ *  - the same for what each upstream holds, when the journal says it is clean for the key, after
+ *    the run (every fault healed, the repair done): "clean" is what reads rely on.
+ *
+ * Each seed also draws its configuration: 2 or 3 upstreams, write-wait all or copies, min-copies
+ * 1 or 2, hedged reads or not, 1-6 operations in flight, 120-300 operations, the fault rate,
+ * one connection per upstream (memcached's default: everything in order) or one per key, and
+ * whether caches evict.
+ *
+ * Replay one seed: MCMUX_FUZZ_SEED=<seed> MCMUX_FUZZ_SEEDS=1 node --test dist/test/router/fuzz.test.js
+ * More seeds: MCMUX_FUZZ_SEEDS=2000 (MCMUX_FUZZ_SEED is the first); MCMUX_FUZZ_TRIAGE=1 reports
+ * one line per failing seed and goes on; MCMUX_FUZZ_VERBOSE=1 counts the error replies by kind.
+ * A failure prints the seed, its configuration, the violation, and the log of the key and of the
+ * faults up to the violating reply (every request applied, answered, timed out or landing late).
+ *
+ * What it found is minimised by hand in fuzz-findings.test.ts.
+ */
+
+import assert from 'node:assert/strict';
+import { describe, it, type TestContext } from 'node:test';
+import pino from 'pino';
+import { type ArithOp, type Command, type Reply, applyArith } from '../../src/command/command';
+import { ErrorCodes, McmuxError } from '../../src/errors';
+import { ColdDetector } from '../../src/router/cold-detector';
+import type { WriteWait } from '../../src/router/context';
+import { HealthyUpstream } from '../../src/router/health';
+import { RepairJournal } from '../../src/router/journal';
+import { LATE_SETTLE_MS, Repairer } from '../../src/router/repair';
+import { Router } from '../../src/router/router';
+import type { StoreRequest } from '../../src/upstream/upstream';
+import { FakeUpstream } from '../helpers/fake-upstream';
+import { mulberry32 } from '../helpers/random';
+
+const FIRST_SEED = Number(process.env.MCMUX_FUZZ_SEED ?? 1);
+const SEEDS = Number(process.env.MCMUX_FUZZ_SEEDS ?? 150);
+/** Virtual start time: fixed, so that a seed replays exactly. */
+const T0 = 1_800_000_000_000;
+/** Longer than any run: the fence of an upstream that came back empty never ends here. */
+const LOCK_FENCE_MS = 3_600_000;
+const MAX_STEPS = 60_000;
+
+const SESSIONS = ['s0', 's1', 's2', 's3'];
+const LOCKS = ['l0', 'l1'];
+const COUNTERS = ['c0', 'c1'];
+const KEYS = [...SESSIONS, ...LOCKS, ...COUNTERS];
+const isCounter = (k: string): boolean => k.startsWith('c');
+/** A counter's values lie in [base, base + 1e8): a number outside is another key's. */
+const counterBase = (k: string): number => (COUNTERS.indexOf(k) + 1) * 100_000_000;
+/** What op #id writes to `key`: it names its key (a session) or lies in its key's range (a counter). */
+const valueFor = (key: string, id: number): string => (isCounter(key) ? String(counterBase(key) + id * 10_000) : `${key}:${id}`);
+function belongsTo(key: string, v: string): boolean {
+  if (!isCounter(key)) return v.startsWith(`${key}:`);
+  if (!/^\d+$/.test(v)) return false;
+  const n = Number(v);
+  return n >= counterBase(key) && n < counterBase(key) + 100_000_000;
+}
+
+const silent = pino({ level: 'silent' });
+const source = { startedAt: 0, version: 'fuzz', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+const noop = (): void => {};
+
+// ---------------------------------------------------------------------------------------------
+// The scheduled upstream: a FakeUpstream whose requests wait in lanes for the scheduler.
+
+interface Req {
+  readonly id: number;
+  readonly up: SchedUpstream;
+  readonly lane: string;
+  /** The key of the lane (the first key of a get). */
+  readonly key: string;
+  readonly what: string;
+  readonly op: 'get' | 'store' | 'delete' | 'touch' | 'arith' | 'flush';
+  /** It changes the store (a straggler of it matters). */
+  readonly write: boolean;
+  readonly apply: () => Promise<unknown>;
+  readonly timeoutAt: number;
+  applied: boolean;
+  result: Promise<unknown> | undefined;
+  readonly resolve: (v: unknown) => void;
+  readonly reject: (e: unknown) => void;
+  timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+type UpState = 'ok' | 'paused' | 'down';
+
+class SchedUpstream extends FakeUpstream {
+  state: UpState = 'ok';
+  /** Virtual time the current fault ends. */
+  faultUntil = 0;
+  /** The current fault is a restart (empty). */
+  restarting = false;
+  readonly lanes = new Map<string, Req[]>();
+  /** Keys it lost in a restart and has not been written since: mcmux believes it holds them. */
+  readonly lost = new Set<string>();
+  /** A request timed out since it last (re)connected: the next connection is a reconnect. */
+  timedOut = false;
+  healthy!: HealthyUpstream;
+
+  constructor(
+    name: string,
+    private readonly world: World,
+  ) {
+    super(name);
+  }
+
+  private send<R>(op: Req['op'], what: string, key: string, apply: () => Promise<R>): Promise<R> {
+    if (this.state === 'down') return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: connection refused (injected)`));
+    return new Promise<R>((resolve, reject) => {
+      // One connection for every key (memcached's default), or one per key (connections > 1:
+      // requests of different keys, a multi-get and a write of its second key too, in any order).
+      const lane = this.world.cfg.oneConnection ? '' : key;
+      const write = op !== 'get' && op !== 'flush';
+      const req: Req = {
+        id: ++this.world.reqSeq, up: this, lane, key, what, op, write, apply, timeoutAt: Date.now() + this.timeoutMs,
+        applied: false, result: undefined, resolve: resolve as (v: unknown) => void, reject, timer: undefined,
+      };
+      req.timer = setTimeout(() => this.world.expire(req), this.timeoutMs);
+      let l = this.lanes.get(lane);
+      if (!l) this.lanes.set(lane, (l = []));
+      l.push(req);
+    });
+  }
+
+  override get(keys: readonly string[], touch?: number) {
+    const k = [...keys];
+    return this.send('get', `get ${k.join(' ')}`, k[0] ?? '', () => this.inner.get(k, touch));
+  }
+  override store(req: StoreRequest) {
+    return this.send('store', `${req.mode} ${req.key}=${req.value.toString()}`, req.key, () => this.inner.store(req));
+  }
+  override delete(key: string) {
+    return this.send('delete', `delete ${key}`, key, () => this.inner.delete(key));
+  }
+  override touch(key: string, deadline: number) {
+    return this.send('touch', `touch ${key}`, key, () => this.inner.touch(key, deadline));
+  }
+  override arith(op: ArithOp, key: string, delta: bigint) {
+    return this.send('arith', `${op} ${key} ${delta}`, key, () => this.inner.arith(op, key, delta));
+  }
+  override flush() {
+    return this.send('flush', 'flush', '\0flush', () => this.inner.flush());
+  }
+  override async probe(): Promise<void> {
+    if (this.state === 'down') throw new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: connection refused (injected)`);
+    if (this.state === 'paused') {
+      await new Promise((r) => setTimeout(r, this.timeoutMs));
+      throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: probe timed out (injected pause)`);
+    }
+  }
+
+  /** A request that changes `key` is in flight here. */
+  hasWriteInFlight(key: string): boolean {
+    for (const lane of this.lanes.values()) if (lane.some((r) => r.write && r.key === key)) return true;
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One seed's world: the router, its upstreams, the scheduler, and the record.
+
+interface Op {
+  readonly id: number;
+  readonly kind: 'get' | 'gets' | 'set' | 'delete' | 'touch' | 'add' | 'incr' | 'decr';
+  readonly keys: readonly string[];
+  readonly value: string | undefined;
+  readonly delta: bigint;
+  readonly text: string;
+  readonly final: boolean;
+  readonly start: number;
+  end: number | undefined;
+  reply: Reply | undefined;
+  thrown: unknown;
+}
+
+interface LogLine {
+  readonly t: number;
+  readonly vt: number;
+  readonly keys: readonly string[];
+  readonly text: string;
+}
+
+interface Straggler {
+  readonly req: Req;
+  readonly deadline: number;
+}
+
+interface Config {
+  readonly n: number;
+  readonly writeWait: WriteWait;
+  readonly minCopies: number;
+  readonly hedgeMs: number;
+  readonly clients: number;
+  readonly ops: number;
+  readonly faultRate: number;
+  /** Every request of an upstream on one connection, else one connection per key. */
+  readonly oneConnection: boolean;
+  /** Caches evict session keys (then add, incr and decr go to lock and counter keys only). */
+  readonly evictions: boolean;
+}
+
+function describeReply(r: Reply | undefined, thrown: unknown): string {
+  if (thrown !== undefined) return `THREW ${String(thrown)}`;
+  if (r === undefined) return '(no reply)';
+  switch (r.kind) {
+    case 'values':
+      return r.hits.map((h) => (h ? h.value.toString() : 'miss')).join(' ');
+    case 'status':
+      return r.status;
+    case 'number':
+      return `${r.value}`;
+    case 'error':
+      return `${r.type} ${r.message}`;
+    default:
+      return r.kind;
+  }
+}
+
+class World {
+  readonly rng: () => number;
+  readonly cfg: Config;
+  clock = 0;
+  reqSeq = 0;
+  opSeq = 0;
+  inflight = 0;
+  readonly ops: Op[] = [];
+  readonly log: LogLine[] = [];
+  readonly ups: SchedUpstream[];
+  readonly journal: RepairJournal;
+  readonly router: Router;
+  readonly repairer: Repairer;
+  readonly detector: ColdDetector;
+  stragglers: Straggler[] = [];
+  /** Virtual ms the run took. */
+  endedAt = 0;
+  /** The logical clock when an upstream last learnt again a key it had lost (see mayFault). */
+  relearntAt = -1;
+
+  constructor(
+    readonly seed: number,
+    private readonly t: TestContext,
+  ) {
+    this.rng = mulberry32(seed);
+    const n = this.rng() < 0.5 ? 2 : 3;
+    this.cfg = {
+      n,
+      writeWait: this.rng() < 0.5 ? 'all' : 'copies',
+      minCopies: n === 3 && this.rng() < 0.3 ? 2 : 1,
+      hedgeMs: this.rng() < 0.2 ? 10 : 0,
+      clients: 1 + this.int(6),
+      ops: 120 + this.int(180),
+      faultRate: [0.02, 0.05, 0.1][this.int(3)] as number,
+      oneConnection: this.rng() < 0.5,
+      evictions: this.rng() < 0.7,
+    };
+    this.ups = Array.from({ length: n }, (_, i) => new SchedUpstream(`up${i}`, this));
+    this.detector = new ColdDetector(() => this.ups.map((u) => u.healthy), LOCK_FENCE_MS, silent);
+    for (const u of this.ups) {
+      u.healthy = new HealthyUpstream(u, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, (h, from, to) => {
+        this.note([], `${u.name} health ${from} -> ${to}`);
+        // As app.ts: an upstream back to healthy has its marker checked.
+        if (to === 'healthy') void this.detector.check(h);
+      });
+    }
+    this.journal = new RepairJournal({ maxKeys: 100_000, dir: undefined, fsync: 'no' });
+    this.router = new Router(
+      {
+        upstreams: this.ups.map((u) => u.healthy),
+        journal: this.journal,
+        onFlushed: (u) => this.detector.forget(u as HealthyUpstream),
+        hedgeMs: this.cfg.hedgeMs,
+        minCopies: this.cfg.minCopies,
+        writeWait: this.cfg.writeWait,
+        allowFlush: false,
+      },
+      source,
+      noop,
+    );
+    this.repairer = new Repairer(() => this.router.context, { rate: 1000, flushCaches: true }, silent);
+  }
+
+  int(n: number): number {
+    return Math.floor(this.rng() * n);
+  }
+  chance(p: number): boolean {
+    return this.rng() < p;
+  }
+  pick<T>(xs: readonly T[]): T {
+    return xs[this.int(xs.length)] as T;
+  }
+  get now(): number {
+    return Date.now() - T0;
+  }
+
+  note(keys: readonly string[], text: string): void {
+    this.log.push({ t: this.clock, vt: this.now, keys, text });
+  }
+
+  describeConfig(): string {
+    const c = this.cfg;
+    return `upstreams=${c.n} connections=${c.oneConnection ? 'one' : 'per-key'} evictions=${c.evictions} write-wait=${c.writeWait} min-copies=${c.minCopies} hedge-ms=${c.hedgeMs} clients=${c.clients} ops=${c.ops} fault-rate=${c.faultRate}`;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Requests: apply, answer, time out, fail.
+
+  /** The timer of `req` fired: as the driver, TIMEOUT to it, IO (late) to the rest of its connection. */
+  expire(req: Req): void {
+    const u = req.up;
+    const lane = u.lanes.get(req.lane);
+    if (!lane || !lane.includes(req)) return;
+    u.lanes.delete(req.lane);
+    u.timedOut = true;
+    for (const r of lane) {
+      if (r.timer) clearTimeout(r.timer);
+      if (!r.applied && r.write) {
+        this.stragglers.push({ req: r, deadline: Date.now() + LATE_SETTLE_MS - 1 });
+        this.note([r.key], `${u.name} ${r.what}: timed out unapplied (a straggler, lands by +${LATE_SETTLE_MS - 1} ms or never)`);
+      } else if (r.write) {
+        this.note([r.key], `${u.name} ${r.what}: timed out (applied)`);
+      }
+      r.reject(
+        r === req
+          ? new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${u.name}: no reply within ${u.timeoutMs} ms (injected)`)
+          : new McmuxError(ErrorCodes.UPSTREAM_IO, `${u.name}: connection discarded after a request on it timed out (injected)`, true),
+      );
+    }
+  }
+
+  /** The server closed the connection of `lane` (or all of them): what it applied stays applied. */
+  closeLane(u: SchedUpstream, laneKey: string): void {
+    const lane = u.lanes.get(laneKey);
+    if (!lane) return;
+    u.lanes.delete(laneKey);
+    for (const r of lane) {
+      if (r.timer) clearTimeout(r.timer);
+      if (r.write) this.note([r.key], `${u.name} ${r.what}: connection closed (${r.applied ? 'applied' : 'never applied'})`);
+      r.reject(new McmuxError(ErrorCodes.UPSTREAM_IO, `${u.name}: connection closed by the server (injected)`));
+    }
+  }
+
+  applyNext(u: SchedUpstream, lane: Req[], refuse = false): void {
+    const req = lane.find((r) => !r.applied);
+    if (!req) return;
+    req.applied = true;
+    if (refuse) {
+      req.result = Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `${u.name}: SERVER_ERROR out of memory (injected)`));
+      if (req.write) this.note([req.key], `${u.name} ${req.what}: refused`);
+    } else {
+      req.result = req.apply();
+      if (req.write) {
+        req.result.then((v) => {
+          this.note([req.key], `${u.name} ${req.what}: applied -> ${typeof v === 'object' ? JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? undefined : x)) : String(v)}`);
+          // A write that set the key's state there again (a delete whatever it found, a store
+          // that stored, an incr that counted; not a touch) ends what the restart made unknown.
+          const status = typeof v === 'object' && v !== null ? (v as { status?: string }).status : undefined;
+          if ((req.op === 'delete' || (req.op === 'store' && status === 'STORED') || (req.op === 'arith' && status === 'OK')) && u.lost.delete(req.key)) {
+            this.relearntAt = this.clock;
+          }
+        }, noop);
+      }
+    }
+    req.result.catch(noop);
+  }
+
+  answerHead(u: SchedUpstream, laneKey: string): void {
+    const lane = u.lanes.get(laneKey);
+    const req = lane?.[0];
+    if (!lane || !req?.applied) return;
+    lane.shift();
+    if (lane.length === 0) u.lanes.delete(laneKey);
+    if (req.timer) clearTimeout(req.timer);
+    (req.result as Promise<unknown>).then(req.resolve, req.reject);
+  }
+
+  /** Applies and answers every request of `u` up to those due by `until` (all when undefined). */
+  deliver(u: SchedUpstream, until?: number): void {
+    for (const [laneKey, lane] of [...u.lanes]) {
+      let last = -1;
+      lane.forEach((r, i) => {
+        if (until === undefined || r.timeoutAt <= until) last = i;
+      });
+      for (let i = 0; i <= last; i++) {
+        this.applyNext(u, lane);
+        this.answerHead(u, laneKey);
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Stragglers: the fault model's rule for a late landing.
+
+  /** Some other upstream holds the key's current state, as mcmux knows it (see the header). */
+  canLand(s: Straggler): boolean {
+    const { key, up } = s.req;
+    return this.ups.some(
+      (y) =>
+        y !== up &&
+        !this.journal.isDirty(y.healthy, key) &&
+        !y.lost.has(key) &&
+        !y.hasWriteInFlight(key) &&
+        !this.stragglers.some((o) => o.req.up === y && o.req.key === key),
+    );
+  }
+
+  land(s: Straggler): void {
+    this.stragglers = this.stragglers.filter((o) => o !== s);
+    void s.req.apply().then(
+      (v) => this.note([s.req.key], `${s.req.up.name} ${s.req.what}: LANDED LATE -> ${typeof v === 'object' ? JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? undefined : x)) : String(v)}`),
+      noop,
+    );
+  }
+
+  drop(s: Straggler): void {
+    this.stragglers = this.stragglers.filter((o) => o !== s);
+    this.note([s.req.key], `${s.req.up.name} ${s.req.what}: straggler dropped (never applied)`);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Faults.
+
+  /**
+   * No other upstream is still missing keys it lost (restart, eviction), nor is an operation in
+   * flight that began while one was: it may have taken that copy's miss already, and a fault of
+   * the holder would make the miss its answer (see the header).
+   */
+  mayFault(u: SchedUpstream): boolean {
+    if (!this.ups.every((y) => y === u || y.lost.size === 0)) return false;
+    return !this.ops.some((o) => o.end === undefined && o.start <= this.relearntAt);
+  }
+
+  mayRestart(u: SchedUpstream): boolean {
+    return this.ups.every(
+      (y) =>
+        y === u ||
+        (y.state === 'ok' &&
+          y.healthy.state === 'healthy' &&
+          y.lost.size === 0 &&
+          !this.stragglers.some((s) => s.req.up === y) &&
+          KEYS.every((k) => !this.journal.isDirty(y.healthy, k) && !y.hasWriteInFlight(k))),
+    );
+  }
+
+  startFault(u: SchedUpstream, kind: 'pause' | 'fail' | 'restart'): void {
+    const duration = this.pick([20, 40, 80, 150, 300, 600, 1200, 2500]);
+    u.faultUntil = this.now + duration;
+    if (kind === 'pause') {
+      u.state = 'paused';
+      this.note([], `FAULT ${u.name} paused for ${duration} ms`);
+      return;
+    }
+    u.state = 'down';
+    for (const laneKey of [...u.lanes.keys()]) this.closeLane(u, laneKey);
+    if (kind === 'restart') {
+      u.restarting = true;
+      void u.inner.flush();
+      for (const k of KEYS) u.lost.add(k);
+      for (const s of this.stragglers.filter((x) => x.req.up === u)) this.drop(s);
+      this.note([], `FAULT ${u.name} restarted EMPTY, down for ${duration} ms`);
+    } else {
+      this.note([], `FAULT ${u.name} refuses connections for ${duration} ms`);
+    }
+  }
+
+  /**
+   * A cache evicts one session key (memory pressure). mcmux cannot know: the upstream is clean for
+   * the key and answers a miss, which a read takes as the answer when it asks no other upstream
+   * (one it skipped as its copy was still being written), and the repair copies as "absent" into
+   * an upstream dirty for the key. So, as for a restart, key by key: only while no operation of
+   * the key is in flight, and every other upstream is up, healthy and clean for it (and no other
+   * upstream faults until the key is written to this one again).
+   */
+  evict(u: SchedUpstream, key: string): void {
+    if (u.state !== 'ok' || !this.mayFault(u)) return;
+    if (this.ops.some((o) => o.end === undefined && o.keys.includes(key))) return;
+    if (this.stragglers.some((s) => s.req.key === key) || u.hasWriteInFlight(key)) return;
+    const others = this.ups.every(
+      (y) =>
+        y === u ||
+        (y.state === 'ok' && y.healthy.state === 'healthy' && !y.lost.has(key) && !this.journal.isDirty(y.healthy, key) && !y.hasWriteInFlight(key)),
+    );
+    if (!others) return;
+    void u.inner.delete(key);
+    u.lost.add(key);
+    this.note([key], `FAULT ${u.name} evicted ${key}`);
+  }
+
+  endFault(u: SchedUpstream): void {
+    const was = u.state;
+    u.state = 'ok';
+    this.note([], `FAULT ${u.name} ends (${was === 'paused' ? 'resumes' : u.restarting ? 'back, empty' : 'back'})`);
+    // The driver's next connection is a reconnect (app.ts: onReconnect -> coldDetector.reconnected).
+    if (was === 'down' || u.timedOut) this.detector.reconnected(u.healthy);
+    u.timedOut = false;
+    u.restarting = false;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Client operations.
+
+  startOp(cmd: Command, kind: Op['kind'], keys: readonly string[], value: string | undefined, delta: bigint, final = false): Op {
+    const id = ++this.opSeq;
+    const text = `#${id} ${kind} ${keys.join(' ')}${value !== undefined ? ` ${value}` : ''}${kind === 'incr' || kind === 'decr' ? ` ${delta}` : ''}`;
+    const op: Op = { id, kind, keys, value, delta, text, final, start: ++this.clock, end: undefined, reply: undefined, thrown: undefined };
+    this.ops.push(op);
+    this.inflight++;
+    this.note(keys, `${text} ... sent`);
+    let p: Promise<Reply>;
+    try {
+      p = Promise.resolve(this.router.execute(cmd));
+    } catch (error) {
+      p = Promise.reject(error);
+    }
+    p.then(
+      (r) => {
+        op.end = ++this.clock;
+        op.reply = r;
+        this.inflight--;
+        this.note(keys, `${text} -> ${describeReply(r, undefined)}`);
+      },
+      (error: unknown) => {
+        op.end = ++this.clock;
+        op.thrown = error ?? new Error('rejected');
+        this.inflight--;
+        this.note(keys, `${text} -> THREW ${String(error)}`);
+      },
+    );
+    return op;
+  }
+
+  pickKey(pool: readonly string[] = KEYS): string {
+    // Skewed: the first keys are hot, so that operations of a key overlap.
+    return pool[Math.min(this.int(pool.length), this.int(pool.length))] as string;
+  }
+
+  randomOp(): void {
+    const id = this.opSeq + 1;
+    const r = this.rng() * 100;
+    const store = (mode: 'set' | 'add', key: string): void => {
+      const value = valueFor(key, id);
+      const cmd: Command = { kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: this.chance(0.5), noreply: false };
+      this.startOp(cmd, mode, [key], value, 0n);
+    };
+    if (r < 22) {
+      const key = this.pickKey();
+      this.startOp({ kind: 'get', keys: [key], withCas: false, touch: undefined }, 'get', [key], undefined, 0n);
+    } else if (r < 30) {
+      const keys = Array.from({ length: 2 + this.int(3) }, () => this.pickKey());
+      this.startOp({ kind: 'get', keys, withCas: false, touch: undefined }, 'get', keys, undefined, 0n);
+    } else if (r < 35) {
+      const keys = Array.from({ length: 1 + this.int(2) }, () => this.pickKey());
+      this.startOp({ kind: 'get', keys, withCas: true, touch: undefined }, 'gets', keys, undefined, 0n);
+    } else if (r < 56) {
+      store('set', this.pickKey());
+    } else if (r < 67) {
+      const key = this.pickKey();
+      this.startOp({ kind: 'delete', key, noreply: false }, 'delete', [key], undefined, 0n);
+    } else if (r < 72) {
+      const key = this.pickKey();
+      this.startOp({ kind: 'touch', key, deadline: 0, noreply: false }, 'touch', [key], undefined, 0n);
+    } else if (r < 85) {
+      store('add', this.chance(0.7) ? this.pickKey(LOCKS) : this.pickKey(this.cfg.evictions ? [...LOCKS, ...COUNTERS] : KEYS));
+    } else {
+      const key = this.chance(0.9) || this.cfg.evictions ? this.pickKey(COUNTERS) : this.pickKey();
+      const op: ArithOp = this.chance(0.7) ? 'incr' : 'decr';
+      const delta = BigInt(1 + this.int(5));
+      this.startOp({ kind: 'arith', op, key, delta, initial: undefined, deadline: 0, noreply: false }, op, [key], undefined, delta);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The scheduler.
+
+  /** Advances virtual time by `ms` (at most 10: less than a timeout), keeping the fault model's promises. */
+  async tick(ms: number): Promise<void> {
+    const target = Date.now() + ms;
+    // An upstream without a fault answers within its timeout.
+    for (const u of this.ups) if (u.state === 'ok') this.deliver(u, target);
+    await drain();
+    // Faults end on time.
+    for (const u of this.ups) if (u.state !== 'ok' && u.faultUntil <= this.now + ms) this.endFault(u);
+    // A straggler lands within LATE_SETTLE_MS of its timeout, or never.
+    for (const s of [...this.stragglers]) {
+      if (s.deadline >= target) continue;
+      if (this.canLand(s) && this.chance(0.5)) this.land(s);
+      else this.drop(s);
+    }
+    await drain();
+    this.t.mock.timers.tick(ms);
+    await drain();
+  }
+
+  private lanesWhere(pred: (u: SchedUpstream, lane: Req[]) => boolean): Array<[SchedUpstream, string]> {
+    const out: Array<[SchedUpstream, string]> = [];
+    for (const u of this.ups) for (const [k, lane] of u.lanes) if (pred(u, lane)) out.push([u, k]);
+    return out;
+  }
+
+  async step(issuing: boolean, allowFaults: boolean): Promise<void> {
+    const canStart = issuing && this.inflight < this.cfg.clients;
+    const applicable = this.lanesWhere((u, l) => u.state === 'ok' && l.some((r) => !r.applied));
+    const answerable = this.lanesWhere((u, l) => u.state === 'ok' && l[0]?.applied === true);
+    const choices: Array<[number, () => void | Promise<void>]> = [
+      [canStart ? 3 : 0, () => this.randomOp()],
+      [
+        applicable.length > 0 ? 3 : 0,
+        () => {
+          const [u, k] = this.pick(applicable);
+          const glitch = allowFaults && this.mayFault(u) && this.chance(this.cfg.faultRate * 0.5);
+          this.applyNext(u, u.lanes.get(k) as Req[], glitch);
+        },
+      ],
+      [
+        answerable.length > 0 ? 3 : 0,
+        () => {
+          const [u, k] = this.pick(answerable);
+          if (allowFaults && this.mayFault(u) && this.chance(this.cfg.faultRate * 0.1)) this.closeLane(u, k);
+          else this.answerHead(u, k);
+        },
+      ],
+      [1, () => this.tick(1 + this.int(10))],
+      [
+        allowFaults ? this.cfg.faultRate : 0,
+        () => {
+          const u = this.pick(this.ups);
+          // Mostly some upstream stays up; now and then every one fails at once.
+          const others = this.ups.filter((y) => y !== u && y.state === 'ok').length;
+          if (u.state === 'ok' && this.mayFault(u) && (others > 0 || this.chance(0.1))) this.startFault(u, this.chance(0.5) ? 'pause' : 'fail');
+        },
+      ],
+      [
+        allowFaults ? this.cfg.faultRate * 2 : 0,
+        () => {
+          const u = this.pick(this.ups);
+          if (u.state === 'ok' && this.mayFault(u) && this.mayRestart(u)) this.startFault(u, 'restart');
+        },
+      ],
+      [allowFaults && this.cfg.evictions ? this.cfg.faultRate * 2 : 0, () => this.evict(this.pick(this.ups), this.pickKey(SESSIONS))],
+      [
+        this.stragglers.length > 0 ? 0.3 : 0,
+        () => {
+          const s = this.pick(this.stragglers);
+          if (this.canLand(s)) this.land(s);
+        },
+      ],
+    ];
+    const total = choices.reduce((a, [w]) => a + w, 0);
+    let r = this.rng() * total;
+    for (const [w, run] of choices) {
+      if (w === 0) continue;
+      r -= w;
+      if (r < 0) {
+        await run();
+        break;
+      }
+    }
+    await drain();
+  }
+
+  async run(): Promise<void> {
+    // mcmux starts: markers written (the cold detector can tell a restart later), intervals running.
+    this.detector.start();
+    this.repairer.start();
+    for (let i = 0; i < 3; i++) {
+      for (const u of this.ups) this.deliver(u);
+      await drain();
+    }
+    let steps = 0;
+    while (this.opSeq < this.cfg.ops || this.inflight > 0) {
+      if (++steps > MAX_STEPS) throw new Error(`seed ${this.seed}: no progress after ${MAX_STEPS} steps (${this.inflight} in flight)`);
+      await this.step(this.opSeq < this.cfg.ops, true);
+    }
+    // Heal: every fault ends, the stragglers land or are dropped, the repair runs to the end.
+    this.note([], 'HEAL: every fault ends');
+    for (const u of this.ups) if (u.state !== 'ok') this.endFault(u);
+    const healStart = this.now;
+    for (let i = 0; i < 1000; i++) {
+      for (const u of this.ups) this.deliver(u);
+      await drain();
+      await this.tick(10);
+      const quiet = this.inflight === 0 && this.stragglers.length === 0 && this.journal.totalKeys === 0 && this.ups.every((u) => u.lanes.size === 0);
+      if (this.now - healStart > 2 * LATE_SETTLE_MS + 500 && quiet) break;
+    }
+    // Final reads of every key, through the router.
+    for (const key of KEYS) {
+      const op = this.startOp({ kind: 'get', keys: [key], withCas: false, touch: undefined }, 'get', [key], undefined, 0n, true);
+      for (let i = 0; i < 50 && op.end === undefined; i++) {
+        for (const u of this.ups) this.deliver(u);
+        await drain();
+        if (op.end === undefined) await this.tick(5);
+      }
+    }
+  }
+
+  /** What each upstream holds of each key it is clean for (after the run). */
+  async held(): Promise<Array<{ up: string; key: string; value: string | null }>> {
+    const out: Array<{ up: string; key: string; value: string | null }> = [];
+    for (const u of this.ups) {
+      for (const key of KEYS) {
+        if (this.journal.isDirty(u.healthy, key) || u.lost.has(key)) continue;
+        const [hit] = await u.inner.get([key]);
+        out.push({ up: u.name, key, value: hit ? hit.value.toString() : null });
+      }
+    }
+    return out;
+  }
+
+  close(): void {
+    this.endedAt = this.now;
+    this.repairer.stop();
+    this.detector.stop();
+    for (const u of this.ups) void u.healthy.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference model.
+
+interface Write {
+  readonly op: Op | undefined;
+  /** States it may leave: a value, or null for absent (several: an incr that failed). */
+  readonly values: ReadonlyArray<string | null>;
+  readonly acked: boolean;
+  readonly start: number;
+  readonly end: number;
+}
+
+const INITIAL: Write = { op: undefined, values: [null], acked: true, start: -2, end: -1 };
+
+interface Violation {
+  readonly what: string;
+  readonly op: Op | undefined;
+  readonly key: string;
+}
+
+/** The writes that `[s, e]` may observe: started before it ended, not certainly overwritten before it began. */
+function observable(ws: readonly Write[], s: number, e: number): Write[] {
+  let m = -Infinity;
+  for (const w of ws) if (w.acked && w.end < s && w.start > m) m = w.start;
+  return ws.filter((w) => w.start < e && !(w.end < m));
+}
+
+function statusOf(r: Reply | undefined): string {
+  if (!r) return 'none';
+  if (r.kind === 'status') return r.status;
+  if (r.kind === 'error') return r.type;
+  if (r.kind === 'number') return 'NUMBER';
+  return r.kind.toUpperCase();
+}
+
+const isNum = (v: string | null): v is string => v !== null && /^\d+$/.test(v);
+
+function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string; value: string | null }>, endClock: number): Violation[] {
+  const out: Violation[] = [];
+  const writes = new Map<string, Write[]>(KEYS.map((k) => [k, [INITIAL]]));
+  const bad = (op: Op | undefined, key: string, what: string): void => {
+    out.push({ op, key, what });
+  };
+  const w = (op: Op, values: Array<string | null>, acked: boolean): void => {
+    (writes.get(op.keys[0] as string) as Write[]).push({ op, values, acked, start: op.start, end: op.end ?? Infinity });
+  };
+
+  // The writes, and the form of every reply.
+  const failedArith: Op[] = [];
+  for (const op of ops) {
+    const st = statusOf(op.reply);
+    const key = op.keys[0] as string;
+    if (op.thrown !== undefined) bad(op, key, `the router threw: ${String(op.thrown)}`);
+    else if (op.end === undefined) bad(op, key, 'no reply (the run healed every fault and waited)');
+    else if (op.kind === 'get' || op.kind === 'gets') {
+      if (st === 'VALUES') {
+        const hits = (op.reply as Extract<Reply, { kind: 'values' }>).hits;
+        if (hits.length !== op.keys.length) bad(op, key, `${hits.length} hits for ${op.keys.length} keys`);
+      } else if (st !== 'SERVER_ERROR') bad(op, key, `a read answered ${describeReply(op.reply, undefined)}`);
+    } else if (op.kind === 'set') {
+      if (st === 'STORED') w(op, [op.value as string], true);
+      else if (st === 'SERVER_ERROR') w(op, [op.value as string], false);
+      else bad(op, key, `set answered ${st}`);
+    } else if (op.kind === 'delete') {
+      if (st === 'DELETED' || st === 'NOT_FOUND') w(op, [null], true);
+      else if (st === 'SERVER_ERROR') w(op, [null], false);
+      else bad(op, key, `delete answered ${st}`);
+    } else if (op.kind === 'add') {
+      if (st === 'STORED') w(op, [op.value as string], true);
+      else if (st === 'SERVER_ERROR') w(op, [op.value as string], false);
+      else if (st !== 'NOT_STORED') bad(op, key, `add answered ${st}`);
+    } else if (op.kind === 'incr' || op.kind === 'decr') {
+      if (st === 'NUMBER') w(op, [String((op.reply as Extract<Reply, { kind: 'number' }>).value)], true);
+      else if (st === 'SERVER_ERROR') failedArith.push(op);
+      else if (st !== 'NOT_FOUND' && st !== 'CLIENT_ERROR') bad(op, key, `${op.kind} answered ${st}`);
+    } else if (op.kind === 'touch') {
+      if (st !== 'TOUCHED' && st !== 'NOT_FOUND' && st !== 'SERVER_ERROR') bad(op, key, `touch answered ${st}`);
+    }
+  }
+  // An incr that failed may have been applied to any number the key held before it ended.
+  for (const op of [...failedArith].sort((a, b) => a.start - b.start)) {
+    const ws = writes.get(op.keys[0] as string) as Write[];
+    const values = new Set<string | null>();
+    for (const x of ws) {
+      if (x.start >= (op.end ?? Infinity)) continue;
+      for (const v of x.values) if (isNum(v)) values.add(String(applyArith(op.kind as ArithOp, BigInt(v), op.delta)));
+    }
+    w(op, [...values], false);
+  }
+
+  /** Why state `v` may not be observed by [s, e] of `key`; undefined when it may. */
+  const why = (key: string, v: string | null, s: number, e: number): string | undefined => {
+    const ws = writes.get(key) as Write[];
+    const seen = observable(ws, s, e);
+    if (seen.some((x) => x.values.includes(v))) return undefined;
+    if (v !== null && !belongsTo(key, v)) return `VALUE OF ANOTHER KEY: ${key} read ${JSON.stringify(v)}`;
+    const from = ws.filter((x) => x.values.includes(v) && x.start < e);
+    if (from.length === 0) return `${key} read ${JSON.stringify(v)}, which no write of ${key} wrote`;
+    // The newest acknowledged write before [s that overwrote it.
+    const lastEnd = Math.max(...from.map((x) => x.end));
+    const over = ws.filter((x) => x.acked && x.end < s && x.start > lastEnd).sort((a, b) => b.end - a.end)[0];
+    const src = from.map((x) => x.op?.text ?? 'never written (initial state)').join(', ');
+    if (!over) return `${key}: ${v === null ? 'absent' : JSON.stringify(v)} (${src}) may not be seen before it was written`;
+    const overText = `${over.op?.text} -> ${describeReply(over.op?.reply, undefined)}`;
+    if (v === null) return `LOST WRITE: ${key} absent, but ${overText} was acknowledged before this began`;
+    if (over.values.every((x) => x === null)) return `RESURRECTION: ${key} = ${JSON.stringify(v)} (${src}), deleted by ${overText} before this began`;
+    return `STALE READ: ${key} = ${JSON.stringify(v)} (${src}), overwritten by ${overText} before this began`;
+  };
+
+  for (const op of ops) {
+    if (op.end === undefined || op.thrown !== undefined) continue;
+    const s = op.start;
+    const e = op.end;
+    const key = op.keys[0] as string;
+    const st = statusOf(op.reply);
+    const check = (k: string, v: string | null, label: string): void => {
+      const reason = why(k, v, s, e);
+      if (reason) bad(op, k, `${label}: ${reason}`);
+    };
+    const mayBe = (k: string, pred: (v: string | null) => boolean): boolean => observable(writes.get(k) as Write[], s, e).some((x) => x.values.some(pred));
+    if ((op.kind === 'get' || op.kind === 'gets') && st === 'VALUES') {
+      const hits = (op.reply as Extract<Reply, { kind: 'values' }>).hits;
+      op.keys.forEach((k, i) => check(k, hits[i] ? (hits[i]?.value.toString() as string) : null, op.final ? 'final read' : 'read'));
+    } else if (op.kind === 'delete' && st === 'NOT_FOUND') {
+      check(key, null, 'delete NOT_FOUND');
+    } else if (op.kind === 'touch' && st === 'NOT_FOUND') {
+      check(key, null, 'touch NOT_FOUND');
+    } else if (op.kind === 'touch' && st === 'TOUCHED') {
+      if (!mayBe(key, (v) => v !== null)) {
+        const ws = writes.get(key) as Write[];
+        const gone = ws.filter((x) => x.acked && x.end < s && x.values.every((v) => v === null)).sort((a, b) => b.end - a.end)[0];
+        bad(op, key, gone?.op ? `touch TOUCHED: RESURRECTION: ${key} was deleted by ${gone.op.text} -> ${describeReply(gone.op.reply, undefined)} before this began` : `touch TOUCHED: ${key} was never written`);
+      }
+    } else if (op.kind === 'add' && st === 'STORED') {
+      check(key, null, 'add STORED (so it was absent)');
+    } else if (op.kind === 'add' && st === 'NOT_STORED') {
+      if (!mayBe(key, (v) => v !== null)) bad(op, key, `add NOT_STORED: ${key} can only be absent`);
+    } else if ((op.kind === 'incr' || op.kind === 'decr') && st === 'NUMBER') {
+      const got = (op.reply as Extract<Reply, { kind: 'number' }>).value;
+      if (!belongsTo(key, String(got))) bad(op, key, `VALUE OF ANOTHER KEY: ${op.kind} ${key} answered ${got}`);
+      else if (!mayBe(key, (v) => isNum(v) && applyArith(op.kind as ArithOp, BigInt(v), op.delta) === got)) {
+        const seen = observable(writes.get(key) as Write[], s, e).flatMap((x) => x.values);
+        bad(op, key, `${op.kind} answered ${got}: no state it may see gives it (may see: ${JSON.stringify(seen)})`);
+      }
+    } else if ((op.kind === 'incr' || op.kind === 'decr') && st === 'NOT_FOUND') {
+      check(key, null, `${op.kind} NOT_FOUND`);
+    } else if ((op.kind === 'incr' || op.kind === 'decr') && st === 'CLIENT_ERROR') {
+      if (!mayBe(key, (v) => v !== null && !isNum(v))) bad(op, key, `${op.kind} CLIENT_ERROR non-numeric: ${key} holds no non-numeric value it may see`);
+    }
+  }
+
+  // What each upstream clean for a key holds of it, after the run.
+  for (const h of held) {
+    const reason = why(h.key, h.value, endClock, endClock);
+    if (reason) out.push({ op: undefined, key: h.key, what: `${h.up} (clean for ${h.key} in the journal) holds: ${reason}` });
+  }
+  return out;
+}
+
+function report(world: World, v: Violation): string {
+  // Up to the violating reply (the whole run for what an upstream holds at the end).
+  const until = v.op?.end ?? Infinity;
+  const lines = world.log.filter((l) => (l.keys.length === 0 || l.keys.includes(v.key)) && l.t <= until);
+  const tail = lines.slice(-60).map((l) => `  [${String(l.t).padStart(4)} ${String(l.vt).padStart(5)}ms] ${l.text}`);
+  return [
+    `seed ${world.seed} (${world.describeConfig()}): ${v.what}`,
+    v.op ? `  op: ${v.op.text} [${v.op.start}..${v.op.end}] -> ${describeReply(v.op.reply, v.op.thrown)}` : '  (after the run)',
+    `log of ${v.key} and of the faults, last ${tail.length} of ${lines.length} lines ([logical clock, virtual ms]):`,
+    ...tail,
+    `replay: MCMUX_FUZZ_SEED=${world.seed} MCMUX_FUZZ_SEEDS=1 node --test dist/test/router/fuzz.test.js`,
+  ].join('\n');
+}
+
+async function runSeed(seed: number, t: TestContext): Promise<{ world: World; violations: Violation[] }> {
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: T0 });
+  const world = new World(seed, t);
+  try {
+    await world.run();
+    const held = await world.held();
+    return { world, violations: judge(world.ops, held, world.clock + 1) };
+  } finally {
+    world.close();
+    t.mock.timers.reset();
+  }
+}
+
+describe('router fuzz (model-based, seeded, virtual time)', () => {
+  it(`${SEEDS} seeds from ${FIRST_SEED}: no acknowledged write lost, no stale read, no resurrection, no value of another key`, async (t) => {
+    const stats = { vt: 0, evictions: 0, ops: 0, faults: 0, late: 0, restarts: 0, errors: 0 };
+    const errorKinds = new Map<string, number>();
+    /** MCMUX_FUZZ_TRIAGE=1: one line per failing seed, and go on. */
+    const failed: string[] = [];
+    for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
+      const { world, violations } = await runSeed(seed, t);
+      stats.ops += world.ops.length;
+      stats.vt += world.endedAt;
+      stats.faults += world.log.filter((l) => l.text.startsWith('FAULT') && !l.text.includes(' ends')).length;
+      stats.restarts += world.log.filter((l) => l.text.includes('restarted EMPTY')).length;
+      stats.evictions += world.log.filter((l) => l.text.includes(' evicted ')).length;
+      stats.late += world.log.filter((l) => l.text.includes('LANDED LATE')).length;
+      stats.errors += world.ops.filter((o) => o.reply?.kind === 'error').length;
+      for (const o of world.ops) {
+        if (o.reply?.kind !== 'error') continue;
+        const m = `${o.kind}: ${o.reply.message.replace(/up\d/g, 'upN').replace(/\d+/g, 'N').slice(0, 110)}`;
+        errorKinds.set(m, (errorKinds.get(m) ?? 0) + 1);
+      }
+      if (violations.length > 0 && process.env.MCMUX_FUZZ_TRIAGE) {
+        failed.push(`seed ${seed}: ${violations[0]?.what} [${violations[0]?.op?.text ?? 'after the run'}]`);
+        continue;
+      }
+      if (violations.length > 0) assert.fail(`${violations.length} violation(s); the first:\n${report(world, violations[0] as Violation)}`);
+    }
+    if (process.env.MCMUX_FUZZ_VERBOSE) for (const [m, c] of [...errorKinds].sort((a, b) => b[1] - a[1]).slice(0, 15)) t.diagnostic(`${c} x ${m}`);
+    for (const f of failed) t.diagnostic(f);
+    assert.equal(failed.length, 0, `${failed.length} seeds failed`);
+    t.diagnostic(`virtual ms ${stats.vt}, ops ${stats.ops}, faults ${stats.faults} (restarts empty ${stats.restarts}, evictions ${stats.evictions}), late landings ${stats.late}, error replies ${stats.errors}`);
+  });
+});
