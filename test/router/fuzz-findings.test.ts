@@ -14,24 +14,12 @@ import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { FakeUpstream } from '../helpers/fake-upstream';
+import { describeReply } from '../helpers/reply-text';
 
 const silent = pino({ level: 'silent' });
 const source = { startedAt: 0, version: 'fuzz', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
 const noop = (): void => {};
 const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-
-function describeReply(r: Reply): string {
-  switch (r.kind) {
-    case 'values':
-      return r.hits.map((h) => (h ? h.value.toString() : 'miss')).join(' ');
-    case 'status':
-      return r.status;
-    case 'error':
-      return `${r.type} ${r.message}`;
-    default:
-      return r.kind;
-  }
-}
 
 describe('router fuzz findings, minimised', () => {
   function setup(opts: { lateSettleMs?: number } = {}) {

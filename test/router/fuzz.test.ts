@@ -97,6 +97,7 @@ import { LATE_SETTLE_MS, Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import type { StoreRequest } from '../../src/upstream/upstream';
 import { FakeUpstream } from '../helpers/fake-upstream';
+import { describeReply } from '../helpers/reply-text';
 import { mulberry32 } from '../helpers/random';
 
 const FIRST_SEED = Number(process.env.MCMUX_FUZZ_SEED ?? 1);
@@ -265,23 +266,6 @@ interface Config {
   readonly oneConnection: boolean;
   /** Caches evict session keys (then add, incr and decr go to lock and counter keys only). */
   readonly evictions: boolean;
-}
-
-function describeReply(r: Reply | undefined, thrown: unknown): string {
-  if (thrown !== undefined) return `THREW ${String(thrown)}`;
-  if (r === undefined) return '(no reply)';
-  switch (r.kind) {
-    case 'values':
-      return r.hits.map((h) => (h ? h.value.toString() : 'miss')).join(' ');
-    case 'status':
-      return r.status;
-    case 'number':
-      return `${r.value}`;
-    case 'error':
-      return `${r.type} ${r.message}`;
-    default:
-      return r.kind;
-  }
 }
 
 class World {
