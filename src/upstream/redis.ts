@@ -496,6 +496,8 @@ export class RedisUpstream implements Upstream {
       if (this.client.status !== 'ready') {
         if (!this.starting) throw this.error(ErrorCodes.UPSTREAM_IO, `not connected (reconnecting): ${this.lastError}`);
         await this.bounded(this.firstReady, started);
+        // Ready then, but not necessarily still: a cluster would queue the request for its next connection.
+        if ((this.client.status as string) !== 'ready') throw this.error(ErrorCodes.UPSTREAM_IO, `not connected (reconnecting): ${this.lastError}`);
         guard = !long;
       }
       const result = await (guard ? this.bounded(op(), started) : op());
@@ -729,7 +731,15 @@ export function createRedisUpstream(url: URL, options: Map<string, string>, ctx:
   if (cluster) {
     const nodes = (hosts.length > 0 ? hosts : [{ host, port: undefined }]).map((h) => ({ host: h.host, port: h.port ?? DEFAULT_PORT }));
     const client = new Cluster(nodes, {
-      enableOfflineQueue: false,
+      // true, unlike a single Redis: with false, ioredis fails at once ("Connection is closed.")
+      // every command routed to a node whose connection is still being set up, its own ready
+      // check (CLUSTER INFO) included, which it answers by reconnecting the whole cluster: right
+      // after a (re)connect every node is being set up, so that could go on for good (seen: > 10 s,
+      // in about half the runs of the cluster tests). A node's offline queue holds commands until
+      // its connection is ready and fails them if it closes first (never sent: not retried).
+      // Requests still never wait for the cluster itself to reconnect: run() refuses them
+      // unless its status is ready, so nothing waits in the cluster's own offline queue.
+      enableOfflineQueue: true,
       clusterRetryStrategy: retryStrategy,
       slotsRefreshTimeout: timeoutMs,
       // 0: a command whose node connection closed is failed, not sent again after a delay (ioredis
