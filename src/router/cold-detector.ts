@@ -132,21 +132,28 @@ export class ColdDetector {
 
   /** Whether `store` lost the marker mcmux had written there ('unknown' when it did not answer). */
   private async checkStore(store: Upstream): Promise<Verdict> {
+    let hit;
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
       // so each server is asked directly, through its own driver.
-      const [hit] = await store.get([this.key]);
-      const now = Date.now();
-      const wrote = this.lastSet.get(store);
-      if (!hit || wrote === undefined || now - wrote > REFRESH_MS) {
-        await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS, withCas: false });
-        this.lastSet.set(store, now);
-      }
-      if (hit) return 'warm';
-      return wrote === undefined ? 'first' : 'cold';
+      [hit] = await store.get([this.key]);
     } catch {
       // health tracking sees the failures of real requests; the marker is best effort
       return 'unknown';
     }
+    const now = Date.now();
+    const wrote = this.lastSet.get(store);
+    // The read decides, whatever becomes of the rewrite below: a rewrite that fails may still
+    // land (a timeout), and the marker it puts back must not pass for one the store kept.
+    const verdict: Verdict = hit ? 'warm' : wrote === undefined ? 'first' : 'cold';
+    if (!hit || wrote === undefined || now - wrote > REFRESH_MS) {
+      try {
+        await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS, withCas: false });
+        this.lastSet.set(store, now);
+      } catch {
+        // written again by the next check
+      }
+    }
+    return verdict;
   }
 }

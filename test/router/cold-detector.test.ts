@@ -1,0 +1,56 @@
+/**
+ * The cold detector and the lock fence, driven by hand over fault-injecting fakes (no timers of
+ * the detector run: each check is called and awaited by the test).
+ */
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import pino from 'pino';
+import type { Command, Reply } from '../../src/command/command';
+import { ColdDetector } from '../../src/router/cold-detector';
+import { HealthyUpstream } from '../../src/router/health';
+import { RepairJournal } from '../../src/router/journal';
+import { Router } from '../../src/router/router';
+import { FakeUpstream, settle } from '../helpers/fake-upstream';
+
+const silent = pino({ level: 'silent' });
+const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const FENCE_MS = 60_000;
+
+function setup(n = 2) {
+  const fakes = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`));
+  const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
+  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+  const detector = new ColdDetector(() => ups, FENCE_MS, silent);
+  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+  const add = async (key: string, who: string): Promise<string> => {
+    const r = await exec({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
+    return r.kind === 'status' ? r.status : r.kind;
+  };
+  const close = (): Promise<unknown> => Promise.all(ups.map((u) => u.close()));
+  return { fakes, ups, journal, router, detector, exec, add, close };
+}
+
+describe('cold detector: lock fence', () => {
+  it('a store found without its marker is cold even when the marker rewrite times out (and lands later)', async () => {
+    const { fakes, ups, detector: d, add, close } = setup();
+    const [fa] = fakes as [FakeUpstream];
+    const [a] = ups as [HealthyUpstream];
+    await d.checkAll(); // the markers are written
+    assert.equal(await add('lock.s', 'A'), 'STORED');
+    // a restarts empty; the set that puts its marker back times out, and is applied afterwards.
+    await fa.inner.flush();
+    fa.gateOnly = (call) => call === `set ${d.key}`;
+    fa.delay_late();
+    d.reconnected(a); // the driver reconnected: a precautionary fence, and a check
+    assert.equal(await d.check(a), 'cold', 'the marker was missing: cold, whatever became of its rewrite');
+    fa.open(); // the timed-out rewrites land
+    await settle();
+    assert.ok((await fa.inner.get([d.key]))[0], 'the late rewrite landed');
+    await d.check(a); // finds the marker the late rewrite put there
+    assert.equal(a.fenced, true, 'a marker put back after the restart says nothing: the fence stays');
+    assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'the lock held in b is not granted again by the empty a');
+    await close();
+  });
+});
