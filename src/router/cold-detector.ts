@@ -94,9 +94,9 @@ export class ColdDetector {
   }
 
   /**
-   * `u` is empty for certain (an in-process store as mcmux starts): fenced for the whole
-   * lock-fence, as when its marker is found missing. Its own marker, written after the start and
-   * found by the next check, says nothing about what it held before.
+   * `u` is empty for certain (an in-process store as mcmux starts, a cache the repair flushes):
+   * fenced for the whole lock-fence, as when its marker is found missing. Its own marker, written
+   * after that and found by the next check, says nothing about what it held before.
    */
   knownEmpty(u: HealthyUpstream): void {
     const until = Date.now() + this.fenceMs;

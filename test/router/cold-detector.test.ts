@@ -10,6 +10,7 @@ import type { Command, Reply } from '../../src/command/command';
 import { ColdDetector } from '../../src/router/cold-detector';
 import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
+import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { FakeUpstream, settle } from '../helpers/fake-upstream';
 
@@ -17,10 +18,10 @@ const silent = pino({ level: 'silent' });
 const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
 const FENCE_MS = 60_000;
 
-function setup(n = 2) {
-  const fakes = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`));
-  const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
-  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+function setup(n = 2, opts: { maxKeys?: number; schemes?: string[]; downAfter?: number } = {}) {
+  const fakes = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`, opts.schemes?.[i] ?? 'fake'));
+  const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: opts.downAfter ?? 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
+  const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
   const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
   const detector = new ColdDetector(() => ups, FENCE_MS, silent);
   const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
@@ -28,8 +29,11 @@ function setup(n = 2) {
     const r = await exec({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
     return r.kind === 'status' ? r.status : r.kind;
   };
+  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
+  // As app.ts wires it.
+  repairer.onFlush = (u) => detector.knownEmpty(u as HealthyUpstream);
   const close = (): Promise<unknown> => Promise.all(ups.map((u) => u.close()));
-  return { fakes, ups, journal, router, detector, exec, add, close };
+  return { fakes, ups, journal, router, repairer, detector, exec, add, close };
 }
 
 describe('cold detector: lock fence', () => {
@@ -51,6 +55,25 @@ describe('cold detector: lock fence', () => {
     await d.check(a); // finds the marker the late rewrite put there
     assert.equal(a.fenced, true, 'a marker put back after the restart says nothing: the fence stays');
     assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'the lock held in b is not granted again by the empty a');
+    await close();
+  });
+
+  it('a cache the repair flushed (its journal had overflowed) is fenced: it came back empty', async () => {
+    const { fakes, ups, journal, repairer, detector: d, exec, add, close } = setup(2, { maxKeys: 2, schemes: ['memory', 'fake'], downAfter: 100 });
+    const [fa] = fakes as [FakeUpstream];
+    const [a] = ups as [HealthyUpstream];
+    await d.checkAll();
+    assert.equal(await add('lock.s', 'A'), 'STORED');
+    // a misses more writes than its journal holds: overflowed, it decides nothing for now.
+    fa.mode = 'fail';
+    for (const k of ['k1', 'k2', 'k3']) await exec({ kind: 'delete', key: k, noreply: false });
+    fa.mode = 'ok';
+    assert.ok(journal.overflowed(a));
+    await repairer.tick(); // flushes the cache a and trusts it again
+    assert.equal(journal.overflowed(a), undefined, 'flushed and trusted');
+    assert.equal((await fa.inner.get(['lock.s']))[0], undefined, 'the flush emptied it');
+    assert.equal(a.fenced, true, 'emptied by mcmux itself: fenced at once, not at the next marker check');
+    assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'the lock held in b is not granted again by the flushed a');
     await close();
   });
 });
