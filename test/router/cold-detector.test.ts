@@ -77,3 +77,73 @@ describe('cold detector: lock fence', () => {
     await close();
   });
 });
+
+/**
+ * mcmux restarting: a new process over the same stores (fresh HealthyUpstreams, router and
+ * detector; the fakes' stores are what survives). Found in review, not fixed: `todo` tests.
+ */
+describe('cold detector: across a restart of mcmux (known gaps)', () => {
+  function restartOver(fakes: FakeUpstream[]) {
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+    const detector = new ColdDetector(() => ups, FENCE_MS, silent);
+    const add = async (key: string, who: string): Promise<string> => {
+      const r = await router.execute({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
+      return r.kind === 'status' ? r.status : r.kind;
+    };
+    return { ups, detector, add, close: (): Promise<unknown> => Promise.all(ups.map((u) => u.close())) };
+  }
+
+  it('a lock-fence in progress is lost when mcmux restarts', { todo: 'the fence lives only in memory; the marker rewritten after the cold verdict reads as warm' }, async () => {
+    const first = setup();
+    const [fa] = first.fakes as [FakeUpstream];
+    await first.detector.checkAll();
+    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    await fa.inner.flush(); // a restarts empty
+    assert.equal(await first.detector.check(first.ups[0] as HealthyUpstream), 'cold');
+    await first.close();
+    // mcmux restarts a few seconds later, well inside the lock-fence.
+    const next = restartOver(first.fakes);
+    await next.detector.checkAll();
+    assert.equal(next.ups[0]!.fenced, true, 'still inside the lock-fence of the restart it saw');
+    assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED');
+    await next.close();
+  });
+
+  it('a store that restarted empty while mcmux was down is not fenced', { todo: "a missing marker at the first check is 'first', even when the other upstreams hold this host's marker" }, async () => {
+    const first = setup();
+    const [fa] = first.fakes as [FakeUpstream];
+    await first.detector.checkAll();
+    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    await first.close();
+    await fa.inner.flush(); // a restarts empty while mcmux is down (the client holding the lock is not)
+    const next = restartOver(first.fakes);
+    await next.detector.checkAll();
+    assert.equal(next.ups[0]!.fenced, true, "b holds this host's marker, a lost it");
+    assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED');
+    await next.close();
+  });
+
+  it("a precautionary fence is lifted by the marker its own 'first' check wrote", { todo: 'a warm verdict lifts a precautionary fence whatever the age of the marker it found' }, async () => {
+    const first = setup();
+    const [fa] = first.fakes as [FakeUpstream];
+    await first.detector.checkAll();
+    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    await first.close();
+    // mcmux restarts while a cannot answer its marker check (it times out)...
+    const next = restartOver(first.fakes);
+    const [a] = next.ups as [HealthyUpstream];
+    fa.mode = 'timeout';
+    await next.detector.checkAll();
+    fa.mode = 'ok';
+    // ...then a restarts empty, and the driver reconnects: a precautionary fence.
+    await fa.inner.flush();
+    next.detector.reconnected(a);
+    assert.equal(await next.detector.check(a), 'first');
+    await next.detector.check(a); // finds the marker the check above wrote
+    assert.equal(a.fenced, true, 'a marker written after the fence began proves nothing');
+    assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED');
+    await next.close();
+  });
+});
