@@ -80,9 +80,9 @@ describe('cold detector: lock fence', () => {
 
 /**
  * mcmux restarting: a new process over the same stores (fresh HealthyUpstreams, router and
- * detector; the fakes' stores are what survives). Found in review, not fixed: `todo` tests.
+ * detector; the fakes' stores are what survives). The `todo` tests: found in review, not fixed.
  */
-describe('cold detector: across a restart of mcmux (known gaps)', () => {
+describe('cold detector: across a restart of mcmux', () => {
   function restartOver(fakes: FakeUpstream[]) {
     const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
     const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
@@ -111,7 +111,7 @@ describe('cold detector: across a restart of mcmux (known gaps)', () => {
     await next.close();
   });
 
-  it('a store that restarted empty while mcmux was down is not fenced', { todo: "a missing marker at the first check is 'first', even when the other upstreams hold this host's marker" }, async () => {
+  it("a store that restarted empty while mcmux was down is fenced: another upstream holds this host's marker", async () => {
     const first = setup();
     const [fa] = first.fakes as [FakeUpstream];
     await first.detector.checkAll();
@@ -125,18 +125,42 @@ describe('cold detector: across a restart of mcmux (known gaps)', () => {
     await next.close();
   });
 
+  it('the very first start (no marker anywhere) fences nothing', async () => {
+    const { ups, detector: d, add, close } = setup(3);
+    await d.checkAll();
+    assert.deepEqual(ups.map((u) => u.fenced), [false, false, false]);
+    await d.checkAll();
+    assert.deepEqual(ups.map((u) => u.fenced), [false, false, false]);
+    assert.equal(await add('lock.s', 'A'), 'STORED');
+    await close();
+  });
+
+  it("after a client's flush_all of every upstream, a first sight fences nothing", async () => {
+    const { fakes, ups, detector: d, close } = setup(2);
+    await d.checkAll();
+    await d.checkAll(); // the markers are found
+    for (const [i, f] of fakes.entries()) {
+      await f.inner.flush();
+      d.forget(ups[i] as HealthyUpstream);
+    }
+    await d.check(ups[0] as HealthyUpstream);
+    await d.checkAll();
+    assert.deepEqual(ups.map((u) => u.fenced), [false, false]);
+    await close();
+  });
+
   it("a precautionary fence is lifted by the marker its own 'first' check wrote", { todo: 'a warm verdict lifts a precautionary fence whatever the age of the marker it found' }, async () => {
     const first = setup();
-    const [fa] = first.fakes as [FakeUpstream];
+    const [fa, fb] = first.fakes as [FakeUpstream, FakeUpstream];
     await first.detector.checkAll();
     assert.equal(await first.add('lock.s', 'A'), 'STORED');
     await first.close();
-    // mcmux restarts while a cannot answer its marker check (it times out)...
+    // mcmux restarts while neither store answers its marker check (they time out)...
     const next = restartOver(first.fakes);
     const [a] = next.ups as [HealthyUpstream];
-    fa.mode = 'timeout';
+    fa.mode = fb.mode = 'timeout';
     await next.detector.checkAll();
-    fa.mode = 'ok';
+    fa.mode = fb.mode = 'ok';
     // ...then a restarts empty, and the driver reconnects: a precautionary fence.
     await fa.inner.flush();
     next.detector.reconnected(a);
