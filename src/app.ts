@@ -101,6 +101,8 @@ export class App {
       (what, u, error) => log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, `${what} failed`),
     );
     this.repairer = new Repairer(() => this.router.context, config.repair, log);
+    // An overflowed cache the repair flushes comes back empty: fenced, as after a restart.
+    this.repairer.onFlush = (u) => this.coldDetector.knownEmpty(u as HealthyUpstream);
     this.router.repairStats = () => ({ repaired: this.repairer.repaired, failures: this.repairer.repairFailures });
   }
 

@@ -14,7 +14,10 @@ import { type HealthyUpstream, isUsable, membersOf } from './health';
 
 const CHECK_MS = 2000;
 
-/** cold: our marker is gone; warm: it is there; first: none was written yet (no evidence either way). */
+/**
+ * cold: our marker is gone; warm: it is there; first: none was written yet (no evidence by itself:
+ * judge() calls it cold when another store of the chain holds this host's marker).
+ */
 type Verdict = 'cold' | 'warm' | 'first' | 'unknown';
 const REFRESH_MS = 3600_000;
 const MARKER_TTL_MS = 24 * 3600_000;
@@ -23,6 +26,11 @@ export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
   readonly key = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
   private readonly lastSet = new Map<Upstream, number>();
+  /**
+   * Stores in which a check found this host's marker before this process wrote it there (left by
+   * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
+   */
+  private readonly found = new Set<Upstream>();
   /** Until when each upstream is fenced because its marker was found missing (not a precaution). */
   private readonly coldUntil = new WeakMap<HealthyUpstream, number>();
   private timer: NodeJS.Timeout | undefined;
@@ -45,8 +53,11 @@ export class ColdDetector {
     this.timer = undefined;
   }
 
-  checkAll(): Promise<void> {
-    return Promise.all(this.upstreams().map((u) => this.check(u))).then(() => undefined);
+  /** Every upstream, judged once all have answered (see markedElsewhere). */
+  async checkAll(): Promise<void> {
+    const ups = this.upstreams();
+    const looks = await Promise.all(ups.map((u) => this.look(u)));
+    ups.forEach((u, i) => this.judge(u, looks[i]));
   }
 
   /**
@@ -78,7 +89,7 @@ export class ColdDetector {
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
     u.fence(Date.now() + this.fenceMs);
     void this.checkStore(server.inner).then((verdict) => {
-      if (verdict === 'cold') {
+      if (verdict === 'cold' || (verdict === 'first' && this.markedElsewhere([server.inner]))) {
         this.fenceCold(u);
         this.log.warn({ upstream: u.name, server: server.name, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
       } else {
@@ -94,9 +105,9 @@ export class ColdDetector {
   }
 
   /**
-   * `u` is empty for certain (an in-process store as mcmux starts): fenced for the whole
-   * lock-fence, as when its marker is found missing. Its own marker, written after the start and
-   * found by the next check, says nothing about what it held before.
+   * `u` is empty for certain (an in-process store as mcmux starts, a cache the repair flushes):
+   * fenced for the whole lock-fence, as when its marker is found missing. Its own marker, written
+   * after that and found by the next check, says nothing about what it held before.
    */
   knownEmpty(u: HealthyUpstream): void {
     const until = Date.now() + this.fenceMs;
@@ -106,8 +117,28 @@ export class ColdDetector {
 
   /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
   forget(u: HealthyUpstream): void {
-    this.lastSet.delete(u.inner);
-    for (const m of membersOf(u)) this.lastSet.delete(m.inner);
+    for (const s of [u.inner, ...membersOf(u).map((m) => m.inner)]) {
+      this.lastSet.delete(s);
+      this.found.delete(s);
+    }
+  }
+
+  /**
+   * Whether a store of the chain other than `stores` held this host's marker from before. A store
+   * seen for the first time without one, while another has one, lost it: it restarted or was
+   * flushed while mcmux was not watching (mcmux itself restarted, or the store was unreachable
+   * since mcmux started), or it missed everything mcmux wrote. Either way it may lack a lock the
+   * others hold. Only when no store has a marker (the first start, a flush_all of all) does a
+   * first sight say nothing.
+   */
+  private markedElsewhere(stores: readonly Upstream[]): boolean {
+    for (const v of this.upstreams()) {
+      const members = membersOf(v);
+      for (const s of members.length > 0 ? members.map((m) => m.inner) : [v.inner]) {
+        if (!stores.includes(s) && this.found.has(s)) return true;
+      }
+    }
+    return false;
   }
 
   /**
@@ -115,11 +146,22 @@ export class ColdDetector {
    * and fences `u` when a marker mcmux wrote has disappeared.
    */
   async check(u: HealthyUpstream): Promise<Verdict> {
-    if (!isUsable(u)) return 'unknown';
+    return this.judge(u, await this.look(u));
+  }
+
+  /** The verdict of each store of `u` (each usable server of a pool); undefined when `u` is not usable. */
+  private async look(u: HealthyUpstream): Promise<{ targets: Upstream[]; verdicts: Verdict[] } | undefined> {
+    if (!isUsable(u)) return undefined;
     const stores = membersOf(u);
     const targets: Upstream[] = stores.length > 0 ? stores.filter(isUsable).map((m) => m.inner) : [u.inner];
-    const cold = await Promise.all(targets.map((t) => this.checkStore(t)));
-    if (cold.includes('cold')) {
+    return { targets, verdicts: await Promise.all(targets.map((t) => this.checkStore(t))) };
+  }
+
+  private judge(u: HealthyUpstream, look: { targets: Upstream[]; verdicts: Verdict[] } | undefined): Verdict {
+    if (look === undefined) return 'unknown';
+    const cold = look.verdicts;
+    const firsts = look.targets.filter((_, i) => cold[i] === 'first');
+    if (cold.includes('cold') || (firsts.length > 0 && this.markedElsewhere(firsts))) {
       this.fenceCold(u);
       this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
       return 'cold';
@@ -132,21 +174,29 @@ export class ColdDetector {
 
   /** Whether `store` lost the marker mcmux had written there ('unknown' when it did not answer). */
   private async checkStore(store: Upstream): Promise<Verdict> {
+    let hit;
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
       // so each server is asked directly, through its own driver.
-      const [hit] = await store.get([this.key]);
-      const now = Date.now();
-      const wrote = this.lastSet.get(store);
-      if (!hit || wrote === undefined || now - wrote > REFRESH_MS) {
-        await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS, withCas: false });
-        this.lastSet.set(store, now);
-      }
-      if (hit) return 'warm';
-      return wrote === undefined ? 'first' : 'cold';
+      [hit] = await store.get([this.key]);
     } catch {
       // health tracking sees the failures of real requests; the marker is best effort
       return 'unknown';
     }
+    const now = Date.now();
+    const wrote = this.lastSet.get(store);
+    // The read decides, whatever becomes of the rewrite below: a rewrite that fails may still
+    // land (a timeout), and the marker it puts back must not pass for one the store kept.
+    const verdict: Verdict = hit ? 'warm' : wrote === undefined ? 'first' : 'cold';
+    if (hit && wrote === undefined) this.found.add(store);
+    if (!hit || wrote === undefined || now - wrote > REFRESH_MS) {
+      try {
+        await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS, withCas: false });
+        this.lastSet.set(store, now);
+      } catch {
+        // written again by the next check
+      }
+    }
+    return verdict;
   }
 }

@@ -45,6 +45,12 @@ export class Repairer {
   private readonly progress = new Map<string, { total: number; done: number; since: number; lastLog: number }>();
   repaired = 0;
   repairFailures = 0;
+  /**
+   * Told just before an overflowed cache is flushed (app.ts: the cold detector fences it). Once
+   * flushed it is trusted again, and empty: it must not decide add/incr for a lock or counter the
+   * other upstreams hold until its lock-fence ends, as after a restart.
+   */
+  onFlush: ((u: Upstream) => void) | undefined;
 
   constructor(
     private readonly ctx: () => RouterContext,
@@ -185,6 +191,8 @@ export class Repairer {
       // journaled for this upstream afterwards (the read sequence keeps them remembered).
       const seq = journal.readStarted();
       const during = new Set(journal.writtenKeysSince(seq));
+      // Before the flush is sent: one that times out may still be applied.
+      this.onFlush?.(u);
       try {
         await u.flush();
         for (const key of journal.writtenKeysSince(seq)) during.add(key);

@@ -1,0 +1,173 @@
+/**
+ * The cold detector and the lock fence, driven by hand over fault-injecting fakes (no timers of
+ * the detector run: each check is called and awaited by the test).
+ */
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import pino from 'pino';
+import type { Command, Reply } from '../../src/command/command';
+import { ColdDetector } from '../../src/router/cold-detector';
+import { HealthyUpstream } from '../../src/router/health';
+import { RepairJournal } from '../../src/router/journal';
+import { Repairer } from '../../src/router/repair';
+import { Router } from '../../src/router/router';
+import { FakeUpstream, settle } from '../helpers/fake-upstream';
+
+const silent = pino({ level: 'silent' });
+const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const FENCE_MS = 60_000;
+
+function setup(n = 2, opts: { maxKeys?: number; schemes?: string[]; downAfter?: number } = {}) {
+  const fakes = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`, opts.schemes?.[i] ?? 'fake'));
+  const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: opts.downAfter ?? 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
+  const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
+  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+  const detector = new ColdDetector(() => ups, FENCE_MS, silent);
+  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+  const add = async (key: string, who: string): Promise<string> => {
+    const r = await exec({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
+    return r.kind === 'status' ? r.status : r.kind;
+  };
+  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
+  // As app.ts wires it.
+  repairer.onFlush = (u) => detector.knownEmpty(u as HealthyUpstream);
+  const close = (): Promise<unknown> => Promise.all(ups.map((u) => u.close()));
+  return { fakes, ups, journal, router, repairer, detector, exec, add, close };
+}
+
+describe('cold detector: lock fence', () => {
+  it('a store found without its marker is cold even when the marker rewrite times out (and lands later)', async () => {
+    const { fakes, ups, detector: d, add, close } = setup();
+    const [fa] = fakes as [FakeUpstream];
+    const [a] = ups as [HealthyUpstream];
+    await d.checkAll(); // the markers are written
+    assert.equal(await add('lock.s', 'A'), 'STORED');
+    // a restarts empty; the set that puts its marker back times out, and is applied afterwards.
+    await fa.inner.flush();
+    fa.gateOnly = (call) => call === `set ${d.key}`;
+    fa.delay_late();
+    d.reconnected(a); // the driver reconnected: a precautionary fence, and a check
+    assert.equal(await d.check(a), 'cold', 'the marker was missing: cold, whatever became of its rewrite');
+    fa.open(); // the timed-out rewrites land
+    await settle();
+    assert.ok((await fa.inner.get([d.key]))[0], 'the late rewrite landed');
+    await d.check(a); // finds the marker the late rewrite put there
+    assert.equal(a.fenced, true, 'a marker put back after the restart says nothing: the fence stays');
+    assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'the lock held in b is not granted again by the empty a');
+    await close();
+  });
+
+  it('a cache the repair flushed (its journal had overflowed) is fenced: it came back empty', async () => {
+    const { fakes, ups, journal, repairer, detector: d, exec, add, close } = setup(2, { maxKeys: 2, schemes: ['memory', 'fake'], downAfter: 100 });
+    const [fa] = fakes as [FakeUpstream];
+    const [a] = ups as [HealthyUpstream];
+    await d.checkAll();
+    assert.equal(await add('lock.s', 'A'), 'STORED');
+    // a misses more writes than its journal holds: overflowed, it decides nothing for now.
+    fa.mode = 'fail';
+    for (const k of ['k1', 'k2', 'k3']) await exec({ kind: 'delete', key: k, noreply: false });
+    fa.mode = 'ok';
+    assert.ok(journal.overflowed(a));
+    await repairer.tick(); // flushes the cache a and trusts it again
+    assert.equal(journal.overflowed(a), undefined, 'flushed and trusted');
+    assert.equal((await fa.inner.get(['lock.s']))[0], undefined, 'the flush emptied it');
+    assert.equal(a.fenced, true, 'emptied by mcmux itself: fenced at once, not at the next marker check');
+    assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'the lock held in b is not granted again by the flushed a');
+    await close();
+  });
+});
+
+/**
+ * mcmux restarting: a new process over the same stores (fresh HealthyUpstreams, router and
+ * detector; the fakes' stores are what survives). The `todo` tests: found in review, not fixed.
+ */
+describe('cold detector: across a restart of mcmux', () => {
+  function restartOver(fakes: FakeUpstream[]) {
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+    const detector = new ColdDetector(() => ups, FENCE_MS, silent);
+    const add = async (key: string, who: string): Promise<string> => {
+      const r = await router.execute({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
+      return r.kind === 'status' ? r.status : r.kind;
+    };
+    return { ups, detector, add, close: (): Promise<unknown> => Promise.all(ups.map((u) => u.close())) };
+  }
+
+  it('a lock-fence in progress is lost when mcmux restarts', { todo: 'the fence lives only in memory; the marker rewritten after the cold verdict reads as warm' }, async () => {
+    const first = setup();
+    const [fa] = first.fakes as [FakeUpstream];
+    await first.detector.checkAll();
+    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    await fa.inner.flush(); // a restarts empty
+    assert.equal(await first.detector.check(first.ups[0] as HealthyUpstream), 'cold');
+    await first.close();
+    // mcmux restarts a few seconds later, well inside the lock-fence.
+    const next = restartOver(first.fakes);
+    await next.detector.checkAll();
+    assert.equal(next.ups[0]!.fenced, true, 'still inside the lock-fence of the restart it saw');
+    assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED');
+    await next.close();
+  });
+
+  it("a store that restarted empty while mcmux was down is fenced: another upstream holds this host's marker", async () => {
+    const first = setup();
+    const [fa] = first.fakes as [FakeUpstream];
+    await first.detector.checkAll();
+    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    await first.close();
+    await fa.inner.flush(); // a restarts empty while mcmux is down (the client holding the lock is not)
+    const next = restartOver(first.fakes);
+    await next.detector.checkAll();
+    assert.equal(next.ups[0]!.fenced, true, "b holds this host's marker, a lost it");
+    assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED');
+    await next.close();
+  });
+
+  it('the very first start (no marker anywhere) fences nothing', async () => {
+    const { ups, detector: d, add, close } = setup(3);
+    await d.checkAll();
+    assert.deepEqual(ups.map((u) => u.fenced), [false, false, false]);
+    await d.checkAll();
+    assert.deepEqual(ups.map((u) => u.fenced), [false, false, false]);
+    assert.equal(await add('lock.s', 'A'), 'STORED');
+    await close();
+  });
+
+  it("after a client's flush_all of every upstream, a first sight fences nothing", async () => {
+    const { fakes, ups, detector: d, close } = setup(2);
+    await d.checkAll();
+    await d.checkAll(); // the markers are found
+    for (const [i, f] of fakes.entries()) {
+      await f.inner.flush();
+      d.forget(ups[i] as HealthyUpstream);
+    }
+    await d.check(ups[0] as HealthyUpstream);
+    await d.checkAll();
+    assert.deepEqual(ups.map((u) => u.fenced), [false, false]);
+    await close();
+  });
+
+  it("a precautionary fence is lifted by the marker its own 'first' check wrote", { todo: 'a warm verdict lifts a precautionary fence whatever the age of the marker it found' }, async () => {
+    const first = setup();
+    const [fa, fb] = first.fakes as [FakeUpstream, FakeUpstream];
+    await first.detector.checkAll();
+    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    await first.close();
+    // mcmux restarts while neither store answers its marker check (they time out)...
+    const next = restartOver(first.fakes);
+    const [a] = next.ups as [HealthyUpstream];
+    fa.mode = fb.mode = 'timeout';
+    await next.detector.checkAll();
+    fa.mode = fb.mode = 'ok';
+    // ...then a restarts empty, and the driver reconnects: a precautionary fence.
+    await fa.inner.flush();
+    next.detector.reconnected(a);
+    assert.equal(await next.detector.check(a), 'first');
+    await next.detector.check(a); // finds the marker the check above wrote
+    assert.equal(a.fenced, true, 'a marker written after the fence began proves nothing');
+    assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED');
+    await next.close();
+  });
+});
