@@ -263,6 +263,7 @@ export class RedisUpstream implements Upstream {
   private readonly firstReady: Promise<void>;
   private closed = false;
   private lastError = 'not connected yet';
+  onReconnect: (() => void) | undefined;
 
   constructor(
     settings: RedisSettings,
@@ -288,8 +289,13 @@ export class RedisUpstream implements Upstream {
         resolve();
       });
       // What a later close reports when no 'error' event says more.
+      let readyBefore = false;
       client.on('ready', () => {
         this.lastError = 'connection closed by the server';
+        // Ready again after the connection was lost: the server may have restarted empty (a
+        // Redis without persistence, a session store's usual set-up): the cold detector checks.
+        if (readyBefore) this.onReconnect?.();
+        readyBefore = true;
       });
       client.once('close', () => {
         this.starting = false;

@@ -441,11 +441,14 @@ test('a killed redis gives fast IO errors, and is used again after a restart', {
   // A long timeout: a request that waited for the dead server instead of failing fast would
   // outlive the subtest's timeout below.
   const up = open(server.url, { timeout: '60000' });
+  let reconnects = 0;
+  up.onReconnect = () => reconnects++;
   t.after(async () => {
     await up.close();
     await server.stop();
   });
   await set(up, 'k', 'before');
+  assert.equal(reconnects, 0, 'the first connection is not a reconnect');
   server.kill('SIGKILL');
   await t.test('requests fail with IO while it is down', { timeout: 10_000 }, async () => {
     const codes = new Set<string>();
@@ -463,6 +466,7 @@ test('a killed redis gives fast IO errors, and is used again after a restart', {
     (err) => assert.equal(codeOf(err), ErrorCodes.UPSTREAM_IO),
   );
   assert.equal(hit, undefined, 'the restarted redis is empty');
+  assert.equal(reconnects, 1, 'the reconnect is reported (app.ts: the cold detector fences it until its marker is checked)');
   await set(up, 'k', 'after');
   assert.equal(await text(up, 'k'), 'after');
 });
