@@ -607,6 +607,13 @@ export class RepairJournal {
     const configured = new Set(upstreams.map(idOf));
     let text: string | undefined;
     const file = dir ? join(dir, 'journal.log') : undefined;
+    if (dir) {
+      try {
+        makeDirs(dir, 0o700);
+      } catch (error) {
+        throw new Error(`state-dir "${dir}" cannot be made (${error instanceof Error ? error.message : String(error)}): expected a directory mcmux can create and write`);
+      }
+    }
     // No journal yet is a first start, with nothing to distrust. One that is there but cannot be
     // read is not: taking it as empty would serve the keys it holds from upstreams that missed
     // them (stale sessions, destroyed ones back). So that stops the start, as a FIFO there would

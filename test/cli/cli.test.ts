@@ -120,7 +120,16 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
     const r = await runMcmux(['--state-dir', '/proc/mcmux-none/state', '--upstream', 'memory://', '--listen', '127.0.0.1:0'], { timeoutMs: 5000 });
     assert.equal(r.timedOut, false, `mcmux did not exit; stderr ${r.stderr}`);
     assert.equal(r.code, 1, `stderr ${r.stderr}`);
-    assert.match(r.stderr, /cannot start: ENOENT[^\n]*'\/proc\/mcmux-none'/);
+    assert.match(r.stderr, /cannot start: state-dir "\/proc\/mcmux-none\/state" cannot be made \(ENOENT[^\n]*'\/proc\/mcmux-none'/);
+  });
+
+  it('a state directory that is a file stops the start at once, naming it', async () => {
+    const file = join(dir, 'a-file');
+    await writeFile(file, 'not a directory');
+    const r = await runMcmux(['--state-dir', file, '--upstream', 'memory://', '--listen', '127.0.0.1:0'], { timeoutMs: 5000 });
+    assert.equal(r.timedOut, false, `mcmux did not exit; stderr ${r.stderr}`);
+    assert.equal(r.code, 1, `stderr ${r.stderr}`);
+    assert.match(r.stderr, /cannot start: state-dir "[^"]*a-file" cannot be made \(EEXIST/);
   });
 
   it('an unknown flag', async () => {
