@@ -32,6 +32,11 @@ const FENCED_UNTIL = /^fenced until (\d{1,15})$/;
 /** What one store's marker says. */
 interface Sight {
   verdict: Verdict;
+  /**
+   * warm, and the marker was there before the upstream's current fence began (not one this
+   * process wrote since): only such a marker shows the store kept its data through the fence.
+   */
+  kept: boolean;
   /** The end (ms) of a fence an earlier mcmux process recorded in the marker; 0 if none. */
   fencedUntil: number;
 }
@@ -44,8 +49,11 @@ interface Look {
 export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
   readonly key = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
-  /** When this process last wrote each store's marker, and with what value. */
-  private readonly lastSet = new Map<Upstream, { at: number; value: string }>();
+  /**
+   * When this process last wrote each store's marker, with what value, and how many fences its
+   * upstream had begun then (HealthyUpstream.fencesBegun).
+   */
+  private readonly lastSet = new Map<Upstream, { at: number; value: string; fence: number }>();
   /**
    * Stores in which a check found this host's marker before this process wrote it there (left by
    * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
@@ -92,14 +100,15 @@ export class ColdDetector {
   }
 
   /**
-   * A fence set as a precaution (a reconnect) is lifted on a warm answer (the marker mcmux wrote
-   * is still there), not on a first sight (after a flush_all: nothing to compare); one set
-   * because the marker was found missing stays for its whole time. A precautionary fence whose
-   * own check could not answer (the upstream was down again) is lifted by a later warm check:
-   * the periodic one, or the one made when its health turns healthy.
+   * A fence set as a precaution (a reconnect, a reload) is lifted on a warm answer whose marker
+   * was there before the fence began, not on a first sight (after a flush_all: nothing to
+   * compare) nor on a marker this process wrote since (it would be there whatever the store
+   * lost); one set because the marker was found missing stays for its whole time. A
+   * precautionary fence whose own check could not answer (the upstream was down again) is lifted
+   * by a later such check: the periodic one, or the one made when its health turns healthy.
    */
-  private liftIfWarm(u: HealthyUpstream, verdict: Verdict): void {
-    if (verdict === 'warm' && u.coldUntil !== 0 && !((this.coldUntil.get(u) ?? 0) > Date.now())) u.unfence();
+  private liftIfKept(u: HealthyUpstream, sights: readonly Sight[]): void {
+    if (sights.every((s) => s.kept) && u.coldUntil !== 0 && !((this.coldUntil.get(u) ?? 0) > Date.now())) u.unfence();
   }
 
   /**
@@ -109,13 +118,13 @@ export class ColdDetector {
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
     u.fence(Date.now() + this.fenceMs);
-    void this.checkStore(server.inner).then(async (sight) => {
+    void this.checkStore(u, server.inner).then(async (sight) => {
       const until = this.inheritedFence([sight]);
       if (sight.verdict === 'cold' || until > 0 || (sight.verdict === 'first' && this.markedElsewhere([server.inner]))) {
         this.fenceCold(u, until);
         this.log.warn({ upstream: u.name, server: server.name, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
       } else {
-        this.liftIfWarm(u, sight.verdict);
+        this.liftIfKept(u, [sight]);
       }
       await this.mark(u, { targets: [server.inner], sights: [sight] });
     });
@@ -193,7 +202,7 @@ export class ColdDetector {
     if (!isUsable(u)) return undefined;
     const stores = membersOf(u);
     const targets: Upstream[] = stores.length > 0 ? stores.filter(isUsable).map((m) => m.inner) : [u.inner];
-    return { targets, sights: await Promise.all(targets.map((t) => this.checkStore(t))) };
+    return { targets, sights: await Promise.all(targets.map((t) => this.checkStore(u, t))) };
   }
 
   private judge(u: HealthyUpstream, look: Look | undefined): Verdict {
@@ -208,12 +217,12 @@ export class ColdDetector {
     }
     if (cold.includes('unknown')) return 'unknown';
     if (cold.includes('first')) return 'first';
-    this.liftIfWarm(u, 'warm');
+    this.liftIfKept(u, look.sights);
     return 'warm';
   }
 
-  /** Whether `store` lost the marker mcmux had written there ('unknown' when it did not answer). */
-  private async checkStore(store: Upstream): Promise<Sight> {
+  /** Whether `store` (of `u`) lost the marker mcmux had written there ('unknown' when it did not answer). */
+  private async checkStore(u: HealthyUpstream, store: Upstream): Promise<Sight> {
     let hit;
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
@@ -221,7 +230,7 @@ export class ColdDetector {
       [hit] = await store.get([this.key]);
     } catch {
       // health tracking sees the failures of real requests; the marker is best effort
-      return { verdict: 'unknown', fencedUntil: 0 };
+      return { verdict: 'unknown', kept: false, fencedUntil: 0 };
     }
     const wrote = this.lastSet.get(store);
     // The read decides, whatever becomes of the rewrite (mark): a rewrite that fails may still
@@ -230,7 +239,7 @@ export class ColdDetector {
     if (hit && wrote === undefined) this.found.add(store);
     // Only a marker another process wrote tells of a fence this one does not know.
     const fenced = hit && wrote === undefined ? FENCED_UNTIL.exec(hit.value.toString('latin1')) : null;
-    return { verdict, fencedUntil: fenced ? Number(fenced[1]) : 0 };
+    return { verdict, kept: verdict === 'warm' && (wrote === undefined || wrote.fence < u.fencesBegun), fencedUntil: fenced ? Number(fenced[1]) : 0 };
   }
 
   /**
@@ -250,7 +259,7 @@ export class ColdDetector {
         if (sight.verdict === 'warm' && wrote !== undefined && wrote.value === value && now - wrote.at <= REFRESH_MS) return;
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: 0, deadline: now + MARKER_TTL_MS, withCas: false });
-          this.lastSet.set(store, { at: now, value });
+          this.lastSet.set(store, { at: now, value, fence: u.fencesBegun });
         } catch {
           // written again by the next check
         }
