@@ -5,6 +5,11 @@
  * or a session lock held in the other upstreams would be granted a second time (hazard 2).
  * Reads need no fence: a miss there falls through and is repaired. The cas uniques it handed out
  * before are void from then on (HealthyUpstream.restartedEmpty): its counter started again.
+ *
+ * The marker's value is the pid of the mcmux process that wrote it, or, while the upstream is
+ * fenced, `fenced until <epoch ms>`: an mcmux restarted inside that time finds the marker (put
+ * back by the process before it), and fences the upstream until then all the same, for at most
+ * its own lock-fence (a wrong clock cannot fence for longer).
  */
 
 import { hostname } from 'node:os';
@@ -15,17 +20,40 @@ import { type HealthyUpstream, isUsable, membersOf } from './health';
 const CHECK_MS = 2000;
 
 /**
- * cold: our marker is gone; warm: it is there; first: none was written yet (no evidence by itself:
- * judge() calls it cold when another store of the chain holds this host's marker).
+ * cold: our marker is gone (or says an earlier process fenced the store); warm: it is there;
+ * first: none was written yet (no evidence by itself: judge() calls it cold when another store of
+ * the chain holds this host's marker).
  */
 type Verdict = 'cold' | 'warm' | 'first' | 'unknown';
 const REFRESH_MS = 3600_000;
 const MARKER_TTL_MS = 24 * 3600_000;
+const FENCED_UNTIL = /^fenced until (\d{1,15})$/;
+
+/** What one store's marker says. */
+interface Sight {
+  verdict: Verdict;
+  /**
+   * warm, and the marker was there before the upstream's current fence began (not one this
+   * process wrote since): only such a marker shows the store kept its data through the fence.
+   */
+  kept: boolean;
+  /** The end (ms) of a fence an earlier mcmux process recorded in the marker; 0 if none. */
+  fencedUntil: number;
+}
+
+interface Look {
+  targets: Upstream[];
+  sights: Sight[];
+}
 
 export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
   readonly key = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
-  private readonly lastSet = new Map<Upstream, number>();
+  /**
+   * When this process last wrote each store's marker, with what value, and how many fences its
+   * upstream had begun then (HealthyUpstream.fencesBegun).
+   */
+  private readonly lastSet = new Map<Upstream, { at: number; value: string; fence: number }>();
   /**
    * Stores in which a check found this host's marker before this process wrote it there (left by
    * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
@@ -58,6 +86,7 @@ export class ColdDetector {
     const ups = this.upstreams();
     const looks = await Promise.all(ups.map((u) => this.look(u)));
     ups.forEach((u, i) => this.judge(u, looks[i]));
+    await Promise.all(ups.map((u, i) => this.mark(u, looks[i])));
   }
 
   /**
@@ -71,14 +100,15 @@ export class ColdDetector {
   }
 
   /**
-   * A fence set as a precaution (a reconnect) is lifted on a warm answer (the marker mcmux wrote
-   * is still there), not on a first sight (after a flush_all: nothing to compare); one set
-   * because the marker was found missing stays for its whole time. A precautionary fence whose
-   * own check could not answer (the upstream was down again) is lifted by a later warm check:
-   * the periodic one, or the one made when its health turns healthy.
+   * A fence set as a precaution (a reconnect, a reload) is lifted on a warm answer whose marker
+   * was there before the fence began, not on a first sight (after a flush_all: nothing to
+   * compare) nor on a marker this process wrote since (it would be there whatever the store
+   * lost); one set because the marker was found missing stays for its whole time. A
+   * precautionary fence whose own check could not answer (the upstream was down again) is lifted
+   * by a later such check: the periodic one, or the one made when its health turns healthy.
    */
-  private liftIfWarm(u: HealthyUpstream, verdict: Verdict): void {
-    if (verdict === 'warm' && u.coldUntil !== 0 && !((this.coldUntil.get(u) ?? 0) > Date.now())) u.unfence();
+  private liftIfKept(u: HealthyUpstream, sights: readonly Sight[]): void {
+    if (sights.every((s) => s.kept) && u.coldUntil !== 0 && !((this.coldUntil.get(u) ?? 0) > Date.now())) u.unfence();
   }
 
   /**
@@ -88,19 +118,24 @@ export class ColdDetector {
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
     u.fence(Date.now() + this.fenceMs);
-    void this.checkStore(server.inner).then((verdict) => {
-      if (verdict === 'cold' || (verdict === 'first' && this.markedElsewhere([server.inner]))) {
-        this.fenceCold(u);
+    void this.checkStore(u, server.inner).then(async (sight) => {
+      const until = this.inheritedFence([sight]);
+      if (sight.verdict === 'cold' || until > 0 || (sight.verdict === 'first' && this.markedElsewhere([server.inner]))) {
+        this.fenceCold(u, until);
         this.log.warn({ upstream: u.name, server: server.name, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
       } else {
-        this.liftIfWarm(u, verdict);
+        this.liftIfKept(u, [sight]);
       }
+      await this.mark(u, { targets: [server.inner], sights: [sight] });
     });
   }
 
-  /** The marker was gone: fenced for the whole lock-fence, and its old cas uniques void. */
-  private fenceCold(u: HealthyUpstream): void {
-    this.knownEmpty(u);
+  /**
+   * The marker was gone: fenced for the whole lock-fence (or until `until`, the end of the fence
+   * an earlier process recorded in it), and its old cas uniques void.
+   */
+  private fenceCold(u: HealthyUpstream, until = 0): void {
+    this.knownEmpty(u, until);
     u.restartedEmpty();
   }
 
@@ -109,10 +144,20 @@ export class ColdDetector {
    * fenced for the whole lock-fence, as when its marker is found missing. Its own marker, written
    * after that and found by the next check, says nothing about what it held before.
    */
-  knownEmpty(u: HealthyUpstream): void {
-    const until = Date.now() + this.fenceMs;
-    u.fence(until);
-    this.coldUntil.set(u, until);
+  knownEmpty(u: HealthyUpstream, until = 0): void {
+    const end = until > 0 ? until : Date.now() + this.fenceMs;
+    u.fence(end);
+    this.coldUntil.set(u, Math.max(this.coldUntil.get(u) ?? 0, end));
+  }
+
+  /**
+   * The latest end of a fence that an earlier mcmux process recorded in these markers and that is
+   * still to come, cut to this process's own lock-fence; 0 if none.
+   */
+  private inheritedFence(sights: readonly Sight[]): number {
+    const now = Date.now();
+    const until = Math.min(Math.max(0, ...sights.map((s) => s.fencedUntil)), now + this.fenceMs);
+    return until > now ? until : 0;
   }
 
   /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
@@ -146,34 +191,38 @@ export class ColdDetector {
    * and fences `u` when a marker mcmux wrote has disappeared.
    */
   async check(u: HealthyUpstream): Promise<Verdict> {
-    return this.judge(u, await this.look(u));
+    const look = await this.look(u);
+    const verdict = this.judge(u, look);
+    await this.mark(u, look);
+    return verdict;
   }
 
-  /** The verdict of each store of `u` (each usable server of a pool); undefined when `u` is not usable. */
-  private async look(u: HealthyUpstream): Promise<{ targets: Upstream[]; verdicts: Verdict[] } | undefined> {
+  /** What the marker says in each store of `u` (each usable server of a pool); undefined when `u` is not usable. */
+  private async look(u: HealthyUpstream): Promise<Look | undefined> {
     if (!isUsable(u)) return undefined;
     const stores = membersOf(u);
     const targets: Upstream[] = stores.length > 0 ? stores.filter(isUsable).map((m) => m.inner) : [u.inner];
-    return { targets, verdicts: await Promise.all(targets.map((t) => this.checkStore(t))) };
+    return { targets, sights: await Promise.all(targets.map((t) => this.checkStore(u, t))) };
   }
 
-  private judge(u: HealthyUpstream, look: { targets: Upstream[]; verdicts: Verdict[] } | undefined): Verdict {
+  private judge(u: HealthyUpstream, look: Look | undefined): Verdict {
     if (look === undefined) return 'unknown';
-    const cold = look.verdicts;
+    const cold = look.sights.map((s) => s.verdict);
     const firsts = look.targets.filter((_, i) => cold[i] === 'first');
-    if (cold.includes('cold') || (firsts.length > 0 && this.markedElsewhere(firsts))) {
-      this.fenceCold(u);
+    const until = this.inheritedFence(look.sights);
+    if (cold.includes('cold') || until > 0 || (firsts.length > 0 && this.markedElsewhere(firsts))) {
+      this.fenceCold(u, until);
       this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
       return 'cold';
     }
     if (cold.includes('unknown')) return 'unknown';
     if (cold.includes('first')) return 'first';
-    this.liftIfWarm(u, 'warm');
+    this.liftIfKept(u, look.sights);
     return 'warm';
   }
 
-  /** Whether `store` lost the marker mcmux had written there ('unknown' when it did not answer). */
-  private async checkStore(store: Upstream): Promise<Verdict> {
+  /** Whether `store` (of `u`) lost the marker mcmux had written there ('unknown' when it did not answer). */
+  private async checkStore(u: HealthyUpstream, store: Upstream): Promise<Sight> {
     let hit;
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
@@ -181,22 +230,40 @@ export class ColdDetector {
       [hit] = await store.get([this.key]);
     } catch {
       // health tracking sees the failures of real requests; the marker is best effort
-      return 'unknown';
+      return { verdict: 'unknown', kept: false, fencedUntil: 0 };
     }
-    const now = Date.now();
     const wrote = this.lastSet.get(store);
-    // The read decides, whatever becomes of the rewrite below: a rewrite that fails may still
+    // The read decides, whatever becomes of the rewrite (mark): a rewrite that fails may still
     // land (a timeout), and the marker it puts back must not pass for one the store kept.
     const verdict: Verdict = hit ? 'warm' : wrote === undefined ? 'first' : 'cold';
     if (hit && wrote === undefined) this.found.add(store);
-    if (!hit || wrote === undefined || now - wrote > REFRESH_MS) {
-      try {
-        await store.store({ mode: 'set', key: this.key, value: Buffer.from(String(process.pid)), flags: 0, deadline: now + MARKER_TTL_MS, withCas: false });
-        this.lastSet.set(store, now);
-      } catch {
-        // written again by the next check
-      }
-    }
-    return verdict;
+    // Only a marker another process wrote tells of a fence this one does not know.
+    const fenced = hit && wrote === undefined ? FENCED_UNTIL.exec(hit.value.toString('latin1')) : null;
+    return { verdict, kept: verdict === 'warm' && (wrote === undefined || wrote.fence < u.fencesBegun), fencedUntil: fenced ? Number(fenced[1]) : 0 };
+  }
+
+  /**
+   * Writes the marker, once judged, where it is missing, not yet written by this process, due for
+   * a refresh, or to say another thing: `fenced until <ms>` while `u` is fenced (an mcmux that
+   * restarts meanwhile keeps the fence), the pid otherwise.
+   */
+  private async mark(u: HealthyUpstream, look: Look | undefined): Promise<void> {
+    if (look === undefined) return;
+    const now = Date.now();
+    const value = u.fenced ? `fenced until ${u.coldUntil}` : String(process.pid);
+    await Promise.all(
+      look.targets.map(async (store, i) => {
+        const wrote = this.lastSet.get(store);
+        const sight = look.sights[i] as Sight;
+        if (sight.verdict === 'unknown') return;
+        if (sight.verdict === 'warm' && wrote !== undefined && wrote.value === value && now - wrote.at <= REFRESH_MS) return;
+        try {
+          await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: 0, deadline: now + MARKER_TTL_MS, withCas: false });
+          this.lastSet.set(store, { at: now, value, fence: u.fencesBegun });
+        } catch {
+          // written again by the next check
+        }
+      }),
+    );
   }
 }

@@ -157,9 +157,18 @@ export class HealthyUpstream implements Upstream {
     this.casSeal = new CasSeal(storeId, this.casBase);
   }
 
+  /**
+   * How many fences began so far (one extended is the same fence): the cold detector tells a
+   * marker written before the current fence from one it wrote since.
+   */
+  fencesBegun = 0;
+
   /** Fenced until `until` (ms), at least; what it learnt in an earlier fence is forgotten. */
   fence(until: number): void {
-    if (!this.fenced) this.forgetFenceKeys();
+    if (!this.fenced) {
+      this.forgetFenceKeys();
+      this.fencesBegun++;
+    }
     this.coldUntil = Math.max(this.coldUntil, until);
   }
 

@@ -80,7 +80,7 @@ describe('cold detector: lock fence', () => {
 
 /**
  * mcmux restarting: a new process over the same stores (fresh HealthyUpstreams, router and
- * detector; the fakes' stores are what survives). The `todo` tests: found in review, not fixed.
+ * detector; the fakes' stores are what survives).
  */
 describe('cold detector: across a restart of mcmux', () => {
   function restartOver(fakes: FakeUpstream[]) {
@@ -95,7 +95,7 @@ describe('cold detector: across a restart of mcmux', () => {
     return { ups, detector, add, close: (): Promise<unknown> => Promise.all(ups.map((u) => u.close())) };
   }
 
-  it('a lock-fence in progress is lost when mcmux restarts', { todo: 'the fence lives only in memory; the marker rewritten after the cold verdict reads as warm' }, async () => {
+  it('a lock-fence in progress is kept when mcmux restarts', async () => {
     const first = setup();
     const [fa] = first.fakes as [FakeUpstream];
     await first.detector.checkAll();
@@ -109,6 +109,22 @@ describe('cold detector: across a restart of mcmux', () => {
     assert.equal(next.ups[0]!.fenced, true, 'still inside the lock-fence of the restart it saw');
     assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED');
     await next.close();
+  });
+
+  it('a fence an earlier process recorded is kept for at most the lock-fence; a marker holding a pid fences nothing', async () => {
+    const { fakes, ups, detector: d, close } = setup();
+    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const marker = async (f: FakeUpstream, value: string): Promise<unknown> =>
+      f.inner.store({ mode: 'set', key: d.key, value: Buffer.from(value), flags: 0, deadline: 0, withCas: false });
+    await marker(fa, `fenced until ${Date.now() + 10 * FENCE_MS}`); // written under a clock far ahead
+    await marker(fb, '12345'); // as mcmux wrote it before the fence was recorded
+    await d.checkAll();
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    assert.equal(a.fenced, true);
+    assert.ok(a.coldUntil <= Date.now() + FENCE_MS, 'no longer than this lock-fence');
+    assert.equal(b.fenced, false);
+    assert.equal(String((await fa.inner.get([d.key]))[0]?.value), `fenced until ${a.coldUntil}`, 'rewritten with the fence it keeps');
+    await close();
   });
 
   it("a store that restarted empty while mcmux was down is fenced: another upstream holds this host's marker", async () => {
@@ -149,7 +165,7 @@ describe('cold detector: across a restart of mcmux', () => {
     await close();
   });
 
-  it("a precautionary fence is lifted by the marker its own 'first' check wrote", { todo: 'a warm verdict lifts a precautionary fence whatever the age of the marker it found' }, async () => {
+  it("a precautionary fence is not lifted by the marker its own 'first' check wrote", async () => {
     const first = setup();
     const [fa, fb] = first.fakes as [FakeUpstream, FakeUpstream];
     await first.detector.checkAll();
