@@ -113,12 +113,18 @@ const LOCKS = ['l0', 'l1'];
 const COUNTERS = ['c0', 'c1'];
 const KEYS = [...SESSIONS, ...LOCKS, ...COUNTERS];
 const isCounter = (k: string): boolean => k.startsWith('c');
+/** The commands one authority decides (README: "One authority for conditional commands"). */
+const CONDITIONAL: ReadonlySet<string> = new Set(['add', 'replace', 'cas', 'append', 'prepend', 'incr', 'decr']);
 /** A counter's values lie in [base, base + 1e8): a number outside is another key's. */
 const counterBase = (k: string): number => (COUNTERS.indexOf(k) + 1) * 100_000_000;
 /** What op #id writes to `key`: it names its key (a session) or lies in its key's range (a counter). */
 const valueFor = (key: string, id: number): string => (isCounter(key) ? String(counterBase(key) + id * 10_000) : `${key}:${id}`);
+/** What append (prepend) #id adds to a session or lock `key`: a piece naming the key, joined by `|`. */
+const pieceFor = (key: string, id: number, mode: 'append' | 'prepend'): string => (mode === 'append' ? `|${key}:${id}a` : `${key}:${id}p|`);
+/** An append's (prepend's) result on `old`. */
+const joined = (old: string, piece: string, mode: 'append' | 'prepend'): string => (mode === 'append' ? old + piece : piece + old);
 function belongsTo(key: string, v: string): boolean {
-  if (!isCounter(key)) return v.startsWith(`${key}:`);
+  if (!isCounter(key)) return v.split('|').every((p) => p.startsWith(`${key}:`));
   if (!/^\d+$/.test(v)) return false;
   const n = Number(v);
   return n >= counterBase(key) && n < counterBase(key) + 100_000_000;
@@ -230,9 +236,12 @@ class SchedUpstream extends FakeUpstream {
 
 interface Op {
   readonly id: number;
-  readonly kind: 'get' | 'gets' | 'set' | 'delete' | 'touch' | 'add' | 'incr' | 'decr';
+  readonly kind: 'get' | 'gets' | 'set' | 'delete' | 'touch' | 'add' | 'incr' | 'decr' | 'replace' | 'append' | 'prepend' | 'cas';
   readonly keys: readonly string[];
+  /** What it stores (set, add, replace, cas), or adds (append, prepend: a piece). */
   readonly value: string | undefined;
+  /** A cas: the unique it sends, and what the key held when it was handed out (undefined: made up). */
+  readonly token?: Token | undefined;
   readonly delta: bigint;
   readonly text: string;
   readonly final: boolean;
@@ -240,6 +249,14 @@ interface Op {
   end: number | undefined;
   reply: Reply | undefined;
   thrown: unknown;
+}
+
+/** A cas unique a reply handed out: for the state `value` of `key`, by op #from. */
+interface Token {
+  readonly key: string;
+  readonly cas: bigint;
+  readonly value: string | undefined;
+  readonly from: number;
 }
 
 interface LogLine {
@@ -287,6 +304,8 @@ class World {
   endedAt = 0;
   /** The logical clock when an upstream last learnt again a key it had lost (see mayFault). */
   relearntAt = -1;
+  /** The cas uniques the client was handed, by key, oldest first. */
+  readonly tokens = new Map<string, Token[]>();
 
   constructor(
     readonly seed: number,
@@ -482,6 +501,9 @@ class World {
   }
 
   mayRestart(u: SchedUpstream): boolean {
+    // Nor while a conditional command runs: its authority may hold a state it has not copied yet
+    // (an append read back before its copies go out), the only current copy of the key.
+    if (this.ops.some((o) => o.end === undefined && CONDITIONAL.has(o.kind))) return false;
     return this.ups.every(
       (y) =>
         y === u ||
@@ -506,6 +528,9 @@ class World {
     if (kind === 'restart') {
       u.restarting = true;
       void u.inner.flush();
+      // As a memcached that restarts: its uniques start again from 1 (those it handed out before
+      // may name other items now; the cold detector voids them, HealthyUpstream.restartedEmpty).
+      (u.inner as unknown as { nextCas: bigint }).nextCas = 1n;
       for (const k of KEYS) u.lost.add(k);
       for (const s of this.stragglers.filter((x) => x.req.up === u)) this.drop(s);
       this.note([], `FAULT ${u.name} restarted EMPTY, down for ${duration} ms`);
@@ -550,10 +575,11 @@ class World {
   // -------------------------------------------------------------------------------------------
   // Client operations.
 
-  startOp(cmd: Command, kind: Op['kind'], keys: readonly string[], value: string | undefined, delta: bigint, final = false): Op {
+  startOp(cmd: Command, kind: Op['kind'], keys: readonly string[], value: string | undefined, delta: bigint, final = false, token?: Token): Op {
     const id = ++this.opSeq;
-    const text = `#${id} ${kind} ${keys.join(' ')}${value !== undefined ? ` ${value}` : ''}${kind === 'incr' || kind === 'decr' ? ` ${delta}` : ''}`;
-    const op: Op = { id, kind, keys, value, delta, text, final, start: ++this.clock, end: undefined, reply: undefined, thrown: undefined };
+    const tokenText = token ? ` unique=${token.value === undefined ? 'made up' : `of ${JSON.stringify(token.value)} (#${token.from})`}` : '';
+    const text = `#${id} ${kind} ${keys.join(' ')}${value !== undefined ? ` ${value}` : ''}${kind === 'incr' || kind === 'decr' ? ` ${delta}` : ''}${tokenText}`;
+    const op: Op = { id, kind, keys, value, delta, token, text, final, start: ++this.clock, end: undefined, reply: undefined, thrown: undefined };
     this.ops.push(op);
     this.inflight++;
     this.note(keys, `${text} ... sent`);
@@ -569,6 +595,7 @@ class World {
         op.reply = r;
         this.inflight--;
         this.note(keys, `${text} -> ${describeReply(r, undefined)}`);
+        this.keepTokens(op, r);
       },
       (error: unknown) => {
         op.end = ++this.clock;
@@ -580,6 +607,30 @@ class World {
     return op;
   }
 
+  /** The uniques a reply hands out: a gets' hits, a store's or an incr's result (asked withCas). */
+  keepTokens(op: Op, r: Reply): void {
+    const keep = (key: string, cas: bigint | undefined, value: string | undefined): void => {
+      if (cas === undefined || value === undefined) return;
+      let l = this.tokens.get(key);
+      if (!l) this.tokens.set(key, (l = []));
+      l.push({ key, cas, value, from: op.id });
+    };
+    const key = op.keys[0] as string;
+    if (op.kind === 'gets' && r.kind === 'values') op.keys.forEach((k, i) => keep(k, r.hits[i]?.cas, r.hits[i]?.value.toString()));
+    // An append's unique is of a value the client does not know: not kept.
+    else if ((op.kind === 'set' || op.kind === 'add' || op.kind === 'replace' || op.kind === 'cas') && r.kind === 'status' && r.status === 'STORED') keep(key, r.cas, op.value);
+    else if ((op.kind === 'incr' || op.kind === 'decr') && r.kind === 'number') keep(key, r.cas, String(r.value));
+  }
+
+  /** A unique for a cas of `key`: mostly the newest handed out, now and then an older one or one made up. */
+  pickToken(key: string): Token {
+    const l = this.tokens.get(key) ?? [];
+    const r = this.rng();
+    if (l.length > 0 && r < 0.75) return l[l.length - 1] as Token;
+    if (l.length > 0 && r < 0.93) return this.pick(l);
+    return { key, cas: BigInt(1 + this.int(1000)), value: undefined, from: 0 };
+  }
+
   pickKey(pool: readonly string[] = KEYS): string {
     // Skewed: the first keys are hot, so that operations of a key overlap.
     return pool[Math.min(this.int(pool.length), this.int(pool.length))] as string;
@@ -588,30 +639,45 @@ class World {
   randomOp(): void {
     const id = this.opSeq + 1;
     const r = this.rng() * 100;
-    const store = (mode: 'set' | 'add', key: string): void => {
+    const store = (mode: 'set' | 'add' | 'replace' | 'cas', key: string): void => {
       const value = valueFor(key, id);
-      const cmd: Command = { kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: this.chance(0.5), noreply: false };
-      this.startOp(cmd, mode, [key], value, 0n);
+      const token = mode === 'cas' ? this.pickToken(key) : undefined;
+      const cmd: Command = { kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline: 0, cas: token?.cas, withCas: this.chance(0.5), noreply: false };
+      this.startOp(cmd, mode, [key], value, 0n, false, token);
     };
-    if (r < 22) {
+    // The keys a conditional command of a session may go to: none is evicted (see the header).
+    const conditional = this.cfg.evictions ? [...LOCKS, ...COUNTERS] : KEYS;
+    const texts = this.cfg.evictions ? LOCKS : [...SESSIONS, ...LOCKS];
+    if (r < 20) {
       const key = this.pickKey();
       this.startOp({ kind: 'get', keys: [key], withCas: false, touch: undefined }, 'get', [key], undefined, 0n);
-    } else if (r < 30) {
+    } else if (r < 27) {
       const keys = Array.from({ length: 2 + this.int(3) }, () => this.pickKey());
       this.startOp({ kind: 'get', keys, withCas: false, touch: undefined }, 'get', keys, undefined, 0n);
-    } else if (r < 35) {
-      const keys = Array.from({ length: 1 + this.int(2) }, () => this.pickKey());
+    } else if (r < 34) {
+      // gets hands out the uniques a cas uses: mostly of the keys a cas may go to.
+      const keys = Array.from({ length: 1 + this.int(2) }, () => this.pickKey(this.chance(0.7) ? conditional : KEYS));
       this.startOp({ kind: 'get', keys, withCas: true, touch: undefined }, 'gets', keys, undefined, 0n);
-    } else if (r < 56) {
+    } else if (r < 52) {
       store('set', this.pickKey());
-    } else if (r < 67) {
+    } else if (r < 62) {
       const key = this.pickKey();
       this.startOp({ kind: 'delete', key, noreply: false }, 'delete', [key], undefined, 0n);
-    } else if (r < 72) {
+    } else if (r < 66) {
       const key = this.pickKey();
       this.startOp({ kind: 'touch', key, deadline: 0, noreply: false }, 'touch', [key], undefined, 0n);
+    } else if (r < 76) {
+      store('add', this.chance(0.7) ? this.pickKey(LOCKS) : this.pickKey(conditional));
+    } else if (r < 80) {
+      store('replace', this.pickKey(conditional));
     } else if (r < 85) {
-      store('add', this.chance(0.7) ? this.pickKey(LOCKS) : this.pickKey(this.cfg.evictions ? [...LOCKS, ...COUNTERS] : KEYS));
+      store('cas', this.pickKey(conditional));
+    } else if (r < 90) {
+      const key = this.pickKey(texts);
+      const mode = this.chance(0.6) ? 'append' : 'prepend';
+      const piece = pieceFor(key, id, mode);
+      const cmd: Command = { kind: 'store', mode, key, value: Buffer.from(piece), flags: 0, deadline: 0, cas: undefined, withCas: this.chance(0.5), noreply: false };
+      this.startOp(cmd, mode, [key], piece, 0n);
     } else {
       const key = this.chance(0.9) || this.cfg.evictions ? this.pickKey(COUNTERS) : this.pickKey();
       const op: ArithOp = this.chance(0.7) ? 'incr' : 'decr';
@@ -813,7 +879,8 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
   };
 
   // The writes, and the form of every reply.
-  const failedArith: Op[] = [];
+  /** Writes whose result depends on the state they found: an append, an incr that failed. */
+  const derived: Op[] = [];
   for (const op of ops) {
     const st = statusOf(op.reply);
     const key = op.keys[0] as string;
@@ -832,27 +899,45 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
       if (st === 'DELETED' || st === 'NOT_FOUND') w(op, [null], true);
       else if (st === 'SERVER_ERROR') w(op, [null], false);
       else bad(op, key, `delete answered ${st}`);
-    } else if (op.kind === 'add') {
+    } else if (op.kind === 'add' || op.kind === 'replace') {
       if (st === 'STORED') w(op, [op.value as string], true);
       else if (st === 'SERVER_ERROR') w(op, [op.value as string], false);
-      else if (st !== 'NOT_STORED') bad(op, key, `add answered ${st}`);
+      else if (st !== 'NOT_STORED') bad(op, key, `${op.kind} answered ${st}`);
+    } else if (op.kind === 'cas') {
+      if (st === 'STORED') w(op, [op.value as string], true);
+      else if (st === 'SERVER_ERROR') w(op, [op.value as string], false);
+      else if (st !== 'EXISTS' && st !== 'NOT_FOUND') bad(op, key, `cas answered ${st}`);
+    } else if (op.kind === 'append' || op.kind === 'prepend') {
+      if (st === 'STORED' || st === 'SERVER_ERROR') derived.push(op);
+      else if (st !== 'NOT_STORED') bad(op, key, `${op.kind} answered ${st}`);
     } else if (op.kind === 'incr' || op.kind === 'decr') {
       if (st === 'NUMBER') w(op, [String((op.reply as Extract<Reply, { kind: 'number' }>).value)], true);
-      else if (st === 'SERVER_ERROR') failedArith.push(op);
+      else if (st === 'SERVER_ERROR') derived.push(op);
       else if (st !== 'NOT_FOUND' && st !== 'CLIENT_ERROR') bad(op, key, `${op.kind} answered ${st}`);
     } else if (op.kind === 'touch') {
       if (st !== 'TOUCHED' && st !== 'NOT_FOUND' && st !== 'SERVER_ERROR') bad(op, key, `touch answered ${st}`);
     }
   }
-  // An incr that failed may have been applied to any number the key held before it ended.
-  for (const op of [...failedArith].sort((a, b) => a.start - b.start)) {
+  // In the order they began (a key's conditional commands run alone, in the order they came):
+  // an incr that failed may have been applied to any number the key held before it ended; an
+  // append (prepend) acknowledged, to a value the key may have held while it ran (and one that
+  // failed, to any value it held before it ended). Not derived: an incr's number (it is known).
+  for (const op of derived.sort((a, b) => a.start - b.start)) {
     const ws = writes.get(op.keys[0] as string) as Write[];
+    const acked = statusOf(op.reply) === 'STORED';
     const values = new Set<string | null>();
-    for (const x of ws) {
+    for (const x of acked ? observable(ws, op.start, op.end as number) : ws) {
       if (x.start >= (op.end ?? Infinity)) continue;
-      for (const v of x.values) if (isNum(v)) values.add(String(applyArith(op.kind as ArithOp, BigInt(v), op.delta)));
+      for (const v of x.values) {
+        if (op.kind === 'incr' || op.kind === 'decr') {
+          if (isNum(v)) values.add(String(applyArith(op.kind, BigInt(v), op.delta)));
+        } else if (v !== null) {
+          values.add(joined(v, op.value as string, op.kind as 'append' | 'prepend'));
+        }
+      }
     }
-    w(op, [...values], false);
+    if (acked && values.size === 0) bad(op, op.keys[0] as string, `${op.kind} STORED: ${op.keys[0]} can only be absent`);
+    w(op, [...values], acked);
   }
 
   /** Why state `v` may not be observed by [s, e] of `key`; undefined when it may. */
@@ -900,8 +985,20 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
       }
     } else if (op.kind === 'add' && st === 'STORED') {
       check(key, null, 'add STORED (so it was absent)');
-    } else if (op.kind === 'add' && st === 'NOT_STORED') {
-      if (!mayBe(key, (v) => v !== null)) bad(op, key, `add NOT_STORED: ${key} can only be absent`);
+    } else if ((op.kind === 'add' && st === 'NOT_STORED') || (op.kind === 'replace' && st === 'STORED') || (op.kind === 'cas' && st === 'EXISTS')) {
+      if (!mayBe(key, (v) => v !== null)) bad(op, key, `${op.kind} ${st}: ${key} can only be absent`);
+    } else if ((op.kind === 'replace' || op.kind === 'append' || op.kind === 'prepend') && st === 'NOT_STORED') {
+      check(key, null, `${op.kind} NOT_STORED (so it was absent)`);
+    } else if (op.kind === 'cas' && st === 'NOT_FOUND') {
+      check(key, null, 'cas NOT_FOUND (so it was absent)');
+    } else if (op.kind === 'cas' && st === 'STORED') {
+      // The README: a cas never succeeds wrongly. Its unique is of a state the key held when it
+      // was handed out; STORED says the key still held that state (not a copy of it: any write
+      // of the key since makes another unique, and a unique of another store or of one that came
+      // back empty since unseals to nothing it holds).
+      const t = op.token as Token;
+      if (t.value === undefined) bad(op, key, `cas STORED with a unique made up (${t.cas})`);
+      else check(key, t.value, `cas STORED (so ${key} still held what its unique is of)`);
     } else if ((op.kind === 'incr' || op.kind === 'decr') && st === 'NUMBER') {
       const got = (op.reply as Extract<Reply, { kind: 'number' }>).value;
       if (!belongsTo(key, String(got))) bad(op, key, `VALUE OF ANOTHER KEY: ${op.kind} ${key} answered ${got}`);
@@ -955,6 +1052,8 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
   it(`${SEEDS} seeds from ${FIRST_SEED}: no acknowledged write lost, no stale read, no resurrection, no value of another key`, async (t) => {
     const stats = { vt: 0, evictions: 0, ops: 0, faults: 0, late: 0, restarts: 0, errors: 0 };
     const errorKinds = new Map<string, number>();
+    /** Replies by command and status (MCMUX_FUZZ_VERBOSE). */
+    const outcomes = new Map<string, number>();
     /** MCMUX_FUZZ_TRIAGE=1: one line per failing seed, and go on. */
     const failed: string[] = [];
     for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
@@ -967,6 +1066,8 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
       stats.late += world.log.filter((l) => l.text.includes('LANDED LATE')).length;
       stats.errors += world.ops.filter((o) => o.reply?.kind === 'error').length;
       for (const o of world.ops) {
+        const outcome = `${o.kind} ${statusOf(o.reply)}${o.kind === 'cas' ? ` (unique ${o.token?.value === undefined ? 'made up' : 'kept'})` : ''}`;
+        outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
         if (o.reply?.kind !== 'error') continue;
         const m = `${o.kind}: ${o.reply.message.replace(/up\d/g, 'upN').replace(/\d+/g, 'N').slice(0, 110)}`;
         errorKinds.set(m, (errorKinds.get(m) ?? 0) + 1);
@@ -977,7 +1078,10 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
       }
       if (violations.length > 0) assert.fail(`${violations.length} violation(s); the first:\n${report(world, violations[0] as Violation)}`);
     }
-    if (process.env.MCMUX_FUZZ_VERBOSE) for (const [m, c] of [...errorKinds].sort((a, b) => b[1] - a[1]).slice(0, 15)) t.diagnostic(`${c} x ${m}`);
+    if (process.env.MCMUX_FUZZ_VERBOSE) {
+      for (const [m, c] of [...errorKinds].sort((a, b) => b[1] - a[1]).slice(0, 15)) t.diagnostic(`${c} x ${m}`);
+      t.diagnostic([...outcomes].sort((a, b) => a[0].localeCompare(b[0])).map(([m, c]) => `${m}: ${c}`).join(', '));
+    }
     for (const f of failed) t.diagnostic(f);
     assert.equal(failed.length, 0, `${failed.length} seeds failed`);
     t.diagnostic(`virtual ms ${stats.vt}, ops ${stats.ops}, faults ${stats.faults} (restarts empty ${stats.restarts}, evictions ${stats.evictions}), late landings ${stats.late}, error replies ${stats.errors}`);
