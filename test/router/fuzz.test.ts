@@ -197,12 +197,45 @@ class SchedUpstream extends FakeUpstream {
     });
   }
 
+  // Uniques per key (cfg.keyUniques): the n-th item of a key is unique n, as a store that numbers
+  // each key on its own would; two stores that missed a different number of writes of the key
+  // are a step apart. The MemoryUpstream's own (global, as memcached's) uniques are mapped.
+  private readonly versions = new Map<string, Map<bigint, bigint>>();
+  private readonly innerCas = new Map<string, Map<bigint, bigint>>();
+  /** A new item of `key` with the store's unique `cas`: its unique as this store shows it. */
+  private made(key: string, cas: bigint | undefined): bigint | undefined {
+    if (!this.world.cfg.keyUniques || cas === undefined) return cas;
+    let v = this.versions.get(key);
+    if (!v) this.versions.set(key, (v = new Map()));
+    let back = this.innerCas.get(key);
+    if (!back) this.innerCas.set(key, (back = new Map()));
+    const n = BigInt(v.size + 1);
+    v.set(cas, n);
+    back.set(n, cas);
+    return n;
+  }
+  private shown(key: string, cas: bigint): bigint {
+    return this.world.cfg.keyUniques ? (this.versions.get(key)?.get(cas) ?? 0n) : cas;
+  }
+  /** A restart: every key is numbered from 1 again. */
+  forgetUniques(): void {
+    this.versions.clear();
+    this.innerCas.clear();
+  }
+
   override get(keys: readonly string[], touch?: number) {
     const k = [...keys];
-    return this.send('get', `get ${k.join(' ')}`, k[0] ?? '', () => this.inner.get(k, touch));
+    return this.send('get', `get ${k.join(' ')}`, k[0] ?? '', async () =>
+      (await this.inner.get(k, touch)).map((h, i) => (h === undefined ? h : { ...h, cas: this.shown(k[i] as string, h.cas) })),
+    );
   }
   override store(req: StoreRequest) {
-    return this.send('store', `${req.mode} ${req.key}=${req.value.toString()}`, req.key, () => this.inner.store(req));
+    return this.send('store', `${req.mode} ${req.key}=${req.value.toString()}`, req.key, async () => {
+      // A unique the store never showed for the key matches none of its items (they start at 1).
+      const cas = req.cas === undefined || !this.world.cfg.keyUniques ? req.cas : (this.innerCas.get(req.key)?.get(req.cas) ?? 0n);
+      const r = await this.inner.store(req.cas === cas ? req : { ...req, cas });
+      return r.status === 'STORED' ? { ...r, cas: this.made(req.key, r.cas) } : r;
+    });
   }
   override delete(key: string) {
     return this.send('delete', `delete ${key}`, key, () => this.inner.delete(key));
@@ -211,7 +244,10 @@ class SchedUpstream extends FakeUpstream {
     return this.send('touch', `touch ${key}`, key, () => this.inner.touch(key, deadline));
   }
   override arith(op: ArithOp, key: string, delta: bigint) {
-    return this.send('arith', `${op} ${key} ${delta}`, key, () => this.inner.arith(op, key, delta));
+    return this.send('arith', `${op} ${key} ${delta}`, key, async () => {
+      const r = await this.inner.arith(op, key, delta);
+      return r.status === 'OK' && r.cas !== undefined ? { ...r, cas: this.made(key, r.cas) as bigint } : r;
+    });
   }
   override flush() {
     return this.send('flush', 'flush', '\0flush', () => this.inner.flush());
@@ -283,6 +319,8 @@ interface Config {
   readonly oneConnection: boolean;
   /** Caches evict session keys (then add, incr and decr go to lock and counter keys only). */
   readonly evictions: boolean;
+  /** The stores number uniques per key (else one counter per store, as memcached). */
+  readonly keyUniques: boolean;
 }
 
 class World {
@@ -323,6 +361,7 @@ class World {
       faultRate: [0.02, 0.05, 0.1][this.int(3)] as number,
       oneConnection: this.rng() < 0.5,
       evictions: this.rng() < 0.7,
+      keyUniques: this.rng() < 0.5,
     };
     this.ups = Array.from({ length: n }, (_, i) => new SchedUpstream(`up${i}`, this));
     this.detector = new ColdDetector(() => this.ups.map((u) => u.healthy), LOCK_FENCE_MS, silent);
@@ -369,7 +408,7 @@ class World {
 
   describeConfig(): string {
     const c = this.cfg;
-    return `upstreams=${c.n} connections=${c.oneConnection ? 'one' : 'per-key'} evictions=${c.evictions} write-wait=${c.writeWait} min-copies=${c.minCopies} hedge-ms=${c.hedgeMs} clients=${c.clients} ops=${c.ops} fault-rate=${c.faultRate}`;
+    return `upstreams=${c.n} connections=${c.oneConnection ? 'one' : 'per-key'} uniques=${c.keyUniques ? 'per-key' : 'per-store'} evictions=${c.evictions} write-wait=${c.writeWait} min-copies=${c.minCopies} hedge-ms=${c.hedgeMs} clients=${c.clients} ops=${c.ops} fault-rate=${c.faultRate}`;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -531,6 +570,7 @@ class World {
       // As a memcached that restarts: its uniques start again from 1 (those it handed out before
       // may name other items now; the cold detector voids them, HealthyUpstream.restartedEmpty).
       (u.inner as unknown as { nextCas: bigint }).nextCas = 1n;
+      u.forgetUniques();
       for (const k of KEYS) u.lost.add(k);
       for (const s of this.stragglers.filter((x) => x.req.up === u)) this.drop(s);
       this.note([], `FAULT ${u.name} restarted EMPTY, down for ${duration} ms`);
