@@ -157,6 +157,11 @@ interface Req {
   timer: ReturnType<typeof setTimeout> | undefined;
 }
 
+/** A flush changes every key. */
+const changes = (r: Req, key: string): boolean => r.write && (r.key === key || r.op === 'flush');
+/** The keys whose log shows `r` (none: every key's). */
+const logKeys = (r: Req): readonly string[] => (r.op === 'flush' ? [] : [r.key]);
+
 type UpState = 'ok' | 'paused' | 'down';
 
 class SchedUpstream extends FakeUpstream {
@@ -185,7 +190,7 @@ class SchedUpstream extends FakeUpstream {
       // One connection for every key (memcached's default), or one per key (connections > 1:
       // requests of different keys, a multi-get and a write of its second key too, in any order).
       const lane = this.world.cfg.oneConnection ? '' : key;
-      const write = op !== 'get' && op !== 'flush';
+      const write = op !== 'get';
       const req: Req = {
         id: ++this.world.reqSeq, up: this, lane, key, what, op, write, apply, timeoutAt: Date.now() + this.timeoutMs,
         applied: false, result: undefined, resolve: resolve as (v: unknown) => void, reject, timer: undefined,
@@ -262,7 +267,7 @@ class SchedUpstream extends FakeUpstream {
 
   /** A request that changes `key` is in flight here. */
   hasWriteInFlight(key: string): boolean {
-    for (const lane of this.lanes.values()) if (lane.some((r) => r.write && r.key === key)) return true;
+    for (const lane of this.lanes.values()) if (lane.some((r) => changes(r, key))) return true;
     return false;
   }
 }
@@ -272,7 +277,7 @@ class SchedUpstream extends FakeUpstream {
 
 interface Op {
   readonly id: number;
-  readonly kind: 'get' | 'gets' | 'set' | 'delete' | 'touch' | 'add' | 'incr' | 'decr' | 'replace' | 'append' | 'prepend' | 'cas';
+  readonly kind: 'get' | 'gets' | 'set' | 'delete' | 'touch' | 'add' | 'incr' | 'decr' | 'replace' | 'append' | 'prepend' | 'cas' | 'flush_all';
   readonly keys: readonly string[];
   /** What it stores (set, add, replace, cas), or adds (append, prepend: a piece). */
   readonly value: string | undefined;
@@ -321,6 +326,8 @@ interface Config {
   readonly evictions: boolean;
   /** The stores number uniques per key (else one counter per store, as memcached). */
   readonly keyUniques: boolean;
+  /** Clients send flush_all now and then (mcmux --allow-flush). */
+  readonly flushes: boolean;
 }
 
 class World {
@@ -362,6 +369,7 @@ class World {
       oneConnection: this.rng() < 0.5,
       evictions: this.rng() < 0.7,
       keyUniques: this.rng() < 0.5,
+      flushes: this.rng() < 0.3,
     };
     this.ups = Array.from({ length: n }, (_, i) => new SchedUpstream(`up${i}`, this));
     this.detector = new ColdDetector(() => this.ups.map((u) => u.healthy), LOCK_FENCE_MS, silent);
@@ -381,7 +389,7 @@ class World {
         hedgeMs: this.cfg.hedgeMs,
         minCopies: this.cfg.minCopies,
         writeWait: this.cfg.writeWait,
-        allowFlush: false,
+        allowFlush: true,
       },
       source,
       noop,
@@ -408,7 +416,7 @@ class World {
 
   describeConfig(): string {
     const c = this.cfg;
-    return `upstreams=${c.n} connections=${c.oneConnection ? 'one' : 'per-key'} uniques=${c.keyUniques ? 'per-key' : 'per-store'} evictions=${c.evictions} write-wait=${c.writeWait} min-copies=${c.minCopies} hedge-ms=${c.hedgeMs} clients=${c.clients} ops=${c.ops} fault-rate=${c.faultRate}`;
+    return `upstreams=${c.n} connections=${c.oneConnection ? 'one' : 'per-key'} uniques=${c.keyUniques ? 'per-key' : 'per-store'} flush_all=${c.flushes} evictions=${c.evictions} write-wait=${c.writeWait} min-copies=${c.minCopies} hedge-ms=${c.hedgeMs} clients=${c.clients} ops=${c.ops} fault-rate=${c.faultRate}`;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -425,9 +433,9 @@ class World {
       if (r.timer) clearTimeout(r.timer);
       if (!r.applied && r.write) {
         this.stragglers.push({ req: r, deadline: Date.now() + LATE_SETTLE_MS - 1 });
-        this.note([r.key], `${u.name} ${r.what}: timed out unapplied (a straggler, lands by +${LATE_SETTLE_MS - 1} ms or never)`);
+        this.note(logKeys(r), `${u.name} ${r.what}: timed out unapplied (a straggler, lands by +${LATE_SETTLE_MS - 1} ms or never)`);
       } else if (r.write) {
-        this.note([r.key], `${u.name} ${r.what}: timed out (applied)`);
+        this.note(logKeys(r), `${u.name} ${r.what}: timed out (applied)`);
       }
       r.reject(
         r === req
@@ -444,7 +452,7 @@ class World {
     u.lanes.delete(laneKey);
     for (const r of lane) {
       if (r.timer) clearTimeout(r.timer);
-      if (r.write) this.note([r.key], `${u.name} ${r.what}: connection closed (${r.applied ? 'applied' : 'never applied'})`);
+      if (r.write) this.note(logKeys(r), `${u.name} ${r.what}: connection closed (${r.applied ? 'applied' : 'never applied'})`);
       r.reject(new McmuxError(ErrorCodes.UPSTREAM_IO, `${u.name}: connection closed by the server (injected)`));
     }
   }
@@ -455,12 +463,13 @@ class World {
     req.applied = true;
     if (refuse) {
       req.result = Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `${u.name}: SERVER_ERROR out of memory (injected)`));
-      if (req.write) this.note([req.key], `${u.name} ${req.what}: refused`);
+      if (req.write) this.note(logKeys(req), `${u.name} ${req.what}: refused`);
     } else {
       req.result = req.apply();
+      if (req.op === 'flush') this.flushed(u);
       if (req.write) {
         req.result.then((v) => {
-          this.note([req.key], `${u.name} ${req.what}: applied -> ${typeof v === 'object' ? JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? undefined : x)) : String(v)}`);
+          this.note(logKeys(req), `${u.name} ${req.what}: applied -> ${typeof v === 'object' ? JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? undefined : x)) : String(v)}`);
           // A write that set the key's state there again (a delete whatever it found, a store
           // that stored, an incr that counted; not a touch) ends what the restart made unknown.
           const status = typeof v === 'object' && v !== null ? (v as { status?: string }).status : undefined;
@@ -502,28 +511,42 @@ class World {
 
   /** Some other upstream holds the key's current state, as mcmux knows it (see the header). */
   canLand(s: Straggler): boolean {
-    const { key, up } = s.req;
-    return this.ups.some(
-      (y) =>
-        y !== up &&
-        !this.journal.isDirty(y.healthy, key) &&
-        !y.lost.has(key) &&
-        !y.hasWriteInFlight(key) &&
-        !this.stragglers.some((o) => o.req.up === y && o.req.key === key),
+    const { up } = s.req;
+    // A flush: for every key.
+    return KEYS.filter((k) => changes(s.req, k)).every((key) =>
+      this.ups.some(
+        (y) =>
+          y !== up &&
+          !this.journal.isDirty(y.healthy, key) &&
+          !y.lost.has(key) &&
+          !y.hasWriteInFlight(key) &&
+          !this.stragglers.some((o) => o.req.up === y && changes(o.req, key)),
+      ),
     );
   }
 
   land(s: Straggler): void {
     this.stragglers = this.stragglers.filter((o) => o !== s);
+    if (s.req.op === 'flush') this.flushed(s.req.up);
     void s.req.apply().then(
-      (v) => this.note([s.req.key], `${s.req.up.name} ${s.req.what}: LANDED LATE -> ${typeof v === 'object' ? JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? undefined : x)) : String(v)}`),
+      (v) => this.note(logKeys(s.req), `${s.req.up.name} ${s.req.what}: LANDED LATE -> ${typeof v === 'object' ? JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? undefined : x)) : String(v)}`),
       noop,
     );
   }
 
+  /**
+   * A flush applied on `u`: it holds no key now, a state the model allows whether or not the
+   * flush is acknowledged (what it lost in a restart or an eviction is no longer its to miss).
+   * It is not `lost`: mcmux knows what it sent (a flush that timed out may land late).
+   */
+  flushed(u: SchedUpstream): void {
+    if (u.lost.size > 0) this.relearntAt = this.clock;
+    u.lost.clear();
+  }
+
   drop(s: Straggler): void {
     this.stragglers = this.stragglers.filter((o) => o !== s);
-    this.note([s.req.key], `${s.req.up.name} ${s.req.what}: straggler dropped (never applied)`);
+    this.note(logKeys(s.req), `${s.req.up.name} ${s.req.what}: straggler dropped (never applied)`);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -688,7 +711,10 @@ class World {
     // The keys a conditional command of a session may go to: none is evicted (see the header).
     const conditional = this.cfg.evictions ? [...LOCKS, ...COUNTERS] : KEYS;
     const texts = this.cfg.evictions ? LOCKS : [...SESSIONS, ...LOCKS];
-    if (r < 20) {
+    if (r < 1.5 && this.cfg.flushes) {
+      // Every key's write: it shows in every key's log.
+      this.startOp({ kind: 'flush', delay: 0, noreply: false }, 'flush_all', KEYS, undefined, 0n);
+    } else if (r < 20) {
       const key = this.pickKey();
       this.startOp({ kind: 'get', keys: [key], withCas: false, touch: undefined }, 'get', [key], undefined, 0n);
     } else if (r < 27) {
@@ -926,6 +952,11 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
     const key = op.keys[0] as string;
     if (op.thrown !== undefined) bad(op, key, `the router threw: ${String(op.thrown)}`);
     else if (op.end === undefined) bad(op, key, 'no reply (the run healed every fault and waited)');
+    else if (op.kind === 'flush_all') {
+      // A delete of every key (one that failed somewhere may have emptied some upstreams only).
+      if (st === 'OK' || st === 'SERVER_ERROR') for (const k of op.keys) (writes.get(k) as Write[]).push({ op, values: [null], acked: st === 'OK', start: op.start, end: op.end });
+      else bad(op, key, `flush_all answered ${st}`);
+    }
     else if (op.kind === 'get' || op.kind === 'gets') {
       if (st === 'VALUES') {
         const hits = (op.reply as Extract<Reply, { kind: 'values' }>).hits;
@@ -1065,7 +1096,7 @@ function report(world: World, v: Violation): string {
   // Up to the violating reply (the whole run for what an upstream holds at the end).
   const until = v.op?.end ?? Infinity;
   const lines = world.log.filter((l) => (l.keys.length === 0 || l.keys.includes(v.key)) && l.t <= until);
-  const tail = lines.slice(-60).map((l) => `  [${String(l.t).padStart(4)} ${String(l.vt).padStart(5)}ms] ${l.text}`);
+  const tail = lines.slice(-(Number(process.env.MCMUX_FUZZ_LOG_LINES) || 60)).map((l) => `  [${String(l.t).padStart(4)} ${String(l.vt).padStart(5)}ms] ${l.text}`);
   return [
     `seed ${world.seed} (${world.describeConfig()}): ${v.what}`,
     v.op ? `  op: ${v.op.text} [${v.op.start}..${v.op.end}] -> ${describeReply(v.op.reply, v.op.thrown)}` : '  (after the run)',
