@@ -349,6 +349,8 @@ class World {
   endedAt = 0;
   /** The logical clock when an upstream last learnt again a key it had lost (see mayFault). */
   relearntAt = -1;
+  /** Since when (virtual ms) a flush_all waits for a quiet moment to be sent. */
+  flushDue: number | undefined;
   /** The cas uniques the client was handed, by key, oldest first. */
   readonly tokens = new Map<string, Token[]>();
 
@@ -512,6 +514,9 @@ class World {
   /** Some other upstream holds the key's current state, as mcmux knows it (see the header). */
   canLand(s: Straggler): boolean {
     const { up } = s.req;
+    // Not a flush: mcmux journals nothing for one that failed, and one landing late would empty
+    // the upstream under writes acknowledged since (fuzz-findings.test.ts, the flush_all todos).
+    if (s.req.op === 'flush') return false;
     // A flush: for every key.
     return KEYS.filter((k) => changes(s.req, k)).every((key) =>
       this.ups.some(
@@ -531,6 +536,24 @@ class World {
     void s.req.apply().then(
       (v) => this.note(logKeys(s.req), `${s.req.up.name} ${s.req.what}: LANDED LATE -> ${typeof v === 'object' ? JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? undefined : x)) : String(v)}`),
       noop,
+    );
+  }
+
+  /**
+   * Nothing in flight anywhere and nothing to repair: the only time a flush_all is sent (and
+   * nothing starts until it is answered). mcmux does not order a flush_all with the writes it
+   * makes in the background (the copies of a write answered with write-wait copies, the repair,
+   * read repair): one sent before the flush may land after it on an upstream, where the flush is
+   * taken as having emptied it (fuzz-findings.test.ts, the flush_all todos). Nor is a flush that
+   * timed out given a late landing (see canLand).
+   */
+  quiet(): boolean {
+    return (
+      this.inflight === 0 &&
+      this.stragglers.length === 0 &&
+      this.journal.totalKeys === 0 &&
+      this.journal.repairing.size === 0 &&
+      this.ups.every((u) => u.lanes.size === 0)
     );
   }
 
@@ -711,9 +734,8 @@ class World {
     // The keys a conditional command of a session may go to: none is evicted (see the header).
     const conditional = this.cfg.evictions ? [...LOCKS, ...COUNTERS] : KEYS;
     const texts = this.cfg.evictions ? LOCKS : [...SESSIONS, ...LOCKS];
-    if (r < 1.5 && this.cfg.flushes) {
-      // Every key's write: it shows in every key's log.
-      this.startOp({ kind: 'flush', delay: 0, noreply: false }, 'flush_all', KEYS, undefined, 0n);
+    if (r < 1 && this.cfg.flushes) {
+      this.flushDue = this.now;
     } else if (r < 20) {
       const key = this.pickKey();
       this.startOp({ kind: 'get', keys: [key], withCas: false, touch: undefined }, 'get', [key], undefined, 0n);
@@ -781,7 +803,13 @@ class World {
   }
 
   async step(issuing: boolean, allowFaults: boolean): Promise<void> {
-    const canStart = issuing && this.inflight < this.cfg.clients;
+    // A flush_all runs alone (see quiet()): the client waits for a quiet moment (up to 1 s).
+    if (this.flushDue !== undefined && (!issuing || this.now > this.flushDue + 1000)) this.flushDue = undefined;
+    if (this.flushDue !== undefined && this.quiet()) {
+      this.flushDue = undefined;
+      this.startOp({ kind: 'flush', delay: 0, noreply: false }, 'flush_all', KEYS, undefined, 0n);
+    }
+    const canStart = issuing && this.inflight < this.cfg.clients && this.flushDue === undefined && !this.ops.some((o) => o.kind === 'flush_all' && o.end === undefined);
     const applicable = this.lanesWhere((u, l) => u.state === 'ok' && l.some((r) => !r.applied));
     const answerable = this.lanesWhere((u, l) => u.state === 'ok' && l[0]?.applied === true);
     const choices: Array<[number, () => void | Promise<void>]> = [
