@@ -22,10 +22,10 @@ const noop = (): void => {};
 const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 describe('router fuzz findings, minimised', () => {
-  function setup(opts: { lateSettleMs?: number } = {}) {
+  function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies' } = {}) {
     const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
     const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: opts.writeWait ?? 'all', allowFlush: true }, source, noop);
     const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: opts.lateSettleMs ?? 0 }, silent);
     const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
     return { ups: ups as [FakeUpstream, FakeUpstream], journal, repairer, exec };
@@ -34,6 +34,7 @@ describe('router fuzz findings, minimised', () => {
   const add = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
   const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
+  const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
   const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
   const status = (r: Reply): string => describeReply(r);
   const settle = async (): Promise<void> => {
@@ -163,5 +164,46 @@ describe('router fuzz findings, minimised', () => {
     for (const u of ups) assert.equal((await u.inner.get(['lock']))[0]?.value.toString(), 'A', `${u.name} still holds A's lock after the repair`);
     assert.equal(status(await exec(add('lock', 'B'))), 'NOT_STORED', 'B does not get the lock A holds');
     assert.deepEqual(values(await exec(get('lock'))), ['A']);
+  });
+
+  // flush_all (replicate-write.ts, replicateFlush). Not fixed: the fuzz sends a flush_all only
+  // at a quiet moment and never lets one land late (its header). Both need flush_all allowed
+  // (--allow-flush; off by default).
+  //
+  // A flush that timed out on an upstream (SERVER_ERROR to the client) leaves nothing in the
+  // journal, unlike a set or delete that timed out (README: "A timed-out request may still
+  // land"). When the paused server works through its old connection, the flush empties it under
+  // the writes acknowledged since, and mcmux takes it as clean for them: once the first upstream
+  // fails, a session or a lock written after the flush is gone.
+  it('a flush_all that timed out and lands late does not lose the writes acknowledged after it', { todo: 'a failed flush_all journals nothing (replicateFlush)' }, async () => {
+    const { ups, exec } = setup();
+    const [first, second] = ups;
+    second.gateOnly = (call) => call === 'flush';
+    second.delay_late(); // the second upstream pauses: the flush times out there, applied when it resumes
+    assert.equal((await exec(flushAll)).kind, 'error', 'the flush timed out on the second upstream');
+    assert.equal(status(await exec(set('lock', 'A'))), 'STORED', 'on both (a new connection)');
+    second.open(); // the paused server resumes and applies the flush it held
+    await settle();
+    assert.equal((await second.inner.get(['lock']))[0], undefined, 'the late flush emptied the second upstream');
+    first.mode = 'fail';
+    assert.deepEqual(values(await exec(get('lock'))), ['A'], 'LOST WRITE: the lock acknowledged after the flush is gone');
+  });
+
+  // With write-wait copies, a set is answered before its copy to the second upstream lands. A
+  // flush_all sent after that answer reaches the second upstream first (another connection), and
+  // the copy lands after it; the flush's answer trusts the upstream (journal.trust clears the
+  // pending mark), so the value written before the flush is read back, and read repair puts it
+  // on the first upstream again. The repair and read repair race a flush in the same way.
+  it('a copy still landing when a flush_all is sent does not bring the value back after the flush', { todo: 'a flush_all is not ordered with the copies of earlier writes (replicateFlush)' }, async () => {
+    const { ups, exec } = setup({ writeWait: 'copies' });
+    const [first, second] = ups;
+    second.gateOnly = (call) => call === 'set sess';
+    second.close_gate(); // the copy to the second upstream is slow
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'answered once the first upstream stored it');
+    assert.equal(status(await exec(flushAll)), 'OK', 'both upstreams flushed');
+    second.open(); // the copy lands after the flush
+    await settle();
+    assert.equal((await first.inner.get(['sess']))[0], undefined);
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: a value written before an acknowledged flush_all is read');
   });
 });
