@@ -101,6 +101,7 @@ export class ColdDetector {
   knownEmpty(u: HealthyUpstream): void {
     const until = Date.now() + this.fenceMs;
     u.fence(until);
+    u.emptyUntil = Math.max(u.emptyUntil, until);
     this.coldUntil.set(u, until);
   }
 
