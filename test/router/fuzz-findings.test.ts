@@ -10,6 +10,8 @@ import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
+import { ColdDetector } from '../../src/router/cold-detector';
+import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
@@ -35,6 +37,7 @@ describe('router fuzz findings, minimised', () => {
   const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
   const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
   const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
+  const incr = (key: string, delta: bigint): Command => ({ kind: 'arith', op: 'incr', key, delta, initial: undefined, deadline: 0, noreply: false });
   const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
   const status = (r: Reply): string => describeReply(r);
   const settle = async (): Promise<void> => {
@@ -164,6 +167,40 @@ describe('router fuzz findings, minimised', () => {
     for (const u of ups) assert.equal((await u.inner.get(['lock']))[0]?.value.toString(), 'A', `${u.name} still holds A's lock after the repair`);
     assert.equal(status(await exec(add('lock', 'B'))), 'NOT_STORED', 'B does not get the lock A holds');
     assert.deepEqual(values(await exec(get('lock'))), ['A']);
+  });
+
+  // The authority order (authority-order.ts) when every upstream is fenced. A reconnect fences an
+  // upstream as a precaution until a check finds its marker; after a flush_all (or before mcmux
+  // ever wrote the marker there) the check finds none to compare ('first') and the fence stays
+  // until the next check, 2 s later. If the other upstream restarts empty meanwhile, its marker is
+  // gone ('cold'): every upstream is fenced, and they decide in priority order, the one that came
+  // back empty first. It answered an incr of a counter held in the other with NOT_FOUND (an add of
+  // a lock held there: STORED). authority-order.ts: a fenced upstream decides "only when every
+  // upstream came back empty". The fuzz found it with a flush_all (seed 375 of 3000).
+  it('every upstream fenced, one only because it reconnected: the one that came back empty does not decide', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop)) as [HealthyUpstream, HealthyUpstream];
+    const [first, second] = ups;
+    const detector = new ColdDetector(() => ups, 60_000, silent);
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true, onFlushed: (u) => detector.forget(u as HealthyUpstream) }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    await detector.checkAll(); // markers written in both
+    assert.equal(status(await exec(flushAll)), 'OK', 'the markers go too: the next check of each starts afresh');
+    assert.equal(await detector.check(first), 'first', 'the first upstream has its marker again');
+    assert.equal(status(await exec(set('counter', '10'))), 'STORED');
+    // The second upstream's connection drops and comes back: fenced until a check finds its marker.
+    detector.reconnected(second);
+    await settle();
+    assert.ok(second.fenced, "its check found no marker of mcmux's to compare: the fence stays");
+    // The first upstream restarts empty and reconnects: its marker is gone.
+    await fakes[0]?.inner.flush();
+    detector.reconnected(first);
+    await settle();
+    assert.ok(first.fenced && second.fenced, 'every upstream fenced');
+    const r = await exec(incr('counter', 1n));
+    assert.equal(describeReply(r), '11', 'LOST WRITE: the counter the second upstream holds is counted from nothing (NOT_FOUND)');
+    assert.equal((await fakes[1]?.inner.get(['counter']))?.[0]?.value.toString(), '11');
   });
 
   // flush_all (replicate-write.ts, replicateFlush). Not fixed: the fuzz sends a flush_all only
