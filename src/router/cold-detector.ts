@@ -105,10 +105,15 @@ export class ColdDetector {
     this.coldUntil.set(u, until);
   }
 
-  /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
+  /**
+   * `u` was emptied on purpose (a client's flush_all): the next check starts afresh. So a restart
+   * it had not seen yet (a check in flight, or due) goes unseen: the uniques `u` handed out are
+   * voided as after one (no item they named is left anyway).
+   */
   forget(u: HealthyUpstream): void {
     this.lastSet.delete(u.inner);
     for (const m of membersOf(u)) this.lastSet.delete(m.inner);
+    u.voidUniques();
   }
 
   /**

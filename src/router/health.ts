@@ -193,6 +193,15 @@ export class HealthyUpstream implements Upstream {
   /** The store came back empty (cold detector): the uniques it handed out before mean nothing. */
   restartedEmpty(): void {
     this.forgetFenceKeys();
+    this.voidUniques();
+  }
+
+  /**
+   * The uniques handed out so far are to name no item of the store any more: it came back empty
+   * (its counter started again), or a flush_all emptied it (a restart just before may have gone
+   * unseen: the marker check that would have found it gone finds nothing to compare after a flush).
+   */
+  voidUniques(): void {
     this.casSeal = new CasSeal(this.storeId, `${this.casBase}/${++this.casEpoch}`);
   }
 
