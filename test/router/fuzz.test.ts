@@ -4,7 +4,8 @@
  *
  *   Router + RepairJournal + Repairer + ColdDetector, over 2-3 HealthyUpstream(SchedUpstream)
  *   several client operations in flight at once (set, get / multi-get / gets, delete, touch,
- *   add, incr, decr) over a small key space, and faults injected on the upstreams
+ *   add, replace, append, prepend, cas, incr, decr, flush_all) over a small key space, and
+ *   faults injected on the upstreams
  *   ─► every reply is recorded, and judged afterwards against a reference model (judge()).
  *
  * SchedUpstream is a FakeUpstream (its MemoryUpstream is the store) whose every request waits on
@@ -29,7 +30,9 @@
  *  - glitches: one connection closed by the server (its requests fail, not late); one request
  *    refused (a SERVER_ERROR of the store, nothing applied).
  *  - restart empty: an upstream crashes, loses everything (its MemoryUpstream is flushed), and
- *    comes back (the driver's reconnect calls ColdDetector.reconnected, as app.ts wires it).
+ *    comes back (the driver's reconnect calls ColdDetector.reconnected, as app.ts wires it). Its
+ *    uniques start again from 1, as a memcached's do: those it handed out before may name other
+ *    items of it now.
  *  - eviction: a cache drops one session key (memory pressure); mcmux cannot tell, the upstream
  *    answers a miss and read repair puts the key back.
  *  - an upstream in neither state is slow at random but answers within its timeout.
@@ -50,19 +53,43 @@
  *    eviction, key by key, and only while no operation of the key is in flight (see evict()).
  *  - an evicted lock or counter: whichever upstream decides an add or incr then answers from what
  *    it lacks (as plain memcached would; the lock-fence covers only a whole store coming back
- *    empty). With evictions on (7 seeds in 10), add, incr and decr go to lock and counter keys, and
- *    only session keys are evicted.
+ *    empty). With evictions on (7 seeds in 10), add, incr and decr, and replace, append, prepend
+ *    and cas (NOT_STORED, NOT_FOUND from a copy that lost the key) go to lock and counter keys
+ *    (append and prepend: lock keys),
+ *    and only session keys are evicted.
+ *  - a restart empty while a conditional command is in flight: its authority may hold a state it
+ *    has not copied yet (an append's result, read back before its copies go out), the only
+ *    current copy of the key ("at least one upstream holding current data").
+ *  - flush_all concurrent with anything: a client sends one only at a quiet moment (nothing in
+ *    flight, no straggler, nothing to repair), sends nothing else until it is answered, and a
+ *    flush that timed out never lands late. mcmux orders a flush_all neither with the writes it
+ *    makes in the background (the copies of a write answered with write-wait copies, the repair,
+ *    read repair) nor with later writes, if it timed out: fuzz-findings.test.ts has both as todo
+ *    tests (not fixed). flush_all is off by default (--allow-flush).
  *  - a write that failed on every upstream (SERVER_ERROR) is not excluded but modelled as "maybe":
  *    it may or may not have taken effect, at any point of its interval.
- *  - not exercised: journal overflow (journal-max-keys), flush_all, expiry (every deadline is 0),
- *    the lock-fence ending (it is longer than a run), several mcmux, mcmux restarts, cas,
- *    append/prepend/replace. The README lists the first ones as not guaranteed.
+ *  - not exercised: journal overflow (journal-max-keys), expiry (every deadline is 0), the
+ *    lock-fence ending (it is longer than a run), several mcmux, mcmux restarts, gat/gats, the
+ *    binary protocol's incr with an initial value, a delayed flush_all. The README lists the first
+ *    ones as not guaranteed.
+ *  - what cas promises beyond "never succeeds wrongly" (README: CAS uniques belong to the
+ *    authority): after a failover, or after any copy of the item was written again (a repair),
+ *    a cas with the unique of the current state may fail with EXISTS or NOT_FOUND; the model
+ *    never requires it to succeed. Nor is the unique an append or prepend answers with kept (the
+ *    client does not know the value it is of).
  *
- * THE MODEL (judge()): each key is a register; a write (set, delete, add STORED, incr/decr result)
- * takes effect at one point between its start and its reply; one that failed may never take
- * effect. A read (or the precondition of add, incr, touch, delete NOT_FOUND) may see the state of
- * a write W that started before the read ended, unless some write acknowledged before the read
- * began started after W was answered (W was certainly overwritten). Violations named:
+ * THE MODEL (judge()): each key is a register; a write (set, delete, add/replace/cas STORED,
+ * incr/decr result, append/prepend STORED, flush_all: a delete of every key) takes effect at one
+ * point between its start and its reply; one that failed may never take effect. An append's
+ * (prepend's) state is the concatenation with a state it may see (values are made of pieces
+ * naming the key and the op, so that each tells where it came from). A read (or the precondition
+ * of add, replace, append, prepend, cas, incr, touch, delete NOT_FOUND) may see the state of a
+ * write W that started before the read ended, unless some write acknowledged before the read
+ * began started after W was answered (W was certainly overwritten): add STORED, replace/append/
+ * prepend NOT_STORED, cas/incr/delete/touch NOT_FOUND need the key absent in a state it may see;
+ * add NOT_STORED, replace STORED, cas EXISTS, touch TOUCHED need it present; cas STORED needs the
+ * state its unique was handed out for (by a gets hit, or a set/add/replace/cas/incr asked withCas)
+ * to be one it may see. Violations named:
  *  - value of another key: a hit whose value does not belong to the key asked
  *  - resurrection: a value deleted by a delete acknowledged before the read began
  *  - stale read: a value overwritten by a write acknowledged before the read began
@@ -72,12 +99,15 @@
  *
  * Each seed also draws its configuration: 2 or 3 upstreams, write-wait all or copies, min-copies
  * 1 or 2, hedged reads or not, 1-6 operations in flight, 120-300 operations, the fault rate,
- * one connection per upstream (memcached's default: everything in order) or one per key, and
- * whether caches evict.
+ * one connection per upstream (memcached's default: everything in order) or one per key,
+ * whether caches evict, whether the stores number uniques per key (a unique of one store is
+ * then often valid in another: the seal must tell them apart) or per store (as memcached), and
+ * whether clients send flush_all (3 seeds in 10).
  *
  * Replay one seed: MCMUX_FUZZ_SEED=<seed> MCMUX_FUZZ_SEEDS=1 node --test dist/test/router/fuzz.test.js
  * More seeds: MCMUX_FUZZ_SEEDS=2000 (MCMUX_FUZZ_SEED is the first); MCMUX_FUZZ_TRIAGE=1 reports
- * one line per failing seed and goes on; MCMUX_FUZZ_VERBOSE=1 counts the error replies by kind.
+ * one line per failing seed and goes on; MCMUX_FUZZ_VERBOSE=1 counts the error replies by kind
+ * and the replies by command and status; MCMUX_FUZZ_LOG_LINES=<n> shows n lines of log (60).
  * A failure prints the seed, its configuration, the violation, and the log of the key and of the
  * faults up to the violating reply (every request applied, answered, timed out or landing late).
  *
