@@ -1,8 +1,9 @@
 /**
  * What the router fuzz (fuzz.test.ts) found, minimised by hand to plain FakeUpstreams (no virtual
- * time needed). Each brings back a deleted session or loses an acknowledged lock, under faults the
- * README's consistency model promises to survive; each test failed before the fix in src/router
- * that came with it.
+ * time needed). Each brings back a deleted session, loses an acknowledged lock or counter, or lets
+ * a cas succeed wrongly, under faults the README's consistency model promises to survive; each
+ * test failed before the fix in src/router that came with it. The two flush_all ones are todo
+ * tests: not fixed (the README lists them under "not guaranteed"; the fuzz keeps clear of them).
  */
 
 import assert from 'node:assert/strict';
