@@ -45,6 +45,9 @@
  *    README: "a server that resumes works through its old connections within this"). Otherwise it
  *    is dropped. This excludes an old write landing late on every copy at once, or on the only
  *    copy mcmux trusts (then the old value is all there is: a stale read no journal can prevent).
+ *    Nor does it land while an operation of the key is in flight that began when every copy was
+ *    dirty for it: that one may read (or have decide) the freshest copy, which may be this one
+ *    (found: seeds 37478 and 41331 of 45000, a read of the freshest copy served the straggler).
  *  - a restart empty happens only while every other upstream is up, healthy, straggler-free and
  *    clean for every key, and no other upstream gets any fault until every key has been written to
  *    the restarted one again and every operation that began before that has ended. mcmux does not know what a restarted store lost (the journal says it
@@ -320,6 +323,8 @@ interface Op {
   readonly text: string;
   readonly final: boolean;
   readonly start: number;
+  /** Its keys that every upstream was dirty for as it began: it may take them from the freshest copy. */
+  readonly allDirty: readonly string[];
   end: number | undefined;
   reply: Reply | undefined;
   thrown: unknown;
@@ -551,8 +556,12 @@ class World {
     // the upstream under writes acknowledged since (fuzz-findings.test.ts, the flush_all todos).
     if (s.req.op === 'flush') return false;
     // A flush: for every key.
-    return KEYS.filter((k) => changes(s.req, k)).every((key) =>
-      this.ups.some(
+    return KEYS.filter((k) => changes(s.req, k)).every(
+      (key) =>
+        // Nor while an operation of the key is in flight that began when every copy was dirty:
+        // it may read (or have decide) the freshest copy, this one maybe, whatever is clean now.
+        !this.ops.some((o) => o.end === undefined && o.allDirty.includes(key)) &&
+        this.ups.some(
         (y) =>
           y !== up &&
           !this.journal.isDirty(y.healthy, key) &&
@@ -698,7 +707,8 @@ class World {
     const id = ++this.opSeq;
     const tokenText = token ? ` unique=${token.value === undefined ? 'made up' : `of ${JSON.stringify(token.value)} (#${token.from})`}` : '';
     const text = `#${id} ${kind} ${keys.join(' ')}${value !== undefined ? ` ${value}` : ''}${kind === 'incr' || kind === 'decr' ? ` ${delta}` : ''}${tokenText}`;
-    const op: Op = { id, kind, keys, value, delta, token, text, final, start: ++this.clock, end: undefined, reply: undefined, thrown: undefined };
+    const allDirty = keys.filter((k) => this.ups.every((u) => this.journal.isDirty(u.healthy, k)));
+    const op: Op = { id, kind, keys, value, delta, token, text, final, start: ++this.clock, allDirty, end: undefined, reply: undefined, thrown: undefined };
     this.ops.push(op);
     this.inflight++;
     this.note(keys, `${text} ... sent`);
