@@ -108,12 +108,15 @@ export class ColdDetector {
   /**
    * `u` was emptied on purpose (a client's flush_all): the next check starts afresh. So a restart
    * it had not seen yet (a check in flight, or due) goes unseen: the uniques `u` handed out are
-   * voided as after one (no item they named is left anyway).
+   * voided as after one (no item they named is left anyway). And its marker is written again at
+   * once: until it is, a restart would lose none, and the upstream would decide again as soon as
+   * a check found the marker it wrote after the restart.
    */
   forget(u: HealthyUpstream): void {
     this.lastSet.delete(u.inner);
     for (const m of membersOf(u)) this.lastSet.delete(m.inner);
     u.voidUniques();
+    void this.check(u);
   }
 
   /**
