@@ -8,16 +8,19 @@
 
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { isFenced, knowsKey } from './health';
+import { cameBackEmpty, isFenced, knowsKey } from './health';
 
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
   let known: number[] | undefined;
   let fenced: number[] | undefined;
   let warm = false;
+  /** Some upstream is fenced only as a precaution (it reconnected): it may hold what others lost. */
+  let maybeFull = false;
   ctx.upstreams.forEach((u: Upstream, i) => {
     const f = isFenced(u);
     if (!f) warm = true;
+    else if (!cameBackEmpty(u)) maybeFull = true;
     if (ctx.journal.isDirty(u, key)) return;
     if (!f) good.push(i);
     // A fenced upstream that a client's set or delete of the key reached since it came back
@@ -30,8 +33,14 @@ export function authorityOrder(ctx: RouterContext, key: string): number[] {
   // A fenced upstream came back empty: for a key it has not been written since, it decides only
   // when every upstream came back empty. While a warm one exists, even a failing or dirty one, it
   // may hold a lock the fenced one forgot (hazard 2): nobody decides until the fence ends
-  // (lock-fence) or the warm one is usable and clean again.
-  if (fenced !== undefined) return warm ? [] : fenced;
+  // (lock-fence) or the warm one is usable and clean again. Every upstream fenced: one fenced only
+  // as a precaution (a reconnect whose marker check has not answered yet) stands for a warm one
+  // to those known to have come back empty, which decide only when every upstream did.
+  if (fenced !== undefined) {
+    if (warm) return [];
+    if (!maybeFull) return fenced;
+    return fenced.filter((i) => !cameBackEmpty(ctx.upstreams[i] as Upstream));
+  }
   // Dirty everywhere: the freshest copy decides. A dirty upstream never decides while a clean
   // one exists, even a down one: it may hold a lock that was released, or lack one that is held.
   const freshest = ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key) ?? [];

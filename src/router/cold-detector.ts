@@ -147,6 +147,7 @@ export class ColdDetector {
   knownEmpty(u: HealthyUpstream, until = 0): void {
     const end = until > 0 ? until : Date.now() + this.fenceMs;
     u.fence(end);
+    u.emptyUntil = Math.max(u.emptyUntil, end);
     this.coldUntil.set(u, Math.max(this.coldUntil.get(u) ?? 0, end));
   }
 
@@ -160,12 +161,20 @@ export class ColdDetector {
     return until > now ? until : 0;
   }
 
-  /** `u` was emptied on purpose (a client's flush_all): the next check starts afresh. */
+  /**
+   * `u` was emptied on purpose (a client's flush_all): the next check starts afresh. So a restart
+   * it had not seen yet (a check in flight, or due) goes unseen: the uniques `u` handed out are
+   * voided as after one (no item they named is left anyway). And its marker is written again at
+   * once: until it is, a restart would lose none, and the upstream would decide again as soon as
+   * a check found the marker it wrote after the restart.
+   */
   forget(u: HealthyUpstream): void {
     for (const s of [u.inner, ...membersOf(u).map((m) => m.inner)]) {
       this.lastSet.delete(s);
       this.found.delete(s);
     }
+    u.voidUniques();
+    void this.check(u);
   }
 
   /**

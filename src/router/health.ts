@@ -129,6 +129,12 @@ export class HealthyUpstream implements Upstream {
    */
   coldUntil = 0;
   /**
+   * Until this time (ms) it is known to have come back empty (its marker was gone, or an
+   * in-process store as mcmux starts); a fence without it is a precaution (a reconnect, a
+   * reload) and the store may well hold what the others lost (authority-order.ts).
+   */
+  emptyUntil = 0;
+  /**
    * When it last came back (a probe succeeded after it was down), in ms; 0 if never. A server
    * that was paused applies what waited in its old connections as it resumes: the repair of a
    * key whose request timed out waits a while after this too (repair.ts, LATE_SETTLE_MS).
@@ -174,6 +180,7 @@ export class HealthyUpstream implements Upstream {
 
   unfence(): void {
     this.coldUntil = 0;
+    this.emptyUntil = 0;
     this.forgetFenceKeys();
   }
 
@@ -195,6 +202,15 @@ export class HealthyUpstream implements Upstream {
   /** The store came back empty (cold detector): the uniques it handed out before mean nothing. */
   restartedEmpty(): void {
     this.forgetFenceKeys();
+    this.voidUniques();
+  }
+
+  /**
+   * The uniques handed out so far are to name no item of the store any more: it came back empty
+   * (its counter started again), or a flush_all emptied it (a restart just before may have gone
+   * unseen: the marker check that would have found it gone finds nothing to compare after a flush).
+   */
+  voidUniques(): void {
     this.casSeal = new CasSeal(this.storeId, `${this.casBase}/${++this.casEpoch}`);
   }
 
@@ -217,6 +233,10 @@ export class HealthyUpstream implements Upstream {
   }
   get fenced(): boolean {
     return Date.now() < this.coldUntil;
+  }
+  /** Fenced because it is known to have come back empty (not only as a precaution). */
+  get cameBackEmpty(): boolean {
+    return this.fenced && Date.now() < this.emptyUntil;
   }
 
   /** True when requests go to the store (healthy or suspect). */
@@ -350,6 +370,11 @@ export function cameBackAt(u: Upstream): number {
 /** Whether `u` is fenced from deciding conditional commands (came back empty). */
 export function isFenced(u: Upstream): boolean {
   return u instanceof HealthyUpstream && u.fenced;
+}
+
+/** Whether `u` is fenced because it is known to have come back empty (see HealthyUpstream.emptyUntil). */
+export function cameBackEmpty(u: Upstream): boolean {
+  return u instanceof HealthyUpstream && u.cameBackEmpty;
 }
 
 /** Whether `u`, fenced or not, holds the current state of `key` as far as mcmux knows. */

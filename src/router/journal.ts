@@ -436,7 +436,13 @@ export class RepairJournal {
     }
     const e = p?.keys.get(key);
     if (!p || !e) return;
-    if (seq !== undefined && seq < e.seq) return; // an older write: the newer miss stands
+    if (seq !== undefined && seq < e.seq) {
+      // An older write: the newer miss stands. But the upstream holds this write, which a copy
+      // dirty since before it missed: ranked above such a copy, for freshest() when every copy is
+      // dirty (its first miss may date from long before, and this may be the only copy of it).
+      if (seq + 0.5 > e.firstSeq) this.put(u, p, key, { op: e.op, since: Date.now(), seq: e.seq, firstSeq: seq + 0.5, late: e.late });
+      return;
+    }
     const rk = `${idOf(u)} ${key}`;
     if (this.repairing.has(rk)) this.repairing.set(rk, true);
     if (e.late !== 0) {

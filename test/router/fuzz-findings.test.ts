@@ -1,8 +1,9 @@
 /**
  * What the router fuzz (fuzz.test.ts) found, minimised by hand to plain FakeUpstreams (no virtual
- * time needed). Each brings back a deleted session or loses an acknowledged lock, under faults the
- * README's consistency model promises to survive; each test failed before the fix in src/router
- * that came with it.
+ * time needed). Each brings back a deleted session, loses an acknowledged lock or counter, or lets
+ * a cas succeed wrongly, under faults the README's consistency model promises to survive; each
+ * test failed before the fix in src/router that came with it, but for three todo tests: not fixed
+ * (the README lists them under "not guaranteed"; the fuzz keeps clear of the flush_all ones).
  */
 
 import assert from 'node:assert/strict';
@@ -10,6 +11,8 @@ import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
+import { ColdDetector } from '../../src/router/cold-detector';
+import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
@@ -22,10 +25,10 @@ const noop = (): void => {};
 const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 describe('router fuzz findings, minimised', () => {
-  function setup(opts: { lateSettleMs?: number } = {}) {
+  function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies' } = {}) {
     const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
     const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: opts.writeWait ?? 'all', allowFlush: true }, source, noop);
     const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: opts.lateSettleMs ?? 0 }, silent);
     const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
     return { ups: ups as [FakeUpstream, FakeUpstream], journal, repairer, exec };
@@ -34,6 +37,8 @@ describe('router fuzz findings, minimised', () => {
   const add = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
   const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
+  const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
+  const incr = (key: string, delta: bigint): Command => ({ kind: 'arith', op: 'incr', key, delta, initial: undefined, deadline: 0, noreply: false });
   const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
   const status = (r: Reply): string => describeReply(r);
   const settle = async (): Promise<void> => {
@@ -163,5 +168,217 @@ describe('router fuzz findings, minimised', () => {
     for (const u of ups) assert.equal((await u.inner.get(['lock']))[0]?.value.toString(), 'A', `${u.name} still holds A's lock after the repair`);
     assert.equal(status(await exec(add('lock', 'B'))), 'NOT_STORED', 'B does not get the lock A holds');
     assert.deepEqual(values(await exec(get('lock'))), ['A']);
+  });
+
+  // The freshest copy (journal.ts, written and freshest). When every copy of a key is dirty,
+  // the one that started missing writes last is taken as the truth. A write that reached an
+  // upstream dirty since long ago, answered after a newer write's miss there was journaled,
+  // left its entry as it was ("an older write: the newer miss stands"), dated by its first miss:
+  // ranked the stalest, though it held the only copy of an acknowledged write. The other copy,
+  // which had missed that write, was read, and the repair copied it over the acknowledged one.
+  // The fuzz found it (seed 41160 of 45000, write-wait copies, one connection per key).
+  it('a write answered after a newer miss on a copy dirty since long ago: that copy ranks as the freshest, and the write is not lost', async () => {
+    const { ups, journal, repairer, exec } = setup();
+    const [a, b] = ups;
+    b.mode = 'fail';
+    assert.equal(status(await exec(set('sess', 'old'))), 'STORED', 'on a only: b is dirty since now');
+    b.mode = 'ok';
+    a.mode = 'fail'; // a goes down
+    // b stores the next set slowly; the set after it is refused there at once.
+    const slow = deferred();
+    const store1 = b.store.bind(b);
+    b.store = async (req) => {
+      if (req.value.toString() === 'cart') {
+        await slow.promise;
+        return store1(req);
+      }
+      throw new McmuxError(ErrorCodes.UPSTREAM_REFUSED, 'fake://1: SERVER_ERROR out of memory (injected)');
+    };
+    const first = exec(set('sess', 'cart'));
+    await settle();
+    assert.equal((await exec(set('sess', 'cart 2'))).kind, 'error', 'fails everywhere: journaled on both');
+    slow.resolve();
+    assert.equal(status(await first), 'STORED', 'b stored it: the only copy');
+    assert.ok(journal.isDirty(a, 'sess') && journal.isDirty(b, 'sess'), 'dirty everywhere');
+    a.mode = 'ok';
+    assert.deepEqual(values(await exec(get('sess'))), ['cart'], 'STALE READ: the old value of a, which missed the acknowledged set');
+    await repairer.tick();
+    assert.deepEqual(values(await exec(get('sess'))), ['cart'], 'LOST WRITE: the repair copied the old value over the only copy');
+  });
+
+  // The authority order (authority-order.ts) when every upstream is fenced. A reconnect fences an
+  // upstream as a precaution until a check finds its marker (its check may be slow to answer, or
+  // find no marker to compare: after a flush_all, before the fix below, or before mcmux ever
+  // wrote one there). If the other upstream restarts empty meanwhile, its marker is gone
+  // ('cold'): every upstream is fenced, and they decided in priority order, the one that came
+  // back empty first. It answered an incr of a counter held in the other with NOT_FOUND (an add
+  // of a lock held there: STORED). authority-order.ts: a fenced upstream decides "only when every
+  // upstream came back empty". The fuzz found it with a flush_all (seed 375 of 3000).
+  it('every upstream fenced, one only because it reconnected: the one that came back empty does not decide', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as [FakeUpstream, FakeUpstream];
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop)) as [HealthyUpstream, HealthyUpstream];
+    const [first, second] = ups;
+    const detector = new ColdDetector(() => ups, 60_000, silent);
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    await detector.checkAll(); // markers written in both
+    assert.equal(status(await exec(set('counter', '10'))), 'STORED');
+    // The second upstream's connection drops and comes back; its marker check is slow to answer.
+    fakes[1].gateOnly = (call) => call.startsWith('get mcmux.sentinel');
+    fakes[1].close_gate();
+    detector.reconnected(second);
+    await settle();
+    assert.ok(second.fenced, 'fenced until its check answers');
+    // The first upstream restarts empty and reconnects: its marker is gone.
+    await fakes[0].inner.flush();
+    assert.equal(await detector.check(first), 'cold');
+    assert.ok(first.fenced && second.fenced, 'every upstream fenced');
+    const r = await exec(incr('counter', 1n));
+    assert.equal(describeReply(r), '11', 'LOST WRITE: the counter the second upstream holds is counted from nothing (NOT_FOUND)');
+    assert.equal((await fakes[1].inner.get(['counter']))[0]?.value.toString(), '11');
+  });
+
+  // CAS uniques across a restart (cold-detector.ts, health.ts CasSeal). A store that restarts
+  // numbers its items from 1 again; the cold detector voids the uniques it handed out before
+  // (a new seal) when it finds its marker gone. A flush_all answered while that check is in
+  // flight made the check's verdict 'first' (forget: nothing to compare), not 'cold': the old
+  // uniques stayed valid, and a cas with one succeeded on a newer item that the restarted store
+  // happened to number the same (with a store that numbers each key on its own, the next items
+  // of the key). The fuzz found it with such a store (seed 8688 of 9000).
+  it('a flush_all while the marker check of a restarted upstream is in flight: a unique handed out before the restart stays void', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as [FakeUpstream, FakeUpstream];
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop)) as [HealthyUpstream, HealthyUpstream];
+    const [first] = ups;
+    const detector = new ColdDetector(() => ups, 60_000, silent);
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true, onFlushed: (u) => detector.forget(u as HealthyUpstream) }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    await detector.checkAll(); // markers written in both (unique 1 in each)
+    await exec(set('sess', 'cart'));
+    const r = await exec({ kind: 'get', keys: ['sess'], withCas: true, touch: undefined });
+    const unique = r.kind === 'values' ? r.hits[0]?.cas : undefined;
+    assert.ok(unique !== undefined, 'gets: the first upstream\'s unique (its item 2)');
+    // The first upstream restarts empty: its items are numbered from 1 again.
+    await fakes[0].inner.flush();
+    (fakes[0].inner as unknown as { nextCas: bigint }).nextCas = 1n;
+    // It reconnects; its marker check is slow to answer, and a flush_all is answered meanwhile.
+    fakes[0].gateOnly = (call) => call.startsWith('get mcmux.sentinel');
+    fakes[0].close_gate();
+    detector.reconnected(first);
+    await settle();
+    assert.equal(status(await exec(flushAll)), 'OK');
+    fakes[0].open();
+    await settle();
+    assert.ok(first.fenced, 'fenced as a precaution (the check found no marker to compare)');
+    assert.equal(status(await exec(set('sess', 'new cart'))), 'STORED', "the first upstream's item 2 again (its marker is item 1)");
+    // The second upstream fails: the first, fenced but written the key since, decides the cas.
+    fakes[1].mode = 'fail';
+    const cas: Command = { kind: 'store', mode: 'cas', key: 'sess', value: Buffer.from('stale cart'), flags: 0, deadline: 0, cas: unique, withCas: false, noreply: false };
+    assert.notEqual(status(await exec(cas)), 'STORED', 'the cas succeeded wrongly: a unique from before the restart (and the flush_all) matched a newer item');
+    assert.deepEqual(values(await exec(get('sess'))), ['new cart']);
+  });
+
+  // The marker after a flush_all (cold-detector.ts, forget). A flush_all empties the markers
+  // too, and the next check of each upstream starts afresh ('first': no marker of mcmux's to
+  // compare, it writes one). Until that check (up to 2 s), an upstream that restarts empty loses
+  // no marker: its next checks say 'first', then 'warm', and it decides again at once: a lock
+  // held in the others, taken after the flush_all, was granted a second time by it. The fuzz
+  // found it (seed 43623 of 45000).
+  it('an upstream that restarts empty soon after a flush_all is found empty: it does not grant a lock the others hold', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as [FakeUpstream, FakeUpstream];
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop)) as [HealthyUpstream, HealthyUpstream];
+    const [first] = ups;
+    const detector = new ColdDetector(() => ups, 60_000, silent);
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true, onFlushed: (u) => detector.forget(u as HealthyUpstream) }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    await detector.checkAll(); // markers written in both
+    assert.equal(status(await exec(flushAll)), 'OK');
+    await settle();
+    assert.equal(status(await exec(add('lock', 'A'))), 'STORED', 'A takes the lock, on both');
+    // The first upstream restarts empty, and reconnects.
+    await fakes[0].inner.flush();
+    detector.reconnected(first);
+    await settle();
+    await detector.check(first); // the next check (periodic, or its health turning healthy)
+    assert.equal(status(await exec(add('lock', 'B'))), 'NOT_STORED', 'B is granted the lock A holds (decided by the upstream that came back empty)');
+  });
+
+  // The same without a flush_all, in the window between an upstream's reconnect and its marker
+  // check's answer (the fuzz, seed 17666 of 30000: the other upstream had come back empty too,
+  // and was fenced). Fenced as a precaution, the restarted upstream decides the keys written to
+  // it since (knowsKey) when no warm one may, with the seal of before its restart: the check that
+  // voids it has not answered yet. Not fixed: the window is that of one round trip after a
+  // reconnect, and the restarted store must have numbered a newer item of the key as the old one
+  // (memcached and Redis number all items from 1 again: a store young when the unique was handed
+  // out). Keeping fenced upstreams from deciding a cas until their check answers would stop cas
+  // for a whole lock-fence after a reload or a start with an upstream down ('first' verdicts).
+  it('a cas decided by a restarted upstream before its marker check answers: a unique from before the restart stays void', { todo: 'the seal is renewed only when the check answers (cold-detector.ts)' }, async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as [FakeUpstream, FakeUpstream];
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop)) as [HealthyUpstream, HealthyUpstream];
+    const [first] = ups;
+    const detector = new ColdDetector(() => ups, 60_000, silent);
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    await detector.checkAll(); // markers written in both (unique 1 in each)
+    await exec(set('sess', 'cart'));
+    const r = await exec({ kind: 'get', keys: ['sess'], withCas: true, touch: undefined });
+    const unique = r.kind === 'values' ? r.hits[0]?.cas : undefined;
+    assert.ok(unique !== undefined, "gets: the first upstream's unique (its item 2)");
+    // The first upstream restarts empty; it reconnects, and its marker check is slow to answer.
+    await fakes[0].inner.flush();
+    (fakes[0].inner as unknown as { nextCas: bigint }).nextCas = 2n;
+    fakes[0].gateOnly = (call) => call.startsWith('get mcmux.sentinel');
+    fakes[0].close_gate();
+    detector.reconnected(first);
+    await settle();
+    assert.ok(first.fenced, 'fenced as a precaution, until its check answers');
+    assert.equal(status(await exec(set('sess', 'new cart'))), 'STORED', "the restarted upstream's item 2 again");
+    fakes[1].mode = 'fail'; // the first, written the key since its fence, decides the cas
+    const cas: Command = { kind: 'store', mode: 'cas', key: 'sess', value: Buffer.from('stale cart'), flags: 0, deadline: 0, cas: unique, withCas: false, noreply: false };
+    assert.notEqual(status(await exec(cas)), 'STORED', 'the cas succeeded wrongly: a unique from before the restart matched a newer item');
+  });
+
+  // flush_all (replicate-write.ts, replicateFlush). Not fixed: the fuzz sends a flush_all only
+  // at a quiet moment and never lets one land late (its header). Both need flush_all allowed
+  // (--allow-flush; off by default).
+  //
+  // A flush that timed out on an upstream (SERVER_ERROR to the client) leaves nothing in the
+  // journal, unlike a set or delete that timed out (README: "A timed-out request may still
+  // land"). When the paused server works through its old connection, the flush empties it under
+  // the writes acknowledged since, and mcmux takes it as clean for them: once the first upstream
+  // fails, a session or a lock written after the flush is gone.
+  it('a flush_all that timed out and lands late does not lose the writes acknowledged after it', { todo: 'a failed flush_all journals nothing (replicateFlush)' }, async () => {
+    const { ups, exec } = setup();
+    const [first, second] = ups;
+    second.gateOnly = (call) => call === 'flush';
+    second.delay_late(); // the second upstream pauses: the flush times out there, applied when it resumes
+    assert.equal((await exec(flushAll)).kind, 'error', 'the flush timed out on the second upstream');
+    assert.equal(status(await exec(set('lock', 'A'))), 'STORED', 'on both (a new connection)');
+    second.open(); // the paused server resumes and applies the flush it held
+    await settle();
+    assert.equal((await second.inner.get(['lock']))[0], undefined, 'the late flush emptied the second upstream');
+    first.mode = 'fail';
+    assert.deepEqual(values(await exec(get('lock'))), ['A'], 'LOST WRITE: the lock acknowledged after the flush is gone');
+  });
+
+  // With write-wait copies, a set is answered before its copy to the second upstream lands. A
+  // flush_all sent after that answer reaches the second upstream first (another connection), and
+  // the copy lands after it; the flush's answer trusts the upstream (journal.trust clears the
+  // pending mark), so the value written before the flush is read back, and read repair puts it
+  // on the first upstream again. The repair and read repair race a flush in the same way.
+  it('a copy still landing when a flush_all is sent does not bring the value back after the flush', { todo: 'a flush_all is not ordered with the copies of earlier writes (replicateFlush)' }, async () => {
+    const { ups, exec } = setup({ writeWait: 'copies' });
+    const [first, second] = ups;
+    second.gateOnly = (call) => call === 'set sess';
+    second.close_gate(); // the copy to the second upstream is slow
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'answered once the first upstream stored it');
+    assert.equal(status(await exec(flushAll)), 'OK', 'both upstreams flushed');
+    second.open(); // the copy lands after the flush
+    await settle();
+    assert.equal((await first.inner.get(['sess']))[0], undefined);
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: a value written before an acknowledged flush_all is read');
   });
 });
