@@ -119,14 +119,9 @@ export class ColdDetector {
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
     u.fence(Date.now() + this.fenceMs);
     void this.checkStore(u, server.inner).then(async (sight) => {
-      const until = this.inheritedFence([sight]);
-      if (sight.verdict === 'cold' || until > 0 || (sight.verdict === 'first' && this.markedElsewhere([server.inner]))) {
-        this.fenceCold(u, until);
-        this.log.warn({ upstream: u.name, server: server.name, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
-      } else {
-        this.liftIfKept(u, [sight]);
-      }
-      await this.mark(u, { targets: [server.inner], sights: [sight] });
+      const look = { targets: [server.inner], sights: [sight] };
+      this.judge(u, look, server.name);
+      await this.mark(u, look);
     });
   }
 
@@ -214,14 +209,16 @@ export class ColdDetector {
     return { targets, sights: await Promise.all(targets.map((t) => this.checkStore(u, t))) };
   }
 
-  private judge(u: HealthyUpstream, look: Look | undefined): Verdict {
+  /** Fences `u` or lifts its fence on what `look` found; `server`: the one pool server looked at. */
+  private judge(u: HealthyUpstream, look: Look | undefined, server?: string): Verdict {
     if (look === undefined) return 'unknown';
     const cold = look.sights.map((s) => s.verdict);
     const firsts = look.targets.filter((_, i) => cold[i] === 'first');
     const until = this.inheritedFence(look.sights);
     if (cold.includes('cold') || until > 0 || (firsts.length > 0 && this.markedElsewhere(firsts))) {
       this.fenceCold(u, until);
-      this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
+      if (server === undefined) this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
+      else this.log.warn({ upstream: u.name, server, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
       return 'cold';
     }
     if (cold.includes('unknown')) return 'unknown';

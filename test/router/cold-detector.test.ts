@@ -187,3 +187,43 @@ describe('cold detector: across a restart of mcmux', () => {
     await next.close();
   });
 });
+
+/** A pool of two servers, as the memcached pool driver exposes them (membersOf). */
+class PoolFake extends FakeUpstream {
+  constructor(private readonly servers: readonly HealthyUpstream[]) {
+    super('fake://pool');
+  }
+  members(): readonly HealthyUpstream[] {
+    return this.servers;
+  }
+}
+
+describe('cold detector: one server of a pool reconnects', () => {
+  function pool() {
+    const fakes = [new FakeUpstream('fake://s0'), new FakeUpstream('fake://s1')] as [FakeUpstream, FakeUpstream];
+    const servers = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {})) as [HealthyUpstream, HealthyUpstream];
+    const p = new HealthyUpstream(new PoolFake(servers), { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {});
+    const detector = new ColdDetector(() => [p], FENCE_MS, silent);
+    return { fakes, servers, p, detector };
+  }
+
+  it('a server that kept its marker lifts the fence its reconnect set', async () => {
+    const { servers, p, detector } = pool();
+    await detector.checkAll(); // a marker in each server
+    detector.serverReconnected(p, servers[0]);
+    assert.equal(p.fenced, true, 'fenced at once, as a precaution');
+    await settle();
+    assert.equal(p.fenced, false, 'its marker was there: the precaution is lifted');
+  });
+
+  it('a server that came back without its marker fences the pool for the whole lock-fence', async () => {
+    const { fakes, servers, p, detector } = pool();
+    await detector.checkAll();
+    await fakes[0].inner.flush(); // server 0 restarted empty
+    detector.serverReconnected(p, servers[0]);
+    await settle();
+    assert.equal(p.cameBackEmpty, true, 'known to have come back empty, not only fenced as a precaution');
+    await detector.checkAll();
+    assert.equal(p.fenced, true, 'the next check does not lift it: its marker, written again since, proves nothing');
+  });
+});
