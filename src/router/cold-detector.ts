@@ -59,8 +59,6 @@ export class ColdDetector {
    * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
    */
   private readonly found = new Set<Upstream>();
-  /** Until when each upstream is fenced because its marker was found missing (not a precaution). */
-  private readonly coldUntil = new WeakMap<HealthyUpstream, number>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -108,7 +106,7 @@ export class ColdDetector {
    * by a later such check: the periodic one, or the one made when its health turns healthy.
    */
   private liftIfKept(u: HealthyUpstream, sights: readonly Sight[]): void {
-    if (sights.every((s) => s.kept) && u.coldUntil !== 0 && !((this.coldUntil.get(u) ?? 0) > Date.now())) u.unfence();
+    if (sights.every((s) => s.kept) && u.coldUntil !== 0 && !(u.emptyUntil > Date.now())) u.unfence();
   }
 
   /**
@@ -143,7 +141,6 @@ export class ColdDetector {
     const end = until > 0 ? until : Date.now() + this.fenceMs;
     u.fence(end);
     u.emptyUntil = Math.max(u.emptyUntil, end);
-    this.coldUntil.set(u, Math.max(this.coldUntil.get(u) ?? 0, end));
   }
 
   /**

@@ -131,7 +131,8 @@ export class HealthyUpstream implements Upstream {
   /**
    * Until this time (ms) it is known to have come back empty (its marker was gone, or an
    * in-process store as mcmux starts); a fence without it is a precaution (a reconnect, a
-   * reload) and the store may well hold what the others lost (authority-order.ts).
+   * reload) and the store may well hold what the others lost (authority-order.ts). The cold
+   * detector lifts a precautionary fence only while this is past.
    */
   emptyUntil = 0;
   /**
