@@ -90,10 +90,16 @@ export class ColdDetector {
   /**
    * `u` (or a server of it) reconnected after losing a connection: it may have restarted empty
    * without a single request failing. Fence it at once, then look for the marker: if it is still
-   * there, lift the fence. Conditional commands are decided elsewhere meanwhile.
+   * there, lift the fence. Conditional commands are decided elsewhere meanwhile. Its uniques are
+   * voided at once too (precautionary), not when the check answers: until it does, `u` may
+   * still decide a cas for a key written to it since (when no warm upstream may), and a store
+   * that restarted numbers its items from 1 again, so a unique of before could name a newer
+   * item. The price, when it did not restart: a cas with a unique read before the reconnect
+   * fails (EXISTS) and the client reads again.
    */
   reconnected(u: HealthyUpstream): void {
     u.fence(Date.now() + this.fenceMs);
+    u.voidUniques();
     void this.check(u); // a warm answer lifts this fence
   }
 
@@ -112,10 +118,11 @@ export class ColdDetector {
   /**
    * One server of the pool `u` reconnected (or came back healthy): fence the pool, then ask that
    * server itself — even before its health says it is usable — and lift the fence only on its
-   * own answer that the marker is still there.
+   * own answer that the marker is still there. Its uniques are voided at once, as in reconnected.
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
     u.fence(Date.now() + this.fenceMs);
+    u.voidUniques();
     void this.checkStore(u, server.inner).then(async (sight) => {
       const look = { targets: [server.inner], sights: [sight] };
       this.judge(u, look, server.name);

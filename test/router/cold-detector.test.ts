@@ -82,6 +82,33 @@ describe('cold detector: lock fence', () => {
  * mcmux restarting: a new process over the same stores (fresh HealthyUpstreams, router and
  * detector; the fakes' stores are what survives).
  */
+describe('cold detector: cas uniques across a reconnect', () => {
+  it('a reconnect voids the uniques at once: a cas with one read before fails even when the store kept everything', async () => {
+    const { ups, detector: d, exec, close } = setup();
+    const [a] = ups as [HealthyUpstream];
+    await d.checkAll();
+    const gets = async (): Promise<bigint | undefined> => {
+      const r = await exec({ kind: 'get', keys: ['sess'], withCas: true, touch: undefined });
+      return r.kind === 'values' ? r.hits[0]?.cas : undefined;
+    };
+    const cas = async (unique: bigint | undefined, value: string): Promise<string> => {
+      const r = await exec({ kind: 'store', mode: 'cas', key: 'sess', value: Buffer.from(value), flags: 0, deadline: 0, cas: unique, withCas: false, noreply: false });
+      return r.kind === 'status' ? r.status : r.kind;
+    };
+    await exec({ kind: 'store', mode: 'set', key: 'sess', value: Buffer.from('cart'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    const before = await gets();
+    assert.ok(before !== undefined);
+    d.reconnected(a); // the store kept everything: its check finds the marker
+    await settle();
+    assert.equal(a.fenced, false, 'the precaution is lifted');
+    assert.equal(await cas(before, 'stale'), 'EXISTS', 'a unique read before the reconnect is void');
+    const after = await gets();
+    assert.notEqual(after, before, 'the same item, handed out under the new seal');
+    assert.equal(await cas(after, 'new cart'), 'STORED', 'a unique read after the reconnect works');
+    await close();
+  });
+});
+
 describe('cold detector: across a restart of mcmux', () => {
   function restartOver(fakes: FakeUpstream[]) {
     const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
@@ -214,6 +241,17 @@ describe('cold detector: one server of a pool reconnects', () => {
     assert.equal(p.fenced, true, 'fenced at once, as a precaution');
     await settle();
     assert.equal(p.fenced, false, 'its marker was there: the precaution is lifted');
+  });
+
+  it("a server's reconnect voids the pool's uniques at once", async () => {
+    const { servers, p, detector } = pool();
+    await detector.checkAll();
+    const stored = await p.store({ mode: 'set', key: 'sess', value: Buffer.from('cart'), flags: 0, deadline: 0, withCas: true });
+    assert.ok(stored.cas !== undefined);
+    detector.serverReconnected(p, servers[0]);
+    await settle();
+    const r = await p.store({ mode: 'cas', key: 'sess', value: Buffer.from('stale'), flags: 0, deadline: 0, cas: stored.cas });
+    assert.equal(r.status, 'EXISTS', 'a unique handed out before the reconnect is void');
   });
 
   it('a server that came back without its marker fences the pool for the whole lock-fence', async () => {

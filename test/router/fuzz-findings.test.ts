@@ -2,7 +2,7 @@
  * What the router fuzz (fuzz.test.ts) found, minimised by hand to plain FakeUpstreams (no virtual
  * time needed). Each brings back a deleted session, loses an acknowledged lock or counter, or lets
  * a cas succeed wrongly, under faults the README's consistency model promises to survive; each
- * test failed before the fix in src/router that came with it, but for three todo tests: not fixed
+ * test failed before the fix in src/router that came with it, but for two todo tests: not fixed
  * (the README lists them under "not guaranteed"; the fuzz keeps clear of the flush_all ones).
  */
 
@@ -314,13 +314,12 @@ describe('router fuzz findings, minimised', () => {
   // The same without a flush_all, in the window between an upstream's reconnect and its marker
   // check's answer (the fuzz, seed 17666 of 30000: the other upstream had come back empty too,
   // and was fenced). Fenced as a precaution, the restarted upstream decides the keys written to
-  // it since (knowsKey) when no warm one may, with the seal of before its restart: the check that
-  // voids it has not answered yet. Not fixed: the window is that of one round trip after a
-  // reconnect, and the restarted store must have numbered a newer item of the key as the old one
-  // (memcached and Redis number all items from 1 again: a store young when the unique was handed
-  // out). Keeping fenced upstreams from deciding a cas until their check answers would stop cas
-  // for a whole lock-fence after a reload or a start with an upstream down ('first' verdicts).
-  it('a cas decided by a restarted upstream before its marker check answers: a unique from before the restart stays void', { todo: 'the seal is renewed only when the check answers (cold-detector.ts)' }, async () => {
+  // it since (knowsKey) when no warm one may; its seal was renewed only when the check answered
+  // that its marker was gone, so until then it unsealed a unique of before its restart with the
+  // old seal: the restarted store, numbering its items from 1 again, had given a newer item of
+  // the key the same number, and the cas succeeded. Now a reconnect voids the uniques at once
+  // (cold-detector.ts, reconnected).
+  it('a cas decided by a restarted upstream before its marker check answers: a unique from before the restart stays void', async () => {
     // The first upstream restarts empty, its next item numbered 2; its marker check is slow to answer.
     const { fakes, ups, detector, exec, unique } = await restartAfterUnique(false, 2n);
     const [first] = ups;

@@ -75,9 +75,6 @@
  *    lock-fence ending (it is longer than a run), several mcmux, mcmux restarts, gat/gats, the
  *    binary protocol's incr with an initial value, a delayed flush_all. The README lists the first
  *    ones as not guaranteed.
- *  - nothing keeps clear of one known gap (fuzz-findings.test.ts, a todo): a restarted upstream
- *    that decides a cas before its marker check answers still unseals with its old seal. With
- *    uniques per key a long run finds it now and then (seed 17666: 1 seed in 30000).
  *  - what cas promises beyond "never succeeds wrongly" (README: CAS uniques belong to the
  *    authority): after a failover, or after any copy of the item was written again (a repair),
  *    a cas with the unique of the current state may fail with EXISTS or NOT_FOUND; the model
