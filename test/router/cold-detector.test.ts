@@ -12,6 +12,7 @@ import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
+import { TestClocks } from '../helpers/clocks';
 import { FakeUpstream, settle } from '../helpers/fake-upstream';
 
 const silent = pino({ level: 'silent' });
@@ -111,19 +112,21 @@ describe('cold detector: across a restart of mcmux', () => {
     await next.close();
   });
 
-  it('a fence an earlier process recorded is kept for at most the lock-fence; a marker holding a pid fences nothing', async () => {
+  it('a fence an earlier process recorded is kept for at most the lock-fence; a marker holding a pid fences nothing', async (t) => {
+    const clocks = new TestClocks();
+    t.after(() => clocks.restore());
     const { fakes, ups, detector: d, close } = setup();
     const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
     const marker = async (f: FakeUpstream, value: string): Promise<unknown> =>
       f.inner.store({ mode: 'set', key: d.key, value: Buffer.from(value), flags: 0, deadline: 0, withCas: false });
-    await marker(fa, `fenced until ${Date.now() + 10 * FENCE_MS}`); // written under a clock far ahead
+    await marker(fa, `fenced until ${clocks.wall + 10 * FENCE_MS}`); // written under a clock far ahead
     await marker(fb, '12345'); // as mcmux wrote it before the fence was recorded
     await d.checkAll();
     const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
     assert.equal(a.fenced, true);
-    assert.ok(a.coldUntil <= Date.now() + FENCE_MS, 'no longer than this lock-fence');
+    assert.equal(a.coldUntil, clocks.mono + FENCE_MS, 'no longer than this lock-fence');
     assert.equal(b.fenced, false);
-    assert.equal(String((await fa.inner.get([d.key]))[0]?.value), `fenced until ${a.coldUntil}`, 'rewritten with the fence it keeps');
+    assert.equal(String((await fa.inner.get([d.key]))[0]?.value), `fenced until ${clocks.wall + FENCE_MS}`, 'rewritten with the fence it keeps');
     await close();
   });
 
