@@ -61,11 +61,11 @@ export interface DirtyEntry {
   readonly firstSeq: number;
   /**
    * When a request of the key to the upstream last timed out (monotonic ms, see clock.ts: never
-   * on disk); 0 when none has since the entry began (and for an entry loaded from disk). A timed-out request may still be applied,
-   * later than newer writes that reached the upstream on another connection (a paused server
-   * that resumes): so a client write does not clear such an entry, it only turns it into a
-   * copy of the key's current state, which the repair makes once the upstream has been quiet
-   * for a while (repair.ts, LATE_SETTLE_MS).
+   * on disk); 0 when none has since the entry began (and for an entry loaded from disk). A
+   * timed-out request may still be applied, later than newer writes that reached the upstream
+   * on another connection (a paused server that resumes): so a client write does not clear such
+   * an entry, it only turns it into a copy of the key's current state, which the repair makes
+   * once the upstream has been quiet for a while (repair.ts, LATE_SETTLE_MS).
    */
   readonly late: number;
 }
