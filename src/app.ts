@@ -6,6 +6,7 @@
  */
 
 import type { Logger } from 'pino';
+import { monotonicMs } from './clock';
 import { type Config, type ListenSpec, type UpstreamConfig, embeddedDefault, formatListen } from './config';
 import { Metrics } from './metrics';
 import { ColdDetector } from './router/cold-detector';
@@ -153,7 +154,7 @@ export class App {
         // for the whole fence. One added by a reload may be too, as far as mcmux knows (a check
         // that finds a marker of ours there lifts that fence).
         if (inner.scheme === 'memory') this.coldDetector.knownEmpty(m);
-        else if (reloading) m.fence(Date.now() + config.lockFence);
+        else if (reloading) m.fence(monotonicMs() + config.lockFence);
       }
       next.set(id, m);
       return m;

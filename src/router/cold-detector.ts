@@ -10,10 +10,17 @@
  * fenced, `fenced until <epoch ms>`: an mcmux restarted inside that time finds the marker (put
  * back by the process before it), and fences the upstream until then all the same, for at most
  * its own lock-fence (a wrong clock cannot fence for longer).
+ *
+ * Fences run on the monotonic clock (clock.ts): a step of the system clock neither ends one nor
+ * stretches it. The marker crosses processes, so it holds a wall-clock time: the fence's end as
+ * this process's wall clock reads it when writing (rewritten when that clock has stepped since),
+ * and what a marker says is turned into a monotonic end once, as it is read (the time it has left,
+ * cut to the lock-fence).
  */
 
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
+import { monotonicMs } from '../clock';
 import type { Upstream } from '../upstream/upstream';
 import { type HealthyUpstream, isUsable, membersOf } from './health';
 
@@ -28,6 +35,8 @@ type Verdict = 'cold' | 'warm' | 'first' | 'unknown';
 const REFRESH_MS = 3600_000;
 const MARKER_TTL_MS = 24 * 3600_000;
 const FENCED_UNTIL = /^fenced until (\d{1,15})$/;
+/** A `fenced until` marker is written again when the wall clock stepped more than this since. */
+const WALL_STEP_MS = 1000;
 
 /** What one store's marker says. */
 interface Sight {
@@ -37,7 +46,7 @@ interface Sight {
    * process wrote since): only such a marker shows the store kept its data through the fence.
    */
   kept: boolean;
-  /** The end (ms) of a fence an earlier mcmux process recorded in the marker; 0 if none. */
+  /** The end (wall-clock ms) of a fence an earlier mcmux process recorded in the marker; 0 if none. */
   fencedUntil: number;
 }
 
@@ -50,10 +59,11 @@ export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
   readonly key = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
   /**
-   * When this process last wrote each store's marker, with what value, and how many fences its
-   * upstream had begun then (HealthyUpstream.fencesBegun).
+   * When this process last wrote each store's marker (monotonic ms), the fence end it told of
+   * (`until`: monotonic, 0 for a pid; `wallUntil`: as written) and how many fences its upstream
+   * had begun then (HealthyUpstream.fencesBegun).
    */
-  private readonly lastSet = new Map<Upstream, { at: number; value: string; fence: number }>();
+  private readonly lastSet = new Map<Upstream, { at: number; until: number; wallUntil: number; fence: number }>();
   /**
    * Stores in which a check found this host's marker before this process wrote it there (left by
    * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
@@ -98,7 +108,7 @@ export class ColdDetector {
    * fails (EXISTS) and the client reads again.
    */
   reconnected(u: HealthyUpstream): void {
-    u.fence(Date.now() + this.fenceMs);
+    u.fence(monotonicMs() + this.fenceMs);
     u.voidUniques();
     void this.check(u); // a warm answer lifts this fence
   }
@@ -112,7 +122,7 @@ export class ColdDetector {
    * by a later such check: the periodic one, or the one made when its health turns healthy.
    */
   private liftIfKept(u: HealthyUpstream, sights: readonly Sight[]): void {
-    if (sights.every((s) => s.kept) && u.coldUntil !== 0 && !(u.emptyUntil > Date.now())) u.unfence();
+    if (sights.every((s) => s.kept) && u.coldUntil !== 0 && !(u.emptyUntil > monotonicMs())) u.unfence();
   }
 
   /**
@@ -121,7 +131,7 @@ export class ColdDetector {
    * own answer that the marker is still there. Its uniques are voided at once, as in reconnected.
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
-    u.fence(Date.now() + this.fenceMs);
+    u.fence(monotonicMs() + this.fenceMs);
     u.voidUniques();
     void this.checkStore(u, server.inner).then(async (sight) => {
       const look = { targets: [server.inner], sights: [sight] };
@@ -131,8 +141,8 @@ export class ColdDetector {
   }
 
   /**
-   * The marker was gone: fenced for the whole lock-fence (or until `until`, the end of the fence
-   * an earlier process recorded in it), and its old cas uniques void.
+   * The marker was gone: fenced for the whole lock-fence (or until `until`, monotonic, the end of
+   * the fence an earlier process recorded in it), and its old cas uniques void.
    */
   private fenceCold(u: HealthyUpstream, until = 0): void {
     this.knownEmpty(u, until);
@@ -145,19 +155,19 @@ export class ColdDetector {
    * after that and found by the next check, says nothing about what it held before.
    */
   knownEmpty(u: HealthyUpstream, until = 0): void {
-    const end = until > 0 ? until : Date.now() + this.fenceMs;
+    const end = until > 0 ? until : monotonicMs() + this.fenceMs;
     u.fence(end);
     u.emptyUntil = Math.max(u.emptyUntil, end);
   }
 
   /**
    * The latest end of a fence that an earlier mcmux process recorded in these markers and that is
-   * still to come, cut to this process's own lock-fence; 0 if none.
+   * still to come, cut to this process's own lock-fence, as a monotonic time; 0 if none. The one
+   * place a wall-clock fence end becomes an in-process one: by the time it has left.
    */
   private inheritedFence(sights: readonly Sight[]): number {
-    const now = Date.now();
-    const until = Math.min(Math.max(0, ...sights.map((s) => s.fencedUntil)), now + this.fenceMs);
-    return until > now ? until : 0;
+    const left = Math.min(Math.max(0, ...sights.map((s) => s.fencedUntil)) - Date.now(), this.fenceMs);
+    return left > 0 ? monotonicMs() + left : 0;
   }
 
   /**
@@ -255,21 +265,34 @@ export class ColdDetector {
   /**
    * Writes the marker, once judged, where it is missing, not yet written by this process, due for
    * a refresh, or to say another thing: `fenced until <ms>` while `u` is fenced (an mcmux that
-   * restarts meanwhile keeps the fence), the pid otherwise.
+   * restarts meanwhile keeps the fence), the pid otherwise. The fence's end is written as a
+   * wall-clock time (what another process can read), and written again when the wall clock
+   * stepped since (by the time the fence has left, it ends elsewhere now).
    */
   private async mark(u: HealthyUpstream, look: Look | undefined): Promise<void> {
     if (look === undefined) return;
-    const now = Date.now();
-    const value = u.fenced ? `fenced until ${u.coldUntil}` : String(process.pid);
+    const at = monotonicMs();
+    const wall = Date.now();
+    const until = u.fenced ? u.coldUntil : 0;
+    const wallUntil = until === 0 ? 0 : Math.ceil(wall + (until - at));
+    const value = until === 0 ? String(process.pid) : `fenced until ${wallUntil}`;
     await Promise.all(
       look.targets.map(async (store, i) => {
         const wrote = this.lastSet.get(store);
         const sight = look.sights[i] as Sight;
         if (sight.verdict === 'unknown') return;
-        if (sight.verdict === 'warm' && wrote !== undefined && wrote.value === value && now - wrote.at <= REFRESH_MS) return;
+        if (
+          sight.verdict === 'warm' &&
+          wrote !== undefined &&
+          wrote.until === until &&
+          Math.abs(wrote.wallUntil - wallUntil) <= WALL_STEP_MS &&
+          at - wrote.at <= REFRESH_MS
+        ) {
+          return;
+        }
         try {
-          await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: 0, deadline: now + MARKER_TTL_MS, withCas: false });
-          this.lastSet.set(store, { at: now, value, fence: u.fencesBegun });
+          await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: 0, deadline: wall + MARKER_TTL_MS, withCas: false });
+          this.lastSet.set(store, { at, until, wallUntil, fence: u.fencesBegun });
         } catch {
           // written again by the next check
         }

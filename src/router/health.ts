@@ -12,7 +12,7 @@
  */
 
 import { createHash, randomBytes } from 'node:crypto';
-import { now as clockNow } from '../clock';
+import { now as clockNow, monotonicMs } from '../clock';
 import type { ArithOp, Hit } from '../command/command';
 import { ErrorCodes, McmuxError, isTimeout } from '../errors';
 import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats, newUpstreamStats } from '../upstream/upstream';
@@ -123,22 +123,23 @@ export class HealthyUpstream implements Upstream {
   readonly transitions: Record<HealthState, number> = { healthy: 0, suspect: 0, down: 0, probing: 0 };
   observer: RequestObserver = noObserver;
   /**
-   * Until this time (ms) the upstream is known to have come back empty (a fresh memory store, a
+   * Until this time the upstream is known to have come back empty (a fresh memory store, a
    * restarted memcached): it must not decide conditional commands, or a lock held elsewhere
-   * would be granted again (hazard 2). Reads and writes use it as usual.
+   * would be granted again (hazard 2). Reads and writes use it as usual. In monotonicMs(), as
+   * every time below: a step of the system clock neither ends a fence nor stretches it.
    */
   coldUntil = 0;
   /**
-   * Until this time (ms) it is known to have come back empty (its marker was gone, or an
-   * in-process store as mcmux starts); a fence without it is a precaution (a reconnect, a
-   * reload) and the store may well hold what the others lost (authority-order.ts). The cold
-   * detector lifts a precautionary fence only while this is past.
+   * Until this time it is known to have come back empty (its marker was gone, or an in-process
+   * store as mcmux starts); a fence without it is a precaution (a reconnect, a reload) and the
+   * store may well hold what the others lost (authority-order.ts). The cold detector lifts a
+   * precautionary fence only while this is past.
    */
   emptyUntil = 0;
   /**
-   * When it last came back (a probe succeeded after it was down), in ms; 0 if never. A server
-   * that was paused applies what waited in its old connections as it resumes: the repair of a
-   * key whose request timed out waits a while after this too (repair.ts, LATE_SETTLE_MS).
+   * When it last came back (a probe succeeded after it was down), in ms; 0 if never. A server that
+   * was paused applies what waited in its old connections as it resumes: the repair of a key
+   * whose request timed out waits a while after this too (repair.ts, LATE_SETTLE_MS).
    */
   backAt = 0;
   /**
@@ -170,7 +171,7 @@ export class HealthyUpstream implements Upstream {
    */
   fencesBegun = 0;
 
-  /** Fenced until `until` (ms), at least; what it learnt in an earlier fence is forgotten. */
+  /** Fenced until `until` (monotonic ms), at least; what it learnt in an earlier fence is forgotten. */
   fence(until: number): void {
     if (!this.fenced) {
       this.forgetFenceKeys();
@@ -233,11 +234,11 @@ export class HealthyUpstream implements Upstream {
     return this.current;
   }
   get fenced(): boolean {
-    return Date.now() < this.coldUntil;
+    return monotonicMs() < this.coldUntil;
   }
   /** Fenced because it is known to have come back empty (not only as a precaution). */
   get cameBackEmpty(): boolean {
-    return this.fenced && Date.now() < this.emptyUntil;
+    return this.fenced && monotonicMs() < this.emptyUntil;
   }
 
   /** True when requests go to the store (healthy or suspect). */
@@ -317,7 +318,7 @@ export class HealthyUpstream implements Upstream {
     if (this.closed) return;
     this.failures = 0;
     this.probeDelay = this.options.probeMinMs;
-    this.backAt = Date.now();
+    this.backAt = monotonicMs();
     this.setState('healthy', 'probe succeeded');
   }
 
@@ -358,8 +359,8 @@ export function isUsable(u: Upstream): boolean {
 }
 
 /**
- * When `u` last came back after being down (ms), or one server of it (a pool's servers come back
- * on their own, the pool never going down); 0 if never, or without health tracking.
+ * When `u` last came back after being down (monotonic ms), or one server of it (a pool's servers
+ * come back on their own, the pool never going down); 0 if never, or without health tracking.
  */
 export function cameBackAt(u: Upstream): number {
   if (!(u instanceof HealthyUpstream)) return 0;

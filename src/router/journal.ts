@@ -26,6 +26,7 @@
 
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { monotonicMs } from '../clock';
 import { FileKindError, makeDirs, readRegularFile } from '../files';
 import type { Upstream } from '../upstream/upstream';
 
@@ -43,8 +44,9 @@ export interface JournalOptions {
 
 export interface DirtyEntry {
   readonly op: DirtyOp;
-  /** When the upstream first missed a write of the key (ms): of two dirty copies, the one that
-   * became dirty later is the fresher. */
+  /** When the upstream first missed a write of the key (wall-clock ms: journal.log keeps it, and a
+   * later process compares it with its own): of two dirty copies, the one that became dirty
+   * later is the fresher. */
   readonly since: number;
   /**
    * The write sequence (writeStarted) of the latest write it missed, when it was recorded; 0 for
@@ -58,12 +60,12 @@ export interface DirtyEntry {
    */
   readonly firstSeq: number;
   /**
-   * When a request of the key to the upstream last timed out (ms); 0 when none has since the
-   * entry began (and for an entry loaded from disk). A timed-out request may still be applied,
-   * later than newer writes that reached the upstream on another connection (a paused server
-   * that resumes): so a client write does not clear such an entry, it only turns it into a
-   * copy of the key's current state, which the repair makes once the upstream has been quiet
-   * for a while (repair.ts, LATE_SETTLE_MS).
+   * When a request of the key to the upstream last timed out (monotonic ms, see clock.ts: never
+   * on disk); 0 when none has since the entry began (and for an entry loaded from disk). A
+   * timed-out request may still be applied, later than newer writes that reached the upstream
+   * on another connection (a paused server that resumes): so a client write does not clear such
+   * an entry, it only turns it into a copy of the key's current state, which the repair makes
+   * once the upstream has been quiet for a while (repair.ts, LATE_SETTLE_MS).
    */
   readonly late: number;
 }
@@ -77,19 +79,21 @@ interface PerUpstream {
 }
 
 export interface Overflow {
+  /** When it overflowed (wall-clock ms, as journal.log keeps it). */
   readonly since: number;
   /**
    * The write sequence when it overflowed: only writes started later can tell what it holds (an
    * older one may land after a newer one it missed, whose entry the overflow dropped).
    */
   readonly afterSeq: number;
+  /** Once the wall clock is past this (Unix ms, as item deadlines are), it is trusted again (repair.ts). */
   trustAfter: number | undefined;
   /**
    * Keys a client write reached since the overflow, with that write's sequence (0: loaded from
    * disk). `holds`: it has the key's current state; false once it missed a write of the key
-   * again. `late`: when a request of the key timed out here since (it may still land, over any
-   * write that reaches the upstream after it): it never holds the key again, and a trust keeps
-   * the key dirty (see trust()). A key not here is dirty.
+   * again. `late`: when (monotonic ms) a request of the key timed out here since (it may still
+   * land, over any write that reaches the upstream after it): it never holds the key again, and
+   * a trust keeps the key dirty (see trust()). A key not here is dirty.
    */
   readonly known: Map<string, { seq: number; holds: boolean; late?: number }>;
   /**
@@ -122,7 +126,7 @@ const PRUNE_STEPS = 4;
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
 
-/** Keys whose request timed out on the upstream and may still land there, with when (ms). */
+/** Keys whose request timed out on the upstream and may still land there, with when (monotonic ms). */
 function lateKeys(p: PerUpstream): Array<[string, number]> {
   const out: Array<[string, number]> = [];
   for (const [key, e] of p.keys) if (e.late !== 0) out.push([key, e.late]);
@@ -162,7 +166,7 @@ export class RepairJournal {
   writeErrors = 0;
   /** Told of the first failed write to journal.log after one that succeeded (app.ts logs it). */
   onWriteError: ((error: Error) => void) | undefined;
-  /** The file failed: not before this time (ms) is it written afresh (a full disk is not retried per change). */
+  /** The file failed: not before this time (monotonic ms) is it written afresh (a full disk is not retried per change). */
   private retryAt = 0;
   private failing = false;
 
@@ -406,9 +410,9 @@ export class RepairJournal {
     }
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
     const e = p.keys.get(key);
-    const now = Date.now();
-    if (!e) this.put(u, p, key, { op, since: now, seq, firstSeq: seq, late: late ? now : 0 });
-    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq, late: late ? now : e.late });
+    const at = late ? monotonicMs() : 0;
+    if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at });
+    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq, late: late ? at : e.late });
     else this.put(u, p, key, e); // unchanged, but on file again (as before)
   }
 
@@ -483,7 +487,7 @@ export class RepairJournal {
       if (late && k?.late === undefined) {
         // Remembered even when not known to hold it, so that no later write makes it hold it.
         // Beyond maxKeys nothing new is learnt (full) and it stays dirty anyway.
-        if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: Date.now() });
+        if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: monotonicMs() });
         if (k?.holds) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
         return;
       }
@@ -705,7 +709,7 @@ export class RepairJournal {
     try {
       if (this.fd === undefined) {
         // After a failure, once a second at most (the state in memory has what is skipped).
-        if (this.failing && Date.now() < this.retryAt) return;
+        if (this.failing && monotonicMs() < this.retryAt) return;
         this.rewrite();
       }
       writeSync(this.fd as number, line + '\n');
@@ -722,7 +726,7 @@ export class RepairJournal {
 
   private writeFailed(error: unknown): void {
     this.writeErrors++;
-    this.retryAt = Date.now() + 1000;
+    this.retryAt = monotonicMs() + 1000;
     // Half a line may be on it: the next write starts a fresh file from memory.
     if (this.fd !== undefined) {
       try {

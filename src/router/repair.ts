@@ -6,6 +6,7 @@
  */
 
 import type { Logger } from 'pino';
+import { monotonicMs } from '../clock';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { mayLandLate } from '../errors';
@@ -96,7 +97,7 @@ export class Repairer {
     }
     const batch: Array<[string, 'write' | 'delete']> = [];
     const budget = Math.max(1, Math.floor((this.options.rate * TICK_MS) / 1000));
-    const now = Date.now();
+    const now = monotonicMs();
     const settling: string[] = [];
     for (const [key, e] of journal.entries(u)) {
       if (this.settling(u, e, now)) settling.push(key);
@@ -213,7 +214,9 @@ export class Repairer {
       return;
     }
     if (overflow.trustAfter === undefined) {
-      // It is back: whatever it holds was written before now, with a deadline mcmux knows.
+      // It is back: whatever it holds was written before now, with a deadline mcmux knows. On the
+      // wall clock, unlike the settle window above: item deadlines are Unix times, and the store
+      // expires them by its own clock.
       overflow.trustAfter = ctx.journal.neverExpires ? Infinity : Math.max(ctx.journal.maxDeadline, Date.now());
       this.log.warn(
         { upstream: u.name, trustAfter: Number.isFinite(overflow.trustAfter) ? new Date(overflow.trustAfter).toISOString() : 'never (items without expiry): run mcmux repair' },
@@ -227,7 +230,7 @@ export class Repairer {
   }
 
   private report(u: Upstream, remaining: number, done: number): void {
-    const now = Date.now();
+    const now = monotonicMs();
     let p = this.progress.get(u.name);
     if (!p) {
       p = { total: remaining, done: 0, since: now, lastLog: now };

@@ -932,11 +932,11 @@ export class MysqlUpstream implements Upstream {
   private readonly purgeTick = (): void => {
     if (this.purging || this.closed || !this.tableReady) return;
     this.purging = true;
-    const until = Date.now() + this.o.purgeIntervalMs / 2;
+    const until = performance.now() + this.o.purgeIntervalMs / 2; // an in-process window: monotonic
     const purge = async (): Promise<void> => {
       for (;;) {
-        const r = await this.run((c) => this.exec(c, this.sql.purge, [Date.now()]), true);
-        if (r.affectedRows < this.o.purgeBatch || this.closed || Date.now() >= until) return;
+        const r = await this.run((c) => this.exec(c, this.sql.purge, [Date.now()]), true); // item deadlines: Unix ms
+        if (r.affectedRows < this.o.purgeBatch || this.closed || performance.now() >= until) return;
       }
     };
     // A failed purge is retried at the next tick; requests report the server's state.

@@ -12,6 +12,7 @@ import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
+import { TestClocks } from '../helpers/clocks';
 import { FakeUpstream, settle } from '../helpers/fake-upstream';
 
 const silent = pino({ level: 'silent' });
@@ -138,19 +139,21 @@ describe('cold detector: across a restart of mcmux', () => {
     await next.close();
   });
 
-  it('a fence an earlier process recorded is kept for at most the lock-fence; a marker holding a pid fences nothing', async () => {
+  it('a fence an earlier process recorded is kept for at most the lock-fence; a marker holding a pid fences nothing', async (t) => {
+    const clocks = new TestClocks();
+    t.after(() => clocks.restore());
     const { fakes, ups, detector: d, close } = setup();
     const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
     const marker = async (f: FakeUpstream, value: string): Promise<unknown> =>
       f.inner.store({ mode: 'set', key: d.key, value: Buffer.from(value), flags: 0, deadline: 0, withCas: false });
-    await marker(fa, `fenced until ${Date.now() + 10 * FENCE_MS}`); // written under a clock far ahead
+    await marker(fa, `fenced until ${clocks.wall + 10 * FENCE_MS}`); // written under a clock far ahead
     await marker(fb, '12345'); // as mcmux wrote it before the fence was recorded
     await d.checkAll();
     const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
     assert.equal(a.fenced, true);
-    assert.ok(a.coldUntil <= Date.now() + FENCE_MS, 'no longer than this lock-fence');
+    assert.equal(a.coldUntil, clocks.mono + FENCE_MS, 'no longer than this lock-fence');
     assert.equal(b.fenced, false);
-    assert.equal(String((await fa.inner.get([d.key]))[0]?.value), `fenced until ${a.coldUntil}`, 'rewritten with the fence it keeps');
+    assert.equal(String((await fa.inner.get([d.key]))[0]?.value), `fenced until ${clocks.wall + FENCE_MS}`, 'rewritten with the fence it keeps');
     await close();
   });
 
@@ -263,5 +266,98 @@ describe('cold detector: one server of a pool reconnects', () => {
     assert.equal(p.cameBackEmpty, true, 'known to have come back empty, not only fenced as a precaution');
     await detector.checkAll();
     assert.equal(p.fenced, true, 'the next check does not lift it: its marker, written again since, proves nothing');
+  });
+});
+
+/**
+ * Fences are in-process windows: they run on the monotonic clock (src/clock.ts), and a step of
+ * the system clock (NTP setting it at boot, a VM resumed from suspend, `date -s`) moves none of
+ * them. Only the marker, which other processes read, holds a wall-clock time.
+ */
+describe('cold detector: the lock fence and steps of the system clock', () => {
+  const markerOf = async (f: FakeUpstream, key: string): Promise<string> => String((await f.inner.get([key]))[0]?.value);
+
+  it('a step of the wall clock forward by more than the lock-fence ends no fence: a store that came back empty grants no lock held elsewhere', async () => {
+    const clocks = new TestClocks();
+    const { fakes, ups, detector: d, add, close } = setup();
+    try {
+      const [fa] = fakes as [FakeUpstream];
+      const [a] = ups as [HealthyUpstream];
+      await d.checkAll();
+      assert.equal(await add('lock.s', 'A'), 'STORED');
+      await fa.inner.flush(); // a restarts empty
+      assert.equal(await d.check(a), 'cold');
+      clocks.advance(1000);
+      clocks.stepWall(10 * FENCE_MS); // the system clock is set ten lock-fences ahead
+      assert.equal(a.fenced, true, 'the fence holds');
+      assert.equal(a.cameBackEmpty, true);
+      assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'the lock held in b is not granted again by the empty a');
+      await d.checkAll(); // finds the marker it wrote since the fence began: lifts nothing
+      assert.equal(a.fenced, true);
+      assert.equal(await markerOf(fa, d.key), `fenced until ${clocks.wall + FENCE_MS - 1000}`, 'the marker is written again with the end as the wall clock reads it now');
+      clocks.advance(FENCE_MS - 1000 - 1);
+      assert.equal(a.fenced, true, 'fenced for the whole lock-fence of monotonic time');
+      clocks.advance(1);
+      assert.equal(a.fenced, false, 'and no longer');
+    } finally {
+      clocks.restore();
+      await close();
+    }
+  });
+
+  it('a step of the wall clock backward does not stretch a fence (precautionary or for a store that came back empty)', async () => {
+    const clocks = new TestClocks();
+    const { fakes, ups, detector: d, close } = setup();
+    try {
+      const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+      const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+      await d.checkAll();
+      await fa.inner.flush(); // a restarts empty
+      assert.equal(await d.check(a), 'cold');
+      fb.mode = 'timeout'; // b reconnects, and its check cannot answer: the precaution stays
+      d.reconnected(b);
+      await settle();
+      assert.equal(b.fenced, true);
+      clocks.stepWall(-10 * FENCE_MS); // the system clock is set ten lock-fences back
+      clocks.advance(FENCE_MS - 1);
+      assert.deepEqual([a.fenced, b.fenced], [true, true]);
+      clocks.advance(1);
+      assert.deepEqual([a.fenced, b.fenced], [false, false], 'both end after the lock-fence of monotonic time');
+      fb.mode = 'ok';
+      await d.checkAll();
+      assert.equal(await markerOf(fa, d.key), String(process.pid), 'the marker no longer tells of a fence');
+    } finally {
+      clocks.restore();
+      await close();
+    }
+  });
+
+  it("a fence inherited from an earlier process's marker becomes monotonic once, as the time it has left: later steps move it no more", async () => {
+    const clocks = new TestClocks();
+    const { fakes, ups, detector: d, close } = setup();
+    try {
+      const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+      const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+      const marker = async (f: FakeUpstream, value: string): Promise<unknown> =>
+        f.inner.store({ mode: 'set', key: d.key, value: Buffer.from(value), flags: 0, deadline: 0, withCas: false });
+      await marker(fa, `fenced until ${clocks.wall + 30_000}`); // an earlier process fenced a, 30 s to go
+      await marker(fb, '12345');
+      await d.checkAll();
+      assert.equal(a.coldUntil, clocks.mono + 30_000);
+      assert.equal(b.fenced, false);
+      clocks.stepWall(10 * FENCE_MS);
+      await d.checkAll();
+      assert.equal(a.fenced, true, 'a step forward does not end it');
+      assert.equal(await markerOf(fa, d.key), `fenced until ${clocks.wall + 30_000}`, 'rewritten by the stepped wall clock');
+      clocks.stepWall(-20 * FENCE_MS);
+      await d.checkAll();
+      clocks.advance(30_000 - 1);
+      assert.equal(a.fenced, true);
+      clocks.advance(1);
+      assert.equal(a.fenced, false, 'a step backward does not stretch it');
+    } finally {
+      clocks.restore();
+      await close();
+    }
   });
 });

@@ -16,8 +16,9 @@
  * (connections > 1: a multi-get goes on the connection of its first key, as the driver sends it).
  * A timeout discards the connection: the request gets TIMEOUT, the others on it IO (late), as the
  * driver does. Time is node:test's mock timers: request timeouts (50 ms),
- * health probes, hedges, the repairer's and the cold detector's intervals and Date.now all run on
- * the virtual clock, which moves only when the scheduler ticks it.
+ * health probes, hedges, the repairer's and the cold detector's intervals, Date.now and mcmux's
+ * monotonic clock (src/clock.ts: fences, settle windows) all run on the virtual clock, which
+ * moves only when the scheduler ticks it.
  *
  * THE FAULT MODEL (what the README's consistency model promises to survive):
  *  - fail: an upstream refuses connections for a while (crashed, partitioned): its requests in
@@ -120,6 +121,7 @@
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import pino from 'pino';
+import { setMonotonicClock } from '../../src/clock';
 import { type ArithOp, type Command, type Reply, applyArith } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
 import { ColdDetector } from '../../src/router/cold-detector';
@@ -1176,6 +1178,7 @@ function report(world: World, v: Violation): string {
 
 async function runSeed(seed: number, t: TestContext): Promise<{ world: World; violations: Violation[] }> {
   t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: T0 });
+  setMonotonicClock(() => Date.now()); // the mocked Date.now: virtual time
   const world = new World(seed, t);
   try {
     await world.run();
@@ -1183,6 +1186,7 @@ async function runSeed(seed: number, t: TestContext): Promise<{ world: World; vi
     return { world, violations: judge(world.ops, held, world.clock + 1) };
   } finally {
     world.close();
+    setMonotonicClock();
     t.mock.timers.reset();
   }
 }

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import pino from 'pino';
+import { monotonicMs } from '../../src/clock';
 import type { Command, Reply } from '../../src/command/command';
 import { HealthyUpstream, cameBackAt } from '../../src/router/health';
 import { MemcachedPool } from '../../src/upstream/memcached-pool';
@@ -12,6 +13,7 @@ import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { MemoryUpstream } from '../../src/upstream/memory';
 import type { Upstream } from '../../src/upstream/upstream';
+import { TestClocks } from '../helpers/clocks';
 import { FakeUpstream } from '../helpers/fake-upstream';
 
 const silent = pino({ level: 'silent' });
@@ -176,7 +178,7 @@ describe('repair journal', () => {
     const b = new FakeUpstream('fake://1');
     const { exec } = setup({ ups: [a, b] });
     await b.inner.store({ mode: 'set', key: 'lock.s', value: Buffer.from('holder'), flags: 0, deadline: 0 });
-    a.coldUntil = Date.now() + 60_000;
+    a.coldUntil = monotonicMs() + 60_000;
     const add = { kind: 'store', mode: 'add', key: 'lock.s', value: Buffer.from('me'), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false } as const;
     assert.deepEqual(await exec(add), { kind: 'status', status: 'NOT_STORED' });
     a.coldUntil = 0;
@@ -193,7 +195,7 @@ describe('repair journal', () => {
     assert.equal(((await exec(add('A'))) as { status?: string }).status, 'STORED');
     // a restarts empty and is fenced; b, which holds A's lock, has a blip.
     await (a.inner as FakeUpstream).inner.flush();
-    a.coldUntil = Date.now() + 60_000;
+    a.coldUntil = monotonicMs() + 60_000;
     b.mode = 'fail';
     assert.equal((await exec(add('B'))).kind, 'error', 'no upstream may decide: refused, not granted');
     assert.equal(await held(a, 'lock.s'), undefined, 'the fenced upstream did not take the lock');
@@ -217,7 +219,7 @@ describe('repair journal', () => {
       const r = await exec(c);
       return r.kind === 'status' ? r.status : r.kind;
     };
-    a.fence(Date.now() + 60_000); // came back empty
+    a.fence(monotonicMs() + 60_000); // came back empty
     assert.equal(await status(add('lock.s', 'A')), 'STORED', 'decided by the warm upstream, copied into the fenced one');
     b.mode = 'fail';
     assert.equal(await status(add('lock.s', 'B')), 'NOT_STORED', 'the fenced one holds the lock taken since: it decides, correctly');
@@ -496,7 +498,7 @@ describe('repair journal', () => {
     // The module object journal.ts calls into: ENOSPC on demand, for journal.log's descriptor only.
     const fs: typeof import('node:fs') = require('node:fs');
     const realWrite = fs.writeSync;
-    const realNow = Date.now;
+    const clocks = new TestClocks();
     try {
       const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
       const journal = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
@@ -525,7 +527,7 @@ describe('repair journal', () => {
       assert.equal(journal.writeErrors, 1);
       // The disk takes writes again; a change a second later writes the whole file afresh.
       full = false;
-      Date.now = () => realNow() + 1500;
+      clocks.advance(1500);
       assert.equal(await status(set('k4', 'v4')), 'STORED');
       journal.close();
       const back = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
@@ -535,7 +537,7 @@ describe('repair journal', () => {
       back.close();
     } finally {
       fs.writeSync = realWrite;
-      Date.now = realNow;
+      clocks.restore();
       rmSync(dir, { recursive: true, force: true });
     }
   });
@@ -652,22 +654,28 @@ describe('timed-out requests that are applied late (a paused server that resumes
     const a = new HealthyUpstream(fake, { downAfter: 1, probeMinMs: 5, probeMaxMs: 5 }, () => {});
     const b = new FakeUpstream('fake://1');
     const { journal, repairer, exec } = setup({ ups: [a, b], lateSettleMs: 1000 });
-    t.after(() => a.close());
-    const t0 = Date.now();
-    t.mock.timers.enable({ apis: ['Date'], now: t0 });
+    const clocks = new TestClocks();
+    t.after(() => {
+      clocks.restore();
+      return a.close();
+    });
+    const t0 = clocks.mono;
     fake.gateOnly = (call) => call === 'set sess';
     fake.delay_late();
     await exec(set('sess', 'cart')); // times out on a: late entry, a goes down
     assert.equal(journal.entry(a, 'sess')?.late, t0);
     assert.equal(a.state === 'down' || a.state === 'probing', true);
     fake.mode = 'fail'; // stays down: the probes fail
-    t.mock.timers.setTime(t0 + 5000); // long after the timeout
+    clocks.advance(5000); // long after the timeout
     fake.open(); // resumes: the probe succeeds, and the old set lands
     await eventually(() => a.state === 'healthy', 'a is back');
     assert.equal(a.backAt, t0 + 5000);
     await repairer.tick();
     assert.equal(journal.isDirty(a, 'sess'), true, 'not copied right after it came back');
-    t.mock.timers.setTime(t0 + 6001);
+    clocks.stepWall(3_600_000); // the system clock is set an hour ahead: the wait is not cut short
+    await repairer.tick();
+    assert.equal(journal.isDirty(a, 'sess'), true, 'a wall-clock step does not end the wait');
+    clocks.advance(1001);
     await repairer.tick();
     assert.equal(journal.isDirty(a, 'sess'), false, 'copied once it has been back a while');
     assert.equal(await held(a, 'sess'), 'cart');
@@ -894,7 +902,7 @@ describe('cold detector', () => {
     await mem.flush(); // the store came back empty
     await d.check(u);
     assert.equal(u.fenced, true);
-    assert.ok(u.coldUntil > Date.now() + 20_000);
+    assert.ok(u.coldUntil > monotonicMs() + 20_000);
     await d.check(u); // the marker is back (written by the check above): the fence still holds
     assert.equal(u.fenced, true, 'a fence for a missing marker lasts its whole time');
     await u.close();
