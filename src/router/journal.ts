@@ -156,7 +156,10 @@ export class RepairJournal {
   private readonly readSeqs = new Map<number, number>();
   /** A read pinned a sequence older than the newest one held: the oldest must be found by a scan. */
   private readSeqsUnordered = false;
-  /** Writes up to this sequence may have been forgotten while a read older than them was in flight. */
+  /**
+   * Reads that began before this sequence may not read-repair (writtenSince): a write of the key
+   * may have been forgotten while they were in flight, or a flush_all was answered since.
+   */
   private forgottenUpTo = 0;
   /** Writes to journal.log that failed (stats `journal_write_errors`). */
   writeErrors = 0;
@@ -277,6 +280,7 @@ export class RepairJournal {
     if (!w) return;
     w.inFlight--;
     if (--this.writesGoing === 0 && this.idleWaiters.length > 0) for (const resolve of this.idleWaiters.splice(0)) resolve();
+    if (this.writesGoing === 0 && this.background === 0 && this.quietWaiters.length > 0) for (const resolve of this.quietWaiters.splice(0)) resolve();
     this.pruneWrites();
     if (w.inFlight === 0 && this.onWritesSettled !== undefined) this.onWritesSettled(key);
   }
@@ -292,6 +296,60 @@ export class RepairJournal {
    */
   writesSettled(): Promise<void> {
     return this.writesGoing === 0 ? Promise.resolve() : new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** flush_all commands received and not yet answered (Router: they run one at a time). */
+  private flushes = 0;
+  /** Repairs and read repairs in flight (backgroundStarted). */
+  private background = 0;
+  private quietWaiters: Array<() => void> = [];
+
+  /** A flush_all is waiting for the writes in flight, or running: no repair or read repair starts. */
+  get flushing(): boolean {
+    return this.flushes > 0;
+  }
+
+  /**
+   * A flush_all was received: from now until it is answered (flushEnded), no repair or read
+   * repair starts (backgroundStarted says no), so none sent before the flush lands after it.
+   */
+  flushBegan(): void {
+    this.flushes++;
+  }
+
+  /**
+   * The flush_all is answered. A read that began before cannot tell whether the value it found
+   * was there before the flush: it does not read-repair it (writtenSince says "written").
+   */
+  flushEnded(): void {
+    this.flushes--;
+    this.forgottenUpTo = Math.max(this.forgottenUpTo, ++this.writeSeq);
+  }
+
+  /**
+   * A repair or read repair is about to write to an upstream: false while a flush_all is
+   * pending or running (it must not start); else it counts as in flight until
+   * backgroundFinished, and a flush_all waits for it (quiesce).
+   */
+  backgroundStarted(): boolean {
+    if (this.flushes > 0) return false;
+    this.background++;
+    return true;
+  }
+
+  backgroundFinished(): void {
+    if (--this.background === 0 && this.writesGoing === 0 && this.quietWaiters.length > 0) for (const resolve of this.quietWaiters.splice(0)) resolve();
+  }
+
+  /**
+   * Resolves once no client write, repair or read repair is in flight on any upstream: what a
+   * flush_all waits for before it is sent (Router), so that nothing sent before it lands after
+   * it. Each request settles within its upstream's timeout (one that timed out is journaled as
+   * late, and stays dirty through the flush: trust()); the router starts no client write
+   * meanwhile, and flushBegan() stops repairs and read repairs from starting.
+   */
+  quiesce(): Promise<void> {
+    return this.writesGoing === 0 && this.background === 0 ? Promise.resolve() : new Promise((resolve) => this.quietWaiters.push(resolve));
   }
 
   /** Told when the last write of a key in flight has settled (KeyOrder). */

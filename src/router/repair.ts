@@ -84,6 +84,8 @@ export class Repairer {
   private async repairOne(ctx: RouterContext, u: Upstream): Promise<void> {
     if (!isUsable(u)) return;
     const { journal } = ctx;
+    // A flush_all waits for the repairs in flight: none starts until it is answered.
+    if (journal.flushing) return;
     const overflow = journal.overflowed(u);
     if (overflow) {
       await this.retrust(ctx, u, overflow);
@@ -125,6 +127,8 @@ export class Repairer {
     // A client write of the key still landing: the sources may not have it yet (a redo flag only
     // catches writes that start during the copy). Next tick.
     if (journal.writesInFlight(key) > 0) return false;
+    // A flush_all came in (it waits for this copy to land before it is sent, see quiesce).
+    if (!journal.backgroundStarted()) return false;
     const rk = `${idOf(u)} ${key}`;
     journal.repairing.set(rk, false);
     try {
@@ -176,6 +180,7 @@ export class Repairer {
       return false;
     } finally {
       journal.repairing.delete(rk);
+      journal.backgroundFinished();
     }
   }
 

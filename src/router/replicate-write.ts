@@ -154,7 +154,10 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
   };
 }
 
-/** flush_all: every upstream must flush, or the client hears an error. */
+/**
+ * flush_all: every upstream must flush, or the client hears an error. The router sends it only
+ * once nothing else is in flight (journal.quiesce) and starts no write until it is answered.
+ */
 export function replicateFlush(ctx: RouterContext): Promise<Reply> {
   return fanOut(
     ctx.upstreams,
@@ -162,11 +165,12 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
     (outcomes, settled) => {
       if (!settled) return undefined;
       const failed = failures(outcomes);
-      // A flushed upstream holds nothing stale: its journal entries are moot.
       outcomes.forEach((o, i) => {
+        const u = ctx.upstreams[i] as Upstream;
         if (!o?.ok) return;
-        ctx.journal.trust(ctx.upstreams[i] as Upstream);
-        ctx.onFlushed(ctx.upstreams[i] as Upstream);
+        // A flushed upstream holds nothing stale: its journal entries are moot.
+        ctx.journal.trust(u);
+        ctx.onFlushed(u);
       });
       return failed === 0
         ? { kind: 'status', status: 'OK' }
