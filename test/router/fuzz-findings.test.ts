@@ -399,6 +399,23 @@ describe('router fuzz findings, minimised', () => {
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: the read repair brought the flushed value back');
   });
 
+  it('a read while a flush_all is in flight, served by an upstream not yet flushed, does not read-repair into one already flushed', async () => {
+    const { ups, exec } = setup();
+    const [first, second] = ups;
+    await exec(set('sess', 'cart'));
+    second.gateOnly = (call) => call === 'flush';
+    second.close_gate(); // the flush is slow on the second upstream
+    const flushing = exec(flushAll);
+    await settle();
+    assert.equal((await first.inner.get(['sess']))[0], undefined, 'the first upstream is flushed already');
+    assert.deepEqual(values(await exec(get('sess'))), ['cart'], 'concurrent with the flush: either answer is fine');
+    await settle();
+    second.open();
+    assert.equal(status(await flushing), 'OK');
+    assert.equal((await first.inner.get(['sess']))[0], undefined, 'no read repair into the flushed upstream');
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: the read repair brought the flushed value back');
+  });
+
   it('a repair in flight when a flush_all comes in does not bring the value back after the flush', async () => {
     const { ups, journal, repairer, exec } = setup();
     const [first, second] = ups;
