@@ -74,6 +74,13 @@ interface PerUpstream {
   pending?: Map<string, number>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: Overflow | undefined;
+  /**
+   * When a flush of it (a client's flush_all, or the repair's flush of an overflowed cache) last
+   * timed out (ms): the flush may still be applied, emptying it under the writes that reach it
+   * meanwhile. Until the repair finds it settled (flushSettled), a write that reaches it leaves
+   * the key dirty there, as a late request of the key would (written).
+   */
+  flushLate?: number;
 }
 
 export interface Overflow {
@@ -352,6 +359,26 @@ export class RepairJournal {
     return this.writesGoing === 0 && this.background === 0 ? Promise.resolve() : new Promise((resolve) => this.quietWaiters.push(resolve));
   }
 
+  /**
+   * A flush of `u` timed out: it may still be applied, later than writes that reach `u` on other
+   * connections. Until flushSettled, each write that reaches `u` leaves its key dirty there, as
+   * a late request of the key would: copied again once settled (repair.ts).
+   */
+  flushTimedOut(u: Upstream): void {
+    this.of(u).flushLate = Date.now();
+  }
+
+  /** When a flush of `u` that may still land timed out (ms); undefined when none may. */
+  flushLateAt(u: Upstream): number | undefined {
+    return this.byName.get(idOf(u))?.flushLate;
+  }
+
+  /** The flush of `u` that timed out can no longer land (repair.ts: settled): writes reaching it count again. */
+  flushSettled(u: Upstream): void {
+    const p = this.byName.get(idOf(u));
+    if (p) p.flushLate = undefined;
+  }
+
   /** Told when the last write of a key in flight has settled (KeyOrder). */
   onWritesSettled: ((key: string) => void) | undefined;
 
@@ -488,12 +515,18 @@ export class RepairJournal {
    */
   written(u: Upstream, key: string, seq?: number): void {
     const p = this.byName.get(idOf(u));
-    if (p?.overflow !== undefined) {
+    if (p === undefined) return;
+    if (p.flushLate !== undefined) {
+      // A flush that timed out may yet land over this write: as a late request of the key.
+      this.wipedLater(u, p, key, seq, p.flushLate);
+      return;
+    }
+    if (p.overflow !== undefined) {
       this.learn(u, p.overflow, key, seq ?? Number.MAX_SAFE_INTEGER, true);
       return;
     }
-    const e = p?.keys.get(key);
-    if (!p || !e) return;
+    const e = p.keys.get(key);
+    if (!e) return;
     if (seq !== undefined && seq < e.seq) {
       // An older write: the newer miss stands. But the upstream holds this write, which a copy
       // dirty since before it missed: ranked above such a copy, for freshest() when every copy is
@@ -512,6 +545,28 @@ export class RepairJournal {
       return;
     }
     this.clear(u, key);
+  }
+
+  /**
+   * The write `seq` of `key` reached `u`, but a flush of `u` that timed out at `at` may still be
+   * applied after it: `u` holds the write for now (ranked so, for freshest(), as written() ranks
+   * a copy with a late entry), and the key stays dirty there, copied again once settled.
+   */
+  private wipedLater(u: Upstream, p: PerUpstream, key: string, seq: number | undefined, at: number): void {
+    if (p.overflow !== undefined) {
+      this.learn(u, p.overflow, key, seq ?? this.writeSeq, false, true);
+      return;
+    }
+    const rk = `${idOf(u)} ${key}`;
+    if (this.repairing.has(rk)) this.repairing.set(rk, true);
+    const e = p.keys.get(key);
+    const held = seq ?? this.writeSeq;
+    if (e === undefined && p.keys.size >= this.options.maxKeys) {
+      this.distrust(u);
+      this.wipedLater(u, p, key, seq, at); // overflowed now: remembered as late
+      return;
+    }
+    this.put(u, p, key, { op: 'write', since: Date.now(), seq: Math.max(e?.seq ?? 0, held), firstSeq: Math.max(e?.firstSeq ?? 0, held + 0.5), late: Math.max(e?.late ?? 0, at) });
   }
 
   /**

@@ -86,6 +86,13 @@ export class Repairer {
     const { journal } = ctx;
     // A flush_all waits for the repairs in flight: none starts until it is answered.
     if (journal.flushing) return;
+    // A flush of `u` that timed out may still empty it: a copy made now could be wiped. Its
+    // writes since are dirty there (journal.written); they are copied once it has settled.
+    const flushLate = journal.flushLateAt(u);
+    if (flushLate !== undefined) {
+      if (Date.now() < Math.max(flushLate, cameBackAt(u)) + (this.options.lateSettleMs ?? LATE_SETTLE_MS)) return;
+      journal.flushSettled(u);
+    }
     const overflow = journal.overflowed(u);
     if (overflow) {
       await this.retrust(ctx, u, overflow);
@@ -201,7 +208,10 @@ export class Repairer {
       try {
         await u.flush();
         for (const key of journal.writtenKeysSince(seq)) during.add(key);
-      } catch {
+      } catch (error) {
+        // Still overflowed, so the keys written since are trusted one by one (Overflow.known):
+        // not while this flush may yet land and empty it under them.
+        if (mayLandLate(error)) journal.flushTimedOut(u);
         return;
       } finally {
         journal.readFinished(seq);

@@ -167,7 +167,11 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
       const failed = failures(outcomes);
       outcomes.forEach((o, i) => {
         const u = ctx.upstreams[i] as Upstream;
-        if (!o?.ok) return;
+        // One that timed out may still flush later, over the writes acknowledged since.
+        if (!o?.ok) {
+          if (mayLandLate(o?.error)) ctx.journal.flushTimedOut(u);
+          return;
+        }
         // A flushed upstream holds nothing stale: its journal entries are moot.
         ctx.journal.trust(u);
         ctx.onFlushed(u);
