@@ -275,6 +275,9 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
 
 /** gat: the upstreams neither answering nor repaired (they missed) get the touch in the background. */
 function touchOthers(ctx: RouterContext, key: string, deadline: number, from: number, missed: number[] | undefined): void {
+  // A flush_all is pending or running: it empties the key after this anyway (a touch that lands
+  // after it finds nothing), and one waits for the writes in flight.
+  if (ctx.journal.flushing) return;
   const targets = ctx.upstreams.filter((_, i) => i !== from && !missed?.includes(i));
   // A write like any other while it lands: reads in flight must not repair over it, and the
   // key's next conditional command waits for it (key-order.ts).

@@ -150,7 +150,7 @@ export class Router {
     if (!('key' in cmd)) return this.run(ctx, cmd);
     // A conditional command of a key runs alone among that key's writes (key-order.ts).
     if ((cmd.kind === 'store' && cmd.mode !== 'set') || cmd.kind === 'arith') {
-      return this.order.conditional(cmd.key, () => this.afterFlush(() => this.runConditional(ctx, cmd)));
+      return this.order.conditional(cmd.key, () => this.runConditional(ctx, cmd));
     }
     // set, delete, touch and a too-large set: replicate-write.ts tells the journal of the write
     // itself, before any upstream sees it and until every copy has landed.
@@ -204,6 +204,13 @@ export class Router {
    * covered only by this.
    */
   private runConditional(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> {
+    // Its turn came while a flush_all is pending: after it (afterFlush, without a closure more).
+    const gate = this.flushGate;
+    if (gate !== undefined) return gate.then(() => this.conditionalNow(ctx, cmd));
+    return this.conditionalNow(ctx, cmd);
+  }
+
+  private conditionalNow(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> {
     const key = cmd.key;
     const seq = ctx.journal.writeStarted(key);
     let r: Promise<Reply> | Reply;
