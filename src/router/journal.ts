@@ -123,6 +123,12 @@ export function idOf(u: Upstream): string {
  * forgotten, and reads older than them are told "maybe written", which only skips a read repair).
  */
 const WRITES_MAX = 100_000;
+/**
+ * DirtyEntry.firstSeq of a copy that holds the newest write of its key though it is dirty (a
+ * flush that timed out may still wipe it, journal.wipedLater): the freshest of all, until it
+ * misses a write (mark dates it by that miss).
+ */
+const HOLDS = Number.MAX_SAFE_INTEGER;
 /** Entries pruneWrites looks at per call. */
 const PRUNE_STEPS = 4;
 
@@ -493,7 +499,8 @@ export class RepairJournal {
     const e = p.keys.get(key);
     const now = Date.now();
     if (!e) this.put(u, p, key, { op, since: now, seq, firstSeq: seq, late: late ? now : 0 });
-    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq, late: late ? now : e.late });
+    // One that held the newest write (HOLDS) is dated by this miss, its first.
+    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? now : e.late });
     else this.put(u, p, key, e); // unchanged, but on file again (as before)
   }
 
@@ -566,7 +573,12 @@ export class RepairJournal {
       this.wipedLater(u, p, key, seq, at); // overflowed now: remembered as late
       return;
     }
-    this.put(u, p, key, { op: 'write', since: Date.now(), seq: Math.max(e?.seq ?? 0, held), firstSeq: Math.max(e?.firstSeq ?? 0, held + 0.5), late: Math.max(e?.late ?? 0, at) });
+    // It holds the newest write of the key (it missed none since), unless this one is older than
+    // a write it missed: then ranked as written() ranks such a copy. Not `held + 0.5`: the
+    // copies of a conditional command's result (to the others, which may miss them) have
+    // sequences above that of the command its authority is written with.
+    const firstSeq = e !== undefined && held < e.seq ? Math.max(e.firstSeq, held + 0.5) : HOLDS;
+    this.put(u, p, key, { op: 'write', since: Date.now(), seq: Math.max(e?.seq ?? 0, held), firstSeq, late: Math.max(e?.late ?? 0, at) });
   }
 
   /**

@@ -485,4 +485,22 @@ describe('router fuzz findings, minimised', () => {
     first.mode = 'fail';
     assert.deepEqual(values(await exec(get('lock'))), ['A'], 'LOST WRITE: the lock acknowledged after the flush is gone');
   });
+  // The fuzz found this one once it sent flush_all at any moment (seed 1353 of 1500): a lock
+  // decided, in the late flush's window, by the upstream whose flush timed out, while the other
+  // was down. Dirty everywhere then, and the authority was ranked by the sequence of the add
+  // (held + 0.5), below its own copy to the other (a later sequence), which missed it: the copy
+  // without the lock was taken as the freshest, read, and decided the next add.
+  it('a lock taken, while a flush that timed out may still land, on that upstream alone: it ranks as the freshest copy', async () => {
+    const { ups, journal, exec } = setup();
+    const [first, second] = ups;
+    first.gateOnly = (call) => call === 'flush';
+    first.delay_late(); // the flush times out on the first upstream (and never lands here)
+    assert.equal((await exec(flushAll)).kind, 'error');
+    second.mode = 'fail';
+    assert.equal(status(await exec(add('lock', 'A'))), 'STORED', 'decided by the first upstream; the copy to the second fails');
+    second.mode = 'ok';
+    assert.ok(journal.isDirty(first, 'lock') && journal.isDirty(second, 'lock'), 'dirty everywhere');
+    assert.deepEqual(values(await exec(get('lock'))), ['A'], 'LOST WRITE: read from the copy that missed the lock');
+    assert.equal(status(await exec(add('lock', 'B'))), 'NOT_STORED', 'B is granted the lock A holds');
+  });
 });

@@ -418,6 +418,20 @@ describe('repair journal', () => {
     assert.equal(journal.isDirty(b!, 'after'), false, 'a write after that is trusted as usual');
   });
 
+  it('while a flush may land, a copy written there holds the newest write (the freshest copy) until it misses one', () => {
+    const journal = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
+    const a = { name: 'fake://a' } as Upstream;
+    const b = { name: 'fake://b' } as Upstream;
+    journal.flushTimedOut(a);
+    journal.written(a, 'k', 1); // a holds write 1, dirty (the flush may still wipe it)
+    journal.mark(b, 'k', 'write', 2); // b missed it (its copy, a later sequence)
+    assert.deepEqual(journal.freshest([a, b], [a, b], 'k'), [a]);
+    journal.mark(a, 'k', 'write', 3); // a misses write 3 ...
+    journal.mark(b, 'k', 'write', 3, true); // ... which timed out on b (it may have landed)
+    journal.written(b, 'k', 4); // and b holds write 4 (still dirty: late)
+    assert.deepEqual(journal.freshest([a, b], [a, b], 'k'), [b], 'a is dated by its miss of write 3');
+  });
+
   it('overflow on a cache whose flush timed out: a key written to it since is not taken as held until that flush can no longer land', async () => {
     const { a, journal, repairer, exec } = overflowThenMiss({ cache: true });
     repairer.options = { ...repairer.options, lateSettleMs: 60_000 };
