@@ -371,8 +371,13 @@ export class RepairJournal {
    * a late request of the key would: copied again once settled (repair.ts).
    */
   flushTimedOut(u: Upstream): void {
-    this.of(u).flushLate = Date.now();
+    const p = this.of(u);
+    if (p.flushLate === undefined) this.lateFlushes++;
+    p.flushLate = Date.now();
   }
+
+  /** Upstreams with a flush that may still land (flushTimedOut): 0 but for a moment after one timed out. */
+  lateFlushes = 0;
 
   /** When a flush of `u` that may still land timed out (ms); undefined when none may. */
   flushLateAt(u: Upstream): number | undefined {
@@ -382,7 +387,9 @@ export class RepairJournal {
   /** The flush of `u` that timed out can no longer land (repair.ts: settled): writes reaching it count again. */
   flushSettled(u: Upstream): void {
     const p = this.byName.get(idOf(u));
-    if (p) p.flushLate = undefined;
+    if (p?.flushLate === undefined) return;
+    p.flushLate = undefined;
+    this.lateFlushes--;
   }
 
   /** Told when the last write of a key in flight has settled (KeyOrder). */

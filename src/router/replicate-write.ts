@@ -17,9 +17,13 @@ const STORED: Reply = { kind: 'status', status: 'STORED' };
 
 /**
  * Stores `req` (a plain set) on `targets`. `copiesSoFar` counts copies already made (the
- * authority of a conditional command), so the min-copies rule covers the whole write. The
- * answer carries a copy's unique only for a client's own set that asked for one (`withCas`):
- * otherwise the upstreams are told that nobody reads theirs.
+ * authority of a conditional command, `authority`), so the min-copies rule covers the whole
+ * write. The answer carries a copy's unique only for a client's own set that asked for one
+ * (`withCas`): otherwise the upstreams are told that nobody reads theirs.
+ *
+ * While a flush that timed out may still land on an upstream (journal.flushTimedOut), a copy
+ * there may yet be wiped: success then also needs a copy on an upstream where none may land,
+ * when there is one.
  */
 export function replicateSet(
   ctx: RouterContext,
@@ -27,9 +31,11 @@ export function replicateSet(
   targets: readonly Upstream[] = ctx.upstreams,
   copiesSoFar = 0,
   okReply: Reply = STORED,
+  authority?: Upstream,
 ): Promise<Reply> {
   const total = targets.length + copiesSoFar;
   const min = Math.min(ctx.minCopies, total);
+  const lasting = ctx.journal.lateFlushes === 0 ? undefined : lastingCopies(ctx, targets, copiesSoFar, authority);
   // In flight until every copy has landed (write-wait copies answers before that).
   const seq = ctx.journal.writeStarted(req.key);
   const withCas = copiesSoFar === 0 && okReply === STORED && req.withCas !== false;
@@ -39,7 +45,7 @@ export function replicateSet(
     (u) => u.store(sent),
     (outcomes, settled) => {
       const ok = copiesSoFar + count(outcomes, (r) => r.status === 'STORED');
-      if (ok >= min && (settled || ctx.writeWait === 'copies')) {
+      if (ok >= min && (lasting === undefined || lasting(outcomes)) && (settled || ctx.writeWait === 'copies')) {
         if (!settled) markPending(ctx, targets, outcomes, req.key, seq);
         if (!withCas) return okReply;
         // The cas a client may use next is the one the authority for this key will check.
@@ -50,6 +56,7 @@ export function replicateSet(
         return STORED;
       }
       if (!settled) return undefined;
+      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out may still land and wipe it: ${firstError(outcomes)}`);
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
     (u, o) => {
@@ -66,7 +73,7 @@ export function replicateSet(
   );
   // The authority of a conditional command already made min-copies: with write-wait copies the
   // client need not wait for any of the others.
-  if (copiesSoFar >= min && ctx.writeWait === 'copies') {
+  if (copiesSoFar >= min && ctx.writeWait === 'copies' && (lasting === undefined || lasting([]))) {
     markPending(ctx, targets, [], req.key, seq);
     return Promise.resolve(okReply);
   }
@@ -181,6 +188,18 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
         : serverError(`flush failed on ${failed} of ${outcomes.length} upstreams: ${firstError(outcomes)}`);
     },
   );
+}
+
+/**
+ * Whether the outcomes so far include a copy that no flush may wipe (see replicateSet): always
+ * true when every upstream may be wiped (nothing better to wait for).
+ */
+function lastingCopies(ctx: RouterContext, targets: readonly Upstream[], copiesSoFar: number, authority: Upstream | undefined): (outcomes: ReadonlyArray<Outcome<StoreResult> | undefined>) => boolean {
+  const wiped = (u: Upstream): boolean => ctx.journal.flushLateAt(u) !== undefined;
+  if (copiesSoFar > 0 && (authority === undefined || !wiped(authority))) return () => true;
+  const safe = targets.map((u) => !wiped(u));
+  if (!safe.includes(true)) return () => true;
+  return (outcomes) => outcomes.some((o, i) => safe[i] === true && o?.ok === true && o.value.status === 'STORED');
 }
 
 /**

@@ -396,6 +396,7 @@ describe('repair journal', () => {
     b!.delay_late();
     assert.equal((await exec(flushAll)).kind, 'error', 'timed out on b');
     assert.notEqual(journal.flushLateAt(b!), undefined, 'b may still flush');
+    assert.equal(journal.lateFlushes, 1);
     assert.equal(journal.flushLateAt(a!), undefined);
     await exec(set('sess', 'cart')); // reaches both
     b!.mode = 'fail';
@@ -410,6 +411,7 @@ describe('repair journal', () => {
     repairer.options = { ...repairer.options, lateSettleMs: 0 };
     await repairer.tick();
     assert.equal(journal.flushLateAt(b!), undefined, 'settled');
+    assert.equal(journal.lateFlushes, 0);
     for (const [key, v] of [['sess', 'cart'], ['miss', 'v']]) {
       assert.equal(journal.isDirty(b!, key!), false);
       assert.equal(await held(b!, key!), v, `${key} copied again once the flush could no longer land`);
