@@ -732,6 +732,12 @@ export class RepairJournal {
     const next = new Set(upstreams.map(idOf));
     if (next.size === this.chain.size && [...next].every((id) => this.chain.has(id))) return;
     for (const u of upstreams) if (!this.chain.has(idOf(u))) this.distrust(u);
+    // A store that left the chain is not repaired any more: nothing settles its late flush.
+    for (const [id, p] of this.byName) {
+      if (next.has(id) || p.flushLate === undefined) continue;
+      p.flushLate = undefined;
+      this.lateFlushes--;
+    }
     this.chain = next;
     if (this.fd !== undefined) this.rewrite();
   }

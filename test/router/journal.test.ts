@@ -434,6 +434,19 @@ describe('repair journal', () => {
     assert.deepEqual(journal.freshest([a, b], [a, b], 'k'), [b], 'a is dated by its miss of write 3');
   });
 
+  it('a store that leaves the chain with a flush that may still land is forgotten: writes need no copy elsewhere for it any more', () => {
+    const journal = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
+    const a = { name: 'fake://a' } as Upstream;
+    const b = { name: 'fake://b' } as Upstream;
+    journal.setChain([a, b]);
+    journal.flushTimedOut(b);
+    journal.flushTimedOut(b);
+    assert.equal(journal.lateFlushes, 1);
+    journal.setChain([a]); // b leaves the chain (a reload): the repair, which settles it, no longer looks at it
+    assert.equal(journal.lateFlushes, 0);
+    assert.equal(journal.flushLateAt(b), undefined);
+  });
+
   it('overflow on a cache whose flush timed out: a key written to it since is not taken as held until that flush can no longer land', async () => {
     const { a, journal, repairer, exec } = overflowThenMiss({ cache: true });
     repairer.options = { ...repairer.options, lateSettleMs: 60_000 };
