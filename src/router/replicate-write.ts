@@ -22,8 +22,7 @@ const STORED: Reply = { kind: 'status', status: 'STORED' };
  * (`withCas`): otherwise the upstreams are told that nobody reads theirs.
  *
  * While a flush that timed out may still land on an upstream (journal.flushTimedOut), a copy
- * there may yet be wiped: success then also needs a copy on an upstream where none may land,
- * when there is one.
+ * there may yet be wiped: success then also needs a copy on an upstream where none may land.
  */
 export function replicateSet(
   ctx: RouterContext,
@@ -191,14 +190,14 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
 }
 
 /**
- * Whether the outcomes so far include a copy that no flush may wipe (see replicateSet): always
- * true when every upstream may be wiped (nothing better to wait for).
+ * Whether the outcomes so far include a copy that no flush may wipe (see replicateSet). When
+ * every upstream may be wiped, never: the write fails safe until one settles (about a second).
  */
 function lastingCopies(ctx: RouterContext, targets: readonly Upstream[], copiesSoFar: number, authority: Upstream | undefined): (outcomes: ReadonlyArray<Outcome<StoreResult> | undefined>) => boolean {
   const wiped = (u: Upstream): boolean => ctx.journal.flushLateAt(u) !== undefined;
   if (copiesSoFar > 0 && (authority === undefined || !wiped(authority))) return () => true;
   const safe = targets.map((u) => !wiped(u));
-  if (!safe.includes(true)) return () => true;
+  if (!safe.includes(true)) return () => false;
   return (outcomes) => outcomes.some((o, i) => safe[i] === true && o?.ok === true && o.value.status === 'STORED');
 }
 
