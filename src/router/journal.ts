@@ -12,6 +12,12 @@
  * it misses a write of the key again): it holds their current state, so it is read for them,
  * repairs others from them, and is not flushed while it holds one that nobody else does.
  *
+ * flush_all (Router.orderedFlush): while one waits for the writes in flight and runs, no repair
+ * or read repair starts (flushBegan, backgroundStarted, quiesce), and a read that began before it
+ * does not read-repair after it (flushEnded). A flush that timed out on an upstream may still be
+ * applied there (flushTimedOut): until the repair finds it settled, a write reaching that upstream
+ * leaves the key dirty there (wipedLater), as a late request of the key would.
+ *
  * Persistent: every change is appended to `<state-dir>/journal.log` (one line, keys in hex) and
  * the file is read back at start, so a proxy restart during an outage keeps its repair work.
  * fsync policy: `always` (fsync after each append), `everysec` (default: at most one second of
