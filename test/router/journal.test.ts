@@ -789,6 +789,15 @@ describe('timed-out requests that are applied late (a paused server that resumes
     }
   });
 
+  it('a pool whose flush failed on one server and timed out on another fails with the timeout (it may still land)', async () => {
+    const fakes = [new FakeUpstream('fake://s0'), new FakeUpstream('fake://s1')];
+    const servers = fakes.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream }));
+    const pool = new MemcachedPool('memcached://s0,s1', servers, { distribution: 'ketama', namespace: '', eject: false });
+    fakes[0]!.mode = 'fail';
+    fakes[1]!.mode = 'timeout';
+    await assert.rejects(pool.flush(), (e) => (e as { late?: boolean }).late === true);
+  });
+
   it('the came-back wait looks at the servers of a pool too (a server comes back; the pool never went down)', () => {
     const servers = [new FakeUpstream('fake://s0'), new FakeUpstream('fake://s1')].map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream }));
     const pool = new MemcachedPool('memcached://s0,s1', servers, { distribution: 'ketama', namespace: '', eject: false });
