@@ -70,7 +70,7 @@ export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand, se
   const ok: Reply = { kind: 'status', status: 'STORED', ...(r.value.cas !== undefined ? { cas: r.value.cas } : {}) };
   if (cmd.mode === 'append' || cmd.mode === 'prepend') return copyFromAuthority(ctx, cmd.key, r.index, ok);
   // add, replace and cas stored exactly the client's item: the others get the same.
-  return replicateSet(ctx, { ...req, mode: 'set', cas: undefined }, others(ctx, r.index), 1, ok);
+  return replicateSet(ctx, { ...req, mode: 'set', cas: undefined }, others(ctx, r.index), 1, ok, ctx.upstreams[r.index]);
 }
 
 export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand, seq?: number): Promise<Reply> {
@@ -116,7 +116,7 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     // the number over the others. Answering an error here would make a client (pecl-memcache's
     // session lock) think the lock failed while it is held, and run without it.
     if (ok.kind === 'number') {
-      const done = await replicateNumber(ctx, key, ok, targets);
+      const done = await replicateNumber(ctx, key, ok, targets, authority);
       if (done) return done;
     }
     // The others now lag the authority: journal them, so nothing reads the old value there.
@@ -131,7 +131,7 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     else for (const u of targets) ctx.journal.markPending(u, key, seq);
     return ok;
   }
-  return replicateSet(ctx, { mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }, targets, 1, ok);
+  return replicateSet(ctx, { mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }, targets, 1, ok, authority);
 }
 
 /** Writes an incr/decr result over `targets`, with flags and expiry from one of their copies. */
@@ -140,6 +140,7 @@ async function replicateNumber(
   key: string,
   ok: Extract<Reply, { kind: 'number' }>,
   targets: readonly Upstream[],
+  authority: Upstream,
 ): Promise<Reply | undefined> {
   for (const source of targets) {
     let copy;
@@ -150,7 +151,7 @@ async function replicateNumber(
     }
     if (!copy) return undefined;
     const value = Buffer.from(ok.value.toString(), 'latin1');
-    const reply = await replicateSet(ctx, { mode: 'set', key, value, flags: copy.flags, deadline: copy.deadline }, targets, 1, ok);
+    const reply = await replicateSet(ctx, { mode: 'set', key, value, flags: copy.flags, deadline: copy.deadline }, targets, 1, ok, authority);
     return reply.kind === 'error' ? undefined : reply;
   }
   return undefined;

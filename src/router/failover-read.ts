@@ -238,14 +238,18 @@ async function hedge(
 
 /**
  * Read repair. Skipped when a write of the key is in flight or started after the read began (the
- * value found may be gone: a delete that raced the read must not be undone); and when one starts
- * while the `add` is in flight, or the `add` fails (it may still be applied), the target is
- * journaled, since the `add` may land after it.
+ * value found may be gone: a delete that raced the read must not be undone), and when a flush_all
+ * came in since the read began (the value found may be one it emptied: journal.flushBegan and
+ * flushEnded); and when a write starts while the `add` is in flight, or the `add` fails (it may
+ * still be applied), the target is journaled, since the `add` may land after it.
  */
 function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number): void {
   if (isExpired(hit.deadline, Date.now()) || ctx.journal.writtenSince(key, seq)) return;
   for (const i of targets) {
     const u = ctx.upstreams[i] as Upstream;
+    // Not while a flush_all is pending or running (it waits for the read repairs in flight); a
+    // read that began before one was answered does not get here (writtenSince).
+    if (!ctx.journal.backgroundStarted()) return;
     ctx.counters.readRepairs++;
     ctx.journal.readStarted(seq); // keeps the writes since the read remembered until the add is done
     u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline, withCas: false })
@@ -262,12 +266,18 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
           ctx.onBackgroundError('read repair', u, error);
         },
       )
-      .finally(() => ctx.journal.readFinished(seq));
+      .finally(() => {
+        ctx.journal.readFinished(seq);
+        ctx.journal.backgroundFinished();
+      });
   }
 }
 
 /** gat: the upstreams neither answering nor repaired (they missed) get the touch in the background. */
 function touchOthers(ctx: RouterContext, key: string, deadline: number, from: number, missed: number[] | undefined): void {
+  // A flush_all is pending or running: it empties the key after this anyway (a touch that lands
+  // after it finds nothing), and one waits for the writes in flight.
+  if (ctx.journal.flushing) return;
   const targets = ctx.upstreams.filter((_, i) => i !== from && !missed?.includes(i));
   // A write like any other while it lands: reads in flight must not repair over it, and the
   // key's next conditional command waits for it (key-order.ts).

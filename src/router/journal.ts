@@ -12,6 +12,12 @@
  * it misses a write of the key again): it holds their current state, so it is read for them,
  * repairs others from them, and is not flushed while it holds one that nobody else does.
  *
+ * flush_all (Router.orderedFlush): while one waits for the writes in flight and runs, no repair
+ * or read repair starts (flushBegan, backgroundStarted, quiesce), and a read that began before it
+ * does not read-repair after it (flushEnded). A flush that timed out on an upstream may still be
+ * applied there (flushTimedOut): until the repair finds it settled, a write reaching that upstream
+ * leaves the key dirty there (wipedLater), as a late request of the key would.
+ *
  * Persistent: every change is appended to `<state-dir>/journal.log` (one line, keys in hex) and
  * the file is read back at start, so a proxy restart during an outage keeps its repair work.
  * fsync policy: `always` (fsync after each append), `everysec` (default: at most one second of
@@ -76,6 +82,13 @@ interface PerUpstream {
   pending?: Map<string, number>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: Overflow | undefined;
+  /**
+   * When a flush of it (a client's flush_all, or the repair's flush of an overflowed cache) last
+   * timed out (ms): the flush may still be applied, emptying it under the writes that reach it
+   * meanwhile. Until the repair finds it settled (flushSettled), a write that reaches it leaves
+   * the key dirty there, as a late request of the key would (written).
+   */
+  flushLate?: number;
 }
 
 export interface Overflow {
@@ -120,6 +133,12 @@ export function idOf(u: Upstream): string {
  * forgotten, and reads older than them are told "maybe written", which only skips a read repair).
  */
 const WRITES_MAX = 100_000;
+/**
+ * DirtyEntry.firstSeq of a copy that holds the newest write of its key though it is dirty (a
+ * flush that timed out may still wipe it, journal.wipedLater): the freshest of all, until it
+ * misses a write (mark dates it by that miss).
+ */
+const HOLDS = Number.MAX_SAFE_INTEGER;
 /** Entries pruneWrites looks at per call. */
 const PRUNE_STEPS = 4;
 
@@ -160,7 +179,10 @@ export class RepairJournal {
   private readonly readSeqs = new Map<number, number>();
   /** A read pinned a sequence older than the newest one held: the oldest must be found by a scan. */
   private readSeqsUnordered = false;
-  /** Writes up to this sequence may have been forgotten while a read older than them was in flight. */
+  /**
+   * Reads that began before this sequence may not read-repair (writtenSince): a write of the key
+   * may have been forgotten while they were in flight, or a flush_all was answered since.
+   */
   private forgottenUpTo = 0;
   /** Writes to journal.log that failed (stats `journal_write_errors`). */
   writeErrors = 0;
@@ -281,6 +303,7 @@ export class RepairJournal {
     if (!w) return;
     w.inFlight--;
     if (--this.writesGoing === 0 && this.idleWaiters.length > 0) for (const resolve of this.idleWaiters.splice(0)) resolve();
+    if (this.writesGoing === 0 && this.background === 0 && this.quietWaiters.length > 0) for (const resolve of this.quietWaiters.splice(0)) resolve();
     this.pruneWrites();
     if (w.inFlight === 0 && this.onWritesSettled !== undefined) this.onWritesSettled(key);
   }
@@ -296,6 +319,87 @@ export class RepairJournal {
    */
   writesSettled(): Promise<void> {
     return this.writesGoing === 0 ? Promise.resolve() : new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** flush_all commands received and not yet answered (Router: they run one at a time). */
+  private flushes = 0;
+  /** Repairs and read repairs in flight (backgroundStarted). */
+  private background = 0;
+  private quietWaiters: Array<() => void> = [];
+
+  /** A flush_all is waiting for the writes in flight, or running: no repair or read repair starts. */
+  get flushing(): boolean {
+    return this.flushes > 0;
+  }
+
+  /**
+   * A flush_all was received: from now until it is answered (flushEnded), no repair or read
+   * repair starts (backgroundStarted says no), so none sent before the flush lands after it.
+   */
+  flushBegan(): void {
+    this.flushes++;
+  }
+
+  /**
+   * The flush_all is answered. A read that began before cannot tell whether the value it found
+   * was there before the flush: it does not read-repair it (writtenSince says "written").
+   */
+  flushEnded(): void {
+    this.flushes--;
+    this.forgottenUpTo = Math.max(this.forgottenUpTo, ++this.writeSeq);
+  }
+
+  /**
+   * A repair or read repair is about to write to an upstream: false while a flush_all is
+   * pending or running (it must not start); else it counts as in flight until
+   * backgroundFinished, and a flush_all waits for it (quiesce).
+   */
+  backgroundStarted(): boolean {
+    if (this.flushes > 0) return false;
+    this.background++;
+    return true;
+  }
+
+  backgroundFinished(): void {
+    if (--this.background === 0 && this.writesGoing === 0 && this.quietWaiters.length > 0) for (const resolve of this.quietWaiters.splice(0)) resolve();
+  }
+
+  /**
+   * Resolves once no client write, repair or read repair is in flight on any upstream: what a
+   * flush_all waits for before it is sent (Router), so that nothing sent before it lands after
+   * it. Each request settles within its upstream's timeout (one that timed out is journaled as
+   * late, and stays dirty through the flush: trust()); the router starts no client write
+   * meanwhile, and flushBegan() stops repairs and read repairs from starting.
+   */
+  quiesce(): Promise<void> {
+    return this.writesGoing === 0 && this.background === 0 ? Promise.resolve() : new Promise((resolve) => this.quietWaiters.push(resolve));
+  }
+
+  /**
+   * A flush of `u` timed out: it may still be applied, later than writes that reach `u` on other
+   * connections. Until flushSettled, each write that reaches `u` leaves its key dirty there, as
+   * a late request of the key would: copied again once settled (repair.ts).
+   */
+  flushTimedOut(u: Upstream): void {
+    const p = this.of(u);
+    if (p.flushLate === undefined) this.lateFlushes++;
+    p.flushLate = monotonicMs();
+  }
+
+  /** Upstreams with a flush that may still land (flushTimedOut): 0 but for a moment after one timed out. */
+  lateFlushes = 0;
+
+  /** When a flush of `u` that may still land timed out (monotonicMs); undefined when none may. */
+  flushLateAt(u: Upstream): number | undefined {
+    return this.byName.get(idOf(u))?.flushLate;
+  }
+
+  /** The flush of `u` that timed out can no longer land (repair.ts: settled): writes reaching it count again. */
+  flushSettled(u: Upstream): void {
+    const p = this.byName.get(idOf(u));
+    if (p?.flushLate === undefined) return;
+    p.flushLate = undefined;
+    this.lateFlushes--;
   }
 
   /** Told when the last write of a key in flight has settled (KeyOrder). */
@@ -412,7 +516,8 @@ export class RepairJournal {
     const e = p.keys.get(key);
     const at = late ? monotonicMs() : 0;
     if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at });
-    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq, late: late ? at : e.late });
+    // One that held the newest write (HOLDS) is dated by this miss, its first.
+    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? at : e.late });
     else this.put(u, p, key, e); // unchanged, but on file again (as before)
   }
 
@@ -434,12 +539,18 @@ export class RepairJournal {
    */
   written(u: Upstream, key: string, seq?: number): void {
     const p = this.byName.get(idOf(u));
-    if (p?.overflow !== undefined) {
+    if (p === undefined) return;
+    if (p.flushLate !== undefined) {
+      // A flush that timed out may yet land over this write: as a late request of the key.
+      this.wipedLater(u, p, key, seq, p.flushLate);
+      return;
+    }
+    if (p.overflow !== undefined) {
       this.learn(u, p.overflow, key, seq ?? Number.MAX_SAFE_INTEGER, true);
       return;
     }
-    const e = p?.keys.get(key);
-    if (!p || !e) return;
+    const e = p.keys.get(key);
+    if (!e) return;
     if (seq !== undefined && seq < e.seq) {
       // An older write: the newer miss stands. But the upstream holds this write, which a copy
       // dirty since before it missed: ranked above such a copy, for freshest() when every copy is
@@ -458,6 +569,33 @@ export class RepairJournal {
       return;
     }
     this.clear(u, key);
+  }
+
+  /**
+   * The write `seq` of `key` reached `u`, but a flush of `u` that timed out at `at` may still be
+   * applied after it: `u` holds the write for now (ranked so, for freshest(), as written() ranks
+   * a copy with a late entry), and the key stays dirty there, copied again once settled.
+   */
+  private wipedLater(u: Upstream, p: PerUpstream, key: string, seq: number | undefined, at: number): void {
+    if (p.overflow !== undefined) {
+      this.learn(u, p.overflow, key, seq ?? this.writeSeq, false, true);
+      return;
+    }
+    const rk = `${idOf(u)} ${key}`;
+    if (this.repairing.has(rk)) this.repairing.set(rk, true);
+    const e = p.keys.get(key);
+    const held = seq ?? this.writeSeq;
+    if (e === undefined && p.keys.size >= this.options.maxKeys) {
+      this.distrust(u);
+      this.wipedLater(u, p, key, seq, at); // overflowed now: remembered as late
+      return;
+    }
+    // It holds the newest write of the key (it missed none since), unless this one is older than
+    // a write it missed: then ranked as written() ranks such a copy. Not `held + 0.5`: the
+    // copies of a conditional command's result (to the others, which may miss them) have
+    // sequences above that of the command its authority is written with.
+    const firstSeq = e !== undefined && held < e.seq ? Math.max(e.firstSeq, held + 0.5) : HOLDS;
+    this.put(u, p, key, { op: 'write', since: Date.now(), seq: Math.max(e?.seq ?? 0, held), firstSeq, late: Math.max(e?.late ?? 0, at) });
   }
 
   /**
@@ -604,6 +742,12 @@ export class RepairJournal {
     const next = new Set(upstreams.map(idOf));
     if (next.size === this.chain.size && [...next].every((id) => this.chain.has(id))) return;
     for (const u of upstreams) if (!this.chain.has(idOf(u))) this.distrust(u);
+    // A store that left the chain is not repaired any more: nothing settles its late flush.
+    for (const [id, p] of this.byName) {
+      if (next.has(id) || p.flushLate === undefined) continue;
+      p.flushLate = undefined;
+      this.lateFlushes--;
+    }
     this.chain = next;
     if (this.fd !== undefined) this.rewrite();
   }

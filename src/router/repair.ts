@@ -85,6 +85,15 @@ export class Repairer {
   private async repairOne(ctx: RouterContext, u: Upstream): Promise<void> {
     if (!isUsable(u)) return;
     const { journal } = ctx;
+    // A flush_all waits for the repairs in flight: none starts until it is answered.
+    if (journal.flushing) return;
+    // A flush of `u` that timed out may still empty it: a copy made now could be wiped. Its
+    // writes since are dirty there (journal.written); they are copied once it has settled.
+    const flushLate = journal.flushLateAt(u);
+    if (flushLate !== undefined) {
+      if (monotonicMs() < Math.max(flushLate, cameBackAt(u)) + (this.options.lateSettleMs ?? LATE_SETTLE_MS)) return;
+      journal.flushSettled(u);
+    }
     const overflow = journal.overflowed(u);
     if (overflow) {
       await this.retrust(ctx, u, overflow);
@@ -126,6 +135,8 @@ export class Repairer {
     // A client write of the key still landing: the sources may not have it yet (a redo flag only
     // catches writes that start during the copy). Next tick.
     if (journal.writesInFlight(key) > 0) return false;
+    // A flush_all came in (it waits for this copy to land before it is sent, see quiesce).
+    if (!journal.backgroundStarted()) return false;
     const rk = `${idOf(u)} ${key}`;
     journal.repairing.set(rk, false);
     try {
@@ -177,6 +188,7 @@ export class Repairer {
       return false;
     } finally {
       journal.repairing.delete(rk);
+      journal.backgroundFinished();
     }
   }
 
@@ -197,7 +209,10 @@ export class Repairer {
       try {
         await u.flush();
         for (const key of journal.writtenKeysSince(seq)) during.add(key);
-      } catch {
+      } catch (error) {
+        // Still overflowed, so the keys written since are trusted one by one (Overflow.known):
+        // not while this flush may yet land and empty it under them.
+        if (mayLandLate(error)) journal.flushTimedOut(u);
         return;
       } finally {
         journal.readFinished(seq);

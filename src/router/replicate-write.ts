@@ -17,9 +17,12 @@ const STORED: Reply = { kind: 'status', status: 'STORED' };
 
 /**
  * Stores `req` (a plain set) on `targets`. `copiesSoFar` counts copies already made (the
- * authority of a conditional command), so the min-copies rule covers the whole write. The
- * answer carries a copy's unique only for a client's own set that asked for one (`withCas`):
- * otherwise the upstreams are told that nobody reads theirs.
+ * authority of a conditional command, `authority`), so the min-copies rule covers the whole
+ * write. The answer carries a copy's unique only for a client's own set that asked for one
+ * (`withCas`): otherwise the upstreams are told that nobody reads theirs.
+ *
+ * While a flush that timed out may still land on an upstream (journal.flushTimedOut), a copy
+ * there may yet be wiped: success then also needs a copy on an upstream where none may land.
  */
 export function replicateSet(
   ctx: RouterContext,
@@ -27,9 +30,11 @@ export function replicateSet(
   targets: readonly Upstream[] = ctx.upstreams,
   copiesSoFar = 0,
   okReply: Reply = STORED,
+  authority?: Upstream,
 ): Promise<Reply> {
   const total = targets.length + copiesSoFar;
   const min = Math.min(ctx.minCopies, total);
+  const lasting = ctx.journal.lateFlushes === 0 ? undefined : lastingCopies(ctx, targets, copiesSoFar, authority);
   // In flight until every copy has landed (write-wait copies answers before that).
   const seq = ctx.journal.writeStarted(req.key);
   const withCas = copiesSoFar === 0 && okReply === STORED && req.withCas !== false;
@@ -39,7 +44,7 @@ export function replicateSet(
     (u) => u.store(sent),
     (outcomes, settled) => {
       const ok = copiesSoFar + count(outcomes, (r) => r.status === 'STORED');
-      if (ok >= min && (settled || ctx.writeWait === 'copies')) {
+      if (ok >= min && (lasting === undefined || lasting(outcomes)) && (settled || ctx.writeWait === 'copies')) {
         if (!settled) markPending(ctx, targets, outcomes, req.key, seq);
         if (!withCas) return okReply;
         // The cas a client may use next is the one the authority for this key will check.
@@ -50,6 +55,7 @@ export function replicateSet(
         return STORED;
       }
       if (!settled) return undefined;
+      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out may still land and wipe it: ${firstError(outcomes)}`);
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
     (u, o) => {
@@ -66,7 +72,7 @@ export function replicateSet(
   );
   // The authority of a conditional command already made min-copies: with write-wait copies the
   // client need not wait for any of the others.
-  if (copiesSoFar >= min && ctx.writeWait === 'copies') {
+  if (copiesSoFar >= min && ctx.writeWait === 'copies' && (lasting === undefined || lasting([]))) {
     markPending(ctx, targets, [], req.key, seq);
     return Promise.resolve(okReply);
   }
@@ -154,7 +160,10 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
   };
 }
 
-/** flush_all: every upstream must flush, or the client hears an error. */
+/**
+ * flush_all: every upstream must flush, or the client hears an error. The router sends it only
+ * once nothing else is in flight (journal.quiesce) and starts no write until it is answered.
+ */
 export function replicateFlush(ctx: RouterContext): Promise<Reply> {
   return fanOut(
     ctx.upstreams,
@@ -162,17 +171,34 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
     (outcomes, settled) => {
       if (!settled) return undefined;
       const failed = failures(outcomes);
-      // A flushed upstream holds nothing stale: its journal entries are moot.
       outcomes.forEach((o, i) => {
-        if (!o?.ok) return;
-        ctx.journal.trust(ctx.upstreams[i] as Upstream);
-        ctx.onFlushed(ctx.upstreams[i] as Upstream);
+        const u = ctx.upstreams[i] as Upstream;
+        // One that timed out may still flush later, over the writes acknowledged since.
+        if (!o?.ok) {
+          if (mayLandLate(o?.error)) ctx.journal.flushTimedOut(u);
+          return;
+        }
+        // A flushed upstream holds nothing stale: its journal entries are moot.
+        ctx.journal.trust(u);
+        ctx.onFlushed(u);
       });
       return failed === 0
         ? { kind: 'status', status: 'OK' }
         : serverError(`flush failed on ${failed} of ${outcomes.length} upstreams: ${firstError(outcomes)}`);
     },
   );
+}
+
+/**
+ * Whether the outcomes so far include a copy that no flush may wipe (see replicateSet). When
+ * every upstream may be wiped, never: the write fails safe until one settles (about a second).
+ */
+function lastingCopies(ctx: RouterContext, targets: readonly Upstream[], copiesSoFar: number, authority: Upstream | undefined): (outcomes: ReadonlyArray<Outcome<StoreResult> | undefined>) => boolean {
+  const wiped = (u: Upstream): boolean => ctx.journal.flushLateAt(u) !== undefined;
+  if (copiesSoFar > 0 && (authority === undefined || !wiped(authority))) return () => true;
+  const safe = targets.map((u) => !wiped(u));
+  if (!safe.includes(true)) return () => false;
+  return (outcomes) => outcomes.some((o, i) => safe[i] === true && o?.ok === true && o.value.status === 'STORED');
 }
 
 /**

@@ -37,6 +37,8 @@ function flushAt(at: number, fn: () => void): void {
   setTimeout(() => flushAt(at, fn), Math.min(wait, 2 ** 31 - 1)).unref();
 }
 
+const noop = (): void => {};
+
 const lowered = new Map<string, string>();
 /** `s` in lower case, computed once per distinct (few, constant) status name. */
 function lower(s: string): string {
@@ -152,8 +154,47 @@ export class Router {
     }
     // set, delete, touch and a too-large set: replicate-write.ts tells the journal of the write
     // itself, before any upstream sees it and until every copy has landed.
-    if (this.order.busyKeys === 0) return this.run(ctx, cmd); // no closure on the hot path
-    return this.order.plain(cmd.key, () => this.run(ctx, cmd));
+    if (this.order.busyKeys === 0 && this.flushGate === undefined) return this.run(ctx, cmd); // no closure on the hot path
+    return this.order.plain(cmd.key, () => this.afterFlush(() => this.run(ctx, cmd)));
+  }
+
+  /**
+   * Settles once the flush_all received last is answered; undefined when none is pending. A
+   * write (of any key) received meanwhile starts after it: flush_all is ordered with every write.
+   */
+  private flushGate: Promise<void> | undefined;
+
+  /** Runs `start` now, or once the pending flush_all is answered. */
+  private afterFlush<T>(start: () => T): T | Promise<Awaited<T>> {
+    const gate = this.flushGate;
+    return gate === undefined ? start() : (gate.then(start) as Promise<Awaited<T>>);
+  }
+
+  /**
+   * A flush_all, ordered with everything that writes: it is sent once every write received
+   * before it (its copies still landing with write-wait copies included), repair and read repair
+   * in flight has landed or failed (each within its upstream's timeout: one that timed out is
+   * journaled as late and stays dirty through the flush), none of these starts meanwhile, and
+   * client writes received after it wait until it is answered. Nothing sent before the flush can
+   * then land after it and bring back a value it emptied. flush_all commands run one at a time.
+   */
+  private orderedFlush(): Promise<Reply> {
+    const journal = this.ctx.journal;
+    journal.flushBegan();
+    const before = this.flushGate ?? Promise.resolve();
+    const answered = before
+      .then(async () => {
+        await journal.quiesce();
+        return replicateFlush(this.ctx);
+      })
+      .finally(() => journal.flushEnded());
+    // Writes queued behind the flush run after this (registered first) has cleared the gate.
+    const gate = answered.then(noop, noop);
+    this.flushGate = gate;
+    void gate.then(() => {
+      if (this.flushGate === gate) this.flushGate = undefined;
+    });
+    return answered;
   }
 
   /**
@@ -163,6 +204,13 @@ export class Router {
    * covered only by this.
    */
   private runConditional(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> {
+    // Its turn came while a flush_all is pending: after it (afterFlush, without a closure more).
+    const gate = this.flushGate;
+    if (gate !== undefined) return gate.then(() => this.conditionalNow(ctx, cmd));
+    return this.conditionalNow(ctx, cmd);
+  }
+
+  private conditionalNow(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> {
     const key = cmd.key;
     const seq = ctx.journal.writeStarted(key);
     let r: Promise<Reply> | Reply;
@@ -206,7 +254,7 @@ export class Router {
         return conditionalArith(ctx, cmd, seq);
       case 'flush':
         this.count('flush');
-        return this.flush(ctx, cmd.delay);
+        return this.flush(cmd.delay);
       case 'version':
         return { kind: 'version', version: MEMCACHED_COMPAT_VERSION };
       case 'verbosity':
@@ -236,7 +284,7 @@ export class Router {
     return serverError('object too large for cache');
   }
 
-  private async flush(ctx: RouterContext, delay: number): Promise<Reply> {
+  private async flush(delay: number): Promise<Reply> {
     if (!this.allowFlush) {
       // T23: flush_all would wipe every session in the durable stores too.
       return serverError('flush_all is disabled: start mcmux with --allow-flush (config: allow-flush = true) to enable it');
@@ -244,10 +292,10 @@ export class Router {
     if (delay > 0) {
       // memcached reads the delay like an exptime: up to 30 days relative, else a Unix time.
       const at = deadlineFromExptime(delay, Date.now());
-      flushAt(at, () => void replicateFlush(this.ctx));
+      flushAt(at, () => void this.orderedFlush());
       return { kind: 'status', status: 'OK' };
     }
-    return replicateFlush(ctx);
+    return this.orderedFlush();
   }
 }
 

@@ -38,7 +38,7 @@
  */
 
 import type { ArithOp, Hit } from '../command/command';
-import { ConfigError, ErrorCodes, McmuxError } from '../errors';
+import { ConfigError, ErrorCodes, McmuxError, mayLandLate } from '../errors';
 import { DEFAULT_HEALTH, type HealthState, type HealthOptions, HealthyUpstream, type StateListener } from '../router/health';
 import { DISTRIBUTIONS, type Distribution, type RingServer, placer } from './ketama';
 import { type HostPort, type UpstreamContext, rejectUnknownOptions } from './registry';
@@ -187,12 +187,15 @@ export class MemcachedPool implements Upstream {
     });
   }
 
-  /** Flushes every server; fails if any failed (after all have answered). */
+  /**
+   * Flushes every server; fails if any failed (after all have answered), with a failure that may
+   * still land when there is one (the router then takes the pool as possibly emptying itself).
+   */
   async flush(): Promise<void> {
     this.checkUsable();
     const results = await Promise.allSettled(this.nodes.map((n) => n.flush()));
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed.length > 0) throw (failed.find((r) => mayLandLate(r.reason)) ?? (failed[0] as PromiseRejectedResult)).reason;
   }
 
   /**

@@ -23,10 +23,10 @@ const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConn
  * lateSettleMs defaults to 0 here: the fake's timeouts are never applied, unless a test holds
  * them with delay_late(), and those tests set it.
  */
-function setup(opts: { maxKeys?: number; ups?: Upstream[]; lateSettleMs?: number } = {}) {
+function setup(opts: { maxKeys?: number; ups?: Upstream[]; lateSettleMs?: number; allowFlush?: boolean } = {}) {
   const ups = opts.ups ?? [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
   const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
-  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: opts.allowFlush ?? false }, source, () => {});
   const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: opts.lateSettleMs ?? 0 }, silent);
   const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
   return { ups, journal, router, repairer, exec };
@@ -38,6 +38,7 @@ const set = (key: string, value: string, deadline = 0): Command => ({
 const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
 const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
 const DELETED: Reply = { kind: 'status', status: 'DELETED' };
+const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
 
 /** Waits for background work by polling a condition, bounded (no event to wait on). */
 async function eventually(cond: () => Promise<boolean> | boolean, what: string): Promise<void> {
@@ -386,6 +387,91 @@ describe('repair journal', () => {
     assert.equal(await held(a, 'w'), 'x');
   });
 
+  // A flush that timed out may still be applied (a paused server resumes), over the writes that
+  // reach the upstream meanwhile: until it can no longer land (the settle time after its timeout
+  // and after the upstream last came back), those keys stay dirty there, and the repair leaves
+  // the upstream alone (a copy it made would be wiped as well).
+  it('a flush_all that timed out: the keys written since stay dirty on that upstream, and it is not repaired, until the flush can no longer land', async () => {
+    const { ups, journal, repairer, exec } = setup({ lateSettleMs: 60_000, allowFlush: true });
+    const [a, b] = ups as FakeUpstream[];
+    b!.gateOnly = (call) => call === 'flush';
+    b!.delay_late();
+    assert.equal((await exec(flushAll)).kind, 'error', 'timed out on b');
+    assert.notEqual(journal.flushLateAt(b!), undefined, 'b may still flush');
+    assert.equal(journal.lateFlushes, 1);
+    assert.equal(journal.flushLateAt(a!), undefined);
+    await exec(set('sess', 'cart')); // reaches both
+    b!.mode = 'fail';
+    await exec(set('miss', 'v')); // refused by b (never applied there): dirty as usual
+    b!.mode = 'late';
+    assert.ok(journal.isDirty(b!, 'sess'), 'the late flush may wipe it');
+    assert.equal(journal.isDirty(a!, 'sess'), false);
+    await repairer.tick();
+    assert.ok(journal.isDirty(b!, 'sess') && journal.isDirty(b!, 'miss'), 'nothing is copied to b while its flush may land');
+    b!.open(); // the flush lands
+    await eventually(async () => (await held(b!, 'sess')) === undefined, 'the late flush emptied b');
+    repairer.options = { ...repairer.options, lateSettleMs: 0 };
+    await repairer.tick();
+    assert.equal(journal.flushLateAt(b!), undefined, 'settled');
+    assert.equal(journal.lateFlushes, 0);
+    for (const [key, v] of [['sess', 'cart'], ['miss', 'v']]) {
+      assert.equal(journal.isDirty(b!, key!), false);
+      assert.equal(await held(b!, key!), v, `${key} copied again once the flush could no longer land`);
+    }
+    await exec(set('after', 'x'));
+    assert.equal(journal.isDirty(b!, 'after'), false, 'a write after that is trusted as usual');
+  });
+
+  it('while a flush may land, a copy written there holds the newest write (the freshest copy) until it misses one', () => {
+    const journal = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
+    const a = { name: 'fake://a' } as Upstream;
+    const b = { name: 'fake://b' } as Upstream;
+    journal.flushTimedOut(a);
+    journal.written(a, 'k', 1); // a holds write 1, dirty (the flush may still wipe it)
+    journal.mark(b, 'k', 'write', 2); // b missed it (its copy, a later sequence)
+    assert.deepEqual(journal.freshest([a, b], [a, b], 'k'), [a]);
+    journal.mark(a, 'k', 'write', 3); // a misses write 3 ...
+    journal.mark(b, 'k', 'write', 3, true); // ... which timed out on b (it may have landed)
+    journal.written(b, 'k', 4); // and b holds write 4 (still dirty: late)
+    assert.deepEqual(journal.freshest([a, b], [a, b], 'k'), [b], 'a is dated by its miss of write 3');
+  });
+
+  it('a store that leaves the chain with a flush that may still land is forgotten: writes need no copy elsewhere for it any more', () => {
+    const journal = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
+    const a = { name: 'fake://a' } as Upstream;
+    const b = { name: 'fake://b' } as Upstream;
+    journal.setChain([a, b]);
+    journal.flushTimedOut(b);
+    journal.flushTimedOut(b);
+    assert.equal(journal.lateFlushes, 1);
+    journal.setChain([a]); // b leaves the chain (a reload): the repair, which settles it, no longer looks at it
+    assert.equal(journal.lateFlushes, 0);
+    assert.equal(journal.flushLateAt(b), undefined);
+  });
+
+  it('overflow on a cache whose flush timed out: a key written to it since is not taken as held until that flush can no longer land', async () => {
+    const { a, journal, repairer, exec } = overflowThenMiss({ cache: true });
+    repairer.options = { ...repairer.options, lateSettleMs: 60_000 };
+    a.mode = 'fail';
+    for (const k of ['k1', 'k2', 'k3']) await exec(set(k, 'v'));
+    assert.ok(journal.overflowed(a));
+    a.gateOnly = (call) => call === 'flush';
+    a.delay_late();
+    await repairer.tick(); // the repair's flush of the overflowed cache times out
+    assert.ok(journal.overflowed(a), 'not trusted: the flush failed');
+    await exec(set('w', 'x')); // reaches a
+    assert.ok(journal.isDirty(a, 'w'), 'the flush may yet land over it: not read from a');
+    a.open(); // it does
+    await eventually(async () => (await held(a, 'w')) === undefined, 'the late flush emptied a');
+    assert.equal(value(await exec(get('w'))), 'x');
+    repairer.options = { ...repairer.options, lateSettleMs: 0 };
+    await repairer.tick(); // settled: flushed again, and trusted
+    await repairer.tick(); // then w is copied again
+    assert.equal(journal.overflowed(a), undefined);
+    assert.equal(journal.isDirty(a, 'w'), false);
+    assert.equal(await held(a, 'w'), 'x');
+  });
+
   it('a store new to the chain (reload, or a restart with another config) is distrusted; a first start trusts all', () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     try {
@@ -709,6 +795,15 @@ describe('timed-out requests that are applied late (a paused server that resumes
       assert.equal(await held(a, 'sess'), undefined, `${how}: copied again once settled`);
       assert.equal(journal.isDirty(a, 'sess'), false);
     }
+  });
+
+  it('a pool whose flush failed on one server and timed out on another fails with the timeout (it may still land)', async () => {
+    const fakes = [new FakeUpstream('fake://s0'), new FakeUpstream('fake://s1')];
+    const servers = fakes.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream }));
+    const pool = new MemcachedPool('memcached://s0,s1', servers, { distribution: 'ketama', namespace: '', eject: false });
+    fakes[0]!.mode = 'fail';
+    fakes[1]!.mode = 'timeout';
+    await assert.rejects(pool.flush(), (e) => (e as { late?: boolean }).late === true);
   });
 
   it('the came-back wait looks at the servers of a pool too (a server comes back; the pool never went down)', () => {

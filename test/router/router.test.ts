@@ -592,6 +592,48 @@ describe("router: a key's conditional commands run alone among its writes", () =
   });
 });
 
+describe('router: flush_all is ordered with the writes', () => {
+  const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
+  const settle = async (): Promise<void> => {
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+  };
+
+  it('writes and conditional commands received while a flush_all waits or runs start once it is answered, in the order received', async () => {
+    const { ups, exec, router } = setup(2, { allowFlush: true, writeWait: 'copies' });
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    second.gateOnly = (call) => call === 'set before';
+    second.close_gate(); // a copy still landing: the flush waits for it
+    assert.equal((await exec(set('before', 'x'))).kind, 'status');
+    const flushing = exec(flushAll);
+    const after = [exec(set('k', 'v')), exec(store('add', 'lock', 'A')), exec(arith('incr', 'n', 1n)), exec(del('gone'))];
+    await settle();
+    assert.deepEqual(first.calls, ['set before'], 'nothing else goes out before the flush');
+    second.open();
+    assert.deepEqual(await flushing, { kind: 'status', status: 'OK' });
+    const replies = await Promise.all(after);
+    assert.deepEqual(replies.map((r) => (r.kind === 'status' ? r.status : r.kind)), ['STORED', 'STORED', 'NOT_FOUND', 'NOT_FOUND']);
+    assert.deepEqual(first.calls.slice(0, 2), ['set before', 'flush']);
+    assert.deepEqual(values(await exec(get('before', 'k', 'lock'))), [undefined, 'v', 'A']);
+    assert.equal(router.orderedKeys, 0);
+  });
+
+  it('a gat while a flush_all waits touches no other upstream (the flush empties the key after it), so it does not hold the flush back', async () => {
+    const { ups, exec } = setup(2, { allowFlush: true, writeWait: 'copies' });
+    const [, second] = ups as [FakeUpstream, FakeUpstream];
+    await exec(set('sess', 'cart'));
+    second.gateOnly = (call) => call === 'set before';
+    second.close_gate();
+    await exec(set('before', 'x'));
+    const flushing = exec(flushAll);
+    assert.deepEqual(values(await exec({ kind: 'get', keys: ['sess'], withCas: false, touch: 0 })), ['cart']);
+    await settle();
+    assert.ok(!second.calls.includes('touch sess'), 'no background touch while the flush waits');
+    second.open();
+    assert.deepEqual(await flushing, { kind: 'status', status: 'OK' });
+    assert.deepEqual(values(await exec(get('sess'))), [undefined]);
+  });
+});
+
 describe('router: cas uniques are sealed per store (hazard 6)', () => {
   /** Fakes behind the health wrapper, as the app runs them: the wrapper seals the uniques. */
   function sealedSetup() {
