@@ -63,9 +63,11 @@ describe('router fuzz findings, minimised', () => {
     await settle();
     return { fakes, ups, detector, exec, unique };
   }
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const set = (key: string, value: string, deadline = 0): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false });
   const add = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
+  const gat = (key: string, deadline: number): Command => ({ kind: 'get', keys: [key], withCas: false, touch: deadline });
+  const touch = (key: string, deadline: number): Command => ({ kind: 'touch', key, deadline, noreply: false });
   const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
   const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
   const incr = (key: string, delta: bigint): Command => ({ kind: 'arith', op: 'incr', key, delta, initial: undefined, deadline: 0, noreply: false });
@@ -329,6 +331,34 @@ describe('router fuzz findings, minimised', () => {
     fakes[1].mode = 'fail'; // the first, written the key since its fence, decides the cas
     const cas: Command = { kind: 'store', mode: 'cas', key: 'sess', value: Buffer.from('stale cart'), flags: 0, deadline: 0, cas: unique, withCas: false, noreply: false };
     assert.notEqual(status(await exec(cas)), 'STORED', 'the cas succeeded wrongly: a unique from before the restart matched a newer item');
+  });
+
+  // Expiry. These tests run on a mock clock (Date only: the fakes' stores read it, no timers),
+  // made before the fakes so that their stores use it.
+  const T = 1_800_000_000_000;
+
+  // touch (replicate-write.ts, keyedOutcome). A touch that extends an item reaches one copy in
+  // time and the other after the item's old deadline, where it answers NOT_FOUND: TOUCHED to the
+  // client (a current copy had it), but the copy without the item stayed clean for the key. Once
+  // the first upstream fails, that copy decides: an add of a lock held for another minute is
+  // granted, and a session extended by the client is gone. The fuzz found it with a gat's touches
+  // of the other copies (seed 254 of 400, expiry on); a client's touch takes the same path.
+  it('a touch that reaches one copy after the item expired there: that copy does not decide, and grants no lock held elsewhere', async (t) => {
+    t.mock.timers.enable({ apis: ['Date'], now: T });
+    const { ups, exec } = setup();
+    const [first, second] = ups;
+    assert.equal(status(await exec(set('lock', 'A', Date.now() + 1000))), 'STORED', 'A holds the lock for a second, on both');
+    // The second upstream is slow to take the touch that extends the lock: its copy expires first.
+    second.gateOnly = (call) => call === 'touch lock';
+    second.close_gate();
+    const touching = exec(touch('lock', Date.now() + 60_000));
+    await settle();
+    t.mock.timers.tick(1500);
+    second.open();
+    assert.equal(status(await touching), 'TOUCHED', 'the first upstream touched it in time: A holds the lock for another minute');
+    assert.equal((await second.inner.get(['lock']))[0], undefined, 'expired on the second upstream before the touch reached it');
+    first.mode = 'fail';
+    assert.notEqual(status(await exec(add('lock', 'B'))), 'STORED', 'LOCK GRANTED TWICE: decided by the copy that lost the item');
   });
 
   // flush_all (replicate-write.ts, replicateFlush). Not fixed: the fuzz sends a flush_all only
