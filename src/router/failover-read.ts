@@ -103,7 +103,13 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
   const ask = (u: Upstream, keys: string[]): Promise<Answer> =>
     u.get(keys, cmd.touch).then(
       (hits) => ({ ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) }),
-      (error: unknown) => ({ ok: false, error }),
+      (error: unknown) => {
+        // A gat that failed may have touched the item there all the same (applied, then the
+        // connection dropped or timed out), unknown to the others: that copy may now outlive
+        // the item everywhere else (or expire before it). Journaled as a write it missed.
+        if (cmd.touch !== undefined) for (const k of keys) ctx.journal.mark(u, k, 'write', undefined, mayLandLate(error));
+        return { ok: false, error };
+      },
     );
 
   // gets/gats hand out a cas unique: read first from the upstreams that may check it (not fenced).

@@ -361,6 +361,33 @@ describe('router fuzz findings, minimised', () => {
     assert.notEqual(status(await exec(add('lock', 'B'))), 'STORED', 'LOCK GRANTED TWICE: decided by the copy that lost the item');
   });
 
+  // gat (failover-read.ts, read). A gat whose request to the first upstream was applied there
+  // (the item touched) but failed on the way back (the connection dropped) fell through to the
+  // second, which answered a miss: the item had expired there meanwhile. Nothing journaled the
+  // first: it kept the item for the gat's new lifetime, clean, and the next get read it from
+  // there, after the client had been told it was gone. The fuzz found it (seed 1533 of 2000).
+  it('a gat applied on an upstream whose answer is lost: the item it touched there does not come back after a miss', async (t) => {
+    t.mock.timers.enable({ apis: ['Date'], now: T });
+    const { ups, exec } = setup();
+    const [first, second] = ups;
+    assert.equal(status(await exec(set('sess', 'cart', Date.now() + 1000))), 'STORED');
+    const get1 = first.get.bind(first);
+    first.get = async (keys, touched) => {
+      await get1(keys, touched); // applied: touched for a minute
+      throw new McmuxError(ErrorCodes.UPSTREAM_IO, 'fake://0: connection closed (injected)');
+    };
+    // The second upstream answers after the item's deadline has passed.
+    second.gateOnly = (call) => call === 'get sess';
+    second.close_gate();
+    const reading = exec(gat('sess', Date.now() + 60_000));
+    await settle();
+    t.mock.timers.tick(1500);
+    second.open();
+    assert.deepEqual(values(await reading), [undefined], 'expired (the second upstream had no item left)');
+    first.get = get1;
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: the session the gat found expired is read again');
+  });
+
   // flush_all (replicate-write.ts, replicateFlush). Not fixed: the fuzz sends a flush_all only
   // at a quiet moment and never lets one land late (its header). Both need flush_all allowed
   // (--allow-flush; off by default).
