@@ -32,11 +32,35 @@ interface ReadState {
 }
 
 export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
+  if (cmd.touch !== undefined) return touchingRead(ctx, cmd);
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
   const seq = ctx.journal.readStarted();
   // So must the writes already in flight as it begins, though they may have settled when it ends.
   const busy = writesInFlight(ctx, cmd.keys);
   return firstHit(ctx, cmd, seq, busy) ?? finish(ctx, seq, read(ctx, cmd, seq, undefined, busy));
+}
+
+/**
+ * gat/gats: a write of its keys' deadlines on the upstreams it asks, in flight (for the journal)
+ * until it has every answer. A read that overlaps it must not repair a key over it: the value
+ * another copy still holds with the old deadline, written back where the gat just expired the
+ * item (or shortened its life), would bring it back. Announced before this read's own sequence,
+ * and over before its own read repair: it does not keep itself from repairing.
+ */
+function touchingRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
+  const busy = writesInFlight(ctx, cmd.keys);
+  const keys = [...new Set(cmd.keys)];
+  for (const k of keys) ctx.journal.writeStarted(k);
+  let going = true;
+  const touched = (): void => {
+    if (!going) return;
+    going = false;
+    for (const k of keys) ctx.journal.writeFinished(k);
+  };
+  const seq = ctx.journal.readStarted();
+  const full = read(ctx, cmd, seq, undefined, busy, touched);
+  full.then(touched, touched);
+  return finish(ctx, seq, full);
 }
 
 /**
@@ -95,7 +119,7 @@ function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number, busy: Readon
  * `first`: what upstream 0 already answered for a one-key read the fast path could not finish.
  * `busy`: keys with a write in flight when the read began (never read-repaired).
  */
-async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer, busy?: ReadonlySet<string>): Promise<Reply> {
+async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer, busy?: ReadonlySet<string>, touched?: () => void): Promise<Reply> {
   const { upstreams } = ctx;
   // Each distinct key is asked for once, however often the request repeats it (T16).
   const unique = [...new Set(cmd.keys)];
@@ -163,6 +187,8 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     }
   }
 
+  // A gat has every answer it waits for: its touches are done (or journaled), before its own repair.
+  touched?.();
   const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
   if (unanswered !== undefined) {
     return serverError(`no upstream answered for a key: ${errorMessage(st.lastError ?? new Error('every copy is being repaired'))}`);
