@@ -134,7 +134,7 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
   return replicateSet(ctx, { mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }, targets, 1, ok);
 }
 
-/** Writes an incr/decr result over `targets`, with flags and expiry from one of their copies. */
+/** Writes an incr/decr result over `targets`, with flags and expiry from one of their copies clean for the key. */
 async function replicateNumber(
   ctx: RouterContext,
   key: string,
@@ -142,6 +142,9 @@ async function replicateNumber(
   targets: readonly Upstream[],
 ): Promise<Reply | undefined> {
   for (const source of targets) {
+    // Not from a copy dirty for the key: it may have missed a touch (a gat's), and its deadline
+    // is not the item's (a counter or lock would outlive the deadline the authority keeps).
+    if (ctx.journal.isDirty(source, key)) continue;
     let copy;
     try {
       [copy] = await source.get([key]);
