@@ -426,6 +426,25 @@ describe('router fuzz findings, minimised', () => {
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: written back into the first upstream by the read repair of the get');
   });
 
+  // gat (failover-read.ts, touchOthers). A gat answers once the upstream it read has touched the
+  // item, and touches the others in the background: until a touch landed, the copy there still
+  // had the old deadline, and the next get, which found none on the first upstream (the gat had
+  // expired the item there), read it from the second. The fuzz found it (seed 3475 of 3500: two
+  // gats in a row, the first with a deadline in the past, the second answering the item).
+  it('a get after a gat that expired the item: the copies its touch has not reached yet are not read', async (t) => {
+    t.mock.timers.enable({ apis: ['Date'], now: T });
+    const { ups, exec } = setup();
+    const [, second] = ups;
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
+    second.gateOnly = (call) => call === 'touch sess';
+    second.close_gate(); // the gat's touch of the second upstream is slow
+    assert.deepEqual(values(await exec(gat('sess', Date.now() - 1000))), ['cart'], 'the gat answers the item, and expires it');
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: read from the second upstream, which the touch has not reached yet');
+    second.open();
+    await settle();
+    assert.deepEqual(values(await exec(get('sess'))), [undefined]);
+  });
+
   // incr (authority.ts, replicateNumber). An incr whose authority could not be read back (it
   // paused after applying it) is copied as the number it answered, with flags and expiry taken
   // from another copy: one dirty for the key, which had missed a gat's touch of the counter. The
