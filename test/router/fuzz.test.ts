@@ -1268,10 +1268,13 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
     }
   }
 
-  /** Why state `v` may not be observed by [s, e] (virtual [vs, ve]) of `key`; undefined when it may. */
-  const why = (key: string, v: string | null, s: number, e: number, vs: number, ve: number): string | undefined => {
+  /**
+   * Why state `v` may not be observed by [s, e] (virtual [vs, ve]) of `key`; undefined when it
+   * may. Not from a write of `self` (a gat's touch, a touch): it does not justify its own read.
+   */
+  const why = (key: string, v: string | null, s: number, e: number, vs: number, ve: number, self?: Op): string | undefined => {
     const ws = writes.get(key) as Write[];
-    const seen = observable(ws, s, e);
+    const seen = observable(ws, s, e).filter((x) => self === undefined || x.op !== self);
     // A value is seen only before its deadline; absent, also once a deadline passed.
     const ok = v === null ? statesOf(seen).some((x) => x.v === null || x.d <= ve) : statesOf(seen).some((x) => x.v === v && x.d > vs);
     if (ok) return undefined;
@@ -1312,11 +1315,12 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
     const key = op.keys[0] as string;
     const st = statusOf(op.reply);
     const check = (k: string, v: string | null, label: string): void => {
-      const reason = why(k, v, s, e, vs, ve);
+      const reason = why(k, v, s, e, vs, ve, op);
       if (reason) bad(op, k, `${label}: ${reason}`);
     };
     /** Some state it may see satisfies `pred` (given the value, and whether it is present as it begins). */
-    const mayBe = (k: string, pred: (v: string | null) => boolean): boolean => statesOf(observable(writes.get(k) as Write[], s, e)).some((x) => x.d > vs && pred(x.v));
+    const mayBe = (k: string, pred: (v: string | null) => boolean): boolean =>
+      statesOf(observable(writes.get(k) as Write[], s, e).filter((x) => x.op !== op)).some((x) => x.d > vs && pred(x.v));
     if (isRead(op) && st === 'VALUES') {
       const hits = (op.reply as Extract<Reply, { kind: 'values' }>).hits;
       op.keys.forEach((k, i) => check(k, hits[i] ? (hits[i]?.value.toString() as string) : null, op.final ? 'final read' : op.kind === 'get' ? 'read' : op.kind));
@@ -1350,7 +1354,7 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
       const got = (op.reply as Extract<Reply, { kind: 'number' }>).value;
       if (!belongsTo(key, String(got))) bad(op, key, `VALUE OF ANOTHER KEY: ${op.kind} ${key} answered ${got}`);
       else if (!mayBe(key, (v) => isNum(v) && applyArith(op.kind as ArithOp, BigInt(v), op.delta) === got)) {
-        const seen = statesOf(observable(writes.get(key) as Write[], s, e)).map((x) => `${JSON.stringify(x.v)} until ${ms(x.d)}`);
+        const seen = statesOf(observable(writes.get(key) as Write[], s, e).filter((x) => x.op !== op)).map((x) => `${JSON.stringify(x.v)} until ${ms(x.d)}`);
         bad(op, key, `${op.kind} answered ${got}: no state it may see (present at ${vs}ms) gives it (may see: ${seen.join(', ')})`);
       }
     } else if ((op.kind === 'incr' || op.kind === 'decr') && st === 'NOT_FOUND') {
