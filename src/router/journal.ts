@@ -99,6 +99,12 @@ export interface Overflow {
   full: boolean;
   /** The key holdsAlone() last found, checked first next time (it usually still is). */
   lastAlone?: string;
+  /**
+   * When a request to it last timed out whose key `known` could not take (it was full), in ms:
+   * until it has settled, the repair neither flushes it nor trusts it by expiry (it would land
+   * in a copy taken as clean, unlike one whose key is remembered, which stays dirty). In memory.
+   */
+  lastLate?: number;
 }
 
 /**
@@ -466,7 +472,10 @@ export class RepairJournal {
     p.keys.clear();
     p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: undefined, known: new Map(), full: false };
     // What may still land here is remembered (up to maxKeys): no later write makes it held.
-    for (const [key, at] of late) if (p.overflow.known.size < this.options.maxKeys) p.overflow.known.set(key, { seq: this.writeSeq, holds: false, late: at });
+    for (const [key, at] of late) {
+      if (p.overflow.known.size < this.options.maxKeys) p.overflow.known.set(key, { seq: this.writeSeq, holds: false, late: at });
+      else p.overflow.lastLate = Math.max(p.overflow.lastLate ?? 0, at);
+    }
     this.append(`O ${hex(idOf(u))} ${p.overflow.since}`);
   }
 
@@ -482,8 +491,10 @@ export class RepairJournal {
     if (!holds) {
       if (late && k?.late === undefined) {
         // Remembered even when not known to hold it, so that no later write makes it hold it.
-        // Beyond maxKeys nothing new is learnt (full) and it stays dirty anyway.
+        // Beyond maxKeys nothing new is learnt (full) and it stays dirty anyway, but not once the
+        // upstream is trusted again: that waits until the request has settled (lastLate).
         if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: Date.now() });
+        else o.lastLate = Date.now();
         if (k?.holds) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
         return;
       }

@@ -181,6 +181,12 @@ export class Repairer {
 
   private async retrust(ctx: RouterContext, u: Upstream, overflow: Overflow): Promise<void> {
     const { journal } = ctx;
+    // A request that timed out here may still land (a paused server working through its old
+    // connections) on a key the overflow could not remember (it was full): a flush before it
+    // lands, or a trust by expiry, would take as clean a copy it then overwrites. Wait until it
+    // has settled (a remembered key stays dirty after the trust instead).
+    const settle = this.options.lateSettleMs ?? LATE_SETTLE_MS;
+    if (overflow.lastLate !== undefined && Date.now() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) return;
     // A session written here since the overflow that every other upstream missed: a flush would
     // lose it. The other upstreams' repair copies it from here first; meanwhile (and for good
     // when there is no other upstream) it may be trusted by expiry, as any other store. One
