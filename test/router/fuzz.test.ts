@@ -1240,10 +1240,13 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
       const ws = writes.get(key) as Write[];
       const values: Array<string | null> = [];
       const deadlines: number[] = [];
+      // Of one value, only the earliest deadline (may it be absent?) and the latest (may it be
+      // seen?) matter to every check: at most two states a value, or appends over touched values
+      // multiply them without end.
+      const span = new Map<string, [number, number]>();
       const add = (v: string, d: number): void => {
-        if (values.some((x, j) => x === v && deadlines[j] === d)) return;
-        values.push(v);
-        deadlines.push(d);
+        const x = span.get(v);
+        span.set(v, x ? [Math.min(x[0], d), Math.max(x[1], d)] : [d, d]);
       };
       const got = st === 'NUMBER' ? (op.reply as Extract<Reply, { kind: 'number' }>).value : undefined;
       for (const x of acked ? observable(ws, op.start, op.end as number) : ws) {
@@ -1261,6 +1264,14 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
             add(v, op.deadline);
           }
         });
+      }
+      for (const [v, [lo, hi]] of span) {
+        values.push(v);
+        deadlines.push(lo);
+        if (hi !== lo) {
+          values.push(v);
+          deadlines.push(hi);
+        }
       }
       // An incr's number is known: with no state giving it (judged below), it is still written.
       if (got !== undefined && values.length === 0) {
