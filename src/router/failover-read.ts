@@ -304,7 +304,7 @@ function touchOthers(ctx: RouterContext, key: string, deadline: number, from: nu
   // A write like any other while it lands: reads in flight must not repair over it, and the
   // key's next conditional command waits for it (key-order.ts).
   if (targets.length === 0) return;
-  const { seq } = sendKeyed(ctx, 'touch', key, targets, (u) => u.touch(key, deadline));
+  const { seq } = sendKeyed(ctx, 'touch', key, targets, (u) => u.touch(key, deadline), deadline);
   // The gat answers before they do: until each has, no read takes the key from it (the item
   // there has the old deadline: a gat that expired it would see it come back).
   for (const u of targets) ctx.journal.markPending(u, key, seq);
