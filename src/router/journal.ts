@@ -105,6 +105,11 @@ export interface Overflow {
    * in a copy taken as clean, unlike one whose key is remembered, which stays dirty). In memory.
    */
   lastLate?: number;
+  /**
+   * The repair is flushing it: it holds none of the keys it was known to hold (the flush may
+   * have emptied it already), and no write landing meanwhile proves otherwise. In memory.
+   */
+  flushing?: boolean;
 }
 
 /**
@@ -187,7 +192,7 @@ export class RepairJournal {
   isDirty(u: Upstream, key: string): boolean {
     const p = this.byName.get(idOf(u));
     if (p === undefined) return false;
-    if (p.overflow !== undefined && p.overflow.known.get(key)?.holds !== true) return true;
+    if (p.overflow !== undefined && (p.overflow.flushing === true || p.overflow.known.get(key)?.holds !== true)) return true;
     return p.keys.has(key) || (p.pending !== undefined && p.pending.has(key));
   }
 
@@ -387,7 +392,19 @@ export class RepairJournal {
     // time (entries loaded from disk have no sequence).
     const bySeq = (a: Upstream, b: Upstream): number => (first(a) > 0 && first(b) > 0 ? first(b) - first(a) : 0);
     const top = [...all].sort((a, b) => bySeq(a, b) || since(b) - since(a) || first(b) - first(a))[0];
-    return top !== undefined && usable.includes(top) ? [top] : [];
+    return top !== undefined && usable.includes(top) && !this.notYet(top, key) ? [top] : [];
+  }
+
+  /**
+   * `u` is dirty for `key` only until a write on its way lands (write-wait copies), or it is an
+   * overflowed cache the repair is flushing: not a copy to take as the truth now (the old state,
+   * or nothing), though it ranks first. Nobody is, until it settles.
+   */
+  private notYet(u: Upstream, key: string): boolean {
+    const p = this.byName.get(idOf(u));
+    if (p === undefined) return false;
+    if (p.overflow !== undefined) return p.overflow.flushing === true;
+    return !p.keys.has(key) && p.pending?.has(key) === true;
   }
 
   /**
@@ -504,6 +521,7 @@ export class RepairJournal {
       return;
     }
     if (k?.late) return; // a timed-out request may land over this write
+    if (o.flushing) return; // it may land before the flush
     if (seq <= o.afterSeq || (k !== undefined && seq < k.seq)) return;
     if (seq < (this.writes.get(key)?.seq ?? seq)) return; // a newer write of the key is under way
     if (k === undefined && o.known.size >= this.options.maxKeys) {
@@ -521,6 +539,23 @@ export class RepairJournal {
    * every other upstream is dirty for (its only current copy), or it took more keys than it could
    * remember. Checks the key found last time first, so a wait for one key costs one lookup a tick.
    */
+  /**
+   * The repair sends (`true`) the flush of overflowed `u`, or it failed (`false`): from the
+   * moment it may be applied, `u` holds none of the keys it was known to hold. A failed one may
+   * still have been applied: they are not held any more.
+   */
+  flushingOverflowed(u: Upstream, on: boolean): void {
+    const o = this.byName.get(idOf(u))?.overflow;
+    if (!o) return;
+    o.flushing = on;
+    if (on) return;
+    for (const [key, k] of o.known) {
+      if (!k.holds) continue;
+      o.known.set(key, { ...k, holds: false });
+      this.append(`U ${hex(idOf(u))} ${hex(key)}`);
+    }
+  }
+
   holdsAlone(u: Upstream, all: readonly Upstream[]): boolean {
     const o = this.byName.get(idOf(u))?.overflow;
     if (!o) return false;

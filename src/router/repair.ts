@@ -197,12 +197,15 @@ export class Repairer {
       // journaled for this upstream afterwards (the read sequence keeps them remembered).
       const seq = journal.readStarted();
       const during = new Set(journal.writtenKeysSince(seq));
-      // Before the flush is sent: one that times out may still be applied.
+      // Before the flush is sent: one that times out may still be applied. Nor is it read
+      // meanwhile for the keys it was known to hold (the flush may have emptied it already).
       this.onFlush?.(u);
+      journal.flushingOverflowed(u, true);
       try {
         await u.flush();
         for (const key of journal.writtenKeysSince(seq)) during.add(key);
       } catch {
+        journal.flushingOverflowed(u, false);
         return;
       } finally {
         journal.readFinished(seq);
