@@ -211,6 +211,13 @@ export class Repairer {
         journal.readFinished(seq);
         this.flushing = false;
       }
+      // A request of a key it could not remember timed out while the flush was in flight (the
+      // server paused with both in its sockets): it may land after the flush. Not trusted yet:
+      // flushed again once that has settled.
+      if (overflow.lastLate !== undefined && Date.now() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) {
+        journal.flushingOverflowed(u, false);
+        return;
+      }
       journal.trust(u);
       // Only a write started from now on proves the key is here again: the answer to one that
       // started before may come after the flush's and still have landed before it. And what
