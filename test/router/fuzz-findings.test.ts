@@ -538,6 +538,43 @@ describe('router fuzz findings, minimised', () => {
     assert.deepEqual(values(await exec(get('sess'))), [undefined]);
   });
 
+  // The same when the request times out while the repair's flush is in flight (the cache paused
+  // with both in its sockets): the check before the flush found nothing to wait for, and the
+  // flush's answer trusted the cache. The fuzz found it (seed 11570 of 12000).
+  it('an overflowed cache is not trusted after a flush during which a request that may still land timed out', async (t) => {
+    t.mock.timers.enable({ apis: ['Date'], now: T });
+    const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', lateSettleMs: 1000 });
+    const [first, second] = ups;
+    second.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    second.mode = 'ok';
+    await exec(set('x', '1')); // the overflow remembers one key, its most
+    const flushed = deferred();
+    second.flush = async () => {
+      await flushed.promise;
+      await second.inner.flush();
+    };
+    const repairing = repairer.tick(); // the flush waits in the cache's socket
+    await settle();
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the cache');
+    const delete1 = second.delete.bind(second);
+    second.delete = async () => {
+      throw new McmuxError(ErrorCodes.UPSTREAM_REFUSED, 'fake://1: SERVER_ERROR out of memory (injected)');
+    };
+    assert.equal(status(await exec(del('sess'))), 'DELETED', 'logout: deleted on the first upstream, refused by the cache');
+    second.delete = delete1;
+    flushed.resolve();
+    await repairing; // flushed: trusted, or not yet
+    second.open(); // the old set lands, after the flush
+    await settle();
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the cache trusted after the flush');
+    assert.ok(journal.overflowed(second), 'to be flushed again once settled');
+  });
+
   // The repair's flush of an overflowed cache (repair.ts, retrust; journal.ts, flushing). Until
   // the flush answers, the cache was read for the keys a write reached since the overflow
   // (known to hold them), though the flush may have emptied it already: a set answered by the
