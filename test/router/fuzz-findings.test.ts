@@ -3,7 +3,7 @@
  * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
  * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
  * consistency model promises to survive; each test failed before the fix in src/router that came
- * with it, but for four todo tests: not fixed (the README lists them under "not guaranteed"; the
+ * with it, but for five todo tests: not fixed (the README lists them under "not guaranteed"; the
  * fuzz keeps clear of the flush_all ones, and its model allows the gat one).
  */
 
@@ -26,8 +26,8 @@ const noop = (): void => {};
 const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 describe('router fuzz findings, minimised', () => {
-  function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies'; maxKeys?: number; secondScheme?: string } = {}) {
-    const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1', opts.secondScheme)];
+  function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies'; maxKeys?: number; firstScheme?: string; secondScheme?: string } = {}) {
+    const ups = [new FakeUpstream('fake://0', opts.firstScheme), new FakeUpstream('fake://1', opts.secondScheme)];
     const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
     const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: opts.writeWait ?? 'all', allowFlush: true }, source, noop);
     const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: opts.lateSettleMs ?? 0 }, silent);
@@ -612,6 +612,36 @@ describe('router fuzz findings, minimised', () => {
     await repairing;
     await settle();
     assert.deepEqual(values(await exec(get('sess'))), ['cart']);
+  });
+
+  // A conditional command and the repair's flush of an overflowed cache (repair.ts, retrust).
+  // Not fixed. The cache, known to hold the lock since it came back (a copy reached it), decides
+  // an add; the repair sends its flush meanwhile, on another connection, and the server applies
+  // the flush first: the add finds no lock, and the lock A holds is granted to B (its copy
+  // overwrites A's on the other upstream). The README lists it under "not guaranteed" with the
+  // write that reaches only the cache in the flush's round trip. The fuzz found it with
+  // journal-max-keys 2 (seed 22968, MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1).
+  it('an add decided by an overflowed cache while the repair flushes it does not grant a lock held elsewhere', { todo: 'the flush is not ordered with a conditional command in flight on the cache (retrust)' }, async () => {
+    const { ups, journal, repairer, exec } = setup({ maxKeys: 1, firstScheme: 'memcached' });
+    const [first] = ups;
+    first.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    first.mode = 'ok';
+    assert.ok(journal.overflowed(first));
+    assert.equal(status(await exec(add('lock', 'A'))), 'STORED', 'decided by the second upstream, copied to the cache');
+    // B's add reaches the cache's socket; the flush overtakes it there.
+    const added = deferred();
+    const store1 = first.store.bind(first);
+    first.store = async (req) => {
+      if (req.mode === 'add') await added.promise;
+      return store1(req);
+    };
+    const adding = exec(add('lock', 'B'));
+    await settle();
+    await repairer.tick(); // flushes the cache
+    added.resolve();
+    assert.notEqual(status(await adding), 'STORED', 'LOCK GRANTED TWICE: B gets the lock A holds');
   });
 
   // gat and a concurrent set (failover-read.ts, touchOthers). Not fixed. A gat answers from one
