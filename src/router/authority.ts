@@ -123,6 +123,20 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     for (const u of targets) ctx.journal.mark(u, key, 'write');
     return serverError(`applied on ${authority.name} but could not read it back to replicate: ${errorMessage(error)}`);
   }
+  if (!hit && isFenced(authority)) {
+    // The authority was emptied after it applied the command (the repair flushes an overflowed
+    // cache, fencing it first; or it restarted): its miss says nothing, and deleting the key on
+    // the others would lose it everywhere. An incr/decr result is known: written over the
+    // others, with flags and expiry from a copy. An append's result is lost: an error, and the
+    // others keep the value before it.
+    if (ok.kind === 'number') {
+      const done = await replicateNumber(ctx, key, ok, targets, authority);
+      if (done) return done;
+    } else {
+      ctx.journal.mark(authority, key, 'write');
+      return serverError(`applied on ${authority.name}, which was emptied before it could be read back to replicate`);
+    }
+  }
   if (!hit) {
     const { seq, settled } = sendKeyed(ctx, 'delete', key, targets, (u) => u.delete(key));
     // As for any write: write-wait all answers once every copy is gone (or journaled); copies
@@ -134,7 +148,7 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
   return replicateSet(ctx, { mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }, targets, 1, ok, authority);
 }
 
-/** Writes an incr/decr result over `targets`, with flags and expiry from one of their copies. */
+/** Writes an incr/decr result over `targets`, with flags and expiry from one of their copies clean for the key. */
 async function replicateNumber(
   ctx: RouterContext,
   key: string,
@@ -143,6 +157,9 @@ async function replicateNumber(
   authority: Upstream,
 ): Promise<Reply | undefined> {
   for (const source of targets) {
+    // Not from a copy dirty for the key: it may have missed a touch (a gat's), and its deadline
+    // is not the item's (a counter or lock would outlive the deadline the authority keeps).
+    if (ctx.journal.isDirty(source, key)) continue;
     let copy;
     try {
       [copy] = await source.get([key]);

@@ -32,11 +32,35 @@ interface ReadState {
 }
 
 export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
+  if (cmd.touch !== undefined) return touchingRead(ctx, cmd);
   // Writes that start while this read is in flight must keep it from read-repairing their keys.
   const seq = ctx.journal.readStarted();
   // So must the writes already in flight as it begins, though they may have settled when it ends.
   const busy = writesInFlight(ctx, cmd.keys);
   return firstHit(ctx, cmd, seq, busy) ?? finish(ctx, seq, read(ctx, cmd, seq, undefined, busy));
+}
+
+/**
+ * gat/gats: a write of its keys' deadlines on the upstreams it asks, in flight (for the journal)
+ * until it has every answer. A read that overlaps it must not repair a key over it: the value
+ * another copy still holds with the old deadline, written back where the gat just expired the
+ * item (or shortened its life), would bring it back. Announced before this read's own sequence,
+ * and over before its own read repair: it does not keep itself from repairing.
+ */
+function touchingRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
+  const busy = writesInFlight(ctx, cmd.keys);
+  const keys = [...new Set(cmd.keys)];
+  for (const k of keys) ctx.journal.writeStarted(k);
+  let going = true;
+  const touched = (): void => {
+    if (!going) return;
+    going = false;
+    for (const k of keys) ctx.journal.writeFinished(k);
+  };
+  const seq = ctx.journal.readStarted();
+  const full = read(ctx, cmd, seq, undefined, busy, touched);
+  full.then(touched, touched);
+  return finish(ctx, seq, full);
 }
 
 /**
@@ -95,7 +119,7 @@ function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number, busy: Readon
  * `first`: what upstream 0 already answered for a one-key read the fast path could not finish.
  * `busy`: keys with a write in flight when the read began (never read-repaired).
  */
-async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer, busy?: ReadonlySet<string>): Promise<Reply> {
+async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer, busy?: ReadonlySet<string>, touched?: () => void): Promise<Reply> {
   const { upstreams } = ctx;
   // Each distinct key is asked for once, however often the request repeats it (T16).
   const unique = [...new Set(cmd.keys)];
@@ -103,7 +127,13 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
   const ask = (u: Upstream, keys: string[]): Promise<Answer> =>
     u.get(keys, cmd.touch).then(
       (hits) => ({ ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) }),
-      (error: unknown) => ({ ok: false, error }),
+      (error: unknown) => {
+        // A gat that failed may have touched the item there all the same (applied, then the
+        // connection dropped or timed out), unknown to the others: that copy may now outlive
+        // the item everywhere else (or expire before it). Journaled as a write it missed.
+        if (cmd.touch !== undefined) for (const k of keys) ctx.journal.mark(u, k, 'write', undefined, mayLandLate(error));
+        return { ok: false, error };
+      },
     );
 
   // gets/gats hand out a cas unique: read first from the upstreams that may check it (not fenced).
@@ -157,6 +187,8 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     }
   }
 
+  // A gat has every answer it waits for: its touches are done (or journaled), before its own repair.
+  touched?.();
   const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
   if (unanswered !== undefined) {
     return serverError(`no upstream answered for a key: ${errorMessage(st.lastError ?? new Error('every copy is being repaired'))}`);
@@ -275,11 +307,21 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
 
 /** gat: the upstreams neither answering nor repaired (they missed) get the touch in the background. */
 function touchOthers(ctx: RouterContext, key: string, deadline: number, from: number, missed: number[] | undefined): void {
-  // A flush_all is pending or running: it empties the key after this anyway (a touch that lands
-  // after it finds nothing), and one waits for the writes in flight.
-  if (ctx.journal.flushing) return;
   const targets = ctx.upstreams.filter((_, i) => i !== from && !missed?.includes(i));
+  // A flush_all is pending or running: it empties the key after this anyway (a touch that lands
+  // after it finds nothing), and one waits for the writes in flight. Until it has, the others
+  // still hold the item with its old deadline: journaled, so no read takes it from them (a gat
+  // that expired it saw it come back, the fuzz, seed 1228), and a flush that fails there leaves
+  // them to the repair.
+  if (ctx.journal.flushing) {
+    for (const u of targets) ctx.journal.mark(u, key, 'write');
+    return;
+  }
   // A write like any other while it lands: reads in flight must not repair over it, and the
   // key's next conditional command waits for it (key-order.ts).
-  if (targets.length > 0) sendKeyed(ctx, 'touch', key, targets, (u) => u.touch(key, deadline));
+  if (targets.length === 0) return;
+  const { seq } = sendKeyed(ctx, 'touch', key, targets, (u) => u.touch(key, deadline), deadline);
+  // The gat answers before they do: until each has, no read takes the key from it (the item
+  // there has the old deadline: a gat that expired it would see it come back).
+  for (const u of targets) ctx.journal.markPending(u, key, seq);
 }

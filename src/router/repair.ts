@@ -194,6 +194,12 @@ export class Repairer {
 
   private async retrust(ctx: RouterContext, u: Upstream, overflow: Overflow): Promise<void> {
     const { journal } = ctx;
+    // A request that timed out here may still land (a paused server working through its old
+    // connections) on a key the overflow could not remember (it was full): a flush before it
+    // lands, or a trust by expiry, would take as clean a copy it then overwrites. Wait until it
+    // has settled (a remembered key stays dirty after the trust instead).
+    const settle = this.options.lateSettleMs ?? LATE_SETTLE_MS;
+    if (overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) return;
     // A session written here since the overflow that every other upstream missed: a flush would
     // lose it. The other upstreams' repair copies it from here first; meanwhile (and for good
     // when there is no other upstream) it may be trusted by expiry, as any other store. One
@@ -204,12 +210,15 @@ export class Repairer {
       // journaled for this upstream afterwards (the read sequence keeps them remembered).
       const seq = journal.readStarted();
       const during = new Set(journal.writtenKeysSince(seq));
-      // Before the flush is sent: one that times out may still be applied.
+      // Before the flush is sent: one that times out may still be applied. Nor is it read
+      // meanwhile for the keys it was known to hold (the flush may have emptied it already).
       this.onFlush?.(u);
+      journal.flushingOverflowed(u, true);
       try {
         await u.flush();
         for (const key of journal.writtenKeysSince(seq)) during.add(key);
       } catch (error) {
+        journal.flushingOverflowed(u, false);
         // Still overflowed, so the keys written since are trusted one by one (Overflow.known):
         // not while this flush may yet land and empty it under them.
         if (mayLandLate(error)) journal.flushTimedOut(u);
@@ -218,6 +227,14 @@ export class Repairer {
         journal.readFinished(seq);
         this.flushing = false;
       }
+      // A request of a key it could not remember timed out while the flush was in flight (the
+      // server paused with both in its sockets): it may land after the flush. Not trusted yet:
+      // flushed again once that has settled.
+      if (overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) {
+        journal.flushingOverflowed(u, false);
+        return;
+      }
+      overflow.lastLate = undefined; // settled (above): trust() would keep it overflowed
       journal.trust(u);
       // Only a write started from now on proves the key is here again: the answer to one that
       // started before may come after the flush's and still have landed before it. And what
@@ -239,6 +256,7 @@ export class Repairer {
       );
     }
     if (Date.now() > overflow.trustAfter) {
+      overflow.lastLate = undefined; // settled (at the top)
       ctx.journal.trust(u);
       this.log.info({ upstream: u.name }, 'every item written before the outage has expired: reads use the upstream again');
     }

@@ -5,7 +5,7 @@
  * never reported as a miss.
  */
 
-import type { Reply, Status } from '../command/command';
+import { type Reply, type Status, isExpired } from '../command/command';
 import { mayLandLate } from '../errors';
 import type { StoreRequest, StoreResult, Upstream } from '../upstream/upstream';
 import { authorityOrder } from './authority-order';
@@ -91,6 +91,7 @@ export function replicateKeyed(
   key: string,
   op: (u: Upstream) => Promise<Status>,
   hit: 'DELETED' | 'TOUCHED',
+  deadline?: number,
 ): Promise<Reply> {
   const n = ctx.upstreams.length;
   const min = Math.min(ctx.minCopies, n);
@@ -124,7 +125,7 @@ export function replicateKeyed(
       }
       return { kind: 'status', status: 'NOT_FOUND' };
     },
-    keyedOutcome(ctx, what, key, seq),
+    keyedOutcome(ctx, what, key, seq, what === 'touch' ? { present: false, missed: [], current: (u) => !dirty[ctx.upstreams.indexOf(u)] || u === freshest, deadline: deadline ?? 0 } : undefined),
     () => ctx.journal.writeFinished(key),
   );
 }
@@ -141,20 +142,47 @@ export function sendKeyed(
   key: string,
   targets: readonly Upstream[],
   op: (u: Upstream) => Promise<Status>,
+  deadline?: number,
 ): { seq: number; settled: Promise<unknown> } {
   const seq = ctx.journal.writeStarted(key);
-  const settled = fanOut(targets, op, (_, all) => (all ? true : undefined), keyedOutcome(ctx, what, key, seq), () => ctx.journal.writeFinished(key));
+  // A gat's touches: the copy it read (clean for the key) holds the item, touched.
+  const touch = what === 'touch' ? { present: true, missed: [], current: () => false, deadline: deadline ?? 0 } : undefined;
+  const settled = fanOut(targets, op, (_, all) => (all ? true : undefined), keyedOutcome(ctx, what, key, seq, touch), () => ctx.journal.writeFinished(key));
   return { seq, settled };
 }
 
+/**
+ * A touch's copies: whether a copy holding the key's current state (`current`) answered TOUCHED
+ * (`present`), and the copies that answered NOT_FOUND before one did (`missed`).
+ */
+interface TouchCopies {
+  present: boolean;
+  readonly missed: Upstream[];
+  readonly current: (u: Upstream) => boolean;
+  /** The touch's deadline: once past, the item is gone from the touched copies too. */
+  readonly deadline: number;
+}
+
 /** What each upstream's answer to a delete or touch (write `seq`) means for the journal. */
-function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string, seq: number): (u: Upstream, o: Outcome<Status>) => void {
+function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string, seq: number, touch?: TouchCopies): (u: Upstream, o: Outcome<Status>) => void {
   return (u, o) => {
     ctx.journal.settled(u, key, seq);
     if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
     else if (what === 'delete') {
       ctx.journal.written(u, key, seq);
       noteWritten(u, key);
+    } else if (touch) {
+      // A copy without the item while a current one has it and was touched (the touch reached it
+      // after the item's old deadline, which the other copy's touch had moved): it lacks what
+      // the others hold until the new deadline. Journaled: not read, and never the authority
+      // (an add there would grant a lock that is held), until the repair copies the item.
+      if (o.value === 'TOUCHED' && !touch.present && touch.current(u)) {
+        touch.present = true;
+        if (!isExpired(touch.deadline, Date.now())) for (const m of touch.missed.splice(0)) ctx.journal.mark(m, key, 'write', seq);
+      } else if (o.value === 'NOT_FOUND' && !isExpired(touch.deadline, Date.now())) {
+        if (touch.present) ctx.journal.mark(u, key, 'write', seq);
+        else touch.missed.push(u);
+      }
     }
     reportLate(ctx, what, u, o, () => true);
   };

@@ -1,17 +1,19 @@
 /**
  * What the router fuzz (fuzz.test.ts) found, minimised by hand to plain FakeUpstreams (no virtual
- * time needed). Each brings back a deleted session, loses an acknowledged lock or counter, or lets
- * a cas succeed wrongly, under faults the README's consistency model promises to survive; each
- * test failed before the fix in src/router that came with it. The flush_all ones began as todos,
- * found by hand while the fuzz kept clear of flush_all; with flush_all ordered with
- * every write and a flush that timed out tracked, they pass, with one each for the other ways a
- * write could cross a flush (each fails without the part of the fix it names), and the fuzz sends
- * flush_all at any moment (it then found the ranking one, seed 1353). The cas one before them
- * passes since a reconnect voids the store's uniques at once.
+ * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
+ * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
+ * consistency model promises to survive; each test failed before the fix in src/router that came
+ * with it, but for two todo tests: not fixed (the README lists them under "not guaranteed"; the
+ * fuzz's model allows the gat one). The flush_all ones began as todos, found by hand while the
+ * fuzz kept clear of flush_all; with flush_all ordered with every write and a flush that timed
+ * out tracked, they pass, with one each for the other ways a write could cross a flush (each
+ * fails without the part of the fix it names), and the fuzz sends flush_all at any moment (it
+ * then found the ranking one, seed 1353). The cas one after a restart passes since a reconnect
+ * voids the store's uniques at once.
  */
 
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { type TestContext, describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
@@ -20,6 +22,7 @@ import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
+import { TestClocks } from '../helpers/clocks';
 import { FakeUpstream } from '../helpers/fake-upstream';
 import { describeReply } from '../helpers/reply-text';
 
@@ -29,9 +32,9 @@ const noop = (): void => {};
 const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 describe('router fuzz findings, minimised', () => {
-  function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies' } = {}) {
-    const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
-    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies'; maxKeys?: number; firstScheme?: string; secondScheme?: string } = {}) {
+    const ups = [new FakeUpstream('fake://0', opts.firstScheme), new FakeUpstream('fake://1', opts.secondScheme)];
+    const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
     const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: opts.writeWait ?? 'all', allowFlush: true }, source, noop);
     const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: opts.lateSettleMs ?? 0 }, silent);
     const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
@@ -67,9 +70,11 @@ describe('router fuzz findings, minimised', () => {
     await settle();
     return { fakes, ups, detector, exec, unique };
   }
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const set = (key: string, value: string, deadline = 0): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false });
   const add = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
+  const gat = (key: string, deadline: number): Command => ({ kind: 'get', keys: [key], withCas: false, touch: deadline });
+  const touch = (key: string, deadline: number): Command => ({ kind: 'touch', key, deadline, noreply: false });
   const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
   const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
   const incr = (key: string, delta: bigint): Command => ({ kind: 'arith', op: 'incr', key, delta, initial: undefined, deadline: 0, noreply: false });
@@ -332,6 +337,400 @@ describe('router fuzz findings, minimised', () => {
     fakes[1].mode = 'fail'; // the first, written the key since its fence, decides the cas
     const cas: Command = { kind: 'store', mode: 'cas', key: 'sess', value: Buffer.from('stale cart'), flags: 0, deadline: 0, cas: unique, withCas: false, noreply: false };
     assert.notEqual(status(await exec(cas)), 'STORED', 'the cas succeeded wrongly: a unique from before the restart matched a newer item');
+  });
+
+  // Expiry. These tests run on hand-moved clocks (test/helpers/clocks.ts: the wall clock, which
+  // item deadlines and the fakes' stores read, and the monotonic one of the settle windows),
+  // made before the fakes. `advance` is time passing: both move.
+  function clocks(t: TestContext): TestClocks {
+    const c = new TestClocks();
+    t.after(() => c.restore());
+    return c;
+  }
+
+  // touch (replicate-write.ts, keyedOutcome). A touch that extends an item reaches one copy in
+  // time and the other after the item's old deadline, where it answers NOT_FOUND: TOUCHED to the
+  // client (a current copy had it), but the copy without the item stayed clean for the key. Once
+  // the first upstream fails, that copy decides: an add of a lock held for another minute is
+  // granted, and a session extended by the client is gone. The fuzz found it with a gat's touches
+  // of the other copies (seed 254 of 400, expiry on); a client's touch takes the same path.
+  it('a touch that reaches one copy after the item expired there: that copy does not decide, and grants no lock held elsewhere', async (t) => {
+    const clock = clocks(t);
+    const { ups, journal, exec } = setup();
+    const [first, second] = ups;
+    assert.equal(status(await exec(set('lock', 'A', Date.now() + 1000))), 'STORED', 'A holds the lock for a second, on both');
+    // The second upstream is slow to take the touch that extends the lock: its copy expires first.
+    second.gateOnly = (call) => call === 'touch lock';
+    second.close_gate();
+    const touching = exec(touch('lock', Date.now() + 60_000));
+    await settle();
+    clock.advance(1500);
+    second.open();
+    assert.equal(status(await touching), 'TOUCHED', 'the first upstream touched it in time: A holds the lock for another minute');
+    assert.equal((await second.inner.get(['lock']))[0], undefined, 'expired on the second upstream before the touch reached it');
+    first.mode = 'fail';
+    assert.notEqual(status(await exec(add('lock', 'B'))), 'STORED', 'LOCK GRANTED TWICE: decided by the copy that lost the item');
+    // A touch that expires the item (a deadline in the past) leaves it absent on every copy: one
+    // that had none already holds the key's state, and is not journaled (the fuzz, seed 8270 of
+    // 9000: a journal of one key overflowed on a healthy upstream).
+    first.mode = 'ok';
+    await exec(set('sess', 'cart'));
+    await second.inner.delete('sess');
+    assert.equal(status(await exec(touch('sess', Date.now() - 1000))), 'TOUCHED');
+    assert.equal(journal.isDirty(second, 'sess'), false, 'absent there, as everywhere now');
+  });
+
+  // gat (failover-read.ts, read). A gat whose request to the first upstream was applied there
+  // (the item touched) but failed on the way back (the connection dropped) fell through to the
+  // second, which answered a miss: the item had expired there meanwhile. Nothing journaled the
+  // first: it kept the item for the gat's new lifetime, clean, and the next get read it from
+  // there, after the client had been told it was gone. The fuzz found it (seed 1533 of 2000).
+  it('a gat applied on an upstream whose answer is lost: the item it touched there does not come back after a miss', async (t) => {
+    const clock = clocks(t);
+    const { ups, exec } = setup();
+    const [first, second] = ups;
+    assert.equal(status(await exec(set('sess', 'cart', Date.now() + 1000))), 'STORED');
+    const get1 = first.get.bind(first);
+    first.get = async (keys, touched) => {
+      await get1(keys, touched); // applied: touched for a minute
+      throw new McmuxError(ErrorCodes.UPSTREAM_IO, 'fake://0: connection closed (injected)');
+    };
+    // The second upstream answers after the item's deadline has passed.
+    second.gateOnly = (call) => call === 'get sess';
+    second.close_gate();
+    const reading = exec(gat('sess', Date.now() + 60_000));
+    await settle();
+    clock.advance(1500);
+    second.open();
+    assert.deepEqual(values(await reading), [undefined], 'expired (the second upstream had no item left)');
+    first.get = get1;
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: the session the gat found expired is read again');
+  });
+
+  // A gat is a write of its keys' deadlines (failover-read.ts, touchingRead). A get in flight as
+  // a gat expires the item (a deadline in the past) on the first upstream got a miss there, then
+  // found the item on the second, which the gat's touch had not reached yet; the get ended
+  // before the gat did, so no write of the key was in flight or started since, as far as the
+  // journal knew, and its read repair wrote the item back into the first upstream, for good (no
+  // deadline). The fuzz found it (seed 2925 of 3000).
+  it('a get overlapping a gat that expires the item: its read repair does not bring the item back', async (t) => {
+    clocks(t); // item deadlines on a clock of the test's
+    const { ups, exec } = setup();
+    const [first, second] = ups;
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
+    const plainRead = deferred();
+    const gatAnswer = deferred();
+    const get1 = first.get.bind(first);
+    first.get = async (keys, touched) => {
+      if (touched === undefined) {
+        await plainRead.promise; // the get's request is served after the gat's
+        return get1(keys, touched);
+      }
+      const hits = await get1(keys, touched); // the gat: the item expired at once
+      await gatAnswer.promise;
+      return hits;
+    };
+    const reading = exec(get('sess'));
+    await settle();
+    const expiring = exec(gat('sess', Date.now() - 1000));
+    await settle();
+    plainRead.resolve();
+    assert.deepEqual(values(await reading), ['cart'], 'concurrent with the gat: either answer is fine');
+    await settle();
+    gatAnswer.resolve();
+    assert.deepEqual(values(await expiring), ['cart'], 'the gat answers the item, and expires it');
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0], undefined, "the gat's touch expired it on the second upstream too");
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: written back into the first upstream by the read repair of the get');
+  });
+
+  // gat (failover-read.ts, touchOthers). A gat answers once the upstream it read has touched the
+  // item, and touches the others in the background: until a touch landed, the copy there still
+  // had the old deadline, and the next get, which found none on the first upstream (the gat had
+  // expired the item there), read it from the second. The fuzz found it (seed 3475 of 3500: two
+  // gats in a row, the first with a deadline in the past, the second answering the item).
+  it('a get after a gat that expired the item: the copies its touch has not reached yet are not read', async (t) => {
+    clocks(t); // item deadlines on a clock of the test's
+    const { ups, exec } = setup();
+    const [, second] = ups;
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
+    second.gateOnly = (call) => call === 'touch sess';
+    second.close_gate(); // the gat's touch of the second upstream is slow
+    assert.deepEqual(values(await exec(gat('sess', Date.now() - 1000))), ['cart'], 'the gat answers the item, and expires it');
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTION: read from the second upstream, which the touch has not reached yet');
+    second.open();
+    await settle();
+    assert.deepEqual(values(await exec(get('sess'))), [undefined]);
+  });
+
+  // incr (authority.ts, replicateNumber). An incr whose authority could not be read back (it
+  // paused after applying it) is copied as the number it answered, with flags and expiry taken
+  // from another copy: one dirty for the key, which had missed a gat's touch of the counter. The
+  // copy written with that stale deadline (none) was clean again: the counter, meant to expire
+  // in a second (a rate limit, a lock by incr), counted on for good once the first upstream
+  // failed. The fuzz found it (seed 356 of 2000).
+  it('an incr copied without its read-back takes no deadline from a copy that missed a touch: the counter still expires', async (t) => {
+    const clock = clocks(t);
+    const { ups, exec } = setup();
+    const [first, second] = ups;
+    assert.equal(status(await exec(set('counter', '10'))), 'STORED', 'no deadline, on both');
+    second.mode = 'fail';
+    assert.deepEqual(values(await exec(gat('counter', Date.now() + 1000))), ['10'], 'the first upstream now expires it in a second; the second missed the touch');
+    second.mode = 'ok';
+    const get1 = first.get.bind(first);
+    first.get = async () => {
+      throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, 'fake://0: no reply (injected)', true);
+    };
+    await exec(incr('counter', 1n)); // 11 on the first upstream; its read-back times out
+    first.get = get1;
+    clock.advance(1500);
+    first.mode = 'fail';
+    const r = await exec(incr('counter', 1n));
+    assert.notEqual(status(r), '12', 'the counter was to expire a second ago, and is counted on (by the copy with the stale deadline)');
+  });
+
+  // incr and a cache the repair flushes (authority.ts, copyFromAuthority). An overflowed cache,
+  // written the counter since it came back, decides an incr; the repair flushes it (fencing it
+  // first) before the incr's read-back. The miss was taken as "the counter is gone" and deleted
+  // on the others: a counter (a lock) lost everywhere, though the incr answered its number. The
+  // fuzz found it with journal-max-keys 3 (seed 1824 of 2000).
+  it('an incr whose authority is emptied before its read-back does not delete the counter everywhere', async () => {
+    const { fakes, ups, detector, exec } = withDetector(false);
+    await detector.checkAll();
+    assert.equal(status(await exec(set('counter', '10'))), 'STORED');
+    const get1 = fakes[0].get.bind(fakes[0]);
+    fakes[0].get = async (keys, touched) => {
+      // Just before the read-back: the repair fences the first upstream and flushes it.
+      fakes[0].get = get1;
+      detector.knownEmpty(ups[0]);
+      await fakes[0].inner.flush();
+      return get1(keys, touched);
+    };
+    assert.equal(describeReply(await exec(incr('counter', 1n))), '11');
+    assert.deepEqual(values(await exec(get('counter'))), ['11'], 'LOST WRITE: the counter was deleted on every upstream');
+  });
+
+  // A journal that overflowed (repair.ts, retrust; journal.ts, lastLate). A request that timed
+  // out on an overflowed cache is remembered, so that it stays unread until the request has
+  // settled, only while the overflow remembers fewer than journal-max-keys keys. Beyond that,
+  // the repair flushed the cache and trusted it at once: the old set still in its socket landed
+  // after the flush, over a delete acknowledged since, in a copy taken as clean. The fuzz found it
+  // with journal-max-keys 1 (seed 2533 of 3000: an incr's copy, and a counter back without its
+  // deadline).
+  it('an overflowed cache is not flushed and trusted while a request that timed out there may still land', async (t) => {
+    const clock = clocks(t);
+    const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', lateSettleMs: 1000 });
+    const [first, second] = ups;
+    second.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    second.mode = 'ok';
+    assert.ok(journal.overflowed(second), 'the cache missed two keys: its journal overflowed');
+    await exec(set('x', '1')); // reaches the cache: the overflow remembers one key, its most
+    // The cache pauses for `sess`: the set times out there, applied when it resumes.
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the cache');
+    const delete1 = second.delete.bind(second);
+    second.delete = async () => {
+      throw new McmuxError(ErrorCodes.UPSTREAM_REFUSED, 'fake://1: SERVER_ERROR out of memory (injected)');
+    };
+    assert.equal(status(await exec(del('sess'))), 'DELETED', 'logout: deleted on the first upstream, refused by the cache');
+    second.delete = delete1;
+    await repairer.tick(); // the cache is back: flushed and trusted, or not yet
+    second.open(); // the paused cache works through its old connection: the set lands
+    await settle();
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the cache the repair took as clean');
+    clock.advance(1500);
+    await repairer.tick(); // settled: flushed and trusted now
+    assert.equal(journal.overflowed(second), undefined);
+    assert.deepEqual(values(await exec(get('sess'))), [undefined]);
+  });
+
+  // The same when the request times out while the repair's flush is in flight (the cache paused
+  // with both in its sockets): the check before the flush found nothing to wait for, and the
+  // flush's answer trusted the cache. The fuzz found it (seed 11570 of 12000).
+  it('an overflowed cache is not trusted after a flush during which a request that may still land timed out', async (t) => {
+    clocks(t); // item deadlines on a clock of the test's
+    const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', lateSettleMs: 1000 });
+    const [first, second] = ups;
+    second.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    second.mode = 'ok';
+    await exec(set('x', '1')); // the overflow remembers one key, its most
+    const flushed = deferred();
+    second.flush = async () => {
+      await flushed.promise;
+      await second.inner.flush();
+    };
+    const repairing = repairer.tick(); // the flush waits in the cache's socket
+    await settle();
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the cache');
+    const delete1 = second.delete.bind(second);
+    second.delete = async () => {
+      throw new McmuxError(ErrorCodes.UPSTREAM_REFUSED, 'fake://1: SERVER_ERROR out of memory (injected)');
+    };
+    assert.equal(status(await exec(del('sess'))), 'DELETED', 'logout: deleted on the first upstream, refused by the cache');
+    second.delete = delete1;
+    flushed.resolve();
+    await repairing; // flushed: trusted, or not yet
+    second.open(); // the old set lands, after the flush
+    await settle();
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the cache trusted after the flush');
+    assert.ok(journal.overflowed(second), 'to be flushed again once settled');
+  });
+
+  // The repair's flush of an overflowed cache (repair.ts, retrust; journal.ts, flushing). Until
+  // the flush answers, the cache was read for the keys a write reached since the overflow
+  // (known to hold them), though the flush may have emptied it already: a set answered by the
+  // cache first (write-wait copies: the other upstream's copy still pending, so not read) that
+  // landed before the flush was missed by the next get. The fuzz found it with journal-max-keys 2
+  // (seed 20262 of 21000, every seed with expiry and a small journal).
+  it('a cache the repair is flushing is not read for the keys it held: a set it answered first is not missed', async () => {
+    const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', writeWait: 'copies' });
+    const [first, second] = ups;
+    second.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    second.mode = 'ok';
+    assert.ok(journal.overflowed(second));
+    // The repair flushes the cache: the flush waits in its socket, then is applied, then answers.
+    const apply = deferred();
+    const answer = deferred();
+    second.flush = async () => {
+      await apply.promise;
+      await second.inner.flush();
+      await answer.promise;
+    };
+    const repairing = repairer.tick();
+    await settle();
+    // The first upstream is slow to store the session; the cache stores it (before its flush).
+    first.gateOnly = (call) => call === 'set sess';
+    first.close_gate();
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'answered by the cache; the first upstream still to answer');
+    apply.resolve();
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0], undefined, 'the flush emptied the cache');
+    assert.notDeepEqual(values(await exec(get('sess'))), [undefined], 'LOST WRITE: the acknowledged session read from the flushed cache');
+    answer.resolve();
+    first.open();
+    await repairing;
+    await settle();
+    assert.deepEqual(values(await exec(get('sess'))), ['cart']);
+  });
+
+  // flush_all with expiry and an overflowed journal: found once the fuzz sent both (the merge of
+  // the two). A gat while a flush_all waits for the writes in flight touched no other upstream
+  // (the flush empties the key after it), but the others still held the item with its old
+  // deadline until then, and were read: a gat that expired the item saw it come back (seed 1228,
+  // failover-read.ts touchOthers: now journaled there).
+  it('a gat while a flush_all waits for the writes in flight: the copies it did not touch are not read', async (t) => {
+    clocks(t); // item deadlines on a clock of the test's
+    const { ups, exec } = setup();
+    const [, second] = ups;
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
+    second.gateOnly = (call) => call === 'set other';
+    second.close_gate(); // a write in flight: the flush_all waits for it
+    const writing = exec(set('other', 'x'));
+    await settle();
+    const flushing = exec(flushAll);
+    await settle();
+    assert.deepEqual(values(await exec(gat('sess', Date.now() - 1000))), ['cart'], 'the gat answers the item, and expires it');
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'EXPIRED VALUE SERVED: read from the second upstream, which the gat did not touch');
+    second.open();
+    assert.equal(status(await writing), 'STORED');
+    assert.equal(status(await flushing), 'OK');
+  });
+
+  // A client's flush_all trusted an overflowed upstream at once (journal.ts trust), though a set
+  // of a key the overflow could not remember (it was full) had timed out there and could still
+  // land: it landed after the flush, in a copy taken as clean, and brought the value back (seed
+  // 1428). Now it stays overflowed until that has settled, then the repair trusts it.
+  it("a flush_all does not trust an overflowed upstream while a request of a key it could not remember may still land", async () => {
+    const { ups, journal, exec } = setup({ maxKeys: 1 });
+    const [first, second] = ups;
+    second.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    second.mode = 'ok';
+    assert.ok(journal.overflowed(second), 'the second upstream missed two keys: its journal overflowed');
+    await exec(set('x', '1')); // the overflow remembers one key, its most
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late(); // the second upstream pauses for `sess`: applied when it resumes
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the second');
+    second.gateOnly = (call) => call === 'set sess';
+    assert.equal(status(await exec(flushAll)), 'OK', 'both flushed');
+    second.open(); // the set lands after the flush
+    await settle();
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await exec(get('sess'))), ['cart'], 'RESURRECTION: a value written before an acknowledged flush_all is read');
+    assert.ok(journal.overflowed(second), 'trusted by the repair once the late set has settled');
+  });
+
+  // A conditional command and the repair's flush of an overflowed cache (repair.ts, retrust).
+  // Not fixed. The cache, known to hold the lock since it came back (a copy reached it), decides
+  // an add; the repair sends its flush meanwhile, on another connection, and the server applies
+  // the flush first: the add finds no lock, and the lock A holds is granted to B (its copy
+  // overwrites A's on the other upstream). The README lists it under "not guaranteed" with the
+  // write that reaches only the cache in the flush's round trip. The fuzz found it with
+  // journal-max-keys 2 (seed 22968, MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1).
+  it('an add decided by an overflowed cache while the repair flushes it does not grant a lock held elsewhere', { todo: 'the flush is not ordered with a conditional command in flight on the cache (retrust)' }, async () => {
+    const { ups, journal, repairer, exec } = setup({ maxKeys: 1, firstScheme: 'memcached' });
+    const [first] = ups;
+    first.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    first.mode = 'ok';
+    assert.ok(journal.overflowed(first));
+    assert.equal(status(await exec(add('lock', 'A'))), 'STORED', 'decided by the second upstream, copied to the cache');
+    // B's add reaches the cache's socket; the flush overtakes it there.
+    const added = deferred();
+    const store1 = first.store.bind(first);
+    first.store = async (req) => {
+      if (req.mode === 'add') await added.promise;
+      return store1(req);
+    };
+    const adding = exec(add('lock', 'B'));
+    await settle();
+    await repairer.tick(); // flushes the cache
+    added.resolve();
+    assert.notEqual(status(await adding), 'STORED', 'LOCK GRANTED TWICE: B gets the lock A holds');
+  });
+
+  // gat and a concurrent set (failover-read.ts, touchOthers). Not fixed. A gat answers from one
+  // upstream and touches the others after it answered, in the background; a set of the key with
+  // its own deadline, sent while the gat was in flight, reaches the first upstream after the gat
+  // (the gat answered the old value: in any order a client can tell, the set came second) but
+  // the second one before the gat's touch, which then gives the new value the gat's deadline.
+  // The copies disagree: once the first one's item expires at the set's deadline, the second
+  // serves it for the gat's (a minute here). Journaling the others instead of touching them
+  // when a write of the key raced the gat made them rank as fresher than the copy the gat read,
+  // when that one went dirty too (the fuzz, seed 1735 of 2000): not a fix.
+  it('a gat and a set of the key overlapping: the set\'s deadline holds on every copy', { todo: "a gat's touches of the other copies may land after a set that came after it (touchOthers)" }, async (t) => {
+    const clock = clocks(t);
+    const { ups, exec } = setup();
+    const [first] = ups;
+    assert.equal(status(await exec(set('sess', 'old'))), 'STORED');
+    const gatAnswer = deferred();
+    const get1 = first.get.bind(first);
+    first.get = async (keys, touched) => {
+      const hits = await get1(keys, touched);
+      if (touched !== undefined) await gatAnswer.promise;
+      return hits;
+    };
+    const reading = exec(gat('sess', Date.now() + 60_000)); // applied on the first upstream: old, for a minute
+    await settle();
+    assert.equal(status(await exec(set('sess', 'new', Date.now() + 1000))), 'STORED', 'new, for a second, on both');
+    gatAnswer.resolve();
+    assert.deepEqual(values(await reading), ['old'], 'the gat came first');
+    await settle(); // its touch reaches the second upstream, over the new value
+    clock.advance(1500);
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'EXPIRED VALUE SERVED: the set gave it a second, the gat\'s touch a minute on the second upstream');
   });
 
   // flush_all (router.ts orderedFlush, journal.ts quiesce). Both need flush_all allowed
