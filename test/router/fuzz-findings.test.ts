@@ -40,6 +40,31 @@ describe('router fuzz findings, minimised', () => {
     const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
     return { ups: ups as [FakeUpstream, FakeUpstream], journal, repairer, exec };
   }
+  type Exec = (c: Command) => Promise<Reply>;
+  /**
+   * The second upstream misses two keys, so that its journal of one key (maxKeys 1) overflows;
+   * with `x`, then a write reaches it again: the overflow remembers that one key, its most.
+   */
+  async function overflowSecond(exec: Exec, second: FakeUpstream, journal: RepairJournal, x = true): Promise<void> {
+    second.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    second.mode = 'ok';
+    assert.ok(journal.overflowed(second), 'the second upstream missed two keys: its journal overflowed');
+    if (x) await exec(set('x', '1'));
+  }
+  /** A logout: `sess` set (timed out on the second upstream, applied when it resumes), then deleted (refused there). */
+  async function lateSetRefusedDelete(exec: Exec, second: FakeUpstream): Promise<void> {
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the second');
+    const delete1 = second.delete.bind(second);
+    second.delete = async () => {
+      throw new McmuxError(ErrorCodes.UPSTREAM_REFUSED, 'fake://1: SERVER_ERROR out of memory (injected)');
+    };
+    assert.equal(status(await exec(del('sess'))), 'DELETED', 'logout: deleted on the first upstream, refused by the second');
+    second.delete = delete1;
+  }
   /** Two fakes behind health tracking, with a cold detector; `allowFlush` also forgets a flushed one's marker. */
   function withDetector(allowFlush: boolean) {
     const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as [FakeUpstream, FakeUpstream];
@@ -521,22 +546,8 @@ describe('router fuzz findings, minimised', () => {
     const clock = clocks(t);
     const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', lateSettleMs: 1000 });
     const [first, second] = ups;
-    second.mode = 'fail';
-    await exec(set('a', '1'));
-    await exec(set('b', '1'));
-    second.mode = 'ok';
-    assert.ok(journal.overflowed(second), 'the cache missed two keys: its journal overflowed');
-    await exec(set('x', '1')); // reaches the cache: the overflow remembers one key, its most
-    // The cache pauses for `sess`: the set times out there, applied when it resumes.
-    second.gateOnly = (call) => call === 'set sess';
-    second.delay_late();
-    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the cache');
-    const delete1 = second.delete.bind(second);
-    second.delete = async () => {
-      throw new McmuxError(ErrorCodes.UPSTREAM_REFUSED, 'fake://1: SERVER_ERROR out of memory (injected)');
-    };
-    assert.equal(status(await exec(del('sess'))), 'DELETED', 'logout: deleted on the first upstream, refused by the cache');
-    second.delete = delete1;
+    await overflowSecond(exec, second, journal);
+    await lateSetRefusedDelete(exec, second); // the cache paused for `sess`
     await repairer.tick(); // the cache is back: flushed and trusted, or not yet
     second.open(); // the paused cache works through its old connection: the set lands
     await settle();
@@ -555,11 +566,7 @@ describe('router fuzz findings, minimised', () => {
     clocks(t); // item deadlines on a clock of the test's
     const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', lateSettleMs: 1000 });
     const [first, second] = ups;
-    second.mode = 'fail';
-    await exec(set('a', '1'));
-    await exec(set('b', '1'));
-    second.mode = 'ok';
-    await exec(set('x', '1')); // the overflow remembers one key, its most
+    await overflowSecond(exec, second, journal);
     const flushed = deferred();
     second.flush = async () => {
       await flushed.promise;
@@ -567,15 +574,7 @@ describe('router fuzz findings, minimised', () => {
     };
     const repairing = repairer.tick(); // the flush waits in the cache's socket
     await settle();
-    second.gateOnly = (call) => call === 'set sess';
-    second.delay_late();
-    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the cache');
-    const delete1 = second.delete.bind(second);
-    second.delete = async () => {
-      throw new McmuxError(ErrorCodes.UPSTREAM_REFUSED, 'fake://1: SERVER_ERROR out of memory (injected)');
-    };
-    assert.equal(status(await exec(del('sess'))), 'DELETED', 'logout: deleted on the first upstream, refused by the cache');
-    second.delete = delete1;
+    await lateSetRefusedDelete(exec, second);
     flushed.resolve();
     await repairing; // flushed: trusted, or not yet
     second.open(); // the old set lands, after the flush
@@ -594,11 +593,7 @@ describe('router fuzz findings, minimised', () => {
   it('a cache the repair is flushing is not read for the keys it held: a set it answered first is not missed', async () => {
     const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', writeWait: 'copies' });
     const [first, second] = ups;
-    second.mode = 'fail';
-    await exec(set('a', '1'));
-    await exec(set('b', '1'));
-    second.mode = 'ok';
-    assert.ok(journal.overflowed(second));
+    await overflowSecond(exec, second, journal, false);
     // The repair flushes the cache: the flush waits in its socket, then is applied, then answers.
     const apply = deferred();
     const answer = deferred();
@@ -654,12 +649,7 @@ describe('router fuzz findings, minimised', () => {
   it("a flush_all does not trust an overflowed upstream while a request of a key it could not remember may still land", async () => {
     const { ups, journal, exec } = setup({ maxKeys: 1 });
     const [first, second] = ups;
-    second.mode = 'fail';
-    await exec(set('a', '1'));
-    await exec(set('b', '1'));
-    second.mode = 'ok';
-    assert.ok(journal.overflowed(second), 'the second upstream missed two keys: its journal overflowed');
-    await exec(set('x', '1')); // the overflow remembers one key, its most
+    await overflowSecond(exec, second, journal);
     second.gateOnly = (call) => call === 'set sess';
     second.delay_late(); // the second upstream pauses for `sess`: applied when it resumes
     assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the second');
