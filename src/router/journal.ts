@@ -749,22 +749,25 @@ export class RepairJournal {
   trust(u: Upstream): void {
     const p = this.byName.get(idOf(u));
     if (!p) return;
+    const lastLate = p.overflow?.lastLate;
+    if (lastLate !== undefined) {
+      // One of a key the overflow could not remember may land too, anywhere: emptied (a client's
+      // flush_all), it is overflowed afresh (its late keys remembered, as distrust does), and the
+      // repair trusts it once that has settled (the repair clears lastLate first). Found by the
+      // fuzz (seed 1428: a set that timed out landed after a flush_all, in an upstream taken as
+      // clean, and brought the value back).
+      this.distrust(u);
+      p.pending?.clear();
+      const o = p.overflow as Overflow;
+      o.trustAfter = Date.now();
+      o.lastLate = Math.max(o.lastLate ?? 0, lastLate);
+      return;
+    }
     // A request that timed out before the flush may land after it: those keys stay dirty, to be
     // copied again once settled (repair.ts), as any late entry.
     const late = lateKeys(p);
     p.keys.clear();
     p.pending?.clear();
-    const lastLate = p.overflow?.lastLate;
-    if (lastLate !== undefined) {
-      // One of a key the overflow could not remember may land too, anywhere: emptied (a client's
-      // flush_all), it stays overflowed, and the repair trusts it once that has settled (the
-      // repair clears lastLate first). It was found by the fuzz (seed 1428: a set that timed out
-      // landed after a flush_all, in an upstream taken as clean, and brought the value back).
-      const known = new Map<string, { seq: number; holds: boolean; late?: number }>();
-      for (const [key, at] of late) known.set(key, { seq: this.writeSeq, holds: false, late: at });
-      p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: Date.now(), known, full: false, lastLate };
-      return;
-    }
     p.overflow = undefined;
     this.append(`T ${hex(idOf(u))}`);
     const now = Date.now();

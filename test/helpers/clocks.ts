@@ -7,6 +7,7 @@
  * finally, or t.after).
  */
 
+import type { TestContext } from 'node:test';
 import { setMonotonicClock } from '../../src/clock';
 
 export class TestClocks {
@@ -34,4 +35,11 @@ export class TestClocks {
     setMonotonicClock();
     Date.now = this.realNow;
   }
+}
+
+/** Hand-moved clocks for the test `t`, put back when it ends. */
+export function clocksFor(t: TestContext): TestClocks {
+  const c = new TestClocks();
+  t.after(() => c.restore());
+  return c;
 }

@@ -13,7 +13,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { type TestContext, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
@@ -22,7 +22,7 @@ import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
-import { TestClocks } from '../helpers/clocks';
+import { clocksFor } from '../helpers/clocks';
 import { FakeUpstream } from '../helpers/fake-upstream';
 import { describeReply } from '../helpers/reply-text';
 
@@ -367,11 +367,6 @@ describe('router fuzz findings, minimised', () => {
   // Expiry. These tests run on hand-moved clocks (test/helpers/clocks.ts: the wall clock, which
   // item deadlines and the fakes' stores read, and the monotonic one of the settle windows),
   // made before the fakes. `advance` is time passing: both move.
-  function clocks(t: TestContext): TestClocks {
-    const c = new TestClocks();
-    t.after(() => c.restore());
-    return c;
-  }
 
   // touch (replicate-write.ts, keyedOutcome). A touch that extends an item reaches one copy in
   // time and the other after the item's old deadline, where it answers NOT_FOUND: TOUCHED to the
@@ -380,7 +375,7 @@ describe('router fuzz findings, minimised', () => {
   // granted, and a session extended by the client is gone. The fuzz found it with a gat's touches
   // of the other copies (seed 254 of 400, expiry on); a client's touch takes the same path.
   it('a touch that reaches one copy after the item expired there: that copy does not decide, and grants no lock held elsewhere', async (t) => {
-    const clock = clocks(t);
+    const clock = clocksFor(t);
     const { ups, journal, exec } = setup();
     const [first, second] = ups;
     assert.equal(status(await exec(set('lock', 'A', Date.now() + 1000))), 'STORED', 'A holds the lock for a second, on both');
@@ -411,7 +406,7 @@ describe('router fuzz findings, minimised', () => {
   // first: it kept the item for the gat's new lifetime, clean, and the next get read it from
   // there, after the client had been told it was gone. The fuzz found it (seed 1533 of 2000).
   it('a gat applied on an upstream whose answer is lost: the item it touched there does not come back after a miss', async (t) => {
-    const clock = clocks(t);
+    const clock = clocksFor(t);
     const { ups, exec } = setup();
     const [first, second] = ups;
     assert.equal(status(await exec(set('sess', 'cart', Date.now() + 1000))), 'STORED');
@@ -439,7 +434,7 @@ describe('router fuzz findings, minimised', () => {
   // journal knew, and its read repair wrote the item back into the first upstream, for good (no
   // deadline). The fuzz found it (seed 2925 of 3000).
   it('a get overlapping a gat that expires the item: its read repair does not bring the item back', async (t) => {
-    clocks(t); // item deadlines on a clock of the test's
+    clocksFor(t); // item deadlines on a clock of the test's
     const { ups, exec } = setup();
     const [first, second] = ups;
     assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
@@ -475,7 +470,7 @@ describe('router fuzz findings, minimised', () => {
   // expired the item there), read it from the second. The fuzz found it (seed 3475 of 3500: two
   // gats in a row, the first with a deadline in the past, the second answering the item).
   it('a get after a gat that expired the item: the copies its touch has not reached yet are not read', async (t) => {
-    clocks(t); // item deadlines on a clock of the test's
+    clocksFor(t); // item deadlines on a clock of the test's
     const { ups, exec } = setup();
     const [, second] = ups;
     assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
@@ -495,7 +490,7 @@ describe('router fuzz findings, minimised', () => {
   // in a second (a rate limit, a lock by incr), counted on for good once the first upstream
   // failed. The fuzz found it (seed 356 of 2000).
   it('an incr copied without its read-back takes no deadline from a copy that missed a touch: the counter still expires', async (t) => {
-    const clock = clocks(t);
+    const clock = clocksFor(t);
     const { ups, exec } = setup();
     const [first, second] = ups;
     assert.equal(status(await exec(set('counter', '10'))), 'STORED', 'no deadline, on both');
@@ -543,7 +538,7 @@ describe('router fuzz findings, minimised', () => {
   // with journal-max-keys 1 (seed 2533 of 3000: an incr's copy, and a counter back without its
   // deadline).
   it('an overflowed cache is not flushed and trusted while a request that timed out there may still land', async (t) => {
-    const clock = clocks(t);
+    const clock = clocksFor(t);
     const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', lateSettleMs: 1000 });
     const [first, second] = ups;
     await overflowSecond(exec, second, journal);
@@ -563,7 +558,7 @@ describe('router fuzz findings, minimised', () => {
   // with both in its sockets): the check before the flush found nothing to wait for, and the
   // flush's answer trusted the cache. The fuzz found it (seed 11570 of 12000).
   it('an overflowed cache is not trusted after a flush during which a request that may still land timed out', async (t) => {
-    clocks(t); // item deadlines on a clock of the test's
+    clocksFor(t); // item deadlines on a clock of the test's
     const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', lateSettleMs: 1000 });
     const [first, second] = ups;
     await overflowSecond(exec, second, journal);
@@ -625,7 +620,7 @@ describe('router fuzz findings, minimised', () => {
   // deadline until then, and were read: a gat that expired the item saw it come back (seed 1228,
   // failover-read.ts touchOthers: now journaled there).
   it('a gat while a flush_all waits for the writes in flight: the copies it did not touch are not read', async (t) => {
-    clocks(t); // item deadlines on a clock of the test's
+    clocksFor(t); // item deadlines on a clock of the test's
     const { ups, exec } = setup();
     const [, second] = ups;
     assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
@@ -702,7 +697,7 @@ describe('router fuzz findings, minimised', () => {
   // when a write of the key raced the gat made them rank as fresher than the copy the gat read,
   // when that one went dirty too (the fuzz, seed 1735 of 2000): not a fix.
   it('a gat and a set of the key overlapping: the set\'s deadline holds on every copy', { todo: "a gat's touches of the other copies may land after a set that came after it (touchOthers)" }, async (t) => {
-    const clock = clocks(t);
+    const clock = clocksFor(t);
     const { ups, exec } = setup();
     const [first] = ups;
     assert.equal(status(await exec(set('sess', 'old'))), 'STORED');
