@@ -733,13 +733,6 @@ export class RepairJournal {
     return this.writeSeq + 1;
   }
 
-  /** Keys with a write in flight or started after the sequence `seq` (see readStarted). */
-  writtenKeysSince(seq: number): string[] {
-    const keys: string[] = [];
-    for (const [key, w] of this.writes) if (w.inFlight > 0 || w.seq > seq) keys.push(key);
-    return keys;
-  }
-
   clear(u: Upstream, key: string): void {
     const p = this.byName.get(idOf(u));
     if (p?.keys.delete(key)) this.append(`C ${hex(idOf(u))} ${hex(key)}`);
