@@ -3,13 +3,15 @@
  * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
  * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
  * consistency model promises to survive; each test failed before the fix in src/router that came
- * with it, but for two todo tests: not fixed (the README lists them under "not guaranteed"; the
- * fuzz's model allows the gat one). The flush_all ones began as todos, found by hand while the
+ * with it, but for the gat todo test: not fixed (the README lists it under "not guaranteed"; the
+ * fuzz's model allows it). The flush_all ones began as todos, found by hand while the
  * fuzz kept clear of flush_all; with flush_all ordered with every write and a flush that timed
  * out tracked, they pass, with one each for the other ways a write could cross a flush (each
  * fails without the part of the fix it names), and the fuzz sends flush_all at any moment (it
- * then found the ranking one, seed 1353). The cas one after a restart passes since a reconnect
- * voids the store's uniques at once.
+ * then found the ranking one, seed 1353). The repair's flush of an overflowed cache is ordered
+ * with the writes the same way: an add the cache decides while it goes out (a todo until then)
+ * is applied before it, and a write that reaches only the cache lands after it. The cas one
+ * after a restart passes since a reconnect voids the store's uniques at once.
  */
 
 import assert from 'node:assert/strict';
@@ -686,12 +688,13 @@ describe('router fuzz findings, minimised', () => {
   });
 
   // A conditional command and the repair's flush of an overflowed cache (repair.ts, retrust).
-  // Not fixed. The cache, known to hold the lock since it came back (a copy reached it), decides
-  // an add; the repair sends its flush meanwhile, on another connection, and the server applies
-  // the flush first: the add finds no lock, and the lock A holds is granted to B (its copy
-  // overwrites A's on the other upstream). The README lists it under "not guaranteed" with the
-  // write that reaches only the cache in the flush's round trip. The fuzz found it with
-  // journal-max-keys 2 (seed 22968, MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1).
+  // The cache, known to hold the lock since it came back (a copy reached it), decided an add;
+  // the repair sent its flush meanwhile, on another connection, and the server applied the
+  // flush first: the add found no lock, and the lock A holds was granted to B (its copy
+  // overwrote A's on the other upstream). The fuzz found it with journal-max-keys 2 (seed 22968,
+  // MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1; seed 40775 with MCMUX_FUZZ_EXPIRY=1, a
+  // replace). Now the repair's flush is sent once every write in flight has settled, this add
+  // included, as a client's flush_all is (router.ts flushOrdered).
   it('an add decided by an overflowed cache while the repair flushes it does not grant a lock held elsewhere', async () => {
     const { ups, journal, repairer, exec } = setup({ maxKeys: 1, firstScheme: 'memcached' });
     const [first] = ups;
