@@ -85,7 +85,8 @@ export class Repairer {
   private async repairOne(ctx: RouterContext, u: Upstream): Promise<void> {
     if (!isUsable(u)) return;
     const { journal } = ctx;
-    // A flush_all waits for the repairs in flight: none starts until it is answered.
+    // A flush_all (or this repair's flush of an overflowed cache) waits for the repairs in
+    // flight: none starts until it is answered.
     if (journal.flushing) return;
     // A flush of `u` that timed out may still empty it: a copy made now could be wiped. Its
     // writes since are dirty there (journal.written); they are copied once it has settled.
