@@ -157,6 +157,8 @@ export class ColdDetector {
   knownEmpty(u: HealthyUpstream, until = 0): void {
     const end = until > 0 ? until : monotonicMs() + this.fenceMs;
     u.fence(end);
+    // Already fenced, it would keep the keys written to it since that fence began: gone now.
+    u.emptied();
     u.emptyUntil = Math.max(u.emptyUntil, end);
   }
 

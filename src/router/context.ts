@@ -25,6 +25,11 @@ export interface RouterContext {
   readonly onFlushed: (u: Upstream) => void;
   /** Ask the next upstream too when the first has not answered a read in this many ms (0: off). */
   readonly hedgeMs: number;
+  /**
+   * Runs `send` (the repair's flush of an overflowed cache) as a flush_all runs: once every
+   * write in flight has settled, with the writes received meanwhile held until it is done.
+   */
+  readonly flushOrdered: <T>(send: () => Promise<T>) => Promise<T>;
 }
 
 /** Counters that policies bump; `stats` and (later) the metrics read them. */

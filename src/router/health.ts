@@ -201,6 +201,11 @@ export class HealthyUpstream implements Upstream {
     return !this.fenced || this.fenceKeys.has(key);
   }
 
+  /** It is empty now (a flush, a restart): the keys written to it before are not held any more. */
+  emptied(): void {
+    this.forgetFenceKeys();
+  }
+
   /** The store came back empty (cold detector): the uniques it handed out before mean nothing. */
   restartedEmpty(): void {
     this.forgetFenceKeys();

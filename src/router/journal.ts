@@ -12,7 +12,8 @@
  * it misses a write of the key again): it holds their current state, so it is read for them,
  * repairs others from them, and is not flushed while it holds one that nobody else does.
  *
- * flush_all (Router.orderedFlush): while one waits for the writes in flight and runs, no repair
+ * flush_all (Router.orderedFlush; the repair's flush of an overflowed cache goes the same way,
+ * Router.flushOrdered): while one waits for the writes in flight and runs, no repair
  * or read repair starts (flushBegan, backgroundStarted, quiesce), and a read that began before it
  * does not read-repair after it (flushEnded). A flush that timed out on an upstream may still be
  * applied there (flushTimedOut): until the repair finds it settled, a write reaching that upstream
@@ -338,7 +339,7 @@ export class RepairJournal {
   private background = 0;
   private quietWaiters: Array<() => void> = [];
 
-  /** A flush_all is waiting for the writes in flight, or running: no repair or read repair starts. */
+  /** A flush (flush_all, or the repair's of an overflowed cache) is waiting for the writes in flight, or running: no repair or read repair starts. */
   get flushing(): boolean {
     return this.flushes > 0;
   }
@@ -731,13 +732,6 @@ export class RepairJournal {
   /** The sequence the next write to start will have. */
   nextWriteSeq(): number {
     return this.writeSeq + 1;
-  }
-
-  /** Keys with a write in flight or started after the sequence `seq` (see readStarted). */
-  writtenKeysSince(seq: number): string[] {
-    const keys: string[] = [];
-    for (const [key, w] of this.writes) if (w.inFlight > 0 || w.seq > seq) keys.push(key);
-    return keys;
   }
 
   clear(u: Upstream, key: string): void {

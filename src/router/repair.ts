@@ -85,7 +85,8 @@ export class Repairer {
   private async repairOne(ctx: RouterContext, u: Upstream): Promise<void> {
     if (!isUsable(u)) return;
     const { journal } = ctx;
-    // A flush_all waits for the repairs in flight: none starts until it is answered.
+    // A flush_all (or this repair's flush of an overflowed cache) waits for the repairs in
+    // flight: none starts until it is answered.
     if (journal.flushing) return;
     // A flush of `u` that timed out may still empty it: a copy made now could be wiped. Its
     // writes since are dirty there (journal.written); they are copied once it has settled.
@@ -206,43 +207,14 @@ export class Repairer {
     // cache is flushed at a time: two that hold the same key must not both drop it at once.
     if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches && !this.flushing && !journal.holdsAlone(u, ctx.upstreams)) {
       this.flushing = true;
-      // A write that lands before the flush is wiped by it: every key written while it runs is
-      // journaled for this upstream afterwards (the read sequence keeps them remembered).
-      const seq = journal.readStarted();
-      const during = new Set(journal.writtenKeysSince(seq));
-      // Before the flush is sent: one that times out may still be applied. Nor is it read
-      // meanwhile for the keys it was known to hold (the flush may have emptied it already).
-      this.onFlush?.(u);
-      journal.flushingOverflowed(u, true);
       try {
-        await u.flush();
-        for (const key of journal.writtenKeysSince(seq)) during.add(key);
-      } catch (error) {
-        journal.flushingOverflowed(u, false);
-        // Still overflowed, so the keys written since are trusted one by one (Overflow.known):
-        // not while this flush may yet land and empty it under them.
-        if (mayLandLate(error)) journal.flushTimedOut(u);
-        return;
+        // Ordered as a flush_all is: sent once every write in flight has settled (a conditional
+        // command it decides is applied before it, a copy that reaches it is not wiped unseen),
+        // with the writes received meanwhile held until it is answered (they land after it).
+        await ctx.flushOrdered(() => this.flushOverflowed(ctx, u, overflow, settle));
       } finally {
-        journal.readFinished(seq);
         this.flushing = false;
       }
-      // A request of a key it could not remember timed out while the flush was in flight (the
-      // server paused with both in its sockets): it may land after the flush. Not trusted yet:
-      // flushed again once that has settled.
-      if (overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) {
-        journal.flushingOverflowed(u, false);
-        return;
-      }
-      overflow.lastLate = undefined; // settled (above): trust() would keep it overflowed
-      journal.trust(u);
-      // Only a write started from now on proves the key is here again: the answer to one that
-      // started before may come after the flush's and still have landed before it. And what
-      // another overflowed upstream holds is copied here before that one may be flushed.
-      const next = journal.nextWriteSeq();
-      for (const key of during) journal.mark(u, key, 'write', next);
-      for (const key of journal.heldByOthers(u, ctx.upstreams)) journal.mark(u, key, 'write', next);
-      this.log.warn({ upstream: u.name }, 'repair journal had overflowed: flushed the cache upstream; reads use it again');
       return;
     }
     if (overflow.trustAfter === undefined) {
@@ -260,6 +232,45 @@ export class Repairer {
       ctx.journal.trust(u);
       this.log.info({ upstream: u.name }, 'every item written before the outage has expired: reads use the upstream again');
     }
+  }
+
+  /**
+   * Flushes the overflowed cache `u` and trusts it, alone among the writes (retrust): nothing
+   * else is in flight, and nothing starts until this returns.
+   */
+  private async flushOverflowed(ctx: RouterContext, u: Upstream, overflow: Overflow, settle: number): Promise<void> {
+    const { journal } = ctx;
+    // Checked again now that the writes in flight have settled: one may have timed out here (on
+    // a key the overflow could not remember), or reached only this cache.
+    if (overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) return;
+    if (journal.overflowed(u) !== overflow || journal.holdsAlone(u, ctx.upstreams)) return;
+    // Before the flush is sent: one that times out may still be applied. Nor is it read
+    // meanwhile for the keys it was known to hold (the flush may have emptied it already).
+    this.onFlush?.(u);
+    journal.flushingOverflowed(u, true);
+    try {
+      await u.flush();
+    } catch (error) {
+      journal.flushingOverflowed(u, false);
+      // Still overflowed, so the keys written since are trusted one by one (Overflow.known):
+      // not while this flush may yet land and empty it under them.
+      if (mayLandLate(error)) journal.flushTimedOut(u);
+      return;
+    }
+    // A request of a key it could not remember timed out while the flush was in flight (none
+    // should be: no write runs meanwhile): it may land after the flush. Not trusted yet:
+    // flushed again once that has settled.
+    if (overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) {
+      journal.flushingOverflowed(u, false);
+      return;
+    }
+    overflow.lastLate = undefined; // settled (above): trust() would keep it overflowed
+    journal.trust(u);
+    // What another overflowed upstream holds is copied here before that one may be flushed.
+    // Only a write started from now on proves the key is here again.
+    const next = journal.nextWriteSeq();
+    for (const key of journal.heldByOthers(u, ctx.upstreams)) journal.mark(u, key, 'write', next);
+    this.log.warn({ upstream: u.name }, 'repair journal had overflowed: flushed the cache upstream; reads use it again');
   }
 
   private report(u: Upstream, remaining: number, done: number): void {

@@ -128,6 +128,7 @@ export class Router {
       onFlushed: o.onFlushed ?? (() => {}),
       hedgeMs: o.hedgeMs ?? 0,
       onBackgroundError: this.onBackgroundError,
+      flushOrdered: (send) => this.flushOrdered(send),
     };
   }
 
@@ -179,13 +180,22 @@ export class Router {
    * then land after it and bring back a value it emptied. flush_all commands run one at a time.
    */
   private orderedFlush(): Promise<Reply> {
+    return this.flushOrdered(() => replicateFlush(this.ctx));
+  }
+
+  /**
+   * Runs `send` (a flush: a client's flush_all, or the repair's of an overflowed cache) alone
+   * among the writes: once every write, repair and read repair in flight has settled, with none
+   * starting until it is done (client writes received meanwhile wait for it). One at a time.
+   */
+  private flushOrdered<T>(send: () => Promise<T>): Promise<T> {
     const journal = this.ctx.journal;
     journal.flushBegan();
     const before = this.flushGate ?? Promise.resolve();
     const answered = before
       .then(async () => {
         await journal.quiesce();
-        return replicateFlush(this.ctx);
+        return send();
       })
       .finally(() => journal.flushEnded());
     // Writes queued behind the flush run after this (registered first) has cleared the gate.

@@ -77,6 +77,32 @@ describe('cold detector: lock fence', () => {
     assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'the lock held in b is not granted again by the flushed a');
     await close();
   });
+
+  // Found by the router fuzz once the repair's flush waits for the writes in flight (seed 23081,
+  // MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1): a cache already fenced remembered the keys
+  // written to it before the repair flushed it (knownEmpty extended the fence and kept them), and
+  // decided for one of them, empty, before the other upstream that holds it.
+  it('a cache the repair flushes while it is fenced forgets the keys written to it before: it does not decide for them', async () => {
+    const { fakes, ups, journal, repairer, detector: d, exec, add, close } = setup(2, { maxKeys: 2, schemes: ['memory', 'fake'], downAfter: 100 });
+    const [fa] = fakes as [FakeUpstream];
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    await d.checkAll();
+    d.knownEmpty(a); // both came back empty (in-process stores as mcmux starts)
+    d.knownEmpty(b);
+    const set = await exec({ kind: 'store', mode: 'set', key: 'lock.s', value: Buffer.from('A'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    assert.equal(set.kind === 'status' && set.status, 'STORED');
+    assert.ok(a.knows('lock.s') && b.knows('lock.s'), 'both hold the lock since they came back');
+    fa.mode = 'fail';
+    for (const k of ['k1', 'k2', 'k3']) await exec({ kind: 'delete', key: k, noreply: false });
+    fa.mode = 'ok';
+    assert.ok(journal.overflowed(a));
+    await repairer.tick(); // flushes the cache a and trusts it again
+    assert.equal(journal.overflowed(a), undefined, 'flushed and trusted');
+    assert.equal(a.fenced, true);
+    assert.equal(a.knows('lock.s'), false, 'the flush emptied it of what was written before');
+    assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'LOCK GRANTED TWICE: the flushed a decided for the lock b holds');
+    await close();
+  });
 });
 
 /**

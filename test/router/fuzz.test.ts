@@ -78,12 +78,11 @@
  *    scheme memcached, in half of the seeds, which the repair flushes once overflowed, fencing
  *    them as app.ts does): one upstream at a time misses writes, only while every other one is up
  *    and clean for every key (see mayFault). The README concedes the rest: once an upstream's
- *    journal overflowed, a key another upstream is dirty for may be taken from that one's copy,
- *    and a write that reaches only the overflowed cache as the repair flushes it is lost. A cache
- *    the repair flushed is then trusted and holds nothing: as a restart empty (its keys `lost`).
- *    Known, not fixed nor excluded (README, "not guaranteed"): a conditional command the cache
- *    decides while the repair's flush of it is in flight, applied after it (seed 22968 with
- *    MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1: an add granted a lock held elsewhere).
+ *    journal overflowed, a key another upstream is dirty for may be taken from that one's copy.
+ *    A cache the repair flushed is then trusted and holds nothing: as a restart empty (its keys
+ *    `lost`). The repair's flush is ordered with the writes as flush_all is (seeds 22968 with
+ *    MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1, and 40775 with MCMUX_FUZZ_EXPIRY=1: an add,
+ *    a replace, the cache decided while it went out, applied after it).
  *  - gat/gats: the model lets a gat's touch of the other copies (sent in the background, after
  *    it answered) land on any value present while it ran, not only the one it answered
  *    (fuzz-findings.test.ts, a todo; README, "not guaranteed": seeds 116 and 377 of 400 found it).
@@ -680,8 +679,7 @@ class World {
     if (!this.ups.every((y) => y === u || y.lost.size === 0)) return false;
     // A journal of a few keys: one upstream at a time misses writes, and only while every other
     // one is clean for every key (not overflowed). README, "not guaranteed": once an upstream's
-    // journal overflowed, a key another upstream is dirty for may be taken from that one's copy,
-    // and a write that reaches only the overflowed cache as the repair flushes it is lost.
+    // journal overflowed, a key another upstream is dirty for may be taken from that one's copy.
     if (this.cfg.journalMaxKeys < KEYS.length && !this.ups.every((y) => y === u || this.cleanEverywhere(y))) return false;
     return !this.ops.some((o) => o.end === undefined && o.start <= this.relearntAt);
   }
