@@ -42,10 +42,12 @@ export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply
 
 /**
  * gat/gats: a write of its keys' deadlines on the upstreams it asks, in flight (for the journal)
- * until it has every answer. A read that overlaps it must not repair a key over it: the value
- * another copy still holds with the old deadline, written back where the gat just expired the
- * item (or shortened its life), would bring it back. Announced before this read's own sequence,
- * and over before its own read repair: it does not keep itself from repairing.
+ * until it has every answer and has sent its touches of the other copies (writes of their own):
+ * the router holds its keys for later writes until all of these have landed (key-order.ts
+ * touching). A read that overlaps it must not repair a key over it: the value another copy
+ * still holds with the old deadline, written back where the gat just expired the item (or
+ * shortened its life), would bring it back. Announced before this read's own sequence, and not
+ * counted by its own read repair: it does not keep itself from repairing.
  */
 function touchingRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
   const busy = writesInFlight(ctx, cmd.keys);
@@ -187,18 +189,21 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     }
   }
 
-  // A gat has every answer it waits for: its touches are done (or journaled), before its own repair.
-  touched?.();
   const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
   if (unanswered !== undefined) {
+    touched?.();
     return serverError(`no upstream answered for a key: ${errorMessage(st.lastError ?? new Error('every copy is being repaired'))}`);
   }
 
+  // A gat has every answer it waits for: its own write of the keys ends once its touches of the
+  // other copies are sent, so that the key stays held for later writes until they have landed
+  // (key-order.ts touching). Its own write does not keep it from read-repairing (`own`).
   for (const [key, { hit, from }] of st.found) {
     const above = st.missedAt.get(key);
-    if (above && !busy?.has(key)) repair(ctx, key, hit, above, seq);
+    if (above && !busy?.has(key)) repair(ctx, key, hit, above, seq, touched === undefined ? 0 : 1);
     if (cmd.touch !== undefined) touchOthers(ctx, key, cmd.touch, from, above);
   }
+  touched?.();
 
   const hits = cmd.keys.map((k) => st.found.get(k)?.hit);
   for (const h of hits) {
@@ -275,8 +280,8 @@ async function hedge(
  * flushEnded); and when a write starts while the `add` is in flight, or the `add` fails (it may
  * still be applied), the target is journaled, since the `add` may land after it.
  */
-function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number): void {
-  if (isExpired(hit.deadline, Date.now()) || ctx.journal.writtenSince(key, seq)) return;
+function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number, own: number): void {
+  if (isExpired(hit.deadline, Date.now()) || ctx.journal.writtenSince(key, seq, own)) return;
   for (const i of targets) {
     const u = ctx.upstreams[i] as Upstream;
     // Not while a flush_all is pending or running (it waits for the read repairs in flight); a

@@ -82,6 +82,40 @@ export class KeyOrder {
     return this.wait(lane, true, start);
   }
 
+  /**
+   * A gat/gats of `keys`: runs `start` once no other write of any of them is in flight, and holds
+   * them as a conditional command holds its key, until every write `start` announced has settled
+   * (journal.writeStarted: the gat itself, then its touches of the other copies, which it sends
+   * before its own write ends). A write of a key received meanwhile waits: it lands after the
+   * touches on every copy, as it does after the gat on the copy the gat read. Several keys are
+   * taken one at a time in sorted order, so two gats never each hold a key the other waits for.
+   */
+  touching<T>(keys: readonly string[], start: () => T): T | Promise<Awaited<T>> {
+    return this.take(keys.length === 1 ? keys : [...new Set(keys)].sort(), 0, start);
+  }
+
+  private take<T>(keys: readonly string[], from: number, start: () => T): T | Promise<Awaited<T>> {
+    for (let i = from; i < keys.length; i++) {
+      const key = keys[i] as string;
+      let lane = this.lanes.get(key);
+      if (lane === undefined) {
+        lane = { held: false, queue: [], pumping: false };
+        this.lanes.set(key, lane);
+        if (this.journal.writesInFlight(key) === 0) {
+          lane.held = true;
+          continue;
+        }
+      }
+      return this.wait(lane, true, () => this.take(keys, i + 1, start));
+    }
+    try {
+      return start();
+    } finally {
+      // A key `start` announced no write of (it threw first) would be held for good.
+      for (const key of keys) if (this.journal.writesInFlight(key) === 0) this.settled(key);
+    }
+  }
+
   private wait<T>(lane: Lane, exclusive: boolean, start: () => T): Promise<Awaited<T>> {
     return new Promise<Awaited<T>>((resolve, reject) => {
       lane.queue.push({
