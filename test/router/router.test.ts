@@ -552,6 +552,56 @@ describe("router: a key's conditional commands run alone among its writes", () =
     assert.equal(router.orderedKeys, 0);
   });
 
+  it('gats of several keys holds them all: two in opposite orders and a set of each key all finish, the sets after the touches', async () => {
+    const { ups, exec, router } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await seed(ups, 'a', 'old');
+    await seed(ups, 'b', 'old');
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const touch1 = second.touch.bind(second);
+    second.touch = async (key, deadline) => {
+      await held;
+      return touch1(key, deadline);
+    };
+    const gats = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: Date.now() + 60_000 });
+    const one = exec(gats('b', 'a'));
+    const two = exec(gats('a', 'b', 'a'));
+    const sets = [exec(set('a', 'new')), exec(set('b', 'new'))];
+    assert.deepEqual(values(await one), ['old', 'old']);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(callsOf(first, 'set a') + callsOf(first, 'set b'), 0, "the sets wait for the gats' touches still landing");
+    release();
+    assert.equal(values(await two)[0], 'old', 'received before the set of a');
+    for (const w of sets) assert.equal((await w).kind, 'status');
+    await eventually(async () => router.orderedKeys === 0, 'every key released');
+    for (const k of ['a', 'b']) {
+      const [h0] = await first.inner.get([k]);
+      const [h1] = await second.inner.get([k]);
+      assert.deepEqual([h1?.value.toString(), h1?.deadline], [h0?.value.toString(), h0?.deadline], `the copies of ${k} agree`);
+    }
+  });
+
+  it('two gats of the same keys in opposite orders, each waiting for a write of its first key: no deadlock', async () => {
+    const { ups, exec, router } = setup(2);
+    const [, second] = ups as [FakeUpstream, FakeUpstream];
+    second.gateOnly = (call) => call === 'set a' || call === 'set b';
+    second.close_gate(); // both sets still landing
+    const sets = [exec(set('a', 'x')), exec(set('b', 'x'))];
+    await new Promise((r) => setImmediate(r));
+    const gats = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: Date.now() + 60_000 });
+    const both = Promise.all([exec(gats('a', 'b')), exec(gats('b', 'a'))]);
+    await new Promise((r) => setImmediate(r));
+    second.open();
+    let timer: NodeJS.Timeout | undefined;
+    const stuck = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('DEADLOCK: each gat holds a key the other waits for')), 2000)));
+    const [x, y] = (await Promise.race([both, stuck])) as [Reply, Reply];
+    clearTimeout(timer);
+    assert.deepEqual([values(x), values(y)], [['x', 'x'], ['x', 'x']]);
+    for (const w of sets) assert.equal((await w).kind, 'status');
+    await eventually(async () => router.orderedKeys === 0, 'every key released');
+  });
+
   it('write-wait all: an incr whose item is gone from the authority answers once the others deleted it too', async () => {
     const { ups, exec } = setup(2);
     const [first, second] = ups as [FakeUpstream, FakeUpstream];
