@@ -18,6 +18,11 @@
  * failed and journaled), and later writes of the key wait until its own copies have settled.
  * Plain writes (set, delete, touch) of a key still overlap each other, as they do in memcached.
  *
+ * A gat/gats is held the same way (`touching`): it answers from one upstream and touches the
+ * others after it answered. A set received while it is in flight lands after it on the copy it
+ * read (the gat answered the old value), and without this could land before its touch on
+ * another copy, which would give the new value the gat's deadline there.
+ *
  * "Settled" is the repair journal's count of writes in flight per key (`writeStarted` /
  * `writeFinished`), which already brackets every upstream request of a client write, copies
  * included: the journal tells this gate when a key's count drops to zero.
@@ -27,8 +32,8 @@
  * normally served by one web server at a time (sticky), and across processes the authority
  * still decides every conditional command.
  *
- * Cost on the hot path: a plain write checks one Map size while no conditional command is in
- * flight anywhere.
+ * Cost on the hot path: a plain write checks one Map size while no conditional command or gat
+ * is in flight anywhere (else it pays a closure, and a lookup); a plain get nothing.
  */
 
 import type { RepairJournal } from './journal';
@@ -45,14 +50,14 @@ interface Lane {
 }
 
 export class KeyOrder {
-  /** Keys with a conditional command running or waiting. */
+  /** Keys with a conditional command or a gat running or waiting. */
   private readonly lanes = new Map<string, Lane>();
 
   constructor(private readonly journal: RepairJournal) {
     journal.onWritesSettled = (key) => this.settled(key);
   }
 
-  /** Keys with a conditional command running or waiting (for tests and stats). */
+  /** Keys with a conditional command or a gat running or waiting (for tests and stats). */
   get busyKeys(): number {
     return this.lanes.size;
   }

@@ -94,7 +94,7 @@ export class Router {
     this.order = new KeyOrder(options.journal);
   }
 
-  /** Keys with a conditional command running or waiting (key-order.ts). */
+  /** Keys with a conditional command or a gat running or waiting (key-order.ts). */
   get orderedKeys(): number {
     return this.order.busyKeys;
   }

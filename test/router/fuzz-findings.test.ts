@@ -3,13 +3,14 @@
  * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
  * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
  * consistency model promises to survive; each test failed before the fix in src/router that came
- * with it, but for two todo tests: not fixed (the README lists them under "not guaranteed"; the
- * fuzz's model allows the gat one). The flush_all ones began as todos, found by hand while the
- * fuzz kept clear of flush_all; with flush_all ordered with every write and a flush that timed
- * out tracked, they pass, with one each for the other ways a write could cross a flush (each
- * fails without the part of the fix it names), and the fuzz sends flush_all at any moment (it
- * then found the ranking one, seed 1353). The cas one after a restart passes since a reconnect
- * voids the store's uniques at once.
+ * with it, but for one todo test: not fixed (the README lists it under "not guaranteed"). The gat
+ * and set one was a todo too, allowed by the fuzz's model, until a gat held its keys as a
+ * conditional command does (key-order.ts touching). The flush_all ones began as todos, found by
+ * hand while the fuzz kept clear of flush_all; with flush_all ordered with every write and a
+ * flush that timed out tracked, they pass, with one each for the other ways a write could cross
+ * a flush (each fails without the part of the fix it names), and the fuzz sends flush_all at any
+ * moment (it then found the ranking one, seed 1353). The cas one after a restart passes since a
+ * reconnect voids the store's uniques at once.
  */
 
 import assert from 'node:assert/strict';
