@@ -831,6 +831,23 @@ describe('router: hedged reads', () => {
     fail();
     assert.deepEqual(values(await read), ['A', 'v2'], 'k is asked of the second, not reported missing');
   });
+  it('a hedged gat: its request to the slow first upstream, still unanswered, holds the key for a set after it', async () => {
+    const { ups, exec, router } = setup(2, { hedgeMs: 5 });
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await exec(set('k', 'old'));
+    first.gateOnly = (call) => call === 'get k';
+    first.close_gate(); // the gat's request to the first upstream is slow: the hedge answers
+    assert.deepEqual(values(await exec({ kind: 'get', keys: ['k'], withCas: false, touch: Date.now() + 60_000 })), ['old']);
+    const writing = exec(set('k', 'new', Date.now() + 30_000));
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+    first.open(); // the gat lands on the first upstream now
+    assert.equal((await writing).kind, 'status');
+    await eventually(async () => router.orderedKeys === 0, 'the key released');
+    const [h0] = await first.inner.get(['k']);
+    const [h1] = await second.inner.get(['k']);
+    assert.deepEqual([h0?.value.toString(), h0?.deadline], [h1?.value.toString(), h1?.deadline], "the copies agree (the gat's late request gave the set's value the gat's deadline on the first)");
+  });
+
   it('with hedge-ms, a slow first upstream does not hold the read: the next one answers', async () => {
     const { ups, exec, router } = setup(2, { hedgeMs: 10 });
     await exec(set('k', 'v'));
