@@ -139,8 +139,12 @@ export class KeyOrder {
   /** Every write of `key` in flight has settled (called by the journal). */
   private settled(key: string): void {
     const lane = this.lanes.get(key);
-    if (lane === undefined || lane.pumping) return;
+    if (lane === undefined) return;
+    // Released even when a pump is queued: a gat that asked nothing (every copy dirty, none
+    // usable) settles inside the pump that started it, which goes on to the next command, and
+    // the holder after it may settle so too.
     lane.held = false;
+    if (lane.pumping) return;
     // Not from inside the journal's bookkeeping: the next command starts its own writes.
     lane.pumping = true;
     queueMicrotask(() => this.pump(key, lane));
@@ -160,6 +164,7 @@ export class KeyOrder {
       lane.queue.shift();
       next.run();
     }
-    if (!lane.held && lane.queue.length === 0) this.lanes.delete(key);
+    // A pump queued before the lane emptied (and was dropped) must not drop a newer one.
+    if (!lane.held && lane.queue.length === 0 && this.lanes.get(key) === lane) this.lanes.delete(key);
   }
 }

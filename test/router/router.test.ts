@@ -602,6 +602,28 @@ describe("router: a key's conditional commands run alone among its writes", () =
     await eventually(async () => router.orderedKeys === 0, 'every key released');
   });
 
+  it('gats that end at once (every copy dirty, none usable) release the key: a write after them is not stuck', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 1, probeMinMs: 60_000, probeMaxMs: 60_000 }, () => {}));
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    for (const f of fakes) f.mode = 'fail';
+    assert.equal((await exec(set('k', 'v'))).kind, 'error');
+    assert.ok(ups.every((u) => !u.usable && journal.isDirty(u, 'k')), 'dirty on both, both down: a gat asks nobody');
+    const writing = exec(set('k', 'w')); // refused by both, settled a few microtasks later
+    const gat: Command = { kind: 'get', keys: ['k'], withCas: false, touch: Date.now() + 60_000 };
+    const gats = [exec(gat), exec(gat)]; // wait for it, then start (and end) in one pump of the key
+    for (const g of gats) assert.equal((await g).kind, 'error');
+    assert.equal((await writing).kind, 'error');
+    let timer: NodeJS.Timeout | undefined;
+    const stuck = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('STUCK: the key is held by a gat that has ended'), 1000)));
+    const last = await Promise.race([exec(set('k', 'x')).then((r) => r.kind), stuck]);
+    clearTimeout(timer);
+    assert.equal(last, 'error', 'refused as the others');
+    assert.equal(router.orderedKeys, 0);
+  });
+
   it('write-wait all: an incr whose item is gone from the authority answers once the others deleted it too', async () => {
     const { ups, exec } = setup(2);
     const [first, second] = ups as [FakeUpstream, FakeUpstream];
