@@ -88,7 +88,8 @@
  *    NOT_FOUND may have touched the set's value on a copy it reached later. (A gat's touches of
  *    the other copies, sent after it answered, land before any write of the key received after
  *    it: the model gives them only the value it answered. Seeds 116 and 377 of 400 found them
- *    landing on a later set's value, fuzz-findings.test.ts.)
+ *    landing on a later set's value, and without the fix seeds 86 and 377 of 400 with
+ *    MCMUX_FUZZ_EXPIRY=1 still do: fuzz-findings.test.ts.)
  *  - a delete that failed on every upstream (SERVER_ERROR) may take effect until the next
  *    acknowledged write of its key (not a touch): the repair replays it (each copy journaled
  *    'delete') even after reads, or a touch, took the freshest copy, which still held the key, as
