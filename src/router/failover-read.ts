@@ -42,25 +42,61 @@ export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply
 
 /**
  * gat/gats: a write of its keys' deadlines on the upstreams it asks, in flight (for the journal)
- * until it has every answer. A read that overlaps it must not repair a key over it: the value
- * another copy still holds with the old deadline, written back where the gat just expired the
- * item (or shortened its life), would bring it back. Announced before this read's own sequence,
- * and over before its own read repair: it does not keep itself from repairing.
+ * until it has sent its touches of the other copies (writes of their own) and every request it
+ * made has been answered (a hedged read does not await the slower one): the router holds its
+ * keys for later writes until all of these have landed (key-order.ts touching). A read that
+ * overlaps it must not repair a key over it: the value another copy still holds with the old
+ * deadline, written back where the gat just expired the item (or shortened its life), would
+ * bring it back. Announced before this read's own sequence, and not counted by its own read
+ * repair: it does not keep itself from repairing.
  */
 function touchingRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
   const busy = writesInFlight(ctx, cmd.keys);
-  const keys = [...new Set(cmd.keys)];
-  for (const k of keys) ctx.journal.writeStarted(k);
-  let going = true;
-  const touched = (): void => {
-    if (!going) return;
-    going = false;
-    for (const k of keys) ctx.journal.writeFinished(k);
-  };
+  const gat = new GatWrite(ctx, [...new Set(cmd.keys)]);
   const seq = ctx.journal.readStarted();
-  const full = read(ctx, cmd, seq, undefined, busy, touched);
-  full.then(touched, touched);
+  const full = read(ctx, cmd, seq, undefined, busy, gat);
+  const over = (): void => gat.over();
+  full.then(over, over);
   return finish(ctx, seq, full);
+}
+
+/**
+ * A gat's own write of its keys (touchingRead): announced at once, over once the read has ended
+ * (`over`) and every request it sent has been answered.
+ */
+class GatWrite {
+  /** Requests sent to upstreams and not answered yet. */
+  private asking = 0;
+  private ended = false;
+  private done = false;
+
+  constructor(
+    private readonly ctx: RouterContext,
+    private readonly keys: readonly string[],
+  ) {
+    for (const k of keys) ctx.journal.writeStarted(k);
+  }
+
+  sent(): void {
+    this.asking++;
+  }
+
+  answered(): void {
+    this.asking--;
+    this.end();
+  }
+
+  /** The read has sent its touches (or ended without any). */
+  over(): void {
+    this.ended = true;
+    this.end();
+  }
+
+  private end(): void {
+    if (this.done || !this.ended || this.asking > 0) return;
+    this.done = true;
+    for (const k of this.keys) this.ctx.journal.writeFinished(k);
+  }
 }
 
 /**
@@ -119,22 +155,29 @@ function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number, busy: Readon
  * `first`: what upstream 0 already answered for a one-key read the fast path could not finish.
  * `busy`: keys with a write in flight when the read began (never read-repaired).
  */
-async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer, busy?: ReadonlySet<string>, touched?: () => void): Promise<Reply> {
+async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer, busy?: ReadonlySet<string>, gat?: GatWrite): Promise<Reply> {
   const { upstreams } = ctx;
   // Each distinct key is asked for once, however often the request repeats it (T16).
   const unique = [...new Set(cmd.keys)];
   const st: ReadState = { found: new Map(), missedAt: new Map(), answered: new Set(), lastError: undefined };
-  const ask = (u: Upstream, keys: string[]): Promise<Answer> =>
-    u.get(keys, cmd.touch).then(
-      (hits) => ({ ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) }),
+  const ask = (u: Upstream, keys: string[]): Promise<Answer> => {
+    // A gat's request is a write of its keys until answered, even one the read no longer awaits.
+    gat?.sent();
+    return u.get(keys, cmd.touch).then(
+      (hits) => {
+        gat?.answered();
+        return { ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) };
+      },
       (error: unknown) => {
         // A gat that failed may have touched the item there all the same (applied, then the
         // connection dropped or timed out), unknown to the others: that copy may now outlive
         // the item everywhere else (or expire before it). Journaled as a write it missed.
         if (cmd.touch !== undefined) for (const k of keys) ctx.journal.mark(u, k, 'write', undefined, mayLandLate(error));
+        gat?.answered();
         return { ok: false, error };
       },
     );
+  };
 
   // gets/gats hand out a cas unique: read first from the upstreams that may check it (not fenced).
   const order = upstreams.map((_, i) => i);
@@ -187,18 +230,21 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     }
   }
 
-  // A gat has every answer it waits for: its touches are done (or journaled), before its own repair.
-  touched?.();
   const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
   if (unanswered !== undefined) {
+    gat?.over();
     return serverError(`no upstream answered for a key: ${errorMessage(st.lastError ?? new Error('every copy is being repaired'))}`);
   }
 
+  // A gat has every answer it waits for: its own write of the keys ends once its touches of the
+  // other copies are sent, so that the key stays held for later writes until they have landed
+  // (key-order.ts touching). Its own write does not keep it from read-repairing (`own`).
   for (const [key, { hit, from }] of st.found) {
     const above = st.missedAt.get(key);
-    if (above && !busy?.has(key)) repair(ctx, key, hit, above, seq);
+    if (above && !busy?.has(key)) repair(ctx, key, hit, above, seq, gat === undefined ? 0 : 1);
     if (cmd.touch !== undefined) touchOthers(ctx, key, cmd.touch, from, above);
   }
+  gat?.over();
 
   const hits = cmd.keys.map((k) => st.found.get(k)?.hit);
   for (const h of hits) {
@@ -275,8 +321,8 @@ async function hedge(
  * flushEnded); and when a write starts while the `add` is in flight, or the `add` fails (it may
  * still be applied), the target is journaled, since the `add` may land after it.
  */
-function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number): void {
-  if (isExpired(hit.deadline, Date.now()) || ctx.journal.writtenSince(key, seq)) return;
+function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number, own: number): void {
+  if (isExpired(hit.deadline, Date.now()) || ctx.journal.writtenSince(key, seq, own)) return;
   for (const i of targets) {
     const u = ctx.upstreams[i] as Upstream;
     // Not while a flush_all is pending or running (it waits for the read repairs in flight); a

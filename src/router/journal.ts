@@ -479,12 +479,13 @@ export class RepairJournal {
   /**
    * True when a write of `key` is in flight on some upstream, or started after the read that got
    * `seq` began: a value the read found elsewhere may already be gone (a delete racing the read
-   * must not be undone by read repair).
+   * must not be undone by read repair). `own`: writes of the key in flight that are the reader's
+   * own (a gat's, announced before `seq`), not counted.
    */
-  writtenSince(key: string, seq: number): boolean {
+  writtenSince(key: string, seq: number, own = 0): boolean {
     if (seq < this.forgottenUpTo) return true; // a write of the key may have been forgotten
     const w = this.writes.get(key);
-    return w !== undefined && (w.inFlight > 0 || w.seq > seq);
+    return w !== undefined && (w.inFlight > own || w.seq > seq);
   }
 
   /**

@@ -18,6 +18,11 @@
  * failed and journaled), and later writes of the key wait until its own copies have settled.
  * Plain writes (set, delete, touch) of a key still overlap each other, as they do in memcached.
  *
+ * A gat/gats is held the same way (`touching`): it answers from one upstream and touches the
+ * others after it answered. A set received while it is in flight lands after it on the copy it
+ * read (the gat answered the old value), and without this could land before its touch on
+ * another copy, which would give the new value the gat's deadline there.
+ *
  * "Settled" is the repair journal's count of writes in flight per key (`writeStarted` /
  * `writeFinished`), which already brackets every upstream request of a client write, copies
  * included: the journal tells this gate when a key's count drops to zero.
@@ -27,8 +32,8 @@
  * normally served by one web server at a time (sticky), and across processes the authority
  * still decides every conditional command.
  *
- * Cost on the hot path: a plain write checks one Map size while no conditional command is in
- * flight anywhere.
+ * Cost on the hot path: a plain write checks one Map size while no conditional command or gat
+ * is in flight anywhere (else it pays a closure, and a lookup); a plain get nothing.
  */
 
 import type { RepairJournal } from './journal';
@@ -45,14 +50,14 @@ interface Lane {
 }
 
 export class KeyOrder {
-  /** Keys with a conditional command running or waiting. */
+  /** Keys with a conditional command or a gat running or waiting. */
   private readonly lanes = new Map<string, Lane>();
 
   constructor(private readonly journal: RepairJournal) {
     journal.onWritesSettled = (key) => this.settled(key);
   }
 
-  /** Keys with a conditional command running or waiting (for tests and stats). */
+  /** Keys with a conditional command or a gat running or waiting (for tests and stats). */
   get busyKeys(): number {
     return this.lanes.size;
   }
@@ -82,6 +87,40 @@ export class KeyOrder {
     return this.wait(lane, true, start);
   }
 
+  /**
+   * A gat/gats of `keys`: runs `start` once no other write of any of them is in flight, and holds
+   * them as a conditional command holds its key, until every write `start` announced has settled
+   * (journal.writeStarted: the gat itself, then its touches of the other copies, which it sends
+   * before its own write ends). A write of a key received meanwhile waits: it lands after the
+   * touches on every copy, as it does after the gat on the copy the gat read. Several keys are
+   * taken one at a time in sorted order, so two gats never each hold a key the other waits for.
+   */
+  touching<T>(keys: readonly string[], start: () => T): T | Promise<Awaited<T>> {
+    return this.take(keys.length === 1 ? keys : [...new Set(keys)].sort(), 0, start);
+  }
+
+  private take<T>(keys: readonly string[], from: number, start: () => T): T | Promise<Awaited<T>> {
+    for (let i = from; i < keys.length; i++) {
+      const key = keys[i] as string;
+      let lane = this.lanes.get(key);
+      if (lane === undefined) {
+        lane = { held: false, queue: [], pumping: false };
+        this.lanes.set(key, lane);
+        if (this.journal.writesInFlight(key) === 0) {
+          lane.held = true;
+          continue;
+        }
+      }
+      return this.wait(lane, true, () => this.take(keys, i + 1, start));
+    }
+    try {
+      return start();
+    } finally {
+      // A key `start` announced no write of (it threw first) would be held for good.
+      for (const key of keys) if (this.journal.writesInFlight(key) === 0) this.settled(key);
+    }
+  }
+
   private wait<T>(lane: Lane, exclusive: boolean, start: () => T): Promise<Awaited<T>> {
     return new Promise<Awaited<T>>((resolve, reject) => {
       lane.queue.push({
@@ -100,8 +139,12 @@ export class KeyOrder {
   /** Every write of `key` in flight has settled (called by the journal). */
   private settled(key: string): void {
     const lane = this.lanes.get(key);
-    if (lane === undefined || lane.pumping) return;
+    if (lane === undefined) return;
+    // Released even when a pump is queued: a gat that asked nothing (every copy dirty, none
+    // usable) settles inside the pump that started it, which goes on to the next command, and
+    // the holder after it may settle so too.
     lane.held = false;
+    if (lane.pumping) return;
     // Not from inside the journal's bookkeeping: the next command starts its own writes.
     lane.pumping = true;
     queueMicrotask(() => this.pump(key, lane));
@@ -121,6 +164,7 @@ export class KeyOrder {
       lane.queue.shift();
       next.run();
     }
-    if (!lane.held && lane.queue.length === 0) this.lanes.delete(key);
+    // A pump queued before the lane emptied (and was dropped) must not drop a newer one.
+    if (!lane.held && lane.queue.length === 0 && this.lanes.get(key) === lane) this.lanes.delete(key);
   }
 }

@@ -94,7 +94,7 @@ export class Router {
     this.order = new KeyOrder(options.journal);
   }
 
-  /** Keys with a conditional command running or waiting (key-order.ts). */
+  /** Keys with a conditional command or a gat running or waiting (key-order.ts). */
   get orderedKeys(): number {
     return this.order.busyKeys;
   }
@@ -148,7 +148,12 @@ export class Router {
 
   execute(cmd: Command): Promise<Reply> | Reply {
     const ctx = this.ctx;
-    if (!('key' in cmd)) return this.run(ctx, cmd);
+    if (!('key' in cmd)) {
+      // A gat/gats writes its keys' deadlines, on the other copies after it answered: ordered
+      // with their writes as a conditional command is (key-order.ts touching).
+      if (cmd.kind === 'get' && cmd.touch !== undefined) return this.order.touching(cmd.keys, () => this.run(ctx, cmd));
+      return this.run(ctx, cmd);
+    }
     // A conditional command of a key runs alone among that key's writes (key-order.ts).
     if ((cmd.kind === 'store' && cmd.mode !== 'set') || cmd.kind === 'arith') {
       return this.order.conditional(cmd.key, () => this.runConditional(ctx, cmd));

@@ -3,15 +3,16 @@
  * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
  * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
  * consistency model promises to survive; each test failed before the fix in src/router that came
- * with it, but for the gat todo test: not fixed (the README lists it under "not guaranteed"; the
- * fuzz's model allows it). The flush_all ones began as todos, found by hand while the
- * fuzz kept clear of flush_all; with flush_all ordered with every write and a flush that timed
- * out tracked, they pass, with one each for the other ways a write could cross a flush (each
- * fails without the part of the fix it names), and the fuzz sends flush_all at any moment (it
- * then found the ranking one, seed 1353). The repair's flush of an overflowed cache is ordered
- * with the writes the same way: an add the cache decides while it goes out (a todo until then)
- * is applied before it, and a write that reaches only the cache lands after it. The cas one
- * after a restart passes since a reconnect voids the store's uniques at once.
+ * with it. The flush_all ones began as todos, found by hand while the fuzz kept clear of
+ * flush_all; with flush_all ordered with every write and a flush that timed out tracked, they
+ * pass, with one each for the other ways a write could cross a flush (each fails without the
+ * part of the fix it names), and the fuzz sends flush_all at any moment (it then found the
+ * ranking one, seed 1353). The repair's flush of an overflowed cache is ordered with the writes
+ * the same way: an add the cache decides while it goes out (a todo until then) is applied
+ * before it, and a write that reaches only the cache lands after it. The gat and set one was a
+ * todo too, allowed by the fuzz's model, until a gat held its keys as a conditional command does
+ * (key-order.ts touching). The cas one after a restart passes since a reconnect voids the
+ * store's uniques at once.
  */
 
 import assert from 'node:assert/strict';
@@ -721,19 +722,20 @@ describe('router fuzz findings, minimised', () => {
     assert.deepEqual(values(await exec(get('lock'))), ['A']);
   });
 
-  // gat and a concurrent set (failover-read.ts, touchOthers). Not fixed. A gat answers from one
-  // upstream and touches the others after it answered, in the background; a set of the key with
-  // its own deadline, sent while the gat was in flight, reaches the first upstream after the gat
-  // (the gat answered the old value: in any order a client can tell, the set came second) but
-  // the second one before the gat's touch, which then gives the new value the gat's deadline.
-  // The copies disagree: once the first one's item expires at the set's deadline, the second
-  // serves it for the gat's (a minute here). Journaling the others instead of touching them
-  // when a write of the key raced the gat made them rank as fresher than the copy the gat read,
-  // when that one went dirty too (the fuzz, seed 1735 of 2000): not a fix.
-  it('a gat and a set of the key overlapping: the set\'s deadline holds on every copy', { todo: "a gat's touches of the other copies may land after a set that came after it (touchOthers)" }, async (t) => {
+  // gat and a concurrent set (failover-read.ts touchOthers, key-order.ts touching). A gat
+  // answers from one upstream and touches the others after it answered, in the background; a
+  // set of the key with its own deadline, sent while the gat was in flight, reached the first
+  // upstream after the gat (the gat answered the old value: in any order a client can tell, the
+  // set came second) but the second one before the gat's touch, which then gave the new value
+  // the gat's deadline. The copies disagreed: once the first one's item expired at the set's
+  // deadline, the second served it for the gat's (a minute here). Journaling the others instead
+  // of touching them when a write of the key raced the gat made them rank as fresher than the
+  // copy the gat read, when that one went dirty too (the fuzz, seed 1735 of 2000): not a fix. A
+  // gat now holds its keys as a conditional command does: the set waits for its touches.
+  it('a gat and a set of the key overlapping: the set\'s deadline holds on every copy', async (t) => {
     const clock = clocksFor(t);
     const { ups, exec } = setup();
-    const [first] = ups;
+    const [first, second] = ups;
     assert.equal(status(await exec(set('sess', 'old'))), 'STORED');
     const gatAnswer = deferred();
     const get1 = first.get.bind(first);
@@ -742,14 +744,46 @@ describe('router fuzz findings, minimised', () => {
       if (touched !== undefined) await gatAnswer.promise;
       return hits;
     };
+    second.gateOnly = (call) => call === 'touch sess';
+    second.close_gate(); // the gat's touch of the second upstream is slow
     const reading = exec(gat('sess', Date.now() + 60_000)); // applied on the first upstream: old, for a minute
     await settle();
-    assert.equal(status(await exec(set('sess', 'new', Date.now() + 1000))), 'STORED', 'new, for a second, on both');
+    const writing = exec(set('sess', 'new', Date.now() + 1000)); // new, for a second
+    await settle();
     gatAnswer.resolve();
     assert.deepEqual(values(await reading), ['old'], 'the gat came first');
-    await settle(); // its touch reaches the second upstream, over the new value
+    await settle();
+    second.open();
+    assert.equal(status(await writing), 'STORED', 'on both');
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0]?.deadline, (await first.inner.get(['sess']))[0]?.deadline, "the gat's touch gave the set's value the gat's deadline on the second upstream");
     clock.advance(1500);
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'EXPIRED VALUE SERVED: the set gave it a second, the gat\'s touch a minute on the second upstream');
+  });
+
+  // The same with the set received first: still landing on the first upstream (a slow copy, on
+  // another connection) when a gat reads the old value there, it had reached the second, where
+  // the gat's touch gave it the gat's deadline. A gat now starts once the key's writes in flight
+  // have landed, as a conditional command does.
+  it('a gat received while a set of the key is landing: the copies agree on the deadline', async (t) => {
+    const clock = clocksFor(t);
+    const { ups, exec } = setup();
+    const [first, second] = ups;
+    assert.equal(status(await exec(set('sess', 'old'))), 'STORED');
+    first.gateOnly = (call) => call === 'set sess';
+    first.close_gate(); // the set's copy to the first upstream is slow
+    const writing = exec(set('sess', 'new', Date.now() + 1000)); // new, for a second
+    await settle();
+    const reading = exec(gat('sess', Date.now() + 60_000));
+    await settle();
+    first.open();
+    assert.equal(status(await writing), 'STORED', 'on both');
+    const answered = values(await reading);
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0]?.deadline, (await first.inner.get(['sess']))[0]?.deadline, 'the copies disagree about when the item expires');
+    clock.advance(1500);
+    // The gat's deadline holds only for the value it answered.
+    assert.deepEqual(values(await exec(get('sess'))), answered[0] === 'new' ? ['new'] : [undefined], 'EXPIRED VALUE SERVED');
   });
 
   // flush_all (router.ts orderedFlush, journal.ts quiesce). Both need flush_all allowed

@@ -552,6 +552,78 @@ describe("router: a key's conditional commands run alone among its writes", () =
     assert.equal(router.orderedKeys, 0);
   });
 
+  it('gats of several keys holds them all: two in opposite orders and a set of each key all finish, the sets after the touches', async () => {
+    const { ups, exec, router } = setup(2);
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await seed(ups, 'a', 'old');
+    await seed(ups, 'b', 'old');
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const touch1 = second.touch.bind(second);
+    second.touch = async (key, deadline) => {
+      await held;
+      return touch1(key, deadline);
+    };
+    const gats = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: Date.now() + 60_000 });
+    const one = exec(gats('b', 'a'));
+    const two = exec(gats('a', 'b', 'a'));
+    const sets = [exec(set('a', 'new')), exec(set('b', 'new'))];
+    assert.deepEqual(values(await one), ['old', 'old']);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(callsOf(first, 'set a') + callsOf(first, 'set b'), 0, "the sets wait for the gats' touches still landing");
+    release();
+    assert.equal(values(await two)[0], 'old', 'received before the set of a');
+    for (const w of sets) assert.equal((await w).kind, 'status');
+    await eventually(async () => router.orderedKeys === 0, 'every key released');
+    for (const k of ['a', 'b']) {
+      const [h0] = await first.inner.get([k]);
+      const [h1] = await second.inner.get([k]);
+      assert.deepEqual([h1?.value.toString(), h1?.deadline], [h0?.value.toString(), h0?.deadline], `the copies of ${k} agree`);
+    }
+  });
+
+  it('two gats of the same keys in opposite orders, each waiting for a write of its first key: no deadlock', async () => {
+    const { ups, exec, router } = setup(2);
+    const [, second] = ups as [FakeUpstream, FakeUpstream];
+    second.gateOnly = (call) => call === 'set a' || call === 'set b';
+    second.close_gate(); // both sets still landing
+    const sets = [exec(set('a', 'x')), exec(set('b', 'x'))];
+    await new Promise((r) => setImmediate(r));
+    const gats = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: Date.now() + 60_000 });
+    const both = Promise.all([exec(gats('a', 'b')), exec(gats('b', 'a'))]);
+    await new Promise((r) => setImmediate(r));
+    second.open();
+    let timer: NodeJS.Timeout | undefined;
+    const stuck = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('DEADLOCK: each gat holds a key the other waits for')), 2000)));
+    const [x, y] = (await Promise.race([both, stuck])) as [Reply, Reply];
+    clearTimeout(timer);
+    assert.deepEqual([values(x), values(y)], [['x', 'x'], ['x', 'x']]);
+    for (const w of sets) assert.equal((await w).kind, 'status');
+    await eventually(async () => router.orderedKeys === 0, 'every key released');
+  });
+
+  it('gats that end at once (every copy dirty, none usable) release the key: a write after them is not stuck', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')];
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 1, probeMinMs: 60_000, probeMaxMs: 60_000 }, () => {}));
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    for (const f of fakes) f.mode = 'fail';
+    assert.equal((await exec(set('k', 'v'))).kind, 'error');
+    assert.ok(ups.every((u) => !u.usable && journal.isDirty(u, 'k')), 'dirty on both, both down: a gat asks nobody');
+    const writing = exec(set('k', 'w')); // refused by both, settled a few microtasks later
+    const gat: Command = { kind: 'get', keys: ['k'], withCas: false, touch: Date.now() + 60_000 };
+    const gats = [exec(gat), exec(gat)]; // wait for it, then start (and end) in one pump of the key
+    for (const g of gats) assert.equal((await g).kind, 'error');
+    assert.equal((await writing).kind, 'error');
+    let timer: NodeJS.Timeout | undefined;
+    const stuck = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('STUCK: the key is held by a gat that has ended'), 1000)));
+    const last = await Promise.race([exec(set('k', 'x')).then((r) => r.kind), stuck]);
+    clearTimeout(timer);
+    assert.equal(last, 'error', 'refused as the others');
+    assert.equal(router.orderedKeys, 0);
+  });
+
   it('write-wait all: an incr whose item is gone from the authority answers once the others deleted it too', async () => {
     const { ups, exec } = setup(2);
     const [first, second] = ups as [FakeUpstream, FakeUpstream];
@@ -781,6 +853,23 @@ describe('router: hedged reads', () => {
     fail();
     assert.deepEqual(values(await read), ['A', 'v2'], 'k is asked of the second, not reported missing');
   });
+  it('a hedged gat: its request to the slow first upstream, still unanswered, holds the key for a set after it', async () => {
+    const { ups, exec, router } = setup(2, { hedgeMs: 5 });
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    await exec(set('k', 'old'));
+    first.gateOnly = (call) => call === 'get k';
+    first.close_gate(); // the gat's request to the first upstream is slow: the hedge answers
+    assert.deepEqual(values(await exec({ kind: 'get', keys: ['k'], withCas: false, touch: Date.now() + 60_000 })), ['old']);
+    const writing = exec(set('k', 'new', Date.now() + 30_000));
+    for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
+    first.open(); // the gat lands on the first upstream now
+    assert.equal((await writing).kind, 'status');
+    await eventually(async () => router.orderedKeys === 0, 'the key released');
+    const [h0] = await first.inner.get(['k']);
+    const [h1] = await second.inner.get(['k']);
+    assert.deepEqual([h0?.value.toString(), h0?.deadline], [h1?.value.toString(), h1?.deadline], "the copies agree (the gat's late request gave the set's value the gat's deadline on the first)");
+  });
+
   it('with hedge-ms, a slow first upstream does not hold the read: the next one answers', async () => {
     const { ups, exec, router } = setup(2, { hedgeMs: 10 });
     await exec(set('k', 'v'));
