@@ -153,6 +153,9 @@
 
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import pino from 'pino';
 import { setMonotonicClock } from '../../src/clock';
 import { type ArithOp, type Command, type Reply, applyArith } from '../../src/command/command';
@@ -163,7 +166,7 @@ import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { LATE_SETTLE_MS, Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
-import type { StoreRequest } from '../../src/upstream/upstream';
+import { type StoreRequest, type Upstream, newUpstreamStats } from '../../src/upstream/upstream';
 import { FakeUpstream } from '../helpers/fake-upstream';
 import { describeReply } from '../helpers/reply-text';
 import { mulberry32 } from '../helpers/random';
@@ -174,9 +177,13 @@ const SEEDS = Number(process.env.MCMUX_FUZZ_SEEDS ?? 150);
 const EXPIRY_SHARE = Number(process.env.MCMUX_FUZZ_EXPIRY ?? 0.4);
 /** The share of seeds with a journal of a few keys, that an outage overflows (MCMUX_FUZZ_SMALL_JOURNAL=1: every seed). */
 const SMALL_JOURNAL_SHARE = Number(process.env.MCMUX_FUZZ_SMALL_JOURNAL ?? 0.3);
+/** The share of seeds in which mcmux restarts (stops gracefully or is killed) now and then (MCMUX_FUZZ_RESTART=1: every seed). */
+const RESTART_SHARE = Number(process.env.MCMUX_FUZZ_RESTART ?? 0.1);
+/** The share of seeds with a lock-fence short enough to end during the run (MCMUX_FUZZ_FENCE_END=1: every seed). */
+const FENCE_END_SHARE = Number(process.env.MCMUX_FUZZ_FENCE_END ?? 0.1);
 /** Virtual start time: fixed, so that a seed replays exactly. */
 const T0 = 1_800_000_000_000;
-/** Longer than any run: the fence of an upstream that came back empty never ends here. */
+/** Longer than any run: the fence of an upstream that came back empty never ends here (but with a short lock-fence, see Config.lockFenceMs). */
 const LOCK_FENCE_MS = 3_600_000;
 const MAX_STEPS = 60_000;
 
@@ -212,6 +219,8 @@ const noop = (): void => {};
 
 interface Req {
   readonly id: number;
+  /** The mcmux process (World.gen) that sent it. */
+  readonly gen: number;
   readonly up: SchedUpstream;
   readonly lane: string;
   /** The key of the lane (the first key of a get). */
@@ -257,6 +266,8 @@ class SchedUpstream extends FakeUpstream {
 
   /** The repair is about to flush it (an overflowed cache): that flush empties it as a restart does. */
   repairFlush = false;
+  /** The mcmux process whose driver (Conn) is calling: set by the Conn right before each call. */
+  callerGen = 0;
 
   constructor(
     name: string,
@@ -267,14 +278,18 @@ class SchedUpstream extends FakeUpstream {
   }
 
   private send<R>(op: Req['op'], what: string, key: string, apply: () => Promise<R>, byRepair = false): Promise<R> {
+    const gen = this.callerGen;
+    // A process that was stopped or killed sends nothing more (its timers may still fire).
+    if (gen !== this.world.gen) return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: the mcmux process ${gen} is gone`));
     if (this.state === 'down') return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: connection refused (injected)`));
+    if (op !== 'get') this.world.sentSinceStart(key, op === 'flush');
     return new Promise<R>((resolve, reject) => {
       // One connection for every key (memcached's default), or one per key (connections > 1:
       // requests of different keys, a multi-get and a write of its second key too, in any order).
       const lane = this.world.cfg.oneConnection ? '' : key;
       const write = op !== 'get';
       const req: Req = {
-        id: ++this.world.reqSeq, up: this, lane, key, what, op, write, apply, byRepair, timeoutAt: Date.now() + this.timeoutMs,
+        id: ++this.world.reqSeq, gen, up: this, lane, key, what, op, write, apply, byRepair, timeoutAt: Date.now() + this.timeoutMs,
         applied: false, result: undefined, resolve: resolve as (v: unknown) => void, reject, timer: undefined,
       };
       req.timer = setTimeout(() => this.world.expire(req), this.timeoutMs);
@@ -356,6 +371,54 @@ class SchedUpstream extends FakeUpstream {
   }
 }
 
+/**
+ * One mcmux process's driver of a SchedUpstream (the server, which outlives it): the
+ * HealthyUpstream of each process wraps its own, and a process that stopped sends nothing more.
+ */
+class Conn implements Upstream {
+  readonly stats = newUpstreamStats();
+  onReconnect: (() => void) | undefined;
+  constructor(
+    readonly up: SchedUpstream,
+    readonly gen: number,
+  ) {}
+  get name(): string {
+    return this.up.name;
+  }
+  get scheme(): string {
+    return this.up.scheme;
+  }
+  get timeoutMs(): number {
+    return this.up.timeoutMs;
+  }
+  private as<R>(f: () => Promise<R>): Promise<R> {
+    this.up.callerGen = this.gen;
+    return f();
+  }
+  get(keys: readonly string[], touch?: number) {
+    return this.as(() => this.up.get(keys, touch));
+  }
+  store(req: StoreRequest) {
+    return this.as(() => this.up.store(req));
+  }
+  delete(key: string) {
+    return this.as(() => this.up.delete(key));
+  }
+  touch(key: string, deadline: number) {
+    return this.as(() => this.up.touch(key, deadline));
+  }
+  arith(op: ArithOp, key: string, delta: bigint) {
+    return this.as(() => this.up.arith(op, key, delta));
+  }
+  flush() {
+    return this.as(() => this.up.flush());
+  }
+  probe() {
+    return this.as(() => this.up.probe());
+  }
+  async close(): Promise<void> {}
+}
+
 // ---------------------------------------------------------------------------------------------
 // One seed's world: the router, its upstreams, the scheduler, and the record.
 
@@ -381,6 +444,8 @@ interface Op {
   end: number | undefined;
   reply: Reply | undefined;
   thrown: unknown;
+  /** mcmux was killed before it answered (reply: a SERVER_ERROR; end: once nothing of it may land). */
+  killed?: boolean;
 }
 
 /** A cas unique a reply handed out: for the state `value` of `key`, by op #from. */
@@ -401,6 +466,11 @@ interface LogLine {
 interface Straggler {
   readonly req: Req;
   readonly deadline: number;
+  /**
+   * Nothing on journal.log tells of it: sent by a process killed before it was answered (or
+   * timed out without its miss journaled yet). See canLand.
+   */
+  readonly unjournaled?: boolean;
 }
 
 interface Config {
@@ -425,6 +495,10 @@ interface Config {
   readonly journalMaxKeys: number;
   /** The upstreams are caches (scheme memcached: the repair flushes one whose journal overflowed). */
   readonly caches: boolean;
+  /** mcmux restarts now and then: stopped gracefully, or killed (only journal.log survives). */
+  readonly restarts: boolean;
+  /** lock-fence (ms): longer than any run, or short enough to end while keys are dirty and locks held. */
+  readonly lockFenceMs: number;
 }
 
 class World {
@@ -437,10 +511,21 @@ class World {
   readonly ops: Op[] = [];
   readonly log: LogLine[] = [];
   readonly ups: SchedUpstream[];
-  readonly journal: RepairJournal;
-  readonly router: Router;
-  readonly repairer: Repairer;
-  readonly detector: ColdDetector;
+  /** The mcmux process running now (1 at the first start), and its parts. */
+  gen = 0;
+  journal!: RepairJournal;
+  router!: Router;
+  repairer!: Repairer;
+  detector!: ColdDetector;
+  /** journal.log's directory (seeds with restarts). */
+  readonly stateDir: string | undefined;
+  /** Keys a request changing them was sent for by the current process (see canLand); '*': a flush. */
+  private readonly touched = new Set<string>();
+  /** Ops a kill left unanswered, by the process they ran in: they end once nothing of it may land. */
+  killed: Array<{ op: Op; gen: number }> = [];
+  /** A restart is due (chosen by step), and one is under way (no other is chosen meanwhile). */
+  restartDue: 'graceful' | 'kill' | undefined;
+  restarting = false;
   stragglers: Straggler[] = [];
   /** Virtual ms the run took. */
   endedAt = 0;
@@ -455,6 +540,8 @@ class World {
   ) {
     this.rng = mulberry32(seed);
     const x = mulberry32(seed ^ 0x5bd1e995);
+    // A third generator: a seed without restarts or a short fence runs as before they were.
+    const y = mulberry32(seed ^ 0x2545f491);
     const n = this.rng() < 0.5 ? 2 : 3;
     this.cfg = {
       n,
@@ -472,22 +559,40 @@ class World {
       expiry: x() < EXPIRY_SHARE,
       journalMaxKeys: x() < SMALL_JOURNAL_SHARE ? 1 + Math.floor(x() * 3) : 100_000,
       caches: x() < 0.5,
+      restarts: y() < RESTART_SHARE,
+      lockFenceMs: y() < FENCE_END_SHARE ? ([150, 600, 2000] as const)[Math.floor(y() * 3)] as number : LOCK_FENCE_MS,
     };
     this.ups = Array.from({ length: n }, (_, i) => new SchedUpstream(`up${i}`, this, this.cfg.caches ? 'memcached' : undefined));
-    this.detector = new ColdDetector(() => this.ups.map((u) => u.healthy), LOCK_FENCE_MS, silent);
+    this.stateDir = this.cfg.restarts ? mkdtempSync(join(tmpdir(), 'mcmux-fuzz-')) : undefined;
+    this.makeProcess();
+  }
+
+  /**
+   * An mcmux process, as app.ts builds one: its own drivers (Conn), health, cold detector,
+   * journal (loaded from journal.log when the seed restarts), router and repairer, over the
+   * same upstreams. Not started (see startProcess).
+   */
+  private makeProcess(): void {
+    const gen = ++this.gen;
+    this.touched.clear();
+    const detector = new ColdDetector(() => this.ups.map((u) => u.healthy), this.cfg.lockFenceMs, silent);
+    this.detector = detector;
     for (const u of this.ups) {
-      u.healthy = new HealthyUpstream(u, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, (h, from, to) => {
+      const conn = new Conn(u, gen);
+      u.healthy = new HealthyUpstream(conn, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, (h, from, to) => {
+        if (gen !== this.gen) return;
         this.note([], `${u.name} health ${from} -> ${to}`);
         // As app.ts: an upstream back to healthy has its marker checked.
-        if (to === 'healthy') void this.detector.check(h);
+        if (to === 'healthy') void detector.check(h);
       });
     }
-    this.journal = new RepairJournal({ maxKeys: this.cfg.journalMaxKeys, dir: undefined, fsync: 'no' });
-    this.router = new Router(
+    this.journal = new RepairJournal({ maxKeys: this.cfg.journalMaxKeys, dir: this.stateDir, fsync: 'no' });
+    if (this.stateDir !== undefined) this.journal.load(this.ups.map((u) => u.healthy));
+    const router = new Router(
       {
         upstreams: this.ups.map((u) => u.healthy),
         journal: this.journal,
-        onFlushed: (u) => this.detector.forget(u as HealthyUpstream),
+        onFlushed: (u) => detector.forget(u as HealthyUpstream),
         hedgeMs: this.cfg.hedgeMs,
         minCopies: this.cfg.minCopies,
         writeWait: this.cfg.writeWait,
@@ -496,12 +601,18 @@ class World {
       source,
       noop,
     );
-    this.repairer = new Repairer(() => this.router.context, { rate: 1000, flushCaches: true }, silent);
+    this.router = router;
+    this.repairer = new Repairer(() => router.context, { rate: 1000, flushCaches: true }, silent);
     // As app.ts: an overflowed cache the repair flushes comes back empty, fenced as after a restart.
     this.repairer.onFlush = (u) => {
       (this.ups.find((y) => y.healthy === u) as SchedUpstream).repairFlush = true;
-      this.detector.knownEmpty(u as HealthyUpstream);
+      detector.knownEmpty(u as HealthyUpstream);
     };
+  }
+
+  /** A request changing `key` (every key: a flush) is being sent by the current process. */
+  sentSinceStart(key: string, flush: boolean): void {
+    this.touched.add(flush ? '*' : key);
   }
 
   int(n: number): number {
@@ -620,6 +731,9 @@ class World {
   /** Some other upstream holds the key's current state, as mcmux knows it (see the header). */
   canLand(s: Straggler): boolean {
     const { up } = s.req;
+    // Nothing on journal.log tells the process running now of it: it may land only before that
+    // process sent a request changing its key (README, "not guaranteed": mcmux cannot know it).
+    if (s.unjournaled && s.req.gen !== this.gen && (this.touched.has('*') || KEYS.some((k) => changes(s.req, k) && this.touched.has(k)))) return false;
     // A flush: for every key.
     return KEYS.filter((k) => changes(s.req, k)).every(
       (key) =>
@@ -790,6 +904,7 @@ class World {
     }
     p.then(
       (r) => {
+        if (op.killed) return;
         op.end = ++this.clock;
         op.vend = this.now;
         op.reply = r;
@@ -798,6 +913,7 @@ class World {
         this.keepTokens(op, r);
       },
       (error: unknown) => {
+        if (op.killed) return;
         op.end = ++this.clock;
         op.vend = this.now;
         op.thrown = error ?? new Error('rejected');
@@ -929,6 +1045,98 @@ class World {
     await drain();
     this.t.mock.timers.tick(ms);
     await drain();
+    this.settleKilled();
+  }
+
+  /** An op a kill left unanswered ends once nothing its process sent may still land. */
+  settleKilled(): void {
+    if (this.killed.length === 0) return;
+    this.killed = this.killed.filter(({ op, gen }) => {
+      if (this.stragglers.some((s) => s.req.gen <= gen)) return true;
+      op.end = ++this.clock;
+      op.vend = this.now;
+      this.note(op.keys, `${op.text} -> nothing of the killed process ${gen} may land any more`);
+      return false;
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // mcmux restarts.
+
+  /**
+   * mcmux is killed: nothing more is sent, journaled or answered. What its journal wrote is on
+   * disk (journal-fsync aside, see the header). Requests sent and not applied sit in the server's
+   * sockets: they may land late (canLand, with `unjournaled` when the file does not tell of them).
+   */
+  kill(): void {
+    const gen = this.gen;
+    this.note([], `MCMUX KILLED (process ${gen})`);
+    for (const u of this.ups) {
+      for (const lane of u.lanes.values()) {
+        for (const r of lane) {
+          if (r.timer) clearTimeout(r.timer);
+          if (r.applied || !r.write) continue;
+          this.stragglers.push({ req: r, deadline: Date.now() + LATE_SETTLE_MS - 1, unjournaled: true });
+          this.note(logKeys(r), `${u.name} ${r.what}: in flight at the kill (lands by +${LATE_SETTLE_MS - 1} ms or never)`);
+        }
+      }
+      u.lanes.clear();
+      u.timedOut = false;
+    }
+    // A request that timed out and whose miss is not on file (its op had not journaled it yet).
+    this.stragglers = this.stragglers.map((s) =>
+      s.unjournaled || KEYS.filter((k) => changes(s.req, k)).every((k) => this.journal.isDirty(s.req.up.healthy, k)) ? s : { ...s, unjournaled: true },
+    );
+    for (const op of this.ops) {
+      if (op.end !== undefined || op.killed) continue;
+      op.killed = true;
+      op.reply = { kind: 'error', type: 'SERVER_ERROR', message: 'mcmux was killed before it answered' };
+      this.killed.push({ op, gen });
+    }
+    this.inflight = 0;
+    this.stopProcess();
+    this.touched.clear();
+  }
+
+  private stopProcess(): void {
+    this.repairer.stop();
+    this.detector.stop();
+    for (const u of this.ups) void u.healthy.close();
+    this.journal.close();
+  }
+
+  /** Stopped gracefully (app.ts close): no new client command; those in flight and every request answered or timed out. */
+  async stopGracefully(): Promise<void> {
+    this.note([], `MCMUX STOPPING (process ${this.gen})`);
+    let settled = false;
+    void this.journal.writesSettled().then(() => (settled = true));
+    for (let i = 0; i < MAX_STEPS && (this.inflight > 0 || !settled); i++) await this.step(false, true);
+    this.repairer.stop();
+    this.detector.stop();
+    // The repair's and the marker checks' requests still out: answered or timed out.
+    for (let i = 0; i < 200 && this.ups.some((u) => u.lanes.size > 0); i++) {
+      for (const u of this.ups) if (u.state === 'ok') this.deliver(u);
+      await drain();
+      await this.tick(5);
+    }
+    this.note([], `MCMUX STOPPED (process ${this.gen})`);
+    this.stopProcess();
+    this.touched.clear();
+  }
+
+  /** mcmux stops (gracefully or killed), is down for a while, and a new process starts on journal.log. */
+  async restart(how: 'graceful' | 'kill'): Promise<void> {
+    this.restarting = true;
+    if (how === 'kill') this.kill();
+    else await this.stopGracefully();
+    const down = this.pick([0, 5, 50, 300, 1500]);
+    for (let t = 0; t < down; t += 10) await this.tick(Math.min(10, down - t));
+    this.makeProcess();
+    this.note([], `MCMUX STARTED (process ${this.gen}) after ${down} ms down`);
+    this.detector.start();
+    this.repairer.start();
+    await drain();
+    this.restarting = false;
   }
 
   private lanesWhere(pred: (u: SchedUpstream, lane: Req[]) => boolean): Array<[SchedUpstream, string]> {
@@ -982,6 +1190,7 @@ class World {
         },
       ],
       [allowFaults && this.cfg.evictions ? this.cfg.faultRate * 2 : 0, () => this.evict(this.pick(this.ups), this.pickKey(SESSIONS))],
+      [issuing && this.cfg.restarts && !this.restarting ? 0.01 : 0, () => void (this.restartDue = this.chance(0.5) ? 'kill' : 'graceful')],
       [
         this.stragglers.length > 0 ? 0.3 : 0,
         () => {
@@ -1015,6 +1224,9 @@ class World {
     while (this.opSeq < this.cfg.ops || this.inflight > 0) {
       if (++steps > MAX_STEPS) throw new Error(`seed ${this.seed}: no progress after ${MAX_STEPS} steps (${this.inflight} in flight)`);
       await this.step(this.opSeq < this.cfg.ops, true);
+      const how = this.restartDue;
+      this.restartDue = undefined;
+      if (how) await this.restart(how);
     }
     // Heal: every fault ends, the stragglers land or are dropped, the repair runs to the end.
     this.note([], 'HEAL: every fault ends');
@@ -1024,7 +1236,7 @@ class World {
       for (const u of this.ups) this.deliver(u);
       await drain();
       await this.tick(10);
-      const quiet = this.inflight === 0 && this.stragglers.length === 0 && this.journal.totalKeys === 0 && this.ups.every((u) => u.lanes.size === 0);
+      const quiet = this.inflight === 0 && this.killed.length === 0 && this.stragglers.length === 0 && this.journal.totalKeys === 0 && this.ups.every((u) => u.lanes.size === 0);
       if (this.now - healStart > 2 * LATE_SETTLE_MS + 500 && quiet) break;
     }
     // Final reads of every key, through the router.
@@ -1056,6 +1268,8 @@ class World {
     this.repairer.stop();
     this.detector.stop();
     for (const u of this.ups) void u.healthy.close();
+    this.journal.close();
+    if (this.stateDir !== undefined) rmSync(this.stateDir, { recursive: true, force: true });
   }
 }
 
