@@ -67,7 +67,7 @@ export interface DirtyEntry {
   readonly firstSeq: number;
   /**
    * When a request of the key to the upstream last timed out (monotonic ms, see clock.ts: never
-   * on disk); 0 when none has since the entry began (and for an entry loaded from disk). A
+   * on disk); 0 when none has since the entry began (an entry loaded from disk: when this process loaded it, as any may be of a timed-out request still to land). A
    * timed-out request may still be applied, later than newer writes that reached the upstream
    * on another connection (a paused server that resumes): so a client write does not clear such
    * an entry, it only turns it into a copy of the key's current state, which the repair makes
@@ -851,6 +851,10 @@ export class RepairJournal {
   }
 
   private parse(text: string, known: ReadonlySet<string>): void {
+    // The file does not say which misses were timeouts: any may be a request the earlier process
+    // sent that still lands (a paused server working through its old connections), so each is
+    // taken as one that timed out as this process starts (DirtyEntry.late, Overflow.lastLate).
+    const loadedAt = monotonicMs();
     for (const line of text.split('\n')) {
       const f = line.split(' ');
       const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
@@ -861,12 +865,12 @@ export class RepairJournal {
       if (f[0] === 'M' && f[3] !== undefined && !p.overflow) {
         const key = unhex(f[3]);
         const since = p.keys.get(key)?.since ?? (Number(f[4]) || 0);
-        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0, late: 0 });
+        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0, late: loadedAt });
       }
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
         p.keys.clear();
-        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: 0, trustAfter: undefined, known: new Map(), full: false };
+        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: 0, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt };
       } else if ((f[0] === 'K' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
         else p.overflow.known.delete(unhex(f[2]));

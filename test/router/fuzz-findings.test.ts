@@ -13,6 +13,9 @@
  */
 
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
@@ -927,5 +930,52 @@ describe('router fuzz findings, minimised', () => {
     await repairer.tick();
     assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
     assert.deepEqual(values(await exec(get('sess'))), ['cart']);
+  });
+});
+
+// mcmux restarts (fuzz.test.ts with MCMUX_FUZZ_RESTART=1): a new process on the journal.log the
+// one before left, over the same upstreams, which kept their data and their sockets' contents.
+describe('router fuzz findings, minimised: mcmux restarts', () => {
+  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
+  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
+  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
+  const status = (r: Reply): string => describeReply(r);
+  /** One mcmux process over `ups`, with its journal in `dir`, loaded as app.ts loads it. */
+  function start(ups: readonly FakeUpstream[], dir: string) {
+    const journal = new RepairJournal({ maxKeys: 1000, dir, fsync: 'no' });
+    journal.load(ups);
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    return { journal, exec };
+  }
+
+  // A set timed out on the second upstream (a paused server: it sits in its socket) and was
+  // journaled there, as late: no client write clears that entry, since the set may land after
+  // it. journal.log keeps the entry but not that it was a timeout: the next process cleared it
+  // at the next write (the fuzz: a flush_all), the set landed, and the second upstream, clean
+  // for the key, held the session deleted since (seed 163 of 300, MCMUX_FUZZ_RESTART=1). Every
+  // entry loaded from the file is now taken as late, as of the start.
+  it('a set that timed out before mcmux restarted lands after the next process deleted the key: the entry is not cleared by that delete', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const before = start([first, second], dir);
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await before.exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the second');
+    assert.ok(before.journal.isDirty(second, 'sess'));
+    before.journal.close(); // mcmux stops (or dies: the file has the entry)
+
+    const after = start([first, second], dir);
+    assert.ok(after.journal.isDirty(second, 'sess'), 'the entry survived the restart');
+    assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout: deleted on both');
+    assert.ok(after.journal.isDirty(second, 'sess'), 'the set sent before the restart may still land: the key stays dirty there');
+    second.open(); // the set lands, after the delete
+    await new Promise((r) => setTimeout(r, 10));
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the second upstream');
+    after.journal.close();
   });
 });

@@ -1072,7 +1072,21 @@ class World {
     const gen = this.gen;
     this.note([], `MCMUX KILLED (process ${gen})`);
     for (const u of this.ups) {
+      // A write acknowledged with write-wait = copies whose copy here was still on its way: README,
+      // "not guaranteed" (if mcmux dies before they answer, they may miss it silently), and
+      // nothing the model can tell from what the client saw. Not exercised: applied at the kill,
+      // with what was sent before it on its connection.
+      const pending = (this.journal as unknown as { byName: Map<string, { pending?: Map<string, number> }> }).byName.get(u.name)?.pending;
       for (const lane of u.lanes.values()) {
+        let last = -1;
+        lane.forEach((r, i) => {
+          if (!r.applied && r.op !== 'get' && r.op !== 'flush' && pending?.has(r.key) === true) last = i;
+        });
+        for (let i = 0; i <= last; i++) {
+          if (lane[i]?.applied) continue;
+          this.applyNext(u, lane);
+          this.note(logKeys(lane[i] as Req), `${u.name} ${lane[i]?.what}: a copy pending at the kill, applied`);
+        }
         for (const r of lane) {
           if (r.timer) clearTimeout(r.timer);
           if (r.applied || !r.write) continue;
