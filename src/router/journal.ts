@@ -864,7 +864,9 @@ export class RepairJournal {
       const p = this.of({ name, storeId: name } as Upstream & { storeId: string });
       if (f[0] === 'M' && f[3] !== undefined && !p.overflow) {
         const key = unhex(f[3]);
-        const since = p.keys.get(key)?.since ?? (Number(f[4]) || 0);
+        // The last line's date: each line has the entry as it stood in memory (mark keeps the date
+        // of the first miss, written() dates a copy that holds a newer write by that write).
+        const since = Number(f[4]) || (p.keys.get(key)?.since ?? 0);
         p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0, late: loadedAt });
       }
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
