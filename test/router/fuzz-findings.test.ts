@@ -1012,4 +1012,36 @@ describe('router fuzz findings, minimised: mcmux restarts', () => {
     assert.deepEqual(values(await after.exec(get('sess'))), ['C'], 'STALE READ: A, from the copy that missed B and C');
     after.journal.close();
   });
+
+  // A memcached restarted (empty) while mcmux was down: the next process's cold detector finds
+  // it without the marker that the other upstream still holds, and fences it (README, "Locks
+  // across failover"). But app.ts listened before that first look answered, and a command that
+  // came in meanwhile was decided by the empty store: a lock held was granted again (seed 665 of
+  // 1500, MCMUX_FUZZ_RESTART=1: an incr answered NOT_FOUND for a counter the other upstream
+  // held). ColdDetector.start() resolves once the first look has judged every upstream, and
+  // app.ts awaits it before it listens.
+  it('an upstream that restarted empty while mcmux was down decides no add before the first marker check of the next process has answered', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const lock = (value: string): Command => ({ kind: 'store', mode: 'add', key: 'lock', value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    const proc = () => {
+      const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop));
+      const detector = new ColdDetector(() => ups, 60_000, silent);
+      const router = new Router({ upstreams: ups, journal: new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+      return { detector, exec: (c: Command): Promise<Reply> => Promise.resolve(router.execute(c)) };
+    };
+    const before = proc();
+    await before.detector.start(); // the markers written in both
+    before.detector.stop();
+    assert.equal(status(await before.exec(lock('A'))), 'STORED', 'A holds the lock');
+    // mcmux stops; the first memcached restarts empty meanwhile
+    await fakes[0].inner.flush();
+    const after = proc();
+    // The second upstream answers the marker check a little late (as a slower link would).
+    fakes[1].gateOnly = (call) => call.startsWith('get mcmux.sentinel');
+    fakes[1].close_gate();
+    setTimeout(() => fakes[1].open(), 20);
+    await after.detector.start(); // as app.ts, before it takes client commands
+    after.detector.stop();
+    assert.notEqual(status(await after.exec(lock('B'))), 'STORED', 'B is granted the lock A holds, by the upstream that lost it');
+  });
 });

@@ -519,8 +519,8 @@ class World {
   detector!: ColdDetector;
   /** journal.log's directory (seeds with restarts). */
   readonly stateDir: string | undefined;
-  /** Keys a request changing them was sent for by the current process (see canLand); '*': a flush. */
-  private readonly touched = new Set<string>();
+  /** The last process that sent a request changing each key (see canLand); '*': a flush. */
+  private readonly touched = new Map<string, number>();
   /** Ops a kill left unanswered, by the process they ran in: they end once nothing of it may land. */
   killed: Array<{ op: Op; gen: number }> = [];
   /** A restart is due (chosen by step), and one is under way (no other is chosen meanwhile). */
@@ -574,7 +574,6 @@ class World {
    */
   private makeProcess(): void {
     const gen = ++this.gen;
-    this.touched.clear();
     const detector = new ColdDetector(() => this.ups.map((u) => u.healthy), this.cfg.lockFenceMs, silent);
     this.detector = detector;
     for (const u of this.ups) {
@@ -612,7 +611,7 @@ class World {
 
   /** A request changing `key` (every key: a flush) is being sent by the current process. */
   sentSinceStart(key: string, flush: boolean): void {
-    this.touched.add(flush ? '*' : key);
+    this.touched.set(flush ? '*' : key, this.gen);
   }
 
   int(n: number): number {
@@ -731,9 +730,10 @@ class World {
   /** Some other upstream holds the key's current state, as mcmux knows it (see the header). */
   canLand(s: Straggler): boolean {
     const { up } = s.req;
-    // Nothing on journal.log tells the process running now of it: it may land only before that
-    // process sent a request changing its key (README, "not guaranteed": mcmux cannot know it).
-    if (s.unjournaled && s.req.gen !== this.gen && (this.touched.has('*') || KEYS.some((k) => changes(s.req, k) && this.touched.has(k)))) return false;
+    // Nothing on journal.log tells the processes after its own of it: it may land only before one
+    // of them sent a request changing its key (README, "not guaranteed": mcmux cannot know it).
+    const later = (k: string): boolean => (this.touched.get(k) ?? 0) > s.req.gen;
+    if (s.unjournaled && (later('*') || KEYS.some((k) => changes(s.req, k) && later(k)))) return false;
     // A flush: for every key.
     return KEYS.filter((k) => changes(s.req, k)).every(
       (key) =>
@@ -1109,7 +1109,6 @@ class World {
     }
     this.inflight = 0;
     this.stopProcess();
-    this.touched.clear();
   }
 
   private stopProcess(): void {
@@ -1135,7 +1134,6 @@ class World {
     }
     this.note([], `MCMUX STOPPED (process ${this.gen})`);
     this.stopProcess();
-    this.touched.clear();
   }
 
   /** mcmux stops (gracefully or killed), is down for a while, and a new process starts on journal.log. */
@@ -1147,9 +1145,12 @@ class World {
     for (let t = 0; t < down; t += 10) await this.tick(Math.min(10, down - t));
     this.makeProcess();
     this.note([], `MCMUX STARTED (process ${this.gen}) after ${down} ms down`);
-    this.detector.start();
+    // As app.ts: no client command before the cold detector's first look has judged every upstream.
+    let looked = false;
+    void this.detector.start().then(() => (looked = true));
     this.repairer.start();
-    await drain();
+    for (let i = 0; i < MAX_STEPS && !looked; i++) await this.step(false, true);
+    this.note([], `MCMUX LISTENING (process ${this.gen})`);
     this.restarting = false;
   }
 
@@ -1228,7 +1229,7 @@ class World {
 
   async run(): Promise<void> {
     // mcmux starts: markers written (the cold detector can tell a restart later), intervals running.
-    this.detector.start();
+    void this.detector.start();
     this.repairer.start();
     for (let i = 0; i < 3; i++) {
       for (const u of this.ups) this.deliver(u);
