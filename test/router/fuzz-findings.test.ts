@@ -942,8 +942,8 @@ describe('router fuzz findings, minimised: mcmux restarts', () => {
   const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
   const status = (r: Reply): string => describeReply(r);
   /** One mcmux process over `ups`, with its journal in `dir`, loaded as app.ts loads it. */
-  function start(ups: readonly FakeUpstream[], dir: string) {
-    const journal = new RepairJournal({ maxKeys: 1000, dir, fsync: 'no' });
+  function start(ups: readonly FakeUpstream[], dir: string, maxKeys = 1000) {
+    const journal = new RepairJournal({ maxKeys, dir, fsync: 'no' });
     journal.load(ups);
     const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true }, source, noop);
     const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
@@ -1070,6 +1070,76 @@ describe('router fuzz findings, minimised: mcmux restarts', () => {
     await new Promise((r) => setTimeout(r, 60));
     first.mode = 'fail';
     assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the second upstream');
+    after.journal.close();
+  });
+
+  // With every copy dirty, the freshest is the one that started missing writes last: in memory,
+  // by write sequence (exact); journal.log keeps only the wall-clock time each entry was dated,
+  // a miss when it was noticed (a timeout: a timeout's length after the write began) and a copy
+  // that holds a write while dirty (a late entry) when that write was answered there. Across a
+  // restart the copy that missed the newest write may so rank first, and be read, decide, and
+  // be copied to the others (seeds 773, 1275, 1900, 2029 of 601-2600 with MCMUX_FUZZ_RESTART=1
+  // MCMUX_FUZZ_FENCE_END=1; the fuzz now restarts mcmux only while no key is dirty everywhere).
+  // A fix needs journal.log to keep the order of the writes (the sequence, per process).
+  it('with every copy dirty, the one that missed the newest write (by a timeout) does not rank first after a restart', { todo: 'journal.log keeps no write order: the freshest copy is told by when its entry was dated (README, "not guaranteed")' }, async (t) => {
+    const clocks = clocksFor(t);
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const before = start([first, second], dir);
+    let seconds = 0;
+    second.gateOnly = (call) => call === 'set sess' && seconds++ === 0;
+    second.delay_late();
+    assert.equal(status(await before.exec(set('sess', 'A'))), 'STORED', 'timed out on the second (late)');
+    clocks.advance(5);
+    assert.equal(status(await before.exec(set('sess', 'B'))), 'STORED', 'on both: the second still dirty (late), holding B');
+    clocks.advance(5);
+    let firsts = 0;
+    first.gateOnly = (call) => call === 'set sess' && firsts++ === 0;
+    first.delay_late();
+    const c = before.exec(set('sess', 'C')); // the second stores it at once, the first times out
+    await new Promise((r) => setImmediate(r));
+    clocks.advance(5); // the timeout, noticed a little later
+    assert.equal(status(await c), 'STORED');
+    assert.ok(before.journal.isDirty(first, 'sess') && before.journal.isDirty(second, 'sess'), 'dirty everywhere');
+    assert.deepEqual(before.journal.freshest([first, second], [first, second], 'sess'), [second], 'in memory: the second holds C');
+    before.journal.close();
+
+    const after = start([first, second], dir);
+    assert.deepEqual(values(await after.exec(get('sess'))), ['C'], 'STALE READ: B, from the copy that missed C');
+    after.journal.close();
+  });
+
+  // An overflowed upstream is read for a key a client's set or delete reached since, but not
+  // while a request of the key that timed out there may still land (Overflow.known's `late`, in
+  // memory). journal.log keeps only that it no longer holds the key: the next process took the
+  // next write as proof, and the set that timed out before the restart landed over it (seed 2029
+  // of 601-2600 with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1; the fuzz now restarts mcmux
+  // only while no request may still land on an overflowed upstream). A fix: the next process
+  // learns nothing of an overflowed upstream until what the earlier one sent has settled.
+  it('an overflowed upstream where a set timed out before a restart is not read for the key after the next process deleted it', { todo: 'Overflow.known forgets its late keys across a restart (README, "not guaranteed")' }, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const before = start([first, second], dir, 1);
+    second.mode = 'fail';
+    await before.exec(set('a', '1'));
+    await before.exec(set('b', '1'));
+    second.mode = 'ok';
+    assert.ok(before.journal.overflowed(second), 'the second missed two keys: its journal of one overflowed');
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await before.exec(set('sess', 'cart'))), 'STORED', 'timed out on the second (late)');
+    before.journal.close();
+
+    const after = start([first, second], dir, 1);
+    assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout, through the next process');
+    second.open(); // the set sent before the restart lands
+    await new Promise((r) => setTimeout(r, 10));
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the overflowed upstream');
     after.journal.close();
   });
 });
