@@ -601,6 +601,9 @@ export class RepairJournal {
    */
   private wipedLater(u: Upstream, p: PerUpstream, key: string, seq: number | undefined, at: number): void {
     if (p.overflow !== undefined) {
+      // It may lose this write to the flush, as a write it missed: the wait for expiry starts
+      // again (learn cannot remember the key once the overflow is full).
+      p.overflow.trustAfter = undefined;
       this.learn(u, p.overflow, key, seq ?? this.writeSeq, false, true);
       return;
     }
