@@ -67,9 +67,10 @@ export interface DirtyEntry {
   readonly firstSeq: number;
   /**
    * When a request of the key to the upstream last timed out (monotonic ms, see clock.ts: never
-   * on disk); 0 when none has since the entry began (an entry loaded from disk: when this process loaded it, as any may be of a timed-out request still to land). A
-   * timed-out request may still be applied, later than newer writes that reached the upstream
-   * on another connection (a paused server that resumes): so a client write does not clear such
+   * on disk); 0 when none has since the entry began. An entry loaded from disk: when this
+   * process loaded it (any may be of a timed-out request still to land). A timed-out request
+   * may still be applied, later than newer writes that reached the upstream on another
+   * connection (a paused server that resumes): so a client write does not clear such
    * an entry, it only turns it into a copy of the key's current state, which the repair makes
    * once the upstream has been quiet for a while (repair.ts, LATE_SETTLE_MS).
    */
