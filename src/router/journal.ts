@@ -749,12 +749,16 @@ export class RepairJournal {
     if (p?.keys.delete(key)) this.append(`C ${hex(idOf(u))} ${hex(key)}`);
   }
 
-  /** `u` is known clean (flushed, or an operator said so): forget everything about it. */
-  trust(u: Upstream): void {
+  /**
+   * `u` is known clean (flushed, or an operator said so): forget everything about it. An
+   * operator (`mcmux repair --trust`) vouches for it past what journal.log only may have been
+   * (each entry loaded is taken as a timeout, see parse), not past a timeout this process saw.
+   */
+  trust(u: Upstream, operator = false): void {
     const p = this.byName.get(idOf(u));
     if (!p) return;
     const lastLate = p.overflow?.lastLate;
-    if (lastLate !== undefined) {
+    if (lastLate !== undefined && !(operator && lastLate === this.loadedAt)) {
       // One of a key the overflow could not remember may land too, anywhere: emptied (a client's
       // flush_all), it is overflowed afresh (its late keys remembered, as distrust does), and the
       // repair trusts it once that has settled (the repair clears lastLate first). Found by the
@@ -769,7 +773,7 @@ export class RepairJournal {
     }
     // A request that timed out before the flush may land after it: those keys stay dirty, to be
     // copied again once settled (repair.ts), as any late entry.
-    const late = lateKeys(p);
+    const late = lateKeys(p).filter(([, at]) => !operator || at !== this.loadedAt);
     p.keys.clear();
     p.pending?.clear();
     p.overflow = undefined;
@@ -816,6 +820,9 @@ export class RepairJournal {
     if (this.fd !== undefined) this.rewrite();
   }
 
+  /** When journal.log was loaded (monotonic ms): the `late` of every entry it had (see trust). */
+  private loadedAt = -1;
+
   /** Stores in the chain (setChain); empty before the first call: every store is new then. */
   private chain = new Set<string>();
 
@@ -859,6 +866,7 @@ export class RepairJournal {
     // sent that still lands (a paused server working through its old connections), so each is
     // taken as one that timed out as this process starts (DirtyEntry.late, Overflow.lastLate).
     const loadedAt = monotonicMs();
+    this.loadedAt = loadedAt;
     for (const line of text.split('\n')) {
       const f = line.split(' ');
       const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
