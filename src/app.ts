@@ -168,6 +168,9 @@ export class App {
       this.log.warn({ upstreams: embeddedDefault(this.config.stateDir) }, 'no upstream configured: running on the embedded default');
     }
     try {
+      // The first look at every upstream's marker comes before any client command: one that came
+      // back empty while mcmux was down (a host reboot) is fenced before it may decide an add.
+      await this.coldDetector.start();
       for (const spec of this.config.listen) this.bound.push(await this.listener.listen(spec, this.config.listenMode));
       if (this.config.metrics) {
         this.metrics = new Metrics(this);
@@ -175,7 +178,6 @@ export class App {
       }
       this.listening = true;
       this.repairer.start();
-      this.coldDetector.start();
     } catch (error) {
       await this.close(0);
       throw error;

@@ -77,11 +77,16 @@ export class ColdDetector {
     private readonly log: Logger,
   ) {}
 
-  start(): void {
-    if (this.timer) return;
+  /**
+   * Starts the periodic checks; resolves once the first has judged every upstream (app.ts takes
+   * no client command before: an upstream that came back empty while no mcmux watched would
+   * decide an add until then).
+   */
+  start(): Promise<void> {
+    if (this.timer) return Promise.resolve();
     this.timer = setInterval(() => void this.checkAll(), CHECK_MS);
     this.timer.unref();
-    void this.checkAll();
+    return this.checkAll();
   }
 
   stop(): void {

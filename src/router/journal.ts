@@ -68,9 +68,10 @@ export interface DirtyEntry {
   readonly firstSeq: number;
   /**
    * When a request of the key to the upstream last timed out (monotonic ms, see clock.ts: never
-   * on disk); 0 when none has since the entry began (and for an entry loaded from disk). A
-   * timed-out request may still be applied, later than newer writes that reached the upstream
-   * on another connection (a paused server that resumes): so a client write does not clear such
+   * on disk); 0 when none has since the entry began. An entry loaded from disk: when this
+   * process loaded it (any may be of a timed-out request still to land). A timed-out request
+   * may still be applied, later than newer writes that reached the upstream on another
+   * connection (a paused server that resumes): so a client write does not clear such
    * an entry, it only turns it into a copy of the key's current state, which the repair makes
    * once the upstream has been quiet for a while (repair.ts, LATE_SETTLE_MS).
    */
@@ -603,6 +604,9 @@ export class RepairJournal {
    */
   private wipedLater(u: Upstream, p: PerUpstream, key: string, seq: number | undefined, at: number): void {
     if (p.overflow !== undefined) {
+      // It may lose this write to the flush, as a write it missed: the wait for expiry starts
+      // again (learn cannot remember the key once the overflow is full).
+      p.overflow.trustAfter = undefined;
       this.learn(u, p.overflow, key, seq ?? this.writeSeq, false, true);
       return;
     }
@@ -740,12 +744,16 @@ export class RepairJournal {
     if (p?.keys.delete(key)) this.append(`C ${hex(idOf(u))} ${hex(key)}`);
   }
 
-  /** `u` is known clean (flushed, or an operator said so): forget everything about it. */
-  trust(u: Upstream): void {
+  /**
+   * `u` is known clean (flushed, or an operator said so): forget everything about it. An
+   * operator (`mcmux repair --trust`) vouches for it past what journal.log only may have been
+   * (each entry loaded is taken as a timeout, see parse), not past a timeout this process saw.
+   */
+  trust(u: Upstream, operator = false): void {
     const p = this.byName.get(idOf(u));
     if (!p) return;
     const lastLate = p.overflow?.lastLate;
-    if (lastLate !== undefined) {
+    if (lastLate !== undefined && !(operator && lastLate === this.loadedAt)) {
       // One of a key the overflow could not remember may land too, anywhere: emptied (a client's
       // flush_all), it is overflowed afresh (its late keys remembered, as distrust does), and the
       // repair trusts it once that has settled (the repair clears lastLate first). Found by the
@@ -760,7 +768,7 @@ export class RepairJournal {
     }
     // A request that timed out before the flush may land after it: those keys stay dirty, to be
     // copied again once settled (repair.ts), as any late entry.
-    const late = lateKeys(p);
+    const late = lateKeys(p).filter(([, at]) => !operator || at !== this.loadedAt);
     p.keys.clear();
     p.pending?.clear();
     p.overflow = undefined;
@@ -807,6 +815,9 @@ export class RepairJournal {
     if (this.fd !== undefined) this.rewrite();
   }
 
+  /** When journal.log was loaded (monotonic ms): the `late` of every entry it had (see trust). */
+  private loadedAt = -1;
+
   /** Stores in the chain (setChain); empty before the first call: every store is new then. */
   private chain = new Set<string>();
 
@@ -846,6 +857,11 @@ export class RepairJournal {
   }
 
   private parse(text: string, known: ReadonlySet<string>): void {
+    // The file does not say which misses were timeouts: any may be a request the earlier process
+    // sent that still lands (a paused server working through its old connections), so each is
+    // taken as one that timed out as this process starts (DirtyEntry.late, Overflow.lastLate).
+    const loadedAt = monotonicMs();
+    this.loadedAt = loadedAt;
     for (const line of text.split('\n')) {
       const f = line.split(' ');
       const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
@@ -855,13 +871,15 @@ export class RepairJournal {
       const p = this.of({ name, storeId: name } as Upstream & { storeId: string });
       if (f[0] === 'M' && f[3] !== undefined && !p.overflow) {
         const key = unhex(f[3]);
-        const since = p.keys.get(key)?.since ?? (Number(f[4]) || 0);
-        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0, late: 0 });
+        // The last line's date: each line has the entry as it stood in memory (mark keeps the date
+        // of the first miss, written() dates a copy that holds a newer write by that write).
+        const since = Number(f[4]) || (p.keys.get(key)?.since ?? 0);
+        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0, late: loadedAt });
       }
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
         p.keys.clear();
-        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: 0, trustAfter: undefined, known: new Map(), full: false };
+        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: 0, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt };
       } else if ((f[0] === 'K' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
         else p.overflow.known.delete(unhex(f[2]));

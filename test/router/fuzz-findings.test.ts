@@ -3,19 +3,23 @@
  * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
  * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
  * consistency model promises to survive; each test failed before the fix in src/router that came
- * with it. The flush_all ones began as todos, found by hand while the fuzz kept clear of
- * flush_all; with flush_all ordered with every write and a flush that timed out tracked, they
- * pass, with one each for the other ways a write could cross a flush (each fails without the
- * part of the fix it names), and the fuzz sends flush_all at any moment (it then found the
- * ranking one, seed 1353). The repair's flush of an overflowed cache is ordered with the writes
- * the same way: an add the cache decides while it goes out (a todo until then) is applied
- * before it, and a write that reaches only the cache lands after it. The gat and set one was a
- * todo too, allowed by the fuzz's model, until a gat held its keys as a conditional command does
- * (key-order.ts touching). The cas one after a restart passes since a reconnect voids the
- * store's uniques at once.
+ * with it, but for three todo tests at the end, from the fuzz's mcmux restarts: not fixed (the
+ * README lists them under "not guaranteed", and the fuzz keeps clear of them). The flush_all ones
+ * began as todos, found by hand while the fuzz kept clear of flush_all; with flush_all ordered
+ * with every write and a flush that timed out tracked, they pass, with one each for the other
+ * ways a write could cross a flush (each fails without the part of the fix it names), and the
+ * fuzz sends flush_all at any moment (it then found the ranking one, seed 1353). The repair's
+ * flush of an overflowed cache is ordered with the writes the same way: an add the cache decides
+ * while it goes out (a todo until then) is applied before it, and a write that reaches only the
+ * cache lands after it. The gat and set one was a todo too, allowed by the fuzz's model, until a
+ * gat held its keys as a conditional command does (key-order.ts touching). The cas one after a
+ * restart passes since a reconnect voids the store's uniques at once.
  */
 
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
@@ -995,5 +999,254 @@ describe('router fuzz findings, minimised', () => {
     await repairer.tick();
     assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
     assert.deepEqual(values(await exec(get('sess'))), ['cart']);
+  });
+});
+
+// mcmux restarts (fuzz.test.ts with MCMUX_FUZZ_RESTART=1): a new process on the journal.log the
+// one before left, over the same upstreams, which kept their data and their sockets' contents.
+describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTART)', () => {
+  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
+  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
+  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
+  const status = (r: Reply): string => describeReply(r);
+  /** One mcmux process over `ups`, with its journal in `dir`, loaded as app.ts loads it. */
+  function start(ups: readonly FakeUpstream[], dir: string, maxKeys = 1000) {
+    const journal = new RepairJournal({ maxKeys, dir, fsync: 'no' });
+    journal.load(ups);
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    return { journal, exec };
+  }
+
+  // A set timed out on the second upstream (a paused server: it sits in its socket) and was
+  // journaled there, as late: no client write clears that entry, since the set may land after
+  // it. journal.log keeps the entry but not that it was a timeout: the next process cleared it
+  // at the next write (the fuzz: a flush_all), the set landed, and the second upstream, clean
+  // for the key, held the session deleted since (seed 163 of 300, MCMUX_FUZZ_RESTART=1). Every
+  // entry loaded from the file is now taken as late, as of the start.
+  it('a set that timed out before mcmux restarted lands after the next process deleted the key: the entry is not cleared by that delete', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const before = start([first, second], dir);
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await before.exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the second');
+    assert.ok(before.journal.isDirty(second, 'sess'));
+    before.journal.close(); // mcmux stops (or dies: the file has the entry)
+
+    const after = start([first, second], dir);
+    assert.ok(after.journal.isDirty(second, 'sess'), 'the entry survived the restart');
+    assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout: deleted on both');
+    assert.ok(after.journal.isDirty(second, 'sess'), 'the set sent before the restart may still land: the key stays dirty there');
+    second.open(); // the set lands, after the delete
+    await new Promise((r) => setTimeout(r, 10));
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the second upstream');
+    after.journal.close();
+  });
+
+  // A copy dirty only because a request of it timed out (late) holds the writes that reach it
+  // since: written() dates its entry by the newest (a later `since`), so that, with every copy
+  // dirty, it ranks as the freshest. journal.log has that as a second M line of the key, but the
+  // next process kept the date of the first: the copy that missed the newest write ranked first,
+  // and a replace decided by it, then the repair, put the older value back everywhere (seed 57 of
+  // 600, MCMUX_FUZZ_RESTART=1, once the entries loaded were taken as late).
+  it('with every copy dirty, the one a timeout left dirty but that holds the newest write is still the freshest after a restart', async (t) => {
+    const clocks = clocksFor(t);
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const before = start([first, second], dir);
+    let calls = 0;
+    second.gateOnly = (call) => call === 'set sess' && calls++ === 0;
+    second.delay_late();
+    assert.equal(status(await before.exec(set('sess', 'A'))), 'STORED', 'on the first upstream; timed out on the second (late)');
+    clocks.advance(5);
+    first.mode = 'fail';
+    assert.equal(status(await before.exec(set('sess', 'B'))), 'STORED', 'on the second only: the first misses it');
+    clocks.advance(5);
+    assert.equal(status(await before.exec(set('sess', 'C'))), 'STORED', 'on the second only');
+    assert.ok(before.journal.isDirty(first, 'sess') && before.journal.isDirty(second, 'sess'), 'dirty everywhere');
+    assert.deepEqual(before.journal.freshest([first, second], [first, second], 'sess'), [second]);
+    before.journal.close();
+
+    clocks.advance(5);
+    first.mode = 'ok';
+    const after = start([first, second], dir);
+    assert.deepEqual(after.journal.freshest([first, second], [first, second], 'sess'), [second], 'the second holds the newest write');
+    assert.deepEqual(values(await after.exec(get('sess'))), ['C'], 'STALE READ: A, from the copy that missed B and C');
+    after.journal.close();
+  });
+
+  // A memcached restarted (empty) while mcmux was down: the next process's cold detector finds
+  // it without the marker that the other upstream still holds, and fences it (README, "Locks
+  // across failover"). But app.ts listened before that first look answered, and a command that
+  // came in meanwhile was decided by the empty store: a lock held was granted again (seed 665 of
+  // 1500, MCMUX_FUZZ_RESTART=1: an incr answered NOT_FOUND for a counter the other upstream
+  // held). ColdDetector.start() resolves once the first look has judged every upstream, and
+  // app.ts awaits it before it listens.
+  it('an upstream that restarted empty while mcmux was down decides no add before the first marker check of the next process has answered', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const lock = (value: string): Command => ({ kind: 'store', mode: 'add', key: 'lock', value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    const proc = () => {
+      const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop));
+      const detector = new ColdDetector(() => ups, 60_000, silent);
+      const router = new Router({ upstreams: ups, journal: new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+      return { detector, exec: (c: Command): Promise<Reply> => Promise.resolve(router.execute(c)) };
+    };
+    const before = proc();
+    await before.detector.start(); // the markers written in both
+    before.detector.stop();
+    assert.equal(status(await before.exec(lock('A'))), 'STORED', 'A holds the lock');
+    // mcmux stops; the first memcached restarts empty meanwhile
+    await fakes[0].inner.flush();
+    const after = proc();
+    // The second upstream answers the marker check a little late (as a slower link would).
+    fakes[1].gateOnly = (call) => call.startsWith('get mcmux.sentinel');
+    fakes[1].close_gate();
+    setTimeout(() => fakes[1].open(), 20);
+    await after.detector.start(); // as app.ts, before it takes client commands
+    after.detector.stop();
+    assert.notEqual(status(await after.exec(lock('B'))), 'STORED', 'B is granted the lock A holds, by the upstream that lost it');
+  });
+
+  // A request in flight when mcmux is killed is in no journal: the next process takes the
+  // upstream as clean for its key, and if the request lands after that process wrote the key
+  // there, the older state stays (README, "not guaranteed"). The fuzz lets such a request land
+  // only before a later process changed its key; without that rule it found this at once (seed
+  // 55 of 600, MCMUX_FUZZ_RESTART=1: an append sent before the kill landed after the next one).
+  // A fix needs the next process to distrust, for a while after it starts, what it writes to
+  // every upstream (as it does after a flush_all that timed out), without failing every write.
+  it('a set in flight when mcmux is killed, applied after the next process deleted the key: the session stays deleted', { todo: 'a request sent by a killed process is in no journal (README, "not guaranteed")' }, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const before = start([first, second], dir);
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late(); // the set waits in the second upstream's socket
+    void before.exec(set('sess', 'cart'));
+    await new Promise((r) => setImmediate(r));
+    before.journal.close(); // mcmux is killed: nothing more reaches journal.log
+
+    const after = start([first, second], dir);
+    assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout, through the next process');
+    second.open(); // the set sent before the kill lands
+    await new Promise((r) => setTimeout(r, 60));
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the second upstream');
+    after.journal.close();
+  });
+
+  // With every copy dirty, the freshest is the one that started missing writes last: in memory,
+  // by write sequence (exact); journal.log keeps only the wall-clock time each entry was dated,
+  // a miss when it was noticed (a timeout: a timeout's length after the write began) and a copy
+  // that holds a write while dirty (a late entry) when that write was answered there. Across a
+  // restart the copy that missed the newest write may so rank first, and be read, decide, and
+  // be copied to the others (seeds 773, 1275, 1900, 2029 of 601-2600 with MCMUX_FUZZ_RESTART=1
+  // MCMUX_FUZZ_FENCE_END=1; the fuzz now restarts mcmux only while no key is dirty everywhere).
+  // A fix needs journal.log to keep the order of the writes (the sequence, per process).
+  it('with every copy dirty, the one that missed the newest write (by a timeout) does not rank first after a restart', { todo: 'journal.log keeps no write order: the freshest copy is told by when its entry was dated (README, "not guaranteed")' }, async (t) => {
+    const clocks = clocksFor(t);
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const before = start([first, second], dir);
+    let seconds = 0;
+    second.gateOnly = (call) => call === 'set sess' && seconds++ === 0;
+    second.delay_late();
+    assert.equal(status(await before.exec(set('sess', 'A'))), 'STORED', 'timed out on the second (late)');
+    clocks.advance(5);
+    assert.equal(status(await before.exec(set('sess', 'B'))), 'STORED', 'on both: the second still dirty (late), holding B');
+    clocks.advance(5);
+    let firsts = 0;
+    first.gateOnly = (call) => call === 'set sess' && firsts++ === 0;
+    first.delay_late();
+    const c = before.exec(set('sess', 'C')); // the second stores it at once, the first times out
+    await new Promise((r) => setImmediate(r));
+    clocks.advance(5); // the timeout, noticed a little later
+    assert.equal(status(await c), 'STORED');
+    assert.ok(before.journal.isDirty(first, 'sess') && before.journal.isDirty(second, 'sess'), 'dirty everywhere');
+    assert.deepEqual(before.journal.freshest([first, second], [first, second], 'sess'), [second], 'in memory: the second holds C');
+    before.journal.close();
+
+    const after = start([first, second], dir);
+    assert.deepEqual(values(await after.exec(get('sess'))), ['C'], 'STALE READ: B, from the copy that missed C');
+    after.journal.close();
+  });
+
+  // An overflowed upstream is read for a key a client's set or delete reached since, but not
+  // while a request of the key that timed out there may still land (Overflow.known's `late`, in
+  // memory). journal.log keeps only that it no longer holds the key: the next process took the
+  // next write as proof, and the set that timed out before the restart landed over it (seed 2029
+  // of 601-2600 with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1; the fuzz now restarts mcmux
+  // only while no request may still land on an overflowed upstream). A fix: the next process
+  // learns nothing of an overflowed upstream until what the earlier one sent has settled.
+  it('an overflowed upstream where a set timed out before a restart is not read for the key after the next process deleted it', { todo: 'Overflow.known forgets its late keys across a restart (README, "not guaranteed")' }, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const before = start([first, second], dir, 1);
+    second.mode = 'fail';
+    await before.exec(set('a', '1'));
+    await before.exec(set('b', '1'));
+    second.mode = 'ok';
+    assert.ok(before.journal.overflowed(second), 'the second missed two keys: its journal of one overflowed');
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await before.exec(set('sess', 'cart'))), 'STORED', 'timed out on the second (late)');
+    before.journal.close();
+
+    const after = start([first, second], dir, 1);
+    assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout, through the next process');
+    second.open(); // the set sent before the restart lands
+    await new Promise((r) => setTimeout(r, 10));
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the overflowed upstream');
+    after.journal.close();
+  });
+
+  // Found with restarts on (they make an overflow waiting to be trusted by expiry common: one
+  // loaded from journal.log is as one where a request timed out), but no restart is needed. An
+  // overflowed store (not a cache: trusted once what was written before has expired) whose
+  // flush_all timed out: a write that reaches it before that flush lands is wiped by it, but of a
+  // key its full overflow could not remember it left the wait for expiry as it was, and the
+  // store, trusted at its end, served the write as a miss (seed 1348 of 1500, MCMUX_FUZZ_RESTART=1
+  // MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1). Such a write is now taken as one it may miss:
+  // the wait starts again, from the write's deadline.
+  it('an overflowed store whose flush_all timed out is not trusted by expiry while a write it may lose to that flush has not expired', async (t) => {
+    const clocks = clocksFor(t);
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const journal = new RepairJournal({ maxKeys: 1, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: [first, second], journal, minCopies: 1, writeWait: 'all', allowFlush: true }, source, noop);
+    const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
+    second.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    second.mode = 'ok';
+    const o = journal.overflowed(second);
+    assert.ok(o, 'the second missed two keys: its journal of one overflowed');
+    o.trustAfter = Date.now(); // the repair found it back: trusted once the wall clock is past this
+    let flushes = 0;
+    second.gateOnly = (call) => call === 'flush' && flushes++ === 0;
+    second.delay_late();
+    assert.match(status(await exec(flushAll)), /^SERVER_ERROR .*timeout/, 'the flush timed out on the second: it may still land');
+    assert.equal(status(await exec(set('z', '1'))), 'STORED', 'the overflow remembers z (its one key)');
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on both; the second may lose it to the flush, and cannot remember it');
+    second.open(); // the flush lands: the second holds nothing
+    await new Promise((r) => setTimeout(r, 10));
+    clocks.advance(10);
+    for (let i = 0; i < 3; i++) await repairer.tick();
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await exec(get('sess'))), [undefined], 'LOST WRITE: the second, trusted, had none');
   });
 });
