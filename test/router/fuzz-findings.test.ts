@@ -37,6 +37,10 @@ const silent = pino({ level: 'silent' });
 const source = { startedAt: 0, version: 'fuzz', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
 const noop = (): void => {};
 const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+/** Ten event-loop passes: the promise chains of what a fake upstream answered have run. */
+const settle = async (): Promise<void> => {
+  for (let i = 0; i < 10; i++) await drain();
+};
 
 describe('router fuzz findings, minimised', () => {
   function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies'; maxKeys?: number; firstScheme?: string; secondScheme?: string } = {}) {
@@ -112,9 +116,6 @@ describe('router fuzz findings, minimised', () => {
   const incr = (key: string, delta: bigint): Command => ({ kind: 'arith', op: 'incr', key, delta, initial: undefined, deadline: 0, noreply: false });
   const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
   const status = (r: Reply): string => describeReply(r);
-  const settle = async (): Promise<void> => {
-    for (let i = 0; i < 10; i++) await drain();
-  };
   function deferred(): { promise: Promise<void>; resolve: () => void } {
     let resolve!: () => void;
     const promise = new Promise<void>((r) => (resolve = r));
@@ -1042,7 +1043,8 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout: deleted on both');
     assert.ok(after.journal.isDirty(second, 'sess'), 'the set sent before the restart may still land: the key stays dirty there');
     second.open(); // the set lands, after the delete
-    await new Promise((r) => setTimeout(r, 10));
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the set sent before the restart landed');
     first.mode = 'fail';
     assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the second upstream');
     after.journal.close();
@@ -1108,8 +1110,13 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     // The second upstream answers the marker check a little late (as a slower link would).
     fakes[1].gateOnly = (call) => call.startsWith('get mcmux.sentinel');
     fakes[1].close_gate();
-    setTimeout(() => fakes[1].open(), 20);
-    await after.detector.start(); // as app.ts, before it takes client commands
+    const starting = after.detector.start(); // as app.ts, before it takes client commands
+    let started = false;
+    void starting.then(() => (started = true));
+    await settle();
+    assert.equal(started, false, 'the first marker check is not answered yet: start() waits for it');
+    fakes[1].open();
+    await starting;
     after.detector.stop();
     assert.notEqual(status(await after.exec(lock('B'))), 'STORED', 'B is granted the lock A holds, by the upstream that lost it');
   });
@@ -1136,7 +1143,8 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     const after = start([first, second], dir);
     assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout, through the next process');
     second.open(); // the set sent before the kill lands
-    await new Promise((r) => setTimeout(r, 60));
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the set sent before the kill landed');
     first.mode = 'fail';
     assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the second upstream');
     after.journal.close();
@@ -1206,7 +1214,8 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     const after = start([first, second], dir, 1);
     assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout, through the next process');
     second.open(); // the set sent before the restart lands
-    await new Promise((r) => setTimeout(r, 10));
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the set sent before the restart landed');
     first.mode = 'fail';
     assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the overflowed upstream');
     after.journal.close();
@@ -1243,7 +1252,8 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     assert.equal(status(await exec(set('z', '1'))), 'STORED', 'the overflow remembers z (its one key)');
     assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on both; the second may lose it to the flush, and cannot remember it');
     second.open(); // the flush lands: the second holds nothing
-    await new Promise((r) => setTimeout(r, 10));
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0], undefined, 'the flush landed');
     clocks.advance(10);
     for (let i = 0; i < 3; i++) await repairer.tick();
     first.mode = 'fail';
