@@ -75,16 +75,22 @@ export class KeyOrder {
 
   /** A conditional command of `key`: runs `start` once no other write of the key is in flight. */
   conditional<T>(key: string, start: () => Promise<T>): Promise<T> {
+    const lane = this.claim(key);
+    return lane === undefined ? start() : this.wait(lane, true, start);
+  }
+
+  /** Holds `key` at once when nothing of it is queued or in flight (undefined); else its lane to wait in. */
+  private claim(key: string): Lane | undefined {
     let lane = this.lanes.get(key);
     if (lane === undefined) {
       lane = { held: false, queue: [], pumping: false };
       this.lanes.set(key, lane);
       if (this.journal.writesInFlight(key) === 0) {
         lane.held = true;
-        return start();
+        return undefined;
       }
     }
-    return this.wait(lane, true, start);
+    return lane;
   }
 
   /**
@@ -101,16 +107,8 @@ export class KeyOrder {
 
   private take<T>(keys: readonly string[], from: number, start: () => T): T | Promise<Awaited<T>> {
     for (let i = from; i < keys.length; i++) {
-      const key = keys[i] as string;
-      let lane = this.lanes.get(key);
-      if (lane === undefined) {
-        lane = { held: false, queue: [], pumping: false };
-        this.lanes.set(key, lane);
-        if (this.journal.writesInFlight(key) === 0) {
-          lane.held = true;
-          continue;
-        }
-      }
+      const lane = this.claim(keys[i] as string);
+      if (lane === undefined) continue;
       return this.wait(lane, true, () => this.take(keys, i + 1, start));
     }
     try {
