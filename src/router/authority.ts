@@ -20,7 +20,8 @@ import { replicateSet, sendKeyed } from './replicate-write';
  * (not in the repair journal) and not fenced (known to have come back empty). An upstream that
  * fails is journaled and skipped: the outcome on it is unknown (a timed-out incr may have been
  * applied), which is safe only because the authority's result is then written over it with
- * `set` (or it is deleted) below, or by the repair.
+ * `set` (or it is deleted) below, or by the repair. A cas is not: it goes on only past an
+ * upstream that cannot have applied it (`cas`), as no other can check its unique.
  */
 async function decide<R>(
   ctx: RouterContext,
