@@ -8,7 +8,7 @@
  */
 
 import type { ArithCommand, Reply, StoreCommand } from '../command/command';
-import { mayLandLate } from '../errors';
+import { ErrorCodes, McmuxError, mayLandLate } from '../errors';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
 import { authorityOrder as candidates } from './authority-order';
@@ -20,12 +20,14 @@ import { replicateSet, sendKeyed } from './replicate-write';
  * (not in the repair journal) and not fenced (known to have come back empty). An upstream that
  * fails is journaled and skipped: the outcome on it is unknown (a timed-out incr may have been
  * applied), which is safe only because the authority's result is then written over it with
- * `set` (or it is deleted) below, or by the repair.
+ * `set` (or it is deleted) below, or by the repair. A cas is not: it goes on only past an
+ * upstream that cannot have applied it (`cas`), as no other can check its unique.
  */
 async function decide<R>(
   ctx: RouterContext,
   key: string,
   op: (u: Upstream) => Promise<R>,
+  cas = false,
 ): Promise<{ value: R; index: number } | { error: unknown }> {
   let lastError: unknown = new Error('no upstream configured');
   for (const i of candidates(ctx, key)) {
@@ -35,6 +37,10 @@ async function decide<R>(
     } catch (error) {
       ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
       lastError = error;
+      // A cas the authority may have applied (a timeout, a lost connection) is not asked of the
+      // next: that one cannot check a unique of another store and would answer EXISTS or
+      // NOT_FOUND, while a read may already have served the value the cas stored here.
+      if (cas && !unapplied(error)) return { error: new Error(`${errorMessage(error)}; the cas may have been applied there`) };
     }
   }
   const fenced = ctx.upstreams.filter((u) => isFenced(u) && !ctx.journal.isDirty(u, key));
@@ -43,6 +49,13 @@ async function decide<R>(
     return { error: new Error(`${errorMessage(lastError)}; ${names} came back empty and may not decide until its lock-fence ends`) };
   }
   return { error: lastError };
+}
+
+/** The request cannot have reached the store: skipped (down, busy, closed) or refused by it. */
+function unapplied(error: unknown): boolean {
+  if (!(error instanceof McmuxError) || error.late) return false;
+  const c = error.code;
+  return c === ErrorCodes.UPSTREAM_DOWN || c === ErrorCodes.UPSTREAM_BUSY || c === ErrorCodes.UPSTREAM_REFUSED || c === ErrorCodes.UPSTREAM_CLOSED;
 }
 
 /**
@@ -63,7 +76,7 @@ function others(ctx: RouterContext, index: number): Upstream[] {
 /** `seq`: the command's write sequence (journal.writeStarted), when the router took one. */
 export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand, seq?: number): Promise<Reply> {
   const req = { mode: cmd.mode, key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, cas: cmd.cas };
-  const r = await decide(ctx, cmd.key, (u) => u.store(req));
+  const r = await decide(ctx, cmd.key, (u) => u.store(req), cmd.mode === 'cas');
   if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
   if (r.value.status !== 'STORED') return { kind: 'status', status: r.value.status };
   settleAuthority(ctx, cmd.key, r.index, seq);

@@ -1260,3 +1260,53 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     assert.notDeepEqual(values(await exec(get('sess'))), [undefined], 'LOST WRITE: the second, trusted, had none');
   });
 });
+
+// A cas and its authority's timeout (authority.ts, decide). A cas was applied on the first
+// upstream, whose answer never came (a paused server: the request timed out); a get in the
+// meantime read the cas's value there. decide() then asked the second upstream, which cannot
+// check a unique of another store (sealed per store) and answered EXISTS: the client was told
+// the cas failed, after its value had been served (and the repair then copied the old value
+// back). The fuzz found it (seed 5779 of 3001-7000, MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1;
+// no restart needed). A cas its authority may have applied now answers SERVER_ERROR.
+describe('router fuzz findings, minimised: a cas its authority may have applied', () => {
+  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const cas = (key: string, value: string, unique: bigint): Command => ({ kind: 'store', mode: 'cas', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: unique, withCas: false, noreply: false });
+  const get = (key: string, withCas = false): Command => ({ kind: 'get', keys: [key], withCas, touch: undefined });
+  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
+  const status = (r: Reply): string => describeReply(r);
+
+  it('a cas applied on the first upstream that timed out there, its value read meanwhile: the second does not answer it EXISTS', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    // Wrapped as app.ts does: each store's uniques sealed with its own key.
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop));
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
+    const r = await exec(get('sess', true));
+    const unique = r.kind === 'values' ? r.hits[0]?.cas : undefined;
+    assert.ok(unique !== undefined, "gets: the first upstream's unique");
+
+    // The first upstream applies the cas; its answer is lost, and the request times out.
+    let applied!: () => void;
+    const isApplied = new Promise<void>((resolve) => (applied = resolve));
+    let timeOut!: () => void;
+    const timedOut = new Promise<void>((resolve) => (timeOut = resolve));
+    const store1 = fakes[0].store.bind(fakes[0]);
+    fakes[0].store = async (req) => {
+      if (req.mode !== 'cas') return store1(req);
+      assert.equal((await store1(req)).status, 'STORED', 'the first upstream applied the cas');
+      applied();
+      await timedOut;
+      throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, 'fake://0: no reply within 250 ms (injected)');
+    };
+    const casing = exec(cas('sess', 'new cart', unique));
+    await isApplied;
+    assert.deepEqual(values(await exec(get('sess'))), ['new cart'], "a read meanwhile: the first upstream serves the cas's value");
+    timeOut();
+    const answer = status(await casing);
+    assert.ok(answer !== 'EXISTS' && answer !== 'NOT_FOUND', `the cas answered ${answer}, after a read served its value`);
+    assert.match(answer, /^SERVER_ERROR .*may have been applied/);
+    assert.ok(journal.isDirty(ups[0] as HealthyUpstream, 'sess'), 'the first upstream is journaled for the key');
+  });
+});
