@@ -20,7 +20,10 @@
  * leaves the key dirty there (wipedLater), as a late request of the key would.
  *
  * Persistent: every change is appended to `<state-dir>/journal.log` (one line, keys in hex) and
- * the file is read back at start, so a proxy restart during an outage keeps its repair work.
+ * the file is read back at start, so a proxy restart during an outage keeps its repair work. An
+ * entry's line carries its write order (DirtyEntry.firstSeq), and the next process numbers its
+ * writes above the largest it loads: with every copy of a key dirty, the copies rank after a
+ * restart as they did before it.
  * fsync policy: `always` (fsync after each append), `everysec` (default: at most one second of
  * entries lost on power failure, none on a crash of mcmux alone), `no` (left to the OS).
  *
@@ -51,9 +54,9 @@ export interface JournalOptions {
 
 export interface DirtyEntry {
   readonly op: DirtyOp;
-  /** When the upstream first missed a write of the key (wall-clock ms: journal.log keeps it, and a
-   * later process compares it with its own): of two dirty copies, the one that became dirty
-   * later is the fresher. */
+  /** When the upstream first missed a write of the key (wall-clock ms: journal.log keeps it): of
+   * two dirty copies without a sequence to compare (firstSeq), the one that became dirty later is
+   * the fresher. */
   readonly since: number;
   /**
    * The write sequence (writeStarted) of the latest write it missed, when it was recorded; 0 for
@@ -62,8 +65,11 @@ export interface DirtyEntry {
    */
   readonly seq: number;
   /**
-   * The write sequence of the first write it missed (0 for an entry loaded from disk): of two
-   * first misses in the same millisecond, the later one's is the higher.
+   * The write sequence of the first write it missed (or above that of a write it holds though
+   * dirty; see written()): with every copy dirty, the copy with the highest is the freshest
+   * (freshest()). On file too, and a process starts its write sequence above the largest it
+   * loads: the ranking of copies survives a restart. 0 for an entry loaded from a line written
+   * before the field existed (ranked by `since` then).
    */
   readonly firstSeq: number;
   /**
@@ -157,6 +163,16 @@ const PRUNE_STEPS = 4;
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
+
+/**
+ * An entry's line in journal.log: `M <store> <op> <key> <since> <firstSeq>`. The last field (the
+ * write order, see DirtyEntry.firstSeq) is left off when 0; a file written before it existed has
+ * none, and its entries rank by `since` alone, as they did.
+ */
+function mLine(name: string, key: string, e: DirtyEntry): string {
+  const line = `M ${hex(name)} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`;
+  return e.firstSeq > 0 ? `${line} ${e.firstSeq}` : line;
+}
 
 /** Keys whose request timed out on the upstream and may still land there, with when (monotonic ms). */
 function lateKeys(p: PerUpstream): Array<[string, number]> {
@@ -550,7 +566,7 @@ export class RepairJournal {
   /** Sets `u`'s entry for `key`, and appends it to journal.log. */
   private put(u: Upstream, p: PerUpstream, key: string, e: DirtyEntry): void {
     p.keys.set(key, e);
-    this.append(`M ${hex(idOf(u))} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`);
+    this.append(mLine(idOf(u), key, e));
   }
 
   /**
@@ -862,6 +878,7 @@ export class RepairJournal {
     // taken as one that timed out as this process starts (DirtyEntry.late, Overflow.lastLate).
     const loadedAt = monotonicMs();
     this.loadedAt = loadedAt;
+    let maxSeq = 0;
     for (const line of text.split('\n')) {
       const f = line.split(' ');
       const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
@@ -874,7 +891,13 @@ export class RepairJournal {
         // The last line's date: each line has the entry as it stood in memory (mark keeps the date
         // of the first miss, written() dates a copy that holds a newer write by that write).
         const since = Number(f[4]) || (p.keys.get(key)?.since ?? 0);
-        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0, late: loadedAt });
+        // The write order (firstSeq) as the earlier process ranked the copy; none on a line from
+        // before it was kept (ranked by `since` then, as before). This process's sequence starts
+        // above the largest, so a copy dirty since one of its writes ranks above every loaded one.
+        const rank = Number(f[5]);
+        const firstSeq = Number.isFinite(rank) && rank > 0 ? Math.min(rank, HOLDS) : 0;
+        if (firstSeq !== HOLDS) maxSeq = Math.max(maxSeq, firstSeq);
+        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq, late: loadedAt });
       }
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
@@ -890,6 +913,7 @@ export class RepairJournal {
         p.overflow = undefined;
       }
     }
+    this.writeSeq = Math.max(this.writeSeq, Math.ceil(maxSeq));
   }
 
   /** Writes the live state as a fresh file and continues appending to it. */
@@ -909,7 +933,7 @@ export class RepairJournal {
         if (p.overflow.full) out.push(`F ${hex(name)}`);
         for (const [key, k] of p.overflow.known) if (k.holds) out.push(`K ${hex(name)} ${hex(key)}`);
       }
-      for (const [key, e] of p.keys) out.push(`M ${hex(name)} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`);
+      for (const [key, e] of p.keys) out.push(mLine(name, key, e));
     }
     const fd = openSync(tmp, 'w', 0o600);
     writeSync(fd, out.length ? out.join('\n') + '\n' : '');

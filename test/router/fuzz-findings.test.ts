@@ -1143,14 +1143,15 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
   });
 
   // With every copy dirty, the freshest is the one that started missing writes last: in memory,
-  // by write sequence (exact); journal.log keeps only the wall-clock time each entry was dated,
-  // a miss when it was noticed (a timeout: a timeout's length after the write began) and a copy
+  // by write sequence (exact). journal.log kept only the wall-clock time each entry was dated, a
+  // miss when it was noticed (a timeout: a timeout's length after the write began) and a copy
   // that holds a write while dirty (a late entry) when that write was answered there. Across a
-  // restart the copy that missed the newest write may so rank first, and be read, decide, and
+  // restart the copy that missed the newest write could so rank first, and be read, decide, and
   // be copied to the others (seeds 773, 1275, 1900, 2029 of 601-2600 with MCMUX_FUZZ_RESTART=1
-  // MCMUX_FUZZ_FENCE_END=1; the fuzz now restarts mcmux only while no key is dirty everywhere).
-  // A fix needs journal.log to keep the order of the writes (the sequence, per process).
-  it('with every copy dirty, the one that missed the newest write (by a timeout) does not rank first after a restart', { todo: 'journal.log keeps no write order: the freshest copy is told by when its entry was dated (README, "not guaranteed")' }, async (t) => {
+  // MCMUX_FUZZ_FENCE_END=1, while the fuzz restarted mcmux even with a key dirty everywhere). Each
+  // entry's line now carries its write order (DirtyEntry.firstSeq), and the next process numbers
+  // its writes above the largest it loads.
+  it('with every copy dirty, the one that missed the newest write (by a timeout) does not rank first after a restart', async (t) => {
     const clocks = clocksFor(t);
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
