@@ -3,17 +3,18 @@
  * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
  * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
  * consistency model promises to survive; each test failed before the fix in src/router that came
- * with it, but for three todo tests at the end, from the fuzz's mcmux restarts: not fixed (the
- * README lists them under "not guaranteed", and the fuzz keeps clear of them). The flush_all ones
- * began as todos, found by hand while the fuzz kept clear of flush_all; with flush_all ordered
- * with every write and a flush that timed out tracked, they pass, with one each for the other
- * ways a write could cross a flush (each fails without the part of the fix it names), and the
- * fuzz sends flush_all at any moment (it then found the ranking one, seed 1353). The repair's
- * flush of an overflowed cache is ordered with the writes the same way: an add the cache decides
- * while it goes out (a todo until then) is applied before it, and a write that reaches only the
- * cache lands after it. The gat and set one was a todo too, allowed by the fuzz's model, until a
- * gat held its keys as a conditional command does (key-order.ts touching). The cas one after a
- * restart passes since a reconnect voids the store's uniques at once.
+ * with it, but for two todo tests at the end, from the fuzz's mcmux restarts: not fixed (the
+ * README lists them under "not guaranteed", and the fuzz keeps clear of them). A third, which copy
+ * is the freshest when all are dirty after a restart, passes since journal.log keeps the write
+ * order. The flush_all ones began as todos, found by hand while the fuzz kept clear of flush_all; with
+ * flush_all ordered with every write and a flush that timed out tracked, they pass, with one each
+ * for the other ways a write could cross a flush (each fails without the part of the fix it
+ * names), and the fuzz sends flush_all at any moment (it then found the ranking one, seed 1353).
+ * The repair's flush of an overflowed cache is ordered with the writes the same way: an add the
+ * cache decides while it goes out (a todo until then) is applied before it, and a write that
+ * reaches only the cache lands after it. The gat and set one was a todo too, allowed by the fuzz's
+ * model, until a gat held its keys as a conditional command does (key-order.ts touching). The cas
+ * one after a restart passes since a reconnect voids the store's uniques at once.
  */
 
 import assert from 'node:assert/strict';

@@ -113,12 +113,12 @@
  *    "not guaranteed": the upstream may miss it silently, which no reply can show; nor is it
  *    killed while an upstream's refusal, not yet answered, is the miss of such a copy). A flush_all
  *    that timed out before a restart lands under the same rule (README: tracked in memory only).
- *    Nor does mcmux restart while a key is dirty on every upstream: which copy is the freshest
- *    is known by write order in memory, by when entries were dated on file (README, "not
- *    guaranteed": seeds 773, 1275, 1900 and 2029 of 601-2600 with MCMUX_FUZZ_RESTART=1
- *    MCMUX_FUZZ_FENCE_END=1 read the copy that missed the newest write; a todo). Nor while a
- *    request may still land on an overflowed upstream: which of its keys a timed-out request
- *    may still reach is kept in memory only (README, "not guaranteed": seed 2029, a todo).
+ *    It restarts even while a key is dirty on every upstream: journal.log keeps the write order
+ *    that ranks the copies (before it did, by when entries were dated: seeds 773 and 1900
+ *    with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1 read the copy that missed the
+ *    newest write; fuzz-findings.test.ts). Not while a request may still land on an overflowed
+ *    upstream: which of its keys a timed-out request may still reach is kept in memory only
+ *    (README, "not guaranteed": seed 2029, a todo).
  *  - the lock-fence ending (1 seed in 10, MCMUX_FUZZ_FENCE_END=1: every seed; lock-fence 150,
  *    600 or 2000 ms, else an hour): once an upstream that came back empty (a restart, the
  *    repair's flush) has been fenced for lock-fence and its fence is over, a conditional command
@@ -1172,25 +1172,12 @@ class World {
   }
 
   /**
-   * Keys dirty on every upstream. With every copy dirty the freshest is taken as the truth, known
-   * by write order in memory, by the time each entry was dated in journal.log: the copy that
-   * missed the newest write (a timeout, dated when noticed) may rank first after a restart
-   * (README, "not guaranteed"; fuzz-findings.test.ts, a todo). So mcmux restarts only while
-   * there is none.
-   */
-  dirtyEverywhere(): string[] {
-    return KEYS.filter((k) => this.ups.every((u) => this.journal.isDirty(u.healthy, k)));
-  }
-
-  /**
-   * Why mcmux may not restart now: a key dirty everywhere (above), or a request that may still
-   * land on an overflowed upstream (its `known` keys' late marks are in memory only: the next
-   * process would take a write of the key as proof that it holds it; README, "not guaranteed";
-   * fuzz-findings.test.ts, a todo). Undefined when it may.
+   * Why mcmux may not restart now: a request that may still land on an overflowed upstream (its
+   * `known` keys' late marks are in memory only: the next process would take a write of the key
+   * as proof that it holds it; README, "not guaranteed"; fuzz-findings.test.ts, a todo).
+   * Undefined when it may.
    */
   whyNoRestart(): string | undefined {
-    const dirty = this.dirtyEverywhere();
-    if (dirty.length > 0) return `${dirty.join(' ')} dirty everywhere`;
     const o = this.ups.find(
       (u) => this.journal.overflowed(u.healthy) !== undefined && (this.stragglers.some((x) => x.req.up === u) || [...u.lanes.values()].some((l) => l.some((r) => r.write && !r.applied))),
     );
