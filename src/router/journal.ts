@@ -104,9 +104,12 @@ export interface Overflow {
   readonly since: number;
   /**
    * The write sequence when it overflowed: only writes started later can tell what it holds (an
-   * older one may land after a newer one it missed, whose entry the overflow dropped).
+   * older one may land after a newer one it missed, whose entry the overflow dropped). Infinity
+   * for one loaded from journal.log until the repair finds settled what the earlier process may
+   * have sent it (loadedSettled): which keys its timed-out requests were of is not on file, so
+   * until then any write of a key may yet be overwritten by one of them.
    */
-  readonly afterSeq: number;
+  afterSeq: number;
   /** Once the wall clock is past this (Unix ms, as item deadlines are), it is trusted again (repair.ts). */
   trustAfter: number | undefined;
   /**
@@ -750,6 +753,16 @@ export class RepairJournal {
     return keys;
   }
 
+  /**
+   * What the earlier process may have sent to overflowed `u` (loaded from journal.log) can no
+   * longer land (repair.ts: its settle time since this process started, and since `u` last came
+   * back, has passed): the writes started from now on tell which keys it holds again.
+   */
+  loadedSettled(u: Upstream): void {
+    const o = this.byName.get(idOf(u))?.overflow;
+    if (o !== undefined && o.afterSeq === Infinity) o.afterSeq = this.writeSeq;
+  }
+
   /** The sequence the next write to start will have. */
   nextWriteSeq(): number {
     return this.writeSeq + 1;
@@ -902,7 +915,7 @@ export class RepairJournal {
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
         p.keys.clear();
-        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: 0, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt };
+        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: Infinity, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt };
       } else if ((f[0] === 'K' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
         else p.overflow.known.delete(unhex(f[2]));

@@ -116,9 +116,10 @@
  *    It restarts even while a key is dirty on every upstream: journal.log keeps the write order
  *    that ranks the copies (before it did, by when entries were dated: seeds 773 and 1900
  *    with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1 read the copy that missed the
- *    newest write; fuzz-findings.test.ts). Not while a request may still land on an overflowed
- *    upstream: which of its keys a timed-out request may still reach is kept in memory only
- *    (README, "not guaranteed": seed 2029, a todo).
+ *    newest write; fuzz-findings.test.ts). And while a request may still land on an overflowed
+ *    upstream: which of its keys a timed-out request may still reach is not on file, and the
+ *    next process learns what it holds only from writes started once those have settled (before,
+ *    seed 2029 read such a key after a write of it; fuzz-findings.test.ts).
  *  - the lock-fence ending (1 seed in 10, MCMUX_FUZZ_FENCE_END=1: every seed; lock-fence 150,
  *    600 or 2000 ms, else an hour): once an upstream that came back empty (a restart, the
  *    repair's flush) has been fenced for lock-fence and its fence is over, a conditional command
@@ -1172,16 +1173,12 @@ class World {
   }
 
   /**
-   * Why mcmux may not restart now: a request that may still land on an overflowed upstream (its
-   * `known` keys' late marks are in memory only: the next process would take a write of the key
-   * as proof that it holds it; README, "not guaranteed"; fuzz-findings.test.ts, a todo).
-   * Undefined when it may.
+   * Why mcmux may not restart now (undefined when it may). It may with a key dirty on every
+   * upstream (journal.log keeps the write order that ranks the copies), and with a request that
+   * may still land on an overflowed upstream (the next process learns nothing of what it holds
+   * until those have settled); both were rules here until fixed (fuzz-findings.test.ts).
    */
   whyNoRestart(): string | undefined {
-    const o = this.ups.find(
-      (u) => this.journal.overflowed(u.healthy) !== undefined && (this.stragglers.some((x) => x.req.up === u) || [...u.lanes.values()].some((l) => l.some((r) => r.write && !r.applied))),
-    );
-    if (o) return `a request may still land on ${o.name}, overflowed`;
     // A refusal not answered yet: a copy of a write acknowledged with write-wait = copies that
     // the upstream missed, not journaled before its answer (README, "not guaranteed"; seed 4134
     // of 3001-7000 with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1 killed mcmux in between).
