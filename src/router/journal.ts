@@ -117,9 +117,12 @@ export interface Overflow {
    * disk). `holds`: it has the key's current state; false once it missed a write of the key
    * again. `late`: when (monotonic ms) a request of the key timed out here since (it may still
    * land, over any write that reaches the upstream after it): it never holds the key again, and
-   * a trust keeps the key dirty (see trust()). A key not here is dirty.
+   * a trust keeps the key dirty (see trust()). `maybe`: a write reached it while one loaded from
+   * journal.log had not settled (afterSeq Infinity): not read, since a request of the earlier
+   * process may land over it, but it may be the only copy of that write, so not flushed while the
+   * others are dirty for the key (holdsAlone); on file as an `H` line. A key not here is dirty.
    */
-  readonly known: Map<string, { seq: number; holds: boolean; late?: number }>;
+  readonly known: Map<string, { seq: number; holds: boolean; late?: number; maybe?: boolean }>;
   /**
    * More keys were written than `known` may hold: what it holds that no other upstream does is
    * no longer known, so it must not be flushed (it waits for expiry instead).
@@ -654,7 +657,10 @@ export class RepairJournal {
     const p = this.of(u);
     const late = lateKeys(p);
     p.keys.clear();
-    p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: undefined, known: new Map(), full: false };
+    // One loaded from journal.log stays unsettled (a flush_all that emptied it may be followed by
+    // a request the earlier process sent): it learns nothing until the repair finds it settled.
+    const afterSeq = p.overflow?.afterSeq === Infinity ? Infinity : this.writeSeq;
+    p.overflow = { since: Date.now(), afterSeq, trustAfter: undefined, known: new Map(), full: false };
     // What may still land here is remembered (up to maxKeys): no later write makes it held.
     for (const [key, at] of late) {
       if (p.overflow.known.size < this.options.maxKeys) p.overflow.known.set(key, { seq: this.writeSeq, holds: false, late: at });
@@ -668,7 +674,7 @@ export class RepairJournal {
    * key only after the newest write of it started (an older one landing late proves nothing) and
    * started after the overflow; any miss, even of an older write (a timed-out one may still land
    * later), undoes that. Beyond maxKeys keys nothing more is learnt and the upstream is `full`.
-   * Persisted: `K` (holds), `U` (no longer), `F` (full) lines.
+   * Persisted: `K` (holds), `H` (maybe, see Overflow.known), `U` (neither any more), `F` (full) lines.
    */
   private learn(u: Upstream, o: Overflow, key: string, seq: number, holds: boolean, late = false): void {
     const k = o.known.get(key);
@@ -679,22 +685,31 @@ export class RepairJournal {
         // upstream is trusted again: that waits until the request has settled (lastLate).
         if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: monotonicMs() });
         else o.lastLate = monotonicMs();
-        if (k?.holds) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
+        if (k?.holds || k?.maybe) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
         return;
       }
-      if (k === undefined || !k.holds) return; // not known to hold it: dirty already
+      if (k === undefined || (!k.holds && !k.maybe)) return; // not known to hold it: dirty already
       o.known.set(key, { seq: Math.max(seq, k.seq), holds: false });
       this.append(`U ${hex(idOf(u))} ${hex(key)}`);
       return;
     }
     if (k?.late) return; // a timed-out request may land over this write
     if (o.flushing) return; // it may land before the flush
-    if (seq <= o.afterSeq || (k !== undefined && seq < k.seq)) return;
+    // Loaded from journal.log and not settled yet: a request of the earlier process may land over it.
+    const unsettled = o.afterSeq === Infinity;
+    if ((!unsettled && seq <= o.afterSeq) || (k !== undefined && seq < k.seq)) return;
     if (seq < (this.writes.get(key)?.seq ?? seq)) return; // a newer write of the key is under way
     if (k === undefined && o.known.size >= this.options.maxKeys) {
       const first = !o.full;
       o.full = true; // before the append: a rewrite it makes writes the state as it is now
       if (first) this.append(`F ${hex(idOf(u))}`);
+      return;
+    }
+    if (unsettled) {
+      // Not read for the key, but maybe its only copy of this write: not flushed for now (holdsAlone).
+      if (k?.holds === true || k?.maybe === true) return;
+      o.known.set(key, { seq, holds: false, maybe: true });
+      this.append(`H ${hex(idOf(u))} ${hex(key)}`);
       return;
     }
     o.known.set(key, { seq, holds: true });
@@ -717,8 +732,8 @@ export class RepairJournal {
     o.flushing = on;
     if (on) return;
     for (const [key, k] of o.known) {
-      if (!k.holds) continue;
-      o.known.set(key, { ...k, holds: false });
+      if (!k.holds && !k.maybe) continue;
+      o.known.set(key, k.late === undefined ? { seq: k.seq, holds: false } : { seq: k.seq, holds: false, late: k.late });
       this.append(`U ${hex(idOf(u))} ${hex(key)}`);
     }
   }
@@ -728,7 +743,10 @@ export class RepairJournal {
     if (!o) return false;
     if (o.full) return true;
     const others = all.filter((x) => idOf(x) !== idOf(u));
-    const alone = (key: string): boolean => o.known.get(key)?.holds === true && others.every((x) => this.isDirty(x, key));
+    const alone = (key: string): boolean => {
+      const k = o.known.get(key);
+      return (k?.holds === true || k?.maybe === true) && others.every((x) => this.isDirty(x, key));
+    };
     if (o.lastAlone !== undefined && alone(o.lastAlone)) return true;
     o.lastAlone = undefined;
     for (const key of o.known.keys()) {
@@ -748,7 +766,7 @@ export class RepairJournal {
     const keys: string[] = [];
     for (const x of all) {
       const o = idOf(x) === idOf(u) ? undefined : this.byName.get(idOf(x))?.overflow;
-      if (o) for (const [key, k] of o.known) if (k.holds) keys.push(key);
+      if (o) for (const [key, k] of o.known) if (k.holds || k.maybe) keys.push(key);
     }
     return keys;
   }
@@ -916,8 +934,9 @@ export class RepairJournal {
       else if (f[0] === 'O') {
         p.keys.clear();
         p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: Infinity, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt };
-      } else if ((f[0] === 'K' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
+      } else if ((f[0] === 'K' || f[0] === 'H' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
+        else if (f[0] === 'H') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: false, maybe: true });
         else p.overflow.known.delete(unhex(f[2]));
       } else if (f[0] === 'F' && p.overflow) {
         p.overflow.full = true;
@@ -944,7 +963,7 @@ export class RepairJournal {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);
         if (p.overflow.full) out.push(`F ${hex(name)}`);
-        for (const [key, k] of p.overflow.known) if (k.holds) out.push(`K ${hex(name)} ${hex(key)}`);
+        for (const [key, k] of p.overflow.known) if (k.holds || k.maybe) out.push(`${k.holds ? 'K' : 'H'} ${hex(name)} ${hex(key)}`);
       }
       for (const [key, e] of p.keys) out.push(mLine(name, key, e));
     }

@@ -709,6 +709,46 @@ describe('repair journal', () => {
     }
   });
 
+  it('an overflow loaded from journal.log learns nothing until settled, yet a write meanwhile keeps it from being flushed as the only copy', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const u = { name: 'fake://0' } as Upstream;
+      const v = { name: 'fake://1' } as Upstream;
+      const j1 = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
+      j1.load([u, v]);
+      j1.distrust(v);
+      j1.close();
+      const j2 = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
+      j2.load([u, v]);
+      const s1 = j2.writeStarted('k');
+      j2.written(v, 'k', s1); // a request of the earlier process may still land over it
+      j2.mark(u, 'k', 'write', s1);
+      j2.writeFinished('k');
+      assert.equal(j2.isDirty(v, 'k'), true, 'not read before what the earlier process sent has settled');
+      assert.equal(j2.holdsAlone(v, [u, v]), true, 'but maybe the only copy of the write: not flushed (fuzz seed 2792)');
+      j2.trust(v); // a flush_all emptied it: overflowed afresh, and still unsettled (fuzz seed 114)
+      const s2 = j2.writeStarted('k2');
+      j2.written(v, 'k2', s2);
+      j2.writeFinished('k2');
+      assert.equal(j2.isDirty(v, 'k2'), true, 'a flush_all does not settle what the earlier process sent');
+      j2.close();
+      const j3 = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
+      j3.load([u, v]);
+      j3.mark(u, 'k2', 'write', j3.writeStarted('k2'));
+      j3.writeFinished('k2');
+      assert.equal(j3.holdsAlone(v, [u, v]), true, 'the maybe-copy is on file');
+      j3.loadedSettled(v); // the repair found it settled
+      const s3 = j3.writeStarted('k3');
+      j3.written(v, 'k3', s3);
+      j3.writeFinished('k3');
+      assert.equal(j3.isDirty(v, 'k3'), false, 'a write started after the settle proves it holds the key');
+      assert.equal(j3.isDirty(v, 'k2'), true, 'not one from before');
+      j3.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('survives a restart: entries are appended to journal.log and loaded back', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     try {
