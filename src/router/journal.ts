@@ -20,7 +20,10 @@
  * leaves the key dirty there (wipedLater), as a late request of the key would.
  *
  * Persistent: every change is appended to `<state-dir>/journal.log` (one line, keys in hex) and
- * the file is read back at start, so a proxy restart during an outage keeps its repair work.
+ * the file is read back at start, so a proxy restart during an outage keeps its repair work. An
+ * entry's line carries its write order (DirtyEntry.firstSeq), and the next process numbers its
+ * writes above the largest it loads: with every copy of a key dirty, the copies rank after a
+ * restart as they did before it.
  * fsync policy: `always` (fsync after each append), `everysec` (default: at most one second of
  * entries lost on power failure, none on a crash of mcmux alone), `no` (left to the OS).
  *
@@ -51,9 +54,9 @@ export interface JournalOptions {
 
 export interface DirtyEntry {
   readonly op: DirtyOp;
-  /** When the upstream first missed a write of the key (wall-clock ms: journal.log keeps it, and a
-   * later process compares it with its own): of two dirty copies, the one that became dirty
-   * later is the fresher. */
+  /** When the upstream first missed a write of the key (wall-clock ms: journal.log keeps it): of
+   * two dirty copies without a sequence to compare (firstSeq), the one that became dirty later is
+   * the fresher. */
   readonly since: number;
   /**
    * The write sequence (writeStarted) of the latest write it missed, when it was recorded; 0 for
@@ -62,8 +65,11 @@ export interface DirtyEntry {
    */
   readonly seq: number;
   /**
-   * The write sequence of the first write it missed (0 for an entry loaded from disk): of two
-   * first misses in the same millisecond, the later one's is the higher.
+   * The write sequence of the first write it missed (or above that of a write it holds though
+   * dirty; see written()): with every copy dirty, the copy with the highest is the freshest
+   * (freshest()). On file too, and a process starts its write sequence above the largest it
+   * loads: the ranking of copies survives a restart. 0 for an entry loaded from a line written
+   * before the field existed (ranked by `since` then).
    */
   readonly firstSeq: number;
   /**
@@ -98,9 +104,12 @@ export interface Overflow {
   readonly since: number;
   /**
    * The write sequence when it overflowed: only writes started later can tell what it holds (an
-   * older one may land after a newer one it missed, whose entry the overflow dropped).
+   * older one may land after a newer one it missed, whose entry the overflow dropped). Infinity
+   * for one loaded from journal.log until the repair finds settled what the earlier process may
+   * have sent it (loadedSettled): which keys its timed-out requests were of is not on file, so
+   * until then any write of a key may yet be overwritten by one of them.
    */
-  readonly afterSeq: number;
+  afterSeq: number;
   /** Once the wall clock is past this (Unix ms, as item deadlines are), it is trusted again (repair.ts). */
   trustAfter: number | undefined;
   /**
@@ -108,9 +117,12 @@ export interface Overflow {
    * disk). `holds`: it has the key's current state; false once it missed a write of the key
    * again. `late`: when (monotonic ms) a request of the key timed out here since (it may still
    * land, over any write that reaches the upstream after it): it never holds the key again, and
-   * a trust keeps the key dirty (see trust()). A key not here is dirty.
+   * a trust keeps the key dirty (see trust()). `maybe`: a write reached it while one loaded from
+   * journal.log had not settled (afterSeq Infinity): not read, since a request of the earlier
+   * process may land over it, but it may be the only copy of that write, so not flushed while the
+   * others are dirty for the key (holdsAlone); on file as an `H` line. A key not here is dirty.
    */
-  readonly known: Map<string, { seq: number; holds: boolean; late?: number }>;
+  readonly known: Map<string, { seq: number; holds: boolean; late?: number; maybe?: boolean }>;
   /**
    * More keys were written than `known` may hold: what it holds that no other upstream does is
    * no longer known, so it must not be flushed (it waits for expiry instead).
@@ -157,6 +169,16 @@ const PRUNE_STEPS = 4;
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
+
+/**
+ * An entry's line in journal.log: `M <store> <op> <key> <since> <firstSeq>`. The last field (the
+ * write order, see DirtyEntry.firstSeq) is left off when 0; a file written before it existed has
+ * none, and its entries rank by `since` alone, as they did.
+ */
+function mLine(name: string, key: string, e: DirtyEntry): string {
+  const line = `M ${hex(name)} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`;
+  return e.firstSeq > 0 ? `${line} ${e.firstSeq}` : line;
+}
 
 /** Keys whose request timed out on the upstream and may still land there, with when (monotonic ms). */
 function lateKeys(p: PerUpstream): Array<[string, number]> {
@@ -550,7 +572,7 @@ export class RepairJournal {
   /** Sets `u`'s entry for `key`, and appends it to journal.log. */
   private put(u: Upstream, p: PerUpstream, key: string, e: DirtyEntry): void {
     p.keys.set(key, e);
-    this.append(`M ${hex(idOf(u))} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`);
+    this.append(mLine(idOf(u), key, e));
   }
 
   /**
@@ -635,7 +657,10 @@ export class RepairJournal {
     const p = this.of(u);
     const late = lateKeys(p);
     p.keys.clear();
-    p.overflow = { since: Date.now(), afterSeq: this.writeSeq, trustAfter: undefined, known: new Map(), full: false };
+    // One loaded from journal.log stays unsettled (a flush_all that emptied it may be followed by
+    // a request the earlier process sent): it learns nothing until the repair finds it settled.
+    const afterSeq = p.overflow?.afterSeq === Infinity ? Infinity : this.writeSeq;
+    p.overflow = { since: Date.now(), afterSeq, trustAfter: undefined, known: new Map(), full: false };
     // What may still land here is remembered (up to maxKeys): no later write makes it held.
     for (const [key, at] of late) {
       if (p.overflow.known.size < this.options.maxKeys) p.overflow.known.set(key, { seq: this.writeSeq, holds: false, late: at });
@@ -649,7 +674,7 @@ export class RepairJournal {
    * key only after the newest write of it started (an older one landing late proves nothing) and
    * started after the overflow; any miss, even of an older write (a timed-out one may still land
    * later), undoes that. Beyond maxKeys keys nothing more is learnt and the upstream is `full`.
-   * Persisted: `K` (holds), `U` (no longer), `F` (full) lines.
+   * Persisted: `K` (holds), `H` (maybe, see Overflow.known), `U` (neither any more), `F` (full) lines.
    */
   private learn(u: Upstream, o: Overflow, key: string, seq: number, holds: boolean, late = false): void {
     const k = o.known.get(key);
@@ -660,22 +685,31 @@ export class RepairJournal {
         // upstream is trusted again: that waits until the request has settled (lastLate).
         if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: monotonicMs() });
         else o.lastLate = monotonicMs();
-        if (k?.holds) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
+        if (k?.holds || k?.maybe) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
         return;
       }
-      if (k === undefined || !k.holds) return; // not known to hold it: dirty already
+      if (k === undefined || (!k.holds && !k.maybe)) return; // not known to hold it: dirty already
       o.known.set(key, { seq: Math.max(seq, k.seq), holds: false });
       this.append(`U ${hex(idOf(u))} ${hex(key)}`);
       return;
     }
     if (k?.late) return; // a timed-out request may land over this write
     if (o.flushing) return; // it may land before the flush
-    if (seq <= o.afterSeq || (k !== undefined && seq < k.seq)) return;
+    // Loaded from journal.log and not settled yet: a request of the earlier process may land over it.
+    const unsettled = o.afterSeq === Infinity;
+    if ((!unsettled && seq <= o.afterSeq) || (k !== undefined && seq < k.seq)) return;
     if (seq < (this.writes.get(key)?.seq ?? seq)) return; // a newer write of the key is under way
     if (k === undefined && o.known.size >= this.options.maxKeys) {
       const first = !o.full;
       o.full = true; // before the append: a rewrite it makes writes the state as it is now
       if (first) this.append(`F ${hex(idOf(u))}`);
+      return;
+    }
+    if (unsettled) {
+      // Not read for the key, but maybe its only copy of this write: not flushed for now (holdsAlone).
+      if (k?.holds === true || k?.maybe === true) return;
+      o.known.set(key, { seq, holds: false, maybe: true });
+      this.append(`H ${hex(idOf(u))} ${hex(key)}`);
       return;
     }
     o.known.set(key, { seq, holds: true });
@@ -698,8 +732,8 @@ export class RepairJournal {
     o.flushing = on;
     if (on) return;
     for (const [key, k] of o.known) {
-      if (!k.holds) continue;
-      o.known.set(key, { ...k, holds: false });
+      if (!k.holds && !k.maybe) continue;
+      o.known.set(key, k.late === undefined ? { seq: k.seq, holds: false } : { seq: k.seq, holds: false, late: k.late });
       this.append(`U ${hex(idOf(u))} ${hex(key)}`);
     }
   }
@@ -709,7 +743,10 @@ export class RepairJournal {
     if (!o) return false;
     if (o.full) return true;
     const others = all.filter((x) => idOf(x) !== idOf(u));
-    const alone = (key: string): boolean => o.known.get(key)?.holds === true && others.every((x) => this.isDirty(x, key));
+    const alone = (key: string): boolean => {
+      const k = o.known.get(key);
+      return (k?.holds === true || k?.maybe === true) && others.every((x) => this.isDirty(x, key));
+    };
     if (o.lastAlone !== undefined && alone(o.lastAlone)) return true;
     o.lastAlone = undefined;
     for (const key of o.known.keys()) {
@@ -729,9 +766,19 @@ export class RepairJournal {
     const keys: string[] = [];
     for (const x of all) {
       const o = idOf(x) === idOf(u) ? undefined : this.byName.get(idOf(x))?.overflow;
-      if (o) for (const [key, k] of o.known) if (k.holds) keys.push(key);
+      if (o) for (const [key, k] of o.known) if (k.holds || k.maybe) keys.push(key);
     }
     return keys;
+  }
+
+  /**
+   * What the earlier process may have sent to overflowed `u` (loaded from journal.log) can no
+   * longer land (repair.ts: its settle time since this process started, and since `u` last came
+   * back, has passed): the writes started from now on tell which keys it holds again.
+   */
+  loadedSettled(u: Upstream): void {
+    const o = this.byName.get(idOf(u))?.overflow;
+    if (o !== undefined && o.afterSeq === Infinity) o.afterSeq = this.writeSeq;
   }
 
   /** The sequence the next write to start will have. */
@@ -862,6 +909,7 @@ export class RepairJournal {
     // taken as one that timed out as this process starts (DirtyEntry.late, Overflow.lastLate).
     const loadedAt = monotonicMs();
     this.loadedAt = loadedAt;
+    let maxSeq = 0;
     for (const line of text.split('\n')) {
       const f = line.split(' ');
       const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
@@ -874,14 +922,21 @@ export class RepairJournal {
         // The last line's date: each line has the entry as it stood in memory (mark keeps the date
         // of the first miss, written() dates a copy that holds a newer write by that write).
         const since = Number(f[4]) || (p.keys.get(key)?.since ?? 0);
-        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq: 0, late: loadedAt });
+        // The write order (firstSeq) as the earlier process ranked the copy; none on a line from
+        // before it was kept (ranked by `since` then, as before). This process's sequence starts
+        // above the largest, so a copy dirty since one of its writes ranks above every loaded one.
+        const rank = Number(f[5]);
+        const firstSeq = Number.isFinite(rank) && rank > 0 ? Math.min(rank, HOLDS) : 0;
+        if (firstSeq !== HOLDS) maxSeq = Math.max(maxSeq, firstSeq);
+        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq, late: loadedAt });
       }
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
         p.keys.clear();
-        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: 0, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt };
-      } else if ((f[0] === 'K' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
+        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: Infinity, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt };
+      } else if ((f[0] === 'K' || f[0] === 'H' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
+        else if (f[0] === 'H') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: false, maybe: true });
         else p.overflow.known.delete(unhex(f[2]));
       } else if (f[0] === 'F' && p.overflow) {
         p.overflow.full = true;
@@ -890,6 +945,7 @@ export class RepairJournal {
         p.overflow = undefined;
       }
     }
+    this.writeSeq = Math.max(this.writeSeq, Math.ceil(maxSeq));
   }
 
   /** Writes the live state as a fresh file and continues appending to it. */
@@ -907,9 +963,9 @@ export class RepairJournal {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);
         if (p.overflow.full) out.push(`F ${hex(name)}`);
-        for (const [key, k] of p.overflow.known) if (k.holds) out.push(`K ${hex(name)} ${hex(key)}`);
+        for (const [key, k] of p.overflow.known) if (k.holds || k.maybe) out.push(`${k.holds ? 'K' : 'H'} ${hex(name)} ${hex(key)}`);
       }
-      for (const [key, e] of p.keys) out.push(`M ${hex(name)} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`);
+      for (const [key, e] of p.keys) out.push(mLine(name, key, e));
     }
     const fd = openSync(tmp, 'w', 0o600);
     writeSync(fd, out.length ? out.join('\n') + '\n' : '');

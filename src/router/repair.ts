@@ -201,6 +201,9 @@ export class Repairer {
     // has settled (a remembered key stays dirty after the trust instead).
     const settle = this.options.lateSettleMs ?? LATE_SETTLE_MS;
     if (overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) return;
+    // Loaded from journal.log: the requests of the earlier process have settled too (lastLate is
+    // no earlier than the start), so the writes from now on may teach which keys it holds.
+    journal.loadedSettled(u);
     // A session written here since the overflow that every other upstream missed: a flush would
     // lose it. The other upstreams' repair copies it from here first; meanwhile (and for good
     // when there is no other upstream) it may be trusted by expiry, as any other store. One

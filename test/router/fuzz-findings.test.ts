@@ -3,17 +3,20 @@
  * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
  * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
  * consistency model promises to survive; each test failed before the fix in src/router that came
- * with it, but for three todo tests at the end, from the fuzz's mcmux restarts: not fixed (the
- * README lists them under "not guaranteed", and the fuzz keeps clear of them). The flush_all ones
- * began as todos, found by hand while the fuzz kept clear of flush_all; with flush_all ordered
- * with every write and a flush that timed out tracked, they pass, with one each for the other
- * ways a write could cross a flush (each fails without the part of the fix it names), and the
- * fuzz sends flush_all at any moment (it then found the ranking one, seed 1353). The repair's
- * flush of an overflowed cache is ordered with the writes the same way: an add the cache decides
- * while it goes out (a todo until then) is applied before it, and a write that reaches only the
- * cache lands after it. The gat and set one was a todo too, allowed by the fuzz's model, until a
- * gat held its keys as a conditional command does (key-order.ts touching). The cas one after a
- * restart passes since a reconnect voids the store's uniques at once.
+ * with it, but for a todo test at the end, from the fuzz's mcmux restarts: not fixed (the README
+ * lists it under "not guaranteed", and the fuzz keeps clear of it). Two more from the restarts
+ * were todos: the one of which copy is the freshest when all are dirty after a restart passes
+ * since journal.log keeps the write order, and the one of an overflowed upstream's late keys since
+ * the next process learns nothing of what it holds until what the earlier one sent has settled.
+ * The flush_all ones began as todos, found by hand while the fuzz kept clear of flush_all; with
+ * flush_all ordered with every write and a flush that timed out tracked, they pass, with one each
+ * for the other ways a write could cross a flush (each fails without the part of the fix it
+ * names), and the fuzz sends flush_all at any moment (it then found the ranking one, seed 1353).
+ * The repair's flush of an overflowed cache is ordered with the writes the same way: an add the
+ * cache decides while it goes out (a todo until then) is applied before it, and a write that
+ * reaches only the cache lands after it. The gat and set one was a todo too, allowed by the fuzz's
+ * model, until a gat held its keys as a conditional command does (key-order.ts touching). The cas
+ * one after a restart passes since a reconnect voids the store's uniques at once.
  */
 
 import assert from 'node:assert/strict';
@@ -1017,7 +1020,7 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     journal.load(ups);
     const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true }, source, noop);
     const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-    return { journal, exec };
+    return { journal, exec, router };
   }
 
   // A set timed out on the second upstream (a paused server: it sits in its socket) and was
@@ -1151,14 +1154,15 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
   });
 
   // With every copy dirty, the freshest is the one that started missing writes last: in memory,
-  // by write sequence (exact); journal.log keeps only the wall-clock time each entry was dated,
-  // a miss when it was noticed (a timeout: a timeout's length after the write began) and a copy
+  // by write sequence (exact). journal.log kept only the wall-clock time each entry was dated, a
+  // miss when it was noticed (a timeout: a timeout's length after the write began) and a copy
   // that holds a write while dirty (a late entry) when that write was answered there. Across a
-  // restart the copy that missed the newest write may so rank first, and be read, decide, and
+  // restart the copy that missed the newest write could so rank first, and be read, decide, and
   // be copied to the others (seeds 773, 1275, 1900, 2029 of 601-2600 with MCMUX_FUZZ_RESTART=1
-  // MCMUX_FUZZ_FENCE_END=1; the fuzz now restarts mcmux only while no key is dirty everywhere).
-  // A fix needs journal.log to keep the order of the writes (the sequence, per process).
-  it('with every copy dirty, the one that missed the newest write (by a timeout) does not rank first after a restart', { todo: 'journal.log keeps no write order: the freshest copy is told by when its entry was dated (README, "not guaranteed")' }, async (t) => {
+  // MCMUX_FUZZ_FENCE_END=1, while the fuzz restarted mcmux even with a key dirty everywhere). Each
+  // entry's line now carries its write order (DirtyEntry.firstSeq), and the next process numbers
+  // its writes above the largest it loads.
+  it('with every copy dirty, the one that missed the newest write (by a timeout) does not rank first after a restart', async (t) => {
     const clocks = clocksFor(t);
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -1192,10 +1196,11 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
   // while a request of the key that timed out there may still land (Overflow.known's `late`, in
   // memory). journal.log keeps only that it no longer holds the key: the next process took the
   // next write as proof, and the set that timed out before the restart landed over it (seed 2029
-  // of 601-2600 with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1; the fuzz now restarts mcmux
-  // only while no request may still land on an overflowed upstream). A fix: the next process
-  // learns nothing of an overflowed upstream until what the earlier one sent has settled.
-  it('an overflowed upstream where a set timed out before a restart is not read for the key after the next process deleted it', { todo: 'Overflow.known forgets its late keys across a restart (README, "not guaranteed")' }, async (t) => {
+  // of 601-2600 with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1, while the fuzz restarted mcmux
+  // with a request that may still land on an overflowed upstream). The next process now learns
+  // nothing of a loaded overflow (Overflow.afterSeq Infinity) until the repair finds what the
+  // earlier one sent settled (journal.loadedSettled); the keys on file as held it still serves.
+  it('an overflowed upstream where a set timed out before a restart is not read for the key after the next process deleted it', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const first = new FakeUpstream('fake://0');
@@ -1212,12 +1217,22 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     before.journal.close();
 
     const after = start([first, second], dir, 1);
+    const repairer = new Repairer(() => after.router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 60_000 }, silent);
+    await repairer.tick(); // what the earlier process sent has not settled yet
     assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout, through the next process');
     second.open(); // the set sent before the restart lands
     await settle();
     assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the set sent before the restart landed');
     first.mode = 'fail';
     assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the overflowed upstream');
+    // Once it has settled, a write teaches again which keys it holds.
+    first.mode = 'ok';
+    repairer.options = { ...repairer.options, lateSettleMs: 0 };
+    await repairer.tick();
+    assert.ok(after.journal.overflowed(second), 'still overflowed (what it holds never expires)');
+    assert.equal(status(await after.exec(set('sess', 'cart2'))), 'STORED');
+    first.mode = 'fail';
+    assert.deepEqual(values(await after.exec(get('sess'))), ['cart2'], 'read from the overflowed upstream, which holds it');
     after.journal.close();
   });
 

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -644,6 +644,108 @@ describe('repair journal', () => {
       }
     } finally {
       Date.now = realNow;
+    }
+  });
+
+  it('dirty everywhere: after a restart the copies rank as they did (journal.log keeps the write order), and newer misses above them', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    const u = { name: 'fake://0' } as Upstream;
+    const v = { name: 'fake://1' } as Upstream;
+    const realNow = Date.now;
+    let now = 1_800_000_000_000;
+    Date.now = () => now;
+    try {
+      const j1 = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
+      j1.load([u, v]);
+      // v misses the first write but is dated later than u's miss of the second (a timeout is
+      // dated when it is noticed): by date alone v would rank first.
+      j1.mark(v, 'k', 'write', j1.writeStarted('k'));
+      now -= 10;
+      j1.mark(u, 'k', 'write', j1.writeStarted('k'));
+      assert.deepEqual(j1.freshest([u, v], [u, v], 'k'), [u], 'in memory: by write order');
+      j1.mark(u, 'k2', 'write', j1.writeStarted('k2'));
+      j1.close();
+      const line = readFileSync(join(dir, 'journal.log'), 'latin1').split('\n').find((l) => l.startsWith('M ') && l.includes(Buffer.from('k2').toString('hex')));
+      for (let i = 0; i < 2; i++) {
+        // twice: the second loads the file the first compacted as it started
+        const j2 = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
+        j2.load([u, v]);
+        assert.deepEqual(j2.freshest([u, v], [u, v], 'k'), [u], `after restart ${i + 1}: as before it`);
+        assert.ok(j2.nextWriteSeq() > 3, 'the sequence goes on above the largest loaded');
+        if (i === 1) {
+          // v misses a write of k2 in this process, dated before u's loaded entry: v still has
+          // every write before it, u has been missing them since an older one
+          now -= 1000;
+          j2.mark(v, 'k2', 'write', j2.writeStarted('k2'));
+          assert.deepEqual(j2.freshest([u, v], [u, v], 'k2'), [v], 'v started missing writes last');
+        }
+        j2.close();
+      }
+      assert.match(line ?? '', /^M [0-9a-f]+ w [0-9a-f]+ \d+ 3$/, 'the entry line ends with its write order');
+    } finally {
+      Date.now = realNow;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a journal.log written before entries kept their write order still loads: those copies rank by when they were dated', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const u = { name: 'fake://0' } as Upstream;
+      const v = { name: 'fake://1' } as Upstream;
+      const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
+      const t = 1_800_000_000_000;
+      writeFileSync(join(dir, 'journal.log'), [`S ${hex(u.name)}`, `S ${hex(v.name)}`, `M ${hex(u.name)} w ${hex('k')} ${t}`, `M ${hex(v.name)} d ${hex('k')} ${t + 5}`, ''].join('\n'));
+      const j = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
+      j.load([u, v]);
+      assert.deepEqual([j.entry(u, 'k')?.op, j.entry(v, 'k')?.op], ['write', 'delete']);
+      assert.equal(j.entry(v, 'k')?.firstSeq, 0, 'no write order on the line: none taken');
+      assert.deepEqual(j.freshest([u, v], [u, v], 'k'), [v], 'dated later');
+      j.close();
+      const lines = readFileSync(join(dir, 'journal.log'), 'latin1').split('\n').filter((l) => l.startsWith('M '));
+      assert.deepEqual(lines, [`M ${hex(u.name)} w ${hex('k')} ${t}`, `M ${hex(v.name)} d ${hex('k')} ${t + 5}`], 'compacted as they were: no order made up');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('an overflow loaded from journal.log learns nothing until settled, yet a write meanwhile keeps it from being flushed as the only copy', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const u = { name: 'fake://0' } as Upstream;
+      const v = { name: 'fake://1' } as Upstream;
+      const j1 = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
+      j1.load([u, v]);
+      j1.distrust(v);
+      j1.close();
+      const j2 = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
+      j2.load([u, v]);
+      const s1 = j2.writeStarted('k');
+      j2.written(v, 'k', s1); // a request of the earlier process may still land over it
+      j2.mark(u, 'k', 'write', s1);
+      j2.writeFinished('k');
+      assert.equal(j2.isDirty(v, 'k'), true, 'not read before what the earlier process sent has settled');
+      assert.equal(j2.holdsAlone(v, [u, v]), true, 'but maybe the only copy of the write: not flushed (fuzz seed 2792)');
+      j2.trust(v); // a flush_all emptied it: overflowed afresh, and still unsettled (fuzz seed 114)
+      const s2 = j2.writeStarted('k2');
+      j2.written(v, 'k2', s2);
+      j2.writeFinished('k2');
+      assert.equal(j2.isDirty(v, 'k2'), true, 'a flush_all does not settle what the earlier process sent');
+      j2.close();
+      const j3 = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
+      j3.load([u, v]);
+      j3.mark(u, 'k2', 'write', j3.writeStarted('k2'));
+      j3.writeFinished('k2');
+      assert.equal(j3.holdsAlone(v, [u, v]), true, 'the maybe-copy is on file');
+      j3.loadedSettled(v); // the repair found it settled
+      const s3 = j3.writeStarted('k3');
+      j3.written(v, 'k3', s3);
+      j3.writeFinished('k3');
+      assert.equal(j3.isDirty(v, 'k3'), false, 'a write started after the settle proves it holds the key');
+      assert.equal(j3.isDirty(v, 'k2'), true, 'not one from before');
+      j3.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
