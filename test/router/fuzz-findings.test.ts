@@ -11,7 +11,8 @@
  * The flush_all ones began as todos, found by hand while the fuzz kept clear of flush_all; with
  * flush_all ordered with every write and a flush that timed out tracked, they pass, with one each
  * for the other ways a write could cross a flush (each fails without the part of the fix it
- * names), and the fuzz sends flush_all at any moment (it then found one more: a lock lost to the journal's ranking of copies, seed 1353).
+ * names), and the fuzz sends flush_all at any moment (it then found one more: a lock lost to
+ * the journal's ranking of copies, seed 1353).
  * The repair's flush of an overflowed cache is ordered with the writes the same way: an add the
  * cache decides while it goes out (a todo until then) is applied before it, and a write that
  * reaches only the cache lands after it. The gat and set one was a todo too, allowed by the fuzz's
