@@ -424,6 +424,18 @@ export class RepairJournal {
   /** Upstreams with a flush that may still land (flushTimedOut): 0 but for a moment after one timed out. */
   lateFlushes = 0;
 
+  /** Upstreams overflowed (distrusted as a whole) now. */
+  private overflows = 0;
+
+  /**
+   * False while no upstream is overflowed and no flush may still land: every copy a write makes
+   * is then read for its key (clean there, or ranked the freshest; see replicate-write.ts
+   * lasting), and a write need not ask which do. A field check, for the hot path.
+   */
+  get untrusting(): boolean {
+    return this.overflows !== 0 || this.lateFlushes !== 0;
+  }
+
   /** When a flush of `u` that may still land timed out (monotonicMs); undefined when none may. */
   flushLateAt(u: Upstream): number | undefined {
     return this.byName.get(idOf(u))?.flushLate;
@@ -660,6 +672,7 @@ export class RepairJournal {
     // One loaded from journal.log stays unsettled (a flush_all that emptied it may be followed by
     // a request the earlier process sent): it learns nothing until the repair finds it settled.
     const afterSeq = p.overflow?.afterSeq === Infinity ? Infinity : this.writeSeq;
+    if (p.overflow === undefined) this.overflows++;
     p.overflow = { since: Date.now(), afterSeq, trustAfter: undefined, known: new Map(), full: false };
     // What may still land here is remembered (up to maxKeys): no later write makes it held.
     for (const [key, at] of late) {
@@ -818,6 +831,7 @@ export class RepairJournal {
     const late = lateKeys(p).filter(([, at]) => !operator || at !== this.loadedAt);
     p.keys.clear();
     p.pending?.clear();
+    if (p.overflow !== undefined) this.overflows--;
     p.overflow = undefined;
     this.append(`T ${hex(idOf(u))}`);
     const now = Date.now();
@@ -933,6 +947,7 @@ export class RepairJournal {
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
         p.keys.clear();
+        if (p.overflow === undefined) this.overflows++;
         p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: Infinity, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt };
       } else if ((f[0] === 'K' || f[0] === 'H' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
@@ -942,6 +957,7 @@ export class RepairJournal {
         p.overflow.full = true;
       } else if (f[0] === 'T') {
         p.keys.clear();
+        if (p.overflow !== undefined) this.overflows--;
         p.overflow = undefined;
       }
     }

@@ -21,8 +21,9 @@ const STORED: Reply = { kind: 'status', status: 'STORED' };
  * write. The answer carries a copy's unique only for a client's own set that asked for one
  * (`withCas`): otherwise the upstreams are told that nobody reads theirs.
  *
- * While a flush that timed out may still land on an upstream (journal.flushTimedOut), a copy
- * there may yet be wiped: success then also needs a copy on an upstream where none may land.
+ * Success also needs a copy that a read takes (see lasting): not only copies on upstreams that
+ * are not read for the key (an overflowed one that cannot learn it now), or where a flush that
+ * timed out may still land and wipe it (journal.flushTimedOut).
  */
 export function replicateSet(
   ctx: RouterContext,
@@ -34,7 +35,6 @@ export function replicateSet(
 ): Promise<Reply> {
   const total = targets.length + copiesSoFar;
   const min = Math.min(ctx.minCopies, total);
-  const lasting = ctx.journal.lateFlushes === 0 ? undefined : lastingCopies(ctx, targets, copiesSoFar, authority);
   // In flight until every copy has landed (write-wait copies answers before that).
   const seq = ctx.journal.writeStarted(req.key);
   const withCas = copiesSoFar === 0 && okReply === STORED && req.withCas !== false;
@@ -44,7 +44,7 @@ export function replicateSet(
     (u) => u.store(sent),
     (outcomes, settled) => {
       const ok = copiesSoFar + count(outcomes, (r) => r.status === 'STORED');
-      if (ok >= min && (lasting === undefined || lasting(outcomes)) && (settled || ctx.writeWait === 'copies')) {
+      if (ok >= min && (settled || ctx.writeWait === 'copies') && (!ctx.journal.untrusting || lasting(ctx, req.key, targets, outcomes, isStored, authority, true))) {
         if (!settled) markPending(ctx, targets, outcomes, req.key, seq);
         if (!withCas) return okReply;
         // The cas a client may use next is the one the authority for this key will check.
@@ -55,7 +55,7 @@ export function replicateSet(
         return STORED;
       }
       if (!settled) return undefined;
-      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out may still land and wipe it: ${firstError(outcomes)}`);
+      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out may still land and wipe it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
     (u, o) => {
@@ -72,7 +72,7 @@ export function replicateSet(
   );
   // The authority of a conditional command already made min-copies: with write-wait copies the
   // client need not wait for any of the others.
-  if (copiesSoFar >= min && ctx.writeWait === 'copies' && (lasting === undefined || lasting([]))) {
+  if (copiesSoFar >= min && ctx.writeWait === 'copies' && (!ctx.journal.untrusting || lasting(ctx, req.key, targets, [], isStored, authority, true))) {
     markPending(ctx, targets, [], req.key, seq);
     return Promise.resolve(okReply);
   }
@@ -110,13 +110,16 @@ export function replicateKeyed(
       const trusted = (i: number): boolean => what === 'delete' || current(i);
       const hits = outcomes.filter((o, i) => o?.ok && o.value === hit && trusted(i)).length;
       const answered = count(outcomes, () => true);
-      if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies')) {
+      if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies') && counted(ctx, what, key, outcomes)) {
         if (!settled) markPending(ctx, ctx.upstreams, outcomes, key, seq);
         return { kind: 'status', status: hit };
       }
       if (!settled) return undefined;
       if (answered < min) {
         return serverError(`${what} reached ${answered} of ${n} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
+      }
+      if (!counted(ctx, what, key, outcomes)) {
+        return serverError(`${what} reached ${answered} of ${n} upstreams, but only where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
       }
       // NOT_FOUND only from a copy that knows: a dirty upstream's "none" is no answer about the
       // key (it may have missed the set that the one that failed holds).
@@ -217,16 +220,53 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
   );
 }
 
+const isStored = (r: StoreResult): boolean => r.status === 'STORED';
+const anyAnswer = (): boolean => true;
+
 /**
- * Whether the outcomes so far include a copy that no flush may wipe (see replicateSet). When
- * every upstream may be wiped, never: the write fails safe until one settles (about a second).
+ * Whether a delete's answers include one a read takes the key's absence from (see lasting). A
+ * touch's hit is a current copy's, which it leaves as current as it was: always.
  */
-function lastingCopies(ctx: RouterContext, targets: readonly Upstream[], copiesSoFar: number, authority: Upstream | undefined): (outcomes: ReadonlyArray<Outcome<StoreResult> | undefined>) => boolean {
-  const wiped = (u: Upstream): boolean => ctx.journal.flushLateAt(u) !== undefined;
-  if (copiesSoFar > 0 && (authority === undefined || !wiped(authority))) return () => true;
-  const safe = targets.map((u) => !wiped(u));
-  if (!safe.includes(true)) return () => false;
-  return (outcomes) => outcomes.some((o, i) => safe[i] === true && o?.ok === true && o.value.status === 'STORED');
+function counted(ctx: RouterContext, what: 'delete' | 'touch', key: string, outcomes: ReadonlyArray<Outcome<Status> | undefined>): boolean {
+  return what === 'touch' || !ctx.journal.untrusting || lasting(ctx, key, ctx.upstreams, outcomes, anyAnswer, undefined, false);
+}
+
+/**
+ * Whether a read of `key` now takes a copy this write made (`made`: the outcomes of `targets`
+ * that are copies; `authority`: the conditional command's, which applied it): one of them is on
+ * an upstream clean for the key, or every upstream is dirty for it and the freshest is one of
+ * them (journal.freshest, as a read ranks them). Only such a copy counts for the client: one on an
+ * overflowed upstream that cannot learn the key now (a request of it that timed out there may
+ * still land, it is being flushed, its memory of keys is full, or it was loaded from
+ * journal.log and has not settled) is read from nowhere, and with the others failing, the copy
+ * that missed the write would be read. `wipeable` (a set): nor one that a flush that timed out
+ * may still wipe (it ranks as the freshest until then); with every copy there, the write fails
+ * safe until one settles (about a second). Only while journal.untrusting: otherwise every copy
+ * is read (clean, or ranked the freshest).
+ */
+function lasting<R>(
+  ctx: RouterContext,
+  key: string,
+  targets: readonly Upstream[],
+  outcomes: ReadonlyArray<Outcome<R> | undefined>,
+  made: (r: R) => boolean,
+  authority: Upstream | undefined,
+  wipeable: boolean,
+): boolean {
+  const j = ctx.journal;
+  const counts = (u: Upstream): boolean => !wipeable || j.flushLateAt(u) === undefined;
+  if (authority !== undefined && counts(authority) && !j.isDirty(authority, key)) return true;
+  for (let i = 0; i < targets.length; i++) {
+    const o = outcomes[i];
+    const u = targets[i] as Upstream;
+    if (o?.ok === true && made(o.value) && counts(u) && !j.isDirty(u, key)) return true;
+  }
+  // Dirty everywhere (else a clean upstream that is none of these copies is read).
+  const top = j.freshest(ctx.upstreams, ctx.upstreams, key)?.[0];
+  if (top === undefined || !counts(top)) return false;
+  if (top === authority) return true;
+  const o = outcomes[targets.indexOf(top)];
+  return o?.ok === true && made(o.value);
 }
 
 /**

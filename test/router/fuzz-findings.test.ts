@@ -1326,3 +1326,81 @@ describe('router fuzz findings, minimised: a cas its authority may have applied'
     assert.ok(journal.isDirty(ups[0] as HealthyUpstream, 'sess'), 'the first upstream is journaled for the key');
   });
 });
+
+// A write's copy on an overflowed upstream that is not read for the key. While a request of a key
+// that timed out there may still land, the overflow does not take a write that reaches it as
+// proof that it holds the key (Overflow.known's `late`), nor, loaded from journal.log, any write
+// before what the earlier process sent has settled. Such a copy was counted toward min-copies:
+// with the other upstreams failing, the client heard STORED (or DELETED) from it alone, every
+// copy was dirty for the key, and the one that failed, the only one with a journal entry, ranked
+// as the freshest and was read: the write was lost. Found by hand (a helper's throwaway test).
+// A copy now counts only where a read takes it: clean for the key, or the freshest copy when every
+// upstream is dirty for it (and, for a set, no flush that timed out may wipe it there).
+describe('router fuzz findings, minimised: a copy on an upstream that is not read for the key', () => {
+  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
+  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
+  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
+  const status = (r: Reply): string => describeReply(r);
+  /** One mcmux process over two fakes with a journal of one key (in `dir` when given, loaded as app.ts loads it). */
+  function start(ups: readonly [FakeUpstream, FakeUpstream], writeWait: 'all' | 'copies', dir?: string) {
+    const journal = new RepairJournal({ maxKeys: 1, dir, fsync: 'no' });
+    journal.load(ups);
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait, allowFlush: true }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    return { journal, exec };
+  }
+  /** The second upstream misses two keys: its journal of one key overflows. */
+  async function overflowSecond(exec: (c: Command) => Promise<Reply>, second: FakeUpstream): Promise<void> {
+    second.mode = 'fail';
+    await exec(set('a', '1'));
+    await exec(set('b', '1'));
+    second.mode = 'ok';
+  }
+
+  for (const writeWait of ['all', 'copies'] as const) {
+    for (const write of ['set', 'delete'] as const) {
+      it(`a ${write} that reaches only an overflowed upstream where a request of the key timed out is not acknowledged (write-wait ${writeWait})`, async () => {
+        const first = new FakeUpstream('fake://0');
+        const second = new FakeUpstream('fake://1');
+        const { journal, exec } = start([first, second], writeWait);
+        await overflowSecond(exec, second);
+        assert.ok(journal.overflowed(second));
+        second.gateOnly = (call) => call === 'set sess';
+        second.delay_late(); // a paused server: the set waits in its socket
+        assert.equal(status(await exec(set('sess', 'A'))), 'STORED', 'on the first; times out on the second');
+        while (journal.overflowed(second)?.known.get('sess')?.late === undefined) await new Promise((r) => setTimeout(r, 5));
+        second.open(); // it resumes: the set lands there too
+        await settle();
+        first.mode = 'fail';
+        const r = await exec(write === 'set' ? set('sess', 'B') : del('sess'));
+        first.mode = 'ok';
+        const read = values(await exec(get('sess')));
+        if (status(r) === (write === 'set' ? 'STORED' : 'DELETED')) {
+          assert.deepEqual(read, [write === 'set' ? 'B' : undefined], `LOST WRITE: the ${write} was acknowledged, and a read takes the first upstream's A`);
+        }
+        assert.match(status(r), /^SERVER_ERROR /, 'its only copy is on an upstream that is not read for the key');
+      });
+    }
+  }
+
+  it('a set that reaches only an overflowed upstream loaded from journal.log, before what the earlier process sent has settled, is not acknowledged', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-findings-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = new FakeUpstream('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const before = start([first, second], 'all', dir);
+    assert.equal(status(await before.exec(set('sess', 'A'))), 'STORED', 'on both');
+    await overflowSecond(before.exec, second);
+    before.journal.close();
+
+    const after = start([first, second], 'all', dir); // no repair has found it settled yet
+    assert.ok(after.journal.overflowed(second));
+    first.mode = 'fail';
+    const r = await after.exec(set('sess', 'B'));
+    first.mode = 'ok';
+    if (status(r) === 'STORED') assert.deepEqual(values(await after.exec(get('sess'))), ['B'], "LOST WRITE: acknowledged, and a read takes the first upstream's A");
+    assert.match(status(r), /^SERVER_ERROR /);
+    after.journal.close();
+  });
+});
