@@ -113,6 +113,11 @@
  *    "not guaranteed": the upstream may miss it silently, which no reply can show; nor is it
  *    killed while an upstream's refusal, not yet answered, is the miss of such a copy). A flush_all
  *    that timed out before a restart lands under the same rule (README: tracked in memory only).
+ *    A write of a killed process may have reached some copies and not others (README, "not
+ *    guaranteed"): until an acknowledged write of its key, a gat's hit of the key is a maybe, as
+ *    after a failed flush_all (seeds 823 and 859 of 1-3000 with MCMUX_FUZZ_RESTART=1
+ *    MCMUX_FUZZ_FENCE_END=1: an append killed after its authority applied it, then a gat that read
+ *    it there and touched the old value on the others).
  *    It restarts even while a key is dirty on every upstream: journal.log keeps the write order
  *    that ranks the copies (before it did, by when entries were dated: seeds 773 and 1900
  *    with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1 read the copy that missed the
@@ -1444,11 +1449,36 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
     (writes.get(key) as Write[]).push({ op, values, deadlines: ds, acked, start: op.start, end: op.end ?? Infinity });
   };
 
+  /** An acknowledged write that overwrites the key on every copy (not a touch, not a gat's hit). */
+  const ackedWrite = (o: Op): boolean => {
+    const st = statusOf(o.reply);
+    if (o.kind === 'delete') return st === 'DELETED' || st === 'NOT_FOUND';
+    if (o.kind === 'incr' || o.kind === 'decr') return st === 'NUMBER';
+    if (o.kind === 'flush_all') return st === 'OK';
+    return !isRead(o) && o.kind !== 'touch' && st === 'STORED';
+  };
+
   // After a flush_all that failed somewhere, the upstreams may disagree about any key until it is
   // written again (mcmux journals nothing for a failed flush: README, "not guaranteed"): one
   // copy's TOUCHED (a gat's hit) proves only that that copy held it, so a touch or gat after one
   // is a maybe, as the flush is.
   const flushFailedBefore = (op: Op): boolean => ops.some((f) => f.kind === 'flush_all' && statusOf(f.reply) === 'SERVER_ERROR' && f.start < (op.end ?? Infinity));
+  // A write of `key` by a process killed before it answered may have reached some copies and not
+  // others (a conditional command's authority, not yet its copies), and nothing on file tells
+  // (README, "not guaranteed"): until an acknowledged write of the key overwrites every copy, they
+  // may disagree, and a gat's hit proves only what the copy it read held (its touches give each
+  // other copy's value its deadline). Seeds 823 and 859 with MCMUX_FUZZ_RESTART=1
+  // MCMUX_FUZZ_FENCE_END=1: an append killed after its authority applied it, then a gat that read
+  // the appended value and touched the old one on the others.
+  const killedBefore = (op: Op, key: string): boolean =>
+    ops.some(
+      (x) =>
+        x.killed === true &&
+        !isRead(x) &&
+        x.keys.includes(key) &&
+        x.start < (op.end ?? Infinity) &&
+        !ops.some((o) => o.keys.includes(key) && ackedWrite(o) && o.start > (x.end ?? Infinity) && (o.end ?? Infinity) < op.start),
+    );
 
   // The writes, and the form of every reply.
   /** Writes whose result depends on the state they found: an append, an incr, a touch, a gat that failed. */
@@ -1469,7 +1499,7 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
         if (hits.length !== op.keys.length) bad(op, key, `${hits.length} hits for ${op.keys.length} keys`);
         // A gat's hit: the key held that value, and holds it now until the gat's deadline
         // (touched where it was found, in the same operation). Each key once.
-        else if (isGat(op)) for (const [i, k] of op.keys.entries()) if (op.keys.indexOf(k) === i && hits[i]) w(op, [hits[i]?.value.toString() as string], !flushFailedBefore(op), [op.deadline], k);
+        else if (isGat(op)) for (const [i, k] of op.keys.entries()) if (op.keys.indexOf(k) === i && hits[i]) w(op, [hits[i]?.value.toString() as string], !flushFailedBefore(op) && !killedBefore(op, k), [op.deadline], k);
       } else if (st !== 'SERVER_ERROR') bad(op, key, `a read answered ${describeReply(op.reply, undefined)}`);
       // A gat that failed may have touched some copies: maybe touches of any value present. One
       // that found a key touches the other copies after it answered, before any write of the key
@@ -1508,13 +1538,6 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
   // it (repair.ts) even after reads (a touch, a gat) took the freshest copy, which still held the
   // key, as the truth: it may take effect until the next acknowledged write of the key (not a
   // touch) starts, not only within its own interval.
-  const ackedWrite = (o: Op): boolean => {
-    const st = statusOf(o.reply);
-    if (o.kind === 'delete') return st === 'DELETED' || st === 'NOT_FOUND';
-    if (o.kind === 'incr' || o.kind === 'decr') return st === 'NUMBER';
-    if (o.kind === 'flush_all') return st === 'OK';
-    return !isRead(o) && o.kind !== 'touch' && st === 'STORED';
-  };
   for (const [key, ws] of writes) {
     ws.forEach((x, i) => {
       if (x.acked || x.op?.kind !== 'delete') return;
