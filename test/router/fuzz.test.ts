@@ -77,9 +77,12 @@
  *  - a journal of a few keys (journal-max-keys 1-3, 3 seeds in 10; the upstreams are caches,
  *    scheme memcached, in half of the seeds, which the repair flushes once overflowed, fencing
  *    them as app.ts does): one upstream at a time misses writes, only while every other one is up
- *    and clean for every key (see mayFault). The README concedes the rest: once an upstream's
- *    journal overflowed, a key another upstream is dirty for may be taken from that one's copy.
- *    A cache the repair flushed is then trusted and holds nothing: as a restart empty (its keys
+ *    and clean for every key, and no touch, gat or conditional command is in flight (a touch may
+ *    find the item expired on another upstream, a conditional command applied on the faulty one
+ *    leaves its copies missed: journaled there without a fault of their own; seeds 1072 and 2328
+ *    with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1) (see mayFault). The README concedes the
+ *    rest: once an upstream's journal overflowed, a key another upstream is dirty for may be
+ *    taken from that one's copy. A cache the repair flushed is then trusted and holds nothing: as a restart empty (its keys
  *    `lost`). The repair's flush is ordered with the writes as flush_all is (seeds 22968 with
  *    MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1, and 40775 with MCMUX_FUZZ_EXPIRY=1: an add,
  *    a replace, the cache decided while it went out, applied after it).
@@ -848,6 +851,17 @@ class World {
     // one is clean for every key (not overflowed). README, "not guaranteed": once an upstream's
     // journal overflowed, a key another upstream is dirty for may be taken from that one's copy.
     if (this.cfg.journalMaxKeys < KEYS.length && !this.ups.every((y) => y === u || this.cleanEverywhere(y))) return false;
+    // Nor while an operation in flight may journal another upstream without a fault of its own,
+    // two upstreams missing writes at once: a touch (a gat's included, and its touches of the other
+    // copies) that finds an item expired there that `u` still holds (README: a touch that found no
+    // item a current copy had), a conditional command that `u` applies and fails to answer or
+    // read back (its copies are then misses). Seed 1072 with MCMUX_FUZZ_RESTART=1
+    // MCMUX_FUZZ_FENCE_END=1: a gat's touch found the item expired on up1 after up0, the only copy
+    // it had made live, went down and overflowed; the key was then read from up1 (absent). Seed
+    // 2328 of the same (once the rule above had changed its draws): two prepends applied on up0 as
+    // it went down overflowed up1's journal of one key too, and a key neither remembered was read
+    // from up0, which had missed the sets since.
+    if (this.cfg.journalMaxKeys < KEYS.length && this.othersMayMiss(u)) return false;
     return !this.ops.some((o) => o.end === undefined && o.start <= this.relearntAt);
   }
 
@@ -859,6 +873,12 @@ class World {
    */
   mayDecideLost(u: SchedUpstream): boolean {
     return u.emptyFencedAt !== undefined && !u.healthy.fenced && this.now - u.emptyFencedAt >= this.cfg.lockFenceMs - 20;
+  }
+
+  /** A touch, gat or conditional command is running, or a touch request is on its way to an upstream other than `u`. */
+  othersMayMiss(u: SchedUpstream): boolean {
+    if (this.ops.some((o) => o.end === undefined && !o.killed && (o.kind === 'touch' || isGat(o) || CONDITIONAL.has(o.kind)))) return true;
+    return this.ups.some((y) => y !== u && [...y.lanes.values()].some((l) => l.some((r) => r.op === 'touch')));
   }
 
   /** `y` is up and clean for every key: nothing journaled, not overflowed, no fault. */
