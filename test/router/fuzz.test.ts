@@ -77,9 +77,12 @@
  *  - a journal of a few keys (journal-max-keys 1-3, 3 seeds in 10; the upstreams are caches,
  *    scheme memcached, in half of the seeds, which the repair flushes once overflowed, fencing
  *    them as app.ts does): one upstream at a time misses writes, only while every other one is up
- *    and clean for every key (see mayFault). The README concedes the rest: once an upstream's
- *    journal overflowed, a key another upstream is dirty for may be taken from that one's copy.
- *    A cache the repair flushed is then trusted and holds nothing: as a restart empty (its keys
+ *    and clean for every key, and no touch, gat or conditional command is in flight (a touch may
+ *    find the item expired on another upstream, a conditional command applied on the faulty one
+ *    leaves its copies missed: journaled there without a fault of their own; seeds 1072 and 2328
+ *    with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1) (see mayFault). The README concedes the
+ *    rest: once an upstream's journal overflowed, a key another upstream is dirty for may be
+ *    taken from that one's copy. A cache the repair flushed is then trusted and holds nothing: as a restart empty (its keys
  *    `lost`). The repair's flush is ordered with the writes as flush_all is (seeds 22968 with
  *    MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1, and 40775 with MCMUX_FUZZ_EXPIRY=1: an add,
  *    a replace, the cache decided while it went out, applied after it).
@@ -113,6 +116,11 @@
  *    "not guaranteed": the upstream may miss it silently, which no reply can show; nor is it
  *    killed while an upstream's refusal, not yet answered, is the miss of such a copy). A flush_all
  *    that timed out before a restart lands under the same rule (README: tracked in memory only).
+ *    A write of a killed process may have reached some copies and not others (README, "not
+ *    guaranteed"): until an acknowledged write of its key, a gat's hit of the key is a maybe, as
+ *    after a failed flush_all (seeds 823 and 859 of 1-3000 with MCMUX_FUZZ_RESTART=1
+ *    MCMUX_FUZZ_FENCE_END=1: an append killed after its authority applied it, then a gat that read
+ *    it there and touched the old value on the others).
  *    It restarts even while a key is dirty on every upstream: journal.log keeps the write order
  *    that ranks the copies (before it did, by when entries were dated: seeds 773 and 1900
  *    with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1 read the copy that missed the
@@ -843,6 +851,17 @@ class World {
     // one is clean for every key (not overflowed). README, "not guaranteed": once an upstream's
     // journal overflowed, a key another upstream is dirty for may be taken from that one's copy.
     if (this.cfg.journalMaxKeys < KEYS.length && !this.ups.every((y) => y === u || this.cleanEverywhere(y))) return false;
+    // Nor while an operation in flight may journal another upstream without a fault of its own,
+    // two upstreams missing writes at once: a touch (a gat's included, and its touches of the other
+    // copies) that finds an item expired there that `u` still holds (README: a touch that found no
+    // item a current copy had), a conditional command that `u` applies and fails to answer or
+    // read back (its copies are then misses). Seed 1072 with MCMUX_FUZZ_RESTART=1
+    // MCMUX_FUZZ_FENCE_END=1: a gat's touch found the item expired on up1 after up0, the only copy
+    // it had made live, went down and overflowed; the key was then read from up1 (absent). Seed
+    // 2328 of the same (once the rule above had changed its draws): two prepends applied on up0 as
+    // it went down overflowed up1's journal of one key too, and a key neither remembered was read
+    // from up0, which had missed the sets since.
+    if (this.cfg.journalMaxKeys < KEYS.length && this.othersMayMiss(u)) return false;
     return !this.ops.some((o) => o.end === undefined && o.start <= this.relearntAt);
   }
 
@@ -854,6 +873,12 @@ class World {
    */
   mayDecideLost(u: SchedUpstream): boolean {
     return u.emptyFencedAt !== undefined && !u.healthy.fenced && this.now - u.emptyFencedAt >= this.cfg.lockFenceMs - 20;
+  }
+
+  /** A touch, gat or conditional command is running, or a touch request is on its way to an upstream other than `u`. */
+  othersMayMiss(u: SchedUpstream): boolean {
+    if (this.ops.some((o) => o.end === undefined && !o.killed && (o.kind === 'touch' || isGat(o) || CONDITIONAL.has(o.kind)))) return true;
+    return this.ups.some((y) => y !== u && [...y.lanes.values()].some((l) => l.some((r) => r.op === 'touch')));
   }
 
   /** `y` is up and clean for every key: nothing journaled, not overflowed, no fault. */
@@ -1444,11 +1469,36 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
     (writes.get(key) as Write[]).push({ op, values, deadlines: ds, acked, start: op.start, end: op.end ?? Infinity });
   };
 
+  /** An acknowledged write that overwrites the key on every copy (not a touch, not a gat's hit). */
+  const ackedWrite = (o: Op): boolean => {
+    const st = statusOf(o.reply);
+    if (o.kind === 'delete') return st === 'DELETED' || st === 'NOT_FOUND';
+    if (o.kind === 'incr' || o.kind === 'decr') return st === 'NUMBER';
+    if (o.kind === 'flush_all') return st === 'OK';
+    return !isRead(o) && o.kind !== 'touch' && st === 'STORED';
+  };
+
   // After a flush_all that failed somewhere, the upstreams may disagree about any key until it is
   // written again (mcmux journals nothing for a failed flush: README, "not guaranteed"): one
   // copy's TOUCHED (a gat's hit) proves only that that copy held it, so a touch or gat after one
   // is a maybe, as the flush is.
   const flushFailedBefore = (op: Op): boolean => ops.some((f) => f.kind === 'flush_all' && statusOf(f.reply) === 'SERVER_ERROR' && f.start < (op.end ?? Infinity));
+  // A write of `key` by a process killed before it answered may have reached some copies and not
+  // others (a conditional command's authority, not yet its copies), and nothing on file tells
+  // (README, "not guaranteed"): until an acknowledged write of the key overwrites every copy, they
+  // may disagree, and a gat's hit proves only what the copy it read held (its touches give each
+  // other copy's value its deadline). Seeds 823 and 859 with MCMUX_FUZZ_RESTART=1
+  // MCMUX_FUZZ_FENCE_END=1: an append killed after its authority applied it, then a gat that read
+  // the appended value and touched the old one on the others.
+  const killedBefore = (op: Op, key: string): boolean =>
+    ops.some(
+      (x) =>
+        x.killed === true &&
+        !isRead(x) &&
+        x.keys.includes(key) &&
+        x.start < (op.end ?? Infinity) &&
+        !ops.some((o) => o.keys.includes(key) && ackedWrite(o) && o.start > (x.end ?? Infinity) && (o.end ?? Infinity) < op.start),
+    );
 
   // The writes, and the form of every reply.
   /** Writes whose result depends on the state they found: an append, an incr, a touch, a gat that failed. */
@@ -1469,7 +1519,7 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
         if (hits.length !== op.keys.length) bad(op, key, `${hits.length} hits for ${op.keys.length} keys`);
         // A gat's hit: the key held that value, and holds it now until the gat's deadline
         // (touched where it was found, in the same operation). Each key once.
-        else if (isGat(op)) for (const [i, k] of op.keys.entries()) if (op.keys.indexOf(k) === i && hits[i]) w(op, [hits[i]?.value.toString() as string], !flushFailedBefore(op), [op.deadline], k);
+        else if (isGat(op)) for (const [i, k] of op.keys.entries()) if (op.keys.indexOf(k) === i && hits[i]) w(op, [hits[i]?.value.toString() as string], !flushFailedBefore(op) && !killedBefore(op, k), [op.deadline], k);
       } else if (st !== 'SERVER_ERROR') bad(op, key, `a read answered ${describeReply(op.reply, undefined)}`);
       // A gat that failed may have touched some copies: maybe touches of any value present. One
       // that found a key touches the other copies after it answered, before any write of the key
@@ -1508,13 +1558,6 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
   // it (repair.ts) even after reads (a touch, a gat) took the freshest copy, which still held the
   // key, as the truth: it may take effect until the next acknowledged write of the key (not a
   // touch) starts, not only within its own interval.
-  const ackedWrite = (o: Op): boolean => {
-    const st = statusOf(o.reply);
-    if (o.kind === 'delete') return st === 'DELETED' || st === 'NOT_FOUND';
-    if (o.kind === 'incr' || o.kind === 'decr') return st === 'NUMBER';
-    if (o.kind === 'flush_all') return st === 'OK';
-    return !isRead(o) && o.kind !== 'touch' && st === 'STORED';
-  };
   for (const [key, ws] of writes) {
     ws.forEach((x, i) => {
       if (x.acked || x.op?.kind !== 'delete') return;
