@@ -1024,6 +1024,20 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     return { journal, exec, router };
   }
 
+  /**
+   * The next process (`after`) deletes the session on both; then the set `cart` that an earlier
+   * one sent lands on the second upstream, and the first fails: the session stays deleted.
+   */
+  async function logoutThenLateSet(after: ReturnType<typeof start>, first: FakeUpstream, second: FakeUpstream, from: string, deleted?: () => void): Promise<void> {
+    assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout, through the next process');
+    deleted?.();
+    second.open(); // the set sent before the restart (or kill) lands
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the set sent before the restart landed');
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], `RESURRECTION: the deleted session read from ${from}`);
+  }
+
   // A set timed out on the second upstream (a paused server: it sits in its socket) and was
   // journaled there, as late: no client write clears that entry, since the set may land after
   // it. journal.log keeps the entry but not that it was a timeout: the next process cleared it
@@ -1044,13 +1058,9 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
 
     const after = start([first, second], dir);
     assert.ok(after.journal.isDirty(second, 'sess'), 'the entry survived the restart');
-    assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout: deleted on both');
-    assert.ok(after.journal.isDirty(second, 'sess'), 'the set sent before the restart may still land: the key stays dirty there');
-    second.open(); // the set lands, after the delete
-    await settle();
-    assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the set sent before the restart landed');
-    first.mode = 'fail';
-    assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the second upstream');
+    await logoutThenLateSet(after, first, second, 'the second upstream', () =>
+      assert.ok(after.journal.isDirty(second, 'sess'), 'the set sent before the restart may still land: the key stays dirty there'),
+    );
     after.journal.close();
   });
 
@@ -1145,12 +1155,7 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     before.journal.close(); // mcmux is killed: nothing more reaches journal.log
 
     const after = start([first, second], dir);
-    assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout, through the next process');
-    second.open(); // the set sent before the kill lands
-    await settle();
-    assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the set sent before the kill landed');
-    first.mode = 'fail';
-    assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the second upstream');
+    await logoutThenLateSet(after, first, second, 'the second upstream');
     after.journal.close();
   });
 
@@ -1220,12 +1225,7 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     const after = start([first, second], dir, 1);
     const repairer = new Repairer(() => after.router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 60_000 }, silent);
     await repairer.tick(); // what the earlier process sent has not settled yet
-    assert.equal(status(await after.exec(del('sess'))), 'DELETED', 'logout, through the next process');
-    second.open(); // the set sent before the restart lands
-    await settle();
-    assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the set sent before the restart landed');
-    first.mode = 'fail';
-    assert.notDeepEqual(values(await after.exec(get('sess'))), ['cart'], 'RESURRECTION: the deleted session read from the overflowed upstream');
+    await logoutThenLateSet(after, first, second, 'the overflowed upstream');
     // Once it has settled, a write teaches again which keys it holds.
     first.mode = 'ok';
     repairer.options = { ...repairer.options, lateSettleMs: 0 };
