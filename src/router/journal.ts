@@ -436,6 +436,12 @@ export class RepairJournal {
     return this.overflows !== 0 || this.lateFlushes !== 0;
   }
 
+  /** Sets (or clears) an upstream's overflow, and with it the count `untrusting` reads. */
+  private setOverflow(p: PerUpstream, o: Overflow | undefined): void {
+    this.overflows += (o === undefined ? 0 : 1) - (p.overflow === undefined ? 0 : 1);
+    p.overflow = o;
+  }
+
   /** When a flush of `u` that may still land timed out (monotonicMs); undefined when none may. */
   flushLateAt(u: Upstream): number | undefined {
     return this.byName.get(idOf(u))?.flushLate;
@@ -672,14 +678,14 @@ export class RepairJournal {
     // One loaded from journal.log stays unsettled (a flush_all that emptied it may be followed by
     // a request the earlier process sent): it learns nothing until the repair finds it settled.
     const afterSeq = p.overflow?.afterSeq === Infinity ? Infinity : this.writeSeq;
-    if (p.overflow === undefined) this.overflows++;
-    p.overflow = { since: Date.now(), afterSeq, trustAfter: undefined, known: new Map(), full: false };
+    const o: Overflow = { since: Date.now(), afterSeq, trustAfter: undefined, known: new Map(), full: false };
+    this.setOverflow(p, o);
     // What may still land here is remembered (up to maxKeys): no later write makes it held.
     for (const [key, at] of late) {
-      if (p.overflow.known.size < this.options.maxKeys) p.overflow.known.set(key, { seq: this.writeSeq, holds: false, late: at });
-      else p.overflow.lastLate = Math.max(p.overflow.lastLate ?? 0, at);
+      if (o.known.size < this.options.maxKeys) o.known.set(key, { seq: this.writeSeq, holds: false, late: at });
+      else o.lastLate = Math.max(o.lastLate ?? 0, at);
     }
-    this.append(`O ${hex(idOf(u))} ${p.overflow.since}`);
+    this.append(`O ${hex(idOf(u))} ${o.since}`);
   }
 
   /**
@@ -831,8 +837,7 @@ export class RepairJournal {
     const late = lateKeys(p).filter(([, at]) => !operator || at !== this.loadedAt);
     p.keys.clear();
     p.pending?.clear();
-    if (p.overflow !== undefined) this.overflows--;
-    p.overflow = undefined;
+    this.setOverflow(p, undefined);
     this.append(`T ${hex(idOf(u))}`);
     const now = Date.now();
     for (const [key, at] of late) this.put(u, p, key, { op: 'write', since: now, seq: this.writeSeq, firstSeq: this.writeSeq, late: at });
@@ -947,8 +952,7 @@ export class RepairJournal {
       else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
       else if (f[0] === 'O') {
         p.keys.clear();
-        if (p.overflow === undefined) this.overflows++;
-        p.overflow = { since: Number(f[2]) || Date.now(), afterSeq: Infinity, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt };
+        this.setOverflow(p, { since: Number(f[2]) || Date.now(), afterSeq: Infinity, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt });
       } else if ((f[0] === 'K' || f[0] === 'H' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
         else if (f[0] === 'H') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: false, maybe: true });
@@ -957,8 +961,7 @@ export class RepairJournal {
         p.overflow.full = true;
       } else if (f[0] === 'T') {
         p.keys.clear();
-        if (p.overflow !== undefined) this.overflows--;
-        p.overflow = undefined;
+        this.setOverflow(p, undefined);
       }
     }
     this.writeSeq = Math.max(this.writeSeq, Math.ceil(maxSeq));
