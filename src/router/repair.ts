@@ -200,7 +200,7 @@ export class Repairer {
     // lands, or a trust by expiry, would take as clean a copy it then overwrites. Wait until it
     // has settled (a remembered key stays dirty after the trust instead).
     const settle = this.options.lateSettleMs ?? LATE_SETTLE_MS;
-    if (overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) return;
+    if (lateMayLand(overflow, u, settle)) return;
     // Loaded from journal.log: the requests of the earlier process have settled too (lastLate is
     // no earlier than the start), so the writes from now on may teach which keys it holds.
     journal.loadedSettled(u);
@@ -245,7 +245,7 @@ export class Repairer {
     const { journal } = ctx;
     // Checked again now that the writes in flight have settled: one may have timed out here (on
     // a key the overflow could not remember), or reached only this cache.
-    if (overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) return;
+    if (lateMayLand(overflow, u, settle)) return;
     if (journal.overflowed(u) !== overflow || journal.holdsAlone(u, ctx.upstreams)) return;
     // Before the flush is sent: one that times out may still be applied. Nor is it read
     // meanwhile for the keys it was known to hold (the flush may have emptied it already).
@@ -263,7 +263,7 @@ export class Repairer {
     // A request of a key it could not remember timed out while the flush was in flight (none
     // should be: no write runs meanwhile): it may land after the flush. Not trusted yet:
     // flushed again once that has settled.
-    if (overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle) {
+    if (lateMayLand(overflow, u, settle)) {
       journal.flushingOverflowed(u, false);
       return;
     }
@@ -299,4 +299,9 @@ export class Repairer {
   status(): Array<{ upstream: string; done: number; total: number }> {
     return [...this.progress].map(([upstream, p]) => ({ upstream, done: p.done, total: p.total }));
   }
+}
+
+/** A request of a key the overflow of `u` could not remember timed out there and may still land. */
+function lateMayLand(overflow: Overflow, u: Upstream, settle: number): boolean {
+  return overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle;
 }
