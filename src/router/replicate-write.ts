@@ -56,7 +56,7 @@ export function replicateSet(
         return STORED;
       }
       if (!settled) return undefined;
-      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out may still land and wipe it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
+      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out, or a request of a process killed before this one, may still land over it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
     (u, o) => {
@@ -120,7 +120,7 @@ export function replicateKeyed(
         return serverError(`${what} reached ${answered} of ${n} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
       }
       if (!counted(ctx, what, key, outcomes)) {
-        return serverError(`${what} reached ${answered} of ${n} upstreams, but only where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
+        return serverError(`${what} reached ${answered} of ${n} upstreams, but only where it is not read for the key (overflowed, and not able to learn it now), or where a request of a process killed before this one may still land over it: ${firstError(outcomes)}`);
       }
       // NOT_FOUND only from a copy that knows: a dirty upstream's "none" is no answer about the
       // key (it may have missed the set that the one that failed holds).
