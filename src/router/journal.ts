@@ -1086,10 +1086,12 @@ export class RepairJournal {
   /**
    * Persists and closes (shutdown). `clean`: every request mcmux sent was answered or timed out,
    * and its miss journaled (app.ts close), so that the next process need not wait for any (the
-   * `E` line); false stands for a kill in tests.
+   * `E` line); false stands for a kill in tests. Not clean either while requests of unknown keys
+   * may still land somewhere (a flush that timed out, or what a process before this one sent, not
+   * settled yet): the next process waits for those too.
    */
   close(clean = true): void {
-    if (clean && !this.closed) this.append('E');
+    if (clean && this.unknownLates === 0 && !this.closed) this.append('E');
     this.closed = true;
     if (this.syncTimer) clearTimeout(this.syncTimer);
     this.syncTimer = undefined;
