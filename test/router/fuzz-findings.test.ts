@@ -1490,6 +1490,22 @@ describe('router fuzz findings, minimised: a process killed with requests out (j
     d.journal.close();
   });
 
+  it('a clean close whose E line makes journal.log due for compaction still ends it with the E line', (t) => {
+    const { dir, first, second } = restartable(t);
+    const a = proc([first, second], dir);
+    // Written afresh at the load: its two S lines. A compaction is due once more than 10,000 lines
+    // are on it (and most are history): the E line is the 10,001st.
+    for (let i = 0; i < 4999; i++) {
+      a.journal.mark(first, 'k', 'write');
+      a.journal.clear(first, 'k');
+    }
+    a.journal.close();
+    assert.match(readFileSync(join(dir, 'journal.log'), 'latin1'), /\nE\n$/);
+    const b = proc([first, second], dir);
+    assert.equal(b.journal.uncleanStop, false, 'closed cleanly');
+    b.journal.close();
+  });
+
   it('a delete that only an upstream down at the start took, before it settled after coming back, is not acknowledged', async (t) => {
     const pass = time(t);
     const { dir, first, second } = restartable(t);
