@@ -175,7 +175,7 @@ export class App {
       // may have had requests out that still land on the upstreams, over what this one writes
       // (their keys are on no file). Until they can no longer, a write that only such copies
       // took fails: no client command before then, on the upstreams that are up (repair.ts).
-      await this.repairer.unknownSettled((ms) =>
+      await this.repairer.untilUnknownSettled((ms) =>
         this.log.warn(
           { waitMs: Math.ceil(ms) },
           'mcmux did not stop cleanly last time (killed or crashed): requests it had sent may still reach the upstreams; not listening until they can no longer land',

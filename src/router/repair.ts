@@ -146,7 +146,7 @@ export class Repairer {
    * the wait ends at the latest a settle time after the first estimate. `onWait` is told how long
    * it expects to wait (ms), unless there is nothing to wait for.
    */
-  unknownSettled(onWait?: (ms: number) => void): Promise<void> {
+  untilUnknownSettled(onWait?: (ms: number) => void): Promise<void> {
     const pending = (): number => {
       let until = 0;
       for (const u of this.ctx().upstreams) if (isUsable(u)) until = Math.max(until, this.unknownUntil(u) ?? 0);

@@ -3,11 +3,12 @@
  * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
  * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
  * consistency model promises to survive; each test failed before the fix in src/router that came
- * with it. From the fuzz's mcmux restarts, three were todos: a request of a killed process,
- * which no journal tells of, landing after the next process deleted the key, passes since
- * journal.log tells whether its process closed it cleanly (the last describe block). Two more: the one of which copy is the freshest when all are dirty after a restart passes
- * since journal.log keeps the write order, and the one of an overflowed upstream's late keys since
- * the next process learns nothing of what it holds until what the earlier one sent has settled.
+ * with it. From the fuzz's mcmux restarts, three were todos: the one of which copy is the
+ * freshest when all are dirty after a restart passes since journal.log keeps the write order; the
+ * one of an overflowed upstream's late keys since the next process learns nothing of what it
+ * holds until what the earlier one sent has settled; and the one of a request a killed process
+ * had sent, which no journal tells of, landing after the next process deleted the key, since
+ * journal.log tells whether its process closed it cleanly (the last describe block).
  * The flush_all ones began as todos, found by hand while the fuzz kept clear of flush_all; with
  * flush_all ordered with every write and a flush that timed out tracked, they pass, with one each
  * for the other ways a write could cross a flush (each fails without the part of the fix it
@@ -1381,7 +1382,7 @@ describe('router fuzz findings, minimised: a copy on an upstream that is not rea
 // closed it cleanly; without one, the next process takes every upstream as one where requests of
 // unknown keys may still land (journal.unknownLate, as after a flush that timed out), for the
 // timeout and a settle time from its start, or a settle time after it came back; and it takes no
-// command before that has passed on the upstreams that are up (app.ts, Repairer.unknownSettled).
+// command before that has passed on the upstreams that are up (app.ts, Repairer.untilUnknownSettled).
 describe('router fuzz findings, minimised: a process killed with requests out (journal.log without an E line)', () => {
   const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
@@ -1411,7 +1412,7 @@ describe('router fuzz findings, minimised: a process killed with requests out (j
   function waitToListen(p: ReturnType<typeof proc>): { ended: () => boolean; said: number | undefined } {
     let ended = false;
     const w: { ended: () => boolean; said: number | undefined } = { ended: () => ended, said: undefined };
-    void p.repairer.unknownSettled((ms) => (w.said = ms)).then(() => (ended = true));
+    void p.repairer.untilUnknownSettled((ms) => (w.said = ms)).then(() => (ended = true));
     return w;
   }
 
