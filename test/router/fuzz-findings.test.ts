@@ -1491,6 +1491,28 @@ describe('router fuzz findings, minimised: a process killed with requests out (j
     d.journal.close();
   });
 
+  it('a clean close while a flush_all that timed out may still land is no clean close: the next process waits for it', async (t) => {
+    const pass = time(t);
+    const { dir, first, second } = restartable(t);
+    const a = proc([first, second], dir);
+    second.gateOnly = (call) => call === 'flush';
+    second.delay_late(); // the flush waits in the second server's socket
+    const flushed = a.exec({ kind: 'flush', delay: 0, noreply: false });
+    await settle(); // sent
+    await pass(second.timeoutMs);
+    assert.equal((await flushed).kind, 'error', 'timed out on the second');
+    assert.notEqual(a.journal.unknownLate(a.ups[1] as HealthyUpstream), undefined);
+    a.journal.close(); // SIGTERM, within the second after
+    const b = proc([first, second], dir);
+    assert.equal(b.journal.uncleanStop, true, 'the flush may still land, over what the next process writes');
+    await pass(first.timeoutMs + LATE_SETTLE_MS);
+    await b.repairer.tick();
+    b.journal.close(); // settled: a clean close
+    const c = proc([first, second], dir);
+    assert.equal(c.journal.uncleanStop, false);
+    c.journal.close();
+  });
+
   it('a clean close whose E line makes journal.log due for compaction still ends it with the E line', (t) => {
     const { dir, first, second } = restartable(t);
     const a = proc([first, second], dir);
