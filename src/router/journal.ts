@@ -254,12 +254,20 @@ export class RepairJournal {
     return p;
   }
 
-  /** True when `u` must not be read (or decide) for `key`. Hot path: two map lookups at most. */
-  isDirty(u: Upstream, key: string): boolean {
+  /**
+   * True when `u` must not be read (or decide) for `key`. Hot path: two map lookups at most.
+   * `readSeq`: for a read that began at that write sequence (readStarted), a write-wait copy
+   * still on its way to `u` of a write that started later does not count: `u` holds the value
+   * before that write or the write's, and either answers a read that overlaps it (else a miss from
+   * an upstream that lost the key, read before the write reached it, would stand for the answer).
+   */
+  isDirty(u: Upstream, key: string, readSeq?: number): boolean {
     const p = this.byName.get(idOf(u));
     if (p === undefined) return false;
     if (p.overflow !== undefined && (p.overflow.flushing === true || p.overflow.known.get(key)?.holds !== true)) return true;
-    return p.keys.has(key) || (p.pending !== undefined && p.pending.has(key));
+    if (p.keys.has(key)) return true;
+    const pending = p.pending?.get(key);
+    return pending !== undefined && (readSeq === undefined || pending <= readSeq);
   }
 
   /**
