@@ -193,7 +193,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     const u = upstreams[i] as Upstream;
     // A key this upstream missed a write of is not asked of it: it may be stale or deleted there.
     // Decided before the request goes out: the journal may change while it is in flight.
-    const skipped = missing.filter((k) => ctx.journal.isDirty(u, k));
+    const skipped = missing.filter((k) => ctx.journal.isDirty(u, k, seq));
     const keys = skipped.length === 0 ? missing : missing.filter((k) => !skipped.includes(k));
     if (keys.length === 0) continue;
     for (const k of keys) asked.add(k);

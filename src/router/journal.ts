@@ -19,6 +19,14 @@
  * applied there (flushTimedOut): until the repair finds it settled, a write reaching that upstream
  * leaves the key dirty there (wipedLater), as a late request of the key would.
  *
+ * A process that was killed (or crashed) had requests out that no line of the file tells of: they
+ * may still land on any upstream, over what the next process writes there. The file ends with an
+ * `E` line when its process closed it cleanly (app.ts close: every request answered, or timed out
+ * and journaled); without it, the next process takes every upstream as one where a request of
+ * unknown keys may still land, as after a flush that timed out, but one that may store a value
+ * too (unknownLate, `sets`), until the repair finds it settled; app.ts waits for that before it
+ * listens.
+ *
  * Persistent: every change is appended to `<state-dir>/journal.log` (one line, keys in hex) and
  * the file is read back at start, so a proxy restart during an outage keeps its repair work. An
  * entry's line carries its write order (DirtyEntry.firstSeq), and the next process numbers its
@@ -91,12 +99,20 @@ interface PerUpstream {
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: Overflow | undefined;
   /**
-   * When a flush of it (a client's flush_all, or the repair's flush of an overflowed cache) last
-   * timed out (ms): the flush may still be applied, emptying it under the writes that reach it
-   * meanwhile. Until the repair finds it settled (flushSettled), a write that reaches it leaves
-   * the key dirty there, as a late request of the key would (written).
+   * Requests of keys mcmux does not know may still land here: a flush of it (a client's
+   * flush_all, or the repair's flush of an overflowed cache) that timed out, emptying it under the
+   * writes that reach it meanwhile; or, after a process that did not stop cleanly, what that one
+   * had sent (`sets`: they may store older values, not only empty it). `at`: when the last of
+   * them timed out, or will have (monotonic ms). Until the repair finds them settled
+   * (unknownSettled), a write that reaches it leaves the key dirty there, as a late request of
+   * the key would (written).
    */
-  flushLate?: number;
+  unknownLate?: UnknownLate;
+}
+
+export interface UnknownLate {
+  readonly at: number;
+  readonly sets: boolean;
 }
 
 export interface Overflow {
@@ -238,12 +254,20 @@ export class RepairJournal {
     return p;
   }
 
-  /** True when `u` must not be read (or decide) for `key`. Hot path: two map lookups at most. */
-  isDirty(u: Upstream, key: string): boolean {
+  /**
+   * True when `u` must not be read (or decide) for `key`. Hot path: two map lookups at most.
+   * `readSeq`: for a read that began at that write sequence (readStarted), a write-wait copy
+   * still on its way to `u` of a write that started later does not count: `u` holds the value
+   * before that write or the write's, and either answers a read that overlaps it (else a miss from
+   * an upstream that lost the key, read before the write reached it, would stand for the answer).
+   */
+  isDirty(u: Upstream, key: string, readSeq?: number): boolean {
     const p = this.byName.get(idOf(u));
     if (p === undefined) return false;
     if (p.overflow !== undefined && (p.overflow.flushing === true || p.overflow.known.get(key)?.holds !== true)) return true;
-    return p.keys.has(key) || (p.pending !== undefined && p.pending.has(key));
+    if (p.keys.has(key)) return true;
+    const pending = p.pending?.get(key);
+    return pending !== undefined && (readSeq === undefined || pending <= readSeq);
   }
 
   /**
@@ -416,13 +440,21 @@ export class RepairJournal {
    * a late request of the key would: copied again once settled (repair.ts).
    */
   flushTimedOut(u: Upstream): void {
-    const p = this.of(u);
-    if (p.flushLate === undefined) this.lateFlushes++;
-    p.flushLate = monotonicMs();
+    this.mayLandUnknown(u, monotonicMs(), false);
   }
 
-  /** Upstreams with a flush that may still land (flushTimedOut): 0 but for a moment after one timed out. */
-  lateFlushes = 0;
+  /**
+   * Requests of unknown keys may land on `u` until `at` (monotonic ms) and a settle time after;
+   * `sets`: they may store values (an earlier process's), not only empty it (a flush).
+   */
+  private mayLandUnknown(u: Upstream, at: number, sets: boolean): void {
+    const p = this.of(u);
+    if (p.unknownLate === undefined) this.unknownLates++;
+    p.unknownLate = { at: Math.max(at, p.unknownLate?.at ?? 0), sets: sets || p.unknownLate?.sets === true };
+  }
+
+  /** Upstreams where requests of unknown keys may still land (unknownLate): 0 but for a moment after a flush timed out or a start after a kill. */
+  unknownLates = 0;
 
   /** Upstreams overflowed (distrusted as a whole) now. */
   private overflows = 0;
@@ -433,7 +465,7 @@ export class RepairJournal {
    * lasting), and a write need not ask which do. A field check, for the hot path.
    */
   get untrusting(): boolean {
-    return this.overflows !== 0 || this.lateFlushes !== 0;
+    return this.overflows !== 0 || this.unknownLates !== 0;
   }
 
   /** Sets (or clears) an upstream's overflow, and with it the count `untrusting` reads. */
@@ -442,17 +474,17 @@ export class RepairJournal {
     p.overflow = o;
   }
 
-  /** When a flush of `u` that may still land timed out (monotonicMs); undefined when none may. */
-  flushLateAt(u: Upstream): number | undefined {
-    return this.byName.get(idOf(u))?.flushLate;
+  /** What requests of unknown keys may still land on `u` (see PerUpstream.unknownLate); undefined when none may. */
+  unknownLate(u: Upstream): UnknownLate | undefined {
+    return this.byName.get(idOf(u))?.unknownLate;
   }
 
-  /** The flush of `u` that timed out can no longer land (repair.ts: settled): writes reaching it count again. */
-  flushSettled(u: Upstream): void {
+  /** The requests of unknown keys can no longer land on `u` (repair.ts: settled): writes reaching it count again. */
+  unknownSettled(u: Upstream): void {
     const p = this.byName.get(idOf(u));
-    if (p?.flushLate === undefined) return;
-    p.flushLate = undefined;
-    this.lateFlushes--;
+    if (p?.unknownLate === undefined) return;
+    p.unknownLate = undefined;
+    this.unknownLates--;
   }
 
   /** Told when the last write of a key in flight has settled (KeyOrder). */
@@ -606,9 +638,10 @@ export class RepairJournal {
   written(u: Upstream, key: string, seq?: number): void {
     const p = this.byName.get(idOf(u));
     if (p === undefined) return;
-    if (p.flushLate !== undefined) {
-      // A flush that timed out may yet land over this write: as a late request of the key.
-      this.wipedLater(u, p, key, seq, p.flushLate);
+    if (p.unknownLate !== undefined) {
+      // A flush that timed out, or a request of the process before, may yet land over this write:
+      // as a late request of the key.
+      this.wipedLater(u, p, key, seq, p.unknownLate.at);
       return;
     }
     if (p.overflow !== undefined) {
@@ -871,15 +904,18 @@ export class RepairJournal {
     const next = new Set(upstreams.map(idOf));
     if (next.size === this.chain.size && [...next].every((id) => this.chain.has(id))) return;
     for (const u of upstreams) if (!this.chain.has(idOf(u))) this.distrust(u);
-    // A store that left the chain is not repaired any more: nothing settles its late flush.
+    // A store that left the chain is not repaired any more: nothing settles what may land late.
     for (const [id, p] of this.byName) {
-      if (next.has(id) || p.flushLate === undefined) continue;
-      p.flushLate = undefined;
-      this.lateFlushes--;
+      if (next.has(id) || p.unknownLate === undefined) continue;
+      p.unknownLate = undefined;
+      this.unknownLates--;
     }
     this.chain = next;
     if (this.fd !== undefined) this.rewrite();
   }
+
+  /** journal.log was there and its process had not closed it cleanly (load). */
+  uncleanStop = false;
 
   /** When journal.log was loaded (monotonic ms): the `late` of every entry it had (see trust). */
   private loadedAt = -1;
@@ -918,6 +954,12 @@ export class RepairJournal {
     this.chain = chain.size > 0 ? chain : configured;
     this.parse(text ?? '', configured);
     this.setChain(upstreams);
+    // The process before did not close the file (no `E` line last: killed, crashed, or a file of a
+    // version before E lines, which cannot tell, so taken as such): what it had sent may still land
+    // on any upstream, each request within its timeout from now (the new process's, as configured).
+    // A file that was not there is a first start, with nothing sent before.
+    this.uncleanStop = text !== undefined && !/(^|\n)E\n$/.test(text);
+    if (this.uncleanStop) for (const u of upstreams) this.mayLandUnknown(u, this.loadedAt + u.timeoutMs, true);
     // Written even with nothing to repair: the next start must know this chain.
     if (dir) this.rewrite();
   }
@@ -1008,8 +1050,9 @@ export class RepairJournal {
       this.lines++;
       if (this.options.fsync === 'always') fsyncSync(this.fd as number);
       else if (this.options.fsync === 'everysec') this.scheduleSync();
-      // Clears pile up behind marks: compact when the file is mostly history.
-      if (this.lines > 10_000 && this.lines > 4 * (this.totalKeys + this.knownKeys() + 1)) this.rewrite();
+      // Clears pile up behind marks: compact when the file is mostly history. Not after the `E`
+      // line: the file written from memory would lack it.
+      if (line !== 'E' && this.lines > 10_000 && this.lines > 4 * (this.totalKeys + this.knownKeys() + 1)) this.rewrite();
       this.failing = false;
     } catch (error) {
       this.writeFailed(error);
@@ -1048,8 +1091,15 @@ export class RepairJournal {
     this.syncTimer.unref();
   }
 
-  /** Persists and closes (shutdown). */
-  close(): void {
+  /**
+   * Persists and closes (shutdown). `clean`: every request mcmux sent was answered or timed out,
+   * and its miss journaled (app.ts close), so that the next process need not wait for any (the
+   * `E` line); false stands for a kill in tests. Not clean either while requests of unknown keys
+   * may still land somewhere (a flush that timed out, or what a process before this one sent, not
+   * settled yet): the next process waits for those too.
+   */
+  close(clean = true): void {
+    if (clean && this.unknownLates === 0 && !this.closed) this.append('E');
     this.closed = true;
     if (this.syncTimer) clearTimeout(this.syncTimer);
     this.syncTimer = undefined;

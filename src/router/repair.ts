@@ -88,13 +88,10 @@ export class Repairer {
     // A flush_all (or this repair's flush of an overflowed cache) waits for the repairs in
     // flight: none starts until it is answered.
     if (journal.flushing) return;
-    // A flush of `u` that timed out may still empty it: a copy made now could be wiped. Its
-    // writes since are dirty there (journal.written); they are copied once it has settled.
-    const flushLate = journal.flushLateAt(u);
-    if (flushLate !== undefined) {
-      if (monotonicMs() < Math.max(flushLate, cameBackAt(u)) + (this.options.lateSettleMs ?? LATE_SETTLE_MS)) return;
-      journal.flushSettled(u);
-    }
+    // A flush of `u` that timed out may still empty it, or a request of a killed process land
+    // there: a copy made now could be undone. Its writes since are dirty there (journal.written);
+    // they are copied once it has settled.
+    if (this.unknownUntil(u) !== undefined) return;
     const overflow = journal.overflowed(u);
     if (overflow) {
       await this.retrust(ctx, u, overflow);
@@ -123,6 +120,51 @@ export class Repairer {
       }),
     );
     this.report(u, total, done);
+  }
+
+  /**
+   * Until when (monotonic ms) requests of unknown keys may still land on `u` (journal.unknownLate):
+   * a settle time after the last timed out, and after `u` last came back. Undefined when none
+   * may: the journal is told once they have settled.
+   */
+  private unknownUntil(u: Upstream): number | undefined {
+    const { journal } = this.ctx();
+    const late = journal.unknownLate(u);
+    if (late === undefined) return undefined;
+    const until = Math.max(late.at, cameBackAt(u)) + (this.options.lateSettleMs ?? LATE_SETTLE_MS);
+    if (monotonicMs() < until) return until;
+    journal.unknownSettled(u);
+    return undefined;
+  }
+
+  /**
+   * Resolves once no request of unknown keys may still land on an upstream that is usable (see
+   * unknownUntil): after a process that did not stop cleanly, every upstream is one where what it
+   * had sent may land, and a write acknowledged only by such copies fails (replicate-write.ts
+   * lasting), so app.ts waits for this before it listens. One that is down is not waited for (it
+   * stays so until it has settled after it comes back); one that comes back meanwhile is, once:
+   * the wait ends at the latest a settle time after the first estimate. `onWait` is told how long
+   * it expects to wait (ms), unless there is nothing to wait for.
+   */
+  untilUnknownSettled(onWait?: (ms: number) => void): Promise<void> {
+    const pending = (): number => {
+      let until = 0;
+      for (const u of this.ctx().upstreams) if (isUsable(u)) until = Math.max(until, this.unknownUntil(u) ?? 0);
+      return until;
+    };
+    const first = pending();
+    if (first === 0) return Promise.resolve();
+    onWait?.(first - monotonicMs());
+    const end = first + (this.options.lateSettleMs ?? LATE_SETTLE_MS);
+    return new Promise((resolve) => {
+      const check = (): void => {
+        const until = Math.min(pending(), end);
+        const now = monotonicMs();
+        if (until === 0 || now >= until) resolve();
+        else setTimeout(check, until - now);
+      };
+      check();
+    });
   }
 
   /** Whether a request of the entry's key timed out too recently for a copy to be sure to land last. */

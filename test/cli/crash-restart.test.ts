@@ -1,0 +1,50 @@
+/**
+ * bin/mcmux killed (SIGKILL), then started again on the same state directory: requests the dead
+ * process had sent may still land on the upstreams, and journal.log, which its process did not
+ * close, tells the next one so. That one logs that it waits, and for how long, and listens only
+ * after; one started after a clean stop (SIGTERM) does not wait. (The router-level tests of what
+ * the wait is for: test/router/fuzz-findings.test.ts, the last describe block.)
+ */
+
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { it } from 'node:test';
+import { startMcmux } from '../helpers/mcmux';
+
+type LogLine = { msg?: string; time?: number; waitMs?: number };
+const lines = (stdout: string): LogLine[] =>
+  stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as LogLine);
+const WAITS = /did not stop cleanly last time/;
+
+it('mcmux killed: the next process logs that it waits for what the dead one sent and listens only after; after a clean stop it does not wait', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mcmux-crash-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // memory:// answers at once (its timeout is 0): the wait is the settle time alone, a second.
+  const args = ['--upstream', 'memory://', '--upstream', 'memory://'];
+  const env = { STATE_DIRECTORY: dir };
+
+  const first = await startMcmux(args, { env });
+  assert.ok(!lines(first.logs().stdout).some((l) => WAITS.test(String(l.msg))), 'a first start does not wait');
+  await first.stop('SIGKILL');
+
+  const second = await startMcmux(args, { env }); // resolves once it answers
+  await second.stop(); // SIGTERM: a clean stop
+  const log = lines(second.logs().stdout);
+  const wait = log.findIndex((l) => WAITS.test(String(l.msg)));
+  const listening = log.findIndex((l) => l.msg === 'mcmux listening');
+  assert.ok(wait >= 0, `the wait is logged: ${second.logs().stdout}`);
+  const waitMs = log[wait]?.waitMs ?? 0;
+  assert.ok(waitMs > 0 && waitMs <= 1000, `for the settle time since it started (the upstreams answer at once): ${waitMs} ms`);
+  assert.ok(listening > wait, 'it listens after the wait began');
+  // Logged by the same process, by a clock read a millisecond at a time.
+  assert.ok((log[listening]?.time ?? 0) - (log[wait]?.time ?? 0) >= waitMs - 1, 'and after it ended');
+
+  const third = await startMcmux(args, { env });
+  await third.stop();
+  assert.ok(!lines(third.logs().stdout).some((l) => WAITS.test(String(l.msg))), 'after a clean stop it does not wait');
+});
