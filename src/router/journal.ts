@@ -46,7 +46,7 @@ import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { monotonicMs } from '../clock';
 import { FileKindError, makeDirs, readRegularFile } from '../files';
-import type { Upstream } from '../upstream/upstream';
+import { type Upstream, inProcess } from '../upstream/upstream';
 
 /** The longest string V8 makes (2^29 - 24 one-byte characters): a longer journal cannot be read. */
 const MAX_STRING_BYTES = 0x1fffffe8;
@@ -957,9 +957,10 @@ export class RepairJournal {
     // The process before did not close the file (no `E` line last: killed, crashed, or a file of a
     // version before E lines, which cannot tell, so taken as such): what it had sent may still land
     // on any upstream, each request within its timeout from now (the new process's, as configured).
-    // A file that was not there is a first start, with nothing sent before.
+    // A file that was not there is a first start, with nothing sent before. A store inside mcmux
+    // (memory://, sqlite://) took nothing that outlived the process.
     this.uncleanStop = text !== undefined && !/(^|\n)E\n$/.test(text);
-    if (this.uncleanStop) for (const u of upstreams) this.mayLandUnknown(u, this.loadedAt + u.timeoutMs, true);
+    if (this.uncleanStop) for (const u of upstreams) if (!inProcess(u)) this.mayLandUnknown(u, this.loadedAt + u.timeoutMs, true);
     // Written even with nothing to repair: the next start must know this chain.
     if (dir) this.rewrite();
   }

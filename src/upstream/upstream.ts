@@ -50,6 +50,15 @@ export interface UpstreamStats {
   latencyCount: number;
 }
 
+/**
+ * A store that runs inside mcmux (memory://; sqlite://, whose requests better-sqlite3 runs on
+ * mcmux's own thread, waiting in mcmux's queue while the file is locked): nothing sent to it
+ * outlives the process that sent it.
+ */
+export function inProcess(u: Pick<Upstream, 'scheme'>): boolean {
+  return u.scheme === 'memory' || u.scheme === 'sqlite';
+}
+
 export interface Upstream {
   /** Its URL with any password masked: safe to log and to show in `stats`. */
   readonly name: string;
