@@ -315,8 +315,9 @@ class SchedUpstream extends FakeUpstream {
   /** The repair is about to flush it (an overflowed cache): that flush empties it as a restart does. */
   repairFlush = false;
   /**
-   * Virtual ms mcmux was first seen fencing it (lock-fence), while it still lacks some keys (lost); undefined once it lacks none. Its fence over, and lock-fence passed
-   * since, it decides from what it lacks (see mayDecideLost).
+   * Virtual ms mcmux was first seen fencing it (lock-fence), while it still lacks some keys
+   * (lost); undefined once it lacks none. Its fence over, and lock-fence passed since, it decides
+   * from what it lacks (see mayDecideLost).
    */
   emptyFencedAt: number | undefined;
   fenceEndNoted = false;
