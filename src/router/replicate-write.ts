@@ -23,7 +23,8 @@ const STORED: Reply = { kind: 'status', status: 'STORED' };
  *
  * Success also needs a copy that a read takes (see lasting): not only copies on upstreams that
  * are not read for the key (an overflowed one that cannot learn it now), or where a flush that
- * timed out may still land and wipe it (journal.flushTimedOut).
+ * timed out may still land and wipe it (journal.flushTimedOut), or a request of the key that
+ * timed out may still land over it (journal.lateFor). Such copies still count toward min-copies.
  */
 export function replicateSet(
   ctx: RouterContext,
@@ -55,7 +56,7 @@ export function replicateSet(
         return STORED;
       }
       if (!settled) return undefined;
-      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out may still land and wipe it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
+      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out may still land and wipe it, or a request of the key that timed out may still land over it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
     (u, o) => {
@@ -119,7 +120,7 @@ export function replicateKeyed(
         return serverError(`${what} reached ${answered} of ${n} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
       }
       if (!counted(ctx, what, key, outcomes)) {
-        return serverError(`${what} reached ${answered} of ${n} upstreams, but only where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
+        return serverError(`${what} reached ${answered} of ${n} upstreams, but only where a request of the key that timed out may still land over it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
       }
       // NOT_FOUND only from a copy that knows: a dirty upstream's "none" is no answer about the
       // key (it may have missed the set that the one that failed holds).
@@ -239,10 +240,14 @@ function counted(ctx: RouterContext, what: 'delete' | 'touch', key: string, outc
  * overflowed upstream that cannot learn the key now (a request of it that timed out there may
  * still land, it is being flushed, its memory of keys is full, or it was loaded from
  * journal.log and has not settled) is read from nowhere, and with the others failing, the copy
- * that missed the write would be read. `wipeable` (a set): nor one that a flush that timed out
- * may still wipe (it ranks as the freshest until then); with every copy there, the write fails
- * safe until one settles (about a second). Only while journal.untrusting: otherwise every copy
- * is read (clean, or ranked the freshest).
+ * that missed the write would be read. Nor one where a request of the key that timed out may
+ * still land over it (journal.lateFor: the copy ranks as the freshest, and once the request
+ * lands a read takes the older value it carries, or brings back what a delete removed); nor,
+ * `wipeable` (a set), one that a flush that timed out may still wipe (it ranks as the freshest
+ * until then). With every copy there, the write fails safe until the request settles and the
+ * repair copies the key (about a second), or another copy is clean. Only while
+ * journal.untrusting: otherwise every copy is read (clean, or ranked the freshest) and keeps
+ * what the write stored.
  */
 function lasting<R>(
   ctx: RouterContext,
@@ -254,7 +259,7 @@ function lasting<R>(
   wipeable: boolean,
 ): boolean {
   const j = ctx.journal;
-  const counts = (u: Upstream): boolean => !wipeable || j.flushLateAt(u) === undefined;
+  const counts = (u: Upstream): boolean => (!wipeable || j.flushLateAt(u) === undefined) && !j.lateFor(u, key);
   if (authority !== undefined && counts(authority) && !j.isDirty(authority, key)) return true;
   for (let i = 0; i < targets.length; i++) {
     const o = outcomes[i];
