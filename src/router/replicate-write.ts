@@ -81,6 +81,15 @@ export function replicateSet(
 }
 
 /**
+ * A conditional command applied on its authority, with no other upstream to copy it to: `ok`
+ * only when a read takes that copy (see lasting), else a SERVER_ERROR (it may have taken effect).
+ */
+export function authorityAlone(ctx: RouterContext, key: string, authority: Upstream, ok: Reply): Reply {
+  if (!ctx.journal.untrusting || lasting(ctx, key, [], [], isStored, authority, true)) return ok;
+  return serverError(`applied on ${authority.name} alone, where a flush or a request of the key that timed out may still land over it`);
+}
+
+/**
  * delete and touch: `hit` ('DELETED' / 'TOUCHED') when some upstream had the key, NOT_FOUND when
  * none had it. An upstream that failed has the key journaled (it is read from nowhere until
  * repaired), so its miss does not turn the answer into an error, as long as min-copies answered;

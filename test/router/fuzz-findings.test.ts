@@ -1465,6 +1465,32 @@ describe('router fuzz findings, minimised: a copy where a request of the key tha
     assert.match(status(r), /^SERVER_ERROR /);
   });
 
+  // With one upstream, an incr or append is applied on it alone (no copy goes out to check): it
+  // was acknowledged whatever might land over it.
+  for (const cmd of ['incr', 'append'] as const) {
+    it(`with one upstream, an ${cmd} applied where a set of the key that timed out may still land is not acknowledged`, async () => {
+      const only = new FakeUpstream('fake://0');
+      const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+      const router = new Router({ upstreams: [only], journal, minCopies: 1, writeWait: 'all', allowFlush: true }, source, noop);
+      const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+      assert.equal(status(await exec(set('c', '1'))), 'STORED');
+      only.gateOnly = (call) => call === 'set c';
+      only.delay_late();
+      assert.match(status(await exec(set('c', '5'))), /^SERVER_ERROR /, 'timed out: a maybe');
+      only.gateOnly = () => false;
+      const r = await exec(
+        cmd === 'incr'
+          ? { kind: 'arith', op: 'incr', key: 'c', delta: 1n, initial: undefined, deadline: 0, noreply: false }
+          : { kind: 'store', mode: 'append', key: 'c', value: Buffer.from('0'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false },
+      );
+      only.open(); // the set of 5 lands, over the result
+      await settle();
+      const read = values(await exec(get('c')));
+      if (r.kind !== 'error') assert.deepEqual(read, [cmd === 'incr' ? '2' : '10'], `LOST WRITE: the ${cmd} was acknowledged, and a read takes the late 5`);
+      assert.match(status(r), /^SERVER_ERROR .*alone/);
+    });
+  }
+
   it('a set that also reaches an upstream clean for the key is acknowledged; once the late request has settled, one that reaches only that upstream is too', async () => {
     const { ups: [first, second], journal, repairer, exec } = start('all');
     await lateOnSecond(exec, second, journal);
