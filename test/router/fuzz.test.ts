@@ -53,8 +53,9 @@
  *    a straggler does not land while an operation of the key is in flight that began when every
  *    copy was dirty for it: that one may read (or have decide) the freshest copy, which may be
  *    this one (found: seeds 37478 and 41331 of 45000, a read of the freshest copy served the
- *    straggler). The second case found a write acknowledged with its only copy where a request of
- *    the key that timed out may still land (fuzz-findings.test.ts).
+ *    straggler). The second case found a write acknowledged with its only copy read where a
+ *    request of the key that timed out may still land (seed 16820 of 9001-21000 before the fix;
+ *    fuzz-findings.test.ts).
  *  - a restart empty happens only while every other upstream is up, healthy, straggler-free and
  *    clean for every key, and no other upstream gets any fault until every key has been written to
  *    the restarted one again and every operation that began before that has ended. mcmux does not know what a restarted store lost (the journal says it
