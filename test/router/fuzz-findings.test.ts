@@ -1509,3 +1509,41 @@ describe('router fuzz findings, minimised: a copy where a request of the key tha
     assert.equal(status(await exec(set('sess', 'C'))), 'STORED', 'on the second, clean for the key now');
   });
 });
+
+// Found by the relaxed fuzz (seed 6418 of 3001-21000), though the late landing it needs is one the
+// fuzz allowed before too (it took another draw of the generator to get there): a flush_all that
+// timed out on the second upstream; a set reaches both (dirty on the second, where the flush may
+// land: journal.wipedLater ranks that copy first, HOLDS); the flush lands there and empties it.
+// Then an append refused by the first upstream (nothing applied) journals it: every copy dirty,
+// and the copy the flush emptied ranks as the freshest. It decides the next append (NOT_STORED)
+// and serves reads (a miss): the acknowledged set is lost until the repair copies the key.
+// Left as a todo here: the late flush's machinery is another branch's work.
+describe('router fuzz findings, minimised: a copy a late flush emptied, ranked the freshest', () => {
+  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const append = (key: string, value: string): Command => ({ kind: 'store', mode: 'append', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
+  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
+  const status = (r: Reply): string => describeReply(r);
+  it('a set acknowledged after a flush_all that timed out is not lost once a refused append journals the other copy', { todo: 'journal.wipedLater ranks a copy the late flush may empty as the freshest (HOLDS)' }, async () => {
+    const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const [first, second] = ups;
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    second.gateOnly = (call) => call === 'flush';
+    second.delay_late(); // the flush waits in the second upstream's socket
+    assert.match(status(await exec({ kind: 'flush', delay: 0, noreply: false })), /^SERVER_ERROR /);
+    second.gateOnly = () => false;
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on both: clean on the first');
+    second.open(); // the flush lands: the second is empty
+    await settle();
+    const store1 = first.store.bind(first);
+    first.store = async (req) => {
+      if (req.mode === 'append') throw new McmuxError(ErrorCodes.UPSTREAM_REFUSED, 'fake://0: SERVER_ERROR out of memory (injected)');
+      return store1(req);
+    };
+    assert.match(status(await exec(append('sess', '+1'))), /^SERVER_ERROR /, 'refused by the first (nothing applied): journaled there');
+    first.store = store1;
+    assert.deepEqual(values(await exec(get('sess'))), ['cart'], 'LOST WRITE: a miss from the copy the late flush emptied');
+  });
+});
