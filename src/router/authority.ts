@@ -13,7 +13,7 @@ import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
 import { authorityOrder as candidates } from './authority-order';
 import { isFenced } from './health';
-import { replicateSet, sendKeyed } from './replicate-write';
+import { authorityAlone, replicateSet, sendKeyed } from './replicate-write';
 
 /**
  * Runs `op` on the authority for `key`: the first upstream that is usable, clean for the key
@@ -118,8 +118,8 @@ export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand, se
  */
 async function copyFromAuthority(ctx: RouterContext, key: string, index: number, ok: Reply): Promise<Reply> {
   const targets = others(ctx, index);
-  if (targets.length === 0) return ok;
   const authority = ctx.upstreams[index] as Upstream;
+  if (targets.length === 0) return authorityAlone(ctx, key, authority, ok);
   let hit;
   try {
     [hit] = await authority.get([key]);

@@ -436,7 +436,7 @@ export class RepairJournal {
 
   /**
    * A flush of `u` timed out: it may still be applied, later than writes that reach `u` on other
-   * connections. Until flushSettled, each write that reaches `u` leaves its key dirty there, as
+   * connections. Until unknownSettled, each write that reaches `u` leaves its key dirty there, as
    * a late request of the key would: copied again once settled (repair.ts).
    */
   flushTimedOut(u: Upstream): void {
@@ -459,13 +459,40 @@ export class RepairJournal {
   /** Upstreams overflowed (distrusted as a whole) now. */
   private overflows = 0;
 
+  /** Entries (of upstreams not overflowed) with `late`: a request of the key may still land there (setKey keeps it). */
+  private lateEntries = 0;
+
   /**
-   * False while no upstream is overflowed and no flush may still land: every copy a write makes
-   * is then read for its key (clean there, or ranked the freshest; see replicate-write.ts
-   * lasting), and a write need not ask which do. A field check, for the hot path.
+   * False while no upstream is overflowed, no flush may still land, and no entry is of a request
+   * that may still land: every copy a write makes is then read for its key, and keeps what the
+   * write stored (clean there, or ranked the freshest; see replicate-write.ts lasting), and a
+   * write need not ask which do. A field check, for the hot path.
    */
   get untrusting(): boolean {
-    return this.overflows !== 0 || this.unknownLates !== 0;
+    return this.overflows !== 0 || this.unknownLates !== 0 || this.lateEntries !== 0;
+  }
+
+  /**
+   * Whether a request of `key` that timed out on `u` may still land there, over any write that
+   * reaches it (its entry's `late`, until the repair copies the key again once settled).
+   */
+  lateFor(u: Upstream, key: string): boolean {
+    return (this.byName.get(idOf(u))?.keys.get(key)?.late ?? 0) !== 0;
+  }
+
+  /** Sets `key`'s entry in `p` (undefined: removes it), and with it the count `untrusting` reads. Returns whether there was one. */
+  private setKey(p: PerUpstream, key: string, e: DirtyEntry | undefined): boolean {
+    const old = p.keys.get(key);
+    this.lateEntries += (e !== undefined && e.late !== 0 ? 1 : 0) - (old !== undefined && old.late !== 0 ? 1 : 0);
+    if (e === undefined) return p.keys.delete(key);
+    p.keys.set(key, e);
+    return old !== undefined;
+  }
+
+  /** Removes every entry of `p`, keeping the count `untrusting` reads. */
+  private dropKeys(p: PerUpstream): void {
+    for (const e of p.keys.values()) if (e.late !== 0) this.lateEntries--;
+    p.keys.clear();
   }
 
   /** Sets (or clears) an upstream's overflow, and with it the count `untrusting` reads. */
@@ -621,7 +648,7 @@ export class RepairJournal {
 
   /** Sets `u`'s entry for `key`, and appends it to journal.log. */
   private put(u: Upstream, p: PerUpstream, key: string, e: DirtyEntry): void {
-    p.keys.set(key, e);
+    this.setKey(p, key, e);
     this.append(mLine(idOf(u), key, e));
   }
 
@@ -707,7 +734,7 @@ export class RepairJournal {
   distrust(u: Upstream): void {
     const p = this.of(u);
     const late = lateKeys(p);
-    p.keys.clear();
+    this.dropKeys(p);
     // One loaded from journal.log stays unsettled (a flush_all that emptied it may be followed by
     // a request the earlier process sent): it learns nothing until the repair finds it settled.
     const afterSeq = p.overflow?.afterSeq === Infinity ? Infinity : this.writeSeq;
@@ -840,7 +867,7 @@ export class RepairJournal {
 
   clear(u: Upstream, key: string): void {
     const p = this.byName.get(idOf(u));
-    if (p?.keys.delete(key)) this.append(`C ${hex(idOf(u))} ${hex(key)}`);
+    if (p !== undefined && this.setKey(p, key, undefined)) this.append(`C ${hex(idOf(u))} ${hex(key)}`);
   }
 
   /**
@@ -868,7 +895,7 @@ export class RepairJournal {
     // A request that timed out before the flush may land after it: those keys stay dirty, to be
     // copied again once settled (repair.ts), as any late entry.
     const late = lateKeys(p).filter(([, at]) => !operator || at !== this.loadedAt);
-    p.keys.clear();
+    this.dropKeys(p);
     p.pending?.clear();
     this.setOverflow(p, undefined);
     this.append(`T ${hex(idOf(u))}`);
@@ -990,11 +1017,11 @@ export class RepairJournal {
         const rank = Number(f[5]);
         const firstSeq = Number.isFinite(rank) && rank > 0 ? Math.min(rank, HOLDS) : 0;
         if (firstSeq !== HOLDS) maxSeq = Math.max(maxSeq, firstSeq);
-        p.keys.set(key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq, late: loadedAt });
+        this.setKey(p, key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq, late: loadedAt });
       }
-      else if (f[0] === 'C' && f[2] !== undefined) p.keys.delete(unhex(f[2]));
+      else if (f[0] === 'C' && f[2] !== undefined) this.setKey(p, unhex(f[2]), undefined);
       else if (f[0] === 'O') {
-        p.keys.clear();
+        this.dropKeys(p);
         this.setOverflow(p, { since: Number(f[2]) || Date.now(), afterSeq: Infinity, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt });
       } else if ((f[0] === 'K' || f[0] === 'H' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
@@ -1003,7 +1030,7 @@ export class RepairJournal {
       } else if (f[0] === 'F' && p.overflow) {
         p.overflow.full = true;
       } else if (f[0] === 'T') {
-        p.keys.clear();
+        this.dropKeys(p);
         this.setOverflow(p, undefined);
       }
     }

@@ -23,8 +23,9 @@ const STORED: Reply = { kind: 'status', status: 'STORED' };
  *
  * Success also needs a copy that a read takes (see lasting): not only copies on upstreams that
  * are not read for the key (an overflowed one that cannot learn it now), or where a flush that
- * timed out may still land and wipe it (journal.flushTimedOut), or a request of a process killed
- * before this one overwrite it (journal.unknownLate).
+ * timed out may still land and wipe it (journal.flushTimedOut), a request of a process killed
+ * before this one overwrite it (journal.unknownLate), or a request of the key that timed out land
+ * over it (journal.lateFor). Such copies still count toward min-copies.
  */
 export function replicateSet(
   ctx: RouterContext,
@@ -56,7 +57,7 @@ export function replicateSet(
         return STORED;
       }
       if (!settled) return undefined;
-      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out, or a request of a process killed before this one, may still land over it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
+      if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out, a request of a process killed before this one, or a request of the key that timed out may still land over it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },
     (u, o) => {
@@ -78,6 +79,15 @@ export function replicateSet(
     return Promise.resolve(okReply);
   }
   return copies;
+}
+
+/**
+ * A conditional command applied on its authority, with no other upstream to copy it to: `ok`
+ * only when a read takes that copy (see lasting), else a SERVER_ERROR (it may have taken effect).
+ */
+export function authorityAlone(ctx: RouterContext, key: string, authority: Upstream, ok: Reply): Reply {
+  if (!ctx.journal.untrusting || lasting(ctx, key, [], [], isStored, authority, true)) return ok;
+  return serverError(`applied on ${authority.name} alone, where a flush or a request of the key that timed out may still land over it`);
 }
 
 /**
@@ -120,7 +130,7 @@ export function replicateKeyed(
         return serverError(`${what} reached ${answered} of ${n} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
       }
       if (!counted(ctx, what, key, outcomes)) {
-        return serverError(`${what} reached ${answered} of ${n} upstreams, but only where it is not read for the key (overflowed, and not able to learn it now), or where a request of a process killed before this one may still land over it: ${firstError(outcomes)}`);
+        return serverError(`${what} reached ${answered} of ${n} upstreams, but only where a request of the key that timed out, or of a process killed before this one, may still land over it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
       }
       // NOT_FOUND only from a copy that knows: a dirty upstream's "none" is no answer about the
       // key (it may have missed the set that the one that failed holds).
@@ -240,12 +250,16 @@ function counted(ctx: RouterContext, what: 'delete' | 'touch', key: string, outc
  * overflowed upstream that cannot learn the key now (a request of it that timed out there may
  * still land, it is being flushed, its memory of keys is full, or it was loaded from
  * journal.log and has not settled) is read from nowhere, and with the others failing, the copy
- * that missed the write would be read. `wipeable` (a set): nor one that a flush that timed out
- * may still wipe (it ranks as the freshest until then); with every copy there, the write fails
- * safe until one settles (about a second). Nor, set or delete, one where a request of a process
- * killed before this one may still land (unknownLate `sets`): it may store an older value over
- * it (app.ts waits for those to settle before it listens). Only while journal.untrusting:
- * otherwise every copy is read (clean, or ranked the freshest).
+ * that missed the write would be read. Nor one where a request of the key that timed out may
+ * still land over it (journal.lateFor: the copy ranks as the freshest, and once the request
+ * lands a read takes the older value it carries, or brings back what a delete removed); nor, set
+ * or delete, one where a request of a process killed before this one may still land
+ * (journal.unknownLate `sets`: app.ts waits for those to settle before it listens); nor,
+ * `wipeable` (a set), one that a flush that timed out may still wipe (it ranks as the freshest
+ * until then). With every copy there, the write fails safe until the request settles and the
+ * repair copies the key (about a second), or another copy is clean. Only while
+ * journal.untrusting: otherwise every copy is read (clean, or ranked the freshest) and keeps
+ * what the write stored.
  */
 function lasting<R>(
   ctx: RouterContext,
@@ -259,7 +273,7 @@ function lasting<R>(
   const j = ctx.journal;
   const counts = (u: Upstream): boolean => {
     const late = j.unknownLate(u);
-    return late === undefined || (!wipeable && !late.sets);
+    return (late === undefined || (!wipeable && !late.sets)) && !j.lateFor(u, key);
   };
   if (authority !== undefined && counts(authority) && !j.isDirty(authority, key)) return true;
   for (let i = 0; i < targets.length; i++) {

@@ -971,7 +971,7 @@ describe('router fuzz findings, minimised', () => {
     assert.equal((await exec(flushAll)).kind, 'error');
     second.mode = 'fail';
     const r = await exec(add('lock', 'A'));
-    assert.match(status(r), /SERVER_ERROR .*only where a flush that timed out, or a request of a process killed before this one, may still land/, 'decided by the first upstream, the copy to the second fails: not acknowledged');
+    assert.match(status(r), /SERVER_ERROR .*only where a flush that timed out, a request of a process killed before this one, or a request of the key that timed out may still land/, 'decided by the first upstream, the copy to the second fails: not acknowledged');
     second.mode = 'ok';
     assert.ok(journal.isDirty(first, 'lock') && journal.isDirty(second, 'lock'), 'dirty everywhere');
     assert.deepEqual(values(await exec(get('lock'))), ['A'], 'LOST WRITE: read from the copy that missed the lock');
@@ -1084,9 +1084,10 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     assert.equal(status(await before.exec(set('sess', 'A'))), 'STORED', 'on the first upstream; timed out on the second (late)');
     clocks.advance(5);
     first.mode = 'fail';
-    assert.equal(status(await before.exec(set('sess', 'B'))), 'STORED', 'on the second only: the first misses it');
+    // Not acknowledged (a maybe, since the set of A may still land there), but the second holds them.
+    assert.match(status(await before.exec(set('sess', 'B'))), /^SERVER_ERROR .*may still land over it/, 'on the second only: the first misses it');
     clocks.advance(5);
-    assert.equal(status(await before.exec(set('sess', 'C'))), 'STORED', 'on the second only');
+    assert.match(status(await before.exec(set('sess', 'C'))), /^SERVER_ERROR .*may still land over it/, 'on the second only');
     assert.ok(before.journal.isDirty(first, 'sess') && before.journal.isDirty(second, 'sess'), 'dirty everywhere');
     assert.deepEqual(before.journal.freshest([first, second], [first, second], 'sess'), [second]);
     before.journal.close();
@@ -1162,7 +1163,8 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
     const c = before.exec(set('sess', 'C')); // the second stores it at once, the first times out
     await new Promise((r) => setImmediate(r));
     clocks.advance(5); // the timeout, noticed a little later
-    assert.equal(status(await c), 'STORED');
+    // Not acknowledged (a maybe): its only copy is where the set of A may still land.
+    assert.match(status(await c), /^SERVER_ERROR .*may still land over it/);
     assert.ok(before.journal.isDirty(first, 'sess') && before.journal.isDirty(second, 'sess'), 'dirty everywhere');
     assert.deepEqual(before.journal.freshest([first, second], [first, second], 'sess'), [second], 'in memory: the second holds C');
     before.journal.close();
@@ -1480,6 +1482,9 @@ describe('router fuzz findings, minimised: a process killed with requests out (j
     await pass(1);
     assert.ok(cListening.ended(), 'settled: it listens');
     assert.equal(c.journal.unknownLates, 0);
+    // B's copies are dirty (a request of the killed process might have landed over them) and
+    // marked late until the repair looks at them: it finds them settled.
+    await c.repairer.tick();
     assert.equal(status(await c.exec(set('sess', 'C'))), 'STORED');
     c.journal.close();
 
@@ -1602,5 +1607,159 @@ describe('router fuzz findings, minimised: a read overlapping a write-wait = cop
     const got = values(await read)[1];
     second.open();
     assert.ok(got === 'A' || got === 'B', `LOST WRITE: s0 ${String(got)}, though A was acknowledged before the read began`);
+  });
+});
+
+// A write's copy on an upstream, not overflowed, where a request of the same key timed out and
+// may still land (a journal entry with `late`): the key is dirty there, but the copy holds the
+// newer write and ranks as the freshest (journal.written). With every other upstream failing,
+// the client heard STORED (or DELETED) from it alone, every copy was dirty for the key, and once
+// the old request landed, the freshest copy served it: the write was lost (a deleted session
+// back). Found by hand: the fuzz let a straggler land only while another upstream was clean for
+// the key; since it may also land while no newer write of the key was acknowledged, it finds it
+// too (without the fix: seed 16820 of 9001-21000, a set acknowledged on that copy's answer alone,
+// write-wait copies, the others' still on their way). Such a copy now does not count for the
+// client, as one a flush that timed out may wipe (and with one upstream, an incr or append
+// applied there is not acknowledged either).
+describe('router fuzz findings, minimised: a copy where a request of the key that timed out may still land', () => {
+  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const add = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
+  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
+  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
+  const status = (r: Reply): string => describeReply(r);
+  function start(writeWait: 'all' | 'copies') {
+    const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait, allowFlush: true }, source, noop);
+    const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    return { ups, journal, repairer, exec };
+  }
+  /**
+   * A session on both upstreams; then `set sess A` times out on the second (a paused server: it
+   * waits in its socket) and the first stores it.
+   */
+  async function lateOnSecond(exec: (c: Command) => Promise<Reply>, second: FakeUpstream, journal: RepairJournal): Promise<void> {
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await exec(set('sess', 'A'))), 'STORED', 'on the first; times out on the second');
+    // write-wait copies answers before the second times out: until then the key is pending there.
+    while ((journal.entry(second, 'sess')?.late ?? 0) === 0) await new Promise((r) => setTimeout(r, 5));
+    second.gateOnly = () => false; // later requests go through; the set still waits
+  }
+
+  for (const writeWait of ['all', 'copies'] as const) {
+    for (const write of ['set', 'delete'] as const) {
+      it(`a ${write} that reaches only that upstream is not acknowledged (write-wait ${writeWait})`, async () => {
+        const { ups: [first, second], journal, exec } = start(writeWait);
+        await lateOnSecond(exec, second, journal);
+        first.mode = 'fail';
+        const r = await exec(write === 'set' ? set('sess', 'B') : del('sess'));
+        await settle();
+        first.mode = 'ok';
+        second.open(); // it resumes: the set of A lands there, after the write
+        await settle();
+        const read = values(await exec(get('sess')));
+        if (status(r) === (write === 'set' ? 'STORED' : 'DELETED')) {
+          assert.deepEqual(read, [write === 'set' ? 'B' : undefined], `LOST WRITE: the ${write} was acknowledged, and a read takes the late A`);
+        }
+        assert.match(status(r), /^SERVER_ERROR /, `its only copy is where a request of the key may still land; read ${JSON.stringify(read)}`);
+      });
+    }
+  }
+
+  it('an add decided by that upstream (every copy dirty, it the freshest) and reaching no other is not acknowledged', async () => {
+    const { ups: [first, second], journal, exec } = start('all');
+    await lateOnSecond(exec, second, journal);
+    first.mode = 'fail';
+    await exec(del('sess')); // a logout the first misses: every copy is dirty, the second's the freshest
+    const r = await exec(add('sess', 'lock'));
+    first.mode = 'ok';
+    second.open();
+    await settle();
+    const read = values(await exec(get('sess')));
+    if (status(r) === 'STORED') assert.deepEqual(read, ['lock'], 'LOST WRITE: the add was acknowledged, and a read takes the late A');
+    assert.match(status(r), /^SERVER_ERROR /);
+  });
+
+  // With one upstream, an incr or append is applied on it alone (no copy goes out to check): it
+  // was acknowledged whatever might land over it.
+  for (const cmd of ['incr', 'append'] as const) {
+    it(`with one upstream, an ${cmd} applied where a set of the key that timed out may still land is not acknowledged`, async () => {
+      const only = new FakeUpstream('fake://0');
+      const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+      const router = new Router({ upstreams: [only], journal, minCopies: 1, writeWait: 'all', allowFlush: true }, source, noop);
+      const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+      assert.equal(status(await exec(set('c', '1'))), 'STORED');
+      only.gateOnly = (call) => call === 'set c';
+      only.delay_late();
+      assert.match(status(await exec(set('c', '5'))), /^SERVER_ERROR /, 'timed out: a maybe');
+      only.gateOnly = () => false;
+      const r = await exec(
+        cmd === 'incr'
+          ? { kind: 'arith', op: 'incr', key: 'c', delta: 1n, initial: undefined, deadline: 0, noreply: false }
+          : { kind: 'store', mode: 'append', key: 'c', value: Buffer.from('0'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false },
+      );
+      only.open(); // the set of 5 lands, over the result
+      await settle();
+      const read = values(await exec(get('c')));
+      if (r.kind !== 'error') assert.deepEqual(read, [cmd === 'incr' ? '2' : '10'], `LOST WRITE: the ${cmd} was acknowledged, and a read takes the late 5`);
+      assert.match(status(r), /^SERVER_ERROR .*alone/);
+    });
+  }
+
+  it('a set that also reaches an upstream clean for the key is acknowledged; once the late request has settled, one that reaches only that upstream is too', async () => {
+    const { ups: [first, second], journal, repairer, exec } = start('all');
+    await lateOnSecond(exec, second, journal);
+    assert.equal(status(await exec(set('sess', 'B'))), 'STORED');
+    second.open();
+    await settle();
+    assert.deepEqual(values(await exec(get('sess'))), ['B'], 'read from the first, clean for the key');
+    await repairer.tick(); // settled (lateSettleMs 0 here): B copied to the second, its entry gone
+    assert.equal(journal.isDirty(second, 'sess'), false);
+    assert.equal(journal.untrusting, false, 'no request may still land: writes do not ask which copies count');
+    first.mode = 'fail';
+    assert.equal(status(await exec(set('sess', 'C'))), 'STORED', 'on the second, clean for the key now');
+  });
+
+});
+
+// Found by the relaxed fuzz (seed 6418 of 3001-21000), though the late landing it needs is one the
+// fuzz allowed before too (it took another draw of the generator to get there): a flush_all that
+// timed out on the second upstream; a set reaches both (dirty on the second, where the flush may
+// land: journal.wipedLater ranks that copy first, HOLDS); the flush lands there and empties it.
+// Then an append refused by the first upstream (nothing applied) journals it: every copy dirty,
+// and the copy the flush emptied ranks as the freshest. It decides the next append (NOT_STORED)
+// and serves reads (a miss): the acknowledged set is lost until the repair copies the key.
+// Left as a todo here: the late flush's machinery is another branch's work.
+describe('router fuzz findings, minimised: a copy a late flush emptied, ranked the freshest', () => {
+  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const append = (key: string, value: string): Command => ({ kind: 'store', mode: 'append', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
+  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
+  const status = (r: Reply): string => describeReply(r);
+  it('a set acknowledged after a flush_all that timed out is not lost once a refused append journals the other copy', { todo: 'journal.wipedLater ranks a copy the late flush may empty as the freshest (HOLDS)' }, async () => {
+    const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const [first, second] = ups;
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    second.gateOnly = (call) => call === 'flush';
+    second.delay_late(); // the flush waits in the second upstream's socket
+    assert.match(status(await exec({ kind: 'flush', delay: 0, noreply: false })), /^SERVER_ERROR /);
+    second.gateOnly = () => false;
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on both: clean on the first');
+    second.open(); // the flush lands: the second is empty
+    await settle();
+    const store1 = first.store.bind(first);
+    first.store = async (req) => {
+      if (req.mode === 'append') throw new McmuxError(ErrorCodes.UPSTREAM_REFUSED, 'fake://0: SERVER_ERROR out of memory (injected)');
+      return store1(req);
+    };
+    assert.match(status(await exec(append('sess', '+1'))), /^SERVER_ERROR /, 'refused by the first (nothing applied): journaled there');
+    first.store = store1;
+    assert.deepEqual(values(await exec(get('sess'))), ['cart'], 'LOST WRITE: a miss from the copy the late flush emptied');
   });
 });

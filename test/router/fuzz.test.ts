@@ -41,15 +41,21 @@
  *
  * EXCLUDED, because mcmux honestly cannot be right there (it keeps no values, only which copy
  * missed what):
- *  - a straggler lands only while some OTHER upstream holds the key's current state as mcmux
- *    knows it (clean for the key in the journal, not emptied by a restart since, no write of the key
- *    in flight or straggling there), and no later than LATE_SETTLE_MS - 1 after it timed out (the
- *    README: "a server that resumes works through its old connections within this"). Otherwise it
- *    is dropped. This excludes an old write landing late on every copy at once, or on the only
- *    copy mcmux trusts (then the old value is all there is: a stale read no journal can prevent).
- *    Nor does it land while an operation of the key is in flight that began when every copy was
- *    dirty for it: that one may read (or have decide) the freshest copy, which may be this one
- *    (found: seeds 37478 and 41331 of 45000, a read of the freshest copy served the straggler).
+ *  - a straggler lands no later than LATE_SETTLE_MS - 1 after it timed out (the README: "a server
+ *    that resumes works through its old connections within this"), and only while some OTHER
+ *    upstream holds the key's current state as mcmux knows it (clean for the key in the journal,
+ *    not emptied by a restart since, no write of the key in flight or straggling there), or while
+ *    no write of the key sent after it has been acknowledged (World.ackedSince: its value is still
+ *    one a read may see, every newer write a maybe; MCMUX_FUZZ_LAND_UNACKED=0 turns this second
+ *    case off). Otherwise it is dropped. This excludes an old write landing late, after a newer
+ *    one was acknowledged, on every copy at once, or on the only copy mcmux trusts (then the old
+ *    value is all there is: a stale read no journal can prevent). Under the first case alone,
+ *    a straggler does not land while an operation of the key is in flight that began when every
+ *    copy was dirty for it: that one may read (or have decide) the freshest copy, which may be
+ *    this one (found: seeds 37478 and 41331 of 45000, a read of the freshest copy served the
+ *    straggler). The second case found a write acknowledged with its only copy read where a
+ *    request of the key that timed out may still land (seed 16820 of 9001-21000 before the fix;
+ *    fuzz-findings.test.ts).
  *  - a restart empty happens only while every other upstream is up, healthy, straggler-free and
  *    clean for every key, and no other upstream gets any fault until every key has been written to
  *    the restarted one again and every operation that began before that has ended. mcmux does not know what a restarted store lost (the journal says it
@@ -229,6 +235,11 @@ const SMALL_JOURNAL_SHARE = Number(process.env.MCMUX_FUZZ_SMALL_JOURNAL ?? 0.3);
 const RESTART_SHARE = Number(process.env.MCMUX_FUZZ_RESTART ?? 0.1);
 /** The share of seeds with a lock-fence short enough to end during the run (MCMUX_FUZZ_FENCE_END=1: every seed). */
 const FENCE_END_SHARE = Number(process.env.MCMUX_FUZZ_FENCE_END ?? 0.1);
+/**
+ * A straggler also lands where no other upstream holds the key's current state, as long as no
+ * write of the key was acknowledged since it was sent (MCMUX_FUZZ_LAND_UNACKED=0: only the first).
+ */
+const LAND_UNACKED = process.env.MCMUX_FUZZ_LAND_UNACKED !== '0';
 /** Virtual start time: fixed, so that a seed replays exactly. */
 const T0 = 1_800_000_000_000;
 /** Longer than any run: the fence of an upstream that came back empty never ends here (but with a short lock-fence, see Config.lockFenceMs). */
@@ -277,6 +288,8 @@ interface Req {
   readonly op: 'get' | 'store' | 'delete' | 'touch' | 'arith' | 'flush';
   /** It changes the store (a straggler of it matters). */
   readonly write: boolean;
+  /** World.clock when it was sent: the op it is of (or whose value it copies) began no later. */
+  readonly sentAt: number;
   readonly apply: () => Promise<unknown>;
   /** A flush the repair sent (an overflowed cache): it loses what it held, as in a restart. */
   readonly byRepair: boolean;
@@ -343,7 +356,7 @@ class SchedUpstream extends FakeUpstream {
       const lane = this.world.cfg.oneConnection ? '' : key;
       const write = op !== 'get';
       const req: Req = {
-        id: ++this.world.reqSeq, gen, up: this, lane, key, what, op, write, apply, byRepair, timeoutAt: Date.now() + this.timeoutMs,
+        id: ++this.world.reqSeq, gen, up: this, lane, key, what, op, write, sentAt: this.world.clock, apply, byRepair, timeoutAt: Date.now() + this.timeoutMs,
         applied: false, result: undefined, resolve: resolve as (v: unknown) => void, reject, timer: undefined,
       };
       req.timer = setTimeout(() => this.world.expire(req), this.timeoutMs);
@@ -774,15 +787,19 @@ class World {
   // -------------------------------------------------------------------------------------------
   // Stragglers: the fault model's rule for a late landing.
 
-  /** Some other upstream holds the key's current state, as mcmux knows it (see the header). */
+  /**
+   * Some other upstream holds the key's current state, as mcmux knows it, or no write of the key
+   * was acknowledged since the straggler was sent (see the header).
+   */
   canLand(s: Straggler): boolean {
     const { up } = s.req;
     // A flush: for every key.
     return KEYS.filter((k) => changes(s.req, k)).every(
       (key) =>
+        (LAND_UNACKED && !this.ackedSince(key, s.req.sentAt)) ||
         // Nor while an operation of the key is in flight that began when every copy was dirty:
         // it may read (or have decide) the freshest copy, this one maybe, whatever is clean now.
-        !this.ops.some((o) => o.end === undefined && o.allDirty.includes(key)) &&
+        (!this.ops.some((o) => o.end === undefined && o.allDirty.includes(key)) &&
         this.ups.some(
         (y) =>
           y !== up &&
@@ -790,7 +807,18 @@ class World {
           !y.lost.has(key) &&
           !y.hasWriteInFlight(key) &&
           !this.stragglers.some((o) => o.req.up === y && changes(o.req, key)),
-      ),
+      )),
+    );
+  }
+
+  /**
+   * A write of `key` that began after World.clock was `at` has been acknowledged: any op of the
+   * key but a get or gets answered without an error (a NOT_STORED too: more than judge() counts
+   * as acknowledged, which only keeps more stragglers from landing), or a flush_all answered OK.
+   */
+  ackedSince(key: string, at: number): boolean {
+    return this.ops.some(
+      (o) => o.start > at && o.end !== undefined && o.keys.includes(key) && o.kind !== 'get' && o.kind !== 'gets' && o.reply !== undefined && o.reply.kind !== 'error',
     );
   }
 
