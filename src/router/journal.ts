@@ -324,6 +324,18 @@ export class RepairJournal {
     keys.set(key, e);
   }
 
+  /**
+   * The request of `key` that timed out on `u` can no longer land (repair.ts found it settled):
+   * a copy a write makes there counts for the client again (lateFor), and the next write to reach
+   * it clears the entry, before the repair has copied the key (which needs a source that may be
+   * down meanwhile). In memory, as `late` is.
+   */
+  lateSettled(u: Upstream, key: string): void {
+    const p = this.byName.get(idOf(u));
+    const e = p?.keys.get(key);
+    if (p !== undefined && e !== undefined && e.late !== 0) this.setKey(p, key, { ...e, late: 0 });
+  }
+
   entry(u: Upstream, key: string): DirtyEntry | undefined {
     return this.byName.get(idOf(u))?.keys.get(key);
   }

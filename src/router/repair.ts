@@ -108,7 +108,10 @@ export class Repairer {
     const settling: string[] = [];
     for (const [key, e] of journal.entries(u)) {
       if (this.settling(u, e, now)) settling.push(key);
-      else batch.push([key, e.op]);
+      else {
+        journal.lateSettled(u, key);
+        batch.push([key, e.op]);
+      }
       if (batch.length >= budget || settling.length >= budget * SCAN_FACTOR) break;
     }
     // To the back of the line, so the next tick looks at others first.

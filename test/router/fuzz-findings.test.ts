@@ -1724,6 +1724,18 @@ describe('router fuzz findings, minimised: a copy where a request of the key tha
     assert.equal(status(await exec(set('sess', 'C'))), 'STORED', 'on the second, clean for the key now');
   });
 
+  it('once the late request has settled, a write that reaches only that upstream is acknowledged before the repair could copy the key there (its source down)', async () => {
+    const { ups: [first, second], journal, repairer, exec } = start('all');
+    await lateOnSecond(exec, second, journal);
+    second.open(); // it resumes: the set of A lands there
+    await settle();
+    first.mode = 'fail'; // the copy's source is down
+    await repairer.tick(); // settled (lateSettleMs 0 here), but nothing to copy from
+    assert.equal(journal.isDirty(second, 'sess'), true, 'not repaired: the first is down');
+    assert.equal(status(await exec(set('sess', 'C'))), 'STORED', 'no request of the key may land on the second any more: writes of the key do not fail for as long as the first is down');
+    first.mode = 'ok';
+    assert.deepEqual(values(await exec(get('sess'))), ['C']);
+  });
 });
 
 // Found by the relaxed fuzz (seed 6418 of 3001-21000), though the late landing it needs is one the
