@@ -486,7 +486,7 @@ export class RepairJournal {
 
   /**
    * Whether a request of `key` that timed out on `u` may still land there, over any write that
-   * reaches it (its entry's `late`, until the repair copies the key again once settled).
+   * reaches it (its entry's `late`, until the repair finds it settled: lateSettled).
    */
   lateFor(u: Upstream, key: string): boolean {
     return (this.byName.get(idOf(u))?.keys.get(key)?.late ?? 0) !== 0;
