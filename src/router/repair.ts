@@ -186,13 +186,17 @@ export class Repairer {
     const rk = `${idOf(u)} ${key}`;
     journal.repairing.set(rk, false);
     try {
-      if (op === 'delete') {
+      const clean = ctx.upstreams.filter((s) => s !== u && isUsable(s) && !journal.isDirty(s, key));
+      // A fenced upstream came back empty: its miss says nothing about what was written before.
+      // Copying "absent" from it would delete a lock or a session the dirty one still holds.
+      const source = clean.find((s) => !isFenced(s)) ?? clean.find((s) => knowsKey(s, key));
+      // A missed delete is copied as the key's current state too where an upstream holds it: the
+      // entry may be older than a write that reached `u` since without a word on file (a copy of a
+      // write-wait = copies write still on its way when mcmux was killed, applied after), and
+      // replaying it would delete that write. Replayed only where no upstream can tell.
+      if (op === 'delete' && !source) {
         await u.delete(key);
       } else {
-        const clean = ctx.upstreams.filter((s) => s !== u && isUsable(s) && !journal.isDirty(s, key));
-        // A fenced upstream came back empty: its miss says nothing about what was written before.
-        // Copying "absent" from it would delete a lock or a session the dirty one still holds.
-        const source = clean.find((s) => !isFenced(s)) ?? clean.find((s) => knowsKey(s, key));
         if (clean.length > 0 && !source) return false; // wait for the fence to end
         if (!source) {
           // Dirty everywhere (every copy of a write failed): the freshest usable copy is taken as
