@@ -69,6 +69,12 @@ export class ColdDetector {
    * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
    */
   private readonly found = new Set<Upstream>();
+  /**
+   * Upstreams whose marker no look of this process could read yet, though one tried (the first
+   * look, as mcmux starts, found them down, or the read failed): true; false once a look has
+   * judged them. See unread.
+   */
+  private readonly unjudged = new Map<HealthyUpstream, boolean>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -78,25 +84,15 @@ export class ColdDetector {
   ) {}
 
   /**
-   * Starts the periodic checks; resolves once the first has judged every upstream (app.ts takes
-   * no client command before: an upstream that came back empty while no mcmux watched would
-   * decide an add until then).
+   * Starts the periodic checks; resolves once the first has judged every upstream, or fenced
+   * one whose marker it could not read (see unread) (app.ts takes no client command before: an
+   * upstream that came back empty while no mcmux watched would decide an add until then).
    */
   async start(): Promise<void> {
     if (this.timer) return;
     this.timer = setInterval(() => void this.checkAll(), CHECK_MS);
     this.timer.unref();
-    const ups = this.upstreams();
-    const verdicts = await this.checkAll();
-    // One the first look could not read (down, or its request failed) may have come back empty
-    // while no mcmux watched: fenced as after a reconnect, until a check finds its marker kept
-    // (the periodic one, or the one made when its health turns healthy). Otherwise it decided
-    // from what it lost (seed 6828 of 6001-7500 with MCMUX_FUZZ_RESTART=1: a counter NOT_FOUND).
-    ups.forEach((u, i) => {
-      if (verdicts[i] !== 'unknown') return;
-      u.fence(monotonicMs() + this.fenceMs);
-      u.voidUniques();
-    });
+    await this.checkAll();
   }
 
   stop(): void {
@@ -104,13 +100,15 @@ export class ColdDetector {
     this.timer = undefined;
   }
 
-  /** Every upstream, judged once all have answered (see markedElsewhere); the verdicts, in order. */
-  async checkAll(): Promise<Verdict[]> {
+  /** Every upstream, judged once all have answered (see markedElsewhere). */
+  async checkAll(): Promise<void> {
     const ups = this.upstreams();
+    for (const u of ups) this.stillUnread(u);
     const looks = await Promise.all(ups.map((u) => this.look(u)));
-    const verdicts = ups.map((u, i) => this.judge(u, looks[i]));
+    // Those this look could not read count as unread before any is judged (markedElsewhere).
+    ups.forEach((u, i) => this.unread(u, looks[i]));
+    ups.forEach((u, i) => this.judge(u, looks[i]));
     await Promise.all(ups.map((u, i) => this.mark(u, looks[i])));
-    return verdicts;
   }
 
   /**
@@ -213,10 +211,13 @@ export class ColdDetector {
    * flushed while mcmux was not watching (mcmux itself restarted, or the store was unreachable
    * since mcmux started), or it missed everything mcmux wrote. Either way it may lack a lock the
    * others hold. Only when no store has a marker (the first start, a flush_all of all) does a
-   * first sight say nothing.
+   * first sight say nothing; and not while the marker of an upstream other than `u` is still
+   * unread (see unread): it may hold one.
    */
-  private markedElsewhere(stores: readonly Upstream[]): boolean {
+  private markedElsewhere(stores: readonly Upstream[], u: HealthyUpstream): boolean {
     for (const v of this.upstreams()) {
+      // Its marker not read yet: it may hold one (see unread).
+      if (v !== u && this.unjudged.get(v) === true) return true;
       const members = membersOf(v);
       for (const s of members.length > 0 ? members.map((m) => m.inner) : [v.inner]) {
         if (!stores.includes(s) && this.found.has(s)) return true;
@@ -230,6 +231,7 @@ export class ColdDetector {
    * and fences `u` when a marker mcmux wrote has disappeared.
    */
   async check(u: HealthyUpstream): Promise<Verdict> {
+    this.stillUnread(u);
     const look = await this.look(u);
     const verdict = this.judge(u, look);
     await this.mark(u, look);
@@ -244,13 +246,42 @@ export class ColdDetector {
     return { targets, sights: await Promise.all(targets.map((t) => this.checkStore(u, t))) };
   }
 
+  /**
+   * `look` could not read `u`'s marker, and no look of this process has yet: it may have come
+   * back empty while mcmux was down or could not see it, as the first look tells of others, and
+   * decides no add or incr until a look can tell (hazard 2). Fenced as a precaution, as after a
+   * reconnect (a marker from before lifts it, not a first sight), and fenced again by each look
+   * that starts while it is still unread: a fence that ran out while it was unreachable is back
+   * before it is usable again (a memcached driver reports no reconnect for its first
+   * connection). Meanwhile a store of another upstream seen for the first time without a marker
+   * is taken as one that lost it (markedElsewhere): this one may hold the marker.
+   */
+  private unread(u: HealthyUpstream, look: Look | undefined): void {
+    if (look !== undefined && look.sights.every((s) => s.verdict !== 'unknown')) return;
+    if (this.unjudged.get(u) === false) return;
+    this.unjudged.set(u, true);
+    u.fence(monotonicMs() + this.fenceMs);
+  }
+
+  private stillUnread(u: HealthyUpstream): void {
+    if (this.unjudged.get(u) === true) this.unread(u, undefined);
+  }
+
   /** Fences `u` or lifts its fence on what `look` found; `server`: the one pool server looked at. */
   private judge(u: HealthyUpstream, look: Look | undefined, server?: string): Verdict {
+    if (server !== undefined) return this.verdict(u, look, server);
+    this.unread(u, look);
+    const verdict = this.verdict(u, look);
+    if (verdict !== 'unknown') this.unjudged.set(u, false);
+    return verdict;
+  }
+
+  private verdict(u: HealthyUpstream, look: Look | undefined, server?: string): Verdict {
     if (look === undefined) return 'unknown';
     const cold = look.sights.map((s) => s.verdict);
     const firsts = look.targets.filter((_, i) => cold[i] === 'first');
     const until = this.inheritedFence(look.sights);
-    if (cold.includes('cold') || (firsts.length > 0 && this.markedElsewhere(firsts))) {
+    if (cold.includes('cold') || (firsts.length > 0 && this.markedElsewhere(firsts, u))) {
       this.fenceCold(u, until);
       if (server === undefined) this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
       else this.log.warn({ upstream: u.name, server, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');

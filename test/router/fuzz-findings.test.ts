@@ -1823,3 +1823,84 @@ describe('router fuzz findings, minimised: a missed delete on file, older than a
     assert.deepEqual(values(await c.exec(get('sess'))), ['B'], 'LOST WRITE: the old delete was replayed over the acknowledged set');
   });
 });
+
+// A memcached restarted (empty) while mcmux was down, and the next process's first marker check
+// of it failed (refused: SERVER_ERROR out of memory; or it was still down): the first look told
+// nothing of it, app.ts listened all the same, and the store, neither fenced nor dirty, decided
+// the next incr of a counter the other upstream held: NOT_FOUND (seed 7910, default settings:
+// write-wait copies, mcmux stopped gracefully, then the restarted store's marker check refused;
+// up to the next check, 2 s later, it decided). Now an upstream whose marker no look of the
+// process could read yet is fenced as a precaution, as after a reconnect, until a look can tell,
+// and meanwhile another upstream's store without a marker is taken as one that lost it.
+describe('router fuzz findings, minimised: the first marker check of an upstream fails', () => {
+  const store = (mode: 'add' | 'set', key: string, value: string): Command => ({ kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const lock = (value: string): Command => store('add', 'lock', value);
+  const incr = (key: string): Command => ({ kind: 'arith', op: 'incr', key, delta: 1n, initial: undefined, deadline: 0, noreply: false });
+  const status = (r: Reply): string => describeReply(r);
+  function proc(fakes: readonly FakeUpstream[]) {
+    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop));
+    const detector = new ColdDetector(() => ups, 60_000, silent);
+    const router = new Router({ upstreams: ups, journal: new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+    return { ups, detector, exec: (c: Command): Promise<Reply> => Promise.resolve(router.execute(c)) };
+  }
+
+  it('an upstream that restarted empty while mcmux was down, its marker unread at the first look, decides no add or incr', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const before = proc(fakes);
+    await before.detector.start(); // the markers written in both
+    before.detector.stop();
+    assert.equal(status(await before.exec(lock('A'))), 'STORED', 'A holds the lock');
+    assert.equal(status(await before.exec(store('set', 'counter', '5'))), 'STORED');
+    // mcmux stops; the first memcached restarts empty meanwhile
+    await fakes[0].inner.flush();
+    const after = proc(fakes);
+    fakes[0].mode = 'fail'; // the first look's marker read fails there
+    await after.detector.start();
+    after.detector.stop();
+    fakes[0].mode = 'ok';
+    assert.notEqual(status(await after.exec(lock('B'))), 'STORED', 'B is granted the lock A holds, by the upstream that lost it');
+    assert.equal(status(await after.exec(incr('counter'))), '6', 'LOST WRITE: the counter decided by the upstream that lost it');
+    // The next look finds the marker gone there while the other upstream holds the earlier one's:
+    // it came back empty.
+    assert.equal(await after.detector.check(after.ups[0] as HealthyUpstream), 'cold');
+    assert.notEqual(status(await after.exec(lock('C'))), 'STORED');
+  });
+
+  it('the other way round: the one whose marker is unread may hold it, and the one without a marker is taken as empty', async () => {
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const before = proc(fakes);
+    await before.detector.start();
+    before.detector.stop();
+    assert.equal(status(await before.exec(lock('A'))), 'STORED', 'A holds the lock');
+    await fakes[0].inner.flush(); // the first restarts empty while mcmux is down
+    const after = proc(fakes);
+    fakes[1].mode = 'fail'; // the second's marker read fails at the first look
+    await after.detector.start();
+    after.detector.stop();
+    fakes[1].mode = 'ok';
+    assert.notEqual(status(await after.exec(lock('B'))), 'STORED', 'B is granted the lock A holds, by the upstream that lost it');
+  });
+
+  it('one that answers the next look with the marker from before decides again; one still unreadable stays fenced as it comes back', async (t) => {
+    const clocks = clocksFor(t);
+    const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const before = proc(fakes);
+    await before.detector.start();
+    before.detector.stop();
+    const after = proc(fakes);
+    fakes[0].mode = 'fail';
+    await after.detector.start();
+    after.detector.stop();
+    const [first] = after.ups as [HealthyUpstream, HealthyUpstream];
+    assert.equal(first.fenced, true, 'its marker unread: fenced as a precaution');
+    clocks.advance(60_001); // unreachable for longer than the lock-fence: the fence runs out
+    assert.equal(first.fenced, false);
+    fakes[0].mode = 'ok';
+    // It comes back (its health turns healthy, app.ts checks its marker): fenced again at once,
+    // before the check answers, as it may have come back empty.
+    const checking = after.detector.check(first);
+    assert.equal(first.fenced, true, 'an upstream no look has judged is usable before its check answers');
+    assert.equal(await checking, 'warm');
+    assert.equal(first.fenced, false, 'the marker from before: it kept its data, and decides again');
+  });
+});
