@@ -658,6 +658,20 @@ export class RepairJournal {
     else this.put(u, p, key, e); // unchanged, but on file again (as before)
   }
 
+  /**
+   * A conditional command (write `seq`) failed on every authority it tried, one of which may have
+   * applied it (they were marked, dated by it or later), and was never sent to `u`: `u` lacks
+   * whatever result it had. A copy that ranked as holding the newest write (HOLDS, see wipedLater)
+   * ranks below those authorities from then on: dated just before `seq`, as a copy holding the
+   * write before it (it holds every write before this one, and maybe not even those: a flush
+   * that timed out may have emptied it since, while an authority holds the key's state as the
+   * client was told, the command's result or not). A copy dirty since an older write already
+   * ranks below them, and is left as it is.
+   */
+  notSent(u: Upstream, key: string, seq: number): void {
+    if (this.entry(u, key)?.firstSeq === HOLDS) this.mark(u, key, 'write', seq - 0.5);
+  }
+
   /** Sets `u`'s entry for `key`, and appends it to journal.log. */
   private put(u: Upstream, p: PerUpstream, key: string, e: DirtyEntry): void {
     this.setKey(p, key, e);
