@@ -18,14 +18,14 @@ import { authorityAlone, replicateSet, sendKeyed } from './replicate-write';
 /**
  * Runs `op` on the authority for `key`: the first upstream that is usable, clean for the key
  * (not in the repair journal) and not fenced (known to have come back empty). An upstream that
- * fails is skipped, and journaled unless the error proves the request changed nothing there
- * (unapplied: not sent, or refused by the store): the outcome on it is unknown (a timed-out incr
- * may have been applied), which is safe only because the authority's result is then written over
- * it with `set` (or it is deleted) below, or by the repair. One that changed nothing still holds
- * the key's current state: journaling it would leave a copy that is worse as the truth (one a
- * flush that timed out may have emptied) the freshest, once every copy is dirty (fuzz seed 6418;
- * a later copy of the result to it is journaled if it misses that). A cas is not: it goes on only
- * past an upstream that cannot have applied it (`cas`), as no other can check its unique.
+ * fails is skipped, and journaled: the outcome on it is unknown (a timed-out incr may have been
+ * applied), which is safe only because the authority's result is then written over it with `set`
+ * (or it is deleted) below, or by the repair. Not when its error shows that the command changed
+ * nothing there (unapplied): it still holds the key's current state (a copy of the result that
+ * misses it is journaled as any write's), and journaled it could leave a worse copy ranked the
+ * freshest once every copy is dirty: one a flush that timed out may have emptied (fuzz seed
+ * 6418). A cas is not: it goes on only past an upstream that cannot have applied it (`cas`), as
+ * no other can check its unique.
  *
  * When it fails on every upstream it tried and one of them may have applied it, the upstreams it
  * was never sent to lack a result an authority may hold (journal.notSent). `seq`: the command's

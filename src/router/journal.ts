@@ -177,7 +177,10 @@ const WRITES_MAX = 100_000;
 /**
  * DirtyEntry.firstSeq of a copy that holds the newest write of its key though it is dirty (a
  * flush that timed out may still wipe it, journal.wipedLater): the freshest of all, until it
- * misses a write (mark dates it by that miss).
+ * misses a write (mark dates it by that miss), or a conditional command that failed where it may
+ * have been applied was never sent to it (notSent: dated just before that command, below the
+ * authorities it failed on). The flush may have emptied it meanwhile: ranked first only while no
+ * copy may hold a newer write.
  */
 const HOLDS = Number.MAX_SAFE_INTEGER;
 /** Entries pruneWrites looks at per call. */
