@@ -1754,8 +1754,11 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
   const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
   const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
   const status = (r: Reply): string => describeReply(r);
-  /** A flush_all times out on the second upstream; `set sess cart` reaches both; then the flush lands on the second, emptying it. */
-  async function flushLandsAfterSet() {
+  /**
+   * A flush_all times out on the second upstream; `set sess cart` reaches both; then (`land`) the
+   * flush lands on the second, emptying it.
+   */
+  async function flushLandsAfterSet(land = true) {
     const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
     const [first, second] = ups;
     const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
@@ -1767,10 +1770,13 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
     assert.match(status(await exec({ kind: 'flush', delay: 0, noreply: false })), /^SERVER_ERROR /);
     second.gateOnly = () => false;
     assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on both: clean on the first');
-    second.open(); // the flush lands: the second is empty
-    await settle();
-    assert.equal((await second.inner.get(['sess']))[0], undefined, 'the late flush emptied the second upstream');
-    return { first, second, journal, repairer, exec };
+    const landFlush = async (): Promise<void> => {
+      second.open(); // the flush lands: the second is empty
+      await settle();
+      assert.equal((await second.inner.get(['sess']))[0], undefined, 'the late flush emptied the second upstream');
+    };
+    if (land) await landFlush();
+    return { first, second, journal, repairer, exec, landFlush };
   }
 
   it('a set acknowledged after a flush_all that timed out is not lost once a refused append journals the other copy', async () => {
@@ -1803,5 +1809,23 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
     assert.equal(journal.isDirty(first, 'sess') || journal.isDirty(second, 'sess'), false, 'repaired');
     first.mode = 'fail';
     assert.deepEqual(values(await exec(get('sess'))), ['cart'], 'LOST WRITE: the repair copied the emptied copy over the other');
+  });
+
+  // Found by hand, and outside the fuzz's model (it drops a straggler that would land while no
+  // other copy is clean for the key and a write of it was acknowledged since it was sent): a set
+  // that the first upstream misses reaches only the second, whose flush may still land. It is
+  // not acknowledged (its only copy may be wiped), but the second holds the newest write (HOLDS)
+  // and ranks above the first, which holds the acknowledged set before it. The flush lands: a
+  // miss. Ranking the first above it would keep the set, but a lock taken the same way, on that
+  // upstream alone, would then be granted to another client (the seed 1353 test above): a
+  // choice between the two, left open.
+  it('a set that reaches only the upstream whose flush may land, the flush landing after it, does not lose the set acknowledged before', { todo: 'journal.wipedLater ranks a copy the late flush may empty above one that missed only an unacknowledged write' }, async () => {
+    const { first, exec, landFlush } = await flushLandsAfterSet(false);
+    first.mode = 'fail';
+    assert.match(status(await exec(set('sess', 'X'))), /^SERVER_ERROR /, 'its only copy may yet be wiped: not acknowledged');
+    first.mode = 'ok';
+    await landFlush();
+    const read = values(await exec(get('sess')))[0];
+    assert.ok(read === 'cart' || read === 'X', `LOST WRITE: ${String(read)}, a miss from the copy the late flush emptied`);
   });
 });
