@@ -18,44 +18,68 @@ import { authorityAlone, replicateSet, sendKeyed } from './replicate-write';
 /**
  * Runs `op` on the authority for `key`: the first upstream that is usable, clean for the key
  * (not in the repair journal) and not fenced (known to have come back empty). An upstream that
- * fails is journaled and skipped: the outcome on it is unknown (a timed-out incr may have been
- * applied), which is safe only because the authority's result is then written over it with
- * `set` (or it is deleted) below, or by the repair. A cas is not: it goes on only past an
- * upstream that cannot have applied it (`cas`), as no other can check its unique.
+ * fails is skipped, and journaled: the outcome on it is unknown (a timed-out incr may have been
+ * applied), which is safe only because the authority's result is then written over it with `set`
+ * (or it is deleted) below, or by the repair. Not when its error shows that the command changed
+ * nothing there (unapplied): it still holds the key's current state (a copy of the result that
+ * misses it is journaled as any write's), and journaled it could leave a worse copy ranked the
+ * freshest once every copy is dirty: one a flush that timed out may have emptied (fuzz seed
+ * 6418). A cas is not: it goes on only past an upstream that cannot have applied it (`cas`), as
+ * no other can check its unique.
+ *
+ * When it fails on every upstream it tried and one of them may have applied it, the upstreams it
+ * was never sent to lack a result an authority may hold (journal.notSent). `seq`: the command's
+ * write sequence (journal.writeStarted), when the router took one.
  */
 async function decide<R>(
   ctx: RouterContext,
   key: string,
   op: (u: Upstream) => Promise<R>,
+  seq: number | undefined,
   cas = false,
 ): Promise<{ value: R; index: number } | { error: unknown }> {
   let lastError: unknown = new Error('no upstream configured');
-  for (const i of candidates(ctx, key)) {
+  const tried: Upstream[] = [];
+  const failed = (error: unknown): { error: unknown } => {
+    if (tried.length > 0) {
+      const at = seq ?? ctx.journal.nextWriteSeq() - 1;
+      for (const u of ctx.upstreams) if (!tried.includes(u)) ctx.journal.notSent(u, key, at);
+    }
+    return { error };
+  };
+  const order = candidates(ctx, key);
+  for (const i of order) {
     const u = ctx.upstreams[i] as Upstream;
     try {
       return { value: await op(u), index: i };
     } catch (error) {
-      ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
       lastError = error;
+      if (unapplied(error)) continue;
+      ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
+      tried.push(u);
       // A cas the authority may have applied (a timeout, a lost connection) is not asked of the
       // next: that one cannot check a unique of another store and would answer EXISTS or
       // NOT_FOUND, while a read may already have served the value the cas stored here.
-      if (cas && !unapplied(error)) return { error: new Error(`${errorMessage(error)}; the cas may have been applied there`) };
+      if (cas) return failed(new Error(`${errorMessage(error)}; the cas may have been applied there`));
     }
   }
-  const fenced = ctx.upstreams.filter((u) => isFenced(u) && !ctx.journal.isDirty(u, key));
+  const fenced = ctx.upstreams.filter((u, i) => isFenced(u) && !order.includes(i) && !ctx.journal.isDirty(u, key));
   if (fenced.length > 0) {
     const names = fenced.map((u) => u.name).join(', ');
-    return { error: new Error(`${errorMessage(lastError)}; ${names} came back empty and may not decide until its lock-fence ends`) };
+    return failed(new Error(`${errorMessage(lastError)}; ${names} came back empty and may not decide until its lock-fence ends`));
   }
-  return { error: lastError };
+  return failed(lastError);
 }
 
-/** The request cannot have reached the store: skipped (down, busy, closed) or refused by it. */
+/**
+ * The request changed nothing on the store: skipped (down, busy) or refused by it (an error of
+ * its own: memcached's out of memory leaves the item of an append, add or incr as it was). Not
+ * closed: a request in flight when its upstream closes (shutdown) may have been applied.
+ */
 function unapplied(error: unknown): boolean {
   if (!(error instanceof McmuxError) || error.late) return false;
   const c = error.code;
-  return c === ErrorCodes.UPSTREAM_DOWN || c === ErrorCodes.UPSTREAM_BUSY || c === ErrorCodes.UPSTREAM_REFUSED || c === ErrorCodes.UPSTREAM_CLOSED;
+  return c === ErrorCodes.UPSTREAM_DOWN || c === ErrorCodes.UPSTREAM_BUSY || c === ErrorCodes.UPSTREAM_REFUSED;
 }
 
 /**
@@ -76,7 +100,7 @@ function others(ctx: RouterContext, index: number): Upstream[] {
 /** `seq`: the command's write sequence (journal.writeStarted), when the router took one. */
 export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand, seq?: number): Promise<Reply> {
   const req = { mode: cmd.mode, key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, cas: cmd.cas };
-  const r = await decide(ctx, cmd.key, (u) => u.store(req), cmd.mode === 'cas');
+  const r = await decide(ctx, cmd.key, (u) => u.store(req), seq, cmd.mode === 'cas');
   if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
   if (r.value.status !== 'STORED') return { kind: 'status', status: r.value.status };
   settleAuthority(ctx, cmd.key, r.index, seq);
@@ -87,7 +111,7 @@ export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand, se
 }
 
 export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand, seq?: number): Promise<Reply> {
-  const r = await decide(ctx, cmd.key, (u) => u.arith(cmd.op, cmd.key, cmd.delta));
+  const r = await decide(ctx, cmd.key, (u) => u.arith(cmd.op, cmd.key, cmd.delta), seq);
   if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
   const res = r.value;
   if (res.status === 'OK') {

@@ -177,7 +177,10 @@ const WRITES_MAX = 100_000;
 /**
  * DirtyEntry.firstSeq of a copy that holds the newest write of its key though it is dirty (a
  * flush that timed out may still wipe it, journal.wipedLater): the freshest of all, until it
- * misses a write (mark dates it by that miss).
+ * misses a write (mark dates it by that miss), or a conditional command that failed where it may
+ * have been applied was never sent to it (notSent: dated just before that command, below the
+ * authorities it failed on). The flush may have emptied it meanwhile: ranked first only while no
+ * copy may hold a newer write.
  */
 const HOLDS = Number.MAX_SAFE_INTEGER;
 /** Entries pruneWrites looks at per call. */
@@ -656,6 +659,20 @@ export class RepairJournal {
     // One that held the newest write (HOLDS) is dated by this miss, its first.
     else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? at : e.late });
     else this.put(u, p, key, e); // unchanged, but on file again (as before)
+  }
+
+  /**
+   * A conditional command (write `seq`) failed on every authority it tried, one of which may have
+   * applied it (they were marked, dated by it or later), and was never sent to `u`: `u` lacks
+   * whatever result it had. A copy that ranked as holding the newest write (HOLDS, see wipedLater)
+   * ranks below those authorities from then on: dated just before `seq`, as a copy holding the
+   * write before it (it holds every write before this one, and maybe not even those: a flush
+   * that timed out may have emptied it since, while an authority holds the key's state as the
+   * client was told, the command's result or not). A copy dirty since an older write already
+   * ranks below them, and is left as it is.
+   */
+  notSent(u: Upstream, key: string, seq: number): void {
+    if (this.entry(u, key)?.firstSeq === HOLDS) this.mark(u, key, 'write', seq - 0.5);
   }
 
   /** Sets `u`'s entry for `key`, and appends it to journal.log. */
