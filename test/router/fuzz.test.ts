@@ -130,7 +130,8 @@
  *    guaranteed"): until an acknowledged write of its key, a gat's hit of the key is a maybe, as
  *    after a failed flush_all (seeds 823 and 859 of 1-3000 with MCMUX_FUZZ_RESTART=1
  *    MCMUX_FUZZ_FENCE_END=1: an append killed after its authority applied it, then a gat that read
- *    it there and touched the old value on the others).
+ *    it there and touched the old value on the others), and what each copy holds of it after the
+ *    run is not judged (seed 11010 of 10501-12000 with MCMUX_FUZZ_RESTART=1).
  *    It restarts even while a key is dirty on every upstream: journal.log keeps the write order
  *    that ranks the copies (before it did, by when entries were dated: seeds 773 and 1900
  *    with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1 read the copy that missed the
