@@ -134,7 +134,7 @@ export class Repairer {
     const { journal } = this.ctx();
     const late = journal.unknownLate(u);
     if (late === undefined) return undefined;
-    const until = Math.max(late.at, cameBackAt(u)) + (this.options.lateSettleMs ?? LATE_SETTLE_MS);
+    const until = this.settledAt(u, late.at);
     if (monotonicMs() < until) return until;
     journal.unknownSettled(u);
     return undefined;
@@ -158,7 +158,7 @@ export class Repairer {
     const first = pending();
     if (first === 0) return Promise.resolve();
     onWait?.(first - monotonicMs());
-    const end = first + (this.options.lateSettleMs ?? LATE_SETTLE_MS);
+    const end = first + this.settleMs();
     return new Promise((resolve) => {
       const check = (): void => {
         const until = Math.min(pending(), end);
@@ -170,9 +170,28 @@ export class Repairer {
     });
   }
 
+  /** The settle time: the option (tests shorten it), else LATE_SETTLE_MS. */
+  private settleMs(): number {
+    return this.options.lateSettleMs ?? LATE_SETTLE_MS;
+  }
+
+  /**
+   * Until when (monotonic ms) a request that timed out on `u` at `at` may still land: a settle
+   * time after that, and after `u` last came back (a server that resumes works through its old
+   * connections within it). The one rule behind every wait for late requests here.
+   */
+  private settledAt(u: Upstream, at: number): number {
+    return Math.max(at, cameBackAt(u)) + this.settleMs();
+  }
+
+  /** A request of a key the overflow of `u` could not remember timed out there and may still land. */
+  private lateMayLand(overflow: Overflow, u: Upstream): boolean {
+    return overflow.lastLate !== undefined && monotonicMs() < this.settledAt(u, overflow.lastLate);
+  }
+
   /** Whether a request of the entry's key timed out too recently for a copy to be sure to land last. */
   private settling(u: Upstream, e: DirtyEntry, now: number): boolean {
-    return e.late !== 0 && now < Math.max(e.late, cameBackAt(u)) + (this.options.lateSettleMs ?? LATE_SETTLE_MS);
+    return e.late !== 0 && now < this.settledAt(u, e.late);
   }
 
   /** Copies the current state of `key` into `u`; true when the entry could be cleared. */
@@ -248,8 +267,7 @@ export class Repairer {
     // connections) on a key the overflow could not remember (it was full): a flush before it
     // lands, or a trust by expiry, would take as clean a copy it then overwrites. Wait until it
     // has settled (a remembered key stays dirty after the trust instead).
-    const settle = this.options.lateSettleMs ?? LATE_SETTLE_MS;
-    if (lateMayLand(overflow, u, settle)) return;
+    if (this.lateMayLand(overflow, u)) return;
     // Loaded from journal.log: the requests of the earlier process have settled too (lastLate is
     // no earlier than the start), so the writes from now on may teach which keys it holds.
     journal.loadedSettled(u);
@@ -263,7 +281,7 @@ export class Repairer {
         // Ordered as a flush_all is: sent once every write in flight has settled (a conditional
         // command it decides is applied before it, a copy that reaches it is not wiped unseen),
         // with the writes received meanwhile held until it is answered (they land after it).
-        await ctx.flushOrdered(() => this.flushOverflowed(ctx, u, overflow, settle));
+        await ctx.flushOrdered(() => this.flushOverflowed(ctx, u, overflow));
       } finally {
         this.flushing = false;
       }
@@ -290,11 +308,11 @@ export class Repairer {
    * Flushes the overflowed cache `u` and trusts it, alone among the writes (retrust): nothing
    * else is in flight, and nothing starts until this returns.
    */
-  private async flushOverflowed(ctx: RouterContext, u: Upstream, overflow: Overflow, settle: number): Promise<void> {
+  private async flushOverflowed(ctx: RouterContext, u: Upstream, overflow: Overflow): Promise<void> {
     const { journal } = ctx;
     // Checked again now that the writes in flight have settled: one may have timed out here (on
     // a key the overflow could not remember), or reached only this cache.
-    if (lateMayLand(overflow, u, settle)) return;
+    if (this.lateMayLand(overflow, u)) return;
     if (journal.overflowed(u) !== overflow || journal.holdsAlone(u, ctx.upstreams)) return;
     // Before the flush is sent: one that times out may still be applied. Nor is it read
     // meanwhile for the keys it was known to hold (the flush may have emptied it already).
@@ -312,7 +330,7 @@ export class Repairer {
     // A request of a key it could not remember timed out while the flush was in flight (none
     // should be: no write runs meanwhile): it may land after the flush. Not trusted yet:
     // flushed again once that has settled.
-    if (lateMayLand(overflow, u, settle)) {
+    if (this.lateMayLand(overflow, u)) {
       journal.flushingOverflowed(u, false);
       return;
     }
@@ -348,9 +366,4 @@ export class Repairer {
   status(): Array<{ upstream: string; done: number; total: number }> {
     return [...this.progress].map(([upstream, p]) => ({ upstream, done: p.done, total: p.total }));
   }
-}
-
-/** A request of a key the overflow of `u` could not remember timed out there and may still land. */
-function lateMayLand(overflow: Overflow, u: Upstream, settle: number): boolean {
-  return overflow.lastLate !== undefined && monotonicMs() < Math.max(overflow.lastLate, cameBackAt(u)) + settle;
 }
