@@ -37,6 +37,30 @@ function setup(n = 2, opts: { maxKeys?: number; schemes?: string[]; downAfter?: 
   return { fakes, ups, journal, router, repairer, detector, exec, add, close };
 }
 
+/** mcmux restarted over the same stores: its own health, journal, router and detector. */
+function restartOver(fakes: readonly FakeUpstream[]) {
+  const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
+  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+  const detector = new ColdDetector(() => ups, FENCE_MS, silent);
+  const add = async (key: string, who: string): Promise<string> => {
+    const r = await router.execute({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
+    return r.kind === 'status' ? r.status : r.kind;
+  };
+  return { ups, detector, add, close: (): Promise<unknown> => Promise.all(ups.map((u) => u.close())) };
+}
+
+/** Sets `key` in the store behind `f` directly, as another process (or an earlier mcmux) would. */
+const storeDirect = (f: FakeUpstream, key: string, value: string): Promise<unknown> =>
+  f.inner.store({ mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, withCas: false });
+
+/** `f` misses deletes of three keys: more than a journal of two keys holds (it overflows). */
+async function missThree(f: FakeUpstream, exec: (c: Command) => Promise<Reply>): Promise<void> {
+  f.mode = 'fail';
+  for (const k of ['k1', 'k2', 'k3']) await exec({ kind: 'delete', key: k, noreply: false });
+  f.mode = 'ok';
+}
+
 describe('cold detector: lock fence', () => {
   it('a store found without its marker is cold even when the marker rewrite times out (and lands later)', async () => {
     const { fakes, ups, detector: d, add, close } = setup();
@@ -66,9 +90,7 @@ describe('cold detector: lock fence', () => {
     await d.checkAll();
     assert.equal(await add('lock.s', 'A'), 'STORED');
     // a misses more writes than its journal holds: overflowed, it decides nothing for now.
-    fa.mode = 'fail';
-    for (const k of ['k1', 'k2', 'k3']) await exec({ kind: 'delete', key: k, noreply: false });
-    fa.mode = 'ok';
+    await missThree(fa, exec);
     assert.ok(journal.overflowed(a));
     await repairer.tick(); // flushes the cache a and trusts it again
     assert.equal(journal.overflowed(a), undefined, 'flushed and trusted');
@@ -92,9 +114,7 @@ describe('cold detector: lock fence', () => {
     const set = await exec({ kind: 'store', mode: 'set', key: 'lock.s', value: Buffer.from('A'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
     assert.equal(set.kind === 'status' && set.status, 'STORED');
     assert.ok(a.knows('lock.s') && b.knows('lock.s'), 'both hold the lock since they came back');
-    fa.mode = 'fail';
-    for (const k of ['k1', 'k2', 'k3']) await exec({ kind: 'delete', key: k, noreply: false });
-    fa.mode = 'ok';
+    await missThree(fa, exec);
     assert.ok(journal.overflowed(a));
     await repairer.tick(); // flushes the cache a and trusts it again
     assert.equal(journal.overflowed(a), undefined, 'flushed and trusted');
@@ -137,18 +157,6 @@ describe('cold detector: cas uniques across a reconnect', () => {
 });
 
 describe('cold detector: across a restart of mcmux', () => {
-  function restartOver(fakes: FakeUpstream[]) {
-    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
-    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
-    const detector = new ColdDetector(() => ups, FENCE_MS, silent);
-    const add = async (key: string, who: string): Promise<string> => {
-      const r = await router.execute({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
-      return r.kind === 'status' ? r.status : r.kind;
-    };
-    return { ups, detector, add, close: (): Promise<unknown> => Promise.all(ups.map((u) => u.close())) };
-  }
-
   it('a lock-fence in progress is kept when mcmux restarts', async () => {
     const first = setup();
     const [fa] = first.fakes as [FakeUpstream];
@@ -170,10 +178,8 @@ describe('cold detector: across a restart of mcmux', () => {
     t.after(() => clocks.restore());
     const { fakes, ups, detector: d, close } = setup();
     const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
-    const marker = async (f: FakeUpstream, value: string): Promise<unknown> =>
-      f.inner.store({ mode: 'set', key: d.key, value: Buffer.from(value), flags: 0, deadline: 0, withCas: false });
-    await marker(fa, `fenced until ${clocks.wall + 10 * FENCE_MS}`); // written under a clock far ahead
-    await marker(fb, '12345'); // as mcmux wrote it before the fence was recorded
+    await storeDirect(fa, d.key, `fenced until ${clocks.wall + 10 * FENCE_MS}`); // written under a clock far ahead
+    await storeDirect(fb, d.key, '12345'); // as mcmux wrote it before the fence was recorded
     await d.checkAll();
     const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
     assert.equal(a.fenced, true);
@@ -365,10 +371,8 @@ describe('cold detector: the lock fence and steps of the system clock', () => {
     try {
       const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
       const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
-      const marker = async (f: FakeUpstream, value: string): Promise<unknown> =>
-        f.inner.store({ mode: 'set', key: d.key, value: Buffer.from(value), flags: 0, deadline: 0, withCas: false });
-      await marker(fa, `fenced until ${clocks.wall + 30_000}`); // an earlier process fenced a, 30 s to go
-      await marker(fb, '12345');
+      await storeDirect(fa, d.key, `fenced until ${clocks.wall + 30_000}`); // an earlier process fenced a, 30 s to go
+      await storeDirect(fb, d.key, '12345');
       await d.checkAll();
       assert.equal(a.coldUntil, clocks.mono + 30_000);
       assert.equal(b.fenced, false);
@@ -390,9 +394,6 @@ describe('cold detector: the lock fence and steps of the system clock', () => {
 });
 
 describe('cold detector: fences across restarts of mcmux and of the store', () => {
-  const marker = (f: FakeUpstream, key: string, value: string): Promise<unknown> =>
-    f.inner.store({ mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, withCas: false });
-
   // Two upstreams fenced by the marker an earlier process left (a flush_all it sent, say), a lock
   // written to them since; then the first restarts empty. Both were taken as come back empty, and
   // with every upstream fenced, the first (the one that lost the lock) decided (seed 7393 of
@@ -403,9 +404,9 @@ describe('cold detector: fences across restarts of mcmux and of the store', () =
     const { fakes, ups, detector: d, add, close } = setup();
     const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
     const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
-    await marker(fa, d.key, `fenced until ${clocks.wall + 30_000}`);
-    await marker(fb, d.key, `fenced until ${clocks.wall + 30_000}`);
-    await marker(fb, 'lock.s', 'A'); // taken during that fence: a lost it since, b holds it
+    await storeDirect(fa, d.key, `fenced until ${clocks.wall + 30_000}`);
+    await storeDirect(fb, d.key, `fenced until ${clocks.wall + 30_000}`);
+    await storeDirect(fb, 'lock.s', 'A'); // taken during that fence: a lost it since, b holds it
     await d.checkAll();
     assert.ok(a.fenced && b.fenced, 'both fenced until the end the earlier process recorded');
     assert.equal(b.cameBackEmpty, false, 'its marker is still there: it kept what was written to it since');
@@ -438,16 +439,6 @@ describe('cold detector: fences across restarts of mcmux and of the store', () =
     await close();
   });
 
-  /** mcmux restarted over the same stores: its own health, router and detector. */
-  function next(fakes: readonly FakeUpstream[]) {
-    const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
-    const router = new Router({ upstreams: ups, journal: new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
-    const add = async (key: string, who: string): Promise<string> => {
-      const r = await router.execute({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
-      return r.kind === 'status' ? r.status : r.kind;
-    };
-    return { ups, detector: new ColdDetector(() => ups, FENCE_MS, silent), add, close: (): Promise<unknown> => Promise.all(ups.map((u) => u.close())) };
-  }
 
   // The first look of a restarted mcmux failed on an upstream (a refused request), which had
   // restarted empty while mcmux was down: it was not fenced, and decided a counter it had lost
@@ -460,7 +451,7 @@ describe('cold detector: fences across restarts of mcmux and of the store', () =
       assert.equal(await first.add('lock.s', 'A'), 'STORED');
       await first.close();
       if (restarted) await fa.inner.flush(); // a restarts empty while mcmux is down
-      const p = next(first.fakes);
+      const p = restartOver(first.fakes);
       const [a] = p.ups as [HealthyUpstream];
       fa.mode = 'fail'; // its first look fails
       await p.detector.start();
