@@ -86,8 +86,8 @@ export class App {
     private readonly log: Logger,
   ) {
     this.config = config;
-    this.coldDetector = new ColdDetector(() => this.upstreams, config.lockFence, log);
     this.journal = new RepairJournal({ maxKeys: config.journal.maxKeys, fsync: config.journal.fsync, dir: config.stateDir || undefined });
+    this.coldDetector = new ColdDetector(() => this.upstreams, config.lockFence, log, this.journal);
     this.journal.onWriteError = (error) =>
       log.error({ err: error.message }, 'cannot write the repair journal (journal.log): its entries are kept in memory and written again once the disk takes them; a restart before then loses them');
     const upstreams = this.resolveUpstreams(config);

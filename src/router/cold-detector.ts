@@ -9,7 +9,9 @@
  * The marker's value is the pid of the mcmux process that wrote it, or, while the upstream is
  * fenced, `fenced until <epoch ms>`: an mcmux restarted inside that time finds the marker (put
  * back by the process before it), and fences the upstream until then all the same, for at most
- * its own lock-fence (a wrong clock cannot fence for longer).
+ * its own lock-fence (a wrong clock cannot fence for longer). Its flags then name the fence
+ * (HealthyUpstream.fenceId): the keys a client wrote to the upstream under it, on journal.log,
+ * are known again by the process that inherits it (inherit).
  *
  * Fences run on the monotonic clock (clock.ts): a step of the system clock neither ends one nor
  * stretches it. The marker crosses processes, so it holds a wall-clock time: the fence's end as
@@ -22,7 +24,7 @@ import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import { monotonicMs } from '../clock';
 import type { Upstream } from '../upstream/upstream';
-import { type HealthyUpstream, isUsable, membersOf } from './health';
+import { type FenceLog, type HealthyUpstream, isUsable, membersOf } from './health';
 
 const CHECK_MS = 2000;
 
@@ -48,6 +50,8 @@ interface Sight {
   kept: boolean;
   /** The end (wall-clock ms) of a fence an earlier mcmux process recorded in the marker; 0 if none. */
   fencedUntil: number;
+  /** The id of that fence (HealthyUpstream.fenceId: the marker's flags); 0 if none. */
+  fenceId: number;
 }
 
 interface Look {
@@ -60,10 +64,10 @@ export class ColdDetector {
   readonly key = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
   /**
    * When this process last wrote each store's marker (monotonic ms), the fence end it told of
-   * (`until`: monotonic, 0 for a pid; `wallUntil`: as written) and how many fences its upstream
-   * had begun then (HealthyUpstream.fencesBegun).
+   * (`until`: monotonic, 0 for a pid; `wallUntil`: as written; `id`: its fence id, the marker's
+   * flags) and how many fences its upstream had begun then (HealthyUpstream.fencesBegun).
    */
-  private readonly lastSet = new Map<Upstream, { at: number; until: number; wallUntil: number; fence: number }>();
+  private readonly lastSet = new Map<Upstream, { at: number; until: number; wallUntil: number; id: number; fence: number }>();
   /**
    * Stores in which a check found this host's marker before this process wrote it there (left by
    * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
@@ -81,6 +85,8 @@ export class ColdDetector {
     private readonly upstreams: () => readonly HealthyUpstream[],
     public fenceMs: number,
     private readonly log: Logger,
+    /** Where the keys an upstream learnt while fenced are kept across processes (the journal). */
+    private readonly fenceLog?: FenceLog,
   ) {}
 
   /**
@@ -296,6 +302,7 @@ export class ColdDetector {
       // meanwhile, and the one that had lost a lock granted it again).
       u.fence(until);
       u.voidUniques();
+      this.inherit(u, look.sights);
       if (server === undefined) this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream fenced by an earlier mcmux process: it decides no add/cas/incr until the fence ends');
       else this.log.warn({ upstream: u.name, server, fenceMs: this.fenceMs }, 'pool server fenced by an earlier mcmux process: the pool decides no add/cas/incr until the fence ends');
       return 'cold';
@@ -304,6 +311,19 @@ export class ColdDetector {
     if (cold.includes('first')) return 'first';
     this.liftIfKept(u, look.sights);
     return 'warm';
+  }
+
+  /**
+   * `u` is fenced by an earlier process's marker: the keys that process (or one before it) saw a
+   * client write reach `u` under that fence are known again, from journal.log, when every store
+   * of `u` names the same fence. Without them, with every upstream so fenced, the first would
+   * decide for a key it lost, before one that was written it since (fuzz seed 9912 of 9001-10500
+   * with MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1: cas NOT_FOUND for an acknowledged set).
+   */
+  private inherit(u: HealthyUpstream, sights: readonly Sight[]): void {
+    const id = sights[0]?.fenceId ?? 0;
+    if (this.fenceLog === undefined || id === 0 || sights.some((s) => s.fenceId !== id)) return;
+    for (const key of u.adoptFence(id, this.fenceLog.fenceKeys(u, id))) this.fenceLog.fenceLearnt(u, id, key);
   }
 
   /** Whether `store` (of `u`) lost the marker mcmux had written there ('unknown' when it did not answer). */
@@ -315,7 +335,7 @@ export class ColdDetector {
       [hit] = await store.get([this.key]);
     } catch {
       // health tracking sees the failures of real requests; the marker is best effort
-      return { verdict: 'unknown', kept: false, fencedUntil: 0 };
+      return { verdict: 'unknown', kept: false, fencedUntil: 0, fenceId: 0 };
     }
     const wrote = this.lastSet.get(store);
     // The read decides, whatever becomes of the rewrite (mark): a rewrite that fails may still
@@ -324,7 +344,12 @@ export class ColdDetector {
     if (hit && wrote === undefined) this.found.add(store);
     // Only a marker another process wrote tells of a fence this one does not know.
     const fenced = hit && wrote === undefined ? FENCED_UNTIL.exec(hit.value.toString('latin1')) : null;
-    return { verdict, kept: verdict === 'warm' && (wrote === undefined || wrote.fence < u.fencesBegun), fencedUntil: fenced ? Number(fenced[1]) : 0 };
+    return {
+      verdict,
+      kept: verdict === 'warm' && (wrote === undefined || wrote.fence < u.fencesBegun),
+      fencedUntil: fenced ? Number(fenced[1]) : 0,
+      fenceId: fenced ? (hit?.flags ?? 0) : 0,
+    };
   }
 
   /**
@@ -341,6 +366,7 @@ export class ColdDetector {
     const until = u.fenced ? u.coldUntil : 0;
     const wallUntil = until === 0 ? 0 : Math.ceil(wall + (until - at));
     const value = until === 0 ? String(process.pid) : `fenced until ${wallUntil}`;
+    const id = until === 0 ? 0 : u.fenceId;
     await Promise.all(
       look.targets.map(async (store, i) => {
         const wrote = this.lastSet.get(store);
@@ -350,14 +376,15 @@ export class ColdDetector {
           sight.verdict === 'warm' &&
           wrote !== undefined &&
           wrote.until === until &&
+          wrote.id === id &&
           Math.abs(wrote.wallUntil - wallUntil) <= WALL_STEP_MS &&
           at - wrote.at <= REFRESH_MS
         ) {
           return;
         }
         try {
-          await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: 0, deadline: wall + MARKER_TTL_MS, withCas: false });
-          this.lastSet.set(store, { at, until, wallUntil, fence: u.fencesBegun });
+          await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
+          this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun });
         } catch {
           // written again by the next check
         }

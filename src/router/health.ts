@@ -148,6 +148,13 @@ export class HealthyUpstream implements Upstream {
    * FENCE_KEYS_MAX it stops learning, and decides only for the keys it already knows.
    */
   private readonly fenceKeys = new Set<string>();
+  /**
+   * Names what it has learnt in fenceKeys since it last started afresh (a new fence, a restart,
+   * a flush): written with the `fenced until` marker (as its flags) and with each key on
+   * journal.log, so that a later mcmux that inherits the fence from the marker knows those keys
+   * again (cold-detector.ts inherit). Random, never 0.
+   */
+  fenceId = newFenceId();
   /** See CasSeal. An in-process store is born empty with each mcmux process: its own epoch. */
   private casEpoch = 0;
   private readonly casBase: string;
@@ -188,12 +195,34 @@ export class HealthyUpstream implements Upstream {
 
   private forgetFenceKeys(): void {
     this.fenceKeys.clear();
+    this.fenceId = newFenceId();
   }
 
-  /** A client's set or delete of `key` reached it: while fenced, it holds that key's state. */
-  written(key: string): void {
-    if (this.coldUntil === 0 || !this.fenced || this.fenceKeys.size >= FENCE_KEYS_MAX) return;
+  /**
+   * A client's set or delete of `key` reached it: while fenced, it holds that key's state. True
+   * when it learnt the key just now (noteWritten puts it on journal.log).
+   */
+  written(key: string): boolean {
+    if (this.coldUntil === 0 || !this.fenced || this.fenceKeys.size >= FENCE_KEYS_MAX || this.fenceKeys.has(key)) return false;
     this.fenceKeys.add(key);
+    return true;
+  }
+
+  /**
+   * Fenced by an earlier mcmux process whose marker names `id`: what that process learnt under
+   * it (`keys`, from journal.log) is known again, beside what this one learnt since its own fence
+   * began, and what it learns from now on goes under `id`. Returns the keys this process had
+   * learnt, for the journal to put under `id` too.
+   */
+  adoptFence(id: number, keys: Iterable<string>): string[] {
+    const mine = [...this.fenceKeys];
+    if (!this.fenced) return mine;
+    this.fenceId = id;
+    for (const key of keys) {
+      if (this.fenceKeys.size >= FENCE_KEYS_MAX) break;
+      this.fenceKeys.add(key);
+    }
+    return mine;
   }
 
   /** Whether it may decide for `key`: not fenced, or written since the fence began. */
@@ -389,7 +418,17 @@ export function knowsKey(u: Upstream, key: string): boolean {
   return !(u instanceof HealthyUpstream) || u.knows(key);
 }
 
-/** Tells a fenced upstream that a client's set or delete of `key` reached it. */
-export function noteWritten(u: Upstream, key: string): void {
-  if (u instanceof HealthyUpstream && u.coldUntil !== 0) u.written(key);
+/** Where what a fenced upstream learnt is kept for the next mcmux process (journal.log). */
+export interface FenceLog {
+  fenceLearnt(u: Upstream, id: number, key: string): void;
+  fenceKeys(u: Upstream, id: number): Iterable<string>;
+}
+
+/** Tells a fenced upstream that a client's set or delete of `key` reached it, and `log` what it learnt. */
+export function noteWritten(log: FenceLog, u: Upstream, key: string): void {
+  if (u instanceof HealthyUpstream && u.coldUntil !== 0 && u.written(key)) log.fenceLearnt(u, u.fenceId, key);
+}
+
+function newFenceId(): number {
+  return randomBytes(4).readUInt32BE(0) || 1;
 }

@@ -108,6 +108,12 @@ interface PerUpstream {
    * the key would (written).
    */
   unknownLate?: UnknownLate;
+  /**
+   * Keys a client's set or delete reached while the upstream was fenced, by the fence id they
+   * were learnt under (HealthyUpstream.fenceId): the last FENCE_IDS ids, oldest first. See
+   * fenceLearnt.
+   */
+  fenced?: Map<number, Set<string>>;
 }
 
 export interface UnknownLate {
@@ -183,6 +189,12 @@ const WRITES_MAX = 100_000;
  * copy may hold a newer write.
  */
 const HOLDS = Number.MAX_SAFE_INTEGER;
+/**
+ * Fence ids whose keys are kept per store: the one an earlier process's marker may name, loaded
+ * from journal.log, and the one this process learns under, should it differ (a fence of its own
+ * began before the marker was read: an upstream down as mcmux started).
+ */
+const FENCE_IDS = 2;
 /** Entries pruneWrites looks at per call. */
 const PRUNE_STEPS = 4;
 
@@ -307,11 +319,43 @@ export class RepairJournal {
     return n;
   }
 
-  /** Keys overflowed upstreams are known to hold (they are written to journal.log as well). */
+  /** Keys overflowed upstreams are known to hold, and fenced ones learnt (they are written to journal.log as well). */
   private knownKeys(): number {
     let n = 0;
-    for (const p of this.byName.values()) n += p.overflow?.known.size ?? 0;
+    for (const p of this.byName.values()) {
+      n += p.overflow?.known.size ?? 0;
+      for (const keys of p.fenced?.values() ?? []) n += keys.size;
+    }
     return n;
+  }
+
+  /**
+   * A client's set or delete of `key` reached `u` while fenced, under fence `id` (health.ts
+   * noteWritten): on file as `W <store> <id> <key>`, so that a later process that inherits the
+   * fence from the upstream's marker knows the key there again (fenceKeys). The new id of an
+   * upstream that started afresh (a restart, a flush) has no keys: what it learnt before is
+   * named by an id no marker carries any more.
+   */
+  fenceLearnt(u: Upstream, id: number, key: string): void {
+    if (this.learnFenced(this.of(u), id, key)) this.append(`W ${hex(idOf(u))} ${id} ${hex(key)}`);
+  }
+
+  private learnFenced(p: PerUpstream, id: number, key: string): boolean {
+    const known = (p.fenced ??= new Map());
+    let keys = known.get(id);
+    if (keys === undefined) {
+      keys = new Set();
+      known.set(id, keys);
+      if (known.size > FENCE_IDS) known.delete(known.keys().next().value as number);
+    }
+    if (keys.has(key)) return false;
+    keys.add(key);
+    return true;
+  }
+
+  /** The keys `u` learnt under fence `id` (fenceLearnt), by this process or one before it. */
+  fenceKeys(u: Upstream, id: number): Iterable<string> {
+    return this.byName.get(idOf(u))?.fenced?.get(id) ?? [];
   }
 
   entries(u: Upstream): IterableIterator<[string, DirtyEntry]> {
@@ -1058,6 +1102,8 @@ export class RepairJournal {
         else p.overflow.known.delete(unhex(f[2]));
       } else if (f[0] === 'F' && p.overflow) {
         p.overflow.full = true;
+      } else if (f[0] === 'W' && f[3] !== undefined) {
+        this.learnFenced(p, Number(f[2]), unhex(f[3]));
       } else if (f[0] === 'T') {
         this.dropKeys(p);
         this.setOverflow(p, undefined);
@@ -1084,6 +1130,7 @@ export class RepairJournal {
         for (const [key, k] of p.overflow.known) if (k.holds || k.maybe) out.push(`${k.holds ? 'K' : 'H'} ${hex(name)} ${hex(key)}`);
       }
       for (const [key, e] of p.keys) out.push(mLine(name, key, e));
+      for (const [id, keys] of p.fenced ?? []) for (const key of keys) out.push(`W ${hex(name)} ${id} ${hex(key)}`);
     }
     const fd = openSync(tmp, 'w', 0o600);
     writeSync(fd, out.length ? out.join('\n') + '\n' : '');

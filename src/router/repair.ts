@@ -244,7 +244,7 @@ export class Repairer {
       // A client wrote it meanwhile: its outcome settled the entry (cleared, or marked again).
       if (journal.repairing.get(rk)) return false;
       journal.clear(u, key);
-      noteWritten(u, key);
+      noteWritten(journal, u, key);
       this.repaired++;
       return true;
     } catch (error) {

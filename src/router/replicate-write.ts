@@ -64,7 +64,7 @@ export function replicateSet(
       ctx.journal.settled(u, req.key, seq);
       if (o.ok && o.value.status === 'STORED') {
         ctx.journal.written(u, req.key, seq);
-        noteWritten(u, req.key);
+        noteWritten(ctx.journal, u, req.key);
       } else {
         ctx.journal.mark(u, req.key, 'write', seq, !o.ok && mayLandLate(o.error));
       }
@@ -184,7 +184,7 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
     if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
     else if (what === 'delete') {
       ctx.journal.written(u, key, seq);
-      noteWritten(u, key);
+      noteWritten(ctx.journal, u, key);
     } else if (touch) {
       // A copy without the item while a current one has it and was touched (the touch reached it
       // after the item's old deadline, which the other copy's touch had moved): it lacks what

@@ -4,6 +4,9 @@
  */
 
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
@@ -19,12 +22,14 @@ const silent = pino({ level: 'silent' });
 const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
 const FENCE_MS = 60_000;
 
-function setup(n = 2, opts: { maxKeys?: number; schemes?: string[]; downAfter?: number } = {}) {
+/** `dir`: where journal.log is kept (restartOver loads it); in memory without. */
+function setup(n = 2, opts: { maxKeys?: number; schemes?: string[]; downAfter?: number; dir?: string } = {}) {
   const fakes = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`, opts.schemes?.[i] ?? 'fake'));
   const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: opts.downAfter ?? 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
-  const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
+  const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: opts.dir, fsync: 'no' });
+  if (opts.dir !== undefined) journal.load(ups);
   const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
-  const detector = new ColdDetector(() => ups, FENCE_MS, silent);
+  const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
   const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
   const add = async (key: string, who: string): Promise<string> => {
     const r = await exec({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
@@ -37,22 +42,23 @@ function setup(n = 2, opts: { maxKeys?: number; schemes?: string[]; downAfter?: 
   return { fakes, ups, journal, router, repairer, detector, exec, add, close };
 }
 
-/** mcmux restarted over the same stores: its own health, journal, router and detector. */
-function restartOver(fakes: readonly FakeUpstream[]) {
+/** mcmux restarted over the same stores: its own health, journal (loaded from `dir`'s journal.log), router and detector. */
+function restartOver(fakes: readonly FakeUpstream[], dir?: string) {
   const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
-  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const journal = new RepairJournal({ maxKeys: 1000, dir, fsync: 'no' });
+  if (dir !== undefined) journal.load(ups);
   const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
-  const detector = new ColdDetector(() => ups, FENCE_MS, silent);
+  const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
   const add = async (key: string, who: string): Promise<string> => {
     const r = await router.execute({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false });
     return r.kind === 'status' ? r.status : r.kind;
   };
-  return { ups, detector, add, close: (): Promise<unknown> => Promise.all(ups.map((u) => u.close())) };
+  return { ups, journal, router, detector, add, close: (): Promise<unknown> => Promise.all(ups.map((u) => u.close())) };
 }
 
 /** Sets `key` in the store behind `f` directly, as another process (or an earlier mcmux) would. */
-const storeDirect = (f: FakeUpstream, key: string, value: string): Promise<unknown> =>
-  f.inner.store({ mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, withCas: false });
+const storeDirect = (f: FakeUpstream, key: string, value: string, flags = 0): Promise<unknown> =>
+  f.inner.store({ mode: 'set', key, value: Buffer.from(value), flags, deadline: 0, withCas: false });
 
 /** `f` misses deletes of three keys: more than a journal of two keys holds (it overflows). */
 async function missThree(f: FakeUpstream, exec: (c: Command) => Promise<Reply>): Promise<void> {
@@ -466,4 +472,80 @@ describe('cold detector: fences across restarts of mcmux and of the store', () =
       await p.close();
     });
   }
+});
+
+describe('cold detector: what a fenced upstream learnt, across restarts of mcmux (journal.log)', () => {
+  /**
+   * Both upstreams came back empty within one lock-fence; a lock was set on both since; then a
+   * restarted empty again (and was fenced afresh). mcmux restarts: both fences are inherited
+   * from their markers, neither as "came back empty". Without what journal.log kept, nobody knew
+   * the lock was written to b, and a, first in the chain, decided it had none (fuzz seed 9912 of
+   * 9001-10500 with MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1: cas NOT_FOUND for an
+   * acknowledged set).
+   */
+  async function lockOnBOnly(dir: string) {
+    const first = setup(2, { dir });
+    const [fa, fb] = first.fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = first.ups as [HealthyUpstream, HealthyUpstream];
+    await first.detector.checkAll();
+    await fa.inner.flush(); // both restart empty
+    await fb.inner.flush();
+    await first.detector.checkAll();
+    assert.ok(a.cameBackEmpty && b.cameBackEmpty);
+    const r = await first.exec({ kind: 'store', mode: 'set', key: 'lock.s', value: Buffer.from('A'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    assert.equal(r.kind === 'status' ? r.status : r.kind, 'STORED');
+    await fa.inner.flush(); // a restarts empty again: the lock is gone from it
+    assert.equal(await first.detector.check(a), 'cold');
+    first.journal.close();
+    await first.close();
+    return first;
+  }
+
+  it('keys written to an upstream under a fence an earlier process recorded are known again: it decides them, before one that lost them', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-fence-'));
+    try {
+      const first = await lockOnBOnly(dir);
+      const next = restartOver(first.fakes, dir);
+      const [a, b] = next.ups as [HealthyUpstream, HealthyUpstream];
+      await next.detector.checkAll();
+      assert.ok(a.fenced && b.fenced, 'both fenced by their markers');
+      assert.ok(!a.cameBackEmpty && !b.cameBackEmpty, 'as a precaution: each kept what was written to it since its fence began');
+      assert.equal(b.knows('lock.s'), true, 'the lock was written to b under the fence its marker names');
+      assert.equal(a.knows('lock.s'), false, 'a started afresh since: its marker names a fence nothing was learnt under');
+      assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED', 'B is granted the lock b holds, by the a that lost it');
+      // What b learns now goes under the same fence: a third process knows it too.
+      const r = await next.router.execute({ kind: 'delete', key: 'cart', noreply: false });
+      assert.equal(r.kind === 'status' ? r.status : r.kind, 'NOT_FOUND');
+      next.journal.close();
+      await next.close();
+      const third = restartOver(first.fakes, dir);
+      await third.detector.checkAll();
+      assert.deepEqual([third.ups[1]!.knows('lock.s'), third.ups[1]!.knows('cart')], [true, true]);
+      third.journal.close();
+      await third.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a marker that names no fence (an older mcmux) or another one than journal.log has keys for restores none', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-fence-'));
+    try {
+      const first = await lockOnBOnly(dir);
+      const [, fb] = first.fakes as [FakeUpstream, FakeUpstream];
+      const marker = (await fb.inner.get([first.detector.key]))[0];
+      assert.ok(marker !== undefined && marker.flags !== 0, 'the marker carries its fence id');
+      for (const flags of [0, marker.flags ^ 1]) {
+        await storeDirect(fb, first.detector.key, marker.value.toString(), flags);
+        const next = restartOver(first.fakes, dir);
+        await next.detector.checkAll();
+        assert.ok(next.ups[1]!.fenced);
+        assert.equal(next.ups[1]!.knows('lock.s'), false, `flags ${flags}`);
+        next.journal.close();
+        await next.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

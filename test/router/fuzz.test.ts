@@ -640,7 +640,9 @@ class World {
    */
   private makeProcess(): void {
     const gen = ++this.gen;
-    const detector = new ColdDetector(() => this.ups.map((u) => u.healthy), this.cfg.lockFenceMs, silent);
+    const journal = new RepairJournal({ maxKeys: this.cfg.journalMaxKeys, dir: this.stateDir, fsync: 'no' });
+    this.journal = journal;
+    const detector = new ColdDetector(() => this.ups.map((u) => u.healthy), this.cfg.lockFenceMs, silent, journal);
     this.detector = detector;
     for (const u of this.ups) {
       const conn = new Conn(u, gen);
@@ -651,8 +653,7 @@ class World {
         if (to === 'healthy') void detector.check(h);
       });
     }
-    this.journal = new RepairJournal({ maxKeys: this.cfg.journalMaxKeys, dir: this.stateDir, fsync: 'no' });
-    if (this.stateDir !== undefined) this.journal.load(this.ups.map((u) => u.healthy));
+    if (this.stateDir !== undefined) journal.load(this.ups.map((u) => u.healthy));
     const router = new Router(
       {
         upstreams: this.ups.map((u) => u.healthy),

@@ -773,6 +773,38 @@ describe('repair journal', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('keys learnt by a fenced upstream survive a restart by fence id, for the last two ids of each store', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const u = { name: 'memcached://127.0.0.1:1' } as Upstream;
+      const v = { name: 'memcached://127.0.0.1:2' } as Upstream;
+      const j1 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j1.load([u, v]);
+      j1.fenceLearnt(u, 7, 'lock a\r\n');
+      j1.fenceLearnt(u, 7, 'lock a\r\n'); // once on file
+      j1.fenceLearnt(u, 9, 'cart');
+      j1.fenceLearnt(v, 7, 'other');
+      j1.close();
+      assert.equal(readFileSync(join(dir, 'journal.log'), 'latin1').split('\n').filter((l) => l.startsWith('W ')).length, 3);
+      const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j2.load([u]); // v left the config
+      assert.deepEqual([...j2.fenceKeys(u, 7)], ['lock a\r\n']);
+      assert.deepEqual([...j2.fenceKeys(u, 9)], ['cart']);
+      assert.deepEqual([...j2.fenceKeys(u, 8)], [], 'a fence no key was learnt under');
+      assert.deepEqual([...j2.fenceKeys(v, 7)], [], 'a store no longer configured');
+      j2.fenceLearnt(u, 11, 'new'); // a third id: the oldest is dropped
+      j2.close();
+      const j3 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j3.load([u]); // from the file load() wrote afresh, and the line appended since
+      assert.deepEqual([...j3.fenceKeys(u, 7)], []);
+      assert.deepEqual([...j3.fenceKeys(u, 9)], ['cart']);
+      assert.deepEqual([...j3.fenceKeys(u, 11)], ['new']);
+      j3.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('timed-out requests that are applied late (a paused server that resumes)', () => {
