@@ -28,7 +28,9 @@ import { authorityAlone, replicateSet, sendKeyed } from './replicate-write';
  * no other can check its unique.
  *
  * When it fails on every upstream it tried and one of them may have applied it, the upstreams it
- * was never sent to lack a result an authority may hold (journal.notSent). `seq`: the command's
+ * was never sent to lack a result an authority may hold (journal.notSent). The first candidate,
+ * when it is first only for a set a late flush may have wiped, is asked for the key before it
+ * decides: a miss ranks it down (journal.wiped), as a read does. `seq`: the command's
  * write sequence (journal.writeStarted), when the router took one.
  */
 async function decide<R>(
@@ -47,7 +49,11 @@ async function decide<R>(
     }
     return { error };
   };
-  const order = candidates(ctx, key);
+  let order = candidates(ctx, key);
+  // The freshest copy only for a set that a late flush may have wiped (every copy is dirty): if
+  // it no longer has the key, the flush landed, and the next copy decides (journal.wiped).
+  const top = order[0] === undefined ? undefined : (ctx.upstreams[order[0]] as Upstream);
+  if (top !== undefined && ctx.journal.mayBeWiped(top, key) && (await lacks(top, key)) && ctx.journal.wiped(top, key)) order = candidates(ctx, key);
   for (const i of order) {
     const u = ctx.upstreams[i] as Upstream;
     try {
@@ -69,6 +75,15 @@ async function decide<R>(
     return failed(new Error(`${errorMessage(lastError)}; ${names} came back empty and may not decide until its lock-fence ends`));
   }
   return failed(lastError);
+}
+
+/** Whether `u` answers a miss for `key` (false when it cannot tell: the command goes on as before). */
+async function lacks(u: Upstream, key: string): Promise<boolean> {
+  try {
+    return (await u.get([key], undefined, true))[0] === undefined;
+  } catch {
+    return false;
+  }
 }
 
 /**

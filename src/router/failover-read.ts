@@ -221,12 +221,16 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     missing = still;
   }
 
-  // Keys dirty on every upstream were never asked: read them from the freshest copy.
+  // Keys dirty on every upstream were never asked: read them from the freshest copy; from the
+  // next one when the freshest turns out to have lost a set a late flush wiped (journal.wiped).
   for (const key of missing.filter((k) => !asked.has(k))) {
-    for (const u of ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key) ?? []) {
-      const i = upstreams.indexOf(u);
-      absorb(st, await ask(u, [key]), [key], i, []);
-      if (st.answered.has(key)) break;
+    for (let tries = 0; tries < upstreams.length; tries++) {
+      const u = ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key)?.[0];
+      if (u === undefined) break;
+      const answer = await ask(u, [key]);
+      if (answer.ok && answer.hits.get(key) === undefined && ctx.journal.wiped(u, key)) continue;
+      absorb(st, answer, [key], upstreams.indexOf(u), []);
+      break;
     }
   }
 

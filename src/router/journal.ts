@@ -735,13 +735,13 @@ export class RepairJournal {
    * applies a key's requests in the order sent, so this write landed after it. Keeping the entry
    * would have the next repair replay its old op over this write (a delete: the write is lost).
    */
-  written(u: Upstream, key: string, seq?: number): void {
+  written(u: Upstream, key: string, seq?: number, op: DirtyOp = 'write'): void {
     const p = this.byName.get(idOf(u));
     if (p === undefined) return;
     if (p.unknownLate !== undefined) {
       // A flush that timed out, or a request of the process before, may yet land over this write:
       // as a late request of the key.
-      this.wipedLater(u, p, key, seq, p.unknownLate.at);
+      this.wipedLater(u, p, key, seq, p.unknownLate.at, op);
       return;
     }
     if (p.overflow !== undefined) {
@@ -771,11 +771,12 @@ export class RepairJournal {
   }
 
   /**
-   * The write `seq` of `key` reached `u`, but a flush of `u` that timed out at `at` may still be
-   * applied after it: `u` holds the write for now (ranked so, for freshest(), as written() ranks
-   * a copy with a late entry), and the key stays dirty there, copied again once settled.
+   * The write `seq` of `key` (a set, or a delete: `op`) reached `u`, but a flush of `u` that timed
+   * out at `at` may still be applied after it: `u` holds the write for now (ranked so, for
+   * freshest(), as written() ranks a copy with a late entry; the entry's op is the write's, see
+   * wiped), and the key stays dirty there, copied again once settled.
    */
-  private wipedLater(u: Upstream, p: PerUpstream, key: string, seq: number | undefined, at: number): void {
+  private wipedLater(u: Upstream, p: PerUpstream, key: string, seq: number | undefined, at: number, op: DirtyOp = 'write'): void {
     if (p.overflow !== undefined) {
       // It may lose this write to the flush, as a write it missed: the wait for expiry starts
       // again (learn cannot remember the key once the overflow is full).
@@ -789,7 +790,7 @@ export class RepairJournal {
     const held = seq ?? this.writeSeq;
     if (e === undefined && p.keys.size >= this.options.maxKeys) {
       this.distrust(u);
-      this.wipedLater(u, p, key, seq, at); // overflowed now: remembered as late
+      this.wipedLater(u, p, key, seq, at, op); // overflowed now: remembered as late
       return;
     }
     // It holds the newest write of the key (it missed none since), unless this one is older than
@@ -797,7 +798,29 @@ export class RepairJournal {
     // copies of a conditional command's result (to the others, which may miss them) have
     // sequences above that of the command its authority is written with.
     const firstSeq = e !== undefined && held < e.seq ? Math.max(e.firstSeq, held + 0.5) : HOLDS;
-    this.put(u, p, key, { op: 'write', since: Date.now(), seq: Math.max(e?.seq ?? 0, held), firstSeq, late: Math.max(e?.late ?? 0, at) });
+    this.put(u, p, key, { op: firstSeq === HOLDS ? op : 'write', since: Date.now(), seq: Math.max(e?.seq ?? 0, held), firstSeq, late: Math.max(e?.late ?? 0, at) });
+  }
+
+  /**
+   * `key` was found missing on `u`, which ranked as the freshest copy because it holds the newest
+   * write of the key, a set, where a flush that timed out (or a request of a killed process) may
+   * still land (wipedLater): it has landed, or the item expired. Either way `u` lacks that set,
+   * which no client was told of (a write whose only copy may be wiped is not acknowledged), and
+   * ranks as a copy that missed it, as notSent ranks one: below a copy that holds the state
+   * before it, the last one a client was told of. True if so; the caller reads the next copy.
+   */
+  wiped(u: Upstream, key: string): boolean {
+    if (!this.mayBeWiped(u, key)) return false;
+    const p = this.of(u);
+    const e = p.keys.get(key) as DirtyEntry;
+    this.put(u, p, key, { op: 'write', since: e.since, seq: e.seq, firstSeq: e.seq - 0.5, late: e.late });
+    return true;
+  }
+
+  /** Whether `u` ranks as the freshest copy of `key` for a set it holds that a late request may wipe (see wiped). */
+  mayBeWiped(u: Upstream, key: string): boolean {
+    const e = this.entry(u, key);
+    return e !== undefined && e.firstSeq === HOLDS && e.op === 'write';
   }
 
   /**

@@ -223,6 +223,19 @@ export class Repairer {
           // clean upstream exists but is down, wait for it: it alone has the right value.
           const truth = journal.freshest(ctx.upstreams, ctx.upstreams.filter(isUsable), key)?.[0];
           if (truth !== u) return false;
+          // The freshest only for a set a late flush may have wiped: if it did, the next copy is
+          // the truth (journal.wiped), and this one is copied from it at a later pass.
+          if (journal.mayBeWiped(u, key)) {
+            let hit;
+            try {
+              [hit] = await u.get([key]);
+            } catch {
+              this.repairFailures++;
+              return false;
+            }
+            if (journal.repairing.get(rk)) return false; // a client wrote it meanwhile
+            if (hit === undefined && journal.wiped(u, key)) return false;
+          }
           journal.clear(u, key);
           return true;
         }

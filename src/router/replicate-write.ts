@@ -183,7 +183,7 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
     ctx.journal.settled(u, key, seq);
     if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
     else if (what === 'delete') {
-      ctx.journal.written(u, key, seq);
+      ctx.journal.written(u, key, seq, 'delete');
       noteWritten(ctx.journal, u, key);
     } else if (touch) {
       // A copy without the item while a current one has it and was touched (the touch reached it

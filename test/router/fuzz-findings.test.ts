@@ -1752,6 +1752,7 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
   const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const append = (key: string, value: string): Command => ({ kind: 'store', mode: 'append', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
+  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
   const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
   const status = (r: Reply): string => describeReply(r);
   /**
@@ -1816,17 +1817,56 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
   // that the first upstream misses reaches only the second, whose flush may still land. It is
   // not acknowledged (its only copy may be wiped), but the second holds the newest write (HOLDS)
   // and ranks above the first, which holds the acknowledged set before it. The flush lands: a
-  // miss. Ranking the first above it would keep the set, but a lock taken the same way, on that
-  // upstream alone, would then be granted to another client (the seed 1353 test above): a
-  // choice between the two, left open.
-  it('a set that reaches only the upstream whose flush may land, the flush landing after it, does not lose the set acknowledged before', { todo: 'journal.wipedLater ranks a copy the late flush may empty above one that missed only an unacknowledged write' }, async () => {
-    const { first, exec, landFlush } = await flushLandsAfterSet(false);
+  // miss, and the repair copied that miss over the first. Ranking the first above it would keep
+  // the set, but a lock taken the same way, on that upstream alone, would then be granted to
+  // another client (the seed 1353 test above). A miss from such a copy is what tells the two
+  // apart: the set it held is gone, and the copy ranks as one that missed it (journal.wiped).
+  it('a set that reaches only the upstream whose flush may land, the flush landing after it, does not lose the set acknowledged before', async () => {
+    const { first, second, journal, repairer, exec, landFlush } = await flushLandsAfterSet(false);
     first.mode = 'fail';
     assert.match(status(await exec(set('sess', 'X'))), /^SERVER_ERROR /, 'its only copy may yet be wiped: not acknowledged');
     first.mode = 'ok';
     await landFlush();
-    const read = values(await exec(get('sess')))[0];
-    assert.ok(read === 'cart' || read === 'X', `LOST WRITE: ${String(read)}, a miss from the copy the late flush emptied`);
+    assert.deepEqual(values(await exec(get('sess'))), ['cart'], 'LOST WRITE: a miss from the copy the late flush emptied');
+    // Settled (lateSettleMs 0 here): the repair takes the first as the truth, and copies it.
+    for (let i = 0; i < 3; i++) await repairer.tick();
+    assert.equal(journal.isDirty(first, 'sess') || journal.isDirty(second, 'sess'), false, 'repaired');
+    first.mode = 'fail';
+    assert.deepEqual(values(await exec(get('sess'))), ['cart'], 'LOST WRITE: the repair copied the emptied copy over the other');
+  });
+
+  it('an add after the late flush wiped the set that reached only its upstream is decided by the copy of the acknowledged set', async () => {
+    const { first, exec, landFlush } = await flushLandsAfterSet(false);
+    first.mode = 'fail';
+    assert.match(status(await exec(set('sess', 'X'))), /^SERVER_ERROR /);
+    first.mode = 'ok';
+    await landFlush();
+    const add: Command = { kind: 'store', mode: 'add', key: 'sess', value: Buffer.from('Y'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false };
+    assert.equal(status(await exec(add)), 'NOT_STORED', 'LOST WRITE: granted by the copy the late flush emptied, over the acknowledged set');
+    assert.deepEqual(values(await exec(get('sess'))), ['cart']);
+  });
+
+  it('the repair, before any read, finds the set the late flush wiped gone too, and keeps the acknowledged one', async () => {
+    const { first, second, journal, repairer, exec, landFlush } = await flushLandsAfterSet(false);
+    first.mode = 'fail';
+    assert.match(status(await exec(set('sess', 'X'))), /^SERVER_ERROR /);
+    first.mode = 'ok';
+    await landFlush();
+    for (let i = 0; i < 3; i++) await repairer.tick();
+    assert.equal(journal.isDirty(first, 'sess') || journal.isDirty(second, 'sess'), false, 'repaired');
+    assert.deepEqual([(await first.inner.get(['sess']))[0]?.value.toString(), (await second.inner.get(['sess']))[0]?.value.toString()], ['cart', 'cart']);
+  });
+
+  it('a delete that reaches only the upstream whose flush may land: its miss stands once the flush lands (the delete may have been applied), and the set before it is not read back', async () => {
+    const { first, second, journal, repairer, exec, landFlush } = await flushLandsAfterSet(false);
+    first.mode = 'fail';
+    assert.match(status(await exec(del('sess'))), /^SERVER_ERROR /, 'not acknowledged either');
+    first.mode = 'ok';
+    await landFlush();
+    assert.deepEqual(values(await exec(get('sess'))), [undefined], 'RESURRECTED: the set before the acknowledged delete');
+    for (let i = 0; i < 3; i++) await repairer.tick();
+    assert.equal(journal.isDirty(first, 'sess') || journal.isDirty(second, 'sess'), false, 'repaired');
+    assert.equal((await first.inner.get(['sess']))[0], undefined, 'RESURRECTED: the repair kept the set the delete removed');
   });
 });
 
