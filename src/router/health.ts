@@ -215,8 +215,8 @@ export class HealthyUpstream implements Upstream {
    * learnt, for the journal to put under `id` too.
    */
   adoptFence(id: number, keys: Iterable<string>): string[] {
+    if (!this.fenced) return [];
     const mine = [...this.fenceKeys];
-    if (!this.fenced) return mine;
     this.fenceId = id;
     for (const key of keys) {
       if (this.fenceKeys.size >= FENCE_KEYS_MAX) break;

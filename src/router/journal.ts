@@ -1025,7 +1025,13 @@ export class RepairJournal {
    */
   setChain(upstreams: readonly Upstream[]): void {
     const next = new Set(upstreams.map(idOf));
-    if (next.size === this.chain.size && [...next].every((id) => this.chain.has(id))) return;
+    const timeouts = new Map(upstreams.map((u) => [idOf(u), u.timeoutMs]));
+    const sameTimeouts = timeouts.size === this.timeouts.size && [...timeouts].every(([id, ms]) => this.timeouts.get(id) === ms);
+    this.timeouts = timeouts;
+    if (next.size === this.chain.size && [...next].every((id) => this.chain.has(id))) {
+      if (!sameTimeouts && this.fd !== undefined) this.rewrite();
+      return;
+    }
     for (const u of upstreams) if (!this.chain.has(idOf(u))) this.distrust(u);
     // A store that left the chain is not repaired any more: nothing settles what may land late.
     for (const [id, p] of this.byName) {
@@ -1045,6 +1051,13 @@ export class RepairJournal {
 
   /** Stores in the chain (setChain); empty before the first call: every store is new then. */
   private chain = new Set<string>();
+  /**
+   * Each store's request timeout as configured now (setChain), on file as `R` lines: a process
+   * that starts after this one was killed waits for what it sent for this long at least.
+   */
+  private timeouts = new Map<string, number>();
+  /** The timeouts journal.log had (R lines) as it was loaded. */
+  private readonly loadedTimeouts = new Map<string, number>();
 
   /** Loads journal.log (if any) and rewrites it compacted. Call once at start. */
   load(upstreams: readonly Upstream[]): void {
@@ -1079,11 +1092,16 @@ export class RepairJournal {
     this.setChain(upstreams);
     // The process before did not close the file (no `E` line last: killed, crashed, or a file of a
     // version before E lines, which cannot tell, so taken as such): what it had sent may still land
-    // on any upstream, each request within its timeout from now (the new process's, as configured).
-    // A file that was not there is a first start, with nothing sent before. A store inside mcmux
-    // (memory://, sqlite://) took nothing that outlived the process.
+    // on any upstream, each request within its timeout from now: that process's (R lines), or this
+    // one's as configured if longer (or the file has none). A file that was not there is a first
+    // start, with nothing sent before. A store inside mcmux (memory://, sqlite://) took nothing
+    // that outlived the process.
     this.uncleanStop = text !== undefined && !/(^|\n)E\n$/.test(text);
-    if (this.uncleanStop) for (const u of upstreams) if (!inProcess(u)) this.mayLandUnknown(u, this.loadedAt + u.timeoutMs, true);
+    if (this.uncleanStop) {
+      for (const u of upstreams) {
+        if (!inProcess(u)) this.mayLandUnknown(u, this.loadedAt + Math.max(u.timeoutMs, this.loadedTimeouts.get(idOf(u)) ?? 0), true);
+      }
+    }
     // Written even with nothing to repair: the next start must know this chain.
     if (dir) this.rewrite();
   }
@@ -1125,6 +1143,8 @@ export class RepairJournal {
         else p.overflow.known.delete(unhex(f[2]));
       } else if (f[0] === 'F' && p.overflow) {
         p.overflow.full = true;
+      } else if (f[0] === 'R' && f[2] !== undefined) {
+        this.loadedTimeouts.set(name, Number(f[2]) || 0);
       } else if (f[0] === 'W' && f[3] !== undefined) {
         this.learnFenced(p, Number(f[2]), unhex(f[3]));
       } else if (f[0] === 'T') {
@@ -1146,6 +1166,7 @@ export class RepairJournal {
     if (this.persistedMax) out.push(`X ${this.persistedMax}`);
     if (this.neverExpires) out.push('N');
     for (const id of this.chain) out.push(`S ${hex(id)}`);
+    for (const [id, ms] of this.timeouts) out.push(`R ${hex(id)} ${ms}`);
     for (const [name, p] of this.byName) {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);

@@ -1496,6 +1496,27 @@ describe('router fuzz findings, minimised: a process killed with requests out (j
     d.journal.close();
   });
 
+  it("after a kill, the wait is the killed process's timeout when it was longer than the next one's (journal.log R lines)", async (t) => {
+    const pass = time(t);
+    const { dir, first, second } = restartable(t);
+    const setTimeoutMs = (f: FakeUpstream, ms: number): void => void ((f as { timeoutMs: number }).timeoutMs = ms);
+    setTimeoutMs(first, 400); // the killed process waited up to 400 ms for the first
+    const a = proc([first, second], dir);
+    a.journal.close(false); // killed
+    setTimeoutMs(first, 50); // the next one is configured with less
+    const b = proc([first, second], dir);
+    const listening = waitToListen(b);
+    assert.equal(listening.said, 400 + LATE_SETTLE_MS, 'what the killed process sent may land for as long as it would have waited');
+    await pass(50 + LATE_SETTLE_MS);
+    assert.equal(listening.ended(), false);
+    await pass(350);
+    assert.ok(listening.ended());
+    b.journal.close(false); // killed too: its own timeout is the one on file now
+    const c = proc([first, second], dir);
+    assert.equal(waitToListen(c).said, 50 + LATE_SETTLE_MS);
+    c.journal.close();
+  });
+
   it('a clean close while a flush_all that timed out may still land is no clean close: the next process waits for it', async (t) => {
     const pass = time(t);
     const { dir, first, second } = restartable(t);

@@ -774,6 +774,22 @@ describe('repair journal', () => {
     }
   });
 
+  it("each store's timeout is on file (R lines), and a reload that changes it writes it again", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const u = { name: 'memcached://127.0.0.1:1', timeoutMs: 400 } as Upstream;
+      const j = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j.load([u]);
+      const rLines = (): string[] => readFileSync(join(dir, 'journal.log'), 'latin1').split('\n').filter((l) => l.startsWith('R '));
+      assert.deepEqual(rLines(), [`R ${Buffer.from(u.name).toString('hex')} 400`]);
+      j.setChain([{ name: u.name, timeoutMs: 50 } as Upstream]); // a reload: the same store, another timeout
+      assert.deepEqual(rLines(), [`R ${Buffer.from(u.name).toString('hex')} 50`]);
+      j.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('keys learnt by a fenced upstream survive a restart by fence id, for the last two ids of each store', () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     try {
