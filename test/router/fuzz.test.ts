@@ -640,6 +640,7 @@ class World {
    */
   private makeProcess(): void {
     const gen = ++this.gen;
+    this.processStopped = false;
     const journal = new RepairJournal({ maxKeys: this.cfg.journalMaxKeys, dir: this.stateDir, fsync: 'no' });
     this.journal = journal;
     const detector = new ColdDetector(() => this.ups.map((u) => u.healthy), this.cfg.lockFenceMs, silent, journal);
@@ -972,7 +973,9 @@ class World {
     u.state = 'ok';
     this.note([], `FAULT ${u.name} ends (${was === 'paused' ? 'resumes' : u.restarting ? 'back, empty' : 'back'})`);
     // The driver's next connection is a reconnect (app.ts: onReconnect -> coldDetector.reconnected).
-    if (was === 'down' || u.timedOut) this.detector.reconnected(u.healthy);
+    // Not while mcmux is stopped: its drivers are closed, and the next process's first connection
+    // is no reconnect (its first look judges the upstream).
+    if ((was === 'down' || u.timedOut) && !this.processStopped) this.detector.reconnected(u.healthy);
     u.timedOut = false;
     u.restarting = false;
   }
@@ -1208,7 +1211,11 @@ class World {
     this.stopProcess(false);
   }
 
+  /** Between a stop (or kill) of mcmux and the start of the next process. */
+  private processStopped = false;
+
   private stopProcess(clean: boolean): void {
+    this.processStopped = true;
     this.repairer.stop();
     this.detector.stop();
     for (const u of this.ups) void u.healthy.close();
