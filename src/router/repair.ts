@@ -7,11 +7,12 @@
 
 import type { Logger } from 'pino';
 import { monotonicMs } from '../clock';
+import type { Hit } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { mayLandLate } from '../errors';
 import { cameBackAt, isFenced, isUsable, knowsKey, noteWritten } from './health';
-import { type DirtyEntry, type Overflow, idOf } from './journal';
+import { type DirtyEntry, type Overflow, type RepairJournal, idOf } from './journal';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
 const CACHE_SCHEMES = new Set(['memcached', 'memory']);
@@ -226,31 +227,15 @@ export class Repairer {
           // The freshest only for a set a late flush may have wiped: if it did, the next copy is
           // the truth (journal.wiped), and this one is copied from it at a later pass.
           if (journal.mayBeWiped(u, key)) {
-            let hit;
-            try {
-              [hit] = await u.get([key]);
-            } catch {
-              this.repairFailures++;
-              return false;
-            }
-            if (journal.repairing.get(rk)) return false; // a client wrote it meanwhile
-            if (hit === undefined && journal.wiped(u, key)) return false;
+            const read = await this.readFor(journal, u, key, rk);
+            if (read === undefined || (read.hit === undefined && journal.wiped(u, key))) return false;
           }
           journal.clear(u, key);
           return true;
         }
-        let hit;
-        try {
-          [hit] = await source.get([key]);
-        } catch {
-          // Nothing was sent to `u`: its entry stands as it is (the catch below would mark it late,
-          // and with the first sequence of all, though a client write may have reached it since).
-          this.repairFailures++;
-          return false;
-        }
-        // A client write started while the source was read: what was read may be older than it,
-        // and a copy sent now would land after the write. Leave it to the write (journal.written).
-        if (journal.repairing.get(rk)) return false;
+        const read = await this.readFor(journal, source, key, rk);
+        if (read === undefined) return false;
+        const { hit } = read;
         if (hit) await u.store({ mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline, withCas: false });
         else await u.delete(key);
       }
@@ -272,6 +257,25 @@ export class Repairer {
       journal.repairing.delete(rk);
       journal.backgroundFinished();
     }
+  }
+
+  /**
+   * Reads `key` from `from` for the repair of the entry `rk`; undefined when the repair is to stop
+   * there: the read failed (nothing was sent to the copy being repaired, whose entry stands as it
+   * is: the catch of repairKey would mark it late, and with the first sequence of all, though a
+   * client write may have reached it since), or a client write of the key started meanwhile (what
+   * was read may be older than it, and a copy sent now would land after it: the write settles the
+   * entry, journal.written).
+   */
+  private async readFor(journal: RepairJournal, from: Upstream, key: string, rk: string): Promise<{ hit: Hit | undefined } | undefined> {
+    let hit;
+    try {
+      [hit] = await from.get([key]);
+    } catch {
+      this.repairFailures++;
+      return undefined;
+    }
+    return journal.repairing.get(rk) ? undefined : { hit };
   }
 
   private async retrust(ctx: RouterContext, u: Upstream, overflow: Overflow): Promise<void> {
