@@ -569,8 +569,21 @@ export class RepairJournal {
   unknownSettled(u: Upstream): void {
     const p = this.byName.get(idOf(u));
     if (p?.unknownLate === undefined) return;
+    const timeout = this.timeoutOnFile(idOf(u), p);
     p.unknownLate = undefined;
     this.unknownLates--;
+    // What the process before sent has settled: a process after this one waits for this one's.
+    if (this.timeoutOnFile(idOf(u), p) !== timeout) this.append(`R ${hex(idOf(u))} ${this.timeoutOnFile(idOf(u), p)}`);
+  }
+
+  /**
+   * The timeout to put on file for store `id` (R lines): as configured, or the one of the process
+   * before, when longer and what it sent may still land (it was killed): a process that starts
+   * after this one is killed too must wait for that as well.
+   */
+  private timeoutOnFile(id: string, p: PerUpstream | undefined): number {
+    const own = this.timeouts.get(id) ?? 0;
+    return p?.unknownLate?.sets === true ? Math.max(own, this.loadedTimeouts.get(id) ?? 0) : own;
   }
 
   /** Told when the last write of a key in flight has settled (KeyOrder). */
@@ -1052,8 +1065,9 @@ export class RepairJournal {
   /** Stores in the chain (setChain); empty before the first call: every store is new then. */
   private chain = new Set<string>();
   /**
-   * Each store's request timeout as configured now (setChain), on file as `R` lines: a process
-   * that starts after this one was killed waits for what it sent for this long at least.
+   * Each store's request timeout as configured now (setChain), on file as `R` lines (see
+   * timeoutOnFile): a process that starts after this one was killed waits for what it sent for
+   * this long at least.
    */
   private timeouts = new Map<string, number>();
   /** The timeouts journal.log had (R lines) as it was loaded. */
@@ -1166,7 +1180,7 @@ export class RepairJournal {
     if (this.persistedMax) out.push(`X ${this.persistedMax}`);
     if (this.neverExpires) out.push('N');
     for (const id of this.chain) out.push(`S ${hex(id)}`);
-    for (const [id, ms] of this.timeouts) out.push(`R ${hex(id)} ${ms}`);
+    for (const id of this.timeouts.keys()) out.push(`R ${hex(id)} ${this.timeoutOnFile(id, this.byName.get(id))}`);
     for (const [name, p] of this.byName) {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);

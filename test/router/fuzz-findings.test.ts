@@ -1505,16 +1505,19 @@ describe('router fuzz findings, minimised: a process killed with requests out (j
     a.journal.close(false); // killed
     setTimeoutMs(first, 50); // the next one is configured with less
     const b = proc([first, second], dir);
-    const listening = waitToListen(b);
-    assert.equal(listening.said, 400 + LATE_SETTLE_MS, 'what the killed process sent may land for as long as it would have waited');
+    assert.equal(waitToListen(b).said, 400 + LATE_SETTLE_MS, 'what the killed process sent may land for as long as it would have waited');
+    b.journal.close(false); // killed during that wait: the longer timeout stays on file
+    const c = proc([first, second], dir);
+    const listening = waitToListen(c);
+    assert.equal(listening.said, 400 + LATE_SETTLE_MS, 'what the first process sent may still land');
     await pass(50 + LATE_SETTLE_MS);
     assert.equal(listening.ended(), false);
     await pass(350);
     assert.ok(listening.ended());
-    b.journal.close(false); // killed too: its own timeout is the one on file now
-    const c = proc([first, second], dir);
-    assert.equal(waitToListen(c).said, 50 + LATE_SETTLE_MS);
-    c.journal.close();
+    c.journal.close(false); // killed after its wait: only its own timeout is on file now
+    const d = proc([first, second], dir);
+    assert.equal(waitToListen(d).said, 50 + LATE_SETTLE_MS);
+    d.journal.close();
   });
 
   it('a clean close while a flush_all that timed out may still land is no clean close: the next process waits for it', async (t) => {
