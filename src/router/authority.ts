@@ -195,7 +195,10 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     // answers now, and the others are not read for the key until their delete lands.
     if (ctx.writeWait === 'all') await settled;
     else for (const u of targets) ctx.journal.markPending(u, key, seq);
-    return ok;
+    // Gone right after the command: it expired, or a request of the key that timed out there
+    // landed over the result (a replace whose deadline had passed: fuzz seed 18966 of
+    // 18001-19500). Only the first leaves the client's result standing (authorityAlone).
+    return authorityAlone(ctx, key, authority, ok);
   }
   return replicateSet(ctx, { mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline }, targets, 1, ok, authority);
 }

@@ -2022,3 +2022,44 @@ describe('router fuzz findings, minimised: the first marker check of an upstream
     assert.equal(first.fenced, false, 'the marker from before: it kept its data, and decides again');
   });
 });
+
+// Found by the fuzz (seed 18966 of 18001-19500): a replace timed out on the authority (it may
+// still land) while the other upstream was down; an append was then decided there, and the late
+// replace landed right after it, with a deadline already past: the item was gone when the append's
+// result was read back to copy it, and mcmux answered STORED for a result that no copy held. A
+// result gone from its authority right after the command is taken as expired only where no
+// request of the key may still land there (authorityAlone, as for a result that is read back).
+describe('router fuzz findings, minimised: a result gone from its authority right after the command', () => {
+  const cmd = (mode: 'set' | 'replace' | 'append', key: string, value: string, deadline = 0): Command => ({
+    kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false,
+  });
+  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
+
+  it('an append whose result a late replace wiped (its deadline past) is not acknowledged', async () => {
+    const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const [first, second] = ups;
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    assert.equal(describeReply(await exec(cmd('set', 'sess', 'cart'))), 'STORED');
+    second.mode = 'fail'; // down from here on
+    first.gateOnly = (call) => call === 'replace sess';
+    first.delay_late(); // the replace waits in the first upstream's socket
+    assert.match(describeReply(await exec(cmd('replace', 'sess', 'old', Date.now() - 1000))), /^SERVER_ERROR /);
+    // The late replace lands right after the append is applied, before its result is read back.
+    const store = first.store.bind(first);
+    first.store = async (req) => {
+      const r = await store(req);
+      if (req.mode === 'append') {
+        first.open();
+        await settle();
+      }
+      return r;
+    };
+    const r = describeReply(await exec(cmd('append', 'sess', '+1')));
+    first.store = store;
+    assert.equal((await first.inner.get(['sess']))[0], undefined, 'the late replace wiped the result');
+    assert.match(r, /^SERVER_ERROR /, 'LOST WRITE: acknowledged, and no copy holds it');
+    assert.deepEqual(describeReply(await exec(get('sess'))).includes('+1'), false);
+  });
+});
