@@ -94,8 +94,14 @@ export interface DirtyEntry {
 
 interface PerUpstream {
   readonly keys: Map<string, DirtyEntry>;
-  /** Keys with an acknowledged write still on its way here (write-wait copies), by sequence. */
+  /** Keys with an acknowledged write still on its way here (write-wait copies), by the latest one's sequence. */
   pending?: Map<string, number>;
+  /**
+   * Keys with more than one such write on its way (rare: a key written again before the upstream
+   * answered), by the oldest one's sequence (or just above the last one it answered): a read that
+   * began after that one must not take the key from here, whichever one is the latest.
+   */
+  pendingFrom?: Map<string, number>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: Overflow | undefined;
   /**
@@ -282,7 +288,7 @@ export class RepairJournal {
     if (p.overflow !== undefined && (p.overflow.flushing === true || p.overflow.known.get(key)?.holds !== true)) return true;
     if (p.keys.has(key)) return true;
     const pending = p.pending?.get(key);
-    return pending !== undefined && (readSeq === undefined || pending <= readSeq);
+    return pending !== undefined && (readSeq === undefined || (p.pendingFrom?.get(key) ?? pending) <= readSeq);
   }
 
   /**
@@ -293,15 +299,37 @@ export class RepairJournal {
   markPending(u: Upstream, key: string, seq: number): void {
     const p = this.of(u);
     p.pending ??= new Map();
-    if ((p.pending.get(key) ?? 0) < seq) p.pending.set(key, seq);
+    const last = p.pending.get(key);
+    if (last === undefined) {
+      p.pending.set(key, seq);
+      return;
+    }
+    // Another write of the key is still on its way: the oldest one keeps its reads off this copy
+    // (seed 23512 of 22501-24000: the mark of a delete acknowledged after a read began replaced
+    // that of a set acknowledged before, and the read took the value the set replaced).
+    p.pendingFrom ??= new Map();
+    p.pendingFrom.set(key, Math.min(p.pendingFrom.get(key) ?? last, seq));
+    if (last < seq) p.pending.set(key, seq);
   }
 
-  /** `u` answered the write `seq` of `key` (either way): its pending mark, if that write's, goes. */
+  /**
+   * `u` answered the write `seq` of `key` (either way), and so every write of the key sent there
+   * before it (each driver applies a key's requests in the order sent): its pending mark goes
+   * once the latest one's has.
+   */
   settled(u: Upstream, key: string, seq: number): void {
-    const pending = this.byName.get(idOf(u))?.pending;
+    const p = this.byName.get(idOf(u));
+    const pending = p?.pending;
     if (pending === undefined || pending.size === 0) return;
     const s = pending.get(key);
-    if (s !== undefined && s <= seq) pending.delete(key);
+    if (s === undefined) return;
+    const from = p?.pendingFrom?.get(key);
+    if (s <= seq) {
+      pending.delete(key);
+      if (from !== undefined) p?.pendingFrom?.delete(key);
+    } else if (from !== undefined && from <= seq) {
+      p?.pendingFrom?.set(key, seq + 0.5); // the next one on its way began after `seq`
+    }
   }
 
   overflowed(u: Upstream): Overflow | undefined {
@@ -996,6 +1024,7 @@ export class RepairJournal {
       // clean, and brought the value back).
       this.distrust(u);
       p.pending?.clear();
+      p.pendingFrom?.clear();
       const o = p.overflow as Overflow;
       o.trustAfter = Date.now();
       o.lastLate = Math.max(o.lastLate ?? 0, lastLate);
@@ -1006,6 +1035,7 @@ export class RepairJournal {
     const late = lateKeys(p).filter(([, at]) => !operator || at !== this.loadedAt);
     this.dropKeys(p);
     p.pending?.clear();
+    p.pendingFrom?.clear();
     this.setOverflow(p, undefined);
     this.append(`T ${hex(idOf(u))}`);
     const now = Date.now();

@@ -2063,3 +2063,35 @@ describe('router fuzz findings, minimised: a result gone from its authority righ
     assert.deepEqual(describeReply(await exec(get('sess'))).includes('+1'), false);
   });
 });
+
+// Found by the fuzz (seed 23512 of 22501-24000, write-wait = copies): a set acknowledged before a
+// read began was still on its way to the second upstream; a delete acknowledged after the read
+// began was too. The delete's pending mark replaced the set's, and the read, which began before
+// the delete, took the second upstream for the key: it served the value the set had replaced. A
+// copy keeps the reads that began after the oldest write still on its way to it off it
+// (journal.markPending, pendingFrom).
+describe('router fuzz findings, minimised: two acknowledged writes of a key on their way to one upstream', () => {
+  it('a read that began between them does not take the value the first replaced from there', async () => {
+    const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+    const [first, second] = ups;
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'copies', allowFlush: false }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    const set = (value: string): Command => ({ kind: 'store', mode: 'set', key: 'sess', value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    assert.equal(describeReply(await exec(set('A'))), 'STORED');
+    await settle(); // on both
+    second.gateOnly = (call) => call === 'set sess' || call === 'delete sess';
+    second.close_gate(); // the second answers neither write yet
+    assert.equal(describeReply(await exec(set('B'))), 'STORED', 'write-wait copies: the first has it');
+    first.gateOnly = (call) => call === 'get sess';
+    first.close_gate();
+    const read = exec({ kind: 'get', keys: ['sess'], withCas: false, touch: undefined }); // begins after B was acknowledged
+    await settle();
+    assert.equal(describeReply(await exec({ kind: 'delete', key: 'sess', noreply: false })), 'DELETED', 'on the first; on its way to the second');
+    first.kill(); // the read's request to the first fails: it goes on to the second, which still holds A
+    const r = await read;
+    assert.notEqual(r.kind === 'values' ? r.hits[0]?.value.toString() : describeReply(r), 'A', 'STALE READ: the value B replaced, acknowledged before the read began');
+    second.open();
+    await settle();
+  });
+});
