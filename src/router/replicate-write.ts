@@ -109,8 +109,9 @@ export function replicateKeyed(
   // An upstream dirty for the key may hold a copy that was deleted: its "I had it" says nothing.
   const dirty = ctx.upstreams.map((u) => ctx.journal.isDirty(u, key));
   // Dirty everywhere: only the freshest copy speaks for the key.
-  const freshest = dirty.every(Boolean) ? ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0] : undefined;
+  let freshest = dirty.every(Boolean) ? ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0] : undefined;
   const seq = ctx.journal.writeStarted(key);
+  const outcome = keyedOutcome(ctx, what, key, seq, what === 'touch' ? { present: false, missed: [], current: (u) => !dirty[ctx.upstreams.indexOf(u)] || u === freshest, deadline: deadline ?? 0 } : undefined);
   return fanOut(
     ctx.upstreams,
     op,
@@ -139,7 +140,14 @@ export function replicateKeyed(
       }
       return { kind: 'status', status: 'NOT_FOUND' };
     },
-    keyedOutcome(ctx, what, key, seq, what === 'touch' ? { present: false, missed: [], current: (u) => !dirty[ctx.upstreams.indexOf(u)] || u === freshest, deadline: deadline ?? 0 } : undefined),
+    (u, o) => {
+      // The freshest copy only for a set a late flush may have wiped, and the touch found no item
+      // there: it was wiped (journal.wiped), and the next copy speaks for the key.
+      if (what === 'touch' && u === freshest && o.ok && o.value === 'NOT_FOUND' && ctx.journal.wiped(u, key)) {
+        freshest = ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0];
+      }
+      outcome(u, o);
+    },
     () => ctx.journal.writeFinished(key),
   );
 }

@@ -1870,6 +1870,16 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
     assert.deepEqual(values(await exec(get('sess'))), ['cart']);
   });
 
+  it('a touch after the late flush wiped the set that reached only its upstream is answered by the copy of the acknowledged set', async () => {
+    const { first, exec, landFlush } = await flushLandsAfterSet(false);
+    first.mode = 'fail';
+    assert.match(status(await exec(set('sess', 'X'))), /^SERVER_ERROR /);
+    first.mode = 'ok';
+    await landFlush();
+    assert.equal(status(await exec({ kind: 'touch', key: 'sess', deadline: Date.now() + 60_000, noreply: false })), 'TOUCHED', 'LOST WRITE: NOT_FOUND from the copy the late flush emptied');
+    assert.deepEqual(values(await exec(get('sess'))), ['cart']);
+  });
+
   it('the repair, before any read, finds the set the late flush wiped gone too, and keeps the acknowledged one', async () => {
     const { first, second, journal, repairer, exec, landFlush } = await flushLandsAfterSet(false);
     first.mode = 'fail';
