@@ -93,6 +93,8 @@ export class App {
     const upstreams = this.resolveUpstreams(config);
     // A proxy restarted during an outage picks up the repair work it had journaled.
     this.journal.load(upstreams);
+    // Sealed as the process before left it: the uniques it voided stay void (journal.log).
+    for (const u of upstreams) u.resumeUniques(this.journal.uniquesEpochOf(u));
     // The limits object is shared with every connection and updated in place on reload.
     this.listener = new Listener(() => this.router, { ...limitsOf(config) }, config.maxConnections, MCMUX_VERSION);
     this.listener.onBug = (error) => log.error({ err: error instanceof Error ? error.stack : String(error) }, 'bug on a client connection: closed it');
@@ -154,7 +156,10 @@ export class App {
         // for the whole fence. One added by a reload may be too, as far as mcmux knows (a check
         // that finds a marker of ours there lifts that fence).
         if (inner.scheme === 'memory') this.coldDetector.knownEmpty(m);
-        else if (reloading) m.fence(monotonicMs() + config.lockFence);
+        else if (reloading) {
+          m.resumeUniques(this.journal.uniquesEpochOf(m));
+          m.fence(monotonicMs() + config.lockFence);
+        }
       }
       next.set(id, m);
       return m;

@@ -4,7 +4,7 @@
  * marker is gone, the upstream is fenced for `lock-fence` ms: it must not decide `add`/`incr`,
  * or a session lock held in the other upstreams would be granted a second time (hazard 2).
  * Reads need no fence: a miss there falls through and is repaired. The cas uniques it handed out
- * before are void from then on (HealthyUpstream.restartedEmpty): its counter started again.
+ * before are void from then on (voidUniques): its counter started again.
  *
  * The marker's value is the pid of the mcmux process that wrote it, or, while the upstream is
  * fenced, `fenced until <epoch ms>`: an mcmux restarted inside that time finds the marker (put
@@ -132,7 +132,7 @@ export class ColdDetector {
     // Already fenced, it would go on deciding the keys written to it since that fence began,
     // which a restart has taken: they are learnt again from the writes after this one.
     u.emptied();
-    u.voidUniques();
+    this.voidUniques(u);
     void this.check(u); // a warm answer lifts this fence
   }
 
@@ -155,7 +155,7 @@ export class ColdDetector {
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
     u.fence(monotonicMs() + this.fenceMs);
-    u.voidUniques();
+    this.voidUniques(u);
     void this.checkStore(u, server.inner).then(async (sight) => {
       const look = { targets: [server.inner], sights: [sight] };
       this.judge(u, look, server.name);
@@ -169,7 +169,19 @@ export class ColdDetector {
    */
   private fenceCold(u: HealthyUpstream, until = 0): void {
     this.knownEmpty(u, until);
-    u.restartedEmpty();
+    u.emptied();
+    this.voidUniques(u);
+  }
+
+  /**
+   * `u`'s uniques are void from now on, in the next mcmux process too (journal.log): without it,
+   * that one sealed as this one did before the void, and a unique handed out then named an item
+   * of the store after it restarted (fuzz seed 25356 of 24001-25500 with MCMUX_FUZZ_RESTART=1:
+   * cas STORED over a newer add).
+   */
+  private voidUniques(u: HealthyUpstream): void {
+    u.voidUniques();
+    this.fenceLog?.uniquesVoided(u, u.uniquesEpoch);
   }
 
   /**
@@ -207,7 +219,7 @@ export class ColdDetector {
       this.lastSet.delete(s);
       this.found.delete(s);
     }
-    u.voidUniques();
+    this.voidUniques(u);
     void this.check(u);
   }
 
@@ -301,7 +313,7 @@ export class ColdDetector {
       // with MCMUX_FUZZ_RESTART=1: two upstreams fenced so by a marker, the third restarted empty
       // meanwhile, and the one that had lost a lock granted it again).
       u.fence(until);
-      u.voidUniques();
+      this.voidUniques(u);
       this.inherit(u, look.sights);
       if (server === undefined) this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream fenced by an earlier mcmux process: it decides no add/cas/incr until the fence ends');
       else this.log.warn({ upstream: u.name, server, fenceMs: this.fenceMs }, 'pool server fenced by an earlier mcmux process: the pool decides no add/cas/incr until the fence ends');

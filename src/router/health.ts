@@ -235,12 +235,6 @@ export class HealthyUpstream implements Upstream {
     this.forgetFenceKeys();
   }
 
-  /** The store came back empty (cold detector): the uniques it handed out before mean nothing. */
-  restartedEmpty(): void {
-    this.forgetFenceKeys();
-    this.voidUniques();
-  }
-
   /**
    * The uniques handed out so far are to name no item of the store any more: it came back empty
    * (its counter started again), or a flush_all emptied it (a restart just before may have gone
@@ -248,6 +242,22 @@ export class HealthyUpstream implements Upstream {
    */
   voidUniques(): void {
     this.casSeal = new CasSeal(this.storeId, `${this.casBase}/${++this.casEpoch}`);
+  }
+
+  /** How often its uniques were voided (journal.log keeps it: ColdDetector.voided). */
+  get uniquesEpoch(): number {
+    return this.casEpoch;
+  }
+
+  /**
+   * Seals as the mcmux process before this one last did (`epoch`, from journal.log): a unique it
+   * voided stays void (the store may have restarted, numbering its items from 1 again), one it
+   * handed out since still works. Called once, before any void of this process.
+   */
+  resumeUniques(epoch: number): void {
+    if (epoch <= this.casEpoch) return;
+    this.casEpoch = epoch;
+    this.casSeal = new CasSeal(this.storeId, `${this.casBase}/${epoch}`);
   }
 
   get name(): string {
@@ -418,10 +428,14 @@ export function knowsKey(u: Upstream, key: string): boolean {
   return !(u instanceof HealthyUpstream) || u.knows(key);
 }
 
-/** Where what a fenced upstream learnt is kept for the next mcmux process (journal.log). */
+/**
+ * What the cold detector keeps for the next mcmux process (journal.log): the keys a fenced
+ * upstream learnt, and how often each store's uniques were voided.
+ */
 export interface FenceLog {
   fenceLearnt(u: Upstream, id: number, key: string): void;
   fenceKeys(u: Upstream, id: number): Iterable<string>;
+  uniquesVoided(u: Upstream, epoch: number): void;
 }
 
 /** Tells a fenced upstream that a client's set or delete of `key` reached it, and `log` what it learnt. */

@@ -120,6 +120,8 @@ interface PerUpstream {
    * fenceLearnt.
    */
   fenced?: Map<number, Set<string>>;
+  /** How often its uniques were voided (HealthyUpstream.uniquesEpoch), as the last process left it. */
+  uniquesEpoch?: number;
 }
 
 export interface UnknownLate {
@@ -379,6 +381,22 @@ export class RepairJournal {
     if (keys.has(key)) return false;
     keys.add(key);
     return true;
+  }
+
+  /**
+   * `u`'s uniques were voided, `epoch` times so far (cold-detector.ts voidUniques): on file as
+   * `V <store> <epoch>`, so that the next process seals as this one does (uniquesEpochOf).
+   */
+  uniquesVoided(u: Upstream, epoch: number): void {
+    const p = this.of(u);
+    if (epoch <= (p.uniquesEpoch ?? 0)) return;
+    p.uniquesEpoch = epoch;
+    this.append(`V ${hex(idOf(u))} ${epoch}`);
+  }
+
+  /** What uniquesVoided last kept for `u` (0: never), to resume from (HealthyUpstream.resumeUniques). */
+  uniquesEpochOf(u: Upstream): number {
+    return this.byName.get(idOf(u))?.uniquesEpoch ?? 0;
   }
 
   /** The keys `u` learnt under fence `id` (fenceLearnt), by this process or one before it. */
@@ -1187,6 +1205,8 @@ export class RepairJournal {
         else p.overflow.known.delete(unhex(f[2]));
       } else if (f[0] === 'F' && p.overflow) {
         p.overflow.full = true;
+      } else if (f[0] === 'V' && f[2] !== undefined) {
+        p.uniquesEpoch = Math.max(p.uniquesEpoch ?? 0, Number(f[2]) || 0);
       } else if (f[0] === 'R' && f[2] !== undefined) {
         this.loadedTimeouts.set(name, Number(f[2]) || 0);
       } else if (f[0] === 'W' && f[3] !== undefined) {
@@ -1219,6 +1239,7 @@ export class RepairJournal {
       }
       for (const [key, e] of p.keys) out.push(mLine(name, key, e));
       for (const [id, keys] of p.fenced ?? []) for (const key of keys) out.push(`W ${hex(name)} ${id} ${hex(key)}`);
+      if (p.uniquesEpoch !== undefined) out.push(`V ${hex(name)} ${p.uniquesEpoch}`);
     }
     const fd = openSync(tmp, 'w', 0o600);
     writeSync(fd, out.length ? out.join('\n') + '\n' : '');

@@ -655,6 +655,8 @@ class World {
       });
     }
     if (this.stateDir !== undefined) journal.load(this.ups.map((u) => u.healthy));
+    // As app.ts: sealed as the process before left it.
+    for (const u of this.ups) u.healthy.resumeUniques(journal.uniquesEpochOf(u.healthy));
     const router = new Router(
       {
         upstreams: this.ups.map((u) => u.healthy),
