@@ -510,10 +510,11 @@ interface Op {
   /** Its keys that every upstream was dirty for as it began: it may take them from the freshest copy. */
   readonly allDirty: readonly string[];
   /**
-   * Its keys that an upstream lacks as it begins, having come back empty (a restart, the repair's
-   * flush) and been fenced for it, its lock-fence over since (see SchedUpstream.emptyFenced).
+   * Its keys that an upstream lacks as it begins (or as that upstream's lock-fence ends while it
+   * runs), having come back empty (a restart, the repair's flush) and been fenced for it, its
+   * lock-fence over since (see World.mayDecideLost).
    */
-  readonly lostAfterFence: readonly string[];
+  lostAfterFence: readonly string[];
   end: number | undefined;
   reply: Reply | undefined;
   thrown: unknown;
@@ -1313,6 +1314,13 @@ class World {
       if (!u.fenceEndNoted && this.mayDecideLost(u)) {
         u.fenceEndNoted = true;
         this.note([], `${u.name} lock-fence ENDED, lacking ${[...u.lost].join(' ')}`);
+        // A conditional command under way may be decided there from now on too (one waiting
+        // behind another of its key: seed 26404 of 25501-27000 with MCMUX_FUZZ_RESTART=1).
+        for (const op of this.ops) {
+          if (op.end !== undefined || !CONDITIONAL.has(op.kind)) continue;
+          const lost = op.keys.filter((k) => u.lost.has(k) && !this.journal.isDirty(u.healthy, k) && !op.lostAfterFence.includes(k));
+          if (lost.length > 0) op.lostAfterFence = [...op.lostAfterFence, ...lost];
+        }
       }
       const o = this.journal.overflowed(u.healthy) !== undefined;
       if (o !== u.overflowed) this.note([], `${u.name} journal ${o ? 'OVERFLOWED' : 'trusted again'}`);
