@@ -140,14 +140,16 @@ export function replicateKeyed(
       }
       return { kind: 'status', status: 'NOT_FOUND' };
     },
-    (u, o) => {
-      // The freshest copy only for a set a late flush may have wiped, and the touch found no item
-      // there: it was wiped (journal.wiped), and the next copy speaks for the key.
-      if (what === 'touch' && u === freshest && o.ok && o.value === 'NOT_FOUND' && ctx.journal.wiped(u, key)) {
-        freshest = ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0];
-      }
-      outcome(u, o);
-    },
+    what !== 'touch' || freshest === undefined
+      ? outcome
+      : (u, o) => {
+          // The freshest copy only for a set a late flush may have wiped, and the touch found no
+          // item there: it was wiped (journal.wiped), and the next copy speaks for the key.
+          if (u === freshest && o.ok && o.value === 'NOT_FOUND' && ctx.journal.wiped(u, key)) {
+            freshest = ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0];
+          }
+          outcome(u, o);
+        },
     () => ctx.journal.writeFinished(key),
   );
 }
