@@ -1804,6 +1804,19 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
     return { first, second, journal, repairer, exec, landFlush };
   }
 
+  /**
+   * As flushLandsAfterSet(false), then `set sess X` fails on the first upstream and reaches only
+   * the second (not acknowledged: its only copy may be wiped), and the flush lands there.
+   */
+  async function unackedSetWiped() {
+    const s = await flushLandsAfterSet(false);
+    s.first.mode = 'fail';
+    assert.match(status(await s.exec(set('sess', 'X'))), /^SERVER_ERROR /, 'its only copy may yet be wiped: not acknowledged');
+    s.first.mode = 'ok';
+    await s.landFlush();
+    return s;
+  }
+
   it('a set acknowledged after a flush_all that timed out is not lost once a refused append journals the other copy', async () => {
     const { first, journal, exec } = await flushLandsAfterSet();
     const store1 = first.store.bind(first);
@@ -1846,11 +1859,7 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
   // another client (the seed 1353 test above). A miss from such a copy is what tells the two
   // apart: the set it held is gone, and the copy ranks as one that missed it (journal.wiped).
   it('a set that reaches only the upstream whose flush may land, the flush landing after it, does not lose the set acknowledged before', async () => {
-    const { first, second, journal, repairer, exec, landFlush } = await flushLandsAfterSet(false);
-    first.mode = 'fail';
-    assert.match(status(await exec(set('sess', 'X'))), /^SERVER_ERROR /, 'its only copy may yet be wiped: not acknowledged');
-    first.mode = 'ok';
-    await landFlush();
+    const { first, second, journal, repairer, exec } = await unackedSetWiped();
     assert.deepEqual(values(await exec(get('sess'))), ['cart'], 'LOST WRITE: a miss from the copy the late flush emptied');
     // Settled (lateSettleMs 0 here): the repair takes the first as the truth, and copies it.
     for (let i = 0; i < 3; i++) await repairer.tick();
@@ -1860,32 +1869,20 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
   });
 
   it('an add after the late flush wiped the set that reached only its upstream is decided by the copy of the acknowledged set', async () => {
-    const { first, exec, landFlush } = await flushLandsAfterSet(false);
-    first.mode = 'fail';
-    assert.match(status(await exec(set('sess', 'X'))), /^SERVER_ERROR /);
-    first.mode = 'ok';
-    await landFlush();
+    const { exec } = await unackedSetWiped();
     const add: Command = { kind: 'store', mode: 'add', key: 'sess', value: Buffer.from('Y'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false };
     assert.equal(status(await exec(add)), 'NOT_STORED', 'LOST WRITE: granted by the copy the late flush emptied, over the acknowledged set');
     assert.deepEqual(values(await exec(get('sess'))), ['cart']);
   });
 
   it('a touch after the late flush wiped the set that reached only its upstream is answered by the copy of the acknowledged set', async () => {
-    const { first, exec, landFlush } = await flushLandsAfterSet(false);
-    first.mode = 'fail';
-    assert.match(status(await exec(set('sess', 'X'))), /^SERVER_ERROR /);
-    first.mode = 'ok';
-    await landFlush();
+    const { exec } = await unackedSetWiped();
     assert.equal(status(await exec({ kind: 'touch', key: 'sess', deadline: Date.now() + 60_000, noreply: false })), 'TOUCHED', 'LOST WRITE: NOT_FOUND from the copy the late flush emptied');
     assert.deepEqual(values(await exec(get('sess'))), ['cart']);
   });
 
   it('the repair, before any read, finds the set the late flush wiped gone too, and keeps the acknowledged one', async () => {
-    const { first, second, journal, repairer, exec, landFlush } = await flushLandsAfterSet(false);
-    first.mode = 'fail';
-    assert.match(status(await exec(set('sess', 'X'))), /^SERVER_ERROR /);
-    first.mode = 'ok';
-    await landFlush();
+    const { first, second, journal, repairer } = await unackedSetWiped();
     for (let i = 0; i < 3; i++) await repairer.tick();
     assert.equal(journal.isDirty(first, 'sess') || journal.isDirty(second, 'sess'), false, 'repaired');
     assert.deepEqual([(await first.inner.get(['sess']))[0]?.value.toString(), (await second.inner.get(['sess']))[0]?.value.toString()], ['cart', 'cart']);
