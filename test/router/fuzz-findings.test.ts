@@ -2030,6 +2030,14 @@ describe('router fuzz findings, minimised: the first marker check of an upstream
   });
 });
 
+/** Two fault-injecting upstreams behind a router (min-copies 1) with a journal in memory. */
+function twoFakes(writeWait: 'all' | 'copies') {
+  const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
+  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait, allowFlush: false }, source, noop);
+  return { first: ups[0], second: ups[1], exec: (c: Command): Promise<Reply> => Promise.resolve(router.execute(c)) };
+}
+
 // Found by the fuzz (seed 18966 of 18001-19500): a replace timed out on the authority (it may
 // still land) while the other upstream was down; an append was then decided there, and the late
 // replace landed right after it, with a deadline already past: the item was gone when the append's
@@ -2043,11 +2051,7 @@ describe('router fuzz findings, minimised: a result gone from its authority righ
   const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
 
   it('an append whose result a late replace wiped (its deadline past) is not acknowledged', async () => {
-    const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
-    const [first, second] = ups;
-    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
-    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    const { first, second, exec } = twoFakes('all');
     assert.equal(describeReply(await exec(cmd('set', 'sess', 'cart'))), 'STORED');
     second.mode = 'fail'; // down from here on
     first.gateOnly = (call) => call === 'replace sess';
@@ -2079,11 +2083,7 @@ describe('router fuzz findings, minimised: a result gone from its authority righ
 // (journal.markPending, pendingFrom).
 describe('router fuzz findings, minimised: two acknowledged writes of a key on their way to one upstream', () => {
   it('a read that began between them does not take the value the first replaced from there', async () => {
-    const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
-    const [first, second] = ups;
-    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'copies', allowFlush: false }, source, noop);
-    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    const { first, second, exec } = twoFakes('copies');
     const set = (value: string): Command => ({ kind: 'store', mode: 'set', key: 'sess', value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
     assert.equal(describeReply(await exec(set('A'))), 'STORED');
     await settle(); // on both
