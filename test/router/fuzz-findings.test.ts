@@ -2054,6 +2054,9 @@ describe('router fuzz findings, minimised: a result gone from its authority righ
     const { first, second, exec } = twoFakes('all');
     assert.equal(describeReply(await exec(cmd('set', 'sess', 'cart'))), 'STORED');
     second.mode = 'fail'; // down from here on
+    // It misses a touch first: dirty since before the replace, it ranks below the first for the
+    // key whatever the clock reads when each misses the replace (the first decides the append).
+    assert.equal(describeReply(await exec({ kind: 'touch', key: 'sess', deadline: 0, noreply: false })), 'TOUCHED');
     first.gateOnly = (call) => call === 'replace sess';
     first.delay_late(); // the replace waits in the first upstream's socket
     assert.match(describeReply(await exec(cmd('replace', 'sess', 'old', Date.now() - 1000))), /^SERVER_ERROR /);
