@@ -41,6 +41,12 @@ import { describeReply } from '../helpers/reply-text';
 const silent = pino({ level: 'silent' });
 const source = { startedAt: 0, version: 'fuzz', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
 const noop = (): void => {};
+/** Commands and replies as the tests below write and read them. */
+const set = (key: string, value: string, deadline = 0): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false });
+const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
+const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
+const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
+const status = (r: Reply): string => describeReply(r);
 const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 /** A state-dir, removed after the test, and two fake upstreams that outlive each mcmux process of it. */
 function restartable(t: TestContext): { dir: string; first: FakeUpstream; second: FakeUpstream } {
@@ -117,16 +123,11 @@ describe('router fuzz findings, minimised', () => {
     await settle();
     return { fakes, ups, detector, exec, unique };
   }
-  const set = (key: string, value: string, deadline = 0): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false });
   const add = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-  const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
   const gat = (key: string, deadline: number): Command => ({ kind: 'get', keys: [key], withCas: false, touch: deadline });
   const touch = (key: string, deadline: number): Command => ({ kind: 'touch', key, deadline, noreply: false });
-  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
   const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
   const incr = (key: string, delta: bigint): Command => ({ kind: 'arith', op: 'incr', key, delta, initial: undefined, deadline: 0, noreply: false });
-  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
-  const status = (r: Reply): string => describeReply(r);
   function deferred(): { promise: Promise<void>; resolve: () => void } {
     let resolve!: () => void;
     const promise = new Promise<void>((r) => (resolve = r));
@@ -1017,11 +1018,6 @@ describe('router fuzz findings, minimised', () => {
 // mcmux restarts (fuzz.test.ts with MCMUX_FUZZ_RESTART=1): a new process on the journal.log the
 // one before left, over the same upstreams, which kept their data and their sockets' contents.
 describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTART)', () => {
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-  const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
-  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
-  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
-  const status = (r: Reply): string => describeReply(r);
   /** One mcmux process over `ups`, with its journal in `dir`, loaded as app.ts loads it. */
   function start(ups: readonly FakeUpstream[], dir: string, maxKeys = 1000) {
     const journal = new RepairJournal({ maxKeys, dir, fsync: 'no' });
@@ -1258,11 +1254,8 @@ describe('router fuzz findings, minimised: with mcmux restarts (MCMUX_FUZZ_RESTA
 // back). The fuzz found it (seed 5779 of 3001-7000, MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1;
 // no restart needed). A cas its authority may have applied now answers SERVER_ERROR.
 describe('router fuzz findings, minimised: a cas its authority may have applied', () => {
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const cas = (key: string, value: string, unique: bigint): Command => ({ kind: 'store', mode: 'cas', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: unique, withCas: false, noreply: false });
   const get = (key: string, withCas = false): Command => ({ kind: 'get', keys: [key], withCas, touch: undefined });
-  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
-  const status = (r: Reply): string => describeReply(r);
 
   it('a cas applied on the first upstream that timed out there, its value read meanwhile: the second does not answer it EXISTS', async () => {
     const fakes = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
@@ -1310,11 +1303,6 @@ describe('router fuzz findings, minimised: a cas its authority may have applied'
 // A copy now counts only where a read takes it: clean for the key, or the freshest copy when every
 // upstream is dirty for it (and, for a set, no flush that timed out may wipe it there).
 describe('router fuzz findings, minimised: a copy on an upstream that is not read for the key', () => {
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
-  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
-  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
-  const status = (r: Reply): string => describeReply(r);
   /** One mcmux process over two fakes with a journal of one key (in `dir` when given, loaded as app.ts loads it). */
   function start(ups: readonly [FakeUpstream, FakeUpstream], writeWait: 'all' | 'copies', dir?: string) {
     const journal = new RepairJournal({ maxKeys: 1, dir, fsync: 'no' });
@@ -1386,11 +1374,6 @@ describe('router fuzz findings, minimised: a copy on an upstream that is not rea
 // timeout and a settle time from its start, or a settle time after it came back; and it takes no
 // command before that has passed on the upstreams that are up (app.ts, Repairer.untilUnknownSettled).
 describe('router fuzz findings, minimised: a process killed with requests out (journal.log without an E line)', () => {
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-  const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
-  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
-  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
-  const status = (r: Reply): string => describeReply(r);
   /** One mcmux process as app.ts builds one (health, journal loaded from `dir`, router, repairer). */
   function proc(fakes: readonly FakeUpstream[], dir: string) {
     const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 1, probeMinMs: 100, probeMaxMs: 400 }, noop));
@@ -1607,8 +1590,6 @@ describe('router fuzz findings, minimised: a read overlapping a write-wait = cop
       return this.hold === undefined ? answer : this.hold.then(() => answer);
     }
   }
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
 
   it('a multi-get that finds a key missing on an upstream that restarted empty reads the other copy, pending a newer write', async () => {
     const first = new SlowGets('fake://0');
@@ -1646,12 +1627,7 @@ describe('router fuzz findings, minimised: a read overlapping a write-wait = cop
 // client, as one a flush that timed out may wipe (and with one upstream, an incr or append
 // applied there is not acknowledged either).
 describe('router fuzz findings, minimised: a copy where a request of the key that timed out may still land', () => {
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const add = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
-  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
-  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
-  const status = (r: Reply): string => describeReply(r);
   function start(writeWait: 'all' | 'copies') {
     const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
     const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
@@ -1773,12 +1749,7 @@ describe('router fuzz findings, minimised: a copy where a request of the key tha
 // Had the append timed out there instead (it may have been applied), the first is rightly dirty;
 // the second, which it was never sent to, now ranks below it (journal.notSent).
 describe('router fuzz findings, minimised: a copy a late flush emptied, ranked the freshest', () => {
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const append = (key: string, value: string): Command => ({ kind: 'store', mode: 'append', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
-  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
-  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
-  const status = (r: Reply): string => describeReply(r);
   /**
    * A flush_all times out on the second upstream; `set sess cart` reaches both; then (`land`) the
    * flush lands on the second, emptying it.
@@ -1909,10 +1880,6 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
 // MCMUX_FUZZ_RESTART=1). The repair now copies a missed delete as the key's current state from an
 // upstream that holds it, as it copies a missed write; it replays one only where none can tell.
 describe('router fuzz findings, minimised: a missed delete on file, older than a write that reached the upstream since', () => {
-  const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
-  const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
-  const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
   function proc(fakes: readonly FakeUpstream[], dir: string, writeWait: 'all' | 'copies') {
     const journal = new RepairJournal({ maxKeys: 1000, dir, fsync: 'no' });
     journal.load(fakes);
@@ -1961,7 +1928,6 @@ describe('router fuzz findings, minimised: the first marker check of an upstream
   const store = (mode: 'add' | 'set', key: string, value: string): Command => ({ kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const lock = (value: string): Command => store('add', 'lock', value);
   const incr = (key: string): Command => ({ kind: 'arith', op: 'incr', key, delta: 1n, initial: undefined, deadline: 0, noreply: false });
-  const status = (r: Reply): string => describeReply(r);
   function proc(fakes: readonly FakeUpstream[]) {
     const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, noop));
     const detector = new ColdDetector(() => ups, 60_000, silent);
@@ -2048,7 +2014,6 @@ describe('router fuzz findings, minimised: a result gone from its authority righ
   const cmd = (mode: 'set' | 'replace' | 'append', key: string, value: string, deadline = 0): Command => ({
     kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false,
   });
-  const get = (key: string): Command => ({ kind: 'get', keys: [key], withCas: false, touch: undefined });
 
   it('an append whose result a late replace wiped (its deadline past) is not acknowledged', async () => {
     const { first, second, exec } = twoFakes('all');

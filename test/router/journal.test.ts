@@ -18,6 +18,8 @@ import { FakeUpstream } from '../helpers/fake-upstream';
 
 const silent = pino({ level: 'silent' });
 const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+/** A key or store name as journal.log writes it. */
+const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 
 /**
  * lateSettleMs defaults to 0 here: the fake's timeouts are never applied, unless a test holds
@@ -693,7 +695,6 @@ describe('repair journal', () => {
     try {
       const u = { name: 'fake://0' } as Upstream;
       const v = { name: 'fake://1' } as Upstream;
-      const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
       const t = 1_800_000_000_000;
       writeFileSync(join(dir, 'journal.log'), [`S ${hex(u.name)}`, `S ${hex(v.name)}`, `M ${hex(u.name)} w ${hex('k')} ${t}`, `M ${hex(v.name)} d ${hex('k')} ${t + 5}`, ''].join('\n'));
       const j = new RepairJournal({ maxKeys: 10, dir, fsync: 'no' });
@@ -781,9 +782,9 @@ describe('repair journal', () => {
       const j = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
       j.load([u]);
       const rLines = (): string[] => readFileSync(join(dir, 'journal.log'), 'latin1').split('\n').filter((l) => l.startsWith('R '));
-      assert.deepEqual(rLines(), [`R ${Buffer.from(u.name).toString('hex')} 400`]);
+      assert.deepEqual(rLines(), [`R ${hex(u.name)} 400`]);
       j.setChain([{ name: u.name, timeoutMs: 50 } as Upstream]); // a reload: the same store, another timeout
-      assert.deepEqual(rLines(), [`R ${Buffer.from(u.name).toString('hex')} 50`]);
+      assert.deepEqual(rLines(), [`R ${hex(u.name)} 50`]);
       j.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
