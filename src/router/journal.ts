@@ -714,13 +714,28 @@ export class RepairJournal {
    */
   freshest(all: readonly Upstream[], usable: readonly Upstream[], key: string): Upstream[] | undefined {
     if (!all.every((u) => this.isDirty(u, key))) return undefined;
+    const top = [...all].sort((a, b) => this.fresher(b, a, key))[0];
+    return top !== undefined && usable.includes(top) && !this.notYet(top, key) ? [top] : [];
+  }
+
+  /**
+   * Whether some other upstream of `all` holds a newer state of `key` than `u` may: one clean for
+   * it, or, with every copy dirty, one that ranks above `u` as freshest() ranks them (a tie is
+   * not above). A missed delete is replayed only where none does (repair.ts): its entry may be
+   * older than a write that reached `u` without a word on file, and such a copy has that write.
+   */
+  outranked(all: readonly Upstream[], u: Upstream, key: string): boolean {
+    return all.some((o) => o !== u && (!this.isDirty(o, key) || this.fresher(o, u, key) > 0));
+  }
+
+  /** Above 0 when `a`'s copy of `key` ranks as fresher than `b`'s (both dirty), below 0 when older. */
+  private fresher(a: Upstream, b: Upstream, key: string): number {
     const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest
     const first = (u: Upstream): number => this.entry(u, key)?.firstSeq ?? 0;
     // By write sequence when both have one (exact, whatever order the answers came in), else by
     // time (entries loaded from disk have no sequence).
-    const bySeq = (a: Upstream, b: Upstream): number => (first(a) > 0 && first(b) > 0 ? first(b) - first(a) : 0);
-    const top = [...all].sort((a, b) => bySeq(a, b) || since(b) - since(a) || first(b) - first(a))[0];
-    return top !== undefined && usable.includes(top) && !this.notYet(top, key) ? [top] : [];
+    const bySeq = first(a) > 0 && first(b) > 0 ? first(a) - first(b) : 0;
+    return bySeq || since(a) - since(b) || first(a) - first(b);
   }
 
   /**

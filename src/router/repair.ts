@@ -213,8 +213,11 @@ export class Repairer {
       // A missed delete is copied as the key's current state too where an upstream holds it: the
       // entry may be older than a write that reached `u` since without a word on file (a copy of a
       // write-wait = copies write still on its way when mcmux was killed, applied after), and
-      // replaying it would delete that write. Replayed only where no upstream can tell.
-      if (op === 'delete' && !source) {
+      // replaying it would delete that write. Replayed only where no upstream can tell, now or
+      // later: one that may hold a newer state (clean for the key, or dirty since a later write)
+      // but is down is waited for, as for a missed write (fuzz seed 30555 with
+      // MCMUX_FUZZ_RESTART=1: the set's other copy was down, and the replayed delete left none).
+      if (op === 'delete' && !source && !journal.outranked(ctx.upstreams, u, key)) {
         await u.delete(key);
       } else {
         if (clean.length > 0 && !source) return false; // wait for the fence to end

@@ -1914,6 +1914,46 @@ describe('router fuzz findings, minimised: a missed delete on file, older than a
     first.mode = 'fail';
     assert.deepEqual(values(await c.exec(get('sess'))), ['B'], 'LOST WRITE: the old delete was replayed over the acknowledged set');
   });
+
+  // The same, with the first upstream dirty too (seed 30555 of 30001-31500 with
+  // MCMUX_FUZZ_RESTART=1): an append the next process sent it failed, so no upstream was clean
+  // for the key, and the repair replayed the old delete, which it did where "no upstream can
+  // tell". The first can: it missed only a write newer than the delete (it ranks as the freshest
+  // copy), and it holds the set. A missed delete is now replayed only where no other copy ranks
+  // above it (journal.outranked); here the second copies the first's state once that is settled.
+  it('nor when the upstream that holds the set is dirty too, since a newer write it missed', async (t) => {
+    const clocks = clocksFor(t);
+    const { dir, first, second } = restartable(t);
+    const a = proc([first, second], dir, 'all');
+    assert.equal(describeReply(await a.exec(set('sess', 'A'))), 'STORED');
+    second.mode = 'fail';
+    assert.equal(describeReply(await a.exec(del('sess'))), 'DELETED', 'a logout the second misses');
+    second.mode = 'ok';
+    a.journal.close();
+
+    const b = proc([first, second], dir, 'copies');
+    second.gateOnly = (call) => call === 'set sess';
+    second.close_gate();
+    assert.equal(describeReply(await b.exec(set('sess', 'B'))), 'STORED', 'on the first; the copy to the second on its way');
+    b.journal.close(false); // killed
+    second.open(); // the copy lands
+    await settle();
+
+    // The second listed first: its repair runs before the first's own takes the first as the
+    // truth, as when the first is down (in the fuzz it was).
+    const c = proc([second, first], dir, 'all');
+    clocks.advance(second.timeoutMs); // what the killed process sent has settled
+    first.mode = 'fail';
+    const append: Command = { kind: 'store', mode: 'append', key: 'sess', value: Buffer.from('+'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false };
+    assert.match(describeReply(await c.exec(append)), /^SERVER_ERROR /, 'the append fails on the first, the only clean copy');
+    first.mode = 'ok';
+    assert.ok(c.journal.isDirty(first, 'sess') && c.journal.isDirty(second, 'sess'), 'every copy is dirty for the key');
+    await c.repairer.tick(); // the second waits for the first, the freshest; the first is taken as the truth
+    await c.repairer.tick(); // the second copies it
+    assert.equal(c.journal.isDirty(second, 'sess'), false, 'repaired');
+    first.mode = 'fail';
+    assert.deepEqual(values(await c.exec(get('sess'))), ['B'], 'LOST WRITE: the old delete was replayed over the acknowledged set');
+  });
 });
 
 // A memcached restarted (empty) while mcmux was down, and the next process's first marker check
