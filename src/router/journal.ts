@@ -767,7 +767,12 @@ export class RepairJournal {
       return;
     }
     if (!p.keys.has(key) && p.keys.size >= this.options.maxKeys) {
+      // Overflowed now: this miss is learnt as the overflow learns one, a late request of the key
+      // remembered as distrust remembers the late entries (fuzz seed 31012 with
+      // MCMUX_FUZZ_RESTART=1: the set that overflowed it timed out, was forgotten, and landed
+      // after the repair had flushed the cache and trusted it).
       this.distrust(u);
+      this.mark(u, key, op, seq, late);
       return;
     }
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
