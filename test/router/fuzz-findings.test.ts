@@ -34,6 +34,7 @@ import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { LATE_SETTLE_MS, Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
+import type { Upstream } from '../../src/upstream/upstream';
 import { clocksFor } from '../helpers/clocks';
 import { FakeUpstream } from '../helpers/fake-upstream';
 import { describeReply } from '../helpers/reply-text';
@@ -1901,7 +1902,7 @@ describe('router fuzz findings, minimised: a copy a late flush emptied, ranked t
 // MCMUX_FUZZ_RESTART=1). The repair now copies a missed delete as the key's current state from an
 // upstream that holds it, as it copies a missed write; it replays one only where none can tell.
 describe('router fuzz findings, minimised: a missed delete on file, older than a write that reached the upstream since', () => {
-  function proc(fakes: readonly FakeUpstream[], dir: string, writeWait: 'all' | 'copies') {
+  function proc(fakes: readonly Upstream[], dir: string, writeWait: 'all' | 'copies') {
     const journal = new RepairJournal({ maxKeys: 1000, dir, fsync: 'no' });
     journal.load(fakes);
     const router = new Router({ upstreams: fakes, journal, minCopies: 1, writeWait, allowFlush: true }, source, noop);
@@ -1934,6 +1935,39 @@ describe('router fuzz findings, minimised: a missed delete on file, older than a
     assert.equal(c.journal.isDirty(second, 'sess'), false, 'repaired');
     first.mode = 'fail';
     assert.deepEqual(values(await c.exec(get('sess'))), ['B'], 'LOST WRITE: the old delete was replayed over the acknowledged set');
+  });
+
+  // The same with the first upstream clean for the key but down as the repair runs: it can tell,
+  // once it is back, and the repair waits for it as it waits for a missed write's source.
+  it('nor while the upstream that holds the set, clean for the key, is down', async (t) => {
+    const clocks = clocksFor(t);
+    const { dir, first, second } = restartable(t);
+    const a = proc([first, second], dir, 'all');
+    assert.equal(describeReply(await a.exec(set('sess', 'A'))), 'STORED');
+    second.mode = 'fail';
+    assert.equal(describeReply(await a.exec(del('sess'))), 'DELETED', 'a logout the second misses');
+    second.mode = 'ok';
+    a.journal.close();
+
+    const b = proc([first, second], dir, 'copies');
+    second.gateOnly = (call) => call === 'set sess';
+    second.close_gate();
+    assert.equal(describeReply(await b.exec(set('sess', 'B'))), 'STORED', 'on the first; the copy to the second on its way');
+    b.journal.close(false); // killed
+    second.open(); // the copy lands
+    await settle();
+
+    const ups = [new HealthyUpstream(first, { downAfter: 1, probeMinMs: 60_000, probeMaxMs: 60_000 }, noop), second];
+    const c = proc(ups, dir, 'all');
+    t.after(() => void ups[0]?.close());
+    clocks.advance(second.timeoutMs); // what the killed process sent has settled
+    first.mode = 'fail';
+    await c.exec(get('other')); // the first goes down
+    assert.equal((ups[0] as HealthyUpstream).usable, false);
+    assert.equal(c.journal.isDirty(first, 'sess'), false, 'the first is clean for the key');
+    await c.repairer.tick();
+    assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'B', 'LOST WRITE: the old delete was replayed over the acknowledged set while its other copy was down');
+    assert.ok(c.journal.isDirty(second, 'sess'), 'still to repair, once the first is back');
   });
 
   // The same, with the first upstream dirty too (seed 30555 of 30001-31500 with
