@@ -1,50 +1,20 @@
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { type AddressInfo, type Socket, createServer } from 'node:net';
 import { type TestContext, test } from 'node:test';
-import { EXPIRED, type Hit } from '../../src/command/command';
+import { EXPIRED } from '../../src/command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
 import { createMemcachedUpstream } from '../../src/upstream/memcached';
 import type { ArithResult, Upstream } from '../../src/upstream/upstream';
 
 /** The number of an OK arith result (its cas is checked on its own), or the result itself. */
 const okValue = (r: ArithResult): unknown => (r.status === 'OK' ? r.value : r);
+import { b, codeOf, eventually, getOne, set } from '../helpers/driver-calls';
 import { type MemcachedProcess, freePort, requireBinary, startMemcached } from '../helpers/servers';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
-const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 function open(url: string, options: Record<string, string> = {}): Upstream {
   return createMemcachedUpstream(new URL(url), new Map(Object.entries(options)), ctx);
-}
-
-async function set(up: Upstream, key: string, value: string | Buffer, flags = 0, deadline = 0): Promise<bigint> {
-  const r = await up.store({ mode: 'set', key, value: typeof value === 'string' ? b(value) : value, flags, deadline });
-  assert.equal(r.status, 'STORED');
-  assert.equal(typeof r.cas, 'bigint');
-  return r.cas as bigint;
-}
-
-async function getOne(up: Upstream, key: string): Promise<Hit | undefined> {
-  const [hit] = await up.get([key]);
-  return hit;
-}
-
-function codeOf(err: unknown): string {
-  return err instanceof McmuxError ? err.code : String(err);
-}
-
-/** Retries `fn` until it resolves; a bounded poll for state with no event to wait on. */
-async function eventually<T>(fn: () => Promise<T>, onError: (err: unknown) => void = () => {}): Promise<T> {
-  for (let i = 0; ; i++) {
-    try {
-      return await fn();
-    } catch (err) {
-      onError(err);
-      if (i >= 400) throw err;
-      await sleep(25);
-    }
-  }
 }
 
 test('memcached upstream against a real memcached', async (t) => {

@@ -8,49 +8,20 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type Connection, type RowDataPacket, createConnection } from 'mysql2/promise';
-import { EXPIRED, type Hit } from '../../src/command/command';
-import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
+import { EXPIRED } from '../../src/command/command';
+import { ConfigError, ErrorCodes } from '../../src/errors';
 import { createMysqlUpstream } from '../../src/upstream/mysql';
 import type { Upstream } from '../../src/upstream/upstream';
+import { b, codeOf, eventually, getOne, set } from '../helpers/driver-calls';
 import { freePort, requireBinary } from '../helpers/servers';
 import { assertMaxQueueOfTwo } from '../helpers/upstream-limits';
 import { MARIADB_DATABASE, MARIADB_PASSWORD, MARIADB_USER, type MariadbProcess, startMariadb } from './targets/mysql';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
-const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const DAY = 24 * 3600 * 1000;
 
 function open(url: string, options: Record<string, string> = {}, c: typeof ctx | { defaultTimeoutMs: number | undefined; maxItemSize: number } = ctx): Upstream {
   return createMysqlUpstream(new URL(url), new Map(Object.entries(options)), c);
-}
-
-async function set(up: Upstream, key: string, value: string | Buffer, flags = 0, deadline = 0): Promise<bigint> {
-  const r = await up.store({ mode: 'set', key, value: typeof value === 'string' ? b(value) : value, flags, deadline });
-  assert.equal(r.status, 'STORED');
-  assert.equal(typeof r.cas, 'bigint');
-  return r.cas as bigint;
-}
-
-async function getOne(up: Upstream, key: string): Promise<Hit | undefined> {
-  const [hit] = await up.get([key]);
-  return hit;
-}
-
-function codeOf(err: unknown): string {
-  return err instanceof McmuxError ? err.code : String(err);
-}
-
-/** Retries `fn` until it resolves; a bounded poll for state with no event to wait on. */
-async function eventually<T>(fn: () => Promise<T>, onError: (err: unknown) => void = () => {}): Promise<T> {
-  for (let i = 0; ; i++) {
-    try {
-      return await fn();
-    } catch (err) {
-      onError(err);
-      if (i >= 400) throw err;
-      await sleep(25);
-    }
-  }
 }
 
 /** A plain mysql2 connection to look at the server behind the driver's back. */

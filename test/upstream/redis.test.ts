@@ -7,58 +7,28 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { inspect } from 'node:util';
 import { Redis } from 'ioredis';
-import { EXPIRED, type Hit, U64_MASK, applyArith } from '../../src/command/command';
+import { EXPIRED, U64_MASK, applyArith } from '../../src/command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
 import { keySlot } from '../../src/upstream/redis';
 import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
+import { b, codeOf, eventually, getOne, set } from '../helpers/driver-calls';
 import { startFaultProxy } from '../helpers/fault-proxy';
 import { freePort, haveBinary, requireBinary } from '../helpers/servers';
 import { assertMaxQueueOfTwo } from '../helpers/upstream-limits';
 import { type RedisProcess, makeDir, removeDir, spawnRedis, startRedis, stopProcess } from './targets/redis';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
-const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const DAY = 24 * 3600 * 1000;
 
 function open(url: string, options: Record<string, string> = {}): Upstream {
   return createUpstream(url, new Map(Object.entries(options)), ctx);
 }
 
-async function set(up: Upstream, key: string, value: string | Buffer, flags = 0, deadline = 0): Promise<bigint> {
-  const r = await up.store({ mode: 'set', key, value: typeof value === 'string' ? b(value) : value, flags, deadline });
-  assert.equal(r.status, 'STORED');
-  assert.equal(typeof r.cas, 'bigint');
-  return r.cas as bigint;
-}
-
-async function getOne(up: Upstream, key: string): Promise<Hit | undefined> {
-  const [hit] = await up.get([key]);
-  return hit;
-}
-
 const text = async (up: Upstream, key: string): Promise<string | undefined> => (await getOne(up, key))?.value.toString('latin1');
-
-function codeOf(err: unknown): string {
-  return err instanceof McmuxError ? err.code : String(err);
-}
-
-/** Retries `fn` until it resolves; a bounded poll for state with no event to wait on. */
-async function eventually<T>(fn: () => Promise<T>, onError: (err: unknown) => void = () => {}): Promise<T> {
-  for (let i = 0; ; i++) {
-    try {
-      return await fn();
-    } catch (err) {
-      onError(err);
-      if (i >= 400) throw err;
-      await sleep(25);
-    }
-  }
-}
 
 /** A plain ioredis client, to look at what the driver wrote. */
 function raw(server: RedisProcess, db = 0): Redis {
