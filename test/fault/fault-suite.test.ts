@@ -32,6 +32,7 @@ import { type Config, buildConfig } from '../../src/config';
 import type { HealthyUpstream } from '../../src/router/health';
 import { type FaultProxy, startFaultProxy } from '../helpers/fault-proxy';
 import { killAndWait, peekItem } from '../helpers/mcmux';
+import { eventually } from '../helpers/poll';
 import { type MemcachedProcess, freePort, requireBinary, startMemcached } from '../helpers/servers';
 import {
   type OpRecord,
@@ -321,13 +322,7 @@ async function startMux(t: TestContext, upstreams: Array<{ url: string; timeoutM
 }
 
 /** Polls `cond` every 20 ms until it holds; fails the test after `ms`. */
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = UNTIL_MS): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) assert.fail(`not within ${ms} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const until = (what: string, cond: () => boolean | Promise<boolean>, ms = UNTIL_MS): Promise<void> => eventually(what, cond, { timeoutMs: ms, every: 20 });
 
 function workload(mux: Mux, prefix: string, clients = CLIENTS): Workload {
   return startWorkload({

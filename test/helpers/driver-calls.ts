@@ -30,7 +30,8 @@ export function codeOf(err: unknown): string {
 
 /**
  * Retries `fn` until it resolves; a bounded poll for state with no event to wait on (401 tries,
- * 25 ms apart). `onError` sees each rejection; the last one is thrown.
+ * 25 ms apart). `onError` sees each rejection; the last one is thrown. (helpers/poll's
+ * `eventually` waits for a condition to hold instead.)
  */
 export async function eventually<T>(fn: () => Promise<T>, onError: (err: unknown) => void = () => {}): Promise<T> {
   for (let i = 0; ; i++) {

@@ -254,14 +254,8 @@ export async function peekItem(port: number, key: string, timeoutMs = 5000): Pro
   }
 }
 
-/** Polls `cond` (bounded) for state that has no event to wait on, such as a background repair. */
-export async function eventually(what: string, cond: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+/** Polls `cond` (bounded) for state that has no event to wait on, such as a background repair (helpers/poll: every 50 ms, 10 s unless told). */
+export { eventually } from './poll';
 
 /** SIGKILL, and resolves once the process is gone (so its port refuses connections). */
 export async function killAndWait(mc: MemcachedProcess): Promise<void> {

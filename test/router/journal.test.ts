@@ -15,6 +15,7 @@ import { MemoryUpstream } from '../../src/upstream/memory';
 import type { Upstream } from '../../src/upstream/upstream';
 import { TestClocks } from '../helpers/clocks';
 import { FakeUpstream } from '../helpers/fake-upstream';
+import { type Poll, eventually } from '../helpers/poll';
 
 const silent = pino({ level: 'silent' });
 const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
@@ -42,14 +43,8 @@ const del = (key: string): Command => ({ kind: 'delete', key, noreply: false });
 const DELETED: Reply = { kind: 'status', status: 'DELETED' };
 const flushAll: Command = { kind: 'flush', delay: 0, noreply: false };
 
-/** Waits for background work by polling a condition, bounded (no event to wait on). */
-async function eventually(cond: () => Promise<boolean> | boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 2));
-  }
-  assert.fail(`never happened: ${what}`);
-}
+/** How `eventually` waits for background work here: 500 checks, 2 ms apart (counted, not timed: a test mocks Date). */
+const SOON: Poll = { checks: 500, every: 2 };
 const value = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `<${r.kind}>`);
 const held = async (u: Upstream, key: string): Promise<string | undefined> =>
   ((u as FakeUpstream).inner ?? u).get([key]).then(([h]) => h?.value.toString());
@@ -332,7 +327,7 @@ describe('repair journal', () => {
     assert.deepEqual(await exec(del('sess')), DELETED, 'reaches a (and b)');
     assert.equal(journal.isDirty(a, 'sess'), true, 'the delete reached a, but the timed-out set may land after it');
     a.open();
-    await eventually(async () => (await held(a, 'sess')) === 'cart', 'the late set landed on a');
+    await eventually('the late set landed on a', async () => (await held(a, 'sess')) === 'cart', SOON);
     assert.equal(value(await exec(get('sess'))), undefined, 'the destroyed session stays destroyed');
     await exec(set('sess', 'again'));
     assert.equal(journal.isDirty(a, 'sess'), true, 'no later write makes a trusted for it before a is');
@@ -411,7 +406,7 @@ describe('repair journal', () => {
     await repairer.tick();
     assert.ok(journal.isDirty(b!, 'sess') && journal.isDirty(b!, 'miss'), 'nothing is copied to b while its flush may land');
     b!.open(); // the flush lands
-    await eventually(async () => (await held(b!, 'sess')) === undefined, 'the late flush emptied b');
+    await eventually('the late flush emptied b', async () => (await held(b!, 'sess')) === undefined, SOON);
     repairer.options = { ...repairer.options, lateSettleMs: 0 };
     await repairer.tick();
     assert.equal(journal.unknownLate(b!)?.at, undefined, 'settled');
@@ -464,7 +459,7 @@ describe('repair journal', () => {
     await exec(set('w', 'x')); // reaches a
     assert.ok(journal.isDirty(a, 'w'), 'the flush may yet land over it: not read from a');
     a.open(); // it does
-    await eventually(async () => (await held(a, 'w')) === undefined, 'the late flush emptied a');
+    await eventually('the late flush emptied a', async () => (await held(a, 'w')) === undefined, SOON);
     assert.equal(value(await exec(get('w'))), 'x');
     repairer.options = { ...repairer.options, lateSettleMs: 0 };
     await repairer.tick(); // settled: flushed again, and trusted
@@ -835,7 +830,7 @@ describe('timed-out requests that are applied late (a paused server that resumes
     assert.ok(journal.entry(a!, 'sess')?.late, 'a timeout: the entry is late');
     assert.deepEqual(await exec(del('sess')), DELETED, 'the session is destroyed, on a too');
     a!.open(); // a resumes, and applies the set that waited in its old connection
-    await eventually(async () => (await held(a!, 'sess')) === 'cart', 'the late set landed on a');
+    await eventually('the late set landed on a', async () => (await held(a!, 'sess')) === 'cart', SOON);
     assert.equal(value(await exec(get('sess'))), undefined, 'the destroyed session stays destroyed');
     assert.ok(journal.isDirty(a!, 'sess'), 'the delete did not clear the late entry');
     await repairer.tick();
@@ -855,10 +850,10 @@ describe('timed-out requests that are applied late (a paused server that resumes
     a!.gateOnly = (call) => call === 'add sess';
     a!.delay_late();
     assert.equal(value(await exec(get('sess'))), 'cart', 'a missed, b had it: read repair adds it to a');
-    await eventually(() => journal.entry(a!, 'sess')?.late !== undefined && journal.entry(a!, 'sess')?.late !== 0, 'the add timed out');
+    await eventually('the add timed out', () => journal.entry(a!, 'sess')?.late !== undefined && journal.entry(a!, 'sess')?.late !== 0, SOON);
     assert.deepEqual(await exec(del('sess')), DELETED);
     a!.open();
-    await eventually(async () => (await held(a!, 'sess')) === 'cart', 'the late add landed on a');
+    await eventually('the late add landed on a', async () => (await held(a!, 'sess')) === 'cart', SOON);
     assert.equal(value(await exec(get('sess'))), undefined, 'the destroyed session stays destroyed');
     repairer.options = { ...repairer.options, lateSettleMs: 0 };
     await repairer.tick();
@@ -878,7 +873,7 @@ describe('timed-out requests that are applied late (a paused server that resumes
     assert.ok(journal.entry(a!, 'sess')?.late, "the repair's timeout makes the entry late");
     assert.deepEqual(await exec(del('sess')), DELETED);
     a!.open();
-    await eventually(async () => (await held(a!, 'sess')) === 'cart', "the repair's copy landed late");
+    await eventually("the repair's copy landed late", async () => (await held(a!, 'sess')) === 'cart', SOON);
     assert.equal(value(await exec(get('sess'))), undefined);
     repairer.options = { ...repairer.options, lateSettleMs: 0 };
     await repairer.tick();
@@ -905,7 +900,7 @@ describe('timed-out requests that are applied late (a paused server that resumes
     fake.mode = 'fail'; // stays down: the probes fail
     clocks.advance(5000); // long after the timeout
     fake.open(); // resumes: the probe succeeds, and the old set lands
-    await eventually(() => a.state === 'healthy', 'a is back');
+    await eventually('a is back', () => a.state === 'healthy', SOON);
     assert.equal(a.backAt, t0 + 5000);
     await repairer.tick();
     assert.equal(journal.isDirty(a, 'sess'), true, 'not copied right after it came back');
@@ -939,7 +934,7 @@ describe('timed-out requests that are applied late (a paused server that resumes
       }
       assert.ok(journal.isDirty(a, 'sess'), `${how}: the key whose set may still land stays dirty`);
       a.open(); // the old set lands after the flush
-      await eventually(async () => (await held(a, 'sess')) === 'cart', `${how}: the late set landed`);
+      await eventually(`${how}: the late set landed`, async () => (await held(a, 'sess')) === 'cart', SOON);
       assert.equal(value(await exec(get('sess'))), undefined, `${how}: the destroyed session stays destroyed`);
       repairer.options = { ...repairer.options, lateSettleMs: 0 };
       await repairer.tick();
@@ -997,7 +992,7 @@ describe('timed-out requests that are applied late (a paused server that resumes
       a!.close_gate();
       const written = exec(set('c', 'v3'));
       // b took the set: its late entry now ranks just above that write's sequence (x.5).
-      await eventually(() => a!.calls.at(-1) === 'set c' && (journal.entry(b!, 'c')?.firstSeq ?? 0) % 1 !== 0, 'b took the set');
+      await eventually('b took the set', () => a!.calls.at(-1) === 'set c' && (journal.entry(b!, 'c')?.firstSeq ?? 0) % 1 !== 0, SOON);
       t.mock.timers.tick(5);
       a!.kill(); // a fails 5 ms after b stored
       assert.ok(onLateCopyOnly(await written));
@@ -1027,7 +1022,7 @@ describe('timed-out requests that are applied late (a paused server that resumes
     a!.gateOnly = (call) => call === 'delete sess';
     a!.delay_late();
     const repair = repairer.tick(); // its delete waits in a's socket
-    await eventually(() => a!.calls.filter((c) => c === 'delete sess').length === 2, 'the repair sent its delete');
+    await eventually('the repair sent its delete', () => a!.calls.filter((c) => c === 'delete sess').length === 2, SOON);
     a!.open(); // a resumes: the repair's delete is applied now; its answer is lost (a timeout)
     assert.equal((await exec(set('sess', 'v2')) as { status?: string }).status, 'STORED', 'on both');
     await repair;
@@ -1051,10 +1046,10 @@ describe('timed-out requests that are applied late (a paused server that resumes
     a.delay_late();
     assert.deepEqual(await exec(del('sess')), DELETED, 'answered by b (write-wait copies)');
     assert.equal((await exec(set('sess', 'v2')) as { status?: string }).status, 'STORED');
-    await eventually(() => (journal.entry(a, 'sess')?.late ?? 0) !== 0, 'the delete timed out on a');
+    await eventually('the delete timed out on a', () => (journal.entry(a, 'sess')?.late ?? 0) !== 0, SOON);
     assert.equal(journal.entry(a, 'sess')?.op, 'write');
     a.open(); // the old delete lands on a, after the set
-    await eventually(async () => (await held(a, 'sess')) === undefined, 'the late delete landed');
+    await eventually('the late delete landed', async () => (await held(a, 'sess')) === undefined, SOON);
     await repairer.tick();
     assert.equal(await held(a, 'sess'), 'v2', 'the current state copied back');
     b.mode = 'fail';

@@ -9,6 +9,7 @@ import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
 import type { StatsSource } from '../../src/router/stats';
 import { FakeUpstream } from '../helpers/fake-upstream';
+import { type Poll, eventually } from '../helpers/poll';
 
 const source: StatsSource = {
   startedAt: Date.now(),
@@ -55,14 +56,8 @@ async function direct(u: FakeUpstream, key: string): Promise<string | undefined>
   return h?.value.toString();
 }
 
-/** Waits for background work (read repair, replication) by polling a condition, bounded. */
-async function eventually(cond: () => Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    if (await cond()) return;
-    await new Promise((r) => setImmediate(r));
-  }
-  assert.fail(`never happened: ${what}`);
-}
+/** How `eventually` waits for background work (read repair, replication) here: 200 checks, one setImmediate apart. */
+const TURNS: Poll = { checks: 200, every: 'turn' };
 
 describe('router: replicated writes', () => {
   it('set goes to every upstream', async () => {
@@ -120,7 +115,7 @@ describe('router: replicated writes', () => {
     assert.equal((await exec(set('k', 'v'))).kind, 'status');
     assert.equal(await direct(ups[1]!, 'k'), undefined, 'the slow upstream has not stored it yet');
     ups[1]!.open();
-    await eventually(async () => (await direct(ups[1]!, 'k')) === 'v', 'background write lands');
+    await eventually('background write lands', async () => (await direct(ups[1]!, 'k')) === 'v', TURNS);
   });
 
   it('write-wait all waits for the slow upstream', async () => {
@@ -212,7 +207,7 @@ describe('router: failover reads and read repair', () => {
     await ups[2]!.inner.store({ mode: 'set', key: 'k', value: Buffer.from('v'), flags: 9, deadline });
     assert.deepEqual(values(await exec(get('k'))), ['v']);
     for (const u of [ups[0]!, ups[1]!]) {
-      await eventually(async () => (await direct(u, 'k')) === 'v', 'repaired');
+      await eventually('repaired', async () => (await direct(u, 'k')) === 'v', TURNS);
       const [h] = await u.inner.get(['k']);
       assert.equal(h?.deadline, deadline);
       assert.equal(h?.flags, 9);
@@ -227,7 +222,7 @@ describe('router: failover reads and read repair', () => {
     ups[0]!.open();
     assert.deepEqual(values(await read), ['old']);
     await exec(set('k', 'new'));
-    await eventually(async () => ups[0]!.calls.includes('add k'), 'repair attempted');
+    await eventually('repair attempted', async () => ups[0]!.calls.includes('add k'), TURNS);
     assert.equal(await direct(ups[0]!, 'k'), 'new');
   });
 
@@ -249,7 +244,7 @@ describe('router: failover reads and read repair', () => {
     assert.deepEqual(values(await exec(get('sess'))), ['cart']);
     assert.deepEqual(await exec(del('sess')), { kind: 'status', status: 'DELETED' });
     release();
-    await eventually(async () => journal.isDirty(first, 'sess'), 'the failed add journals its target');
+    await eventually('the failed add journals its target', async () => journal.isDirty(first, 'sess'), TURNS);
     assert.equal(await direct(first, 'sess'), 'cart', 'the server did apply it');
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not served');
   });
@@ -261,11 +256,11 @@ describe('router: failover reads and read repair', () => {
     first.gateOnly = (call) => call === 'add sess'; // the repair's add waits; the delete does not
     first.close_gate();
     assert.deepEqual(values(await exec(get('sess'))), ['cart']);
-    await eventually(async () => first.calls.includes('add sess'), 'the read repair sent its add');
+    await eventually('the read repair sent its add', async () => first.calls.includes('add sess'), TURNS);
     assert.deepEqual(await exec(del('sess')), { kind: 'status', status: 'DELETED' });
     first.open(); // now the add is applied (the key is absent there: it succeeds), and answered
-    await eventually(async () => (await direct(first, 'sess')) === 'cart', 'the add landed after the delete');
-    await eventually(async () => journal.isDirty(first, 'sess'), 'the add that raced a write journals its target');
+    await eventually('the add landed after the delete', async () => (await direct(first, 'sess')) === 'cart', TURNS);
+    await eventually('the add that raced a write journals its target', async () => journal.isDirty(first, 'sess'), TURNS);
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not served');
   });
 
@@ -285,7 +280,7 @@ describe('router: failover reads and read repair', () => {
       return hits;
     };
     const read = exec(get('sess'));
-    await eventually(async () => found, 'the first upstream missed, the second found it');
+    await eventually('the first upstream missed, the second found it', async () => found, TURNS);
     const deleted = exec(del('sess'));
     answer();
     assert.deepEqual(values(await read), ['cart'], 'the read answers what it found');
@@ -312,7 +307,7 @@ describe('router: failover reads and read repair', () => {
     assert.deepEqual(await exec(del('sess')), { kind: 'status', status: 'DELETED' });
     assert.ok(journal.isDirty(second, 'sess'));
     release();
-    await eventually(async () => (await direct(second, 'sess')) === 'cart', 'the late copy landed');
+    await eventually('the late copy landed', async () => (await direct(second, 'sess')) === 'cart', TURNS);
     assert.ok(journal.isDirty(second, 'sess'), 'the older set does not clear the newer delete it missed');
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not served');
   });
@@ -333,7 +328,7 @@ describe('router: failover reads and read repair', () => {
     assert.equal(await direct(second, 'sess'), 'cart', 'still there, on its way out');
     assert.deepEqual(values(await exec(get('sess'))), [undefined], 'the deleted session is not read back');
     releaseDelete();
-    await eventually(async () => !journal.isDirty(second, 'sess'), 'its answer clears the mark');
+    await eventually('its answer clears the mark', async () => !journal.isDirty(second, 'sess'), TURNS);
     // A set the first has not applied yet: the read goes to the second, which has it.
     await exec(set('s2', 'v1'));
     let releaseSet!: () => void;
@@ -346,7 +341,7 @@ describe('router: failover reads and read repair', () => {
     assert.equal((await exec(set('s2', 'v2'))).kind, 'status');
     assert.deepEqual(values(await exec(get('s2'))), ['v2'], 'set then get reads the new value');
     releaseSet();
-    await eventually(async () => (await direct(first, 's2')) === 'v2' && !journal.isDirty(first, 's2'), 'landed, and clean again');
+    await eventually('landed, and clean again', async () => (await direct(first, 's2')) === 'v2' && !journal.isDirty(first, 's2'), TURNS);
     assert.equal(journal.size(first) + journal.size(second), 0, 'nothing was written to the journal for it');
   });
 
@@ -367,7 +362,7 @@ describe('router: failover reads and read repair', () => {
     const deadline = Date.now() + 60_000;
     assert.deepEqual(values(await exec({ kind: 'get', keys: ['k'], withCas: false, touch: deadline })), ['v']);
     for (const u of ups) {
-      await eventually(async () => (await u.inner.get(['k']))[0]?.deadline === deadline, `deadline on ${u.name}`);
+      await eventually(`deadline on ${u.name}`, async () => (await u.inner.get(['k']))[0]?.deadline === deadline, TURNS);
     }
   });
 });
@@ -391,7 +386,7 @@ describe('router: one authority for conditional commands', () => {
     assert.deepEqual(await exec(store('add', 'lock', '2')), { kind: 'status', status: 'NOT_STORED' }, 'the second decides: held');
     assert.ok(journal.isDirty(first, 'lock'), 'the first is journaled for the key');
     first.open(); // the first applies the add after all: it holds lock=2
-    await eventually(async () => (await direct(first, 'lock')) === '2', 'the late add landed');
+    await eventually('the late add landed', async () => (await direct(first, 'lock')) === '2', TURNS);
     assert.deepEqual(values(await exec(get('lock'))), ['1'], 'the lock holder stays the one the client was told');
     assert.deepEqual(await exec(store('add', 'lock', '3')), { kind: 'status', status: 'NOT_STORED' });
   });
@@ -474,7 +469,7 @@ describe("router: a key's conditional commands run alone among its writes", () =
       return r;
     };
     const holder = exec(arith('incr', 'L', 1n));
-    await eventually(async () => first.calls.includes('get L'), 'the read-back is waiting');
+    await eventually('the read-back is waiting', async () => first.calls.includes('get L'), TURNS);
     const contender = exec(arith('incr', 'L', 1n));
     await new Promise((r) => setImmediate(r));
     assert.equal(callsOf(first, 'incr L'), 1, 'the second incr waits for the first to settle everywhere');
@@ -494,7 +489,7 @@ describe("router: a key's conditional commands run alone among its writes", () =
     second.close_gate();
     const release = exec(set('L', '0')); // landed on the first, not yet on the second
     const acquire = exec(arith('incr', 'L', 1n));
-    await eventually(async () => (await direct(first, 'L')) === '0', 'the release landed on the first upstream');
+    await eventually('the release landed on the first upstream', async () => (await direct(first, 'L')) === '0', TURNS);
     await new Promise((r) => setImmediate(r));
     assert.equal(callsOf(first, 'incr L'), 0, 'the incr waits: the second upstream may still say "held"');
     assert.equal(router.orderedKeys, 1);
@@ -517,7 +512,7 @@ describe("router: a key's conditional commands run alone among its writes", () =
     assert.equal(callsOf(first, 'set L'), 0, 'the set waits for the copy (it could land on the third upstream before it)');
     third.open();
     assert.equal((await release).kind, 'status');
-    await eventually(async () => (await direct(third, 'L')) === '0' && router.orderedKeys === 0, 'both settled, in order');
+    await eventually('both settled, in order', async () => (await direct(third, 'L')) === '0' && router.orderedKeys === 0, TURNS);
     assert.equal(await direct(first, 'L'), '0');
   });
 
@@ -530,7 +525,7 @@ describe("router: a key's conditional commands run alone among its writes", () =
     assert.equal((await exec(store('add', 'new', 'v'))).kind, 'status');
     assert.equal(await direct(second, 'L'), '0');
     second.open();
-    await eventually(async () => (await direct(second, 'L')) === '1' && (await direct(second, 'new')) === 'v' && router.orderedKeys === 0, 'the copies landed');
+    await eventually('the copies landed', async () => (await direct(second, 'L')) === '1' && (await direct(second, 'new')) === 'v' && router.orderedKeys === 0, TURNS);
   });
 
   it('a gat\'s background touches are writes of the key: a conditional command after it waits for them', async () => {
@@ -574,7 +569,7 @@ describe("router: a key's conditional commands run alone among its writes", () =
     release();
     assert.equal(values(await two)[0], 'old', 'received before the set of a');
     for (const w of sets) assert.equal((await w).kind, 'status');
-    await eventually(async () => router.orderedKeys === 0, 'every key released');
+    await eventually('every key released', async () => router.orderedKeys === 0, TURNS);
     for (const k of ['a', 'b']) {
       const [h0] = await first.inner.get([k]);
       const [h1] = await second.inner.get([k]);
@@ -599,7 +594,7 @@ describe("router: a key's conditional commands run alone among its writes", () =
     clearTimeout(timer);
     assert.deepEqual([values(x), values(y)], [['x', 'x'], ['x', 'x']]);
     for (const w of sets) assert.equal((await w).kind, 'status');
-    await eventually(async () => router.orderedKeys === 0, 'every key released');
+    await eventually('every key released', async () => router.orderedKeys === 0, TURNS);
   });
 
   it('gats that end at once (every copy dirty, none usable) release the key: a write after them is not stuck', async () => {
@@ -655,7 +650,7 @@ describe("router: a key's conditional commands run alone among its writes", () =
     await seed(ups, 'L', '0');
     second.close_gate();
     const writes = [exec(set('k', 'a')), exec(set('k', 'b')), exec(arith('incr', 'L', 1n)), exec(set('other', 'x'))];
-    await eventually(async () => first.calls.includes('set other'), 'the other key was written');
+    await eventually('the other key was written', async () => first.calls.includes('set other'), TURNS);
     assert.equal(callsOf(first, 'set k'), 2, 'both sets of k went out at once');
     assert.equal(callsOf(first, 'incr L'), 1, 'the incr of L did not wait for writes of k');
     second.open();
@@ -867,7 +862,7 @@ describe('router: hedged reads', () => {
     for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
     first.open(); // the gat lands on the first upstream now
     assert.equal((await writing).kind, 'status');
-    await eventually(async () => router.orderedKeys === 0, 'the key released');
+    await eventually('the key released', async () => router.orderedKeys === 0, TURNS);
     const [h0] = await first.inner.get(['k']);
     const [h1] = await second.inner.get(['k']);
     assert.deepEqual([h0?.value.toString(), h0?.deadline], [h1?.value.toString(), h1?.deadline], "the copies agree (the gat's late request gave the set's value the gat's deadline on the first)");
