@@ -16,7 +16,6 @@
  */
 
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -26,6 +25,7 @@ import { pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { Redis } from 'ioredis';
 import { END, type McmuxProcess, type RawClient, eventually, killAndWait, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
+import { requirePhpExtension, runPhpMemcached } from '../helpers/php-session';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
 import { frame, storeExtras } from '../helpers/binary-frame';
 import { type MariadbProcess, connectMysqlUrl, startMariadb } from '../upstream/targets/mysql';
@@ -299,7 +299,7 @@ test('a cache in front of durable stores: memcached, redis, mysql', async (t) =>
 
   await t.test('PHP sessions through memcached, redis, mysql survive the cache restarting', async (t) => {
     if (!requireBinary(t, 'php', 'php-cli php-memcached')) return;
-    if (!(await requirePhpMemcached(t))) return;
+    if (!(await requirePhpExtension(t, 'memcached', PHP_TIMEOUT_MS))) return;
     const dir = await mkdtemp(join(tmpdir(), 'mcmux-php-durable-'));
     t.after(() => rm(dir, { recursive: true, force: true }));
     const script = join(dir, 'count.php');
@@ -415,40 +415,6 @@ echo $_SESSION['n'], "\\n";
 /** php-memcached's default session key prefix. */
 const PREFIX = 'memc.sess.key.';
 
-/** True when php has the memcached extension; otherwise skips (or fails under MCMUX_REQUIRE_SERVERS=1). */
-async function requirePhpMemcached(t: TestContext): Promise<boolean> {
-  const modules = await new Promise<string>((resolve) => {
-    execFile('php', ['-m'], { timeout: PHP_TIMEOUT_MS }, (_err, stdout) => resolve(String(stdout)));
-  });
-  if (/^memcached$/m.test(modules)) return true;
-  if (process.env.MCMUX_REQUIRE_SERVERS === '1') {
-    throw new Error('the php memcached extension is not loaded (php -m) and MCMUX_REQUIRE_SERVERS=1: apt-get install php-memcached');
-  }
-  t.skip('the php memcached extension is not loaded (apt-get install php-memcached)');
-  return false;
-}
-
-function runPhp(script: string, port: number, sid: string, binary: boolean): Promise<string> {
-  const args = [
-    '-d', 'session.save_handler=memcached',
-    // Binary is php-memcached's default: leave it so, so that the default is what is tested.
-    ...(binary ? [] : ['-d', 'memcached.sess_binary_protocol=0']),
-    '-d', `session.save_path=127.0.0.1:${port}`,
-    '-d', 'session.use_strict_mode=0',
-    '-d', 'display_errors=stderr',
-    '-d', 'error_reporting=-1',
-    script,
-    sid,
-  ];
-  return new Promise((resolve, reject) => {
-    execFile('php', args, { timeout: PHP_TIMEOUT_MS, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`php ${args.join(' ')} failed (${err.message}); stdout ${JSON.stringify(stdout)}; stderr ${JSON.stringify(stderr)}`));
-      else if (stderr.trim() !== '') reject(new Error(`php wrote to stderr: ${stderr.trim()} (stdout ${JSON.stringify(stdout)})`));
-      else resolve(stdout);
-    });
-  });
-}
-
 /**
  * The counter must continue, never reset: while memcached is dead (Redis has the session), once
  * it is back empty, and when Redis dies too and memcached restarts empty again (MySQL has it).
@@ -460,7 +426,7 @@ async function phpSurvivesCacheRestarts(script: string, mux: McmuxProcess, mc: M
   const runs = async (count: number, when: string): Promise<void> => {
     for (let i = 0; i < count; i++) {
       n++;
-      assert.equal(await runPhp(script, mux.port, sid, binary), `${n}\n`, `run ${n} (${when}): the count must continue`);
+      assert.equal(await runPhpMemcached(script, mux.port, sid, binary, PHP_TIMEOUT_MS), `${n}\n`, `run ${n} (${when}): the count must continue`);
     }
   };
   const cacheHolds = async (when: string): Promise<void> => {

@@ -18,14 +18,12 @@
  */
 
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { type TestContext, test } from 'node:test';
-import { END, type McmuxProcess, killAndWait, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
+import { type McmuxProcess, killAndWait, peekItem, startMcmux } from '../helpers/mcmux';
+import { type PhpOutcome, type PhpRun, concurrentRun, getThrough, newSid, phpOutcome, request, requirePhpExtension, sessionValue, summary } from '../helpers/php-session';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
 
 const WORKERS = 4;
@@ -63,35 +61,7 @@ echo $_SESSION['n'], "\\n";
 /** php-memcached's default session key prefix (memcached.sess_prefix). */
 const PREFIX = 'memc.sess.key.';
 
-function sessionValue(n: number): string {
-  return `n|i:${n};`;
-}
-
-/** True when php has the memcached extension; otherwise skips (or fails under MCMUX_REQUIRE_SERVERS=1). */
-async function requirePhpMemcached(t: TestContext): Promise<boolean> {
-  const modules = await new Promise<string>((resolve) => {
-    execFile('php', ['-m'], { timeout: PHP_TIMEOUT_MS }, (_err, stdout) => resolve(String(stdout)));
-  });
-  if (/^memcached$/m.test(modules)) return true;
-  if (process.env.MCMUX_REQUIRE_SERVERS === '1') {
-    throw new Error('the php memcached extension is not loaded (php -m) and MCMUX_REQUIRE_SERVERS=1: apt-get install php-memcached');
-  }
-  t.skip('the php memcached extension is not loaded (apt-get install php-memcached)');
-  return false;
-}
-
-interface PhpRun {
-  readonly worker: number;
-  /** The count this request printed; undefined when it failed. */
-  readonly count: number | undefined;
-  /** Why it failed, or what it warned about (anything on stderr counts as a failure). */
-  readonly problem: string | undefined;
-  readonly ms: number;
-  /** Started after the upstream was killed. */
-  readonly afterKill: boolean;
-}
-
-function runPhp(script: string, port: number, sid: string): Promise<{ stdout: string; problem: string | undefined }> {
+function runPhp(script: string, port: number, sid: string): Promise<PhpOutcome> {
   const args = [
     // The handler's defaults (binary protocol, locking) are deliberately left alone.
     '-d', 'session.save_handler=memcached',
@@ -103,50 +73,7 @@ function runPhp(script: string, port: number, sid: string): Promise<{ stdout: st
     script,
     sid,
   ];
-  return new Promise((resolve) => {
-    execFile('php', args, { timeout: PHP_TIMEOUT_MS, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-      if (err) resolve({ stdout, problem: `php failed (${err.message.split('\n')[0]}); stdout ${JSON.stringify(stdout)}; stderr ${JSON.stringify(stderr.trim())}` });
-      else if (stderr.trim() !== '') resolve({ stdout, problem: `php wrote to stderr: ${stderr.trim()} (stdout ${JSON.stringify(stdout)})` });
-      else resolve({ stdout, problem: undefined });
-    });
-  });
-}
-
-/** One request: its printed count, or the reason it has none. */
-async function request(script: string, port: number, sid: string, worker: number, afterKill: boolean): Promise<PhpRun> {
-  const start = performance.now();
-  const { stdout, problem } = await runPhp(script, port, sid);
-  const ms = performance.now() - start;
-  const m = /^(\d+)\n$/.exec(stdout);
-  if (problem === undefined && m) return { worker, count: Number(m[1]), problem: undefined, ms, afterKill };
-  return { worker, count: undefined, problem: problem ?? `unexpected output ${JSON.stringify(stdout)}`, ms, afterKill };
-}
-
-/**
- * WORKERS concurrent loops of REQUESTS_PER_WORKER requests each on session `sid`. Once half of
- * all requests have completed, `midway` runs (while the other workers keep going); requests
- * started after it resolved are marked `afterKill`.
- */
-async function concurrentRun(script: string, port: number, sid: string, midway?: () => Promise<void>): Promise<PhpRun[]> {
-  const runs: PhpRun[] = [];
-  let completed = 0;
-  let killed = false;
-  let midwayDone: Promise<void> | undefined;
-  const worker = async (w: number): Promise<void> => {
-    for (let i = 0; i < REQUESTS_PER_WORKER; i++) {
-      runs.push(await request(script, port, sid, w, killed));
-      completed++;
-      if (midway && midwayDone === undefined && completed >= TOTAL / 2) {
-        midwayDone = midway().then(() => {
-          killed = true;
-        });
-        await midwayDone;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: WORKERS }, (_, w) => worker(w)));
-  await midwayDone;
-  return runs;
+  return phpOutcome(args, PHP_TIMEOUT_MS);
 }
 
 /** Every request succeeded and the printed counts are exactly 1..TOTAL: none lost, none repeated. */
@@ -161,32 +88,10 @@ function assertSerialised(runs: readonly PhpRun[], what: string): void {
   assert.deepEqual(counts, Array.from({ length: TOTAL }, (_, i) => i + 1), `${what}: the counts are 1..${TOTAL}`);
 }
 
-function summary(runs: readonly PhpRun[]): string {
-  const ms = runs.map((r) => r.ms).sort((a, b) => a - b);
-  const p = (q: number): number => Math.round(ms[Math.min(ms.length - 1, Math.floor(q * ms.length))] ?? NaN);
-  return `${runs.length} requests, ${runs.filter((r) => r.afterKill).length} after the kill; per request p50 ${p(0.5)} ms, max ${p(1)} ms`;
-}
-
-/** Reads `key` through mcmux with the text protocol (its own connection). */
-async function getThrough(port: number, key: string): Promise<string | undefined> {
-  const c = await rawClient(port);
-  try {
-    const text = await c.ask(`get ${key}\r\n`, END);
-    const m = /^VALUE \S+ \d+ (\d+)\r\n/.exec(text);
-    return m ? text.slice(m[0].length, m[0].length + Number(m[1])) : undefined;
-  } finally {
-    c.close();
-  }
-}
-
-function newSid(): string {
-  return randomBytes(16).toString('hex');
-}
-
 test('PHP sessions (php-memcached defaults: binary protocol, add lock.<sid>), concurrent', async (t) => {
   if (!requireBinary(t, 'php', 'php-cli php-memcached')) return;
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  if (!(await requirePhpMemcached(t))) return;
+  if (!(await requirePhpExtension(t, 'memcached', PHP_TIMEOUT_MS))) return;
   const dir = await mkdtemp(join(tmpdir(), 'mcmux-php-bin-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const script = join(dir, 'count.php');
@@ -202,11 +107,11 @@ test('PHP sessions (php-memcached defaults: binary protocol, add lock.<sid>), co
     const mc = await startMemcached();
     t.after(() => mc.stop());
     const seq = newSid();
-    for (let i = 1; i <= 3; i++) assert.equal((await request(script, mc.port, seq, 0, false)).count, i);
+    for (let i = 1; i <= 3; i++) assert.equal((await request(() => runPhp(script, mc.port, seq), 0, false)).count, i);
     await holds(mc, seq, 3, 'the');
 
     const sid = newSid();
-    const runs = await concurrentRun(script, mc.port, sid);
+    const runs = await concurrentRun(() => runPhp(script, mc.port, sid), WORKERS, REQUESTS_PER_WORKER);
     t.diagnostic(`control: ${summary(runs)}`);
     assertSerialised(runs, 'memcached direct');
     await holds(mc, sid, TOTAL, 'the');
@@ -223,7 +128,7 @@ test('PHP sessions (php-memcached defaults: binary protocol, add lock.<sid>), co
     // Sequential requests first, both upstreams alive: each continues the count.
     const seq = newSid();
     for (let i = 1; i <= SEQUENTIAL_RUNS; i++) {
-      const r = await request(script, mux.port, seq, 0, false);
+      const r = await request(() => runPhp(script, mux.port, seq), 0, false);
       assert.equal(r.problem, undefined);
       assert.equal(r.count, i, `sequential run ${i}`);
     }
@@ -231,7 +136,7 @@ test('PHP sessions (php-memcached defaults: binary protocol, add lock.<sid>), co
     await holds(mcs[1], seq, SEQUENTIAL_RUNS, 'the second');
 
     const sid = newSid();
-    const runs = await concurrentRun(script, mux.port, sid, () => killAndWait(mcs[victim]));
+    const runs = await concurrentRun(() => runPhp(script, mux.port, sid), WORKERS, REQUESTS_PER_WORKER, () => killAndWait(mcs[victim]));
     t.diagnostic(`mcmux, ${victim === 0 ? 'first' : 'second'} upstream killed midway: ${summary(runs)}`);
     assert.ok(runs.filter((r) => r.afterKill).length >= WORKERS, 'the kill happened in the middle of the run');
     assertSerialised(runs, `through mcmux, upstream #${victim + 1} killed midway`);

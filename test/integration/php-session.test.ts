@@ -13,13 +13,12 @@
  */
 
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { eventually, killAndWait, mcmuxOverTwoMemcached, peekItem, rawClient } from '../helpers/mcmux';
+import { newSid, requirePhpExtension, runPhpMemcached, sessionValue } from '../helpers/php-session';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
 
 const RUNS = 30;
@@ -36,51 +35,13 @@ echo $_SESSION['n'], "\\n";
 /** php-memcached's default session.save_path key prefix. */
 const PREFIX = 'memc.sess.key.';
 
-function sessionValue(n: number): string {
-  return `n|i:${n};`;
-}
-
-/** True when php has the memcached extension; otherwise skips (or fails under MCMUX_REQUIRE_SERVERS=1). */
-async function requirePhpMemcached(t: TestContext): Promise<boolean> {
-  const modules = await new Promise<string>((resolve) => {
-    execFile('php', ['-m'], { timeout: PHP_TIMEOUT_MS }, (_err, stdout) => resolve(String(stdout)));
-  });
-  if (/^memcached$/m.test(modules)) return true;
-  if (process.env.MCMUX_REQUIRE_SERVERS === '1') {
-    throw new Error('the php memcached extension is not loaded (php -m) and MCMUX_REQUIRE_SERVERS=1: apt-get install php-memcached');
-  }
-  t.skip('the php memcached extension is not loaded (apt-get install php-memcached)');
-  return false;
-}
-
-function runPhp(script: string, port: number, sid: string): Promise<string> {
-  const args = [
-    '-d', 'session.save_handler=memcached',
-    '-d', 'memcached.sess_binary_protocol=0',
-    '-d', `session.save_path=127.0.0.1:${port}`,
-    '-d', 'session.use_strict_mode=0',
-    '-d', 'display_errors=stderr',
-    '-d', 'error_reporting=-1',
-    script,
-    sid,
-  ];
-  return new Promise((resolve, reject) => {
-    execFile('php', args, { timeout: PHP_TIMEOUT_MS, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`php ${args.join(' ')} failed (${err.message}); stdout ${JSON.stringify(stdout)}; stderr ${JSON.stringify(stderr)}`));
-      else if (stderr.trim() !== '') reject(new Error(`php wrote to stderr: ${stderr.trim()} (stdout ${JSON.stringify(stdout)})`));
-      else resolve(stdout);
-    });
-  });
-}
-
-function newSid(): string {
-  return randomBytes(16).toString('hex');
-}
+/** One run over php-memcached's text protocol (memcached.sess_binary_protocol=0). */
+const runPhp = (script: string, port: number, sid: string): Promise<string> => runPhpMemcached(script, port, sid, false, PHP_TIMEOUT_MS);
 
 test('PHP sessions (php-memcached, text protocol)', async (t) => {
   if (!requireBinary(t, 'php', 'php-cli php-memcached')) return;
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  if (!(await requirePhpMemcached(t))) return;
+  if (!(await requirePhpExtension(t, 'memcached', PHP_TIMEOUT_MS))) return;
   const dir = await mkdtemp(join(tmpdir(), 'mcmux-php-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const script = join(dir, 'count.php');
