@@ -1,7 +1,6 @@
 import { createUpstream } from '../../../src/upstream/registry';
-import type { Upstream } from '../../../src/upstream/upstream';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../../helpers/servers';
-import { CTX, type ConformanceTarget } from './target';
+import { CTX, type ConformanceTarget, instanceOf } from './target';
 
 /** A pool of three memcached servers (ketama, the php-memcached session namespace) as one upstream. */
 export const memcachedPoolTarget: ConformanceTarget = {
@@ -18,20 +17,8 @@ export const memcachedPoolTarget: ConformanceTarget = {
       throw failed.reason;
     }
     const url = `memcached://${servers.map((s: MemcachedProcess) => `127.0.0.1:${s.port}`).join(',')}?namespace=memc.sess.key.`;
-    const clients: Upstream[] = [];
-    const make = (): Upstream => {
-      const u = createUpstream(url, new Map(), CTX(maxItemSize));
-      clients.push(u);
-      return u;
-    };
-    const upstream = make();
-    return {
-      upstream,
-      second: make,
-      async stop() {
-        await Promise.all(clients.map((c) => c.close()));
-        await Promise.all(servers.map((s) => s.stop()));
-      },
-    };
+    return instanceOf(() => createUpstream(url, new Map(), CTX(maxItemSize)), async () => {
+      await Promise.all(servers.map((s) => s.stop()));
+    });
   },
 };

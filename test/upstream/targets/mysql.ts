@@ -16,9 +16,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Connection, createConnection } from 'mysql2/promise';
 import { createMysqlUpstream } from '../../../src/upstream/mysql';
-import type { Upstream } from '../../../src/upstream/upstream';
 import { freePort, requireBinary, stopProcess } from '../../helpers/servers';
-import { CTX, type ConformanceTarget } from './target';
+import { CTX, type ConformanceTarget, instanceOf } from './target';
 
 const INSTALL_TIMEOUT_MS = 30_000;
 const READY_TIMEOUT_MS = 30_000;
@@ -221,22 +220,10 @@ export const mysqlTarget: ConformanceTarget = {
       server = await startMariadb();
       url = server.url;
     }
-    const clients: Upstream[] = [];
-    const make = (): Upstream => {
-      const u = createMysqlUpstream(new URL(url), new Map(table ? [['table', table]] : []), CTX(maxItemSize));
-      clients.push(u);
-      return u;
-    };
-    const upstream = make();
-    return {
-      upstream,
-      second: make,
-      async stop() {
-        await Promise.all(clients.map((c) => c.close()));
-        if (table) await dropTable(url, table);
-        await server?.destroy();
-      },
-    };
+    return instanceOf(() => createMysqlUpstream(new URL(url), new Map(table ? [['table', table]] : []), CTX(maxItemSize)), async () => {
+      if (table) await dropTable(url, table);
+      await server?.destroy();
+    });
   },
 };
 

@@ -10,9 +10,8 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRedisUpstream } from '../../../src/upstream/redis';
-import type { Upstream } from '../../../src/upstream/upstream';
 import { freePort, requireBinary, stopProcess } from '../../helpers/servers';
-import { CTX, type ConformanceTarget } from './target';
+import { CTX, type ConformanceTarget, instanceOf } from './target';
 
 const READY_TIMEOUT_MS = 5000;
 
@@ -166,20 +165,6 @@ export const redisTarget: ConformanceTarget = {
   async start(t, maxItemSize) {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return undefined;
     const server = await startRedis();
-    const clients: Upstream[] = [];
-    const make = (): Upstream => {
-      const u = createRedisUpstream(new URL(server.url), new Map(), CTX(maxItemSize), []);
-      clients.push(u);
-      return u;
-    };
-    const upstream = make();
-    return {
-      upstream,
-      second: make,
-      async stop() {
-        await Promise.all(clients.map((c) => c.close()));
-        await server.stop();
-      },
-    };
+    return instanceOf(() => createRedisUpstream(new URL(server.url), new Map(), CTX(maxItemSize), []), () => server.stop());
   },
 };

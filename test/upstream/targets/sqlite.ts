@@ -3,8 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { createSqliteUpstream } from '../../../src/upstream/sqlite';
-import type { Upstream } from '../../../src/upstream/upstream';
-import { CTX, type ConformanceTarget } from './target';
+import { CTX, type ConformanceTarget, instanceOf } from './target';
 
 /**
  * A fresh database file in a fresh temporary directory, removed at stop. `second()` opens another
@@ -17,26 +16,12 @@ export const sqliteTarget: ConformanceTarget = {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-sqlite-'));
     // file:///tmp/x/store.db -> sqlite:///tmp/x/store.db, with any odd character percent-escaped.
     const url = pathToFileURL(join(dir, 'store.db')).href.replace(/^file:/, 'sqlite:');
-    const clients: Upstream[] = [];
-    const make = (): Upstream => {
-      const u = createSqliteUpstream(new URL(url), new Map(), CTX(maxItemSize));
-      clients.push(u);
-      return u;
-    };
-    let upstream: Upstream;
+    const remove = (): void => rmSync(dir, { recursive: true, force: true });
     try {
-      upstream = make();
+      return instanceOf(() => createSqliteUpstream(new URL(url), new Map(), CTX(maxItemSize)), remove);
     } catch (err) {
-      rmSync(dir, { recursive: true, force: true });
+      remove(); // the first connection failed: nothing to close
       throw err;
     }
-    return {
-      upstream,
-      second: make,
-      async stop() {
-        await Promise.all(clients.map((c) => c.close()));
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
   },
 };

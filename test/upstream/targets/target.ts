@@ -21,3 +21,25 @@ export interface ConformanceTarget {
 }
 
 export const CTX = (maxItemSize: number) => ({ defaultTimeoutMs: 2000, maxItemSize });
+
+/**
+ * The instance of a target whose clients `open` makes: the first one opened now, `second` opening
+ * more, and `stop` closing every one of them, then running `stopStore` (the server, the file).
+ */
+export function instanceOf(open: () => Upstream, stopStore: () => Promise<void> | void): TargetInstance {
+  const clients: Upstream[] = [];
+  const make = (): Upstream => {
+    const u = open();
+    clients.push(u);
+    return u;
+  };
+  const upstream = make();
+  return {
+    upstream,
+    second: make,
+    async stop() {
+      await Promise.all(clients.map((c) => c.close()));
+      await stopStore();
+    },
+  };
+}
