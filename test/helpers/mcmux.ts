@@ -13,12 +13,11 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { type Socket, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NODE_FLAGS } from '../../src/node-flags';
 import type { TestContext } from 'node:test';
-import { type MemcachedProcess, freePort, startMemcached } from './servers';
+import { type MemcachedProcess, answersVersion, freePort, startMemcached } from './servers';
 import { type Until, type Wire, connectWire } from './wire';
 
 /** bin/mcmux, from dist/test/helpers/ (compiled) and from test/helpers/ (ts-node) alike. */
@@ -185,26 +184,8 @@ export async function runMcmux(
   return { ...status, stdout: out.stdout, stderr: out.stderr, timedOut };
 }
 
-/** Connects, sends `version`, and waits (bounded) for `VERSION ...`. */
-export function answersVersion(port: number, timeoutMs = 500): Promise<boolean> {
-  return new Promise((res) => {
-    let got = '';
-    const sock = connect({ host: '127.0.0.1', port });
-    const done = (ok: boolean): void => {
-      clearTimeout(timer);
-      sock.destroy();
-      res(ok);
-    };
-    const timer = setTimeout(() => done(false), timeoutMs);
-    sock.on('connect', () => sock.write('version\r\n'));
-    sock.on('data', (d) => {
-      got += d.toString('latin1');
-      if (got.includes('\r\n')) done(got.startsWith('VERSION '));
-    });
-    sock.on('error', () => done(false));
-    sock.on('close', () => done(false));
-  });
-}
+/** Connects, sends `version`, and waits (bounded) for `VERSION ...` (helpers/servers). */
+export { answersVersion };
 
 export type { Until };
 

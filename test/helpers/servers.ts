@@ -156,7 +156,7 @@ async function spawnMemcached(port: number, extraArgs: string[]): Promise<ChildP
 }
 
 /** Connects, sends `version`, and waits (bounded) for `VERSION ...`. */
-function answersVersion(port: number): Promise<boolean> {
+export function answersVersion(port: number, timeoutMs = 500): Promise<boolean> {
   return new Promise((resolve) => {
     let got = '';
     const sock = connect({ host: '127.0.0.1', port });
@@ -165,7 +165,7 @@ function answersVersion(port: number): Promise<boolean> {
       sock.destroy();
       resolve(ok);
     };
-    const timer = setTimeout(() => done(false), 500);
+    const timer = setTimeout(() => done(false), timeoutMs);
     sock.on('connect', () => sock.write('version\r\n'));
     sock.on('data', (d) => {
       got += d.toString('latin1');
