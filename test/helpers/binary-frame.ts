@@ -36,3 +36,12 @@ export function storeExtras(flags: number, exptime: number): Buffer {
   b.writeUInt32BE(exptime >>> 0, 4);
   return b;
 }
+
+/** INCREMENT/DECREMENT extras: delta (u64), initial (u64), exptime (0xffffffff: do not create). */
+export function arithExtras(delta: bigint, initial: bigint, exptime: number): Buffer {
+  const b = Buffer.alloc(20);
+  b.writeBigUInt64BE(delta, 0);
+  b.writeBigUInt64BE(initial, 8);
+  b.writeUInt32BE(exptime >>> 0, 16);
+  return b;
+}

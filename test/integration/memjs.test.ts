@@ -18,7 +18,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type McmuxProcess, type PeekedItem, type RawClient, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
-import { frame, storeExtras } from '../helpers/binary-frame';
+import { arithExtras, frame, storeExtras } from '../helpers/binary-frame';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
 
 const MAX_ITEM_SIZE = 1024;
@@ -95,16 +95,6 @@ const OP = {
   GETKQ: 0x0d, PREPEND: 0x0f, SETQ: 0x11, ADDQ: 0x12, DELETEQ: 0x14, PREPENDQ: 0x1a, SASL_LIST_MECHS: 0x20,
 } as const;
 const ST = { SUCCESS: 0x00, KEY_NOT_FOUND: 0x01, KEY_EXISTS: 0x02, INVALID_ARGUMENTS: 0x04, INTERNAL_ERROR: 0x84, UNKNOWN_COMMAND: 0x81 } as const;
-
-
-/** INCREMENT/DECREMENT extras: delta, initial, exptime (0xffffffff: do not create). */
-function arithExtras(delta: bigint, initial: bigint, exptime: number): Buffer {
-  const b = Buffer.alloc(20);
-  b.writeBigUInt64BE(delta, 0);
-  b.writeBigUInt64BE(initial, 8);
-  b.writeUInt32BE(exptime >>> 0, 16);
-  return b;
-}
 
 interface Packet {
   readonly magic: number;

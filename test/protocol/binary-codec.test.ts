@@ -7,7 +7,7 @@ import { OPCODE as OP } from '../../src/protocol/binary/header';
 import { BinaryRequestParser } from '../../src/protocol/binary/request-parser';
 import { TextCodec } from '../../src/protocol/text/text-codec';
 import { COPY_MAX, OutBuffer } from '../../src/protocol/out-buffer';
-import { frame as binaryFrame } from '../helpers/binary-frame';
+import { arithExtras, frame as binaryFrame } from '../helpers/binary-frame';
 import { mulberry32 } from '../helpers/random';
 
 const NOW = 1_700_000_000_000;
@@ -43,15 +43,6 @@ function u32(...values: number[]): Buffer {
 
 /** SET-family extras: flags, exptime (written as the client's 32 bits). */
 const setExtras = (flags: number, exptime: number): Buffer => u32(flags, exptime);
-
-/** INCR/DECR extras: delta u64, initial u64, exptime u32. */
-function arithExtras(delta: bigint, initial: bigint, exptime: number): Buffer {
-  const b = Buffer.alloc(20);
-  b.writeBigUInt64BE(delta, 0);
-  b.writeBigUInt64BE(initial, 8);
-  b.writeUInt32BE(exptime >>> 0, 16);
-  return b;
-}
 
 const hex = (n: number): string => `0x${n.toString(16).padStart(2, '0')}`;
 
