@@ -37,6 +37,7 @@ import { Router } from '../../src/router/router';
 import type { Upstream } from '../../src/upstream/upstream';
 import { clocksFor } from '../helpers/clocks';
 import { FakeUpstream } from '../helpers/fake-upstream';
+import { eventually } from '../helpers/poll';
 import { describeReply } from '../helpers/reply-text';
 
 const silent = pino({ level: 'silent' });
@@ -1352,7 +1353,7 @@ describe('router fuzz findings, minimised: a copy on an upstream that is not rea
         second.gateOnly = (call) => call === 'set sess';
         second.delay_late(); // a paused server: the set waits in its socket
         assert.equal(status(await exec(set('sess', 'A'))), 'STORED', 'on the first; times out on the second');
-        while (journal.overflowed(second)?.known.get('sess')?.late === undefined) await new Promise((r) => setTimeout(r, 5));
+        await eventually('the set timed out on the second', () => journal.overflowed(second)?.known.get('sess')?.late !== undefined, { every: 5 });
         second.open(); // it resumes: the set lands there too
         await settle();
         first.mode = 'fail';
@@ -1668,7 +1669,7 @@ describe('router fuzz findings, minimised: a copy where a request of the key tha
     second.delay_late();
     assert.equal(status(await exec(set('sess', 'A'))), 'STORED', 'on the first; times out on the second');
     // write-wait copies answers before the second times out: until then the key is pending there.
-    while ((journal.entry(second, 'sess')?.late ?? 0) === 0) await new Promise((r) => setTimeout(r, 5));
+    await eventually('the set timed out on the second', () => (journal.entry(second, 'sess')?.late ?? 0) !== 0, { every: 5 });
     second.gateOnly = () => false; // later requests go through; the set still waits
   }
 
