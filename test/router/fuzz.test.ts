@@ -155,8 +155,8 @@
  *    (README, "not guaranteed": lock-fence must be longer than a lock is held). Reads fall
  *    through its misses as before. No seed of 600 with both forced needed this (every lost key
  *    was read or written again within the fence).
- *  - not exercised: several mcmux, the binary protocol's incr with an initial value, a delayed
- *    flush_all, a step of the wall clock (the inherited fence's gap, README), journal-fsync.
+ *  - not exercised: several mcmux, a delayed flush_all, a step of the wall clock (the inherited
+ *    fence's gap, README), journal-fsync.
  *  - what cas promises beyond "never succeeds wrongly" (README: CAS uniques belong to the
  *    authority): after a failover, or after any copy of the item was written again (a repair),
  *    a cas with the unique of the current state may fail with EXISTS or NOT_FOUND; the model
@@ -197,13 +197,16 @@
  * whether clients send flush_all (3 seeds in 10; then 4 operations in 100 are one); from a
  * second generator (so that a seed with none of them runs as before they were), whether items
  * get deadlines and gat/gats run (4 in 10), the journal's size, and whether the upstreams are
- * caches; from a third, whether mcmux restarts and the lock-fence.
+ * caches; from a third, whether mcmux restarts and the lock-fence; from a fourth, whether an incr
+ * or decr of a counter may carry the binary protocol's initial value (2 seeds in 10; then half of
+ * them do, a miss creating the counter with it, and with expiry a deadline), which the model
+ * takes as a write of the initial value where the key may be absent.
  *
  * Replay one seed: MCMUX_FUZZ_SEED=<seed> MCMUX_FUZZ_SEEDS=1 node --test dist/test/router/fuzz.test.js
  * More seeds: MCMUX_FUZZ_SEEDS=2000 (MCMUX_FUZZ_SEED is the first); MCMUX_FUZZ_EXPIRY=1,
- * MCMUX_FUZZ_SMALL_JOURNAL=1, MCMUX_FUZZ_RESTART=1, MCMUX_FUZZ_FENCE_END=1 and MCMUX_FUZZ_FLUSH=1
- * give every seed expiry, a small journal, mcmux restarts, a short lock-fence or clients' flush_all
- * (0: none); MCMUX_FUZZ_TRIAGE=1 reports
+ * MCMUX_FUZZ_SMALL_JOURNAL=1, MCMUX_FUZZ_RESTART=1, MCMUX_FUZZ_FENCE_END=1, MCMUX_FUZZ_FLUSH=1 and
+ * MCMUX_FUZZ_INITIAL=1 give every seed expiry, a small journal, mcmux restarts, a short lock-fence,
+ * clients' flush_all or incr's initial values (0: none); MCMUX_FUZZ_TRIAGE=1 reports
  * one line per failing seed and goes on; MCMUX_FUZZ_VERBOSE=1 counts the error replies by kind
  * and the replies by command and status; MCMUX_FUZZ_LOG_LINES=<n> shows n lines of log (60).
  * A failure prints the seed, its configuration, the violation, and the log of the key and of the
@@ -242,6 +245,8 @@ const SMALL_JOURNAL_SHARE = Number(process.env.MCMUX_FUZZ_SMALL_JOURNAL ?? 0.3);
 const RESTART_SHARE = Number(process.env.MCMUX_FUZZ_RESTART ?? 0.1);
 /** The share of seeds with a lock-fence short enough to end during the run (MCMUX_FUZZ_FENCE_END=1: every seed). */
 const FENCE_END_SHARE = Number(process.env.MCMUX_FUZZ_FENCE_END ?? 0.1);
+/** The share of seeds whose incr and decr may carry an initial value (MCMUX_FUZZ_INITIAL=1: every seed). */
+const INITIAL_SHARE = Number(process.env.MCMUX_FUZZ_INITIAL ?? 0.2);
 /** The share of seeds in which clients send flush_all (MCMUX_FUZZ_FLUSH=1: every seed). */
 const FLUSH_SHARE = Number(process.env.MCMUX_FUZZ_FLUSH ?? 0.3);
 /**
@@ -507,13 +512,15 @@ interface Op {
   /** A cas: the unique it sends, and what the key held when it was handed out (undefined: made up). */
   readonly token?: Token | undefined;
   readonly delta: bigint;
+  /** An incr's or decr's initial value (binary protocol): a miss creates the key with it, answering it. */
+  readonly initial?: bigint | undefined;
   readonly text: string;
   readonly final: boolean;
   readonly start: number;
   /** Virtual ms (since T0) it began, and it was answered. */
   readonly vstart: number;
   vend: number | undefined;
-  /** The deadline it writes (set, add, replace, cas) or touches to (touch, gat, gats): virtual ms since T0, Infinity for none. */
+  /** The deadline it writes (set, add, replace, cas; an incr or decr that creates its key) or touches to (touch, gat, gats): virtual ms since T0, Infinity for none. */
   readonly deadline: number;
   /** Its keys that every upstream was dirty for as it began: it may take them from the freshest copy. */
   readonly allDirty: readonly string[];
@@ -576,10 +583,14 @@ interface Config {
   readonly restarts: boolean;
   /** lock-fence (ms): longer than any run, or short enough to end while keys are dirty and locks held. */
   readonly lockFenceMs: number;
+  /** An incr or decr of a counter may carry an initial value (the binary protocol's: a miss creates it). */
+  readonly initials: boolean;
 }
 
 class World {
   readonly rng: () => number;
+  /** A fourth generator, for the initial values (a seed without them runs as before they were). */
+  private readonly rngInitial: () => number;
   readonly cfg: Config;
   clock = 0;
   reqSeq = 0;
@@ -617,6 +628,7 @@ class World {
     const x = mulberry32(seed ^ 0x5bd1e995);
     // A third generator: a seed without restarts or a short fence runs as before they were.
     const y = mulberry32(seed ^ 0x2545f491);
+    this.rngInitial = mulberry32(seed ^ 0x9e3779b9);
     const n = this.rng() < 0.5 ? 2 : 3;
     this.cfg = {
       n,
@@ -636,6 +648,7 @@ class World {
       caches: x() < 0.5,
       restarts: y() < RESTART_SHARE,
       lockFenceMs: y() < FENCE_END_SHARE ? ([150, 600, 2000] as const)[Math.floor(y() * 3)] as number : LOCK_FENCE_MS,
+      initials: this.rngInitial() < INITIAL_SHARE,
     };
     this.ups = Array.from({ length: n }, (_, i) => new SchedUpstream(`up${i}`, this, this.cfg.caches ? 'memcached' : undefined));
     this.stateDir = this.cfg.restarts ? mkdtempSync(join(tmpdir(), 'mcmux-fuzz-')) : undefined;
@@ -1000,14 +1013,15 @@ class World {
   startOp(cmd: Command, kind: Op['kind'], keys: readonly string[], value: string | undefined, delta: bigint, final = false, token?: Token): Op {
     const id = ++this.opSeq;
     const tokenText = token ? ` unique=${token.value === undefined ? 'made up' : `of ${JSON.stringify(token.value)} (#${token.from})`}` : '';
-    const abs = cmd.kind === 'get' ? cmd.touch : cmd.kind === 'store' || cmd.kind === 'touch' ? cmd.deadline : undefined;
+    const abs = cmd.kind === 'get' ? cmd.touch : cmd.kind === 'store' || cmd.kind === 'touch' || cmd.kind === 'arith' ? cmd.deadline : undefined;
     const deadline = abs === undefined || abs === 0 ? Infinity : abs - T0;
     const vstart = this.now;
     const deadlineText = deadline === Infinity || !this.cfg.expiry ? '' : ` deadline=${deadline}ms (${deadline <= vstart ? 'past' : `+${deadline - vstart}`})`;
-    const text = `#${id} ${kind} ${keys.join(' ')}${value !== undefined ? ` ${value}` : ''}${kind === 'incr' || kind === 'decr' ? ` ${delta}` : ''}${tokenText}${deadlineText}`;
+    const initial = cmd.kind === 'arith' ? cmd.initial : undefined;
+    const text = `#${id} ${kind} ${keys.join(' ')}${value !== undefined ? ` ${value}` : ''}${kind === 'incr' || kind === 'decr' ? ` ${delta}` : ''}${initial !== undefined ? ` initial=${initial}` : ''}${tokenText}${deadlineText}`;
     const allDirty = keys.filter((k) => this.ups.every((u) => this.journal.isDirty(u.healthy, k)));
     const lostAfterFence = keys.filter((k) => this.ups.some((u) => this.mayDecideLost(u) && u.lost.has(k) && !this.journal.isDirty(u.healthy, k)));
-    const op: Op = { id, kind, keys, value, delta, token, text, final, start: ++this.clock, vstart, vend: undefined, deadline, allDirty, lostAfterFence, end: undefined, reply: undefined, thrown: undefined };
+    const op: Op = { id, kind, keys, value, delta, initial, token, text, final, start: ++this.clock, vstart, vend: undefined, deadline, allDirty, lostAfterFence, end: undefined, reply: undefined, thrown: undefined };
     this.ops.push(op);
     this.inflight++;
     // Which upstreams the journal keeps from its keys (o: overflowed), as it begins.
@@ -1148,7 +1162,12 @@ class World {
       const key = this.chance(0.9) || this.cfg.evictions ? this.pickKey(COUNTERS) : this.pickKey();
       const op: ArithOp = this.chance(0.7) ? 'incr' : 'decr';
       const delta = BigInt(1 + this.int(5));
-      this.startOp({ kind: 'arith', op, key, delta, initial: undefined, deadline: 0, noreply: false }, op, [key], undefined, delta);
+      // The binary protocol's initial value (of a counter: a number in its range), and the
+      // deadline of the item a miss creates.
+      const z = this.rngInitial;
+      const initial = this.cfg.initials && isCounter(key) && z() < 0.5 ? BigInt(valueFor(key, id)) : undefined;
+      const deadline = initial !== undefined && this.cfg.expiry && z() < 0.5 ? Date.now() + ([20, 100, 400, 1500][Math.floor(z() * 4)] as number) : 0;
+      this.startOp({ kind: 'arith', op, key, delta, initial, deadline, noreply: false }, op, [key], undefined, delta);
     }
   }
 
@@ -1655,6 +1674,9 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
         if (x.start >= (op.end ?? Infinity)) continue;
         x.values.forEach((v, j) => {
           const d = x.deadlines[j] ?? Infinity;
+          // With an initial value: the key absent (or gone while it ran) is created with it.
+          const created = op.initial !== undefined && (v === null || d <= (op.vend ?? Infinity));
+          if (created && (got === undefined || got === op.initial)) add(String(op.initial), op.deadline);
           if (v === null || d <= op.vstart) return;
           if (op.kind === 'incr' || op.kind === 'decr') {
             if (!isNum(v)) return;
@@ -1770,7 +1792,7 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
     } else if ((op.kind === 'incr' || op.kind === 'decr') && st === 'NUMBER') {
       const got = (op.reply as Extract<Reply, { kind: 'number' }>).value;
       if (!belongsTo(key, String(got))) bad(op, key, `VALUE OF ANOTHER KEY: ${op.kind} ${key} answered ${got}`);
-      else if (!mayBe(key, (v) => isNum(v) && applyArith(op.kind as ArithOp, BigInt(v), op.delta) === got)) {
+      else if (!mayBe(key, (v) => isNum(v) && applyArith(op.kind as ArithOp, BigInt(v), op.delta) === got) && !(got === op.initial && why(key, null, s, e, vs, ve, op) === undefined)) {
         const seen = statesOf(observable(writes.get(key) as Write[], s, e).filter((x) => x.op !== op)).map((x) => `${JSON.stringify(x.v)} until ${ms(x.d)}`);
         bad(op, key, `${op.kind} answered ${got}: no state it may see (present at ${vs}ms) gives it (may see: ${seen.join(', ')})`);
       }
