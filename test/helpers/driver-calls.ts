@@ -31,9 +31,9 @@ export function codeOf(err: unknown): string {
 /**
  * Retries `fn` until it resolves; a bounded poll for state with no event to wait on (401 tries,
  * 25 ms apart). `onError` sees each rejection; the last one is thrown. (helpers/poll's
- * `eventually` waits for a condition to hold instead.)
+ * `eventually` waits for a condition to hold instead; this one for a call to succeed.)
  */
-export async function eventually<T>(fn: () => Promise<T>, onError: (err: unknown) => void = () => {}): Promise<T> {
+export async function retrying<T>(fn: () => Promise<T>, onError: (err: unknown) => void = () => {}): Promise<T> {
   for (let i = 0; ; i++) {
     try {
       return await fn();

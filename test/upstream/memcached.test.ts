@@ -8,7 +8,7 @@ import type { ArithResult, Upstream } from '../../src/upstream/upstream';
 
 /** The number of an OK arith result (its cas is checked on its own), or the result itself. */
 const okValue = (r: ArithResult): unknown => (r.status === 'OK' ? r.value : r);
-import { b, codeOf, eventually, getOne, set } from '../helpers/driver-calls';
+import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { type MemcachedProcess, freePort, requireBinary, startMemcached } from '../helpers/servers';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
@@ -307,7 +307,7 @@ test('a timeout discards the connection: a late reply is never paired with a lat
   assert.ok(up.stats.timeouts >= 1);
   mc.resume();
 
-  const hit = await eventually(
+  const hit = await retrying(
     () => getOne(up, 'k1'),
     (err) => assert.ok([ErrorCodes.UPSTREAM_IO, ErrorCodes.UPSTREAM_TIMEOUT].includes(codeOf(err) as 'MCMUX_UPSTREAM_IO')),
   );
@@ -333,7 +333,7 @@ test('requests sent behind one that timed out fail as late: the paused server ap
   mc.resume();
   // They were in the server's socket: it applies them, after mcmux gave up on them.
   for (const k of keys) {
-    const hit = await eventually(() => getOne(up, k).then((h) => (h ? h : Promise.reject(new Error('not yet')))));
+    const hit = await retrying(() => getOne(up, k).then((h) => (h ? h : Promise.reject(new Error('not yet')))));
     assert.equal(hit.value.toString(), `late ${k}`);
   }
 });
@@ -420,7 +420,7 @@ test('a server that answers and then drops every connection is reconnected ever 
   t.after(() => up.close());
   for (let i = 0; i < 6; i++) {
     if (accepted.length <= i) await new Promise<void>((r) => (nextAccept = r));
-    await eventually(() => up.probe()); // a reply on each new connection (once the client side is up)
+    await retrying(() => up.probe()); // a reply on each new connection (once the client side is up)
   }
   const gaps = accepted.slice(1).map((at, i) => at - (accepted[i] as number));
   // The backoff doubles (50, 100, 200, 400, 800 ms) instead of going back to 50 ms at each reply.
@@ -449,7 +449,7 @@ test('a killed memcached gives fast IO errors, and is used again after a restart
   });
 
   await mc.restart();
-  const hit = await eventually(
+  const hit = await retrying(
     () => getOne(up, 'k'),
     (err) => assert.equal(codeOf(err), ErrorCodes.UPSTREAM_IO),
   );

@@ -12,7 +12,7 @@ import { EXPIRED } from '../../src/command/command';
 import { ConfigError, ErrorCodes } from '../../src/errors';
 import { createMysqlUpstream } from '../../src/upstream/mysql';
 import type { Upstream } from '../../src/upstream/upstream';
-import { b, codeOf, eventually, getOne, set } from '../helpers/driver-calls';
+import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { freePort, requireBinary } from '../helpers/servers';
 import { assertMaxQueueOfTwo } from '../helpers/upstream-limits';
 import { MARIADB_DATABASE, MARIADB_PASSWORD, MARIADB_USER, type MariadbProcess, startMariadb } from './targets/mysql';
@@ -513,7 +513,7 @@ test('a stopped server gives fast IO errors; restarted, it is used again with it
 
   await db.restart();
   t.diagnostic(`restarted in ${db.startupMs} ms`);
-  const hit = await eventually(
+  const hit = await retrying(
     () => getOne(up, 'k'),
     (err) => assert.equal(codeOf(err), ErrorCodes.UPSTREAM_IO),
   );
@@ -574,7 +574,7 @@ test('a paused server times out in bounded time; resumed, every answer is its ow
   assert.ok(up.stats.timeouts >= 1);
   db.resume();
 
-  const first = await eventually(
+  const first = await retrying(
     () => getOne(up, 'k2'),
     (err) => assert.ok([ErrorCodes.UPSTREAM_IO, ErrorCodes.UPSTREAM_TIMEOUT].includes(codeOf(err) as 'MCMUX_UPSTREAM_IO')),
   );

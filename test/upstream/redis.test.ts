@@ -15,7 +15,7 @@ import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
 import { keySlot } from '../../src/upstream/redis';
 import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
-import { b, codeOf, eventually, getOne, set } from '../helpers/driver-calls';
+import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { startFaultProxy } from '../helpers/fault-proxy';
 import { freePort, haveBinary, requireBinary } from '../helpers/servers';
 import { assertMaxQueueOfTwo } from '../helpers/upstream-limits';
@@ -431,7 +431,7 @@ test('a killed redis gives fast IO errors, and is used again after a restart', {
     assert.deepEqual([...codes], [ErrorCodes.UPSTREAM_IO]);
   });
   await server.restart();
-  const hit = await eventually(
+  const hit = await retrying(
     () => getOne(up, 'k'),
     (err) => assert.equal(codeOf(err), ErrorCodes.UPSTREAM_IO),
   );
@@ -468,7 +468,7 @@ test('a paused redis times out within bounds; after SIGCONT every reply goes to 
   });
   server.resume();
 
-  const hit = await eventually(
+  const hit = await retrying(
     () => getOne(up, 'k1'),
     (err) => assert.ok([ErrorCodes.UPSTREAM_IO, ErrorCodes.UPSTREAM_TIMEOUT].includes(codeOf(err) as 'MCMUX_UPSTREAM_IO')),
   );
@@ -525,8 +525,8 @@ test('redis+cluster: three masters, keys across slots, multi-get, conditional co
     await cluster.stop();
   });
   assert.equal(up.name, url);
-  await eventually(() => up.probe());
-  await eventually(() => other.probe());
+  await retrying(() => up.probe());
+  await retrying(() => other.probe());
 
   const keys = Array.from({ length: 300 }, (_, i) => `c:${i}`);
   await Promise.all(keys.map((k, i) => set(up, k, `v${i}`, i)));
@@ -592,7 +592,7 @@ test('rediss: TLS, certificate checked unless tls-insecure=1', { timeout: 30_000
     await server.stop();
     removeDir(dir);
   });
-  await eventually(() => insecure.probe());
+  await retrying(() => insecure.probe());
   await set(insecure, 'tls:k', 'over tls');
   assert.equal(await text(insecure, 'tls:k'), 'over tls');
   await assert.rejects(strict.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO && /certificate/i.test((err as Error).message));
@@ -627,12 +627,12 @@ test('redis+cluster: a command whose node connection closes before its answer fa
   await adminB.call('CLUSTER', 'ADDSLOTSRANGE', '8192', '16383');
   await adminB.call('CLUSTER', 'MEET', '127.0.0.1', String(portA), String(busA));
   for (const admin of [adminA, adminB]) {
-    await eventually(async () => {
+    await retrying(async () => {
       const info = String(await admin.call('CLUSTER', 'INFO'));
       if (!info.includes('cluster_state:ok') || !info.includes('cluster_known_nodes:2')) throw new Error(info);
     });
   }
-  await eventually(() => up.probe());
+  await retrying(() => up.probe());
   const key = Array.from({ length: 100 }, (_, i) => `n${i}`).find((k) => keySlot(b(k)) < 8192) as string;
   await set(up, key, '5');
   assert.equal(await text(directA, key), '5', 'the key lives on A');
@@ -643,11 +643,11 @@ test('redis+cluster: a command whose node connection closes before its answer fa
     (err: unknown) => `failed ${codeOf(err)}`,
   );
   // A has run it (its answer is held in the proxy) when the connection closes.
-  await eventually(async () => assert.equal(await text(directA, key), '6'));
+  await retrying(async () => assert.equal(await text(directA, key), '6'));
   proxy.cut();
   proxy.pass();
   // Settled means ioredis is done with the command: sent again, it would be answered 7.
   assert.equal(await outcome, `failed ${ErrorCodes.UPSTREAM_IO}`);
   assert.equal(await text(directA, key), '6', 'the incr ran once');
-  await eventually(async () => assert.equal(await text(up, key), '6'));
+  await retrying(async () => assert.equal(await text(up, key), '6'));
 });
