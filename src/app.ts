@@ -106,6 +106,7 @@ export class App {
     this.repairer = new Repairer(() => this.router.context, config.repair, log);
     // An overflowed cache the repair flushes comes back empty: fenced, as after a restart.
     this.repairer.onFlush = (u) => this.coldDetector.knownEmpty(u as HealthyUpstream);
+    this.repairer.onFlushed = (u) => this.coldDetector.flushed(u as HealthyUpstream);
     this.router.repairStats = () => ({ repaired: this.repairer.repaired, failures: this.repairer.repairFailures });
   }
 

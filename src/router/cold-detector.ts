@@ -198,6 +198,25 @@ export class ColdDetector {
   }
 
   /**
+   * The repair flushed `u` (an overflowed cache), fenced by knownEmpty just before: the flush took
+   * the marker too. It is written again at once, naming that fence, so that neither the next check
+   * of this process nor the first look of the next one takes the missing marker for a restart:
+   * that would forget the keys a client wrote to `u` since the flush, and fence it afresh as
+   * knowing none of them (fuzz seed 47081 of 46501-48000 with MCMUX_FUZZ_RESTART=1: mcmux killed
+   * before its next check, the next process fenced the flushed cache as come back empty, and a
+   * cas was decided by the other store, which had lost the key unseen: NOT_FOUND).
+   */
+  flushed(u: HealthyUpstream): void {
+    const members = membersOf(u);
+    const targets = members.length > 0 ? members.filter(isUsable).map((m) => m.inner) : [u.inner];
+    for (const s of targets) {
+      this.lastSet.delete(s);
+      this.found.delete(s);
+    }
+    void this.mark(u, { targets, sights: targets.map((): Sight => ({ verdict: 'first', kept: false, fencedUntil: 0, fenceId: 0 })) });
+  }
+
+  /**
    * The latest end of a fence that an earlier mcmux process recorded in these markers and that is
    * still to come, cut to this process's own lock-fence, as a monotonic time; 0 if none. The one
    * place a wall-clock fence end becomes an in-process one: by the time it has left.

@@ -53,6 +53,8 @@ export class Repairer {
    * other upstreams hold until its lock-fence ends, as after a restart.
    */
   onFlush: ((u: Upstream) => void) | undefined;
+  /** Told once that flush has emptied it (app.ts: the cold detector writes its marker again). */
+  onFlushed: ((u: Upstream) => void) | undefined;
 
   constructor(
     private readonly ctx: () => RouterContext,
@@ -347,6 +349,7 @@ export class Repairer {
       if (mayLandLate(error)) journal.flushTimedOut(u);
       return;
     }
+    this.onFlushed?.(u);
     // A request of a key it could not remember timed out while the flush was in flight (none
     // should be: no write runs meanwhile): it may land after the flush. Not trusted yet:
     // flushed again once that has settled.

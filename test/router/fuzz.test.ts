@@ -701,6 +701,7 @@ class World {
       (this.ups.find((y) => y.healthy === u) as SchedUpstream).repairFlush = true;
       detector.knownEmpty(u as HealthyUpstream);
     };
+    this.repairer.onFlushed = (u) => detector.flushed(u as HealthyUpstream);
   }
 
   int(n: number): number {
