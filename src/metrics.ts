@@ -206,7 +206,7 @@ export class Metrics {
       const which = url.searchParams.get('upstream') ?? '';
       const u = this.app.upstreams.find((x, i) => String(i) === which || x.name === which);
       if (!u) return json(404, { error: `no upstream "${which}": give its index or its name (GET /admin/journal lists them)` });
-      this.app.journal.trust(u, true);
+      this.app.journal.trust(u, 'operator');
       return json(200, describe());
     }
     json(404, { error: 'GET /admin/journal, POST /admin/trust?upstream=N' });

@@ -892,7 +892,8 @@ export class RepairJournal {
     if (!this.mayBeWiped(u, key)) return false;
     const p = this.of(u);
     const e = p.keys.get(key) as DirtyEntry;
-    this.put(u, p, key, { op: 'write', since: e.since, seq: e.seq, firstSeq: e.seq - 0.5, late: e.late });
+    // An entry loaded from journal.log has no sequence (seq 0): below every copy that has one.
+    this.put(u, p, key, { op: 'write', since: e.since, seq: e.seq, firstSeq: e.seq > 0 ? e.seq - 0.5 : 0.5, late: e.late });
     return true;
   }
 
@@ -933,10 +934,11 @@ export class RepairJournal {
   private learn(u: Upstream, o: Overflow, key: string, seq: number, holds: boolean, late = false): void {
     const k = o.known.get(key);
     if (!holds) {
-      if (late && k?.late === undefined) {
+      if (late) {
         // Remembered even when not known to hold it, so that no later write makes it hold it.
         // Beyond maxKeys nothing new is learnt (full) and it stays dirty anyway, but not once the
-        // upstream is trusted again: that waits until the request has settled (lastLate).
+        // upstream is trusted again: that waits until the request has settled (lastLate). A key
+        // that timed out before is dated by this timeout, the last (it kept the first: review).
         if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: monotonicMs() });
         else o.lastLate = monotonicMs();
         if (k?.holds || k?.maybe) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
@@ -1046,11 +1048,14 @@ export class RepairJournal {
   }
 
   /**
-   * `u` is known clean (flushed, or an operator said so): forget everything about it. An
-   * operator (`mcmux repair --trust`) vouches for it past what journal.log only may have been
-   * (each entry loaded is taken as a timeout, see parse), not past a timeout this process saw.
+   * `u` is known clean: forget everything about it. `by`: a client's flush_all emptied it (the
+   * newest write of every key), the repair's flush of an overflowed cache did, every item written
+   * before its overflow has expired, or an operator (`mcmux repair --trust`) vouches for it, past
+   * what journal.log only may have been (each entry loaded is taken as a timeout, see parse), not
+   * past a timeout this process saw.
    */
-  trust(u: Upstream, operator = false): void {
+  trust(u: Upstream, by: 'flush_all' | 'repair' | 'expiry' | 'operator' = 'flush_all'): void {
+    const operator = by === 'operator';
     const p = this.byName.get(idOf(u));
     if (!p) return;
     const lastLate = p.overflow?.lastLate;
@@ -1076,8 +1081,12 @@ export class RepairJournal {
     p.pendingFrom?.clear();
     this.setOverflow(p, undefined);
     this.append(`T ${hex(idOf(u))}`);
-    const now = Date.now();
-    for (const [key, at] of late) this.put(u, p, key, { op: 'write', since: now, seq: this.writeSeq, firstSeq: this.writeSeq, late: at });
+    // Ranked as holding the newest write (a flush_all's: empty) where that is what emptied it;
+    // emptied by the repair, below every copy that holds a write (firstSeq 0.5, below the first
+    // write's 1): it holds nothing a client wrote, as it ranked while overflowed (review: ranked
+    // the freshest, a flushed cache's miss was read, and repaired over the acknowledged value).
+    const [since, firstSeq] = by === 'repair' ? [0, 0.5] : [Date.now(), this.writeSeq];
+    for (const [key, at] of late) this.put(u, p, key, { op: 'write', since, seq: this.writeSeq, firstSeq, late: at });
   }
 
   /** Every write passes its deadline here, so an overflowed upstream knows how long to wait. */
@@ -1113,16 +1122,30 @@ export class RepairJournal {
       if (!sameTimeouts && this.fd !== undefined) this.rewrite();
       return;
     }
-    for (const u of upstreams) if (!this.chain.has(idOf(u))) this.distrust(u);
+    for (const u of upstreams) {
+      if (this.chain.has(idOf(u))) continue;
+      this.distrust(u);
+      // Back in the chain: what may still land there (set aside while it was out) counts again.
+      const parked = this.leftLate.get(idOf(u));
+      if (parked !== undefined) {
+        this.leftLate.delete(idOf(u));
+        this.mayLandUnknown(u, parked.at, parked.sets);
+      }
+    }
     // A store that left the chain is not repaired any more: nothing settles what may land late.
+    // Set aside, should a reload put it back before it has landed (review).
     for (const [id, p] of this.byName) {
       if (next.has(id) || p.unknownLate === undefined) continue;
+      this.leftLate.set(id, p.unknownLate);
       p.unknownLate = undefined;
       this.unknownLates--;
     }
     this.chain = next;
     if (this.fd !== undefined) this.rewrite();
   }
+
+  /** What may still land on stores that left the chain (PerUpstream.unknownLate as they left). */
+  private readonly leftLate = new Map<string, UnknownLate>();
 
   /** journal.log was there and its process had not closed it cleanly (load). */
   uncleanStop = false;

@@ -321,7 +321,7 @@ export class Repairer {
     }
     if (Date.now() > overflow.trustAfter) {
       overflow.lastLate = undefined; // settled (at the top)
-      ctx.journal.trust(u);
+      ctx.journal.trust(u, 'expiry');
       this.log.info({ upstream: u.name }, 'every item written before the outage has expired: reads use the upstream again');
     }
   }
@@ -358,7 +358,7 @@ export class Repairer {
       return;
     }
     overflow.lastLate = undefined; // settled (above): trust() would keep it overflowed
-    journal.trust(u);
+    journal.trust(u, 'repair');
     // What another overflowed upstream holds is copied here before that one may be flushed.
     // Only a write started from now on proves the key is here again.
     const next = journal.nextWriteSeq();

@@ -231,7 +231,7 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
           return;
         }
         // A flushed upstream holds nothing stale: its journal entries are moot.
-        ctx.journal.trust(u);
+        ctx.journal.trust(u, 'flush_all');
         ctx.onFlushed(u);
       });
       return failed === 0
