@@ -1,6 +1,7 @@
 /**
  * What the router fuzz (fuzz.test.ts) found, minimised by hand to plain FakeUpstreams (no virtual
- * time needed; the expiry tests mock Date only). Each brings back a deleted or expired session,
+ * time needed; the expiry tests mock Date only), and, in the last describe block, what a review of
+ * the journal's transitions found beyond the fuzz's model. Each brings back a deleted or expired session,
  * loses an acknowledged lock or counter, or lets a cas succeed wrongly, under faults the README's
  * consistency model promises to survive; each test failed before the fix in src/router that came
  * with it. From the fuzz's mcmux restarts, three were todos: the one of which copy is the
