@@ -1066,8 +1066,6 @@ export class RepairJournal {
       // fuzz (seed 1428: a set that timed out landed after a flush_all, in an upstream taken as
       // clean, and brought the value back).
       this.distrust(u);
-      p.pending?.clear();
-      p.pendingFrom?.clear();
       const o = p.overflow as Overflow;
       o.trustAfter = Date.now();
       o.lastLate = Math.max(o.lastLate ?? 0, lastLate);
@@ -1077,8 +1075,10 @@ export class RepairJournal {
     // copied again once settled (repair.ts), as any late entry.
     const late = lateKeys(p).filter(([, at]) => !operator || at !== this.loadedAt);
     this.dropKeys(p);
-    p.pending?.clear();
-    p.pendingFrom?.clear();
+    // Not the pending marks: a write acknowledged with write-wait copies may still be on its way
+    // here (a trust by expiry or by the operator comes at any moment; a flush, after every write
+    // in flight has landed, finds none), and until it lands a read must not take the value it
+    // replaces from here. Its answer clears the mark (settled).
     this.setOverflow(p, undefined);
     this.append(`T ${hex(idOf(u))}`);
     // Ranked as holding the newest write (a flush_all's: empty) where that is what emptied it;

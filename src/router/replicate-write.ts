@@ -122,7 +122,7 @@ export function replicateKeyed(
       const trusted = (i: number): boolean => what === 'delete' || current(i);
       const hits = outcomes.filter((o, i) => o?.ok && o.value === hit && trusted(i)).length;
       const answered = count(outcomes, () => true);
-      if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies') && counted(ctx, what, key, outcomes)) {
+      if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies') && counted(ctx, what, key, outcomes, trusted)) {
         if (!settled) markPending(ctx, ctx.upstreams, outcomes, key, seq);
         return { kind: 'status', status: hit };
       }
@@ -130,7 +130,7 @@ export function replicateKeyed(
       if (answered < min) {
         return serverError(`${what} reached ${answered} of ${n} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
       }
-      if (!counted(ctx, what, key, outcomes)) {
+      if (!counted(ctx, what, key, outcomes, trusted)) {
         return serverError(`${what} reached ${answered} of ${n} upstreams, but only where a request of the key that timed out, or of a process killed before this one, may still land over it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
       }
       // NOT_FOUND only from a copy that knows: a dirty upstream's "none" is no answer about the
@@ -246,10 +246,26 @@ const anyAnswer = (): boolean => true;
 
 /**
  * Whether a delete's answers include one a read takes the key's absence from (see lasting). A
- * touch's hit is a current copy's, which it leaves as current as it was: always.
+ * touch's hit is a current copy's (`trusted`), which it leaves as current as it was: it counts
+ * unless a request that may still land there (a set of the key that timed out, a flush) would
+ * undo the touch, as for any write (a review found it acknowledged so, and the late set served
+ * after the touch's deadline). A touch without a hit is NOT_FOUND as it is.
  */
-function counted(ctx: RouterContext, what: 'delete' | 'touch', key: string, outcomes: ReadonlyArray<Outcome<Status> | undefined>): boolean {
-  return what === 'touch' || !ctx.journal.untrusting || lasting(ctx, key, ctx.upstreams, outcomes, anyAnswer, undefined, false);
+function counted(ctx: RouterContext, what: 'delete' | 'touch', key: string, outcomes: ReadonlyArray<Outcome<Status> | undefined>, trusted: (i: number) => boolean): boolean {
+  if (!ctx.journal.untrusting) return true;
+  if (what === 'delete') return lasting(ctx, key, ctx.upstreams, outcomes, anyAnswer, undefined, false);
+  const hit = (o: Outcome<Status> | undefined, i: number): boolean => o?.ok === true && o.value === 'TOUCHED' && trusted(i);
+  return !outcomes.some(hit) || outcomes.some((o, i) => hit(o, i) && lastsOn(ctx, ctx.upstreams[i] as Upstream, key, true));
+}
+
+/**
+ * Whether a write of `key` that reached `u` stays there: no request that may still land on `u`
+ * undoes it (one of the key that timed out; with `wipeable`, a flush that timed out too, else only
+ * a request of a killed process, which may store).
+ */
+function lastsOn(ctx: RouterContext, u: Upstream, key: string, wipeable: boolean): boolean {
+  const late = ctx.journal.unknownLate(u);
+  return (late === undefined || (!wipeable && !late.sets)) && !ctx.journal.lateFor(u, key);
 }
 
 /**
@@ -281,10 +297,7 @@ function lasting<R>(
   wipeable: boolean,
 ): boolean {
   const j = ctx.journal;
-  const counts = (u: Upstream): boolean => {
-    const late = j.unknownLate(u);
-    return (late === undefined || (!wipeable && !late.sets)) && !j.lateFor(u, key);
-  };
+  const counts = (u: Upstream): boolean => lastsOn(ctx, u, key, wipeable);
   if (authority !== undefined && counts(authority) && !j.isDirty(authority, key)) return true;
   for (let i = 0; i < targets.length; i++) {
     const o = outcomes[i];

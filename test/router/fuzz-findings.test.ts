@@ -66,8 +66,10 @@ const settle = async (): Promise<void> => {
  * One mcmux process over two fake upstreams (`ups`, or new ones); with `dir`, its journal.log is
  * kept there and loaded as app.ts loads it.
  */
-function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies'; maxKeys?: number; firstScheme?: string; secondScheme?: string; dir?: string; ups?: [FakeUpstream, FakeUpstream] } = {}) {
-  const ups = opts.ups ?? ([new FakeUpstream('fake://0', opts.firstScheme), new FakeUpstream('fake://1', opts.secondScheme)] as [FakeUpstream, FakeUpstream]);
+function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies'; maxKeys?: number; firstScheme?: string; secondScheme?: string; dir?: string; ups?: [FakeUpstream, FakeUpstream]; one?: boolean } = {}) {
+  const two = [new FakeUpstream('fake://0', opts.firstScheme), new FakeUpstream('fake://1', opts.secondScheme)];
+  // `one`: a single upstream (ups[1] is then undefined).
+  const ups = opts.ups ?? ((opts.one ? two.slice(0, 1) : two) as [FakeUpstream, FakeUpstream]);
   const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: opts.dir, fsync: 'no' });
   if (opts.dir !== undefined) journal.load(ups);
   const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: opts.writeWait ?? 'all', allowFlush: true }, source, noop);
@@ -2274,5 +2276,85 @@ describe('journal transitions, found by review', () => {
     assert.equal((await second.inner.get(['sess']))[0], undefined, 'the late flush emptied the second upstream');
     first.mode = 'fail';
     assert.notDeepEqual(values(await exec(get('sess'))), [undefined], 'LOST WRITE: a miss from the copy the late flush emptied');
+  });
+});
+
+// Found by a review of how writes are acknowledged and reads served (replicate-write.ts,
+// failover-read.ts, journal.ts), not by the fuzz.
+describe('write acknowledgement and reads, found by review', () => {
+  // An overflowed store (not a cache) is trusted by expiry (repair.ts retrust, journal.trust
+  // 'expiry') at any moment, with writes in flight: trust() cleared the pending marks of the
+  // copies of writes acknowledged with write-wait copies that had not reached it yet. The next
+  // read took the value such a write replaced from it.
+  it('a store trusted by expiry while an acknowledged write is still on its way there: a read does not take the value it replaced', async (t) => {
+    const clock = clocksFor(t);
+    const { ups, journal, repairer, exec } = setup({ writeWait: 'copies', maxKeys: 1 });
+    const [first, second] = ups;
+    const soon = Date.now() + 1000;
+    second.mode = 'fail';
+    await exec(set('a', '1', soon));
+    await exec(set('b', '1', soon));
+    second.mode = 'ok';
+    assert.ok(journal.overflowed(second), 'the second upstream missed two keys: its journal overflowed');
+    await repairer.tick(); // it waits until what it may hold stale has expired
+    clock.advance(2000); // it has
+    assert.equal(status(await exec(set('sess', 'A', Date.now() + 60_000))), 'STORED');
+    await settle(); // on both
+    second.gateOnly = (call) => call === 'set sess';
+    second.close_gate();
+    assert.equal(status(await exec(set('sess', 'B', Date.now() + 60_000))), 'STORED', 'write-wait copies: on the first; on its way to the second');
+    await repairer.tick(); // trusted by expiry
+    assert.equal(journal.overflowed(second), undefined, 'trusted');
+    first.mode = 'fail';
+    const got = values(await exec(get('sess')));
+    second.open();
+    await settle();
+    assert.notDeepEqual(got, ['A'], 'STALE READ: the value B replaced, though B was acknowledged before the read began');
+  });
+
+  // A touch's TOUCHED counts without asking whether a read keeps what it did (replicate-write.ts
+  // counted: "always"), unlike a set's, a delete's, or a conditional command's (lasting,
+  // authorityAlone): with every copy dirty for the key, its only hit may be on the freshest copy
+  // where a set of the key that timed out may still land. It lands, over the touch, with its own
+  // deadline: the item the client was told expires at the touch's deadline is served after it.
+  it('a touch whose only copy is where a set of the key that timed out may still land: the item is not served after the touch\'s deadline', async (t) => {
+    const clock = clocksFor(t);
+    const { ups, exec } = setup({ one: true });
+    const [only] = ups;
+    assert.equal(status(await exec(set('sess', 'A'))), 'STORED');
+    only.gateOnly = (call) => call === 'set sess';
+    only.delay_late();
+    assert.match(status(await exec(set('sess', 'B'))), /^SERVER_ERROR /, 'timed out: a maybe, it may still land');
+    only.gateOnly = () => false; // later requests go through; the set of B still waits
+    const deadline = Date.now() + 1000;
+    const r = await exec({ kind: 'touch', key: 'sess', deadline, noreply: false });
+    only.open(); // the set of B lands, over the touch, without a deadline
+    await settle();
+    clock.advance(2000); // past the touch's deadline
+    const read = values(await exec(get('sess')));
+    if (status(r) === 'TOUCHED') assert.deepEqual(read, [undefined], `EXPIRED VALUE SERVED: the touch was acknowledged (deadline passed), and a read takes the late B`);
+  });
+
+  it('the same with two upstreams: the other missed the logout, the touch reaches only the copy the late set may land on', async (t) => {
+    const clock = clocksFor(t);
+    const { ups, exec, journal } = setup();
+    const [first, second] = ups;
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await exec(set('sess', 'A'))), 'STORED', 'on the first; times out on the second');
+    assert.ok(journal.lateFor(second, 'sess'));
+    second.gateOnly = () => false;
+    first.mode = 'fail';
+    // every copy dirty: the second (it holds the newest write, a set that fails: a maybe) the freshest
+    assert.match(status(await exec(set('sess', 'B'))), /^SERVER_ERROR /);
+    const deadline = Date.now() + 1000;
+    const r = await exec({ kind: 'touch', key: 'sess', deadline, noreply: false });
+    first.mode = 'ok';
+    second.open(); // the set of A lands there, over the touch, without a deadline
+    await settle();
+    clock.advance(2000);
+    const read = values(await exec(get('sess')));
+    if (status(r) === 'TOUCHED') assert.deepEqual(read, [undefined], `EXPIRED VALUE SERVED: the touch was acknowledged (deadline passed), and a read takes ${JSON.stringify(read)}`);
   });
 });
