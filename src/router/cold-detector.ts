@@ -80,6 +80,20 @@ export class ColdDetector {
    */
   private readonly unjudged = new Map<HealthyUpstream, boolean>();
   private timer: NodeJS.Timeout | undefined;
+  /**
+   * Per upstream: how many precautionary fences (reconnects) were armed so far, and how many
+   * single-server checks of a pool are in flight. A look lifts a precaution only when no
+   * reconnect came after it started, nor another server's check is still out (review).
+   */
+  private readonly armed = new Map<HealthyUpstream, number>();
+  private readonly serverChecks = new Map<HealthyUpstream, number>();
+  /** When this process last started writing each store's marker (monotonic ms). */
+  private readonly writing = new Map<Upstream, number>();
+  private arm(u: HealthyUpstream): number {
+    const g = (this.armed.get(u) ?? 0) + 1;
+    this.armed.set(u, g);
+    return g;
+  }
 
   constructor(
     private readonly upstreams: () => readonly HealthyUpstream[],
@@ -110,11 +124,14 @@ export class ColdDetector {
   async checkAll(): Promise<void> {
     const ups = this.upstreams();
     for (const u of ups) this.stillUnread(u);
+    const gens = ups.map((u) => this.armed.get(u) ?? 0);
     const looks = await Promise.all(ups.map((u) => this.look(u)));
     // Those this look could not read count as unread before any is judged (markedElsewhere).
     ups.forEach((u, i) => this.unread(u, looks[i]));
-    ups.forEach((u, i) => this.judge(u, looks[i]));
-    await Promise.all(ups.map((u, i) => this.mark(u, looks[i])));
+    const fresh = ups.map((u, i) => (this.armed.get(u) ?? 0) === gens[i]);
+    ups.forEach((u, i) => this.judge(u, looks[i], undefined, fresh[i]));
+    // A look a reconnect overtook puts no marker back: the store may have restarted since it read.
+    await Promise.all(ups.map((u, i) => (fresh[i] ? this.mark(u, looks[i]) : undefined)));
   }
 
   /**
@@ -128,12 +145,27 @@ export class ColdDetector {
    * fails (EXISTS) and the client reads again.
    */
   reconnected(u: HealthyUpstream): void {
-    u.fence(monotonicMs() + this.fenceMs);
+    const at = monotonicMs();
+    const forgot = u.fenced ? u.learntKeys() : [];
+    const stores = membersOf(u).length > 0 ? membersOf(u).map((m) => m.inner) : [u.inner];
+    const before = stores.map((t) => this.lastSet.get(t));
+    u.fence(at + this.fenceMs);
+    this.arm(u);
     // Already fenced, it would go on deciding the keys written to it since that fence began,
     // which a restart has taken: they are learnt again from the writes after this one.
     u.emptied();
     this.voidUniques(u);
-    void this.check(u); // a warm answer lifts this fence
+    // A warm answer lifts this fence; one that finds the marker written before the reconnect
+    // (so the store did not restart) makes the keys forgotten just now known again.
+    void this.check(u, (verdict, look, fresh) => {
+      const kept =
+        verdict === 'warm' &&
+        fresh &&
+        look !== undefined &&
+        look.targets.length === stores.length &&
+        stores.every((t, i) => before[i] !== undefined && this.lastSet.get(t) === before[i] && (this.writing.get(t) ?? -Infinity) < at);
+      if (kept) for (const key of u.relearn(forgot)) this.fenceLog?.fenceLearnt(u, u.fenceId, key);
+    });
   }
 
   /**
@@ -155,11 +187,17 @@ export class ColdDetector {
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
     u.fence(monotonicMs() + this.fenceMs);
+    // As in reconnected: the server may have restarted, taking the keys written to the pool since.
+    u.emptied();
     this.voidUniques(u);
+    const g = this.arm(u);
+    this.serverChecks.set(u, (this.serverChecks.get(u) ?? 0) + 1);
     void this.checkStore(u, server.inner).then(async (sight) => {
       const look = { targets: [server.inner], sights: [sight] };
-      this.judge(u, look, server.name);
-      await this.mark(u, look);
+      const alone = this.serverChecks.get(u) === 1;
+      this.serverChecks.set(u, (this.serverChecks.get(u) ?? 1) - 1);
+      this.judge(u, look, server.name, alone && this.armed.get(u) === g);
+      if (this.armed.get(u) === g) await this.mark(u, look);
     });
   }
 
@@ -265,13 +303,18 @@ export class ColdDetector {
 
   /**
    * Looks for the marker in `u` — in each server of a pool, since one of them can restart alone —
-   * and fences `u` when a marker mcmux wrote has disappeared.
+   * and fences `u` when a marker mcmux wrote has disappeared. `judged` is told what the look found
+   * (and whether no reconnect came since it began) before the marker is written again.
    */
-  async check(u: HealthyUpstream): Promise<Verdict> {
+  async check(u: HealthyUpstream, judged?: (verdict: Verdict, look: Look | undefined, fresh: boolean) => void): Promise<Verdict> {
     this.stillUnread(u);
+    const g = this.armed.get(u) ?? 0;
     const look = await this.look(u);
-    const verdict = this.judge(u, look);
-    await this.mark(u, look);
+    // A reconnect since the look began: what it read may be from before a restart.
+    const fresh = (this.armed.get(u) ?? 0) === g;
+    const verdict = this.judge(u, look, undefined, fresh);
+    judged?.(verdict, look, fresh);
+    if (fresh) await this.mark(u, look);
     return verdict;
   }
 
@@ -305,15 +348,15 @@ export class ColdDetector {
   }
 
   /** Fences `u` or lifts its fence on what `look` found; `server`: the one pool server looked at. */
-  private judge(u: HealthyUpstream, look: Look | undefined, server?: string): Verdict {
-    if (server !== undefined) return this.verdict(u, look, server);
+  private judge(u: HealthyUpstream, look: Look | undefined, server?: string, mayLift = true): Verdict {
+    if (server !== undefined) return this.verdict(u, look, server, mayLift);
     this.unread(u, look);
-    const verdict = this.verdict(u, look);
+    const verdict = this.verdict(u, look, undefined, mayLift);
     if (verdict !== 'unknown') this.unjudged.set(u, false);
     return verdict;
   }
 
-  private verdict(u: HealthyUpstream, look: Look | undefined, server?: string): Verdict {
+  private verdict(u: HealthyUpstream, look: Look | undefined, server?: string, mayLift = true): Verdict {
     if (look === undefined) return 'unknown';
     const cold = look.sights.map((s) => s.verdict);
     const firsts = look.targets.filter((_, i) => cold[i] === 'first');
@@ -340,7 +383,7 @@ export class ColdDetector {
     }
     if (cold.includes('unknown')) return 'unknown';
     if (cold.includes('first')) return 'first';
-    this.liftIfKept(u, look.sights);
+    if (mayLift) this.liftIfKept(u, look.sights);
     return 'warm';
   }
 
@@ -413,6 +456,7 @@ export class ColdDetector {
         ) {
           return;
         }
+        this.writing.set(store, at);
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
           this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun });

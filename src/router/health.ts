@@ -225,6 +225,27 @@ export class HealthyUpstream implements Upstream {
     return mine;
   }
 
+  /** The keys it learnt in this fence so far. */
+  learntKeys(): string[] {
+    return [...this.fenceKeys];
+  }
+
+  /**
+   * Keys forgotten at a reconnect that turned out not to be a restart (the marker written before
+   * it is still there): known again. Returns those it learnt anew, for the journal.
+   */
+  relearn(keys: Iterable<string>): string[] {
+    if (!this.fenced) return [];
+    const added: string[] = [];
+    for (const key of keys) {
+      if (this.fenceKeys.size >= FENCE_KEYS_MAX) break;
+      if (this.fenceKeys.has(key)) continue;
+      this.fenceKeys.add(key);
+      added.push(key);
+    }
+    return added;
+  }
+
   /** Whether it may decide for `key`: not fenced, or written since the fence began. */
   knows(key: string): boolean {
     return !this.fenced || this.fenceKeys.has(key);

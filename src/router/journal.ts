@@ -389,15 +389,18 @@ export class RepairJournal {
    */
   uniquesVoided(u: Upstream, epoch: number): void {
     const p = this.of(u);
-    if (epoch <= (p.uniquesEpoch ?? 0)) return;
+    if (epoch <= Math.max(p.uniquesEpoch ?? 0, this.otherEpochs.get(idOf(u)) ?? 0)) return;
     p.uniquesEpoch = epoch;
     this.append(`V ${hex(idOf(u))} ${epoch}`);
   }
 
   /** What uniquesVoided last kept for `u` (0: never), to resume from (HealthyUpstream.resumeUniques). */
   uniquesEpochOf(u: Upstream): number {
-    return this.byName.get(idOf(u))?.uniquesEpoch ?? 0;
+    return Math.max(this.byName.get(idOf(u))?.uniquesEpoch ?? 0, this.otherEpochs.get(idOf(u)) ?? 0);
   }
+
+  /** Uniques epochs of stores not in the config as journal.log was loaded (V lines kept). */
+  private readonly otherEpochs = new Map<string, number>();
 
   /** The keys `u` learnt under fence `id` (fenceLearnt), by this process or one before it. */
   fenceKeys(u: Upstream, id: number): Iterable<string> {
@@ -1223,6 +1226,9 @@ export class RepairJournal {
       const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
       if (f[0] === 'X') this.persistedMax = this.maxDeadline = Math.max(this.maxDeadline, Number(f[1]) || 0);
       else if (f[0] === 'N') this.neverExpires = true;
+      // A store removed from the config keeps its uniques epoch: should it come back, it must not
+      // seal again as it did before a restart (review).
+      if (f[0] === 'V' && f[2] !== undefined && !known.has(name)) this.otherEpochs.set(name, Math.max(this.otherEpochs.get(name) ?? 0, Number(f[2]) || 0));
       if (!known.has(name)) continue; // an upstream removed from the config: nothing to repair
       const p = this.of({ name, storeId: name } as Upstream & { storeId: string });
       if (f[0] === 'M' && f[3] !== undefined && !p.overflow) {
@@ -1274,6 +1280,7 @@ export class RepairJournal {
     if (this.neverExpires) out.push('N');
     for (const id of this.chain) out.push(`S ${hex(id)}`);
     for (const id of this.timeouts.keys()) out.push(`R ${hex(id)} ${this.timeoutOnFile(id, this.byName.get(id))}`);
+    for (const [name, epoch] of this.otherEpochs) if ((this.byName.get(name)?.uniquesEpoch ?? 0) < epoch) out.push(`V ${hex(name)} ${epoch}`);
     for (const [name, p] of this.byName) {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);
