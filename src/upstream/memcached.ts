@@ -267,6 +267,11 @@ class Connection {
       this.pending.shift();
       this.up.settle(rec, rec.failure ?? (rec.hits ? rec.hits : outcome));
     }
+    // Every request answered, yet bytes remain (the start of a reply nobody asked for): kept,
+    // they would be taken as the reply to the next request sent.
+    if (this.pending.length === 0 && this.parser.buffered > 0) {
+      this.fail(this.up.error(ErrorCodes.UPSTREAM_PROTOCOL, `${this.parser.buffered} bytes with no request outstanding`));
+    }
   };
 }
 

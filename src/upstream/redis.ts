@@ -282,7 +282,19 @@ export class RedisUpstream implements Upstream {
     };
     // First, before anything a waiting request sends on the new connection.
     client.on('ready', () => void this.loadScripts());
-    if (client instanceof Cluster) client.on('+node', (node: Redis) => void this.loadScripts([node]));
+    if (client instanceof Cluster) {
+      // A node's connection is not re-made: ioredis drops the node (-node) and makes a new one
+      // (+node). One seen ready before, ready again: that master may have restarted empty.
+      const seen = new Set<string>();
+      client.on('+node', (node: Redis) => {
+        void this.loadScripts([node]);
+        const id = `${node.options.host ?? ''}:${node.options.port ?? ''}`;
+        node.once('ready', () => {
+          if (seen.has(id)) this.onReconnect?.();
+          else seen.add(id);
+        });
+      });
+    }
     this.firstReady = new Promise<void>((resolve, reject) => {
       client.once('ready', () => {
         this.starting = false;

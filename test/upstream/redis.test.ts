@@ -479,11 +479,12 @@ test('a paused redis times out within bounds; after SIGCONT every reply goes to 
   }
 });
 
-/** Three masters with `--cluster-enabled yes`, joined by `redis-cli --cluster create`. */
-async function startCluster(): Promise<{ ports: number[]; stop: () => Promise<void> }> {
+/** Three masters with `--cluster-enabled yes` (no persistence), joined by `redis-cli --cluster create`; each one's port, dir, process and arguments (to restart it). */
+async function startCluster(): Promise<{ ports: number[]; dirs: string[]; procs: Array<Awaited<ReturnType<typeof spawnRedis>>>; args: string[][]; stop: () => Promise<void> }> {
   const procs: Array<Awaited<ReturnType<typeof spawnRedis>>> = [];
   const dirs: string[] = [];
   const ports: number[] = [];
+  const args: string[][] = [];
   const stop = async (): Promise<void> => {
     await Promise.all(procs.map((p) => stopProcess(p)));
     for (const d of dirs) removeDir(d);
@@ -494,8 +495,9 @@ async function startCluster(): Promise<{ ports: number[]; stop: () => Promise<vo
       dirs.push(dir);
       const port = await freePort();
       const bus = await freePort();
-      const args = ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '5000'];
-      procs.push(await spawnRedis(port, dir, args));
+      const a = ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '5000'];
+      args.push(a);
+      procs.push(await spawnRedis(port, dir, a));
       ports.push(port);
     }
     const cli = spawn('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -506,7 +508,7 @@ async function startCluster(): Promise<{ ports: number[]; stop: () => Promise<vo
     const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
     clearTimeout(killer);
     if (code !== 0 || !out.includes('All 16384 slots covered')) throw new Error(`redis-cli --cluster create failed (${code}): ${out.slice(-500)}`);
-    return { ports, stop };
+    return { ports, dirs, procs, args, stop };
   } catch (err) {
     await stop();
     throw err;
@@ -650,4 +652,37 @@ test('redis+cluster: a command whose node connection closes before its answer fa
   assert.equal(await outcome, `failed ${ErrorCodes.UPSTREAM_IO}`);
   assert.equal(await text(directA, key), '6', 'the incr ran once');
   await retrying(async () => assert.equal(await text(up, key), '6'));
+});
+
+// ioredis does not re-make a cluster node's connection: it drops the node and makes a new one,
+// and emits the Cluster's 'ready' again only if every node went. A master that restarted empty was
+// never reported to the cold detector (found by a review).
+test('redis+cluster: a master that restarted empty is reported as a reconnect (cold detector)', { timeout: 90_000 }, async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
+  const cluster = await startCluster();
+  const url = `redis+cluster://127.0.0.1:${cluster.ports[0]},127.0.0.1:${cluster.ports[1]}`;
+  const up = createUpstream(url, new Map(), ctx);
+  let reconnects = 0;
+  up.onReconnect = () => reconnects++;
+  t.after(async () => {
+    await up.close();
+    await cluster.stop();
+  });
+  await retrying(() => up.probe());
+  const keys = Array.from({ length: 30 }, (_, i) => `k:${i}`);
+  await Promise.all(keys.map((k) => set(up, k, `v ${k}`)));
+
+  // The third master restarts (no persistence: empty), on the same port, with its nodes.conf.
+  await stopProcess(cluster.procs[2] as Awaited<ReturnType<typeof spawnRedis>>);
+  cluster.procs[2] = await spawnRedis(cluster.ports[2] as number, cluster.dirs[2] as string, cluster.args[2] as string[]);
+
+  // Until every key is readable again (the cluster client found the node back).
+  const hits = await retrying(async () => {
+    const h = await up.get(keys);
+    return h;
+  });
+  const lost = keys.filter((_, i) => hits[i] === undefined);
+  assert.ok(lost.length > 0, 'the restarted master lost its keys');
+  assert.ok(reconnects > 0, `the store lost ${lost.length} keys to a restart, and onReconnect was called ${reconnects} times`);
 });
