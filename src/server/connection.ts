@@ -144,7 +144,7 @@ export class ClientConnection {
     // end once the replies already owed are written (flush), as memcached answers what it read.
     const finish = (): void => {
       this.closing = true;
-      if (this.queue.length === 0) socket.end();
+      if (this.queue.length === 0) this.close();
     };
     socket.on('mcmux:drain', finish);
     socket.on('end', finish);
@@ -373,11 +373,21 @@ export class ClientConnection {
     const chunks = out.take(this.socket.writableLength > 0);
     if (!this.socket.destroyed) writeChunks(this.socket, chunks);
     if (close || (this.closing && this.queue.length === 0)) {
-      this.socket.end();
+      this.close();
       return;
     }
     this.maybePause();
     this.maybeResume();
+  }
+
+  /**
+   * Ends the connection once what was written is out, and releases it then: with allowHalfOpen a
+   * client that never closes its side would otherwise hold the descriptor (and a max-connections
+   * slot) forever after mcmux closed it (quit, a fatal error, shutdown).
+   */
+  private close(): void {
+    const socket = this.socket;
+    socket.end(() => socket.destroy());
   }
 
   /** Whether this client must wait for its replies before mcmux reads more of its commands. */

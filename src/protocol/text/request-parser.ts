@@ -39,6 +39,8 @@ export interface ParseError {
   readonly message: string;
   /** The stream cannot be resynchronised (or is hostile): reply, then close. */
   readonly close: boolean;
+  /** The command line ended in noreply: memcached sends nothing, and neither may mcmux. */
+  readonly noreply?: boolean;
 }
 
 export type ParseResult = Command | ParseError;
@@ -74,6 +76,11 @@ interface PendingStore {
 
 function err(type: ParseError['type'], message: string, close = false): ParseError {
   return { kind: 'parse_error', type, message, close };
+}
+
+/** An error for a command that asked for no reply (memcached 1.6 answers nothing). */
+function quiet(e: ParseError, noreply: boolean): ParseError {
+  return noreply ? { ...e, noreply: true } : e;
 }
 
 /** protocol.txt: keys are up to 250 bytes with no control characters or whitespace (T1, T3). */
@@ -263,7 +270,7 @@ export class TextRequestParser {
     const t = line.split(' ').filter((s) => s.length > 0);
     const name = t[0];
     if (name === undefined) return err('ERROR', '');
-    const mode = STORE_MODES[name];
+    const mode = Object.hasOwn(STORE_MODES, name) ? STORE_MODES[name] : undefined;
     if (mode) return this.parseStorage(mode, t);
     switch (name) {
       case 'get':
@@ -289,9 +296,20 @@ export class TextRequestParser {
         return { kind: 'version' };
       case 'quit':
         return { kind: 'quit' };
-      case 'verbosity':
+      case 'verbosity': {
         if (t.length < 2 || t.length > 3) return err('ERROR', '');
-        return { kind: 'verbosity', noreply: t[t.length - 1] === 'noreply' };
+        const noreply = t[t.length - 1] === 'noreply';
+        if (!(noreply && t.length === 2) && parseUnsignedNumber(t[1] ?? '', 0xffffffff) === undefined) {
+          return quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply);
+        }
+        return { kind: 'verbosity', noreply };
+      }
+      case 'ms': {
+        // meta set (not served): its data block must be discarded, never run as commands (T2).
+        const bytes = parseUnsignedNumber(t[2] ?? '', INT32_MAX);
+        if (bytes === undefined) return this.fatal(err('CLIENT_ERROR', BAD_FORMAT));
+        return this.swallow(bytes + 2, err('ERROR', ''));
+      }
       case 'stats':
         return { kind: 'stats', group: t.slice(1).join(' ') };
       default:
@@ -354,9 +372,9 @@ export class TextRequestParser {
     if (noreply) rest = rest.slice(0, -1);
     // protocol.txt: a time argument is no longer supported; memcached still accepts a literal 0 (T21).
     if (t.length < 2 || rest.length > 1 || (rest.length === 1 && rest[0] !== '0')) {
-      return err('CLIENT_ERROR', 'bad command line format.  Usage: delete <key> [noreply]');
+      return quiet(err('CLIENT_ERROR', 'bad command line format.  Usage: delete <key> [noreply]'), noreply);
     }
-    if (!isValidKey(key)) return err('CLIENT_ERROR', BAD_FORMAT);
+    if (!isValidKey(key)) return quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply);
     return { kind: 'delete', key, noreply };
   }
 
@@ -364,9 +382,9 @@ export class TextRequestParser {
     const noreply = t.length === 4 && t[3] === 'noreply';
     if (t.length !== 3 && !noreply) return err('ERROR', '');
     const key = t[1] ?? '';
-    if (!isValidKey(key)) return err('CLIENT_ERROR', BAD_FORMAT);
+    if (!isValidKey(key)) return quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply);
     const delta = parseUnsigned(t[2] ?? '', U64_MASK);
-    if (delta === undefined) return err('CLIENT_ERROR', 'invalid numeric delta argument');
+    if (delta === undefined) return quiet(err('CLIENT_ERROR', 'invalid numeric delta argument'), noreply);
     return { kind: 'arith', op, key, delta, initial: undefined, deadline: 0, noreply };
   }
 
@@ -374,9 +392,9 @@ export class TextRequestParser {
     const noreply = t.length === 4 && t[3] === 'noreply';
     if (t.length !== 3 && !noreply) return err('ERROR', '');
     const key = t[1] ?? '';
-    if (!isValidKey(key)) return err('CLIENT_ERROR', BAD_FORMAT);
+    if (!isValidKey(key)) return quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply);
     const exptime = parseExptime(t[2] ?? '');
-    if (exptime === undefined) return err('CLIENT_ERROR', 'invalid exptime argument');
+    if (exptime === undefined) return quiet(err('CLIENT_ERROR', 'invalid exptime argument'), noreply);
     return { kind: 'touch', key, deadline: deadlineFromExptime(exptime, this.now()), noreply };
   }
 
@@ -388,7 +406,7 @@ export class TextRequestParser {
     let delay = 0;
     if (rest.length === 1) {
       const d = parseExptime(rest[0] ?? '');
-      if (d === undefined || d < 0) return err('CLIENT_ERROR', BAD_FORMAT);
+      if (d === undefined || d < 0) return quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply);
       delay = d;
     }
     return { kind: 'flush', delay, noreply };

@@ -6,6 +6,8 @@ import type { Decoded, Request, ServerCodec } from '../codec';
 import { errorLine, writeTextReply } from './reply-writer';
 import { type TextLimits, TextRequestParser } from './request-parser';
 
+const NOTHING = Buffer.alloc(0);
+
 export class TextCodec implements ServerCodec {
   private readonly parser: TextRequestParser;
 
@@ -28,7 +30,9 @@ export class TextCodec implements ServerCodec {
   next(): Decoded | undefined {
     const r = this.parser.next();
     if (r === undefined) return undefined;
-    if (r.kind === 'parse_error') return { kind: 'error', bytes: errorLine(r.type, r.message), close: r.close };
+    if (r.kind === 'parse_error') {
+      return { kind: 'error', bytes: r.noreply && !r.close ? NOTHING : errorLine(r.type, r.message), close: r.close };
+    }
     return { kind: 'request', request: { command: r, tag: undefined } };
   }
 
