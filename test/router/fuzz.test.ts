@@ -47,7 +47,9 @@
  *    not emptied by a restart since, no write of the key in flight or straggling there), or while
  *    no write of the key sent after it has been acknowledged (World.ackedSince: its value is still
  *    one a read may see, every newer write a maybe; MCMUX_FUZZ_LAND_UNACKED=0 turns this second
- *    case off). Otherwise it is dropped. This excludes an old write landing late, after a newer
+ *    case off; for an incr, decr, append or prepend only while no write of its key began since:
+ *    it would apply to that write's value, which the judge cannot give it, seed 21025 with
+ *    MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1). Otherwise it is dropped. This excludes an old write landing late, after a newer
  *    one was acknowledged, on every copy at once, or on the only copy mcmux trusts (then the old
  *    value is all there is: a stale read no journal can prevent). Under the first case alone,
  *    a straggler does not land while an operation of the key is in flight that began when every
@@ -319,6 +321,8 @@ interface Req {
   timer: ReturnType<typeof setTimeout> | undefined;
 }
 
+/** It derives the new value from the one it finds (incr, decr, append, prepend). */
+const composes = (r: Req): boolean => r.op === 'arith' || /^(append|prepend) /.test(r.what);
 /** A flush changes every key. */
 const changes = (r: Req, key: string): boolean => r.write && (r.key === key || r.op === 'flush');
 /** The keys whose log shows `r` (none: every key's). */
@@ -829,7 +833,7 @@ class World {
     // A flush: for every key.
     return KEYS.filter((k) => changes(s.req, k)).every(
       (key) =>
-        (LAND_UNACKED && !this.ackedSince(key, s.req.sentAt)) ||
+        (LAND_UNACKED && !this.ackedSince(key, s.req.sentAt) && !(composes(s.req) && this.writtenSince(key, s.req.sentAt))) ||
         // Nor while an operation of the key is in flight that began when every copy was dirty:
         // it may read (or have decide) the freshest copy, this one maybe, whatever is clean now.
         (!this.ops.some((o) => o.end === undefined && o.allDirty.includes(key)) &&
@@ -842,6 +846,17 @@ class World {
           !this.stragglers.some((o) => o.req.up === y && changes(o.req, key)),
       )),
     );
+  }
+
+  /**
+   * A write of `key` (any op but a read, answered or not) began after World.clock was `at`: an
+   * incr or append landing now would apply to its value, a state the judge cannot give it (it
+   * applies a failed one to what the key held before it ended). Seed 21025 of 21001-22500 with
+   * MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1: a decr that timed out landed over a later set
+   * that failed, and a read served the sum.
+   */
+  writtenSince(key: string, at: number): boolean {
+    return this.ops.some((o) => o.start > at && o.keys.includes(key) && !isRead(o));
   }
 
   /**
