@@ -78,20 +78,21 @@ function setup(opts: { lateSettleMs?: number; writeWait?: 'all' | 'copies'; maxK
   return { ups, journal, repairer, exec };
 }
 
+type Exec = (c: Command) => Promise<Reply>;
+/**
+ * The second upstream misses two keys, so that its journal of one key (maxKeys 1) overflows;
+ * with `x`, then a write reaches it again: the overflow remembers that one key, its most.
+ */
+async function overflowSecond(exec: Exec, second: FakeUpstream, journal: RepairJournal, x = true): Promise<void> {
+  second.mode = 'fail';
+  await exec(set('a', '1'));
+  await exec(set('b', '1'));
+  second.mode = 'ok';
+  assert.ok(journal.overflowed(second), 'the second upstream missed two keys: its journal overflowed');
+  if (x) await exec(set('x', '1'));
+}
+
 describe('router fuzz findings, minimised', () => {
-  type Exec = (c: Command) => Promise<Reply>;
-  /**
-   * The second upstream misses two keys, so that its journal of one key (maxKeys 1) overflows;
-   * with `x`, then a write reaches it again: the overflow remembers that one key, its most.
-   */
-  async function overflowSecond(exec: Exec, second: FakeUpstream, journal: RepairJournal, x = true): Promise<void> {
-    second.mode = 'fail';
-    await exec(set('a', '1'));
-    await exec(set('b', '1'));
-    second.mode = 'ok';
-    assert.ok(journal.overflowed(second), 'the second upstream missed two keys: its journal overflowed');
-    if (x) await exec(set('x', '1'));
-  }
   /** A logout: `sess` set (timed out on the second upstream, applied when it resumes), then deleted (refused there). */
   async function lateSetRefusedDelete(exec: Exec, second: FakeUpstream): Promise<void> {
     second.gateOnly = (call) => call === 'set sess';
@@ -2165,11 +2166,7 @@ describe('journal transitions, found by review', () => {
     const clock = clocksFor(t);
     const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', lateSettleMs: 60_000 });
     const [first, second] = ups;
-    second.mode = 'fail';
-    await exec(set('a', '1'));
-    await exec(set('b', '1'));
-    second.mode = 'ok';
-    assert.ok(journal.overflowed(second), 'the second missed two keys: its journal of one overflowed');
+    await overflowSecond(exec, second, journal, false);
     second.gateOnly = (call) => call === 'set sess';
     second.delay_late();
     assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream (clean); timed out on the second');
@@ -2232,11 +2229,7 @@ describe('journal transitions, found by review', () => {
     const clock = clocksFor(t);
     const { ups, journal, repairer, exec } = setup({ maxKeys: 1, secondScheme: 'memcached', lateSettleMs: 1000 });
     const [first, second] = ups;
-    second.mode = 'fail';
-    await exec(set('a', '1'));
-    await exec(set('b', '1'));
-    second.mode = 'ok';
-    assert.ok(journal.overflowed(second), 'the second missed two keys: its journal of one overflowed');
+    await overflowSecond(exec, second, journal, false);
     second.gateOnly = (call) => call === 'set sess';
     second.delay_late();
     assert.equal(status(await exec(set('sess', 'v0'))), 'STORED', 'timed out on the second (late)');
