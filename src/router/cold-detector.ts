@@ -246,11 +246,11 @@ export class ColdDetector {
    */
   flushed(u: HealthyUpstream): void {
     const members = membersOf(u);
-    const targets = members.length > 0 ? members.filter(isUsable).map((m) => m.inner) : [u.inner];
-    for (const s of targets) {
+    for (const s of [u.inner, ...members.map((m) => m.inner)]) {
       this.lastSet.delete(s);
       this.found.delete(s);
     }
+    const targets = members.length > 0 ? members.filter(isUsable).map((m) => m.inner) : [u.inner];
     void this.mark(u, { targets, sights: targets.map((): Sight => ({ verdict: 'first', kept: false, fencedUntil: 0, fenceId: 0 })) });
   }
 
@@ -268,16 +268,17 @@ export class ColdDetector {
    * `u` was emptied on purpose (a client's flush_all): the next check starts afresh. So a restart
    * it had not seen yet (a check in flight, or due) goes unseen: the uniques `u` handed out are
    * voided as after one (no item they named is left anyway). And its marker is written again at
-   * once: until it is, a restart would lose none, and the upstream would decide again as soon as
-   * a check found the marker it wrote after the restart.
+   * once, as after the repair's flush (flushed): until it is, a restart would lose none, and the
+   * upstream would decide again as soon as a check found the marker it wrote after the restart.
+   * Not judged first: with the flush failed elsewhere, a store that kept its marker made this one
+   * look as if it had lost its own, fenced as come back empty after the writes that followed the
+   * flush reached it, and those keys were forgotten; with every upstream so fenced, one that had
+   * missed them decided (fuzz seed 58939 of 57501-59000 with MCMUX_FUZZ_RESTART=1: a lock granted
+   * twice).
    */
   forget(u: HealthyUpstream): void {
-    for (const s of [u.inner, ...membersOf(u).map((m) => m.inner)]) {
-      this.lastSet.delete(s);
-      this.found.delete(s);
-    }
     this.voidUniques(u);
-    void this.check(u);
+    this.flushed(u);
   }
 
   /**

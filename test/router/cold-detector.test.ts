@@ -565,6 +565,35 @@ describe('cold detector: what a fenced upstream learnt, across restarts of mcmux
     }
   });
 
+  // A client's flush_all that reached b and failed on a: b's marker went with the flush, and the
+  // check forget() made took a's marker, found by this process's first look, as proof that b had
+  // lost its own: b was fenced as come back empty once the writes that followed the flush had
+  // reached it, and forgot them (fuzz seed 58939 of 57501-59000 with MCMUX_FUZZ_RESTART=1: with
+  // every upstream so fenced, the first decided a lock the others held). The marker is now written
+  // again at once, as after the repair's flush, with nothing judged.
+  it('a store a flush_all emptied, while the flush failed on another, is not taken as come back empty', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-fence-'));
+    try {
+      const first = setup(2, { dir });
+      await first.detector.checkAll();
+      first.journal.close();
+      await first.close();
+      const next = restartOver(first.fakes, dir);
+      const [, b] = next.ups as [HealthyUpstream, HealthyUpstream];
+      await next.detector.checkAll(); // both markers found: an earlier process wrote them
+      await first.fakes[1]!.inner.flush(); // the flush_all reached b only
+      next.detector.forget(b); // as the router's onFlushed does for b
+      await settle();
+      assert.equal(b.cameBackEmpty, false, 'emptied by a client, not lost: not fenced as come back empty');
+      assert.ok((await first.fakes[1]!.inner.get([next.detector.key]))[0] !== undefined, 'its marker is written again');
+      assert.notEqual(await next.detector.check(b), 'cold');
+      next.journal.close();
+      await next.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a marker that names no fence (an older mcmux) or another one than journal.log has keys for restores none', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-fence-'));
     try {
