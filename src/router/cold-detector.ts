@@ -147,7 +147,7 @@ export class ColdDetector {
   reconnected(u: HealthyUpstream): void {
     const at = monotonicMs();
     const forgot = u.fenced ? u.learntKeys() : [];
-    const stores = membersOf(u).length > 0 ? membersOf(u).map((m) => m.inner) : [u.inner];
+    const stores = this.storesOf(u, false);
     const before = stores.map((t) => this.lastSet.get(t));
     u.fence(at + this.fenceMs);
     this.arm(u);
@@ -245,12 +245,11 @@ export class ColdDetector {
    * cas was decided by the other store, which had lost the key unseen: NOT_FOUND).
    */
   flushed(u: HealthyUpstream): void {
-    const members = membersOf(u);
-    for (const s of [u.inner, ...members.map((m) => m.inner)]) {
+    for (const s of [u.inner, ...membersOf(u).map((m) => m.inner)]) {
       this.lastSet.delete(s);
       this.found.delete(s);
     }
-    const targets = members.length > 0 ? members.filter(isUsable).map((m) => m.inner) : [u.inner];
+    const targets = this.storesOf(u, true);
     void this.mark(u, { targets, sights: targets.map((): Sight => ({ verdict: 'first', kept: false, fencedUntil: 0, fenceId: 0 })) });
   }
 
@@ -320,10 +319,16 @@ export class ColdDetector {
   }
 
   /** What the marker says in each store of `u` (each usable server of a pool); undefined when `u` is not usable. */
+  /** The stores that hold `u`'s marker: each server of a pool (`usable`: those usable now), or `u` itself. */
+  private storesOf(u: HealthyUpstream, usable: boolean): Upstream[] {
+    const members = membersOf(u);
+    if (members.length === 0) return [u.inner];
+    return (usable ? members.filter(isUsable) : members).map((m) => m.inner);
+  }
+
   private async look(u: HealthyUpstream): Promise<Look | undefined> {
     if (!isUsable(u)) return undefined;
-    const stores = membersOf(u);
-    const targets: Upstream[] = stores.length > 0 ? stores.filter(isUsable).map((m) => m.inner) : [u.inner];
+    const targets = this.storesOf(u, true);
     return { targets, sights: await Promise.all(targets.map((t) => this.checkStore(u, t))) };
   }
 
