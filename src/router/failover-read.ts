@@ -18,7 +18,7 @@ import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
 import { mayLandLate } from '../errors';
 import { isFenced, isUsable } from './health';
-import { sendKeyed } from './replicate-write';
+import { lastsOn, sendKeyed } from './replicate-write';
 
 type Answer = { ok: true; hits: Map<string, Hit | undefined> } | { ok: false; error: unknown };
 
@@ -243,12 +243,19 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
   // A gat has every answer it waits for: its own write of the keys ends once its touches of the
   // other copies are sent, so that the key stays held for later writes until they have landed
   // (key-order.ts touching). Its own write does not keep it from read-repairing (`own`).
+  // A gat's hit on a copy where a request that may still land would undo its touch (a set of the
+  // key that timed out, carrying its own deadline; a flush) is not answered: the item would be
+  // served past the deadline the client was given, as for a touch (replicate-write.ts counted).
+  let undone: string | undefined;
   for (const [key, { hit, from }] of st.found) {
     const above = st.missedAt.get(key);
     if (above && !busy?.has(key)) repair(ctx, key, hit, above, seq, gat === undefined ? 0 : 1);
-    if (cmd.touch !== undefined) touchOthers(ctx, key, cmd.touch, from, above);
+    if (cmd.touch === undefined) continue;
+    touchOthers(ctx, key, cmd.touch, from, above);
+    if (ctx.journal.untrusting && !lastsOn(ctx, upstreams[from] as Upstream, key, true)) undone ??= key;
   }
   gat?.over();
+  if (undone !== undefined) return serverError(`the touch of a key may be undone by a request that timed out and may still land: ${undone}`);
 
   const hits = cmd.keys.map((k) => st.found.get(k)?.hit);
   for (const h of hits) {

@@ -263,7 +263,7 @@ function counted(ctx: RouterContext, what: 'delete' | 'touch', key: string, outc
  * undoes it (one of the key that timed out; with `wipeable`, a flush that timed out too, else only
  * a request of a killed process, which may store).
  */
-function lastsOn(ctx: RouterContext, u: Upstream, key: string, wipeable: boolean): boolean {
+export function lastsOn(ctx: RouterContext, u: Upstream, key: string, wipeable: boolean): boolean {
   const late = ctx.journal.unknownLate(u);
   return (late === undefined || (!wipeable && !late.sets)) && !ctx.journal.lateFor(u, key);
 }

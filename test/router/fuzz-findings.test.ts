@@ -2350,4 +2350,27 @@ describe('write acknowledgement and reads, found by review', () => {
     const read = values(await exec(get('sess')));
     if (status(r) === 'TOUCHED') assert.deepEqual(read, [undefined], `EXPIRED VALUE SERVED: the touch was acknowledged (deadline passed), and a read takes ${JSON.stringify(read)}`);
   });
+  // A gat is a touch that answers with the item (failover-read.ts read): it answered the hit of
+  // the freshest copy, where the other's set that timed out may still land over its touch.
+  it('a gat whose only hit is the copy a set of the key that timed out may still land on: the item is not served after the gat\'s deadline', async (t) => {
+    const clock = clocksFor(t);
+    const { ups, exec, journal } = setup();
+    const [first, second] = ups;
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED');
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await exec(set('sess', 'A'))), 'STORED', 'on the first; times out on the second');
+    assert.ok(journal.lateFor(second, 'sess'));
+    second.gateOnly = () => false;
+    first.mode = 'fail';
+    assert.match(status(await exec(set('sess', 'B'))), /^SERVER_ERROR /);
+    const deadline = Date.now() + 1000;
+    const r = await exec({ kind: 'get', keys: ['sess'], withCas: false, touch: deadline });
+    first.mode = 'ok';
+    second.open(); // the set of A lands there, over the gat's touch, without a deadline
+    await settle();
+    clock.advance(2000);
+    const read = values(await exec(get('sess')));
+    if (r.kind === 'values' && r.hits[0] !== undefined) assert.deepEqual(read, [undefined], `EXPIRED VALUE SERVED: the gat answered ${JSON.stringify(values(r))} (deadline passed), and a read takes ${JSON.stringify(read)}`);
+  });
 });
