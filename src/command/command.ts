@@ -228,11 +228,14 @@ export type StoreDecision =
 
 /**
  * Decides a set/add/replace/cas/append/prepend against the live item (undefined when absent),
- * for stores that read, decide and write in one atomic step (memory, SQLite).
+ * for stores that read, decide and write in one atomic step (memory, SQLite). `maxValue`
+ * (max-item-size): an append/prepend that would make the value longer is NOT_STORED, the item
+ * left as it was, as memcached 1.6 answers one that would pass its item size limit.
  */
 export function decideStore(
   req: { readonly mode: StoreMode; readonly value: Buffer; readonly flags: number; readonly deadline: number; readonly cas?: bigint | undefined },
   current: { readonly value: Buffer; readonly flags: number; readonly cas: bigint; readonly deadline: number } | undefined,
+  maxValue = Number.POSITIVE_INFINITY,
 ): StoreDecision {
   switch (req.mode) {
     case 'add':
@@ -248,6 +251,7 @@ export function decideStore(
     case 'append':
     case 'prepend': {
       if (!current) return { kind: 'refuse', status: 'NOT_STORED' };
+      if (current.value.length + req.value.length > maxValue) return { kind: 'refuse', status: 'NOT_STORED' };
       // protocol.txt: append/prepend ignore the flags and exptime given.
       const parts = req.mode === 'append' ? [current.value, req.value] : [req.value, current.value];
       return { kind: 'write', value: Buffer.concat(parts), flags: current.flags, deadline: current.deadline, whole: false };

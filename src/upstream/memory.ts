@@ -45,6 +45,8 @@ export class MemoryUpstream implements Upstream {
     readonly name: string,
     readonly maxBytes: number,
     private readonly now: () => number = Date.now,
+    /** max-item-size: an append/prepend never makes a value longer (memcached: NOT_STORED). */
+    readonly maxItemSize = Number.POSITIVE_INFINITY,
   ) {}
 
   get itemCount(): number {
@@ -72,7 +74,7 @@ export class MemoryUpstream implements Upstream {
   async store(req: StoreRequest): Promise<StoreResult> {
     this.stats.requests++;
     const e = this.live(req.key);
-    const d = decideStore(req, e);
+    const d = decideStore(req, e, this.maxItemSize);
     if (d.kind === 'refuse') return { status: d.status };
     if (isExpired(d.deadline, this.now())) {
       // Stored and at once expired: the key is left absent, as memcached does with a past exptime.
@@ -158,5 +160,5 @@ export function createMemoryUpstream(url: URL, options: Map<string, string>, ctx
   const where = `upstream ${maskUrl(url.href)}`;
   const maxBytes = intOption(options, 'max-bytes', MEMORY_DEFAULT_MAX_BYTES, ctx.maxItemSize + 1024, 2 ** 48, where);
   rejectUnknownOptions(options, where, ['max-bytes']);
-  return new MemoryUpstream(maskUrl(url.href), maxBytes);
+  return new MemoryUpstream(maskUrl(url.href), maxBytes, Date.now, ctx.maxItemSize);
 }

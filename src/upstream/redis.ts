@@ -111,7 +111,9 @@ return out
 
 /**
  * KEYS: item, cas counter. ARGV: mode letter, value, flags (4 bytes), deadline argument,
- * expected cas (8 bytes). Reply: the new cas, or -1 NOT_STORED, -2 EXISTS, -3 NOT_FOUND.
+ * expected cas (8 bytes), max-item-size. Reply: the new cas, or -1 NOT_STORED, -2 EXISTS, -3
+ * NOT_FOUND. An append/prepend that would make the value longer than max-item-size is
+ * NOT_STORED, the item left as it was (as memcached 1.6 answers one past its item size limit).
  */
 const LUA_STORE = `${LUA_LIB}
 local k, mode = KEYS[1], ARGV[1]
@@ -126,6 +128,7 @@ if mode ~= 's' then
     return -2
   end
 end
+if (mode == 'A' or mode == 'P') and redis.call('STRLEN', k) - 12 + #ARGV[2] > tonumber(ARGV[6]) then return -1 end
 local cas = next_cas(KEYS[2])
 local c8 = pack_cas(cas)
 if mode == 'A' then
@@ -213,7 +216,7 @@ interface EvalshaBuffer {
  */
 interface Scripts {
   mcmuxGetBuffer(numKeys: number, ...args: Array<Buffer | string>): Promise<Reply[]>;
-  mcmuxStore(item: Buffer, counter: Buffer, mode: string, value: Buffer, flags: Buffer, deadline: string, cas: Buffer): Promise<number>;
+  mcmuxStore(item: Buffer, counter: Buffer, mode: string, value: Buffer, flags: Buffer, deadline: string, cas: Buffer, maxItemSize: string): Promise<number>;
   mcmuxTouch(item: Buffer, deadline: string): Promise<number>;
   mcmuxArithBuffer(item: Buffer, counter: Buffer, op: string, delta: string): Promise<Buffer | number>;
 }
@@ -241,6 +244,8 @@ export interface RedisSettings {
   readonly maxQueue: number;
   /** Strings that must never appear in an error message (the password, raw and URL-encoded). */
   readonly secrets: string[];
+  /** max-item-size: an append/prepend never makes a value longer (memcached: NOT_STORED). */
+  readonly maxItemSize: number;
 }
 
 /** lastError after a timeout made us drop the connection (the requests on it may still land). */
@@ -257,6 +262,7 @@ export class RedisUpstream implements Upstream {
   private readonly counterKeys = new Map<number, Buffer>(); // cluster: cas counter per slot
   private readonly counterKey: Buffer; // standalone: the one cas counter
   private readonly maxQueue: number;
+  private readonly maxItemSize: string;
   private inFlight = 0;
   /** Until the first connection is ready or fails, requests wait for it (bounded). */
   private starting = true;
@@ -271,6 +277,7 @@ export class RedisUpstream implements Upstream {
   ) {
     ({ name: this.name, scheme: this.scheme, timeoutMs: this.timeoutMs, prefix: this.prefix, secrets: this.secrets } = settings);
     this.maxQueue = settings.maxQueue;
+    this.maxItemSize = String(settings.maxItemSize);
     this.counterKey = Buffer.concat([Buffer.from('mcmux cas:', 'latin1'), this.prefix]);
     const call = <T>(sha: string, buffers: boolean, numKeys: number, args: Array<Buffer | string>): Promise<T> =>
       this.evalsha(sha, buffers, numKeys, args) as Promise<T>;
@@ -381,7 +388,7 @@ export class RedisUpstream implements Upstream {
         cas.writeBigUInt64BE(req.cas);
       }
       const deadline = deadlineArg(req.deadline, Date.now());
-      const r = await this.scripts.mcmuxStore(item, this.counterFor(item), MODE_LETTER[req.mode], req.value, flags, deadline, cas);
+      const r = await this.scripts.mcmuxStore(item, this.counterFor(item), MODE_LETTER[req.mode], req.value, flags, deadline, cas, this.maxItemSize);
       if (r >= 0) return { status: 'STORED', cas: BigInt(r) };
       const status = STORE_STATUS[r as -1 | -2 | -3];
       if (status === undefined) throw this.error(ErrorCodes.UPSTREAM_PROTOCOL, `store script answered ${r}`);
@@ -745,7 +752,7 @@ export function createRedisUpstream(url: URL, options: Map<string, string>, ctx:
     tls,
   };
   const retryStrategy = (times: number): number => Math.min(BACKOFF_MIN_MS * 2 ** Math.min(times - 1, 10), BACKOFF_MAX_MS);
-  const settings = { name, scheme, timeoutMs, prefix, secrets, maxQueue };
+  const settings = { name, scheme, timeoutMs, prefix, secrets, maxQueue, maxItemSize: ctx.maxItemSize };
   if (cluster) {
     const nodes = (hosts.length > 0 ? hosts : [{ host, port: undefined }]).map((h) => ({ host: h.host, port: h.port ?? DEFAULT_PORT }));
     const client = new Cluster(nodes, {

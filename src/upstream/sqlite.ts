@@ -109,6 +109,8 @@ export interface SqliteOptions {
   readonly purgeBatch: number;
   readonly synchronous: 'normal' | 'full';
   readonly timeoutMs: number;
+  /** max-item-size: an append/prepend never makes a value longer (memcached: NOT_STORED). */
+  readonly maxItemSize?: number;
 }
 
 const keyBlob = (key: string): Buffer => Buffer.from(key, 'latin1');
@@ -359,7 +361,7 @@ export class SqliteUpstream implements Upstream {
     const k = keyBlob(req.key);
     const row = live(this.s.select.get(k) as Row | undefined, now);
     const current = row && { value: row.value, flags: Number(row.flags), cas: row.cas, deadline: Number(row.exp) };
-    const d = decideStore(req, current);
+    const d = decideStore(req, current, this.options.maxItemSize);
     if (d.kind === 'refuse') return { status: d.status };
     const cas = this.nextCas++;
     if (!d.whole) this.s.setValue.run(d.value, cas, k);
@@ -500,5 +502,5 @@ export function createSqliteUpstream(url: URL, options: Map<string, string>, ctx
   const synchronous = synchronousOption(options, where);
   const timeoutMs = intOption(options, 'timeout', ctx.defaultTimeoutMs ?? 1000, 1, 600_000, where);
   rejectUnknownOptions(options, where, OPTIONS);
-  return new SqliteUpstream(name, { path, table, purgeIntervalMs, purgeBatch, synchronous, timeoutMs });
+  return new SqliteUpstream(name, { path, table, purgeIntervalMs, purgeBatch, synchronous, timeoutMs, maxItemSize: ctx.maxItemSize });
 }

@@ -115,6 +115,17 @@ describe('protocol cases over a socket', () => {
     w.close();
   });
 
+  it('T5: an append or prepend whose result would pass the item limit is NOT_STORED, as memcached answers, the item as it was', async () => {
+    const app = await mcmux({ 'max-item-size': 1024 });
+    const w = await connectWire(app.address.port);
+    const base = 'a'.repeat(1000);
+    assert.equal(await w.ask(`set sess 0 0 1000\r\n${base}\r\n`), 'STORED\r\n');
+    for (const verb of ['append', 'prepend']) assert.equal(await w.ask(`${verb} sess 0 0 100\r\n${'b'.repeat(100)}\r\n`), 'NOT_STORED\r\n', verb);
+    assert.equal(await w.ask('get sess\r\n', 'END\r\n'), `VALUE sess 0 1000\r\n${base}\r\nEND\r\n`);
+    for (const i of [0, 1]) assert.equal((await memory(app, i).get(['sess']))[0]?.value.length, 1000);
+    w.close();
+  });
+
   it('a reload that changes state-dir keeps the embedded store where it is (the directory changes only on restart)', async () => {
     const dirA = mkdtempSync(join(tmpdir(), 'mcmux-sd-a-'));
     const dirB = mkdtempSync(join(tmpdir(), 'mcmux-sd-b-'));
