@@ -402,12 +402,12 @@ export class MysqlUpstream implements Upstream {
         case 'append':
         case 'prepend': {
           // protocol.txt: append/prepend ignore the flags and exptime given. The length guard
-          // keeps CONCAT under max_allowed_packet, where it would return NULL.
+          // keeps CONCAT under max_allowed_packet, where it would return NULL; one that would
+          // pass max-item-size is NOT_STORED, as memcached answers past its item limit (an
+          // error would let the command fail over to a store that takes it).
           const sql = req.mode === 'append' ? this.sql.append : this.sql.prepend;
           const r = await this.exec(c, sql, [req.value, key, now, req.value.length, this.o.maxItemSize]);
-          if (r.affectedRows === 1) return { status: 'STORED', cas: casOf(r) };
-          if (!(await this.exists(c, key, now))) return { status: 'NOT_STORED' };
-          throw this.error(ErrorCodes.UPSTREAM_REFUSED, `${req.mode} would make the item larger than max-item-size (${this.o.maxItemSize} bytes)`);
+          return r.affectedRows === 1 ? { status: 'STORED', cas: casOf(r) } : { status: 'NOT_STORED' };
         }
         case 'set':
         case 'add':
