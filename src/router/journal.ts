@@ -1063,14 +1063,15 @@ export class RepairJournal {
     if (!p) return;
     const lastLate = p.overflow?.lastLate;
     if (lastLate !== undefined && !(operator && lastLate === this.loadedAt)) {
-      // One of a key the overflow could not remember may land too, anywhere: emptied (a client's
-      // flush_all), it is overflowed afresh (its late keys remembered, as distrust does), and the
-      // repair trusts it once that has settled (the repair clears lastLate first). Found by the
-      // fuzz (seed 1428: a set that timed out landed after a flush_all, in an upstream taken as
-      // clean, and brought the value back).
+      // One of a key the overflow could not remember may land too, anywhere, after the flush as
+      // well as before: emptied (a client's flush_all), it is overflowed afresh (its late keys
+      // remembered, as distrust does), and trusted as any overflowed upstream is, once that has
+      // settled: a cache flushed again by the repair, a store once what it may hold has expired
+      // (repair.ts retrust). Found by the fuzz: seed 1428, a set that timed out landed after a
+      // flush_all, in an upstream taken as clean, and brought the value back; seed 69878, the
+      // same once its lateness had settled (it was trusted then, as emptied by the flush).
       this.distrust(u);
       const o = p.overflow as Overflow;
-      o.trustAfter = Date.now();
       o.lastLate = Math.max(o.lastLate ?? 0, lastLate);
       return;
     }

@@ -720,9 +720,11 @@ describe('router fuzz findings, minimised', () => {
   // A client's flush_all trusted an overflowed upstream at once (journal.ts trust), though a set
   // of a key the overflow could not remember (it was full) had timed out there and could still
   // land: it landed after the flush, in a copy taken as clean, and brought the value back (seed
-  // 1428). Now it stays overflowed until that has settled, then the repair trusts it.
+  // 1428). Now it stays overflowed until that has settled. Then the repair trusted it, as emptied
+  // by the flush, though the set had landed after it (seed 69878): now it is trusted as any
+  // overflowed store is, once what it may hold has expired (here never: no deadline).
   it("a flush_all does not trust an overflowed upstream while a request of a key it could not remember may still land", async () => {
-    const { ups, journal, exec } = setup({ maxKeys: 1 });
+    const { ups, journal, repairer, exec } = setup({ maxKeys: 1 });
     const [first, second] = ups;
     await overflowSecond(exec, second, journal);
     second.gateOnly = (call) => call === 'set sess';
@@ -734,7 +736,12 @@ describe('router fuzz findings, minimised', () => {
     await settle();
     first.mode = 'fail';
     assert.notDeepEqual(values(await exec(get('sess'))), ['cart'], 'RESURRECTION: a value written before an acknowledged flush_all is read');
-    assert.ok(journal.overflowed(second), 'trusted by the repair once the late set has settled');
+    assert.ok(journal.overflowed(second), 'not trusted while the late set may land');
+    first.mode = 'ok';
+    await repairer.tick(); // the late set has settled (lateSettleMs 0)
+    assert.ok(journal.overflowed(second), 'not trusted as emptied by the flush: the late set landed after it');
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await exec(get('sess'))), ['cart'], 'RESURRECTION once the late set had settled: the repair took the flush as having emptied it');
   });
 
   // A conditional command and the repair's flush of an overflowed cache (repair.ts, retrust).
