@@ -53,7 +53,7 @@
  * four, are slower than a cache's. A write that timed out may still be applied by the server.
  *
  * Statements are prepared on the server (mysql2 execute: values travel as raw bytes, not hex),
- * about 51 per connection at most; the server's max_prepared_stmt_count is shared by all clients.
+ * about 52 per connection at most; the server's max_prepared_stmt_count is shared by all clients.
  *
  * URL: mysql://user:password@host[:3306]/database?table=mcmux_items&timeout=1000&connections=4
  *      &purge-interval=60000&purge-batch=1000
@@ -209,6 +209,7 @@ function statements(table: string, purgeBatch: number) {
     lockValue: `SELECT \`value\` FROM ${t} WHERE \`key\` = ? AND ${live} FOR UPDATE`,
     setCounter: `UPDATE ${t} SET \`value\` = ?, \`cas\` = ${newCas} WHERE \`key\` = ?`,
     flush: `DELETE FROM ${t}`,
+    uniqueOnly: 'SELECT UUID_SHORT() AS u',
     // exp is never negative, so `exp > 0` is `exp <> 0` as one index range. A literal LIMIT:
     // servers differ on the parameter types they accept there.
     purge: `DELETE FROM ${t} WHERE \`exp\` > 0 AND \`exp\` <= ? LIMIT ${purgeBatch}`,
@@ -418,21 +419,30 @@ export class MysqlUpstream implements Upstream {
     }, false, timeoutMs));
   }
 
-  /** A write whose item is at once expired: the key must end up absent (T9, hazard 5). */
+  /**
+   * A write whose item is at once expired: the key must end up absent (T9, hazard 5). Stored,
+   * it still makes a unique (memcached answers a binary SET of it with one, as the other drivers
+   * do), fresh from UUID_SHORT(): nothing holds it, so no cas can ever match it.
+   */
   private async storeExpired(c: PoolConnection, req: StoreRequest, key: Buffer, now: number): Promise<StoreResult> {
+    const stored = async (): Promise<StoreResult> => {
+      if (req.withCas === false) return { status: 'STORED' };
+      const [row] = await this.query(c, this.sql.uniqueOnly, []);
+      return { status: 'STORED', cas: BigInt(String(row?.u)) };
+    };
     switch (req.mode) {
       case 'add':
-        return { status: (await this.exists(c, key, now)) ? 'NOT_STORED' : 'STORED' };
+        return (await this.exists(c, key, now)) ? { status: 'NOT_STORED' } : stored();
       case 'replace':
-        return { status: (await this.exec(c, this.sql.removeLive, [key, now])).affectedRows === 1 ? 'STORED' : 'NOT_STORED' };
+        return (await this.exec(c, this.sql.removeLive, [key, now])).affectedRows === 1 ? stored() : { status: 'NOT_STORED' };
       case 'cas': {
         const r = await this.exec(c, this.sql.removeLiveCas, [key, now, String(req.cas ?? 0n)]);
-        if (r.affectedRows === 1) return { status: 'STORED' };
+        if (r.affectedRows === 1) return stored();
         return { status: (await this.exists(c, key, now)) ? 'EXISTS' : 'NOT_FOUND' };
       }
       default:
         await this.exec(c, this.sql.remove, [key]);
-        return { status: 'STORED' };
+        return stored();
     }
   }
 
@@ -491,8 +501,10 @@ export class MysqlUpstream implements Upstream {
             const current = parseCounter(row.value as Buffer);
             if (current === undefined) return { status: 'NON_NUMERIC' };
             const value = applyArith(op, current, delta);
-            await this.exec(c, this.sql.setCounter, [Buffer.from(value.toString(), 'latin1'), k]);
-            return { status: 'OK', value };
+            // The OK packet carries the unique it made (LAST_INSERT_ID), as for every other write:
+            // a binary INCREMENT/DECREMENT answers it, as memcached does.
+            const r = await this.exec(c, this.sql.setCounter, [Buffer.from(value.toString(), 'latin1'), k]);
+            return { status: 'OK', value, cas: casOf(r) };
           }),
         false,
         timeoutMs,
@@ -877,7 +889,14 @@ export class MysqlUpstream implements Upstream {
     const core = c.connection as object;
     if (!this.prepared.has(core)) {
       // Strict: a value that does not fit is an error, never silently truncated.
-      await c.query("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'");
+      // Lock waits bounded by the timeout (whole seconds, at least 1): the server does not stop a
+      // statement waiting for a row or table lock when its connection is cut (a timeout), and
+      // the defaults (50 s, a year) let such a write land long after the router stopped waiting
+      // for it (LATE_SETTLE_MS after the timeout), over the writes and the repair made since.
+      const lockWaitS = Math.max(1, Math.floor(this.o.timeoutMs / 1000));
+      await c.query(
+        `SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', innodb_lock_wait_timeout = ${lockWaitS}, lock_wait_timeout = ${lockWaitS}`,
+      );
       const [rows] = await c.query<RowDataPacket[]>('SELECT @@session.max_allowed_packet AS m');
       const packet = Number(rows[0]?.m);
       const needed = this.o.maxItemSize + PACKET_OVERHEAD;

@@ -10,7 +10,7 @@ import { createMemoryUpstream } from './memory';
 import { createMysqlUpstream } from './mysql';
 import { createRedisUpstream } from './redis';
 import { createSqliteUpstream } from './sqlite';
-import { type Upstream, maskUrl } from './upstream';
+import { type Upstream, maskRawUrl } from './upstream';
 
 export interface UpstreamContext {
   /** `--timeout`: the default request timeout for upstreams that set none, in ms. */
@@ -59,12 +59,12 @@ export function createUpstream(
   try {
     ({ url, hosts } = parseUpstreamUrl(rawUrl));
   } catch {
-    throw new ConfigError(`upstream "${maskUrl(rawUrl)}" is not a URL: expected scheme://host:port (schemes: ${knownSchemes().join(', ')})`);
+    throw new ConfigError(`upstream "${maskRawUrl(rawUrl)}" is not a URL: expected scheme://host:port (schemes: ${knownSchemes().join(', ')})`);
   }
   const scheme = url.protocol.replace(/:$/, '');
   const factory = schemes.get(scheme);
   if (!factory) {
-    throw new ConfigError(`upstream "${maskUrl(rawUrl)}" has unknown scheme "${scheme}": expected one of ${knownSchemes().join(', ')}`);
+    throw new ConfigError(`upstream "${maskRawUrl(rawUrl)}" has unknown scheme "${scheme}": expected one of ${knownSchemes().join(', ')}`);
   }
   const options = new Map<string, string>();
   for (const [k, v] of url.searchParams) options.set(k, v);
@@ -127,7 +127,7 @@ const TUNING_OPTIONS = new Set([
 /** Which store an upstream spec points at: its masked URL without tuning options. */
 export function storeIdentity(rawUrl: string, extra: ReadonlyMap<string, string>): string {
   const q = rawUrl.indexOf('?');
-  const base = maskUrl(q < 0 ? rawUrl : rawUrl.slice(0, q));
+  const base = maskRawUrl(q < 0 ? rawUrl : rawUrl.slice(0, q));
   const options = new Map<string, string>();
   if (q >= 0) for (const [k, v] of new URLSearchParams(rawUrl.slice(q + 1))) options.set(k, v);
   for (const [k, v] of extra) options.set(k, v);

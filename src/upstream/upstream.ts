@@ -101,3 +101,13 @@ export function maskUrl(text: string): string {
   // The user part may hold an @ too (Azure's user@server).
   return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#\s"]*:)[^\s"]*@/gi, '$1***@');
 }
+
+/**
+ * maskUrl for one URL as written (a config value, not free text): everything between
+ * `scheme://user:` and its last @ is the password, whatever it holds. maskUrl stops at a space
+ * or a double quote (so that it never runs on from a URL into the text after it), which left a
+ * password holding one in the clear.
+ */
+export function maskRawUrl(raw: string): string {
+  return raw.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/?#\s"]*:)[^]*@/i, '$1***@');
+}
