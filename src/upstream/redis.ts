@@ -156,7 +156,7 @@ return 1
 
 /**
  * KEYS: item, cas counter. ARGV: 'i' or 'd', delta (decimal, <= 2^64-1). Reply: the new value
- * as decimal text, or -1 NOT_FOUND, -2 NON_NUMERIC. Numbers are (hi, lo) with lo < 10^10, so
+ * and the item's new unique as decimal text, a space between, or -1 NOT_FOUND, -2 NON_NUMERIC. Numbers are (hi, lo) with lo < 10^10, so
  * that every intermediate stays an exact double; flags and expiry are kept (KEEPTTL).
  */
 const LUA_ARITH = `${LUA_LIB}
@@ -195,8 +195,9 @@ else
 end
 local n
 if h > 0 then n = string.format('%.0f%010.0f', h, l) else n = string.format('%.0f', l) end
-redis.call('SET', KEYS[1], string.sub(v, 1, 4) .. pack_cas(next_cas(KEYS[2])) .. n, 'KEEPTTL')
-return n
+local cas = next_cas(KEYS[2])
+redis.call('SET', KEYS[1], string.sub(v, 1, 4) .. pack_cas(cas) .. n, 'KEEPTTL')
+return n .. ' ' .. string.format('%.0f', cas)
 `;
 
 type Reply = Buffer | number | null;
@@ -413,8 +414,10 @@ export class RedisUpstream implements Upstream {
       const r = await this.scripts.mcmuxArithBuffer(item, this.counterFor(item), op === 'incr' ? 'i' : 'd', delta.toString());
       if (r === -1) return { status: 'NOT_FOUND' };
       if (r === -2) return { status: 'NON_NUMERIC' };
-      if (!Buffer.isBuffer(r)) throw this.error(ErrorCodes.UPSTREAM_PROTOCOL, `arith script answered ${String(r)}`);
-      return { status: 'OK', value: BigInt(r.toString('latin1')) };
+      // "<value> <unique>": the unique it made, which a binary INCREMENT answers (as memcached does).
+      const m = Buffer.isBuffer(r) ? /^([0-9]+) ([0-9]+)$/.exec(r.toString('latin1')) : null;
+      if (!m) throw this.error(ErrorCodes.UPSTREAM_PROTOCOL, `arith script answered ${String(r)}`);
+      return { status: 'OK', value: BigInt(m[1] as string), cas: BigInt(m[2] as string) };
     });
   }
 

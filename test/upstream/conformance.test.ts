@@ -173,6 +173,20 @@ for (const target of TARGETS) {
       });
     }
 
+    // A binary INCREMENT/DECREMENT answers the item's unique (memcached 1.6 does; memccapable -b
+    // checks it): the one the store gave the item, which a get then returns.
+    test('incr and decr answer the unique they gave the item', async () => {
+      const k = key('arith-cas');
+      await set(k, '10');
+      const before = (await u.get([k]))[0]?.cas;
+      for (const op of ['incr', 'decr'] as const) {
+        const r = await u.arith(op, k, 1n);
+        const now = (await u.get([k]))[0]?.cas;
+        assert.notEqual(now, before, `${op}: a new unique`);
+        assert.equal(r.status === 'OK' ? r.cas : undefined, now, `${op} answers the unique it made`);
+      }
+    });
+
     test('cas: the unique from get stores once, then EXISTS; missing NOT_FOUND', async () => {
       const k = key('cas');
       await set(k, 'v');
