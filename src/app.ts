@@ -31,7 +31,16 @@ export function upstreamSpecs(config: Config): readonly UpstreamConfig[] {
 /** Builds the raw drivers of a config (no health tracking): for validation and `mcmux check`. */
 export function buildUpstreams(config: Config): Upstream[] {
   const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize };
-  return upstreamSpecs(config).map((s) => createUpstream(s.url, s.options, ctx));
+  const built: Upstream[] = [];
+  try {
+    for (const s of upstreamSpecs(config)) built.push(createUpstream(s.url, s.options, ctx));
+  } catch (error) {
+    // A bad upstream after good ones: those are connecting already (a rejected SIGHUP would
+    // leave their connections and reconnect timers behind for ever).
+    for (const u of built) void u.close().catch(() => undefined);
+    throw error;
+  }
+  return built;
 }
 
 /** Two specs with the same identity are the same store reached the same way: reuse it on reload. */

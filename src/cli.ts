@@ -6,13 +6,13 @@
 import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
-import { type App, MCMUX_VERSION, buildUpstreams, startApp } from './app';
+import { type App, MCMUX_VERSION, buildUpstreams, startApp, upstreamSpecs } from './app';
 import { type Config, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, rawFromToml } from './config';
 import { ConfigError } from './errors';
 import { FileKindError, readRegularFile } from './files';
 import { missingNodeFlags } from './node-flags';
-import { knownSchemes } from './upstream/registry';
-import { maskUrl } from './upstream/upstream';
+import { knownSchemes, storeIdentity } from './upstream/registry';
+import { maskUrl, maskRawUrl } from './upstream/upstream';
 
 /** commander's attribute name for a flag: `max-item-size` -> `maxItemSize`. */
 function attr(key: string): string {
@@ -72,7 +72,7 @@ export function loadConfig(argv: string[]): { config: Config; configFile: string
   const p = program();
   p.parse(argv, { from: 'user' });
   const extra = p.args[0];
-  if (extra !== undefined) throw new ConfigError(`unexpected argument "${maskUrl(extra)}": expected options only (mcmux --help), or the command check or repair first`);
+  if (extra !== undefined) throw new ConfigError(`unexpected argument "${maskRawUrl(extra)}": expected options only (mcmux --help), or the command check or repair first`);
   const opts = p.opts<Record<string, unknown>>();
   const configFile = opts.config as string | undefined;
   const file: RawConfig = configFile ? readConfigFile(configFile) : { scalars: {}, listen: [], upstreams: [] };
@@ -88,6 +88,16 @@ export function loadConfig(argv: string[]): { config: Config; configFile: string
   const config = buildConfig(file, flags);
   // Build (and drop) the upstreams once so a bad URL or option fails here, with exit status 2.
   for (const u of buildUpstreams(config)) void u.close();
+  // The same store twice would count as two copies of a write (min-copies met by one store).
+  const seen = new Map<string, string>();
+  for (const spec of upstreamSpecs(config)) {
+    const id = storeIdentity(spec.url, spec.options);
+    const first = seen.get(id);
+    if (first !== undefined) {
+      throw new ConfigError(`upstream "${maskRawUrl(spec.url)}" is listed twice (as "${maskRawUrl(first)}" before): expected each store once`);
+    }
+    seen.set(id, spec.url);
+  }
   return { config, configFile };
 }
 

@@ -214,7 +214,12 @@ export class Metrics {
 
   close(): Promise<void> {
     const s = this.server;
-    return s ? new Promise((resolve) => s.close(() => resolve())) : Promise.resolve();
+    if (!s) return Promise.resolve();
+    const closed = new Promise<void>((resolve) => s.close(() => resolve()));
+    // close() waits for requests in progress: one a client never finishes sending would hold
+    // the shutdown until Node's headers timeout (60 s), past systemd's TimeoutStopSec.
+    s.closeAllConnections();
+    return closed;
   }
 }
 
