@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import pino from 'pino';
 import { type App, startApp } from '../../src/app';
 import { EXPIRED } from '../../src/command/command';
@@ -18,7 +18,6 @@ import { createMysqlUpstream } from '../../src/upstream/mysql';
 import { createUpstream, storeIdentity } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
 import { arithExtras, frame } from '../helpers/binary-frame';
-import { getOne, set } from '../helpers/driver-calls';
 import { requireBinary, startMemcached } from '../helpers/servers';
 import { type Wire, connectWire } from '../helpers/wire';
 import { eventually } from '../helpers/poll';
@@ -62,6 +61,36 @@ async function binaryCounter(w: Wire, key: string): Promise<{ set: BinReply; inc
   const decr = await binAsk(w, frame({ opcode: BIN_DECREMENT, key, extras: arithExtras(1n, 0n, 0xffffffff) }));
   const get = await binAsk(w, frame({ opcode: BIN_GET, key }));
   return { set, incr, decr, get };
+}
+
+
+/**
+ * A private memcached, and mcmux on MySQL (`table` of `dbUrl`) beside it: a wire to each, for the
+ * same bytes to be sent to both. Everything is closed after the test.
+ */
+async function besideMemcached(t: TestContext, dbUrl: string, table: string): Promise<{ real: Wire; mux: Wire }> {
+  const mc = await startMemcached();
+  const dir = await mkdtemp(join(tmpdir(), 'mcmux-review-mysql-'));
+  let app: App | undefined;
+  t.after(async () => {
+    await app?.close();
+    await mc.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+  app = await startApp(
+    buildConfig(
+      { scalars: {}, listen: [], upstreams: [] },
+      { scalars: { 'state-dir': dir }, listen: ['127.0.0.1:0'], upstreams: [{ url: dbUrl, options: new Map([['table', table]]) }] },
+    ),
+    pino({ level: 'silent' }),
+  );
+  const real = await connectWire(mc.port);
+  const mux = await connectWire(app.address.port);
+  t.after(() => {
+    real.close();
+    mux.close();
+  });
+  return { real, mux };
 }
 
 test('mysql driver review', { timeout: 120_000 }, async (t) => {
@@ -136,27 +165,7 @@ test('mysql driver review', { timeout: 120_000 }, async (t) => {
 
   await t.test('binary INCREMENT/DECREMENT through mcmux on MySQL answer the CAS of the item, as memcached 1.6 does', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const mc = await startMemcached();
-    const dir = await mkdtemp(join(tmpdir(), 'mcmux-review-mysql-'));
-    let app: App | undefined;
-    t.after(async () => {
-      await app?.close();
-      await mc.stop();
-      await rm(dir, { recursive: true, force: true });
-    });
-    app = await startApp(
-      buildConfig(
-        { scalars: {}, listen: [], upstreams: [] },
-        { scalars: { 'state-dir': dir }, listen: ['127.0.0.1:0'], upstreams: [{ url: db.url, options: new Map([['table', 'rv_bin']]) }] },
-      ),
-      pino({ level: 'silent' }),
-    );
-    const real = await connectWire(mc.port);
-    const mux = await connectWire(app.address.port);
-    t.after(() => {
-      real.close();
-      mux.close();
-    });
+    const { real, mux } = await besideMemcached(t, db.url, 'rv_bin');
 
     // memcached 1.6, live: every answer carries the item's current unique, never 0.
     const m = await binaryCounter(real, 'rv:bin');
@@ -175,16 +184,10 @@ test('a binary SET whose exptime is already past answers a CAS, as memcached 1.6
   if (!requireBinary(t, 'mariadbd', 'mariadb-server')) return;
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   const db = await startMariadb();
-  const mc = await startMemcached();
-  const dir = await mkdtemp(join(tmpdir(), 'mcmux-review-mysql-'));
   const up = createMysqlUpstream(new URL(db.url), new Map([['table', 'rv_past_driver']]), ctx);
-  let app: App | undefined;
   t.after(async () => {
     await up.close();
-    await app?.close();
-    await mc.stop();
     await db.destroy();
-    await rm(dir, { recursive: true, force: true });
   });
   // The driver, beside the memory driver: a stored-and-expired item has a unique too.
   for (const mode of ['set', 'add'] as const) {
@@ -192,19 +195,7 @@ test('a binary SET whose exptime is already past answers a CAS, as memcached 1.6
     assert.equal(r.status, 'STORED');
     assert.ok(typeof r.cas === 'bigint' && r.cas > 0n, `${mode} of an expired item answers a unique: ${String(r.cas)}`);
   }
-  app = await startApp(
-    buildConfig(
-      { scalars: {}, listen: [], upstreams: [] },
-      { scalars: { 'state-dir': dir }, listen: ['127.0.0.1:0'], upstreams: [{ url: db.url, options: new Map([['table', 'rv_past']]) }] },
-    ),
-    pino({ level: 'silent' }),
-  );
-  const real = await connectWire(mc.port);
-  const mux = await connectWire(app.address.port);
-  t.after(() => {
-    real.close();
-    mux.close();
-  });
+  const { real, mux } = await besideMemcached(t, db.url, 'rv_past');
   // 2592001: over 30 days, so a Unix time, in 1970.
   const req = frame({ opcode: BIN_SET, key: 'rv:past', extras: setExtras(0, 2592001), value: 'v' });
   const m = await binAsk(real, req);
