@@ -106,6 +106,7 @@ export class App {
     for (const u of upstreams) u.resumeUniques(this.journal.uniquesEpochOf(u));
     // The limits object is shared with every connection and updated in place on reload.
     this.listener = new Listener(() => this.router, { ...limitsOf(config) }, config.maxConnections, MCMUX_VERSION);
+    this.listener.onAcceptError = (error) => log.warn({ err: error.message }, 'accepting a client failed: the listener goes on');
     this.listener.onBug = (error) => log.error({ err: error instanceof Error ? error.stack : String(error) }, 'bug on a client connection: closed it');
     this.router = new Router(
       { upstreams, journal: this.journal, onFlushed: this.onFlushed, hedgeMs: config.hedgeMs, minCopies: config.minCopies, writeWait: config.writeWait, allowFlush: config.allowFlush },
@@ -199,6 +200,7 @@ export class App {
       for (const spec of this.config.listen) this.bound.push(await this.listener.listen(spec, this.config.listenMode));
       if (this.config.metrics) {
         this.metrics = new Metrics(this);
+        this.metrics.onError = (error) => this.log.warn({ err: error.message }, 'metrics: accepting a client failed: the listener goes on');
         this.metricsAddress = await this.metrics.listen(this.config.metrics.host, this.config.metrics.port);
       }
       this.listening = true;

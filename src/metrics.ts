@@ -18,6 +18,9 @@ export class Metrics {
   private readonly upstreamLatency: Histogram<'upstream'>;
   private server: Server | undefined;
 
+  /** Told of an error of the metrics socket once it listens (the app logs it). */
+  onError: (error: Error) => void = () => {};
+
   constructor(private readonly app: App) {
     const r = this.registry;
     collectDefaultMetrics({ register: r, prefix: 'mcmux_process_' });
@@ -176,6 +179,9 @@ export class Metrics {
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, host, () => {
+        // Once listening, an accept error is not fatal (Node would throw it with no listener).
+        server.off('error', reject);
+        server.on('error', (error) => this.onError(error));
         const a = server.address();
         resolve(a && typeof a === 'object' ? { host: a.address, port: a.port } : { host, port });
       });

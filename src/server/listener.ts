@@ -25,6 +25,11 @@ export class Listener implements StatsSource {
   maxConnections: number;
   /** Told of a bug caught on a client connection (logged by the app). */
   onBug: (error: unknown) => void = () => {};
+  /**
+   * Told of an error of a listening socket once it listens: accept() failing (ENOBUFS, ENOMEM;
+   * libuv absorbs EMFILE itself). Without a listener Node throws it, and mcmux would exit.
+   */
+  onAcceptError: (error: Error) => void = () => {};
 
   constructor(
     private readonly routerRef: () => Router,
@@ -60,6 +65,7 @@ export class Listener implements StatsSource {
       server.once('error', reject);
       const done = (): void => {
         server.off('error', reject);
+        server.on('error', (error) => this.onAcceptError(error));
         if (spec.kind === 'unix') {
           chmodSync(spec.path, unixMode);
           resolve(spec);

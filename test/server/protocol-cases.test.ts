@@ -433,4 +433,17 @@ describe('protocol cases over a socket', () => {
     w.close();
     t.close();
   });
+
+  // Node throws an error a listening server emits when nothing listens for it: an accept() that
+  // fails for a reason libuv does not absorb (ENOBUFS) would end the proxy (review-protocol has
+  // the client listener's case).
+  it('an error of the metrics socket once it listens is logged, and metrics are still served', async () => {
+    const app = await mcmux({ metrics: '127.0.0.1:0' });
+    const server = (app as unknown as { metrics: { server: import('node:net').Server } }).metrics.server;
+    for (let i = 0; i < 2; i++) server.emit('error', new Error('accept ENOBUFS (injected)'));
+    const address = app.metricsAddress;
+    assert.ok(address);
+    const res = await fetch(`http://127.0.0.1:${address.port}/healthz`, { signal: AbortSignal.timeout(5000) });
+    assert.equal(res.status, 200);
+  });
 });

@@ -5,7 +5,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { connect as netConnect } from 'node:net';
+import { type Server, connect as netConnect } from 'node:net';
 import { describe, it } from 'node:test';
 import { FakeUpstream, listenOverFake, settle } from '../helpers/fake-upstream';
 import { connectWire } from '../helpers/wire';
@@ -108,6 +108,31 @@ describe('review: meta commands with a data block', () => {
       const got = await w.read(/END\r\n$/, 2000).catch((e: Error) => e.message);
       await settle();
       assert.ok(!up.calls.includes('delete victim'), `the value reached the upstream as a delete: ${JSON.stringify(up.calls)}; got ${JSON.stringify(got)}`);
+    } finally {
+      await done();
+    }
+  });
+});
+
+describe('review: an error of a listening socket', () => {
+  // accept() can fail for reasons libuv does not absorb (ENOBUFS, ENOMEM): Node emits it on the
+  // server, and with no listener there (it was removed once listen() succeeded) throws it: the
+  // whole proxy exited. It is reported, and the listener goes on accepting.
+  it('is reported, and clients are still accepted', async () => {
+    const { listener, w, done } = await front();
+    try {
+      const seen: string[] = [];
+      listener.onAcceptError = (error) => seen.push(error.message);
+      const [server] = (listener as unknown as { servers: Server[] }).servers;
+      assert.ok(server);
+      server.emit('error', new Error('accept ENOBUFS (injected)'));
+      assert.deepEqual(seen, ['accept ENOBUFS (injected)']);
+      assert.match(await w.ask('version\r\n', /\r\n$/), /^VERSION /, 'the connection before it still served');
+      const a = server.address();
+      assert.ok(a && typeof a === 'object');
+      const next = await connectWire(a.port);
+      assert.match(await next.ask('version\r\n', /\r\n$/), /^VERSION /, 'a new client accepted');
+      next.close();
     } finally {
       await done();
     }
