@@ -35,7 +35,12 @@ export class McmuxError extends Error {
    * it, later than requests sent after it on another connection. A timeout is always so.
    */
   readonly late: boolean;
-  constructor(code: ErrorCode, message: string, late = false) {
+  /**
+   * The code of the failure this error stands for: its own, except for UPSTREAM_PARTIAL, which
+   * carries the code of the pool server's failure (did the request reach the store or not).
+   */
+  readonly origin: ErrorCode;
+  constructor(code: ErrorCode, message: string, late = false, origin: ErrorCode = code) {
     // Upstream errors are values on the request path, thousands a second when a store is busy
     // or down: capturing a stack for each cost 2 % of the CPU under load, and no one reads it.
     const limit = Error.stackTraceLimit;
@@ -44,6 +49,7 @@ export class McmuxError extends Error {
     Error.stackTraceLimit = limit;
     this.code = code;
     this.late = late || code === ErrorCodes.UPSTREAM_TIMEOUT;
+    this.origin = origin;
     this.name = 'McmuxError';
   }
 }

@@ -93,7 +93,7 @@ async function lacks(u: Upstream, key: string): Promise<boolean> {
  */
 function unapplied(error: unknown): boolean {
   if (!(error instanceof McmuxError) || error.late) return false;
-  const c = error.code;
+  const c = error.origin; // a pool server's own code under UPSTREAM_PARTIAL
   return c === ErrorCodes.UPSTREAM_DOWN || c === ErrorCodes.UPSTREAM_BUSY || c === ErrorCodes.UPSTREAM_REFUSED;
 }
 

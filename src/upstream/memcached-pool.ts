@@ -181,7 +181,9 @@ export class MemcachedPool implements Upstream {
     return request.catch((error: unknown) => {
       const passOn = error instanceof McmuxError && (error.code === ErrorCodes.UPSTREAM_CLOSED || error.code === ErrorCodes.UPSTREAM_DOWN);
       if (error instanceof McmuxError && !passOn && this.nodes.some((n) => n !== node && n.usable)) {
-        throw new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message, error.late);
+        // Keeping the server's code: the router must still tell a request that changed nothing
+        // there (busy, refused by memcached) from one that may have been applied.
+        throw new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message, error.late, error.origin);
       }
       throw error;
     });
