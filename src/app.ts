@@ -267,21 +267,26 @@ export class App {
     this.listening = false;
     const closed = this.listener.close(false);
     this.listener.drain();
+    // No repair starts from now on; those in flight are waited for with the writes.
+    this.repairer.stop();
     if (graceMs > 0) {
       let timer: NodeJS.Timeout | undefined;
       const grace = new Promise((res) => (timer = setTimeout(res, graceMs).unref()));
       await Promise.race([closed, grace]);
-      // write-wait copies: writes answered before every upstream had them are still landing.
-      await Promise.race([this.journal.writesSettled(), grace]);
+      // write-wait copies: writes answered before every upstream had them are still landing; and
+      // the repairs and read repairs in flight.
+      await Promise.race([this.journal.quiesce(), grace]);
       clearTimeout(timer);
     }
     await this.listener.close(true);
-    this.repairer.stop();
     this.coldDetector.stop();
     await this.metrics?.close();
+    // A request still unanswered now is cut by the close, but may yet land (a read repair's add is
+    // journaled nowhere): journal.log is then not closed cleanly, and the next process waits.
+    const quiet = this.journal.quiescent;
     await Promise.all([...this.members.values()].map((u) => u.close()));
     // Last: requests failing while the upstreams close may still journal a miss.
-    this.journal.close();
+    this.journal.close(quiet);
   }
 }
 

@@ -39,10 +39,14 @@ const noObserver: RequestObserver = () => {};
 /** Failures that say something about the store, not about mcmux's own queue or shutdown. */
 function countsAsFailure(error: unknown): boolean {
   // UPSTREAM_DOWN / _PARTIAL from inside mean a pool refusing or failing the keys of one server
-  // of its own: that server's health counts it; the pool as a whole is fine.
+  // of its own: that server's health counts it; the pool as a whole is fine. UPSTREAM_REFUSED is
+  // the store's own answer to one request (SERVER_ERROR object too large or out of memory for one
+  // item, a lock wait on one row): it is up. Counted, three refused items took it down for every
+  // key (a lone upstream failed every write) until a probe, which it answers, took it back.
   return !(
     error instanceof McmuxError &&
     (error.code === ErrorCodes.UPSTREAM_BUSY ||
+      error.code === ErrorCodes.UPSTREAM_REFUSED ||
       error.code === ErrorCodes.UPSTREAM_CLOSED ||
       error.code === ErrorCodes.UPSTREAM_DOWN ||
       error.code === ErrorCodes.UPSTREAM_PARTIAL)

@@ -527,6 +527,11 @@ export class RepairJournal {
     return true;
   }
 
+  /** No client write, repair or read repair is in flight on any upstream (what quiesce waits for). */
+  get quiescent(): boolean {
+    return this.writesGoing === 0 && this.background === 0;
+  }
+
   backgroundFinished(): void {
     if (--this.background === 0 && this.writesGoing === 0 && this.quietWaiters.length > 0) for (const resolve of this.quietWaiters.splice(0)) resolve();
   }

@@ -45,6 +45,8 @@ export class Repairer {
   /** An overflowed cache is being flushed (see retrust). */
   private flushing = false;
   private readonly progress = new Map<string, { total: number; done: number; since: number; lastLog: number }>();
+  /** Per upstream: the repair budget carried over from the ticks before (thousandths of a key). */
+  private readonly credit = new Map<string, number>();
   repaired = 0;
   repairFailures = 0;
   /**
@@ -105,8 +107,15 @@ export class Repairer {
       this.progress.delete(u.name);
       return;
     }
+    // Thousandths of a key each tick adds, so that a rate below 10 a second (one key a tick) is
+    // kept too; what one tick leaves unspent carries over up to one key (no burst after a lull).
+    const credit = (this.credit.get(u.name) ?? 0) + this.options.rate * TICK_MS;
+    const budget = Math.floor(credit / 1000);
+    if (budget === 0) {
+      this.credit.set(u.name, credit);
+      return;
+    }
     const batch: Array<[string, 'write' | 'delete']> = [];
-    const budget = Math.max(1, Math.floor((this.options.rate * TICK_MS) / 1000));
     const now = monotonicMs();
     const settling: string[] = [];
     for (const [key, e] of journal.entries(u)) {
@@ -119,10 +128,14 @@ export class Repairer {
     }
     // To the back of the line, so the next tick looks at others first.
     for (const key of settling) journal.requeue(u, key);
+    this.credit.set(u.name, Math.min(credit - batch.length * 1000, 1000));
     let done = 0;
     await Promise.all(
       batch.map(async ([key, op]) => {
         if (await this.repairKey(ctx, u, key, op)) done++;
+        // To the back of the line too: a key that keeps failing (an item the store refuses, a
+        // source that is down) must not take every tick's budget, and starve the keys behind it.
+        else journal.requeue(u, key);
       }),
     );
     this.report(u, total, done);
@@ -240,6 +253,9 @@ export class Repairer {
         }
         const read = await this.readFor(journal, source, key, rk);
         if (read === undefined) return false;
+        // Looked at again right before sending: a client write that started in the microtasks
+        // since readFor looked was sent here first, and this copy (older) would land after it.
+        if (journal.repairing.get(rk)) return false;
         const { hit } = read;
         if (hit) await u.store({ mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline, withCas: false });
         else await u.delete(key);
