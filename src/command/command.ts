@@ -211,13 +211,33 @@ function smallUnsigned(text: string): number | undefined {
   return n;
 }
 
-/** A numeric value as memcached reads one for incr/decr: decimal digits, at most 20, fits in u64. */
+/** A numeric value as memcached reads one for incr/decr (safe_strtoull); undefined: non-numeric. */
 export function parseCounter(value: Buffer): bigint | undefined {
-  if (value.length === 0 || value.length > 20) return undefined;
-  // memcached accepts trailing spaces left by a decr that shortened the number.
-  let end = value.length;
-  while (end > 0 && value[end - 1] === 0x20) end--;
-  return parseUnsigned(value.toString('latin1', 0, end), U64_MASK);
+  // memcached 1.6 reads the item as safe_strtoull does: strtoull skips leading white space and
+  // takes a sign; the digits may be followed by white space (a decr that shortened the number
+  // leaves spaces) and anything after it; the value must fit 64 bits (T12).
+  const n = value.length;
+  let i = 0;
+  while (i < n && isSpace(value[i] as number)) i++;
+  const sign = value[i];
+  const negative = sign === 0x2d;
+  if (negative || sign === 0x2b) i++;
+  const start = i;
+  while (i < n && (value[i] as number) >= 0x30 && (value[i] as number) <= 0x39) i++;
+  if (i === start || (i < n && !isSpace(value[i] as number))) return undefined;
+  let digits = start;
+  while (digits < i - 1 && value[digits] === 0x30) digits++; // leading zeros add no length
+  if (i - digits > 20) return undefined;
+  const magnitude = BigInt(value.toString('latin1', digits, i));
+  if (magnitude > U64_MASK) return undefined; // ERANGE
+  // strtoull negates a "-" number modulo 2^64; memcached refuses it only when that is >= 2^63.
+  const result = negative ? (U64_MASK + 1n - magnitude) & U64_MASK : magnitude;
+  return negative && result >= 1n << 63n ? undefined : result;
+}
+
+/** C isspace(): space, \t, \n, \v, \f, \r. */
+function isSpace(c: number): boolean {
+  return c === 0x20 || (c >= 0x09 && c <= 0x0d);
 }
 
 /** What a storage command does to the item it finds, by memcached's rules (no I/O). */

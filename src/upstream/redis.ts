@@ -170,12 +170,24 @@ local function above(h1, l1, h2, l2)
 end
 local v = redis.call('GET', KEYS[1])
 if not v then return -1 end
-local text = string.sub(v, 13)
-if #text == 0 or #text > 20 then return -2 end
-local digits = string.match(text, '^([0-9]+) *$')
-if not digits then return -2 end
-local h, l = split(digits)
+-- The number as memcached's safe_strtoull reads it (command.ts parseCounter): leading white
+-- space, a sign, digits, then nothing or white space and anything after it.
+local sign, num, rest = string.match(string.sub(v, 13), '^%s*([+-]?)(%d+)(.*)$')
+if not num or (#rest > 0 and not string.find(rest, '^%s')) then return -2 end
+num = string.match(num, '^0*(%d-)$')
+if num == '' then num = '0' end
+if #num > 20 then return -2 end
+local h, l = split(num)
 if above(h, l, MAXHI, MAXLO) then return -2 end
+if sign == '-' and (h > 0 or l > 0) then
+  -- strtoull negates modulo 2^64; memcached refuses the result when it is 2^63 or more
+  local nh, nl = MAXHI - h, MAXLO - l
+  if nl < 0 then nl = nl + E; nh = nh - 1 end
+  nl = nl + 1
+  if nl >= E then nl = nl - E; nh = nh + 1 end
+  if above(nh, nl, 922337203, 6854775807) then return -2 end
+  h, l = nh, nl
+end
 local dh, dl = split(ARGV[2])
 if ARGV[1] == 'i' then
   l = l + dl

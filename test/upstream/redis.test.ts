@@ -170,8 +170,11 @@ test('redis upstream against a private redis-server', async (t) => {
       ['0', 'decr', 1n, 0n],
       ['18446744073709551616', 'incr', 1n, 'NON_NUMERIC'],
       ['99999999999999999999', 'incr', 1n, 'NON_NUMERIC'],
-      ['000000000000000000001', 'incr', 1n, 'NON_NUMERIC'], // 21 bytes
-      [' 5', 'incr', 1n, 'NON_NUMERIC'],
+      // memcached 1.6 (safe_strtoull) skips leading zeros and white space, takes a + sign and stops at white space
+      ['000000000000000000001', 'incr', 1n, 2n],
+      [' 5', 'incr', 1n, 6n],
+      ['+5 abc', 'incr', 1n, 6n],
+      ['5abc', 'incr', 1n, 'NON_NUMERIC'],
       ['-1', 'decr', 1n, 'NON_NUMERIC'],
       ['1e3', 'incr', 1n, 'NON_NUMERIC'],
       ['', 'incr', 1n, 'NON_NUMERIC'],

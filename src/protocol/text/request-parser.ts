@@ -243,6 +243,14 @@ export class TextRequestParser {
     return undefined;
   }
 
+  /** Discards `n` bytes of input: those buffered now, the rest as they arrive (never held). */
+  private discard(n: number): void {
+    const have = this.buf.length - this.pos;
+    const now = Math.min(n, have);
+    this.pos += now;
+    this.swallowLeft = n - now;
+  }
+
   private readData(p: PendingStore): ParseResult | undefined {
     if (this.buf.length - this.pos < p.need) return undefined;
     const start = this.pos;
@@ -340,7 +348,10 @@ export class TextRequestParser {
     }
     if (bytes > this.limits.maxItemSize) {
       // T5: refuse, swallow, and for a set delete the old value everywhere (the router does that).
-      return this.swallow(need, { kind: 'too_large', mode, key, noreply });
+      // Decided on the line, as memcached unlinks the old item before it swallows the block (and
+      // as the binary parser does): a client that dies mid-block must not leave the old value.
+      this.discard(need);
+      return { kind: 'too_large', mode, key, noreply };
     }
     this.pending = {
       mode,
