@@ -8,55 +8,16 @@ import { existsSync, mkdtempSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
-import pino from 'pino';
-import { type App, startApp } from '../../src/app';
-import { type RawConfig, buildConfig } from '../../src/config';
+import { describe, it } from 'node:test';
+import { buildConfig } from '../../src/config';
 import type { HealthyUpstream } from '../../src/router/health';
-import type { MemoryUpstream } from '../../src/upstream/memory';
 import { MAX_READS_IN_FLIGHT } from '../../src/server/connection';
 import { frame as binaryFrame } from '../helpers/binary-frame';
 import { connectWire } from '../helpers/wire';
+import { inProcessMcmux, memory, recordCalls } from '../helpers/in-process';
 
-const apps: App[] = [];
-after(async () => {
-  await Promise.all(apps.map((a) => a.close()));
-});
+const mcmux = inProcessMcmux;
 
-async function mcmux(scalars: RawConfig['scalars'] = {}, upstreams = ['memory://a', 'memory://b']): Promise<App> {
-  const config = buildConfig(
-    { scalars: {}, listen: [], upstreams: [] },
-    { scalars, listen: ['127.0.0.1:0'], upstreams: upstreams.map((url) => ({ url, options: new Map() })) },
-  );
-  const app = await startApp(config, pino({ level: 'silent' }));
-  apps.push(app);
-  return app;
-}
-
-const memory = (app: App, i: number): MemoryUpstream => app.upstreams[i]?.inner as MemoryUpstream;
-
-const STORE_OPS = ['get', 'store', 'delete', 'touch', 'arith', 'flush'] as const;
-
-/**
- * From now on, every call mcmux makes to the memory stores behind `app`, as `<upstream> <op>
- * <key...>`, leaving out the cold detector's own marker key (it reads that every few seconds).
- */
-function recordCalls(app: App): string[] {
-  const calls: string[] = [];
-  app.upstreams.forEach((_, i) => {
-    const m = memory(app, i) as unknown as Record<(typeof STORE_OPS)[number], (...args: unknown[]) => Promise<unknown>>;
-    for (const op of STORE_OPS) {
-      const original = m[op].bind(m);
-      m[op] = (...args: unknown[]) => {
-        const a = args[0];
-        const keys = op === 'arith' ? [args[1]] : Array.isArray(a) ? a : typeof a === 'string' ? [a] : a ? [(a as { key: string }).key] : [];
-        if (!keys.includes(app.coldDetector.key)) calls.push([i, op, ...keys].join(' '));
-        return original(...args);
-      };
-    }
-  });
-  return calls;
-}
 
 function frame(f: { op: number; key?: string; extras?: Buffer; value?: string }): Buffer {
   return binaryFrame({ ...f, opcode: f.op, opaque: 0xdeadbeef });
@@ -418,12 +379,7 @@ describe('protocol cases over a socket', () => {
 
   it('listens on a unix socket beside TCP', async () => {
     const path = `/tmp/mcmux-test-${process.pid}.sock`;
-    const config = buildConfig(
-      { scalars: {}, listen: [], upstreams: [] },
-      { scalars: {}, listen: ['127.0.0.1:0', `unix:${path}`], upstreams: [] },
-    );
-    const app = await startApp(config, pino({ level: 'silent' }));
-    apps.push(app);
+    const app = await mcmux({}, [], ['127.0.0.1:0', `unix:${path}`]);
     const w = await connectWire(path);
     assert.equal(await w.ask('set u 0 0 1\r\nx\r\n'), 'STORED\r\n');
     const t = await connectWire(app.address.port);
