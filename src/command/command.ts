@@ -224,7 +224,8 @@ export function parseCounter(value: Buffer): bigint | undefined {
   if (negative || sign === 0x2b) i++;
   const start = i;
   while (i < n && (value[i] as number) >= 0x30 && (value[i] as number) <= 0x39) i++;
-  if (i === start || (i < n && !isSpace(value[i] as number))) return undefined;
+  // After the digits: the end, white space, or a NUL (strtoull stops there: the end of its C string).
+  if (i === start || (i < n && !isSpace(value[i] as number) && value[i] !== 0)) return undefined;
   let digits = start;
   while (digits < i - 1 && value[digits] === 0x30) digits++; // leading zeros add no length
   if (i - digits > 20) return undefined;

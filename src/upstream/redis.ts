@@ -96,7 +96,7 @@ for i = 1, #KEYS do
   local k = KEYS[i]
   local v = redis.pcall('GET', k)
   local d = 0
-  if type(v) ~= 'string' then
+  if type(v) ~= 'string' or #v < 12 then
     v = false
   elseif touch == '' then
     d = redis.call('PEXPIRETIME', k)
@@ -119,6 +119,7 @@ const LUA_STORE = `${LUA_LIB}
 local k, mode = KEYS[1], ARGV[1]
 if mode ~= 's' then
   local head = redis.call('GETRANGE', k, 0, 11)
+  if #head < 12 then head = '' end -- shorter than the header: no item (as a get reads it)
   if mode == 'a' then
     if head ~= '' then return -1 end
   elseif head == '' then
@@ -149,7 +150,8 @@ return cas
 
 /** KEYS: item. ARGV: deadline argument. Reply: 1 touched, 0 missing. The cas is kept. */
 const LUA_TOUCH = `${LUA_LIB}
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = redis.pcall('STRLEN', KEYS[1])
+if type(n) ~= 'number' or n < 12 then return 0 end
 expire(KEYS[1], ARGV[1])
 return 1
 `;
@@ -169,11 +171,12 @@ local function above(h1, l1, h2, l2)
   return h1 > h2 or (h1 == h2 and l1 > l2)
 end
 local v = redis.call('GET', KEYS[1])
-if not v then return -1 end
+if not v or #v < 12 then return -1 end
 -- The number as memcached's safe_strtoull reads it (command.ts parseCounter): leading white
--- space, a sign, digits, then nothing or white space and anything after it.
+-- space, a sign, digits, then nothing, a NUL (where strtoull stops: memcached's items are C
+-- strings to it) or white space, and anything after it.
 local sign, num, rest = string.match(string.sub(v, 13), '^%s*([+-]?)(%d+)(.*)$')
-if not num or (#rest > 0 and not string.find(rest, '^%s')) then return -2 end
+if not num or (#rest > 0 and not string.find(rest, '^[%s%z]')) then return -2 end
 num = string.match(num, '^0*(%d-)$')
 if num == '' then num = '0' end
 if #num > 20 then return -2 end

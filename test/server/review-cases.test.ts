@@ -42,7 +42,8 @@ async function incrOn(port: number, key: string, value: string): Promise<string>
  * after it), and values it refuses. Leading zeros make no number longer than 20 digits.
  */
 const COUNTER_VALUES = [' 12', '\t12', '+5', '12 abc', '12\nx', '0000000000000000000000012', '7', '12 ', '12abc', '-5', 'hi', '18446744073709551616', '',
-  '-0', '-18446744073709551615', '-9223372036854775808', '-9223372036854775809', '000000000000000000000000', '18446744073709551615 '];
+  '-0', '-18446744073709551615', '-9223372036854775808', '-9223372036854775809', '000000000000000000000000', '18446744073709551615 ',
+  '12\0x', '7\0']; // strtoull stops at a NUL: the end of memcached's C string (found by the Redis review)
 
 describe('review: PROTOCOL-CASES rows over a socket', () => {
   it('T12: incr reads a stored number as memcached 1.6 does, whichever kind of upstream decides (memory, redis, sqlite)', async (t) => {

@@ -227,6 +227,37 @@ test('redis upstream against a private redis-server', async (t) => {
     assert.deepEqual(await up.get(['foreign:h', 'foreign:s']), [undefined, undefined]);
   });
 
+  // Found by review: only get read a short string as no item; the other scripts took it as one
+  // (add NOT_STORED for ever on a key get reports missing: a session lock never granted).
+  await t.test('a string shorter than the header, which a get reads as a miss, is a miss for every command', async () => {
+    const keys = ['short:add', 'short:replace', 'short:append', 'short:prepend', 'short:cas', 'short:incr', 'short:touch'];
+    await Promise.all(keys.map((k) => r.set(k, 'short')));
+    assert.deepEqual(await up.get(keys), keys.map(() => undefined), 'a get: all misses');
+    const v = b('v');
+    const results = {
+      add: (await up.store({ mode: 'add', key: 'short:add', value: v, flags: 0, deadline: 0 })).status,
+      replace: (await up.store({ mode: 'replace', key: 'short:replace', value: v, flags: 0, deadline: 0 })).status,
+      append: (await up.store({ mode: 'append', key: 'short:append', value: v, flags: 0, deadline: 0 })).status,
+      prepend: (await up.store({ mode: 'prepend', key: 'short:prepend', value: v, flags: 0, deadline: 0 })).status,
+      cas: (await up.store({ mode: 'cas', key: 'short:cas', value: v, flags: 0, deadline: 0, cas: 1n })).status,
+      incr: (await up.arith('incr', 'short:incr', 1n)).status,
+      touch: await up.touch('short:touch', 0),
+    };
+    // What memcached answers for a key it does not hold.
+    assert.deepEqual(results, {
+      add: 'STORED',
+      replace: 'NOT_STORED',
+      append: 'NOT_STORED',
+      prepend: 'NOT_STORED',
+      cas: 'NOT_FOUND',
+      incr: 'NOT_FOUND',
+      touch: 'NOT_FOUND',
+    });
+    assert.equal((await getOne(up, 'short:add'))?.value.toString(), 'v', 'the add took the key');
+    assert.equal(await getOne(up, 'short:replace'), undefined);
+    assert.equal(await getOne(up, 'short:append'), undefined);
+  });
+
   await t.test('databases: /1 and /0 do not see each other', async () => {
     const db1 = open(`${server.url}/1`);
     try {
