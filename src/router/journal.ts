@@ -210,6 +210,19 @@ const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
 
 /**
+ * Writes all of `text` (ASCII: one byte a character) to `fd`, or throws. A full disk takes what
+ * fits and write(2) returns that count: the rest is written again, which fails with ENOSPC if
+ * it does not fit, rather than leaving half a line that the next one is glued to (review).
+ */
+function writeAll(fd: number, text: string): void {
+  while (text.length > 0) {
+    const n = writeSync(fd, text);
+    if (n <= 0) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    text = text.slice(n);
+  }
+}
+
+/**
  * An entry's line in journal.log: `M <store> <op> <key> <since> <firstSeq>`. The last field (the
  * write order, see DirtyEntry.firstSeq) is left off when 0; a file written before it existed has
  * none, and its entries rank by `since` alone, as they did.
@@ -1200,9 +1213,14 @@ export class RepairJournal {
     // Without a record of the chain (a first start, or a file from before S lines), every
     // configured store is taken as having been in it.
     const chain = new Set<string>();
-    for (const line of text?.split('\n') ?? []) if (line.startsWith('S ')) chain.add(unhex(line.slice(2)));
+    // A last line without its newline is one the disk took only part of (full, or a crash): a
+    // field cut short would name another key or store (a clear of `sess.lock` cut to one of
+    // `sess`): it is left out, as if never written (review).
+    const lines = text?.split('\n') ?? [];
+    lines.pop();
+    for (const line of lines) if (line.startsWith('S ')) chain.add(unhex(line.slice(2)));
     this.chain = chain.size > 0 ? chain : configured;
-    this.parse(text ?? '', configured);
+    this.parse(lines, configured);
     this.setChain(upstreams);
     // The process before did not close the file (no `E` line last: killed, crashed, or a file of a
     // version before E lines, which cannot tell, so taken as such): what it had sent may still land
@@ -1220,14 +1238,14 @@ export class RepairJournal {
     if (dir) this.rewrite();
   }
 
-  private parse(text: string, known: ReadonlySet<string>): void {
+  private parse(lines: readonly string[], known: ReadonlySet<string>): void {
     // The file does not say which misses were timeouts: any may be a request the earlier process
     // sent that still lands (a paused server working through its old connections), so each is
     // taken as one that timed out as this process starts (DirtyEntry.late, Overflow.lastLate).
     const loadedAt = monotonicMs();
     this.loadedAt = loadedAt;
     let maxSeq = 0;
-    for (const line of text.split('\n')) {
+    for (const line of lines) {
       const f = line.split(' ');
       const name = f[1] !== undefined && f[0] !== 'X' ? unhex(f[1]) : '';
       if (f[0] === 'X') this.persistedMax = this.maxDeadline = Math.max(this.maxDeadline, Number(f[1]) || 0);
@@ -1298,9 +1316,13 @@ export class RepairJournal {
       if (p.uniquesEpoch !== undefined) out.push(`V ${hex(name)} ${p.uniquesEpoch}`);
     }
     const fd = openSync(tmp, 'w', 0o600);
-    writeSync(fd, out.length ? out.join('\n') + '\n' : '');
-    fsyncSync(fd);
-    closeSync(fd);
+    try {
+      // All of it, or no rename: a file the disk took half of must not replace the one there.
+      writeAll(fd, out.length ? out.join('\n') + '\n' : '');
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, file);
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = openSync(file, 'a', 0o600);
@@ -1315,7 +1337,7 @@ export class RepairJournal {
         if (this.failing && monotonicMs() < this.retryAt) return;
         this.rewrite();
       }
-      writeSync(this.fd as number, line + '\n');
+      writeAll(this.fd as number, line + '\n');
       this.lines++;
       if (this.options.fsync === 'always') fsyncSync(this.fd as number);
       else if (this.options.fsync === 'everysec') this.scheduleSync();
@@ -1368,6 +1390,17 @@ export class RepairJournal {
    * settled yet): the next process waits for those too.
    */
   close(clean = true): void {
+    if (!this.closed && this.fd === undefined && this.failing) {
+      // A write failed less than a second ago (append waits that long to try again): the file
+      // lacks entries memory has. One more try now, or a restart after the disk took writes again
+      // would lose them (review).
+      try {
+        this.rewrite();
+        this.failing = false;
+      } catch (error) {
+        this.writeFailed(error);
+      }
+    }
     if (clean && this.unknownLates === 0 && !this.closed) this.append('E');
     this.closed = true;
     if (this.syncTimer) clearTimeout(this.syncTimer);
