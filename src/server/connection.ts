@@ -97,6 +97,8 @@ export const MAX_READS_IN_FLIGHT = 16;
  */
 const SHARED_OUT = new OutBuffer();
 
+const NOTHING = Buffer.alloc(0);
+
 /** Marks flush_all: it orders against every key. */
 const ALL: readonly string[] = [];
 
@@ -260,6 +262,15 @@ export class ClientConnection {
     });
   };
 
+  /** What 'drain' does, for writes that end below the socket's high-water mark. */
+  private readonly onWritten = (error?: Error | null): void => {
+    if (error || this.socket.destroyed) return;
+    this.safely(() => {
+      this.dispatch();
+      this.maybeResume();
+    });
+  };
+
   /** The ordering rules (see the top of this file). */
   private mayStart(slot: Slot): boolean {
     const w = this.writeKeys;
@@ -371,7 +382,12 @@ export class ClientConnection {
     this.nextToStart = Math.max(0, this.nextToStart - n);
     // Replies behind unsent ones wait in the socket: their own copy, not a view of the shared slab.
     const chunks = out.take(this.socket.writableLength > 0);
-    if (!this.socket.destroyed) writeChunks(this.socket, chunks);
+    if (!this.socket.destroyed) {
+      writeChunks(this.socket, chunks);
+      // Held back by unsent replies that never reached the socket's high-water mark (a
+      // max-output-bytes below it): no 'drain' will come, so be told when they are written.
+      if (this.socket.writableLength > this.limits.maxOutputBytes && !this.socket.writableNeedDrain) this.socket.write(NOTHING, this.onWritten);
+    }
     if (close || (this.closing && this.queue.length === 0)) {
       this.close();
       return;
