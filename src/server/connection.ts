@@ -136,12 +136,7 @@ export class ClientConnection {
   ) {
     socket.setNoDelay(true);
     if (!sharedReads) socket.on('data', (chunk: Buffer) => this.onData(chunk, false));
-    socket.on('drain', () =>
-      this.safely(() => {
-        this.dispatch();
-        this.maybeResume();
-      }),
-    );
+    socket.on('drain', this.onWritten);
     // Shutdown, or the client shut down its side (it sends nothing more): read no more commands;
     // end once the replies already owed are written (flush), as memcached answers what it read.
     const finish = (): void => {
@@ -262,7 +257,10 @@ export class ClientConnection {
     });
   };
 
-  /** What 'drain' does, for writes that end below the socket's high-water mark. */
+  /**
+   * Replies written out ('drain', or an empty write's callback where no 'drain' will come: see
+   * flush): commands held back by backpressure may start, and a paused client be read again.
+   */
   private readonly onWritten = (error?: Error | null): void => {
     if (error || this.socket.destroyed) return;
     this.safely(() => {
