@@ -232,13 +232,8 @@ export class TextRequestParser {
 
   /** Discards `n` bytes of input (a data block that will not be stored), then yields `then`. */
   private swallow(n: number, then: ParseResult): ParseResult | undefined {
-    const have = this.buf.length - this.pos;
-    if (have >= n) {
-      this.pos += n;
-      return then;
-    }
-    this.pos = this.buf.length;
-    this.swallowLeft = n - have;
+    this.discard(n);
+    if (this.swallowLeft === 0) return then;
     this.afterSwallow = then;
     return undefined;
   }
