@@ -9,6 +9,11 @@ export const ErrorCodes = {
   UPSTREAM_TIMEOUT: 'MCMUX_UPSTREAM_TIMEOUT',
   /** The connection to an upstream failed or closed with requests outstanding. */
   UPSTREAM_IO: 'MCMUX_UPSTREAM_IO',
+  /**
+   * The upstream is not connected (still connecting, or reconnecting after a loss): the request
+   * was refused before it was sent, so it cannot have been applied (unlike UPSTREAM_IO).
+   */
+  UPSTREAM_UNREACHABLE: 'MCMUX_UPSTREAM_UNREACHABLE',
   /** An upstream answered something that is not the protocol. */
   UPSTREAM_PROTOCOL: 'MCMUX_UPSTREAM_PROTOCOL',
   /** An upstream answered with an error of its own (SERVER_ERROR, out of memory, ...). */

@@ -87,14 +87,14 @@ async function lacks(u: Upstream, key: string): Promise<boolean> {
 }
 
 /**
- * The request changed nothing on the store: skipped (down, busy) or refused by it (an error of
+ * The request changed nothing on the store: skipped (down, busy, not connected) or refused by it (an error of
  * its own: memcached's out of memory leaves the item of an append, add or incr as it was). Not
  * closed: a request in flight when its upstream closes (shutdown) may have been applied.
  */
 function unapplied(error: unknown): boolean {
   if (!(error instanceof McmuxError) || error.late) return false;
   const c = error.origin; // a pool server's own code under UPSTREAM_PARTIAL
-  return c === ErrorCodes.UPSTREAM_DOWN || c === ErrorCodes.UPSTREAM_BUSY || c === ErrorCodes.UPSTREAM_REFUSED;
+  return c === ErrorCodes.UPSTREAM_DOWN || c === ErrorCodes.UPSTREAM_BUSY || c === ErrorCodes.UPSTREAM_REFUSED || c === ErrorCodes.UPSTREAM_UNREACHABLE;
 }
 
 /**

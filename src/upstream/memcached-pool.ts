@@ -241,14 +241,14 @@ export class MemcachedPool implements Upstream {
   }
 
   /**
-   * Throws when the pool is closed or none of its servers is up. The latter is MCMUX_UPSTREAM_IO,
-   * not _DOWN: it is the pool's own failure, which its health wrapper must count, whereas a
+   * Throws when the pool is closed or none of its servers is up. The latter is
+   * MCMUX_UPSTREAM_UNREACHABLE, not _DOWN: it is the pool's own failure, which its health wrapper must count, whereas a
    * _DOWN from one server only says that server's keys cannot be served now.
    */
   private checkUsable(): void {
     if (this.closed) throw new McmuxError(ErrorCodes.UPSTREAM_CLOSED, `upstream ${this.name}: closed`);
     if (!this.nodes.some((n) => n.usable)) {
-      throw new McmuxError(ErrorCodes.UPSTREAM_IO, `upstream ${this.name}: none of its ${this.nodes.length} servers is up (each is probed on its own)`);
+      throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `upstream ${this.name}: none of its ${this.nodes.length} servers is up (each is probed on its own)`);
     }
   }
 

@@ -207,11 +207,12 @@ class Connection {
   };
 
   private readonly onConnectTimeout = (): void => {
-    this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, `connect timed out after ${this.up.timeoutMs} ms (option timeout)`));
+    this.fail(this.up.error(ErrorCodes.UPSTREAM_UNREACHABLE, `connect timed out after ${this.up.timeoutMs} ms (option timeout)`));
   };
 
   private readonly onError = (err: Error): void => {
-    this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, err.message));
+    // Requests queued on a socket that never connected were never sent: none can be applied.
+    this.fail(this.up.error(this.status === 'connecting' ? ErrorCodes.UPSTREAM_UNREACHABLE : ErrorCodes.UPSTREAM_IO, err.message));
   };
 
   private readonly onClose = (): void => {
@@ -434,7 +435,7 @@ export class MemcachedUpstream implements Upstream {
     // Right after start-up its first connect is still under way: it carries the requests (they
     // wait in its socket, in order), bounded by the request timeout.
     if (conn.status !== 'ready' && !(conn.status === 'connecting' && conn.fresh)) {
-      return this.refuse(ErrorCodes.UPSTREAM_IO, 'the connection for this key is not up (reconnecting)');
+      return this.refuse(ErrorCodes.UPSTREAM_UNREACHABLE, 'the connection for this key is not up (reconnecting)');
     }
     if (conn.pending.length >= this.maxQueue) {
       return this.refuse(ErrorCodes.UPSTREAM_BUSY, `${this.maxQueue} requests already queued on a connection (option max-queue)`);

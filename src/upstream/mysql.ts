@@ -841,7 +841,10 @@ export class MysqlUpstream implements Upstream {
   }
 
   private async execute<T>(job: Job, fn: (c: PoolConnection) => Promise<T>): Promise<T> {
-    const conn = await this.pool.getConnection();
+    // No connection (refused, reset during the handshake): the request was never sent.
+    const conn = await this.pool.getConnection().catch((err: unknown) => {
+      throw this.translate(err, false);
+    });
     if (job.settled) {
       // Timed out (or closed) while waiting for it: nothing was sent on it, it is clean.
       if (this.closed) this.discard(conn);
@@ -974,7 +977,8 @@ export class MysqlUpstream implements Upstream {
     this.cores.delete(core);
   }
 
-  private translate(err: unknown): McmuxError {
+  /** `sent`: whether the request may have reached the server (else a lost connection is UNREACHABLE). */
+  private translate(err: unknown, sent = true): McmuxError {
     if (err instanceof McmuxError) return err;
     if (this.closed) return this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
     const e = (err ?? {}) as DriverError;
@@ -983,7 +987,7 @@ export class MysqlUpstream implements Upstream {
       // An error the server sent (access denied, unknown database, ...): it answered.
       return this.error(ErrorCodes.UPSTREAM_REFUSED, `${code}${String(e.sqlMessage ?? e.message)}`);
     }
-    return this.error(ErrorCodes.UPSTREAM_IO, `${code}${String(e.message ?? err)}`);
+    return this.error(sent ? ErrorCodes.UPSTREAM_IO : ErrorCodes.UPSTREAM_UNREACHABLE, `${code}${String(e.message ?? err)}`);
   }
 
   /** Counts the failure of `callers` requests (a gathered read stands for several). */

@@ -334,7 +334,7 @@ export class RedisUpstream implements Upstream {
       });
       client.once('close', () => {
         this.starting = false;
-        reject(this.error(ErrorCodes.UPSTREAM_IO, `cannot connect: ${this.lastError}`));
+        reject(this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `cannot connect: ${this.lastError}`));
       });
     });
     this.firstReady.catch(ignore);
@@ -537,10 +537,10 @@ export class RedisUpstream implements Upstream {
       let guard = this.client instanceof Cluster && !long; // a cluster may retry a command internally
       if (this.closed && !admitted) throw this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
       if (this.client.status !== 'ready') {
-        if (!this.starting) throw this.error(ErrorCodes.UPSTREAM_IO, `not connected (reconnecting): ${this.lastError}`);
+        if (!this.starting) throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `not connected (reconnecting): ${this.lastError}`);
         await this.bounded(this.firstReady, started);
         // Ready then, but not necessarily still: a cluster would queue the request for its next connection.
-        if ((this.client.status as string) !== 'ready') throw this.error(ErrorCodes.UPSTREAM_IO, `not connected (reconnecting): ${this.lastError}`);
+        if ((this.client.status as string) !== 'ready') throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `not connected (reconnecting): ${this.lastError}`);
         guard = !long;
       }
       const result = await (guard ? this.bounded(op(), started) : op());
@@ -600,7 +600,7 @@ export class RedisUpstream implements Upstream {
       return this.error(ErrorCodes.UPSTREAM_IO, `connection lost with the request in flight (it may have been applied): ${this.lastError}`, this.lastError === DISCARDED);
     }
     if (message.startsWith("Stream isn't writeable")) {
-      return this.error(ErrorCodes.UPSTREAM_IO, `not connected (reconnecting): ${this.lastError}`);
+      return this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `not connected (reconnecting): ${this.lastError}`);
     }
     return this.error(ErrorCodes.UPSTREAM_IO, this.lastError === message ? message : `${message} (last error: ${this.lastError})`);
   }

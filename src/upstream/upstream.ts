@@ -11,7 +11,9 @@
  *   store did not answer in time rejects with MCMUX_UPSTREAM_TIMEOUT and discards the connection
  *   the request went out on, so that a late reply can never be paired with a later request.
  * - Failures reject with a `McmuxError` from `src/errors.ts`; protocol outcomes (a miss,
- *   NOT_STORED, EXISTS, NOT_FOUND, a non-numeric incr) resolve as values.
+ *   NOT_STORED, EXISTS, NOT_FOUND, a non-numeric incr) resolve as values. A request refused
+ *   before it was sent (no connection) is MCMUX_UPSTREAM_UNREACHABLE, never _IO: the router
+ *   takes _IO as "may have been applied", and a cas it cannot fail over answers SERVER_ERROR.
  * - Keys arrive validated (at most 250 bytes, no control characters or spaces) as latin1 strings.
  * - Deadlines are absolute Unix ms, 0 = never; a deadline in the past means "already expired":
  *   a store of such an item must leave the key absent.

@@ -48,3 +48,21 @@ test('a cas unique from the first memcached does not match in the second after a
   assert.equal(await a.ask(`cas k 0 0 2 ${fresh}\r\nA1\r\n`), 'STORED\r\n');
   assert.equal((await peekItem(mc2.port, 'k'))?.value, 'A1');
 });
+
+test('a cas refused unsent by a reconnecting memcached fails over instead of answering "may have been applied"', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const { mc1, mc2, mux } = await mcmuxOverTwoMemcached(t, ['--timeout', '1000']);
+  const a = await rawClient(mux.port);
+  t.after(() => a.close());
+  assert.equal(await a.ask('set k 0 0 2\r\nA0\r\n'), 'STORED\r\n');
+  const unique = uniqueOf(await a.ask('gets k\r\n', END));
+
+  // Its connection is gone and not yet back: the cas is refused before it is sent. The second
+  // memcached decides it; the unique was sealed for the first, so it cannot match there.
+  await killAndWait(mc1);
+  assert.equal(await a.ask(`cas k 0 0 2 ${unique}\r\nA1\r\n`), 'EXISTS\r\n');
+  assert.equal((await peekItem(mc2.port, 'k'))?.value, 'A0');
+  // A lock taken while it is away is granted once, by the second.
+  assert.equal(await a.ask('add lock.k 0 0 1\r\n1\r\n'), 'STORED\r\n');
+  assert.equal(await a.ask('add lock.k 0 0 1\r\n1\r\n'), 'NOT_STORED\r\n');
+});

@@ -332,7 +332,7 @@ test('a dead server, eject=false: its keys fail to read and write (never misses)
   // All servers down: now the pool itself fails (and its health wrapper must count that).
   await Promise.all([crash(servers[0] as MemcachedProcess), crash(servers[2] as MemcachedProcess)]);
   for (const i of [0, 2]) await driveDown(pool, members[i] as HealthyUpstream, keys);
-  const io = (e: unknown): boolean => codeOf(e) === ErrorCodes.UPSTREAM_IO;
+  const io = (e: unknown): boolean => codeOf(e) === ErrorCodes.UPSTREAM_UNREACHABLE;
   await assert.rejects(pool.get(keys), io);
   await assert.rejects(pool.store({ mode: 'set', key: 'x', value: b('x'), flags: 0, deadline: 0 }), io);
   await assert.rejects(pool.probe(), io);
