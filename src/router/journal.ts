@@ -1324,6 +1324,14 @@ export class RepairJournal {
       closeSync(fd);
     }
     renameSync(tmp, file);
+    // The rename is in the directory: until it is on disk a power cut can bring back the old
+    // file, and with it lose what is appended (and fsynced) to the new one from now on.
+    const dirFd = openSync(dir, 'r');
+    try {
+      fsyncSync(dirFd);
+    } finally {
+      closeSync(dirFd);
+    }
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = openSync(file, 'a', 0o600);
     this.lines = out.length;

@@ -151,4 +151,38 @@ describe('review: journal.log on disk', () => {
       clocks.restore();
     }
   });
+
+  it('a compacted journal.log is made durable: its directory is fsynced after the rename', () => {
+    onDisk((dir) => {
+      // Which path each descriptor was opened on, and the order of renames and fsyncs.
+      const opened = new Map<number, string>();
+      const events: string[] = [];
+      const real = { openSync: fs.openSync, fsyncSync: fs.fsyncSync, renameSync: fs.renameSync };
+      fs.openSync = ((path: string, ...rest: unknown[]) => {
+        const fd = (real.openSync as (...a: unknown[]) => number)(path, ...rest);
+        opened.set(fd, String(path));
+        return fd;
+      }) as typeof fs.openSync;
+      fs.fsyncSync = ((fd: number) => {
+        events.push(`fsync ${opened.get(fd)}`);
+        real.fsyncSync(fd);
+      }) as typeof fs.fsyncSync;
+      fs.renameSync = ((from: string, to: string) => {
+        events.push(`rename ${String(to)}`);
+        real.renameSync(from, to);
+      }) as typeof fs.renameSync;
+      try {
+        const j = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+        j.load([u, v]); // the start writes journal.log afresh
+        j.close();
+      } finally {
+        Object.assign(fs, real);
+      }
+      const renamed = events.indexOf(`rename ${join(dir, 'journal.log')}`);
+      assert.ok(renamed >= 0, events.join('; '));
+      // Without it a power cut can leave the old directory entry: the entries appended (and
+      // fsynced) to the new file since would be lost with it.
+      assert.ok(events.slice(renamed + 1).includes(`fsync ${dir}`), `the directory is fsynced after the rename: ${events.join('; ')}`);
+    });
+  });
 });
