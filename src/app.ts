@@ -7,6 +7,7 @@
 
 import type { Logger } from 'pino';
 import { monotonicMs } from './clock';
+import { lockDirectory, makeStateDir } from './files';
 import { type Config, type ListenSpec, type UpstreamConfig, embeddedDefault, formatListen } from './config';
 import { Metrics } from './metrics';
 import { ColdDetector } from './router/cold-detector';
@@ -83,6 +84,8 @@ export class App {
   readonly repairer: Repairer;
   readonly coldDetector: ColdDetector;
   private members = new Map<string, HealthyUpstream>();
+  /** Releases the state directory's lock (files.ts lockDirectory). */
+  private readonly unlock: () => void;
   private config: Config;
 
   /** The ms clients get to finish on SIGTERM, as last configured (a reload changes it). */
@@ -95,6 +98,9 @@ export class App {
     private readonly log: Logger,
   ) {
     this.config = config;
+    // Before journal.log is read: another mcmux on this directory would have it rewritten under it.
+    makeStateDir(config.stateDir);
+    this.unlock = lockDirectory(config.stateDir);
     this.journal = new RepairJournal({ maxKeys: config.journal.maxKeys, fsync: config.journal.fsync, dir: config.stateDir || undefined });
     this.coldDetector = new ColdDetector(() => this.upstreams, config.lockFence, log, this.journal);
     this.journal.onWriteError = (error) =>
@@ -287,6 +293,7 @@ export class App {
     await Promise.all([...this.members.values()].map((u) => u.close()));
     // Last: requests failing while the upstreams close may still journal a miss.
     this.journal.close(quiet);
+    this.unlock();
   }
 }
 

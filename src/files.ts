@@ -5,8 +5,8 @@
  * a writer or reader), and anything but a regular file is refused before a byte is read.
  */
 
-import { closeSync, constants, fstatSync, mkdirSync, openSync, readSync, statSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 
 /** What is at a path is not a regular file (ENOTREG), or is larger than allowed (EFBIG); the message names no path. */
 export class FileKindError extends Error {
@@ -40,6 +40,15 @@ export function makeDirs(dir: string, mode: number): void {
       // Made meanwhile by someone else: fine if it is a directory.
       if ((again as NodeJS.ErrnoException).code !== 'EEXIST' || !isDirectory(path)) throw again;
     }
+  }
+}
+
+/** makeDirs for `state-dir`, failing with one line that names it. */
+export function makeStateDir(dir: string): void {
+  try {
+    makeDirs(dir, 0o700);
+  } catch (error) {
+    throw new Error(`state-dir "${dir}" cannot be made (${error instanceof Error ? error.message : String(error)}): expected a directory mcmux can create and write`);
   }
 }
 
@@ -86,4 +95,71 @@ function openRegular(path: string, flags: number, mode?: number): number {
     throw error;
   }
   return fd;
+}
+
+/** When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22); undefined without /proc or such a process. */
+function startedAt(pid: number): string | undefined {
+  try {
+    // Not readRegularFile: a /proc file reports size 0.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // The command name in parentheses may hold spaces: the fields after it start at the state (3).
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[22 - 3];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether the process a lock file names (`<pid> <start>`) is still the one that wrote it. */
+function holds(pid: number, start: string | undefined): boolean {
+  if (pid === process.pid) return false; // an App of this process before this one (tests): taken over
+  if (start !== undefined && startedAt(process.pid) !== undefined) return startedAt(pid) === start; // a reused pid is another process
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes `<dir>/mcmux.lock` for this process and returns its release, or throws naming the process
+ * that holds it. A second mcmux on one state directory (started by hand beside the service, on
+ * another port or failing on the same one) would compact journal.log under the first, which then
+ * appends to the file it replaced, and close it cleanly: a restart would forget the first's
+ * journaled misses, and serve a deleted session again. Node has no flock(2): the lock is a file
+ * created with O_EXCL holding `<pid> <start time>`; one whose process is gone (SIGKILL, a crash)
+ * is taken over, and the start time tells a holder from a later process that reused its pid.
+ */
+export function lockDirectory(dir: string): () => void {
+  const path = join(resolve(dir), 'mcmux.lock');
+  const me = `${process.pid} ${startedAt(process.pid) ?? ''}`.trim();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+      try {
+        writeSync(fd, `${me}\n`);
+      } finally {
+        closeSync(fd);
+      }
+      return () => {
+        try {
+          if (readRegularFile(path, 100).toString('latin1').trim() === me) unlinkSync(path);
+        } catch {
+          // gone already, or taken over: not ours to remove
+        }
+      };
+    } catch (error) {
+      // Taken between our look at a stale one and our create: by a process starting with us.
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw error;
+    }
+    const [pid, start] = readRegularFile(path, 100).toString('latin1').trim().split(' ');
+    if (pid !== undefined && /^[1-9]\d*$/.test(pid) && holds(Number(pid), start)) {
+      throw new Error(`state-dir ${resolve(dir)} is in use by mcmux pid ${pid} (${path}): one mcmux per state directory`);
+    }
+    try {
+      unlinkSync(path); // stale (or half written by a start that died): taken over
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+  }
 }

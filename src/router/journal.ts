@@ -45,7 +45,7 @@
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { monotonicMs } from '../clock';
-import { FileKindError, makeDirs, readRegularFile } from '../files';
+import { FileKindError, makeDirs, makeStateDir, readRegularFile } from '../files';
 import { type Upstream, inProcess } from '../upstream/upstream';
 
 /** The longest string V8 makes (2^29 - 24 one-byte characters): a longer journal cannot be read. */
@@ -1192,13 +1192,7 @@ export class RepairJournal {
     const configured = new Set(upstreams.map(idOf));
     let text: string | undefined;
     const file = dir ? join(dir, 'journal.log') : undefined;
-    if (dir) {
-      try {
-        makeDirs(dir, 0o700);
-      } catch (error) {
-        throw new Error(`state-dir "${dir}" cannot be made (${error instanceof Error ? error.message : String(error)}): expected a directory mcmux can create and write`);
-      }
-    }
+    if (dir) makeStateDir(dir);
     // No journal yet is a first start, with nothing to distrust. One that is there but cannot be
     // read is not: taking it as empty would serve the keys it holds from upstreams that missed
     // them (stale sessions, destroyed ones back). So that stops the start, as a FIFO there would

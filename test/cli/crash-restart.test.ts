@@ -7,11 +7,11 @@
  */
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, it } from 'node:test';
-import { startMcmux } from '../helpers/mcmux';
+import { killAndWait, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
 import { requireBinary, startMemcached } from '../helpers/servers';
 
 type LogLine = { msg?: string; time?: number; waitMs?: number };
@@ -68,4 +68,35 @@ it('mcmux killed with only stores inside it (memory://, sqlite://): nothing it s
   const log = second.logs().stdout;
   assert.ok(!lines(log).some((l) => WAITS.test(String(l.msg))), `no wait: ${log}`);
   assert.ok(lines(log).some((l) => l.msg === 'mcmux listening'), 'it started');
+});
+
+it('a second mcmux started on a state directory in use refuses to start, and leaves the running one\'s journal.log alone', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const [up, gone] = await Promise.all([startMemcached(), startMemcached()]);
+  t.after(() => Promise.all([up.stop(), gone.stop()]));
+  const dir = stateDir(t);
+  const args = ['--upstream', `${up.url}?timeout=200`, '--upstream', `${gone.url}?timeout=200`];
+  const env = { STATE_DIRECTORY: dir };
+  const first = await startMcmux(args, { env });
+  t.after(() => first.stop('SIGKILL'));
+
+  // Started again by mistake (by hand beside the service, say), on the same port: it cannot listen.
+  const second = await runMcmux(['--listen', `127.0.0.1:${first.port}`, ...args], { env, cwd: dir });
+  assert.equal(second.code, 1, `it does not run: ${second.stderr}`);
+  assert.match(second.stderr, /state-dir .* is in use by mcmux pid \d+/);
+
+  // The first goes on: a write the second upstream misses is journaled, on file.
+  await killAndWait(gone);
+  const c = await rawClient(first.port);
+  t.after(() => c.close());
+  assert.equal(await c.ask('set sess 0 0 1\r\nx\r\n'), 'STORED\r\n');
+  assert.equal(await c.ask('delete sess\r\n'), 'DELETED\r\n');
+  await first.stop('SIGKILL');
+  const log = readFileSync(join(dir, 'journal.log'), 'latin1');
+  const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
+  // Had the second compacted journal.log under it (and closed it cleanly), the first would have
+  // gone on appending to the file it replaced, and the delete the second upstream missed would
+  // be lost with it: after a restart, that upstream would serve the logged-out session again.
+  assert.match(log, new RegExp(`^M ${hex(gone.url)} d ${hex('sess')} `, 'm'), log);
+  assert.doesNotMatch(log, /^E$/m, 'no clean stop is on file: the first was killed');
 });
