@@ -162,6 +162,14 @@ export class Metrics {
           res.end('admin endpoints answer loopback clients only\n');
           return;
         }
+        // Nor from a web page open in a browser on this host: a cross-site form POST needs no
+        // preflight, and a name rebound to 127.0.0.1 makes it same-site. The first carries an
+        // Origin, the second a Host that is not a loopback address; mcmux repair sends neither.
+        if (req.headers.origin !== undefined || !isLoopbackHost(req.headers.host)) {
+          res.writeHead(403, { 'content-type': 'text/plain' });
+          res.end('admin endpoints refuse browser requests (an Origin header, or a Host that is not a loopback address)\n');
+          return;
+        }
         this.admin(req.method ?? 'GET', new URL(req.url, 'http://localhost'), res);
         return;
       }
@@ -227,6 +235,14 @@ export class Metrics {
     s.closeAllConnections();
     return closed;
   }
+}
+
+/** A Host header naming this host by a loopback address or `localhost` (any port); none at all (HTTP/1.0) too. */
+function isLoopbackHost(host: string | undefined): boolean {
+  if (host === undefined) return true;
+  const name = host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.replace(/:\d*$/, '');
+  // Numeric only: `127.0.0.1.evil.example` is a name its owner can point at 127.0.0.1.
+  return name.toLowerCase() === 'localhost' || name === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(name);
 }
 
 function isLoopback(address: string | undefined): boolean {

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { once } from 'node:events';
+import { request } from 'node:http';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { type Server, type Socket, connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -680,4 +681,44 @@ describe('a password in a malformed upstream URL', () => {
       assert.ok(line.includes('user'), `the URL is still recognisable: ${line}`);
     });
   }
+});
+
+describe('the admin endpoints and a web page open on the same host', () => {
+  /** One HTTP request with the headers given (fetch would set Host and Origin itself). */
+  const ask = (port: number, method: string, path: string, headers: Record<string, string>): Promise<{ status: number; body: string }> =>
+    new Promise((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, method, path, headers, timeout: 5000 }, (res) => {
+        let body = '';
+        res.setEncoding('utf8').on('data', (d: string) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      req.on('error', reject).on('timeout', () => req.destroy(new Error('no answer')));
+      req.end();
+    });
+
+  // Loopback only was the whole check: a page in a browser on the host (a cross-site form POST,
+  // which needs no preflight) or a DNS-rebound name reached it from 127.0.0.1, and could declare
+  // a store clean: its journal dropped, it would serve the stale and deleted sessions it held.
+  it('refuses a browser\'s cross-site request (Origin) and a name that is not loopback (Host); mcmux repair still works', async () => {
+    const metricsPort = await freePort();
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', 'memory://b', '--metrics', `127.0.0.1:${metricsPort}`, '--log-level', 'warn']);
+    try {
+      const local = { host: `127.0.0.1:${metricsPort}` };
+      const crossSite = await ask(metricsPort, 'POST', '/admin/trust?upstream=1', { ...local, origin: 'https://evil.example', 'content-type': 'application/x-www-form-urlencoded' });
+      assert.equal(crossSite.status, 403, crossSite.body);
+      for (const name of ['evil.example', '127.0.0.1.evil.example']) {
+        const rebound = await ask(metricsPort, 'GET', '/admin/journal', { host: `${name}:${metricsPort}` });
+        assert.equal(rebound.status, 403, `${name}: ${rebound.body}`);
+      }
+      for (const host of [`127.0.0.1:${metricsPort}`, `localhost:${metricsPort}`, `[::1]:${metricsPort}`, 'localhost']) {
+        assert.equal((await ask(metricsPort, 'GET', '/admin/journal', { host })).status, 200, host);
+      }
+      // Metrics and health are for anyone who can reach them, as before.
+      assert.equal((await ask(metricsPort, 'GET', '/healthz', { host: `evil.example:${metricsPort}` })).status, 200);
+      const trust = await runMcmux(['repair', '--metrics', `127.0.0.1:${metricsPort}`, '--trust', '1'], { timeoutMs: 10_000 });
+      assert.equal(trust.code, 0, trust.stderr + trust.stdout);
+    } finally {
+      await mux.stop();
+    }
+  });
 });
