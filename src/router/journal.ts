@@ -1141,7 +1141,7 @@ export class RepairJournal {
     const sameTimeouts = timeouts.size === this.timeouts.size && [...timeouts].every(([id, ms]) => this.timeouts.get(id) === ms);
     this.timeouts = timeouts;
     if (next.size === this.chain.size && [...next].every((id) => this.chain.has(id))) {
-      if (!sameTimeouts && this.fd !== undefined) this.rewrite();
+      if (!sameTimeouts) this.rewriteNow();
       return;
     }
     for (const u of upstreams) {
@@ -1163,7 +1163,21 @@ export class RepairJournal {
       this.unknownLates--;
     }
     this.chain = next;
-    if (this.fd !== undefined) this.rewrite();
+    this.rewriteNow();
+  }
+
+  /**
+   * The file rewritten from memory (a reload changed what it says), or, when the disk refuses
+   * it, a write failure as any other: memory is already changed, and thrown out of a reload it
+   * would have the reload rejected half applied. The next write tries again.
+   */
+  private rewriteNow(): void {
+    if (this.fd === undefined) return;
+    try {
+      this.rewrite();
+    } catch (error) {
+      this.writeFailed(error);
+    }
   }
 
   /** What may still land on stores that left the chain (PerUpstream.unknownLate as they left). */

@@ -152,6 +152,43 @@ describe('review: journal.log on disk', () => {
     }
   });
 
+  it('a reload on a full disk is applied whole: the journal takes the new chain in memory, and the file catches up once the disk takes writes', () => {
+    const clocks = new TestClocks();
+    try {
+      onDisk((dir, disk) => {
+        const j1 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+        j1.load([u, v]);
+        const errors: Error[] = [];
+        j1.onWriteError = (e) => errors.push(e);
+        j1.mark(u, 'sess', 'delete');
+        let full = true;
+        const room = disk(() => (full ? 'enospc' : 'ok'));
+        // A reload that changes only u's timeout, then one that adds w. The first threw: the
+        // reload was rejected ("the running configuration stays") with the journal's timeouts
+        // already changed under the router's old upstreams.
+        const slower = { name: u.name, timeoutMs: 5000 } as Upstream;
+        assert.doesNotThrow(() => j1.setChain([slower, v]));
+        assert.equal(errors.length, 1, 'the failed write is reported as any other');
+        const w = { name: 'memcached://127.0.0.1:3' } as Upstream;
+        assert.doesNotThrow(() => j1.setChain([slower, v, w]));
+        assert.ok(j1.overflowed(w) !== undefined, 'the added store is distrusted');
+        full = false;
+        clocks.advance(1000);
+        j1.mark(v, 'other', 'write'); // the next entry rewrites the file from memory
+        j1.close(false);
+        room();
+        const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+        j2.load([u, v, w]);
+        assert.deepEqual([...j2.entries(u)].map(([k]) => k), ['sess']);
+        assert.match(readFileSync(join(dir, 'journal.log'), 'latin1'), new RegExp(`^R ${hex(u.name)} 5000$`, 'm'), 'the new timeout is on file');
+        assert.ok(j2.overflowed(w) !== undefined, `w is still distrusted after a restart: ${readFileSync(join(dir, 'journal.log'), 'latin1')}`);
+        j2.close();
+      });
+    } finally {
+      clocks.restore();
+    }
+  });
+
   it('a compacted journal.log is made durable: its directory is fsynced after the rename', () => {
     onDisk((dir) => {
       // Which path each descriptor was opened on, and the order of renames and fsyncs.
