@@ -124,69 +124,80 @@ describe('review: journal.log on disk', () => {
       j3.close();
     });
   });
-  it('a SIGTERM right after the disk took writes again still puts on file the entries it had refused', () => {
-    const clocks = new TestClocks(); // no time passes unless the test says so
-    try {
-      onDisk((dir, disk) => {
-        const j1 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
-        j1.load([u, v]);
-        const errors: Error[] = [];
-        j1.onWriteError = (e) => errors.push(e);
-        j1.mark(u, 'k1', 'delete');
-        let full = true;
-        const room = disk(() => (full ? 'enospc' : 'ok'));
-        j1.mark(u, 'k2', 'delete'); // refused by the disk: in memory only, for now
-        assert.equal(errors.length, 1);
-        full = false; // the disk takes writes again (space freed)
-        clocks.advance(200);
-        j1.close(); // SIGTERM: every request answered, a clean stop
-        room();
-        const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
-        j2.load([u, v]);
-        assert.deepEqual([...j2.entries(u)].map(([k]) => k).sort(), ['k1', 'k2'],
-          `a restart after the disk takes writes again loses no entry (README); journal.log was ${JSON.stringify(readFileSync(join(dir, 'journal.log'), 'latin1'))}`);
-        j2.close();
-      });
-    } finally {
-      clocks.restore();
-    }
-  });
-
-  it('a reload on a full disk is applied whole: the journal takes the new chain in memory, and the file catches up once the disk takes writes', () => {
+  /**
+   * A journal on a fresh state-dir (test clocks: no time passes unless the test says so) with
+   * `first` marked on file, then a disk that refuses every write until `fill(false)`; the write
+   * errors it reported; `restart()` loads journal.log into a new journal as the next process.
+   */
+  function onFillingDisk(
+    first: string,
+    body: (d: {
+      j: RepairJournal;
+      errors: Error[];
+      fill: (full: boolean) => void;
+      clocks: TestClocks;
+      restart: (chain: Upstream[]) => RepairJournal;
+      /** journal.log as it is now, quoted. */
+      file: () => string;
+    }) => void,
+  ): void {
     const clocks = new TestClocks();
     try {
       onDisk((dir, disk) => {
-        const j1 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
-        j1.load([u, v]);
+        const j = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+        j.load([u, v]);
         const errors: Error[] = [];
-        j1.onWriteError = (e) => errors.push(e);
-        j1.mark(u, 'sess', 'delete');
+        j.onWriteError = (e) => errors.push(e);
+        j.mark(u, first, 'delete');
         let full = true;
-        const room = disk(() => (full ? 'enospc' : 'ok'));
-        // A reload that changes only u's timeout, then one that adds w. The first threw: the
-        // reload was rejected ("the running configuration stays") with the journal's timeouts
-        // already changed under the router's old upstreams.
-        const slower = { name: u.name, timeoutMs: 5000 } as Upstream;
-        assert.doesNotThrow(() => j1.setChain([slower, v]));
-        assert.equal(errors.length, 1, 'the failed write is reported as any other');
-        const w = { name: 'memcached://127.0.0.1:3' } as Upstream;
-        assert.doesNotThrow(() => j1.setChain([slower, v, w]));
-        assert.ok(j1.overflowed(w) !== undefined, 'the added store is distrusted');
-        full = false;
-        clocks.advance(1000);
-        j1.mark(v, 'other', 'write'); // the next entry rewrites the file from memory
-        j1.close(false);
-        room();
-        const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
-        j2.load([u, v, w]);
-        assert.deepEqual([...j2.entries(u)].map(([k]) => k), ['sess']);
-        assert.match(readFileSync(join(dir, 'journal.log'), 'latin1'), new RegExp(`^R ${hex(u.name)} 5000$`, 'm'), 'the new timeout is on file');
-        assert.ok(j2.overflowed(w) !== undefined, `w is still distrusted after a restart: ${readFileSync(join(dir, 'journal.log'), 'latin1')}`);
-        j2.close();
+        disk(() => (full ? 'enospc' : 'ok'));
+        const restart = (chain: Upstream[]): RepairJournal => {
+          const next = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+          next.load(chain);
+          return next;
+        };
+        const file = (): string => JSON.stringify(readFileSync(join(dir, 'journal.log'), 'latin1'));
+        body({ j, errors, fill: (f) => (full = f), clocks, restart, file });
       });
     } finally {
       clocks.restore();
     }
+  }
+
+  it('a SIGTERM right after the disk took writes again still puts on file the entries it had refused', () => {
+    onFillingDisk('k1', ({ j: j1, errors, fill, clocks, restart, file }) => {
+      j1.mark(u, 'k2', 'delete'); // refused by the disk: in memory only, for now
+      assert.equal(errors.length, 1);
+      fill(false); // the disk takes writes again (space freed)
+      clocks.advance(200);
+      j1.close(); // SIGTERM: every request answered, a clean stop
+      const j2 = restart([u, v]);
+      assert.deepEqual([...j2.entries(u)].map(([k]) => k).sort(), ['k1', 'k2'], `a restart after the disk takes writes again loses no entry (README); journal.log was ${file()}`);
+      j2.close();
+    });
+  });
+
+  it('a reload on a full disk is applied whole: the journal takes the new chain in memory, and the file catches up once the disk takes writes', () => {
+    onFillingDisk('sess', ({ j: j1, errors, fill, clocks, restart, file }) => {
+      // A reload that changes only u's timeout, then one that adds w. The first threw: the
+      // reload was rejected ("the running configuration stays") with the journal's timeouts
+      // already changed under the router's old upstreams.
+      const slower = { name: u.name, timeoutMs: 5000 } as Upstream;
+      assert.doesNotThrow(() => j1.setChain([slower, v]));
+      assert.equal(errors.length, 1, 'the failed write is reported as any other');
+      const w = { name: 'memcached://127.0.0.1:3' } as Upstream;
+      assert.doesNotThrow(() => j1.setChain([slower, v, w]));
+      assert.ok(j1.overflowed(w) !== undefined, 'the added store is distrusted');
+      fill(false);
+      clocks.advance(1000);
+      j1.mark(v, 'other', 'write'); // the next entry rewrites the file from memory
+      j1.close(false);
+      const j2 = restart([u, v, w]);
+      assert.deepEqual([...j2.entries(u)].map(([k]) => k), ['sess']);
+      assert.match(file(), new RegExp(`\\\\nR ${hex(u.name)} 5000\\\\n`), 'the new timeout is on file');
+      assert.ok(j2.overflowed(w) !== undefined, `w is still distrusted after a restart: ${file()}`);
+      j2.close();
+    });
   });
 
   it('a compacted journal.log is made durable: its directory is fsynced after the rename', () => {
