@@ -179,25 +179,32 @@ export class MemcachedPool implements Upstream {
    */
   private one<R>(node: HealthyUpstream, request: Promise<R>): Promise<R> {
     return request.catch((error: unknown) => {
-      const passOn = error instanceof McmuxError && (error.code === ErrorCodes.UPSTREAM_CLOSED || error.code === ErrorCodes.UPSTREAM_DOWN);
-      if (error instanceof McmuxError && !passOn && this.nodes.some((n) => n !== node && n.usable)) {
-        // Keeping the server's code: the router must still tell a request that changed nothing
-        // there (busy, refused by memcached) from one that may have been applied.
-        throw new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message, error.late, error.origin);
-      }
-      throw error;
+      throw this.partial(node, error);
     });
+  }
+
+  private partial(node: HealthyUpstream, error: unknown): unknown {
+    const passOn = error instanceof McmuxError && (error.code === ErrorCodes.UPSTREAM_CLOSED || error.code === ErrorCodes.UPSTREAM_DOWN);
+    if (error instanceof McmuxError && !passOn && this.nodes.some((n) => n !== node && n.usable)) {
+      // Keeping the server's code: the router must still tell a request that changed nothing
+      // there (busy, refused by memcached) from one that may have been applied.
+      return new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message, error.late, error.origin);
+    }
+    return error;
   }
 
   /**
    * Flushes every server; fails if any failed (after all have answered), with a failure that may
-   * still land when there is one (the router then takes the pool as possibly emptying itself).
+   * still land when there is one (the router then takes the pool as possibly emptying itself),
+   * as UPSTREAM_PARTIAL while another server is up.
    */
   async flush(): Promise<void> {
     this.checkUsable();
     const results = await Promise.allSettled(this.nodes.map((n) => n.flush()));
-    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed.length > 0) throw (failed.find((r) => mayLandLate(r.reason)) ?? (failed[0] as PromiseRejectedResult)).reason;
+    const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ node: this.nodes[i] as HealthyUpstream, error: r.reason as unknown }] : []));
+    const worst = failed.find((f) => mayLandLate(f.error)) ?? failed[0];
+    // One server's failure is that server's (its health counts it), as for a key's request.
+    if (worst) throw this.partial(worst.node, worst.error);
   }
 
   /**

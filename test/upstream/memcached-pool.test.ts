@@ -466,6 +466,21 @@ test('a pool server that is busy or refuses a store: the pool keeps the code tha
   assert.ok((members[1] as HealthyUpstream).usable);
 });
 
+test('a flush that one server of the pool fails (a timeout) fails as PARTIAL: not a failure of the pool as a whole', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const servers = await startServers(t, 2);
+  const pool = openPool(t, servers, '?timeout=200');
+  await pool.probe();
+  await (servers[0] as MemcachedProcess).pause();
+  t.after(() => (servers[0] as MemcachedProcess).resume());
+  const failed = await errorOf(pool.flush());
+  // Raw, the timeout counted against the pool's own health too: three flush_all while one server
+  // hung took the pool down for every key, the other server's included.
+  assert.equal(failed.code, ErrorCodes.UPSTREAM_PARTIAL, failed.message);
+  assert.equal(failed.origin, ErrorCodes.UPSTREAM_TIMEOUT);
+  assert.equal(failed.late, true, 'the flush may still land there');
+});
+
 /** set, gets, then a cas too large for memcached's -I through mcmux; returns the cas reply line. */
 async function casTooLarge(t: TestContext, url: string): Promise<string> {
   const mux = await startMcmux(['--upstream', url, '--upstream', 'memory://', '--log-level', 'error']);
