@@ -223,16 +223,21 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
 
   // Keys dirty on every upstream were never asked: read them from the freshest copy; from the
   // next one when the freshest turns out to have lost a set a late flush wiped (journal.wiped).
-  for (const key of missing.filter((k) => !asked.has(k))) {
-    for (let tries = 0; tries < upstreams.length; tries++) {
-      const u = ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key)?.[0];
-      if (u === undefined) break;
-      const answer = await ask(u, [key]);
-      if (answer.ok && answer.hits.get(key) === undefined && ctx.journal.wiped(u, key)) continue;
-      absorb(st, answer, [key], upstreams.indexOf(u), []);
-      break;
-    }
-  }
+  // All at once: one after the other, a slow copy would cost the client a timeout per key.
+  await Promise.all(
+    missing
+      .filter((k) => !asked.has(k))
+      .map(async (key) => {
+        for (let tries = 0; tries < upstreams.length; tries++) {
+          const u = ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key)?.[0];
+          if (u === undefined) break;
+          const answer = await ask(u, [key]);
+          if (answer.ok && answer.hits.get(key) === undefined && ctx.journal.wiped(u, key)) continue;
+          absorb(st, answer, [key], upstreams.indexOf(u), []);
+          break;
+        }
+      }),
+  );
 
   const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
   if (unanswered !== undefined) {
@@ -249,10 +254,14 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
   let undone: string | undefined;
   for (const [key, { hit, from }] of st.found) {
     const above = st.missedAt.get(key);
-    if (above && !busy?.has(key)) repair(ctx, key, hit, above, seq, gat === undefined ? 0 : 1);
-    if (cmd.touch === undefined) continue;
-    touchOthers(ctx, key, cmd.touch, from, above);
-    if (ctx.journal.untrusting && !lastsOn(ctx, upstreams[from] as Upstream, key, true)) undone ??= key;
+    // Decided before a gat's touches of the key go out: writes of its own, which the repair
+    // would otherwise take for a client's write racing its add, and journal its targets for.
+    const mend = above !== undefined && !busy?.has(key) && repairable(ctx, key, hit, seq, gat === undefined ? 0 : 1);
+    if (cmd.touch !== undefined) {
+      touchOthers(ctx, key, cmd.touch, from, above);
+      if (ctx.journal.untrusting && !lastsOn(ctx, upstreams[from] as Upstream, key, true)) undone ??= key;
+    }
+    if (mend) repair(ctx, key, hit, above, seq);
   }
   gat?.over();
   if (undone !== undefined) return serverError(`the touch of a key may be undone by a request that timed out and may still land: ${undone}`);
@@ -326,14 +335,23 @@ async function hedge(
 }
 
 /**
- * Read repair. Skipped when a write of the key is in flight or started after the read began (the
- * value found may be gone: a delete that raced the read must not be undone), and when a flush_all
- * came in since the read began (the value found may be one it emptied: journal.flushBegan and
- * flushEnded); and when a write starts while the `add` is in flight, or the `add` fails (it may
- * still be applied), the target is journaled, since the `add` may land after it.
+ * Whether to read-repair `key`. Not when a write of the key is in flight or started after the
+ * read began (the value found may be gone: a delete that raced the read must not be undone), nor
+ * when a flush_all came in since the read began (the value found may be one it emptied:
+ * journal.flushBegan and flushEnded). `own`: the reader's own writes of the key in flight (a gat's).
  */
-function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number, own: number): void {
-  if (isExpired(hit.deadline, Date.now()) || ctx.journal.writtenSince(key, seq, own)) return;
+function repairable(ctx: RouterContext, key: string, hit: Hit, seq: number, own: number): boolean {
+  return !isExpired(hit.deadline, Date.now()) && !ctx.journal.writtenSince(key, seq, own);
+}
+
+/**
+ * Read repair, once repairable() said so: when a write starts while the `add` is in flight, or
+ * the `add` fails (it may still be applied), the target is journaled, since the `add` may land
+ * after it. Writes that started before the adds are sent (a gat's touches of the other copies)
+ * do not count: repairable() allowed only the reader's own.
+ */
+function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], seq: number): void {
+  const since = ctx.journal.nextWriteSeq() - 1;
   for (const i of targets) {
     const u = ctx.upstreams[i] as Upstream;
     // Not while a flush_all is pending or running (it waits for the read repairs in flight); a
@@ -344,13 +362,13 @@ function repair(ctx: RouterContext, key: string, hit: Hit, targets: number[], se
     u.store({ mode: 'add', key, value: hit.value, flags: hit.flags, deadline: hit.deadline, withCas: false })
       .then(
         () => {
-          if (ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write');
+          if (ctx.journal.startedSince(key, since)) ctx.journal.mark(u, key, 'write');
         },
         (error: unknown) => {
           // A timed-out add may still be applied, even after a delete that comes later: the
           // target is journaled, and the repair copies the key's current state into it (hazard 1).
           // An add refused before it was sent (down, no connection) changed nothing.
-          if (mayLandLate(error) || ctx.journal.writtenSince(key, seq)) ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
+          if (mayLandLate(error) || ctx.journal.startedSince(key, since)) ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
           ctx.counters.readRepairFailures++;
           ctx.onBackgroundError('read repair', u, error);
         },

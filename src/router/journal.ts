@@ -728,6 +728,16 @@ export class RepairJournal {
   }
 
   /**
+   * True when a write of `key` started after sequence `seq` (or may have been forgotten): as
+   * writtenSince, but the writes already in flight at `seq` do not count.
+   */
+  startedSince(key: string, seq: number): boolean {
+    if (seq < this.forgottenUpTo) return true;
+    const w = this.writes.get(key);
+    return w !== undefined && w.seq > seq;
+  }
+
+  /**
    * When `key` is dirty on every one of `all`: the upstream to take as the truth — the one that
    * started missing writes last, so the freshest copy — as a one-element list when it is usable
    * now, empty when it is not (nothing older may stand in for it). Undefined when some upstream
