@@ -17,7 +17,8 @@ import { Repairer } from './router/repair';
 import { Router } from './router/router';
 import type { ConnectionLimits } from './server/connection';
 import { Listener } from './server/listener';
-import { createUpstream, storeIdentity } from './upstream/registry';
+import { MemoryUpstream } from './upstream/memory';
+import { type UpstreamContext, createUpstream, storeIdentity } from './upstream/registry';
 import type { Upstream } from './upstream/upstream';
 
 export const MCMUX_VERSION: string = (require('../../package.json') as { version: string }).version;
@@ -144,7 +145,7 @@ export class App {
     const next = new Map<string, HealthyUpstream>();
     const list = upstreamSpecs(config).map((spec) => {
       const id = identity(spec, config);
-      let m = this.members.get(id) ?? next.get(id);
+      let m = this.members.get(id) ?? next.get(id) ?? this.sameMemory(spec, ctx);
       if (m) {
         m.options = config.health;
         for (const member of membersOf(m)) member.options = config.health;
@@ -175,6 +176,13 @@ export class App {
         if (inner.scheme === 'memory') this.coldDetector.knownEmpty(m);
         else if (reloading) {
           m.resumeUniques(this.journal.uniquesEpochOf(m));
+          const store = m.storeId;
+          const prev = [...this.members.values()].find((o) => o.storeId === store);
+          if (prev !== undefined) m.takeOver(prev);
+          // New to the chain, or back in it: it may have restarted while out of it, numbering its
+          // items from 1 again, and the marker check takes a first sight as no evidence. Its
+          // uniques of before are void, as after a reconnect.
+          else this.coldDetector.voidUniques(m);
           m.fence(monotonicMs() + config.lockFence);
         }
       }
@@ -183,6 +191,20 @@ export class App {
     });
     this.members = next;
     return list;
+  }
+
+  /**
+   * The running memory:// upstream that `spec` names with other tuning options (max-bytes, or the
+   * global timeout and max-item-size), retuned to them. An in-process store is its data: built
+   * anew it would be empty, while the journal, which follows the store, takes it as clean for
+   * every key (a session only it held, another upstream down, would be lost).
+   */
+  private sameMemory(spec: UpstreamConfig, ctx: UpstreamContext): HealthyUpstream | undefined {
+    const store = storeIdentity(spec.url, spec.options);
+    const same = [...this.members.values()].find((o) => o.inner instanceof MemoryUpstream && o.storeId === store);
+    if (same === undefined) return undefined;
+    (same.inner as MemoryUpstream).retune(createUpstream(spec.url, spec.options, ctx) as MemoryUpstream);
+    return same;
   }
 
   async start(): Promise<void> {
@@ -235,6 +257,7 @@ export class App {
     const upstreams = this.resolveUpstreams({ ...config, stateDir: this.config.stateDir }, true);
     const kept = new Set(upstreams);
     const removed = [...before].filter((u) => !kept.has(u));
+    for (const u of removed) this.journal.retire(u);
     // A store new to the chain may have left it earlier and missed every write since: none of
     // what it holds is trusted until it is known clean, as after a journal overflow.
     this.journal.setChain(upstreams);

@@ -217,7 +217,7 @@ export class ColdDetector {
    * of the store after it restarted (fuzz seed 25356 of 24001-25500 with MCMUX_FUZZ_RESTART=1:
    * cas STORED over a newer add).
    */
-  private voidUniques(u: HealthyUpstream): void {
+  voidUniques(u: HealthyUpstream): void {
     u.voidUniques();
     this.fenceLog?.uniquesVoided(u, u.uniquesEpoch);
   }

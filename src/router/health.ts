@@ -191,6 +191,20 @@ export class HealthyUpstream implements Upstream {
     this.coldUntil = Math.max(this.coldUntil, until);
   }
 
+  /**
+   * Stands for `prev`, the same store reached with other options (a reload rebuilt it): what is
+   * known of the store goes on. A fence that began when it came back empty is not to end with
+   * the connections (every upstream fenced, a precaution decides before it: a lock granted twice).
+   */
+  takeOver(prev: HealthyUpstream): void {
+    this.coldUntil = prev.coldUntil;
+    this.emptyUntil = prev.emptyUntil;
+    this.backAt = prev.backAt;
+    this.fencesBegun = prev.fencesBegun;
+    this.fenceId = prev.fenceId;
+    for (const key of prev.fenceKeys) this.fenceKeys.add(key);
+  }
+
   unfence(): void {
     this.coldUntil = 0;
     this.emptyUntil = 0;

@@ -848,6 +848,14 @@ export class RepairJournal {
   written(u: Upstream, key: string, seq?: number, op: DirtyOp = 'write'): void {
     const p = this.byName.get(idOf(u));
     if (p === undefined) return;
+    const retiredAt = this.retired.get(u);
+    if (retiredAt !== undefined && (retiredAt < this.forgottenUpTo || (this.writes.get(key)?.seq ?? 0) > retiredAt)) {
+      // Sent on a connection a reload retired, while a later write of the key went to the same
+      // store on another one (its new upstream): nothing orders the two there, and this one may
+      // have landed over the later write. As a late request: copied again once settled.
+      this.mark(u, key, op, seq, true);
+      return;
+    }
     if (p.unknownLate !== undefined) {
       // A flush that timed out, or a request of the process before, may yet land over this write:
       // as a late request of the key.
@@ -1188,6 +1196,18 @@ export class RepairJournal {
     } catch (error) {
       this.writeFailed(error);
     }
+  }
+
+  /**
+   * Upstreams a reload replaced or removed, with the write sequence as it did (retire). A store
+   * applies a key's requests in the order sent on one upstream's connections only: a request
+   * still out on a retired one is not ordered with the writes sent to its replacement since.
+   */
+  private readonly retired = new WeakMap<Upstream, number>();
+
+  /** A reload took `u` out of the chain (removed, or rebuilt with other options): see written(). */
+  retire(u: Upstream): void {
+    this.retired.set(u, this.writeSeq);
   }
 
   /** What may still land on stores that left the chain (PerUpstream.unknownLate as they left). */

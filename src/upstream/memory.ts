@@ -42,12 +42,27 @@ export class MemoryUpstream implements Upstream {
   evictions = 0;
 
   constructor(
-    readonly name: string,
-    readonly maxBytes: number,
+    public name: string,
+    public maxBytes: number,
     private readonly now: () => number = Date.now,
     /** max-item-size: an append/prepend never makes a value longer (memcached: NOT_STORED). */
-    readonly maxItemSize = Number.POSITIVE_INFINITY,
+    public maxItemSize = Number.POSITIVE_INFINITY,
   ) {}
+
+  /**
+   * Takes the name and limits of `other`, built from the config a reload applies, keeping what
+   * it holds (a new store would be empty: see App.resolveUpstreams); evicts down to the new bound.
+   */
+  retune(other: MemoryUpstream): void {
+    this.name = other.name;
+    this.maxBytes = other.maxBytes;
+    this.maxItemSize = other.maxItemSize;
+    for (const [k, victim] of this.items) {
+      if (this.bytes <= this.maxBytes) break;
+      this.remove(k, victim);
+      this.evictions++;
+    }
+  }
 
   get itemCount(): number {
     return this.items.size;

@@ -23,8 +23,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { type TestContext, after, before, describe, it } from 'node:test';
-import { END, type McmuxProcess, type RawClient, type StartOptions, answersVersion, eventually, killAndWait, peekItem, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
-import { type MemcachedProcess, freePort, requireBinary, startMemcached } from '../helpers/servers';
+import { END, type McmuxProcess, type RawClient, type StartOptions, answersVersion, eventually, killAndWait, peekItem, rawClient, runMcmux, startMcmux, testClient } from '../helpers/mcmux';
+import { type MemcachedProcess, freePort, requireBinary, startMemcacheds } from '../helpers/servers';
 import { connectWire } from '../helpers/wire';
 
 /** Bound on any single reply. */
@@ -46,13 +46,6 @@ function upstreamsToml(urls: readonly string[]): string {
   return urls.map((u) => `[[upstream]]\nurl = "${u}"\n`).join('\n');
 }
 
-/** Private memcached processes, stopped after the test. */
-async function memcacheds(t: TestContext, n: number): Promise<MemcachedProcess[]> {
-  const list = await Promise.all(Array.from({ length: n }, () => startMemcached()));
-  t.after(() => Promise.all(list.map((m) => m.stop())));
-  return list;
-}
-
 /** mcmux with `--metrics` on a free port; stopped (and required to exit 0) after the test. */
 async function muxWithMetrics(t: TestContext, args: string[], opts: StartOptions = {}): Promise<{ mux: McmuxProcess; metrics: string }> {
   const metrics = `127.0.0.1:${await freePort()}`;
@@ -62,12 +55,6 @@ async function muxWithMetrics(t: TestContext, args: string[], opts: StartOptions
     assert.deepEqual(exit, { code: 0, signal: null }, `mcmux exits 0 on SIGTERM; stderr: ${mux.logs().stderr}`);
   });
   return { mux, metrics };
-}
-
-async function client(t: TestContext, port: number): Promise<RawClient> {
-  const c = await rawClient(port);
-  t.after(() => c.close());
-  return c;
 }
 
 /** Every line mcmux wrote to stdout, parsed (pino writes one JSON object a line). */
@@ -152,14 +139,14 @@ const unusable = (s: string): boolean => s === 'down' || s === 'probing';
 describe('(a) SIGHUP reloads the config file without dropping a client', () => {
   it('adds and reorders upstreams under a steady load; an invalid file is rejected and changes nothing', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await memcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
     const file = await configFile('reload.toml', `timeout = 1000\n\n${upstreamsToml([mc1.url])}`);
     const { mux, metrics } = await muxWithMetrics(t, ['--config', file]);
-    const admin = await client(t, mux.port);
+    const admin = await testClient(t, mux.port);
 
     // Clients on persistent connections, each in a set/get loop; any failure is recorded.
     const CLIENTS = 4;
-    const loops = await Promise.all(Array.from({ length: CLIENTS }, () => client(t, mux.port)));
+    const loops = await Promise.all(Array.from({ length: CLIENTS }, () => testClient(t, mux.port)));
     for (const c of loops) assert.match(await c.ask('version\r\n', undefined, REPLY_MS), /^VERSION /);
     const connectionsBefore = num(await stats(admin), 'total_connections');
     const done = Array.from({ length: CLIENTS }, () => 0);
@@ -245,9 +232,9 @@ describe('(a) SIGHUP reloads the config file without dropping a client', () => {
 describe('(b) /healthz', () => {
   it('is 200 while an upstream is usable, 503 when every upstream is down, 200 again once one is back', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await memcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
     const { mux, metrics } = await muxWithMetrics(t, ['--upstream', mc1.url, '--upstream', mc2.url, '--probe-interval', '100', '--probe-interval-max', '500']);
-    const c = await client(t, mux.port);
+    const c = await testClient(t, mux.port);
     assert.deepEqual(await http(metrics, '/healthz'), { status: 200, body: 'ok\n' });
 
     await killAndWait(mc1);
@@ -276,9 +263,9 @@ describe('(b) /healthz', () => {
 describe('(c) /metrics and stats', () => {
   it('count requests by command and result, per upstream, connections and read repairs, as stats does', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await memcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
     const { mux, metrics } = await muxWithMetrics(t, ['--upstream', mc1.url, '--upstream', mc2.url]);
-    const c = await client(t, mux.port);
+    const c = await testClient(t, mux.port);
     for (let i = 0; i < 3; i++) assert.equal(await c.ask(`set m.${i} 0 0 1\r\n${i}\r\n`, undefined, REPLY_MS), 'STORED\r\n');
     assert.equal(await c.ask('get m.0 m.1\r\n', END, REPLY_MS), 'VALUE m.0 0 1\r\n0\r\nVALUE m.1 0 1\r\n1\r\nEND\r\n');
     assert.equal(await c.ask('get nothing.here\r\n', END, REPLY_MS), 'END\r\n');
@@ -332,12 +319,12 @@ describe('(c) /metrics and stats', () => {
 describe('(d) SIGTERM', () => {
   it('lets a request in flight get its reply, then exits 0 within shutdown-timeout', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc] = (await memcacheds(t, 1)) as [MemcachedProcess];
+    const [mc] = (await startMemcacheds(t, 1)) as [MemcachedProcess];
     const UPSTREAM_TIMEOUT = 2000;
     const GRACE = 5000;
     const mux = await startMcmux(['--upstream', `${mc.url}?timeout=${UPSTREAM_TIMEOUT}`, '--shutdown-timeout', String(GRACE)]);
     t.after(() => mux.stop('SIGKILL'));
-    const c = await client(t, mux.port);
+    const c = await testClient(t, mux.port);
     assert.equal(await c.ask('set slow 0 0 1\r\nx\r\n', undefined, REPLY_MS), 'STORED\r\n');
 
     await mc.pause();
@@ -363,10 +350,10 @@ describe('(d) SIGTERM', () => {
 
   it('stops accepting at once, and a second SIGTERM during the grace period exits at once', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc] = (await memcacheds(t, 1)) as [MemcachedProcess];
+    const [mc] = (await startMemcacheds(t, 1)) as [MemcachedProcess];
     const mux = await startMcmux(['--upstream', `${mc.url}?timeout=20000`, '--shutdown-timeout', '30000']);
     t.after(() => mux.stop('SIGKILL'));
-    const c = await client(t, mux.port);
+    const c = await testClient(t, mux.port);
     assert.equal(await c.ask('set slow 0 0 1\r\nx\r\n', undefined, REPLY_MS), 'STORED\r\n');
     await mc.pause();
     t.after(() => mc.resume());
@@ -392,7 +379,7 @@ describe('(d) SIGTERM', () => {
 describe('(e) mcmux check --config FILE', () => {
   it('prints ok for every upstream and exits 0 when all answer', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await memcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
     const file = await configFile('check-ok.toml', upstreamsToml([mc1.url, mc2.url, 'memory://']));
     const r = await runMcmux(['check', '--config', file], { timeoutMs: 10_000 });
     assert.equal(r.code, 0, `exit 0; stdout ${r.stdout}; stderr ${r.stderr}`);
@@ -406,7 +393,7 @@ describe('(e) mcmux check --config FILE', () => {
 
   it('names the unusable upstream (password masked) and exits non-zero', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc] = (await memcacheds(t, 1)) as [MemcachedProcess];
+    const [mc] = (await startMemcacheds(t, 1)) as [MemcachedProcess];
     const dead = await freePort(); // nothing listens there
     const file = await configFile('check-dead.toml', upstreamsToml([mc.url, `memcached://user:secret@127.0.0.1:${dead}`]));
     const started = performance.now();
@@ -424,7 +411,7 @@ describe('(e) mcmux check --config FILE', () => {
 
   it('a frozen upstream (SIGSTOP: connects, never answers) is FAILED within a bound, not a hang', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc, frozen] = (await memcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+    const [mc, frozen] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
     await frozen.pause();
     t.after(() => frozen.resume());
     const file = await configFile('check-frozen.toml', upstreamsToml([mc.url, frozen.url]));
@@ -540,7 +527,7 @@ describe('(f) unix sockets', () => {
 describe('(g) mcmux repair', () => {
   it('shows the journal, the keys a dead upstream missed (also after a restart of mcmux), and --trust N clears them', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await memcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
     // A state directory of our own, so that a second mcmux finds the journal of the first.
     const stateDir = await mkdtemp(join(tmpdir(), 'mcmux-ops-state-'));
     t.after(() => rm(stateDir, { recursive: true, force: true }));
@@ -584,7 +571,7 @@ describe('(g) mcmux repair', () => {
     assert.equal(trusted.code, 0, trusted.stderr);
     assert.equal(trusted.entries[1]?.dirtyKeys, 0, `--trust 1 clears its journal: ${trusted.stdout}`);
     assert.equal((await repair(second.metrics)).entries[1]?.dirtyKeys, 0);
-    const c2 = await client(t, second.mux.port);
+    const c2 = await testClient(t, second.mux.port);
     assert.equal(num(await stats(c2, 'upstreams'), 'upstream.1.dirty_keys'), 0);
 
     const unknown = await repair(second.metrics, '--trust', '7');
@@ -599,11 +586,11 @@ describe('(g) mcmux repair', () => {
 describe('(g2) the journal follows the store, not its URL options', () => {
   it('a reload that only adds ?timeout= to a dead upstream keeps its dirty keys', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await memcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
     const file = await configFile('journal-name.toml', upstreamsToml([mc1.url, mc2.url]));
     const { mux, metrics } = await muxWithMetrics(t, ['--config', file]);
     await killAndWait(mc2);
-    const c = await client(t, mux.port);
+    const c = await testClient(t, mux.port);
     for (let i = 0; i < 3; i++) assert.equal(await c.ask(`set orphan.${i} 0 0 1\r\n${i}\r\n`, undefined, REPLY_MS), 'STORED\r\n');
     const dirtyOf = async (): Promise<number[]> =>
       (JSON.parse((await http(metrics, '/admin/journal')).body) as Array<{ dirtyKeys: number }>).map((e) => e.dirtyKeys);
@@ -619,15 +606,15 @@ describe('(g2) the journal follows the store, not its URL options', () => {
 describe('(g3) a store added by a reload is not trusted for what it held before', () => {
   it('a memcached that left the chain earlier and comes back first serves no stale or deleted session', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await memcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
     const file = await configFile('re-added.toml', upstreamsToml([mc1.url]));
     const { mux } = await muxWithMetrics(t, ['--config', file]);
-    const c = await client(t, mux.port);
+    const c = await testClient(t, mux.port);
     assert.equal(await c.ask('set sess.live 0 0 3\r\nnew\r\n', undefined, REPLY_MS), 'STORED\r\n');
     assert.equal(await c.ask('set sess.gone 0 0 1\r\nx\r\n', undefined, REPLY_MS), 'STORED\r\n');
     assert.equal(await c.ask('delete sess.gone\r\n', undefined, REPLY_MS), 'DELETED\r\n');
     // What mc2 kept from its earlier time in the chain: it missed the set and the delete above.
-    const direct = await client(t, mc2.port);
+    const direct = await testClient(t, mc2.port);
     assert.equal(await direct.ask('set sess.live 0 0 5\r\nstale\r\n', undefined, REPLY_MS), 'STORED\r\n');
     assert.equal(await direct.ask('set sess.gone 0 0 11\r\nresurrected\r\n', undefined, REPLY_MS), 'STORED\r\n');
 
@@ -648,11 +635,11 @@ describe('(g3) a store added by a reload is not trusted for what it held before'
 describe('(h) JSON logs', () => {
   it('one line per upstream state change, passwords masked, nothing per request at the default level', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await memcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
     const secretUrl = `memcached://user:secret@127.0.0.1:${mc1.port}`;
     const masked = `memcached://user:***@127.0.0.1:${mc1.port}`;
     const { mux, metrics } = await muxWithMetrics(t, ['--upstream', secretUrl, '--upstream', mc2.url, '--probe-interval', '100', '--probe-interval-max', '400']);
-    const c = await client(t, mux.port);
+    const c = await testClient(t, mux.port);
     await eventually('the start-up line', async () => jsonLines(mux.logs().stdout).some((l) => l.msg === 'mcmux listening'));
 
     const hundredRoundTrips = async (): Promise<void> => {
@@ -707,11 +694,11 @@ describe('(h) JSON logs', () => {
 
   it('S7: at debug, keys with bytes >= 0x80, " and \\, and invalid keys (too long, control bytes), text and binary: every stdout line is JSON with no raw control character or byte >= 0x80', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc] = (await memcacheds(t, 1)) as [MemcachedProcess];
+    const [mc] = (await startMemcacheds(t, 1)) as [MemcachedProcess];
     const dead = await freePort(); // nothing listens there: requests to it fail, logged at debug
     const mux = await startMcmux(['--upstream', mc.url, '--upstream', `memcached://127.0.0.1:${dead}`, '--log-level', 'debug']);
     t.after(() => mux.stop());
-    const c = await client(t, mux.port);
+    const c = await testClient(t, mux.port);
     await sendOddKeys(c, mux.port);
     // A debug line (the dead upstream's failures) is written: the level is in force.
     await eventually('a debug line is logged', async () => jsonLines(mux.logs().stdout).some((l) => l.level === 20));
@@ -725,7 +712,7 @@ describe('(h) JSON logs', () => {
     // --down-after 1000: the failing upstream is never marked down, so every request reaches it.
     const mux = await startMcmux(['--upstream', 'memory://', '--upstream', `memcached://127.0.0.1:${echo.port}`, '--log-level', 'debug', '--down-after', '1000']);
     t.after(() => mux.stop());
-    const c = await client(t, mux.port);
+    const c = await testClient(t, mux.port);
     await sendOddKeys(c, mux.port);
     // The odd keys reached the upstream, and its errors (carrying them) reached the log.
     for (const key of ODD_KEYS) assert.ok(lines.some((l) => l.startsWith(`ms ${key} `)), `the upstream got ms ${JSON.stringify(key)}: ${JSON.stringify(lines)}`);

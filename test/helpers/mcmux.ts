@@ -198,6 +198,13 @@ export const END = /(?:^|\r\n)END\r\n$/;
 export const LINE = /\r\n/;
 
 /** Opens a raw TCP connection to 127.0.0.1:`port` (the second argument is accepted and ignored: older callers passed a connect timeout). */
+/** rawClient, closed after the test. */
+export async function testClient(t: TestContext, port: number): Promise<RawClient> {
+  const c = await rawClient(port);
+  t.after(() => c.close());
+  return c;
+}
+
 export function rawClient(port: number, _unused?: number): Promise<RawClient> {
   return connectWire(port);
 }

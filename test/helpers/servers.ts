@@ -97,6 +97,13 @@ export async function startMemcached(extraArgs: string[] = []): Promise<Memcache
   }
 }
 
+/** `n` private memcached processes (each with `extraArgs`), stopped after the test. */
+export async function startMemcacheds(t: TestContext, n: number, extraArgs: string[] = []): Promise<MemcachedProcess[]> {
+  const list = await Promise.all(Array.from({ length: n }, () => startMemcached(extraArgs)));
+  t.after(() => Promise.all(list.map((m) => m.stop())));
+  return list;
+}
+
 function handle(port: number, first: ChildProcess, extraArgs: string[]): MemcachedProcess {
   let proc = first;
   const h: MemcachedProcess = {

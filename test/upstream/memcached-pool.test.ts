@@ -20,7 +20,7 @@ import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
 import { startMcmux } from '../helpers/mcmux';
-import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
+import { type MemcachedProcess, requireBinary, startMemcacheds } from '../helpers/servers';
 import { connectWire } from '../helpers/wire';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
@@ -92,12 +92,7 @@ function runPhp(script: string, ports: readonly number[], args: string[], ini: s
   });
 }
 
-async function startServers(t: TestContext, n: number, extra: string[] = []): Promise<MemcachedProcess[]> {
-  const servers = await Promise.all(Array.from({ length: n }, () => startMemcached(extra)));
-  t.after(() => Promise.all(servers.map((s) => s.stop())));
-  return servers;
-}
-const startThree = (t: TestContext, extra: string[] = []): Promise<MemcachedProcess[]> => startServers(t, 3, extra);
+const startThree = (t: TestContext, extra: string[] = []): Promise<MemcachedProcess[]> => startMemcacheds(t, 3, extra);
 
 function poolUrl(servers: readonly MemcachedProcess[], query = ''): string {
   return `memcached://${servers.map((s) => `127.0.0.1:${s.port}`).join(',')}${query}`;
@@ -445,7 +440,7 @@ function errorOf(p: Promise<unknown>): Promise<McmuxError> {
 // reads as "may have been applied".
 test('a pool server that is busy or refuses a store: the pool keeps the code that says nothing was applied', async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const servers = await startServers(t, 2, SMALL_ITEMS);
+  const servers = await startMemcacheds(t, 2, SMALL_ITEMS);
   const pool = openPool(t, servers, '?max-queue=1');
   const members = pool.members();
   const key = Array.from({ length: 50 }, (_, i) => `busy:${i}`).find((k) => pool.serverFor(k) === members[0]) as string;
@@ -468,7 +463,7 @@ test('a pool server that is busy or refuses a store: the pool keeps the code tha
 
 test('a flush that one server of the pool fails (a timeout) fails as PARTIAL: not a failure of the pool as a whole', async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const servers = await startServers(t, 2);
+  const servers = await startMemcacheds(t, 2);
   const pool = openPool(t, servers, '?timeout=200');
   await pool.probe();
   await (servers[0] as MemcachedProcess).pause();
@@ -496,12 +491,12 @@ async function casTooLarge(t: TestContext, url: string): Promise<string> {
 
 test('a cas refused by the pool server of its key fails over as with one memcached (EXISTS), not SERVER_ERROR "may have been applied"', async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const [one] = await startServers(t, 1, SMALL_ITEMS);
+  const [one] = await startMemcacheds(t, 1, SMALL_ITEMS);
   const single = await casTooLarge(t, (one as MemcachedProcess).url);
   // The control: memcached refused it (nothing applied), the next upstream cannot check the
   // unique and fails safe.
   assert.equal(single, 'EXISTS\r\n', 'one memcached upstream');
-  const pair = await startServers(t, 2, SMALL_ITEMS);
+  const pair = await startMemcacheds(t, 2, SMALL_ITEMS);
   const pooled = await casTooLarge(t, poolUrl(pair));
   assert.equal(pooled, single, 'a pool of two memcached answers the same cas differently');
 });
