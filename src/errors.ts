@@ -45,7 +45,13 @@ export class McmuxError extends Error {
    * carries the code of the pool server's failure (did the request reach the store or not).
    */
   readonly origin: ErrorCode;
-  constructor(code: ErrorCode, message: string, late = false, origin: ErrorCode = code) {
+  /**
+   * Refused (nothing of the request applied), but the store removed the key's item first:
+   * memcached unlinks it before it refuses an `ms` it cannot allocate the item for (too large,
+   * out of memory), whatever the mode. The copy there no longer holds the key's current state.
+   */
+  readonly dropped: boolean;
+  constructor(code: ErrorCode, message: string, late = false, origin: ErrorCode = code, dropped = false) {
     // Upstream errors are values on the request path, thousands a second when a store is busy
     // or down: capturing a stack for each cost 2 % of the CPU under load, and no one reads it.
     const limit = Error.stackTraceLimit;
@@ -55,6 +61,7 @@ export class McmuxError extends Error {
     this.code = code;
     this.late = late || code === ErrorCodes.UPSTREAM_TIMEOUT;
     this.origin = origin;
+    this.dropped = dropped;
     this.name = 'McmuxError';
   }
 }

@@ -60,7 +60,12 @@ async function decide<R>(
       return { value: await op(u), index: i };
     } catch (error) {
       lastError = error;
-      if (unapplied(error)) continue;
+      if (unapplied(error)) {
+        // Refused, but its copy of the key went with the refusal: left clean, it would decide the
+        // next add alone, on an item it no longer has.
+        if ((error as McmuxError).dropped) ctx.journal.mark(u, key, 'write', undefined, false);
+        continue;
+      }
       ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
       tried.push(u);
       // A cas the authority may have applied (a timeout, a lost connection) is not asked of the
@@ -87,9 +92,10 @@ async function lacks(u: Upstream, key: string): Promise<boolean> {
 }
 
 /**
- * The request changed nothing on the store: skipped (down, busy, not connected) or refused by it (an error of
- * its own: memcached's out of memory leaves the item of an append, add or incr as it was). Not
- * closed: a request in flight when its upstream closes (shutdown) may have been applied.
+ * The request changed nothing on the store: skipped (down, busy, not connected) or refused by it
+ * (an error of its own: memcached's out of memory leaves the item of an incr as it was; its
+ * refusal of an ms drops the item, which McmuxError.dropped says). Not closed: a request in
+ * flight when its upstream closes (shutdown) may have been applied.
  */
 function unapplied(error: unknown): boolean {
   if (!(error instanceof McmuxError) || error.late) return false;

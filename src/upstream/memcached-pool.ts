@@ -188,7 +188,7 @@ export class MemcachedPool implements Upstream {
     if (error instanceof McmuxError && !passOn && this.nodes.some((n) => n !== node && n.usable)) {
       // Keeping the server's code: the router must still tell a request that changed nothing
       // there (busy, refused by memcached) from one that may have been applied.
-      return new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message, error.late, error.origin);
+      return new McmuxError(ErrorCodes.UPSTREAM_PARTIAL, error.message, error.late, error.origin, error.dropped);
     }
     return error;
   }

@@ -287,7 +287,11 @@ function keyHash(key: string): number {
 
 /** What one reply means for the request at the head; a McmuxError for an error reply. */
 function decode(rec: Pending, r: MetaReply): unknown {
-  if (r.kind === 'SERVER_ERROR') return new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `SERVER_ERROR ${r.message}`);
+  if (r.kind === 'SERVER_ERROR') {
+    // An ms memcached cannot allocate the item for (too large, out of memory) unlinks the key's
+    // item before it is refused, in every mode: the copy there is gone (dropped).
+    return new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `SERVER_ERROR ${r.message}`, false, ErrorCodes.UPSTREAM_REFUSED, rec.op === Op.STORE);
+  }
   switch (rec.op) {
     case Op.GET:
       if (r.kind === 'EN') return undefined;
@@ -443,8 +447,8 @@ export class MemcachedUpstream implements Upstream {
     return conn;
   }
 
-  error(code: McmuxError['code'], message: string, late = false): McmuxError {
-    return new McmuxError(code, `upstream ${this.name}: ${message}`, late);
+  error(code: McmuxError['code'], message: string, late = false, dropped = false): McmuxError {
+    return new McmuxError(code, `upstream ${this.name}: ${message}`, late, code, dropped);
   }
 
   private refuse(code: McmuxError['code'], message: string): McmuxError {
@@ -456,7 +460,7 @@ export class MemcachedUpstream implements Upstream {
   settle(rec: Pending, outcome: unknown): void {
     this.stats.latencyUsSum += Math.round((clockNow() - rec.started) * 1000);
     this.stats.latencyCount++;
-    if (outcome instanceof McmuxError) this.settleError(rec, this.error(outcome.code, outcome.message));
+    if (outcome instanceof McmuxError) this.settleError(rec, this.error(outcome.code, outcome.message, false, outcome.dropped));
     else rec.resolve(outcome);
   }
 

@@ -350,8 +350,11 @@ export class RedisUpstream implements Upstream {
   }
 
   get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
-    // run() refuses at once when closed or full, as before; a gat's deadline is its own.
-    if (touch !== undefined || keys.length === 0 || this.closed || this.inFlight + this.reads.waiting >= this.maxQueue) {
+    // run() refuses at once when closed or full, as before; a gat's deadline is its own. A
+    // cluster's gets are not gathered: the pass would be one fetch across its nodes (one script
+    // call per slot either way), and one node not answering would fail every get of the pass,
+    // those of keys on the nodes that answer included.
+    if (touch !== undefined || keys.length === 0 || this.closed || this.client instanceof Cluster || this.inFlight + this.reads.waiting >= this.maxQueue) {
       return this.run(() => this.doGet(keys, touch));
     }
     return this.reads.read(keys);

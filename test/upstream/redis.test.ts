@@ -553,6 +553,44 @@ async function startCluster(): Promise<{ ports: number[]; dirs: string[]; procs:
   }
 }
 
+/** The first key `k<i>` whose cluster slot is in [lo, hi]. */
+function keyInSlots(lo: number, hi: number): string {
+  for (let i = 0; ; i++) {
+    const slot = keySlot(Buffer.from(`k${i}`, 'latin1'));
+    if (slot >= lo && slot <= hi) return `k${i}`;
+  }
+}
+
+// Gathering the gets of one pass (read-batch.ts) made them one fetch for a cluster too, split by
+// slot inside it: one node that stopped answering failed every get of the pass, those of keys on
+// the other nodes included (each alone was answered). A cluster gains nothing from gathering
+// (one script call per slot either way), so its gets are no longer gathered (review).
+test('redis+cluster: a get of a key on a healthy node is answered while another node stalls, whatever gets share its pass', { timeout: 60_000 }, async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
+  const cluster = await startCluster();
+  const stalledNode = cluster.procs[1] as Awaited<ReturnType<typeof spawnRedis>>;
+  const up = open(`redis+cluster://127.0.0.1:${cluster.ports[0]},127.0.0.1:${cluster.ports[2]}`, { timeout: '2000' });
+  t.after(async () => {
+    stalledNode.kill('SIGCONT');
+    await up.close();
+    await cluster.stop();
+  });
+  await retrying(() => up.probe());
+  // Slots 0-5460 are on the first node given to redis-cli, 5461-10922 on the second.
+  const healthy = keyInSlots(0, 5460);
+  const stalled = keyInSlots(5461, 10922);
+  await retrying(() => set(up, healthy, 'on a healthy node'));
+  await set(up, stalled, 'on the stalled node');
+
+  stalledNode.kill('SIGSTOP');
+  // Two clients' failover reads in one event-loop pass.
+  const [onHealthy, onStalled] = await Promise.allSettled([up.get([healthy]), up.get([stalled])]);
+  stalledNode.kill('SIGCONT');
+  assert.equal(onStalled.status, 'rejected', 'the stalled node does not answer');
+  assert.equal(onHealthy.status === 'fulfilled' ? onHealthy.value[0]?.value.toString() : String(onHealthy.reason), 'on a healthy node');
+});
+
 test('redis+cluster: three masters, keys across slots, multi-get, conditional commands', { timeout: 60_000 }, async (t) => {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
   if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
