@@ -12,6 +12,7 @@ import { ErrorCodes, McmuxError, mayLandLate } from '../errors';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, serverError } from './context';
 import { authorityOrder as candidates } from './authority-order';
+import { failoverRead } from './failover-read';
 import { isFenced } from './health';
 import { authorityAlone, replicateSet, sendKeyed } from './replicate-write';
 
@@ -129,6 +130,20 @@ export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand, se
   if (cmd.mode === 'append' || cmd.mode === 'prepend') return copyFromAuthority(ctx, cmd.key, r.index, ok);
   // add, replace and cas stored exactly the client's item: the others get the same.
   return replicateSet(ctx, { ...req, mode: 'set', cas: undefined }, others(ctx, r.index), 1, ok, ctx.upstreams[r.index]);
+}
+
+/**
+ * An add that expires as it is stored (libmemcached's memcached_exist sends `add <key> 0 2678400
+ * 0`, PHP's session.use_strict_mode asks it of every session id) changes nothing in memcached: it
+ * only tells whether the key exists. Decided by the authority, an authority that lost its copy (a
+ * memcached restarted empty whose fence has ended, or one that evicted the key) answered STORED,
+ * and the copy of that expired item deleted the key from every other upstream: the session was
+ * wiped from the durable stores and the user logged out. Answered as a get is, nothing written.
+ */
+export async function existenceProbe(ctx: RouterContext, key: string): Promise<Reply> {
+  const r = await failoverRead(ctx, { kind: 'get', keys: [key], withCas: false, touch: undefined });
+  if (r.kind !== 'values') return r;
+  return { kind: 'status', status: r.hits[0] ? 'NOT_STORED' : 'STORED' };
 }
 
 export async function conditionalArith(ctx: RouterContext, cmd: ArithCommand, seq?: number): Promise<Reply> {

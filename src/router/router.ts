@@ -10,9 +10,9 @@
  * Failures come back as error replies; nothing thrown here reaches a client connection.
  */
 
-import { type Command, type Reply, type StoreMode, deadlineFromExptime } from '../command/command';
+import { type Command, type Reply, type StoreMode, deadlineFromExptime, isExpired } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
-import { conditionalArith, conditionalStore } from './authority';
+import { conditionalArith, conditionalStore, existenceProbe } from './authority';
 import { type RouterContext, type RouterCounters, type WriteWait, serverError } from './context';
 import { failoverRead } from './failover-read';
 import type { RepairJournal } from './journal';
@@ -252,6 +252,7 @@ export class Router {
         if (cmd.mode === 'set') {
           return replicateSet(ctx, { mode: 'set', key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, withCas: cmd.withCas });
         }
+        if (cmd.mode === 'add' && isExpired(cmd.deadline, Date.now())) return existenceProbe(ctx, cmd.key);
         return conditionalStore(ctx, cmd, seq);
       case 'too_large':
         this.count('set');
