@@ -151,8 +151,12 @@ export interface Overflow {
    * journal.log had not settled (afterSeq Infinity): not read, since a request of the earlier
    * process may land over it, but it may be the only copy of that write, so not flushed while the
    * others are dirty for the key (holdsAlone); on file as an `H` line. A key not here is dirty.
+   * `missed`: the sequence of the first write it missed since it last held the key, which ranks
+   * the copy as a dirty entry's firstSeq does (fresher): without it, a copy holding a lock the
+   * others missed ranked below them once it missed a write too, and the lock was granted again.
+   * In memory (a `U` line has none: after a restart it ranks oldest, as an unknown key does).
    */
-  readonly known: Map<string, { seq: number; holds: boolean; late?: number; maybe?: boolean }>;
+  readonly known: Map<string, { seq: number; holds: boolean; late?: number; maybe?: boolean; missed?: number }>;
   /**
    * More keys were written than `known` may hold: what it holds that no other upstream does is
    * no longer known, so it must not be flushed (it waits for expiry instead).
@@ -603,7 +607,9 @@ export class RepairJournal {
    * reaches it (its entry's `late`, until the repair finds it settled: lateSettled).
    */
   lateFor(u: Upstream, key: string): boolean {
-    return (this.byName.get(idOf(u))?.keys.get(key)?.late ?? 0) !== 0;
+    const p = this.byName.get(idOf(u));
+    // An overflowed one remembers its late keys in `known` (it may rank the freshest by `missed`).
+    return (p?.keys.get(key)?.late ?? 0) !== 0 || (p?.overflow?.known.get(key)?.late ?? 0) !== 0;
   }
 
   /** Sets `key`'s entry in `p` (undefined: removes it), and with it the count `untrusting` reads. Returns whether there was one. */
@@ -761,12 +767,18 @@ export class RepairJournal {
 
   /** Above 0 when `a`'s copy of `key` ranks as fresher than `b`'s (both dirty), below 0 when older. */
   private fresher(a: Upstream, b: Upstream, key: string): number {
-    const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest
-    const first = (u: Upstream): number => this.entry(u, key)?.firstSeq ?? 0;
+    const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest but by `missed`
+    const first = (u: Upstream): number => this.entry(u, key)?.firstSeq ?? this.missedSince(u, key);
     // By write sequence when both have one (exact, whatever order the answers came in), else by
     // time (entries loaded from disk have no sequence).
     const bySeq = first(a) > 0 && first(b) > 0 ? first(a) - first(b) : 0;
     return bySeq || since(a) - since(b) || first(a) - first(b);
+  }
+
+  /** An overflowed `u`'s first miss of `key` since it held it (Overflow.known `missed`); 0 when unknown, or while the repair flushes it. */
+  private missedSince(u: Upstream, key: string): number {
+    const o = this.byName.get(idOf(u))?.overflow;
+    return o === undefined || o.flushing === true ? 0 : (o.known.get(key)?.missed ?? 0);
   }
 
   /**
@@ -978,13 +990,13 @@ export class RepairJournal {
         // Beyond maxKeys nothing new is learnt (full) and it stays dirty anyway, but not once the
         // upstream is trusted again: that waits until the request has settled (lastLate). A key
         // that timed out before is dated by this timeout, the last (it kept the first: review).
-        if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: monotonicMs() });
+        if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: monotonicMs(), missed: k?.holds ? seq : k?.missed });
         else o.lastLate = monotonicMs();
         if (k?.holds || k?.maybe) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
         return;
       }
       if (k === undefined || (!k.holds && !k.maybe)) return; // not known to hold it: dirty already
-      o.known.set(key, { seq: Math.max(seq, k.seq), holds: false });
+      o.known.set(key, { seq: Math.max(seq, k.seq), holds: false, missed: k.holds ? seq : k.missed });
       this.append(`U ${hex(idOf(u))} ${hex(key)}`);
       return;
     }
@@ -1040,7 +1052,10 @@ export class RepairJournal {
     const others = all.filter((x) => idOf(x) !== idOf(u));
     const alone = (key: string): boolean => {
       const k = o.known.get(key);
-      return (k?.holds === true || k?.maybe === true) && others.every((x) => this.isDirty(x, key));
+      if (k?.holds === true || k?.maybe === true) return others.every((x) => this.isDirty(x, key));
+      // It missed a write of the key since, and every other copy an older one: the freshest
+      // copy (fresher, `missed`), which the others are repaired from.
+      return k?.missed !== undefined && !this.outranked(all, u, key);
     };
     if (o.lastAlone !== undefined && alone(o.lastAlone)) return true;
     o.lastAlone = undefined;

@@ -8,6 +8,7 @@ import type { ArithOp } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
 import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
+import type { StatsSource } from '../../src/router/stats';
 import type { ConnectionLimits } from '../../src/server/connection';
 import { Listener } from '../../src/server/listener';
 import { MemoryUpstream } from '../../src/upstream/memory';
@@ -153,3 +154,6 @@ export async function listenOverFake(up: FakeUpstream, overrides: Partial<Connec
 export async function settle(): Promise<void> {
   for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
 }
+
+/** What a Router's `stats` reports of the listener, for routers driven without one. */
+export const noStats: StatsSource = { startedAt: 0, version: 'test', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };

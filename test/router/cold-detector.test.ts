@@ -16,10 +16,10 @@ import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { TestClocks } from '../helpers/clocks';
-import { FakeUpstream, settle } from '../helpers/fake-upstream';
+import { FakeUpstream, settle, noStats } from '../helpers/fake-upstream';
 
 const silent = pino({ level: 'silent' });
-const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const source = noStats;
 const FENCE_MS = 60_000;
 
 /** `dir`: where journal.log is kept (restartOver loads it); in memory without. */

@@ -37,12 +37,12 @@ import { LATE_SETTLE_MS, Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import type { Upstream } from '../../src/upstream/upstream';
 import { clocksFor } from '../helpers/clocks';
-import { FakeUpstream } from '../helpers/fake-upstream';
+import { FakeUpstream, noStats } from '../helpers/fake-upstream';
 import { eventually } from '../helpers/poll';
 import { describeReply } from '../helpers/reply-text';
 
 const silent = pino({ level: 'silent' });
-const source = { startedAt: 0, version: 'fuzz', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const source = noStats;
 const noop = (): void => {};
 /** Commands and replies as the tests below write and read them. */
 const set = (key: string, value: string, deadline = 0): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false });

@@ -235,7 +235,7 @@ import { RepairJournal } from '../../src/router/journal';
 import { LATE_SETTLE_MS, Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { type StoreRequest, type Upstream, newUpstreamStats } from '../../src/upstream/upstream';
-import { FakeUpstream } from '../helpers/fake-upstream';
+import { FakeUpstream, noStats } from '../helpers/fake-upstream';
 import { describeReply } from '../helpers/reply-text';
 import { mulberry32 } from '../helpers/random';
 
@@ -287,7 +287,7 @@ function belongsTo(key: string, v: string): boolean {
 }
 
 const silent = pino({ level: 'silent' });
-const source = { startedAt: 0, version: 'fuzz', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const source = noStats;
 const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 const noop = (): void => {};
 

@@ -14,11 +14,11 @@ import { Router } from '../../src/router/router';
 import { MemoryUpstream } from '../../src/upstream/memory';
 import type { Upstream } from '../../src/upstream/upstream';
 import { TestClocks } from '../helpers/clocks';
-import { FakeUpstream } from '../helpers/fake-upstream';
+import { FakeUpstream, noStats } from '../helpers/fake-upstream';
 import { type Poll, eventually } from '../helpers/poll';
 
 const silent = pino({ level: 'silent' });
-const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const source = noStats;
 /** A key or store name as journal.log writes it. */
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 

@@ -18,10 +18,10 @@ import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { MemoryUpstream } from '../../src/upstream/memory';
 import { clocksFor } from '../helpers/clocks';
-import { FakeUpstream, settle } from '../helpers/fake-upstream';
+import { FakeUpstream, settle, noStats } from '../helpers/fake-upstream';
 
 const silent = pino({ level: 'silent' });
-const source = { startedAt: 0, version: 't', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const source = noStats;
 const FENCE_MS = 60_000;
 
 const setCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });

@@ -8,11 +8,11 @@ import { describe, it } from 'node:test';
 import type { Command, Reply } from '../../src/command/command';
 import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
-import { FakeUpstream, settle } from '../helpers/fake-upstream';
+import { FakeUpstream, settle, noStats } from '../helpers/fake-upstream';
 import { eventually } from '../helpers/poll';
 import { describeReply } from '../helpers/reply-text';
 
-const source = { startedAt: 0, version: 'review', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const source = noStats;
 const noop = (): void => {};
 const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${describeReply(r)}>`]);
 

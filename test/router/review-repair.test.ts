@@ -19,14 +19,14 @@ import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import type { StoreRequest, Upstream } from '../../src/upstream/upstream';
-import { FakeUpstream } from '../helpers/fake-upstream';
+import { FakeUpstream, noStats } from '../helpers/fake-upstream';
 import { startFaultProxy } from '../helpers/fault-proxy';
 import { requireBinary, startMemcached } from '../helpers/servers';
 import { connectWire } from '../helpers/wire';
 import { describeReply } from '../helpers/reply-text';
 
 const silent = pino({ level: 'silent' });
-const source = { startedAt: 0, version: 'review', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 };
+const source = noStats;
 const noop = (): void => {};
 const set = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
 const get = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });

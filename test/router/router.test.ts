@@ -7,17 +7,10 @@ import { ErrorCodes, McmuxError } from '../../src/errors';
 import { CasSeal, DEFAULT_HEALTH, HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
-import type { StatsSource } from '../../src/router/stats';
-import { FakeUpstream } from '../helpers/fake-upstream';
+import { FakeUpstream, noStats } from '../helpers/fake-upstream';
 import { type Poll, eventually } from '../helpers/poll';
 
-const source: StatsSource = {
-  startedAt: Date.now(),
-  version: 'test',
-  currConnections: () => 0,
-  totalConnections: () => 0,
-  rejectedConnections: () => 0,
-};
+const source = noStats;
 
 function setup(n = 2, opts: { minCopies?: number; writeWait?: WriteWait; allowFlush?: boolean; hedgeMs?: number } = {}) {
   const ups = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`));

@@ -15,6 +15,7 @@ import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
 import { ClientConnection, type ConnectionLimits } from '../../src/server/connection';
 import { MemoryUpstream } from '../../src/upstream/memory';
+import { noStats } from '../helpers/fake-upstream';
 import { connectWire } from '../helpers/wire';
 
 /** A text codec that, for a get of `boom`, writes part of a reply and then fails. */
@@ -38,7 +39,7 @@ it('a reply that fails half-way leaves nothing in the shared output for the next
   await up.store({ mode: 'set', key: 'k', value: Buffer.from('mine'), flags: 0, deadline: 0 });
   const router = new Router(
     { upstreams: [up], journal: new RepairJournal({ maxKeys: 100, dir: undefined, fsync: 'no' }), minCopies: 1, writeWait: 'all', allowFlush: false },
-    { startedAt: Date.now(), version: 'test', currConnections: () => 0, totalConnections: () => 0, rejectedConnections: () => 0 },
+    noStats,
     () => {},
   );
   const limits: ConnectionLimits = { maxLineLength: 2048, maxItemSize: 1 << 20, maxKeysPerGet: 16, maxPipeline: 64, maxOutputBytes: 1 << 20, maxInputBytes: 1 << 20 };
