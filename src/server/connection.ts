@@ -202,7 +202,9 @@ export class ClientConnection {
       reply: undefined,
       bytes: undefined,
       closeAfter: kind === 'quit',
-      write: !READS.has(kind),
+      // A gat changes its keys' deadlines: a `get k` after `gat -1 k` must not read k (memcached
+      // answers it a miss), so it is ordered as a write.
+      write: !READS.has(kind) || (kind === 'get' && command.touch !== undefined),
       keys: keys === 'all' ? ALL : keys,
       started: false,
       inBytes,

@@ -281,7 +281,8 @@ export class TextRequestParser {
         return this.parseGet(t, 1, name === 'gets', undefined);
       case 'gat':
       case 'gats': {
-        if (t.length < 3) return err('ERROR', '');
+        // memcached 1.6 answers `gat <exptime>` with no key END (a get of nothing), not ERROR.
+        if (t.length < 2) return err('ERROR', '');
         const exptime = parseExptime(t[1] ?? '');
         if (exptime === undefined) return err('CLIENT_ERROR', 'invalid exptime argument');
         return this.parseGet(t, 2, name === 'gats', deadlineFromExptime(exptime, this.now()));
@@ -361,7 +362,7 @@ export class TextRequestParser {
   }
 
   private parseGet(t: string[], first: number, withCas: boolean, touch: number | undefined): ParseResult {
-    if (t.length <= first) return err('ERROR', '');
+    if (t.length <= first && touch === undefined) return err('ERROR', '');
     const keys = t.slice(first);
     if (keys.length > this.limits.maxKeysPerGet) {
       return err('CLIENT_ERROR', `too many keys in one get (max-keys-per-get is ${this.limits.maxKeysPerGet})`);
@@ -372,12 +373,14 @@ export class TextRequestParser {
   }
 
   private parseDelete(t: string[]): ParseResult {
+    // memcached 1.6 counts the tokens first: too few or too many is ERROR, noreply or not.
+    if (t.length < 2 || t.length > 4) return err('ERROR', '');
     const key = t[1] ?? '';
     let rest = t.slice(2);
     const noreply = rest[rest.length - 1] === 'noreply';
     if (noreply) rest = rest.slice(0, -1);
     // protocol.txt: a time argument is no longer supported; memcached still accepts a literal 0 (T21).
-    if (t.length < 2 || rest.length > 1 || (rest.length === 1 && rest[0] !== '0')) {
+    if (rest.length > 1 || (rest.length === 1 && rest[0] !== '0')) {
       return quiet(err('CLIENT_ERROR', 'bad command line format.  Usage: delete <key> [noreply]'), noreply);
     }
     if (!isValidKey(key)) return quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply);
@@ -385,8 +388,10 @@ export class TextRequestParser {
   }
 
   private parseArith(op: 'incr' | 'decr', t: string[]): ParseResult {
-    const noreply = t.length === 4 && t[3] === 'noreply';
-    if (t.length !== 3 && !noreply) return err('ERROR', '');
+    if (t.length !== 3 && t.length !== 4) return err('ERROR', '');
+    // As memcached 1.6: a last token noreply silences the errors even in the delta's place
+    // (`incr k noreply`), and a fourth token that is not noreply is ignored (`incr k 1 x` adds 1).
+    const noreply = t[t.length - 1] === 'noreply';
     const key = t[1] ?? '';
     if (!isValidKey(key)) return quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply);
     const delta = parseUnsigned(t[2] ?? '', U64_MASK);
@@ -395,8 +400,9 @@ export class TextRequestParser {
   }
 
   private parseTouch(t: string[]): ParseResult {
-    const noreply = t.length === 4 && t[3] === 'noreply';
-    if (t.length !== 3 && !noreply) return err('ERROR', '');
+    if (t.length !== 3 && t.length !== 4) return err('ERROR', '');
+    // As incr's (parseArith).
+    const noreply = t[t.length - 1] === 'noreply';
     const key = t[1] ?? '';
     if (!isValidKey(key)) return quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply);
     const exptime = parseExptime(t[2] ?? '');
