@@ -37,6 +37,8 @@ type Verdict = 'cold' | 'warm' | 'first' | 'unknown';
 const REFRESH_MS = 3600_000;
 const MARKER_TTL_MS = 24 * 3600_000;
 const FENCED_UNTIL = /^fenced until (\d{1,15})$/;
+/** The marker of a process not fencing the store: its pid and a generation, new at each write. */
+const PID_GEN = /^(\d{1,10}) (\d{1,15})$/;
 /** A `fenced until` marker is written again when the wall clock stepped more than this since. */
 const WALL_STEP_MS = 1000;
 
@@ -52,6 +54,8 @@ interface Sight {
   fencedUntil: number;
   /** The id of that fence (HealthyUpstream.fenceId: the marker's flags); 0 if none. */
   fenceId: number;
+  /** The marker is one this process wrote before its last write there: the store went back in time. */
+  rolledBack?: boolean;
 }
 
 interface Look {
@@ -67,7 +71,16 @@ export class ColdDetector {
    * (`until`: monotonic, 0 for a pid; `wallUntil`: as written; `id`: its fence id, the marker's
    * flags) and how many fences its upstream had begun then (HealthyUpstream.fencesBegun).
    */
-  private readonly lastSet = new Map<Upstream, { at: number; until: number; wallUntil: number; id: number; fence: number }>();
+  private readonly lastSet = new Map<Upstream, { at: number; until: number; wallUntil: number; id: number; fence: number; gen: number }>();
+  /**
+   * Markers are numbered (PID_GEN), a new number at each write, so that a store that comes back
+   * holding an older one than this process last wrote there is known to have gone back in time (a
+   * Redis restarted from an RDB snapshot older than its last writes): its marker is there, but so
+   * are the sessions deleted and the values overwritten since. `unsure`: the lowest number of a
+   * write that failed there and may still land (a late older marker is no rollback).
+   */
+  private gen = 0;
+  private readonly unsure = new Map<Upstream, number>();
   /**
    * Stores in which a check found this host's marker before this process wrote it there (left by
    * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
@@ -247,6 +260,7 @@ export class ColdDetector {
   flushed(u: HealthyUpstream): void {
     for (const s of [u.inner, ...membersOf(u).map((m) => m.inner)]) {
       this.lastSet.delete(s);
+      this.unsure.delete(s);
       this.found.delete(s);
     }
     const targets = this.storesOf(u, true);
@@ -367,6 +381,15 @@ export class ColdDetector {
     const cold = look.sights.map((s) => s.verdict);
     const firsts = look.targets.filter((_, i) => cold[i] === 'first');
     const until = this.inheritedFence(look.sights);
+    if (look.sights.some((s) => s.rolledBack)) {
+      // Not empty but stale: a read would serve what was deleted or overwritten since, and read
+      // repair copy it back above; it may hold a lock released since, or lack one taken. Untrusted
+      // as a whole, as after a journal overflow, and fenced as come back empty.
+      this.fenceCold(u);
+      this.fenceLog?.distrust(u);
+      this.log.warn({ upstream: u.name, server }, 'upstream came back with older data than mcmux last wrote there: no reads from it until it is known clean');
+      return 'cold';
+    }
     if (cold.includes('cold') || (firsts.length > 0 && this.markedElsewhere(firsts, u))) {
       this.fenceCold(u, until);
       if (server === undefined) this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
@@ -409,6 +432,9 @@ export class ColdDetector {
   /** Whether `store` (of `u`) lost the marker mcmux had written there ('unknown' when it did not answer). */
   private async checkStore(u: HealthyUpstream, store: Upstream): Promise<Sight> {
     let hit;
+    // Taken before the read: a marker write acknowledged while it is out (another connection, a
+    // pooled database) may not be in what it reads.
+    const floor = Math.min(this.lastSet.get(store)?.gen ?? 0, this.unsure.get(store) ?? Infinity);
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
       // so each server is asked directly, through its own driver.
@@ -424,11 +450,14 @@ export class ColdDetector {
     if (hit && wrote === undefined) this.found.add(store);
     // Only a marker another process wrote tells of a fence this one does not know.
     const fenced = hit && wrote === undefined ? FENCED_UNTIL.exec(hit.value.toString('latin1')) : null;
+    const mine = hit && wrote !== undefined ? PID_GEN.exec(hit.value.toString('latin1')) : null;
+    const rolledBack = mine !== null && Number(mine[1]) === process.pid && Number(mine[2]) < floor;
     return {
       verdict,
-      kept: verdict === 'warm' && (wrote === undefined || wrote.fence < u.fencesBegun),
+      kept: verdict === 'warm' && !rolledBack && (wrote === undefined || wrote.fence < u.fencesBegun),
       fencedUntil: fenced ? Number(fenced[1]) : 0,
       fenceId: fenced ? (hit?.flags ?? 0) : 0,
+      rolledBack,
     };
   }
 
@@ -445,7 +474,8 @@ export class ColdDetector {
     const wall = Date.now();
     const until = u.fenced ? u.coldUntil : 0;
     const wallUntil = until === 0 ? 0 : Math.ceil(wall + (until - at));
-    const value = until === 0 ? String(process.pid) : `fenced until ${wallUntil}`;
+    const gen = ++this.gen;
+    const value = until === 0 ? `${process.pid} ${gen}` : `fenced until ${wallUntil}`;
     const id = until === 0 ? 0 : u.fenceId;
     await Promise.all(
       look.targets.map(async (store, i) => {
@@ -454,6 +484,7 @@ export class ColdDetector {
         if (sight.verdict === 'unknown') return;
         if (
           sight.verdict === 'warm' &&
+          until !== 0 &&
           wrote !== undefined &&
           wrote.until === until &&
           wrote.id === id &&
@@ -465,9 +496,10 @@ export class ColdDetector {
         this.writing.set(store, at);
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
-          this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun });
+          this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen });
         } catch {
           // written again by the next check
+          this.unsure.set(store, Math.min(this.unsure.get(store) ?? Infinity, gen));
         }
       }),
     );

@@ -475,6 +475,8 @@ export interface FenceLog {
   fenceLearnt(u: Upstream, id: number, key: string): void;
   fenceKeys(u: Upstream, id: number): Iterable<string>;
   uniquesVoided(u: Upstream, epoch: number): void;
+  /** `u` holds older data than mcmux wrote there: trusted for no key until known clean. */
+  distrust(u: Upstream): void;
 }
 
 /** Tells a fenced upstream that a client's set or delete of `key` reached it, and `log` what it learnt. */
