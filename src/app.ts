@@ -7,8 +7,8 @@
 
 import type { Logger } from 'pino';
 import { monotonicMs } from './clock';
-import { lockDirectory, makeStateDir } from './files';
 import { type Config, type ListenSpec, type UpstreamConfig, embeddedDefault, formatListen } from './config';
+import { lockDirectory, makeStateDir } from './files';
 import { Metrics } from './metrics';
 import { ColdDetector } from './router/cold-detector';
 import { HealthyUpstream, type StateListener, membersOf } from './router/health';
