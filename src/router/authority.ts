@@ -30,8 +30,8 @@ import { authorityAlone, replicateSet, sendKeyed } from './replicate-write';
  *
  * When it fails on every upstream it tried and one of them may have applied it, the upstreams it
  * was never sent to lack a result an authority may hold (journal.notSent). The first candidate,
- * when it is first only for a set a late flush may have wiped, is asked for the key before it
- * decides: a miss ranks it down (journal.wiped), as a read does. `seq`: the command's
+ * when it is first only for a write a late request may have undone, is asked for the key before it
+ * decides: what it has ranks it down when it says the write was undone (journal.undone), as a read does. `seq`: the command's
  * write sequence (journal.writeStarted), when the router took one.
  */
 async function decide<R>(
@@ -51,10 +51,14 @@ async function decide<R>(
     return { error };
   };
   let order = candidates(ctx, key);
-  // The freshest copy only for a set that a late flush may have wiped (every copy is dirty): if
-  // it no longer has the key, the flush landed, and the next copy decides (journal.wiped).
+  // The freshest copy only for a write a late request may have undone (every copy is dirty): if
+  // what it has says so (a set it lacks, a delete it has an item for), the next copy decides
+  // (journal.undone).
   const top = order[0] === undefined ? undefined : (ctx.upstreams[order[0]] as Upstream);
-  if (top !== undefined && ctx.journal.mayBeWiped(top, key) && (await lacks(top, key)) && ctx.journal.wiped(top, key)) order = candidates(ctx, key);
+  if (top !== undefined && ctx.journal.mayBeUndone(top, key)) {
+    const found = await has(top, key);
+    if (found !== undefined && ctx.journal.undone(top, key, found)) order = candidates(ctx, key);
+  }
   for (const i of order) {
     const u = ctx.upstreams[i] as Upstream;
     try {
@@ -83,12 +87,12 @@ async function decide<R>(
   return failed(lastError);
 }
 
-/** Whether `u` answers a miss for `key` (false when it cannot tell: the command goes on as before). */
-async function lacks(u: Upstream, key: string): Promise<boolean> {
+/** Whether `u` has an item for `key` (undefined when it cannot tell: the command goes on as before). */
+async function has(u: Upstream, key: string): Promise<boolean | undefined> {
   try {
-    return (await u.get([key], undefined, true))[0] === undefined;
+    return (await u.get([key], undefined, true))[0] !== undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }
 

@@ -222,7 +222,8 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
   }
 
   // Keys dirty on every upstream were never asked: read them from the freshest copy; from the
-  // next one when the freshest turns out to have lost a set a late flush wiped (journal.wiped).
+  // next one when the freshest turns out to have had its write undone by a late request
+  // (journal.undone: a set a late flush wiped, a delete a late set put a value back over).
   // All at once: one after the other, a slow copy would cost the client a timeout per key.
   await Promise.all(
     missing
@@ -232,7 +233,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
           const u = ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key)?.[0];
           if (u === undefined) break;
           const answer = await ask(u, [key]);
-          if (answer.ok && answer.hits.get(key) === undefined && ctx.journal.wiped(u, key)) continue;
+          if (answer.ok && ctx.journal.undone(u, key, answer.hits.get(key) !== undefined)) continue;
           absorb(st, answer, [key], upstreams.indexOf(u), []);
           break;
         }

@@ -932,26 +932,33 @@ export class RepairJournal {
   }
 
   /**
-   * `key` was found missing on `u`, which ranked as the freshest copy because it holds the newest
-   * write of the key, a set, where a flush that timed out (or a request of a killed process) may
-   * still land (wipedLater): it has landed, or the item expired. Either way `u` lacks that set,
-   * which no client was told of (a write whose only copy may be wiped is not acknowledged), and
-   * ranks as a copy that missed it, as notSent ranks one: below a copy that holds the state
-   * before it, the last one a client was told of. True if so; the caller reads the next copy.
+   * `u` ranked as the freshest copy of `key` because it holds the newest write of the key where a
+   * late request may still land (wipedLater), and what it has now says that request landed: a set
+   * it lacks (a flush that timed out, or a request of a killed process, wiped it, or the item
+   * expired), or a delete it has an item for (a set that timed out before the delete put its
+   * older value back: seed 90224, a deleted session served). `found`: whether `u` has an item for
+   * the key now. Either way `u` lacks that write, which no client was told of if a set (a write
+   * whose only copy may be wiped is not acknowledged), and ranks as a copy that missed it, as
+   * notSent ranks one: below a copy that holds the state before it. True if so; the caller reads
+   * the next copy.
    */
-  wiped(u: Upstream, key: string): boolean {
-    if (!this.mayBeWiped(u, key)) return false;
+  undone(u: Upstream, key: string, found: boolean): boolean {
+    if (!this.mayBeUndone(u, key)) return false;
     const p = this.of(u);
     const e = p.keys.get(key) as DirtyEntry;
+    if ((e.op === 'write') === found) return false;
     // An entry loaded from journal.log has no sequence (seq 0): below every copy that has one.
     this.put(u, p, key, { op: 'write', since: e.since, seq: e.seq, firstSeq: e.seq > 0 ? e.seq - 0.5 : 0.5, late: e.late });
     return true;
   }
 
-  /** Whether `u` ranks as the freshest copy of `key` for a set it holds that a late request may wipe (see wiped). */
-  mayBeWiped(u: Upstream, key: string): boolean {
+  /**
+   * Whether `u` ranks as the freshest copy of `key` for a write a late request may undo there (see
+   * undone): a set a late flush may wipe, or a delete a late set may put a value back over.
+   */
+  mayBeUndone(u: Upstream, key: string): boolean {
     const e = this.entry(u, key);
-    return e !== undefined && e.firstSeq === HOLDS && e.op === 'write';
+    return e !== undefined && e.firstSeq === HOLDS && (e.op === 'write' || e.late !== 0);
   }
 
   /**

@@ -242,11 +242,11 @@ export class Repairer {
           // clean upstream exists but is down, wait for it: it alone has the right value.
           const truth = journal.freshest(ctx.upstreams, ctx.upstreams.filter(isUsable), key)?.[0];
           if (truth !== u) return false;
-          // The freshest only for a set a late flush may have wiped: if it did, the next copy is
-          // the truth (journal.wiped), and this one is copied from it at a later pass.
-          if (journal.mayBeWiped(u, key)) {
+          // The freshest only for a write a late request may have undone: if it was, the next
+          // copy is the truth (journal.undone), and this one is copied from it at a later pass.
+          if (journal.mayBeUndone(u, key)) {
             const read = await this.readFor(journal, u, key, rk);
-            if (read === undefined || (read.hit === undefined && journal.wiped(u, key))) return false;
+            if (read === undefined || journal.undone(u, key, read.hit !== undefined)) return false;
           }
           journal.clear(u, key);
           return true;

@@ -143,9 +143,9 @@ export function replicateKeyed(
     what !== 'touch' || freshest === undefined
       ? outcome
       : (u, o) => {
-          // The freshest copy only for a set a late flush may have wiped, and the touch found no
-          // item there: it was wiped (journal.wiped), and the next copy speaks for the key.
-          if (u === freshest && o.ok && o.value === 'NOT_FOUND' && ctx.journal.wiped(u, key)) {
+          // The freshest copy only for a write a late request may have undone, and what the touch
+          // found there says it was (journal.undone): the next copy speaks for the key.
+          if (u === freshest && o.ok && ctx.journal.undone(u, key, o.value !== 'NOT_FOUND')) {
             freshest = ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0];
           }
           outcome(u, o);

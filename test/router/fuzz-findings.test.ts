@@ -23,6 +23,7 @@
  */
 
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -2196,7 +2197,7 @@ describe('journal transitions, found by review', () => {
   // A flush_all timed out on the second upstream; `sess = cart` is acknowledged, then `sess = X`
   // fails on the first and reaches only the second (not acknowledged), which ranks as the freshest
   // copy. In one process, once the flush lands, the second's miss ranks it below the first
-  // (journal.wiped). After a restart its entry, loaded from journal.log, had no sequence: wiped()
+  // (journal.undone). After a restart its entry, loaded from journal.log, had no sequence: undone()
   // dated it -0.5, which fresher() does not compare by sequence, and by date the second was still
   // the freshest: the read served the flushed copy's miss. It now ranks below every copy with one.
   it('after a restart, a copy the late flush wiped ranks below the copy of the acknowledged set', async (t) => {
@@ -2218,7 +2219,7 @@ describe('journal transitions, found by review', () => {
     second.open();
     assert.match(status(await x), /^SERVER_ERROR /, 'its only copy may yet be wiped: not acknowledged');
     first.mode = 'ok';
-    assert.ok(before.journal.mayBeWiped(second, 'sess'));
+    assert.ok(before.journal.mayBeUndone(second, 'sess'));
     before.journal.close(); // a flush may still land: no E line
 
     clock.advance(10);
@@ -2333,6 +2334,25 @@ describe('write acknowledgement and reads, found by review', () => {
     clock.advance(2000); // past the touch's deadline
     const read = values(await exec(get('sess')));
     if (status(r) === 'TOUCHED') assert.deepEqual(read, [undefined], `EXPIRED VALUE SERVED: the touch was acknowledged (deadline passed), and a read takes the late B`);
+  });
+
+  // Fuzz seed 90224 (default settings): a delete reached a copy where a set of the key that timed
+  // out may still land; that copy ranked as holding the newest write (journal.wipedLater), the
+  // freshest once every other copy was dirty too. The late set landed and put its value back over
+  // the delete, and a read took it from there: a logged-out session served again. A copy that
+  // holds a delete but has an item for the key has had it undone (journal.undone). Replayed as the
+  // fuzz runs it (seeded, virtual time: the same every run), in a process of its own.
+  it('fuzz seed 90224: the late set that lands over a delete on the freshest copy does not bring the session back', () => {
+    const fuzz = join(__dirname, 'fuzz.test.js');
+    // Not as a child of this test runner (NODE_TEST_CONTEXT would send its results here instead).
+    const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+    const r = spawnSync(process.execPath, ['--test', fuzz], {
+      env: { ...env, MCMUX_FUZZ_SEED: '90224', MCMUX_FUZZ_SEEDS: '1', MCMUX_FUZZ_TRIAGE: '1' },
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    assert.match(r.stdout, /^# pass 1$/m, r.stdout.split('\n').filter((l) => /seed 90224/.test(l)).join('\n'));
+    assert.equal(r.status, 0);
   });
 
   // The same with two upstreams: the other missed the logout, and the touch reaches only the copy
