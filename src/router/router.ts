@@ -252,7 +252,7 @@ export class Router {
         if (cmd.mode === 'set') {
           return replicateSet(ctx, { mode: 'set', key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, withCas: cmd.withCas });
         }
-        if (cmd.mode === 'add' && isExpired(cmd.deadline, Date.now())) return existenceProbe(ctx, cmd.key);
+        if (cmd.mode === 'add' && isExpired(cmd.deadline, Date.now())) return existenceProbe(ctx, cmd, seq);
         return conditionalStore(ctx, cmd, seq);
       case 'too_large':
         this.count('set');
