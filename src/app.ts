@@ -102,7 +102,7 @@ export class App {
     // Before journal.log is read: another mcmux on this directory would have it rewritten under it.
     makeStateDir(config.stateDir);
     this.unlock = lockDirectory(config.stateDir);
-    this.journal = new RepairJournal({ maxKeys: config.journal.maxKeys, fsync: config.journal.fsync, dir: config.stateDir || undefined });
+    this.journal = new RepairJournal({ maxKeys: config.journal.maxKeys, fsync: config.journal.fsync, dir: config.stateDir });
     this.coldDetector = new ColdDetector(() => this.upstreams, config.lockFence, log, this.journal);
     this.journal.onWriteError = (error) =>
       log.error({ err: error.message }, 'cannot write the repair journal (journal.log): its entries are kept in memory and written again once the disk takes them; a restart before then loses them');

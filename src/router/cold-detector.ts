@@ -63,9 +63,14 @@ interface Look {
   sights: Sight[];
 }
 
+/** The key of this host's marker in every store (a valid memcached key whatever the host name). */
+export function markerKey(): string {
+  return `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
+}
+
 export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
-  readonly key = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
+  readonly key = markerKey();
   /**
    * When this process last wrote each store's marker (monotonic ms), the fence end it told of
    * (`until`: monotonic, 0 for a pid; `wallUntil`: as written; `id`: its fence id, the marker's

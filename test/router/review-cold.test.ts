@@ -4,15 +4,15 @@
  */
 
 import assert from 'node:assert/strict';
-import { hostname } from 'node:os';
 import { it } from 'node:test';
+import { markerKey } from '../../src/router/cold-detector';
 import { type McmuxProcess, eventually, rawClient, startMcmux } from '../helpers/mcmux';
 import { requireBinary, startMemcached } from '../helpers/servers';
 import { connectWire } from '../helpers/wire';
 import { startRedis } from '../upstream/targets/redis';
 
 const REPLY_MS = 5000;
-const MARKER = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
+const MARKER = markerKey();
 
 async function ask(mux: McmuxProcess, text: string, until: RegExp = /\r\n$/): Promise<string> {
   const c = await rawClient(mux.port);
