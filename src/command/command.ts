@@ -142,6 +142,14 @@ export type Reply =
 
 export type ErrorType = 'ERROR' | 'CLIENT_ERROR' | 'SERVER_ERROR';
 
+/**
+ * Keys mcmux keeps in every store for itself: the cold detector's marker of each host
+ * (`mcmux.sentinel.<host>`, cold-detector.ts). A client may not read, write or delete them (the
+ * codecs refuse such a key as a malformed one): a client's read of a marker read-repaired it back
+ * into a store flushed or restarted behind mcmux's back, and the store was never fenced.
+ */
+export const RESERVED_KEY_PREFIX = 'mcmux.sentinel.';
+
 export const MAX_KEY_LENGTH = 250; // protocol.txt: "the key must not include control characters or whitespace" and be at most 250 characters
 
 /** protocol.txt: exptimes above 30 days are absolute Unix times. */

@@ -22,6 +22,7 @@
 
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
+import { RESERVED_KEY_PREFIX } from '../command/command';
 import { monotonicMs } from '../clock';
 import type { Upstream } from '../upstream/upstream';
 import { type FenceLog, type HealthyUpstream, isUsable, membersOf } from './health';
@@ -65,7 +66,7 @@ interface Look {
 
 /** The key of this host's marker in every store (a valid memcached key whatever the host name). */
 export function markerKey(): string {
-  return `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
+  return `${RESERVED_KEY_PREFIX}${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
 }
 
 export class ColdDetector {

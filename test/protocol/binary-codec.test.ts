@@ -232,6 +232,9 @@ const DECODE: Array<[string, Buffer, string[]]> = [
     EINVAL(OP.GET, 'invalid key'), EINVAL(OP.GETQ, 'invalid key'), 'noop [0x0a]',
   ]],
   ['CR LF in a key can never become two commands', cat(frame({ op: OP.DELETE, key: 'a\r\nflush_all' }), NOOP), [EINVAL(OP.DELETE, 'invalid key'), 'noop [0x0a]']],
+  ['mcmux\'s own keys (the cold detector\'s markers) are refused as invalid, the value skipped', cat(frame({ op: OP.GET, key: 'mcmux.sentinel.h' }), frame({ op: OP.SET, key: 'mcmux.sentinel.h', extras: setExtras(0, 0), value: NOOP }), frame({ op: OP.DELETE, key: 'mcmux.sentinel.x' }), NOOP), [
+    EINVAL(OP.GET, 'invalid key'), EINVAL(OP.SET, 'invalid key'), EINVAL(OP.DELETE, 'invalid key'), 'noop [0x0a]',
+  ]],
   ['bad key on SET: the value is skipped, never run', cat(frame({ op: OP.SET, key: 'a\x7f', extras: setExtras(0, 0), value: NOOP }), NOOP), [
     EINVAL(OP.SET, 'invalid key'), 'noop [0x0a]',
   ]],

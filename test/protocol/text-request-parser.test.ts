@@ -84,6 +84,7 @@ const CASES: Array<[string, string | Buffer, string[]]> = [
   ['T3 control byte in key', 'get a\x01b\r\n', [BAD]],
   ['T3 DEL byte in key', 'delete a\x7fb\r\n', [BAD]],
   ['T3 lone CR inside a key', 'get a\rb\r\n', [BAD]],
+  ['mcmux\'s own keys (the cold detector\'s markers) are refused, data swallowed', 'get mcmux.sentinel.h\r\nget a mcmux.sentinel.x\r\nset mcmux.sentinel.h 0 0 1\r\nx\r\ndelete mcmux.sentinel.h noreply\r\nincr mcmux.sentinel.h 1\r\ntouch mcmux.sentinel.h 0\r\ngat 0 mcmux.sentinel.h\r\nget mcmux.sentinel mcmux.sentinelx\r\n', [BAD, BAD, BAD, BAD, BAD, BAD, BAD, 'get mcmux.sentinel,mcmux.sentinelx']],
   ['T4 block longer than declared closes', 'set k 0 0 3\r\nabcd\r\nget k\r\n', ['CLIENT_ERROR bad data chunk [close]']],
   // decided on the line, before the block arrives (memcached unlinks the old item then)
   ['T5 too large: swallowed, old value to delete', `set big 0 0 ${1024 * 1024 + 1}\r\n`, ['too_large big']],

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { markerKey } from '../../src/router/cold-detector';
-import { type McmuxProcess, eventually, rawClient, startMcmux } from '../helpers/mcmux';
+import { type McmuxProcess, eventually, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
 import { requireBinary, startMemcached } from '../helpers/servers';
 import { connectWire } from '../helpers/wire';
 import { startRedis } from '../upstream/targets/redis';
@@ -56,4 +56,35 @@ it('a redis restarted from a snapshot older than its last writes does not bring 
     return (await redis(r.port, `GET ${MARKER}`)) !== atSnapshot;
   });
   assert.equal(await ask(mux, 'get sess.1\r\n', /END\r\n$|ERROR.*\r\n$/), 'END\r\n', 'the session deleted before the restart is not served');
+});
+
+/** One command straight to the memcached on `port` (not through mcmux). */
+async function direct(port: number, text: string): Promise<string> {
+  const c = await rawClient(port);
+  try {
+    return await c.ask(text, /\r\n$/, REPLY_MS);
+  } finally {
+    c.close();
+  }
+}
+
+it('a client cannot read or write the marker key: a store flushed behind mcmux is still fenced, and a lock it lost is not granted again', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const [mc0, mc1] = await Promise.all([startMemcached(), startMemcached()]);
+  t.after(() => Promise.all([mc0.stop(), mc1.stop()]));
+  const mux = await startMcmux(['--upstream', mc0.url, '--upstream', mc1.url, '--lock-fence', '600000', '--log-level', 'warn']);
+  t.after(() => mux.stop());
+
+  assert.equal(await ask(mux, 'add lock.1 0 0 1\r\nx\r\n'), 'STORED\r\n', 'a session lock is taken');
+  assert.ok(await peekItem(mc0.port, MARKER), 'mcmux keeps its marker in the first memcached');
+  // Someone flushes the first memcached behind mcmux's back: the lock and the marker are gone there.
+  assert.equal(await direct(mc0.port, 'flush_all\r\n'), 'OK\r\n');
+  // A client (by mistake or on purpose) reads the marker key through mcmux: were it served, the
+  // read repair would put the marker back into the flushed store, and the check would find it.
+  assert.match(await ask(mux, `get ${MARKER}\r\n`, /END\r\n$|ERROR.*\r\n$/), /^CLIENT_ERROR /, 'the marker key is refused to a client');
+  assert.match(await ask(mux, `set ${MARKER} 0 0 1\r\nx\r\n`), /^CLIENT_ERROR /, 'a client cannot write the marker');
+  assert.match(await ask(mux, `delete mcmux.sentinel.other-host\r\n`), /^CLIENT_ERROR /, 'nor delete another host\'s');
+  assert.equal(await ask(mux, 'get sess.1\r\n', /END\r\n$/), 'END\r\n', 'the connection is still in sync');
+  await eventually('the flushed memcached is fenced as come back empty', async () => /^STAT upstream\.0\.fenced 1\r$/m.test(await ask(mux, 'stats upstreams\r\n', /END\r\n$/)), 6000);
+  assert.equal(await ask(mux, 'add lock.1 0 0 1\r\ny\r\n'), 'NOT_STORED\r\n', 'the lock held is not granted again');
 });

@@ -18,6 +18,7 @@ import {
   type Command,
   type StoreMode,
   MAX_KEY_LENGTH,
+  RESERVED_KEY_PREFIX,
   U64_MASK,
   deadlineFromExptime,
   parseUnsigned,
@@ -83,14 +84,17 @@ function quiet(e: ParseError, noreply: boolean): ParseError {
   return noreply ? { ...e, noreply: true } : e;
 }
 
-/** protocol.txt: keys are up to 250 bytes with no control characters or whitespace (T1, T3). */
+/**
+ * protocol.txt: keys are up to 250 bytes with no control characters or whitespace (T1, T3). And
+ * none of mcmux's own (RESERVED_KEY_PREFIX).
+ */
 export function isValidKey(key: string): boolean {
   if (key.length === 0 || key.length > MAX_KEY_LENGTH) return false;
   for (let i = 0; i < key.length; i++) {
     const c = key.charCodeAt(i);
     if (c <= SPACE || c === 0x7f) return false;
   }
-  return true;
+  return key.charCodeAt(0) !== 0x6d || !key.startsWith(RESERVED_KEY_PREFIX);
 }
 
 /** Signed 32-bit exptime, digits only (T7). */
