@@ -11,14 +11,15 @@
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { hostname, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { it } from 'node:test';
+import { markerKey } from '../../src/router/cold-detector';
 import { type McmuxProcess, eventually, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
 import { requireBinary, startMemcached } from '../helpers/servers';
 
 const REPLY_MS = 5000;
-const MARKER = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
+const MARKER = markerKey();
 const CAME_BACK_EMPTY = /^upstream came back empty/;
 
 /** Lines of mcmux's log that tell of an upstream come back empty. */

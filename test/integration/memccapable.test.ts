@@ -10,8 +10,8 @@
 
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { hostname } from 'node:os';
 import { test } from 'node:test';
+import { markerKey } from '../../src/router/cold-detector';
 import { END, type McmuxProcess, eventually, mcmuxOverTwoMemcached, peekItem, rawClient } from '../helpers/mcmux';
 import { requireBinary } from '../helpers/servers';
 
@@ -112,7 +112,7 @@ test('memccapable against mcmux on two memcached (--allow-flush)', async (t) => 
     async () => {
       // memccapable's flushes make mcmux forget its marker (README: `mcmux.sentinel.<host>`);
       // once it has written it again, losing it means "came back empty".
-      const marker = `mcmux.sentinel.${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
+      const marker = markerKey();
       await eventually('mcmux rewrites its marker after the flushes', async () => (await peekItem(mc1.port, marker)) !== undefined);
       await mc1.restart();
       const c = await rawClient(mux.port);
