@@ -5,7 +5,8 @@
  * a writer or reader), and anything but a regular file is refused before a byte is read.
  */
 
-import { closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, constants, fstatSync, linkSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 
 /** What is at a path is not a regular file (ENOTREG), or is larger than allowed (EFBIG); the message names no path. */
@@ -121,45 +122,124 @@ function holds(pid: number, start: string | undefined): boolean {
   }
 }
 
+/** Test seams of lockDirectory: `beforeTakeover` runs once a lock is judged stale, before it is taken over. */
+export interface LockHooks {
+  readonly beforeTakeover?: () => void;
+}
+
 /**
  * Takes `<dir>/mcmux.lock` for this process and returns its release, or throws naming the process
  * that holds it. A second mcmux on one state directory (started by hand beside the service, on
  * another port or failing on the same one) would compact journal.log under the first, which then
  * appends to the file it replaced, and close it cleanly: a restart would forget the first's
  * journaled misses, and serve a deleted session again. Node has no flock(2): the lock is a file
- * created with O_EXCL holding `<pid> <start time>`; one whose process is gone (SIGKILL, a crash)
- * is taken over, and the start time tells a holder from a later process that reused its pid.
+ * holding `<pid> <start time>`; one whose process is gone (SIGKILL, a crash) is taken over, and
+ * the start time tells a holder from a later process that reused its pid.
+ *
+ * Two processes starting at once must not both get it. The lock is never seen half written: it
+ * is written aside and linked into place (link fails if a lock is there). And a stale one is
+ * replaced (renamed over, so the path is never empty) by one process only: the one that creates
+ * its break file (breakStale), which looks again that the lock is still the stale one it judged.
  */
-export function lockDirectory(dir: string): () => void {
+export function lockDirectory(dir: string, hooks: LockHooks = {}): () => void {
   const path = join(resolve(dir), 'mcmux.lock');
   const me = `${process.pid} ${startedAt(process.pid) ?? ''}`.trim();
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-      try {
-        writeSync(fd, `${me}\n`);
-      } finally {
-        closeSync(fd);
+  const aside = `${path}.${process.pid}`;
+  const fd = openSync(aside, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC, 0o600);
+  try {
+    writeSync(fd, `${me}\n`);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    for (let attempt = 0; attempt < 8; attempt++) {
+      if (linkNew(aside, path)) return releaseOf(path, me);
+      const held = readLock(path);
+      if (held === undefined) continue; // released just now
+      const [pid, start] = held.trim().split(' ');
+      if (pid !== undefined && /^[1-9]\d*$/.test(pid) && holds(Number(pid), start)) {
+        throw new Error(`state-dir ${resolve(dir)} is in use by mcmux pid ${pid} (${path}): one mcmux per state directory`);
       }
-      return () => {
-        try {
-          if (readRegularFile(path, 100).toString('latin1').trim() === me) unlinkSync(path);
-        } catch {
-          // gone already, or taken over: not ours to remove
-        }
-      };
-    } catch (error) {
-      // Taken between our look at a stale one and our create: by a process starting with us.
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw error;
+      // Stale (or garbage): taken over, unless another process is taking it over or did.
+      hooks.beforeTakeover?.();
+      if (breakStale(path, held, aside)) return releaseOf(path, me);
     }
-    const [pid, start] = readRegularFile(path, 100).toString('latin1').trim().split(' ');
-    if (pid !== undefined && /^[1-9]\d*$/.test(pid) && holds(Number(pid), start)) {
-      throw new Error(`state-dir ${resolve(dir)} is in use by mcmux pid ${pid} (${path}): one mcmux per state directory`);
-    }
+    throw new Error(`state-dir ${resolve(dir)}: cannot take ${path}: it keeps changing (other mcmux processes starting on it?)`);
+  } finally {
+    unlinkQuietly(aside);
+  }
+}
+
+/** The release of a lock this process holds as `me`: removed unless another process took it over since. */
+function releaseOf(path: string, me: string): () => void {
+  return () => {
     try {
-      unlinkSync(path); // stale (or half written by a start that died): taken over
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      if (readLock(path)?.trim() === me) unlinkSync(path);
+    } catch {
+      // gone already, or not a file we can read: not ours to remove
     }
+  };
+}
+
+/**
+ * Replaces the stale lock `stale` at `path` with this process's (`aside`); false
+ * if it is not this process's to replace. One process at a time does, for a given stale lock: the
+ * one that links its lock as `<path>.break.<hash of stale>.<n>`, the lowest n whose holder is
+ * alive or free. Inside, it reads the lock again: another process that judged the same lock stale
+ * and got here first has replaced it already (the content of a lock, pid and start time, is never
+ * written twice). A break file is removed only by the process that replaced the lock, after
+ * that: whoever creates one later reads the new lock.
+ */
+function breakStale(path: string, stale: string, aside: string): boolean {
+  const base = `${path}.break.${createHash('sha256').update(stale).digest('hex').slice(0, 16)}`;
+  for (let n = 0; n < 8; n++) {
+    const brk = `${base}.${n}`;
+    if (!linkNew(aside, brk)) {
+      // Linked whole, as the lock: never read half written.
+      const [pid, start] = (readLock(brk) ?? '').trim().split(' ');
+      // Its breaker is at work (or finished just now): the lock is no longer the stale one then.
+      if (pid !== undefined && /^[1-9]\d*$/.test(pid) && holds(Number(pid), start)) return false;
+      continue; // a breaker that died inside: the next number
+    }
+    let replaced = false;
+    try {
+      if (readLock(path) !== stale) return false;
+      renameSync(aside, path);
+      replaced = true;
+      return true;
+    } finally {
+      if (replaced) for (let i = 0; i <= n; i++) unlinkQuietly(`${base}.${i}`);
+      else unlinkQuietly(brk);
+    }
+  }
+  return false;
+}
+
+/** Links `from` as `to`; false if `to` exists. */
+function linkNew(from: string, to: string): boolean {
+  try {
+    linkSync(from, to);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
+  }
+}
+
+/** A lock file's text; undefined when there is none. */
+function readLock(path: string): string | undefined {
+  try {
+    return readRegularFile(path, 100).toString('latin1');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+}
+
+function unlinkQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // gone already
   }
 }

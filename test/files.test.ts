@@ -2,10 +2,11 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, it } from 'node:test';
+import { type TestContext, after, it } from 'node:test';
 import { FileKindError, lockDirectory, makeDirs, readRegularFile, touchRegularFile } from '../src/files';
 
 const root = mkdtempSync(join(tmpdir(), 'mcmux-make-dirs-'));
@@ -100,4 +101,88 @@ it('lockDirectory: one process per state directory; a lock left by a dead proces
   writeFileSync(lock, '');
   lockDirectory(dir)();
   assert.equal(existsSync(lock), false);
+});
+
+/**
+ * A process that takes `dir`'s lock, stopping just before it takes over a stale one until the
+ * file `go` appears; it prints `paused`, then `held` or `refused <message>`, and keeps running
+ * (holding what it got) until killed.
+ */
+function locker(t: TestContext, dir: string, go: string): { lines: string[]; next: (what: RegExp) => Promise<string> } {
+  const files = join(__dirname, '..', 'src', 'files.js');
+  const code = `
+    const { existsSync } = require('node:fs');
+    const { lockDirectory } = require(${JSON.stringify(files)});
+    const nap = new Int32Array(new SharedArrayBuffer(4));
+    try {
+      lockDirectory(${JSON.stringify(dir)}, { beforeTakeover: () => {
+        console.log('paused');
+        while (!existsSync(${JSON.stringify(go)})) Atomics.wait(nap, 0, 0, 5);
+      } });
+      console.log('held');
+    } catch (e) {
+      console.log('refused ' + e.message);
+    }
+    setInterval(() => {}, 1000);
+  `;
+  const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.after(() => child.kill('SIGKILL'));
+  const lines: string[] = [];
+  const waiting: Array<() => void> = [];
+  let buf = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      lines.push(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+    for (const w of waiting.splice(0)) w();
+  });
+  const next = (what: RegExp): Promise<string> =>
+    new Promise((done, fail) => {
+      const look = (): void => {
+        const line = lines.find((l) => what.test(l));
+        if (line !== undefined) done(line);
+        else if (child.exitCode !== null) fail(new Error(`locker exited: ${lines.join(' | ')}`));
+        else waiting.push(look);
+      };
+      child.once('exit', look);
+      look();
+    });
+  return { lines, next };
+}
+
+it('lockDirectory: two processes that find the same stale lock at once: one takes it over, the other is refused', async (t) => {
+  const dir = join(root, 'race');
+  makeDirs(dir, 0o700);
+  const lock = join(dir, 'mcmux.lock');
+  // Left by a process that is gone.
+  const dead = spawn('true', { stdio: 'ignore' });
+  await new Promise((r) => dead.once('exit', r));
+  writeFileSync(lock, `${dead.pid} 1\n`);
+
+  const a = locker(t, dir, join(dir, 'go-a'));
+  const b = locker(t, dir, join(dir, 'go-b'));
+  // Both have read the stale lock and judged it so.
+  await Promise.all([a.next(/^paused$/), b.next(/^paused$/)]);
+  writeFileSync(join(dir, 'go-a'), '');
+  assert.equal(await a.next(/^(held|refused)/), 'held', 'the first takes the stale lock over');
+  writeFileSync(join(dir, 'go-b'), '');
+  assert.match(await b.next(/^(held|refused)/), /^refused state-dir .* is in use by mcmux pid \d+ /, 'the second finds it taken, not stale');
+  assert.match(readFileSync(lock, 'latin1'), /^\d+ \d+\n$/);
+  assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('mcmux.lock.')), [], 'nothing left beside the lock');
+});
+
+it('lockDirectory: a process that died while taking over a stale lock does not keep the next one out', () => {
+  const dir = join(root, 'died-breaking');
+  makeDirs(dir, 0o700);
+  const stale = '999999999 1\n';
+  writeFileSync(join(dir, 'mcmux.lock'), stale);
+  // What that process left: its claim on breaking this stale lock (files.ts breakStale).
+  writeFileSync(join(dir, `mcmux.lock.break.${createHash('sha256').update(stale).digest('hex').slice(0, 16)}.0`), '999999998 1\n');
+  const release = lockDirectory(dir);
+  assert.match(readFileSync(join(dir, 'mcmux.lock'), 'latin1'), new RegExp(`^${process.pid} `));
+  assert.deepEqual(readdirSync(dir).filter((f) => f.startsWith('mcmux.lock.')), [], 'its leftovers are removed with the takeover');
+  release();
+  assert.deepEqual(readdirSync(dir), []);
 });
