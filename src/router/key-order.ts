@@ -52,6 +52,8 @@ interface Lane {
 export class KeyOrder {
   /** Keys with a conditional command or a gat running or waiting. */
   private readonly lanes = new Map<string, Lane>();
+  /** Per key: plain writes a pending flush_all holds back, received but not started yet (held). */
+  private readonly waiting = new Map<string, number>();
 
   constructor(private readonly journal: RepairJournal) {
     journal.onWritesSettled = (key) => this.settled(key);
@@ -79,13 +81,40 @@ export class KeyOrder {
     return lane === undefined ? start() : this.wait(lane, true, start);
   }
 
+  /**
+   * A plain write of `key` held back by a pending flush_all (`gate`): it starts once the flush is
+   * answered, and counts as in flight until then. It has told the journal nothing yet (`start`
+   * does, at once, as every write does): without this, a conditional command received after it
+   * found the key idle, waited for the same flush, and then ran beside it (a set and then an add
+   * of a lock, both received while a flush waited: the add was decided before the set landed).
+   */
+  held<T>(key: string, gate: Promise<void>, start: () => T): Promise<Awaited<T>> {
+    this.waiting.set(key, (this.waiting.get(key) ?? 0) + 1);
+    return gate.then(() => {
+      try {
+        return start();
+      } finally {
+        const left = (this.waiting.get(key) ?? 1) - 1;
+        if (left === 0) this.waiting.delete(key);
+        else this.waiting.set(key, left);
+        // It may have started no write (it threw first): the key may be idle now.
+        if (this.inFlight(key) === 0) this.settled(key);
+      }
+    }) as Promise<Awaited<T>>;
+  }
+
+  /** Writes of `key` in flight, or held back to start after a flush (held). */
+  private inFlight(key: string): number {
+    return this.journal.writesInFlight(key) + (this.waiting.get(key) ?? 0);
+  }
+
   /** Holds `key` at once when nothing of it is queued or in flight (undefined); else its lane to wait in. */
   private claim(key: string): Lane | undefined {
     let lane = this.lanes.get(key);
     if (lane === undefined) {
       lane = { held: false, queue: [], pumping: false };
       this.lanes.set(key, lane);
-      if (this.journal.writesInFlight(key) === 0) {
+      if (this.inFlight(key) === 0) {
         lane.held = true;
         return undefined;
       }
@@ -115,7 +144,7 @@ export class KeyOrder {
       return start();
     } finally {
       // A key `start` announced no write of (it threw first) would be held for good.
-      for (const key of keys) if (this.journal.writesInFlight(key) === 0) this.settled(key);
+      for (const key of keys) if (this.inFlight(key) === 0) this.settled(key);
     }
   }
 
@@ -156,7 +185,7 @@ export class KeyOrder {
       if (next === undefined) break;
       if (next.exclusive) {
         // It starts once the plain writes just started (or any other write) have settled too.
-        if (this.journal.writesInFlight(key) > 0) return;
+        if (this.inFlight(key) > 0) return;
         lane.held = true;
       }
       lane.queue.shift();

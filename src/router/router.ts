@@ -161,7 +161,7 @@ export class Router {
     // set, delete, touch and a too-large set: replicate-write.ts tells the journal of the write
     // itself, before any upstream sees it and until every copy has landed.
     if (this.order.busyKeys === 0 && this.flushGate === undefined) return this.run(ctx, cmd); // no closure on the hot path
-    return this.order.plain(cmd.key, () => this.afterFlush(() => this.run(ctx, cmd)));
+    return this.order.plain(cmd.key, () => this.afterFlush(cmd.key, () => this.run(ctx, cmd)));
   }
 
   /**
@@ -170,10 +170,14 @@ export class Router {
    */
   private flushGate: Promise<void> | undefined;
 
-  /** Runs `start` now, or once the pending flush_all is answered. */
-  private afterFlush<T>(start: () => T): T | Promise<Awaited<T>> {
+  /**
+   * Runs `start` (a plain write of `key`) now, or once the pending flush_all is answered; until
+   * then it counts as a write of the key in flight (key-order.ts held): a conditional command
+   * received after it waits for it, as for any earlier write of its key.
+   */
+  private afterFlush<T>(key: string, start: () => T): T | Promise<Awaited<T>> {
     const gate = this.flushGate;
-    return gate === undefined ? start() : (gate.then(start) as Promise<Awaited<T>>);
+    return gate === undefined ? start() : this.order.held(key, gate, start);
   }
 
   /**
@@ -219,7 +223,7 @@ export class Router {
    * covered only by this.
    */
   private runConditional(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> {
-    // Its turn came while a flush_all is pending: after it (afterFlush, without a closure more).
+    // Its turn came while a flush_all is pending: after it (it holds its key meanwhile).
     const gate = this.flushGate;
     if (gate !== undefined) return gate.then(() => this.conditionalNow(ctx, cmd));
     return this.conditionalNow(ctx, cmd);

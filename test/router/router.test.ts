@@ -677,6 +677,28 @@ describe('router: flush_all is ordered with the writes', () => {
     assert.equal(router.orderedKeys, 0);
   });
 
+  it('a set and then an add of one key, both received while a flush_all waits: the add starts once the set has landed everywhere, and finds it', async () => {
+    const { ups, exec, router } = setup(2, { allowFlush: true });
+    const [first, second] = ups as [FakeUpstream, FakeUpstream];
+    // The flush waits on the second; once it is answered, the set is slow to land on the first.
+    second.gateOnly = (call) => call === 'flush';
+    second.close_gate();
+    const flushing = exec(flushAll);
+    await settle();
+    const [setting, adding] = [exec(set('lock', 'A')), exec(store('add', 'lock', 'B'))];
+    first.gateOnly = (call) => call === 'set lock';
+    first.close_gate();
+    second.open();
+    assert.deepEqual(await flushing, { kind: 'status', status: 'OK' });
+    await settle();
+    assert.ok(!first.calls.includes('add lock'), 'the add waits for the set received before it');
+    first.open();
+    assert.equal(((await setting) as { status?: string }).status, 'STORED');
+    assert.equal(((await adding) as { status?: string }).status, 'NOT_STORED', 'the lock was set first');
+    assert.deepEqual([await direct(first, 'lock'), await direct(second, 'lock')], ['A', 'A'], 'both copies hold the set');
+    assert.equal(router.orderedKeys, 0);
+  });
+
   it('a gat while a flush_all waits touches no other upstream (the flush empties the key after it), so it does not hold the flush back', async () => {
     const { ups, exec } = setup(2, { allowFlush: true, writeWait: 'copies' });
     const [, second] = ups as [FakeUpstream, FakeUpstream];
