@@ -97,9 +97,9 @@ interface PerUpstream {
   /** Keys with an acknowledged write still on its way here (write-wait copies), by the latest one's sequence. */
   pending?: Map<string, number>;
   /**
-   * Keys with more than one such write on its way (rare: a key written again before the upstream
-   * answered), by the oldest one's sequence (or just above the last one it answered): a read that
-   * began after that one must not take the key from here, whichever one is the latest.
+   * The same keys, by when the oldest such write was acknowledged (the sequence its answer took,
+   * markPending; or a bound below it, settled): a read that began after that must not take the
+   * key from here, whichever write is the latest. One that began before overlaps the write.
    */
   pendingFrom?: Map<string, number>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
@@ -297,9 +297,13 @@ export class RepairJournal {
   /**
    * True when `u` must not be read (or decide) for `key`. Hot path: two map lookups at most.
    * `readSeq`: for a read that began at that write sequence (readStarted), a write-wait copy
-   * still on its way to `u` of a write that started later does not count: `u` holds the value
-   * before that write or the write's, and either answers a read that overlaps it (else a miss from
-   * an upstream that lost the key, read before the write reached it, would stand for the answer).
+   * still on its way to `u` of a write acknowledged after the read began does not count: `u`
+   * holds the value before that write or the write's, and either answers a read that overlaps it
+   * (else a miss from an upstream that lost the key, read before the write reached it, would
+   * stand for the answer). Acknowledged, not started: a write that started before the read and
+   * was acknowledged while the first upstream answered it a miss (a cache that had evicted the
+   * key) kept the read off the only other copy, and the session was served as absent (fuzz seed
+   * 41254 of 40501-42000 with MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1).
    */
   isDirty(u: Upstream, key: string, readSeq?: number): boolean {
     const p = this.byName.get(idOf(u));
@@ -318,16 +322,19 @@ export class RepairJournal {
   markPending(u: Upstream, key: string, seq: number): void {
     const p = this.of(u);
     p.pending ??= new Map();
+    p.pendingFrom ??= new Map();
+    // The answer takes a sequence of its own: reads that begin from now on do not take the key
+    // from `u` (isDirty), those that began before may.
+    const acked = ++this.writeSeq;
     const last = p.pending.get(key);
     if (last === undefined) {
       p.pending.set(key, seq);
+      p.pendingFrom.set(key, acked);
       return;
     }
-    // Another write of the key is still on its way: the oldest one keeps its reads off this copy
-    // (seed 23512 of 22501-24000: the mark of a delete acknowledged after a read began replaced
-    // that of a set acknowledged before, and the read took the value the set replaced).
-    p.pendingFrom ??= new Map();
-    p.pendingFrom.set(key, Math.min(p.pendingFrom.get(key) ?? last, seq));
+    // Another write of the key is still on its way: the oldest acknowledgement keeps reads off
+    // this copy (seed 23512 of 22501-24000: the mark of a delete acknowledged after a read began
+    // replaced that of a set acknowledged before, and the read took the value the set replaced).
     if (last < seq) p.pending.set(key, seq);
   }
 
@@ -347,7 +354,8 @@ export class RepairJournal {
       pending.delete(key);
       if (from !== undefined) p?.pendingFrom?.delete(key);
     } else if (from !== undefined && from <= seq) {
-      p?.pendingFrom?.set(key, seq + 0.5); // the next one on its way began after `seq`
+      // The next one on its way began after `seq`, so was acknowledged after that too.
+      p?.pendingFrom?.set(key, seq + 0.5);
     }
   }
 

@@ -69,3 +69,47 @@ describe('review: keys dirty on every upstream', () => {
     assert.deepEqual(values(await read), keys.map((k) => `v-${k}`));
   });
 });
+
+describe('review: a read overlapping a write-wait copies write', () => {
+  /** A cache whose get is applied at once but answered only once `hold` settles (a slow reply). */
+  class SlowReplies extends FakeUpstream {
+    hold: Promise<void> | undefined;
+    override async get(keys: readonly string[], touch?: number) {
+      const hits = await super.get(keys, touch);
+      if (this.hold) await this.hold;
+      return hits;
+    }
+  }
+
+  it('a miss from a cache that evicted the key does not stand for the answer: the copy a set acknowledged after the read began is still on its way to is read', async () => {
+    const first = new SlowReplies('fake://0');
+    const second = new FakeUpstream('fake://1');
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: [first, second], journal, minCopies: 1, writeWait: 'copies', allowFlush: false }, source, noop);
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    const set = (v: string): Command => ({ kind: 'store', mode: 'set', key: 'sess', value: Buffer.from(v), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    assert.equal((await exec(set('v1'))).kind, 'status');
+    // The first (a cache) evicts the session: mcmux cannot know, the journal says it is clean.
+    await first.inner.delete('sess');
+    // A set of the session is on its way, slow to both...
+    first.gateOnly = (call) => call === 'set sess';
+    first.close_gate();
+    second.gateOnly = (call) => call === 'set sess';
+    second.close_gate();
+    const writing = exec(set('v2'));
+    await settle();
+    // ...when a read begins: the first answers it late, with the miss it read before the set landed.
+    let answer = (): void => {};
+    first.hold = new Promise((r) => (answer = r));
+    const reading = exec({ kind: 'get', keys: ['sess'], withCas: false, touch: undefined });
+    await eventually('the read reached the first', () => first.calls.includes('get sess'), { checks: 200, every: 'turn' });
+    // The set lands on the first and is acknowledged (write-wait copies); the second's copy is still on its way.
+    first.open();
+    assert.equal(((await writing) as { status?: string }).status, 'STORED');
+    answer();
+    // The read overlaps the set: the value before it (on the second) or the set's, not a miss.
+    const got = values(await reading)[0];
+    assert.ok(got === 'v1' || got === 'v2', `the session is served (got ${String(got)})`);
+    second.open();
+  });
+});
