@@ -178,7 +178,16 @@ export class App {
           m.resumeUniques(this.journal.uniquesEpochOf(m));
           const store = m.storeId;
           const prev = [...this.members.values()].find((o) => o.storeId === store);
-          if (prev !== undefined) m.takeOver(prev);
+          if (prev !== undefined) {
+            m.takeOver(prev);
+            // The store, and each server of a pool, is as healthy as it was a moment ago.
+            m.inheritHealth(prev);
+            const before = new Map(membersOf(prev).map((o) => [o.name, o]));
+            for (const member of membersOf(m)) {
+              const was = before.get(member.name);
+              if (was !== undefined) member.inheritHealth(was);
+            }
+          }
           // New to the chain, or back in it: it may have restarted while out of it, numbering its
           // items from 1 again, and the marker check takes a first sight as no evidence. Its
           // uniques of before are void, as after a reconnect.

@@ -205,6 +205,26 @@ export class HealthyUpstream implements Upstream {
     for (const key of prev.fenceKeys) this.fenceKeys.add(key);
   }
 
+  /**
+   * Stands for `prev`, the same server or store a reload rebuilt, in health too: one that is down
+   * (or suspect) stays so, and requests keep failing over at once instead of each waiting out a
+   * timeout on a store that does not answer until `downAfter` of them made it down again. Its
+   * first probe goes out after `probeMinMs` (the new options may be what it needed). The state
+   * changes so far go on counting (stats, metrics: a counter that never goes back).
+   */
+  inheritHealth(prev: HealthyUpstream): void {
+    if (prev.current !== 'healthy' && !this.closed) {
+      this.failures = prev.failures;
+      const to: HealthState = prev.current === 'suspect' ? 'suspect' : 'down';
+      this.setState(to, `rebuilt by a reload while ${prev.current}`);
+      if (to === 'down') {
+        this.probeDelay = this.options.probeMinMs;
+        this.scheduleProbe();
+      }
+    }
+    Object.assign(this.transitions, prev.transitions);
+  }
+
   unfence(): void {
     this.coldUntil = 0;
     this.emptyUntil = 0;

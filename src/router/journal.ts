@@ -866,16 +866,17 @@ export class RepairJournal {
    * would have the next repair replay its old op over this write (a delete: the write is lost).
    */
   written(u: Upstream, key: string, seq?: number, op: DirtyOp = 'write'): void {
-    const p = this.byName.get(idOf(u));
-    if (p === undefined) return;
-    const retiredAt = this.retired.get(u);
-    if (retiredAt !== undefined && (retiredAt < this.forgottenUpTo || (this.writes.get(key)?.seq ?? 0) > retiredAt)) {
+    // Before the store's entries are looked up: a store nothing was ever journaled for has none
+    // yet (a fresh process, write-wait all), and what landed there unordered must still be.
+    if (this.landedRetired(u, key)) {
       // Sent on a connection a reload retired, while a later write of the key went to the same
       // store on another one (its new upstream): nothing orders the two there, and this one may
       // have landed over the later write. As a late request: copied again once settled.
       this.mark(u, key, op, seq, true);
       return;
     }
+    const p = this.byName.get(idOf(u));
+    if (p === undefined) return;
     if (p.unknownLate !== undefined) {
       // A flush that timed out, or a request of the process before, may yet land over this write:
       // as a late request of the key.
@@ -1238,6 +1239,18 @@ export class RepairJournal {
   /** A reload took `u` out of the chain (removed, or rebuilt with other options): see written(). */
   retire(u: Upstream): void {
     this.retired.set(u, this.writeSeq);
+  }
+
+  /**
+   * Whether a request of `key` that `u` answered just now was sent on connections a reload
+   * retired while a write of the key may have gone to the same store on other ones since (its
+   * replacement): nothing orders the two there, and it may have landed over that write. A set or
+   * delete (written()), and a touch (replicate-write.ts), which would give the later write its
+   * deadline, are then taken as late requests.
+   */
+  landedRetired(u: Upstream, key: string): boolean {
+    const retiredAt = this.retired.get(u);
+    return retiredAt !== undefined && (retiredAt < this.forgottenUpTo || (this.writes.get(key)?.seq ?? 0) > retiredAt);
   }
 
   /** What may still land on stores that left the chain (PerUpstream.unknownLate as they left). */

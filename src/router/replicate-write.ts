@@ -208,6 +208,10 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
         else touch.missed.push(u);
       }
     }
+    // Answered on connections a reload retired, a later write of the key gone to the store on
+    // new ones: the touch may have landed after that write, giving it this deadline. As a late
+    // request (the repair copies the key's current state once it has settled).
+    if (what === 'touch' && o.ok && o.value === 'TOUCHED' && ctx.journal.landedRetired(u, key)) ctx.journal.mark(u, key, 'write', seq, true);
     reportLate(ctx, what, u, o, () => true);
   };
 }

@@ -151,17 +151,21 @@ export class Router {
     if (!('key' in cmd)) {
       // A gat/gats writes its keys' deadlines, on the other copies after it answered: ordered
       // with their writes as a conditional command is (key-order.ts touching).
-      if (cmd.kind === 'get' && cmd.touch !== undefined) return this.order.touching(cmd.keys, () => this.run(ctx, cmd));
+      if (cmd.kind === 'get' && cmd.touch !== undefined) return this.order.touching(cmd.keys, () => this.run(this.ctx, cmd));
       return this.run(ctx, cmd);
     }
-    // A conditional command of a key runs alone among that key's writes (key-order.ts).
+    // A conditional command of a key runs alone among that key's writes (key-order.ts). One that
+    // waited (here, or behind a flush_all) runs on the configuration in force when it starts: a
+    // reload meanwhile may have replaced or removed the upstreams of the one it was received
+    // under (their connections closing, a write sent on them taken as one that may land late).
+    // Nothing of its key is in flight by then, so nothing orders it with the old ones.
     if ((cmd.kind === 'store' && cmd.mode !== 'set') || cmd.kind === 'arith') {
-      return this.order.conditional(cmd.key, () => this.runConditional(ctx, cmd));
+      return this.order.conditional(cmd.key, () => this.runConditional(this.ctx, cmd));
     }
     // set, delete, touch and a too-large set: replicate-write.ts tells the journal of the write
     // itself, before any upstream sees it and until every copy has landed.
     if (this.order.busyKeys === 0 && this.flushGate === undefined) return this.run(ctx, cmd); // no closure on the hot path
-    return this.order.plain(cmd.key, () => this.afterFlush(cmd.key, () => this.run(ctx, cmd)));
+    return this.order.plain(cmd.key, () => this.afterFlush(cmd.key, () => this.run(this.ctx, cmd)));
   }
 
   /**
@@ -225,7 +229,7 @@ export class Router {
   private runConditional(ctx: RouterContext, cmd: Extract<Command, { key: string }>): Promise<Reply> {
     // Its turn came while a flush_all is pending: after it (it holds its key meanwhile).
     const gate = this.flushGate;
-    if (gate !== undefined) return gate.then(() => this.conditionalNow(ctx, cmd));
+    if (gate !== undefined) return gate.then(() => this.conditionalNow(this.ctx, cmd));
     return this.conditionalNow(ctx, cmd);
   }
 
