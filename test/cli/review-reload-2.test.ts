@@ -11,12 +11,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { App } from '../../src/app';
 import type { Command, Reply } from '../../src/command/command';
-import { buildConfig } from '../../src/config';
 import type { HealthyUpstream } from '../../src/router/health';
-import { startFaultProxy } from '../helpers/fault-proxy';
-import { inProcessMcmux } from '../helpers/in-process';
+import { idle, inProcessMcmux, proxiedPair, reloadTo } from '../helpers/in-process';
 import { END, eventually, peekItem, testClient } from '../helpers/mcmux';
-import { type MemcachedProcess, requireBinary, startMemcacheds } from '../helpers/servers';
+import { requireBinary } from '../helpers/servers';
 
 const REPLY_MS = 8000;
 
@@ -25,14 +23,6 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'mcmux-review-reload-2-'));
 });
 after(() => rm(dir, { recursive: true, force: true }));
-
-/** What App.reload gets from a config file with these scalars and upstreams. */
-function reloadTo(app: App, scalars: Record<string, string>, upstreams: readonly string[]): void {
-  app.reload(buildConfig({ scalars: {}, listen: [], upstreams: [] }, { scalars, listen: ['127.0.0.1:0'], upstreams: upstreams.map((url) => ({ url, options: new Map() })) }));
-}
-
-/** No request of `u` is still unanswered. */
-const idle = (u: HealthyUpstream): boolean => u.stats.requests === u.stats.latencyCount + u.stats.errors;
 
 /** Counts the commands the router was handed (a command received, queued or not). */
 function countExecuted(app: App): { readonly n: number } {
@@ -57,10 +47,7 @@ async function memcachedStat(c: { ask: (s: string, until: RegExp, ms: number) =>
 describe('a reload that rebuilds an upstream that is down (only the global timeout changed)', () => {
   it('keeps it down: requests after the reload are not sent to the dead store (no timeout before failing over)', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
-    const proxy = await startFaultProxy(mc1.port);
-    t.after(() => proxy.close());
-    const first = `memcached://127.0.0.1:${proxy.port}`;
+    const { mc1, mc2, proxy, first } = await proxiedPair(t);
     // Probes far apart: the store stays down for the whole test.
     const scalars = { timeout: '200', 'probe-interval': '600000', 'probe-interval-max': '600000', 'state-dir': join(dir, 'down'), 'log-level': 'silent' };
     const app = await inProcessMcmux(scalars, [first, mc2.url]);
@@ -87,10 +74,7 @@ describe('a reload that rebuilds an upstream that is down (only the global timeo
 
   it('a store that was down and missed writes neither serves them stale nor decides a lock once reachable again after the reload', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
-    const proxy = await startFaultProxy(mc1.port);
-    t.after(() => proxy.close());
-    const first = `memcached://127.0.0.1:${proxy.port}`;
+    const { mc1, mc2, proxy, first } = await proxiedPair(t);
     const scalars = { timeout: '200', 'probe-interval': '600000', 'probe-interval-max': '600000', 'state-dir': join(dir, 'missed'), 'log-level': 'silent' };
     const app = await inProcessMcmux(scalars, [first, mc2.url]);
     const c = await testClient(t, app.address.port);
@@ -119,10 +103,7 @@ describe('a reload that rebuilds an upstream that is down (only the global timeo
 describe('a reload that replaces an upstream while a set is in flight on the old one (write-wait all, a store never dirty so far)', () => {
   it('the set landing there after a later set through the new one is journaled: both stores end up agreeing, and a read does not change its answer once the first leaves', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
-    const proxy = await startFaultProxy(mc1.port);
-    t.after(() => proxy.close());
-    const first = `memcached://127.0.0.1:${proxy.port}?timeout=5000`;
+    const { mc1, mc2, proxy, first } = await proxiedPair(t, '?timeout=5000');
     const scalars = { 'state-dir': join(dir, 'inflight-all'), 'log-level': 'silent' };
     const slow = `memcached://127.0.0.1:${proxy.port}?timeout=20000`;
     const app = await inProcessMcmux(scalars, [slow, mc2.url]);
@@ -157,10 +138,7 @@ describe('a reload that replaces an upstream while a set is in flight on the old
 describe('a reload while a write of a key waits behind a conditional command of the key', () => {
   it('the queued write goes to the upstreams of the new config: STORED, and read back', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
-    const proxy = await startFaultProxy(mc1.port);
-    t.after(() => proxy.close());
-    const first = `memcached://127.0.0.1:${proxy.port}`;
+    const { mc1, mc2, proxy, first } = await proxiedPair(t);
     const scalars = { timeout: '5000', 'state-dir': join(dir, 'queued'), 'log-level': 'silent' };
     const app = await inProcessMcmux(scalars, [first, mc2.url]);
     const executed = countExecuted(app);
@@ -195,10 +173,7 @@ describe('a reload while a write of a key waits behind a conditional command of 
 describe('a reload that replaces an upstream while a touch of a key is in flight on the old one', () => {
   it('a set of the key after it, through the new one, keeps its own deadline: not served once it expired', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
-    const proxy = await startFaultProxy(mc1.port);
-    t.after(() => proxy.close());
-    const first = `memcached://127.0.0.1:${proxy.port}?timeout=5000`;
+    const { mc1, mc2, proxy, first } = await proxiedPair(t, '?timeout=5000');
     const scalars = { 'write-wait': 'copies', 'state-dir': join(dir, 'touch'), 'log-level': 'silent' };
     const app = await inProcessMcmux(scalars, [first, mc2.url]);
     const c = await testClient(t, app.address.port);
@@ -232,10 +207,7 @@ describe('a reload that replaces an upstream while a touch of a key is in flight
 describe('a reload that replaces an upstream while a read repair add is in flight on the old one', () => {
   it('a delete of the key after it, through the new one, is not undone by the add landing later', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
-    const proxy = await startFaultProxy(mc1.port);
-    t.after(() => proxy.close());
-    const first = `memcached://127.0.0.1:${proxy.port}?timeout=5000`;
+    const { mc1, mc2, proxy, first } = await proxiedPair(t, '?timeout=5000');
     const scalars = { 'state-dir': join(dir, 'repair'), 'log-level': 'silent' };
     const app = await inProcessMcmux(scalars, [first, mc2.url]);
     const c = await testClient(t, app.address.port);

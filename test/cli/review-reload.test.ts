@@ -8,11 +8,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, after, before, describe, it } from 'node:test';
-import type { App } from '../../src/app';
-import { buildConfig } from '../../src/config';
 import type { HealthyUpstream } from '../../src/router/health';
-import { startFaultProxy } from '../helpers/fault-proxy';
-import { inProcessMcmux } from '../helpers/in-process';
+import { idle, inProcessMcmux, proxiedPair, reloadTo } from '../helpers/in-process';
 import { END, eventually, killAndWait, peekItem, testClient } from '../helpers/mcmux';
 import { type MemcachedProcess, requireBinary, startMemcacheds } from '../helpers/servers';
 
@@ -24,21 +21,10 @@ before(async () => {
 });
 after(() => rm(dir, { recursive: true, force: true }));
 
-/** What App.reload gets from a config file with these scalars and upstreams. */
-function reloadTo(app: App, scalars: Record<string, string>, upstreams: readonly string[]): void {
-  app.reload(buildConfig({ scalars: {}, listen: [], upstreams: [] }, { scalars, listen: ['127.0.0.1:0'], upstreams: upstreams.map((url) => ({ url, options: new Map() })) }));
-}
-
-/** No request of `u` is still unanswered. */
-const idle = (u: HealthyUpstream): boolean => u.stats.requests === u.stats.latencyCount + u.stats.errors;
-
 describe('a reload that replaces an upstream (a tuning option changed) while a copy is in flight on the old one', () => {
   it('a later set of the key, through the new one, is not overwritten unseen by that copy: the next get reads the later value', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
-    const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
-    const proxy = await startFaultProxy(mc1.port);
-    t.after(() => proxy.close());
-    const first = `memcached://127.0.0.1:${proxy.port}?timeout=5000`;
+    const { mc1, mc2, proxy, first } = await proxiedPair(t, '?timeout=5000');
     const scalars = { 'write-wait': 'copies', 'state-dir': join(dir, 'replaced'), 'log-level': 'silent' };
     const app = await inProcessMcmux(scalars, [first, mc2.url]);
     const c = await testClient(t, app.address.port);

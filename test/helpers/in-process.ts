@@ -3,11 +3,14 @@
  * for protocol tests that look at what reached each store. Closed after the file's tests.
  */
 
-import { after } from 'node:test';
+import { type TestContext, after } from 'node:test';
 import pino from 'pino';
 import { type App, startApp } from '../../src/app';
 import { type RawConfig, buildConfig } from '../../src/config';
+import type { HealthyUpstream } from '../../src/router/health';
 import type { MemoryUpstream } from '../../src/upstream/memory';
+import { type FaultProxy, startFaultProxy } from './fault-proxy';
+import { type MemcachedProcess, startMemcacheds } from './servers';
 
 const apps: App[] = [];
 after(async () => {
@@ -22,6 +25,25 @@ export async function inProcessMcmux(scalars: RawConfig['scalars'] = {}, upstrea
   const app = await startApp(config, pino({ level: 'silent' }));
   apps.push(app);
   return app;
+}
+
+/** What App.reload gets from a config file with these scalars and upstreams. */
+export function reloadTo(app: App, scalars: Record<string, string>, upstreams: readonly string[]): void {
+  app.reload(buildConfig({ scalars: {}, listen: [], upstreams: [] }, { scalars, listen: ['127.0.0.1:0'], upstreams: upstreams.map((url) => ({ url, options: new Map() })) }));
+}
+
+/** No request of `u` is still unanswered. */
+export const idle = (u: HealthyUpstream): boolean => u.stats.requests === u.stats.latencyCount + u.stats.errors;
+
+/**
+ * Two memcached for a test (stopped after it), the first behind a fault proxy: `first` is the URL
+ * of that first store through the proxy, with `query` (`?timeout=5000`) appended.
+ */
+export async function proxiedPair(t: TestContext, query = ''): Promise<{ mc1: MemcachedProcess; mc2: MemcachedProcess; proxy: FaultProxy; first: string }> {
+  const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
+  const proxy = await startFaultProxy(mc1.port);
+  t.after(() => proxy.close());
+  return { mc1, mc2, proxy, first: `memcached://127.0.0.1:${proxy.port}${query}` };
 }
 
 /** The memory store behind upstream `i` of `app`. */
