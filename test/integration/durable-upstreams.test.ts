@@ -280,7 +280,7 @@ test('a cache in front of durable stores: memcached, redis, mysql', async (t) =>
         const refused = await binAsk(bin, frame({ opcode: BIN_SET, key, extras: storeExtras(0, 0), value: big, opaque: 0x52 }));
         assert.deepEqual(
           [refused.opcode, refused.status, refused.opaque, refused.value],
-          [BIN_SET, BIN_TOO_LARGE, 0x52, 'object too large for cache'],
+          [BIN_SET, BIN_TOO_LARGE, 0x52, 'Too large.'],
           'the oversized SET is answered with 0x0003 (value too large)',
         );
         assert.deepEqual(await held(key), nowhere, 'the old session is gone from every store once the refusal is answered');

@@ -104,13 +104,16 @@ function writeStatus(reply: Extract<Reply, { kind: 'status' }>, tag: BinaryTag, 
 
 function writeError(reply: Extract<Reply, { kind: 'error' }>, cmd: Command, tag: BinaryTag, out: OutBuffer): void {
   if (cmd.kind === 'too_large') {
-    error(tag, STATUS.VALUE_TOO_LARGE, reply.message, out);
+    // memcached's binary body, not the text protocol's SERVER_ERROR line the router answers.
+    error(tag, STATUS.VALUE_TOO_LARGE, '', out);
     return;
   }
   switch (reply.type) {
     case 'CLIENT_ERROR':
-      // The router's one CLIENT_ERROR for incr/decr is the non-numeric value (T12, B5).
-      error(tag, cmd.kind === 'arith' ? STATUS.NON_NUMERIC : STATUS.INVALID_ARGUMENTS, reply.message, out);
+      // The router's one CLIENT_ERROR for incr/decr is the non-numeric value (T12, B5), answered
+      // with memcached's binary message, not the text protocol's CLIENT_ERROR line.
+      if (cmd.kind === 'arith') error(tag, STATUS.NON_NUMERIC, '', out);
+      else error(tag, STATUS.INVALID_ARGUMENTS, reply.message, out);
       return;
     case 'SERVER_ERROR':
       error(tag, STATUS.INTERNAL_ERROR, reply.message, out);
