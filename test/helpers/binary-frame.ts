@@ -45,3 +45,40 @@ export function arithExtras(delta: bigint, initial: bigint, exptime: number): Bu
   b.writeUInt32BE(exptime >>> 0, 16);
   return b;
 }
+
+/** One binary-protocol response frame as read back (the key as latin1 text, one character a byte). */
+export interface ResponseFrame {
+  readonly magic: number;
+  readonly opcode: number;
+  readonly status: number;
+  readonly opaque: number;
+  readonly cas: bigint;
+  readonly extras: Buffer;
+  readonly key: string;
+  readonly value: Buffer;
+}
+
+/** The complete response frames at the start of `buf`, and how many bytes they took. */
+export function parseResponseFrames(buf: Buffer): { frames: ResponseFrame[]; used: number } {
+  const frames: ResponseFrame[] = [];
+  let at = 0;
+  while (buf.length - at >= 24) {
+    const keyLength = buf.readUInt16BE(at + 2);
+    const extrasLength = buf.readUInt8(at + 4);
+    const bodyLength = buf.readUInt32BE(at + 8);
+    if (buf.length - at < 24 + bodyLength) break;
+    const body = at + 24;
+    frames.push({
+      magic: buf.readUInt8(at),
+      opcode: buf.readUInt8(at + 1),
+      status: buf.readUInt16BE(at + 6),
+      opaque: buf.readUInt32BE(at + 12),
+      cas: buf.readBigUInt64BE(at + 16),
+      extras: buf.subarray(body, body + extrasLength),
+      key: buf.toString('latin1', body + extrasLength, body + extrasLength + keyLength),
+      value: buf.subarray(body + extrasLength + keyLength, body + bodyLength),
+    });
+    at = body + bodyLength;
+  }
+  return { frames, used: at };
+}

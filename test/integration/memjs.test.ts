@@ -18,7 +18,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type McmuxProcess, type PeekedItem, type RawClient, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
-import { arithExtras, frame, storeExtras } from '../helpers/binary-frame';
+import { type ResponseFrame, arithExtras, frame, parseResponseFrames, storeExtras } from '../helpers/binary-frame';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
 
 const MAX_ITEM_SIZE = 1024;
@@ -96,47 +96,13 @@ const OP = {
 } as const;
 const ST = { SUCCESS: 0x00, KEY_NOT_FOUND: 0x01, KEY_EXISTS: 0x02, INVALID_ARGUMENTS: 0x04, INTERNAL_ERROR: 0x84, UNKNOWN_COMMAND: 0x81 } as const;
 
-interface Packet {
-  readonly magic: number;
-  readonly opcode: number;
-  readonly status: number;
-  readonly opaque: number;
-  readonly cas: bigint;
-  readonly extras: Buffer;
-  readonly key: string;
-  readonly value: Buffer;
-}
-
-/** The complete packets at the start of `buf`, and how many bytes they took. */
-function parsePackets(buf: Buffer): { packets: Packet[]; used: number } {
-  const packets: Packet[] = [];
-  let at = 0;
-  while (buf.length - at >= 24) {
-    const keyLength = buf.readUInt16BE(at + 2);
-    const extrasLength = buf.readUInt8(at + 4);
-    const bodyLength = buf.readUInt32BE(at + 8);
-    if (buf.length - at < 24 + bodyLength) break;
-    const body = at + 24;
-    packets.push({
-      magic: buf.readUInt8(at),
-      opcode: buf.readUInt8(at + 1),
-      status: buf.readUInt16BE(at + 6),
-      opaque: buf.readUInt32BE(at + 12),
-      cas: buf.readBigUInt64BE(at + 16),
-      extras: buf.subarray(body, body + extrasLength),
-      key: buf.toString('latin1', body + extrasLength, body + extrasLength + keyLength),
-      value: buf.subarray(body + extrasLength + keyLength, body + bodyLength),
-    });
-    at = body + bodyLength;
-  }
-  return { packets, used: at };
-}
+type Packet = ResponseFrame;
 
 /** Reads exactly `n` response packets (rejects on close or timeout, and on bytes beyond them). */
 async function readPackets(c: RawClient, n: number): Promise<Packet[]> {
-  const text = await c.readUntil((t) => parsePackets(Buffer.from(t, 'latin1')).packets.length >= n, REPLY_MS);
+  const text = await c.readUntil((t) => parseResponseFrames(Buffer.from(t, 'latin1')).frames.length >= n, REPLY_MS);
   const buf = Buffer.from(text, 'latin1');
-  const { packets, used } = parsePackets(buf);
+  const { frames: packets, used } = parseResponseFrames(buf);
   assert.equal(packets.length, n, `expected ${n} packets, got ${packets.length}: ${describe(packets)}`);
   assert.equal(used, buf.length, `bytes after the ${n} packets expected: ${buf.subarray(used).toString('hex')}`);
   for (const p of packets) assert.equal(p.magic, 0x81, 'response magic');

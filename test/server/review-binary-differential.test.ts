@@ -45,12 +45,12 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { type MemcachedProcess, haveBinary, startMemcached } from '../helpers/servers';
+import { type MemcachedProcess, skipWithout, startMemcached } from '../helpers/servers';
 import { type McmuxProcess, startMcmux } from '../helpers/mcmux';
 import { inProcessMcmux } from '../helpers/in-process';
 import { type Wire, connectWire } from '../helpers/wire';
 import { mulberry32 } from '../helpers/random';
-import { type FrameSpec, arithExtras, frame, storeExtras } from '../helpers/binary-frame';
+import { type FrameSpec, type ResponseFrame, arithExtras, frame, parseResponseFrames, storeExtras } from '../helpers/binary-frame';
 import { OPCODE } from '../../src/protocol/binary/header';
 
 type Rng = () => number;
@@ -248,40 +248,12 @@ function touchExtras(exptime: number): Buffer {
   return b;
 }
 
-interface Response {
-  readonly magic: number;
-  readonly opcode: number;
-  readonly status: number;
-  readonly key: Buffer;
-  readonly extras: Buffer;
-  readonly value: Buffer;
-  readonly opaque: number;
-  readonly cas: bigint;
-}
+type Response = ResponseFrame;
 
 /** The complete response frames at the start of `buf`, and the bytes after them. */
 function parseResponses(buf: Buffer): { frames: Response[]; rest: Buffer } {
-  const frames: Response[] = [];
-  let at = 0;
-  while (buf.length - at >= 24) {
-    const keyLength = buf.readUInt16BE(at + 2);
-    const extrasLength = buf.readUInt8(at + 4);
-    const bodyLength = buf.readUInt32BE(at + 8);
-    if (buf.length - at < 24 + bodyLength) break;
-    const body = at + 24;
-    frames.push({
-      magic: buf.readUInt8(at),
-      opcode: buf.readUInt8(at + 1),
-      status: buf.readUInt16BE(at + 6),
-      extras: buf.subarray(body, body + extrasLength),
-      key: buf.subarray(body + extrasLength, body + extrasLength + keyLength),
-      value: buf.subarray(body + extrasLength + keyLength, body + bodyLength),
-      opaque: buf.readUInt32BE(at + 12),
-      cas: buf.readBigUInt64BE(at + 16),
-    });
-    at = body + bodyLength;
-  }
-  return { frames, rest: buf.subarray(at) };
+  const { frames, used } = parseResponseFrames(buf);
+  return { frames, rest: buf.subarray(used) };
 }
 
 const show = (b: Buffer): string => {
@@ -326,7 +298,7 @@ class Normaliser {
         cas = `#${i}`;
       }
       const magic = f.magic === 0x81 ? '' : `magic=0x${f.magic.toString(16)} `;
-      return `${magic}${opName(f.opcode)} ${status} key=${show(f.key)} ext=${extras} val=${value} opaque=${f.opaque} cas=${cas}`;
+      return `${magic}${opName(f.opcode)} ${status} key=${show(Buffer.from(f.key, 'latin1'))} ext=${extras} val=${value} opaque=${f.opaque} cas=${cas}`;
     });
   }
 }
@@ -494,7 +466,7 @@ const showTally = (t: { diagnostic(s: string): void }, tally: Map<string, number
   if (VERBOSE) for (const [k, n] of [...tally].sort()) t.diagnostic(`${k}: ${n}`);
 };
 
-describe('review: binary protocol, differential against memcached 1.6', { skip: !haveBinary('memcached') && 'memcached needed' }, () => {
+describe('review: binary protocol, differential against memcached 1.6', { skip: skipWithout('memcached', 'memcached') }, () => {
   let reference: MemcachedProcess;
   let behind: MemcachedProcess;
   let mux: McmuxProcess;

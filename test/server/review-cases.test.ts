@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { haveBinary, startMemcached } from '../helpers/servers';
+import { requireBinary, startMemcached } from '../helpers/servers';
 import { connectWire } from '../helpers/wire';
 import { inProcessMcmux, memory, recordCalls } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
@@ -47,7 +47,7 @@ const COUNTER_VALUES = [' 12', '\t12', '+5', '12 abc', '12\nx', '000000000000000
 
 describe('review: PROTOCOL-CASES rows over a socket', () => {
   it('T12: incr reads a stored number as memcached 1.6 does, whichever kind of upstream decides (memory, redis, sqlite)', async (t) => {
-    if (!haveBinary('memcached') || !haveBinary('redis-server')) return t.skip('memcached and redis-server needed');
+    if (!requireBinary(t, 'memcached', 'memcached') || !requireBinary(t, 'redis-server', 'redis-server')) return;
     const reference = await startMemcached();
     stops.push(() => reference.stop());
     const redis = await startRedis();

@@ -24,7 +24,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { type MemcachedProcess, haveBinary, startMemcached } from '../helpers/servers';
+import { type MemcachedProcess, skipWithout, startMemcached } from '../helpers/servers';
 import { type McmuxProcess, startMcmux } from '../helpers/mcmux';
 import { inProcessMcmux } from '../helpers/in-process';
 import { type Wire, connectWire } from '../helpers/wire';
@@ -258,7 +258,7 @@ const SEEDS = envInt('MCMUX_DIFF_SEEDS', 6);
 const FIRST = envInt('MCMUX_DIFF_SEED', 1);
 const BURSTS = envInt('MCMUX_DIFF_BURSTS', 60);
 
-describe('review: text protocol, differential against memcached 1.6', { skip: !haveBinary('memcached') && 'memcached needed' }, () => {
+describe('review: text protocol, differential against memcached 1.6', { skip: skipWithout('memcached', 'memcached') }, () => {
   let reference: MemcachedProcess;
   let behind: MemcachedProcess;
   let mux: McmuxProcess;
