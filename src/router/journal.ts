@@ -1085,16 +1085,28 @@ export class RepairJournal {
   }
 
   /**
-   * Keys another overflowed upstream holds (its current state, maybe the only copy): a cache
-   * just flushed lacks them and must be repaired with them before that one may be flushed too.
+   * What `u`, an overflowed cache the repair has just flushed and trusted, lacks of what another
+   * overflowed upstream has, as the keys to journal for `u` and the sequence to date each by: it
+   * is repaired with them before that one may be flushed too. A key that one holds (its current
+   * state, maybe the only copy) is dated by the next write (only a write started from now on
+   * proves the key is here again). A key that one is the freshest copy of, though it missed a
+   * write of it since (Overflow.known `missed`), is dated just below that miss: `u` ranks below
+   * it. Without these, `u`, clean and empty, decided such a key as absent (a lock held there was
+   * granted again).
    */
-  heldByOthers(u: Upstream, all: readonly Upstream[]): string[] {
-    const keys: string[] = [];
-    for (const x of all) {
-      const o = idOf(x) === idOf(u) ? undefined : this.byName.get(idOf(x))?.overflow;
-      if (o) for (const [key, k] of o.known) if (k.holds || k.maybe) keys.push(key);
+  lacksAfterFlush(u: Upstream, all: readonly Upstream[]): Array<[string, number]> {
+    const next = this.nextWriteSeq();
+    const others = all.filter((x) => idOf(x) !== idOf(u));
+    const out: Array<[string, number]> = [];
+    for (const x of others) {
+      const o = this.byName.get(idOf(x))?.overflow;
+      if (!o) continue;
+      for (const [key, k] of o.known) {
+        if (k.holds || k.maybe) out.push([key, next]);
+        else if (k.missed !== undefined && !this.outranked(others, x, key)) out.push([key, k.missed - 0.5]);
+      }
     }
-    return keys;
+    return out;
   }
 
   /**

@@ -375,10 +375,9 @@ export class Repairer {
     }
     overflow.lastLate = undefined; // settled (above): trust() would keep it overflowed
     journal.trust(u, 'repair');
-    // What another overflowed upstream holds is copied here before that one may be flushed.
-    // Only a write started from now on proves the key is here again.
-    const next = journal.nextWriteSeq();
-    for (const key of journal.heldByOthers(u, ctx.upstreams)) journal.mark(u, key, 'write', next);
+    // What another overflowed upstream holds, or is the freshest copy of, is copied here before
+    // that one may be flushed too (journal.lacksAfterFlush).
+    for (const [key, seq] of journal.lacksAfterFlush(u, ctx.upstreams)) journal.mark(u, key, 'write', seq);
     this.log.warn({ upstream: u.name }, 'repair journal had overflowed: flushed the cache upstream; reads use it again');
   }
 

@@ -109,3 +109,44 @@ describe('review: authority and ranking', () => {
     assert.deepEqual(await exec(get('k')).then((g) => (g.kind === 'values' ? g.hits.map((h) => h?.value.toString()) : inspect(g))), ['v1']);
   });
 });
+
+describe('review: two overflowed caches', () => {
+  it('the repair flushes one: a lock the other is the freshest copy of (it missed a write of it since) is copied to it, not decided there as absent', async () => {
+    const ups = [new FakeUpstream('fake://0', 'memory'), new FakeUpstream('fake://1', 'memory')] as const;
+    const [first, second] = ups;
+    const journal = new RepairJournal({ maxKeys: 2, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, () => {});
+    const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 60_000 }, pino({ level: 'silent' }));
+    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+    // Writes of three keys fail everywhere: both journals (of two keys) overflow.
+    first.mode = 'fail';
+    second.mode = 'fail';
+    for (const k of ['a', 'b', 'c']) assert.match(inspect(await exec(set(k, '1'))), /SERVER_ERROR/);
+    second.mode = 'ok';
+    assert.ok(journal.overflowed(first) && journal.overflowed(second));
+    // A release of the lock reaches both (each holds the key from then on); the next writes of it
+    // reach the second only: client 1 takes the lock there, its copy to the first fails.
+    first.mode = 'ok';
+    assert.equal(status(await exec(del('lock'))), 'NOT_FOUND');
+    first.mode = 'fail';
+    assert.equal(status(await exec(set('lock', 'x'))), 'STORED');
+    assert.equal(status(await exec(del('lock'))), 'DELETED');
+    assert.equal(status(await exec(store('add', 'lock', 'client1'))), 'STORED');
+    first.mode = 'ok';
+    // Client 2's add fails on the second (it may yet land): every copy is dirty, the second the freshest.
+    second.mode = 'fail';
+    assert.match(inspect(await exec(store('add', 'lock', 'client2'))), /SERVER_ERROR/);
+    second.mode = 'ok';
+    assert.equal(status(await exec(store('add', 'lock', 'client3'))), 'NOT_STORED', 'before the repair: the lock is held');
+    await repairer.tick(); // flushes one overflowed cache, and trusts it
+    await settle();
+    assert.equal(journal.overflowed(first), undefined, 'the first was flushed and is trusted');
+    assert.equal(status(await exec(store('add', 'lock', 'client4'))), 'NOT_STORED', 'after the repair: the held lock is not granted again');
+    assert.equal(journal.isDirty(first, 'lock'), true, 'the flushed cache is not taken as clean for the lock');
+    assert.deepEqual(
+      await exec(get('lock')).then((r) => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : inspect(r))),
+      ['client1'],
+      'the lock is read from the copy that holds it',
+    );
+  });
+});
