@@ -23,7 +23,7 @@
  * beyond either, and while the socket holds more than `maxOutputBytes` unsent, the connection
  * stops reading and starts no more commands (backpressure: a client that does not read its
  * replies, or that pipelines large values to a slow upstream, cannot make mcmux buffer without
- * bound). Reads started and not yet written out are bounded by count (MAX_READS_IN_FLIGHT) and
+ * bound). Reads (and gats) started and not yet written out are bounded by count (MAX_READS_IN_FLIGHT) and
  * by keys (`maxKeysPerGet` among them, one get always allowed): the replies fetched or waiting
  * for an earlier reply are at most one get's worth of values.
  */
@@ -62,6 +62,11 @@ interface Slot {
   /** The keys it reads or writes; undefined: every key (flush_all) or none (version, stats). */
   keys: readonly string[] | undefined;
   started: boolean;
+  /**
+   * Its reply carries values (a read's, or a gat's: ordered as a write, but answered as a get):
+   * counted among the reads held (MAX_READS_IN_FLIGHT, max-keys-per-get) until it is written.
+   */
+  held: boolean;
   /** Value bytes the request holds until it is answered (stores). */
   inBytes: number;
 }
@@ -188,7 +193,7 @@ export class ClientConnection {
   private enqueue(d: Decoded): void {
     if (d.kind === 'error') {
       const reply: Reply = { kind: 'none' };
-      this.queue.push({ request: undefined, reply, bytes: d.bytes, closeAfter: d.close, write: false, keys: undefined, started: true, inBytes: 0 });
+      this.queue.push({ request: undefined, reply, bytes: d.bytes, closeAfter: d.close, write: false, keys: undefined, started: true, held: false, inBytes: 0 });
       if (d.close) this.closing = true; // decode nothing more; close once the replies before it are out
       return;
     }
@@ -197,16 +202,21 @@ export class ClientConnection {
     const keys = keysOf(command);
     const inBytes = kind === 'store' ? command.value.length : 0;
     this.inputBytes += inBytes;
+    // A gat changes its keys' deadlines: a `get k` after `gat -1 k` must not read k (memcached
+    // answers it a miss), so it is ordered as a write.
+    const write = !READS.has(kind) || (kind === 'get' && command.touch !== undefined);
     this.queue.push({
       request: d.request,
       reply: undefined,
       bytes: undefined,
       closeAfter: kind === 'quit',
-      // A gat changes its keys' deadlines: a `get k` after `gat -1 k` must not read k (memcached
-      // answers it a miss), so it is ordered as a write.
-      write: !READS.has(kind) || (kind === 'get' && command.touch !== undefined),
+      write,
       keys: keys === 'all' ? ALL : keys,
       started: false,
+      // A gat's reply is a get's, values and all: held to the same budget as the reads', or a
+      // pipeline of gats, each started as soon as the one before is answered, would pile up
+      // replies faster than they are written (the output check sees only what reached the socket).
+      held: !write || kind === 'get',
       inBytes,
     });
     if (kind === 'quit') this.closing = true;
@@ -225,11 +235,11 @@ export class ClientConnection {
       if (this.socket.writableLength > this.limits.maxOutputBytes) break;
       this.nextToStart++;
       slot.started = true;
+      if (slot.held) this.readKeysHeld += slot.keys?.length ?? 0;
       if (slot.write) {
         this.writeKeys = slot.keys === ALL ? 'all' : (slot.keys ?? []);
       } else {
         this.readsInFlight++;
-        this.readKeysHeld += slot.keys?.length ?? 0;
         for (const k of slot.keys ?? []) this.readKeys.set(k, (this.readKeys.get(k) ?? 0) + 1);
       }
       this.run(slot);
@@ -273,6 +283,7 @@ export class ClientConnection {
 
   /** The ordering rules (see the top of this file). */
   private mayStart(slot: Slot): boolean {
+    if (slot.held && !this.mayHold(slot)) return false;
     const w = this.writeKeys;
     if (slot.write) {
       if (w !== undefined) return false;
@@ -280,15 +291,19 @@ export class ClientConnection {
       for (const k of slot.keys ?? []) if (this.readKeys.has(k)) return false;
       return true;
     }
-    // Replies computed but not yet written count too: together they are what this client holds.
-    if (this.readsInFlight + this.unflushed >= MAX_READS_IN_FLIGHT) return false;
-    // One get's worth of keys among the reads held, so one get's worth of values fetched.
-    const n = slot.keys?.length ?? 0;
-    if (this.readKeysHeld > 0 && this.readKeysHeld + n > this.limits.maxKeysPerGet) return false;
     if (w === undefined) return true;
     if (w === 'all') return false;
     for (const k of slot.keys ?? []) if (w.includes(k)) return false;
     return true;
+  }
+
+  /** Whether a read (or gat) may start within the replies one client may have mcmux hold. */
+  private mayHold(slot: Slot): boolean {
+    // Replies computed but not yet written count too: together they are what this client holds.
+    if (this.readsInFlight + this.unflushed >= MAX_READS_IN_FLIGHT) return false;
+    // One get's worth of keys among the reads held, so one get's worth of values fetched.
+    const n = slot.keys?.length ?? 0;
+    return this.readKeysHeld === 0 || this.readKeysHeld + n <= this.limits.maxKeysPerGet;
   }
 
   private run(slot: Slot): void {
@@ -365,7 +380,7 @@ export class ClientConnection {
         else if (slot.request && this.codec) {
           this.codec.encode(slot.reply, slot.request, out);
           this.unflushed--;
-          if (!slot.write) this.readKeysHeld -= slot.keys?.length ?? 0;
+          if (slot.held) this.readKeysHeld -= slot.keys?.length ?? 0;
         }
         if (slot.closeAfter) {
           close = true;

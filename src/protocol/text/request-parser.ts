@@ -343,8 +343,10 @@ export class TextRequestParser {
     const exptime = parseExptime(t[3] ?? '');
     const cas = mode === 'cas' ? parseUnsigned(t[5] ?? '', U64_MASK) : undefined;
     if (!isValidKey(key) || flags === undefined || exptime === undefined || (mode === 'cas' && cas === undefined)) {
-      // The block is swallowed, never executed as commands (T2).
-      return this.swallow(need, err('CLIENT_ERROR', BAD_FORMAT));
+      // The block is swallowed, never executed as commands (T2). With noreply, answered with
+      // nothing, as memcached 1.6 does: a client not listening would take the error for the
+      // reply to its next command, and every reply after it for the one before's.
+      return this.swallow(need, quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply));
     }
     if (bytes > this.limits.maxItemSize) {
       // T5: refuse, swallow, and for a set delete the old value everywhere (the router does that).
