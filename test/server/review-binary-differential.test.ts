@@ -44,10 +44,10 @@
  */
 
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { type MemcachedProcess, skipWithout, startMemcached } from '../helpers/servers';
-import { type McmuxProcess, startMcmux } from '../helpers/mcmux';
+import { describe, it } from 'node:test';
+import { skipWithout } from '../helpers/servers';
 import { inProcessMcmux } from '../helpers/in-process';
+import { type Target, differentialTargets } from '../helpers/differential';
 import { type Wire, connectWire } from '../helpers/wire';
 import { mulberry32 } from '../helpers/random';
 import { type FrameSpec, type ResponseFrame, arithExtras, frame, parseResponseFrames, storeExtras } from '../helpers/binary-frame';
@@ -303,11 +303,6 @@ class Normaliser {
   }
 }
 
-interface Target {
-  readonly name: string;
-  readonly port: number;
-}
-
 /** One target through a stream: connections opened as needed, each burst sent in random pieces. */
 class Session {
   readonly norm = new Normaliser();
@@ -467,20 +462,7 @@ const showTally = (t: { diagnostic(s: string): void }, tally: Map<string, number
 };
 
 describe('review: binary protocol, differential against memcached 1.6', { skip: skipWithout('memcached', 'memcached') }, () => {
-  let reference: MemcachedProcess;
-  let behind: MemcachedProcess;
-  let mux: McmuxProcess;
-  const targets: Target[] = [];
-  before(async () => {
-    [reference, behind] = await Promise.all([startMemcached(), startMemcached()]);
-    mux = await startMcmux(['--upstream', behind.url, '--log-level', 'warn', '--lock-fence', '0', '--allow-flush']);
-    const inProc = await inProcessMcmux({ 'lock-fence': 0, 'allow-flush': true }, ['memory://a']);
-    targets.push({ name: 'memcached', port: reference.port }, { name: 'mcmux>memcached', port: mux.port }, { name: 'mcmux>memory', port: inProc.address.port });
-  });
-  after(async () => {
-    await mux?.stop();
-    await Promise.all([reference?.stop(), behind?.stop()]);
-  });
+  const targets = differentialTargets(true);
 
   // Each burst's read is bounded (5 s); the whole run too, generously (about 0.5 ms a frame here).
   const timeout = 30_000 + SEEDS * COMMANDS * 10;

@@ -23,10 +23,10 @@
  */
 
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { type MemcachedProcess, skipWithout, startMemcached } from '../helpers/servers';
-import { type McmuxProcess, startMcmux } from '../helpers/mcmux';
+import { describe, it } from 'node:test';
+import { skipWithout } from '../helpers/servers';
 import { inProcessMcmux } from '../helpers/in-process';
+import { type Target, differentialTargets } from '../helpers/differential';
 import { type Wire, connectWire } from '../helpers/wire';
 import { mulberry32 } from '../helpers/random';
 
@@ -176,11 +176,6 @@ class Normaliser {
   }
 }
 
-interface Target {
-  readonly name: string;
-  readonly port: number;
-}
-
 /** One target's connection through a stream: each burst sent in random pieces, its replies read. */
 class Session {
   private readonly norm = new Normaliser();
@@ -259,20 +254,7 @@ const FIRST = envInt('MCMUX_DIFF_SEED', 1);
 const BURSTS = envInt('MCMUX_DIFF_BURSTS', 60);
 
 describe('review: text protocol, differential against memcached 1.6', { skip: skipWithout('memcached', 'memcached') }, () => {
-  let reference: MemcachedProcess;
-  let behind: MemcachedProcess;
-  let mux: McmuxProcess;
-  const targets: Target[] = [];
-  before(async () => {
-    [reference, behind] = await Promise.all([startMemcached(), startMemcached()]);
-    mux = await startMcmux(['--upstream', behind.url, '--log-level', 'warn', '--lock-fence', '0']);
-    const inProc = await inProcessMcmux({ 'lock-fence': 0 }, ['memory://a']);
-    targets.push({ name: 'memcached', port: reference.port }, { name: 'mcmux>memcached', port: mux.port }, { name: 'mcmux>memory', port: inProc.address.port });
-  });
-  after(async () => {
-    await mux?.stop();
-    await Promise.all([reference?.stop(), behind?.stop()]);
-  });
+  const targets = differentialTargets();
 
   it(`${SEEDS} seeded streams of ${BURSTS} bursts answer as memcached does`, async () => {
     const failures: string[] = [];
