@@ -7,7 +7,7 @@ import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
 import { type App, MCMUX_VERSION, buildUpstreams, startApp, upstreamSpecs } from './app';
-import { type Config, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, rawFromToml } from './config';
+import { type Config, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, parseListen, rawFromToml } from './config';
 import { ConfigError } from './errors';
 import { FileKindError, readRegularFile } from './files';
 import { missingNodeFlags } from './node-flags';
@@ -32,7 +32,8 @@ function program(): Command {
     .exitOverride()
     // One line per error: no "(Did you mean ...?)" on a line of its own.
     .showSuggestionAfterError(false)
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    // commander names a misspelt `--flag=URL` whole: its password is masked as in our errors.
+    .configureOutput({ writeErr: (s) => process.stderr.write(maskUrl(s)) });
   for (const key of Object.keys(SCALAR_KEYS) as ScalarKey[]) {
     const { def, form, help } = SCALAR_KEYS[key];
     const shown = def === undefined ? '' : ` (default: ${def})`;
@@ -61,8 +62,16 @@ function readConfigFile(file: string): RawConfig {
   try {
     doc = parseToml(text) as Record<string, unknown>;
   } catch (error) {
-    const first = String(error instanceof Error ? error.message : error).split('\n')[0];
-    throw new ConfigError(`config file "${file}" is not valid TOML: ${first}`);
+    const first = String(error instanceof Error ? error.message : error).split('\n')[0]?.replace(/^Invalid TOML document: /, '');
+    // smol-toml's first line names no place ("trying to redefine an already defined ... value"):
+    // the line, and the key it starts with, do.
+    const line = (error as { line?: unknown }).line;
+    let where = '';
+    if (typeof line === 'number') {
+      const key = /^\s*\[*\s*([A-Za-z0-9_.-]+|"[^"]*")/.exec(text.split('\n')[line - 1] ?? '')?.[1];
+      where = ` at line ${line}${key === undefined ? '' : ` (${key})`}`;
+    }
+    throw new ConfigError(`config file "${file}" is not valid TOML${where}: ${first}`);
   }
   return rawFromToml(doc, file);
 }
@@ -108,7 +117,9 @@ function exitOnConfigError(error: unknown): never {
     process.exit(2); // commander has printed its one line already
   }
   if (error instanceof ConfigError) {
-    process.stderr.write(`mcmux: ${maskUrl(error.message)}\n`);
+    // One line, whatever the value holds: a newline in it is printed as \n.
+    const line = maskUrl(error.message).replace(/[\x00-\x1f\x7f]/g, (c) => JSON.stringify(c).slice(1, -1));
+    process.stderr.write(`mcmux: ${line}\n`);
     process.exit(2);
   }
   throw error;
@@ -148,10 +159,14 @@ async function repair(argv: string[]): Promise<number> {
   const p = new Command('mcmux repair')
     .requiredOption('--metrics <host:port>', 'the metrics address of the running mcmux')
     .option('--trust <upstream>', 'index or name of an upstream to declare clean')
-    .exitOverride();
+    .exitOverride()
+    .showSuggestionAfterError(false)
+    .configureOutput({ writeErr: (s) => process.stderr.write(maskUrl(s)) });
   let opts: { metrics: string; trust?: string };
   try {
     opts = p.parse(argv, { from: 'user' }).opts();
+    // A malformed address is a bad flag (exit 2), not an unreachable proxy (exit 1).
+    if (parseListen(opts.metrics, 'metrics').kind !== 'tcp') throw new ConfigError(`invalid metrics "${opts.metrics}": expected host:port`);
   } catch (error) {
     exitOnConfigError(error);
   }

@@ -64,6 +64,14 @@ export function embeddedDefault(stateDir: string): string[] {
   return ['memory://', `sqlite://${resolvePath(stateDir, 'mcmux.db')}`];
 }
 
+/**
+ * systemd's $STATE_DIRECTORY: with several `StateDirectory=` entries it holds them all, joined
+ * with ":" (systemd.exec(5)); mcmux keeps its state in the first (the one the unit lists first).
+ */
+export function stateDirectoryFromEnv(value: string | undefined): string | undefined {
+  return value === undefined ? undefined : (value.split(':')[0] as string);
+}
+
 /** Every scalar key: its default, its expected form and its help line (README and --help follow). */
 export const SCALAR_KEYS = {
   listen: {
@@ -107,7 +115,7 @@ export const SCALAR_KEYS = {
     help: 'on SIGTERM, how long clients may finish their requests before mcmux closes them',
   },
   'state-dir': {
-    def: process.env.STATE_DIRECTORY ?? './data',
+    def: stateDirectoryFromEnv(process.env.STATE_DIRECTORY) ?? './data',
     form: 'a directory path',
     help: "where the repair journal is kept (systemd's StateDirectory when set, else ./data)",
   },
@@ -222,8 +230,23 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     throw new ConfigError(`invalid min-copies "${minCopies}": expected at most the number of upstreams (${n})`);
   }
 
+  const listenSpecs = listen.map((l) => parseListen(l));
+  const metrics = metricsAddress(String(get('metrics')));
+  // The same address twice fails only at bind (exit 1; a unix path then reads as "in use by
+  // another process", mcmux itself). Port 0 twice is two ephemeral ports.
+  const seen = new Set<string>();
+  for (const l of listenSpecs) {
+    if (l.kind === 'tcp' && l.port === 0) continue;
+    const a = formatListen(l);
+    if (seen.has(a)) throw new ConfigError(`listen "${a}" is listed twice: expected each address once`);
+    seen.add(a);
+  }
+  if (metrics && metrics.port !== 0 && seen.has(formatListen({ kind: 'tcp', ...metrics }))) {
+    throw new ConfigError(`metrics "${formatListen({ kind: 'tcp', ...metrics })}" is also a listen address: expected an address of its own`);
+  }
+
   return {
-    listen: listen.map((l) => parseListen(l)),
+    listen: listenSpecs,
     listenMode,
     upstreams,
     writeWait,
@@ -238,7 +261,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     maxPipeline: int('max-pipeline', get('max-pipeline') as RawValue, 1, 1_000_000),
     maxOutputBytes: int('max-output-bytes', get('max-output-bytes') as RawValue, 1024, 1024 ** 3),
     maxInputBytes: int('max-input-bytes', get('max-input-bytes') as RawValue, 1024, 1024 ** 3),
-    metrics: metricsAddress(String(get('metrics'))),
+    metrics,
     stateDir,
     journal: { maxKeys: int('journal-max-keys', get('journal-max-keys') as RawValue, 1, 100_000_000), fsync: fsyncPolicy(get('journal-fsync')) },
     repair: { rate: int('repair-rate', get('repair-rate') as RawValue, 1, 1_000_000), flushCaches: bool('repair-flush-caches', get('repair-flush-caches')) },
@@ -265,6 +288,8 @@ export function rawFromToml(doc: Record<string, unknown>, file: string): RawConf
   for (const [key, value] of Object.entries(doc)) {
     if (key === 'listen') {
       const list = Array.isArray(value) ? value : [value];
+      // Not the default 127.0.0.1:11211 in its place: an empty list is a mistake.
+      if (list.length === 0) throw bad(`${file}: listen`, '[]', `${SCALAR_KEYS.listen.form}, or an array of at least one`);
       for (const l of list) {
         if (typeof l !== 'string') throw bad(`${file}: listen`, JSON.stringify(l), SCALAR_KEYS.listen.form);
         listen.push(l);
@@ -280,6 +305,8 @@ export function rawFromToml(doc: Record<string, unknown>, file: string): RawConf
       throw new ConfigError(`${file}: unknown key "${key}": expected one of ${Object.keys(SCALAR_KEYS).join(', ')}, upstream`);
     }
     if (!isScalar(value)) throw bad(`${file}: ${key}`, JSON.stringify(value), SCALAR_KEYS[key as ScalarKey].form);
+    // A path is free text: state-dir = true would make a directory named "true".
+    if (key === 'state-dir' && typeof value !== 'string') throw bad(`${file}: ${key}`, value, 'a quoted directory path such as "/var/lib/mcmux"');
     scalars[key as Exclude<ScalarKey, 'listen'>] = value;
   }
   return { scalars, listen, upstreams };

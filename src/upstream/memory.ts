@@ -8,6 +8,7 @@
 
 import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounter } from '../command/command';
 import type { UpstreamContext } from './registry';
+import { ConfigError } from '../errors';
 import { intOption, rejectUnknownOptions } from './registry';
 import {
   type ArithResult,
@@ -173,6 +174,11 @@ export class MemoryUpstream implements Upstream {
 
 export function createMemoryUpstream(url: URL, options: Map<string, string>, ctx: UpstreamContext): MemoryUpstream {
   const where = `upstream ${maskUrl(url.href)}`;
+  // memory://10.0.0.5:11211 is memcached:// mistyped: run as an in-process store, nothing would
+  // say so. Only a name is taken.
+  if (url.port !== '' || url.username !== '' || url.password !== '' || (url.pathname !== '' && url.pathname !== '/') || url.hash !== '') {
+    throw new ConfigError(`${where}: a port, user, password, path or fragment is not taken: expected memory://[name] (an in-process store; a memcached server is memcached://host:port)`);
+  }
   const maxBytes = intOption(options, 'max-bytes', MEMORY_DEFAULT_MAX_BYTES, ctx.maxItemSize + 1024, 2 ** 48, where);
   rejectUnknownOptions(options, where, ['max-bytes']);
   return new MemoryUpstream(maskUrl(url.href), maxBytes, Date.now, ctx.maxItemSize);

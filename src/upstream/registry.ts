@@ -59,7 +59,7 @@ export function createUpstream(
   try {
     ({ url, hosts } = parseUpstreamUrl(rawUrl));
   } catch {
-    throw new ConfigError(`upstream "${maskRawUrl(rawUrl)}" is not a URL: expected scheme://host:port (schemes: ${knownSchemes().join(', ')})`);
+    throw new ConfigError(`upstream "${maskRawUrl(rawUrl)}" is not a URL: expected scheme://host:port or scheme://host1:port1,host2:port2 (schemes: ${knownSchemes().join(', ')})`);
   }
   const scheme = url.protocol.replace(/:$/, '');
   const factory = schemes.get(scheme);
@@ -78,7 +78,10 @@ function parseUpstreamUrl(raw: string): { url: URL; hosts: HostPort[] } {
   if (!m) throw new Error('not a URL');
   const [, scheme, auth, hostList, rest] = m as unknown as [string, string, string, string, string];
   const hosts: HostPort[] = [];
-  for (const part of hostList.split(',')) {
+  const parts = hostList.split(',');
+  // `memcached://h:1,` (a trailing or doubled comma): a server list with an empty entry.
+  if (parts.length > 1 && parts.some((p) => p === '')) throw new Error('empty host in a server list');
+  for (const part of parts) {
     const u = new URL(`${scheme}${part}`); // validates the host and port
     if (part !== '' && u.hostname === '') throw new Error('bad host');
     // The host as written, not as URL normalises it (lower case): libmemcached hashes the

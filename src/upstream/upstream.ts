@@ -101,7 +101,15 @@ export function maskUrl(text: string): string {
   // Up to the LAST @ of the word: a password written unencoded may hold @ / ? # itself (which
   // also makes the URL unparseable, so this runs on the raw text of the error that says so).
   // The user part may hold an @ too (Azure's user@server).
-  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#\s"]*:)[^\s"]*@/gi, '$1***@');
+  return maskQuerySecrets(text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#\s"]*:)[^\s"]*@/gi, '$1***@'));
+}
+
+/**
+ * `?password=...` (or pass, pwd, secret, token, auth...): no driver takes one, so such a URL is
+ * refused, and the error naming it must not print it.
+ */
+function maskQuerySecrets(text: string): string {
+  return text.replace(/([?&](?:[a-z0-9_-]*(?:pass|pwd|secret|token|auth|key)[a-z0-9_-]*)=)[^&#\s"']*/gi, '$1***');
 }
 
 /**
@@ -111,5 +119,5 @@ export function maskUrl(text: string): string {
  * password holding one in the clear.
  */
 export function maskRawUrl(raw: string): string {
-  return raw.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/?#\s"]*:)[^]*@/i, '$1***@');
+  return maskQuerySecrets(raw.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/?#\s"]*:)[^]*@/i, '$1***@'));
 }

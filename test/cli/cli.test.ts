@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { loadConfig } from '../../src/cli';
-import { END, answersVersion, eventually, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
+import { END, answersVersion, eventually, failsWithOneLine, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
 import { freePort, haveBinary, requireBinary, startMemcached } from '../helpers/servers';
 
 let dir = '';
@@ -29,16 +29,6 @@ async function configFile(name: string, text: string): Promise<string> {
   const file = join(dir, name);
   await writeFile(file, text);
   return file;
-}
-
-/** Runs mcmux expecting a configuration error: exit 2, nothing on stdout, one line on stderr. */
-async function failsWithOneLine(args: string[]): Promise<string> {
-  const r = await runMcmux(args, { timeoutMs: 5000 });
-  assert.equal(r.timedOut, false, `mcmux ${args.join(' ')} did not exit (it should refuse the value); stdout ${r.stdout}`);
-  assert.equal(r.code, 2, `exit status of mcmux ${args.join(' ')}; stderr ${JSON.stringify(r.stderr)}`);
-  assert.equal(r.stdout, '', `nothing on stdout for mcmux ${args.join(' ')}`);
-  assert.match(r.stderr, /^[^\n]+\n$/, `exactly one line on stderr for mcmux ${args.join(' ')}`);
-  return r.stderr;
 }
 
 /** Collapses commander's wrapping so a help entry can be matched whole. */

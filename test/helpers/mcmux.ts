@@ -184,6 +184,20 @@ export async function runMcmux(
   return { ...status, stdout: out.stdout, stderr: out.stderr, timedOut };
 }
 
+/**
+ * Runs bin/mcmux with `args`, which it must refuse as a bad flag or config value: exit status 2,
+ * nothing on stdout, exactly one line on stderr (returned).
+ */
+export async function failsWithOneLine(args: string[], env?: Record<string, string>): Promise<string> {
+  const r = await runMcmux(args, { timeoutMs: 5000, ...(env ? { env } : {}) });
+  const what = `mcmux ${JSON.stringify(args)}`;
+  assert.equal(r.timedOut, false, `${what} did not exit: it accepted the value; stdout ${r.stdout.slice(0, 300)}`);
+  assert.equal(r.code, 2, `exit status of ${what}; stderr ${JSON.stringify(r.stderr)}`);
+  assert.equal(r.stdout, '', `nothing on stdout for ${what}`);
+  assert.match(r.stderr, /^[^\n]+\n$/, `exactly one line on stderr for ${what}: ${JSON.stringify(r.stderr)}`);
+  return r.stderr;
+}
+
 /** Connects, sends `version`, and waits (bounded) for `VERSION ...` (helpers/servers). */
 export { answersVersion };
 
