@@ -14,14 +14,17 @@ import { startRedis } from '../upstream/targets/redis';
 const REPLY_MS = 5000;
 const MARKER = markerKey();
 
-async function ask(mux: McmuxProcess, text: string, until: RegExp = /\r\n$/): Promise<string> {
-  const c = await rawClient(mux.port);
+/** One command to what listens on `port` (mcmux, or a store straight), on a connection of its own. */
+async function askAt(port: number, text: string, until: RegExp = /\r\n$/): Promise<string> {
+  const c = await rawClient(port);
   try {
     return await c.ask(text, until, REPLY_MS);
   } finally {
     c.close();
   }
 }
+
+const ask = (mux: McmuxProcess, text: string, until?: RegExp): Promise<string> => askAt(mux.port, text, until);
 
 /** One inline command to the redis-server on `port`, straight (not through mcmux); its reply line(s). */
 async function redis(port: number, command: string): Promise<string> {
@@ -58,16 +61,6 @@ it('a redis restarted from a snapshot older than its last writes does not bring 
   assert.equal(await ask(mux, 'get sess.1\r\n', /END\r\n$|ERROR.*\r\n$/), 'END\r\n', 'the session deleted before the restart is not served');
 });
 
-/** One command straight to the memcached on `port` (not through mcmux). */
-async function direct(port: number, text: string): Promise<string> {
-  const c = await rawClient(port);
-  try {
-    return await c.ask(text, /\r\n$/, REPLY_MS);
-  } finally {
-    c.close();
-  }
-}
-
 it('a client cannot read or write the marker key: a store flushed behind mcmux is still fenced, and a lock it lost is not granted again', async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   const [mc0, mc1] = await Promise.all([startMemcached(), startMemcached()]);
@@ -78,7 +71,7 @@ it('a client cannot read or write the marker key: a store flushed behind mcmux i
   assert.equal(await ask(mux, 'add lock.1 0 0 1\r\nx\r\n'), 'STORED\r\n', 'a session lock is taken');
   assert.ok(await peekItem(mc0.port, MARKER), 'mcmux keeps its marker in the first memcached');
   // Someone flushes the first memcached behind mcmux's back: the lock and the marker are gone there.
-  assert.equal(await direct(mc0.port, 'flush_all\r\n'), 'OK\r\n');
+  assert.equal(await askAt(mc0.port, 'flush_all\r\n'), 'OK\r\n');
   // A client (by mistake or on purpose) reads the marker key through mcmux: were it served, the
   // read repair would put the marker back into the flushed store, and the check would find it.
   assert.match(await ask(mux, `get ${MARKER}\r\n`, /END\r\n$|ERROR.*\r\n$/), /^CLIENT_ERROR /, 'the marker key is refused to a client');
