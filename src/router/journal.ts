@@ -90,6 +90,13 @@ export interface DirtyEntry {
    * once the upstream has been quiet for a while (repair.ts, LATE_SETTLE_MS).
    */
   readonly late: number;
+  /**
+   * Whether `late` is of a request of this very key (mark), not only a flush that timed out (or
+   * an earlier process's requests: wipedLater). Such a request may be a set: landing over a newer
+   * write, it leaves an item a read cannot tell from that write's, so the copy never ranks as
+   * holding the newest write (HOLDS) for a set while it may land (wipedLater).
+   */
+  readonly own?: true;
 }
 
 interface PerUpstream {
@@ -209,6 +216,9 @@ const HOLDS = Number.MAX_SAFE_INTEGER;
 const FENCE_IDS = 2;
 /** Entries pruneWrites looks at per call. */
 const PRUNE_STEPS = 4;
+
+/** DirtyEntry.own, left out when false. */
+const own = (yes: boolean): { own?: true } => (yes ? { own: true } : {});
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('latin1');
@@ -454,7 +464,7 @@ export class RepairJournal {
   lateSettled(u: Upstream, key: string): void {
     const p = this.byName.get(idOf(u));
     const e = p?.keys.get(key);
-    if (p !== undefined && e !== undefined && e.late !== 0) this.setKey(p, key, { ...e, late: 0 });
+    if (p !== undefined && e !== undefined && e.late !== 0) this.setKey(p, key, { op: e.op, since: e.since, seq: e.seq, firstSeq: e.firstSeq, late: 0 });
   }
 
   entry(u: Upstream, key: string): DirtyEntry | undefined {
@@ -829,9 +839,9 @@ export class RepairJournal {
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
     const e = p.keys.get(key);
     const at = late ? monotonicMs() : 0;
-    if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at });
+    if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at, ...own(late) });
     // One that held the newest write (HOLDS) is dated by this miss, its first.
-    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? at : e.late });
+    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? at : e.late, ...own(late || e.own === true) });
     else this.put(u, p, key, e); // unchanged, but on file again (as before)
   }
 
@@ -893,7 +903,7 @@ export class RepairJournal {
       // An older write: the newer miss stands. But the upstream holds this write, which a copy
       // dirty since before it missed: ranked above such a copy, for freshest() when every copy is
       // dirty (its first miss may date from long before, and this may be the only copy of it).
-      if (seq + 0.5 > e.firstSeq) this.put(u, p, key, { op: e.op, since: Date.now(), seq: e.seq, firstSeq: seq + 0.5, late: e.late });
+      if (seq + 0.5 > e.firstSeq) this.put(u, p, key, { op: e.op, since: Date.now(), seq: e.seq, firstSeq: seq + 0.5, late: e.late, ...own(e.own === true) });
       return;
     }
     const rk = `${idOf(u)} ${key}`;
@@ -903,7 +913,7 @@ export class RepairJournal {
       // Meanwhile it holds this write: dated now, and ranked above a copy that missed this very
       // write (firstSeq just above its sequence), for freshest() when every copy is dirty.
       const held = seq ?? this.writeSeq;
-      this.put(u, p, key, { op: 'write', since: Date.now(), seq: e.seq, firstSeq: held + 0.5, late: e.late });
+      this.put(u, p, key, { op: 'write', since: Date.now(), seq: e.seq, firstSeq: held + 0.5, late: e.late, ...own(e.own === true) });
       return;
     }
     this.clear(u, key);
@@ -935,9 +945,15 @@ export class RepairJournal {
     // It holds the newest write of the key (it missed none since), unless this one is older than
     // a write it missed: then ranked as written() ranks such a copy. Not `held + 0.5`: the
     // copies of a conditional command's result (to the others, which may miss them) have
-    // sequences above that of the command its authority is written with.
-    const firstSeq = e !== undefined && held < e.seq ? Math.max(e.firstSeq, held + 0.5) : HOLDS;
-    this.put(u, p, key, { op: firstSeq === HOLDS ? op : 'write', since: Date.now(), seq: Math.max(e?.seq ?? 0, held), firstSeq, late: Math.max(e?.late ?? 0, at) });
+    // sequences above that of the command its authority is written with. Nor while a request of
+    // this key may land (own), for a set: if that request was an older set, the item it leaves
+    // reads as this write's would (undone cannot tell), so the copy ranks as written() ranks one
+    // with a late request (fuzz seed 20779 with initial: a late `set` landed over a newer one
+    // under a flush that timed out, and the copy, ranked first, served the old value). A delete
+    // keeps HOLDS: an item found there says that such a set landed (undone).
+    const ownSet = e?.own === true && op === 'write';
+    const firstSeq = e !== undefined && held < e.seq ? Math.max(e.firstSeq, held + 0.5) : ownSet ? held + 0.5 : HOLDS;
+    this.put(u, p, key, { op: firstSeq === HOLDS ? op : 'write', since: Date.now(), seq: Math.max(e?.seq ?? 0, held), firstSeq, late: Math.max(e?.late ?? 0, at), ...own(e?.own === true) });
   }
 
   /**
@@ -957,7 +973,7 @@ export class RepairJournal {
     const e = p.keys.get(key) as DirtyEntry;
     if ((e.op === 'write') === found) return false;
     // An entry loaded from journal.log has no sequence (seq 0): below every copy that has one.
-    this.put(u, p, key, { op: 'write', since: e.since, seq: e.seq, firstSeq: e.seq > 0 ? e.seq - 0.5 : 0.5, late: e.late });
+    this.put(u, p, key, { op: 'write', since: e.since, seq: e.seq, firstSeq: e.seq > 0 ? e.seq - 0.5 : 0.5, late: e.late, ...own(e.own === true) });
     return true;
   }
 

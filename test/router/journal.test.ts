@@ -433,6 +433,25 @@ describe('repair journal', () => {
     assert.deepEqual(journal.freshest([a, b], [a, b], 'k'), [b], 'a is dated by its miss of write 3');
   });
 
+  it('while a flush may land, a copy where a set of the key itself timed out does not rank as holding the newest write: that set may land over it (fuzz seed 20779 with initial)', () => {
+    const journal = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
+    const [a, b, c] = ['a', 'b', 'c'].map((n) => ({ name: `fake://${n}` }) as Upstream) as [Upstream, Upstream, Upstream];
+    journal.mark(a, 'k', 'write', 1, true); // set 1 timed out on a: it may land there later
+    journal.flushTimedOut(a);
+    journal.written(a, 'k', 2); // set 2 reaches a; set 1, landing after it, would leave an item just the same
+    journal.mark(c, 'k', 'write', 2); // c missed set 2
+    journal.mark(b, 'k', 'write', 3); // b holds set 2 and missed only a touch (3) that reached a
+    assert.deepEqual(journal.freshest([a, b, c], [a, b, c], 'k'), [b], 'not a: its item may be set 1\'s');
+    assert.deepEqual(journal.freshest([a, c], [a, c], 'k'), [a], 'above a copy that missed set 2');
+    assert.equal(journal.mayBeUndone(a, 'k'), false);
+    // A delete there keeps the rank of the newest write: an item found says set 1 landed (undone).
+    journal.written(a, 'k', 4, 'delete');
+    journal.mark(b, 'k', 'delete', 4);
+    assert.deepEqual(journal.freshest([a, b], [a, b], 'k'), [a]);
+    assert.equal(journal.undone(a, 'k', true), true, 'an item after the delete: set 1 landed');
+    assert.equal(journal.mayBeUndone(a, 'k'), false, 'ranked below the delete from then on');
+  });
+
   it('a store that leaves the chain with a flush that may still land is forgotten: writes need no copy elsewhere for it any more', () => {
     const journal = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
     const a = { name: 'fake://a' } as Upstream;
