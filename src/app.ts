@@ -223,15 +223,17 @@ export class App {
     try {
       // The first look at every upstream's marker comes before any client command: one that came
       // back empty while mcmux was down (a host reboot) is fenced before it may decide an add.
-      await this.coldDetector.start();
       // A process before this one that did not stop cleanly (killed, crashed: journal.log tells)
       // may have had requests out that still land on the upstreams, over what this one writes
       // (their keys are on no file). Until they can no longer, a write that only such copies
-      // took fails: no client command before then, on the upstreams that are up (repair.ts).
-      await this.repairer.untilUnknownSettled((ms) =>
-        this.log.warn(
-          { waitMs: Math.ceil(ms) },
-          'mcmux did not stop cleanly last time (killed or crashed): requests it had sent may still reach the upstreams; not listening until they can no longer land',
+      // took fails: no client command before then, on the upstreams that are up (repair.ts);
+      // and the markers are looked at again once they can no longer (startAfter).
+      await this.coldDetector.startAfter(() =>
+        this.repairer.untilUnknownSettled((ms) =>
+          this.log.warn(
+            { waitMs: Math.ceil(ms) },
+            'mcmux did not stop cleanly last time (killed or crashed): requests it had sent may still reach the upstreams; not listening until they can no longer land',
+          ),
         ),
       );
       for (const spec of this.config.listen) this.bound.push(await this.listener.listen(spec, this.config.listenMode));

@@ -134,6 +134,18 @@ export class ColdDetector {
     await this.checkAll();
   }
 
+  /**
+   * start(), then `settled` (the wait for what a process before this one sent to stop landing,
+   * true if it waited), then, if it waited, every marker again: a flush_all of that process
+   * landing meanwhile empties a store without a reconnect, after the first look had read its
+   * marker (fuzz seed 105144 with MCMUX_FUZZ_FLUSH and MCMUX_FUZZ_RESTART: the emptied store,
+   * taken as warm, granted a lock another store held). No client command before it resolves.
+   */
+  async startAfter(settled: () => Promise<boolean>): Promise<void> {
+    await this.start();
+    if (await settled()) await this.checkAll();
+  }
+
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;

@@ -165,21 +165,21 @@ export class Repairer {
    * the wait ends at the latest a settle time after the first estimate. `onWait` is told how long
    * it expects to wait (ms), unless there is nothing to wait for.
    */
-  untilUnknownSettled(onWait?: (ms: number) => void): Promise<void> {
+  untilUnknownSettled(onWait?: (ms: number) => void): Promise<boolean> {
     const pending = (): number => {
       let until = 0;
       for (const u of this.ctx().upstreams) if (isUsable(u)) until = Math.max(until, this.unknownUntil(u) ?? 0);
       return until;
     };
     const first = pending();
-    if (first === 0) return Promise.resolve();
+    if (first === 0) return Promise.resolve(false);
     onWait?.(first - monotonicMs());
     const end = first + this.settleMs();
     return new Promise((resolve) => {
       const check = (): void => {
         const until = Math.min(pending(), end);
         const now = monotonicMs();
-        if (until === 0 || now >= until) resolve();
+        if (until === 0 || now >= until) resolve(true);
         else setTimeout(check, until - now);
       };
       check();

@@ -1610,6 +1610,49 @@ describe('router fuzz findings, minimised: a process killed with requests out (j
     first.mode = 'ok';
     after.journal.close();
   });
+  // The next process's cold detector looks at every marker before the wait for what the killed
+  // process sent (app.ts). A flush_all that had timed out on a store, landing during the wait,
+  // emptied it (its marker with it) after copies of a lock, acknowledged (write-wait copies) but
+  // unanswered at the kill, had reached it; judged warm by that first look, and clean for the key
+  // (nothing on file), the store decided an add alone, the other being down: the lock was granted
+  // again (seed 105144 of 105001-106000 with MCMUX_FUZZ_FLUSH=1 MCMUX_FUZZ_RESTART=1). Once the
+  // wait has ended, every marker is read again (ColdDetector.startAfter), before any command.
+  it('a flush_all that timed out before mcmux was killed, landing while the next one waits to listen: that store is looked at again, fenced, and grants no lock the other holds', async (t) => {
+    const pass = time(t);
+    const { dir, first, second } = restartable(t);
+    const add = (value: string): Command => ({ kind: 'store', mode: 'add', key: 'lock', value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    const before = proc([first, second], dir);
+    const watching = new ColdDetector(() => before.ups, 60_000, silent, before.journal);
+    await watching.start(); // the markers written in both
+    watching.stop();
+    second.mode = 'timeout';
+    const flushed = before.exec({ kind: 'flush', delay: 0, noreply: false });
+    await settle();
+    await pass(second.timeoutMs);
+    assert.match(status(await flushed), /^SERVER_ERROR/, 'timed out on the second (it lands later, below)');
+    watching.forget(before.ups[0] as HealthyUpstream); // as app.ts does for the first, flushed: its marker written again
+    await settle();
+    // A lock taken, its copies on both stores, their answers not yet in when mcmux is killed.
+    for (const f of [first, second]) await f.inner.store({ mode: 'set', key: 'lock', value: Buffer.from('A'), flags: 0, deadline: 0 });
+    before.journal.close(false);
+
+    second.mode = 'ok';
+    const after = proc([first, second], dir);
+    const detector = new ColdDetector(() => after.ups, 60_000, silent, after.journal);
+    let listening = false;
+    const starting = detector.startAfter(() => after.repairer.untilUnknownSettled()).then(() => (listening = true));
+    await settle();
+    assert.equal(listening, false, 'waiting for what the killed process sent');
+    assert.equal(after.ups[1]?.coldUntil, 0, 'the first look found the second warm');
+    await second.inner.flush(); // the flush sent before the kill lands: the lock and the marker are gone
+    await pass(first.timeoutMs + LATE_SETTLE_MS);
+    await starting;
+    detector.stop();
+    first.mode = 'fail';
+    assert.equal(after.journal.isDirty(after.ups[1] as HealthyUpstream, 'lock'), false, 'nothing on file says the second lacks it');
+    assert.notEqual(status(await after.exec(add('B'))), 'STORED', 'B is granted the lock A holds, by the store the late flush emptied');
+    after.journal.close();
+  });
 });
 
 // An upstream that restarted empty is clean in the journal (mcmux does not know what it lost):

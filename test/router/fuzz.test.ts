@@ -1342,7 +1342,9 @@ class World {
     // As app.ts: no client command before the cold detector's first look has judged every upstream,
     // nor, after a kill, before what the killed process sent may no longer land on those up.
     let looked = false;
-    void this.detector.start().then(() => this.repairer.untilUnknownSettled((ms) => this.note([], `MCMUX WAITS ${Math.ceil(ms)} ms: the process before did not stop cleanly`))).then(() => (looked = true));
+    void this.detector
+      .startAfter(() => this.repairer.untilUnknownSettled((ms) => this.note([], `MCMUX WAITS ${Math.ceil(ms)} ms: the process before did not stop cleanly`)))
+      .then(() => (looked = true));
     this.repairer.start();
     for (let i = 0; i < MAX_STEPS && !looked; i++) await this.step(false, true);
     this.note([], `MCMUX LISTENING (process ${this.gen})`);
