@@ -841,7 +841,13 @@ export class RepairJournal {
     const at = late ? monotonicMs() : 0;
     if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at, ...own(late) });
     // One that held the newest write (HOLDS) is dated by this miss, its first.
-    else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? at : e.late, ...own(late || e.own === true) });
+    else if (e.firstSeq === HOLDS && late && seq <= e.seq) {
+      // An older request of the key timed out there, after the newest write reached it: it may
+      // land over that write. As wipedLater ranks such a copy: a set held is dated by it (what the
+      // request may leave reads as the set's own item); a delete held keeps its rank (an item
+      // found says it landed: undone), and stays a delete for the repair, the key's state.
+      this.put(u, p, key, e.op === 'delete' ? { ...e, late: at, own: true } : { op: 'write', since: e.since, seq: e.seq, firstSeq: e.seq + 0.5, late: at, own: true });
+    } else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? at : e.late, ...own(late || e.own === true) });
     else this.put(u, p, key, e); // unchanged, but on file again (as before)
   }
 

@@ -452,6 +452,25 @@ describe('repair journal', () => {
     assert.equal(journal.mayBeUndone(a, 'k'), false, 'ranked below the delete from then on');
   });
 
+  it('while a flush may land, a copy holding the newest write where an older request of the key then times out: as if that request had timed out first', () => {
+    const journal = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
+    const [a, b, c] = ['a', 'b', 'c'].map((n) => ({ name: `fake://${n}` }) as Upstream) as [Upstream, Upstream, Upstream];
+    journal.flushTimedOut(a);
+    journal.written(a, 'k', 2); // set 2 reaches a: it holds the newest write
+    journal.mark(a, 'k', 'write', 1, true); // set 1, sent before it (another connection), times out there now
+    journal.mark(b, 'k', 'write', 3); // b holds set 2 and missed only a touch (3)
+    journal.mark(c, 'k', 'write', 2); // c missed set 2
+    assert.deepEqual(journal.freshest([a, b], [a, b], 'k'), [b], 'not a: set 1 may land over set 2 there');
+    assert.deepEqual(journal.freshest([a, c], [a, c], 'k'), [a], 'above a copy that missed set 2');
+    // A delete held: an item found there later says the older set landed.
+    journal.written(a, 'd', 2, 'delete');
+    journal.mark(a, 'd', 'write', 1, true);
+    journal.mark(b, 'd', 'delete', 2);
+    assert.deepEqual(journal.freshest([a, b], [a, b], 'd'), [a]);
+    assert.equal(journal.entry(a, 'd')?.op, 'delete', 'the repair still deletes it there');
+    assert.equal(journal.undone(a, 'd', true), true, 'an item after the delete: set 1 landed');
+  });
+
   it('a store that leaves the chain with a flush that may still land is forgotten: writes need no copy elsewhere for it any more', () => {
     const journal = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
     const a = { name: 'fake://a' } as Upstream;
