@@ -56,6 +56,7 @@ function limitsOf(config: Config): ConnectionLimits {
     maxLineLength: config.maxLineLength,
     maxItemSize: config.maxItemSize,
     maxKeysPerGet: config.maxKeysPerGet,
+    maxReadsHeld: config.maxReadsHeld,
     maxPipeline: config.maxPipeline,
     maxOutputBytes: config.maxOutputBytes,
     maxInputBytes: config.maxInputBytes,

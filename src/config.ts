@@ -41,6 +41,7 @@ export interface Config {
   readonly logLevel: LogLevel;
   readonly maxLineLength: number;
   readonly maxKeysPerGet: number;
+  readonly maxReadsHeld: number;
   readonly maxPipeline: number;
   readonly maxOutputBytes: number;
   readonly maxInputBytes: number;
@@ -93,6 +94,11 @@ export const SCALAR_KEYS = {
   'log-level': { def: 'info', form: LOG_LEVELS.join(', '), help: 'log level' },
   'max-line-length': { def: 2048, form: 'bytes, 256 to 1048576', help: 'longest command line' },
   'max-keys-per-get': { def: 256, form: 'an integer from 1 to 100000', help: 'most keys in one get' },
+  'max-reads-held': {
+    def: 16,
+    form: 'an integer from 1 to 1024',
+    help: 'reads (gats too) started and not yet written out per client; with max-keys-per-get keys among them, what mcmux fetches ahead for one client',
+  },
   'max-pipeline': { def: 1024, form: 'an integer from 1 to 1000000', help: 'most commands queued per client before mcmux stops reading it' },
   'max-output-bytes': {
     def: 4 * 1024 * 1024,
@@ -258,6 +264,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     logLevel,
     maxLineLength: int('max-line-length', get('max-line-length') as RawValue, 256, 1024 * 1024),
     maxKeysPerGet: int('max-keys-per-get', get('max-keys-per-get') as RawValue, 1, 100_000),
+    maxReadsHeld: int('max-reads-held', get('max-reads-held') as RawValue, 1, 1024),
     maxPipeline: int('max-pipeline', get('max-pipeline') as RawValue, 1, 1_000_000),
     maxOutputBytes: int('max-output-bytes', get('max-output-bytes') as RawValue, 1024, 1024 ** 3),
     maxInputBytes: int('max-input-bytes', get('max-input-bytes') as RawValue, 1024, 1024 ** 3),

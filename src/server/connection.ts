@@ -23,7 +23,7 @@
  * beyond either, and while the socket holds more than `maxOutputBytes` unsent, the connection
  * stops reading and starts no more commands (backpressure: a client that does not read its
  * replies, or that pipelines large values to a slow upstream, cannot make mcmux buffer without
- * bound). Reads (and gats) started and not yet written out are bounded by count (MAX_READS_IN_FLIGHT) and
+ * bound). Reads (and gats) started and not yet written out are bounded by count (max-reads-held) and
  * by keys (`maxKeysPerGet` among them, one get always allowed): the replies fetched or waiting
  * for an earlier reply are at most one get's worth of values.
  */
@@ -38,6 +38,12 @@ import type { TextLimits } from '../protocol/text/request-parser';
 import type { Router } from '../router/router';
 
 export interface ConnectionLimits extends TextLimits {
+  /**
+   * Reads (and gats) started and not yet written out, per client (and at most max-keys-per-get
+   * keys among them). With the output check in dispatch() this bounds the replies one client
+   * can make mcmux hold: max-output-bytes plus one get's worth of values.
+   */
+  readonly maxReadsHeld: number;
   /** Commands parsed but not yet answered, per client. */
   readonly maxPipeline: number;
   /** Unsent reply bytes per client before mcmux stops reading from it. */
@@ -64,7 +70,7 @@ interface Slot {
   started: boolean;
   /**
    * Its reply carries values (a read's, or a gat's: ordered as a write, but answered as a get):
-   * counted among the reads held (MAX_READS_IN_FLIGHT, max-keys-per-get) until it is written.
+   * counted among the reads held (max-reads-held, max-keys-per-get) until it is written.
    */
   held: boolean;
   /** Value bytes the request holds until it is answered (stores). */
@@ -88,13 +94,6 @@ function keysOf(cmd: Command): readonly string[] | 'all' | undefined {
       return undefined;
   }
 }
-
-/**
- * Reads started and not yet written out, per client (and at most max-keys-per-get keys among
- * them). With the output check in dispatch() this bounds the replies one client can make mcmux
- * hold: max-output-bytes plus one get's worth of values.
- */
-export const MAX_READS_IN_FLIGHT = 16;
 
 /**
  * Where every connection encodes its replies: flush() fills it and takes the bytes out in one
@@ -300,7 +299,7 @@ export class ClientConnection {
   /** Whether a read (or gat) may start within the replies one client may have mcmux hold. */
   private mayHold(slot: Slot): boolean {
     // Replies computed but not yet written count too: together they are what this client holds.
-    if (this.readsInFlight + this.unflushed >= MAX_READS_IN_FLIGHT) return false;
+    if (this.readsInFlight + this.unflushed >= this.limits.maxReadsHeld) return false;
     // One get's worth of keys among the reads held, so one get's worth of values fetched.
     const n = slot.keys?.length ?? 0;
     return this.readKeysHeld === 0 || this.readKeysHeld + n <= this.limits.maxKeysPerGet;

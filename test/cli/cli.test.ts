@@ -73,6 +73,7 @@ describe('mcmux --help', () => {
       '--log-level': 'info',
       '--max-line-length': '2048',
       '--max-keys-per-get': '256',
+      '--max-reads-held': '16',
       '--max-pipeline': '1024',
       '--max-output-bytes': '4194304',
     };
@@ -157,6 +158,7 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
     [['--max-item-size', '12abc'], [/max-item-size/, /"12abc"/]],
     [['--allow-flush', 'maybe'], [/allow-flush/, /"maybe"/]],
     [['--max-input-bytes', '12'], [/max-input-bytes/, /"12"/]],
+    [['--max-reads-held', '1025'], [/max-reads-held/, /"1025"/, /an integer from 1 to 1024/]],
     [['--probe-interval', '1000', '--probe-interval-max', '500'], [/probe-interval-max/, /"500"/, /at least probe-interval \(1000\)/]],
     [['--metrics', '9150'], [/metrics/, /"9150"/, /host:port/]],
   ];

@@ -135,6 +135,7 @@ export async function listenOverFake(up: FakeUpstream, overrides: Partial<Connec
     maxLineLength: 2048,
     maxItemSize: 1 << 20,
     maxKeysPerGet: 16,
+    maxReadsHeld: 16,
     maxPipeline: 64,
     maxOutputBytes: 1 << 20,
     maxInputBytes: 1 << 20,

@@ -384,7 +384,7 @@ describe('binary codec: decoding', () => {
   });
 
   it('the codec factory picks binary on 0x80 and text otherwise', () => {
-    const limits = { ...LIMITS, maxPipeline: 16, maxOutputBytes: 1 << 20, maxInputBytes: 1 << 20 };
+    const limits = { ...LIMITS, maxReadsHeld: 16, maxPipeline: 16, maxOutputBytes: 1 << 20, maxInputBytes: 1 << 20 };
     assert.ok(binaryCodecFactory(0x80, limits) instanceof BinaryCodec);
     assert.ok(binaryCodecFactory(0x67, limits) instanceof TextCodec);
     assert.ok(binaryCodecFactory(0x81, limits) instanceof TextCodec);

@@ -83,6 +83,21 @@ describe('per-client byte bounds', () => {
     w.close();
   });
 
+  it('max-reads-held: reads behind a slow write start at most that many, then the rest in order', async () => {
+    const { up, w } = await setup({ maxReadsHeld: 3, maxKeysPerGet: 256, maxPipeline: 1024 });
+    assert.equal(await w.ask('set k 0 0 1\r\nv\r\n'), 'STORED\r\n');
+    up.gateOnly = (call) => call === 'set slow';
+    up.close_gate();
+    const n = 40;
+    w.send(`set slow 0 0 1\r\nx\r\n${'get k\r\n'.repeat(n)}`);
+    for (let i = 0; i < 20; i++) await settle();
+    assert.equal(up.calls.filter((c) => c === 'get k').length, 3, 'three reads fetched, no more');
+    up.open();
+    const replies = await w.read((t) => t.split('END\r\n').length > n, 20000);
+    assert.equal(replies, `STORED\r\n${'VALUE k 0 1\r\nv\r\nEND\r\n'.repeat(n)}`);
+    w.close();
+  });
+
   it('a get of more keys than are free waits for the reads before it, then runs whole', async () => {
     const { up, w } = await setup({ maxKeysPerGet: 4 });
     assert.equal(await w.ask('set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\n', 'STORED\r\nSTORED\r\n'), 'STORED\r\nSTORED\r\n');

@@ -42,7 +42,7 @@ it('a reply that fails half-way leaves nothing in the shared output for the next
     noStats,
     () => {},
   );
-  const limits: ConnectionLimits = { maxLineLength: 2048, maxItemSize: 1 << 20, maxKeysPerGet: 16, maxPipeline: 64, maxOutputBytes: 1 << 20, maxInputBytes: 1 << 20 };
+  const limits: ConnectionLimits = { maxLineLength: 2048, maxItemSize: 1 << 20, maxKeysPerGet: 16, maxReadsHeld: 16, maxPipeline: 64, maxOutputBytes: 1 << 20, maxInputBytes: 1 << 20 };
   const bugs: unknown[] = [];
   const server = createServer((socket) => {
     new ClientConnection(socket, router, limits, () => {}, (_first, l) => new FailingCodec(l), (e) => bugs.push(e));
