@@ -484,6 +484,11 @@ export class MemcachedUpstream implements Upstream {
  * Several hosts (`memcached://h1:p1,h2:p2`) make one sharded upstream: see memcached-pool.ts.
  */
 export function createMemcachedUpstream(url: URL, options: Map<string, string>, ctx: UpstreamContext, hosts: HostPort[] = []): Upstream {
+  // mcmux speaks no SASL: credentials would be dropped, and an operator who wrote them believes
+  // the store is reached with them (review).
+  if (url.username !== '' || url.password !== '') {
+    throw new ConfigError(`upstream ${maskUrl(url.href)}: a user or password, but mcmux speaks no SASL to memcached and would connect without them: expected memcached://host:port`);
+  }
   if (hosts.length > 1) return createMemcachedPool(url, options, ctx, hosts, createMemcachedUpstream);
   const name = maskUrl(url.href);
   const where = `upstream ${name}`;

@@ -259,7 +259,7 @@ describe('a password in an upstream URL is never printed', () => {
   });
 
   it('refused from a config file', async () => {
-    const file = await configFile('secret.toml', '[[upstream]]\nurl = "memcached://user:secret@127.0.0.1:1"\nbogus = 1\n');
+    const file = await configFile('secret.toml', '[[upstream]]\nurl = "redis://user:secret@127.0.0.1:1"\nbogus = 1\n');
     const line = await failsWithOneLine([...base, '--config', file]);
     assert.match(line, /bogus/);
     assert.ok(!line.includes('secret'), `the password is printed: ${line}`);
@@ -284,7 +284,7 @@ describe('a password in an upstream URL is never printed', () => {
 
   it('running: log lines (debug, with the upstream failing) and stats', async () => {
     const dead = await freePort(); // nothing listens there: every request to it fails and is logged
-    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', `memcached://user:secret@127.0.0.1:${dead}`, '--log-level', 'debug']);
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', `redis://user:secret@127.0.0.1:${dead}`, '--log-level', 'debug']);
     try {
       const c = await rawClient(mux.port);
       assert.equal(await c.ask('set k 0 0 1\r\nx\r\n'), 'STORED\r\n');

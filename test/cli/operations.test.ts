@@ -395,7 +395,7 @@ describe('(e) mcmux check --config FILE', () => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
     const [mc] = (await startMemcacheds(t, 1)) as [MemcachedProcess];
     const dead = await freePort(); // nothing listens there
-    const file = await configFile('check-dead.toml', upstreamsToml([mc.url, `memcached://user:secret@127.0.0.1:${dead}`]));
+    const file = await configFile('check-dead.toml', upstreamsToml([mc.url, `redis://user:secret@127.0.0.1:${dead}`]));
     const started = performance.now();
     const r = await runMcmux(['check', '--config', file], { timeoutMs: 10_000 });
     assert.equal(r.timedOut, false);
@@ -404,7 +404,7 @@ describe('(e) mcmux check --config FILE', () => {
     const lines = r.stdout.trimEnd().split('\n');
     assert.equal(lines.length, 3, `one line per upstream and a summary: ${r.stdout}`);
     assert.match(lines[0] as string, new RegExp(`^ok\\s+${mc.url}$`));
-    assert.match(lines[1] as string, new RegExp(`^FAILED\\s+memcached://user:\\*\\*\\*@127\\.0\\.0\\.1:${dead}: \\S`), 'names the dead one and why');
+    assert.match(lines[1] as string, new RegExp(`^FAILED\\s+redis://user:\\*\\*\\*@127\\.0\\.0\\.1:${dead}: \\S`), 'names the dead one and why');
     assert.match(lines[2] as string, /1 of 2/);
     assert.ok(!r.stdout.includes('secret') && !r.stderr.includes('secret'), `no password printed: ${r.stdout}${r.stderr}`);
   });
@@ -633,12 +633,13 @@ describe('(g3) a store added by a reload is not trusted for what it held before'
 });
 
 describe('(h) JSON logs', () => {
-  it('one line per upstream state change, passwords masked, nothing per request at the default level', async (t) => {
+  // Passwords masked in these lines: cli.test.ts ('a password in an upstream URL is never
+  // printed'), over a Redis URL (a memcached:// one takes none).
+  it('one line per upstream state change, nothing per request at the default level', async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
     const [mc1, mc2] = (await startMemcacheds(t, 2)) as [MemcachedProcess, MemcachedProcess];
-    const secretUrl = `memcached://user:secret@127.0.0.1:${mc1.port}`;
-    const masked = `memcached://user:***@127.0.0.1:${mc1.port}`;
-    const { mux, metrics } = await muxWithMetrics(t, ['--upstream', secretUrl, '--upstream', mc2.url, '--probe-interval', '100', '--probe-interval-max', '400']);
+    const name = mc1.url;
+    const { mux, metrics } = await muxWithMetrics(t, ['--upstream', mc1.url, '--upstream', mc2.url, '--probe-interval', '100', '--probe-interval-max', '400']);
     const c = await testClient(t, mux.port);
     await eventually('the start-up line', async () => jsonLines(mux.logs().stdout).some((l) => l.msg === 'mcmux listening'));
 
@@ -653,7 +654,7 @@ describe('(h) JSON logs', () => {
     await hundredRoundTrips();
     assert.equal(jsonLines(mux.logs().stdout).length, lines, `no log line for 200 requests: ${mux.logs().stdout}`);
 
-    // The upstream with a password dies: its state changes are logged, masked.
+    // The first upstream dies: its state changes are logged.
     await killAndWait(mc1);
     await driveUntilStates(c, 'the first upstream is down', (s) => unusable(s[0] as string));
     // The log pipe is not the client socket: wait for the line before counting from it.
@@ -667,10 +668,10 @@ describe('(h) JSON logs', () => {
 
     await eventually('the healthy line is logged', async () => jsonLines(mux.logs().stdout).some((l) => l.msg === 'upstream healthy'));
     const m = await scrape(metrics);
-    const changes = (state: string): number => sample(m, 'mcmux_upstream_state_changes_total', { upstream: masked, state }) ?? -1;
+    const changes = (state: string): number => sample(m, 'mcmux_upstream_state_changes_total', { upstream: name, state }) ?? -1;
     const stateLines = jsonLines(mux.logs().stdout).filter((l) => /^upstream (healthy|suspect|down|probing)$/.test(String(l.msg)));
     for (const l of stateLines) {
-      assert.equal(l.upstream, masked, `a state line names the upstream, masked: ${JSON.stringify(l)}`);
+      assert.equal(l.upstream, name, `a state line names the upstream: ${JSON.stringify(l)}`);
       assert.equal(l.msg, `upstream ${String(l.to)}`);
       assert.ok(typeof l.from === 'string' && l.from !== l.to && typeof l.reason === 'string' && l.reason !== '', `from, to, reason: ${JSON.stringify(l)}`);
     }
@@ -686,10 +687,7 @@ describe('(h) JSON logs', () => {
     assert.ok(stateLines.filter((l) => l.to === 'healthy').every((l) => l.level === 30), 'recoveries are info');
 
     await mux.stop();
-    const { stdout, stderr } = mux.logs();
-    assert.ok(!stdout.includes('secret'), `a log line shows the password: ${stdout.split('\n').find((l) => l.includes('secret'))}`);
-    assert.ok(!stderr.includes('secret'), `stderr shows the password: ${stderr}`);
-    assert.equal(stderr, '', 'nothing on stderr');
+    assert.equal(mux.logs().stderr, '', 'nothing on stderr');
   });
 
   it('S7: at debug, keys with bytes >= 0x80, " and \\, and invalid keys (too long, control bytes), text and binary: every stdout line is JSON with no raw control character or byte >= 0x80', async (t) => {
