@@ -53,7 +53,8 @@ export interface Config {
   readonly hedgeMs: number;
   /** Where to serve /metrics and /healthz; undefined = off. */
   readonly metrics: { readonly host: string; readonly port: number } | undefined;
-  readonly health: { readonly downAfter: number; readonly probeMinMs: number; readonly probeMaxMs: number };
+  /** fenceKeysMax: journal-max-keys (keys a fenced upstream remembers as written since). */
+  readonly health: { readonly downAfter: number; readonly probeMinMs: number; readonly probeMaxMs: number; readonly fenceKeysMax: number };
 }
 
 /**
@@ -128,7 +129,7 @@ export const SCALAR_KEYS = {
   'journal-max-keys': {
     def: 100_000,
     form: 'an integer from 1 to 100000000',
-    help: 'dirty keys kept per upstream; beyond, the upstream serves no reads until known clean',
+    help: 'dirty keys kept per upstream; beyond, the upstream serves no reads until known clean (also: keys a fenced upstream remembers as written, finished writes remembered for reads in flight)',
   },
   'journal-fsync': { def: 'everysec', form: 'always, everysec or no', help: 'when the repair journal file is fsynced' },
   'repair-rate': { def: 1000, form: 'an integer from 1 to 1000000', help: 'keys per second replayed into an upstream that is back' },
@@ -251,6 +252,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     throw new ConfigError(`metrics "${formatListen({ kind: 'tcp', ...metrics })}" is also a listen address: expected an address of its own`);
   }
 
+  const journalMaxKeys = int('journal-max-keys', get('journal-max-keys') as RawValue, 1, 100_000_000);
   return {
     listen: listenSpecs,
     listenMode,
@@ -270,16 +272,16 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     maxInputBytes: int('max-input-bytes', get('max-input-bytes') as RawValue, 1024, 1024 ** 3),
     metrics,
     stateDir,
-    journal: { maxKeys: int('journal-max-keys', get('journal-max-keys') as RawValue, 1, 100_000_000), fsync: fsyncPolicy(get('journal-fsync')) },
+    journal: { maxKeys: journalMaxKeys, fsync: fsyncPolicy(get('journal-fsync')) },
     repair: { rate: int('repair-rate', get('repair-rate') as RawValue, 1, 1_000_000), flushCaches: bool('repair-flush-caches', get('repair-flush-caches')) },
     hedgeMs: int('hedge-ms', get('hedge-ms') as RawValue, 0, 60_000),
     lockFence: int('lock-fence', get('lock-fence') as RawValue, 0, 86_400_000),
     shutdownTimeout: int('shutdown-timeout', get('shutdown-timeout') as RawValue, 0, 600_000),
-    health: healthOf(get),
+    health: { ...healthOf(get), fenceKeysMax: journalMaxKeys },
   };
 }
 
-function healthOf(get: (k: ScalarKey) => RawValue | undefined): Config['health'] {
+function healthOf(get: (k: ScalarKey) => RawValue | undefined): Omit<Config['health'], 'fenceKeysMax'> {
   const probeMinMs = int('probe-interval', get('probe-interval') as RawValue, 10, 600_000);
   const probeMaxMs = int('probe-interval-max', get('probe-interval-max') as RawValue, 10, 3_600_000);
   // The first wait doubles up to the longest: a longest below the first is a mistake.

@@ -25,6 +25,8 @@ export interface HealthOptions {
   /** First probe delay after going down, ms; doubles up to `probeMaxMs`. */
   readonly probeMinMs: number;
   readonly probeMaxMs: number;
+  /** Keys it remembers as written while fenced (journal-max-keys); default FENCE_KEYS_MAX. */
+  readonly fenceKeysMax?: number;
 }
 
 export const DEFAULT_HEALTH: HealthOptions = { downAfter: 3, probeMinMs: 200, probeMaxMs: 5000 };
@@ -114,7 +116,10 @@ function sealArith(r: ArithResult, seal: CasSeal): ArithResult {
   return r.status === 'OK' && r.cas !== undefined ? { status: 'OK', value: r.value, cas: seal.seal(r.cas) } : r;
 }
 
-/** Keys a fenced upstream remembers as written since its fence began (about 100 bytes each). */
+/**
+ * Keys a fenced upstream remembers as written since its fence began (about 100 bytes each), unless
+ * HealthOptions.fenceKeysMax says otherwise (app.ts: journal-max-keys, whose default this is).
+ */
 export const FENCE_KEYS_MAX = 100_000;
 
 export class HealthyUpstream implements Upstream {
@@ -149,9 +154,12 @@ export class HealthyUpstream implements Upstream {
   /**
    * Keys a client write (a set or a delete, a copy included) reached while fenced: for these it
    * holds the current state again, and may decide (authority-order.ts). Bounded: beyond
-   * FENCE_KEYS_MAX it stops learning, and decides only for the keys it already knows.
+   * fenceKeysMax it stops learning, and decides only for the keys it already knows.
    */
   private readonly fenceKeys = new Set<string>();
+  private get fenceKeysMax(): number {
+    return this.options.fenceKeysMax ?? FENCE_KEYS_MAX;
+  }
   /**
    * Names what it has learnt in fenceKeys since it last started afresh (a new fence, a restart,
    * a flush): written with the `fenced until` marker (as its flags) and with each key on
@@ -241,7 +249,7 @@ export class HealthyUpstream implements Upstream {
    * when it learnt the key just now (noteWritten puts it on journal.log).
    */
   written(key: string): boolean {
-    if (this.coldUntil === 0 || !this.fenced || this.fenceKeys.size >= FENCE_KEYS_MAX || this.fenceKeys.has(key)) return false;
+    if (this.coldUntil === 0 || !this.fenced || this.fenceKeys.size >= this.fenceKeysMax || this.fenceKeys.has(key)) return false;
     this.fenceKeys.add(key);
     return true;
   }
@@ -257,7 +265,7 @@ export class HealthyUpstream implements Upstream {
     const mine = [...this.fenceKeys];
     this.fenceId = id;
     for (const key of keys) {
-      if (this.fenceKeys.size >= FENCE_KEYS_MAX) break;
+      if (this.fenceKeys.size >= this.fenceKeysMax) break;
       this.fenceKeys.add(key);
     }
     return mine;
@@ -276,7 +284,7 @@ export class HealthyUpstream implements Upstream {
     if (!this.fenced) return [];
     const added: string[] = [];
     for (const key of keys) {
-      if (this.fenceKeys.size >= FENCE_KEYS_MAX) break;
+      if (this.fenceKeys.size >= this.fenceKeysMax) break;
       if (this.fenceKeys.has(key)) continue;
       this.fenceKeys.add(key);
       added.push(key);

@@ -195,11 +195,6 @@ export function idOf(u: Upstream): string {
 
 
 /**
- * Finished writes remembered for reads still in flight (bounded: beyond it the oldest are
- * forgotten, and reads older than them are told "maybe written", which only skips a read repair).
- */
-const WRITES_MAX = 100_000;
-/**
  * DirtyEntry.firstSeq of a copy that holds the newest write of its key though it is dirty (a
  * flush that timed out may still wipe it, journal.wipedLater): the freshest of all, until it
  * misses a write (mark dates it by that miss), or a conditional command that failed where it may
@@ -484,7 +479,10 @@ export class RepairJournal {
     // Re-inserted at the end: the Map's order is the order writes last started in.
     this.writes.delete(key);
     this.writes.set(key, { seq, inFlight: (w?.inFlight ?? 0) + 1 });
-    if (this.writes.size > WRITES_MAX) {
+    // Finished writes remembered for reads still in flight: at most maxKeys (journal-max-keys);
+    // beyond, the oldest are forgotten, and reads older than them are told "maybe written",
+    // which only skips a read repair.
+    if (this.writes.size > this.options.maxKeys) {
       // A read stuck for long: forget the oldest finished write, and remember that we did.
       for (const [k, x] of this.writes) {
         if (x.inFlight > 0) continue;

@@ -11,7 +11,9 @@ import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
 import { ColdDetector } from '../../src/router/cold-detector';
-import { HealthyUpstream } from '../../src/router/health';
+import { DEFAULT_HEALTH, HealthyUpstream, knowsKey } from '../../src/router/health';
+import { monotonicMs } from '../../src/clock';
+import { loadConfig } from '../../src/cli';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
@@ -658,5 +660,15 @@ describe('cold detector: cas uniques across restarts of mcmux (journal.log)', ()
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('the keys a fenced upstream remembers', () => {
+  it('at most journal-max-keys written since the fence began: beyond, it decides only for those', () => {
+    assert.equal(loadConfig(['--upstream', 'memory://', '--journal-max-keys', '2']).config.health.fenceKeysMax, 2);
+    const u = new HealthyUpstream(new FakeUpstream('fake://0'), { ...DEFAULT_HEALTH, fenceKeysMax: 2 }, () => {});
+    u.fence(monotonicMs() + 60_000);
+    assert.deepEqual(['a', 'b', 'c'].map((k) => u.written(k)), [true, true, false], 'learnt: a and b, not c');
+    assert.deepEqual(['a', 'b', 'c'].map((k) => knowsKey(u, k)), [true, true, false]);
   });
 });

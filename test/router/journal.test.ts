@@ -471,6 +471,20 @@ describe('repair journal', () => {
     assert.equal(journal.undone(a, 'd', true), true, 'an item after the delete: set 1 landed');
   });
 
+  it('finished writes remembered for a read in flight are at most journal-max-keys: beyond, that read takes any key as maybe written', () => {
+    for (const [maxKeys, forgotten] of [[2, true], [3, false]] as const) {
+      const journal = new RepairJournal({ maxKeys, dir: undefined, fsync: 'no' });
+      const read = journal.readStarted();
+      for (const k of ['a', 'b', 'c']) {
+        journal.writeStarted(k);
+        journal.writeFinished(k);
+      }
+      assert.equal(journal.writtenSince('z', read), forgotten, `journal-max-keys ${maxKeys}: three writes since the read began`);
+      assert.equal(journal.writtenSince('c', read), true);
+      journal.readFinished(read);
+    }
+  });
+
   it('a store that leaves the chain with a flush that may still land is forgotten: writes need no copy elsewhere for it any more', () => {
     const journal = new RepairJournal({ maxKeys: 10, dir: undefined, fsync: 'no' });
     const a = { name: 'fake://a' } as Upstream;
