@@ -675,7 +675,7 @@ class World {
     this.detector = detector;
     for (const u of this.ups) {
       const conn = new Conn(u, gen);
-      u.healthy = new HealthyUpstream(conn, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400 }, (h, from, to) => {
+      u.healthy = new HealthyUpstream(conn, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400, fenceKeysMax: this.cfg.journalMaxKeys }, (h, from, to) => {
         if (gen !== this.gen) return;
         this.note([], `${u.name} health ${from} -> ${to}`);
         // As app.ts: an upstream back to healthy has its marker checked.
