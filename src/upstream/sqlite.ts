@@ -9,7 +9,9 @@
  *          ─► resolve each op with its own result        (nothing resolves before COMMIT)
  *     error ─► ROLLBACK ─► every op of the batch rejects with MCMUX_UPSTREAM_IO naming the cause
  *     SQLITE_BUSY (another connection holds the lock) ─► ROLLBACK, retry on a timer (1 ms doubling
- *          to 32 ms); ops queued longer than `timeout` reject. The loop never sleeps in SQLite.
+ *          to 32 ms). The loop never sleeps in SQLite.
+ *   ops queued longer than `timeout` when a drain starts (a lock held elsewhere, a slow disk)
+ *          reject unrun with MCMUX_UPSTREAM_UNREACHABLE (nothing applied): the queue stays bounded.
  *   purge timer (unref'd) ─► DELETE at most purge-batch expired rows ─► again next turn if full
  *
  * Why this is correct: one connection runs one transaction at a time, and the ops of a batch run
@@ -17,8 +19,9 @@
  * conditional command (add, cas, append, incr, gat) reads and writes inside the transaction.
  * BEGIN IMMEDIATE takes the database write lock before the first read, so another connection
  * (another mcmux on the same file) cannot write between our check and our write: exactly one of
- * two racing adds wins. A batch is at most 2048 ops or 16 MiB of values (about 20 ms of stall for
- * small sets, see bench/sqlite-stall.ts); the rest runs next turn, still in order.
+ * two racing adds wins. A batch is at most 2048 ops or 16 MiB of values written, and ends once
+ * 16 MiB have been read (about 20 ms of stall for small sets, see bench/sqlite-stall.ts); the rest
+ * runs next turn, still in order.
  *
  * CAS uniques: a counter row in the meta table. Each write batch advances it, inside its own
  * transaction, by the number of store/arith ops it holds, and hands those values out in order:
@@ -145,6 +148,13 @@ function prepareStatements(db: Database.Database, table: string) {
 
 type Statements = ReturnType<typeof prepareStatements>;
 
+/** The table, its index and its meta table with the cas row all exist (read, no write lock). */
+function hasSchema(db: Database.Database, table: string): boolean {
+  const names = [table, `${table}_exp`, `${table}_meta`];
+  const found = db.prepare('SELECT count(*) AS n FROM sqlite_master WHERE name IN (?, ?, ?)').get(...names) as { n: number };
+  return found.n === 3 && db.prepare(`SELECT 1 FROM "${table}_meta" WHERE name = 'cas'`).get() !== undefined;
+}
+
 /** Opens (creating if needed) the file and the schema; throws ConfigError naming the cause. */
 function openDatabase(o: SqliteOptions, where: string): { db: Database.Database; s: Statements } {
   let db: Database.Database | undefined;
@@ -159,7 +169,10 @@ function openDatabase(o: SqliteOptions, where: string): { db: Database.Database;
     db.pragma(`synchronous = ${o.synchronous.toUpperCase()}`);
     db.pragma('journal_size_limit = 67108864'); // truncate a WAL a burst of large values grew
     const t = `"${o.table}"`;
-    db.exec(`BEGIN IMMEDIATE;
+    // The schema is there (a restart, a reload, a second mcmux): nothing to write, so no write
+    // lock to wait for. Another connection may hold it for longer than `timeout` (a long batch, a
+    // VACUUM); taken here, that refused the start, and froze every client during a reload.
+    if (!hasSchema(db, o.table)) db.exec(`BEGIN IMMEDIATE;
       CREATE TABLE IF NOT EXISTS ${t} (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL,
         flags INTEGER NOT NULL, cas INTEGER NOT NULL, exp INTEGER NOT NULL);
       CREATE INDEX IF NOT EXISTS "${o.table}_exp" ON ${t} (exp) WHERE exp > 0;
@@ -189,6 +202,7 @@ export class SqliteUpstream implements Upstream {
   private queue: Pending[] = [];
   private scheduled = false; // a drain is due (setImmediate, or the busy-retry timer)
   private busyDelayMs = 1;
+  private lastBusy = false; // the last attempt found the write lock held elsewhere
   private nextCas = 0n;
   private readonly purgeTimer: NodeJS.Timeout;
   private closed = false;
@@ -262,6 +276,10 @@ export class SqliteUpstream implements Upstream {
   /** One transaction over the head of the queue; see the diagram at the top. */
   private readonly drain = (): void => {
     this.scheduled = false;
+    // An op that waited out `timeout` before its transaction could start (a slow disk, batches
+    // ahead of it, a lock held elsewhere) fails unrun: a queue fed faster than the disk commits
+    // stays bounded, and every op settles within about `timeout`.
+    this.expireWaited();
     if (this.queue.length === 0) return this.next();
     const batch = this.queue.slice(0, this.batchLength());
     let results: unknown[];
@@ -269,6 +287,7 @@ export class SqliteUpstream implements Upstream {
       results = this.runBatch(batch);
     } catch (err) {
       if (isBusy(err)) return this.retryLater();
+      this.lastBusy = false;
       this.queue.splice(0, batch.length);
       const cause = err instanceof Database.SqliteError ? `${err.code}: ${err.message}` : String(err);
       const failure = new McmuxError(
@@ -279,8 +298,9 @@ export class SqliteUpstream implements Upstream {
       return this.next();
     }
     this.busyDelayMs = 1;
-    this.queue.splice(0, batch.length);
-    for (let i = 0; i < batch.length; i++) this.settle(batch[i] as Pending, results[i]);
+    this.lastBusy = false;
+    this.queue.splice(0, results.length);
+    for (let i = 0; i < results.length; i++) this.settle(batch[i] as Pending, results[i]);
     this.next();
   };
 
@@ -302,7 +322,16 @@ export class SqliteUpstream implements Upstream {
         if (!top) throw new Error(`the cas row of ${this.options.table}_meta is gone (restart mcmux to re-create it)`);
         this.nextCas = top.value - casNeeded + 1n;
       }
-      const results = batch.map((p) => this.execute(p.request, now));
+      // Values read count against the batch's bytes too (batchLength counts those written): the
+      // rest of the batch, still in order, is left to the next transaction.
+      const results: unknown[] = [];
+      let read = 0;
+      for (const p of batch) {
+        if (read > MAX_BATCH_BYTES) break;
+        const result = this.execute(p.request, now);
+        if (p.request.op === 'get') for (const hit of result as Array<Hit | undefined>) read += hit?.value.length ?? 0;
+        results.push(result);
+      }
       this.s.commit.run();
       this.transactions++;
       return results;
@@ -389,23 +418,33 @@ export class SqliteUpstream implements Upstream {
     return max;
   }
 
-  /** Another connection holds the write lock: fail what waited `timeout`, try the rest later. */
-  private retryLater(): void {
-    this.busyRetries++;
+  /**
+   * Fails the head ops that have waited `timeout` unrun. UPSTREAM_UNREACHABLE, not _IO: no
+   * statement of theirs ran, so nothing of them was applied (the router then need not take the
+   * key's copy here as unknown, and a cas goes on to the next upstream).
+   */
+  private expireWaited(): void {
     const now = performance.now();
     let expired = 0;
     while (expired < this.queue.length && now - (this.queue[expired] as Pending).started >= this.timeoutMs) expired++;
-    if (expired > 0) {
-      const failure = new McmuxError(
-        ErrorCodes.UPSTREAM_IO,
-        `upstream ${this.name}: SQLITE_BUSY: the database is locked by another connection for over ${this.timeoutMs} ms (option timeout)`,
-      );
-      for (const p of this.queue.splice(0, expired)) {
-        this.stats.timeouts++;
-        this.settle(p, failure);
-      }
+    if (expired === 0) return;
+    const why = this.lastBusy
+      ? `SQLITE_BUSY: the database is locked by another connection for over ${this.timeoutMs} ms (option timeout)`
+      : `waited over ${this.timeoutMs} ms behind earlier transactions (a slow disk?) (option timeout)`;
+    const failure = new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `upstream ${this.name}: ${why}; not applied`);
+    for (const p of this.queue.splice(0, expired)) {
+      this.stats.timeouts++;
+      this.settle(p, failure);
     }
+  }
+
+  /** Another connection holds the write lock: fail what waited `timeout`, try the rest later. */
+  private retryLater(): void {
+    this.busyRetries++;
+    this.lastBusy = true;
+    this.expireWaited();
     if (this.queue.length === 0) return this.next();
+    const now = performance.now();
     const head = this.queue[0] as Pending;
     const delay = Math.max(1, Math.min(this.busyDelayMs, Math.ceil(head.started + this.timeoutMs - now)));
     this.busyDelayMs = Math.min(this.busyDelayMs * 2, BUSY_RETRY_MAX_MS);

@@ -341,7 +341,7 @@ test('a write lock held by another connection is waited for on a timer, not in S
   other.exec('BEGIN IMMEDIATE');
   const timeouts = u.stats.timeouts;
   await assert.rejects(set(u, 'k', 'w'), (err: unknown) =>
-    codeOf(err) === ErrorCodes.UPSTREAM_IO && /SQLITE_BUSY.*300 ms \(option timeout\)/.test((err as Error).message));
+    codeOf(err) === ErrorCodes.UPSTREAM_UNREACHABLE && /SQLITE_BUSY.*300 ms \(option timeout\)/.test((err as Error).message));
   assert.equal(u.stats.timeouts - timeouts, 1);
   other.exec('ROLLBACK');
   assert.equal((await u.get(['k']))[0]?.value.toString(), 'v');
