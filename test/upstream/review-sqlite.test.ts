@@ -4,48 +4,13 @@
  */
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { type TestContext, test } from 'node:test';
-import { pathToFileURL } from 'node:url';
-import Database from 'better-sqlite3';
+import { test } from 'node:test';
 import { ErrorCodes, McmuxError } from '../../src/errors';
-import { type SqliteUpstream, createSqliteUpstream } from '../../src/upstream/sqlite';
+import type { SqliteUpstream } from '../../src/upstream/sqlite';
+import { fixture } from '../helpers/sqlite-fixture';
 
-const ctx = { defaultTimeoutMs: undefined, maxItemSize: 1024 * 1024 };
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
-const sqliteUrl = (file: string): string => pathToFileURL(file).href.replace(/^file:/, 'sqlite:');
-
-interface Fixture {
-  readonly file: string;
-  open(options?: Record<string, string>): SqliteUpstream;
-  raw(): Database.Database;
-}
-
-function fixture(t: TestContext): Fixture {
-  const dir = mkdtempSync(join(tmpdir(), 'mcmux-review-sqlite-'));
-  const file = join(dir, 'store.db');
-  const closers: Array<() => unknown> = [];
-  t.after(async () => {
-    for (const close of closers.reverse()) await close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return {
-    file,
-    open(options = {}) {
-      const u = createSqliteUpstream(new URL(sqliteUrl(file)), new Map(Object.entries(options)), ctx);
-      closers.push(() => u.close());
-      return u;
-    },
-    raw() {
-      const db = new Database(file);
-      closers.push(() => db.close());
-      return db;
-    },
-  };
-}
 
 const set = (u: SqliteUpstream, key: string, value: string) => u.store({ mode: 'set', key, value: b(value), flags: 0, deadline: 0 });
 

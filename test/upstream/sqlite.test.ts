@@ -1,58 +1,17 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type TestContext, test } from 'node:test';
-import { pathToFileURL } from 'node:url';
+import { test } from 'node:test';
 import { Worker } from 'node:worker_threads';
-import Database from 'better-sqlite3';
 import { EXPIRED } from '../../src/command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
 import { createUpstream } from '../../src/upstream/registry';
 import { type SqliteUpstream, createSqliteUpstream, sqlitePathFromUrl } from '../../src/upstream/sqlite';
+import { ctx, fixture, sqliteUrl } from '../helpers/sqlite-fixture';
 
-const ctx = { defaultTimeoutMs: undefined, maxItemSize: 1024 * 1024 };
-const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const FORMS = /sqlite:\/\/\/absolute\/path\/file\.db or sqlite:\/\/\.\/relative/;
-
-const sqliteUrl = (file: string): string => pathToFileURL(file).href.replace(/^file:/, 'sqlite:');
-
-interface Fixture {
-  readonly dir: string;
-  readonly file: string;
-  readonly url: string;
-  open(options?: Record<string, string>): SqliteUpstream;
-  /** A plain better-sqlite3 connection on the same file, to look behind the driver. */
-  raw(): Database.Database;
-}
-
-/** A fresh directory, removed after the test once every connection opened here is closed. */
-function fixture(t: TestContext): Fixture {
-  const dir = mkdtempSync(join(tmpdir(), 'mcmux-sqlite-test-'));
-  const file = join(dir, 'store.db');
-  const url = sqliteUrl(file);
-  const closers: Array<() => unknown> = [];
-  t.after(async () => {
-    for (const close of closers) await close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return {
-    dir,
-    file,
-    url,
-    open(options = {}) {
-      const u = createSqliteUpstream(new URL(url), new Map(Object.entries(options)), ctx);
-      closers.push(() => u.close());
-      return u;
-    },
-    raw() {
-      const db = new Database(file);
-      closers.push(() => db.close());
-      return db;
-    },
-  };
-}
+const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 function codeOf(err: unknown): string {
   return err instanceof McmuxError ? err.code : String(err);
