@@ -11,12 +11,15 @@ import type { App } from './app';
 import { type HealthState, type HealthyUpstream, membersOf } from './router/health';
 
 const STATES: readonly HealthState[] = ['healthy', 'suspect', 'down', 'probing'];
+const OUTCOMES = ['ok', 'error', 'timeout', 'skipped'] as const;
 
 export class Metrics {
   readonly registry = new Registry();
   private readonly upstreamRequests: Counter<'upstream' | 'outcome'>;
   private readonly upstreamLatency: Histogram<'upstream'>;
   private server: Server | undefined;
+  /** The names of the upstreams (and pool servers) observed since the last attach(). */
+  private attached = new Set<string>();
 
   /** Told of an error of the metrics socket once it listens (the app logs it). */
   onError: (error: Error) => void = () => {};
@@ -121,14 +124,28 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const u of ups()) for (const s of STATES) this.inc({ upstream: u.name, state: s }, u.transitions[s]);
+        // The servers of a pool too, as mcmux_upstream_state shows them.
+        for (const u of ups()) {
+          for (const x of [u, ...membersOf(u)]) for (const s of STATES) this.inc({ upstream: x.name, state: s }, x.transitions[s]);
+        }
       },
     });
   }
 
   /** Hooks the observer into every current upstream (call again after a reload). */
   attach(): void {
+    const names = new Set<string>();
+    for (const u of this.app.upstreams) for (const x of [u, ...membersOf(u)]) names.add(x.name);
+    // An upstream a reload removed leaves no series behind (nor adds them back: its requests
+    // still in flight are not counted).
+    for (const name of this.attached) {
+      if (names.has(name)) continue;
+      for (const outcome of OUTCOMES) this.upstreamRequests.remove({ upstream: name, outcome });
+      this.upstreamLatency.remove({ upstream: name });
+    }
+    this.attached = names;
     const observe: HealthyUpstream['observer'] = (up, seconds, outcome) => {
+      if (!this.attached.has(up.name)) return;
       this.upstreamRequests.inc({ upstream: up.name, outcome });
       if (outcome !== 'skipped') this.upstreamLatency.observe({ upstream: up.name }, seconds);
     };
@@ -141,7 +158,9 @@ export class Metrics {
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     const server = createServer((req, res) => {
-      if (req.url === '/metrics') {
+      // A query string (a probe's, a scrape config's params) does not change what is asked for.
+      const path = (req.url ?? '').split('?', 1)[0];
+      if (path === '/metrics') {
         this.attach();
         this.registry.metrics().then(
           (text) => {
@@ -173,8 +192,8 @@ export class Metrics {
         this.admin(req.method ?? 'GET', new URL(req.url, 'http://localhost'), res);
         return;
       }
-      if (req.url === '/healthz') {
-        const ok = this.app.listening && this.app.upstreams.some((u) => u.usable);
+      if (path === '/healthz') {
+        const ok = this.app.listening && this.app.upstreams.some(serving);
         res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
         res.end(ok ? 'ok\n' : 'no usable upstream\n');
         return;
@@ -235,6 +254,15 @@ export class Metrics {
     s.closeAllConnections();
     return closed;
   }
+}
+
+/**
+ * Whether `u` takes requests: usable, and for a memcached pool, one of its servers too (a pool
+ * whose servers are all down stays healthy or suspect until requests fail on it as a whole).
+ */
+function serving(u: HealthyUpstream): boolean {
+  const members = membersOf(u);
+  return u.usable && (members.length === 0 || members.some((m) => m.usable));
 }
 
 /** A Host header naming this host by a loopback address or `localhost` (any port); none at all (HTTP/1.0) too. */

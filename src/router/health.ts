@@ -218,7 +218,7 @@ export class HealthyUpstream implements Upstream {
    * (or suspect) stays so, and requests keep failing over at once instead of each waiting out a
    * timeout on a store that does not answer until `downAfter` of them made it down again. Its
    * first probe goes out after `probeMinMs` (the new options may be what it needed). The state
-   * changes so far go on counting (stats, metrics: a counter that never goes back).
+   * changes and requests so far go on counting (stats, metrics: a counter that never goes back).
    */
   inheritHealth(prev: HealthyUpstream): void {
     if (prev.current !== 'healthy' && !this.closed) {
@@ -231,6 +231,14 @@ export class HealthyUpstream implements Upstream {
       }
     }
     Object.assign(this.transitions, prev.transitions);
+    // So do its request counts (`stats upstreams`, as the metrics do by name): those that ended.
+    // One still in flight on the old connections ends there, uncounted here.
+    const s = prev.stats;
+    this.stats.requests += s.latencyCount + s.errors;
+    this.stats.errors += s.errors;
+    this.stats.timeouts += s.timeouts;
+    this.stats.latencyUsSum += s.latencyUsSum;
+    this.stats.latencyCount += s.latencyCount;
   }
 
   unfence(): void {

@@ -142,8 +142,8 @@ export class Router {
     byResult.set(result, (byResult.get(result) ?? 0) + 1);
   }
 
-  private count(name: string): void {
-    this.commands.set(name, (this.commands.get(name) ?? 0) + 1);
+  private count(name: string, n = 1): void {
+    this.commands.set(name, (this.commands.get(name) ?? 0) + n);
   }
 
   execute(cmd: Command): Promise<Reply> | Reply {
@@ -251,11 +251,19 @@ export class Router {
   private run(ctx: RouterContext, cmd: Command, seq?: number): Promise<Reply> | Reply {
     switch (cmd.kind) {
       case 'get':
-        this.count(cmd.touch === undefined ? 'get' : 'touch');
-        if (cmd.touch !== undefined) ctx.journal.noteDeadline(cmd.touch);
+        // Per key, as memcached counts cmd_get and cmd_touch: get_hits and get_misses count the
+        // keys of every read, a gat's too, so a gat's keys count as gets as well as touches (the
+        // hit ratio get_hits / cmd_get stays one; memcached counts a gat's hits as touch hits).
+        this.count('get', cmd.keys.length);
+        if (cmd.touch !== undefined) {
+          this.count('touch', cmd.keys.length);
+          ctx.journal.noteDeadline(cmd.touch);
+        }
         return failoverRead(ctx, cmd);
       case 'store':
-        this.count(cmd.mode === 'cas' ? 'cas' : 'set');
+        // cmd_set counts every storage command, cas too (memcached); cas_cmds the cas alone.
+        this.count('set');
+        if (cmd.mode === 'cas') this.count('cas');
         ctx.journal.noteDeadline(cmd.deadline);
         if (cmd.mode === 'set') {
           return replicateSet(ctx, { mode: 'set', key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, withCas: cmd.withCas });
