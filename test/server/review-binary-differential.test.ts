@@ -400,6 +400,7 @@ async function differ(
   strict: boolean,
   counted: (n: number) => void,
   tally?: Map<string, number>,
+  flaked?: (what: string) => void,
 ): Promise<string | undefined> {
   const r = mulberry32(seed);
   const gen = new Gen(r, seed, strict);
@@ -436,6 +437,10 @@ async function differ(
       history.push(`burst ${b}:\n    ${cmds.map(describeCmd).join('\n    ')}`);
       const texts = replies.map((x) => x.join('\n    '));
       if (texts.some((x) => x !== texts[0])) {
+        if (flaked && memcachedArithFlake(targets, replies)) {
+          flaked(`seed ${seed} burst ${b}: memcached answered an INCREMENT/DECREMENT 0x06 (non-numeric) where another target gave the number; the seed ends here (see memcachedArithFlake)`);
+          return undefined;
+        }
         return [
           `seed ${seed} burst ${b}: the last bursts sent:`,
           ...history.slice(-4),
@@ -449,6 +454,34 @@ async function differ(
     counted(sentCount);
     for (const s of sessions) s.close();
   }
+}
+
+/**
+ * Now and then (4 runs of this file in about 30 here) memcached 1.6.18 itself answered an
+ * INCREMENT/DECREMENT of a counter just set to "18446744073709551615" with 0x06 (non-numeric)
+ * where the same stream in other runs, and mcmux over memory, gave the number: once both memcached
+ * processes (the reference and the one behind mcmux), once only the one behind mcmux. Their
+ * states then differ, so the seed's stream ends there, told as a diagnostic, not a failure. The
+ * cause was not found: not the value, the command, the exptime nor a frame cut at any byte (each
+ * tried on a private memcached, hundreds of thousands of times, always the number); it depends on
+ * the run. Any other difference, and this one from mcmux over memory, fails the test.
+ */
+function memcachedArithFlake(targets: readonly Target[], replies: readonly string[][]): boolean {
+  // By opaque (a quiet command that succeeded has no response frame), in the order sent: the
+  // first difference decides; those after it may follow from it (a cas the decrement changed).
+  const opaqueOf = (l: string): number => Number(/opaque=(\d+)/.exec(l)?.[1] ?? -1);
+  const byOpaque = replies.map((r) => new Map(r.map((l) => [opaqueOf(l), l])));
+  const opaques = [...new Set(byOpaque.flatMap((m) => [...m.keys()]))].sort((a, b) => a - b);
+  for (const o of opaques) {
+    const lines = byOpaque.map((m) => m.get(o));
+    if (lines.every((l) => l === lines[0])) continue;
+    // Every answer an arithmetic one (or none: a quiet one that succeeded), 0x06 only from a
+    // memcached-backed target, and some target with the number.
+    const arith = lines.every((l) => l === undefined || /^(IN|DE)CREMENTQ? 0x0[06] /.test(l));
+    const flakes = lines.every((l, j) => !(l?.includes(' 0x06 ') ?? false) || (targets[j]?.name.includes('memcached') ?? false));
+    return o >= 0 && arith && flakes && lines.some((l) => l === undefined || l.includes(' 0x00 '));
+  }
+  return false;
 }
 
 const envInt = (name: string, dflt: number): number => (process.env[name] ? Number(process.env[name]) : dflt);
@@ -472,7 +505,7 @@ describe('review: binary protocol, differential against memcached 1.6', { skip: 
     let frames = 0;
     const tally = new Map<string, number>();
     for (let seed = FIRST; seed < FIRST + SEEDS; seed++) {
-      const d = await differ(targets, seed, COMMANDS, false, (n) => (frames += n), tally);
+      const d = await differ(targets, seed, COMMANDS, false, (n) => (frames += n), tally, (s) => t.diagnostic(s));
       if (d) failures.push(d);
     }
     t.diagnostic(`${frames} frames sent to each target`);
@@ -485,7 +518,7 @@ describe('review: binary protocol, differential against memcached 1.6', { skip: 
     let frames = 0;
     const tally = new Map<string, number>();
     for (let seed = FIRST; seed < FIRST + SEEDS; seed++) {
-      const d = await differ(targets.slice(1), 1000 + seed, COMMANDS, true, (n) => (frames += n), tally);
+      const d = await differ(targets.slice(1), 1000 + seed, COMMANDS, true, (n) => (frames += n), tally, (s) => t.diagnostic(s));
       if (d) failures.push(d);
     }
     t.diagnostic(`${frames} frames sent to each target`);
