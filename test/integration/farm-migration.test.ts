@@ -334,8 +334,12 @@ test('a PHP farm sharding sessions over three memcached moves to mcmux (pool + M
   }, 10_000);
   // Its marker key is gone: the cold detector (every 2 s) fences the pool from deciding locks.
   await eventually('the pool is fenced: one of its servers came back empty', async () => (await upstreamStats(c)).get('upstream.0.fenced') === '1', REPLY_MS);
-  const s4 = await upstreamStats(c);
-  assert.equal(s4.get('upstream.0.dirty_keys'), '0', 'the repair journal of the pool is empty');
+  // The outage also journaled the PHP session locks (lock.<sid>: added and deleted by every
+  // request) of the dead server's keys; the repair replays those too, at its own pace, after the
+  // sessions polled for above: the journal empties soon, not necessarily by the time the fence
+  // is seen (in about 1 run of 6 here: 10 or 14 keys left, journal.log's tail showing lock keys
+  // cleared, and none left 300 ms later).
+  await eventually('the repair journal of the pool is empty', async () => (await upstreamStats(c)).get('upstream.0.dirty_keys') === '0', REPLY_MS);
   t.diagnostic(`restarted server back, repaired (${elapsed()})`);
 
   // A last round: the pool is whole again and every count goes on, exact, everywhere.
