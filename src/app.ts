@@ -241,7 +241,7 @@ export class App {
       if (this.config.metrics) {
         this.metrics = new Metrics(this);
         this.metrics.onError = (error) => this.log.warn({ err: error.message }, 'metrics: accepting a client failed: the listener goes on');
-        this.metricsAddress = await this.metrics.listen(this.config.metrics.host, this.config.metrics.port);
+        this.metricsAddress = await this.metrics.listen(this.config.metrics.host, this.config.metrics.port, this.config.metricsMaxConnections);
       }
       this.listening = true;
       this.repairer.start();
@@ -285,6 +285,7 @@ export class App {
     if (ignored.length > 0) this.log.warn({ keys: ignored }, `${ignored.join(', ')} change only on restart; kept the current values`);
     this.config = { ...config, ...fixed };
     this.metrics?.attach();
+    this.metrics?.limit(config.metricsMaxConnections);
     // Requests in flight on a removed upstream still hold it: close it once they have timed out.
     const grace = Math.max(1000, ...removed.map((u) => u.timeoutMs * 2));
     setTimeout(() => void Promise.all(removed.map((u) => u.close())), grace).unref();

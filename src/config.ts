@@ -53,6 +53,8 @@ export interface Config {
   readonly hedgeMs: number;
   /** Where to serve /metrics and /healthz; undefined = off. */
   readonly metrics: { readonly host: string; readonly port: number } | undefined;
+  /** Most connections the metrics listener holds at once. */
+  readonly metricsMaxConnections: number;
   /** fenceKeysMax: journal-max-keys (keys a fenced upstream remembers as written since). */
   readonly health: { readonly downAfter: number; readonly probeMinMs: number; readonly probeMaxMs: number; readonly fenceKeysMax: number };
 }
@@ -115,6 +117,11 @@ export const SCALAR_KEYS = {
     def: '',
     form: 'host:port, or empty for none',
     help: 'serve Prometheus metrics at /metrics and a health check at /healthz on this address',
+  },
+  'metrics-max-connections': {
+    def: 64,
+    form: 'an integer from 1 to 65536',
+    help: 'most connections the metrics listener holds at once; more are closed on accept (each must send its request headers within 5 s)',
   },
   'shutdown-timeout': {
     def: 5000,
@@ -271,6 +278,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
     maxOutputBytes: int('max-output-bytes', get('max-output-bytes') as RawValue, 1024, 1024 ** 3),
     maxInputBytes: int('max-input-bytes', get('max-input-bytes') as RawValue, 1024, 1024 ** 3),
     metrics,
+    metricsMaxConnections: int('metrics-max-connections', get('metrics-max-connections') as RawValue, 1, 65_536),
     stateDir,
     journal: { maxKeys: journalMaxKeys, fsync: fsyncPolicy(get('journal-fsync')) },
     repair: { rate: int('repair-rate', get('repair-rate') as RawValue, 1, 1_000_000), flushCaches: bool('repair-flush-caches', get('repair-flush-caches')) },

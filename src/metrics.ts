@@ -13,6 +13,15 @@ import { type HealthState, type HealthyUpstream, membersOf } from './router/heal
 const STATES: readonly HealthState[] = ['healthy', 'suspect', 'down', 'probing'];
 const OUTCOMES = ['ok', 'error', 'timeout', 'skipped'] as const;
 
+/**
+ * A client of the metrics listener has this long to send its request headers, and the whole
+ * request: a scraper or a health check sends a few hundred bytes at once. Node's defaults (60 s
+ * and 300 s, checked every 30 s) let idle sockets pile up to `metrics-max-connections`.
+ */
+const HEADERS_TIMEOUT_MS = 5000;
+const REQUEST_TIMEOUT_MS = 10_000;
+const CHECK_INTERVAL_MS = 1000;
+
 export class Metrics {
   readonly registry = new Registry();
   private readonly upstreamRequests: Counter<'upstream' | 'outcome'>;
@@ -132,6 +141,11 @@ export class Metrics {
     });
   }
 
+  /** The most connections the listener holds (`metrics-max-connections`): more are closed as accepted. */
+  limit(maxConnections: number): void {
+    if (this.server) this.server.maxConnections = maxConnections;
+  }
+
   /** Hooks the observer into every current upstream (call again after a reload). */
   attach(): void {
     const names = new Set<string>();
@@ -156,8 +170,8 @@ export class Metrics {
     }
   }
 
-  listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    const server = createServer((req, res) => {
+  listen(host: string, port: number, maxConnections: number): Promise<{ host: string; port: number }> {
+    const server = createServer({ headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: CHECK_INTERVAL_MS }, (req, res) => {
       // A query string (a probe's, a scrape config's params) does not change what is asked for.
       const path = (req.url ?? '').split('?', 1)[0];
       if (path === '/metrics') {
@@ -202,6 +216,7 @@ export class Metrics {
       res.end();
     });
     this.server = server;
+    this.limit(maxConnections);
     this.attach();
     return new Promise((resolve, reject) => {
       server.once('error', reject);

@@ -74,6 +74,7 @@ describe('mcmux --help', () => {
       '--max-line-length': '2048',
       '--max-keys-per-get': '256',
       '--max-reads-held': '16',
+      '--metrics-max-connections': '64',
       '--max-pipeline': '1024',
       '--max-output-bytes': '4194304',
     };
@@ -159,6 +160,7 @@ describe('mcmux refuses bad flags and values: exit 2, one line naming the value'
     [['--allow-flush', 'maybe'], [/allow-flush/, /"maybe"/]],
     [['--max-input-bytes', '12'], [/max-input-bytes/, /"12"/]],
     [['--max-reads-held', '1025'], [/max-reads-held/, /"1025"/, /an integer from 1 to 1024/]],
+    [['--metrics-max-connections', '0'], [/metrics-max-connections/, /"0"/, /an integer from 1 to 65536/]],
     [['--probe-interval', '1000', '--probe-interval-max', '500'], [/probe-interval-max/, /"500"/, /at least probe-interval \(1000\)/]],
     [['--metrics', '9150'], [/metrics/, /"9150"/, /host:port/]],
   ];
