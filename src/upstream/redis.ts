@@ -118,8 +118,9 @@ return out
 const LUA_STORE = `${LUA_LIB}
 local k, mode = KEYS[1], ARGV[1]
 if mode ~= 's' then
-  local head = redis.call('GETRANGE', k, 0, 11)
-  if #head < 12 then head = '' end -- shorter than the header: no item (as a get reads it)
+  local head = redis.pcall('GETRANGE', k, 0, 11)
+  -- Shorter than the header, or a key of another type (WRONGTYPE): no item, as a get reads it.
+  if type(head) ~= 'string' or #head < 12 then head = '' end
   if mode == 'a' then
     if head ~= '' then return -1 end
   elseif head == '' then
@@ -170,8 +171,8 @@ end
 local function above(h1, l1, h2, l2)
   return h1 > h2 or (h1 == h2 and l1 > l2)
 end
-local v = redis.call('GET', KEYS[1])
-if not v or #v < 12 then return -1 end
+local v = redis.pcall('GET', KEYS[1])
+if type(v) ~= 'string' or #v < 12 then return -1 end -- a key of another type too, as a get reads it
 -- The number as memcached's safe_strtoull reads it (command.ts parseCounter): leading white
 -- space, a sign, digits, then nothing, a NUL (where strtoull stops: memcached's items are C
 -- strings to it) or white space, and anything after it.
@@ -340,10 +341,26 @@ export class RedisUpstream implements Upstream {
     this.firstReady.catch(ignore);
     // Without a listener ioredis would print every connection error; keep the last one for the
     // message of the IO errors that follow (it names no password: see scrub()).
+    // A refused SELECT names the cause until the next connection: not the errors it leads to.
+    let selectRefused = false;
+    client.on('connect', () => {
+      selectRefused = false;
+    });
     const onError = (err: Error): void => {
+      if (selectRefused && (err as NodeJS.ErrnoException).syscall === undefined) return;
       // A set-up command (AUTH, SELECT, INFO) that timed out: the server accepts but does not answer.
       const m = err.message === 'Command timed out' ? `no answer to the connection set-up within ${this.timeoutMs} ms` : err.message;
       this.lastError = this.scrub(m);
+      // ioredis only emits a SELECT of the connection's set-up that the server refused (an index
+      // over its `databases`, an ACL user without SELECT, LOADING) and goes on ready on database
+      // 0, another application's: writes and a flush_all would land there. A failed connection
+      // instead: closed before its 'ready' (the refusal is answered before the ready check), and
+      // made again after the back-off, until the server accepts the database.
+      if ((err as { command?: { name?: string } }).command?.name === 'select' && client instanceof Redis) {
+        this.lastError = this.scrub(`cannot select the database: ${err.message}`);
+        selectRefused = true;
+        client.disconnect(true);
+      }
     };
     client.on('error', onError);
     client.on('node error', onError);
