@@ -16,7 +16,7 @@ import { type Socket, connect } from 'node:net';
 import { now as clockNow } from '../clock';
 import { type ArithOp, type Hit, exptimeFromDeadline, parseCounter } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
-import { type MetaReply, MetaReplyParser, encodeFlushAll, encodeMa } from '../protocol/text/meta-client';
+import { type MetaReply, MetaReplyParser, type MetaStatus, encodeFlushAll, encodeMa } from '../protocol/text/meta-client';
 import { encodeMd, encodeMg, encodeMs, encodeVersion } from '../protocol/text/meta-client';
 import { OutBuffer, writeChunks } from '../protocol/out-buffer';
 import { createMemcachedPool } from './memcached-pool';
@@ -49,6 +49,8 @@ interface Pending {
   readonly hits: Array<Hit | undefined> | undefined; // GET: results aligned with keys
   readonly touch: number | undefined; // GET: the gat deadline, reported as each hit's deadline
   failure: McmuxError | undefined; // GET: first error reply, reported once all replies are in
+  /** The O token sent with the first reply's request (one per key: opaque + received); undefined for flush_all and version, which echo none. */
+  readonly opaque: number | undefined;
   readonly started: number; // clock.now() when queued
   readonly timeoutAt: number;
   readonly resolve: (value: unknown) => void;
@@ -104,6 +106,12 @@ class Connection {
   private readonly outBuffer = new OutBuffer();
   private flushScheduled = false;
   private connectedBefore = false;
+  /**
+   * The O token of the last meta request sent. Every meta reply echoes its request's, so a reply
+   * the server sent too many, lost, or sent before it was asked (a broken or hostile server, or
+   * something between) is caught before it answers another key's request.
+   */
+  private lastOpaque = 0;
 
   constructor(private readonly up: MemcachedUpstream) {
     this.parser = new MetaReplyParser(up.maxItemSize);
@@ -120,7 +128,14 @@ class Connection {
     this.connectTimer = setTimeout(this.onConnectTimeout, this.up.timeoutMs);
   }
 
-  enqueue<T>(op: Op, expected: number, touch?: number): Promise<T> {
+  /** The O tokens for `n` replies of the next request: base, base + 1, ... */
+  opaques(n: number): number {
+    const base = this.lastOpaque + 1;
+    this.lastOpaque += n;
+    return base;
+  }
+
+  enqueue<T>(op: Op, expected: number, touch?: number, opaque?: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const now = clockNow();
       this.pending.push({
@@ -130,6 +145,7 @@ class Connection {
         hits: op === Op.GET ? new Array<Hit | undefined>(expected) : undefined,
         touch,
         failure: undefined,
+        opaque,
         started: now,
         timeoutAt: now + this.up.timeoutMs,
         resolve: resolve as (value: unknown) => void,
@@ -250,7 +266,11 @@ class Connection {
         this.fail(this.up.error(ErrorCodes.UPSTREAM_PROTOCOL, `reply "${reply.kind}" with no request outstanding`));
         return;
       }
-      const outcome = decode(rec, reply);
+      // An error line echoes no token; the next reply will, and is checked. A reply that did not
+      // parse is reported as such (decode).
+      const k = reply.kind;
+      const stray = rec.opaque !== undefined && k !== 'SERVER_ERROR' && k !== 'CLIENT_ERROR' && k !== 'protocol_error' && (reply as MetaStatus).opaque !== rec.opaque + rec.received;
+      const outcome = stray ? strayReply(reply as MetaStatus, rec.opaque + rec.received) : decode(rec, reply);
       if (outcome instanceof McmuxError && outcome.code === ErrorCodes.UPSTREAM_PROTOCOL) {
         // The stream no longer lines up with our requests: nothing after this can be trusted.
         this.pending.shift();
@@ -329,6 +349,12 @@ function decode(rec: Pending, r: MetaReply): unknown {
   return unexpected(r);
 }
 
+/** A reply that echoes another request's O token, or none: the stream is out of step. */
+function strayReply(r: MetaStatus, expected: number): McmuxError {
+  const got = r.opaque === undefined ? 'no opaque token' : `opaque O${r.opaque}`;
+  return new McmuxError(ErrorCodes.UPSTREAM_PROTOCOL, `reply ${r.kind} with ${got} where O${expected} was sent: replies out of step with requests`);
+}
+
 function unexpected(r: MetaReply): McmuxError {
   // memcached swallows the data of a refused ms, so CLIENT_ERROR keeps the stream in step;
   // ERROR (an unknown command: memcached < 1.6?) or a mismatched reply does not.
@@ -366,9 +392,10 @@ export class MemcachedUpstream implements Upstream {
     if (keys.length === 0) return Promise.resolve([]);
     // Without c and t memcached formats less and we parse less (no BigInt, no clock).
     const flags = touch === undefined ? (valueOnly ? 'v f' : 'v f c t') : `v f c t T${exptimeFromDeadline(touch, Date.now())}`;
-    const p = conn.enqueue<Array<Hit | undefined>>(Op.GET, keys.length, touch);
+    const o = conn.opaques(keys.length);
+    const p = conn.enqueue<Array<Hit | undefined>>(Op.GET, keys.length, touch, o);
     const out = conn.out;
-    for (const key of keys) encodeMg(out, key, flags);
+    for (let i = 0; i < keys.length; i++) encodeMg(out, keys[i] as string, `${flags} O${o + i}`);
     return p;
   }
 
@@ -383,30 +410,31 @@ export class MemcachedUpstream implements Upstream {
       flags = `F${req.flags} T${exptimeFromDeadline(req.deadline, Date.now())} ${flags}`;
     }
     if (req.mode === 'cas') flags += ` C${req.cas ?? 0n}`; // C0 never matches: EXISTS or NOT_FOUND
-    const p = conn.enqueue<StoreResult>(Op.STORE, 1);
-    encodeMs(conn.out, req.key, req.value, flags);
+    const o = conn.opaques(1);
+    const p = conn.enqueue<StoreResult>(Op.STORE, 1, undefined, o);
+    encodeMs(conn.out, req.key, req.value, `${flags} O${o}`);
     return p;
   }
 
   delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
-    return this.send(Op.DELETE, key, (out) => encodeMd(out, key));
+    return this.send(Op.DELETE, key, (out, o) => encodeMd(out, key, `O${o}`));
   }
 
   /** memcached 1.6.18 has no `mt`: a `mg` with T and no v touches without fetching (HD / EN). */
   touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
-    return this.send(Op.TOUCH, key, (out) => encodeMg(out, key, `T${exptimeFromDeadline(deadline, Date.now())}`));
+    return this.send(Op.TOUCH, key, (out, o) => encodeMg(out, key, `T${exptimeFromDeadline(deadline, Date.now())} O${o}`));
   }
 
   arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
-    return this.send(Op.ARITH, key, (out) => encodeMa(out, key, `M${op === 'incr' ? 'I' : 'D'} D${delta} v c`));
+    return this.send(Op.ARITH, key, (out, o) => encodeMa(out, key, `M${op === 'incr' ? 'I' : 'D'} D${delta} v c O${o}`));
   }
 
   flush(): Promise<void> {
-    return this.send(Op.FLUSH, '', encodeFlushAll);
+    return this.send(Op.FLUSH, '', encodeFlushAll, false);
   }
 
   probe(): Promise<void> {
-    return this.send(Op.PROBE, '', encodeVersion);
+    return this.send(Op.PROBE, '', encodeVersion, false);
   }
 
   async close(): Promise<void> {
@@ -416,11 +444,13 @@ export class MemcachedUpstream implements Upstream {
   }
 
   /** A request of one line and one reply. */
-  private send<T>(op: Op, key: string, encode: (out: OutBuffer) => void): Promise<T> {
+  /** A request of one line and one reply; `meta`: a meta command, sent with an O token (`encode`'s second argument) that its reply must echo. */
+  private send<T>(op: Op, key: string, encode: (out: OutBuffer, opaque: number) => void, meta = true): Promise<T> {
     const conn = this.acquire(key);
     if (conn instanceof McmuxError) return Promise.reject(conn);
-    const p = conn.enqueue<T>(op, 1);
-    encode(conn.out);
+    const o = meta ? conn.opaques(1) : 0;
+    const p = conn.enqueue<T>(op, 1, undefined, meta ? o : undefined);
+    encode(conn.out, o);
     return p;
   }
 

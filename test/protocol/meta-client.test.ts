@@ -14,7 +14,7 @@ import {
 } from '../../src/protocol/text/meta-client';
 import { COPY_MAX, OutBuffer } from '../../src/protocol/out-buffer';
 
-const none = { flags: undefined, cas: undefined, ttl: undefined };
+const none = { flags: undefined, cas: undefined, ttl: undefined, opaque: undefined };
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 /** Wire bytes and the replies they hold, in order. */
@@ -27,14 +27,16 @@ const cases: Array<[string, string, MetaReply[]]> = [
   ['EN', 'EN\r\n', [{ kind: 'EN', ...none }]],
   ['MN', 'MN\r\n', [{ kind: 'MN', ...none }]],
   ['HD with ttl', 'HD t100\r\n', [{ kind: 'HD', ...none, ttl: 100 }]],
-  ['VA with flags, cas, no ttl', 'VA 2 f5 c4 t-1\r\nhi\r\n', [{ kind: 'VA', value: b('hi'), flags: 5, cas: 4n, ttl: -1 }]],
+  ['VA with flags, cas, no ttl', 'VA 2 f5 c4 t-1\r\nhi\r\n', [{ kind: 'VA', value: b('hi'), flags: 5, cas: 4n, ttl: -1, opaque: undefined }]],
   ['VA empty', 'VA 0\r\n\r\n', [{ kind: 'VA', value: b(''), ...none }]],
   [
     'VA binary, extreme flags and cas',
     'VA 6 f4294967295 c18446744073709551615 t2592000\r\n\r\n\0\xff\r\n\r\n',
-    [{ kind: 'VA', value: b('\r\n\0\xff\r\n'), flags: 4294967295, cas: 18446744073709551615n, ttl: 2592000 }],
+    [{ kind: 'VA', value: b('\r\n\0\xff\r\n'), flags: 4294967295, cas: 18446744073709551615n, ttl: 2592000, opaque: undefined }],
   ],
-  ['VA with flags we do not use', 'VA 2 t7 kfoo O123 b s2\r\nhi\r\n', [{ kind: 'VA', value: b('hi'), ...none, ttl: 7 }]],
+  ['VA with flags we do not use', 'VA 2 t7 kfoo b s2\r\nhi\r\n', [{ kind: 'VA', value: b('hi'), ...none, ttl: 7 }]],
+  ['VA and EN with an opaque token', 'VA 2 t7 O123\r\nhi\r\nEN O124\r\n', [{ kind: 'VA', value: b('hi'), ...none, ttl: 7, opaque: 123 }, { kind: 'EN', ...none, opaque: 124 }]],
+  ['an opaque token that is not a number answers no request', 'HD Oabc\r\n', [{ kind: 'HD', ...none }]],
   ['VERSION', 'VERSION 1.6.18\r\n', [{ kind: 'VERSION', version: '1.6.18' }]],
   ['OK', 'OK\r\n', [{ kind: 'OK' }]],
   ['ERROR', 'ERROR\r\n', [{ kind: 'ERROR' }]],

@@ -467,12 +467,13 @@ test('a killed memcached gives fast unsent errors, and is used again after a res
 test('memcached: bytes left over after the last outstanding reply are never paired with a later request', async (t) => {
   let request = 0;
   const fake = await fakeServer(t, (socket) => {
-    socket.on('data', () => {
+    socket.on('data', (data: Buffer) => {
       request++;
+      const o = / (O\d+)/.exec(data.toString('latin1'))?.[1] ?? ''; // echoed, as memcached does
       // 1st request (mg a): its miss, then the start of a reply nobody asked for.
-      if (request === 1) socket.write(b('EN\r\nVA 5 f0\r\nWRONG'));
+      if (request === 1) socket.write(b(`EN ${o}\r\nVA 5 f0\r\nWRONG`));
       // 2nd request (mg b): the rest of that stray reply, then b's own miss.
-      else socket.write(b('\r\nEN\r\n'));
+      else socket.write(b(`\r\nEN ${o}\r\n`));
     });
   });
   const up: Upstream = createMemcachedUpstream(new URL(`memcached://127.0.0.1:${fake.port}`), new Map([['timeout', '2000']]), ctx);

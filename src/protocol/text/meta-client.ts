@@ -29,6 +29,8 @@ export interface MetaStatus {
   readonly cas: bigint | undefined;
   /** Remaining lifetime in seconds; -1 = never expires. */
   readonly ttl: number | undefined;
+  /** The O token echoed, when it is a number: which request this reply answers. */
+  readonly opaque: number | undefined;
 }
 
 export interface MetaValue extends Omit<MetaStatus, 'kind'> {
@@ -247,7 +249,7 @@ export class MetaReplyParser {
         const f = parseFlags(buf, sp, end);
         if (typeof f === 'string') return protocolError(f);
         this.off = lineEnd;
-        return { kind: code, flags: f.flags, cas: f.cas, ttl: f.ttl };
+        return { kind: code, flags: f.flags, cas: f.cas, ttl: f.ttl, opaque: f.opaque };
       }
       case 'VA':
         return this.parseValue(sp, end, lineEnd);
@@ -288,7 +290,7 @@ export class MetaReplyParser {
     const valueEnd = lineEnd + size;
     if (buf[valueEnd] !== CR || buf[valueEnd + 1] !== LF) return protocolError('VA data not terminated by \\r\\n');
     this.off = valueEnd + 2;
-    return { kind: 'VA', value: buf.subarray(lineEnd, valueEnd), flags: f.flags, cas: f.cas, ttl: f.ttl };
+    return { kind: 'VA', value: buf.subarray(lineEnd, valueEnd), flags: f.flags, cas: f.cas, ttl: f.ttl, opaque: f.opaque };
   }
 }
 
@@ -296,11 +298,12 @@ interface ReturnFlags {
   flags: number | undefined;
   cas: bigint | undefined;
   ttl: number | undefined;
+  opaque: number | undefined;
 }
 
 /** Return flags from buf[pos, end), pos at a space or end; a string is an error message. */
 function parseFlags(buf: Buffer, pos: number, end: number): ReturnFlags | string {
-  const out: ReturnFlags = { flags: undefined, cas: undefined, ttl: undefined };
+  const out: ReturnFlags = { flags: undefined, cas: undefined, ttl: undefined, opaque: undefined };
   while (pos < end) {
     if (buf[pos] !== SP) return `bad return flags "${printable(buf, pos, end)}"`;
     const s = pos + 1;
@@ -330,8 +333,12 @@ function parseFlags(buf: Buffer, pos: number, end: number): ReturnFlags | string
         out.ttl = neg ? -1 : n;
         break;
       }
+      case 0x4f:
+        // O: the opaque token of the request, echoed. Not a number: it answers none we sent.
+        out.opaque = parseDigits(buf, s + 1, e);
+        break;
       default:
-        // Flags we did not ask for (O opaque, k key, s size, ...) carry nothing we use.
+        // Flags we did not ask for (k key, s size, ...) carry nothing we use.
         break;
     }
     pos = e;
