@@ -1598,6 +1598,12 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
         !ops.some((o) => o.keys.includes(key) && ackedWrite(o) && o.start > (x.end ?? Infinity) && (o.end ?? Infinity) < op.start),
     );
 
+  /** A gat's hit of `key` that proves only what the copy it read held (the copies may disagree). */
+  const maybeHit = (op: Op, key: string): boolean => {
+    const hits = (op.reply as Extract<Reply, { kind: 'values' }>).hits;
+    return hits[op.keys.indexOf(key)] !== undefined && (flushFailedBefore(op) || killedBefore(op, key));
+  };
+
   // The writes, and the form of every reply.
   /** Writes whose result depends on the state they found: an append, an incr, a touch, a gat that failed. */
   const derived: Op[] = [];
@@ -1621,8 +1627,13 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
       } else if (st !== 'SERVER_ERROR') bad(op, key, `a read answered ${describeReply(op.reply, undefined)}`);
       // A gat that failed may have touched some copies: maybe touches of any value present. One
       // that found a key touches the other copies after it answered, before any write of the key
-      // received after it (router.ts, key-order.ts touching): its hit above says it all.
-      if (isGat(op) && st === 'SERVER_ERROR') derived.push(op);
+      // received after it (router.ts, key-order.ts touching): its hit above says it all, unless
+      // that hit is a maybe (the copies may disagree): then its touches give the gat's deadline
+      // to whatever each other copy holds (seed 143546 with MCMUX_FUZZ_RESTART=1: an incr killed
+      // after its authority applied it, a gat that read the older value elsewhere and touched
+      // the incremented one on the authority, incrs from that one, then the key expired at the
+      // gat's deadline, which no state of the model gave the incremented value).
+      if (isGat(op) && (st === 'SERVER_ERROR' || (st === 'VALUES' && op.keys.some((k) => maybeHit(op, k))))) derived.push(op);
     } else if (op.kind === 'set') {
       if (st === 'STORED') w(op, [op.value as string], true);
       else if (st === 'SERVER_ERROR') w(op, [op.value as string], false);
@@ -1677,6 +1688,8 @@ function judge(ops: readonly Op[], held: ReadonlyArray<{ up: string; key: string
     const acked = st === 'STORED' || st === 'NUMBER' || (st === 'TOUCHED' && !flushFailedBefore(op));
     for (const [i, key] of op.keys.entries()) {
       if (op.keys.indexOf(key) !== i) continue;
+      // A gat that answered: only its keys whose hit is a maybe (above).
+      if (isGat(op) && st === 'VALUES' && !maybeHit(op, key)) continue;
       const ws = writes.get(key) as Write[];
       const values: Array<string | null> = [];
       const deadlines: number[] = [];
