@@ -51,6 +51,12 @@ export class McmuxError extends Error {
    * out of memory), whatever the mode. The copy there no longer holds the key's current state.
    */
   readonly dropped: boolean;
+  /**
+   * UPSTREAM_PARTIAL of a multi-key read of a pool: what the servers that answered gave, aligned
+   * with the keys asked (undefined: a miss), and the positions whose server failed. The router
+   * takes the answered keys and asks the next upstream for the failed ones only.
+   */
+  partial: { hits: Array<import('./command/command').Hit | undefined>; failed: readonly number[] } | undefined;
   constructor(code: ErrorCode, message: string, late = false, origin: ErrorCode = code, dropped = false) {
     // Upstream errors are values on the request path, thousands a second when a store is busy
     // or down: capturing a stack for each cost 2 % of the CPU under load, and no one reads it.
@@ -62,6 +68,7 @@ export class McmuxError extends Error {
     this.late = late || code === ErrorCodes.UPSTREAM_TIMEOUT;
     this.origin = origin;
     this.dropped = dropped;
+    this.partial = undefined;
     this.name = 'McmuxError';
   }
 }

@@ -16,11 +16,15 @@ import { type GetCommand, type Hit, type Reply, isExpired } from '../command/com
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
-import { mayLandLate } from '../errors';
+import { McmuxError, mayLandLate } from '../errors';
 import { isFenced, isUsable } from './health';
 import { lastsOn, sendKeyed } from './replicate-write';
 
-type Answer = { ok: true; hits: Map<string, Hit | undefined> } | { ok: false; error: unknown };
+/**
+ * One upstream's answer. `failed`: keys it could not answer (a pool whose server for them
+ * failed while the others answered), with the error: neither hits nor misses.
+ */
+type Answer = { ok: true; hits: Map<string, Hit | undefined>; failed?: { keys: readonly string[]; error: unknown } } | { ok: false; error: unknown };
 
 interface ReadState {
   readonly found: Map<string, { hit: Hit; from: number }>;
@@ -169,12 +173,21 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
         return { ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) };
       },
       (error: unknown) => {
+        const partial = error instanceof McmuxError ? error.partial : undefined;
+        const failedKeys = partial === undefined ? keys : partial.failed.map((j) => keys[j] as string);
         // A gat that failed may have touched the item there all the same (applied, then the
         // connection dropped or timed out), unknown to the others: that copy may now outlive
         // the item everywhere else (or expire before it). Journaled as a write it missed.
-        if (cmd.touch !== undefined) for (const k of keys) ctx.journal.mark(u, k, 'write', undefined, mayLandLate(error));
+        if (cmd.touch !== undefined) for (const k of failedKeys) ctx.journal.mark(u, k, 'write', undefined, mayLandLate(error));
         gat?.answered();
-        return { ok: false, error };
+        if (partial === undefined) return { ok: false, error };
+        // A pool some of whose servers answered: their keys are answered.
+        const hits = new Map<string, Hit | undefined>();
+        const failed = new Set(partial.failed);
+        keys.forEach((k, j) => {
+          if (!failed.has(j)) hits.set(k, partial.hits[j]);
+        });
+        return { ok: true, hits, failed: { keys: failedKeys, error } };
       },
     );
   };
@@ -215,9 +228,10 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     // A hedged request asked only for the keys clean there at the time: one cleaned since (a
     // write landed) was never asked, and its absence from the answer is not a miss.
     const got = pre !== undefined && answer.ok ? answer.hits : undefined;
-    const unasked = got ? keys.filter((k) => !got.has(k)) : [];
+    const failedThere = answer.ok ? answer.failed?.keys : undefined;
+    const unasked = got ? keys.filter((k) => !got.has(k) && !failedThere?.includes(k)) : [];
     if (unasked.length > 0) absorb(st, await ask(u, unasked), unasked, i, still);
-    absorb(st, answer, got && unasked.length > 0 ? keys.filter((k) => got.has(k)) : keys, i, still);
+    absorb(st, answer, got && unasked.length > 0 ? keys.filter((k) => !unasked.includes(k)) : keys, i, still);
     missing = still;
   }
 
@@ -282,7 +296,13 @@ function absorb(st: ReadState, answer: Answer, keys: readonly string[], i: numbe
     for (const k of keys) if (!st.found.has(k) && !still.includes(k)) still.push(k);
     return;
   }
+  const failed = answer.failed;
+  if (failed !== undefined) st.lastError = failed.error;
   for (const key of keys) {
+    if (failed?.keys.includes(key)) {
+      if (!st.found.has(key) && !still.includes(key)) still.push(key);
+      continue;
+    }
     st.answered.add(key);
     const hit = answer.hits.get(key);
     if (hit) {

@@ -172,16 +172,34 @@ export class HealthyUpstream implements Upstream {
   private readonly casBase: string;
   private casSeal: CasSeal;
 
+  private opts: HealthOptions;
+
   constructor(
     readonly inner: Upstream,
-    public options: HealthOptions,
+    options: HealthOptions,
     private readonly onChange: StateListener,
     /** Which store this is, whatever the tuning options (the repair journal's key). */
     readonly storeId: string = inner.name,
   ) {
+    this.opts = options;
     this.probeDelay = options.probeMinMs;
     this.casBase = inner.scheme === 'memory' ? randomBytes(8).toString('hex') : '';
     this.casSeal = new CasSeal(storeId, this.casBase);
+  }
+
+  get options(): HealthOptions {
+    return this.opts;
+  }
+
+  /**
+   * New tuning (a reload; a pool's servers, built with the defaults before the config is known):
+   * the delay of the next probe is kept within the new probe-interval .. probe-interval-max.
+   */
+  set options(o: HealthOptions) {
+    this.opts = o;
+    // Up: the next outage starts at probe-interval. Down: its back-off goes on, within the new bounds.
+    const up = this.current === 'healthy' || this.current === 'suspect';
+    this.probeDelay = up ? o.probeMinMs : Math.min(Math.max(this.probeDelay, o.probeMinMs), o.probeMaxMs);
   }
 
   /**
@@ -396,6 +414,10 @@ export class HealthyUpstream implements Upstream {
         if (timedOut) this.stats.timeouts++;
         this.observer(this, (clockNow() - t0) / 1000, timedOut ? 'timeout' : 'error');
         if (countsAsFailure(error)) this.fail(error);
+        // A pool's partial read: the hits it carries are handed out as this upstream's.
+        if (seal !== undefined && error instanceof McmuxError && error.partial !== undefined) {
+          error.partial = { hits: seal(error.partial.hits as R, this.casSeal) as Array<Hit | undefined>, failed: error.partial.failed };
+        }
         throw error;
       },
     );

@@ -65,6 +65,13 @@ export class MemcachedPool implements Upstream {
   readonly timeoutMs: number;
   /** Told of every state change of a server (logs); the pool's own bookkeeping runs first. */
   onMemberChange: StateListener | undefined;
+  /**
+   * With eject: told when the ring moved (a server left it or came back). The keys that moved
+   * are on a server that does not hold them (or holds what they were before it left): the pool
+   * cannot decide a conditional command of them (a lock held may be granted again) until the
+   * lock fence has passed, as a store come back empty.
+   */
+  onRingMoved: (() => void) | undefined;
   private readonly nodes: HealthyUpstream[];
   private readonly ring: RingServer[];
   private place: (key: string) => number;
@@ -113,7 +120,8 @@ export class MemcachedPool implements Upstream {
    * another server is up (which the pool's own health does not count). Its keys must not read
    * as misses: a miss from the last upstream is a logged-out user where the client should have
    * heard SERVER_ERROR, and a repair taking this pool as its source would copy "absent" over a
-   * session another upstream holds. The router asks the next upstream for the keys instead.
+   * session another upstream holds. The router asks the next upstream for those keys instead;
+   * the other servers' answers ride on the error (McmuxError.partial) and are taken as given.
    */
   async get(keys: readonly string[], touch?: number, valueOnly?: boolean): Promise<Array<Hit | undefined>> {
     this.checkUsable();
@@ -134,14 +142,27 @@ export class MemcachedPool implements Upstream {
       }
     }
     const out = new Array<Hit | undefined>(n);
+    const failed: number[] = [];
+    let failure: unknown;
     await Promise.all(
       [...groups].map(([node, g]) =>
-        this.getFrom(node, g.keys, touch, valueOnly).then((hits) => {
-          for (let j = 0; j < g.at.length; j++) out[g.at[j] as number] = hits[j];
-        }),
+        this.getFrom(node, g.keys, touch, valueOnly).then(
+          (hits) => {
+            for (let j = 0; j < g.at.length; j++) out[g.at[j] as number] = hits[j];
+          },
+          (error: unknown) => {
+            // Every group is awaited: the hits of the servers that answered are kept.
+            failed.push(...g.at);
+            if (failure === undefined || mayLandLate(error)) failure = error;
+          },
+        ),
       ),
     );
-    return out;
+    if (failure === undefined) return out;
+    // Some servers answered: their keys are answered (a session on a server that is up is
+    // served even when the next upstream lacks it), the failed server's keys are not misses.
+    if (failure instanceof McmuxError && failure.code === ErrorCodes.UPSTREAM_PARTIAL && failed.length < n) failure.partial = { hits: out, failed };
+    throw failure;
   }
 
   private getFrom(node: HealthyUpstream, keys: readonly string[], touch: number | undefined, valueOnly?: boolean): Promise<Array<Hit | undefined>> {
@@ -266,6 +287,9 @@ export class MemcachedPool implements Upstream {
         this.live = live;
         // libmemcached's auto-eject rebuilds the continuum over the live servers only.
         this.place = placer(this.ring, this.settings.distribution, live);
+        this.onMemberChange?.(u, from, to, reason);
+        this.onRingMoved?.();
+        return;
       }
     }
     this.onMemberChange?.(u, from, to, reason);
