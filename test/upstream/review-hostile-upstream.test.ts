@@ -6,7 +6,9 @@
  *
  * A real memcached cannot produce these faults, so most tests run a scripted one: a small meta
  * protocol server with a real store (a Map) behind it, whose replies a test can drop, add to or
- * replace. Tests marked "holds" checked a suspicion and found the code right; they stay as guards.
+ * replace. Tests marked FINDING failed on the code they were written against (99c4bee) and pass
+ * since replies are paired by their opaque token (43ec1a4). Tests marked "holds" checked a
+ * suspicion and found the code right; they stay as guards.
  */
 
 import assert from 'node:assert/strict';

@@ -1,7 +1,8 @@
 /**
  * Review of the memcached pool (memcached-pool.ts, ketama.ts, memcached.ts underneath) under
- * faults. Each test marked FINDING fails on the code it was written against (99c4bee); the
- * tests marked "holds" are guards for suspicions checked and found correct.
+ * faults. Each test marked FINDING failed on the code it was written against (99c4bee) and passes
+ * since its fix (287829d); the tests marked "holds" are guards for suspicions checked and found
+ * correct.
  */
 
 import assert from 'node:assert/strict';
@@ -46,6 +47,24 @@ async function client(t: TestContext, app: App): Promise<Wire> {
   return w;
 }
 
+/** A pool of three servers (`query` its options) before a memcached; `key`'s server and its process. */
+async function ejectPool(t: TestContext, query: string, key: string): Promise<{ app: App; w: Wire; pool: MemcachedPool; victim: HealthyUpstream; proc: MemcachedProcess }> {
+  const servers = await startMemcacheds(t, 4);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers.slice(0, 3), query), (servers[3] as MemcachedProcess).url]);
+  const w = await client(t, app);
+  const pool = poolOf(app);
+  const victim = pool.serverFor(key) as HealthyUpstream;
+  return { app, w, pool, victim, proc: servers[pool.members().indexOf(victim)] as MemcachedProcess };
+}
+
+/** Reads of `key` fail over (the pool cannot answer for it) until health marks `victim` down. */
+async function untilDown(w: Wire, key: string, victim: HealthyUpstream): Promise<void> {
+  await eventually('the server is marked down', async () => {
+    await w.ask(`get ${key}\r\n`, /END\r\n$|ERROR.*\r\n$/);
+    return !victim.usable;
+  });
+}
+
 // FINDING: eject=true, a server dies: its keys move to the next point of the ring, a server that
 // never held them, and the pool (first upstream, warm, clean for the key, not fenced) decides the
 // next `add lock.<sid>` there: STORED, and the copy overwrites the holder's lock in the other
@@ -64,20 +83,11 @@ async function client(t: TestContext, app: App): Promise<Wire> {
 // lock-fence each time the ring moves.
 test('eject=true: a lock held on a server that dies is not granted again on the server its key moves to', { timeout: 30_000 }, async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const servers = await startMemcacheds(t, 4);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers.slice(0, 3), '?eject=true'), (servers[3] as MemcachedProcess).url]);
-  const w = await client(t, app);
-  const pool = poolOf(app);
+  const { w, pool, victim, proc } = await ejectPool(t, '?eject=true', 'lock.s1');
   const lock = 'lock.s1';
   assert.equal(await w.ask(`add ${lock} 0 0 6\r\nholder\r\n`), 'STORED\r\n');
-  const victim = pool.serverFor(lock) as HealthyUpstream;
-  const proc = servers[pool.members().indexOf(victim)] as MemcachedProcess;
   await crash(proc);
-  // Reads of the lock fail over (the pool cannot answer for it) until health marks the server down.
-  await eventually('the dead server is marked down', async () => {
-    await w.ask(`get ${lock}\r\n`, /END\r\n$|ERROR.*\r\n$/);
-    return !victim.usable;
-  });
+  await untilDown(w, lock, victim);
   assert.notEqual(pool.serverFor(lock), victim, 'ejected: the key moved');
   assert.equal(await w.ask(`add ${lock} 0 0 5\r\nthief\r\n`), 'NOT_STORED\r\n', 'the held lock is granted a second time');
 });
@@ -98,20 +108,12 @@ test('eject=true: a lock held on a server that dies is not granted again on the 
 // fenced for lock-fence (not lifted by a marker) whenever the ring changes.
 test('eject=true: a server that comes back after its keys moved does not grant a lock taken meanwhile', { timeout: 30_000 }, async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const servers = await startMemcacheds(t, 4);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers.slice(0, 3), '?eject=true&timeout=200'), (servers[3] as MemcachedProcess).url]);
-  const w = await client(t, app);
-  const pool = poolOf(app);
+  const { app, w, pool, victim, proc } = await ejectPool(t, '?eject=true&timeout=200', 'lock.s2');
   const lock = 'lock.s2';
-  const victim = pool.serverFor(lock) as HealthyUpstream;
-  const proc = servers[pool.members().indexOf(victim)] as MemcachedProcess;
   assert.equal(await w.ask(`get ${lock}\r\n`), 'END\r\n');
   await proc.pause();
   t.after(() => proc.resume());
-  await eventually('the paused server is marked down', async () => {
-    await w.ask(`get ${lock}\r\n`, /END\r\n$|ERROR.*\r\n$/);
-    return !victim.usable;
-  });
+  await untilDown(w, lock, victim);
   // Taken while the server is out: decided by the server its key moved to.
   assert.equal(await w.ask(`add ${lock} 0 0 6\r\nholder\r\n`), 'STORED\r\n');
   proc.resume();

@@ -1,6 +1,6 @@
 /**
  * Review of the Redis driver (src/upstream/redis.ts) under faults and hostile conditions.
- * Tests marked FINDING failed on the code they were written against (99c4bee); tests marked
+ * Tests marked FINDING failed on the code they were written against (99c4bee; fixed in 2fd126c); tests marked
  * HOLDS are guards for suspicions that were checked and found correct. Private redis-servers
  * only, each on a free port in its own temporary directory.
  */
