@@ -12,6 +12,9 @@
  */
 
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type AddressInfo, type Socket, createServer } from 'node:net';
 import { type TestContext, test } from 'node:test';
 import { ErrorCodes } from '../../src/errors';
@@ -25,6 +28,17 @@ import { requireBinary, startMemcached } from '../helpers/servers';
 import { connectWire } from '../helpers/wire';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
+
+/**
+ * A state directory of its own: the default (./data) is shared with the other test files, and a
+ * journal.log another mcmux left there unclosed would have this one wait for that process's
+ * requests to its upstreams (the suite failed so, where the file alone passed).
+ */
+function stateDir(t: TestContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'mcmux-review-hostile-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
 
 function open(port: number, options: Record<string, string> = {}): Upstream {
   return createMemcachedUpstream(new URL(`memcached://127.0.0.1:${port}`), new Map(Object.entries(options)), ctx);
@@ -243,7 +257,7 @@ async function outcome(p: Promise<unknown>): Promise<string> {
 
 test('FINDING: through mcmux, an upstream that loses one reply serves one user the session of another', { timeout: 20_000 }, async (t) => {
   const fake = await scriptedMemcached(t);
-  const app = await inProcessMcmux({}, [`memcached://127.0.0.1:${fake.port}?timeout=500`, 'memory://b']);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [`memcached://127.0.0.1:${fake.port}?timeout=500`, 'memory://b']);
   t.after(() => app.close());
   const alice = await connectWire(app.address.port);
   const bob = await connectWire(app.address.port);
@@ -271,7 +285,7 @@ test('FINDING: through mcmux, an upstream that loses one reply serves one user t
 test('FINDING: through mcmux, an upstream that loses one reply grants a held session lock a second time', { timeout: 20_000 }, async (t) => {
   const fake = await scriptedMemcached(t);
   // No lock-fence: both stores start empty, and the first (the scripted one) decides add.
-  const app = await inProcessMcmux({ 'lock-fence': '0' }, [`memcached://127.0.0.1:${fake.port}?timeout=500`, 'memory://b']);
+  const app = await inProcessMcmux({ 'lock-fence': '0', 'state-dir': stateDir(t) }, [`memcached://127.0.0.1:${fake.port}?timeout=500`, 'memory://b']);
   t.after(() => app.close());
   const holder = await connectWire(app.address.port);
   const thief = await connectWire(app.address.port);
@@ -353,7 +367,7 @@ test('holds: through mcmux, malformed replies from the first upstream fall throu
   for (const [name, reply] of bad) {
     // A fresh mcmux each: the first upstream's connection is up, not backing off after the last.
     const fake = await scriptedMemcached(t);
-    const app = await inProcessMcmux({}, [`memcached://127.0.0.1:${fake.port}?timeout=1000`, 'memory://b']);
+    const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [`memcached://127.0.0.1:${fake.port}?timeout=1000`, 'memory://b']);
     const w = await connectWire(app.address.port);
     try {
       assert.equal(await w.ask('set sess:k 3 0 4\r\ngood\r\n'), 'STORED\r\n');
