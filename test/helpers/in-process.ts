@@ -3,6 +3,9 @@
  * for protocol tests that look at what reached each store. Closed after the file's tests.
  */
 
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type TestContext, after } from 'node:test';
 import pino from 'pino';
 import { type App, startApp } from '../../src/app';
@@ -13,14 +16,29 @@ import { type FaultProxy, startFaultProxy } from './fault-proxy';
 import { type MemcachedProcess, startMemcacheds } from './servers';
 
 const apps: App[] = [];
+const dirs: string[] = [];
 after(async () => {
   await Promise.all(apps.splice(0).map((a) => a.close()));
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
+function privateStateDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'mcmux-in-process-'));
+  dirs.push(d);
+  return d;
+}
+
+/**
+ * Without a `state-dir`, a private one (removed after the file's tests): the default, ./data, is
+ * shared by every test file, and a journal.log one mcmux left there (an upstream overflowed, keys
+ * dirty, not closed cleanly) would change what the next one reads (review-hostile-upstream failed
+ * so in a full run).
+ */
 export async function inProcessMcmux(scalars: RawConfig['scalars'] = {}, upstreams = ['memory://a', 'memory://b'], listen = ['127.0.0.1:0']): Promise<App> {
+  const own = scalars['state-dir'] === undefined ? { 'state-dir': privateStateDir() } : {};
   const config = buildConfig(
     { scalars: {}, listen: [], upstreams: [] },
-    { scalars, listen, upstreams: upstreams.map((url) => ({ url, options: new Map() })) },
+    { scalars: { ...scalars, ...own }, listen, upstreams: upstreams.map((url) => ({ url, options: new Map() })) },
   );
   const app = await startApp(config, pino({ level: 'silent' }));
   apps.push(app);
