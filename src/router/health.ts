@@ -271,6 +271,14 @@ export class HealthyUpstream implements Upstream {
   }
 
   /**
+   * Fenced, and it stopped learning (fenceKeysMax): it may hold the current state of keys it does
+   * not know, so it is no longer known to hold nothing but the keys it learnt.
+   */
+  get learntAll(): boolean {
+    return this.fenced && this.fenceKeys.size >= this.fenceKeysMax;
+  }
+
+  /**
    * A client's set or delete of `key` reached it: while fenced, it holds that key's state. True
    * when it learnt the key just now (noteWritten puts it on journal.log).
    */
@@ -518,6 +526,14 @@ export function isFenced(u: Upstream): boolean {
 /** Whether `u` is fenced because it is known to have come back empty (see HealthyUpstream.emptyUntil). */
 export function cameBackEmpty(u: Upstream): boolean {
   return u instanceof HealthyUpstream && u.cameBackEmpty;
+}
+
+/**
+ * Whether `u` came back empty and holds nothing but the keys it learnt since (a set or delete of
+ * them reached it): not when it stopped learning (HealthyUpstream.learntAll).
+ */
+export function onlyLearnt(u: Upstream): boolean {
+  return u instanceof HealthyUpstream && u.cameBackEmpty && !u.learntAll;
 }
 
 /** Whether `u`, fenced or not, holds the current state of `key` as far as mcmux knows. */

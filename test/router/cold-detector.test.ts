@@ -10,7 +10,9 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
+import { authorityOrder } from '../../src/router/authority-order';
 import { ColdDetector } from '../../src/router/cold-detector';
+import type { RouterContext } from '../../src/router/context';
 import { DEFAULT_HEALTH, HealthyUpstream, knowsKey } from '../../src/router/health';
 import { monotonicMs } from '../../src/clock';
 import { loadConfig } from '../../src/cli';
@@ -670,5 +672,23 @@ describe('the keys a fenced upstream remembers', () => {
     u.fence(monotonicMs() + 60_000);
     assert.deepEqual(['a', 'b', 'c'].map((k) => u.written(k)), [true, true, false], 'learnt: a and b, not c');
     assert.deepEqual(['a', 'b', 'c'].map((k) => knowsKey(u, k)), [true, true, false]);
+  });
+
+  // Fuzz seed 148953 with MCMUX_FUZZ_INITIAL=1 MCMUX_FUZZ_FLUSH=1 (journal-max-keys 2): both
+  // stores had come back empty; the second had learnt two keys and stopped learning, then a set of
+  // a third reached it; the first restarted empty again. Every upstream "came back empty", so the
+  // first decided the third key's decr: NOT_FOUND, while the second held the set.
+  it('one that came back empty and stopped learning may hold keys it does not know: it decides before one that holds only what it learnt', () => {
+    const [u0, u1] = [0, 1].map((i) => new HealthyUpstream(new FakeUpstream(`fake://${i}`), { ...DEFAULT_HEALTH, fenceKeysMax: 2 }, () => {})) as [HealthyUpstream, HealthyUpstream];
+    for (const u of [u0, u1]) {
+      u.fence(monotonicMs() + 60_000);
+      u.emptyUntil = monotonicMs() + 60_000; // came back empty (ColdDetector.knownEmpty)
+    }
+    const ctx = { upstreams: [u0, u1], journal: { isDirty: () => false, freshest: () => [] } } as unknown as RouterContext;
+    assert.deepEqual(authorityOrder(ctx, 'c'), [0, 1], 'both hold only what they learnt: the first decides');
+    for (const k of ['a', 'b', 'c']) u1.written(k); // c reached it, unlearnt
+    assert.equal(knowsKey(u1, 'c'), false);
+    assert.deepEqual(authorityOrder(ctx, 'c'), [1], 'the one that may hold c decides, not the one known to lack it');
+    assert.deepEqual(authorityOrder(ctx, 'a'), [1], 'a key it learnt: it knows it');
   });
 });
