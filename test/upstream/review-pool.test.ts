@@ -57,6 +57,14 @@ async function ejectPool(t: TestContext, query: string, key: string): Promise<{ 
   return { app, w, pool, victim, proc: servers[pool.members().indexOf(victim)] as MemcachedProcess };
 }
 
+/** A pool of two servers (timeout 200 ms) before a memcached (`next`); the second server and its process. */
+async function pairPool(t: TestContext): Promise<{ w: Wire; pool: MemcachedPool; victim: HealthyUpstream; proc: MemcachedProcess; next: MemcachedProcess }> {
+  const servers = await startMemcacheds(t, 3);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers.slice(0, 2), '?timeout=200'), (servers[2] as MemcachedProcess).url]);
+  const pool = poolOf(app);
+  return { w: await client(t, app), pool, victim: pool.members()[1] as HealthyUpstream, proc: servers[1] as MemcachedProcess, next: servers[2] as MemcachedProcess };
+}
+
 /** Reads of `key` fail over (the pool cannot answer for it) until health marks `victim` down. */
 async function untilDown(w: Wire, key: string, victim: HealthyUpstream): Promise<void> {
   await eventually('the server is marked down', async () => {
@@ -247,14 +255,9 @@ test('a pool that overflowed with one server down is not flushed again and again
 // data (the pool is journaled for those keys), and the repair puts the server right.
 test('holds: eject=false, a server that comes back with stale data serves none of it', { timeout: 30_000 }, async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const servers = await startMemcacheds(t, 3);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers.slice(0, 2), '?timeout=200'), (servers[2] as MemcachedProcess).url]);
-  const w = await client(t, app);
-  const pool = poolOf(app);
-  const victim = pool.members()[1] as HealthyUpstream;
+  const { w, pool, victim, proc } = await pairPool(t);
   const [kSet, kDel] = Array.from({ length: 60 }, (_, i) => `s${i}`).filter((k) => pool.serverFor(k) === victim) as [string, string];
   for (const k of [kSet, kDel]) assert.equal(await w.ask(`set ${k} 0 0 3\r\nold\r\n`), 'STORED\r\n');
-  const proc = servers[1] as MemcachedProcess;
   await proc.pause();
   t.after(() => proc.resume());
   await eventually('the paused server is marked down', async () => {
@@ -277,14 +280,9 @@ test('holds: eject=false, a server that comes back with stale data serves none o
 // (its late incr, applied as it resumes, is overwritten): the counter never goes back.
 test('holds: incr on a key of a paused pool server fails over, and counts on after it resumes', { timeout: 30_000 }, async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  const servers = await startMemcacheds(t, 3);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers.slice(0, 2), '?timeout=200'), (servers[2] as MemcachedProcess).url]);
-  const w = await client(t, app);
-  const pool = poolOf(app);
-  const victim = pool.members()[1] as HealthyUpstream;
+  const { w, pool, victim, proc, next } = await pairPool(t);
   const ctr = Array.from({ length: 60 }, (_, i) => `ctr${i}`).find((k) => pool.serverFor(k) === victim) as string;
   assert.equal(await w.ask(`set ${ctr} 0 0 2\r\n10\r\n`), 'STORED\r\n');
-  const proc = servers[1] as MemcachedProcess;
   await proc.pause();
   t.after(() => proc.resume());
   // Sent to the paused server: it times out (and lands when it resumes); the next upstream decides.
@@ -301,7 +299,7 @@ test('holds: incr on a key of a paused pool server fails over, and counts on aft
   t.after(() => direct.close());
   await eventually('the repair copied the counter over the late incr', async () => (await direct.ask(`get ${ctr}\r\n`, /END\r\n$/)) === `VALUE ${ctr} 0 ${String(v).length}\r\n${v}\r\nEND\r\n`, 15_000);
   assert.equal(await w.ask(`incr ${ctr} 1\r\n`), `${v + 1}\r\n`);
-  const other = await connectWire((servers[2] as MemcachedProcess).port);
+  const other = await connectWire(next.port);
   t.after(() => other.close());
   assert.equal(await other.ask(`get ${ctr}\r\n`, /END\r\n$/), `VALUE ${ctr} 0 2\r\n${v + 1}\r\nEND\r\n`);
   assert.equal(await direct.ask(`get ${ctr}\r\n`, /END\r\n$/), `VALUE ${ctr} 0 2\r\n${v + 1}\r\nEND\r\n`);
