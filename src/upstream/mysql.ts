@@ -174,6 +174,8 @@ function statements(table: string, purgeBatch: number) {
   const expired = '`exp` <> 0 AND `exp` <= ?';
   const newCas = 'LAST_INSERT_ID(UUID_SHORT())';
   return {
+    /** Whether the table is there (ER_NO_SUCH_TABLE if not), with no privilege but SELECT. */
+    hasTable: `SELECT 1 FROM ${t} LIMIT 0`,
     create:
       `CREATE TABLE IF NOT EXISTS ${t} (\`key\` VARBINARY(250) NOT NULL, \`value\` LONGBLOB NOT NULL, ` +
       '`flags` INT UNSIGNED NOT NULL, `cas` BIGINT UNSIGNED NOT NULL, `exp` BIGINT NOT NULL, ' +
@@ -427,8 +429,15 @@ export class MysqlUpstream implements Upstream {
   private async storeExpired(c: PoolConnection, req: StoreRequest, key: Buffer, now: number): Promise<StoreResult> {
     const stored = async (): Promise<StoreResult> => {
       if (req.withCas === false) return { status: 'STORED' };
-      const [row] = await this.query(c, this.sql.uniqueOnly, []);
-      return { status: 'STORED', cas: BigInt(String(row?.u)) };
+      try {
+        const [row] = await this.query(c, this.sql.uniqueOnly, []);
+        return { status: 'STORED', cas: BigInt(String(row?.u)) };
+      } catch (err) {
+        // The delete before it committed (its own statement): whatever failed after it, the
+        // write was applied, never "changed nothing" (a refusal): the router would take this
+        // copy as still holding the key.
+        throw err instanceof McmuxError ? err : this.error(ErrorCodes.UPSTREAM_IO, `the expired write was applied, its unique not read: ${(err as Error).message}`);
+      }
     };
     switch (req.mode) {
       case 'add':
@@ -912,7 +921,15 @@ export class MysqlUpstream implements Upstream {
       this.prepared.add(core);
     }
     if (!this.tableReady) {
-      await c.query(this.sql.create);
+      // Created only when missing: CREATE is checked for its privilege (and refused under
+      // read_only) even when the table exists, and a least-privilege account or a read-only
+      // server must still be read from (and refuse writes on their own).
+      try {
+        await c.query(this.sql.hasTable);
+      } catch (err) {
+        if ((err as DriverError).errno !== ER_NO_SUCH_TABLE) throw err;
+        await c.query(this.sql.create);
+      }
       this.tableReady = true;
     }
   }
