@@ -339,18 +339,15 @@ export class RedisUpstream implements Upstream {
       });
     });
     this.firstReady.catch(ignore);
-    // Without a listener ioredis would print every connection error; keep the last one for the
-    // message of the IO errors that follow (it names no password: see scrub()).
     // A refused SELECT names the cause until the next connection: not the errors it leads to.
     let selectRefused = false;
     client.on('connect', () => {
       selectRefused = false;
     });
+    // Without a listener ioredis would print every connection error; keep the last one for the
+    // message of the IO errors that follow (it names no password: see scrub()).
     const onError = (err: Error): void => {
       if (selectRefused && (err as NodeJS.ErrnoException).syscall === undefined) return;
-      // A set-up command (AUTH, SELECT, INFO) that timed out: the server accepts but does not answer.
-      const m = err.message === 'Command timed out' ? `no answer to the connection set-up within ${this.timeoutMs} ms` : err.message;
-      this.lastError = this.scrub(m);
       // ioredis only emits a SELECT of the connection's set-up that the server refused (an index
       // over its `databases`, an ACL user without SELECT, LOADING) and goes on ready on database
       // 0, another application's: writes and a flush_all would land there. A failed connection
@@ -360,7 +357,11 @@ export class RedisUpstream implements Upstream {
         this.lastError = this.scrub(`cannot select the database: ${err.message}`);
         selectRefused = true;
         client.disconnect(true);
+        return;
       }
+      // A set-up command (AUTH, SELECT, INFO) that timed out: the server accepts but does not answer.
+      const m = err.message === 'Command timed out' ? `no answer to the connection set-up within ${this.timeoutMs} ms` : err.message;
+      this.lastError = this.scrub(m);
     };
     client.on('error', onError);
     client.on('node error', onError);
