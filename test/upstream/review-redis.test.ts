@@ -6,7 +6,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { applyArith, parseCounter } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
@@ -27,6 +27,22 @@ function open(url: string, options: Record<string, string> = {}): Upstream {
 /** A plain ioredis client, to look at (and play the other application on) the server. */
 function raw(server: RedisProcess, db = 0): Redis {
   return new Redis({ host: '127.0.0.1', port: server.port, db, maxRetriesPerRequest: 0, protocol: 2 });
+}
+
+/**
+ * A private redis-server (`args`), a plain client on its database 0 and the upstream at
+ * `url(server)`, all stopped after the test.
+ */
+async function redisRig(t: TestContext, url: (s: RedisProcess) => string, args: string[] = []): Promise<{ raw: Redis; up: Upstream }> {
+  const server = await startRedis(args);
+  const other = raw(server);
+  const up = open(url(server));
+  t.after(async () => {
+    await up.close();
+    other.disconnect();
+    await server.stop();
+  });
+  return { raw: other, up };
 }
 
 const settle = (p: Promise<unknown>): Promise<string> =>
@@ -52,14 +68,7 @@ const settle = (p: Promise<unknown>): Promise<string> =>
 // range" and the first connection rejects firstReady.
 test('FINDING: a database the server refuses (/7 of 4) must not fall back to database 0: no writes there, flush_all must not wipe it', async (t) => {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  const server = await startRedis(['--databases', '4']);
-  const other = raw(server, 0);
-  const up = open(`${server.url}/7`);
-  t.after(async () => {
-    await up.close();
-    other.disconnect();
-    await server.stop();
-  });
+  const { raw: other, up } = await redisRig(t, (s) => `${s.url}/7`, ['--databases', '4']);
   await other.set('other-app:data', 'precious');
   const probe = await settle(up.probe());
   const stored = await settle(set(up, 'sess1', 'v'));
@@ -70,14 +79,7 @@ test('FINDING: a database the server refuses (/7 of 4) must not fall back to dat
 
 test('FINDING: an ACL user not allowed SELECT (/3) must not fall back to database 0', async (t) => {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  const server = await startRedis(['--user', 'sess', 'on', '>sesspw', '~*', '&*', '+@all', '-select']);
-  const other = raw(server, 0);
-  const up = open(`redis://sess:sesspw@127.0.0.1:${server.port}/3`);
-  t.after(async () => {
-    await up.close();
-    other.disconnect();
-    await server.stop();
-  });
+  const { raw: other, up } = await redisRig(t, (s) => `redis://sess:sesspw@127.0.0.1:${s.port}/3`, ['--user', 'sess', 'on', '>sesspw', '~*', '&*', '+@all', '-select']);
   await other.set('other-app:data', 'precious');
   const stored = await settle(set(up, 'sess1', 'v'));
   const flushed = await settle(up.flush());
@@ -98,14 +100,7 @@ test('FINDING: an ACL user not allowed SELECT (/3) must not fall back to databas
 // non-string as no item, as LUA_GET and LUA_TOUCH do (add/set then overwrite it with SET).
 test('FINDING: a key of another type, which a get reads as a miss, is a miss to add and incr too (not WRONGTYPE)', async (t) => {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  const server = await startRedis();
-  const other = raw(server);
-  const up = open(server.url);
-  t.after(async () => {
-    await up.close();
-    other.disconnect();
-    await server.stop();
-  });
+  const { raw: other, up } = await redisRig(t, (s) => s.url);
   await other.hset('lock.s1', 'owner', 'another app');
   await other.hset('counter', 'n', '1');
   assert.equal(await getOne(up, 'lock.s1'), undefined, 'a get reads it as a miss');
@@ -129,14 +124,7 @@ test('FINDING: a key of another type, which a get reads as a miss, is a miss to 
 // is what the router's journal assumes of a refused write.
 test('HOLDS: redis out of memory (noeviction): refused writes changed nothing; a held lock is still NOT_STORED', async (t) => {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  const server = await startRedis(['--maxmemory-policy', 'noeviction']);
-  const admin = raw(server);
-  const up = open(server.url);
-  t.after(async () => {
-    await up.close();
-    admin.disconnect();
-    await server.stop();
-  });
+  const { raw: admin, up } = await redisRig(t, (s) => s.url, ['--maxmemory-policy', 'noeviction']);
   await set(up, 'lock.s1', 'holder');
   await set(up, 'sess', 'old');
   await set(up, 'n', '5');
