@@ -36,9 +36,11 @@
  * packet's insert id, so a write costs no extra round trip. UUID_SHORT() is unique per server
  * ((server_id << 56) + (start-up second << 24) + a global counter): every mcmux process sharing
  * the table draws from the same counter, and a key deleted and added again never gets back a
- * unique a client may still hold (a per-item `cas + 1` would). Limits: servers sharing one
- * server_id (a promoted replica with the same id), a server clock set back across a restart, or
- * more than 2^24 uniques a second on average since start-up could repeat one. touch/gat keep
+ * unique a client may still hold (a per-item `cas + 1` would). A restart within the start-up
+ * second of the one before repeats them: each new connection draws one to see it (observeServer)
+ * and reports it as a reconnect, so the router voids its clients' tokens. Limits: servers sharing
+ * one server_id (a promoted replica with the same id), a server clock set back across a restart,
+ * or more than 2^24 uniques a second on average since start-up could repeat one. touch/gat keep
  * the cas, as memcached does.
  *
  * Plain sets are batched (queueSet): the sets of one event-loop pass become multi-row upserts,
@@ -50,7 +52,8 @@
  * Timeouts: mysql2 has no deadline covering the wait for a pooled connection, the handshake and
  * a transaction's several statements, so each request races one timer against all of them.
  * The default is 1000 ms (`--timeout` when given): a database round trip, and a transaction's
- * four, are slower than a cache's. A write that timed out may still be applied by the server.
+ * four, are slower than a cache's. A write that timed out may still be applied by the server:
+ * its statement is killed (KILL QUERY, killQuery), which stops one waiting for row locks.
  *
  * Statements are prepared on the server (mysql2 execute: values travel as raw bytes, not hex),
  * about 52 per connection at most; the server's max_prepared_stmt_count is shared by all clients.
@@ -60,7 +63,7 @@
  */
 
 import { performance } from 'node:perf_hooks';
-import { type Pool, type PoolConnection, type ResultSetHeader, type RowDataPacket, createPool } from 'mysql2/promise';
+import { type Connection, type Pool, type PoolConnection, type ResultSetHeader, type RowDataPacket, createConnection, createPool } from 'mysql2/promise';
 import { type ArithOp, type Hit, applyArith, isExpired, parseCounter } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import type { UpstreamContext } from './registry';
@@ -92,6 +95,8 @@ const DEADLOCK_RETRIES = 5;
 
 const ER_NO_SUCH_TABLE = 1146;
 const ER_LOCK_DEADLOCK = 1213;
+/** KILL of a thread that has ended. */
+const ER_NO_SUCH_THREAD = 1094;
 /** Server errors that mean the connection is gone: shutdown, killed, idle-disconnected (MySQL 8). */
 const CONNECTION_ERRNOS = new Set([1053, 1927, 4031]);
 
@@ -317,30 +322,32 @@ export class MysqlUpstream implements Upstream {
   private nextTicket = 0;
   private setFlushScheduled = false;
   private setTimer: NodeJS.Timeout | undefined;
+  /** Counts the server restarts seen (see observeServer); a request started before one fails unsent. */
+  private epoch = 0;
+  /** The server id byte of UUID_SHORT() at the last new connection (undefined: none yet). */
+  private serverId: bigint | undefined;
+  /** The highest unique of that server seen (written, read or drawn): its counter only climbs. */
+  private maxUnique = 0n;
+  /** A connection of its own for KILL QUERY (the pool may have none free), made on first need. */
+  private killer: Promise<Connection> | undefined;
+
+  /**
+   * Optional (Upstream.onReconnect): called when a new connection finds the server restarted or
+   * replaced since the last one (observeServer). A pool reconnecting to the same server after a
+   * timeout or an error does not call it.
+   */
+  onReconnect: (() => void) | undefined;
 
   constructor(private readonly o: MysqlOptions) {
     this.name = o.name;
     this.timeoutMs = o.timeoutMs;
     this.sql = statements(o.table, o.purgeBatch);
     this.pool = createPool({
-      host: o.host,
-      port: o.port,
-      user: o.user,
-      password: o.password,
-      database: o.database,
+      ...this.connectionOptions(),
       connectionLimit: o.connections,
       maxIdle: o.connections,
       waitForConnections: true,
       queueLimit: 0,
-      // A down or paused server must not hold a request longer than the request would wait.
-      connectTimeout: o.timeoutMs,
-      // Affected rows, not matched rows: an ODKU that keeps a live row must report 0 (add).
-      flags: ['-FOUND_ROWS'],
-      supportBigNumbers: true,
-      bigNumberStrings: true,
-      // No call-site stack captured per statement (mysql2's "long stack traces"): it cost 5 % of
-      // mcmux's CPU under a write load, and our errors name the upstream and the operation.
-      trace: false,
     });
     this.pool.pool.on('connection', (core) => {
       const c = core as unknown as CoreConnection;
@@ -353,6 +360,28 @@ export class MysqlUpstream implements Upstream {
       this.cores.add(c);
     });
     this.purgeTimer = setInterval(this.purgeTick, o.purgeIntervalMs).unref();
+  }
+
+  /** Of every connection: the pool's and killQuery's. */
+  private connectionOptions() {
+    const o = this.o;
+    return {
+      host: o.host,
+      port: o.port,
+      user: o.user,
+      password: o.password,
+      database: o.database,
+      // A down or paused server must not hold a request longer than the request would wait.
+      connectTimeout: o.timeoutMs,
+      // Affected rows, not matched rows: an ODKU that keeps a live row must report 0 (add).
+      flags: ['-FOUND_ROWS'],
+      // 64-bit uniques as exact decimal strings, never rounded to a double.
+      supportBigNumbers: true,
+      bigNumberStrings: true,
+      // No call-site stack captured per statement (mysql2's "long stack traces"): it cost 5 % of
+      // mcmux's CPU under a write load, and our errors name the upstream and the operation.
+      trace: false,
+    };
   }
 
   get(keys: readonly string[], touch?: number): Promise<Array<Hit | undefined>> {
@@ -376,7 +405,7 @@ export class MysqlUpstream implements Upstream {
       found.clear(); // a deadlock retry starts over
       if (touch === undefined) {
         for (let i = 0; i < unique.length; i += MAX_IN) {
-          for (const row of await this.select(c, unique.slice(i, i + MAX_IN), false)) found.set(row.key.toString('latin1'), toHit(row));
+          for (const row of await this.select(c, unique.slice(i, i + MAX_IN), false)) found.set(row.key.toString('latin1'), this.hit(row));
         }
         return;
       }
@@ -389,7 +418,7 @@ export class MysqlUpstream implements Upstream {
           const hitKeys = inParams(rows.map((r) => r.key));
           if (isExpired(touch, Date.now())) await this.exec(c, this.sql.deleteMany(hitKeys.length), hitKeys);
           else await this.exec(c, this.sql.touchMany(hitKeys.length), [touch, ...hitKeys]);
-          for (const row of rows) found.set(row.key.toString('latin1'), toHit(row, touch));
+          for (const row of rows) found.set(row.key.toString('latin1'), this.hit(row, touch));
         }
       });
     }, false, this.timeoutMs, callers);
@@ -399,7 +428,7 @@ export class MysqlUpstream implements Upstream {
   store(req: StoreRequest): Promise<StoreResult> {
     if (req.mode === 'set' && !isExpired(req.deadline, Date.now())) return this.queueSet(req);
     const key = kb(req.key);
-    return this.inOrder(req.key, (timeoutMs) => this.run(async (c) => {
+    return this.inOrder(req.key, (timeoutMs, epoch) => this.run(async (c) => {
       const now = Date.now();
       switch (req.mode) {
         case 'append':
@@ -418,7 +447,7 @@ export class MysqlUpstream implements Upstream {
         case 'cas':
           return isExpired(req.deadline, now) ? this.storeExpired(c, req, key, now) : this.storeLive(c, req, key, now);
       }
-    }, false, timeoutMs));
+    }, false, timeoutMs, 1, epoch));
   }
 
   /**
@@ -431,7 +460,7 @@ export class MysqlUpstream implements Upstream {
       if (req.withCas === false) return { status: 'STORED' };
       try {
         const [row] = await this.query(c, this.sql.uniqueOnly, []);
-        return { status: 'STORED', cas: BigInt(String(row?.u)) };
+        return { status: 'STORED', cas: this.noteUnique(BigInt(String(row?.u))) };
       } catch (err) {
         // The delete before it committed (its own statement): whatever failed after it, the
         // write was applied, never "changed nothing" (a refusal): the router would take this
@@ -481,27 +510,27 @@ export class MysqlUpstream implements Upstream {
   }
 
   delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
-    return this.inOrder(key, (timeoutMs) =>
-      this.run(async (c) => ((await this.exec(c, this.sql.removeLive, [kb(key), Date.now()])).affectedRows === 1 ? 'DELETED' : 'NOT_FOUND'), false, timeoutMs),
+    return this.inOrder(key, (timeoutMs, epoch) =>
+      this.run(async (c) => ((await this.exec(c, this.sql.removeLive, [kb(key), Date.now()])).affectedRows === 1 ? 'DELETED' : 'NOT_FOUND'), false, timeoutMs, 1, epoch),
     );
   }
 
   touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
     const k = kb(key);
-    return this.inOrder(key, (timeoutMs) => this.run(async (c) => {
+    return this.inOrder(key, (timeoutMs, epoch) => this.run(async (c) => {
       const now = Date.now();
       if (isExpired(deadline, now)) return (await this.exec(c, this.sql.removeLive, [k, now])).affectedRows === 1 ? 'TOUCHED' : 'NOT_FOUND';
       if ((await this.exec(c, this.sql.touch, [deadline, k, now])).affectedRows === 1) return 'TOUCHED';
       // 0 affected rows is also a live row that already had this deadline (nothing changed).
       const same = await this.query(c, this.sql.hasDeadline, [k, now, deadline]);
       return same.length > 0 ? 'TOUCHED' : 'NOT_FOUND';
-    }, false, timeoutMs));
+    }, false, timeoutMs, 1, epoch));
   }
 
   /** In JS BigInt inside a transaction: SQL has no unsigned 64-bit wrap, MySQL 8 no REGEXP on BLOBs. */
   arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
     const k = kb(key);
-    return this.inOrder(key, (timeoutMs) =>
+    return this.inOrder(key, (timeoutMs, epoch) =>
       this.run(
         (c) =>
           this.tx(c, async (): Promise<ArithResult> => {
@@ -517,6 +546,8 @@ export class MysqlUpstream implements Upstream {
           }),
         false,
         timeoutMs,
+        1,
+        epoch,
       ),
     );
   }
@@ -538,6 +569,8 @@ export class MysqlUpstream implements Upstream {
     this.closed = true;
     clearInterval(this.purgeTimer);
     clearTimeout(this.setTimer);
+    this.killer?.then((c) => c.destroy(), ignore);
+    this.killer = undefined;
     const err = this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
     for (const q of this.setQueue.splice(0)) q.reject(this.count(err, false));
     for (const w of [...this.waiting.values()]) w.fail(err);
@@ -694,7 +727,7 @@ export class MysqlUpstream implements Upstream {
           const [found] = await c.execute<RowDataPacket[]>(this.sql.casMany(params.length), params);
           for (const row of found) {
             const q = byKey.get((row.key as Buffer).toString('latin1'));
-            if (q) uniques.set(q, BigInt(row.cas as string));
+            if (q) uniques.set(q, this.noteUnique(BigInt(row.cas as string)));
           }
         }
       }
@@ -762,13 +795,14 @@ export class MysqlUpstream implements Upstream {
 
   /**
    * Runs the write `op` of `key` once every write of the key sent before it has settled, within
-   * one timeout in all (`op` gets what is left of it). A write that waits its whole timeout for
-   * its turn fails as a timeout and never runs.
+   * one timeout in all (`op` gets what is left of it, and the epoch it was sent in: see run). A
+   * write that waits its whole timeout for its turn fails as a timeout and never runs.
    */
-  private inOrder<T>(key: string, op: (timeoutMs: number) => Promise<T>): Promise<T> {
+  private inOrder<T>(key: string, op: (timeoutMs: number, epoch: number) => Promise<T>): Promise<T> {
     const ticket = this.enter(key);
+    const epoch = this.epoch;
     const go = (timeoutMs: number): Promise<T> => {
-      const p = op(timeoutMs);
+      const p = op(timeoutMs, epoch);
       const done = (): void => this.leave(key, ticket);
       p.then(done, done);
       return p;
@@ -776,7 +810,7 @@ export class MysqlUpstream implements Upstream {
     if (this.lanes.get(key)?.[0] === ticket) return go(this.timeoutMs);
     if (this.closed || this.load() >= this.o.maxQueue) {
       this.leave(key, ticket);
-      return op(this.timeoutMs); // run() refuses it, and counts it, as it refuses any other
+      return op(this.timeoutMs, epoch); // run() refuses it, and counts it, as it refuses any other
     }
     const queuedAt = performance.now();
     return new Promise<T>((resolve, reject) => {
@@ -804,10 +838,12 @@ export class MysqlUpstream implements Upstream {
 
   /**
    * Runs `fn` on a pooled connection within the timeout. The result of a request whose timer
-   * fired is dropped, and its connection destroyed: its statement may still complete on the
-   * server, but nothing read from that connection is ever used again.
+   * fired is dropped, its connection destroyed, and its statement killed on the server
+   * (killQuery): a statement waiting for row locks held one after the other would otherwise
+   * go on, and commit, long after the router stopped waiting for it. `epoch`: the server
+   * restarts seen when the request was sent (see observeServer).
    */
-  private run<T>(fn: (c: PoolConnection) => Promise<T>, background = false, timeoutMs = this.timeoutMs, callers = 1): Promise<T> {
+  private run<T>(fn: (c: PoolConnection) => Promise<T>, background = false, timeoutMs = this.timeoutMs, callers = 1, epoch = this.epoch): Promise<T> {
     if (!background) this.stats.requests += callers;
     if (!background && this.load() >= this.o.maxQueue) {
       // A database slower than the load: refuse at once (the router journals a write for repair)
@@ -839,17 +875,19 @@ export class MysqlUpstream implements Upstream {
       };
       const timer = setTimeout(() => {
         if (!background) this.stats.timeouts += callers;
+        const conn = job.conn;
         job.abort(this.error(ErrorCodes.UPSTREAM_TIMEOUT, `no answer within ${this.timeoutMs} ms (option timeout)`));
+        if (conn) this.killQuery(conn.threadId, epoch);
       }, timeoutMs);
       this.jobs.add(job);
-      this.execute(job, fn).then(
+      this.execute(job, fn, epoch).then(
         (value) => settle(undefined, value),
         (err: unknown) => settle(this.translate(err)),
       );
     });
   }
 
-  private async execute<T>(job: Job, fn: (c: PoolConnection) => Promise<T>): Promise<T> {
+  private async execute<T>(job: Job, fn: (c: PoolConnection) => Promise<T>, epoch: number): Promise<T> {
     // No connection (refused, reset during the handshake): the request was never sent.
     const conn = await this.pool.getConnection().catch((err: unknown) => {
       throw this.translate(err, false);
@@ -863,6 +901,11 @@ export class MysqlUpstream implements Upstream {
     job.conn = conn;
     try {
       await this.prepare(conn);
+      if (epoch !== this.epoch) {
+        // Sent to the server before it restarted (or was replaced): decided on what the router
+        // knew of it then (a cas unique it may hand out again): never run (unsent, UNREACHABLE).
+        throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, 'the server restarted since the request was sent: not run');
+      }
       for (let attempt = 0; ; attempt++) {
         try {
           const value = await fn(conn);
@@ -909,7 +952,11 @@ export class MysqlUpstream implements Upstream {
       await c.query(
         `SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', innodb_lock_wait_timeout = ${lockWaitS}, lock_wait_timeout = ${lockWaitS}`,
       );
-      const [rows] = await c.query<RowDataPacket[]>('SELECT @@session.max_allowed_packet AS m');
+      // Every unique seen so far was drawn on the server before this query's: the one it draws
+      // is above them all unless the server restarted (observeServer).
+      const seen = { serverId: this.serverId, maxUnique: this.maxUnique, epoch: this.epoch };
+      const [rows] = await c.query<RowDataPacket[]>('SELECT @@session.max_allowed_packet AS m, UUID_SHORT() AS u');
+      this.observeServer(BigInt(String(rows[0]?.u)), seen);
       const packet = Number(rows[0]?.m);
       const needed = this.o.maxItemSize + PACKET_OVERHEAD;
       if (!(packet >= needed)) {
@@ -934,6 +981,42 @@ export class MysqlUpstream implements Upstream {
     }
   }
 
+  /**
+   * A new connection's UUID_SHORT(), drawn after every unique in `seen` was: ((server_id & 255)
+   * << 56) + (start-up second << 24) + a counter that only climbs while the server runs. One not
+   * above them (or of another server id) is a server restarted or replaced: a restart within the
+   * start-up second of the one before hands out the same uniques again, so the router must void
+   * those its clients hold (onReconnect; it also checks the store's marker, as for a memcached
+   * that reconnects), and requests sent before it was seen must not run on it (epoch). A
+   * restart in a later second goes unseen, as it may: its uniques are all above those before it.
+   */
+  private observeServer(draw: bigint, seen: { serverId: bigint | undefined; maxUnique: bigint; epoch: number }): void {
+    const serverId = draw >> 56n;
+    // A connection made alongside the one that saw the restart compares with the new server.
+    const restarted = seen.epoch === this.epoch && seen.serverId !== undefined && (serverId !== seen.serverId || draw <= seen.maxUnique);
+    if (restarted || this.serverId === undefined) {
+      this.serverId = serverId;
+      this.maxUnique = draw;
+    } else {
+      this.noteUnique(draw);
+    }
+    if (!restarted) return;
+    this.epoch++;
+    this.onReconnect?.();
+  }
+
+  private hit(row: ItemRow, deadline?: number): Hit {
+    const h = toHit(row, deadline);
+    this.noteUnique(h.cas);
+    return h;
+  }
+
+  /** Keeps the highest unique of the current server seen (see observeServer); returns `u`. */
+  private noteUnique(u: bigint): bigint {
+    if (u > this.maxUnique && u >> 56n === this.serverId) this.maxUnique = u;
+    return u;
+  }
+
   /** BEGIN, body, COMMIT; ROLLBACK on a failure so the connection goes back to the pool clean. */
   private async tx<T>(c: PoolConnection, body: () => Promise<T>): Promise<T> {
     await c.beginTransaction();
@@ -949,6 +1032,7 @@ export class MysqlUpstream implements Upstream {
 
   private async exec(c: PoolConnection, sql: string, params: Param[]): Promise<ResultSetHeader> {
     const [r] = await c.execute<ResultSetHeader>(sql, params);
+    if (r.insertId) this.noteUnique(casOf(r));
     return r;
   }
 
@@ -985,6 +1069,46 @@ export class MysqlUpstream implements Upstream {
         this.purging = false;
       });
   };
+
+  /**
+   * KILL QUERY of a timed-out request's statement. The server does not stop a statement when its
+   * client goes: one waiting for row locks held one after the other (innodb_lock_wait_timeout
+   * bounds each wait, not the statement) would go on and commit after the router's late window,
+   * over the writes and the repair made since. Sent on a connection of its own (the pool may
+   * have none free), made on first need and kept; skipped when the server restarted since the
+   * request was sent (its thread id may be another client's now). Bounded by the timeout; a
+   * failure is ignored (the statement's socket is cut anyway) and drops that connection.
+   */
+  private killQuery(threadId: number, epoch: number): void {
+    if (this.closed) return;
+    let timer: NodeJS.Timeout | undefined;
+    const killer = (this.killer ??= this.connectKiller());
+    const kill = async (): Promise<void> => {
+      const c = await killer;
+      if (epoch !== this.epoch || this.closed) return;
+      await c.query(`KILL QUERY ${Math.trunc(threadId)}`);
+    };
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('KILL QUERY timed out')), this.timeoutMs);
+    });
+    Promise.race([kill(), late])
+      .catch((err: unknown) => {
+        if ((err as DriverError).errno === ER_NO_SUCH_THREAD) return; // the statement had ended
+        if (this.killer === killer) this.killer = undefined;
+        killer.then((c) => c.destroy(), ignore);
+      })
+      .finally(() => clearTimeout(timer));
+  }
+
+  private async connectKiller(): Promise<Connection> {
+    const c = await createConnection(this.connectionOptions());
+    c.on('error', ignore); // an idle connection the server closed: the next KILL fails and makes another
+    // A new connection like any: it tells whether the server restarted (observeServer).
+    const seen = { serverId: this.serverId, maxUnique: this.maxUnique, epoch: this.epoch };
+    const [rows] = await c.query<RowDataPacket[]>('SELECT UUID_SHORT() AS u');
+    this.observeServer(BigInt(String(rows[0]?.u)), seen);
+    return c;
+  }
 
   /** Drops a connection from the pool and cuts its socket (end() alone waits for the server). */
   private discard(conn: PoolConnection): void {

@@ -3,10 +3,10 @@
  * settings: a read-only server, a least-privilege user, the server's prepared-statement limit,
  * row locks held by another client, a SIGKILLed server. One private MariaDB (targets/mysql.ts)
  * per top-level test; everything is torn down after it. Tests marked "holds" guard behaviour
- * found correct; the others failed on the code they were written against (c291f9f). The first
- * three are fixed (the table created only when missing; an expired write's failed unique
- * read-back is IO, not a refusal); the batch that outlives the late window and the uniques that
- * repeat after a quick restart are open (todo).
+ * found correct; the others failed on the code they were written against (c291f9f), and are
+ * fixed: the table created only when missing; an expired write's failed unique read-back is IO,
+ * not a refusal; a timed-out statement is killed on the server; a restart that repeats the
+ * uniques is reported as a reconnect.
  */
 
 import assert from 'node:assert/strict';
@@ -17,6 +17,9 @@ import { EXPIRED } from '../../src/command/command';
 import { ErrorCodes } from '../../src/errors';
 import { createMysqlUpstream } from '../../src/upstream/mysql';
 import type { Upstream } from '../../src/upstream/upstream';
+import type { HealthyUpstream } from '../../src/router/health';
+import { inProcessMcmux } from '../helpers/in-process';
+import { connectWire } from '../helpers/wire';
 import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
 import { requireBinary } from '../helpers/servers';
@@ -256,15 +259,12 @@ test('holds: incr of 2^64-1 wraps to 0 and decr floors at 0', { timeout: 60_000 
 // commits: the stale sessions land after the router settled and repaired the key, so a later
 // write or delete of the session is overwritten by the old value (a deleted session comes back,
 // the failure review-mysql.test.ts's first test pins down for a single row).
-// Fix (mysql.ts:831-834 and 972-978): on a timeout, kill the statement on the server, not only
-// the socket: `KILL QUERY <threadId>` (PoolConnection.threadId) through a separate connection
-// before discard(); or bound the whole statement on MariaDB with `SET SESSION
-// max_statement_time = <timeout s>` in prepare() (mysql.ts:900) (it applies to INSERT/UPDATE/
-// DELETE there; MySQL 8's max_execution_time covers SELECT only, so KILL QUERY is the portable
-// fix).
+// Fixed: a timed-out request's statement is stopped with KILL QUERY <its thread>, sent on a
+// connection of the driver's own (mysql.ts killQuery); MariaDB's max_statement_time would not
+// do on MySQL 8, whose max_execution_time covers SELECT only.
 // ---------------------------------------------------------------------------------------------
 
-test('a batch that timed out on row locks held one after another is gone from the server when the late window ends', { timeout: 60_000, todo: 'open: innodb_lock_wait_timeout bounds each row lock, not the statement; the fix is a KILL QUERY of the thread on timeout (or max_statement_time on MariaDB)' }, async (t) => {
+test('a batch that timed out on row locks held one after another is gone from the server when the late window ends', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
   const LATE_SETTLE_MS = 1000; // src/router/repair.ts
@@ -391,14 +391,14 @@ test('holds: SIGKILLed and restarted server: requests fail as unsent or IO, then
 // seal") and a unique a client read before the crash is accepted for the value written after it:
 // `cas` overwrites a session another request wrote since (a lost update), where memcached and
 // the other drivers answer EXISTS.
-// Fix: in prepare() (mysql.ts:891), on every new connection read the server's start-up identity
-// (`SELECT UUID_SHORT()`'s high bits, or @@server_id with UNIX_TIMESTAMP() - Uptime) and, when it
-// differs from the last one seen, call this.onReconnect?.() (as memcached.ts:221 does) so the
-// router reseals; and/or keep uniques monotonic across restarts by never handing out one not
-// above the highest seen (e.g. persist a floor in the table and add it).
+// Fixed: each new connection draws a UUID_SHORT(); one not above every unique seen before (or
+// of another server id) is a restart: the driver calls onReconnect (the router voids the
+// tokens) and refuses unsent the requests sent before it (mysql.ts observeServer). The two tests
+// after this one check it through mcmux, and that reconnects without a restart are not taken
+// for one.
 // ---------------------------------------------------------------------------------------------
 
-test('a unique handed out before a crash-restart of the server is never handed out again (stale cas must be EXISTS)', { timeout: 60_000, todo: 'open: UUID_SHORT() repeats after a restart within the same second; the driver reports no reconnect (onReconnect), so the uniques are not voided' }, async (t) => {
+test('a unique handed out before a crash-restart of the server is never handed out again (stale cas must be EXISTS)', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
   const up = r.open(r.db.url, { table: 'rv_uniq', timeout: '1000' });
@@ -435,6 +435,90 @@ test('a unique handed out before a crash-restart of the server is never handed o
     return;
   }
   t.diagnostic('no restart landed in the same second: nothing checked');
+});
+
+// The same restart seen through mcmux: a client's `gets` token from before it is void after it
+// (EXISTS), though the row holds that very unique again. The unique handed out again is forced
+// with an UPDATE once a restart has landed in the same second (which one does is chance).
+test('through mcmux: a cas token read before a same-second crash-restart is EXISTS after it', { timeout: 90_000 }, async (t) => {
+  const r = await rig(t);
+  if (!r) return;
+  const table = 'rv_uniq_mux';
+  const app = await inProcessMcmux({}, [`${r.db.url}?table=${table}`]);
+  const w = await connectWire(app.address.port);
+  t.after(() => w.close());
+  const up = app.upstreams[0] as HealthyUpstream;
+  let reconnects = 0;
+  const wired = up.inner.onReconnect;
+  up.inner.onReconnect = () => {
+    reconnects++;
+    wired?.();
+  };
+  /** Retried while mcmux reports the store failing (down, fenced, the request sent before the restart). */
+  const ask = async (req: string): Promise<string> => {
+    for (let i = 0; ; i++) {
+      const got = await w.ask(req, /\r\n$/);
+      if (!got.startsWith('SERVER_ERROR') || i >= 200) return got;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  };
+  const rawCas = async (admin: Connection): Promise<bigint> => BigInt(String((await q(admin, `SELECT cas FROM ${table} WHERE \`key\` = 'sess:1'`))[0]?.cas));
+  const startSecond = (u: bigint): bigint => (u >> 24n) & 0xffffffffn;
+  let admin = r.admin;
+  // innodb_flush_log_at_trx_commit=0 in the test server: the session must outlive each crash.
+  await q(admin, 'SET GLOBAL innodb_flush_log_at_trx_commit = 1');
+  for (let attempt = 1; attempt <= 20; attempt++) {
+    // Written in this start of the server: its unique is of this start-up second.
+    assert.equal(await ask('set sess:1 0 0 6\r\nbefore\r\n'), 'STORED\r\n');
+    let token: string | undefined;
+    await eventually('a cas token (the store reconnected)', async () => {
+      token = /^VALUE sess:1 0 \d+ (\d+)\r\n/.exec(await w.ask('gets sess:1\r\n', /END\r\n$|ERROR.*\r\n$/))?.[1];
+      return token !== undefined;
+    });
+    const unique = await rawCas(admin);
+    await crash({ ...r, admin });
+    await r.db.restart();
+    admin = await rootConnection(r.db);
+    const closing = admin;
+    t.after(() => closing.destroy());
+    await q(admin, 'SET GLOBAL innodb_flush_log_at_trx_commit = 1');
+    const draw = BigInt(String((await q(admin, 'SELECT UUID_SHORT() AS u'))[0]?.u));
+    if (startSecond(draw) !== startSecond(unique)) {
+      t.diagnostic(`attempt ${attempt}: restarted in another second`);
+      continue;
+    }
+    assert.equal(await ask('set sess:1 0 0 5\r\nafter\r\n'), 'STORED\r\n');
+    await q(admin, `UPDATE ${table} SET cas = ? WHERE \`key\` = 'sess:1'`, [String(unique)]); // handed out again
+    assert.equal(await ask(`cas sess:1 0 0 5 ${token}\r\nstale\r\n`), 'EXISTS\r\n', `a token from before the restart (attempt ${attempt})`);
+    assert.match(await w.ask('get sess:1\r\n', /END\r\n$/), /\r\nafter\r\n/);
+    assert.ok(reconnects > 0, 'the restart was seen');
+    return;
+  }
+  t.diagnostic('no restart landed in the same second: nothing checked');
+});
+
+// holds: no restart is seen where there is none: connections made one after the other and side
+// by side (the server cutting them, KILL), under writes and reads, never call onReconnect (it
+// fences the store and voids every cas token its clients hold).
+test('holds: connections cut and made again under load are not taken for a server restart', { timeout: 60_000 }, async (t) => {
+  const r = await rig(t);
+  if (!r) return;
+  const up = r.open(r.db.url, { table: 'rv_noreconnect', connections: '8' });
+  let reconnects = 0;
+  up.onReconnect = () => reconnects++;
+  await retrying(() => up.probe());
+  for (let round = 0; round < 6; round++) {
+    const work = Promise.allSettled(
+      Array.from({ length: 120 }, (_, i) =>
+        i % 3 === 0 ? getOne(up, `sess:${i % 40}`) : up.store({ mode: i % 3 === 1 ? 'set' : 'add', key: `sess:${i % 40}`, value: b(`v${round}`), flags: 0, deadline: 0 }),
+      ),
+    );
+    const ids = await q(r.admin, "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'mcmux'");
+    for (const row of ids) await q(r.admin, `KILL ${Number(row.ID)}`).catch(() => undefined);
+    await work;
+  }
+  await retrying(() => set(up, 'sess:last', 'v'));
+  assert.equal(reconnects, 0);
 });
 
 function alive(pid: number): boolean {
