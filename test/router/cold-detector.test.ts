@@ -691,4 +691,19 @@ describe('the keys a fenced upstream remembers', () => {
     assert.deepEqual(authorityOrder(ctx, 'c'), [1], 'the one that may hold c decides, not the one known to lack it');
     assert.deepEqual(authorityOrder(ctx, 'a'), [1], 'a key it learnt: it knows it');
   });
+
+  // Fuzz seed 151163 with MCMUX_FUZZ_INITIAL=1 MCMUX_FUZZ_FLUSH=1 (journal-max-keys 1): the second
+  // store reconnected after a flush_all had taken its marker (fenced as a precaution for the
+  // whole lock-fence: nothing can prove it kept its data); the first came back empty, learnt one
+  // key and stopped learning. The first decided an incr with an initial value of a counter the
+  // second held: NOT_FOUND, and the counter started again from the initial value.
+  it('one fenced only as a precaution decides before one that came back empty and stopped learning', () => {
+    const [u0, u1] = [0, 1].map((i) => new HealthyUpstream(new FakeUpstream(`fake://${i}`), { ...DEFAULT_HEALTH, fenceKeysMax: 1 }, () => {})) as [HealthyUpstream, HealthyUpstream];
+    for (const u of [u0, u1]) u.fence(monotonicMs() + 60_000);
+    u0.emptyUntil = monotonicMs() + 60_000; // came back empty (ColdDetector.knownEmpty)
+    for (const k of ['a', 'b']) u0.written(k); // learnt a, not b
+    const ctx = { upstreams: [u0, u1], journal: { isDirty: () => false, freshest: () => [] } } as unknown as RouterContext;
+    assert.deepEqual(authorityOrder(ctx, 'c'), [1, 0], 'the one that lost nothing it is known of first');
+    assert.deepEqual(authorityOrder(ctx, 'a'), [0], 'a key the first learnt: it knows it');
+  });
 });
