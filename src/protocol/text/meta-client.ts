@@ -236,8 +236,7 @@ export class MetaReplyParser {
     if (lf === start || buf[lf - 1] !== CR) return protocolError('reply line not terminated by \\r\\n');
     const end = lf - 1; // the line is buf[start, end)
     const lineEnd = lf + 1;
-    let sp = buf.indexOf(SP, start);
-    if (sp < 0 || sp > end) sp = end;
+    const sp = spaceOrEnd(buf, start, end);
     const code = sp - start === 2 ? twoLetterCode(buf[start] as number, buf[start + 1] as number) : buf.toString('latin1', start, sp);
     switch (code) {
       case 'HD':
@@ -275,8 +274,7 @@ export class MetaReplyParser {
   private parseValue(sp: number, end: number, lineEnd: number): MetaReply | undefined {
     const buf = this.buf;
     if (sp === end) return protocolError('VA without a size');
-    let sizeEnd = buf.indexOf(SP, sp + 1);
-    if (sizeEnd < 0 || sizeEnd > end) sizeEnd = end;
+    const sizeEnd = spaceOrEnd(buf, sp + 1, end);
     const size = parseDigits(buf, sp + 1, sizeEnd);
     if (size === undefined) return protocolError(`VA with a bad size "${printable(buf, sp + 1, sizeEnd)}"`);
     if (size > this.maxValue) return protocolError(`VA of ${size} bytes, over max-item-size (${this.maxValue})`);
@@ -294,6 +292,17 @@ export class MetaReplyParser {
   }
 }
 
+/**
+ * The first space in buf[from, end), or end. Not buf.indexOf: it would search past the line, to
+ * the next space anywhere in what was read (a run of replies without one, a hostile server's,
+ * costs a scan of the rest of the read for each: quadratic).
+ */
+function spaceOrEnd(buf: Buffer, from: number, end: number): number {
+  let i = from;
+  while (i < end && buf[i] !== SP) i++;
+  return i;
+}
+
 interface ReturnFlags {
   flags: number | undefined;
   cas: bigint | undefined;
@@ -307,8 +316,7 @@ function parseFlags(buf: Buffer, pos: number, end: number): ReturnFlags | string
   while (pos < end) {
     if (buf[pos] !== SP) return `bad return flags "${printable(buf, pos, end)}"`;
     const s = pos + 1;
-    let e = buf.indexOf(SP, s);
-    if (e < 0 || e > end) e = end;
+    const e = spaceOrEnd(buf, s, end);
     if (e === s) return 'empty return flag';
     switch (buf[s]) {
       case 0x66: {
