@@ -69,6 +69,8 @@ export const MEMCACHED_COMPAT_VERSION = '1.6.21';
 export class Router {
   private ctx: RouterContext;
   private allowFlush: boolean;
+  /** flush_all commands run: a delayed one runs only if none came after it. */
+  private flushes = 0;
   /** Orders each key's writes around its conditional commands; lives as long as the journal. */
   private order: KeyOrder;
   readonly counters: RouterCounters = {
@@ -321,10 +323,14 @@ export class Router {
       // T23: flush_all would wipe every session in the durable stores too.
       return serverError('flush_all is disabled: start mcmux with --allow-flush (config: allow-flush = true) to enable it');
     }
+    // memcached keeps one flush time: a flush_all replaces (cancels) a delayed one still pending.
+    const flush = ++this.flushes;
     if (delay > 0) {
       // memcached reads the delay like an exptime: up to 30 days relative, else a Unix time.
       const at = deadlineFromExptime(delay, Date.now());
-      flushAt(at, () => void this.orderedFlush());
+      flushAt(at, () => {
+        if (flush === this.flushes) void this.orderedFlush();
+      });
       return { kind: 'status', status: 'OK' };
     }
     return this.orderedFlush();

@@ -191,8 +191,8 @@ const DECODE: Array<[string, Buffer, string[]]> = [
     frame({ op: OP.FLUSH }), frame({ op: OP.FLUSH, extras: u32(0) }), frame({ op: OP.FLUSH, extras: u32(10) }),
     frame({ op: OP.FLUSHQ, extras: u32(NOW / 1000 + 50) }), frame({ op: OP.FLUSH, extras: u32(NOW / 1000 - 50) }),
   ), ['flush 0 [0x08]', 'flush 0 [0x08]', 'flush 10 [0x08]', `flush ${NOW / 1000 + 50} noreply [0x18 q]`, `flush ${NOW / 1000 - 50} [0x08]`]],
-  ['FLUSH with a negative delay is refused, the connection kept', cat(frame({ op: OP.FLUSH, extras: u32(-1) }), NOOP), [
-    EINVAL(OP.FLUSH, 'invalid flush delay'), 'noop [0x0a]',
+  ['FLUSH delay 0xffffffff: unsigned, as memcached reads it (a time far off), not refused', cat(frame({ op: OP.FLUSH, extras: u32(-1) }), NOOP), [
+    'flush 4294967295 [0x08]', 'noop [0x0a]',
   ]],
   ['NOOP, VERSION, STAT, VERBOSITY', cat(
     NOOP, frame({ op: OP.VERSION }), frame({ op: OP.STAT }), frame({ op: OP.STAT, key: 'upstreams' }), frame({ op: OP.STAT, key: 'detail dump' }),

@@ -131,7 +131,10 @@ const CASES: Array<[string, string | Buffer, string[]]> = [
   ['empty line', '\r\n', ['ERROR']],
   ['wrong arity', 'incr k\r\ntouch k\r\nget\r\nset k 0 0\r\nget k\r\n', ['ERROR', 'ERROR', 'ERROR', `${BAD} [close]`]],
   ['keys per get limit', 'get a b c d e f g h i\r\n', ['CLIENT_ERROR too many keys in one get (max-keys-per-get is 8)']],
-  ['flush_all forms', 'flush_all\r\nflush_all 10\r\nflush_all noreply\r\nflush_all x\r\n', ['flush 0', 'flush 10', 'flush 0 noreply', BAD]],
+  // As memcached's: a delay not positive is now, what follows the delay is ignored.
+  ['flush_all forms', 'flush_all\r\nflush_all 10\r\nflush_all noreply\r\nflush_all x\r\nflush_all -1\r\nflush_all 5 x\r\nflush_all 5 noreply\r\n', [
+    'flush 0', 'flush 10', 'flush 0 noreply', 'CLIENT_ERROR invalid exptime argument', 'flush 0', 'flush 5', 'flush 5 noreply',
+  ]],
   ['every command kind', 'append k 0 0 1\r\na\r\nprepend k 0 0 1\r\np\r\nreplace k 3 0 1\r\nr\r\ngats 10 a b\r\nverbosity 1\r\nstats\r\nquit\r\n', [
     'append k f=0 d=0 v="a"', 'prepend k f=0 d=0 v="p"', 'replace k f=3 d=0 v="r"', 'gets@10000 a,b', 'verbosity', 'stats', 'quit',
   ]],

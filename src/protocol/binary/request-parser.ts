@@ -279,12 +279,9 @@ export class BinaryRequestParser {
       else this.skip(valueLength);
       return this.request({ kind: 'too_large', mode, key, noreply: false }, h, s);
     }
-    let delay = 0;
-    if (s.base === OPCODE.FLUSH && h.extrasLength === 4) {
-      const d = flushDelay(buf.readInt32BE(extrasAt));
-      if (d === undefined) return this.refuse(h, 0, 'invalid flush delay');
-      delay = d;
-    }
+    // FLUSH's optional delay: unsigned, in exptime form (the router reads it as one), as memcached
+    // reads it (0xffffffff is a time far off, not a negative delay).
+    const delay = s.base === OPCODE.FLUSH && h.extrasLength === 4 ? buf.readUInt32BE(extrasAt) : 0;
     if (!this.ensure(HEADER_LENGTH + h.bodyLength)) return undefined;
     const cmd = this.build(h, s, key, delay);
     this.consume(HEADER_LENGTH + h.bodyLength);
@@ -448,9 +445,4 @@ export class BinaryRequestParser {
     this.consume(now);
     this.skipLeft = n - now;
   }
-}
-
-/** FLUSH's optional delay, in exptime form (the router reads it as one); negative is refused, as in text. */
-function flushDelay(exptime: number): number | undefined {
-  return exptime < 0 ? undefined : exptime;
 }

@@ -42,6 +42,8 @@ export interface ParseError {
   readonly close: boolean;
   /** The command line ended in noreply: memcached sends nothing, and neither may mcmux. */
   readonly noreply?: boolean;
+  /** Closed with nothing written (a cross-protocol request: memcached answers it nothing). */
+  readonly silent?: boolean;
 }
 
 export type ParseResult = Command | ParseError;
@@ -322,7 +324,7 @@ export class TextRequestParser {
         return { kind: 'stats', group: t.slice(1).join(' ') };
       default:
         // A cross-protocol request (an HTTP request sent to the memcached port) is hostile: close (T20).
-        if (HTTP_METHODS.has(name) || /HTTP\/\d/.test(line)) return this.fatal(err('ERROR', ''));
+        if (HTTP_METHODS.has(name) || /HTTP\/\d/.test(line)) return this.fatal({ ...err('ERROR', ''), silent: true });
         return err('ERROR', '');
     }
   }
@@ -416,16 +418,17 @@ export class TextRequestParser {
     return { kind: 'touch', key, deadline: deadlineFromExptime(exptime, this.now()), noreply };
   }
 
+  /**
+   * As memcached's: the first argument is the delay (an exptime; not positive: now), anything
+   * after it but a final noreply ignored; one that is not a number is an invalid exptime.
+   */
   private parseFlush(t: string[]): ParseResult {
-    let rest = t.slice(1);
-    const noreply = rest[rest.length - 1] === 'noreply';
-    if (noreply) rest = rest.slice(0, -1);
-    if (rest.length > 1) return err('ERROR', '');
+    const noreply = t[t.length - 1] === 'noreply';
     let delay = 0;
-    if (rest.length === 1) {
-      const d = parseExptime(rest[0] ?? '');
-      if (d === undefined || d < 0) return quiet(err('CLIENT_ERROR', BAD_FORMAT), noreply);
-      delay = d;
+    if (t.length > (noreply ? 2 : 1)) {
+      const d = parseExptime(t[1] ?? '');
+      if (d === undefined) return quiet(err('CLIENT_ERROR', 'invalid exptime argument'), noreply);
+      delay = Math.max(0, d);
     }
     return { kind: 'flush', delay, noreply };
   }

@@ -31,7 +31,7 @@ export class TextCodec implements ServerCodec {
     const r = this.parser.next();
     if (r === undefined) return undefined;
     if (r.kind === 'parse_error') {
-      return { kind: 'error', bytes: r.noreply && !r.close ? NOTHING : errorLine(r.type, r.message), close: r.close };
+      return { kind: 'error', bytes: r.silent === true || (r.noreply && !r.close) ? NOTHING : errorLine(r.type, r.message), close: r.close };
     }
     return { kind: 'request', request: { command: r, tag: undefined } };
   }
