@@ -215,11 +215,30 @@ class Connection {
   private readonly onConnect = (): void => {
     clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
-    this.status = 'ready';
     this.connectedAt = clockNow();
-    // A connection made again after one was lost: the server may have restarted empty.
-    if (this.connectedBefore) this.up.onReconnect?.();
-    this.connectedBefore = true;
+    if (!this.connectedBefore) {
+      this.connectedBefore = true;
+      this.status = 'ready';
+      return;
+    }
+    // A connection made again after one was lost: the server may have restarted empty, which
+    // onReconnect makes the cold detector look into (it fences the store meanwhile and voids its
+    // cas tokens). Said once the server answers a `version`, not at connect: a server that hangs
+    // while its kernel still accepts connections (SIGSTOP, a stuck process) was "reconnected"
+    // after every timeout, fencing the store (a whole pool, for one server) and voiding every
+    // token each time. Until then the connection stays 'connecting': acquire() sends nothing on
+    // it, and a request for it fails over at once instead of waiting out its timeout.
+    const socket = this.socket;
+    this.up.stats.requests++;
+    this.enqueue<void>(Op.PROBE, 1).then(
+      () => {
+        if (this.socket !== socket) return;
+        this.status = 'ready';
+        this.up.onReconnect?.();
+      },
+      ignore,
+    );
+    encodeVersion(this.out);
   };
 
   private readonly onConnectTimeout = (): void => {
@@ -443,7 +462,6 @@ export class MemcachedUpstream implements Upstream {
     await Promise.all(this.conns.map((c) => c.close(this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed'))));
   }
 
-  /** A request of one line and one reply. */
   /** A request of one line and one reply; `meta`: a meta command, sent with an O token (`encode`'s second argument) that its reply must echo. */
   private send<T>(op: Op, key: string, encode: (out: OutBuffer, opaque: number) => void, meta = true): Promise<T> {
     const conn = this.acquire(key);

@@ -197,8 +197,14 @@ export function answersVersion(port: number, timeoutMs = 500): Promise<boolean> 
 async function waitStopped(proc: ChildProcess): Promise<void> {
   const dir = `/proc/${proc.pid}/task`;
   if (proc.pid === undefined || !existsSync(dir)) return;
-  const stopped = (): boolean =>
-    readdirSync(dir).every((tid) => {
+  const stopped = (): boolean => {
+    let tids: string[];
+    try {
+      tids = readdirSync(dir);
+    } catch {
+      return true; // the process is gone
+    }
+    return tids.every((tid) => {
       try {
         // state is the field after the parenthesised command name
         return /\) [tT] /.test(readFileSync(`${dir}/${tid}/stat`, 'latin1'));
@@ -206,6 +212,7 @@ async function waitStopped(proc: ChildProcess): Promise<void> {
         return true; // the thread is gone
       }
     });
+  };
   for (let i = 0; i < 500 && !stopped(); i++) await new Promise((r) => setTimeout(r, 10));
 }
 

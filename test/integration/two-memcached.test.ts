@@ -371,7 +371,7 @@ test('mcmux in front of two memcached processes', async (t) => {
   await t.test('SIGSTOP of the second memcached: replies still come, bounded by the upstream timeout', async () => {
     const c = await client();
     assert.equal(await c.ask('set frozen 0 0 6\r\nbefore\r\n'), 'STORED\r\n');
-    mc2.pause();
+    await mc2.pause();
     try {
       assert.equal(await c.ask('get frozen\r\n', END, REPLY_MS), valueReply('frozen', 0, 'before'));
       // write-wait all: the answer waits for the frozen upstream's timeout, then one copy is enough.
