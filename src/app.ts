@@ -32,7 +32,7 @@ export function upstreamSpecs(config: Config): readonly UpstreamConfig[] {
 
 /** Builds the raw drivers of a config (no health tracking): for validation and `mcmux check`. */
 export function buildUpstreams(config: Config): Upstream[] {
-  const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize };
+  const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize, probeIntervalMs: config.health.probeMinMs };
   const built: Upstream[] = [];
   try {
     for (const s of upstreamSpecs(config)) built.push(createUpstream(s.url, s.options, ctx));
@@ -142,7 +142,7 @@ export class App {
 
   /** Health-wrapped upstreams for `config`, reusing the current ones that did not change. */
   private resolveUpstreams(config: Config, reloading = false): HealthyUpstream[] {
-    const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize };
+    const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize, probeIntervalMs: config.health.probeMinMs };
     const next = new Map<string, HealthyUpstream>();
     const list = upstreamSpecs(config).map((spec) => {
       const id = identity(spec, config);

@@ -17,6 +17,8 @@ export interface UpstreamContext {
   readonly defaultTimeoutMs: number | undefined;
   /** `--max-item-size`: stores may size their limits from it. */
   readonly maxItemSize: number;
+  /** `--probe-interval`, in ms: a driver that checks its store on its own (sqlite's file) does so this often. */
+  readonly probeIntervalMs?: number | undefined;
 }
 
 export interface HostPort {

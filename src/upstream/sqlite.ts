@@ -13,6 +13,10 @@
  *   ops queued longer than `timeout` when a drain starts (a lock held elsewhere, a slow disk)
  *          reject unrun with MCMUX_UPSTREAM_UNREACHABLE (nothing applied): the queue stays bounded.
  *   purge timer (unref'd) ─► DELETE at most purge-batch expired rows ─► again next turn if full
+ *   file check (a drain at least `probe-interval` after the last, and every probe): stat the path;
+ *     unlinked, another file (renamed over), or truncated to 0 bytes ─► every queued op rejects
+ *     unrun (MCMUX_UPSTREAM_UNREACHABLE), the old handle closes, its -wal/-shm are removed, the
+ *     path is opened afresh (new file and schema, as at start) ─► onReconnect (see fileLost)
  *
  * Why this is correct: one connection runs one transaction at a time, and the ops of a batch run
  * in the order they were called, so a read sees every earlier write of this upstream, and a
@@ -56,6 +60,7 @@
  * Keys are bound as latin1 BLOBs (the wire bytes), values as BLOBs; SQL is never built from data.
  */
 
+import { type BigIntStats, statSync, truncateSync, unlinkSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
@@ -114,7 +119,14 @@ export interface SqliteOptions {
   readonly timeoutMs: number;
   /** max-item-size: an append/prepend never makes a value longer (memcached: NOT_STORED). */
   readonly maxItemSize?: number;
+  /** How often (ms, at most once a drain) the path is checked to still name the open file: probe-interval. */
+  readonly checkIntervalMs?: number | undefined;
 }
+
+/** Which file a path named when it was opened (stat of the path; undefined if none there). */
+type FileId = Pick<BigIntStats, 'dev' | 'ino'> | undefined;
+const fileId = (path: string): FileId => statSync(path, { bigint: true, throwIfNoEntry: false });
+const sameFile = (a: FileId, b: FileId): boolean => a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino;
 
 const keyBlob = (key: string): Buffer => Buffer.from(key, 'latin1');
 const live = (row: Row | undefined, now: number): Row | undefined =>
@@ -197,8 +209,17 @@ export class SqliteUpstream implements Upstream {
   transactions = 0;
   purged = 0;
   busyRetries = 0;
-  private readonly db: Database.Database;
-  private readonly s: Statements;
+  /** Times the path was found to name another file (or none) and was opened afresh. */
+  reopens = 0;
+  /** undefined while the path, lost, could not be opened again (every op fails until it can). */
+  private db: Database.Database | undefined;
+  private s!: Statements;
+  /** The database file, its -wal and -shm as opened (a renamed-over file is no longer them). */
+  private files: { db: FileId; wal: FileId; shm: FileId } = { db: undefined, wal: undefined, shm: undefined };
+  private checkedAt = performance.now();
+  private checkNow = false; // a probe asks for the file check whatever the interval
+  private unopened = ''; // why db is undefined
+  private lostWhy = ''; // how the file was lost, while it cannot be opened again
   private queue: Pending[] = [];
   private scheduled = false; // a drain is due (setImmediate, or the busy-retry timer)
   private busyDelayMs = 1;
@@ -214,7 +235,7 @@ export class SqliteUpstream implements Upstream {
     readonly options: SqliteOptions,
   ) {
     this.timeoutMs = options.timeoutMs;
-    ({ db: this.db, s: this.s } = openDatabase(options, `upstream ${name}`));
+    this.open();
     this.purgeTimer = setInterval(this.purge, options.purgeIntervalMs).unref();
   }
 
@@ -244,7 +265,115 @@ export class SqliteUpstream implements Upstream {
   }
 
   probe(): Promise<void> {
+    this.checkNow = true;
     return this.enqueue({ op: 'probe' });
+  }
+
+  /**
+   * Told when the path was found to name another file than the one open, and was opened again:
+   * the store came back empty or as another database (app.ts fences it, as a memcached that
+   * restarted, until its marker is checked).
+   */
+  onReconnect: (() => void) | undefined;
+
+  private open(): void {
+    const { db, s } = openDatabase(this.options, `upstream ${this.name}`);
+    const path = this.options.path;
+    this.files = { db: fileId(path), wal: fileId(`${path}-wal`), shm: fileId(`${path}-shm`) };
+    this.db = db;
+    this.s = s;
+  }
+
+  /**
+   * Why the path no longer names the file open, or undefined while it does. SQLite writes on to
+   * the inode it opened: an unlinked or renamed-over file (or one truncated under it) took every
+   * write acknowledged since, and a restart would find them gone. Checked at most once per
+   * `checkIntervalMs` (a stat costs some µs), so writes are acknowledged into a lost file for at
+   * most that long. A path that cannot be stat'ed for another reason (EACCES) is taken as unchanged.
+   */
+  private fileLost(): string | undefined {
+    let now: BigIntStats | undefined;
+    try {
+      now = statSync(this.options.path, { bigint: true, throwIfNoEntry: false });
+    } catch {
+      return undefined;
+    }
+    if (now === undefined) return 'unlinked';
+    if (!sameFile(now, this.files.db)) return 'replaced by another file';
+    // A database file is never empty once opened in WAL mode (the header page is written).
+    if (now.size === 0n) return 'truncated to 0 bytes';
+    return undefined;
+  }
+
+  /**
+   * Runs the file check when due; true when it failed the queue (the file was lost, or cannot be
+   * opened again). The ops queued were routed to a store the router took as the one it knew: run
+   * on a fresh file, an add would grant a lock held elsewhere before the fence (onReconnect) is
+   * up. So they fail unrun, as requests in flight on a memcached connection that dropped.
+   */
+  private checkFile(): boolean {
+    const now = performance.now();
+    const due = this.checkNow || now - this.checkedAt >= (this.options.checkIntervalMs ?? 200);
+    if (!due) return this.db === undefined && this.failQueue(this.unopened);
+    this.checkNow = false;
+    this.checkedAt = now;
+    let why: string;
+    if (this.db !== undefined) {
+      const lost = this.fileLost();
+      if (lost === undefined) return false;
+      why = `the database file was ${lost} while open`;
+      this.discard(lost);
+      this.lostWhy = why;
+    } else {
+      why = this.lostWhy;
+    }
+    try {
+      this.open();
+    } catch (err) {
+      this.unopened = `${why}; cannot open it again: ${(err as Error).message}`;
+      this.failQueue(this.unopened);
+      this.onReconnect?.();
+      return true;
+    }
+    this.reopens++;
+    this.failQueue(`${why}: opened again as a new database (its data is lost)`);
+    this.onReconnect?.();
+    return true;
+  }
+
+  /** Closes the handle on a lost file, and removes what SQLite left of it at the path. */
+  private discard(lost: string): void {
+    const path = this.options.path;
+    try {
+      this.db?.close();
+    } catch {
+      // closing a handle on a lost file: nothing of it is kept
+    }
+    this.db = undefined;
+    // SQLite keeps the -wal and -shm of a file unlinked or renamed over at their paths: paired with
+    // the next file there, our frames would be replayed into it (a renamed-over database became ours).
+    for (const [suffix, was] of [['-wal', this.files.wal], ['-shm', this.files.shm]] as const) {
+      try {
+        if (sameFile(fileId(`${path}${suffix}`), was)) unlinkSync(`${path}${suffix}`);
+      } catch {
+        // gone already
+      }
+    }
+    // Truncated in place: the close checkpointed the WAL's pages back into it, a torn database.
+    if (lost.startsWith('truncated')) {
+      try {
+        if (sameFile(fileId(path), this.files.db)) truncateSync(path, 0);
+      } catch {
+        // replaced meanwhile: opened as it is
+      }
+    }
+  }
+
+  /** Rejects every queued op unrun (UPSTREAM_UNREACHABLE); true. */
+  private failQueue(why: string): boolean {
+    const failure = new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `upstream ${this.name}: ${why}; not applied`);
+    for (const p of this.queue.splice(0)) this.settle(p, failure);
+    return true;
   }
 
   /** Runs what is queued (waiting out a busy lock up to `timeout`), stops the purge, closes. */
@@ -253,7 +382,7 @@ export class SqliteUpstream implements Upstream {
     clearInterval(this.purgeTimer);
     this.closing ??= (async () => {
       if (this.queue.length > 0) await new Promise<void>((r) => (this.onIdle = r));
-      this.db.close();
+      this.db?.close();
     })();
     return this.closing;
   }
@@ -276,6 +405,7 @@ export class SqliteUpstream implements Upstream {
   /** One transaction over the head of the queue; see the diagram at the top. */
   private readonly drain = (): void => {
     this.scheduled = false;
+    if (this.checkFile()) return this.next();
     // An op that waited out `timeout` before its transaction could start (a slow disk, batches
     // ahead of it, a lock held elsewhere) fails unrun: a queue fed faster than the disk commits
     // stays bounded, and every op settles within about `timeout`.
@@ -336,7 +466,7 @@ export class SqliteUpstream implements Upstream {
       this.transactions++;
       return results;
     } catch (err) {
-      if (this.db.inTransaction) this.s.rollback.run();
+      if (this.db?.inTransaction) this.s.rollback.run();
       throw err;
     }
   }
@@ -479,7 +609,7 @@ export class SqliteUpstream implements Upstream {
    * held elsewhere) is only retried at the next interval.
    */
   private readonly purge = (): void => {
-    if (this.closed) return;
+    if (this.closed || this.db === undefined) return;
     let deleted: number;
     try {
       deleted = this.s.purge.run(Date.now(), this.options.purgeBatch).changes;
@@ -541,5 +671,5 @@ export function createSqliteUpstream(url: URL, options: Map<string, string>, ctx
   const synchronous = synchronousOption(options, where);
   const timeoutMs = intOption(options, 'timeout', ctx.defaultTimeoutMs ?? 1000, 1, 600_000, where);
   rejectUnknownOptions(options, where, OPTIONS);
-  return new SqliteUpstream(name, { path, table, purgeIntervalMs, purgeBatch, synchronous, timeoutMs, maxItemSize: ctx.maxItemSize });
+  return new SqliteUpstream(name, { path, table, purgeIntervalMs, purgeBatch, synchronous, timeoutMs, maxItemSize: ctx.maxItemSize, checkIntervalMs: ctx.probeIntervalMs });
 }

@@ -1,14 +1,22 @@
 /**
  * Review of the sqlite:// driver under faults an operator meets in production: another
- * connection holding the write lock, a disk slower than the load, restarts on the same file.
+ * connection holding the write lock, a disk slower than the load, restarts on the same file,
+ * the file unlinked, renamed over or truncated while open.
  */
 
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { test } from 'node:test';
+import { renameSync, truncateSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { ErrorCodes, McmuxError } from '../../src/errors';
-import type { SqliteUpstream } from '../../src/upstream/sqlite';
-import { fixture } from '../helpers/sqlite-fixture';
+import type { HealthyUpstream } from '../../src/router/health';
+import { type SqliteUpstream, createSqliteUpstream } from '../../src/upstream/sqlite';
+import { inProcessMcmux } from '../helpers/in-process';
+import { eventually } from '../helpers/poll';
+import { ctx, fixture, sqliteUrl } from '../helpers/sqlite-fixture';
+import { connectWire } from '../helpers/wire';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 
@@ -155,8 +163,95 @@ test(
   () => undefined,
 );
 
-test(
-  'the database file unlinked or truncated while mcmux runs',
-  { todo: 'SQLite keeps writing to the open inode: writes are acknowledged and lost at restart (where the marker check fences the empty store). Detecting it would cost a stat of the path per transaction' },
-  () => undefined,
-);
+/** The rows of the file now at the path, read through a connection of its own (what a restart would find). */
+function rowsAtPath(file: string, table = 'mcmux_items'): string[] {
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  try {
+    return (db.prepare(`SELECT key FROM ${table} ORDER BY key`).all() as Array<{ key: Buffer }>).map((r) => r.key.toString('latin1'));
+  } finally {
+    db.close();
+  }
+}
+
+// Before (all three): SQLite wrote on to the inode it had opened; every write after the unlink or
+// rename was acknowledged and gone at the next restart, and the router never fenced the store.
+test('the database file unlinked while open: the next probe opens a fresh file, fails the queue unrun, reports a reconnect', async (t) => {
+  const f = fixture(t);
+  const u = f.open();
+  let reconnects = 0;
+  u.onReconnect = () => reconnects++;
+  await set(u, 'before', 'v');
+  unlinkSync(f.file);
+  const queued = set(u, 'queued', 'v'); // queued with the probe, in the same turn
+  await assert.rejects(u.probe(), (e: unknown) => refusedUnrun(e) && /unlinked while open.*not applied/.test(String(e)));
+  assert.ok(refusedUnrun(await queued.catch((e: unknown) => e)), 'an op routed before the loss is not run on the fresh file');
+  assert.equal(reconnects, 1);
+  assert.equal(u.reopens, 1);
+  assert.deepEqual(await u.get(['before']), [undefined], 'the fresh file is empty');
+  await set(u, 'after', 'v');
+  assert.deepEqual(rowsAtPath(f.file), ['after'], 'a write after the reopen is in the file a restart opens');
+  await u.probe();
+  assert.equal(reconnects, 1, 'a probe of an unchanged file reports nothing');
+});
+
+test('the database file renamed over by another database: reopened as that one, our WAL not replayed into it', async (t) => {
+  const f = fixture(t);
+  const u = f.open();
+  let reconnects = 0;
+  u.onReconnect = () => reconnects++;
+  await set(u, 'ours', 'v');
+  const otherPath = join(f.dir, 'other.db');
+  const other = createSqliteUpstream(new URL(sqliteUrl(otherPath)), new Map(), ctx);
+  await set(other as SqliteUpstream, 'theirs', 'v');
+  await other.close();
+  renameSync(otherPath, f.file);
+  await set(u, 'lost', 'v').catch(() => undefined); // within the check interval: may still land in the old inode
+  await assert.rejects(u.probe(), (e: unknown) => refusedUnrun(e) && /replaced by another file/.test(String(e)));
+  assert.equal(reconnects, 1);
+  const hits = await u.get(['ours', 'theirs', 'lost']);
+  assert.deepEqual(hits.map((h) => h?.value.toString()), [undefined, 'v', undefined], 'it serves the database now at the path, intact');
+  await set(u, 'next', 'v');
+  // Before the -wal of the old file was removed at the reopen, its frames were replayed into the new one.
+  assert.deepEqual(rowsAtPath(f.file), ['next', 'theirs']);
+});
+
+test('the database file truncated to 0 bytes while open: reopened as a fresh database, not a torn one', async (t) => {
+  const f = fixture(t);
+  const u = f.open();
+  let reconnects = 0;
+  u.onReconnect = () => reconnects++;
+  await set(u, 'before', 'v');
+  const raw = new Database(f.file);
+  raw.pragma('wal_checkpoint(TRUNCATE)'); // the row in the main file, as after an autocheckpoint
+  raw.close();
+  truncateSync(f.file, 0);
+  await assert.rejects(u.probe(), (e: unknown) => refusedUnrun(e) && /truncated/.test(String(e)));
+  assert.equal(reconnects, 1);
+  assert.deepEqual(await u.get(['before']), [undefined]);
+  await set(u, 'after', 'v');
+  assert.deepEqual(rowsAtPath(f.file), ['after']);
+});
+
+test('through mcmux (memory:// first, sqlite second): the unlinked store is fenced as come back empty, and later writes reach the new file', async (t) => {
+  const f = fixture(t);
+  const app = await inProcessMcmux({ 'probe-interval': '50' }, ['memory://first', f.url]);
+  const w = await connectWire(app.address.port);
+  t.after(() => w.close());
+  const sq = app.upstreams[1] as HealthyUpstream;
+  const driver = sq.inner as SqliteUpstream;
+  assert.equal(await w.ask('set before 0 0 1\r\nv\r\n'), 'STORED\r\n');
+  // The cold detector has written its marker to the file (it does before any client command).
+  assert.ok(rowsAtPath(f.file).some((k) => k !== 'before'), 'the marker is in the file');
+  assert.ok(!sq.fenced);
+  unlinkSync(f.file);
+  // The next drain at least probe-interval later (a request, or the detector's periodic read) finds it.
+  await eventually('the sqlite upstream reopened and fenced as come back empty', async () => {
+    await w.ask('get before\r\n', 'END\r\n');
+    return driver.reopens === 1 && sq.fenced && sq.emptyUntil > 0;
+  });
+  await eventually('a write reaches the new file', async () => {
+    await w.ask('set after 0 0 1\r\nv\r\n');
+    return rowsAtPath(f.file).includes('after');
+  });
+  assert.ok(!rowsAtPath(f.file).includes('before'), 'what the lost file held is not in the new one');
+});
