@@ -330,9 +330,10 @@ export class SqliteUpstream implements Upstream {
     try {
       this.open();
     } catch (err) {
+      // Told once it opens: until then every op fails, and a fence at each failed try would be
+      // the repeated reconnects of a hung memcached (each one voiding every cas token).
       this.unopened = `${why}; cannot open it again: ${(err as Error).message}`;
       this.failQueue(this.unopened);
-      this.onReconnect?.();
       return true;
     }
     this.reopens++;
