@@ -317,6 +317,18 @@ class Connection {
 
 function ignore(): void {}
 
+/**
+ * The deadline (Unix ms) of an item memcached says has `ttl` whole seconds left: its exptime minus
+ * its clock, a second that ticks at its own phase and may be one behind the wall clock's. The item
+ * ends at the start of a wall second between now's + ttl - 1 and now's + ttl: the copies mcmux
+ * makes of it (read repair, an incr's or append's result) take the earlier, so that none outlives
+ * it (`now + ttl * 1000` made them up to 2 s later than the deadline the client set: the expiry
+ * review, test/server/review-expiry.test.ts).
+ */
+export function deadlineFromTtl(ttl: number, now: number): number {
+  return (Math.floor(now / 1000) + ttl - 1) * 1000;
+}
+
 /** FNV-1a over the key's code units: which connection a key's requests go on. */
 function keyHash(key: string): number {
   let h = 0x811c9dc5;
@@ -336,7 +348,7 @@ function decode(rec: Pending, r: MetaReply): unknown {
       if (r.kind === 'EN') return undefined;
       if (r.kind === 'VA') {
         // t is the remaining lifetime in whole seconds, -1 for none; a gat reports what it set.
-        const deadline = rec.touch ?? (r.ttl === undefined || r.ttl === -1 ? 0 : Date.now() + r.ttl * 1000);
+        const deadline = rec.touch ?? (r.ttl === undefined || r.ttl === -1 ? 0 : deadlineFromTtl(r.ttl, Date.now()));
         const hit: Hit = { value: r.value, flags: r.flags ?? 0, cas: r.cas ?? 0n, deadline };
         return hit;
       }

@@ -7,9 +7,12 @@
  *   bytes 4..11   cas unique, u64 big-endian
  *   bytes 12..    the value
  *
- * The item's deadline is the key's own expiry: SET ... PXAT deadline, PEXPIREAT, PERSIST for 0,
- * DEL for a deadline at or before now (never `EX 0`, which Redis refuses). A get reads it back
- * with PEXPIRETIME in the same script (-1, no expiry, is deadline 0). Cas uniques come from one
+ * The item's deadline is the key's own expiry, sent as the time left (SET ... PX, PEXPIRE) and
+ * read back as such (PTTL in the same script; -1, no expiry, is deadline 0): Redis counts it on
+ * its own clock, so a relative exptime keeps its length whatever the difference between this
+ * host's clock and the server's, or another mcmux's (an absolute PXAT of ours was read on
+ * Redis's clock: 2 min ahead here, a 1 s session lived 2 min). PERSIST for 0, DEL for a deadline
+ * at or before now (never `EX 0`, which Redis refuses). Cas uniques come from one
  * counter per prefix, `mcmux cas:<prefix>` (per slot in a cluster, `{tag}mcmux cas:<prefix>`, so
  * that an item and its counter share a slot): a client key holds no space, so no client can
  * name it. A counter that is missing (new, or flushed) restarts at the server clock in µs, above
@@ -84,11 +87,11 @@ end
 local function expire(k, d)
   if d == '0' then redis.call('PERSIST', k)
   elseif d == '-1' then redis.call('UNLINK', k)
-  else redis.call('PEXPIREAT', k, d) end
+  else redis.call('PEXPIRE', k, d) end
 end
 `;
 
-/** KEYS: items. ARGV[1]: '' (get) or a deadline argument (gat). Reply: blob|false, expiry ms. */
+/** KEYS: items. ARGV[1]: '' (get) or a deadline argument (gat). Reply: blob|false, ms left (-1 none). */
 const LUA_GET = `${LUA_LIB}
 local touch = ARGV[1]
 local out = {}
@@ -99,7 +102,7 @@ for i = 1, #KEYS do
   if type(v) ~= 'string' or #v < 12 then
     v = false
   elseif touch == '' then
-    d = redis.call('PEXPIRETIME', k)
+    d = redis.call('PTTL', k)
   else
     expire(k, touch)
   end
@@ -144,7 +147,7 @@ elseif ARGV[4] == '-1' then
 elseif ARGV[4] == '0' then
   redis.call('SET', k, ARGV[3] .. c8 .. ARGV[2])
 else
-  redis.call('SET', k, ARGV[3] .. c8 .. ARGV[2], 'PXAT', ARGV[4])
+  redis.call('SET', k, ARGV[3] .. c8 .. ARGV[2], 'PX', ARGV[4])
 end
 return cas
 `;
@@ -246,10 +249,10 @@ const MODE_LETTER = { set: 's', add: 'a', replace: 'r', cas: 'c', append: 'A', p
 const NO_CAS = Buffer.alloc(8); // never a real unique (they start at 1): a cas without one fails safe
 const STORE_STATUS = { [-1]: 'NOT_STORED', [-2]: 'EXISTS', [-3]: 'NOT_FOUND' } as const;
 
-/** The deadline as the scripts take it: '0' never, '-1' already expired, else absolute ms. */
+/** The deadline as the scripts take it: '0' never, '-1' already expired, else the ms left. */
 function deadlineArg(deadline: number, now: number): string {
   if (deadline === 0) return '0';
-  return deadline <= now ? '-1' : String(Math.ceil(deadline));
+  return deadline <= now ? '-1' : String(Math.ceil(deadline - now));
 }
 
 export interface RedisSettings {
@@ -504,7 +507,7 @@ export class RedisUpstream implements Upstream {
     const touchArg = touch === undefined ? '' : deadlineArg(touch, Date.now());
     const items = keys.map((k) => this.itemKey(k));
     if (!(this.client instanceof Cluster)) {
-      decodeHits(await this.scripts.mcmuxGetBuffer(items.length, ...items, touchArg), touch, out, undefined);
+      decodeHits(await this.scripts.mcmuxGetBuffer(items.length, ...items, touchArg), touch, out, undefined, Date.now());
       return out;
     }
     // A script's keys must share a slot: one call per slot, all sent at once.
@@ -518,7 +521,7 @@ export class RedisUpstream implements Upstream {
     await Promise.all(
       [...bySlot.values()].map(async (idx) => {
         const reply = await this.scripts.mcmuxGetBuffer(idx.length, ...idx.map((i) => items[i] as Buffer), touchArg);
-        decodeHits(reply, touch, out, idx);
+        decodeHits(reply, touch, out, idx, Date.now());
       }),
     );
     return out;
@@ -660,14 +663,14 @@ export class RedisUpstream implements Upstream {
 function ignore(): void {}
 
 /** Fills `out` (at `idx[i]`, or at i) from a get script's reply pairs. */
-function decodeHits(reply: Reply[], touch: number | undefined, out: Array<Hit | undefined>, idx: number[] | undefined): void {
+function decodeHits(reply: Reply[], touch: number | undefined, out: Array<Hit | undefined>, idx: number[] | undefined, now: number): void {
   const n = idx ? idx.length : out.length;
   for (let i = 0; i < n; i++) {
     const blob = reply[2 * i];
     const expiry = reply[2 * i + 1];
     // A string shorter than the header was not written by mcmux: it is no item.
     if (!Buffer.isBuffer(blob) || blob.length < HEADER) continue;
-    const deadline = touch ?? (typeof expiry === 'number' && expiry > 0 ? expiry : 0);
+    const deadline = touch ?? (typeof expiry === 'number' && expiry >= 0 ? now + expiry : 0);
     out[idx ? (idx[i] as number) : i] = { value: blob.subarray(HEADER), flags: blob.readUInt32BE(0), cas: blob.readBigUInt64BE(4), deadline };
   }
 }
