@@ -62,6 +62,11 @@ export interface TouchCommand {
   readonly key: string;
   readonly deadline: number;
   readonly noreply: boolean;
+  /**
+   * The client is told the item's flags and cas (a binary TOUCH answers them, as memcached does;
+   * a text `TOUCHED` does not). Default: not.
+   */
+  readonly withItem?: boolean | undefined;
 }
 
 export interface ArithCommand {
@@ -131,7 +136,8 @@ export type Status =
 export type Reply =
   /** Aligned with the request's keys; undefined is a miss. */
   | { readonly kind: 'values'; readonly hits: ReadonlyArray<Hit | undefined> }
-  | { readonly kind: 'status'; readonly status: Status; readonly cas?: bigint }
+  /** `flags`: a binary TOUCH's hit (TouchCommand withItem), with the item's cas. */
+  | { readonly kind: 'status'; readonly status: Status; readonly cas?: bigint; readonly flags?: number }
   | { readonly kind: 'number'; readonly value: bigint; readonly cas?: bigint }
   | { readonly kind: 'version'; readonly version: string }
   | { readonly kind: 'stats'; readonly lines: ReadonlyArray<readonly [string, string | number | bigint]> }

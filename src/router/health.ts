@@ -15,7 +15,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { now as clockNow, monotonicMs } from '../clock';
 import type { ArithOp, Hit } from '../command/command';
 import { ErrorCodes, McmuxError, isTimeout } from '../errors';
-import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats, newUpstreamStats } from '../upstream/upstream';
+import { type ArithResult, type StoreRequest, type StoreResult, type TouchResult, type Upstream, type UpstreamStats, newUpstreamStats } from '../upstream/upstream';
 
 export type HealthState = 'healthy' | 'suspect' | 'down' | 'probing';
 
@@ -110,6 +110,10 @@ function sealHits(hits: Array<Hit | undefined>, seal: CasSeal): Array<Hit | unde
 
 function sealStored(r: StoreResult, seal: CasSeal): StoreResult {
   return r.cas === undefined ? r : { status: r.status, cas: seal.seal(r.cas) };
+}
+
+function sealTouched(r: TouchResult, seal: CasSeal): TouchResult {
+  return typeof r === 'string' ? r : { flags: r.flags, cas: seal.seal(r.cas) };
 }
 
 function sealArith(r: ArithResult, seal: CasSeal): ArithResult {
@@ -482,8 +486,9 @@ export class HealthyUpstream implements Upstream {
   delete(key: string) {
     return this.guard(() => this.inner.delete(key));
   }
-  touch(key: string, deadline: number) {
-    return this.guard(() => this.inner.touch(key, deadline));
+  touch(key: string, deadline: number, withItem?: boolean) {
+    // The unique a touch answers is handed out as a gets's is: sealed the same way.
+    return this.guard(() => this.inner.touch(key, deadline, withItem), withItem ? sealTouched : undefined);
   }
   arith(op: ArithOp, key: string, delta: bigint) {
     return this.guard(() => this.inner.arith(op, key, delta), sealArith);

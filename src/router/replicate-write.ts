@@ -7,13 +7,19 @@
 
 import { type Reply, type Status, isExpired } from '../command/command';
 import { mayLandLate } from '../errors';
-import type { StoreRequest, StoreResult, Upstream } from '../upstream/upstream';
+import type { StoreRequest, StoreResult, TouchedItem, Upstream } from '../upstream/upstream';
 import { authorityOrder } from './authority-order';
 import { type RouterContext, serverError } from './context';
 import { type Outcome, count, failures, fanOut, firstError } from './fan-out';
-import { noteWritten } from './health';
+import { isFenced, noteWritten } from './health';
 
 const STORED: Reply = { kind: 'status', status: 'STORED' };
+
+/** What an upstream answers a delete or touch: a status, or the item a touch found (withItem). */
+export type Keyed = Status | TouchedItem;
+
+/** Whether `v` is `hit`, or the item a touch found (a hit with its flags and unique). */
+const isHit = (v: Keyed, hit: Status): boolean => v === hit || typeof v === 'object';
 
 /**
  * Stores `req` (a plain set) on `targets`. `copiesSoFar` counts copies already made (the
@@ -100,7 +106,7 @@ export function replicateKeyed(
   ctx: RouterContext,
   what: 'delete' | 'touch',
   key: string,
-  op: (u: Upstream) => Promise<Status>,
+  op: (u: Upstream) => Promise<Keyed>,
   hit: 'DELETED' | 'TOUCHED',
   deadline?: number,
 ): Promise<Reply> {
@@ -120,11 +126,11 @@ export function replicateKeyed(
       const current = (i: number): boolean => (freshest ? ctx.upstreams[i] === freshest : !dirty[i]);
       // A touch's answer is only as good as the copy that gave it; a delete removed whatever it found.
       const trusted = (i: number): boolean => what === 'delete' || current(i);
-      const hits = outcomes.filter((o, i) => o?.ok && o.value === hit && trusted(i)).length;
+      const hits = outcomes.filter((o, i) => o?.ok && isHit(o.value, hit) && trusted(i)).length;
       const answered = count(outcomes, () => true);
       if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies') && counted(ctx, what, key, outcomes, trusted)) {
         if (!settled) markPending(ctx, ctx.upstreams, outcomes, key, seq);
-        return { kind: 'status', status: hit };
+        return touchedItem(ctx, key, outcomes, trusted) ?? { kind: 'status', status: hit };
       }
       if (!settled) return undefined;
       if (answered < min) {
@@ -155,6 +161,31 @@ export function replicateKeyed(
 }
 
 /**
+ * A touch that asked for the item (a binary TOUCH): TOUCHED with the flags and unique of the copy
+ * a gets right after would read, the one the authority for the key checks a cas against
+ * (authorityOrder, as a set's answer takes its unique from), else of the first current copy that
+ * touched it, warm before fenced, as a gets reads them. A touch leaves the unique as it was, so
+ * this is the unique that gets answers. undefined (TOUCHED alone) when no upstream answered an
+ * item, or that copy touched it without telling it (it answered TOUCHED only): another copy's
+ * unique would not be the one the gets hands out.
+ */
+function touchedItem(ctx: RouterContext, key: string, outcomes: ReadonlyArray<Outcome<Keyed> | undefined>, trusted: (i: number) => boolean): Reply | undefined {
+  if (!outcomes.some((o) => o?.ok && typeof o.value === 'object')) return undefined;
+  const pick = (order: readonly number[]): Reply | undefined | false => {
+    for (const i of order) {
+      const o = outcomes[i];
+      if (!o?.ok || o.value === 'NOT_FOUND' || !trusted(i)) continue;
+      return typeof o.value === 'object' ? { kind: 'status', status: 'TOUCHED', flags: o.value.flags, cas: o.value.cas } : undefined;
+    }
+    return false;
+  };
+  const byAuthority = pick(authorityOrder(ctx, key));
+  if (byAuthority !== false) return byAuthority;
+  const warmFirst = ctx.upstreams.map((_, i) => i).sort((a, b) => Number(isFenced(ctx.upstreams[a] as Upstream)) - Number(isFenced(ctx.upstreams[b] as Upstream)));
+  return pick(warmFirst) || undefined;
+}
+
+/**
  * A delete or touch of `key` that no client waits on for its answer (the copies of a
  * conditional command whose item is gone, a gat's touches of the others), tracked like any
  * write: in flight for the journal until every target answered, misses journaled. Returns the
@@ -165,7 +196,7 @@ export function sendKeyed(
   what: 'delete' | 'touch',
   key: string,
   targets: readonly Upstream[],
-  op: (u: Upstream) => Promise<Status>,
+  op: (u: Upstream) => Promise<Keyed>,
   deadline?: number,
 ): { seq: number; settled: Promise<unknown> } {
   const seq = ctx.journal.writeStarted(key);
@@ -188,7 +219,7 @@ interface TouchCopies {
 }
 
 /** What each upstream's answer to a delete or touch (write `seq`) means for the journal. */
-function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string, seq: number, touch?: TouchCopies): (u: Upstream, o: Outcome<Status>) => void {
+function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string, seq: number, touch?: TouchCopies): (u: Upstream, o: Outcome<Keyed>) => void {
   return (u, o) => {
     ctx.journal.settled(u, key, seq);
     if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
@@ -200,7 +231,7 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
       // after the item's old deadline, which the other copy's touch had moved): it lacks what
       // the others hold until the new deadline. Journaled: not read, and never the authority
       // (an add there would grant a lock that is held), until the repair copies the item.
-      if (o.value === 'TOUCHED' && !touch.present && touch.current(u)) {
+      if (o.value !== 'NOT_FOUND' && !touch.present && touch.current(u)) {
         touch.present = true;
         if (!isExpired(touch.deadline, Date.now())) for (const m of touch.missed.splice(0)) ctx.journal.mark(m, key, 'write', seq);
       } else if (o.value === 'NOT_FOUND' && !isExpired(touch.deadline, Date.now())) {
@@ -211,7 +242,7 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
     // Answered on connections a reload retired, a later write of the key gone to the store on
     // new ones: the touch may have landed after that write, giving it this deadline. As a late
     // request (the repair copies the key's current state once it has settled).
-    if (what === 'touch' && o.ok && o.value === 'TOUCHED' && ctx.journal.landedRetired(u, key)) ctx.journal.mark(u, key, 'write', seq, true);
+    if (what === 'touch' && o.ok && o.value !== 'NOT_FOUND' && ctx.journal.landedRetired(u, key)) ctx.journal.mark(u, key, 'write', seq, true);
     reportLate(ctx, what, u, o, () => true);
   };
 }
@@ -255,10 +286,10 @@ const anyAnswer = (): boolean => true;
  * undo the touch, as for any write (a review found it acknowledged so, and the late set served
  * after the touch's deadline). A touch without a hit is NOT_FOUND as it is.
  */
-function counted(ctx: RouterContext, what: 'delete' | 'touch', key: string, outcomes: ReadonlyArray<Outcome<Status> | undefined>, trusted: (i: number) => boolean): boolean {
+function counted(ctx: RouterContext, what: 'delete' | 'touch', key: string, outcomes: ReadonlyArray<Outcome<Keyed> | undefined>, trusted: (i: number) => boolean): boolean {
   if (!ctx.journal.untrusting) return true;
   if (what === 'delete') return lasting(ctx, key, ctx.upstreams, outcomes, anyAnswer, undefined, false);
-  const hit = (o: Outcome<Status> | undefined, i: number): boolean => o?.ok === true && o.value === 'TOUCHED' && trusted(i);
+  const hit = (o: Outcome<Keyed> | undefined, i: number): boolean => o?.ok === true && o.value !== 'NOT_FOUND' && trusted(i);
   return !outcomes.some(hit) || outcomes.some((o, i) => hit(o, i) && lastsOn(ctx, ctx.upstreams[i] as Upstream, key, true));
 }
 

@@ -281,7 +281,7 @@ export class Router {
       case 'touch':
         this.count('touch');
         ctx.journal.noteDeadline(cmd.deadline);
-        return replicateKeyed(ctx, 'touch', cmd.key, (u) => u.touch(cmd.key, cmd.deadline), 'TOUCHED', cmd.deadline);
+        return replicateKeyed(ctx, 'touch', cmd.key, (u) => u.touch(cmd.key, cmd.deadline, cmd.withItem), 'TOUCHED', cmd.deadline);
       case 'arith':
         this.count(cmd.op);
         if (cmd.initial !== undefined) ctx.journal.noteDeadline(cmd.deadline);

@@ -42,7 +42,7 @@ import { ConfigError, ErrorCodes, McmuxError, mayLandLate } from '../errors';
 import { DEFAULT_HEALTH, type HealthState, type HealthOptions, HealthyUpstream, type StateListener } from '../router/health';
 import { DISTRIBUTIONS, type Distribution, type RingServer, placer } from './ketama';
 import { type HostPort, type UpstreamContext, rejectUnknownOptions } from './registry';
-import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats, maskUrl, newUpstreamStats } from './upstream';
+import { type ArithResult, type StoreRequest, type StoreResult, type TouchResult, type Upstream, type UpstreamStats, maskUrl, newUpstreamStats } from './upstream';
 
 const DEFAULT_PORT = 11211;
 const MAX_SERVERS = 1024;
@@ -183,9 +183,9 @@ export class MemcachedPool implements Upstream {
     return this.one(n, n.delete(key));
   }
 
-  async touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+  async touch(key: string, deadline: number, withItem?: boolean): Promise<TouchResult> {
     const n = this.node(key);
-    return this.one(n, n.touch(key, deadline));
+    return this.one(n, n.touch(key, deadline, withItem));
   }
 
   async arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {

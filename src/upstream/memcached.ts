@@ -21,7 +21,7 @@ import { encodeMd, encodeMg, encodeMs, encodeVersion } from '../protocol/text/me
 import { OutBuffer, writeChunks } from '../protocol/out-buffer';
 import { createMemcachedPool } from './memcached-pool';
 import { type HostPort, type UpstreamContext, intOption, rejectUnknownOptions } from './registry';
-import { type ArithResult, type StoreRequest, type StoreResult, type Upstream, type UpstreamStats } from './upstream';
+import { type ArithResult, type StoreRequest, type StoreResult, type TouchResult, type Upstream, type UpstreamStats } from './upstream';
 import { maskUrl, newUpstreamStats } from './upstream';
 
 const DEFAULT_PORT = 11211;
@@ -362,7 +362,9 @@ function decode(rec: Pending, r: MetaReply): unknown {
     case Op.DELETE:
       return r.kind === 'HD' ? 'DELETED' : r.kind === 'NF' ? 'NOT_FOUND' : unexpected(r);
     case Op.TOUCH:
-      return r.kind === 'HD' ? 'TOUCHED' : r.kind === 'EN' ? 'NOT_FOUND' : unexpected(r);
+      // With f c asked (withItem): the item's flags and unique, which the touch leaves as they were.
+      if (r.kind === 'HD') return r.cas === undefined ? 'TOUCHED' : { flags: r.flags ?? 0, cas: r.cas };
+      return r.kind === 'EN' ? 'NOT_FOUND' : unexpected(r);
     case Op.ARITH:
       if (r.kind === 'NF') return { status: 'NOT_FOUND' };
       if (r.kind === 'CLIENT_ERROR' && r.message.includes('non-numeric')) return { status: 'NON_NUMERIC' };
@@ -451,9 +453,13 @@ export class MemcachedUpstream implements Upstream {
     return this.send(Op.DELETE, key, (out, o) => encodeMd(out, key, `O${o}`));
   }
 
-  /** memcached 1.6.18 has no `mt`: a `mg` with T and no v touches without fetching (HD / EN). */
-  touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
-    return this.send(Op.TOUCH, key, (out, o) => encodeMg(out, key, `T${exptimeFromDeadline(deadline, Date.now())} O${o}`));
+  /**
+   * memcached 1.6.18 has no `mt`: a `mg` with T and no v touches without fetching (HD / EN).
+   * withItem adds f c: the same request answers the item's flags and unique (HD f.. c..).
+   */
+  touch(key: string, deadline: number, withItem = false): Promise<TouchResult> {
+    const fc = withItem ? ' f c' : '';
+    return this.send(Op.TOUCH, key, (out, o) => encodeMg(out, key, `T${exptimeFromDeadline(deadline, Date.now())}${fc} O${o}`));
   }
 
   arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {

@@ -14,6 +14,7 @@ import {
   type ArithResult,
   type StoreRequest,
   type StoreResult,
+  type TouchResult,
   type Upstream,
   type UpstreamStats,
   maskUrl,
@@ -109,13 +110,13 @@ export class MemoryUpstream implements Upstream {
     return 'DELETED';
   }
 
-  async touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+  async touch(key: string, deadline: number, withItem = false): Promise<TouchResult> {
     this.stats.requests++;
     const e = this.live(key);
     if (!e) return 'NOT_FOUND';
     e.deadline = deadline;
     if (isExpired(deadline, this.now())) this.remove(key, e);
-    return 'TOUCHED';
+    return withItem ? { flags: e.flags, cas: e.cas } : 'TOUCHED';
   }
 
   async arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {

@@ -73,6 +73,7 @@ import {
   type ArithResult,
   type StoreRequest,
   type StoreResult,
+  type TouchResult,
   type Upstream,
   type UpstreamStats,
   maskUrl,
@@ -213,6 +214,9 @@ function statements(table: string, purgeBatch: number) {
     removeLiveCas: `DELETE FROM ${t} WHERE \`key\` = ? AND ${live} AND \`cas\` = CAST(? AS UNSIGNED)`,
     touch: `UPDATE ${t} SET \`exp\` = ? WHERE \`key\` = ? AND ${live}`,
     hasDeadline: `SELECT 1 AS one FROM ${t} WHERE \`key\` = ? AND ${live} AND \`exp\` = ?`,
+    /** A touch that answers the item's flags and unique (touch, withItem): the row read, then touched if still that item. */
+    touchHead: `SELECT \`flags\`, \`cas\`, \`exp\` FROM ${t} WHERE \`key\` = ? AND ${live}`,
+    touchCas: `UPDATE ${t} SET \`exp\` = ? WHERE \`key\` = ? AND ${live} AND \`cas\` = CAST(? AS UNSIGNED)`,
     lockValue: `SELECT \`value\` FROM ${t} WHERE \`key\` = ? AND ${live} FOR UPDATE`,
     setCounter: `UPDATE ${t} SET \`value\` = ?, \`cas\` = ${newCas} WHERE \`key\` = ?`,
     flush: `DELETE FROM ${t}`,
@@ -515,10 +519,27 @@ export class MysqlUpstream implements Upstream {
     );
   }
 
-  touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+  touch(key: string, deadline: number, withItem = false): Promise<TouchResult> {
     const k = kb(key);
-    return this.inOrder(key, (timeoutMs, epoch) => this.run(async (c) => {
+    return this.inOrder(key, (timeoutMs, epoch) => this.run(async (c): Promise<TouchResult> => {
       const now = Date.now();
+      // withItem (a binary TOUCH): one more round trip, no transaction. The row is read, then
+      // touched only if it still holds that unique, so the flags and unique answered are the
+      // item's that was touched; another writer in between makes it read again (then, after a
+      // few tries, touch as a plain touch does, answered without them).
+      for (let tries = 0; withItem && tries < 3; tries++) {
+        const [row] = await this.query(c, this.sql.touchHead, [k, now]);
+        if (row === undefined) return 'NOT_FOUND';
+        const item = { flags: Number(row.flags), cas: this.noteUnique(BigInt(row.cas as string | number | bigint)) };
+        const cas = String(item.cas);
+        if (isExpired(deadline, now)) {
+          if ((await this.exec(c, this.sql.removeLiveCas, [k, now, cas])).affectedRows === 1) return item;
+        } else if (Number(row.exp) === deadline) {
+          return item; // it has that deadline already: nothing to write
+        } else if ((await this.exec(c, this.sql.touchCas, [deadline, k, now, cas])).affectedRows === 1) {
+          return item;
+        }
+      }
       if (isExpired(deadline, now)) return (await this.exec(c, this.sql.removeLive, [k, now])).affectedRows === 1 ? 'TOUCHED' : 'NOT_FOUND';
       if ((await this.exec(c, this.sql.touch, [deadline, k, now])).affectedRows === 1) return 'TOUCHED';
       // 0 affected rows is also a live row that already had this deadline (nothing changed).

@@ -55,6 +55,7 @@ import {
   type ArithResult,
   type StoreRequest,
   type StoreResult,
+  type TouchResult,
   type Upstream,
   type UpstreamStats,
   maskUrl,
@@ -152,12 +153,16 @@ end
 return cas
 `;
 
-/** KEYS: item. ARGV: deadline argument. Reply: 1 touched, 0 missing. The cas is kept. */
+/**
+ * KEYS: item. ARGV: deadline argument. Reply: the item's header (flags and cas, 12 bytes) as it
+ * was touched, or 0 missing. The cas is kept. Read before the deadline is applied: a deadline in
+ * the past unlinks the item.
+ */
 const LUA_TOUCH = `${LUA_LIB}
-local n = redis.pcall('STRLEN', KEYS[1])
-if type(n) ~= 'number' or n < 12 then return 0 end
+local head = redis.pcall('GETRANGE', KEYS[1], 0, 11)
+if type(head) ~= 'string' or #head < 12 then return 0 end
 expire(KEYS[1], ARGV[1])
-return 1
+return head
 `;
 
 /**
@@ -237,7 +242,7 @@ interface EvalshaBuffer {
 interface Scripts {
   mcmuxGetBuffer(numKeys: number, ...args: Array<Buffer | string>): Promise<Reply[]>;
   mcmuxStore(item: Buffer, counter: Buffer, mode: string, value: Buffer, flags: Buffer, deadline: string, cas: Buffer, maxItemSize: string): Promise<number>;
-  mcmuxTouch(item: Buffer, deadline: string): Promise<number>;
+  mcmuxTouchBuffer(item: Buffer, deadline: string): Promise<Buffer | number>;
   mcmuxArithBuffer(item: Buffer, counter: Buffer, op: string, delta: string): Promise<Buffer | number>;
 }
 
@@ -304,7 +309,7 @@ export class RedisUpstream implements Upstream {
     this.scripts = {
       mcmuxGetBuffer: (numKeys, ...args) => call(SHA.get, true, numKeys, args),
       mcmuxStore: (...args) => call(SHA.store, false, 2, args),
-      mcmuxTouch: (...args) => call(SHA.touch, false, 1, args),
+      mcmuxTouchBuffer: (...args) => call(SHA.touch, true, 1, args),
       mcmuxArithBuffer: (...args) => call(SHA.arith, true, 2, args),
     };
     // First, before anything a waiting request sends on the new connection.
@@ -440,10 +445,12 @@ export class RedisUpstream implements Upstream {
     return this.run(async () => ((await this.client.unlink(this.itemKey(key))) > 0 ? 'DELETED' : 'NOT_FOUND'));
   }
 
-  touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
+  touch(key: string, deadline: number, withItem = false): Promise<TouchResult> {
     return this.run(async () => {
-      const r = await this.scripts.mcmuxTouch(this.itemKey(key), deadlineArg(deadline, Date.now()));
-      return r === 1 ? 'TOUCHED' : 'NOT_FOUND';
+      const r = await this.scripts.mcmuxTouchBuffer(this.itemKey(key), deadlineArg(deadline, Date.now()));
+      if (r === 0) return 'NOT_FOUND';
+      if (!Buffer.isBuffer(r) || r.length !== HEADER) throw this.error(ErrorCodes.UPSTREAM_PROTOCOL, 'touch script answered neither an item header nor 0');
+      return withItem ? { flags: r.readUInt32BE(0), cas: r.readBigUInt64BE(4) } : 'TOUCHED';
     });
   }
 

@@ -73,6 +73,7 @@ import {
   type ArithResult,
   type StoreRequest,
   type StoreResult,
+  type TouchResult,
   type Upstream,
   type UpstreamStats,
   maskUrl,
@@ -90,7 +91,7 @@ type Request =
   | { readonly op: 'get'; readonly keys: readonly string[]; readonly touch: number | undefined }
   | { readonly op: 'store'; readonly req: StoreRequest }
   | { readonly op: 'delete'; readonly key: string }
-  | { readonly op: 'touch'; readonly key: string; readonly deadline: number }
+  | { readonly op: 'touch'; readonly key: string; readonly deadline: number; readonly withItem: boolean }
   | { readonly op: 'arith'; readonly arith: ArithOp; readonly key: string; readonly delta: bigint }
   | { readonly op: 'flush' }
   | { readonly op: 'probe' };
@@ -252,8 +253,8 @@ export class SqliteUpstream implements Upstream {
     return this.enqueue({ op: 'delete', key });
   }
 
-  touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'> {
-    return this.enqueue({ op: 'touch', key, deadline });
+  touch(key: string, deadline: number, withItem = false): Promise<TouchResult> {
+    return this.enqueue({ op: 'touch', key, deadline, withItem });
   }
 
   arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
@@ -482,10 +483,13 @@ export class SqliteUpstream implements Upstream {
         return this.remove(keyBlob(r.key), now) ? 'DELETED' : 'NOT_FOUND';
       case 'touch': {
         const k = keyBlob(r.key);
-        if (isExpired(r.deadline, now)) return this.remove(k, now) ? 'TOUCHED' : 'NOT_FOUND';
-        if (!live(this.s.select.get(k) as Row | undefined, now)) return 'NOT_FOUND';
-        this.s.setExp.run(r.deadline, k);
-        return 'TOUCHED';
+        if (isExpired(r.deadline, now) && !r.withItem) return this.remove(k, now) ? 'TOUCHED' : 'NOT_FOUND';
+        // The row read here is the one touched: the queue runs nothing else in between.
+        const row = live(this.s.select.get(k) as Row | undefined, now);
+        if (!row) return 'NOT_FOUND';
+        if (isExpired(r.deadline, now)) this.remove(k, now);
+        else this.s.setExp.run(r.deadline, k);
+        return r.withItem ? { flags: Number(row.flags), cas: BigInt(row.cas) } : 'TOUCHED';
       }
       case 'arith': {
         const k = keyBlob(r.key);

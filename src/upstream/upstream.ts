@@ -24,6 +24,22 @@
 import type { ArithOp, Hit, StoreMode } from '../command/command';
 
 export type StoreResult = { status: 'STORED' | 'NOT_STORED' | 'EXISTS' | 'NOT_FOUND'; cas?: bigint };
+/**
+ * What a touch found: NOT_FOUND, or the item touched. With `withItem` a driver answers the
+ * item's flags and cas unique as they were when it touched it (a touch changes neither, as in
+ * memcached), when it could read them in the same operation; a plain 'TOUCHED' otherwise.
+ */
+export type TouchResult = 'TOUCHED' | 'NOT_FOUND' | TouchedItem;
+export interface TouchedItem {
+  readonly flags: number;
+  readonly cas: bigint;
+}
+
+/** Whether a touch found the item (TOUCHED, with or without its flags and cas). */
+export function touched(r: TouchResult): boolean {
+  return r !== 'NOT_FOUND';
+}
+
 export type ArithResult = { status: 'OK'; value: bigint; cas?: bigint } | { status: 'NOT_FOUND' | 'NON_NUMERIC' };
 
 export interface StoreRequest {
@@ -78,7 +94,12 @@ export interface Upstream {
   get(keys: readonly string[], touch?: number, valueOnly?: boolean): Promise<Array<Hit | undefined>>;
   store(req: StoreRequest): Promise<StoreResult>;
   delete(key: string): Promise<'DELETED' | 'NOT_FOUND'>;
-  touch(key: string, deadline: number): Promise<'TOUCHED' | 'NOT_FOUND'>;
+  /**
+   * `withItem`: the caller answers the item's flags and unique (a binary TOUCH), so a driver
+   * that can read them in the same operation returns a TouchedItem; without it, a plain
+   * 'TOUCHED' (a text touch, a gat's copies: nobody reads them).
+   */
+  touch(key: string, deadline: number, withItem?: boolean): Promise<TouchResult>;
   /** memcached semantics: unsigned 64-bit, incr wraps, decr floors at 0; expiry kept. */
   arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult>;
   flush(): Promise<void>;

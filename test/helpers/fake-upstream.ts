@@ -110,8 +110,8 @@ export class FakeUpstream implements Upstream {
   delete(key: string) {
     return this.run(`delete ${key}`, () => this.inner.delete(key));
   }
-  touch(key: string, deadline: number) {
-    return this.run(`touch ${key}`, () => this.inner.touch(key, deadline));
+  touch(key: string, deadline: number, withItem?: boolean) {
+    return this.run(`touch ${key}`, () => this.inner.touch(key, deadline, withItem));
   }
   arith(op: ArithOp, key: string, delta: bigint) {
     return this.run(`${op} ${key}`, () => this.inner.arith(op, key, delta));

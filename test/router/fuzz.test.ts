@@ -429,8 +429,8 @@ class SchedUpstream extends FakeUpstream {
   override delete(key: string) {
     return this.send('delete', `delete ${key}`, key, () => this.inner.delete(key));
   }
-  override touch(key: string, deadline: number) {
-    return this.send('touch', `touch ${key}`, key, () => this.inner.touch(key, deadline));
+  override touch(key: string, deadline: number, withItem?: boolean) {
+    return this.send('touch', `touch ${key}`, key, () => this.inner.touch(key, deadline, withItem));
   }
   override arith(op: ArithOp, key: string, delta: bigint) {
     return this.send('arith', `${op} ${key} ${delta}`, key, async () => {
@@ -491,8 +491,8 @@ class Conn implements Upstream {
   delete(key: string) {
     return this.as(() => this.up.delete(key));
   }
-  touch(key: string, deadline: number) {
-    return this.as(() => this.up.touch(key, deadline));
+  touch(key: string, deadline: number, withItem?: boolean) {
+    return this.as(() => this.up.touch(key, deadline, withItem));
   }
   arith(op: ArithOp, key: string, delta: bigint) {
     return this.as(() => this.up.arith(op, key, delta));

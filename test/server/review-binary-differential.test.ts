@@ -25,9 +25,8 @@
  *  - the error body of a malformed frame (the README fixes its status and the close; mcmux
  *    names what is wrong, memcached says "Invalid arguments"; free text in the binary spec);
  *  - a counter that incr/decr made shorter: memcached pads it with spaces in place, mcmux's
- *    stores keep the bare number (the memcached quirk the text differential normalises too);
- *  - a TOUCH hit's flags and cas, unless MCMUX_BIN_DIFF_EXACT_TOUCH=1: an open finding (the
- *    todo test at the end), normalised so the streams can find anything else.
+ *    stores keep the bare number (the memcached quirk the text differential normalises too).
+ * A TOUCH hit's flags and cas are compared (finding 3, fixed: see the test at the end).
  * Left out of the comparison with memcached (and run in the "strict" streams, compared between
  * (b) and (c) only): a non-zero cas on DELETE, APPEND/PREPEND, INCR/DECR (README: refused with
  * 0x04, memcached checks it); keys with control bytes or spaces (mcmux validates binary keys as
@@ -54,12 +53,6 @@ import { type FrameSpec, type ResponseFrame, arithExtras, frame, parseResponseFr
 import { OPCODE } from '../../src/protocol/binary/header';
 
 type Rng = () => number;
-
-/**
- * The flags and cas of a TOUCH hit's response are not compared (finding 3 of the review, see
- * the todo test at the end): MCMUX_BIN_DIFF_EXACT_TOUCH=1 compares them.
- */
-const LOOSE_TOUCH = process.env.MCMUX_BIN_DIFF_EXACT_TOUCH !== '1';
 
 const pick = <T>(r: Rng, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
 const chance = (r: Rng, p: number): boolean => r() < p;
@@ -285,14 +278,9 @@ class Normaliser {
       // memcached pads a counter that incr/decr made shorter (see the header).
       const text = f.value.toString('latin1');
       if (f.status === 0 && f.extras.length === 4 && /^\d+ +$/.test(text)) value = show(Buffer.from(text.trimEnd(), 'latin1'));
-      let extras = f.extras.toString('hex');
+      const extras = f.extras.toString('hex');
       let cas = '0';
-      if (LOOSE_TOUCH && cmd?.spec.opcode === OPCODE.TOUCH && f.status === 0) {
-        // Finding 3 (not documented, left open): memcached answers a TOUCH hit with the item's
-        // flags and cas, mcmux with neither. Not named as a unique, so the names after it agree.
-        extras = '<flags>';
-        cas = '<touch cas>';
-      } else if (f.cas !== 0n) {
+      if (f.cas !== 0n) {
         let i = this.uniques.findIndex((u) => u.cas === f.cas);
         if (i < 0) i = this.uniques.push({ cas: f.cas, key: cmd?.spec.key }) - 1;
         cas = `#${i}`;
@@ -573,10 +561,10 @@ describe('review: differential findings (binary protocol)', () => {
     ]);
   });
 
-  // Open: the router's touch has no flags or cas to give (Upstream.touch answers TOUCHED only);
-  // serving a binary TOUCH as a GAT would, at the price of reading the value (php-memcached
-  // touches every session it did not change). libmemcached reads either shape.
-  it('TOUCH of an item answers its flags (extras) and its cas, as memcached 1.6 does', { todo: 'finding 3, open: see the report' }, async () => {
+  // Finding 3: mcmux answered a TOUCH hit with no extras and cas 0 (Upstream.touch answered
+  // TOUCHED only). Each driver's touch now reads the flags and unique in the same operation
+  // (withItem), and the router answers those of the copy a gets would read next.
+  it('TOUCH of an item answers its flags (extras) and its cas, as memcached 1.6 does', async () => {
     const got = await ask(
       frame({ opcode: OPCODE.SET, key: 'k', extras: storeExtras(7, 0), value: 'v', opaque: 1 }),
       frame({ opcode: OPCODE.TOUCH, key: 'k', extras: touchExtras(1000), opaque: 2 }),

@@ -252,6 +252,24 @@ for (const target of TARGETS) {
       assert.equal(await value(t), undefined, 'touch -1 expires it');
     });
 
+    test('touch withItem answers the flags and unique the item had, which the touch leaves as they were', async () => {
+      // A binary TOUCH answers them (memcached's proto_bin.c); before, touch answered TOUCHED only.
+      const k = key('touch-item');
+      const cas = (await set(k, 'v', 4294967295)).cas ?? (await u.get([k]))[0]?.cas;
+      const deadline = Date.now() + 2 * DAY;
+      const got = await u.touch(k, deadline, true);
+      assert.deepEqual(got, { flags: 4294967295, cas });
+      const [hit] = await u.get([k]);
+      assert.equal(hit?.cas, cas, 'the unique a get reads after the touch is the one it answered');
+      assert.ok(Math.abs((hit?.deadline ?? 0) - deadline) < 3000, 'touched');
+      assert.deepEqual(await u.touch(k, deadline, true), got, 'the same deadline again: the same answer');
+      assert.equal(await u.touch(key('none'), deadline, true), 'NOT_FOUND');
+      assert.equal(await u.touch(k, deadline), 'TOUCHED', 'without withItem: TOUCHED as before');
+      // A deadline in the past expires the item: the answer is the item's all the same (memcached).
+      assert.deepEqual(await u.touch(k, EXPIRED, true), { flags: 4294967295, cas });
+      assert.equal(await value(k), undefined);
+    });
+
     test("a key's writes land in the order they were sent, whatever each costs the store (hazard 1)", async () => {
       // The router sends a key's writes one after another without waiting (write-wait copies
       // answers before a slow store has), and counts on each store applying them in that order.
@@ -274,7 +292,7 @@ for (const target of TARGETS) {
         u.store({ mode: 'append', key: k, value: b('5'), flags: 0, deadline: 0 }),
         u.touch(k, Date.now() + DAY),
       ]);
-      assert.deepEqual(results.slice(2).map((r) => (typeof r === 'string' ? r : r.status)), ['OK', 'STORED', 'TOUCHED']);
+      assert.deepEqual(results.slice(2).map((r) => (typeof r === 'string' || !('status' in r) ? r : r.status)), ['OK', 'STORED', 'TOUCHED']);
       assert.deepEqual(results[2], { status: 'OK', value: 21n });
       assert.equal(await value(k), '215');
     });

@@ -77,11 +77,20 @@ function writeStatus(reply: Extract<Reply, { kind: 'status' }>, tag: BinaryTag, 
     case 'STORED':
       if (!tag.quiet) out.push(...simple(tag, STATUS.SUCCESS, EMPTY, reply.cas ?? 0n));
       return;
-    case 'DELETED':
     case 'TOUCHED':
+    case 'DELETED':
     case 'OK':
-      // B10: DELETE, FLUSH, NOOP answer cas 0.
-      if (!tag.quiet) out.push(...simple(tag, STATUS.SUCCESS));
+      if (tag.quiet) return;
+      if (reply.status === 'TOUCHED' && reply.flags !== undefined) {
+        // proto_bin.c, process_bin_get_or_touch: a TOUCH hit carries the item's flags as extras
+        // and its cas (unchanged by the touch), without the value.
+        const h = header(tag, STATUS.SUCCESS, 4, 0, 4, reply.cas ?? 0n, 4);
+        h.writeUInt32BE(reply.flags >>> 0, HEADER_LENGTH);
+        out.push(h);
+        return;
+      }
+      // B10: DELETE, FLUSH, NOOP answer cas 0 (and a TOUCH whose item no upstream could give).
+      out.push(...simple(tag, STATUS.SUCCESS));
       return;
     case 'NOT_STORED':
       // proto_bin.c: a failed ADD is "key exists", a failed REPLACE "not found" (memcapable checks).

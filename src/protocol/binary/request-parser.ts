@@ -303,7 +303,8 @@ export class BinaryRequestParser {
       case OPCODE.GATK:
         return { kind: 'get', keys: [key], withCas: true, touch: this.deadline(buf.readInt32BE(x)) };
       case OPCODE.TOUCH:
-        return { kind: 'touch', key, deadline: this.deadline(buf.readInt32BE(x)), noreply: false };
+        // memcached answers a TOUCH hit with the item's flags (extras) and cas: withItem.
+        return { kind: 'touch', key, deadline: this.deadline(buf.readInt32BE(x)), noreply: false, withItem: true };
       case OPCODE.DELETE:
         return { kind: 'delete', key, noreply };
       case OPCODE.INCREMENT:
