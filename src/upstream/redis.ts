@@ -569,7 +569,10 @@ export class RedisUpstream implements Upstream {
       if (this.closed && !admitted) throw this.error(ErrorCodes.UPSTREAM_CLOSED, 'upstream closed');
       if (this.client.status !== 'ready') {
         if (!this.starting) throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `not connected (reconnecting): ${this.lastError}`);
-        await this.bounded(this.firstReady, started);
+        // Waited out for the first connection: never sent, so nothing of it can land later.
+        await this.bounded(this.firstReady, started).catch((err: unknown) => {
+          throw err instanceof McmuxError ? err : this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `not connected within ${this.timeoutMs} ms (option timeout): ${this.lastError}`);
+        });
         // Ready then, but not necessarily still: a cluster would queue the request for its next connection.
         if ((this.client.status as string) !== 'ready') throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `not connected (reconnecting): ${this.lastError}`);
         guard = !long;

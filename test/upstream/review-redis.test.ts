@@ -6,6 +6,7 @@
  */
 
 import assert from 'node:assert/strict';
+import { type Socket, createServer } from 'node:net';
 import { type TestContext, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { applyArith, parseCounter } from '../../src/command/command';
@@ -233,6 +234,31 @@ test('HOLDS: a redis restarted empty under load: no request fails for missing sc
 
 // HOLDS. incr/decr read the value as memcached's safe_strtoull does (command.ts parseCounter):
 // every C white space, NUL after the digits, the 2^63 edge of "-n", 2^64-1 with leading zeros.
+// The Redis reviewer's note of last session: a request that waited for the very first connection
+// (a server that accepts and never answers the ready check: a hung redis, a wrong port behind a
+// proxy) and timed out was reported as TIMEOUT, which the router takes as "sent, may land late"
+// (it journals the key as unknown and holds it for the late window). It was never sent: it is
+// UNREACHABLE now.
+test('a request that times out waiting for the first connection is UNREACHABLE (never sent), not a late TIMEOUT', async (t) => {
+  const sockets: Socket[] = [];
+  const silent = createServer((s) => sockets.push(s));
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+    silent.close();
+  });
+  const port = (silent.address() as { port: number }).port;
+  const up = createUpstream(`redis://127.0.0.1:${port}`, new Map([['timeout', '200']]), ctx);
+  t.after(() => up.close());
+  const err = await getOne(up, 'k').then(
+    () => assert.fail('answered by a server that says nothing'),
+    (e: unknown) => e,
+  );
+  assert.equal(codeOf(err), ErrorCodes.UPSTREAM_UNREACHABLE, String(err));
+  assert.equal((err as McmuxError).late, false);
+  assert.ok(sockets.length > 0, 'it did connect: the wait was for the ready check');
+});
+
 test('HOLDS: incr/decr on odd values agree with parseCounter/applyArith', async (t) => {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
   const server = await startRedis();
