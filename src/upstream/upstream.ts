@@ -35,11 +35,6 @@ export interface TouchedItem {
   readonly cas: bigint;
 }
 
-/** Whether a touch found the item (TOUCHED, with or without its flags and cas). */
-export function touched(r: TouchResult): boolean {
-  return r !== 'NOT_FOUND';
-}
-
 export type ArithResult = { status: 'OK'; value: bigint; cas?: bigint } | { status: 'NOT_FOUND' | 'NON_NUMERIC' };
 
 export interface StoreRequest {
