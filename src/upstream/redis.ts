@@ -823,6 +823,13 @@ export function createRedisUpstream(url: URL, options: Map<string, string>, ctx:
       // retries those when this is above 0, whatever maxRetriesPerRequest says: an incr applied
       // twice, a set landing after a later delete). MOVED/ASK/TRYAGAIN never ran: still followed.
       retryDelayOnFailover: 0,
+      // TRYAGAIN (a slot migrating: the command named keys on both sides) never ran: ioredis sends
+      // it again up to 16 times (maxRedirections), each after this delay, whatever became of the
+      // caller. At its default (100 ms) a set that timed out at 250 ms still landed 1.6 s later,
+      // after the delete that followed it (review-redis-cluster.test.ts). Spaced so that the 16
+      // end within the timeout; CLUSTERDOWN (0) fails at once.
+      retryDelayOnTryAgain: Math.max(1, Math.floor(timeoutMs / 20)),
+      retryDelayOnClusterDown: 0,
       redisOptions: common,
     });
     return new RedisUpstream(settings, client);
