@@ -8,7 +8,7 @@
 
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { cameBackEmpty, isFenced, knowsKey, onlyLearnt } from './health';
+import { cameBackEmpty, emptyUntil, isFenced, knowsKey, onlyLearnt } from './health';
 
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
@@ -46,12 +46,18 @@ export function authorityOrder(ctx: RouterContext, key: string): number[] {
   // nothing it is known of, the other everything written before it came back (fuzz seed 151163
   // with the same modes, journal-max-keys 1: the second store reconnected, unverifiable after a
   // flush_all had taken its marker; the first came back empty and stopped learning; it decided
-  // an incr of a counter the second held: NOT_FOUND, and the counter started again).
+  // an incr of a counter the second held: NOT_FOUND, and the counter started again). Of those that
+  // came back empty, the one that did so first goes first: it got every write the later ones
+  // lost when they did (fuzz seed 155783 with the same modes: three stores came back empty and
+  // stopped learning; the first had been emptied last, by the repair's flush of its overflowed
+  // journal, after an add of a lock the two others took, and decided a cas with it NOT_FOUND).
   if (fenced !== undefined) {
     if (warm) return [];
     if (!maybeFull) return fenced;
-    const full = fenced.filter((i) => !onlyLearnt(ctx.upstreams[i] as Upstream));
-    return full.filter((i) => !cameBackEmpty(ctx.upstreams[i] as Upstream)).concat(full.filter((i) => cameBackEmpty(ctx.upstreams[i] as Upstream)));
+    const ups = ctx.upstreams as readonly Upstream[];
+    const full = fenced.filter((i) => !onlyLearnt(ups[i] as Upstream));
+    const emptied = full.filter((i) => cameBackEmpty(ups[i] as Upstream)).sort((a, b) => emptyUntil(ups[a] as Upstream) - emptyUntil(ups[b] as Upstream));
+    return full.filter((i) => !cameBackEmpty(ups[i] as Upstream)).concat(emptied);
   }
   // Dirty everywhere: the freshest copy decides. A dirty upstream never decides while a clean
   // one exists, even a down one: it may hold a lock that was released, or lack one that is held.

@@ -533,6 +533,11 @@ export function cameBackEmpty(u: Upstream): boolean {
   return u instanceof HealthyUpstream && u.cameBackEmpty;
 }
 
+/** Until when `u` is known to have come back empty (monotonic ms; 0 if not): a later end, a later emptying. */
+export function emptyUntil(u: Upstream): number {
+  return u instanceof HealthyUpstream ? u.emptyUntil : 0;
+}
+
 /**
  * Whether `u` came back empty and holds nothing but the keys it learnt since (a set or delete of
  * them reached it): not when it stopped learning (HealthyUpstream.learntAll).

@@ -706,4 +706,20 @@ describe('the keys a fenced upstream remembers', () => {
     assert.deepEqual(authorityOrder(ctx, 'c'), [1, 0], 'the one that lost nothing it is known of first');
     assert.deepEqual(authorityOrder(ctx, 'a'), [0], 'a key the first learnt: it knows it');
   });
+
+  // Fuzz seed 155783 with the same modes (journal-max-keys 1, three stores): all three came back
+  // empty and stopped learning; the first was emptied last (the repair flushed its overflowed
+  // journal) after an add of a lock had reached the two others, and decided a cas of it: NOT_FOUND.
+  it('of those that came back empty and stopped learning, the one emptied first decides first', () => {
+    const ups = [0, 1, 2].map((i) => new HealthyUpstream(new FakeUpstream(`fake://${i}`), { ...DEFAULT_HEALTH, fenceKeysMax: 1 }, () => {})) as [HealthyUpstream, HealthyUpstream, HealthyUpstream];
+    const now = monotonicMs();
+    [3, 1, 2].forEach((order, i) => {
+      const u = ups[i] as HealthyUpstream;
+      u.fence(now + 60_000);
+      u.emptyUntil = now + 60_000 + order * 1000; // came back empty, the first last
+      for (const k of ['a', 'b']) u.written(k); // and stopped learning
+    });
+    const ctx = { upstreams: ups, journal: { isDirty: () => false, freshest: () => [] } } as unknown as RouterContext;
+    assert.deepEqual(authorityOrder(ctx, 'lock'), [1, 2, 0]);
+  });
 });
