@@ -96,6 +96,8 @@ const DEADLOCK_RETRIES = 5;
 
 const ER_NO_SUCH_TABLE = 1146;
 const ER_LOCK_DEADLOCK = 1213;
+/** A server clock this far (ms) from this host's is taken as the same (see observeClock). */
+const CLOCK_SLACK_MS = 2000;
 /** KILL of a thread that has ended. */
 const ER_NO_SUCH_THREAD = 1094;
 /** Server errors that mean the connection is gone: shutdown, killed, idle-disconnected (MySQL 8). */
@@ -332,6 +334,11 @@ export class MysqlUpstream implements Upstream {
   private serverId: bigint | undefined;
   /** The highest unique of that server seen (written, read or drawn): its counter only climbs. */
   private maxUnique = 0n;
+  /**
+   * The server's clock minus this host's, in ms, when they differ by more than CLOCK_SLACK_MS
+   * (else 0): deadlines are kept, and compared, in the server's time (see observeClock).
+   */
+  private clockOffset = 0;
   /** A connection of its own for KILL QUERY (the pool may have none free), made on first need. */
   private killer: Promise<Connection> | undefined;
 
@@ -421,7 +428,7 @@ export class MysqlUpstream implements Upstream {
           if (rows.length === 0) continue;
           const hitKeys = inParams(rows.map((r) => r.key));
           if (isExpired(touch, Date.now())) await this.exec(c, this.sql.deleteMany(hitKeys.length), hitKeys);
-          else await this.exec(c, this.sql.touchMany(hitKeys.length), [touch, ...hitKeys]);
+          else await this.exec(c, this.sql.touchMany(hitKeys.length), [this.toServer(touch), ...hitKeys]);
           for (const row of rows) found.set(row.key.toString('latin1'), this.hit(row, touch));
         }
       });
@@ -432,8 +439,11 @@ export class MysqlUpstream implements Upstream {
   store(req: StoreRequest): Promise<StoreResult> {
     if (req.mode === 'set' && !isExpired(req.deadline, Date.now())) return this.queueSet(req);
     const key = kb(req.key);
+    const local = req;
     return this.inOrder(req.key, (timeoutMs, epoch) => this.run(async (c) => {
-      const now = Date.now();
+      // In the server's time from here on (observeClock), the deadline as the now it is judged by.
+      const now = this.serverNow();
+      const req = { ...local, deadline: this.toServer(local.deadline) };
       switch (req.mode) {
         case 'append':
         case 'prepend': {
@@ -515,14 +525,15 @@ export class MysqlUpstream implements Upstream {
 
   delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
     return this.inOrder(key, (timeoutMs, epoch) =>
-      this.run(async (c) => ((await this.exec(c, this.sql.removeLive, [kb(key), Date.now()])).affectedRows === 1 ? 'DELETED' : 'NOT_FOUND'), false, timeoutMs, 1, epoch),
+      this.run(async (c) => ((await this.exec(c, this.sql.removeLive, [kb(key), this.serverNow()])).affectedRows === 1 ? 'DELETED' : 'NOT_FOUND'), false, timeoutMs, 1, epoch),
     );
   }
 
-  touch(key: string, deadline: number, withItem = false): Promise<TouchResult> {
+  touch(key: string, localDeadline: number, withItem = false): Promise<TouchResult> {
     const k = kb(key);
     return this.inOrder(key, (timeoutMs, epoch) => this.run(async (c): Promise<TouchResult> => {
-      const now = Date.now();
+      const now = this.serverNow();
+      const deadline = this.toServer(localDeadline);
       // withItem (a binary TOUCH): one more round trip, no transaction. The row is read, then
       // touched only if it still holds that unique, so the flags and unique answered are the
       // item's that was touched; another writer in between makes it read again (then, after a
@@ -555,7 +566,7 @@ export class MysqlUpstream implements Upstream {
       this.run(
         (c) =>
           this.tx(c, async (): Promise<ArithResult> => {
-            const [row] = await this.query(c, this.sql.lockValue, [k, Date.now()]);
+            const [row] = await this.query(c, this.sql.lockValue, [k, this.serverNow()]);
             if (!row) return { status: 'NOT_FOUND' };
             const current = parseCounter(row.value as Buffer);
             if (current === undefined) return { status: 'NON_NUMERIC' };
@@ -721,7 +732,7 @@ export class MysqlUpstream implements Upstream {
   private async writeSets(c: PoolConnection, batch: readonly QueuedSet[]): Promise<Map<QueuedSet, bigint>> {
     if (batch.length === 1) {
       const q = batch[0] as QueuedSet;
-      const r = await this.exec(c, this.sql.set, [q.keyBytes, q.value, q.flags, q.deadline]);
+      const r = await this.exec(c, this.sql.set, [q.keyBytes, q.value, q.flags, this.toServer(q.deadline)]);
       return new Map([[q, casOf(r)]]);
     }
     const rounds: QueuedSet[][] = [];
@@ -763,7 +774,7 @@ export class MysqlUpstream implements Upstream {
       const params: Param[] = [];
       for (let j = i; j < i + n; j++) {
         const q = rows[j] as QueuedSet;
-        params.push(q.keyBytes, q.value, q.flags, q.deadline);
+        params.push(q.keyBytes, q.value, q.flags, this.toServer(q.deadline));
       }
       await this.exec(c, this.sql.setMany(n), params);
       i += n;
@@ -976,8 +987,10 @@ export class MysqlUpstream implements Upstream {
       // Every unique seen so far was drawn on the server before this query's: the one it draws
       // is above them all unless the server restarted (observeServer).
       const seen = { serverId: this.serverId, maxUnique: this.maxUnique, epoch: this.epoch };
-      const [rows] = await c.query<RowDataPacket[]>('SELECT @@session.max_allowed_packet AS m, UUID_SHORT() AS u');
+      const sent = Date.now();
+      const [rows] = await c.query<RowDataPacket[]>('SELECT @@session.max_allowed_packet AS m, UUID_SHORT() AS u, UNIX_TIMESTAMP() AS s');
       this.observeServer(BigInt(String(rows[0]?.u)), seen);
+      this.observeClock(Number(rows[0]?.s), sent, Date.now());
       const packet = Number(rows[0]?.m);
       const needed = this.o.maxItemSize + PACKET_OVERHEAD;
       if (!(packet >= needed)) {
@@ -1026,8 +1039,40 @@ export class MysqlUpstream implements Upstream {
     this.onReconnect?.();
   }
 
+  /**
+   * The server's clock against this host's, from a new connection's UNIX_TIMESTAMP() (whole
+   * seconds) read between `sent` and `got`. Deadlines are Unix ms: kept on this host's clock, two
+   * mcmux sidecars sharing the table with clocks apart gave each other's items another lifetime
+   * (one 2 min ahead wrote 1 s sessions the other served for 2 min: the expiry review,
+   * test/server/review-expiry.test.ts). When the server's clock is more than CLOCK_SLACK_MS off
+   * this host's, every deadline written and every now compared with one is the server's (an
+   * estimate to within about a second); within it, nothing changes (one clock for all, as
+   * before). The offset moves only when a new estimate is off by the slack again.
+   */
+  private observeClock(serverSeconds: number, sent: number, got: number): void {
+    if (!Number.isFinite(serverSeconds)) return;
+    const estimate = Math.round(serverSeconds * 1000 + 500 - (sent + got) / 2);
+    if (Math.abs(estimate - this.clockOffset) <= CLOCK_SLACK_MS) return;
+    this.clockOffset = Math.abs(estimate) <= CLOCK_SLACK_MS ? 0 : estimate;
+  }
+
+  /** Now, on the server's clock (Unix ms). */
+  private serverNow(): number {
+    return Date.now() + this.clockOffset;
+  }
+
+  /** A deadline (Unix ms, 0 never) of this host's clock, on the server's. */
+  private toServer(deadline: number): number {
+    return deadline === 0 ? 0 : deadline + this.clockOffset;
+  }
+
+  /** A deadline of the server's clock (an `exp`), on this host's. */
+  private fromServer(exp: number): number {
+    return exp === 0 ? 0 : exp - this.clockOffset;
+  }
+
   private hit(row: ItemRow, deadline?: number): Hit {
-    const h = toHit(row, deadline);
+    const h = toHit(row, deadline ?? this.fromServer(Number(row.exp)));
     this.noteUnique(h.cas);
     return h;
   }
@@ -1064,7 +1109,7 @@ export class MysqlUpstream implements Upstream {
 
   private async select(c: PoolConnection, keys: Buffer[], lock: boolean): Promise<ItemRow[]> {
     const params = inParams(keys);
-    const [rows] = await c.execute<ItemRow[]>(this.sql.select(params.length, lock), [...params, Date.now()]);
+    const [rows] = await c.execute<ItemRow[]>(this.sql.select(params.length, lock), [...params, this.serverNow()]);
     return rows;
   }
 
@@ -1079,7 +1124,7 @@ export class MysqlUpstream implements Upstream {
     const until = performance.now() + this.o.purgeIntervalMs / 2; // an in-process window: monotonic
     const purge = async (): Promise<void> => {
       for (;;) {
-        const r = await this.run((c) => this.exec(c, this.sql.purge, [Date.now()]), true); // item deadlines: Unix ms
+        const r = await this.run((c) => this.exec(c, this.sql.purge, [this.serverNow()]), true); // item deadlines: Unix ms, the server's
         if (r.affectedRows < this.o.purgeBatch || this.closed || performance.now() >= until) return;
       }
     };

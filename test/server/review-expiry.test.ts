@@ -10,8 +10,8 @@
  *
  * Tests marked FINDING fail on the code they were written against (87e730a); HOLDS are guards.
  * Fixed since: copies of a memcached item got a later deadline than the client set (a ttl in
- * whole seconds read as if counted from now), and Redis applied mcmux's clock on its own. Open
- * (todo): MySQL deadlines between two sidecars whose clocks differ.
+ * whole seconds read as if counted from now); Redis applied mcmux's clock on its own; MySQL
+ * deadlines of two sidecars whose clocks differ gave each other's items another lifetime.
  * Private servers only (memcached, redis-server, mariadbd), on free ports in temporary
  * directories; each mcmux is in-process with its own state-dir. A test that stubs Date.now puts
  * it back before it ends.
@@ -354,18 +354,15 @@ test('FINDING: a relative exptime keeps its length when mcmux and the store disa
   assert.deepEqual(failures, [], 'exptimes whose length depends on whose clock is right');
 });
 
-// FINDING 3. The MySQL driver stores the absolute deadline mcmux computed on its own clock (`exp`,
-// Unix ms: mysql.ts, the writes' `deadline` parameter) and every read compares it with the
-// reading mcmux's clock (`exp = 0 OR exp > ?` with Date.now()). Two mcmux sidecars sharing the
-// same upstreams (a deployment README "What is not guaranteed" describes, one per web host) whose
-// clocks differ give each other's items a different lifetime: the writer's clock 2 minutes
-// ahead, a 1 s item is served by the other mcmux for 121 s; 2 minutes behind, a 60 s item is
-// already expired for the other. (The purge, `exp <= ?` with the purging mcmux's clock, likewise
-// deletes the other's live rows when its clock is ahead.) Redis had the same (FINDING 2, fixed
-// with it: the redis lines below failed before); memcached (relative exptimes, its own clock)
-// never had. Open for MySQL (README says sidecars sharing a store must keep their clocks in
-// step): the fix is to compute and compare deadlines on the server's clock
-// (`exp = UNIX_TIMESTAMP(NOW(3)) * 1000 + ?` with the ms left, `exp > UNIX_TIMESTAMP(NOW(3)) * 1000`).
+// FINDING 3, fixed (mysql.ts observeClock: deadlines kept in the server's time when this host's
+// clock is more than 2 s off it). The MySQL driver stored the absolute deadline mcmux computed on
+// its own clock (`exp`, Unix ms) and every read compared it with the reading mcmux's clock
+// (`exp = 0 OR exp > ?` with Date.now()). Two mcmux sidecars sharing the same upstreams (one per
+// web host) whose clocks differ gave each other's items a different lifetime: the writer's clock
+// 2 minutes ahead, a 1 s item was served by the other mcmux for 121 s; 2 minutes behind, a 60 s
+// item was already expired for the other (and the purge, with the purging mcmux's clock, deleted
+// the other's live rows). Redis had the same (FINDING 2, fixed with it: the redis lines below
+// failed before); memcached (relative exptimes, its own clock) never had.
 test('FINDING: a relative exptime keeps its length for a second mcmux sharing the store with another clock (memcached, redis)', async (t) => {
   const failures: string[] = [];
   await eachStore(t, ['memcached', 'redis'], async (driver, url) => {
@@ -374,7 +371,7 @@ test('FINDING: a relative exptime keeps its length for a second mcmux sharing th
   assert.deepEqual(failures, [], 'exptimes whose length depends on which mcmux wrote them');
 });
 
-test('FINDING: the same with MySQL', { todo: 'open: deadlines are absolute on the writing mcmux\'s clock; README asks sidecars sharing a store to keep their clocks in step' }, async (t) => {
+test('FINDING: the same with MySQL', async (t) => {
   const failures: string[] = [];
   await eachStore(t, ['mysql'], async (driver, url) => {
     for (const skew of [120_000, -120_000]) failures.push(...(await skewed(driver, url, skew, true)));
