@@ -162,6 +162,17 @@ const settle = (p: Promise<unknown>): Promise<string> =>
     (e: unknown) => `failed ${codeOf(e)}: ${String((e as Error).message).slice(0, 120)}`,
   );
 
+/** A cluster and the driver on it (`timeout` its option), answering; closed after the test. */
+async function clusterDriver(t: TestContext, timeout: string): Promise<{ cluster: Cluster; up: Upstream } | undefined> {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return undefined;
+  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return undefined;
+  const cluster = await startCluster(t);
+  const up = open(cluster.url, { timeout });
+  t.after(() => up.close());
+  await retrying(() => up.probe());
+  return { cluster, up };
+}
+
 /**
  * A cluster (first) and a memcached behind an in-process mcmux (lock-fence 60 s), a client, and
  * `add <lock>` STORED on both, the lock on a master that does not hold the marker (`victim`).
@@ -309,12 +320,9 @@ const isCounter = (k: Buffer): boolean => k.toString('latin1').includes('mcmux c
 // kept per item or per prefix elsewhere); and get a multi-get's keys of a migrating slot one
 // script per key when a grouped call answers TRYAGAIN.
 test('FINDING: during a slot migration, set/add/incr/append/cas and a multi-get of the slot give memcached answers', { timeout: 120_000, todo: 'open: the write scripts name the item and its slot\'s cas counter, which MIGRATE moves apart (TRYAGAIN)' }, async (t) => {
-  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
-  const cluster = await startCluster(t);
-  const up = open(cluster.url, { timeout: '2000' });
-  t.after(() => up.close());
-  await retrying(() => up.probe());
+  const r = await clusterDriver(t, '2000');
+  if (!r) return;
+  const { cluster, up } = r;
   const slot = keySlot(b('m0'));
   const from = homeOf(slot);
   const to = (from + 1) % 3;
@@ -373,12 +381,9 @@ test('FINDING: during a slot migration, set/add/incr/append/cas and a multi-get 
 // end well inside `timeout`), so that such a command fails with ioredis's own error before the
 // driver's timeout, never to be sent again; MOVED/ASK (retryDelayOnMoved 0) are followed at once.
 test('FINDING: a set that timed out during a slot migration does not land after the delete that followed it', { timeout: 120_000 }, async (t) => {
-  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
-  const cluster = await startCluster(t);
-  const up = open(cluster.url, { timeout: '250' });
-  t.after(() => up.close());
-  await retrying(() => up.probe());
+  const r = await clusterDriver(t, '250');
+  if (!r) return;
+  const { cluster, up } = r;
   const slot = keySlot(b('m0'));
   const from = homeOf(slot);
   const [k] = keysInSlot('m', slot, 1) as [string];
@@ -533,12 +538,9 @@ test('holds: a master killed, its replica promoted: SERVER_ERROR meanwhile, neve
 // "Too many Cluster redirections", never run), and every set answered STORED is read back after.
 // (Writes failing during the move is the TRYAGAIN finding above.)
 test('holds: slots resharded to a newly added master under load: no NOSCRIPT, no write lost or applied twice', { timeout: 120_000 }, async (t) => {
-  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
-  const cluster = await startCluster(t);
-  const up = open(cluster.url, { timeout: '2000' });
-  t.after(() => up.close());
-  await retrying(() => up.probe());
+  const r = await clusterDriver(t, '2000');
+  if (!r) return;
+  const { cluster, up } = r;
   // A fourth node, empty, joined as a master without slots.
   const dir = makeDir('review-cluster-');
   cluster.dirs.push(dir);
