@@ -112,6 +112,12 @@ class Connection {
    * something between) is caught before it answers another key's request.
    */
   private lastOpaque = 0;
+  /**
+   * The newest requests in `pending` whose bytes are still in outBuffer, not yet handed to the
+   * socket: if the connection goes before they are written, they were never sent, and fail as
+   * such (UNREACHABLE, which the router fails over) instead of "may have been applied".
+   */
+  private unsent = 0;
 
   constructor(private readonly up: MemcachedUpstream) {
     this.parser = new MetaReplyParser(up.maxItemSize);
@@ -121,7 +127,7 @@ class Connection {
     this.reconnectTimer = undefined;
     const socket = connect({ host: this.up.host, port: this.up.port });
     socket.setNoDelay(true);
-    socket.on('connect', this.onConnect).on('data', this.onData).on('error', this.onError).on('close', this.onClose);
+    socket.on('connect', this.onConnect).on('data', this.onData).on('end', this.onEnd).on('error', this.onError).on('close', this.onClose);
     this.socket = socket;
     this.parser = new MetaReplyParser(this.up.maxItemSize);
     this.status = 'connecting';
@@ -151,6 +157,7 @@ class Connection {
         resolve: resolve as (value: unknown) => void,
         reject,
       });
+      this.unsent++;
       if (!this.timer) this.timer = setTimeout(this.checkTimeout, this.up.timeoutMs);
     });
   }
@@ -194,7 +201,7 @@ class Connection {
     if (socket) {
       // A socket once discarded must never deliver a reply: a late one would be paired with a
       // request it does not belong to.
-      socket.removeListener('connect', this.onConnect).removeListener('data', this.onData);
+      socket.removeListener('connect', this.onConnect).removeListener('data', this.onData).removeListener('end', this.onEnd);
       socket.removeListener('error', this.onError).removeListener('close', this.onClose);
       socket.on('error', ignore);
       socket.destroy();
@@ -203,13 +210,19 @@ class Connection {
     clearTimeout(this.connectTimer);
     this.timer = this.connectTimer = undefined;
     this.outBuffer.discard();
-    for (let rec = this.pending.shift(); rec; rec = this.pending.shift()) this.up.settleError(rec, err);
+    let sent = this.pending.length - this.unsent;
+    this.unsent = 0;
+    const unsent = sent < this.pending.length && err.code === ErrorCodes.UPSTREAM_IO ? this.up.error(ErrorCodes.UPSTREAM_UNREACHABLE, 'the connection went before the request was written') : err;
+    for (let rec = this.pending.shift(); rec; rec = this.pending.shift()) this.up.settleError(rec, sent-- > 0 ? err : unsent);
   }
 
   private readonly flushOut = (): void => {
     this.flushScheduled = false;
     const chunks = this.outBuffer.take();
-    if (this.socket) writeChunks(this.socket, chunks);
+    if (this.socket) {
+      writeChunks(this.socket, chunks);
+      this.unsent = 0;
+    }
   };
 
   private readonly onConnect = (): void => {
@@ -251,6 +264,16 @@ class Connection {
   };
 
   private readonly onClose = (): void => {
+    this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection closed by the server'));
+  };
+
+  /**
+   * The server closed its side (a FIN: it exited, or closed the connection). Node's 'close' comes
+   * only once our side is shut down too, a loop pass or more later: a request taken meanwhile
+   * would be written after the FIN, fail as "may have been applied", and a cas answer SERVER_ERROR
+   * instead of failing over (cas-failover.test.ts, under load). The connection goes now.
+   */
+  private readonly onEnd = (): void => {
     this.fail(this.up.error(ErrorCodes.UPSTREAM_IO, 'connection closed by the server'));
   };
 

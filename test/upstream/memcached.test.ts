@@ -461,6 +461,28 @@ test('a killed memcached gives fast unsent errors, and is used again after a res
   assert.equal((await getOne(up, 'k'))?.value.toString(), 'after');
 });
 
+// The server's FIN is read a loop pass or more before Node's 'close': a request taken in between
+// was written after it and failed as "may have been applied" (UPSTREAM_IO), so a cas answered
+// SERVER_ERROR instead of failing over to the next store (cas-failover.test.ts failed so in a CI
+// run under load). One taken in the same pass, before the FIN was read but not yet written, was
+// never sent either.
+test('memcached: requests not yet written when the server closes the connection fail unsent; the one it was sent fails as may-have-been-applied', async (t) => {
+  const fake = await fakeServer(t, (socket) => socket.once('data', () => socket.end()));
+  const up = open(`memcached://127.0.0.1:${fake.port}`, { timeout: '60000' });
+  t.after(() => up.close());
+  // The driver's socket (its only connection): the test sees the FIN around the driver.
+  const socket = (up as unknown as { conns: Array<{ socket: Socket }> }).conns[0]?.socket as Socket;
+  let before: Promise<unknown> | undefined;
+  let after: Promise<unknown> | undefined;
+  socket.prependListener('end', () => (before = getOne(up, 'before')));
+  socket.on('end', () => (after = getOne(up, 'after')));
+
+  await assert.rejects(getOne(up, 'sent'), (err) => codeOf(err) === ErrorCodes.UPSTREAM_IO, 'written before the FIN: the server may have run it');
+  assert.ok(before && after, 'the FIN was seen');
+  await assert.rejects(before, (err) => codeOf(err) === ErrorCodes.UPSTREAM_UNREACHABLE && !(err as McmuxError).late, 'taken just before the FIN was read, not yet written');
+  await assert.rejects(after, (err) => codeOf(err) === ErrorCodes.UPSTREAM_UNREACHABLE, 'taken after the FIN, before the close');
+});
+
 // A reply nobody asked for, begun in the chunk that ends the last outstanding one: it stayed in the
 // parser, and the next request sent took it as its answer once the rest arrived (found by a
 // review; docs/drivers.md: such bytes are a protocol error at once).
