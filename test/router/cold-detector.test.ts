@@ -135,6 +135,32 @@ describe('cold detector: lock fence', () => {
     assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'LOCK GRANTED TWICE: the flushed a decided for the lock b holds');
     await close();
   });
+
+  // Found by the pecl-memcache fault review (test/integration/review-php-memcache-faults.test.ts):
+  // a logout's delete missed b; a, the only copy clean for the key, then came back empty. The
+  // repair would not replay the delete on b (a, fenced, counted as maybe newer), and nobody could
+  // decide the lock for the whole lock-fence.
+  it('a delete b missed, a then come back empty: the repair replays it on b, and the lock is decided again at once', async () => {
+    const { fakes, ups, journal, repairer, detector: d, exec, add, close } = setup(2);
+    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    await d.checkAll();
+    assert.equal(await add('lock.s', 'A'), 'STORED');
+    fb.mode = 'fail';
+    const del = await exec({ kind: 'delete', key: 'lock.s', noreply: false });
+    assert.equal(del.kind === 'status' && del.status, 'DELETED');
+    fb.mode = 'ok';
+    assert.equal(journal.isDirty(b, 'lock.s'), true, 'b missed the delete');
+    await fa.inner.flush(); // a restarts empty
+    d.knownEmpty(a);
+    assert.match(await add('lock.s', 'B'), /SERVER_ERROR|error/, 'nobody may decide yet: b is dirty, a fenced');
+    await repairer.tick();
+    assert.equal(journal.isDirty(b, 'lock.s'), false, 'the missed delete replayed on b');
+    assert.equal((await fb.inner.get(['lock.s']))[0], undefined);
+    assert.equal(await add('lock.s', 'B'), 'STORED', 'b decides the lock again: it was released');
+    assert.equal(await add('lock.s', 'C'), 'NOT_STORED', 'once');
+    await close();
+  });
 });
 
 /**
