@@ -210,7 +210,8 @@ class Connection {
     clearTimeout(this.connectTimer);
     this.timer = this.connectTimer = undefined;
     this.outBuffer.discard();
-    let sent = this.pending.length - this.unsent;
+    // The unsent are the newest: a head taken off unsent (timed out before the flush) was one.
+    let sent = this.pending.length - Math.min(this.unsent, this.pending.length);
     this.unsent = 0;
     const unsent = sent < this.pending.length && err.code === ErrorCodes.UPSTREAM_IO ? this.up.error(ErrorCodes.UPSTREAM_UNREACHABLE, 'the connection went before the request was written') : err;
     for (let rec = this.pending.shift(); rec; rec = this.pending.shift()) this.up.settleError(rec, sent-- > 0 ? err : unsent);
