@@ -17,6 +17,11 @@
  *   hold          requests are forwarded; replies wait in the proxy, in order, until the mode
  *                 changes (a command the server has run, its answer not yet back)
  *   refuse        new connections are closed at once; the open ones are closed too
+ *   stall()       an action: the requests (client → server) of the connections open now wait in
+ *                 the proxy, in order, until release(); connections opened after it are not
+ *                 stalled (a client's new connections reach the server while its old ones wait)
+ *   release()     an action: what stall() held leaves now, in order, and those connections follow
+ *                 the mode again
  *   reset()       an action, not a mode: every open connection is destroyed with a TCP RST
  *   cut()         an action: every open connection is closed (FIN), both sides, and what was
  *                 still queued in the proxy is lost (a server or load balancer closing it)
@@ -63,6 +68,10 @@ export interface FaultProxy {
   slice(bytes: number): void;
   hold(): void;
   refuse(): void;
+  /** Holds the requests of the connections open now in the proxy until release(); new connections are not held. */
+  stall(): void;
+  /** Lets what stall() held go, in order. */
+  release(): void;
   /** Destroys every open connection with a TCP RST, both sides; new ones follow the mode. */
   reset(): void;
   /** Closes every open connection (FIN), both sides; what the proxy still held is lost. */
@@ -142,6 +151,8 @@ class Link {
 
 /** One direction of a link: chunks wait here until their time, in arrival order. */
 class Pipe {
+  /** Held by stall() until release(): nothing leaves. */
+  stalled = false;
   private queue: Chunk[] = [];
   private queued = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -180,7 +191,7 @@ class Pipe {
 
   /** Sends what is due, in order; re-arms itself for what is not. */
   pump(): void {
-    if (this.timer || this.immediate) return;
+    if (this.timer || this.immediate || this.stalled) return;
     if (this.replies ? this.dst.destroyed : !this.link.connected) return;
     if (this.replies && this.proxy.mode.kind === 'hold') return;
     while (this.queue.length > 0) {
@@ -300,6 +311,17 @@ class Proxy implements FaultProxy {
   refuse(): void {
     this.setMode({ kind: 'refuse' });
     for (const l of [...this.links]) l.destroy();
+  }
+
+  stall(): void {
+    for (const l of this.links) l.toServer.stalled = true;
+  }
+
+  release(): void {
+    for (const l of this.links) {
+      l.toServer.stalled = false;
+      l.toServer.pump();
+    }
   }
 
   reset(): void {
