@@ -29,11 +29,13 @@ describe('a reload that replaces an upstream (a tuning option changed) while a c
     const app = await inProcessMcmux(scalars, [first, mc2.url]);
     const c = await testClient(t, app.address.port);
     assert.equal(await c.ask('set sess 0 0 2\r\nv0\r\n', undefined, REPLY_MS), 'STORED\r\n');
+    await eventually('v0 landed on both stores', () => app.upstreams.every((u) => idle(u as HealthyUpstream)));
 
-    // v1's copy to the first upstream is slow (well within its timeout); the second answers.
-    proxy.latency(1500);
+    // v1's copy to the first upstream is slow (held in the proxy until released, well within its
+    // timeout: a fixed delay could be outlived by the steps below on a loaded machine); the
+    // second answers.
+    proxy.stall();
     assert.equal(await c.ask('set sess 0 0 2\r\nv1\r\n', undefined, REPLY_MS), 'STORED\r\n');
-    proxy.pass();
     const old = app.upstreams[0] as HealthyUpstream;
     assert.equal(idle(old), false, 'the copy of v1 is still on its way');
 
@@ -43,6 +45,7 @@ describe('a reload that replaces an upstream (a tuning option changed) while a c
     assert.equal(await c.ask('set sess 0 0 2\r\nv2\r\n', undefined, REPLY_MS), 'STORED\r\n');
     await eventually('v2 reached the first memcached', async () => (await peekItem(mc1.port, 'sess'))?.value === 'v2');
     // The old connection's v1 lands after it, and is answered.
+    proxy.release();
     await eventually('the copy of v1 was answered', () => idle(old));
     assert.equal((await peekItem(mc1.port, 'sess'))?.value, 'v1', 'v1 landed over v2 on the first memcached');
 
