@@ -149,6 +149,13 @@ export type Reply =
 export type ErrorType = 'ERROR' | 'CLIENT_ERROR' | 'SERVER_ERROR';
 
 /**
+ * memcached's refusal of an item over its size limit: `SERVER_ERROR object too large for cache` in
+ * text, status 0x03 in binary. libmemcached (php-memcached, pylibmc) tells it from other server
+ * errors by this very text (MEMCACHED_E2BIG: pylibmc's TooBig).
+ */
+export const TOO_LARGE_MESSAGE = 'object too large for cache';
+
+/**
  * Keys mcmux keeps in every store for itself: the cold detector's marker of each host
  * (`mcmux.sentinel.<host>`, cold-detector.ts). A client may not read, write or delete them (the
  * codecs refuse such a key as a malformed one): a client's read of a marker read-repaired it back

@@ -10,7 +10,7 @@
 import type { ArithCommand, Reply, StoreCommand } from '../command/command';
 import { ErrorCodes, McmuxError, mayLandLate } from '../errors';
 import type { Upstream } from '../upstream/upstream';
-import { type RouterContext, errorMessage, serverError } from './context';
+import { type RouterContext, errorMessage, refusedTooLarge, serverError, tooLargeReply } from './context';
 import { authorityOrder as candidates } from './authority-order';
 import { failoverRead } from './failover-read';
 import { isFenced } from './health';
@@ -127,7 +127,8 @@ function others(ctx: RouterContext, index: number): Upstream[] {
 export async function conditionalStore(ctx: RouterContext, cmd: StoreCommand, seq?: number): Promise<Reply> {
   const req = { mode: cmd.mode, key: cmd.key, value: cmd.value, flags: cmd.flags, deadline: cmd.deadline, cas: cmd.cas };
   const r = await decide(ctx, cmd.key, (u) => u.store(req), seq, cmd.mode === 'cas');
-  if ('error' in r) return serverError(`no upstream answered: ${errorMessage(r.error)}`);
+  // Every store it was asked of refused the item as too large (each refusal goes on to the next).
+  if ('error' in r) return refusedTooLarge(r.error) ? tooLargeReply() : serverError(`no upstream answered: ${errorMessage(r.error)}`);
   if (r.value.status !== 'STORED') return { kind: 'status', status: r.value.status };
   settleAuthority(ctx, cmd.key, r.index, seq);
   const ok: Reply = { kind: 'status', status: 'STORED', ...(r.value.cas !== undefined ? { cas: r.value.cas } : {}) };

@@ -3,7 +3,8 @@
  * The router owns one and swaps it whole on reload, so a policy never sees half a change.
  */
 
-import type { Reply } from '../command/command';
+import { type Reply, TOO_LARGE_MESSAGE } from '../command/command';
+import { ErrorCodes, McmuxError } from '../errors';
 import type { Upstream } from '../upstream/upstream';
 import type { RepairJournal } from './journal';
 
@@ -46,6 +47,20 @@ export interface RouterCounters {
 
 export function serverError(message: string): Reply {
   return { kind: 'error', type: 'SERVER_ERROR', message };
+}
+
+/** The reply memcached gives an item over its size limit (see TOO_LARGE_MESSAGE). */
+export function tooLargeReply(): Reply {
+  return serverError(TOO_LARGE_MESSAGE);
+}
+
+/**
+ * Whether `error` is a store's own refusal of the item as over its size limit (memcached's `-I`
+ * below mcmux's max-item-size plus its item header): when every store refused so, the client is
+ * told as memcached would tell it (tooLargeReply), not as of upstreams that failed.
+ */
+export function refusedTooLarge(error: unknown): boolean {
+  return error instanceof McmuxError && error.origin === ErrorCodes.UPSTREAM_REFUSED && error.message.endsWith(`SERVER_ERROR ${TOO_LARGE_MESSAGE}`);
 }
 
 export function errorMessage(error: unknown): string {

@@ -9,7 +9,7 @@ import { type Reply, type Status, isExpired } from '../command/command';
 import { mayLandLate } from '../errors';
 import type { StoreRequest, StoreResult, TouchedItem, Upstream } from '../upstream/upstream';
 import { authorityOrder } from './authority-order';
-import { type RouterContext, serverError } from './context';
+import { type RouterContext, refusedTooLarge, serverError, tooLargeReply } from './context';
 import { type Outcome, count, failures, fanOut, firstError } from './fan-out';
 import { isFenced, noteWritten } from './health';
 
@@ -63,6 +63,8 @@ export function replicateSet(
         return STORED;
       }
       if (!settled) return undefined;
+      // Refused as too large by every store (memcached's -I below max-item-size): as memcached says it.
+      if (ok === 0 && outcomes.every((o) => o !== undefined && !o.ok && refusedTooLarge(o.error))) return tooLargeReply();
       if (ok >= min) return serverError(`stored on ${ok} of ${total} upstreams, but only where a flush that timed out, a request of a process killed before this one, or a request of the key that timed out may still land over it, or where it is not read for the key (overflowed, and not able to learn it now): ${firstError(outcomes)}`);
       return serverError(`stored on ${ok} of ${total} upstreams, min-copies is ${ctx.minCopies}: ${firstError(outcomes)}`);
     },

@@ -13,7 +13,7 @@
 import { type Command, type Reply, type StoreMode, deadlineFromExptime, isExpired } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import { conditionalArith, conditionalStore, existenceProbe } from './authority';
-import { type RouterContext, type RouterCounters, type WriteWait, serverError } from './context';
+import { type RouterContext, type RouterCounters, type WriteWait, serverError, tooLargeReply } from './context';
 import { failoverRead } from './failover-read';
 import type { RepairJournal } from './journal';
 import { KeyOrder } from './key-order';
@@ -307,7 +307,6 @@ export class Router {
     }
   }
 
-  /** T5: a value over the item limit is refused, and the old value is deleted everywhere. */
   /**
    * T5: a set too large deletes the old value, so that a client never reads back the value it
    * meant to replace; memcached does so for a set only, and so does mcmux: an oversized `add`,
@@ -315,7 +314,7 @@ export class Router {
    */
   private async tooLarge(ctx: RouterContext, mode: StoreMode, key: string): Promise<Reply> {
     if (mode === 'set') await replicateKeyed(ctx, 'delete', key, (u) => u.delete(key), 'DELETED');
-    return serverError('object too large for cache');
+    return tooLargeReply();
   }
 
   private async flush(delay: number): Promise<Reply> {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { inProcessMcmux } from '../helpers/in-process';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
+import { frame, parseResponseFrames, storeExtras } from '../helpers/binary-frame';
 import { type Wire, connectWire } from '../helpers/wire';
 
 // memcached answers SERVER_ERROR to an `ms` it cannot allocate the item for (out of memory under
@@ -60,4 +61,35 @@ test('memcached authority, object too large: an add it refuses deletes the held 
   assert.equal(await w.ask(`add lock.s1 0 0 ${big.length}\r\n${big}\r\n`), 'NOT_STORED\r\n', 'the lock is held');
   assert.equal(await w.ask('add lock.s1 0 0 6\r\nthief2\r\n'), 'NOT_STORED\r\n', 'the lock is still held');
   assert.equal(await w.ask('get lock.s1\r\n', 'END\r\n'), 'VALUE lock.s1 0 6\r\nholder\r\nEND\r\n');
+});
+
+// Found by the Python clients review (test/integration/python-clients.test.ts): a value mcmux's
+// max-item-size lets through (1 MiB, the default) that every memcached refuses (its default -I
+// 1m counts the item header) came back as "SERVER_ERROR stored on 0 of 2 upstreams ..." and, in
+// binary, status 0x84: libmemcached (php-memcached, pylibmc) tells a too-large item by
+// memcached's own text and status 0x03 (MEMCACHED_E2BIG).
+test('every memcached refusing an item as too large: set and add are answered as memcached answers them, in text and in binary', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const [mc1, mc2] = [await startMemcached(), await startMemcached()];
+  t.after(() => Promise.all([mc1.stop(), mc2.stop()]));
+  const dir = mkdtempSync(join(tmpdir(), 'mcmux-review-mc-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const app = await inProcessMcmux({ 'state-dir': dir }, [mc1.url, mc2.url]);
+  t.after(() => app.close());
+  const big = 'v'.repeat(1024 * 1024);
+  for (const target of [mc1.port, app.address.port]) {
+    const w = await connectWire(target);
+    t.after(() => w.close());
+    const who = target === mc1.port ? 'memcached' : 'mcmux';
+    assert.equal(await w.ask(`set s 0 0 ${big.length}\r\n${big}\r\n`), 'SERVER_ERROR object too large for cache\r\n', `${who}: set`);
+    assert.equal(await w.ask(`add s2 0 0 ${big.length}\r\n${big}\r\n`), 'SERVER_ERROR object too large for cache\r\n', `${who}: add`);
+    // A connection speaks one protocol, told by its first byte: binary on another.
+    const bin = await connectWire(target);
+    t.after(() => bin.close());
+    const set = frame({ opcode: 0x01, key: 's3', extras: storeExtras(0, 0), value: big, opaque: 7 });
+    const reply = Buffer.from(await bin.ask(set, (text) => text.length >= 24 && text.length >= 24 + Buffer.from(text, 'latin1').readUInt32BE(8)), 'latin1');
+    const [f] = parseResponseFrames(reply).frames;
+    assert.equal(f?.status, 0x03, `${who}: binary SET, status "value too large"`);
+    assert.equal(f?.opaque, 7);
+  }
 });

@@ -15,7 +15,7 @@
  * but not replicated), where a blind retry would apply it twice.
  */
 
-import type { Command, Hit, Reply } from '../../command/command';
+import { type Command, type Hit, type Reply, TOO_LARGE_MESSAGE } from '../../command/command';
 import type { OutBuffer } from '../out-buffer';
 import { type BinaryStatus, HEADER_LENGTH, OPCODE, STATUS, STATUS_MESSAGE, writeResponseHeader } from './header';
 import type { BinaryTag } from './request-parser';
@@ -112,8 +112,9 @@ function writeStatus(reply: Extract<Reply, { kind: 'status' }>, tag: BinaryTag, 
 }
 
 function writeError(reply: Extract<Reply, { kind: 'error' }>, cmd: Command, tag: BinaryTag, out: OutBuffer): void {
-  if (cmd.kind === 'too_large') {
-    // memcached's binary body, not the text protocol's SERVER_ERROR line the router answers.
+  if (cmd.kind === 'too_large' || (reply.type === 'SERVER_ERROR' && reply.message === TOO_LARGE_MESSAGE)) {
+    // memcached's binary body, not the text protocol's SERVER_ERROR line the router answers (its
+    // own size check, or every store refusing the item as too large).
     error(tag, STATUS.VALUE_TOO_LARGE, '', out);
     return;
   }
