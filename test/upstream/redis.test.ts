@@ -445,6 +445,33 @@ test('an unreachable redis cluster fails within the timeout', { timeout: 10_000 
   }
 });
 
+// The server's FIN is read a loop pass or more before the 'close' ioredis watches. A request taken
+// in between must not be written after it and fail as "may have been applied" (IO): a cas would
+// answer SERVER_ERROR instead of failing over (memcached's driver did: memcached.test's FIN
+// test). A guard: ioredis finds the socket no longer writable ("Stream isn't writeable").
+test('a request taken after redis closed the connection, before ioredis saw it, fails unsent (UNREACHABLE)', { timeout: 30_000 }, async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  const server = await startRedis();
+  const up = open(server.url, { timeout: '60000' });
+  const admin = raw(server);
+  t.after(async () => {
+    admin.disconnect();
+    await up.close();
+    await server.stop();
+  });
+  await set(up, 'k', 'v');
+  // The driver's connection (its ioredis client's socket): the test sees the FIN around the driver.
+  const stream = (up as unknown as { client: { stream: import('node:net').Socket } }).client.stream;
+  const after = new Promise<unknown>((resolve) => stream.on('end', () => resolve(getOne(up, 'k').then(() => 'answered', (err: unknown) => err))));
+  await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+  const outcome = await after;
+  assert.ok(outcome instanceof McmuxError, `not an error: ${inspect(outcome)}`);
+  assert.equal(outcome.code, ErrorCodes.UPSTREAM_UNREACHABLE, outcome.message);
+  assert.equal(outcome.late, false);
+  // And it is used again once ioredis has reconnected.
+  assert.equal(await retrying(() => text(up, 'k')), 'v');
+});
+
 test('a killed redis gives fast unsent errors, and is used again after a restart', { timeout: 30_000 }, async (t) => {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
   const server = await startRedis();
