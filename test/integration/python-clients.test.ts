@@ -453,20 +453,20 @@ function requireMemcached(t: TestContext): boolean {
   return requireBinary(t, 'memcached', 'memcached');
 }
 
-for (const lib of [PYMEMCACHE, PYTHON_MEMCACHED, pylibmc(false)]) {
-  test(`1. session operations: ${lib.label} (${DEB[lib.mod]})`, async (t) => {
-    if (!requireMemcached(t)) return;
-    if (!(await requirePythonModule(t, lib.mod))) return;
-    await controlThenMcmux(t, lib, (p) => sessionSteps(lib, p));
-  });
+/** Test `n` for each of `libs`: the scenario `steps` against memcached directly, then through mcmux. */
+function eachLib(n: string, what: string, libs: readonly Lib[], steps: (lib: Lib, prefix: string) => Step[]): void {
+  for (const lib of libs) {
+    test(`${n}. ${what}: ${lib.label} (${DEB[lib.mod]})`, async (t) => {
+      if (!requireMemcached(t)) return;
+      if (!(await requirePythonModule(t, lib.mod))) return;
+      await controlThenMcmux(t, lib, (p) => steps(lib, p));
+    });
+  }
 }
 
-test('2. session operations: pylibmc binary=True (binary protocol)', async (t) => {
-  if (!requireMemcached(t)) return;
-  if (!(await requirePythonModule(t, 'pylibmc'))) return;
-  const lib = pylibmc(true);
-  await controlThenMcmux(t, lib, (p) => sessionSteps(lib, p));
-});
+// 1 and 2 (pylibmc binary=True: the binary protocol).
+eachLib('1', 'session operations', [PYMEMCACHE, PYTHON_MEMCACHED, pylibmc(false), pylibmc(true)], sessionSteps);
+
 
 // ---------------------------------------------------------------------------------------------
 // 3: Python objects, serialized by the library with their flags.
@@ -515,13 +515,7 @@ function objectSteps(lib: Lib, prefix: string): Step[] {
   return steps;
 }
 
-for (const lib of [PYMEMCACHE, PYTHON_MEMCACHED, pylibmc(false), pylibmc(true)]) {
-  test(`3. serialized objects and their flags: ${lib.label}`, async (t) => {
-    if (!requireMemcached(t)) return;
-    if (!(await requirePythonModule(t, lib.mod))) return;
-    await controlThenMcmux(t, lib, (p) => objectSteps(lib, p));
-  });
-}
+eachLib('3', 'serialized objects and their flags', [PYMEMCACHE, PYTHON_MEMCACHED, pylibmc(false), pylibmc(true)], objectSteps);
 
 // Cross-library: what pymemcache's serde writes through mcmux, python-memcached reads straight
 // from the second memcached (both use flag 1 = pickle, 16 = text, 2 = int).
