@@ -1,0 +1,262 @@
+/**
+ * Review of f15d3b3: repairKey replays a missed delete on the upstream that missed it also when
+ * journal.missedDeleteIsLatest holds (the entry is a delete of this process, seq > 0, and no write
+ * of the key started since), whatever the others hold, even when the only clean copy is fenced.
+ * Driven by hand over fault-injecting fakes, as cold-detector.test.ts.
+ *
+ * FINDING (todo test below): the premise "the entry's op is the last write it missed" does not
+ * hold. journal.mark (src/router/journal.ts, the `else if (op !== e.op || seq > e.seq || late)`
+ * branch) takes the op of whichever miss is RECORDED last, with the seq of the newest: a delete
+ * whose failure is reported after that of a later set (plain writes of a key overlap,
+ * key-order.ts) leaves the entry {op: 'delete', seq: the set's}. missedDeleteIsLatest then says
+ * the delete is the latest write (its seq is the set's, and nothing started since), and the
+ * repair deletes the key on that upstream while the only copy of the acknowledged set is on an
+ * upstream fenced as a precaution (a reconnect whose marker check has not answered). That
+ * upstream, now clean and warm, decides the next `add` of the key: the lock the set took is
+ * granted again, and the add's copy overwrites the set everywhere.
+ */
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import pino from 'pino';
+import type { Command, Reply } from '../../src/command/command';
+import { ErrorCodes, McmuxError } from '../../src/errors';
+import { ColdDetector } from '../../src/router/cold-detector';
+import { HealthyUpstream, knowsKey } from '../../src/router/health';
+import { RepairJournal } from '../../src/router/journal';
+import { Repairer } from '../../src/router/repair';
+import { Router } from '../../src/router/router';
+import type { StoreRequest } from '../../src/upstream/upstream';
+import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+
+const silent = pino({ level: 'silent' });
+const FENCE_MS = 60_000;
+
+function setup(n = 2, opts: { writeWait?: 'all' | 'copies' } = {}) {
+  const fakes = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`));
+  const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 100, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
+  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: opts.writeWait ?? 'all', allowFlush: true }, noStats, () => {});
+  const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
+  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+  const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
+  const add = async (key: string, who: string): Promise<string> =>
+    status(await exec({ kind: 'store', mode: 'add', key, value: Buffer.from(who), flags: 0, deadline: 0, cas: undefined, withCas: true, noreply: false }));
+  const set = async (key: string, value: string): Promise<string> =>
+    status(await exec({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false }));
+  const del = async (key: string): Promise<string> => status(await exec({ kind: 'delete', key, noreply: false }));
+  const get = async (key: string): Promise<string | undefined> => {
+    const r = await exec({ kind: 'get', keys: [key], withCas: false, touch: undefined });
+    return r.kind === 'values' ? r.hits[0]?.value.toString() : `<${status(r)}>`;
+  };
+  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
+  const close = (): Promise<unknown> => Promise.all(ups.map((u) => u.close()));
+  return { fakes, ups, journal, router, repairer, detector, exec, add, set, del, get, close };
+}
+
+/** `f` fails (not applied, not late) every set of `key` until the returned function is called. */
+function failSetsOf(f: FakeUpstream, key: string): () => void {
+  const store = f.store.bind(f);
+  f.store = async (req: StoreRequest) => {
+    if (req.key === key && req.mode === 'set') {
+      f.calls.push(`${req.mode} ${req.key} (failed)`);
+      throw new McmuxError(ErrorCodes.UPSTREAM_IO, `${f.name}: injected failure of the set`);
+    }
+    return store(req);
+  };
+  return () => {
+    f.store = store;
+  };
+}
+
+describe('review: a missed delete replayed as the latest write (f15d3b3)', () => {
+  // FINDING. Plain writes of a key overlap (key-order.ts): the delete waits in b (a connection
+  // being set up, say) and fails after the set sent behind it has failed there at once. The
+  // journal entry of b ends up {op: 'delete', seq: the set's} (journal.ts mark), and the new rule
+  // replays the delete over the acknowledged set, which only a holds, while a is fenced as a
+  // precaution (it reconnected; its marker check has not answered). b then decides the lock.
+  it(
+    'a delete whose miss is recorded after that of the set sent behind it: the set is acknowledged, its lock must not be granted again',
+    { todo: 'FINDING: journal.mark keeps the op of the miss recorded last (a delete older than the set), with the set\'s seq: missedDeleteIsLatest (journal.ts) takes it for the latest write, repairKey (repair.ts:241) deletes the key on b while the set\'s only copy is on the precaution-fenced a, and b grants the lock again' },
+    async () => {
+      const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close } = setup(2);
+      const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+      const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+      await d.checkAll(); // markers written
+      assert.equal(await set('lock.s', 'old'), 'STORED');
+      // The delete reaches a, and waits in b.
+      fb.gateOnly = (call) => call === 'delete lock.s';
+      fb.close_gate();
+      const deleting = del('lock.s');
+      await settle();
+      // The set sent behind it: a stores it, b fails it at once (not applied).
+      const restore = failSetsOf(fb, 'lock.s');
+      assert.equal(await set('lock.s', 'held by A'), 'STORED', 'the set is acknowledged (a has it)');
+      restore();
+      // Now the delete fails in b too (not applied: not late).
+      fb.kill();
+      assert.equal(await deleting, 'DELETED');
+      fb.mode = 'ok';
+      fb.gateOnly = undefined;
+      assert.equal((await fa.inner.get(['lock.s']))[0]?.value.toString(), 'held by A', 'a holds the set (the delete landed before it)');
+      assert.equal(await get('lock.s'), 'held by A', 'and a read answers it');
+      const e = journal.entry(b, 'lock.s');
+      assert.ok(e, 'b missed both');
+      // a reconnects: fenced as a precaution, its marker check held (it did not restart: it still holds the set).
+      fa.gateOnly = (call) => call.includes(d.key);
+      fa.close_gate();
+      d.reconnected(a);
+      await settle();
+      assert.equal(a.fenced, true);
+      assert.equal(knowsKey(a, 'lock.s'), false);
+      assert.equal(await get('lock.s'), 'held by A', 'still read from a');
+      await repairer.tick();
+      const replayed = (await fb.inner.get(['lock.s']))[0] === undefined && !journal.isDirty(b, 'lock.s');
+      assert.notEqual(await add('lock.s', 'B'), 'STORED', `LOCK GRANTED TWICE: the lock the acknowledged set holds on a is granted again by b (b's entry was ${JSON.stringify(e)}; delete replayed on b: ${replayed})`);
+      assert.equal(await get('lock.s'), 'held by A', 'the acknowledged set is still what a read answers');
+      fa.open();
+      await close();
+    },
+  );
+
+  // OBSERVATION (not counted as a finding: it needs a write the client was told failed). The
+  // "no write of the key started since" half of missedDeleteIsLatest is journal.startedSince,
+  // which reads journal.writes: finished writes are pruned from it as soon as no read is in
+  // flight (pruneWrites), without moving forgottenUpTo, so the check is void a moment after any
+  // later write. Here an add decided by a times out there (applied late), answered SERVER_ERROR;
+  // nothing else changes b's delete entry (b was never sent the add: notSent), and once the add's
+  // write is pruned the new rule would replay the delete on b while a, the freshest copy, holds the
+  // add's item, which reads served meanwhile. Checks only what the code does now.
+  it('observation: a later add that timed out on its authority is forgotten by startedSince (missedDeleteIsLatest true); here the tick order still copies it to b', async () => {
+    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close } = setup(2);
+    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    await d.checkAll();
+    assert.equal(await set('lock.s', 'old'), 'STORED');
+    fb.mode = 'fail';
+    assert.equal(await del('lock.s'), 'DELETED');
+    fb.mode = 'ok';
+    const delSeq = journal.entry(b, 'lock.s')?.seq ?? 0;
+    fa.gateOnly = (call) => call === 'add lock.s';
+    fa.delay_late();
+    assert.match(await add('lock.s', 'A'), /SERVER_ERROR/, 'the add timed out on its authority');
+    fa.open(); // and lands
+    await settle();
+    assert.equal((await fa.inner.get(['lock.s']))[0]?.value.toString(), 'A');
+    assert.equal(await get('lock.s'), 'A', 'reads take the freshest copy, a, with the late add');
+    assert.equal(journal.entry(b, 'lock.s')?.op, 'delete');
+    assert.equal(journal.startedSince('lock.s', delSeq), false, 'the add since is forgotten (pruned)');
+    assert.equal(journal.missedDeleteIsLatest(b, 'lock.s'), true, 'so the delete counts as the latest write');
+    await repairer.tick();
+    // Here the repair of a (the freshest copy, cleared as the truth) ran first in the tick and b
+    // copied A from it: the end state is consistent. Whether a tick order or a fenced a could make
+    // the replay win instead was not shown in the time of this review.
+    assert.equal((await fb.inner.get(['lock.s']))[0]?.value.toString(), 'A', 'b copied the late add from a');
+    assert.equal(journal.isDirty(a, 'lock.s') || journal.isDirty(b, 'lock.s'), false);
+    assert.equal(await get('lock.s'), 'A');
+    await close();
+  });
+
+  // GUARD (the change's own case, with the order of misses the usual one): the delete missed b,
+  // then a set missed b too: b's entry becomes a write (mark), missedDeleteIsLatest is false, and
+  // with a (the only copy of the set) fenced as come back empty... here a precaution fence, a
+  // still holds the set: the repair waits; the lock is not decided by b.
+  it('guard: a delete then a set both missed by b, in order: no replay over the set while a is fenced', async () => {
+    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close } = setup(2);
+    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    await d.checkAll();
+    assert.equal(await set('lock.s', 'old'), 'STORED');
+    fb.mode = 'fail';
+    assert.equal(await del('lock.s'), 'DELETED');
+    assert.equal(await set('lock.s', 'held by A'), 'STORED');
+    fb.mode = 'ok';
+    assert.equal(journal.entry(b, 'lock.s')?.op, 'write', 'the latest miss is the set');
+    assert.equal(journal.missedDeleteIsLatest(b, 'lock.s'), false);
+    fa.gateOnly = (call) => call.includes(d.key);
+    fa.close_gate();
+    d.reconnected(a);
+    await settle();
+    await repairer.tick();
+    assert.equal(journal.isDirty(b, 'lock.s'), true, 'waits for a');
+    assert.notEqual(await add('lock.s', 'B'), 'STORED');
+    assert.equal(await get('lock.s'), 'held by A');
+    fa.open();
+    await close();
+  });
+
+  // GUARD: a touch after the missed delete (b still holds the old item: it answers TOUCHED, a
+  // NOT_FOUND) changes no store's state beyond "absent": the replay that follows is right.
+  it('guard: a touch after the missed delete does not stop the replay, and brings nothing back', async () => {
+    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, exec, close } = setup(2);
+    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    await d.checkAll();
+    assert.equal(await set('lock.s', 'old'), 'STORED');
+    fb.mode = 'fail';
+    assert.equal(await del('lock.s'), 'DELETED');
+    fb.mode = 'ok';
+    const t = await exec({ kind: 'touch', key: 'lock.s', deadline: 0, noreply: false, withItem: false } as Command);
+    assert.equal(t.kind === 'status' && t.status, 'NOT_FOUND', 'the current copy (a) has none');
+    await fa.inner.flush();
+    d.knownEmpty(a);
+    await repairer.tick();
+    assert.equal(journal.isDirty(b, 'lock.s'), false);
+    assert.equal((await fb.inner.get(['lock.s']))[0], undefined);
+    assert.equal(await get('lock.s'), undefined);
+    assert.equal(await add('lock.s', 'B'), 'STORED');
+    assert.equal(await add('lock.s', 'C'), 'NOT_STORED');
+    await close();
+  });
+
+  // GUARD: a flush_all after the missed delete, failed on b (down): forgottenUpTo moves past the
+  // delete's seq, so startedSince says "maybe written" and the delete is not replayed by the new
+  // rule (the dirty b waits for a, fenced).
+  it('guard: a flush_all since the missed delete (b failed it) keeps the new rule off', async () => {
+    const { fakes, ups, journal, repairer, detector: d, set, del, exec, close } = setup(2);
+    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    await d.checkAll();
+    assert.equal(await set('lock.s', 'old'), 'STORED');
+    fb.mode = 'fail';
+    assert.equal(await del('lock.s'), 'DELETED');
+    await exec({ kind: 'flush', delay: 0, noreply: false } as Command);
+    fb.mode = 'ok';
+    assert.equal(journal.entry(b, 'lock.s')?.op, 'delete');
+    assert.equal(journal.missedDeleteIsLatest(b, 'lock.s'), false, 'a flush_all counts as a write of every key');
+    await fa.inner.flush();
+    d.knownEmpty(a);
+    await repairer.tick();
+    assert.equal(journal.isDirty(b, 'lock.s'), true, 'waits for the fence');
+    await close();
+  });
+
+  // GUARD: a set that timed out on b (may land late) then a delete that failed on b: the entry is
+  // a delete with the set's lateness; the repair waits until it has settled, and then the delete
+  // (the latest write) is replayed over whatever the late set left.
+  it('guard: a late set under the missed delete: replayed only once settled, and absent wins', async () => {
+    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close } = setup(2);
+    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    await d.checkAll();
+    fb.gateOnly = (call) => call === 'set lock.s';
+    fb.delay_late();
+    assert.equal(await set('lock.s', 'old'), 'STORED', 'a has it; b timed out on it');
+    fb.mode = 'fail';
+    fb.gateOnly = undefined;
+    assert.equal(await del('lock.s'), 'DELETED');
+    fb.mode = 'ok';
+    fb.open(); // the late set lands on b now, after the delete b missed
+    await settle();
+    assert.equal((await fb.inner.get(['lock.s']))[0]?.value.toString(), 'old', 'the late set landed on b');
+    await fa.inner.flush();
+    d.knownEmpty(a);
+    await repairer.tick();
+    await repairer.tick();
+    assert.equal((await fb.inner.get(['lock.s']))[0], undefined, 'the delete replayed over the late set');
+    assert.equal(journal.isDirty(b, 'lock.s'), false);
+    assert.equal(await get('lock.s'), undefined, 'the deleted value stays gone');
+    assert.equal(await add('lock.s', 'B'), 'STORED');
+    await close();
+  });
+});
