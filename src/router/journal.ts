@@ -781,20 +781,6 @@ export class RepairJournal {
     return all.some((o) => o !== u && (!this.isDirty(o, key) || this.fresher(o, u, key) > 0));
   }
 
-  /**
-   * Whether the write `u` last missed of `key` is a delete this process sent, and no write of the
-   * key has started since: then no store can hold a newer state than "absent" (a write of the
-   * process before would be on file, seq 0, and its late requests settled before this one took
-   * a command), so the delete may be replayed on `u` whatever the others hold or have lost. Else,
-   * with the only clean copy come back empty (it cannot tell a delete from a lost write), nobody
-   * decided the key for a whole lock-fence (a destroyed session's lock: pecl-memcache's writes
-   * of that id failed; test/integration/review-php-memcache-faults.test.ts).
-   */
-  missedDeleteIsLatest(u: Upstream, key: string): boolean {
-    const e = this.entry(u, key);
-    return e !== undefined && e.op === 'delete' && e.seq > 0 && !this.startedSince(key, e.seq);
-  }
-
   /** Above 0 when `a`'s copy of `key` ranks as fresher than `b`'s (both dirty), below 0 when older. */
   private fresher(a: Upstream, b: Upstream, key: string): number {
     const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest but by `missed`
