@@ -781,6 +781,24 @@ export class RepairJournal {
     return all.some((o) => o !== u && (!this.isDirty(o, key) || this.fresher(o, u, key) > 0));
   }
 
+  /**
+   * Whether the write `u` last missed of `key` is a delete this process sent, and no later write
+   * of the key can be anywhere: none started since (the writes in flight), and no other store of
+   * `all` missed a later one (a finished write reached `u` or missed it: either changed `u`'s
+   * entry; one never sent to `u` is a conditional command that failed on its authorities, which
+   * were marked with it). Then no store holds a newer state than "absent", and the delete may be
+   * replayed on `u` whatever the others hold or have lost. Else, with the only clean copy come back
+   * empty (it cannot tell a delete from a lost write), nobody decided the key for a whole
+   * lock-fence (a destroyed session's lock: test/integration/review-php-memcache-faults.test.ts).
+   * A delete loaded from journal.log (seq 0, the process before) is not: its late requests and
+   * writes are not all known here.
+   */
+  missedDeleteIsLatest(all: readonly Upstream[], u: Upstream, key: string): boolean {
+    const e = this.entry(u, key);
+    if (e === undefined || e.op !== 'delete' || e.seq <= 0 || e.late !== 0 || this.startedSince(key, e.seq)) return false;
+    return !all.some((o) => o !== u && (this.entry(o, key)?.seq ?? 0) > e.seq);
+  }
+
   /** Above 0 when `a`'s copy of `key` ranks as fresher than `b`'s (both dirty), below 0 when older. */
   private fresher(a: Upstream, b: Upstream, key: string): number {
     const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest but by `missed`
@@ -845,8 +863,13 @@ export class RepairJournal {
       // request may leave reads as the set's own item); a delete held keeps its rank (an item
       // found says it landed: undone), and stays a delete for the repair, the key's state.
       this.put(u, p, key, e.op === 'delete' ? { ...e, late: at, own: true } : { op: 'write', since: e.since, seq: e.seq, firstSeq: e.seq + 0.5, late: at, own: true });
-    } else if (op !== e.op || seq > e.seq || late) this.put(u, p, key, { op, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? at : e.late, ...own(late || e.own === true) });
-    else this.put(u, p, key, e); // unchanged, but on file again (as before)
+    } else if (op !== e.op || seq > e.seq || late) {
+      // The op is the newest write's (a late one's is always 'write', above): plain writes of a key
+      // overlap (key-order.ts), and a delete's failure may be recorded after that of the set sent
+      // behind it; the repair must not replay the older delete over the set (review-delete-replay).
+      const newest = late || seq >= e.seq ? op : e.op;
+      this.put(u, p, key, { op: newest, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? at : e.late, ...own(late || e.own === true) });
+    } else this.put(u, p, key, e); // unchanged, but on file again (as before)
   }
 
   /**

@@ -236,7 +236,9 @@ export class Repairer {
       // later: one that may hold a newer state (clean for the key, or dirty since a later write)
       // but is down is waited for, as for a missed write (fuzz seed 30555 with
       // MCMUX_FUZZ_RESTART=1: the set's other copy was down, and the replayed delete left none).
-      if (op === 'delete' && !source && !journal.outranked(ctx.upstreams, u, key)) {
+      // Or where it is the last write of the key, sent by this process (missedDeleteIsLatest):
+      // nothing newer can be anywhere, and the clean copies may be fenced as come back empty.
+      if (op === 'delete' && !source && (!journal.outranked(ctx.upstreams, u, key) || journal.missedDeleteIsLatest(ctx.upstreams, u, key))) {
         await u.delete(key);
       } else {
         if (clean.length > 0 && !source) return false; // wait for the fence to end

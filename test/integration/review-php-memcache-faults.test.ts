@@ -13,9 +13,9 @@
  * What must hold: a session written and acknowledged is read back (no logged-out user), no
  * increment lost, no destroyed session back, no lock granted twice (the counts are 1..N once each).
  *
- * Found (the one test not named "holds:", a todo): a destroy that missed the paused second, then the
- * first restarted empty: the missed delete is not replayed while the first is fenced, nobody may
- * decide `<sid>.lock`, and every request of that id fails its write for the whole lock-fence.
+ * Found (the one test not named "holds:"; fixed since): a destroy that missed the paused second, then
+ * the first restarted empty: the missed delete was not replayed while the first was fenced, nobody
+ * could decide `<sid>.lock`, and every request of that id failed its write for the whole lock-fence.
  * Everything else here held; the "holds:" tests guard it.
  */
 
@@ -187,22 +187,15 @@ test('PHP sessions through mcmux (pecl-memcache) under faults', async (t) => {
   });
 
   /*
-   * FAILS. The destroy's `delete <sid>` / `delete <sid>.lock` reached the first memcached and
-   * missed the paused second (journaled there). The first then restarts empty (fenced for
-   * lock-fence, 60 s) and the second comes back: the repair will not replay the missed delete on
-   * the second, because the only upstream clean for the key is fenced (src/router/repair.ts:231,
-   * no source; then :240 `clean.length > 0 && !source` -> "wait for the fence to end"; the replay
-   * of :237 is skipped since journal.outranked counts the fenced-clean first as possibly newer).
-   * Meanwhile nobody may decide the lock (authority-order.ts:36-38: the second is dirty, the first
-   * fenced): `incr`/`add <sid>.lock` answer `SERVER_ERROR ... may not decide until its lock-fence
-   * ends`, and for 60 s every request of that id runs unlocked with an empty session and its
-   * write fails ("Failed to write session data"): the user cannot log in again on that browser.
-   * The destroyed session does stay gone (asserted first). Suggested fix: a missed delete may be
-   * replayed when the upstreams clean for the key are fenced as come back empty AFTER the delete
-   * and have not been written the key since (!knowsKey): what they hold, absent, is the delete's
-   * own state, never a newer one (exclude them in journal.outranked for op 'delete', or treat
-   * them as an "absent" source at repair.ts:231 when the journal's last write of the key there
-   * was a delete).
+   * Found by the review (a todo until the fix): the destroy's `delete <sid>` / `delete <sid>.lock`
+   * reached the first memcached and missed the paused second (journaled there). The first then
+   * restarts empty (fenced for lock-fence, 60 s) and the second comes back: the repair did not
+   * replay the missed delete on the second, the only upstream clean for the key being fenced
+   * (journal.outranked counted it as possibly newer), and meanwhile nobody could decide the lock
+   * (the second dirty, the first fenced): for 60 s every request of that id ran unlocked with an
+   * empty session and its write failed. The destroyed session did stay gone (asserted first).
+   * Fixed: a delete this process sent, with no write of the key since, is replayed whatever the
+   * others hold (journal.missedDeleteIsLatest).
    */
   await sub(t, 'session_destroy() with the second paused, the first then restarted empty, the second back: a new session on the id is stored at once', async (t) => {
     const r = await rig(t);
@@ -222,7 +215,7 @@ test('PHP sessions through mcmux (pecl-memcache) under faults', async (t) => {
     assert.equal((await peekItem(r.mcs[1].port, sid))?.value, undefined, 'the second no longer holds the destroyed session');
     assert.deepEqual(await r.count(sid), ok(1), 'a new session starts on the id, and is stored');
     assert.deepEqual(await r.count(sid), ok(2), 'and is read back');
-  }, 'open: a missed delete is not replayed while the only clean copy is fenced as come back empty (repair.ts); fails safe for lock-fence');
+  });
 
   await sub(t, 'holds: the first memcached paused while a request holds the lock, past the timeout: the next requests keep the session', async (t) => {
     const r = await rig(t);
