@@ -276,7 +276,7 @@ export class ColdDetector {
    * cas was decided by the other store, which had lost the key unseen: NOT_FOUND).
    */
   flushed(u: HealthyUpstream): void {
-    for (const s of [u.inner, ...membersOf(u).map((m) => m.inner)]) {
+    for (const s of [u.inner, ...this.storesOf(u, false)]) {
       this.lastSet.delete(s);
       this.unsure.delete(s);
       this.found.delete(s);
@@ -325,8 +325,7 @@ export class ColdDetector {
     for (const v of this.upstreams()) {
       // Its marker not read yet: it may hold one (see unread).
       if (v !== u && this.unjudged.get(v) === true) return true;
-      const members = membersOf(v);
-      for (const s of members.length > 0 ? members.map((m) => m.inner) : [v.inner]) {
+      for (const s of this.storesOf(v, false)) {
         if (!stores.includes(s) && this.found.has(s)) return true;
       }
     }
@@ -350,14 +349,17 @@ export class ColdDetector {
     return verdict;
   }
 
-  /** What the marker says in each store of `u` (each usable server of a pool); undefined when `u` is not usable. */
-  /** The stores that hold `u`'s marker: each server of a pool (`usable`: those usable now), or `u` itself. */
+  /**
+   * The stores that hold `u`'s marker: each server of a pool (`usable`: those usable now), each
+   * master of a Redis Cluster (markerStores), or `u` itself.
+   */
   private storesOf(u: HealthyUpstream, usable: boolean): Upstream[] {
     const members = membersOf(u);
-    if (members.length === 0) return [u.inner];
+    if (members.length === 0) return u.inner.markerStores ? [...u.inner.markerStores()] : [u.inner];
     return (usable ? members.filter(isUsable) : members).map((m) => m.inner);
   }
 
+  /** What the marker says in each store of `u` (each usable server of a pool); undefined when `u` is not usable. */
   private async look(u: HealthyUpstream): Promise<Look | undefined> {
     if (!isUsable(u)) return undefined;
     const targets = this.storesOf(u, true);

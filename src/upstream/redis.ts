@@ -68,6 +68,7 @@ const BACKOFF_MAX_MS = 2000;
 const HEADER = 12; // flags u32 + cas u64
 const FLUSH_BATCH = 500; // keys per SCAN step and per UNLINK of a prefixed flush
 const SLOTS = 16384;
+const SLOTS_REFRESH_MS = 2000;
 /** Keys of one gathered read (read-batch.ts): one script runs them all, and Redis runs nothing else meanwhile. */
 const READ_BATCH_KEYS = 256;
 
@@ -285,6 +286,13 @@ export class RedisUpstream implements Upstream {
   private readonly prefix: Buffer;
   private readonly secrets: string[];
   private readonly counterKeys = new Map<number, Buffer>(); // cluster: cas counter per slot
+  /** Cluster: nodes (host:port) whose connection was lost and whose 'ready' since is not reported yet. */
+  private readonly unreported = new Set<string>();
+  /** Cluster: each slot's master as the last slots refresh saw it (mastersChanged). */
+  private masters: string[] | undefined;
+  /** Cluster: one marker store per master (markerStores), by master. */
+  private readonly markerViews = new Map<string, ClusterMasterStore>();
+  private refreshAsked = 0;
   private readonly counterKey: Buffer; // standalone: the one cas counter
   private readonly maxQueue: number;
   private readonly maxItemSize: string;
@@ -315,16 +323,35 @@ export class RedisUpstream implements Upstream {
     // First, before anything a waiting request sends on the new connection.
     client.on('ready', () => void this.loadScripts());
     if (client instanceof Cluster) {
-      // A node's connection is not re-made: ioredis drops the node (-node) and makes a new one
-      // (+node). One seen ready before, ready again: that master may have restarted empty.
+      // A node seen ready before, ready again: that master may have restarted empty (its
+      // connection re-made in the background, clusterNodeRetryStrategy, or the node made again
+      // by ioredis at an address it had dropped). Until that 'ready' is reported (onReconnect,
+      // which fences the cluster), a write routed to the node is not sent (refuseUnreported):
+      // ioredis sends what waits in a node's offline queue before it emits 'ready', and the
+      // restarted master would decide an add of a lock it lost before the fence.
       const seen = new Set<string>();
       client.on('+node', (node: Redis) => {
         void this.loadScripts([node]);
-        const id = `${node.options.host ?? ''}:${node.options.port ?? ''}`;
-        node.once('ready', () => {
+        const id = nodeId(node);
+        if (seen.has(id)) this.unreported.add(id);
+        node.on('close', () => {
+          if (seen.has(id) && client.nodes('all').includes(node)) this.unreported.add(id);
+        });
+        node.on('ready', () => {
           if (seen.has(id)) this.onReconnect?.();
           else seen.add(id);
+          this.unreported.delete(id);
         });
+      });
+      client.on('-node', (node: Redis) => {
+        if (seen.has(nodeId(node))) this.unreported.add(nodeId(node));
+      });
+      // A slot whose master changed (a replica promoted after its master failed, a slot moved):
+      // the new master may lack the last writes of the old one (replication is asynchronous), a
+      // lock among them. Reported as a reconnect: the cluster is fenced, and the marker check that
+      // follows finds that master's marker missing (its key names the master: markerStores).
+      client.on('refresh', () => {
+        if (this.mastersChanged()) this.onReconnect?.();
       });
     }
     this.firstReady = new Promise<void>((resolve, reject) => {
@@ -425,6 +452,7 @@ export class RedisUpstream implements Upstream {
   store(req: StoreRequest): Promise<StoreResult> {
     return this.run(async () => {
       const item = this.itemKey(req.key);
+      this.refuseUnreported(item);
       const flags = Buffer.allocUnsafe(4);
       flags.writeUInt32BE(req.flags >>> 0);
       let cas = NO_CAS;
@@ -442,12 +470,18 @@ export class RedisUpstream implements Upstream {
   }
 
   delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
-    return this.run(async () => ((await this.client.unlink(this.itemKey(key))) > 0 ? 'DELETED' : 'NOT_FOUND'));
+    return this.run(async () => {
+      const item = this.itemKey(key);
+      this.refuseUnreported(item);
+      return (await this.client.unlink(item)) > 0 ? 'DELETED' : 'NOT_FOUND';
+    });
   }
 
   touch(key: string, deadline: number, withItem = false): Promise<TouchResult> {
     return this.run(async () => {
-      const r = await this.scripts.mcmuxTouchBuffer(this.itemKey(key), deadlineArg(deadline, Date.now()));
+      const item = this.itemKey(key);
+      this.refuseUnreported(item);
+      const r = await this.scripts.mcmuxTouchBuffer(item, deadlineArg(deadline, Date.now()));
       if (r === 0) return 'NOT_FOUND';
       if (!Buffer.isBuffer(r) || r.length !== HEADER) throw this.error(ErrorCodes.UPSTREAM_PROTOCOL, 'touch script answered neither an item header nor 0');
       return withItem ? { flags: r.readUInt32BE(0), cas: r.readBigUInt64BE(4) } : 'TOUCHED';
@@ -457,6 +491,7 @@ export class RedisUpstream implements Upstream {
   arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
     return this.run(async () => {
       const item = this.itemKey(key);
+      this.refuseUnreported(item);
       const r = await this.scripts.mcmuxArithBuffer(item, this.counterFor(item), op === 'incr' ? 'i' : 'd', delta.toString());
       if (r === -1) return { status: 'NOT_FOUND' };
       if (r === -2) return { status: 'NON_NUMERIC' };
@@ -657,6 +692,66 @@ export class RedisUpstream implements Upstream {
     return buf;
   }
 
+  /**
+   * Cluster: a write whose slot's master lost its connection and whose 'ready' since is not
+   * reported yet is not sent (UNREACHABLE: the router fails it over as never sent). A slots
+   * refresh is asked for (at most one a second): the slots may have a new master by now.
+   */
+  private refuseUnreported(item: Buffer): void {
+    if (this.unreported.size === 0 || !(this.client instanceof Cluster)) return;
+    const node = this.client.slots[keySlot(item)]?.[0];
+    if (node === undefined || !this.unreported.has(node)) return;
+    const now = performance.now();
+    if (now - this.refreshAsked >= 1000) {
+      this.refreshAsked = now;
+      this.client.refreshSlotsCache();
+    }
+    throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `cluster node ${node} is reconnecting: not sent`);
+  }
+
+  /** Cluster: whether a slot's master differs from the last time this was asked (not the first). */
+  private mastersChanged(): boolean {
+    if (!(this.client instanceof Cluster)) return false;
+    const now = Array.from({ length: SLOTS }, (_, s): string => (this.client as Cluster).slots[s]?.[0] ?? '');
+    const before = this.masters;
+    this.masters = now;
+    if (before === undefined) return false;
+    for (let s = 0; s < SLOTS; s++) if (before[s] !== '' && now[s] !== '' && before[s] !== now[s]) return true;
+    return false;
+  }
+
+  /**
+   * Cluster: one store per master for the cold detector's marker, each a view of this one that
+   * names the key `<marker>.<master host:port>.{<tag of the master's lowest slot>}`: it lands on
+   * that master, and a master at another address (a promoted replica, which holds the old
+   * master's marker) is asked for a key it was never written. A standalone Redis: itself.
+   */
+  markerStores(): readonly Upstream[] {
+    if (!(this.client instanceof Cluster)) return [this];
+    const lowest = new Map<string, number>();
+    for (let s = 0; s < SLOTS; s++) {
+      const m = this.client.slots[s]?.[0];
+      if (m !== undefined && !lowest.has(m)) lowest.set(m, s);
+    }
+    if (lowest.size === 0) return [this]; // slots not known yet: the marker as any key
+    const views: ClusterMasterStore[] = [];
+    for (const [master, slot] of lowest) {
+      const suffix = `.${master}.{${slotTag(slot)}}`;
+      let view = this.markerViews.get(master);
+      if (view === undefined || view.suffix !== suffix) {
+        view = new ClusterMasterStore(this, master, suffix);
+        this.markerViews.set(master, view);
+      }
+      views.push(view);
+    }
+    return views;
+  }
+
+  /** Cluster: the slot the item of `key` lives in (a marker view checks where its key lands). */
+  slotOf(key: string): number {
+    return keySlot(this.itemKey(key));
+  }
+
   /** The cas counter for an item: the one counter, or in a cluster the counter of its slot. */
   private counterFor(item: Buffer): Buffer {
     if (!(this.client instanceof Cluster)) return this.counterKey;
@@ -671,6 +766,65 @@ export class RedisUpstream implements Upstream {
 }
 
 function ignore(): void {}
+
+function nodeId(node: Redis): string {
+  return `${node.options.host ?? ''}:${node.options.port ?? ''}`;
+}
+
+/**
+ * One master of a Redis Cluster as the cold detector sees it: the cluster's driver, with every
+ * key given a suffix that lands it on that master (RedisUpstream.markerStores). Only get and
+ * store are asked of it.
+ */
+class ClusterMasterStore implements Upstream {
+  readonly name: string;
+  readonly scheme: string;
+  readonly timeoutMs: number;
+  readonly stats: UpstreamStats;
+
+  constructor(
+    private readonly cluster: RedisUpstream,
+    master: string,
+    readonly suffix: string,
+  ) {
+    this.name = `${cluster.name} master ${master}`;
+    this.scheme = cluster.scheme;
+    this.timeoutMs = cluster.timeoutMs;
+    this.stats = cluster.stats;
+  }
+
+  get(keys: readonly string[]): Promise<Array<Hit | undefined>> {
+    return this.cluster.get(keys.map((k) => k + this.suffix));
+  }
+
+  store(req: StoreRequest): Promise<StoreResult> {
+    return this.cluster.store({ ...req, key: req.key + this.suffix });
+  }
+
+  delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
+    return this.cluster.delete(key + this.suffix);
+  }
+
+  touch(key: string, deadline: number, withItem?: boolean): Promise<TouchResult> {
+    return this.cluster.touch(key + this.suffix, deadline, withItem);
+  }
+
+  arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
+    return this.cluster.arith(op, key + this.suffix, delta);
+  }
+
+  flush(): Promise<void> {
+    return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `${this.name}: a master of a cluster is not flushed alone`));
+  }
+
+  probe(): Promise<void> {
+    return this.cluster.probe();
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
 
 /** Fills `out` (at `idx[i]`, or at i) from a get script's reply pairs. */
 function decodeHits(reply: Reply[], touch: number | undefined, out: Array<Hit | undefined>, idx: number[] | undefined, now: number): void {
@@ -818,6 +972,12 @@ export function createRedisUpstream(url: URL, options: Map<string, string>, ctx:
       // unless its status is ready, so nothing waits in the cluster's own offline queue.
       enableOfflineQueue: true,
       clusterRetryStrategy: retryStrategy,
+      // A node's connection is made again in the background (not only when a request is routed
+      // to it): a master that restarted is reported while no request waits for it.
+      clusterNodeRetryStrategy: retryStrategy,
+      // The slots asked for every 2 s, and after a write refused for a node reconnecting: a
+      // master's failover is seen (the 'refresh' event) without waiting for a MOVED.
+      slotsRefreshInterval: SLOTS_REFRESH_MS,
       slotsRefreshTimeout: timeoutMs,
       // 0: a command whose node connection closed is failed, not sent again after a delay (ioredis
       // retries those when this is above 0, whatever maxRetriesPerRequest says: an incr applied

@@ -106,6 +106,12 @@ export interface Upstream {
    * store may have restarted empty; mcmux then fences it until its marker key is checked).
    */
   onReconnect?: (() => void) | undefined;
+  /**
+   * Optional: the parts of a store that places keys on servers of its own, each to keep a marker
+   * of the cold detector (a Redis Cluster: one per master, since one can restart alone). Without
+   * it, the store keeps one marker (a memcached pool's servers are HealthyUpstreams: membersOf).
+   */
+  markerStores?(): readonly Upstream[];
 }
 
 export function newUpstreamStats(): UpstreamStats {

@@ -4,10 +4,12 @@
  * (resharding) with ASK redirections, a master restarted empty, a master killed and its replica
  * promoted, and CLUSTERDOWN. Tests marked FINDING fail on the code they were written against
  * (47cc993); tests marked "holds:" are guards for suspicions checked and found correct. Fixed: a
- * set retried by ioredis after its timeout (TRYAGAIN) landing after the delete that followed it.
- * Open (todo; README, Redis Cluster): a restarted master without the marker is not fenced, nor
- * the first command it gets; writes fail during a slot migration; a promoted replica that missed
- * the last writes is not fenced.
+ * set retried by ioredis after its timeout (TRYAGAIN) landing after the delete that followed it;
+ * a restarted master without the marker not fenced, nor the first command it gets, and a promoted
+ * replica that missed the last writes not fenced (a marker per master whose key names the master,
+ * redis.ts markerStores; writes to a node not sent until its reconnect is reported,
+ * refuseUnreported; slot master changes reported, mastersChanged).
+ * Open (todo; README, Redis Cluster): writes fail during a slot migration.
  * Private redis-servers only (cluster-enabled, no persistence), each on free data and bus ports in
  * its own temporary directory; mcmux in this process with a private state-dir.
  */
@@ -206,11 +208,11 @@ async function lockOffTheMarker(t: TestContext): Promise<{ cluster: Cluster; app
 // The same goes for the periodic checks: no check ever reads the restarted master.
 // Cause: cold-detector.ts:355 storesOf() returns [u.inner] for a cluster, and checkStore
 // (cold-detector.ts:459) reads this.key through the cluster client, which routes it to one master.
-// Fix: treat a cluster as a pool of its masters for the marker: one marker per master (a key
+// Fixed so: a marker per master (RedisUpstream.markerStores), as suggested here. Suggested: one marker per master (a key
 // whose hash tag lands in a slot that master serves, e.g. `{<slotTag(slot)>}mcmux.sentinel.<host>`
 // for one slot of each master, re-chosen when slots move), and a node reported ready again is
 // judged by the marker on that node alone (as serverReconnected does for a memcached pool).
-test('FINDING: a cluster master restarted empty (not the one holding the marker) is fenced: a lock it lost is not granted again', { timeout: 90_000, todo: 'open: one marker per cluster, on one master; the fix is a marker per master (README, Redis Cluster)' }, async (t) => {
+test('FINDING: a cluster master restarted empty (not the one holding the marker) is fenced: a lock it lost is not granted again', { timeout: 90_000 }, async (t) => {
   const r = await lockOffTheMarker(t);
   if (!r) return;
   const { cluster, app, u, victim, lock, w } = r;
@@ -248,11 +250,12 @@ test('FINDING: a cluster master restarted empty (not the one holding the marker)
 // Cause: redis.ts:797-815 (the Cluster options: no slotsRefreshInterval, no
 // clusterNodeRetryStrategy) and redis.ts:313-318 (a restart is noticed only on 'ready' of a
 // node re-created for a request).
-// Fix: keep node connections up in the background (clusterNodeRetryStrategy with the same
+// Fixed so (the next test pins the refusal): clusterNodeRetryStrategy, slotsRefreshInterval, and
+// refuseUnreported. Suggested: keep node connections up in the background (clusterNodeRetryStrategy with the same
 // back-off, and slotsRefreshInterval ~1 s), listening to every 'ready' of a node (not once), so a
 // restart is reported while no request waits; and fail (UPSTREAM_UNREACHABLE, not run) a request
 // routed to a node at an address seen before until that node's 'ready' has been reported.
-test('FINDING: the first add for a restarted (empty) cluster master is not decided by it before the restart is noticed', { timeout: 90_000, todo: 'open: ioredis re-makes a node only for the command that needs it, and reports ready after sending it' }, async (t) => {
+test('FINDING: the first add for a restarted (empty) cluster master is not decided by it before the restart is noticed', { timeout: 90_000 }, async (t) => {
   const r = await lockOffTheMarker(t);
   if (!r) return;
   const { cluster, u, victim, lock, w } = r;
@@ -269,6 +272,48 @@ test('FINDING: the first add for a restarted (empty) cluster master is not decid
   }, 30_000);
   const reportedBefore = u.fencesBegun > begun;
   assert.equal(await w.ask(`add ${lock} 0 0 5\r\nthief\r\n`), 'NOT_STORED\r\n', `a held lock granted again (restart reported before the add: ${reportedBefore})`);
+});
+
+// The driver alone, without the cold detector's checks (which also reach the restarted master,
+// and may be what reports it first in the test above). While a master is down, an add routed to
+// it fails as never sent (UNREACHABLE: the router takes the next authority, nothing is journaled
+// as maybe applied), and once it is back (restarted empty) no add is decided there before the
+// driver reported the reconnect (onReconnect: the cluster is fenced then). Before the fix, an add
+// waiting in the node's offline queue was sent as the connection came back, before ioredis
+// emitted the node's 'ready' (so before the report), and one that waited while the node was
+// down failed as an IO error (maybe applied).
+test('fixed: an add routed to a master that is down or reconnecting is not sent until its reconnect is reported', { timeout: 90_000 }, async (t) => {
+  const r = await clusterDriver(t, '2000');
+  if (!r) return;
+  const { cluster, up } = r;
+  let reported = 0;
+  up.onReconnect = () => reported++;
+  const victim = 1;
+  const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
+  const add = (v: string): Promise<string> => settle(up.store({ mode: 'add', key: lock, value: b(v), flags: 0, deadline: 0, withCas: false }));
+  await set(up, 'warm', 'x'); // every master's connection made
+  await retrying(() => up.store({ mode: 'add', key: lock, value: b('holder'), flags: 0, deadline: 0, withCas: false }));
+  await cluster.kill(victim);
+  const down: string[] = [];
+  await eventually('an add to the killed master fails as never sent', async () => {
+    const o = await add('thief');
+    down.push(o);
+    return o.includes('MCMUX_UPSTREAM_UNREACHABLE');
+  }, 15_000);
+  assert.deepEqual(down.filter((o) => o.startsWith('ok')), [], 'nothing decided by a killed master');
+  const restarting = spawnRedis(cluster.ports[victim] as number, cluster.dirs[victim] as string, cluster.args[victim] as string[]).then((p) => {
+    cluster.procs[victim] = p;
+  });
+  const outcomes: string[] = [];
+  await eventually('an add reaches the restarted master', async () => {
+    const reportedWhenSent = reported > 0;
+    const o = await add('thief');
+    outcomes.push(`${reportedWhenSent ? 'after' : 'before'} the report: ${o}`);
+    return o.startsWith('ok');
+  }, 30_000);
+  await restarting;
+  assert.deepEqual(outcomes.filter((o) => o.startsWith('before') && o.includes(': ok')), [], 'an add decided by the restarted master before its reconnect was reported');
+  assert.equal(reported, 1, 'the restart reported once');
 });
 
 /** `n` keys `<stem><i>` whose item keys all hash to `slot`. */
@@ -446,11 +491,13 @@ async function untilMasterOf(c: Cluster, slot: number, i: number, ask: number): 
 // TYPE replica) while the lock is taken; on a loaded cluster the replication lag does the same.
 // Cause: redis.ts:313-318 reports only a node re-created at an address seen before; nothing
 // watches a slot's master change (a failover).
-// Fix: in redis.ts, on each slots refresh (the Cluster 'refresh' event) compare each slot's
+// Fixed: the marker key of a master names its address, so the promoted replica lacks its marker
+// ('first', which keeps the fence a reconnect or a slot master change, mastersChanged, begins).
+// Suggested: in redis.ts, on each slots refresh (the Cluster 'refresh' event) compare each slot's
 // master with the one before; a slot whose master changed (a promotion, not a migration the driver
 // followed by MOVED/ASK) calls a hook the cold detector takes as "came back with older data"
 // (fence for lock-fence as knownEmpty/rolledBack does, not lifted by a warm marker).
-test('FINDING: a replica promoted after its master was killed, lacking the last lock, does not grant that lock again', { timeout: 120_000, todo: 'open: nothing watches a slot\'s master change (asynchronous replication loses the last writes)' }, async (t) => {
+test('FINDING: a replica promoted after its master was killed, lacking the last lock, does not grant that lock again', { timeout: 120_000 }, async (t) => {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
   if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
   if (!requireBinary(t, 'memcached', 'memcached')) return;
