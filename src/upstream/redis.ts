@@ -13,10 +13,14 @@
  * host's clock and the server's, or another mcmux's (an absolute PXAT of ours was read on
  * Redis's clock: 2 min ahead here, a 1 s session lived 2 min). PERSIST for 0, DEL for a deadline
  * at or before now (never `EX 0`, which Redis refuses). Cas uniques come from one
- * counter per prefix, `mcmux cas:<prefix>` (per slot in a cluster, `{tag}mcmux cas:<prefix>`, so
- * that an item and its counter share a slot): a client key holds no space, so no client can
+ * counter per prefix, `mcmux cas:<prefix>`: a client key holds no space, so no client can
  * name it. A counter that is missing (new, or flushed) restarts at the server clock in µs, above
  * every unique it issued before, so a unique read before a flush never matches after it.
+ * In a cluster every script names one key, the item (a script naming two keys of a slot fails
+ * with TRYAGAIN while that slot migrates, its keys moved one by one): a write's unique is the
+ * server clock in µs, or the item's own unique + 1 where that is not below it, so the uniques
+ * of a key only grow, across a delete or a flush too (as long as the server's clock does not
+ * step back by more than the time since the key's last write).
  *
  * Atomicity: each command is ONE Lua script call (or one plain UNLINK): Redis runs a script with
  * nothing interleaved, so add/cas/incr/append decide and write in one step, whatever number of
@@ -25,7 +29,7 @@
  * loopback a WATCH incr took ~3x the script's time alone, and with 8 clients on one key reached
  * ~1/15 of its rate, retrying about once per success. Keys and values only ever travel as script
  * arguments, never inside Lua source (CVE-2022-26635 class). A multi-get is one script call (in
- * a cluster: one per slot, sent together).
+ * a cluster: one per key, sent together: see above).
  *
  * u64 arithmetic in Lua: Lua numbers are doubles (exact to 2^53), so incr/decr work on the
  * decimal text split into two base-10^10 halves, each well inside 2^53.
@@ -74,12 +78,24 @@ const READ_BATCH_KEYS = 256;
 
 /** Shared by the scripts: the next cas unique, its 8 bytes, and applying a deadline argument. */
 const LUA_LIB = `
-local function next_cas(ck)
-  local c = redis.call('INCR', ck)
-  if c == 1 then
-    local t = redis.call('TIME')
-    c = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', ck, string.format('%.0f', c))
+local function next_cas(ck, k)
+  local t
+  if ck then
+    local c = redis.call('INCR', ck)
+    if c == 1 then
+      t = redis.call('TIME')
+      c = tonumber(t[1]) * 1000000 + tonumber(t[2])
+      redis.call('SET', ck, string.format('%.0f', c))
+    end
+    return c
+  end
+  t = redis.call('TIME')
+  local c = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local head = redis.pcall('GETRANGE', k, 4, 11)
+  if type(head) == 'string' and #head == 8 then
+    local hi, lo = struct.unpack('>I4I4', head)
+    local old = hi * 4294967296 + lo
+    if old >= c then c = old + 1 end
   end
   return c
 end
@@ -115,7 +131,7 @@ return out
 `;
 
 /**
- * KEYS: item, cas counter. ARGV: mode letter, value, flags (4 bytes), deadline argument,
+ * KEYS: item, cas counter (none in a cluster). ARGV: mode letter, value, flags (4 bytes), deadline argument,
  * expected cas (8 bytes), max-item-size. Reply: the new cas, or -1 NOT_STORED, -2 EXISTS, -3
  * NOT_FOUND. An append/prepend that would make the value longer than max-item-size is
  * NOT_STORED, the item left as it was (as memcached 1.6 answers one past its item size limit).
@@ -136,7 +152,7 @@ if mode ~= 's' then
   end
 end
 if (mode == 'A' or mode == 'P') and redis.call('STRLEN', k) - 12 + #ARGV[2] > tonumber(ARGV[6]) then return -1 end
-local cas = next_cas(KEYS[2])
+local cas = next_cas(KEYS[2], k)
 local c8 = pack_cas(cas)
 if mode == 'A' then
   redis.call('SETRANGE', k, 4, c8)
@@ -167,7 +183,7 @@ return head
 `;
 
 /**
- * KEYS: item, cas counter. ARGV: 'i' or 'd', delta (decimal, <= 2^64-1). Reply: the new value
+ * KEYS: item, cas counter (none in a cluster). ARGV: 'i' or 'd', delta (decimal, <= 2^64-1). Reply: the new value
  * and the item's new unique as decimal text, a space between, or -1 NOT_FOUND, -2 NON_NUMERIC. Numbers are (hi, lo) with lo < 10^10, so
  * that every intermediate stays an exact double; flags and expiry are kept (KEEPTTL).
  */
@@ -220,7 +236,7 @@ else
 end
 local n
 if h > 0 then n = string.format('%.0f%010.0f', h, l) else n = string.format('%.0f', l) end
-local cas = next_cas(KEYS[2])
+local cas = next_cas(KEYS[2], KEYS[1])
 redis.call('SET', KEYS[1], string.sub(v, 1, 4) .. pack_cas(cas) .. n, 'KEEPTTL')
 return n .. ' ' .. string.format('%.0f', cas)
 `;
@@ -242,9 +258,9 @@ interface EvalshaBuffer {
  */
 interface Scripts {
   mcmuxGetBuffer(numKeys: number, ...args: Array<Buffer | string>): Promise<Reply[]>;
-  mcmuxStore(item: Buffer, counter: Buffer, mode: string, value: Buffer, flags: Buffer, deadline: string, cas: Buffer, maxItemSize: string): Promise<number>;
+  mcmuxStore(keys: Buffer[], mode: string, value: Buffer, flags: Buffer, deadline: string, cas: Buffer, maxItemSize: string): Promise<number>;
   mcmuxTouchBuffer(item: Buffer, deadline: string): Promise<Buffer | number>;
-  mcmuxArithBuffer(item: Buffer, counter: Buffer, op: string, delta: string): Promise<Buffer | number>;
+  mcmuxArithBuffer(keys: Buffer[], op: string, delta: string): Promise<Buffer | number>;
 }
 
 const SCRIPTS = { get: LUA_GET, store: LUA_STORE, touch: LUA_TOUCH, arith: LUA_ARITH } as const;
@@ -285,7 +301,6 @@ export class RedisUpstream implements Upstream {
   private readonly scripts: Scripts;
   private readonly prefix: Buffer;
   private readonly secrets: string[];
-  private readonly counterKeys = new Map<number, Buffer>(); // cluster: cas counter per slot
   /** Cluster: nodes (host:port) whose connection was lost and whose 'ready' since is not reported yet. */
   private readonly unreported = new Set<string>();
   /** Cluster: each slot's master as the last slots refresh saw it (mastersChanged). */
@@ -293,7 +308,7 @@ export class RedisUpstream implements Upstream {
   /** Cluster: one marker store per master (markerStores), by master. */
   private readonly markerViews = new Map<string, ClusterMasterStore>();
   private refreshAsked = 0;
-  private readonly counterKey: Buffer; // standalone: the one cas counter
+  private readonly counterKey: Buffer; // the one cas counter (none in a cluster)
   private readonly maxQueue: number;
   private readonly maxItemSize: string;
   private inFlight = 0;
@@ -316,9 +331,9 @@ export class RedisUpstream implements Upstream {
       this.evalsha(sha, buffers, numKeys, args) as Promise<T>;
     this.scripts = {
       mcmuxGetBuffer: (numKeys, ...args) => call(SHA.get, true, numKeys, args),
-      mcmuxStore: (...args) => call(SHA.store, false, 2, args),
+      mcmuxStore: (keys, ...args) => call(SHA.store, false, keys.length, [...keys, ...args]),
       mcmuxTouchBuffer: (...args) => call(SHA.touch, true, 1, args),
-      mcmuxArithBuffer: (...args) => call(SHA.arith, true, 2, args),
+      mcmuxArithBuffer: (keys, ...args) => call(SHA.arith, true, keys.length, [...keys, ...args]),
     };
     // First, before anything a waiting request sends on the new connection.
     client.on('ready', () => void this.loadScripts());
@@ -461,7 +476,7 @@ export class RedisUpstream implements Upstream {
         cas.writeBigUInt64BE(req.cas);
       }
       const deadline = deadlineArg(req.deadline, Date.now());
-      const r = await this.scripts.mcmuxStore(item, this.counterFor(item), MODE_LETTER[req.mode], req.value, flags, deadline, cas, this.maxItemSize);
+      const r = await this.scripts.mcmuxStore(this.scriptKeys(item), MODE_LETTER[req.mode], req.value, flags, deadline, cas, this.maxItemSize);
       if (r >= 0) return { status: 'STORED', cas: BigInt(r) };
       const status = STORE_STATUS[r as -1 | -2 | -3];
       if (status === undefined) throw this.error(ErrorCodes.UPSTREAM_PROTOCOL, `store script answered ${r}`);
@@ -492,7 +507,7 @@ export class RedisUpstream implements Upstream {
     return this.run(async () => {
       const item = this.itemKey(key);
       this.refuseUnreported(item);
-      const r = await this.scripts.mcmuxArithBuffer(item, this.counterFor(item), op === 'incr' ? 'i' : 'd', delta.toString());
+      const r = await this.scripts.mcmuxArithBuffer(this.scriptKeys(item), op === 'incr' ? 'i' : 'd', delta.toString());
       if (r === -1) return { status: 'NOT_FOUND' };
       if (r === -2) return { status: 'NON_NUMERIC' };
       // "<value> <unique>": the unique it made, which a binary INCREMENT answers (as memcached does).
@@ -552,18 +567,11 @@ export class RedisUpstream implements Upstream {
       decodeHits(await this.scripts.mcmuxGetBuffer(items.length, ...items, touchArg), touch, out, undefined, Date.now());
       return out;
     }
-    // A script's keys must share a slot: one call per slot, all sent at once.
-    const bySlot = new Map<number, number[]>();
-    items.forEach((item, i) => {
-      const slot = keySlot(item);
-      const group = bySlot.get(slot);
-      if (group) group.push(i);
-      else bySlot.set(slot, [i]);
-    });
+    // One call per key, all sent at once: a script's keys must share a slot, and while that slot
+    // migrates, one naming several of its keys fails (TRYAGAIN) unless they are all on one side.
     await Promise.all(
-      [...bySlot.values()].map(async (idx) => {
-        const reply = await this.scripts.mcmuxGetBuffer(idx.length, ...idx.map((i) => items[i] as Buffer), touchArg);
-        decodeHits(reply, touch, out, idx, Date.now());
+      items.map(async (item, i) => {
+        decodeHits(await this.scripts.mcmuxGetBuffer(1, item, touchArg), touch, out, [i], Date.now());
       }),
     );
     return out;
@@ -752,16 +760,9 @@ export class RedisUpstream implements Upstream {
     return keySlot(this.itemKey(key));
   }
 
-  /** The cas counter for an item: the one counter, or in a cluster the counter of its slot. */
-  private counterFor(item: Buffer): Buffer {
-    if (!(this.client instanceof Cluster)) return this.counterKey;
-    const slot = keySlot(item);
-    let key = this.counterKeys.get(slot);
-    if (!key) {
-      key = Buffer.concat([Buffer.from(`{${slotTag(slot)}}`, 'latin1'), this.counterKey]);
-      this.counterKeys.set(slot, key);
-    }
-    return key;
+  /** The keys a write script names: the item and the cas counter; in a cluster the item alone. */
+  private scriptKeys(item: Buffer): Buffer[] {
+    return this.client instanceof Cluster ? [item] : [item, this.counterKey];
   }
 }
 
