@@ -53,7 +53,28 @@ function setup(n = 2, opts: { writeWait?: 'all' | 'copies' } = {}) {
   };
   const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
   const close = (): Promise<unknown> => Promise.all(ups.map((u) => u.close()));
-  return { fakes, ups, journal, router, repairer, detector, exec, add, set, del, get, close };
+  /**
+   * Markers written, `set lock.s old` on both, then `delete lock.s` missed by the second (failed
+   * there, not applied), and `whileDown` run before it answers again.
+   */
+  const missDelete = async (whileDown: () => Promise<unknown> = async () => {}): Promise<void> => {
+    const fb = fakes[1] as FakeUpstream;
+    await detector.checkAll();
+    assert.equal(await set('lock.s', 'old'), 'STORED');
+    fb.mode = 'fail';
+    assert.equal(await del('lock.s'), 'DELETED');
+    await whileDown();
+    fb.mode = 'ok';
+  };
+  /** The first reconnects: fenced as a precaution, its marker check held (it kept its data). */
+  const reconnectFirst = async (): Promise<void> => {
+    const fa = fakes[0] as FakeUpstream;
+    fa.gateOnly = (call) => call.includes(detector.key);
+    fa.close_gate();
+    detector.reconnected(ups[0] as HealthyUpstream);
+    await settle();
+  };
+  return { fakes, ups, journal, router, repairer, detector, exec, add, set, del, get, close, missDelete, reconnectFirst };
 }
 
 /** `f` fails (not applied, not late) every set of `key` until the returned function is called. */
@@ -80,7 +101,7 @@ describe('review: a missed delete replayed as the latest write (f15d3b3)', () =>
   it(
     'a delete whose miss is recorded after that of the set sent behind it: the set is acknowledged, its lock must not be granted again',
     async () => {
-      const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close } = setup(2);
+      const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close, reconnectFirst } = setup(2);
       const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
       const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
       await d.checkAll(); // markers written
@@ -104,10 +125,7 @@ describe('review: a missed delete replayed as the latest write (f15d3b3)', () =>
       const e = journal.entry(b, 'lock.s');
       assert.ok(e, 'b missed both');
       // a reconnects: fenced as a precaution, its marker check held (it did not restart: it still holds the set).
-      fa.gateOnly = (call) => call.includes(d.key);
-      fa.close_gate();
-      d.reconnected(a);
-      await settle();
+      await reconnectFirst();
       assert.equal(a.fenced, true);
       assert.equal(knowsKey(a, 'lock.s'), false);
       assert.equal(await get('lock.s'), 'held by A', 'still read from a');
@@ -128,14 +146,10 @@ describe('review: a missed delete replayed as the latest write (f15d3b3)', () =>
   // and its entry stays the delete. The rule also asks that no other store missed a later write:
   // a's entry (the add's, late) keeps it off, and b copies the add from a.
   it('guard: a later add that timed out on its authority, forgotten by startedSince, keeps the delete from counting as the latest write (a missed it later)', async () => {
-    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close } = setup(2);
+    const { fakes, ups, journal, repairer, set, add, get, close, missDelete } = setup(2);
     const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
     const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
-    await d.checkAll();
-    assert.equal(await set('lock.s', 'old'), 'STORED');
-    fb.mode = 'fail';
-    assert.equal(await del('lock.s'), 'DELETED');
-    fb.mode = 'ok';
+    await missDelete();
     const delSeq = journal.entry(b, 'lock.s')?.seq ?? 0;
     fa.gateOnly = (call) => call === 'add lock.s';
     fa.delay_late();
@@ -160,21 +174,13 @@ describe('review: a missed delete replayed as the latest write (f15d3b3)', () =>
   // with a (the only copy of the set) fenced as come back empty... here a precaution fence, a
   // still holds the set: the repair waits; the lock is not decided by b.
   it('guard: a delete then a set both missed by b, in order: no replay over the set while a is fenced', async () => {
-    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close } = setup(2);
-    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const { fakes, ups, journal, repairer, set, add, get, close, missDelete, reconnectFirst } = setup(2);
+    const [fa] = fakes as [FakeUpstream, FakeUpstream];
     const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
-    await d.checkAll();
-    assert.equal(await set('lock.s', 'old'), 'STORED');
-    fb.mode = 'fail';
-    assert.equal(await del('lock.s'), 'DELETED');
-    assert.equal(await set('lock.s', 'held by A'), 'STORED');
-    fb.mode = 'ok';
+    await missDelete(async () => assert.equal(await set('lock.s', 'held by A'), 'STORED'));
     assert.equal(journal.entry(b, 'lock.s')?.op, 'write', 'the latest miss is the set');
     assert.equal(journal.missedDeleteIsLatest(ups, b, 'lock.s'), false);
-    fa.gateOnly = (call) => call.includes(d.key);
-    fa.close_gate();
-    d.reconnected(a);
-    await settle();
+    await reconnectFirst();
     await repairer.tick();
     assert.equal(journal.isDirty(b, 'lock.s'), true, 'waits for a');
     assert.notEqual(await add('lock.s', 'B'), 'STORED');
@@ -186,14 +192,10 @@ describe('review: a missed delete replayed as the latest write (f15d3b3)', () =>
   // GUARD: a touch after the missed delete (b still holds the old item: it answers TOUCHED, a
   // NOT_FOUND) changes no store's state beyond "absent": the replay that follows is right.
   it('guard: a touch after the missed delete does not stop the replay, and brings nothing back', async () => {
-    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, exec, close } = setup(2);
+    const { fakes, ups, journal, repairer, detector: d, add, get, exec, close, missDelete } = setup(2);
     const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
     const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
-    await d.checkAll();
-    assert.equal(await set('lock.s', 'old'), 'STORED');
-    fb.mode = 'fail';
-    assert.equal(await del('lock.s'), 'DELETED');
-    fb.mode = 'ok';
+    await missDelete();
     const t = await exec({ kind: 'touch', key: 'lock.s', deadline: 0, noreply: false, withItem: false } as Command);
     assert.equal(t.kind === 'status' && t.status, 'NOT_FOUND', 'the current copy (a) has none');
     await fa.inner.flush();
@@ -211,15 +213,10 @@ describe('review: a missed delete replayed as the latest write (f15d3b3)', () =>
   // delete's seq, so startedSince says "maybe written" and the delete is not replayed by the new
   // rule (the dirty b waits for a, fenced).
   it('guard: a flush_all since the missed delete (b failed it) keeps the new rule off', async () => {
-    const { fakes, ups, journal, repairer, detector: d, set, del, exec, close } = setup(2);
-    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const { fakes, ups, journal, repairer, detector: d, set, exec, close, missDelete } = setup(2);
+    const [fa] = fakes as [FakeUpstream, FakeUpstream];
     const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
-    await d.checkAll();
-    assert.equal(await set('lock.s', 'old'), 'STORED');
-    fb.mode = 'fail';
-    assert.equal(await del('lock.s'), 'DELETED');
-    await exec({ kind: 'flush', delay: 0, noreply: false } as Command);
-    fb.mode = 'ok';
+    await missDelete(() => exec({ kind: 'flush', delay: 0, noreply: false } as Command));
     assert.equal(journal.entry(b, 'lock.s')?.op, 'delete');
     assert.equal(journal.missedDeleteIsLatest(ups, b, 'lock.s'), false, 'a flush_all counts as a write of every key');
     await fa.inner.flush();
