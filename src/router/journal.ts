@@ -1071,7 +1071,11 @@ export class RepairJournal {
       if (first) this.append(`F ${hex(idOf(u))}`);
       return;
     }
-    if (unsettled) {
+    // A request of a key it could not remember (lastLate) may still land: that key may be this
+    // one (a flush_all's trust overflowed it afresh, remembering none: fuzz seed 171867 with
+    // MCMUX_FUZZ_INITIAL=1 MCMUX_FUZZ_FLUSH=1, a copy that timed out landed over the set after
+    // it, and was read). A key it knew before is not that one.
+    if (unsettled || (k === undefined && o.lastLate !== undefined)) {
       // Not read for the key, but maybe its only copy of this write: not flushed for now (holdsAlone).
       if (k?.holds === true || k?.maybe === true) return;
       o.known.set(key, { seq, holds: false, maybe: true });
@@ -1154,12 +1158,16 @@ export class RepairJournal {
 
   /**
    * What the earlier process may have sent to overflowed `u` (loaded from journal.log) can no
-   * longer land (repair.ts: its settle time since this process started, and since `u` last came
-   * back, has passed): the writes started from now on tell which keys it holds again.
+   * longer land, nor a request of this process whose key it could not remember (lastLate)
+   * (repair.ts: their settle time, and since `u` last came back, has passed): the writes started
+   * from now on tell which keys it holds again.
    */
   loadedSettled(u: Upstream): void {
     const o = this.byName.get(idOf(u))?.overflow;
-    if (o !== undefined && o.afterSeq === Infinity) o.afterSeq = this.writeSeq;
+    if (o === undefined) return;
+    if (o.afterSeq === Infinity) o.afterSeq = this.writeSeq;
+    // Nor can a request of a key it could not remember (learn: until then it holds no new key).
+    o.lastLate = undefined;
   }
 
   /** The sequence the next write to start will have. */

@@ -313,7 +313,8 @@ export class Repairer {
     // has settled (a remembered key stays dirty after the trust instead).
     if (this.lateMayLand(overflow, u)) return;
     // Loaded from journal.log: the requests of the earlier process have settled too (lastLate is
-    // no earlier than the start), so the writes from now on may teach which keys it holds.
+    // no earlier than the start), so the writes from now on may teach which keys it holds; as
+    // they may once the requests of keys it could not remember (lastLate) have.
     journal.loadedSettled(u);
     // A session written here since the overflow that every other upstream missed: a flush would
     // lose it. The other upstreams' repair copies it from here first; meanwhile (and for good

@@ -748,6 +748,29 @@ describe('router fuzz findings, minimised', () => {
     assert.notDeepEqual(values(await exec(get('sess'))), ['cart'], 'RESURRECTION once the late set had settled: the repair took the flush as having emptied it');
   });
 
+  // The same flush_all, then a delete of the key that reaches the overflowed upstream before the
+  // late set lands there. The trust overflowed it afresh, remembering no key, and the delete made
+  // it hold `sess` (journal learn): the late set landed over the delete, and a read took the
+  // deleted value from it (fuzz seed 171867 with MCMUX_FUZZ_INITIAL=1 MCMUX_FUZZ_FLUSH=1, a set
+  // with a past deadline). Now, while a request of a key it could not remember may land
+  // (lastLate), a key it did not know is not held.
+  it('after that flush_all, a delete that reaches the overflowed upstream before the late set lands does not make it a copy to read', async () => {
+    const { ups, journal, exec } = setup({ maxKeys: 1 });
+    const [first, second] = ups;
+    await overflowSecond(exec, second, journal);
+    second.gateOnly = (call) => call === 'set sess';
+    second.delay_late();
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the first upstream; timed out on the second');
+    second.gateOnly = (call) => call === 'set sess';
+    assert.equal(status(await exec(flushAll)), 'OK', 'both flushed');
+    assert.equal(status(await exec(del('sess'))), 'NOT_FOUND', 'the logout: nothing left to delete');
+    second.open(); // the set lands after the delete
+    await settle();
+    assert.equal((await second.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the late set landed on the second');
+    first.mode = 'fail';
+    assert.notDeepEqual(values(await exec(get('sess'))), ['cart'], 'RESURRECTION: the late set read after the delete');
+  });
+
   // A conditional command and the repair's flush of an overflowed cache (repair.ts, retrust).
   // The cache, known to hold the lock since it came back (a copy reached it), decided an add;
   // the repair sent its flush meanwhile, on another connection, and the server applied the
