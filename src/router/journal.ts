@@ -837,6 +837,11 @@ export class RepairJournal {
     // answered after the set behind it): what to copy there is the key's current state, never a
     // replay of this op.
     if (late) op = 'write';
+    // So where a later write of the key had started when this delete's failure came in: it may
+    // have reached the upstream already (plain writes of a key overlap, key-order.ts; a reload
+    // retires the connection the delete waited on), with nothing on file to say so (written()
+    // found no entry to keep). Replayed, the delete would undo it (review-delete-replay-2).
+    if (op === 'delete' && (this.writes.get(key)?.seq ?? 0) > seq) op = 'write';
     if (p.overflow) {
       // Missed writes while waiting to be trusted again restart the wait.
       p.overflow.trustAfter = undefined;
