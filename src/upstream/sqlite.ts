@@ -9,7 +9,8 @@
  *          ─► resolve each op with its own result        (nothing resolves before COMMIT)
  *     error ─► ROLLBACK ─► every op of the batch rejects with MCMUX_UPSTREAM_IO naming the cause
  *     SQLITE_BUSY (another connection holds the lock) ─► ROLLBACK, retry on a timer (1 ms doubling
- *          to 32 ms). The loop never sleeps in SQLite.
+ *          to 32 ms). The loop never sleeps in SQLite. Meanwhile the plain gets queued whose keys
+ *          no op before them writes (and no flush) are answered in a read transaction (readAhead).
  *   ops queued longer than `timeout` when a drain starts (a lock held elsewhere, a slow disk)
  *          reject unrun with MCMUX_UPSTREAM_UNREACHABLE (nothing applied): the queue stays bounded.
  *   purge timer (unref'd) ─► DELETE at most purge-batch expired rows ─► again next turn if full
@@ -210,6 +211,8 @@ export class SqliteUpstream implements Upstream {
   transactions = 0;
   purged = 0;
   busyRetries = 0;
+  /** Gets answered while the write lock was held elsewhere, ahead of the writes queued before them (readAhead). */
+  readsAhead = 0;
   /** Times the path was found to name another file (or none) and was opened afresh. */
   reopens = 0;
   /** undefined while the path, lost, could not be opened again (every op fails until it can). */
@@ -578,6 +581,7 @@ export class SqliteUpstream implements Upstream {
     this.busyRetries++;
     this.lastBusy = true;
     this.expireWaited();
+    this.readAhead();
     if (this.queue.length === 0) return this.next();
     const now = performance.now();
     const head = this.queue[0] as Pending;
@@ -585,6 +589,42 @@ export class SqliteUpstream implements Upstream {
     this.busyDelayMs = Math.min(this.busyDelayMs * 2, BUSY_RETRY_MAX_MS);
     this.scheduled = true;
     setTimeout(this.drain, delay);
+  }
+
+  /**
+   * The write lock is held elsewhere: the plain gets queued behind our writes whose keys no op
+   * before them writes are answered now, in a read transaction (WAL lets it read what is
+   * committed while another connection writes). They see every earlier write of theirs, all
+   * committed, as in FIFO order; a flush before them, or a write of their key, keeps them in
+   * line. Without this they waited (and timed out) with the writes ahead of them. Best effort:
+   * a read refused too (the file being recovered) waits with the rest.
+   */
+  private readAhead(): void {
+    const written = new Set<string>();
+    const ready: number[] = [];
+    for (let i = 0; i < this.queue.length && ready.length < MAX_BATCH_OPS; i++) {
+      const r = (this.queue[i] as Pending).request;
+      if (r.op === 'flush') break;
+      if (r.op === 'get' && r.touch === undefined) {
+        if (!r.keys.some((k) => written.has(k))) ready.push(i);
+      } else if (r.op === 'get') for (const k of r.keys) written.add(k);
+      else if (r.op !== 'probe') written.add(r.op === 'store' ? r.req.key : r.key);
+    }
+    if (ready.length === 0 || this.db === undefined) return;
+    const results: unknown[] = [];
+    try {
+      this.s.begin.run();
+      const now = Date.now();
+      for (const i of ready) results.push(this.execute((this.queue[i] as Pending).request, now));
+      this.s.commit.run();
+    } catch {
+      if (this.db?.inTransaction) this.s.rollback.run();
+      return;
+    }
+    this.readsAhead += ready.length;
+    const served = ready.map((i) => this.queue[i] as Pending);
+    for (let j = ready.length - 1; j >= 0; j--) this.queue.splice(ready[j] as number, 1);
+    served.forEach((p, j) => this.settle(p, results[j]));
   }
 
   private next(): void {
