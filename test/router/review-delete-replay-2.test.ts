@@ -35,41 +35,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import pino from 'pino';
-import type { Command, Reply } from '../../src/command/command';
-import { ColdDetector } from '../../src/router/cold-detector';
 import { HealthyUpstream, knowsKey } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
-import { Router } from '../../src/router/router';
-import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { FakeUpstream, settle } from '../helpers/fake-upstream';
+import { replayRig } from '../helpers/replay-rig';
 
-const silent = pino({ level: 'silent' });
-const FENCE_MS = 60_000;
-
-function setup(n = 2, opts: { writeWait?: 'all' | 'copies'; maxKeys?: number } = {}) {
-  const fakes = Array.from({ length: n }, (_, i) => new FakeUpstream(`fake://${i}`));
-  const ups = fakes.map((f) => new HealthyUpstream(f, { downAfter: 100, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
-  const journal = new RepairJournal({ maxKeys: opts.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
-  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: opts.writeWait ?? 'all', allowFlush: true }, noStats, () => {});
-  const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind === 'number' ? String(r.value) : r.kind);
-  const store = async (mode: 'add' | 'set' | 'replace' | 'append' | 'prepend', key: string, value: string): Promise<string> =>
-    status(await exec({ kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: mode !== 'set', noreply: false }));
-  const add = (key: string, who: string): Promise<string> => store('add', key, who);
-  const set = (key: string, value: string): Promise<string> => store('set', key, value);
-  const del = async (key: string): Promise<string> => status(await exec({ kind: 'delete', key, noreply: false }));
-  const touch = async (key: string): Promise<string> => status(await exec({ kind: 'touch', key, deadline: 0, noreply: false, withItem: false } as Command));
-  const incr = async (key: string, delta: bigint): Promise<string> => status(await exec({ kind: 'arith', op: 'incr', key, delta, noreply: false } as Command));
-  const get = async (key: string): Promise<string | undefined> => {
-    const r = await exec({ kind: 'get', keys: [key], withCas: false, touch: undefined });
-    return r.kind === 'values' ? r.hits[0]?.value.toString() : `<${status(r)}>`;
-  };
-  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
-  const close = (): Promise<unknown> => Promise.all(ups.map((u) => u.close()));
-  const inner = async (f: FakeUpstream, key: string): Promise<string | undefined> => (await f.inner.get([key]))[0]?.value.toString();
-  return { fakes, ups, journal, router, repairer, detector, exec, add, set, del, touch, incr, store, get, inner, close };
-}
+const setup = replayRig;
 
 describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark keeping the newest op', () => {
   // FINDING 1. Plain writes of a key overlap (key-order.ts). The delete waits in b (a connection
@@ -87,7 +59,7 @@ describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark
   it(
     'a set that reached b while the delete sent before it still waited there, then the delete failed on b: the set must not be deleted, its lock not granted again',
     async () => {
-      const { fakes, ups, journal, repairer, detector: d, set, del, add, get, inner, close } = setup(2);
+      const { fakes, ups, journal, detector: d, set, del, get, inner, close, reconnectFirst, repairKeeps } = setup(2);
       const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
       const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
       await d.checkAll(); // markers written
@@ -112,20 +84,11 @@ describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark
       const e = journal.entry(b, 'lock.s');
       assert.equal(e?.op, 'write', 'b is on file as a copy of the current state (a later write had started when the delete failed), not for the delete');
       // a reconnects: fenced as a precaution (its marker check held: it did not restart).
-      fa.gateOnly = (call) => call.includes(d.key);
-      fa.close_gate();
-      d.reconnected(a);
-      await settle();
+      await reconnectFirst();
       assert.equal(a.fenced, true);
       assert.equal(knowsKey(a, 'lock.s'), false);
       const latest = journal.missedDeleteIsLatest(ups, b, 'lock.s');
-      await repairer.tick();
-      const onB = await inner(fb, 'lock.s');
-      const second = await add('lock.s', 'B');
-      const after = await get('lock.s');
-      assert.notEqual(second, 'STORED', `LOCK GRANTED TWICE: the replayed delete (missedDeleteIsLatest: ${latest}, b's entry ${JSON.stringify(e)}) left b with ${onB ?? 'nothing'}; b, clean and warm, decided the add, and a read now answers ${after}`);
-      assert.equal(onB, 'held by A', 'the acknowledged set is still on b');
-      assert.equal(after, 'held by A', 'and a read answers it');
+      await repairKeeps(fb, 'held by A');
       fa.open();
       await close();
     },
@@ -139,7 +102,7 @@ describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark
   it(
     'write-wait copies: DELETED answered, then a set stored on a and b, then the delete fails on b: no replay over the set',
     async () => {
-      const { fakes, ups, journal, repairer, detector: d, set, del, add, get, inner, close } = setup(2, { writeWait: 'copies' });
+      const { fakes, ups, journal, detector: d, set, del, get, inner, close, reconnectFirst, repairKeeps } = setup(2, { writeWait: 'copies' });
       const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
       const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
       await d.checkAll();
@@ -158,17 +121,9 @@ describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark
       fb.gateOnly = undefined;
       assert.equal(journal.entry(b, 'lock.s')?.op, 'write', 'not for the delete: the set had started');
       assert.equal(await get('lock.s'), 'held by A');
-      fa.gateOnly = (call) => call.includes(d.key);
-      fa.close_gate();
-      d.reconnected(a);
-      await settle();
+      await reconnectFirst();
       assert.equal(a.fenced, true);
-      await repairer.tick();
-      const onB = await inner(fb, 'lock.s');
-      const second = await add('lock.s', 'B');
-      assert.notEqual(second, 'STORED', `LOCK GRANTED TWICE after the replay left b with ${onB ?? 'nothing'}`);
-      assert.equal(onB, 'held by A');
-      assert.equal(await get('lock.s'), 'held by A');
+      await repairKeeps(fb, 'held by A');
       fa.open();
       await close();
     },
@@ -184,7 +139,7 @@ describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark
   it(
     'across a reload: the delete fails on b\'s retired upstream after the set reached its replacement: no replay over the set',
     async () => {
-      const { fakes, ups, journal, router, repairer, detector: d, set, del, add, get, inner, close } = setup(2);
+      const { fakes, ups, journal, router, detector: d, set, del, add, get, inner, close, reconnectFirst, repairKeeps } = setup(2);
       const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
       const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
       await d.checkAll();
@@ -205,16 +160,9 @@ describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark
       assert.equal(await deleting, 'DELETED');
       assert.equal(journal.entry(b2, 'lock.s')?.op, 'write', 'the store is on file as a copy of the current state, not for the delete');
       assert.equal(await get('lock.s'), 'held by A');
-      fa.gateOnly = (call) => call.includes(d.key);
-      fa.close_gate();
-      d.reconnected(a);
-      await settle();
+      await reconnectFirst();
       assert.equal(a.fenced, true);
-      await repairer.tick();
-      const onB = await inner(fb, 'lock.s');
-      const second = await add('lock.s', 'B');
-      assert.notEqual(second, 'STORED', `LOCK GRANTED TWICE after the replay left the store b with ${onB ?? 'nothing'}`);
-      assert.equal(onB, 'held by A');
+      await repairKeeps(fb, 'held by A');
       fa.open();
       await Promise.all([close(), b2.close()]);
     },
@@ -225,26 +173,9 @@ describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark
   // copy's seq is above the delete's), missedDeleteIsLatest is false, and with a precaution-fenced
   // the repair waits: the lock is not decided again by b.
   it('guard: an add after the missed delete whose copy fails on b: b is on file for the write, no replay, no second grant', async () => {
-    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close } = setup(2);
-    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
-    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
-    await d.checkAll();
-    assert.equal(await set('lock.s', 'old'), 'STORED');
-    fb.mode = 'fail';
-    assert.equal(await del('lock.s'), 'DELETED');
-    assert.equal(await add('lock.s', 'A'), 'STORED', 'decided by a; its copy fails on b');
-    fb.mode = 'ok';
-    assert.equal(journal.entry(b, 'lock.s')?.op, 'write');
-    assert.equal(journal.missedDeleteIsLatest(ups, b, 'lock.s'), false);
-    fa.gateOnly = (call) => call.includes(d.key);
-    fa.close_gate();
-    d.reconnected(a);
-    await settle();
-    await repairer.tick();
-    assert.equal(journal.isDirty(b, 'lock.s'), true, 'waits for a');
-    assert.notEqual(await add('lock.s', 'B'), 'STORED');
-    assert.equal(await get('lock.s'), 'A');
-    fa.open();
+    const { add, close, missDelete, waitsForFirst } = setup(2);
+    await missDelete(async () => assert.equal(await add('lock.s', 'A'), 'STORED', 'decided by a; its copy fails on b'));
+    await waitsForFirst('A');
     await close();
   });
 
@@ -302,7 +233,7 @@ describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark
   // GUARD (3 upstreams): a later set missed by c (and by b, whose entry turns into the write):
   // no replay on b while a, the set's only copy, is precaution-fenced.
   it('guard: 3 upstreams, the delete missed by b, the later set missed by b and c: no replay', async () => {
-    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close } = setup(3);
+    const { fakes, ups, journal, repairer, detector: d, set, del, add, get, close, reconnectFirst } = setup(3);
     const [fa, fb, fc] = fakes as [FakeUpstream, FakeUpstream, FakeUpstream];
     const [a, b] = ups as [HealthyUpstream, HealthyUpstream, HealthyUpstream];
     await d.checkAll();
@@ -315,10 +246,7 @@ describe('review 2: the delete replay of 5cfb389 (missedDeleteIsLatest) and mark
     fc.mode = 'ok';
     assert.equal(journal.entry(b, 'lock.s')?.op, 'write');
     assert.equal(journal.missedDeleteIsLatest(ups, b, 'lock.s'), false);
-    fa.gateOnly = (call) => call.includes(d.key);
-    fa.close_gate();
-    d.reconnected(a);
-    await settle();
+    await reconnectFirst();
     await repairer.tick();
     assert.notEqual(await add('lock.s', 'B'), 'STORED');
     assert.equal(await get('lock.s'), 'held by A');
