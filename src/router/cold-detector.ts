@@ -362,6 +362,9 @@ export class ColdDetector {
   /** What the marker says in each store of `u` (each usable server of a pool); undefined when `u` is not usable. */
   private async look(u: HealthyUpstream): Promise<Look | undefined> {
     if (!isUsable(u)) return undefined;
+    // A cluster names a store per master once its slots are known: the first look as mcmux starts
+    // waits for them (the marker read as any key would stand for one master only).
+    if (u.inner.markersReady) await u.inner.markersReady();
     const targets = this.storesOf(u, true);
     return { targets, sights: await Promise.all(targets.map((t) => this.checkStore(u, t))) };
   }

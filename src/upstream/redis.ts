@@ -308,6 +308,8 @@ export class RedisUpstream implements Upstream {
   /** Cluster: one marker store per master (markerStores), by master. */
   private readonly markerViews = new Map<string, ClusterMasterStore>();
   private refreshAsked = 0;
+  /** Cluster: the marker store while the slots are not known (markerStores): it answers nothing. */
+  private readonly unknownMasters = new ClusterMasterStore(this, 'unknown (slots not known yet)', '', true);
   private readonly counterKey: Buffer; // the one cas counter (none in a cluster)
   private readonly maxQueue: number;
   private readonly maxItemSize: string;
@@ -340,31 +342,45 @@ export class RedisUpstream implements Upstream {
     if (client instanceof Cluster) {
       // A node seen ready before, ready again: that master may have restarted empty (its
       // connection re-made in the background, clusterNodeRetryStrategy, or the node made again
-      // by ioredis at an address it had dropped). Until that 'ready' is reported (onReconnect,
-      // which fences the cluster), a write routed to the node is not sent (refuseUnreported):
-      // ioredis sends what waits in a node's offline queue before it emits 'ready', and the
-      // restarted master would decide an add of a lock it lost before the fence.
+      // by ioredis at an address it had dropped). So may one whose connection failed before it
+      // was ever ready (down when mcmux started). Until that 'ready' is reported (onReconnect,
+      // which fences the cluster) and the scripts are loaded there again (a restarted server has
+      // none: NOSCRIPT), a request routed to the node is not sent (refuseUnreported): ioredis
+      // sends what waits in a node's offline queue before it emits 'ready', and the restarted
+      // master would decide an add of a lock it lost before the fence.
       const seen = new Set<string>();
+      const gen = new Map<string, number>(); // connections lost per node: a load outrun by a loss does not clear it
+      const lost = (id: string): void => {
+        gen.set(id, (gen.get(id) ?? 0) + 1);
+        this.unreported.add(id);
+      };
       client.on('+node', (node: Redis) => {
         void this.loadScripts([node]);
         const id = nodeId(node);
-        if (seen.has(id)) this.unreported.add(id);
+        if (seen.has(id)) lost(id);
         node.on('close', () => {
-          if (seen.has(id) && client.nodes('all').includes(node)) this.unreported.add(id);
+          if (client.nodes('all').includes(node)) lost(id);
         });
         node.on('ready', () => {
-          if (seen.has(id)) this.onReconnect?.();
-          else seen.add(id);
-          this.unreported.delete(id);
+          const again = seen.has(id) || this.unreported.has(id);
+          seen.add(id);
+          if (!again) return;
+          this.onReconnect?.();
+          const g = gen.get(id);
+          void this.loadScripts([node]).then(() => {
+            if (gen.get(id) === g) this.unreported.delete(id);
+          });
         });
       });
       client.on('-node', (node: Redis) => {
-        if (seen.has(nodeId(node))) this.unreported.add(nodeId(node));
+        if (seen.has(nodeId(node))) lost(nodeId(node));
       });
-      // A slot whose master changed (a replica promoted after its master failed, a slot moved):
-      // the new master may lack the last writes of the old one (replication is asynchronous), a
-      // lock among them. Reported as a reconnect: the cluster is fenced, and the marker check that
-      // follows finds that master's marker missing (its key names the master: markerStores).
+      // A slot whose master changed to a node that was no master before, or away from one that is
+      // no master now (a replica promoted after its master failed): the new master may lack the
+      // last writes of the old one (replication is asynchronous), a lock among them. Reported as a
+      // reconnect: the cluster is fenced, and the marker check that follows finds that master's
+      // marker missing (its key names the master: markerStores). A slot moved between two masters
+      // (a reshard: MIGRATE moved its keys with it) is not reported.
       client.on('refresh', () => {
         if (this.mastersChanged()) this.onReconnect?.();
       });
@@ -571,6 +587,7 @@ export class RedisUpstream implements Upstream {
     // migrates, one naming several of its keys fails (TRYAGAIN) unless they are all on one side.
     await Promise.all(
       items.map(async (item, i) => {
+        this.refuseUnreported(item);
         decodeHits(await this.scripts.mcmuxGetBuffer(1, item, touchArg), touch, out, [i], Date.now());
       }),
     );
@@ -701,9 +718,10 @@ export class RedisUpstream implements Upstream {
   }
 
   /**
-   * Cluster: a write whose slot's master lost its connection and whose 'ready' since is not
-   * reported yet is not sent (UNREACHABLE: the router fails it over as never sent). A slots
-   * refresh is asked for (at most one a second): the slots may have a new master by now.
+   * Cluster: a request whose slot's master lost its connection, and whose 'ready' since is not
+   * reported yet (or whose scripts are not loaded there again yet), is not sent (UNREACHABLE: the
+   * router fails it over as never sent). A slots refresh is asked for (at most one a second):
+   * the slots may have a new master by now.
    */
   private refuseUnreported(item: Buffer): void {
     if (this.unreported.size === 0 || !(this.client instanceof Cluster)) return;
@@ -717,14 +735,24 @@ export class RedisUpstream implements Upstream {
     throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `cluster node ${node} is reconnecting: not sent`);
   }
 
-  /** Cluster: whether a slot's master differs from the last time this was asked (not the first). */
+  /**
+   * Cluster: whether a slot's master changed since the last time this was asked (not the first)
+   * to a node that served no slot then, or from one that serves none now: a failover, not a
+   * slot moved between masters.
+   */
   private mastersChanged(): boolean {
     if (!(this.client instanceof Cluster)) return false;
     const now = Array.from({ length: SLOTS }, (_, s): string => (this.client as Cluster).slots[s]?.[0] ?? '');
     const before = this.masters;
     this.masters = now;
     if (before === undefined) return false;
-    for (let s = 0; s < SLOTS; s++) if (before[s] !== '' && now[s] !== '' && before[s] !== now[s]) return true;
+    const wasMaster = new Set(before);
+    const isMaster = new Set(now);
+    for (let s = 0; s < SLOTS; s++) {
+      const a = before[s] as string;
+      const b = now[s] as string;
+      if (a !== '' && b !== '' && a !== b && (!wasMaster.has(b) || !isMaster.has(a))) return true;
+    }
     return false;
   }
 
@@ -741,7 +769,10 @@ export class RedisUpstream implements Upstream {
       const m = this.client.slots[s]?.[0];
       if (m !== undefined && !lowest.has(m)) lowest.set(m, s);
     }
-    if (lowest.size === 0) return [this]; // slots not known yet: the marker as any key
+    // Slots not known yet (the first look, as mcmux starts): no sight of any master. A view that
+    // cannot answer makes the look 'unknown', and the cluster is fenced as unread until a look
+    // with the masters' views judges it (the marker as any key would be read on one master only).
+    if (lowest.size === 0) return [this.unknownMasters];
     const views: ClusterMasterStore[] = [];
     for (const [master, slot] of lowest) {
       const suffix = `.${master}.{${slotTag(slot)}}`;
@@ -755,9 +786,17 @@ export class RedisUpstream implements Upstream {
     return views;
   }
 
-  /** Cluster: the slot the item of `key` lives in (a marker view checks where its key lands). */
-  slotOf(key: string): number {
-    return keySlot(this.itemKey(key));
+  /** Cluster: resolves once the slots are known (the first connection), failed, or after `timeout` (Upstream.markersReady). */
+  markersReady(): Promise<void> {
+    if (!(this.client instanceof Cluster) || !this.starting) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, this.timeoutMs);
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.firstReady.then(done, done);
+    });
   }
 
   /** The keys a write script names: the item and the cas counter; in a cluster the item alone. */
@@ -787,6 +826,8 @@ class ClusterMasterStore implements Upstream {
     private readonly cluster: RedisUpstream,
     master: string,
     readonly suffix: string,
+    /** No master known: every request fails unsent. */
+    private readonly none = false,
   ) {
     this.name = `${cluster.name} master ${master}`;
     this.scheme = cluster.scheme;
@@ -795,10 +836,12 @@ class ClusterMasterStore implements Upstream {
   }
 
   get(keys: readonly string[]): Promise<Array<Hit | undefined>> {
+    if (this.none) return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: the cluster's slots are not known yet`));
     return this.cluster.get(keys.map((k) => k + this.suffix));
   }
 
   store(req: StoreRequest): Promise<StoreResult> {
+    if (this.none) return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: the cluster's slots are not known yet`));
     return this.cluster.store({ ...req, key: req.key + this.suffix });
   }
 

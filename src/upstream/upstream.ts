@@ -112,6 +112,12 @@ export interface Upstream {
    * it, the store keeps one marker (a memcached pool's servers are HealthyUpstreams: membersOf).
    */
   markerStores?(): readonly Upstream[];
+  /**
+   * Optional: resolves once markerStores can name every part (a Redis Cluster: its slots known,
+   * at its first connection), or once that has failed or taken `timeout`. The cold detector's
+   * looks wait for it.
+   */
+  markersReady?(): Promise<void>;
 }
 
 export function newUpstreamStats(): UpstreamStats {
