@@ -785,7 +785,8 @@ export class RepairJournal {
    * Whether the write `u` last missed of `key` is a delete this process sent, and no later write
    * of the key can be anywhere: none started since (the writes in flight), and no other store of
    * `all` missed a later one (a finished write reached `u` or missed it: either changed `u`'s
-   * entry; one never sent to `u` is a conditional command that failed on its authorities, which
+   * entry, or had started when this delete's failure was recorded, which mark then took as a
+   * write; one never sent to `u` is a conditional command that failed on its authorities, which
    * were marked with it). Then no store holds a newer state than "absent", and the delete may be
    * replayed on `u` whatever the others hold or have lost. Else, with the only clean copy come back
    * empty (it cannot tell a delete from a lost write), nobody decided the key for a whole

@@ -783,6 +783,8 @@ export class RedisUpstream implements Upstream {
       }
       views.push(view);
     }
+    // Masters no longer: their views go (bounded by the masters of now).
+    for (const master of this.markerViews.keys()) if (!lowest.has(master)) this.markerViews.delete(master);
     return views;
   }
 
