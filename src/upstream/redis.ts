@@ -308,6 +308,8 @@ export class RedisUpstream implements Upstream {
   /** Cluster: one marker store per master (markerStores), by master. */
   private readonly markerViews = new Map<string, ClusterMasterStore>();
   private refreshAsked = 0;
+  /** Cluster: the periodic slots refresh (see the constructor). */
+  private slotsTimer: NodeJS.Timeout | undefined;
   /** Cluster: the marker store while the slots are not known (markerStores): it answers nothing. */
   private readonly unknownMasters = new ClusterMasterStore(this, 'unknown (slots not known yet)', '', true);
   private readonly counterKey: Buffer; // the one cas counter (none in a cluster)
@@ -384,6 +386,14 @@ export class RedisUpstream implements Upstream {
       client.on('refresh', () => {
         if (this.mastersChanged()) this.onReconnect?.();
       });
+      // The slots asked for every 2 s (and after a request refused for a node reconnecting): a
+      // master's failover is seen (the 'refresh' event) without waiting for a MOVED. A timer of
+      // ours, not ioredis's slotsRefreshInterval: a refresh in flight as the client disconnects
+      // arms that one again, for good, and the process never exits.
+      this.slotsTimer = setInterval(() => {
+        if (!this.closed && client.status === 'ready') client.refreshSlotsCache();
+      }, SLOTS_REFRESH_MS);
+      this.slotsTimer.unref();
     }
     this.firstReady = new Promise<void>((resolve, reject) => {
       client.once('ready', () => {
@@ -550,6 +560,7 @@ export class RedisUpstream implements Upstream {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.slotsTimer);
     const client = this.client;
     if (client.status === 'ready') {
       // Reads gathered before the close go out first (read-batch.ts), then their commands too:
@@ -1021,9 +1032,6 @@ export function createRedisUpstream(url: URL, options: Map<string, string>, ctx:
       // A node's connection is made again in the background (not only when a request is routed
       // to it): a master that restarted is reported while no request waits for it.
       clusterNodeRetryStrategy: retryStrategy,
-      // The slots asked for every 2 s, and after a write refused for a node reconnecting: a
-      // master's failover is seen (the 'refresh' event) without waiting for a MOVED.
-      slotsRefreshInterval: SLOTS_REFRESH_MS,
       slotsRefreshTimeout: timeoutMs,
       // 0: a command whose node connection closed is failed, not sent again after a delay (ioredis
       // retries those when this is above 0, whatever maxRetriesPerRequest says: an incr applied

@@ -26,55 +26,18 @@
  */
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { Redis } from 'ioredis';
-import type { App } from '../../src/app';
 import type { HealthyUpstream } from '../../src/router/health';
 import { keySlot } from '../../src/upstream/redis';
-import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
-import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
+import { b, getOne, retrying, set } from '../helpers/driver-calls';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
 import { freePort, requireBinary, startMemcacheds } from '../helpers/servers';
-import { type Wire, connectWire } from '../helpers/wire';
 import { makeDir, removeDir, spawnRedis, stopProcess } from './targets/redis';
-
-const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
-type Proc = Awaited<ReturnType<typeof spawnRedis>>;
-
-function open(url: string, options: Record<string, string> = {}): Upstream {
-  return createUpstream(url, new Map(Object.entries(options)), ctx);
-}
-
-function stateDir(t: TestContext): string {
-  const dir = mkdtempSync(join(tmpdir(), 'mcmux-review-cluster2-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-async function client(t: TestContext, app: App): Promise<Wire> {
-  const w = await connectWire(app.address.port);
-  t.after(() => w.close());
-  return w;
-}
-
-interface Cluster {
-  ports: number[];
-  dirs: string[];
-  procs: Proc[];
-  args: string[][];
-  admin: Redis[];
-  url: string;
-  id(i: number): Promise<string>;
-  masterOf(slot: number, ask?: number): Promise<number>;
-  restart(i: number): Promise<void>;
-  kill(i: number): Promise<void>;
-}
+import { type Proc, open, stateDir, client, type Cluster, cli, keyWhere, homeOf, settle } from '../helpers/redis-cluster';
 
 function nodeArgs(bus: number, nodeTimeout: number, extra: string[]): string[] {
   return ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(nodeTimeout), ...extra];
@@ -149,36 +112,6 @@ async function startCluster(t: TestContext, opts: { replicaFor?: number[]; nodeT
   c.url = `redis+cluster://${c.ports.map((p) => `127.0.0.1:${p}`).join(',')}`;
   return c;
 }
-
-/** redis-cli with `args`, bounded (20 s); its output. */
-async function cli(args: string[]): Promise<string> {
-  const p = spawn('redis-cli', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  p.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-  p.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
-  const killer = setTimeout(() => p.kill('SIGKILL'), 20_000);
-  const code = await new Promise<number | null>((resolve) => p.once('exit', resolve));
-  clearTimeout(killer);
-  if (code !== 0) throw new Error(`redis-cli ${args.join(' ')} failed (${code}): ${out.slice(-500)}`);
-  return out;
-}
-
-function keyWhere(stem: string, ok: (slot: number) => boolean, prefix = ''): string {
-  for (let i = 0; ; i++) {
-    const k = `${stem}${i}`;
-    if (ok(keySlot(b(prefix + k)))) return k;
-  }
-}
-
-const homeOf = (slot: number): number => (slot <= 5460 ? 0 : slot <= 10922 ? 1 : 2);
-
-const isBufferJson = (x: unknown): x is { data: number[] } => typeof x === 'object' && x !== null && (x as { type?: unknown }).type === 'Buffer' && Array.isArray((x as { data?: unknown }).data);
-
-const settle = (p: Promise<unknown>): Promise<string> =>
-  p.then(
-    (v) => `ok ${JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? String(x) : isBufferJson(x) ? Buffer.from(x.data).toString('latin1') : x))}`,
-    (e: unknown) => `failed ${codeOf(e)}: ${String((e as Error).message).slice(0, 160)}`,
-  );
 
 function haveServers(t: TestContext, memcached = false): boolean {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return false;
