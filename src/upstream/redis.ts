@@ -307,11 +307,17 @@ export class RedisUpstream implements Upstream {
   private masters: string[] | undefined;
   /** Cluster: one marker store per master (markerStores), by master. */
   private readonly markerViews = new Map<string, ClusterMasterStore>();
+  /** Cluster: each master's replication id as markersReady last read it (markerStores). */
+  private readonly replids = new Map<string, string>();
+  /** Cluster: the masters of the last slots refresh (movedToNewMaster). */
+  private masterSet: Set<string> | undefined;
+  /** Cluster: the MOVED replies not followed (see the constructor). */
+  private readonly refusedMoves = new WeakSet<Error>();
   private refreshAsked = 0;
   /** Cluster: the periodic slots refresh (see the constructor). */
   private slotsTimer: NodeJS.Timeout | undefined;
   /** Cluster: the marker store while the slots are not known (markerStores): it answers nothing. */
-  private readonly unknownMasters = new ClusterMasterStore(this, 'unknown (slots not known yet)', '', true);
+  private readonly unknownMasters = new ClusterMasterStore(this, 'unknown', '', "the cluster's slots are not known yet");
   private readonly counterKey: Buffer; // the one cas counter (none in a cluster)
   private readonly maxQueue: number;
   private readonly maxItemSize: string;
@@ -386,6 +392,23 @@ export class RedisUpstream implements Upstream {
       client.on('refresh', () => {
         if (this.mastersChanged()) this.onReconnect?.();
       });
+      // A MOVED to a node that served no slot at the last refresh: a replica promoted while its
+      // old master stays up (CLUSTER FAILOVER TAKEOVER, a partition of the cluster bus), which
+      // answers MOVED. ioredis would follow it at once, before the refresh that reports the
+      // failover (above): the promoted replica, which may lack the last writes of the old master
+      // (a lock), would decide the command unfenced. The command is failed instead (it was not
+      // run: UNREACHABLE, see evalsha) and the slots asked for. A MOVED to a node that was a
+      // master already (a slot migrated with its keys) is followed, as is ASK.
+      const follow = client.handleError.bind(client);
+      client.handleError = (error: Error, ttl: { value?: unknown }, handlers: { defaults(): void }): void => {
+        if (this.movedToNewMaster(error.message)) {
+          this.refusedMoves.add(error);
+          client.refreshSlotsCache();
+          handlers.defaults();
+          return;
+        }
+        follow(error, ttl, handlers);
+      };
       // The slots asked for every 2 s (and after a request refused for a node reconnecting): a
       // master's failover is seen (the 'refresh' event) without waiting for a MOVED. A timer of
       // ours, not ioredis's slotsRefreshInterval: a refresh in flight as the client disconnects
@@ -485,6 +508,9 @@ export class RedisUpstream implements Upstream {
       if (err instanceof Error && err.message.startsWith('NOSCRIPT')) {
         void this.loadScripts();
         throw this.error(ErrorCodes.UPSTREAM_IO, 'the server has lost the scripts (SCRIPT FLUSH, or evicted): not run; loading them again');
+      }
+      if (err instanceof Error && this.refusedMoves.has(err)) {
+        throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `slot moved to ${this.scrub(err.message.split(' ')[2] ?? '')}, no master before (a failover): not run; the slots are asked for again`);
       }
       throw err;
     }
@@ -755,10 +781,11 @@ export class RedisUpstream implements Upstream {
     if (!(this.client instanceof Cluster)) return false;
     const now = Array.from({ length: SLOTS }, (_, s): string => (this.client as Cluster).slots[s]?.[0] ?? '');
     const before = this.masters;
+    const isMaster = new Set(now);
     this.masters = now;
+    this.masterSet = isMaster;
     if (before === undefined) return false;
     const wasMaster = new Set(before);
-    const isMaster = new Set(now);
     for (let s = 0; s < SLOTS; s++) {
       const a = before[s] as string;
       const b = now[s] as string;
@@ -768,48 +795,97 @@ export class RedisUpstream implements Upstream {
   }
 
   /**
+   * Cluster: whether `message` is a MOVED to a node that served no slot at the last slots refresh
+   * (a promoted replica: see the constructor). Before the first refresh, none is.
+   */
+  private movedToNewMaster(message: string): boolean {
+    const [word, , to] = message.split(' ');
+    return word === 'MOVED' && to !== undefined && this.masterSet !== undefined && !this.masterSet.has(to);
+  }
+
+  /**
    * Cluster: one store per master for the cold detector's marker, each a view of this one that
-   * names the key `<marker>.<master host:port>.{<tag of the master's lowest slot>}`: it lands on
-   * that master, and a master at another address (a promoted replica, which holds the old
-   * master's marker) is asked for a key it was never written. A standalone Redis: itself.
+   * names the key `<marker>.<master host:port>.<its replication id>.{<tag of a slot it serves>}`:
+   * it lands on that master. A replica promoted (another address, and a new replication id) is
+   * asked for a key it was never written, though it holds its old master's marker; so is a node
+   * promoted back to master (a new replication id: it holds the marker of its earlier term, which
+   * came back to it through the replica it followed meanwhile, but maybe not the last lock). The
+   * replication id (INFO replication, read by markersReady) is new at each promotion and at each
+   * restart of a master (Redis restores it from the RDB for a replica only), and kept through a
+   * slot migration (the config epoch is not: SETSLOT bumps the importing master's). A view keeps its slot while its master serves it; when the slot moved away (a
+   * migration, its keys with it), it moves to another slot of the master and reads the marker at
+   * the old key, where the slot went, until it has written the new one (see ClusterMasterStore).
+   * A standalone Redis: itself.
    */
   markerStores(): readonly Upstream[] {
     if (!(this.client instanceof Cluster)) return [this];
-    const lowest = new Map<string, number>();
+    const owned = new Map<string, number>(); // each master's lowest slot
     for (let s = 0; s < SLOTS; s++) {
       const m = this.client.slots[s]?.[0];
-      if (m !== undefined && !lowest.has(m)) lowest.set(m, s);
+      if (m !== undefined && !owned.has(m)) owned.set(m, s);
     }
     // Slots not known yet (the first look, as mcmux starts): no sight of any master. A view that
     // cannot answer makes the look 'unknown', and the cluster is fenced as unread until a look
     // with the masters' views judges it (the marker as any key would be read on one master only).
-    if (lowest.size === 0) return [this.unknownMasters];
+    if (owned.size === 0) return [this.unknownMasters];
     const views: ClusterMasterStore[] = [];
-    for (const [master, slot] of lowest) {
-      const suffix = `.${master}.{${slotTag(slot)}}`;
+    for (const [master, lowest] of owned) {
+      const replid = this.replids.get(master);
       let view = this.markerViews.get(master);
-      if (view === undefined || view.suffix !== suffix) {
-        view = new ClusterMasterStore(this, master, suffix);
+      if (replid === undefined) {
+        // Never read (markersReady could not reach it): a view that answers nothing.
+        views.push(new ClusterMasterStore(this, master, '', 'its replication id is not known yet'));
+        continue;
+      }
+      if (view === undefined || view.replid !== replid) {
+        view = new ClusterMasterStore(this, master, `.${master}.${replid}.{${slotTag(lowest)}}`, undefined, replid, lowest);
         this.markerViews.set(master, view);
+      } else if (this.client.slots[view.slot]?.[0] !== master) {
+        view.move(lowest, `.${master}.${replid}.{${slotTag(lowest)}}`);
       }
       views.push(view);
     }
-    // Masters no longer: their views go (bounded by the masters of now).
-    for (const master of this.markerViews.keys()) if (!lowest.has(master)) this.markerViews.delete(master);
+    // Masters no longer: their views go (bounded by the masters of now), and what was read of them.
+    for (const master of this.markerViews.keys()) if (!owned.has(master)) this.markerViews.delete(master);
+    for (const master of this.replids.keys()) if (!owned.has(master)) this.replids.delete(master);
     return views;
   }
 
-  /** Cluster: resolves once the slots are known (the first connection), failed, or after `timeout` (Upstream.markersReady). */
-  markersReady(): Promise<void> {
-    if (!(this.client instanceof Cluster) || !this.starting) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, this.timeoutMs);
-      const done = (): void => {
-        clearTimeout(timer);
-        resolve();
-      };
-      this.firstReady.then(done, done);
-    });
+  /**
+   * Cluster: resolves once the slots are known (the first connection), failed, or after `timeout`,
+   * and the replication id of each master read (INFO replication, each bounded by `timeout`; one
+   * not answering keeps what was read of it before): Upstream.markersReady.
+   */
+  async markersReady(): Promise<void> {
+    const client = this.client;
+    if (!(client instanceof Cluster)) return;
+    if (this.starting) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.timeoutMs);
+        const done = (): void => {
+          clearTimeout(timer);
+          resolve();
+        };
+        this.firstReady.then(done, done);
+      });
+    }
+    const masters = new Set<string>();
+    for (let s = 0; s < SLOTS; s++) {
+      const m = client.slots[s]?.[0];
+      if (m !== undefined) masters.add(m);
+    }
+    const nodes = client.nodes('all');
+    await Promise.all(
+      [...masters].map(async (master) => {
+        const node = nodes.find((n) => nodeId(n) === master);
+        if (node === undefined) return;
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, this.timeoutMs, undefined)));
+        const info = await Promise.race([node.info('replication').catch(() => undefined), late]).finally(() => clearTimeout(timer));
+        const replid = info === undefined ? undefined : /^master_replid:([0-9a-f]{40})\r?$/m.exec(info)?.[1];
+        if (replid !== undefined && client.slots.some((s) => s?.[0] === master)) this.replids.set(master, replid);
+      }),
+    );
   }
 
   /** The keys a write script names: the item and the cas counter; in a cluster the item alone. */
@@ -826,21 +902,27 @@ function nodeId(node: Redis): string {
 
 /**
  * One master of a Redis Cluster as the cold detector sees it: the cluster's driver, with every
- * key given a suffix that lands it on that master (RedisUpstream.markerStores). Only get and
- * store are asked of it.
+ * key given a suffix that lands it on that master, in one of its slots (RedisUpstream.markerStores).
+ * Only get and store are asked of it.
  */
 class ClusterMasterStore implements Upstream {
   readonly name: string;
   readonly scheme: string;
   readonly timeoutMs: number;
   readonly stats: UpstreamStats;
+  /** The suffix before the last move (its slot went to another master, with its keys), while the key under `suffix` is not written yet. */
+  private carried: string | undefined;
+  /** A marker was written (acknowledged) under the suffix of before the move, or under `suffix`. */
+  private written = false;
 
   constructor(
     private readonly cluster: RedisUpstream,
-    master: string,
-    readonly suffix: string,
-    /** No master known: every request fails unsent. */
-    private readonly none = false,
+    private readonly master: string,
+    private suffix: string,
+    /** Why every request fails unsent (no master known, or not its replication id). */
+    private readonly none?: string,
+    readonly replid = '',
+    private slotNow = -1,
   ) {
     this.name = `${cluster.name} master ${master}`;
     this.scheme = cluster.scheme;
@@ -848,14 +930,43 @@ class ClusterMasterStore implements Upstream {
     this.stats = cluster.stats;
   }
 
-  get(keys: readonly string[]): Promise<Array<Hit | undefined>> {
-    if (this.none) return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: the cluster's slots are not known yet`));
-    return this.cluster.get(keys.map((k) => k + this.suffix));
+  /** The slot the marker key lands in. */
+  get slot(): number {
+    return this.slotNow;
   }
 
-  store(req: StoreRequest): Promise<StoreResult> {
-    if (this.none) return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: the cluster's slots are not known yet`));
-    return this.cluster.store({ ...req, key: req.key + this.suffix });
+  /**
+   * The slot moved to another master (a migration: MIGRATE took the marker with it): the key is
+   * named in `slot` now. Until a marker is written there, a read that misses reads the old key
+   * where it went. Not after a restart of the master: a cluster master gets a new replication id
+   * at each (Redis restores it from the RDB for a replica only), so the view is a new one.
+   */
+  move(slot: number, suffix: string): void {
+    if (this.written && this.carried === undefined) this.carried = this.suffix;
+    this.slotNow = slot;
+    this.suffix = suffix;
+  }
+
+  async get(keys: readonly string[]): Promise<Array<Hit | undefined>> {
+    if (this.none !== undefined) throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: ${this.none}`);
+    const carried = this.carried;
+    const hits = await this.cluster.get(keys.map((k) => k + this.suffix));
+    if (carried === undefined || hits.every((h) => h !== undefined)) return hits;
+    const before = await this.cluster.get(keys.map((k) => k + carried));
+    return hits.map((h, i) => h ?? before[i]);
+  }
+
+  async store(req: StoreRequest): Promise<StoreResult> {
+    if (this.none !== undefined) throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: ${this.none}`);
+    const suffix = this.suffix;
+    const result = await this.cluster.store({ ...req, key: req.key + suffix });
+    if (suffix === this.suffix) {
+      this.written = true;
+      this.carried = undefined;
+    } else {
+      this.carried ??= suffix; // moved while it was written: the old key holds the marker
+    }
+    return result;
   }
 
   delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
