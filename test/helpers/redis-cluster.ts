@@ -1,7 +1,7 @@
 /**
  * What the Redis Cluster reviews share (test/upstream/review-redis-cluster*.test.ts): the driver
- * and in-process mcmux around a private cluster, the cluster's handle, redis-cli, and key
- * placement by slot. Each review starts its cluster its own way.
+ * and in-process mcmux around a private cluster, the cluster itself (startCluster) and its handle,
+ * redis-cli, and key placement by slot.
  */
 
 import { spawn } from 'node:child_process';
@@ -9,13 +9,17 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
-import type { Redis } from 'ioredis';
+import { Redis } from 'ioredis';
 import type { App } from '../../src/app';
+import type { HealthyUpstream } from '../../src/router/health';
 import { keySlot } from '../../src/upstream/redis';
 import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
-import type { spawnRedis } from '../upstream/targets/redis';
-import { b, codeOf } from './driver-calls';
+import { makeDir, removeDir, spawnRedis, stopProcess } from '../upstream/targets/redis';
+import { b, codeOf, retrying } from './driver-calls';
+import { inProcessMcmux } from './in-process';
+import { eventually } from './poll';
+import { freePort, startMemcacheds } from './servers';
 import { type Wire, connectWire } from './wire';
 
 export const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
@@ -86,3 +90,95 @@ export const settle = (p: Promise<unknown>): Promise<string> =>
     (e: unknown) => `failed ${codeOf(e)}: ${String((e as Error).message).slice(0, 120)}`,
   );
 
+
+/**
+ * `masters` masters (+ `replicas` each) joined by `redis-cli --cluster create`, then one replica
+ * added for each master listed in `replicaFor`; no persistence, `--cluster-node-timeout
+ * nodeTimeout`. Slots: 0-5460, 5461-10922, 10923-16383 for 3 masters (nodes 0, 1, 2); the
+ * replicas are the nodes after. Everything stopped (a stopped one continued first) and removed
+ * after the test.
+ */
+export async function startCluster(t: TestContext, opts: { masters?: number; replicas?: number; replicaFor?: number[]; nodeTimeout?: number; extra?: string[] } = {}): Promise<Cluster> {
+  const { masters = 3, replicas = 0, replicaFor = [], nodeTimeout = 5000, extra = [] } = opts;
+  const alive = (p: Proc): boolean => p.exitCode === null && p.signalCode === null;
+  const c: Cluster = {
+    ports: [],
+    dirs: [],
+    procs: [],
+    args: [],
+    admin: [],
+    url: '',
+    id: async (i) => String(await (c.admin[i] as Redis).call('CLUSTER', 'MYID')),
+    masterOf: async (slot, ask = 0) => {
+      const slots = (await (c.admin[ask] as Redis).call('CLUSTER', 'SLOTS')) as Array<[number, number, [string, number]]>;
+      const range = slots.find(([lo, hi]) => lo <= slot && slot <= hi);
+      return range ? c.ports.indexOf(Number(range[2][1])) : -1;
+    },
+    restart: async (i) => {
+      const p = c.procs[i] as Proc;
+      if (alive(p)) await stopProcess(p);
+      c.procs[i] = await spawnRedis(c.ports[i] as number, c.dirs[i] as string, c.args[i] as string[]);
+    },
+    kill: async (i) => {
+      const p = c.procs[i] as Proc;
+      if (alive(p)) {
+        const gone = new Promise<void>((resolve) => p.once('exit', () => resolve()));
+        p.kill('SIGKILL');
+        await gone;
+      }
+    },
+  };
+  t.after(async () => {
+    for (const a of c.admin) a.disconnect();
+    for (const p of c.procs) if (alive(p)) p.kill('SIGCONT');
+    await Promise.all(c.procs.map((p) => (alive(p) ? stopProcess(p) : undefined)));
+    for (const d of c.dirs) removeDir(d);
+  });
+  const addNode = async (): Promise<number> => {
+    const dir = makeDir('review-cluster-');
+    c.dirs.push(dir);
+    const port = await freePort();
+    const bus = await freePort();
+    const a = ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(nodeTimeout), ...extra];
+    c.args.push(a);
+    c.procs.push(await spawnRedis(port, dir, a));
+    c.ports.push(port);
+    // Its errors (the node killed or restarting) are seen by the calls that fail.
+    c.admin.push(new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 0, protocol: 2 }).on('error', () => {}));
+    return c.ports.length - 1;
+  };
+  for (let i = 0; i < masters * (1 + replicas); i++) await addNode();
+  const out = await cli(['--cluster', 'create', ...c.ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', String(replicas), '--cluster-yes']);
+  if (!out.includes('All 16384 slots covered')) throw new Error(`redis-cli --cluster create failed: ${out.slice(-500)}`);
+  for (const m of replicaFor) {
+    const r = await addNode();
+    await cli(['--cluster', 'add-node', `127.0.0.1:${c.ports[r]}`, `127.0.0.1:${c.ports[0]}`, '--cluster-slave', '--cluster-master-id', await c.id(m)]);
+  }
+  const n = c.ports.length;
+  for (const a of c.admin) {
+    await retrying(async () => {
+      const info = String(await a.call('CLUSTER', 'INFO'));
+      if (!info.includes('cluster_state:ok') || !info.includes(`cluster_known_nodes:${n}`)) throw new Error(info);
+    });
+  }
+  c.url = `redis+cluster://${c.ports.map((p) => `127.0.0.1:${p}`).join(',')}`;
+  return c;
+}
+
+/** `cluster` first and a private memcached second behind an in-process mcmux (private state-dir); its first upstream. */
+export async function behindMcmux(t: TestContext, cluster: Cluster, opts: { lockFence?: number; timeout?: number } = {}): Promise<{ app: App; u: HealthyUpstream }> {
+  const [mc] = await startMemcacheds(t, 1);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'lock-fence': opts.lockFence ?? 60_000 }, [`${cluster.url}?timeout=${opts.timeout ?? 2000}`, mc?.url as string]);
+  return { app, u: app.upstreams[0] as HealthyUpstream };
+}
+
+/** Until node `ask` sees node `i` as master of `slot`. */
+export async function untilMasterOf(c: Cluster, slot: number, i: number, ask: number): Promise<void> {
+  await eventually(`node ${i} serves slot ${slot}`, async () => {
+    try {
+      return (await c.masterOf(slot, ask)) === i;
+    } catch {
+      return false;
+    }
+  }, 30_000);
+}

@@ -29,7 +29,6 @@
  */
 
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { Redis } from 'ioredis';
 import type { HealthyUpstream } from '../../src/router/health';
@@ -38,99 +37,14 @@ import type { Upstream } from '../../src/upstream/upstream';
 import { b, getOne, retrying, set } from '../helpers/driver-calls';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
-import { freePort, requireBinary, startMemcacheds } from '../helpers/servers';
-import { makeDir, removeDir, spawnRedis, stopProcess } from './targets/redis';
-import { type Proc, open, stateDir, client, type Cluster, cli, keyWhere, homeOf, settle } from '../helpers/redis-cluster';
-
-function nodeArgs(bus: number, nodeTimeout: number, extra: string[]): string[] {
-  return ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(nodeTimeout), ...extra];
-}
-
-async function addNode(c: Cluster, nodeTimeout: number, extra: string[]): Promise<number> {
-  const dir = makeDir('review-cluster2-');
-  c.dirs.push(dir);
-  const port = await freePort();
-  const bus = await freePort();
-  const a = nodeArgs(bus, nodeTimeout, extra);
-  c.args.push(a);
-  c.procs.push(await spawnRedis(port, dir, a));
-  c.ports.push(port);
-  c.admin.push(new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 0, protocol: 2 }).on('error', () => {}));
-  return c.ports.length - 1;
-}
-
-/**
- * 3 masters (nodes 0, 1, 2: slots 0-5460, 5461-10922, 10923-16383), no persistence, and one
- * replica (node 3) for each master listed in `replicaFor`. Everything stopped and removed after the test.
- */
-async function startCluster(t: TestContext, opts: { replicaFor?: number[]; nodeTimeout?: number; extra?: string[] } = {}): Promise<Cluster> {
-  const { replicaFor = [], nodeTimeout = 5000, extra = [] } = opts;
-  const c: Cluster = {
-    ports: [],
-    dirs: [],
-    procs: [],
-    args: [],
-    admin: [],
-    url: '',
-    id: async (i) => String(await (c.admin[i] as Redis).call('CLUSTER', 'MYID')),
-    masterOf: async (slot, ask = 0) => {
-      const slots = (await (c.admin[ask] as Redis).call('CLUSTER', 'SLOTS')) as Array<[number, number, [string, number]]>;
-      const range = slots.find(([lo, hi]) => lo <= slot && slot <= hi);
-      return range ? c.ports.indexOf(Number(range[2][1])) : -1;
-    },
-    restart: async (i) => {
-      const p = c.procs[i] as Proc;
-      if (p.exitCode === null && p.signalCode === null) await stopProcess(p);
-      c.procs[i] = await spawnRedis(c.ports[i] as number, c.dirs[i] as string, c.args[i] as string[]);
-    },
-    kill: async (i) => {
-      const p = c.procs[i] as Proc;
-      if (p.exitCode === null && p.signalCode === null) {
-        const gone = new Promise<void>((resolve) => p.once('exit', () => resolve()));
-        p.kill('SIGKILL');
-        await gone;
-      }
-    },
-  };
-  t.after(async () => {
-    for (const a of c.admin) a.disconnect();
-    for (const p of c.procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGCONT');
-    await Promise.all(c.procs.map((p) => (p.exitCode === null && p.signalCode === null ? stopProcess(p) : undefined)));
-    for (const d of c.dirs) removeDir(d);
-  });
-  for (let i = 0; i < 3; i++) await addNode(c, nodeTimeout, extra);
-  const out = await cli(['--cluster', 'create', ...c.ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes']);
-  if (!out.includes('All 16384 slots covered')) throw new Error(`redis-cli --cluster create failed: ${out.slice(-500)}`);
-  for (const m of replicaFor) {
-    const r = await addNode(c, nodeTimeout, extra);
-    await cli(['--cluster', 'add-node', `127.0.0.1:${c.ports[r]}`, `127.0.0.1:${c.ports[0]}`, '--cluster-slave', '--cluster-master-id', await c.id(m)]);
-  }
-  const n = c.ports.length;
-  for (const a of c.admin) {
-    await retrying(async () => {
-      const info = String(await a.call('CLUSTER', 'INFO'));
-      if (!info.includes('cluster_state:ok') || !info.includes(`cluster_known_nodes:${n}`)) throw new Error(info);
-    });
-  }
-  c.url = `redis+cluster://${c.ports.map((p) => `127.0.0.1:${p}`).join(',')}`;
-  return c;
-}
+import { requireBinary, startMemcacheds } from '../helpers/servers';
+import { type Proc, open, stateDir, client, type Cluster, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf } from '../helpers/redis-cluster';
 
 function haveServers(t: TestContext, memcached = false): boolean {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return false;
   if (!requireBinary(t, 'redis-cli', 'redis-tools')) return false;
   if (memcached && !requireBinary(t, 'memcached', 'memcached')) return false;
   return true;
-}
-
-async function untilMasterOf(c: Cluster, slot: number, i: number, ask: number): Promise<void> {
-  await eventually(`node ${i} serves slot ${slot}`, async () => {
-    try {
-      return (await c.masterOf(slot, ask)) === i;
-    } catch {
-      return false;
-    }
-  }, 30_000);
 }
 
 async function untilReplicating(c: Cluster, m: number): Promise<void> {
@@ -237,9 +151,7 @@ test('fixed: failover and back: a master promoted again, lacking the last lock, 
   const lockFence = 15_000;
   const cluster = await startCluster(t, { replicaFor: [victim], nodeTimeout: 1000, extra: ['--cluster-replica-validity-factor', '0'] });
   const replica = 3;
-  const [mc] = await startMemcacheds(t, 1);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'lock-fence': lockFence }, [`${cluster.url}?timeout=1000`, mc?.url as string]);
-  const u = app.upstreams[0] as HealthyUpstream;
+  const { app, u } = await behindMcmux(t, cluster, { lockFence, timeout: 1000 });
   const key = app.coldDetector.key;
   const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
   const session = keyWhere('sess.', (s) => homeOf(s) === victim);
@@ -419,9 +331,7 @@ test('holds: a standalone Redis restarted empty is fenced: a lock it lost is not
 test('holds: all masters restarted empty at once: fenced, a lock they lost is not granted again', { timeout: 120_000 }, async (t) => {
   if (!haveServers(t, true)) return;
   const cluster = await startCluster(t);
-  const [mc] = await startMemcacheds(t, 1);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'lock-fence': 60_000 }, [`${cluster.url}?timeout=2000`, mc?.url as string]);
-  const u = app.upstreams[0] as HealthyUpstream;
+  const { app, u } = await behindMcmux(t, cluster);
   const key = app.coldDetector.key;
   const locks = [0, 1, 2].map((m) => keyWhere(`lock${m}.s`, (s) => homeOf(s) === m));
   const w = await client(t, app);
@@ -477,9 +387,7 @@ test('fixed: failover with the old master reachable: the first add after it, red
   const victim = 1;
   const replica = 3;
   const cluster = await startCluster(t, { replicaFor: [victim], extra: ['--cluster-replica-validity-factor', '0'] });
-  const [mc] = await startMemcacheds(t, 1);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'lock-fence': 60_000 }, [`${cluster.url}?timeout=1000`, mc?.url as string]);
-  const u = app.upstreams[0] as HealthyUpstream;
+  const { app, u } = await behindMcmux(t, cluster, { timeout: 1000 });
   const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
   const session = keyWhere('sess.', (s) => homeOf(s) === victim);
   const w = await client(t, app);
@@ -587,9 +495,7 @@ test('fixed: a slot migrated gracefully: the cluster is not fenced for long, and
 test('holds: a slot migrated, then its old master restarted empty before the driver saw the move: a lock it lost is not granted again', { timeout: 120_000 }, async (t) => {
   if (!haveServers(t, true)) return;
   const cluster = await startCluster(t);
-  const [mc] = await startMemcacheds(t, 1);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'lock-fence': 60_000 }, [`${cluster.url}?timeout=2000`, mc?.url as string]);
-  const u = app.upstreams[0] as HealthyUpstream;
+  const { app, u } = await behindMcmux(t, cluster);
   const w = await client(t, app);
   const marker = app.coldDetector.key;
   const own = `${marker}.127.0.0.1:${cluster.ports[0]}.`;

@@ -16,7 +16,6 @@
  */
 
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { Redis } from 'ioredis';
 import type { App } from '../../src/app';
@@ -26,73 +25,10 @@ import type { Upstream } from '../../src/upstream/upstream';
 import { b, getOne, retrying, set } from '../helpers/driver-calls';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
-import { freePort, requireBinary, startMemcacheds } from '../helpers/servers';
+import { freePort, requireBinary } from '../helpers/servers';
 import { type Wire } from '../helpers/wire';
-import { makeDir, removeDir, spawnRedis, stopProcess } from './targets/redis';
-import { type Proc, open, stateDir, client, type Cluster, cli, keyWhere, homeOf, settle } from '../helpers/redis-cluster';
-
-/**
- * `masters` masters (+ `replicas` each) joined by `redis-cli --cluster create`, no persistence,
- * `--cluster-node-timeout nodeTimeout`. Slots: 0-5460, 5461-10922, 10923-16383 for 3 masters
- * (nodes 0, 1, 2); the replicas are nodes 3.. . Everything stopped and removed after the test.
- */
-async function startCluster(t: TestContext, opts: { masters?: number; replicas?: number; nodeTimeout?: number; extra?: string[] } = {}): Promise<Cluster> {
-  const { masters = 3, replicas = 0, nodeTimeout = 5000, extra = [] } = opts;
-  const n = masters * (1 + replicas);
-  const c: Cluster = {
-    ports: [],
-    dirs: [],
-    procs: [],
-    args: [],
-    admin: [],
-    url: '',
-    id: async (i) => String(await (c.admin[i] as Redis).call('CLUSTER', 'MYID')),
-    masterOf: async (slot, ask = 0) => {
-      const slots = (await (c.admin[ask] as Redis).call('CLUSTER', 'SLOTS')) as Array<[number, number, [string, number]]>;
-      const range = slots.find(([lo, hi]) => lo <= slot && slot <= hi);
-      return range ? c.ports.indexOf(Number(range[2][1])) : -1;
-    },
-    restart: async (i) => {
-      await stopProcess(c.procs[i] as Proc);
-      c.procs[i] = await spawnRedis(c.ports[i] as number, c.dirs[i] as string, c.args[i] as string[]);
-    },
-    kill: async (i) => {
-      const p = c.procs[i] as Proc;
-      if (p.exitCode === null && p.signalCode === null) {
-        const gone = new Promise<void>((resolve) => p.once('exit', () => resolve()));
-        p.kill('SIGKILL');
-        await gone;
-      }
-    },
-  };
-  t.after(async () => {
-    for (const a of c.admin) a.disconnect();
-    await Promise.all(c.procs.map((p) => (p.exitCode === null && p.signalCode === null ? stopProcess(p) : undefined)));
-    for (const d of c.dirs) removeDir(d);
-  });
-  for (let i = 0; i < n; i++) {
-    const dir = makeDir('review-cluster-');
-    c.dirs.push(dir);
-    const port = await freePort();
-    const bus = await freePort();
-    const a = ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(nodeTimeout), ...extra];
-    c.args.push(a);
-    c.procs.push(await spawnRedis(port, dir, a));
-    c.ports.push(port);
-    // Its errors (the node killed or restarting) are seen by the calls that fail.
-    c.admin.push(new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 0, protocol: 2 }).on('error', () => {}));
-  }
-  const out = await cli(['--cluster', 'create', ...c.ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', String(replicas), '--cluster-yes']);
-  if (!out.includes('All 16384 slots covered')) throw new Error(`redis-cli --cluster create failed: ${out.slice(-500)}`);
-  for (const a of c.admin) {
-    await retrying(async () => {
-      const info = String(await a.call('CLUSTER', 'INFO'));
-      if (!info.includes('cluster_state:ok') || !info.includes(`cluster_known_nodes:${n}`)) throw new Error(info);
-    });
-  }
-  c.url = `redis+cluster://${c.ports.map((p) => `127.0.0.1:${p}`).join(',')}`;
-  return c;
-}
+import { makeDir, spawnRedis } from './targets/redis';
+import { type Proc, open, stateDir, client, type Cluster, cli, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf } from '../helpers/redis-cluster';
 
 /** A cluster and the driver on it (`timeout` its option), answering; closed after the test. */
 async function clusterDriver(t: TestContext, timeout: string): Promise<{ cluster: Cluster; up: Upstream } | undefined> {
@@ -114,9 +50,7 @@ async function lockOffTheMarker(t: TestContext): Promise<{ cluster: Cluster; app
   if (!requireBinary(t, 'redis-cli', 'redis-tools')) return undefined;
   if (!requireBinary(t, 'memcached', 'memcached')) return undefined;
   const cluster = await startCluster(t);
-  const [mc] = await startMemcacheds(t, 1);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'lock-fence': 60_000 }, [`${cluster.url}?timeout=2000`, mc?.url as string]);
-  const u = app.upstreams[0] as HealthyUpstream;
+  const { app, u } = await behindMcmux(t, cluster);
   const victim = (homeOf(keySlot(b(app.coldDetector.key))) + 1) % 3;
   const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
   const w = await client(t, app);
@@ -418,17 +352,6 @@ async function replicaOf(c: Cluster, m: number): Promise<number> {
   throw new Error(`no replica of node ${m}`);
 }
 
-/** Until node `ask` sees node `i` as master of `slot`. */
-async function untilMasterOf(c: Cluster, slot: number, i: number, ask: number): Promise<void> {
-  await eventually(`node ${i} serves slot ${slot}`, async () => {
-    try {
-      return (await c.masterOf(slot, ask)) === i;
-    } catch {
-      return false;
-    }
-  }, 30_000);
-}
-
 // FINDING (failover loses the last lock): replication in Redis Cluster is asynchronous, so a
 // replica promoted after its master was killed may lack the writes acknowledged just before: a
 // lock `add lock.<sid>` the master answered STORED. The promoted replica keeps everything else
@@ -452,9 +375,7 @@ test('fixed: a replica promoted after its master was killed, lacking the last lo
   if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   const cluster = await startCluster(t, { replicas: 1, nodeTimeout: 1000, extra: ['--cluster-replica-validity-factor', '0'] });
-  const [mc] = await startMemcacheds(t, 1);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'lock-fence': 60_000 }, [`${cluster.url}?timeout=1000`, mc?.url as string]);
-  const u = app.upstreams[0] as HealthyUpstream;
+  const { app, u } = await behindMcmux(t, cluster, { timeout: 1000 });
   const victim = (homeOf(keySlot(b(app.coldDetector.key))) + 1) % 3;
   const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
   const session = keyWhere('sess.', (s) => homeOf(s) === victim);
