@@ -264,6 +264,8 @@ export class ColdDetector {
     // Already fenced, it would keep the keys written to it since that fence began: gone now.
     u.emptied();
     u.emptyUntil = Math.max(u.emptyUntil, end);
+    // Seen empty: it holds nothing but what is written to it from now on, whatever it inherited.
+    u.inheritedEmpty = false;
   }
 
   /**
@@ -425,7 +427,9 @@ export class ColdDetector {
       // process cannot know). Fenced until then, not as come back empty: when every upstream is
       // fenced, it decides before one this process saw come back empty (seed 7393 of 6001-7500
       // with MCMUX_FUZZ_RESTART=1: two upstreams fenced so by a marker, the third restarted empty
-      // meanwhile, and the one that had lost a lock granted it again).
+      // meanwhile, and the one that had lost a lock granted it again). Unless journal.log says that
+      // fence began as the store came back empty (inherit): then it is known so here too, from
+      // when it was, and still taken as one that may hold keys not on file.
       u.fence(until);
       this.voidUniques(u);
       this.inherit(u, look.sights);
@@ -450,6 +454,13 @@ export class ColdDetector {
     const id = sights[0]?.fenceId ?? 0;
     if (this.fenceLog === undefined || id === 0 || sights.some((s) => s.fenceId !== id)) return;
     for (const key of u.adoptFence(id, this.fenceLog.fenceKeys(u, id))) this.fenceLog.fenceLearnt(u, id, key);
+    // That fence began when the store came back empty (journal.log): so it is known here too,
+    // and since when, for the order in which fenced upstreams decide (fuzz seed 186930 with
+    // MCMUX_FUZZ_RESTART=1: two stores came back empty in turn, in two processes before this one;
+    // this one took both for fenced as a precaution, and the one emptied last decided a cas,
+    // NOT_FOUND, of a counter the other held).
+    const left = Math.min(this.fenceLog.emptiedUntil(u, id) - Date.now(), this.fenceMs);
+    if (left > 0) u.inheritEmpty(monotonicMs() + left);
   }
 
   /** Whether `store` (of `u`) lost the marker mcmux had written there ('unknown' when it did not answer). */
@@ -500,6 +511,8 @@ export class ColdDetector {
     const gen = ++this.gen;
     const value = until === 0 ? `${process.pid} ${gen}` : `fenced until ${wallUntil}`;
     const id = until === 0 ? 0 : u.fenceId;
+    // Before the marker that names the fence: a process that inherits it knows it came back empty.
+    if (until !== 0 && u.cameBackEmpty) this.fenceLog?.fenceEmptied(u, id, Math.ceil(wall + (u.emptyUntil - at)));
     await Promise.all(
       look.targets.map(async (store, i) => {
         const wrote = this.lastSet.get(store);

@@ -146,9 +146,18 @@ export class HealthyUpstream implements Upstream {
    * Until this time it is known to have come back empty (its marker was gone, or an in-process
    * store as mcmux starts); a fence without it is a precaution (a reconnect, a reload) and the
    * store may well hold what the others lost (authority-order.ts). The cold detector lifts a
-   * precautionary fence only while this is past.
+   * precautionary fence only while this is past. A fence inherited from an earlier process's
+   * marker sets it too when journal.log says that process saw the store come back empty under it
+   * (inheritEmpty): the order in which stores came back empty outlives mcmux.
    */
   emptyUntil = 0;
+  /**
+   * emptyUntil was inherited (inheritEmpty), not seen: what the store holds beyond the keys on
+   * file is taken as unknown, as for a fence inherited as a precaution (authority-order.ts
+   * onlyLearnt). Cleared when the fence ends, and when this process finds the store empty
+   * (cold-detector.ts knownEmpty); not by a reconnect (emptied: a precaution).
+   */
+  inheritedEmpty = false;
   /**
    * When it last came back (a probe succeeded after it was down), in ms; 0 if never. A server that
    * was paused applies what waited in its old connections as it resumes: the repair of a key
@@ -217,6 +226,7 @@ export class HealthyUpstream implements Upstream {
     if (!this.fenced) {
       this.forgetFenceKeys();
       this.fencesBegun++;
+      this.inheritedEmpty = false;
     }
     this.coldUntil = Math.max(this.coldUntil, until);
   }
@@ -229,6 +239,7 @@ export class HealthyUpstream implements Upstream {
   takeOver(prev: HealthyUpstream): void {
     this.coldUntil = prev.coldUntil;
     this.emptyUntil = prev.emptyUntil;
+    this.inheritedEmpty = prev.inheritedEmpty;
     this.backAt = prev.backAt;
     this.fencesBegun = prev.fencesBegun;
     this.fenceId = prev.fenceId;
@@ -266,12 +277,26 @@ export class HealthyUpstream implements Upstream {
   unfence(): void {
     this.coldUntil = 0;
     this.emptyUntil = 0;
+    this.inheritedEmpty = false;
     this.forgetFenceKeys();
   }
 
   private forgetFenceKeys(): void {
     this.fenceKeys.clear();
     this.fenceId = newFenceId();
+  }
+
+  /**
+   * Fenced by an earlier process's marker, whose fence began when that process (or one before it)
+   * saw the store come back empty, known so until `until` (monotonic ms; journal.log,
+   * FenceLog.emptiedUntil): known to have come back empty here too, so that with every upstream
+   * fenced the one that came back empty first decides first (authority-order.ts), whichever
+   * process saw it.
+   */
+  inheritEmpty(until: number): void {
+    if (!this.fenced || until <= monotonicMs()) return;
+    if (!this.cameBackEmpty) this.inheritedEmpty = true;
+    this.emptyUntil = Math.max(this.emptyUntil, until);
   }
 
   /**
@@ -543,7 +568,7 @@ export function emptyUntil(u: Upstream): number {
  * them reached it): not when it stopped learning (HealthyUpstream.learntAll).
  */
 export function onlyLearnt(u: Upstream): boolean {
-  return u instanceof HealthyUpstream && u.cameBackEmpty && !u.learntAll;
+  return u instanceof HealthyUpstream && u.cameBackEmpty && !u.learntAll && !u.inheritedEmpty;
 }
 
 /** Whether `u`, fenced or not, holds the current state of `key` as far as mcmux knows. */
@@ -558,6 +583,10 @@ export function knowsKey(u: Upstream, key: string): boolean {
 export interface FenceLog {
   fenceLearnt(u: Upstream, id: number, key: string): void;
   fenceKeys(u: Upstream, id: number): Iterable<string>;
+  /** `u` is known to have come back empty under fence `id`, until `wallUntil` (epoch ms). */
+  fenceEmptied(u: Upstream, id: number, wallUntil: number): void;
+  /** What fenceEmptied kept for `u`'s fence `id` (epoch ms; 0: none), by this process or one before it. */
+  emptiedUntil(u: Upstream, id: number): number;
   uniquesVoided(u: Upstream, epoch: number): void;
   /** `u` holds older data than mcmux wrote there: trusted for no key until known clean. */
   distrust(u: Upstream): void;

@@ -127,6 +127,11 @@ interface PerUpstream {
    * fenceLearnt.
    */
   fenced?: Map<number, Set<string>>;
+  /**
+   * Fences that began when the upstream came back empty, by id: until when (epoch ms) it is known
+   * empty under each (the last FENCE_IDS ids, oldest first). See fenceEmptied.
+   */
+  emptied?: Map<number, number>;
   /** How often its uniques were voided (HealthyUpstream.uniquesEpoch), as the last process left it. */
   uniquesEpoch?: number;
 }
@@ -411,6 +416,33 @@ export class RepairJournal {
     if (keys.has(key)) return false;
     keys.add(key);
     return true;
+  }
+
+  /**
+   * `u` came back empty and is fenced under `id`, known so until `wallUntil` (epoch ms): on file
+   * as `B <store> <id> <until>`, so that a later process that inherits the fence from the
+   * upstream's marker knows it came back empty, and when (emptiedUntil): with every upstream
+   * fenced, the one that came back empty first decides first, and one fenced only as a
+   * precaution before it (authority-order.ts), whichever process saw them come back (fuzz seed
+   * 186930 with MCMUX_FUZZ_RESTART=1). Written again only when it moved by more than a second.
+   */
+  fenceEmptied(u: Upstream, id: number, wallUntil: number): void {
+    if (this.setEmptied(this.of(u), id, wallUntil)) this.append(`B ${hex(idOf(u))} ${id} ${wallUntil}`);
+  }
+
+  private setEmptied(p: PerUpstream, id: number, wallUntil: number): boolean {
+    const known = (p.emptied ??= new Map());
+    const was = known.get(id);
+    if (was !== undefined && Math.abs(was - wallUntil) <= 1000) return false;
+    known.delete(id);
+    known.set(id, wallUntil);
+    if (known.size > FENCE_IDS) known.delete(known.keys().next().value as number);
+    return true;
+  }
+
+  /** What fenceEmptied kept for `u`'s fence `id` (epoch ms; 0: none), by this process or one before it. */
+  emptiedUntil(u: Upstream, id: number): number {
+    return this.byName.get(idOf(u))?.emptied?.get(id) ?? 0;
   }
 
   /**
@@ -1434,6 +1466,8 @@ export class RepairJournal {
         this.loadedTimeouts.set(name, Number(f[2]) || 0);
       } else if (f[0] === 'W' && f[3] !== undefined) {
         this.learnFenced(p, Number(f[2]), unhex(f[3]));
+      } else if (f[0] === 'B' && f[3] !== undefined) {
+        this.setEmptied(p, Number(f[2]), Number(f[3]) || 0);
       } else if (f[0] === 'T') {
         this.dropKeys(p);
         this.setOverflow(p, undefined);
@@ -1463,6 +1497,7 @@ export class RepairJournal {
       }
       for (const [key, e] of p.keys) out.push(mLine(name, key, e));
       for (const [id, keys] of p.fenced ?? []) for (const key of keys) out.push(`W ${hex(name)} ${id} ${hex(key)}`);
+      for (const [id, until] of p.emptied ?? []) if (until > Date.now()) out.push(`B ${hex(name)} ${id} ${until}`);
       if (p.uniquesEpoch !== undefined) out.push(`V ${hex(name)} ${p.uniquesEpoch}`);
     }
     const fd = openSync(tmp, 'w', 0o600);

@@ -2187,6 +2187,65 @@ describe('router fuzz findings, minimised: the first marker check of an upstream
   });
 });
 
+// Seed 186930 with MCMUX_FUZZ_RESTART=1 (two stores, journal-max-keys 2): the second memcached
+// restarted empty under one mcmux process, learnt two keys and stopped learning; a counter was
+// added and incremented since (decided by the first, copied to the second, unlearnt there). The
+// next process inherited the second's fence from its marker; the first then restarted empty
+// under it. The third process inherited both fences as precautions (the marker says "fenced
+// until", not "came back empty"), so the rule that the one emptied first decides first
+// (authority-order.ts) had nothing to go on: the first, in chain order, emptied last, decided a
+// cas of the counter the second held: NOT_FOUND. Now journal.log keeps which fences began
+// with the store coming back empty, and until when (B lines), and the process that inherits
+// such a fence knows it came back empty, and when.
+describe('router fuzz findings, minimised: stores that came back empty in turn, each under an earlier mcmux process', () => {
+  const store = (mode: 'add' | 'set', key: string, value: string): Command => ({ kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+  const incr = (key: string): Command => ({ kind: 'arith', op: 'incr', key, delta: 1n, initial: undefined, deadline: 0, noreply: false });
+
+  it('the one that came back empty first, which holds the counter written since, decides it, not the one emptied last', async (t) => {
+    const clocks = clocksFor(t);
+    const { dir, first, second } = restartable(t);
+    /** An mcmux process over the two stores, its journal.log in `dir`, as app.ts builds one (journal-max-keys 2). */
+    const proc = () => {
+      const ups = [first, second].map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400, fenceKeysMax: 2 }, noop)) as [HealthyUpstream, HealthyUpstream];
+      const journal = new RepairJournal({ maxKeys: 2, dir, fsync: 'no' });
+      journal.load(ups);
+      for (const u of ups) u.resumeUniques(journal.uniquesEpochOf(u));
+      const detector = new ColdDetector(() => ups, 3_600_000, silent, journal);
+      const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+      const stop = async (): Promise<void> => {
+        detector.stop();
+        journal.close();
+        await Promise.all(ups.map((u) => u.close()));
+      };
+      return { ups, detector, stop, exec: (c: Command): Promise<Reply> => Promise.resolve(router.execute(c)) };
+    };
+
+    const p1 = proc();
+    await p1.detector.checkAll(); // the markers written
+    await second.inner.flush(); // the second restarts empty
+    assert.equal(await p1.detector.check(p1.ups[1]), 'cold');
+    for (const k of ['s1', 's2']) assert.equal(status(await p1.exec(store('set', k, 'v'))), 'STORED'); // learnt there: it stops learning
+    assert.equal(status(await p1.exec(store('add', 'counter', '5'))), 'STORED', 'decided by the first, copied to the second, unlearnt there');
+    assert.equal(status(await p1.exec(incr('counter'))), '6');
+    await p1.stop();
+    clocks.advance(1000);
+
+    const p2 = proc();
+    await p2.detector.checkAll();
+    assert.ok(p2.ups[1].fenced, 'the second, fenced by its marker');
+    await first.inner.flush(); // now the first restarts empty
+    assert.equal(await p2.detector.check(p2.ups[0]), 'cold');
+    await p2.stop();
+    clocks.advance(1000);
+
+    const p3 = proc();
+    await p3.detector.checkAll();
+    assert.ok(p3.ups[0].fenced && p3.ups[1].fenced, 'both fenced by their markers');
+    assert.equal(status(await p3.exec(incr('counter'))), '7', 'LOST WRITE: the counter decided by the first, which came back empty last');
+    await p3.stop();
+  });
+});
+
 /** Two fault-injecting upstreams behind a router (min-copies 1) with a journal in memory. */
 function twoFakes(writeWait: 'all' | 'copies') {
   const ups = [new FakeUpstream('fake://0'), new FakeUpstream('fake://1')] as const;
