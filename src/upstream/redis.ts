@@ -910,10 +910,10 @@ class ClusterMasterStore implements Upstream {
   readonly scheme: string;
   readonly timeoutMs: number;
   readonly stats: UpstreamStats;
-  /** The suffix before the last move (its slot went to another master, with its keys), while the key under `suffix` is not written yet. */
-  private carried: string | undefined;
-  /** A marker was written (acknowledged) under the suffix of before the move, or under `suffix`. */
-  private written = false;
+  /** The suffix of the last marker write acknowledged (of those sent, the last sent), and its number. */
+  private written: string | undefined;
+  private writtenSeq = 0;
+  private sent = 0;
 
   constructor(
     private readonly cluster: RedisUpstream,
@@ -937,34 +937,33 @@ class ClusterMasterStore implements Upstream {
 
   /**
    * The slot moved to another master (a migration: MIGRATE took the marker with it): the key is
-   * named in `slot` now. Until a marker is written there, a read that misses reads the old key
-   * where it went. Not after a restart of the master: a cluster master gets a new replication id
-   * at each (Redis restores it from the RDB for a replica only), so the view is a new one.
+   * named in `slot` now. Until a marker is written there, a read that misses reads the key last
+   * written, where its slot went. Not after a restart of the master: a cluster master gets a new
+   * replication id at each (Redis restores it from the RDB for a replica only), so the view is a
+   * new one, which has written nothing.
    */
   move(slot: number, suffix: string): void {
-    if (this.written && this.carried === undefined) this.carried = this.suffix;
     this.slotNow = slot;
     this.suffix = suffix;
   }
 
   async get(keys: readonly string[]): Promise<Array<Hit | undefined>> {
     if (this.none !== undefined) throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: ${this.none}`);
-    const carried = this.carried;
-    const hits = await this.cluster.get(keys.map((k) => k + this.suffix));
-    if (carried === undefined || hits.every((h) => h !== undefined)) return hits;
-    const before = await this.cluster.get(keys.map((k) => k + carried));
+    const { written, suffix } = this;
+    const hits = await this.cluster.get(keys.map((k) => k + suffix));
+    if (written === undefined || written === suffix || hits.every((h) => h !== undefined)) return hits;
+    const before = await this.cluster.get(keys.map((k) => k + written));
     return hits.map((h, i) => h ?? before[i]);
   }
 
   async store(req: StoreRequest): Promise<StoreResult> {
     if (this.none !== undefined) throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: ${this.none}`);
     const suffix = this.suffix;
+    const seq = ++this.sent;
     const result = await this.cluster.store({ ...req, key: req.key + suffix });
-    if (suffix === this.suffix) {
-      this.written = true;
-      this.carried = undefined;
-    } else {
-      this.carried ??= suffix; // moved while it was written: the old key holds the marker
+    if (seq > this.writtenSeq) {
+      this.writtenSeq = seq;
+      this.written = suffix;
     }
     return result;
   }
