@@ -73,6 +73,8 @@ const HEADER = 12; // flags u32 + cas u64
 const FLUSH_BATCH = 500; // keys per SCAN step and per UNLINK of a prefixed flush
 const SLOTS = 16384;
 const SLOTS_REFRESH_MS = 2000;
+/** Cluster: how long the marker view of a master no longer is tried where its slots went (markerStores). */
+const GHOST_MS = 300_000;
 /** Keys of one gathered read (read-batch.ts): one script runs them all, and Redis runs nothing else meanwhile. */
 const READ_BATCH_KEYS = 256;
 
@@ -307,8 +309,14 @@ export class RedisUpstream implements Upstream {
   private masters: string[] | undefined;
   /** Cluster: one marker store per master (markerStores), by master. */
   private readonly markerViews = new Map<string, ClusterMasterStore>();
-  /** Cluster: each master's replication id as markersReady last read it (markerStores). */
+  /** Cluster: each master's replication id as markersReady last read it ('': INFO refused), for markerStores. */
   private readonly replids = new Map<string, string>();
+  /** Cluster: the marker views of masters no longer, until read once where their slots went (markerStores). */
+  private readonly ghosts = new Map<string, ClusterMasterStore>();
+  /** Cluster: masters whose replication id changed by a promotion, not yet given a new marker view. */
+  private readonly promoted = new Set<string>();
+  /** Cluster: a master refused INFO (warned once). */
+  private infoRefused = false;
   /** Cluster: the masters of the last slots refresh (movedToNewMaster). */
   private masterSet: Set<string> | undefined;
   /** Cluster: the MOVED replies not followed (see the constructor). */
@@ -317,7 +325,7 @@ export class RedisUpstream implements Upstream {
   /** Cluster: the periodic slots refresh (see the constructor). */
   private slotsTimer: NodeJS.Timeout | undefined;
   /** Cluster: the marker store while the slots are not known (markerStores): it answers nothing. */
-  private readonly unknownMasters = new ClusterMasterStore(this, 'unknown', '', "the cluster's slots are not known yet");
+  private readonly unknownMasters = new ClusterMasterStore(this, 'unknown', "the cluster's slots are not known yet");
   private readonly counterKey: Buffer; // the one cas counter (none in a cluster)
   private readonly maxQueue: number;
   private readonly maxItemSize: string;
@@ -328,6 +336,7 @@ export class RedisUpstream implements Upstream {
   private closed = false;
   private lastError = 'not connected yet';
   onReconnect: (() => void) | undefined;
+  onWarning: ((message: string) => void) | undefined;
 
   constructor(
     settings: RedisSettings,
@@ -805,56 +814,82 @@ export class RedisUpstream implements Upstream {
 
   /**
    * Cluster: one store per master for the cold detector's marker, each a view of this one that
-   * names the key `<marker>.<master host:port>.<its replication id>.{<tag of a slot it serves>}`:
-   * it lands on that master. A replica promoted (another address, and a new replication id) is
-   * asked for a key it was never written, though it holds its old master's marker; so is a node
-   * promoted back to master (a new replication id: it holds the marker of its earlier term, which
-   * came back to it through the replica it followed meanwhile, but maybe not the last lock). The
-   * replication id (INFO replication, read by markersReady) is new at each promotion and at each
-   * restart of a master (Redis restores it from the RDB for a replica only), and kept through a
-   * slot migration (the config epoch is not: SETSLOT bumps the importing master's). A view keeps its slot while its master serves it; when the slot moved away (a
-   * migration, its keys with it), it moves to another slot of the master and reads the marker at
-   * the old key, where the slot went, until it has written the new one (see ClusterMasterStore).
+   * names two keys `<marker>.<master host:port>.<replication id>.{<tag of a slot>}`, in the
+   * lowest and the highest slot the master serves: both land on that master. A replica promoted
+   * (another address, a new replication id) is asked for keys it was never written, though it
+   * holds its old master's; so is a node promoted back to master (it holds the marker of its
+   * earlier term, which came back to it through the replica it followed meanwhile, but maybe not
+   * the last lock). The replication id (INFO replication, read by markersReady) is new at each
+   * promotion, which makes a new view (nothing this process wrote), and at each restart, which
+   * keeps the view: its keys name the new id, and it reads the keys it wrote before as well, on
+   * the master itself (a restart with its data keeps them; one that lost them does not). A slot
+   * migration keeps the id (the config epoch would not: SETSLOT bumps the importing master's):
+   * when one of the two slots moves away, the marker in the other still speaks for the master.
+   * An ACL user refused INFO: the keys name the address alone (a promotion back is not told).
    * A standalone Redis: itself.
    */
   markerStores(): readonly Upstream[] {
     if (!(this.client instanceof Cluster)) return [this];
-    const owned = new Map<string, number>(); // each master's lowest slot
+    const owned = new Map<string, [number, number]>(); // each master's lowest and highest slot
     for (let s = 0; s < SLOTS; s++) {
       const m = this.client.slots[s]?.[0];
-      if (m !== undefined && !owned.has(m)) owned.set(m, s);
+      if (m === undefined) continue;
+      const range = owned.get(m);
+      if (range === undefined) owned.set(m, [s, s]);
+      else range[1] = s;
     }
     // Slots not known yet (the first look, as mcmux starts): no sight of any master. A view that
     // cannot answer makes the look 'unknown', and the cluster is fenced as unread until a look
     // with the masters' views judges it (the marker as any key would be read on one master only).
     if (owned.size === 0) return [this.unknownMasters];
     const views: ClusterMasterStore[] = [];
-    for (const [master, lowest] of owned) {
-      const replid = this.replids.get(master);
-      let view = this.markerViews.get(master);
-      if (replid === undefined) {
+    for (const [master, [lowest, highest]] of owned) {
+      const term = this.replids.get(master);
+      if (term === undefined) {
         // Never read (markersReady could not reach it): a view that answers nothing.
-        views.push(new ClusterMasterStore(this, master, '', 'its replication id is not known yet'));
+        views.push(new ClusterMasterStore(this, master, 'its replication id is not known yet'));
         continue;
       }
-      if (view === undefined || view.replid !== replid) {
-        view = new ClusterMasterStore(this, master, `.${master}.${replid}.{${slotTag(lowest)}}`, undefined, replid, lowest);
+      let view = this.markerViews.get(master);
+      if (view === undefined || this.promoted.delete(master)) {
+        view = new ClusterMasterStore(this, master);
         this.markerViews.set(master, view);
-      } else if (this.client.slots[view.slot]?.[0] !== master) {
-        view.move(lowest, `.${master}.${replid}.{${slotTag(lowest)}}`);
       }
+      view.place(term, lowest, highest);
       views.push(view);
     }
-    // Masters no longer: their views go (bounded by the masters of now), and what was read of them.
-    for (const master of this.markerViews.keys()) if (!owned.has(master)) this.markerViews.delete(master);
+    // Masters no longer: their views go (bounded by the masters of now), and what was read of
+    // them. A view that wrote a marker is read once more, as a ghost, where its slots went: its
+    // slots came with their keys (a reshard that drained the master, a replica promoted) or not
+    // (a master lost for good whose slots another one took, ADDSLOTS: its locks are gone).
+    const now = performance.now();
+    for (const [master, view] of this.markerViews) {
+      if (owned.has(master)) continue;
+      this.markerViews.delete(master);
+      if (view.ghost(now)) this.ghosts.set(master, view);
+    }
+    for (const [master, ghost] of this.ghosts) {
+      if (owned.has(master) || ghost.retired(now)) this.ghosts.delete(master);
+      else views.push(ghost);
+    }
     for (const master of this.replids.keys()) if (!owned.has(master)) this.replids.delete(master);
+    for (const master of this.promoted) if (!owned.has(master)) this.promoted.delete(master);
     return views;
+  }
+
+  /** Cluster: whether `master` serves `slot` as the slots are known now. */
+  serves(master: string, slot: number): boolean {
+    return this.client instanceof Cluster && this.client.slots[slot]?.[0] === master;
   }
 
   /**
    * Cluster: resolves once the slots are known (the first connection), failed, or after `timeout`,
    * and the replication id of each master read (INFO replication, each bounded by `timeout`; one
-   * not answering keeps what was read of it before): Upstream.markersReady.
+   * not answering keeps what was read of it before): Upstream.markersReady. A master whose id
+   * changed since the last read restarted or was promoted (a takeover and back between two slots
+   * refreshes is seen by nothing else: same address, its connection kept): reported as a
+   * reconnect, and a promotion (its `master_replid2` names the master it followed) gets a new
+   * marker view.
    */
   async markersReady(): Promise<void> {
     const client = this.client;
@@ -875,17 +910,40 @@ export class RedisUpstream implements Upstream {
       if (m !== undefined) masters.add(m);
     }
     const nodes = client.nodes('all');
+    let changed = false;
     await Promise.all(
       [...masters].map(async (master) => {
         const node = nodes.find((n) => nodeId(n) === master);
         if (node === undefined) return;
         let timer: NodeJS.Timeout | undefined;
         const late = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, this.timeoutMs, undefined)));
-        const info = await Promise.race([node.info('replication').catch(() => undefined), late]).finally(() => clearTimeout(timer));
-        const replid = info === undefined ? undefined : /^master_replid:([0-9a-f]{40})\r?$/m.exec(info)?.[1];
-        if (replid !== undefined && client.slots.some((s) => s?.[0] === master)) this.replids.set(master, replid);
+        let refused = '';
+        const info = await Promise.race([
+          node.info('replication').catch((err: unknown) => {
+            if (err instanceof Error && err.message.startsWith('NOPERM')) refused = this.scrub(err.message);
+            return undefined;
+          }),
+          late,
+        ]).finally(() => clearTimeout(timer));
+        if (!client.slots.some((s) => s?.[0] === master)) return;
+        if (refused !== '') {
+          if (!this.infoRefused) this.onWarning?.(`cluster master ${master} refuses INFO (${refused}): the markers name the master's address alone, and a node promoted back to master with its old marker is not told from one that kept its data (grant the user +info)`);
+          this.infoRefused = true;
+          this.replids.set(master, '');
+          return;
+        }
+        const id = info === undefined ? undefined : /^master_replid:([0-9a-f]{40})\r?$/m.exec(info)?.[1];
+        if (id === undefined) return;
+        const before = this.replids.get(master);
+        this.replids.set(master, id);
+        if (before === undefined || before === '' || before === id) return;
+        changed = true;
+        const followed = /^master_replid2:([0-9a-f]{40})\r?$/m.exec(info ?? '')?.[1];
+        // A master restarted from its own RDB names its id of before there (or none, 0s).
+        if (followed !== undefined && !/^0+$/.test(followed) && followed !== before) this.promoted.add(master);
       }),
     );
+    if (changed) this.onReconnect?.();
   }
 
   /** The keys a write script names: the item and the cas counter; in a cluster the item alone. */
@@ -901,28 +959,30 @@ function nodeId(node: Redis): string {
 }
 
 /**
- * One master of a Redis Cluster as the cold detector sees it: the cluster's driver, with every
- * key given a suffix that lands it on that master, in one of its slots (RedisUpstream.markerStores).
- * Only get and store are asked of it.
+ * One master of a Redis Cluster as the cold detector sees it (RedisUpstream.markerStores): the
+ * cluster's driver, the marker kept under two keys that land on that master, in its lowest and
+ * its highest slot. Only get and store are asked of it.
  */
 class ClusterMasterStore implements Upstream {
   readonly name: string;
   readonly scheme: string;
   readonly timeoutMs: number;
   readonly stats: UpstreamStats;
-  /** The suffix of the last marker write acknowledged (of those sent, the last sent), and its number. */
-  private written: string | undefined;
+  /** The suffixes a marker is written under now, each with its slot (place). */
+  private now: Array<{ suffix: string; slot: number }> = [];
+  /** Those of the last marker write acknowledged (of those sent, the last sent), and its number. */
+  private written: Array<{ suffix: string; slot: number }> = [];
   private writtenSeq = 0;
   private sent = 0;
+  /** A ghost (its master is a master no more: see markerStores): since when, and whether a read of it answered. */
+  private ghostSince: number | undefined;
+  private ghostRead = false;
 
   constructor(
     private readonly cluster: RedisUpstream,
     private readonly master: string,
-    private suffix: string,
     /** Why every request fails unsent (no master known, or not its replication id). */
     private readonly none?: string,
-    readonly replid = '',
-    private slotNow = -1,
   ) {
     this.name = `${cluster.name} master ${master}`;
     this.scheme = cluster.scheme;
@@ -930,54 +990,80 @@ class ClusterMasterStore implements Upstream {
     this.stats = cluster.stats;
   }
 
-  /** The slot the marker key lands in. */
-  get slot(): number {
-    return this.slotNow;
+  /** Where the marker goes now: the master's replication id ('' unknown) and its lowest and highest slot. */
+  place(replid: string, lowest: number, highest: number): void {
+    const at = (slot: number): { suffix: string; slot: number } => ({ suffix: `.${this.master}${replid === '' ? '' : `.${replid}`}.{${slotTag(slot)}}`, slot });
+    this.now = lowest === highest ? [at(lowest)] : [at(lowest), at(highest)];
   }
 
   /**
-   * The slot moved to another master (a migration: MIGRATE took the marker with it): the key is
-   * named in `slot` now. Until a marker is written there, a read that misses reads the key last
-   * written, where its slot went. Not after a restart of the master: a cluster master gets a new
-   * replication id at each (Redis restores it from the RDB for a replica only), so the view is a
-   * new one, which has written nothing.
+   * Its master is a master no more: the view is read once more where the slots of its last marker
+   * went (markerStores), and written no more. Whether it is worth it (a marker was written).
    */
-  move(slot: number, suffix: string): void {
-    this.slotNow = slot;
-    this.suffix = suffix;
+  ghost(now: number): boolean {
+    this.ghostSince = now;
+    return this.written.length > 0;
   }
 
+  /** A ghost read once (or given up on after GHOST_MS: its slots' new masters never answered). */
+  retired(now: number): boolean {
+    return this.ghostRead || now - (this.ghostSince ?? now) > GHOST_MS;
+  }
+
+  /**
+   * The marker under the keys of now, and under those last written (a restart changed the
+   * replication id, a migration one of the slots), where the master still serves their slot:
+   * what another master holds (a slot migrated with its keys) says nothing of this one. A read
+   * that met MOVED, followed to the slot's new master, is not counted either. The first found.
+   */
   async get(keys: readonly string[]): Promise<Array<Hit | undefined>> {
     if (this.none !== undefined) throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: ${this.none}`);
-    const { written, suffix } = this;
-    const hits = await this.cluster.get(keys.map((k) => k + suffix));
-    if (written === undefined || written === suffix || hits.every((h) => h !== undefined)) return hits;
-    const before = await this.cluster.get(keys.map((k) => k + written));
-    return hits.map((h, i) => h ?? before[i]);
+    if (this.ghostSince !== undefined) {
+      // Where the slots went: a miss there is a marker lost with the master.
+      const reads = await Promise.all(this.written.map((p) => this.cluster.get(keys.map((k) => k + p.suffix))));
+      this.ghostRead = true;
+      return keys.map((_, i) => reads.find((r) => r[i] !== undefined)?.[i]);
+    }
+    const places = [...this.now, ...this.written.filter((w) => !this.now.some((n) => n.suffix === w.suffix))].filter((p) => this.cluster.serves(this.master, p.slot));
+    const reads = await Promise.all(
+      places.map(async (p) => {
+        const hits = await this.cluster.get(keys.map((k) => k + p.suffix));
+        return this.cluster.serves(this.master, p.slot) ? hits : undefined;
+      }),
+    );
+    const answered = reads.filter((r): r is Array<Hit | undefined> => r !== undefined);
+    if (answered.length === 0) throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: its slots moved while its marker was asked for`);
+    return keys.map((_, i) => answered.find((r) => r[i] !== undefined)?.[i]);
   }
 
+  /** The marker under the keys of now, in both slots. */
   async store(req: StoreRequest): Promise<StoreResult> {
     if (this.none !== undefined) throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: ${this.none}`);
-    const suffix = this.suffix;
+    const places = this.now;
+    if (places.length === 0 || this.ghostSince !== undefined) throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, `${this.name}: no slot of its own`);
     const seq = ++this.sent;
-    const result = await this.cluster.store({ ...req, key: req.key + suffix });
+    const [result] = await Promise.all(places.map((p) => this.cluster.store({ ...req, key: req.key + p.suffix })));
     if (seq > this.writtenSeq) {
       this.writtenSeq = seq;
-      this.written = suffix;
+      this.written = places;
     }
-    return result;
+    return result as StoreResult;
   }
 
-  delete(key: string): Promise<'DELETED' | 'NOT_FOUND'> {
-    return this.cluster.delete(key + this.suffix);
+  delete(): Promise<'DELETED' | 'NOT_FOUND'> {
+    return this.refused('delete');
   }
 
-  touch(key: string, deadline: number, withItem?: boolean): Promise<TouchResult> {
-    return this.cluster.touch(key + this.suffix, deadline, withItem);
+  touch(): Promise<TouchResult> {
+    return this.refused('touch');
   }
 
-  arith(op: ArithOp, key: string, delta: bigint): Promise<ArithResult> {
-    return this.cluster.arith(op, key + this.suffix, delta);
+  arith(): Promise<ArithResult> {
+    return this.refused('arith');
+  }
+
+  private refused(what: string): Promise<never> {
+    return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `${this.name}: a marker view is asked for get and store only, not ${what}`));
   }
 
   flush(): Promise<void> {

@@ -106,6 +106,8 @@ export interface Upstream {
    * store may have restarted empty; mcmux then fences it until its marker key is checked).
    */
   onReconnect?: (() => void) | undefined;
+  /** Optional: a driver that finds something the operator should mend (a missing permission) says it here, once; mcmux logs it. */
+  onWarning?: ((message: string) => void) | undefined;
   /**
    * Optional: the parts of a store that places keys on servers of its own, each to keep a marker
    * of the cold detector (a Redis Cluster: one per master, since one can restart alone). Without
