@@ -11,8 +11,8 @@
  * while the slots are unknown: the cluster is fenced as unread); NOSCRIPT after a master restart
  * (a node's requests are refused until its scripts are loaded again); a master down at start
  * (a node whose connection failed before its first 'ready' is reported on it); a graceful
- * migration (mastersChanged reports only a failover; a master's marker view keeps its slot, and
- * reads the old key where a migrated slot went until it wrote the new one); a node promoted back
+ * migration (mastersChanged reports only a failover; since fa356b6 a master's marker is in its
+ * lowest and its highest slot, and the one left after a migration speaks for it); a node promoted back
  * (the marker key names the master's replication id, new at each promotion and restart); a
  * failover learnt by MOVED (a MOVED to a node that was no master at the last refresh is not
  * followed: the command fails unsent and the slots are refreshed, which reports the failover).
@@ -458,6 +458,8 @@ async function moveSlot(c: Cluster, slot: number, from: number, to: number): Pro
 // the view moves to the master's lowest slot and, until it has written the marker there, a read
 // that misses reads the old key where it went (the migration moved it). A restart since gives
 // the master a new replication id, so a new view: nothing is carried over (the holds: test below).
+// Since fa356b6 (third review): no carry-over (it spoke for a master flushed after the move); each
+// master keeps its marker in its lowest and its highest slot, and the one left speaks for it.
 test('fixed: a slot migrated gracefully: the cluster is not fenced for long, and a cas with a unique read before it succeeds', { timeout: 90_000 }, async (t) => {
   if (!haveServers(t)) return;
   const cluster = await startCluster(t);
@@ -491,10 +493,10 @@ test('fixed: a slot migrated gracefully: the cluster is not fenced for long, and
   assert.deepEqual({ fenced, lock, cas }, { fenced: false, lock: 'STORED\r\n', cas: 'STORED\r\n' });
 });
 
-// holds: the marker's move with its slot (above) does not speak for a master that restarted since:
+// holds: a marker that moved with its slot (above) does not speak for a master that restarted since:
 // slot 0 (master 0's marker) migrated to master 1, then master 0 restarted empty (it keeps slots
 // 1-5460: nodes.conf) before the driver saw the move. Two things keep it fenced, each enough: the
-// restart gives master 0 a new replication id (a new view, nothing carried over), and the first
+// restart is reported (and the key whose slot left master 0 is not read), and the first
 // look after the reconnect cannot read master 0 (its node not reported yet) while it rewrites the
 // other masters' markers, which are then no longer from before the fence (liftIfKept wants every
 // master's). Checked: with the replication id taken out of the key, it still passes.
