@@ -137,14 +137,25 @@ export async function startCluster(t: TestContext, opts: { masters?: number; rep
   const addNode = async (): Promise<number> => {
     const dir = makeDir('review-cluster-');
     c.dirs.push(dir);
-    const port = await freePort();
-    const bus = await freePort();
-    const a = ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(nodeTimeout), ...extra];
-    c.args.push(a);
-    c.procs.push(await spawnRedis(port, dir, a));
-    c.ports.push(port);
+    // A port freePort found free may be taken (an outgoing connection's ephemeral port) before
+    // redis-server binds it, or the two ports be one: tried again with others.
+    for (let attempt = 1; ; attempt++) {
+      const port = await freePort();
+      const bus = await freePort();
+      const a = ['--cluster-enabled', 'yes', '--cluster-port', String(bus), '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(nodeTimeout), ...extra];
+      try {
+        if (bus === port) continue;
+        const proc = await spawnRedis(port, dir, a);
+        c.args.push(a);
+        c.procs.push(proc);
+        c.ports.push(port);
+        break;
+      } catch (err) {
+        if (attempt >= 3 || !String((err as Error).message).includes('Address already in use')) throw err;
+      }
+    }
     // Its errors (the node killed or restarting) are seen by the calls that fail.
-    c.admin.push(new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 0, protocol: 2 }).on('error', () => {}));
+    c.admin.push(new Redis({ host: '127.0.0.1', port: c.ports[c.ports.length - 1] as number, maxRetriesPerRequest: 0, protocol: 2 }).on('error', () => {}));
     return c.ports.length - 1;
   };
   for (let i = 0; i < masters * (1 + replicas); i++) await addNode();
