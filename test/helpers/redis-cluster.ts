@@ -19,7 +19,7 @@ import { makeDir, removeDir, spawnRedis, stopProcess } from '../upstream/targets
 import { b, codeOf, retrying } from './driver-calls';
 import { inProcessMcmux } from './in-process';
 import { eventually } from './poll';
-import { freePort, startMemcacheds } from './servers';
+import { freePort, requireBinary, startMemcacheds } from './servers';
 import { type Wire, connectWire } from './wire';
 
 export const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
@@ -192,4 +192,105 @@ export async function untilMasterOf(c: Cluster, slot: number, i: number, ask: nu
       return false;
     }
   }, 30_000);
+}
+
+/** Whether redis-server and redis-cli (and memcached, if asked) are installed; a test reports itself skipped, naming the package, if not. */
+export function haveServers(t: TestContext, memcached = false): boolean {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return false;
+  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return false;
+  if (memcached && !requireBinary(t, 'memcached', 'memcached')) return false;
+  return true;
+}
+
+/** How many keys node `i` holds that start with `prefix` (0 if it does not answer). */
+export async function countKeysStarting(c: Cluster, i: number, prefix: string): Promise<number> {
+  try {
+    const keys = (await (c.admin[i] as Redis).call('KEYS', '*')) as string[];
+    return keys.filter((k) => k.startsWith(prefix)).length;
+  } catch {
+    return 0;
+  }
+}
+
+/** Whether node `i` holds a key that starts with `prefix`. */
+export async function holdsKeyStarting(c: Cluster, i: number, prefix: string): Promise<boolean> {
+  return (await countKeysStarting(c, i, prefix)) > 0;
+}
+
+/** Until master `m`'s replica is online (initial sync done): WAIT can count it. */
+export async function untilReplicating(c: Cluster, m: number): Promise<void> {
+  await eventually(`node ${m}'s replica is online`, async () => {
+    try {
+      return /slave0:.*state=online/.test(String(await (c.admin[m] as Redis).info('replication')));
+    } catch {
+      return false;
+    }
+  }, 30_000);
+}
+
+/** Slot `slot` from master `from` to master `to` with its keys, as redis-cli --cluster reshard does it. */
+export async function moveSlot(c: Cluster, slot: number, from: number, to: number): Promise<void> {
+  await beginMove(c, slot, from, to);
+  await endMove(c, slot, from, to);
+}
+
+/** IMPORTING / MIGRATING set, every key of the slot migrated: the slot still `from`'s (ASK phase). */
+export async function beginMove(c: Cluster, slot: number, from: number, to: number): Promise<void> {
+  const src = c.admin[from] as Redis;
+  const dst = c.admin[to] as Redis;
+  await dst.call('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', await c.id(from));
+  await src.call('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', await c.id(to));
+  for (;;) {
+    const keys = (await src.callBuffer('CLUSTER', 'GETKEYSINSLOT', String(slot), '1000')) as Buffer[];
+    if (keys.length === 0) break;
+    await src.call('MIGRATE', '127.0.0.1', String(c.ports[to]), '', '0', '5000', 'KEYS', ...keys);
+  }
+}
+
+/** SETSLOT NODE on every node: the slot is `to`'s. */
+export async function endMove(c: Cluster, slot: number, from: number, to: number): Promise<void> {
+  const toId = await c.id(to);
+  await (c.admin[to] as Redis).call('CLUSTER', 'SETSLOT', String(slot), 'NODE', toId);
+  await (c.admin[from] as Redis).call('CLUSTER', 'SETSLOT', String(slot), 'NODE', toId);
+  for (const [i, a] of c.admin.entries()) if (i !== from && i !== to) await a.call('CLUSTER', 'SETSLOT', String(slot), 'NODE', toId);
+}
+
+/**
+ * A 3-master cluster behind mcmux with a memcached; `add <lock>` STORED on both, the lock on
+ * master 0 outside slot 0; then the cold detector stopped (the test makes its own looks) and slot
+ * 0, with master 0's marker in it, moved to master 1. `own`: the prefix of master 0's marker keys.
+ */
+export async function lockedThenSlot0Moved(t: TestContext): Promise<{ cluster: Cluster; app: App; u: HealthyUpstream; w: Wire; own: string; lock: string }> {
+  const cluster = await startCluster(t);
+  const { app, u } = await behindMcmux(t, cluster);
+  const w = await client(t, app);
+  const own = `${app.coldDetector.key}.127.0.0.1:${cluster.ports[0]}.`;
+  const lock = keyWhere('lock.s', (s) => s > 0 && homeOf(s) === 0);
+  await eventually('the cluster answers through mcmux', async () => (await w.ask(`set warm 0 0 1\r\n1\r\n`)) === 'STORED\r\n', 20_000);
+  await eventually('unfenced, master 0 holds its marker', async () => !u.fenced && (await holdsKeyStarting(cluster, 0, own)), 20_000);
+  if ((await w.ask(`add ${lock} 0 0 6\r\nholder\r\n`)) !== 'STORED\r\n') throw new Error('the lock was not taken');
+  await eventually('the lock reached the memcached', async () => (await w.ask(`get ${lock}\r\n`, /END\r\n$/)).includes('holder'));
+  app.coldDetector.stop();
+  await moveSlot(cluster, 0, 0, 1);
+  return { cluster, app, u, w, own, lock };
+}
+
+/**
+ * A cluster whose master `victim` has a replica (node 3), behind mcmux with a memcached (timeout
+ * 1000 ms, lock-fence `lockFence`); a session written on the victim, the victim's marker there and
+ * replicated (WAIT). `lock` and `session` are keys of the victim's, `slot` the lock's.
+ */
+export async function replicatedVictim(t: TestContext, victim: number, lockFence: number, opts: { nodeTimeout?: number; extra?: string[] } = {}): Promise<{ cluster: Cluster; app: App; u: HealthyUpstream; w: Wire; key: string; lock: string; session: string; slot: number }> {
+  const cluster = await startCluster(t, { replicaFor: [victim], nodeTimeout: opts.nodeTimeout ?? 5000, extra: ['--cluster-replica-validity-factor', '0', ...(opts.extra ?? [])] });
+  const { app, u } = await behindMcmux(t, cluster, { lockFence, timeout: 1000 });
+  const key = app.coldDetector.key;
+  const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
+  const session = keyWhere('sess.', (s) => homeOf(s) === victim);
+  const w = await client(t, app);
+  await eventually('the cluster answers through mcmux', async () => (await w.ask(`set ${session} 0 0 4\r\ndata\r\n`)) === 'STORED\r\n', 20_000);
+  await eventually('unfenced, the victim holds its marker', async () => !u.fenced && (await holdsKeyStarting(cluster, victim, `${key}.127.0.0.1:${cluster.ports[victim]}.`)), 20_000);
+  await untilReplicating(cluster, victim);
+  const acked = String(await (cluster.admin[victim] as Redis).call('WAIT', '1', '5000'));
+  if (acked !== '1') throw new Error(`WAIT: ${acked} replicas acknowledged`);
+  return { cluster, app, u, w, key, lock, session, slot: keySlot(b(lock)) };
 }

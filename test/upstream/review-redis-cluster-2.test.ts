@@ -37,41 +37,8 @@ import type { Upstream } from '../../src/upstream/upstream';
 import { b, getOne, retrying, set } from '../helpers/driver-calls';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
-import { requireBinary, startMemcacheds } from '../helpers/servers';
-import { type Proc, open, stateDir, client, type Cluster, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf } from '../helpers/redis-cluster';
-
-function haveServers(t: TestContext, memcached = false): boolean {
-  if (!requireBinary(t, 'redis-server', 'redis-server')) return false;
-  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return false;
-  if (memcached && !requireBinary(t, 'memcached', 'memcached')) return false;
-  return true;
-}
-
-async function untilReplicating(c: Cluster, m: number): Promise<void> {
-  await eventually(`node ${m}'s replica is online`, async () => {
-    try {
-      return /slave0:.*state=online/.test(String(await (c.admin[m] as Redis).info('replication')));
-    } catch {
-      return false;
-    }
-  }, 30_000);
-}
-
-/** How many keys node `i` holds that start with `prefix`. */
-async function countKeysStarting(c: Cluster, i: number, prefix: string): Promise<number> {
-  const keys = (await (c.admin[i] as Redis).call('KEYS', '*')) as string[];
-  return keys.filter((k) => k.startsWith(prefix)).length;
-}
-
-/** Whether node `i` holds a key that starts with `prefix`. */
-async function holdsKeyStarting(c: Cluster, i: number, prefix: string): Promise<boolean> {
-  try {
-    const keys = (await (c.admin[i] as Redis).call('KEYS', '*')) as string[];
-    return keys.some((k) => k.startsWith(prefix));
-  } catch {
-    return false;
-  }
-}
+import { startMemcacheds } from '../helpers/servers';
+import { type Proc, open, stateDir, client, type Cluster, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf, haveServers, holdsKeyStarting, countKeysStarting, untilReplicating, moveSlot, lockedThenSlot0Moved, replicatedVictim } from '../helpers/redis-cluster';
 
 // FINDING (mcmux start): the first marker look of a new mcmux process reads ONE marker for the
 // whole cluster. ColdDetector.start() -> checkAll -> look -> storesOf (cold-detector.ts:356-359, from look at :363)
@@ -155,19 +122,9 @@ test('fixed: failover and back: a master promoted again, lacking the last lock, 
   if (!haveServers(t, true)) return;
   const victim = 1;
   const lockFence = 15_000;
-  const cluster = await startCluster(t, { replicaFor: [victim], nodeTimeout: 1000, extra: ['--cluster-replica-validity-factor', '0'] });
+  const { cluster, app, u, w, key, lock, session, slot } = await replicatedVictim(t, victim, lockFence, { nodeTimeout: 1000 });
   const replica = 3;
-  const { app, u } = await behindMcmux(t, cluster, { lockFence, timeout: 1000 });
-  const key = app.coldDetector.key;
-  const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
-  const session = keyWhere('sess.', (s) => homeOf(s) === victim);
-  const slot = keySlot(b(lock));
-  const w = await client(t, app);
-  await eventually('the cluster answers through mcmux', async () => (await w.ask(`set ${session} 0 0 4\r\ndata\r\n`)) === 'STORED\r\n', 20_000);
   const ownMarker = `${key}.127.0.0.1:${cluster.ports[victim]}.`;
-  await eventually('the victim holds its marker', () => holdsKeyStarting(cluster, victim, ownMarker), 20_000);
-  await untilReplicating(cluster, victim);
-  assert.equal(String(await (cluster.admin[victim] as Redis).call('WAIT', '1', '5000')), '1');
 
   // Failover 1: M killed, R promoted; M restarted empty, it rejoins as R's replica and resyncs.
   await cluster.kill(victim);
@@ -417,24 +374,6 @@ test('fixed: failover with the old master reachable: the first add after it, red
   assert.equal(await w.ask(`add ${lock} 0 0 5\r\nthief\r\n`), 'NOT_STORED\r\n', `a held lock granted again (fenced when sent: ${fenced}, now: ${u.fenced})`);
 });
 
-/** Slot `slot` from master `from` to master `to` with its keys, as redis-cli --cluster reshard does it. */
-async function moveSlot(c: Cluster, slot: number, from: number, to: number): Promise<void> {
-  const src = c.admin[from] as Redis;
-  const dst = c.admin[to] as Redis;
-  const fromId = await c.id(from);
-  const toId = await c.id(to);
-  await dst.call('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', fromId);
-  await src.call('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', toId);
-  for (;;) {
-    const keys = (await src.callBuffer('CLUSTER', 'GETKEYSINSLOT', String(slot), '1000')) as Buffer[];
-    if (keys.length === 0) break;
-    await src.call('MIGRATE', '127.0.0.1', String(c.ports[to]), '', '0', '5000', 'KEYS', ...keys);
-  }
-  await dst.call('CLUSTER', 'SETSLOT', String(slot), 'NODE', toId);
-  await src.call('CLUSTER', 'SETSLOT', String(slot), 'NODE', toId);
-  for (const a of c.admin) if (a !== src && a !== dst) await a.call('CLUSTER', 'SETSLOT', String(slot), 'NODE', toId);
-}
-
 // FINDING (cost: a routine reshard voids every unique and fences the cluster for the whole
 // lock-fence): one slot migrated with its keys, as `redis-cli --cluster reshard` does slot after
 // slot; nothing is lost. mastersChanged (redis.ts:721-729) takes any slot whose master differs as
@@ -502,18 +441,7 @@ test('fixed: a slot migrated gracefully: the cluster is not fenced for long, and
 // master's). Checked: with the replication id taken out of the key, it still passes.
 test('holds: a slot migrated, then its old master restarted empty before the driver saw the move: a lock it lost is not granted again', { timeout: 120_000 }, async (t) => {
   if (!haveServers(t, true)) return;
-  const cluster = await startCluster(t);
-  const { app, u } = await behindMcmux(t, cluster);
-  const w = await client(t, app);
-  const marker = app.coldDetector.key;
-  const own = `${marker}.127.0.0.1:${cluster.ports[0]}.`;
-  const lock = keyWhere('lock.s', (s) => s > 0 && homeOf(s) === 0);
-  await eventually('the cluster answers through mcmux', async () => (await w.ask(`set warm 0 0 1\r\n1\r\n`)) === 'STORED\r\n', 20_000);
-  await eventually('unfenced, master 0 holds its marker', async () => !u.fenced && (await holdsKeyStarting(cluster, 0, own)), 20_000);
-  assert.equal(await w.ask(`add ${lock} 0 0 6\r\nholder\r\n`), 'STORED\r\n');
-  await eventually('the lock reached the memcached', async () => (await w.ask(`get ${lock}\r\n`, /END\r\n$/)).includes('holder'));
-  app.coldDetector.stop(); // the looks below are the test's own
-  await moveSlot(cluster, 0, 0, 1);
+  const { cluster, app, u, w, own, lock } = await lockedThenSlot0Moved(t);
   assert.ok(await holdsKeyStarting(cluster, 1, own), "master 1 holds master 0's marker");
   const begun = u.fencesBegun;
   await cluster.restart(0);

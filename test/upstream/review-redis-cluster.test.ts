@@ -25,15 +25,14 @@ import type { Upstream } from '../../src/upstream/upstream';
 import { b, getOne, retrying, set } from '../helpers/driver-calls';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
-import { freePort, requireBinary } from '../helpers/servers';
+import { freePort } from '../helpers/servers';
 import { type Wire } from '../helpers/wire';
 import { makeDir, spawnRedis } from './targets/redis';
-import { type Proc, open, stateDir, client, type Cluster, cli, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf } from '../helpers/redis-cluster';
+import { type Proc, open, stateDir, client, type Cluster, cli, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf, untilReplicating, haveServers } from '../helpers/redis-cluster';
 
 /** A cluster and the driver on it (`timeout` its option), answering; closed after the test. */
 async function clusterDriver(t: TestContext, timeout: string): Promise<{ cluster: Cluster; up: Upstream } | undefined> {
-  if (!requireBinary(t, 'redis-server', 'redis-server')) return undefined;
-  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return undefined;
+  if (!haveServers(t)) return undefined;
   const cluster = await startCluster(t);
   const up = open(cluster.url, { timeout });
   t.after(() => up.close());
@@ -46,9 +45,7 @@ async function clusterDriver(t: TestContext, timeout: string): Promise<{ cluster
  * `add <lock>` STORED on both, the lock on a master that does not hold the marker (`victim`).
  */
 async function lockOffTheMarker(t: TestContext): Promise<{ cluster: Cluster; app: App; u: HealthyUpstream; victim: number; lock: string; w: Wire } | undefined> {
-  if (!requireBinary(t, 'redis-server', 'redis-server')) return undefined;
-  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return undefined;
-  if (!requireBinary(t, 'memcached', 'memcached')) return undefined;
+  if (!haveServers(t, true)) return undefined;
   const cluster = await startCluster(t);
   const { app, u } = await behindMcmux(t, cluster);
   const victim = (homeOf(keySlot(b(app.coldDetector.key))) + 1) % 3;
@@ -336,11 +333,6 @@ test('holds: in a cluster, a cas with a unique read before a delete (or a flush)
   assert.equal(n.status === 'OK' && n.value, 2n);
 });
 
-/** Until master `m`'s replica is online (initial sync done): WAIT can count it. */
-async function untilReplicating(c: Cluster, m: number): Promise<void> {
-  await eventually(`node ${m}'s replica is online`, async () => /slave0:.*state=online/.test(String(await (c.admin[m] as Redis).info('replication'))), 30_000);
-}
-
 /** The index of the replica of master `m` (CLUSTER NODES: "slave <master id>"). */
 async function replicaOf(c: Cluster, m: number): Promise<number> {
   const id = await c.id(m);
@@ -371,9 +363,7 @@ async function replicaOf(c: Cluster, m: number): Promise<number> {
 // followed by MOVED/ASK) calls a hook the cold detector takes as "came back with older data"
 // (fence for lock-fence as knownEmpty/rolledBack does, not lifted by a warm marker).
 test('fixed: a replica promoted after its master was killed, lacking the last lock, does not grant that lock again', { timeout: 120_000 }, async (t) => {
-  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
-  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  if (!haveServers(t, true)) return;
   const cluster = await startCluster(t, { replicas: 1, nodeTimeout: 1000, extra: ['--cluster-replica-validity-factor', '0'] });
   const { app, u } = await behindMcmux(t, cluster, { timeout: 1000 });
   const victim = (homeOf(keySlot(b(app.coldDetector.key))) + 1) % 3;
@@ -415,8 +405,7 @@ test('fixed: a replica promoted after its master was killed, lacking the last lo
 // hang), and once the replica serves the slots every command works there (the scripts were loaded
 // on the replica when ioredis connected to it: no NOSCRIPT), with the data the replica held.
 test('holds: a master killed, its replica promoted: SERVER_ERROR meanwhile, never a miss, then the replica serves the data', { timeout: 120_000 }, async (t) => {
-  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
+  if (!haveServers(t)) return;
   const cluster = await startCluster(t, { replicas: 1, nodeTimeout: 1000 });
   const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'lock-fence': 60_000 }, [`${cluster.url}?timeout=500`]);
   const victim = 1;
@@ -520,8 +509,7 @@ test('holds: slots resharded to a newly added master under load: no NOSCRIPT, no
 // master holds), and once the two restart (empty, nodes.conf kept) and the cluster is ok again,
 // commands on every master's slots work and the live master's session is still there.
 test('holds: CLUSTERDOWN (two of three masters down): SERVER_ERROR, never a miss, and recovery once they are back', { timeout: 120_000 }, async (t) => {
-  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  if (!requireBinary(t, 'redis-cli', 'redis-tools')) return;
+  if (!haveServers(t)) return;
   const cluster = await startCluster(t, { nodeTimeout: 1000 });
   const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'lock-fence': 60_000 }, [`${cluster.url}?timeout=500`]);
   const w = await client(t, app);
