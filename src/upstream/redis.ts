@@ -406,7 +406,7 @@ export class RedisUpstream implements Upstream {
       // answers MOVED. ioredis would follow it at once, before the refresh that reports the
       // failover (above): the promoted replica, which may lack the last writes of the old master
       // (a lock), would decide the command unfenced. The command is failed instead (it was not
-      // run: UNREACHABLE, see evalsha) and the slots asked for. A MOVED to a node that was a
+      // run: UNREACHABLE, see failure) and the slots asked for. A MOVED to a node that was a
       // master already (a slot migrated with its keys) is followed, as is ASK.
       const follow = client.handleError.bind(client);
       client.handleError = (error: Error, ttl: { value?: unknown }, handlers: { defaults(): void }): void => {
@@ -517,9 +517,6 @@ export class RedisUpstream implements Upstream {
       if (err instanceof Error && err.message.startsWith('NOSCRIPT')) {
         void this.loadScripts();
         throw this.error(ErrorCodes.UPSTREAM_IO, 'the server has lost the scripts (SCRIPT FLUSH, or evicted): not run; loading them again');
-      }
-      if (err instanceof Error && this.refusedMoves.has(err)) {
-        throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `slot moved to ${this.scrub(err.message.split(' ')[2] ?? '')}, no master before (a failover): not run; the slots are asked for again`);
       }
       throw err;
     }
@@ -712,6 +709,9 @@ export class RedisUpstream implements Upstream {
     this.stats.errors += callers;
     if (err instanceof McmuxError) return err;
     const message = this.scrub(err instanceof Error ? err.message : String(err));
+    if (err instanceof Error && this.refusedMoves.has(err)) {
+      return this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `slot moved to ${message.split(' ')[2] ?? ''}, no master before (a failover): not run; the slots are asked for again`);
+    }
     if (this.closed) return this.error(ErrorCodes.UPSTREAM_CLOSED, `upstream closed (${message})`);
     if (message === 'Command timed out') {
       this.stats.timeouts += callers;
