@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { Redis } from 'ioredis';
+import type { Cluster as IoCluster } from 'ioredis';
 import type { App } from '../../src/app';
 import type { HealthyUpstream } from '../../src/router/health';
 import { keySlot } from '../../src/upstream/redis';
@@ -293,4 +294,9 @@ export async function replicatedVictim(t: TestContext, victim: number, lockFence
   const acked = String(await (cluster.admin[victim] as Redis).call('WAIT', '1', '5000'));
   if (acked !== '1') throw new Error(`WAIT: ${acked} replicas acknowledged`);
   return { cluster, app, u, w, key, lock, session, slot: keySlot(b(lock)) };
+}
+
+/** The ioredis Cluster inside the driver of `u` (a test holds its slots refresh still through it). */
+export function ioCluster(u: HealthyUpstream): IoCluster {
+  return (u.inner as unknown as { client: IoCluster }).client;
 }

@@ -38,7 +38,7 @@ import { b, getOne, retrying, set } from '../helpers/driver-calls';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
 import { startMemcacheds } from '../helpers/servers';
-import { type Proc, open, stateDir, client, type Cluster, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf, haveServers, holdsKeyStarting, countKeysStarting, untilReplicating, moveSlot, lockedThenSlot0Moved, replicatedVictim } from '../helpers/redis-cluster';
+import { type Proc, open, stateDir, client, type Cluster, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf, haveServers, holdsKeyStarting, countKeysStarting, untilReplicating, moveSlot, lockedThenSlot0Moved, replicatedVictim, ioCluster } from '../helpers/redis-cluster';
 
 // FINDING (mcmux start): the first marker look of a new mcmux process reads ONE marker for the
 // whole cluster. ColdDetector.start() -> checkAll -> look -> storesOf (cold-detector.ts:356-359, from look at :363)
@@ -363,6 +363,13 @@ test('fixed: failover with the old master reachable: the first add after it, red
   await (cluster.admin[victim] as Redis).call('CLIENT', 'KILL', 'TYPE', 'replica');
   assert.equal(await w.ask(`add ${lock} 0 0 6\r\nholder\r\n`), 'STORED\r\n');
   await eventually('the lock reached the memcached', async () => (await w.ask(`get ${lock}\r\n`, /END\r\n$/)).includes('holder'));
+  // The driver's slots refresh held still until the delete below: its table names the old master.
+  const io = ioCluster(u);
+  const refresh = io.refreshSlotsCache;
+  io.refreshSlotsCache = (() => {}) as typeof io.refreshSlotsCache;
+  t.after(() => {
+    io.refreshSlotsCache = refresh;
+  });
   // Queued while it is stopped: run as it resumes, before it reconnects to its master.
   const takeover = (cluster.admin[replica] as Redis).call('CLUSTER', 'FAILOVER', 'TAKEOVER');
   rProc.kill('SIGCONT');
@@ -370,6 +377,9 @@ test('fixed: failover with the old master reachable: the first add after it, red
   const old = cluster.admin[victim] as Redis;
   await eventually('the old master steps down', async () => String(((await old.call('ROLE')) as unknown[])[0]) === 'slave', { timeoutMs: 10_000, every: 5 });
   assert.equal(await (cluster.admin[replica] as Redis).get(lock), null, 'the new master lacks the lock');
+  // Not the scripts alone: a delete (UNLINK) that meets the MOVED fails unsent too.
+  assert.match(await settle(u.inner.delete(session)), /^failed MCMUX_UPSTREAM_UNREACHABLE: .*: slot moved to /);
+  io.refreshSlotsCache = refresh;
   const fenced = u.fenced;
   assert.equal(await w.ask(`add ${lock} 0 0 5\r\nthief\r\n`), 'NOT_STORED\r\n', `a held lock granted again (fenced when sent: ${fenced}, now: ${u.fenced})`);
 });

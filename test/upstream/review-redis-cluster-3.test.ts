@@ -45,7 +45,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
-import type { Cluster as IoCluster } from 'ioredis';
 import type { HealthyUpstream } from '../../src/router/health';
 import { keySlot } from '../../src/upstream/redis';
 import { b, codeOf } from '../helpers/driver-calls';
@@ -53,7 +52,7 @@ import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
 import { freePort, startMemcacheds } from '../helpers/servers';
 import { makeDir, spawnRedis } from './targets/redis';
-import { type Proc, stateDir, client, type Cluster, cli, keyWhere, homeOf, startCluster, behindMcmux, untilMasterOf, holdsKeyStarting, beginMove, endMove, haveServers, lockedThenSlot0Moved, replicatedVictim } from '../helpers/redis-cluster';
+import { type Proc, stateDir, client, type Cluster, cli, keyWhere, homeOf, startCluster, behindMcmux, untilMasterOf, holdsKeyStarting, beginMove, endMove, haveServers, lockedThenSlot0Moved, replicatedVictim, ioCluster } from '../helpers/redis-cluster';
 
 async function role(c: Cluster, i: number): Promise<string> {
   try {
@@ -63,10 +62,6 @@ async function role(c: Cluster, i: number): Promise<string> {
   }
 }
 
-/** The ioredis Cluster inside the driver of `u` (to hold its slots refresh still: see test 2). */
-function ioCluster(u: HealthyUpstream): IoCluster {
-  return (u.inner as unknown as { client: IoCluster }).client;
-}
 
 /** Until every node listed in `ask` reports cluster_state:ok. */
 async function untilOk(c: Cluster, ask: number[]): Promise<void> {
