@@ -513,11 +513,18 @@ export class ColdDetector {
     const id = until === 0 ? 0 : u.fenceId;
     // Before the marker that names the fence: a process that inherits it knows it came back empty.
     if (until !== 0 && u.cameBackEmpty) this.fenceLog?.fenceEmptied(u, id, Math.ceil(wall + (u.emptyUntil - at)));
+    const partial = look.sights.some((s) => s.verdict === 'unknown');
     await Promise.all(
       look.targets.map(async (store, i) => {
         const wrote = this.lastSet.get(store);
         const sight = look.sights[i] as Sight;
         if (sight.verdict === 'unknown') return;
+        // Fenced, and another store of `u` could not be read: one that kept its marker from before
+        // the fence keeps it, so that a look that reads them all can still find every marker kept
+        // and lift the fence (liftIfKept). Written over, it would speak for the time since only,
+        // and a master of a Redis Cluster that restarted with its data (its node unreadable for
+        // the look its reconnect starts) would fence the cluster for the whole lock-fence.
+        if (partial && until !== 0 && sight.kept) return;
         if (
           sight.verdict === 'warm' &&
           until !== 0 &&

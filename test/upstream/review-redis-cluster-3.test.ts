@@ -306,7 +306,7 @@ test('fixed: a lost master (no replica) whose slots another master covers: a loc
 // (b) a look that could not read every master of a cluster fenced as a precaution writes no
 // marker (or keeps the lastSet entry of before the fence for the "kept" test), so the next look
 // that reads them all can lift it.
-test('a master restarted with its data (RDB): the fence is lifted once its marker is found', { timeout: 120_000, todo: "FINDING (cost), in part fixed: the view now reads the master's marker through the restart (looks: warm), but the reconnect's first look, which cannot read the restarted master yet, rewrote the other masters' markers, so no later look finds every marker from before the fence (liftIfKept): the whole lock-fence" }, async (t) => {
+test('fixed: a master restarted with its data (RDB): the fence is lifted once its marker is found', { timeout: 120_000 }, async (t) => {
   if (!haveServers(t, true)) return;
   const cluster = await startCluster(t, { extra: ['--save', '3600 1'] });
   const { app, u } = await behindMcmux(t, cluster, { lockFence: 60_000 });
