@@ -33,7 +33,9 @@
  * counted), no carry-over; the view of a master no longer is read once more where its slots
  * went (a ghost): missing there, its slots came without their keys, 'cold'. (5) in part: the
  * view is kept through a restart (master_replid2 zero or its own id of before) and reads the keys
- * it wrote before on the master: its looks read 'warm'; the second cause stays (todo).
+ * it wrote before on the master: its looks read 'warm'; and (5) in full since: while fenced, a
+ * look that could not read every store does not write over the markers kept from before the
+ * fence (cold-detector.ts mark), so a later look finds them all kept and lifts it.
  * Holds: ASK to a node added by `--cluster add-node` is followed and the migrated lock is seen;
  * the MOVED that ends the migration to it is refused (unsent) and the cluster fenced once (the
  * documented cost); no lock is granted twice.
