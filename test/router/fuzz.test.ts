@@ -983,6 +983,15 @@ class World {
       (u.inner as unknown as { nextCas: bigint }).nextCas = 1n;
       u.forgetUniques();
       for (const k of KEYS) u.lost.add(k);
+      // A new fence, from when it comes back, governs what it lacks now (every key): not one of
+      // an earlier restart it had not been written every key since. Without this, the first
+      // fence's start and end stood for every later one: seed 171456 with MCMUX_FUZZ_RESTART=1
+      // MCMUX_FUZZ_FENCE_END=1 (up0 restarted empty three times, still lacking keys; a prepend
+      // began while the third fence ran, waited behind an add of its key, and was decided by
+      // up0 after that fence ended, NOT_STORED: called a lost write, as its fence's end was
+      // never seen).
+      u.emptyFencedAt = undefined;
+      u.fenceEndNoted = false;
       for (const s of this.stragglers.filter((x) => x.req.up === u)) this.drop(s);
       this.note([], `FAULT ${u.name} restarted EMPTY, down for ${duration} ms`);
     } else {
