@@ -8,7 +8,7 @@
 
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { cameBackEmpty, emptyUntil, isFenced, knowsKey, onlyLearnt } from './health';
+import { cameBackEmpty, emptyUntil, fencedUntil, isFenced, knowsKey, onlyLearnt } from './health';
 
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
@@ -51,13 +51,25 @@ export function authorityOrder(ctx: RouterContext, key: string): number[] {
   // lost when they did (fuzz seed 155783 with the same modes: three stores came back empty and
   // stopped learning; the first had been emptied last, by the repair's flush of its overflowed
   // journal, after an add of a lock the two others took, and decided a cas with it NOT_FOUND).
+  // One fenced as a precaution goes first only if that fence (or its last extension) began no
+  // later than the others came back empty: fenced since after, it may have come back empty itself
+  // after them (then they held what it lost: a store restarts only while another holds the current
+  // data), or not (then it holds what they lost), and nobody can tell until its marker check
+  // answers: nobody decides meanwhile (fuzz seed 180239 with MCMUX_FUZZ_SMALL_JOURNAL=1
+  // MCMUX_FUZZ_RESTART=1: the first store came back empty under one process and stopped learning;
+  // every key was written to it again, then the second restarted empty as the next process
+  // started, which inherited the first's fence as come back empty (journal.log B line), fenced
+  // the second as a precaution, and let it decide a cas before its check answered: NOT_FOUND).
   if (fenced !== undefined) {
     if (warm) return [];
     if (!maybeFull) return fenced;
     const ups = ctx.upstreams as readonly Upstream[];
     const full = fenced.filter((i) => !onlyLearnt(ups[i] as Upstream));
     const emptied = full.filter((i) => cameBackEmpty(ups[i] as Upstream)).sort((a, b) => emptyUntil(ups[a] as Upstream) - emptyUntil(ups[b] as Upstream));
-    return full.filter((i) => !cameBackEmpty(ups[i] as Upstream)).concat(emptied);
+    const precautions = full.filter((i) => !cameBackEmpty(ups[i] as Upstream));
+    const lastPrecaution = Math.max(0, ...precautions.map((i) => fencedUntil(ups[i] as Upstream)));
+    if (emptied.some((i) => emptyUntil(ups[i] as Upstream) < lastPrecaution)) return [];
+    return precautions.concat(emptied);
   }
   // Dirty everywhere: the freshest copy decides. A dirty upstream never decides while a clean
   // one exists, even a down one: it may hold a lock that was released, or lack one that is held.

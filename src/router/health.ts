@@ -564,6 +564,15 @@ export function emptyUntil(u: Upstream): number {
 }
 
 /**
+ * Until when `u` is fenced (monotonic ms; 0 if never): each fence or extension of one runs a whole
+ * lock-fence from the event that set it (a reconnect, a look that could not read the marker, a
+ * reload), so a later end, a later moment at which it may have lost what it held.
+ */
+export function fencedUntil(u: Upstream): number {
+  return u instanceof HealthyUpstream ? u.coldUntil : 0;
+}
+
+/**
  * Whether `u` came back empty and holds nothing but the keys it learnt since (a set or delete of
  * them reached it): not when it stopped learning (HealthyUpstream.learntAll).
  */

@@ -2200,25 +2200,26 @@ describe('router fuzz findings, minimised: the first marker check of an upstream
 describe('router fuzz findings, minimised: stores that came back empty in turn, each under an earlier mcmux process', () => {
   const store = (mode: 'add' | 'set', key: string, value: string): Command => ({ kind: 'store', mode, key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
   const incr = (key: string): Command => ({ kind: 'arith', op: 'incr', key, delta: 1n, initial: undefined, deadline: 0, noreply: false });
+  /** An mcmux process over the two stores, its journal.log in `dir`, as app.ts builds one (journal-max-keys 2). */
+  const procOver = (first: FakeUpstream, second: FakeUpstream, dir: string) => {
+    const ups = [first, second].map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400, fenceKeysMax: 2 }, noop)) as [HealthyUpstream, HealthyUpstream];
+    const journal = new RepairJournal({ maxKeys: 2, dir, fsync: 'no' });
+    journal.load(ups);
+    for (const u of ups) u.resumeUniques(journal.uniquesEpochOf(u));
+    const detector = new ColdDetector(() => ups, 3_600_000, silent, journal);
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
+    const stop = async (): Promise<void> => {
+      detector.stop();
+      journal.close();
+      await Promise.all(ups.map((u) => u.close()));
+    };
+    return { ups, detector, stop, exec: (c: Command): Promise<Reply> => Promise.resolve(router.execute(c)) };
+  };
 
   it('the one that came back empty first, which holds the counter written since, decides it, not the one emptied last', async (t) => {
     const clocks = clocksFor(t);
     const { dir, first, second } = restartable(t);
-    /** An mcmux process over the two stores, its journal.log in `dir`, as app.ts builds one (journal-max-keys 2). */
-    const proc = () => {
-      const ups = [first, second].map((f) => new HealthyUpstream(f, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400, fenceKeysMax: 2 }, noop)) as [HealthyUpstream, HealthyUpstream];
-      const journal = new RepairJournal({ maxKeys: 2, dir, fsync: 'no' });
-      journal.load(ups);
-      for (const u of ups) u.resumeUniques(journal.uniquesEpochOf(u));
-      const detector = new ColdDetector(() => ups, 3_600_000, silent, journal);
-      const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, source, noop);
-      const stop = async (): Promise<void> => {
-        detector.stop();
-        journal.close();
-        await Promise.all(ups.map((u) => u.close()));
-      };
-      return { ups, detector, stop, exec: (c: Command): Promise<Reply> => Promise.resolve(router.execute(c)) };
-    };
+    const proc = () => procOver(first, second, dir);
 
     const p1 = proc();
     await p1.detector.checkAll(); // the markers written
@@ -2243,6 +2244,50 @@ describe('router fuzz findings, minimised: stores that came back empty in turn, 
     assert.ok(p3.ups[0].fenced && p3.ups[1].fenced, 'both fenced by their markers');
     assert.equal(status(await p3.exec(incr('counter'))), '7', 'LOST WRITE: the counter decided by the first, which came back empty last');
     await p3.stop();
+  });
+
+  // Seed 180239 with MCMUX_FUZZ_SMALL_JOURNAL=1 MCMUX_FUZZ_RESTART=1 (journal-max-keys 1): the
+  // first memcached restarted empty under one mcmux process, which stopped learning the keys
+  // written to it; every key was written to it again since (a lock among them). The second then
+  // restarted empty as the next process started: that one inherited the first's fence as come
+  // back empty (journal.log B line, since seed 186930) and fenced the second as a precaution, as
+  // it reconnected. authority-order.ts put one fenced as a precaution before one that came back
+  // empty (seed 151163), and the second, its marker check not answered yet, decided a cas of the
+  // lock the first held: NOT_FOUND. (Before the B lines both fences were precautions and the first
+  // decided, by chain order.) A precaution fenced since after the other came back empty may have
+  // lost what it held then, or not: nobody decides until its check tells.
+  it('one fenced as a precaution since after the other came back empty does not decide before its marker check answers', async (t) => {
+    const clocks = clocksFor(t);
+    const { dir, first, second } = restartable(t);
+    const proc = () => procOver(first, second, dir);
+
+    const p1 = proc();
+    await p1.detector.checkAll(); // the markers written
+    await first.inner.flush(); // the first restarts empty
+    assert.equal(await p1.detector.check(p1.ups[0]), 'cold');
+    for (const k of ['s1', 's2']) assert.equal(status(await p1.exec(store('set', k, 'v'))), 'STORED'); // learnt there: it stops learning
+    assert.equal(status(await p1.exec(store('set', 'lock', 'A'))), 'STORED', 'on both: the first holds the lock again, unlearnt there');
+    await p1.stop();
+    clocks.advance(1000);
+
+    const p2 = proc();
+    const [a, b] = p2.ups;
+    await p2.detector.checkAll();
+    assert.ok(a.fenced && a.cameBackEmpty && a.inheritedEmpty, 'the first: its fence inherited from its marker, known to have come back empty');
+    assert.equal(b.fenced, false);
+    // The second restarts empty and reconnects; its marker check is slow to answer.
+    await second.inner.flush();
+    second.gateOnly = (call) => call.startsWith('get mcmux.sentinel');
+    second.close_gate();
+    p2.detector.reconnected(b);
+    await settle();
+    assert.ok(b.fenced && !b.cameBackEmpty, 'the second: fenced as a precaution, until its check answers');
+    assert.notEqual(status(await p2.exec(store('add', 'lock', 'B'))), 'STORED', 'B is granted the lock the first holds, by the second that lost it');
+    second.open();
+    await settle();
+    assert.ok(b.cameBackEmpty, 'its check answered: its marker is gone');
+    assert.equal(status(await p2.exec(store('add', 'lock', 'B'))), 'NOT_STORED', 'the first decides: it holds the lock');
+    await p2.stop();
   });
 });
 
