@@ -28,6 +28,8 @@ import type { Upstream } from '../upstream/upstream';
 import { type FenceLog, type HealthyUpstream, isUsable, membersOf } from './health';
 
 const CHECK_MS = 2000;
+/** A marker write that failed is tried again after this (retryMark). */
+const RETRY_MS = 100;
 
 /**
  * cold: our marker is gone (or says an earlier process fenced the store); warm: it is there;
@@ -100,6 +102,16 @@ export class ColdDetector {
   private readonly unjudged = new Map<HealthyUpstream, boolean>();
   private timer: NodeJS.Timeout | undefined;
   /**
+   * A marker write that failed is tried again after RETRY_MS, not only at the next periodic check
+   * (CHECK_MS): until it lands, the store holds no marker of this host (after a flush_all, none at
+   * all), and an mcmux that starts meanwhile cannot tell, from it, that another store lost its
+   * own (markedElsewhere). Fuzz seed 194187 with MCMUX_FUZZ_RESTART=1: the rewrite after a
+   * flush_all refused on up1, up0 restarted empty while down for this process, mcmux restarted,
+   * and the next process found no marker anywhere: up0, taken as a first start, granted a lock
+   * up1 held.
+   */
+  private readonly retries = new Map<HealthyUpstream, NodeJS.Timeout>();
+  /**
    * Per upstream: how many precautionary fences (reconnects) were armed so far, and how many
    * single-server checks of a pool are in flight. A look lifts a precaution only when no
    * reconnect came after it started, nor another server's check is still out (review).
@@ -149,6 +161,8 @@ export class ColdDetector {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    for (const t of this.retries.values()) clearTimeout(t);
+    this.retries.clear();
   }
 
   /** Every upstream, judged once all have answered (see markedElsewhere). */
@@ -495,6 +509,16 @@ export class ColdDetector {
     };
   }
 
+  private retryMark(u: HealthyUpstream): void {
+    if (this.timer === undefined || this.retries.has(u)) return;
+    const t = setTimeout(() => {
+      this.retries.delete(u);
+      if (this.timer !== undefined) void this.check(u);
+    }, RETRY_MS);
+    t.unref();
+    this.retries.set(u, t);
+  }
+
   /**
    * Writes the marker, once judged, where it is missing, not yet written by this process, due for
    * a refresh, or to say another thing: `fenced until <ms>` while `u` is fenced (an mcmux that
@@ -541,8 +565,9 @@ export class ColdDetector {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
           this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen });
         } catch {
-          // written again by the next check
+          // Written again soon (retryMark), not only by the next periodic check.
           this.unsure.set(store, Math.min(this.unsure.get(store) ?? Infinity, gen));
+          this.retryMark(u);
         }
       }),
     );

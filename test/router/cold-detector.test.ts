@@ -241,6 +241,38 @@ describe('cold detector: across a restart of mcmux', () => {
     await next.close();
   });
 
+  it("a marker rewrite that failed after a client's flush_all is tried again soon: a store that restarted empty while mcmux was down is still told by the other's marker", async (t) => {
+    // Fuzz seed 194187 with MCMUX_FUZZ_RESTART=1: the rewrite on b was refused, and nothing wrote
+    // it again before the next periodic check (2 s); a restarted empty meanwhile (down for this
+    // process, which stopped before it came back), and the next process, finding no marker
+    // anywhere, took a for a first start: it granted a lock b held.
+    t.mock.timers.enable({ apis: ['setTimeout', 'setInterval'] });
+    const first = setup();
+    const [fa, fb] = first.fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = first.ups as [HealthyUpstream, HealthyUpstream];
+    await first.detector.start();
+    // A client's flush_all of both (router.ts onFlushed: forget); the marker rewrite on b is refused.
+    await fa.inner.flush();
+    await fb.inner.flush();
+    first.detector.forget(a);
+    fb.mode = 'fail';
+    first.detector.forget(b);
+    await settle();
+    fb.mode = 'ok';
+    assert.equal((await fb.inner.get([first.detector.key]))[0], undefined, 'the rewrite was refused');
+    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    t.mock.timers.tick(1000); // well before the next periodic check
+    await settle();
+    first.detector.stop();
+    await first.close();
+    await fa.inner.flush(); // a restarts empty while mcmux is down
+    const next = restartOver(first.fakes);
+    await next.detector.checkAll();
+    assert.equal(next.ups[0]!.fenced, true, "b holds this host's marker again, a lost its own");
+    assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED');
+    await next.close();
+  });
+
   it('the very first start (no marker anywhere) fences nothing', async () => {
     const { ups, detector: d, add, close } = setup(3);
     await d.checkAll();
