@@ -300,3 +300,59 @@ export async function replicatedVictim(t: TestContext, victim: number, lockFence
 export function ioCluster(u: HealthyUpstream): IoCluster {
   return (u.inner as unknown as { client: IoCluster }).client;
 }
+
+/** A cluster (startCluster `opts`) and the driver on it (`timeout` its option), answering; closed after the test. Undefined when the servers are missing. */
+export async function clusterDriver(t: TestContext, timeout: string, opts: Parameters<typeof startCluster>[1] = {}): Promise<{ cluster: Cluster; up: Upstream } | undefined> {
+  if (!haveServers(t)) return undefined;
+  const cluster = await startCluster(t, opts);
+  const up = open(cluster.url, { timeout });
+  t.after(() => up.close());
+  await retrying(() => up.probe());
+  return { cluster, up };
+}
+
+/**
+ * A cluster, a memcached and a first mcmux process on them (state-dir `dir`, lock-fence 60 s):
+ * a marker on every master, `add <lock>` STORED on both, the lock on a master (`victim`) other
+ * than the one the plain marker key lands on; then that process closed.
+ */
+export async function lockedByAnEarlierProcess(t: TestContext): Promise<{ cluster: Cluster; dir: string; upstreams: string[]; key: string; victim: number; lock: string }> {
+  const cluster = await startCluster(t);
+  const [mc] = await startMemcacheds(t, 1);
+  const dir = stateDir(t);
+  const upstreams = [`${cluster.url}?timeout=2000`, mc?.url as string];
+  const app1 = await inProcessMcmux({ 'state-dir': dir, 'lock-fence': 60_000 }, upstreams);
+  const key = app1.coldDetector.key;
+  const victim = (homeOf(keySlot(b(key))) + 1) % 3;
+  const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
+  const w1 = await client(t, app1);
+  await eventually('the cluster answers through mcmux', async () => (await w1.ask(`set warm 0 0 1\r\n1\r\n`)) === 'STORED\r\n', 20_000);
+  await untilMarkedEverywhere(cluster, key);
+  if ((await w1.ask(`add ${lock} 0 0 6\r\nholder\r\n`)) !== 'STORED\r\n') throw new Error('the lock was not taken');
+  await eventually('the lock reached the memcached', async () => (await w1.ask(`get ${lock}\r\n`, /END\r\n$/)).includes('holder'));
+  w1.close();
+  await app1.close();
+  return { cluster, dir, upstreams, key, victim, lock };
+}
+
+/** Until every node listed in `ask` reports cluster_state:ok. */
+export async function untilOk(c: Cluster, ask: number[]): Promise<void> {
+  await eventually('the cluster is ok', async () => {
+    for (const i of ask) {
+      try {
+        if (!String(await (c.admin[i] as Redis).call('CLUSTER', 'INFO')).includes('cluster_state:ok')) return false;
+      } catch {
+        return false;
+      }
+    }
+    return true;
+  }, 30_000);
+}
+
+/** Until each of the three masters holds a key of this host's marker (`key` its name). */
+export async function untilMarkedEverywhere(c: Cluster, key: string): Promise<void> {
+  await eventually('a marker on every master', async () => {
+    for (const i of [0, 1, 2]) if (!(await holdsKeyStarting(c, i, `${key}.`))) return false;
+    return true;
+  }, 20_000);
+}

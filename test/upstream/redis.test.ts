@@ -17,8 +17,9 @@ import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
 import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { startFaultProxy } from '../helpers/fault-proxy';
-import { freePort, haveBinary, requireBinary } from '../helpers/servers';
+import { freePort, requireBinary } from '../helpers/servers';
 import { assertMaxQueueOfTwo } from '../helpers/upstream-limits';
+import { cli } from '../helpers/redis-cluster';
 import { type RedisProcess, makeDir, removeDir, spawnRedis, startRedis, stopProcess } from './targets/redis';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
@@ -570,14 +571,8 @@ async function startCluster(): Promise<{ ports: number[]; dirs: string[]; procs:
       procs.push(await spawnRedis(port, dir, a));
       ports.push(port);
     }
-    const cli = spawn('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    cli.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    cli.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
-    const killer = setTimeout(() => cli.kill('SIGKILL'), 20_000);
-    const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
-    clearTimeout(killer);
-    if (code !== 0 || !out.includes('All 16384 slots covered')) throw new Error(`redis-cli --cluster create failed (${code}): ${out.slice(-500)}`);
+    const out = await cli(['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes']);
+    if (!out.includes('All 16384 slots covered')) throw new Error(`redis-cli --cluster create failed: ${out.slice(-500)}`);
     return { ports, dirs, procs, args, stop };
   } catch (err) {
     await stop();

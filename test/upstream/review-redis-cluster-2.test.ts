@@ -29,7 +29,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { type TestContext, test } from 'node:test';
+import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import type { HealthyUpstream } from '../../src/router/health';
 import { keySlot } from '../../src/upstream/redis';
@@ -38,7 +38,7 @@ import { b, getOne, retrying, set } from '../helpers/driver-calls';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
 import { startMemcacheds } from '../helpers/servers';
-import { type Proc, open, stateDir, client, type Cluster, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf, haveServers, holdsKeyStarting, countKeysStarting, untilReplicating, moveSlot, lockedThenSlot0Moved, replicatedVictim, ioCluster } from '../helpers/redis-cluster';
+import { type Proc, open, stateDir, client, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf, haveServers, holdsKeyStarting, countKeysStarting, untilReplicating, moveSlot, lockedThenSlot0Moved, replicatedVictim, ioCluster, clusterDriver, lockedByAnEarlierProcess, untilOk, untilMarkedEverywhere } from '../helpers/redis-cluster';
 
 // FINDING (mcmux start): the first marker look of a new mcmux process reads ONE marker for the
 // whole cluster. ColdDetector.start() -> checkAll -> look -> storesOf (cold-detector.ts:356-359, from look at :363)
@@ -59,26 +59,9 @@ import { type Proc, open, stateDir, client, type Cluster, keyWhere, homeOf, sett
 // the per-master views judges it.
 test('fixed: mcmux start: a cluster master that restarted empty while mcmux was down is fenced before the first client command', { timeout: 120_000 }, async (t) => {
   if (!haveServers(t, true)) return;
-  const cluster = await startCluster(t);
-  const [mc] = await startMemcacheds(t, 1);
-  const dir = stateDir(t);
-  const upstreams = [`${cluster.url}?timeout=2000`, mc?.url as string];
-  const app1 = await inProcessMcmux({ 'state-dir': dir, 'lock-fence': 60_000 }, upstreams);
-  const key = app1.coldDetector.key;
+  const { cluster, dir, upstreams, key, victim, lock } = await lockedByAnEarlierProcess(t);
   const plainHome = homeOf(keySlot(b(key)));
-  const victim = (plainHome + 1) % 3;
-  const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
-  const w1 = await client(t, app1);
-  await eventually('the cluster answers through mcmux', async () => (await w1.ask(`set warm 0 0 1\r\n1\r\n`)) === 'STORED\r\n', 20_000);
-  await eventually('a marker on every master', async () => {
-    for (const i of [0, 1, 2]) if (!(await holdsKeyStarting(cluster, i, `${key}.`))) return false;
-    return true;
-  }, 20_000);
   assert.ok(await holdsKeyStarting(cluster, plainHome, key), 'the plain marker written at start');
-  assert.equal(await w1.ask(`add ${lock} 0 0 6\r\nholder\r\n`), 'STORED\r\n');
-  await eventually('the lock reached the memcached', async () => (await w1.ask(`get ${lock}\r\n`, /END\r\n$/)).includes('holder'));
-  w1.close();
-  await app1.close();
 
   // The lock's master restarts empty (nodes.conf kept: master of its slots again) while no mcmux runs.
   await cluster.restart(victim);
@@ -155,16 +138,6 @@ test('fixed: failover and back: a master promoted again, lacking the last lock, 
   assert.equal(await w.ask(`add ${lock} 0 0 5\r\nthief\r\n`), 'NOT_STORED\r\n', `a held lock granted again (fenced: ${u.fenced}, ${elapsed} ms after the report)`);
 });
 
-/** A cluster and the driver on it (`timeout` its option), answering; closed after the test. */
-async function clusterDriver(t: TestContext, timeout: string, opts: Parameters<typeof startCluster>[1] = {}): Promise<{ cluster: Cluster; up: Upstream } | undefined> {
-  if (!haveServers(t)) return undefined;
-  const cluster = await startCluster(t, opts);
-  const up = open(cluster.url, { timeout });
-  t.after(() => up.close());
-  await retrying(() => up.probe());
-  return { cluster, up };
-}
-
 // FINDING (scripts lost by a restarted master): since 6c474f2 a cluster node's connection is
 // made again by the node itself (clusterNodeRetryStrategy, redis.ts:978): the
 // same ioredis node object reconnects, so '+node' (redis.ts:348, which loads the scripts on a new
@@ -191,13 +164,7 @@ test('fixed: a master restarted: once its reconnect is reported, the first get a
   await set(up, k, 'v');
   await cluster.restart(victim);
   await eventually('the restart is reported', () => reported > 0, 30_000);
-  await eventually('the restarted master says the cluster is ok', async () => {
-    try {
-      return String(await (cluster.admin[victim] as Redis).call('CLUSTER', 'INFO')).includes('cluster_state:ok');
-    } catch {
-      return false;
-    }
-  }, 30_000);
+  await untilOk(cluster, [victim]);
   const outcomes = [await settle(up.get([k])), await settle(up.store({ mode: 'set', key: k, value: b('w'), flags: 0, deadline: 0 })), await settle(up.arith('incr', k, 1n))];
   assert.deepEqual(outcomes.map((o) => o.replace(/"cas":"\d+"/, '').replace(/127\.0\.0\.1:\d+/g, 'node')), ['ok [null]', 'ok {"status":"STORED",}', 'ok {"status":"NON_NUMERIC"}']);
 });
@@ -299,10 +266,7 @@ test('holds: all masters restarted empty at once: fenced, a lock they lost is no
   const locks = [0, 1, 2].map((m) => keyWhere(`lock${m}.s`, (s) => homeOf(s) === m));
   const w = await client(t, app);
   await eventually('the cluster answers through mcmux', async () => (await w.ask(`set warm 0 0 1\r\n1\r\n`)) === 'STORED\r\n', 20_000);
-  await eventually('a marker on every master', async () => {
-    for (const i of [0, 1, 2]) if (!(await holdsKeyStarting(cluster, i, `${key}.`))) return false;
-    return true;
-  }, 20_000);
+  await untilMarkedEverywhere(cluster, key);
   await eventually('unfenced', () => !u.fenced, 20_000);
   for (const lock of locks) assert.equal(await w.ask(`add ${lock} 0 0 6\r\nholder\r\n`), 'STORED\r\n');
   await eventually('the locks reached the memcached', async () => (await w.ask(`get ${locks.join(' ')}\r\n`, /END\r\n$/)).split('holder').length === 4);
@@ -484,25 +448,8 @@ test('holds: a slot migrated, then its old master restarted empty before the dri
 // upstream never read: unread), instead of only before the first judgement.
 test('fixed: a master down when mcmux starts and back empty later: a lock it lost is not granted again', { timeout: 120_000 }, async (t) => {
   if (!haveServers(t, true)) return;
-  const cluster = await startCluster(t);
-  const [mc] = await startMemcacheds(t, 1);
-  const dir = stateDir(t);
-  const upstreams = [`${cluster.url}?timeout=2000`, mc?.url as string];
-  const app1 = await inProcessMcmux({ 'state-dir': dir, 'lock-fence': 60_000 }, upstreams);
-  const key = app1.coldDetector.key;
-  const victim = (homeOf(keySlot(b(key))) + 1) % 3;
+  const { cluster, dir, upstreams, victim, lock } = await lockedByAnEarlierProcess(t);
   const live = (victim + 1) % 3;
-  const lock = keyWhere('lock.s', (s) => homeOf(s) === victim);
-  const w1 = await client(t, app1);
-  await eventually('the cluster answers through mcmux', async () => (await w1.ask(`set warm 0 0 1\r\n1\r\n`)) === 'STORED\r\n', 20_000);
-  await eventually('a marker on every master', async () => {
-    for (const i of [0, 1, 2]) if (!(await holdsKeyStarting(cluster, i, `${key}.`))) return false;
-    return true;
-  }, 20_000);
-  assert.equal(await w1.ask(`add ${lock} 0 0 6\r\nholder\r\n`), 'STORED\r\n');
-  await eventually('the lock reached the memcached', async () => (await w1.ask(`get ${lock}\r\n`, /END\r\n$/)).includes('holder'));
-  w1.close();
-  await app1.close();
   await cluster.kill(victim);
   const app2 = await inProcessMcmux({ 'state-dir': dir, 'lock-fence': 60_000 }, upstreams);
   const u = app2.upstreams[0] as HealthyUpstream;
@@ -519,13 +466,7 @@ test('fixed: a master down when mcmux starts and back empty later: a lock it los
   // Stopped here so that the window the driver leaves open is seen every time.
   app2.coldDetector.stop();
   await cluster.restart(victim);
-  await eventually('the restarted master serves its slots', async () => {
-    try {
-      return String(await (cluster.admin[victim] as Redis).call('CLUSTER', 'INFO')).includes('cluster_state:ok');
-    } catch {
-      return false;
-    }
-  }, 30_000);
+  await untilOk(cluster, [victim]);
   // The driver's connection to it made (a read: nothing decided).
   await eventually('the driver reads from the restarted master', async () => (await settle(u.inner.get([lock]))) === 'ok [null]', { timeoutMs: 20_000, every: 10 });
   const fenced = u.fenced;

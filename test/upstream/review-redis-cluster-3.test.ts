@@ -54,7 +54,7 @@ import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
 import { freePort, startMemcacheds } from '../helpers/servers';
 import { makeDir, spawnRedis } from './targets/redis';
-import { type Proc, stateDir, client, type Cluster, cli, keyWhere, homeOf, startCluster, behindMcmux, untilMasterOf, holdsKeyStarting, beginMove, endMove, haveServers, lockedThenSlot0Moved, replicatedVictim, ioCluster } from '../helpers/redis-cluster';
+import { type Proc, stateDir, client, type Cluster, cli, keyWhere, homeOf, startCluster, behindMcmux, untilMasterOf, holdsKeyStarting, beginMove, endMove, haveServers, lockedThenSlot0Moved, replicatedVictim, ioCluster, untilOk } from '../helpers/redis-cluster';
 
 async function role(c: Cluster, i: number): Promise<string> {
   try {
@@ -64,20 +64,6 @@ async function role(c: Cluster, i: number): Promise<string> {
   }
 }
 
-
-/** Until every node listed in `ask` reports cluster_state:ok. */
-async function untilOk(c: Cluster, ask: number[]): Promise<void> {
-  await eventually('the cluster is ok', async () => {
-    for (const i of ask) {
-      try {
-        if (!String(await (c.admin[i] as Redis).call('CLUSTER', 'INFO')).includes('cluster_state:ok')) return false;
-      } catch {
-        return false;
-      }
-    }
-    return true;
-  }, 30_000);
-}
 
 // FINDING (an ACL user without INFO: the cluster fenced for good). markersReady
 // (redis.ts:877-888) reads each master's replication id with INFO replication and swallows any

@@ -21,24 +21,13 @@ import { Redis } from 'ioredis';
 import type { App } from '../../src/app';
 import type { HealthyUpstream } from '../../src/router/health';
 import { keySlot } from '../../src/upstream/redis';
-import type { Upstream } from '../../src/upstream/upstream';
 import { b, getOne, retrying, set } from '../helpers/driver-calls';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
 import { freePort } from '../helpers/servers';
 import { type Wire } from '../helpers/wire';
 import { makeDir, spawnRedis } from './targets/redis';
-import { type Proc, open, stateDir, client, type Cluster, cli, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf, untilReplicating, haveServers } from '../helpers/redis-cluster';
-
-/** A cluster and the driver on it (`timeout` its option), answering; closed after the test. */
-async function clusterDriver(t: TestContext, timeout: string): Promise<{ cluster: Cluster; up: Upstream } | undefined> {
-  if (!haveServers(t)) return undefined;
-  const cluster = await startCluster(t);
-  const up = open(cluster.url, { timeout });
-  t.after(() => up.close());
-  await retrying(() => up.probe());
-  return { cluster, up };
-}
+import { type Proc, stateDir, client, type Cluster, cli, keyWhere, homeOf, settle, startCluster, behindMcmux, untilMasterOf, untilReplicating, haveServers, clusterDriver } from '../helpers/redis-cluster';
 
 /**
  * A cluster (first) and a memcached behind an in-process mcmux (lock-fence 60 s), a client, and
