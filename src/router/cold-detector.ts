@@ -33,8 +33,8 @@ const RETRY_MS = 100;
 
 /**
  * cold: our marker is gone (or says an earlier process fenced the store); warm: it is there;
- * first: none was written yet (no evidence by itself: judge() calls it cold when another store of
- * the chain holds this host's marker).
+ * first: none was written yet, as far as this process and journal.log know (no evidence by
+ * itself: judge() calls it cold when another store of the chain holds this host's marker).
  */
 type Verdict = 'cold' | 'warm' | 'first' | 'unknown';
 const REFRESH_MS = 3600_000;
@@ -64,6 +64,17 @@ interface Sight {
 interface Look {
   targets: Upstream[];
   sights: Sight[];
+}
+
+/**
+ * Whether journal.log keeps that `store` (of `u`) acknowledged this host's marker (markerAcked), so
+ * that the next process takes a store without it for one that lost it. Not a store inside mcmux
+ * that starts empty with each process (memory://: knownEmpty fences it as mcmux starts), nor the
+ * view of one master of a Redis Cluster: its marker keys name the master's replication id, new
+ * after a restart with its data as well, and RedisUpstream.markerStores judges those.
+ */
+function recorded(u: HealthyUpstream, store: Upstream): boolean {
+  return store.scheme !== 'memory' && (u.inner.markerStores === undefined || store === u.inner);
 }
 
 /** The key of this host's marker in every store (a valid memcached key whatever the host name). */
@@ -296,6 +307,7 @@ export class ColdDetector {
       this.lastSet.delete(s);
       this.unsure.delete(s);
       this.found.delete(s);
+      this.fenceLog?.markerGone(s);
     }
     const targets = this.storesOf(u, true);
     void this.mark(u, { targets, sights: targets.map((): Sight => ({ verdict: 'first', kept: false, fencedUntil: 0, fenceId: 0 })) });
@@ -493,8 +505,10 @@ export class ColdDetector {
     }
     const wrote = this.lastSet.get(store);
     // The read decides, whatever becomes of the rewrite (mark): a rewrite that fails may still
-    // land (a timeout), and the marker it puts back must not pass for one the store kept.
-    const verdict: Verdict = hit ? 'warm' : wrote === undefined ? 'first' : 'cold';
+    // land (a timeout), and the marker it puts back must not pass for one the store kept. A store
+    // this process has not written yet lost the marker an earlier one saw it acknowledge, unless
+    // it was flushed since or the marker expired (journal.log: markerAcked, flushed).
+    const verdict: Verdict = hit ? 'warm' : wrote !== undefined || (this.fenceLog?.markerUntil(store) ?? 0) > Date.now() ? 'cold' : 'first';
     if (hit && wrote === undefined) this.found.add(store);
     // Only a marker another process wrote tells of a fence this one does not know.
     const fenced = hit && wrote === undefined ? FENCED_UNTIL.exec(hit.value.toString('latin1')) : null;
@@ -564,6 +578,7 @@ export class ColdDetector {
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
           this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen });
+          if (recorded(u, store)) this.fenceLog?.markerAcked(store, wall + MARKER_TTL_MS);
         } catch {
           // Written again soon (retryMark), not only by the next periodic check.
           this.unsure.set(store, Math.min(this.unsure.get(store) ?? Infinity, gen));

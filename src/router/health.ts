@@ -599,6 +599,12 @@ export interface FenceLog {
   uniquesVoided(u: Upstream, epoch: number): void;
   /** `u` holds older data than mcmux wrote there: trusted for no key until known clean. */
   distrust(u: Upstream): void;
+  /** `store` acknowledged this host's marker, which lives there until `wallUntil` (epoch ms). */
+  markerAcked(store: Upstream, wallUntil: number): void;
+  /** `store` was flushed: the marker it acknowledged before is gone with the rest. */
+  markerGone(store: Upstream): void;
+  /** Until when (epoch ms) the last marker `store` acknowledged lives, as this process or one before it saw (0: none). */
+  markerUntil(store: Upstream): number;
 }
 
 /** Tells a fenced upstream that a client's set or delete of `key` reached it, and `log` what it learnt. */

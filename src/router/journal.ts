@@ -214,6 +214,8 @@ const HOLDS = Number.MAX_SAFE_INTEGER;
  * began before the marker was read: an upstream down as mcmux started).
  */
 const FENCE_IDS = 2;
+/** A marker acknowledged again goes on file only when it lives this much longer than the one there (markerAcked). */
+const MARKER_NOTE_MS = 3600_000;
 /** Entries pruneWrites looks at per call. */
 const PRUNE_STEPS = 4;
 
@@ -459,6 +461,42 @@ export class RepairJournal {
   /** What uniquesVoided last kept for `u` (0: never), to resume from (HealthyUpstream.resumeUniques). */
   uniquesEpochOf(u: Upstream): number {
     return Math.max(this.byName.get(idOf(u))?.uniquesEpoch ?? 0, this.otherEpochs.get(idOf(u)) ?? 0);
+  }
+
+  /**
+   * Where this host's marker was acknowledged (cold-detector.ts), by store (idOf: a server of a
+   * pool too), with until when it lives there (epoch ms): on file as `A <store> <until>` (`A
+   * <store> 0` once a flush took it). A store that holds no marker of this host though one was
+   * acknowledged there, and not flushed since, lost it: it restarted empty (or was flushed by
+   * someone else) while mcmux did not watch, even when no other store holds a marker to tell so
+   * (markedElsewhere: a rewrite after a flush_all refused there, fuzz seed 194187 with
+   * MCMUX_FUZZ_RESTART=1; or a single upstream). Kept for any store, in the config or not, until
+   * the marker's own expiry.
+   */
+  private readonly markers = new Map<string, number>();
+
+  /**
+   * `store` acknowledged this host's marker, living there until `wallUntil`: on file when new, or
+   * when it lives more than MARKER_NOTE_MS longer than the one on file (the marker is written again
+   * every few seconds; a record that ends sooner than the marker only tells less).
+   */
+  markerAcked(store: Upstream, wallUntil: number): void {
+    const id = idOf(store);
+    if (wallUntil <= (this.markers.get(id) ?? 0) + MARKER_NOTE_MS) return;
+    this.markers.set(id, wallUntil);
+    this.append(`A ${hex(id)} ${wallUntil}`);
+  }
+
+  /** `store` was flushed: its marker went with the rest (markerAcked). */
+  markerGone(store: Upstream): void {
+    const id = idOf(store);
+    if (!this.markers.delete(id)) return;
+    this.append(`A ${hex(id)} 0`);
+  }
+
+  /** Until when the marker `store` last acknowledged lives (epoch ms; 0: none since its last flush). */
+  markerUntil(store: Upstream): number {
+    return this.markers.get(idOf(store)) ?? 0;
   }
 
   /** Uniques epochs of stores not in the config as journal.log was loaded (V lines kept). */
@@ -1435,6 +1473,13 @@ export class RepairJournal {
       // A store removed from the config keeps its uniques epoch: should it come back, it must not
       // seal again as it did before a restart (review).
       if (f[0] === 'V' && f[2] !== undefined && !known.has(name)) this.otherEpochs.set(name, Math.max(this.otherEpochs.get(name) ?? 0, Number(f[2]) || 0));
+      // Any store's, a server of a pool as well (not in `known`): see markers.
+      if (f[0] === 'A' && f[2] !== undefined) {
+        const until = Number(f[2]) || 0;
+        if (until > 0) this.markers.set(name, until);
+        else this.markers.delete(name);
+        continue;
+      }
       if (!known.has(name)) continue; // an upstream removed from the config: nothing to repair
       const p = this.of({ name, storeId: name } as Upstream & { storeId: string });
       if (f[0] === 'M' && f[3] !== undefined && !p.overflow) {
@@ -1489,6 +1534,11 @@ export class RepairJournal {
     for (const id of this.chain) out.push(`S ${hex(id)}`);
     for (const id of this.timeouts.keys()) out.push(`R ${hex(id)} ${this.timeoutOnFile(id, this.byName.get(id))}`);
     for (const [name, epoch] of this.otherEpochs) if ((this.byName.get(name)?.uniquesEpoch ?? 0) < epoch) out.push(`V ${hex(name)} ${epoch}`);
+    const now = Date.now();
+    for (const [id, until] of this.markers) {
+      if (until > now) out.push(`A ${hex(id)} ${until}`);
+      else this.markers.delete(id); // expired with the marker itself
+    }
     for (const [name, p] of this.byName) {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);

@@ -73,3 +73,31 @@ it('a lock written during a lock-fence to the memcached that kept it decides aft
   assert.equal(await ask(next, 'get lock.s\r\n', /END\r\n$/), 'VALUE lock.s 0 1\r\nA\r\nEND\r\n');
   assert.equal(emptied(next), 0, 'this process saw neither come back empty: both fenced by their markers');
 });
+
+it('memcached restarted empty while mcmux was down, with no marker left anywhere to tell, is fenced by the next mcmux: journal.log says each acknowledged one (a pool server too)', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const [a, b, c] = await Promise.all([startMemcached(), startMemcached(), startMemcached()]);
+  t.after(() => Promise.all([a.stop(), b.stop(), c.stop()]));
+  const dir = mkdtempSync(join(tmpdir(), 'mcmux-fence-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const pool = `memcached://127.0.0.1:${b.port},127.0.0.1:${c.port}`;
+  const args = ['--upstream', a.url, '--upstream', pool, '--timeout', '500', '--lock-fence', '600000'];
+  const env = { STATE_DIRECTORY: dir };
+  const fenced = async (mux: McmuxProcess): Promise<string[]> => (await ask(mux, 'stats\r\n', /END\r\n$/)).split('\r\n').filter((l) => /^STAT upstream\.\d+\.fenced /.test(l));
+
+  const first = await startMcmux(args, { env });
+  t.after(() => first.stop());
+  await eventually('every store holds the marker', async () => (await Promise.all([a, b, c].map((m) => peekItem(m.port, MARKER, REPLY_MS)))).every((m) => m !== undefined));
+  assert.deepEqual(await first.stop(), { code: 0, signal: null });
+  const warm = await startMcmux(args, { env });
+  t.after(() => warm.stop());
+  assert.deepEqual(await fenced(warm), ['STAT upstream.0.fenced 0', 'STAT upstream.1.fenced 0'], 'restarted over stores that kept their marker: nothing fenced');
+  assert.deepEqual(await warm.stop(), { code: 0, signal: null });
+
+  await Promise.all([a.restart(), c.restart()]); // one memcached and one pool server, while mcmux is down
+  await b.restart(); // the last store holding a marker of this host
+  const next = await startMcmux(args, { env });
+  t.after(() => next.stop());
+  assert.deepEqual(await fenced(next), ['STAT upstream.0.fenced 1', 'STAT upstream.1.fenced 1']);
+  assert.equal(emptied(next), 2, 'each taken as come back empty, not as a first start');
+});

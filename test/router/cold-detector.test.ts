@@ -273,6 +273,91 @@ describe('cold detector: across a restart of mcmux', () => {
     await next.close();
   });
 
+  it("a store that restarted empty while mcmux was down is fenced though no store holds a marker to tell: journal.log says it acknowledged one", async (t) => {
+    // Fuzz seed 194187 with MCMUX_FUZZ_RESTART=1, past what the retry (aead5db) covers: mcmux
+    // stops before the marker rewrite refused on b after a client's flush_all is tried again (or
+    // b keeps refusing it). Nothing but a holds a marker of this host; a restarts empty while
+    // mcmux is down; the next process, finding no marker anywhere, took a for a first start and
+    // granted a lock b held.
+    t.mock.timers.enable({ apis: ['setTimeout', 'setInterval'] });
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-cold-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = setup(2, { dir });
+    const [fa, fb] = first.fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = first.ups as [HealthyUpstream, HealthyUpstream];
+    await first.detector.start();
+    await fa.inner.flush();
+    await fb.inner.flush();
+    first.detector.forget(a);
+    fb.mode = 'fail';
+    first.detector.forget(b);
+    await settle();
+    fb.mode = 'ok';
+    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    first.detector.stop(); // before the retry (no timer has moved)
+    first.journal.close();
+    await first.close();
+    assert.equal((await fb.inner.get([first.detector.key]))[0], undefined, 'b holds no marker');
+    await fa.inner.flush(); // a restarts empty while mcmux is down
+    const next = restartOver(first.fakes, dir);
+    await next.detector.checkAll();
+    assert.deepEqual(next.ups.map((u) => u.fenced), [true, false], 'a acknowledged a marker it no longer holds; b never did');
+    assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED');
+    next.journal.close();
+    await next.close();
+  });
+
+  it("the only upstream, restarted empty while mcmux was down, is fenced (journal.log); restarted with its data, or on a first start, it is not", async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-cold-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = setup(1, { dir });
+    const [fa] = first.fakes as [FakeUpstream];
+    await first.detector.checkAll();
+    assert.equal(first.ups[0]!.fenced, false, 'a first start');
+    first.journal.close();
+    await first.close();
+    const kept = restartOver(first.fakes, dir);
+    await kept.detector.checkAll();
+    assert.equal(kept.ups[0]!.fenced, false, 'kept its marker');
+    kept.journal.close();
+    await kept.close();
+    await fa.inner.flush(); // restarts empty while mcmux is down
+    const next = restartOver(first.fakes, dir);
+    await next.detector.checkAll();
+    assert.equal(next.ups[0]!.fenced, true);
+    assert.ok(next.ups[0]!.cameBackEmpty);
+    next.journal.close();
+    await next.close();
+  });
+
+  it("a store flushed through mcmux (a client's flush_all) whose marker rewrite then failed is a first sight for the next process, not one come back empty", async () => {
+    // It holds what was written to it since the flush: fenced as come back empty it would forget
+    // those keys (as fuzz seed 47081 found for the repair's flush).
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-cold-'));
+    try {
+      const first = setup(2, { dir });
+      const [a, b] = first.ups as [HealthyUpstream, HealthyUpstream];
+      await first.detector.checkAll();
+      for (const f of first.fakes) {
+        await f.inner.flush();
+        f.mode = 'fail';
+      }
+      first.detector.forget(a);
+      first.detector.forget(b);
+      await settle();
+      first.journal.close();
+      await first.close();
+      for (const f of first.fakes) f.mode = 'ok';
+      const next = restartOver(first.fakes, dir);
+      await next.detector.checkAll();
+      assert.deepEqual(next.ups.map((u) => u.fenced), [false, false]);
+      next.journal.close();
+      await next.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the very first start (no marker anywhere) fences nothing', async () => {
     const { ups, detector: d, add, close } = setup(3);
     await d.checkAll();

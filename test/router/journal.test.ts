@@ -869,6 +869,44 @@ describe('repair journal', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it("where this host's marker was acknowledged survives a restart (A lines), for any store, until a flush took it or it expired", (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    const clocks = new TestClocks();
+    t.after(() => clocks.restore());
+    try {
+      const u = { name: 'memcached://127.0.0.1:1' } as Upstream;
+      const server = { name: '127.0.0.1:2' } as Upstream; // a server of a pool: not in the chain itself
+      const flushed = { name: 'memcached://127.0.0.1:3' } as Upstream;
+      const day = 24 * 3600_000;
+      const j1 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j1.load([u, flushed]);
+      j1.markerAcked(u, clocks.wall + day);
+      j1.markerAcked(u, clocks.wall + day + 2000); // written again a few seconds later: not on file again
+      j1.markerAcked(server, clocks.wall + 2 * 3600_000);
+      j1.markerAcked(flushed, clocks.wall + day);
+      j1.markerGone(flushed);
+      j1.close();
+      const aLines = (): string[] => readFileSync(join(dir, 'journal.log'), 'latin1').split('\n').filter((l) => l.startsWith('A '));
+      assert.deepEqual(aLines(), [`A ${hex(u.name)} ${clocks.wall + day}`, `A ${hex(server.name)} ${clocks.wall + 2 * 3600_000}`, `A ${hex(flushed.name)} ${clocks.wall + day}`, `A ${hex(flushed.name)} 0`]);
+      clocks.advance(3600_000);
+      const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j2.load([u, flushed]);
+      assert.equal(j2.markerUntil(u), clocks.wall - 3600_000 + day);
+      assert.equal(j2.markerUntil(server), clocks.wall + 3600_000, 'a server of a pool is kept though not in the chain');
+      assert.equal(j2.markerUntil(flushed), 0, 'flushed since it acknowledged the marker');
+      assert.deepEqual(aLines(), [`A ${hex(u.name)} ${clocks.wall - 3600_000 + day}`, `A ${hex(server.name)} ${clocks.wall + 3600_000}`], 'compacted as loaded');
+      j2.close();
+      clocks.advance(2 * 3600_000); // the server's marker has expired
+      const j3 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j3.load([u]);
+      assert.equal(j3.markerUntil(server), 0, 'expired with the marker');
+      assert.equal(aLines().length, 1);
+      j3.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('timed-out requests that are applied late (a paused server that resumes)', () => {
