@@ -66,6 +66,25 @@ function restartOver(fakes: readonly FakeUpstream[], dir?: string) {
 const storeDirect = (f: FakeUpstream, key: string, value: string, flags = 0): Promise<unknown> =>
   f.inner.store({ mode: 'set', key, value: Buffer.from(value), flags, deadline: 0, withCas: false });
 
+/**
+ * A client's flush_all of a and b (router.ts onFlushed: forget), whose marker rewrite b refuses
+ * (retried after 100 ms: the caller's timers say whether it is); then A takes lock.s.
+ */
+async function lockAfterRefusedRewrite(s: ReturnType<typeof setup>): Promise<void> {
+  const [fa, fb] = s.fakes as [FakeUpstream, FakeUpstream];
+  const [a, b] = s.ups as [HealthyUpstream, HealthyUpstream];
+  await s.detector.start();
+  await fa.inner.flush();
+  await fb.inner.flush();
+  s.detector.forget(a);
+  fb.mode = 'fail';
+  s.detector.forget(b);
+  await settle();
+  fb.mode = 'ok';
+  assert.equal((await fb.inner.get([s.detector.key]))[0], undefined, 'the rewrite was refused');
+  assert.equal(await s.add('lock.s', 'A'), 'STORED');
+}
+
 /** `f` misses deletes of three keys: more than a journal of two keys holds (it overflows). */
 async function missThree(f: FakeUpstream, exec: (c: Command) => Promise<Reply>): Promise<void> {
   f.mode = 'fail';
@@ -248,19 +267,8 @@ describe('cold detector: across a restart of mcmux', () => {
     // anywhere, took a for a first start: it granted a lock b held.
     t.mock.timers.enable({ apis: ['setTimeout', 'setInterval'] });
     const first = setup();
-    const [fa, fb] = first.fakes as [FakeUpstream, FakeUpstream];
-    const [a, b] = first.ups as [HealthyUpstream, HealthyUpstream];
-    await first.detector.start();
-    // A client's flush_all of both (router.ts onFlushed: forget); the marker rewrite on b is refused.
-    await fa.inner.flush();
-    await fb.inner.flush();
-    first.detector.forget(a);
-    fb.mode = 'fail';
-    first.detector.forget(b);
-    await settle();
-    fb.mode = 'ok';
-    assert.equal((await fb.inner.get([first.detector.key]))[0], undefined, 'the rewrite was refused');
-    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    const [fa] = first.fakes as [FakeUpstream];
+    await lockAfterRefusedRewrite(first);
     t.mock.timers.tick(1000); // well before the next periodic check
     await settle();
     first.detector.stop();
@@ -284,16 +292,7 @@ describe('cold detector: across a restart of mcmux', () => {
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const first = setup(2, { dir });
     const [fa, fb] = first.fakes as [FakeUpstream, FakeUpstream];
-    const [a, b] = first.ups as [HealthyUpstream, HealthyUpstream];
-    await first.detector.start();
-    await fa.inner.flush();
-    await fb.inner.flush();
-    first.detector.forget(a);
-    fb.mode = 'fail';
-    first.detector.forget(b);
-    await settle();
-    fb.mode = 'ok';
-    assert.equal(await first.add('lock.s', 'A'), 'STORED');
+    await lockAfterRefusedRewrite(first);
     first.detector.stop(); // before the retry (no timer has moved)
     first.journal.close();
     await first.close();
