@@ -77,6 +77,16 @@ function recorded(u: HealthyUpstream, store: Upstream): boolean {
   return store.scheme !== 'memory' && (u.inner.markerStores === undefined || store === u.inner);
 }
 
+/**
+ * What journal.log keeps `store`'s record under: `u` itself (its storeId, the store identity the
+ * rest of the journal follows, without tuning options) when the store is the upstream's own
+ * driver, whose name is the whole URL (a `?timeout=` changed while mcmux was down would lose the
+ * record: review); a server of a pool by its own name (`memcached://host:port`).
+ */
+function recordOf(u: HealthyUpstream, store: Upstream): Upstream {
+  return store === u.inner ? u : store;
+}
+
 /** The key of this host's marker in every store (a valid memcached key whatever the host name). */
 export function markerKey(): string {
   return `${RESERVED_KEY_PREFIX}${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
@@ -307,7 +317,7 @@ export class ColdDetector {
       this.lastSet.delete(s);
       this.unsure.delete(s);
       this.found.delete(s);
-      this.fenceLog?.markerGone(s);
+      this.fenceLog?.markerGone(recordOf(u, s));
     }
     const targets = this.storesOf(u, true);
     void this.mark(u, { targets, sights: targets.map((): Sight => ({ verdict: 'first', kept: false, fencedUntil: 0, fenceId: 0 })) });
@@ -508,7 +518,7 @@ export class ColdDetector {
     // land (a timeout), and the marker it puts back must not pass for one the store kept. A store
     // this process has not written yet lost the marker an earlier one saw it acknowledge, unless
     // it was flushed since or the marker expired (journal.log: markerAcked, flushed).
-    const verdict: Verdict = hit ? 'warm' : wrote !== undefined || (this.fenceLog?.markerUntil(store) ?? 0) > Date.now() ? 'cold' : 'first';
+    const verdict: Verdict = hit ? 'warm' : wrote !== undefined || (this.fenceLog?.markerUntil(recordOf(u, store)) ?? 0) > Date.now() ? 'cold' : 'first';
     if (hit && wrote === undefined) this.found.add(store);
     // Only a marker another process wrote tells of a fence this one does not know.
     const fenced = hit && wrote === undefined ? FENCED_UNTIL.exec(hit.value.toString('latin1')) : null;
@@ -578,7 +588,7 @@ export class ColdDetector {
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
           this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen });
-          if (recorded(u, store)) this.fenceLog?.markerAcked(store, wall + MARKER_TTL_MS);
+          if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
         } catch {
           // Written again soon (retryMark), not only by the next periodic check.
           this.unsure.set(store, Math.min(this.unsure.get(store) ?? Infinity, gen));
