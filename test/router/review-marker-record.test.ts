@@ -20,6 +20,8 @@ import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { createUpstream, storeIdentity } from '../../src/upstream/registry';
 import type { MemoryUpstream } from '../../src/upstream/memory';
+import { monotonicMs } from '../../src/clock';
+import { TestClocks } from '../helpers/clocks';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
 
 const silent = pino({ level: 'silent' });
@@ -260,4 +262,37 @@ describe('review 0135f86: where the marker was acknowledged (journal.log A lines
     assert.equal(next.ups[0]!.cameBackEmpty, false, 'a: a first sight, not one come back empty');
     await next.stop();
   });
+
+  it(
+    'pre-existing (not 0135f86): a pool server that came back empty while mcmux was down fences the pool for the whole lock-fence, not only for what is left of a fence another server\'s marker inherits',
+    { todo: "finding 3 (pre-existing, also reached through the record): verdict() fences a pool with a cold server by fenceCold(u, until), `until` the end of a fence an earlier process wrote into ANOTHER server's marker (seconds left): the pool, one server of which restarted empty, decides again after those seconds, and grants a lock the other upstream holds" },
+    async (t) => {
+      const clocks = new TestClocks();
+      t.after(() => clocks.restore());
+      const dir = tempDir(t);
+      const servers = [new FakeUpstream('fake://s0'), new FakeUpstream('fake://s1')] as const;
+      const members = servers.map((f) => new HealthyUpstream(f, { downAfter: 100, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
+      // A pool of two servers, as the memcached pool driver exposes them (its keys in its own fake store).
+      const pool = Object.assign(new FakeUpstream('fake://pool'), { members: () => members });
+      const fb = new FakeUpstream('fake://b');
+      const first = proc([pool, fb], { dir });
+      await first.detector.checkAll();
+      assert.equal(await first.add('lock.s', 'A'), 'STORED');
+      await first.stop();
+      // What an earlier process left: the pool fenced until 2 s from now (its markers say so).
+      const key = first.detector.key;
+      for (const f of servers) await f.inner.store({ mode: 'set', key, value: Buffer.from(`fenced until ${Date.now() + 2000}`), flags: 7, deadline: 0, withCas: false });
+      // Server 1 restarts empty while mcmux is down, and with it the pool's part of the lock.
+      await servers[1].inner.flush();
+      await pool.inner.flush();
+      const next = proc([pool, fb], { dir });
+      await next.detector.checkAll();
+      const [p] = next.ups as [HealthyUpstream];
+      assert.equal(p.cameBackEmpty, true, 'a server came back empty');
+      assert.ok(p.coldUntil - monotonicMs() > FENCE_MS - 1000, `fenced for the lock-fence, not ${p.coldUntil - monotonicMs()} ms`);
+      clocks.advance(3000);
+      assert.equal(await next.add('lock.s', 'B'), 'NOT_STORED', 'LOCK GRANTED TWICE: the pool decided 3 s after a server of it came back empty');
+      await next.stop();
+    },
+  );
 });
