@@ -452,7 +452,10 @@ export class ColdDetector {
       return 'cold';
     }
     if (cold.includes('cold') || (firsts.length > 0 && this.markedElsewhere(firsts, u))) {
-      this.fenceCold(u, until);
+      // For the whole lock-fence from now: a store of `u` lost its marker, which no earlier
+      // process knew of. Not until the end of a fence an earlier process wrote into the marker of
+      // another store of `u` (a pool server, a cluster master), seconds away maybe (review).
+      this.fenceCold(u);
       if (server === undefined) this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
       else this.log.warn({ upstream: u.name, server, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
       return 'cold';

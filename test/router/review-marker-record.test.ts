@@ -263,9 +263,9 @@ describe('review 0135f86: where the marker was acknowledged (journal.log A lines
     await next.stop();
   });
 
+  // Finding 3 (fixed by the commit after the test: verdict() fences for the whole lock-fence).
   it(
     'pre-existing (not 0135f86): a pool server that came back empty while mcmux was down fences the pool for the whole lock-fence, not only for what is left of a fence another server\'s marker inherits',
-    { todo: "finding 3 (pre-existing, also reached through the record): verdict() fences a pool with a cold server by fenceCold(u, until), `until` the end of a fence an earlier process wrote into ANOTHER server's marker (seconds left): the pool, one server of which restarted empty, decides again after those seconds, and grants a lock the other upstream holds" },
     async (t) => {
       const clocks = new TestClocks();
       t.after(() => clocks.restore());
