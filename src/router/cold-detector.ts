@@ -64,6 +64,8 @@ interface Sight {
 interface Look {
   targets: Upstream[];
   sights: Sight[];
+  /** How many precautions its upstream had armed when the look began (ColdDetector.arm). */
+  gen?: number;
 }
 
 /**
@@ -139,6 +141,15 @@ export class ColdDetector {
    */
   private readonly armed = new Map<HealthyUpstream, number>();
   private readonly serverChecks = new Map<HealthyUpstream, number>();
+  /**
+   * Per pool: its servers whose marker no look has read since they reconnected (or since a look
+   * could not read it), with the arm generation from which a look's read speaks for them. While
+   * one of them is usable, no look of the others lifts the pool's precaution: a kept marker on
+   * s0 says nothing of s1, which may have restarted empty (review: a server unread since mcmux
+   * started, or whose reconnect check could not answer, let a blip on another server lift the
+   * fence, and the pool decided a lock the restarted server had lost).
+   */
+  private readonly unverified = new Map<HealthyUpstream, Map<Upstream, number>>();
   /** When this process last started writing each store's marker (monotonic ms). */
   private readonly writing = new Map<Upstream, number>();
   private arm(u: HealthyUpstream): number {
@@ -243,7 +254,31 @@ export class ColdDetector {
    * by a later such check: the periodic one, or the one made when its health turns healthy.
    */
   private liftIfKept(u: HealthyUpstream, sights: readonly Sight[]): void {
+    const unverified = this.unverified.get(u);
+    // A usable server of a pool whose marker was not read since it reconnected may have come back empty.
+    if (unverified !== undefined && membersOf(u).some((m) => isUsable(m) && unverified.has(m.inner))) return;
     if (sights.every((s) => s.kept) && u.coldUntil !== 0 && !(u.emptyUntil > monotonicMs())) u.unfence();
+  }
+
+  private pending(u: HealthyUpstream): Map<Upstream, number> {
+    let m = this.unverified.get(u);
+    if (m === undefined) this.unverified.set(u, (m = new Map()));
+    return m;
+  }
+
+  /**
+   * What `look` read of a pool's servers: one it read, for a reconnect no later than the look
+   * began, is verified; one it could not read is not (unverified).
+   */
+  private noteRead(u: HealthyUpstream, look: Look): void {
+    if (membersOf(u).length === 0) return;
+    const m = this.pending(u);
+    const gen = look.gen ?? 0;
+    look.targets.forEach((t, i) => {
+      if (look.sights[i]?.verdict === 'unknown') {
+        if (!m.has(t)) m.set(t, gen);
+      } else if ((m.get(t) ?? Infinity) <= gen) m.delete(t);
+    });
   }
 
   /**
@@ -257,9 +292,10 @@ export class ColdDetector {
     u.emptied();
     this.voidUniques(u);
     const g = this.arm(u);
+    this.pending(u).set(server.inner, g);
     this.serverChecks.set(u, (this.serverChecks.get(u) ?? 0) + 1);
     void this.checkStore(u, server.inner).then(async (sight) => {
-      const look = { targets: [server.inner], sights: [sight] };
+      const look = { targets: [server.inner], sights: [sight], gen: g };
       const alone = this.serverChecks.get(u) === 1;
       this.serverChecks.set(u, (this.serverChecks.get(u) ?? 1) - 1);
       this.judge(u, look, server.name, alone && this.armed.get(u) === g);
@@ -400,11 +436,12 @@ export class ColdDetector {
   /** What the marker says in each store of `u` (each usable server of a pool); undefined when `u` is not usable. */
   private async look(u: HealthyUpstream): Promise<Look | undefined> {
     if (!isUsable(u)) return undefined;
+    const gen = this.armed.get(u) ?? 0;
     // A cluster names a store per master once its slots are known: the first look as mcmux starts
     // waits for them (the marker read as any key would stand for one master only).
     if (u.inner.markersReady) await u.inner.markersReady();
     const targets = this.storesOf(u, true);
-    return { targets, sights: await Promise.all(targets.map((t) => this.checkStore(u, t))) };
+    return { targets, sights: await Promise.all(targets.map((t) => this.checkStore(u, t))), gen };
   }
 
   /**
@@ -439,6 +476,7 @@ export class ColdDetector {
 
   private verdict(u: HealthyUpstream, look: Look | undefined, server?: string, mayLift = true): Verdict {
     if (look === undefined) return 'unknown';
+    this.noteRead(u, look);
     const cold = look.sights.map((s) => s.verdict);
     const firsts = look.targets.filter((_, i) => cold[i] === 'first');
     const until = this.inheritedFence(look.sights);

@@ -78,7 +78,7 @@ describe('review: a precaution on a pool lifted while one of its servers is unve
   // reports no reconnect for its first connection, and its health never went down: marker reads
   // are not client requests): until the next periodic check (up to 2 s) the pool, warm and first,
   // decides `add lock.<sid>` on the empty s1: STORED, and the copy overwrites the holder's lock in b.
-  it('a server unread since mcmux started: another server\'s kept marker does not lift the pool\'s fence', { todo: 'finding 1: a pool precaution lifted by another server\'s kept marker while one server is unread' }, async () => {
+  it('a server unread since mcmux started: another server\'s kept marker does not lift the pool\'s fence', async () => {
     const { sf, fb } = fakes();
     const p1 = proc(sf, fb);
     const lock = p1.keyOn(1);
@@ -108,7 +108,7 @@ describe('review: a precaution on a pool lifted while one of its servers is unve
   // README / liftIfKept: a precaution whose own check could not answer is lifted "by a later such
   // check: the periodic one, or the one made when its health turns healthy", not by a read of
   // another server. Until the next periodic check the pool decides s0's keys: a lock granted twice.
-  it("a server whose reconnect check could not answer: another server's reconnect does not lift the pool's fence", { todo: "finding 1: a pool precaution lifted by another server's kept marker while one server's reconnect check went unanswered" }, async () => {
+  it("a server whose reconnect check could not answer: another server's reconnect does not lift the pool's fence", async () => {
     const { sf, fb } = fakes();
     const s = proc(sf, fb);
     const lock = s.keyOn(0);
