@@ -126,3 +126,84 @@ describe('review: a precaution on a pool lifted while one of its servers is unve
     await s.stop();
   });
 });
+
+/** Server `i` of `s`'s pool fails until its health marks it down (eject: the ring moves). */
+async function takeDown(s: ReturnType<typeof proc>, f: FakeUpstream, i: number): Promise<void> {
+  f.mode = 'fail';
+  const key = s.keyOn(i, 'probe.');
+  for (let n = 0; n < 20 && s.servers[i]?.usable; n++) await s.exec(getCmd(key));
+  assert.equal(s.servers[i]?.usable, false, `server ${i} is down`);
+}
+
+/** Server `i` answers again: its next probe brings it back (eject: the ring moves back). */
+async function bringBack(s: ReturnType<typeof proc>, f: FakeUpstream, i: number): Promise<void> {
+  f.mode = 'ok';
+  for (let n = 0; n < 200 && !s.servers[i]?.usable; n++) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(s.servers[i]?.usable, true, `server ${i} is back`);
+  await settle();
+}
+
+describe('review: eject=true, a write in flight while the ring moves', () => {
+  // Finding 2. eject=true, s1 is out: lock.<sid> (home s1) is placed on s0, and the pool is fenced
+  // (knownEmpty at the ring move). A client takes the lock: b decides (STORED), and the copy goes to
+  // the pool, i.e. to s0. s1 comes back while that copy is still on its way: the ring moves back
+  // (lock.<sid> is s1's again, which never had it) and the pool forgets what it learnt (knownEmpty
+  // -> emptied). Then the copy lands on s0 and the router tells the pool it was written
+  // (noteWritten -> HealthyUpstream.written): the pool "knows" lock.<sid> again, though the server
+  // that now holds the key for it is s1, which lacks it. The next `add lock.<sid>` is decided by
+  // the fenced pool that knows the key: STORED on s1. A lock granted twice, within the lock-fence
+  // the ring move began, once b (the holder, the warm upstream that goes first) is down: the
+  // client must get SERVER_ERROR (nobody may decide). (The same with a write that reaches s1
+  // just as it is ejected.)
+  it('a copy that lands on the server a key was moved away from does not let the pool decide the key', { todo: 'finding 2: eject=true, a write placed before the ring moved teaches the pool a key its new server lacks' }, async () => {
+    const { sf, fb } = fakes();
+    const s = proc(sf, fb, true);
+    const lock = s.keyOn(1);
+    await s.detector.checkAll();
+    await takeDown(s, sf[1] as FakeUpstream, 1);
+    assert.equal(s.pool.serverFor(lock), s.servers[0], 'ejected: the lock key is placed on s0');
+    assert.equal(s.p.cameBackEmpty, true, 'the ring moved: the pool is fenced');
+    const s0 = sf[0] as FakeUpstream;
+    s0.gateOnly = (call) => call === `set ${lock}`;
+    s0.close_gate();
+    const taken = s.exec(addCmd(lock, 'A')); // decided by b; its copy to the pool waits at s0
+    await settle();
+    await bringBack(s, sf[1] as FakeUpstream, 1);
+    assert.equal(s.pool.serverFor(lock), s.servers[1], 'the ring moved back');
+    s0.open(); // the copy lands on s0
+    assert.equal(status(await taken), 'STORED');
+    assert.equal(s.p.fenced, true);
+    // b, the lock's holder, goes down: a fenced pool that knows the key is next in line.
+    fb.mode = 'fail';
+    for (let n = 0; n < 20 && s.b.usable; n++) await s.exec(getCmd('nowhere'));
+    assert.equal(s.b.usable, false);
+    assert.notEqual(status(await s.exec(addCmd(lock, 'B'))), 'STORED', 'LOCK GRANTED TWICE: the pool decided on s1, which never had the lock');
+    await s.stop();
+  });
+});
+
+describe('review: eject=true, a key moved to a server that held it before', () => {
+  // Finding 3. eject=true. s1 is out a first time: sess (home s1) is written on s0 (v1). s1 comes
+  // back: sess is s1's again, written there (v2), then the user logs out (delete: s1 and b,
+  // DELETED). s1 goes out a second time: sess is placed on s0 again, which still holds v1 from the
+  // first outage (nobody deleted it there: the delete went to s1). `get sess`: the pool answers v1,
+  // a destroyed session served, and older than the last write acknowledged. Not the documented
+  // eject hazard (docs/drivers.md: "a server that comes back with its data then serves what it held
+  // before"): here the server never left; the key came back to it. The pool's fence at each ring
+  // move covers conditional commands only; a read takes s0's hit.
+  it('a session destroyed after the first outage is not served by the server it moves to in the second', { todo: 'finding 3: eject=true, a key moved back to a server holding its value of an earlier outage is served from it' }, async () => {
+    const { sf, fb } = fakes();
+    const s = proc(sf, fb, true);
+    const sess = s.keyOn(1, 'sess.');
+    await s.detector.checkAll();
+    await takeDown(s, sf[1] as FakeUpstream, 1);
+    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED', 'on s0 and b');
+    await bringBack(s, sf[1] as FakeUpstream, 1);
+    assert.equal(status(await s.exec(setCmd(sess, 'v2'))), 'STORED', 'on s1 and b');
+    assert.equal(status(await s.exec(delCmd(sess))), 'DELETED', 'logout');
+    await takeDown(s, sf[1] as FakeUpstream, 1);
+    assert.equal(s.pool.serverFor(sess), s.servers[0]);
+    assert.equal(valueOf(await s.exec(getCmd(sess))), undefined, 'DESTROYED SESSION SERVED: s0 still holds v1 of the first outage');
+    await s.stop();
+  });
+});
