@@ -17,6 +17,7 @@ import { Repairer } from './router/repair';
 import { Router } from './router/router';
 import type { ConnectionLimits } from './server/connection';
 import { Listener } from './server/listener';
+import { MemcachedPool } from './upstream/memcached-pool';
 import { MemoryUpstream } from './upstream/memory';
 import { type UpstreamContext, createUpstream, storeIdentity } from './upstream/registry';
 import type { Upstream } from './upstream/upstream';
@@ -185,6 +186,8 @@ export class App {
             m.takeOver(prev);
             // The store, and each server of a pool, is as healthy as it was a moment ago.
             m.inheritHealth(prev);
+            // A server the pool before had ejected comes back as a ring move, eject or not.
+            if (inner instanceof MemcachedPool && prev.inner instanceof MemcachedPool) inner.inheritRing(prev.inner);
             const before = new Map(membersOf(prev).map((o) => [o.name, o]));
             for (const member of membersOf(m)) {
               const was = before.get(member.name);

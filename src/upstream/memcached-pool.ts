@@ -78,6 +78,12 @@ export class MemcachedPool implements Upstream {
   private live: boolean[];
   /** How often the ring moved (eject): a write answered after a move went to a server the key left. */
   private moves = 0;
+  /**
+   * eject=false, built by a reload over a pool that ejected these servers (down, out of its ring):
+   * their keys were written to other servers meanwhile, so their return is a ring move as well
+   * (inheritRing).
+   */
+  private readonly returning = new Set<HealthyUpstream>();
   private closed = false;
 
   constructor(
@@ -101,6 +107,24 @@ export class MemcachedPool implements Upstream {
   /** The server `key` goes to now (the full key, namespace included), or undefined if none is up. */
   serverFor(key: string): HealthyUpstream | undefined {
     return this.nodes[this.place(this.hashKey(key))];
+  }
+
+  /** The names of the servers out of the ring: ejected (down, eject=true), or not back since a pool before this one ejected them. */
+  outOfRing(): string[] {
+    return this.nodes.filter((n, i) => (this.settings.eject ? !this.live[i] : this.returning.has(n))).map((n) => n.name);
+  }
+
+  /**
+   * A reload built this pool in place of `prev` (the same store): a server `prev` had ejected
+   * returns with what it held before its keys moved, whatever this pool's eject says, and its
+   * return is told as a ring move (onRingMoved: the pool is fenced as come back empty). Without
+   * it, with eject turned off by the reload, the server's kept marker lifted the precaution its
+   * return set, and the pool decided a lock taken while it was out on it, which lacked it (review).
+   */
+  inheritRing(prev: MemcachedPool): void {
+    if (this.settings.eject) return;
+    const out = new Set(prev.outOfRing());
+    for (const n of this.nodes) if (out.has(n.name)) this.returning.add(n);
   }
 
   /** The sum over the servers (each member has its own). */
@@ -309,6 +333,12 @@ export class MemcachedPool implements Upstream {
         this.onRingMoved?.();
         return;
       }
+    } else if (this.returning.has(u) && u.usable) {
+      this.returning.delete(u);
+      this.moves++;
+      this.onMemberChange?.(u, from, to, reason);
+      this.onRingMoved?.();
+      return;
     }
     this.onMemberChange?.(u, from, to, reason);
   };
