@@ -287,7 +287,10 @@ export class ColdDetector {
    * own answer that the marker is still there. Its uniques are voided at once, as in reconnected.
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
-    u.fence(monotonicMs() + this.fenceMs);
+    const at = monotonicMs();
+    const forgot = u.fenced ? u.learntKeys() : [];
+    const before = this.lastSet.get(server.inner);
+    u.fence(at + this.fenceMs);
     // As in reconnected: the server may have restarted, taking the keys written to the pool since.
     u.emptied();
     this.voidUniques(u);
@@ -298,7 +301,15 @@ export class ColdDetector {
       const look = { targets: [server.inner], sights: [sight], gen: g };
       const alone = this.serverChecks.get(u) === 1;
       this.serverChecks.set(u, (this.serverChecks.get(u) ?? 1) - 1);
-      this.judge(u, look, server.name, alone && this.armed.get(u) === g);
+      const fresh = alone && this.armed.get(u) === g;
+      const verdict = this.judge(u, look, server.name, fresh);
+      // As in reconnected: the marker written before the reconnect is still there (the server did
+      // not restart, and no other reconnect came since), so the keys the fenced pool had learnt,
+      // forgotten just now, are known again (review: with every upstream fenced, the one that had
+      // lost a lock decided it before the pool, which held it).
+      const kept =
+        verdict === 'warm' && fresh && before !== undefined && this.lastSet.get(server.inner) === before && (this.writing.get(server.inner) ?? -Infinity) < at;
+      if (kept) for (const key of u.relearn(forgot)) this.fenceLog?.fenceLearnt(u, u.fenceId, key);
       if (this.armed.get(u) === g) await this.mark(u, look);
     });
   }
