@@ -277,3 +277,62 @@ describe('review: eject=true across a restart of mcmux', () => {
     await p2.stop();
   });
 });
+
+describe('review: holds (guards)', () => {
+  const getsCmd = (key: string): Command => ({ kind: 'get', keys: [key], withCas: true, touch: undefined });
+  const casCmd = (key: string, value: string, unique: bigint): Command => ({ kind: 'store', mode: 'cas', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: unique, withCas: false, noreply: false });
+
+  // Holds: eject=true, a unique s1 handed out for a key is checked by s0 once the key moved there,
+  // where the same raw number names a newer item. Each server's own seal (the pool's members are
+  // HealthyUpstreams, keyed by the server's name) scrambles it: EXISTS, never STORED.
+  it('a cas unique of the server a key left does not validate on the server it moved to', async () => {
+    const { sf, fb } = fakes();
+    const s = proc(sf, fb, true);
+    const key = s.keyOn(1, 'sess.');
+    await s.detector.checkAll();
+    for (let i = 0; i < 10; i++) await (sf[1] as FakeUpstream).inner.store({ mode: 'set', key: 'filler', value: Buffer.from('x'), flags: 0, deadline: 0, withCas: true });
+    assert.equal(status(await s.exec(setCmd(key, 'v1'))), 'STORED');
+    const read = await s.exec(getsCmd(key));
+    const unique = read.kind === 'values' ? read.hits[0]?.cas : undefined;
+    assert.ok(unique !== undefined);
+    const raw = (await (sf[1] as FakeUpstream).inner.get([key]))[0]?.cas as bigint;
+    await takeDown(s, sf[1] as FakeUpstream, 1);
+    // s0 numbers its items up to just below s1's number for v1.
+    const s0 = (sf[0] as FakeUpstream).inner;
+    for (let i = 0; i < 100; i++) {
+      const r = await s0.store({ mode: 'set', key: 'filler', value: Buffer.from('x'), flags: 0, deadline: 0, withCas: true });
+      if ((r.cas as bigint) >= raw - 1n) break;
+    }
+    assert.equal(status(await s.exec(setCmd(key, 'v2'))), 'STORED', 'v2 on s0 (and b)');
+    assert.equal((await s0.get([key]))[0]?.cas, raw, 's0 numbers v2 as s1 numbered v1');
+    fb.mode = 'fail'; // b down: the fenced pool, which knows the key (v2 reached it), decides
+    for (let n = 0; n < 20 && s.b.usable; n++) await s.exec(getCmd('nowhere'));
+    assert.equal(status(await s.exec(casCmd(key, 'stale', unique))), 'EXISTS', 'CAS STORED WRONGLY: a unique of v1 overwrote v2 (EXISTS: the pool decided, and failed it safe)');
+    assert.equal((await s0.get([key]))[0]?.value.toString(), 'v2');
+    await s.stop();
+  });
+
+  // Holds: a server down (its health too) when mcmux starts, which restarted empty while mcmux was
+  // down: the pool's precaution may be lifted by the others' markers while it is down (its keys
+  // fail over), but its return (probe: healthy) fences the pool again, and its check finds it cold.
+  it('a server down as mcmux starts, restarted meanwhile, fences the pool as come back empty when it returns', async () => {
+    const { sf, fb } = fakes();
+    const p1 = proc(sf, fb);
+    const lock = p1.keyOn(1);
+    await p1.detector.checkAll();
+    assert.equal(status(await p1.exec(addCmd(lock, 'A'))), 'STORED');
+    await p1.stop();
+    await restart(sf[1] as FakeUpstream);
+
+    const p2 = proc(sf, fb);
+    (sf[1] as FakeUpstream).mode = 'fail';
+    await p2.detector.checkAll();
+    await takeDown(p2, sf[1] as FakeUpstream, 1);
+    await p2.detector.checkAll(); // reads s0 only
+    assert.equal(status(await p2.exec(addCmd(lock, 'B'))), 'NOT_STORED', 'decided by b while s1 is down');
+    await bringBack(p2, sf[1] as FakeUpstream, 1);
+    assert.equal(p2.p.cameBackEmpty, true, 'its return found it without its marker');
+    assert.equal(status(await p2.exec(addCmd(lock, 'B'))), 'NOT_STORED', 'LOCK GRANTED TWICE');
+    await p2.stop();
+  });
+});
