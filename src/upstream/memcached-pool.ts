@@ -217,7 +217,7 @@ export class MemcachedPool implements Upstream {
 
   /**
    * `key`'s request on its server. With eject, one answered after the ring moved (a server left it
-   * or came back) reached a server that no longer holds the key for the pool: taken as a success,
+   * or came back) and the key with it reached a server that no longer holds the key for the pool: taken as a success,
    * the pool would count as holding what it wrote (the router tells a fenced pool it learnt the
    * key, and lets it decide the key on the server the key moved to, which lacks it: a lock granted
    * twice; review). It fails as one that may have been applied: the key is journaled for the pool.
@@ -228,7 +228,7 @@ export class MemcachedPool implements Upstream {
     return this.one(
       n,
       run(n).then((r) => {
-        if (this.moves !== at) throw new McmuxError(ErrorCodes.UPSTREAM_IO, `upstream ${this.name}: the ring moved while a request of ${key} was on ${n.name}: the key is placed elsewhere now`, true);
+        if (this.moves !== at && this.placed(key) !== n) throw new McmuxError(ErrorCodes.UPSTREAM_IO, `upstream ${this.name}: the ring moved while a request of ${key} was on ${n.name}: the key is placed elsewhere now`, true);
         return r;
       }),
     );
