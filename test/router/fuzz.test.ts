@@ -221,6 +221,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -1900,8 +1901,15 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
     const outcomes = new Map<string, number>();
     /** MCMUX_FUZZ_TRIAGE=1: one line per failing seed, and go on. */
     const failed: string[] = [];
+    /** MCMUX_FUZZ_DIGEST=1: a digest of every seed's log and replies (to check that a change of the fuzz leaves the seeds' runs as they were). */
+    const digest = process.env.MCMUX_FUZZ_DIGEST ? createHash('sha256') : undefined;
     for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
       const { world, violations } = await runSeed(seed, t);
+      if (digest) {
+        // The marker's value names the process (its pid): not of the seed.
+        for (const l of world.log) digest.update(`${l.t} ${l.vt} ${l.keys.join(' ')} ${l.text.replace(/(sentinel\S*=)\d+/g, '$1P')}\n`);
+        for (const v of violations) digest.update(`violation ${v.what}\n`);
+      }
       stats.ops += world.ops.length;
       stats.vt += world.endedAt;
       stats.faults += world.log.filter((l) => l.text.startsWith('FAULT') && !l.text.includes(' ends')).length;
@@ -1934,6 +1942,7 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
       t.diagnostic([...outcomes].sort((a, b) => a[0].localeCompare(b[0])).map(([m, c]) => `${m}: ${c}`).join(', '));
     }
     for (const f of failed) t.diagnostic(f);
+    if (digest) t.diagnostic(`digest of ${SEEDS} seeds from ${FIRST_SEED}: ${digest.digest('hex')}`);
     assert.equal(failed.length, 0, `${failed.length} seeds failed`);
     t.diagnostic(`virtual ms ${stats.vt}, ops ${stats.ops}, faults ${stats.faults} (restarts empty ${stats.restarts}, evictions ${stats.evictions}), late landings ${stats.late} (flush_all ${stats.lateFlushes}), error replies ${stats.errors}, ops with a deadline ${stats.deadlines}, journal overflows ${stats.overflows} (caches flushed by the repair ${stats.repairFlushes}), mcmux restarts ${stats.kills + stats.stops} (killed ${stats.kills}), fences of an empty upstream that ended before it was whole again ${stats.fenceEnds}`);
   });
