@@ -235,6 +235,8 @@ import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { LATE_SETTLE_MS, Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
+import { placer } from '../../src/upstream/ketama';
+import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { type StoreRequest, type Upstream, newUpstreamStats } from '../../src/upstream/upstream';
 import { FakeUpstream, noStats } from '../helpers/fake-upstream';
 import { describeReply } from '../helpers/reply-text';
@@ -259,6 +261,17 @@ const FLUSH_SHARE = Number(process.env.MCMUX_FUZZ_FLUSH ?? 0.3);
  * write of the key was acknowledged since it was sent (MCMUX_FUZZ_LAND_UNACKED=0: only the first).
  */
 const LAND_UNACKED = process.env.MCMUX_FUZZ_LAND_UNACKED !== '0';
+/**
+ * The share of seeds in which one upstream of the chain is a memcached pool of two servers
+ * (MCMUX_FUZZ_POOL=1: every seed; default none). Drawn from a generator of its own: a seed
+ * without it runs as before the mode was.
+ */
+const POOL_SHARE = Number(process.env.MCMUX_FUZZ_POOL ?? 0);
+/** The pool's servers as its URL would list them: ketama places the keys over them (see poolPlacement). */
+const POOL_RING = [
+  { host: '10.0.0.1', port: 11211, weight: 1 },
+  { host: '10.0.0.17', port: 11211, weight: 1 },
+] as const;
 /** Virtual start time: fixed, so that a seed replays exactly. */
 const T0 = 1_800_000_000_000;
 /** Longer than any run: the fence of an upstream that came back empty never ends here (but with a short lock-fence, see Config.lockFenceMs). */
@@ -357,6 +370,14 @@ class SchedUpstream extends FakeUpstream {
   fenceEndNoted = false;
   /** The mcmux process whose driver (Conn) is calling: set by the Conn right before each call. */
   callerGen = 0;
+  /** Its place in the chain: the upstream it is, or the pool it is a server of (MCMUX_FUZZ_POOL). */
+  chainAt = 0;
+  /**
+   * A server of a pool: `healthy` is then the pool's (the chain's upstream: journal, fence),
+   * `member` the server's own health inside the pool, and `placed` the keys ketama puts on it.
+   */
+  member: HealthyUpstream | undefined;
+  placed: ReadonlySet<string> | undefined;
 
   constructor(
     name: string,
@@ -450,6 +471,16 @@ class SchedUpstream extends FakeUpstream {
       await new Promise((r) => setTimeout(r, this.timeoutMs));
       throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: probe timed out (injected pause)`);
     }
+  }
+
+  /** It is where its upstream keeps `key` (every key, but a pool server only those placed on it). */
+  holds(key: string): boolean {
+    return this.placed === undefined || this.placed.has(key);
+  }
+
+  /** Its own health says healthy (a pool server's inside the pool; an upstream's its only one). */
+  get serverHealthy(): boolean {
+    return (this.member ?? this.healthy).state === 'healthy';
   }
 
   /** A request that changes `key` is in flight here. */
@@ -605,9 +636,17 @@ class World {
   inflight = 0;
   readonly ops: Op[] = [];
   readonly log: LogLine[] = [];
+  /**
+   * The stores: one per upstream of the chain, or two for the pool (MCMUX_FUZZ_POOL: its servers,
+   * each with its own lanes, faults and `lost`). Most rules are stated per store (see the header).
+   */
   readonly ups: SchedUpstream[];
+  /** The upstream of the chain that is a pool of two servers (MCMUX_FUZZ_POOL), else -1. */
+  readonly poolAt: number;
   /** The mcmux process running now (1 at the first start), and its parts. */
   gen = 0;
+  /** The process's upstreams, in chain order (a pool once). */
+  chain: HealthyUpstream[] = [];
   journal!: RepairJournal;
   router!: Router;
   repairer!: Repairer;
@@ -657,7 +696,30 @@ class World {
       lockFenceMs: y() < FENCE_END_SHARE ? ([150, 600, 2000] as const)[Math.floor(y() * 3)] as number : LOCK_FENCE_MS,
       initials: this.rngInitial() < INITIAL_SHARE,
     };
-    this.ups = Array.from({ length: n }, (_, i) => new SchedUpstream(`up${i}`, this, this.cfg.caches ? 'memcached' : undefined));
+    // A fifth generator: a seed without a pool runs as before the mode was.
+    const p = mulberry32(seed ^ 0x85ebca6b);
+    this.poolAt = p() < POOL_SHARE ? Math.floor(p() * n) : -1;
+    if (this.poolAt < 0) {
+      this.ups = Array.from({ length: n }, (_, i) => new SchedUpstream(`up${i}`, this, this.cfg.caches ? 'memcached' : undefined));
+      this.ups.forEach((u, i) => (u.chainAt = i));
+    } else {
+      const place = placer(POOL_RING, 'ketama');
+      this.ups = [];
+      for (let i = 0; i < n; i++) {
+        if (i !== this.poolAt) {
+          const u = new SchedUpstream(`up${i}`, this, this.cfg.caches ? 'memcached' : undefined);
+          u.chainAt = i;
+          this.ups.push(u);
+          continue;
+        }
+        POOL_RING.forEach((_, j) => {
+          const u = new SchedUpstream(`up${i}${'ab'[j]}`, this, 'memcached');
+          u.chainAt = i;
+          u.placed = new Set(KEYS.filter((k) => place(k) === j));
+          this.ups.push(u);
+        });
+      }
+    }
     this.stateDir = this.cfg.restarts ? mkdtempSync(join(tmpdir(), 'mcmux-fuzz-')) : undefined;
     this.makeProcess();
   }
@@ -672,9 +734,15 @@ class World {
     this.processStopped = false;
     const journal = new RepairJournal({ maxKeys: this.cfg.journalMaxKeys, dir: this.stateDir, fsync: 'no' });
     this.journal = journal;
-    const detector = new ColdDetector(() => this.ups.map((u) => u.healthy), this.cfg.lockFenceMs, silent, journal);
+    const detector = new ColdDetector(() => this.chain, this.cfg.lockFenceMs, silent, journal);
     this.detector = detector;
-    for (const u of this.ups) {
+    const chain: HealthyUpstream[] = [];
+    for (let i = 0; i < this.cfg.n; i++) {
+      if (i === this.poolAt) {
+        chain.push(this.makePool(i, gen, detector));
+        continue;
+      }
+      const u = this.ups.find((y) => y.chainAt === i) as SchedUpstream;
       const conn = new Conn(u, gen);
       u.healthy = new HealthyUpstream(conn, { downAfter: 3, probeMinMs: 100, probeMaxMs: 400, fenceKeysMax: this.cfg.journalMaxKeys }, (h, from, to) => {
         if (gen !== this.gen) return;
@@ -682,13 +750,15 @@ class World {
         // As app.ts: an upstream back to healthy has its marker checked.
         if (to === 'healthy') void detector.check(h);
       });
+      chain.push(u.healthy);
     }
-    if (this.stateDir !== undefined) journal.load(this.ups.map((u) => u.healthy));
+    this.chain = chain;
+    if (this.stateDir !== undefined) journal.load(this.chain);
     // As app.ts: sealed as the process before left it.
-    for (const u of this.ups) u.healthy.resumeUniques(journal.uniquesEpochOf(u.healthy));
+    for (const h of this.chain) h.resumeUniques(journal.uniquesEpochOf(h));
     const router = new Router(
       {
-        upstreams: this.ups.map((u) => u.healthy),
+        upstreams: this.chain,
         journal: this.journal,
         onFlushed: (u) => detector.forget(u as HealthyUpstream),
         hedgeMs: this.cfg.hedgeMs,
@@ -703,10 +773,43 @@ class World {
     this.repairer = new Repairer(() => router.context, { rate: 1000, flushCaches: true }, silent);
     // As app.ts: an overflowed cache the repair flushes comes back empty, fenced as after a restart.
     this.repairer.onFlush = (u) => {
-      (this.ups.find((y) => y.healthy === u) as SchedUpstream).repairFlush = true;
+      // Each server of a pool: the pool's flush is theirs.
+      for (const y of this.ups) if (y.healthy === u) y.repairFlush = true;
       detector.knownEmpty(u as HealthyUpstream);
     };
     this.repairer.onFlushed = (u) => detector.flushed(u as HealthyUpstream);
+  }
+
+  /**
+   * The pool (upstream `i` of the chain), as app.ts resolveUpstreams builds one: a MemcachedPool
+   * over this process's drivers of its servers (each server a HealthyUpstream of the pool's own),
+   * wrapped in a HealthyUpstream; a server's reconnect (endFault) and a server turning healthy
+   * (onMemberChange) call ColdDetector.serverReconnected.
+   */
+  private makePool(i: number, gen: number, detector: ColdDetector): HealthyUpstream {
+    const servers = this.ups.filter((y) => y.chainAt === i);
+    const health = { downAfter: 3, probeMinMs: 100, probeMaxMs: 400, fenceKeysMax: this.cfg.journalMaxKeys };
+    const pool = new MemcachedPool(
+      `up${i}`,
+      servers.map((u, j) => ({ ...(POOL_RING[j] as (typeof POOL_RING)[number]), upstream: new Conn(u, gen) })),
+      { distribution: 'ketama', namespace: '', eject: false },
+      health,
+    );
+    const h = new HealthyUpstream(pool, { ...health }, (hu, from, to) => {
+      if (gen !== this.gen) return;
+      this.note([], `${hu.name} health ${from} -> ${to}`);
+      if (to === 'healthy') void detector.check(hu);
+    });
+    pool.onMemberChange = (m, from, to) => {
+      if (gen !== this.gen) return;
+      this.note([], `${m.name} (a server of ${h.name}) health ${from} -> ${to}`);
+      if (to === 'healthy') detector.serverReconnected(h, m);
+    };
+    servers.forEach((u, j) => {
+      u.healthy = h;
+      u.member = pool.members()[j];
+    });
+    return h;
   }
 
   int(n: number): number {
@@ -728,7 +831,8 @@ class World {
 
   describeConfig(): string {
     const c = this.cfg;
-    return `upstreams=${c.n} expiry=${c.expiry} journal-max-keys=${c.journalMaxKeys} scheme=${c.caches ? 'memcached' : 'fake'} connections=${c.oneConnection ? 'one' : 'per-key'} uniques=${c.keyUniques ? 'per-key' : 'per-store'} flush_all=${c.flushes} evictions=${c.evictions} write-wait=${c.writeWait} min-copies=${c.minCopies} hedge-ms=${c.hedgeMs} clients=${c.clients} ops=${c.ops} fault-rate=${c.faultRate}`;
+    const pool = this.poolAt < 0 ? '' : ` pool=up${this.poolAt}(${this.ups.filter((u) => u.chainAt === this.poolAt).map((u) => `${u.name}: ${[...(u.placed ?? [])].join(' ')}`).join('; ')})`;
+    return `upstreams=${c.n}${pool} expiry=${c.expiry} journal-max-keys=${c.journalMaxKeys} scheme=${c.caches ? 'memcached' : 'fake'} connections=${c.oneConnection ? 'one' : 'per-key'} uniques=${c.keyUniques ? 'per-key' : 'per-store'} flush_all=${c.flushes} evictions=${c.evictions} write-wait=${c.writeWait} min-copies=${c.minCopies} hedge-ms=${c.hedgeMs} clients=${c.clients} ops=${c.ops} fault-rate=${c.faultRate}`;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -840,7 +944,8 @@ class World {
         (!this.ops.some((o) => o.end === undefined && o.allDirty.includes(key)) &&
         this.ups.some(
         (y) =>
-          y !== up &&
+          y.chainAt !== up.chainAt &&
+          y.holds(key) &&
           !this.journal.isDirty(y.healthy, key) &&
           !y.lost.has(key) &&
           !y.hasWriteInFlight(key) &&
@@ -889,7 +994,7 @@ class World {
     if (byRepair) {
       // The repair flushed an overflowed cache and then trusts it: clean for every key, holding
       // none, as a store that restarted empty (README: fenced "as after a restart").
-      for (const k of KEYS) u.lost.add(k);
+      for (const k of KEYS) if (u.holds(k)) u.lost.add(k);
       this.note([], `${u.name} flushed by the repair (journal overflowed): EMPTY`);
       return;
     }
@@ -911,11 +1016,12 @@ class World {
    * the holder would make the miss its answer (see the header).
    */
   mayFault(u: SchedUpstream): boolean {
-    if (!this.ups.every((y) => y === u || y.lost.size === 0)) return false;
+    // Per store: a server of the same pool holds none of the keys `u` holds.
+    if (!this.ups.every((y) => y === u || y.chainAt === u.chainAt || y.lost.size === 0)) return false;
     // A journal of a few keys: one upstream at a time misses writes, and only while every other
     // one is clean for every key (not overflowed). README, "not guaranteed": once an upstream's
     // journal overflowed, a key another upstream is dirty for may be taken from that one's copy.
-    if (this.cfg.journalMaxKeys < KEYS.length && !this.ups.every((y) => y === u || this.cleanEverywhere(y))) return false;
+    if (this.cfg.journalMaxKeys < KEYS.length && !this.ups.every((y) => y === u || y.chainAt === u.chainAt || this.cleanEverywhere(y))) return false;
     // Nor while an operation in flight may journal another upstream without a fault of its own,
     // two upstreams missing writes at once: a touch (a gat's included, and its touches of the other
     // copies) that finds an item expired there that `u` still holds (README: a touch that found no
@@ -943,7 +1049,7 @@ class World {
   /** A touch, gat or conditional command is running, or a touch request is on its way to an upstream other than `u`. */
   othersMayMiss(u: SchedUpstream): boolean {
     if (this.ops.some((o) => o.end === undefined && !o.killed && (o.kind === 'touch' || isGat(o) || CONDITIONAL.has(o.kind)))) return true;
-    return this.ups.some((y) => y !== u && [...y.lanes.values()].some((l) => l.some((r) => r.op === 'touch')));
+    return this.ups.some((y) => y.chainAt !== u.chainAt && [...y.lanes.values()].some((l) => l.some((r) => r.op === 'touch')));
   }
 
   /** `y` is up and clean for every key: nothing journaled, not overflowed, no fault. */
@@ -955,14 +1061,17 @@ class World {
     // Nor while a conditional command runs: its authority may hold a state it has not copied yet
     // (an append read back before its copies go out), the only current copy of the key.
     if (this.ops.some((o) => o.end === undefined && CONDITIONAL.has(o.kind))) return false;
+    // Per store: every store that holds a key `u` holds (a server of the same pool holds none).
     return this.ups.every(
       (y) =>
         y === u ||
+        y.chainAt === u.chainAt ||
         (y.state === 'ok' &&
           y.healthy.state === 'healthy' &&
+          y.serverHealthy &&
           y.lost.size === 0 &&
           !this.stragglers.some((s) => s.req.up === y) &&
-          KEYS.every((k) => !this.journal.isDirty(y.healthy, k) && !y.hasWriteInFlight(k))),
+          KEYS.every((k) => !y.holds(k) || (!this.journal.isDirty(y.healthy, k) && !y.hasWriteInFlight(k)))),
     );
   }
 
@@ -983,7 +1092,7 @@ class World {
       // may name other items now; the cold detector voids them, HealthyUpstream.restartedEmpty).
       (u.inner as unknown as { nextCas: bigint }).nextCas = 1n;
       u.forgetUniques();
-      for (const k of KEYS) u.lost.add(k);
+      for (const k of KEYS) if (u.holds(k)) u.lost.add(k);
       // A new fence, from when it comes back, governs what it lacks now (every key): not one of
       // an earlier restart it had not been written every key since. Without this, the first
       // fence's start and end stood for every later one: seed 171456 with MCMUX_FUZZ_RESTART=1
@@ -1009,13 +1118,14 @@ class World {
    * upstream faults until the key is written to this one again).
    */
   evict(u: SchedUpstream, key: string): void {
-    if (u.state !== 'ok' || !this.mayFault(u)) return;
+    if (u.state !== 'ok' || !u.holds(key) || !this.mayFault(u)) return;
     if (this.ops.some((o) => o.end === undefined && o.keys.includes(key))) return;
     if (this.stragglers.some((s) => s.req.key === key) || u.hasWriteInFlight(key)) return;
     const others = this.ups.every(
       (y) =>
         y === u ||
-        (y.state === 'ok' && y.healthy.state === 'healthy' && !y.lost.has(key) && !this.journal.isDirty(y.healthy, key) && !y.hasWriteInFlight(key)),
+        !y.holds(key) ||
+        (y.state === 'ok' && y.healthy.state === 'healthy' && y.serverHealthy && !y.lost.has(key) && !this.journal.isDirty(y.healthy, key) && !y.hasWriteInFlight(key)),
     );
     if (!others) return;
     void u.inner.delete(key);
@@ -1030,7 +1140,11 @@ class World {
     // The driver's next connection is a reconnect (app.ts: onReconnect -> coldDetector.reconnected).
     // Not while mcmux is stopped: its drivers are closed, and the next process's first connection
     // is no reconnect (its first look judges the upstream).
-    if ((was === 'down' || u.timedOut) && !this.processStopped) this.detector.reconnected(u.healthy);
+    // A server of a pool: its driver's reconnect calls serverReconnected (app.ts: member.inner.onReconnect).
+    if ((was === 'down' || u.timedOut) && !this.processStopped) {
+      if (u.member !== undefined) this.detector.serverReconnected(u.healthy, u.member);
+      else this.detector.reconnected(u.healthy);
+    }
     u.timedOut = false;
     u.restarting = false;
   }
@@ -1251,7 +1365,7 @@ class World {
       // "not guaranteed" (if mcmux dies before they answer, they may miss it silently), and
       // nothing the model can tell from what the client saw. Not exercised: applied at the kill,
       // with what was sent before it on its connection.
-      const pending = (this.journal as unknown as { byName: Map<string, { pending?: Map<string, number> }> }).byName.get(u.name)?.pending;
+      const pending = (this.journal as unknown as { byName: Map<string, { pending?: Map<string, number> }> }).byName.get(u.healthy.name)?.pending;
       for (const lane of u.lanes.values()) {
         let last = -1;
         lane.forEach((r, i) => {
@@ -1289,7 +1403,7 @@ class World {
     this.processStopped = true;
     this.repairer.stop();
     this.detector.stop();
-    for (const u of this.ups) void u.healthy.close();
+    for (const h of this.chain) void h.close();
     this.journal.close(clean);
   }
 
@@ -1500,7 +1614,7 @@ class World {
     const out: Array<{ up: string; key: string; value: string | null }> = [];
     for (const u of this.ups) {
       for (const key of KEYS) {
-        if (this.journal.isDirty(u.healthy, key) || u.lost.has(key)) continue;
+        if (!u.holds(key) || this.journal.isDirty(u.healthy, key) || u.lost.has(key)) continue;
         const [hit] = await u.inner.get([key]);
         out.push({ up: u.name, key, value: hit ? hit.value.toString() : null });
       }
@@ -1512,7 +1626,7 @@ class World {
     this.endedAt = this.now;
     this.repairer.stop();
     this.detector.stop();
-    for (const u of this.ups) void u.healthy.close();
+    for (const h of this.chain) void h.close();
     this.journal.close();
     if (this.stateDir !== undefined) rmSync(this.stateDir, { recursive: true, force: true });
   }
