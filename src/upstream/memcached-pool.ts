@@ -187,7 +187,10 @@ export class MemcachedPool implements Upstream {
     if (failure === undefined) return out;
     // Some servers answered: their keys are answered (a session on a server that is up is
     // served even when the next upstream lacks it), the failed server's keys are not misses.
-    if (failure instanceof McmuxError && failure.code === ErrorCodes.UPSTREAM_PARTIAL && failed.length < n) failure.partial = { hits: out, failed };
+    // A server marked down fails its keys with MCMUX_UPSTREAM_DOWN (nothing sent there), not
+    // _PARTIAL: the others' hits ride on it all the same (fuzz-pool-findings.test.ts).
+    const code = failure instanceof McmuxError ? failure.code : undefined;
+    if (failure instanceof McmuxError && (code === ErrorCodes.UPSTREAM_PARTIAL || code === ErrorCodes.UPSTREAM_DOWN) && failed.length < n) failure.partial = { hits: out, failed };
     throw failure;
   }
 
