@@ -300,7 +300,7 @@ const LAND_UNACKED = process.env.MCMUX_FUZZ_LAND_UNACKED !== '0';
  * without it runs as before the mode was.
  */
 const POOL_SHARE = Number(process.env.MCMUX_FUZZ_POOL ?? 0);
-/** The pool's servers as its URL would list them: ketama places the keys over them (see poolPlacement). */
+/** The pool's servers as its URL would list them: ketama places the keys over them (World's constructor: s0 s3 l0 c1 on the first, s1 s2 l1 c0 on the second). */
 const POOL_RING = [
   { host: '10.0.0.1', port: 11211, weight: 1 },
   { host: '10.0.0.17', port: 11211, weight: 1 },
