@@ -5,31 +5,15 @@
  */
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { type TestContext, it } from 'node:test';
 import type { App } from '../../src/app';
 import type { HealthyUpstream } from '../../src/router/health';
-import { MemcachedPool } from '../../src/upstream/memcached-pool';
+import type { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { inProcessMcmux, reloadTo } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
+import { poolOf, poolUrl, stateDir } from '../helpers/pool-app';
 import { type MemcachedProcess, requireBinary, startMemcacheds } from '../helpers/servers';
 import { type Wire, connectWire } from '../helpers/wire';
-
-function stateDir(t: TestContext): string {
-  const dir = mkdtempSync(join(tmpdir(), 'mcmux-review-pool-int-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-const poolUrl = (servers: readonly MemcachedProcess[], query = ''): string => `memcached://${servers.map((s) => `127.0.0.1:${s.port}`).join(',')}${query}`;
-
-function poolOf(app: App): MemcachedPool {
-  const inner = app.upstreams[0]?.inner;
-  assert.ok(inner instanceof MemcachedPool);
-  return inner;
-}
 
 async function client(t: TestContext, app: App): Promise<Wire> {
   const w = await connectWire(app.address.port);
@@ -56,7 +40,7 @@ function keyOn(pool: MemcachedPool, i: number, prefix: string): string {
 it('eject turned off by a reload while a server is ejected: that server, back, does not grant a lock taken while it was out', async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   const servers = await startMemcacheds(t, 3);
-  const dir = stateDir(t);
+  const dir = stateDir(t, 'mcmux-review-pool-int-');
   const fence = 1500;
   const scalars = { 'state-dir': dir, 'lock-fence': String(fence), 'log-level': 'silent' };
   const urls = (eject: boolean): string[] => [poolUrl(servers.slice(0, 2), `?eject=${eject}&timeout=200`), (servers[2] as MemcachedProcess).url];

@@ -7,31 +7,16 @@
 
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import type { App } from '../../src/app';
 import type { HealthyUpstream } from '../../src/router/health';
-import { MemcachedPool } from '../../src/upstream/memcached-pool';
+import type { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
+import { poolOf, poolUrl, stateDir } from '../helpers/pool-app';
 import { type MemcachedProcess, requireBinary, startMemcacheds } from '../helpers/servers';
 import { type Wire, connectWire } from '../helpers/wire';
-
-function stateDir(t: TestContext): string {
-  const dir = mkdtempSync(join(tmpdir(), 'mcmux-review-pool-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-const poolUrl = (servers: readonly MemcachedProcess[], query = ''): string => `memcached://${servers.map((s) => `127.0.0.1:${s.port}`).join(',')}${query}`;
-
-function poolOf(app: App): MemcachedPool {
-  const inner = app.upstreams[0]?.inner;
-  assert.ok(inner instanceof MemcachedPool);
-  return inner;
-}
 
 /** SIGKILL, resolving once the process has exited (its port then refuses connections). */
 function crash(server: MemcachedProcess): Promise<void> {
@@ -50,7 +35,7 @@ async function client(t: TestContext, app: App): Promise<Wire> {
 /** A pool of three servers (`query` its options) before a memcached; `key`'s server and its process. */
 async function ejectPool(t: TestContext, query: string, key: string): Promise<{ app: App; w: Wire; pool: MemcachedPool; victim: HealthyUpstream; proc: MemcachedProcess }> {
   const servers = await startMemcacheds(t, 4);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers.slice(0, 3), query), (servers[3] as MemcachedProcess).url]);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t, 'mcmux-review-pool-') }, [poolUrl(servers.slice(0, 3), query), (servers[3] as MemcachedProcess).url]);
   const w = await client(t, app);
   const pool = poolOf(app);
   const victim = pool.serverFor(key) as HealthyUpstream;
@@ -60,7 +45,7 @@ async function ejectPool(t: TestContext, query: string, key: string): Promise<{ 
 /** A pool of two servers (timeout 200 ms) before a memcached (`next`); the second server and its process. */
 async function pairPool(t: TestContext): Promise<{ w: Wire; pool: MemcachedPool; victim: HealthyUpstream; proc: MemcachedProcess; next: MemcachedProcess }> {
   const servers = await startMemcacheds(t, 3);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers.slice(0, 2), '?timeout=200'), (servers[2] as MemcachedProcess).url]);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t, 'mcmux-review-pool-') }, [poolUrl(servers.slice(0, 2), '?timeout=200'), (servers[2] as MemcachedProcess).url]);
   const pool = poolOf(app);
   return { w: await client(t, app), pool, victim: pool.members()[1] as HealthyUpstream, proc: servers[1] as MemcachedProcess, next: servers[2] as MemcachedProcess };
 }
@@ -148,7 +133,7 @@ test('eject=true: a server that comes back after its keys moved does not grant a
 test('multi-get with one pool server paused: the other servers\' hits are answered', { timeout: 30_000 }, async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   const servers = await startMemcacheds(t, 3);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers.slice(0, 2), '?timeout=200'), (servers[2] as MemcachedProcess).url]);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t, 'mcmux-review-pool-') }, [poolUrl(servers.slice(0, 2), '?timeout=200'), (servers[2] as MemcachedProcess).url]);
   const w = await client(t, app);
   const pool = poolOf(app);
   const [a, b] = pool.members() as [HealthyUpstream, HealthyUpstream];
@@ -183,7 +168,7 @@ test('a pool server that goes down is first probed after probe-interval, as any 
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   const servers = await startMemcacheds(t, 2);
   const interval = 3000;
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'probe-interval': interval, 'probe-interval-max': 4 * interval }, [poolUrl(servers)]);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t, 'mcmux-review-pool-'), 'probe-interval': interval, 'probe-interval-max': 4 * interval }, [poolUrl(servers)]);
   const w = await client(t, app);
   const pool = poolOf(app);
   const victim = pool.members()[1] as HealthyUpstream;
@@ -223,7 +208,7 @@ test('a pool server that goes down is first probed after probe-interval, as any 
 test('a pool that overflowed with one server down is not flushed again and again while it is down', { timeout: 30_000 }, async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   const servers = await startMemcacheds(t, 3);
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t), 'journal-max-keys': 5 }, [poolUrl(servers.slice(0, 2)), (servers[2] as MemcachedProcess).url]);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t, 'mcmux-review-pool-'), 'journal-max-keys': 5 }, [poolUrl(servers.slice(0, 2)), (servers[2] as MemcachedProcess).url]);
   const w = await client(t, app);
   const pool = poolOf(app);
   const [a, b] = pool.members() as [HealthyUpstream, HealthyUpstream];
@@ -356,7 +341,7 @@ test('holds: libketama with weights: keys written through the pool are where php
   }
   const servers = await startMemcacheds(t, 3);
   const weights = [3, 1, 2];
-  const app = await inProcessMcmux({ 'state-dir': stateDir(t) }, [poolUrl(servers, `?distribution=libketama&weights=${weights.join(',')}`)]);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t, 'mcmux-review-pool-') }, [poolUrl(servers, `?distribution=libketama&weights=${weights.join(',')}`)]);
   const w = await client(t, app);
   const keys = Array.from({ length: 300 }, (_, i) => `wk${i}`);
   w.send(keys.map((k) => `set ${k} 0 0 ${k.length}\r\n${k}\r\n`).join(''));
