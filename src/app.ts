@@ -166,7 +166,7 @@ export class App {
           member.inner.onReconnect = (): void => this.coldDetector.serverReconnected(m as HealthyUpstream, member);
         }
         const pool = inner as { onMemberChange?: StateListener; onRingMoved?: () => void };
-        if ('onRingMoved' in pool) pool.onRingMoved = (): void => this.coldDetector.knownEmpty(m as HealthyUpstream);
+        if ('onRingMoved' in pool) pool.onRingMoved = (): void => this.coldDetector.ringMoved(m as HealthyUpstream);
         if ('onMemberChange' in pool) {
           pool.onMemberChange = (u, from, to, reason) => {
             if (to === 'healthy') this.coldDetector.serverReconnected(m as HealthyUpstream, u);

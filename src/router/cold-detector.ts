@@ -89,6 +89,11 @@ function recordOf(u: HealthyUpstream, store: Upstream): Upstream {
   return store === u.inner ? u : store;
 }
 
+/** Whether every server of `u` (a pool) is in its ring: none ejected (MemcachedPool.outOfRing). */
+function ringWhole(u: HealthyUpstream): boolean {
+  return ((u.inner as { outOfRing?: () => readonly string[] }).outOfRing?.() ?? []).length === 0;
+}
+
 /** The key of this host's marker in every store (a valid memcached key whatever the host name). */
 export function markerKey(): string {
   return `${RESERVED_KEY_PREFIX}${hostname().replace(/[^\x21-\x7e]/g, '_').slice(0, 200)}`;
@@ -197,9 +202,51 @@ export class ColdDetector {
     this.retries.clear();
   }
 
+  /**
+   * Upstreams whose journal.log record of a broken ring this process has looked at (ringBroken),
+   * and those it fenced for it, until that fence is over and the ring whole.
+   */
+  private readonly ringsLooked = new Set<HealthyUpstream>();
+  private readonly ringsInherited = new Set<HealthyUpstream>();
+
+  /**
+   * The ring of the pool `u` moved (eject=true: a server left it or came back): the keys that
+   * moved are on a server that lacks what was written to them meanwhile, so it is fenced as come
+   * back empty; and journal.log keeps whether the ring is whole, for the next process (ringBroken).
+   */
+  ringMoved(u: HealthyUpstream): void {
+    this.knownEmpty(u);
+    this.fenceLog?.ringMoved(u, ringWhole(u));
+  }
+
+  /**
+   * A pool whose ring the process before left broken (journal.log): this one starts with the whole
+   * ring, so the ejected server's return is a ring move all the same, though its marker is still
+   * there: fenced as come back empty, as that process would have (review: a lock taken while the
+   * server was out, granted again by it under the next process). The record goes once this fence
+   * is over with the ring whole (a kill meanwhile fences it again under the next process).
+   */
+  private inheritRings(ups: readonly HealthyUpstream[]): void {
+    for (const u of ups) {
+      if (this.ringsLooked.has(u)) {
+        if (this.ringsInherited.has(u) && !u.fenced && ringWhole(u)) {
+          this.ringsInherited.delete(u);
+          this.fenceLog?.ringMoved(u, true);
+        }
+        continue;
+      }
+      this.ringsLooked.add(u);
+      if (this.fenceLog?.ringBroken(u) !== true || !ringWhole(u)) continue;
+      this.ringsInherited.add(u);
+      this.knownEmpty(u);
+      this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'a server of this pool was out of its ring under the process before: the pool decides no add/cas/incr until the fence ends');
+    }
+  }
+
   /** Every upstream, judged once all have answered (see markedElsewhere). */
   async checkAll(): Promise<void> {
     const ups = this.upstreams();
+    this.inheritRings(ups);
     for (const u of ups) this.stillUnread(u);
     const gens = ups.map((u) => this.armed.get(u) ?? 0);
     const looks = await Promise.all(ups.map((u) => this.look(u)));

@@ -605,6 +605,10 @@ export interface FenceLog {
   markerGone(store: Upstream): void;
   /** Until when (epoch ms) the last marker `store` acknowledged lives, as this process or one before it saw (0: none). */
   markerUntil(store: Upstream): number;
+  /** `u`'s ring moved (a pool with eject): `whole`, every server of it is in the ring now. */
+  ringMoved(u: Upstream, whole: boolean): void;
+  /** Whether `u`'s ring was not whole when last told, by this process or the one before. */
+  ringBroken(u: Upstream): boolean;
 }
 
 /** Tells a fenced upstream that a client's set or delete of `key` reached it, and `log` what it learnt. */

@@ -499,6 +499,29 @@ export class RepairJournal {
     return this.markers.get(idOf(store)) ?? 0;
   }
 
+  /**
+   * Pools whose ring was not whole (a server ejected, eject=true) as last told (ringMoved): on file
+   * as `J <store> 1`, `J <store> 0` once whole again. The next process starts with the whole ring:
+   * the ejected server's keys go back to it, which lacks what was written to them while it was out
+   * (a lock), though its marker is still there. Its return is a ring move all the same: the pool
+   * is fenced as come back empty (cold-detector.ts, ringBroken).
+   */
+  private readonly ringsBroken = new Set<string>();
+
+  /** `u`'s ring moved: `whole`, every server of it is in the ring now. */
+  ringMoved(u: Upstream, whole: boolean): void {
+    const id = idOf(u);
+    if (whole !== this.ringsBroken.has(id)) return;
+    if (whole) this.ringsBroken.delete(id);
+    else this.ringsBroken.add(id);
+    this.append(`J ${hex(id)} ${whole ? 0 : 1}`);
+  }
+
+  /** Whether `u`'s ring was not whole as this process or the one before last told (ringMoved). */
+  ringBroken(u: Upstream): boolean {
+    return this.ringsBroken.has(idOf(u));
+  }
+
   /** Uniques epochs of stores not in the config as journal.log was loaded (V lines kept). */
   private readonly otherEpochs = new Map<string, number>();
 
@@ -1511,6 +1534,9 @@ export class RepairJournal {
         this.loadedTimeouts.set(name, Number(f[2]) || 0);
       } else if (f[0] === 'W' && f[3] !== undefined) {
         this.learnFenced(p, Number(f[2]), unhex(f[3]));
+      } else if (f[0] === 'J' && f[2] !== undefined) {
+        if (f[2] === '1') this.ringsBroken.add(name);
+        else this.ringsBroken.delete(name);
       } else if (f[0] === 'B' && f[3] !== undefined) {
         this.setEmptied(p, Number(f[2]), Number(f[3]) || 0);
       } else if (f[0] === 'T') {
@@ -1539,6 +1565,7 @@ export class RepairJournal {
       if (until > now) out.push(`A ${hex(id)} ${until}`);
       else this.markers.delete(id); // expired with the marker itself
     }
+    for (const id of this.ringsBroken) out.push(`J ${hex(id)} 1`);
     for (const [name, p] of this.byName) {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);

@@ -870,6 +870,33 @@ describe('repair journal', () => {
     }
   });
 
+  it('a pool whose ring was not whole survives a restart (J lines), until it is told whole again', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const pool = { name: 'memcached://127.0.0.1:1,127.0.0.1:2' } as Upstream;
+      const j1 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j1.load([pool]);
+      j1.ringMoved(pool, false);
+      j1.ringMoved(pool, false); // once on file
+      j1.close();
+      const jLines = (): string[] => readFileSync(join(dir, 'journal.log'), 'latin1').split('\n').filter((l) => l.startsWith('J '));
+      assert.deepEqual(jLines(), [`J ${hex(pool.name)} 1`]);
+      const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j2.load([pool]);
+      assert.equal(j2.ringBroken(pool), true);
+      assert.deepEqual(jLines(), [`J ${hex(pool.name)} 1`], 'kept as the file is compacted');
+      j2.ringMoved(pool, true);
+      j2.close();
+      const j3 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j3.load([pool]);
+      assert.equal(j3.ringBroken(pool), false);
+      assert.deepEqual(jLines(), []);
+      j3.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("where this host's marker was acknowledged survives a restart (A lines), for any store, until a flush took it or it expired", (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     const clocks = new TestClocks();

@@ -6,6 +6,9 @@
  */
 
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { clocksFor } from '../helpers/clocks';
 import pino from 'pino';
@@ -32,7 +35,7 @@ const valueOf = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[
  * One mcmux process over a pool of the servers behind `sf` (a MemcachedPool, as app.ts builds it,
  * its members' health as the fakes' health) and the plain upstream `fb`; the fakes outlive it.
  */
-function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, eject = false) {
+function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, eject = false, dir?: string) {
   const pool = new MemcachedPool(
     `memcached://${sf.map((_, i) => `s${i}`).join(',')}`,
     sf.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream })),
@@ -42,12 +45,13 @@ function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, eject = false) {
   const p = new HealthyUpstream(pool, HEALTH, () => {});
   const b = new HealthyUpstream(fb, HEALTH, () => {});
   const ups = [p, b];
-  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const journal = new RepairJournal({ maxKeys: 1000, dir, fsync: 'no' });
+  if (dir !== undefined) journal.load(ups);
   const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, noStats, () => {});
   const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
   // As app.ts wires a pool (resolveUpstreams).
   for (const member of pool.members()) member.inner.onReconnect = (): void => detector.serverReconnected(p, member);
-  pool.onRingMoved = (): void => detector.knownEmpty(p);
+  pool.onRingMoved = (): void => detector.ringMoved(p);
   pool.onMemberChange = (u, _from, to): void => {
     if (to === 'healthy') detector.serverReconnected(p, u);
   };
@@ -58,7 +62,10 @@ function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, eject = false) {
     for (let n = 0; n < 1000; n++) if (pool.serverFor(`${prefix}${n}`) === servers[i]) return `${prefix}${n}`;
     throw new Error(`no key on server ${i}`);
   };
-  const stop = (): Promise<unknown> => Promise.all(ups.map((u) => u.close()));
+  const stop = (): Promise<unknown> => {
+    journal.close();
+    return Promise.all(ups.map((u) => u.close()));
+  };
   return { pool, p, b, servers, journal, router, detector, exec, keyOn, stop };
 }
 
@@ -255,11 +262,14 @@ describe('review: eject=true across a restart of mcmux', () => {
   // s1 kept its marker (it did not restart): warm, nothing fenced. The pool decides `add
   // lock.<sid>` on s1, which never had the lock: STORED. In one process the same return moves
   // the ring and fences the pool for lock-fence (knownEmpty), so b decides (NOT_STORED). Nothing
-  // on journal.log or in the markers says a server was ejected.
-  it('a server ejected under the process before does not grant, once back, a lock taken while it was out', { todo: 'finding 6: an ejection is forgotten across a restart of mcmux: the returning server decides without the keys written while it was out' }, async (t) => {
+  // on journal.log or in the markers said a server was ejected. Fixed: journal.log keeps whether
+  // a pool's ring is whole (J lines), and the next process fences the pool as come back empty.
+  it('a server ejected under the process before does not grant, once back, a lock taken while it was out (journal.log J lines)', async (t) => {
     const clocks = clocksFor(t);
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-pool-ring-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
     const { sf, fb } = fakes();
-    const p1 = proc(sf, fb, true);
+    const p1 = proc(sf, fb, true, dir);
     const lock = p1.keyOn(1);
     await p1.detector.checkAll();
     await takeDown(p1, sf[1] as FakeUpstream, 1);
@@ -270,9 +280,10 @@ describe('review: eject=true across a restart of mcmux', () => {
     await p1.stop();
 
     (sf[1] as FakeUpstream).mode = 'ok'; // s1 answers again, with what it held
-    const p2 = proc(sf, fb, true);
+    const p2 = proc(sf, fb, true, dir);
     await p2.detector.checkAll();
     assert.equal(p2.pool.serverFor(lock), p2.servers[1]);
+    assert.equal(p2.p.cameBackEmpty, true, 'fenced as come back empty: its ring moved back');
     assert.equal(status(await p2.exec(addCmd(lock, 'B'))), 'NOT_STORED', 'LOCK GRANTED TWICE: s1, back, decided without the lock taken while it was out');
     await p2.stop();
   });
