@@ -74,6 +74,16 @@ const fakes = (n = 2): { sf: FakeUpstream[]; fb: FakeUpstream } => ({
   fb: new FakeUpstream('memcached://b:11211', 'memcached'),
 });
 
+/** A process over fresh fakes (no eject) whose first look has written every marker, and `lock` on server `i`, taken by A. */
+async function lockedOn(i: number) {
+  const { sf, fb } = fakes();
+  const s = proc(sf, fb);
+  const lock = s.keyOn(i);
+  await s.detector.checkAll();
+  assert.equal(status(await s.exec(addCmd(lock, 'A'))), 'STORED');
+  return { sf, fb, s, lock };
+}
+
 /** The server behind `f` restarts empty (its marker and the items on it gone). */
 const restart = (f: FakeUpstream): Promise<void> => f.inner.flush();
 
@@ -87,11 +97,7 @@ describe('review: a precaution on a pool lifted while one of its servers is unve
   // are not client requests): until the next periodic check (up to 2 s) the pool, warm and first,
   // decides `add lock.<sid>` on the empty s1: STORED, and the copy overwrites the holder's lock in b.
   it('a server unread since mcmux started: another server\'s kept marker does not lift the pool\'s fence', async () => {
-    const { sf, fb } = fakes();
-    const p1 = proc(sf, fb);
-    const lock = p1.keyOn(1);
-    await p1.detector.checkAll();
-    assert.equal(status(await p1.exec(addCmd(lock, 'A'))), 'STORED');
+    const { sf, fb, s: p1, lock } = await lockedOn(1);
     await p1.stop();
     await restart(sf[1] as FakeUpstream); // while no mcmux runs
 
@@ -117,11 +123,7 @@ describe('review: a precaution on a pool lifted while one of its servers is unve
   // check: the periodic one, or the one made when its health turns healthy", not by a read of
   // another server. Until the next periodic check the pool decides s0's keys: a lock granted twice.
   it("a server whose reconnect check could not answer: another server's reconnect does not lift the pool's fence", async () => {
-    const { sf, fb } = fakes();
-    const s = proc(sf, fb);
-    const lock = s.keyOn(0);
-    await s.detector.checkAll();
-    assert.equal(status(await s.exec(addCmd(lock, 'A'))), 'STORED');
+    const { sf, s, lock } = await lockedOn(0);
     await restart(sf[0] as FakeUpstream);
     (sf[0] as FakeUpstream).mode = 'fail'; // the reconnect's marker read fails
     s.detector.serverReconnected(s.p, s.servers[0] as HealthyUpstream);
@@ -327,11 +329,7 @@ describe('review: holds (guards)', () => {
   // down: the pool's precaution may be lifted by the others' markers while it is down (its keys
   // fail over), but its return (probe: healthy) fences the pool again, and its check finds it cold.
   it('a server down as mcmux starts, restarted meanwhile, fences the pool as come back empty when it returns', async () => {
-    const { sf, fb } = fakes();
-    const p1 = proc(sf, fb);
-    const lock = p1.keyOn(1);
-    await p1.detector.checkAll();
-    assert.equal(status(await p1.exec(addCmd(lock, 'A'))), 'STORED');
+    const { sf, fb, s: p1, lock } = await lockedOn(1);
     await p1.stop();
     await restart(sf[1] as FakeUpstream);
 
