@@ -25,7 +25,7 @@ import type { Logger } from 'pino';
 import { RESERVED_KEY_PREFIX } from '../command/command';
 import { monotonicMs } from '../clock';
 import type { Upstream } from '../upstream/upstream';
-import { type FenceLog, type HealthyUpstream, isUsable, membersOf } from './health';
+import { type FenceLog, type HealthyUpstream, isUsable, membersOf, outOfRing } from './health';
 
 const CHECK_MS = 2000;
 /** A marker write that failed is tried again after this (retryMark). */
@@ -91,7 +91,7 @@ function recordOf(u: HealthyUpstream, store: Upstream): Upstream {
 
 /** Whether every server of `u` (a pool) is in its ring: none ejected (MemcachedPool.outOfRing). */
 function ringWhole(u: HealthyUpstream): boolean {
-  return ((u.inner as { outOfRing?: () => readonly string[] }).outOfRing?.() ?? []).length === 0;
+  return outOfRing(u).length === 0;
 }
 
 /** The key of this host's marker in every store (a valid memcached key whatever the host name). */
@@ -211,19 +211,25 @@ export class ColdDetector {
 
   /**
    * The ring of the pool `u` moved (eject=true: a server left it or came back): the keys that
-   * moved are on a server that lacks what was written to them meanwhile, so it is fenced as come
-   * back empty; and journal.log keeps whether the ring is whole, for the next process (ringBroken).
+   * moved are on a server that lacks what was written to them meanwhile, or holds what they were
+   * when they were last placed there (the server back with its data, or one that took them in an
+   * earlier outage: review finding 3), so it is fenced as come back empty and trusted for no key
+   * until known clean (distrust: read for the keys written since; the repair flushes its servers
+   * in the ring when another upstream holds what it may lack); and journal.log keeps whether the
+   * ring is whole, for the next process (ringBroken).
    */
   ringMoved(u: HealthyUpstream): void {
     this.knownEmpty(u);
+    this.fenceLog?.distrust(u);
     this.fenceLog?.ringMoved(u, ringWhole(u));
   }
 
   /**
    * A pool whose ring the process before left broken (journal.log): this one starts with the whole
    * ring, so the ejected server's return is a ring move all the same, though its marker is still
-   * there: fenced as come back empty, as that process would have (review: a lock taken while the
-   * server was out, granted again by it under the next process). The record goes once this fence
+   * there: fenced as come back empty and distrusted, as that process would have (review: a lock
+   * taken while the server was out, granted again by it under the next process; a session deleted
+   * while it was out, read again from it). The record goes once this fence
    * is over with the ring whole (a kill meanwhile fences it again under the next process).
    */
   private inheritRings(ups: readonly HealthyUpstream[]): void {
@@ -239,6 +245,7 @@ export class ColdDetector {
       if (this.fenceLog?.ringBroken(u) !== true || !ringWhole(u)) continue;
       this.ringsInherited.add(u);
       this.knownEmpty(u);
+      this.fenceLog?.distrust(u);
       this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'a server of this pool was out of its ring under the process before: the pool decides no add/cas/incr until the fence ends');
     }
   }

@@ -63,6 +63,16 @@ export function membersOf(u: Upstream): readonly HealthyUpstream[] {
 }
 
 /**
+ * The names of the servers of `u` (a memcached pool) out of its ring (MemcachedPool.outOfRing:
+ * ejected, or not back since a pool before it ejected them), else none. They hold no key of the
+ * pool until they return, and their return moves the ring.
+ */
+export function outOfRing(u: Upstream): readonly string[] {
+  const inner = u instanceof HealthyUpstream ? u.inner : u;
+  return (inner as { outOfRing?: () => readonly string[] }).outOfRing?.() ?? [];
+}
+
+/**
  * Hazard 6, CAS across stores: every store numbers its uniques on its own (memcached from 1, a
  * counter in Redis and SQLite, UUID_SHORT in MySQL), so a unique one store handed out can be a
  * valid unique in another: two memcached that missed a different number of writes are a step

@@ -11,7 +11,7 @@ import type { Hit } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { mayLandLate } from '../errors';
-import { cameBackAt, isFenced, isUsable, knowsKey, membersOf, noteWritten } from './health';
+import { cameBackAt, isFenced, isUsable, knowsKey, membersOf, noteWritten, outOfRing } from './health';
 import { type DirtyEntry, type Overflow, type RepairJournal, idOf } from './journal';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
@@ -99,10 +99,12 @@ export class Repairer {
     if (this.unknownUntil(u) !== undefined) return;
     const overflow = journal.overflowed(u);
     if (overflow) {
-      // A pool is back once every server is: flushed while one is down, it would miss that
-      // server's keys and fail, and be flushed again at every tick (fenced each time) for as long
-      // as the server stays down.
-      if (membersOf(u).some((m) => !isUsable(m))) return;
+      // A pool is back once every server in its ring is: flushed while one is down, it would miss
+      // that server's keys and fail, and be flushed again at every tick (fenced each time) for as
+      // long as the server stays down. One out of the ring (eject) holds no key of the pool until
+      // its return, which moves the ring and distrusts the pool again: its flush leaves it out.
+      const out = outOfRing(u);
+      if (membersOf(u).some((m) => !isUsable(m) && !out.includes(m.name))) return;
       await this.retrust(ctx, u, overflow);
       return;
     }

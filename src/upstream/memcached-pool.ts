@@ -31,9 +31,11 @@
  *   here (the next upstream serves them; the repair journal records the writes); the ring
  *   never moves. `true`: like twemproxy's auto_eject_hosts / libmemcached's
  *   REMOVE_FAILED_SERVERS, the ring is rebuilt over the servers that are up, so a down
- *   server's keys move to the next point. Hazard: when it comes back with its old data, the
- *   keys written elsewhere meanwhile read stale there. (With modula, eject follows twemproxy:
- *   hash modulo the servers up; libmemcached's modula never ejects.)
+ *   server's keys move to the next point. A moved key may find a copy older than its last
+ *   write (the server back with its old data; a server that took the key in an earlier
+ *   outage): at each ring move the pool is fenced and distrusted (onRingMoved), and read only
+ *   for the keys written since until the repair has flushed it. (With modula, eject follows
+ *   twemproxy: hash modulo the servers up; libmemcached's modula never ejects.)
  * - `timeout`, `connections`, `max-queue`: passed to each server (see memcached.ts).
  */
 
@@ -67,9 +69,10 @@ export class MemcachedPool implements Upstream {
   onMemberChange: StateListener | undefined;
   /**
    * With eject: told when the ring moved (a server left it or came back). The keys that moved
-   * are on a server that does not hold them (or holds what they were before it left): the pool
-   * cannot decide a conditional command of them (a lock held may be granted again) until the
-   * lock fence has passed, as a store come back empty.
+   * are on a server that does not hold them (or holds what they were when last placed there):
+   * the pool cannot decide a conditional command of them (a lock held may be granted again)
+   * until the lock fence has passed, as a store come back empty, nor serve them until flushed
+   * (ColdDetector.ringMoved).
    */
   onRingMoved: (() => void) | undefined;
   private readonly nodes: HealthyUpstream[];
@@ -259,14 +262,18 @@ export class MemcachedPool implements Upstream {
   }
 
   /**
-   * Flushes every server; fails if any failed (after all have answered), with a failure that may
-   * still land when there is one (the router then takes the pool as possibly emptying itself),
-   * as UPSTREAM_PARTIAL while another server is up.
+   * Flushes every server in the ring (one out of it, outOfRing, holds no key of the pool now, and
+   * its return is a ring move, after which the pool is trusted for no key until flushed again);
+   * fails if any failed (after all have answered), with a failure that may still land when there
+   * is one (the router then takes the pool as possibly emptying itself), as UPSTREAM_PARTIAL while
+   * another server is up.
    */
   async flush(): Promise<void> {
     this.checkUsable();
-    const results = await Promise.allSettled(this.nodes.map((n) => n.flush()));
-    const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ node: this.nodes[i] as HealthyUpstream, error: r.reason as unknown }] : []));
+    const out = this.outOfRing();
+    const nodes = out.length === 0 ? this.nodes : this.nodes.filter((n) => !out.includes(n.name));
+    const results = await Promise.allSettled(nodes.map((n) => n.flush()));
+    const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ node: nodes[i] as HealthyUpstream, error: r.reason as unknown }] : []));
     const worst = failed.find((f) => mayLandLate(f.error)) ?? failed[0];
     // One server's failure is that server's (its health counts it), as for a key's request.
     if (worst) throw this.partial(worst.node, worst.error);

@@ -68,3 +68,43 @@ it('eject turned off by a reload while a server is ejected: that server, back, d
   t.diagnostic(`pool fenced: ${u.fenced}, came back empty: ${u.cameBackEmpty}`);
   assert.equal(await w.ask(`add ${lock} 0 0 5\r\nthief\r\n`), 'NOT_STORED\r\n', 'LOCK GRANTED TWICE: the server that was out decided, without the lock');
 });
+
+// docs/drivers.md used to accept this eject hazard, as twemproxy does: a server paused past the
+// timeout is ejected, a session is destroyed meanwhile (the delete goes to the server its key moved
+// to, which has no copy, and to the next upstream), and the server resumes with the data it had:
+// the key is its own again, and the pool served the destroyed session from it. Each ring move now
+// distrusts the pool (ColdDetector.ringMoved): read for no key written before the move until the
+// repair has flushed its servers in the ring, then trusted again.
+it('eject=true: a server back with its data does not serve a session destroyed while it was out, and the repair flushes the pool back into use', async (t) => {
+  if (!requireBinary(t, 'memcached', 'memcached')) return;
+  const servers = await startMemcacheds(t, 3);
+  const app = await inProcessMcmux({ 'state-dir': stateDir(t, 'mcmux-review-pool-int-'), 'lock-fence': '1500', 'log-level': 'silent' }, [poolUrl(servers.slice(0, 2), '?eject=true&timeout=200'), (servers[2] as MemcachedProcess).url]);
+  const w = await client(t, app);
+  const pool = poolOf(app);
+  const u = app.upstreams[0] as HealthyUpstream;
+  const sess = keyOn(pool, 1, 'memc.sess.key.');
+  const victim = servers[1] as MemcachedProcess;
+  assert.equal(await w.ask(`set ${sess} 0 0 4\r\ncart\r\n`), 'STORED\r\n');
+  await victim.pause();
+  t.after(() => victim.resume());
+  await eventually('the paused server is ejected', async () => {
+    await w.ask(`get ${sess}\r\n`, /END\r\n$|ERROR.*\r\n$/);
+    return !(pool.members()[1] as HealthyUpstream).usable;
+  });
+  // The ring moved: the server the key moved to may hold it from an earlier outage. Its flush
+  // leaves out the server out of the ring (down: the pool's flush would fail, and the pool stay
+  // unread for the whole outage).
+  await eventually('the repair flushed the server in the ring and trusts the pool while the other is out', () => app.journal.overflowed(u) === undefined, 15_000);
+  assert.equal((pool.members()[1] as HealthyUpstream).usable, false);
+  assert.equal(await w.ask(`delete ${sess}\r\n`), 'DELETED\r\n', 'logout, while the server is out');
+  victim.resume();
+  await eventually('the server is back in the ring', () => (pool.members()[1] as HealthyUpstream).usable, 15_000);
+  assert.equal(pool.serverFor(sess), pool.members()[1]);
+  assert.equal(await w.ask(`get ${sess}\r\n`), 'END\r\n', 'DESTROYED SESSION SERVED by the server back with its data');
+  await eventually('the repair flushed the pool and trusts it again', () => app.journal.overflowed(u) === undefined, 15_000);
+  const direct = await connectWire(victim.port);
+  t.after(() => direct.close());
+  assert.equal(await direct.ask(`get ${sess}\r\n`), 'END\r\n', 'the old copy was flushed');
+  assert.equal(await w.ask(`set ${sess} 0 0 2\r\nv2\r\n`), 'STORED\r\n');
+  assert.equal(await direct.ask(`get ${sess}\r\n`), `VALUE ${sess} 0 2\r\nv2\r\nEND\r\n`, 'the pool takes writes again on the key\'s server');
+});
