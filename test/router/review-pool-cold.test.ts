@@ -292,6 +292,31 @@ describe('review: eject=true across a restart of mcmux', () => {
     assert.equal(status(await p2.exec(addCmd(lock, 'B'))), 'NOT_STORED', 'LOCK GRANTED TWICE: s1, back, decided without the lock taken while it was out');
     await p2.stop();
   });
+
+  // The same restart, with a session destroyed while s1 was out: s1, back under the next process
+  // with what it held, must not serve it. The first process's repair had flushed s0 and trusted
+  // the pool again during the outage (journal.log: trusted, the ring broken), so only the J line
+  // says the pool's keys moved: the next process distrusts it as the ring move would have.
+  it('a session destroyed while a server was out under the process before is not served by it once back (journal.log J lines)', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-pool-ring-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const { sf, fb } = fakes();
+    const p1 = proc(sf, fb, true, dir);
+    const sess = p1.keyOn(1, 'sess.');
+    await p1.detector.checkAll();
+    assert.equal(status(await p1.exec(setCmd(sess, 'v1'))), 'STORED', 'on s1 and b');
+    await takeDown(p1, sf[1] as FakeUpstream, 1);
+    p1.journal.trust(p1.p, 'repair'); // as the repair does once it has flushed s0
+    assert.equal(status(await p1.exec(delCmd(sess))), 'DELETED', 'logout: b (s0 had no copy)');
+    await p1.stop();
+
+    (sf[1] as FakeUpstream).mode = 'ok'; // s1 answers again, with what it held
+    const p2 = proc(sf, fb, true, dir);
+    await p2.detector.checkAll();
+    assert.equal(p2.pool.serverFor(sess), p2.servers[1]);
+    assert.equal(valueOf(await p2.exec(getCmd(sess))), undefined, 'DESTROYED SESSION SERVED by s1, back with what it held');
+    await p2.stop();
+  });
 });
 
 describe('review: holds (guards)', () => {
