@@ -33,6 +33,13 @@ interface ReadState {
   /** Keys some eligible upstream answered for (hit or miss). */
   readonly answered: Set<string>;
   lastError: unknown;
+  /**
+   * Keys an upstream answered a miss for once the repair had begun flushing an overflowed cache
+   * since the read began (journal.repairFlushes): no answer. The read may have left out a copy
+   * dirty for the key as it began (a write on its way there) for the one the flush then emptied;
+   * read once more (fuzz seed 211229).
+   */
+  emptied?: Set<string>;
 }
 
 export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
@@ -147,6 +154,9 @@ function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number, busy: Readon
       const hit = hits[0];
       // Dirty for the key since the read went out (see missedMeanwhile): read elsewhere.
       if (hit && ctx.journal.isDirty(u, key, seq)) return finish(ctx, seq, read(ctx, cmd, seq, undefined, busy));
+      // A miss here after the repair flushed this cache is taken (ReadState.emptied): the full
+      // read asks the next upstreams only now, when one dirty as the read began is clean again
+      // if the flush was allowed (journal.holdsAlone).
       if (!hit) return finish(ctx, seq, read(ctx, cmd, seq, { ok: true, hits: new Map([[key, undefined]]) }, busy));
       ctx.counters.getHits++;
       ctx.journal.readFinished(seq);
@@ -159,9 +169,10 @@ function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number, busy: Readon
 
 /**
  * `first`: what upstream 0 already answered for a one-key read the fast path could not finish.
- * `busy`: keys with a write in flight when the read began (never read-repaired).
+ * `busy`: keys with a write in flight when the read began (never read-repaired). `flushes`:
+ * journal.repairFlushes when the read began (ReadState.emptied).
  */
-async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer, busy?: ReadonlySet<string>, gat?: GatWrite): Promise<Reply> {
+async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: Answer, busy?: ReadonlySet<string>, gat?: GatWrite, flushes = ctx.journal.repairFlushes): Promise<Reply> {
   const { upstreams } = ctx;
   // Each distinct key is asked for once, however often the request repeats it (T16).
   const unique = [...new Set(cmd.keys)];
@@ -170,16 +181,20 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
   const ask = (u: Upstream, keys: string[], freshest = false): Promise<Answer> => {
     // A gat's request is a write of its keys until answered, even one the read no longer awaits.
     gat?.sent();
+    const since = flushes;
     return u.get(keys, cmd.touch).then(
       (hits): Answer => {
         gat?.answered();
         const meanwhile = cmd.touch === undefined && !freshest ? missedMeanwhile(ctx, u, keys, hits, seq) : undefined;
-        if (meanwhile !== undefined) {
+        const emptied = ctx.journal.repairFlushes === since ? undefined : keys.filter((_, j) => hits[j] === undefined);
+        if (emptied !== undefined) for (const k of emptied) (st.emptied ??= new Set()).add(k);
+        const failed = emptied === undefined || emptied.length === 0 ? meanwhile : [...(meanwhile ?? []), ...emptied];
+        if (failed !== undefined) {
           const got = new Map<string, Hit | undefined>();
           keys.forEach((k, j) => {
-            if (!meanwhile.includes(k)) got.set(k, hits[j]);
+            if (!failed.includes(k)) got.set(k, hits[j]);
           });
-          return { ok: true, hits: got, failed: { keys: meanwhile, error: new Error(`${u.name} missed a write of ${meanwhile.join(' ')} while the read was on its way`) } };
+          return { ok: true, hits: got, failed: { keys: failed, error: new Error(`${u.name} missed a write of ${failed.join(' ')}, or was flushed by the repair, while the read was on its way`) } };
         }
         return { ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) };
       },
@@ -210,60 +225,74 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
   const prefetched = new Map<number, Promise<Answer>>();
   if (first) prefetched.set(0, Promise.resolve(first));
   let hedged = ctx.hedgeMs <= 0;
-  let missing = unique;
   const asked = new Set<string>();
-  for (let pos = 0; pos < order.length && missing.length > 0; pos++) {
-    const i = order[pos] as number;
-    const u = upstreams[i] as Upstream;
-    // A key this upstream missed a write of is not asked of it: it may be stale or deleted there.
-    // Decided before the request goes out: the journal may change while it is in flight.
-    const skipped = missing.filter((k) => ctx.journal.isDirty(u, k, seq));
-    const keys = skipped.length === 0 ? missing : missing.filter((k) => !skipped.includes(k));
-    if (keys.length === 0) continue;
-    for (const k of keys) asked.add(k);
-    const pre = prefetched.get(i);
-    const pending = pre ?? ask(u, keys);
-    prefetched.delete(i);
-    const next = order[pos + 1];
-    if (!hedged && next !== undefined) {
-      hedged = true;
-      await hedge(ctx, pending, upstreams[next] as Upstream, next, missing, ask, prefetched, st);
-      if (keys.every((k) => st.found.has(k))) {
-        // The hedge found everything this upstream was asked for: its answer is not awaited.
-        missing = missing.filter((k) => !st.found.has(k));
-        continue;
-      }
-    }
-    const still = skipped; // absorb() adds the keys this upstream did not have (or failed on)
-    const answer = await pending;
-    // A hedged request asked only for the keys clean there at the time: one cleaned since (a
-    // write landed) was never asked, and its absence from the answer is not a miss.
-    const got = pre !== undefined && answer.ok ? answer.hits : undefined;
-    const failedThere = answer.ok ? answer.failed?.keys : undefined;
-    const unasked = got ? keys.filter((k) => !got.has(k) && !failedThere?.includes(k)) : [];
-    if (unasked.length > 0) absorb(st, await ask(u, unasked), unasked, i, still);
-    absorb(st, answer, got && unasked.length > 0 ? keys.filter((k) => !unasked.includes(k)) : keys, i, still);
-    missing = still;
-  }
-
-  // Keys dirty on every upstream were never asked: read them from the freshest copy; from the
-  // next one when the freshest turns out to have had its write undone by a late request
-  // (journal.undone: a set a late flush wiped, a delete a late set put a value back over).
-  // All at once: one after the other, a slow copy would cost the client a timeout per key.
-  await Promise.all(
-    missing
-      .filter((k) => !asked.has(k))
-      .map(async (key) => {
-        for (let tries = 0; tries < upstreams.length; tries++) {
-          const u = ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key)?.[0];
-          if (u === undefined) break;
-          const answer = await ask(u, [key], true);
-          if (answer.ok && ctx.journal.undone(u, key, answer.hits.get(key) !== undefined)) continue;
-          absorb(st, answer, [key], upstreams.indexOf(u), []);
-          break;
+  /** Asks the upstreams in order for `keys`, then the freshest copy of those dirty on every one. */
+  const walk = async (keys0: string[]): Promise<void> => {
+    let missing = keys0;
+    for (let pos = 0; pos < order.length && missing.length > 0; pos++) {
+      const i = order[pos] as number;
+      const u = upstreams[i] as Upstream;
+      // A key this upstream missed a write of is not asked of it: it may be stale or deleted there.
+      // Decided before the request goes out: the journal may change while it is in flight.
+      const skipped = missing.filter((k) => ctx.journal.isDirty(u, k, seq));
+      const keys = skipped.length === 0 ? missing : missing.filter((k) => !skipped.includes(k));
+      if (keys.length === 0) continue;
+      for (const k of keys) asked.add(k);
+      const pre = prefetched.get(i);
+      const pending = pre ?? ask(u, keys);
+      prefetched.delete(i);
+      const next = order[pos + 1];
+      if (!hedged && next !== undefined) {
+        hedged = true;
+        await hedge(ctx, pending, upstreams[next] as Upstream, next, missing, ask, prefetched, st);
+        if (keys.every((k) => st.found.has(k))) {
+          // The hedge found everything this upstream was asked for: its answer is not awaited.
+          missing = missing.filter((k) => !st.found.has(k));
+          continue;
         }
-      }),
-  );
+      }
+      const still = skipped; // absorb() adds the keys this upstream did not have (or failed on)
+      const answer = await pending;
+      // A hedged request asked only for the keys clean there at the time: one cleaned since (a
+      // write landed) was never asked, and its absence from the answer is not a miss.
+      const got = pre !== undefined && answer.ok ? answer.hits : undefined;
+      const failedThere = answer.ok ? answer.failed?.keys : undefined;
+      const unasked = got ? keys.filter((k) => !got.has(k) && !failedThere?.includes(k)) : [];
+      if (unasked.length > 0) absorb(st, await ask(u, unasked), unasked, i, still);
+      absorb(st, answer, got && unasked.length > 0 ? keys.filter((k) => !unasked.includes(k)) : keys, i, still);
+      missing = still;
+    }
+
+    // Keys dirty on every upstream were never asked: read them from the freshest copy; from the
+    // next one when the freshest turns out to have had its write undone by a late request
+    // (journal.undone: a set a late flush wiped, a delete a late set put a value back over).
+    // All at once: one after the other, a slow copy would cost the client a timeout per key.
+    await Promise.all(
+      missing
+        .filter((k) => !asked.has(k))
+        .map(async (key) => {
+          for (let tries = 0; tries < upstreams.length; tries++) {
+            const u = ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key)?.[0];
+            if (u === undefined) break;
+            const answer = await ask(u, [key], true);
+            if (answer.ok && ctx.journal.undone(u, key, answer.hits.get(key) !== undefined)) continue;
+            absorb(st, answer, [key], upstreams.indexOf(u), []);
+            break;
+          }
+        }),
+    );
+  };
+  await walk(unique);
+  // Keys whose only misses came from answers a flush of the repair raced (ReadState.emptied): read
+  // once more, from the copies clean for them now (a write the read could not take from one, on its
+  // way there as the read began, may have landed since). A second such race leaves them unanswered.
+  const again = st.emptied === undefined ? [] : [...st.emptied].filter((k) => !st.found.has(k) && !st.answered.has(k));
+  if (again.length > 0) {
+    st.emptied = undefined;
+    flushes = ctx.journal.repairFlushes;
+    for (const k of again) asked.delete(k);
+    await walk(again);
+  }
 
   const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
   if (unanswered !== undefined) {

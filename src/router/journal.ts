@@ -620,6 +620,15 @@ export class RepairJournal {
   private background = 0;
   private quietWaiters: Array<() => void> = [];
 
+  /**
+   * How many flushes of an overflowed cache the repair has sent (flushingOverflowed). A read that
+   * sees it change after it began takes no miss answered since as an answer: the key may have
+   * been there when the read began, and only the repair's flush took it (a client's flush_all
+   * racing a read is the client's race; this one is mcmux's own: failover-read.ts, fuzz seed
+   * 211229).
+   */
+  repairFlushes = 0;
+
   /** A flush (flush_all, or the repair's of an overflowed cache) is waiting for the writes in flight, or running: no repair or read repair starts. */
   get flushing(): boolean {
     return this.flushes > 0;
@@ -1199,7 +1208,10 @@ export class RepairJournal {
     const o = this.byName.get(idOf(u))?.overflow;
     if (!o) return;
     o.flushing = on;
-    if (on) return;
+    if (on) {
+      this.repairFlushes++;
+      return;
+    }
     for (const [key, k] of o.known) {
       if (!k.holds && !k.maybe) continue;
       o.known.set(key, k.late === undefined ? { seq: k.seq, holds: false } : { seq: k.seq, holds: false, late: k.late });

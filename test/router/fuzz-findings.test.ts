@@ -2597,3 +2597,36 @@ describe('write acknowledgement and reads, found by review', () => {
     });
   }
 });
+
+describe('a read and the repair\'s flush of an overflowed cache', () => {
+  // Fuzz seed 211229 (MCMUX_FUZZ_RESTART=1, journal-max-keys 2, write-wait copies). The cache's
+  // journal had overflowed; a set of sess reached it (so it holds sess, and is read for it) and was
+  // acknowledged while its copy to the first upstream was still on its way. A read of `other sess`
+  // began: the first upstream, dirty for sess until that copy lands, was asked for `other` only.
+  // The copy landed, and the repair, finding the cache no longer the only holder of anything,
+  // flushed it and trusted it again (empty). The read then asked the cache for sess: a miss, taken
+  // as the answer. LOST WRITE: an acknowledged session read as absent (a logged-out user).
+  it('a miss from a cache the repair flushed while the read was on its way is no answer: the key is read again where it is clean now', async () => {
+    const { ups, journal, repairer, exec } = setup({ writeWait: 'copies', maxKeys: 1, secondScheme: 'memcached' });
+    const [first, second] = ups;
+    await overflowSecond(exec, second, journal, false);
+    first.gateOnly = (call) => call === 'set sess';
+    first.close_gate();
+    assert.equal(status(await exec(set('sess', 'cart'))), 'STORED', 'on the cache; on its way to the first upstream');
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const get0 = first.get.bind(first);
+    first.get = async (keys, ...rest) => {
+      if (keys.includes('other')) await held;
+      return get0(keys, ...rest);
+    };
+    const reading = exec(get('other', 'sess'));
+    await settle();
+    first.open(); // the copy lands: the first upstream is clean for sess again
+    await settle();
+    await repairer.tick();
+    assert.equal(journal.overflowed(second), undefined, 'the repair flushed the cache and trusts it again');
+    release();
+    assert.deepEqual(values(await reading), [undefined, 'cart'], 'LOST WRITE: the read took the flushed cache\'s miss for sess');
+  });
+});
