@@ -118,6 +118,19 @@ export class ColdDetector {
   private gen = 0;
   private readonly unsure = new Map<Upstream, number>();
   /**
+   * Per store, the markers of other processes (pid: the highest generation) it held before this
+   * process's own marker was acknowledged there, or while this process waited for what a crashed
+   * one sent to land (startAfter). A marker of one of them no newer than that, found once this
+   * process's own is acknowledged there, is the store gone back to a snapshot taken under the
+   * process before this one (a deploy, a reboot of the web host): the generations of this
+   * process alone did not tell it (review finding 1, test/integration/review-durable.test.ts).
+   * Not kept for a marker of this very pid (the first process of every container has pid 1):
+   * it cannot be told from one this process wrote.
+   */
+  private readonly earlier = new Map<Upstream, Map<number, number>>();
+  /** startAfter is waiting for a crashed process's requests (its marker writes too) to land. */
+  private settling = false;
+  /**
    * Stores in which a check found this host's marker before this process wrote it there (left by
    * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
    */
@@ -191,8 +204,13 @@ export class ColdDetector {
    * taken as warm, granted a lock another store held). No client command before it resolves.
    */
   async startAfter(settled: () => Promise<boolean>): Promise<void> {
-    await this.start();
-    if (await settled()) await this.checkAll();
+    this.settling = true;
+    try {
+      await this.start();
+      if (await settled()) await this.checkAll();
+    } finally {
+      this.settling = false;
+    }
   }
 
   stop(): void {
@@ -611,6 +629,7 @@ export class ColdDetector {
     // Taken before the read: a marker write acknowledged while it is out (another connection, a
     // pooled database) may not be in what it reads.
     const floor = Math.min(this.lastSet.get(store)?.gen ?? 0, this.unsure.get(store) ?? Infinity);
+    const settling = this.settling;
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
       // so each server is asked directly, through its own driver.
@@ -629,7 +648,18 @@ export class ColdDetector {
     // Only a marker another process wrote tells of a fence this one does not know.
     const fenced = hit && wrote === undefined ? FENCED_UNTIL.exec(hit.value.toString('latin1')) : null;
     const mine = hit && wrote !== undefined ? PID_GEN.exec(hit.value.toString('latin1')) : null;
-    const rolledBack = mine !== null && Number(mine[1]) === process.pid && Number(mine[2]) < floor;
+    let rolledBack = mine !== null && Number(mine[1]) === process.pid && Number(mine[2]) < floor;
+    const other = hit ? PID_GEN.exec(hit.value.toString('latin1')) : null;
+    if (other !== null && Number(other[1]) !== process.pid) {
+      const [pid, gen] = [Number(other[1]), Number(other[2])];
+      let seen = this.earlier.get(store);
+      if (wrote === undefined || settling) {
+        if (seen === undefined) this.earlier.set(store, (seen = new Map()));
+        seen.set(pid, Math.max(seen.get(pid) ?? 0, gen));
+      } else if (seen !== undefined && gen <= (seen.get(pid) ?? -1)) {
+        rolledBack = true;
+      }
+    }
     return {
       verdict,
       kept: verdict === 'warm' && !rolledBack && (wrote === undefined || wrote.fence < u.fencesBegun),
