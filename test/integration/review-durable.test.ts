@@ -189,7 +189,9 @@ describe('a standalone redis failed over behind a stable address (the replica + 
   // (replication is asynchronous), a lock among them; its marker, replicated too, is the latest or
   // nearly. The standalone driver reports the new connection as a reconnect (redis.ts 'ready'),
   // the precautionary fence is lifted by that marker (`kept`), and the promoted replica decides
-  // `add` of a lock the dead master had granted: granted twice. The cluster driver tells a
+  // `add` of a lock the dead master had granted, though the store behind it holds the lock:
+  // granted twice. (Taken as come back empty, it would be fenced and the store behind would
+  // decide: NOT_STORED. With no other store, the lock is lost whatever.) The cluster driver tells a
   // promotion by the master's replication id (markersReady, INFO replication) and fences the
   // cluster as come back empty; the standalone one never reads it. docs/drivers.md ("When one
   // machine is not enough") advises this very set-up, with no word of it.
@@ -209,11 +211,13 @@ describe('a standalone redis failed over behind a stable address (the replica + 
     await eventually('the replica is in sync', async () => /master_link_status:up/.test(await r.info('replication')), 15_000);
     const vip = await forwarder(t, master.port);
 
-    const app = await inProcessMcmux({ 'probe-interval': '50' }, [`redis://127.0.0.1:${vip.port}`]);
+    // A durable store behind it, which the lock's copy reaches: it still holds the lock.
+    const file = join(tempDir(t, 'sqlite'), 'store.db');
+    const app = await inProcessMcmux({ 'probe-interval': '50' }, [`redis://127.0.0.1:${vip.port}`, sqliteUrl(file)]);
     const w = await connectWire(app.address.port);
     t.after(() => w.close());
     const redis = app.upstreams[0] as HealthyUpstream;
-    await eventually('mcmux has written its marker and decides', () => !redis.fenced, 15_000);
+    await eventually('mcmux has written its markers and redis decides', () => !redis.fenced, 15_000);
     // Everything so far (the marker) reached the replica; the lock will not (asynchronous
     // replication: the master dies before it ships it).
     await m.wait(1, 1000);
