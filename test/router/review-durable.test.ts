@@ -1,0 +1,85 @@
+/**
+ * Review of the durable drivers, router side: the cold detector's judgment of a store that went
+ * back to a snapshot taken under the mcmux process before this one (finding 1 of
+ * test/integration/review-durable.test.ts, fixed in src/router/cold-detector.ts: earlier), and
+ * the cases that must not pass for one. Driven by hand over fakes: no timer of the detector runs.
+ */
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import pino from 'pino';
+import { ColdDetector } from '../../src/router/cold-detector';
+import { HealthyUpstream } from '../../src/router/health';
+import { RepairJournal } from '../../src/router/journal';
+import { FakeUpstream } from '../helpers/fake-upstream';
+
+const silent = pino({ level: 'silent' });
+/** A pid that is not this process's: the process before this one. */
+const OTHER = process.pid === 1 ? 2 : process.pid - 1;
+
+function setup() {
+  const fake = new FakeUpstream('fake://store', 'fake');
+  const up = new HealthyUpstream(fake, { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 }, () => {});
+  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const detector = new ColdDetector(() => [up], 60_000, silent, journal);
+  /** Puts `text` as this host's marker straight into the store, as another process (or a restore) does. */
+  const marker = (text: string): Promise<unknown> =>
+    fake.inner.store({ mode: 'set', key: detector.key, value: Buffer.from(text), flags: 0, deadline: Date.now() + 3600_000, withCas: false });
+  /** Untrusted as a whole (distrust: as after a journal overflow): no key is read from it. */
+  const distrusted = (): boolean => journal.isDirty(up, 'any.key');
+  return { up, journal, detector, marker, distrusted, close: () => up.close() };
+}
+
+describe('the marker of the process before this one (review-durable finding 1)', () => {
+  it('found again once this process has written its own: the store went back in time, untrusted', async () => {
+    const s = setup();
+    await s.marker(`${OTHER} 7`);
+    await s.detector.startAfter(async () => false);
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(), false, 'a store that kept its data is trusted');
+    await s.marker(`${OTHER} 6`); // restored from a snapshot taken while that process ran
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(), true, 'the store went back to before this process wrote there');
+    assert.ok(s.up.fenced);
+    s.detector.stop();
+    await s.close();
+  });
+
+  it('landing while this process waits for what the crashed one sent: a late request of that process, not a rollback', async () => {
+    const s = setup();
+    await s.marker(`${OTHER} 7`);
+    await s.detector.startAfter(async () => {
+      // A marker write the crashed process sent before its last one, landing late (a paused server).
+      await s.marker(`${OTHER} 5`);
+      await s.detector.checkAll();
+      return true;
+    });
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(), false);
+    assert.equal(s.up.fenced, false);
+    s.detector.stop();
+    await s.close();
+  });
+
+  it("a marker of this very pid (every container's first process is pid 1) is never taken for an earlier process's", async () => {
+    const s = setup();
+    await s.marker(`${process.pid} 7`);
+    await s.detector.startAfter(async () => false);
+    await s.detector.checkAll();
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(), false, "this process's own markers (generations 1, 2, ...) are not the earlier one's");
+    s.detector.stop();
+    await s.close();
+  });
+
+  it('a marker of another process found later, newer than the one seen at the start: no rollback', async () => {
+    const s = setup();
+    await s.marker(`${OTHER} 7`);
+    await s.detector.startAfter(async () => false);
+    await s.marker(`${OTHER} 9`); // that process, still running on this host (another state-dir), wrote again
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(), false);
+    s.detector.stop();
+    await s.close();
+  });
+});
