@@ -318,6 +318,18 @@ export class ColdDetector {
   }
 
   /**
+   * `u` answers at its address as another server than before (Upstream.onReplaced: a Redis replica
+   * promoted behind a stable address, or a restart): it may lack writes it acknowledged, a lock
+   * among them, though its marker is there (replicated, or in a snapshot). Fenced as come back
+   * empty, which its marker does not lift (review-durable finding 3).
+   */
+  replaced(u: HealthyUpstream): void {
+    this.knownEmpty(u);
+    this.voidUniques(u);
+    this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream answers as another server than before (a replica promoted, or a restart): it decides no add/cas/incr until the fence ends');
+  }
+
+  /**
    * A fence set as a precaution (a reconnect, a reload) is lifted on a warm answer whose marker
    * was there before the fence began, not on a first sight (after a flush_all: nothing to
    * compare) nor on a marker this process wrote since (it would be there whatever the store

@@ -315,8 +315,10 @@ export class RedisUpstream implements Upstream {
   private readonly ghosts = new Map<string, ClusterMasterStore>();
   /** Cluster: masters whose replication id changed by a promotion, not yet given a new marker view. */
   private readonly promoted = new Set<string>();
-  /** Cluster: a master refused INFO (warned once). */
+  /** A server (a cluster's master) refused INFO (warned once). */
   private infoRefused = false;
+  /** Standalone: the server's replication id as read at its last connection (readReplid). */
+  private replid: string | undefined;
   /** Cluster: the masters of the last slots refresh (movedToNewMaster). */
   private masterSet: Set<string> | undefined;
   /** Cluster: the MOVED replies not followed (see the constructor). */
@@ -336,6 +338,7 @@ export class RedisUpstream implements Upstream {
   private closed = false;
   private lastError = 'not connected yet';
   onReconnect: (() => void) | undefined;
+  onReplaced: (() => void) | undefined;
   onWarning: ((message: string) => void) | undefined;
 
   constructor(
@@ -436,6 +439,8 @@ export class RedisUpstream implements Upstream {
       let readyBefore = false;
       client.on('ready', () => {
         this.lastError = 'connection closed by the server';
+        // Sent first on the new connection: answered before the marker check the reconnect makes.
+        if (client instanceof Redis) void this.readReplid(client, readyBefore);
         // Ready again after the connection was lost: the server may have restarted empty (a
         // Redis without persistence, a session store's usual set-up): the cold detector checks.
         if (readyBefore) this.onReconnect?.();
@@ -915,16 +920,7 @@ export class RedisUpstream implements Upstream {
       [...masters].map(async (master) => {
         const node = nodes.find((n) => nodeId(n) === master);
         if (node === undefined) return;
-        let timer: NodeJS.Timeout | undefined;
-        const late = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, this.timeoutMs, undefined)));
-        let refused = '';
-        const info = await Promise.race([
-          node.info('replication').catch((err: unknown) => {
-            if (err instanceof Error && err.message.startsWith('NOPERM')) refused = this.scrub(err.message);
-            return undefined;
-          }),
-          late,
-        ]).finally(() => clearTimeout(timer));
+        const { info, refused } = await this.replication(node);
         if (!client.slots.some((s) => s?.[0] === master)) return;
         if (refused !== '') {
           if (!this.infoRefused) this.onWarning?.(`cluster master ${master} refuses INFO (${refused}): the markers name the master's address alone, and a node promoted back to master with its old marker is not told from one that kept its data (grant the user +info)`);
@@ -932,7 +928,7 @@ export class RedisUpstream implements Upstream {
           this.replids.set(master, '');
           return;
         }
-        const id = info === undefined ? undefined : /^master_replid:([0-9a-f]{40})\r?$/m.exec(info)?.[1];
+        const id = replidOf(info);
         if (id === undefined) return;
         const before = this.replids.get(master);
         this.replids.set(master, id);
@@ -946,6 +942,47 @@ export class RedisUpstream implements Upstream {
     if (changed) this.onReconnect?.();
   }
 
+  /**
+   * INFO replication of `node`, bounded by the timeout (undefined when it failed or took longer);
+   * `refused`: the NOPERM an ACL user without +info gets, scrubbed ('' otherwise).
+   */
+  private async replication(node: Redis): Promise<{ info: string | undefined; refused: string }> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, this.timeoutMs, undefined)));
+    let refused = '';
+    const info = await Promise.race([
+      node.info('replication').catch((err: unknown) => {
+        if (err instanceof Error && err.message.startsWith('NOPERM')) refused = this.scrub(err.message);
+        return undefined;
+      }),
+      late,
+    ]).finally(() => clearTimeout(timer));
+    return { info, refused };
+  }
+
+  /**
+   * Standalone: the server's replication id, read at each connection. Another one than at the
+   * connection before is another history at this address: a replica promoted behind a stable
+   * address (Sentinel, a VIP), which may lack writes the master acknowledged (asynchronous
+   * replication: a lock among them), or the server restarted (empty, or from a snapshot that may
+   * be older than its last writes). Told as onReplaced (the cold detector fences it as come back
+   * empty): the marker a promoted replica holds, replicated, passes for one the store kept
+   * (review-durable finding 3). `again`: not the first connection.
+   */
+  private async readReplid(client: Redis, again: boolean): Promise<void> {
+    const { info, refused } = await this.replication(client);
+    if (refused !== '') {
+      if (!this.infoRefused) this.onWarning?.(`the server refuses INFO (${refused}): a replica promoted behind the same address is taken for the master reconnecting, and may grant a lock the master had granted (grant the user +info)`);
+      this.infoRefused = true;
+      return;
+    }
+    const id = replidOf(info);
+    if (id === undefined) return;
+    const before = this.replid;
+    this.replid = id;
+    if (again && before !== undefined && before !== id) this.onReplaced?.();
+  }
+
   /** The keys a write script names: the item and the cas counter; in a cluster the item alone. */
   private scriptKeys(item: Buffer): Buffer[] {
     return this.client instanceof Cluster ? [item] : [item, this.counterKey];
@@ -953,6 +990,11 @@ export class RedisUpstream implements Upstream {
 }
 
 function ignore(): void {}
+
+/** `master_replid` of an INFO replication reply. */
+function replidOf(info: string | undefined): string | undefined {
+  return info === undefined ? undefined : /^master_replid:([0-9a-f]{40})\r?$/m.exec(info)?.[1];
+}
 
 function nodeId(node: Redis): string {
   return `${node.options.host ?? ''}:${node.options.port ?? ''}`;

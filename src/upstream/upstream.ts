@@ -106,6 +106,12 @@ export interface Upstream {
    * store may have restarted empty; mcmux then fences it until its marker key is checked).
    */
   onReconnect?: (() => void) | undefined;
+  /**
+   * Optional: a driver that can tell the server at its address is another one than before (a
+   * Redis replica promoted behind a stable address, a restart: its replication id) calls this
+   * after onReconnect: it may lack writes it had acknowledged, whatever its marker says.
+   */
+  onReplaced?: (() => void) | undefined;
   /** Optional: a driver that finds something the operator should mend (a missing permission) says it here, once; mcmux logs it. */
   onWarning?: ((message: string) => void) | undefined;
   /**

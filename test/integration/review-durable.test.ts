@@ -27,7 +27,6 @@ import { connectWire } from '../helpers/wire';
 import { connectMysqlUrl, startMariadb } from '../upstream/targets/mysql';
 import { startRedis } from '../upstream/targets/redis';
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A private directory for the test, removed after it. */
 function tempDir(t: TestContext, kind: string): string {
@@ -74,17 +73,17 @@ describe('a durable store that comes back with older data than mcmux last wrote 
     t.after(() => w.close());
     assert.equal(await w.ask('delete sess\r\n'), 'DELETED\r\n');
     assert.equal(await w.ask('get sess\r\n', 'END\r\n'), 'END\r\n');
-    // B has written its own marker there by now (every 2 s at least).
-    await sleep(2500);
+    // B has written its own marker there (at its first look; a check makes sure).
+    const redis = b.upstreams[1] as HealthyUpstream;
+    await b.coldDetector.check(redis);
 
     // Redis crashes and comes back from its last RDB (saved before the logout).
-    const redis = b.upstreams[1] as HealthyUpstream;
     const fences = redis.fencesBegun;
     await server.restart();
     assert.equal(await raw.exists('sess'), 1, 'the RDB brought the destroyed session back into Redis');
     await eventually('B saw redis reconnect', () => redis.fencesBegun > fences, 15_000);
-    // Well past the marker check that follows the reconnect (the README's one-round-trip window).
-    await sleep(2500);
+    // A marker check after the reconnect (past the README's one-round-trip window).
+    await b.coldDetector.check(redis);
     assert.equal(await w.ask('get sess\r\n', 'END\r\n'), 'END\r\n', 'a session destroyed through mcmux is served again from a store restored from an older snapshot');
   });
 
@@ -108,12 +107,12 @@ describe('a durable store that comes back with older data than mcmux last wrote 
     const w = await connectWire(b.address.port);
     t.after(() => w.close());
     assert.equal(await w.ask('delete sess\r\n'), 'DELETED\r\n');
-    await sleep(2500);
     const sq = b.upstreams[1] as HealthyUpstream;
+    await b.coldDetector.check(sq); // B's marker is there
     const fences = sq.fencesBegun;
     renameSync(join(dir, 'backup.db'), file);
     await eventually('B reopened the file and fenced the store', () => sq.fencesBegun > fences, 15_000);
-    await sleep(2500);
+    await b.coldDetector.check(sq);
     assert.equal(await w.ask('get sess\r\n', 'END\r\n'), 'END\r\n', 'a session destroyed through mcmux is served again from a restored backup');
   });
 
@@ -139,12 +138,12 @@ describe('a durable store that comes back with older data than mcmux last wrote 
     raw.prepare("UPDATE mcmux_items SET exp = 1 WHERE CAST(key AS TEXT) LIKE 'mcmux.sentinel.%'").run();
     raw.close();
     assert.equal(await w.ask('delete sess\r\n'), 'DELETED\r\n');
-    await sleep(2500);
     const sq = b.upstreams[1] as HealthyUpstream;
+    await b.coldDetector.check(sq);
     const fences = sq.fencesBegun;
     renameSync(backup, file);
     await eventually('mcmux reopened the file and fenced the store', () => sq.fencesBegun > fences, 15_000);
-    await sleep(2500);
+    await b.coldDetector.check(sq);
     assert.equal(await w.ask('get sess\r\n', 'END\r\n'), 'END\r\n', 'a session destroyed through mcmux is served again from a restored backup');
   });
 
@@ -171,11 +170,12 @@ describe('a durable store that comes back with older data than mcmux last wrote 
     const w = await connectWire(b.address.port);
     t.after(() => w.close());
     assert.equal(await w.ask('delete sess\r\n'), 'DELETED\r\n');
-    await sleep(2500);
+    const my = b.upstreams[1] as HealthyUpstream;
+    await b.coldDetector.check(my); // B's marker is there
     await sql.query('DELETE FROM mcmux_items');
     await sql.query('INSERT INTO mcmux_items SELECT * FROM mcmux_backup');
-    // Past the next periodic marker check (every 2 s).
-    await sleep(4500);
+    // The next periodic marker check (every 2 s), made now.
+    await b.coldDetector.check(my);
     assert.equal(await w.ask('get sess\r\n', 'END\r\n'), 'END\r\n', 'a session destroyed through mcmux is served again from a restored table');
   });
 });
@@ -227,7 +227,7 @@ describe('a standalone redis failed over behind a stable address (the replica + 
   // promotion by the master's replication id (markersReady, INFO replication) and fences the
   // cluster as come back empty; the standalone one never reads it. docs/drivers.md ("When one
   // machine is not enough") advises this very set-up, with no word of it.
-  it('a lock the dead master granted is not granted again by the promoted replica', { todo: 'finding 3: a promoted replica passes for the master that kept its data', timeout: 60_000 }, async (t) => {
+  it('a lock the dead master granted is not granted again by the promoted replica', { timeout: 60_000 }, async (t) => {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return;
     const master = await startRedis();
     t.after(() => master.stop());
@@ -260,7 +260,10 @@ describe('a standalone redis failed over behind a stable address (the replica + 
     master.kill('SIGKILL');
     vip.retarget(replica.port);
     await eventually('mcmux reconnected to the promoted replica', () => redis.fencesBegun > fences, 15_000);
-    await sleep(1000);
+    // A marker check, which lifts a reconnect's precaution when it finds the marker kept (the
+    // replica holds it, replicated): the promoted replica is another server, fenced as come back empty.
+    await app.coldDetector.check(redis);
+    await eventually('the promoted replica is told from the master (its replication id)', () => redis.cameBackEmpty, 5000);
     const again = await w.ask('add lock.sid 0 0 1\r\n2\r\n');
     assert.notEqual(again, 'STORED\r\n', 'a lock held (granted by the master that died) granted a second time');
   });
