@@ -35,6 +35,33 @@ function tempDir(t: TestContext, kind: string): string {
   return dir;
 }
 
+/**
+ * mcmux A, its own process (so its own pid), writes `sess` over `upstreams` with `stateDir`;
+ * `meanwhile` runs before A stops.
+ */
+async function earlierProcessWrites(upstreams: readonly string[], stateDir: string, meanwhile?: () => Promise<unknown>): Promise<void> {
+  const a = await startMcmux([...upstreams.flatMap((u) => ['--upstream', u]), '--log-level', 'warn'], { env: { STATE_DIRECTORY: stateDir } });
+  const wa = await connectWire(a.port);
+  assert.equal(await wa.ask('set sess 0 0 3\r\nold\r\n'), 'STORED\r\n');
+  wa.close();
+  await meanwhile?.();
+  await a.stop();
+}
+
+/**
+ * mcmux B, the next process on the host (in this one), where the user logs out; `store`, its
+ * second upstream, holds B's own marker once this resolves.
+ */
+async function nextProcessDeletes(t: TestContext, upstreams: readonly string[], stateDir: string) {
+  const b = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, [...upstreams]);
+  const w = await connectWire(b.address.port);
+  t.after(() => w.close());
+  assert.equal(await w.ask('delete sess\r\n'), 'DELETED\r\n');
+  const store = b.upstreams[1] as HealthyUpstream;
+  await b.coldDetector.check(store);
+  return { b, w, store };
+}
+
 describe('a durable store that comes back with older data than mcmux last wrote there', () => {
   // FINDING 1. The cold detector tells a store that went back in time by the generation in its
   // marker (cold-detector.ts checkStore: `rolledBack`), but only for a marker THIS process wrote
@@ -58,24 +85,13 @@ describe('a durable store that comes back with older data than mcmux last wrote 
     // One state-dir for both processes, as a service restarted on its host has.
     const stateDir = tempDir(t, 'state');
 
-    // mcmux A (its own process, so its own pid) writes the session.
-    const a = await startMcmux([...upstreams.flatMap((u) => ['--upstream', u]), '--log-level', 'warn'], { env: { STATE_DIRECTORY: stateDir } });
-    const wa = await connectWire(a.port);
-    assert.equal(await wa.ask('set sess 0 0 3\r\nold\r\n'), 'STORED\r\n');
-    wa.close();
-    // Redis snapshots its data (an RDB save, as `save 60 10000` makes one under load).
-    assert.equal(await raw.save(), 'OK');
-    await a.stop();
+    // mcmux A writes the session; Redis snapshots its data (an RDB save, as `save 60 10000`
+    // makes one under load).
+    await earlierProcessWrites(upstreams, stateDir, async () => assert.equal(await raw.save(), 'OK'));
 
     // mcmux B: the next process on this host (a deploy). The user logs out.
-    const b = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-    const w = await connectWire(b.address.port);
-    t.after(() => w.close());
-    assert.equal(await w.ask('delete sess\r\n'), 'DELETED\r\n');
+    const { b, w, store: redis } = await nextProcessDeletes(t, upstreams, stateDir);
     assert.equal(await w.ask('get sess\r\n', 'END\r\n'), 'END\r\n');
-    // B has written its own marker there (at its first look; a check makes sure).
-    const redis = b.upstreams[1] as HealthyUpstream;
-    await b.coldDetector.check(redis);
 
     // Redis crashes and comes back from its last RDB (saved before the logout).
     const fences = redis.fencesBegun;
@@ -96,19 +112,10 @@ describe('a durable store that comes back with older data than mcmux last wrote 
     const file = join(dir, 'store.db');
     const upstreams = ['memory://cache', sqliteUrl(file)];
     const stateDir = tempDir(t, 'state');
-    const a = await startMcmux([...upstreams.flatMap((u) => ['--upstream', u]), '--log-level', 'warn'], { env: { STATE_DIRECTORY: stateDir } });
-    const wa = await connectWire(a.port);
-    assert.equal(await wa.ask('set sess 0 0 3\r\nold\r\n'), 'STORED\r\n');
-    wa.close();
-    await a.stop(); // closed cleanly: the WAL is checkpointed into the file
+    await earlierProcessWrites(upstreams, stateDir); // closed cleanly: the WAL is checkpointed into the file
     copyFileSync(file, join(dir, 'backup.db'));
 
-    const b = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-    const w = await connectWire(b.address.port);
-    t.after(() => w.close());
-    assert.equal(await w.ask('delete sess\r\n'), 'DELETED\r\n');
-    const sq = b.upstreams[1] as HealthyUpstream;
-    await b.coldDetector.check(sq); // B's marker is there
+    const { b, w, store: sq } = await nextProcessDeletes(t, upstreams, stateDir);
     const fences = sq.fencesBegun;
     renameSync(join(dir, 'backup.db'), file);
     await eventually('B reopened the file and fenced the store', () => sq.fencesBegun > fences, 15_000);
@@ -156,22 +163,13 @@ describe('a durable store that comes back with older data than mcmux last wrote 
     t.after(() => server.destroy());
     const upstreams = ['memory://cache', server.url];
     const stateDir = tempDir(t, 'state');
-    const a = await startMcmux([...upstreams.flatMap((u) => ['--upstream', u]), '--log-level', 'warn'], { env: { STATE_DIRECTORY: stateDir } });
-    const wa = await connectWire(a.port);
-    assert.equal(await wa.ask('set sess 0 0 3\r\nold\r\n'), 'STORED\r\n');
-    wa.close();
-    await a.stop();
+    await earlierProcessWrites(upstreams, stateDir);
     const sql = await connectMysqlUrl(server.url);
     t.after(() => sql.destroy());
     await sql.query('CREATE TABLE mcmux_backup LIKE mcmux_items');
     await sql.query('INSERT INTO mcmux_backup SELECT * FROM mcmux_items');
 
-    const b = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-    const w = await connectWire(b.address.port);
-    t.after(() => w.close());
-    assert.equal(await w.ask('delete sess\r\n'), 'DELETED\r\n');
-    const my = b.upstreams[1] as HealthyUpstream;
-    await b.coldDetector.check(my); // B's marker is there
+    const { b, w, store: my } = await nextProcessDeletes(t, upstreams, stateDir);
     await sql.query('DELETE FROM mcmux_items');
     await sql.query('INSERT INTO mcmux_items SELECT * FROM mcmux_backup');
     // The next periodic marker check (every 2 s), made now.
