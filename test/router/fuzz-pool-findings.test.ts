@@ -147,8 +147,9 @@ describe('router fuzz findings with a memcached pool that ejects (MCMUX_FUZZ_POO
     }
   });
 
-  // Seeds 223 and 1150 of 1-1000 with MCMUX_FUZZ_POOL_EJECT=1 (MCMUX_FUZZ_INITIAL=1
-  // MCMUX_FUZZ_FENCE_END=1; MCMUX_FUZZ_EXPIRY=1), before the fuzz kept a pool server's faults clear
+  // Seed 223 of 1-1000 with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_INITIAL=1
+  // MCMUX_FUZZ_FENCE_END=1, and 1150 of 1001-2000 with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1
+  // MCMUX_FUZZ_EXPIRY=1, before the fuzz kept a pool server's faults clear
   // of conditional commands in flight, as it keeps a restart empty (World.mayMoveRing): an append
   // of a lock applied on its authority, a server of the pool, which then failed before the append
   // was read back (the others journaled), and failed the next conditional command of the key (the
