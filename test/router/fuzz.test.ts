@@ -208,17 +208,14 @@
  *    does not read it there before a write reaches that server): a write that may have taken
  *    effect at the move, overwritten by the first acknowledged write of the key that begins after
  *    it (judge()).
- *    ALLOWED, as documented: a server back in the ring serves what it held before it left, a
- *    session deleted or overwritten while it was out included (docs/drivers.md, `eject`: "a
- *    server that comes back with its data then serves what it held before, so a session deleted
- *    while it was ejected ... can be read again, as with twemproxy"; memcached-pool.ts: "when it
- *    comes back with its old data, the keys written elsewhere meanwhile read stale there"), the
- *    same when a process starts with the whole ring. EXCLUDED, an open bug: pool finding 3
- *    (review-pool-cold.test.ts, todo; docs/drivers.md, "one more hole"): a key moving onto the
- *    server that stayed in the ring (the other left it), which holds a value of the key from an
- *    earlier outage, is served from it; its ghosts are judged as any stale read with
- *    MCMUX_FUZZ_POOL_FINDING3=1 (then seeds 30, 58 and 167 of 1-600 with MCMUX_FUZZ_POOL=1
- *    MCMUX_FUZZ_POOL_EJECT=1 fail: a session overwritten, or deleted, read again). FORBIDDEN as for every seed:
+ *    FORBIDDEN since each ring move distrusts the pool (ColdDetector.ringMoved, 1976150): a ghost
+ *    served, judged as any stale read. Both kinds: a server back in the ring serving what it held
+ *    before it left (a session deleted or overwritten while it was out: the twemproxy hazard, which
+ *    docs/drivers.md accepted until then), the same when a process starts with the whole ring; and
+ *    pool finding 3 (review-pool-cold.test.ts), a key moving onto the server that stayed in the
+ *    ring, which holds a value of the key from an earlier outage. MCMUX_FUZZ_POOL_GHOSTS=1 allows
+ *    ghosts again (the rule before that fix; without the fix and this variable, seeds 30, 58 and
+ *    167 of 1-600 with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 fail). FORBIDDEN as for every seed:
  *    a ghost is never an absence (a miss of a key the ring moved falls through to a copy that
  *    holds it), so a lost write, a lock granted twice (add STORED while a lock is held, the pool
  *    fenced at each move), a cas STORED with a unique of no state it may see, an expired value, a
@@ -301,7 +298,7 @@
  * clients' flush_all or incr's initial values (0: none); MCMUX_FUZZ_POOL=1 makes one upstream of
  * every seed a pool of two servers (a share such as 0.3: that share of the seeds), and
  * MCMUX_FUZZ_POOL_EJECT=1 makes that pool eject (a share: that share of the pool seeds;
- * MCMUX_FUZZ_POOL_FINDING3=1 judges what pool finding 3 serves); MCMUX_FUZZ_DIGEST=1
+ * MCMUX_FUZZ_POOL_GHOSTS=1 allows what a ring move put under a key); MCMUX_FUZZ_DIGEST=1
  * prints a digest of every seed's log (to check that a change leaves the runs as they were, the
  * marker's value, which names the process, left out); MCMUX_FUZZ_TRIAGE=1 reports
  * one line per failing seed and goes on; MCMUX_FUZZ_VERBOSE=1 counts the error replies by kind
@@ -367,12 +364,11 @@ const POOL_SHARE = Number(process.env.MCMUX_FUZZ_POOL ?? 0);
  */
 const POOL_EJECT_SHARE = Number(process.env.MCMUX_FUZZ_POOL_EJECT ?? 0);
 /**
- * With eject: a key that moves onto a server that stayed in the ring (the other one left it)
- * and holds a value of the key from an earlier outage is served from it: "pool finding 3", open
- * (review-pool-cold.test.ts, todo). Excluded by default (World.ringMoved); MCMUX_FUZZ_POOL_FINDING3=1
- * judges it as any stale read, to check its fix.
+ * With eject: what a server held of a key the ring moved onto it (a ghost: World.ringMoved) may
+ * be served, as with twemproxy, only with MCMUX_FUZZ_POOL_GHOSTS=1. By default a ghost served is a
+ * stale read: each ring move distrusts the pool (ColdDetector.ringMoved).
  */
-const POOL_FINDING3 = process.env.MCMUX_FUZZ_POOL_FINDING3 === '1';
+const POOL_GHOSTS = process.env.MCMUX_FUZZ_POOL_GHOSTS === '1';
 /** The pool's servers as its URL would list them: ketama places the keys over them (World's constructor: s0 s3 l0 c1 on the first, s1 s2 l1 c0 on the second). */
 const POOL_RING = [
   { host: '10.0.0.1', port: 11211, weight: 1 },
@@ -2294,8 +2290,8 @@ async function runSeed(seed: number, t: TestContext): Promise<{ world: World; vi
   try {
     await world.run();
     const held = await world.held();
-    // Pool finding 3 (a takeover ghost) is excluded unless MCMUX_FUZZ_POOL_FINDING3=1.
-    const ghosts = world.ghosts.filter((g) => g.kind === 'return' || !POOL_FINDING3);
+    // Ghosts served are stale reads, unless MCMUX_FUZZ_POOL_GHOSTS=1 (POOL_GHOSTS).
+    const ghosts = POOL_GHOSTS ? world.ghosts : [];
     return { world, violations: judge(world.ops, held, world.clock + 1, world.now, ghosts) };
   } finally {
     world.close();
