@@ -322,7 +322,9 @@ export class Repairer {
     // lose it. The other upstreams' repair copies it from here first; meanwhile (and for good
     // when there is no other upstream) it may be trusted by expiry, as any other store. One
     // cache is flushed at a time: two that hold the same key must not both drop it at once.
-    if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches && !this.flushing && !journal.holdsAlone(u, ctx.upstreams)) {
+    // Never the only upstream: every key it held before the overflow has no other copy (a pool
+    // alone in the chain distrusted by a ring move held every session: review-today finding 3).
+    if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches && !this.flushing && ctx.upstreams.length > 1 && !journal.holdsAlone(u, ctx.upstreams)) {
       this.flushing = true;
       try {
         // Ordered as a flush_all is: sent once every write in flight has settled (a conditional
