@@ -324,7 +324,11 @@ export class Repairer {
     // cache is flushed at a time: two that hold the same key must not both drop it at once.
     // Never the only upstream: every key it held before the overflow has no other copy (a pool
     // alone in the chain distrusted by a ring move held every session: review-today finding 3).
-    if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches && !this.flushing && ctx.upstreams.length > 1 && !journal.holdsAlone(u, ctx.upstreams)) {
+    // Nor while another upstream is down: the copies of what it held before are there, out of
+    // reach, and once flushed and trusted its misses would be answers (a session read as absent;
+    // review-today finding 6: a pool distrusted by a ring move while the store behind it was down).
+    const othersUp = ctx.upstreams.length > 1 && ctx.upstreams.every((x) => x === u || isUsable(x));
+    if (CACHE_SCHEMES.has(u.scheme) && this.options.flushCaches && !this.flushing && othersUp && !journal.holdsAlone(u, ctx.upstreams)) {
       this.flushing = true;
       try {
         // Ordered as a flush_all is: sent once every write in flight has settled (a conditional

@@ -244,3 +244,51 @@ describe('review-today cd6343c: markers of other processes found again', () => {
     await Promise.all([c.a.close(), c.b.close()]);
   });
 });
+
+describe('review-today 1976150: a ring move while the upstream behind the pool is down', () => {
+  /** [pool, b]: sess on s0 (a server that never leaves), b down, then s1 blips (two ring moves). */
+  async function blipWhileBehindIsDown() {
+    const { sf, fb } = fakes();
+    const s = proc(sf, fb);
+    const sess = s.keyOn(0);
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd(sess, 'cart'))), 'STORED', 'on s0 and b');
+    fb.mode = 'fail';
+    for (let n = 0; n < 20 && s.b.usable; n++) await s.exec(getCmd('nowhere'));
+    assert.equal(s.b.usable, false, 'b is down');
+    assert.equal(valueOf(await s.exec(getCmd(sess))), 'cart', 'served by s0 while b is down');
+    await takeDown(s, sf[1] as FakeUpstream, 1);
+    await bringBack(s, sf[1] as FakeUpstream, 1);
+    await s.repairer.tick();
+    return { sf, fb, s, sess };
+  }
+
+  // Finding 6. [pool, b], eject=true. b is down (a MySQL restart, say); the pool serves every
+  // session meanwhile. One pool server blips: the ring moves distrust the pool, and the repair
+  // flushes it at once (journal.holdsAlone looks at the keys written since the move only) though
+  // the copies of everything it held are on b, out of reach. Flushed, the pool is trusted, and its
+  // misses are answers: every session of the farm reads as absent (END: a logged-out user, whose
+  // PHP then writes a fresh session) until b is back. Fixed: the repair does not flush an
+  // overflowed cache while another upstream is down (a read then gets SERVER_ERROR, not a miss).
+  it('a session on a server that never left is never read as absent while the upstream behind is down, and is served once it is back', async () => {
+    const { fb, s, sess } = await blipWhileBehindIsDown();
+    const got = valueOf(await s.exec(getCmd(sess)));
+    assert.notEqual(got, undefined, 'SESSION READ AS ABSENT: the repair flushed the pool, the only reachable copy, while b was down');
+    fb.mode = 'ok';
+    for (let n = 0; n < 200 && !s.b.usable; n++) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(s.b.usable, true, 'b is back');
+    await s.repairer.tick();
+    assert.equal(s.journal.overflowed(s.p), undefined, 'flushed and trusted once b is back');
+    assert.equal(valueOf(await s.exec(getCmd(sess))), 'cart', 'from b (read-repaired into the pool)');
+    await s.stop();
+  });
+
+  // Finding 6 (availability, todo): before 1976150 s0 served such sessions (the pool was fenced
+  // only); now every session not written since the move is SERVER_ERROR while b is down. The
+  // distrust is of the whole pool where only the keys that moved are in doubt.
+  it('a session on a server that never left is still served while the upstream behind is down', { todo: 'finding 6: a ring move distrusts the whole pool, not the keys that moved: with the next upstream down, no session written before the move can be read' }, async () => {
+    const { s, sess } = await blipWhileBehindIsDown();
+    assert.equal(valueOf(await s.exec(getCmd(sess))), 'cart', 'A SESSION ON A SERVER THAT NEVER LEFT CANNOT BE READ');
+    await s.stop();
+  });
+});
