@@ -531,6 +531,11 @@ export class HealthyUpstream implements Upstream {
   flush() {
     return this.guard(() => this.inner.flush());
   }
+  /** The repair's flush: a memcached pool's servers in its ring (MemcachedPool.flushRing), any other store's flush. */
+  flushRing() {
+    const inner = this.inner as Upstream & { flushRing?: () => Promise<void> };
+    return this.guard(() => (inner.flushRing === undefined ? inner.flush() : inner.flushRing()));
+  }
   probe() {
     return this.inner.probe();
   }

@@ -11,7 +11,7 @@ import type { Hit } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { mayLandLate } from '../errors';
-import { cameBackAt, isFenced, isUsable, knowsKey, membersOf, noteWritten, outOfRing } from './health';
+import { HealthyUpstream, cameBackAt, isFenced, isUsable, knowsKey, membersOf, noteWritten, outOfRing } from './health';
 import { type DirtyEntry, type Overflow, type RepairJournal, idOf } from './journal';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
@@ -372,7 +372,8 @@ export class Repairer {
     this.onFlush?.(u);
     journal.flushingOverflowed(u, true);
     try {
-      await u.flush();
+      // A pool's servers in its ring only (HealthyUpstream.flushRing; a client's flush_all takes them all).
+      await (u instanceof HealthyUpstream ? u.flushRing() : u.flush());
     } catch (error) {
       journal.flushingOverflowed(u, false);
       // Still overflowed, so the keys written since are trusted one by one (Overflow.known):

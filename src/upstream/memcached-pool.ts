@@ -262,16 +262,30 @@ export class MemcachedPool implements Upstream {
   }
 
   /**
-   * Flushes every server in the ring (one out of it, outOfRing, holds no key of the pool now, and
-   * its return is a ring move, after which the pool is trusted for no key until flushed again);
-   * fails if any failed (after all have answered), with a failure that may still land when there
-   * is one (the router then takes the pool as possibly emptying itself), as UPSTREAM_PARTIAL while
-   * another server is up.
+   * Flushes every server (a client's flush_all); fails if any failed (after all have answered),
+   * with a failure that may still land when there is one (the router then takes the pool as
+   * possibly emptying itself), as UPSTREAM_PARTIAL while another server is up. A server out of
+   * the ring (eject) is not left out: it fails the flush, which the client hears (SERVER_ERROR),
+   * rather than coming back later with what the acknowledged flush_all was to remove
+   * (review-today finding 2).
    */
   async flush(): Promise<void> {
     this.checkUsable();
+    await this.flushNodes(this.nodes);
+  }
+
+  /**
+   * The repair's flush of the pool distrusted as a whole (ColdDetector.ringMoved): every server in
+   * the ring. One out of it (outOfRing) holds no key of the pool now, and its return is a ring
+   * move, after which the pool is trusted for no key until flushed again.
+   */
+  async flushRing(): Promise<void> {
+    this.checkUsable();
     const out = this.outOfRing();
-    const nodes = out.length === 0 ? this.nodes : this.nodes.filter((n) => !out.includes(n.name));
+    await this.flushNodes(out.length === 0 ? this.nodes : this.nodes.filter((n) => !out.includes(n.name)));
+  }
+
+  private async flushNodes(nodes: readonly HealthyUpstream[]): Promise<void> {
     const results = await Promise.allSettled(nodes.map((n) => n.flush()));
     const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ node: nodes[i] as HealthyUpstream, error: r.reason as unknown }] : []));
     const worst = failed.find((f) => mayLandLate(f.error)) ?? failed[0];
