@@ -628,6 +628,13 @@ export class RepairJournal {
    * 211229).
    */
   repairFlushes = 0;
+  /** Per upstream, the value of repairFlushes its last flush by the repair began at (flushedSince). */
+  private readonly flushedAt = new Map<string, number>();
+
+  /** Whether the repair began a flush of `u` once repairFlushes was past `since`. */
+  flushedSince(u: Upstream, since: number): boolean {
+    return (this.flushedAt.get(idOf(u)) ?? 0) > since;
+  }
 
   /** A flush (flush_all, or the repair's of an overflowed cache) is waiting for the writes in flight, or running: no repair or read repair starts. */
   get flushing(): boolean {
@@ -1210,6 +1217,7 @@ export class RepairJournal {
     o.flushing = on;
     if (on) {
       this.repairFlushes++;
+      this.flushedAt.set(idOf(u), this.repairFlushes);
       return;
     }
     for (const [key, k] of o.known) {

@@ -294,3 +294,43 @@ describe('review-today 1976150: a ring move while the upstream behind the pool i
     await s.stop();
   });
 });
+
+describe('review-today e619220: a miss answered after a repair flush began', () => {
+  // Finding 7 (low: a transient SERVER_ERROR). journal.repairFlushes counts the repair's flushes
+  // of every upstream, and a miss answered by ANY upstream once it moved since the read (or its
+  // second walk) began is no answer: the miss of a store the flush never touched (y here, a MySQL)
+  // too. Two flushes in one read (two overflowed caches in turn, or a pool whose server flaps:
+  // each ring move is one flush now) leave a key that exists nowhere unanswered: SERVER_ERROR,
+  // where every upstream answered a true miss. Only the flushed upstream's misses are in doubt.
+  // Fixed: journal.flushedSince(u): only a miss of an upstream the repair began flushing since.
+  it('a key absent everywhere is a miss, not SERVER_ERROR, when the repair flushes two caches during the read', async () => {
+    const c1 = new FakeUpstream('memcached://c1:11211', 'memcached');
+    const c2 = new FakeUpstream('memcached://c2:11211', 'memcached');
+    const fy = new FakeUpstream('mysql://y:3306/db', 'mysql');
+    const ups = [c1, c2, fy].map((f) => new HealthyUpstream(f, HEALTH, () => {}));
+    const [h1, h2] = ups as [HealthyUpstream, HealthyUpstream, HealthyUpstream];
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, noStats, () => {});
+    const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
+    journal.distrust(h1);
+    journal.distrust(h2);
+    const k = 'sess.nowhere';
+    fy.gateOnly = (call) => call === `get ${k}`;
+    fy.close_gate();
+    const reading = Promise.resolve(router.execute(getCmd(k))); // c1, c2 distrusted: asks y, held
+    for (let n = 0; n < 50 && !fy.calls.includes(`get ${k}`); n++) await settle();
+    await repairer.tick(); // flushes one cache (c1 first), trusts it
+    assert.equal(journal.overflowed(h1), undefined);
+    c1.gateOnly = (call) => call === `get ${k}`;
+    c1.close_gate();
+    fy.open(); // y: a true miss, taken for none (a flush began since): the key is read again, c1 first, held
+    for (let n = 0; n < 50 && c1.calls.filter((c) => c === `get ${k}`).length === 0; n++) await settle();
+    await repairer.tick(); // flushes c2
+    assert.equal(journal.overflowed(h2), undefined);
+    c1.open();
+    const reply = await reading;
+    assert.equal(status(reply), 'values', `${status(reply)}: A KEY THAT EXISTS NOWHERE IS AN ERROR`);
+    assert.equal(valueOf(reply), undefined);
+    await Promise.all(ups.map((u) => u.close()));
+  });
+});
