@@ -238,7 +238,8 @@ export class ColdDetector {
    */
   ringMoved(u: HealthyUpstream): void {
     this.knownEmpty(u);
-    this.fenceLog?.distrust(u);
+    const pool = u.inner as { keptPlace?: (key: string) => boolean };
+    this.fenceLog?.distrust(u, this.upstreams(), pool.keptPlace?.bind(pool));
     this.fenceLog?.ringMoved(u, ringWhole(u));
   }
 
@@ -263,7 +264,7 @@ export class ColdDetector {
       if (this.fenceLog?.ringBroken(u) !== true || !ringWhole(u)) continue;
       this.ringsInherited.add(u);
       this.knownEmpty(u);
-      this.fenceLog?.distrust(u);
+      this.fenceLog?.distrust(u, ups);
       this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'a server of this pool was out of its ring under the process before: the pool decides no add/cas/incr until the fence ends');
     }
   }
@@ -442,8 +443,15 @@ export class ColdDetector {
    * knowing none of them (fuzz seed 47081 of 46501-48000 with MCMUX_FUZZ_RESTART=1: mcmux killed
    * before its next check, the next process fenced the flushed cache as come back empty, and a
    * cas was decided by the other store, which had lost the key unseen: NOT_FOUND).
+   * A pool flushed with its ring whole holds nothing of a broken ring any more: journal.log's
+   * record of one goes (a next process would distrust it again, and forget which keys it alone
+   * holds since: fuzz seed 79 with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1).
    */
   flushed(u: HealthyUpstream): void {
+    if (membersOf(u).length > 0 && ringWhole(u) && this.fenceLog?.ringBroken(u) === true) {
+      this.ringsInherited.delete(u);
+      this.fenceLog.ringMoved(u, true);
+    }
     for (const s of [u.inner, ...this.storesOf(u, false)]) {
       this.lastSet.delete(s);
       this.unsure.delete(s);

@@ -612,8 +612,12 @@ export interface FenceLog {
   /** What fenceEmptied kept for `u`'s fence `id` (epoch ms; 0: none), by this process or one before it. */
   emptiedUntil(u: Upstream, id: number): number;
   uniquesVoided(u: Upstream, epoch: number): void;
-  /** `u` holds older data than mcmux wrote there: trusted for no key until known clean. */
-  distrust(u: Upstream): void;
+  /**
+   * `u` holds older data than mcmux wrote there, or its keys moved (a pool's ring): trusted for no
+   * key until known clean; with `chain`, not flushed while it may hold a key's only copy there
+   * (`stayed`: the keys whose place in it did not move, the freshest copies).
+   */
+  distrust(u: Upstream, chain?: readonly Upstream[], stayed?: (key: string) => boolean): void;
   /** `store` acknowledged this host's marker, which lives there until `wallUntil` (epoch ms). */
   markerAcked(store: Upstream, wallUntil: number): void;
   /** `store` was flushed: the marker it acknowledged before is gone with the rest. */

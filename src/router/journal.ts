@@ -1132,9 +1132,11 @@ export class RepairJournal {
    * Stops trusting `u` as a whole, as on overflow: its journal overflowed, or it was added by a
    * reload (it may be a store that left the chain earlier and missed every write since).
    */
-  distrust(u: Upstream): void {
+  distrust(u: Upstream, chain?: readonly Upstream[], stayed?: (key: string) => boolean): void {
     const p = this.of(u);
     const late = lateKeys(p);
+    // Before what `u` was told is dropped: the keys only it may hold (see heldAlone).
+    const alone = chain === undefined ? [] : this.heldAlone(u, chain);
     this.dropKeys(p);
     // One loaded from journal.log stays unsettled (a flush_all that emptied it may be followed by
     // a request the earlier process sent): it learns nothing until the repair finds it settled.
@@ -1147,6 +1149,54 @@ export class RepairJournal {
       else o.lastLate = Math.max(o.lastLate ?? 0, at);
     }
     this.append(`O ${hex(idOf(u))} ${o.since}`);
+    // Maybe their only copy: not flushed while so (holdsAlone); or, when which keys those are is
+    // not known, not at all. One whose place in `u` is known to be the same as before (`stayed`: a
+    // pool's ring moved others) is held there as before: read and repaired from (once its fence
+    // ends); one that moved is not read there (its server may lack it).
+    if (alone === undefined) {
+      o.full = true;
+      this.append(`F ${hex(idOf(u))}`);
+      return;
+    }
+    for (const key of alone) {
+      if (o.known.has(key)) continue;
+      if (o.known.size >= this.options.maxKeys) {
+        o.full = true;
+        this.append(`F ${hex(idOf(u))}`);
+        return;
+      }
+      const holds = stayed?.(key) === true;
+      o.known.set(key, { seq: this.writeSeq, holds, maybe: !holds });
+      this.append(`${holds ? 'K' : 'H'} ${hex(idOf(u))} ${hex(key)}`);
+    }
+  }
+
+  /**
+   * The keys `u` may hold the only current copy of: every other store of `chain` is dirty for them
+   * (a write it missed, or one on its way there) and `u` is not. Undefined when that cannot be
+   * told: `u` is alone in the chain, or another store is overflowed (dirty for keys on no list).
+   * distrust keeps them, for a pool whose ring moved: dropped, the repair would flush their only
+   * copy (fuzz seed 79 with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1).
+   */
+  private heldAlone(u: Upstream, chain: readonly Upstream[]): string[] | undefined {
+    const self = this.byName.get(idOf(u));
+    const others: PerUpstream[] = [];
+    for (const x of chain) {
+      if (idOf(x) === idOf(u)) continue;
+      const p = this.byName.get(idOf(x));
+      if (p === undefined) return []; // clean for every key
+      if (p.overflow !== undefined) return undefined;
+      others.push(p);
+    }
+    if (others.length === 0) return undefined;
+    const dirtyThere = (p: PerUpstream, key: string): boolean => p.keys.has(key) || p.pending?.has(key) === true;
+    const cleanHere = (key: string): boolean => self === undefined || (!self.keys.has(key) && (self.overflow === undefined || self.overflow.known.get(key)?.holds === true || self.overflow.known.get(key)?.maybe === true));
+    const fewest = others.reduce((a, b) => (a.keys.size + (a.pending?.size ?? 0) <= b.keys.size + (b.pending?.size ?? 0) ? a : b));
+    const out: string[] = [];
+    for (const key of new Set([...fewest.keys.keys(), ...(fewest.pending?.keys() ?? [])])) {
+      if (others.every((p) => dirtyThere(p, key)) && cleanHere(key)) out.push(key);
+    }
+    return out;
   }
 
   /**

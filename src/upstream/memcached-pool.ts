@@ -78,6 +78,8 @@ export class MemcachedPool implements Upstream {
   private readonly nodes: HealthyUpstream[];
   private readonly ring: RingServer[];
   private place: (key: string) => number;
+  /** The placement before the last ring move (eject), for keptPlace; undefined before any. */
+  private placedBefore: ((key: string) => number) | undefined;
   private live: boolean[];
   /** How often the ring moved (eject): a write answered after a move went to a server the key left. */
   private moves = 0;
@@ -110,6 +112,15 @@ export class MemcachedPool implements Upstream {
   /** The server `key` goes to now (the full key, namespace included), or undefined if none is up. */
   serverFor(key: string): HealthyUpstream | undefined {
     return this.nodes[this.place(this.hashKey(key))];
+  }
+
+  /**
+   * Whether the last ring move left `key` on the server it was on (eject): what the pool holds of
+   * it is still where it is read. False when not known (no move seen in this process).
+   */
+  keptPlace(key: string): boolean {
+    const h = this.hashKey(key);
+    return this.placedBefore !== undefined && this.placedBefore(h) === this.place(h);
   }
 
   /** The names of the servers out of the ring: ejected (down, eject=true), or not back since a pool before this one ejected them. */
@@ -352,6 +363,7 @@ export class MemcachedPool implements Upstream {
         this.live = live;
         this.moves++;
         // libmemcached's auto-eject rebuilds the continuum over the live servers only.
+        this.placedBefore = this.place;
         this.place = placer(this.ring, this.settings.distribution, live);
         this.onMemberChange?.(u, from, to, reason);
         this.onRingMoved?.();

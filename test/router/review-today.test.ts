@@ -334,3 +334,29 @@ describe('review-today e619220: a miss answered after a repair flush began', () 
     await Promise.all(ups.map((u) => u.close()));
   });
 });
+
+describe('a ring move and the keys only the pool holds', () => {
+  // Fuzz seed 79 (MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1) minimised: a
+  // session written while b missed it is held by the pool alone. A server the session is not on
+  // leaves the ring: the ring move distrusts the pool, which forgot what it alone holds; the repair
+  // took b's (empty) copy for the freshest, and flushed the pool: the session lost everywhere.
+  // distrust(u, chain, stayed) keeps those keys: not flushed while alone, and, the session's place
+  // unchanged, held there as before: read, and b repaired from it once the pool's fence ends.
+  it('a session only the pool holds survives a ring move of another server: read from the pool, which is not flushed', async () => {
+    const { sf, fb } = fakes();
+    const s = proc(sf, fb);
+    const sess = s.keyOn(0);
+    await s.detector.checkAll();
+    fb.mode = 'fail';
+    assert.equal(status(await s.exec(setCmd(sess, 'cart'))), 'STORED', 'on s0; b missed it');
+    fb.mode = 'ok';
+    await takeDown(s, sf[1] as FakeUpstream, 1); // s1, which does not hold sess, leaves the ring
+    assert.equal(s.pool.serverFor(sess), s.servers[0], 'sess stayed on s0');
+    assert.ok(s.journal.overflowed(s.p), 'the ring moved: distrusted');
+    for (let n = 0; n < 5; n++) await s.repairer.tick();
+    assert.equal((await (sf[0] as FakeUpstream).inner.get([sess]))[0]?.value.toString(), 'cart', 'SESSION LOST: the repair flushed the only copy');
+    assert.equal(valueOf(await s.exec(getCmd(sess))), 'cart', 'LOST WRITE: the session only the pool held was flushed');
+    assert.ok(s.journal.overflowed(s.p), 'the pool waits: b is repaired from it once its fence ends, then it is flushed');
+    await s.stop();
+  });
+});
