@@ -11,7 +11,6 @@
 
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
-import { type AddressInfo, type Socket, connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, describe, it } from 'node:test';
@@ -23,6 +22,7 @@ import { startMcmux } from '../helpers/mcmux';
 import { eventually } from '../helpers/poll';
 import { requireBinary } from '../helpers/servers';
 import { sqliteUrl } from '../helpers/sqlite-fixture';
+import { lockThenFailover } from '../helpers/redis-failover';
 import { connectWire } from '../helpers/wire';
 import { connectMysqlUrl, startMariadb } from '../upstream/targets/mysql';
 import { startRedis } from '../upstream/targets/redis';
@@ -178,41 +178,6 @@ describe('a durable store that comes back with older data than mcmux last wrote 
   });
 });
 
-/**
- * A TCP forwarder on a free port of 127.0.0.1 to 127.0.0.1:`target`: the stable address of a
- * Redis failover (Sentinel behind a virtual IP, a proxy). `retarget` points it at another server
- * and cuts the connections open, as the failover does.
- */
-async function forwarder(t: TestContext, target: number): Promise<{ port: number; retarget(port: number): void }> {
-  let to = target;
-  const open = new Set<Socket>();
-  const server = createServer((client) => {
-    const up = connect({ host: '127.0.0.1', port: to });
-    for (const s of [client, up]) {
-      open.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => {
-        open.delete(s);
-        client.destroy();
-        up.destroy();
-      });
-    }
-    client.pipe(up);
-    up.pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => {
-    for (const s of open) s.destroy();
-    return new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  return {
-    port: (server.address() as AddressInfo).port,
-    retarget(port: number): void {
-      to = port;
-      for (const s of open) s.destroy();
-    },
-  };
-}
 
 describe('a standalone redis failed over behind a stable address (the replica + Sentinel set-up drivers.md advises)', () => {
   // FINDING 3. A replica promoted after its master died lacks the master's last writes
@@ -227,37 +192,8 @@ describe('a standalone redis failed over behind a stable address (the replica + 
   // machine is not enough") advises this very set-up, with no word of it.
   it('a lock the dead master granted is not granted again by the promoted replica', { timeout: 60_000 }, async (t) => {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-    const master = await startRedis();
-    t.after(() => master.stop());
-    const replica = await startRedis(['--replicaof', '127.0.0.1', String(master.port)]);
-    t.after(() => replica.stop());
-    const m = new Redis({ host: '127.0.0.1', port: master.port, maxRetriesPerRequest: 0, protocol: 2 });
-    const r = new Redis({ host: '127.0.0.1', port: replica.port, maxRetriesPerRequest: 0, protocol: 2 });
-    for (const c of [m, r]) c.on('error', () => undefined); // the master is killed below
-    t.after(() => {
-      m.disconnect();
-      r.disconnect();
-    });
-    await eventually('the replica is in sync', async () => /master_link_status:up/.test(await r.info('replication')), 15_000);
-    const vip = await forwarder(t, master.port);
-
     // A durable store behind it, which the lock's copy reaches: it still holds the lock.
-    const file = join(tempDir(t, 'sqlite'), 'store.db');
-    const app = await inProcessMcmux({ 'probe-interval': '50' }, [`redis://127.0.0.1:${vip.port}`, sqliteUrl(file)]);
-    const w = await connectWire(app.address.port);
-    t.after(() => w.close());
-    const redis = app.upstreams[0] as HealthyUpstream;
-    await eventually('mcmux has written its markers and redis decides', () => !redis.fenced, 15_000);
-    // Everything so far (the marker) reached the replica; the lock will not (asynchronous
-    // replication: the master dies before it ships it).
-    await m.wait(1, 1000);
-    await r.replicaof('NO', 'ONE');
-    assert.equal(await w.ask('add lock.sid 0 0 1\r\n1\r\n'), 'STORED\r\n');
-    // The master dies; the stable address now leads to the promoted replica.
-    const fences = redis.fencesBegun;
-    master.kill('SIGKILL');
-    vip.retarget(replica.port);
-    await eventually('mcmux reconnected to the promoted replica', () => redis.fencesBegun > fences, 15_000);
+    const { app, w, redis } = await lockThenFailover(t, tempDir(t, 'sqlite'));
     // A marker check, which lifts a reconnect's precaution when it finds the marker kept (the
     // replica holds it, replicated): the promoted replica is another server, fenced as come back empty.
     await app.coldDetector.check(redis);

@@ -15,6 +15,7 @@ import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
 import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { wirePool } from '../helpers/pool-ring';
 import { describeReply } from '../helpers/reply-text';
 
 const noop = (): void => {};
@@ -92,11 +93,7 @@ function ejecting(order: 'pool first' | 'b first', downAfter: number, probeMs = 
   const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
   const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait, allowFlush: false }, noStats, noop);
   const detector = new ColdDetector(() => ups, 60_000, pino({ level: 'silent' }), journal);
-  for (const member of pool.members()) member.inner.onReconnect = (): void => detector.serverReconnected(p, member);
-  pool.onRingMoved = (): void => detector.ringMoved(p);
-  pool.onMemberChange = (u, _from, to): void => {
-    if (to === 'healthy') detector.serverReconnected(p, u);
-  };
+  wirePool(pool, p, detector);
   const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
   const servers = pool.members();
   /** A key of the form `lock.sN` that the whole ring places on server `i`. */
@@ -174,12 +171,7 @@ describe('router fuzz findings with a memcached pool that ejects (MCMUX_FUZZ_POO
     const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
     const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, noStats, noop);
     const detector = new ColdDetector(() => ups, 60_000, pino({ level: 'silent' }), journal);
-    // As app.ts wires a pool.
-    for (const member of pool.members()) member.inner.onReconnect = (): void => detector.serverReconnected(p, member);
-    pool.onRingMoved = (): void => detector.ringMoved(p);
-    pool.onMemberChange = (u, _from, to): void => {
-      if (to === 'healthy') detector.serverReconnected(p, u);
-    };
+    wirePool(pool, p, detector);
     const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
     const servers = pool.members();
     let lock = '';

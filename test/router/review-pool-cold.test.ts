@@ -19,6 +19,7 @@ import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
 import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { bringBack, takeDown, wirePool } from '../helpers/pool-ring';
 
 const silent = pino({ level: 'silent' });
 const FENCE_MS = 60_000;
@@ -50,11 +51,7 @@ function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, eject = false, dir?
   const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, noStats, () => {});
   const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
   // As app.ts wires a pool (resolveUpstreams).
-  for (const member of pool.members()) member.inner.onReconnect = (): void => detector.serverReconnected(p, member);
-  pool.onRingMoved = (): void => detector.ringMoved(p);
-  pool.onMemberChange = (u, _from, to): void => {
-    if (to === 'healthy') detector.serverReconnected(p, u);
-  };
+  wirePool(pool, p, detector);
   const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
   const servers = pool.members() as readonly HealthyUpstream[];
   /** A key of the form `${prefix}N` that the pool places on server `i`. */
@@ -137,24 +134,7 @@ describe('review: a precaution on a pool lifted while one of its servers is unve
   });
 });
 
-/**
- * Server `i` of `s`'s pool fails until its health marks it down (eject: the ring moves). By writes:
- * a pool whose ring moved before is read for no key until flushed (ringMoved distrusts it).
- */
-async function takeDown(s: ReturnType<typeof proc>, f: FakeUpstream, i: number): Promise<void> {
-  f.mode = 'fail';
-  const key = s.keyOn(i, 'probe.');
-  for (let n = 0; n < 20 && s.servers[i]?.usable; n++) await s.exec(setCmd(key, 'x'));
-  assert.equal(s.servers[i]?.usable, false, `server ${i} is down`);
-}
 
-/** Server `i` answers again: its next probe brings it back (eject: the ring moves back). */
-async function bringBack(s: ReturnType<typeof proc>, f: FakeUpstream, i: number): Promise<void> {
-  f.mode = 'ok';
-  for (let n = 0; n < 200 && !s.servers[i]?.usable; n++) await new Promise((r) => setTimeout(r, 5));
-  assert.equal(s.servers[i]?.usable, true, `server ${i} is back`);
-  await settle();
-}
 
 describe('review: eject=true, a write in flight while the ring moves', () => {
   // Finding 2. eject=true, s1 is out: lock.<sid> (home s1) is placed on s0, and the pool is fenced

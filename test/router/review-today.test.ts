@@ -17,6 +17,7 @@ import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { bringBack, takeDown, wirePool } from '../helpers/pool-ring';
 
 const silent = pino({ level: 'silent' });
 const FENCE_MS = 60_000;
@@ -52,11 +53,7 @@ function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, o: Opts = {}) {
   const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: o.allowFlush ?? false }, noStats, () => {});
   const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
   const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
-  for (const member of pool.members()) member.inner.onReconnect = (): void => detector.serverReconnected(p, member);
-  pool.onRingMoved = (): void => detector.ringMoved(p);
-  pool.onMemberChange = (u, _from, to): void => {
-    if (to === 'healthy') detector.serverReconnected(p, u);
-  };
+  wirePool(pool, p, detector);
   const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
   const servers = pool.members() as readonly HealthyUpstream[];
   const keyOn = (i: number, prefix = 'sess.'): string => {
@@ -75,21 +72,7 @@ const fakes = (n = 2): { sf: FakeUpstream[]; fb: FakeUpstream } => ({
   fb: new FakeUpstream('memcached://b:11211', 'memcached'),
 });
 
-/** Server `i` fails until its health marks it down (eject: the ring moves). */
-async function takeDown(s: ReturnType<typeof proc>, f: FakeUpstream, i: number): Promise<void> {
-  f.mode = 'fail';
-  const key = s.keyOn(i, 'probe.');
-  for (let n = 0; n < 20 && s.servers[i]?.usable; n++) await s.exec(setCmd(key, 'x'));
-  assert.equal(s.servers[i]?.usable, false, `server ${i} is down`);
-}
 
-/** Server `i` answers again: its next probe brings it back (eject: the ring moves back). */
-async function bringBack(s: ReturnType<typeof proc>, f: FakeUpstream, i: number): Promise<void> {
-  f.mode = 'ok';
-  for (let n = 0; n < 200 && !s.servers[i]?.usable; n++) await new Promise((r) => setTimeout(r, 5));
-  assert.equal(s.servers[i]?.usable, true, `server ${i} is back`);
-  await settle();
-}
 
 describe('review-today 1976150: a pool ring move distrusts the pool', () => {
   // Finding 1. eject=true, sess (home s1) = v1 on s1 and b. s1 goes out (ring move: the pool is
