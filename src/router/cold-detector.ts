@@ -6,8 +6,9 @@
  * Reads need no fence: a miss there falls through and is repaired. The cas uniques it handed out
  * before are void from then on (voidUniques): its counter started again.
  *
- * The marker's value is the pid of the mcmux process that wrote it, or, while the upstream is
- * fenced, `fenced until <epoch ms>`: an mcmux restarted inside that time finds the marker (put
+ * The marker's value names the mcmux process that wrote it (pid, generation, nonce: PID_GEN),
+ * or, while the upstream is fenced, `fenced until <epoch ms>`: an mcmux restarted inside that
+ * time finds the marker (put
  * back by the process before it), and fences the upstream until then all the same, for at most
  * its own lock-fence (a wrong clock cannot fence for longer). Its flags then name the fence
  * (HealthyUpstream.fenceId): the keys a client wrote to the upstream under it, on journal.log,
@@ -20,6 +21,7 @@
  * cut to the lock-fence).
  */
 
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import { RESERVED_KEY_PREFIX } from '../command/command';
@@ -40,8 +42,11 @@ type Verdict = 'cold' | 'warm' | 'first' | 'unknown';
 const REFRESH_MS = 3600_000;
 const MARKER_TTL_MS = 24 * 3600_000;
 const FENCED_UNTIL = /^fenced until (\d{1,15})$/;
-/** The marker of a process not fencing the store: its pid and a generation, new at each write. */
-const PID_GEN = /^(\d{1,10}) (\d{1,15})$/;
+/**
+ * The marker of a process not fencing the store: its pid, a generation, new at each write, and
+ * the process's nonce (ColdDetector.nonce; absent from the markers of mcmux before it).
+ */
+const PID_GEN = /^(\d{1,10}) (\d{1,15})(?: ([0-9a-f]{1,32}))?$/;
 /** A `fenced until` marker is written again when the wall clock stepped more than this since. */
 const WALL_STEP_MS = 1000;
 
@@ -124,10 +129,19 @@ export class ColdDetector {
    * process's own is acknowledged there, is the store gone back to a snapshot taken under the
    * process before this one (a deploy, a reboot of the web host): the generations of this
    * process alone did not tell it (review finding 1, test/integration/review-durable.test.ts).
-   * Not kept for a marker of this very pid (the first process of every container has pid 1):
-   * it cannot be told from one this process wrote.
+   * Keyed by the pid and the nonce: a process that reused the pid of one before it (the first
+   * process of every container has pid 1) numbers its markers from 1 again, and is no rollback
+   * of the one before (review-today finding 4).
    */
-  private readonly earlier = new Map<Upstream, Map<number, number>>();
+  private readonly earlier = new Map<Upstream, Map<string, number>>();
+  /**
+   * Names this process in its markers beside the pid, which another process may reuse: a random
+   * nonce, new at each start (a restart under the same pid is another process; so is another
+   * detector in this process, as tests build them).
+   */
+  private readonly nonce = randomBytes(6).toString('hex');
+  /** `<pid> <nonce>`: the writer of a marker as checkStore tells writers apart. */
+  private readonly self = `${process.pid} ${this.nonce}`;
   /** startAfter is waiting for a crashed process's requests (its marker writes too) to land. */
   private settling = false;
   /**
@@ -667,16 +681,16 @@ export class ColdDetector {
     if (hit && wrote === undefined) this.found.add(store);
     // Only a marker another process wrote tells of a fence this one does not know.
     const fenced = hit && wrote === undefined ? FENCED_UNTIL.exec(hit.value.toString('latin1')) : null;
-    const mine = hit && wrote !== undefined ? PID_GEN.exec(hit.value.toString('latin1')) : null;
-    let rolledBack = mine !== null && Number(mine[1]) === process.pid && Number(mine[2]) < floor;
-    const other = hit ? PID_GEN.exec(hit.value.toString('latin1')) : null;
-    if (other !== null && Number(other[1]) !== process.pid) {
-      const [pid, gen] = [Number(other[1]), Number(other[2])];
+    const marker = hit ? PID_GEN.exec(hit.value.toString('latin1')) : null;
+    const writer = marker === null ? undefined : `${marker[1]} ${marker[3] ?? ''}`;
+    const gen = marker === null ? 0 : Number(marker[2]);
+    let rolledBack = writer === this.self && wrote !== undefined && gen < floor;
+    if (writer !== undefined && writer !== this.self) {
       let seen = this.earlier.get(store);
       if (wrote === undefined || settling) {
         if (seen === undefined) this.earlier.set(store, (seen = new Map()));
-        seen.set(pid, Math.max(seen.get(pid) ?? 0, gen));
-      } else if (seen !== undefined && gen <= (seen.get(pid) ?? -1)) {
+        seen.set(writer, Math.max(seen.get(writer) ?? 0, gen));
+      } else if (seen !== undefined && gen <= (seen.get(writer) ?? -1)) {
         rolledBack = true;
       }
     }
@@ -713,7 +727,7 @@ export class ColdDetector {
     const until = u.fenced ? u.coldUntil : 0;
     const wallUntil = until === 0 ? 0 : Math.ceil(wall + (until - at));
     const gen = ++this.gen;
-    const value = until === 0 ? `${process.pid} ${gen}` : `fenced until ${wallUntil}`;
+    const value = until === 0 ? `${process.pid} ${gen} ${this.nonce}` : `fenced until ${wallUntil}`;
     const id = until === 0 ? 0 : u.fenceId;
     // Before the marker that names the fence: a process that inherits it knows it came back empty.
     if (until !== 0 && u.cameBackEmpty) this.fenceLog?.fenceEmptied(u, id, Math.ceil(wall + (u.emptyUntil - at)));

@@ -95,7 +95,7 @@ describe('a store removed by a reload, restarted empty meanwhile, and added back
     reloadTo(app, scalars, [mc1.url, mc2.url]);
     await eventually('the memcached added back is flushed and trusted', () => app.journal.overflowed(app.upstreams[0] as HealthyUpstream) === undefined);
     // Its fence (the repair flushed it) ends, and the marker says so: it decides again.
-    await eventually('the fence of the memcached added back has ended', async () => new RegExp(`^${process.pid} \\d+$`).test((await peekItem(mc1.port, app.coldDetector.key))?.value ?? ''));
+    await eventually('the fence of the memcached added back has ended', async () => new RegExp(`^${process.pid} \\d+ [0-9a-f]{12}$`).test((await peekItem(mc1.port, app.coldDetector.key))?.value ?? ''));
     assert.equal((app.upstreams[0] as HealthyUpstream).fenced, false);
 
     // Its counter numbers items from 1 again: the next write of the session there gets the

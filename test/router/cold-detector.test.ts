@@ -512,7 +512,7 @@ describe('cold detector: the lock fence and steps of the system clock', () => {
       assert.deepEqual([a.fenced, b.fenced], [false, false], 'both end after the lock-fence of monotonic time');
       fb.mode = 'ok';
       await d.checkAll();
-      assert.match(await markerOf(fa, d.key), new RegExp(`^${process.pid} \\d+$`), 'the marker no longer tells of a fence');
+      assert.match(await markerOf(fa, d.key), new RegExp(`^${process.pid} \\d+ [0-9a-f]{12}$`), 'the marker no longer tells of a fence');
     } finally {
       clocks.restore();
       await close();

@@ -217,13 +217,15 @@ describe('review-today cd6343c: markers of other processes found again', () => {
   // store (a Redis, a MySQL that lost nothing) is distrusted, read for no key written before, until
   // every item mcmux ever wrote has expired (never, with an item without expiry: an operator must
   // run mcmux repair --trust). A (pid, generation) does not name a process across restarts.
-  it('another process on this host restarted with the same pid is no rollback', { todo: 'finding 4: a marker "<pid> <gen>" does not tell a restarted process with a reused pid from a rollback (the marker needs a per-process nonce, e.g. its start time)' }, async () => {
+  // Fixed: the marker carries a nonce, new at each start (`<pid> <gen> <nonce>`), and the markers
+  // remembered are those of a pid and a nonce.
+  it('another process on this host restarted with the same pid is no rollback', async () => {
     const c = chain();
-    await c.other(c.fa, `${otherPid} 57`);
+    await c.other(c.fa, `${otherPid} 57 aaaaaaaaaaaa`);
     await c.detector.checkAll();
-    await c.other(c.fa, `${otherPid} 58`);
+    await c.other(c.fa, `${otherPid} 58 aaaaaaaaaaaa`);
     await c.detector.checkAll();
-    await c.other(c.fa, `${otherPid} 1`); // the other process restarted, with the same pid
+    await c.other(c.fa, `${otherPid} 1 bbbbbbbbbbbb`); // the other process restarted, with the same pid
     await c.detector.checkAll();
     assert.equal(c.journal.overflowed(c.a), undefined, 'A STORE THAT LOST NOTHING IS DISTRUSTED (until every item expires)');
     await Promise.all([c.a.close(), c.b.close()]);
