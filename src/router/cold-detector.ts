@@ -182,6 +182,8 @@ export class ColdDetector {
    * fence, and the pool decided a lock the restarted server had lost).
    */
   private readonly unverified = new Map<HealthyUpstream, Map<Upstream, number>>();
+  /** The history each upstream's server last named (serverId), in this process. */
+  private readonly serverIds = new Map<HealthyUpstream, string>();
   /** When this process last started writing each store's marker (monotonic ms). */
   private readonly writing = new Map<Upstream, number>();
   private arm(u: HealthyUpstream): number {
@@ -333,12 +335,24 @@ export class ColdDetector {
   }
 
   /**
-   * `u` answers at its address as another server than before (Upstream.onReplaced: a Redis replica
-   * promoted behind a stable address, or a restart): it may lack writes it acknowledged, a lock
-   * among them, though its marker is there (replicated, or in a snapshot). Fenced as come back
-   * empty, which its marker does not lift (review-durable finding 3).
+   * The server at `u`'s address names its history `id` (Upstream.onServerId, at each connection:
+   * a Redis replication id). Another id than the last one seen, by this process or one before it
+   * (journal.log: a failover while mcmux was down, review-today finding 5), is another server.
    */
-  replaced(u: HealthyUpstream): void {
+  serverId(u: HealthyUpstream, id: string): void {
+    const before = this.serverIds.get(u) ?? this.fenceLog?.serverIdOf(u);
+    this.serverIds.set(u, id);
+    this.fenceLog?.serverIdSeen(u, id);
+    if (before !== undefined && before !== id) this.replaced(u);
+  }
+
+  /**
+   * `u` answers at its address as another server than before (serverId: a Redis replica promoted
+   * behind a stable address, or a restart): it may lack writes it acknowledged, a lock among
+   * them, though its marker is there (replicated, or in a snapshot). Fenced as come back empty,
+   * which its marker does not lift (review-durable finding 3).
+   */
+  private replaced(u: HealthyUpstream): void {
     this.knownEmpty(u);
     this.voidUniques(u);
     this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream answers as another server than before (a replica promoted, or a restart): it decides no add/cas/incr until the fence ends');

@@ -624,6 +624,10 @@ export interface FenceLog {
   markerGone(store: Upstream): void;
   /** Until when (epoch ms) the last marker `store` acknowledged lives, as this process or one before it saw (0: none). */
   markerUntil(store: Upstream): number;
+  /** `u` named the history of the server at its address `id` (Upstream.onServerId). */
+  serverIdSeen(u: Upstream, id: string): void;
+  /** The id `u` last named (serverIdSeen), by this process or one before it; undefined: none. */
+  serverIdOf(u: Upstream): string | undefined;
   /** `u`'s ring moved (a pool with eject): `whole`, every server of it is in the ring now. */
   ringMoved(u: Upstream, whole: boolean): void;
   /** Whether `u`'s ring was not whole when last told, by this process or the one before. */

@@ -134,6 +134,8 @@ interface PerUpstream {
   emptied?: Map<number, number>;
   /** How often its uniques were voided (HealthyUpstream.uniquesEpoch), as the last process left it. */
   uniquesEpoch?: number;
+  /** The history the server at its address last named (serverIdSeen): a Redis replication id. */
+  serverId?: string;
 }
 
 export interface UnknownLate {
@@ -456,6 +458,24 @@ export class RepairJournal {
     if (epoch <= Math.max(p.uniquesEpoch ?? 0, this.otherEpochs.get(idOf(u)) ?? 0)) return;
     p.uniquesEpoch = epoch;
     this.append(`V ${hex(idOf(u))} ${epoch}`);
+  }
+
+  /**
+   * `u` named the history of the server at its address `id` (Upstream.onServerId: a Redis
+   * replication id), on file as `I <store> <id>` when it changed: a process started after a
+   * failover while mcmux was down tells the promoted replica from the master it knew
+   * (ColdDetector.serverId; review-today finding 5).
+   */
+  serverIdSeen(u: Upstream, id: string): void {
+    const p = this.of(u);
+    if (p.serverId === id) return;
+    p.serverId = id;
+    this.append(`I ${hex(idOf(u))} ${hex(id)}`);
+  }
+
+  /** The id `u` last named (serverIdSeen), by this process or the one before it. */
+  serverIdOf(u: Upstream): string | undefined {
+    return this.byName.get(idOf(u))?.serverId;
   }
 
   /** What uniquesVoided last kept for `u` (0: never), to resume from (HealthyUpstream.resumeUniques). */
@@ -1604,6 +1624,8 @@ export class RepairJournal {
         this.loadedTimeouts.set(name, Number(f[2]) || 0);
       } else if (f[0] === 'W' && f[3] !== undefined) {
         this.learnFenced(p, Number(f[2]), unhex(f[3]));
+      } else if (f[0] === 'I' && f[2] !== undefined) {
+        p.serverId = unhex(f[2]);
       } else if (f[0] === 'J' && f[2] !== undefined) {
         if (f[2] === '1') this.ringsBroken.add(name);
         else this.ringsBroken.delete(name);
@@ -1646,6 +1668,7 @@ export class RepairJournal {
       for (const [id, keys] of p.fenced ?? []) for (const key of keys) out.push(`W ${hex(name)} ${id} ${hex(key)}`);
       for (const [id, until] of p.emptied ?? []) if (until > Date.now()) out.push(`B ${hex(name)} ${id} ${until}`);
       if (p.uniquesEpoch !== undefined) out.push(`V ${hex(name)} ${p.uniquesEpoch}`);
+      if (p.serverId !== undefined) out.push(`I ${hex(name)} ${hex(p.serverId)}`);
     }
     const fd = openSync(tmp, 'w', 0o600);
     try {

@@ -317,8 +317,6 @@ export class RedisUpstream implements Upstream {
   private readonly promoted = new Set<string>();
   /** A server (a cluster's master) refused INFO (warned once). */
   private infoRefused = false;
-  /** Standalone: the server's replication id as read at its last connection (readReplid). */
-  private replid: string | undefined;
   /** Cluster: the masters of the last slots refresh (movedToNewMaster). */
   private masterSet: Set<string> | undefined;
   /** Cluster: the MOVED replies not followed (see the constructor). */
@@ -338,7 +336,7 @@ export class RedisUpstream implements Upstream {
   private closed = false;
   private lastError = 'not connected yet';
   onReconnect: (() => void) | undefined;
-  onReplaced: (() => void) | undefined;
+  onServerId: ((id: string) => void) | undefined;
   onWarning: ((message: string) => void) | undefined;
 
   constructor(
@@ -440,7 +438,7 @@ export class RedisUpstream implements Upstream {
       client.on('ready', () => {
         this.lastError = 'connection closed by the server';
         // Sent first on the new connection: answered before the marker check the reconnect makes.
-        if (client instanceof Redis) void this.readReplid(client, readyBefore);
+        if (client instanceof Redis) void this.readReplid(client);
         // Ready again after the connection was lost: the server may have restarted empty (a
         // Redis without persistence, a session store's usual set-up): the cold detector checks.
         if (readyBefore) this.onReconnect?.();
@@ -961,15 +959,15 @@ export class RedisUpstream implements Upstream {
   }
 
   /**
-   * Standalone: the server's replication id, read at each connection. Another one than at the
-   * connection before is another history at this address: a replica promoted behind a stable
-   * address (Sentinel, a VIP), which may lack writes the master acknowledged (asynchronous
-   * replication: a lock among them), or the server restarted (empty, or from a snapshot that may
-   * be older than its last writes). Told as onReplaced (the cold detector fences it as come back
-   * empty): the marker a promoted replica holds, replicated, passes for one the store kept
-   * (review-durable finding 3). `again`: not the first connection.
+   * Standalone: the server's replication id, read at each connection and told as onServerId.
+   * Another one than at the connection before (in this process, or the last one journal.log
+   * kept) is another history at this address: a replica promoted behind a stable address
+   * (Sentinel, a VIP), which may lack writes the master acknowledged (asynchronous replication:
+   * a lock among them), or the server restarted (empty, or from a snapshot that may be older
+   * than its last writes). The cold detector fences it as come back empty: the marker a promoted
+   * replica holds, replicated, passes for one the store kept (review-durable finding 3).
    */
-  private async readReplid(client: Redis, again: boolean): Promise<void> {
+  private async readReplid(client: Redis): Promise<void> {
     const { info, refused } = await this.replication(client);
     if (refused !== '') {
       if (!this.infoRefused) this.onWarning?.(`the server refuses INFO (${refused}): a replica promoted behind the same address is taken for the master reconnecting, and may grant a lock the master had granted (grant the user +info)`);
@@ -977,10 +975,7 @@ export class RedisUpstream implements Upstream {
       return;
     }
     const id = replidOf(info);
-    if (id === undefined) return;
-    const before = this.replid;
-    this.replid = id;
-    if (again && before !== undefined && before !== id) this.onReplaced?.();
+    if (id !== undefined) this.onServerId?.(id);
   }
 
   /** The keys a write script names: the item and the cas counter; in a cluster the item alone. */

@@ -107,11 +107,13 @@ export interface Upstream {
    */
   onReconnect?: (() => void) | undefined;
   /**
-   * Optional: a driver that can tell the server at its address is another one than before (a
-   * Redis replica promoted behind a stable address, a restart: its replication id) calls this
-   * after onReconnect: it may lack writes it had acknowledged, whatever its marker says.
+   * Optional: a driver that can name the history of the server at its address (a Redis
+   * replication id) calls this at each connection, before the requests sent on it are answered.
+   * Another id than the last one seen, by this process or, on journal.log, one before it, is
+   * another server than before (a replica promoted behind a stable address, a restart): it may
+   * lack writes it had acknowledged, whatever its marker says (ColdDetector.serverId).
    */
-  onReplaced?: (() => void) | undefined;
+  onServerId?: ((id: string) => void) | undefined;
   /** Optional: a driver that finds something the operator should mend (a missing permission) says it here, once; mcmux logs it. */
   onWarning?: ((message: string) => void) | undefined;
   /**

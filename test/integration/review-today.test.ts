@@ -5,7 +5,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, describe, it } from 'node:test';
@@ -16,6 +16,7 @@ import { requireBinary } from '../helpers/servers';
 import { sqliteUrl } from '../helpers/sqlite-fixture';
 import { lockThenFailover, redisFailover } from '../helpers/redis-failover';
 import { connectWire } from '../helpers/wire';
+import { startRedis } from '../upstream/targets/redis';
 
 function tempDir(t: TestContext, kind: string): string {
   const dir = mkdtempSync(join(tmpdir(), `mcmux-review-today-${kind}-`));
@@ -32,7 +33,9 @@ describe('review-today 4059186: a standalone redis failed over behind a stable a
   // finds the marker (replicated from the master) and takes the store as kept: it decides `add`
   // of a lock the dead master granted and never shipped, though the store behind it (sqlite)
   // holds it. journal.log could keep the id, as it keeps the markers acknowledged (A lines).
-  it('a replica promoted while mcmux was down does not grant a lock the dead master had granted', { todo: 'finding 5: the replication id is compared only within one process (not kept on journal.log)', timeout: 60_000 }, async (t) => {
+  // Fixed: journal.log keeps the replication id each upstream last named (`I` lines), and the
+  // next process compares the first one it reads with it (ColdDetector.serverId).
+  it('a replica promoted while mcmux was down does not grant a lock the dead master had granted', { timeout: 60_000 }, async (t) => {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return;
     const { master, replica, m, r, vip } = await redisFailover(t);
     const stateDir = tempDir(t, 'state');
@@ -58,6 +61,28 @@ describe('review-today 4059186: a standalone redis failed over behind a stable a
     t.diagnostic(`redis fenced: ${redis2.fenced}, came back empty: ${redis2.cameBackEmpty}`);
     const again = await w2.ask('add lock.sid 0 0 1\r\n2\r\n');
     assert.notEqual(again, 'STORED\r\n', 'LOCK GRANTED TWICE: the promoted replica, which never got it, decided');
+  });
+
+  // Guard of the fix: the same Redis, kept across the restart of mcmux, names the same id: the
+  // next process lifts its precaution on the marker as before, and Redis decides.
+  it('mcmux restarted over the same redis: not taken for another server, redis decides', { timeout: 60_000 }, async (t) => {
+    if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+    const server = await startRedis();
+    t.after(() => server.stop());
+    const stateDir = tempDir(t, 'state');
+    const upstreams = [`redis://127.0.0.1:${server.port}`, sqliteUrl(join(tempDir(t, 'sqlite'), 'store.db'))];
+    const app1 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
+    await eventually('mcmux has written its markers and redis decides', () => !(app1.upstreams[0] as HealthyUpstream).fenced, 15_000);
+    await app1.close();
+    assert.match(readFileSync(join(stateDir, 'journal.log'), 'latin1'), /^I [0-9a-f]+ [0-9a-f]{80}$/m, 'journal.log keeps the replication id');
+    const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
+    const redis2 = app2.upstreams[0] as HealthyUpstream;
+    await app2.coldDetector.check(redis2);
+    assert.equal(redis2.cameBackEmpty, false, 'THE SAME REDIS TAKEN FOR ANOTHER SERVER');
+    assert.equal(redis2.fenced, false);
+    const w2 = await connectWire(app2.address.port);
+    t.after(() => w2.close());
+    assert.equal(await w2.ask('add lock.sid 0 0 1\r\n1\r\n'), 'STORED\r\n');
   });
 
   // Holds (checked for finding 8): the replication id is read once per connection, within the

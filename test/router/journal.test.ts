@@ -897,6 +897,35 @@ describe('repair journal', () => {
     }
   });
 
+  it('the id a server last named survives a restart (I lines), once per change, and is dropped with its store', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const redis = { name: 'redis://127.0.0.1:6379' } as Upstream;
+      const other = { name: 'redis://127.0.0.1:6380' } as Upstream;
+      const iLines = (): string[] => readFileSync(join(dir, 'journal.log'), 'latin1').split('\n').filter((l) => l.startsWith('I '));
+      const j1 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j1.load([redis, other]);
+      assert.equal(j1.serverIdOf(redis), undefined);
+      j1.serverIdSeen(redis, 'a'.repeat(40));
+      j1.serverIdSeen(redis, 'a'.repeat(40)); // once on file
+      j1.serverIdSeen(other, 'c'.repeat(40));
+      j1.close();
+      assert.deepEqual(iLines(), [`I ${hex(redis.name)} ${hex('a'.repeat(40))}`, `I ${hex(other.name)} ${hex('c'.repeat(40))}`]);
+      const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j2.load([redis]); // other is no longer in the config
+      assert.equal(j2.serverIdOf(redis), 'a'.repeat(40));
+      assert.deepEqual(iLines(), [`I ${hex(redis.name)} ${hex('a'.repeat(40))}`], 'kept as the file is compacted; the removed store dropped');
+      j2.serverIdSeen(redis, 'b'.repeat(40));
+      j2.close();
+      const j3 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j3.load([redis]);
+      assert.equal(j3.serverIdOf(redis), 'b'.repeat(40), 'the last one told');
+      j3.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("where this host's marker was acknowledged survives a restart (A lines), for any store, until a flush took it or it expired", (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     const clocks = new TestClocks();
