@@ -248,14 +248,17 @@ export class ColdDetector {
    * moved are on a server that lacks what was written to them meanwhile, or holds what they were
    * when they were last placed there (the server back with its data, or one that took them in an
    * earlier outage: review finding 3), so it is fenced as come back empty and trusted for no key
-   * until known clean (distrust: read for the keys written since; the repair flushes its servers
-   * in the ring when another upstream holds what it may lack); and journal.log keeps whether the
-   * ring is whole, for the next process (ringBroken).
+   * that moved until known clean (distrust: read for the keys written since, and for those on
+   * the same server in every ring since this move; the repair flushes its servers in the ring
+   * when another upstream holds what it may lack); and journal.log keeps whether the ring is
+   * whole, for the next process (ringBroken).
    */
   ringMoved(u: HealthyUpstream): void {
     this.knownEmpty(u);
-    const pool = u.inner as { keptPlace?: (key: string) => boolean };
-    this.fenceLog?.distrust(u, this.upstreams(), pool.keptPlace?.bind(pool));
+    const pool = u.inner as { keptPlace?: (key: string) => boolean; ringMoves?: number; unmovedSince?: (since: number, key: string) => boolean };
+    const since = (pool.ringMoves ?? 0) - 1;
+    const unmoved = pool.unmovedSince === undefined ? undefined : (key: string): boolean => (pool.unmovedSince as (since: number, key: string) => boolean).call(pool, since, key);
+    this.fenceLog?.distrust(u, this.upstreams(), pool.keptPlace?.bind(pool), unmoved);
     this.fenceLog?.ringMoved(u, ringWhole(u));
   }
 

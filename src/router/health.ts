@@ -615,9 +615,10 @@ export interface FenceLog {
   /**
    * `u` holds older data than mcmux wrote there, or its keys moved (a pool's ring): trusted for no
    * key until known clean; with `chain`, not flushed while it may hold a key's only copy there
-   * (`stayed`: the keys whose place in it did not move, the freshest copies).
+   * (`stayed`: the keys whose place in it did not move, the freshest copies); with `unmoved`, still
+   * read for the keys it says did not move (a pool's ring, since the move that distrusted it).
    */
-  distrust(u: Upstream, chain?: readonly Upstream[], stayed?: (key: string) => boolean): void;
+  distrust(u: Upstream, chain?: readonly Upstream[], stayed?: (key: string) => boolean, unmoved?: (key: string) => boolean): void;
   /** `store` acknowledged this host's marker, which lives there until `wallUntil` (epoch ms). */
   markerAcked(store: Upstream, wallUntil: number): void;
   /** `store` was flushed: the marker it acknowledged before is gone with the rest. */

@@ -179,6 +179,16 @@ export interface Overflow {
   /** The key holdsAlone() last found, checked first next time (it usually still is). */
   lastAlone?: string;
   /**
+   * A pool distrusted because its ring moved: the keys it says did not move (on the same server
+   * in every ring since: MemcachedPool.unmovedSince) are read as from an upstream not overflowed,
+   * unless `known` says otherwise. For that, each write of such a key it missed is in `known`
+   * (not held); when one cannot be (`known` is full, or a request of a key it could not remember
+   * timed out: lastLate), this goes, and no key is trusted but those known to be held. In memory
+   * only: the next process distrusts the pool whole (journal.log's J line). Review-today finding
+   * 6: with the store behind the pool down, a session on a server that never left was refused.
+   */
+  unmoved?: (key: string) => boolean;
+  /**
    * When a request to it last timed out whose key `known` could not take (it was full), in ms:
    * until it has settled, the repair neither flushes it nor trusts it by expiry (it would land
    * in a copy taken as clean, unlike one whose key is remembered, which stays dirty). In memory.
@@ -322,7 +332,12 @@ export class RepairJournal {
   isDirty(u: Upstream, key: string, readSeq?: number): boolean {
     const p = this.byName.get(idOf(u));
     if (p === undefined) return false;
-    if (p.overflow !== undefined && (p.overflow.flushing === true || p.overflow.known.get(key)?.holds !== true)) return true;
+    const o = p.overflow;
+    if (o !== undefined) {
+      if (o.flushing === true) return true;
+      const k = o.known.get(key);
+      if (k === undefined ? o.unmoved?.(key) !== true : !k.holds) return true;
+    }
     if (p.keys.has(key)) return true;
     const pending = p.pending?.get(key);
     return pending !== undefined && (readSeq === undefined || (p.pendingFrom?.get(key) ?? pending) <= readSeq);
@@ -1150,23 +1165,43 @@ export class RepairJournal {
 
   /**
    * Stops trusting `u` as a whole, as on overflow: its journal overflowed, or it was added by a
-   * reload (it may be a store that left the chain earlier and missed every write since).
+   * reload (it may be a store that left the chain earlier and missed every write since). But for
+   * the keys `unmoved` says did not move, when a pool's ring moved (Overflow.unmoved).
    */
-  distrust(u: Upstream, chain?: readonly Upstream[], stayed?: (key: string) => boolean): void {
+  distrust(u: Upstream, chain?: readonly Upstream[], stayed?: (key: string) => boolean, unmoved?: (key: string) => boolean): void {
     const p = this.of(u);
     const late = lateKeys(p);
     // Before what `u` was told is dropped: the keys only it may hold (see heldAlone).
     const alone = chain === undefined ? [] : this.heldAlone(u, chain);
+    // Trusted for the keys that did not move (Overflow.unmoved: a pool whose ring moved), it must
+    // remember the writes of them it missed: those it was dirty for (entries, or, distrusted
+    // before, misses it knew). Distrusted before, it keeps the first move's test (since then), or
+    // none if it had none (distrusted for another cause). Any other cause trusts no key.
+    const prior = p.overflow;
+    const missed: Array<[string, number]> = [];
+    let trusts = unmoved === undefined ? undefined : prior === undefined ? unmoved : prior.lastLate === undefined ? prior.unmoved : undefined;
+    if (trusts !== undefined) {
+      for (const [key, e] of p.keys) if (e.late === 0) missed.push([key, e.seq]);
+      for (const [key, k] of prior?.known ?? []) if (!k.holds && !k.maybe && k.late === undefined) missed.push([key, k.seq]);
+      if (late.length + missed.length > this.options.maxKeys) trusts = undefined;
+    }
     this.dropKeys(p);
     // One loaded from journal.log stays unsettled (a flush_all that emptied it may be followed by
     // a request the earlier process sent): it learns nothing until the repair finds it settled.
-    const afterSeq = p.overflow?.afterSeq === Infinity ? Infinity : this.writeSeq;
+    const afterSeq = prior?.afterSeq === Infinity ? Infinity : this.writeSeq;
     const o: Overflow = { since: Date.now(), afterSeq, trustAfter: undefined, known: new Map(), full: false };
+    if (trusts !== undefined) {
+      o.unmoved = trusts;
+      for (const [key, seq] of missed) o.known.set(key, { seq, holds: false });
+    }
     this.setOverflow(p, o);
     // What may still land here is remembered (up to maxKeys): no later write makes it held.
     for (const [key, at] of late) {
       if (o.known.size < this.options.maxKeys) o.known.set(key, { seq: this.writeSeq, holds: false, late: at });
-      else o.lastLate = Math.max(o.lastLate ?? 0, at);
+      else {
+        o.lastLate = Math.max(o.lastLate ?? 0, at);
+        o.unmoved = undefined;
+      }
     }
     this.append(`O ${hex(idOf(u))} ${o.since}`);
     // Maybe their only copy: not flushed while so (holdsAlone); or, when which keys those are is
@@ -1235,8 +1270,17 @@ export class RepairJournal {
         // upstream is trusted again: that waits until the request has settled (lastLate). A key
         // that timed out before is dated by this timeout, the last (it kept the first: review).
         if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: monotonicMs(), missed: k?.holds ? seq : k?.missed });
-        else o.lastLate = monotonicMs();
+        else {
+          o.lastLate = monotonicMs();
+          o.unmoved = undefined; // the key may be one it trusts: it trusts none
+        }
         if (k?.holds || k?.maybe) this.append(`U ${hex(idOf(u))} ${hex(key)}`);
+        return;
+      }
+      if (k === undefined && o.unmoved?.(key) === true) {
+        // Trusted as unmoved: dirty from now on, or, when that cannot be remembered, trust none.
+        if (o.known.size < this.options.maxKeys) o.known.set(key, { seq, holds: false });
+        else o.unmoved = undefined;
         return;
       }
       if (k === undefined || (!k.holds && !k.maybe)) return; // not known to hold it: dirty already

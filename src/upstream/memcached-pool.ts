@@ -50,6 +50,8 @@ const DEFAULT_PORT = 11211;
 const MAX_SERVERS = 1024;
 const SERVER_OPTIONS = ['timeout', 'connections', 'max-queue'];
 const POOL_OPTIONS = ['distribution', 'namespace', 'weights', 'eject'];
+/** The placements unmovedSince looks back over (ring moves); a key placed before them counts as moved. */
+const MAX_PLACEMENTS = 16;
 
 export interface PoolSettings {
   readonly distribution: Distribution;
@@ -84,6 +86,13 @@ export class MemcachedPool implements Upstream {
   /** How often the ring moved (eject): a write answered after a move went to a server the key left. */
   private moves = 0;
   /**
+   * The placements of the last ring moves, oldest first: `placements[i]` was the ring after move
+   * `placementsFrom + i` (unmovedSince). Started afresh by a move whose ring before is not known
+   * here (a server returning that a pool before this one ejected: inheritRing).
+   */
+  private placements: Array<(key: string) => number> = [];
+  private placementsFrom = 0;
+  /**
    * eject=false, built by a reload over a pool that ejected these servers (down, out of its ring):
    * their keys were written to other servers meanwhile, so their return is a ring move as well
    * (inheritRing).
@@ -102,6 +111,7 @@ export class MemcachedPool implements Upstream {
     this.timeoutMs = Math.max(...servers.map((s) => s.upstream.timeoutMs));
     this.live = this.nodes.map(() => true);
     this.place = placer(this.ring, settings.distribution);
+    this.placements = [this.place];
   }
 
   /** The servers in URL order, each with its health state, transitions and stats. */
@@ -121,6 +131,29 @@ export class MemcachedPool implements Upstream {
   keptPlace(key: string): boolean {
     const h = this.hashKey(key);
     return this.placedBefore !== undefined && this.placedBefore(h) === this.place(h);
+  }
+
+  /** How many times the ring has moved (eject): what unmovedSince counts from. */
+  get ringMoves(): number {
+    return this.moves;
+  }
+
+  /**
+   * Whether `key` has been on the same server in every ring since the ring after move `since`
+   * (ringMoves as it was then): every write of it since went to that server, which holds its
+   * current state as far as the ring goes (what it missed, the journal knows). False when not
+   * known: more moves since than are kept (MAX_PLACEMENTS), or a server returned that a pool
+   * before this one had ejected. A read of a distrusted pool trusts such a key (journal.distrust:
+   * `unmoved`): a session on a server that never left is served while the store behind is down
+   * (review-today finding 6).
+   */
+  unmovedSince(since: number, key: string): boolean {
+    const first = since - this.placementsFrom;
+    if (first < 0 || first >= this.placements.length) return false;
+    const h = this.hashKey(key);
+    const at = (this.placements[first] as (key: string) => number)(h);
+    for (let i = first + 1; i < this.placements.length; i++) if ((this.placements[i] as (key: string) => number)(h) !== at) return false;
+    return true;
   }
 
   /** The names of the servers out of the ring: ejected (down, eject=true), or not back since a pool before this one ejected them. */
@@ -365,6 +398,11 @@ export class MemcachedPool implements Upstream {
         // libmemcached's auto-eject rebuilds the continuum over the live servers only.
         this.placedBefore = this.place;
         this.place = placer(this.ring, this.settings.distribution, live);
+        this.placements.push(this.place);
+        if (this.placements.length > MAX_PLACEMENTS) {
+          this.placements.shift();
+          this.placementsFrom++;
+        }
         this.onMemberChange?.(u, from, to, reason);
         this.onRingMoved?.();
         return;
@@ -372,6 +410,9 @@ export class MemcachedPool implements Upstream {
     } else if (this.returning.has(u) && u.usable) {
       this.returning.delete(u);
       this.moves++;
+      // Where its keys were under the pool before this one is not known here.
+      this.placements = [this.place];
+      this.placementsFrom = this.moves;
       this.onMemberChange?.(u, from, to, reason);
       this.onRingMoved?.();
       return;

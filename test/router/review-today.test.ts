@@ -270,12 +270,106 @@ describe('review-today 1976150: a ring move while the upstream behind the pool i
     await s.stop();
   });
 
-  // Finding 6 (availability, todo): before 1976150 s0 served such sessions (the pool was fenced
-  // only); now every session not written since the move is SERVER_ERROR while b is down. The
-  // distrust is of the whole pool where only the keys that moved are in doubt.
-  it('a session on a server that never left is still served while the upstream behind is down', { todo: 'finding 6: a ring move distrusts the whole pool, not the keys that moved: with the next upstream down, no session written before the move can be read' }, async () => {
+  // Finding 6 (availability): before 1976150 s0 served such sessions (the pool was fenced only);
+  // then every session not written since the move was SERVER_ERROR while b was down: the distrust
+  // was of the whole pool where only the keys that moved are in doubt. Fixed: the pool is still
+  // read for a key on the same server in every ring since the move (journal Overflow.unmoved,
+  // MemcachedPool.unmovedSince), unless it missed a write of it.
+  it('a session on a server that never left is still served while the upstream behind is down', async () => {
     const { s, sess } = await blipWhileBehindIsDown();
     assert.equal(valueOf(await s.exec(getCmd(sess))), 'cart', 'A SESSION ON A SERVER THAT NEVER LEFT CANNOT BE READ');
+    await s.stop();
+  });
+});
+
+describe('a ring move distrusts the keys that moved, and those the pool missed a write of', () => {
+  /** b stops answering until its health marks it down. */
+  async function downB(s: ReturnType<typeof proc>, fb: FakeUpstream): Promise<void> {
+    fb.mode = 'fail';
+    for (let n = 0; n < 20 && s.b.usable; n++) await s.exec(getCmd('nowhere'));
+    assert.equal(s.b.usable, false, 'b is down');
+  }
+  /** One write of `key` that server `f` misses (one failure: it stays in the ring) and b takes. */
+  async function missOn(s: ReturnType<typeof proc>, f: FakeUpstream, key: string, value: string): Promise<void> {
+    f.mode = 'fail';
+    assert.equal(status(await s.exec(setCmd(key, value))), 'STORED', 'on b');
+    f.mode = 'ok';
+    assert.ok(s.journal.isDirty(s.p, key), 'the pool missed it');
+  }
+
+  // A key that moved and moved back (its home server left and returned with what it held): the
+  // pool holds an older value there, which must not be served, whoever else is down.
+  it('a key whose server left and came back is not read from the pool (the value it held before)', async () => {
+    const { sf, fb } = fakes(3);
+    const s = proc(sf, fb);
+    const sess = s.keyOn(1);
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED', 'on s1 and b');
+    await takeDown(s, sf[1] as FakeUpstream, 1);
+    assert.equal(status(await s.exec(setCmd(sess, 'v2'))), 'STORED', 'on the server it moved to, and b');
+    await bringBack(s, sf[1] as FakeUpstream, 1); // sess is on s1 again, which holds v1
+    await downB(s, fb);
+    assert.notEqual(valueOf(await s.exec(getCmd(sess))), 'v1', 'STALE SESSION: the value the returning server held');
+    await s.stop();
+  });
+
+  it('a key the pool missed a write of before the move is not read from it, though it did not move', async () => {
+    const { sf, fb } = fakes(3);
+    const s = proc(sf, fb);
+    const sess = s.keyOn(0);
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED');
+    await missOn(s, sf[0] as FakeUpstream, sess, 'v2');
+    await takeDown(s, sf[2] as FakeUpstream, 2);
+    assert.equal(s.pool.serverFor(sess), s.servers[0], 'sess did not move');
+    await downB(s, fb);
+    assert.notEqual(valueOf(await s.exec(getCmd(sess))), 'v1', 'STALE SESSION: a write the pool missed before the move');
+    await s.stop();
+  });
+
+  it('a key the pool misses a write of after the move is not read from it, though it did not move', async () => {
+    const { sf, fb } = fakes(3);
+    const s = proc(sf, fb);
+    const sess = s.keyOn(0);
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED');
+    await takeDown(s, sf[2] as FakeUpstream, 2);
+    await missOn(s, sf[0] as FakeUpstream, sess, 'v2');
+    await downB(s, fb);
+    assert.notEqual(valueOf(await s.exec(getCmd(sess))), 'v1', 'STALE SESSION: a write the pool missed after the move');
+    await s.stop();
+  });
+
+  // Bounded: each write of an unmoved key the pool misses is remembered, up to journal-max-keys;
+  // past that the pool is trusted for no key but those written since (as before the fix).
+  it('past journal-max-keys missed writes the pool trusts no unmoved key', async () => {
+    const { sf, fb } = fakes(3);
+    const s = proc(sf, fb, { maxKeys: 3 });
+    const sess = s.keyOn(0);
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED');
+    await takeDown(s, sf[2] as FakeUpstream, 2);
+    assert.equal(typeof s.journal.overflowed(s.p)?.unmoved, 'function', 'unmoved keys trusted');
+    for (let n = 0; n < 5; n++) {
+      await missOn(s, sf[0] as FakeUpstream, s.keyOn(0, `other${n}.`), 'x');
+      assert.equal(status(await s.exec(setCmd(s.keyOn(0, `fine${n}.`), 'y'))), 'STORED', 's0 answers again: it stays in the ring');
+    }
+    assert.equal(s.journal.overflowed(s.p)?.unmoved, undefined, 'KEPT TRUSTING past what it can remember');
+    await downB(s, fb);
+    assert.notEqual(valueOf(await s.exec(getCmd(sess))), 'v1', 'served though the pool could not remember what it missed');
+    await s.stop();
+  });
+
+  // Another cause of distrust (a rollback, a reload re-adding the store) trusts no key, whatever
+  // a ring move before it said.
+  it('a distrust for another cause after a ring move trusts no unmoved key', async () => {
+    const { sf, fb } = fakes(3);
+    const s = proc(sf, fb);
+    await s.detector.checkAll();
+    await takeDown(s, sf[2] as FakeUpstream, 2);
+    assert.equal(s.journal.isDirty(s.p, s.keyOn(0)), false, 'unmoved: trusted');
+    s.journal.distrust(s.p);
+    assert.equal(s.journal.isDirty(s.p, s.keyOn(0)), true);
     await s.stop();
   });
 });
