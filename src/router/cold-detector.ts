@@ -64,6 +64,8 @@ interface Sight {
   fenceId: number;
   /** The marker is one this process wrote before its last write there: the store went back in time. */
   rolledBack?: boolean;
+  /** The marker is another process's `<pid> <gen> <nonce>`: mark writes this one's over it, fenced or not. */
+  foreign?: boolean;
 }
 
 interface Look {
@@ -717,6 +719,7 @@ export class ColdDetector {
       fencedUntil: fenced ? Number(fenced[1]) : 0,
       fenceId: fenced ? (hit?.flags ?? 0) : 0,
       rolledBack,
+      foreign: writer !== undefined && writer !== this.self,
     };
   }
 
@@ -760,8 +763,13 @@ export class ColdDetector {
         // and a master of a Redis Cluster that restarted with its data (its node unreadable for
         // the look its reconnect starts) would fence the cluster for the whole lock-fence.
         if (partial && until !== 0 && sight.kept) return;
+        // Not over another process's marker: a write of a process that crashed, landing late over
+        // this one's `fenced until`, left there, is found again once the wait for such writes is
+        // over, and taken for the store gone back to a snapshot of that process (fuzz seed 2970
+        // with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1).
         if (
           sight.verdict === 'warm' &&
+          sight.foreign !== true &&
           until !== 0 &&
           wrote !== undefined &&
           wrote.until === until &&

@@ -91,6 +91,28 @@ describe('the marker of the process before this one (review-durable finding 1)',
     await s.close();
   });
 
+  // Fuzz seed 2970 (MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1), minimised: the
+  // store came back empty while no mcmux ran (fenced), and the marker write the crashed process
+  // sent last lands over this one's `fenced until` while this process waits for such writes. A
+  // fenced store's marker was not written again while it said the same fence, so that process's
+  // marker stayed, and the next check took finding it again for a rollback: a store that lost
+  // nothing more was distrusted (and, in the fuzz, a write only it and the other store held read
+  // as absent from a cache the repair had flushed and trusted).
+  it("a crashed process's marker landing over this one's fenced marker while it waits: written over, no rollback", async () => {
+    const s = setup();
+    s.journal.markerAcked(s.up, Date.now() + 3600_000); // an earlier process saw it acknowledged
+    await s.detector.startAfter(async () => {
+      assert.ok(s.up.fenced, 'its marker is gone: fenced as come back empty');
+      await s.marker(`${OTHER} 13 0123456789ab`); // the crashed process's last marker write lands
+      return true;
+    });
+    assert.match((await s.up.inner.get([s.detector.key]))[0]?.value.toString() ?? '', /^fenced until \d+$/, "this process's marker written over it");
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(), false, 'A STORE THAT KEPT WHAT IT HAD TAKEN FOR ROLLED BACK');
+    s.detector.stop();
+    await s.close();
+  });
+
   it('a marker of another process found later, newer than the one seen at the start: no rollback', async () => {
     const s = setup();
     await s.marker(`${OTHER} 7`);
