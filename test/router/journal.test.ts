@@ -897,6 +897,31 @@ describe('repair journal', () => {
     }
   });
 
+  // Fuzz seed 2828 (MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1): a pool's
+  // overflow loaded from journal.log waits for what the process before may have sent (lastLate);
+  // a ring move right after the start distrusted it afresh and dropped that wait: the repair
+  // flushed it at once, and a set of the process before landed after the flush, over a delete.
+  it('an overflow loaded from journal.log and distrusted again still waits for what the process before sent', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
+    try {
+      const pool = { name: 'memcached://127.0.0.1:1,127.0.0.1:2' } as Upstream;
+      const j1 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j1.load([pool]);
+      j1.distrust(pool);
+      j1.close();
+      const j2 = new RepairJournal({ maxKeys: 100, dir, fsync: 'always' });
+      j2.load([pool]);
+      const loaded = j2.overflowed(pool)?.lastLate;
+      assert.notEqual(loaded, undefined, 'loaded: waits for the requests of the process before');
+      j2.distrust(pool, [pool], () => true, () => true); // a ring move
+      assert.equal(j2.overflowed(pool)?.lastLate, loaded, 'THE WAIT DROPPED: the repair may flush it before they land');
+      assert.equal(j2.overflowed(pool)?.unmoved, undefined, 'no key trusted as unmoved while they may land');
+      j2.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('the id a server last named survives a restart (I lines), once per change, and is dropped with its store', () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-journal-'));
     try {
