@@ -64,6 +64,9 @@ export async function startMariadb(): Promise<MariadbProcess> {
       `--datadir=${join(dir, 'data')}`,
       '--auth-root-authentication-method=normal',
       '--skip-test-db',
+      // Its own temporary files: two installs at once in /tmp collided on a temporary table's
+      // name ("Error on delete of '/tmp/#sql-temptable-...'").
+      `--tmpdir=${dir}`,
       ...asRoot,
     ]);
     const installMs = Date.now() - installStarted;
@@ -85,6 +88,7 @@ export async function startMariadb(): Promise<MariadbProcess> {
       '--bind-address=127.0.0.1',
       `--socket=${join(dir, 'sock')}`,
       `--pid-file=${join(dir, 'pid')}`,
+      `--tmpdir=${dir}`,
       '--skip-networking=0',
       '--skip-name-resolve',
       `--init-file=${initFile}`,
