@@ -630,6 +630,14 @@ export class ColdDetector {
       // process knew of. Not until the end of a fence an earlier process wrote into the marker of
       // another store of `u` (a pool server, a cluster master), seconds away maybe (review).
       this.fenceCold(u);
+      // A durable store (sqlite, MySQL) does not lose its marker by a restart: the one found
+      // gone is a file or table replaced, maybe by a backup (a session destroyed since is in
+      // it). Read for no key written before, as after a rollback (review-durable finding 2).
+      if (look.targets.some((t, i) => cold[i] === 'cold' && t.durable === true)) {
+        this.fenceLog?.distrust(u);
+        this.log.warn({ upstream: u.name }, 'a durable upstream lost the marker mcmux wrote there (replaced, or restored from a backup): no reads from it of what was written before, until it is known clean');
+        return 'cold';
+      }
       if (server === undefined) this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream came back empty: it decides no add/cas/incr until the fence ends');
       else this.log.warn({ upstream: u.name, server, fenceMs: this.fenceMs }, 'pool server came back empty: the pool decides no add/cas/incr until the fence ends');
       return 'cold';

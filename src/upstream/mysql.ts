@@ -298,6 +298,7 @@ function isServerError(err: unknown): boolean {
 
 export class MysqlUpstream implements Upstream {
   readonly scheme = 'mysql';
+  readonly durable = true;
   readonly name: string;
   readonly timeoutMs: number;
   readonly stats: UpstreamStats = newUpstreamStats();

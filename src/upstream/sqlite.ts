@@ -205,6 +205,7 @@ function openDatabase(o: SqliteOptions, where: string): { db: Database.Database;
 
 export class SqliteUpstream implements Upstream {
   readonly scheme = 'sqlite';
+  readonly durable = true;
   readonly stats: UpstreamStats = newUpstreamStats();
   readonly timeoutMs: number;
   /** Committed batches, purged rows, batches retried on another connection's lock. */

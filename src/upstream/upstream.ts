@@ -117,6 +117,13 @@ export interface Upstream {
   /** Optional: a driver that finds something the operator should mend (a missing permission) says it here, once; mcmux logs it. */
   onWarning?: ((message: string) => void) | undefined;
   /**
+   * Optional: true for a store whose data outlives a restart of its server and that evicts
+   * nothing (sqlite, MySQL). The marker mcmux wrote there found missing is then a replacement or a
+   * restore (an older copy, holding sessions destroyed since), not a restart empty: the cold
+   * detector distrusts it as well as fencing it (review-durable finding 2).
+   */
+  readonly durable?: boolean;
+  /**
    * Optional: the parts of a store that places keys on servers of its own, each to keep a marker
    * of the cold detector (a Redis Cluster: one per master, since one can restart alone). Without
    * it, the store keeps one marker (a memcached pool's servers are HealthyUpstreams: membersOf).
