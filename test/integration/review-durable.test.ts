@@ -6,7 +6,8 @@
  * package (MCMUX_REQUIRE_SERVERS=1 makes that a failure).
  *
  * Findings are `todo` tests (they fail on the code as it is) unless a commit fixed them: finding 1
- * was fixed in src/router/cold-detector.ts (ColdDetector.earlier).
+ * was fixed in src/router/cold-detector.ts (ColdDetector.earlier), finding 2 there too (a durable
+ * store that lost its marker is distrusted: Upstream.durable).
  */
 
 import assert from 'node:assert/strict';
@@ -130,6 +131,7 @@ describe('a durable store that comes back with older data than mcmux last wrote 
   // lives longer than that (exptime 0, "remember me" sessions) is served again and read-repaired
   // into the cache. For a store that cannot come back empty by losing memory (sqlite://,
   // mysql://), a missing marker is a restore or a replacement as much as an empty store.
+  // Fixed: such a store (Upstream.durable) is distrusted as well as fenced.
   it('a sqlite file replaced by a backup whose marker has expired: a destroyed session is not served again', { timeout: 60_000 }, async (t) => {
     const dir = tempDir(t, 'sqlite');
     const file = join(dir, 'store.db');
