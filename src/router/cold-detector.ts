@@ -186,6 +186,14 @@ export class ColdDetector {
   private readonly unverified = new Map<HealthyUpstream, Map<Upstream, number>>();
   /** The history each upstream's server last named (serverId), in this process. */
   private readonly serverIds = new Map<HealthyUpstream, string>();
+  /**
+   * A new id (serverId) whose fence is not on the marker yet: journal.log keeps the id before it
+   * until a marker written since (mark) is acknowledged, which passes the fence on (`fenced
+   * until`, and journal.log's B line) or says it is over. Killed in between, the next process
+   * compares with the old id and fences again; with the new one on file, it would find no change
+   * and the replicated marker, and the promoted replica would decide (review-h1 finding 2).
+   */
+  private readonly idsUnsaved = new Map<HealthyUpstream, { id: string }>();
   /** When this process last started writing each store's marker (monotonic ms). */
   private readonly writing = new Map<Upstream, number>();
   private arm(u: HealthyUpstream): number {
@@ -347,8 +355,11 @@ export class ColdDetector {
   serverId(u: HealthyUpstream, id: string): void {
     const before = this.serverIds.get(u) ?? this.fenceLog?.serverIdOf(u);
     this.serverIds.set(u, id);
-    this.fenceLog?.serverIdSeen(u, id);
-    if (before !== undefined && before !== id) this.replaced(u);
+    if (before !== undefined && before !== id) {
+      this.replaced(u);
+      this.idsUnsaved.set(u, { id });
+    } else if (this.idsUnsaved.has(u)) this.idsUnsaved.set(u, { id });
+    else this.fenceLog?.serverIdSeen(u, id);
   }
 
   /**
@@ -760,6 +771,9 @@ export class ColdDetector {
     // Before the marker that names the fence: a process that inherits it knows it came back empty.
     if (until !== 0 && u.cameBackEmpty) this.fenceLog?.fenceEmptied(u, id, Math.ceil(wall + (u.emptyUntil - at)));
     const partial = look.sights.some((s) => s.verdict === 'unknown');
+    // Told before this mark began: what it writes passes that fence on (idsUnsaved).
+    const unsaved = this.idsUnsaved.get(u);
+    let landed = !partial;
     await Promise.all(
       look.targets.map(async (store, i) => {
         const wrote = this.lastSet.get(store);
@@ -793,11 +807,16 @@ export class ColdDetector {
           this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen });
           if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
         } catch {
+          landed = false;
           // Written again soon (retryMark), not only by the next periodic check.
           this.unsure.set(store, Math.min(this.unsure.get(store) ?? Infinity, gen));
           this.retryMark(u);
         }
       }),
     );
+    if (landed && unsaved !== undefined && this.idsUnsaved.get(u) === unsaved) {
+      this.idsUnsaved.delete(u);
+      this.fenceLog?.serverIdSeen(u, unsaved.id);
+    }
   }
 }

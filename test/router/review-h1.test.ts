@@ -67,7 +67,7 @@ describe('review-h1 15428d9: the replication id on journal.log and the fence it 
   // failover is gone, and the promoted replica decides `add` of a lock the dead master granted
   // and never shipped. A missing marker has no such window: that evidence stays in the store
   // until the `fenced until` marker replaces it.
-  it('mcmux killed after reading a new replication id, before the fence reached the marker: the next process still fences', { todo: 'finding 2: the new id is on journal.log before its fence is on the marker' }, async (t) => {
+  it('mcmux killed after reading a new replication id, before the fence reached the marker: the next process still fences', async (t) => {
     const dir = stateDir(t);
     const store = new FakeUpstream(STORE, 'redis');
     // Process 1 over the master (id X): its marker written, X on file, stopped cleanly.
@@ -123,13 +123,14 @@ describe('review-h1 15428d9: the replication id on journal.log and the fence it 
   // `?timeout=`) keeps the old one open for its grace period (app.ts reload: 2 x timeout, 1 s at
   // least), and its onServerId is still wired to the cold detector. A failover in that window
   // (or a reload made during the incident, the master already gone): the retired upstream's
-  // connection reconnects first, to the promoted replica, and serverId writes its id (Y) to
-  // journal.log under the store's id, which the new upstream shares. The new upstream, not
+  // connection reconnects first, to the promoted replica, and its id (Y) goes on journal.log
+  // under the store's id, which the new upstream shares (at once before the fix of finding 2;
+  // since, once the retired upstream's reconnect check has marked). The new upstream, not
   // connected before, then reads Y at its first connection, compares it with journal.log (Y:
   // no change) and is not fenced; its reload precaution is lifted by the (replicated) marker,
   // and the promoted replica decides a lock the master granted. The replaced() fence went to the
   // retired upstream, which decides nothing any more.
-  it('after a reload rebuilt the upstream, the retired one reconnecting to a promoted replica does not make the new one take it for the same server', { todo: "finding 3: a retired upstream's server id goes on journal.log" }, (t) => {
+  it('after a reload rebuilt the upstream, the retired one reconnecting to a promoted replica does not make the new one take it for the same server', { todo: "finding 3: a retired upstream's server id goes on journal.log" }, async (t) => {
     const dir = stateDir(t);
     const j1 = new RepairJournal({ maxKeys: 1000, dir, fsync: 'no' });
     const before = new HealthyUpstream(new FakeUpstream(`${STORE}?timeout=100`, 'redis'), HEALTH, () => {}, STORE);
@@ -139,10 +140,12 @@ describe('review-h1 15428d9: the replication id on journal.log and the fence it 
     // The reload: `after` is the chain now; `before` is retired, still open for its grace period.
     const detector = new ColdDetector(() => [after], FENCE_MS, silent, j1);
     detector.serverId(before, Y); // the retired connection, reconnected first to the promoted replica
+    await detector.check(before); // and its reconnect's marker check (ColdDetector.reconnected), which marks
     detector.serverId(after, Y); // the new upstream's first connection
     assert.equal(after.cameBackEmpty, true, 'PROMOTED REPLICA TAKEN FOR THE MASTER: the retired upstream wrote its id to journal.log');
     detector.stop();
     j1.close();
+    await Promise.all([before.close(), after.close()]);
   });
 
   // Guard: an upgrade from a journal.log without I lines (mcmux before 15428d9) takes the first
