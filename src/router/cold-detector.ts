@@ -353,6 +353,10 @@ export class ColdDetector {
    * (journal.log: a failover while mcmux was down, review-today finding 5), is another server.
    */
   serverId(u: HealthyUpstream, id: string): void {
+    // Not one a reload retired (open for its grace period, reconnecting): it decides nothing, and
+    // its id on file would stand for the store's to the upstream that replaced it, not connected
+    // yet (review-h1 finding 3).
+    if (!this.upstreams().includes(u)) return;
     const before = this.serverIds.get(u) ?? this.fenceLog?.serverIdOf(u);
     this.serverIds.set(u, id);
     if (before !== undefined && before !== id) {
