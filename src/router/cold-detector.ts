@@ -370,10 +370,16 @@ export class ColdDetector {
    * `u` answers at its address as another server than before (serverId: a Redis replica promoted
    * behind a stable address, or a restart): it may lack writes it acknowledged, a lock among
    * them, though its marker is there (replicated, or in a snapshot). Fenced as come back empty,
-   * which its marker does not lift (review-durable finding 3).
+   * which its marker does not lift (review-durable finding 3). But not empty: it holds all but
+   * the last writes (inheritedEmpty, as the next process takes that fence from journal.log), so
+   * with every upstream fenced it decides before one that holds nothing but what was written
+   * since it came back (authority-order.ts onlyLearnt): a memory:// store emptied as mcmux started
+   * decided `add` of a lock a Redis restarted with its data while mcmux was down held (review-h1
+   * finding 1).
    */
   private replaced(u: HealthyUpstream): void {
     this.knownEmpty(u);
+    u.inheritedEmpty = true;
     this.voidUniques(u);
     this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream answers as another server than before (a replica promoted, or a restart): it decides no add/cas/incr until the fence ends');
   }
