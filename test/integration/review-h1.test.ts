@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, describe, it } from 'node:test';
+import { Redis } from 'ioredis';
 import type { HealthyUpstream } from '../../src/router/health';
 import { inProcessMcmux, reloadTo } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
@@ -99,6 +100,45 @@ describe('review-h1 15428d9: a Redis whose replication id changed while mcmux wa
     t.diagnostic(`process 3: fenced ${redis3.fenced}, came back empty ${redis3.cameBackEmpty}`);
     const again = await w3.ask('add lock.sid 0 0 1\r\n2\r\n');
     assert.notEqual(again, 'STORED\r\n', 'LOCK GRANTED TWICE: the fence of process 2 was not passed on');
+  });
+});
+
+describe('review-h1 15428d9: a replication id that changes with no restart nor failover', () => {
+  // Finding 5 (low; a false alarm). A Redis master frees its replication backlog once it has had
+  // no replica for `repl-backlog-ttl` (3600 s by default), and takes a new replication id as it
+  // does (replication.c replicationCron: changeReplicationId; checked on 7.0: run_id unchanged,
+  // master_replid new, master_replid2 zeros). The same server, the same process, every write
+  // kept: a master whose replica was taken away (decommissioned, down for maintenance over an
+  // hour). The next mcmux process compares it with journal.log's I line and fences it as another
+  // server (come back empty: lock-fence without deciding, its cas uniques void, and a warning
+  // that a replica was promoted or Redis restarted); so does a running one at its next reconnect.
+  // The run_id (INFO server) tells a restart or another server from the same process; only a
+  // server demoted, resynced and promoted again unseen keeps its run_id too.
+  it('a master that freed its backlog (its replica gone) is not taken for another server by the next mcmux', { timeout: 60_000, todo: 'finding 5: a new replication id with the same run_id (backlog freed) is taken for another server' }, async (t) => {
+    if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+    const master = await startRedis(['--repl-backlog-ttl', '1']);
+    t.after(() => master.stop());
+    const replica = await startRedis(['--replicaof', '127.0.0.1', String(master.port)]);
+    t.after(() => replica.stop());
+    const m = new Redis({ host: '127.0.0.1', port: master.port, maxRetriesPerRequest: 0, protocol: 2 });
+    t.after(() => m.disconnect());
+    const replid = async (): Promise<string> => /^master_replid:(\w+)/m.exec(await m.info('replication'))?.[1] ?? '';
+    const runId = async (): Promise<string> => /^run_id:(\w+)/m.exec(await m.info('server'))?.[1] ?? '';
+    await eventually('the replica is attached', async () => /connected_slaves:1/.test(await m.info('replication')), 15_000);
+    const [id1, run1] = [await replid(), await runId()];
+    const stateDir = tempDir(t, 'state');
+    const upstreams = [master.url, sqliteUrl(join(tempDir(t, 'sqlite'), 'store.db'))];
+    const app1 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
+    await eventually('redis decides', () => !(app1.upstreams[0] as HealthyUpstream).fenced, 15_000);
+    await app1.close();
+    await replica.stop(); // the replica goes away; the master frees its backlog a second later
+    await eventually('the master took a new replication id', async () => (await replid()) !== id1, 15_000);
+    assert.equal(await runId(), run1, 'the same server process');
+
+    const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
+    const redis2 = app2.upstreams[0] as HealthyUpstream;
+    await app2.coldDetector.check(redis2);
+    assert.equal(redis2.cameBackEmpty, false, 'THE SAME REDIS, EVERY WRITE KEPT, TAKEN FOR ANOTHER SERVER');
   });
 });
 
