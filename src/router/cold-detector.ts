@@ -375,11 +375,12 @@ export class ColdDetector {
    * with every upstream fenced it decides before one that holds nothing but what was written
    * since it came back (authority-order.ts onlyLearnt): a memory:// store emptied as mcmux started
    * decided `add` of a lock a Redis restarted with its data while mcmux was down held (review-h1
-   * finding 1).
+   * finding 1). Unless this fence already found it empty (its marker gone): then it is.
    */
   private replaced(u: HealthyUpstream): void {
+    const seenEmpty = u.cameBackEmpty && !u.inheritedEmpty;
     this.knownEmpty(u);
-    u.inheritedEmpty = true;
+    if (!seenEmpty) u.inheritedEmpty = true;
     this.voidUniques(u);
     this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'upstream answers as another server than before (a replica promoted, or a restart): it decides no add/cas/incr until the fence ends');
   }

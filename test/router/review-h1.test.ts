@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { type TestContext, describe, it } from 'node:test';
 import pino from 'pino';
 import { ColdDetector } from '../../src/router/cold-detector';
-import { HealthyUpstream } from '../../src/router/health';
+import { HealthyUpstream, onlyLearnt } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { FakeUpstream } from '../helpers/fake-upstream';
 
@@ -146,6 +146,29 @@ describe('review-h1 15428d9: the replication id on journal.log and the fence it 
     detector.stop();
     j1.close();
     await Promise.all([before.close(), after.close()]);
+  });
+
+  // Guard of the fix of finding 1 (test/integration/review-h1.test.ts): a server that answers as
+  // another one is fenced as come back empty, but not taken as holding nothing but what was
+  // written since (authority-order.ts onlyLearnt): it holds all but the last writes. One whose
+  // marker check found it empty in the same fence (a Redis without persistence that restarted)
+  // is empty, whichever came first.
+  it('a replaced server is fenced as come back empty, not as empty; one found without its marker stays empty', async (t) => {
+    const dir = stateDir(t);
+    const store = new FakeUpstream(STORE, 'redis');
+    const p = processOver(store, dir);
+    p.detector.serverId(p.up, X);
+    await p.detector.startAfter(async () => false);
+    p.detector.serverId(p.up, Y); // a replica promoted, or a restart with the data
+    assert.equal(p.up.cameBackEmpty, true);
+    assert.equal(onlyLearnt(p.up), false, 'it holds what was written before, all but the last writes');
+    await store.inner.flush(); // then it restarts empty
+    await p.detector.check(p.up);
+    assert.equal(onlyLearnt(p.up), true, 'found empty');
+    p.detector.serverId(p.up, X); // and names another history again
+    assert.equal(onlyLearnt(p.up), true, 'still empty');
+    p.stop();
+    await p.up.close();
   });
 
   // Guard: an upgrade from a journal.log without I lines (mcmux before 15428d9) takes the first
