@@ -6,7 +6,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, describe, it } from 'node:test';
@@ -165,5 +165,28 @@ describe('review-h1 15428d9: reload and the replication id', () => {
     const w = await connectWire(app.address.port);
     t.after(() => w.close());
     assert.equal(await w.ask('add lock.sid 0 0 1\r\n1\r\n'), 'STORED\r\n');
+  });
+});
+
+describe('review-h1 15428d9: INFO refused', () => {
+  // Guard: a user refused INFO (an ACL without +info) names no id: nothing goes on journal.log,
+  // and a restart over the same server is no replacement (a refusal is not another server).
+  it('a user refused INFO: no I line, no fence as another server, across a restart', { timeout: 60_000 }, async (t) => {
+    if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+    const server = await startRedis();
+    t.after(() => server.stop());
+    const admin = new Redis({ host: '127.0.0.1', port: server.port, maxRetriesPerRequest: 0, protocol: 2 });
+    t.after(() => admin.disconnect());
+    await admin.call('ACL', 'SETUSER', 'mc', 'on', '>pw', '~*', '&*', '+@all', '-info');
+    const stateDir = tempDir(t, 'state');
+    const upstreams = [`redis://mc:pw@127.0.0.1:${server.port}`, sqliteUrl(join(tempDir(t, 'sqlite'), 'store.db'))];
+    for (let run = 1; run <= 2; run++) {
+      const app = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
+      const redis = app.upstreams[0] as HealthyUpstream;
+      await eventually(`run ${run}: redis decides`, () => !redis.fenced, 15_000);
+      assert.equal(redis.cameBackEmpty, false);
+      await app.close();
+      assert.doesNotMatch(readFileSync(join(stateDir, 'journal.log'), 'latin1'), /^I /m, 'no id on file');
+    }
   });
 });
