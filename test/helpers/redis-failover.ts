@@ -113,3 +113,25 @@ export async function lockThenFailover(t: TestContext, dir: string, holdMs = 0) 
   await eventually('mcmux reconnected to the promoted replica', () => redis.fencesBegun > fences, 15_000);
   return { app, w, redis };
 }
+
+/**
+ * The same lock, taken through an mcmux on `stateDir` with the sqlite store in `dir`; then that
+ * mcmux stops (a deploy) and, while it is down, the master is killed and the address moved to the
+ * replica. Returns the upstream URLs, for the next process.
+ */
+export async function lockThenFailoverWhileDown(t: TestContext, stateDir: string, dir: string): Promise<string[]> {
+  const { master, replica, m, r, vip } = await redisFailover(t);
+  const upstreams = [`redis://127.0.0.1:${vip.port}`, sqliteUrl(join(dir, 'store.db'))];
+  const app = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
+  const w = await connectWire(app.address.port);
+  const redis = app.upstreams[0] as HealthyUpstream;
+  await eventually('mcmux has written its markers and redis decides', () => !redis.fenced, 15_000);
+  await m.wait(1, 1000); // the marker reached the replica; the lock will not
+  await r.replicaof('NO', 'ONE');
+  assert.equal(await w.ask('add lock.sid 0 0 1\r\n1\r\n'), 'STORED\r\n', 'on the master and sqlite');
+  w.close();
+  await app.close(); // mcmux stops (a deploy)
+  master.kill('SIGKILL'); // meanwhile the master dies; the stable address leads to the promoted replica
+  vip.retarget(replica.port);
+  return upstreams;
+}

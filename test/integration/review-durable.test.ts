@@ -11,8 +11,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { type TestContext, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
@@ -27,14 +26,11 @@ import { lockThenFailover } from '../helpers/redis-failover';
 import { connectWire } from '../helpers/wire';
 import { connectMysqlUrl, startMariadb } from '../upstream/targets/mysql';
 import { startRedis } from '../upstream/targets/redis';
+import { tempDir as tempDirOf } from '../helpers/temp-dir';
 
 
 /** A private directory for the test, removed after it. */
-function tempDir(t: TestContext, kind: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `mcmux-review-durable-${kind}-`));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: TestContext, kind: string): string => tempDirOf(t, `review-durable-${kind}`);
 
 /**
  * mcmux A, its own process (so its own pid), writes `sess` over `upstreams` with `stateDir`;

@@ -6,25 +6,21 @@
  */
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type TestContext, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import type { HealthyUpstream } from '../../src/router/health';
 import { inProcessMcmux, reloadTo } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
-import { redisFailover } from '../helpers/redis-failover';
+import { lockThenFailoverWhileDown } from '../helpers/redis-failover';
 import { requireBinary } from '../helpers/servers';
 import { sqliteUrl } from '../helpers/sqlite-fixture';
 import { connectWire } from '../helpers/wire';
 import { startRedis } from '../upstream/targets/redis';
+import { tempDir as tempDirOf } from '../helpers/temp-dir';
 
-function tempDir(t: TestContext, kind: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `mcmux-review-h1-${kind}-`));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: TestContext, kind: string): string => tempDirOf(t, `review-h1-${kind}`);
 
 describe('review-h1 15428d9: a Redis whose replication id changed while mcmux was down', () => {
   // Finding 1 (medium; a regression of 15428d9). Chain [memory://, redis] (the embedded default's
@@ -71,21 +67,8 @@ describe('review-h1 15428d9: a Redis whose replication id changed while mcmux wa
   // before mcmux listens (checked: the diagnostic prints the marker).
   it('a replica promoted while mcmux was down, mcmux stopped again right after it started: the third process still fences it', { timeout: 60_000 }, async (t) => {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-    const { master, replica, m, r, vip } = await redisFailover(t);
     const stateDir = tempDir(t, 'state');
-    const upstreams = [`redis://127.0.0.1:${vip.port}`, sqliteUrl(join(tempDir(t, 'sqlite'), 'store.db'))];
-    const app1 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-    const w1 = await connectWire(app1.address.port);
-    const redis1 = app1.upstreams[0] as HealthyUpstream;
-    await eventually('mcmux has written its markers and redis decides', () => !redis1.fenced, 15_000);
-    await m.wait(1, 1000); // the marker reached the replica; the lock will not
-    await r.replicaof('NO', 'ONE');
-    assert.equal(await w1.ask('add lock.sid 0 0 1\r\n1\r\n'), 'STORED\r\n', 'on the master and sqlite');
-    w1.close();
-    await app1.close();
-    master.kill('SIGKILL');
-    vip.retarget(replica.port);
-
+    const upstreams = await lockThenFailoverWhileDown(t, stateDir, tempDir(t, 'sqlite'));
     const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
     const redis2 = app2.upstreams[0] as HealthyUpstream;
     const marker = (await redis2.inner.get([app2.coldDetector.key]))[0]?.value.toString();

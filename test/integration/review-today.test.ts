@@ -5,8 +5,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type TestContext, describe, it } from 'node:test';
 import type { HealthyUpstream } from '../../src/router/health';
@@ -14,15 +13,12 @@ import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
 import { requireBinary } from '../helpers/servers';
 import { sqliteUrl } from '../helpers/sqlite-fixture';
-import { lockThenFailover, redisFailover } from '../helpers/redis-failover';
+import { lockThenFailover, lockThenFailoverWhileDown } from '../helpers/redis-failover';
 import { connectWire } from '../helpers/wire';
 import { startRedis } from '../upstream/targets/redis';
+import { tempDir as tempDirOf } from '../helpers/temp-dir';
 
-function tempDir(t: TestContext, kind: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `mcmux-review-today-${kind}-`));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (t: TestContext, kind: string): string => tempDirOf(t, `review-today-${kind}`);
 
 
 describe('review-today 4059186: a standalone redis failed over behind a stable address', () => {
@@ -37,22 +33,8 @@ describe('review-today 4059186: a standalone redis failed over behind a stable a
   // next process compares the first one it reads with it (ColdDetector.serverId).
   it('a replica promoted while mcmux was down does not grant a lock the dead master had granted', { timeout: 60_000 }, async (t) => {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-    const { master, replica, m, r, vip } = await redisFailover(t);
     const stateDir = tempDir(t, 'state');
-    const file = join(tempDir(t, 'sqlite'), 'store.db');
-    const upstreams = [`redis://127.0.0.1:${vip.port}`, sqliteUrl(file)];
-    const app1 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-    const w1 = await connectWire(app1.address.port);
-    const redis1 = app1.upstreams[0] as HealthyUpstream;
-    await eventually('mcmux has written its markers and redis decides', () => !redis1.fenced, 15_000);
-    await m.wait(1, 1000); // the marker reached the replica; the lock will not
-    await r.replicaof('NO', 'ONE');
-    assert.equal(await w1.ask('add lock.sid 0 0 1\r\n1\r\n'), 'STORED\r\n', 'on the master and sqlite');
-    w1.close();
-    await app1.close(); // mcmux stops (a deploy)
-    master.kill('SIGKILL'); // meanwhile the master dies; the stable address leads to the promoted replica
-    vip.retarget(replica.port);
-
+    const upstreams = await lockThenFailoverWhileDown(t, stateDir, tempDir(t, 'sqlite'));
     const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
     const w2 = await connectWire(app2.address.port);
     t.after(() => w2.close());

@@ -7,8 +7,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import pino from 'pino';
@@ -23,6 +22,7 @@ import type { MemoryUpstream } from '../../src/upstream/memory';
 import { monotonicMs } from '../../src/clock';
 import { TestClocks } from '../helpers/clocks';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { tempDir } from '../helpers/temp-dir';
 
 const silent = pino({ level: 'silent' });
 const FENCE_MS = 60_000;
@@ -85,12 +85,6 @@ function aLines(dir: string): Array<[string, string]> {
     });
 }
 
-function tempDir(t: { after: (fn: () => void) => void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'mcmux-review-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 describe('review 0135f86: where the marker was acknowledged (journal.log A lines)', () => {
   it("a driver's name carries the tuning options of its URL, which the store identity (the journal's key) leaves out", () => {
     // What the two keys are in app.ts for one memcached upstream: HealthyUpstream.storeId is
@@ -112,7 +106,7 @@ describe('review 0135f86: where the marker was acknowledged (journal.log A lines
   it(
     'finding 1: a store that restarted empty while mcmux was down is fenced by the next process even when a tuning option in its URL (?timeout=) changed meanwhile',
     async (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'review');
       const storeIds = ['fake://0', 'fake://1'];
       const fa = new FakeUpstream('fake://0?timeout=50');
       const fb = new FakeUpstream('fake://1');
@@ -145,7 +139,7 @@ describe('review 0135f86: where the marker was acknowledged (journal.log A lines
     "finding 2: a store that lost only this host's marker (evicted while mcmux was down) is taken as come back empty, and a store that did lose the lock decides instead",
     { todo: 'finding 2 (regression under a double fault): the record turns a marker lost without its data into "came back empty"; a first sight with no record (b: its rewrite after a flush_all was refused) then decides, though it restarted empty: lock granted twice. Before 0135f86 both were first sights and a, first in the chain, decided: NOT_STORED' },
     async (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'review');
       const fa = new FakeUpstream('fake://0');
       const fb = new FakeUpstream('fake://1');
       const first = proc([fa, fb], { dir });
@@ -173,7 +167,7 @@ describe('review 0135f86: where the marker was acknowledged (journal.log A lines
   );
 
   it("a client's flush_all through the router takes the record (A ... 0): a store whose marker rewrite was then refused is a first sight for the next process, and keeps what was written since", async (t) => {
-    const dir = tempDir(t);
+    const dir = tempDir(t, 'review');
     const fa = new FakeUpstream('fake://0');
     const fb = new FakeUpstream('fake://1');
     const first = proc([fa, fb], { dir, allowFlush: true });
@@ -207,7 +201,7 @@ describe('review 0135f86: where the marker was acknowledged (journal.log A lines
   });
 
   it('a flush_all that failed on one upstream leaves its record (it kept its marker and data); the next process, after that one restarted empty, fences it', async (t) => {
-    const dir = tempDir(t);
+    const dir = tempDir(t, 'review');
     const fa = new FakeUpstream('fake://0');
     const fb = new FakeUpstream('fake://1');
     const first = proc([fa, fb], { dir, allowFlush: true });
@@ -230,7 +224,7 @@ describe('review 0135f86: where the marker was acknowledged (journal.log A lines
   });
 
   it("the repair's flush of an overflowed cache takes the record before it writes the marker again; a rewrite refused leaves none, so the next process does not take the cache as come back empty by the record alone", async (t) => {
-    const dir = tempDir(t);
+    const dir = tempDir(t, 'review');
     // memcached: a cache the repair flushes, and a store journal.log records (memory:// is not).
     const fa = new FakeUpstream('fake://0', 'memcached');
     const fb = new FakeUpstream('fake://1');
@@ -269,7 +263,7 @@ describe('review 0135f86: where the marker was acknowledged (journal.log A lines
     async (t) => {
       const clocks = new TestClocks();
       t.after(() => clocks.restore());
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'review');
       const servers = [new FakeUpstream('fake://s0'), new FakeUpstream('fake://s1')] as const;
       const members = servers.map((f) => new HealthyUpstream(f, { downAfter: 100, probeMinMs: 10, probeMaxMs: 10 }, () => {}));
       // A pool of two servers, as the memcached pool driver exposes them (its keys in its own fake store).
