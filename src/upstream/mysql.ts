@@ -10,7 +10,8 @@
  *                              request was on is destroyed, so a late result is never read
  *   purge timer (unref'd) ──► DELETE ... WHERE exp <= now LIMIT purge-batch, while batches come back full
  *
- * Schema (created on first use; concurrent creators are harmless):
+ * Schema (created on first use; concurrent creators are harmless; one dropped while mcmux runs is
+ * made again and reported as a store come back empty: tableLost):
  *
  *   CREATE TABLE IF NOT EXISTS `mcmux_items` (
  *     `key`   VARBINARY(250)  NOT NULL,   -- the key's bytes (latin1 string <-> Buffer)
@@ -329,7 +330,7 @@ export class MysqlUpstream implements Upstream {
   private nextTicket = 0;
   private setFlushScheduled = false;
   private setTimer: NodeJS.Timeout | undefined;
-  /** Counts the server restarts seen (see observeServer); a request started before one fails unsent. */
+  /** Counts the server restarts (observeServer) and table losses (tableLost) seen; a request started before one fails unsent. */
   private epoch = 0;
   /** The server id byte of UUID_SHORT() at the last new connection (undefined: none yet). */
   private serverId: bigint | undefined;
@@ -345,8 +346,8 @@ export class MysqlUpstream implements Upstream {
 
   /**
    * Optional (Upstream.onReconnect): called when a new connection finds the server restarted or
-   * replaced since the last one (observeServer). A pool reconnecting to the same server after a
-   * timeout or an error does not call it.
+   * replaced since the last one (observeServer), or a statement finds the table gone (tableLost).
+   * A pool reconnecting to the same server after a timeout or an error does not call it.
    */
   onReconnect: (() => void) | undefined;
 
@@ -433,7 +434,7 @@ export class MysqlUpstream implements Upstream {
           for (const row of rows) found.set(row.key.toString('latin1'), this.hit(row, touch));
         }
       });
-    }, false, this.timeoutMs, callers);
+    }, false, this.timeoutMs, callers, this.epoch, touch === undefined);
     return keys.map((k) => found.get(k));
   }
 
@@ -874,9 +875,10 @@ export class MysqlUpstream implements Upstream {
    * fired is dropped, its connection destroyed, and its statement killed on the server
    * (killQuery): a statement waiting for row locks held one after the other would otherwise
    * go on, and commit, long after the router stopped waiting for it. `epoch`: the server
-   * restarts seen when the request was sent (see observeServer).
+   * restarts seen when the request was sent (see observeServer). `readOnly`: it writes nothing
+   * (a plain read), so it may run again on a table made again (tableLost).
    */
-  private run<T>(fn: (c: PoolConnection) => Promise<T>, background = false, timeoutMs = this.timeoutMs, callers = 1, epoch = this.epoch): Promise<T> {
+  private run<T>(fn: (c: PoolConnection) => Promise<T>, background = false, timeoutMs = this.timeoutMs, callers = 1, epoch = this.epoch, readOnly = false): Promise<T> {
     if (!background) this.stats.requests += callers;
     if (!background && this.load() >= this.o.maxQueue) {
       // A database slower than the load: refuse at once (the router journals a write for repair)
@@ -913,14 +915,14 @@ export class MysqlUpstream implements Upstream {
         if (conn) this.killQuery(conn.threadId, epoch);
       }, timeoutMs);
       this.jobs.add(job);
-      this.execute(job, fn, epoch).then(
+      this.execute(job, fn, epoch, readOnly).then(
         (value) => settle(undefined, value),
         (err: unknown) => settle(this.translate(err)),
       );
     });
   }
 
-  private async execute<T>(job: Job, fn: (c: PoolConnection) => Promise<T>, epoch: number): Promise<T> {
+  private async execute<T>(job: Job, fn: (c: PoolConnection) => Promise<T>, epoch: number, readOnly: boolean): Promise<T> {
     // No connection (refused, reset during the handshake): the request was never sent.
     const conn = await this.pool.getConnection().catch((err: unknown) => {
       throw this.translate(err, false);
@@ -951,11 +953,16 @@ export class MysqlUpstream implements Upstream {
           const errno = (err as DriverError).errno;
           if (job.settled || attempt >= DEADLOCK_RETRIES) throw err;
           if (errno === ER_LOCK_DEADLOCK) continue;
-          if (errno === ER_NO_SUCH_TABLE && attempt === 0) {
-            // Dropped behind our back (a test, an operator): create it again, once.
-            this.tableReady = false;
+          if (errno === ER_NO_SUCH_TABLE) {
+            // Dropped behind our back (an operator, a migration, a restore): every item it held
+            // is gone, as when a store restarts empty. Made again and reported (tableLost); a
+            // write fails unsent: decided on the empty table, an add would grant a lock that the
+            // store held, and the other upstreams still hold, a second time. A plain read runs
+            // again (its miss is the store's state; reads need no fence).
+            this.tableLost(epoch);
             await this.prepare(conn);
-            continue;
+            if (readOnly && attempt === 0) continue;
+            throw this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `table ${this.o.table} was missing (dropped?): made again, empty; not run`);
           }
           throw err;
         }
@@ -970,6 +977,19 @@ export class MysqlUpstream implements Upstream {
       }
       throw err;
     }
+  }
+
+  /**
+   * The table this process had is gone (ER_NO_SUCH_TABLE from a statement: prepare() found it, or
+   * made it, before): a store come back empty. Reported once per loss (onReconnect: the router
+   * fences the store until its marker is checked, as for a memcached that restarted), and the
+   * requests sent before fail unsent (the epoch moves), as after a server restart.
+   */
+  private tableLost(epoch: number): void {
+    this.tableReady = false;
+    if (epoch !== this.epoch) return; // another request saw it first (or a restart did)
+    this.epoch++;
+    this.onReconnect?.();
   }
 
   /** Once per connection: strict mode, and a packet limit the largest item fits in. */
