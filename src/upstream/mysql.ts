@@ -54,7 +54,9 @@
  * a transaction's several statements, so each request races one timer against all of them.
  * The default is 1000 ms (`--timeout` when given): a database round trip, and a transaction's
  * four, are slower than a cache's. A write that timed out may still be applied by the server:
- * its statement is killed (KILL QUERY, killQuery), which stops one waiting for row locks.
+ * its statement is killed (KILL QUERY, killQuery), which stops one waiting for row locks. So is
+ * the statement of a connection lost with a request on it (the server does not stop a statement
+ * when its client goes), and that request fails as UPSTREAM_IO, late (it may land after later ones).
  *
  * Statements are prepared on the server (mysql2 execute: values travel as raw bytes, not hex),
  * about 52 per connection at most; the server's max_prepared_stmt_count is shared by all clients.
@@ -969,11 +971,17 @@ export class MysqlUpstream implements Upstream {
       }
     } catch (err) {
       // A server error or one of our refusals leaves the session usable (tx() rolled back);
-      // anything else (a lost connection, a broken stream) does not.
+      // anything else (a lost connection, a broken stream) does not. The server does not stop a
+      // statement when its client goes (a reset by a proxy, a NAT, a firewall in between): one
+      // waiting for row locks would commit later, after the router repaired the copy, so it is
+      // killed as a timed-out one is (the error is late: translate).
       if (!job.settled) {
         job.conn = undefined;
         if (isServerError(err) || err instanceof McmuxError) conn.release();
-        else this.discard(conn);
+        else {
+          this.discard(conn);
+          this.killQuery(conn.threadId, epoch);
+        }
       }
       throw err;
     }
@@ -1215,7 +1223,10 @@ export class MysqlUpstream implements Upstream {
       // An error the server sent (access denied, unknown database, ...): it answered.
       return this.error(ErrorCodes.UPSTREAM_REFUSED, `${code}${String(e.sqlMessage ?? e.message)}`);
     }
-    return this.error(sent ? ErrorCodes.UPSTREAM_IO : ErrorCodes.UPSTREAM_UNREACHABLE, `${code}${String(e.message ?? err)}`);
+    // Lost with the request sent: its statement may still run, and commit, on the server (it
+    // does not stop one when its client goes), later than requests sent since: late.
+    if (sent) return this.error(ErrorCodes.UPSTREAM_IO, `${code}connection lost with the request sent (it may be applied): ${String(e.message ?? err)}`, true);
+    return this.error(ErrorCodes.UPSTREAM_UNREACHABLE, `${code}${String(e.message ?? err)}`);
   }
 
   /** Counts the failure of `callers` requests (a gathered read stands for several). */
@@ -1225,10 +1236,10 @@ export class MysqlUpstream implements Upstream {
   }
 
   /** Every message names the upstream by its masked URL; the password is scrubbed regardless. */
-  private error(code: McmuxError['code'], message: string): McmuxError {
+  private error(code: McmuxError['code'], message: string, late = false): McmuxError {
     const p = this.o.password;
     const safe = p.length >= 3 ? message.split(p).join('***') : message;
-    return new McmuxError(code, `upstream ${this.name}: ${safe}`);
+    return new McmuxError(code, `upstream ${this.name}: ${safe}`, late);
   }
 }
 
