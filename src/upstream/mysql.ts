@@ -1171,33 +1171,48 @@ export class MysqlUpstream implements Upstream {
    * bounds each wait, not the statement) would go on and commit after the router's late window,
    * over the writes and the repair made since. Sent on a connection of its own (the pool may
    * have none free), made on first need and kept; skipped when the server restarted since the
-   * request was sent (its thread id may be another client's now). Bounded by the timeout; a
-   * failure is ignored (the statement's socket is cut anyway) and drops that connection.
+   * request was sent (its thread id may be another client's now). Bounded by the timeout. A kept
+   * connection may have been closed while idle (the server's wait_timeout, a proxy reset in
+   * between): a KILL that fails on one made before, with no answer from the server, drops it and
+   * is sent once more on a new one; any other failure is ignored and drops that connection.
    */
   private killQuery(threadId: number, epoch: number): void {
     if (this.closed) return;
     let timer: NodeJS.Timeout | undefined;
-    const killer = (this.killer ??= this.connectKiller());
+    let killer: Promise<Connection> | undefined;
+    const drop = (k: Promise<Connection>): void => {
+      if (this.killer === k) this.killer = undefined;
+      k.then((c) => c.destroy(), ignore);
+    };
     const kill = async (): Promise<void> => {
-      const c = await killer;
-      if (epoch !== this.epoch || this.closed) return;
-      await c.query(`KILL QUERY ${Math.trunc(threadId)}`);
+      for (let attempt = 0; ; attempt++) {
+        const kept = this.killer !== undefined;
+        const k = (killer = this.killer ??= this.connectKiller());
+        try {
+          const c = await k;
+          if (epoch !== this.epoch || this.closed) return;
+          await c.query(`KILL QUERY ${Math.trunc(threadId)}`);
+          return;
+        } catch (err) {
+          if ((err as DriverError).errno === ER_NO_SUCH_THREAD) return; // the statement had ended
+          drop(k);
+          if (attempt > 0 || !kept || isServerError(err) || this.closed) return;
+        }
+      }
     };
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error('KILL QUERY timed out')), this.timeoutMs);
     });
     Promise.race([kill(), late])
-      .catch((err: unknown) => {
-        if ((err as DriverError).errno === ER_NO_SUCH_THREAD) return; // the statement had ended
-        if (this.killer === killer) this.killer = undefined;
-        killer.then((c) => c.destroy(), ignore);
+      .catch(() => {
+        if (killer) drop(killer);
       })
       .finally(() => clearTimeout(timer));
   }
 
   private async connectKiller(): Promise<Connection> {
     const c = await createConnection(this.connectionOptions());
-    c.on('error', ignore); // an idle connection the server closed: the next KILL fails and makes another
+    c.on('error', ignore); // an idle connection the server closed: the KILL sent on it fails and goes on a new one
     // A new connection like any: it tells whether the server restarted (observeServer).
     const seen = { serverId: this.serverId, maxUnique: this.maxUnique, epoch: this.epoch };
     const [rows] = await c.query<RowDataPacket[]>('SELECT UUID_SHORT() AS u');

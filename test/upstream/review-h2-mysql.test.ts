@@ -164,11 +164,11 @@ test('a connection lost while its statement waits for a row lock: the failure is
 // (the failure review-mysql-faults.test.ts fixed with the kill, back after the first idle night).
 // Here: a first timeout makes the kill connection (the scenario passes); the server then closes
 // every idle connection of the account (as its wait_timeout does); the same scenario again.
-// Fix: a KILL that fails on a kill connection made before (not a server error) is sent once more
-// on a new one, within the same bound.
+// Fixed: a KILL that fails on a kill connection made before (not a server error) is sent once
+// more on a new one, within the same bound (mysql.ts killQuery).
 // ---------------------------------------------------------------------------------------------
 
-test('a KILL QUERY is not lost when the kill connection was closed by the server while idle', { timeout: 60_000, todo: 'finding 3: the kill is lost on a stale kill connection' }, async (t) => {
+test('a KILL QUERY is not lost when the kill connection was closed by the server while idle', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
   const LATE_SETTLE_MS = 1000; // src/router/repair.ts
@@ -220,7 +220,7 @@ test('a KILL QUERY is not lost when the kill connection was closed by the server
 
 // Finding 3 with finding 1: the reset that loses the request's connection also cuts the kill
 // connection a timeout made before (a proxy restarting cuts every connection through it).
-test('a connection lost mid-statement, the kill connection cut with it: the statement is still stopped', { timeout: 60_000, todo: 'finding 3: the kill is lost on a stale kill connection' }, async (t) => {
+test('a connection lost mid-statement, the kill connection cut with it: the statement is still stopped', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
   const { up, proxy } = await proxied(t, r);
