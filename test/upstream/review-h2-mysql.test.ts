@@ -402,3 +402,73 @@ test('holds: a full batch (256 rows, 250-byte keys, max-item-size bytes) fits th
   assert.ok(hits.every((h, i) => h !== undefined && h.value.equals(valueOf(i)) && h.flags === 0xffffffff), 'every row as written');
 });
 
+
+// ---------------------------------------------------------------------------------------------
+// holds: the text protocol's expiry, flags and counter edges through mcmux on MySQL alone answer
+// as a real memcached 1.6 does (cas uniques masked): exptime relative up to 30 days, absolute
+// beyond (one in the past expires), negative; flags up to 2^32-1; add over an expired item; cas
+// on a missing key; incr wrapping at 2^64, decr flooring at 0, a counter past 2^64 non-numeric;
+// append to an expired item; touch and gat.
+// ---------------------------------------------------------------------------------------------
+
+test('holds: expiry, flags and counter edges through mcmux on MySQL answer as memcached does', { timeout: 60_000 }, async (t) => {
+  const r = await rig(t);
+  if (!r) return;
+  const mc = await startMemcached();
+  t.after(() => mc.stop());
+  const app = await inProcessMcmux({}, [`${r.db.url}?table=h2_semantics`]);
+  const real = await connectWire(mc.port);
+  const mux = await connectWire(app.address.port);
+  t.after(() => {
+    real.close();
+    mux.close();
+  });
+  await eventually('mcmux takes writes', async () => (await mux.ask('set warm 0 0 1\r\nx\r\n', /\r\n$/)) === 'STORED\r\n');
+  const now = Math.floor(Date.now() / 1000);
+  const script = [
+    'set f 4294967295 0 1\r\na\r\n',
+    'get f\r\n',
+    'set rel 0 2592000 1\r\nb\r\n',
+    'get rel\r\n',
+    'set past 0 2592001 1\r\nc\r\n',
+    'get past\r\n',
+    `set abs 0 ${now + 3600} 1\r\nd\r\n`,
+    'get abs\r\n',
+    'set neg 0 -1 1\r\ne\r\n',
+    'get neg\r\n',
+    'set gone 0 0 1\r\nf\r\n',
+    'set gone 0 -1 1\r\ng\r\n',
+    'get gone\r\n',
+    'add gone 0 0 1\r\nh\r\n',
+    'get gone\r\n',
+    'add gone 0 0 1\r\ni\r\n',
+    'cas missing 0 0 1 12345\r\nj\r\n',
+    'set n 0 0 20\r\n18446744073709551615\r\n',
+    'incr n 1\r\n',
+    'decr n 5\r\n',
+    'set big 0 0 20\r\n18446744073709551616\r\n',
+    'incr big 1\r\n',
+    'set w 0 0 2\r\nab\r\n',
+    'incr w 1\r\n',
+    'set exp 0 -1 1\r\nk\r\n',
+    'append exp 0 0 1\r\nl\r\n',
+    'touch missing 10\r\n',
+    'touch f 100\r\n',
+    'gat 100 f rel missing\r\n',
+    'set z 0 0 1\r\nm\r\n',
+    'touch z -1\r\n',
+    'get z\r\n',
+  ];
+  const mask = (s: string): string => s.replace(/^(VALUE \S+ \d+ \d+) \d+\r$/gm, '$1 CAS\r');
+  const answers = async (w: typeof real): Promise<string[]> => {
+    const out: string[] = [];
+    for (const cmd of script) out.push(mask(await w.ask(cmd, /(END|STORED|NOT_STORED|EXISTS|NOT_FOUND|DELETED|TOUCHED|ERROR[^\r]*|\d+)\r\n$/, 5000)));
+    return out;
+  };
+  const expected = await answers(real);
+  const got = await answers(mux);
+  assert.deepEqual(
+    script.map((c, i) => `${c.split('\r\n')[0]} -> ${JSON.stringify(got[i])}`),
+    script.map((c, i) => `${c.split('\r\n')[0]} -> ${JSON.stringify(expected[i])}`),
+  );
+});
