@@ -7,6 +7,7 @@
  */
 
 import assert from 'node:assert/strict';
+import { type AddressInfo, type Socket, connect, createServer } from 'node:net';
 import { type TestContext, test } from 'node:test';
 import { type Connection, type RowDataPacket, createConnection } from 'mysql2/promise';
 import { EXPIRED } from '../../src/command/command';
@@ -350,6 +351,83 @@ test('through mcmux: a lock held when the MySQL table is dropped is not granted 
   const answers: string[] = [];
   for (let i = 0; i < 3; i++) answers.push((await w.ask('add lock:s1 0 0 1\r\n1\r\n', /\r\n$/)).trim());
   assert.ok(!answers.includes('STORED'), `a held lock granted again: ${answers.join(', ')}`);
+});
+
+// ---------------------------------------------------------------------------------------------
+// FINDING 5: a pooled connection to a server that turned read-only is kept for good. A failover
+// that moves the primary behind a name (RDS/Aurora's cluster endpoint, a DNS record a failover
+// tool rewrites, a proxy that routes new connections only) leaves the old primary running with
+// read_only=ON, and every connection opened before still reaches it: each write is refused
+// (ER_OPTION_PREVENTS_STATEMENT, 1290), mysql.ts execute() releases the connection to the pool as after
+// any server error, and the next write takes it again. Refusals do not count against the health,
+// so nothing ever makes the pool reconnect: the store behind the name, which has the sessions'
+// future, gets no write (each one journaled, and the repair refused in turn), for as long as the
+// process runs with traffic. Sessions written since exist only in the cache in front; a cache
+// restart or eviction logs their users out.
+// Fix: a connection whose statement the server refused as read-only is discarded, not released:
+// the next request connects again, through the name, to the new primary (a server still
+// read-only refuses it again, as before).
+// ---------------------------------------------------------------------------------------------
+
+/** A TCP forwarder whose target port can be switched: new connections only (a DNS flip). */
+async function switchable(t: TestContext, initial: number): Promise<{ port: number; to(port: number): void }> {
+  let target = initial;
+  const sockets = new Set<Socket>();
+  const server = createServer((c) => {
+    const s = connect(target, '127.0.0.1');
+    for (const x of [c, s]) {
+      sockets.add(x);
+      x.on('error', () => {
+        c.destroy();
+        s.destroy();
+      });
+      x.on('close', () => {
+        sockets.delete(x);
+        c.destroy();
+        s.destroy();
+      });
+    }
+    c.pipe(s);
+    s.pipe(c);
+  });
+  await new Promise<void>((res) => server.listen(0, '127.0.0.1', res));
+  t.after(() => {
+    for (const x of sockets) x.destroy();
+    return new Promise<void>((res) => server.close(() => res()));
+  });
+  return { port: (server.address() as AddressInfo).port, to: (port) => (target = port) };
+}
+
+test('a failover behind a name: writes reach the new primary, not refused for good by the read-only old one', { timeout: 90_000, todo: 'finding 5: a connection to a read-only server is kept' }, async (t) => {
+  const a = await rig(t);
+  if (!a) return;
+  const bDb = await startMariadb();
+  t.after(() => bDb.destroy());
+  const bAdmin = await rootConnection(bDb);
+  t.after(() => bAdmin.destroy());
+  for (const admin of [a.admin, bAdmin]) {
+    await q(admin, "CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'apppw'");
+    await q(admin, "GRANT ALL ON mcmux.* TO 'app'@'127.0.0.1'"); // no SUPER / READ_ONLY ADMIN
+    await q(admin, 'CREATE TABLE h2_failover (`key` VARBINARY(250) NOT NULL, `value` LONGBLOB NOT NULL, `flags` INT UNSIGNED NOT NULL, `cas` BIGINT UNSIGNED NOT NULL, `exp` BIGINT NOT NULL, PRIMARY KEY (`key`), KEY `mcmux_exp` (`exp`)) ENGINE=InnoDB');
+  }
+  const name = await switchable(t, a.db.port);
+  const u = new URL(viaPort(a.db.url, name.port));
+  u.username = 'app';
+  u.password = 'apppw';
+  const up = a.open(u.href, { table: 'h2_failover', connections: '2' });
+  await Promise.all([set(up, 'sess:1', 'before'), up.store({ mode: 'add', key: 'sess:2', value: b('before'), flags: 0, deadline: 0 })]);
+  // The failover: the old primary demoted (read-only), the name now leads to the new one.
+  await q(a.admin, 'SET GLOBAL read_only = 1');
+  t.after(() => q(a.admin, 'SET GLOBAL read_only = 0').then(() => {}, () => {}));
+  name.to(bDb.port);
+  const outcomes: string[] = [];
+  for (let i = 0; i < 10; i++) {
+    outcomes.push(await outcome(up.store({ mode: 'set', key: 'sess:1', value: b(`after ${i}`), flags: 0, deadline: 0, withCas: false })));
+    if (outcomes[i] === 'STORED') break;
+  }
+  const onB = (await q(bAdmin, "SELECT `value` FROM h2_failover WHERE `key` = 'sess:1'")).map((row) => String(row.value));
+  t.diagnostic(outcomes.join());
+  assert.ok(outcomes.includes('STORED') && onB.length === 1, `ten writes after the failover: ${outcomes.join()}; the new primary holds ${JSON.stringify(onB)}`);
 });
 
 // ---------------------------------------------------------------------------------------------
