@@ -103,6 +103,8 @@ const DEADLOCK_RETRIES = 5;
 
 const ER_NO_SUCH_TABLE = 1146;
 const ER_LOCK_DEADLOCK = 1213;
+/** The server runs read-only (read_only, super_read_only): a demoted primary, say. */
+const ER_OPTION_PREVENTS_STATEMENT = 1290;
 /** A server clock this far (ms) from this host's is taken as the same (see observeClock). */
 const CLOCK_SLACK_MS = 2000;
 /** KILL of a thread that has ended. */
@@ -979,9 +981,13 @@ export class MysqlUpstream implements Upstream {
       // statement when its client goes (a reset by a proxy, a NAT, a firewall in between): one
       // waiting for row locks would commit later, after the router repaired the copy, so it is
       // killed as a timed-out one is (the error is late: translate).
+      // A read-only server (a primary demoted by a failover behind the name mcmux connects to:
+      // DNS, an RDS/Aurora endpoint) refuses writes on this connection for good: it is dropped,
+      // so that the next request connects again, to whatever the name leads to now.
       if (!job.settled) {
         job.conn = undefined;
-        if (isServerError(err) || err instanceof McmuxError) conn.release();
+        if ((err as DriverError).errno === ER_OPTION_PREVENTS_STATEMENT) this.discard(conn);
+        else if (isServerError(err) || err instanceof McmuxError) conn.release();
         else {
           this.discard(conn);
           this.killQuery(conn.threadId, epoch);

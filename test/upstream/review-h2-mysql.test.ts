@@ -364,9 +364,9 @@ test('through mcmux: a lock held when the MySQL table is dropped is not granted 
 // future, gets no write (each one journaled, and the repair refused in turn), for as long as the
 // process runs with traffic. Sessions written since exist only in the cache in front; a cache
 // restart or eviction logs their users out.
-// Fix: a connection whose statement the server refused as read-only is discarded, not released:
+// Fixed: a connection whose statement the server refused as read-only is discarded, not released:
 // the next request connects again, through the name, to the new primary (a server still
-// read-only refuses it again, as before).
+// read-only refuses it again, as before) (mysql.ts execute()).
 // ---------------------------------------------------------------------------------------------
 
 /** A TCP forwarder whose target port can be switched: new connections only (a DNS flip). */
@@ -398,7 +398,7 @@ async function switchable(t: TestContext, initial: number): Promise<{ port: numb
   return { port: (server.address() as AddressInfo).port, to: (port) => (target = port) };
 }
 
-test('a failover behind a name: writes reach the new primary, not refused for good by the read-only old one', { timeout: 90_000, todo: 'finding 5: a connection to a read-only server is kept' }, async (t) => {
+test('a failover behind a name: writes reach the new primary, not refused for good by the read-only old one', { timeout: 90_000 }, async (t) => {
   const a = await rig(t);
   if (!a) return;
   const bDb = await startMariadb();
