@@ -1,9 +1,12 @@
 /**
- * Review h2 of the MySQL/MariaDB driver (src/upstream/mysql.ts): a connection lost mid-statement,
- * the table dropped while running, concurrent conditional writes from two sidecars, the server's
- * prepared-statement limit, a batch at the packet limit. One private MariaDB (targets/mysql.ts)
- * per top-level test, torn down after it. "holds" tests guard behaviour found correct; the
- * others are findings (todo until fixed).
+ * Review h2 of the MySQL/MariaDB driver (src/upstream/mysql.ts): a connection lost mid-statement
+ * (finding 1, fixed), the table dropped while running (finding 2, fixed), the kill connection
+ * closed while idle (finding 3, fixed) or refused at max_connections (finding 4, todo), a failover
+ * that leaves the pool on a read-only old primary (finding 5, fixed); guards: concurrent
+ * conditional writes from two sidecars, the server's prepared-statement limit, a batch at the
+ * packet limit, expiry/flags/counter edges against memcached. One private MariaDB
+ * (targets/mysql.ts) per top-level test, torn down after it. "holds" tests guard behaviour found
+ * correct; the others are findings (todo until fixed).
  */
 
 import assert from 'node:assert/strict';
