@@ -467,8 +467,12 @@ function touchOthers(ctx: RouterContext, key: string, deadline: number, from: nu
   // after it finds nothing), and one waits for the writes in flight. Until it has, the others
   // still hold the item with its old deadline: journaled, so no read takes it from them (a gat
   // that expired it saw it come back, the fuzz, seed 1228), and a flush that fails there leaves
-  // them to the repair.
-  if (ctx.journal.flushing) {
+  // them to the repair. Not the repair's flush of one overflowed cache: it empties that one only,
+  // maybe the copy the gat read and touched, and the others, journaled, kept the old deadline
+  // with no copy left to repair them from: once every copy was dirty, the freshest served the
+  // item past the gat's deadline (fuzz seed 3384 with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1
+  // MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1). They are touched; the flush waits for it.
+  if (ctx.journal.flushingAll) {
     for (const u of targets) ctx.journal.mark(u, key, 'write');
     return;
   }

@@ -676,20 +676,29 @@ export class RepairJournal {
     return this.flushes > 0;
   }
 
+  /** Of those, a client's flush_all, which empties every upstream (not the repair's flush of one). */
+  private flushAlls = 0;
+  get flushingAll(): boolean {
+    return this.flushAlls > 0;
+  }
+
   /**
-   * A flush_all was received: from now until it is answered (flushEnded), no repair or read
-   * repair starts (backgroundStarted says no), so none sent before the flush lands after it.
+   * A flush_all was received (`all`; else the repair flushes one overflowed cache): from now until
+   * it is answered (flushEnded), no repair or read repair starts (backgroundStarted says no), so
+   * none sent before the flush lands after it.
    */
-  flushBegan(): void {
+  flushBegan(all = true): void {
     this.flushes++;
+    if (all) this.flushAlls++;
   }
 
   /**
    * The flush_all is answered. A read that began before cannot tell whether the value it found
    * was there before the flush: it does not read-repair it (writtenSince says "written").
    */
-  flushEnded(): void {
+  flushEnded(all = true): void {
     this.flushes--;
+    if (all) this.flushAlls--;
     this.forgottenUpTo = Math.max(this.forgottenUpTo, ++this.writeSeq);
   }
 

@@ -130,7 +130,7 @@ export class Router {
       onFlushed: o.onFlushed ?? (() => {}),
       hedgeMs: o.hedgeMs ?? 0,
       onBackgroundError: this.onBackgroundError,
-      flushOrdered: (send) => this.flushOrdered(send),
+      flushOrdered: (send) => this.flushOrdered(send, false),
     };
   }
 
@@ -199,20 +199,20 @@ export class Router {
   }
 
   /**
-   * Runs `send` (a flush: a client's flush_all, or the repair's of an overflowed cache) alone
+   * Runs `send` (a flush: a client's flush_all, `all`, or the repair's of an overflowed cache) alone
    * among the writes: once every write, repair and read repair in flight has settled, with none
    * starting until it is done (client writes received meanwhile wait for it). One at a time.
    */
-  private flushOrdered<T>(send: () => Promise<T>): Promise<T> {
+  private flushOrdered<T>(send: () => Promise<T>, all = true): Promise<T> {
     const journal = this.ctx.journal;
-    journal.flushBegan();
+    journal.flushBegan(all);
     const before = this.flushGate ?? Promise.resolve();
     const answered = before
       .then(async () => {
         await journal.quiesce();
         return send();
       })
-      .finally(() => journal.flushEnded());
+      .finally(() => journal.flushEnded(all));
     // Writes queued behind the flush run after this (registered first) has cleared the gate.
     const gate = answered.then(noop, noop);
     this.flushGate = gate;

@@ -414,6 +414,56 @@ describe('review-today e619220: a miss answered after a repair flush began', () 
   });
 });
 
+describe('a gat while the repair flushes one overflowed cache', () => {
+  // Fuzz seed 3384 (MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1
+  // MCMUX_FUZZ_FENCE_END=1), minimised. A gat read the key from c, an overflowed cache trusted for
+  // it, while the repair's flush of c waited for the writes in flight. A gat's touches of the
+  // other copies were not sent while any flush was pending (a client's flush_all empties them
+  // anyway), only journaled: the repair's flush emptied c alone, and b kept the old deadline with
+  // no copy left to repair it from. Every copy dirty, the freshest (b's) was served past the gat's
+  // deadline. Fixed: only a client's flush_all skips the touches (journal.flushingAll).
+  it("the other copies get the gat's deadline though the repair's flush of the copy it read is pending", async () => {
+    const fc = new FakeUpstream('memcached://c:11211', 'memcached');
+    const fb = new FakeUpstream('mysql://b:3306/db', 'mysql');
+    const ups = [fc, fb].map((f) => new HealthyUpstream(f, HEALTH, () => {}));
+    const [c] = ups as [HealthyUpstream, HealthyUpstream];
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, noStats, () => {});
+    const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
+    const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
+    repairer.onFlush = (u) => detector.knownEmpty(u as HealthyUpstream); // as app.ts: no source to repair from
+    journal.distrust(c);
+    const key = 'sess.gat';
+    assert.equal(status(await router.execute(setCmd(key, 'cart'))), 'STORED', 'on c (known to hold it now) and b');
+    assert.equal(journal.isDirty(c, key), false);
+    // A write in flight on b holds the repair's flush of c back (it waits for it).
+    fb.gateOnly = (call) => call === 'set other';
+    fb.close_gate();
+    const other = Promise.resolve(router.execute(setCmd('other', 'x')));
+    for (let n = 0; n < 50 && !fb.calls.includes('set other'); n++) await settle();
+    const flushing = repairer.tick();
+    for (let n = 0; n < 50 && !journal.flushing; n++) await settle();
+    assert.equal(journal.flushing, true, "the repair's flush of c waits");
+    const deadline = Date.now() + 3600_000;
+    const gat: Command = { kind: 'get', keys: [key], withCas: false, touch: deadline };
+    assert.equal(valueOf(await router.execute(gat)), 'cart', 'read from c');
+    for (let n = 0; n < 50 && (await fb.inner.get([key]))[0]?.deadline !== deadline; n++) await settle();
+    // Before the flush empties c: b holds the item with the gat's deadline (not left with the old
+    // one, journaled, for a repair that the flush leaves no copy to repair it from).
+    assert.equal((await fb.inner.get([key]))[0]?.deadline, deadline, "B KEPT THE OLD DEADLINE: the gat's touch was not sent");
+    fb.gateOnly = undefined;
+    fb.open();
+    await other;
+    await flushing;
+    for (let n = 0; n < 50 && journal.overflowed(c) !== undefined; n++) await repairer.tick();
+    assert.equal(journal.overflowed(c), undefined, 'c flushed and trusted');
+    for (let n = 0; n < 50 && journal.isDirty(ups[1] as HealthyUpstream, key); n++) await settle();
+    assert.equal((await fb.inner.get([key]))[0]?.deadline, deadline, "B KEPT THE OLD DEADLINE: the gat's touch was not sent");
+    assert.equal(journal.isDirty(ups[1] as HealthyUpstream, key), false);
+    await Promise.all(ups.map((u) => u.close()));
+  });
+});
+
 describe('a ring move and the keys only the pool holds', () => {
   // Fuzz seed 79 (MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1) minimised: a
   // session written while b missed it is held by the pool alone. A server the session is not on
