@@ -93,6 +93,15 @@ export class MemcachedPool implements Upstream {
   private placements: Array<(key: string) => number> = [];
   private placementsFrom = 0;
   /**
+   * A reload built another pool of the same store in its place (inheritRing), or it was closed:
+   * its ring no longer follows the servers, so unmovedSince says of no key that it did not move.
+   * A distrust begun on this pool keeps this pool's test (journal Overflow.unmoved), and the ring
+   * moves of the new one distrust with it: frozen, it trusted a key that moved in the new pool and
+   * came back to a server holding an older value (review-h3 finding 1: a stale and a destroyed
+   * session served).
+   */
+  private superseded = false;
+  /**
    * eject=false, built by a reload over a pool that ejected these servers (down, out of its ring):
    * their keys were written to other servers meanwhile, so their return is a ring move as well
    * (inheritRing).
@@ -148,6 +157,7 @@ export class MemcachedPool implements Upstream {
    * (review-today finding 6).
    */
   unmovedSince(since: number, key: string): boolean {
+    if (this.superseded) return false;
     const first = since - this.placementsFrom;
     if (first < 0 || first >= this.placements.length) return false;
     const h = this.hashKey(key);
@@ -167,8 +177,10 @@ export class MemcachedPool implements Upstream {
    * return is told as a ring move (onRingMoved: the pool is fenced as come back empty). Without
    * it, with eject turned off by the reload, the server's kept marker lifted the precaution its
    * return set, and the pool decided a lock taken while it was out on it, which lacked it (review).
+   * And `prev`, whose ring stays as it was, no longer tells which keys did not move (superseded).
    */
   inheritRing(prev: MemcachedPool): void {
+    prev.superseded = true;
     if (this.settings.eject) return;
     const out = new Set(prev.outOfRing());
     for (const n of this.nodes) if (out.has(n.name)) this.returning.add(n);
@@ -355,6 +367,7 @@ export class MemcachedPool implements Upstream {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.superseded = true;
     await Promise.all(this.nodes.map((n) => n.close()));
   }
 
