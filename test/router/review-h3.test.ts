@@ -166,3 +166,75 @@ describe('review-h3: a pool trusted for the keys that did not move (6e6fc72)', (
     await s.stop();
   });
 });
+
+describe('review-h3: the rank of a copy trusted as unmoved once it misses a write', () => {
+  // Finding 2 (medium: an acknowledged session write lost after two failures). A key the pool
+  // is trusted for as unmoved holds the key's current state, as a key Overflow.known says it
+  // holds; but its first miss is learnt as {holds: false} without `missed` (learn's unmoved
+  // branch), where a held key's records `missed: seq`. With every copy dirty, the pool then ranks
+  // oldest (fresher: missedSince 0) and the store behind, which missed an EARLIER write the pool
+  // has, is taken as the freshest: its older value is served (and the repair copies it over the
+  // pool). sess (home s0) = v1. A set v2 reaches s0; its copy to b is held, and the ring moves
+  // meanwhile (s2 leaves: the pool distrusted, sess unmoved and trusted, not in known); then b
+  // fails v2 (b dirty since v2; v2 acknowledged from the pool). A set v3 fails on both. Before
+  // 6e6fc72 the read after v2 already served v1 (the pool ranked 0); 6e6fc72 serves v2 until the
+  // miss of v3, then v1 again.
+  it('a miss of an unmoved key ranks the pool by that miss: the acknowledged write it holds is not lost to an older copy', { todo: 'finding 2: learn records no `missed` for an unmoved key' }, async () => {
+    const { sf, fb } = fakes(3);
+    const s = proc(sf, fb);
+    const sess = s.keyOn(0);
+    const s0 = sf[0] as FakeUpstream;
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED');
+    fb.gateOnly = (call) => call === `set ${sess}`;
+    fb.close_gate();
+    const v2 = s.exec(setCmd(sess, 'v2'));
+    for (let n = 0; n < 50 && (await s0.inner.get([sess]))[0]?.value.toString() !== 'v2'; n++) await settle();
+    assert.equal((await s0.inner.get([sess]))[0]?.value.toString(), 'v2', 'v2 reached s0; b holds it at its gate');
+    await takeDown(s, sf[2] as FakeUpstream, 2); // the ring moves: sess did not
+    fb.kill(); // b fails v2
+    assert.equal(status(await v2), 'STORED', 'acknowledged: the pool holds it');
+    fb.mode = 'ok';
+    assert.ok(s.journal.isDirty(s.b, sess), 'b missed v2');
+    assert.equal(s.journal.isDirty(s.p, sess), false, 'the pool holds v2: trusted (unmoved)');
+    assert.equal(valueOf(await s.exec(getCmd(sess))), 'v2');
+    s0.mode = 'fail';
+    fb.mode = 'fail';
+    await s.exec(setCmd(sess, 'v3')); // fails on both (SERVER_ERROR): both dirty now
+    s0.mode = 'ok';
+    fb.mode = 'ok';
+    assert.ok(s.servers[0]?.usable && s.b.usable, 'one failure each: still up');
+    assert.notEqual(valueOf(await s.exec(getCmd(sess))), 'v1', 'LOST WRITE: b, which missed v2, ranked above the pool, which holds it');
+    await s.stop();
+  });
+
+  it('so does a timeout of an unmoved key (a request that may still land)', { todo: 'finding 2: learn records no `missed` for an unmoved key' }, async () => {
+    const { sf, fb } = fakes(3);
+    const s = proc(sf, fb);
+    const sess = s.keyOn(0);
+    const s0 = sf[0] as FakeUpstream;
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED');
+    fb.gateOnly = (call) => call === `set ${sess}`;
+    fb.close_gate();
+    const v2 = s.exec(setCmd(sess, 'v2'));
+    for (let n = 0; n < 50 && (await s0.inner.get([sess]))[0]?.value.toString() !== 'v2'; n++) await settle();
+    assert.equal((await s0.inner.get([sess]))[0]?.value.toString(), 'v2', 'v2 reached s0; b holds it at its gate');
+    await takeDown(s, sf[2] as FakeUpstream, 2); // the ring moves: sess did not
+    fb.kill(); // b fails v2
+    assert.equal(status(await v2), 'STORED', 'acknowledged: the pool holds it');
+    fb.mode = 'ok';
+    assert.ok(s.journal.isDirty(s.b, sess), 'b missed v2');
+    assert.equal(s.journal.isDirty(s.p, sess), false, 'the pool holds v2: trusted (unmoved)');
+    assert.equal(valueOf(await s.exec(getCmd(sess))), 'v2');
+    s0.mode = 'timeout';
+    fb.mode = 'fail';
+    await s.exec(setCmd(sess, 'v3')); // times out on s0, fails on b: both dirty now
+    s0.mode = 'ok';
+    fb.mode = 'ok';
+    assert.ok(s.servers[0]?.usable && s.b.usable, 'one failure each: still up');
+    assert.ok(s.journal.lateFor(s.p, sess), 'a request of sess may still land on the pool');
+    assert.notEqual(valueOf(await s.exec(getCmd(sess))), 'v1', 'LOST WRITE: b, which missed v2, ranked above the pool, which holds it');
+    await s.stop();
+  });
+});
