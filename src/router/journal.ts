@@ -1279,12 +1279,17 @@ export class RepairJournal {
   private learn(u: Upstream, o: Overflow, key: string, seq: number, holds: boolean, late = false): void {
     const k = o.known.get(key);
     if (!holds) {
+      // Trusted as unmoved (Overflow.unmoved), it held the key's current state until this miss, as
+      // a key known to hold it did: its copy ranks by this miss (`missed`, see fresher). Without
+      // it, it ranked oldest, and a copy that had missed an earlier write it holds was taken as
+      // the freshest (review-h3 finding 2: an acknowledged session write lost).
+      const held = k?.holds === true || (k === undefined && o.unmoved?.(key) === true);
       if (late) {
         // Remembered even when not known to hold it, so that no later write makes it hold it.
         // Beyond maxKeys nothing new is learnt (full) and it stays dirty anyway, but not once the
         // upstream is trusted again: that waits until the request has settled (lastLate). A key
         // that timed out before is dated by this timeout, the last (it kept the first: review).
-        if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: monotonicMs(), missed: k?.holds ? seq : k?.missed });
+        if (k !== undefined || o.known.size < this.options.maxKeys) o.known.set(key, { seq: Math.max(seq, k?.seq ?? 0), holds: false, late: monotonicMs(), missed: held ? seq : k?.missed });
         else {
           o.lastLate = monotonicMs();
           o.unmoved = undefined; // the key may be one it trusts: it trusts none
@@ -1294,7 +1299,7 @@ export class RepairJournal {
       }
       if (k === undefined && o.unmoved?.(key) === true) {
         // Trusted as unmoved: dirty from now on, or, when that cannot be remembered, trust none.
-        if (o.known.size < this.options.maxKeys) o.known.set(key, { seq, holds: false });
+        if (o.known.size < this.options.maxKeys) o.known.set(key, { seq, holds: false, missed: seq });
         else o.unmoved = undefined;
         return;
       }

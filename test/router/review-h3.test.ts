@@ -178,8 +178,9 @@ describe('review-h3: the rank of a copy trusted as unmoved once it misses a writ
   // meanwhile (s2 leaves: the pool distrusted, sess unmoved and trusted, not in known); then b
   // fails v2 (b dirty since v2; v2 acknowledged from the pool). A set v3 fails on both. Before
   // 6e6fc72 the read after v2 already served v1 (the pool ranked 0); 6e6fc72 serves v2 until the
-  // miss of v3, then v1 again.
-  it('a miss of an unmoved key ranks the pool by that miss: the acknowledged write it holds is not lost to an older copy', { todo: 'finding 2: learn records no `missed` for an unmoved key' }, async () => {
+  // miss of v3, then v1 again. Fixed: learn records `missed` for the first miss (or timeout) of
+  // a key trusted as unmoved, as for a key known to hold it.
+  it('a miss of an unmoved key ranks the pool by that miss: the acknowledged write it holds is not lost to an older copy', async () => {
     const { sf, fb } = fakes(3);
     const s = proc(sf, fb);
     const sess = s.keyOn(0);
@@ -208,7 +209,7 @@ describe('review-h3: the rank of a copy trusted as unmoved once it misses a writ
     await s.stop();
   });
 
-  it('so does a timeout of an unmoved key (a request that may still land)', { todo: 'finding 2: learn records no `missed` for an unmoved key' }, async () => {
+  it('so does a timeout of an unmoved key (a request that may still land)', async () => {
     const { sf, fb } = fakes(3);
     const s = proc(sf, fb);
     const sess = s.keyOn(0);
