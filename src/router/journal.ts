@@ -1187,11 +1187,11 @@ export class RepairJournal {
     // before, misses it knew). Distrusted before, it keeps the first move's test (since then), or
     // none if it had none (distrusted for another cause). Any other cause trusts no key.
     const prior = p.overflow;
-    const missed: Array<[string, number]> = [];
+    const missed: Array<[string, number, number | undefined]> = [];
     let trusts = unmoved === undefined ? undefined : prior === undefined ? unmoved : prior.lastLate === undefined ? prior.unmoved : undefined;
     if (trusts !== undefined) {
-      for (const [key, e] of p.keys) if (e.late === 0) missed.push([key, e.seq]);
-      for (const [key, k] of prior?.known ?? []) if (!k.holds && !k.maybe && k.late === undefined) missed.push([key, k.seq]);
+      for (const [key, e] of p.keys) if (e.late === 0) missed.push([key, e.seq, undefined]);
+      for (const [key, k] of prior?.known ?? []) if (!k.holds && !k.maybe && k.late === undefined) missed.push([key, k.seq, k.missed]);
       if (late.length + missed.length > this.options.maxKeys) trusts = undefined;
     }
     this.dropKeys(p);
@@ -1207,12 +1207,16 @@ export class RepairJournal {
     if (prior?.lastLate !== undefined) o.lastLate = prior.lastLate;
     if (trusts !== undefined) {
       o.unmoved = trusts;
-      for (const [key, seq] of missed) o.known.set(key, { seq, holds: false });
+      // A key still on the same server keeps its rank there (`missed`: it holds what it held
+      // before that miss; review-h3 finding 2b); one that moved is ranked oldest, as any it lacks.
+      const rank = (key: string, m: number | undefined): { missed?: number } => (m !== undefined && trusts?.(key) === true ? { missed: m } : {});
+      for (const [key, seq, m] of missed) o.known.set(key, { seq, holds: false, ...rank(key, m) });
     }
     this.setOverflow(p, o);
     // What may still land here is remembered (up to maxKeys): no later write makes it held.
     for (const [key, at] of late) {
-      if (o.known.size < this.options.maxKeys) o.known.set(key, { seq: this.writeSeq, holds: false, late: at });
+      const m = prior?.known.get(key)?.missed;
+      if (o.known.size < this.options.maxKeys) o.known.set(key, { seq: this.writeSeq, holds: false, late: at, ...(m !== undefined && o.unmoved?.(key) === true ? { missed: m } : {}) });
       else {
         o.lastLate = Math.max(o.lastLate ?? 0, at);
         o.unmoved = undefined;

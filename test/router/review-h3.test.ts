@@ -211,8 +211,9 @@ describe('review-h3: the rank of a copy trusted as unmoved once it misses a writ
 
   // Finding 2b (medium, as 2). The next ring move's distrust carries the pool's misses of the
   // keys it still trusts as unmoved (Overflow.known, not held) without their `missed`: ranked
-  // oldest again, though the key is on the same server, which holds what it held.
-  it('and keeps that rank through the next ring move that leaves the key where it is', { todo: 'finding 2b: distrust carries a miss of an unmoved key without its rank' }, async () => {
+  // oldest again, though the key is on the same server, which holds what it held. Fixed:
+  // distrust keeps `missed` for a key its unmoved test still trusts (a late one's too).
+  it('and keeps that rank through the next ring move that leaves the key where it is', async () => {
     const { sf, fb } = fakes(3);
     const s = proc(sf, fb);
     const sess = s.keyOn(0);
