@@ -1205,6 +1205,10 @@ export class RepairJournal {
     // move just after a restart dropped it, the repair flushed the pool at once, and a set the
     // process before had sent landed after the flush, over a delete: a destroyed session back).
     if (prior?.lastLate !== undefined) o.lastLate = prior.lastLate;
+    // It took writes the overflow before could not remember, maybe their only copies (full): not
+    // flushed now either (review-h3 finding 3: the next ring move dropped it, and the repair
+    // flushed an acknowledged session only the pool held).
+    if (prior?.full === true) o.full = true;
     if (trusts !== undefined) {
       o.unmoved = trusts;
       // A key still on the same server keeps its rank there (`missed`: it holds what it held
@@ -1223,6 +1227,7 @@ export class RepairJournal {
       }
     }
     this.append(`O ${hex(idOf(u))} ${o.since}`);
+    if (o.full) this.append(`F ${hex(idOf(u))}`);
     // Maybe their only copy: not flushed while so (holdsAlone); or, when which keys those are is
     // not known, not at all. One whose place in `u` is known to be the same as before (`stayed`: a
     // pool's ring moved others) is held there as before: read and repaired from (once its fence
@@ -1316,7 +1321,12 @@ export class RepairJournal {
     if (o.flushing) return; // it may land before the flush
     // Loaded from journal.log and not settled yet: a request of the earlier process may land over it.
     const unsettled = o.afterSeq === Infinity;
-    if ((!unsettled && seq <= o.afterSeq) || (k !== undefined && seq < k.seq)) return;
+    // A write started before the overflow may be older than one it missed, whose entry went with
+    // it; not one of a key trusted as unmoved, whose misses are all in `known`: read for the key,
+    // the pool was acknowledged as holding this write, and unnamed here, its only copy was flushed
+    // (review-h3 finding 3b).
+    const before = !unsettled && seq <= o.afterSeq && !(k === undefined && o.unmoved?.(key) === true);
+    if (before || (k !== undefined && seq < k.seq)) return;
     if (seq < (this.writes.get(key)?.seq ?? seq)) return; // a newer write of the key is under way
     if (k === undefined && o.known.size >= this.options.maxKeys) {
       const first = !o.full;

@@ -281,8 +281,10 @@ describe('review-h3: a pool distrusted again keeps what the overflow could not r
   // keys keys known already): it may hold the only copy of a key no list names, so the repair
   // must not flush it. The next ring move's distrust builds a new overflow with full false
   // (heldAlone finds only keys `known` named), and the repair flushes the pool at once: sess,
-  // whose only copy of v1 the pool took while b missed it, is lost (read as absent).
-  it('the next ring move does not forget that the pool took writes it could not remember', { todo: 'finding 3: distrust drops Overflow.full' }, async () => {
+  // whose only copy of v1 the pool took while b missed it, is lost (read as absent). 71ca2e2
+  // answered SERVER_ERROR to that set (the pool not read for sess); 6e6fc72 acknowledges it.
+  // Fixed: distrust keeps a prior overflow's `full`.
+  it('the next ring move does not forget that the pool took writes it could not remember', async () => {
     const { sf, fb } = fakes(3);
     const s = proc(sf, fb, { maxKeys: 4 });
     const sess = s.keyOn(0);
@@ -310,8 +312,9 @@ describe('review-h3: a write acknowledged from a key trusted as unmoved is not f
   // ring move reaches the pool's server after it (the key did not move) and misses b: acknowledged,
   // the pool being read for the key (unmoved). But learn takes no write started before the
   // overflow as held (seq <= afterSeq), so Overflow.known does not name it, holdsAlone does not see
-  // that the pool holds its only copy, and the repair flushes the pool at once.
-  it('a write started before the ring move, acknowledged from the pool alone, survives the repair', { todo: 'finding 3b: the only copy of a write in flight at the distrust is flushed' }, async () => {
+  // that the pool holds its only copy, and the repair flushes the pool at once. Fixed: learn takes
+  // such a write as held for a key trusted as unmoved (none of its misses went with the overflow).
+  it('a write started before the ring move, acknowledged from the pool alone, survives the repair', async () => {
     const { sf, fb } = fakes(3);
     const s = proc(sf, fb);
     const sess = s.keyOn(0);
