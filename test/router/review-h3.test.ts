@@ -33,6 +33,8 @@ const valueOf = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[
 
 interface Opts {
   maxKeys?: number;
+  distribution?: 'ketama' | 'modula';
+  namespace?: string;
   /** Upstreams behind `fb` (after it in the chain). */
   more?: FakeUpstream[];
 }
@@ -42,11 +44,11 @@ const fakes = (n = 3): { sf: FakeUpstream[]; fb: FakeUpstream } => ({
   fb: new FakeUpstream('memcached://b:11211', 'memcached'),
 });
 
-function makePool(sf: readonly FakeUpstream[]): MemcachedPool {
+function makePool(sf: readonly FakeUpstream[], o: Opts = {}): MemcachedPool {
   return new MemcachedPool(
     `memcached://${sf.map((_, i) => `s${i}`).join(',')}`,
     sf.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream })),
-    { distribution: 'ketama', namespace: '', eject: true },
+    { distribution: o.distribution ?? 'ketama', namespace: o.namespace ?? '', eject: true },
     HEALTH,
   );
 }
@@ -57,7 +59,7 @@ function makePool(sf: readonly FakeUpstream[]): MemcachedPool {
  * that changes a tuning option (timeout): same store, so the same journal state.
  */
 function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, o: Opts = {}) {
-  let pool = makePool(sf);
+  let pool = makePool(sf, o);
   let p = new HealthyUpstream(pool, HEALTH, () => {});
   const b = new HealthyUpstream(fb, HEALTH, () => {});
   const rest = (o.more ?? []).map((f) => new HealthyUpstream(f, HEALTH, () => {}));
@@ -95,7 +97,7 @@ function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, o: Opts = {}) {
     async reload(): Promise<void> {
       const prevPool = pool;
       const prev = p;
-      pool = makePool(sf);
+      pool = makePool(sf, o);
       p = new HealthyUpstream(pool, HEALTH, () => {});
       wirePool(pool, p, detector);
       p.takeOver(prev);
@@ -336,6 +338,46 @@ describe('review-h3: a write acknowledged from a key trusted as unmoved is not f
     await s.repairer.tick();
     await s.repairer.tick();
     assert.equal(valueOf(await s.exec(getCmd(sess))), 'v2', 'LOST WRITE: the repair flushed its only copy');
+    await s.stop();
+  });
+});
+
+describe('review-h3 guards: which keys a ring move leaves trusted', () => {
+  // Checked: the unmoved test follows the placement the pool uses, whatever the distribution
+  // (modula moves most keys when a server leaves) and with a namespace (left out of the hash).
+  for (const o of [{ distribution: 'modula' as const }, { namespace: 'memc.sess.key.' }, {}]) {
+    it(`trusted exactly for the keys still on their server (${JSON.stringify(o)})`, async () => {
+      const { sf, fb } = fakes(4);
+      const s = proc(sf, fb, o);
+      await s.detector.checkAll();
+      const keys = Array.from({ length: 60 }, (_, n) => `${o.namespace ?? ''}g.${n}`);
+      const before = keys.map((k) => s.pool.serverFor(k));
+      await takeDown(s, sf[2] as FakeUpstream, 2);
+      const moved = keys.filter((k, i) => s.pool.serverFor(k) !== before[i]);
+      assert.ok(moved.length > 0 && moved.length < keys.length, 'some keys moved, some did not');
+      for (const k of keys) assert.equal(s.journal.isDirty(s.p, k), moved.includes(k), k);
+      await bringBack(s, sf[2] as FakeUpstream, 2);
+      for (const k of keys) assert.equal(s.journal.isDirty(s.p, k), moved.includes(k), `${k}, the ring whole again`);
+      await s.stop();
+    });
+  }
+
+  // Checked: a server flapping more often than the placements kept (16: the ring before the first
+  // move and 15 after) leaves no key trusted.
+  it('a server that flaps more than the placements kept leaves no key trusted as unmoved', async () => {
+    const { sf, fb } = fakes(3);
+    const s = proc(sf, fb);
+    await s.detector.checkAll();
+    const sess = s.keyOn(0);
+    for (let n = 0; n < 7; n++) {
+      await takeDown(s, sf[2] as FakeUpstream, 2);
+      await bringBack(s, sf[2] as FakeUpstream, 2);
+    }
+    await takeDown(s, sf[2] as FakeUpstream, 2);
+    assert.equal(s.pool.ringMoves, 15);
+    assert.equal(s.journal.isDirty(s.p, sess), false, 'within the placements kept: trusted');
+    await bringBack(s, sf[2] as FakeUpstream, 2);
+    assert.equal(s.journal.isDirty(s.p, sess), true, 'the ring before the first move is no longer known');
     await s.stop();
   });
 });
