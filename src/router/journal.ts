@@ -1467,6 +1467,9 @@ export class RepairJournal {
       // (repair.ts retrust). Found by the fuzz: seed 1428, a set that timed out landed after a
       // flush_all, in an upstream taken as clean, and brought the value back; seed 69878, the
       // same once its lateness had settled (it was trusted then, as emptied by the flush).
+      // Emptied (or vouched for), it holds no copy the overflow before could not remember: that
+      // one's `full`, which distrust keeps, is moot.
+      (p.overflow as Overflow).full = false;
       this.distrust(u);
       const o = p.overflow as Overflow;
       o.lastLate = Math.max(o.lastLate ?? 0, lastLate);

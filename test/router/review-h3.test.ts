@@ -381,3 +381,25 @@ describe('review-h3 guards: which keys a ring move leaves trusted', () => {
     await s.stop();
   });
 });
+
+describe('review-h3: full is kept only while it means something', () => {
+  // The fix of finding 3 keeps a prior overflow's `full` through distrust. trust() of an upstream
+  // a request of an unremembered key may still land on (lastLate) distrusts it afresh, emptied by
+  // a flush_all (or the repair's flush, expiry, an operator): nothing it held is left, and kept,
+  // `full` would bar the repair's flush of it until every item expired.
+  it('a flush_all that empties an overflowed store with a late request out does not keep its full', () => {
+    const j = new RepairJournal({ maxKeys: 1, dir: undefined, fsync: 'no' });
+    const u = { name: 'memcached://x:11211', scheme: 'memcached', timeoutMs: 50 } as unknown as Upstream;
+    j.load([u]);
+    j.distrust(u);
+    j.mark(u, 'a', 'write', j.writeStarted('a'), true); // remembered, late
+    j.mark(u, 'b', 'write', j.writeStarted('b'), true); // not remembered: lastLate
+    j.written(u, 'c', j.writeStarted('c')); // held, not remembered: full
+    assert.notEqual(j.overflowed(u)?.lastLate, undefined);
+    assert.equal(j.overflowed(u)?.full, true);
+    j.trust(u, 'flush_all');
+    assert.ok(j.overflowed(u), 'overflowed afresh: the late request may still land');
+    assert.equal(j.overflowed(u)?.full, false, 'emptied: nothing of it is an unremembered only copy');
+    j.close();
+  });
+});
