@@ -956,11 +956,23 @@ export class RepairJournal {
   /** Above 0 when `a`'s copy of `key` ranks as fresher than `b`'s (both dirty), below 0 when older. */
   private fresher(a: Upstream, b: Upstream, key: string): number {
     const since = (u: Upstream): number => this.entry(u, key)?.since ?? 0; // overflowed: oldest but by `missed`
-    const first = (u: Upstream): number => this.entry(u, key)?.firstSeq ?? this.missedSince(u, key);
+    // Dirty only until a write-wait copy on its way lands (notYet): it holds that write then, so it
+    // ranks just above a copy that missed it (as written() ranks a copy holding a write), not as
+    // the oldest: ranked 0, a copy the ring had moved away from (a pool's `maybe`, 0 too) came
+    // first in the chain and was read on the key's new server, which lacked it (review-h3
+    // finding 4). Ranked so, it is the top only to say that nobody is the truth until it lands.
+    const first = (u: Upstream): number => this.entry(u, key)?.firstSeq ?? (this.missedSince(u, key) || this.pendingRank(u, key));
     // By write sequence when both have one (exact, whatever order the answers came in), else by
     // time (entries loaded from disk have no sequence).
     const bySeq = first(a) > 0 && first(b) > 0 ? first(a) - first(b) : 0;
     return bySeq || since(a) - since(b) || first(a) - first(b);
+  }
+
+  /** Just above the write-wait copy of `key` on its way to `u` (not overflowed, no entry); 0 when none. */
+  private pendingRank(u: Upstream, key: string): number {
+    const p = this.byName.get(idOf(u));
+    const seq = p === undefined || p.overflow !== undefined ? undefined : p.pending?.get(key);
+    return seq === undefined ? 0 : seq + 0.5;
   }
 
   /** An overflowed `u`'s first miss of `key` since it held it (Overflow.known `missed`); 0 when unknown, or while the repair flushes it. */
