@@ -26,6 +26,7 @@ import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import { RESERVED_KEY_PREFIX } from '../command/command';
 import { monotonicMs } from '../clock';
+import { McmuxError } from '../errors';
 import type { Upstream } from '../upstream/upstream';
 import { type FenceLog, type HealthyUpstream, isUsable, membersOf, outOfRing } from './health';
 
@@ -817,10 +818,15 @@ export class ColdDetector {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
           this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen });
           if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
-        } catch {
+        } catch (err) {
           landed = false;
+          // Only a write that may still land, after those sent since (McmuxError.late: a timeout),
+          // lowers the floor below which a marker found is a rollback: one failed unapplied (the
+          // sqlite driver's wait for a lock held elsewhere, a rolled-back transaction) never lands,
+          // and `unsure` is kept until a flush: one such failure hid, for good, every rollback to a
+          // backup taken after it (review-h4 finding 1).
+          if (!(err instanceof McmuxError) || err.late) this.unsure.set(store, Math.min(this.unsure.get(store) ?? Infinity, gen));
           // Written again soon (retryMark), not only by the next periodic check.
-          this.unsure.set(store, Math.min(this.unsure.get(store) ?? Infinity, gen));
           this.retryMark(u);
         }
       }),
