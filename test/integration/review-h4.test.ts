@@ -18,6 +18,8 @@ import { eventually } from '../helpers/poll';
 import { sqliteUrl } from '../helpers/sqlite-fixture';
 import { tempDir } from '../helpers/temp-dir';
 import { connectWire } from '../helpers/wire';
+import { requireBinary } from '../helpers/servers';
+import { connectMysqlUrl, startMariadb } from '../upstream/targets/mysql';
 
 /** The driver's own better-sqlite3 handle (SqliteUpstream.db), for an online backup of the file. */
 const handleOf = (u: HealthyUpstream): Database.Database => (u.inner as unknown as { db: Database.Database }).db;
@@ -83,4 +85,66 @@ test('guard: a sqlite file replaced by a backup holding an older marker of this 
 // VACUUM, another process's long transaction), hours before, is enough.
 test('a sqlite file replaced by a backup holding an older marker of this very process, after one marker write had failed unrun: a destroyed session is not served again', { timeout: 60_000 }, async (t) => {
   assert.equal(await restoredBackup(t, true), 'END\r\n', 'a session destroyed through mcmux is served again from a restored backup');
+});
+
+/**
+ * The same through mysql:// ([memory://cache, mysql]), with no reconnect: the table restored from
+ * a copy taken under this very process (an operator's restore), found by the next periodic marker
+ * check (made here). `failOnce`: before all that, one marker write timed out (another session held
+ * the marker's row lock for longer than the driver's `timeout`: the driver killed the statement),
+ * and was written again once the lock was released. What `get sess` answers at the end.
+ */
+async function restoredTable(t: TestContext, failOnce: boolean): Promise<string | undefined> {
+  if (!requireBinary(t, 'mariadbd', 'mariadb-server')) return undefined;
+  const server = await startMariadb();
+  t.after(() => server.destroy());
+  const app = await inProcessMcmux({ 'probe-interval': '50' }, ['memory://cache', `${server.url}?timeout=300`]);
+  const w = await connectWire(app.address.port);
+  t.after(() => w.close());
+  const my = app.upstreams[1] as HealthyUpstream;
+  const sql = await connectMysqlUrl(server.url);
+  t.after(() => sql.destroy());
+  assert.equal(await w.ask('set sess 0 0 3\r\nold\r\n'), 'STORED\r\n');
+  if (failOnce) {
+    await sql.query('BEGIN');
+    await sql.query('SELECT `key` FROM mcmux_items WHERE `key` = ? FOR UPDATE', [Buffer.from(app.coldDetector.key, 'latin1')]);
+    const timeouts = my.inner.stats.timeouts;
+    try {
+      await app.coldDetector.check(my);
+      assert.ok(my.inner.stats.timeouts > timeouts, 'the marker write timed out');
+    } finally {
+      await sql.query('ROLLBACK');
+    }
+  }
+  await app.coldDetector.check(my);
+  await sql.query('CREATE TABLE mcmux_backup LIKE mcmux_items');
+  await sql.query('INSERT INTO mcmux_backup SELECT * FROM mcmux_items');
+  await app.coldDetector.check(my);
+  await app.coldDetector.check(my);
+  assert.equal(await w.ask('delete sess\r\n'), 'DELETED\r\n');
+  await sql.query('DELETE FROM mcmux_items');
+  await sql.query('INSERT INTO mcmux_items SELECT * FROM mcmux_backup');
+  await app.coldDetector.check(my);
+  return w.ask('get sess\r\n', 'END\r\n');
+}
+
+// GUARD. A MySQL table restored from a copy holding an older marker of this very process, every
+// marker write acknowledged: a rollback (distrusted), the destroyed session not served again.
+test('guard: a mysql table restored from a copy holding an older marker of this very process: a destroyed session is not served again', { timeout: 90_000 }, async (t) => {
+  const got = await restoredTable(t, false);
+  if (got !== undefined) assert.equal(got, 'END\r\n');
+});
+
+// FINDING 2. Finding 1's fix keeps `unsure` for a marker write that may land late, as a MySQL
+// write that timed out does (its statement is killed, KILL QUERY: it cannot land once that is
+// done, but the detector never learns when). Kept until a flush, it lowers the rollback floor for
+// good: after one marker write waited out `timeout` for a row lock (a long transaction of an
+// operator's, a backup tool's locking read, a lock wait under load), no later restore of the
+// table to a copy taken under this process is caught, and every session destroyed since the copy
+// is served again. Not fixed: forgetting `unsure` needs to know that the write can no longer
+// land (the kill done, or a window after it, as the repair's LATE_SETTLE_MS), a driver-to-detector
+// signal that does not exist.
+test('a mysql table restored from a copy holding an older marker of this very process, after one marker write had timed out: a destroyed session is not served again', { timeout: 90_000, todo: 'finding 2: a marker write that timed out (MySQL) lowers the rollback floor for good' }, async (t) => {
+  const got = await restoredTable(t, true);
+  if (got !== undefined) assert.equal(got, 'END\r\n', 'a session destroyed through mcmux is served again from a restored table');
 });
