@@ -17,7 +17,9 @@
  *   file check (a drain at least `probe-interval` after the last, and every probe): stat the path;
  *     unlinked, another file (renamed over), or truncated to 0 bytes ─► every queued op rejects
  *     unrun (MCMUX_UPSTREAM_UNREACHABLE), the old handle closes, its -wal/-shm are removed, the
- *     path is opened afresh (new file and schema, as at start) ─► onReconnect (see fileLost)
+ *     path is opened afresh (new file and schema, as at start) ─► onReconnect (see fileLost);
+ *     the -wal at the path not the one open (unlinked, renamed over) ─► the same, but the old
+ *     handle checkpoints its -wal into the file first: the data is kept
  *
  * Why this is correct: one connection runs one transaction at a time, and the ops of a batch run
  * in the order they were called, so a read sees every earlier write of this upstream, and a
@@ -128,6 +130,8 @@ export interface SqliteOptions {
 /** Which file a path named when it was opened (stat of the path; undefined if none there). */
 type FileId = Pick<BigIntStats, 'dev' | 'ino'> | undefined;
 const fileId = (path: string): FileId => statSync(path, { bigint: true, throwIfNoEntry: false });
+/** fileLost: the -wal at the path is no longer the one open (unlinked, or another file). */
+const WAL_LOST = 'cut off from its -wal (unlinked or replaced)';
 const sameFile = (a: FileId, b: FileId): boolean => a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino;
 
 const keyBlob = (key: string): Buffer => Buffer.from(key, 'latin1');
@@ -307,6 +311,19 @@ export class SqliteUpstream implements Upstream {
     if (!sameFile(now, this.files.db)) return 'replaced by another file';
     // A database file is never empty once opened in WAL mode (the header page is written).
     if (now.size === 0n) return 'truncated to 0 bytes';
+    // The -wal too: SQLite writes on to the one it opened (it never removes it while a connection
+    // is open). Unlinked (a clean-up of "stray" files) or renamed over, every commit since went to
+    // a file a restart after a crash does not open: the database as at the last checkpoint, a
+    // destroyed session back in it (review-h4 finding 3). Reopened, the close checkpoints it in.
+    if (this.files.wal !== undefined) {
+      let wal: BigIntStats | undefined;
+      try {
+        wal = statSync(`${this.options.path}-wal`, { bigint: true, throwIfNoEntry: false });
+      } catch {
+        return undefined;
+      }
+      if (!sameFile(wal, this.files.wal)) return WAL_LOST;
+    }
     return undefined;
   }
 
@@ -342,7 +359,7 @@ export class SqliteUpstream implements Upstream {
       return true;
     }
     this.reopens++;
-    this.failQueue(`${why}: opened again as a new database (its data is lost)`);
+    this.failQueue(why.includes(WAL_LOST) ? `${why}: opened again (what it held was checkpointed into the file at the close)` : `${why}: opened again as a new database (its data is lost)`);
     this.onReconnect?.();
     return true;
   }
@@ -350,6 +367,13 @@ export class SqliteUpstream implements Upstream {
   /** Closes the handle on a lost file, and removes what SQLite left of it at the path. */
   private discard(lost: string): void {
     const path = this.options.path;
+    try {
+      // The -wal lost from the path: its frames go into the file now, while this handle has them
+      // (the close of the last connection does too; this one does not wait for that).
+      if (lost === WAL_LOST) this.db?.pragma('wal_checkpoint(TRUNCATE)');
+    } catch {
+      // the close tries again
+    }
     try {
       this.db?.close();
     } catch {
