@@ -183,3 +183,32 @@ test('mysql shared by two mcmux hosts: a flush_all through the other host is not
   await app.coldDetector.check(my);
   assert.equal(await w.ask('get sess2\r\n', 'END\r\n'), 'VALUE sess2 0 3\r\nnew\r\nEND\r\n', 'a session written through the other host since its flush_all is not served by this one');
 });
+
+// FINDING 5. tableLost (review-h2 finding 2's fix) tells only the mcmux whose own statement found
+// the table missing. Two mcmux hosts share the MySQL table; it is dropped (an operator, a
+// migration gone wrong); host A's next statement finds it missing, makes it again (empty), and A
+// fences it. Host B's next statement finds a table there, with no error: no tableLost, no
+// fence, and B decides `add`/`incr`/`cas` on the empty table until its next periodic marker
+// check (CHECK_MS, 2 s) finds its marker gone. In that window a lock B's other store holds is
+// granted again wherever MySQL decides (first in B's chain, or the stores before it fenced or
+// down). Emulated here by an atomic swap to an empty table of the same schema (what B sees of A's
+// CREATE), with B's periodic check held off (stop(): the window). Not fixed: the driver would have
+// to tell the table it prepared from one made since (its CREATE_TIME, or a row of its own).
+test('mysql shared by two mcmux hosts: a table dropped and made again by the other host is fenced here before it decides an add', { timeout: 90_000, todo: 'finding 5: a table re-created by another mcmux is not noticed before the next marker check' }, async (t) => {
+  if (!requireBinary(t, 'mariadbd', 'mariadb-server')) return;
+  const server = await startMariadb();
+  t.after(() => server.destroy());
+  const app = await inProcessMcmux({ 'probe-interval': '50' }, [server.url, 'memory://second']);
+  const w = await connectWire(app.address.port);
+  t.after(() => w.close());
+  const my = app.upstreams[0] as HealthyUpstream;
+  const sql = await connectMysqlUrl(server.url);
+  t.after(() => sql.destroy());
+  assert.equal(await w.ask('add lock 0 0 1\r\n1\r\n'), 'STORED\r\n');
+  app.coldDetector.stop(); // the window before B's next periodic check
+  await sql.query('CREATE TABLE mcmux_fresh LIKE mcmux_items');
+  await sql.query('RENAME TABLE mcmux_items TO mcmux_dropped, mcmux_fresh TO mcmux_items');
+  assert.equal(await w.ask('get nothing\r\n', 'END\r\n'), 'END\r\n'); // a statement on the table made again: no error
+  assert.ok(!my.fenced, 'not fenced: nothing told this mcmux');
+  assert.equal(await w.ask('add lock 0 0 1\r\n2\r\n'), 'NOT_STORED\r\n', 'a lock held (in the other store) granted a second time by the table made again');
+});
