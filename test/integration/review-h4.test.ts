@@ -8,11 +8,12 @@
  */
 
 import assert from 'node:assert/strict';
-import { renameSync } from 'node:fs';
+import { renameSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import Database from 'better-sqlite3';
 import type { HealthyUpstream } from '../../src/router/health';
+import type { SqliteUpstream } from '../../src/upstream/sqlite';
 import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
 import { sqliteUrl } from '../helpers/sqlite-fixture';
@@ -211,4 +212,39 @@ test('mysql shared by two mcmux hosts: a table dropped and made again by the oth
   assert.equal(await w.ask('get nothing\r\n', 'END\r\n'), 'END\r\n'); // a statement on the table made again: no error
   assert.ok(!my.fenced, 'not fenced: nothing told this mcmux');
   assert.equal(await w.ask('add lock 0 0 1\r\n2\r\n'), 'NOT_STORED\r\n', 'a lock held (in the other store) granted a second time by the table made again');
+});
+
+// GUARD (of finding 3's fix, and of 3de4ee0 at a restart). The -wal unlinked while mcmux runs on
+// [memory://cache, sqlite]: the driver checkpoints it into the file and reopens it, reported as a
+// reconnect; the marker check finds this process's marker kept: the precautionary fence is lifted
+// and the store is not distrusted (no needless logout). The next mcmux process on the same state
+// directory, its cache empty, serves the session from the file: the marker there, no distrust.
+test('guard: the sqlite -wal unlinked while open is a reconnect, not a store come back empty: no distrust, and the next process serves the session', { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t, 'review-h4-sqlite');
+  const stateDir = tempDir(t, 'review-h4-state');
+  const file = join(dir, 'store.db');
+  const upstreams = ['memory://cache', sqliteUrl(file)];
+  const app = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
+  const w = await connectWire(app.address.port);
+  const sq = app.upstreams[1] as HealthyUpstream;
+  assert.equal(await w.ask('set sess 0 0 3\r\nold\r\n'), 'STORED\r\n');
+  await app.coldDetector.check(sq);
+  const fences = sq.fencesBegun;
+  unlinkSync(`${file}-wal`);
+  await eventually('the driver reopened the file (a reconnect)', async () => {
+    await (sq.inner as SqliteUpstream).probe().catch(() => undefined);
+    return (sq.inner as SqliteUpstream).reopens === 1;
+  });
+  assert.ok(sq.fencesBegun > fences, 'fenced as a precaution');
+  await app.coldDetector.check(sq);
+  assert.equal(app.journal.overflowed(sq), undefined, 'not distrusted');
+  assert.ok(!sq.fenced, 'the marker found kept lifts the fence');
+  assert.equal(await w.ask('get sess\r\n', 'END\r\n'), 'VALUE sess 0 3\r\nold\r\nEND\r\n');
+  w.close();
+  await app.close();
+  const next = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
+  const w2 = await connectWire(next.address.port);
+  t.after(() => w2.close());
+  assert.equal(next.journal.overflowed(next.upstreams[1] as HealthyUpstream), undefined, 'not distrusted by the next process');
+  assert.equal(await w2.ask('get sess\r\n', 'END\r\n'), 'VALUE sess 0 3\r\nold\r\nEND\r\n', 'served from the file by the next process');
 });
