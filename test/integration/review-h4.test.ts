@@ -19,6 +19,7 @@ import { eventually } from '../helpers/poll';
 import { sqliteUrl } from '../helpers/sqlite-fixture';
 import { tempDir } from '../helpers/temp-dir';
 import { connectWire } from '../helpers/wire';
+import { clocksFor } from '../helpers/clocks';
 import { requireBinary } from '../helpers/servers';
 import { connectMysqlUrl, startMariadb } from '../upstream/targets/mysql';
 
@@ -247,4 +248,28 @@ test('guard: the sqlite -wal unlinked while open is a reconnect, not a store com
   t.after(() => w2.close());
   assert.equal(next.journal.overflowed(next.upstreams[1] as HealthyUpstream), undefined, 'not distrusted by the next process');
   assert.equal(await w2.ask('get sess\r\n', 'END\r\n'), 'VALUE sess 0 3\r\nold\r\nEND\r\n', 'served from the file by the next process');
+});
+
+// FINDING 6. A false alarm of 3de4ee0: the marker expired, not lost. mcmux writes its marker with
+// a 24 h life (MARKER_TTL_MS) and again at every check; a store expires it by the wall clock. The
+// host suspended for longer than that (a VM paused or snapshotted and resumed, a laptop asleep
+// over a weekend, a container frozen) and resumed, the wall clock steps forward past the marker's
+// deadline: the next check finds no marker where this process wrote one ('cold'), and a durable
+// store is distrusted as a backup restored, though it kept everything. Every session that
+// outlived the step (a "remember me" session of 30 days, or any longer than the suspension) is
+// not served until every item mcmux wrote before has expired (up to 30 days here; never with an
+// item without expiry). A marker whose own deadline has passed says nothing of a replacement.
+test('the host resumed after more than a day suspended: a sqlite store whose marker merely expired is not distrusted, a 30-day session is served', { timeout: 60_000, todo: 'finding 6: a marker expired by a wall-clock step distrusts a durable store' }, async (t) => {
+  const clocks = clocksFor(t);
+  const dir = tempDir(t, 'review-h4-sqlite');
+  const app = await inProcessMcmux({ 'probe-interval': '50' }, [sqliteUrl(join(dir, 'store.db'))]);
+  const w = await connectWire(app.address.port);
+  t.after(() => w.close());
+  const sq = app.upstreams[0] as HealthyUpstream;
+  assert.equal(await w.ask('set sess 0 2592000 3\r\nold\r\n'), 'STORED\r\n');
+  await app.coldDetector.check(sq);
+  clocks.stepWall(25 * 3600_000); // resumed after 25 h: the wall clock set forward
+  await app.coldDetector.check(sq);
+  assert.equal(app.journal.overflowed(sq), undefined, 'a store that kept its data distrusted');
+  assert.equal(await w.ask('get sess\r\n', 'END\r\n'), 'VALUE sess 0 3\r\nold\r\nEND\r\n', 'a 30-day session not served');
 });
