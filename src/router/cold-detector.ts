@@ -67,6 +67,13 @@ interface Sight {
   rolledBack?: boolean;
   /** The marker is another process's `<pid> <gen> <nonce>`: mark writes this one's over it, fenced or not. */
   foreign?: boolean;
+  /**
+   * No marker where this process's last was acknowledged, and that one's life (MARKER_TTL_MS) is
+   * over by the wall clock, as the store expires it: it may have expired (the clock stepped
+   * forward, the host resumed after a day suspended), no sign of a store replaced (review-h4
+   * finding 6).
+   */
+  expired?: boolean;
 }
 
 interface Look {
@@ -115,7 +122,7 @@ export class ColdDetector {
    * (`until`: monotonic, 0 for a pid; `wallUntil`: as written; `id`: its fence id, the marker's
    * flags) and how many fences its upstream had begun then (HealthyUpstream.fencesBegun).
    */
-  private readonly lastSet = new Map<Upstream, { at: number; until: number; wallUntil: number; id: number; fence: number; gen: number }>();
+  private readonly lastSet = new Map<Upstream, { at: number; until: number; wallUntil: number; id: number; fence: number; gen: number; deadline: number }>();
   /**
    * Markers are numbered (PID_GEN), a new number at each write, so that a store that comes back
    * holding an older one than this process last wrote there is known to have gone back in time (a
@@ -655,8 +662,9 @@ export class ColdDetector {
       this.fenceCold(u);
       // A durable store (sqlite, MySQL) does not lose its marker by a restart: the one found
       // gone is a file or table replaced, maybe by a backup (a session destroyed since is in
-      // it). Read for no key written before, as after a rollback (review-durable finding 2).
-      if (look.targets.some((t, i) => cold[i] === 'cold' && t.durable === true)) {
+      // it). Read for no key written before, as after a rollback (review-durable finding 2). Not
+      // one whose marker's life is over: it expired there (Sight.expired, review-h4 finding 6).
+      if (look.targets.some((t, i) => cold[i] === 'cold' && t.durable === true && look.sights[i]?.expired !== true)) {
         this.fenceLog?.distrust(u);
         this.log.warn({ upstream: u.name }, 'a durable upstream lost the marker mcmux wrote there (replaced, or restored from a backup): no reads from it of what was written before, until it is known clean');
         return 'cold';
@@ -751,6 +759,7 @@ export class ColdDetector {
       fenceId: fenced ? (hit?.flags ?? 0) : 0,
       rolledBack,
       foreign: writer !== undefined && writer !== this.self,
+      expired: !hit && wrote !== undefined && Date.now() >= wrote.deadline,
     };
   }
 
@@ -816,7 +825,7 @@ export class ColdDetector {
         this.writing.set(store, at);
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
-          this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen });
+          this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen, deadline: wall + MARKER_TTL_MS });
           if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
         } catch (err) {
           landed = false;

@@ -250,7 +250,7 @@ test('guard: the sqlite -wal unlinked while open is a reconnect, not a store com
   assert.equal(await w2.ask('get sess\r\n', 'END\r\n'), 'VALUE sess 0 3\r\nold\r\nEND\r\n', 'served from the file by the next process');
 });
 
-// FINDING 6. A false alarm of 3de4ee0: the marker expired, not lost. mcmux writes its marker with
+// FINDING 6 (fixed: cold-detector.ts Sight.expired). A false alarm of 3de4ee0: the marker expired, not lost. mcmux writes its marker with
 // a 24 h life (MARKER_TTL_MS) and again at every check; a store expires it by the wall clock. The
 // host suspended for longer than that (a VM paused or snapshotted and resumed, a laptop asleep
 // over a weekend, a container frozen) and resumed, the wall clock steps forward past the marker's
@@ -259,7 +259,7 @@ test('guard: the sqlite -wal unlinked while open is a reconnect, not a store com
 // outlived the step (a "remember me" session of 30 days, or any longer than the suspension) is
 // not served until every item mcmux wrote before has expired (up to 30 days here; never with an
 // item without expiry). A marker whose own deadline has passed says nothing of a replacement.
-test('the host resumed after more than a day suspended: a sqlite store whose marker merely expired is not distrusted, a 30-day session is served', { timeout: 60_000, todo: 'finding 6: a marker expired by a wall-clock step distrusts a durable store' }, async (t) => {
+test('the host resumed after more than a day suspended: a sqlite store whose marker merely expired is not distrusted, a 30-day session is served', { timeout: 60_000 }, async (t) => {
   const clocks = clocksFor(t);
   const dir = tempDir(t, 'review-h4-sqlite');
   const app = await inProcessMcmux({ 'probe-interval': '50' }, [sqliteUrl(join(dir, 'store.db'))]);
