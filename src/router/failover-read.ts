@@ -17,7 +17,7 @@ import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
 import { McmuxError, mayLandLate } from '../errors';
-import { isFenced, isUsable } from './health';
+import { cameBackEmpty, isFenced, isUsable, knowsKey } from './health';
 import { lastsOn, sendKeyed } from './replicate-write';
 
 /**
@@ -42,6 +42,9 @@ interface ReadState {
    * read once more (fuzz seed 211229).
    */
   emptied?: Set<string>;
+  /** Keys an upstream that came back empty answered a miss for (absorb `empty`), and keys one failed on. */
+  emptyMisses?: Set<string>;
+  failedOn?: Set<string>;
 }
 
 export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
@@ -260,8 +263,9 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
       const got = pre !== undefined && answer.ok ? answer.hits : undefined;
       const failedThere = answer.ok ? answer.failed?.keys : undefined;
       const unasked = got ? keys.filter((k) => !got.has(k) && !failedThere?.includes(k)) : [];
-      if (unasked.length > 0) absorb(st, await ask(u, unasked), unasked, i, still);
-      absorb(st, answer, got && unasked.length > 0 ? keys.filter((k) => !unasked.includes(k)) : keys, i, still);
+      const empty = cameBackEmpty(u) ? u : undefined;
+      if (unasked.length > 0) absorb(st, await ask(u, unasked), unasked, i, still, empty);
+      absorb(st, answer, got && unasked.length > 0 ? keys.filter((k) => !unasked.includes(k)) : keys, i, still, empty);
       missing = still;
     }
 
@@ -296,6 +300,8 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     await walk(again);
   }
 
+  // A miss of an upstream that came back empty answers where no upstream failed on the key.
+  for (const k of st.emptyMisses ?? []) if (!st.failedOn?.has(k)) st.answered.add(k);
   const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
   if (unanswered !== undefined) {
     gat?.over();
@@ -348,11 +354,20 @@ function missedMeanwhile(ctx: RouterContext, u: Upstream, keys: readonly string[
   return out;
 }
 
-/** Takes one upstream's answer for `keys` into the read: hits found, misses noted, errors kept. */
-function absorb(st: ReadState, answer: Answer, keys: readonly string[], i: number, still: string[]): void {
+/**
+ * Takes one upstream's answer for `keys` into the read: hits found, misses noted, errors kept.
+ * `empty`: the upstream came back empty (a restart, the repair's flush): its miss of a key not
+ * written to it since (knowsKey) answers only if no upstream failed on the key (unanswered): with
+ * one that may hold it failing, the read fails rather than say the key is absent (fuzz seed 4100 with MCMUX_FUZZ_POOL=1
+ * MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1: the repair flushed the pool while the store
+ * holding the session was paused, and the read took the pool's miss: a session read as absent,
+ * which PHP then writes back empty).
+ */
+function absorb(st: ReadState, answer: Answer, keys: readonly string[], i: number, still: string[], empty?: Upstream): void {
   if (!answer.ok) {
     st.lastError = answer.error;
     for (const k of keys) if (!st.found.has(k) && !still.includes(k)) still.push(k);
+    for (const k of keys) (st.failedOn ??= new Set()).add(k);
     return;
   }
   const failed = answer.failed;
@@ -360,10 +375,12 @@ function absorb(st: ReadState, answer: Answer, keys: readonly string[], i: numbe
   for (const key of keys) {
     if (failed?.keys.includes(key)) {
       if (!st.found.has(key) && !still.includes(key)) still.push(key);
+      (st.failedOn ??= new Set()).add(key);
       continue;
     }
-    st.answered.add(key);
     const hit = answer.hits.get(key);
+    if (hit || empty === undefined || knowsKey(empty, key)) st.answered.add(key);
+    else (st.emptyMisses ??= new Set()).add(key);
     if (hit) {
       if (!st.found.has(key)) st.found.set(key, { hit, from: i });
       continue;

@@ -464,6 +464,47 @@ describe('a gat while the repair flushes one overflowed cache', () => {
   });
 });
 
+describe('a miss from a store that came back empty, while another that may hold the key fails', () => {
+  // Fuzz seed 4100 (MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1), minimised: the
+  // repair flushed a cache (fenced as come back empty) while the store that held the session was
+  // paused; the read timed out there and took the flushed cache's miss for the answer: END, a
+  // session read as absent, which PHP then writes back empty over the one the paused store holds.
+  // A miss of an upstream that came back empty answers only where no upstream failed on the key.
+  function chainOf() {
+    const fa = new FakeUpstream('memcached://a:11211', 'memcached');
+    const fb = new FakeUpstream('mysql://b:3306/db', 'mysql');
+    const ups = [fa, fb].map((f) => new HealthyUpstream(f, HEALTH, () => {}));
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, noStats, () => {});
+    const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
+    return { fa, fb, ups, router, detector, close: () => Promise.all(ups.map((u) => u.close())) };
+  }
+
+  it('is no answer: the read fails (SERVER_ERROR), not END', async () => {
+    const c = chainOf();
+    assert.equal(status(await c.router.execute(setCmd('sess.x', 'cart'))), 'STORED');
+    await c.fa.inner.flush(); // a restarted empty
+    c.detector.knownEmpty(c.ups[0] as HealthyUpstream);
+    c.fb.mode = 'fail'; // b, which holds the session, does not answer
+    const reply = await c.router.execute(getCmd('sess.x'));
+    assert.equal(reply.kind, 'error', `${status(reply)}: SESSION READ AS ABSENT while the store holding it did not answer`);
+    await c.close();
+  });
+
+  it('is the answer where every other upstream answered (a miss), or none failed', async () => {
+    const c = chainOf();
+    c.detector.knownEmpty(c.ups[0] as HealthyUpstream);
+    assert.equal(status(await c.router.execute(getCmd('sess.none'))), 'values', 'b answered a miss too');
+    assert.equal(valueOf(await c.router.execute(getCmd('sess.none'))), undefined);
+    assert.equal(status(await c.router.execute(setCmd('sess.new', 'v'))), 'STORED', 'a written since: it knows the key');
+    c.fb.mode = 'fail';
+    assert.equal(valueOf(await c.router.execute(getCmd('sess.new'))), 'v');
+    assert.equal(status(await c.router.execute(delCmd('sess.new'))), 'DELETED', 'on a; b journaled');
+    assert.equal(status(await c.router.execute(getCmd('sess.new'))), 'values', 'a knows it was deleted since: its miss answers');
+    await c.close();
+  });
+});
+
 describe('a ring move and the keys only the pool holds', () => {
   // Fuzz seed 79 (MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1) minimised: a
   // session written while b missed it is held by the pool alone. A server the session is not on
