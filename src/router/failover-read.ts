@@ -17,7 +17,7 @@ import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
 import { McmuxError, mayLandLate } from '../errors';
-import { cameBackEmpty, isFenced, isUsable, knowsKey } from './health';
+import { isFenced, isUsable, knowsKey, repairEmptied } from './health';
 import { lastsOn, sendKeyed } from './replicate-write';
 
 /**
@@ -263,7 +263,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
       const got = pre !== undefined && answer.ok ? answer.hits : undefined;
       const failedThere = answer.ok ? answer.failed?.keys : undefined;
       const unasked = got ? keys.filter((k) => !got.has(k) && !failedThere?.includes(k)) : [];
-      const empty = cameBackEmpty(u) ? u : undefined;
+      const empty = repairEmptied(u) ? u : undefined;
       if (unasked.length > 0) absorb(st, await ask(u, unasked), unasked, i, still, empty);
       absorb(st, answer, got && unasked.length > 0 ? keys.filter((k) => !unasked.includes(k)) : keys, i, still, empty);
       missing = still;
@@ -356,9 +356,12 @@ function missedMeanwhile(ctx: RouterContext, u: Upstream, keys: readonly string[
 
 /**
  * Takes one upstream's answer for `keys` into the read: hits found, misses noted, errors kept.
- * `empty`: the upstream came back empty (a restart, the repair's flush): its miss of a key not
- * written to it since (knowsKey) answers only if no upstream failed on the key (unanswered): with
- * one that may hold it failing, the read fails rather than say the key is absent (fuzz seed 4100 with MCMUX_FUZZ_POOL=1
+ * `empty`: the repair's flush emptied the upstream (an overflowed cache, flushed on the word that
+ * the others hold what it held; HealthyUpstream.repairEmptied): its miss of a key not written to
+ * it since (knowsKey) answers only if no upstream failed on the key (unanswered): with one that
+ * may hold it failing, the read fails rather than say the key is absent. Not a store that came
+ * back empty by itself (a restart: memory:// as mcmux starts): its miss answers as any, as it
+ * would once its fence is over (fuzz seed 4100 with MCMUX_FUZZ_POOL=1
  * MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1: the repair flushed the pool while the store
  * holding the session was paused, and the read took the pool's miss: a session read as absent,
  * which PHP then writes back empty).

@@ -169,6 +169,12 @@ export class HealthyUpstream implements Upstream {
    */
   inheritedEmpty = false;
   /**
+   * The repair's flush emptied it (an overflowed cache) in this fence: mcmux's own doing, on the
+   * word that the other upstreams hold what it held. While one of them fails, its miss is no
+   * answer (failover-read.ts absorb). Cleared when a new fence begins, and when it ends.
+   */
+  repairEmptied = false;
+  /**
    * When it last came back (a probe succeeded after it was down), in ms; 0 if never. A server that
    * was paused applies what waited in its old connections as it resumes: the repair of a key
    * whose request timed out waits a while after this too (repair.ts, LATE_SETTLE_MS).
@@ -237,6 +243,7 @@ export class HealthyUpstream implements Upstream {
       this.forgetFenceKeys();
       this.fencesBegun++;
       this.inheritedEmpty = false;
+      this.repairEmptied = false;
     }
     this.coldUntil = Math.max(this.coldUntil, until);
   }
@@ -288,6 +295,7 @@ export class HealthyUpstream implements Upstream {
     this.coldUntil = 0;
     this.emptyUntil = 0;
     this.inheritedEmpty = false;
+    this.repairEmptied = false;
     this.forgetFenceKeys();
   }
 
@@ -571,6 +579,11 @@ export function isFenced(u: Upstream): boolean {
 /** Whether `u` is fenced because it is known to have come back empty (see HealthyUpstream.emptyUntil). */
 export function cameBackEmpty(u: Upstream): boolean {
   return u instanceof HealthyUpstream && u.cameBackEmpty;
+}
+
+/** Whether `u` came back empty by the repair's flush (HealthyUpstream.repairEmptied), in this fence. */
+export function repairEmptied(u: Upstream): boolean {
+  return u instanceof HealthyUpstream && u.cameBackEmpty && u.repairEmptied;
 }
 
 /** Until when `u` is known to have come back empty (monotonic ms; 0 if not): a later end, a later emptying. */

@@ -370,6 +370,8 @@ export class Repairer {
     // Before the flush is sent: one that times out may still be applied. Nor is it read
     // meanwhile for the keys it was known to hold (the flush may have emptied it already).
     this.onFlush?.(u);
+    // After onFlush (which fences it as come back empty): emptied by this flush (failover-read.ts absorb).
+    if (u instanceof HealthyUpstream) u.repairEmptied = true;
     journal.flushingOverflowed(u, true);
     try {
       // A pool's servers in its ring only (HealthyUpstream.flushRing; a client's flush_all takes them all).
