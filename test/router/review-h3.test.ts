@@ -170,6 +170,39 @@ describe('review-h3: a pool trusted for the keys that did not move (6e6fc72)', (
   });
 });
 
+/**
+ * sess (home s0) = v1 on s0 and b. A set v2 reaches s0 while its copy to b is held; the ring moves
+ * meanwhile (s2 leaves: the pool distrusted, sess unmoved and trusted); then b fails v2: the pool
+ * alone holds v2, acknowledged. A set v3 then fails on s0 (`s0Mode`) and on b: both dirty.
+ */
+async function v2AloneThenV3Fails(s0Mode: 'fail' | 'timeout') {
+    const { sf, fb } = fakes(3);
+    const s = proc(sf, fb);
+    const sess = s.keyOn(0);
+    const s0 = sf[0] as FakeUpstream;
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED');
+    fb.gateOnly = (call) => call === `set ${sess}`;
+    fb.close_gate();
+    const v2 = s.exec(setCmd(sess, 'v2'));
+    for (let n = 0; n < 50 && (await s0.inner.get([sess]))[0]?.value.toString() !== 'v2'; n++) await settle();
+    assert.equal((await s0.inner.get([sess]))[0]?.value.toString(), 'v2', 'v2 reached s0; b holds it at its gate');
+    await takeDown(s, sf[2] as FakeUpstream, 2); // the ring moves: sess did not
+    fb.kill(); // b fails v2
+    assert.equal(status(await v2), 'STORED', 'acknowledged: the pool holds it');
+    fb.mode = 'ok';
+    assert.ok(s.journal.isDirty(s.b, sess), 'b missed v2');
+    assert.equal(s.journal.isDirty(s.p, sess), false, 'the pool holds v2: trusted (unmoved)');
+    assert.equal(valueOf(await s.exec(getCmd(sess))), 'v2');
+    s0.mode = s0Mode;
+    fb.mode = 'fail';
+    await s.exec(setCmd(sess, 'v3')); // fails (or times out) on s0, fails on b: both dirty now
+    s0.mode = 'ok';
+    fb.mode = 'ok';
+    assert.ok(s.servers[0]?.usable && s.b.usable, 'one failure each: still up');
+  return { sf, fb, s, sess, s0 };
+}
+
 describe('review-h3: the rank of a copy trusted as unmoved once it misses a write', () => {
   // Finding 2 (medium: an acknowledged session write lost after two failures). A key the pool
   // is trusted for as unmoved holds the key's current state, as a key Overflow.known says it
@@ -184,30 +217,7 @@ describe('review-h3: the rank of a copy trusted as unmoved once it misses a writ
   // miss of v3, then v1 again. Fixed: learn records `missed` for the first miss (or timeout) of
   // a key trusted as unmoved, as for a key known to hold it.
   it('a miss of an unmoved key ranks the pool by that miss: the acknowledged write it holds is not lost to an older copy', async () => {
-    const { sf, fb } = fakes(3);
-    const s = proc(sf, fb);
-    const sess = s.keyOn(0);
-    const s0 = sf[0] as FakeUpstream;
-    await s.detector.checkAll();
-    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED');
-    fb.gateOnly = (call) => call === `set ${sess}`;
-    fb.close_gate();
-    const v2 = s.exec(setCmd(sess, 'v2'));
-    for (let n = 0; n < 50 && (await s0.inner.get([sess]))[0]?.value.toString() !== 'v2'; n++) await settle();
-    assert.equal((await s0.inner.get([sess]))[0]?.value.toString(), 'v2', 'v2 reached s0; b holds it at its gate');
-    await takeDown(s, sf[2] as FakeUpstream, 2); // the ring moves: sess did not
-    fb.kill(); // b fails v2
-    assert.equal(status(await v2), 'STORED', 'acknowledged: the pool holds it');
-    fb.mode = 'ok';
-    assert.ok(s.journal.isDirty(s.b, sess), 'b missed v2');
-    assert.equal(s.journal.isDirty(s.p, sess), false, 'the pool holds v2: trusted (unmoved)');
-    assert.equal(valueOf(await s.exec(getCmd(sess))), 'v2');
-    s0.mode = 'fail';
-    fb.mode = 'fail';
-    await s.exec(setCmd(sess, 'v3')); // fails on both (SERVER_ERROR): both dirty now
-    s0.mode = 'ok';
-    fb.mode = 'ok';
-    assert.ok(s.servers[0]?.usable && s.b.usable, 'one failure each: still up');
+    const { s, sess } = await v2AloneThenV3Fails('fail');
     assert.notEqual(valueOf(await s.exec(getCmd(sess))), 'v1', 'LOST WRITE: b, which missed v2, ranked above the pool, which holds it');
     await s.stop();
   });
@@ -217,30 +227,7 @@ describe('review-h3: the rank of a copy trusted as unmoved once it misses a writ
   // oldest again, though the key is on the same server, which holds what it held. Fixed:
   // distrust keeps `missed` for a key its unmoved test still trusts (a late one's too).
   it('and keeps that rank through the next ring move that leaves the key where it is', async () => {
-    const { sf, fb } = fakes(3);
-    const s = proc(sf, fb);
-    const sess = s.keyOn(0);
-    const s0 = sf[0] as FakeUpstream;
-    await s.detector.checkAll();
-    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED');
-    fb.gateOnly = (call) => call === `set ${sess}`;
-    fb.close_gate();
-    const v2 = s.exec(setCmd(sess, 'v2'));
-    for (let n = 0; n < 50 && (await s0.inner.get([sess]))[0]?.value.toString() !== 'v2'; n++) await settle();
-    assert.equal((await s0.inner.get([sess]))[0]?.value.toString(), 'v2', 'v2 reached s0; b holds it at its gate');
-    await takeDown(s, sf[2] as FakeUpstream, 2); // the ring moves: sess did not
-    fb.kill(); // b fails v2
-    assert.equal(status(await v2), 'STORED', 'acknowledged: the pool holds it');
-    fb.mode = 'ok';
-    assert.ok(s.journal.isDirty(s.b, sess), 'b missed v2');
-    assert.equal(s.journal.isDirty(s.p, sess), false, 'the pool holds v2: trusted (unmoved)');
-    assert.equal(valueOf(await s.exec(getCmd(sess))), 'v2');
-    s0.mode = 'fail';
-    fb.mode = 'fail';
-    await s.exec(setCmd(sess, 'v3')); // fails on both (SERVER_ERROR): both dirty now
-    s0.mode = 'ok';
-    fb.mode = 'ok';
-    assert.ok(s.servers[0]?.usable && s.b.usable, 'one failure each: still up');
+    const { sf, s, sess } = await v2AloneThenV3Fails('fail');
     await takeDown(s, sf[1] as FakeUpstream, 1); // another ring move: sess stays on s0
     assert.equal(s.pool.serverFor(sess), s.servers[0]);
     assert.notEqual(valueOf(await s.exec(getCmd(sess))), 'v1', 'LOST WRITE: b, which missed v2, ranked above the pool, which holds it');
@@ -248,30 +235,7 @@ describe('review-h3: the rank of a copy trusted as unmoved once it misses a writ
   });
 
   it('so does a timeout of an unmoved key (a request that may still land)', async () => {
-    const { sf, fb } = fakes(3);
-    const s = proc(sf, fb);
-    const sess = s.keyOn(0);
-    const s0 = sf[0] as FakeUpstream;
-    await s.detector.checkAll();
-    assert.equal(status(await s.exec(setCmd(sess, 'v1'))), 'STORED');
-    fb.gateOnly = (call) => call === `set ${sess}`;
-    fb.close_gate();
-    const v2 = s.exec(setCmd(sess, 'v2'));
-    for (let n = 0; n < 50 && (await s0.inner.get([sess]))[0]?.value.toString() !== 'v2'; n++) await settle();
-    assert.equal((await s0.inner.get([sess]))[0]?.value.toString(), 'v2', 'v2 reached s0; b holds it at its gate');
-    await takeDown(s, sf[2] as FakeUpstream, 2); // the ring moves: sess did not
-    fb.kill(); // b fails v2
-    assert.equal(status(await v2), 'STORED', 'acknowledged: the pool holds it');
-    fb.mode = 'ok';
-    assert.ok(s.journal.isDirty(s.b, sess), 'b missed v2');
-    assert.equal(s.journal.isDirty(s.p, sess), false, 'the pool holds v2: trusted (unmoved)');
-    assert.equal(valueOf(await s.exec(getCmd(sess))), 'v2');
-    s0.mode = 'timeout';
-    fb.mode = 'fail';
-    await s.exec(setCmd(sess, 'v3')); // times out on s0, fails on b: both dirty now
-    s0.mode = 'ok';
-    fb.mode = 'ok';
-    assert.ok(s.servers[0]?.usable && s.b.usable, 'one failure each: still up');
+    const { s, sess } = await v2AloneThenV3Fails('timeout');
     assert.ok(s.journal.lateFor(s.p, sess), 'a request of sess may still land on the pool');
     assert.notEqual(valueOf(await s.exec(getCmd(sess))), 'v1', 'LOST WRITE: b, which missed v2, ranked above the pool, which holds it');
     await s.stop();
