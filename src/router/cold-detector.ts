@@ -334,6 +334,12 @@ export class ColdDetector {
   reconnected(u: HealthyUpstream): void {
     const at = monotonicMs();
     const forgot = u.fenced ? u.learntKeys() : [];
+    // Come back empty before, it held what was learnt since and what read repair copied there: a
+    // restart now would have taken all of it, no restart none. Not known to hold nothing but what
+    // it learns from now on (onlyLearnt): with every upstream fenced it is not left out for one
+    // fenced as a precaution since, which may itself have restarted empty unseen (fuzz seed
+    // 208000: that one decided a prepend NOT_STORED of a key this one held).
+    if (u.cameBackEmpty) u.inheritedEmpty = true;
     const stores = this.storesOf(u, false);
     const before = stores.map((t) => this.lastSet.get(t));
     u.fence(at + this.fenceMs);
