@@ -304,6 +304,10 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
   for (const k of st.emptyMisses ?? []) if (!st.failedOn?.has(k)) st.answered.add(k);
   const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
   if (unanswered !== undefined) {
+    // A gat touched the keys it found where it found them: the other copies get the touch all the
+    // same (or are journaled), or they keep the old deadline, clean, and serve the item once that
+    // copy has expired it (review-h5 finding 4: a multi-key gat whose other key was unanswered).
+    if (cmd.touch !== undefined) for (const [key, { from }] of st.found) touchOthers(ctx, key, cmd.touch, from, st.missedAt.get(key));
     gat?.over();
     return serverError(`no upstream answered for a key: ${errorMessage(st.lastError ?? new Error('every copy is being repaired'))}`);
   }

@@ -7,7 +7,7 @@
  * Rebased on f66281d, which narrows d4e0c13's rule to a cache the repair's flush emptied
  * (HealthyUpstream.repairEmptied): the tests of that rule flush `a` as repair.ts does (repairFlushed).
  *
- * Finding 4 (todo): a multi-key gat answered SERVER_ERROR left the other copies of the keys it
+ * Finding 4 (fixed): a multi-key gat answered SERVER_ERROR left the other copies of the keys it
  * found (and touched where found) untouched and clean: an item it expired came back.
  * Guards: hedged reads keep the empty-miss rule; gets over several keys; a key deleted since the
  * flush is a miss; a pool's ring move (a fence as come back empty, no repair flush) leaves an
@@ -121,8 +121,9 @@ describe('review-h5 d4e0c13: a multi-key gat answered SERVER_ERROR', () => {
   // the old deadline, clean in the journal. A read while b still fails answers END (a knows k1,
   // its miss answers), and once b is back k1 is served again from b (and read-repaired into a):
   // the gat's effect seen, then undone. The same where k2 failed on every upstream (a pool's
-  // server down and b down), before d4e0c13 too.
-  it("the found keys of a gat that fails on another key still get their touches of the other copies", { todo: 'finding 4: SERVER_ERROR returned before touchOthers' }, async () => {
+  // server down and b down), before d4e0c13 too. Fixed: the found keys' touches of the other
+  // copies are sent before the SERVER_ERROR (b failing: journaled, repaired from a).
+  it("the found keys of a gat that fails on another key still get their touches of the other copies", async () => {
     const c = chainOf();
     assert.equal(status(await c.exec(setCmd('sess.old', 'x'))), 'STORED');
     await c.fa.inner.flush(); // the repair's flush
