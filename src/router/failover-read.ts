@@ -42,7 +42,7 @@ interface ReadState {
    * read once more (fuzz seed 211229).
    */
   emptied?: Set<string>;
-  /** Keys an upstream that came back empty answered a miss for (absorb `empty`), and keys one failed on. */
+  /** Keys a cache the repair flushed answered a miss for (absorb `empty`), and keys an upstream failed on. */
   emptyMisses?: Set<string>;
   failedOn?: Set<string>;
 }
@@ -300,7 +300,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     await walk(again);
   }
 
-  // A miss of an upstream that came back empty answers where no upstream failed on the key.
+  // A miss of a cache the repair flushed answers where no upstream failed on the key (absorb).
   for (const k of st.emptyMisses ?? []) if (!st.failedOn?.has(k)) st.answered.add(k);
   const unanswered = unique.find((k) => !st.answered.has(k) && !st.found.has(k));
   if (unanswered !== undefined) {
