@@ -28,7 +28,8 @@ import { RESERVED_KEY_PREFIX } from '../command/command';
 import { monotonicMs } from '../clock';
 import { McmuxError } from '../errors';
 import type { Upstream } from '../upstream/upstream';
-import { type FenceLog, type HealthyUpstream, isUsable, membersOf, outOfRing } from './health';
+import { type FenceLog, type HealthyUpstream, cameBackAt, isUsable, membersOf, outOfRing } from './health';
+import { LATE_SETTLE_MS } from './repair';
 
 const CHECK_MS = 2000;
 /** A marker write that failed is tried again after this (retryMark). */
@@ -128,10 +129,17 @@ export class ColdDetector {
    * holding an older one than this process last wrote there is known to have gone back in time (a
    * Redis restarted from an RDB snapshot older than its last writes): its marker is there, but so
    * are the sessions deleted and the values overwritten since. `unsure`: the lowest number of a
-   * write that failed there and may still land (a late older marker is no rollback).
+   * write that failed there and may still land (a late older marker is no rollback), and when
+   * (monotonic ms) the last such write failed: once a marker written a settle time after that
+   * (settleMs, after the store last came back too, as the repair waits for a late request) is
+   * acknowledged, none of them can land after it any more, and `unsure` goes. Kept for good, one
+   * MySQL marker write that waited out `timeout` for a row lock hid every later restore of the
+   * table to a copy taken under this process (review-h4 finding 2).
    */
   private gen = 0;
-  private readonly unsure = new Map<Upstream, number>();
+  private readonly unsure = new Map<Upstream, { gen: number; at: number }>();
+  /** How long a request that timed out may still land (repair.ts LATE_SETTLE_MS; tests shorten it). */
+  settleMs = LATE_SETTLE_MS;
   /**
    * Per store, the markers of other processes (pid: the highest generation) it held before this
    * process's own marker was acknowledged there, or while this process waited for what a crashed
@@ -726,7 +734,7 @@ export class ColdDetector {
     let hit;
     // Taken before the read: a marker write acknowledged while it is out (another connection, a
     // pooled database) may not be in what it reads.
-    const floor = Math.min(this.lastSet.get(store)?.gen ?? 0, this.unsure.get(store) ?? Infinity);
+    const floor = Math.min(this.lastSet.get(store)?.gen ?? 0, this.unsure.get(store)?.gen ?? Infinity);
     const settling = this.settling;
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
@@ -833,14 +841,18 @@ export class ColdDetector {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
           this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen, deadline: wall + MARKER_TTL_MS });
           if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
+          const late = this.unsure.get(store);
+          if (late !== undefined && at >= Math.max(late.at, cameBackAt(u)) + this.settleMs) this.unsure.delete(store);
         } catch (err) {
           landed = false;
           // Only a write that may still land, after those sent since (McmuxError.late: a timeout),
           // lowers the floor below which a marker found is a rollback: one failed unapplied (the
           // sqlite driver's wait for a lock held elsewhere, a rolled-back transaction) never lands,
-          // and `unsure` is kept until a flush: one such failure hid, for good, every rollback to a
-          // backup taken after it (review-h4 finding 1).
-          if (!(err instanceof McmuxError) || err.late) this.unsure.set(store, Math.min(this.unsure.get(store) ?? Infinity, gen));
+          // and `unsure` would be kept until a later write passes its settle time: one such failure
+          // hid, for good, every rollback to a backup taken after it (review-h4 finding 1).
+          if (!(err instanceof McmuxError) || err.late) {
+            this.unsure.set(store, { gen: Math.min(this.unsure.get(store)?.gen ?? Infinity, gen), at: monotonicMs() });
+          }
           // Written again soon (retryMark), not only by the next periodic check.
           this.retryMark(u);
         }

@@ -7,7 +7,7 @@
  * are plain tests of something that holds.
  *
  *   finding 1  a marker write failed unapplied (sqlite) lowered the rollback floor for good: fixed
- *   finding 2  the same for a MySQL marker write that timed out (late): todo
+ *   finding 2  the same for a MySQL marker write that timed out (late): fixed
  *   finding 3  the sqlite -wal unlinked while open: test/upstream/review-h4-sqlite.test.ts, fixed
  *   finding 4  a flush_all through another mcmux host sharing MySQL distrusts it here: todo
  *   finding 5  a MySQL table re-created by another mcmux: no tableLost here, add decided: todo
@@ -22,6 +22,7 @@
 import assert from 'node:assert/strict';
 import { renameSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout } from 'node:timers/promises';
 import { type TestContext, test } from 'node:test';
 import Database from 'better-sqlite3';
 import type { HealthyUpstream } from '../../src/router/health';
@@ -129,6 +130,9 @@ async function restoredTable(t: TestContext, failOnce: boolean): Promise<string 
     } finally {
       await sql.query('ROLLBACK');
     }
+    // The settle time of a request that timed out (LATE_SETTLE_MS) is a window, not an event: a
+    // marker written once it is over, and acknowledged, is the newest the table can hold.
+    await setTimeout(app.coldDetector.settleMs);
   }
   await app.coldDetector.check(my);
   await sql.query('CREATE TABLE mcmux_backup LIKE mcmux_items');
@@ -149,16 +153,14 @@ test('guard: a mysql table restored from a copy holding an older marker of this 
   if (got !== undefined) assert.equal(got, 'END\r\n');
 });
 
-// FINDING 2. Finding 1's fix keeps `unsure` for a marker write that may land late, as a MySQL
-// write that timed out does (its statement is killed, KILL QUERY: it cannot land once that is
-// done, but the detector never learns when). Kept until a flush, it lowers the rollback floor for
-// good: after one marker write waited out `timeout` for a row lock (a long transaction of an
-// operator's, a backup tool's locking read, a lock wait under load), no later restore of the
-// table to a copy taken under this process is caught, and every session destroyed since the copy
-// is served again. Not fixed: forgetting `unsure` needs to know that the write can no longer
-// land (the kill done, or a window after it, as the repair's LATE_SETTLE_MS), a driver-to-detector
-// signal that does not exist.
-test('a mysql table restored from a copy holding an older marker of this very process, after one marker write had timed out: a destroyed session is not served again', { timeout: 90_000, todo: 'finding 2: a marker write that timed out (MySQL) lowers the rollback floor for good' }, async (t) => {
+// FINDING 2 (fixed). Finding 1's fix keeps `unsure` for a marker write that may land late, as a
+// MySQL write that timed out does (its statement is killed, KILL QUERY). Kept until a flush, it
+// lowered the rollback floor for good: after one marker write waited out `timeout` for a row lock
+// (a long transaction of an operator's, a backup tool's locking read, a lock wait under load), no
+// later restore of the table to a copy taken under this process was caught, and every session
+// destroyed since the copy was served again. Now `unsure` goes once a marker written a settle time
+// after the failure (LATE_SETTLE_MS, as the repair waits) is acknowledged.
+test('a mysql table restored from a copy holding an older marker of this very process, after one marker write had timed out: a destroyed session is not served again', { timeout: 90_000 }, async (t) => {
   const got = await restoredTable(t, true);
   if (got !== undefined) assert.equal(got, 'END\r\n', 'a session destroyed through mcmux is served again from a restored table');
 });
