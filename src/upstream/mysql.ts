@@ -1180,7 +1180,8 @@ export class MysqlUpstream implements Upstream {
    * client goes: one waiting for row locks held one after the other (innodb_lock_wait_timeout
    * bounds each wait, not the statement) would go on and commit after the router's late window,
    * over the writes and the repair made since. Sent on a connection of its own (the pool may
-   * have none free), made on first need and kept; skipped when the server restarted since the
+   * have none free), made on first need and kept, or, when that cannot be made (the server at
+   * max_connections), on the pool's first free one; skipped when the server restarted since the
    * request was sent (its thread id may be another client's now). Bounded by the timeout. A kept
    * connection may have been closed while idle (the server's wait_timeout, a proxy reset in
    * between): a KILL that fails on one made before, with no answer from the server, drops it and
@@ -1198,8 +1199,17 @@ export class MysqlUpstream implements Upstream {
       for (let attempt = 0; ; attempt++) {
         const kept = this.killer !== undefined;
         const k = (killer = this.killer ??= this.connectKiller());
+        let c: Connection;
         try {
-          const c = await k;
+          c = await k;
+        } catch {
+          // No connection of its own (the server at max_connections, the very overload that makes
+          // statements time out; the timed-out statement's thread keeps its slot): on one of the
+          // pool's, free now or once one is (review-h2 finding 4).
+          drop(k);
+          return this.killPooled(threadId, epoch);
+        }
+        try {
           if (epoch !== this.epoch || this.closed) return;
           await c.query(`KILL QUERY ${Math.trunc(threadId)}`);
           return;
@@ -1218,6 +1228,22 @@ export class MysqlUpstream implements Upstream {
         if (killer) drop(killer);
       })
       .finally(() => clearTimeout(timer));
+  }
+
+  /** killQuery's KILL on a connection of the pool's (when one of its own cannot be made). */
+  private async killPooled(threadId: number, epoch: number): Promise<void> {
+    const conn = await this.pool.getConnection();
+    try {
+      if (epoch !== this.epoch || this.closed) return;
+      await conn.query(`KILL QUERY ${Math.trunc(threadId)}`);
+    } catch (err) {
+      if ((err as DriverError).errno !== ER_NO_SUCH_THREAD && !isServerError(err)) {
+        this.discard(conn);
+        return;
+      }
+    }
+    if (this.closed) this.discard(conn);
+    else conn.release();
   }
 
   private async connectKiller(): Promise<Connection> {

@@ -1,7 +1,7 @@
 /**
  * Review h2 of the MySQL/MariaDB driver (src/upstream/mysql.ts): a connection lost mid-statement
  * (finding 1, fixed), the table dropped while running (finding 2, fixed), the kill connection
- * closed while idle (finding 3, fixed) or refused at max_connections (finding 4, todo), a failover
+ * closed while idle (finding 3, fixed) or refused at max_connections (finding 4, fixed), a failover
  * that leaves the pool on a read-only old primary (finding 5, fixed); guards: concurrent
  * conditional writes from two sidecars, the server's prepared-statement limit, a batch at the
  * packet limit, expiry/flags/counter edges against memcached. One private MariaDB
@@ -237,21 +237,18 @@ test('a connection lost mid-statement, the kill connection cut with it: the stat
 });
 
 // ---------------------------------------------------------------------------------------------
-// FINDING 4 (not fixed): the KILL QUERY needs a connection of its own, made on first need: when
-// the server is at max_connections (the very overload that makes statements time out: every
-// app server's pool full), that connection is refused (ER_CON_COUNT_ERROR, 1040) and the
-// statement is not killed. The timed-out statement's own connection was cut, but its server
-// thread, still in the statement, keeps its slot, so there is no room for the kill either. A
-// batch on rows locked one after another then commits after the late window, over the repair:
-// the failure review-mysql-faults.test.ts fixed with the kill, back under overload.
-// (The mcmux account here has no SUPER / CONNECTION ADMIN, which get one connection more.)
-// Fix (not made: a design choice): send the KILL on an idle pooled connection when a connection of
-// its own cannot be made, or make the kill connection with the pool's first one so that it
-// exists before the server fills up (one more connection per process, which a wait_timeout can
-// still close).
+// FINDING 4 (fixed): the KILL QUERY needs a connection of its own, made on first need: when the
+// server is at max_connections (the very overload that makes statements time out: every app
+// server's pool full), that connection is refused (ER_CON_COUNT_ERROR, 1040) and the statement
+// was not killed. The timed-out statement's own connection was cut, but its server thread, still
+// in the statement, keeps its slot, so there is no room for the kill either. A batch on rows
+// locked one after another then committed after the late window, over the repair: the failure
+// review-mysql-faults.test.ts fixed with the kill, back under overload. (The mcmux account here
+// has no SUPER / CONNECTION ADMIN, which get one connection more.) The KILL now goes on the
+// pool's first free connection when one of its own cannot be made (mysql.ts killPooled).
 // ---------------------------------------------------------------------------------------------
 
-test('a timed-out statement is killed even when the server is at max_connections', { timeout: 60_000, todo: 'finding 4: the kill connection is refused at max_connections' }, async (t) => {
+test('a timed-out statement is killed even when the server is at max_connections', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
   const LATE_SETTLE_MS = 1000; // src/router/repair.ts
