@@ -28,10 +28,14 @@ import { RESERVED_KEY_PREFIX } from '../command/command';
 import { monotonicMs } from '../clock';
 import { McmuxError } from '../errors';
 import type { Upstream } from '../upstream/upstream';
-import { type FenceLog, type HealthyUpstream, cameBackAt, isUsable, membersOf, outOfRing } from './health';
-import { LATE_SETTLE_MS } from './repair';
+import { type FenceLog, type HealthyUpstream, isUsable, membersOf, outOfRing } from './health';
 
 const CHECK_MS = 2000;
+/**
+ * How many marker writes that timed out each store remembers (ColdDetector.late): one found
+ * later, landed late, is no rollback. Past that the oldest is forgotten: found, a false alarm.
+ */
+const LATE_GENS = 32;
 /** A marker write that failed is tried again after this (retryMark). */
 const RETRY_MS = 100;
 
@@ -128,18 +132,14 @@ export class ColdDetector {
    * Markers are numbered (PID_GEN), a new number at each write, so that a store that comes back
    * holding an older one than this process last wrote there is known to have gone back in time (a
    * Redis restarted from an RDB snapshot older than its last writes): its marker is there, but so
-   * are the sessions deleted and the values overwritten since. `unsure`: the lowest number of a
-   * write that failed there and may still land (a late older marker is no rollback), and when
-   * (monotonic ms) the last such write failed: once a marker written a settle time after that
-   * (settleMs, after the store last came back too, as the repair waits for a late request) is
-   * acknowledged, none of them can land after it any more, and `unsure` goes. Kept for good, one
-   * MySQL marker write that waited out `timeout` for a row lock hid every later restore of the
-   * table to a copy taken under this process (review-h4 finding 2).
+   * are the sessions deleted and the values overwritten since. `late`: the numbers of the last
+   * LATE_GENS writes that timed out there (they may still land, after newer ones): such a marker
+   * found is no rollback, and those alone are excused. The lowest of them taken for a floor, as
+   * before, hid for good every later restore to a copy taken under this process, after one MySQL
+   * marker write had waited out `timeout` for a row lock (review-h4 finding 2).
    */
   private gen = 0;
-  private readonly unsure = new Map<Upstream, { gen: number; at: number }>();
-  /** How long a request that timed out may still land (repair.ts LATE_SETTLE_MS; tests shorten it). */
-  settleMs = LATE_SETTLE_MS;
+  private readonly late = new Map<Upstream, number[]>();
   /**
    * Per store, the markers of other processes (pid: the highest generation) it held before this
    * process's own marker was acknowledged there, or while this process waited for what a crashed
@@ -531,7 +531,7 @@ export class ColdDetector {
     }
     for (const s of [u.inner, ...this.storesOf(u, false)]) {
       this.lastSet.delete(s);
-      this.unsure.delete(s);
+      this.late.delete(s);
       this.found.delete(s);
       this.fenceLog?.markerGone(recordOf(u, s));
     }
@@ -734,7 +734,7 @@ export class ColdDetector {
     let hit;
     // Taken before the read: a marker write acknowledged while it is out (another connection, a
     // pooled database) may not be in what it reads.
-    const floor = Math.min(this.lastSet.get(store)?.gen ?? 0, this.unsure.get(store)?.gen ?? Infinity);
+    const floor = this.lastSet.get(store)?.gen ?? 0;
     const settling = this.settling;
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
@@ -756,7 +756,7 @@ export class ColdDetector {
     const marker = hit ? PID_GEN.exec(hit.value.toString('latin1')) : null;
     const writer = marker === null ? undefined : `${marker[1]} ${marker[3] ?? ''}`;
     const gen = marker === null ? 0 : Number(marker[2]);
-    let rolledBack = writer === this.self && wrote !== undefined && gen < floor;
+    let rolledBack = writer === this.self && wrote !== undefined && gen < floor && !(this.late.get(store)?.includes(gen) ?? false);
     if (writer !== undefined && writer !== this.self) {
       let seen = this.earlier.get(store);
       if (wrote === undefined || settling) {
@@ -841,17 +841,16 @@ export class ColdDetector {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
           this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen, deadline: wall + MARKER_TTL_MS });
           if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
-          const late = this.unsure.get(store);
-          if (late !== undefined && at >= Math.max(late.at, cameBackAt(u)) + this.settleMs) this.unsure.delete(store);
         } catch (err) {
           landed = false;
           // Only a write that may still land, after those sent since (McmuxError.late: a timeout),
-          // lowers the floor below which a marker found is a rollback: one failed unapplied (the
-          // sqlite driver's wait for a lock held elsewhere, a rolled-back transaction) never lands,
-          // and `unsure` would be kept until a later write passes its settle time: one such failure
-          // hid, for good, every rollback to a backup taken after it (review-h4 finding 1).
+          // is excused when found: one failed unapplied (the sqlite driver's wait for a lock held
+          // elsewhere, a rolled-back transaction) never lands (review-h4 finding 1).
           if (!(err instanceof McmuxError) || err.late) {
-            this.unsure.set(store, { gen: Math.min(this.unsure.get(store)?.gen ?? Infinity, gen), at: monotonicMs() });
+            const gens = this.late.get(store) ?? [];
+            gens.push(gen);
+            if (gens.length > LATE_GENS) gens.shift();
+            this.late.set(store, gens);
           }
           // Written again soon (retryMark), not only by the next periodic check.
           this.retryMark(u);
