@@ -12,62 +12,20 @@
 import assert from 'node:assert/strict';
 import { type AddressInfo, type Socket, connect, createServer } from 'node:net';
 import { type TestContext, test } from 'node:test';
-import { type Connection, type RowDataPacket, createConnection } from 'mysql2/promise';
+import type { Connection } from 'mysql2/promise';
 import { EXPIRED } from '../../src/command/command';
 import { ErrorCodes, mayLandLate } from '../../src/errors';
-import { createMysqlUpstream } from '../../src/upstream/mysql';
 import type { StoreResult, Upstream } from '../../src/upstream/upstream';
 import { type FaultProxy, startFaultProxy } from '../helpers/fault-proxy';
 import { inProcessMcmux } from '../helpers/in-process';
 import { connectWire } from '../helpers/wire';
 import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
-import { requireBinary, startMemcached } from '../helpers/servers';
-import { type MariadbProcess, connectMysqlUrl, startMariadb } from './targets/mysql';
+import { startMemcached } from '../helpers/servers';
+import { connectMysqlUrl, startMariadb } from './targets/mysql';
+import { type MysqlRig, batchBehindLocks, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
 
-const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
 const DAY = 24 * 3600 * 1000;
-
-interface Rig {
-  readonly db: MariadbProcess;
-  /** root, over the server's socket. */
-  readonly admin: Connection;
-  open(url: string, options?: Record<string, string>, c?: typeof ctx): Upstream;
-}
-
-async function rig(t: TestContext): Promise<Rig | undefined> {
-  if (!requireBinary(t, 'mariadbd', 'mariadb-server')) return undefined;
-  const db = await startMariadb();
-  const admin = await rootConnection(db);
-  const opened: Upstream[] = [];
-  t.after(async () => {
-    db.resume();
-    await Promise.all(opened.map((u) => u.close()));
-    admin.destroy();
-    await db.destroy();
-  });
-  return {
-    db,
-    admin,
-    open: (url, options = {}, c = ctx) => {
-      const u = createMysqlUpstream(new URL(url), new Map(Object.entries(options)), c);
-      opened.push(u);
-      return u;
-    },
-  };
-}
-
-async function rootConnection(db: MariadbProcess): Promise<Connection> {
-  const probe = await connectMysqlUrl(db.url);
-  const socketPath = String((await q(probe, 'SELECT @@socket AS s'))[0]?.s);
-  probe.destroy();
-  return createConnection({ socketPath, user: 'root', database: 'mcmux', connectTimeout: 5000, supportBigNumbers: true, bigNumberStrings: true });
-}
-
-async function q(conn: Connection, sql: string, params: unknown[] = []): Promise<RowDataPacket[]> {
-  const [r] = await conn.query<RowDataPacket[]>({ sql, timeout: 10_000 }, params);
-  return r;
-}
 
 /** The test server's URL with another port (a proxy in front of it). */
 function viaPort(url: string, port: number): string {
@@ -106,7 +64,7 @@ const outcome = (p: Promise<StoreResult>): Promise<string> =>
  * among them) while the batch waits for a row lock another client holds; the holder commits once
  * the statement is stopped or after a bound. What the driver said, and what landed.
  */
-async function lostMidStatement(r: Rig, up: Upstream, proxy: FaultProxy, keys: readonly string[]): Promise<{ late: boolean[]; stopped: boolean; values: string[] }> {
+async function lostMidStatement(r: MysqlRig, up: Upstream, proxy: FaultProxy, keys: readonly string[]): Promise<{ late: boolean[]; stopped: boolean; values: string[] }> {
   const inserting = async (): Promise<boolean> =>
     (await q(r.admin, "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO `h2_lost`%'")).length > 0;
   await retrying(() => Promise.all(keys.map((k) => set(up, k, 'old'))));
@@ -137,7 +95,7 @@ async function lostMidStatement(r: Rig, up: Upstream, proxy: FaultProxy, keys: r
 }
 
 /** An upstream through a fault proxy, with a long timeout (the lock wait is the timeout in seconds: 30 s), so that only a KILL ends the statement within lostMidStatement's poll. */
-async function proxied(t: TestContext, r: Rig): Promise<{ up: Upstream; proxy: FaultProxy }> {
+async function proxied(t: TestContext, r: MysqlRig): Promise<{ up: Upstream; proxy: FaultProxy }> {
   const proxy = await startFaultProxy(r.db.port);
   t.after(() => proxy.close());
   return { up: r.open(viaPort(r.db.url, proxy.port), { table: 'h2_lost', timeout: '30000', connections: '1' }), proxy };
@@ -175,40 +133,14 @@ test('a connection lost while its statement waits for a row lock: the failure is
 test('a KILL QUERY is not lost when the kill connection was closed by the server while idle', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
-  const LATE_SETTLE_MS = 1000; // src/router/repair.ts
-  const HOLD_MS = 700; // each holder keeps its row this long: under the 1 s lock wait
   const up = r.open(r.db.url, { table: 'h2_killer', timeout: '1000', connections: '1' });
-  const inserting = async (): Promise<boolean> =>
-    (await q(r.admin, "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO `h2_killer`%'")).length > 0;
   const results: Array<{ round: number; stillThere: boolean }> = [];
   for (let round = 0; round < 2; round++) {
     const keys = ['a', 'b', 'c', 'd'].map((k) => `sess:${round}${k}`);
     await retrying(() => Promise.all(keys.map((k) => set(up, k, 'old'))));
-    const holders: Connection[] = [];
-    t.after(() => {
-      for (const h of holders) h.destroy();
-    });
-    for (const k of keys) {
-      const h = await connectMysqlUrl(r.db.url);
-      holders.push(h);
-      await q(h, 'BEGIN');
-      await q(h, 'SELECT * FROM h2_killer WHERE `key` = ? FOR UPDATE', [k]);
-    }
-    const sets = Promise.allSettled(keys.map((k) => up.store({ mode: 'set', key: k, value: b('stale'), flags: 0, deadline: 0, withCas: false })));
-    await eventually('the batch waits for the first row', inserting);
-    const releases = (async () => {
-      for (const h of holders) {
-        await new Promise((res) => setTimeout(res, HOLD_MS));
-        await q(h, 'COMMIT');
-      }
-    })();
-    const settled = await sets;
-    const timedOutAt = performance.now();
-    assert.ok(settled.every((s) => s.status === 'rejected' && codeOf(s.reason) === ErrorCodes.UPSTREAM_TIMEOUT), 'each set of the batch times out');
-    await new Promise((res) => setTimeout(res, Math.max(0, LATE_SETTLE_MS - (performance.now() - timedOutAt))));
-    results.push({ round, stillThere: await inserting() });
-    await releases;
-    await eventually('the INSERT ended on the server', async () => !(await inserting()));
+    const holders = await lockRows(t, r.db.url, 'h2_killer', keys);
+    const { stillThere } = await batchBehindLocks(r.admin, up, 'h2_killer', keys, holders);
+    results.push({ round, stillThere });
     if (round === 0) {
       // The server closes the account's idle connections, the kill connection among them (its
       // wait_timeout would, after a night without a timeout).
@@ -251,8 +183,6 @@ test('a connection lost mid-statement, the kill connection cut with it: the stat
 test('a timed-out statement is killed even when the server is at max_connections', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
-  const LATE_SETTLE_MS = 1000; // src/router/repair.ts
-  const HOLD_MS = 700;
   await q(r.admin, "CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'apppw'");
   await q(r.admin, "GRANT ALL ON mcmux.* TO 'app'@'127.0.0.1'");
   const u = new URL(r.db.url);
@@ -263,17 +193,11 @@ test('a timed-out statement is killed even when the server is at max_connections
   // Both pooled connections made (two requests at once), the rows there.
   await Promise.all([set(up, 'warm:1', 'x'), up.store({ mode: 'add', key: 'warm:2', value: b('x'), flags: 0, deadline: 0 })]);
   await Promise.all(keys.map((k) => set(up, k, 'old')));
-  const holders: Connection[] = [];
+  const holders = await lockRows(t, r.db.url, 'h2_maxconn', keys);
   const fillers: Connection[] = [];
   t.after(() => {
-    for (const c of [...holders, ...fillers]) c.destroy();
+    for (const c of fillers) c.destroy();
   });
-  for (const k of keys) {
-    const h = await connectMysqlUrl(r.db.url);
-    holders.push(h);
-    await q(h, 'BEGIN');
-    await q(h, 'SELECT * FROM h2_maxconn WHERE `key` = ? FOR UPDATE', [k]);
-  }
   // The server full: max_connections = what is connected now, plus idle fillers up to it.
   const connected = async (): Promise<number> => Number((await q(r.admin, "SHOW GLOBAL STATUS LIKE 'Threads_connected'"))[0]?.Value);
   const before = Number((await q(r.admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
@@ -281,23 +205,7 @@ test('a timed-out statement is killed even when the server is at max_connections
   t.after(() => q(r.admin, `SET GLOBAL max_connections = ${before}`).then(() => {}, () => {}));
   const limit = Number((await q(r.admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
   while ((await connected()) < limit) fillers.push(await connectMysqlUrl(r.db.url));
-  const inserting = async (): Promise<boolean> =>
-    (await q(r.admin, "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO `h2_maxconn`%'")).length > 0;
-  const sets = Promise.allSettled(keys.map((k) => up.store({ mode: 'set', key: k, value: b('stale'), flags: 0, deadline: 0, withCas: false })));
-  await eventually('the batch waits for the first row', inserting);
-  const releases = (async () => {
-    for (const h of holders) {
-      await new Promise((res) => setTimeout(res, HOLD_MS));
-      await q(h, 'COMMIT');
-    }
-  })();
-  const settled = await sets;
-  const timedOutAt = performance.now();
-  assert.ok(settled.every((s) => s.status === 'rejected' && codeOf(s.reason) === ErrorCodes.UPSTREAM_TIMEOUT), 'each set of the batch times out');
-  await new Promise((res) => setTimeout(res, Math.max(0, LATE_SETTLE_MS - (performance.now() - timedOutAt))));
-  const stillThere = await inserting();
-  await releases;
-  await eventually('the INSERT ended on the server', async () => !(await inserting()));
+  const { stillThere } = await batchBehindLocks(r.admin, up, 'h2_maxconn', keys, holders);
   const values = (await q(r.admin, 'SELECT `value` FROM h2_maxconn WHERE `key` LIKE ? ORDER BY `key`', ['sess:%'])).map((row) => String(row.value));
   t.diagnostic(`values once everything settled: ${JSON.stringify(values)}`);
   assert.equal(stillThere, false, 'the timed-out batch is still running on the server after the late window (it commits later)');

@@ -11,65 +11,19 @@
 
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { type TestContext, test } from 'node:test';
-import { type Connection, type RowDataPacket, createConnection } from 'mysql2/promise';
+import { test } from 'node:test';
+import type { Connection } from 'mysql2/promise';
 import { EXPIRED } from '../../src/command/command';
 import { ErrorCodes } from '../../src/errors';
-import { createMysqlUpstream } from '../../src/upstream/mysql';
-import type { Upstream } from '../../src/upstream/upstream';
 import type { HealthyUpstream } from '../../src/router/health';
 import { inProcessMcmux } from '../helpers/in-process';
 import { connectWire } from '../helpers/wire';
 import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
-import { requireBinary } from '../helpers/servers';
-import { type MariadbProcess, connectMysqlUrl, startMariadb } from './targets/mysql';
+import { connectMysqlUrl } from './targets/mysql';
+import { type MysqlRig, batchBehindLocks, ctx, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
 
-const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
 const DAY = 24 * 3600 * 1000;
-
-interface Rig {
-  readonly db: MariadbProcess;
-  /** root, over the server's socket (mcmux has ALL ON *.* but no GRANT OPTION). */
-  readonly admin: Connection;
-  open(url: string, options?: Record<string, string>): Upstream;
-}
-
-/** A private MariaDB, an admin connection to it, and upstreams closed after the test. */
-async function rig(t: TestContext): Promise<Rig | undefined> {
-  if (!requireBinary(t, 'mariadbd', 'mariadb-server')) return undefined;
-  const db = await startMariadb();
-  const admin = await rootConnection(db);
-  const opened: Upstream[] = [];
-  t.after(async () => {
-    db.resume();
-    await Promise.all(opened.map((u) => u.close()));
-    admin.destroy();
-    await db.destroy();
-  });
-  return {
-    db,
-    admin,
-    open: (url, options = {}) => {
-      const u = createMysqlUpstream(new URL(url), new Map(Object.entries(options)), ctx);
-      opened.push(u);
-      return u;
-    },
-  };
-}
-
-/** root, over the server's Unix socket (root@localhost, no password: mariadb-install-db). */
-async function rootConnection(db: MariadbProcess): Promise<Connection> {
-  const probe = await connectMysqlUrl(db.url);
-  const socketPath = String((await q(probe, 'SELECT @@socket AS s'))[0]?.s);
-  probe.destroy();
-  return createConnection({ socketPath, user: 'root', database: 'mcmux', connectTimeout: 5000, supportBigNumbers: true, bigNumberStrings: true });
-}
-
-async function q(conn: Connection, sql: string, params: unknown[] = []): Promise<RowDataPacket[]> {
-  const [r] = await conn.query<RowDataPacket[]>({ sql, timeout: 10_000 }, params);
-  return r;
-}
 
 /** The URL of the test server for another user (same host, port and database). */
 function asUser(url: string, user: string, password: string): string {
@@ -267,47 +221,12 @@ test('holds: incr of 2^64-1 wraps to 0 and decr floors at 0', { timeout: 60_000 
 test('a batch that timed out on row locks held one after another is gone from the server when the late window ends', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
-  const LATE_SETTLE_MS = 1000; // src/router/repair.ts
-  const HOLD_MS = 700; // each holder keeps its row this long: under the 1 s lock wait
   const up = r.open(r.db.url, { table: 'rv_chain', timeout: '1000', connections: '1' });
   const keys = ['sess:a', 'sess:b', 'sess:c', 'sess:d'];
   await Promise.all(keys.map((k) => set(up, k, 'old')));
-  const holders: Connection[] = [];
-  t.after(() => {
-    for (const h of holders) h.destroy();
-  });
-  for (const k of keys) {
-    const h = await connectMysqlUrl(r.db.url);
-    holders.push(h);
-    await q(h, 'BEGIN');
-    await q(h, 'SELECT * FROM rv_chain WHERE `key` = ? FOR UPDATE', [k]);
-  }
-  const inserting = async (): Promise<boolean> =>
-    (await q(r.admin, "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO `rv_chain`%'")).length > 0;
-
+  const holders = await lockRows(t, r.db.url, 'rv_chain', keys);
   // One pass, distinct keys, no unique wanted: one autocommit INSERT of four rows (a shape).
-  const sets = keys.map((k) => up.store({ mode: 'set', key: k, value: b('stale'), flags: 0, deadline: 0, withCas: false }));
-  const outcomes = Promise.allSettled(sets);
-  await retrying(async () => assert.ok(await inserting(), 'the batch waits for the first row'));
-  // The holders let go one after the other, each within the lock wait.
-  const releases = (async () => {
-    for (const h of holders) {
-      await new Promise((res) => setTimeout(res, HOLD_MS));
-      await q(h, 'COMMIT');
-    }
-  })();
-  const settled = await outcomes;
-  const timedOutAt = performance.now();
-  assert.deepEqual(
-    settled.map((s) => (s.status === 'rejected' ? codeOf(s.reason) : s.value.status)),
-    keys.map(() => ErrorCodes.UPSTREAM_TIMEOUT),
-    'each set of the batch times out',
-  );
-  // The router's late window: it waits this long for a timed-out write to land, then repairs.
-  await new Promise((res) => setTimeout(res, Math.max(0, LATE_SETTLE_MS - (performance.now() - timedOutAt))));
-  const stillThere = await inserting();
-  await releases;
-  await eventually('the INSERT ended on the server', async () => !(await inserting()));
+  const { stillThere } = await batchBehindLocks(r.admin, up, 'rv_chain', keys, holders);
   const values = (await q(r.admin, 'SELECT `value` FROM rv_chain ORDER BY `key`')).map((row) => String(row.value));
   t.diagnostic(`values once everything settled: ${JSON.stringify(values)}`);
   assert.equal(stillThere, false, 'the timed-out batch is still running on the server after the late window (it commits later)');
@@ -352,7 +271,7 @@ test('holds: max_connections reached: requests fail unsent, and the pool recover
 });
 
 /** SIGKILLs the test server (no shutdown) and waits until it is gone; `admin` is closed first. */
-async function crash(r: Rig): Promise<void> {
+async function crash(r: MysqlRig): Promise<void> {
   const pidFile = String((await q(r.admin, 'SELECT @@pid_file AS p'))[0]?.p);
   r.admin.destroy();
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
@@ -405,7 +324,7 @@ test('a unique handed out before a crash-restart of the server is never handed o
   let reconnects = 0;
   up.onReconnect = () => reconnects++;
   const startSecond = (u: bigint): bigint => (u >> 24n) & 0xffffffffn;
-  let rig2: Rig = r;
+  let rig2: MysqlRig = r;
   // A crash-restart lands in the same second as the start before it in most tries (a start takes
   // about 0.2 s here, an attempt under a second); try until one does (at most 20 tries).
   await retrying(() => up.probe());

@@ -1,0 +1,114 @@
+/**
+ * The rig of the MySQL driver's fault reviews (review-mysql-faults, review-h2-mysql): a private
+ * MariaDB with a root connection to it, upstreams closed after the test, and the scenario they
+ * share, a batch of sets that times out behind row locks other clients hold one after another.
+ */
+
+import assert from 'node:assert/strict';
+import type { TestContext } from 'node:test';
+import { type Connection, type RowDataPacket, createConnection } from 'mysql2/promise';
+import { ErrorCodes } from '../../../src/errors';
+import { createMysqlUpstream } from '../../../src/upstream/mysql';
+import type { StoreResult, Upstream } from '../../../src/upstream/upstream';
+import { codeOf } from '../../helpers/driver-calls';
+import { eventually } from '../../helpers/poll';
+import { requireBinary } from '../../helpers/servers';
+import { type MariadbProcess, connectMysqlUrl, startMariadb } from './mysql';
+
+export const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
+
+/** src/router/repair.ts: how long the router waits for a timed-out write to land before it repairs. */
+const LATE_SETTLE_MS = 1000;
+/** Each lock holder keeps its row this long: under the driver's 1 s lock wait. */
+const HOLD_MS = 700;
+
+export interface MysqlRig {
+  readonly db: MariadbProcess;
+  /** root, over the server's socket (mcmux has ALL ON *.* but no GRANT OPTION). */
+  readonly admin: Connection;
+  open(url: string, options?: Record<string, string>, c?: typeof ctx): Upstream;
+}
+
+/** A private MariaDB, an admin connection to it, and upstreams closed after the test (undefined: skipped). */
+export async function mysqlRig(t: TestContext): Promise<MysqlRig | undefined> {
+  if (!requireBinary(t, 'mariadbd', 'mariadb-server')) return undefined;
+  const db = await startMariadb();
+  const admin = await rootConnection(db);
+  const opened: Upstream[] = [];
+  t.after(async () => {
+    db.resume();
+    await Promise.all(opened.map((u) => u.close()));
+    admin.destroy();
+    await db.destroy();
+  });
+  return {
+    db,
+    admin,
+    open: (url, options = {}, c = ctx) => {
+      const u = createMysqlUpstream(new URL(url), new Map(Object.entries(options)), c);
+      opened.push(u);
+      return u;
+    },
+  };
+}
+
+/** root, over the server's Unix socket (root@localhost, no password: mariadb-install-db). */
+export async function rootConnection(db: MariadbProcess): Promise<Connection> {
+  const probe = await connectMysqlUrl(db.url);
+  const socketPath = String((await q(probe, 'SELECT @@socket AS s'))[0]?.s);
+  probe.destroy();
+  return createConnection({ socketPath, user: 'root', database: 'mcmux', connectTimeout: 5000, supportBigNumbers: true, bigNumberStrings: true });
+}
+
+export async function q(conn: Connection, sql: string, params: unknown[] = []): Promise<RowDataPacket[]> {
+  const [r] = await conn.query<RowDataPacket[]>({ sql, timeout: 10_000 }, params);
+  return r;
+}
+
+/** Each of `keys` row-locked (BEGIN; SELECT ... FOR UPDATE) by a client connection of its own, destroyed after the test. */
+export async function lockRows(t: TestContext, url: string, table: string, keys: readonly string[]): Promise<Connection[]> {
+  const holders: Connection[] = [];
+  t.after(() => {
+    for (const h of holders) h.destroy();
+  });
+  for (const k of keys) {
+    const h = await connectMysqlUrl(url);
+    holders.push(h);
+    await q(h, 'BEGIN');
+    await q(h, `SELECT * FROM ${table} WHERE \`key\` = ? FOR UPDATE`, [k]);
+  }
+  return holders;
+}
+
+/**
+ * Sets of `keys` to 'stale' through `up`, sent at once (one batch, one INSERT into `table`), held
+ * by `holders` (lockRows), which let go one after another, each within the lock wait. Asserts
+ * that each set times out; resolves once the INSERT has ended on the server, with whether it was
+ * still running when the router's late window after the timeouts was over (then it commits
+ * later, over the repair).
+ */
+export async function batchBehindLocks(admin: Connection, up: Upstream, table: string, keys: readonly string[], holders: readonly Connection[]): Promise<{ stillThere: boolean }> {
+  const inserting = async (): Promise<boolean> =>
+    (await q(admin, `SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO \`${table}\`%'`)).length > 0;
+  const sets: Promise<StoreResult>[] = keys.map((k) => up.store({ mode: 'set', key: k, value: Buffer.from('stale'), flags: 0, deadline: 0, withCas: false }));
+  const outcomes = Promise.allSettled(sets);
+  await eventually('the batch waits for the first row', inserting);
+  const releases = (async () => {
+    for (const h of holders) {
+      await new Promise((res) => setTimeout(res, HOLD_MS));
+      await q(h, 'COMMIT');
+    }
+  })();
+  const settled = await outcomes;
+  const timedOutAt = performance.now();
+  assert.deepEqual(
+    settled.map((s) => (s.status === 'rejected' ? codeOf(s.reason) : s.value.status)),
+    keys.map(() => ErrorCodes.UPSTREAM_TIMEOUT),
+    'each set of the batch times out',
+  );
+  await new Promise((res) => setTimeout(res, Math.max(0, LATE_SETTLE_MS - (performance.now() - timedOutAt))));
+  const stillThere = await inserting();
+  await releases;
+  await eventually('the INSERT ended on the server', async () => !(await inserting()));
+  return { stillThere };
+}
