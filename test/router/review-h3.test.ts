@@ -9,21 +9,12 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
-import { ColdDetector } from '../../src/router/cold-detector';
-import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
-import { Repairer } from '../../src/router/repair';
-import { Router } from '../../src/router/router';
 import type { Upstream } from '../../src/upstream/upstream';
-import { MemcachedPool } from '../../src/upstream/memcached-pool';
-import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
-import { bringBack, takeDown, wirePool } from '../helpers/pool-ring';
-
-const silent = pino({ level: 'silent' });
-const FENCE_MS = 60_000;
-const HEALTH = { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 };
+import { FakeUpstream, settle } from '../helpers/fake-upstream';
+import { bringBack, takeDown } from '../helpers/pool-ring';
+import { type PoolProcOptions, poolFakes, poolProc } from '../helpers/pool-proc';
 
 const setCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
 const delCmd = (key: string): Command => ({ kind: 'delete', key, noreply: false }) as Command;
@@ -31,97 +22,9 @@ const getCmd = (key: string): Command => ({ kind: 'get', keys: [key], withCas: f
 const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
 const valueOf = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `(${status(r)})`);
 
-interface Opts {
-  maxKeys?: number;
-  distribution?: 'ketama' | 'modula';
-  namespace?: string;
-  /** Upstreams behind `fb` (after it in the chain). */
-  more?: FakeUpstream[];
-  writeWait?: 'all' | 'copies';
-}
-
-const fakes = (n = 3): { sf: FakeUpstream[]; fb: FakeUpstream } => ({
-  sf: Array.from({ length: n }, (_, i) => new FakeUpstream(`memcached://s${i}:11211`, 'memcached')),
-  fb: new FakeUpstream('memcached://b:11211', 'memcached'),
-});
-
-function makePool(sf: readonly FakeUpstream[], o: Opts = {}): MemcachedPool {
-  return new MemcachedPool(
-    `memcached://${sf.map((_, i) => `s${i}`).join(',')}`,
-    sf.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream })),
-    { distribution: o.distribution ?? 'ketama', namespace: o.namespace ?? '', eject: true },
-    HEALTH,
-  );
-}
-
-/**
- * One mcmux process over a pool of `sf` (eject=true) and the plain upstream `fb` (then `more`),
- * with a repairer; `reload()` rebuilds the pool over the same servers as app.ts does for a reload
- * that changes a tuning option (timeout): same store, so the same journal state.
- */
-function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, o: Opts = {}) {
-  let pool = makePool(sf, o);
-  let p = new HealthyUpstream(pool, HEALTH, () => {});
-  const b = new HealthyUpstream(fb, HEALTH, () => {});
-  const rest = (o.more ?? []).map((f) => new HealthyUpstream(f, HEALTH, () => {}));
-  let ups: Upstream[] = [p, b, ...rest];
-  const journal = new RepairJournal({ maxKeys: o.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
-  journal.load(ups); // as app.ts at start: the stores of the chain, which a reload compares with
-  const options = { journal, minCopies: 1, writeWait: o.writeWait ?? ('all' as const), allowFlush: false };
-  const router = new Router({ upstreams: ups, ...options }, noStats, () => {});
-  const detector = new ColdDetector(() => ups as HealthyUpstream[], FENCE_MS, silent, journal);
-  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
-  wirePool(pool, p, detector);
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const s = {
-    get pool() {
-      return pool;
-    },
-    get p() {
-      return p;
-    },
-    get servers() {
-      return pool.members() as readonly HealthyUpstream[];
-    },
-    b,
-    rest,
-    journal,
-    router,
-    detector,
-    repairer,
-    exec,
-    keyOn(i: number, prefix = 'sess.'): string {
-      for (let n = 0; n < 1000; n++) if (pool.serverFor(`${prefix}${n}`) === pool.members()[i]) return `${prefix}${n}`;
-      throw new Error(`no key on server ${i}`);
-    },
-    /** A reload rebuilds the pool (a changed timeout): app.ts resolveUpstreams and reload. */
-    async reload(): Promise<void> {
-      const prevPool = pool;
-      const prev = p;
-      pool = makePool(sf, o);
-      p = new HealthyUpstream(pool, HEALTH, () => {});
-      wirePool(pool, p, detector);
-      p.takeOver(prev);
-      p.inheritHealth(prev);
-      pool.inheritRing(prevPool);
-      const before = new Map(prevPool.members().map((m) => [m.name, m]));
-      for (const m of pool.members()) {
-        const was = before.get(m.name);
-        if (was !== undefined) m.inheritHealth(was);
-      }
-      journal.retire(prev);
-      ups = [p, b, ...rest];
-      journal.setChain(ups);
-      router.reconfigure({ upstreams: ups, ...options });
-      await prev.close(); // its requests have all been answered here
-    },
-    stop(): Promise<unknown> {
-      journal.close();
-      return Promise.all(ups.map((u) => u.close()));
-    },
-  };
-  return s;
-}
+const fakes = (n = 3): ReturnType<typeof poolFakes> => poolFakes(n);
+/** One mcmux process over a pool of `sf` (eject=true) and `fb` (then `more`): poolProc, its journal loaded as at a start. */
+const proc = (sf: readonly FakeUpstream[], fb: FakeUpstream, o: PoolProcOptions = {}): ReturnType<typeof poolProc> => poolProc(sf, fb, { load: true, ...o });
 
 describe('review-h3: a pool trusted for the keys that did not move (6e6fc72)', () => {
   // Finding 1 (high: stale and destroyed sessions served with every store up). The test a

@@ -25,9 +25,9 @@ import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
-import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
-import { bringBack, takeDown, wirePool } from '../helpers/pool-ring';
+import { bringBack, takeDown } from '../helpers/pool-ring';
+import { poolFakes, poolProc } from '../helpers/pool-proc';
 
 const silent = pino({ level: 'silent' });
 const FENCE_MS = 60_000;
@@ -228,37 +228,11 @@ describe('review-h5 06b906b: a gat while a flush is pending', () => {
 });
 
 describe('review-h5: a pool whose ring moved, the upstream behind it down', () => {
-  /** [pool of s0 s1 (eject), b] as review-today's proc(), with a repairer. */
-  function proc() {
-    const sf = [0, 1].map((i) => new FakeUpstream(`memcached://s${i}:11211`, 'memcached'));
-    const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-    const pool = new MemcachedPool(
-      'memcached://s0,s1',
-      sf.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream })),
-      { distribution: 'ketama', namespace: '', eject: true },
-      HEALTH,
-    );
-    const p = new HealthyUpstream(pool, HEALTH, () => {});
-    const b = new HealthyUpstream(fb, HEALTH, () => {});
-    const ups = [p, b];
-    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, noStats, () => {});
-    const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
-    const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
-    repairer.onFlush = (u) => detector.knownEmpty(u as HealthyUpstream);
-    wirePool(pool, p, detector);
-    const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-    const servers = pool.members() as readonly HealthyUpstream[];
-    const keyOn = (i: number, prefix = 'sess.'): string => {
-      for (let n = 0; n < 1000; n++) if (pool.serverFor(`${prefix}${n}`) === servers[i]) return `${prefix}${n}`;
-      throw new Error(`no key on server ${i}`);
-    };
-    const stop = (): Promise<unknown> => {
-      journal.close();
-      return Promise.all(ups.map((u) => u.close()));
-    };
-    return { sf, fb, pool, p, b, servers, journal, router, detector, repairer, exec, keyOn, stop };
-  }
+  /** [pool of s0 s1 (eject), b], with a repairer whose flush of a cache fences it, as app.ts wires it. */
+  const proc = (): ReturnType<typeof poolProc> => {
+    const { sf, fb } = poolFakes(2);
+    return poolProc(sf, fb, { wireFlush: true });
+  };
 
   // Guard (was a finding against d4e0c13, where ringMoved's knownEmpty made s0's miss no answer:
   // SERVER_ERROR for every new session id while b was down, for a lock-fence after each blip;

@@ -19,7 +19,8 @@ import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
 import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
-import { bringBack, takeDown, wirePool } from '../helpers/pool-ring';
+import { bringBack, takeDown } from '../helpers/pool-ring';
+import { poolFakes, poolProc } from '../helpers/pool-proc';
 
 const silent = pino({ level: 'silent' });
 const FENCE_MS = 60_000;
@@ -36,40 +37,8 @@ const valueOf = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[
  * One mcmux process over a pool of the servers behind `sf` (a MemcachedPool, as app.ts builds it,
  * its members' health as the fakes' health) and the plain upstream `fb`; the fakes outlive it.
  */
-function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, eject = false, dir?: string) {
-  const pool = new MemcachedPool(
-    `memcached://${sf.map((_, i) => `s${i}`).join(',')}`,
-    sf.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream })),
-    { distribution: 'ketama', namespace: '', eject },
-    HEALTH,
-  );
-  const p = new HealthyUpstream(pool, HEALTH, () => {});
-  const b = new HealthyUpstream(fb, HEALTH, () => {});
-  const ups = [p, b];
-  const journal = new RepairJournal({ maxKeys: 1000, dir, fsync: 'no' });
-  if (dir !== undefined) journal.load(ups);
-  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, noStats, () => {});
-  const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
-  // As app.ts wires a pool (resolveUpstreams).
-  wirePool(pool, p, detector);
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const servers = pool.members() as readonly HealthyUpstream[];
-  /** A key of the form `${prefix}N` that the pool places on server `i`. */
-  const keyOn = (i: number, prefix = 'lock.s'): string => {
-    for (let n = 0; n < 1000; n++) if (pool.serverFor(`${prefix}${n}`) === servers[i]) return `${prefix}${n}`;
-    throw new Error(`no key on server ${i}`);
-  };
-  const stop = (): Promise<unknown> => {
-    journal.close();
-    return Promise.all(ups.map((u) => u.close()));
-  };
-  return { pool, p, b, servers, journal, router, detector, exec, keyOn, stop };
-}
-
-const fakes = (n = 2): { sf: FakeUpstream[]; fb: FakeUpstream } => ({
-  sf: Array.from({ length: n }, (_, i) => new FakeUpstream(`memcached://s${i}:11211`, 'memcached')),
-  fb: new FakeUpstream('memcached://b:11211', 'memcached'),
-});
+const proc = (sf: readonly FakeUpstream[], fb: FakeUpstream, eject = false, dir?: string): ReturnType<typeof poolProc> => poolProc(sf, fb, { eject, dir, keyPrefix: 'lock.s' });
+const fakes = poolFakes;
 
 /** A process over fresh fakes (no eject) whose first look has written every marker, and `lock` on server `i`, taken by A. */
 async function lockedOn(i: number) {

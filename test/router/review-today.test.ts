@@ -15,9 +15,9 @@ import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
-import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
-import { bringBack, takeDown, wirePool } from '../helpers/pool-ring';
+import { bringBack, takeDown } from '../helpers/pool-ring';
+import { poolFakes, poolProc } from '../helpers/pool-proc';
 
 const silent = pino({ level: 'silent' });
 const FENCE_MS = 60_000;
@@ -30,49 +30,9 @@ const flushCmd = (): Command => ({ kind: 'flush', delay: 0, noreply: false }) as
 const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
 const valueOf = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `(${status(r)})`);
 
-interface Opts {
-  eject?: boolean;
-  /** No upstream behind the pool. */
-  alone?: boolean;
-  allowFlush?: boolean;
-  maxKeys?: number;
-}
-
-/** One mcmux process over a pool of `sf` (eject) and, unless alone, the plain upstream `fb`; with a repairer. */
-function proc(sf: readonly FakeUpstream[], fb: FakeUpstream, o: Opts = {}) {
-  const pool = new MemcachedPool(
-    `memcached://${sf.map((_, i) => `s${i}`).join(',')}`,
-    sf.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream })),
-    { distribution: 'ketama', namespace: '', eject: o.eject ?? true },
-    HEALTH,
-  );
-  const p = new HealthyUpstream(pool, HEALTH, () => {});
-  const b = new HealthyUpstream(fb, HEALTH, () => {});
-  const ups = o.alone === true ? [p] : [p, b];
-  const journal = new RepairJournal({ maxKeys: o.maxKeys ?? 1000, dir: undefined, fsync: 'no' });
-  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: o.allowFlush ?? false }, noStats, () => {});
-  const detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
-  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
-  wirePool(pool, p, detector);
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const servers = pool.members() as readonly HealthyUpstream[];
-  const keyOn = (i: number, prefix = 'sess.'): string => {
-    for (let n = 0; n < 1000; n++) if (pool.serverFor(`${prefix}${n}`) === servers[i]) return `${prefix}${n}`;
-    throw new Error(`no key on server ${i}`);
-  };
-  const stop = (): Promise<unknown> => {
-    journal.close();
-    return Promise.all(ups.map((u) => u.close()));
-  };
-  return { pool, p, b, servers, journal, router, detector, repairer, exec, keyOn, stop };
-}
-
-const fakes = (n = 2): { sf: FakeUpstream[]; fb: FakeUpstream } => ({
-  sf: Array.from({ length: n }, (_, i) => new FakeUpstream(`memcached://s${i}:11211`, 'memcached')),
-  fb: new FakeUpstream('memcached://b:11211', 'memcached'),
-});
-
-
+/** One mcmux process over a pool of `sf` (eject unless told) and, unless alone, `fb`; with a repairer. */
+const proc = poolProc;
+const fakes = poolFakes;
 
 describe('review-today 1976150: a pool ring move distrusts the pool', () => {
   // Finding 1. eject=true, sess (home s1) = v1 on s1 and b. s1 goes out (ring move: the pool is
