@@ -88,7 +88,7 @@ test('guard: a sqlite file replaced by a backup holding an older marker of this 
   assert.equal(await restoredBackup(t, false), 'END\r\n');
 });
 
-// FINDING 1 (fixed: cold-detector.ts mark keeps `unsure` for a write that may land late only). A marker write that failed once (cold-detector.ts mark: `unsure`) lowers, for good,
+// FINDING 1 (fixed: cold-detector.ts mark excuses, by its generation, only a write that may land late). A marker write that failed once (cold-detector.ts mark: `unsure`) lowered, for good,
 // the generation below which a marker found there is a rollback (checkStore: `floor`), though
 // that write can never land: the sqlite driver fails a write that waited out its `timeout` for a
 // lock held elsewhere unrun (UNREACHABLE, not late), and rolls back one that failed. `unsure` is
@@ -285,6 +285,16 @@ test('the host resumed after more than a day suspended: a sqlite store whose mar
   assert.equal(await w.ask('get sess\r\n', 'END\r\n'), 'VALUE sess 0 3\r\nold\r\nEND\r\n', 'a 30-day session not served');
 });
 
+/** The marker of `sq` (the sqlite `file`) written, then gone from the file (as from one replaced by a copy without it), and found missing: `sq` distrusted. */
+async function markerLost(app: Awaited<ReturnType<typeof inProcessMcmux>>, sq: HealthyUpstream, file: string): Promise<void> {
+  await app.coldDetector.check(sq);
+  const raw = new Database(file);
+  raw.prepare("DELETE FROM mcmux_items WHERE CAST(key AS TEXT) LIKE 'mcmux.sentinel.%'").run();
+  raw.close();
+  await app.coldDetector.check(sq);
+  assert.ok(app.journal.overflowed(sq) !== undefined, 'distrusted');
+}
+
 // GUARD. What a distrust of a durable store costs when journal-max-keys is reached: [sqlite] alone,
 // distrusted (its marker found missing: a file replaced), more sessions written since than the
 // journal may remember (Overflow.known full). A session written since is still served.
@@ -295,12 +305,7 @@ test('[sqlite] alone, distrusted, more sessions written since than journal-max-k
   const w = await connectWire(app.address.port);
   t.after(() => w.close());
   const sq = app.upstreams[0] as HealthyUpstream;
-  await app.coldDetector.check(sq);
-  const raw = new Database(file);
-  raw.prepare("DELETE FROM mcmux_items WHERE CAST(key AS TEXT) LIKE 'mcmux.sentinel.%'").run();
-  raw.close();
-  await app.coldDetector.check(sq);
-  assert.ok(app.journal.overflowed(sq) !== undefined, 'distrusted');
+  await markerLost(app, sq, file);
   for (const k of ['s1', 's2', 's3', 's4']) assert.equal(await w.ask(`set ${k} 0 1440 1\r\nv\r\n`), 'STORED\r\n');
   for (const k of ['s1', 's2', 's3', 's4']) assert.equal(await w.ask(`get ${k}\r\n`, 'END\r\n'), `VALUE ${k} 0 1\r\nv\r\nEND\r\n`, `${k} written since the distrust not served`);
 });
@@ -322,12 +327,7 @@ test('[memory, sqlite], sqlite distrusted, more sessions written since than jour
   const app = await inProcessMcmux(scalars, upstreams);
   const w = await connectWire(app.address.port);
   const sq = app.upstreams[1] as HealthyUpstream;
-  await app.coldDetector.check(sq);
-  const raw = new Database(file);
-  raw.prepare("DELETE FROM mcmux_items WHERE CAST(key AS TEXT) LIKE 'mcmux.sentinel.%'").run();
-  raw.close();
-  await app.coldDetector.check(sq);
-  assert.ok(app.journal.overflowed(sq) !== undefined, 'distrusted');
+  await markerLost(app, sq, file);
   const keys = ['s1', 's2', 's3', 's4'];
   for (const k of keys) assert.equal(await w.ask(`set ${k} 0 1440 1\r\nv\r\n`), 'STORED\r\n');
   w.close();
