@@ -1233,16 +1233,15 @@ export class MysqlUpstream implements Upstream {
   /** killQuery's KILL on a connection of the pool's (when one of its own cannot be made). */
   private async killPooled(threadId: number, epoch: number): Promise<void> {
     const conn = await this.pool.getConnection();
+    let lost = false;
     try {
-      if (epoch !== this.epoch || this.closed) return;
-      await conn.query(`KILL QUERY ${Math.trunc(threadId)}`);
+      // A server restarted meanwhile may have given the thread id to another client.
+      if (epoch === this.epoch && !this.closed) await conn.query(`KILL QUERY ${Math.trunc(threadId)}`);
     } catch (err) {
-      if ((err as DriverError).errno !== ER_NO_SUCH_THREAD && !isServerError(err)) {
-        this.discard(conn);
-        return;
-      }
+      lost = (err as DriverError).errno !== ER_NO_SUCH_THREAD && !isServerError(err);
     }
-    if (this.closed) this.discard(conn);
+    // Back to the pool whatever the outcome (none but a lost connection spoils it).
+    if (lost || this.closed) this.discard(conn);
     else conn.release();
   }
 
