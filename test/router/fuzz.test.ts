@@ -2317,7 +2317,7 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
       const { world, violations } = await runSeed(seed, t);
       if (digest) {
         // The marker's value names the process (its pid): not of the seed.
-        for (const l of world.log) digest.update(`${l.t} ${l.vt} ${l.keys.join(' ')} ${l.text.replace(/(sentinel\S*=)\d+/g, '$1P')}\n`);
+        for (const l of world.log) digest.update(`${l.t} ${l.vt} ${l.keys.join(' ')} ${l.text.replace(/(sentinel\S*=)\d+( \d+)?(?: [0-9a-f]{12})?/g, '$1P$2')}\n`);
         for (const v of violations) digest.update(`violation ${v.what}\n`);
       }
       stats.ops += world.ops.length;
