@@ -122,12 +122,15 @@ export function markerKey(): string {
 export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
   readonly key = markerKey();
+  // Per-store and per-upstream state is kept in weak maps and sets (every one but `retries`, whose
+  // timers stop() clears): an upstream a reload retired, and its driver, are not held here.
+
   /**
    * When this process last wrote each store's marker (monotonic ms), the fence end it told of
    * (`until`: monotonic, 0 for a pid; `wallUntil`: as written; `id`: its fence id, the marker's
    * flags) and how many fences its upstream had begun then (HealthyUpstream.fencesBegun).
    */
-  private readonly lastSet = new Map<Upstream, { at: number; until: number; wallUntil: number; id: number; fence: number; gen: number; deadline: number }>();
+  private readonly lastSet = new WeakMap<Upstream, { at: number; until: number; wallUntil: number; id: number; fence: number; gen: number; deadline: number }>();
   /**
    * Markers are numbered (PID_GEN), a new number at each write, so that a store that comes back
    * holding an older one than this process last wrote there is known to have gone back in time (a
@@ -139,7 +142,7 @@ export class ColdDetector {
    * marker write had waited out `timeout` for a row lock (review-h4 finding 2).
    */
   private gen = 0;
-  private readonly late = new Map<Upstream, number[]>();
+  private readonly late = new WeakMap<Upstream, number[]>();
   /**
    * Per store, the markers of other processes (pid: the highest generation) it held before this
    * process's own marker was acknowledged there, or while this process waited for what a crashed
@@ -151,7 +154,7 @@ export class ColdDetector {
    * process of every container has pid 1) numbers its markers from 1 again, and is no rollback
    * of the one before (review-today finding 4).
    */
-  private readonly earlier = new Map<Upstream, Map<string, number>>();
+  private readonly earlier = new WeakMap<Upstream, Map<string, number>>();
   /**
    * Names this process in its markers beside the pid, which another process may reuse: a random
    * nonce, new at each start (a restart under the same pid is another process; so is another
@@ -166,13 +169,13 @@ export class ColdDetector {
    * Stores in which a check found this host's marker before this process wrote it there (left by
    * an earlier mcmux process on this host): they kept their data since. Forgotten at a flush_all.
    */
-  private readonly found = new Set<Upstream>();
+  private readonly found = new WeakSet<Upstream>();
   /**
    * Upstreams whose marker no look of this process could read yet, though one tried (the first
    * look, as mcmux starts, found them down, or the read failed): true; false once a look has
    * judged them. See unread.
    */
-  private readonly unjudged = new Map<HealthyUpstream, boolean>();
+  private readonly unjudged = new WeakMap<HealthyUpstream, boolean>();
   private timer: NodeJS.Timeout | undefined;
   /**
    * A marker write that failed is tried again after RETRY_MS, not only at the next periodic check
@@ -189,8 +192,8 @@ export class ColdDetector {
    * single-server checks of a pool are in flight. A look lifts a precaution only when no
    * reconnect came after it started, nor another server's check is still out (review).
    */
-  private readonly armed = new Map<HealthyUpstream, number>();
-  private readonly serverChecks = new Map<HealthyUpstream, number>();
+  private readonly armed = new WeakMap<HealthyUpstream, number>();
+  private readonly serverChecks = new WeakMap<HealthyUpstream, number>();
   /**
    * Per pool: its servers whose marker no look has read since they reconnected (or since a look
    * could not read it), with the arm generation from which a look's read speaks for them. While
@@ -199,9 +202,9 @@ export class ColdDetector {
    * started, or whose reconnect check could not answer, let a blip on another server lift the
    * fence, and the pool decided a lock the restarted server had lost).
    */
-  private readonly unverified = new Map<HealthyUpstream, Map<Upstream, number>>();
+  private readonly unverified = new WeakMap<HealthyUpstream, Map<Upstream, number>>();
   /** The history each upstream's server last named (serverId), in this process. */
-  private readonly serverIds = new Map<HealthyUpstream, string>();
+  private readonly serverIds = new WeakMap<HealthyUpstream, string>();
   /**
    * A new id (serverId) whose fence is not on the marker yet: journal.log keeps the id before it
    * until a marker written since (mark) is acknowledged, which passes the fence on (`fenced
@@ -209,9 +212,9 @@ export class ColdDetector {
    * compares with the old id and fences again; with the new one on file, it would find no change
    * and the replicated marker, and the promoted replica would decide (review-h1 finding 2).
    */
-  private readonly idsUnsaved = new Map<HealthyUpstream, { id: string }>();
+  private readonly idsUnsaved = new WeakMap<HealthyUpstream, { id: string }>();
   /** When this process last started writing each store's marker (monotonic ms). */
-  private readonly writing = new Map<Upstream, number>();
+  private readonly writing = new WeakMap<Upstream, number>();
   private arm(u: HealthyUpstream): number {
     const g = (this.armed.get(u) ?? 0) + 1;
     this.armed.set(u, g);
@@ -266,8 +269,8 @@ export class ColdDetector {
    * Upstreams whose journal.log record of a broken ring this process has looked at (ringBroken),
    * and those it fenced for it, until that fence is over and the ring whole.
    */
-  private readonly ringsLooked = new Set<HealthyUpstream>();
-  private readonly ringsInherited = new Set<HealthyUpstream>();
+  private readonly ringsLooked = new WeakSet<HealthyUpstream>();
+  private readonly ringsInherited = new WeakSet<HealthyUpstream>();
 
   /**
    * The ring of the pool `u` moved (eject=true: a server left it or came back): the keys that
