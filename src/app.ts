@@ -161,7 +161,7 @@ export class App {
         }, storeIdentity(spec.url, spec.options));
         for (const member of membersOf(inner)) member.options = config.health;
         inner.onReconnect = (): void => this.coldDetector.reconnected(m as HealthyUpstream);
-        inner.onServerId = (serverId: string): void => this.coldDetector.serverId(m as HealthyUpstream, serverId);
+        inner.onServerId = (serverId: string, continues?: (before: string) => boolean): void => this.coldDetector.serverId(m as HealthyUpstream, serverId, continues);
         inner.onWarning = (message: string): void => this.log.warn({ upstream: inner.name }, message);
         for (const member of membersOf(inner)) {
           member.inner.onReconnect = (): void => this.coldDetector.serverReconnected(m as HealthyUpstream, member);

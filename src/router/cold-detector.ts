@@ -375,16 +375,18 @@ export class ColdDetector {
   /**
    * The server at `u`'s address names its history `id` (Upstream.onServerId, at each connection:
    * a Redis replication id). Another id than the last one seen, by this process or one before it
-   * (journal.log: a failover while mcmux was down, review-today finding 5), is another server.
+   * (journal.log: a failover while mcmux was down, review-today finding 5), is another server;
+   * unless `continues` (the driver's word, Upstream.onServerId) says the new id names the same
+   * history as that one (a Redis master that freed its replication backlog: review-h1 finding 5).
    */
-  serverId(u: HealthyUpstream, id: string): void {
+  serverId(u: HealthyUpstream, id: string, continues?: (before: string) => boolean): void {
     // Not one a reload retired (open for its grace period, reconnecting): it decides nothing, and
     // its id on file would stand for the store's to the upstream that replaced it, not connected
     // yet (review-h1 finding 3).
     if (!this.upstreams().includes(u)) return;
     const before = this.serverIds.get(u) ?? this.fenceLog?.serverIdOf(u);
     this.serverIds.set(u, id);
-    if (before !== undefined && before !== id) {
+    if (before !== undefined && before !== id && continues?.(before) !== true) {
       this.replaced(u);
       this.idsUnsaved.set(u, { id });
     } else if (this.idsUnsaved.has(u)) this.idsUnsaved.set(u, { id });

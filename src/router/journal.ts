@@ -134,7 +134,7 @@ interface PerUpstream {
   emptied?: Map<number, number>;
   /** How often its uniques were voided (HealthyUpstream.uniquesEpoch), as the last process left it. */
   uniquesEpoch?: number;
-  /** The history the server at its address last named (serverIdSeen): a Redis replication id. */
+  /** The history the server at its address last named (serverIdSeen): a Redis replication id and run_id (an older version: the replication id alone). */
   serverId?: string;
 }
 
@@ -477,7 +477,7 @@ export class RepairJournal {
 
   /**
    * `u` named the history of the server at its address `id` (Upstream.onServerId: a Redis
-   * replication id), on file as `I <store> <id>` when it changed: a process started after a
+   * replication id and run_id), on file as `I <store> <id>` when it changed: a process started after a
    * failover while mcmux was down tells the promoted replica from the master it knew
    * (ColdDetector.serverId; review-today finding 5).
    */

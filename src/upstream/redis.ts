@@ -336,7 +336,7 @@ export class RedisUpstream implements Upstream {
   private closed = false;
   private lastError = 'not connected yet';
   onReconnect: (() => void) | undefined;
-  onServerId: ((id: string) => void) | undefined;
+  onServerId: ((id: string, continues?: (before: string) => boolean) => void) | undefined;
   onWarning: ((message: string) => void) | undefined;
 
   constructor(
@@ -941,15 +941,18 @@ export class RedisUpstream implements Upstream {
   }
 
   /**
-   * INFO replication of `node`, bounded by the timeout (undefined when it failed or took longer);
-   * `refused`: the NOPERM an ACL user without +info gets, scrubbed ('' otherwise).
+   * INFO `sections` of `node` (default: replication), one command each, sent together, bounded by
+   * the timeout (undefined when one failed or they took longer); `refused`: the NOPERM an ACL user
+   * without +info gets, scrubbed ('' otherwise).
    */
-  private async replication(node: Redis): Promise<{ info: string | undefined; refused: string }> {
+  private async replication(node: Redis, sections: readonly string[] = ['replication']): Promise<{ info: string | undefined; refused: string }> {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, this.timeoutMs, undefined)));
     let refused = '';
     const info = await Promise.race([
-      node.info('replication').catch((err: unknown) => {
+      // One command a section, not `INFO server replication`: a server that takes one section
+      // only (before Redis 7) would refuse it, and no id would be read at all.
+      Promise.all(sections.map((section) => node.info(section))).then((replies) => replies.join('\r\n')).catch((err: unknown) => {
         if (err instanceof Error && err.message.startsWith('NOPERM')) refused = this.scrub(err.message);
         return undefined;
       }),
@@ -959,23 +962,27 @@ export class RedisUpstream implements Upstream {
   }
 
   /**
-   * Standalone: the server's replication id, read at each connection and told as onServerId.
-   * Another one than at the connection before (in this process, or the last one journal.log
-   * kept) is another history at this address: a replica promoted behind a stable address
-   * (Sentinel, a VIP), which may lack writes the master acknowledged (asynchronous replication:
-   * a lock among them), or the server restarted (empty, or from a snapshot that may be older
-   * than its last writes). The cold detector fences it as come back empty: the marker a promoted
-   * replica holds, replicated, passes for one the store kept (review-durable finding 3).
+   * Standalone: the server's history, read at each connection and told as onServerId: its
+   * replication id and its run_id (`<master_replid> <run_id>`: INFO replication and INFO server,
+   * sent together first on the connection). Another replication id than at the connection before
+   * (in this process, or the last one journal.log kept) is another history at this address: a
+   * replica promoted behind a stable address (Sentinel, a VIP), which may lack writes the master
+   * acknowledged (asynchronous replication: a lock among them), or the server restarted (empty,
+   * or from a snapshot that may be older than its last writes). The cold detector fences it as
+   * come back empty: the marker a promoted replica holds, replicated, passes for one the store
+   * kept (review-durable finding 3). Unless the history continues the one before (historyOf):
+   * a master that freed its replication backlog (no replica for `repl-backlog-ttl`) takes a new
+   * id, with the same run_id (review-h1 finding 5).
    */
   private async readReplid(client: Redis): Promise<void> {
-    const { info, refused } = await this.replication(client);
+    const { info, refused } = await this.replication(client, ['server', 'replication']);
     if (refused !== '') {
       if (!this.infoRefused) this.onWarning?.(`the server refuses INFO (${refused}): a replica promoted behind the same address is taken for the master reconnecting, and may grant a lock the master had granted (grant the user +info)`);
       this.infoRefused = true;
       return;
     }
-    const id = replidOf(info);
-    if (id !== undefined) this.onServerId?.(id);
+    const history = historyOf(info);
+    if (history !== undefined) this.onServerId?.(history.id, history.continues);
   }
 
   /** The keys a write script names: the item and the cas counter; in a cluster the item alone. */
@@ -989,6 +996,34 @@ function ignore(): void {}
 /** `master_replid` of an INFO replication reply. */
 function replidOf(info: string | undefined): string | undefined {
   return info === undefined ? undefined : /^master_replid:([0-9a-f]{40})\r?$/m.exec(info)?.[1];
+}
+
+/**
+ * The history a standalone server names in its INFO server and replication replies (undefined:
+ * no replication id in them), for Upstream.onServerId: `id` is `<master_replid> <run_id>` (the
+ * replication id alone when the reply has no run_id); `continues(before)` says whether an id
+ * told before (by this version, or a bare replication id by the one before it) names the same
+ * history: the same replication id, or the same process (run_id) that is a master whose
+ * `master_replid2` is all zeros — a master that freed its replication backlog, having had no
+ * replica for `repl-backlog-ttl` (replication.c replicationCron: changeReplicationId and
+ * clearReplicationId2), every write kept. Not a restart (a new run_id), a replica promoted (another
+ * run_id, its master_replid2 its old master's id), nor the same process demoted, resynced from
+ * another master (its data replaced) and promoted again: a replica meanwhile (role:slave), then
+ * a master whose master_replid2 names the master it followed.
+ */
+export function historyOf(info: string | undefined): { id: string; continues: (before: string) => boolean } | undefined {
+  const replid = replidOf(info);
+  if (info === undefined || replid === undefined) return undefined;
+  const runId = /^run_id:([0-9a-f]{40})\r?$/m.exec(info)?.[1];
+  const replid2 = /^master_replid2:([0-9a-f]{40})\r?$/m.exec(info)?.[1];
+  const ownId = /^role:master\r?$/m.test(info) && replid2 !== undefined && /^0+$/.test(replid2);
+  return {
+    id: runId === undefined ? replid : `${replid} ${runId}`,
+    continues: (before) => {
+      const [was, wasRun] = before.split(' ');
+      return was === replid || (ownId && runId !== undefined && wasRun === runId);
+    },
+  };
 }
 
 function nodeId(node: Redis): string {

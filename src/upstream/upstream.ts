@@ -111,9 +111,13 @@ export interface Upstream {
    * replication id) calls this at each connection, before the requests sent on it are answered.
    * Another id than the last one seen, by this process or, on journal.log, one before it, is
    * another server than before (a replica promoted behind a stable address, a restart): it may
-   * lack writes it had acknowledged, whatever its marker says (ColdDetector.serverId).
+   * lack writes it had acknowledged, whatever its marker says (ColdDetector.serverId). Unless
+   * `continues(before)`, given the id seen last (one this driver told, maybe by an older version
+   * of it, from journal.log), says the new id names the same history, every write kept: an id
+   * that changed though the server did not (a Redis master that freed its replication backlog:
+   * same run_id, a new replication id). Without it, any other id is another server.
    */
-  onServerId?: ((id: string) => void) | undefined;
+  onServerId?: ((id: string, continues?: (before: string) => boolean) => void) | undefined;
   /** Optional: a driver that finds something the operator should mend (a missing permission) says it here, once; mcmux logs it. */
   onWarning?: ((message: string) => void) | undefined;
   /**

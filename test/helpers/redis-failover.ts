@@ -21,7 +21,8 @@ export interface Forwarder {
   /**
    * Points the address at `port` and cuts the connections open, as a failover does. With
    * `holdMs`, the first reply to `INFO replication` after that (not ioredis's ready check, a full
-   * INFO) and what follows it on its connection are held that long (a server slow for a moment).
+   * INFO: it has a Clients section) and what follows it on its connection are held that long (a
+   * server slow for a moment).
    */
   retarget(port: number, holdMs?: number): void;
 }
@@ -45,7 +46,7 @@ export async function forwarder(t: TestContext, target: number): Promise<Forward
     }
     client.pipe(up);
     up.on('data', (data: Buffer) => {
-      if (hold > 0 && until === 0 && data.includes('# Replication') && !data.includes('# Server')) {
+      if (hold > 0 && until === 0 && data.includes('# Replication') && !data.includes('# Clients')) {
         until = Date.now() + hold;
         hold = 0;
       }
@@ -70,13 +71,13 @@ export async function forwarder(t: TestContext, target: number): Promise<Forward
 }
 
 /**
- * A master, its replica in sync, clients of each (`m`, `r`), and the forwarder (`vip`) pointing
- * at the master.
+ * A master, its replica in sync (`replicaArgs`: more options of its redis-server), clients of
+ * each (`m`, `r`), and the forwarder (`vip`) pointing at the master.
  */
-export async function redisFailover(t: TestContext) {
+export async function redisFailover(t: TestContext, replicaArgs: string[] = []) {
   const master = await startRedis();
   t.after(() => master.stop());
-  const replica = await startRedis(['--replicaof', '127.0.0.1', String(master.port)]);
+  const replica = await startRedis(['--replicaof', '127.0.0.1', String(master.port), ...replicaArgs]);
   t.after(() => replica.stop());
   const m = new Redis({ host: '127.0.0.1', port: master.port, maxRetriesPerRequest: 0, protocol: 2 });
   const r = new Redis({ host: '127.0.0.1', port: replica.port, maxRetriesPerRequest: 0, protocol: 2 });
@@ -117,10 +118,10 @@ export async function lockThenFailover(t: TestContext, dir: string, holdMs = 0) 
 /**
  * The same lock, taken through an mcmux on `stateDir` with the sqlite store in `dir`; then that
  * mcmux stops (a deploy) and, while it is down, the master is killed and the address moved to the
- * replica. Returns the upstream URLs, for the next process.
+ * replica (`replicaArgs`: as redisFailover). Returns the upstream URLs, for the next process.
  */
-export async function lockThenFailoverWhileDown(t: TestContext, stateDir: string, dir: string): Promise<string[]> {
-  const { master, replica, m, r, vip } = await redisFailover(t);
+export async function lockThenFailoverWhileDown(t: TestContext, stateDir: string, dir: string, replicaArgs: string[] = []): Promise<string[]> {
+  const { master, replica, m, r, vip } = await redisFailover(t, replicaArgs);
   const upstreams = [`redis://127.0.0.1:${vip.port}`, sqliteUrl(join(dir, 'store.db'))];
   const app = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
   const w = await connectWire(app.address.port);

@@ -56,7 +56,7 @@ describe('review-today 4059186: a standalone redis failed over behind a stable a
     const app1 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
     await eventually('mcmux has written its markers and redis decides', () => !(app1.upstreams[0] as HealthyUpstream).fenced, 15_000);
     await app1.close();
-    assert.match(readFileSync(join(stateDir, 'journal.log'), 'latin1'), /^I [0-9a-f]+ [0-9a-f]{80}$/m, 'journal.log keeps the replication id');
+    assert.match(readFileSync(join(stateDir, 'journal.log'), 'latin1'), /^I [0-9a-f]+ [0-9a-f]{80}20[0-9a-f]{80}$/m, 'journal.log keeps the replication id and the run_id');
     const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
     const redis2 = app2.upstreams[0] as HealthyUpstream;
     await app2.coldDetector.check(redis2);
