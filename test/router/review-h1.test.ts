@@ -190,6 +190,45 @@ describe('review-h1 15428d9: the replication id on journal.log and the fence it 
   });
 });
 
+describe('review-h1 finding 5: an id the driver says continues the one before', () => {
+  // A Redis master that freed its replication backlog takes a new replication id, the same
+  // process, every write kept (test/integration/review-h1.test.ts): the driver tells the new id
+  // with `continues`, asked about the id seen last (this process's, or journal.log's), and the
+  // detector takes it as the same server. One it does not continue is another server, as before.
+  it('a continued id is no replacement and goes on file; one not continued is', (t) => {
+    const dir = stateDir(t);
+    const store = new FakeUpstream(STORE, 'redis');
+    const p1 = processOver(store, dir);
+    p1.detector.serverId(p1.up, X);
+    const asked: string[] = [];
+    p1.detector.serverId(p1.up, Y, (before) => (asked.push(before), before === X)); // in this process
+    assert.deepEqual(asked, [X]);
+    assert.equal(p1.up.cameBackEmpty, false);
+    assert.equal(p1.journal.serverIdOf(p1.up), Y, 'the new id on file at once');
+    p1.stop();
+    const Z = 'c'.repeat(40);
+    const p2 = processOver(store, dir);
+    p2.detector.serverId(p2.up, Z, (before) => (asked.push(before), before === Y)); // against journal.log
+    assert.deepEqual(asked, [X, Y]);
+    assert.equal(p2.up.cameBackEmpty, false);
+    assert.equal(p2.up.fenced, false);
+    assert.equal(p2.journal.serverIdOf(p2.up), Z);
+    p2.detector.serverId(p2.up, X, () => false); // another server
+    assert.equal(p2.up.cameBackEmpty, true);
+    assert.equal(p2.journal.serverIdOf(p2.up), Z, 'the old id kept until the fence is on the marker');
+    p2.stop();
+  });
+
+  // The same id again is the same server whatever `continues` says (not asked).
+  it('the same id again: continues is not asked', (t) => {
+    const p = processOver(new FakeUpstream(STORE, 'redis'), stateDir(t));
+    p.detector.serverId(p.up, X);
+    p.detector.serverId(p.up, X, () => assert.fail('asked'));
+    assert.equal(p.up.cameBackEmpty, false);
+    p.stop();
+  });
+});
+
 describe('review-h1 20bb1d4: markers of mcmux before the nonce', () => {
   // Finding 4 (docs; guard): README said a marker written by an mcmux before the nonce "of this
   // process's own pid is then not told". It is: its writer is `<pid> ` (no nonce), never this

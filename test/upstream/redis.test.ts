@@ -12,7 +12,7 @@ import { inspect } from 'node:util';
 import { Redis } from 'ioredis';
 import { EXPIRED, U64_MASK, applyArith } from '../../src/command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../../src/errors';
-import { keySlot } from '../../src/upstream/redis';
+import { historyOf, keySlot } from '../../src/upstream/redis';
 import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
 import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
@@ -790,4 +790,50 @@ test('redis+cluster: a master that restarted empty is reported as a reconnect (c
   const lost = keys.filter((_, i) => hits[i] === undefined);
   assert.ok(lost.length > 0, 'the restarted master lost its keys');
   assert.ok(reconnects > 0, `the store lost ${lost.length} keys to a restart, and onReconnect was called ${reconnects} times`);
+});
+
+// The history a standalone server names (onServerId, review-h1 finding 5): its replication id and
+// run_id; a new replication id continues the one before only for the same run_id on a master
+// whose master_replid2 is zeros (a backlog freed). An id of the version before (the replication id
+// alone, from journal.log) is compared as then: the same replication id or another server.
+test('historyOf: the id names the run_id; what continues an earlier id', () => {
+  const [r1, r2, r3, run1, run2] = ['1', '2', '3', 'a', 'b'].map((c) => c.repeat(40)) as [string, string, string, string, string];
+  const info = (replid: string, opts: { run?: string; role?: string; replid2?: string } = {}): string =>
+    `# Server\r\nredis_version:7.0.15\r\n${opts.run === undefined ? '' : `run_id:${opts.run}\r\n`}tcp_port:6379\r\n\r\n` +
+    `# Replication\r\nrole:${opts.role ?? 'master'}\r\nconnected_slaves:0\r\nmaster_replid:${replid}\r\nmaster_replid2:${opts.replid2 ?? '0'.repeat(40)}\r\nmaster_repl_offset:0\r\n`;
+  assert.equal(historyOf(undefined), undefined);
+  assert.equal(historyOf('# Server\r\nrun_id:' + run1 + '\r\n'), undefined, 'no replication id: nothing told');
+  const freed = historyOf(info(r2, { run: run1 }));
+  assert.equal(freed?.id, `${r2} ${run1}`);
+  assert.equal(freed.continues(`${r1} ${run1}`), true, 'the same master, its backlog freed');
+  assert.equal(freed.continues(`${r2} ${run2}`), true, 'the same replication id');
+  assert.equal(freed.continues(`${r1} ${run2}`), false, 'another process: a restart, a replica promoted');
+  assert.equal(freed.continues(r2), true, 'an id of the version before: the same replication id');
+  assert.equal(freed.continues(r1), false, 'an id of the version before, another replication id: fenced once');
+  const promotedBack = historyOf(info(r3, { run: run1, replid2: r1 }));
+  assert.equal(promotedBack?.continues(`${r1} ${run1}`), false, 'the same process promoted again: it followed another master');
+  const replica = historyOf(info(r3, { run: run1, role: 'slave' }));
+  assert.equal(replica?.continues(`${r1} ${run1}`), false, 'the same process, a replica now');
+  const noRunId = historyOf(info(r2));
+  assert.equal(noRunId?.id, r2, 'a server that names no run_id: the replication id alone');
+  assert.equal(noRunId.continues(`${r1} ${run1}`), false);
+  assert.equal(noRunId.continues(`${r2} ${run1}`), true);
+});
+
+test('a standalone server names its replication id and run_id at each connection', { timeout: 30_000 }, async (t) => {
+  if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+  const server = await startRedis();
+  const admin = raw(server);
+  const up = open(server.url);
+  const told: string[] = [];
+  up.onServerId = (id) => told.push(id);
+  t.after(async () => {
+    admin.disconnect();
+    await up.close();
+    await server.stop();
+  });
+  await retrying(() => up.probe());
+  const replid = /^master_replid:(\w+)/m.exec(await admin.info('replication'))?.[1];
+  const runId = /^run_id:(\w+)/m.exec(await admin.info('server'))?.[1];
+  assert.deepEqual(told, [`${replid} ${runId}`]);
 });
