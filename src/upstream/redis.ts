@@ -1003,8 +1003,8 @@ function replidOf(info: string | undefined): string | undefined {
  * no replication id in them), for Upstream.onServerId: `id` is `<master_replid> <run_id>` (the
  * replication id alone when the reply has no run_id); `continues(before)` says whether an id
  * told before (by this version, or a bare replication id by the one before it) names the same
- * history: the same replication id, or the same process (run_id) that is a master whose
- * `master_replid2` is all zeros — a master that freed its replication backlog, having had no
+ * history: the same process (run_id; the same replication id where either names no run_id)
+ * with the same replication id, or one that is a master whose `master_replid2` is all zeros — a master that freed its replication backlog, having had no
  * replica for `repl-backlog-ttl` (replication.c replicationCron: changeReplicationId and
  * clearReplicationId2), every write kept. Not a restart (a new run_id), a replica promoted (another
  * run_id, its master_replid2 its old master's id), nor the same process demoted, resynced from
@@ -1021,7 +1021,12 @@ export function historyOf(info: string | undefined): { id: string; continues: (b
     id: runId === undefined ? replid : `${replid} ${runId}`,
     continues: (before) => {
       const [was, wasRun] = before.split(' ');
-      return was === replid || (ownId && runId !== undefined && wasRun === runId);
+      // Without a run_id on either side (the version before wrote none; a server that names
+      // none), the same replication id is the same history. With both, another run_id is another
+      // process, whatever its replication id (a restart keeps it where it is persisted, and serves
+      // the snapshot it loaded).
+      if (wasRun === undefined || runId === undefined) return was === replid;
+      return wasRun === runId && (was === replid || ownId);
     },
   };
 }

@@ -806,7 +806,7 @@ test('historyOf: the id names the run_id; what continues an earlier id', () => {
   const freed = historyOf(info(r2, { run: run1 }));
   assert.equal(freed?.id, `${r2} ${run1}`);
   assert.equal(freed.continues(`${r1} ${run1}`), true, 'the same master, its backlog freed');
-  assert.equal(freed.continues(`${r2} ${run2}`), true, 'the same replication id');
+  assert.equal(freed.continues(`${r2} ${run2}`), false, 'the same replication id, another process: a restart that kept its id');
   assert.equal(freed.continues(`${r1} ${run2}`), false, 'another process: a restart, a replica promoted');
   assert.equal(freed.continues(r2), true, 'an id of the version before: the same replication id');
   assert.equal(freed.continues(r1), false, 'an id of the version before, another replication id: fenced once');
