@@ -109,6 +109,15 @@ function recordOf(u: HealthyUpstream, store: Upstream): Upstream {
   return store === u.inner ? u : store;
 }
 
+/**
+ * `store`'s identity (of `u`), as journal.log keeps it (journal.ts idOf of recordOf): the same for
+ * the store a reload rebuilt with other options (HealthyUpstream.storeId), and for a pool server.
+ */
+function storeKey(u: HealthyUpstream, store: Upstream): string {
+  const r = recordOf(u, store) as Upstream & { storeId?: string };
+  return `${r === store ? 'server' : 'store'} ${r.storeId ?? r.name}`;
+}
+
 /** Whether every server of `u` (a pool) is in its ring: none ejected (MemcachedPool.outOfRing). */
 function ringWhole(u: HealthyUpstream): boolean {
   return outOfRing(u).length === 0;
@@ -139,10 +148,12 @@ export class ColdDetector {
    * LATE_GENS writes that timed out there (they may still land, after newer ones): such a marker
    * found is no rollback, and those alone are excused. The lowest of them taken for a floor, as
    * before, hid for good every later restore to a copy taken under this process, after one MySQL
-   * marker write had waited out `timeout` for a row lock (review-h4 finding 2).
+   * marker write had waited out `timeout` for a row lock (review-h4 finding 2). Kept by the
+   * store's identity (storeKey), not its driver: one a reload rebuilt (other options) is the same
+   * store, where a write of the driver it retired may still land (review-h9 finding 2).
    */
   private gen = 0;
-  private readonly late = new WeakMap<Upstream, number[]>();
+  private readonly late = new Map<string, number[]>();
   /**
    * Per store, the markers of other processes (pid: the highest generation) it held before this
    * process's own marker was acknowledged there, or while this process waited for what a crashed
@@ -762,7 +773,7 @@ export class ColdDetector {
     const marker = hit ? PID_GEN.exec(hit.value.toString('latin1')) : null;
     const writer = marker === null ? undefined : `${marker[1]} ${marker[3] ?? ''}`;
     const gen = marker === null ? 0 : Number(marker[2]);
-    let rolledBack = writer === this.self && wrote !== undefined && gen < floor && !(this.late.get(store)?.includes(gen) ?? false);
+    let rolledBack = writer === this.self && wrote !== undefined && gen < floor && !(this.late.get(storeKey(u, store))?.includes(gen) ?? false);
     if (writer !== undefined && writer !== this.self) {
       let seen = this.earlier.get(store);
       if (wrote === undefined || settling) {
@@ -853,10 +864,10 @@ export class ColdDetector {
           // is excused when found: one failed unapplied (the sqlite driver's wait for a lock held
           // elsewhere, a rolled-back transaction) never lands (review-h4 finding 1).
           if (!(err instanceof McmuxError) || err.late) {
-            const gens = this.late.get(store) ?? [];
+            const gens = this.late.get(storeKey(u, store)) ?? [];
             gens.push(gen);
             if (gens.length > LATE_GENS) gens.shift();
-            this.late.set(store, gens);
+            this.late.set(storeKey(u, store), gens);
           }
           // Written again soon (retryMark), not only by the next periodic check.
           this.retryMark(u);

@@ -74,7 +74,7 @@ describe('a marker write that timed out before a flush (review-h9 finding 1)', (
 });
 
 // ---------------------------------------------------------------------------------------------
-// FINDING 2: `late` (and lastSet) are kept per driver object. A reload that rebuilds an upstream
+// FINDING 2 (fixed): `late` (and lastSet) are kept per driver object. A reload that rebuilds an upstream
 // (its options or the global timeout changed: app.ts resolveUpstreams; often because the store
 // was timing out) makes a new driver for the same store, while a marker write of the retired one
 // that timed out (or is still in flight) may yet land. It lands after the new driver's first
@@ -82,10 +82,11 @@ describe('a marker write that timed out before a flush (review-h9 finding 1)', (
 // rollback. The store is fenced as come back empty and distrusted (a MySQL or sqlite store: no
 // session written before is read from it until the journal's bound; a user whose session only it
 // holds is logged out).
+// Fixed: `late` is kept by the store's identity (its journal.log id), not by its driver object.
 // ---------------------------------------------------------------------------------------------
 
 describe('a marker write of an upstream a reload rebuilt (review-h9 finding 2)', () => {
-  it('landing after the rebuilt upstream wrote its marker: a late write, not a rollback', { todo: 'finding 2: ColdDetector.late is per driver object' }, async () => {
+  it('landing after the rebuilt upstream wrote its marker: a late write, not a rollback', async () => {
     const s = setup();
     await s.detector.checkAll();
     await s.holdNextMarkerWrite();
