@@ -151,9 +151,12 @@ export class ColdDetector {
    * marker write had waited out `timeout` for a row lock (review-h4 finding 2). Kept by the
    * store's identity (storeKey), not its driver: one a reload rebuilt (other options) is the same
    * store, where a write of the driver it retired may still land (review-h9 finding 2).
+   * Each with the generation last handed out when a look first read it there (undefined: not
+   * read yet): a write lands once, so once a marker written after that read is acknowledged, the
+   * late one found again is a copy taken while it was there, restored (review-h9 finding 3).
    */
   private gen = 0;
-  private readonly late = new Map<string, number[]>();
+  private readonly late = new Map<string, Map<number, number | undefined>>();
   /**
    * Per store, the markers of other processes (pid: the highest generation) it held before this
    * process's own marker was acknowledged there, or while this process waited for what a crashed
@@ -773,7 +776,11 @@ export class ColdDetector {
     const marker = hit ? PID_GEN.exec(hit.value.toString('latin1')) : null;
     const writer = marker === null ? undefined : `${marker[1]} ${marker[3] ?? ''}`;
     const gen = marker === null ? 0 : Number(marker[2]);
-    let rolledBack = writer === this.self && wrote !== undefined && gen < floor && !(this.late.get(storeKey(u, store))?.includes(gen) ?? false);
+    const late = writer === this.self ? this.late.get(storeKey(u, store)) : undefined;
+    const seenAt = late?.get(gen);
+    const excused = late?.has(gen) === true && (seenAt === undefined || floor <= seenAt);
+    if (late?.has(gen) === true && seenAt === undefined) late.set(gen, this.gen);
+    let rolledBack = writer === this.self && wrote !== undefined && gen < floor && !excused;
     if (writer !== undefined && writer !== this.self) {
       let seen = this.earlier.get(store);
       if (wrote === undefined || settling) {
@@ -864,9 +871,9 @@ export class ColdDetector {
           // is excused when found: one failed unapplied (the sqlite driver's wait for a lock held
           // elsewhere, a rolled-back transaction) never lands (review-h4 finding 1).
           if (!(err instanceof McmuxError) || err.late) {
-            const gens = this.late.get(storeKey(u, store)) ?? [];
-            gens.push(gen);
-            if (gens.length > LATE_GENS) gens.shift();
+            const gens = this.late.get(storeKey(u, store)) ?? new Map<number, number | undefined>();
+            gens.set(gen, undefined);
+            if (gens.size > LATE_GENS) gens.delete(gens.keys().next().value as number);
             this.late.set(storeKey(u, store), gens);
           }
           // Written again soon (retryMark), not only by the next periodic check.
