@@ -3,7 +3,7 @@
  * killPooled, 8c6dc17: review-h2 finding 4): a pooled connection taken for a KILL that is then
  * skipped (the epoch moved) is never given back (finding 1); the KILL finds no pooled connection
  * when every one is busy with a stuck statement (finding 2). One private MariaDB (targets/mysql.ts)
- * per test, torn down after it.
+ * per test, torn down after it. Guard: the KILL on a pooled connection made for it.
  */
 
 import assert from 'node:assert/strict';
@@ -111,6 +111,34 @@ test('a KILL skipped on a pooled connection (the epoch moved) gives the connecti
   const after: string[] = [];
   for (let i = 0; i < 3; i++) after.push(await outcome(up.store({ mode: 'set', key: `sess:${i}`, value: b('new'), flags: 0, deadline: 0 })));
   assert.deepEqual(after, ['STORED', 'STORED', 'STORED'], 'the pool lost its connection to the skipped KILL: every request times out');
+});
+
+// holds: the KILL goes on a pooled connection the pool makes for it (connections=1: the timed-out
+// one discarded; the kill connection refused), and that connection, given back unprepared, serves
+// the next requests (prepare() runs on it then).
+test('holds: a KILL on a new pooled connection, and the connection serves requests after it', { timeout: 60_000 }, async (t) => {
+  const r = await rig(t);
+  if (!r) return;
+  const up = r.open(r.db.url, { table: 'h9_pooled', timeout: '1000', connections: '1' });
+  await set(up, 'sess:a', 'old');
+  Object.assign(up, {
+    connectKiller: () => Promise.reject(Object.assign(new Error('Too many connections'), { errno: 1040, code: 'ER_CON_COUNT_ERROR', sqlState: '08004', fatal: true })),
+  });
+  const holder = await connectMysqlUrl(r.db.url);
+  t.after(() => holder.destroy());
+  await q(holder, 'BEGIN');
+  await q(holder, 'SELECT * FROM h9_pooled WHERE `key` = ? FOR UPDATE', ['sess:a']);
+  const deleting = running(r, 'DELETE FROM `h9_pooled`');
+  const kills = async (): Promise<number> => Number((await q(r.admin, "SHOW GLOBAL STATUS LIKE 'Com_kill'"))[0]?.Value);
+  const killsBefore = await kills();
+  const stuck = outcome(up.delete('sess:a'));
+  await eventually('the delete waits for the row', deleting);
+  assert.equal(await stuck, ErrorCodes.UPSTREAM_TIMEOUT);
+  await eventually('a KILL reaches the server (on the pooled connection: the kill connection is refused)', async () => (await kills()) > killsBefore, 2000);
+  await eventually('the delete stopped', async () => !(await deleting()));
+  await q(holder, 'ROLLBACK');
+  assert.equal(await outcome(up.store({ mode: 'set', key: 'sess:b', value: b('new'), flags: 0, deadline: 0 })), 'STORED');
+  assert.equal(await outcome(up.store({ mode: 'add', key: 'sess:a', value: b('again'), flags: 0, deadline: 0 })), 'NOT_STORED', 'the killed delete did not land');
 });
 
 // ---------------------------------------------------------------------------------------------
