@@ -211,20 +211,6 @@ test('a timed-out statement is killed even when the server is at max_connections
   assert.equal(stillThere, false, 'the timed-out batch is still running on the server after the late window (it commits later)');
 });
 
-// Finding 4's fix, its other path: the pool's connection taken for a KILL that is then skipped
-// (the server restarted since the request was sent: its thread id may be another client's now)
-// goes back to the pool. Kept, with `connections` 1, every later request would wait out its
-// timeout for a connection.
-test('holds: a KILL skipped on a connection of the pool gives the connection back', { timeout: 60_000 }, async (t) => {
-  const r = await rig(t);
-  if (!r) return;
-  const up = r.open(r.db.url, { table: 'h2_killpool', timeout: '1000', connections: '1' });
-  await set(up, 'sess:1', 'v');
-  const driver = up as unknown as { killPooled(threadId: number, epoch: number): Promise<void> };
-  await driver.killPooled(1, -1); // an epoch before the current: a restart since, the KILL skipped
-  assert.equal((await getOne(up, 'sess:1'))?.value.toString(), 'v', 'the pool has no connection left');
-});
-
 // ---------------------------------------------------------------------------------------------
 // FINDING 2: the table dropped while mcmux runs (an operator, a migration, a restore script, a
 // `DROP DATABASE` + re-create) is re-created empty by the next request (mysql.ts execute(): on

@@ -7,54 +7,14 @@
  */
 
 import assert from 'node:assert/strict';
-import { type TestContext, test } from 'node:test';
-import { type Connection, type RowDataPacket, createConnection } from 'mysql2/promise';
+import { test } from 'node:test';
+import type { Connection } from 'mysql2/promise';
 import { ErrorCodes } from '../../src/errors';
-import { createMysqlUpstream } from '../../src/upstream/mysql';
-import type { StoreResult, Upstream } from '../../src/upstream/upstream';
+import type { StoreResult } from '../../src/upstream/upstream';
 import { b, codeOf, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
-import { requireBinary } from '../helpers/servers';
-import { type MariadbProcess, connectMysqlUrl, startMariadb } from './targets/mysql';
-
-const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
-
-interface Rig {
-  readonly db: MariadbProcess;
-  /** root, over the server's socket. */
-  readonly admin: Connection;
-  open(url: string, options?: Record<string, string>): Upstream;
-}
-
-async function rig(t: TestContext): Promise<Rig | undefined> {
-  if (!requireBinary(t, 'mariadbd', 'mariadb-server')) return undefined;
-  const db = await startMariadb();
-  const probe = await connectMysqlUrl(db.url);
-  const socketPath = String((await q(probe, 'SELECT @@socket AS s'))[0]?.s);
-  probe.destroy();
-  const admin = await createConnection({ socketPath, user: 'root', database: 'mcmux', connectTimeout: 5000 });
-  const opened: Upstream[] = [];
-  t.after(async () => {
-    db.resume();
-    await Promise.all(opened.map((u) => u.close()));
-    admin.destroy();
-    await db.destroy();
-  });
-  return {
-    db,
-    admin,
-    open: (url, options = {}) => {
-      const u = createMysqlUpstream(new URL(url), new Map(Object.entries(options)), ctx);
-      opened.push(u);
-      return u;
-    },
-  };
-}
-
-async function q(conn: Connection, sql: string, params: unknown[] = []): Promise<RowDataPacket[]> {
-  const [r] = await conn.query<RowDataPacket[]>({ sql, timeout: 10_000 }, params);
-  return r;
-}
+import { connectMysqlUrl } from './targets/mysql';
+import { type MysqlRig, lockRows, mysqlRig as rig, q } from './targets/mysql-rig';
 
 const outcome = (p: Promise<unknown>): Promise<string> =>
   p.then(
@@ -62,7 +22,7 @@ const outcome = (p: Promise<unknown>): Promise<string> =>
     (err: unknown) => codeOf(err),
   );
 
-const running = (r: Rig, prefix: string) => async (): Promise<boolean> =>
+const running = (r: MysqlRig, prefix: string) => async (): Promise<boolean> =>
   (await q(r.admin, 'SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE ?', [`${prefix}%`])).length > 0;
 
 // ---------------------------------------------------------------------------------------------
@@ -81,10 +41,12 @@ const running = (r: Rig, prefix: string) => async (): Promise<boolean> =>
 // only when the KILL failed with no answer from the server, or the upstream closed).
 // ---------------------------------------------------------------------------------------------
 
+// (Here and below, `timeout` 500 ms: under the driver's lock wait, 1 s at the least, so that the
+// statement held by a row lock times out for the driver before the server's lock wait ends it.)
 test('a KILL skipped on a pooled connection (the epoch moved) gives the connection back to the pool', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
-  const up = r.open(r.db.url, { table: 'h9_leak', timeout: '1000', connections: '1' });
+  const up = r.open(r.db.url, { table: 'h9_leak', timeout: '500', connections: '1' });
   await set(up, 'sess:a', 'old');
   let refuse!: () => void;
   const refused = new Promise<void>((res) => (refuse = res));
@@ -119,7 +81,7 @@ test('a KILL skipped on a pooled connection (the epoch moved) gives the connecti
 test('holds: a KILL on a new pooled connection, and the connection serves requests after it', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
-  const up = r.open(r.db.url, { table: 'h9_pooled', timeout: '1000', connections: '1' });
+  const up = r.open(r.db.url, { table: 'h9_pooled', timeout: '500', connections: '1' });
   await set(up, 'sess:a', 'old');
   Object.assign(up, {
     connectKiller: () => Promise.reject(Object.assign(new Error('Too many connections'), { errno: 1040, code: 'ER_CON_COUNT_ERROR', sqlState: '08004', fatal: true })),
@@ -171,19 +133,12 @@ test('at max_connections with every pooled connection stuck, a timed-out stateme
   const batches = [['sess:a', 'sess:b', 'sess:c', 'sess:d'], ['sess:e', 'sess:f', 'sess:g', 'sess:h']];
   await Promise.all([set(up, 'warm:1', 'x'), up.store({ mode: 'add', key: 'warm:2', value: b('x'), flags: 0, deadline: 0 })]);
   await Promise.all(batches.flat().map((k) => set(up, k, 'old')));
-  const holders: Connection[][] = [[], []];
+  const holders: Connection[][] = [];
+  for (const keys of batches) holders.push(await lockRows(t, r.db.url, 'h9_maxconn', keys));
   const fillers: Connection[] = [];
   t.after(() => {
-    for (const c of [...holders.flat(), ...fillers]) c.destroy();
+    for (const c of fillers) c.destroy();
   });
-  for (const [i, keys] of batches.entries()) {
-    for (const k of keys) {
-      const h = await connectMysqlUrl(r.db.url);
-      holders[i]?.push(h);
-      await q(h, 'BEGIN');
-      await q(h, 'SELECT * FROM h9_maxconn WHERE `key` = ? FOR UPDATE', [k]);
-    }
-  }
   const connected = async (): Promise<number> => Number((await q(r.admin, "SHOW GLOBAL STATUS LIKE 'Threads_connected'"))[0]?.Value);
   await q(r.admin, `SET GLOBAL max_connections = ${(await connected()) + 2}`);
   const limit = Number((await q(r.admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
