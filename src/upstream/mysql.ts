@@ -349,8 +349,10 @@ export class MysqlUpstream implements Upstream {
    * (else 0): deadlines are kept, and compared, in the server's time (see observeClock).
    */
   private clockOffset = 0;
-  /** A connection of its own for KILL QUERY (the pool may have none free), made on first need. */
+  /** A connection of its own for KILL QUERY (the pool may have none free), made with the pool's first (prepare). */
   private killer: Promise<Connection> | undefined;
+  /** Kill connections that have told whether the server restarted since (observeServer), before their first KILL. */
+  private readonly killersObserved = new WeakSet<Connection>();
 
   /**
    * Optional (Upstream.onReconnect): called when a new connection finds the server restarted or
@@ -1039,6 +1041,15 @@ export class MysqlUpstream implements Upstream {
         );
       }
       this.prepared.add(core);
+      // The kill connection, made now, while the server has room: at max_connections (the
+      // overload that makes statements time out) it could not be, nor a pooled one be free for
+      // the KILL (review-h9 finding 2).
+      if (this.killer === undefined && !this.closed) {
+        const k = (this.killer = this.connectKiller());
+        k.catch(() => {
+          if (this.killer === k) this.killer = undefined;
+        });
+      }
     }
     if (!this.tableReady) {
       // Created only when missing: CREATE is checked for its privilege (and refused under
@@ -1180,8 +1191,9 @@ export class MysqlUpstream implements Upstream {
    * client goes: one waiting for row locks held one after the other (innodb_lock_wait_timeout
    * bounds each wait, not the statement) would go on and commit after the router's late window,
    * over the writes and the repair made since. Sent on a connection of its own (the pool may
-   * have none free), made on first need and kept, or, when that cannot be made (the server at
-   * max_connections), on the pool's first free one; skipped when the server restarted since the
+   * have none free), made with the pool's first connection (prepare) and kept, or, when that is
+   * gone and a new one cannot be made (the server at max_connections), on the pool's first free
+   * one; skipped when the server restarted since the
    * request was sent (its thread id may be another client's now). Bounded by the timeout. A kept
    * connection may have been closed while idle (the server's wait_timeout, a proxy reset in
    * between): a KILL that fails on one made before, with no answer from the server, drops it and
@@ -1210,6 +1222,14 @@ export class MysqlUpstream implements Upstream {
           return this.killPooled(threadId, epoch);
         }
         try {
+          if (!this.killersObserved.has(c)) {
+            // Before its first KILL, a new connection like any: it tells whether the server
+            // restarted (observeServer: the epoch moves, and the thread id is skipped below).
+            const seen = { serverId: this.serverId, maxUnique: this.maxUnique, epoch: this.epoch };
+            const [rows] = await c.query<RowDataPacket[]>('SELECT UUID_SHORT() AS u');
+            this.observeServer(BigInt(String(rows[0]?.u)), seen);
+            this.killersObserved.add(c);
+          }
           if (epoch !== this.epoch || this.closed) return;
           await c.query(`KILL QUERY ${Math.trunc(threadId)}`);
           return;
@@ -1248,11 +1268,15 @@ export class MysqlUpstream implements Upstream {
   private async connectKiller(): Promise<Connection> {
     const c = await createConnection(this.connectionOptions());
     c.on('error', ignore); // an idle connection the server closed: the KILL sent on it fails and goes on a new one
-    // A new connection like any: it tells whether the server restarted (observeServer).
-    const seen = { serverId: this.serverId, maxUnique: this.maxUnique, epoch: this.epoch };
-    const [rows] = await c.query<RowDataPacket[]>('SELECT UUID_SHORT() AS u');
-    this.observeServer(BigInt(String(rows[0]?.u)), seen);
-    return c;
+    try {
+      // Kept idle for as long as the server allows (a year): its wait_timeout (8 h by default)
+      // would close it after a night without a timeout, and a new one may then be refused.
+      await c.query('SET SESSION wait_timeout = 31536000');
+      return c;
+    } catch (err) {
+      c.destroy();
+      throw err;
+    }
   }
 
   /** Drops a connection from the pool and cuts its socket (end() alone waits for the server). */

@@ -2,7 +2,7 @@
  * Review h9 of the MySQL/MariaDB driver's KILL on a pooled connection (src/upstream/mysql.ts
  * killPooled, 8c6dc17: review-h2 finding 4): a pooled connection taken for a KILL that is then
  * skipped (the epoch moved) is never given back (finding 1); the KILL finds no pooled connection
- * when every one is busy with a stuck statement (finding 2). One private MariaDB (targets/mysql.ts)
+ * when every one is busy with a stuck statement (finding 2; both fixed). One private MariaDB (targets/mysql.ts)
  * per test, torn down after it. Guard: the KILL on a pooled connection made for it.
  */
 
@@ -104,7 +104,7 @@ test('holds: a KILL on a new pooled connection, and the connection serves reques
 });
 
 // ---------------------------------------------------------------------------------------------
-// FINDING 2 (not fixed): the KILL on a pooled connection works only when one of the pool's is
+// FINDING 2 (fixed): the KILL on a pooled connection works only when one of the pool's is
 // idle when the statement times out. Under the overload that fills max_connections (the case
 // 8c6dc17 is for), every pooled connection is busy: the timed-out one is discarded (its slot in
 // the pool freed, its server thread still in the statement, holding its slot on the server), so
@@ -113,12 +113,11 @@ test('holds: a KILL on a new pooled connection, and the connection serves reques
 // late window, over the repair (an older session value back, a deleted session revived), as
 // before 8c6dc17. Also so with connections=1. Here: connections=2, both stuck (a batch of four
 // sets, a replace), the server full.
-// Fix (a design choice, not made): make the kill connection before the server fills (with the
-// pool's first connection, kept alive), so that the KILL never needs a new connection; or keep
-// one pooled connection from statements that may block.
+// Fixed: the kill connection is made with the pool's first connection, before the server fills,
+// and kept idle with a session wait_timeout of a year (mysql.ts prepare, connectKiller).
 // ---------------------------------------------------------------------------------------------
 
-test('at max_connections with every pooled connection stuck, a timed-out statement is still killed', { timeout: 60_000, todo: 'finding 2: killPooled needs a new connection, refused at max_connections' }, async (t) => {
+test('at max_connections with every pooled connection stuck, a timed-out statement is still killed', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
   const LATE_SETTLE_MS = 1000; // src/router/repair.ts
