@@ -23,7 +23,7 @@ import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
 import { startMemcached } from '../helpers/servers';
 import { connectMysqlUrl, startMariadb } from './targets/mysql';
-import { type MysqlRig, batchBehindLocks, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
+import { type MysqlRig, appUser, batchBehindLocks, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
 
 const DAY = 24 * 3600 * 1000;
 
@@ -183,12 +183,7 @@ test('a connection lost mid-statement, the kill connection cut with it: the stat
 test('a timed-out statement is killed even when the server is at max_connections', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
-  await q(r.admin, "CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'apppw'");
-  await q(r.admin, "GRANT ALL ON mcmux.* TO 'app'@'127.0.0.1'");
-  const u = new URL(r.db.url);
-  u.username = 'app';
-  u.password = 'apppw';
-  const up = r.open(u.href, { table: 'h2_maxconn', timeout: '1000', connections: '2' });
+  const up = r.open(await appUser(r), { table: 'h2_maxconn', timeout: '1000', connections: '2' });
   const keys = ['sess:a', 'sess:b', 'sess:c', 'sess:d'];
   // Both pooled connections made (two requests at once), the rows there.
   await Promise.all([set(up, 'warm:1', 'x'), up.store({ mode: 'add', key: 'warm:2', value: b('x'), flags: 0, deadline: 0 })]);

@@ -14,7 +14,7 @@ import type { StoreResult } from '../../src/upstream/upstream';
 import { b, codeOf, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
 import { connectMysqlUrl } from './targets/mysql';
-import { type MysqlRig, lockRows, mysqlRig as rig, q } from './targets/mysql-rig';
+import { type MysqlRig, appUser, lockRows, mysqlRig as rig, q } from './targets/mysql-rig';
 
 const outcome = (p: Promise<unknown>): Promise<string> =>
   p.then(
@@ -122,12 +122,7 @@ test('at max_connections with every pooled connection stuck, a timed-out stateme
   if (!r) return;
   const LATE_SETTLE_MS = 1000; // src/router/repair.ts
   const HOLD_MS = 700;
-  await q(r.admin, "CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'apppw'");
-  await q(r.admin, "GRANT ALL ON mcmux.* TO 'app'@'127.0.0.1'");
-  const u = new URL(r.db.url);
-  u.username = 'app';
-  u.password = 'apppw';
-  const up = r.open(u.href, { table: 'h9_maxconn', timeout: '1000', connections: '2' });
+  const up = r.open(await appUser(r), { table: 'h9_maxconn', timeout: '1000', connections: '2' });
   // Two batches, one a pooled connection, each on rows locked one after another.
   const batches = [['sess:a', 'sess:b', 'sess:c', 'sess:d'], ['sess:e', 'sess:f', 'sess:g', 'sess:h']];
   await Promise.all([set(up, 'warm:1', 'x'), up.store({ mode: 'add', key: 'warm:2', value: b('x'), flags: 0, deadline: 0 })]);

@@ -21,17 +21,9 @@ import { connectWire } from '../helpers/wire';
 import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
 import { connectMysqlUrl } from './targets/mysql';
-import { type MysqlRig, batchBehindLocks, ctx, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
+import { type MysqlRig, appUser, batchBehindLocks, ctx, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
 
 const DAY = 24 * 3600 * 1000;
-
-/** The URL of the test server for another user (same host, port and database). */
-function asUser(url: string, user: string, password: string): string {
-  const u = new URL(url);
-  u.username = user;
-  u.password = password;
-  return u.href;
-}
 
 // ---------------------------------------------------------------------------------------------
 // FINDING: every request runs `CREATE TABLE IF NOT EXISTS` until it once succeeds
@@ -57,9 +49,7 @@ test('a least-privilege user (SELECT, INSERT, UPDATE, DELETE on the existing tab
   if (!r) return;
   const owner = r.open(r.db.url, { table: 'rv_priv' });
   await set(owner, 'sess:1', 'alice');
-  await q(r.admin, "CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'apppw'");
-  await q(r.admin, "GRANT SELECT, INSERT, UPDATE, DELETE ON mcmux.rv_priv TO 'app'@'127.0.0.1'");
-  const app = r.open(asUser(r.db.url, 'app', 'apppw'), { table: 'rv_priv' });
+  const app = r.open(await appUser(r, 'SELECT, INSERT, UPDATE, DELETE ON mcmux.rv_priv'), { table: 'rv_priv' });
   const got = await getOne(app, 'sess:1').then(
     (h) => h?.value.toString(),
     (err: unknown) => `rejected: ${String(err)}`,
@@ -78,9 +68,8 @@ test('read_only=ON: a freshly started upstream still serves reads; writes are re
   const owner = r.open(r.db.url, { table: 'rv_ro' });
   await set(owner, 'sess:1', 'alice');
   // A non-SUPER account with every privilege on the database (it could create the table).
-  await q(r.admin, "CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'apppw'");
-  await q(r.admin, "GRANT ALL ON mcmux.* TO 'app'@'127.0.0.1'");
-  const warm = r.open(asUser(r.db.url, 'app', 'apppw'), { table: 'rv_ro' });
+  const appUrl = await appUser(r);
+  const warm = r.open(appUrl, { table: 'rv_ro' });
   assert.equal((await getOne(warm, 'sess:1'))?.value.toString(), 'alice', 'warm: its table is made');
   await q(r.admin, 'SET GLOBAL read_only = 1');
   t.after(() => q(r.admin, 'SET GLOBAL read_only = 0').then(() => {}, () => {}));
@@ -97,7 +86,7 @@ test('read_only=ON: a freshly started upstream still serves reads; writes are re
   assert.equal(String((await q(r.admin, "SELECT `value` FROM rv_ro WHERE `key` = 'sess:1'"))[0]?.value), 'alice', 'and was not applied');
 
   // The finding: an mcmux started (or restarted) while the database is read-only.
-  const fresh = r.open(asUser(r.db.url, 'app', 'apppw'), { table: 'rv_ro' });
+  const fresh = r.open(appUrl, { table: 'rv_ro' });
   const got = await getOne(fresh, 'sess:1').then(
     (h) => h?.value.toString(),
     (err: unknown) => `rejected: ${String(err)}`,
@@ -240,8 +229,7 @@ test('holds: max_connections reached: requests fail unsent, and the pool recover
   if (!r) return;
   const owner = r.open(r.db.url, { table: 'rv_maxconn' });
   await set(owner, 'sess:1', 'alice');
-  await q(r.admin, "CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'apppw'");
-  await q(r.admin, "GRANT ALL ON mcmux.* TO 'app'@'127.0.0.1'");
+  const appUrl = await appUser(r);
   // max_connections is at least 10: fill the server up to it with idle connections.
   const before = Number((await q(r.admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
   await q(r.admin, 'SET GLOBAL max_connections = 10');
@@ -255,7 +243,7 @@ test('holds: max_connections reached: requests fail unsent, and the pool recover
     if (connected >= 10) break;
     fillers.push(await connectMysqlUrl(r.db.url));
   }
-  const app = r.open(asUser(r.db.url, 'app', 'apppw'), { table: 'rv_maxconn', connections: '2' });
+  const app = r.open(appUrl, { table: 'rv_maxconn', connections: '2' });
   const attempts = await Promise.allSettled([
     ...Array.from({ length: 6 }, () => getOne(app, 'sess:1')),
     ...Array.from({ length: 6 }, (_, i) => app.store({ mode: 'add', key: `sess:new${i}`, value: b('x'), flags: 0, deadline: 0 })),

@@ -112,3 +112,16 @@ export async function batchBehindLocks(admin: Connection, up: Upstream, table: s
   await eventually('the INSERT ended on the server', async () => !(await inserting()));
   return { stillThere };
 }
+
+/**
+ * A new account of the test server, 'app' (password 'apppw'), granted `grant` (by default every
+ * privilege on the database, and nothing global: no SUPER, no CONNECTION ADMIN); its URL.
+ */
+export async function appUser(r: MysqlRig, grant = 'ALL ON mcmux.*'): Promise<string> {
+  await q(r.admin, "CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'apppw'");
+  await q(r.admin, `GRANT ${grant} TO 'app'@'127.0.0.1'`);
+  const u = new URL(r.db.url);
+  u.username = 'app';
+  u.password = 'apppw';
+  return u.href;
+}
