@@ -136,3 +136,16 @@ export async function lockThenFailoverWhileDown(t: TestContext, stateDir: string
   vip.retarget(replica.port);
   return upstreams;
 }
+
+/**
+ * The next mcmux process over `upstreams` (journal.log in `stateDir`, Redis first), once its
+ * marker check of the Redis has answered; `w`: a client connection to it, closed after the test.
+ */
+export async function nextProcess(t: TestContext, stateDir: string, upstreams: readonly string[]) {
+  const app = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, [...upstreams]);
+  const redis = app.upstreams[0] as HealthyUpstream;
+  await app.coldDetector.check(redis);
+  const w = await connectWire(app.address.port);
+  t.after(() => w.close());
+  return { app, redis, w };
+}

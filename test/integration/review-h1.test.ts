@@ -13,7 +13,7 @@ import { Redis } from 'ioredis';
 import type { HealthyUpstream } from '../../src/router/health';
 import { inProcessMcmux, reloadTo } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
-import { lockThenFailoverWhileDown } from '../helpers/redis-failover';
+import { lockThenFailoverWhileDown, nextProcess } from '../helpers/redis-failover';
 import { requireBinary } from '../helpers/servers';
 import { sqliteUrl } from '../helpers/sqlite-fixture';
 import { connectWire } from '../helpers/wire';
@@ -121,9 +121,7 @@ describe('review-h1 15428d9: a replication id that changes with no restart nor f
     await eventually('the master took a new replication id', async () => (await replid()) !== id1, 15_000);
     assert.equal(await runId(), run1, 'the same server process');
 
-    const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-    const redis2 = app2.upstreams[0] as HealthyUpstream;
-    await app2.coldDetector.check(redis2);
+    const { redis: redis2 } = await nextProcess(t, stateDir, upstreams);
     assert.equal(redis2.cameBackEmpty, false, 'THE SAME REDIS, EVERY WRITE KEPT, TAKEN FOR ANOTHER SERVER');
   });
 
@@ -146,9 +144,7 @@ describe('review-h1 15428d9: a replication id that changes with no restart nor f
       assert.match(text, newLine);
       // As the version before wrote it: the replication id alone (`other`: another one).
       writeFileSync(journal, text.replace(newLine, (_, head: string, id: string) => `${head}${other ? Buffer.from('f'.repeat(40)).toString('hex') : id}`));
-      const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-      const redis2 = app2.upstreams[0] as HealthyUpstream;
-      await app2.coldDetector.check(redis2);
+      const { app: app2, redis: redis2 } = await nextProcess(t, stateDir, upstreams);
       assert.equal(redis2.cameBackEmpty, other, other ? 'another replication id: another server' : 'THE SAME REPLICATION ID TAKEN FOR ANOTHER SERVER');
       await eventually('the id on file names the run_id', () => newLine.test(readFileSync(journal, 'latin1')), 15_000);
       await app2.close();
@@ -168,11 +164,7 @@ describe('review-h1 15428d9: a replication id that changes with no restart nor f
     t.after(() => r.disconnect());
     await eventually('the promoted replica freed its backlog', async () => /^master_replid2:0{40}\r?$/m.test(await r.info('replication')), 15_000);
     assert.match(await r.info('replication'), /^role:master\r?$/m);
-    const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-    const w2 = await connectWire(app2.address.port);
-    t.after(() => w2.close());
-    const redis2 = app2.upstreams[0] as HealthyUpstream;
-    await app2.coldDetector.check(redis2);
+    const { redis: redis2, w: w2 } = await nextProcess(t, stateDir, upstreams);
     assert.equal(redis2.cameBackEmpty, true, 'the promoted replica taken for the master');
     assert.notEqual(await w2.ask('add lock.sid 0 0 1\r\n2\r\n'), 'STORED\r\n', 'LOCK GRANTED TWICE: the promoted replica, which never got it, decided');
   });
@@ -203,9 +195,7 @@ describe('review-h1 15428d9: a replication id that changes with no restart nor f
     assert.notEqual(run2, run1, 'a new process');
     assert.equal(await admin.exists('lock.sid'), 1, 'it loaded its data');
 
-    const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-    const redis2 = app2.upstreams[0] as HealthyUpstream;
-    await app2.coldDetector.check(redis2);
+    const { redis: redis2 } = await nextProcess(t, stateDir, upstreams);
     assert.equal(redis2.cameBackEmpty, true, 'A RESTART TAKEN FOR THE SAME SERVER');
   });
 
@@ -270,11 +260,7 @@ async function demotedResyncedPromoted(t: TestContext, freed: boolean): Promise<
   if (freed) await eventually('a freed its backlog', async () => /^master_replid2:0{40}\r?$/m.test(await ca.info('replication')), 15_000);
   else assert.doesNotMatch(info, /^master_replid2:0{40}\r?$/m, 'it names the master it followed');
 
-  const app2 = await inProcessMcmux({ 'probe-interval': '50', 'state-dir': stateDir }, upstreams);
-  const w2 = await connectWire(app2.address.port);
-  t.after(() => w2.close());
-  const redis2 = app2.upstreams[0] as HealthyUpstream;
-  await app2.coldDetector.check(redis2);
+  const { redis: redis2, w: w2 } = await nextProcess(t, stateDir, upstreams);
   t.diagnostic(`redis fenced: ${redis2.fenced}, came back empty: ${redis2.cameBackEmpty}`);
   assert.notEqual(await w2.ask('add lock.sid 0 0 1\r\n2\r\n'), 'STORED\r\n', 'LOCK GRANTED TWICE: a redis resynced from a master without the lock decided');
   assert.equal(redis2.cameBackEmpty, true);
