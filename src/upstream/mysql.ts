@@ -1268,6 +1268,17 @@ export class MysqlUpstream implements Upstream {
   private async connectKiller(): Promise<Connection> {
     const c = await createConnection(this.connectionOptions());
     c.on('error', ignore); // an idle connection the server closed: the KILL sent on it fails and goes on a new one
+    // Closed while kept (the server restarted, anything in between cut it): no longer kept, so
+    // that the pool's next new connection (prepare) makes another while the server has room, not
+    // the next KILL, at max_connections (review-h11 finding 1).
+    const lost = (): void => {
+      const k = this.killer;
+      k?.then((kept) => {
+        if (kept === c && this.killer === k) this.killer = undefined;
+      }, ignore);
+    };
+    c.once('end', lost);
+    c.once('error', lost);
     try {
       // Kept idle for as long as the server allows (a year): its wait_timeout (8 h by default)
       // would close it after a night without a timeout, and a new one may then be refused.
