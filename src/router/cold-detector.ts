@@ -159,6 +159,14 @@ export class ColdDetector {
   private gen = 0;
   private readonly late = new Map<string, Map<number, number | undefined>>();
   /**
+   * The generation of the marker last acknowledged in each store, by its identity (storeKey), as
+   * lastSet's by driver: a reload that rebuilt the store's driver keeps the floor. Else the new
+   * driver's first check took an older marker of this process (a store restored to a copy taken
+   * under this process while it was down) for one kept, and lifted the reload's precaution
+   * (review-h11 finding 1).
+   */
+  private readonly floors = new Map<string, number>();
+  /**
    * Per store, the markers of other processes (pid: the highest generation) it held before this
    * process's own marker was acknowledged there, or while this process waited for what a crashed
    * one sent to land (startAfter). A marker of one of them no newer than that, found once this
@@ -551,6 +559,7 @@ export class ColdDetector {
     }
     for (const s of [u.inner, ...this.storesOf(u, false)]) {
       this.lastSet.delete(s);
+      this.floors.delete(storeKey(u, s));
       // Not `late`: a marker write that timed out before the flush may still land after it, and
       // after the marker written since (review-h9 finding 1).
       this.found.delete(s);
@@ -755,7 +764,7 @@ export class ColdDetector {
     let hit;
     // Taken before the read: a marker write acknowledged while it is out (another connection, a
     // pooled database) may not be in what it reads.
-    const floor = this.lastSet.get(store)?.gen ?? 0;
+    const floor = Math.max(this.lastSet.get(store)?.gen ?? 0, this.floors.get(storeKey(u, store)) ?? 0);
     const settling = this.settling;
     try {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
@@ -781,7 +790,8 @@ export class ColdDetector {
     const seenAt = late?.get(gen);
     const excused = late?.has(gen) === true && (seenAt === undefined || floor <= seenAt);
     if (late?.has(gen) === true && seenAt === undefined) late.set(gen, this.gen);
-    let rolledBack = writer === this.self && wrote !== undefined && gen < floor && !excused;
+    // floor > 0: a marker of this process was acknowledged there (by this driver, or by the one a reload retired).
+    let rolledBack = writer === this.self && floor > 0 && gen < floor && !excused;
     if (writer !== undefined && writer !== this.self) {
       let seen = this.earlier.get(store);
       if (wrote === undefined || settling) {
@@ -865,6 +875,7 @@ export class ColdDetector {
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
           this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen, deadline: wall + MARKER_TTL_MS });
+          this.floors.set(storeKey(u, store), gen);
           if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
         } catch (err) {
           landed = false;
