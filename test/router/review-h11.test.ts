@@ -40,7 +40,7 @@ function setup() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// FINDING 1: the rollback floor (lastSet: the generation of the marker last acknowledged there)
+// FINDING 1 (fixed): the rollback floor (lastSet: the generation of the marker last acknowledged there)
 // is kept per driver object, though `late` follows the store's identity (d1085c9). A reload that
 // rebuilds the upstream (its options or the global timeout changed, often because the store was
 // timing out, or down) starts the new driver with no floor: its first check finds this process's
@@ -50,10 +50,11 @@ function setup() {
 // backup while the operator also changed mcmux's options) is not seen to have gone back: every
 // session destroyed or overwritten since the copy is served as it was (a logged-out user logged
 // in again, a lock released and granted again).
+// Fixed: the floor is kept by the store's identity too (ColdDetector.floors).
 // ---------------------------------------------------------------------------------------------
 
 describe('a store restored to an older copy across a reload that rebuilt its upstream (review-h11 finding 1)', () => {
-  it('found by the rebuilt driver: a rollback', { todo: 'finding 1: the floor is kept per driver: the rebuilt one has none' }, async () => {
+  it('found by the rebuilt driver: a rollback', async () => {
     const s = setup();
     await s.detector.checkAll();
     const copy = await s.current(); // a backup taken now holds it
