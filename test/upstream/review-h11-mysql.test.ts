@@ -89,3 +89,33 @@ test('after a server restart, at max_connections with every pooled connection st
   t.diagnostic(`values once everything settled: ${JSON.stringify(values)}`);
   assert.equal(stillThere, 0, 'timed-out batches still running on the server after the late window (they commit later)');
 });
+
+// ---------------------------------------------------------------------------------------------
+// FINDING 2 (documented since a0b0fc1, "one more" in README; an upgrade regression): the kill
+// connection, made with the pool's first connection and kept, counts against the account's
+// MAX_USER_CONNECTIONS (max_user_connections) like any. An account sized to `connections` (or,
+// shared by a fleet of mcmux sidecars, to their sum), as the docs before a0b0fc1 asked, now
+// refuses the pool its last connection whenever the load needs them all: the request waiting for
+// it fails (ER_TOO_MANY_USER_CONNECTIONS) instead of queueing for a connection, again at each
+// peak: session writes journaled for repair, reads passed to the next store.
+// ---------------------------------------------------------------------------------------------
+
+test('an account limited to `connections` connections serves `connections` requests at once', { timeout: 60_000, todo: 'finding 2: the kept kill connection takes one of the account\'s connections' }, async (t) => {
+  const r = await rig(t);
+  if (!r) return;
+  await q(r.admin, "CREATE USER 'lim'@'127.0.0.1' IDENTIFIED BY 'limpw' WITH MAX_USER_CONNECTIONS 2");
+  await q(r.admin, "GRANT ALL ON mcmux.* TO 'lim'@'127.0.0.1'");
+  const u = new URL(r.db.url);
+  u.username = 'lim';
+  u.password = 'limpw';
+  const up = r.open(u.href, { table: 'h11_userlimit', timeout: '1000', connections: '2' });
+  await set(up, 'warm:1', 'x'); // the pool's first connection (and, since a0b0fc1, the kill connection)
+  await new Promise((res) => setTimeout(res, 200));
+  const outcomes: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    // Two at once, on two pooled connections (an add is not batched).
+    const two = await Promise.allSettled([0, 1].map((j) => up.store({ mode: 'add', key: `lock:${i}:${j}`, value: b('1'), flags: 0, deadline: 0 })));
+    outcomes.push(...two.map((s) => (s.status === 'fulfilled' ? s.value.status : codeOf(s.reason))));
+  }
+  assert.deepEqual(outcomes, outcomes.map(() => 'STORED'), 'a request refused for want of a connection the kill connection holds');
+});
