@@ -1221,22 +1221,39 @@ export class MysqlUpstream implements Upstream {
           drop(k);
           return this.killPooled(threadId, epoch);
         }
+        let silent: NodeJS.Timeout | undefined;
         try {
-          if (!this.killersObserved.has(c)) {
-            // Before its first KILL, a new connection like any: it tells whether the server
-            // restarted (observeServer: the epoch moves, and the thread id is skipped below).
-            const seen = { serverId: this.serverId, maxUnique: this.maxUnique, epoch: this.epoch };
-            const [rows] = await c.query<RowDataPacket[]>('SELECT UUID_SHORT() AS u');
-            this.observeServer(BigInt(String(rows[0]?.u)), seen);
-            this.killersObserved.add(c);
-          }
-          if (epoch !== this.epoch || this.closed) return;
-          await c.query(`KILL QUERY ${Math.trunc(threadId)}`);
+          const send = async (): Promise<void> => {
+            if (!this.killersObserved.has(c)) {
+              // Before its first KILL, a new connection like any: it tells whether the server
+              // restarted (observeServer: the epoch moves, and the thread id is skipped below).
+              const seen = { serverId: this.serverId, maxUnique: this.maxUnique, epoch: this.epoch };
+              const [rows] = await c.query<RowDataPacket[]>('SELECT UUID_SHORT() AS u');
+              this.observeServer(BigInt(String(rows[0]?.u)), seen);
+              this.killersObserved.add(c);
+            }
+            if (epoch !== this.epoch || this.closed) return;
+            await c.query(`KILL QUERY ${Math.trunc(threadId)}`);
+          };
+          // A kept connection, idle since it was made, may be dead without a word (a flow that an
+          // idle timeout in between forgot silently): half the bound for its answer, the rest for
+          // the KILL again on a new one (review-h11 finding 3). A KILL sent twice is harmless: the
+          // thread's connection was cut, it runs nothing after the statement killed.
+          await (kept && attempt === 0
+            ? Promise.race([
+                send(),
+                new Promise<never>((_, reject) => {
+                  silent = setTimeout(() => reject(new Error('no answer on the kept kill connection')), this.timeoutMs / 2);
+                }),
+              ])
+            : send());
           return;
         } catch (err) {
           if ((err as DriverError).errno === ER_NO_SUCH_THREAD) return; // the statement had ended
           drop(k);
           if (attempt > 0 || !kept || isServerError(err) || this.closed) return;
+        } finally {
+          clearTimeout(silent);
         }
       }
     };
