@@ -132,8 +132,8 @@ export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
   readonly key = markerKey();
   // Per-store and per-upstream state is kept in weak maps and sets (every one but `retries`, whose
-  // timers stop() clears, and `late` and `floors`, kept by the store's identity, one per store configured): an
-  // upstream a reload retired, and its driver, are not held here.
+  // timers stop() clears, and `late` and `floors`, kept by the store's identity, one per store
+  // configured): an upstream a reload retired, and its driver, are not held here.
 
   /**
    * When this process last wrote each store's marker (monotonic ms), the fence end it told of

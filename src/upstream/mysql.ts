@@ -1029,7 +1029,7 @@ export class MysqlUpstream implements Upstream {
       // is above them all unless the server restarted (observeServer).
       const seen = { serverId: this.serverId, maxUnique: this.maxUnique, epoch: this.epoch };
       const sent = Date.now();
-      const [rows] = await c.query<RowDataPacket[]>('SELECT @@session.max_allowed_packet AS m, UUID_SHORT() AS u, UNIX_TIMESTAMP() AS s');
+      const [rows] = await c.query<RowDataPacket[]>('SELECT @@session.max_allowed_packet AS m, UUID_SHORT() AS u, UNIX_TIMESTAMP() AS s, @@session.max_user_connections AS uc');
       this.observeServer(BigInt(String(rows[0]?.u)), seen);
       this.observeClock(Number(rows[0]?.s), sent, Date.now());
       const packet = Number(rows[0]?.m);
@@ -1043,8 +1043,12 @@ export class MysqlUpstream implements Upstream {
       this.prepared.add(core);
       // The kill connection, made now, while the server has room: at max_connections (the
       // overload that makes statements time out) it could not be, nor a pooled one be free for
-      // the KILL (review-h9 finding 2).
-      if (this.killer === undefined && !this.closed) {
+      // the KILL (review-h9 finding 2). Not for an account with a connection limit of its own
+      // (MAX_USER_CONNECTIONS, or a global max_user_connections: the session value says which),
+      // which may be sized to `connections`: kept, it would refuse the pool its last connection
+      // at every peak (review-h11 finding 2); there it is made on first need, as before.
+      const accountLimited = Number(rows[0]?.uc) > 0;
+      if (this.killer === undefined && !this.closed && !accountLimited) {
         const k = (this.killer = this.connectKiller());
         k.catch(() => {
           if (this.killer === k) this.killer = undefined;
