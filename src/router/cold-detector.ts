@@ -790,7 +790,8 @@ export class ColdDetector {
     const seenAt = late?.get(gen);
     const excused = late?.has(gen) === true && (seenAt === undefined || floor <= seenAt);
     if (late?.has(gen) === true && seenAt === undefined) late.set(gen, this.gen);
-    // floor > 0: a marker of this process was acknowledged there (by this driver, or by the one a reload retired).
+    // floor > 0: a marker of this process was acknowledged there (by this driver, or by the one a
+    // reload retired).
     let rolledBack = writer === this.self && floor > 0 && gen < floor && !excused;
     if (writer !== undefined && writer !== this.self) {
       let seen = this.earlier.get(store);
