@@ -349,7 +349,7 @@ export class MysqlUpstream implements Upstream {
    * (else 0): deadlines are kept, and compared, in the server's time (see observeClock).
    */
   private clockOffset = 0;
-  /** A connection of its own for KILL QUERY (the pool may have none free), made with the pool's first (prepare). */
+  /** A connection of its own for KILL QUERY (the pool may have none free), made with the pool's first (prepare), or on first need. */
   private killer: Promise<Connection> | undefined;
   /** Kill connections that have told whether the server restarted since (observeServer), before their first KILL. */
   private readonly killersObserved = new WeakSet<Connection>();
@@ -1195,13 +1195,14 @@ export class MysqlUpstream implements Upstream {
    * client goes: one waiting for row locks held one after the other (innodb_lock_wait_timeout
    * bounds each wait, not the statement) would go on and commit after the router's late window,
    * over the writes and the repair made since. Sent on a connection of its own (the pool may
-   * have none free), made with the pool's first connection (prepare) and kept, or, when that is
-   * gone and a new one cannot be made (the server at max_connections), on the pool's first free
-   * one; skipped when the server restarted since the
-   * request was sent (its thread id may be another client's now). Bounded by the timeout. A kept
-   * connection may have been closed while idle (the server's wait_timeout, a proxy reset in
-   * between): a KILL that fails on one made before, with no answer from the server, drops it and
-   * is sent once more on a new one; any other failure is ignored and drops that connection.
+   * have none free), made with the pool's first connection (prepare; on first need for an account
+   * with a connection limit) and kept, or, when that is gone and a new one cannot be made (the
+   * server at max_connections), on the pool's first free one; skipped when the server restarted
+   * since the request was sent (its thread id may be another client's now). Bounded by the
+   * timeout. A kept connection may have been closed while idle (a proxy reset, an idle timeout in
+   * between): a KILL that fails on one made before, with no answer from the server or none within
+   * half the timeout, drops it and is sent once more on a new one; any other failure is ignored
+   * and drops that connection.
    */
   private killQuery(threadId: number, epoch: number): void {
     if (this.closed) return;
