@@ -322,7 +322,7 @@ import pino from 'pino';
 import { setMonotonicClock } from '../../src/clock';
 import { type ArithOp, type Command, type Reply, applyArith } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
-import { ColdDetector } from '../../src/router/cold-detector';
+import { ColdDetector, markerKey } from '../../src/router/cold-detector';
 import type { WriteWait } from '../../src/router/context';
 import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
@@ -372,6 +372,16 @@ const POOL_EJECT_SHARE = Number(process.env.MCMUX_FUZZ_POOL_EJECT ?? 0);
  * stale read: each ring move distrusts the pool (ColdDetector.ringMoved).
  */
 const POOL_GHOSTS = process.env.MCMUX_FUZZ_POOL_GHOSTS === '1';
+/**
+ * The share of seeds in which a store goes back in time: restored to a snapshot of it taken
+ * earlier in the run (MCMUX_FUZZ_ROLLBACK=1: every seed; default none). Drawn from a generator of
+ * its own: a seed without it runs as before the mode was. See World.restore.
+ */
+const ROLLBACK_SHARE = Number(process.env.MCMUX_FUZZ_ROLLBACK ?? 0);
+/** How many snapshots of each store are kept (the oldest dropped). */
+const SNAPSHOTS_KEPT = 4;
+/** A marker not fencing: `<pid> <generation> <nonce>` (cold-detector.ts PID_GEN). */
+const MARKER_PID_GEN = /^(\d{1,10}) (\d{1,15}) ([0-9a-f]{1,32})$/;
 /** The pool's servers as its URL would list them: ketama places the keys over them (World's constructor: s0 s3 l0 c1 on the first, s1 s2 l1 c0 on the second). */
 const POOL_RING = [
   { host: '10.0.0.1', port: 11211, weight: 1 },
@@ -434,6 +444,8 @@ interface Req {
   applied: boolean;
   /** Refused (a glitch): its failure, not yet answered, will journal the key. */
   refused?: boolean;
+  /** MCMUX_FUZZ_ROLLBACK: sent to a restored store before a marker check judged it, and it reads: refused when applied. */
+  inWindow?: boolean;
   result: Promise<unknown> | undefined;
   readonly resolve: (v: unknown) => void;
   readonly reject: (e: unknown) => void;
@@ -458,8 +470,39 @@ class SchedUpstream extends FakeUpstream {
   readonly lanes = new Map<string, Req[]>();
   /** Keys it lost in a restart and has not been written since: mcmux believes it holds them. */
   readonly lost = new Set<string>();
+  /**
+   * MCMUX_FUZZ_ROLLBACK: keys whose state it holds is older than the current one, restored from a
+   * snapshot (World.restore) and not written since: mcmux must not take them from it once the
+   * marker check has judged it (the rules of `lost` apply to them too: no other store faults
+   * meanwhile).
+   */
+  readonly stale = new Set<string>();
+  /** Snapshots of its whole contents (the marker too), oldest first. */
+  readonly snapshots: Snapshot[] = [];
+  /**
+   * Restored, and no marker check that read it since has been judged (World.watchDetector): the
+   * README's hole ("a read in between may serve what it holds"). A request sent to it meanwhile
+   * that reads (a get, a touch, a conditional command) is refused when applied (see send).
+   */
+  rbWindow: { at: number } | undefined;
+  /**
+   * Per mcmux process: the generation of its last `<pid> <gen> <nonce>` marker write acknowledged
+   * here since its detector last forgot the store (ColdDetector.flushed), and every generation
+   * acknowledged.
+   */
+  readonly markerAcked = new Map<number, number>();
+  readonly markerOk = new Set<string>();
+  /** Per mcmux process: some marker write of it (a `fenced until` too) was acknowledged here since its detector last forgot the store. */
+  readonly markerWrote = new Set<number>();
+  /**
+   * Per mcmux process: the markers of other processes (writer process -> highest generation) its
+   * marker checks read here before its own marker was acknowledged (or while it started).
+   */
+  readonly foreignSeen = new Map<number, Map<number, number>>();
   /** A request timed out since it last (re)connected: the next connection is a reconnect. */
   timedOut = false;
+  /** The current fault is a restore to a snapshot (World.restore). */
+  restoring = false;
   /** Its journal overflowed (logged once per overflow). */
   overflowed = false;
   healthy!: HealthyUpstream;
@@ -498,7 +541,7 @@ class SchedUpstream extends FakeUpstream {
     // A process that was stopped or killed sends nothing more (its timers may still fire).
     if (gen !== this.world.gen) return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: the mcmux process ${gen} is gone`));
     if (this.state === 'down') return Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: connection refused (injected)`));
-    return new Promise<R>((resolve, reject) => {
+    const p = new Promise<R>((resolve, reject) => {
       // One connection for every key (memcached's default), or one per key (connections > 1:
       // requests of different keys, a multi-get and a write of its second key too, in any order).
       const lane = this.world.cfg.oneConnection ? '' : key;
@@ -507,18 +550,23 @@ class SchedUpstream extends FakeUpstream {
         id: ++this.world.reqSeq, gen, up: this, lane, key, what, op, write, sentAt: this.world.clock, apply, byRepair, timeoutAt: Date.now() + this.timeoutMs,
         applied: false, result: undefined, resolve: resolve as (v: unknown) => void, reject, timer: undefined,
       };
+      // Restored to a snapshot, not yet judged by a marker check: what reads what it holds (the
+      // README's hole: "a read in between may serve what it holds") is refused (World.restore).
+      if (this.rbWindow !== undefined && key !== this.world.markerKey && (op === 'get' || op === 'touch' || op === 'arith' || (op === 'store' && !what.startsWith('set ')))) req.inWindow = true;
       req.timer = setTimeout(() => this.world.expire(req), this.timeoutMs);
       let l = this.lanes.get(lane);
       if (!l) this.lanes.set(lane, (l = []));
       l.push(req);
     });
+    if (this.world.rollback && key === this.world.markerKey) this.world.markerSeen(this, op, what, gen, p);
+    return p;
   }
 
   // Uniques per key (cfg.keyUniques): the n-th item of a key is unique n, as a store that numbers
   // each key on its own would; two stores that missed a different number of writes of the key
   // are a step apart. The MemoryUpstream's own (global, as memcached's) uniques are mapped.
-  private readonly versions = new Map<string, Map<bigint, bigint>>();
-  private readonly innerCas = new Map<string, Map<bigint, bigint>>();
+  readonly versions = new Map<string, Map<bigint, bigint>>();
+  readonly innerCas = new Map<string, Map<bigint, bigint>>();
   /** A new item of `key` with the store's unique `cas`: its unique as this store shows it. */
   private made(key: string, cas: bigint | undefined): bigint | undefined {
     if (!this.world.cfg.keyUniques || cas === undefined) return cas;
@@ -538,6 +586,38 @@ class SchedUpstream extends FakeUpstream {
   forgetUniques(): void {
     this.versions.clear();
     this.innerCas.clear();
+  }
+
+  /** MCMUX_FUZZ_ROLLBACK: a copy of everything the store holds now (its uniques' counters too). */
+  takeSnapshot(at: number, vt: number, gen: number): Snapshot {
+    const m = this.inner as unknown as { items: Map<string, { value: Buffer; flags: number; cas: bigint; deadline: number }>; bytes: number; nextCas: bigint };
+    const items = new Map([...m.items].map(([k, e]) => [k, { ...e, value: Buffer.from(e.value) }]));
+    const copy = (x: Map<string, Map<bigint, bigint>>): Map<string, Map<bigint, bigint>> => new Map([...x].map(([k, v]) => [k, new Map(v)]));
+    const marker = items.get(this.world.markerKey);
+    return {
+      at, vt, gen, items, bytes: m.bytes, nextCas: m.nextCas, versions: copy(this.versions), innerCas: copy(this.innerCas),
+      marker: marker === undefined || (marker.deadline !== 0 && marker.deadline <= Date.now()) ? undefined : marker.value.toString('latin1'),
+    };
+  }
+
+  /** MCMUX_FUZZ_ROLLBACK: the store holds what `s` held, and nothing else (a restore from a backup). */
+  restoreSnapshot(s: Snapshot): void {
+    const m = this.inner as unknown as { items: Map<string, { value: Buffer; flags: number; cas: bigint; deadline: number }>; bytes: number; nextCas: bigint };
+    m.items.clear();
+    for (const [k, e] of s.items) m.items.set(k, { ...e, value: Buffer.from(e.value) });
+    m.bytes = s.bytes;
+    m.nextCas = s.nextCas;
+    this.versions.clear();
+    this.innerCas.clear();
+    for (const [k, v] of s.versions) this.versions.set(k, new Map(v));
+    for (const [k, v] of s.innerCas) this.innerCas.set(k, new Map(v));
+  }
+
+  /** What it holds of `key` now (value, flags, deadline), or undefined: absent or expired. */
+  entryOf(key: string): string | undefined {
+    const e = (this.inner as unknown as { items: Map<string, { value: Buffer; flags: number; deadline: number }> }).items.get(key);
+    if (e === undefined || (e.deadline !== 0 && e.deadline <= Date.now())) return undefined;
+    return `${e.value.toString('latin1')} ${e.flags} ${e.deadline}`;
   }
 
   override get(keys: readonly string[], touch?: number) {
@@ -721,6 +801,21 @@ interface Ghost {
   readonly kind: 'return' | 'takeover';
 }
 
+/** MCMUX_FUZZ_ROLLBACK: a store's whole contents at one moment (World.snapshot). */
+interface Snapshot {
+  /** World.clock and virtual ms when taken, and the mcmux process running then. */
+  readonly at: number;
+  readonly vt: number;
+  readonly gen: number;
+  readonly items: Map<string, { value: Buffer; flags: number; cas: bigint; deadline: number }>;
+  readonly bytes: number;
+  readonly nextCas: bigint;
+  readonly versions: Map<string, Map<bigint, bigint>>;
+  readonly innerCas: Map<string, Map<bigint, bigint>>;
+  /** The marker it holds (undefined: none). */
+  readonly marker: string | undefined;
+}
+
 interface Config {
   readonly n: number;
   readonly writeWait: WriteWait;
@@ -755,7 +850,7 @@ class World {
   readonly rng: () => number;
   /** A fourth generator, for the initial values (a seed without them runs as before they were). */
   private readonly rngInitial: () => number;
-  readonly cfg: Config;
+  cfg: Config;
   clock = 0;
   reqSeq = 0;
   opSeq = 0;
@@ -799,6 +894,14 @@ class World {
   relearntAt = -1;
   /** The cas uniques the client was handed, by key, oldest first. */
   readonly tokens = new Map<string, Token[]>();
+  /** MCMUX_FUZZ_ROLLBACK: stores go back in time now and then (snapshot, restore). */
+  readonly rollback: boolean = false;
+  /** A store to restore at the first step the rules allow (see restore). */
+  restoreDue: SchedUpstream | undefined;
+  /** The cold detector's marker key (the same for every process of this host). */
+  readonly markerKey = markerKey();
+  /** Each process's marker nonce -> the process (World.gen). */
+  readonly nonces = new Map<string, number>();
 
   constructor(
     readonly seed: number,
@@ -837,6 +940,11 @@ class World {
       this.eject = true;
       this.memberDownAfter = 1 + Math.floor(p() * 3);
     }
+    // A sixth generator: a seed without rollbacks runs as before the mode was. A seed with them
+    // runs three times as many operations: the marker is written every 2 s, and a restore the
+    // detector can tell needs a snapshot older than the last marker write acknowledged.
+    this.rollback = mulberry32(seed ^ 0x27d4eb2f)() < ROLLBACK_SHARE;
+    if (this.rollback) this.cfg = { ...this.cfg, ops: this.cfg.ops * 3 };
     if (this.poolAt < 0) {
       this.ups = Array.from({ length: n }, (_, i) => new SchedUpstream(`up${i}`, this, this.cfg.caches ? 'memcached' : undefined));
       this.ups.forEach((u, i) => (u.chainAt = i));
@@ -874,6 +982,7 @@ class World {
     this.journal = journal;
     const detector = new ColdDetector(() => this.chain, this.cfg.lockFenceMs, silent, journal);
     this.detector = detector;
+    if (this.rollback) this.watchDetector(detector, gen);
     const chain: HealthyUpstream[] = [];
     for (let i = 0; i < this.cfg.n; i++) {
       if (i === this.poolAt) {
@@ -1095,6 +1204,10 @@ class World {
     const req = lane.find((r) => !r.applied);
     if (!req) return;
     req.applied = true;
+    if (req.inWindow) {
+      refuse = true;
+      this.note(logKeys(req), `${u.name} ${req.what}: refused (sent before a marker check judged the restored store)`);
+    }
     if (refuse) {
       req.refused = true;
       req.result = Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_REFUSED, `${u.name}: SERVER_ERROR out of memory (injected)`));
@@ -1109,6 +1222,9 @@ class World {
           // A write that set the key's state there again (a delete whatever it found, a store
           // that stored, an incr that counted; not a touch) ends what the restart made unknown.
           const status = typeof v === 'object' && v !== null ? (v as { status?: string }).status : undefined;
+          // A stale key (restored): only a delete or a set puts the current state there (an incr
+          // or an append there would build on the stale one).
+          if (req.op === 'delete' || (req.op === 'store' && status === 'STORED' && req.what.startsWith('set '))) u.stale.delete(req.key);
           if ((req.op === 'delete' || (req.op === 'store' && status === 'STORED') || (req.op === 'arith' && status === 'OK')) && u.lost.delete(req.key)) {
             this.relearntAt = this.clock;
           }
@@ -1167,6 +1283,7 @@ class World {
           y.holds(key) &&
           !this.journal.isDirty(y.healthy, key) &&
           !y.lost.has(key) &&
+          !y.stale.has(key) &&
           !y.hasWriteInFlight(key) &&
           !this.stragglers.some((o) => o.req.up === y && changes(o.req, key)),
       )),
@@ -1229,11 +1346,13 @@ class World {
       // The repair flushed an overflowed cache and then trusts it: clean for every key, holding
       // none, as a store that restarted empty (README: fenced "as after a restart").
       for (const k of KEYS) if (u.holds(k)) u.lost.add(k);
+      u.stale.clear();
       this.note([], `${u.name} flushed by the repair (journal overflowed): EMPTY`);
       return;
     }
     if (u.lost.size > 0) this.relearntAt = this.clock;
     u.lost.clear();
+    u.stale.clear();
   }
 
   drop(s: Straggler): void {
@@ -1253,6 +1372,8 @@ class World {
     if (this.eject && !this.mayMoveRing(u)) return false;
     // Per store: a server of the same pool holds none of the keys `u` holds.
     if (!this.ups.every((y) => y === u || y.chainAt === u.chainAt || y.lost.size === 0)) return false;
+    // MCMUX_FUZZ_ROLLBACK: nor while another store holds stale keys or is not yet judged (World.restore).
+    if (!this.ups.every((y) => y === u || y.chainAt === u.chainAt || (y.stale.size === 0 && y.rbWindow === undefined))) return false;
     // A journal of a few keys: one upstream at a time misses writes, and only while every other
     // one is clean for every key (not overflowed). README, "not guaranteed": once an upstream's
     // journal overflowed, a key another upstream is dirty for may be taken from that one's copy.
@@ -1298,12 +1419,13 @@ class World {
           (y.state === 'ok' &&
             y.healthy.state === 'healthy' &&
             y.lost.size === 0 &&
+            y.stale.size === 0 &&
             this.cleanEverywhere(y) &&
             !this.stragglers.some((s) => s.req.up === y) &&
             KEYS.every((k) => !y.hasWriteInFlight(k))),
       );
     }
-    return this.ups.every((y) => y.chainAt !== this.poolAt || (y.state === 'ok' && y.serverHealthy && (y.placed?.size ?? 0) > 0 && y.lost.size === 0));
+    return this.ups.every((y) => y.chainAt !== this.poolAt || (y.state === 'ok' && y.serverHealthy && (y.placed?.size ?? 0) > 0 && y.lost.size === 0 && y.stale.size === 0));
   }
 
   /**
@@ -1340,6 +1462,8 @@ class World {
           y.healthy.state === 'healthy' &&
           y.serverHealthy &&
           y.lost.size === 0 &&
+          y.stale.size === 0 &&
+          y.rbWindow === undefined &&
           !this.stragglers.some((s) => s.req.up === y) &&
           KEYS.every((k) => !y.holds(k) || (!this.journal.isDirty(y.healthy, k) && !y.hasWriteInFlight(k)))),
     );
@@ -1363,6 +1487,9 @@ class World {
       (u.inner as unknown as { nextCas: bigint }).nextCas = 1n;
       u.forgetUniques();
       for (const k of KEYS) if (u.holds(k)) u.lost.add(k);
+      // Restored before: it holds nothing stale now, and nothing a read in between may serve.
+      u.stale.clear();
+      u.rbWindow = undefined;
       // A new fence, from when it comes back, governs what it lacks now (every key): not one of
       // an earlier restart it had not been written every key since. Without this, the first
       // fence's start and end stood for every later one: seed 171456 with MCMUX_FUZZ_RESTART=1
@@ -1395,18 +1522,166 @@ class World {
       (y) =>
         y === u ||
         !y.holds(key) ||
-        (y.state === 'ok' && y.healthy.state === 'healthy' && y.serverHealthy && !y.lost.has(key) && !this.journal.isDirty(y.healthy, key) && !y.hasWriteInFlight(key)),
+        (y.state === 'ok' && y.healthy.state === 'healthy' && y.serverHealthy && !y.lost.has(key) && !y.stale.has(key) && !this.journal.isDirty(y.healthy, key) && !y.hasWriteInFlight(key)),
     );
     if (!others) return;
     void u.inner.delete(key);
     u.lost.add(key);
+    u.stale.delete(key);
     this.note([key], `FAULT ${u.name} evicted ${key}`);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // MCMUX_FUZZ_ROLLBACK: a store goes back in time.
+
+  /**
+   * What the model needs of process `gen`'s cold detector: its marker's nonce (whose marker is
+   * whose); when it forgets what it wrote to a store (flushed: its next check of it starts
+   * afresh, README); and when a marker check that read a restored store after its restore has
+   * been judged (the end of the README's hole, SchedUpstream.rbWindow). It changes nothing the
+   * detector does.
+   */
+  private watchDetector(detector: ColdDetector, gen: number): void {
+    type Sight = { verdict: string; rolledBack?: boolean };
+    const d = detector as unknown as {
+      nonce: string;
+      flushed: (u: HealthyUpstream) => void;
+      checkStore: (u: HealthyUpstream, store: Upstream) => Promise<Sight>;
+      judge: (u: HealthyUpstream, look: { targets: Upstream[]; sights: Sight[] } | undefined, server?: string, mayLift?: boolean) => string;
+    };
+    this.nonces.set(d.nonce, gen);
+    const flushed = d.flushed.bind(detector);
+    d.flushed = (u) => {
+      for (const y of this.ups) {
+        if (y.healthy !== u) continue;
+        y.markerAcked.delete(gen);
+        y.markerWrote.delete(gen);
+      }
+      flushed(u);
+    };
+    const sinceRestore = new WeakSet<Sight>();
+    const checkStore = d.checkStore.bind(detector);
+    d.checkStore = async (u, store) => {
+      const y = store instanceof Conn ? store.up : undefined;
+      const w = y?.rbWindow;
+      const sight = await checkStore(u, store);
+      if (w !== undefined && y?.rbWindow === w && sight.verdict !== 'unknown') sinceRestore.add(sight);
+      return sight;
+    };
+    const judge = d.judge.bind(detector);
+    d.judge = (u, look, server, mayLift) => {
+      const verdict = judge(u, look, server, mayLift);
+      look?.targets.forEach((t, i) => {
+        const y = t instanceof Conn ? t.up : undefined;
+        const sight = look.sights[i];
+        if (y?.rbWindow === undefined || sight === undefined || !sinceRestore.has(sight) || gen !== this.gen) return;
+        y.rbWindow = undefined;
+        const distrusted = this.journal.overflowed(y.healthy) !== undefined;
+        this.note([], `${y.name} judged by the first marker check since its restore: ${verdict}${sight.rolledBack === true ? ', rolled back' : ''}${distrusted ? ', distrusted' : ', NOT DISTRUSTED'}; stale: ${[...y.stale].join(' ') || 'none'}`);
+      });
+      return verdict;
+    };
+  }
+
+  /** A marker request of process `gen` on `u`: what its answer tells the model (see SchedUpstream.markerAcked). */
+  markerSeen(u: SchedUpstream, op: Req['op'], what: string, gen: number, p: Promise<unknown>): void {
+    if (op === 'store') {
+      const value = what.slice(what.indexOf('=') + 1);
+      p.then(() => {
+        if (!what.startsWith('set ')) return;
+        u.markerWrote.add(gen);
+        const m = MARKER_PID_GEN.exec(value);
+        // A `fenced until` has a generation too, not shown: the floor stays lower (conservative).
+        if (m === null || this.nonces.get(m[3] as string) !== gen) return;
+        u.markerAcked.set(gen, Number(m[2]));
+        u.markerOk.add(`${gen} ${m[2]}`);
+      }, noop);
+    } else if (op === 'get') {
+      p.then((hits) => {
+        const h = (hits as Array<{ value: Buffer } | undefined>)[0];
+        const m = h === undefined ? null : MARKER_PID_GEN.exec(h.value.toString('latin1'));
+        const writer = m === null ? undefined : this.nonces.get(m[3] as string);
+        if (writer === undefined || writer === gen) return;
+        // Read before its own marker was acknowledged here, or while the process starts (ColdDetector.earlier).
+        if (u.markerWrote.has(gen) && !(this.restarting && gen === this.gen)) return;
+        let seen = u.foreignSeen.get(gen);
+        if (seen === undefined) u.foreignSeen.set(gen, (seen = new Map()));
+        seen.set(writer, Math.max(seen.get(writer) ?? 0, Number(m?.[2])));
+      }, noop);
+    }
+  }
+
+  /** A snapshot of `u` (not while it is fenced: its marker then says `fenced until`, README). */
+  snapshot(u: SchedUpstream): void {
+    if (u.state !== 'ok' || this.restarting || u.healthy.fenced || u.rbWindow !== undefined) return;
+    const snap = u.takeSnapshot(this.clock, this.now, this.gen);
+    u.snapshots.push(snap);
+    if (u.snapshots.length > SNAPSHOTS_KEPT) u.snapshots.shift();
+    this.note([], `SNAPSHOT of ${u.name} (marker ${JSON.stringify(snap.marker?.replace(/ [0-9a-f]+$/, '') ?? null)})`);
+  }
+
+  /**
+   * Why the cold detector must take `u` restored to `s` for a rollback at its first check (the
+   * README: the snapshot's marker is one this process wrote, older than the last it had
+   * acknowledged there, and not one whose write timed out; or the marker of a process before it
+   * no newer than the one this process read there before its own was acknowledged); undefined:
+   * a documented hole (no marker in it, `fenced until`, the marker the last one acknowledged,
+   * ...), not restored.
+   */
+  caughtBy(u: SchedUpstream, s: Snapshot): string | undefined {
+    const m = s.marker === undefined ? null : MARKER_PID_GEN.exec(s.marker);
+    const writer = m === null ? undefined : this.nonces.get(m[3] as string);
+    if (writer === undefined) return undefined;
+    const g = Number(m?.[2]);
+    if (writer === this.gen) {
+      const floor = u.markerAcked.get(this.gen);
+      return floor !== undefined && g < floor && u.markerOk.has(`${writer} ${g}`) ? `its marker ${g}, older than ${floor}, the last acknowledged` : undefined;
+    }
+    const seen = u.foreignSeen.get(this.gen)?.get(writer);
+    return u.markerWrote.has(this.gen) && seen !== undefined && g <= seen ? `the marker ${g} of process ${writer}, which process ${this.gen} found (${seen}) before writing its own` : undefined;
+  }
+
+  /**
+   * `u` is restored to a snapshot of it taken earlier (a Redis restarted from an older RDB, a
+   * file or table restored from a backup): down, its contents replaced, back (a reconnect, as a
+   * restart empty). As a restart empty, only while every other store is up, healthy, fenced by
+   * nothing, straggler-free and clean for every key, and no conditional command runs (mayRestart),
+   * and no other store faults until every key it holds stale (another state than before) has
+   * been written there again (`stale`, as `lost`). Only when the cold detector can tell
+   * (caughtBy). What reads it before a marker check since has been judged is refused (rbWindow).
+   */
+  restore(u: SchedUpstream): boolean {
+    if (u.state !== 'ok' || this.restarting || u.restarting || this.processStopped) return false;
+    if (this.ups.some((y) => y.rbWindow !== undefined || y.stale.size > 0)) return false;
+    if (!this.mayFault(u) || !this.mayRestart(u) || this.ups.some((y) => y.chainAt !== u.chainAt && y.healthy.fenced)) return false;
+    const ok = u.snapshots.flatMap((s) => {
+      const why = this.caughtBy(u, s);
+      return why === undefined ? [] : [{ s, why }];
+    });
+    if (ok.length === 0) return false;
+    const { s, why } = this.pick(ok);
+    const duration = this.pick([20, 40, 80, 150, 300, 600, 1200, 2500]);
+    u.faultUntil = this.now + duration;
+    u.state = 'down';
+    for (const laneKey of [...u.lanes.keys()]) this.closeLane(u, laneKey);
+    const before = new Map(KEYS.map((k) => [k, u.entryOf(k)]));
+    u.restoreSnapshot(s);
+    for (const k of KEYS) {
+      if (!u.holds(k) || u.entryOf(k) === before.get(k)) continue;
+      u.stale.add(k);
+      if (u.lost.delete(k)) this.relearntAt = this.clock;
+    }
+    u.restoring = true;
+    u.rbWindow = { at: this.clock };
+    for (const x of this.stragglers.filter((y) => y.req.up === u)) this.drop(x);
+    this.note([], `FAULT ${u.name} RESTORED to its snapshot of [${s.at} ${s.vt}ms] (${why}), down for ${duration} ms; stale: ${[...u.stale].join(' ') || 'none'}`);
+    return true;
   }
 
   endFault(u: SchedUpstream): void {
     const was = u.state;
     u.state = 'ok';
-    this.note([], `FAULT ${u.name} ends (${was === 'paused' ? 'resumes' : u.restarting ? 'back, empty' : 'back'})`);
+    this.note([], `FAULT ${u.name} ends (${was === 'paused' ? 'resumes' : u.restarting ? 'back, empty' : u.restoring ? 'back, restored' : 'back'})`);
     // The driver's next connection is a reconnect (app.ts: onReconnect -> coldDetector.reconnected).
     // Not while mcmux is stopped: its drivers are closed, and the next process's first connection
     // is no reconnect (its first look judges the upstream).
@@ -1417,6 +1692,7 @@ class World {
     }
     u.timedOut = false;
     u.restarting = false;
+    u.restoring = false;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -1788,6 +2064,8 @@ class World {
       if (o !== u.overflowed) this.note([], `${u.name} journal ${o ? 'OVERFLOWED' : 'trusted again'}`);
       u.overflowed = o;
     }
+    // MCMUX_FUZZ_ROLLBACK: a store due to be restored is, at the first step its rules allow.
+    if (allowFaults && this.restoreDue !== undefined && this.restore(this.restoreDue)) this.restoreDue = undefined;
     const canStart = issuing && this.inflight < this.cfg.clients;
     const applicable = this.lanesWhere((u, l) => u.state === 'ok' && l.some((r) => !r.applied));
     const answerable = this.lanesWhere((u, l) => u.state === 'ok' && l[0]?.applied === true);
@@ -1827,7 +2105,10 @@ class World {
         },
       ],
       [allowFaults && this.cfg.evictions ? this.cfg.faultRate * 2 : 0, () => this.evict(this.pick(this.ups), this.pickKey(SESSIONS))],
-      [issuing && this.cfg.restarts && !this.restarting ? 0.01 : 0, () => void (this.restartDue = this.chance(0.5) ? 'kill' : 'graceful')],
+      // MCMUX_FUZZ_ROLLBACK: a snapshot of a store now and then; a store restored to one.
+      [this.rollback ? 0.05 : 0, () => this.snapshot(this.pick(this.ups))],
+      [allowFaults && this.rollback && this.restoreDue === undefined ? this.cfg.faultRate * 2 : 0, () => void (this.restoreDue = this.pick(this.ups))],
+      [issuing && this.cfg.restarts && !this.restarting && !this.ups.some((y) => y.rbWindow !== undefined) ? 0.01 : 0, () => void (this.restartDue = this.chance(0.5) ? 'kill' : 'graceful')],
       [
         this.stragglers.length > 0 ? 0.3 : 0,
         () => {
@@ -2305,7 +2586,7 @@ async function runSeed(seed: number, t: TestContext): Promise<{ world: World; vi
 
 describe('router fuzz (model-based, seeded, virtual time)', () => {
   it(`${SEEDS} seeds from ${FIRST_SEED}: no acknowledged write lost, no stale read, no resurrection, no value of another key`, async (t) => {
-    const stats = { ringMoves: 0, ghosts: 0, vt: 0, evictions: 0, ops: 0, faults: 0, late: 0, lateFlushes: 0, restarts: 0, errors: 0, overflows: 0, repairFlushes: 0, deadlines: 0, kills: 0, stops: 0, fenceEnds: 0 };
+    const stats = { restores: 0, restoresJudged: 0, restoresTrusted: 0, snapshots: 0, ringMoves: 0, ghosts: 0, vt: 0, evictions: 0, ops: 0, faults: 0, late: 0, lateFlushes: 0, restarts: 0, errors: 0, overflows: 0, repairFlushes: 0, deadlines: 0, kills: 0, stops: 0, fenceEnds: 0 };
     const errorKinds = new Map<string, number>();
     /** Replies by command and status (MCMUX_FUZZ_VERBOSE). */
     const outcomes = new Map<string, number>();
@@ -2336,6 +2617,10 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
       stats.fenceEnds += world.log.filter((l) => l.text.includes('lock-fence ENDED')).length;
       stats.ringMoves += world.log.filter((l) => l.text.startsWith('RING the ring')).length;
       stats.ghosts += world.ghosts.length;
+      stats.snapshots += world.log.filter((l) => l.text.startsWith('SNAPSHOT of')).length;
+      stats.restores += world.log.filter((l) => l.text.includes(' RESTORED to ')).length;
+      stats.restoresJudged += world.log.filter((l) => l.text.includes('judged by the first marker check since its restore')).length;
+      stats.restoresTrusted += world.log.filter((l) => l.text.includes('NOT DISTRUSTED')).length;
       for (const o of world.ops) {
         const outcome = `${o.kind} ${statusOf(o.reply)}${o.kind === 'cas' ? ` (unique ${o.token?.value === undefined ? 'made up' : 'kept'})` : ''}`;
         outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
@@ -2356,6 +2641,6 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
     for (const f of failed) t.diagnostic(f);
     if (digest) t.diagnostic(`digest of ${SEEDS} seeds from ${FIRST_SEED}: ${digest.digest('hex')}`);
     assert.equal(failed.length, 0, `${failed.length} seeds failed`);
-    t.diagnostic(`virtual ms ${stats.vt}, ops ${stats.ops}, faults ${stats.faults} (restarts empty ${stats.restarts}, evictions ${stats.evictions}), late landings ${stats.late} (flush_all ${stats.lateFlushes}), error replies ${stats.errors}, ops with a deadline ${stats.deadlines}, journal overflows ${stats.overflows} (caches flushed by the repair ${stats.repairFlushes}), mcmux restarts ${stats.kills + stats.stops} (killed ${stats.kills}), fences of an empty upstream that ended before it was whole again ${stats.fenceEnds}${POOL_EJECT_SHARE > 0 ? `, ring moves ${stats.ringMoves} (values moved onto a server that held an older one ${stats.ghosts})` : ''}`);
+    t.diagnostic(`virtual ms ${stats.vt}, ops ${stats.ops}, faults ${stats.faults} (restarts empty ${stats.restarts}, evictions ${stats.evictions}), late landings ${stats.late} (flush_all ${stats.lateFlushes}), error replies ${stats.errors}, ops with a deadline ${stats.deadlines}, journal overflows ${stats.overflows} (caches flushed by the repair ${stats.repairFlushes}), mcmux restarts ${stats.kills + stats.stops} (killed ${stats.kills}), fences of an empty upstream that ended before it was whole again ${stats.fenceEnds}${POOL_EJECT_SHARE > 0 ? `, ring moves ${stats.ringMoves} (values moved onto a server that held an older one ${stats.ghosts})` : ''}${ROLLBACK_SHARE > 0 ? `, snapshots ${stats.snapshots}, stores restored to one ${stats.restores} (judged by a marker check since ${stats.restoresJudged}, of them not distrusted ${stats.restoresTrusted})` : ''}`);
   });
 });
