@@ -247,6 +247,45 @@
  *    decides them on the server that lacks them). Every one of these seeds passes now, and so do
  *    1-1500 with MCMUX_FUZZ_RESTART=1 and 1-1000 without (ac4c590); seed 79 of 1-1500 with
  *    MCMUX_FUZZ_RESTART=1 found, on 1976150, that the distrust forgot the keys the pool alone held.
+ *  - a store restored from a snapshot (MCMUX_FUZZ_ROLLBACK=1: every seed; a share: that share of
+ *    the seeds; none by default, drawn from a generator of its own, so that a seed without it runs
+ *    as before the mode was; a seed with it runs three times as many operations, for the marker,
+ *    written every 2 s, to be rewritten after a snapshot): now and then a snapshot is taken of a
+ *    store's whole contents (its MemoryUpstream: items, the marker among them, the uniques'
+ *    counters), and now and then a store is restored to one (World.restore: down, its contents
+ *    replaced, back: a reconnect, ColdDetector.reconnected or serverReconnected, as a restart
+ *    empty). The cold detector must take it for a store gone back in time: fenced as come back
+ *    empty and distrusted (trusted for no key, as after a journal overflow) until known clean, so
+ *    that no session deleted or value overwritten since the snapshot is served, and no lock the
+ *    store lacked then, or held then and was released since, is decided there. The keys whose
+ *    state it holds is not what it held just before are `stale` (written there again by a set or
+ *    a delete: current again). EXCLUDED, as the README's "not guaranteed" says (a restore that
+ *    would fall in a hole is not made):
+ *    - a snapshot with no marker of mcmux in it, or one saying `fenced until` (taken while the
+ *      store was fenced; nor is one taken while the upstream is fenced at all), or the marker of
+ *      a process whose writes this process cannot tell (World.caughtBy): of this process, one not
+ *      older than the last marker write it had acknowledged there (since it last forgot the store,
+ *      ColdDetector.flushed), or whose own write was not acknowledged (timed out: excused as a
+ *      late landing); of an earlier process, one newer than what this process read of that
+ *      process's marker there before its own was acknowledged. (A `fenced until` write has a
+ *      generation too, not shown in the marker: the model's floor is then lower than the
+ *      detector's, which only restores fewer snapshots.)
+ *    - a read of the restored store before the first marker check that read it since has been
+ *      judged ("a read in between may serve what it holds"): a request sent to it meanwhile that
+ *      reads what it holds (a get, a touch, an incr, a conditional store) is refused (SERVER_ERROR)
+ *      when applied, whenever that is; a set, a delete, a flush and the marker go through.
+ *    - as for a restart empty, and for the same reason (mcmux cannot know what it holds until the
+ *      check, nor, should the check fail to tell, ever): a restore only while every other store is
+ *      up, healthy, fenced by nothing, straggler-free and clean for every key, with no write in
+ *      flight there and no conditional command running (mayRestart), while no store lacks or holds
+ *      stale keys; and no other store faults (a glitch neither: its misses would make the
+ *      distrusted copy the freshest one left, README: "a key another upstream is dirty for may be
+ *      taken from that one's copy") until every stale key has been written there again, nor
+ *      restarts mcmux before the check has judged it (a restore while mcmux is down, or judged by
+ *      a process that never saw its marker acknowledged, goes unseen: README). A restored store
+ *      loses its stragglers (they die with the server).
+ *    Not exercised: a durable store (sqlite, MySQL: a marker missing there is a restore too), a
+ *    restore while mcmux is down.
  *  - not exercised: several mcmux, a delayed flush_all, a step of the wall clock (the inherited
  *    fence's gap, README), journal-fsync.
  *  - what cas promises beyond "never succeeds wrongly" (README: CAS uniques belong to the
@@ -301,7 +340,8 @@
  * clients' flush_all or incr's initial values (0: none); MCMUX_FUZZ_POOL=1 makes one upstream of
  * every seed a pool of two servers (a share such as 0.3: that share of the seeds), and
  * MCMUX_FUZZ_POOL_EJECT=1 makes that pool eject (a share: that share of the pool seeds;
- * MCMUX_FUZZ_POOL_GHOSTS=1 allows what a ring move put under a key); MCMUX_FUZZ_DIGEST=1
+ * MCMUX_FUZZ_POOL_GHOSTS=1 allows what a ring move put under a key); MCMUX_FUZZ_ROLLBACK=1 restores
+ * a store to a snapshot of it now and then (a share: that share of the seeds); MCMUX_FUZZ_DIGEST=1
  * prints a digest of every seed's log (to check that a change leaves the runs as they were, the
  * marker's value, which names the process, left out); MCMUX_FUZZ_TRIAGE=1 reports
  * one line per failing seed and goes on; MCMUX_FUZZ_VERBOSE=1 counts the error replies by kind
