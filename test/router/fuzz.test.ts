@@ -1614,7 +1614,7 @@ class World {
         if (y?.rbWindow === undefined || sight === undefined || !sinceRestore.has(sight) || gen !== this.gen) return;
         y.rbWindow = undefined;
         const distrusted = this.journal.overflowed(y.healthy) !== undefined;
-        this.note([], `${y.name} judged by the first marker check since its restore: ${verdict}${sight.rolledBack === true ? ', rolled back' : ''}${distrusted ? ', distrusted' : ', NOT DISTRUSTED'}; stale: ${[...y.stale].join(' ') || 'none'}`);
+        this.note([], `${y.name} judged by the first marker check since its restore: ${verdict}${sight.rolledBack === true ? ', rolled back' : ''}${distrusted ? ', distrusted' : y.stale.size > 0 ? ', NOT DISTRUSTED' : ', not distrusted (it holds nothing stale now)'}; stale: ${[...y.stale].join(' ') || 'none'}`);
       });
       return verdict;
     };
@@ -2613,7 +2613,6 @@ async function runSeed(seed: number, t: TestContext): Promise<{ world: World; vi
   const world = new World(seed, t);
   try {
     await world.run();
-    if (process.env.DBG) console.error(`seed ${seed} ran: ${world.ops.length} ops, ${world.log.length} log lines`);
     const held = await world.held();
     // Ghosts served are stale reads, unless MCMUX_FUZZ_POOL_GHOSTS=1 (POOL_GHOSTS).
     const ghosts = POOL_GHOSTS ? world.ghosts : [];
@@ -2637,6 +2636,7 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
     const digest = process.env.MCMUX_FUZZ_DIGEST ? createHash('sha256') : undefined;
     for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
       const { world, violations } = await runSeed(seed, t);
+      if (process.env.DBG && world.log.some((l) => l.text.includes("NOT DISTRUSTED"))) console.error(`seed ${seed}: a restore judged, not distrusted`);
       if (digest) {
         // The marker's value names the process (its pid): not of the seed.
         for (const l of world.log) digest.update(`${l.t} ${l.vt} ${l.keys.join(' ')} ${l.text.replace(/(sentinel\S*=)\d+( \d+)?(?: [0-9a-f]{12})?/g, '$1P$2')}\n`);
