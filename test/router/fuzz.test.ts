@@ -525,6 +525,8 @@ class SchedUpstream extends FakeUpstream {
    * that reads (a get, a touch, a conditional command) is refused when applied (see send).
    */
   rbWindow: { at: number } | undefined;
+  /** World.clock at its last restore. */
+  rbRestoredAt = -1;
   /**
    * Per mcmux process: the generation of its last `<pid> <gen> <nonce>` marker write acknowledged
    * here since its detector last forgot the store (ColdDetector.flushed), and every generation
@@ -936,6 +938,8 @@ class World {
   readonly tokens = new Map<string, Token[]>();
   /** MCMUX_FUZZ_ROLLBACK: stores go back in time now and then (snapshot, restore). */
   readonly rollback: boolean = false;
+  /** Restores the first marker check since did not distrust, the store still holding stale keys (a violation). */
+  readonly uncaught: string[] = [];
   /** A store to restore at the first step the rules allow (see restore). */
   restoreDue: SchedUpstream | undefined;
   /** The cold detector's marker key (the same for every process of this host). */
@@ -1615,6 +1619,16 @@ class World {
         y.rbWindow = undefined;
         const distrusted = this.journal.overflowed(y.healthy) !== undefined;
         this.note([], `${y.name} judged by the first marker check since its restore: ${verdict}${sight.rolledBack === true ? ', rolled back' : ''}${distrusted ? ', distrusted' : y.stale.size > 0 ? ', NOT DISTRUSTED' : ', not distrusted (it holds nothing stale now)'}; stale: ${[...y.stale].join(' ') || 'none'}`);
+        // The restore was one the detector can tell (caughtBy): still holding stale keys, and
+        // trusted, it is a hole the README does not concede, whether or not a read finds it.
+        // Not a server out of the ring of a pool that ejects: its return is a ring move, which
+        // distrusts the keys that move back onto it (ColdDetector.ringMoved; what it holds of them
+        // is a ghost, judged). Its marker may say nothing by then: the repair's flush of the pool
+        // while it was out (which it did not reach) made the detector forget what it had written
+        // there (ColdDetector.flushed; seeds 276, 287, 317 and 435 of 1-500 with
+        // MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=0.5).
+        const outOfRing = this.eject && y.chainAt === this.poolAt && (y.placed?.size ?? 0) === 0;
+        if (!distrusted && y.stale.size > 0 && !outOfRing) this.uncaught.push(`${y.name}, restored at [${y.rbRestoredAt}], judged ${verdict} at [${this.clock}], not distrusted, still holding stale ${[...y.stale].join(' ')}`);
       });
       return verdict;
     };
@@ -1710,6 +1724,7 @@ class World {
     }
     u.restoring = true;
     u.rbWindow = { at: this.clock };
+    u.rbRestoredAt = this.clock;
     for (const x of this.stragglers.filter((y) => y.req.up === u)) this.drop(x);
     this.note([], `FAULT ${u.name} RESTORED to its snapshot of [${s.at} ${s.vt}ms] (${why}), down for ${duration} ms; stale: ${[...u.stale].join(' ') || 'none'}`);
     return true;
@@ -2616,7 +2631,8 @@ async function runSeed(seed: number, t: TestContext): Promise<{ world: World; vi
     const held = await world.held();
     // Ghosts served are stale reads, unless MCMUX_FUZZ_POOL_GHOSTS=1 (POOL_GHOSTS).
     const ghosts = POOL_GHOSTS ? world.ghosts : [];
-    return { world, violations: judge(world.ops, held, world.clock + 1, world.now, ghosts) };
+    const uncaught = world.uncaught.map((what): Violation => ({ op: undefined, key: '', what: `ROLLBACK NOT CAUGHT: ${what}` }));
+    return { world, violations: [...uncaught, ...judge(world.ops, held, world.clock + 1, world.now, ghosts)] };
   } finally {
     world.close();
     setMonotonicClock();
@@ -2636,7 +2652,6 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
     const digest = process.env.MCMUX_FUZZ_DIGEST ? createHash('sha256') : undefined;
     for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
       const { world, violations } = await runSeed(seed, t);
-      if (process.env.DBG && world.log.some((l) => l.text.includes("NOT DISTRUSTED"))) console.error(`seed ${seed}: a restore judged, not distrusted`);
       if (digest) {
         // The marker's value names the process (its pid): not of the seed.
         for (const l of world.log) digest.update(`${l.t} ${l.vt} ${l.keys.join(' ')} ${l.text.replace(/(sentinel\S*=)\d+( \d+)?(?: [0-9a-f]{12})?/g, '$1P$2')}\n`);
