@@ -284,6 +284,12 @@
  *      restarts mcmux before the check has judged it (a restore while mcmux is down, or judged by
  *      a process that never saw its marker acknowledged, goes unseen: README). A restored store
  *      loses its stragglers (they die with the server).
+ *    Judged beyond the replies: a restore the detector can tell (above) whose first marker check
+ *    since leaves the store trusted while it still holds stale keys is a violation of its own
+ *    (ROLLBACK NOT CAUGHT), whether or not a read finds them; not for a server out of the ring of a
+ *    pool that ejects (its return is a ring move, which distrusts what moves back onto it, a ghost
+ *    judged as any: the repair's flush of the pool, which does not reach that server, makes the
+ *    detector forget what it wrote there, so its marker check may find nothing amiss).
  *    Not exercised: a durable store (sqlite, MySQL: a marker missing there is a restore too), a
  *    restore while mcmux is down.
  *  - not exercised: several mcmux, a delayed flush_all, a step of the wall clock (the inherited
