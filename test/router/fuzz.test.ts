@@ -540,6 +540,8 @@ class SchedUpstream extends FakeUpstream {
    */
   readonly markerAcked = new Map<number, number>();
   readonly markerOk = new Set<string>();
+  /** World.clock when markerAcked was last set. */
+  readonly markerAckedAt = new Map<number, number>();
   /** Per mcmux process: some marker write of it (a `fenced until` too) was acknowledged here since its detector last forgot the store. */
   readonly markerWrote = new Set<number>();
   /**
@@ -1655,6 +1657,7 @@ class World {
         // A `fenced until` has a generation too, not shown: the floor stays lower (conservative).
         if (m === null || this.nonces.get(m[3] as string) !== gen) return;
         u.markerAcked.set(gen, Number(m[2]));
+        u.markerAckedAt.set(gen, this.clock);
         u.markerOk.add(`${gen} ${m[2]}`);
       }, noop);
     } else if (op === 'get') {
@@ -1693,6 +1696,14 @@ class World {
     const m = s.marker === undefined ? null : MARKER_PID_GEN.exec(s.marker);
     const writer = m === null ? undefined : this.nonces.get(m[3] as string);
     if (writer === undefined) return undefined;
+    // A flush of the upstream applied since this process's last marker write there was
+    // acknowledged, or on its way: once acknowledged, the detector forgets what it wrote to every
+    // store of it (ColdDetector.flushed), and the next check starts afresh (seed 1438 of
+    // 1251-1500 with MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=0.5: the repair's
+    // flush of the pool applied, a server restored before its answer, judged warm after it).
+    const mates = this.ups.filter((y) => y.chainAt === u.chainAt);
+    const flushedAt = Math.max(-1, ...mates.map((y) => y.appliedAt.get('\0flush') ?? -1));
+    if ((u.markerAckedAt.get(this.gen) ?? -1) <= flushedAt || mates.some((y) => [...y.lanes.values()].some((l) => l.some((r) => r.op === 'flush')))) return undefined;
     const g = Number(m?.[2]);
     if (writer === this.gen) {
       const floor = u.markerAcked.get(this.gen);
