@@ -7,15 +7,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Connection } from 'mysql2/promise';
-import { ErrorCodes } from '../../src/errors';
 import type { Upstream } from '../../src/upstream/upstream';
 import { b, codeOf, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
-import { connectMysqlUrl } from './targets/mysql';
-import { batchBehindLocks, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
+import { appUser, batchBehindLocks, batchesBehindLocks, fillServer, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
 
-const LATE_SETTLE_MS = 1000; // src/router/repair.ts
-const HOLD_MS = 700;
 
 /** Two pooled connections in use at once, retried until both answer (after a restart the pool's old ones fail first). */
 async function warmTwo(up: Upstream): Promise<void> {
@@ -42,12 +38,7 @@ async function warmTwo(up: Upstream): Promise<void> {
 test('after a server restart, at max_connections with every pooled connection stuck, a timed-out statement is still killed', { timeout: 90_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
-  await q(r.admin, "CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY 'apppw'");
-  await q(r.admin, "GRANT ALL ON mcmux.* TO 'app'@'127.0.0.1'");
-  const u = new URL(r.db.url);
-  u.username = 'app';
-  u.password = 'apppw';
-  const up = r.open(u.href, { table: 'h11_restart', timeout: '1000', connections: '2' });
+  const up = r.open(await appUser(r), { table: 'h11_restart', timeout: '1000', connections: '2' });
   const batches = [['sess:a', 'sess:b', 'sess:c', 'sess:d'], ['sess:e', 'sess:f', 'sess:g', 'sess:h']];
   await warmTwo(up);
   await Promise.all(batches.flat().map((k) => set(up, k, 'old')));
@@ -57,34 +48,8 @@ test('after a server restart, at max_connections with every pooled connection st
   await warmTwo(up); // the pool connects again, to the restarted server
   const holders: Connection[][] = [];
   for (const keys of batches) holders.push(await lockRows(t, r.db.url, 'h11_restart', keys));
-  const fillers: Connection[] = [];
-  t.after(() => {
-    for (const c of fillers) c.destroy();
-  });
-  const connected = async (): Promise<number> => Number((await q(admin, "SHOW GLOBAL STATUS LIKE 'Threads_connected'"))[0]?.Value);
-  await q(admin, `SET GLOBAL max_connections = ${(await connected()) + 2}`);
-  const limit = Number((await q(admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
-  while ((await connected()) < limit) fillers.push(await connectMysqlUrl(r.db.url));
-  const inserts = async (): Promise<number> =>
-    (await q(admin, "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO `h11_restart`%'")).length;
-  const setAll = (keys: string[]) => Promise.allSettled(keys.map((k) => up.store({ mode: 'set', key: k, value: b('stale'), flags: 0, deadline: 0, withCas: false })));
-  const first = setAll(batches[0] as string[]);
-  await eventually('the first batch waits for its first row', async () => (await inserts()) === 1);
-  const second = setAll(batches[1] as string[]);
-  await eventually('both pooled connections wait for a row', async () => (await inserts()) === 2);
-  const releases = (async () => {
-    for (let i = 0; i < 4; i++) {
-      await new Promise((res) => setTimeout(res, HOLD_MS));
-      await Promise.all(holders.map((hs) => q(hs[i] as Connection, 'COMMIT')));
-    }
-  })();
-  const settled = [...(await first), ...(await second)];
-  const timedOutAt = performance.now();
-  assert.ok(settled.every((s) => s.status === 'rejected' && codeOf(s.reason) === ErrorCodes.UPSTREAM_TIMEOUT), 'each set of both batches times out');
-  await new Promise((res) => setTimeout(res, Math.max(0, LATE_SETTLE_MS - (performance.now() - timedOutAt))));
-  const stillThere = await inserts();
-  await releases;
-  await eventually('the INSERTs ended on the server', async () => (await inserts()) === 0);
+  await fillServer(t, admin, r.db.url);
+  const { stillThere } = await batchesBehindLocks(admin, up, 'h11_restart', batches, holders);
   const values = (await q(admin, 'SELECT `value` FROM h11_restart WHERE `key` LIKE ? ORDER BY `key`', ['sess:%'])).map((row) => String(row.value));
   t.diagnostic(`values once everything settled: ${JSON.stringify(values)}`);
   assert.equal(stillThere, 0, 'timed-out batches still running on the server after the late window (they commit later)');

@@ -12,7 +12,6 @@
 import assert from 'node:assert/strict';
 import { type AddressInfo, type Socket, connect, createServer } from 'node:net';
 import { type TestContext, test } from 'node:test';
-import type { Connection } from 'mysql2/promise';
 import { EXPIRED } from '../../src/command/command';
 import { ErrorCodes, mayLandLate } from '../../src/errors';
 import type { StoreResult, Upstream } from '../../src/upstream/upstream';
@@ -23,7 +22,7 @@ import { b, codeOf, getOne, retrying, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
 import { startMemcached } from '../helpers/servers';
 import { connectMysqlUrl, startMariadb } from './targets/mysql';
-import { type MysqlRig, appUser, batchBehindLocks, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
+import { type MysqlRig, appUser, batchBehindLocks, fillServer, lockRows, mysqlRig as rig, q, rootConnection } from './targets/mysql-rig';
 
 const DAY = 24 * 3600 * 1000;
 
@@ -189,17 +188,7 @@ test('a timed-out statement is killed even when the server is at max_connections
   await Promise.all([set(up, 'warm:1', 'x'), up.store({ mode: 'add', key: 'warm:2', value: b('x'), flags: 0, deadline: 0 })]);
   await Promise.all(keys.map((k) => set(up, k, 'old')));
   const holders = await lockRows(t, r.db.url, 'h2_maxconn', keys);
-  const fillers: Connection[] = [];
-  t.after(() => {
-    for (const c of fillers) c.destroy();
-  });
-  // The server full: max_connections = what is connected now, plus idle fillers up to it.
-  const connected = async (): Promise<number> => Number((await q(r.admin, "SHOW GLOBAL STATUS LIKE 'Threads_connected'"))[0]?.Value);
-  const before = Number((await q(r.admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
-  await q(r.admin, `SET GLOBAL max_connections = ${(await connected()) + 2}`);
-  t.after(() => q(r.admin, `SET GLOBAL max_connections = ${before}`).then(() => {}, () => {}));
-  const limit = Number((await q(r.admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
-  while ((await connected()) < limit) fillers.push(await connectMysqlUrl(r.db.url));
+  await fillServer(t, r.admin, r.db.url);
   const { stillThere } = await batchBehindLocks(r.admin, up, 'h2_maxconn', keys, holders);
   const values = (await q(r.admin, 'SELECT `value` FROM h2_maxconn WHERE `key` LIKE ? ORDER BY `key`', ['sess:%'])).map((row) => String(row.value));
   t.diagnostic(`values once everything settled: ${JSON.stringify(values)}`);

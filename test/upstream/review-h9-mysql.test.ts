@@ -14,7 +14,7 @@ import type { StoreResult } from '../../src/upstream/upstream';
 import { b, codeOf, set } from '../helpers/driver-calls';
 import { eventually } from '../helpers/poll';
 import { connectMysqlUrl } from './targets/mysql';
-import { type MysqlRig, appUser, lockRows, mysqlRig as rig, q } from './targets/mysql-rig';
+import { type MysqlRig, appUser, batchesBehindLocks, fillServer, lockRows, mysqlRig as rig, q } from './targets/mysql-rig';
 
 const outcome = (p: Promise<unknown>): Promise<string> =>
   p.then(
@@ -120,8 +120,6 @@ test('holds: a KILL on a new pooled connection, and the connection serves reques
 test('at max_connections with every pooled connection stuck, a timed-out statement is still killed', { timeout: 60_000 }, async (t) => {
   const r = await rig(t);
   if (!r) return;
-  const LATE_SETTLE_MS = 1000; // src/router/repair.ts
-  const HOLD_MS = 700;
   const up = r.open(await appUser(r), { table: 'h9_maxconn', timeout: '1000', connections: '2' });
   // Two batches, one a pooled connection, each on rows locked one after another.
   const batches = [['sess:a', 'sess:b', 'sess:c', 'sess:d'], ['sess:e', 'sess:f', 'sess:g', 'sess:h']];
@@ -129,34 +127,8 @@ test('at max_connections with every pooled connection stuck, a timed-out stateme
   await Promise.all(batches.flat().map((k) => set(up, k, 'old')));
   const holders: Connection[][] = [];
   for (const keys of batches) holders.push(await lockRows(t, r.db.url, 'h9_maxconn', keys));
-  const fillers: Connection[] = [];
-  t.after(() => {
-    for (const c of fillers) c.destroy();
-  });
-  const connected = async (): Promise<number> => Number((await q(r.admin, "SHOW GLOBAL STATUS LIKE 'Threads_connected'"))[0]?.Value);
-  await q(r.admin, `SET GLOBAL max_connections = ${(await connected()) + 2}`);
-  const limit = Number((await q(r.admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
-  while ((await connected()) < limit) fillers.push(await connectMysqlUrl(r.db.url));
-  const inserts = async (): Promise<number> =>
-    (await q(r.admin, "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO `h9_maxconn`%'")).length;
-  const setAll = (keys: string[]) => Promise.allSettled(keys.map((k) => up.store({ mode: 'set', key: k, value: b('stale'), flags: 0, deadline: 0, withCas: false })));
-  const first = setAll(batches[0] as string[]);
-  await eventually('the first batch waits for its first row', async () => (await inserts()) === 1);
-  const second = setAll(batches[1] as string[]);
-  await eventually('both pooled connections wait for a row', async () => (await inserts()) === 2);
-  const releases = (async () => {
-    for (let i = 0; i < 4; i++) {
-      await new Promise((res) => setTimeout(res, HOLD_MS));
-      await Promise.all(holders.map((hs) => q(hs[i] as Connection, 'COMMIT')));
-    }
-  })();
-  const settled = [...(await first), ...(await second)];
-  const timedOutAt = performance.now();
-  assert.ok(settled.every((s) => s.status === 'rejected' && codeOf(s.reason) === ErrorCodes.UPSTREAM_TIMEOUT), 'each set of both batches times out');
-  await new Promise((res) => setTimeout(res, Math.max(0, LATE_SETTLE_MS - (performance.now() - timedOutAt))));
-  const stillThere = await inserts();
-  await releases;
-  await eventually('the INSERTs ended on the server', async () => (await inserts()) === 0);
+  await fillServer(t, r.admin, r.db.url);
+  const { stillThere } = await batchesBehindLocks(r.admin, up, 'h9_maxconn', batches, holders);
   const values = (await q(r.admin, 'SELECT `value` FROM h9_maxconn WHERE `key` LIKE ? ORDER BY `key`', ['sess:%'])).map((row) => String(row.value));
   t.diagnostic(`values once everything settled: ${JSON.stringify(values)}`);
   assert.equal(stillThere, 0, 'timed-out batches still running on the server after the late window (they commit later)');

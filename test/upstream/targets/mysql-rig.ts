@@ -88,29 +88,65 @@ export async function lockRows(t: TestContext, url: string, table: string, keys:
  * later, over the repair).
  */
 export async function batchBehindLocks(admin: Connection, up: Upstream, table: string, keys: readonly string[], holders: readonly Connection[]): Promise<{ stillThere: boolean }> {
-  const inserting = async (): Promise<boolean> =>
-    (await q(admin, `SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO \`${table}\`%'`)).length > 0;
-  const sets: Promise<StoreResult>[] = keys.map((k) => up.store({ mode: 'set', key: k, value: Buffer.from('stale'), flags: 0, deadline: 0, withCas: false }));
-  const outcomes = Promise.allSettled(sets);
-  await eventually('the batch waits for the first row', inserting);
+  const { stillThere } = await batchesBehindLocks(admin, up, table, [keys], [holders]);
+  return { stillThere: stillThere > 0 };
+}
+
+/**
+ * batchBehindLocks for several batches, each on a pooled connection of its own (sent one after the
+ * other, each once the one before waits for its first row), their holders letting go row by row
+ * together. `stillThere`: how many of the INSERTs still ran when the late window was over.
+ */
+export async function batchesBehindLocks(
+  admin: Connection,
+  up: Upstream,
+  table: string,
+  batches: ReadonlyArray<readonly string[]>,
+  holders: ReadonlyArray<readonly Connection[]>,
+): Promise<{ stillThere: number }> {
+  const inserts = async (): Promise<number> =>
+    (await q(admin, `SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO \`${table}\`%'`)).length;
+  const outcomes: Promise<PromiseSettledResult<StoreResult>[]>[] = [];
+  for (const [i, keys] of batches.entries()) {
+    outcomes.push(Promise.allSettled(keys.map((k) => up.store({ mode: 'set', key: k, value: Buffer.from('stale'), flags: 0, deadline: 0, withCas: false }))));
+    await eventually(`batch ${i + 1} waits for its first row`, async () => (await inserts()) === i + 1);
+  }
+  const rows = Math.max(...holders.map((hs) => hs.length));
   const releases = (async () => {
-    for (const h of holders) {
+    for (let i = 0; i < rows; i++) {
       await new Promise((res) => setTimeout(res, HOLD_MS));
-      await q(h, 'COMMIT');
+      await Promise.all(holders.map((hs) => (hs[i] === undefined ? undefined : q(hs[i] as Connection, 'COMMIT'))));
     }
   })();
-  const settled = await outcomes;
+  const settled = (await Promise.all(outcomes)).flat();
   const timedOutAt = performance.now();
   assert.deepEqual(
     settled.map((s) => (s.status === 'rejected' ? codeOf(s.reason) : s.value.status)),
-    keys.map(() => ErrorCodes.UPSTREAM_TIMEOUT),
-    'each set of the batch times out',
+    settled.map(() => ErrorCodes.UPSTREAM_TIMEOUT),
+    'each set of the batches times out',
   );
   await new Promise((res) => setTimeout(res, Math.max(0, LATE_SETTLE_MS - (performance.now() - timedOutAt))));
-  const stillThere = await inserting();
+  const stillThere = await inserts();
   await releases;
-  await eventually('the INSERT ended on the server', async () => !(await inserting()));
+  await eventually('the INSERTs ended on the server', async () => (await inserts()) === 0);
   return { stillThere };
+}
+
+/**
+ * The server full: max_connections set to the connections open now plus two, and idle client
+ * connections opened up to it (closed after the test, the limit put back).
+ */
+export async function fillServer(t: TestContext, admin: Connection, url: string): Promise<void> {
+  const fillers: Connection[] = [];
+  t.after(() => {
+    for (const c of fillers) c.destroy();
+  });
+  const connected = async (): Promise<number> => Number((await q(admin, "SHOW GLOBAL STATUS LIKE 'Threads_connected'"))[0]?.Value);
+  const before = Number((await q(admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
+  await q(admin, `SET GLOBAL max_connections = ${(await connected()) + 2}`);
+  t.after(() => q(admin, `SET GLOBAL max_connections = ${before}`).then(() => {}, () => {}));
+  const limit = Number((await q(admin, 'SELECT @@global.max_connections AS m'))[0]?.m);
+  while ((await connected()) < limit) fillers.push(await connectMysqlUrl(url));
 }
 
 /**
