@@ -114,6 +114,33 @@ describe('cold detector: lock fence', () => {
     await close();
   });
 
+  // Rollback fuzz seed 1742 of 1501-2000 (MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1
+  // MCMUX_FUZZ_POOL_EJECT=0.5, lock-fence 150 ms): the fence began as the flush was sent, once the
+  // writes in flight had settled; the flush emptied the cache later, so the fence ended that much
+  // less than lock-fence after it came back empty, and it decided an add of a lock held elsewhere.
+  it("the repair's flush fences the cache for lock-fence from the flush's answer, not from its sending", async (t) => {
+    const clocks = new TestClocks();
+    t.after(() => clocks.restore());
+    const { fakes, ups, journal, repairer, detector: d, exec, close } = setup(2, { maxKeys: 2, schemes: ['memory', 'fake'], downAfter: 100 });
+    const [fa] = fakes as [FakeUpstream];
+    const [a] = ups as [HealthyUpstream];
+    await d.checkAll();
+    await missThree(fa, exec);
+    assert.ok(journal.overflowed(a));
+    fa.gateOnly = (call) => call === 'flush';
+    fa.close_gate();
+    const tick = repairer.tick();
+    for (let n = 0; n < 200 && !fa.calls.includes('flush'); n++) await settle();
+    assert.ok(fa.calls.includes('flush'), 'the flush was sent');
+    const sentAt = monotonicMs();
+    clocks.advance(10_000); // the flush takes 10 s to be answered (a slow server, a large cache)
+    fa.open();
+    await tick;
+    assert.equal(journal.overflowed(a), undefined, 'flushed and trusted');
+    assert.ok(a.coldUntil >= monotonicMs() + FENCE_MS, `fenced until ${a.coldUntil - sentAt} ms after the flush was sent: less than lock-fence after it was answered`);
+    await close();
+  });
+
   it('a cache the repair flushed (its journal had overflowed) is fenced: it came back empty', async () => {
     const { fakes, ups, journal, repairer, detector: d, exec, add, close } = setup(2, { maxKeys: 2, schemes: ['memory', 'fake'], downAfter: 100 });
     const [fa] = fakes as [FakeUpstream];
