@@ -141,6 +141,26 @@ describe('cold detector: lock fence', () => {
     await close();
   });
 
+  // Eject fuzz seeds 11536 and 11553 of 10501-12000 (MCMUX_FUZZ_RESTART=1), in one process: the
+  // repair flushed the cache as the store behind it began to fail; a touch, then a delete, of a
+  // session the store held answered NOT_FOUND from the emptied cache, as a read did before f66281d.
+  it("a touch or delete that only the cache the repair emptied answered is no NOT_FOUND while the store behind it fails", async () => {
+    const { fakes, ups, journal, repairer, detector: d, exec, close } = setup(2, { maxKeys: 2, schemes: ['memory', 'fake'], downAfter: 100 });
+    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const [a] = ups as [HealthyUpstream];
+    await d.checkAll();
+    for (const key of ['sess', 'sess2']) await exec({ kind: 'store', mode: 'set', key, value: Buffer.from('cart'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    await missThree(fa, exec);
+    await repairer.tick(); // flushes the cache a: b holds what it held
+    assert.equal(journal.overflowed(a), undefined, 'flushed and trusted');
+    fb.mode = 'fail';
+    const deleted = await exec({ kind: 'delete', key: 'sess', noreply: false });
+    assert.notEqual(deleted.kind === 'status' ? deleted.status : deleted.kind, 'NOT_FOUND', 'A SESSION b HOLDS DELETED AS ABSENT');
+    const touched = await exec({ kind: 'touch', key: 'sess2', deadline: 0, noreply: false } as Command);
+    assert.notEqual(touched.kind === 'status' ? touched.status : touched.kind, 'NOT_FOUND', 'A SESSION b HOLDS TOUCHED AS ABSENT');
+    await close();
+  });
+
   it('a cache the repair flushed (its journal had overflowed) is fenced: it came back empty', async () => {
     const { fakes, ups, journal, repairer, detector: d, exec, add, close } = setup(2, { maxKeys: 2, schemes: ['memory', 'fake'], downAfter: 100 });
     const [fa] = fakes as [FakeUpstream];

@@ -96,14 +96,16 @@ describe('review-h5 d4e0c13: a miss from a cache the repair flushed', () => {
   });
 
   // Guard: a key deleted since the fence began (the delete reached a, b missed it): a knows it,
-  // its miss answers; b is not even asked (dirty), so nothing older comes back.
+  // its miss answers; b is not even asked (dirty), so nothing older comes back. The delete itself
+  // answers SERVER_ERROR, not NOT_FOUND: only the emptied a answered, and b, which held the
+  // session, failed (replicate-write.ts replicateKeyed: eject fuzz seeds 11536 and 11553).
   it('a key deleted since the fence while b missed the delete is a miss, b not read', async () => {
     const c = chainOf();
     assert.equal(status(await c.exec(setCmd('sess.d', 'cart'))), 'STORED');
     await c.fa.inner.flush(); // the repair's flush
     repairFlushed(c.detector, c.a);
     c.fb.mode = 'fail';
-    assert.equal(status(await c.exec(delCmd('sess.d'))), 'NOT_FOUND', 'a had lost it; b missed the delete');
+    assert.match(status(await c.exec(delCmd('sess.d'))), /^SERVER_ERROR /, 'a had lost it; b, which held it, missed the delete: not NOT_FOUND');
     c.fb.mode = 'ok';
     const r = await c.exec(getCmd('sess.d'));
     assert.equal(status(r), 'values');
