@@ -6,38 +6,9 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import pino from 'pino';
-import { ColdDetector } from '../../src/router/cold-detector';
-import { HealthyUpstream } from '../../src/router/health';
-import { RepairJournal } from '../../src/router/journal';
-import { monotonicMs } from '../../src/clock';
-import { FakeUpstream } from '../helpers/fake-upstream';
+import { markerRig } from '../helpers/marker-rig';
 
-const silent = pino({ level: 'silent' });
-const options = { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 };
-
-function setup() {
-  const fake = new FakeUpstream('fake://store', 'fake');
-  const up = new HealthyUpstream(fake, options, () => {});
-  const chain = [up];
-  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-  const detector = new ColdDetector(() => chain, 60_000, silent, journal);
-  const current = async (): Promise<string> => (await fake.inner.get([detector.key]))[0]?.value.toString() ?? '';
-  const restore = (text: string): Promise<unknown> =>
-    fake.inner.store({ mode: 'set', key: detector.key, value: Buffer.from(text), flags: 0, deadline: Date.now() + 3600_000, withCas: false });
-  const distrusted = (u: HealthyUpstream): boolean => journal.isDirty(u, 'any.key');
-  /** The reload: the same store, a new driver (other options), standing for the one before, fenced as a precaution. */
-  const reload = (): HealthyUpstream => {
-    const rebuilt = new FakeUpstream('fake://store', 'fake');
-    Object.defineProperty(rebuilt, 'inner', { value: fake.inner });
-    const next = new HealthyUpstream(rebuilt, options, () => {});
-    next.takeOver(up);
-    next.fence(monotonicMs() + 60_000);
-    chain.splice(0, 1, next);
-    return next;
-  };
-  return { fake, up, chain, journal, detector, current, restore, distrusted, reload };
-}
+const setup = markerRig;
 
 // ---------------------------------------------------------------------------------------------
 // FINDING 1 (fixed): the rollback floor (lastSet: the generation of the marker last acknowledged there)

@@ -9,39 +9,9 @@
 import assert from 'node:assert/strict';
 import { setTimeout } from 'node:timers/promises';
 import { describe, it } from 'node:test';
-import pino from 'pino';
-import { ColdDetector } from '../../src/router/cold-detector';
-import { HealthyUpstream } from '../../src/router/health';
-import { RepairJournal } from '../../src/router/journal';
-import { monotonicMs } from '../../src/clock';
-import { FakeUpstream } from '../helpers/fake-upstream';
+import { markerRig } from '../helpers/marker-rig';
 
-const silent = pino({ level: 'silent' });
-const options = { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 };
-
-function setup() {
-  const fake = new FakeUpstream('fake://store', 'fake');
-  const up = new HealthyUpstream(fake, options, () => {});
-  const chain = [up];
-  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-  const detector = new ColdDetector(() => chain, 60_000, silent, journal);
-  const isMarker = (call: string): boolean => call === `set ${detector.key}`;
-  /** The marker there now (straight from the store). */
-  const current = async (): Promise<string> => (await fake.inner.get([detector.key]))[0]?.value.toString() ?? '';
-  /** Puts `text` back as the marker, as a restore of a copy holding it does. */
-  const restore = (text: string): Promise<unknown> =>
-    fake.inner.store({ mode: 'set', key: detector.key, value: Buffer.from(text), flags: 0, deadline: Date.now() + 3600_000, withCas: false });
-  /** Untrusted as a whole (distrust): no key is read from it. */
-  const distrusted = (u: HealthyUpstream = up): boolean => journal.isDirty(u, 'any.key');
-  /** The next marker write times out for mcmux and waits, held, until fake.open() (a paused server). */
-  const holdNextMarkerWrite = async (): Promise<void> => {
-    fake.gateOnly = isMarker;
-    fake.delay_late();
-    await detector.checkAll(); // the rewrite times out, held
-    fake.gateOnly = () => false; // what comes next passes; the held write still waits
-  };
-  return { fake, up, chain, journal, detector, current, restore, distrusted, holdNextMarkerWrite, close: () => up.close() };
-}
+const setup = markerRig;
 
 // ---------------------------------------------------------------------------------------------
 // FINDING 1 (fixed): flushed() (the repair flushed a cache; forget(): a client's flush_all) forgets the
@@ -90,13 +60,7 @@ describe('a marker write of an upstream a reload rebuilt (review-h9 finding 2)',
     const s = setup();
     await s.detector.checkAll();
     await s.holdNextMarkerWrite();
-    // The reload: the same store, a new driver (other options), standing for the one before.
-    const rebuilt = new FakeUpstream('fake://store', 'fake');
-    Object.defineProperty(rebuilt, 'inner', { value: s.fake.inner });
-    const next = new HealthyUpstream(rebuilt, options, () => {});
-    next.takeOver(s.up);
-    next.fence(monotonicMs() + 60_000);
-    s.chain.splice(0, 1, next);
+    const next = s.reload(); // the same store, a new driver (other options), standing for the one before
     await s.detector.checkAll(); // the marker found, the precaution lifted, the marker written anew
     await s.detector.checkAll();
     assert.equal(s.distrusted(next), false);
