@@ -756,7 +756,13 @@ export class ColdDetector {
     // this one took both for fenced as a precaution, and the one emptied last decided a cas,
     // NOT_FOUND, of a counter the other held).
     const left = Math.min(this.fenceLog.emptiedUntil(u, id) - Date.now(), this.fenceMs);
-    if (left > 0) u.inheritEmpty(monotonicMs() + left);
+    if (left <= 0) return;
+    u.inheritEmpty(monotonicMs() + left);
+    // Emptied by that process's repair, on the word that the other upstreams hold what it held:
+    // its miss is no answer while one of them fails, here too (eject fuzz seed 11553 of
+    // 10501-12000 with MCMUX_FUZZ_RESTART=1: the next process read a session as absent from the
+    // flushed pool while the stores behind it failed).
+    if (this.fenceLog.emptiedByRepair(u, id)) u.repairEmptied = true;
   }
 
   /** Whether `store` (of `u`) lost the marker mcmux had written there ('unknown' when it did not answer). */
@@ -840,7 +846,7 @@ export class ColdDetector {
     const value = until === 0 ? `${process.pid} ${gen} ${this.nonce}` : `fenced until ${wallUntil}`;
     const id = until === 0 ? 0 : u.fenceId;
     // Before the marker that names the fence: a process that inherits it knows it came back empty.
-    if (until !== 0 && u.cameBackEmpty) this.fenceLog?.fenceEmptied(u, id, Math.ceil(wall + (u.emptyUntil - at)));
+    if (until !== 0 && u.cameBackEmpty) this.fenceLog?.fenceEmptied(u, id, Math.ceil(wall + (u.emptyUntil - at)), u.repairEmptied);
     const partial = look.sights.some((s) => s.verdict === 'unknown');
     // Told before this mark began: what it writes passes that fence on (idsUnsaved).
     const unsaved = this.idsUnsaved.get(u);

@@ -171,7 +171,9 @@ export class HealthyUpstream implements Upstream {
   /**
    * The repair's flush emptied it (an overflowed cache) in this fence: mcmux's own doing, on the
    * word that the other upstreams hold what it held. While one of them fails, its miss is no
-   * answer (failover-read.ts absorb). Cleared when a new fence begins, and when it ends.
+   * answer (failover-read.ts absorb). Cleared when a new fence begins, and when it ends. A next
+   * process that inherits the fence inherits this too (journal.log's B line, cold-detector.ts
+   * inherit).
    */
   repairEmptied = false;
   /**
@@ -620,10 +622,12 @@ export function knowsKey(u: Upstream, key: string): boolean {
 export interface FenceLog {
   fenceLearnt(u: Upstream, id: number, key: string): void;
   fenceKeys(u: Upstream, id: number): Iterable<string>;
-  /** `u` is known to have come back empty under fence `id`, until `wallUntil` (epoch ms). */
-  fenceEmptied(u: Upstream, id: number, wallUntil: number): void;
+  /** `u` is known to have come back empty under fence `id`, until `wallUntil` (epoch ms); `repair`: emptied by the repair's flush. */
+  fenceEmptied(u: Upstream, id: number, wallUntil: number, repair?: boolean): void;
   /** What fenceEmptied kept for `u`'s fence `id` (epoch ms; 0: none), by this process or one before it. */
   emptiedUntil(u: Upstream, id: number): number;
+  /** Whether fenceEmptied kept, for `u`'s fence `id`, that the repair's flush emptied it. */
+  emptiedByRepair(u: Upstream, id: number): boolean;
   uniquesVoided(u: Upstream, epoch: number): void;
   /**
    * `u` holds older data than mcmux wrote there, or its keys moved (a pool's ring): trusted for no

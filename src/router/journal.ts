@@ -99,6 +99,14 @@ export interface DirtyEntry {
   readonly own?: true;
 }
 
+/** A fence that began when the upstream came back empty (fenceEmptied). */
+interface Emptied {
+  /** Until when it is known empty (epoch ms). */
+  readonly until: number;
+  /** The repair's flush emptied it (HealthyUpstream.repairEmptied). */
+  readonly repair: boolean;
+}
+
 interface PerUpstream {
   readonly keys: Map<string, DirtyEntry>;
   /** Keys with an acknowledged write still on its way here (write-wait copies), by the latest one's sequence. */
@@ -131,7 +139,7 @@ interface PerUpstream {
    * Fences that began when the upstream came back empty, by id: until when (epoch ms) it is known
    * empty under each (the last FENCE_IDS ids, oldest first). See fenceEmptied.
    */
-  emptied?: Map<number, number>;
+  emptied?: Map<number, Emptied>;
   /** How often its uniques were voided (HealthyUpstream.uniquesEpoch), as the last process left it. */
   uniquesEpoch?: number;
   /** The history the server at its address last named (serverIdSeen): a Redis replication id and run_id (an older version: the replication id alone). */
@@ -220,6 +228,8 @@ export function idOf(u: Upstream): string {
  * copy may hold a newer write.
  */
 const HOLDS = Number.MAX_SAFE_INTEGER;
+/** DirtyEntry.firstSeq of a copy that lost every write before it was flushed (lacks): below any write's sequence (from 1). */
+const LEAST_FRESH = 0.5;
 /**
  * Fence ids whose keys are kept per store: the one an earlier process's marker may name, loaded
  * from journal.log, and the one this process learns under, should it differ (a fence of its own
@@ -443,25 +453,34 @@ export class RepairJournal {
    * upstream's marker knows it came back empty, and when (emptiedUntil): with every upstream
    * fenced, the one that came back empty first decides first, and one fenced only as a
    * precaution before it (authority-order.ts), whichever process saw them come back (fuzz seed
-   * 186930 with MCMUX_FUZZ_RESTART=1). Written again only when it moved by more than a second.
+   * 186930 with MCMUX_FUZZ_RESTART=1). Written again only when it moved by more than a second,
+   * or `repair` changed. `repair`: the repair's flush emptied it (HealthyUpstream.repairEmptied),
+   * on file as a trailing `r`: that process's own doing, on the word that the other upstreams
+   * hold what it held, so that the next process, too, takes its miss for no answer while one of
+   * them fails (emptiedByRepair; eject fuzz seed 11553 of 10501-12000 with MCMUX_FUZZ_RESTART=1).
    */
-  fenceEmptied(u: Upstream, id: number, wallUntil: number): void {
-    if (this.setEmptied(this.of(u), id, wallUntil)) this.append(`B ${hex(idOf(u))} ${id} ${wallUntil}`);
+  fenceEmptied(u: Upstream, id: number, wallUntil: number, repair = false): void {
+    if (this.setEmptied(this.of(u), id, { until: wallUntil, repair })) this.append(`B ${hex(idOf(u))} ${id} ${wallUntil}${repair ? ' r' : ''}`);
   }
 
-  private setEmptied(p: PerUpstream, id: number, wallUntil: number): boolean {
+  private setEmptied(p: PerUpstream, id: number, e: Emptied): boolean {
     const known = (p.emptied ??= new Map());
     const was = known.get(id);
-    if (was !== undefined && Math.abs(was - wallUntil) <= 1000) return false;
+    if (was !== undefined && Math.abs(was.until - e.until) <= 1000 && was.repair === e.repair) return false;
     known.delete(id);
-    known.set(id, wallUntil);
+    known.set(id, e);
     if (known.size > FENCE_IDS) known.delete(known.keys().next().value as number);
     return true;
   }
 
   /** What fenceEmptied kept for `u`'s fence `id` (epoch ms; 0: none), by this process or one before it. */
   emptiedUntil(u: Upstream, id: number): number {
-    return this.byName.get(idOf(u))?.emptied?.get(id) ?? 0;
+    return this.byName.get(idOf(u))?.emptied?.get(id)?.until ?? 0;
+  }
+
+  /** Whether fenceEmptied kept, for `u`'s fence `id`, that the repair's flush emptied it. */
+  emptiedByRepair(u: Upstream, id: number): boolean {
+    return this.byName.get(idOf(u))?.emptied?.get(id)?.repair === true;
   }
 
   /**
@@ -1057,6 +1076,24 @@ export class RepairJournal {
     if (this.entry(u, key)?.firstSeq === HOLDS) this.mark(u, key, 'write', seq - 0.5);
   }
 
+  /**
+   * `u` answered write `seq` of `key` (a touch) as not holding it, but it is a cache the repair's
+   * flush emptied, not written the key since, while a copy that may hold it failed: its "none" is
+   * no answer (replicate-write.ts replicateKeyed). Dirty as the least fresh copy of all (it lost
+   * every write before the flush): not read for the key, and never the truth while another copy
+   * is dirty too, until the repair copies the key's state there. Clean, it would be the only clean
+   * copy once the others had missed the touch: read as absent, and copied as absent over them at
+   * the fence's end (eject fuzz seed 11553 of 10501-12000 with MCMUX_FUZZ_RESTART=1).
+   */
+  lacks(u: Upstream, key: string, seq: number): void {
+    const p = this.of(u);
+    if (p.overflow !== undefined || p.keys.has(key) || p.keys.size >= this.options.maxKeys) {
+      this.mark(u, key, 'write', seq);
+      return;
+    }
+    this.put(u, p, key, { op: 'write', since: 0, seq, firstSeq: LEAST_FRESH, late: 0 });
+  }
+
   /** Sets `u`'s entry for `key`, and appends it to journal.log. */
   private put(u: Upstream, p: PerUpstream, key: string, e: DirtyEntry): void {
     this.setKey(p, key, e);
@@ -1501,7 +1538,7 @@ export class RepairJournal {
     // emptied by the repair, below every copy that holds a write (firstSeq 0.5, below the first
     // write's 1): it holds nothing a client wrote, as it ranked while overflowed (review: ranked
     // the freshest, a flushed cache's miss was read, and repaired over the acknowledged value).
-    const [since, firstSeq] = by === 'repair' ? [0, 0.5] : [Date.now(), this.writeSeq];
+    const [since, firstSeq] = by === 'repair' ? [0, LEAST_FRESH] : [Date.now(), this.writeSeq];
     for (const [key, at] of late) this.put(u, p, key, { op: 'write', since, seq: this.writeSeq, firstSeq, late: at });
   }
 
@@ -1723,7 +1760,7 @@ export class RepairJournal {
         if (f[2] === '1') this.ringsBroken.add(name);
         else this.ringsBroken.delete(name);
       } else if (f[0] === 'B' && f[3] !== undefined) {
-        this.setEmptied(p, Number(f[2]), Number(f[3]) || 0);
+        this.setEmptied(p, Number(f[2]), { until: Number(f[3]) || 0, repair: f[4] === 'r' });
       } else if (f[0] === 'T') {
         this.dropKeys(p);
         this.setOverflow(p, undefined);
@@ -1759,7 +1796,7 @@ export class RepairJournal {
       }
       for (const [key, e] of p.keys) out.push(mLine(name, key, e));
       for (const [id, keys] of p.fenced ?? []) for (const key of keys) out.push(`W ${hex(name)} ${id} ${hex(key)}`);
-      for (const [id, until] of p.emptied ?? []) if (until > Date.now()) out.push(`B ${hex(name)} ${id} ${until}`);
+      for (const [id, e] of p.emptied ?? []) if (e.until > Date.now()) out.push(`B ${hex(name)} ${id} ${e.until}${e.repair ? ' r' : ''}`);
       if (p.uniquesEpoch !== undefined) out.push(`V ${hex(name)} ${p.uniquesEpoch}`);
       if (p.serverId !== undefined) out.push(`I ${hex(name)} ${hex(p.serverId)}`);
     }

@@ -153,6 +153,9 @@ export function replicateKeyed(
       const failedSome = outcomes.some((o) => o !== undefined && !o.ok);
       const knows = (i: number): boolean => current(i) && !(failedSome && emptied[i] === true);
       if (!outcomes.some((o, i) => o?.ok && knows(i))) {
+        // The emptied cache's "none" of a touch is then no answer about the key: it lacks what
+        // the copy that failed may hold (a delete's reached it: it knows the key, absent, now).
+        if (failedSome && what === 'touch') outcomes.forEach((o, i) => emptied[i] === true && o?.ok && o.value === 'NOT_FOUND' && ctx.journal.lacks(ctx.upstreams[i] as Upstream, key, seq));
         return serverError(`${what}: no upstream with a current copy of the key answered: ${firstError(outcomes)}`);
       }
       return { kind: 'status', status: 'NOT_FOUND' };

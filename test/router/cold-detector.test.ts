@@ -161,6 +161,59 @@ describe('cold detector: lock fence', () => {
     await close();
   });
 
+  // Eject fuzz seed 11553 of 10501-12000 (MCMUX_FUZZ_RESTART=1): the touch that failed on the
+  // store made it dirty for the session; the read then skipped it (it missed a write) and took the
+  // emptied cache's miss, with no upstream failing on the key: a session read as absent.
+  it("a read of a key dirty on the store behind the cache the repair emptied is no miss of that cache's", async () => {
+    const { fakes, ups, journal, repairer, detector: d, exec, close } = setup(2, { maxKeys: 2, schemes: ['memory', 'fake'], downAfter: 100 });
+    const [fa, fb] = fakes as [FakeUpstream, FakeUpstream];
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    await d.checkAll();
+    await exec({ kind: 'store', mode: 'set', key: 'sess', value: Buffer.from('cart'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    await missThree(fa, exec);
+    await repairer.tick(); // flushes the cache a: b holds what it held
+    assert.equal(journal.overflowed(a), undefined, 'flushed and trusted');
+    fb.mode = 'fail';
+    const touched = await exec({ kind: 'touch', key: 'sess', deadline: 0, noreply: false } as Command);
+    assert.equal(touched.kind, 'error', 'the touch reached only the emptied cache');
+    assert.ok(journal.isDirty(b, 'sess'), 'b missed the touch');
+    const read = await exec({ kind: 'get', keys: ['sess'], withCas: false } as Command);
+    assert.ok(read.kind !== 'values' || read.hits[0] !== undefined, 'A SESSION b HOLDS READ AS ABSENT');
+    // b is back: the repair copies the session to the cache, not "absent" to b.
+    fb.mode = 'ok';
+    for (let n = 0; n < 3; n++) await repairer.tick();
+    assert.equal(journal.isDirty(a, 'sess') || journal.isDirty(b, 'sess'), false, 'repaired');
+    assert.equal((await fb.inner.get(['sess']))[0]?.value.toString(), 'cart', 'A SESSION DELETED BY THE REPAIR');
+    assert.equal((await fa.inner.get(['sess']))[0]?.value.toString(), 'cart', 'copied to the cache');
+    await close();
+  });
+
+  // Eject fuzz seed 11553 of 10501-12000 (MCMUX_FUZZ_RESTART=1), its restart: the next process
+  // inherited the cache's fence as come back empty (journal.log's B line), but not that the
+  // repair's flush emptied it, and took its miss as an answer while the store behind it failed.
+  it("that the repair's flush emptied the cache outlives a restart of mcmux: its miss is no answer while the store behind it fails", async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcmux-cold-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const first = setup(2, { maxKeys: 2, schemes: ['memcached', 'fake'], downAfter: 100, dir });
+    const [fa, fb] = first.fakes as [FakeUpstream, FakeUpstream];
+    await first.detector.checkAll();
+    await first.exec({ kind: 'store', mode: 'set', key: 'sess', value: Buffer.from('cart'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+    await missThree(fa, first.exec);
+    await first.repairer.tick(); // flushes the cache a (and writes its `fenced until` marker)
+    assert.equal(first.journal.overflowed(first.ups[0]!), undefined, 'flushed and trusted');
+    first.detector.stop();
+    first.journal.close();
+    await first.close();
+    const next = restartOver(first.fakes, dir);
+    await next.detector.checkAll();
+    assert.equal(next.ups[0]!.fenced, true, 'the fence is inherited from the marker');
+    fb.mode = 'fail';
+    const read = await next.router.execute({ kind: 'get', keys: ['sess'], withCas: false } as Command);
+    assert.ok(read.kind !== 'values' || read.hits[0] !== undefined, 'A SESSION b HOLDS READ AS ABSENT');
+    next.journal.close();
+    await next.close();
+  });
+
   it('a cache the repair flushed (its journal had overflowed) is fenced: it came back empty', async () => {
     const { fakes, ups, journal, repairer, detector: d, exec, add, close } = setup(2, { maxKeys: 2, schemes: ['memory', 'fake'], downAfter: 100 });
     const [fa] = fakes as [FakeUpstream];
