@@ -289,6 +289,21 @@ export class ColdDetector {
   }
 
   /**
+   * A ring move fences the pool `u` as come back empty (knownEmpty), but it is not empty: it holds
+   * every key that did not move (inheritedEmpty, as for a server replaced), so with every upstream
+   * fenced it decides before one that holds nothing but what was written since it came back
+   * (authority-order.ts onlyLearnt), and not after it by the chain order: a store that restarted
+   * empty within the pool's lock-fence granted a lock the pool held on a server that stayed in
+   * the ring (eject fuzz seed 1565; fuzz-pool-findings.test.ts). Unless this fence already found
+   * it empty.
+   */
+  private movedEmpty(u: HealthyUpstream): void {
+    const seenEmpty = u.cameBackEmpty && !u.inheritedEmpty;
+    this.knownEmpty(u);
+    if (!seenEmpty) u.inheritedEmpty = true;
+  }
+
+  /**
    * Upstreams whose journal.log record of a broken ring this process has looked at (ringBroken),
    * and those it fenced for it, until that fence is over and the ring whole.
    */
@@ -306,7 +321,7 @@ export class ColdDetector {
    * whole, for the next process (ringBroken).
    */
   ringMoved(u: HealthyUpstream): void {
-    this.knownEmpty(u);
+    this.movedEmpty(u);
     const pool = u.inner as { keptPlace?: (key: string) => boolean; ringMoves?: number; unmovedSince?: (since: number, key: string) => boolean };
     const since = (pool.ringMoves ?? 0) - 1;
     const unmoved = pool.unmovedSince === undefined ? undefined : (key: string): boolean => (pool.unmovedSince as (since: number, key: string) => boolean).call(pool, since, key);
@@ -334,7 +349,7 @@ export class ColdDetector {
       this.ringsLooked.add(u);
       if (this.fenceLog?.ringBroken(u) !== true || !ringWhole(u)) continue;
       this.ringsInherited.add(u);
-      this.knownEmpty(u);
+      this.movedEmpty(u);
       this.fenceLog?.distrust(u, ups);
       this.log.warn({ upstream: u.name, fenceMs: this.fenceMs }, 'a server of this pool was out of its ring under the process before: the pool decides no add/cas/incr until the fence ends');
     }
