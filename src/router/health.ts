@@ -259,6 +259,9 @@ export class HealthyUpstream implements Upstream {
     this.coldUntil = prev.coldUntil;
     this.emptyUntil = prev.emptyUntil;
     this.inheritedEmpty = prev.inheritedEmpty;
+    // Emptied by the repair's flush in this fence: its misses stay no answer while another
+    // upstream fails (failover-read.ts absorb; review-h12 finding 1).
+    this.repairEmptied = prev.repairEmptied;
     this.backAt = prev.backAt;
     this.fencesBegun = prev.fencesBegun;
     this.fenceId = prev.fenceId;
