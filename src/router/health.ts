@@ -591,6 +591,14 @@ export function repairEmptied(u: Upstream): boolean {
   return u instanceof HealthyUpstream && u.cameBackEmpty && u.repairEmptied;
 }
 
+/**
+ * A client's flush_all emptied every upstream: what the repair's flush of `u` left to the others
+ * is gone from them too, and its miss is an answer again (repairEmptied; review-h12 finding 2).
+ */
+export function flushedWithAll(u: Upstream): void {
+  if (u instanceof HealthyUpstream) u.repairEmptied = false;
+}
+
 /** Until when `u` is known to have come back empty (monotonic ms; 0 if not): a later end, a later emptying. */
 export function emptyUntil(u: Upstream): number {
   return u instanceof HealthyUpstream ? u.emptyUntil : 0;

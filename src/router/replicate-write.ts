@@ -11,7 +11,7 @@ import type { StoreRequest, StoreResult, TouchedItem, Upstream } from '../upstre
 import { authorityOrder } from './authority-order';
 import { type RouterContext, refusedTooLarge, serverError, tooLargeReply } from './context';
 import { type Outcome, count, failures, fanOut, firstError } from './fan-out';
-import { isFenced, knowsKey, noteWritten, repairEmptied } from './health';
+import { flushedWithAll, isFenced, knowsKey, noteWritten, repairEmptied } from './health';
 
 const STORED: Reply = { kind: 'status', status: 'STORED' };
 
@@ -283,6 +283,8 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
         ctx.journal.trust(u, 'flush_all');
         ctx.onFlushed(u);
       });
+      // Every upstream flushed: none holds what the repair's flush took from a cache any more.
+      if (failed === 0) for (const u of ctx.upstreams) flushedWithAll(u);
       return failed === 0
         ? { kind: 'status', status: 'OK' }
         : serverError(`flush failed on ${failed} of ${outcomes.length} upstreams: ${firstError(outcomes)}`);
