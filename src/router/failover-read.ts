@@ -24,7 +24,18 @@ import { lastsOn, sendKeyed } from './replicate-write';
  * One upstream's answer. `failed`: keys it could not answer (a pool whose server for them
  * failed while the others answered), with the error: neither hits nor misses.
  */
-type Answer = { ok: true; hits: Map<string, Hit | undefined>; failed?: { keys: readonly string[]; error: unknown } } | { ok: false; error: unknown };
+/**
+ * `unknown`: the keys of the request the upstream did not know (knowsKey) as it went out: its miss
+ * of one is read before any write of it since reached the upstream (absorb).
+ */
+type Answer = { ok: true; hits: Map<string, Hit | undefined>; failed?: { keys: readonly string[]; error: unknown }; unknown?: ReadonlySet<string> } | { ok: false; error: unknown };
+
+/** The keys of `keys` that `u` does not know now (knowsKey), undefined when none (unfenced). */
+function unknownTo(u: Upstream, keys: readonly string[]): ReadonlySet<string> | undefined {
+  if (!isFenced(u)) return undefined;
+  const out = keys.filter((k) => !knowsKey(u, k));
+  return out.length === 0 ? undefined : new Set(out);
+}
 
 interface ReadState {
   readonly found: Map<string, { hit: Hit; from: number }>;
@@ -153,6 +164,9 @@ function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number, busy: Readon
   const key = cmd.keys[0] as string;
   const u = ctx.upstreams[0];
   if (!u || ctx.journal.isDirty(u, key) || (cmd.withCas && isFenced(u))) return undefined;
+  // As the request goes out: a write of the key that reaches `u` before its miss is taken says
+  // nothing of what the miss read (absorb).
+  const unknown = unknownTo(u, cmd.keys);
   // A plain get's hit goes to the client as it is: no cas or deadline needed (gets needs the cas).
   return u.get(cmd.keys, undefined, !cmd.withCas).then(
     (hits): Reply | Promise<Reply> => {
@@ -162,7 +176,7 @@ function firstHit(ctx: RouterContext, cmd: GetCommand, seq: number, busy: Readon
       // A miss here after the repair flushed this cache is taken (ReadState.emptied): the full
       // read asks the next upstreams only now, when one dirty as the read began is clean again
       // if the flush was allowed (journal.holdsAlone).
-      if (!hit) return finish(ctx, seq, read(ctx, cmd, seq, { ok: true, hits: new Map([[key, undefined]]) }, busy));
+      if (!hit) return finish(ctx, seq, read(ctx, cmd, seq, { ok: true, hits: new Map([[key, undefined]]), unknown }, busy));
       ctx.counters.getHits++;
       ctx.journal.readFinished(seq);
       return { kind: 'values', hits: [hit] };
@@ -187,6 +201,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     // A gat's request is a write of its keys until answered, even one the read no longer awaits.
     gat?.sent();
     const since = flushes;
+    const unknown = unknownTo(u, keys);
     return u.get(keys, cmd.touch).then(
       (hits): Answer => {
         gat?.answered();
@@ -199,9 +214,9 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
           keys.forEach((k, j) => {
             if (!failed.includes(k)) got.set(k, hits[j]);
           });
-          return { ok: true, hits: got, failed: { keys: failed, error: new Error(`${u.name} missed a write of ${failed.join(' ')}, or was flushed by the repair, while the read was on its way`) } };
+          return { ok: true, hits: got, failed: { keys: failed, error: new Error(`${u.name} missed a write of ${failed.join(' ')}, or was flushed by the repair, while the read was on its way`) }, unknown };
         }
-        return { ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])) };
+        return { ok: true, hits: new Map(keys.map((k, j) => [k, hits[j]])), unknown };
       },
       (error: unknown) => {
         const partial = error instanceof McmuxError ? error.partial : undefined;
@@ -218,7 +233,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
         keys.forEach((k, j) => {
           if (!failed.has(j)) hits.set(k, partial.hits[j]);
         });
-        return { ok: true, hits, failed: { keys: failedKeys, error } };
+        return { ok: true, hits, failed: { keys: failedKeys, error }, unknown };
       },
     );
   };
@@ -386,7 +401,9 @@ function absorb(st: ReadState, answer: Answer, keys: readonly string[], i: numbe
       continue;
     }
     const hit = answer.hits.get(key);
-    if (hit || empty === undefined || knowsKey(empty, key)) st.answered.add(key);
+    // Known as the request went out and still (a set of the key that reached it after it read
+    // the miss, answered first, says nothing of the miss: review-h12 finding 3).
+    if (hit || empty === undefined || (knowsKey(empty, key) && answer.unknown?.has(key) !== true)) st.answered.add(key);
     else (st.emptyMisses ??= new Set()).add(key);
     if (hit) {
       if (!st.found.has(key)) st.found.set(key, { hit, from: i });
