@@ -11,13 +11,15 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
+import { monotonicMs } from '../../src/clock';
 import { ColdDetector } from '../../src/router/cold-detector';
 import { HealthyUpstream, knowsKey, repairEmptied } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
+import { TestClocks } from '../helpers/clocks';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
-import { poolFakes, poolProc } from '../helpers/pool-proc';
+import { POOL_FENCE_MS, poolFakes, poolProc } from '../helpers/pool-proc';
 
 const silent = pino({ level: 'silent' });
 const FENCE_MS = 60_000;
@@ -184,5 +186,87 @@ describe("review-h12: a read overlapping a set, the cache the repair flushed ans
     assert.equal(valueOf(got), undefined);
     assert.equal(status(await r.exec(delCmd('sess.d'))), 'NOT_FOUND');
     await r.close();
+  });
+});
+
+describe("review-h12: the other commands of a key the repair's flush took from the cache, the store behind failing", () => {
+  // Guards: a session b holds, a flushed by the repair, b failing. No command answers as if the
+  // key were absent: a conditional one has no authority (a fenced, for a key it does not know,
+  // while b is warm: authority-order.ts), a read (get of several keys, gat) has no answer for it.
+  const arith = (op: 'incr' | 'decr', key: string): Command => ({ kind: 'arith', op, key, delta: 1n, initial: undefined, deadline: 0, noreply: false }) as Command;
+  const store = (mode: 'add' | 'append' | 'prepend' | 'replace' | 'cas', key: string, cas?: bigint): Command =>
+    ({ kind: 'store', mode, key, value: Buffer.from('x'), flags: 0, deadline: 0, cas, withCas: false, noreply: false }) as Command;
+  it('incr, decr, add, append, prepend, replace, cas, gat and a get of several keys: none answers the key absent', async () => {
+    const r = rig();
+    await r.detector.checkAll();
+    for (const k of ['n', 's', 't']) assert.equal(status(await r.exec(setCmd(k, '5'))), 'STORED');
+    const gets = await r.exec({ kind: 'get', keys: ['s'], withCas: true, touch: undefined });
+    const unique = gets.kind === 'values' ? gets.hits[0]?.cas : undefined;
+    await r.repairFlush();
+    assert.equal(status(await r.exec(setCmd('known', 'v'))), 'STORED', 'a learns it');
+    r.fb.mode = 'fail';
+    const absent = new Set(['NOT_FOUND', 'NOT_STORED', 'STORED']);
+    for (const c of [arith('incr', 'n'), arith('decr', 'n'), store('add', 's'), store('append', 's'), store('prepend', 's'), store('replace', 's'), store('cas', 's', unique ?? 1n)]) {
+      const reply = await r.exec(c);
+      assert.ok(!absent.has(status(reply)), `${(c as { kind: string; mode?: string; op?: string }).mode ?? (c as { op?: string }).op}: ${status(reply)}: DECIDED BY THE EMPTIED CACHE`);
+    }
+    const many = await r.exec(getCmd('known', 't', 'known'));
+    assert.equal(many.kind, 'error', `${status(many)}: t READ AS ABSENT in a get of several keys`);
+    const gat = await r.exec({ kind: 'get', keys: ['t'], withCas: false, touch: Date.now() + 60_000 });
+    assert.equal(gat.kind, 'error', `${status(gat)}: t READ AS ABSENT by a gat`);
+    await r.close();
+  });
+});
+
+describe("review-h12: the repair flush's hold ends with its fence", () => {
+  // Guard: the fence of the repair's flush over, a new one begins as the cache comes back empty by
+  // itself (its marker found gone: a restart): that one's miss answers as any store's (f66281d),
+  // repairEmptied is not carried into it.
+  it('a restart seen after the fence of the repair flush ended: its miss answers while b fails', async (t) => {
+    const clocks = new TestClocks();
+    t.after(() => clocks.restore());
+    const r = rig();
+    await r.detector.checkAll();
+    assert.equal(status(await r.exec(setCmd('sess.e', 'cart'))), 'STORED');
+    await r.repairFlush();
+    clocks.advance(FENCE_MS + 1000);
+    assert.equal(repairEmptied(r.a), false, 'its fence is over');
+    r.detector.knownEmpty(r.a); // a new fence: it came back empty by itself
+    assert.equal(repairEmptied(r.a), false, 'EMPTIED BY THE REPAIR carried into a new fence');
+    r.fb.mode = 'fail';
+    assert.equal(status(await r.exec(getCmd('sess.e'))), 'values');
+    await r.close();
+  });
+});
+
+describe("review-h12 eb89fe4: a reload while the repair's flush is out", () => {
+  // Finding 4 (low: the failure eb89fe4 fixed, again, after a reload during the repair's flush).
+  // The repair's flush of the pool is out (a slow server); a reload rebuilds the pool (a changed
+  // timeout), which takes over the fence begun as the flush was sent (takeOver). The flush is
+  // answered 10 s later: eb89fe4 fences the cache again from that answer, but on the upstream it
+  // captured as the flush began, which the reload retired: the pool in the chain stays fenced
+  // until lock-fence after the flush was sent, 10 s less than lock-fence after it emptied.
+  it("the pool a reload rebuilt during the repair's flush is fenced for lock-fence from the flush's answer", { todo: "flushOverflowed's second onFlush fences the retired upstream" }, async (t) => {
+    const clocks = new TestClocks();
+    t.after(() => clocks.restore());
+    const { sf, fb } = poolFakes(2);
+    const s = poolProc(sf, fb, { wireFlush: true, eject: false, load: true });
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd(s.keyOn(0), 'cart'))), 'STORED');
+    s.journal.distrust(s.p);
+    const s0 = s.sf[0] as FakeUpstream;
+    s0.gateOnly = (call) => call === 'flush';
+    s0.close_gate();
+    const tick = s.repairer.tick();
+    for (let n = 0; n < 200 && !s0.calls.includes('flush'); n++) await settle();
+    assert.ok(s0.calls.includes('flush'), 'the flush was sent');
+    await s.reload();
+    clocks.advance(10_000); // the flush takes 10 s to be answered
+    s0.open();
+    await tick;
+    for (let n = 0; n < 20 && s.journal.overflowed(s.p) !== undefined; n++) await s.repairer.tick();
+    assert.equal(s.journal.overflowed(s.p), undefined, 'flushed and trusted');
+    assert.ok(s.p.coldUntil >= monotonicMs() + POOL_FENCE_MS - 1, `the pool in the chain fenced until ${s.p.coldUntil - monotonicMs()} ms from the flush's answer: less than lock-fence`);
+    await s.stop();
   });
 });
