@@ -388,9 +388,13 @@ export class Repairer {
     // sent, after the writes in flight: that much shorter from the emptying; rollback fuzz seed
     // 1742 of 1501-2000 with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=0.5, lock-fence 150 ms: the
     // flushed pool decided an add of a lock the other stores held 118 ms after it was emptied).
-    this.onFlush?.(u);
-    if (u instanceof HealthyUpstream) u.repairEmptied = true;
-    this.onFlushed?.(u);
+    // On the upstream in the chain now for this store: a reload meanwhile rebuilt it (takeOver took
+    // the fence begun as the flush was sent), and fencing the retired one left the chain's fenced
+    // until lock-fence after the flush was sent (review-h12 finding 4).
+    const live = this.ctx().upstreams.find((x) => idOf(x) === idOf(u)) ?? u;
+    this.onFlush?.(live);
+    if (live instanceof HealthyUpstream) live.repairEmptied = true;
+    this.onFlushed?.(live);
     // A request of a key it could not remember timed out while the flush was in flight (none
     // should be: no write runs meanwhile): it may land after the flush. Not trusted yet:
     // flushed again once that has settled. Nor when it was distrusted afresh meanwhile (a pool's
