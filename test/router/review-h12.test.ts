@@ -5,6 +5,17 @@
  * failed), with f66281d (a read's miss from such a cache, failover-read.ts absorb) for context.
  * Chains of fakes, driven by hand; the repair's flush is the Repairer's own (tick), wired as
  * app.ts wires it (onFlush: knownEmpty, onFlushed: flushed).
+ *
+ * Findings (each fixed on this branch, its test failing without the fix):
+ * 1. a reload's takeOver dropped repairEmptied: the rebuilt cache's misses answered while the
+ *    store behind failed (a session read as absent, deleted NOT_FOUND);
+ * 2. a client's flush_all every upstream answered left repairEmptied: SERVER_ERROR for keys
+ *    flushed everywhere while another upstream failed, for the rest of lock-fence;
+ * 3. a read took knowsKey as the cache's answer arrived: a set of the key that reached the cache
+ *    after it read the miss made the miss an answer (a session read as absent);
+ * 4. eb89fe4's fence from the flush's answer went to the upstream a reload had retired meanwhile.
+ * Guards: the other commands of such a key; a restart after that fence ended; a delete that
+ * reached every store.
  */
 
 import assert from 'node:assert/strict';
