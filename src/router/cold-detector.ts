@@ -7,7 +7,7 @@
  * before are void from then on (voidUniques): its counter started again.
  *
  * The marker's value names the mcmux process that wrote it (pid, generation, nonce: PID_GEN),
- * or, while the upstream is fenced, `fenced until <epoch ms>`: an mcmux restarted inside that
+ * or, while the upstream is fenced, `fenced until <epoch ms> <pid gen nonce>`: an mcmux restarted inside that
  * time finds the marker (put
  * back by the process before it), and fences the upstream until then all the same, for at most
  * its own lock-fence (a wrong clock cannot fence for longer). Its flags then name the fence
@@ -47,7 +47,12 @@ const RETRY_MS = 100;
 type Verdict = 'cold' | 'warm' | 'first' | 'unknown';
 const REFRESH_MS = 3600_000;
 const MARKER_TTL_MS = 24 * 3600_000;
-const FENCED_UNTIL = /^fenced until (\d{1,15})$/;
+/**
+ * The marker while the upstream is fenced: the fence's end, then, as PID_GEN, the writer and a
+ * generation (absent from the markers of mcmux before review-h9 finding 4: a snapshot taken while
+ * fenced could not be told from the marker since).
+ */
+const FENCED_UNTIL = /^fenced until (\d{1,15})(?: (\d{1,10}) (\d{1,15}) ([0-9a-f]{1,32}))?$/;
 /**
  * The marker of a process not fencing the store: its pid, a generation, new at each write, and
  * the process's nonce (ColdDetector.nonce; absent from the markers of mcmux before it).
@@ -803,10 +808,15 @@ export class ColdDetector {
     const verdict: Verdict = hit ? 'warm' : wrote !== undefined || (this.fenceLog?.markerUntil(recordOf(u, store)) ?? 0) > Date.now() ? 'cold' : 'first';
     if (hit && wrote === undefined) this.found.add(store);
     // Only a marker another process wrote tells of a fence this one does not know.
-    const fenced = hit && wrote === undefined ? FENCED_UNTIL.exec(hit.value.toString('latin1')) : null;
-    const marker = hit ? PID_GEN.exec(hit.value.toString('latin1')) : null;
-    const writer = marker === null ? undefined : `${marker[1]} ${marker[3] ?? ''}`;
-    const gen = marker === null ? 0 : Number(marker[2]);
+    const text = hit?.value.toString('latin1');
+    const fencedMarker = text === undefined ? null : FENCED_UNTIL.exec(text);
+    const fenced = wrote === undefined ? fencedMarker : null;
+    // pid, generation and nonce: of a `fenced until` marker too, so that a copy holding one of
+    // this process's is a rollback as any (review-h9 finding 4).
+    const pidGen = text === undefined ? null : PID_GEN.exec(text);
+    const marker = pidGen !== null ? pidGen.slice(1) : fencedMarker?.[2] !== undefined ? fencedMarker.slice(2) : null;
+    const writer = marker === null ? undefined : `${marker[0]} ${marker[2] ?? ''}`;
+    const gen = marker === null ? 0 : Number(marker[1]);
     const late = writer === this.self ? this.late.get(storeKey(u, store)) : undefined;
     const seenAt = late?.get(gen);
     const excused = late?.has(gen) === true && (seenAt === undefined || floor <= seenAt);
@@ -858,7 +868,7 @@ export class ColdDetector {
     const until = u.fenced ? u.coldUntil : 0;
     const wallUntil = until === 0 ? 0 : Math.ceil(wall + (until - at));
     const gen = ++this.gen;
-    const value = until === 0 ? `${process.pid} ${gen} ${this.nonce}` : `fenced until ${wallUntil}`;
+    const value = `${until === 0 ? '' : `fenced until ${wallUntil} `}${process.pid} ${gen} ${this.nonce}`;
     const id = until === 0 ? 0 : u.fenceId;
     // Before the marker that names the fence: a process that inherits it knows it came back empty.
     if (until !== 0 && u.cameBackEmpty) this.fenceLog?.fenceEmptied(u, id, Math.ceil(wall + (u.emptyUntil - at)), u.repairEmptied);

@@ -107,7 +107,7 @@ describe('the marker of the process before this one (review-durable finding 1)',
       await s.marker(`${OTHER} 13 0123456789ab`); // the crashed process's last marker write lands
       return true;
     });
-    assert.match((await s.up.inner.get([s.detector.key]))[0]?.value.toString() ?? '', /^fenced until \d+$/, "this process's marker written over it");
+    assert.match((await s.up.inner.get([s.detector.key]))[0]?.value.toString() ?? '', /^fenced until \d+ \d+ \d+ [0-9a-f]+$/, "this process's marker written over it");
     await s.detector.checkAll();
     assert.equal(s.distrusted(), false, 'A STORE THAT KEPT WHAT IT HAD TAKEN FOR ROLLED BACK');
     s.detector.stop();

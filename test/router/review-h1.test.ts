@@ -107,7 +107,7 @@ describe('review-h1 15428d9: the replication id on journal.log and the fence it 
     p2.detector.serverId(p2.up, Y);
     await p2.detector.startAfter(async () => false);
     const marker = (await store.get([p2.detector.key]))[0]?.value.toString() ?? '';
-    assert.match(marker, /^fenced until \d+$/);
+    assert.match(marker, /^fenced until \d+ \d+ \d+ [0-9a-f]+$/);
     p2.crash();
     const p3 = processOver(store, dir);
     assert.equal(p3.journal.serverIdOf(p3.up), Y, 'the new id is on file once its fence is');
