@@ -53,7 +53,7 @@ interface ReadState {
    * read once more (fuzz seed 211229).
    */
   emptied?: Set<string>;
-  /** Keys a cache the repair flushed answered a miss for (absorb `empty`), and keys an upstream failed on. */
+  /** Keys a cache the repair flushed answered a miss for (absorb `empty`), and keys an upstream failed on or was not asked for (dirty there). */
   emptyMisses?: Set<string>;
   failedOn?: Set<string>;
 }
@@ -255,6 +255,10 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
       // A key this upstream missed a write of is not asked of it: it may be stale or deleted there.
       // Decided before the request goes out: the journal may change while it is in flight.
       const skipped = missing.filter((k) => ctx.journal.isDirty(u, k, seq));
+      // Not asked, as one failing on it is not: a miss of the cache the repair flushed is no
+      // answer beside it (absorb; review-h12 finding 3 with the set's timeout on the store behind
+      // recorded before the read reached it, and eject fuzz seed 11553).
+      for (const k of skipped) (st.failedOn ??= new Set()).add(k);
       const keys = skipped.length === 0 ? missing : missing.filter((k) => !skipped.includes(k));
       if (keys.length === 0) continue;
       for (const k of keys) asked.add(k);
