@@ -96,6 +96,26 @@ async function missThree(f: FakeUpstream, exec: (c: Command) => Promise<Reply>):
 }
 
 describe('cold detector: lock fence', () => {
+  // Fuzz seed 157 with MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1
+  // MCMUX_FUZZ_RESTART=1: every upstream fenced as come back empty; b decided an add (a was dirty
+  // for the key), a got the copy and then lost it again (the repair's flush); b had not learnt the
+  // key from its own add, so the chain order let a decide the next one.
+  it('a fenced upstream that decided a conditional command knows the key from then on: it decides it before one that lost it since', async () => {
+    const { ups, fakes, journal, detector: d, add, close } = setup(2);
+    const [fa] = fakes as [FakeUpstream];
+    const [a, b] = ups as [HealthyUpstream, HealthyUpstream];
+    await d.checkAll();
+    d.knownEmpty(a);
+    d.knownEmpty(b);
+    journal.mark(a, 'lock.s', 'write'); // a missed a write of the lock: b decides
+    assert.equal(await add('lock.s', 'A'), 'STORED');
+    assert.equal(knowsKey(b, 'lock.s'), true, 'b decided the add: it holds the key as from a set');
+    await fa.inner.flush();
+    d.knownEmpty(a); // a came back empty again (its copy of the lock gone)
+    assert.equal(await add('lock.s', 'B'), 'NOT_STORED', 'LOCK GRANTED TWICE: a, which lost it, decided before b, which granted it');
+    await close();
+  });
+
   it('a store found without its marker is cold even when the marker rewrite times out (and lands later)', async () => {
     const { fakes, ups, detector: d, add, close } = setup();
     const [fa] = fakes as [FakeUpstream];
