@@ -23,7 +23,7 @@ import { type Until, type Wire, connectWire } from './wire';
 /** bin/mcmux, from dist/test/helpers/ (compiled) and from test/helpers/ (ts-node) alike. */
 export const MCMUX_BIN = resolve(__dirname, __dirname.includes('/dist/') ? '../../../bin/mcmux' : '../../bin/mcmux');
 
-const READY_TIMEOUT_MS = 5000;
+const READY_TIMEOUT_MS = 15_000;
 // Above the default shutdown-timeout (5 s): a clean stop is never cut short by our SIGKILL.
 const STOP_GRACE_MS = 8000;
 
@@ -109,7 +109,7 @@ function spawnMcmux(args: string[], opts: SpawnOptions): { proc: ChildProcess; o
 
 /**
  * Starts mcmux on a free port of 127.0.0.1 with `args` (anything but --listen) and resolves once
- * it answers `version`; rejects with its stderr if it exits or does not answer within 5 s.
+ * it answers `version`; rejects with its stderr if it exits or does not answer within 15 s.
  * With `opts.port`, `args` choose the address themselves and mcmux is awaited on that port.
  */
 export async function startMcmux(args: string[], opts: StartOptions = {}): Promise<McmuxProcess> {
@@ -148,7 +148,7 @@ async function startOn(port: number, args: string[], opts: SpawnOptions): Promis
     if (await answersVersion(port)) return handle;
     if (exit === undefined) await new Promise((r) => setTimeout(r, 25));
   }
-  const why = exit ? `exited with ${exit.signal ?? exit.code}` : 'no answer to version within 5 s';
+  const why = exit ? `exited with ${exit.signal ?? exit.code}` : `no answer to version within ${READY_TIMEOUT_MS / 1000} s`;
   await handle.stop('SIGKILL');
   throw new Error(`mcmux ${args.join(' ')} on port ${port} did not start (${why}); stderr: ${out.stderr.trim()}; stdout: ${out.stdout.trim().slice(-2000)}`);
 }
