@@ -272,6 +272,11 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
     (outcomes, settled) => {
       if (!settled) return undefined;
       const failed = failures(outcomes);
+      // Every upstream flushed: none holds what the repair's flush took from a cache any more.
+      // Before onFlushed, whose marker rewrite puts the fence's B line on journal.log with its
+      // `r` while repairEmptied still says so: a process restarted before the next check
+      // inherited it (review-h16 finding 1).
+      if (failed === 0) for (const u of ctx.upstreams) flushedWithAll(u);
       outcomes.forEach((o, i) => {
         const u = ctx.upstreams[i] as Upstream;
         // One that timed out may still flush later, over the writes acknowledged since.
@@ -283,8 +288,6 @@ export function replicateFlush(ctx: RouterContext): Promise<Reply> {
         ctx.journal.trust(u, 'flush_all');
         ctx.onFlushed(u);
       });
-      // Every upstream flushed: none holds what the repair's flush took from a cache any more.
-      if (failed === 0) for (const u of ctx.upstreams) flushedWithAll(u);
       return failed === 0
         ? { kind: 'status', status: 'OK' }
         : serverError(`flush failed on ${failed} of ${outcomes.length} upstreams: ${firstError(outcomes)}`);

@@ -80,7 +80,7 @@ describe('review-h16: journal.log\'s `r` (9fb71ca)', () => {
   // 2 s of a client's flush_all). replicate-write.ts flush: onFlushed (forget, then flushed, then
   // mark) runs for each upstream before flushedWithAll clears repairEmptied, and mark's first,
   // synchronous step appends the B line with the `r` of the repairEmptied still set.
-  it("a flush_all every upstream answered does not leave journal.log's `r` for a restarted mcmux to inherit", { todo: 'replicate-write.ts flush: flushedWithAll after onFlushed' }, async (t) => {
+  it("a flush_all every upstream answered does not leave journal.log's `r` for a restarted mcmux to inherit", async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'mcmux-h16-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')];
