@@ -11,6 +11,11 @@
  *    mcmux restarted before its next check (2 s) inherits "emptied by the repair" for a cache
  *    the flush_all emptied with everything else: SERVER_ERROR for keys absent everywhere while
  *    another upstream fails, for the rest of lock-fence (review-h12 finding 2, across a restart).
+ * 2. 9fb71ca journals the cache the repair's flush emptied as lacking the key for a touch only: a
+ *    gat, or a conditional command (incr, append...) the store behind alone could decide, that
+ *    failed there leaves the store dirty and the cache clean: once the cache's fence ends its miss
+ *    is read as the session, and the repair copies its "absent" over the store (a session or lock
+ *    deleted from the durable store).
  */
 
 import assert from 'node:assert/strict';
@@ -41,7 +46,7 @@ const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind ==
  * One mcmux process over `fakes` (a: a memcached cache, b: a durable store): journal.log in `dir`
  * (loaded), a repairer and a client flush_all wired as app.ts wires them.
  */
-function proc(fakes: readonly FakeUpstream[], o: { dir?: string; maxKeys?: number; writeWait?: 'all' | 'copies' } = {}) {
+function proc(fakes: readonly FakeUpstream[], o: { dir?: string; maxKeys?: number; writeWait?: 'all' | 'copies'; fenceMs?: number } = {}) {
   const ups = fakes.map((f) => new HealthyUpstream(f, HEALTH, () => {}));
   const journal = new RepairJournal({ maxKeys: o.maxKeys ?? 1000, dir: o.dir, fsync: 'no' });
   if (o.dir !== undefined) journal.load(ups);
@@ -52,7 +57,7 @@ function proc(fakes: readonly FakeUpstream[], o: { dir?: string; maxKeys?: numbe
     noStats,
     () => {},
   );
-  detector = new ColdDetector(() => ups, FENCE_MS, silent, journal);
+  detector = new ColdDetector(() => ups, o.fenceMs ?? FENCE_MS, silent, journal);
   const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
   repairer.onFlush = (u) => detector?.knownEmpty(u as HealthyUpstream);
   repairer.onFlushed = (u) => detector?.flushed(u as HealthyUpstream);
@@ -103,4 +108,50 @@ describe('review-h16: journal.log\'s `r` (9fb71ca)', () => {
     assert.equal(read.kind === 'values' ? read.hits[0] : 'x', undefined);
     await next.stop();
   });
+});
+
+/** [a: a memcached cache, b: a durable store] holding sess = `value`, a flushed by the repair, with a lock-fence of `fenceMs`. */
+async function flushedCache(value: string, fenceMs: number) {
+  const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
+  const s = proc(fakes, { fenceMs });
+  await s.detector!.checkAll();
+  assert.equal(status(await s.exec(setCmd('sess', value))), 'STORED');
+  await repairFlush(s);
+  return { ...s, fa: fakes[0], fb: fakes[1], a: s.ups[0] as HealthyUpstream, b: s.ups[1] as HealthyUpstream };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe("review-h16: a command the store behind failed, after the repair's flush of the cache", () => {
+  // Finding 2: 9fb71ca journals the emptied cache as lacking the key for a touch it alone answered
+  // NOT_FOUND, but not for the other commands that leave the store behind dirty and the cache
+  // clean without a word from it: a gat (read miss on the cache, failed on the store), and a
+  // conditional command the store alone may decide (the cache is fenced) that failed there.
+  // The cache, clean, is then the repair's source for the key once its fence ends
+  // (repair.ts: clean.find((s) => !isFenced(s))): its "absent" is copied over the store.
+  const cases: Array<[string, string, Command]> = [
+    ['touch', 'cart', { kind: 'touch', key: 'sess', deadline: 0, noreply: false } as Command], // 9fb71ca's case: a guard
+    ['gat', 'cart', { kind: 'get', keys: ['sess'], withCas: false, touch: 0 } as Command],
+    ['incr', '5', { kind: 'arith', op: 'incr', key: 'sess', delta: 1n, noreply: false } as unknown as Command],
+    ['append', 'cart', { kind: 'store', mode: 'append', key: 'sess', value: Buffer.from('+'), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false } as Command],
+  ];
+  for (const [name, value, cmd] of cases) {
+    const todo = name === 'touch' ? undefined : 'journal the emptied cache as lacking the key (lacks) as for a touch';
+    it(`a ${name} that failed on the store behind leaves the cache no source to read or repair the session from at the fence's end`, { todo }, async () => {
+      const s = await flushedCache(value, 300);
+      s.fb.mode = 'fail';
+      const r = await s.exec(cmd);
+      assert.equal(r.kind, 'error', `${name}: ${status(r)}`);
+      assert.ok(s.journal.isDirty(s.b, 'sess'), `b: dirty, the ${name} may have been applied there`);
+      s.fb.mode = 'ok';
+      await sleep(350); // a's lock-fence ends
+      assert.equal(s.a.fenced, false, "a's fence is over");
+      const read = await s.exec(getCmd('sess'));
+      assert.ok(read.kind !== 'values' || read.hits[0] !== undefined, 'A SESSION b HOLDS READ AS ABSENT (the emptied cache clean, b dirty)');
+      for (let n = 0; n < 5; n++) await s.repairer.tick();
+      const held = (await s.fb.inner.get(['sess']))[0]?.value.toString();
+      assert.ok(held !== undefined && held.startsWith(value), `b holds ${held}: A SESSION DELETED BY THE REPAIR (the emptied cache's absence copied over it)`);
+      await s.stop();
+    });
+  }
 });
