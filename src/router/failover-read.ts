@@ -18,7 +18,7 @@ import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
 import { McmuxError, mayLandLate } from '../errors';
 import { isFenced, isUsable, knowsKey, repairEmptied } from './health';
-import { lastsOn, sendKeyed } from './replicate-write';
+import { lackedWhereEmptied, lastsOn, sendKeyed } from './replicate-write';
 
 /**
  * One upstream's answer. `failed`: keys it could not answer (a pool whose server for them
@@ -224,7 +224,12 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
         // A gat that failed may have touched the item there all the same (applied, then the
         // connection dropped or timed out), unknown to the others: that copy may now outlive
         // the item everywhere else (or expire before it). Journaled as a write it missed.
-        if (cmd.touch !== undefined) for (const k of failedKeys) ctx.journal.mark(u, k, 'write', undefined, mayLandLate(error));
+        if (cmd.touch !== undefined) {
+          for (const k of failedKeys) ctx.journal.mark(u, k, 'write', undefined, mayLandLate(error));
+          // A cache the repair's flush emptied that does not know the key is no copy of its state
+          // (review-h16 finding 2).
+          for (const k of failedKeys) lackedWhereEmptied(ctx, k, ctx.journal.nextWriteSeq() - 1);
+        }
         gat?.answered();
         if (partial === undefined) return { ok: false, error };
         // A pool some of whose servers answered: their keys are answered.

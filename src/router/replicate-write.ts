@@ -200,6 +200,22 @@ function touchedItem(ctx: RouterContext, key: string, outcomes: ReadonlyArray<Ou
 }
 
 /**
+ * A command of `key` may have been applied on an upstream that then failed (journaled for it),
+ * while a cache the repair's flush emptied that does not know the key (repairEmptied, knowsKey)
+ * never got it: its absence is no state of the key. Journaled as lacking it (journal.lacks, the
+ * least fresh copy), as for a touch it alone answered NOT_FOUND: left clean, it is read as the
+ * key's truth once its fence ends, and is the repair's source for the store that failed, its
+ * absence copied over the session (review-h16 finding 2: a gat, an incr, an append that failed
+ * on the store behind). `skip`: upstreams the command was tried on (journaled already).
+ */
+export function lackedWhereEmptied(ctx: RouterContext, key: string, seq: number, skip?: (u: Upstream) => boolean): void {
+  for (const u of ctx.upstreams) {
+    if (skip?.(u) === true || !repairEmptied(u) || knowsKey(u, key) || ctx.journal.isDirty(u, key)) continue;
+    ctx.journal.lacks(u, key, seq);
+  }
+}
+
+/**
  * A delete or touch of `key` that no client waits on for its answer (the copies of a
  * conditional command whose item is gone, a gat's touches of the others), tracked like any
  * write: in flight for the journal until every target answered, misses journaled. Returns the
