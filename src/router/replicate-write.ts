@@ -155,7 +155,10 @@ export function replicateKeyed(
       if (!outcomes.some((o, i) => o?.ok && knows(i))) {
         // The emptied cache's "none" of a touch is then no answer about the key: it lacks what
         // the copy that failed may hold (a delete's reached it: it knows the key, absent, now).
-        if (failedSome && what === 'touch') outcomes.forEach((o, i) => emptied[i] === true && o?.ok && o.value === 'NOT_FOUND' && ctx.journal.lacks(ctx.upstreams[i] as Upstream, key, seq));
+        // Known now, not as the touch went out: a set of the key that reached it after the touch,
+        // acknowledged from it, is the newest write, and ranked least fresh it was read from the
+        // store that missed it, and repaired over it (review-h16 finding 3).
+        if (failedSome && what === 'touch') outcomes.forEach((o, i) => emptied[i] === true && o?.ok && o.value === 'NOT_FOUND' && !knowsKey(ctx.upstreams[i] as Upstream, key) && ctx.journal.lacks(ctx.upstreams[i] as Upstream, key, seq));
         return serverError(`${what}: no upstream with a current copy of the key answered: ${firstError(outcomes)}`);
       }
       return { kind: 'status', status: 'NOT_FOUND' };
