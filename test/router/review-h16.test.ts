@@ -20,6 +20,8 @@
  *    set that reached the cache after the touch's NOT_FOUND, acknowledged from it while the store
  *    behind failed, leaves the cache holding the newest write ranked least fresh, below the store
  *    that missed it: the value before the acknowledged set is read, and repaired over the cache.
+ * Guards: a touch's lacks (9fb71ca's own case, in finding 2's rig); a key whose delete is still on
+ * its way to b (write-wait copies) reads as a miss, not SERVER_ERROR, and b is not asked again.
  */
 
 import assert from 'node:assert/strict';
@@ -184,6 +186,27 @@ describe("review-h16: lacks (9fb71ca) and a write that reached the cache after t
     for (let n = 0; n < 5; n++) await s.repairer.tick();
     assert.equal((await s.fa.inner.get(['sess']))[0]?.value.toString(), 'new', 'AN ACKNOWLEDGED SET REPAIRED OVER on a');
     assert.equal((await s.fb.inner.get(['sess']))[0]?.value.toString(), 'new', 'b repaired from a');
+    await s.stop();
+  });
+});
+
+describe('review-h16 guards: a copy left out as dirty (197839e, ffed1a3)', () => {
+  // No cache the repair flushed: a key skipped on b for a delete still on its way there (write-wait
+  // copies) is a miss on a, not SERVER_ERROR, and b is not asked again while the delete is pending.
+  it('a get of a key whose delete is still on its way to b answers a miss from a, without asking b', async () => {
+    const fakes = [new FakeUpstream('fake://a', 'fake'), new FakeUpstream('fake://b', 'fake')] as const;
+    const s = proc(fakes, { writeWait: 'copies' });
+    await s.detector!.checkAll();
+    assert.equal(status(await s.exec(setCmd('k', 'v'))), 'STORED');
+    fakes[1].close_gate();
+    assert.equal(status(await s.exec(delCmd('k'))), 'DELETED', 'acknowledged from a');
+    const gets = fakes[1].calls.filter((c) => c.startsWith('get')).length;
+    const read = await s.exec(getCmd('k'));
+    assert.equal(read.kind, 'values', status(read));
+    assert.equal(read.kind === 'values' ? read.hits[0] : 'x', undefined, 'a miss');
+    assert.equal(fakes[1].calls.filter((c) => c.startsWith('get')).length, gets, 'b not asked');
+    fakes[1].open();
+    await settle();
     await s.stop();
   });
 });
