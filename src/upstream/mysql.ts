@@ -111,6 +111,13 @@ const CLOCK_SLACK_MS = 2000;
 const ER_NO_SUCH_THREAD = 1094;
 /** Server errors that mean the connection is gone: shutdown, killed, idle-disconnected (MySQL 8). */
 const CONNECTION_ERRNOS = new Set([1053, 1927, 4031]);
+/**
+ * Server errors that refuse a new connection at its handshake, whoever asks: access denied
+ * (1044, 1045), unknown database (1049), host blocked or not allowed (1129, 1130), an auth
+ * plugin the client cannot speak (1251), a password to change (1862), a locked account (MySQL
+ * 3118, MariaDB 4151). Not the connection limits (1040, 1203): those pass with the peak.
+ */
+const HANDSHAKE_REFUSALS = new Set([1044, 1045, 1049, 1129, 1130, 1251, 1862, 3118, 4151]);
 
 /** What a statement parameter may be: bytes, integers below 2^53, decimal strings (uniques). */
 type Param = Buffer | number | string;
@@ -934,8 +941,16 @@ export class MysqlUpstream implements Upstream {
 
   private async execute<T>(job: Job, fn: (c: PoolConnection) => Promise<T>, epoch: number, readOnly: boolean): Promise<T> {
     // No connection (refused, reset during the handshake): the request was never sent.
+    // A server that refuses the connection itself (access denied, unknown database, host not
+    // allowed) answered no request: the store is unusable for every key, as one that refuses the
+    // TCP connection is, not one request refused (REFUSED, which health does not count: a wrong
+    // password left the upstream "healthy" for good, logged nowhere above debug).
     const conn = await this.pool.getConnection().catch((err: unknown) => {
-      throw this.translate(err, false);
+      const e = this.translate(err, false);
+      if (e.code === ErrorCodes.UPSTREAM_REFUSED && HANDSHAKE_REFUSALS.has(Number((err as DriverError).errno))) {
+        throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, e.message);
+      }
+      throw e;
     });
     if (job.settled) {
       // Timed out (or closed) while waiting for it: nothing was sent on it, it is clean.
