@@ -452,20 +452,32 @@ export class RedisUpstream implements Upstream {
     this.firstReady.catch(ignore);
     // A refused SELECT names the cause until the next connection: not the errors it leads to.
     let selectRefused = false;
+    // A refused AUTH (a wrong password) is the cause of the SELECT's NOAUTH that goes with it.
+    let authRefused = false;
     client.on('connect', () => {
       selectRefused = false;
+      authRefused = false;
     });
     // Without a listener ioredis would print every connection error; keep the last one for the
     // message of the IO errors that follow (it names no password: see scrub()).
     const onError = (err: Error): void => {
+      const command = (err as { command?: { name?: string } }).command?.name;
+      if (command === 'auth' || command === 'hello') {
+        // Refused credentials name the cause, whichever of the AUTH and the SELECT it made fail
+        // (NOAUTH) is reported first.
+        authRefused = true;
+        this.lastError = this.scrub(err.message);
+        return;
+      }
       if (selectRefused && (err as NodeJS.ErrnoException).syscall === undefined) return;
       // ioredis only emits a SELECT of the connection's set-up that the server refused (an index
       // over its `databases`, an ACL user without SELECT, LOADING) and goes on ready on database
       // 0, another application's: writes and a flush_all would land there. A failed connection
       // instead: closed before its 'ready' (the refusal is answered before the ready check), and
       // made again after the back-off, until the server accepts the database.
-      if ((err as { command?: { name?: string } }).command?.name === 'select' && client instanceof Redis) {
-        this.lastError = this.scrub(`cannot select the database: ${err.message}`);
+      if (command === 'select' && client instanceof Redis) {
+        // A wrong password: the SELECT after it is refused NOAUTH, which names no password.
+        if (!authRefused) this.lastError = this.scrub(`cannot select the database: ${err.message}`);
         selectRefused = true;
         client.disconnect(true);
         return;

@@ -9,6 +9,7 @@ import { describe, it } from 'node:test';
 import { eventually, failsWithOneLine, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
 import { freePort, requireBinary } from '../helpers/servers';
 import { MARIADB_PASSWORD, startMariadb } from '../upstream/targets/mysql';
+import { startRedis } from '../upstream/targets/redis';
 
 /** `stats upstreams` as { 'upstream.N.field': value }. */
 async function statsUpstreams(port: number): Promise<Record<string, string>> {
@@ -54,5 +55,26 @@ describe('a MySQL upstream whose server refuses the connection itself (wrong pas
     const s = await statsUpstreams(mux.port);
     assert.equal(s['upstream.1.state'], 'healthy');
     assert.equal(s['upstream.1.errors'], '0');
+  });
+});
+
+describe('a Redis upstream with a wrong password and a database other than 0', () => {
+  it('mcmux check names the refused password (WRONGPASS), not the SELECT it made fail (was: "cannot select the database: NOAUTH")', { timeout: 60_000 }, async (t) => {
+    if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+    const server = await startRedis(['--requirepass', 'h14-server-pw']);
+    t.after(() => server.stop());
+    for (const auth of [':Wr0ngRedisPw', 'default:Wr0ngRedisPw']) {
+      const url = `redis://${auth}@127.0.0.1:${server.port}/2`;
+      const r = await runMcmux(['check', '--upstream', url], { timeoutMs: 20_000 });
+      assert.equal(r.code, 1, `${url}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stdout, /^FAILED .*WRONGPASS/m, url);
+      assert.doesNotMatch(r.stdout, /NOAUTH/, url);
+      assert.ok(!`${r.stdout}${r.stderr}`.includes('Wr0ngRedisPw'), 'the password is printed');
+    }
+    // holds: no password at all is NOAUTH, named as the SELECT's refusal; the right one is ok.
+    const none = await runMcmux(['check', '--upstream', `redis://127.0.0.1:${server.port}/2`], { timeoutMs: 20_000 });
+    assert.match(none.stdout, /^FAILED .*NOAUTH/m);
+    const good = await runMcmux(['check', '--upstream', `redis://:h14-server-pw@127.0.0.1:${server.port}/2`], { timeoutMs: 20_000 });
+    assert.equal(good.code, 0, good.stdout);
   });
 });
