@@ -7,7 +7,7 @@ import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
 import { type App, MCMUX_VERSION, buildUpstreams, startApp, upstreamSpecs } from './app';
-import { type Config, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, parseListen, rawFromToml } from './config';
+import { type Config, type ListenSpec, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, formatListen, parseListen, rawFromToml } from './config';
 import { ConfigError } from './errors';
 import { FileKindError, readRegularFile } from './files';
 import { missingNodeFlags } from './node-flags';
@@ -107,7 +107,42 @@ export function loadConfig(argv: string[]): { config: Config; configFile: string
     }
     seen.set(id, spec.url);
   }
+  refuseOwnAddress(config);
   return { config, configFile };
+}
+
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
+
+/** Whether an upstream server at `host:port` is the listen address `l` (either loopback name for the other). */
+function isListenAddress(host: string, port: number, l: ListenSpec): boolean {
+  if (l.kind !== 'tcp' || l.port === 0 || l.port !== port) return false;
+  const a = host.toLowerCase();
+  const b = l.host.toLowerCase();
+  return a === b || (LOOPBACK.has(a) && (LOOPBACK.has(b) || b === '0.0.0.0' || b === '::'));
+}
+
+/**
+ * A memcached upstream at mcmux's own listen address is mcmux itself (`memcached://127.0.0.1`
+ * takes the default port 11211, which mcmux listens on by default): every write would answer
+ * "replies out of step" and every read miss, while `version` probes call it healthy.
+ */
+function refuseOwnAddress(config: Config): void {
+  for (const spec of upstreamSpecs(config)) {
+    const m = /^memcached:\/\/([^/?#]*)/i.exec(spec.url);
+    if (!m) continue;
+    for (const server of (m[1] as string).split(',')) {
+      const hp = /^(?:\[([^\]]+)\]|([^:]*))(?::([0-9]+))?$/.exec(server);
+      if (!hp) continue;
+      const host = (hp[1] ?? hp[2] ?? '') as string;
+      const port = hp[3] === undefined ? 11211 : Number(hp[3]);
+      const own = config.listen.find((l) => isListenAddress(host, port, l));
+      if (own) {
+        throw new ConfigError(
+          `upstream "${maskRawUrl(spec.url)}" is mcmux's own listen address ${formatListen(own)}${hp[3] === undefined ? ' (memcached:// without a port is port 11211)' : ''}: expected a memcached server of its own`,
+        );
+      }
+    }
+  }
 }
 
 /** Exits 2 with one line for a bad flag or config value; rethrows anything else. */

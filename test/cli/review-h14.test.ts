@@ -78,3 +78,31 @@ describe('a Redis upstream with a wrong password and a database other than 0', (
     assert.equal(good.code, 0, good.stdout);
   });
 });
+
+describe("an upstream at mcmux's own listen address", () => {
+  it('is refused: exit 2, one line naming it (was: mcmux proxied to itself, every write SERVER_ERROR "replies out of step", probes healthy)', async () => {
+    const port = await freePort();
+    const cases: Array<[string[], RegExp]> = [
+      [['--listen', `127.0.0.1:${port}`, '--upstream', `memcached://127.0.0.1:${port}`], new RegExp(`own listen address 127\\.0\\.0\\.1:${port}`)],
+      // No port is 11211, mcmux's default listen address.
+      [['--upstream', 'memcached://localhost'], /own listen address 127\.0\.0\.1:11211 \(memcached:\/\/ without a port is port 11211\)/],
+      [['--listen', `0.0.0.0:${port}`, '--upstream', `memcached://127.0.0.2:1,127.0.0.1:${port}?timeout=100`], /own listen address 0\.0\.0\.0:/],
+    ];
+    for (const [args, expected] of cases) {
+      const line = await failsWithOneLine(args);
+      assert.match(line, expected, args.join(' '));
+    }
+  });
+
+  it('holds: another port, another host, or a listen port of 0 is accepted', async () => {
+    const port = await freePort();
+    const { loadConfig } = await import('../../src/cli');
+    for (const args of [
+      ['--listen', `127.0.0.1:${port}`, '--upstream', `memcached://127.0.0.1:${port + 1}`],
+      ['--listen', `127.0.0.1:${port}`, '--upstream', `memcached://10.0.0.5:${port}`],
+      ['--listen', '127.0.0.1:0', '--upstream', 'memcached://127.0.0.1'],
+    ]) {
+      assert.doesNotThrow(() => loadConfig(args), args.join(' '));
+    }
+  });
+});
