@@ -446,8 +446,10 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     const bad = open(db.url.replace(encodeURIComponent(MARIADB_PASSWORD), wrongPassword));
     others.push(bad);
     assert.ok(!bad.name.includes(wrongPassword));
+    // Refused at the handshake: the store is unusable for every key (UNREACHABLE, which health
+    // counts), not one request refused (review-h14 finding 1).
     await assert.rejects(bad.probe(), (err) => {
-      assert.equal(codeOf(err), ErrorCodes.UPSTREAM_REFUSED);
+      assert.equal(codeOf(err), ErrorCodes.UPSTREAM_UNREACHABLE);
       const message = (err as Error).message;
       assert.match(message, /Access denied for user 'mcmux'/);
       assert.ok(!message.includes(wrongPassword), message);
@@ -456,7 +458,7 @@ test('mysql upstream against a private MariaDB', { timeout: 120_000 }, async (t)
     });
     const noDb = open(db.url.replace(/\/mcmux$/, '/no_such_db'));
     others.push(noDb);
-    await assert.rejects(noDb.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_REFUSED && !(err as Error).message.includes(MARIADB_PASSWORD));
+    await assert.rejects(noDb.probe(), (err) => codeOf(err) === ErrorCodes.UPSTREAM_UNREACHABLE && !(err as Error).message.includes(MARIADB_PASSWORD));
   });
 
   await t.test('flush empties the table; close rejects pending and later requests with CLOSED', async () => {
