@@ -29,6 +29,18 @@ function program(): Command {
         .argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]),
     )
     .argument('[unexpected...]') // named in our own one-line error (loadConfig)
+    .usage('[options]')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'Commands:',
+        '  mcmux check [options]                         validate the config, probe every upstream (one line',
+        '                                                each); exit status 1 when one is unusable',
+        '  mcmux repair --metrics HOST:PORT [--trust N]  show the running mcmux\'s repair journal, or declare',
+        '                                                upstream N clean (after flushing it)',
+      ].join('\n'),
+    )
     .exitOverride()
     // One line per error: no "(Did you mean ...?)" on a line of its own.
     .showSuggestionAfterError(false)

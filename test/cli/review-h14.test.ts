@@ -106,3 +106,14 @@ describe("an upstream at mcmux's own listen address", () => {
     }
   });
 });
+
+describe('mcmux --help', () => {
+  it('names the commands the README documents (check, repair) and no "[unexpected...]" argument (was: neither command, an argument named unexpected)', async () => {
+    const r = await runMcmux(['--help']);
+    assert.equal(r.code, 0);
+    assert.match(r.stdout, /^Usage: mcmux \[options\]\n/);
+    assert.doesNotMatch(r.stdout, /unexpected/);
+    assert.match(r.stdout, /^ {2}mcmux check \[options\] /m);
+    assert.match(r.stdout, /^ {2}mcmux repair --metrics HOST:PORT \[--trust N\] /m);
+  });
+});
