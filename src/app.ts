@@ -298,8 +298,11 @@ export class App {
     this.log.info(
       {
         upstreams: upstreams.map((u) => u.name),
-        added: upstreams.filter((u) => !before.has(u)).map((u) => u.name),
-        removed: removed.map((u) => u.name),
+        // A store whose options changed is built anew but stays the same store: rebuilt, not
+        // added and removed (it keeps its journal, fence and health state).
+        added: upstreams.filter((u) => !before.has(u) && !removed.some((r) => r.storeId === u.storeId)).map((u) => u.name),
+        removed: removed.filter((r) => !upstreams.some((u) => u.storeId === r.storeId)).map((u) => u.name),
+        rebuilt: upstreams.filter((u) => !before.has(u) && removed.some((r) => r.storeId === u.storeId)).map((u) => u.name),
         writeWait: config.writeWait,
         minCopies: config.minCopies,
       },

@@ -5,9 +5,12 @@
  */
 
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { eventually, failsWithOneLine, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
-import { freePort, requireBinary } from '../helpers/servers';
+import { freePort, requireBinary, startMemcached } from '../helpers/servers';
 import { MARIADB_PASSWORD, startMariadb } from '../upstream/targets/mysql';
 import { startRedis } from '../upstream/targets/redis';
 
@@ -115,5 +118,24 @@ describe('mcmux --help', () => {
     assert.doesNotMatch(r.stdout, /unexpected/);
     assert.match(r.stdout, /^ {2}mcmux check \[options\] /m);
     assert.match(r.stdout, /^ {2}mcmux repair --metrics HOST:PORT \[--trust N\] /m);
+  });
+});
+
+describe('the log line of a reload', () => {
+  it('names an upstream whose options changed as rebuilt, not as both added and removed (was: the same store in both lists)', { timeout: 60_000 }, async (t) => {
+    if (!requireBinary(t, 'memcached', 'memcached')) return;
+    const mc = await startMemcached();
+    t.after(() => mc.stop());
+    const port = await freePort();
+    const file = join(await mkdtemp(join(tmpdir(), 'mcmux-h14-')), 'reload.toml');
+    t.after(() => rm(dirname(file), { recursive: true, force: true }));
+    await writeFile(file, `listen = "127.0.0.1:${port}"\n[[upstream]]\nurl = "memory://"\n[[upstream]]\nurl = "${mc.url}"\n`);
+    const mux = await startMcmux(['--config', file], { port });
+    t.after(() => mux.stop());
+    await writeFile(file, `listen = "127.0.0.1:${port}"\n[[upstream]]\nurl = "memory://"\n[[upstream]]\nurl = "${mc.url}"\ntimeout = 400\n`);
+    mux.proc.kill('SIGHUP');
+    await eventually('the reload is logged', async () => /configuration reloaded/.test(mux.logs().stdout));
+    const line = JSON.parse(mux.logs().stdout.split('\n').find((l) => l.includes('configuration reloaded')) as string) as Record<string, unknown>;
+    assert.deepEqual({ added: line.added, removed: line.removed, rebuilt: line.rebuilt }, { added: [], removed: [], rebuilt: [mc.url] });
   });
 });
