@@ -94,6 +94,8 @@ class Connection {
   status: ConnStatus = 'down';
   /** No attempt has failed yet: requests may wait for this first connect instead of failing fast. */
   fresh = true;
+  /** Why it last failed (connection refused, timed out, closed), for the requests refused meanwhile. */
+  lastFailure: string | undefined;
   readonly pending = new Fifo<Pending>();
   private socket: Socket | undefined;
   private parser: MetaReplyParser;
@@ -179,6 +181,8 @@ class Connection {
   /** Discards the socket and everything pending on it, then reconnects after a backoff. */
   fail(err: McmuxError): void {
     if (this.status === 'closed') return;
+    const prefix = `upstream ${this.up.name}: `;
+    this.lastFailure = err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;
     this.teardown(err);
     this.status = 'down';
     this.fresh = false;
@@ -529,7 +533,8 @@ export class MemcachedUpstream implements Upstream {
     // Right after start-up its first connect is still under way: it carries the requests (they
     // wait in its socket, in order), bounded by the request timeout.
     if (conn.status !== 'ready' && !(conn.status === 'connecting' && conn.fresh)) {
-      return this.refuse(ErrorCodes.UPSTREAM_UNREACHABLE, 'the connection for this key is not up (reconnecting)');
+      const why = conn.lastFailure === undefined ? '' : `; it failed: ${conn.lastFailure}`;
+      return this.refuse(ErrorCodes.UPSTREAM_UNREACHABLE, `the connection for this key is not up (reconnecting${why})`);
     }
     if (conn.pending.length >= this.maxQueue) {
       return this.refuse(ErrorCodes.UPSTREAM_BUSY, `${this.maxQueue} requests already queued on a connection (option max-queue)`);

@@ -139,3 +139,19 @@ describe('the log line of a reload', () => {
     assert.deepEqual({ added: line.added, removed: line.removed, rebuilt: line.rebuilt }, { added: [], removed: [], rebuilt: [mc.url] });
   });
 });
+
+describe('a memcached upstream that refuses connections', () => {
+  it('is logged down with the cause (ECONNREFUSED), not only "the connection for this key is not up (reconnecting)"', { timeout: 30_000 }, async (t) => {
+    const dead = await freePort(); // nothing listens there
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', `memcached://127.0.0.1:${dead}`]);
+    t.after(() => mux.stop());
+    const c = await rawClient(mux.port);
+    t.after(() => c.close());
+    // The first request may wait for the first connect; the next ones are refused at once.
+    await new Promise((r) => setTimeout(r, 300));
+    for (let i = 0; i < 4; i++) assert.equal(await c.ask(`set k${i} 0 0 1\r\nx\r\n`), 'STORED\r\n');
+    await eventually('the upstream is logged down', async () => /"msg":"upstream down"/.test(mux.logs().stdout));
+    const down = mux.logs().stdout.split('\n').find((l) => l.includes('"msg":"upstream down"'));
+    assert.match(String(down), /ECONNREFUSED/, String(down));
+  });
+});
