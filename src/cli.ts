@@ -228,6 +228,32 @@ async function repair(argv: string[]): Promise<number> {
   return res.ok ? 0 : 1;
 }
 
+/**
+ * Nothing is sent to an upstream until a request needs it: one mcmux cannot use (a wrong
+ * password, nothing listening, an unknown database) showed "healthy" in `stats upstreams`, the
+ * metrics and /healthz, and was logged nowhere, until clients came. Each is probed once after
+ * the start, as `mcmux check` does, and one that fails is said at once (its state is left to the
+ * requests, as before).
+ */
+async function probeAtStart(app: App, log: pino.Logger): Promise<void> {
+  await Promise.all(
+    app.upstreams.map(async (u) => {
+      const limit = Math.max(1000, u.timeoutMs * 4);
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${limit} ms`)), limit).unref();
+      });
+      try {
+        await Promise.race([u.probe(), late]);
+      } catch (error) {
+        log.warn({ upstream: u.name, err: maskUrl(error instanceof Error ? error.message : String(error)) }, 'upstream fails its probe at start: it stays in the chain, and requests will find it failing');
+      } finally {
+        clearTimeout(timer);
+      }
+    }),
+  );
+}
+
 export interface MainOptions {
   /** Hands over from bin/mcmux's first-thing SIGHUP handler: whether one came meanwhile. */
   readonly sighupBeforeStart?: () => boolean;
@@ -286,6 +312,7 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
   }
   const running = app;
   if (reloadAfterStart) reload(running);
+  void probeAtStart(running, log);
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) {

@@ -155,3 +155,18 @@ describe('a memcached upstream that refuses connections', () => {
     assert.match(String(down), /ECONNREFUSED/, String(down));
   });
 });
+
+describe('an upstream mcmux cannot use from the start', () => {
+  it('is logged at once, before any client came, with the cause (was: nothing logged, "healthy" everywhere until traffic)', { timeout: 30_000 }, async (t) => {
+    const dead = await freePort(); // nothing listens there
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', `memcached://127.0.0.1:${dead}`]);
+    t.after(() => mux.stop());
+    await eventually('the failed probe is logged', async () => /fails its probe at start/.test(mux.logs().stdout), 5_000);
+    const line = JSON.parse(mux.logs().stdout.split('\n').find((l) => l.includes('fails its probe at start')) as string) as Record<string, unknown>;
+    assert.equal(line.upstream, `memcached://127.0.0.1:${dead}`);
+    assert.equal(line.level, 40);
+    assert.match(String(line.err), /ECONNREFUSED/);
+    // holds: the usable one is not named.
+    assert.ok(!mux.logs().stdout.split('\n').some((l) => l.includes('fails its probe') && l.includes('"memory://"')));
+  });
+});
