@@ -170,3 +170,14 @@ describe('an upstream mcmux cannot use from the start', () => {
     assert.ok(!mux.logs().stdout.split('\n').some((l) => l.includes('fails its probe') && l.includes('"memory://"')));
   });
 });
+
+describe('an upstream URL whose password holds a character a URL reserves', () => {
+  it('is refused with a hint to percent-encode it, the password masked (was: "is not a URL" alone)', async () => {
+    const line = await failsWithOneLine(['--upstream', 'mysql://mcmux:P@ss:w/rd%1@127.0.0.1:3306/sessions']);
+    assert.match(line, /is not a URL/);
+    assert.match(line, /percent-encoded \(@ %40/);
+    assert.ok(!line.includes('ss:w/rd'), line);
+    // holds: a malformed URL without credentials gets no such hint.
+    assert.doesNotMatch(await failsWithOneLine(['--upstream', 'memcached://127.0.0.1:99999']), /percent/);
+  });
+});
