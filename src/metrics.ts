@@ -209,7 +209,7 @@ export class Metrics {
       if (path === '/healthz') {
         const ok = this.app.listening && this.app.upstreams.some(serving);
         res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
-        res.end(ok ? 'ok\n' : 'no usable upstream\n');
+        res.end(ok ? 'ok\n' : this.app.listening ? 'no usable upstream\n' : 'not listening (shutting down)\n');
         return;
       }
       res.writeHead(404);

@@ -181,3 +181,29 @@ describe('an upstream URL whose password holds a character a URL reserves', () =
     assert.doesNotMatch(await failsWithOneLine(['--upstream', 'memcached://127.0.0.1:99999']), /percent/);
   });
 });
+
+describe('/healthz while mcmux drains its clients on SIGTERM', () => {
+  it('is 503 saying it is shutting down, not "no usable upstream" (the upstream is fine)', { timeout: 30_000 }, async (t) => {
+    if (!requireBinary(t, 'memcached', 'memcached')) return;
+    const mc = await startMemcached();
+    t.after(() => mc.stop());
+    const metrics = await freePort();
+    const mux = await startMcmux(['--upstream', `${mc.url}?timeout=3000`, '--metrics', `127.0.0.1:${metrics}`, '--shutdown-timeout', '3000']);
+    t.after(() => mux.stop());
+    const c = await rawClient(mux.port);
+    t.after(() => c.close());
+    assert.equal(await c.ask('set k 0 0 1\r\nv\r\n'), 'STORED\r\n');
+    // A get in flight (the server paused) holds the drain open.
+    await mc.pause();
+    t.after(() => mc.resume());
+    c.send('get k\r\n');
+    await new Promise((r) => setTimeout(r, 200));
+    mux.proc.kill('SIGTERM');
+    await eventually('shutting down is logged', async () => /shutting down/.test(mux.logs().stdout), 5_000);
+    const res = await fetch(`http://127.0.0.1:${metrics}/healthz`);
+    assert.equal(res.status, 503);
+    assert.equal(await res.text(), 'not listening (shutting down)\n');
+    mc.resume();
+    assert.equal((await mux.exited).code, 0);
+  });
+});
