@@ -12,7 +12,7 @@ import { ConfigError } from './errors';
 import { FileKindError, readRegularFile } from './files';
 import { missingNodeFlags } from './node-flags';
 import { knownSchemes, storeIdentity } from './upstream/registry';
-import { maskUrl, maskRawUrl } from './upstream/upstream';
+import { type Upstream, maskUrl, maskRawUrl } from './upstream/upstream';
 
 /** commander's attribute name for a flag: `max-item-size` -> `maxItemSize`. */
 function attr(key: string): string {
@@ -221,7 +221,10 @@ async function repair(argv: string[]): Promise<number> {
   const res = await fetch(opts.trust === undefined ? `${base}/admin/journal` : `${base}/admin/trust?upstream=${encodeURIComponent(opts.trust)}`, {
     method: opts.trust === undefined ? 'GET' : 'POST',
   }).catch((error: unknown) => {
-    process.stderr.write(`mcmux repair: cannot reach ${base}: ${error instanceof Error ? error.message : String(error)}\n`);
+    // fetch says only "fetch failed"; the cause names it (ECONNREFUSED: no mcmux serves metrics there).
+    const cause = (error as { cause?: { code?: unknown; message?: unknown } }).cause;
+    const why = cause === undefined ? '' : `: ${String(cause.code ?? cause.message)}`;
+    process.stderr.write(`mcmux repair: cannot reach ${base}: ${error instanceof Error ? error.message : String(error)}${why} (is mcmux running with --metrics ${opts.metrics}?)\n`);
     process.exit(1);
   });
   process.stdout.write(await res.text());
@@ -232,12 +235,12 @@ async function repair(argv: string[]): Promise<number> {
  * Nothing is sent to an upstream until a request needs it: one mcmux cannot use (a wrong
  * password, nothing listening, an unknown database) showed "healthy" in `stats upstreams`, the
  * metrics and /healthz, and was logged nowhere, until clients came. Each is probed once after
- * the start, as `mcmux check` does, and one that fails is said at once (its state is left to the
- * requests, as before).
+ * the start (and one a reload built, after it), as `mcmux check` does, and one that fails is said
+ * at once (its state is left to the requests, as before).
  */
-async function probeAtStart(app: App, log: pino.Logger): Promise<void> {
+async function probeUpstreams(upstreams: readonly Upstream[], log: pino.Logger, when: string): Promise<void> {
   await Promise.all(
-    app.upstreams.map(async (u) => {
+    upstreams.map(async (u) => {
       const limit = Math.max(1000, u.timeoutMs * 4);
       let timer: NodeJS.Timeout | undefined;
       const late = new Promise<never>((_, reject) => {
@@ -246,7 +249,7 @@ async function probeAtStart(app: App, log: pino.Logger): Promise<void> {
       try {
         await Promise.race([u.probe(), late]);
       } catch (error) {
-        log.warn({ upstream: u.name, err: maskUrl(error instanceof Error ? error.message : String(error)) }, 'upstream fails its probe at start: it stays in the chain, and requests will find it failing');
+        log.warn({ upstream: u.name, err: maskUrl(error instanceof Error ? error.message : String(error)) }, `upstream fails its probe ${when}: it stays in the chain, and requests will find it failing`);
       } finally {
         clearTimeout(timer);
       }
@@ -289,7 +292,9 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
       return;
     }
     try {
+      const before = new Set<Upstream>(running.upstreams);
       running.reload(loadConfig(argv).config);
+      void probeUpstreams(running.upstreams.filter((u) => !before.has(u)), log, 'after the reload');
     } catch (error) {
       const why = error instanceof CommanderError || error instanceof ConfigError ? error.message : String(error);
       log.error({ err: maskUrl(why) }, 'reload rejected; the running configuration stays');
@@ -312,7 +317,7 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
   }
   const running = app;
   if (reloadAfterStart) reload(running);
-  void probeAtStart(running, log);
+  void probeUpstreams(running.upstreams, log, 'at start');
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) {

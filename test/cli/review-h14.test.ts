@@ -182,6 +182,32 @@ describe('an upstream URL whose password holds a character a URL reserves', () =
   });
 });
 
+describe('mcmux repair with no mcmux at the address', () => {
+  it('says why (ECONNREFUSED) on one line and exits 1 (was: "fetch failed" alone)', async () => {
+    const port = await freePort(); // nothing listens there
+    const r = await runMcmux(['repair', '--metrics', `127.0.0.1:${port}`]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^mcmux repair: cannot reach http:\/\/127\.0\.0\.1:\d+: fetch failed: ECONNREFUSED \(is mcmux running with --metrics 127\.0\.0\.1:\d+\?\)\n$/);
+  });
+});
+
+describe('an upstream a reload adds that mcmux cannot use', () => {
+  it('is logged right after the reload, with the cause (was: nothing until clients came)', { timeout: 30_000 }, async (t) => {
+    const port = await freePort();
+    const dead = await freePort(); // nothing listens there
+    const file = join(await mkdtemp(join(tmpdir(), 'mcmux-h14-')), 'reload.toml');
+    t.after(() => rm(dirname(file), { recursive: true, force: true }));
+    await writeFile(file, `listen = "127.0.0.1:${port}"\n[[upstream]]\nurl = "memory://"\n`);
+    const mux = await startMcmux(['--config', file], { port });
+    t.after(() => mux.stop());
+    await writeFile(file, `listen = "127.0.0.1:${port}"\n[[upstream]]\nurl = "memory://"\n[[upstream]]\nurl = "memcached://127.0.0.1:${dead}"\n`);
+    mux.proc.kill('SIGHUP');
+    await eventually('the failed probe is logged', async () => /fails its probe after the reload/.test(mux.logs().stdout), 5_000);
+    const line = mux.logs().stdout.split('\n').find((l) => l.includes('fails its probe after the reload'));
+    assert.match(String(line), new RegExp(`"upstream":"memcached://127\\.0\\.0\\.1:${dead}".*ECONNREFUSED`));
+  });
+});
+
 describe('/healthz while mcmux drains its clients on SIGTERM', () => {
   it('is 503 saying it is shutting down, not "no usable upstream" (the upstream is fine)', { timeout: 30_000 }, async (t) => {
     if (!requireBinary(t, 'memcached', 'memcached')) return;
