@@ -284,6 +284,12 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
       `node started without ${missing.join(' ')}: after an idle period expect about twice the CPU per request (see src/node-flags.ts)`,
     );
   }
+  // Node opens its inspector on 127.0.0.1:9229 at a SIGUSR1: any local user could then run code
+  // as mcmux (its config's passwords, every store). memcached stops on it; SIGUSR2 would kill
+  // mcmux uncleanly. Both are logged and ignored.
+  for (const signal of ['SIGUSR1', 'SIGUSR2'] as const) {
+    process.on(signal, () => log.warn({ signal }, `${signal} ignored: SIGTERM stops mcmux, SIGHUP reloads its config`));
+  }
   let app: App | undefined;
   let reloadAfterStart = false;
   const reload = (running: App): void => {

@@ -233,3 +233,19 @@ describe('/healthz while mcmux drains its clients on SIGTERM', () => {
     assert.equal((await mux.exited).code, 0);
   });
 });
+
+describe('SIGUSR1 and SIGUSR2', () => {
+  it('are logged and ignored: no Node inspector opened on 127.0.0.1:9229, no unclean exit (was: SIGUSR1 opened the inspector, SIGUSR2 killed mcmux)', { timeout: 30_000 }, async (t) => {
+    const mux = await startMcmux(['--upstream', 'memory://']);
+    t.after(() => mux.stop());
+    for (const signal of ['SIGUSR1', 'SIGUSR2'] as const) {
+      mux.proc.kill(signal);
+      await eventually(`${signal} is logged`, async () => mux.logs().stdout.includes(`"msg":"${signal} ignored`), 5_000);
+    }
+    const c = await rawClient(mux.port);
+    t.after(() => c.close());
+    assert.equal(await c.ask('version\r\n'), 'VERSION 1.6.21\r\n');
+    assert.doesNotMatch(mux.logs().stderr, /inspector|Debugger/i);
+    assert.equal((await mux.stop()).code, 0);
+  });
+});
