@@ -125,6 +125,12 @@ export function loadConfig(argv: string[]): { config: Config; configFile: string
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
 
+/** 127.0.0.0/8, ::1 (and 127.x mapped into IPv6), localhost. */
+function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  return LOOPBACK.has(h) || /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^0{0,4}(:0{0,4}){0,6}:0{0,3}1$/.test(h);
+}
+
 /** Whether an upstream server at `host:port` is the listen address `l` (either loopback name for the other). */
 function isListenAddress(host: string, port: number, l: ListenSpec): boolean {
   if (l.kind !== 'tcp' || l.port === 0 || l.port !== port) return false;
@@ -322,6 +328,11 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
     process.exit(1);
   }
   const running = app;
+  // mcmux has no authentication (README): an address other hosts reach serves every session to them.
+  const exposed = config.listen.filter((l) => l.kind === 'tcp' && !isLoopbackHost(l.host)).map(formatListen);
+  if (exposed.length > 0) {
+    log.warn({ listen: exposed }, 'listening on an address other hosts may reach: mcmux has no authentication, any client there reads, writes and deletes every session');
+  }
   if (reloadAfterStart) reload(running);
   void probeUpstreams(running.upstreams, log, 'at start');
   let stopping = false;

@@ -249,3 +249,19 @@ describe('SIGUSR1 and SIGUSR2', () => {
     assert.equal((await mux.stop()).code, 0);
   });
 });
+
+describe('a listen address other hosts may reach', () => {
+  it('is warned about at start (mcmux has no authentication); a loopback one is not (was: no word)', { timeout: 30_000 }, async (t) => {
+    const port = await freePort();
+    const open = await startMcmux(['--listen', `0.0.0.0:${port}`, '--upstream', 'memory://'], { port });
+    t.after(() => open.stop());
+    await eventually('the warning', async () => /"msg":"listening on an address other hosts may reach/.test(open.logs().stdout), 5_000);
+    assert.match(open.logs().stdout, new RegExp(`"listen":\\["0\\.0\\.0\\.0:${port}"\\],"msg":"listening on an address other hosts may reach`));
+    await open.stop();
+    const local = await startMcmux(['--upstream', 'memory://']);
+    t.after(() => local.stop());
+    await eventually('the start-up line', async () => /mcmux listening/.test(local.logs().stdout), 5_000);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.doesNotMatch(local.logs().stdout, /other hosts may reach/);
+  });
+});
