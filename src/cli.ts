@@ -48,7 +48,8 @@ function program(): Command {
     .configureOutput({ writeErr: (s) => process.stderr.write(maskUrl(s)) });
   for (const key of Object.keys(SCALAR_KEYS) as ScalarKey[]) {
     const { def, form, help } = SCALAR_KEYS[key];
-    const shown = def === undefined ? '' : ` (default: ${def})`;
+    // metrics: '' is off (README's word), not an empty "(default: )".
+    const shown = def === undefined ? '' : def === '' ? ' (default: off)' : ` (default: ${def})`;
     // --allow-flush alone means true; --allow-flush false overrides a file's true.
     const flag = key === 'allow-flush' ? `--${key} [value]` : `--${key} <value>`;
     const o = new Option(flag, `${help}; ${form}${shown}`);

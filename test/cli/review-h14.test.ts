@@ -119,6 +119,12 @@ describe('mcmux --help', () => {
     assert.match(r.stdout, /^ {2}mcmux check \[options\] /m);
     assert.match(r.stdout, /^ {2}mcmux repair --metrics HOST:PORT \[--trust N\] /m);
   });
+
+  it('shows the default of --metrics as off, as the README does (was: "(default: )")', async () => {
+    const help = (await runMcmux(['--help'])).stdout.replace(/\s+/g, ' ');
+    assert.match(help, / --metrics <value> [^]*?host:port, or empty for none \(default: off\)/);
+    assert.doesNotMatch(help, /\(default: \)/);
+  });
 });
 
 describe('the log line of a reload', () => {
