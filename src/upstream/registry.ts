@@ -62,7 +62,7 @@ export function createUpstream(
     ({ url, hosts } = parseUpstreamUrl(rawUrl));
   } catch {
     // A password holding @ : / ? # or % breaks the URL apart unless percent-encoded: say so.
-    const credentials = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*@/i.test(rawUrl) ? '; a user or password must be percent-encoded (@ %40, : %3A, / %2F, ? %3F, # %23, % %25)' : '';
+    const credentials = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*@/i.test(rawUrl) ? '; credentials in a URL must be percent-encoded (@ %40, : %3A, / %2F, ? %3F, # %23, % %25)' : '';
     throw new ConfigError(`upstream "${maskRawUrl(rawUrl)}" is not a URL: expected scheme://host:port or scheme://host1:port1,host2:port2 (schemes: ${knownSchemes().join(', ')})${credentials}`);
   }
   const scheme = url.protocol.replace(/:$/, '');
