@@ -3,6 +3,7 @@
  * A bad flag, URL or config value exits with status 2 and one line naming it.
  */
 
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
@@ -264,6 +265,32 @@ async function probeUpstreams(upstreams: readonly Upstream[], log: pino.Logger, 
   );
 }
 
+/** Descriptors mcmux holds besides its clients: listeners, upstream connections, files, the journal. */
+const FD_MARGIN = 128;
+
+/** The soft limit on open files (Linux: /proc/self/limits), if it can be read. */
+export function openFileLimit(limits = '/proc/self/limits'): number | undefined {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)\s/m.exec(readFileSync(limits, 'utf8'));
+    return m === null || m[1] === 'unlimited' ? undefined : Number(m[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Past the open-file limit, a client's connection is accepted and reset by libuv (its EMFILE
+ * reserve), with no error mcmux sees: no log line, no rejected_connections. Said once at start.
+ */
+function warnOpenFileLimit(maxConnections: number, log: pino.Logger): void {
+  const limit = openFileLimit();
+  if (limit === undefined || maxConnections + FD_MARGIN <= limit) return;
+  log.warn(
+    { maxConnections, openFileLimit: limit },
+    `max-connections ${maxConnections} is above what the open-file limit ${limit} allows (less about ${FD_MARGIN} for upstreams and files): clients past it are reset without a log line; raise LimitNOFILE (ulimit -n) or lower max-connections`,
+  );
+}
+
 export interface MainOptions {
   /** Hands over from bin/mcmux's first-thing SIGHUP handler: whether one came meanwhile. */
   readonly sighupBeforeStart?: () => boolean;
@@ -334,6 +361,7 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
   if (exposed.length > 0) {
     log.warn({ listen: exposed }, 'listening on an address other hosts may reach: mcmux has no authentication, any client there reads, writes and deletes every session');
   }
+  warnOpenFileLimit(config.maxConnections, log);
   if (reloadAfterStart) reload(running);
   void probeUpstreams(running.upstreams, log, 'at start');
   let stopping = false;

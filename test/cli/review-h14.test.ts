@@ -5,11 +5,15 @@
  */
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
-import { eventually, failsWithOneLine, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
+import { openFileLimit } from '../../src/cli';
+import { NODE_FLAGS } from '../../src/node-flags';
+import { MCMUX_BIN, eventually, failsWithOneLine, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
 import { freePort, requireBinary, startMemcached } from '../helpers/servers';
 import { MARIADB_PASSWORD, startMariadb } from '../upstream/targets/mysql';
 import { startRedis } from '../upstream/targets/redis';
@@ -269,5 +273,35 @@ describe('a listen address other hosts may reach', () => {
     await eventually('the start-up line', async () => /mcmux listening/.test(local.logs().stdout), 5_000);
     await new Promise((r) => setTimeout(r, 200));
     assert.doesNotMatch(local.logs().stdout, /other hosts may reach/);
+  });
+});
+
+describe('an open-file limit below max-connections', () => {
+  it('is warned about at start: clients past it are reset by libuv with no log line (was: no word)', { timeout: 30_000 }, async (t) => {
+    const port = await freePort();
+    const state = await mkdtemp(join(tmpdir(), 'mcmux-h14-'));
+    t.after(() => rm(state, { recursive: true, force: true }));
+    const run = (limit: number, maxConnections: number): Promise<string> =>
+      new Promise((resolve) => {
+        // ulimit -n sets the hard limit too (Node raises the soft one to the hard one).
+        const cmd = `ulimit -n ${limit} && exec "$0" "$@"`;
+        const args = [...NODE_FLAGS, MCMUX_BIN, '--listen', `127.0.0.1:${port}`, '--state-dir', state, '--upstream', 'memory://', '--max-connections', String(maxConnections)];
+        const p = spawn('sh', ['-c', cmd, process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let out = '';
+        p.stdout.setEncoding('utf8').on('data', (d: string) => {
+          out += d;
+          if (out.includes('mcmux listening')) setTimeout(() => p.kill('SIGTERM'), 300);
+        });
+        p.on('close', () => resolve(out));
+      });
+    const low = await run(512, 4096);
+    assert.match(low, /"maxConnections":4096,"openFileLimit":512,"msg":"max-connections 4096 is above what the open-file limit 512 allows/);
+    assert.doesNotMatch(await run(512, 256), /open-file limit/, 'max-connections within the limit: no warning');
+  });
+
+  it('holds: the limit is read from /proc/self/limits (a missing file: no warning)', () => {
+    const limit = openFileLimit();
+    if (existsSync('/proc/self/limits')) assert.ok(typeof limit === 'number' && limit > 0, String(limit));
+    assert.equal(openFileLimit('/nonexistent/limits'), undefined);
   });
 });
