@@ -55,6 +55,7 @@ test('systemd/mcmux.service has the directives it promises', async () => {
     ExecStart: `/usr/bin/env node ${NODE_FLAGS.join(' ')} ${INSTALLED_BIN} --config /etc/mcmux/config.toml`,
     ExecReload: '/bin/kill -HUP $MAINPID',
     Restart: 'always',
+    RestartPreventExitStatus: '2',
     DynamicUser: 'yes',
     StateDirectory: 'mcmux',
     ProtectSystem: 'strict',
