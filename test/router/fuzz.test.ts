@@ -2674,8 +2674,12 @@ describe('router fuzz (model-based, seeded, virtual time)', () => {
     for (let seed = FIRST_SEED; seed < FIRST_SEED + SEEDS; seed++) {
       const { world, violations } = await runSeed(seed, t);
       if (digest) {
-        // The marker's value names the process (its pid): not of the seed.
-        for (const l of world.log) digest.update(`${l.t} ${l.vt} ${l.keys.join(' ')} ${l.text.replace(/(sentinel\S*=)\d+( \d+)?(?: [0-9a-f]{12})?/g, '$1P$2')}\n`);
+        // The marker's value names the process (its pid and nonce): not of the seed. A `fenced
+        // until <ms>` names it too since 0fcbc45 (`fenced until <ms> <pid> <gen> <nonce>`), and so
+        // does the marker a SNAPSHOT note shows (MCMUX_FUZZ_ROLLBACK).
+        const unnamed = (text: string): string =>
+          text.replace(/(sentinel\S*=(?:fenced until \d+ )?)\d+( \d+)?(?: [0-9a-f]{12})?/g, '$1P$2').replace(/^(SNAPSHOT of \S+ \(marker "(?:fenced until \d+ )?)\d+ /, '$1P ');
+        for (const l of world.log) digest.update(`${l.t} ${l.vt} ${l.keys.join(' ')} ${unnamed(l.text)}\n`);
         for (const v of violations) digest.update(`violation ${v.what}\n`);
       }
       stats.ops += world.ops.length;
