@@ -261,15 +261,15 @@
  *    state it holds is not what it held just before are `stale` (written there again by a set or
  *    a delete: current again). EXCLUDED, as the README's "not guaranteed" says (a restore that
  *    would fall in a hole is not made):
- *    - a snapshot with no marker of mcmux in it, or one saying `fenced until` (taken while the
- *      store was fenced; nor is one taken while the upstream is fenced at all), or the marker of
- *      a process whose writes this process cannot tell (World.caughtBy): of this process, one not
- *      older than the last marker write it had acknowledged there (since it last forgot the store,
- *      ColdDetector.flushed), or whose own write was not acknowledged (timed out: excused as a
- *      late landing); of an earlier process, one newer than what this process read of that
- *      process's marker there before its own was acknowledged. (A `fenced until` write has a
- *      generation too, not shown in the marker: the model's floor is then lower than the
- *      detector's, which only restores fewer snapshots.)
+ *    - a snapshot with no marker of mcmux in it, or the marker of a process whose writes this
+ *      process cannot tell (World.caughtBy): of this process, one not older than the last marker
+ *      write it had acknowledged there (since it last forgot the store, ColdDetector.flushed), or
+ *      whose own write was not acknowledged (timed out: excused as a late landing); of an earlier
+ *      process, one newer than what this process read of that process's marker there before its
+ *      own was acknowledged. A snapshot taken while the store was fenced is not excluded (since
+ *      0fcbc45, README: its `fenced until <ms> <pid> <gen> <nonce>` marker names the writer and a
+ *      generation, read as the other form's: markerPidGen); until then it was (the marker said
+ *      `fenced until <ms>` only), and so was one taken while the upstream was fenced at all.
  *    - a read of the restored store before the first marker check that read it since has been
  *      judged ("a read in between may serve what it holds"): a request sent to it meanwhile that
  *      reads what it holds (a get, a touch, an incr, a conditional store) is refused (SERVER_ERROR)
@@ -428,6 +428,16 @@ const ROLLBACK_SHARE = Number(process.env.MCMUX_FUZZ_ROLLBACK ?? 0);
 const SNAPSHOTS_KEPT = 4;
 /** A marker not fencing: `<pid> <generation> <nonce>` (cold-detector.ts PID_GEN). */
 const MARKER_PID_GEN = /^(\d{1,10}) (\d{1,15}) ([0-9a-f]{1,32})$/;
+/**
+ * A marker while fencing: `fenced until <ms> <pid> <generation> <nonce>` (cold-detector.ts
+ * FENCED_UNTIL; since 0fcbc45: a bare `fenced until <ms>` before, which the processes here never
+ * write). The same groups as MARKER_PID_GEN.
+ */
+const MARKER_FENCED = /^fenced until \d{1,15} (\d{1,10}) (\d{1,15}) ([0-9a-f]{1,32})$/;
+/** A marker's writer and generation, of either form, as ColdDetector.checkStore reads them: pid, generation, nonce (null: no marker of a process here). */
+function markerPidGen(text: string): RegExpExecArray | null {
+  return MARKER_PID_GEN.exec(text) ?? MARKER_FENCED.exec(text);
+}
 /** The pool's servers as its URL would list them: ketama places the keys over them (World's constructor: s0 s3 l0 c1 on the first, s1 s2 l1 c0 on the second). */
 const POOL_RING = [
   { host: '10.0.0.1', port: 11211, weight: 1 },
@@ -1653,8 +1663,8 @@ class World {
       p.then(() => {
         if (!what.startsWith('set ')) return;
         u.markerWrote.add(gen);
-        const m = MARKER_PID_GEN.exec(value);
-        // A `fenced until` has a generation too, not shown: the floor stays lower (conservative).
+        // A `fenced until` too (its generation raises the detector's floor as any since 0fcbc45).
+        const m = markerPidGen(value);
         if (m === null || this.nonces.get(m[3] as string) !== gen) return;
         u.markerAcked.set(gen, Number(m[2]));
         u.markerAckedAt.set(gen, this.clock);
@@ -1663,7 +1673,8 @@ class World {
     } else if (op === 'get') {
       p.then((hits) => {
         const h = (hits as Array<{ value: Buffer } | undefined>)[0];
-        const m = h === undefined ? null : MARKER_PID_GEN.exec(h.value.toString('latin1'));
+        // Of either form: the detector takes a `fenced until` one's writer and generation too.
+        const m = h === undefined ? null : markerPidGen(h.value.toString('latin1'));
         const writer = m === null ? undefined : this.nonces.get(m[3] as string);
         if (writer === undefined || writer === gen) return;
         // Read before its own marker was acknowledged here, or while the process starts (ColdDetector.earlier).
@@ -1675,9 +1686,13 @@ class World {
     }
   }
 
-  /** A snapshot of `u` (not while it is fenced: its marker then says `fenced until`, README). */
+  /**
+   * A snapshot of `u`. While it is fenced too: its marker then says `fenced until <ms> <pid>
+   * <gen> <nonce>`, which names its writer and generation as any since 0fcbc45 (README: "a
+   * snapshot taken while the store was fenced is caught too"); caughtBy reads either form.
+   */
   snapshot(u: SchedUpstream): void {
-    if (u.state !== 'ok' || this.restarting || u.healthy.fenced || u.rbWindow !== undefined) return;
+    if (u.state !== 'ok' || this.restarting || u.rbWindow !== undefined) return;
     const snap = u.takeSnapshot(this.clock, this.now, this.gen);
     u.snapshots.push(snap);
     if (u.snapshots.length > SNAPSHOTS_KEPT) u.snapshots.shift();
@@ -1689,11 +1704,13 @@ class World {
    * README: the snapshot's marker is one this process wrote, older than the last it had
    * acknowledged there, and not one whose write timed out; or the marker of a process before it
    * no newer than the one this process read there before its own was acknowledged); undefined:
-   * a documented hole (no marker in it, `fenced until`, the marker the last one acknowledged,
-   * ...), not restored.
+   * a documented hole (no marker in it, the marker the last one acknowledged, ...), not restored.
+   * A `fenced until` marker is read as the detector reads it: its writer and generation (the
+   * bare `fenced until <ms>` of an mcmux before 0fcbc45, no writer, is not written here).
    */
   caughtBy(u: SchedUpstream, s: Snapshot): string | undefined {
-    const m = s.marker === undefined ? null : MARKER_PID_GEN.exec(s.marker);
+    // Either form: a `fenced until` marker names its writer and generation too (since 0fcbc45).
+    const m = s.marker === undefined ? null : markerPidGen(s.marker);
     const writer = m === null ? undefined : this.nonces.get(m[3] as string);
     if (writer === undefined) return undefined;
     // A flush of the upstream applied since this process's last marker write there was
