@@ -45,7 +45,6 @@ const RETRY_MS = 100;
  * itself: judge() calls it cold when another store of the chain holds this host's marker).
  */
 type Verdict = 'cold' | 'warm' | 'first' | 'unknown';
-const REFRESH_MS = 3600_000;
 const MARKER_TTL_MS = 24 * 3600_000;
 /**
  * The marker while the upstream is fenced: the fence's end, then, as PID_GEN, the writer and a
@@ -58,8 +57,6 @@ const FENCED_UNTIL = /^fenced until (\d{1,15})(?: (\d{1,10}) (\d{1,15}) ([0-9a-f
  * the process's nonce (ColdDetector.nonce; absent from the markers of mcmux before it).
  */
 const PID_GEN = /^(\d{1,10}) (\d{1,15})(?: ([0-9a-f]{1,32}))?$/;
-/** A `fenced until` marker is written again when the wall clock stepped more than this since. */
-const WALL_STEP_MS = 1000;
 
 /** What one store's marker says. */
 interface Sight {
@@ -855,11 +852,10 @@ export class ColdDetector {
   }
 
   /**
-   * Writes the marker, once judged, where it is missing, not yet written by this process, due for
-   * a refresh, or to say another thing: `fenced until <ms>` while `u` is fenced (an mcmux that
-   * restarts meanwhile keeps the fence), the pid otherwise. The fence's end is written as a
-   * wall-clock time (what another process can read), and written again when the wall clock
-   * stepped since (by the time the fence has left, it ends elsewhere now).
+   * Writes the marker, once judged, with a new generation: `fenced until <ms>` while `u` is fenced
+   * (an mcmux that restarts meanwhile keeps the fence), the pid alone otherwise. The fence's end is
+   * written as a wall-clock time (what another process can read), at each write as the wall clock
+   * says then (stepped since, the fence ends elsewhere now).
    */
   private async mark(u: HealthyUpstream, look: Look | undefined): Promise<void> {
     if (look === undefined) return;
@@ -878,7 +874,6 @@ export class ColdDetector {
     let landed = !partial;
     await Promise.all(
       look.targets.map(async (store, i) => {
-        const wrote = this.lastSet.get(store);
         const sight = look.sights[i] as Sight;
         if (sight.verdict === 'unknown') return;
         // Fenced, and another store of `u` could not be read: one that kept its marker from before
@@ -887,22 +882,11 @@ export class ColdDetector {
         // and a master of a Redis Cluster that restarted with its data (its node unreadable for
         // the look its reconnect starts) would fence the cluster for the whole lock-fence.
         if (partial && until !== 0 && sight.kept) return;
-        // Not over another process's marker: a write of a process that crashed, landing late over
-        // this one's `fenced until`, left there, is found again once the wait for such writes is
-        // over, and taken for the store gone back to a snapshot of that process (fuzz seed 2970
-        // with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1).
-        if (
-          sight.verdict === 'warm' &&
-          sight.foreign !== true &&
-          until !== 0 &&
-          wrote !== undefined &&
-          wrote.until === until &&
-          wrote.id === id &&
-          Math.abs(wrote.wallUntil - wallUntil) <= WALL_STEP_MS &&
-          at - wrote.at <= REFRESH_MS
-        ) {
-          return;
-        }
+        // A `fenced until` this process wrote for the same fence is written again too, with a new
+        // generation, as the pid marker is at every check: left as it was (until an hour passed, or
+        // the wall clock stepped), a copy of the store taken during the fence and restored during
+        // it held the marker last acknowledged there, and was never told from the store (review-h15
+        // finding 1; since 0fcbc45 the fenced marker carries a generation, so it can be).
         this.writing.set(store, at);
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
