@@ -72,8 +72,6 @@ interface Sight {
   fenceId: number;
   /** The marker is one this process wrote before its last write there: the store went back in time. */
   rolledBack?: boolean;
-  /** The marker is another process's `<pid> <gen> <nonce>`: mark writes this one's over it, fenced or not. */
-  foreign?: boolean;
   /**
    * No marker where this process's last was acknowledged, and that one's life (MARKER_TTL_MS) is
    * over by the wall clock, as the store expires it: it may have expired (the clock stepped
@@ -138,11 +136,11 @@ export class ColdDetector {
   // configured): an upstream a reload retired, and its driver, are not held here.
 
   /**
-   * When this process last wrote each store's marker (monotonic ms), the fence end it told of
-   * (`until`: monotonic, 0 for a pid; `wallUntil`: as written; `id`: its fence id, the marker's
-   * flags) and how many fences its upstream had begun then (HealthyUpstream.fencesBegun).
+   * What this process last wrote as each store's marker, once acknowledged: how many fences its
+   * upstream had begun then (HealthyUpstream.fencesBegun), its generation, and until when the
+   * store keeps it (epoch ms).
    */
-  private readonly lastSet = new WeakMap<Upstream, { at: number; until: number; wallUntil: number; id: number; fence: number; gen: number; deadline: number }>();
+  private readonly lastSet = new WeakMap<Upstream, { fence: number; gen: number; deadline: number }>();
   /**
    * Markers are numbered (PID_GEN), a new number at each write, so that a store that comes back
    * holding an older one than this process last wrote there is known to have gone back in time (a
@@ -836,7 +834,6 @@ export class ColdDetector {
       fencedUntil: fenced ? Number(fenced[1]) : 0,
       fenceId: fenced ? (hit?.flags ?? 0) : 0,
       rolledBack,
-      foreign: writer !== undefined && writer !== this.self,
       expired: !hit && wrote !== undefined && Date.now() >= wrote.deadline,
     };
   }
@@ -890,7 +887,7 @@ export class ColdDetector {
         this.writing.set(store, at);
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
-          this.lastSet.set(store, { at, until, wallUntil, id, fence: u.fencesBegun, gen, deadline: wall + MARKER_TTL_MS });
+          this.lastSet.set(store, { fence: u.fencesBegun, gen, deadline: wall + MARKER_TTL_MS });
           this.floors.set(storeKey(u, store), gen);
           if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
         } catch (err) {
