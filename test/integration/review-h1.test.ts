@@ -17,7 +17,7 @@ import { lockThenFailoverWhileDown, nextProcess } from '../helpers/redis-failove
 import { requireBinary } from '../helpers/servers';
 import { sqliteUrl } from '../helpers/sqlite-fixture';
 import { connectWire } from '../helpers/wire';
-import { startRedis } from '../upstream/targets/redis';
+import { redisPair, startRedis } from '../upstream/targets/redis';
 import { tempDir as tempDirOf } from '../helpers/temp-dir';
 
 const tempDir = (t: TestContext, kind: string): string => tempDirOf(t, `review-h1-${kind}`);
@@ -225,16 +225,7 @@ describe('review-h1 15428d9: a replication id that changes with no restart nor f
  */
 async function demotedResyncedPromoted(t: TestContext, freed: boolean): Promise<void> {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  const a = await startRedis(freed ? ['--repl-backlog-ttl', '1'] : []);
-  t.after(() => a.stop());
-  const b = await startRedis();
-  t.after(() => b.stop());
-  const ca = new Redis({ host: '127.0.0.1', port: a.port, maxRetriesPerRequest: 0, protocol: 2 });
-  const cb = new Redis({ host: '127.0.0.1', port: b.port, maxRetriesPerRequest: 0, protocol: 2 });
-  t.after(() => {
-    ca.disconnect();
-    cb.disconnect();
-  });
+  const { a, b, ca, cb } = await redisPair(t, freed ? ['--repl-backlog-ttl', '1'] : [], []);
   const run1 = /^run_id:(\w+)/m.exec(await ca.info('server'))?.[1];
   const stateDir = tempDir(t, 'state');
   const upstreams = [a.url, sqliteUrl(join(tempDir(t, 'sqlite'), 'store.db'))];

@@ -11,7 +11,7 @@ import { Redis } from 'ioredis';
 import { historyOf } from '../../src/upstream/redis';
 import { eventually } from '../helpers/poll';
 import { requireBinary } from '../helpers/servers';
-import { startRedis } from './targets/redis';
+import { redisPair } from './targets/redis';
 
 const args = ['--repl-backlog-ttl', '1', '--repl-diskless-sync', 'no'];
 
@@ -23,16 +23,7 @@ async function history(c: Redis) {
 
 test('guard: on a real redis-server, what continues a history and what does not', { timeout: 60_000 }, async (t) => {
   if (!requireBinary(t, 'redis-server', 'redis-server')) return;
-  const a = await startRedis(args);
-  t.after(() => a.stop());
-  const b = await startRedis(args);
-  t.after(() => b.stop());
-  const ca = new Redis({ host: '127.0.0.1', port: a.port, maxRetriesPerRequest: 0, protocol: 2 });
-  const cb = new Redis({ host: '127.0.0.1', port: b.port, maxRetriesPerRequest: 0, protocol: 2 });
-  t.after(() => {
-    ca.disconnect();
-    cb.disconnect();
-  });
+  const { a, ca, cb } = await redisPair(t, args);
   const a0 = await history(ca);
   await cb.replicaof('127.0.0.1', String(a.port));
   await eventually('b follows a', async () => /master_link_status:up/.test(await cb.info('replication')), 15_000);

@@ -9,6 +9,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+import { Redis } from 'ioredis';
 import { createRedisUpstream } from '../../../src/upstream/redis';
 import { freePort, requireBinary, stopProcess } from '../../helpers/servers';
 import { CTX, type ConformanceTarget, instanceOf } from './target';
@@ -48,6 +50,25 @@ export interface RedisProcess {
   pause(): void;
   /** SIGCONT */
   resume(): void;
+}
+
+/**
+ * Two private redis-servers, `a` and `b`, each with a plain RESP2 client (`ca`, `cb`) that fails
+ * at once rather than retry: the set-up of the replication tests (a demoted, resynced, promoted).
+ * Stopped and disconnected when the test ends.
+ */
+export async function redisPair(t: TestContext, argsA: string[] = [], argsB: string[] = argsA): Promise<{ a: RedisProcess; b: RedisProcess; ca: Redis; cb: Redis }> {
+  const a = await startRedis(argsA);
+  t.after(() => a.stop());
+  const b = await startRedis(argsB);
+  t.after(() => b.stop());
+  const ca = new Redis({ host: '127.0.0.1', port: a.port, maxRetriesPerRequest: 0, protocol: 2 });
+  const cb = new Redis({ host: '127.0.0.1', port: b.port, maxRetriesPerRequest: 0, protocol: 2 });
+  t.after(() => {
+    ca.disconnect();
+    cb.disconnect();
+  });
+  return { a, b, ca, cb };
 }
 
 /** Starts a private redis-server; `extraArgs` go after the defaults (`--requirepass x`, ...). */
