@@ -125,15 +125,16 @@ describe('a copy holding a marker write that timed out and landed (review-h9 fin
 });
 
 // ---------------------------------------------------------------------------------------------
-// FINDING 4 (not fixed; a limit README states: "not while the store is fenced"): a `fenced until
+// FINDING 4 (fixed in 0fcbc45: the fenced marker carries `<pid> <gen> <nonce>` too, and since
+// 802886f it is written again at every check; as found, it was): a `fenced until
 // <ms>` marker carries no generation, and checkStore reads one this process wrote as nothing to
 // compare (no PID_GEN: writer undefined). A copy taken while this process fenced the store (the
 // lock-fence after it came back empty or was replaced: the marker says `fenced until` for that
 // whole time) and restored later is 'warm' and kept: no rollback is seen, and a precaution fence
 // (the reconnect of a Redis restarted from that RDB) is even lifted by it. Every session
 // destroyed or overwritten since the copy is served as it was.
-// Fix (not made: the marker's format is read by other mcmux processes, older ones among them):
-// a generation in the fenced marker too, or remembering the exact `fenced until` values written.
+// Fix: a generation in the fenced marker too (an older mcmux reads the new marker as none of its
+// own kind: a downgrade within a fence does not inherit it).
 // ---------------------------------------------------------------------------------------------
 
 describe("a copy holding this process's `fenced until` marker (review-h9 finding 4)", () => {
