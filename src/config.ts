@@ -169,10 +169,22 @@ export interface RawConfig {
   /** `listen` may repeat; empty when not given. */
   listen: string[];
   upstreams: UpstreamConfig[];
+  /** The file the values came from (none for flags): an error in one of them names it. */
+  file?: string;
+}
+
+/** A ConfigError about one scalar key: buildConfig names the file when the value came from one. */
+class KeyError extends ConfigError {
+  constructor(
+    readonly key: string,
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 function bad(key: string, value: unknown, form: string): ConfigError {
-  return new ConfigError(`invalid ${key} "${String(value)}": expected ${form}`);
+  return new KeyError(key, `invalid ${key} "${String(value)}": expected ${form}`);
 }
 
 function int(key: ScalarKey, v: RawValue, min: number, max: number): number {
@@ -222,8 +234,28 @@ function metricsAddress(v: string): { host: string; port: number } | undefined {
   return { host: l.host, port: l.port };
 }
 
-/** Merges `file` under `flags` and validates the result. */
+/**
+ * Merges `file` under `flags` and validates the result. An error about a value the file gave (and
+ * no flag overrode) names the file, as the file's own errors do: `mcmux.toml: invalid ...`.
+ */
 export function buildConfig(file: RawConfig, flags: RawConfig): Config {
+  try {
+    return validate(file, flags);
+  } catch (error) {
+    if (error instanceof KeyError && file.file !== undefined && fromFile(error.key, file, flags)) {
+      throw new ConfigError(`${file.file}: ${error.message}`);
+    }
+    throw error;
+  }
+}
+
+/** Whether the value of `key` buildConfig used is the file's. */
+function fromFile(key: string, file: RawConfig, flags: RawConfig): boolean {
+  if (key === 'listen') return flags.listen.length === 0 && file.listen.length > 0;
+  return key in file.scalars && !(key in flags.scalars);
+}
+
+function validate(file: RawConfig, flags: RawConfig): Config {
   const s: Partial<Record<ScalarKey, RawValue>> = { ...file.scalars, ...flags.scalars };
   const get = <K extends ScalarKey>(k: K): RawValue | undefined => s[k] ?? SCALAR_KEYS[k].def;
   const listen = flags.listen.length > 0 ? flags.listen : file.listen.length > 0 ? file.listen : [SCALAR_KEYS.listen.def];
@@ -241,7 +273,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
   const minCopies = int('min-copies', get('min-copies') as RawValue, 1, 64);
   const n = upstreams.length === 0 ? 2 : upstreams.length; // the embedded default has two
   if (minCopies > n) {
-    throw new ConfigError(`invalid min-copies "${minCopies}": expected at most the number of upstreams (${n})`);
+    throw new KeyError('min-copies', `invalid min-copies "${minCopies}": expected at most the number of upstreams (${n})`);
   }
 
   const listenSpecs = listen.map((l) => parseListen(l));
@@ -252,7 +284,7 @@ export function buildConfig(file: RawConfig, flags: RawConfig): Config {
   for (const l of listenSpecs) {
     if (l.kind === 'tcp' && l.port === 0) continue;
     const a = formatListen(l);
-    if (seen.has(a)) throw new ConfigError(`listen "${a}" is listed twice: expected each address once`);
+    if (seen.has(a)) throw new KeyError('listen', `listen "${a}" is listed twice: expected each address once`);
     seen.add(a);
   }
   if (metrics && metrics.port !== 0 && seen.has(formatListen({ kind: 'tcp', ...metrics }))) {
@@ -306,9 +338,9 @@ export function rawFromToml(doc: Record<string, unknown>, file: string): RawConf
     if (key === 'listen') {
       const list = Array.isArray(value) ? value : [value];
       // Not the default 127.0.0.1:11211 in its place: an empty list is a mistake.
-      if (list.length === 0) throw bad(`${file}: listen`, '[]', `${SCALAR_KEYS.listen.form}, or an array of at least one`);
+      if (list.length === 0) throw badIn(file, 'listen', '[]', `${SCALAR_KEYS.listen.form}, or an array of at least one`);
       for (const l of list) {
-        if (typeof l !== 'string') throw bad(`${file}: listen`, JSON.stringify(l), SCALAR_KEYS.listen.form);
+        if (typeof l !== 'string') throw badIn(file, 'listen', JSON.stringify(l), SCALAR_KEYS.listen.form);
         listen.push(l);
       }
       continue;
@@ -321,12 +353,29 @@ export function rawFromToml(doc: Record<string, unknown>, file: string): RawConf
     if (!(key in SCALAR_KEYS)) {
       throw new ConfigError(`${file}: unknown key "${key}": expected one of ${Object.keys(SCALAR_KEYS).join(', ')}, upstream`);
     }
-    if (!isScalar(value)) throw bad(`${file}: ${key}`, JSON.stringify(value), SCALAR_KEYS[key as ScalarKey].form);
+    const form = SCALAR_KEYS[key as ScalarKey].form;
+    if (!isScalar(value)) throw badIn(file, key, JSON.stringify(value), form);
     // A path is free text: state-dir = true would make a directory named "true".
-    if (key === 'state-dir' && typeof value !== 'string') throw bad(`${file}: ${key}`, value, 'a quoted directory path such as "/var/lib/mcmux"');
+    if (key === 'state-dir' && typeof value !== 'string') throw badIn(file, key, value, 'a quoted directory path such as "/var/lib/mcmux"');
+    // A number or a boolean in quotes is a mistake TOML can tell (min-copies = "1"): refused, as
+    // listen-mode = 660 is the other way round.
+    const kind = scalarKind(key as ScalarKey);
+    if (kind === 'integer' && typeof value === 'string') throw badIn(file, key, value, `${form}, written as a TOML integer (without quotes)`);
+    if (kind === 'boolean' && typeof value === 'string') throw badIn(file, key, value, 'true or false, without quotes');
     scalars[key as Exclude<ScalarKey, 'listen'>] = value;
   }
-  return { scalars, listen, upstreams };
+  return { scalars, listen, upstreams, file };
+}
+
+/** What a key's TOML value is: an integer, a boolean, or a string (from its default). */
+function scalarKind(key: ScalarKey): 'integer' | 'boolean' | 'string' {
+  if (key === 'timeout') return 'integer'; // no default
+  const def: unknown = SCALAR_KEYS[key].def;
+  return typeof def === 'number' ? 'integer' : typeof def === 'boolean' ? 'boolean' : 'string';
+}
+
+function badIn(file: string, key: string, value: unknown, form: string): ConfigError {
+  return new ConfigError(`${file}: ${bad(key, value, form).message}`);
 }
 
 function isScalar(v: unknown): v is RawValue {

@@ -6,7 +6,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -130,6 +130,55 @@ describe('TOML values of the wrong shape are refused', () => {
     assert.throws(() => loadConfig(['--upstream', 'memory://', '--config', half]), /invalid max-item-size "2048.5": expected bytes/);
     const huge = await tomlFile('huge.toml', 'max-item-size = 99999999999999999999\n');
     assert.throws(() => loadConfig(['--upstream', 'memory://', '--config', huge]), /not valid TOML/);
+  });
+
+  it('a number or a boolean in quotes (min-copies = "1") is refused, naming the file and the key', () => {
+    // Before: String(value) made "1" pass as 1 and "true" as true; TOML tells them apart.
+    for (const [key, v, form] of [
+      ['min-copies', '"1"', /as a TOML integer \(without quotes\)/],
+      ['timeout', '"250"', /as a TOML integer \(without quotes\)/],
+      ['allow-flush', '"true"', /true or false, without quotes/],
+      ['repair-flush-caches', '"false"', /true or false, without quotes/],
+    ] as const) {
+      const file = join(dir, `quoted-${key}.toml`);
+      writeFileSync(file, `${key} = ${v}\n[[upstream]]\nurl = "memory://"\n`);
+      assert.throws(
+        () => loadConfig(['--config', file]),
+        (e: Error) => e.message.startsWith(`${file}: invalid ${key} ${v}: expected `) && form.test(e.message),
+        `${key} = ${v}`,
+      );
+    }
+    // The same values unquoted, and as flags (where every value is a string), still load.
+    const plain = join(dir, 'unquoted.toml');
+    writeFileSync(plain, 'min-copies = 1\ntimeout = 250\nallow-flush = true\nrepair-flush-caches = false\n[[upstream]]\nurl = "memory://"\n');
+    const { config } = loadConfig(['--config', plain, '--state-dir', join(dir, 'unquoted-state')]);
+    assert.deepEqual([config.minCopies, config.timeout, config.allowFlush, config.repair.flushCaches], [1, 250, true, false]);
+    assert.equal(loadConfig(['--upstream', 'memory://', '--min-copies', '1', '--allow-flush', 'true']).config.allowFlush, true);
+  });
+
+  it('a bad value the file gave names the file; the same value from a flag, or a file value a flag replaced, does not', async () => {
+    // Before: 'invalid min-copies "0": expected ...' with no word of where it was written.
+    const cases: Array<[string, RegExp]> = [
+      ['min-copies = 0\n', /invalid min-copies "0": expected an integer from 1 to 64/],
+      ['min-copies = 3\n', /invalid min-copies "3": expected at most the number of upstreams \(1\)/],
+      ['log-level = "loud"\n', /invalid log-level "loud"/],
+      ['listen-mode = "999"\n', /invalid listen-mode "999"/],
+      ['listen = ["127.0.0.1:1", "127.0.0.1:1"]\n', /listen "127.0.0.1:1" is listed twice/],
+      ['listen = "nowhere"\n', /invalid listen "nowhere"/],
+    ];
+    for (const [text, pattern] of cases) {
+      const file = await tomlFile(`from-file-${cases.findIndex((c) => c[0] === text)}.toml`, `${text}[[upstream]]\nurl = "memory://"\n`);
+      const line = await failsWithOneLine(['--config', file]);
+      assert.ok(line.startsWith(`mcmux: ${file}: `), `names the file first: ${line}`);
+      assert.match(line, pattern);
+    }
+    const flag = await failsWithOneLine([...base, '--upstream', 'memory://', '--min-copies', '0']);
+    assert.match(flag, /^mcmux: invalid min-copies "0"/, 'a flag: no file to name');
+    const overridden = await tomlFile('overridden.toml', 'min-copies = 1\nlog-level = "loud"\n[[upstream]]\nurl = "memory://"\n');
+    const line = await failsWithOneLine(['--config', overridden, '--min-copies', '0', '--log-level', 'info']);
+    assert.equal(line.includes(overridden), false, `the flag's value is not the file's: ${line}`);
+    assert.match(line, /invalid min-copies "0"/);
+    assert.equal(loadConfig(['--config', overridden, '--log-level', 'warn', '--state-dir', join(dir, 'overridden-state')]).config.logLevel, 'warn');
   });
 });
 
