@@ -19,7 +19,7 @@ import type { ConnectionLimits } from './server/connection';
 import { Listener } from './server/listener';
 import { MemcachedPool } from './upstream/memcached-pool';
 import { MemoryUpstream } from './upstream/memory';
-import { type UpstreamContext, createUpstream, storeIdentity } from './upstream/registry';
+import { NotThereYet, type UpstreamContext, createUpstream, storeIdentity } from './upstream/registry';
 import type { Upstream } from './upstream/upstream';
 
 export const MCMUX_VERSION: string = (require('../../package.json') as { version: string }).version;
@@ -31,16 +31,35 @@ export function upstreamSpecs(config: Config): readonly UpstreamConfig[] {
     : embeddedDefault(config.stateDir).map((url) => ({ url, options: new Map<string, string>() }));
 }
 
-/** Builds the raw drivers of a config (no health tracking): for validation and `mcmux check`. */
+/** Builds the raw drivers of a config (no health tracking). */
 export function buildUpstreams(config: Config): Upstream[] {
-  const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize, probeIntervalMs: config.health.probeMinMs };
-  const built: Upstream[] = [];
+  return build(config, true) as Upstream[];
+}
+
+/**
+ * For `mcmux check`: the drivers, built as `buildUpstreams` does but making nothing: a file store
+ * that is not there stands as `NotThereYet` (mcmux makes it at start).
+ */
+export function checkUpstreams(config: Config): Array<Upstream | NotThereYet> {
+  return build(config, false);
+}
+
+function build(config: Config, create: boolean): Array<Upstream | NotThereYet> {
+  const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize, probeIntervalMs: config.health.probeMinMs, create };
+  const built: Array<Upstream | NotThereYet> = [];
   try {
-    for (const s of upstreamSpecs(config)) built.push(createUpstream(s.url, s.options, ctx));
+    for (const s of upstreamSpecs(config)) {
+      try {
+        built.push(createUpstream(s.url, s.options, ctx));
+      } catch (error) {
+        if (!(error instanceof NotThereYet)) throw error;
+        built.push(error);
+      }
+    }
   } catch (error) {
     // A bad upstream after good ones: those are connecting already (a rejected SIGHUP would
     // leave their connections and reconnect timers behind for ever).
-    for (const u of built) void u.close().catch(() => undefined);
+    for (const u of built) if (!(u instanceof NotThereYet)) void u.close().catch(() => undefined);
     throw error;
   }
   return built;

@@ -4,15 +4,16 @@
  */
 
 import { readFileSync } from 'node:fs';
+import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
-import { type App, MCMUX_VERSION, buildUpstreams, startApp, upstreamSpecs } from './app';
+import { type App, MCMUX_VERSION, buildUpstreams, checkUpstreams, startApp, upstreamSpecs } from './app';
 import { type Config, type ListenSpec, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, formatListen, parseListen, rawFromToml } from './config';
 import { ConfigError } from './errors';
 import { FileKindError, readRegularFile } from './files';
 import { missingNodeFlags } from './node-flags';
-import { knownSchemes, storeIdentity } from './upstream/registry';
+import { NotThereYet, knownSchemes, storeIdentity } from './upstream/registry';
 import { type Upstream, maskUrl, maskRawUrl } from './upstream/upstream';
 
 /** commander's attribute name for a flag: `max-item-size` -> `maxItemSize`. */
@@ -91,7 +92,7 @@ function readConfigFile(file: string): RawConfig {
 }
 
 /** Parses argv into a validated config (throws ConfigError / CommanderError). */
-export function loadConfig(argv: string[]): { config: Config; configFile: string | undefined } {
+export function loadConfig(argv: string[], create = true): { config: Config; configFile: string | undefined } {
   const p = program();
   p.parse(argv, { from: 'user' });
   const extra = p.args[0];
@@ -110,7 +111,7 @@ export function loadConfig(argv: string[]): { config: Config; configFile: string
   }
   const config = buildConfig(file, flags);
   // Build (and drop) the upstreams once so a bad URL or option fails here, with exit status 2.
-  for (const u of buildUpstreams(config)) void u.close();
+  for (const u of create ? buildUpstreams(config) : checkUpstreams(config)) if (!(u instanceof NotThereYet)) void u.close();
   // The same store twice would count as two copies of a write (min-copies met by one store).
   const seen = new Map<string, string>();
   for (const spec of upstreamSpecs(config)) {
@@ -180,17 +181,28 @@ function exitOnConfigError(error: unknown): never {
   throw error;
 }
 
-/** `mcmux check`: validates the config and probes each upstream, one line each. */
+/**
+ * `mcmux check`: validates the config and probes each upstream, one line each, after a line naming
+ * the state directory. It makes nothing: a file store not there yet is said so (mcmux makes it).
+ */
 async function check(argv: string[]): Promise<number> {
   let config: Config;
   try {
-    ({ config } = loadConfig(argv));
+    ({ config } = loadConfig(argv, false));
   } catch (error) {
     exitOnConfigError(error);
   }
-  const upstreams = buildUpstreams(config);
+  // From a shell, without the unit's $STATE_DIRECTORY, the default is ./data: not the service's.
+  const fromCwd = isAbsolute(config.stateDir) ? '' : ` (relative to ${process.cwd()}; a systemd unit's StateDirectory= is not seen from a shell: give --state-dir to check the service's)`;
+  process.stdout.write(`state-dir ${resolvePath(config.stateDir)}${fromCwd}\n`);
+  const built = checkUpstreams(config);
+  const upstreams = built.filter((u): u is Upstream => !(u instanceof NotThereYet));
   let bad = 0;
-  for (const u of upstreams) {
+  for (const u of built) {
+    if (u instanceof NotThereYet) {
+      process.stdout.write(`ok     ${u.upstream}: ${u.message}\n`);
+      continue;
+    }
     const limit = Math.max(1000, u.timeoutMs * 4);
     const timer = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${limit} ms`)), limit).unref());
     try {
@@ -202,7 +214,8 @@ async function check(argv: string[]): Promise<number> {
     }
   }
   await Promise.all(upstreams.map((u) => u.close().catch(() => undefined)));
-  process.stdout.write(bad === 0 ? `config ok, ${upstreams.length} upstreams answer\n` : `${bad} of ${upstreams.length} upstreams unusable\n`);
+  const answer = `${upstreams.length} upstreams answer${built.length > upstreams.length ? ` (${built.length - upstreams.length} not made yet)` : ''}`;
+  process.stdout.write(bad === 0 ? `config ok, ${answer}\n` : `${bad} of ${built.length} upstreams unusable\n`);
   return bad === 0 ? 0 : 1;
 }
 

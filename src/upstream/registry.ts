@@ -19,6 +19,21 @@ export interface UpstreamContext {
   readonly maxItemSize: number;
   /** `--probe-interval`, in ms: a driver that checks its store on its own (sqlite's file) does so this often. */
   readonly probeIntervalMs?: number | undefined;
+  /**
+   * false for `mcmux check`: a file store that is not there is not made (nor its directory); the
+   * driver throws `NotThereYet` once its options are validated. Default true.
+   */
+  readonly create?: boolean;
+}
+
+/** A file store `mcmux check` found missing: mcmux makes it at start (see `UpstreamContext.create`). */
+export class NotThereYet extends Error {
+  constructor(
+    readonly upstream: string,
+    readonly path: string,
+  ) {
+    super(`not there yet (mcmux makes it, and its directory, at start): ${path}`);
+  }
 }
 
 export interface HostPort {

@@ -63,7 +63,7 @@
  * Keys are bound as latin1 BLOBs (the wire bytes), values as BLOBs; SQL is never built from data.
  */
 
-import { type BigIntStats, statSync, truncateSync, unlinkSync } from 'node:fs';
+import { type BigIntStats, existsSync, statSync, truncateSync, unlinkSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
@@ -71,7 +71,7 @@ import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounte
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import { makeDirs, touchRegularFile } from '../files';
 import type { UpstreamContext } from './registry';
-import { intOption, rejectUnknownOptions } from './registry';
+import { NotThereYet, intOption, rejectUnknownOptions } from './registry';
 import {
   type ArithResult,
   type StoreRequest,
@@ -741,5 +741,6 @@ export function createSqliteUpstream(url: URL, options: Map<string, string>, ctx
   const synchronous = synchronousOption(options, where);
   const timeoutMs = intOption(options, 'timeout', ctx.defaultTimeoutMs ?? 1000, 1, 600_000, where);
   rejectUnknownOptions(options, where, OPTIONS);
+  if (ctx.create === false && !existsSync(path)) throw new NotThereYet(name, path);
   return new SqliteUpstream(name, { path, table, purgeIntervalMs, purgeBatch, synchronous, timeoutMs, maxItemSize: ctx.maxItemSize, checkIntervalMs: ctx.probeIntervalMs });
 }

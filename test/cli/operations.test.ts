@@ -385,7 +385,8 @@ describe('(e) mcmux check --config FILE', () => {
     const file = await configFile('check-ok.toml', upstreamsToml([mc1.url, mc2.url, 'memory://']));
     const r = await runMcmux(['check', '--config', file], { timeoutMs: 10_000 });
     assert.equal(r.code, 0, `exit 0; stdout ${r.stdout}; stderr ${r.stderr}`);
-    const lines = r.stdout.trimEnd().split('\n');
+    const [stateDir, ...lines] = r.stdout.trimEnd().split('\n');
+    assert.match(stateDir as string, /^state-dir \//, 'first, the state directory it would use');
     assert.equal(lines.length, 4, `one line per upstream and a summary: ${r.stdout}`);
     assert.match(lines[0] as string, new RegExp(`^ok\\s+${mc1.url}$`));
     assert.match(lines[1] as string, new RegExp(`^ok\\s+${mc2.url}$`));
@@ -403,7 +404,7 @@ describe('(e) mcmux check --config FILE', () => {
     assert.equal(r.timedOut, false);
     assert.ok(performance.now() - started < 8000, 'a dead port does not hang the check');
     assert.notEqual(r.code, 0, `non-zero exit with a dead upstream; stdout ${r.stdout}`);
-    const lines = r.stdout.trimEnd().split('\n');
+    const lines = r.stdout.trimEnd().split('\n').slice(1); // after the state-dir line
     assert.equal(lines.length, 3, `one line per upstream and a summary: ${r.stdout}`);
     assert.match(lines[0] as string, new RegExp(`^ok\\s+${mc.url}$`));
     assert.match(lines[1] as string, new RegExp(`^FAILED\\s+redis://user:\\*\\*\\*@127\\.0\\.0\\.1:${dead}: \\S`), 'names the dead one and why');
@@ -422,7 +423,7 @@ describe('(e) mcmux check --config FILE', () => {
     assert.equal(r.timedOut, false);
     assert.ok(performance.now() - started < 8000, 'a frozen upstream does not hang the check');
     assert.equal(r.code, 1, `exit 1; stdout ${r.stdout}`);
-    const lines = r.stdout.trimEnd().split('\n');
+    const lines = r.stdout.trimEnd().split('\n').slice(1); // after the state-dir line
     assert.match(lines[0] as string, new RegExp(`^ok\\s+${mc.url}$`));
     assert.match(lines[1] as string, new RegExp(`^FAILED\\s+${frozen.url}: \\S`));
   });

@@ -7,7 +7,7 @@
 
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -203,8 +203,40 @@ describe('the environment', () => {
     const second = join(dir, 'state-b');
     const r = await runMcmux(['check'], { timeoutMs: 10_000, env: { STATE_DIRECTORY: `${first}:${second}` }, cwd: dir });
     assert.equal(r.code, 0, `mcmux check on the embedded default: ${r.stderr} ${r.stdout}`);
-    assert.ok(existsSync(join(first, 'mcmux.db')), `the embedded SQLite file is in the first directory: ${r.stdout}`);
+    assert.match(r.stdout, new RegExp(`^state-dir ${first}\n`), 'the first directory');
+    assert.ok(r.stdout.includes(`sqlite://${join(first, 'mcmux.db')}: not there yet`), `the embedded SQLite file is in the first directory: ${r.stdout}`);
     assert.ok(!existsSync(`${first}:${second}`), 'no directory named after the whole list');
+    // mcmux itself makes it there.
+    const { config } = loadConfig(['--state-dir', first]);
+    assert.equal(config.stateDir, first);
+    assert.ok(existsSync(join(first, 'mcmux.db')), 'made by a start (loadConfig builds the upstreams)');
+  });
+
+  it('mcmux check makes nothing: a sqlite file (and its directory) not there is said so, exit 0; from a shell it says the state-dir is relative', async () => {
+    // Before: check made ./data/mcmux.db wherever it was run, and named no state directory: from
+    // a shell, without the unit's $STATE_DIRECTORY, it checked ./data, not /var/lib/mcmux.
+    const cwd = join(dir, 'check-cwd');
+    await mkdir(cwd);
+    const r = await runMcmux(['check'], { timeoutMs: 10_000, cwd, env: { STATE_DIRECTORY: undefined } });
+    assert.equal(r.code, 0, `${r.stdout}${r.stderr}`);
+    const lines = r.stdout.trimEnd().split('\n');
+    assert.match(lines[0] as string, new RegExp(`^state-dir ${join(cwd, 'data')} \\(relative to ${cwd}; .*--state-dir`));
+    assert.match(lines[1] as string, /^ok\s+memory:\/\/$/);
+    assert.equal(lines[2], `ok     sqlite://${join(cwd, 'data', 'mcmux.db')}: not there yet (mcmux makes it, and its directory, at start): ${join(cwd, 'data', 'mcmux.db')}`);
+    assert.match(lines[3] as string, /^config ok, 1 upstreams answer \(1 not made yet\)$/);
+    assert.deepEqual(await readdir(cwd), [], 'nothing made');
+
+    // A bad option of a file not there is still a configuration error (exit 2).
+    const bad = await runMcmux(['check', '--upstream', `sqlite://${join(cwd, 'x', 'y.db')}?table=1x`], { timeoutMs: 10_000, cwd });
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /table="1x"/);
+    // A file that is there is opened and probed.
+    const there = join(dir, 'check-there.db');
+    loadConfig(['--upstream', `sqlite://${there}`]);
+    const ok = await runMcmux(['check', '--upstream', `sqlite://${there}`, '--state-dir', join(dir, 'check-state')], { timeoutMs: 10_000, cwd });
+    assert.equal(ok.code, 0, ok.stdout);
+    assert.match(ok.stdout, new RegExp(`^state-dir ${join(dir, 'check-state')}\nok\\s+sqlite://${there}\nconfig ok, 1 upstreams answer\n$`));
+    assert.ok(!existsSync(join(dir, 'check-state')), 'check makes no state directory either');
   });
 });
 

@@ -56,7 +56,8 @@ export interface SpawnOptions {
    * temporary one (its journal must not land in the repository nor be shared), which is also
    * its working directory.
    */
-  readonly env?: Record<string, string>;
+  /** Added to the environment; a key set to undefined is left out (STATE_DIRECTORY: an operator's shell). */
+  readonly env?: Record<string, string | undefined>;
   /** Working directory (default: the private state directory). */
   readonly cwd?: string;
   /** Node flags before bin/mcmux (default: NODE_FLAGS, as the launchers pass them). */
