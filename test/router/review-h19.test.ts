@@ -5,7 +5,25 @@
  * judged by what the cache the repair flushed knew). Chains of fakes driven by hand, wired as
  * app.ts wires them (the rig of review-h16).
  *
- * Findings: see each `todo` below.
+ * Findings (each a `todo` test that fails on this code):
+ * 1. (medium: a session deleted from the durable store) 7de3c2e journals the cache the repair's
+ *    flush emptied as lacking the key only if `knowsKey` is false as the touch settles; knowsKey is
+ *    true for any upstream no longer fenced, so when the cache's lock-fence ends while the touch
+ *    waits for the store behind (which then fails it), the cache is left clean, the store dirty:
+ *    the session is read as absent and the repair copies the cache's absence over the store. The
+ *    same for a gat (and a conditional command) through lackedWhereEmptied (c8f5e95), which asks
+ *    repairEmptied as the store's failure arrives.
+ * 2. (medium: a rollback missed) ColdDetector.earlier (the markers of the process before this
+ *    one, as found at its start) is a WeakMap by driver: a reload that rebuilt the store's driver
+ *    (other options) forgets it, and a store restored to a copy taken under the process before is
+ *    taken for warm and kept (floors and late follow the store's identity since review-h11).
+ * 3. (low; what the README says since c9cb119) the re-ask of a copy left out as dirty (da96016)
+ *    happens only if it has answered when the walk ends: a miss of the upstream read instead
+ *    (restarted empty) that arrives first stands, the acknowledged session read as absent.
+ * Guards: the re-ask in a multi-key get (values, get_hits/get_misses once per key); the re-ask of a
+ * copy whose delete was on its way reads the delete; the predecessor's marker restored without a
+ * reload is a rollback; a restart within a fence inherits it, and neither the predecessor's marker
+ * nor its last rewrite landing late is a rollback.
  */
 
 import assert from 'node:assert/strict';
