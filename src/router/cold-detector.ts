@@ -132,8 +132,8 @@ export class ColdDetector {
   /** One key per host, so restarts of mcmux do not leave a trail of markers behind. */
   readonly key = markerKey();
   // Per-store and per-upstream state is kept in weak maps and sets (every one but `retries`, whose
-  // timers stop() clears, and `late` and `floors`, kept by the store's identity, one per store
-  // configured): an upstream a reload retired, and its driver, are not held here.
+  // timers stop() clears, and `late`, `floors` and `earlier`, kept by the store's identity, one
+  // per store configured): an upstream a reload retired, and its driver, are not held here.
 
   /**
    * What this process last wrote as each store's marker, once acknowledged: how many fences its
@@ -176,8 +176,11 @@ export class ColdDetector {
    * Keyed by the pid and the nonce: a process that reused the pid of one before it (the first
    * process of every container has pid 1) numbers its markers from 1 again, and is no rollback
    * of the one before (review-today finding 4).
+   * Kept by the store's identity (storeKey), as `floors`: by driver, a reload that rebuilt the
+   * store's driver forgot them, and a restore to such a copy found after it was taken for the
+   * marker kept (review-h19 finding 2).
    */
-  private readonly earlier = new WeakMap<Upstream, Map<string, number>>();
+  private readonly earlier = new Map<string, Map<string, number>>();
   /**
    * Names this process in its markers beside the pid, which another process may reuse: a random
    * nonce, new at each start (a restart under the same pid is another process; so is another
@@ -820,9 +823,11 @@ export class ColdDetector {
     // reload retired).
     let rolledBack = writer === this.self && floor > 0 && gen < floor && !excused;
     if (writer !== undefined && writer !== this.self) {
-      let seen = this.earlier.get(store);
-      if (wrote === undefined || settling) {
-        if (seen === undefined) this.earlier.set(store, (seen = new Map()));
+      // floor, not wrote: a marker of this process acknowledged by the driver a reload retired
+      // counts too (the rebuilt one has written none yet).
+      let seen = this.earlier.get(storeKey(u, store));
+      if (floor === 0 || settling) {
+        if (seen === undefined) this.earlier.set(storeKey(u, store), (seen = new Map()));
         seen.set(writer, Math.max(seen.get(writer) ?? 0, gen));
       } else if (seen !== undefined && gen <= (seen.get(writer) ?? -1)) {
         rolledBack = true;

@@ -159,7 +159,7 @@ describe('review-h19: a copy taken under the process before this one, restored a
     await s.close();
   });
 
-  it("restored after a reload that rebuilt the driver: the predecessor's marker is still a rollback", { todo: "finding 2: ColdDetector.earlier is a WeakMap by driver, not by the store's identity (storeKey) as floors and late are" }, async () => {
+  it("restored after a reload that rebuilt the driver: the predecessor's marker is still a rollback (finding 2: ColdDetector.earlier was a WeakMap by driver)", async () => {
     const s = markerRig();
     await s.restore(PREDECESSOR(7));
     await s.detector.checkAll();
@@ -173,6 +173,20 @@ describe('review-h19: a copy taken under the process before this one, restored a
     await s.detector.checkAll();
     assert.equal(s.distrusted(next), true, 'ROLLBACK MISSED: a copy taken under the process before this one, found after a reload rebuilt the driver');
     assert.equal(next.fenced, true, 'not fenced: it decides add/cas/incr from the restored copy');
+    s.detector.stop();
+    await s.up.close();
+    await next.close();
+  });
+
+  it("restored as the reload rebuilt the driver, before the new driver's first look: a rollback too (the marker acknowledged by the retired driver counts)", async () => {
+    const s = markerRig();
+    await s.restore(PREDECESSOR(7));
+    await s.detector.checkAll();
+    await s.detector.checkAll();
+    const next = s.reload();
+    await s.restore(PREDECESSOR(7)); // restored before the rebuilt driver wrote a marker
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(next), true, 'ROLLBACK MISSED: the rebuilt driver had written no marker yet, and took the copy for one it found at its start');
     s.detector.stop();
     await s.up.close();
     await next.close();
