@@ -14,7 +14,7 @@ import { type RouterContext, errorMessage, refusedTooLarge, serverError, tooLarg
 import { authorityOrder as candidates } from './authority-order';
 import { failoverRead } from './failover-read';
 import { isFenced, noteWritten } from './health';
-import { authorityAlone, lackedWhereEmptied, replicateSet, sendKeyed } from './replicate-write';
+import { authorityAlone, emptiedFor, lackedWhereEmptied, replicateSet, sendKeyed } from './replicate-write';
 
 /**
  * Runs `op` on the authority for `key`: the first upstream that is usable, clean for the key
@@ -43,12 +43,14 @@ async function decide<R>(
 ): Promise<{ value: R; index: number } | { error: unknown }> {
   let lastError: unknown = new Error('no upstream configured');
   const tried: Upstream[] = [];
+  // A cache the repair's flush emptied that does not know the key, as the command goes out.
+  const emptied = emptiedFor(ctx, key);
   const failed = (error: unknown): { error: unknown } => {
     if (tried.length > 0) {
       const at = seq ?? ctx.journal.nextWriteSeq() - 1;
       for (const u of ctx.upstreams) if (!tried.includes(u)) ctx.journal.notSent(u, key, at);
-      // A cache the repair's flush emptied that does not know the key is no copy of its state.
-      lackedWhereEmptied(ctx, key, at, (u) => tried.includes(u));
+      // ...is no copy of its state.
+      lackedWhereEmptied(ctx, key, at, emptied, (u) => tried.includes(u));
     }
     return { error };
   };

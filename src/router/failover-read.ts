@@ -18,7 +18,7 @@ import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
 import { McmuxError, mayLandLate } from '../errors';
 import { isFenced, isUsable, knowsKey, repairEmptied } from './health';
-import { lackedWhereEmptied, lastsOn, sendKeyed } from './replicate-write';
+import { emptiedFor, lackedWhereEmptied, lastsOn, sendKeyed } from './replicate-write';
 
 /**
  * One upstream's answer. `failed`: keys it could not answer (a pool whose server for them
@@ -202,6 +202,8 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     gat?.sent();
     const since = flushes;
     const unknown = unknownTo(u, keys);
+    // A cache the repair's flush emptied that does not know a key, as the gat goes out.
+    const emptiedAt = cmd.touch === undefined ? undefined : keys.map((k) => emptiedFor(ctx, k));
     return u.get(keys, cmd.touch).then(
       (hits): Answer => {
         gat?.answered();
@@ -228,7 +230,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
           for (const k of failedKeys) ctx.journal.mark(u, k, 'write', undefined, mayLandLate(error));
           // A cache the repair's flush emptied that does not know the key is no copy of its state
           // (review-h16 finding 2).
-          for (const k of failedKeys) lackedWhereEmptied(ctx, k, ctx.journal.nextWriteSeq() - 1);
+          for (const k of failedKeys) lackedWhereEmptied(ctx, k, ctx.journal.nextWriteSeq() - 1, emptiedAt?.[keys.indexOf(k)]);
         }
         gat?.answered();
         if (partial === undefined) return { ok: false, error };

@@ -856,6 +856,14 @@ export class RepairJournal {
   }
 
   /**
+   * The sequence of the last write of `key` started (0: none remembered). Exact while a write of
+   * the key is in flight: a key with one is never forgotten (writeStarted, pruneWrites).
+   */
+  lastWrite(key: string): number {
+    return this.writes.get(key)?.seq ?? 0;
+  }
+
+  /**
    * A read begins: returns the write sequence to compare against (writtenSince), to hand back to
    * readFinished. A read repair passes the sequence of the read it repairs for, to keep the
    * writes since then remembered until its `add` is done.

@@ -118,9 +118,11 @@ export function replicateKeyed(
   const dirty = ctx.upstreams.map((u) => ctx.journal.isDirty(u, key));
   // Dirty everywhere: only the freshest copy speaks for the key.
   let freshest = dirty.every(Boolean) ? ctx.journal.freshest(ctx.upstreams, ctx.upstreams, key)?.[0] : undefined;
-  // Emptied by the repair's flush, and not written the key since (before this request reached it).
-  const emptied = ctx.upstreams.map((u) => repairEmptied(u) && !knowsKey(u, key));
   const seq = ctx.journal.writeStarted(key);
+  // Emptied by the repair's flush, and not written the key since (before this request reached it).
+  const emptiedAt = emptiedFor(ctx, key);
+  const emptied = ctx.upstreams.map((u) => emptiedAt?.upstreams.includes(u) === true);
+  let writtenSince = false;
   const outcome = keyedOutcome(ctx, what, key, seq, what === 'touch' ? { present: false, missed: [], current: (u) => !dirty[ctx.upstreams.indexOf(u)] || u === freshest, deadline: deadline ?? 0 } : undefined);
   return fanOut(
     ctx.upstreams,
@@ -155,17 +157,19 @@ export function replicateKeyed(
       if (!outcomes.some((o, i) => o?.ok && knows(i))) {
         // The emptied cache's "none" of a touch is then no answer about the key: it lacks what
         // the copy that failed may hold (a delete's reached it: it knows the key, absent, now).
-        // Known now, not as the touch went out: a set of the key that reached it after the touch,
-        // acknowledged from it, is the newest write, and ranked least fresh it was read from the
-        // store that missed it, and repaired over it (review-h16 finding 3).
-        if (failedSome && what === 'touch') outcomes.forEach((o, i) => emptied[i] === true && o?.ok && o.value === 'NOT_FOUND' && !knowsKey(ctx.upstreams[i] as Upstream, key) && ctx.journal.lacks(ctx.upstreams[i] as Upstream, key, seq));
+        if (failedSome && what === 'touch' && emptiedAt !== undefined) {
+          outcomes.forEach((o, i) => o?.ok && o.value === 'NOT_FOUND' && stillLacks(ctx, ctx.upstreams[i] as Upstream, key, emptiedAt, writtenSince) && ctx.journal.lacks(ctx.upstreams[i] as Upstream, key, seq));
+        }
         return serverError(`${what}: no upstream with a current copy of the key answered: ${firstError(outcomes)}`);
       }
       return { kind: 'status', status: 'NOT_FOUND' };
     },
-    what !== 'touch' || freshest === undefined
+    what !== 'touch' || (freshest === undefined && emptiedAt === undefined)
       ? outcome
       : (u, o) => {
+          // Asked while this write is in flight (the journal forgets the key's writes once none is):
+          // whether one started since.
+          if (emptiedAt !== undefined) writtenSince ||= ctx.journal.lastWrite(key) !== emptiedAt.lastWrite;
           // The freshest copy only for a write a late request may have undone, and what the touch
           // found there says it was (journal.undone): the next copy speaks for the key.
           if (u === freshest && o.ok && ctx.journal.undone(u, key, o.value !== 'NOT_FOUND')) {
@@ -202,20 +206,50 @@ function touchedItem(ctx: RouterContext, key: string, outcomes: ReadonlyArray<Ou
   return pick(warmFirst) || undefined;
 }
 
+/** The caches emptiedFor found as a command of a key went out, and the key's last write then. */
+export interface Emptied {
+  readonly upstreams: readonly Upstream[];
+  readonly lastWrite: number;
+}
+
+/**
+ * As a command of `key` goes out: the caches the repair's flush emptied that do not know the key
+ * (repairEmptied, knowsKey), undefined when none (the usual case). Judged then, not when the
+ * command fails: by then the fence may have ended, and an unfenced upstream knows every key
+ * (review-h19 finding 1).
+ */
+export function emptiedFor(ctx: RouterContext, key: string): Emptied | undefined {
+  let upstreams: Upstream[] | undefined;
+  for (const u of ctx.upstreams) if (repairEmptied(u) && !knowsKey(u, key)) (upstreams ??= []).push(u);
+  return upstreams === undefined ? undefined : { upstreams, lastWrite: ctx.journal.lastWrite(key) };
+}
+
+/**
+ * Whether the cache `u`, emptied by the repair's flush and not knowing `key` as a command of it
+ * went out (emptiedFor), still lacks what the command's failure elsewhere may have left: no write
+ * of the key started since (a set that reached it after the command's miss there is the newest
+ * write, and ranked least fresh it was read from the store that missed it, and repaired over it:
+ * review-h16 finding 3; fenced or not by then), and it is not dirty for the key already. A write
+ * started before the command was sent to it before the command, and applied there first.
+ * `writtenSince` as read while the command's own write was in flight (the journal keeps a key's
+ * writes while one is).
+ */
+function stillLacks(ctx: RouterContext, u: Upstream, key: string, emptied: Emptied, writtenSince = ctx.journal.lastWrite(key) !== emptied.lastWrite): boolean {
+  return emptied.upstreams.includes(u) && !writtenSince && !ctx.journal.isDirty(u, key);
+}
+
 /**
  * A command of `key` may have been applied on an upstream that then failed (journaled for it),
- * while a cache the repair's flush emptied that does not know the key (repairEmptied, knowsKey)
- * never got it: its absence is no state of the key. Journaled as lacking it (journal.lacks, the
- * least fresh copy), as for a touch it alone answered NOT_FOUND: left clean, it is read as the
- * key's truth once its fence ends, and is the repair's source for the store that failed, its
- * absence copied over the session (review-h16 finding 2: a gat, an incr, an append that failed
- * on the store behind). `skip`: upstreams the command was tried on (journaled already).
+ * while a cache the repair's flush emptied that did not know the key (emptiedFor) never got it:
+ * its absence is no state of the key. Journaled as lacking it (journal.lacks, the least fresh
+ * copy), as for a touch it alone answered NOT_FOUND: left clean, it is read as the key's truth
+ * once its fence ends, and is the repair's source for the store that failed, its absence copied
+ * over the session (review-h16 finding 2: a gat, an incr, an append that failed on the store
+ * behind). `skip`: upstreams the command was tried on (journaled already).
  */
-export function lackedWhereEmptied(ctx: RouterContext, key: string, seq: number, skip?: (u: Upstream) => boolean): void {
-  for (const u of ctx.upstreams) {
-    if (skip?.(u) === true || !repairEmptied(u) || knowsKey(u, key) || ctx.journal.isDirty(u, key)) continue;
-    ctx.journal.lacks(u, key, seq);
-  }
+export function lackedWhereEmptied(ctx: RouterContext, key: string, seq: number, emptied: Emptied | undefined, skip?: (u: Upstream) => boolean): void {
+  if (emptied === undefined) return;
+  for (const u of emptied.upstreams) if (skip?.(u) !== true && stillLacks(ctx, u, key, emptied)) ctx.journal.lacks(u, key, seq);
 }
 
 /**

@@ -98,7 +98,7 @@ async function flushedCache(value: string, fenceMs: number, writeWait: 'all' | '
 }
 
 describe('review-h19: a touch that settles after the emptied cache\'s fence ended (7de3c2e)', () => {
-  it('the cache the repair flushed is still journaled as lacking the key when its fence ends while the touch waits for the store behind', { todo: 'finding 1: 7de3c2e asks knowsKey as the touch settles, and knowsKey is true for any unfenced upstream' }, async () => {
+  it('the cache the repair flushed is still journaled as lacking the key when its fence ends while the touch waits for the store behind (finding 1: 7de3c2e asked knowsKey as the touch settled, true for any unfenced upstream)', async () => {
     const s = await flushedCache('cart', 200);
     s.fb.close_gate(); // b holds the touch
     const touch = s.exec(touchCmd('sess'));
@@ -119,8 +119,26 @@ describe('review-h19: a touch that settles after the emptied cache\'s fence ende
   });
 });
 
+describe('review-h19 finding 1, the other way: a set that reached the emptied cache after its fence ended, while the touch waited', () => {
+  it('the cache holding the newest write is not journaled as lacking the key (the journal keeps the set though it finished first)', async () => {
+    const s = await flushedCache('cart', 200, 'copies');
+    s.fb.close_gate(); // b holds the touch, then the set
+    const touch = s.exec(touchCmd('sess'));
+    await eventually('a answered the touch', () => s.fa.calls.includes('touch sess') && s.fb.calls.includes('touch sess'), { checks: 200, every: 'turn' });
+    await eventually("a's fence is over", () => !s.a.fenced, { timeoutMs: 5000, every: 10 });
+    // The fence over, a learns nothing: only the write's sequence tells that the set came after.
+    assert.equal(status(await s.exec(setCmd('sess', 'new'))), 'STORED', 'acknowledged from a (write-wait copies)');
+    s.fb.kill(); // b fails the touch and the set
+    assert.equal((await touch).kind, 'error');
+    s.fb.mode = 'ok';
+    assert.equal(s.journal.isDirty(s.a, 'sess'), false, 'a holds the newest write: not journaled as lacking the key');
+    assert.deepEqual(values(await s.exec(getCmd('sess'))), ['new'], 'the acknowledged set, not the value before it from b');
+    await s.stop();
+  });
+});
+
 describe("review-h19: a gat that fails on the store behind after the emptied cache's fence ended (c8f5e95, as 7de3c2e)", () => {
-  it('the cache the repair flushed is still journaled as lacking the key when its fence ends while the gat waits for the store behind', { todo: 'finding 1 (gat): lackedWhereEmptied asks repairEmptied as the gat fails, false once the fence is over' }, async () => {
+  it('the cache the repair flushed is still journaled as lacking the key when its fence ends while the gat waits for the store behind (finding 1, gat: lackedWhereEmptied asked repairEmptied as the gat failed, false once the fence was over)', async () => {
     const s = await flushedCache('cart', 200);
     s.fb.close_gate(); // b holds the gat
     const gat = s.exec({ kind: 'get', keys: ['sess'], withCas: false, touch: 0 } as Command);
