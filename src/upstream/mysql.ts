@@ -118,6 +118,14 @@ const CONNECTION_ERRNOS = new Set([1053, 1927, 4031]);
  * 3118, MariaDB 4151). Not the connection limits (1040, 1203): those pass with the peak.
  */
 const HANDSHAKE_REFUSALS = new Set([1044, 1045, 1049, 1129, 1130, 1251, 1862, 3118, 4151]);
+/**
+ * Server errors from a connection's set-up (prepare) that refuse every request of the account,
+ * whichever key: the handshake's, a password expired on a server that lets the session in to
+ * change it (ER_MUST_CHANGE_PASSWORD, 1820: every statement refused; MariaDB's
+ * disconnect_on_expired_password=OFF), and the table missing and the account not allowed to make
+ * it, or to read it (ER_TABLEACCESS_DENIED_ERROR, 1142).
+ */
+const SESSION_REFUSALS = new Set([...HANDSHAKE_REFUSALS, 1142, 1820]);
 
 /** What a statement parameter may be: bytes, integers below 2^53, decimal strings (uniques). */
 type Param = Buffer | number | string;
@@ -959,8 +967,16 @@ export class MysqlUpstream implements Upstream {
       return undefined as T; // ignored: the job is settled
     }
     job.conn = conn;
+    let refused = false;
     try {
-      await this.prepare(conn);
+      // Refused at the set-up every request needs: unusable for every key, as a refused handshake.
+      // The connection goes: a session keeps the database privileges it began with (a GRANT
+      // reaches the connections made after it), and an expired password's session stays refused.
+      await this.prepare(conn).catch((err: unknown) => {
+        if (!isServerError(err) || !SESSION_REFUSALS.has(Number((err as DriverError).errno))) throw err;
+        refused = true;
+        throw new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, this.translate(err).message);
+      });
       if (epoch !== this.epoch) {
         // Sent to the server before it restarted (or was replaced): decided on what the router
         // knew of it then (a cas unique it may hand out again): never run (unsent, UNREACHABLE).
@@ -1003,7 +1019,7 @@ export class MysqlUpstream implements Upstream {
       // so that the next request connects again, to whatever the name leads to now.
       if (!job.settled) {
         job.conn = undefined;
-        if ((err as DriverError).errno === ER_OPTION_PREVENTS_STATEMENT) this.discard(conn);
+        if ((err as DriverError).errno === ER_OPTION_PREVENTS_STATEMENT || refused) this.discard(conn);
         else if (isServerError(err) || err instanceof McmuxError) conn.release();
         else {
           this.discard(conn);

@@ -89,7 +89,7 @@ async function mysqlUser(root: Connection, password: string): Promise<{ user: st
 }
 
 describe('MySQL upstream whose account mcmux cannot use (ea469a4)', () => {
-  it('an account whose password expired (sandbox mode: every statement ER_MUST_CHANGE_PASSWORD 1820) goes down, as a wrong password does', { todo: 'finding 1: an expired password is REFUSED per statement (1820), the upstream stays "healthy" for good, every request failing', timeout: 60_000 }, async (t) => {
+  it('an account whose password expired (sandbox mode: every statement ER_MUST_CHANGE_PASSWORD 1820) goes down, as a wrong password does', { timeout: 60_000 }, async (t) => {
     const root = await sharedMysql(t);
     if (!root) return;
     const pw = `Pw${randomBytes(6).toString('hex')}`;
@@ -100,10 +100,32 @@ describe('MySQL upstream whose account mcmux cannot use (ea469a4)', () => {
     const c = await rawClient(mux.port);
     t.after(() => c.close());
     for (let i = 0; i < 6; i++) assert.equal(await c.ask(`set sess:${i} 0 0 1\r\nx\r\n`), 'STORED\r\n');
-    // Every request of the MySQL upstream fails (the server refuses every statement of the session).
-    await eventually('the writes failed on MySQL', async () => Number((await statsUpstreams(mux.port))['upstream.1.errors']) >= 6, 10_000);
-    const s = await statsUpstreams(mux.port);
-    assert.equal(s['upstream.1.state'], 'down', `a store that refuses every statement is down, not ${s['upstream.1.state']}; logs: ${mux.logs().stdout.split('\n').filter((l) => /1820|MUST_CHANGE/.test(l)).slice(0, 2).join('\n')}`);
+    // Every request of the MySQL upstream fails (the server refuses every statement of the session):
+    // down after down-after (3) of them, where before it stayed healthy, every request failing.
+    const state = async (): Promise<string | undefined> => (await statsUpstreams(mux.port))['upstream.1.state'];
+    await eventually('MySQL down', async () => (await state()) === 'down', 10_000).catch(async () => {
+      assert.fail(`a store that refuses every statement is down, not ${await state()}; logs: ${mux.logs().stdout.split('\n').filter((l) => /1820|MUST_CHANGE/.test(l)).slice(0, 2).join('\n')}`);
+    });
+    const down = mux.logs().stdout.split('\n').find((l) => l.includes('"msg":"upstream down"'));
+    assert.match(String(down), /ER_MUST_CHANGE_PASSWORD/, `the down line says why: ${down}`);
+  });
+
+  it('an account that may not make the missing table (CREATE refused, ER_TABLEACCESS_DENIED_ERROR 1142) goes down too, and comes back once granted', { timeout: 60_000 }, async (t) => {
+    const root = await sharedMysql(t);
+    if (!root) return;
+    const pw = `Pw${randomBytes(6).toString('hex')}`;
+    const { user, table } = await mysqlUser(root, pw);
+    await root.query(`REVOKE CREATE ON test.* FROM '${user}'@'%'`);
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', `mysql://${user}:${pw}@127.0.0.1:3306/test?table=${table}`, '--probe-interval', '50', '--probe-interval-max', '200']);
+    stopFirst(root, () => mux.stop());
+    const c = await rawClient(mux.port);
+    t.after(() => c.close());
+    for (let i = 0; i < 4; i++) assert.equal(await c.ask(`set sess:${i} 0 0 1\r\nx\r\n`), 'STORED\r\n');
+    await eventually('MySQL down', async () => (await statsUpstreams(mux.port))['upstream.1.state'] === 'down', 10_000);
+    assert.match(String(mux.logs().stdout.split('\n').find((l) => l.includes('"msg":"upstream down"'))), /ER_TABLEACCESS_DENIED_ERROR/);
+    await root.query(`GRANT CREATE ON test.* TO '${user}'@'%'`);
+    await eventually('MySQL healthy again', async () => (await statsUpstreams(mux.port))['upstream.1.state'] === 'healthy', 10_000);
+    assert.equal(await c.ask('set sess:after 0 0 1\r\ny\r\n'), 'STORED\r\n');
   });
 
   it('holds: a wrong password takes it down, and once the account is given that password it comes back (probe) and takes writes', { timeout: 60_000 }, async (t) => {
