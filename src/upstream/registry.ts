@@ -62,6 +62,8 @@ export function knownSchemes(): string[] {
   return [...schemes.keys()];
 }
 
+const CREDENTIALS_HINT = '; credentials in a URL must be percent-encoded (@ %40, : %3A, / %2F, ? %3F, # %23, % %25)';
+
 /**
  * Builds an upstream from its URL and extra options (TOML keys); query-string options and
  * extra options are merged, extra options winning.
@@ -71,14 +73,30 @@ export function createUpstream(
   extra: ReadonlyMap<string, string>,
   ctx: UpstreamContext,
 ): Upstream {
+  const expected = `expected scheme://host:port or scheme://host1:port1,host2:port2 (schemes: ${knownSchemes().join(', ')})`;
+  // The host part ends at the first / ? or # after "//": an @ after that is a user or password
+  // holding one of them unencoded (`redis://app:2024/Secret@host`, `redis://app:12#Secret@host`).
+  // Parsed as it stands, the digits before it were a port, the rest a database, an option or a
+  // fragment cut off: the driver's error printed that part of the password, or mcmux connected
+  // to the user name as a host. Refused here, before anything parses it, with everything up to
+  // the last @ masked but a user name that a : ends before any / ? #. No upstream URL takes an @
+  // in its path or query (a database, a file or an option value): one there is written %40.
+  const early = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*[/?#][^]*@([^@]*)$/i.exec(rawUrl);
+  if (early) {
+    const user = /^[a-z][a-z0-9+.-]*:\/\/([^:/?#\s"]*):/i.exec(rawUrl)?.[1];
+    const shown = maskRawUrl(`${early[1] as string}${user === undefined ? '' : `${user}:`}***@${early[2] as string}`);
+    throw new ConfigError(
+      `upstream "${shown}" is not a URL: an @ follows its first / ? or # (a user or password holding one of them unencoded ends the host part there)${CREDENTIALS_HINT}, and so must an @ in the path or query`,
+    );
+  }
   let url: URL;
   let hosts: HostPort[];
   try {
     ({ url, hosts } = parseUpstreamUrl(rawUrl));
   } catch {
-    // A password holding @ : / ? # or % breaks the URL apart unless percent-encoded: say so.
-    const credentials = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*@/i.test(rawUrl) ? '; credentials in a URL must be percent-encoded (@ %40, : %3A, / %2F, ? %3F, # %23, % %25)' : '';
-    throw new ConfigError(`upstream "${maskRawUrl(rawUrl)}" is not a URL: expected scheme://host:port or scheme://host1:port1,host2:port2 (schemes: ${knownSchemes().join(', ')})${credentials}`);
+    // A password holding @ or : (or % not followed by two hex digits) breaks the URL apart: say so.
+    const credentials = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*@/i.test(rawUrl) ? CREDENTIALS_HINT : '';
+    throw new ConfigError(`upstream "${maskRawUrl(rawUrl)}" is not a URL: ${expected}${credentials}`);
   }
   const scheme = url.protocol.replace(/:$/, '');
   const factory = schemes.get(scheme);
