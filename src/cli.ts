@@ -10,7 +10,7 @@ import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
 import { type App, MCMUX_VERSION, buildUpstreams, checkUpstreams, startApp, upstreamSpecs } from './app';
 import { type Config, type ListenSpec, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, formatListen, parseListen, rawFromToml } from './config';
-import { ConfigError } from './errors';
+import { ConfigError, StoreUnavailableError } from './errors';
 import { FileKindError, readRegularFile } from './files';
 import { missingNodeFlags } from './node-flags';
 import { NotThereYet, knownSchemes, storeIdentity } from './upstream/registry';
@@ -166,7 +166,7 @@ function refuseOwnAddress(config: Config): void {
   }
 }
 
-/** Exits 2 with one line for a bad flag or config value; rethrows anything else. */
+/** Exits 2 with one line for a bad flag or config value, 1 for a store that cannot be opened now; rethrows anything else. */
 function exitOnConfigError(error: unknown): never {
   if (error instanceof CommanderError) {
     if (error.exitCode === 0) process.exit(0); // --help, --version
@@ -177,6 +177,11 @@ function exitOnConfigError(error: unknown): never {
     const line = maskUrl(error.message).replace(/[\x00-\x1f\x7f]/g, (c) => JSON.stringify(c).slice(1, -1));
     process.stderr.write(`mcmux: ${line}\n`);
     process.exit(2);
+  }
+  if (error instanceof StoreUnavailableError) {
+    // Not the config's fault (a lock held elsewhere, a failing disk): status 1, which systemd restarts.
+    process.stderr.write(`mcmux: ${maskUrl(error.message).replace(/[\x00-\x1f\x7f]/g, (c) => JSON.stringify(c).slice(1, -1))}\n`);
+    process.exit(1);
   }
   throw error;
 }

@@ -80,6 +80,19 @@ export class ConfigError extends McmuxError {
   }
 }
 
+/**
+ * A store that cannot be opened now for a reason that is not the config's: a lock another process
+ * holds (SQLITE_BUSY: a backup, a VACUUM, a second mcmux creating the schema), a full or read-only
+ * disk, an I/O error. At start it exits with status 1, which systemd restarts (RestartPreventExitStatus=2
+ * is for a config that a restart cannot mend), not 2.
+ */
+export class StoreUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StoreUnavailableError';
+  }
+}
+
 export function upstreamError(code: ErrorCode, message: string): McmuxError {
   return new McmuxError(code, message);
 }

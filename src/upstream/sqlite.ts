@@ -68,7 +68,7 @@ import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounter } from '../command/command';
-import { ConfigError, ErrorCodes, McmuxError } from '../errors';
+import { ConfigError, ErrorCodes, McmuxError, StoreUnavailableError } from '../errors';
 import { makeDirs, touchRegularFile } from '../files';
 import type { UpstreamContext } from './registry';
 import { NotThereYet, intOption, rejectUnknownOptions } from './registry';
@@ -173,7 +173,10 @@ function hasSchema(db: Database.Database, table: string): boolean {
   return found.n === 3 && db.prepare(`SELECT 1 FROM "${table}_meta" WHERE name = 'cas'`).get() !== undefined;
 }
 
-/** Opens (creating if needed) the file and the schema; throws ConfigError naming the cause. */
+/**
+ * Opens (creating if needed) the file and the schema; throws ConfigError naming the cause, or
+ * StoreUnavailableError for a cause that is not the config's (a lock held elsewhere, a failing disk).
+ */
 function openDatabase(o: SqliteOptions, where: string): { db: Database.Database; s: Statements } {
   let db: Database.Database | undefined;
   try {
@@ -203,9 +206,25 @@ function openDatabase(o: SqliteOptions, where: string): { db: Database.Database;
   } catch (err) {
     db?.close();
     const cause = err instanceof Database.SqliteError ? `${err.code}: ${err.message}` : (err as Error).message;
+    const code = String((err as { code?: unknown }).code ?? '');
+    if (isBusy(err) || /^SQLITE_LOCKED/.test(code)) {
+      throw new StoreUnavailableError(`${where}: cannot open ${o.path}: ${cause} (another process held its lock for over ${o.timeoutMs} ms, option timeout; a restart tries again)`);
+    }
+    if (NOT_CONFIG.test(code)) {
+      throw new StoreUnavailableError(`${where}: cannot open ${o.path}: ${cause} (the disk or file system failed, not the config; a restart tries again)`);
+    }
     throw new ConfigError(`${where}: cannot open ${o.path}: ${cause} (check the path, its permissions and option table)`);
   }
 }
+
+/**
+ * Failures to open the file that are no config mistake (exit 1 at start, restarted by systemd):
+ * the disk or file system failing, full or read-only (SQLite's own codes, extended ones included,
+ * and the errno of the mkdir or open before it), or the process short of memory or descriptors.
+ * A path that is a directory, a FIFO or not a database, a permission, a table of another shape
+ * stay ConfigError (exit 2: a restart cannot mend them).
+ */
+const NOT_CONFIG = /^(SQLITE_(IOERR|FULL|READONLY|NOMEM|PROTOCOL)(_|$)|E(ROFS|NOSPC|DQUOT|IO|MFILE|NFILE|NOMEM|AGAIN|BUSY|INTR)$)/;
 
 export class SqliteUpstream implements Upstream {
   readonly scheme = 'sqlite';
