@@ -126,6 +126,25 @@ class GatWrite {
   }
 }
 
+/** Waits until the copies on their way to the upstreams `skippedAt` names for `keys` have answered, at most their timeout. */
+async function copiesLanded(ctx: RouterContext, keys: readonly string[], skippedAt: ReadonlyMap<string, readonly number[]>, upstreams: readonly Upstream[]): Promise<void> {
+  const waits: Array<Promise<void>> = [];
+  let limit = 0;
+  for (const k of keys) {
+    for (const i of skippedAt.get(k) ?? []) {
+      const u = upstreams[i] as Upstream;
+      const w = ctx.journal.whenSettled(u, k);
+      if (w === undefined) continue;
+      waits.push(w);
+      limit = Math.max(limit, u.timeoutMs);
+    }
+  }
+  if (waits.length === 0) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([Promise.all(waits), new Promise<void>((resolve) => (timer = setTimeout(resolve, limit)))]);
+  clearTimeout(timer);
+}
+
 /**
  * Keys of `keys` with a write in flight, undefined when none (the usual case). A value the read
  * finds lower down may be one that such a write is removing (a delete applied above, refused or
@@ -343,6 +362,10 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
   // a get that began while up0's copy of an acknowledged set was on its way read the pool alone,
   // whose server restarted empty once up0 had answered; test/router/review-h13.test.ts).
   if (skippedAt.size > 0) {
+    // A copy still on its way is waited for (up to that upstream's timeout: by then it has
+    // answered, or failed and is journaled), not only one that has answered: else a miss that came
+    // first stood (review-h19 finding 3). Only for keys found nowhere, skipped for such a copy.
+    await copiesLanded(ctx, unique.filter((k) => !st.found.has(k)), skippedAt, upstreams);
     for (const i of order) {
       const u = upstreams[i] as Upstream;
       const reask = unique.filter((k) => !st.found.has(k) && skippedAt.get(k)?.includes(i) === true && !ctx.journal.isDirty(u, k, seq));

@@ -117,6 +117,8 @@ interface PerUpstream {
    * key from here, whichever write is the latest. One that began before overlaps the write.
    */
   pendingFrom?: Map<string, number>;
+  /** Reads waiting for a key's pending mark to go (whenSettled). */
+  waiters?: Map<string, Array<() => void>>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: Overflow | undefined;
   /**
@@ -392,10 +394,30 @@ export class RepairJournal {
     if (s <= seq) {
       pending.delete(key);
       if (from !== undefined) p?.pendingFrom?.delete(key);
+      const waiting = p?.waiters?.get(key);
+      if (waiting !== undefined) {
+        p?.waiters?.delete(key);
+        for (const w of waiting) w();
+      }
     } else if (from !== undefined && from <= seq) {
       // The next one on its way began after `seq`, so was acknowledged after that too.
       p?.pendingFrom?.set(key, seq + 0.5);
     }
+  }
+
+  /**
+   * Resolves once `u` has answered the writes of `key` it has on its way (markPending's mark goes,
+   * `settled`), undefined when it has none.
+   */
+  whenSettled(u: Upstream, key: string): Promise<void> | undefined {
+    const p = this.byName.get(idOf(u));
+    if (p?.pending?.has(key) !== true) return undefined;
+    const waiters = (p.waiters ??= new Map());
+    return new Promise((resolve) => {
+      const waiting = waiters.get(key);
+      if (waiting === undefined) waiters.set(key, [resolve]);
+      else waiting.push(resolve);
+    });
   }
 
   overflowed(u: Upstream): Overflow | undefined {

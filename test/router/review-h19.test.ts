@@ -273,7 +273,7 @@ describe('review-h19: the re-ask of a copy left out as dirty (da96016, c9cb119)'
   // answered by then): the same as review-h13, but the second's miss arrives while the first's
   // copy of the acknowledged set is still on its way. The miss stands: a session acknowledged
   // before the read began, read as absent, though its copy lands a moment later.
-  it('a read that left out a copy still on its way waits for it before a miss of the upstream it read instead (restarted empty) stands', { todo: 'finding 3: the re-ask happens only if the copy left out has answered when the walk ends' }, async () => {
+  it('a read that left out a copy still on its way waits for it before a miss of the upstream it read instead (restarted empty) stands (finding 3: the re-ask was only of a copy that had answered when the walk ended)', async () => {
     const { first, second, journal, exec } = chain();
     assert.equal(status(await exec(set('v1'))), 'STORED');
     first.gateOnly = (call) => call === 'set sess';
