@@ -5,7 +5,8 @@
  * judged by what the cache the repair flushed knew). Chains of fakes driven by hand, wired as
  * app.ts wires them (the rig of review-h16).
  *
- * Findings (each a `todo` test that fails on this code):
+ * Findings (each was a `todo` test that failed on that code; all three fixed since: 1 in c00ba53,
+ * 2 in fba5343, 3 in a839b62):
  * 1. (medium: a session deleted from the durable store) 7de3c2e journals the cache the repair's
  *    flush emptied as lacking the key only if `knowsKey` is false as the touch settles; knowsKey is
  *    true for any upstream no longer fenced, so when the cache's lock-fence ends while the touch
@@ -20,6 +21,9 @@
  * 3. (low; what the README says since c9cb119) the re-ask of a copy left out as dirty (da96016)
  *    happens only if it has answered when the walk ends: a miss of the upstream read instead
  *    (restarted empty) that arrives first stands, the acknowledged session read as absent.
+ * With the fix of 1: a set that reached the emptied cache after its fence ended, while the touch
+ * waited, spares it (the journal's last write of the key, read while the touch is in flight); with
+ * the fix of 2: a restore found before the rebuilt driver's first look is a rollback too.
  * Guards: the re-ask in a multi-key get (values, get_hits/get_misses once per key); the re-ask of a
  * copy whose delete was on its way reads the delete; the predecessor's marker restored without a
  * reload is a rollback; a restart within a fence inherits it, and neither the predecessor's marker
