@@ -39,6 +39,12 @@ export const LATE_SETTLE_MS = 1000;
 /** Entries looked at per tick beyond the budget, skipping those still settling. */
 const SCAN_FACTOR = 4;
 
+/**
+ * Why an upstream is not trusted for reads (journal.overflowed), as the repair's lines say it: the
+ * journal does not keep which cause it was (the line that distrusted it said so).
+ */
+const DISTRUSTED = 'upstream not trusted for reads (its repair journal overflowed, or it may hold older data than mcmux wrote: a store new to the chain, one rolled back, a pool whose ring moved)';
+
 export class Repairer {
   private timer: NodeJS.Timeout | undefined;
   private running = false;
@@ -347,7 +353,7 @@ export class Repairer {
       overflow.trustAfter = ctx.journal.neverExpires ? Infinity : Math.max(ctx.journal.maxDeadline, Date.now());
       this.log.warn(
         { upstream: u.name, trustAfter: Number.isFinite(overflow.trustAfter) ? new Date(overflow.trustAfter).toISOString() : 'never (items without expiry): run mcmux repair' },
-        'repair journal had overflowed: the upstream takes writes but serves no reads until what it may hold stale has expired',
+        `${DISTRUSTED}: the upstream takes writes but serves no reads until what it may hold stale has expired`,
       );
     }
     if (Date.now() > overflow.trustAfter) {
@@ -409,7 +415,7 @@ export class Repairer {
     // What another overflowed upstream holds, or is the freshest copy of, is copied here before
     // that one may be flushed too (journal.lacksAfterFlush).
     for (const [key, seq] of journal.lacksAfterFlush(u, ctx.upstreams)) journal.mark(u, key, 'write', seq);
-    this.log.warn({ upstream: u.name }, 'repair journal had overflowed: flushed the cache upstream; reads use it again');
+    this.log.warn({ upstream: u.name }, `${DISTRUSTED}: flushed the cache upstream; reads use it again`);
   }
 
   private report(u: Upstream, remaining: number, done: number): void {
