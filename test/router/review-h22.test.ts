@@ -1,0 +1,359 @@
+/**
+ * Adversarial review h22 of c00ba53 (emptiedFor: a cache the repair flushed judged as lacking a key
+ * by what it knew as the touch/gat/conditional command went out, spared by a write started since),
+ * a839b62 (a key found nowhere waits for the copies left out as pending: journal.whenSettled,
+ * copiesLanded) and fba5343 (ColdDetector.earlier by store identity, judged with `floor`). Chains
+ * of fakes driven by hand, wired as app.ts wires them (the rig of review-h16 / review-h19).
+ *
+ * Findings (each a `todo` test that fails on this code):
+ * 1. (low-medium: reads slowed for nothing; a regression of a839b62, the test passes on its parent)
+ *    copiesLanded waits for any pending mark of a key found nowhere, a delete's too: with
+ *    write-wait = copies, a get of a key just deleted (logout, session_regenerate_id(true) and the
+ *    requests still carrying the old id) waits for the slow store's delete to land, up to that
+ *    store's timeout, though its landing can only make the key absent there too.
+ * 2. (low: an acknowledged session read as absent; a839b62 fixes review-h19 finding 3 only without
+ *    a concurrent write) whenSettled waits for the whole pending mark, a set received after the
+ *    read began included, and once the wait times out the re-ask finds the copy still dirty for
+ *    the read (settled() leaves pendingFrom at the acknowledgement of the write that landed): the
+ *    copy acknowledged before the read began, landed within the wait, is not asked, and the miss
+ *    of the upstream that restarted empty stands.
+ * 3. (medium-high: a session deleted from the durable store; c00ba53's boundary, and any eviction)
+ *    a touch sent just after the repair-flushed cache's fence ended (or to a cache that evicted the
+ *    key), answered NOT_FOUND there and failed on the store behind (applied maybe): the touch
+ *    answers NOT_FOUND, the store is journaled dirty, the cache left clean, and the repair copies
+ *    the cache's absence over the store; a gat the same way. A millisecond earlier (the fence not
+ *    over as the touch went out) the cache would have been journaled as lacking the key.
+ * 4. (low-medium, pre-existing, a reload only: a store distrusted for nothing) a marker write of the
+ *    driver a reload retires, in flight at the reload (slow, within its timeout), that lands after
+ *    the rebuilt driver's first marker write: this process's own older generation found below the
+ *    floor is a rollback (only writes that timed out are excused, `late`): a MySQL or sqlite store
+ *    untrusted until its data expires or `mcmux repair --trust`.
+ * Guards: an append (authority.ts decide) and two overlapping touches failing on the store after
+ * the fence ended journal the cache as lacking the key; the predecessor's marker restored after a
+ * flush_all is a rollback, and a newer marker of it after a reload that rebuilt the driver is not.
+ */
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import pino from 'pino';
+import type { Command, Reply } from '../../src/command/command';
+import { ColdDetector } from '../../src/router/cold-detector';
+import { HealthyUpstream, repairEmptied } from '../../src/router/health';
+import { RepairJournal } from '../../src/router/journal';
+import { Repairer } from '../../src/router/repair';
+import { Router } from '../../src/router/router';
+import type { StoreRequest, StoreResult } from '../../src/upstream/upstream';
+import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { markerRig } from '../helpers/marker-rig';
+import { eventually } from '../helpers/poll';
+
+const silent = pino({ level: 'silent' });
+const HEALTH = { downAfter: 100, probeMinMs: 10, probeMaxMs: 10 };
+
+const setCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+const delCmd = (key: string): Command => ({ kind: 'delete', key, noreply: false }) as Command;
+const getCmd = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
+const touchCmd = (key: string): Command => ({ kind: 'touch', key, deadline: 0, noreply: false }) as Command;
+const appendCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'append', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
+const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
+const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${status(r)}>`]);
+
+/** Resolves with `p`'s value, or with `late` once `ms` have passed. */
+function within<T, L>(p: Promise<T>, ms: number, late: L): Promise<T | L> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<L>((resolve) => (timer = setTimeout(() => resolve(late), ms)))]).finally(() => clearTimeout(timer));
+}
+
+/** A fake whose sets of a given value wait until released, each on its own (FakeUpstream's gate holds all at once). */
+class Holding extends FakeUpstream {
+  private readonly held = new Map<string, { gate: Promise<void>; open: () => void }>();
+  /** Sets of `value` wait from now on until `release(value)`. */
+  hold(value: string): void {
+    let open = (): void => {};
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    this.held.set(value, { gate, open });
+  }
+  release(value: string): void {
+    this.held.get(value)?.open();
+    this.held.delete(value);
+  }
+  override async store(req: StoreRequest): Promise<StoreResult> {
+    const h = this.held.get(req.value.toString());
+    if (h !== undefined) {
+      this.calls.push(`held ${req.mode} ${req.key} ${req.value.toString()}`);
+      await h.gate;
+    }
+    return super.store(req);
+  }
+}
+
+/** [first, second] with write-wait = copies, min-copies 1 (the rig of review-h19's re-ask tests); `secondTimeoutMs`: the slow store's timeout. */
+function chain(secondTimeoutMs = 50) {
+  const first = new Holding('fake://0');
+  const second = new Holding('fake://1');
+  Object.defineProperty(second, 'timeoutMs', { value: secondTimeoutMs });
+  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const router = new Router({ upstreams: [first, second], journal, minCopies: 1, writeWait: 'copies', allowFlush: false }, noStats, () => {});
+  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+  return { first, second, journal, router, exec };
+}
+
+describe('review-h22: a read of a key found nowhere waits for a copy left out as pending (a839b62)', () => {
+  // The slow durable store behind (timeout 3 s, a MySQL under load), write-wait = copies so that
+  // a client does not wait for it. A delete is acknowledged from the cache; its copy to the store
+  // is on its way. A get of the deleted key now finds it nowhere, skips the store (pending), and
+  // waits for the store's delete to land, up to its timeout, before it asks it again: a delete
+  // that lands there can only make it absent there too, so the wait can change nothing.
+  it('a get right after an acknowledged delete does not wait for the delete\'s copy to the slow store (finding 1: copiesLanded waits for a pending delete, whose landing cannot change the answer)', { todo: 'finding 1: a get of a just-deleted key waits up to the slow copy\'s timeout' }, async () => {
+    const { second, exec } = chain(3000);
+    assert.equal(status(await exec(setCmd('sess', 'cart'))), 'STORED');
+    second.gateOnly = (call) => call === 'delete sess';
+    second.close_gate(); // the store is slow to apply the delete
+    assert.equal(status(await exec(delCmd('sess'))), 'DELETED', 'acknowledged from the first (write-wait copies)');
+    const started = Date.now();
+    const r = await within(exec(getCmd('sess')), 500, 'still waiting' as const);
+    const took = Date.now() - started;
+    second.open();
+    await settle();
+    assert.notEqual(r, 'still waiting', `THE GET OF A DELETED KEY WAITED FOR THE SLOW STORE'S DELETE (${took} ms and counting; before a839b62 it answered at once)`);
+    assert.deepEqual(values(r as Reply), [undefined]);
+  });
+});
+
+describe('review-h22: the re-ask after the wait (a839b62)', () => {
+  // review-h19 finding 3's scenario (the second restarted empty while the read waited for its
+  // miss), with one more set of the session received while the read waits: its copy to the first
+  // keeps the pending mark there after v2 has landed, whenSettled waits for it too (the whole mark,
+  // not the writes acknowledged before the read began), and once the timeout ends the wait the
+  // first is still dirty for the read (pendingFrom moved to just after v2's sequence, before the
+  // read began): not asked. The read answers that the key is absent, though v2 was acknowledged
+  // before it began and landed on the first within the wait.
+  it('a copy left out that lands within the wait is asked, though a newer set of the key is still on its way there (finding 2: whenSettled waits for the whole pending mark, and the re-ask then finds it dirty)', { todo: 'finding 2: an acknowledged session read as absent when a newer set keeps the pending mark' }, async () => {
+    const { first, second, exec } = chain();
+    assert.equal(status(await exec(setCmd('sess', 'v1'))), 'STORED');
+    first.hold('v2');
+    assert.equal(status(await exec(setCmd('sess', 'v2'))), 'STORED', 'acknowledged from the second (write-wait copies)');
+    second.gateOnly = (call) => call === 'get sess';
+    second.close_gate();
+    const reading = exec(getCmd('sess'));
+    await eventually('the read reached the second', () => second.calls.includes('get sess'), { checks: 200, every: 'turn' });
+    await second.inner.flush(); // the second restarts empty
+    second.open(); // its miss arrives: the read waits for v2's copy to the first (copiesLanded)
+    await settle();
+    first.hold('v3');
+    const v3 = exec(setCmd('sess', 'v3')); // a concurrent request of the session writes it
+    await eventually('v3 reached the first', () => first.calls.includes('held set sess v3'), { checks: 200, every: 'turn' });
+    first.release('v2'); // v2 lands on the first, well within the wait
+    const r = await reading;
+    first.release('v3');
+    assert.equal(status(await v3), 'STORED');
+    await settle();
+    const got = values(r)[0];
+    assert.ok(got === 'v2' || got === 'v3', `AN ACKNOWLEDGED SESSION READ AS ABSENT (got ${String(got)}): v2 landed on the first within the wait, but the first was not asked`);
+  });
+});
+
+/** One mcmux process over `fakes`: a repairer and a client flush_all wired as app.ts wires them (review-h19's rig). */
+function proc(fakes: readonly FakeUpstream[], o: { writeWait?: 'all' | 'copies'; fenceMs?: number } = {}) {
+  const ups = fakes.map((f) => new HealthyUpstream(f, HEALTH, () => {}));
+  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  let detector: ColdDetector | undefined;
+  const router = new Router(
+    { upstreams: ups, journal, minCopies: 1, writeWait: o.writeWait ?? 'all', allowFlush: true, onFlushed: (u) => detector?.forget(u as HealthyUpstream) },
+    noStats,
+    () => {},
+  );
+  detector = new ColdDetector(() => ups, o.fenceMs ?? 60_000, silent, journal);
+  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
+  repairer.onFlush = (u) => detector?.knownEmpty(u as HealthyUpstream);
+  repairer.onFlushed = (u) => detector?.flushed(u as HealthyUpstream);
+  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+  const stop = async (): Promise<void> => {
+    detector?.stop();
+    journal.close();
+    await Promise.all(ups.map((u) => u.close()));
+  };
+  return { ups, journal, router, detector: detector as ColdDetector, repairer, exec, stop };
+}
+
+/** [a: a memcached cache, b: a durable store] holding sess = `value`, a flushed by the repair, with a lock-fence of `fenceMs`. */
+async function flushedCache(value: string, fenceMs: number) {
+  const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
+  const s = proc(fakes, { fenceMs });
+  await s.detector.checkAll();
+  assert.equal(status(await s.exec(setCmd('sess', value))), 'STORED');
+  const a = s.ups[0] as HealthyUpstream;
+  s.journal.distrust(a);
+  for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
+  assert.equal(s.journal.overflowed(a), undefined, 'a flushed by the repair and trusted');
+  assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
+  return { ...s, fa: fakes[0], fb: fakes[1], a, b: s.ups[1] as HealthyUpstream };
+}
+
+describe('review-h22: guards of c00ba53 (emptiedFor as the command went out)', () => {
+  // Guard: a conditional command (append) decided by the store behind (the cache is fenced) that
+  // fails there once the cache's fence has ended: the cache is journaled as lacking the key
+  // (authority.ts decide judges emptiedFor as it starts), and the session is neither read as
+  // absent nor deleted from the store by the repair.
+  it('guard: an append that fails on the store behind after the emptied cache\'s fence ended journals the cache as lacking the key', async () => {
+    const s = await flushedCache('cart', 200);
+    s.fb.close_gate();
+    const append = s.exec(appendCmd('sess', '+x'));
+    await eventually('b holds the append', () => s.fb.calls.includes('append sess'), { checks: 200, every: 'turn' });
+    await eventually("a's fence is over", () => !s.a.fenced, { timeoutMs: 5000, every: 10 });
+    s.fb.kill();
+    assert.equal((await append).kind, 'error');
+    s.fb.mode = 'ok';
+    assert.ok(s.journal.isDirty(s.b, 'sess'), 'b: dirty (the append may have been applied)');
+    assert.ok(s.journal.isDirty(s.a, 'sess'), 'a: journaled as lacking the key');
+    const read = await s.exec(getCmd('sess'));
+    assert.ok(read.kind !== 'values' || read.hits[0] !== undefined, 'the session read as absent');
+    for (let n = 0; n < 5; n++) await s.repairer.tick();
+    assert.equal((await s.fb.inner.get(['sess']))[0]?.value.toString(), 'cart', 'the session deleted from b by the repair');
+    await s.stop();
+  });
+
+  // Guard: two touches of the session overlap (plain writes do: key-order.ts), both failing on
+  // the store after the cache's fence ended. The first is spared by the second (a write started
+  // since); the second, with none after it, journals the cache as lacking the key.
+  it('guard: two overlapping touches both failing on the store behind: the cache is still journaled as lacking the key', async () => {
+    const s = await flushedCache('cart', 200);
+    s.fb.close_gate();
+    const t1 = s.exec(touchCmd('sess'));
+    const t2 = s.exec(touchCmd('sess'));
+    await eventually('a answered both touches, b holds them', () => s.fa.calls.filter((c) => c === 'touch sess').length === 2 && s.fb.calls.filter((c) => c === 'touch sess').length === 2, { checks: 200, every: 'turn' });
+    await eventually("a's fence is over", () => !s.a.fenced, { timeoutMs: 5000, every: 10 });
+    s.fb.kill();
+    assert.equal((await t1).kind, 'error');
+    assert.equal((await t2).kind, 'error');
+    s.fb.mode = 'ok';
+    assert.ok(s.journal.isDirty(s.a, 'sess'), 'a: journaled as lacking the key');
+    const read = await s.exec(getCmd('sess'));
+    assert.ok(read.kind !== 'values' || read.hits[0] !== undefined, 'the session read as absent');
+    await s.stop();
+  });
+});
+
+describe('review-h22: the cache the repair flushed, its fence over just before the touch went out (c00ba53\'s boundary)', () => {
+  // emptiedFor judges the cache as the command goes out: once its lock-fence has ended it "knows
+  // every key" (knowsKey), so a touch sent a moment later than in review-h19's test is judged as
+  // one an ordinary cache answered. The flushed cache (it holds only what was read or written since
+  // the flush) answers NOT_FOUND, the store behind fails the touch (it may have been applied):
+  // the client gets NOT_FOUND, the store is journaled dirty and the cache left clean, the only
+  // clean copy: the session is read as absent, and the repair copies the cache's absence over the
+  // store: the session deleted from MySQL. Whether it survives depends on whether the fence ended
+  // a millisecond before or after the touch went out. The same for a cache that evicted the key
+  // (below): an ordinary MySQL touch timeout deletes an evicted session from the durable store.
+  it('a touch the flushed cache answers NOT_FOUND just after its fence ended, failing on the store behind, does not delete the session from the store (finding 3)', { todo: 'finding 3: the repair copies the cache\'s absence over the store that failed a touch' }, async () => {
+    const s = await flushedCache('cart', 100);
+    await eventually("a's fence is over", () => !s.a.fenced, { timeoutMs: 5000, every: 10 });
+    s.fb.close_gate(); // b holds the touch (a slow MySQL)
+    const touch = s.exec(touchCmd('sess'));
+    await eventually('a answered the touch, b holds it', () => s.fa.calls.includes('touch sess') && s.fb.calls.includes('touch sess'), { checks: 200, every: 'turn' });
+    s.fb.kill(); // b fails the touch (it may have been applied)
+    const r = await touch;
+    s.fb.mode = 'ok';
+    const read = await s.exec(getCmd('sess'));
+    for (let n = 0; n < 5; n++) await s.repairer.tick();
+    const held = (await s.fb.inner.get(['sess']))[0]?.value.toString();
+    assert.equal(held, 'cart', `A SESSION DELETED FROM THE DURABLE STORE BY THE REPAIR (touch answered ${status(r)}, then read as ${JSON.stringify(values(read))}; a dirty ${String(s.journal.isDirty(s.a, 'sess'))}, b dirty)`);
+    assert.ok(read.kind !== 'values' || read.hits[0] !== undefined, 'A SESSION b HOLDS READ AS ABSENT');
+    await s.stop();
+  });
+
+  it('a gat of a session the cache evicted, failing on the store behind, does not delete the session from the store (finding 3, an ordinary eviction)', { todo: 'finding 3: an evicted session deleted from the store after a gat failed there' }, async () => {
+    const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
+    const s = proc(fakes);
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
+    await fakes[0].inner.delete('sess'); // memcached evicts it (-m, memory pressure)
+    fakes[1].close_gate();
+    const gat = s.exec({ kind: 'get', keys: ['sess'], withCas: false, touch: 0 } as Command);
+    await eventually('b holds the gat', () => fakes[1].calls.includes('get sess'), { checks: 200, every: 'turn' });
+    fakes[1].kill();
+    const r = await gat;
+    fakes[1].mode = 'ok';
+    const read = await s.exec(getCmd('sess'));
+    for (let n = 0; n < 5; n++) await s.repairer.tick();
+    const held = (await fakes[1].inner.get(['sess']))[0]?.value.toString();
+    assert.equal(held, 'cart', `A SESSION DELETED FROM THE DURABLE STORE BY THE REPAIR (gat answered ${JSON.stringify(values(r))}, then read as ${JSON.stringify(values(read))})`);
+    await s.stop();
+  });
+});
+
+/** The marker an mcmux process before this one left (another pid and nonce). */
+const PREDECESSOR = (gen: number): string => `${process.pid === 4242 ? 4243 : 4242} ${gen} 0123456789ab`;
+
+describe('review-h22: guards of fba5343 (earlier by store identity, judged with floor)', () => {
+  // Guard: a client's flush_all (forget: floors deleted) and the rewrite of this process's marker,
+  // then the store restored to a copy taken under the process before: still a rollback (earlier
+  // outlives the flush, and floor is back once the rewrite is acknowledged).
+  it("guard: the predecessor's marker restored after a flush_all and the rewrite is a rollback", async () => {
+    const s = markerRig();
+    await s.restore(PREDECESSOR(7));
+    await s.detector.checkAll();
+    await s.detector.checkAll();
+    await s.fake.inner.flush();
+    s.detector.forget(s.up); // flush_all answered: the marker is written again at once
+    await eventually('the rewrite landed', async () => /^\d+ \d+ [0-9a-f]+$/.test(await s.current()) || (await s.current()).startsWith('fenced'), { checks: 200, every: 'turn' });
+    await settle();
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(), false, 'no rollback yet');
+    await s.restore(PREDECESSOR(7));
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(), true, 'ROLLBACK MISSED after a flush_all');
+    s.detector.stop();
+    await s.close();
+  });
+
+  // Guard: the process before's marker found again with a newer generation after this one's was
+  // acknowledged (its last write landing late, or it still running its last checks) is no
+  // rollback: only one no newer than what this process first found there is.
+  it("guard: the predecessor's newer marker after a reload that rebuilt the driver is no rollback", async () => {
+    const s = markerRig();
+    await s.restore(PREDECESSOR(7));
+    await s.detector.checkAll();
+    await s.detector.checkAll();
+    const next = s.reload();
+    await s.detector.checkAll();
+    await s.restore(PREDECESSOR(8));
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(next), false, 'a newer marker of the process before taken for a rollback');
+    s.detector.stop();
+    await s.up.close();
+    await next.close();
+  });
+});
+
+describe('review-h22: two drivers of one store writing its marker across a reload (generations judged against the rebuilt driver)', () => {
+  // A check of the driver the reload retires has its marker write on its way (slow, well within
+  // its timeout: a row lock, a busy server) as the reload builds the new driver. The new driver's
+  // first check writes the next generation, acknowledged. The retired driver's write lands after
+  // it and is acknowledged too: the store holds the older generation of this process. The next
+  // look finds it below the floor (the rebuilt driver's lastSet): taken for a rollback, since only
+  // marker writes that timed out are excused (`late`), and the store (a MySQL, a sqlite) is
+  // distrusted until its data expires or `mcmux repair --trust`, though it lost nothing. One
+  // driver cannot do this (it applies its writes in the order sent); two drivers of one store,
+  // the retired one finishing its check, can.
+  it("a marker write of the retired driver landing after the rebuilt driver's is no rollback (finding 4)", { todo: "finding 4: a false rollback when the retired driver's marker write lands after the rebuilt driver's" }, async () => {
+    const s = markerRig();
+    await s.detector.checkAll();
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(), false);
+    const isMarker = (call: string): boolean => call === `set ${s.detector.key}`;
+    // The retired driver's next marker write is slow to land (within its timeout).
+    s.fake.gateOnly = isMarker;
+    s.fake.close_gate();
+    const oldCheck = s.detector.checkAll();
+    await eventually("the old driver's marker write is out", () => s.fake.calls.filter(isMarker).length >= 3, { checks: 200, every: 'turn' });
+    const next = s.reload(); // a new driver of the same store (other options), fenced as a precaution
+    await s.detector.checkAll(); // its marker write: the next generation, acknowledged
+    s.fake.open(); // the old driver's write lands now, over the new one's, and is acknowledged
+    await oldCheck;
+    await s.detector.checkAll();
+    assert.equal(s.distrusted(next), false, "A STORE THAT LOST NOTHING TAKEN FOR ROLLED BACK (this process's own marker, written by the retired driver and acknowledged, found below the rebuilt driver's generation)");
+    s.detector.stop();
+    await s.up.close();
+    await next.close();
+  });
+});
