@@ -236,7 +236,7 @@ async function copyFromAuthority(ctx: RouterContext, key: string, index: number,
     // As for any write: write-wait all answers once every copy is gone (or journaled); copies
     // answers now, and the others are not read for the key until their delete lands.
     if (ctx.writeWait === 'all') await settled;
-    else for (const u of targets) ctx.journal.markPending(u, key, seq);
+    else for (const u of targets) ctx.journal.markPending(u, key, seq, true);
     // Gone right after the command: it expired, or a request of the key that timed out there
     // landed over the result (a replace whose deadline had passed: fuzz seed 18966 of
     // 18001-19500). Only the first leaves the client's result standing (authorityAlone).

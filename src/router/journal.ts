@@ -119,6 +119,8 @@ interface PerUpstream {
   pendingFrom?: Map<string, number>;
   /** Reads waiting for a key's pending mark to go (whenSettled). */
   waiters?: Map<string, Array<() => void>>;
+  /** Pending keys whose latest write on its way here removes the item (a delete): no read waits for it. */
+  pendingRemoves?: Set<string>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: Overflow | undefined;
   /**
@@ -360,10 +362,14 @@ export class RepairJournal {
    * dirty for the key in memory (not in the file: a write a second would cost a syscall each),
    * so no read takes the value the write replaced from it. Its answer settles it (`settled`).
    */
-  markPending(u: Upstream, key: string, seq: number): void {
+  markPending(u: Upstream, key: string, seq: number, removes = false): void {
     const p = this.of(u);
     p.pending ??= new Map();
     p.pendingFrom ??= new Map();
+    if (seq >= (p.pending.get(key) ?? 0)) {
+      if (removes) (p.pendingRemoves ??= new Set()).add(key);
+      else p.pendingRemoves?.delete(key);
+    }
     // The answer takes a sequence of its own: reads that begin from now on do not take the key
     // from `u` (isDirty), those that began before may.
     const acked = ++this.writeSeq;
@@ -393,6 +399,7 @@ export class RepairJournal {
     const from = p?.pendingFrom?.get(key);
     if (s <= seq) {
       pending.delete(key);
+      p?.pendingRemoves?.delete(key);
       if (from !== undefined) p?.pendingFrom?.delete(key);
       const waiting = p?.waiters?.get(key);
       if (waiting !== undefined) {
@@ -407,11 +414,13 @@ export class RepairJournal {
 
   /**
    * Resolves once `u` has answered the writes of `key` it has on its way (markPending's mark goes,
-   * `settled`), undefined when it has none.
+   * `settled`), undefined when it has none, or when the latest of them removes the item: it can
+   * only make `u` miss the key too (a get right after an acknowledged delete, waiting for the
+   * delete's copy to a slow store: review-h22 finding 1).
    */
   whenSettled(u: Upstream, key: string): Promise<void> | undefined {
     const p = this.byName.get(idOf(u));
-    if (p?.pending?.has(key) !== true) return undefined;
+    if (p?.pending?.has(key) !== true || p.pendingRemoves?.has(key) === true) return undefined;
     const waiters = (p.waiters ??= new Map());
     return new Promise((resolve) => {
       const waiting = waiters.get(key);

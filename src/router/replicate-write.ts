@@ -135,7 +135,7 @@ export function replicateKeyed(
       const hits = outcomes.filter((o, i) => o?.ok && isHit(o.value, hit) && trusted(i)).length;
       const answered = count(outcomes, () => true);
       if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies') && counted(ctx, what, key, outcomes, trusted)) {
-        if (!settled) markPending(ctx, ctx.upstreams, outcomes, key, seq);
+        if (!settled) markPending(ctx, ctx.upstreams, outcomes, key, seq, what === 'delete');
         return touchedItem(ctx, key, outcomes, trusted) ?? { kind: 'status', status: hit };
       }
       if (!settled) return undefined;
@@ -423,9 +423,9 @@ function lasting<R>(
  * write-wait copies answers before every upstream did: those still to answer are dirty for the
  * key (in memory) until they do, so a read after the answer never takes the old value from one.
  */
-function markPending<R>(ctx: RouterContext, targets: readonly Upstream[], outcomes: ReadonlyArray<Outcome<R> | undefined>, key: string, seq: number): void {
+function markPending<R>(ctx: RouterContext, targets: readonly Upstream[], outcomes: ReadonlyArray<Outcome<R> | undefined>, key: string, seq: number, removes = false): void {
   targets.forEach((u, i) => {
-    if (outcomes[i] === undefined) ctx.journal.markPending(u, key, seq);
+    if (outcomes[i] === undefined) ctx.journal.markPending(u, key, seq, removes);
   });
 }
 
