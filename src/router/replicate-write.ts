@@ -123,7 +123,7 @@ export function replicateKeyed(
   const emptiedAt = emptiedFor(ctx, key);
   const emptied = ctx.upstreams.map((u) => emptiedAt?.upstreams.includes(u) === true);
   let writtenSince = false;
-  const outcome = keyedOutcome(ctx, what, key, seq, what === 'touch' ? { present: false, missed: [], current: (u) => !dirty[ctx.upstreams.indexOf(u)] || u === freshest, deadline: deadline ?? 0 } : undefined);
+  const outcome = keyedOutcome(ctx, what, key, seq, what === 'touch' ? { present: false, missed: [], failed: [], current: (u) => !dirty[ctx.upstreams.indexOf(u)] || u === freshest, deadline: deadline ?? 0 } : undefined);
   return fanOut(
     ctx.upstreams,
     op,
@@ -268,7 +268,7 @@ export function sendKeyed(
 ): { seq: number; settled: Promise<unknown> } {
   const seq = ctx.journal.writeStarted(key);
   // A gat's touches: the copy it read (clean for the key) holds the item, touched.
-  const touch = what === 'touch' ? { present: true, missed: [], current: () => false, deadline: deadline ?? 0 } : undefined;
+  const touch = what === 'touch' ? { present: true, missed: [], failed: [], current: () => false, deadline: deadline ?? 0 } : undefined;
   const settled = fanOut(targets, op, (_, all) => (all ? true : undefined), keyedOutcome(ctx, what, key, seq, touch), () => ctx.journal.writeFinished(key));
   return { seq, settled };
 }
@@ -280,6 +280,8 @@ export function sendKeyed(
 interface TouchCopies {
   present: boolean;
   readonly missed: Upstream[];
+  /** Copies the touch failed on while no current copy had shown the item yet: [upstream, late]. */
+  readonly failed: Array<[Upstream, boolean]>;
   readonly current: (u: Upstream) => boolean;
   /** The touch's deadline: once past, the item is gone from the touched copies too. */
   readonly deadline: number;
@@ -289,8 +291,16 @@ interface TouchCopies {
 function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string, seq: number, touch?: TouchCopies): (u: Upstream, o: Outcome<Keyed>) => void {
   return (u, o) => {
     ctx.journal.settled(u, key, seq);
-    if (!o.ok) ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
-    else if (what === 'delete') {
+    if (!o.ok) {
+      // A touch that failed where no current copy has shown the item: journaled only once one
+      // does. If none does, the copy that failed may hold the only item left (the others evicted
+      // it, or the repair flushed it), and journaled it would be repaired from their absence: the
+      // session deleted from the durable store for a touch (review-h22 finding 3). Left clean, it
+      // is read, and read-repaired into the others; it may have missed the new deadline (the
+      // client was not told TOUCHED). A touch that expires the item is journaled as before.
+      if (touch !== undefined && !touch.present && !isExpired(touch.deadline, Date.now())) touch.failed.push([u, mayLandLate(o.error)]);
+      else ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
+    } else if (what === 'delete') {
       ctx.journal.written(u, key, seq, 'delete');
       noteWritten(ctx.journal, u, key);
     } else if (touch) {
@@ -300,6 +310,7 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
       // (an add there would grant a lock that is held), until the repair copies the item.
       if (o.value !== 'NOT_FOUND' && !touch.present && touch.current(u)) {
         touch.present = true;
+        for (const [f, late] of touch.failed.splice(0)) ctx.journal.mark(f, key, 'write', seq, late);
         if (!isExpired(touch.deadline, Date.now())) for (const m of touch.missed.splice(0)) ctx.journal.mark(m, key, 'write', seq);
       } else if (o.value === 'NOT_FOUND' && !isExpired(touch.deadline, Date.now())) {
         if (touch.present) ctx.journal.mark(u, key, 'write', seq);
