@@ -4,6 +4,8 @@
  */
 
 import { readFileSync } from 'node:fs';
+import { isIPv4, isIPv6 } from 'node:net';
+import { hostname, networkInterfaces } from 'node:os';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
@@ -134,12 +136,67 @@ function isLoopbackHost(host: string): boolean {
   return LOOPBACK.has(h) || /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^0{0,4}(:0{0,4}){0,6}:0{0,3}1$/.test(h);
 }
 
-/** Whether an upstream server at `host:port` is the listen address `l` (either loopback name for the other). */
+/**
+ * The address `host` names, canonical: an IPv4 literal in any form the resolver takes (`127.1`,
+ * `0x7f.0.0.1`) as dotted quads, an IPv6 literal compressed (an IPv4-mapped one, `::ffff:127.0.0.1`,
+ * as the IPv4 address it reaches), a name lowercased.
+ */
+function canonicalHost(host: string): string {
+  const h = host.toLowerCase();
+  try {
+    if (isIPv6(h)) {
+      const c = new URL(`http://[${h}]/`).hostname.slice(1, -1);
+      const m = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(c);
+      if (!m) return c;
+      const [hi, lo] = [parseInt(m[1] as string, 16), parseInt(m[2] as string, 16)];
+      return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+    }
+    if (/^[0-9a-fx.]+$/.test(h)) {
+      const v4 = new URL(`http://${h}/`).hostname;
+      if (isIPv4(v4)) return v4;
+    }
+  } catch {
+    // not an address: compared as a name
+  }
+  return h;
+}
+
+/**
+ * The addresses a connection to `host` may reach: `localhost` either loopback address (the
+ * resolver may give either first, and Node tries both); `0.0.0.0` and `::` are this host's
+ * loopback (Linux connects to them so).
+ */
+function reachedAt(host: string): string[] {
+  const h = canonicalHost(host);
+  if (h === 'localhost') return ['127.0.0.1', '::1'];
+  if (h === '0.0.0.0') return ['127.0.0.1'];
+  if (h === '::') return ['::1'];
+  return [h];
+}
+
+/** Whether `a` (canonical) is an address of this host: loopback (127/8, ::1) or an interface's. */
+function isOwnHostAddress(a: string): boolean {
+  if (a === '::1' || /^127\.\d+\.\d+\.\d+$/.test(a)) return true;
+  return Object.values(networkInterfaces()).some((list) => (list ?? []).some((i) => canonicalHost(i.address) === a));
+}
+
+/**
+ * Whether an upstream server at `host:port` is mcmux listening at `l`: a wildcard listen
+ * (`0.0.0.0`: every IPv4 address of the host; `[::]`: every address, IPv4 too, as Node listens
+ * dual-stack) is reached by any address of the host and its own name; another listen address
+ * only by that address, whatever its spelling. 127.0.0.1 and ::1 are two sockets: a memcached
+ * on [::1]:P is not mcmux on 127.0.0.1:P. `localhost` is taken as both, on either side.
+ */
 function isListenAddress(host: string, port: number, l: ListenSpec): boolean {
   if (l.kind !== 'tcp' || l.port === 0 || l.port !== port) return false;
-  const a = host.toLowerCase();
-  const b = l.host.toLowerCase();
-  return a === b || (LOOPBACK.has(a) && (LOOPBACK.has(b) || b === '0.0.0.0' || b === '::'));
+  const to = reachedAt(host);
+  const b = canonicalHost(l.host);
+  if (b === '0.0.0.0' || b === '::') {
+    const self = hostname().toLowerCase();
+    return to.some((a) => (isIPv4(a) || (b === '::' && isIPv6(a)) ? isOwnHostAddress(a) : a === self));
+  }
+  const at = b === 'localhost' ? ['127.0.0.1', '::1'] : [b];
+  return to.some((a) => at.includes(a));
 }
 
 /**
