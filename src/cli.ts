@@ -202,9 +202,10 @@ function isListenAddress(host: string, port: number, l: ListenSpec): boolean {
 /**
  * A memcached upstream at mcmux's own listen address is mcmux itself (`memcached://127.0.0.1`
  * takes the default port 11211, which mcmux listens on by default): every write would answer
- * "replies out of step" and every read miss, while `version` probes call it healthy.
+ * "replies out of step" and every read miss, while `version` probes call it healthy. `listen`:
+ * the addresses to check against (a reload: those mcmux listens on, which only a restart changes).
  */
-function refuseOwnAddress(config: Config): void {
+function refuseOwnAddress(config: Config, listen: readonly ListenSpec[] = config.listen, until = ''): void {
   for (const spec of upstreamSpecs(config)) {
     const m = /^memcached:\/\/([^/?#]*)/i.exec(spec.url);
     if (!m) continue;
@@ -213,10 +214,10 @@ function refuseOwnAddress(config: Config): void {
       if (!hp) continue;
       const host = (hp[1] ?? hp[2] ?? '') as string;
       const port = hp[3] === undefined ? 11211 : Number(hp[3]);
-      const own = config.listen.find((l) => isListenAddress(host, port, l));
+      const own = listen.find((l) => isListenAddress(host, port, l));
       if (own) {
         throw new ConfigError(
-          `upstream "${maskRawUrl(spec.url)}" is mcmux's own listen address ${formatListen(own)}${hp[3] === undefined ? ' (memcached:// without a port is port 11211)' : ''}: expected a memcached server of its own`,
+          `upstream "${maskRawUrl(spec.url)}" is mcmux's own listen address ${formatListen(own)}${until}${hp[3] === undefined ? ' (memcached:// without a port is port 11211)' : ''}: expected a memcached server of its own`,
         );
       }
     }
@@ -408,7 +409,10 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
     }
     try {
       const before = new Set<Upstream>(running.upstreams);
-      running.reload(loadConfig(argv).config);
+      const next = loadConfig(argv).config;
+      // loadConfig checked the file's listen addresses; mcmux listens on its own until it restarts.
+      refuseOwnAddress(next, running.bound, ' (mcmux listens there until it restarts)');
+      running.reload(next);
       void probeUpstreams(running.upstreams.filter((u) => !before.has(u)), log, 'after the reload');
     } catch (error) {
       const why = error instanceof CommanderError || error instanceof ConfigError ? error.message : String(error);
