@@ -356,7 +356,8 @@ export function openFileLimit(limits = '/proc/self/limits'): number | undefined 
 
 /**
  * Past the open-file limit, a client's connection is accepted and reset by libuv (its EMFILE
- * reserve), with no error mcmux sees: no log line, no rejected_connections. Said once at start.
+ * reserve), with no error mcmux sees: no log line, no rejected_connections. Said at start and at
+ * each reload that leaves max-connections past it.
  */
 function warnOpenFileLimit(maxConnections: number, log: pino.Logger): void {
   const limit = openFileLimit();
@@ -413,6 +414,8 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
       // loadConfig checked the file's listen addresses; mcmux listens on its own until it restarts.
       refuseOwnAddress(next, running.bound, ' (mcmux listens there until it restarts)');
       running.reload(next);
+      // A reload may raise max-connections past the open-file limit, as a start may.
+      warnOpenFileLimit(next.maxConnections, log);
       void probeUpstreams(running.upstreams.filter((u) => !before.has(u)), log, 'after the reload');
     } catch (error) {
       const why = error instanceof CommanderError || error instanceof ConfigError ? error.message : String(error);
