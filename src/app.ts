@@ -83,6 +83,13 @@ function limitsOf(config: Config): ConnectionLimits {
   };
 }
 
+/** start() ended by a close() (SIGTERM) that came while it ran: what it had opened is closed. */
+export class StoppedWhileStarting extends Error {
+  constructor() {
+    super('stopped while starting');
+  }
+}
+
 /** Config fields a reload cannot change, with the keys that set them (a reload warns). */
 const RESTART_ONLY = [
   ['listen', 'listen'],
@@ -109,6 +116,12 @@ export class App {
   /** Releases the state directory's lock (files.ts lockDirectory). */
   private readonly unlock: () => void;
   private config: Config;
+  /** start() while it runs: a close() meanwhile ends it (stopStarting) and waits for it. */
+  private starting: Promise<void> | undefined;
+  /** A close() came while start() ran: start() stops at its next step. */
+  private stopWhileStarting = false;
+  /** Ends start()'s wait for the upstreams' first look (and for a crashed process's requests). */
+  private stopStarting: (() => void) | undefined;
 
   /** The ms clients get to finish on SIGTERM, as last configured (a reload changes it). */
   get shutdownTimeout(): number {
@@ -242,7 +255,30 @@ export class App {
     return same;
   }
 
+  /**
+   * Looks at the upstreams, then listens. A close() that comes meanwhile (SIGTERM while mcmux
+   * starts) ends it at its next step, rejecting with StoppedWhileStarting once what it had opened
+   * is closed (journal.log as at any stop: marked clean unless what a process before sent may
+   * still land); a wait for the upstreams is cut short, a listen in progress is let finish first.
+   */
   async start(): Promise<void> {
+    const starting = this.begin();
+    this.starting = starting;
+    try {
+      await starting;
+    } finally {
+      this.starting = undefined;
+    }
+  }
+
+  private async begin(): Promise<void> {
+    const stopped = new Promise<never>((_, reject) => {
+      this.stopStarting = () => reject(new StoppedWhileStarting());
+    });
+    stopped.catch(() => undefined);
+    const going = (): void => {
+      if (this.stopWhileStarting) throw new StoppedWhileStarting();
+    };
     if (this.config.upstreams.length === 0) {
       this.log.warn({ upstreams: embeddedDefault(this.config.stateDir) }, 'no upstream configured: running on the embedded default');
     }
@@ -254,25 +290,37 @@ export class App {
       // (their keys are on no file). Until they can no longer, a write that only such copies
       // took fails: no client command before then, on the upstreams that are up (repair.ts);
       // and the markers are looked at again once they can no longer (startAfter).
-      await this.coldDetector.startAfter(() =>
-        this.repairer.untilUnknownSettled((ms) =>
-          this.log.warn(
-            { waitMs: Math.ceil(ms) },
-            'mcmux did not stop cleanly last time (killed or crashed): requests it had sent may still reach the upstreams; not listening until they can no longer land',
-          ),
-        ),
+      const looked = this.coldDetector.startAfter(() =>
+        this.stopWhileStarting
+          ? Promise.resolve(false)
+          : this.repairer.untilUnknownSettled((ms) =>
+              this.log.warn(
+                { waitMs: Math.ceil(ms) },
+                'mcmux did not stop cleanly last time (killed or crashed): requests it had sent may still reach the upstreams; not listening until they can no longer land',
+              ),
+            ),
       );
-      for (const spec of this.config.listen) this.bound.push(await this.listener.listen(spec, this.config.listenMode));
+      looked.catch(() => undefined);
+      await Promise.race([looked, stopped]);
+      // Each listen is let finish (its socket is then closed with the others), not raced.
+      for (const spec of this.config.listen) {
+        going();
+        this.bound.push(await this.listener.listen(spec, this.config.listenMode));
+      }
+      going();
       if (this.config.metrics) {
         this.metrics = new Metrics(this);
         this.metrics.onError = (error) => this.log.warn({ err: error.message }, 'metrics: accepting a client failed: the listener goes on');
         this.metricsAddress = await this.metrics.listen(this.config.metrics.host, this.config.metrics.port, this.config.metricsMaxConnections);
       }
+      going();
       this.listening = true;
       this.repairer.start();
     } catch (error) {
-      await this.close(0);
+      await this.shut(0);
       throw error;
+    } finally {
+      this.stopStarting = undefined;
     }
     this.log.info(
       {
@@ -331,9 +379,23 @@ export class App {
 
   /**
    * Stops accepting, lets clients finish the requests they sent and the copies of their writes
-   * land (up to `graceMs` in all), then closes every connection and upstream.
+   * land (up to `graceMs` in all), then closes every connection and upstream. While start() runs:
+   * ends it (StoppedWhileStarting) and resolves once it has closed what it had opened.
    */
   async close(graceMs = 0): Promise<void> {
+    const starting = this.starting;
+    if (starting !== undefined) {
+      this.stopWhileStarting = true;
+      this.stopStarting?.();
+      await starting.catch(() => undefined);
+      // It got through every step before it saw the stop: it runs, and is closed as such.
+      if (this.listening) await this.shut(graceMs);
+      return;
+    }
+    await this.shut(graceMs);
+  }
+
+  private async shut(graceMs: number): Promise<void> {
     this.listening = false;
     const closed = this.listener.close(false);
     this.listener.drain();

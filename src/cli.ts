@@ -10,7 +10,7 @@ import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import pino from 'pino';
 import { parse as parseToml } from 'smol-toml';
-import { type App, MCMUX_VERSION, buildUpstreams, checkUpstreams, startApp, upstreamSpecs } from './app';
+import { App, MCMUX_VERSION, StoppedWhileStarting, buildUpstreams, checkUpstreams, upstreamSpecs } from './app';
 import { type Config, type ListenSpec, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, formatListen, parseListen, rawFromToml } from './config';
 import { ConfigError, StoreUnavailableError } from './errors';
 import { FileKindError, readRegularFile } from './files';
@@ -429,33 +429,22 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
     else reloadAfterStart = true;
   });
   if (opts.sighupBeforeStart?.()) reloadAfterStart = true;
-  try {
-    app = await startApp(config, log);
-  } catch (error) {
-    const why = error instanceof Error ? error.message : String(error);
-    log.fatal({ err: why }, 'cannot start');
-    process.stderr.write(`mcmux: cannot start: ${why}\n`);
-    process.exit(1);
-  }
-  const running = app;
-  // mcmux has no authentication (README): an address other hosts reach serves every session to them.
-  const exposed = config.listen.filter((l) => l.kind === 'tcp' && !isLoopbackHost(l.host)).map(formatListen);
-  if (exposed.length > 0) {
-    log.warn({ listen: exposed }, 'listening on an address other hosts may reach: mcmux has no authentication, any client there reads, writes and deletes every session');
-  }
-  warnOpenFileLimit(config.maxConnections, log);
-  if (reloadAfterStart) reload(running);
-  void probeUpstreams(running.upstreams, log, 'at start');
+  // Registered before the start: one that comes while it runs (its first look at an upstream that
+  // does not answer, the wait after a process that did not stop cleanly) would kill mcmux, and
+  // leave journal.log as after a crash. The start is ended, what it opened closed, as any stop.
   let stopping = false;
+  let starting: App | undefined;
   const stop = (signal: string): void => {
     if (stopping) {
       log.warn({ signal }, 'second signal: exiting at once');
       process.exit(1);
     }
     stopping = true;
-    const graceMs = running.shutdownTimeout; // as last reloaded
-    log.info({ signal, graceMs }, 'shutting down');
-    running.close(graceMs).then(
+    const target = app ?? starting;
+    if (target === undefined) process.exit(0); // nothing opened yet
+    const graceMs = target.shutdownTimeout; // as last reloaded
+    log.info({ signal, graceMs, ...(app === undefined ? { starting: true } : {}) }, 'shutting down');
+    target.close(graceMs).then(
       () => {
         log.info('stopped');
         process.exit(0);
@@ -465,6 +454,28 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  try {
+    starting = new App(config, log);
+    await starting.start();
+    app = starting;
+  } catch (error) {
+    // The stop's close() ends the process once what the start opened is closed.
+    if (stopping && error instanceof StoppedWhileStarting) return;
+    const why = error instanceof Error ? error.message : String(error);
+    log.fatal({ err: why }, 'cannot start');
+    process.stderr.write(`mcmux: cannot start: ${why}\n`);
+    process.exit(1);
+  }
+  if (stopping) return; // a stop came as the start ended: close() is under way
+  const running = app;
+  // mcmux has no authentication (README): an address other hosts reach serves every session to them.
+  const exposed = config.listen.filter((l) => l.kind === 'tcp' && !isLoopbackHost(l.host)).map(formatListen);
+  if (exposed.length > 0) {
+    log.warn({ listen: exposed }, 'listening on an address other hosts may reach: mcmux has no authentication, any client there reads, writes and deletes every session');
+  }
+  warnOpenFileLimit(config.maxConnections, log);
+  if (reloadAfterStart) reload(running);
+  void probeUpstreams(running.upstreams, log, 'at start');
 }
 
 if (require.main === module) {
