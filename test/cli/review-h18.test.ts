@@ -439,4 +439,42 @@ describe('a stop while mcmux starts (35819c1 registers SIGUSR1/SIGUSR2 before th
     assert.equal(first.signal, null, `a SIGTERM while starting killed mcmux: ${first.out}`);
     assert.doesNotMatch(second.out, /did not stop cleanly/, 'the next start waits as after a crash');
   });
+
+  it('holds: App.close() while start() waits for an upstream ends the start: start() rejects (StoppedWhileStarting), nothing is left listening, journal.log is marked clean', { timeout: 30_000 }, async (t) => {
+    const { createServer, connect } = await import('node:net');
+    const { readFileSync } = await import('node:fs');
+    const { default: pino } = await import('pino');
+    const { App, StoppedWhileStarting } = await import('../../src/app');
+    const { loadConfig } = await import('../../src/cli');
+    const dir = await mkdtemp(join(tmpdir(), 'mcmux-h18-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const held: import('node:net').Socket[] = [];
+    const hole = createServer((s) => held.push(s));
+    await new Promise<void>((resolve) => hole.listen(0, '127.0.0.1', resolve));
+    t.after(() => {
+      for (const s of held) s.destroy();
+      hole.close();
+    });
+    const holePort = (hole.address() as import('node:net').AddressInfo).port;
+    const port = await freePort();
+    const { config } = loadConfig(['--listen', `127.0.0.1:${port}`, '--state-dir', dir, '--upstream', 'memory://', '--upstream', `memcached://127.0.0.1:${holePort}?timeout=5000`]);
+    const app = new App(config, pino({ level: 'silent' }));
+    const started = app.start();
+    started.catch(() => undefined);
+    await eventually('the first look reached the upstream', () => held.length > 0, 10_000);
+    const t0 = Date.now();
+    await app.close(1000);
+    assert.ok(Date.now() - t0 < 2000, `close() waited out the upstream's timeout: ${Date.now() - t0} ms`);
+    await assert.rejects(started, StoppedWhileStarting);
+    assert.equal(app.listening, false);
+    const refused = await new Promise<boolean>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port }, () => {
+        s.destroy();
+        resolve(false);
+      });
+      s.on('error', () => resolve(true));
+    });
+    assert.ok(refused, 'nothing listens on the listen address');
+    assert.match(readFileSync(join(dir, 'journal.log'), 'utf8'), /(^|\n)E\n$/, 'journal.log closed cleanly');
+  });
 });
