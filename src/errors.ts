@@ -105,3 +105,15 @@ export function isTimeout(err: unknown): boolean {
 export function mayLandLate(err: unknown): boolean {
   return err instanceof McmuxError && err.late;
 }
+
+/**
+ * The request changed nothing on the store: skipped (down, busy, not connected) or refused by it
+ * (an error of its own: memcached's out of memory leaves the item of an incr as it was; its
+ * refusal of an ms drops the item, which McmuxError.dropped says). Not closed: a request in
+ * flight when its upstream closes (shutdown) may have been applied.
+ */
+export function unapplied(error: unknown): boolean {
+  if (!(error instanceof McmuxError) || error.late) return false;
+  const c = error.origin; // a pool server's own code under UPSTREAM_PARTIAL
+  return c === ErrorCodes.UPSTREAM_DOWN || c === ErrorCodes.UPSTREAM_BUSY || c === ErrorCodes.UPSTREAM_REFUSED || c === ErrorCodes.UPSTREAM_UNREACHABLE;
+}

@@ -8,7 +8,7 @@
  */
 
 import type { ArithCommand, Reply, StoreCommand } from '../command/command';
-import { ErrorCodes, McmuxError, mayLandLate } from '../errors';
+import { ErrorCodes, McmuxError, mayLandLate, unapplied } from '../errors';
 import type { Upstream } from '../upstream/upstream';
 import { type RouterContext, errorMessage, refusedTooLarge, serverError, tooLargeReply } from './context';
 import { authorityOrder as candidates } from './authority-order';
@@ -98,18 +98,6 @@ async function has(u: Upstream, key: string): Promise<boolean | undefined> {
   } catch {
     return undefined;
   }
-}
-
-/**
- * The request changed nothing on the store: skipped (down, busy, not connected) or refused by it
- * (an error of its own: memcached's out of memory leaves the item of an incr as it was; its
- * refusal of an ms drops the item, which McmuxError.dropped says). Not closed: a request in
- * flight when its upstream closes (shutdown) may have been applied.
- */
-function unapplied(error: unknown): boolean {
-  if (!(error instanceof McmuxError) || error.late) return false;
-  const c = error.origin; // a pool server's own code under UPSTREAM_PARTIAL
-  return c === ErrorCodes.UPSTREAM_DOWN || c === ErrorCodes.UPSTREAM_BUSY || c === ErrorCodes.UPSTREAM_REFUSED || c === ErrorCodes.UPSTREAM_UNREACHABLE;
 }
 
 /**

@@ -16,7 +16,7 @@ import { type GetCommand, type Hit, type Reply, isExpired } from '../command/com
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
-import { McmuxError, mayLandLate } from '../errors';
+import { McmuxError, mayLandLate, unapplied } from '../errors';
 import { isFenced, isUsable, knowsKey, repairEmptied } from './health';
 import { emptiedFor, lackedWhereEmptied, lastsOn, sendKeyed } from './replicate-write';
 
@@ -56,6 +56,19 @@ interface ReadState {
   /** Keys a cache the repair flushed answered a miss for (absorb `empty`), and keys an upstream failed on or was not asked for (dirty there). */
   emptyMisses?: Set<string>;
   failedOn?: Set<string>;
+}
+
+/**
+ * A gat that failed on `u`: journaled there, as a touch it may have missed, unless it changed
+ * nothing there (unapplied: down, not connected, refused). Then a key the gat finds elsewhere is
+ * touched there with the others (touchOthers, journaled if that fails); a key found nowhere is
+ * left as it is: `u` may hold the only item left (the others evicted it, or the repair flushed
+ * it), and journaled it would be repaired from their absence, the session deleted from the
+ * durable store (review-h22 finding 3, a store down). A gat that expires the item is journaled.
+ */
+function gatFailed(ctx: RouterContext, cmd: GetCommand, u: Upstream, key: string, error: unknown): void {
+  if (unapplied(error) && !(error as McmuxError).dropped && !isExpired(cmd.touch ?? 0, Date.now())) return;
+  ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
 }
 
 export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {
@@ -246,7 +259,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
         // connection dropped or timed out), unknown to the others: that copy may now outlive
         // the item everywhere else (or expire before it). Journaled as a write it missed.
         if (cmd.touch !== undefined) {
-          for (const k of failedKeys) ctx.journal.mark(u, k, 'write', undefined, mayLandLate(error));
+          for (const k of failedKeys) gatFailed(ctx, cmd, u, k, error);
           // A cache the repair's flush emptied that does not know the key is no copy of its state
           // (review-h16 finding 2).
           for (const k of failedKeys) lackedWhereEmptied(ctx, k, ctx.journal.nextWriteSeq() - 1, emptiedAt?.[keys.indexOf(k)]);

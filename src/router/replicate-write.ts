@@ -6,7 +6,7 @@
  */
 
 import { type Reply, type Status, isExpired } from '../command/command';
-import { mayLandLate } from '../errors';
+import { McmuxError, mayLandLate, unapplied } from '../errors';
 import type { StoreRequest, StoreResult, TouchedItem, Upstream } from '../upstream/upstream';
 import { authorityOrder } from './authority-order';
 import { type RouterContext, refusedTooLarge, serverError, tooLargeReply } from './context';
@@ -292,13 +292,15 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
   return (u, o) => {
     ctx.journal.settled(u, key, seq);
     if (!o.ok) {
-      // A touch that failed where no current copy has shown the item: journaled only once one
-      // does. If none does, the copy that failed may hold the only item left (the others evicted
-      // it, or the repair flushed it), and journaled it would be repaired from their absence: the
-      // session deleted from the durable store for a touch (review-h22 finding 3). Left clean, it
-      // is read, and read-repaired into the others; it may have missed the new deadline (the
-      // client was not told TOUCHED). A touch that expires the item is journaled as before.
-      if (touch !== undefined && !touch.present && !isExpired(touch.deadline, Date.now())) touch.failed.push([u, mayLandLate(o.error)]);
+      // A touch that changed nothing there (refused, or never sent: down, not connected) where no
+      // current copy has shown the item: journaled only once one does. If none does, the copy it
+      // failed on may hold the only item left (the others evicted it, or the repair flushed it),
+      // and journaled it would be repaired from their absence: the session deleted from the
+      // durable store for a touch (review-h22 finding 3, a store down). Left clean, it is read
+      // with the lifetime it had. One that may have been applied is journaled (its item may
+      // outlive, by the touch, the copies that expired it: fuzz seed 1533's class), and so is a
+      // touch that expires the item.
+      if (touch !== undefined && !touch.present && unapplied(o.error) && !(o.error as McmuxError).dropped && !isExpired(touch.deadline, Date.now())) touch.failed.push([u, false]);
       else ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
     } else if (what === 'delete') {
       ctx.journal.written(u, key, seq, 'delete');
