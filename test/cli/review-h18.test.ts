@@ -4,7 +4,9 @@
  * 12a0567, f76a01b). Tests marked todo are findings: they assert what an operator expects and
  * fail on the code as it is. The others are guards (behaviour checked and found right).
  *
- * Findings (todo):
+ * Findings (each was a todo test failing on that code; all fixed since: 1 in 667447c, with a test
+ * of 1142 beside it; 2, 3 in b04064a; 7 in 1ef02dd; 8 in e1cded9; 4, 5 in 017d832; 6 in ecd129d;
+ * 9 in 0df4ccb; 10 in 048dc28):
  *   1 mysql: an expired password (sandbox mode, ER_MUST_CHANGE_PASSWORD 1820 on every statement)
  *     is REFUSED: the upstream stays healthy for good (ea469a4 covers only handshake errnos).
  *   2 URL: a password with / or ? after leading digits is printed in part (database, option name).
