@@ -29,61 +29,18 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
-import { ColdDetector } from '../../src/router/cold-detector';
-import { HealthyUpstream, repairEmptied } from '../../src/router/health';
-import { RepairJournal } from '../../src/router/journal';
-import { Repairer } from '../../src/router/repair';
-import { Router } from '../../src/router/router';
-import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { repairEmptied } from '../../src/router/health';
+import { FakeUpstream, settle } from '../helpers/fake-upstream';
+import { flushedCache, proc, repairFlush } from '../helpers/flushed-cache';
 
-const silent = pino({ level: 'silent' });
 const FENCE_MS = 60_000;
-const HEALTH = { downAfter: 100, probeMinMs: 10, probeMaxMs: 10 };
 
 const setCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
 const delCmd = (key: string): Command => ({ kind: 'delete', key, noreply: false }) as Command;
 const getCmd = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
 const flushCmd = (): Command => ({ kind: 'flush', delay: 0, noreply: false }) as Command;
 const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
-
-/**
- * One mcmux process over `fakes` (a: a memcached cache, b: a durable store): journal.log in `dir`
- * (loaded), a repairer and a client flush_all wired as app.ts wires them.
- */
-function proc(fakes: readonly FakeUpstream[], o: { dir?: string; maxKeys?: number; writeWait?: 'all' | 'copies'; fenceMs?: number } = {}) {
-  const ups = fakes.map((f) => new HealthyUpstream(f, HEALTH, () => {}));
-  const journal = new RepairJournal({ maxKeys: o.maxKeys ?? 1000, dir: o.dir, fsync: 'no' });
-  if (o.dir !== undefined) journal.load(ups);
-  for (const u of ups) u.resumeUniques(journal.uniquesEpochOf(u));
-  let detector: ColdDetector | undefined;
-  const router = new Router(
-    { upstreams: ups, journal, minCopies: 1, writeWait: o.writeWait ?? 'all', allowFlush: true, onFlushed: (u) => detector?.forget(u as HealthyUpstream) },
-    noStats,
-    () => {},
-  );
-  detector = new ColdDetector(() => ups, o.fenceMs ?? FENCE_MS, silent, journal);
-  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
-  repairer.onFlush = (u) => detector?.knownEmpty(u as HealthyUpstream);
-  repairer.onFlushed = (u) => detector?.flushed(u as HealthyUpstream);
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const stop = async (): Promise<void> => {
-    detector?.stop();
-    journal.close();
-    await Promise.all(ups.map((u) => u.close()));
-  };
-  return { ups, journal, router, detector, repairer, exec, stop };
-}
-
-/** a (the cache, first) overflowed, then flushed by the repair: b holds what it held. */
-async function repairFlush(s: ReturnType<typeof proc>): Promise<void> {
-  const a = s.ups[0] as HealthyUpstream;
-  s.journal.distrust(a);
-  for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-  assert.equal(s.journal.overflowed(a), undefined, 'a flushed by the repair and trusted');
-  assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-}
 
 describe('review-h16: journal.log\'s `r` (9fb71ca)', () => {
   // Finding 1 (low-medium: SERVER_ERROR for every get/delete/touch of a key absent everywhere
@@ -115,16 +72,6 @@ describe('review-h16: journal.log\'s `r` (9fb71ca)', () => {
     await next.stop();
   });
 });
-
-/** [a: a memcached cache, b: a durable store] holding sess = `value`, a flushed by the repair, with a lock-fence of `fenceMs`. */
-async function flushedCache(value: string, fenceMs: number) {
-  const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
-  const s = proc(fakes, { fenceMs });
-  await s.detector!.checkAll();
-  assert.equal(status(await s.exec(setCmd('sess', value))), 'STORED');
-  await repairFlush(s);
-  return { ...s, fa: fakes[0], fb: fakes[1], a: s.ups[0] as HealthyUpstream, b: s.ups[1] as HealthyUpstream };
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

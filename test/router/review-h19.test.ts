@@ -35,20 +35,15 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
-import { ColdDetector } from '../../src/router/cold-detector';
-import { HealthyUpstream, repairEmptied } from '../../src/router/health';
+import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
-import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { flushedCache, proc } from '../helpers/flushed-cache';
 import { markerRig } from '../helpers/marker-rig';
 import { eventually } from '../helpers/poll';
 
-const silent = pino({ level: 'silent' });
-const FENCE_MS = 60_000;
-const HEALTH = { downAfter: 100, probeMinMs: 10, probeMaxMs: 10 };
 
 const setCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
 const delCmd = (key: string): Command => ({ kind: 'delete', key, noreply: false }) as Command;
@@ -56,50 +51,6 @@ const getCmd = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: fa
 const touchCmd = (key: string): Command => ({ kind: 'touch', key, deadline: 0, noreply: false }) as Command;
 const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
 const values = (r: Reply): Array<string | undefined> => (r.kind === 'values' ? r.hits.map((h) => h?.value.toString()) : [`<${status(r)}>`]);
-
-/** One mcmux process over `fakes`: a repairer and a client flush_all wired as app.ts wires them. */
-function proc(fakes: readonly FakeUpstream[], o: { dir?: string; maxKeys?: number; writeWait?: 'all' | 'copies'; fenceMs?: number } = {}) {
-  const ups = fakes.map((f) => new HealthyUpstream(f, HEALTH, () => {}));
-  const journal = new RepairJournal({ maxKeys: o.maxKeys ?? 1000, dir: o.dir, fsync: 'no' });
-  if (o.dir !== undefined) journal.load(ups);
-  for (const u of ups) u.resumeUniques(journal.uniquesEpochOf(u));
-  let detector: ColdDetector | undefined;
-  const router = new Router(
-    { upstreams: ups, journal, minCopies: 1, writeWait: o.writeWait ?? 'all', allowFlush: true, onFlushed: (u) => detector?.forget(u as HealthyUpstream) },
-    noStats,
-    () => {},
-  );
-  detector = new ColdDetector(() => ups, o.fenceMs ?? FENCE_MS, silent, journal);
-  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
-  repairer.onFlush = (u) => detector?.knownEmpty(u as HealthyUpstream);
-  repairer.onFlushed = (u) => detector?.flushed(u as HealthyUpstream);
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const stop = async (): Promise<void> => {
-    detector?.stop();
-    journal.close();
-    await Promise.all(ups.map((u) => u.close()));
-  };
-  return { ups, journal, router, detector: detector as ColdDetector, repairer, exec, stop };
-}
-
-/** a (the cache, first) overflowed, then flushed by the repair: b holds what it held. */
-async function repairFlush(s: ReturnType<typeof proc>): Promise<void> {
-  const a = s.ups[0] as HealthyUpstream;
-  s.journal.distrust(a);
-  for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-  assert.equal(s.journal.overflowed(a), undefined, 'a flushed by the repair and trusted');
-  assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-}
-
-/** [a: a memcached cache, b: a durable store] holding sess = `value`, a flushed by the repair, with a lock-fence of `fenceMs`. */
-async function flushedCache(value: string, fenceMs: number, writeWait: 'all' | 'copies' = 'all') {
-  const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
-  const s = proc(fakes, { fenceMs, writeWait });
-  await s.detector.checkAll();
-  assert.equal(status(await s.exec(setCmd('sess', value))), 'STORED');
-  await repairFlush(s);
-  return { ...s, fa: fakes[0], fb: fakes[1], a: s.ups[0] as HealthyUpstream, b: s.ups[1] as HealthyUpstream };
-}
 
 describe('review-h19: a touch that settles after the emptied cache\'s fence ended (7de3c2e)', () => {
   it('the cache the repair flushed is still journaled as lacking the key when its fence ends while the touch waits for the store behind (finding 1: 7de3c2e asked knowsKey as the touch settled, true for any unfenced upstream)', async () => {

@@ -40,21 +40,17 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
-import { ColdDetector } from '../../src/router/cold-detector';
-import { HealthyUpstream, repairEmptied } from '../../src/router/health';
+import { HealthyUpstream } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
-import { Repairer } from '../../src/router/repair';
 import { Router } from '../../src/router/router';
 import { ErrorCodes, McmuxError } from '../../src/errors';
 import type { StoreRequest, StoreResult } from '../../src/upstream/upstream';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { flushedCache, proc } from '../helpers/flushed-cache';
 import { markerRig } from '../helpers/marker-rig';
 import { eventually } from '../helpers/poll';
 
-const silent = pino({ level: 'silent' });
-const HEALTH = { downAfter: 100, probeMinMs: 10, probeMaxMs: 10 };
 
 const setCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
 const delCmd = (key: string): Command => ({ kind: 'delete', key, noreply: false }) as Command;
@@ -158,43 +154,6 @@ describe('review-h22: the re-ask after the wait (a839b62)', () => {
     assert.ok(got === 'v2' || got === 'v3', `AN ACKNOWLEDGED SESSION READ AS ABSENT (got ${String(got)}): v2 landed on the first within the wait, but the first was not asked`);
   });
 });
-
-/** One mcmux process over `fakes`: a repairer and a client flush_all wired as app.ts wires them (review-h19's rig). */
-function proc(fakes: readonly FakeUpstream[], o: { writeWait?: 'all' | 'copies'; fenceMs?: number } = {}) {
-  const ups = fakes.map((f) => new HealthyUpstream(f, HEALTH, () => {}));
-  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-  let detector: ColdDetector | undefined;
-  const router = new Router(
-    { upstreams: ups, journal, minCopies: 1, writeWait: o.writeWait ?? 'all', allowFlush: true, onFlushed: (u) => detector?.forget(u as HealthyUpstream) },
-    noStats,
-    () => {},
-  );
-  detector = new ColdDetector(() => ups, o.fenceMs ?? 60_000, silent, journal);
-  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
-  repairer.onFlush = (u) => detector?.knownEmpty(u as HealthyUpstream);
-  repairer.onFlushed = (u) => detector?.flushed(u as HealthyUpstream);
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const stop = async (): Promise<void> => {
-    detector?.stop();
-    journal.close();
-    await Promise.all(ups.map((u) => u.close()));
-  };
-  return { ups, journal, router, detector: detector as ColdDetector, repairer, exec, stop };
-}
-
-/** [a: a memcached cache, b: a durable store] holding sess = `value`, a flushed by the repair, with a lock-fence of `fenceMs`. */
-async function flushedCache(value: string, fenceMs: number) {
-  const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
-  const s = proc(fakes, { fenceMs });
-  await s.detector.checkAll();
-  assert.equal(status(await s.exec(setCmd('sess', value))), 'STORED');
-  const a = s.ups[0] as HealthyUpstream;
-  s.journal.distrust(a);
-  for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-  assert.equal(s.journal.overflowed(a), undefined, 'a flushed by the repair and trusted');
-  assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-  return { ...s, fa: fakes[0], fb: fakes[1], a, b: s.ups[1] as HealthyUpstream };
-}
 
 describe('review-h22: guards of c00ba53 (emptiedFor as the command went out)', () => {
   // Guard: a conditional command (append) decided by the store behind (the cache is fenced) that
