@@ -280,8 +280,8 @@ export function sendKeyed(
 interface TouchCopies {
   present: boolean;
   readonly missed: Upstream[];
-  /** Copies the touch failed on while no current copy had shown the item yet: [upstream, late]. */
-  readonly failed: Array<[Upstream, boolean]>;
+  /** Copies that refused the touch unsent while no current copy had shown the item yet. */
+  readonly failed: Upstream[];
   readonly current: (u: Upstream) => boolean;
   /** The touch's deadline: once past, the item is gone from the touched copies too. */
   readonly deadline: number;
@@ -300,7 +300,7 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
       // with the lifetime it had. One that may have been applied is journaled (its item may
       // outlive, by the touch, the copies that expired it: fuzz seed 1533's class), and so is a
       // touch that expires the item.
-      if (touch !== undefined && !touch.present && unapplied(o.error) && !(o.error as McmuxError).dropped && !isExpired(touch.deadline, Date.now())) touch.failed.push([u, false]);
+      if (touch !== undefined && !touch.present && unapplied(o.error) && !(o.error as McmuxError).dropped && !isExpired(touch.deadline, Date.now())) touch.failed.push(u);
       else ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
     } else if (what === 'delete') {
       ctx.journal.written(u, key, seq, 'delete');
@@ -312,7 +312,7 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
       // (an add there would grant a lock that is held), until the repair copies the item.
       if (o.value !== 'NOT_FOUND' && !touch.present && touch.current(u)) {
         touch.present = true;
-        for (const [f, late] of touch.failed.splice(0)) ctx.journal.mark(f, key, 'write', seq, late);
+        for (const f of touch.failed.splice(0)) ctx.journal.mark(f, key, 'write', seq);
         if (!isExpired(touch.deadline, Date.now())) for (const m of touch.missed.splice(0)) ctx.journal.mark(m, key, 'write', seq);
       } else if (o.value === 'NOT_FOUND' && !isExpired(touch.deadline, Date.now())) {
         if (touch.present) ctx.journal.mark(u, key, 'write', seq);
