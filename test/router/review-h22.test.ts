@@ -271,6 +271,28 @@ describe('review-h22 finding 3, the part fixed: a touch the store behind never g
   });
 });
 
+describe('review-h22 finding 3, the part fixed: guard', () => {
+  it('a touch refused unsent by the store, then answered TOUCHED by the cache: the store is journaled (it missed the new deadline)', async () => {
+    const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
+    const s = proc(fakes);
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
+    fakes[0].gateOnly = (call) => call === 'touch sess';
+    fakes[0].close_gate(); // the cache answers after the store's refusal
+    const touch = fakes[1].touch.bind(fakes[1]);
+    fakes[1].touch = () => Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_UNREACHABLE, 'mysql://b:3306/db: not connected (injected): not sent'));
+    const r = s.exec(touchCmd('sess'));
+    await eventually('the cache holds the touch', () => fakes[0].calls.includes('touch sess'), { checks: 200, every: 'turn' });
+    await settle();
+    assert.equal(s.journal.isDirty(s.ups[1] as HealthyUpstream, 'sess'), false, 'not yet: no copy has shown the item');
+    fakes[0].open();
+    assert.equal(status(await r), 'TOUCHED');
+    fakes[1].touch = touch;
+    assert.equal(s.journal.isDirty(s.ups[1] as HealthyUpstream, 'sess'), true, 'b: journaled once the cache answered TOUCHED (the repair copies the new deadline)');
+    await s.stop();
+  });
+});
+
 describe('review-h22 finding 3, the part fixed, for a gat', () => {
   it('a gat of a session the cache evicted, refused unsent by the store behind, leaves the store its session', async () => {
     const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
