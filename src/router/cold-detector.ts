@@ -783,6 +783,18 @@ export class ColdDetector {
     if (this.fenceLog.emptiedByRepair(u, id)) u.repairEmptied = true;
   }
 
+  /**
+   * This process's marker of generation `gen` may be found in `store` after a newer one was
+   * acknowledged there (it may still land, or landed after it): no rollback when found (`late`,
+   * by the store's identity; the last LATE_GENS of them).
+   */
+  private excuse(u: HealthyUpstream, store: Upstream, gen: number): void {
+    const gens = this.late.get(storeKey(u, store)) ?? new Map<number, number | undefined>();
+    gens.set(gen, undefined);
+    if (gens.size > LATE_GENS) gens.delete(gens.keys().next().value as number);
+    this.late.set(storeKey(u, store), gens);
+  }
+
   /** Whether `store` (of `u`) lost the marker mcmux had written there ('unknown' when it did not answer). */
   private async checkStore(u: HealthyUpstream, store: Upstream): Promise<Sight> {
     let hit;
@@ -893,19 +905,18 @@ export class ColdDetector {
         try {
           await store.store({ mode: 'set', key: this.key, value: Buffer.from(value), flags: id, deadline: wall + MARKER_TTL_MS, withCas: false });
           this.lastSet.set(store, { fence: u.fencesBegun, gen, deadline: wall + MARKER_TTL_MS });
-          this.floors.set(storeKey(u, store), gen);
+          // Acknowledged after a newer one (a write of the driver a reload retired, slow, landing
+          // after the rebuilt driver's): the store holds this older marker, which is no rollback
+          // (review-h22 finding 4): excused as a late one, the floor kept.
+          if ((this.floors.get(storeKey(u, store)) ?? 0) > gen) this.excuse(u, store, gen);
+          else this.floors.set(storeKey(u, store), gen);
           if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
         } catch (err) {
           landed = false;
           // Only a write that may still land, after those sent since (McmuxError.late: a timeout),
           // is excused when found: one failed unapplied (the sqlite driver's wait for a lock held
           // elsewhere, a rolled-back transaction) never lands (review-h4 finding 1).
-          if (!(err instanceof McmuxError) || err.late) {
-            const gens = this.late.get(storeKey(u, store)) ?? new Map<number, number | undefined>();
-            gens.set(gen, undefined);
-            if (gens.size > LATE_GENS) gens.delete(gens.keys().next().value as number);
-            this.late.set(storeKey(u, store), gens);
-          }
+          if (!(err instanceof McmuxError) || err.late) this.excuse(u, store, gen);
           // Written again soon (retryMark), not only by the next periodic check.
           this.retryMark(u);
         }

@@ -10,7 +10,8 @@
  * unjournaled; two tests below), its todo tests (a failure that may have been applied) stand: not
  * journaled, an item that expired everywhere else would come back with the touch's lifetime
  * (fuzz-findings' gat test), journaled, an evicted one is deleted there (README states it).
- * 2 and 4 are todo.
+ * 4 in the commit after b6a814e (a marker acknowledged after a newer one is excused as a late
+ * one). 2 is todo.
  * 1. (low-medium: reads slowed for nothing; a regression of a839b62, the test passes on its parent)
  *    copiesLanded waits for any pending mark of a key found nowhere, a delete's too: with
  *    write-wait = copies, a get of a key just deleted (logout, session_regenerate_id(true) and the
@@ -367,7 +368,7 @@ describe('review-h22: two drivers of one store writing its marker across a reloa
   // distrusted until its data expires or `mcmux repair --trust`, though it lost nothing. One
   // driver cannot do this (it applies its writes in the order sent); two drivers of one store,
   // the retired one finishing its check, can.
-  it("a marker write of the retired driver landing after the rebuilt driver's is no rollback (finding 4)", { todo: "finding 4: a false rollback when the retired driver's marker write lands after the rebuilt driver's" }, async () => {
+  it("a marker write of the retired driver landing after the rebuilt driver's is no rollback (finding 4)", async () => {
     const s = markerRig();
     await s.detector.checkAll();
     await s.detector.checkAll();
