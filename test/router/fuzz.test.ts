@@ -1488,7 +1488,16 @@ class World {
             KEYS.every((k) => !y.hasWriteInFlight(k))),
       );
     }
-    return this.ups.every((y) => y.chainAt !== this.poolAt || (y.state === 'ok' && y.serverHealthy && (y.placed?.size ?? 0) > 0 && y.lost.size === 0 && y.stale.size === 0));
+    // Nor while the pool is overflowed (a ring move distrusted it): the repair's flush to come
+    // empties it on the word that the others hold what it held, a restart empty of mcmux's own
+    // making (World.flushed), and a fault of another store meanwhile makes two (eject+RESTART+
+    // FENCE_END seed 10720 of 10001-11000: up1 evicted a session the flush then took from the
+    // pool; helper-123's triage). cleanEverywhere keeps the pool's own faults out already.
+    return this.ups.every(
+      (y) =>
+        y.chainAt !== this.poolAt ||
+        (y.state === 'ok' && y.serverHealthy && (y.placed?.size ?? 0) > 0 && y.lost.size === 0 && y.stale.size === 0 && this.journal.overflowed(y.healthy) === undefined),
+    );
   }
 
   /**
