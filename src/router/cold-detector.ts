@@ -759,14 +759,19 @@ export class ColdDetector {
 
   /**
    * `u` is fenced by an earlier process's marker: the keys that process (or one before it) saw a
-   * client write reach `u` under that fence are known again, from journal.log, when every store
-   * of `u` names the same fence. Without them, with every upstream so fenced, the first would
-   * decide for a key it lost, before one that was written it since (fuzz seed 9912 of 9001-10500
-   * with MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1: cas NOT_FOUND for an acknowledged set).
+   * client write reach `u` under that fence are known again, from journal.log, when the stores of
+   * `u` that name a fence name the same one. Without them, with every upstream so fenced, the
+   * first would decide for a key it lost, before one that was written it since (fuzz seed 9912 of
+   * 9001-10500 with MCMUX_FUZZ_EXPIRY=1 MCMUX_FUZZ_SMALL_JOURNAL=1: cas NOT_FOUND for an
+   * acknowledged set). A pool server that names none is no other fence: a fence a server's
+   * reconnect began is written to that server only, and a server whose marker was kept keeps it
+   * (fuzz seed 4369 with MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1
+   * MCMUX_FUZZ_RESTART=1, helper-123's triage: the pool neither knew the counter it was written
+   * nor was known as come back empty, and an emptied store decided the incr: NOT_FOUND).
    */
   private inherit(u: HealthyUpstream, sights: readonly Sight[]): void {
-    const id = sights[0]?.fenceId ?? 0;
-    if (this.fenceLog === undefined || id === 0 || sights.some((s) => s.fenceId !== id)) return;
+    const id = sights.find((s) => s.fenceId !== 0)?.fenceId ?? 0;
+    if (this.fenceLog === undefined || id === 0 || sights.some((s) => s.fenceId !== 0 && s.fenceId !== id)) return;
     for (const key of u.adoptFence(id, this.fenceLog.fenceKeys(u, id))) this.fenceLog.fenceLearnt(u, id, key);
     // That fence began when the store came back empty (journal.log): so it is known here too,
     // and since when, for the order in which fenced upstreams decide (fuzz seed 186930 with
