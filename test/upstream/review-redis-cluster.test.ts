@@ -322,15 +322,23 @@ test('holds: in a cluster, a cas with a unique read before a delete (or a flush)
   assert.equal(n.status === 'OK' && n.value, 2n);
 });
 
-/** The index of the replica of master `m` (CLUSTER NODES: "slave <master id>"). */
+/**
+ * The index of the replica of master `m` (CLUSTER NODES: "slave <master id>"), once the master's
+ * view shows one: the cluster's gossip may not have told it yet (CI, the 2 cores loaded: "no
+ * replica of node 2" once, on a cluster made a moment before).
+ */
 async function replicaOf(c: Cluster, m: number): Promise<number> {
   const id = await c.id(m);
-  for (let i = 0; i < c.ports.length; i++) {
+  let found = -1;
+  await eventually(`a replica of node ${m} in its CLUSTER NODES`, async () => {
     const nodes = String(await (c.admin[m] as Redis).call('CLUSTER', 'NODES'));
-    const line = nodes.split('\n').find((l) => l.includes(`:${c.ports[i]}@`));
-    if (line && line.includes('slave') && line.includes(id)) return i;
-  }
-  throw new Error(`no replica of node ${m}`);
+    for (let i = 0; i < c.ports.length && found < 0; i++) {
+      const line = nodes.split('\n').find((l) => l.includes(`:${c.ports[i]}@`));
+      if (line && line.includes('slave') && line.includes(id)) found = i;
+    }
+    return found >= 0;
+  }, 15_000);
+  return found;
 }
 
 // FINDING (failover loses the last lock): replication in Redis Cluster is asynchronous, so a
