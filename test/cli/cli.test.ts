@@ -11,13 +11,13 @@ import { createSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { request } from 'node:http';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { type Server, type Socket, connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { loadConfig } from '../../src/cli';
 import { END, answersVersion, eventually, failsWithOneLine, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
-import { freePort, haveBinary, requireBinary, startMemcached } from '../helpers/servers';
+import { freePort, haveBinary, holdingServer, requireBinary, startMemcached } from '../helpers/servers';
 
 let dir = '';
 before(async () => {
@@ -564,21 +564,6 @@ describe('S3: 127.0.0.1 by default, no UDP listener', () => {
 // Found by a review of the configuration, CLI, reload, shutdown and metrics paths (each test
 // failed before its fix).
 
-/** A TCP server that accepts and holds connections (a stand-in memcached that never answers). */
-async function holdingServer(): Promise<{ server: Server; port: number; sockets: Set<Socket> }> {
-  const sockets = new Set<Socket>();
-  const server = createServer((s) => {
-    sockets.add(s);
-    s.on('error', () => undefined);
-    s.on('close', () => sockets.delete(s));
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const a = server.address();
-  assert.ok(a && typeof a === 'object');
-  return { server, port: a.port, sockets };
-}
-
 describe('the same store listed twice', () => {
   // The same memcached twice counted as two copies: `--min-copies 2` was met by one store, so a
   // write the operator asked to keep on two machines lived on one.
@@ -626,8 +611,7 @@ describe('a config rejected for a bad upstream', () => {
       assert.match(out, /rejected: .*ftp/, 'the config is rejected for its second upstream');
       assert.ok(done, `the rejected config left ${held.sockets.size} connection(s) open to the first upstream (the process could not exit)`);
     } finally {
-      for (const s of held.sockets) s.destroy();
-      held.server.close();
+      held.close();
     }
   });
 });

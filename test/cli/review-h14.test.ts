@@ -13,21 +13,10 @@ import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { openFileLimit } from '../../src/cli';
 import { NODE_FLAGS } from '../../src/node-flags';
-import { MCMUX_BIN, eventually, failsWithOneLine, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
+import { MCMUX_BIN, eventually, failsWithOneLine, rawClient, runMcmux, startMcmux, statsUpstreams } from '../helpers/mcmux';
 import { freePort, requireBinary, startMemcached } from '../helpers/servers';
 import { MARIADB_PASSWORD, startMariadb } from '../upstream/targets/mysql';
 import { startRedis } from '../upstream/targets/redis';
-
-/** `stats upstreams` as { 'upstream.N.field': value }. */
-async function statsUpstreams(port: number): Promise<Record<string, string>> {
-  const c = await rawClient(port);
-  try {
-    const text = await c.ask('stats upstreams\r\n', /END\r\n$/);
-    return Object.fromEntries([...text.matchAll(/^STAT (\S+) (.*)\r$/gm)].map((m) => [m[1] as string, m[2] as string]));
-  } finally {
-    c.close();
-  }
-}
 
 describe('a MySQL upstream whose server refuses the connection itself (wrong password)', () => {
   it('goes down, and the log says why (ER_ACCESS_DENIED_ERROR), the password never printed (was: "healthy" for good, every request an error, logged at debug only)', { timeout: 120_000 }, async (t) => {

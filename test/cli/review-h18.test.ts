@@ -35,21 +35,10 @@ import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
 import { type Connection, createConnection } from 'mysql2/promise';
-import { eventually, failsWithOneLine, rawClient, runMcmux, startMcmux } from '../helpers/mcmux';
-import { freePort, requireBinary } from '../helpers/servers';
+import { eventually, failsWithOneLine, rawClient, runMcmux, startMcmux, statsUpstreams } from '../helpers/mcmux';
+import { freePort, holdingServer, requireBinary } from '../helpers/servers';
 
 const SHARED_MYSQL = { host: '127.0.0.1', port: 3306, user: 'root', database: 'test' };
-
-/** `stats upstreams` as { 'upstream.N.field': value }. */
-async function statsUpstreams(port: number): Promise<Record<string, string>> {
-  const c = await rawClient(port);
-  try {
-    const text = await c.ask('stats upstreams\r\n', /END\r\n$/);
-    return Object.fromEntries([...text.matchAll(/^STAT (\S+) (.*)\r$/gm)].map((m) => [m[1] as string, m[2] as string]));
-  } finally {
-    c.close();
-  }
-}
 
 const cleanups = new WeakMap<Connection, { drops: string[]; stops: Array<() => Promise<unknown>> }>();
 
@@ -397,20 +386,12 @@ describe('a stop while mcmux starts (35819c1 registers SIGUSR1/SIGUSR2 before th
   it('SIGTERM during a slow start (an upstream that does not answer its marker check) stops cleanly: the next start does not wait as after a crash', { timeout: 60_000 }, async (t) => {
     const { spawn } = await import('node:child_process');
     const { existsSync } = await import('node:fs');
-    const { createServer } = await import('node:net');
     const { MCMUX_BIN } = await import('../helpers/mcmux');
     const { NODE_FLAGS } = await import('../../src/node-flags');
     const dir = await mkdtemp(join(tmpdir(), 'mcmux-h18-'));
     t.after(() => rm(dir, { recursive: true, force: true }));
     // A "memcached" that accepts and never answers: the start's first look at its marker waits out the timeout.
-    const held: import('node:net').Socket[] = [];
-    const hole = createServer((s) => held.push(s));
-    await new Promise<void>((resolve) => hole.listen(0, '127.0.0.1', resolve));
-    t.after(() => {
-      for (const s of held) s.destroy();
-      hole.close();
-    });
-    const holePort = (hole.address() as import('node:net').AddressInfo).port;
+    const holePort = (await holdingServer(t)).port;
     const run = async (stopWhileStarting: boolean): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string }> => {
       const port = await freePort();
       const p = spawn(process.execPath, [...NODE_FLAGS, MCMUX_BIN, '--listen', `127.0.0.1:${port}`, '--upstream', 'memory://', '--upstream', `memcached://127.0.0.1:${holePort}?timeout=3000`], {
@@ -443,27 +424,21 @@ describe('a stop while mcmux starts (35819c1 registers SIGUSR1/SIGUSR2 before th
   });
 
   it('holds: App.close() while start() waits for an upstream ends the start: start() rejects (StoppedWhileStarting), nothing is left listening, journal.log is marked clean', { timeout: 30_000 }, async (t) => {
-    const { createServer, connect } = await import('node:net');
+    const { connect } = await import('node:net');
     const { readFileSync } = await import('node:fs');
     const { default: pino } = await import('pino');
     const { App, StoppedWhileStarting } = await import('../../src/app');
     const { loadConfig } = await import('../../src/cli');
     const dir = await mkdtemp(join(tmpdir(), 'mcmux-h18-'));
     t.after(() => rm(dir, { recursive: true, force: true }));
-    const held: import('node:net').Socket[] = [];
-    const hole = createServer((s) => held.push(s));
-    await new Promise<void>((resolve) => hole.listen(0, '127.0.0.1', resolve));
-    t.after(() => {
-      for (const s of held) s.destroy();
-      hole.close();
-    });
-    const holePort = (hole.address() as import('node:net').AddressInfo).port;
+    const hole = await holdingServer(t);
+    const holePort = hole.port;
     const port = await freePort();
     const { config } = loadConfig(['--listen', `127.0.0.1:${port}`, '--state-dir', dir, '--upstream', 'memory://', '--upstream', `memcached://127.0.0.1:${holePort}?timeout=5000`]);
     const app = new App(config, pino({ level: 'silent' }));
     const started = app.start();
     started.catch(() => undefined);
-    await eventually('the first look reached the upstream', () => held.length > 0, 10_000);
+    await eventually('the first look reached the upstream', () => hole.sockets.size > 0, 10_000);
     const t0 = Date.now();
     await app.close(1000);
     assert.ok(Date.now() - t0 < 2000, `close() waited out the upstream's timeout: ${Date.now() - t0} ms`);

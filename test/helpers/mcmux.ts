@@ -212,7 +212,6 @@ export const END = /(?:^|\r\n)END\r\n$/;
 /** Any single complete line. */
 export const LINE = /\r\n/;
 
-/** Opens a raw TCP connection to 127.0.0.1:`port` (the second argument is accepted and ignored: older callers passed a connect timeout). */
 /** rawClient, closed after the test. */
 export async function testClient(t: TestContext, port: number): Promise<RawClient> {
   const c = await rawClient(port);
@@ -220,8 +219,20 @@ export async function testClient(t: TestContext, port: number): Promise<RawClien
   return c;
 }
 
+/** Opens a raw TCP connection to 127.0.0.1:`port` (the second argument is accepted and ignored: older callers passed a connect timeout). */
 export function rawClient(port: number, _unused?: number): Promise<RawClient> {
   return connectWire(port);
+}
+
+/** mcmux's `stats upstreams` on a connection of its own, as { 'upstream.N.field': value }. */
+export async function statsUpstreams(port: number): Promise<Record<string, string>> {
+  const c = await rawClient(port);
+  try {
+    const text = await c.ask('stats upstreams\r\n', /END\r\n$/);
+    return Object.fromEntries([...text.matchAll(/^STAT (\S+) (.*)\r$/gm)].map((m) => [m[1] as string, m[2] as string]));
+  } finally {
+    c.close();
+  }
 }
 
 export interface PeekedItem {

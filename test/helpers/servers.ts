@@ -172,6 +172,39 @@ async function spawnMemcached(port: number, extraArgs: string[]): Promise<ChildP
   throw new Error(`memcached on port ${port} did not start (${exited ?? 'no answer to version within 5 s'}): ${stderr.trim()}`);
 }
 
+/** A TCP server on 127.0.0.1 that accepts connections and never answers (a hung server). */
+export interface HoldingServer {
+  port: number;
+  /** The connections it holds now. */
+  sockets: Set<Socket>;
+  /** Drops what it holds and stops listening. */
+  close(): void;
+}
+
+/**
+ * A stand-in for a server that accepts and never answers (a hung memcached, a wrong port behind
+ * a proxy). With `t`, closed after the test.
+ */
+export async function holdingServer(t?: TestContext): Promise<HoldingServer> {
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => undefined);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const held: HoldingServer = {
+    port: (server.address() as { port: number }).port,
+    sockets,
+    close(): void {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+  t?.after(() => held.close());
+  return held;
+}
+
 /** Connects, sends `version`, and waits (bounded) for `VERSION ...`. */
 export function answersVersion(port: number, timeoutMs = 500): Promise<boolean> {
   return new Promise((resolve) => {
