@@ -140,13 +140,13 @@ class GatWrite {
 }
 
 /** Waits until the copies on their way to the upstreams `skippedAt` names for `keys` have answered, at most their timeout. */
-async function copiesLanded(ctx: RouterContext, keys: readonly string[], skippedAt: ReadonlyMap<string, readonly number[]>, upstreams: readonly Upstream[]): Promise<void> {
+async function copiesLanded(ctx: RouterContext, keys: readonly string[], skippedAt: ReadonlyMap<string, readonly number[]>, upstreams: readonly Upstream[], seq: number): Promise<void> {
   const waits: Array<Promise<void>> = [];
   let limit = 0;
   for (const k of keys) {
     for (const i of skippedAt.get(k) ?? []) {
       const u = upstreams[i] as Upstream;
-      const w = ctx.journal.whenSettled(u, k);
+      const w = ctx.journal.whenSettled(u, k, seq);
       if (w === undefined) continue;
       waits.push(w);
       limit = Math.max(limit, u.timeoutMs);
@@ -378,7 +378,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
     // A copy still on its way is waited for (up to that upstream's timeout: by then it has
     // answered, or failed and is journaled), not only one that has answered: else a miss that came
     // first stood (review-h19 finding 3). Only for keys found nowhere, skipped for such a copy.
-    await copiesLanded(ctx, unique.filter((k) => !st.found.has(k)), skippedAt, upstreams);
+    await copiesLanded(ctx, unique.filter((k) => !st.found.has(k)), skippedAt, upstreams, seq);
     for (const i of order) {
       const u = upstreams[i] as Upstream;
       const reask = unique.filter((k) => !st.found.has(k) && skippedAt.get(k)?.includes(i) === true && !ctx.journal.isDirty(u, k, seq));

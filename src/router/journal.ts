@@ -99,6 +99,13 @@ export interface DirtyEntry {
   readonly own?: true;
 }
 
+/** A read waiting for the copies of a key on their way to an upstream (whenSettled). */
+interface Waiter {
+  /** The read's sequence: it waits for the writes acknowledged before it began. */
+  readonly readSeq: number;
+  readonly wake: () => void;
+}
+
 /** A fence that began when the upstream came back empty (fenceEmptied). */
 interface Emptied {
   /** Until when it is known empty (epoch ms). */
@@ -117,8 +124,13 @@ interface PerUpstream {
    * key from here, whichever write is the latest. One that began before overlaps the write.
    */
   pendingFrom?: Map<string, number>;
-  /** Reads waiting for a key's pending mark to go (whenSettled). */
-  waiters?: Map<string, Array<() => void>>;
+  /**
+   * Keys with more than one such write on their way, each as [its sequence, its acknowledgement's]:
+   * as the earlier ones land, `pendingFrom` becomes the oldest acknowledgement of those left.
+   */
+  onWay?: Map<string, Array<[number, number]>>;
+  /** Reads waiting for the writes of a key acknowledged before they began to land here (whenSettled). */
+  waiters?: Map<string, Waiter[]>;
   /** Pending keys whose latest write on its way here removes the item (a delete): no read waits for it. */
   pendingRemoves?: Set<string>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
@@ -382,6 +394,14 @@ export class RepairJournal {
     // Another write of the key is still on its way: the oldest acknowledgement keeps reads off
     // this copy (seed 23512 of 22501-24000: the mark of a delete acknowledged after a read began
     // replaced that of a set acknowledged before, and the read took the value the set replaced).
+    // Each is remembered with its own, for when the earlier ones have landed (settled).
+    const ways = (p.onWay ??= new Map());
+    let q = ways.get(key);
+    if (q === undefined) {
+      q = [[last, p.pendingFrom.get(key) ?? acked]];
+      ways.set(key, q);
+    }
+    q.push([seq, acked]);
     if (last < seq) p.pending.set(key, seq);
   }
 
@@ -395,37 +415,59 @@ export class RepairJournal {
     const pending = p?.pending;
     if (pending === undefined || pending.size === 0) return;
     const s = pending.get(key);
-    if (s === undefined) return;
-    const from = p?.pendingFrom?.get(key);
+    if (s === undefined || p === undefined) return;
     if (s <= seq) {
       pending.delete(key);
-      p?.pendingRemoves?.delete(key);
-      if (from !== undefined) p?.pendingFrom?.delete(key);
-      const waiting = p?.waiters?.get(key);
-      if (waiting !== undefined) {
-        p?.waiters?.delete(key);
-        for (const w of waiting) w();
-      }
-    } else if (from !== undefined && from <= seq) {
-      // The next one on its way began after `seq`, so was acknowledged after that too.
-      p?.pendingFrom?.set(key, seq + 0.5);
+      p.pendingRemoves?.delete(key);
+      p.pendingFrom?.delete(key);
+      p.onWay?.delete(key);
+      this.wake(p, key, Infinity);
+      return;
     }
+    // Later writes are still on its way (one alone began after `seq`: it is not this answer's).
+    const q = p.onWay?.get(key);
+    if (q === undefined) return;
+    let from = Infinity;
+    let n = 0;
+    for (const w of q) {
+      if (w[0] <= seq) continue;
+      q[n++] = w;
+      from = Math.min(from, w[1]);
+    }
+    q.length = n;
+    if (n < 2) p.onWay?.delete(key);
+    // Reads that began before the oldest acknowledgement left may take the key from `u` again.
+    p.pendingFrom?.set(key, from);
+    this.wake(p, key, from);
+  }
+
+  /** Wakes the reads waiting for `key` on `p` that began before `from` (whenSettled). */
+  private wake(p: PerUpstream, key: string, from: number): void {
+    const waiting = p.waiters?.get(key);
+    if (waiting === undefined) return;
+    const still = waiting.filter((w) => w.readSeq >= from);
+    if (still.length === 0) p.waiters?.delete(key);
+    else p.waiters?.set(key, still);
+    for (const w of waiting) if (w.readSeq < from) w.wake();
   }
 
   /**
-   * Resolves once `u` has answered the writes of `key` it has on its way (markPending's mark goes,
-   * `settled`), undefined when it has none, or when the latest of them removes the item: it can
-   * only make `u` miss the key too (a get right after an acknowledged delete, waiting for the
-   * delete's copy to a slow store: review-h22 finding 1).
+   * Resolves once `u` has answered the writes of `key` on their way there that were acknowledged
+   * before the read `readSeq` began (those that keep it off `u`: isDirty), not the ones after:
+   * a set received while the read waits does not hold it (review-h22 finding 2). Undefined when
+   * there are none, or when the latest write on its way removes the item: it can only make `u`
+   * miss the key too (a get right after an acknowledged delete, waiting for the delete's copy to
+   * a slow store: review-h22 finding 1).
    */
-  whenSettled(u: Upstream, key: string): Promise<void> | undefined {
+  whenSettled(u: Upstream, key: string, readSeq: number): Promise<void> | undefined {
     const p = this.byName.get(idOf(u));
-    if (p?.pending?.has(key) !== true || p.pendingRemoves?.has(key) === true) return undefined;
+    if (p?.pending?.has(key) !== true || (p.pendingFrom?.get(key) ?? 0) > readSeq || p.pendingRemoves?.has(key) === true) return undefined;
     const waiters = (p.waiters ??= new Map());
     return new Promise((resolve) => {
+      const w: Waiter = { readSeq, wake: resolve };
       const waiting = waiters.get(key);
-      if (waiting === undefined) waiters.set(key, [resolve]);
-      else waiting.push(resolve);
+      if (waiting === undefined) waiters.set(key, [w]);
+      else waiting.push(w);
     });
   }
 

@@ -1413,3 +1413,55 @@ describe('writes remembered for reads in flight', () => {
     assert.equal(j.writtenSince('never-written', fresh), false, 'a read that began after is told the truth');
   });
 });
+
+describe('copies on their way (write-wait copies): markPending, settled, whenSettled', () => {
+  const journal = (): RepairJournal => new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const u = new FakeUpstream('fake://slow');
+  const landed = (p: Promise<void> | undefined): Promise<boolean> => (p === undefined ? Promise.resolve(false) : Promise.race([p.then(() => true), new Promise<boolean>((r) => setImmediate(() => r(false)))]));
+
+  it('a read waits for the copies acknowledged before it began, not for a later one: once they land it may take the key there again (review-h22 finding 2)', async () => {
+    const j = journal();
+    const s1 = j.writeStarted('k');
+    j.markPending(u, 'k', s1);
+    const read = j.readStarted();
+    const s2 = j.writeStarted('k');
+    j.markPending(u, 'k', s2); // acknowledged after the read began
+    assert.equal(j.isDirty(u, 'k', read), true, 'the copy of s1 keeps the read off u');
+    const waited = j.whenSettled(u, 'k', read);
+    assert.ok(waited, 'the read waits for s1');
+    assert.equal(await landed(waited), false, 'not before s1 lands');
+    j.settled(u, 'k', s1);
+    assert.equal(await landed(waited), true, 'woken once s1 landed, though s2 is still on its way');
+    assert.equal(j.isDirty(u, 'k', read), false, 'the read may take the key from u (s2 overlaps it)');
+    assert.equal(j.isDirty(u, 'k', j.readStarted()), true, 'a read begun after s2 was acknowledged may not');
+    assert.equal(j.whenSettled(u, 'k', read), undefined, 'nothing left for the first read to wait for');
+    j.settled(u, 'k', s2);
+    assert.equal(j.isDirty(u, 'k'), false);
+  });
+
+  it('acknowledged out of order: the earlier write landing leaves the reads the later one was acknowledged before waiting', async () => {
+    const j = journal();
+    const s1 = j.writeStarted('k');
+    const s2 = j.writeStarted('k');
+    j.markPending(u, 'k', s2); // s2 acknowledged first
+    const read = j.readStarted();
+    j.markPending(u, 'k', s1); // s1 after the read began
+    const waited = j.whenSettled(u, 'k', read);
+    assert.ok(waited);
+    j.settled(u, 'k', s1);
+    assert.equal(j.isDirty(u, 'k', read), true, 's2, acknowledged before the read, is still on its way');
+    assert.equal(await landed(waited), false, 'still waiting for s2');
+    j.settled(u, 'k', s2);
+    assert.equal(await landed(waited), true);
+    assert.equal(j.isDirty(u, 'k', read), false);
+  });
+
+  it('a delete on its way last: no wait (it can only make u miss too)', () => {
+    const j = journal();
+    const s1 = j.writeStarted('k');
+    j.markPending(u, 'k', s1);
+    const s2 = j.writeStarted('k');
+    j.markPending(u, 'k', s2, true);
+    assert.equal(j.whenSettled(u, 'k', j.readStarted()), undefined);
+  });
+});
