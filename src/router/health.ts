@@ -431,7 +431,8 @@ export class HealthyUpstream implements Upstream {
     return this.current;
   }
   get fenced(): boolean {
-    return monotonicMs() < this.coldUntil;
+    // Never fenced, or unfenced (the usual case, asked once or more per request): no clock read.
+    return this.coldUntil !== 0 && monotonicMs() < this.coldUntil;
   }
   /** Fenced because it is known to have come back empty (not only as a precaution). */
   get cameBackEmpty(): boolean {
