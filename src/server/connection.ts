@@ -16,7 +16,9 @@
  *    then `get k` reads the new value (T17) while reads of other keys go on in parallel;
  *  - a write waits for the reads in flight of its key (a `get k` before a `set k` must not see it);
  *  - commands start in request order: one that must wait holds back those after it;
- *  - flush_all waits for everything and holds back everything.
+ *  - flush_all waits for everything and holds back everything;
+ *  - `stats` waits for everything before it (its counters then count those commands, as
+ *    memcached's do), and holds back nothing after it: it is answered at once.
  *
  * Limits. At most `maxPipeline` commands are queued per client, holding at most `maxInputBytes`
  * of values (the command that crosses it is taken; nothing after it until those are answered);
@@ -77,7 +79,7 @@ interface Slot {
   inBytes: number;
 }
 
-/** The keys a command touches, for the ordering rules; 'all' for flush_all. */
+/** The keys a command touches, for the ordering rules; 'all' for flush_all and stats (every key before it). */
 function keysOf(cmd: Command): readonly string[] | 'all' | undefined {
   switch (cmd.kind) {
     case 'get':
@@ -89,6 +91,7 @@ function keysOf(cmd: Command): readonly string[] | 'all' | undefined {
     case 'arith':
       return [cmd.key];
     case 'flush':
+    case 'stats':
       return 'all';
     default:
       return undefined;
@@ -103,7 +106,7 @@ const SHARED_OUT = new OutBuffer();
 
 const NOTHING = Buffer.alloc(0);
 
-/** Marks flush_all: it orders against every key. */
+/** Marks flush_all and stats: they order against every key. */
 const ALL: readonly string[] = [];
 
 const READS: ReadonlySet<Command['kind']> = new Set(['get', 'version', 'stats', 'noop', 'verbosity']);
@@ -290,6 +293,8 @@ export class ClientConnection {
       for (const k of slot.keys ?? []) if (this.readKeys.has(k)) return false;
       return true;
     }
+    // stats: once everything before it is answered.
+    if (slot.keys === ALL) return w === undefined && this.readsInFlight === 0;
     if (w === undefined) return true;
     if (w === 'all') return false;
     for (const k of slot.keys ?? []) if (w.includes(k)) return false;

@@ -97,4 +97,22 @@ describe('ordering on one connection', () => {
     assert.equal(await w.read((t) => t.split('END').length === 3), 'VALUE k 0 3\r\nold\r\nEND\r\nOK\r\nEND\r\n');
     w.close();
   });
+
+  // As memcached, which runs one connection's commands in turn: the counters `stats` reports
+  // count the commands before it (they were read when it was started, with those still in flight).
+  it('stats waits for everything before it: its counters count them; a get after it does not wait for it', async () => {
+    const { up, w } = await setup();
+    up.close_gate();
+    w.send('set a 0 0 1\r\nx\r\nget k\r\nstats\r\nget a\r\n');
+    await settle();
+    assert.deepEqual(up.calls, ['set a', 'get k'], 'the get of another key went out while the set was held');
+    up.open();
+    const text = await w.read((t) => t.split('END\r\n').length === 4);
+    const stat = (name: string): string | undefined => new RegExp(`^STAT ${name} (\\d+)\r$`, 'm').exec(text)?.[1];
+    assert.equal(stat('cmd_set'), '1', text);
+    assert.equal(stat('cmd_get'), '1', 'the get after stats is not counted');
+    assert.equal(stat('get_hits'), '1', 'the get before it answered before stats was read');
+    assert.match(text, /END\r\nVALUE a 0 1\r\nx\r\nEND\r\n$/);
+    w.close();
+  });
 });
