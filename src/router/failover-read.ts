@@ -18,6 +18,7 @@ import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
 import { McmuxError, mayLandLate, unapplied } from '../errors';
 import { isFenced, isUsable, knowsKey, repairEmptied } from './health';
+import { touchedTo } from './journal';
 import { emptiedFor, lackedWhereEmptied, lastsOn, sendKeyed } from './replicate-write';
 
 /**
@@ -68,7 +69,7 @@ interface ReadState {
  */
 function gatFailed(ctx: RouterContext, cmd: GetCommand, u: Upstream, key: string, error: unknown): void {
   if (unapplied(error) && !(error as McmuxError).dropped && !isExpired(cmd.touch ?? 0, Date.now())) return;
-  ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error));
+  ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error), touchedTo(cmd.touch ?? 0));
 }
 
 export function failoverRead(ctx: RouterContext, cmd: GetCommand): Promise<Reply> {

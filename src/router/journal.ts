@@ -45,6 +45,7 @@
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { monotonicMs } from '../clock';
+import { isExpired } from '../command/command';
 import { FileKindError, makeDirs, makeStateDir, readRegularFile } from '../files';
 import { type Upstream, inProcess } from '../upstream/upstream';
 
@@ -97,6 +98,14 @@ export interface DirtyEntry {
    * holding the newest write (HOLDS) for a set while it may land (wipedLater).
    */
   readonly own?: true;
+  /**
+   * The entry is of a touch (or gat) alone, failed here in a way that may have applied it: the
+   * copy missed nothing but the item's new deadline, this one (0: none). Where no other copy
+   * holds the item, the repair reads this one's: if it does not carry that deadline the touch
+   * never took effect, and the item is the copy's as it was, not an expired one the touch kept
+   * alive (review-h22 finding 3). In memory only: loaded from journal.log, an entry is a write.
+   */
+  readonly touched?: number;
 }
 
 /** A read waiting for the copies of a key on their way to an upstream (whenSettled). */
@@ -284,6 +293,21 @@ function writeAll(fd: number, text: string): void {
 function mLine(name: string, key: string, e: DirtyEntry): string {
   const line = `M ${hex(name)} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`;
   return e.firstSeq > 0 ? `${line} ${e.firstSeq}` : line;
+}
+
+/**
+ * What a failed touch (or gat) to `deadline` is journaled with (DirtyEntry.touched): its deadline,
+ * undefined for one that expires the item (nothing to tell by: the item is to go everywhere).
+ */
+export function touchedTo(deadline: number, now = Date.now()): number | undefined {
+  return isExpired(deadline, now) ? undefined : deadline;
+}
+
+/** The entry without the deadline of a touch it stood for alone (DirtyEntry.touched). */
+function untouched(e: DirtyEntry | undefined): DirtyEntry | undefined {
+  if (e?.touched === undefined) return e;
+  const { touched: _, ...rest } = e;
+  return rest;
 }
 
 /** Keys whose request timed out on the upstream and may still land there, with when (monotonic ms). */
@@ -1097,7 +1121,7 @@ export class RepairJournal {
    * Records that `u` missed a write (or delete) of `key`; `late`: the request timed out, and may
    * still be applied (see DirtyEntry.late).
    */
-  mark(u: Upstream, key: string, op: DirtyOp, seq: number = this.writeSeq, late = false): void {
+  mark(u: Upstream, key: string, op: DirtyOp, seq: number = this.writeSeq, late = false, touched?: number): void {
     const p = this.of(u);
     // A late request may be older than a write that has reached the upstream since (a delete
     // answered after the set behind it): what to copy there is the key's current state, never a
@@ -1124,9 +1148,10 @@ export class RepairJournal {
       return;
     }
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
-    const e = p.keys.get(key);
+    // A touch's deadline stands for a miss of that touch alone: any other miss ends it.
+    const e = untouched(p.keys.get(key));
     const at = late ? monotonicMs() : 0;
-    if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at, ...own(late) });
+    if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at, ...own(late), ...(touched === undefined ? undefined : { touched }) });
     // One that held the newest write (HOLDS) is dated by this miss, its first.
     else if (e.firstSeq === HOLDS && late && seq <= e.seq) {
       // An older request of the key timed out there, after the newest write reached it: it may

@@ -40,6 +40,13 @@ export const LATE_SETTLE_MS = 1000;
 const SCAN_FACTOR = 4;
 
 /**
+ * How far an item's deadline read back may be from the one a touch set, and the touch still be
+ * taken as applied: memcached keeps whole seconds, and mcmux reads a remaining ttl back
+ * (deadlineFromTtl). A deadline within it of the touch's is taken as the touch's (the safe side).
+ */
+const TOUCH_SLACK_MS = 2000;
+
+/**
  * Why an upstream is not trusted for reads (journal.overflowed), as the repair's lines say it: the
  * journal does not keep which cause it was (the line that distrusted it said so).
  */
@@ -272,7 +279,11 @@ export class Repairer {
         if (journal.repairing.get(rk)) return false;
         const { hit } = read;
         if (hit) await u.store({ mode: 'set', key, value: hit.value, flags: hit.flags, deadline: hit.deadline, withCas: false });
-        else await u.delete(key);
+        else {
+          const kept = await this.touchNotApplied(journal, u, key, rk);
+          if (kept === undefined) return false;
+          if (!kept) await u.delete(key);
+        }
       }
       // A client wrote it meanwhile: its outcome settled the entry (cleared, or marked again).
       if (journal.repairing.get(rk)) return false;
@@ -292,6 +303,25 @@ export class Repairer {
       journal.repairing.delete(rk);
       journal.backgroundFinished();
     }
+  }
+
+  /**
+   * Whether `u`, dirty for `key` by a touch alone (DirtyEntry.touched) where the clean copy holds
+   * no item, holds the item as it was before the touch: its deadline is not the touch's (beyond
+   * what memcached's whole seconds may shift it by), so the touch never took effect (a MySQL
+   * statement killed at its timeout, a request lost unsent). Then the others' absence is an
+   * eviction (or the repair's flush of a cache), not an expiry the touch outlived, and the copy
+   * keeps its item: copied as absent, the session was deleted from the durable store for a
+   * touch that failed (review-h22 finding 3). One that carries the deadline is deleted: the item
+   * may have expired everywhere else before the touch reached it (fuzz seed 1533's class).
+   * Undefined: the read failed, or a client write of the key began meanwhile.
+   */
+  private async touchNotApplied(journal: RepairJournal, u: Upstream, key: string, rk: string): Promise<boolean | undefined> {
+    const touched = journal.entry(u, key)?.touched;
+    if (touched === undefined) return false;
+    const own = await this.readFor(journal, u, key, rk);
+    if (own === undefined) return undefined; // the read failed, or a client write began: next tick
+    return own.hit !== undefined && Math.abs(own.hit.deadline - touched) > TOUCH_SLACK_MS;
   }
 
   /**

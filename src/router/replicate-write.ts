@@ -12,6 +12,7 @@ import { authorityOrder } from './authority-order';
 import { type RouterContext, refusedTooLarge, serverError, tooLargeReply } from './context';
 import { type Outcome, count, failures, fanOut, firstError } from './fan-out';
 import { flushedWithAll, isFenced, knowsKey, noteWritten, repairEmptied } from './health';
+import { touchedTo } from './journal';
 
 const STORED: Reply = { kind: 'status', status: 'STORED' };
 
@@ -300,8 +301,10 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
       // with the lifetime it had. One that may have been applied is journaled (its item may
       // outlive, by the touch, the copies that expired it: fuzz seed 1533's class), and so is a
       // touch that expires the item.
+      // Where no current copy shows the item either, the repair tells by the deadline whether it was
+      // (touchedTo).
       if (touch !== undefined && !touch.present && unapplied(o.error) && !(o.error as McmuxError).dropped && !isExpired(touch.deadline, Date.now())) touch.failed.push(u);
-      else ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error));
+      else ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error), touch === undefined ? undefined : touchedTo(touch.deadline));
     } else if (what === 'delete') {
       ctx.journal.written(u, key, seq, 'delete');
       noteWritten(ctx.journal, u, key);
