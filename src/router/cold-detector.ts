@@ -384,6 +384,10 @@ export class ColdDetector {
    * fails (EXISTS) and the client reads again.
    */
   reconnected(u: HealthyUpstream): void {
+    // Not one a reload retired (reconnecting in its grace period): it decides nothing, and judged
+    // by its own last marker it took the new driver's `fenced until` for its marker kept and wrote
+    // a plain one over it (review-h24 finding 4). As serverId.
+    if (!this.upstreams().includes(u)) return;
     const at = monotonicMs();
     const forgot = u.fenced ? u.learntKeys() : [];
     // Come back empty before, it held what was learnt since and what read repair copied there: a
@@ -495,6 +499,7 @@ export class ColdDetector {
    * own answer that the marker is still there. Its uniques are voided at once, as in reconnected.
    */
   serverReconnected(u: HealthyUpstream, server: HealthyUpstream): void {
+    if (!this.upstreams().includes(u)) return; // a pool a reload retired: as reconnected
     const at = monotonicMs();
     const forgot = u.fenced ? u.learntKeys() : [];
     const before = this.lastSet.get(server.inner);
@@ -767,11 +772,14 @@ export class ColdDetector {
    * reconnect began is written to that server only, and a server whose marker was kept keeps it
    * (fuzz seed 4369 with MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1
    * MCMUX_FUZZ_RESTART=1, helper-123's triage: the pool neither knew the counter it was written
-   * nor was known as come back empty, and an emptied store decided the incr: NOT_FOUND).
+   * nor was known as come back empty, and an emptied store decided the incr: NOT_FOUND). A server
+   * whose marker could not be read names nothing either way: it may have restarted empty since,
+   * losing what that fence learnt there, so nothing is inherited (review-h24 finding 1: the pool
+   * adopted a lock its unreadable server had lost, and decided an add on it: a lock granted twice).
    */
   private inherit(u: HealthyUpstream, sights: readonly Sight[]): void {
     const id = sights.find((s) => s.fenceId !== 0)?.fenceId ?? 0;
-    if (this.fenceLog === undefined || id === 0 || sights.some((s) => s.fenceId !== 0 && s.fenceId !== id)) return;
+    if (this.fenceLog === undefined || id === 0 || sights.some((s) => s.verdict === 'unknown' || (s.fenceId !== 0 && s.fenceId !== id))) return;
     for (const key of u.adoptFence(id, this.fenceLog.fenceKeys(u, id))) this.fenceLog.fenceLearnt(u, id, key);
     // That fence began when the store came back empty (journal.log): so it is known here too,
     // and since when, for the order in which fenced upstreams decide (fuzz seed 186930 with
