@@ -595,6 +595,8 @@ function touchOthers(ctx: RouterContext, key: string, deadline: number, from: nu
   if (targets.length === 0) return;
   const { seq } = sendKeyed(ctx, 'touch', key, targets, (u) => u.touch(key, deadline), deadline);
   // The gat answers before they do: until each has, no read takes the key from it (the item
-  // there has the old deadline: a gat that expired it would see it come back).
-  for (const u of targets) ctx.journal.markPending(u, key, seq);
+  // there has the old deadline: a gat that expired it would see it come back). One that expires
+  // it is not waited for by a read that finds the key nowhere (it can only make it miss there).
+  const removes = isExpired(deadline, Date.now());
+  for (const u of targets) ctx.journal.markPending(u, key, seq, removes);
 }

@@ -140,7 +140,7 @@ interface PerUpstream {
   onWay?: Map<string, Array<[number, number]>>;
   /** Reads waiting for the writes of a key acknowledged before they began to land here (whenSettled). */
   waiters?: Map<string, Waiter[]>;
-  /** Pending keys whose latest write on its way here removes the item (a delete): no read waits for it. */
+  /** Pending keys whose latest write on its way here removes the item (a delete, or a set or touch whose deadline has passed): no read waits for it. */
   pendingRemoves?: Set<string>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: Overflow | undefined;

@@ -54,7 +54,7 @@ export function replicateSet(
     (outcomes, settled) => {
       const ok = copiesSoFar + count(outcomes, (r) => r.status === 'STORED');
       if (ok >= min && (settled || ctx.writeWait === 'copies') && (!ctx.journal.untrusting || lasting(ctx, req.key, targets, outcomes, isStored, authority, true))) {
-        if (!settled) markPending(ctx, targets, outcomes, req.key, seq);
+        if (!settled) markPending(ctx, targets, outcomes, req.key, seq, isExpired(req.deadline, Date.now()));
         if (!withCas) return okReply;
         // The cas a client may use next is the one the authority for this key will check.
         for (const i of authorityOrder(ctx, req.key)) {
@@ -84,7 +84,7 @@ export function replicateSet(
   // The authority of a conditional command already made min-copies: with write-wait copies the
   // client need not wait for any of the others.
   if (copiesSoFar >= min && ctx.writeWait === 'copies' && (!ctx.journal.untrusting || lasting(ctx, req.key, targets, [], isStored, authority, true))) {
-    markPending(ctx, targets, [], req.key, seq);
+    markPending(ctx, targets, [], req.key, seq, isExpired(req.deadline, Date.now()));
     return Promise.resolve(okReply);
   }
   return copies;
@@ -136,7 +136,7 @@ export function replicateKeyed(
       const hits = outcomes.filter((o, i) => o?.ok && isHit(o.value, hit) && trusted(i)).length;
       const answered = count(outcomes, () => true);
       if (hits > 0 && answered >= min && (settled || ctx.writeWait === 'copies') && counted(ctx, what, key, outcomes, trusted)) {
-        if (!settled) markPending(ctx, ctx.upstreams, outcomes, key, seq, what === 'delete');
+        if (!settled) markPending(ctx, ctx.upstreams, outcomes, key, seq, what === 'delete' || isExpired(deadline ?? 0, Date.now()));
         return touchedItem(ctx, key, outcomes, trusted) ?? { kind: 'status', status: hit };
       }
       if (!settled) return undefined;
