@@ -40,7 +40,7 @@
  */
 
 import type { ArithOp, Hit } from '../command/command';
-import { ConfigError, ErrorCodes, McmuxError, mayLandLate } from '../errors';
+import { ConfigError, ErrorCodes, McmuxError, mayLandLate, unapplied } from '../errors';
 import { DEFAULT_HEALTH, type HealthState, type HealthOptions, HealthyUpstream, type StateListener } from '../router/health';
 import { DISTRIBUTIONS, type Distribution, type RingServer, placer } from './ketama';
 import { type HostPort, type UpstreamContext, rejectUnknownOptions } from './registry';
@@ -236,9 +236,12 @@ export class MemcachedPool implements Upstream {
             for (let j = 0; j < g.at.length; j++) out[g.at[j] as number] = hits[j];
           },
           (error: unknown) => {
-            // Every group is awaited: the hits of the servers that answered are kept.
+            // Every group is awaited: the hits of the servers that answered are kept. The error
+            // told is the worst of them, for all the failed keys: one that may land late, else one
+            // that may have been applied over one refused unsent (a gat: its keys must be journaled
+            // where it may have touched the item; review-h24 finding 3).
             failed.push(...g.at);
-            if (failure === undefined || mayLandLate(error)) failure = error;
+            if (failure === undefined || mayLandLate(error) || (unapplied(failure) && !unapplied(error) && !mayLandLate(failure))) failure = error;
           },
         ),
       ),
