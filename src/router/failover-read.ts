@@ -69,6 +69,9 @@ interface ReadState {
  */
 function gatFailed(ctx: RouterContext, cmd: GetCommand, u: Upstream, key: string, error: unknown): void {
   if (unapplied(error) && !(error as McmuxError).dropped && !isExpired(cmd.touch ?? 0, Date.now())) return;
+  // With its deadline: the repair tells by it whether the gat took effect there (DirtyEntry.touched).
+  // Where the gat finds the key elsewhere, touchOthers sends `u` the touch, whose outcome is
+  // journaled as any copy's of an item another holds (replicate-write.ts keyedOutcome).
   ctx.journal.mark(u, key, 'write', undefined, mayLandLate(error), touchedTo(cmd.touch ?? 0));
 }
 

@@ -1169,6 +1169,18 @@ export class RepairJournal {
   }
 
   /**
+   * `u`, journaled with a touch's deadline (mark's `touched`), missed the touch of an item another
+   * copy holds (answered TOUCHED, or found by the gat): that copy is the key's state, the item with
+   * the touch's deadline, and once that has passed its absence there is the item's expiry. A miss
+   * like any other then (in memory: the deadline is not on file).
+   */
+  untouch(u: Upstream, key: string): void {
+    const p = this.byName.get(idOf(u));
+    const e = p?.keys.get(key);
+    if (p !== undefined && e?.touched !== undefined) this.setKey(p, key, untouched(e));
+  }
+
+  /**
    * A conditional command (write `seq`) failed on every authority it tried, one of which may have
    * applied it (they were marked, dated by it or later), and was never sent to `u`: `u` lacks
    * whatever result it had. A copy that ranked as holding the newest write (HOLDS, see wipedLater)

@@ -124,7 +124,7 @@ export function replicateKeyed(
   const emptiedAt = emptiedFor(ctx, key);
   const emptied = ctx.upstreams.map((u) => emptiedAt?.upstreams.includes(u) === true);
   let writtenSince = false;
-  const outcome = keyedOutcome(ctx, what, key, seq, what === 'touch' ? { present: false, missed: [], failed: [], current: (u) => !dirty[ctx.upstreams.indexOf(u)] || u === freshest, deadline: deadline ?? 0 } : undefined);
+  const outcome = keyedOutcome(ctx, what, key, seq, what === 'touch' ? { present: false, missed: [], failed: [], dated: [], current: (u) => !dirty[ctx.upstreams.indexOf(u)] || u === freshest, deadline: deadline ?? 0 } : undefined);
   return fanOut(
     ctx.upstreams,
     op,
@@ -269,7 +269,7 @@ export function sendKeyed(
 ): { seq: number; settled: Promise<unknown> } {
   const seq = ctx.journal.writeStarted(key);
   // A gat's touches: the copy it read (clean for the key) holds the item, touched.
-  const touch = what === 'touch' ? { present: true, missed: [], failed: [], current: () => false, deadline: deadline ?? 0 } : undefined;
+  const touch = what === 'touch' ? { present: true, missed: [], failed: [], dated: [], current: () => false, deadline: deadline ?? 0 } : undefined;
   const settled = fanOut(targets, op, (_, all) => (all ? true : undefined), keyedOutcome(ctx, what, key, seq, touch), () => ctx.journal.writeFinished(key));
   return { seq, settled };
 }
@@ -283,6 +283,8 @@ interface TouchCopies {
   readonly missed: Upstream[];
   /** Copies that refused the touch unsent while no current copy had shown the item yet. */
   readonly failed: Upstream[];
+  /** Copies journaled with the touch's deadline (it may have been applied) while none had shown the item yet. */
+  readonly dated: Upstream[];
   readonly current: (u: Upstream) => boolean;
   /** The touch's deadline: once past, the item is gone from the touched copies too. */
   readonly deadline: number;
@@ -304,7 +306,11 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
       // Where no current copy shows the item either, the repair tells by the deadline whether it was
       // (touchedTo).
       if (touch !== undefined && !touch.present && unapplied(o.error) && !(o.error as McmuxError).dropped && !isExpired(touch.deadline, Date.now())) touch.failed.push(u);
-      else ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error), touch === undefined ? undefined : touchedTo(touch.deadline));
+      else {
+        const dated = touch === undefined || touch.present ? undefined : touchedTo(touch.deadline);
+        ctx.journal.mark(u, key, what === 'delete' ? 'delete' : 'write', seq, mayLandLate(o.error), dated);
+        if (dated !== undefined) touch?.dated.push(u);
+      }
     } else if (what === 'delete') {
       ctx.journal.written(u, key, seq, 'delete');
       noteWritten(ctx.journal, u, key);
@@ -316,6 +322,7 @@ function keyedOutcome(ctx: RouterContext, what: 'delete' | 'touch', key: string,
       if (o.value !== 'NOT_FOUND' && !touch.present && touch.current(u)) {
         touch.present = true;
         for (const f of touch.failed.splice(0)) ctx.journal.mark(f, key, 'write', seq);
+        for (const f of touch.dated.splice(0)) ctx.journal.untouch(f, key);
         if (!isExpired(touch.deadline, Date.now())) for (const m of touch.missed.splice(0)) ctx.journal.mark(m, key, 'write', seq);
       } else if (o.value === 'NOT_FOUND' && !isExpired(touch.deadline, Date.now())) {
         if (touch.present) ctx.journal.mark(u, key, 'write', seq);

@@ -51,6 +51,7 @@ import { ErrorCodes, McmuxError } from '../../src/errors';
 import type { StoreRequest, StoreResult } from '../../src/upstream/upstream';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
 import { flushedCache, proc } from '../helpers/flushed-cache';
+import { clocksFor } from '../helpers/clocks';
 import { markerRig } from '../helpers/marker-rig';
 import { eventually } from '../helpers/poll';
 
@@ -274,6 +275,57 @@ describe('review-h22: the cache the repair flushed, its fence over just before t
     assert.equal(s.journal.isDirty(s.ups[1] as HealthyUpstream, 'sess'), true, 'b journaled');
     for (let n = 0; n < 5; n++) await s.repairer.tick();
     assert.equal((await fakes[1].inner.get(['sess']))[0], undefined, 'the touched item repaired to absent');
+    await s.stop();
+  });
+});
+
+describe('review-h22 finding 3: the touch\'s deadline is told only while no copy has shown the item', () => {
+  // The fuzz (seed 301916 of 300001-302000, default mode, on the commit that journaled the touch's
+  // deadline): a touch the store failed (it may have been applied; it was not) while the cache
+  // answered TOUCHED: the cache's item, the key's state, expired at the touch's deadline, and the
+  // repair, finding it absent there, read the store's item without that deadline and kept it:
+  // an expired session served again. Here the store's failure comes first (journaled with the
+  // deadline), the cache's TOUCHED after it (the store's entry is then a plain missed write).
+  it('a touch the store failed before the cache answered TOUCHED: once its deadline has passed, the item is not served from the store', async (t) => {
+    const clock = clocksFor(t);
+    const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
+    const s = proc(fakes);
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
+    fakes[0].close_gate(); // the cache answers after the store has failed
+    const touch1 = fakes[1].touch.bind(fakes[1]);
+    fakes[1].touch = () => Promise.reject(new McmuxError(ErrorCodes.UPSTREAM_IO, 'mysql://b:3306/db: connection closed (injected)'));
+    const touching = s.exec(touchCmd('sess', Date.now() + 1000));
+    await eventually('a holds the touch', () => fakes[0].calls.includes('touch sess'), { checks: 200, every: 'turn' });
+    await settle();
+    assert.equal(s.journal.entry(s.ups[1] as HealthyUpstream, 'sess')?.touched !== undefined, true, "b's failure came first: journaled with the deadline");
+    fakes[0].open();
+    assert.equal(status(await touching), 'TOUCHED');
+    fakes[1].touch = touch1;
+    clock.advance(1500); // the touch's deadline has passed: the cache expired the item
+    for (let n = 0; n < 5; n++) await s.repairer.tick();
+    assert.deepEqual(values(await s.exec(getCmd('sess'))), [undefined], 'AN EXPIRED SESSION SERVED AGAIN from the store');
+    assert.equal((await fakes[1].inner.get(['sess']))[0], undefined, 'repaired to absent');
+    await s.stop();
+  });
+
+  it('a touch the cache answered TOUCHED before the store failed it: once its deadline has passed, the item is not served from the store (seed 301916)', async (t) => {
+    const clock = clocksFor(t);
+    const fakes = [new FakeUpstream('memcached://a:11211', 'memcached'), new FakeUpstream('mysql://b:3306/db', 'mysql')] as const;
+    const s = proc(fakes);
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
+    fakes[1].close_gate(); // the store holds the touch (a slow MySQL)
+    const touching = s.exec(touchCmd('sess', Date.now() + 1000));
+    await eventually('a answered, b holds the touch', () => fakes[0].calls.includes('touch sess') && fakes[1].calls.includes('touch sess'), { checks: 200, every: 'turn' });
+    await settle();
+    fakes[1].kill(); // b fails it, not applied (it may have been)
+    assert.equal(status(await touching), 'TOUCHED');
+    fakes[1].mode = 'ok';
+    assert.equal(s.journal.entry(s.ups[1] as HealthyUpstream, 'sess')?.touched, undefined, 'journaled as a plain missed write');
+    clock.advance(1500);
+    for (let n = 0; n < 5; n++) await s.repairer.tick();
+    assert.deepEqual(values(await s.exec(getCmd('sess'))), [undefined], 'AN EXPIRED SESSION SERVED AGAIN from the store');
     await s.stop();
   });
 });
