@@ -174,10 +174,21 @@ function reachedAt(host: string): string[] {
   return [h];
 }
 
-/** Whether `a` (canonical) is an address of this host: loopback (127/8, ::1) or an interface's. */
+/**
+ * Whether `a` (canonical) is an address of this host: loopback (127/8, ::1) or an interface's.
+ * The interfaces are read over netlink, which systemd's RestrictAddressFamilies= (the shipped
+ * unit's) refuses: os.networkInterfaces() then throws, and the check, a convenience, knows
+ * loopback alone (review-h25 finding 5: mcmux crashed at every start, and systemd restarted it).
+ */
 function isOwnHostAddress(a: string): boolean {
   if (a === '::1' || /^127\.\d+\.\d+\.\d+$/.test(a)) return true;
-  return Object.values(networkInterfaces()).some((list) => (list ?? []).some((i) => canonicalHost(i.address) === a));
+  let interfaces: ReturnType<typeof networkInterfaces>;
+  try {
+    interfaces = networkInterfaces();
+  } catch {
+    return false;
+  }
+  return Object.values(interfaces).some((list) => (list ?? []).some((i) => canonicalHost(i.address) === a));
 }
 
 /**
