@@ -333,7 +333,7 @@ async function repair(argv: string[]): Promise<number> {
  * the start (and one a reload built, after it), as `mcmux check` does, and one that fails is said
  * at once (its state is left to the requests, as before).
  */
-async function probeUpstreams(upstreams: readonly Upstream[], log: pino.Logger, when: string): Promise<void> {
+async function probeUpstreams(upstreams: readonly Upstream[], log: pino.Logger, when: string, current: () => readonly Upstream[]): Promise<void> {
   await Promise.all(
     upstreams.map(async (u) => {
       const limit = Math.max(1000, u.timeoutMs * 4);
@@ -344,6 +344,8 @@ async function probeUpstreams(upstreams: readonly Upstream[], log: pino.Logger, 
       try {
         await Promise.race([u.probe(), late]);
       } catch (error) {
+        // A reload removed it meanwhile: it is in no chain (review-h25 finding 4).
+        if (!current().includes(u)) return;
         log.warn({ upstream: u.name, err: maskUrl(error instanceof Error ? error.message : String(error)) }, `upstream fails its probe ${when}: it stays in the chain, and requests will find it failing`);
       } finally {
         clearTimeout(timer);
@@ -427,23 +429,25 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
       running.reload(next);
       // A reload may raise max-connections past the open-file limit, as a start may.
       warnOpenFileLimit(next.maxConnections, log);
-      void probeUpstreams(running.upstreams.filter((u) => !before.has(u)), log, 'after the reload');
+      void probeUpstreams(running.upstreams.filter((u) => !before.has(u)), log, 'after the reload', () => running.upstreams);
     } catch (error) {
       const why = error instanceof CommanderError || error instanceof ConfigError ? error.message : String(error);
       log.error({ err: maskUrl(why) }, 'reload rejected; the running configuration stays');
     }
   };
+  let stopping = false;
   // Before the start: a SIGHUP without a handler kills the process (systemctl start, then reload
-  // at once). One that comes while starting is applied once started.
+  // at once). One that comes while starting is applied once started; one while stopping, not at
+  // all (it rebuilt the chain and rewrote journal.log under the stop: review-h25 finding 6).
   process.on('SIGHUP', () => {
-    if (app) reload(app);
+    if (stopping) log.warn('SIGHUP while stopping: ignored');
+    else if (app) reload(app);
     else reloadAfterStart = true;
   });
   if (opts.sighupBeforeStart?.()) reloadAfterStart = true;
   // Registered before the start: one that comes while it runs (its first look at an upstream that
   // does not answer, the wait after a process that did not stop cleanly) would kill mcmux, and
   // leave journal.log as after a crash. The start is ended, what it opened closed, as any stop.
-  let stopping = false;
   let starting: App | undefined;
   const stop = (signal: string): void => {
     if (stopping) {
@@ -486,7 +490,7 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
   }
   warnOpenFileLimit(config.maxConnections, log);
   if (reloadAfterStart) reload(running);
-  void probeUpstreams(running.upstreams, log, 'at start');
+  void probeUpstreams(running.upstreams, log, 'at start', () => running.upstreams);
 }
 
 if (require.main === module) {
