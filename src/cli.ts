@@ -13,7 +13,7 @@ import { parse as parseToml } from 'smol-toml';
 import { App, MCMUX_VERSION, StoppedWhileStarting, buildUpstreams, checkUpstreams, upstreamSpecs } from './app';
 import { type Config, type ListenSpec, type RawConfig, type ScalarKey, SCALAR_KEYS, buildConfig, formatListen, parseListen, rawFromToml } from './config';
 import { ConfigError, StoreUnavailableError } from './errors';
-import { FileKindError, readRegularFile } from './files';
+import { FileKindError, readRegularFile, stateDirProblem } from './files';
 import { missingNodeFlags } from './node-flags';
 import { NotThereYet, knownSchemes, storeIdentity } from './upstream/registry';
 import { type Upstream, maskUrl, maskRawUrl } from './upstream/upstream';
@@ -269,6 +269,9 @@ async function check(argv: string[]): Promise<number> {
   // From a shell, without the unit's $STATE_DIRECTORY, the default is ./data: not the service's.
   const fromCwd = isAbsolute(config.stateDir) ? '' : ` (relative to ${process.cwd()}; a systemd unit's StateDirectory= is not seen from a shell: give --state-dir to check the service's)`;
   process.stdout.write(`state-dir ${resolvePath(config.stateDir)}${fromCwd}\n`);
+  // What the start would refuse (review-h25 finding 2: "config ok" for a state-dir that is a file).
+  const dirProblem = stateDirProblem(config.stateDir);
+  if (dirProblem !== undefined) process.stdout.write(`FAILED state-dir: ${dirProblem}: expected a directory mcmux can create and write\n`);
   const built = checkUpstreams(config);
   const upstreams = built.filter((u): u is Upstream => !(u instanceof NotThereYet));
   let bad = 0;
@@ -289,8 +292,9 @@ async function check(argv: string[]): Promise<number> {
   }
   await Promise.all(upstreams.map((u) => u.close().catch(() => undefined)));
   const answer = `${upstreams.length} upstreams answer${built.length > upstreams.length ? ` (${built.length - upstreams.length} not made yet)` : ''}`;
-  process.stdout.write(bad === 0 ? `config ok, ${answer}\n` : `${bad} of ${built.length} upstreams unusable\n`);
-  return bad === 0 ? 0 : 1;
+  if (bad > 0) process.stdout.write(`${bad} of ${built.length} upstreams unusable\n`);
+  else process.stdout.write(dirProblem === undefined ? `config ok, ${answer}\n` : `state-dir unusable, ${answer}\n`);
+  return bad === 0 && dirProblem === undefined ? 0 : 1;
 }
 
 /**

@@ -6,7 +6,7 @@
  */
 
 import { createHash } from 'node:crypto';
-import { closeSync, constants, fstatSync, linkSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, linkSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 
 /** What is at a path is not a regular file (ENOTREG), or is larger than allowed (EFBIG); the message names no path. */
@@ -50,6 +50,30 @@ export function makeStateDir(dir: string): void {
     makeDirs(dir, 0o700);
   } catch (error) {
     throw new Error(`state-dir "${dir}" cannot be made (${error instanceof Error ? error.message : String(error)}): expected a directory mcmux can create and write`);
+  }
+}
+
+/**
+ * Why `makeStateDir(dir)` would fail, found without making anything (`mcmux check`), or
+ * undefined: `dir`, or the nearest part of its path that exists, must be a directory this
+ * process may write in (the rest mcmux makes).
+ */
+export function stateDirProblem(dir: string): string | undefined {
+  let path = resolve(dir);
+  for (;;) {
+    const st = statSync(path, { throwIfNoEntry: false });
+    if (st !== undefined) {
+      if (!st.isDirectory()) return `${path} is not a directory`;
+      try {
+        accessSync(path, constants.W_OK | constants.X_OK);
+      } catch (error) {
+        return `${path} is not writable (${(error as NodeJS.ErrnoException).code ?? String(error)})`;
+      }
+      return undefined;
+    }
+    const parent = dirname(path);
+    if (parent === path) return `${path} does not exist`;
+    path = parent;
   }
 }
 
