@@ -26,8 +26,8 @@ import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import { RESERVED_KEY_PREFIX } from '../command/command';
 import { monotonicMs } from '../clock';
-import { McmuxError } from '../errors';
-import type { Upstream } from '../upstream/upstream';
+import { ErrorCodes, McmuxError } from '../errors';
+import { type Upstream, maskUrl } from '../upstream/upstream';
 import { type FenceLog, type HealthyUpstream, isUsable, membersOf, outOfRing } from './health';
 
 const CHECK_MS = 2000;
@@ -241,6 +241,8 @@ export class ColdDetector {
   private readonly idsUnsaved = new WeakMap<HealthyUpstream, { id: string }>();
   /** When this process last started writing each store's marker (monotonic ms). */
   private readonly writing = new WeakMap<Upstream, number>();
+  /** Stores whose last marker write the store itself refused (said once: refusesWrites). */
+  private readonly refusing = new WeakSet<Upstream>();
   private arm(u: HealthyUpstream): number {
     const g = (this.armed.get(u) ?? 0) + 1;
     this.armed.set(u, g);
@@ -879,6 +881,19 @@ export class ColdDetector {
   }
 
   /**
+   * The store refused the marker write itself (it answered: a Redis replica's READONLY, an ACL
+   * user's NOPERM, a MySQL account without INSERT, 1142): every client write there fails the same
+   * way while the upstream stays healthy (it answers), each at debug only. Said once, until a
+   * marker write lands there again (review-h25 finding 1: the durable copy never written, nothing
+   * logged).
+   */
+  private refusesWrites(u: HealthyUpstream, store: Upstream, err: McmuxError): void {
+    if (this.refusing.has(store)) return;
+    this.refusing.add(store);
+    this.log.warn({ upstream: u.name, ...(store === u.inner ? {} : { server: store.name }), err: maskUrl(err.message) }, 'upstream refuses writes (it refused mcmux\'s marker): every write to it fails while it answers reads; a read-only replica, or an account without write permission?');
+  }
+
+  /**
    * Writes the marker, once judged, with a new generation: `fenced until <ms>` while `u` is fenced
    * (an mcmux that restarts meanwhile keeps the fence), the pid alone otherwise. The fence's end is
    * written as a wall-clock time (what another process can read), at each write as the wall clock
@@ -924,8 +939,10 @@ export class ColdDetector {
           if ((this.floors.get(storeKey(u, store)) ?? 0) > gen) this.excuse(u, store, gen);
           else this.floors.set(storeKey(u, store), gen);
           if (recorded(u, store)) this.fenceLog?.markerAcked(recordOf(u, store), wall + MARKER_TTL_MS);
+          this.refusing.delete(store);
         } catch (err) {
           landed = false;
+          if (err instanceof McmuxError && err.code === ErrorCodes.UPSTREAM_REFUSED) this.refusesWrites(u, store, err);
           // Only a write that may still land, after those sent since (McmuxError.late: a timeout),
           // is excused when found: one failed unapplied (the sqlite driver's wait for a lock held
           // elsewhere, a rolled-back transaction) never lands (review-h4 finding 1).
