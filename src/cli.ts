@@ -112,6 +112,20 @@ export function loadConfig(argv: string[], create = true): { config: Config; con
     if (v !== undefined && key !== 'listen') flags.scalars[key] = v as string | boolean;
   }
   const config = buildConfig(file, flags);
+  try {
+    checkUpstreamList(config, create);
+  } catch (error) {
+    // An error about the file's upstreams (or its listen addresses, for mcmux's own) names the
+    // file, as buildConfig's errors about its values do (review-h25 finding 3).
+    const fromFile = flags.upstreams.length === 0 && (file.upstreams.length > 0 || file.listen.length > 0);
+    if (error instanceof ConfigError && configFile !== undefined && fromFile) throw new ConfigError(`${configFile}: ${error.message}`);
+    throw error;
+  }
+  return { config, configFile };
+}
+
+/** Each upstream built (and dropped), each store listed once, none at mcmux's own address. */
+function checkUpstreamList(config: Config, create: boolean): void {
   // Build (and drop) the upstreams once so a bad URL or option fails here, with exit status 2.
   for (const u of create ? buildUpstreams(config) : checkUpstreams(config)) if (!(u instanceof NotThereYet)) void u.close();
   // The same store twice would count as two copies of a write (min-copies met by one store).
@@ -125,7 +139,6 @@ export function loadConfig(argv: string[], create = true): { config: Config; con
     seen.set(id, spec.url);
   }
   refuseOwnAddress(config);
-  return { config, configFile };
 }
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);

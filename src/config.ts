@@ -288,7 +288,7 @@ function validate(file: RawConfig, flags: RawConfig): Config {
     seen.add(a);
   }
   if (metrics && metrics.port !== 0 && seen.has(formatListen({ kind: 'tcp', ...metrics }))) {
-    throw new ConfigError(`metrics "${formatListen({ kind: 'tcp', ...metrics })}" is also a listen address: expected an address of its own`);
+    throw new KeyError('metrics', `metrics "${formatListen({ kind: 'tcp', ...metrics })}" is also a listen address: expected an address of its own`);
   }
 
   const journalMaxKeys = int('journal-max-keys', get('journal-max-keys') as RawValue, 1, 100_000_000);

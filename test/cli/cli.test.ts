@@ -261,7 +261,7 @@ describe('a password in an upstream URL is never printed', () => {
   });
 
   it('refused from a config file', async () => {
-    const file = await configFile('secret.toml', '[[upstream]]\nurl = "redis://user:secret@127.0.0.1:1"\nbogus = 1\n');
+    const file = await configFile('with-password.toml', '[[upstream]]\nurl = "redis://user:secret@127.0.0.1:1"\nbogus = 1\n');
     const line = await failsWithOneLine([...base, '--config', file]);
     assert.match(line, /bogus/);
     assert.ok(!line.includes('secret'), `the password is printed: ${line}`);
@@ -269,7 +269,7 @@ describe('a password in an upstream URL is never printed', () => {
 
   it('a reload (SIGHUP) rejecting a config with a password in it logs no password', async () => {
     const port = await freePort();
-    const file = await configFile('reload-secret.toml', `listen = "127.0.0.1:${port}"\n[[upstream]]\nurl = "memory://"\n`);
+    const file = await configFile('reload-with-password.toml', `listen = "127.0.0.1:${port}"\n[[upstream]]\nurl = "memory://"\n`);
     const mux = await startMcmux(['--config', file], { port });
     try {
       await writeFile(file, `listen = "127.0.0.1:${port}"\n[[upstream]]\nurl = "ftp://user:secret@127.0.0.1:1"\n`);
