@@ -7,6 +7,7 @@
 
 import type { Logger } from 'pino';
 import { monotonicMs } from './clock';
+import { StoreUnavailableError } from './errors';
 import { type Config, type ListenSpec, type UpstreamConfig, embeddedDefault, formatListen } from './config';
 import { lockDirectory, makeStateDir } from './files';
 import { Metrics } from './metrics';
@@ -19,8 +20,8 @@ import type { ConnectionLimits } from './server/connection';
 import { Listener } from './server/listener';
 import { MemcachedPool } from './upstream/memcached-pool';
 import { MemoryUpstream } from './upstream/memory';
-import { NotThereYet, type UpstreamContext, createUpstream, storeIdentity } from './upstream/registry';
-import type { Upstream } from './upstream/upstream';
+import { CannotOpen, type Checked, NotThereYet, type UpstreamContext, createUpstream, isDriver, storeIdentity } from './upstream/registry';
+import { type Upstream, maskUrl } from './upstream/upstream';
 
 export const MCMUX_VERSION: string = (require('../../package.json') as { version: string }).version;
 
@@ -38,28 +39,30 @@ export function buildUpstreams(config: Config): Upstream[] {
 
 /**
  * For `mcmux check`: the drivers, built as `buildUpstreams` does but making nothing: a file store
- * that is not there stands as `NotThereYet` (mcmux makes it at start).
+ * that is not there stands as `NotThereYet` (mcmux makes it at start), one that cannot be opened
+ * for a cause not the config's as `CannotOpen` (check says FAILED and goes on to the others).
  */
-export function checkUpstreams(config: Config): Array<Upstream | NotThereYet> {
+export function checkUpstreams(config: Config): Checked[] {
   return build(config, false);
 }
 
-function build(config: Config, create: boolean): Array<Upstream | NotThereYet> {
+function build(config: Config, create: boolean): Checked[] {
   const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize, probeIntervalMs: config.health.probeMinMs, create };
-  const built: Array<Upstream | NotThereYet> = [];
+  const built: Checked[] = [];
   try {
     for (const s of upstreamSpecs(config)) {
       try {
         built.push(createUpstream(s.url, s.options, ctx));
       } catch (error) {
-        if (!(error instanceof NotThereYet)) throw error;
-        built.push(error);
+        if (error instanceof NotThereYet) built.push(error);
+        else if (!create && error instanceof StoreUnavailableError) built.push(new CannotOpen(maskUrl(s.url), error.message));
+        else throw error;
       }
     }
   } catch (error) {
     // A bad upstream after good ones: those are connecting already (a rejected SIGHUP would
     // leave their connections and reconnect timers behind for ever).
-    for (const u of built) if (!(u instanceof NotThereYet)) void u.close().catch(() => undefined);
+    for (const u of built) if (isDriver(u)) void u.close().catch(() => undefined);
     throw error;
   }
   return built;

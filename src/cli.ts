@@ -15,7 +15,7 @@ import { type Config, type ListenSpec, type RawConfig, type ScalarKey, SCALAR_KE
 import { ConfigError, StoreUnavailableError } from './errors';
 import { FileKindError, readRegularFile, stateDirProblem } from './files';
 import { missingNodeFlags } from './node-flags';
-import { NotThereYet, knownSchemes, storeIdentity } from './upstream/registry';
+import { CannotOpen, NotThereYet, isDriver, knownSchemes, storeIdentity } from './upstream/registry';
 import { type Upstream, maskUrl, maskRawUrl } from './upstream/upstream';
 
 /** commander's attribute name for a flag: `max-item-size` -> `maxItemSize`. */
@@ -127,7 +127,7 @@ export function loadConfig(argv: string[], create = true): { config: Config; con
 /** Each upstream built (and dropped), each store listed once, none at mcmux's own address. */
 function checkUpstreamList(config: Config, create: boolean): void {
   // Build (and drop) the upstreams once so a bad URL or option fails here, with exit status 2.
-  for (const u of create ? buildUpstreams(config) : checkUpstreams(config)) if (!(u instanceof NotThereYet)) void u.close();
+  for (const u of create ? buildUpstreams(config) : checkUpstreams(config)) if (isDriver(u)) void u.close();
   // The same store twice would count as two copies of a write (min-copies met by one store).
   const seen = new Map<string, string>();
   for (const spec of upstreamSpecs(config)) {
@@ -286,11 +286,17 @@ async function check(argv: string[]): Promise<number> {
   const dirProblem = stateDirProblem(config.stateDir);
   if (dirProblem !== undefined) process.stdout.write(`FAILED state-dir: ${dirProblem}: expected a directory mcmux can create and write\n`);
   const built = checkUpstreams(config);
-  const upstreams = built.filter((u): u is Upstream => !(u instanceof NotThereYet));
+  const upstreams = built.filter(isDriver);
   let bad = 0;
   for (const u of built) {
     if (u instanceof NotThereYet) {
       process.stdout.write(`ok     ${u.upstream}: ${u.message}\n`);
+      continue;
+    }
+    if (u instanceof CannotOpen) {
+      // A lock held elsewhere, a failing disk: the start would stop (exit 1); check goes on.
+      bad++;
+      process.stdout.write(`FAILED ${u.upstream}: ${maskUrl(u.message)}\n`);
       continue;
     }
     const limit = Math.max(1000, u.timeoutMs * 4);

@@ -194,6 +194,8 @@ export interface MysqlOptions {
   readonly maxItemSize: number;
   /** Requests waiting for a pooled connection or running, before new ones are refused (BUSY). */
   readonly maxQueue: number;
+  /** False for `mcmux check`: a missing table is left missing (UpstreamContext.create). Default true. */
+  readonly create?: boolean;
 }
 
 /**
@@ -1094,6 +1096,8 @@ export class MysqlUpstream implements Upstream {
         await c.query(this.sql.hasTable);
       } catch (err) {
         if ((err as DriverError).errno !== ER_NO_SUCH_TABLE) throw err;
+        // `mcmux check` makes nothing (review-h25 finding 7): the start makes it.
+        if (this.o.create === false) return;
         await c.query(this.sql.create);
       }
       this.tableReady = true;
@@ -1425,5 +1429,6 @@ export function createMysqlUpstream(url: URL, options: Map<string, string>, ctx:
     purgeBatch,
     maxItemSize: ctx.maxItemSize,
     maxQueue,
+    create: ctx.create,
   });
 }

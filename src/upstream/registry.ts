@@ -36,6 +36,24 @@ export class NotThereYet extends Error {
   }
 }
 
+/** A store `mcmux check` could not open for a cause not the config's (StoreUnavailableError: a lock held elsewhere, a failing disk). */
+export class CannotOpen extends Error {
+  constructor(
+    readonly upstream: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** What `mcmux check` builds for an upstream: its driver, or why there is none to probe. */
+export type Checked = Upstream | NotThereYet | CannotOpen;
+
+/** A driver `mcmux check` may probe (not NotThereYet or CannotOpen). */
+export function isDriver(u: Checked): u is Upstream {
+  return !(u instanceof Error);
+}
+
 export interface HostPort {
   readonly host: string;
   /** undefined when the URL gave none: the driver applies its default port. */
