@@ -782,6 +782,15 @@ export class ColdDetector {
   private inherit(u: HealthyUpstream, sights: readonly Sight[]): void {
     const id = sights.find((s) => s.fenceId !== 0)?.fenceId ?? 0;
     if (this.fenceLog === undefined || id === 0 || sights.some((s) => s.verdict === 'unknown' || (s.fenceId !== 0 && s.fenceId !== id))) return;
+    // Seen come back empty by this process since (its own look, or the repair's flush): what that
+    // fence learnt was written before, and is gone with the rest. Fuzz seed 1593 with
+    // MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1 (a server
+    // of the pool restarted empty, the marker of the process before found again on the other, its
+    // keys adopted again: add STORED of a key the pool had lost), and seed 4500 (this process's own
+    // `fenced until`, found after the repair's flush had forgotten writing it, taken for an earlier
+    // process's: replace NOT_STORED of an acknowledged session; fuzz-seed-4500.test.ts). Both
+    // helper-126's triage.
+    if (u.cameBackEmpty && !u.inheritedEmpty) return;
     for (const key of u.adoptFence(id, this.fenceLog.fenceKeys(u, id))) this.fenceLog.fenceLearnt(u, id, key);
     // That fence began when the store came back empty (journal.log): so it is known here too,
     // and since when, for the order in which fenced upstreams decide (fuzz seed 186930 with

@@ -1,0 +1,50 @@
+/**
+ * Seeds of the router fuzz (fuzz.test.ts) that failed once, replayed in the modes they failed in.
+ * The modes are read when fuzz.test.js loads, so each seed runs in a child `node --test` of its
+ * own. A seed's events follow the model as it is now: a change of the model may turn one into
+ * another run (it still must pass). Where a seed's cause could be reduced to a test driven by hand,
+ * that test is the regression test (named below); this file keeps the rest, and the seeds that
+ * led to them, cheaply (about a second each).
+ */
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+const FUZZ = join(__dirname, 'fuzz.test.js');
+const POOL_EJECT = { MCMUX_FUZZ_POOL: '1', MCMUX_FUZZ_POOL_EJECT: '1' };
+
+/** seed, modes, what failed. */
+const SEEDS: ReadonlyArray<readonly [number, Readonly<Record<string, string>>, string]> = [
+  [1593, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'add STORED of a key the pool had lost: an earlier process\'s fence keys adopted again after a server of the pool came back empty (ColdDetector.inherit)'],
+  [4500, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'replace NOT_STORED: this process\'s own `fenced until` marker taken for an earlier one\'s after the repair\'s flush (fuzz-seed-4500.test.ts)'],
+  [4369, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'incr NOT_FOUND: a fence named by one server of a pool not inherited (review-pool-inherit.test.ts)'],
+  [301916, { MCMUX_FUZZ_X: '0' }, 'an expired session served: a touch\'s deadline journaled though a copy had answered TOUCHED (review-h22.test.ts)'],
+  [300675, { ...POOL_EJECT }, 'an expired session served: a gat\'s touch of the other copies journaled with its deadline'],
+];
+
+function replay(seed: number, modes: Readonly<Record<string, string>>): Promise<{ code: number | null; out: string }> {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...modes, MCMUX_FUZZ_SEED: String(seed), MCMUX_FUZZ_SEEDS: '1' };
+  // Not a subtest of this run: a test process of its own.
+  delete env.NODE_TEST_CONTEXT;
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, ['--test', FUZZ], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, out }));
+  });
+}
+
+describe('fuzz seeds that failed once, replayed in their modes', () => {
+  for (const [seed, modes, what] of SEEDS) {
+    const how = Object.entries(modes).map(([k, v]) => `${k}=${v}`).join(' ');
+    it(`seed ${seed} with ${how} (was: ${what})`, { timeout: 120_000 }, async () => {
+      const { code, out } = await replay(seed, modes);
+      assert.match(out, /^# pass 1$/m, `the seed did not run as one passing test: ${out.slice(-3000)}`);
+      assert.equal(code, 0, out.slice(-3000));
+    });
+  }
+});
