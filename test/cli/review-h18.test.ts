@@ -34,46 +34,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
-import { type Connection, createConnection } from 'mysql2/promise';
+import type { Connection } from 'mysql2/promise';
 import { eventually, failsWithOneLine, rawClient, runMcmux, startMcmux, statsUpstreams } from '../helpers/mcmux';
 import { freePort, holdingServer, requireBinary } from '../helpers/servers';
-
-const SHARED_MYSQL = { host: '127.0.0.1', port: 3306, user: 'root', database: 'test' };
-
-const cleanups = new WeakMap<Connection, { drops: string[]; stops: Array<() => Promise<unknown>> }>();
-
-/** A root connection to the shared MariaDB, or undefined (the test is skipped) when there is none. */
-async function sharedMysql(t: TestContext): Promise<Connection | undefined> {
-  try {
-    const c = await createConnection({ ...SHARED_MYSQL, connectTimeout: 3000 });
-    // After the test: the mcmux processes (stopFirst), the users and tables (mysqlUser), the connection.
-    const drops: string[] = [];
-    const stops: Array<() => Promise<unknown>> = [];
-    cleanups.set(c, { drops, stops });
-    t.after(async () => {
-      // mcmux first: one still running would make its table again after the drop.
-      for (const stop of stops) await stop().catch(() => {});
-      for (const sql of drops) await c.query(sql).catch(() => {});
-      await c.end().catch(() => {});
-    });
-    return c;
-  } catch (error) {
-    t.skip(`no MariaDB at 127.0.0.1:3306 as root: ${String(error)}`);
-    return undefined;
-  }
-}
-
-/** Runs `stop` after the test, before the users and tables are dropped. */
-function stopFirst(root: Connection, stop: () => Promise<unknown>): void {
-  cleanups.get(root)?.stops.push(stop);
-}
+import { dropAfter, sharedMysql, stopFirst } from '../helpers/shared-mysql';
 
 /** A user of its own on the shared MariaDB (ALL on test.*), and its table name; both dropped after the test. */
 async function mysqlUser(root: Connection, password: string): Promise<{ user: string; table: string }> {
   const tag = randomBytes(4).toString('hex');
   const user = `h18_${tag}`;
   const table = `h18_${tag}`;
-  cleanups.get(root)?.drops.push(`DROP USER IF EXISTS '${user}'@'%'`, `DROP TABLE IF EXISTS test.${table}`);
+  dropAfter(root, `DROP USER IF EXISTS '${user}'@'%'`, `DROP TABLE IF EXISTS test.${table}`);
   await root.query(`CREATE USER '${user}'@'%' IDENTIFIED BY '${password}'`);
   await root.query(`GRANT ALL ON test.* TO '${user}'@'%'`);
   return { user, table };

@@ -43,12 +43,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
-import { type Connection, createConnection } from 'mysql2/promise';
 import { eventually, rawClient, runMcmux, startMcmux, statsUpstreams } from '../helpers/mcmux';
 import { freePort, requireBinary, startMemcached } from '../helpers/servers';
+import { dropAfter, sharedMysql, stopFirst } from '../helpers/shared-mysql';
 import { startRedis } from '../upstream/targets/redis';
 
-const SHARED_MYSQL = { host: '127.0.0.1', port: 3306, user: 'root', database: 'test' };
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'mcmux-h25-'));
@@ -69,24 +68,13 @@ function warnings(stdout: string): string[] {
 
 describe('an upstream that refuses every write (finding 1)', () => {
   it('a MySQL account with SELECT only (every INSERT refused, ER_TABLEACCESS_DENIED_ERROR 1142) is said: down, or a warning, not "healthy" in silence', { timeout: 60_000 }, async (t) => {
-    let root: Connection;
-    try {
-      root = await createConnection({ ...SHARED_MYSQL, connectTimeout: 3000 });
-    } catch (error) {
-      t.skip(`no MariaDB at 127.0.0.1:3306 as root: ${String(error)}`);
-      return;
-    }
+    const root = await sharedMysql(t);
+    if (root === undefined) return;
     const tag = randomBytes(4).toString('hex');
     const user = `h25_${tag}`;
     const table = `h25_${tag}`;
     const pw = `Pw${randomBytes(6).toString('hex')}`;
-    let mux: Awaited<ReturnType<typeof startMcmux>> | undefined;
-    t.after(async () => {
-      await mux?.stop();
-      await root.query(`DROP USER IF EXISTS '${user}'@'%'`).catch(() => {});
-      await root.query(`DROP TABLE IF EXISTS test.${table}`).catch(() => {});
-      await root.end().catch(() => {});
-    });
+    dropAfter(root, `DROP USER IF EXISTS '${user}'@'%'`, `DROP TABLE IF EXISTS test.${table}`);
     // The table as mcmux makes it (made by the DBA); the account may read it, not write it.
     await root.query(
       `CREATE TABLE test.${table} (\`key\` varbinary(250) NOT NULL, \`value\` longblob NOT NULL, \`flags\` int unsigned NOT NULL, \`cas\` bigint unsigned NOT NULL, \`exp\` bigint NOT NULL, PRIMARY KEY (\`key\`), KEY mcmux_exp (\`exp\`)) ENGINE=InnoDB`,
@@ -94,13 +82,14 @@ describe('an upstream that refuses every write (finding 1)', () => {
     await root.query(`CREATE USER '${user}'@'%' IDENTIFIED BY '${pw}'`);
     await root.query(`GRANT SELECT ON test.* TO '${user}'@'%'`);
     const url = `mysql://${user}:${pw}@127.0.0.1:3306/test?table=${table}`;
-    mux = await startMcmux(['--upstream', 'memory://', '--upstream', url]);
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', url]);
+    stopFirst(root, () => mux.stop());
     const c = await rawClient(mux.port);
     t.after(() => c.close());
     for (let i = 0; i < 6; i++) assert.equal(await c.ask(`set sess:${i} 0 0 1\r\nx\r\n`), 'STORED\r\n');
-    await eventually('the writes failed on MySQL', async () => Number((await statsUpstreams(mux!.port))['upstream.1.errors']) >= 6, 10_000);
-    const said = (): string[] => warnings(mux!.logs().stdout).filter((l) => l.includes(user) && /1142|TABLEACCESS|INSERT/.test(l));
-    await eventually('said: down, or a warning naming the refusal', async () => (await statsUpstreams(mux!.port))['upstream.1.state'] === 'down' || said().length > 0, 10_000).catch(() => undefined);
+    await eventually('the writes failed on MySQL', async () => Number((await statsUpstreams(mux.port))['upstream.1.errors']) >= 6, 10_000);
+    const said = (): string[] => warnings(mux.logs().stdout).filter((l) => l.includes(user) && /1142|TABLEACCESS|INSERT/.test(l));
+    await eventually('said: down, or a warning naming the refusal', async () => (await statsUpstreams(mux.port))['upstream.1.state'] === 'down' || said().length > 0, 10_000).catch(() => undefined);
     const state = (await statsUpstreams(mux.port))['upstream.1.state'];
     assert.ok(state === 'down' || said().length > 0, `every session written to memory only, MySQL "${state}" and no warning: ${warnings(mux.logs().stdout).join('\n')}`);
     assert.ok(said().length <= 1, `said once: ${said().join('\n')}`);
@@ -309,18 +298,10 @@ describe('a SIGHUP while mcmux stops (finding 6, 048dc28)', () => {
 
 describe('mcmux check makes nothing (finding 7, dd44698)', () => {
   it('a MySQL table not there yet is not made by check', { timeout: 30_000 }, async (t) => {
-    let root: Connection;
-    try {
-      root = await createConnection({ ...SHARED_MYSQL, connectTimeout: 3000 });
-    } catch (error) {
-      t.skip(`no MariaDB at 127.0.0.1:3306 as root: ${String(error)}`);
-      return;
-    }
+    const root = await sharedMysql(t);
+    if (root === undefined) return;
     const table = `h25_check_${randomBytes(4).toString('hex')}`;
-    t.after(async () => {
-      await root.query(`DROP TABLE IF EXISTS test.${table}`).catch(() => {});
-      await root.end().catch(() => {});
-    });
+    dropAfter(root, `DROP TABLE IF EXISTS test.${table}`);
     const dir = await tempDir(t);
     const r = await runMcmux(['check', '--upstream', `mysql://root@127.0.0.1:3306/test?table=${table}`, '--state-dir', join(dir, 'state')], { timeoutMs: 15_000 });
     assert.equal(r.code, 0, r.stdout + r.stderr);
