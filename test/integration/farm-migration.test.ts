@@ -38,6 +38,7 @@ import { type TestContext, test } from 'node:test';
 import type { Connection } from 'mysql2/promise';
 import { END, type McmuxProcess, type RawClient, eventually, killAndWait, peekItem, rawClient, startMcmux } from '../helpers/mcmux';
 import { type MemcachedProcess, requireBinary, startMemcached } from '../helpers/servers';
+import { requirePhpExtension } from '../helpers/php-session';
 import { type MariadbProcess, connectMysqlUrl, startMariadb } from '../upstream/targets/mysql';
 
 const ACTIVE = 150;
@@ -95,16 +96,6 @@ function sessionValue(sid: string, n: number): string {
   return `sid|s:${sid.length}:"${sid}";payload|s:32:"${payload}";n|i:${n};`;
 }
 
-async function requirePhpMemcached(t: TestContext): Promise<boolean> {
-  if (!requireBinary(t, 'php', 'php-cli php-memcached')) return false;
-  const modules = await new Promise<string>((resolve) => {
-    execFile('php', ['-m'], { timeout: PHP_TIMEOUT_MS }, (_err, stdout) => resolve(String(stdout)));
-  });
-  if (/^memcached$/m.test(modules)) return true;
-  if (process.env.MCMUX_REQUIRE_SERVERS === '1') throw new Error('php has no memcached extension and MCMUX_REQUIRE_SERVERS=1: apt-get install php-memcached');
-  t.skip('the php memcached extension is not loaded (apt-get install php-memcached)');
-  return false;
-}
 
 /**
  * Runs the script in `mode` over `ids` with php-memcached's session handler on `savePath`;
@@ -215,7 +206,7 @@ async function startFarmMcmux(undo: Array<() => unknown>, servers: readonly Memc
 test('a PHP farm sharding sessions over three memcached moves to mcmux (pool + MySQL), loses a server, gets it back', { timeout: 110_000 }, async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
   if (!requireBinary(t, 'mariadbd', 'mariadb-server')) return;
-  if (!(await requirePhpMemcached(t))) return;
+  if (!requireBinary(t, 'php', 'php-cli php-memcached') || !(await requirePhpExtension(t, 'memcached', PHP_TIMEOUT_MS))) return;
 
   const undo = cleanupStack(t);
   const dir = await mkdtemp(join(tmpdir(), 'mcmux-farm-'));

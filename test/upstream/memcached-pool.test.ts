@@ -21,6 +21,7 @@ import { createUpstream } from '../../src/upstream/registry';
 import type { Upstream } from '../../src/upstream/upstream';
 import { startMcmux } from '../helpers/mcmux';
 import { type MemcachedProcess, requireBinary, startMemcacheds } from '../helpers/servers';
+import { requirePhpExtension } from '../helpers/php-session';
 import { connectWire } from '../helpers/wire';
 
 const ctx = { defaultTimeoutMs: 2000, maxItemSize: 1024 * 1024 };
@@ -57,16 +58,6 @@ for ($i = 0; $i < (int)$n; $i++) {
 echo "$found $blocked\\n";
 `;
 
-async function requirePhpMemcached(t: TestContext): Promise<boolean> {
-  if (!requireBinary(t, 'php', 'php-cli php-memcached')) return false;
-  const modules = await new Promise<string>((resolve) => {
-    execFile('php', ['-m'], { timeout: PHP_TIMEOUT_MS }, (_err, stdout) => resolve(String(stdout)));
-  });
-  if (/^memcached$/m.test(modules)) return true;
-  if (process.env.MCMUX_REQUIRE_SERVERS === '1') throw new Error('php has no memcached extension and MCMUX_REQUIRE_SERVERS=1: apt-get install php-memcached');
-  t.skip('the php memcached extension is not loaded (apt-get install php-memcached)');
-  return false;
-}
 
 /** Runs `script` with PHP's memcached session handler on the servers at `ports`. */
 function runPhp(script: string, ports: readonly number[], args: string[], ini: string[] = []): Promise<string> {
@@ -167,7 +158,7 @@ const sids = (prefix: string, n: number): string[] => Array.from({ length: n }, 
 
 test('PHP sessions sharded by php-memcached are found by the pool, and the reverse', async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached')) return;
-  if (!(await requirePhpMemcached(t))) return;
+  if (!requireBinary(t, 'php', 'php-cli php-memcached') || !(await requirePhpExtension(t, 'memcached', PHP_TIMEOUT_MS))) return;
   const dir = await mkdtemp(join(tmpdir(), 'mcmux-pool-php-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const writer = join(dir, 'write.php');

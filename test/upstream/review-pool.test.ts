@@ -16,6 +16,7 @@ import { inProcessMcmux } from '../helpers/in-process';
 import { eventually } from '../helpers/poll';
 import { poolOf, poolUrl, stateDir } from '../helpers/pool-app';
 import { type MemcachedProcess, requireBinary, startMemcacheds } from '../helpers/servers';
+import { requirePhpExtension } from '../helpers/php-session';
 import { type Wire, connectWire } from '../helpers/wire';
 
 /** SIGKILL, resolving once the process has exited (its port then refuses connections). */
@@ -335,10 +336,7 @@ function php(script: string, args: string[]): Promise<string> {
 // pool, php-memcached (OPT_LIBKETAMA_COMPATIBLE, the same weights) finds on the server it reads.
 test('holds: libketama with weights: keys written through the pool are where php-memcached reads them', { timeout: 60_000 }, async (t) => {
   if (!requireBinary(t, 'memcached', 'memcached') || !requireBinary(t, 'php', 'php-cli php-memcached')) return;
-  if (!/^memcached$/m.test(await php('foreach (get_loaded_extensions() as $e) echo $e, "\\n";', []))) {
-    t.skip('the php memcached extension is not loaded (apt-get install php-memcached)');
-    return;
-  }
+  if (!(await requirePhpExtension(t, 'memcached', 60_000))) return;
   const servers = await startMemcacheds(t, 3);
   const weights = [3, 1, 2];
   const app = await inProcessMcmux({ 'state-dir': stateDir(t, 'mcmux-review-pool-') }, [poolUrl(servers, `?distribution=libketama&weights=${weights.join(',')}`)]);
