@@ -62,7 +62,7 @@ test('systemd/mcmux.service has the directives it promises', async () => {
     ProtectHome: 'yes',
     NoNewPrivileges: 'yes',
     PrivateTmp: 'yes',
-    RestrictAddressFamilies: 'AF_INET AF_INET6 AF_UNIX',
+    RestrictAddressFamilies: 'AF_INET AF_INET6 AF_UNIX AF_NETLINK',
     LimitNOFILE: '65536',
   };
   for (const [key, value] of Object.entries(expected)) {
