@@ -14,7 +14,7 @@ import { type RouterContext, errorMessage, refusedTooLarge, serverError, tooLarg
 import { authorityOrder as candidates } from './authority-order';
 import { failoverRead } from './failover-read';
 import { isFenced, noteWritten } from './health';
-import { authorityAlone, emptiedFor, lackedWhereEmptied, replicateSet, sendKeyed } from './replicate-write';
+import { authorityAlone, emptiedFor, has, lackedWhereEmptied, replicateSet, sendKeyed } from './replicate-write';
 
 /**
  * Runs `op` on the authority for `key`: the first upstream that is usable, clean for the key
@@ -45,12 +45,12 @@ async function decide<R>(
   const tried: Upstream[] = [];
   // A cache the repair's flush emptied that does not know the key, as the command goes out.
   const emptied = emptiedFor(ctx, key);
-  const failed = (error: unknown): { error: unknown } => {
+  const failed = async (error: unknown): Promise<{ error: unknown }> => {
     if (tried.length > 0) {
       const at = seq ?? ctx.journal.nextWriteSeq() - 1;
       for (const u of ctx.upstreams) if (!tried.includes(u)) ctx.journal.notSent(u, key, at);
       // ...is no copy of its state.
-      lackedWhereEmptied(ctx, key, at, emptied, (u) => tried.includes(u));
+      await lackedWhereEmptied(ctx, key, at, emptied, (u) => tried.includes(u));
     }
     return { error };
   };
@@ -89,15 +89,6 @@ async function decide<R>(
     return failed(new Error(`${errorMessage(lastError)}; ${names} came back empty and may not decide until its lock-fence ends`));
   }
   return failed(lastError);
-}
-
-/** Whether `u` has an item for `key` (undefined when it cannot tell: the command goes on as before). */
-async function has(u: Upstream, key: string): Promise<boolean | undefined> {
-  try {
-    return (await u.get([key], undefined, true))[0] !== undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /**

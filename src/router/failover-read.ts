@@ -266,7 +266,15 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
           for (const k of failedKeys) gatFailed(ctx, cmd, u, k, error);
           // A cache the repair's flush emptied that does not know the key is no copy of its state
           // (review-h16 finding 2).
-          for (const k of failedKeys) lackedWhereEmptied(ctx, k, ctx.journal.nextWriteSeq() - 1, emptiedAt?.[keys.indexOf(k)]);
+          for (const k of failedKeys) {
+            const asking = lackedWhereEmptied(ctx, k, ctx.journal.nextWriteSeq() - 1, emptiedAt?.[keys.indexOf(k)]);
+            // A cache past its fence's learnt keys is asked first: the gat's write of the key lasts
+            // until it has answered (no repair of the key meanwhile, from that cache's miss).
+            if (asking !== undefined) {
+              gat?.sent();
+              void asking.finally(() => gat?.answered());
+            }
+          }
         }
         gat?.answered();
         if (partial === undefined) return { ok: false, error };
