@@ -99,13 +99,14 @@ export interface DirtyEntry {
    */
   readonly own?: true;
   /**
-   * The entry is of a touch (or gat) alone, failed here in a way that may have applied it: the
-   * copy missed nothing but the item's new deadline, this one (0: none). Where no other copy
-   * holds the item, the repair reads this one's: if it does not carry that deadline the touch
-   * never took effect, and the item is the copy's as it was, not an expired one the touch kept
-   * alive (review-h22 finding 3). In memory only: loaded from journal.log, an entry is a write.
+   * The entry is of touches (or gats) alone, failed here in a way that may have applied them: the
+   * copy missed nothing but the item's new deadline, one of these (0: none; at most TOUCHES_KEPT).
+   * Where no other copy holds the item, the repair reads this one's: if it carries none of them
+   * the touches never took effect, and the item is the copy's as it was, not an expired one a
+   * touch kept alive (review-h22 finding 3). In memory only: loaded from journal.log, an entry is
+   * a write.
    */
-  readonly touched?: number;
+  readonly touched?: readonly number[];
 }
 
 /** A read waiting for the copies of a key on their way to an upstream (whenSettled). */
@@ -134,13 +135,14 @@ interface PerUpstream {
    */
   pendingFrom?: Map<string, number>;
   /**
-   * Keys with more than one such write on their way, each as [its sequence, its acknowledgement's]:
-   * as the earlier ones land, `pendingFrom` becomes the oldest acknowledgement of those left.
+   * Keys with more than one such write on their way, each as [its sequence, its acknowledgement's,
+   * whether it removes the item]: as the earlier ones land, `pendingFrom` becomes the oldest
+   * acknowledgement of those left.
    */
-  onWay?: Map<string, Array<[number, number]>>;
+  onWay?: Map<string, Array<[number, number, boolean]>>;
   /** Reads waiting for the writes of a key acknowledged before they began to land here (whenSettled). */
   waiters?: Map<string, Waiter[]>;
-  /** Pending keys whose latest write on its way here removes the item (a delete, or a set or touch whose deadline has passed): no read waits for it. */
+  /** Pending keys whose latest write on its way here removes the item (a delete, or a set or touch whose deadline has passed; onWay tells it per write). */
   pendingRemoves?: Set<string>;
   /** Set on overflow: the upstream is not trusted for reads until cleared. */
   overflow: Overflow | undefined;
@@ -303,6 +305,9 @@ export function touchedTo(deadline: number, now = Date.now()): number | undefine
   return isExpired(deadline, now) ? undefined : deadline;
 }
 
+/** The most touch deadlines an entry keeps (DirtyEntry.touched); a miss of one more is a plain missed write. */
+const TOUCHES_KEPT = 8;
+
 /** The entry without the deadline of a touch it stood for alone (DirtyEntry.touched). */
 function untouched(e: DirtyEntry | undefined): DirtyEntry | undefined {
   if (e?.touched === undefined) return e;
@@ -402,6 +407,8 @@ export class RepairJournal {
     const p = this.of(u);
     p.pending ??= new Map();
     p.pendingFrom ??= new Map();
+    // Whether the one write on its way so far (if any) removes the item, for onWay below.
+    const lastRemoves = p.pendingRemoves?.has(key) === true;
     if (seq >= (p.pending.get(key) ?? 0)) {
       if (removes) (p.pendingRemoves ??= new Set()).add(key);
       else p.pendingRemoves?.delete(key);
@@ -422,10 +429,10 @@ export class RepairJournal {
     const ways = (p.onWay ??= new Map());
     let q = ways.get(key);
     if (q === undefined) {
-      q = [[last, p.pendingFrom.get(key) ?? acked]];
+      q = [[last, p.pendingFrom.get(key) ?? acked, lastRemoves]];
       ways.set(key, q);
     }
-    q.push([seq, acked]);
+    q.push([seq, acked, removes]);
     if (last < seq) p.pending.set(key, seq);
   }
 
@@ -479,13 +486,27 @@ export class RepairJournal {
    * Resolves once `u` has answered the writes of `key` on their way there that were acknowledged
    * before the read `readSeq` began (those that keep it off `u`: isDirty), not the ones after:
    * a set received while the read waits does not hold it (review-h22 finding 2). Undefined when
-   * there are none, or when the latest write on its way removes the item: it can only make `u`
-   * miss the key too (a get right after an acknowledged delete, waiting for the delete's copy to
-   * a slow store: review-h22 finding 1).
+   * there are none, or when the latest of those removes the item: it can only make `u` miss the
+   * key too (a get right after an acknowledged delete, waiting for the delete's copy to a slow
+   * store: review-h22 finding 1).
    */
   whenSettled(u: Upstream, key: string, readSeq: number): Promise<void> | undefined {
     const p = this.byName.get(idOf(u));
-    if (p?.pending?.has(key) !== true || (p.pendingFrom?.get(key) ?? 0) > readSeq || p.pendingRemoves?.has(key) === true) return undefined;
+    if (p?.pending?.has(key) !== true || (p.pendingFrom?.get(key) ?? 0) > readSeq) return undefined;
+    // The latest of the writes the read waits for: one that removes the item can only make `u`
+    // miss too, whatever was acknowledged after the read began (review-h28 finding 4).
+    const q = p.onWay?.get(key);
+    let removes = p.pendingRemoves?.has(key) === true;
+    if (q !== undefined) {
+      let latest = -1;
+      for (const w of q) {
+        if (w[1] <= readSeq && w[0] > latest) {
+          latest = w[0];
+          removes = w[2];
+        }
+      }
+    }
+    if (removes) return undefined;
     const waiters = (p.waiters ??= new Map());
     return new Promise((resolve) => {
       const w: Waiter = { readSeq, wake: resolve };
@@ -703,7 +724,10 @@ export class RepairJournal {
   lateSettled(u: Upstream, key: string): void {
     const p = this.byName.get(idOf(u));
     const e = p?.keys.get(key);
-    if (p !== undefined && e !== undefined && e.late !== 0) this.setKey(p, key, { op: e.op, since: e.since, seq: e.seq, firstSeq: e.firstSeq, late: 0 });
+    // The touch deadlines stay: the repair, now that the touches cannot land any more, reads the
+    // copy to tell whether they took effect (review-h28 finding 1: a touch that timed out on the
+    // store lost them here, and the session was deleted there).
+    if (p !== undefined && e !== undefined && e.late !== 0) this.setKey(p, key, { op: e.op, since: e.since, seq: e.seq, firstSeq: e.firstSeq, late: 0, ...(e.touched === undefined ? {} : { touched: e.touched }) });
   }
 
   entry(u: Upstream, key: string): DirtyEntry | undefined {
@@ -1148,10 +1172,13 @@ export class RepairJournal {
       return;
     }
     // The first miss is what dates the copy; later misses of the same key do not refresh it.
-    // A touch's deadline stands for a miss of that touch alone: any other miss ends it.
-    const e = untouched(p.keys.get(key));
+    // Touch deadlines stand for misses of those touches alone: any other miss ends them, another
+    // touch's adds its own (two requests of a session, each touch failing: review-h28 finding 3).
+    const prev = p.keys.get(key);
+    const dates = touched === undefined ? undefined : prev === undefined ? [touched] : prev.touched !== undefined && prev.touched.length < TOUCHES_KEPT ? [...prev.touched, touched] : undefined;
+    const e = untouched(prev);
     const at = late ? monotonicMs() : 0;
-    if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at, ...own(late), ...(touched === undefined ? undefined : { touched }) });
+    if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at, ...own(late) });
     // One that held the newest write (HOLDS) is dated by this miss, its first.
     else if (e.firstSeq === HOLDS && late && seq <= e.seq) {
       // An older request of the key timed out there, after the newest write reached it: it may
@@ -1166,6 +1193,10 @@ export class RepairJournal {
       const newest = late || seq >= e.seq ? op : e.op;
       this.put(u, p, key, { op: newest, since: e.since, seq: Math.max(e.seq, seq), firstSeq: e.firstSeq === HOLDS && seq > e.seq ? seq : e.firstSeq, late: late ? at : e.late, ...own(late || e.own === true) });
     } else this.put(u, p, key, e); // unchanged, but on file again (as before)
+    if (dates !== undefined) {
+      const now = p.keys.get(key);
+      if (now !== undefined) this.setKey(p, key, { ...now, touched: dates });
+    }
   }
 
   /**

@@ -20,6 +20,7 @@ const SEEDS: ReadonlyArray<readonly [number, Readonly<Record<string, string>>, s
   [1593, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'add STORED of a key the pool had lost: an earlier process\'s fence keys adopted again after a server of the pool came back empty (ColdDetector.inherit)'],
   [4500, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'replace NOT_STORED: this process\'s own `fenced until` marker taken for an earlier one\'s after the repair\'s flush (fuzz-seed-4500.test.ts)'],
   [4369, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'incr NOT_FOUND: a fence named by one server of a pool not inherited (review-pool-inherit.test.ts)'],
+  [301238, { MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_POOL: '1', MCMUX_FUZZ_POOL_EJECT: '0.5' }, 'a cache the repair flushed, past journal-max-keys learnt keys, journaled as lacking the only copy of an acknowledged add (fuzz-seed-301238.test.ts)'],
   [301916, { MCMUX_FUZZ_X: '0' }, 'an expired session served: a touch\'s deadline journaled though a copy had answered TOUCHED (review-h22.test.ts)'],
   [300675, { ...POOL_EJECT }, 'an expired session served: a gat\'s touch of the other copies journaled with its deadline'],
 ];
