@@ -21,6 +21,7 @@ const HEALTH = { downAfter: 100, probeMinMs: 10, probeMaxMs: 10 };
 export interface ProcOptions {
   /** journal.log's directory (loaded at once); none keeps the journal in memory. */
   readonly dir?: string;
+  /** journal-max-keys; as app.ts, also the keys a fenced upstream remembers as written since (fenceKeysMax). */
   readonly maxKeys?: number;
   readonly writeWait?: 'all' | 'copies';
   /** lock-fence, ms (default 60 000). */
@@ -29,7 +30,8 @@ export interface ProcOptions {
 
 /** One mcmux process over `fakes`: a repairer and a client flush_all wired as app.ts wires them. */
 export function proc(fakes: readonly FakeUpstream[], o: ProcOptions = {}) {
-  const ups = fakes.map((f) => new HealthyUpstream(f, HEALTH, () => {}));
+  const health = o.maxKeys === undefined ? HEALTH : { ...HEALTH, fenceKeysMax: o.maxKeys };
+  const ups = fakes.map((f) => new HealthyUpstream(f, health, () => {}));
   const journal = new RepairJournal({ maxKeys: o.maxKeys ?? 1000, dir: o.dir, fsync: 'no' });
   if (o.dir !== undefined) journal.load(ups);
   for (const u of ups) u.resumeUniques(journal.uniquesEpochOf(u));

@@ -26,19 +26,12 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
-import { ColdDetector } from '../../src/router/cold-detector';
 import { HealthyUpstream, knowsKey, repairEmptied } from '../../src/router/health';
-import { RepairJournal } from '../../src/router/journal';
-import { Repairer } from '../../src/router/repair';
-import { Router } from '../../src/router/router';
-import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
+import { FakeUpstream, settle } from '../helpers/fake-upstream';
+import { proc } from '../helpers/flushed-cache';
 
-const silent = pino({ level: 'silent' });
 const MAX_KEYS = 2;
-/** As app.ts: the health options carry journal-max-keys as fenceKeysMax. */
-const HEALTH = { downAfter: 100, probeMinMs: 10, probeMaxMs: 10, fenceKeysMax: MAX_KEYS };
 
 const setCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
 const addCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
@@ -47,29 +40,6 @@ const getCmd = (key: string): Command => ({ kind: 'get', keys: [key], withCas: f
 const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
 const valueOf = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `(${status(r)})`);
 
-/** One mcmux process over `fakes`, wired as app.ts wires it (helpers/flushed-cache.ts proc, with fenceKeysMax). */
-function proc(fakes: readonly FakeUpstream[]) {
-  const ups = fakes.map((f) => new HealthyUpstream(f, HEALTH, () => {}));
-  const journal = new RepairJournal({ maxKeys: MAX_KEYS, dir: undefined, fsync: 'no' });
-  let detector: ColdDetector | undefined;
-  const router = new Router(
-    { upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: true, onFlushed: (u) => detector?.forget(u as HealthyUpstream) },
-    noStats,
-    () => {},
-  );
-  detector = new ColdDetector(() => ups, 60_000, silent, journal);
-  const repairer = new Repairer(() => router.context, { rate: 10_000, flushCaches: true, lateSettleMs: 0 }, silent);
-  repairer.onFlush = (u) => detector?.knownEmpty(u as HealthyUpstream);
-  repairer.onFlushed = (u) => detector?.flushed(u as HealthyUpstream);
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const stop = async (): Promise<void> => {
-    detector?.stop();
-    journal.close();
-    await Promise.all(ups.map((u) => u.close()));
-  };
-  return { ups, journal, router, detector: detector as ColdDetector, repairer, exec, stop };
-}
-
 /**
  * [a: memcached, b: memcached], sess = cart on both; a overflowed and flushed by the repair
  * (fenced as come back empty, lock-fence 60 s), then taught x1 and x2: it stopped learning.
@@ -77,7 +47,7 @@ function proc(fakes: readonly FakeUpstream[]) {
 async function stoppedLearning() {
   const fa = new FakeUpstream('memcached://a:11211', 'memcached');
   const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-  const s = proc([fa, fb]);
+  const s = proc([fa, fb], { maxKeys: MAX_KEYS });
   const [a, b] = s.ups as [HealthyUpstream, HealthyUpstream];
   await s.detector.checkAll();
 
