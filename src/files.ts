@@ -61,7 +61,13 @@ export function makeStateDir(dir: string): void {
 export function stateDirProblem(dir: string): string | undefined {
   let path = resolve(dir);
   for (;;) {
-    const st = statSync(path, { throwIfNoEntry: false });
+    let st;
+    try {
+      st = statSync(path, { throwIfNoEntry: false });
+    } catch (error) {
+      // ENOTDIR: a file further up the path (the nearest existing part says so); EACCES: unsearchable.
+      if ((error as NodeJS.ErrnoException).code !== 'ENOTDIR') return `${path} cannot be looked at (${(error as NodeJS.ErrnoException).code ?? String(error)})`;
+    }
     if (st !== undefined) {
       if (!st.isDirectory()) return `${path} is not a directory`;
       try {

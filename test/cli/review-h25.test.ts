@@ -123,6 +123,10 @@ describe('a state-dir mcmux cannot make (finding 2)', () => {
     assert.notEqual(r.code, 0, `mcmux check: ${r.stdout}`);
     assert.match(r.stdout, /^state-dir [^\n]*not-a-dir\nFAILED state-dir: [^\n]*not-a-dir is not a directory/, r.stdout);
     assert.doesNotMatch(r.stdout, /config ok/);
+    // Under the file: the same (the file is the nearest part of the path there), not a crash.
+    const under = await runMcmux(['check', '--listen', '127.0.0.1:0', '--upstream', 'memory://', '--state-dir', join(file, 'state')], { timeoutMs: 10_000 });
+    assert.equal(under.code, 1, under.stdout + under.stderr);
+    assert.match(under.stdout, /\nFAILED state-dir: [^\n]*not-a-dir is not a directory/, under.stdout);
     // A state-dir not there yet, under a directory mcmux may write in: ok, and not made by check.
     const fresh = join(dir, 'a', 'b');
     const ok = await runMcmux(['check', '--listen', '127.0.0.1:0', '--upstream', 'memory://', '--state-dir', fresh], { timeoutMs: 10_000 });
