@@ -3,8 +3,11 @@
  * 017d832 (the own-address check), 0df4ccb, 1ef02dd, e1cded9, b04064a, 667447c (MySQL set-up
  * refusals), 9e5a038 and dd44698 (config errors name the file; `mcmux check`).
  *
- * Tests marked todo are findings: they assert what an operator expects and fail on the code as it
- * is (run them with --test-only or by removing `todo` to see them fail). The others are guards.
+ * Each test is a finding: it asserted what an operator expects and failed on that code (as a todo
+ * test). All fixed since: 5 in 357af42 (and 1bff9b4: the unit lets AF_NETLINK in), 6 and 4 in
+ * f0ab62e, 2 in 5cb4934 and e9422af (the check half: the start's exit 1 for it was kept, a failed
+ * start rather than a malformed value, and its test dropped), 1 in 396508f (a warning), 3 in
+ * 91b9cde, 7 and 8 in 6902e16.
  *
  * Findings:
  *   1 an upstream that refuses every write stays "healthy" with nothing logged above debug and
