@@ -22,6 +22,7 @@ const SEEDS: ReadonlyArray<readonly [number, Readonly<Record<string, string>>, s
   [4369, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'incr NOT_FOUND: a fence named by one server of a pool not inherited (review-pool-inherit.test.ts)'],
   [301238, { MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_POOL: '1', MCMUX_FUZZ_POOL_EJECT: '0.5' }, 'a cache the repair flushed, past journal-max-keys learnt keys, journaled as lacking the only copy of an acknowledged add (fuzz-seed-301238.test.ts)'],
   [301916, { MCMUX_FUZZ_X: '0' }, 'an expired session served: a touch\'s deadline journaled though a copy had answered TOUCHED (review-h22.test.ts)'],
+  [303476, { ...POOL_EJECT, MCMUX_FUZZ_RESTART: '1', MCMUX_FUZZ_FENCE_END: '1' }, 'decr NOT_FOUND after an acknowledged touch: the model\'s (the touch\'s only copy on a pool server the ring moved the key away from); no touch or gat while a server is out of the ring'],
   [300675, { ...POOL_EJECT }, 'an expired session served: a gat\'s touch of the other copies journaled with its deadline'],
 ];
 
