@@ -10,7 +10,8 @@ import { monotonicMs } from '../clock';
 import type { Hit } from '../command/command';
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { mayLandLate } from '../errors';
+import { ErrorCodes, McmuxError, mayLandLate } from '../errors';
+import { maskUrl } from '../upstream/upstream';
 import { HealthyUpstream, cameBackAt, isFenced, isUsable, knowsKey, membersOf, noteWritten, outOfRing } from './health';
 import { type DirtyEntry, type Overflow, type RepairJournal, idOf } from './journal';
 
@@ -49,6 +50,19 @@ const SCAN_FACTOR = 4;
 const TOUCH_SLACK_MS = 3000;
 
 /**
+ * A key the upstream refused (an error of its own: an item over memcached's `-I`, a packet over
+ * MySQL's max_allowed_packet, a Redis at maxmemory, an account without write permission) is
+ * copied there again only after this pause (ms), doubled at each refusal up to REFUSED_MAX_MS:
+ * each copy reads the whole item from the source and sends it, and at every tick that was ten
+ * times a second for as long as the item lived. The key stays dirty there meanwhile (reads pass
+ * over that copy); a client write of the key begins a new entry, copied at once.
+ */
+const REFUSED_FIRST_MS = 1000;
+const REFUSED_MAX_MS = 60_000;
+/** An upstream's refusals are said at warn at most this often (ms). */
+const REFUSED_SAID_MS = 60_000;
+
+/**
  * Why an upstream is not trusted for reads (journal.overflowed), as the repair's lines say it: the
  * journal does not keep which cause it was (the line that distrusted it said so).
  */
@@ -60,6 +74,14 @@ export class Repairer {
   /** An overflowed cache is being flushed (see retrust). */
   private flushing = false;
   private readonly progress = new Map<string, { total: number; done: number; since: number; lastLog: number }>();
+  /**
+   * The entries whose last copy the upstream refused: how many times in a row, and until when
+   * (monotonic ms) the repair leaves them be (REFUSED_FIRST_MS). By the entry: one a client
+   * write replaced, or cleared, is forgotten with it.
+   */
+  private readonly refused = new WeakMap<DirtyEntry, { count: number; until: number }>();
+  /** When each upstream's refusals were last said (monotonic ms; REFUSED_SAID_MS). */
+  private readonly refusedSaid = new WeakMap<Upstream, number>();
   /** Per upstream: the repair budget carried over from the ticks before (thousandths of a key). */
   private readonly credit = new Map<string, number>();
   repaired = 0;
@@ -140,7 +162,7 @@ export class Repairer {
     const now = monotonicMs();
     const settling: string[] = [];
     for (const [key, e] of journal.entries(u)) {
-      if (this.settling(u, e, now)) settling.push(key);
+      if (this.settling(u, e, now) || (this.refused.get(e)?.until ?? 0) > now) settling.push(key);
       else {
         journal.lateSettled(u, key);
         batch.push([key, e.op]);
@@ -298,6 +320,7 @@ export class Repairer {
       // key is copied again once settled. As 'write' (copy the current state), not `op`: a client
       // set may have reached the upstream since, and replaying an old delete would drop it.
       if (mayLandLate(error)) journal.mark(u, key, 'write', 0, true);
+      else if (error instanceof McmuxError && error.origin === ErrorCodes.UPSTREAM_REFUSED) this.pause(u, journal.entry(u, key), error);
       this.repairFailures++;
       this.log.debug({ upstream: u.name, err: error instanceof Error ? error.message : String(error) }, 'repair of a key failed');
       return false;
@@ -305,6 +328,22 @@ export class Repairer {
       journal.repairing.delete(rk);
       journal.backgroundFinished();
     }
+  }
+
+  /** `u` refused the copy of the entry `e`: it is left be for a while (REFUSED_FIRST_MS), and the refusal said. */
+  private pause(u: Upstream, e: DirtyEntry | undefined, error: McmuxError): void {
+    if (e === undefined) return;
+    const now = monotonicMs();
+    const count = (this.refused.get(e)?.count ?? 0) + 1;
+    this.refused.set(e, { count, until: now + Math.min(REFUSED_FIRST_MS * 2 ** (count - 1), REFUSED_MAX_MS) });
+    const said = this.refusedSaid.get(u);
+    if (said !== undefined && now - said < REFUSED_SAID_MS) return;
+    this.refusedSaid.set(u, now);
+    // Not the key: a session id is a credential.
+    this.log.warn(
+      { upstream: u.name, err: maskUrl(error.message) },
+      'repair: the upstream refused the copy of a key (an error of its own: an item over its size limit, out of memory, no write permission); the key stays dirty there, and is tried again after a pause that grows to 60 s (said at most once a minute)',
+    );
   }
 
   /**
