@@ -563,6 +563,7 @@ export class ColdDetector {
     u.emptyUntil = Math.max(u.emptyUntil, end);
     // Seen empty: it holds nothing but what is written to it from now on, whatever it inherited.
     u.inheritedEmpty = false;
+    this.fenceLog?.fencesVoided(u, u.fenceId);
   }
 
   /**
@@ -782,6 +783,9 @@ export class ColdDetector {
   private inherit(u: HealthyUpstream, sights: readonly Sight[]): void {
     const id = sights.find((s) => s.fenceId !== 0)?.fenceId ?? 0;
     if (this.fenceLog === undefined || id === 0 || sights.some((s) => s.verdict === 'unknown' || (s.fenceId !== 0 && s.fenceId !== id))) return;
+    // A fence from before the store was seen empty, named by a marker write that timed out then
+    // and landed after (review-h30 findings 2 and 3): what it learnt is gone (fencesVoided).
+    if (this.fenceLog.fenceVoid(u, id)) return;
     // Seen come back empty by this process since (its own look, or the repair's flush): what that
     // fence learnt was written before, and is gone with the rest. Fuzz seed 1593 with
     // MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1 (a server

@@ -640,6 +640,10 @@ export interface FenceLog {
   emptiedUntil(u: Upstream, id: number): number;
   /** Whether fenceEmptied kept, for `u`'s fence `id`, that the repair's flush emptied it. */
   emptiedByRepair(u: Upstream, id: number): boolean;
+  /** `u` was seen empty, under its new fence `keep`: every earlier fence of it is void (fenceVoid), what it learnt gone. */
+  fencesVoided(u: Upstream, keep: number): void;
+  /** Whether `u`'s fence `id` was voided (fencesVoided), by this process or one before it. */
+  fenceVoid(u: Upstream, id: number): boolean;
   uniquesVoided(u: Upstream, epoch: number): void;
   /**
    * `u` holds older data than mcmux wrote there, or its keys moved (a pool's ring): trusted for no

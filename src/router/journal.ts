@@ -167,6 +167,11 @@ interface PerUpstream {
    * empty under each (the last FENCE_IDS ids, oldest first). See fenceEmptied.
    */
   emptied?: Map<number, Emptied>;
+  /**
+   * Fence ids of the upstream voided since (fencesVoided: it was seen empty after them), the last
+   * VOID_IDS: a marker naming one, found late, is inherited by no process (fenceVoid).
+   */
+  voided?: number[];
   /** How often its uniques were voided (HealthyUpstream.uniquesEpoch), as the last process left it. */
   uniquesEpoch?: number;
   /** The history the server at its address last named (serverIdSeen): a Redis replication id and run_id (an older version: the replication id alone). */
@@ -263,6 +268,11 @@ const LEAST_FRESH = 0.5;
  * began before the marker was read: an upstream down as mcmux started).
  */
 const FENCE_IDS = 2;
+/**
+ * How many voided fence ids each store keeps (PerUpstream.voided): a marker write that timed out
+ * lands within its timeout, so only the fences of the last moments before an emptying matter.
+ */
+const VOID_IDS = 8;
 /** A marker acknowledged again goes on file only when it lives this much longer than the one there (markerAcked). */
 const MARKER_NOTE_MS = 3600_000;
 /** Entries pruneWrites looks at per call. */
@@ -594,6 +604,35 @@ export class RepairJournal {
   /** What fenceEmptied kept for `u`'s fence `id` (epoch ms; 0: none), by this process or one before it. */
   emptiedUntil(u: Upstream, id: number): number {
     return this.byName.get(idOf(u))?.emptied?.get(id)?.until ?? 0;
+  }
+
+  /**
+   * `u` was seen empty (a marker found gone, the repair's flush, a ring move, another server at
+   * its address) and fenced anew under `keep`: the keys its earlier fences learnt are gone from
+   * it (the process forgot them: HealthyUpstream.emptied). On file as `Z <store> <id>` for each,
+   * so that no process inherits one of them from a marker that names it, a write of that marker
+   * which timed out before the emptying and landed after it (review-h30 findings 2 and 3: the
+   * cache the repair flushed knew a lock it had lost, and decided its add).
+   */
+  fencesVoided(u: Upstream, keep: number): void {
+    const p = this.of(u);
+    const ids = new Set([...(p.fenced?.keys() ?? []), ...(p.emptied?.keys() ?? [])]);
+    ids.delete(keep);
+    for (const id of ids) if (this.voidFence(p, id)) this.append(`Z ${hex(idOf(u))} ${id}`);
+  }
+
+  private voidFence(p: PerUpstream, id: number): boolean {
+    p.fenced?.delete(id);
+    p.emptied?.delete(id);
+    const voided = (p.voided ??= []);
+    if (voided.includes(id)) return false;
+    voided.push(id);
+    if (voided.length > VOID_IDS) voided.shift();
+    return true;
+  }
+
+  fenceVoid(u: Upstream, id: number): boolean {
+    return this.byName.get(idOf(u))?.voided?.includes(id) === true;
   }
 
   /** Whether fenceEmptied kept, for `u`'s fence `id`, that the repair's flush emptied it. */
@@ -1908,6 +1947,8 @@ export class RepairJournal {
       } else if (f[0] === 'J' && f[2] !== undefined) {
         if (f[2] === '1') this.ringsBroken.add(name);
         else this.ringsBroken.delete(name);
+      } else if (f[0] === 'Z' && f[2] !== undefined) {
+        this.voidFence(p, Number(f[2]));
       } else if (f[0] === 'B' && f[3] !== undefined) {
         this.setEmptied(p, Number(f[2]), { until: Number(f[3]) || 0, repair: f[4] === 'r' });
       } else if (f[0] === 'T') {
@@ -1944,6 +1985,7 @@ export class RepairJournal {
         for (const [key, k] of p.overflow.known) if (k.holds || k.maybe) out.push(`${k.holds ? 'K' : 'H'} ${hex(name)} ${hex(key)}`);
       }
       for (const [key, e] of p.keys) out.push(mLine(name, key, e));
+      for (const id of p.voided ?? []) out.push(`Z ${hex(name)} ${id}`);
       for (const [id, keys] of p.fenced ?? []) for (const key of keys) out.push(`W ${hex(name)} ${id} ${hex(key)}`);
       for (const [id, e] of p.emptied ?? []) if (e.until > Date.now()) out.push(`B ${hex(name)} ${id} ${e.until}${e.repair ? ' r' : ''}`);
       if (p.uniquesEpoch !== undefined) out.push(`V ${hex(name)} ${p.uniquesEpoch}`);
