@@ -100,7 +100,8 @@ export interface DirtyEntry {
   readonly own?: true;
   /**
    * The entry is of touches (or gats) alone, failed here in a way that may have applied them: the
-   * copy missed nothing but the item's new deadline, one of these (0: none; at most TOUCHES_KEPT).
+   * copy missed nothing but the item's new deadline, one of these (0: none; at most TOUCHES_KEPT,
+   * past which it stands for every deadline between its earliest and latest: touchedAt).
    * Where no other copy holds the item, the repair reads this one's: if it carries none of them
    * the touches never took effect, and the item is the copy's as it was, not an expired one a
    * touch kept alive (review-h22 finding 3). In memory only: loaded from journal.log, an entry is
@@ -315,8 +316,32 @@ export function touchedTo(deadline: number, now = Date.now()): number | undefine
   return isExpired(deadline, now) ? undefined : deadline;
 }
 
-/** The most touch deadlines an entry keeps (DirtyEntry.touched); a miss of one more is a plain missed write. */
+/**
+ * The most touch deadlines an entry keeps one by one (DirtyEntry.touched). Past that it keeps the
+ * earliest and the TOUCHES_KEPT latest, and stands for every deadline between the earliest and the
+ * latest (touchedAt): a ninth touch that failed turned the entry into a plain missed write, and the
+ * repair copied the cache's absence over the store's session, which none of the touches had
+ * reached (review-h30 finding 4).
+ */
 const TOUCHES_KEPT = 8;
+
+/** `touched` with one more touch's deadline `t` (TOUCHES_KEPT). */
+function withTouch(touched: readonly number[], t: number): number[] {
+  const all = [...touched, t];
+  if (all.length <= TOUCHES_KEPT) return all;
+  all.sort((x, y) => x - y);
+  return [all[0] as number, ...all.slice(-TOUCHES_KEPT)];
+}
+
+/**
+ * Whether an item's deadline `deadline` may be one the touches of `touched` set (DirtyEntry.touched),
+ * within `slack` ms (memcached's whole seconds): equal to one of them, or, past TOUCHES_KEPT (some
+ * dropped), anywhere between the earliest and the latest.
+ */
+export function touchedAt(touched: readonly number[], deadline: number, slack: number): boolean {
+  if (touched.length > TOUCHES_KEPT) return deadline >= Math.min(...touched) - slack && deadline <= Math.max(...touched) + slack;
+  return touched.some((t) => Math.abs(deadline - t) <= slack);
+}
 
 /** The entry without the deadline of a touch it stood for alone (DirtyEntry.touched). */
 function untouched(e: DirtyEntry | undefined): DirtyEntry | undefined {
@@ -1214,7 +1239,7 @@ export class RepairJournal {
     // Touch deadlines stand for misses of those touches alone: any other miss ends them, another
     // touch's adds its own (two requests of a session, each touch failing: review-h28 finding 3).
     const prev = p.keys.get(key);
-    const dates = touched === undefined ? undefined : prev === undefined ? [touched] : prev.touched !== undefined && prev.touched.length < TOUCHES_KEPT ? [...prev.touched, touched] : undefined;
+    const dates = touched === undefined ? undefined : prev === undefined ? [touched] : prev.touched !== undefined ? withTouch(prev.touched, touched) : undefined;
     const e = untouched(prev);
     const at = late ? monotonicMs() : 0;
     if (!e) this.put(u, p, key, { op, since: Date.now(), seq, firstSeq: seq, late: at, ...own(late) });

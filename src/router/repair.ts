@@ -13,7 +13,7 @@ import type { RouterContext } from './context';
 import { ErrorCodes, McmuxError, mayLandLate } from '../errors';
 import { maskUrl } from '../upstream/upstream';
 import { HealthyUpstream, cameBackAt, isFenced, isUsable, knowsKey, membersOf, noteWritten, outOfRing } from './health';
-import { type DirtyEntry, type Overflow, type RepairJournal, idOf } from './journal';
+import { type DirtyEntry, type Overflow, type RepairJournal, idOf, touchedAt } from './journal';
 
 /** Stores that only cache: flushing one loses nothing that another upstream does not hold. */
 const CACHE_SCHEMES = new Set(['memcached', 'memory']);
@@ -363,7 +363,7 @@ export class Repairer {
     const own = await this.readFor(journal, u, key, rk);
     if (own === undefined) return undefined; // the read failed, or a client write began: next tick
     const deadline = own.hit?.deadline;
-    return deadline !== undefined && touched.every((t) => Math.abs(deadline - t) > TOUCH_SLACK_MS);
+    return deadline !== undefined && !touchedAt(touched, deadline, TOUCH_SLACK_MS);
   }
 
   /**
