@@ -108,6 +108,17 @@ export interface DirtyEntry {
    * a write.
    */
   readonly touched?: readonly number[];
+  /**
+   * Journaled as lacking the key (lacks: the least fresh copy) because a read of it failed, not
+   * because it was seen to lack it: a cache the repair's flush emptied, asked whether a write
+   * since reached it (replicate-write.ts lackedWhereEmptied). The repair reads the copy before it
+   * does anything else with the key (asked): holding an item it is clean, the key's state, else a
+   * plain least fresh copy; meanwhile no other copy is taken for the truth where none is clean.
+   * In memory only: loaded from journal.log, the entry is a least fresh copy (review-h30 finding 1:
+   * an add's only copy, in a cache a read timed out on, was repaired from the store behind it,
+   * back empty).
+   */
+  readonly asks?: true;
 }
 
 /** A read waiting for the copies of a key on their way to an upstream (whenSettled). */
@@ -1298,13 +1309,28 @@ export class RepairJournal {
    * copy once the others had missed the touch: read as absent, and copied as absent over them at
    * the fence's end (eject fuzz seed 11553 of 10501-12000 with MCMUX_FUZZ_RESTART=1).
    */
-  lacks(u: Upstream, key: string, seq: number): void {
+  lacks(u: Upstream, key: string, seq: number, asks = false): void {
     const p = this.of(u);
     if (p.overflow !== undefined || p.keys.has(key) || p.keys.size >= this.options.maxKeys) {
       this.mark(u, key, 'write', seq);
       return;
     }
-    this.put(u, p, key, { op: 'write', since: 0, seq, firstSeq: LEAST_FRESH, late: 0 });
+    this.put(u, p, key, { op: 'write', since: 0, seq, firstSeq: LEAST_FRESH, late: 0, ...(asks ? { asks: true as const } : {}) });
+  }
+
+  /**
+   * The repair read `u`'s copy of `key`, journaled as lacking it unread (DirtyEntry.asks): holding
+   * an item (a write since the flush reached it), it is clean; else it does lack it.
+   */
+  asked(u: Upstream, key: string, holds: boolean): void {
+    const p = this.byName.get(idOf(u));
+    const e = p?.keys.get(key);
+    if (p === undefined || e?.asks !== true) return;
+    if (holds) this.clear(u, key);
+    else {
+      const { asks: _, ...rest } = e;
+      this.setKey(p, key, rest);
+    }
   }
 
   /** Sets `u`'s entry for `key`, and appends it to journal.log. */

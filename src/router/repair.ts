@@ -264,10 +264,20 @@ export class Repairer {
     const rk = `${idOf(u)} ${key}`;
     journal.repairing.set(rk, false);
     try {
+      // Journaled as lacking the key unread (DirtyEntry.asks): read first.
+      if (journal.entry(u, key)?.asks === true) {
+        const own = await this.readFor(journal, u, key, rk);
+        if (own === undefined) return false;
+        journal.asked(u, key, own.hit !== undefined);
+        return own.hit !== undefined;
+      }
       const clean = ctx.upstreams.filter((s) => s !== u && isUsable(s) && !journal.isDirty(s, key));
       // A fenced upstream came back empty: its miss says nothing about what was written before.
       // Copying "absent" from it would delete a lock or a session the dirty one still holds.
       const source = clean.find((s) => !isFenced(s)) ?? clean.find((s) => knowsKey(s, key));
+      // No clean copy to take the key from, and one not yet read may hold its newest state
+      // (DirtyEntry.asks): neither a replayed delete nor the freshest dirty copy until it is read.
+      if (!source && ctx.upstreams.some((s) => s !== u && journal.entry(s, key)?.asks === true)) return false;
       // A missed delete is copied as the key's current state too where an upstream holds it: the
       // entry may be older than a write that reached `u` since without a word on file (a copy of a
       // write-wait = copies write still on its way when mcmux was killed, applied after), and

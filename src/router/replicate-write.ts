@@ -266,7 +266,11 @@ export function lackedWhereEmptied(ctx: RouterContext, key: string, seq: number,
   }
   if (ask.length === 0) return undefined;
   return (async () => {
-    for (const u of ask) if ((await has(u, key)) !== true && stillLacks(ctx, u, key, emptied)) ctx.journal.lacks(u, key, seq);
+    for (const u of ask) {
+      // A read that failed tells nothing: lacking it unread (asks), until the repair reads it.
+      const holds = await has(u, key);
+      if (holds !== true && stillLacks(ctx, u, key, emptied)) ctx.journal.lacks(u, key, seq, holds === undefined);
+    }
   })();
 }
 

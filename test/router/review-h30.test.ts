@@ -71,7 +71,8 @@ describe('review-h30 finding 1: the emptied cache past its learnt keys is journa
   // undefined, and lackedWhereEmptied journals a as lacking the lock. The repair takes b (fresher)
   // for the truth; b back empty answers a miss; a, the only copy of the acknowledged add, is
   // skipped as dirty: the lock reads as absent and is granted again.
-  it('a read of the emptied cache that times out as the store behind fails does not journal it as lacking the acknowledged add it holds', { todo: 'finding 1: has() undefined (read failed) taken as no item: the only copy of an acknowledged add journaled as lacking it' }, async () => {
+  /** Up to the add that fails on b (back empty) while a's one read of the lock times out. */
+  async function lockUnreadOnA() {
     const fa = new SlowGet('memcached://a:11211', 'memcached');
     const fb = new FakeUpstream('memcached://b:11211', 'memcached');
     const s = proc([fa, fb], { maxKeys: 2 });
@@ -99,10 +100,14 @@ describe('review-h30 finding 1: the emptied cache past its learnt keys is journa
     fa.slowKey = undefined;
     assert.equal(again.kind, 'error', `add while b is down: ${status(again)}`);
     const lacked = s.journal.isDirty(a, 'lock');
-
     fb.mode = 'ok';
     await s.detector.checkAll();
     assert.equal(b.fenced, true, 'b: fenced, come back empty');
+    return { s, fa, b, lacked };
+  }
+
+  it('a read of the emptied cache that times out as the store behind fails does not journal it as lacking the acknowledged add it holds', async () => {
+    const { s, lacked } = await lockUnreadOnA();
     for (let n = 0; n < 5; n++) await s.repairer.tick();
     await settle();
     const got = valueOf(await s.exec(getCmd('lock')));
@@ -110,6 +115,22 @@ describe('review-h30 finding 1: the emptied cache past its learnt keys is journa
     await s.stop();
     assert.equal(got, 'held', `LOST WRITE: the acknowledged add read as ${String(got)}${lacked ? ' (a, its only copy, journaled as lacking it when has() could not read it)' : ''}`);
     assert.notEqual(third, 'STORED', 'A LOCK GRANTED TWICE');
+  });
+
+  // The fix's other half: a is journaled as lacking the lock unread (DirtyEntry.asks); while the
+  // repair cannot read it either, b (back empty, dirty for the failed add) must not clear itself
+  // as the freshest copy, the truth of the lock.
+  it('while the repair cannot read the emptied cache either, the store behind is not taken for the truth of the key', async () => {
+    const { s, fa, b } = await lockUnreadOnA();
+    fa.slowKey = 'lock';
+    for (let n = 0; n < 3; n++) await s.repairer.tick();
+    fa.slowKey = undefined;
+    assert.equal(s.journal.isDirty(b, 'lock'), true, 'b, back empty, was cleared as the truth of the lock while a, holding it, was unread');
+    for (let n = 0; n < 5; n++) await s.repairer.tick();
+    await settle();
+    const got = valueOf(await s.exec(getCmd('lock')));
+    await s.stop();
+    assert.equal(got, 'held');
   });
 });
 
