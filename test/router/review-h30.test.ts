@@ -159,6 +159,53 @@ class MarkerWrites extends FakeUpstream {
   }
 }
 
+/**
+ * Findings 2 and 3's rig, up to the late marker: a restarts empty (fence F0: its `fenced until`
+ * marker names F0); the add of a lock, decided by b, is copied to a, which learns it under F0. A
+ * marker rewrite naming F0 times out (stuck in a slow connection of a). a overflows and the repair
+ * flushes it (fence F1: the lock gone from a), the marker rewrite after the flush refused. The
+ * stuck F0 marker lands.
+ */
+async function lateMarkerAfterFlush(dir?: string) {
+  const fa = new MarkerWrites('memcached://a:11211', 'memcached');
+  const fb = new FakeUpstream('memcached://b:11211', 'memcached');
+  const s = proc([fa, fb], dir === undefined ? {} : { dir });
+  const [a] = s.ups as [HealthyUpstream, HealthyUpstream];
+  await s.detector.checkAll();
+
+  // a restarts empty: fenced as come back empty (fence F0).
+  await fa.inner.flush();
+  await s.detector.checkAll();
+  assert.equal(a.cameBackEmpty, true, 'a: came back empty');
+  const f0 = a.fenceId;
+
+  // The lock, decided by b (a is fenced), its copy learnt by a under F0.
+  assert.equal(status(await s.exec(addCmd('lock', 'held'))), 'STORED', 'add lock: decided by b');
+  await settle();
+  assert.equal(a.knows('lock'), true, 'a learnt the lock under F0');
+
+  // A marker rewrite naming F0 times out (stuck in a slow connection of a).
+  fa.hold = true;
+  await s.detector.checkAll();
+  fa.hold = false;
+
+  // a overflows; the repair flushes it (F1), and the marker rewrite after the flush is refused.
+  assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
+  fa.refuse = true;
+  s.journal.distrust(a);
+  for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
+  fa.refuse = false;
+  assert.equal(s.journal.overflowed(a), undefined, 'a flushed by the repair and trusted');
+  assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
+  assert.equal((await fa.inner.get(['lock']))[0], undefined, 'the lock is gone from a');
+  assert.equal(a.knows('lock'), false, 'a knows the lock no more');
+
+  // The stuck F0 marker lands.
+  await fa.release();
+  assert.equal((await fa.inner.get([s.detector.key]))[0]?.flags, f0, 'a holds the late marker naming F0');
+  return { s, a, fa, fb, f0 };
+}
+
 describe('review-h30 finding 2: a reconnect after the repair\'s flush undoes 05c3b33\'s guard (inheritedEmpty), and a fence from before the flush is adopted', () => {
   // [a: memcached cache, b: memcached]. a restarted empty (fence F0: its `fenced until` marker names
   // F0); the add of a lock, decided by b, is copied to a, which learns it under F0 (journal.log W).
@@ -169,42 +216,7 @@ describe('review-h30 finding 2: a reconnect after the repair\'s flush undoes 05c
   // `cameBackEmpty && !inheritedEmpty` lets the check take the F0 marker (this process's own, taken
   // for an earlier one's: wrote undefined) and adopt F0's keys: the emptied cache knows the lock.
   it('a cache the repair flushed, then reconnected, does not adopt from a late `fenced until` marker the keys of the fence before the flush', async () => {
-    const fa = new MarkerWrites('memcached://a:11211', 'memcached');
-    const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-    const s = proc([fa, fb]);
-    const [a] = s.ups as [HealthyUpstream, HealthyUpstream];
-    await s.detector.checkAll();
-
-    // a restarts empty: fenced as come back empty (fence F0).
-    await fa.inner.flush();
-    await s.detector.checkAll();
-    assert.equal(a.cameBackEmpty, true, 'a: came back empty');
-    const f0 = a.fenceId;
-
-    // The lock, decided by b (a is fenced), its copy learnt by a under F0.
-    assert.equal(status(await s.exec(addCmd('lock', 'held'))), 'STORED', 'add lock: decided by b');
-    await settle();
-    assert.equal(a.knows('lock'), true, 'a learnt the lock under F0');
-
-    // A marker rewrite naming F0 times out (stuck in a slow connection of a).
-    fa.hold = true;
-    await s.detector.checkAll();
-    fa.hold = false;
-
-    // a overflows; the repair flushes it (F1), and the marker rewrite after the flush is refused.
-    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
-    fa.refuse = true;
-    s.journal.distrust(a);
-    for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-    fa.refuse = false;
-    assert.equal(s.journal.overflowed(a), undefined, 'a flushed by the repair and trusted');
-    assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-    assert.equal((await fa.inner.get(['lock']))[0], undefined, 'the lock is gone from a');
-    assert.equal(a.knows('lock'), false, 'a knows the lock no more');
-
-    // The stuck F0 marker lands; a's connection is made again.
-    await fa.release();
-    assert.equal((await fa.inner.get([s.detector.key]))[0]?.flags, f0, 'a holds the late marker naming F0');
+    const { s, a, fb, f0 } = await lateMarkerAfterFlush();
     s.detector.reconnected(a);
     await settle();
     await new Promise((r) => setTimeout(r, 20));
@@ -234,30 +246,7 @@ describe('review-h30 finding 3: the next process adopts, from the same late mark
   // the cache, emptied by the flush since, "knows" the lock, and decides its add while b fails.
   it('a process started after the repair flushed a cache does not adopt, from a late marker, the keys of the fence before the flush', async (t) => {
     const dir = tempDir(t, 'review-h30');
-    const fa = new MarkerWrites('memcached://a:11211', 'memcached');
-    const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-    const s = proc([fa, fb], { dir });
-    const [a] = s.ups as [HealthyUpstream, HealthyUpstream];
-    await s.detector.checkAll();
-    await fa.inner.flush();
-    await s.detector.checkAll();
-    assert.equal(a.cameBackEmpty, true, 'a: came back empty');
-    const f0 = a.fenceId;
-    assert.equal(status(await s.exec(addCmd('lock', 'held'))), 'STORED', 'add lock: decided by b');
-    await settle();
-    assert.equal(a.knows('lock'), true, 'a learnt the lock under F0');
-    fa.hold = true;
-    await s.detector.checkAll();
-    fa.hold = false;
-    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
-    fa.refuse = true;
-    s.journal.distrust(a);
-    for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-    fa.refuse = false;
-    assert.equal(s.journal.overflowed(a), undefined, 'a flushed by the repair and trusted');
-    assert.equal((await fa.inner.get(['lock']))[0], undefined, 'the lock is gone from a');
-    await fa.release();
-    assert.equal((await fa.inner.get([s.detector.key]))[0]?.flags, f0, 'a holds the late marker naming F0');
+    const { s, fa, fb, f0 } = await lateMarkerAfterFlush(dir);
     await s.stop();
 
     // The next process over the same stores and state-dir.
