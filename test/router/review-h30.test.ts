@@ -4,7 +4,8 @@
  * the repair flushed that stopped learning, has()) and 05c3b33 (ColdDetector.inherit: an upstream
  * this process has seen come back empty adopts no earlier fence's keys).
  *
- * Findings (each test is marked todo; each FAILS on main at 01cfadf without the todo):
+ * Findings (each test failed on 01cfadf; fixed by 4733097 (1), 055ae79 (2 and 3) and a384a4e (4),
+ * each with the tests of the fix's other side):
  * 1. (medium, double fault: an acknowledged add lost, a lock granted twice; 4bb99a3) the has() that
  *    asks the emptied cache past its learnt keys is taken as "no item" when the read fails (a
  *    timeout): `(await has(u, key)) !== true`. The cache, holding the only copy of the acknowledged
