@@ -180,6 +180,18 @@ export class App {
   private resolveUpstreams(config: Config, reloading = false): HealthyUpstream[] {
     const ctx = { defaultTimeoutMs: config.timeout, maxItemSize: config.maxItemSize, probeIntervalMs: config.health.probeMinMs };
     const next = new Map<string, HealthyUpstream>();
+    // Built by this call: closed if a later one fails to build (a reload is rejected whole, and
+    // their connections and reconnect timers would stay behind for ever).
+    const built: HealthyUpstream[] = [];
+    try {
+      return this.resolveEach(config, ctx, next, built, reloading);
+    } catch (error) {
+      for (const u of built) void u.close().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  private resolveEach(config: Config, ctx: UpstreamContext, next: Map<string, HealthyUpstream>, built: HealthyUpstream[], reloading: boolean): HealthyUpstream[] {
     const list = upstreamSpecs(config).map((spec) => {
       const id = identity(spec, config);
       let m = this.members.get(id) ?? next.get(id) ?? this.sameMemory(spec, ctx);
@@ -194,6 +206,7 @@ export class App {
           this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: u.name, from, to, reason }, `upstream ${to}`);
           if (to === 'healthy') void this.coldDetector.check(u);
         }, storeIdentity(spec.url, spec.options));
+        built.push(m);
         for (const member of membersOf(inner)) member.options = config.health;
         inner.onReconnect = (): void => this.coldDetector.reconnected(m as HealthyUpstream);
         inner.onServerId = (serverId: string, continues?: (before: string) => boolean): void => this.coldDetector.serverId(m as HealthyUpstream, serverId, continues);

@@ -446,7 +446,9 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
     }
     try {
       const before = new Set<Upstream>(running.upstreams);
-      const next = loadConfig(argv).config;
+      // Checked without making anything (as `mcmux check`): App.reload builds what it runs on, and
+      // a state-dir the reload ignores got the embedded store made in it.
+      const next = loadConfig(argv, false).config;
       // loadConfig checked the file's listen addresses; mcmux listens on its own until it restarts.
       refuseOwnAddress(next, running.bound, ' (mcmux listens there until it restarts)');
       running.reload(next);
