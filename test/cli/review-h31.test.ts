@@ -1,0 +1,211 @@
+/**
+ * review-h31: an operator's adversarial review of 396508f (the marker write refused: a warning),
+ * 5cb4934 and e9422af (`mcmux check`: a state-dir the start cannot make), 6902e16 (check makes no
+ * MySQL table), 91b9cde (errors about the file's upstreams name the file), f0ab62e (a SIGHUP
+ * while stopping), 357af42 and 1bff9b4 (the own-address check without AF_NETLINK).
+ *
+ * Each todo test is a finding: it asserts what an operator expects and fails on that code.
+ *
+ * Findings:
+ *   1 `mcmux check` says "config ok" (exit 0) for a state-dir that is a dangling symbolic link (a
+ *     mount point's link made before its target, /var/lib/mcmux -> /data/mcmux): the start exits
+ *     1 (mkdir: EEXIST). stateDirProblem's statSync follows the link, finds nothing, and judges
+ *     the link's parent instead; makeDirs cannot make a directory where a link is.
+ *   2 `mcmux check` says "ok ... not there yet (mcmux makes it, and its directory, at start)" and
+ *     exits 0 for a sqlite:// file whose directory the start cannot make (a regular file in its
+ *     path): the start exits 2 (EEXIST/ENOTDIR). The state-dir has had that look since 5cb4934;
+ *     a sqlite upstream's own directory has not.
+ *   3 a state-dir holding `%`, `#`, `?` or `@` breaks the embedded default's URL
+ *     (`sqlite://<state-dir>/mcmux.db`, built unescaped): `%41` puts the sessions' SQLite file in
+ *     another directory than the state-dir (`x%41y` -> `xAy/mcmux.db`), silently; `#`, `?`, `@`
+ *     exit 2 with a line about an upstream the operator never configured (for `@`, the path
+ *     masked as a password: "sqlite://***@..."), naming neither state-dir nor its expected form.
+ *     `StateDirectory=%N` of a template unit (mcmux@a) is such a path.
+ *   4 (regression from 6902e16) `mcmux check` says ok, exit 0, for a MySQL table not there yet and
+ *     an account that may not CREATE it: the start's first statement fails "CREATE command
+ *     denied" and every request to that upstream fails (logged "fails its probe at start"). Before
+ *     6902e16 check ran the CREATE and said FAILED; now it runs nothing where the table is missing.
+ *   5 (the check half of review-h25 finding 1, which 396508f left) `mcmux check` says ok, exit 0,
+ *     for an upstream that refuses every write: a Redis replica (READONLY). The running mcmux warns
+ *     "upstream refuses writes" for it since 396508f; check, the tool the unit's comment sends the
+ *     operator to, probes with PING only.
+ *   6 (the class 396508f meant to cover) a Redis ACL user whose key pattern leaves out mcmux's own
+ *     keys (`~sess:*`, the usual least-privilege ACL): every write fails (NOPERM) while the
+ *     upstream stays healthy, and nothing is logged above debug: the marker's READ is refused
+ *     first (checkStore swallows every error as 'unknown'), so the marker write that 396508f
+ *     warns about is never tried. README: "an ACL user without write permission ... the refusal of
+ *     mcmux's marker write is logged once at warn".
+ *   7 `mcmux check` writes into an existing SQLite file that does not yet hold mcmux's table: it
+ *     creates mcmux's three schema objects there and switches the file to WAL, where README says
+ *     "It makes nothing" (the MySQL half was 6902e16).
+ *
+ * MySQL: the shared MariaDB at 127.0.0.1:3306 (root, no password, database `test`): the test
+ * makes its own uniquely named user, dropped after it (and any table, if one got made).
+ */
+
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import Database from 'better-sqlite3';
+import { eventually, rawClient, runMcmux, startMcmux, statsUpstreams } from '../helpers/mcmux';
+import { freePort, requireBinary } from '../helpers/servers';
+import { dropAfter, sharedMysql, stopFirst } from '../helpers/shared-mysql';
+import { startRedis } from '../upstream/targets/redis';
+
+async function tempDir(t: TestContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'mcmux-h31-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** The JSON log lines at warn (40) or above. */
+function warnings(stdout: string): string[] {
+  return stdout.split('\n').filter((l) => {
+    try {
+      return (JSON.parse(l) as { level?: number }).level! >= 40;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** Starts mcmux on `args` (a free port) and stops it at once: its exit status and stderr. */
+async function startOnce(args: string[], dir: string): Promise<{ code: number | null; stderr: string; listening: boolean }> {
+  const port = await freePort();
+  const r = await runMcmux(['--listen', `127.0.0.1:${port}`, ...args], { timeoutMs: 4000, env: { STATE_DIRECTORY: undefined }, cwd: dir });
+  return { code: r.timedOut ? null : r.code, stderr: r.stderr, listening: r.stdout.includes('mcmux listening') };
+}
+
+describe('mcmux check and what the start cannot make (5cb4934, e9422af)', () => {
+  it('a state-dir that is a dangling symbolic link: check says FAILED (the start exits 1: mkdir EEXIST)', { todo: 'finding 1: check says "config ok" for a state-dir that is a dangling symlink; the start exits 1' }, async (t) => {
+    const dir = await tempDir(t);
+    // As a mount point's link made before the disk is there: /var/lib/mcmux -> /data/mcmux.
+    const link = join(dir, 'state');
+    await symlink(join(dir, 'data', 'mcmux'), link);
+    const start = await startOnce(['--upstream', 'memory://', '--state-dir', link], dir);
+    assert.equal(start.code, 1, `the start: ${start.stderr}`);
+    assert.match(start.stderr, /cannot be made/);
+    const r = await runMcmux(['check', '--listen', '127.0.0.1:0', '--upstream', 'memory://', '--state-dir', link], { timeoutMs: 10_000 });
+    assert.match(r.stdout, /\nFAILED state-dir: /, `check on a state-dir the start refuses: ${r.stdout}`);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+  });
+
+  it('a sqlite:// file whose directory the start cannot make (a file in its path): check does not say ok (the start exits 2)', { todo: 'finding 2: check says "ok ... not there yet" for a sqlite file whose directory cannot be made; the start exits 2' }, async (t) => {
+    const dir = await tempDir(t);
+    await writeFile(join(dir, 'sessions'), 'not a directory');
+    const url = `sqlite://${join(dir, 'sessions', 'mcmux.db')}`;
+    const start = await startOnce(['--upstream', 'memory://', '--upstream', url, '--state-dir', join(dir, 'state')], dir);
+    assert.equal(start.code, 2, `the start: ${start.stderr}`);
+    const r = await runMcmux(['check', '--listen', '127.0.0.1:0', '--upstream', 'memory://', '--upstream', url, '--state-dir', join(dir, 'state')], { timeoutMs: 10_000 });
+    assert.notEqual(r.code, 0, `check exit status 0 for a config the start refuses (exit 2): ${r.stdout}`);
+    assert.doesNotMatch(r.stdout, /config ok/);
+    assert.match(r.stdout + r.stderr, /sessions/, 'the line names the path');
+  });
+});
+
+describe('a state-dir whose path holds URL characters (the embedded default, config.ts embeddedDefault)', () => {
+  it('%41 in it: the embedded SQLite file is made inside the state-dir, not in another directory', { todo: 'finding 3: the embedded sqlite URL is built unescaped: state-dir x%41y puts mcmux.db in xAy/' }, async (t) => {
+    const dir = await tempDir(t);
+    const state = join(dir, 'x%41y');
+    const r = await runMcmux(['check', '--listen', '127.0.0.1:0', '--state-dir', state], { timeoutMs: 10_000 });
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, new RegExp(`not there yet[^\\n]*: ${state.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/mcmux\\.db\\n`), `where check says the embedded store goes: ${r.stdout}`);
+    const start = await runMcmux(['--listen', `127.0.0.1:${await freePort()}`, '--state-dir', state], { timeoutMs: 3000, env: { STATE_DIRECTORY: undefined }, cwd: dir });
+    assert.ok(start.stdout.includes('mcmux listening'), start.stderr);
+    assert.equal(existsSync(join(dir, 'xAy')), false, 'the sessions\' SQLite file went to another directory than the state-dir');
+    assert.equal(existsSync(join(state, 'mcmux.db')), true, 'no mcmux.db in the state-dir');
+  });
+
+  it('#, ? and @ in it (StateDirectory=%N of a template unit mcmux@a): the embedded default starts there, no error about an upstream never configured', { todo: 'finding 3: a state-dir with # ? or @ exits 2 with a line about sqlite://... (the @ one masked as a password)' }, async (t) => {
+    const dir = await tempDir(t);
+    const failed: string[] = [];
+    for (const name of ['mcmux@a', 'sess#1', 'what?']) {
+      const state = join(dir, name);
+      const r = await runMcmux(['check', '--listen', '127.0.0.1:0', '--state-dir', state], { timeoutMs: 10_000 });
+      if (r.code !== 0) failed.push(`${name}: exit ${r.code}: ${r.stderr.trim()}`);
+    }
+    assert.deepEqual(failed, [], 'a state-dir refused for the URL mcmux builds from it');
+  });
+});
+
+describe('mcmux check says ok where the start finds the upstream unusable', () => {
+  it('a MySQL table not there yet and an account that may not CREATE it: check says FAILED naming CREATE (the start: "CREATE command denied")', { todo: 'finding 4 (regression from 6902e16): check says ok for a missing MySQL table the account may not create' }, async (t) => {
+    const root = await sharedMysql(t);
+    if (root === undefined) return;
+    const tag = randomBytes(4).toString('hex');
+    const user = `h31_${tag}`;
+    const table = `h31_${tag}`;
+    const pw = `Pw${randomBytes(6).toString('hex')}`;
+    dropAfter(root, `DROP USER IF EXISTS '${user}'@'%'`, `DROP TABLE IF EXISTS test.${table}`);
+    await root.query(`CREATE USER '${user}'@'%' IDENTIFIED BY '${pw}'`);
+    // Every privilege a request needs, not the set-up's CREATE (a DBA makes tables).
+    await root.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO '${user}'@'%'`);
+    const url = `mysql://${user}:${pw}@127.0.0.1:3306/test?table=${table}`;
+    const dir = await tempDir(t);
+    // The start: the upstream fails its probe with the refused CREATE.
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', url]);
+    stopFirst(root, () => mux.stop());
+    await eventually('the start-up probe said', () => /fails its probe at start/.test(mux.logs().stdout), 10_000);
+    assert.match(mux.logs().stdout, /CREATE command denied/);
+    await mux.stop();
+    const r = await runMcmux(['check', '--upstream', url, '--state-dir', join(dir, 'state')], { timeoutMs: 15_000 });
+    assert.match(r.stdout, /\nFAILED\s+mysql:\/\/[^\n]*CREATE/, `check: ${r.stdout}`);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.doesNotMatch(r.stdout, new RegExp(pw), 'the password is masked');
+  });
+
+  it('a Redis replica (every write READONLY, which the running mcmux warns of): check does not say ok', { todo: 'finding 5: check probes with PING only: "ok" for an upstream that refuses every write' }, async (t) => {
+    if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+    const replica = await startRedis(['--replicaof', '127.0.0.1', String(await freePort())]);
+    t.after(() => replica.stop());
+    const dir = await tempDir(t);
+    const r = await runMcmux(['check', '--upstream', 'memory://', '--upstream', replica.url, '--state-dir', join(dir, 'state')], { timeoutMs: 15_000 });
+    assert.match(r.stdout, /\nFAILED\s+redis:\/\/[^\n]*(READONLY|replica|read-only)/i, `check: ${r.stdout}`);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+  });
+});
+
+describe('an upstream that refuses every write is said (396508f)', () => {
+  it('a Redis ACL user limited to the sessions\' keys (~sess:*): every write NOPERM, said at warn once, not at debug only', { timeout: 60_000, todo: 'finding 6: the marker read is refused first (checkStore swallows it): no warning, the upstream healthy, every write failing' }, async (t) => {
+    if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+    const pw = `Pw${randomBytes(6).toString('hex')}`;
+    const redis = await startRedis(['--user', 'app', 'on', `>${pw}`, '~sess:*', '+@all']);
+    t.after(() => redis.stop());
+    const url = `redis://app:${pw}@127.0.0.1:${redis.port}`;
+    const mux = await startMcmux(['--upstream', 'memory://', '--upstream', url]);
+    t.after(() => mux.stop());
+    const c = await rawClient(mux.port);
+    t.after(() => c.close());
+    for (let i = 0; i < 6; i++) assert.equal(await c.ask(`set sess:${i} 0 0 1\r\nx\r\n`), 'STORED\r\n');
+    await eventually('the writes failed on Redis', async () => Number((await statsUpstreams(mux.port))['upstream.1.errors']) >= 6, 10_000);
+    const said = (): string[] => warnings(mux.logs().stdout).filter((l) => /NOPERM/.test(l));
+    await eventually('said: down, or a warning naming NOPERM', async () => (await statsUpstreams(mux.port))['upstream.1.state'] === 'down' || said().length > 0, 10_000).catch(() => undefined);
+    const state = (await statsUpstreams(mux.port))['upstream.1.state'];
+    assert.ok(state === 'down' || said().length > 0, `every session written to memory only, Redis "${state}" and no warning: ${warnings(mux.logs().stdout).join('\n')}`);
+    assert.ok(said().length <= 1, `said once: ${said().join('\n')}`);
+    assert.doesNotMatch(mux.logs().stdout, new RegExp(pw), 'the password is masked');
+  });
+});
+
+describe('mcmux check makes nothing (README; 6902e16 did MySQL)', () => {
+  it('an existing SQLite file without mcmux\'s table: check leaves it as it was (no table made, journal mode kept)', { todo: 'finding 7: check creates the mcmux schema in an existing SQLite file and switches it to WAL' }, async (t) => {
+    const dir = await tempDir(t);
+    const path = join(dir, 'app.db');
+    const db = new Database(path);
+    db.exec('CREATE TABLE app (x)');
+    const mode = db.pragma('journal_mode', { simple: true });
+    db.close();
+    await mkdir(join(dir, 'state'));
+    const r = await runMcmux(['check', '--upstream', `sqlite://${path}?table=h31_sessions`, '--state-dir', join(dir, 'state')], { timeoutMs: 10_000 });
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const after = new Database(path, { readonly: true });
+    t.after(() => after.close());
+    const names = (after.prepare("SELECT name FROM sqlite_master WHERE name LIKE 'h31_%'").all() as Array<{ name: string }>).map((row) => row.name);
+    assert.deepEqual(names, [], `mcmux check made ${names.join(', ')} in the file`);
+    assert.equal(after.pragma('journal_mode', { simple: true }), mode, 'check changed the file\'s journal mode');
+  });
+});
