@@ -6,7 +6,7 @@
  */
 
 import { createHash } from 'node:crypto';
-import { accessSync, closeSync, constants, fstatSync, linkSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 
 /** What is at a path is not a regular file (ENOTREG), or is larger than allowed (EFBIG); the message names no path. */
@@ -77,9 +77,21 @@ export function stateDirProblem(dir: string): string | undefined {
       }
       return undefined;
     }
+    // A link to nothing (a mount point's link made before its target): stat follows it and finds
+    // nothing, but mkdir cannot make a directory where the link is (EEXIST: the start fails).
+    if (isLink(path)) return `${path} is a symbolic link to nothing`;
     const parent = dirname(path);
     if (parent === path) return `${path} does not exist`;
     path = parent;
+  }
+}
+
+/** Whether a symbolic link is at `path` itself (not followed); false when nothing is, or it cannot be told. */
+function isLink(path: string): boolean {
+  try {
+    return lstatSync(path, { throwIfNoEntry: false })?.isSymbolicLink() ?? false;
+  } catch {
+    return false;
   }
 }
 
