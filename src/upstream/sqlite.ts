@@ -69,7 +69,7 @@ import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounter } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError, StoreUnavailableError } from '../errors';
-import { makeDirs, touchRegularFile } from '../files';
+import { makeDirs, stateDirProblem, touchRegularFile } from '../files';
 import type { UpstreamContext } from './registry';
 import { NotThereYet, intOption, rejectUnknownOptions } from './registry';
 import {
@@ -760,6 +760,16 @@ export function createSqliteUpstream(url: URL, options: Map<string, string>, ctx
   const synchronous = synchronousOption(options, where);
   const timeoutMs = intOption(options, 'timeout', ctx.defaultTimeoutMs ?? 1000, 1, 600_000, where);
   rejectUnknownOptions(options, where, OPTIONS);
-  if (ctx.create === false && !existsSync(path)) throw new NotThereYet(name, path);
+  if (ctx.create === false && !existsSync(path)) {
+    // What the start's makeDirs would refuse (a file in the path, a directory it may not write
+    // in): said now, as the start says it (review-h31 finding 2: "ok ... not there yet", then the
+    // start exited 2). A read-only file system is not the config's, as at start (NOT_CONFIG).
+    const problem = stateDirProblem(dirname(path));
+    if (problem !== undefined) {
+      const message = `${where}: cannot make ${path}: ${problem} (check the path and its permissions)`;
+      throw /\(EROFS\)/.test(problem) ? new StoreUnavailableError(message) : new ConfigError(message);
+    }
+    throw new NotThereYet(name, path);
+  }
   return new SqliteUpstream(name, { path, table, purgeIntervalMs, purgeBatch, synchronous, timeoutMs, maxItemSize: ctx.maxItemSize, checkIntervalMs: ctx.probeIntervalMs });
 }
