@@ -65,7 +65,12 @@ export interface Config {
  * the data is served from SQLite and repaired into memory).
  */
 export function embeddedDefault(stateDir: string): string[] {
-  return ['memory://', `sqlite://${resolvePath(stateDir, 'mcmux.db')}`];
+  // The path percent-encoded where a URL would read it otherwise (the sqlite driver decodes it):
+  // a state-dir holding `%41` put mcmux.db in another directory, one holding `#`, `?` or `@` (a
+  // template unit's StateDirectory=%N: mcmux@a) was refused as a bad upstream URL (review-h31
+  // finding 3). Tab, CR and LF: the URL parser drops them.
+  const path = resolvePath(stateDir, 'mcmux.db').replace(/[%#?@\t\n\r]/g, (c) => encodeURIComponent(c));
+  return ['memory://', `sqlite://${path}`];
 }
 
 /**
