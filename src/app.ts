@@ -54,7 +54,7 @@ function build(config: Config, create: boolean): Checked[] {
       try {
         built.push(createUpstream(s.url, s.options, ctx));
       } catch (error) {
-        if (error instanceof NotThereYet) built.push(error);
+        if (error instanceof NotThereYet || error instanceof CannotOpen) built.push(error);
         else if (!create && error instanceof StoreUnavailableError) built.push(new CannotOpen(maskUrl(s.url), error.message));
         else throw error;
       }

@@ -36,7 +36,10 @@ export class NotThereYet extends Error {
   }
 }
 
-/** A store `mcmux check` could not open for a cause not the config's (StoreUnavailableError: a lock held elsewhere, a failing disk). */
+/**
+ * A store `mcmux check` could not open for a cause not the config's (StoreUnavailableError: a lock
+ * held elsewhere, a failing disk), or a file store not there whose directory the start could not make.
+ */
 export class CannotOpen extends Error {
   constructor(
     readonly upstream: string,

@@ -71,7 +71,7 @@ import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounte
 import { ConfigError, ErrorCodes, McmuxError, StoreUnavailableError } from '../errors';
 import { makeDirs, stateDirProblem, touchRegularFile } from '../files';
 import type { UpstreamContext } from './registry';
-import { NotThereYet, intOption, rejectUnknownOptions } from './registry';
+import { CannotOpen, NotThereYet, intOption, rejectUnknownOptions } from './registry';
 import {
   type ArithResult,
   type StoreRequest,
@@ -762,13 +762,11 @@ export function createSqliteUpstream(url: URL, options: Map<string, string>, ctx
   rejectUnknownOptions(options, where, OPTIONS);
   if (ctx.create === false && !existsSync(path)) {
     // What the start's makeDirs would refuse (a file in the path, a directory it may not write
-    // in): said now, as the start says it (review-h31 finding 2: "ok ... not there yet", then the
-    // start exited 2). A read-only file system is not the config's, as at start (NOT_CONFIG).
+    // in): a FAILED line, the others still checked (review-h31 finding 2: "ok ... not there yet",
+    // then the start exited 2). The embedded default's file under a state-dir that is a file too,
+    // beside check's FAILED state-dir line.
     const problem = stateDirProblem(dirname(path));
-    if (problem !== undefined) {
-      const message = `${where}: cannot make ${path}: ${problem} (check the path and its permissions)`;
-      throw /\(EROFS\)/.test(problem) ? new StoreUnavailableError(message) : new ConfigError(message);
-    }
+    if (problem !== undefined) throw new CannotOpen(name, `cannot make ${path}: ${problem} (the start refuses it: check the path and its permissions)`);
     throw new NotThereYet(name, path);
   }
   return new SqliteUpstream(name, { path, table, purgeIntervalMs, purgeBatch, synchronous, timeoutMs, maxItemSize: ctx.maxItemSize, checkIntervalMs: ctx.probeIntervalMs });
