@@ -38,6 +38,17 @@
  *   7 `mcmux check` writes into an existing SQLite file that does not yet hold mcmux's table: it
  *     creates mcmux's three schema objects there and switches the file to WAL, where README says
  *     "It makes nothing" (the MySQL half was 6902e16).
+ *   8 with no upstream configured (the embedded default), a state-dir the start cannot make (a
+ *     file there) exits 2, never restarted, with a line about `sqlite://<state-dir>/mcmux.db`
+ *     ("cannot open ... EEXIST: file already exists, mkdir"), an upstream the operator never
+ *     configured: with any upstream configured the same state-dir exits 1 naming the state-dir,
+ *     as 5cb4934 says was decided (loadConfig builds the embedded SQLite store, which makes the
+ *     state-dir itself, before App's makeStateDir is reached).
+ *   9 `mcmux check` says "config ok" for `listen = "unix:/run/mcmux/mcmux.sock"` (the example
+ *     config's) whose directory is not there (the unit has no RuntimeDirectory=): the start exits
+ *     1 with "listen EACCES: permission denied" (the directory is missing, not forbidden), and the
+ *     unit restarts it every second. check looks at the state-dir since 5cb4934, not at the
+ *     listen sockets' directory.
  *
  * MySQL: the shared MariaDB at 127.0.0.1:3306 (root, no password, database `test`): the test
  * makes its own uniquely named user, dropped after it (and any table, if one got made).
@@ -207,5 +218,34 @@ describe('mcmux check makes nothing (README; 6902e16 did MySQL)', () => {
     const names = (after.prepare("SELECT name FROM sqlite_master WHERE name LIKE 'h31_%'").all() as Array<{ name: string }>).map((row) => row.name);
     assert.deepEqual(names, [], `mcmux check made ${names.join(', ')} in the file`);
     assert.equal(after.pragma('journal_mode', { simple: true }), mode, 'check changed the file\'s journal mode');
+  });
+});
+
+describe('the start with the embedded default and a state-dir it cannot make', () => {
+  it('exits as with a configured upstream (1, "state-dir ... cannot be made"), not 2 with a line about sqlite://<state-dir>/mcmux.db', { todo: 'finding 8: with no upstream configured, a state-dir that is a file exits 2 (never restarted) naming an upstream the operator never configured' }, async (t) => {
+    const dir = await tempDir(t);
+    const file = join(dir, 'not-a-dir');
+    await writeFile(file, 'x');
+    const configured = await startOnce(['--upstream', 'memory://', '--state-dir', file], dir);
+    assert.equal(configured.code, 1, configured.stderr);
+    assert.match(configured.stderr, /state-dir "[^"]*not-a-dir" cannot be made/);
+    const embedded = await startOnce(['--state-dir', file], dir);
+    assert.match(embedded.stderr, /^[^\n]+\n$/, 'one line');
+    assert.match(embedded.stderr, /state-dir/, `the line names the state-dir: ${embedded.stderr}`);
+    assert.equal(embedded.code, configured.code, `exit status with the embedded default: ${embedded.stderr}`);
+  });
+});
+
+describe('mcmux check and a unix socket the start cannot listen on', () => {
+  it('listen unix:<a directory not there>/mcmux.sock (the example config without the unit\'s RuntimeDirectory=): check says FAILED, as the start fails', { todo: 'finding 9: check says "config ok" for a unix listen whose directory is missing; the start exits 1 with "listen EACCES: permission denied"' }, async (t) => {
+    const dir = await tempDir(t);
+    const sock = join(dir, 'run', 'mcmux', 'mcmux.sock');
+    const start = await runMcmux(['--listen', `unix:${sock}`, '--upstream', 'memory://', '--state-dir', join(dir, 'state')], { timeoutMs: 4000 });
+    assert.equal(start.code, 1, `the start: ${start.stderr}`);
+    assert.doesNotMatch(start.stdout, /mcmux listening/);
+    const r = await runMcmux(['check', '--listen', `unix:${sock}`, '--upstream', 'memory://', '--state-dir', join(dir, 'state')], { timeoutMs: 10_000 });
+    assert.doesNotMatch(r.stdout, /config ok/, `check on a listen the start cannot make: ${r.stdout}`);
+    assert.match(r.stdout, /FAILED[^\n]*mcmux\.sock|FAILED[^\n]*run/, r.stdout);
+    assert.notEqual(r.code, 0);
   });
 });
