@@ -44,11 +44,11 @@
  *     configured: with any upstream configured the same state-dir exits 1 naming the state-dir,
  *     as 5cb4934 says was decided (loadConfig builds the embedded SQLite store, which makes the
  *     state-dir itself, before App's makeStateDir is reached).
- *   9 `mcmux check` says "config ok" for `listen = "unix:/run/mcmux/mcmux.sock"` (the example
- *     config's) whose directory is not there (the unit has no RuntimeDirectory=): the start exits
- *     1 with "listen EACCES: permission denied" (the directory is missing, not forbidden), and the
- *     unit restarts it every second. check looks at the state-dir since 5cb4934, not at the
- *     listen sockets' directory.
+ *   9 a unix listen socket whose directory is not there (`unix:/run/mcmux/mcmux.sock`, the
+ *     example config's, without the unit's RuntimeDirectory=): the start exits 1 with "listen
+ *     EACCES: permission denied" (libuv reports the missing directory so), and the operator looks
+ *     for a permission; `mcmux check` says "config ok" for it (check cannot know of a
+ *     RuntimeDirectory= systemd makes at start, as for StateDirectory=, so not asserted here).
  *
  * MySQL: the shared MariaDB at 127.0.0.1:3306 (root, no password, database `test`): the test
  * makes its own uniquely named user, dropped after it (and any table, if one got made).
@@ -236,16 +236,15 @@ describe('the start with the embedded default and a state-dir it cannot make', (
   });
 });
 
-describe('mcmux check and a unix socket the start cannot listen on', () => {
-  it('listen unix:<a directory not there>/mcmux.sock (the example config without the unit\'s RuntimeDirectory=): check says FAILED, as the start fails', { todo: 'finding 9: check says "config ok" for a unix listen whose directory is missing; the start exits 1 with "listen EACCES: permission denied"' }, async (t) => {
+describe('a unix socket whose directory is not there', () => {
+  it('listen unix:<a directory not there>/mcmux.sock (the example config without the unit\'s RuntimeDirectory=): the start\'s line says the directory is missing, not "permission denied"', { todo: 'finding 9: the start exits 1 with "listen EACCES: permission denied" for a socket directory that does not exist (libuv reports ENOENT as EACCES)' }, async (t) => {
     const dir = await tempDir(t);
     const sock = join(dir, 'run', 'mcmux', 'mcmux.sock');
     const start = await runMcmux(['--listen', `unix:${sock}`, '--upstream', 'memory://', '--state-dir', join(dir, 'state')], { timeoutMs: 4000 });
     assert.equal(start.code, 1, `the start: ${start.stderr}`);
     assert.doesNotMatch(start.stdout, /mcmux listening/);
-    const r = await runMcmux(['check', '--listen', `unix:${sock}`, '--upstream', 'memory://', '--state-dir', join(dir, 'state')], { timeoutMs: 10_000 });
-    assert.doesNotMatch(r.stdout, /config ok/, `check on a listen the start cannot make: ${r.stdout}`);
-    assert.match(r.stdout, /FAILED[^\n]*mcmux\.sock|FAILED[^\n]*run/, r.stdout);
-    assert.notEqual(r.code, 0);
+    assert.doesNotMatch(start.stderr, /permission denied/, 'the directory is missing, not forbidden');
+    assert.match(start.stderr, /does not exist|ENOENT|no such/i, start.stderr);
+    assert.match(start.stderr, new RegExp(join(dir, 'run', 'mcmux').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')), 'the line names the missing directory');
   });
 });
