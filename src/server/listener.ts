@@ -4,7 +4,8 @@
  * default); there is no UDP listener (CVE-2018-1000115).
  */
 
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { type Server, type Socket, connect, createServer } from 'node:net';
 import type { ListenSpec } from '../config';
 import { binaryCodecFactory } from '../protocol/binary/binary-codec';
@@ -61,7 +62,8 @@ export class Listener implements StatsSource {
     // still gets every reply it is owed before mcmux closes (connection.ts, 'end').
     const server = createServer({ noDelay: true, pauseOnConnect: true, allowHalfOpen: true }, (socket) => this.accept(socket));
     this.servers.push(server);
-    return new Promise((resolve, reject) => {
+    return new Promise((resolve, fail) => {
+      const reject = (error: NodeJS.ErrnoException): void => fail(spec.kind === 'unix' ? socketError(spec.path, error) : error);
       server.once('error', reject);
       const done = (): void => {
         server.off('error', reject);
@@ -122,6 +124,17 @@ export class Listener implements StatsSource {
   drain(): void {
     for (const s of this.sockets.keys()) s.emit('mcmux:drain');
   }
+}
+
+/**
+ * libuv reports a unix socket's missing directory as EACCES ("listen EACCES: permission denied"):
+ * said as what it is (review-h31 finding 9: the operator looked for a permission).
+ */
+function socketError(path: string, error: NodeJS.ErrnoException): NodeJS.ErrnoException {
+  if (error.code !== 'EACCES' || existsSync(dirname(path))) return error;
+  const said = new Error(`listen ${path}: its directory ${dirname(path)} does not exist (mcmux makes none; under systemd: RuntimeDirectory=)`) as NodeJS.ErrnoException;
+  said.code = 'ENOENT';
+  return said;
 }
 
 /**
