@@ -112,6 +112,12 @@ export function loadConfig(argv: string[], create = true): { config: Config; con
     if (v !== undefined && key !== 'listen') flags.scalars[key] = v as string | boolean;
   }
   const config = buildConfig(file, flags);
+  // The embedded default's SQLite file lives in the state-dir, and building it (below) makes the
+  // state-dir: one it cannot make failed as that upstream (exit 2, a line about a sqlite:// URL
+  // never configured), where with any upstream configured App's makeStateDir says it (exit 1, as
+  // decided: a failed start, not a malformed value). Said as the latter (review-h31 finding 8).
+  const dirProblem = create && config.upstreams.length === 0 ? stateDirProblem(config.stateDir) : undefined;
+  if (dirProblem !== undefined) throw new StoreUnavailableError(`state-dir "${config.stateDir}" cannot be made (${dirProblem}): expected a directory mcmux can create and write`);
   try {
     checkUpstreamList(config, create);
   } catch (error) {
