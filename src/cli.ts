@@ -373,7 +373,7 @@ async function probeUpstreams(upstreams: readonly Upstream[], log: pino.Logger, 
       try {
         await Promise.race([u.probe(), late]);
       } catch (error) {
-        // A reload removed it meanwhile: it is in no chain (review-h25 finding 4).
+        // A reload removed it meanwhile: it is in no chain (review-h25 finding 4); or mcmux stops.
         if (!current().includes(u)) return;
         log.warn({ upstream: u.name, err: maskUrl(error instanceof Error ? error.message : String(error)) }, `upstream fails its probe ${when}: it stays in the chain, and requests will find it failing`);
       } finally {
@@ -460,7 +460,7 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
       running.reload(next);
       // A reload may raise max-connections past the open-file limit, as a start may.
       warnOpenFileLimit(next.maxConnections, log);
-      void probeUpstreams(running.upstreams.filter((u) => !before.has(u)), log, 'after the reload', () => running.upstreams);
+      void probeUpstreams(running.upstreams.filter((u) => !before.has(u)), log, 'after the reload', () => (stopping ? [] : running.upstreams));
     } catch (error) {
       const why = error instanceof CommanderError || error instanceof ConfigError ? error.message : String(error);
       log.error({ err: maskUrl(why) }, 'reload rejected; the running configuration stays');
@@ -521,7 +521,8 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<void
   }
   warnOpenFileLimit(config.maxConnections, log);
   if (reloadAfterStart) reload(running);
-  void probeUpstreams(running.upstreams, log, 'at start', () => running.upstreams);
+  // A stop closes the upstreams under a probe still out: that is no failure (review-h31 finding 12).
+  void probeUpstreams(running.upstreams, log, 'at start', () => (stopping ? [] : running.upstreams));
 }
 
 if (require.main === module) {
