@@ -6,7 +6,7 @@
  */
 
 import { createHash } from 'node:crypto';
-import { accessSync, closeSync, constants, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, linkSync, lstatSync, mkdirSync, openSync, readFileSync, readSync, readlinkSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 
 /** What is at a path is not a regular file (ENOTREG), or is larger than allowed (EFBIG); the message names no path. */
@@ -84,6 +84,47 @@ export function stateDirProblem(dir: string): string | undefined {
     if (parent === path) return `${path} does not exist`;
     path = parent;
   }
+}
+
+/**
+ * Why a file not there yet could not be made at `path` (makeDirs of its directory, then an open
+ * with O_CREAT), found without making anything (`mcmux check`), or undefined: its directory as
+ * stateDirProblem judges it, and where `path` is a symbolic link to nothing, the directory of
+ * what it names, which must be there (the open follows the link; makeDirs made the link's own
+ * directory only: review-h31 finding 13).
+ */
+export function newFileProblem(path: string): string | undefined {
+  let p = resolve(path);
+  const problem = stateDirProblem(dirname(p));
+  if (problem !== undefined) return problem;
+  for (let hops = 0; isLink(p); hops++) {
+    if (hops >= 40) return `${path}: too many levels of symbolic links`;
+    let target: string;
+    try {
+      target = resolve(dirname(p), readlinkSync(p));
+    } catch (error) {
+      return `${p} cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`;
+    }
+    if (!isLink(target)) {
+      const dir = dirname(target);
+      let st;
+      try {
+        st = statSync(dir, { throwIfNoEntry: false });
+      } catch (error) {
+        return `${dir} cannot be looked at (${(error as NodeJS.ErrnoException).code ?? String(error)})`;
+      }
+      if (st === undefined) return `${path} is a symbolic link to ${target}, in a directory not there (mcmux makes none for a link's target)`;
+      if (!st.isDirectory()) return `${dir} is not a directory`;
+      try {
+        accessSync(dir, constants.W_OK | constants.X_OK);
+      } catch (error) {
+        return `${dir} is not writable (${(error as NodeJS.ErrnoException).code ?? String(error)})`;
+      }
+      return undefined;
+    }
+    p = target;
+  }
+  return undefined;
 }
 
 /** Whether a symbolic link is at `path` itself (not followed); false when nothing is, or it cannot be told. */

@@ -69,7 +69,7 @@ import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import { type ArithOp, type Hit, applyArith, decideStore, isExpired, parseCounter } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError, StoreUnavailableError } from '../errors';
-import { makeDirs, stateDirProblem, touchRegularFile } from '../files';
+import { makeDirs, newFileProblem, touchRegularFile } from '../files';
 import type { UpstreamContext } from './registry';
 import { CannotOpen, NotThereYet, intOption, rejectUnknownOptions } from './registry';
 import {
@@ -765,7 +765,7 @@ export function createSqliteUpstream(url: URL, options: Map<string, string>, ctx
     // in): a FAILED line, the others still checked (review-h31 finding 2: "ok ... not there yet",
     // then the start exited 2). The embedded default's file under a state-dir that is a file too,
     // beside check's FAILED state-dir line.
-    const problem = stateDirProblem(dirname(path));
+    const problem = newFileProblem(path);
     if (problem !== undefined) throw new CannotOpen(name, `cannot make ${path}: ${problem} (the start refuses it: check the path and its permissions)`);
     throw new NotThereYet(name, path);
   }
