@@ -2,6 +2,27 @@
  * Adversarial review h32 of four commits: e9e2219 (the repair pauses a copy the store refused),
  * 055ae79 (fencesVoided, Z lines), a384a4e (TOUCHES_KEPT: earliest and eight latest), 4733097
  * (DirtyEntry.asks).
+ *
+ * Findings (each test is marked todo; each FAILS on main at 8b9d439 without the todo):
+ * 1. (medium: a lock granted twice, a held lock read as absent; 4733097 leaves it) asks is looked
+ *    at by the repair only. freshest(), authorityOrder and the reads ignore it: with the unread
+ *    cache (the only copy of an acknowledged add) least fresh and the store behind (back empty)
+ *    dirty for the failed add, the store is the freshest copy: `get lock` misses and `add lock`
+ *    is STORED, until the repair has read the cache (a tick if it answers; as long as it is slow
+ *    or down). README promises "no other copy is taken for the key's truth meanwhile".
+ * 2. (medium: an acknowledged add lost; 4733097) mark() rebuilds the entry without `asks` (as
+ *    lateSettled and written() would): a later write of the key that fails on the unread cache (a
+ *    touch that times out there) drops it, the store behind is cleared as the freshest, and at the
+ *    fence's end its absence is copied over the cache, the only copy.
+ * 3. (low-medium: a session read as absent; 055ae79 leaves it) the next process that finds the
+ *    late marker of a voided fence (the case 055ae79 is about) refuses to inherit it, and nothing
+ *    else tells it of the later fence: journal.log has `B <a> F1 ... r` (the repair's flush), but
+ *    the cache is taken for a precaution fence, not emptied by the repair, and its miss of a
+ *    session the flush took answers a read while the store holding it fails.
+ * 4. (medium: an acknowledged add lost across a restart; 4733097) asks is in memory only: the M
+ *    line is a plain least fresh copy. A restart before the repair has read the cache (a deploy
+ *    while the cache is slow or down) makes the next process take the store, back empty, for the
+ *    truth and delete the lock from the cache.
  */
 
 import assert from 'node:assert/strict';
