@@ -113,10 +113,11 @@ export interface DirtyEntry {
    * because it was seen to lack it: a cache the repair's flush emptied, asked whether a write
    * since reached it (replicate-write.ts lackedWhereEmptied). The repair reads the copy before it
    * does anything else with the key (asked): holding an item it is clean, the key's state, else a
-   * plain least fresh copy; meanwhile no other copy is taken for the truth where none is clean.
-   * In memory only: loaded from journal.log, the entry is a least fresh copy (review-h30 finding 1:
-   * an add's only copy, in a cache a read timed out on, was repaired from the store behind it,
-   * back empty).
+   * plain least fresh copy; meanwhile no other copy is taken for the truth where none is clean
+   * (review-h30 finding 1: an add's only copy, in a cache a read timed out on, was repaired from
+   * the store behind it, back empty). On journal.log too (review-h32 finding 4). Kept while only
+   * the entry's `late` changes; a later miss of the key there ends it (the copy is then older than
+   * that write, whatever it holds: a plain least fresh copy).
    */
   readonly asks?: true;
 }
@@ -316,7 +317,8 @@ function writeAll(fd: number, text: string): void {
  */
 function mLine(name: string, key: string, e: DirtyEntry): string {
   const line = `M ${hex(name)} ${e.op === 'delete' ? 'd' : 'w'} ${hex(key)} ${e.since}`;
-  return e.firstSeq > 0 ? `${line} ${e.firstSeq}` : line;
+  // A trailing `a`: lacking the key unread (DirtyEntry.asks), for the next process too.
+  return e.firstSeq > 0 ? `${line} ${e.firstSeq}${e.asks ? ' a' : ''}` : line;
 }
 
 /**
@@ -802,7 +804,7 @@ export class RepairJournal {
     // The touch deadlines stay: the repair, now that the touches cannot land any more, reads the
     // copy to tell whether they took effect (review-h28 finding 1: a touch that timed out on the
     // store lost them here, and the session was deleted there).
-    if (p !== undefined && e !== undefined && e.late !== 0) this.setKey(p, key, { op: e.op, since: e.since, seq: e.seq, firstSeq: e.firstSeq, late: 0, ...(e.touched === undefined ? {} : { touched: e.touched }) });
+    if (p !== undefined && e !== undefined && e.late !== 0) this.setKey(p, key, { op: e.op, since: e.since, seq: e.seq, firstSeq: e.firstSeq, late: 0, ...(e.touched === undefined ? {} : { touched: e.touched }), ...(e.asks ? { asks: e.asks } : {}) });
   }
 
   entry(u: Upstream, key: string): DirtyEntry | undefined {
@@ -1975,7 +1977,7 @@ export class RepairJournal {
         const rank = Number(f[5]);
         const firstSeq = Number.isFinite(rank) && rank > 0 ? Math.min(rank, HOLDS) : 0;
         if (firstSeq !== HOLDS) maxSeq = Math.max(maxSeq, firstSeq);
-        this.setKey(p, key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq, late: loadedAt });
+        this.setKey(p, key, { op: f[2] === 'd' ? 'delete' : 'write', since, seq: 0, firstSeq, late: loadedAt, ...(f[6] === 'a' ? { asks: true as const } : {}) });
       }
       else if (f[0] === 'C' && f[2] !== undefined) this.setKey(p, unhex(f[2]), undefined);
       else if (f[0] === 'O') {

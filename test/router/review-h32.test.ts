@@ -124,7 +124,7 @@ describe('finding 2: a later write that misses the unread cache drops DirtyEntry
 
 
 describe('finding 4: DirtyEntry.asks is not on journal.log: after a restart the unread cache is a plain least fresh copy, and the repair deletes the only copy (4733097)', () => {
-  it('mcmux restarted before the repair has read a: the next process does not copy b\'s absence over the acknowledged add a alone holds', { todo: 'finding 4: asks is in memory only (mLine writes a plain M line, firstSeq 0.5): the next process takes b, back empty, for the truth and deletes the lock from a' }, async (t) => {
+  it('mcmux restarted before the repair has read a: the next process does not copy b\'s absence over the acknowledged add a alone holds', async (t) => {
     const dir = tempDir(t, 'review-h32-asks');
     const { s, fa, fb } = await lockUnreadOnA(400, dir);
     await s.stop(); // a deploy, or a crash, before the repair's next tick
