@@ -781,11 +781,15 @@ export class ColdDetector {
    * adopted a lock its unreadable server had lost, and decided an add on it: a lock granted twice).
    */
   private inherit(u: HealthyUpstream, sights: readonly Sight[]): void {
-    const id = sights.find((s) => s.fenceId !== 0)?.fenceId ?? 0;
-    if (this.fenceLog === undefined || id === 0 || sights.some((s) => s.verdict === 'unknown' || (s.fenceId !== 0 && s.fenceId !== id))) return;
+    const named = sights.find((s) => s.fenceId !== 0)?.fenceId ?? 0;
+    if (this.fenceLog === undefined || named === 0 || sights.some((s) => s.verdict === 'unknown' || (s.fenceId !== 0 && s.fenceId !== named))) return;
     // A fence from before the store was seen empty, named by a marker write that timed out then
-    // and landed after (review-h30 findings 2 and 3): what it learnt is gone (fencesVoided).
-    if (this.fenceLog.fenceVoid(u, id)) return;
+    // and landed after (review-h30 findings 2 and 3): what it learnt is gone (fencesVoided). The
+    // fence begun by that emptying is the store's, as journal.log has it last: the keys learnt
+    // since, and that the repair's flush emptied it (review-h32 finding 3: the next process took
+    // the flushed cache for one fenced as a precaution, and answered a read with its miss).
+    const id = this.fenceLog.fenceVoid(u, named) ? this.fenceLog.latestFence(u) : named;
+    if (id === undefined) return;
     // Seen come back empty by this process since (its own look, or the repair's flush): what that
     // fence learnt was written before, and is gone with the rest. Fuzz seed 1593 with
     // MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1 (a server

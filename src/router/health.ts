@@ -644,6 +644,8 @@ export interface FenceLog {
   fencesVoided(u: Upstream, keep: number): void;
   /** Whether `u`'s fence `id` was voided (fencesVoided), by this process or one before it. */
   fenceVoid(u: Upstream, id: number): boolean;
+  /** The fence of `u` recorded last (learnt keys or emptied), not voided; undefined if none. */
+  latestFence(u: Upstream): number | undefined;
   uniquesVoided(u: Upstream, epoch: number): void;
   /**
    * `u` holds older data than mcmux wrote there, or its keys moved (a pool's ring): trusted for no

@@ -673,6 +673,13 @@ export class RepairJournal {
     return this.byName.get(idOf(u))?.voided?.includes(id) === true;
   }
 
+  latestFence(u: Upstream): number | undefined {
+    const p = this.byName.get(idOf(u));
+    // Voided ids are gone from both maps (voidFence); each map keeps its ids in the order begun.
+    const emptied = p?.emptied === undefined ? undefined : [...p.emptied.keys()].at(-1);
+    return emptied ?? (p?.fenced === undefined ? undefined : [...p.fenced.keys()].at(-1));
+  }
+
   /** Whether fenceEmptied kept, for `u`'s fence `id`, that the repair's flush emptied it. */
   emptiedByRepair(u: Upstream, id: number): boolean {
     return this.byName.get(idOf(u))?.emptied?.get(id)?.repair === true;
