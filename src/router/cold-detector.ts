@@ -838,8 +838,12 @@ export class ColdDetector {
       // A pool places keys by hash: a marker per server needs a key that lands on that server,
       // so each server is asked directly, through its own driver.
       [hit] = await store.get([this.key]);
-    } catch {
-      // health tracking sees the failures of real requests; the marker is best effort
+    } catch (err) {
+      // health tracking sees the failures of real requests; the marker is best effort. A read the
+      // store itself refused (a Redis ACL user limited to the sessions' keys, NOPERM) is said once,
+      // as a refused write is: the marker write is never tried, and the client writes failing
+      // there the same way were at debug only (review-h31 finding 6).
+      if (err instanceof McmuxError && err.origin === ErrorCodes.UPSTREAM_REFUSED) this.refusesWrites(u, store, err, true);
       return { verdict: 'unknown', kept: false, fencedUntil: 0, fenceId: 0 };
     }
     const wrote = this.lastSet.get(store);
@@ -899,15 +903,18 @@ export class ColdDetector {
 
   /**
    * The store refused the marker write itself (it answered: a Redis replica's READONLY, an ACL
-   * user's NOPERM, a MySQL account without INSERT, 1142): every client write there fails the same
-   * way while the upstream stays healthy (it answers), each at debug only. Said once, until a
-   * marker write lands there again (review-h25 finding 1: the durable copy never written, nothing
-   * logged).
+   * user's NOPERM, a MySQL account without INSERT, 1142), or its read (`read`: an ACL user limited
+   * to some keys): every client write there fails the same way while the upstream stays healthy
+   * (it answers), each at debug only. Said once, until a marker write lands there again
+   * (review-h25 finding 1: the durable copy never written, nothing logged).
    */
-  private refusesWrites(u: HealthyUpstream, store: Upstream, err: McmuxError): void {
+  private refusesWrites(u: HealthyUpstream, store: Upstream, err: McmuxError, read = false): void {
     if (this.refusing.has(store)) return;
     this.refusing.add(store);
-    this.log.warn({ upstream: u.name, ...(store === u.inner ? {} : { server: store.name }), err: maskUrl(err.message) }, 'upstream refuses writes (it refused mcmux\'s marker): every write to it fails while it answers reads; a read-only replica, or an account without write permission?');
+    const said = read
+      ? 'upstream refuses mcmux\'s marker read: client requests likely fail there the same way while it stays healthy (it answers), and whether it came back empty cannot be told; an account limited to some keys or commands?'
+      : 'upstream refuses writes (it refused mcmux\'s marker): every write to it fails while it answers reads; a read-only replica, or an account without write permission?';
+    this.log.warn({ upstream: u.name, ...(store === u.inner ? {} : { server: store.name }), err: maskUrl(err.message) }, said);
   }
 
   /**
