@@ -309,6 +309,8 @@ async function check(argv: string[]): Promise<number> {
     const timer = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${limit} ms`)), limit).unref());
     try {
       await Promise.race([u.probe(), timer]);
+      const problem = u.writeProblem === undefined ? undefined : await Promise.race([u.writeProblem(), timer]);
+      if (problem !== undefined) throw new Error(problem);
       process.stdout.write(`ok     ${u.name}\n`);
     } catch (error) {
       bad++;

@@ -604,6 +604,24 @@ export class RedisUpstream implements Upstream {
     });
   }
 
+  /**
+   * A replica (`INFO replication`: role:slave) refuses every write (READONLY), or takes writes the
+   * master never sees (replica-read-only no): what `mcmux check` says FAILED for (review-h31
+   * finding 5: "ok", then every write refused). An INFO the account may not run tells nothing.
+   */
+  async writeProblem(): Promise<string | undefined> {
+    let info: string;
+    try {
+      info = await this.run(() => this.client.info('replication'));
+    } catch {
+      return undefined;
+    }
+    if (!/^role:slave\r?$/m.test(info)) return undefined;
+    const master = /^master_host:(.*?)\r?$/m.exec(info)?.[1];
+    const port = /^master_port:(\d+)\r?$/m.exec(info)?.[1];
+    return `a replica${master === undefined ? '' : ` of ${master}:${port ?? '?'}`}: every write is refused there (READONLY); expected the master, or an address that follows it`;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -100,6 +100,11 @@ export interface Upstream {
   flush(): Promise<void>;
   /** A cheap request that proves the store answers (memcached `version`). */
   probe(): Promise<void>;
+  /**
+   * Optional, for `mcmux check`: why every write would be refused here, found without writing
+   * anything (a Redis replica: READONLY); undefined when none is seen (or it cannot be told).
+   */
+  writeProblem?(): Promise<string | undefined>;
   close(): Promise<void>;
   /**
    * Optional: a driver that can tell it reconnected after losing its connection calls this (the
