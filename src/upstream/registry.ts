@@ -31,8 +31,9 @@ export class NotThereYet extends Error {
   constructor(
     readonly upstream: string,
     readonly path: string,
+    what = `not there yet (mcmux makes it, and its directory, at start): ${path}`,
   ) {
-    super(`not there yet (mcmux makes it, and its directory, at start): ${path}`);
+    super(what);
   }
 }
 

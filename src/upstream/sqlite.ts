@@ -750,6 +750,19 @@ function synchronousOption(options: Map<string, string>, where: string): 'normal
   return raw;
 }
 
+/** Whether the file at `path` holds `table`, read without writing; true when it cannot be told. */
+function hasTable(path: string, table: string, timeoutMs: number): boolean {
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true, timeout: timeoutMs });
+    return db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(table) !== undefined;
+  } catch {
+    return true;
+  } finally {
+    db?.close();
+  }
+}
+
 export function createSqliteUpstream(url: URL, options: Map<string, string>, ctx: UpstreamContext): SqliteUpstream {
   const name = maskUrl(url.href);
   const where = `upstream ${name}`;
@@ -769,5 +782,9 @@ export function createSqliteUpstream(url: URL, options: Map<string, string>, ctx
     if (problem !== undefined) throw new CannotOpen(name, `cannot make ${path}: ${problem} (the start refuses it: check the path and its permissions)`);
     throw new NotThereYet(name, path);
   }
+  // A file there without mcmux's table (an application's database): looked at read-only, since
+  // opening it as the start does makes the table, its index and _meta, and turns on WAL (review-h31
+  // finding 7: `check` wrote into it). Anything the look cannot tell is left to that open.
+  if (ctx.create === false && !hasTable(path, table, timeoutMs)) throw new NotThereYet(name, path, `table ${table} not there yet in ${path} (mcmux makes it at start)`);
   return new SqliteUpstream(name, { path, table, purgeIntervalMs, purgeBatch, synchronous, timeoutMs, maxItemSize: ctx.maxItemSize, checkIntervalMs: ctx.probeIntervalMs });
 }

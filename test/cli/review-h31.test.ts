@@ -8,8 +8,9 @@
  * (as a todo test). Fixed since (their todo marks dropped, each test failing without its fix; the
  * commits as on main): 1 in 7dcfeb3; 2 in 926efb1 and b3edc7b (a FAILED line); 3 in 7b43668; 8 in
  * 3bacb5b; 9 in f8c6387; 10 and 11 in 82db8a4 (docs); 12 in 24122ed; 13 in 47d39cc; 6 in
- * 4846f11 (the refused marker read said at warn); 5 for a Redis replica by the commit after
- * 4846f11 (check asks INFO replication). Still todo: 4 and 7 (no small fix: see each).
+ * 4846f11 (the refused marker read said at warn); 5 for a Redis replica in 3cc2fcf (check asks
+ * INFO replication); 7 by the commit after 3cc2fcf (an existing SQLite file
+ * is looked at read-only). Still todo: 4 (MySQL grants: see it).
  *
  * Findings:
  *   1 `mcmux check` says "config ok" (exit 0) for a state-dir that is a dangling symbolic link (a
@@ -255,7 +256,7 @@ describe('an upstream that refuses every write is said (396508f)', () => {
 });
 
 describe('mcmux check makes nothing (README; 6902e16 did MySQL)', () => {
-  it('an existing SQLite file without mcmux\'s table: check leaves it as it was (no table made, journal mode kept)', { todo: 'finding 7: check creates the mcmux schema in an existing SQLite file and switches it to WAL' }, async (t) => {
+  it('an existing SQLite file without mcmux\'s table: check leaves it as it was (no table made, journal mode kept)', async (t) => {
     const dir = await tempDir(t);
     const path = join(dir, 'app.db');
     const db = new Database(path);
