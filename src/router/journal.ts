@@ -113,7 +113,8 @@ export interface DirtyEntry {
    * because it was seen to lack it: a cache the repair's flush emptied, asked whether a write
    * since reached it (replicate-write.ts lackedWhereEmptied). The repair reads the copy before it
    * does anything else with the key (asked): holding an item it is clean, the key's state, else a
-   * plain least fresh copy; meanwhile no other copy is taken for the truth where none is clean
+   * plain least fresh copy; meanwhile the repair takes no other copy for the truth where none is
+   * clean (reads and the authority still go by the ranking: review-h32 finding 1, a known limit)
    * (review-h30 finding 1: an add's only copy, in a cache a read timed out on, was repaired from
    * the store behind it, back empty). On journal.log too (review-h32 finding 4). Kept while only
    * the entry's `late` changes; a later miss of the key there ends it (the copy is then older than
@@ -182,7 +183,7 @@ interface PerUpstream {
   emptied?: Map<number, Emptied>;
   /**
    * Fence ids of the upstream voided since (fencesVoided: it was seen empty after them), the last
-   * VOID_IDS: a marker naming one, found late, is inherited by no process (fenceVoid).
+   * VOID_IDS: a marker naming one, found late, is taken for the fence on file last (latestFence).
    */
   voided?: number[];
   /** How often its uniques were voided (HealthyUpstream.uniquesEpoch), as the last process left it. */
@@ -650,7 +651,8 @@ export class RepairJournal {
    * it (the process forgot them: HealthyUpstream.emptied). On file as `Z <store> <id>` for each,
    * so that no process inherits one of them from a marker that names it, a write of that marker
    * which timed out before the emptying and landed after it (review-h30 findings 2 and 3: the
-   * cache the repair flushed knew a lock it had lost, and decided its add).
+   * cache the repair flushed knew a lock it had lost, and decided its add): such a marker stands
+   * for the fence on file last (latestFence; review-h32 finding 3).
    */
   fencesVoided(u: Upstream, keep: number): void {
     const p = this.of(u);
