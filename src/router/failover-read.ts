@@ -356,7 +356,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
         .filter((k) => !asked.has(k))
         .map(async (key) => {
           for (let tries = 0; tries < upstreams.length; tries++) {
-            const u = ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key)?.[0];
+            const u = ctx.journal.freshest(upstreams, upstreams.filter(isUsable), key, true)?.[0];
             if (u === undefined) break;
             const answer = await ask(u, [key], true);
             if (answer.ok && ctx.journal.undone(u, key, answer.hits.get(key) !== undefined)) continue;

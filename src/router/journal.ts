@@ -113,8 +113,8 @@ export interface DirtyEntry {
    * because it was seen to lack it: a cache the repair's flush emptied, asked whether a write
    * since reached it (replicate-write.ts lackedWhereEmptied). The repair reads the copy before it
    * does anything else with the key (asked): holding an item it is clean, the key's state, else a
-   * plain least fresh copy; meanwhile the repair takes no other copy for the truth where none is
-   * clean (reads and the authority still go by the ranking: review-h32 finding 1, a known limit)
+   * plain least fresh copy; meanwhile no other copy is the truth where none is clean: nothing
+   * decides a conditional command of the key, and a read asks that copy first (freshest)
    * (review-h30 finding 1: an add's only copy, in a cache a read timed out on, was repaired from
    * the store behind it, back empty). On journal.log too (review-h32 finding 4). Kept while only
    * the entry's `late` changes; a later miss of the key there ends it (the copy is then older than
@@ -1152,8 +1152,15 @@ export class RepairJournal {
    * now, empty when it is not (nothing older may stand in for it). Undefined when some upstream
    * is clean for the key: then only a clean one may be the truth, even a down one.
    */
-  freshest(all: readonly Upstream[], usable: readonly Upstream[], key: string): Upstream[] | undefined {
+  freshest(all: readonly Upstream[], usable: readonly Upstream[], key: string, reading = false): Upstream[] | undefined {
     if (!all.every((u) => this.isDirty(u, key))) return undefined;
+    // A copy lacking the key unread (DirtyEntry.asks) may hold its newest state: no copy is the
+    // truth until it is read (a conditional command is decided nowhere, the repair waits). A read
+    // (`reading`) asks that copy first: its hit is the key's state, its miss that it does lack it
+    // (undone), and the next is read (review-h32 finding 1: the held lock read as absent from the
+    // store behind, back empty, and granted again).
+    const unread = all.find((u) => this.entry(u, key)?.asks === true);
+    if (unread !== undefined) return reading && usable.includes(unread) ? [unread] : [];
     const top = [...all].sort((a, b) => this.fresher(b, a, key))[0];
     return top !== undefined && usable.includes(top) && !this.notYet(top, key) ? [top] : [];
   }
@@ -1453,6 +1460,11 @@ export class RepairJournal {
    * the next copy.
    */
   undone(u: Upstream, key: string, found: boolean): boolean {
+    // Lacking the key unread, read first (freshest, reading): a miss says it does lack it.
+    if (this.entry(u, key)?.asks === true) {
+      if (!found) this.asked(u, key, false);
+      return !found;
+    }
     if (!this.mayBeUndone(u, key)) return false;
     const p = this.of(u);
     const e = p.keys.get(key) as DirtyEntry;

@@ -91,7 +91,7 @@ async function lockUnreadOnA(fenceMs = 60_000, dir?: string) {
 }
 
 describe('finding 1: DirtyEntry.asks holds back the repair only; a read and the authority still take b (back empty) for the truth while a is unread (4733097)', () => {
-  it('before the repair has read a, a get of the lock does not answer it absent, and an add of it is not granted', { todo: 'finding 1: reads and authorityOrder ignore DirtyEntry.asks: b, back empty, is the freshest copy: the held lock reads absent and its add is STORED' }, async () => {
+  it('before the repair has read a, a get of the lock does not answer it absent, and an add of it is not granted', async () => {
     const { s } = await lockUnreadOnA();
     // No repair tick yet (it runs ten times a second, and a may be slow or down a while longer).
     const got = valueOf(await s.exec(getCmd('lock')));
@@ -218,5 +218,29 @@ describe('finding 3: the next process, finding the late marker of a voided fence
     fb.mode = 'ok';
     await s2.stop();
     assert.ok(got?.startsWith('(SERVER_ERROR'), `A SESSION READ AS ABSENT: the cache the repair flushed answered its miss while the store holding the session failed (a: ${state}; got ${String(got)})`);
+  });
+});
+
+describe("finding 1's fix, both sides: a read asks the unread copy first", () => {
+  it('its hit is the answer: the held lock is read from a', async () => {
+    const { s, a } = await lockUnreadOnA();
+    const got = valueOf(await s.exec(getCmd('lock')));
+    const unread = s.journal.entry(a, 'lock')?.asks;
+    await s.stop();
+    assert.equal(got, 'held');
+    assert.equal(unread, true, 'still for the repair to settle');
+  });
+
+  it('its miss says it lacks the key: the next copy is read, and a is a plain least fresh copy', async () => {
+    const { s, fa, fb, a } = await lockUnreadOnA();
+    // The other way round: a does lack the key (its copy gone), and b holds a state of it.
+    await fa.inner.delete('lock');
+    await fb.inner.store({ mode: 'set', key: 'lock', value: Buffer.from('kept'), flags: 0, deadline: 0 });
+    const got = valueOf(await s.exec(getCmd('lock')));
+    const unread = s.journal.entry(a, 'lock')?.asks;
+    await s.stop();
+    assert.equal(got, 'kept');
+    assert.equal(unread, undefined, 'a read as lacking the key');
+    assert.equal(s.journal.isDirty(a, 'lock'), true);
   });
 });
