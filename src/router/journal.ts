@@ -117,8 +117,9 @@ export interface DirtyEntry {
    * decides a conditional command of the key, and a read asks that copy first (freshest)
    * (review-h30 finding 1: an add's only copy, in a cache a read timed out on, was repaired from
    * the store behind it, back empty). On journal.log too (review-h32 finding 4). Kept while only
-   * the entry's `late` changes; a later miss of the key there ends it (the copy is then older than
-   * that write, whatever it holds: a plain least fresh copy).
+   * the entry's `late` changes, and through a touch it misses (mark); a later miss of any other
+   * write of the key there ends it (the copy is then older than that write, whatever it holds: a
+   * plain least fresh copy).
    */
   readonly asks?: true;
 }
@@ -1289,6 +1290,13 @@ export class RepairJournal {
     if (dates !== undefined) {
       const now = p.keys.get(key);
       if (now !== undefined) this.setKey(p, key, { ...now, touched: dates });
+    }
+    // A touch changes no value: a copy lacking the key unread (asks) still holds whatever it held,
+    // the question the repair's read answers (review-h32 finding 2: a touch that timed out there
+    // dropped it, and the store behind, back empty, became the truth copied over the only copy).
+    if (touched !== undefined && prev?.asks === true) {
+      const now = p.keys.get(key);
+      if (now !== undefined && now.asks !== true) this.put(u, p, key, { ...now, asks: true });
     }
   }
 

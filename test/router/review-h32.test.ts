@@ -3,7 +3,8 @@
  * 055ae79 (fencesVoided, Z lines), a384a4e (TOUCHES_KEPT: earliest and eight latest), 4733097
  * (DirtyEntry.asks).
  *
- * Findings (each test is marked todo; each FAILS on main at 8b9d439 without the todo):
+ * Findings (each test failed on 8b9d439; fixed by b0dc48c (1), the commit after it (2), 84283a2
+ * (3) and 1b4fca7 (4); finding 1's fix has tests of both sides at the end):
  * 1. (medium: a lock granted twice, a held lock read as absent; 4733097 leaves it) asks is looked
  *    at by the repair only. freshest(), authorityOrder and the reads ignore it: with the unread
  *    cache (the only copy of an acknowledged add) least fresh and the store behind (back empty)
@@ -103,7 +104,7 @@ describe('finding 1: DirtyEntry.asks holds back the repair only; a read and the 
 });
 
 describe('finding 2: a later write that misses the unread cache drops DirtyEntry.asks (mark builds a new entry without it), and the repair copies b\'s absence over the only copy (4733097)', () => {
-  it('a touch of the lock that times out on a, unread, leaves a still read first by the repair: the held lock is not deleted from it', { todo: 'finding 2: mark() rebuilds the entry without asks; b is cleared as the freshest and its absence copied over a, the only copy' }, async () => {
+  it('a touch of the lock that times out on a, unread, leaves a still read first by the repair: the held lock is not deleted from it', async () => {
     // lock-fence 400 ms: the fences end within the test.
     const { s, fa, a } = await lockUnreadOnA(400);
     // a is slow a moment longer: the lock's touch (a PHP session's gat/touch of its lock, say) times out there.
