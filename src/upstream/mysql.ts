@@ -625,6 +625,29 @@ export class MysqlUpstream implements Upstream {
     });
   }
 
+  /**
+   * For `mcmux check`, which makes no table: a table not there yet that the account may not
+   * CREATE (SHOW GRANTS names no CREATE, nor ALL PRIVILEGES, nor a role that might): the start's
+   * CREATE is refused, and every request with it (review-h31 finding 4). Whatever cannot be told
+   * (a role granted, SHOW GRANTS refused) is no problem said.
+   */
+  async writeProblem(): Promise<string | undefined> {
+    return this.run(async (c) => {
+      try {
+        await c.query(this.sql.hasTable);
+        return undefined;
+      } catch (err) {
+        if ((err as DriverError).errno !== ER_NO_SUCH_TABLE) return undefined;
+      }
+      const [rows] = await c.query('SHOW GRANTS');
+      const grants = (rows as Array<Record<string, unknown>>).map((r) => String(Object.values(r)[0] ?? ''));
+      // What a line grants: before its ON (a role's line has none: GRANT `role` TO `user`).
+      const what = grants.map((g) => /^GRANT\s+(.*?)\s+ON\s/i.exec(g)?.[1]);
+      if (what.some((w) => w === undefined || /\b(CREATE|ALL)\b/i.test(w))) return undefined;
+      return `table ${this.o.table} not there yet, and the account may not CREATE it (SHOW GRANTS names no CREATE): the start's CREATE is refused, and every request with it; grant CREATE on the database, or make the table`;
+    }).catch(() => undefined);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

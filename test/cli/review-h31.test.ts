@@ -9,8 +9,9 @@
  * commits as on main): 1 in 7dcfeb3; 2 in 926efb1 and b3edc7b (a FAILED line); 3 in 7b43668; 8 in
  * 3bacb5b; 9 in f8c6387; 10 and 11 in 82db8a4 (docs); 12 in 24122ed; 13 in 47d39cc; 6 in
  * 4846f11 (the refused marker read said at warn); 5 for a Redis replica in 3cc2fcf (check asks
- * INFO replication); 7 by the commit after 3cc2fcf (an existing SQLite file
- * is looked at read-only). Still todo: 4 (MySQL grants: see it).
+ * INFO replication); 7 in 4e798b6 (an existing SQLite file
+ * is looked at read-only); 4 by the commit after 4e798b6 (check reads SHOW GRANTS where the
+ * table is missing). None is todo now.
  *
  * Findings:
  *   1 `mcmux check` says "config ok" (exit 0) for a state-dir that is a dangling symbolic link (a
@@ -193,7 +194,7 @@ describe('a state-dir whose path holds URL characters (the embedded default, con
 });
 
 describe('mcmux check says ok where the start finds the upstream unusable', () => {
-  it('a MySQL table not there yet and an account that may not CREATE it: check says FAILED naming CREATE (the start: "CREATE command denied")', { todo: 'finding 4 (regression from 6902e16): check says ok for a missing MySQL table the account may not create' }, async (t) => {
+  it('a MySQL table not there yet and an account that may not CREATE it: check says FAILED naming CREATE (the start: "CREATE command denied")', async (t) => {
     const root = await sharedMysql(t);
     if (root === undefined) return;
     const tag = randomBytes(4).toString('hex');
