@@ -14,6 +14,9 @@ import { type HealthyUpstream, knowsKey, repairEmptied } from '../../src/router/
 import { FakeUpstream, settle } from '../helpers/fake-upstream';
 import { proc } from '../helpers/flushed-cache';
 import { tempDir } from '../helpers/temp-dir';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { inProcessMcmux, reloadTo } from '../helpers/in-process';
 import type { StoreRequest } from '../../src/upstream/upstream';
 
 const setCmd = (key: string, value: string, deadline = 0): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false });
@@ -112,5 +115,25 @@ describe('finding 1 guard: one write that misses the unread copy (no overflow) l
     await s.stop();
     assert.equal(left, 'held');
     assert.notEqual(add, 'STORED');
+  });
+});
+
+describe('finding 2: a reload App.reload cannot build is not rejected whole: the upstreams it keeps take its health options (7a07608)', () => {
+  it('a rejected reload (a SQLite file another process holds locked) leaves the running upstream\'s down-after as it was', { todo: 'finding 2: resolveEach sets m.options on kept members before a later spec throws' }, async (t) => {
+    const dir = tempDir(t, 'review-h33-reload');
+    const path = join(dir, 'sessions.db');
+    const db = new Database(path);
+    t.after(() => db.close());
+    db.exec('CREATE TABLE other (x)');
+    db.exec('BEGIN EXCLUSIVE; INSERT INTO other VALUES (1);');
+    t.after(() => {
+      if (db.inTransaction) db.exec('COMMIT');
+    });
+    const app = await inProcessMcmux({ 'state-dir': join(dir, 'state'), 'log-level': 'silent', 'down-after': '3' }, ['memory://a']);
+    const [a] = app.upstreams as unknown as HealthyUpstream[];
+    const before = (a as HealthyUpstream).options.downAfter;
+    assert.throws(() => reloadTo(app, { 'state-dir': join(dir, 'state'), 'down-after': '1000' }, ['memory://a', `sqlite://${path}?timeout=100`]), /SQLITE_BUSY|locked/);
+    const after = (a as HealthyUpstream).options.downAfter;
+    assert.equal(after, before, `the rejected reload's down-after (${after}) is what the running upstream now goes by`);
   });
 });
