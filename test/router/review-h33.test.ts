@@ -4,6 +4,27 @@
  * (check).
  *
  * Findings (each test fails on b78b283 without its todo mark):
+ * 1. (medium: a lock granted twice, an acknowledged add lost; 4733097 leaves it) the unread cache
+ *    (DirtyEntry.asks, the only copy of the lock) overflowing (two more writes miss it at
+ *    journal-max-keys 2) loses asks: distrust() drops every entry, and heldAlone() counts only keys
+ *    clean there, so nothing keeps the repair from flushing it: the lock is deleted from a, and
+ *    `add lock` is STORED by b, back empty. README: "journaled as lacking the key until the
+ *    repair has read it there"; its known limit names a failed write of that key only.
+ * 2. (low; 7a07608) a reload rejected whole (a SQLite file locked elsewhere) has already set
+ *    the new health options (down-after) on the upstreams it keeps (resolveEach sets m.options
+ *    before a later spec throws).
+ * 3. (medium-low, availability; b0dc48c) while the unread cache is down (or its reads fail), a
+ *    key it is unread for is unreadable (SERVER_ERROR) however long that lasts, and the repair
+ *    waits too, though the store behind holds the session and is dirty only for a gat that timed
+ *    out there (it can hold nothing older than the cache). Passes on e6f9a19.
+ * 4. (low-medium; 4e798b6) `mcmux check` says ok ("table not there yet") for an existing SQLite
+ *    file without mcmux's table that the service user cannot write; the start exits 2 (EACCES).
+ *    Check exited 2 on 3cc2fcf. README: "FAILED where the start could not make it".
+ * 5. (low-medium: a session read as absent; 84283a2 leaves it for pools) review-h32 finding 3
+ *    over a pool: the late marker naming the voided fence lands on one server, the other names
+ *    the fence after the repair's flush; inherit() gives up on the differing ids before it maps
+ *    the voided one to latestFence: the next process takes the pool for a precaution fence and
+ *    answers a read of a session the flush took with a miss while the store behind fails.
  */
 
 import assert from 'node:assert/strict';
