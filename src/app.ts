@@ -192,12 +192,14 @@ export class App {
   }
 
   private resolveEach(config: Config, ctx: UpstreamContext, next: Map<string, HealthyUpstream>, built: HealthyUpstream[], reloading: boolean): HealthyUpstream[] {
+    const kept: HealthyUpstream[] = [];
+    const retunes: Array<() => void> = [];
     const list = upstreamSpecs(config).map((spec) => {
       const id = identity(spec, config);
-      let m = this.members.get(id) ?? next.get(id) ?? this.sameMemory(spec, ctx);
+      let m = this.members.get(id) ?? next.get(id) ?? this.sameMemory(spec, ctx, retunes);
       if (m) {
-        m.options = config.health;
-        for (const member of membersOf(m)) member.options = config.health;
+        // Kept: retuned once every upstream is built (below), not by a reload rejected later.
+        kept.push(m);
       } else {
         const inner = createUpstream(spec.url, spec.options, ctx);
         m = new HealthyUpstream(inner, config.health, (u, from, to, reason) => {
@@ -253,6 +255,11 @@ export class App {
       next.set(id, m);
       return m;
     });
+    for (const retune of retunes) retune();
+    for (const m of kept) {
+      m.options = config.health;
+      for (const member of membersOf(m)) member.options = config.health;
+    }
     this.members = next;
     return list;
   }
@@ -263,11 +270,13 @@ export class App {
    * anew it would be empty, while the journal, which follows the store, takes it as clean for
    * every key (a session only it held, another upstream down, would be lost).
    */
-  private sameMemory(spec: UpstreamConfig, ctx: UpstreamContext): HealthyUpstream | undefined {
+  private sameMemory(spec: UpstreamConfig, ctx: UpstreamContext, retunes: Array<() => void>): HealthyUpstream | undefined {
     const store = storeIdentity(spec.url, spec.options);
     const same = [...this.members.values()].find((o) => o.inner instanceof MemoryUpstream && o.storeId === store);
     if (same === undefined) return undefined;
-    (same.inner as MemoryUpstream).retune(createUpstream(spec.url, spec.options, ctx) as MemoryUpstream);
+    const tuned = createUpstream(spec.url, spec.options, ctx) as MemoryUpstream;
+    // Once every upstream is built: a reload rejected after it evicts nothing (review-h33 finding 2).
+    retunes.push(() => (same.inner as MemoryUpstream).retune(tuned));
     return same;
   }
 

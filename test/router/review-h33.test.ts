@@ -143,7 +143,7 @@ describe('finding 1 guard: one write that misses the unread copy (no overflow) l
 });
 
 describe('finding 2: a reload App.reload cannot build is not rejected whole: the upstreams it keeps take its health options (7a07608)', () => {
-  it('a rejected reload (a SQLite file another process holds locked) leaves the running upstream\'s down-after as it was', { todo: 'finding 2: resolveEach sets m.options on kept members before a later spec throws' }, async (t) => {
+  it('a rejected reload (a SQLite file another process holds locked) leaves the running upstream\'s down-after as it was', async (t) => {
     const dir = tempDir(t, 'review-h33-reload');
     const path = join(dir, 'sessions.db');
     const db = new Database(path);
@@ -159,6 +159,24 @@ describe('finding 2: a reload App.reload cannot build is not rejected whole: the
     assert.throws(() => reloadTo(app, { 'state-dir': join(dir, 'state'), 'down-after': '1000' }, ['memory://a', `sqlite://${path}?timeout=100`]), /SQLITE_BUSY|locked/);
     const after = (a as HealthyUpstream).options.downAfter;
     assert.equal(after, before, `the rejected reload's down-after (${after}) is what the running upstream now goes by`);
+  });
+
+  it("nor does it retune a memory:// store it keeps: a smaller max-bytes evicts nothing", async (t) => {
+    const dir = tempDir(t, 'review-h33-reload');
+    const path = join(dir, 'sessions.db');
+    const db = new Database(path);
+    t.after(() => db.close());
+    db.exec('CREATE TABLE other (x)');
+    db.exec('BEGIN EXCLUSIVE; INSERT INTO other VALUES (1);');
+    t.after(() => {
+      if (db.inTransaction) db.exec('COMMIT');
+    });
+    const app = await inProcessMcmux({ 'state-dir': join(dir, 'state'), 'log-level': 'silent' }, ['memory://a']);
+    const [a] = app.upstreams as unknown as HealthyUpstream[];
+    for (let i = 0; i < 1500; i++) await (a as HealthyUpstream).inner.store({ mode: 'set', key: `sess:${i}`, value: Buffer.alloc(1000), flags: 0, deadline: 0 });
+    assert.throws(() => reloadTo(app, { 'state-dir': join(dir, 'state') }, ['memory://a?max-bytes=1049600', `sqlite://${path}?timeout=100`]), /SQLITE_BUSY|locked/);
+    const kept = (await (a as HealthyUpstream).inner.get(Array.from({ length: 1500 }, (_, i) => `sess:${i}`))).filter((h) => h !== undefined).length;
+    assert.equal(kept, 1500, 'the rejected reload evicted sessions from the memory store to its max-bytes');
   });
 });
 
