@@ -781,15 +781,17 @@ export class ColdDetector {
    * adopted a lock its unreadable server had lost, and decided an add on it: a lock granted twice).
    */
   private inherit(u: HealthyUpstream, sights: readonly Sight[]): void {
-    const named = sights.find((s) => s.fenceId !== 0)?.fenceId ?? 0;
-    if (this.fenceLog === undefined || named === 0 || sights.some((s) => s.verdict === 'unknown' || (s.fenceId !== 0 && s.fenceId !== named))) return;
+    const log = this.fenceLog;
+    if (log === undefined) return;
     // A fence from before the store was seen empty, named by a marker write that timed out then
     // and landed after (review-h30 findings 2 and 3): what it learnt is gone (fencesVoided). The
     // fence begun by that emptying is the store's, as journal.log has it last: the keys learnt
     // since, and that the repair's flush emptied it (review-h32 finding 3: the next process took
-    // the flushed cache for one fenced as a precaution, and answered a read with its miss).
-    const id = this.fenceLog.fenceVoid(u, named) ? this.fenceLog.latestFence(u) : named;
-    if (id === undefined) return;
+    // the flushed cache for one fenced as a precaution, and answered a read with its miss). So for
+    // each server of a pool, one of which may hold the late marker (review-h33 finding 5).
+    const ids = sights.map((s) => (s.fenceId === 0 ? 0 : log.fenceVoid(u, s.fenceId) ? (log.latestFence(u) ?? -1) : s.fenceId));
+    const id = ids.find((i) => i !== 0) ?? 0;
+    if (id <= 0 || sights.some((s) => s.verdict === 'unknown') || ids.some((i) => i !== 0 && i !== id)) return;
     // Seen come back empty by this process since (its own look, or the repair's flush): what that
     // fence learnt was written before, and is gone with the rest. Fuzz seed 1593 with
     // MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1 (a server
@@ -799,20 +801,20 @@ export class ColdDetector {
     // process's: replace NOT_STORED of an acknowledged session; fuzz-seed-4500.test.ts). Both
     // helper-126's triage.
     if (u.cameBackEmpty && !u.inheritedEmpty) return;
-    for (const key of u.adoptFence(id, this.fenceLog.fenceKeys(u, id))) this.fenceLog.fenceLearnt(u, id, key);
+    for (const key of u.adoptFence(id, log.fenceKeys(u, id))) log.fenceLearnt(u, id, key);
     // That fence began when the store came back empty (journal.log): so it is known here too,
     // and since when, for the order in which fenced upstreams decide (fuzz seed 186930 with
     // MCMUX_FUZZ_RESTART=1: two stores came back empty in turn, in two processes before this one;
     // this one took both for fenced as a precaution, and the one emptied last decided a cas,
     // NOT_FOUND, of a counter the other held).
-    const left = Math.min(this.fenceLog.emptiedUntil(u, id) - Date.now(), this.fenceMs);
+    const left = Math.min(log.emptiedUntil(u, id) - Date.now(), this.fenceMs);
     if (left <= 0) return;
     u.inheritEmpty(monotonicMs() + left);
     // Emptied by that process's repair, on the word that the other upstreams hold what it held:
     // its miss is no answer while one of them fails, here too (eject fuzz seed 11553 of
     // 10501-12000 with MCMUX_FUZZ_RESTART=1: the next process read a session as absent from the
     // flushed pool while the stores behind it failed).
-    if (this.fenceLog.emptiedByRepair(u, id)) u.repairEmptied = true;
+    if (log.emptiedByRepair(u, id)) u.repairEmptied = true;
   }
 
   /**
