@@ -63,7 +63,7 @@
  * Keys are bound as latin1 BLOBs (the wire bytes), values as BLOBs; SQL is never built from data.
  */
 
-import { type BigIntStats, existsSync, statSync, truncateSync, unlinkSync } from 'node:fs';
+import { type BigIntStats, accessSync, constants, existsSync, statSync, truncateSync, unlinkSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
@@ -750,6 +750,17 @@ function synchronousOption(options: Map<string, string>, where: string): 'normal
   return raw;
 }
 
+/** Whether this process may write the file at `path` and make files beside it (WAL's -wal, -shm). */
+function writable(path: string): boolean {
+  try {
+    accessSync(path, constants.R_OK | constants.W_OK);
+    accessSync(dirname(path), constants.W_OK | constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether the file at `path` holds `table`, read without writing; true when it cannot be told. */
 function hasTable(path: string, table: string, timeoutMs: number): boolean {
   let db: Database.Database | undefined;
@@ -785,6 +796,8 @@ export function createSqliteUpstream(url: URL, options: Map<string, string>, ctx
   // A file there without mcmux's table (an application's database): looked at read-only, since
   // opening it as the start does makes the table, its index and _meta, and turns on WAL (review-h31
   // finding 7: `check` wrote into it). Anything the look cannot tell is left to that open.
-  if (ctx.create === false && !hasTable(path, table, timeoutMs)) throw new NotThereYet(name, path, `table ${table} not there yet in ${path} (mcmux makes it at start)`);
+  // One the start could not open for writing is opened as the start opens it, and fails as it does
+  // (review-h33 finding 4: "ok", and the start exited 2 with EACCES).
+  if (ctx.create === false && writable(path) && !hasTable(path, table, timeoutMs)) throw new NotThereYet(name, path, `table ${table} not there yet in ${path} (mcmux makes it at start)`);
   return new SqliteUpstream(name, { path, table, purgeIntervalMs, purgeBatch, synchronous, timeoutMs, maxItemSize: ctx.maxItemSize, checkIntervalMs: ctx.probeIntervalMs });
 }

@@ -229,7 +229,7 @@ describe('finding 3: a session the store behind holds is unreadable for as long 
 });
 
 describe('finding 4: mcmux check says ok for an existing SQLite file the start cannot open (4e798b6)', () => {
-  it('a database without mcmux\'s table that the service user may not write: check does not say ok (the start exits 2)', { todo: 'finding 4: hasTable opens read-only; the start\'s read-write open fails (EACCES)' }, (t) => {
+  it('a database without mcmux\'s table that the service user may not write: check does not say ok (the start exits 2)', (t) => {
     if (process.getuid?.() !== 0 || !existsSync('/usr/bin/setpriv')) return t.skip('needs root and setpriv, to run as nobody');
     const dir = tempDir(t, 'review-h33-sqlite');
     chmodSync(dir, 0o755);
