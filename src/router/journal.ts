@@ -1160,8 +1160,12 @@ export class RepairJournal {
     // (`reading`) asks that copy first: its hit is the key's state, its miss that it does lack it
     // (undone), and the next is read (review-h32 finding 1: the held lock read as absent from the
     // store behind, back empty, and granted again).
+    // One that cannot be read now: the read goes by the ranking, that copy the least fresh (a
+    // session the store behind holds stays readable while the cache is down: review-h33 finding
+    // 3); a conditional command still waits for it.
     const unread = all.find((u) => this.entry(u, key)?.asks === true);
-    if (unread !== undefined) return reading && usable.includes(unread) ? [unread] : [];
+    if (unread !== undefined && !reading) return [];
+    if (unread !== undefined && usable.includes(unread)) return [unread];
     const top = [...all].sort((a, b) => this.fresher(b, a, key))[0];
     return top !== undefined && usable.includes(top) && !this.notYet(top, key) ? [top] : [];
   }

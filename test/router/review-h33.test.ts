@@ -193,7 +193,42 @@ class PlainGetFails extends FakeUpstream {
 }
 
 describe('finding 3: a session the store behind holds is unreadable for as long as the unread cache is down (b0dc48c)', () => {
-  it('a gat that times out on b while a (flushed by the repair, unlearnt) cannot be read: with a down, get sess answers the session b holds', { todo: 'finding 3: freshest(reading) answers [] while the asks copy is unusable: SERVER_ERROR until it answers again' }, async () => {
+  /** Up to a's has() of the session failing as a gat of it times out on b: a lacks it unread. */
+  async function sessUnreadOnA() {
+    const fa = new PlainGetFails('memcached://a:11211', 'memcached');
+    const fb = new FakeUpstream('memcached://b:11211', 'memcached');
+    const s = proc([fa, fb], { maxKeys: 2, fenceMs: 400 });
+    const [a, b] = s.ups as [HealthyUpstream, HealthyUpstream];
+    await s.detector.checkAll();
+    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
+    s.journal.distrust(a);
+    for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
+    assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
+    assert.equal(status(await s.exec(setCmd('x1', '1'))), 'STORED');
+    assert.equal(status(await s.exec(setCmd('x2', '2'))), 'STORED');
+    assert.equal(a.learntAll, true, 'a stopped learning');
+    fb.mode = 'timeout';
+    fa.slowKey = 'sess';
+    const gat = await s.exec({ kind: 'get', keys: ['sess'], withCas: false, touch: Date.now() + 600_000 } as Command);
+    fb.mode = 'ok';
+    await settle();
+    assert.equal(s.journal.entry(a, 'sess')?.asks, true, `a lacks the session unread (gat: ${status(gat)})`);
+    return { s, fa, fb, a, b };
+  }
+
+  // The fix's case: a cache that is down (its health), the store behind answering.
+  it('with the unread cache down, get sess answers the session the store behind holds', async () => {
+    const { s, fa, a } = await sessUnreadOnA();
+    fa.mode = 'fail';
+    for (let n = 0; n < 200 && a.state !== 'down'; n++) await a.get([`other${n}`]).catch(() => undefined); // down-after 100 (proc)
+    assert.equal(a.state, 'down');
+    const got = valueOf(await s.exec(getCmd('sess')));
+    fa.mode = 'ok';
+    await s.stop();
+    assert.equal(got, 'cart', 'the session the store behind holds is unreadable while the cache is down');
+  });
+
+  it('a gat that times out on b while a (flushed by the repair, unlearnt) cannot be read: with a down, get sess answers the session b holds', { todo: 'finding 3, what is left: a cache up (its health) but failing the reads of that one key leaves it unreadable until it answers; one that is down is passed over (the test before)' }, async () => {
     const fa = new PlainGetFails('memcached://a:11211', 'memcached');
     const fb = new FakeUpstream('memcached://b:11211', 'memcached');
     const s = proc([fa, fb], { maxKeys: 2, fenceMs: 400 });
