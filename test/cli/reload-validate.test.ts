@@ -10,10 +10,10 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import Database from 'better-sqlite3';
 import Redis from 'ioredis';
 import { inProcessMcmux, reloadTo } from '../helpers/in-process';
 import { eventually, startMcmux } from '../helpers/mcmux';
+import { lockedSqlite } from '../helpers/sqlite-fixture';
 import { freePort, requireBinary } from '../helpers/servers';
 import { startRedis } from '../upstream/targets/redis';
 import { tempDir } from '../helpers/temp-dir';
@@ -43,13 +43,7 @@ test('a reload App.reload cannot build (a SQLite file another process holds lock
   const redis = await startRedis();
   t.after(() => redis.stop());
   const path = join(dir, 'sessions.db');
-  const db = new Database(path);
-  t.after(() => db.close());
-  db.exec('CREATE TABLE other (x)');
-  db.exec('BEGIN EXCLUSIVE; INSERT INTO other VALUES (1);');
-  t.after(() => {
-    if (db.inTransaction) db.exec('COMMIT');
-  });
+  lockedSqlite(t, path);
   const app = await inProcessMcmux({ 'state-dir': join(dir, 'state'), 'log-level': 'silent' }, ['memory://a']);
   const before = app.upstreams;
   const admin = new Redis({ host: '127.0.0.1', port: redis.port, protocol: 2 });

@@ -45,8 +45,8 @@ import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
-import Database from 'better-sqlite3';
-import { eventually, rawClient, runMcmux, startMcmux, statsUpstreams } from '../helpers/mcmux';
+import { eventually, rawClient, runMcmux, startMcmux, statsUpstreams, warnings } from '../helpers/mcmux';
+import { lockedSqlite } from '../helpers/sqlite-fixture';
 import { freePort, requireBinary, startMemcached } from '../helpers/servers';
 import { dropAfter, sharedMysql, stopFirst } from '../helpers/shared-mysql';
 import { startRedis } from '../upstream/targets/redis';
@@ -58,16 +58,6 @@ async function tempDir(t: TestContext): Promise<string> {
   return dir;
 }
 
-/** The JSON log lines at warn (40) or above. */
-function warnings(stdout: string): string[] {
-  return stdout.split('\n').filter((l) => {
-    try {
-      return (JSON.parse(l) as { level?: number }).level! >= 40;
-    } catch {
-      return false;
-    }
-  });
-}
 
 describe('an upstream that refuses every write (finding 1)', () => {
   it('a MySQL account with SELECT only (every INSERT refused, ER_TABLEACCESS_DENIED_ERROR 1142) is said: down, or a warning, not "healthy" in silence', { timeout: 60_000 }, async (t) => {
@@ -321,13 +311,7 @@ describe('mcmux check and a SQLite file locked by another process (finding 8, 1e
   it('prints its state-dir line and one line per upstream, the locked one FAILED, exit 1', { timeout: 30_000 }, async (t) => {
     const dir = await tempDir(t);
     const path = join(dir, 'sessions.db');
-    const db = new Database(path);
-    t.after(() => db.close());
-    db.exec('CREATE TABLE other (x)');
-    db.exec('BEGIN EXCLUSIVE; INSERT INTO other VALUES (1);');
-    t.after(() => {
-      if (db.inTransaction) db.exec('COMMIT');
-    });
+    lockedSqlite(t, path);
     const r = await runMcmux(['check', '--upstream', 'memory://', '--upstream', `sqlite://${path}?timeout=100`, '--state-dir', join(dir, 'state')], { timeoutMs: 10_000 });
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stdout, /^state-dir /, `the state-dir line: ${JSON.stringify(r.stdout)} ${JSON.stringify(r.stderr)}`);

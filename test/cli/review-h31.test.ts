@@ -84,7 +84,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
-import { eventually, rawClient, runMcmux, startMcmux, statsUpstreams } from '../helpers/mcmux';
+import { eventually, rawClient, runMcmux, startMcmux, statsUpstreams, warnings } from '../helpers/mcmux';
 import { freePort, requireBinary } from '../helpers/servers';
 import { dropAfter, sharedMysql, stopFirst } from '../helpers/shared-mysql';
 import { startRedis } from '../upstream/targets/redis';
@@ -95,16 +95,6 @@ async function tempDir(t: TestContext): Promise<string> {
   return dir;
 }
 
-/** The JSON log lines at warn (40) or above. */
-function warnings(stdout: string): string[] {
-  return stdout.split('\n').filter((l) => {
-    try {
-      return (JSON.parse(l) as { level?: number }).level! >= 40;
-    } catch {
-      return false;
-    }
-  });
-}
 
 /** Starts mcmux on `args` (a free port) and stops it at once: its exit status and stderr. */
 async function startOnce(args: string[], dir: string): Promise<{ code: number | null; stderr: string; listening: boolean }> {

@@ -279,3 +279,14 @@ export async function killAndWait(mc: MemcachedProcess): Promise<void> {
   mc.kill('SIGKILL');
   await exited;
 }
+
+/** The JSON log lines at warn (40) or above of an mcmux's stdout. */
+export function warnings(stdout: string): string[] {
+  return stdout.split('\n').filter((l) => {
+    try {
+      return (JSON.parse(l) as { level?: number }).level! >= 40;
+    } catch {
+      return false;
+    }
+  });
+}

@@ -50,3 +50,17 @@ export function fixture(t: TestContext): Fixture {
     },
   };
 }
+
+/**
+ * A SQLite file at `path` that another process holds locked (a table of its own, an EXCLUSIVE
+ * transaction left open) until the test ends: opening it for mcmux's schema fails SQLITE_BUSY.
+ */
+export function lockedSqlite(t: TestContext, path: string): void {
+  const db = new Database(path);
+  t.after(() => db.close());
+  db.exec('CREATE TABLE other (x)');
+  db.exec('BEGIN EXCLUSIVE; INSERT INTO other VALUES (1);');
+  t.after(() => {
+    if (db.inTransaction) db.exec('COMMIT');
+  });
+}

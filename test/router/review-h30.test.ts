@@ -37,32 +37,13 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Command, Reply } from '../../src/command/command';
-import { ErrorCodes, McmuxError } from '../../src/errors';
-import { type HealthyUpstream, knowsKey, repairEmptied } from '../../src/router/health';
-import type { StoreRequest } from '../../src/upstream/upstream';
+import type { Command } from '../../src/command/command';
+import type { HealthyUpstream } from '../../src/router/health';
 import { FakeUpstream, settle } from '../helpers/fake-upstream';
 import { proc } from '../helpers/flushed-cache';
 import { tempDir } from '../helpers/temp-dir';
+import { addCmd, getCmd, lateMarkerAfterFlush, lockUnreadOnA, setCmd, status, valueOf } from '../helpers/unread-rigs';
 
-const setCmd = (key: string, value: string, deadline = 0): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false });
-const addCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-const getCmd = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
-const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
-const valueOf = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `(${status(r)})`);
-
-/** A fake whose gets of `slowKey` time out (the server slow for that one read), the rest as usual. */
-class SlowGet extends FakeUpstream {
-  slowKey: string | undefined;
-  override async get(keys: readonly string[], touch?: number) {
-    if (this.slowKey !== undefined && keys.includes(this.slowKey)) {
-      this.calls.push(`get ${keys.join(' ')}`);
-      await new Promise((r) => setTimeout(r, this.timeoutMs));
-      throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout of a get`);
-    }
-    return super.get(keys, touch);
-  }
-}
 
 describe('review-h30 finding 1: the emptied cache past its learnt keys is journaled as lacking a key it holds when has() cannot read it (4bb99a3)', () => {
   // fuzz-seed-301238.test.ts's rig: [a: memcached, b: memcached], journal-max-keys 2, a flushed by
@@ -72,41 +53,6 @@ describe('review-h30 finding 1: the emptied cache past its learnt keys is journa
   // undefined, and lackedWhereEmptied journals a as lacking the lock. The repair takes b (fresher)
   // for the truth; b back empty answers a miss; a, the only copy of the acknowledged add, is
   // skipped as dirty: the lock reads as absent and is granted again.
-  /** Up to the add that fails on b (back empty) while a's one read of the lock times out. */
-  async function lockUnreadOnA() {
-    const fa = new SlowGet('memcached://a:11211', 'memcached');
-    const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-    const s = proc([fa, fb], { maxKeys: 2 });
-    const [a, b] = s.ups as [HealthyUpstream, HealthyUpstream];
-    await s.detector.checkAll();
-    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
-    s.journal.distrust(a);
-    for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-    assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-    assert.equal(status(await s.exec(setCmd('x1', '1'))), 'STORED');
-    assert.equal(status(await s.exec(setCmd('x2', '2'))), 'STORED');
-    assert.equal(a.learntAll, true, 'a stopped learning');
-
-    assert.equal(status(await s.exec(addCmd('lock', 'held'))), 'STORED', 'add lock: decided by b');
-    await settle();
-    assert.equal((await fa.inner.get(['lock']))[0]?.value.toString(), 'held', "the add's copy reached a");
-    assert.equal(knowsKey(a, 'lock'), false, 'a does not know it (stopped learning)');
-
-    // b restarts empty; the add sent meanwhile fails there (maybe applied), and a is slow for the
-    // one read has() makes of it.
-    fb.mode = 'fail';
-    await fb.inner.flush();
-    fa.slowKey = 'lock';
-    const again = await s.exec(addCmd('lock', 'other'));
-    fa.slowKey = undefined;
-    assert.equal(again.kind, 'error', `add while b is down: ${status(again)}`);
-    const lacked = s.journal.isDirty(a, 'lock');
-    fb.mode = 'ok';
-    await s.detector.checkAll();
-    assert.equal(b.fenced, true, 'b: fenced, come back empty');
-    return { s, fa, b, lacked };
-  }
-
   it('a read of the emptied cache that times out as the store behind fails does not journal it as lacking the acknowledged add it holds', async () => {
     const { s, lacked } = await lockUnreadOnA();
     for (let n = 0; n < 5; n++) await s.repairer.tick();
@@ -134,78 +80,6 @@ describe('review-h30 finding 1: the emptied cache past its learnt keys is journa
     assert.equal(got, 'held');
   });
 });
-
-/**
- * A fake whose writes of the marker key can be held (they time out for the caller and are applied
- * at release(): a marker write stuck in a slow connection) or refused unapplied (the connection
- * closes before the server reads it).
- */
-class MarkerWrites extends FakeUpstream {
-  hold = false;
-  refuse = false;
-  private readonly held: StoreRequest[] = [];
-  override async store(req: StoreRequest) {
-    if (req.key.startsWith('mcmux.sentinel.')) {
-      if (this.refuse) throw new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: connection closed (injected, the marker write not applied)`);
-      if (this.hold) {
-        this.held.push(req);
-        await new Promise((r) => setTimeout(r, this.timeoutMs));
-        throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout of a marker write (applied at release)`);
-      }
-    }
-    return super.store(req);
-  }
-  async release(): Promise<void> {
-    for (const req of this.held.splice(0)) await this.inner.store(req);
-  }
-}
-
-/**
- * Findings 2 and 3's rig, up to the late marker: a restarts empty (fence F0: its `fenced until`
- * marker names F0); the add of a lock, decided by b, is copied to a, which learns it under F0. A
- * marker rewrite naming F0 times out (stuck in a slow connection of a). a overflows and the repair
- * flushes it (fence F1: the lock gone from a), the marker rewrite after the flush refused. The
- * stuck F0 marker lands.
- */
-async function lateMarkerAfterFlush(dir?: string) {
-  const fa = new MarkerWrites('memcached://a:11211', 'memcached');
-  const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-  const s = proc([fa, fb], dir === undefined ? {} : { dir });
-  const [a] = s.ups as [HealthyUpstream, HealthyUpstream];
-  await s.detector.checkAll();
-
-  // a restarts empty: fenced as come back empty (fence F0).
-  await fa.inner.flush();
-  await s.detector.checkAll();
-  assert.equal(a.cameBackEmpty, true, 'a: came back empty');
-  const f0 = a.fenceId;
-
-  // The lock, decided by b (a is fenced), its copy learnt by a under F0.
-  assert.equal(status(await s.exec(addCmd('lock', 'held'))), 'STORED', 'add lock: decided by b');
-  await settle();
-  assert.equal(a.knows('lock'), true, 'a learnt the lock under F0');
-
-  // A marker rewrite naming F0 times out (stuck in a slow connection of a).
-  fa.hold = true;
-  await s.detector.checkAll();
-  fa.hold = false;
-
-  // a overflows; the repair flushes it (F1), and the marker rewrite after the flush is refused.
-  assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
-  fa.refuse = true;
-  s.journal.distrust(a);
-  for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-  fa.refuse = false;
-  assert.equal(s.journal.overflowed(a), undefined, 'a flushed by the repair and trusted');
-  assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-  assert.equal((await fa.inner.get(['lock']))[0], undefined, 'the lock is gone from a');
-  assert.equal(a.knows('lock'), false, 'a knows the lock no more');
-
-  // The stuck F0 marker lands.
-  await fa.release();
-  assert.equal((await fa.inner.get([s.detector.key]))[0]?.flags, f0, 'a holds the late marker naming F0');
-  return { s, a, fa, fb, f0 };
-}
 
 describe('review-h30 finding 2: a reconnect after the repair\'s flush undoes 05c3b33\'s guard (inheritedEmpty), and a fence from before the flush is adopted', () => {
   // [a: memcached cache, b: memcached]. a restarted empty (fence F0: its `fenced until` marker names

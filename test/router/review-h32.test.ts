@@ -28,68 +28,13 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Command, Reply } from '../../src/command/command';
-import { ErrorCodes, McmuxError } from '../../src/errors';
-import { type HealthyUpstream, knowsKey, repairEmptied } from '../../src/router/health';
-import { FakeUpstream, settle } from '../helpers/fake-upstream';
+import type { Command } from '../../src/command/command';
+import { type HealthyUpstream, repairEmptied } from '../../src/router/health';
+import { settle } from '../helpers/fake-upstream';
 import { proc } from '../helpers/flushed-cache';
 import { tempDir } from '../helpers/temp-dir';
-import type { StoreRequest } from '../../src/upstream/upstream';
+import { addCmd, getCmd, lateMarkerAfterFlush, lockUnreadOnA, status, valueOf } from '../helpers/unread-rigs';
 
-const setCmd = (key: string, value: string, deadline = 0): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false });
-const addCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-const getCmd = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
-const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
-const valueOf = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `(${status(r)})`);
-
-/** A fake whose gets of `slowKey` time out (the server slow for that one read), the rest as usual. */
-class SlowGet extends FakeUpstream {
-  slowKey: string | undefined;
-  override async get(keys: readonly string[], touch?: number) {
-    if (this.slowKey !== undefined && keys.includes(this.slowKey)) {
-      this.calls.push(`get ${keys.join(' ')}`);
-      await new Promise((r) => setTimeout(r, this.timeoutMs));
-      throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout of a get`);
-    }
-    return super.get(keys, touch);
-  }
-}
-
-/**
- * review-h30 finding 1's rig (lockUnreadOnA): [a: memcached, b: memcached], journal-max-keys 2, a
- * flushed by the repair and stopped learning; `add lock held` decided by b and copied to a; b
- * restarts empty, the next add fails there while a's one read (has()) times out: a is journaled as
- * lacking the lock unread (asks), b dirty for the failed add, fenced as come back empty.
- */
-async function lockUnreadOnA(fenceMs = 60_000, dir?: string) {
-  const fa = new SlowGet('memcached://a:11211', 'memcached');
-  const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-  const s = proc([fa, fb], { maxKeys: 2, fenceMs, ...(dir === undefined ? {} : { dir }) });
-  const [a, b] = s.ups as [HealthyUpstream, HealthyUpstream];
-  await s.detector.checkAll();
-  assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
-  s.journal.distrust(a);
-  for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-  assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-  assert.equal(status(await s.exec(setCmd('x1', '1'))), 'STORED');
-  assert.equal(status(await s.exec(setCmd('x2', '2'))), 'STORED');
-  assert.equal(a.learntAll, true, 'a stopped learning');
-  assert.equal(status(await s.exec(addCmd('lock', 'held'))), 'STORED', 'add lock: decided by b');
-  await settle();
-  assert.equal((await fa.inner.get(['lock']))[0]?.value.toString(), 'held', "the add's copy reached a");
-  assert.equal(knowsKey(a, 'lock'), false);
-  fb.mode = 'fail';
-  await fb.inner.flush();
-  fa.slowKey = 'lock';
-  const again = await s.exec(addCmd('lock', 'other'));
-  fa.slowKey = undefined;
-  assert.equal(again.kind, 'error', `add while b is down: ${status(again)}`);
-  assert.equal(s.journal.entry(a, 'lock')?.asks, true, 'a: journaled as lacking the lock unread');
-  fb.mode = 'ok';
-  await s.detector.checkAll();
-  assert.equal(b.fenced, true, 'b: fenced, come back empty');
-  return { s, fa, fb, a, b };
-}
 
 describe('finding 1: DirtyEntry.asks holds back the repair only; a read and the authority still take b (back empty) for the truth while a is unread (4733097)', () => {
   it('before the repair has read a, a get of the lock does not answer it absent, and an add of it is not granted', async () => {
@@ -145,70 +90,10 @@ describe('finding 4: DirtyEntry.asks is not on journal.log: after a restart the 
   });
 });
 
-/**
- * A fake whose writes of the marker key can be held (they time out for the caller and are applied
- * at release()) or refused unapplied (review-h30's MarkerWrites).
- */
-class MarkerWrites extends FakeUpstream {
-  hold = false;
-  refuse = false;
-  private readonly held: StoreRequest[] = [];
-  override async store(req: StoreRequest) {
-    if (req.key.startsWith('mcmux.sentinel.')) {
-      if (this.refuse) throw new McmuxError(ErrorCodes.UPSTREAM_IO, `${this.name}: connection closed (injected, the marker write not applied)`);
-      if (this.hold) {
-        this.held.push(req);
-        await new Promise((r) => setTimeout(r, this.timeoutMs));
-        throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout of a marker write (applied at release)`);
-      }
-    }
-    return super.store(req);
-  }
-  async release(): Promise<void> {
-    for (const req of this.held.splice(0)) await this.inner.store(req);
-  }
-}
-
-/**
- * review-h30's lateMarkerAfterFlush: a restarts empty (fence F0), learns the lock under F0; a
- * marker rewrite naming F0 is stuck; a overflows and the repair flushes it (fence F1: its marker is
- * written again at once, naming F1, journal.log has `B <a> F1 <until> r`); the stuck F0 marker
- * lands after that. `sess` was written before the flush: b holds it, a lost it.
- */
-async function lateMarkerAfterFlush(dir: string | undefined) {
-  const fa = new MarkerWrites('memcached://a:11211', 'memcached');
-  const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-  const s = proc([fa, fb], dir === undefined ? {} : { dir });
-  const [a] = s.ups as [HealthyUpstream, HealthyUpstream];
-  await s.detector.checkAll();
-  await fa.inner.flush();
-  await s.detector.checkAll();
-  assert.equal(a.cameBackEmpty, true, 'a: came back empty');
-  const f0 = a.fenceId;
-  assert.equal(status(await s.exec(addCmd('lock', 'held'))), 'STORED', 'add lock: decided by b');
-  await settle();
-  assert.equal(a.knows('lock'), true, 'a learnt the lock under F0');
-  fa.hold = true;
-  await s.detector.checkAll();
-  fa.hold = false;
-  assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
-  s.journal.distrust(a);
-  for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-  await settle();
-  assert.equal((await fa.inner.get([s.detector.key]))[0]?.flags, a.fenceId, 'the marker after the flush names F1');
-  assert.notEqual(a.fenceId, f0);
-  assert.equal(s.journal.overflowed(a), undefined, 'a flushed by the repair and trusted');
-  assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-  assert.equal((await fa.inner.get(['sess']))[0], undefined, 'the session is gone from a');
-  await fa.release();
-  assert.equal((await fa.inner.get([s.detector.key]))[0]?.flags, f0, 'a holds the late marker naming F0');
-  return { s, a, fa, fb, f0 };
-}
-
 describe('finding 3: the next process, finding the late marker of a voided fence, takes the flushed cache for one fenced as a precaution: not emptied by the repair (055ae79)', () => {
   it('a process started after the repair flushed a cache answers a read of a session the flush took from it with SERVER_ERROR while the store behind fails, not a miss', async (t) => {
     const dir = tempDir(t, 'review-h32');
-    const { s, fa, fb } = await lateMarkerAfterFlush(dir);
+    const { s, fa, fb } = await lateMarkerAfterFlush(dir, 'lands');
     await s.stop();
     const s2 = proc([fa, fb], { dir });
     const [a2] = s2.ups as [HealthyUpstream, HealthyUpstream];

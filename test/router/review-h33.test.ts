@@ -33,9 +33,9 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Command, Reply } from '../../src/command/command';
+import type { Command } from '../../src/command/command';
 import { ErrorCodes, McmuxError } from '../../src/errors';
-import { type HealthyUpstream, knowsKey, repairEmptied } from '../../src/router/health';
+import { type HealthyUpstream, repairEmptied } from '../../src/router/health';
 import { FakeUpstream, settle } from '../helpers/fake-upstream';
 import { proc } from '../helpers/flushed-cache';
 import { tempDir } from '../helpers/temp-dir';
@@ -44,63 +44,9 @@ import { spawnSync } from 'node:child_process';
 import { poolProc } from '../helpers/pool-proc';
 import { chmodSync, chownSync, existsSync, mkdirSync } from 'node:fs';
 import Database from 'better-sqlite3';
+import { lockedSqlite } from '../helpers/sqlite-fixture';
 import { inProcessMcmux, reloadTo } from '../helpers/in-process';
-import type { StoreRequest } from '../../src/upstream/upstream';
-
-const setCmd = (key: string, value: string, deadline = 0): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline, cas: undefined, withCas: false, noreply: false });
-const addCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
-const getCmd = (...keys: string[]): Command => ({ kind: 'get', keys, withCas: false, touch: undefined });
-const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
-const valueOf = (r: Reply): string | undefined => (r.kind === 'values' ? r.hits[0]?.value.toString() : `(${status(r)})`);
-
-/** A fake whose gets of `slowKey` time out (the server slow for that one read), the rest as usual. */
-class SlowGet extends FakeUpstream {
-  slowKey: string | undefined;
-  override async get(keys: readonly string[], touch?: number) {
-    if (this.slowKey !== undefined && keys.includes(this.slowKey)) {
-      this.calls.push(`get ${keys.join(' ')}`);
-      await new Promise((r) => setTimeout(r, this.timeoutMs));
-      throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout of a get`);
-    }
-    return super.get(keys, touch);
-  }
-}
-
-/**
- * review-h30 finding 1's rig (lockUnreadOnA): [a: memcached, b: memcached], journal-max-keys 2, a
- * flushed by the repair and stopped learning; `add lock held` decided by b and copied to a; b
- * restarts empty, the next add fails there while a's one read (has()) times out: a is journaled as
- * lacking the lock unread (asks), b dirty for the failed add, fenced as come back empty.
- */
-async function lockUnreadOnA(fenceMs = 60_000, dir?: string) {
-  const fa = new SlowGet('memcached://a:11211', 'memcached');
-  const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-  const s = proc([fa, fb], { maxKeys: 2, fenceMs, ...(dir === undefined ? {} : { dir }) });
-  const [a, b] = s.ups as [HealthyUpstream, HealthyUpstream];
-  await s.detector.checkAll();
-  assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
-  s.journal.distrust(a);
-  for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-  assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-  assert.equal(status(await s.exec(setCmd('x1', '1'))), 'STORED');
-  assert.equal(status(await s.exec(setCmd('x2', '2'))), 'STORED');
-  assert.equal(a.learntAll, true, 'a stopped learning');
-  assert.equal(status(await s.exec(addCmd('lock', 'held'))), 'STORED', 'add lock: decided by b');
-  await settle();
-  assert.equal((await fa.inner.get(['lock']))[0]?.value.toString(), 'held', "the add's copy reached a");
-  assert.equal(knowsKey(a, 'lock'), false);
-  fb.mode = 'fail';
-  await fb.inner.flush();
-  fa.slowKey = 'lock';
-  const again = await s.exec(addCmd('lock', 'other'));
-  fa.slowKey = undefined;
-  assert.equal(again.kind, 'error', `add while b is down: ${status(again)}`);
-  assert.equal(s.journal.entry(a, 'lock')?.asks, true, 'a: journaled as lacking the lock unread');
-  fb.mode = 'ok';
-  await s.detector.checkAll();
-  assert.equal(b.fenced, true, 'b: fenced, come back empty');
-  return { s, fa, fb, a, b };
-}
+import { MarkerWrites, addCmd, flushedUnlearnt, getCmd, lockUnreadOnA, setCmd, status, valueOf } from '../helpers/unread-rigs';
 
 
 describe('finding 1: the unread copy\'s overflow drops DirtyEntry.asks, and the repair flushes the only copy of the lock', () => {
@@ -150,13 +96,7 @@ describe('finding 2: a reload App.reload cannot build is not rejected whole: the
   it('a rejected reload (a SQLite file another process holds locked) leaves the running upstream\'s down-after as it was', async (t) => {
     const dir = tempDir(t, 'review-h33-reload');
     const path = join(dir, 'sessions.db');
-    const db = new Database(path);
-    t.after(() => db.close());
-    db.exec('CREATE TABLE other (x)');
-    db.exec('BEGIN EXCLUSIVE; INSERT INTO other VALUES (1);');
-    t.after(() => {
-      if (db.inTransaction) db.exec('COMMIT');
-    });
+    lockedSqlite(t, path);
     const app = await inProcessMcmux({ 'state-dir': join(dir, 'state'), 'log-level': 'silent', 'down-after': '3' }, ['memory://a']);
     const [a] = app.upstreams as unknown as HealthyUpstream[];
     const before = (a as HealthyUpstream).options.downAfter;
@@ -168,13 +108,7 @@ describe('finding 2: a reload App.reload cannot build is not rejected whole: the
   it("nor does it retune a memory:// store it keeps: a smaller max-bytes evicts nothing", async (t) => {
     const dir = tempDir(t, 'review-h33-reload');
     const path = join(dir, 'sessions.db');
-    const db = new Database(path);
-    t.after(() => db.close());
-    db.exec('CREATE TABLE other (x)');
-    db.exec('BEGIN EXCLUSIVE; INSERT INTO other VALUES (1);');
-    t.after(() => {
-      if (db.inTransaction) db.exec('COMMIT');
-    });
+    lockedSqlite(t, path);
     const app = await inProcessMcmux({ 'state-dir': join(dir, 'state'), 'log-level': 'silent' }, ['memory://a']);
     const [a] = app.upstreams as unknown as HealthyUpstream[];
     for (let i = 0; i < 1500; i++) await (a as HealthyUpstream).inner.store({ mode: 'set', key: `sess:${i}`, value: Buffer.alloc(1000), flags: 0, deadline: 0 });
@@ -201,16 +135,7 @@ describe('finding 3: a session the store behind holds is unreadable for as long 
   async function sessUnreadOnA() {
     const fa = new PlainGetFails('memcached://a:11211', 'memcached');
     const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-    const s = proc([fa, fb], { maxKeys: 2, fenceMs: 400 });
-    const [a, b] = s.ups as [HealthyUpstream, HealthyUpstream];
-    await s.detector.checkAll();
-    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
-    s.journal.distrust(a);
-    for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-    assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-    assert.equal(status(await s.exec(setCmd('x1', '1'))), 'STORED');
-    assert.equal(status(await s.exec(setCmd('x2', '2'))), 'STORED');
-    assert.equal(a.learntAll, true, 'a stopped learning');
+    const { s, a, b } = await flushedUnlearnt(fa, fb, 400);
     fb.mode = 'timeout';
     fa.slowKey = 'sess';
     const gat = await s.exec({ kind: 'get', keys: ['sess'], withCas: false, touch: Date.now() + 600_000 } as Command);
@@ -233,24 +158,7 @@ describe('finding 3: a session the store behind holds is unreadable for as long 
   });
 
   it('a gat that times out on b while a (flushed by the repair, unlearnt) cannot be read: with a down, get sess answers the session b holds', { todo: 'finding 3, what is left: a cache up (its health) but failing the reads of that one key leaves it unreadable until it answers; one that is down is passed over (the test before)' }, async () => {
-    const fa = new PlainGetFails('memcached://a:11211', 'memcached');
-    const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-    const s = proc([fa, fb], { maxKeys: 2, fenceMs: 400 });
-    const [a, b] = s.ups as [HealthyUpstream, HealthyUpstream];
-    await s.detector.checkAll();
-    assert.equal(status(await s.exec(setCmd('sess', 'cart'))), 'STORED');
-    s.journal.distrust(a);
-    for (let n = 0; n < 20 && s.journal.overflowed(a) !== undefined; n++) await s.repairer.tick();
-    assert.equal(repairEmptied(a), true, 'a: emptied by the repair');
-    assert.equal(status(await s.exec(setCmd('x1', '1'))), 'STORED');
-    assert.equal(status(await s.exec(setCmd('x2', '2'))), 'STORED');
-    assert.equal(a.learntAll, true, 'a stopped learning');
-    // A gat of the session (PHP's lazy write): a misses it (flushed), b times out; a's has() fails.
-    fb.mode = 'timeout';
-    fa.slowKey = 'sess';
-    const gat = await s.exec({ kind: 'get', keys: ['sess'], withCas: false, touch: Date.now() + 600_000 } as Command);
-    fb.mode = 'ok';
-    await settle();
+    const { s, fb, b, a } = await sessUnreadOnA();
     await new Promise((r) => setTimeout(r, 60));
     const asks = s.journal.entry(a, 'sess')?.asks === true;
     // a stays down (its plain gets of the session keep failing); b answers again.
@@ -263,7 +171,7 @@ describe('finding 3: a session the store behind holds is unreadable for as long 
     const dirtyB = s.journal.isDirty(b, 'sess');
     await s.stop();
     assert.equal(onB, 'cart', 'b holds the session');
-    assert.equal(got, 'cart', `the session b holds is unreadable while a is down (gat: ${status(gat)}; a asks: ${asks}; b dirty: ${dirtyB})`);
+    assert.equal(got, 'cart', `the session b holds is unreadable while a is down (a asks: ${asks}; b dirty: ${dirtyB})`);
   });
 });
 
@@ -289,28 +197,10 @@ describe('finding 4: mcmux check says ok for an existing SQLite file the start c
   });
 });
 
-/** review-h32's MarkerWrites: writes of the marker key can be held (time out, applied at release()). */
-class HeldMarkers extends FakeUpstream {
-  hold = false;
-  private readonly held: StoreRequest[] = [];
-  override async store(req: StoreRequest) {
-    if (req.key.startsWith('mcmux.sentinel.') && this.hold) {
-      this.held.push(req);
-      await new Promise((r) => setTimeout(r, this.timeoutMs));
-      throw new McmuxError(ErrorCodes.UPSTREAM_TIMEOUT, `${this.name}: injected timeout of a marker write (applied at release)`);
-    }
-    return super.store(req);
-  }
-  async release(): Promise<void> {
-    for (const req of this.held.splice(0)) await this.inner.store(req);
-  }
-}
-
-
 /** review-h32 finding 3's rig over a pool [s0, s1] in front of b; `stuck`: s0's rewrite of the marker naming F0 lands after the repair's flush. */
 async function poolFlushedNextProcess(t: import('node:test').TestContext, stuck: boolean) {
     const dir = tempDir(t, 'review-h33-pool');
-    const s0 = new HeldMarkers('memcached://s0:11211', 'memcached');
+    const s0 = new MarkerWrites('memcached://s0:11211', 'memcached');
     const s1 = new FakeUpstream('memcached://s1:11211', 'memcached');
     const fb = new FakeUpstream('memcached://b:11211', 'memcached');
     const s = poolProc([s0, s1], fb, { dir, wireFlush: true });
