@@ -17,7 +17,7 @@ import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
 import { errorMessage, serverError } from './context';
 import { McmuxError, mayLandLate, unapplied } from '../errors';
-import { isFenced, isUsable, knowsKey, repairEmptied } from './health';
+import { cameBackEmpty, isFenced, isUsable, knowsKey, repairEmptied } from './health';
 import { touchedTo } from './journal';
 import { emptiedFor, lackedWhereEmptied, lastsOn, sendKeyed } from './replicate-write';
 
@@ -347,6 +347,19 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
       missing = still;
     }
 
+    // A copy lacking the key unread (DirtyEntry.asks) failed the read: the next copy by the ranking
+    // answers, its hit or its miss, unless it came back empty (its miss is then no answer: the
+    // lock the unread copy alone holds). True when it answered (review-h33 finding 3: a session
+    // the store behind held was unreadable while the cache failed that key's reads).
+    const readPast = async (unread: Upstream, key: string): Promise<boolean> => {
+      const rest = upstreams.filter((x) => x !== unread);
+      const next = ctx.journal.freshest(rest, rest.filter(isUsable), key)?.[0];
+      if (next === undefined) return false;
+      const answer = await ask(next, [key], true);
+      if (!answer.ok || (answer.hits.get(key) === undefined && cameBackEmpty(next))) return false;
+      absorb(st, answer, [key], upstreams.indexOf(next), []);
+      return true;
+    };
     // Keys dirty on every upstream were never asked: read them from the freshest copy; from the
     // next one when the freshest turns out to have had its write undone by a late request
     // (journal.undone: a set a late flush wiped, a delete a late set put a value back over).
@@ -360,6 +373,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
             if (u === undefined) break;
             const answer = await ask(u, [key], true);
             if (answer.ok && ctx.journal.undone(u, key, answer.hits.get(key) !== undefined)) continue;
+            if (!answer.ok && ctx.journal.entry(u, key)?.asks === true && (await readPast(u, key))) break;
             absorb(st, answer, [key], upstreams.indexOf(u), []);
             break;
           }

@@ -4,7 +4,7 @@
  * (check).
  *
  * Findings (each test failed on b78b283; fixed by 7edeab8 (2, with a memory:// half), 2114945 (3,
- * for a cache that is down: the case of one up but failing that key's reads stays todo), d63d74a
+ * for a cache that is down) and the commit after 71a49b5 (3, for one failing the read), d63d74a
  * (4) and bb27afd (5). Finding 1 stays todo: keeping the unread copy from the flush as a maybe-only
  * copy left the store behind waiting for a read the overflowed cache never gets (its repair is the
  * flush), a deadlock; README states the limit):
@@ -157,7 +157,7 @@ describe('finding 3: a session the store behind holds is unreadable for as long 
     assert.equal(got, 'cart', 'the session the store behind holds is unreadable while the cache is down');
   });
 
-  it('a gat that times out on b while a (flushed by the repair, unlearnt) cannot be read: with a down, get sess answers the session b holds', { todo: 'finding 3, what is left: a cache up (its health) but failing the reads of that one key leaves it unreadable until it answers; one that is down is passed over (the test before)' }, async () => {
+  it('a gat that times out on b while a (flushed by the repair, unlearnt) cannot be read: with a down, get sess answers the session b holds', async () => {
     const { s, fb, b, a } = await sessUnreadOnA();
     await new Promise((r) => setTimeout(r, 60));
     const asks = s.journal.entry(a, 'sess')?.asks === true;
@@ -250,5 +250,16 @@ describe("finding 5's guard: no late marker (both servers name the fence after t
   it('the next process knows the pool was emptied by the repair: SERVER_ERROR while the store behind fails', async (t) => {
     const { got, state } = await poolFlushedNextProcess(t, false);
     assert.ok(got?.startsWith('(SERVER_ERROR'), `${state}; got ${String(got)}`);
+  });
+});
+
+describe("finding 3's fix, the other side: the copy after an unreadable unread one came back empty", () => {
+  it('a read of the lock while a (holding it, unread) fails the read, b back empty: SERVER_ERROR, not a miss', async () => {
+    const { s, fa } = await lockUnreadOnA();
+    fa.slowKey = 'lock';
+    const got = valueOf(await s.exec(getCmd('lock')));
+    fa.slowKey = undefined;
+    await s.stop();
+    assert.ok(got?.startsWith('(SERVER_ERROR'), `the lock a alone holds read as ${String(got)} from b, back empty`);
   });
 });
