@@ -347,19 +347,6 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
       missing = still;
     }
 
-    // A copy lacking the key unread (DirtyEntry.asks) failed the read: the next copy by the ranking
-    // answers, its hit or its miss, unless it came back empty (its miss is then no answer: the
-    // lock the unread copy alone holds). True when it answered (review-h33 finding 3: a session
-    // the store behind held was unreadable while the cache failed that key's reads).
-    const readPast = async (unread: Upstream, key: string): Promise<boolean> => {
-      const rest = upstreams.filter((x) => x !== unread);
-      const next = ctx.journal.freshest(rest, rest.filter(isUsable), key)?.[0];
-      if (next === undefined) return false;
-      const answer = await ask(next, [key], true);
-      if (!answer.ok || (answer.hits.get(key) === undefined && cameBackEmpty(next))) return false;
-      absorb(st, answer, [key], upstreams.indexOf(next), []);
-      return true;
-    };
     // Keys dirty on every upstream were never asked: read them from the freshest copy; from the
     // next one when the freshest turns out to have had its write undone by a late request
     // (journal.undone: a set a late flush wiped, a delete a late set put a value back over).
@@ -373,7 +360,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
             if (u === undefined) break;
             const answer = await ask(u, [key], true);
             if (answer.ok && ctx.journal.undone(u, key, answer.hits.get(key) !== undefined)) continue;
-            if (!answer.ok && ctx.journal.entry(u, key)?.asks === true && (await readPast(u, key))) break;
+            if (!answer.ok && ctx.journal.entry(u, key)?.asks === true && (await readPast(ctx, upstreams, ask, st, u, key))) break;
             absorb(st, answer, [key], upstreams.indexOf(u), []);
             break;
           }
@@ -483,6 +470,22 @@ function missedMeanwhile(ctx: RouterContext, u: Upstream, keys: readonly string[
  * holding the session was paused, and the read took the pool's miss: a session read as absent,
  * which PHP then writes back empty).
  */
+/**
+ * A copy lacking `key` unread (DirtyEntry.asks), `unread`, failed the read: the next copy by the
+ * ranking answers, its hit or its miss, unless it came back empty (its miss is then no answer: the
+ * lock the unread copy alone holds). True when it answered (review-h33 finding 3: a session the
+ * store behind held was unreadable while the cache failed that key's reads).
+ */
+async function readPast(ctx: RouterContext, upstreams: readonly Upstream[], ask: (u: Upstream, keys: string[], freshest?: boolean) => Promise<Answer>, st: ReadState, unread: Upstream, key: string): Promise<boolean> {
+  const rest = upstreams.filter((x) => x !== unread);
+  const next = ctx.journal.freshest(rest, rest.filter(isUsable), key)?.[0];
+  if (next === undefined) return false;
+  const answer = await ask(next, [key], true);
+  if (!answer.ok || (answer.hits.get(key) === undefined && cameBackEmpty(next))) return false;
+  absorb(st, answer, [key], upstreams.indexOf(next), []);
+  return true;
+}
+
 function absorb(st: ReadState, answer: Answer, keys: readonly string[], i: number, still: string[], empty?: Upstream): void {
   if (!answer.ok) {
     st.lastError = answer.error;
