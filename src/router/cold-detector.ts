@@ -304,7 +304,9 @@ export class ColdDetector {
    */
   private movedEmpty(u: HealthyUpstream): void {
     const seenEmpty = u.cameBackEmpty && !u.inheritedEmpty;
-    this.knownEmpty(u);
+    // No store of it emptied: should a server lose its marker in this fence, the pool still holds
+    // the keys of the others (partlyEmpty).
+    this.knownEmpty(u, 0, []);
     if (!seenEmpty) u.inheritedEmpty = true;
   }
 
@@ -533,8 +535,8 @@ export class ColdDetector {
    * The marker was gone: fenced for the whole lock-fence (or until `until`, monotonic, the end of
    * the fence an earlier process recorded in it), and its old cas uniques void.
    */
-  private fenceCold(u: HealthyUpstream, until = 0): void {
-    this.knownEmpty(u, until);
+  private fenceCold(u: HealthyUpstream, until = 0, stores?: readonly Upstream[]): void {
+    this.knownEmpty(u, until, stores);
     u.emptied();
     this.voidUniques(u);
   }
@@ -555,7 +557,7 @@ export class ColdDetector {
    * fenced for the whole lock-fence, as when its marker is found missing. Its own marker, written
    * after that and found by the next check, says nothing about what it held before.
    */
-  knownEmpty(u: HealthyUpstream, until = 0): void {
+  knownEmpty(u: HealthyUpstream, until = 0, stores?: readonly Upstream[]): void {
     const end = until > 0 ? until : monotonicMs() + this.fenceMs;
     u.fence(end);
     // Already fenced, it would keep the keys written to it since that fence began: gone now.
@@ -563,7 +565,33 @@ export class ColdDetector {
     u.emptyUntil = Math.max(u.emptyUntil, end);
     // Seen empty: it holds nothing but what is written to it from now on, whatever it inherited.
     u.inheritedEmpty = false;
+    this.storesEmptied(u, stores ?? this.storesOf(u, false));
     this.fenceLog?.fencesVoided(u, u.fenceId);
+  }
+
+  /** Per pool: its stores (servers) seen come back empty in its current fence (HealthyUpstream.fencesBegun). */
+  private readonly emptiedStores = new WeakMap<HealthyUpstream, { fence: number; stores: Set<Upstream> }>();
+
+  /**
+   * `stores` of `u` came back empty (by default, in knownEmpty, every one). A pool a server of
+   * which lost its marker, while another in its ring has not in this fence, still holds every key
+   * placed on that one: fenced as come back empty, but not known to hold nothing but what is
+   * written to it since (partlyEmpty, authority-order.ts onlyLearnt), so with every upstream
+   * fenced it decides before a store that did, not after it by the chain order (fuzz seed 307917
+   * with MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1 MCMUX_FUZZ_FENCE_END=1: one
+   * server of the pool restarted empty, then the store before it in the chain; that one decided a
+   * decr of a counter the pool's other server held: NOT_FOUND; fuzz-seed-307917.test.ts).
+   */
+  private storesEmptied(u: HealthyUpstream, stores: readonly Upstream[]): void {
+    if (membersOf(u).length === 0) {
+      u.partlyEmpty = false;
+      return;
+    }
+    let e = this.emptiedStores.get(u);
+    if (e === undefined || e.fence !== u.fencesBegun) this.emptiedStores.set(u, (e = { fence: u.fencesBegun, stores: new Set() }));
+    for (const t of stores) e.stores.add(t);
+    const seen = e.stores;
+    u.partlyEmpty = this.storesOf(u, true).some((t) => !seen.has(t));
   }
 
   /**
@@ -729,7 +757,8 @@ export class ColdDetector {
       // For the whole lock-fence from now: a store of `u` lost its marker, which no earlier
       // process knew of. Not until the end of a fence an earlier process wrote into the marker of
       // another store of `u` (a pool server, a cluster master), seconds away maybe (review).
-      this.fenceCold(u);
+      // Those stores alone came back empty (a pool's other servers hold their keys: partlyEmpty).
+      this.fenceCold(u, 0, look.targets.filter((_, i) => cold[i] === 'cold' || cold[i] === 'first'));
       // A durable store (sqlite, MySQL) does not lose its marker by a restart: the one found
       // gone is a file or table replaced, maybe by a backup (a session destroyed since is in
       // it). Read for no key written before, as after a rollback (review-durable finding 2). Not

@@ -169,6 +169,14 @@ export class HealthyUpstream implements Upstream {
    */
   inheritedEmpty = false;
   /**
+   * Came back empty in part: a store of it (a server of a pool) lost its marker in this fence, and
+   * another it reads from did not, so it still holds every key placed there: not known to hold
+   * nothing but the keys written to it since (authority-order.ts onlyLearnt), as a pool whose ring
+   * moved (inheritedEmpty). Set by the cold detector (knownEmpty); cleared when a new fence begins,
+   * and when it ends.
+   */
+  partlyEmpty = false;
+  /**
    * The repair's flush emptied it (an overflowed cache) in this fence: mcmux's own doing, on the
    * word that the other upstreams hold what it held. While one of them fails, its miss is no
    * answer (failover-read.ts absorb). Cleared when a new fence begins, and when it ends. A next
@@ -245,6 +253,7 @@ export class HealthyUpstream implements Upstream {
       this.forgetFenceKeys();
       this.fencesBegun++;
       this.inheritedEmpty = false;
+      this.partlyEmpty = false;
       this.repairEmptied = false;
     }
     this.coldUntil = Math.max(this.coldUntil, until);
@@ -259,6 +268,7 @@ export class HealthyUpstream implements Upstream {
     this.coldUntil = prev.coldUntil;
     this.emptyUntil = prev.emptyUntil;
     this.inheritedEmpty = prev.inheritedEmpty;
+    this.partlyEmpty = prev.partlyEmpty;
     // Emptied by the repair's flush in this fence: its misses stay no answer while another
     // upstream fails (failover-read.ts absorb; review-h12 finding 1).
     this.repairEmptied = prev.repairEmptied;
@@ -300,6 +310,7 @@ export class HealthyUpstream implements Upstream {
     this.coldUntil = 0;
     this.emptyUntil = 0;
     this.inheritedEmpty = false;
+    this.partlyEmpty = false;
     this.repairEmptied = false;
     this.forgetFenceKeys();
   }
@@ -616,10 +627,11 @@ export function fencedUntil(u: Upstream): number {
 
 /**
  * Whether `u` came back empty and holds nothing but the keys it learnt since (a set or delete of
- * them reached it): not when it stopped learning (HealthyUpstream.learntAll).
+ * them reached it): not when it stopped learning (HealthyUpstream.learntAll), nor when it came
+ * back empty in part only (HealthyUpstream.partlyEmpty: a pool one server of which lost its marker).
  */
 export function onlyLearnt(u: Upstream): boolean {
-  return u instanceof HealthyUpstream && u.cameBackEmpty && !u.learntAll && !u.inheritedEmpty;
+  return u instanceof HealthyUpstream && u.cameBackEmpty && !u.learntAll && !u.inheritedEmpty && !u.partlyEmpty;
 }
 
 /** Whether `u`, fenced or not, holds the current state of `key` as far as mcmux knows. */
