@@ -134,7 +134,11 @@
  *    "not guaranteed": the upstream may miss it silently, which no reply can show; nor is it
  *    killed while an upstream's refusal, not yet answered, is the miss of such a copy). A flush_all
  *    that timed out before a restart lands under the same rule (a process with one that may still
- *    land does not close journal.log cleanly).
+ *    land does not close journal.log cleanly), but as a restart empty of its store (its rules, its
+ *    keys `lost`: World.goneFlush): the next process finds it emptied by its marker alone, and
+ *    what the gone one wrote there after the flush timed out, unanswered (such a copy), is not on
+ *    file (seed 309354 with MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1
+ *    MCMUX_FUZZ_RESTART=1: a lock granted twice once its only other copy left the ring).
  *    A write of a killed process may have reached some copies and not others (README, "not
  *    guaranteed"): until an acknowledged write of its key, a gat's hit of the key is a maybe, as
  *    after a failed flush_all (seeds 823 and 859 of 1-3000 with MCMUX_FUZZ_RESTART=1
@@ -1332,8 +1336,9 @@ class World {
    */
   canLand(s: Straggler): boolean {
     // A flush (a client's flush_all, or the repair's of an overflowed cache) lands whenever it
-    // may, whatever was acknowledged since (see the header).
-    if (s.req.op === 'flush') return true;
+    // may, whatever was acknowledged since (see the header). One of a process that is gone, as a
+    // restart empty (goneFlush).
+    if (s.req.op === 'flush') return !this.goneFlush(s.req) || (this.mayFault(s.req.up) && this.mayRestart(s.req.up));
     const { up } = s.req;
     // A flush: for every key.
     return KEYS.filter((k) => changes(s.req, k)).every(
@@ -1392,9 +1397,36 @@ class World {
     );
   }
 
+  /**
+   * A flush of a process that is gone (killed, or stopped with it still able to land): the next
+   * process does not know what that one wrote after it timed out, a copy of a write acknowledged
+   * with write-wait = copies still unanswered at the kill (README, "not guaranteed": it may miss
+   * it silently; kill() applies such a copy, which this flush then wipes), and finds the store
+   * emptied by its marker alone (README, "A restart after a crash waits": fenced as come back
+   * empty). A restart empty of that store, for the fault model: it lands only under its rules
+   * (mayFault, mayRestart) and leaves what the store held `lost` there (no other store faults until
+   * each is written there again). Seed 309354 with MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1
+   * MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1 (helper triage-309354): an add's copy on up0,
+   * applied, unanswered at the kill, wiped by the killed process's flush_all that had timed out
+   * there; the next process fenced up0 as come back empty; up1a, the add's authority and the
+   * lock's only copy, then paused out of the ring, and up0 (every upstream come back empty, the
+   * pool dirty for the key) granted the lock again: add STORED.
+   */
+  goneFlush(req: Req): boolean {
+    return req.op === 'flush' && (req.gen !== this.gen || this.processStopped);
+  }
+
   land(s: Straggler): void {
     this.stragglers = this.stragglers.filter((o) => o !== s);
-    if (s.req.op === 'flush') this.flushed(s.req.up);
+    if (this.goneFlush(s.req)) {
+      const u = s.req.up;
+      this.flushed(u);
+      for (const k of KEYS) if (u.holds(k)) u.lost.add(k);
+      // A new fence governs what it lacks now, as after a restart empty (startFault).
+      u.emptyFencedAt = undefined;
+      u.fenceEndNoted = false;
+      this.note([], `${u.name} EMPTIED by a flush of the process before (as a restart empty)`);
+    } else if (s.req.op === 'flush') this.flushed(s.req.up);
     void s.req.apply().then(
       (v) => this.note(logKeys(s.req), `${s.req.up.name} ${s.req.what}: LANDED LATE -> ${typeof v === 'object' ? JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? undefined : x)) : String(v)}`),
       noop,
