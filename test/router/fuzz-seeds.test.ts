@@ -25,6 +25,7 @@ const SEEDS: ReadonlyArray<readonly [number, Readonly<Record<string, string>>, s
   [303476, { ...POOL_EJECT, MCMUX_FUZZ_RESTART: '1', MCMUX_FUZZ_FENCE_END: '1' }, 'decr NOT_FOUND after an acknowledged touch: the model\'s (the touch\'s only copy on a pool server the ring moved the key away from); no touch or gat while a server is out of the ring'],
   [300675, { ...POOL_EJECT }, 'an expired session served: a gat\'s touch of the other copies journaled with its deadline'],
   [307917, { ...POOL_EJECT, MCMUX_FUZZ_RESTART: '1', MCMUX_FUZZ_FENCE_END: '1' }, 'decr NOT_FOUND: a pool one server of which restarted empty taken as empty as a whole, and with every upstream fenced a store that restarted empty after it decided by the chain order (fuzz-seed-307917.test.ts)'],
+  [309354, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'add STORED of a held lock: the model\'s (a killed process\'s flush_all landed late on the store an unanswered copy of the add had reached, and the lock\'s only other copy then left the ring); such a flush lands as a restart empty (World.goneFlush)'],
 ];
 
 function replay(seed: number, modes: Readonly<Record<string, string>>): Promise<{ code: number | null; out: string }> {
