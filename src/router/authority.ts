@@ -41,7 +41,7 @@ async function decide<R>(
   seq: number | undefined,
   cas = false,
 ): Promise<{ value: R; index: number } | { error: unknown }> {
-  let lastError: unknown = new Error('no upstream configured');
+  let lastError: unknown;
   const tried: Upstream[] = [];
   // A cache the repair's flush emptied that does not know the key, as the command goes out.
   const emptied = emptiedFor(ctx, key);
@@ -86,9 +86,17 @@ async function decide<R>(
   const fenced = ctx.upstreams.filter((u, i) => isFenced(u) && !order.includes(i) && !ctx.journal.isDirty(u, key));
   if (fenced.length > 0) {
     const names = fenced.map((u) => u.name).join(', ');
-    return failed(new Error(`${errorMessage(lastError)}; ${names} came back empty and may not decide until its lock-fence ends`));
+    const before = lastError === undefined ? '' : `${errorMessage(lastError)}; `;
+    return failed(new Error(`${before}${names} came back empty and may not decide until its lock-fence ends`));
   }
-  return failed(lastError);
+  return failed(lastError ?? undecided(ctx, key));
+}
+
+/** Why no upstream was asked to decide `key`: every copy is dirty, and the freshest may not yet. */
+function undecided(ctx: RouterContext, key: string): Error {
+  const unread = ctx.upstreams.find((u) => ctx.journal.entry(u, key)?.asks === true);
+  if (unread !== undefined) return new Error(`every copy of the key is dirty and ${unread.name} may hold its newest state: it decides nothing until the repair has read it there`);
+  return new Error('every copy of the key is dirty and the freshest cannot decide now (down, or its write still in flight)');
 }
 
 /**

@@ -48,6 +48,15 @@ describe('finding 1: DirtyEntry.asks holds back the repair only; a read and the 
   });
 });
 
+describe('the SERVER_ERROR of a conditional command no copy may decide says why', () => {
+  it('while a is unread, the add names a as the copy the repair has yet to read (it said "no upstream configured")', async () => {
+    const { s } = await lockUnreadOnA();
+    const add = status(await s.exec(addCmd('lock', 'third')));
+    await s.stop();
+    assert.match(add, /^SERVER_ERROR no upstream answered: every copy of the key is dirty and memcached:\/\/a:11211 may hold its newest state: it decides nothing until the repair has read it there\r?$/);
+  });
+});
+
 describe('finding 2: a later write that misses the unread cache drops DirtyEntry.asks (mark builds a new entry without it), and the repair copies b\'s absence over the only copy (4733097)', () => {
   it('a touch of the lock that times out on a, unread, leaves a still read first by the repair: the held lock is not deleted from it', async () => {
     // lock-fence 400 ms: the fences end within the test.
