@@ -94,7 +94,7 @@ async function decide<R>(
 
 /** Why no upstream was asked to decide `key`: every copy is dirty, and the freshest may not yet. */
 function undecided(ctx: RouterContext, key: string): Error {
-  const unread = ctx.upstreams.find((u) => ctx.journal.entry(u, key)?.asks === true);
+  const unread = ctx.upstreams.find((u) => ctx.journal.unread(u, key));
   if (unread !== undefined) return new Error(`every copy of the key is dirty and ${unread.name} may hold its newest state: it decides nothing until the repair has read it there`);
   return new Error('every copy of the key is dirty and the freshest cannot decide now (down, or its write still in flight)');
 }

@@ -360,7 +360,7 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
             if (u === undefined) break;
             const answer = await ask(u, [key], true);
             if (answer.ok && ctx.journal.undone(u, key, answer.hits.get(key) !== undefined)) continue;
-            if (!answer.ok && ctx.journal.entry(u, key)?.asks === true && (await readPast(ctx, upstreams, ask, st, u, key))) break;
+            if (!answer.ok && ctx.journal.unread(u, key) && (await readPast(ctx, upstreams, ask, st, u, key))) break;
             absorb(st, answer, [key], upstreams.indexOf(u), []);
             break;
           }

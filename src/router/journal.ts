@@ -224,8 +224,15 @@ export interface Overflow {
    * the copy as a dirty entry's firstSeq does (fresher): without it, a copy holding a lock the
    * others missed ranked below them once it missed a write too, and the lock was granted again.
    * In memory (a `U` line has none: after a restart it ranks oldest, as an unknown key does).
+   * `asks` (with `maybe`): it was journaled as lacking the key unread (DirtyEntry.asks) when it
+   * overflowed: it may hold the key's newest state, and is read for it first as that entry would
+   * have been (repair.ts retrust), not flushed meanwhile (review-h33 finding 1: the overflow
+   * dropped the entry, and the repair's flush took the only copy of an acknowledged add). On file
+   * as an `H` line ending in `a`.
    */
-  readonly known: Map<string, { seq: number; holds: boolean; late?: number; maybe?: boolean; missed?: number }>;
+  readonly known: Map<string, { seq: number; holds: boolean; late?: number; maybe?: boolean; missed?: number; asks?: true }>;
+  /** The keys of `known` that were `asks` (pruned as they stop being so): what retrust reads first. */
+  unread?: Set<string>;
   /**
    * More keys were written than `known` may hold: what it holds that no other upstream does is
    * no longer known, so it must not be flushed (it waits for expiry instead).
@@ -822,6 +829,24 @@ export class RepairJournal {
   }
 
   /**
+   * Whether `u` is journaled as lacking `key` unread: its entry's DirtyEntry.asks, or, overflowed
+   * since, Overflow.known's `asks`.
+   */
+  unread(u: Upstream, key: string): boolean {
+    const p = this.byName.get(idOf(u));
+    if (p === undefined) return false;
+    return p.keys.get(key)?.asks === true || p.overflow?.known.get(key)?.asks === true;
+  }
+
+  /** The keys overflowed `u` still lacks unread (Overflow.unread), for the repair to read first. */
+  unreadKeys(u: Upstream): string[] {
+    const o = this.byName.get(idOf(u))?.overflow;
+    if (o?.unread === undefined) return [];
+    for (const key of o.unread) if (o.known.get(key)?.asks !== true) o.unread.delete(key);
+    return [...o.unread];
+  }
+
+  /**
    * Every client write calls this as it starts (before any upstream sees it). A repair copying
    * the key right now must copy again (its source may be older than this write), and a read
    * that began before it must not read-repair the key (the value it found may be gone).
@@ -1163,7 +1188,7 @@ export class RepairJournal {
     // One that cannot be read now: the read goes by the ranking, that copy the least fresh (a
     // session the store behind holds stays readable while the cache is down: review-h33 finding
     // 3); a conditional command still waits for it.
-    const unread = all.find((u) => this.entry(u, key)?.asks === true);
+    const unread = all.find((u) => this.unread(u, key));
     if (unread !== undefined && !reading) return [];
     if (unread !== undefined && usable.includes(unread)) return [unread];
     const top = [...all].sort((a, b) => this.fresher(b, a, key))[0];
@@ -1354,6 +1379,18 @@ export class RepairJournal {
    */
   asked(u: Upstream, key: string, holds: boolean): void {
     const p = this.byName.get(idOf(u));
+    const o = p?.overflow;
+    const k = o?.known.get(key);
+    if (o !== undefined && k?.asks === true) {
+      // Overflowed since (Overflow.known asks): holding an item, it holds the key as from a write
+      // since the overflow (read there, the others repaired from it, flushed only after); else it
+      // is dirty for it as for any key it was not told of.
+      o.unread?.delete(key);
+      if (holds) o.known.set(key, { seq: k.seq, holds: true });
+      else o.known.delete(key);
+      this.append(`${holds ? 'K' : 'U'} ${hex(idOf(u))} ${hex(key)}`);
+      return;
+    }
     const e = p?.keys.get(key);
     if (p === undefined || e?.asks !== true) return;
     if (holds) this.clear(u, key);
@@ -1473,7 +1510,7 @@ export class RepairJournal {
    */
   undone(u: Upstream, key: string, found: boolean): boolean {
     // Lacking the key unread, read first (freshest, reading): a miss says it does lack it.
-    if (this.entry(u, key)?.asks === true) {
+    if (this.unread(u, key)) {
       if (!found) this.asked(u, key, false);
       return !found;
     }
@@ -1503,6 +1540,10 @@ export class RepairJournal {
   distrust(u: Upstream, chain?: readonly Upstream[], stayed?: (key: string) => boolean, unmoved?: (key: string) => boolean): void {
     const p = this.of(u);
     const late = lateKeys(p);
+    // Before its entries are dropped: those lacking the key unread (DirtyEntry.asks), and, distrusted
+    // again, those it still lacked unread from the overflow before.
+    const unread = [...(p.overflow === undefined ? [] : this.unreadKeys(u))];
+    for (const [key, e] of p.keys) if (e.asks === true) unread.push(key);
     // Before what `u` was told is dropped: the keys only it may hold (see heldAlone).
     const alone = chain === undefined ? [] : this.heldAlone(u, chain);
     // Trusted for the keys that did not move (Overflow.unmoved: a pool whose ring moved), it must
@@ -1551,6 +1592,18 @@ export class RepairJournal {
     }
     this.append(`O ${hex(idOf(u))} ${o.since}`);
     if (o.full) this.append(`F ${hex(idOf(u))}`);
+    for (const key of unread) {
+      if (o.known.has(key)) continue;
+      if (o.known.size >= this.options.maxKeys) {
+        // Not flushed at all (full): the copy stays, though no longer read first.
+        o.full = true;
+        this.append(`F ${hex(idOf(u))}`);
+        break;
+      }
+      o.known.set(key, { seq: this.writeSeq, holds: false, maybe: true, asks: true });
+      (o.unread ??= new Set()).add(key);
+      this.append(`H ${hex(idOf(u))} ${hex(key)} a`);
+    }
     // Maybe their only copy: not flushed while so (holdsAlone); or, when which keys those are is
     // not known, not at all. One whose place in `u` is known to be the same as before (`stayed`: a
     // pool's ring moved others) is held there as before: read and repaired from (once its fence
@@ -2018,7 +2071,10 @@ export class RepairJournal {
         this.setOverflow(p, { since: Number(f[2]) || Date.now(), afterSeq: Infinity, trustAfter: undefined, known: new Map(), full: false, lastLate: loadedAt });
       } else if ((f[0] === 'K' || f[0] === 'H' || f[0] === 'U') && f[2] !== undefined && p.overflow) {
         if (f[0] === 'K') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: true });
-        else if (f[0] === 'H') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: false, maybe: true });
+        else if (f[0] === 'H' && f[3] === 'a') {
+          p.overflow.known.set(unhex(f[2]), { seq: 0, holds: false, maybe: true, asks: true });
+          (p.overflow.unread ??= new Set()).add(unhex(f[2]));
+        } else if (f[0] === 'H') p.overflow.known.set(unhex(f[2]), { seq: 0, holds: false, maybe: true });
         else p.overflow.known.delete(unhex(f[2]));
       } else if (f[0] === 'F' && p.overflow) {
         p.overflow.full = true;
@@ -2068,7 +2124,7 @@ export class RepairJournal {
       if (p.overflow) {
         out.push(`O ${hex(name)} ${p.overflow.since}`);
         if (p.overflow.full) out.push(`F ${hex(name)}`);
-        for (const [key, k] of p.overflow.known) if (k.holds || k.maybe) out.push(`${k.holds ? 'K' : 'H'} ${hex(name)} ${hex(key)}`);
+        for (const [key, k] of p.overflow.known) if (k.holds || k.maybe) out.push(`${k.holds ? 'K' : 'H'} ${hex(name)} ${hex(key)}${k.asks ? ' a' : ''}`);
       }
       for (const [key, e] of p.keys) out.push(mLine(name, key, e));
       for (const id of p.voided ?? []) out.push(`Z ${hex(name)} ${id}`);

@@ -264,8 +264,8 @@ export class Repairer {
     const rk = `${idOf(u)} ${key}`;
     journal.repairing.set(rk, false);
     try {
-      // Journaled as lacking the key unread (DirtyEntry.asks): read first.
-      if (journal.entry(u, key)?.asks === true) {
+      // Journaled as lacking the key unread (DirtyEntry.asks, or overflowed since): read first.
+      if (journal.unread(u, key)) {
         const own = await this.readFor(journal, u, key, rk);
         if (own === undefined) return false;
         journal.asked(u, key, own.hit !== undefined);
@@ -277,7 +277,7 @@ export class Repairer {
       const source = clean.find((s) => !isFenced(s)) ?? clean.find((s) => knowsKey(s, key));
       // No clean copy to take the key from, and one not yet read may hold its newest state
       // (DirtyEntry.asks): neither a replayed delete nor the freshest dirty copy until it is read.
-      if (!source && ctx.upstreams.some((s) => s !== u && journal.entry(s, key)?.asks === true)) return false;
+      if (!source && ctx.upstreams.some((s) => s !== u && journal.unread(s, key))) return false;
       // A missed delete is copied as the key's current state too where an upstream holds it: the
       // entry may be older than a write that reached `u` since without a word on file (a copy of a
       // write-wait = copies write still on its way when mcmux was killed, applied after), and
@@ -406,6 +406,10 @@ export class Repairer {
     // no earlier than the start), so the writes from now on may teach which keys it holds; as
     // they may once the requests of keys it could not remember (lastLate) have.
     journal.loadedSettled(u);
+    // The keys it lacked unread when it overflowed (Overflow.known asks) are read there first, as
+    // their entries would have been: it holds the only copy of one (the others wait for it), or
+    // lacks it. Until then it is not flushed (holdsAlone: they are `maybe`).
+    for (const key of journal.unreadKeys(u)) if (journal.unread(u, key)) await this.repairKey(ctx, u, key, 'write');
     // A session written here since the overflow that every other upstream missed: a flush would
     // lose it. The other upstreams' repair copies it from here first; meanwhile (and for good
     // when there is no other upstream) it may be trusted by expiry, as any other store. One
