@@ -1592,18 +1592,9 @@ export class RepairJournal {
     }
     this.append(`O ${hex(idOf(u))} ${o.since}`);
     if (o.full) this.append(`F ${hex(idOf(u))}`);
-    for (const key of unread) {
-      if (o.known.has(key)) continue;
-      if (o.known.size >= this.options.maxKeys) {
-        // Not flushed at all (full): the copy stays, though no longer read first.
-        o.full = true;
-        this.append(`F ${hex(idOf(u))}`);
-        break;
-      }
-      o.known.set(key, { seq: this.writeSeq, holds: false, maybe: true, asks: true });
-      (o.unread ??= new Set()).add(key);
-      this.append(`H ${hex(idOf(u))} ${hex(key)} a`);
-    }
+    // Lacking the key unread: maybe its only copy, read there first (Overflow.known asks). Past
+    // maxKeys it is not flushed at all (full): the copy stays, though no longer read first.
+    for (const key of unread) if (!this.keepHeld(u, o, key, false, true)) return;
     // Maybe their only copy: not flushed while so (holdsAlone); or, when which keys those are is
     // not known, not at all. One whose place in `u` is known to be the same as before (`stayed`: a
     // pool's ring moved others) is held there as before: read and repaired from (once its fence
@@ -1613,17 +1604,24 @@ export class RepairJournal {
       this.append(`F ${hex(idOf(u))}`);
       return;
     }
-    for (const key of alone) {
-      if (o.known.has(key)) continue;
-      if (o.known.size >= this.options.maxKeys) {
-        o.full = true;
-        this.append(`F ${hex(idOf(u))}`);
-        return;
-      }
-      const holds = stayed?.(key) === true;
-      o.known.set(key, { seq: this.writeSeq, holds, maybe: !holds });
-      this.append(`${holds ? 'K' : 'H'} ${hex(idOf(u))} ${hex(key)}`);
+    for (const key of alone) if (!this.keepHeld(u, o, key, stayed?.(key) === true)) return;
+  }
+
+  /**
+   * distrust: `u` may hold the only copy of `key` (`holds`: read there; else `maybe`, and `asks`
+   * when it lacked it unread). False once `known` is full: `u` is then `full`, never flushed.
+   */
+  private keepHeld(u: Upstream, o: Overflow, key: string, holds: boolean, asks = false): boolean {
+    if (o.known.has(key)) return true;
+    if (o.known.size >= this.options.maxKeys) {
+      o.full = true;
+      this.append(`F ${hex(idOf(u))}`);
+      return false;
     }
+    o.known.set(key, { seq: this.writeSeq, holds, maybe: !holds, ...(asks ? { asks: true as const } : {}) });
+    if (asks) (o.unread ??= new Set()).add(key);
+    this.append(`${holds ? 'K' : 'H'} ${hex(idOf(u))} ${hex(key)}${asks ? ' a' : ''}`);
+    return true;
   }
 
   /**
