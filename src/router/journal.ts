@@ -838,6 +838,12 @@ export class RepairJournal {
     return p.keys.get(key)?.asks === true || p.overflow?.known.get(key)?.asks === true;
   }
 
+  /** To the back of Overflow.unread, while `u` still lacks `key` unread (its read failed). */
+  requeueUnread(u: Upstream, key: string): void {
+    const o = this.byName.get(idOf(u))?.overflow;
+    if (o?.unread?.delete(key) === true && o.known.get(key)?.asks === true) o.unread.add(key);
+  }
+
   /** The keys overflowed `u` still lacks unread (Overflow.unread), for the repair to read first. */
   unreadKeys(u: Upstream): string[] {
     const o = this.byName.get(idOf(u))?.overflow;

@@ -408,8 +408,14 @@ export class Repairer {
     journal.loadedSettled(u);
     // The keys it lacked unread when it overflowed (Overflow.known asks) are read there first, as
     // their entries would have been: it holds the only copy of one (the others wait for it), or
-    // lacks it. Until then it is not flushed (holdsAlone: they are `maybe`).
-    for (const key of journal.unreadKeys(u)) if (journal.unread(u, key)) await this.repairKey(ctx, u, key, 'write');
+    // lacks it. Until then it is not flushed (holdsAlone: they are `maybe`). As many a tick as the
+    // repair copies (repair-rate, one at least), one whose read failed to the back of the line.
+    const unread = journal.unreadKeys(u).slice(0, Math.max(1, Math.floor((this.options.rate * TICK_MS) / 1000)));
+    await Promise.all(
+      unread.map(async (key) => {
+        if (journal.unread(u, key) && !(await this.repairKey(ctx, u, key, 'write'))) journal.requeueUnread(u, key);
+      }),
+    );
     // A session written here since the overflow that every other upstream missed: a flush would
     // lose it. The other upstreams' repair copies it from here first; meanwhile (and for good
     // when there is no other upstream) it may be trusted by expiry, as any other store. One
