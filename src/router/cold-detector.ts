@@ -591,7 +591,12 @@ export class ColdDetector {
     if (e === undefined || e.fence !== u.fencesBegun) this.emptiedStores.set(u, (e = { fence: u.fencesBegun, stores: new Set() }));
     for (const t of stores) e.stores.add(t);
     const seen = e.stores;
-    u.partlyEmpty = this.storesOf(u, true).some((t) => !seen.has(t));
+    // Every server in its ring, not only the usable ones: one down (eject=false keeps it in the
+    // ring) still holds its keys, and returns with them (review-h36 finding 3: taken as emptied,
+    // the pool was onlyLearnt once it was back, and a store that restarted empty after it decided
+    // keys that server held by the chain order).
+    const out = outOfRing(u);
+    u.partlyEmpty = membersOf(u).some((m) => !out.includes(m.name) && !seen.has(m.inner));
   }
 
   /**
