@@ -19,7 +19,9 @@
  *    read and its miss taken, however it came back (lockUnreadOnA: get lock answers a miss from
  *    b, back empty, while a holds the lock); and with a failing the read once b's lock-fence is
  *    over, b's miss is taken too. Same rig as review-h33's "other side" test, which covers only a
- *    failing read inside the fence.
+ *    failing read inside the fence. And past a cache that is down, to a store behind that missed
+ *    only a touch (a gat that timed out there) but restarted empty since: its miss is taken while
+ *    the cache holds the session.
  * 3. (medium: a counter decremented from nothing, a lock granted twice; ad009b6 leaves it) a pool
  *    (eject=false) one server of which is found come back empty while its other server is down is
  *    taken as empty whole (storesEmptied judges partlyEmpty from the usable servers: the down one,
@@ -137,6 +139,34 @@ describe('finding 2: the key the unread copy alone holds read as absent (2114945
     await s.stop();
     assert.equal(onA, 'held');
     assert.ok(got?.startsWith('(SERVER_ERROR'), `READ AS ABSENT: the lock a alone holds, read from b as ${String(got)}`);
+  });
+});
+
+describe("finding 2's rest: past the unread copy to one that missed only a touch, but came back empty since", () => {
+  it('a down holding the session, b (touch missed) restarted empty: get sess is SERVER_ERROR, not b\'s miss', { todo: 'review-h36 finding 2' }, async () => {
+    const fa = new FakeUpstream('memcached://a:11211', 'memcached');
+    const fb = new FakeUpstream('memcached://b:11211', 'memcached');
+    const { s, a, b } = await flushedUnlearnt(fa, fb);
+    assert.equal(status(await s.exec(setCmd('sess', 'v2'))), 'STORED', 'set sess v2: on both (a does not remember it)');
+    await downed(fa, a);
+    // A gat while a is down: it times out on b (journaled with its deadline: a touch missed), and
+    // a, whose has() fails, is journaled as lacking the session unread.
+    fb.mode = 'timeout';
+    const gat = await s.exec(gatCmd('sess'));
+    fb.mode = 'ok';
+    await settle();
+    assert.equal(s.journal.entry(a, 'sess')?.asks, true, `a: lacking sess unread (gat: ${status(gat)})`);
+    assert.notEqual(s.journal.entry(b, 'sess')?.touched, undefined, 'b: missed a touch only');
+    // b restarts empty and is found so.
+    await fb.inner.flush();
+    await s.detector.checkAll();
+    assert.equal(cameBackEmpty(b), true, 'b came back empty');
+    const onA = (await fa.inner.get(['sess']))[0]?.value.toString();
+    const got = valueOf(await s.exec(getCmd('sess')));
+    fa.mode = 'ok';
+    await s.stop();
+    assert.equal(onA, 'v2', 'a holds the session');
+    assert.ok(got?.startsWith('(SERVER_ERROR'), `READ AS ABSENT: the session a (down) alone holds, read from b, back empty, as ${String(got)}`);
   });
 });
 
