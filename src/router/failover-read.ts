@@ -361,6 +361,12 @@ async function read(ctx: RouterContext, cmd: GetCommand, seq: number, first?: An
             const answer = await ask(u, [key], true);
             if (answer.ok && ctx.journal.undone(u, key, answer.hits.get(key) !== undefined)) continue;
             if (!answer.ok && ctx.journal.unread(u, key) && (await readPast(ctx, upstreams, ask, st, u, key))) break;
+            // Read past a copy lacking the key unread that is down (journal.freshest): the miss of
+            // one that came back empty is no answer, as in readPast (review-h36 finding 2).
+            if (answer.ok && answer.hits.get(key) === undefined && cameBackEmpty(u) && upstreams.some((o) => o !== u && ctx.journal.unread(o, key))) {
+              absorb(st, { ok: false, error: new Error(`${u.name} came back empty, and a copy lacking ${key} unread cannot be read`) }, [key], upstreams.indexOf(u), []);
+              break;
+            }
             absorb(st, answer, [key], upstreams.indexOf(u), []);
             break;
           }
@@ -479,7 +485,9 @@ function missedMeanwhile(ctx: RouterContext, u: Upstream, keys: readonly string[
 async function readPast(ctx: RouterContext, upstreams: readonly Upstream[], ask: (u: Upstream, keys: string[], freshest?: boolean) => Promise<Answer>, st: ReadState, unread: Upstream, key: string): Promise<boolean> {
   const rest = upstreams.filter((x) => x !== unread);
   const next = ctx.journal.freshest(rest, rest.filter(isUsable), key)?.[0];
-  if (next === undefined) return false;
+  // Only to a copy that missed nothing but touches: one that missed a write may be older than the
+  // unread copy (review-h36 finding 1).
+  if (next === undefined || !ctx.journal.passable(next, key)) return false;
   const answer = await ask(next, [key], true);
   if (!answer.ok || (answer.hits.get(key) === undefined && cameBackEmpty(next))) return false;
   absorb(st, answer, [key], upstreams.indexOf(next), []);

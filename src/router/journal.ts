@@ -1198,7 +1198,21 @@ export class RepairJournal {
     if (unread !== undefined && !reading) return [];
     if (unread !== undefined && usable.includes(unread)) return [unread];
     const top = [...all].sort((a, b) => this.fresher(b, a, key))[0];
+    // Past it only to a copy that missed nothing but touches (passable): one that missed a write
+    // may hold an older state than the unread copy, which may hold that write (review-h36 finding
+    // 1: the value before an acknowledged set, read from the store behind that missed it).
+    if (unread !== undefined && (top === undefined || !this.passable(top, key))) return [];
     return top !== undefined && usable.includes(top) && !this.notYet(top, key) ? [top] : [];
+  }
+
+  /**
+   * Whether a read may pass over a copy of `key` lacking it unread (DirtyEntry.asks) to `u`: `u`
+   * missed nothing of the key but touches (DirtyEntry.touched), so it holds every write the unread
+   * copy may hold. In memory only: an entry loaded from journal.log is a write, and passes for none.
+   */
+  passable(u: Upstream, key: string): boolean {
+    const e = this.entry(u, key);
+    return e !== undefined && e.touched !== undefined && e.asks !== true;
   }
 
   /**
