@@ -194,6 +194,7 @@ export class App {
   private resolveEach(config: Config, ctx: UpstreamContext, next: Map<string, HealthyUpstream>, built: HealthyUpstream[], reloading: boolean): HealthyUpstream[] {
     const kept: HealthyUpstream[] = [];
     const retunes: Array<() => void> = [];
+    const adopt: Array<() => void> = [];
     const list = upstreamSpecs(config).map((spec) => {
       const id = identity(spec, config);
       let m = this.members.get(id) ?? next.get(id) ?? this.sameMemory(spec, ctx, retunes);
@@ -225,43 +226,53 @@ export class App {
             this.log[to === 'healthy' ? 'info' : routine ? 'debug' : 'warn']({ upstream: m?.name, server: u.name, from, to, reason }, `pool server ${to}`);
           };
         }
-        // An in-process store starts empty: locks taken before this start live only elsewhere,
-        // for the whole fence. One added by a reload may be too, as far as mcmux knows (a check
-        // that finds a marker of ours there lifts that fence).
-        if (inner.scheme === 'memory') this.coldDetector.knownEmpty(m);
-        else if (reloading) {
-          m.resumeUniques(this.journal.uniquesEpochOf(m));
-          const store = m.storeId;
-          const prev = [...this.members.values()].find((o) => o.storeId === store);
-          if (prev !== undefined) {
-            m.takeOver(prev);
-            // The store, and each server of a pool, is as healthy as it was a moment ago.
-            m.inheritHealth(prev);
-            // A server the pool before had ejected comes back as a ring move, eject or not.
-            if (inner instanceof MemcachedPool && prev.inner instanceof MemcachedPool) inner.inheritRing(prev.inner);
-            const before = new Map(membersOf(prev).map((o) => [o.name, o]));
-            for (const member of membersOf(m)) {
-              const was = before.get(member.name);
-              if (was !== undefined) member.inheritHealth(was);
-            }
-          }
-          // New to the chain, or back in it: it may have restarted while out of it, numbering its
-          // items from 1 again, and the marker check takes a first sight as no evidence. Its
-          // uniques of before are void, as after a reconnect.
-          else this.coldDetector.voidUniques(m);
-          m.fence(monotonicMs() + config.lockFence);
-        }
+        // What it takes from the running chain (and what journal.log says of it) is done once
+        // every upstream is built: a reload rejected after it leaves the running ones as they were
+        // (inheritRing marks the pool it replaces superseded: review-h37 finding 3).
+        const u = m;
+        adopt.push(() => this.adopt(u, inner, config, reloading));
       }
       next.set(id, m);
       return m;
     });
     for (const retune of retunes) retune();
+    for (const a of adopt) a();
     for (const m of kept) {
       m.options = config.health;
       for (const member of membersOf(m)) member.options = config.health;
     }
     this.members = next;
     return list;
+  }
+
+  /** A new upstream `m` (driver `inner`) joins: fenced as empty, or takes over the store it rebuilds. */
+  private adopt(m: HealthyUpstream, inner: Upstream, config: Config, reloading: boolean): void {
+    // An in-process store starts empty: locks taken before this start live only elsewhere,
+    // for the whole fence. One added by a reload may be too, as far as mcmux knows (a check
+    // that finds a marker of ours there lifts that fence).
+    if (inner.scheme === 'memory') this.coldDetector.knownEmpty(m);
+    else if (reloading) {
+      m.resumeUniques(this.journal.uniquesEpochOf(m));
+      const store = m.storeId;
+      const prev = [...this.members.values()].find((o) => o.storeId === store);
+      if (prev !== undefined) {
+        m.takeOver(prev);
+        // The store, and each server of a pool, is as healthy as it was a moment ago.
+        m.inheritHealth(prev);
+        // A server the pool before had ejected comes back as a ring move, eject or not.
+        if (inner instanceof MemcachedPool && prev.inner instanceof MemcachedPool) inner.inheritRing(prev.inner);
+        const before = new Map(membersOf(prev).map((o) => [o.name, o]));
+        for (const member of membersOf(m)) {
+          const was = before.get(member.name);
+          if (was !== undefined) member.inheritHealth(was);
+        }
+      }
+      // New to the chain, or back in it: it may have restarted while out of it, numbering its
+      // items from 1 again, and the marker check takes a first sight as no evidence. Its
+      // uniques of before are void, as after a reconnect.
+      else this.coldDetector.voidUniques(m);
+      m.fence(monotonicMs() + config.lockFence);
+    }
   }
 
   /**
@@ -362,6 +373,9 @@ export class App {
 
   /** Applies a new config (SIGHUP). Listen addresses are not changed by a reload. */
   reload(config: Config): void {
+    // journal-max-keys changes only on restart (RESTART_ONLY): the fence keys it bounds too, not
+    // half of it while the log says it was kept (review-h37 finding 4).
+    config = { ...config, health: { ...config.health, fenceKeysMax: this.config.health.fenceKeysMax } };
     const before = new Set(this.members.values());
     // The embedded default lives in the state directory, which a reload does not move.
     const upstreams = this.resolveUpstreams({ ...config, stateDir: this.config.stateDir }, true);
