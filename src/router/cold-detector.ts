@@ -948,8 +948,8 @@ export class ColdDetector {
     if (this.refusing.has(store)) return;
     this.refusing.add(store);
     const said = read
-      ? 'upstream refuses mcmux\'s marker read: client requests likely fail there the same way while it stays healthy (it answers), and whether it came back empty cannot be told; an account limited to some keys or commands?'
-      : 'upstream refuses writes (it refused mcmux\'s marker): every write to it fails while it answers reads; a read-only replica, or an account without write permission?';
+      ? `upstream refuses mcmux's marker read: client requests likely fail there the same way while it stays healthy (it answers), and whether it came back empty cannot be told; ${refusalCause(err.message, 'an account limited to some keys or commands?')}`
+      : `upstream refuses writes (it refused mcmux's marker): every write to it fails while it answers reads; ${refusalCause(err.message, 'a read-only replica, or an account without write permission?')}`;
     this.log.warn({ upstream: u.name, ...(store === u.inner ? {} : { server: store.name }), err: maskUrl(err.message) }, said);
   }
 
@@ -1017,4 +1017,16 @@ export class ColdDetector {
       this.fenceLog?.serverIdSeen(u, unsaved.id);
     }
   }
+}
+
+/**
+ * The likely cause of a refusal, from its text, for the warning that says it: a full store (Redis
+ * at maxmemory with noeviction: OOM; memcached -M: out of memory) is not sent to the replication
+ * and the ACLs (review-h37 finding 5). `otherwise`: the guess when the text tells nothing.
+ */
+export function refusalCause(message: string, otherwise: string): string {
+  if (/\bOOM\b|out of memory|maxmemory/i.test(message)) return 'the store is full (Redis maxmemory with noeviction, memcached -M): free memory there, or let it evict';
+  if (/\bREADONLY\b|read[- ]only (replica|slave)|--read-only|super_read_only/i.test(message)) return 'a read-only replica: expected the master, or an address that follows it';
+  if (/NOPERM|no permissions|can't run this command|command denied|access denied/i.test(message)) return 'an account without the permission it needs (its ACL or grants)';
+  return otherwise;
 }

@@ -212,7 +212,7 @@ describe('finding 4: a reload changing journal-max-keys', () => {
 });
 
 describe('finding 5 (396508f; suspicion (a)): the warning for a refused marker write', () => {
-  it('a Redis at maxmemory (noeviction: OOM): the warning does not guess a replica or a permission', { todo: 'review-h37 finding 5', timeout: 60_000 }, async (t) => {
+  it('a Redis at maxmemory (noeviction: OOM): the warning does not guess a replica or a permission', { timeout: 60_000 }, async (t) => {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return;
     const redis = await startRedis(['--maxmemory', '1', '--maxmemory-policy', 'noeviction']);
     t.after(() => redis.stop());
