@@ -228,7 +228,7 @@ describe('finding 5 (396508f; suspicion (a)): the warning for a refused marker w
 });
 
 describe('finding 6 (suspicion (b)): check and a relative sqlite:// path', () => {
-  it('check names the file it looked at and that it is relative to the shell\'s directory (the service resolves it against its own)', { todo: 'review-h37 finding 6' }, async (t) => {
+  it('check names the file it looked at and that it is relative to the shell\'s directory (the service resolves it against its own)', async (t) => {
     const shell = tempDir(t, 'h37-shell');
     const service = tempDir(t, 'h37-service');
     // The sessions' file, in the directory the operator's shell is in.
