@@ -163,7 +163,10 @@ export function maskUrl(text: string): string {
  * refused, and the error naming it must not print it.
  */
 function maskQuerySecrets(text: string): string {
-  return text.replace(/([?&](?:[a-z0-9_-]*(?:pass|pwd|secret|token|auth|key)[a-z0-9_-]*)=)[^&#\s"']*/gi, '$1***');
+  // The value runs to `&`, `#`, a space, a quote or the end; one `:` `,` `;` `)` just before a
+  // space or a quote is the text's ("upstream <url>: unknown option"), not masked away with it
+  // (review-h37 finding 7).
+  return text.replace(/([?&](?:[a-z0-9_-]*(?:pass|pwd|secret|token|auth|key)[a-z0-9_-]*)=)[^&#\s"']*?(?=[&#]|[:,;)]?[\s"']|$)/gi, '$1***');
 }
 
 /**
