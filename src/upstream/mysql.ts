@@ -627,9 +627,10 @@ export class MysqlUpstream implements Upstream {
 
   /**
    * For `mcmux check`, which makes no table: a table not there yet that the account may not
-   * CREATE (SHOW GRANTS names no CREATE, nor ALL PRIVILEGES, nor a role that might): the start's
-   * CREATE is refused, and every request with it (review-h31 finding 4). Whatever cannot be told
-   * (a role granted, SHOW GRANTS refused) is no problem said.
+   * CREATE (SHOW GRANTS names no CREATE, nor ALL PRIVILEGES, on `*.*`, on a database pattern that
+   * matches this one or on the table itself, nor a role that might: mayCreate): the start's CREATE
+   * is refused, and every request with it (review-h31 finding 4). Whatever cannot be told (a role
+   * granted, a partial revoke, SHOW GRANTS refused) is no problem said.
    */
   async writeProblem(): Promise<string | undefined> {
     return this.run(async (c) => {
@@ -641,10 +642,8 @@ export class MysqlUpstream implements Upstream {
       }
       const [rows] = await c.query('SHOW GRANTS');
       const grants = (rows as Array<Record<string, unknown>>).map((r) => String(Object.values(r)[0] ?? ''));
-      // What a line grants: before its ON (a role's line has none: GRANT `role` TO `user`).
-      const what = grants.map((g) => /^GRANT\s+(.*?)\s+ON\s/i.exec(g)?.[1]);
-      if (what.some((w) => w === undefined || /\b(CREATE|ALL)\b/i.test(w))) return undefined;
-      return `table ${this.o.table} not there yet, and the account may not CREATE it (SHOW GRANTS names no CREATE): the start's CREATE is refused, and every request with it; grant CREATE on the database, or make the table`;
+      if (mayCreate(grants, this.o.database, this.o.table) !== false) return undefined;
+      return `table ${this.o.table} not there yet, and the account may not CREATE it (SHOW GRANTS names no CREATE on ${this.o.database}): the start's CREATE is refused, and every request with it; grant CREATE on the database, or make the table`;
     }).catch(() => undefined);
   }
 
@@ -1454,4 +1453,65 @@ export function createMysqlUpstream(url: URL, options: Map<string, string>, ctx:
     maxQueue,
     create: ctx.create,
   });
+}
+
+/** An identifier of a GRANT line, unquoted (`a``b` is a`b); undefined when it is not one. */
+function grantIdentifier(text: string): string | undefined {
+  const quoted = /^`((?:[^`]|``)*)`$/.exec(text);
+  if (quoted) return (quoted[1] as string).replace(/``/g, '`');
+  return /^[A-Za-z0-9_$%\\]+$/.test(text) || text === '*' ? text : undefined;
+}
+
+/** Whether `name` matches a database-level grant's pattern (`%` any run, `_` any one, `\` escapes). */
+function matchesDbPattern(pattern: string, name: string): boolean {
+  let re = '';
+  for (let i = 0; i < pattern.length; i++) {
+    const ch = pattern[i] as string;
+    if (ch === '\\' && i + 1 < pattern.length) re += (pattern[++i] as string).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    else if (ch === '%') re += '.*';
+    else if (ch === '_') re += '.';
+    else re += ch.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  }
+  // Case folded: lower_case_table_names may make the server do so (and a wrong "ok" is the safer side).
+  return new RegExp(`^${re}$`, 'is').test(name);
+}
+
+/**
+ * Whether the grants SHOW GRANTS listed let the account CREATE `table` in `database`: a line
+ * granting CREATE or ALL [PRIVILEGES] (a whole privilege: not CREATE VIEW, CREATE TEMPORARY
+ * TABLES, CREATE ROUTINE) on `*.*`, on a database pattern matching `database`, or on the table
+ * itself. Undefined when it cannot be told: a line that is not `GRANT <privileges> ON <db>.<table>
+ * TO` (a role granted, SET DEFAULT ROLE) or a REVOKE (MySQL's partial revokes). review-h37
+ * finding 1: CREATE or ALL anywhere (on another database, CREATE VIEW) was taken for it.
+ */
+export function mayCreate(grants: readonly string[], database: string, table: string): boolean | undefined {
+  for (const line of grants) {
+    const m = /^GRANT\s+(.*?)\s+ON\s+(.*?)\s+TO\s/is.exec(line.trim());
+    if (m === null) return undefined;
+    const target = m[2] as string;
+    // A routine's grant (FUNCTION db.f, PROCEDURE, PACKAGE) or PROXY ON a user: not a table's.
+    if (/^(FUNCTION|PROCEDURE|PACKAGE(\s+BODY)?)\s/i.test(target) || /^PROXY\b/i.test(m[1] as string)) continue;
+    const t = /^((?:`(?:[^`]|``)*`)|[^.`\s]+)\.((?:`(?:[^`]|``)*`)|[^.`\s]+)$/.exec(target);
+    if (t === null) return undefined;
+    const [db, tbl] = [grantIdentifier(t[1] as string), grantIdentifier(t[2] as string)];
+    if (db === undefined || tbl === undefined) return undefined;
+    // The privileges: split at commas outside a column list, the column list dropped.
+    const privileges: string[] = [];
+    let depth = 0;
+    let current = '';
+    for (const ch of m[1] as string) {
+      if (ch === '(') depth++;
+      else if (ch === ')') depth--;
+      else if (ch === ',' && depth === 0) {
+        privileges.push(current);
+        current = '';
+      } else if (depth === 0) current += ch;
+    }
+    privileges.push(current);
+    const creates = privileges.some((p) => /^(CREATE|ALL(\s+PRIVILEGES)?)$/i.test(p.trim().replace(/\s+/g, ' ')));
+    if (!creates) continue;
+    if (db === '*' && tbl === '*') return true;
+    if (tbl === '*' ? matchesDbPattern(db, database) : db.toLowerCase() === database.toLowerCase() && tbl.toLowerCase() === table.toLowerCase()) return true;
+  }
+  return false;
 }

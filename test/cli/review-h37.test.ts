@@ -65,6 +65,7 @@ import { describe, it } from 'node:test';
 import type { Connection } from 'mysql2/promise';
 import type { HealthyUpstream } from '../../src/router/health';
 import type { MemcachedPool } from '../../src/upstream/memcached-pool';
+import { mayCreate } from '../../src/upstream/mysql';
 import { createSqliteUpstream } from '../../src/upstream/sqlite';
 import { maskUrl } from '../../src/upstream/upstream';
 import { inProcessMcmux, reloadTo } from '../helpers/in-process';
@@ -93,7 +94,7 @@ async function check(args: string[], cwd?: string): Promise<{ code: number | nul
 }
 
 describe('finding 1 (373e8cc): check and SHOW GRANTS naming CREATE or ALL that the start cannot use', () => {
-  it('ALL on another database, DML on the sessions\' one: check says FAILED naming CREATE (the start: "CREATE command denied")', { todo: 'review-h37 finding 1' }, async (t) => {
+  it('ALL on another database, DML on the sessions\' one: check says FAILED naming CREATE (the start: "CREATE command denied")', async (t) => {
     const root = await sharedMysql(t);
     if (root === undefined) return;
     const other = `h37_app_${randomBytes(4).toString('hex')}`;
@@ -109,7 +110,7 @@ describe('finding 1 (373e8cc): check and SHOW GRANTS naming CREATE or ALL that t
     assert.equal(r.code, 1);
   });
 
-  it('CREATE TEMPORARY TABLES and CREATE VIEW on the sessions\' database, no CREATE: check says FAILED', { todo: 'review-h37 finding 1' }, async (t) => {
+  it('CREATE TEMPORARY TABLES and CREATE VIEW on the sessions\' database, no CREATE: check says FAILED', async (t) => {
     const root = await sharedMysql(t);
     if (root === undefined) return;
     const { url } = await account(root, (u) => [`GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES, CREATE VIEW ON test.* TO ${u}`]);
@@ -148,6 +149,31 @@ describe('finding 1 (373e8cc): check and SHOW GRANTS naming CREATE or ALL that t
       if (r.code !== 0) said.push(r.stdout);
     }
     assert.deepEqual(said, [], 'check refused an account that may CREATE the table');
+  });
+});
+
+describe('finding 1\'s fix: mayCreate reads the lines of SHOW GRANTS (MariaDB and MySQL 8 forms)', () => {
+  const may = (lines: string[]): boolean | undefined => mayCreate(["GRANT USAGE ON *.* TO `u`@`%` IDENTIFIED BY PASSWORD '*AB'", ...lines], 'sess_db', 'mcmux_items');
+  it('CREATE or ALL on *.*, on the database, on a pattern matching it or on the table: true', () => {
+    assert.equal(may(['GRANT CREATE ON *.* TO `u`@`%`']), true);
+    assert.equal(may(['GRANT ALL PRIVILEGES ON `sess_db`.* TO `u`@`%`']), true);
+    assert.equal(may(["GRANT SELECT, INSERT, CREATE ON `sess_db`.* TO 'u'@'%'"]), true);
+    assert.equal(may(['GRANT ALL PRIVILEGES ON `sess%`.* TO `u`@`%`']), true);
+    assert.equal(may(['GRANT ALL PRIVILEGES ON `sess\\_db`.* TO `u`@`%`']), true);
+    assert.equal(may(['GRANT CREATE ON `sess_db`.`mcmux_items` TO `u`@`%`']), true);
+    assert.equal(may(['GRANT SELECT (`key`, `value`), CREATE ON `sess_db`.* TO `u`@`%`']), true);
+  });
+  it('CREATE elsewhere, CREATE VIEW / TEMPORARY TABLES / ROUTINE, another table: false', () => {
+    assert.equal(may(['GRANT ALL PRIVILEGES ON `app`.* TO `u`@`%`', 'GRANT SELECT, INSERT, UPDATE, DELETE ON `sess_db`.* TO `u`@`%`']), false);
+    assert.equal(may(['GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES, CREATE VIEW, CREATE ROUTINE ON `sess_db`.* TO `u`@`%`']), false);
+    assert.equal(may(['GRANT CREATE ON `sess_db`.`other` TO `u`@`%`']), false);
+    assert.equal(may(['GRANT ALL PRIVILEGES ON `sess\\_dbx`.* TO `u`@`%`']), false);
+    assert.equal(may(['GRANT EXECUTE ON PROCEDURE `sess_db`.`p` TO `u`@`%`']), false);
+  });
+  it('a role, SET DEFAULT ROLE, a partial revoke: cannot be told (undefined), or the safe side', () => {
+    assert.equal(may(['GRANT `r`@`%` TO `u`@`%`']), undefined);
+    assert.equal(may(['GRANT `app_role` TO `u`@`%`', 'SET DEFAULT ROLE `app_role` FOR `u`@`%`']), undefined);
+    assert.equal(may(['GRANT SELECT ON `sess_db`.* TO `u`@`%`', 'REVOKE CREATE ON `x`.* FROM `u`@`%`']), undefined);
   });
 });
 
