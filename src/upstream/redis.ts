@@ -46,11 +46,11 @@
  *       redis+cluster://[user:password@]host1:port1,host2:port2?...  (db 0 only)
  */
 
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { Socket as NetStream } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
-import type { ArithOp, Hit } from '../command/command';
+import { type ArithOp, type Hit, RESERVED_KEY_PREFIX } from '../command/command';
 import { ConfigError, ErrorCodes, McmuxError } from '../errors';
 import type { HostPort, UpstreamContext } from './registry';
 import { intOption, rejectUnknownOptions } from './registry';
@@ -616,10 +616,31 @@ export class RedisUpstream implements Upstream {
     } catch {
       return undefined;
     }
-    if (!/^role:slave\r?$/m.test(info)) return undefined;
-    const master = /^master_host:(.*?)\r?$/m.exec(info)?.[1];
-    const port = /^master_port:(\d+)\r?$/m.exec(info)?.[1];
-    return `a replica${master === undefined ? '' : ` of ${master}:${port ?? '?'}`}: every write is refused there (READONLY); expected the master, or an address that follows it`;
+    if (/^role:slave\r?$/m.test(info)) {
+      const master = /^master_host:(.*?)\r?$/m.exec(info)?.[1];
+      const port = /^master_port:(\d+)\r?$/m.exec(info)?.[1];
+      return `a replica${master === undefined ? '' : ` of ${master}:${port ?? '?'}`}: every write is refused there (READONLY); expected the master, or an address that follows it`;
+    }
+    return this.writeRefused();
+  }
+
+  /**
+   * What an ACL user is refused that every write of mcmux needs, asked with a write that changes
+   * nothing: a script (mcmux writes through EVALSHA: +@scripting) deleting a key that is not there
+   * (DEL: +@write), declaring the keys a store declares (an item of mcmux's own, beside the cas
+   * counter: the user's key patterns). review-h37 finding 2: `+@all -@write`, or `+@read +@write`
+   * without `+@scripting`, said ok, then every write NOPERM.
+   */
+  private async writeRefused(): Promise<string | undefined> {
+    const item = this.itemKey(`${RESERVED_KEY_PREFIX}check.${randomBytes(8).toString('hex')}`);
+    const keys = this.client instanceof Cluster ? [item] : [item, this.counterKey];
+    try {
+      await this.run(() => this.client.eval("return redis.call('DEL', KEYS[1])", keys.length, ...keys));
+      return undefined;
+    } catch (err) {
+      if (!(err instanceof McmuxError) || err.code !== ErrorCodes.UPSTREAM_REFUSED) return undefined;
+      return `every write would be refused there (a write that changes nothing, a script deleting a key not there, was: ${err.message}); expected an account that may run scripts (+@scripting) and write (+@write) mcmux's keys`;
+    }
   }
 
   async close(): Promise<void> {

@@ -62,6 +62,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import Redis from 'ioredis';
 import type { Connection } from 'mysql2/promise';
 import type { HealthyUpstream } from '../../src/router/health';
 import type { MemcachedPool } from '../../src/upstream/memcached-pool';
@@ -75,6 +76,7 @@ import { dropAfter, sharedMysql, stopFirst } from '../helpers/shared-mysql';
 import { ctx, lockedSqlite, sqliteUrl } from '../helpers/sqlite-fixture';
 import { tempDir } from '../helpers/temp-dir';
 import { startRedis } from '../upstream/targets/redis';
+import { haveServers, startCluster } from '../helpers/redis-cluster';
 
 /** A uniquely named MySQL account (and the name of a table not there yet) dropped after the test. */
 async function account(root: Connection, grants: (user: string) => string[]): Promise<{ url: string; pw: string; table: string }> {
@@ -178,7 +180,7 @@ describe('finding 1\'s fix: mayCreate reads the lines of SHOW GRANTS (MariaDB an
 });
 
 describe('finding 2 (3cc2fcf\'s class): check and a Redis ACL user that refuses every write', () => {
-  it('+@all -@write, and +@read +@write without +@scripting: check does not say ok (the running mcmux warns that it refuses writes)', { todo: 'review-h37 finding 2', timeout: 60_000 }, async (t) => {
+  it('+@all -@write, and +@read +@write without +@scripting: check does not say ok (the running mcmux warns that it refuses writes)', { timeout: 60_000 }, async (t) => {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return;
     const pw = `Pw${randomBytes(6).toString('hex')}`;
     const redis = await startRedis(['--user', 'ro', 'on', `>${pw}`, '~*', '+@all', '-@write', '--user', 'noscript', 'on', `>${pw}`, '~*', '+@read', '+@write', '+@connection', '+info']);
@@ -192,6 +194,23 @@ describe('finding 2 (3cc2fcf\'s class): check and a Redis ACL user that refuses 
       if (r.code === 0 || !/\nFAILED\s+redis:\/\//.test(r.stdout)) okFor.push(`${user}: ${r.stdout}`);
     }
     assert.deepEqual(okFor, [], 'check says ok for an account every write of mcmux is refused to');
+  });
+
+  it('guard: an ACL user with what mcmux needs (+@read +@write +@scripting on ~*), a plain Redis, a Redis Cluster: check says ok and leaves no key', { timeout: 120_000 }, async (t) => {
+    if (!requireBinary(t, 'redis-server', 'redis-server')) return;
+    const pw = `Pw${randomBytes(6).toString('hex')}`;
+    const redis = await startRedis(['--user', 'app', 'on', `>${pw}`, '~*', '+@read', '+@write', '+@scripting', '+@connection', '+info']);
+    t.after(() => redis.stop());
+    const dir = tempDir(t, 'h37');
+    const urls = [`redis://app:${pw}@127.0.0.1:${redis.port}/0`, redis.url];
+    if (haveServers(t)) urls.push((await startCluster(t)).url);
+    for (const url of urls) {
+      const r = await check(['--upstream', url, '--state-dir', join(dir, 'state')]);
+      assert.equal(r.code, 0, `${url}: ${r.stdout}`);
+    }
+    const admin = new Redis({ host: '127.0.0.1', port: redis.port, protocol: 2, lazyConnect: true });
+    const keys = await admin.dbsize().finally(() => admin.disconnect());
+    assert.equal(keys, 0, 'check left a key behind');
   });
 
   it('the running mcmux does warn for the same account (what check should have said)', { timeout: 60_000 }, async (t) => {
