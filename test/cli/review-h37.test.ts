@@ -41,6 +41,13 @@
  *   7 (cosmetic; e42e10c, suspicion (c) confirmed) maskQuerySecrets masks a `?token=`-like value
  *     up to a space, `&`, `#` or a quote: the colon after the URL in "upstream <url>: unknown
  *     option" is eaten ("?token=*** unknown option"), so the line reads as if the URL ran on.
+
+ *   8 (low-medium; 1ef02dd) a SQLite file the service user may write, in a directory it may not
+ *     (WAL makes -wal and -shm beside it): the start exits 1 with "SQLITE_READONLY_DIRECTORY ...
+ *     (the disk or file system failed, not the config; a restart tries again)", and systemd
+ *     restarts it every second for ever; the same file not writable exits 2 naming the
+ *     permission. NOT_CONFIG takes every SQLITE_READONLY* for a failing disk, where its own
+ *     comment says a permission stays exit 2. (`mcmux check` says FAILED for it, d63d74a.)
  *
  * Refuted (kept as passing tests that could fail):
  *   - a MySQL account whose CREATE comes through a role (SHOW GRANTS: GRANT `role` TO user),
@@ -50,8 +57,9 @@
  * Looked at, no finding: a reload rejected by App.reload keeps the health options and memory://
  * max-bytes (7edeab8's two halves hold); check's exit statuses (0 ok, 1 an upstream or the
  * state-dir unusable, 2 a bad flag or value) are what README says; a reload changing listen,
- * listen-mode, metrics or state-dir logs which it kept; an existing SQLite file in WAL mode in a
- * directory the user may not write is FAILED by check as by the start (d63d74a's writable()).
+ * listen-mode, metrics or state-dir logs which it kept; an existing SQLite file in a directory the
+ * user may not write is FAILED by check as the start fails (d63d74a's writable(); finding 8 is
+ * how the start fails).
  *
  * MySQL: the shared MariaDB at 127.0.0.1:3306 (root, no password, database `test`): the tests
  * make their own uniquely named users and databases, dropped after them.
@@ -288,6 +296,34 @@ describe('finding 6 (suspicion (b)): check and a relative sqlite:// path', () =>
     assert.equal(existsSync(join(service, 'sessions.db')), true, 'the start made its own file beside it');
     const line = r.stdout.split('\n').find((l) => l.includes('sqlite://')) ?? '';
     assert.ok(line.includes(join(shell, 'sessions.db')) && /relative/.test(line), `check's line about a relative path: ${line}`);
+  });
+});
+
+describe('finding 8 (1ef02dd): a SQLite file in a directory the service user may not write', () => {
+  it('the start exits 2 naming a permission, as for a file it may not write, not 1 "the disk or file system failed" (restarted every second)', { todo: 'review-h37 finding 8' }, async (t) => {
+    if (process.getuid?.() !== 0) return; // needs another uid than the directory's owner
+    const dir = tempDir(t, 'h37-ro-dir');
+    const { chmod, chown, mkdir } = await import('node:fs/promises');
+    await chmod(dir, 0o755); // root's: the service user may not make -wal and -shm here
+    const path = join(dir, 'sessions.db');
+    const made = createSqliteUpstream(new URL(sqliteUrl(path)), new Map(), ctx);
+    await made.close();
+    await chown(path, 65534, 65534); // the file is the service user's (a DBA chowned it)
+    const state = join(dir, 'state');
+    await mkdir(state);
+    await chown(state, 65534, 65534);
+    const { execFile } = await import('node:child_process');
+    const { MCMUX_BIN } = await import('../helpers/mcmux');
+    const { NODE_FLAGS } = await import('../../src/node-flags');
+    const port = await freePort();
+    const run = (): Promise<{ code: number | null; stderr: string }> =>
+      new Promise((res) => {
+        const p = execFile(process.execPath, [...NODE_FLAGS, MCMUX_BIN, '--listen', `127.0.0.1:${port}`, '--upstream', sqliteUrl(path), '--state-dir', state], { uid: 65534, gid: 65534, cwd: state, timeout: 10_000 }, (_e, _out, err) => res({ code: p.exitCode, stderr: err }));
+      });
+    const start = await run();
+    assert.match(start.stderr, /READONLY_DIRECTORY|permission/i, start.stderr);
+    assert.doesNotMatch(start.stderr, /disk or file system failed/, `a permission said as a failing disk: ${start.stderr}`);
+    assert.equal(start.code, 2, `exit status (1 is restarted by systemd every second): ${start.stderr}`);
   });
 });
 
