@@ -222,9 +222,11 @@ function openDatabase(o: SqliteOptions, where: string): { db: Database.Database;
  * the disk or file system failing, full or read-only (SQLite's own codes, extended ones included,
  * and the errno of the mkdir or open before it), or the process short of memory or descriptors.
  * A path that is a directory, a FIFO or not a database, a permission, a table of another shape
- * stay ConfigError (exit 2: a restart cannot mend them).
+ * stay ConfigError (exit 2: a restart cannot mend them): so does SQLITE_READONLY_DIRECTORY, a
+ * directory mcmux may not make the WAL's -wal and -shm in (a read-only file system fails EROFS
+ * first), which was exit 1, "the disk failed", restarted every second (review-h37 finding 8).
  */
-const NOT_CONFIG = /^(SQLITE_(IOERR|FULL|READONLY|NOMEM|PROTOCOL)(_|$)|E(ROFS|NOSPC|DQUOT|IO|MFILE|NFILE|NOMEM|AGAIN|BUSY|INTR)$)/;
+const NOT_CONFIG = /^(SQLITE_(IOERR|FULL|READONLY(?!_DIRECTORY)|NOMEM|PROTOCOL)(_|$)|E(ROFS|NOSPC|DQUOT|IO|MFILE|NFILE|NOMEM|AGAIN|BUSY|INTR)$)/;
 
 export class SqliteUpstream implements Upstream {
   readonly scheme = 'sqlite';

@@ -300,7 +300,7 @@ describe('finding 6 (suspicion (b)): check and a relative sqlite:// path', () =>
 });
 
 describe('finding 8 (1ef02dd): a SQLite file in a directory the service user may not write', () => {
-  it('the start exits 2 naming a permission, as for a file it may not write, not 1 "the disk or file system failed" (restarted every second)', { todo: 'review-h37 finding 8' }, async (t) => {
+  it('the start exits 2 naming a permission, as for a file it may not write, not 1 "the disk or file system failed" (restarted every second)', async (t) => {
     if (process.getuid?.() !== 0) return; // needs another uid than the directory's owner
     const dir = tempDir(t, 'h37-ro-dir');
     const { chmod, chown, mkdir } = await import('node:fs/promises');
