@@ -607,14 +607,15 @@ export class RedisUpstream implements Upstream {
   /**
    * A replica (`INFO replication`: role:slave) refuses every write (READONLY), or takes writes the
    * master never sees (replica-read-only no): what `mcmux check` says FAILED for (review-h31
-   * finding 5: "ok", then every write refused). An INFO the account may not run tells nothing.
+   * finding 5: "ok", then every write refused). An INFO the account may not run tells nothing of
+   * that; a write it is refused (writeRefused) is FAILED too.
    */
   async writeProblem(): Promise<string | undefined> {
-    let info: string;
+    let info = '';
     try {
       info = await this.run(() => this.client.info('replication'));
     } catch {
-      return undefined;
+      // An account without +info: the write below still tells what every write would meet.
     }
     if (/^role:slave\r?$/m.test(info)) {
       const master = /^master_host:(.*?)\r?$/m.exec(info)?.[1];

@@ -191,11 +191,16 @@ describe('finding 2 (3cc2fcf\'s class): check and a Redis ACL user that refuses 
   it('+@all -@write, and +@read +@write without +@scripting: check does not say ok (the running mcmux warns that it refuses writes)', { timeout: 60_000 }, async (t) => {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return;
     const pw = `Pw${randomBytes(6).toString('hex')}`;
-    const redis = await startRedis(['--user', 'ro', 'on', `>${pw}`, '~*', '+@all', '-@write', '--user', 'noscript', 'on', `>${pw}`, '~*', '+@read', '+@write', '+@connection', '+info']);
+    const redis = await startRedis([
+      ...['--user', 'ro', 'on', `>${pw}`, '~*', '+@all', '-@write'],
+      ...['--user', 'noscript', 'on', `>${pw}`, '~*', '+@read', '+@write', '+@connection', '+info'],
+      // Without +info too (INFO is @dangerous): the replica check cannot ask, the write still tells.
+      ...['--user', 'readonly', 'on', `>${pw}`, '~*', '+@read', '+@connection', '+@scripting'],
+    ]);
     t.after(() => redis.stop());
     const dir = tempDir(t, 'h37');
     const okFor: string[] = [];
-    for (const user of ['ro', 'noscript']) {
+    for (const user of ['ro', 'noscript', 'readonly']) {
       const url = `redis://${user}:${pw}@127.0.0.1:${redis.port}/0`;
       const r = await check(['--upstream', 'memory://', '--upstream', url, '--state-dir', join(dir, 'state')]);
       assert.doesNotMatch(r.stdout, new RegExp(pw), 'the password is masked');
@@ -207,10 +212,13 @@ describe('finding 2 (3cc2fcf\'s class): check and a Redis ACL user that refuses 
   it('guard: an ACL user with what mcmux needs (+@read +@write +@scripting on ~*), a plain Redis, a Redis Cluster: check says ok and leaves no key', { timeout: 120_000 }, async (t) => {
     if (!requireBinary(t, 'redis-server', 'redis-server')) return;
     const pw = `Pw${randomBytes(6).toString('hex')}`;
-    const redis = await startRedis(['--user', 'app', 'on', `>${pw}`, '~*', '+@read', '+@write', '+@scripting', '+@connection', '+info']);
+    const redis = await startRedis([
+      ...['--user', 'app', 'on', `>${pw}`, '~*', '+@read', '+@write', '+@scripting', '+@connection', '+info'],
+      ...['--user', 'noinfo', 'on', `>${pw}`, '~*', '+@read', '+@write', '+@scripting', '+@connection'],
+    ]);
     t.after(() => redis.stop());
     const dir = tempDir(t, 'h37');
-    const urls = [`redis://app:${pw}@127.0.0.1:${redis.port}/0`, redis.url];
+    const urls = [`redis://app:${pw}@127.0.0.1:${redis.port}/0`, `redis://noinfo:${pw}@127.0.0.1:${redis.port}/0`, redis.url];
     if (haveServers(t)) urls.push((await startCluster(t)).url);
     for (const url of urls) {
       const r = await check(['--upstream', url, '--state-dir', join(dir, 'state')]);
