@@ -4,7 +4,12 @@
  * existing SQLite file), 373e8cc (check reads SHOW GRANTS where the MySQL table is missing),
  * 3cc2fcf (check says FAILED for a Redis replica), and three suspicions an earlier review left.
  *
- * Findings (each test failed on main as a todo test; see the commits after this one for fixes):
+ * Each test marked as a finding failed on main (committed as a todo test, cabd641 and 4f2ce77).
+ * Fixed since, their todo marks dropped, each test failing without its fix: 1 in 21afb01; 2 in
+ * 7a429f5 and bea25cb; 3 and 4 in 43b9184; 5 in 00acdd3; 6 in ec03069; 7 in 1cdf954; 8 in
+ * 2890333. None is todo now.
+ *
+ * Findings:
  *   1 (medium; 373e8cc) `mcmux check` says ok, exit 0, for a MySQL table not there yet and an
  *     account that may not CREATE it, whenever SHOW GRANTS names CREATE or ALL anywhere: ALL on
  *     another database (an application's account reused for the sessions' database), or CREATE
@@ -16,7 +21,8 @@
  *     every write mcmux sends: `+@all -@write` (a read-only account), or `+@read +@write` without
  *     `+@scripting` (mcmux writes through EVALSHA: NOPERM). The running mcmux warns "upstream
  *     refuses writes" / "refuses mcmux's marker read" at once; check asks INFO replication only
- *     (a replica), so the tool the unit's comment sends the operator to says "config ok".
+ *     (a replica), so the tool the unit's comment sends the operator to says "config ok". (A
+ *     first fix still said ok for an account without +info, INFO refused: bea25cb.)
  *   3 (low; 7edeab8 left it, code of 7ca16f7) a reload rejected whole still marks the running
  *     memcached pool superseded when an earlier spec rebuilt it (options changed) before a later
  *     one failed: resolveEach calls inner.inheritRing(prev.inner) while building, and that sets
@@ -41,7 +47,6 @@
  *   7 (cosmetic; e42e10c, suspicion (c) confirmed) maskQuerySecrets masks a `?token=`-like value
  *     up to a space, `&`, `#` or a quote: the colon after the URL in "upstream <url>: unknown
  *     option" is eaten ("?token=*** unknown option"), so the line reads as if the URL ran on.
-
  *   8 (low-medium; 1ef02dd) a SQLite file the service user may write, in a directory it may not
  *     (WAL makes -wal and -shm beside it): the start exits 1 with "SQLITE_READONLY_DIRECTORY ...
  *     (the disk or file system failed, not the config; a restart tries again)", and systemd
@@ -62,7 +67,8 @@
  * how the start fails).
  *
  * MySQL: the shared MariaDB at 127.0.0.1:3306 (root, no password, database `test`): the tests
- * make their own uniquely named users and databases, dropped after them.
+ * make their own uniquely named users and role (grants on a database that is not there need no
+ * database), dropped after them; a CREATE granted to PUBLIC is revoked at once.
  */
 
 import assert from 'node:assert/strict';
