@@ -583,7 +583,10 @@ export class ColdDetector {
    * decr of a counter the pool's other server held: NOT_FOUND; fuzz-seed-307917.test.ts).
    */
   private storesEmptied(u: HealthyUpstream, stores: readonly Upstream[]): void {
-    if (membersOf(u).length === 0) {
+    const members = membersOf(u);
+    // A Redis Cluster: one store per master (markerStores), as a pool has one per server.
+    const masters = members.length === 0 ? u.inner.markerStores?.() : undefined;
+    if (members.length === 0 && (masters === undefined || masters.length < 2)) {
       u.partlyEmpty = false;
       return;
     }
@@ -591,12 +594,17 @@ export class ColdDetector {
     if (e === undefined || e.fence !== u.fencesBegun) this.emptiedStores.set(u, (e = { fence: u.fencesBegun, stores: new Set() }));
     for (const t of stores) e.stores.add(t);
     const seen = e.stores;
+    if (masters !== undefined) {
+      // Another master that did not lose its marker holds its keys (review-h36 finding 4).
+      u.partlyEmpty = masters.some((t) => !seen.has(t));
+      return;
+    }
     // Every server in its ring, not only the usable ones: one down (eject=false keeps it in the
     // ring) still holds its keys, and returns with them (review-h36 finding 3: taken as emptied,
     // the pool was onlyLearnt once it was back, and a store that restarted empty after it decided
     // keys that server held by the chain order).
     const out = outOfRing(u);
-    u.partlyEmpty = membersOf(u).some((m) => !out.includes(m.name) && !seen.has(m.inner));
+    u.partlyEmpty = members.some((m) => !out.includes(m.name) && !seen.has(m.inner));
   }
 
   /**

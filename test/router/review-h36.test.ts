@@ -7,7 +7,8 @@
  * storesEmptied counts every server in the ring), 1 and 2 by the commit after e750376
  * (journal.passable: a read passes over the unread copy only to one that missed nothing but
  * touches; the miss of such a copy that came back empty is no answer when the cache is down too).
- * 4 and 5 stay todo:
+ * 4 fixed on main after the cherry-pick (storesEmptied judges a cluster by its masters' marker
+ * stores). 5 stays todo:
  * 1. (medium: an acknowledged session write read stale; 2114945 for a cache that is down, 74eecf5
  *    for one failing the read) passing over the unread copy takes the next copy's answer as the
  *    key's state, but the asks entry says nothing of what that copy holds: here the store behind
@@ -243,7 +244,7 @@ class ClusterFake extends FakeUpstream {
 }
 
 describe('finding 4: a Redis Cluster one master of which came back empty is taken as empty whole (ad009b6 fixes pools only)', () => {
-  it('master m1 restarts empty, then b: b decides neither the counter nor the lock the cluster holds on m0', { todo: 'review-h36 finding 4' }, async () => {
+  it('master m1 restarts empty, then b: b decides neither the counter nor the lock the cluster holds on m0', async () => {
     const health = { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 };
     const fb = new FakeUpstream('memcached://b:11211', 'memcached');
     const fc = new ClusterFake('redis+cluster://m0:6379,m1:6379', 'redis');
