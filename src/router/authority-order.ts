@@ -8,7 +8,7 @@
 
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { cameBackEmpty, emptyUntil, fencedUntil, isFenced, knowsKey, onlyLearnt } from './health';
+import { cameBackEmpty, emptyUntil, fencedUntil, isFenced, knowsKey, onlyLearnt, partlyEmpty } from './health';
 
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
@@ -65,7 +65,12 @@ export function authorityOrder(ctx: RouterContext, key: string): number[] {
     if (!maybeFull) return fenced;
     const ups = ctx.upstreams as readonly Upstream[];
     const full = fenced.filter((i) => !onlyLearnt(ups[i] as Upstream));
-    const emptied = full.filter((i) => cameBackEmpty(ups[i] as Upstream)).sort((a, b) => emptyUntil(ups[a] as Upstream) - emptyUntil(ups[b] as Upstream));
+    // One that came back empty in part only (a server of a pool, a master of a cluster) goes first:
+    // its other servers hold every key of theirs, which a store emptied whole lost, whenever it
+    // did (review-h36 finding 5: after an mcmux restart both were inherited as come back empty,
+    // and the store, emptied first, decided the counter and the lock the pool's other server held).
+    const partly = (i: number): number => (partlyEmpty(ups[i] as Upstream) ? 0 : 1);
+    const emptied = full.filter((i) => cameBackEmpty(ups[i] as Upstream)).sort((a, b) => partly(a) - partly(b) || emptyUntil(ups[a] as Upstream) - emptyUntil(ups[b] as Upstream));
     const precautions = full.filter((i) => !cameBackEmpty(ups[i] as Upstream));
     const lastPrecaution = Math.max(0, ...precautions.map((i) => fencedUntil(ups[i] as Upstream)));
     if (emptied.some((i) => emptyUntil(ups[i] as Upstream) < lastPrecaution)) return [];

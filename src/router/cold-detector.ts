@@ -857,6 +857,9 @@ export class ColdDetector {
     // 10501-12000 with MCMUX_FUZZ_RESTART=1: the next process read a session as absent from the
     // flushed pool while the stores behind it failed).
     if (log.emptiedByRepair(u, id)) u.repairEmptied = true;
+    // Emptied in part only (a server of the pool, a master of the cluster): the others hold their
+    // keys, here too (review-h36 finding 5).
+    if (log.emptiedPartly(u, id)) u.partlyEmpty = true;
   }
 
   /**
@@ -977,7 +980,7 @@ export class ColdDetector {
     const value = `${until === 0 ? '' : `fenced until ${wallUntil} `}${process.pid} ${gen} ${this.nonce}`;
     const id = until === 0 ? 0 : u.fenceId;
     // Before the marker that names the fence: a process that inherits it knows it came back empty.
-    if (until !== 0 && u.cameBackEmpty) this.fenceLog?.fenceEmptied(u, id, Math.ceil(wall + (u.emptyUntil - at)), u.repairEmptied);
+    if (until !== 0 && u.cameBackEmpty) this.fenceLog?.fenceEmptied(u, id, Math.ceil(wall + (u.emptyUntil - at)), u.repairEmptied, u.partlyEmpty);
     const partial = look.sights.some((s) => s.verdict === 'unknown');
     // Told before this mark began: what it writes passes that fence on (idsUnsaved).
     const unsaved = this.idsUnsaved.get(u);

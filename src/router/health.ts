@@ -616,6 +616,11 @@ export function emptyUntil(u: Upstream): number {
   return u instanceof HealthyUpstream ? u.emptyUntil : 0;
 }
 
+/** Whether `u` came back empty in part only (HealthyUpstream.partlyEmpty). */
+export function partlyEmpty(u: Upstream): boolean {
+  return u instanceof HealthyUpstream && u.partlyEmpty;
+}
+
 /**
  * Until when `u` is fenced (monotonic ms; 0 if never): each fence or extension of one runs a whole
  * lock-fence from the event that set it (a reconnect, a look that could not read the marker, a
@@ -647,11 +652,13 @@ export interface FenceLog {
   fenceLearnt(u: Upstream, id: number, key: string): void;
   fenceKeys(u: Upstream, id: number): Iterable<string>;
   /** `u` is known to have come back empty under fence `id`, until `wallUntil` (epoch ms); `repair`: emptied by the repair's flush. */
-  fenceEmptied(u: Upstream, id: number, wallUntil: number, repair?: boolean): void;
+  fenceEmptied(u: Upstream, id: number, wallUntil: number, repair?: boolean, partly?: boolean): void;
   /** What fenceEmptied kept for `u`'s fence `id` (epoch ms; 0: none), by this process or one before it. */
   emptiedUntil(u: Upstream, id: number): number;
   /** Whether fenceEmptied kept, for `u`'s fence `id`, that the repair's flush emptied it. */
   emptiedByRepair(u: Upstream, id: number): boolean;
+  /** Whether fenceEmptied kept, for `u`'s fence `id`, that it came back empty in part only. */
+  emptiedPartly(u: Upstream, id: number): boolean;
   /** `u` was seen empty, under its new fence `keep`: every earlier fence of it is void (fenceVoid), what it learnt gone. */
   fencesVoided(u: Upstream, keep: number): void;
   /** Whether `u`'s fence `id` was voided (fencesVoided), by this process or one before it. */

@@ -137,6 +137,13 @@ interface Emptied {
   readonly until: number;
   /** The repair's flush emptied it (HealthyUpstream.repairEmptied). */
   readonly repair: boolean;
+  /** Emptied in part only (HealthyUpstream.partlyEmpty: a server of a pool, a master of a cluster). */
+  readonly partly?: boolean;
+}
+
+/** journal.log's `B <store> <id> <until>` line of `e`, with ` r` (repair) and ` p` (partly) when so. */
+function bLine(store: string, id: number, e: Emptied): string {
+  return `B ${hex(store)} ${id} ${e.until}${e.repair ? ' r' : ''}${e.partly === true ? ' p' : ''}`;
 }
 
 interface PerUpstream {
@@ -634,14 +641,14 @@ export class RepairJournal {
    * hold what it held, so that the next process, too, takes its miss for no answer while one of
    * them fails (emptiedByRepair; eject fuzz seed 11553 of 10501-12000 with MCMUX_FUZZ_RESTART=1).
    */
-  fenceEmptied(u: Upstream, id: number, wallUntil: number, repair = false): void {
-    if (this.setEmptied(this.of(u), id, { until: wallUntil, repair })) this.append(`B ${hex(idOf(u))} ${id} ${wallUntil}${repair ? ' r' : ''}`);
+  fenceEmptied(u: Upstream, id: number, wallUntil: number, repair = false, partly = false): void {
+    if (this.setEmptied(this.of(u), id, { until: wallUntil, repair, partly })) this.append(bLine(idOf(u), id, { until: wallUntil, repair, partly }));
   }
 
   private setEmptied(p: PerUpstream, id: number, e: Emptied): boolean {
     const known = (p.emptied ??= new Map());
     const was = known.get(id);
-    if (was !== undefined && Math.abs(was.until - e.until) <= 1000 && was.repair === e.repair) return false;
+    if (was !== undefined && Math.abs(was.until - e.until) <= 1000 && was.repair === e.repair && was.partly === e.partly) return false;
     known.delete(id);
     known.set(id, e);
     if (known.size > FENCE_IDS) known.delete(known.keys().next().value as number);
@@ -693,6 +700,11 @@ export class RepairJournal {
   /** Whether fenceEmptied kept, for `u`'s fence `id`, that the repair's flush emptied it. */
   emptiedByRepair(u: Upstream, id: number): boolean {
     return this.byName.get(idOf(u))?.emptied?.get(id)?.repair === true;
+  }
+
+  /** Whether fenceEmptied kept, for `u`'s fence `id`, that it came back empty in part only (partlyEmpty). */
+  emptiedPartly(u: Upstream, id: number): boolean {
+    return this.byName.get(idOf(u))?.emptied?.get(id)?.partly === true;
   }
 
   /**
@@ -2110,7 +2122,8 @@ export class RepairJournal {
       } else if (f[0] === 'Z' && f[2] !== undefined) {
         this.voidFence(p, Number(f[2]));
       } else if (f[0] === 'B' && f[3] !== undefined) {
-        this.setEmptied(p, Number(f[2]), { until: Number(f[3]) || 0, repair: f[4] === 'r' });
+        const flags = f.slice(4);
+        this.setEmptied(p, Number(f[2]), { until: Number(f[3]) || 0, repair: flags.includes('r'), partly: flags.includes('p') });
       } else if (f[0] === 'T') {
         this.dropKeys(p);
         this.setOverflow(p, undefined);
@@ -2147,7 +2160,7 @@ export class RepairJournal {
       for (const [key, e] of p.keys) out.push(mLine(name, key, e));
       for (const id of p.voided ?? []) out.push(`Z ${hex(name)} ${id}`);
       for (const [id, keys] of p.fenced ?? []) for (const key of keys) out.push(`W ${hex(name)} ${id} ${hex(key)}`);
-      for (const [id, e] of p.emptied ?? []) if (e.until > Date.now()) out.push(`B ${hex(name)} ${id} ${e.until}${e.repair ? ' r' : ''}`);
+      for (const [id, e] of p.emptied ?? []) if (e.until > Date.now()) out.push(bLine(name, id, e));
       if (p.uniquesEpoch !== undefined) out.push(`V ${hex(name)} ${p.uniquesEpoch}`);
       if (p.serverId !== undefined) out.push(`I ${hex(name)} ${hex(p.serverId)}`);
     }

@@ -7,8 +7,9 @@
  * storesEmptied counts every server in the ring), 1 and 2 by the commit after e750376
  * (journal.passable: a read passes over the unread copy only to one that missed nothing but
  * touches; the miss of such a copy that came back empty is no answer when the cache is down too).
- * 4 fixed on main after the cherry-pick (storesEmptied judges a cluster by its masters' marker
- * stores). 5 stays todo:
+ * 4 and 5 fixed on main after the cherry-pick (storesEmptied judges a cluster by its masters'
+ * marker stores; journal.log's B line keeps partlyEmpty, a ` p`, and authority-order.ts puts such
+ * an upstream first among those that came back empty):
  * 1. (medium: an acknowledged session write read stale; 2114945 for a cache that is down, 74eecf5
  *    for one failing the read) passing over the unread copy takes the next copy's answer as the
  *    key's state, but the asks entry says nothing of what that copy holds: here the store behind
@@ -277,7 +278,7 @@ describe('finding 4: a Redis Cluster one master of which came back empty is take
 
 
 describe('finding 5: partlyEmpty is not on file: the next process orders the pool by when it came back empty (ad009b6 leaves it)', () => {
-  it('b restarts empty, then s1 of the pool; mcmux restarts: the next process lets b decide neither the counter nor the lock s0 holds', { todo: 'review-h36 finding 5' }, async (t) => {
+  it('b restarts empty, then s1 of the pool; mcmux restarts: the next process lets b decide neither the counter nor the lock s0 holds', async (t) => {
     const dir = tempDir(t, 'review-h36-restart');
     const { sf, fb } = poolFakes();
     const s = poolProc(sf, fb, { dir, eject: false });
