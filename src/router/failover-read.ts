@@ -465,18 +465,6 @@ function missedMeanwhile(ctx: RouterContext, u: Upstream, keys: readonly string[
 }
 
 /**
- * Takes one upstream's answer for `keys` into the read: hits found, misses noted, errors kept.
- * `empty`: the repair's flush emptied the upstream (an overflowed cache, flushed on the word that
- * the others hold what it held; HealthyUpstream.repairEmptied): its miss of a key not written to
- * it since (knowsKey) answers only if no upstream failed on the key (unanswered): with one that
- * may hold it failing, the read fails rather than say the key is absent. Not a store that came
- * back empty by itself (a restart: memory:// as mcmux starts): its miss answers as any, as it
- * would once its fence is over (fuzz seed 4100 with MCMUX_FUZZ_POOL=1
- * MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1: the repair flushed the pool while the store
- * holding the session was paused, and the read took the pool's miss: a session read as absent,
- * which PHP then writes back empty).
- */
-/**
  * A copy lacking `key` unread (DirtyEntry.asks), `unread`, failed the read: the next copy by the
  * ranking answers, its hit or its miss, unless it came back empty (its miss is then no answer: the
  * lock the unread copy alone holds). True when it answered (review-h33 finding 3: a session the
@@ -494,6 +482,18 @@ async function readPast(ctx: RouterContext, upstreams: readonly Upstream[], ask:
   return true;
 }
 
+/**
+ * Takes one upstream's answer for `keys` into the read: hits found, misses noted, errors kept.
+ * `empty`: the repair's flush emptied the upstream (an overflowed cache, flushed on the word that
+ * the others hold what it held; HealthyUpstream.repairEmptied): its miss of a key not written to
+ * it since (knowsKey) answers only if no upstream failed on the key (unanswered): with one that
+ * may hold it failing, the read fails rather than say the key is absent. Not a store that came
+ * back empty by itself (a restart: memory:// as mcmux starts): its miss answers as any, as it
+ * would once its fence is over (fuzz seed 4100 with MCMUX_FUZZ_POOL=1
+ * MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1: the repair flushed the pool while the store
+ * holding the session was paused, and the read took the pool's miss: a session read as absent,
+ * which PHP then writes back empty).
+ */
 function absorb(st: ReadState, answer: Answer, keys: readonly string[], i: number, still: string[], empty?: Upstream): void {
   if (!answer.ok) {
     st.lastError = answer.error;
