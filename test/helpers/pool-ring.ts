@@ -4,11 +4,14 @@
  */
 
 import assert from 'node:assert/strict';
+import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
-import type { ColdDetector } from '../../src/router/cold-detector';
-import type { HealthyUpstream } from '../../src/router/health';
-import type { MemcachedPool } from '../../src/upstream/memcached-pool';
-import { type FakeUpstream, settle } from './fake-upstream';
+import { ColdDetector } from '../../src/router/cold-detector';
+import { HealthyUpstream } from '../../src/router/health';
+import { RepairJournal } from '../../src/router/journal';
+import { Router } from '../../src/router/router';
+import { MemcachedPool } from '../../src/upstream/memcached-pool';
+import { FakeUpstream, noStats, settle } from './fake-upstream';
 
 /** Wires `pool`, the driver of `p`, to `detector` as app.ts does (resolveUpstreams). */
 export function wirePool(pool: MemcachedPool, p: HealthyUpstream, detector: ColdDetector): void {
@@ -17,6 +20,38 @@ export function wirePool(pool: MemcachedPool, p: HealthyUpstream, detector: Cold
   pool.onMemberChange = (u, _from, to): void => {
     if (to === 'healthy') detector.serverReconnected(p, u);
   };
+}
+
+const noop = (): void => {};
+
+/**
+ * One process over [b: memcached, pool(s0, s1)], fakes, wired as app.ts wires them; write-wait
+ * copies, lock-fence 60 s (the fences last the test). `keyOn(i, prefix)`: a key on server i.
+ */
+export function poolRig(eject: boolean) {
+  const health = { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 };
+  const sf = [new FakeUpstream('memcached://s0:11211', 'memcached'), new FakeUpstream('memcached://s1:11211', 'memcached')];
+  const fb = new FakeUpstream('memcached://b:11211', 'memcached');
+  const pool = new MemcachedPool('memcached://s0,s1', sf.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream })), { distribution: 'ketama', namespace: '', eject }, health);
+  const p = new HealthyUpstream(pool, health, noop);
+  const b = new HealthyUpstream(fb, health, noop);
+  const ups = [b, p];
+  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'copies', allowFlush: false }, noStats, noop);
+  const detector = new ColdDetector(() => ups, 60_000, pino({ level: 'silent' }), journal);
+  wirePool(pool, p, detector);
+  const servers = pool.members();
+  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
+  const keyOn = (i: number, prefix = 'k'): string => {
+    for (let n = 0; n < 1000; n++) if (pool.serverFor(`${prefix}${n}`) === servers[i]) return `${prefix}${n}`;
+    throw new Error(`no key on server ${i}`);
+  };
+  const close = async (): Promise<void> => {
+    detector.stop();
+    journal.close();
+    await Promise.all(ups.map((u) => u.close()));
+  };
+  return { sf, fb, p, b, servers, journal, detector, exec, keyOn, close };
 }
 
 /** What takeDown and bringBack need of a test's process. */

@@ -23,55 +23,22 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import pino from 'pino';
 import type { Command, Reply } from '../../src/command/command';
-import { ColdDetector } from '../../src/router/cold-detector';
-import { HealthyUpstream, onlyLearnt } from '../../src/router/health';
-import { RepairJournal } from '../../src/router/journal';
-import { Router } from '../../src/router/router';
-import { MemcachedPool } from '../../src/upstream/memcached-pool';
-import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
-import { wirePool } from '../helpers/pool-ring';
+import { type HealthyUpstream, onlyLearnt } from '../../src/router/health';
+import { type FakeUpstream, settle } from '../helpers/fake-upstream';
+import { poolRig } from '../helpers/pool-ring';
 
-const noop = (): void => {};
 const setCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'set', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
 const addCmd = (key: string, value: string): Command => ({ kind: 'store', mode: 'add', key, value: Buffer.from(value), flags: 0, deadline: 0, cas: undefined, withCas: false, noreply: false });
 const decrCmd = (key: string, delta: bigint): Command => ({ kind: 'arith', op: 'decr', key, delta, initial: undefined, deadline: 0, noreply: false });
 const status = (r: Reply): string => (r.kind === 'status' ? r.status : r.kind === 'number' ? `NUMBER ${r.value}` : r.kind === 'error' ? `${r.type} ${r.message}` : r.kind);
-
-/** One process over [b, pool(s0, s1)], wired as app.ts wires it; lock-fence 60 s (the fences last the test). */
-function rig(eject: boolean) {
-  const health = { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 };
-  const sf = [new FakeUpstream('memcached://s0:11211', 'memcached'), new FakeUpstream('memcached://s1:11211', 'memcached')];
-  const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-  const pool = new MemcachedPool('memcached://s0,s1', sf.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream })), { distribution: 'ketama', namespace: '', eject }, health);
-  const p = new HealthyUpstream(pool, health, noop);
-  const b = new HealthyUpstream(fb, health, noop);
-  const ups = [b, p];
-  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'copies', allowFlush: false }, noStats, noop);
-  const detector = new ColdDetector(() => ups, 60_000, pino({ level: 'silent' }), journal);
-  wirePool(pool, p, detector);
-  const servers = pool.members();
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const keyOn = (i: number, prefix: string): string => {
-    for (let n = 0; n < 1000; n++) if (pool.serverFor(`${prefix}${n}`) === servers[i]) return `${prefix}${n}`;
-    throw new Error(`no key on server ${i}`);
-  };
-  const close = async (): Promise<void> => {
-    detector.stop();
-    journal.close();
-    await Promise.all(ups.map((u) => u.close()));
-  };
-  return { sf, fb, p, b, servers, detector, exec, keyOn, close };
-}
 
 /**
  * The counter (and a lock) on b and s0; s1 restarts empty and is found so; then b restarts empty
  * and is found so. Every upstream fenced as come back empty, neither having been written the key since.
  */
 async function bothEmptied(eject: boolean) {
-  const s = rig(eject);
+  const s = poolRig(eject);
   await s.detector.checkAll();
   const counter = s.keyOn(0, 'c');
   const lock = s.keyOn(0, 'lock.');

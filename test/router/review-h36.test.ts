@@ -56,10 +56,9 @@ import { ColdDetector } from '../../src/router/cold-detector';
 import { HealthyUpstream, cameBackEmpty, onlyLearnt } from '../../src/router/health';
 import { RepairJournal } from '../../src/router/journal';
 import { Router } from '../../src/router/router';
-import { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
 import { poolFakes, poolProc } from '../helpers/pool-proc';
-import { bringBack, takeDown, wirePool } from '../helpers/pool-ring';
+import { bringBack, poolRig, takeDown } from '../helpers/pool-ring';
 import { tempDir } from '../helpers/temp-dir';
 import { SlowGet, addCmd, flushedUnlearnt, getCmd, lockUnreadOnA, setCmd, status, valueOf } from '../helpers/unread-rigs';
 
@@ -175,32 +174,6 @@ describe("finding 2's rest: past the unread copy to one that missed only a touch
   });
 });
 
-/** [b: memcached, pool(s0, s1)] wired as app.ts wires them (fuzz-seed-307917.test.ts's rig). */
-function poolRig(eject: boolean) {
-  const health = { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 };
-  const sf = [new FakeUpstream('memcached://s0:11211', 'memcached'), new FakeUpstream('memcached://s1:11211', 'memcached')];
-  const fb = new FakeUpstream('memcached://b:11211', 'memcached');
-  const pool = new MemcachedPool('memcached://s0,s1', sf.map((upstream, i) => ({ host: `s${i}`, port: 11211, weight: 1, upstream })), { distribution: 'ketama', namespace: '', eject }, health);
-  const p = new HealthyUpstream(pool, health, noop);
-  const b = new HealthyUpstream(fb, health, noop);
-  const ups = [b, p];
-  const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
-  const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'copies', allowFlush: false }, noStats, noop);
-  const detector = new ColdDetector(() => ups, 60_000, pino({ level: 'silent' }), journal);
-  wirePool(pool, p, detector);
-  const servers = pool.members();
-  const exec = (c: Command): Promise<Reply> => Promise.resolve(router.execute(c));
-  const keyOn = (i: number, prefix = 'k'): string => {
-    for (let n = 0; n < 1000; n++) if (pool.serverFor(`${prefix}${n}`) === servers[i]) return `${prefix}${n}`;
-    throw new Error(`no key on server ${i}`);
-  };
-  const close = async (): Promise<void> => {
-    detector.stop();
-    journal.close();
-    await Promise.all(ups.map((u) => u.close()));
-  };
-  return { sf, fb, p, b, servers, journal, detector, exec, keyOn, close };
-}
 
 describe("finding 3: a pool one server of which came back empty while the other was down is taken as empty whole (ad009b6)", () => {
   it('s0 down as s1 is found come back empty; s0 back, then b restarts empty: b decides neither the counter nor the lock s0 holds', async () => {
