@@ -86,7 +86,7 @@ import { describe, it, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
 import { eventually, rawClient, runMcmux, startMcmux, statsUpstreams, warnings } from '../helpers/mcmux';
 import { freePort, requireBinary } from '../helpers/servers';
-import { dropAfter, sharedMysql, stopFirst } from '../helpers/shared-mysql';
+import { account, sharedMysql, stopFirst } from '../helpers/shared-mysql';
 import { startRedis } from '../upstream/targets/redis';
 
 async function tempDir(t: TestContext): Promise<string> {
@@ -187,15 +187,8 @@ describe('mcmux check says ok where the start finds the upstream unusable', () =
   it('a MySQL table not there yet and an account that may not CREATE it: check says FAILED naming CREATE (the start: "CREATE command denied")', async (t) => {
     const root = await sharedMysql(t);
     if (root === undefined) return;
-    const tag = randomBytes(4).toString('hex');
-    const user = `h31_${tag}`;
-    const table = `h31_${tag}`;
-    const pw = `Pw${randomBytes(6).toString('hex')}`;
-    dropAfter(root, `DROP USER IF EXISTS '${user}'@'%'`, `DROP TABLE IF EXISTS test.${table}`);
-    await root.query(`CREATE USER '${user}'@'%' IDENTIFIED BY '${pw}'`);
     // Every privilege a request needs, not the set-up's CREATE (a DBA makes tables).
-    await root.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO '${user}'@'%'`);
-    const url = `mysql://${user}:${pw}@127.0.0.1:3306/test?table=${table}`;
+    const { url, pw } = await account(root, 'h31', (u) => [`GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO ${u}`]);
     const dir = await tempDir(t);
     // The start: the upstream fails its probe with the refused CREATE.
     const mux = await startMcmux(['--upstream', 'memory://', '--upstream', url]);

@@ -77,7 +77,6 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import Redis from 'ioredis';
-import type { Connection } from 'mysql2/promise';
 import type { HealthyUpstream } from '../../src/router/health';
 import type { MemcachedPool } from '../../src/upstream/memcached-pool';
 import { mayCreate } from '../../src/upstream/mysql';
@@ -86,23 +85,12 @@ import { maskUrl } from '../../src/upstream/upstream';
 import { inProcessMcmux, reloadTo } from '../helpers/in-process';
 import { eventually, failsWithOneLine, runMcmux, startMcmux, warnings } from '../helpers/mcmux';
 import { freePort, requireBinary } from '../helpers/servers';
-import { dropAfter, sharedMysql, stopFirst } from '../helpers/shared-mysql';
+import { account, dropAfter, sharedMysql, stopFirst } from '../helpers/shared-mysql';
 import { ctx, lockedSqlite, sqliteUrl } from '../helpers/sqlite-fixture';
 import { tempDir } from '../helpers/temp-dir';
 import { startRedis } from '../upstream/targets/redis';
 import { haveServers, startCluster } from '../helpers/redis-cluster';
 
-/** A uniquely named MySQL account (and the name of a table not there yet) dropped after the test. */
-async function account(root: Connection, grants: (user: string) => string[]): Promise<{ url: string; pw: string; table: string }> {
-  const tag = randomBytes(4).toString('hex');
-  const user = `h37_${tag}`;
-  const table = `h37_${tag}`;
-  const pw = `Pw${randomBytes(6).toString('hex')}`;
-  dropAfter(root, `DROP USER IF EXISTS '${user}'@'%'`, `DROP TABLE IF EXISTS test.${table}`);
-  await root.query(`CREATE USER '${user}'@'%' IDENTIFIED BY '${pw}'`);
-  for (const g of grants(`'${user}'@'%'`)) await root.query(g);
-  return { url: `mysql://${user}:${pw}@127.0.0.1:3306/test?table=${table}`, pw, table };
-}
 
 async function check(args: string[], cwd?: string): Promise<{ code: number | null; stdout: string }> {
   const r = await runMcmux(['check', ...args], { timeoutMs: 20_000, ...(cwd === undefined ? {} : { cwd }) });
@@ -114,7 +102,7 @@ describe('finding 1 (373e8cc): check and SHOW GRANTS naming CREATE or ALL that t
     const root = await sharedMysql(t);
     if (root === undefined) return;
     const other = `h37_app_${randomBytes(4).toString('hex')}`;
-    const { url, pw } = await account(root, (u) => [`GRANT ALL PRIVILEGES ON \`${other}\`.* TO ${u}`, `GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO ${u}`]);
+    const { url, pw } = await account(root, 'h37', (u) => [`GRANT ALL PRIVILEGES ON \`${other}\`.* TO ${u}`, `GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO ${u}`]);
     const mux = await startMcmux(['--upstream', 'memory://', '--upstream', url]);
     stopFirst(root, () => mux.stop());
     await eventually('the start-up probe said', () => /fails its probe at start/.test(mux.logs().stdout), 10_000);
@@ -129,7 +117,7 @@ describe('finding 1 (373e8cc): check and SHOW GRANTS naming CREATE or ALL that t
   it('CREATE TEMPORARY TABLES and CREATE VIEW on the sessions\' database, no CREATE: check says FAILED', async (t) => {
     const root = await sharedMysql(t);
     if (root === undefined) return;
-    const { url } = await account(root, (u) => [`GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES, CREATE VIEW ON test.* TO ${u}`]);
+    const { url } = await account(root, 'h37', (u) => [`GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES, CREATE VIEW ON test.* TO ${u}`]);
     const r = await check(['--upstream', url, '--state-dir', join(tempDir(t, 'h37'), 'state')]);
     assert.match(r.stdout, /\nFAILED\s+mysql:\/\/[^\n]*CREATE/, `check: ${r.stdout}`);
     assert.equal(r.code, 1);
@@ -143,8 +131,8 @@ describe('finding 1 (373e8cc): check and SHOW GRANTS naming CREATE or ALL that t
     dropAfter(root, `DROP ROLE IF EXISTS ${role}`);
     await root.query(`CREATE ROLE ${role}`);
     await root.query(`GRANT CREATE ON test.* TO ${role}`);
-    const viaRole = await account(root, (u) => [`GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO ${u}`, `GRANT ${role} TO ${u}`, `SET DEFAULT ROLE ${role} FOR ${u}`]);
-    const wildcard = await account(root, (u) => [`GRANT ALL PRIVILEGES ON \`tes%\`.* TO ${u}`]);
+    const viaRole = await account(root, 'h37', (u) => [`GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO ${u}`, `GRANT ${role} TO ${u}`, `SET DEFAULT ROLE ${role} FOR ${u}`]);
+    const wildcard = await account(root, 'h37', (u) => [`GRANT ALL PRIVILEGES ON \`tes%\`.* TO ${u}`]);
     const said: string[] = [];
     for (const a of [viaRole, wildcard]) {
       const r = await check(['--upstream', a.url, '--state-dir', join(tempDir(t, 'h37'), 'state')]);
@@ -157,7 +145,7 @@ describe('finding 1 (373e8cc): check and SHOW GRANTS naming CREATE or ALL that t
       .then(([rows]) => (rows as Array<Record<string, unknown>>).map((r) => String(Object.values(r)[0])).join('\n'))
       .catch((e: { errno?: number }) => (e.errno === 1141 ? '' : undefined));
     if (publicGrants !== undefined && !/ON `test`\./.test(publicGrants)) {
-      const viaPublic = await account(root, (u) => [`GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO ${u}`]);
+      const viaPublic = await account(root, 'h37', (u) => [`GRANT SELECT, INSERT, UPDATE, DELETE ON test.* TO ${u}`]);
       dropAfter(root, 'REVOKE CREATE ON `test`.* FROM PUBLIC');
       await root.query('GRANT CREATE ON `test`.* TO PUBLIC');
       const r = await check(['--upstream', viaPublic.url, '--state-dir', join(tempDir(t, 'h37'), 'state')]);

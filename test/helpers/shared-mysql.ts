@@ -4,6 +4,7 @@
  * /mysql.ts starts those). Whatever a test makes there is dropped after it, mcmux stopped first.
  */
 
+import { randomBytes } from 'node:crypto';
 import type { TestContext } from 'node:test';
 import { type Connection, createConnection } from 'mysql2/promise';
 
@@ -46,4 +47,20 @@ export function stopFirst(root: Connection, stop: () => Promise<unknown>): void 
 /** Runs each statement (a DROP) after the test, once the `stopFirst` work is done. */
 export function dropAfter(root: Connection, ...sql: string[]): void {
   cleanups.get(root)?.drops.push(...sql);
+}
+
+/**
+ * A uniquely named account `<prefix>_<hex>` on the shared MariaDB (its password, and the name of
+ * a table not there yet), given `grants` (each statement, for the account as `'user'@'%'`), and
+ * dropped with the table after the test. `url`: mcmux's upstream for that account and table.
+ */
+export async function account(root: Connection, prefix: string, grants: (user: string) => string[]): Promise<{ url: string; pw: string; table: string }> {
+  const tag = randomBytes(4).toString('hex');
+  const user = `${prefix}_${tag}`;
+  const table = `${prefix}_${tag}`;
+  const pw = `Pw${randomBytes(6).toString('hex')}`;
+  dropAfter(root, `DROP USER IF EXISTS '${user}'@'%'`, `DROP TABLE IF EXISTS test.${table}`);
+  await root.query(`CREATE USER '${user}'@'%' IDENTIFIED BY '${pw}'`);
+  for (const g of grants(`'${user}'@'%'`)) await root.query(g);
+  return { url: `mysql://${user}:${pw}@127.0.0.1:3306/test?table=${table}`, pw, table };
 }
