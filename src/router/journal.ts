@@ -1314,6 +1314,11 @@ export class RepairJournal {
     if (p.overflow) {
       // Missed writes while waiting to be trusted again restart the wait.
       p.overflow.trustAfter = undefined;
+      // A touch changes no value: lacking the key unread since before the overflow (Overflow.known
+      // asks), it still holds whatever it held, which the repair's read answers, as mark keeps
+      // DirtyEntry.asks below (review-h38 finding 1: learn dropped it, and the repair flushed the
+      // only copy of the lock).
+      if (touched !== undefined && p.overflow.known.get(key)?.asks === true) return;
       this.learn(u, p.overflow, key, seq, false, late);
       return;
     }
@@ -1644,7 +1649,18 @@ export class RepairJournal {
    * when it lacked it unread). False once `known` is full: `u` is then `full`, never flushed.
    */
   private keepHeld(u: Upstream, o: Overflow, key: string, holds: boolean, asks = false): boolean {
-    if (o.known.has(key)) return true;
+    const k = o.known.get(key);
+    if (k !== undefined) {
+      // Taken already (a late key, or one trusted as unmoved that it missed): lacking it unread, it
+      // is read there first all the same, and not flushed meanwhile (review-h38 findings 1b, 1c:
+      // skipped here, `asks` was lost, and the repair flushed the only copy of the lock).
+      if (asks && !k.holds && k.asks !== true) {
+        o.known.set(key, { ...k, maybe: true, asks: true });
+        (o.unread ??= new Set()).add(key);
+        this.append(`H ${hex(idOf(u))} ${hex(key)} a`);
+      }
+      return true;
+    }
     if (o.known.size >= this.options.maxKeys) {
       o.full = true;
       this.append(`F ${hex(idOf(u))}`);
