@@ -8,7 +8,7 @@
 
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { cameBackEmpty, emptyUntil, fencedUntil, isFenced, knowsKey, onlyLearnt, partlyEmpty } from './health';
+import { HealthyUpstream, cameBackEmpty, emptyUntil, fencedUntil, isFenced, knowsKey, onlyLearnt, partlyEmpty } from './health';
 
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
@@ -71,6 +71,16 @@ export function authorityOrder(ctx: RouterContext, key: string): number[] {
     // and the store, emptied first, decided the counter and the lock the pool's other server held).
     const partly = (i: number): number => (partlyEmpty(ups[i] as Upstream) ? 0 : 1);
     const emptied = full.filter((i) => cameBackEmpty(ups[i] as Upstream)).sort((a, b) => partly(a) - partly(b) || emptyUntil(ups[a] as Upstream) - emptyUntil(ups[b] as Upstream));
+    // Not past one emptied whole before it that stopped learning (fenceKeysMax): that one may hold,
+    // unknown, a key written to it since it came back that the partly one's emptied server lost
+    // since, as the partly one holds the keys of its other servers that it lost. Neither may then
+    // decide a key neither knows: nobody does until the fences end (review-h38 finding 2: the pool
+    // decided first, add STORED and decr NOT_FOUND of a lock and a counter b held).
+    const stopped = (i: number): boolean => {
+      const u = ups[i] as Upstream;
+      return u instanceof HealthyUpstream && u.learntAll;
+    };
+    if (emptied.some((i) => partly(i) === 0 && emptied.some((j) => partly(j) === 1 && stopped(j) && emptyUntil(ups[j] as Upstream) < emptyUntil(ups[i] as Upstream)))) return [];
     const precautions = full.filter((i) => !cameBackEmpty(ups[i] as Upstream));
     const lastPrecaution = Math.max(0, ...precautions.map((i) => fencedUntil(ups[i] as Upstream)));
     if (emptied.some((i) => emptyUntil(ups[i] as Upstream) < lastPrecaution)) return [];

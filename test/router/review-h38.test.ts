@@ -4,8 +4,10 @@
  * journal.log's B line, partly-empty first in authority-order.ts).
  *
  * Findings (each test fails on ea39a33; marked todo until fixed; 1, 1b and 1c fixed on this branch
- * by the commit after 01dcbda: a touch keeps Overflow.known asks, and keepHeld marks an unread key
- * `asks` though distrust put it in `known` already):
+ * by 460701b: a touch keeps Overflow.known asks, and keepHeld marks an unread key `asks` though
+ * distrust put it in `known` already; 2 by the commit after it: a partly empty upstream does not
+ * go past one emptied whole before it that stopped learning, nobody decides; 3 is left todo where
+ * the next process no longer takes b as stopped learning, journal-max-keys raised at the restart):
  * 1. (medium: a lock granted twice, an acknowledged add lost; 46035e7) a touch (or gat) of the key
  *    that misses the overflowed cache lacking it unread (Overflow.known asks) goes through learn(),
  *    which rebuilds the known entry without `asks` and `maybe`: the repair no longer reads the key
@@ -79,7 +81,7 @@ const decrCmd = (key: string, delta: bigint): Command => ({ kind: 'arith', op: '
 const st = (r: Reply): string => (r.kind === 'number' ? `NUMBER ${r.value}` : status(r));
 
 describe('finding 2: "partly first" (ea39a33) lets a pool, one server of which came back empty later, decide before a store emptied earlier that holds what that server lost', () => {
-  it('b restarts empty and stops learning (fenceKeysMax); the lock and counter are taken on s0 (b gets the copies); s0 restarts empty: the pool does not grant the lock again', { todo: 'review-h38 finding 2' }, async () => {
+  it('b restarts empty and stops learning (fenceKeysMax); the lock and counter are taken on s0 (b gets the copies); s0 restarts empty: the pool does not grant the lock again', async () => {
     const { sf, fb } = poolFakes();
     const s = poolProc(sf, fb, { eject: false });
     s.b.options = { ...POOL_HEALTH, fenceKeysMax: 2 };
@@ -161,7 +163,7 @@ describe('finding 3: partlyEmpty is judged from the servers this process saw com
     assert.ok(!add.startsWith('STORED'), `A LOCK GRANTED TWICE: the pool, empty whole, taken as partly empty, decided before b, which holds the lock: ${add}`);
   });
 
-  it('the same with journal-max-keys kept (b has stopped learning in the next process too): nobody grants the lock', { todo: 'review-h38 finding 3 (and 2)' }, async (t) => {
+  it('the same with journal-max-keys kept (b has stopped learning in the next process too): nobody grants the lock (finding 2\'s fix covers it)', async (t) => {
     const add = await staleRig(t, 2);
     assert.ok(!add.startsWith('STORED'), `A LOCK GRANTED TWICE: ${add}`);
   });
