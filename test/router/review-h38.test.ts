@@ -37,9 +37,12 @@
 import assert from 'node:assert/strict';
 import { type TestContext, describe, it } from 'node:test';
 import type { Command, Reply } from '../../src/command/command';
-import type { HealthyUpstream } from '../../src/router/health';
+import pino from 'pino';
+import { ColdDetector } from '../../src/router/cold-detector';
+import { HealthyUpstream, onlyLearnt } from '../../src/router/health';
+import { Router } from '../../src/router/router';
 import { POOL_HEALTH, poolFakes, poolProc } from '../helpers/pool-proc';
-import { FakeUpstream, settle } from '../helpers/fake-upstream';
+import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
 import { tempDir } from '../helpers/temp-dir';
 import { RepairJournal } from '../../src/router/journal';
 import { addCmd, getCmd, lockUnreadOnA, setCmd, status, valueOf } from '../helpers/unread-rigs';
@@ -224,5 +227,60 @@ describe("finding 1c: a pool's ring move (distrust with `unmoved`) takes an unre
     j.distrust(p, [p, b]);
     assert.equal(j.unread(p, 'k'), true);
     assert.equal(j.holdsAlone(p, [p, b]), true);
+  });
+});
+
+/**
+ * A Redis Cluster of two masters as the cold detector sees it (markerStores, as review-h36's
+ * ClusterFake), where m1 is lost for good and its slots given to m0: its view is a ghost, read once
+ * more where its slots went (RedisUpstream.markerStores), then retired, so the next call of
+ * markerStores names m0 alone, as redis.ts's does once the ghost has been read.
+ */
+class GhostClusterFake extends FakeUpstream {
+  readonly masters = [new FakeUpstream('redis://m0:6379', 'redis'), new GhostView('redis://m1:6379', 'redis')];
+  markerStores(): readonly FakeUpstream[] {
+    const ghost = this.masters[1] as GhostView;
+    return ghost.retired ? [this.masters[0] as FakeUpstream] : this.masters;
+  }
+}
+class GhostView extends FakeUpstream {
+  ghost = false;
+  retired = false;
+  override async get(keys: readonly string[], touch?: number) {
+    const hits = await super.get(keys, touch);
+    if (this.ghost) this.retired = true;
+    return hits;
+  }
+}
+
+describe("finding 4: a two-master Redis Cluster one master of which is lost for good (its ghost view read, then retired) is taken as empty whole: storesEmptied's own markerStores() call no longer names the ghost (82eec18)", () => {
+  it('b restarts empty, then m1 is lost for good (slots to m0): b does not decide the lock m0 holds', { todo: 'review-h38 finding 4' }, async () => {
+    const health = { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 };
+    const fb = new FakeUpstream('memcached://b:11211', 'memcached');
+    const fc = new GhostClusterFake('redis+cluster://m0:6379,m1:6379', 'redis');
+    const b = new HealthyUpstream(fb, health, () => {});
+    const c = new HealthyUpstream(fc, health, () => {});
+    const ups = [b, c];
+    const journal = new RepairJournal({ maxKeys: 1000, dir: undefined, fsync: 'no' });
+    const router = new Router({ upstreams: ups, journal, minCopies: 1, writeWait: 'all', allowFlush: false }, noStats, () => {});
+    const detector = new ColdDetector(() => ups, 60_000, pino({ level: 'silent' }), journal);
+    const exec = (cmd: Command): Promise<Reply> => Promise.resolve(router.execute(cmd));
+    await detector.checkAll();
+    assert.equal(st(await exec(addCmd('lock.0', 'A'))), 'STORED', 'the lock, taken (on m0)');
+    await settle();
+    // b restarts empty.
+    await fb.inner.flush();
+    assert.equal(await detector.check(b), 'cold');
+    // m1 is lost for good; its slots go to m0 without their keys: its view, a ghost, misses there.
+    const ghost = fc.masters[1] as GhostView;
+    await ghost.inner.flush();
+    ghost.ghost = true;
+    await detector.checkAll();
+    const info = `cluster cameBackEmpty ${c.cameBackEmpty} partlyEmpty ${c.partlyEmpty} onlyLearnt ${onlyLearnt(c)}; b onlyLearnt ${onlyLearnt(b)}`;
+    const add = st(await exec(addCmd('lock.0', 'B')));
+    detector.stop();
+    journal.close();
+    assert.equal(c.cameBackEmpty, true, 'the cluster came back empty (m1)');
+    assert.notEqual(add, 'STORED', `A LOCK GRANTED TWICE: b, back empty, decided the lock the cluster holds on m0 (${info})`);
   });
 });
