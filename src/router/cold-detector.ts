@@ -586,7 +586,10 @@ export class ColdDetector {
     const members = membersOf(u);
     // A Redis Cluster: one store per master (markerStores), as a pool has one per server.
     const masters = members.length === 0 ? u.inner.markerStores?.() : undefined;
-    if (members.length === 0 && (masters === undefined || masters.length < 2)) {
+    // The stores just found emptied count too: a ghost (the view of a master no more, read once
+    // where its slots went: RedisUpstream.markerStores) has left the list by now. Without it a
+    // cluster of two masters, one lost for good, was one master, empty whole (review-h38 finding 4).
+    if (members.length === 0 && (masters === undefined || new Set([...masters, ...stores]).size < 2)) {
       u.partlyEmpty = false;
       return;
     }

@@ -5,8 +5,8 @@
  *
  * Findings (each test fails on ea39a33; marked todo until fixed; 1, 1b and 1c fixed on this branch
  * by 460701b: a touch keeps Overflow.known asks, and keepHeld marks an unread key `asks` though
- * distrust put it in `known` already; 2 by the commit after it: a partly empty upstream does not
- * go past one emptied whole before it that stopped learning, nobody decides; 3 is left todo where
+ * distrust put it in `known` already; 2 by cafaafe: a partly empty upstream does not go past one
+ * emptied whole before it that stopped learning, nobody decides; 4 after it; 3 is left todo where
  * the next process no longer takes b as stopped learning, journal-max-keys raised at the restart):
  * 1. (medium: a lock granted twice, an acknowledged add lost; 46035e7) a touch (or gat) of the key
  *    that misses the overflowed cache lacking it unread (Overflow.known asks) goes through learn(),
@@ -31,7 +31,16 @@
  * 3. (low-medium, a lock granted twice with 2's conditions after a restart; ea39a33 with ad009b6's
  *    storesEmptied) partlyEmpty is judged from the servers this process saw come back empty: a
  *    process that inherited the pool as partly empty (B line ` p`, s0) and then sees s1 come back
- *    empty keeps it partly empty, though it is empty whole; ea39a33 then lets it decide first.
+ *    empty keeps it partly empty, though it is empty whole; ea39a33 then lets it decide first. So
+ *    does a reload that rebuilds the pool (emptiedStores is keyed by the HealthyUpstream; not
+ *    tested). With journal-max-keys kept, 2's fix makes nobody decide; raised at the restart, b
+ *    no longer counts as stopped learning and the pool grants the lock b holds (todo). Fix: keep
+ *    which servers came back empty in the fence (the B line, takeOver).
+ * 4. (low-medium: a lock granted twice; 82eec18) storesEmptied calls markerStores() again after the
+ *    look: a ghost view (a master lost for good, its slots given to another, read once where they
+ *    went) has been retired by its own read, so a cluster of two masters is one master, and
+ *    `masters.length < 2` takes it as empty whole (onlyLearnt): b, back empty before it, decides
+ *    the lock m0 holds. Fixed by the commit after the test's: the emptied stores count too.
  */
 
 import assert from 'node:assert/strict';
@@ -254,7 +263,7 @@ class GhostView extends FakeUpstream {
 }
 
 describe("finding 4: a two-master Redis Cluster one master of which is lost for good (its ghost view read, then retired) is taken as empty whole: storesEmptied's own markerStores() call no longer names the ghost (82eec18)", () => {
-  it('b restarts empty, then m1 is lost for good (slots to m0): b does not decide the lock m0 holds', { todo: 'review-h38 finding 4' }, async () => {
+  it('b restarts empty, then m1 is lost for good (slots to m0): b does not decide the lock m0 holds', async () => {
     const health = { downAfter: 3, probeMinMs: 10, probeMaxMs: 10 };
     const fb = new FakeUpstream('memcached://b:11211', 'memcached');
     const fc = new GhostClusterFake('redis+cluster://m0:6379,m1:6379', 'redis');
