@@ -293,3 +293,33 @@ describe("finding 4: a two-master Redis Cluster one master of which is lost for 
     assert.notEqual(add, 'STORED', `A LOCK GRANTED TWICE: b, back empty, decided the lock the cluster holds on m0 (${info})`);
   });
 });
+
+describe('refutation: a pool made whole empty in the same fence (s0, then s1) is partly empty no more, and journal.log says so for the next process (ea39a33)', () => {
+  it('s0 then s1 come back empty in one process: partlyEmpty false, rewritten on the B line, and the next process inherits it so', async (t) => {
+    const dir = tempDir(t, 'review-h38-whole');
+    const { sf, fb } = poolFakes();
+    const s = poolProc(sf, fb, { dir, eject: false });
+    await s.detector.checkAll();
+    await (sf[0] as FakeUpstream).inner.flush();
+    s.detector.serverReconnected(s.p, s.servers[0] as HealthyUpstream);
+    await settle();
+    await s.detector.checkAll();
+    const first = s.p.partlyEmpty;
+    await (sf[1] as FakeUpstream).inner.flush();
+    s.detector.serverReconnected(s.p, s.servers[1] as HealthyUpstream);
+    await settle();
+    await s.detector.checkAll();
+    const whole = s.p.partlyEmpty;
+    s.detector.stop();
+    await s.stop();
+    const s2 = poolProc(sf, fb, { dir, eject: false });
+    await s2.detector.checkAll();
+    const inherited = `fenced ${s2.p.fenced} cameBackEmpty ${s2.p.cameBackEmpty} partlyEmpty ${s2.p.partlyEmpty}`;
+    s2.detector.stop();
+    await s2.stop();
+    assert.equal(first, true, 's0 alone: partly empty');
+    assert.equal(whole, false, 's1 too: empty whole');
+    assert.equal(s2.p.cameBackEmpty, true, `inherited as come back empty (${inherited})`);
+    assert.equal(s2.p.partlyEmpty, false, `inherited as empty whole (${inherited})`);
+  });
+});
