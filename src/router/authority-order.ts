@@ -8,7 +8,7 @@
 
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { HealthyUpstream, cameBackEmpty, emptyUntil, fencedUntil, isFenced, knowsKey, onlyLearnt, partlyEmpty } from './health';
+import { HealthyUpstream, cameBackEmpty, emptyUntil, fencedUntil, isFenced, knowsKey, onlyLearntFor, partlyEmptyFor } from './health';
 
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
@@ -18,12 +18,13 @@ export function authorityOrder(ctx: RouterContext, key: string): number[] {
   /**
    * Some upstream is fenced only as a precaution (it reconnected), or came back empty and stopped
    * learning which keys were written to it since (journal-max-keys): it may hold what others lost.
+   * Or came back empty in part only, on a server other than the key's (partlyEmptyFor).
    */
   let maybeFull = false;
   ctx.upstreams.forEach((u: Upstream, i) => {
     const f = isFenced(u);
     if (!f) warm = true;
-    else if (!onlyLearnt(u)) maybeFull = true;
+    else if (!onlyLearntFor(u, key)) maybeFull = true;
     if (ctx.journal.isDirty(u, key)) return;
     if (!f) good.push(i);
     // A fenced upstream that a client's set or delete of the key reached since it came back
@@ -62,14 +63,20 @@ export function authorityOrder(ctx: RouterContext, key: string): number[] {
   // the second as a precaution, and let it decide a cas before its check answered: NOT_FOUND).
   if (fenced !== undefined) {
     if (warm) return [];
-    if (!maybeFull) return fenced;
     const ups = ctx.upstreams as readonly Upstream[];
-    const full = fenced.filter((i) => !onlyLearnt(ups[i] as Upstream));
-    // One that came back empty in part only (a server of a pool, a master of a cluster) goes first:
-    // its other servers hold every key of theirs, which a store emptied whole lost, whenever it
-    // did (review-h36 finding 5: after an mcmux restart both were inherited as come back empty,
-    // and the store, emptied first, decided the counter and the lock the pool's other server held).
-    const partly = (i: number): number => (partlyEmpty(ups[i] as Upstream) ? 0 : 1);
+    // Every one came back empty and holds, as far as this process knows, nothing of the key: the
+    // one that did so first goes first all the same, not the chain order. It may hold the key
+    // after all, written there by a process before this one under a fence no marker names (its
+    // first look could not read the marker, and it was gone before its next check), which the
+    // later ones lost when they did (fuzz seed 311928; fuzz-seed-311928.test.ts).
+    if (!maybeFull) return [...fenced].sort((a, b) => emptyUntil(ups[a] as Upstream) - emptyUntil(ups[b] as Upstream));
+    const full = fenced.filter((i) => !onlyLearntFor(ups[i] as Upstream, key));
+    // One that came back empty in part only (a server of a pool, a master of a cluster) goes first
+    // for a key not placed on the server that did (partlyEmptyFor): its other servers hold every
+    // key of theirs, which a store emptied whole lost, whenever it did (review-h36 finding 5: after
+    // an mcmux restart both were inherited as come back empty, and the store, emptied first,
+    // decided the counter and the lock the pool's other server held).
+    const partly = (i: number): number => (partlyEmptyFor(ups[i] as Upstream, key) ? 0 : 1);
     const emptied = full.filter((i) => cameBackEmpty(ups[i] as Upstream)).sort((a, b) => partly(a) - partly(b) || emptyUntil(ups[a] as Upstream) - emptyUntil(ups[b] as Upstream));
     // Not past one emptied whole before it that stopped learning (fenceKeysMax): that one may hold,
     // unknown, a key written to it since it came back that the partly one's emptied server lost

@@ -608,6 +608,9 @@ export class ColdDetector {
     // keys that server held by the chain order).
     const out = outOfRing(u);
     u.partlyEmpty = members.some((m) => !out.includes(m.name) && !seen.has(m.inner));
+    // Which: a key placed on one of them the pool holds no more than a store emptied whole does
+    // (health.ts partlyEmptyFor; fuzz seed 311928).
+    u.emptiedStores = seen;
   }
 
   /**
@@ -862,7 +865,11 @@ export class ColdDetector {
     if (log.emptiedByRepair(u, id)) u.repairEmptied = true;
     // Emptied in part only (a server of the pool, a master of the cluster): the others hold their
     // keys, here too (review-h36 finding 5).
-    if (log.emptiedPartly(u, id)) u.partlyEmpty = true;
+    if (log.emptiedPartly(u, id)) {
+      u.partlyEmpty = true;
+      // Which servers, journal.log does not say: partly empty for every key (partlyEmptyFor).
+      u.emptiedStores = undefined;
+    }
   }
 
   /**

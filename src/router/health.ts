@@ -177,6 +177,14 @@ export class HealthyUpstream implements Upstream {
    */
   partlyEmpty = false;
   /**
+   * The stores of a pool (its servers' drivers) seen come back empty in this fence, when partlyEmpty
+   * was so judged by this process (cold-detector.ts storesEmptied): the pool holds nothing more of
+   * a key placed on one of them than a store that came back empty whole (partlyEmptyFor). Undefined
+   * when not known (inherited from journal.log, which does not say which): partlyEmpty then holds
+   * for every key. Cleared with partlyEmpty.
+   */
+  emptiedStores: ReadonlySet<Upstream> | undefined = undefined;
+  /**
    * The repair's flush emptied it (an overflowed cache) in this fence: mcmux's own doing, on the
    * word that the other upstreams hold what it held. While one of them fails, its miss is no
    * answer (failover-read.ts absorb). Cleared when a new fence begins, and when it ends. A next
@@ -254,6 +262,7 @@ export class HealthyUpstream implements Upstream {
       this.fencesBegun++;
       this.inheritedEmpty = false;
       this.partlyEmpty = false;
+      this.emptiedStores = undefined;
       this.repairEmptied = false;
     }
     this.coldUntil = Math.max(this.coldUntil, until);
@@ -269,6 +278,7 @@ export class HealthyUpstream implements Upstream {
     this.emptyUntil = prev.emptyUntil;
     this.inheritedEmpty = prev.inheritedEmpty;
     this.partlyEmpty = prev.partlyEmpty;
+    this.emptiedStores = prev.emptiedStores;
     // Emptied by the repair's flush in this fence: its misses stay no answer while another
     // upstream fails (failover-read.ts absorb; review-h12 finding 1).
     this.repairEmptied = prev.repairEmptied;
@@ -311,6 +321,7 @@ export class HealthyUpstream implements Upstream {
     this.emptyUntil = 0;
     this.inheritedEmpty = false;
     this.partlyEmpty = false;
+    this.emptiedStores = undefined;
     this.repairEmptied = false;
     this.forgetFenceKeys();
   }
@@ -637,6 +648,31 @@ export function fencedUntil(u: Upstream): number {
  */
 export function onlyLearnt(u: Upstream): boolean {
   return u instanceof HealthyUpstream && u.cameBackEmpty && !u.learntAll && !u.inheritedEmpty && !u.partlyEmpty;
+}
+
+/**
+ * Whether `u` came back empty in part only as far as `key` goes (partlyEmpty): not when the server
+ * of the pool `key` is placed on is one this process saw come back empty in this fence
+ * (HealthyUpstream.emptiedStores): the others hold their keys, not that one's, so for it the pool
+ * holds no more than a store that came back empty whole (fuzz seed 311928 with
+ * MCMUX_FUZZ_ROLLBACK=1 MCMUX_FUZZ_POOL=1 MCMUX_FUZZ_POOL_EJECT=1 MCMUX_FUZZ_RESTART=1: every
+ * upstream fenced as come back empty, the pool, taken as one that may hold what the other lost,
+ * decided an incr on the server that had lost the counter: NOT_FOUND; fuzz-seed-311928.test.ts).
+ * Where the key goes is not known (a Redis Cluster), nor which servers (a fence inherited from
+ * journal.log): partlyEmpty as for any key.
+ */
+export function partlyEmptyFor(u: Upstream, key: string): boolean {
+  if (!(u instanceof HealthyUpstream) || !u.partlyEmpty) return false;
+  const emptied = u.emptiedStores;
+  const serverFor = (u.inner as { serverFor?: (key: string) => HealthyUpstream | undefined }).serverFor;
+  if (emptied === undefined || typeof serverFor !== 'function') return true;
+  const server = serverFor.call(u.inner, key);
+  return server === undefined || !emptied.has(server.inner);
+}
+
+/** onlyLearnt, as far as `key` goes (partlyEmptyFor). */
+export function onlyLearntFor(u: Upstream, key: string): boolean {
+  return u instanceof HealthyUpstream && u.cameBackEmpty && !u.learntAll && !u.inheritedEmpty && !partlyEmptyFor(u, key);
 }
 
 /** Whether `u`, fenced or not, holds the current state of `key` as far as mcmux knows. */
