@@ -27,6 +27,7 @@ const SEEDS: ReadonlyArray<readonly [number, Readonly<Record<string, string>>, s
   [307917, { ...POOL_EJECT, MCMUX_FUZZ_RESTART: '1', MCMUX_FUZZ_FENCE_END: '1' }, 'decr NOT_FOUND: a pool one server of which restarted empty taken as empty as a whole, and with every upstream fenced a store that restarted empty after it decided by the chain order (fuzz-seed-307917.test.ts)'],
   [309354, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'add STORED of a held lock: the model\'s (a killed process\'s flush_all landed late on the store an unanswered copy of the add had reached, and the lock\'s only other copy then left the ring); such a flush lands as a restart empty (World.goneFlush)'],
   [311928, { ...POOL_EJECT, MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'incr NOT_FOUND: every upstream fenced as come back empty, a pool partly empty decided a counter placed on its server that had lost it, before the store that came back empty first and held it (written by a killed process under a fence no marker named) (fuzz-seed-311928.test.ts)'],
+  [307644, { ...POOL_EJECT, MCMUX_FUZZ_EXPIRY: '1', MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'incr NOT_FOUND of an acknowledged counter: failed from ea39a33 (a partly empty pool put first) until review-h38 finding 2\'s fix (not past a store emptied earlier that stopped learning); per-key partlyEmptyFor (311928) mends it too: it fails with both undone'],
 ];
 
 function replay(seed: number, modes: Readonly<Record<string, string>>): Promise<{ code: number | null; out: string }> {
