@@ -8,7 +8,7 @@
 
 import type { Upstream } from '../upstream/upstream';
 import type { RouterContext } from './context';
-import { HealthyUpstream, cameBackEmpty, emptyUntil, fencedUntil, isFenced, knowsKey, onlyLearntFor, partlyEmptyFor } from './health';
+import { cameBackEmpty, emptyUntil, fencedUntil, isFenced, knowsKey, onlyLearntFor, partlyEmptyFor, stoppedLearning } from './health';
 
 export function authorityOrder(ctx: RouterContext, key: string): number[] {
   const good: number[] = [];
@@ -83,10 +83,7 @@ export function authorityOrder(ctx: RouterContext, key: string): number[] {
     // since, as the partly one holds the keys of its other servers that it lost. Neither may then
     // decide a key neither knows: nobody does until the fences end (review-h38 finding 2: the pool
     // decided first, add STORED and decr NOT_FOUND of a lock and a counter b held).
-    const stopped = (i: number): boolean => {
-      const u = ups[i] as Upstream;
-      return u instanceof HealthyUpstream && u.learntAll;
-    };
+    const stopped = (i: number): boolean => stoppedLearning(ups[i] as Upstream);
     if (emptied.some((i) => partly(i) === 0 && emptied.some((j) => partly(j) === 1 && stopped(j) && emptyUntil(ups[j] as Upstream) < emptyUntil(ups[i] as Upstream)))) return [];
     const precautions = full.filter((i) => !cameBackEmpty(ups[i] as Upstream));
     const lastPrecaution = Math.max(0, ...precautions.map((i) => fencedUntil(ups[i] as Upstream)));

@@ -627,9 +627,9 @@ export function emptyUntil(u: Upstream): number {
   return u instanceof HealthyUpstream ? u.emptyUntil : 0;
 }
 
-/** Whether `u` came back empty in part only (HealthyUpstream.partlyEmpty). */
-export function partlyEmpty(u: Upstream): boolean {
-  return u instanceof HealthyUpstream && u.partlyEmpty;
+/** Whether `u` stopped learning the keys written to it since its fence began (HealthyUpstream.learntAll). */
+export function stoppedLearning(u: Upstream): boolean {
+  return u instanceof HealthyUpstream && u.learntAll;
 }
 
 /**
