@@ -9,7 +9,9 @@
  * touches; the miss of such a copy that came back empty is no answer when the cache is down too).
  * 4 and 5 fixed on main after the cherry-pick (storesEmptied judges a cluster by its masters'
  * marker stores; journal.log's B line keeps partlyEmpty, a ` p`, and authority-order.ts puts such
- * an upstream first among those that came back empty):
+ * an upstream first among those that came back empty; since narrowed: for the keys of its servers
+ * that kept their marker only (partlyEmptyFor, fuzz seed 311928), and not past one emptied whole
+ * earlier that stopped learning (review-h38 finding 2)):
  * 1. (medium: an acknowledged session write read stale; 2114945 for a cache that is down, 74eecf5
  *    for one failing the read) passing over the unread copy takes the next copy's answer as the
  *    key's state, but the asks entry says nothing of what that copy holds: here the store behind
