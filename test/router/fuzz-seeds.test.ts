@@ -30,6 +30,21 @@ const SEEDS: ReadonlyArray<readonly [number, Readonly<Record<string, string>>, s
   [307644, { ...POOL_EJECT, MCMUX_FUZZ_EXPIRY: '1', MCMUX_FUZZ_ROLLBACK: '1', MCMUX_FUZZ_RESTART: '1' }, 'incr NOT_FOUND of an acknowledged counter: failed from ea39a33 (a partly empty pool put first) until review-h38 finding 2\'s fix (not past a store emptied earlier that stopped learning); per-key partlyEmptyFor (311928) mends it too: it fails with both undone'],
 ];
 
+/**
+ * Seeds that fail on main now, replayed as todo until fixed: seed, modes, what fails and why.
+ * 313532 (found after a784e04, which it bisects to; passing on 878514c and with partlyEmptyFor
+ * taken pool-wide): process 2 (killed) left a copy of `replace l0` unanswered on the pool, which
+ * applied it (l0:69, the newest); process 3 journals the pool dirty for l0, and up0, which held
+ * l0:69 too, restarts empty twice and stops learning (journal-max-keys 2): every upstream fenced
+ * as come back empty, the pool dirty, up0 clean and taken as one that may hold what others lost
+ * (not onlyLearnt), so up0 decides `append l0`: NOT_STORED, l0 absent. authority-order.ts passes
+ * over the dirty pool for a clean store that came back empty after the write; partlyEmptyFor plays
+ * no part at that moment (it steered the run there).
+ */
+const TODO_SEEDS: ReadonlyArray<readonly [number, Readonly<Record<string, string>>, string]> = [
+  [313532, { ...POOL_EJECT, MCMUX_FUZZ_RESTART: '1' }, 'append NOT_STORED: LOST WRITE of an acknowledged replace: up0, clean but come back empty since and stopped learning, decided over the pool dirty for the key, which held the replace (a copy of the killed process landed)'],
+];
+
 function replay(seed: number, modes: Readonly<Record<string, string>>): Promise<{ code: number | null; out: string }> {
   const env: NodeJS.ProcessEnv = { ...process.env, ...modes, MCMUX_FUZZ_SEED: String(seed), MCMUX_FUZZ_SEEDS: '1' };
   // Not a subtest of this run: a test process of its own.
@@ -44,13 +59,18 @@ function replay(seed: number, modes: Readonly<Record<string, string>>): Promise<
   });
 }
 
-describe('fuzz seeds that failed once, replayed in their modes', () => {
-  for (const [seed, modes, what] of SEEDS) {
+/** A test replaying each seed of `seeds` in its modes (`todo`: they fail now). */
+function replays(seeds: typeof SEEDS, todo: boolean): void {
+  for (const [seed, modes, what] of seeds) {
     const how = Object.entries(modes).map(([k, v]) => `${k}=${v}`).join(' ');
-    it(`seed ${seed} with ${how} (was: ${what})`, { timeout: 120_000 }, async () => {
+    it(`seed ${seed} with ${how} (${todo ? 'fails' : 'was'}: ${what})`, { timeout: 120_000, ...(todo ? { todo: `fuzz seed ${seed}` } : {}) }, async () => {
       const { code, out } = await replay(seed, modes);
       assert.match(out, /^# pass 1$/m, `the seed did not run as one passing test: ${out.slice(-3000)}`);
       assert.equal(code, 0, out.slice(-3000));
     });
   }
-});
+}
+
+describe('fuzz seeds that fail now, replayed in their modes (todo until fixed)', () => replays(TODO_SEEDS, true));
+
+describe('fuzz seeds that failed once, replayed in their modes', () => replays(SEEDS, false));
