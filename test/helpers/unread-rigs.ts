@@ -159,3 +159,15 @@ export async function lateMarkerAfterFlush(dir?: string, rewrite: 'refused' | 'l
   assert.equal((await fa.inner.get([s.detector.key]))[0]?.flags, f0, 'a holds the late marker naming F0');
   return { s, a, fa, fb, f0 };
 }
+
+/** lockUnreadOnA (lock-fence 400 ms), then a overflows: two sets fail there (journal-max-keys 2), a still lacking the lock unread. */
+export async function overflowedUnread(dir?: string) {
+  const rig = await lockUnreadOnA(400, dir);
+  rig.fa.mode = 'fail';
+  assert.equal(status(await rig.s.exec(setCmd('x3', '3'))), 'STORED');
+  assert.equal(status(await rig.s.exec(setCmd('x4', '4'))), 'STORED');
+  rig.fa.mode = 'ok';
+  assert.notEqual(rig.s.journal.overflowed(rig.a), undefined, 'a overflowed');
+  assert.equal(rig.s.journal.unread(rig.a, 'lock'), true, 'a still lacks the lock unread');
+  return rig;
+}

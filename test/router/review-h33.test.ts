@@ -48,7 +48,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { lockedSqlite } from '../helpers/sqlite-fixture';
 import { inProcessMcmux, reloadTo } from '../helpers/in-process';
-import { MarkerWrites, addCmd, flushedUnlearnt, getCmd, lockUnreadOnA, setCmd, status, valueOf } from '../helpers/unread-rigs';
+import { MarkerWrites, addCmd, flushedUnlearnt, getCmd, lockUnreadOnA, overflowedUnread, setCmd, status, valueOf } from '../helpers/unread-rigs';
 
 
 describe('finding 1: the unread copy\'s overflow drops DirtyEntry.asks, and the repair flushes the only copy of the lock', () => {
@@ -82,20 +82,8 @@ describe('finding 1: the unread copy\'s overflow drops DirtyEntry.asks, and the 
 });
 
 describe('finding 1, more: the overflowed copy lacking the key unread (Overflow.known asks)', () => {
-  /** lockUnreadOnA, then a overflows: two sets fail there (journal-max-keys 2). */
-  async function overflowed(dir?: string) {
-    const rig = await lockUnreadOnA(400, dir);
-    rig.fa.mode = 'fail';
-    assert.equal(status(await rig.s.exec(setCmd('x3', '3'))), 'STORED');
-    assert.equal(status(await rig.s.exec(setCmd('x4', '4'))), 'STORED');
-    rig.fa.mode = 'ok';
-    assert.notEqual(rig.s.journal.overflowed(rig.a), undefined, 'a overflowed');
-    assert.equal(rig.s.journal.unread(rig.a, 'lock'), true, 'a still lacks the lock unread');
-    return rig;
-  }
-
   it('a lacks it indeed (the lock gone from a meanwhile): read, it is dirty as any key, and the repair goes on (a flushed)', async () => {
-    const { s, fa, fb, a } = await overflowed();
+    const { s, fa, fb, a } = await overflowedUnread();
     await fa.inner.delete('lock');
     const asked = status(await s.exec(addCmd('lock', 'third')));
     for (let n = 0; n < 10; n++) await s.repairer.tick();
@@ -115,7 +103,7 @@ describe('finding 1, more: the overflowed copy lacking the key unread (Overflow.
 
   it('on journal.log: the next process reads a first too, and the lock a alone holds is kept', async (t) => {
     const dir = tempDir(t, 'review-h33-overflow-asks');
-    const { s, fa, fb } = await overflowed(dir);
+    const { s, fa, fb } = await overflowedUnread(dir);
     await s.stop(); // before the repair's next tick
     const s2 = proc([fa, fb], { maxKeys: 2, fenceMs: 400, dir });
     const [a2] = s2.ups as [HealthyUpstream, HealthyUpstream];

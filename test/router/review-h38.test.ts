@@ -70,23 +70,11 @@ import { POOL_HEALTH, poolFakes, poolProc } from '../helpers/pool-proc';
 import { FakeUpstream, noStats, settle } from '../helpers/fake-upstream';
 import { tempDir } from '../helpers/temp-dir';
 import { RepairJournal } from '../../src/router/journal';
-import { addCmd, getCmd, lockUnreadOnA, setCmd, status, valueOf } from '../helpers/unread-rigs';
-
-/** lockUnreadOnA, then a overflows: two sets fail there (journal-max-keys 2), as review-h33 finding 1. */
-async function overflowed(dir?: string) {
-  const rig = await lockUnreadOnA(400, dir);
-  rig.fa.mode = 'fail';
-  assert.equal(status(await rig.s.exec(setCmd('x3', '3'))), 'STORED');
-  assert.equal(status(await rig.s.exec(setCmd('x4', '4'))), 'STORED');
-  rig.fa.mode = 'ok';
-  assert.notEqual(rig.s.journal.overflowed(rig.a), undefined, 'a overflowed');
-  assert.equal(rig.s.journal.unread(rig.a, 'lock'), true, 'a still lacks the lock unread');
-  return rig;
-}
+import { addCmd, getCmd, lockUnreadOnA, overflowedUnread, setCmd, status, valueOf } from '../helpers/unread-rigs';
 
 describe('finding 1: a touch that misses the overflowed cache lacking the key unread drops Overflow.known asks (learn), and the repair flushes the only copy', () => {
   it('a touch of the lock times out on a (overflowed, unread): the held lock is neither flushed away nor granted again', async () => {
-    const { s, fa, fb, a } = await overflowed();
+    const { s, fa, fb, a } = await overflowedUnread();
     fa.mode = 'timeout';
     const touched = status(await s.exec({ kind: 'touch', key: 'lock', deadline: Date.now() + 600_000, noreply: false } as Command));
     fa.mode = 'ok';
