@@ -96,18 +96,25 @@ describe('finding 1: a touch that misses the overflowed cache lacking the key un
 const decrCmd = (key: string, delta: bigint): Command => ({ kind: 'arith', op: 'decr', key, delta, initial: undefined, deadline: 0, noreply: false });
 const st = (r: Reply): string => (r.kind === 'number' ? `NUMBER ${r.value}` : status(r));
 
+/**
+ * [b, pool(s0, s1)] (eject=false; journal.log in `dir` if given), b's fenceKeysMax 2: b restarts
+ * empty and is found so, then learns two keys of the writes since and stops learning (learntAll).
+ */
+async function bStoppedLearning(dir?: string) {
+  const { sf, fb } = poolFakes();
+  const s = poolProc(sf, fb, { dir, eject: false });
+  s.b.options = { ...POOL_HEALTH, fenceKeysMax: 2 };
+  await s.detector.checkAll();
+  await fb.inner.flush();
+  assert.equal(await s.detector.check(s.b), 'cold');
+  for (const k of ['x1', 'x2', 'x3']) assert.equal(st(await s.exec(setCmd(k, '1'))), 'STORED');
+  assert.equal(s.b.learntAll, true, 'b stopped learning');
+  return { sf, fb, s };
+}
+
 describe('finding 2: "partly first" (ea39a33) lets a pool, one server of which came back empty later, decide before a store emptied earlier that holds what that server lost', () => {
   it('b restarts empty and stops learning (fenceKeysMax); the lock and counter are taken on s0 (b gets the copies); s0 restarts empty: the pool does not grant the lock again', async () => {
-    const { sf, fb } = poolFakes();
-    const s = poolProc(sf, fb, { eject: false });
-    s.b.options = { ...POOL_HEALTH, fenceKeysMax: 2 };
-    await s.detector.checkAll();
-    // b restarts empty, and is found so.
-    await fb.inner.flush();
-    assert.equal(await s.detector.check(s.b), 'cold');
-    // Writes since: b learns two keys, then stops learning (learntAll).
-    for (const k of ['x1', 'x2', 'x3']) assert.equal(st(await s.exec(setCmd(k, '1'))), 'STORED');
-    assert.equal(s.b.learntAll, true, 'b stopped learning');
+    const { sf, fb, s } = await bStoppedLearning();
     // The counter and the lock, taken on s0 (the pool, warm, decides): b gets the copies, unlearnt.
     const counter = s.keyOn(0, 'c');
     const lock = s.keyOn(0, 'lock.');
@@ -135,14 +142,7 @@ describe('finding 3: partlyEmpty is judged from the servers this process saw com
   /** Up to the add in the next process, whose journal-max-keys (fenceKeysMax) is `max2`. */
   async function staleRig(t: TestContext, max2: number): Promise<string> {
     const dir = tempDir(t, 'review-h38-partly');
-    const { sf, fb } = poolFakes();
-    const s = poolProc(sf, fb, { dir, eject: false });
-    s.b.options = { ...POOL_HEALTH, fenceKeysMax: 2 };
-    await s.detector.checkAll();
-    await fb.inner.flush();
-    assert.equal(await s.detector.check(s.b), 'cold');
-    for (const k of ['x1', 'x2', 'x3']) assert.equal(st(await s.exec(setCmd(k, '1'))), 'STORED');
-    assert.equal(s.b.learntAll, true, 'b stopped learning');
+    const { sf, fb, s } = await bStoppedLearning(dir);
     const lock = s.keyOn(1, 'lock.');
     assert.equal(st(await s.exec(addCmd(lock, 'A'))), 'STORED', 'the lock, on s1');
     await settle();
